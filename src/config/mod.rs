@@ -1,0 +1,474 @@
+//! The configuration tree: one TOML file, parsed once into typed structs.
+//!
+//! [`Config::load`] reads the file, deserializes it with `deny_unknown_fields` (a misspelt key is an
+//! error, not a silently ignored line) and runs [`Config::validate`]. Every error names the file, the
+//! key (as a path such as `peer[2].address`) and the reason. Every key beyond the operator contract
+//! has a default; the README's config reference lists them.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::routing::NumberPattern;
+
+/// A configuration error: which file, which key, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: key `{key}`: {reason}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub media: MediaConfig,
+    pub store: StoreConfig,
+    pub api: ApiConfig,
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<PeerConfig>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default, rename = "hotkey")]
+    pub hotkeys: Vec<HotkeyConfig>,
+}
+
+/// `[sip]`: signalling transport and RFC 3261 timer values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipConfig {
+    /// UDP and TCP are both bound here.
+    pub listen: SocketAddr,
+    /// Address written into Via/Contact when `listen` is a wildcard (0.0.0.0 or ::). Default: the
+    /// listen address itself.
+    #[serde(default)]
+    pub public_address: Option<IpAddr>,
+    /// RFC 3261 T1, the RTT estimate (default 500 ms, §17.1.1.1).
+    #[serde(default = "default_t1_ms")]
+    pub t1_ms: u64,
+    /// RFC 3261 T2, the cap for non-INVITE and 2xx retransmission intervals (default 4 s).
+    #[serde(default = "default_t2_ms")]
+    pub t2_ms: u64,
+    /// RFC 3261 T4, how long the network may hold a message (default 5 s).
+    #[serde(default = "default_t4_ms")]
+    pub t4_ms: u64,
+    /// Largest SIP message accepted, in bytes (default 65535, the UDP datagram limit). Larger TCP
+    /// messages close the connection after a 513 where possible.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+    /// A TCP connection with no traffic for this long is closed (default 300 s).
+    #[serde(default = "default_tcp_idle_timeout_secs")]
+    pub tcp_idle_timeout_secs: u64,
+    /// How long to wait for any response from a peer before trying the route's next peer
+    /// (default 4 s: well under Timer B's 32 s, so failover is quick).
+    #[serde(default = "default_peer_response_timeout_ms")]
+    pub peer_response_timeout_ms: u64,
+    /// How long a called peer may ring before the attempt fails with 408 and the next peer is
+    /// tried (default 60 s).
+    #[serde(default = "default_ring_timeout_secs")]
+    pub ring_timeout_secs: u64,
+    /// Concurrent calls accepted; beyond this new INVITEs get 503 (default 4000).
+    #[serde(default = "default_max_calls")]
+    pub max_calls: usize,
+    /// Server / User-Agent header value; empty (the default) sends none, so scanners learn nothing.
+    #[serde(default)]
+    pub user_agent: String,
+}
+
+/// `[media]`: where RTP is anchored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// RTP sockets are bound to, and SDP `c=` lines advertise, this address.
+    pub address: IpAddr,
+    /// Inclusive port range; each leg takes an even RTP port and the odd RTCP port above it.
+    pub ports: [u16; 2],
+    /// Codecs offered, in preference order (default `["PCMA", "PCMU"]`).
+    #[serde(default = "default_codecs")]
+    pub codecs: Vec<String>,
+    /// Dynamic payload type offered for RFC 4733 telephone-event (default 101).
+    #[serde(default = "default_telephone_event")]
+    pub telephone_event: u8,
+    /// Packetisation time offered, in ms (default 20).
+    #[serde(default = "default_ptime")]
+    pub ptime: u32,
+    /// An answered call whose legs send no RTP or RTCP for this long is ended (default 60 s).
+    #[serde(default = "default_inactivity_timeout_secs")]
+    pub inactivity_timeout_secs: u64,
+}
+
+/// `[store]`: the embedded database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite file; its directory is created if missing. Relative paths are relative to the
+    /// working directory.
+    pub path: PathBuf,
+}
+
+/// `[api]`: operator and platform interfaces.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Work-order gRPC interface (served once the work-order issue lands).
+    pub grpc: SocketAddr,
+    /// `GET /healthz` and `GET /metrics`.
+    pub http: SocketAddr,
+}
+
+/// Signalling transport used towards a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    #[default]
+    Udp,
+    Tcp,
+}
+
+/// `[[peer]]`: a SIP neighbour. Requests from its address are attributed to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub name: String,
+    /// `IP:port` (requests to the peer go here; requests from this IP and port are the peer's).
+    pub address: SocketAddr,
+    /// The public line this peer belongs to (`12345`, `110`, ...), if any.
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// `udp` (default) or `tcp` for requests the gateway sends to this peer.
+    #[serde(default)]
+    pub transport: TransportKind,
+    /// Accept requests from any source port of the peer's IP (default false: IP and port must
+    /// match, as the contract's sample runs several peers on one host).
+    #[serde(default)]
+    pub any_port: bool,
+}
+
+/// `[[route]]`: dialled number -> peers tried in order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// An exact number (`12345`) or a pattern starting with `_` (see [`NumberPattern`]).
+    pub number: String,
+    pub peers: Vec<String>,
+}
+
+/// `[[hotkey]]`: a DTMF sequence from an agent's leg and what it does.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotkeyConfig {
+    pub dtmf: String,
+    pub action: HotkeyAction,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HotkeyAction {
+    Transfer,
+    Conference,
+}
+
+fn default_t1_ms() -> u64 {
+    500
+}
+fn default_t2_ms() -> u64 {
+    4000
+}
+fn default_t4_ms() -> u64 {
+    5000
+}
+fn default_max_message_size() -> usize {
+    65_535
+}
+fn default_tcp_idle_timeout_secs() -> u64 {
+    300
+}
+fn default_peer_response_timeout_ms() -> u64 {
+    4000
+}
+fn default_ring_timeout_secs() -> u64 {
+    60
+}
+fn default_max_calls() -> usize {
+    4000
+}
+fn default_codecs() -> Vec<String> {
+    vec!["PCMA".into(), "PCMU".into()]
+}
+fn default_telephone_event() -> u8 {
+    101
+}
+fn default_ptime() -> u32 {
+    20
+}
+fn default_inactivity_timeout_secs() -> u64 {
+    60
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, the key and the reason.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates `text`; `file` is only used in error messages.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the file, the key and the reason.
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let deserializer = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError::Invalid {
+                file: file.to_path_buf(),
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                reason: inner.message().trim().to_string(),
+            }
+        })?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    /// Cross-field checks serde cannot express.
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, reason: String| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key,
+            reason,
+        };
+        let [low, high] = self.media.ports;
+        if low > high {
+            return Err(invalid(
+                "media.ports".into(),
+                format!("first port {low} is above last port {high}"),
+            ));
+        }
+        if u32::from(high) - u32::from(low) < 3 {
+            return Err(invalid(
+                "media.ports".into(),
+                "range must hold at least two RTP/RTCP pairs".into(),
+            ));
+        }
+        if self.media.address.is_unspecified() {
+            return Err(invalid(
+                "media.address".into(),
+                "must be a concrete address: it is advertised in SDP c= lines".into(),
+            ));
+        }
+        for (index, codec) in self.media.codecs.iter().enumerate() {
+            if !matches!(codec.to_ascii_uppercase().as_str(), "PCMA" | "PCMU") {
+                return Err(invalid(
+                    format!("media.codecs[{index}]"),
+                    format!("unknown codec {codec:?}; supported: PCMA, PCMU"),
+                ));
+            }
+        }
+        if self.media.codecs.is_empty() {
+            return Err(invalid(
+                "media.codecs".into(),
+                "at least one codec is needed".into(),
+            ));
+        }
+        if !(96..=127).contains(&self.media.telephone_event) {
+            return Err(invalid(
+                "media.telephone_event".into(),
+                "must be a dynamic payload type (96-127)".into(),
+            ));
+        }
+        if !(10..=120).contains(&self.media.ptime) || self.media.ptime % 10 != 0 {
+            return Err(invalid(
+                "media.ptime".into(),
+                "must be 10, 20, ... 120 ms".into(),
+            ));
+        }
+        if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
+            return Err(invalid(
+                "sip.t2_ms".into(),
+                "T1 must be positive and T2 at least T1".into(),
+            ));
+        }
+        if self.sip.max_message_size < 1024 {
+            return Err(invalid(
+                "sip.max_message_size".into(),
+                "must be at least 1024 bytes".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        for (index, peer) in self.peers.iter().enumerate() {
+            if peer.name.trim().is_empty() {
+                return Err(invalid(
+                    format!("peer[{index}].name"),
+                    "must not be empty".into(),
+                ));
+            }
+            if !names.insert(peer.name.as_str()) {
+                return Err(invalid(
+                    format!("peer[{index}].name"),
+                    format!("duplicate peer name {:?}", peer.name),
+                ));
+            }
+            if peer.address.port() == 0 || peer.address.ip().is_unspecified() {
+                return Err(invalid(
+                    format!("peer[{index}].address"),
+                    "must be a concrete IP:port".into(),
+                ));
+            }
+        }
+        let mut numbers = HashSet::new();
+        for (index, route) in self.routes.iter().enumerate() {
+            if let Err(reason) = NumberPattern::parse(&route.number) {
+                return Err(invalid(format!("route[{index}].number"), reason));
+            }
+            if !numbers.insert(route.number.as_str()) {
+                return Err(invalid(
+                    format!("route[{index}].number"),
+                    format!("duplicate route for {:?}", route.number),
+                ));
+            }
+            if route.peers.is_empty() {
+                return Err(invalid(
+                    format!("route[{index}].peers"),
+                    "must name at least one peer".into(),
+                ));
+            }
+            for (peer_index, name) in route.peers.iter().enumerate() {
+                if !names.contains(name.as_str()) {
+                    return Err(invalid(
+                        format!("route[{index}].peers[{peer_index}]"),
+                        format!("no [[peer]] is named {name:?}"),
+                    ));
+                }
+            }
+        }
+        for (index, hotkey) in self.hotkeys.iter().enumerate() {
+            if hotkey.dtmf.is_empty()
+                || !hotkey
+                    .dtmf
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D'))
+            {
+                return Err(invalid(
+                    format!("hotkey[{index}].dtmf"),
+                    "must be DTMF digits (0-9, *, #, A-D)".into(),
+                ));
+            }
+            if hotkey.target.is_empty() {
+                return Err(invalid(
+                    format!("hotkey[{index}].target"),
+                    "must not be empty".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> String {
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml"))
+            .unwrap_or_default()
+    }
+
+    fn error_of(text: &str) -> String {
+        match Config::parse(Path::new("test.toml"), text) {
+            Ok(_) => String::from("(loaded)"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn contract_sample_loads_unchanged_with_defaults() {
+        let config = Config::parse(Path::new("config/gateway.toml"), &sample());
+        let config = match config {
+            Ok(c) => c,
+            Err(e) => panic!("sample must load: {e}"),
+        };
+        assert_eq!(config.sip.listen, "127.0.0.1:5060".parse().unwrap());
+        assert_eq!(config.media.ports, [20000, 20999]);
+        assert_eq!(config.peers.len(), 3);
+        assert_eq!(config.peers[2].platform.as_deref(), Some("110"));
+        assert_eq!(config.routes[0].peers, vec!["hotline".to_string()]);
+        assert_eq!(config.hotkeys[1].action, HotkeyAction::Conference);
+        assert_eq!(config.sip.t1_ms, 500);
+        assert_eq!(config.media.codecs, vec!["PCMA", "PCMU"]);
+        assert_eq!(config.media.telephone_event, 101);
+        assert_eq!(config.peers[0].transport, TransportKind::Udp);
+    }
+
+    #[test]
+    fn unknown_key_names_the_key() {
+        let text = sample().replace("[sip]\n", "[sip]\nlisten_port = 5\n");
+        let message = error_of(&text);
+        assert!(message.starts_with("test.toml: key `sip"), "{message}");
+        assert!(message.contains("listen_port"), "{message}");
+    }
+
+    #[test]
+    fn bad_address_names_file_key_and_reason() {
+        let text = sample().replace("address = \"127.0.0.1:5090\"", "address = \"police.local\"");
+        let message = error_of(&text);
+        assert!(message.contains("test.toml"), "{message}");
+        assert!(message.contains("peer[2].address"), "{message}");
+        assert!(message.contains("invalid"), "{message}");
+    }
+
+    #[test]
+    fn route_to_unknown_peer_is_refused() {
+        let text = sample().replace("peers = [\"police\"]", "peers = [\"polise\"]");
+        assert_eq!(
+            error_of(&text),
+            "test.toml: key `route[1].peers[0]`: no [[peer]] is named \"polise\""
+        );
+    }
+
+    #[test]
+    fn reversed_port_range_is_refused() {
+        let text = sample().replace("[20000, 20999]", "[20999, 20000]");
+        assert!(error_of(&text).contains("key `media.ports`"));
+    }
+
+    #[test]
+    fn duplicate_peer_and_bad_hotkey_are_refused() {
+        let text = sample().replace("name = \"police\"", "name = \"hotline\"");
+        assert!(error_of(&text).contains("duplicate peer name"));
+        let text = sample().replace("dtmf = \"*1\"", "dtmf = \"*x\"");
+        assert!(error_of(&text).contains("hotkey[0].dtmf"));
+    }
+
+    #[test]
+    fn toml_syntax_error_is_reported_with_file() {
+        let message = error_of("[sip\nlisten = 1");
+        assert!(
+            message.starts_with("test.toml: key `(top level)`"),
+            "{message}"
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! Routes and peers: which peer a request came from, and which peers a dialled number goes to.
+//!
+//! A route's `number` is either exact (`12345`) or a pattern that starts with `_`, in the dial-plan
+//! notation PBX engineers know:
+//!
+//! | pattern element | matches |
+//! |---|---|
+//! | `X` | any digit 0-9 |
+//! | `Z` | any digit 1-9 |
+//! | `N` | any digit 2-9 |
+//! | `[1-5]`, `[159]` | one digit from the set or range |
+//! | `.` | one or more further characters (only last) |
+//! | `!` | zero or more further characters (only last) |
+//! | anything else | itself |
+//!
+//! An exact route always wins; otherwise the first matching pattern in file order.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crate::config::{Config, PeerConfig, TransportKind};
+
+/// A configured SIP neighbour, as the rest of the gateway sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub address: SocketAddr,
+    pub platform: Option<String>,
+    pub transport: TransportKind,
+    any_port: bool,
+}
+
+impl From<&PeerConfig> for Peer {
+    fn from(config: &PeerConfig) -> Self {
+        Peer {
+            name: config.name.clone(),
+            address: config.address,
+            platform: config.platform.clone(),
+            transport: config.transport,
+            any_port: config.any_port,
+        }
+    }
+}
+
+/// One element of a [`NumberPattern`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PatternElement {
+    Literal(char),
+    /// Inclusive digit ranges, e.g. `[1-5]` or `X` = `0-9`.
+    Digits(Vec<(char, char)>),
+    /// `.`: one or more of anything.
+    OneOrMore,
+    /// `!`: zero or more of anything.
+    ZeroOrMore,
+}
+
+/// A route number: exact, or a `_` pattern (module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NumberPattern {
+    Exact(String),
+    Pattern(Vec<PatternElement>),
+}
+
+impl NumberPattern {
+    /// # Errors
+    /// A human-readable reason when the pattern is malformed.
+    pub fn parse(text: &str) -> Result<NumberPattern, String> {
+        if text.is_empty() {
+            return Err("must not be empty".into());
+        }
+        let Some(body) = text.strip_prefix('_') else {
+            if text
+                .chars()
+                .any(|c| c.is_whitespace() || c == '@' || c == ';')
+            {
+                return Err(format!("{text:?} is not a dialable number"));
+            }
+            return Ok(NumberPattern::Exact(text.to_string()));
+        };
+        let mut elements = Vec::new();
+        let mut chars = body.chars().peekable();
+        while let Some(c) = chars.next() {
+            let element = match c.to_ascii_uppercase() {
+                'X' => PatternElement::Digits(vec![('0', '9')]),
+                'Z' => PatternElement::Digits(vec![('1', '9')]),
+                'N' => PatternElement::Digits(vec![('2', '9')]),
+                '.' | '!' => {
+                    if chars.peek().is_some() {
+                        return Err(format!("`{c}` may only end a pattern"));
+                    }
+                    if c == '.' {
+                        PatternElement::OneOrMore
+                    } else {
+                        PatternElement::ZeroOrMore
+                    }
+                }
+                '[' => {
+                    let mut set = Vec::new();
+                    let mut closed = false;
+                    while let Some(d) = chars.next() {
+                        if d == ']' {
+                            closed = true;
+                            break;
+                        }
+                        if chars.peek() == Some(&'-') {
+                            chars.next();
+                            match chars.next() {
+                                Some(e) if e != ']' && e >= d => set.push((d, e)),
+                                _ => return Err("bad range inside [...]".into()),
+                            }
+                        } else {
+                            set.push((d, d));
+                        }
+                    }
+                    if !closed || set.is_empty() {
+                        return Err("unclosed or empty [...]".into());
+                    }
+                    PatternElement::Digits(set)
+                }
+                _ => PatternElement::Literal(c),
+            };
+            elements.push(element);
+        }
+        if elements.is_empty() {
+            return Err("`_` must be followed by a pattern".into());
+        }
+        Ok(NumberPattern::Pattern(elements))
+    }
+
+    pub fn matches(&self, number: &str) -> bool {
+        match self {
+            NumberPattern::Exact(exact) => exact == number,
+            NumberPattern::Pattern(elements) => {
+                let mut chars = number.chars();
+                for element in elements {
+                    match element {
+                        PatternElement::OneOrMore => return chars.next().is_some(),
+                        PatternElement::ZeroOrMore => return true,
+                        PatternElement::Literal(l) => {
+                            if chars.next() != Some(*l) {
+                                return false;
+                            }
+                        }
+                        PatternElement::Digits(set) => match chars.next() {
+                            Some(c) if set.iter().any(|(lo, hi)| (*lo..=*hi).contains(&c)) => {}
+                            _ => return false,
+                        },
+                    }
+                }
+                chars.next().is_none()
+            }
+        }
+    }
+}
+
+/// Number -> ordered peers, and source address -> peer. Built once from the config.
+#[derive(Debug)]
+pub struct Router {
+    peers: Vec<Arc<Peer>>,
+    by_address: HashMap<SocketAddr, Arc<Peer>>,
+    by_ip: HashMap<IpAddr, Arc<Peer>>,
+    exact: HashMap<String, Vec<Arc<Peer>>>,
+    patterns: Vec<(NumberPattern, Vec<Arc<Peer>>)>,
+}
+
+impl Router {
+    /// Builds the tables. The config was validated, so every route names existing peers; a
+    /// route naming an unknown peer would simply skip it.
+    pub fn new(config: &Config) -> Router {
+        let peers: Vec<Arc<Peer>> = config.peers.iter().map(|p| Arc::new(p.into())).collect();
+        let by_name: HashMap<&str, Arc<Peer>> = peers
+            .iter()
+            .map(|p| (p.name.as_str(), Arc::clone(p)))
+            .collect();
+        let mut by_address = HashMap::new();
+        let mut by_ip = HashMap::new();
+        for peer in &peers {
+            by_address
+                .entry(peer.address)
+                .or_insert_with(|| Arc::clone(peer));
+            if peer.any_port {
+                by_ip
+                    .entry(peer.address.ip())
+                    .or_insert_with(|| Arc::clone(peer));
+            }
+        }
+        let mut exact = HashMap::new();
+        let mut patterns = Vec::new();
+        for route in &config.routes {
+            let targets: Vec<Arc<Peer>> = route
+                .peers
+                .iter()
+                .filter_map(|name| by_name.get(name.as_str()).cloned())
+                .collect();
+            match NumberPattern::parse(&route.number) {
+                Ok(NumberPattern::Exact(number)) => {
+                    exact.insert(number, targets);
+                }
+                Ok(pattern) => patterns.push((pattern, targets)),
+                Err(_) => {}
+            }
+        }
+        Router {
+            peers,
+            by_address,
+            by_ip,
+            exact,
+            patterns,
+        }
+    }
+
+    /// The peer a request from `source` belongs to: exact IP:port first, then peers marked
+    /// `any_port` by IP. IPv4-mapped IPv6 sources are compared as IPv4.
+    pub fn peer_for_source(&self, source: SocketAddr) -> Option<Arc<Peer>> {
+        let source = canonical(source);
+        self.by_address
+            .get(&source)
+            .or_else(|| self.by_ip.get(&source.ip()))
+            .cloned()
+    }
+
+    /// The peers to try, in order, for a dialled number.
+    pub fn route(&self, number: &str) -> Option<&[Arc<Peer>]> {
+        if let Some(peers) = self.exact.get(number) {
+            return Some(peers);
+        }
+        self.patterns
+            .iter()
+            .find(|(pattern, _)| pattern.matches(number))
+            .map(|(_, peers)| peers.as_slice())
+    }
+
+    pub fn peer_by_name(&self, name: &str) -> Option<Arc<Peer>> {
+        self.peers.iter().find(|p| p.name == name).cloned()
+    }
+
+    pub fn peers(&self) -> &[Arc<Peer>] {
+        &self.peers
+    }
+}
+
+/// `::ffff:a.b.c.d` -> `a.b.c.d`, so a dual-stack socket still finds IPv4 peers.
+pub fn canonical(address: SocketAddr) -> SocketAddr {
+    match address {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => address,
+        },
+        SocketAddr::V4(_) => address,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn router(extra: &str) -> Router {
+        let text = format!("{}{}", include_str!("../../config/gateway.toml"), extra);
+        match Config::parse(Path::new("t.toml"), &text) {
+            Ok(c) => Router::new(&c),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn patterns_match_as_documented() {
+        let p = |s: &str| NumberPattern::parse(s).unwrap_or(NumberPattern::Exact(String::new()));
+        assert!(p("_1XX").matches("110"));
+        assert!(p("_1XX").matches("120"));
+        assert!(!p("_1XX").matches("1100"));
+        assert!(!p("_1XX").matches("12"));
+        assert!(p("_NXX").matches("211"));
+        assert!(!p("_NXX").matches("110"));
+        assert!(p("_1[12]0").matches("120"));
+        assert!(!p("_1[12]0").matches("130"));
+        assert!(p("_9.").matches("9123"));
+        assert!(!p("_9.").matches("9"));
+        assert!(p("_9!").matches("9"));
+        assert!(p("_+86X.").matches("+8613800138000"));
+        assert!(NumberPattern::parse("_9.1").is_err());
+        assert!(NumberPattern::parse("_[1-").is_err());
+        assert!(NumberPattern::parse("_").is_err());
+    }
+
+    #[test]
+    fn exact_route_wins_over_pattern() {
+        let r = router("\n[[route]]\nnumber = \"_1XX\"\npeers = [\"hotline\", \"police\"]\n");
+        let names = |n: &str| -> Vec<String> {
+            r.route(n)
+                .map(|ps| ps.iter().map(|p| p.name.clone()).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(names("110"), vec!["police"]);
+        assert_eq!(names("119"), vec!["hotline", "police"]);
+        assert!(r.route("999").is_none());
+    }
+
+    #[test]
+    fn source_address_identifies_the_peer() {
+        let r = router("");
+        let carrier = r.peer_for_source("127.0.0.1:5070".parse().unwrap());
+        assert_eq!(carrier.map(|p| p.name.clone()), Some("carrier".into()));
+        assert!(r
+            .peer_for_source("127.0.0.1:5071".parse().unwrap())
+            .is_none());
+        assert!(r
+            .peer_for_source("10.0.0.1:5070".parse().unwrap())
+            .is_none());
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5080".parse().unwrap();
+        assert_eq!(
+            r.peer_for_source(mapped).map(|p| p.name.clone()),
+            Some("hotline".into())
+        );
+    }
+}

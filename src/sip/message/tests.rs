@@ -1,0 +1,263 @@
+use super::*;
+
+const INVITE: &str = "INVITE sip:12345@127.0.0.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-1-0;rport\r\n\
+From: \"Citizen\" <sip:13800138000@127.0.0.1:5070>;tag=1\r\n\
+To: <sip:12345@127.0.0.1:5060>\r\n\
+Call-ID: 1-100@127.0.0.1\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:13800138000@127.0.0.1:5070>\r\n\
+Max-Forwards: 70\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: 10\r\n\
+\r\n\
+v=0\r\no=- 1";
+
+fn request(text: &str) -> Request {
+    match parse(text.as_bytes()) {
+        Ok(Message::Request(r)) => r,
+        other => panic!("expected a request, got {other:?}"),
+    }
+}
+
+fn rejected(text: &str) -> u16 {
+    match parse(text.as_bytes()) {
+        Err(ParseError::Reject { status, .. }) => status,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn parses_invite_and_honours_content_length() {
+    let r = request(INVITE);
+    assert_eq!(r.method, Method::Invite);
+    assert_eq!(r.uri.user.as_deref(), Some("12345"));
+    assert_eq!(r.call_id(), "1-100@127.0.0.1");
+    assert_eq!(r.cseq().map(|c| c.sequence), Some(1));
+    assert_eq!(
+        r.from()
+            .and_then(|f| f.tag().map(str::to_string))
+            .as_deref(),
+        Some("1")
+    );
+    assert_eq!(r.body.as_ref(), b"v=0\r\no=- 1");
+    assert_eq!(r.sdp(), Some("v=0\r\no=- 1"));
+    assert_eq!(r.max_forwards(), 70);
+}
+
+#[test]
+fn print_then_parse_round_trips() {
+    let r = request(INVITE);
+    let again = request(std::str::from_utf8(&r.to_bytes()).unwrap_or_default());
+    assert_eq!(again, r);
+}
+
+#[test]
+fn compact_folded_and_lf_only_forms() {
+    let text = "OPTIONS tel:+8613800138000 SIP/2.0\n\
+v: SIP/2.0/UDP [2001:db8::1]:5070;branch=z9hG4bKc\n\
+f: <tel:+8613800138000>;tag=a\n\
+t: <sip:gw@[2001:db8::2]>\n\
+i: compact@h\n\
+CSeq: 7\n OPTIONS\n\
+l: 0\n\n";
+    let r = request(text);
+    assert_eq!(r.method, Method::Options);
+    assert_eq!(r.uri.scheme, Scheme::Tel);
+    assert_eq!(r.headers.get("Call-ID"), Some("compact@h"));
+    assert_eq!(r.cseq().map(|c| c.method), Some(Method::Options));
+    let via = r.top_via().unwrap_or_else(|| panic!("via"));
+    assert_eq!(via.host, Host::Ip("2001:db8::1".parse().unwrap()));
+    assert!(r
+        .to_bytes()
+        .starts_with(b"OPTIONS tel:+8613800138000 SIP/2.0\r\nVia: "));
+}
+
+#[test]
+fn non_utf8_header_value_is_kept_lossily() {
+    let mut bytes = INVITE.replace("\"Citizen\"", "\"XX\"").into_bytes();
+    let at = bytes.windows(2).position(|w| w == b"XX").unwrap_or(0);
+    bytes[at] = 0xff;
+    match parse(&bytes) {
+        Ok(Message::Request(r)) => assert!(r
+            .headers
+            .get("From")
+            .is_some_and(|f| f.contains('\u{fffd}'))),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn rejections_carry_the_right_status() {
+    assert_eq!(
+        rejected(
+            &INVITE
+                .replace("INVITE sip:", "FOO sip:")
+                .replace("1 INVITE", "1 FOO")
+        ),
+        501
+    );
+    assert_eq!(
+        rejected(&INVITE.replace("sip:12345@127.0.0.1:5060 SIP", "urn:service:sos SIP")),
+        416
+    );
+    assert_eq!(
+        rejected(&INVITE.replace("SIP/2.0\r\nVia", "SIP/3.0\r\nVia")),
+        505
+    );
+    assert_eq!(
+        rejected(&INVITE.replace("Call-ID: 1-100@127.0.0.1\r\n", "")),
+        400
+    );
+    assert_eq!(
+        rejected(&INVITE.replace("CSeq: 1 INVITE", "CSeq: 1 BYE")),
+        400
+    );
+    assert_eq!(
+        rejected(&INVITE.replace("Content-Length: 10", "Content-Length: 99")),
+        400
+    );
+    assert_eq!(
+        rejected(&INVITE.replace("Content-Length: 10", "Content-Length: ten")),
+        400
+    );
+    assert_eq!(
+        rejected(&INVITE.replace("Max-Forwards: 70", "Max-Forwards: 700")),
+        400
+    );
+    assert_eq!(
+        rejected(&INVITE.replace("From: ", "From: <sip:broken")),
+        400
+    );
+}
+
+#[test]
+fn rejection_keeps_headers_for_the_response() {
+    match parse(INVITE.replace("CSeq: 1 INVITE", "CSeq: x").as_bytes()) {
+        Err(ParseError::Reject { headers, .. }) => {
+            let response = response_from_headers(&headers, 400, "Bad Request", Some("t"));
+            let text = String::from_utf8_lossy(&response.to_bytes()).to_string();
+            assert!(text.starts_with("SIP/2.0 400 Bad Request\r\nVia: SIP/2.0/UDP 127.0.0.1:5070"));
+            assert!(text.contains("To: <sip:12345@127.0.0.1:5060>;tag=t\r\n"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn unanswerable_input_is_dropped() {
+    assert!(matches!(
+        parse(b"\x00\x01\x02garbage"),
+        Err(ParseError::Drop(_))
+    ));
+    assert!(matches!(
+        parse(INVITE.replace("Via: ", "X-Via: ").as_bytes()),
+        Err(ParseError::Drop(_))
+    ));
+    assert!(matches!(
+        parse(b"SIP/2.0 999 Weird\r\n\r\n"),
+        Err(ParseError::Drop(_))
+    ));
+    assert!(matches!(
+        parse(&INVITE.as_bytes()[..60]),
+        Err(ParseError::Drop(_))
+    ));
+}
+
+#[test]
+fn too_many_headers_is_a_400() {
+    let mut text = INVITE.replace("Content-Length: 10\r\n\r\nv=0\r\no=- 1", "");
+    for i in 0..200 {
+        text.push_str(&format!("X-Pad-{i}: {i}\r\n"));
+    }
+    text.push_str("Content-Length: 0\r\n\r\n");
+    assert_eq!(rejected(&text), 400);
+}
+
+#[test]
+fn framing_partial_pipelined_and_oversized() {
+    let one = INVITE.as_bytes();
+    let max = 65_535;
+    assert_eq!(frame(&one[..40], max), Ok(Frame::Incomplete));
+    assert_eq!(frame(&one[..one.len() - 1], max), Ok(Frame::Incomplete));
+    assert_eq!(frame(one, max), Ok(Frame::Message { length: one.len() }));
+    let mut two = one.to_vec();
+    two.extend_from_slice(one);
+    assert_eq!(frame(&two, max), Ok(Frame::Message { length: one.len() }));
+    assert_eq!(
+        frame(b"\r\n\r\nINVITE", max),
+        Ok(Frame::KeepAlive {
+            length: 4,
+            ping: true
+        })
+    );
+    assert_eq!(
+        frame(b"\r\n", max),
+        Ok(Frame::KeepAlive {
+            length: 2,
+            ping: false
+        })
+    );
+    assert_eq!(frame(one, 100), Err(FrameError::TooLarge(100)));
+    assert_eq!(frame(&[b'a'; 200], 100), Err(FrameError::TooLarge(100)));
+    let bad = INVITE.replace("Content-Length: 10", "Content-Length: -1");
+    assert_eq!(
+        frame(bad.as_bytes(), max),
+        Err(FrameError::BadContentLength)
+    );
+}
+
+#[test]
+fn ack_and_cancel_reuse_the_invite_branch() {
+    let invite = request(INVITE);
+    let mut response = Response::for_request(&invite, 486, Some("callee"));
+    response.headers.push("Contact", "<sip:x@y>");
+    let ack = ack_for_non_2xx(&invite, &response);
+    assert_eq!(
+        ack.top_via()
+            .and_then(|v| v.branch().map(str::to_string))
+            .as_deref(),
+        Some("z9hG4bK-1-0")
+    );
+    assert_eq!(
+        ack.to()
+            .and_then(|t| t.tag().map(str::to_string))
+            .as_deref(),
+        Some("callee")
+    );
+    assert_eq!(ack.cseq().map(|c| c.to_string()).as_deref(), Some("1 ACK"));
+    let cancel = cancel_for(&invite);
+    assert_eq!(
+        cancel.cseq().map(|c| c.to_string()).as_deref(),
+        Some("1 CANCEL")
+    );
+    assert_eq!(cancel.uri, invite.uri);
+    assert!(cancel.to().is_some_and(|t| t.tag().is_none()));
+}
+
+mod property {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = parse(&bytes);
+            let _ = frame(&bytes, 4096);
+        }
+
+        #[test]
+        fn mutated_invite_never_panics(position in 0usize..INVITE.len(), byte in any::<u8>(), cut in 0usize..INVITE.len()) {
+            let mut bytes = INVITE.as_bytes().to_vec();
+            bytes[position] = byte;
+            bytes.truncate(cut.max(position + 1));
+            if let Ok(Message::Request(r)) = parse(&bytes) {
+                // Whatever parsed must print into something that parses the same way.
+                let printed = r.to_bytes();
+                prop_assert_eq!(parse(&printed), Ok(Message::Request(r)));
+            }
+        }
+    }
+}
