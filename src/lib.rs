@@ -18,3 +18,173 @@
 pub mod config;
 pub mod routing;
 pub mod sip;
+pub mod call;
+pub mod http;
+pub mod ids;
+pub mod media;
+pub mod metrics;
+pub mod shutdown;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use call::manager::CallManager;
+use call::task::CallServices;
+use call::CallSettings;
+use config::Config;
+use media::ports::PortPool;
+use metrics::Metrics;
+use routing::Router;
+use sip::endpoint::Endpoint;
+use sip::sdp::{Codec, MediaPolicy};
+use sip::transport::{Transport, TransportConfig};
+use store::Store;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Transport(#[from] sip::transport::TransportError),
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("cannot bind the HTTP endpoint on {address}: {source}")]
+    Http {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running gateway: its addresses, for tests and logs.
+pub struct Running {
+    pub sip: SocketAddr,
+    pub http: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    finished: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until the gateway has stopped (after `shutdown` fired and calls were ended).
+    pub async fn wait(self) {
+        let _ = self.finished.await;
+    }
+}
+
+/// How long calls get to end cleanly on shutdown before the store is flushed anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Starts every part of the gateway; returns once it is listening. Cancel `shutdown` to stop
+/// it: calls get BYE (or CANCEL/503), the store is flushed, then [`Running::wait`] returns.
+///
+/// # Errors
+/// [`StartError`] when a socket cannot be bound or the store cannot be opened.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let store = Store::open(&config.store.path)?;
+    let router = Arc::new(Router::new(&config));
+    let ports = PortPool::new(config.media.address, config.media.ports, Arc::clone(&metrics));
+    let public_ip = config.sip.public_address.unwrap_or(config.sip.listen.ip());
+    let policy = MediaPolicy {
+        codecs: config
+            .media
+            .codecs
+            .iter()
+            .filter_map(|c| Codec::from_name(c))
+            .collect(),
+        telephone_event_payload_type: config.media.telephone_event,
+        ptime: config.media.ptime,
+    };
+    let timers = sip::transaction::TimerConfig {
+        t1: Duration::from_millis(config.sip.t1_ms),
+        t2: Duration::from_millis(config.sip.t2_ms),
+        t4: Duration::from_millis(config.sip.t4_ms),
+    };
+    let (inbound_sender, inbound) = mpsc::channel(8192);
+    let transport_stop = CancellationToken::new();
+    let transport = Transport::bind(
+        TransportConfig {
+            listen: config.sip.listen,
+            max_message_size: config.sip.max_message_size,
+            tcp_idle_timeout: Duration::from_secs(config.sip.tcp_idle_timeout_secs),
+        },
+        inbound_sender,
+        Arc::clone(&metrics),
+        transport_stop.clone(),
+    )
+    .await?;
+    let local_sip = SocketAddr::new(public_ip, transport.local_address().port());
+    let settings = Arc::new(CallSettings {
+        local_sip,
+        policy,
+        peer_response_timeout: Duration::from_millis(config.sip.peer_response_timeout_ms),
+        ring_timeout: Duration::from_secs(config.sip.ring_timeout_secs),
+        cleanup_timeout: timers.t1 * 64,
+        user_agent: (!config.sip.user_agent.is_empty()).then(|| config.sip.user_agent.clone()),
+    });
+    let manager = Arc::new(CallManager::new(
+        router,
+        settings,
+        ports,
+        Arc::clone(&metrics),
+        ids::IdGenerator::from_entropy(),
+        config.sip.max_calls,
+        Duration::from_secs(config.media.inactivity_timeout_secs),
+    ));
+    let (endpoint, handle, commands) = Endpoint::new(
+        transport,
+        timers,
+        Arc::clone(&manager) as Arc<dyn sip::endpoint::Dispatcher>,
+        Arc::clone(&metrics),
+        local_sip,
+    );
+    let tracker = tokio_util::task::TaskTracker::new();
+    manager.attach(CallServices {
+        endpoint: handle,
+        store: store.clone(),
+        metrics: Arc::clone(&metrics),
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+    });
+    let endpoint_stop = CancellationToken::new();
+    let endpoint_task = tokio::spawn(endpoint.run(inbound, commands, endpoint_stop.clone()));
+
+    let http_listener = tokio::net::TcpListener::bind(config.api.http)
+        .await
+        .map_err(|source| StartError::Http {
+            address: config.api.http,
+            source,
+        })?;
+    let http_address = http_listener.local_addr().unwrap_or(config.api.http);
+    let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
+    let health_shutdown = shutdown.clone();
+    let health: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || !health_shutdown.is_cancelled());
+    tokio::spawn(http::serve(http_listener, Arc::clone(&metrics), health, http_stopped));
+
+    tracing::info!(sip = %local_sip, http = %http_address, store = %config.store.path.display(), "gateway listening");
+    let finished = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: ending calls");
+        tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+            tracing::warn!("calls still ending after the grace period; stopping anyway");
+        }
+        endpoint_stop.cancel();
+        transport_stop.cancel();
+        let _ = endpoint_task.await;
+        let _ = http_stop.send(true);
+        if let Err(error) = store.shutdown().await {
+            tracing::error!(%error, "store not flushed cleanly");
+        }
+        tracing::info!("stopped");
+    });
+    Ok(Running {
+        sip: local_sip,
+        http: http_address,
+        metrics,
+        finished,
+    })
+}

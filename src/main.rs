@@ -1,3 +1,89 @@
-fn main() {
-    println!("Hello, world!");
+//! `hotline-gateway`: command line, logging and runtime; everything else is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use hotline_gateway::config::Config;
+
+/// SIP/RTP gateway linking the 12345 hotline and the 110 police desk.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, short, default_value = "config/gateway.toml")]
+    config: PathBuf,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the most recent call records from the store.
+    Calls {
+        /// How many calls, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("hotline-gateway: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check {
+        println!("{}: ok", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Calls { limit }) = cli.command {
+        return match hotline_gateway::store::list_calls(&config.store.path, limit) {
+            Ok(records) => {
+                print!("{}", hotline_gateway::store::format_calls_table(&records));
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("hotline-gateway: {}: {error}", config.store.path.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("hotline-gateway: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        hotline_gateway::shutdown::on_signal(shutdown.clone());
+        match hotline_gateway::start(config, shutdown).await {
+            Ok(running) => {
+                running.wait().await;
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot start");
+                eprintln!("hotline-gateway: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

@@ -31,6 +31,19 @@ pub struct Peer {
     any_port: bool,
 }
 
+impl Peer {
+    /// A peer that accepts requests only from `address` exactly.
+    pub fn new(name: &str, address: SocketAddr, platform: Option<String>, transport: TransportKind) -> Peer {
+        Peer {
+            name: name.to_string(),
+            address,
+            platform,
+            transport,
+            any_port: false,
+        }
+    }
+}
+
 impl From<&PeerConfig> for Peer {
     fn from(config: &PeerConfig) -> Self {
         Peer {

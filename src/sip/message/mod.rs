@@ -28,7 +28,7 @@ pub const MAX_HEADER_LINE: usize = 8192;
 
 /// A SIP method. Unknown but well-formed methods parse as `Other`, so they can get 501
 /// (§8.2.1) instead of a 400.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Method {
     Invite,
     Ack,
@@ -265,6 +265,11 @@ pub fn parse(datagram: &[u8]) -> Result<Message, ParseError> {
         }
         if raw.len() > MAX_HEADER_LINE {
             header_error.get_or_insert("header line too long");
+            continue;
+        }
+        if raw.iter().any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f) {
+            // A bare CR, NUL or other control inside a header line smuggles structure.
+            header_error.get_or_insert("control character in a header");
             continue;
         }
         let line = String::from_utf8_lossy(raw);

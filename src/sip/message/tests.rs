@@ -253,10 +253,19 @@ mod property {
             let mut bytes = INVITE.as_bytes().to_vec();
             bytes[position] = byte;
             bytes.truncate(cut.max(position + 1));
-            if let Ok(Message::Request(r)) = parse(&bytes) {
-                // Whatever parsed must print into something that parses the same way.
+            if let Ok(Message::Request(mut r)) = parse(&bytes) {
+                // Whatever parsed must print into something that parses the same way (printing
+                // always writes Content-Length, so compare without it).
                 let printed = r.to_bytes();
-                prop_assert_eq!(parse(&printed), Ok(Message::Request(r)));
+                let again = parse(&printed);
+                r.headers.remove("Content-Length");
+                match again {
+                    Ok(Message::Request(mut again)) => {
+                        again.headers.remove("Content-Length");
+                        prop_assert_eq!(again, r);
+                    }
+                    other => prop_assert!(false, "reparse failed: {:?}", other),
+                }
             }
         }
     }

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Benchmarks of the release gateway with the shared peer harness (../shared/peers):
+#   bench/run.sh sip   [harness options]   call rate (calls/s) with media anchored
+#   bench/run.sh rtp   [harness options]   concurrent relayed G.711 calls
+#   bench/run.sh both                       both, 3 runs each
+# Starts the gateway on bench/gateway.toml (RUST_LOG=warn), passes its PID to the harness so
+# its CPU is measured, and stops it afterwards. Not part of the test suite.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+peers="${PEERS_DIR:-$root/../shared/peers}"
+[ -x "$peers/sip-cps.sh" ] || { echo "peer harness not found at $peers (set PEERS_DIR)" >&2; exit 2; }
+
+cd "$root"
+cargo build --release --quiet
+mkdir -p bench/out
+rm -f bench/out/gateway.db*
+RUST_LOG=warn timeout 7200 target/release/hotline-gateway --config bench/gateway.toml \
+  2> bench/out/gateway.log &
+gw=$!
+trap 'kill -TERM $gw 2>/dev/null; wait $gw 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  curl -sf http://127.0.0.1:9090/healthz >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+mode="${1:-both}"; shift || true
+case "$mode" in
+  sip) "$peers/sip-cps.sh" 5060 --label gateway --target-pid "$gw" "$@" ;;
+  rtp) "$peers/rtp-relay.sh" sip --target-port 5060 --label gateway --target-pid "$gw" "$@" ;;
+  both)
+    "$peers/sip-cps.sh" 5060 --label gateway --target-pid "$gw" --runs 3 "$@"
+    "$peers/rtp-relay.sh" sip --target-port 5060 --label gateway --target-pid "$gw" --runs 3 "$@"
+    ;;
+  *) echo "usage: bench/run.sh sip|rtp|both [harness options]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,203 @@
+//! Admission of new requests: who may call (403), what they may call (404), whether we have room
+//! (503), and for an admitted INVITE a new call with its media and its task.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::mpsc;
+
+use super::model::{Call, CallSettings, NewCall, ALLOW};
+use super::task::{self, CallServices};
+use crate::ids::IdGenerator;
+use crate::media::ports::PortPool;
+use crate::media::relay;
+use crate::metrics::{Counter, Metrics};
+use crate::routing::Router;
+use crate::sip::endpoint::{Disposition, Dispatcher, ServerTransactionId};
+use crate::sip::message::{Method, Request, Response};
+use crate::sip::transport::Flow;
+use crate::store::{unix_millis, CallRecord};
+
+/// The dispatcher behind the endpoint.
+pub struct CallManager {
+    router: Arc<Router>,
+    settings: Arc<CallSettings>,
+    ports: Arc<PortPool>,
+    metrics: Arc<Metrics>,
+    services: OnceLock<CallServices>,
+    ids: Mutex<IdGenerator>,
+    max_calls: usize,
+    inactivity: std::time::Duration,
+    active: Arc<AtomicUsize>,
+}
+
+impl CallManager {
+    pub fn new(
+        router: Arc<Router>,
+        settings: Arc<CallSettings>,
+        ports: Arc<PortPool>,
+        metrics: Arc<Metrics>,
+        ids: IdGenerator,
+        max_calls: usize,
+        inactivity: std::time::Duration,
+    ) -> CallManager {
+        CallManager {
+            router,
+            settings,
+            ports,
+            metrics,
+            services: OnceLock::new(),
+            ids: Mutex::new(ids),
+            max_calls,
+            inactivity,
+            active: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Completes construction once the endpoint exists (the endpoint needs the dispatcher and
+    /// calls need the endpoint).
+    pub fn attach(&self, services: CallServices) {
+        let _ = self.services.set(services);
+    }
+
+    fn next_ids(&self) -> IdGenerator {
+        self.ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .fork()
+    }
+
+    fn reply(request: &Request, status: u16) -> Disposition {
+        let mut response = Response::for_request(request, status, Some("gw"));
+        match status {
+            200 | 405 => response.headers.push("Allow", ALLOW),
+            503 => response.headers.push("Retry-After", "5"),
+            _ => {}
+        }
+        if status == 200 {
+            response.headers.push("Accept", "application/sdp");
+        }
+        Disposition::Respond(response)
+    }
+
+    fn new_call(
+        &self,
+        request: &Request,
+        server: ServerTransactionId,
+        source: SocketAddr,
+        flow: Flow,
+        caller_peer: Arc<crate::routing::Peer>,
+    ) -> Disposition {
+        let Some(services) = self.services.get() else {
+            return Self::reply(request, 503);
+        };
+        if services.shutdown.is_cancelled() {
+            return Self::reply(request, 503);
+        }
+        if request.max_forwards() == 0 {
+            return Self::reply(request, 483);
+        }
+        let Some(number) = request.uri.number().filter(|n| !n.is_empty()) else {
+            return Self::reply(request, 404);
+        };
+        let Some(route) = self.router.route(&number) else {
+            tracing::info!(%number, peer = %caller_peer.name, "no route");
+            return Self::reply(request, 404);
+        };
+        // One slot per call, released by the call task's ActiveGuard.
+        if self.active.load(Ordering::Relaxed) >= self.max_calls {
+            self.metrics.increment(Counter::CallsRefusedOverload);
+            return Self::reply(request, 503);
+        }
+        let (Some(leg_a), Some(leg_b)) = (self.ports.allocate(), self.ports.allocate()) else {
+            tracing::warn!("no media ports left");
+            self.metrics.increment(Counter::CallsRefusedOverload);
+            return Self::reply(request, 503);
+        };
+        let mut ids = self.next_ids();
+        let id = ids.call_key();
+        let media_a = leg_a.rtp_address();
+        let media_b = leg_b.rtp_address();
+        let relay = relay::spawn([leg_a, leg_b], ids.fork(), self.inactivity, Arc::clone(&self.metrics));
+        let caller = request
+            .from()
+            .and_then(|f| f.uri.number())
+            .unwrap_or_default();
+        let record = CallRecord {
+            id: id.clone(),
+            a_call_id: request.call_id().to_string(),
+            b_call_id: None,
+            caller,
+            called: number.clone(),
+            a_peer: caller_peer.name.clone(),
+            b_peer: None,
+            started_at: unix_millis(SystemTime::now()),
+            answered_at: None,
+            ended_at: None,
+            ended_by: None,
+            end_reason: None,
+            final_status: None,
+            rtp_a_to_b: 0,
+            rtp_b_to_a: 0,
+            rtp_dropped: 0,
+        };
+        let call = Call::new(
+            Instant::now(),
+            Arc::clone(&self.settings),
+            NewCall {
+                id,
+                invite: request.clone(),
+                server,
+                source,
+                flow,
+                caller_peer,
+                number,
+                route: route.to_vec(),
+                media_a,
+                media_b,
+                ids,
+            },
+        );
+        let (owner, inbox) = mpsc::unbounded_channel();
+        let active = Arc::clone(&self.active);
+        active.fetch_add(1, Ordering::Relaxed);
+        let guard = ActiveGuard(active);
+        task::spawn(call, inbox, owner.clone(), relay, record, services.clone(), guard);
+        Disposition::Accept(owner)
+    }
+}
+
+/// Decrements the active-call count when the call task ends, however it ends.
+pub struct ActiveGuard(Arc<AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Dispatcher for CallManager {
+    fn new_request(
+        &self,
+        request: &Request,
+        server: ServerTransactionId,
+        source: SocketAddr,
+        flow: Flow,
+    ) -> Disposition {
+        let Some(peer) = self.router.peer_for_source(source) else {
+            self.metrics.increment(Counter::SipRejectedUnknownPeer);
+            tracing::info!(%source, method = %request.method, "request from an address that is no peer");
+            return Self::reply(request, 403);
+        };
+        match request.method {
+            Method::Invite => self.new_call(request, server, source, flow, peer),
+            Method::Options => Self::reply(request, 200),
+            Method::Bye | Method::Cancel | Method::Info | Method::Update | Method::Refer | Method::Notify => {
+                Self::reply(request, 481)
+            }
+            _ => Self::reply(request, 405),
+        }
+    }
+}

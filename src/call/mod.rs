@@ -1,0 +1,8 @@
+//! Calls: the sans-IO B2BUA model ([`model`]), the task that drives one call ([`task`]) and the
+//! dispatcher that admits new calls ([`manager`]).
+
+pub mod manager;
+pub mod model;
+pub mod task;
+
+pub use model::{Action, Call, CallSettings, EndedBy, NewCall, Outcome};

@@ -1,0 +1,1027 @@
+//! The B2BUA call: two legs, two independent dialogs, one bridge. Sans-IO.
+//!
+//! Call order: [`Call::new`] with the caller's INVITE, then feed [`Call::handle_sip`],
+//! [`Call::handle_media_inactive`], [`Call::handle_shutdown`] and, when [`Call::poll_timeout`] is
+//! due, [`Call::handle_timeout`]; after each, drain [`Call::poll_action`] until `None`. The call
+//! never reads a clock or a socket; the task in `call::task` does the I/O.
+//!
+//! Leg A is the caller's (the carrier's INVITE to us, we are its UAS). Leg B is ours to the
+//! route's peers (we are its UAC), tried in order: the next peer on no response within
+//! `peer_response_timeout`, on ringing past `ring_timeout`, on 408, 5xx or 6xx (§16.7-style
+//! serial forking done by a B2BUA). SDP is answered on each leg by the gateway itself with its
+//! own address (media anchored), so re-INVITEs from one side never reach the other.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::ids::IdGenerator;
+use crate::media::{Leg, LegMedia, MediaCommand};
+use crate::routing::Peer;
+use crate::sip::dialog::Dialog;
+use crate::sip::endpoint::{DialogKey, Endpoint, ServerTransactionId, SipEvent};
+use crate::sip::message::{self, Headers, Host, Method, NameAddr, Request, Response, Uri};
+use crate::sip::sdp::{self, Direction, MediaPolicy, Negotiated, Origin, SessionDescription};
+use crate::sip::transport::{Flow, Target};
+use crate::config::TransportKind;
+
+/// Methods the gateway accepts inside a dialog (sent in Allow, §20.5).
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
+
+/// Settings every call shares.
+#[derive(Debug, Clone)]
+pub struct CallSettings {
+    /// Address in Via and Contact.
+    pub local_sip: SocketAddr,
+    pub policy: MediaPolicy,
+    pub peer_response_timeout: Duration,
+    pub ring_timeout: Duration,
+    /// How long to wait for BYE/CANCEL answers before giving the call up (64*T1).
+    pub cleanup_timeout: Duration,
+    /// Server/User-Agent value; None sends none.
+    pub user_agent: Option<String>,
+}
+
+/// Everything the call starts from.
+pub struct NewCall {
+    pub id: String,
+    pub invite: Request,
+    pub server: ServerTransactionId,
+    pub source: SocketAddr,
+    pub flow: Flow,
+    pub caller_peer: Arc<Peer>,
+    pub number: String,
+    pub route: Vec<Arc<Peer>>,
+    /// Local RTP addresses of leg A and leg B.
+    pub media_a: SocketAddr,
+    pub media_b: SocketAddr,
+    pub ids: IdGenerator,
+}
+
+/// Who ended a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndedBy {
+    Caller,
+    Callee,
+    Gateway,
+}
+
+impl EndedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndedBy::Caller => "caller",
+            EndedBy::Callee => "callee",
+            EndedBy::Gateway => "gateway",
+        }
+    }
+}
+
+/// How the call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub ended_by: EndedBy,
+    pub reason: String,
+    /// The final status of call setup: 200 if answered, else what the caller got.
+    pub final_status: u16,
+    pub answered: bool,
+}
+
+/// What the call asks its driver to do.
+#[derive(Debug)]
+#[must_use]
+pub enum Action {
+    SendRequest { request: Request, target: Target },
+    SendResponse { server: ServerTransactionId, response: Response },
+    RegisterDialog(DialogKey),
+    UnregisterDialog(DialogKey),
+    Media(MediaCommand),
+    /// Leg B answered (for the call record).
+    Answered { b_call_id: String, b_peer: String },
+    /// Leg B's Call-ID and peer for the current attempt (for the call record).
+    Attempt { b_call_id: String, b_peer: String },
+    /// The call is over for both parties: write the record now.
+    Ended(Outcome),
+    /// Nothing more will happen: drop the call.
+    Finished,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Leg B is being set up.
+    Calling,
+    Answered,
+    /// Both legs are being torn down; waiting for the last answers.
+    Ending,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// No response at all from the current peer.
+    PeerResponse,
+    /// The current peer rings too long.
+    Ring,
+    /// Give up waiting for answers to our BYE/CANCEL.
+    Cleanup,
+}
+
+const TIMERS: [Timer; 3] = [Timer::PeerResponse, Timer::Ring, Timer::Cleanup];
+
+/// One INVITE towards a peer.
+struct Attempt {
+    peer_index: usize,
+    invite: Request,
+    branch: String,
+    target: Target,
+    provisional: bool,
+    cancel_sent: bool,
+    /// Set when we gave up on this attempt (ring timeout): its failure counts as 408.
+    timed_out: bool,
+    /// A final response (or a timeout) ended this INVITE transaction.
+    settled: bool,
+}
+
+struct LegA {
+    invite: Request,
+    server: ServerTransactionId,
+    target: Target,
+    tag: String,
+    dialog: Option<Dialog>,
+    origin: Origin,
+    /// The SDP we send this leg (answer to its offer, or our offer if it sent none).
+    local_sdp: Option<String>,
+    /// Our offer when the INVITE had no SDP (answer expected in the ACK).
+    pending_offer: Option<SessionDescription>,
+    media: SocketAddr,
+    /// A final response has gone to the caller's INVITE.
+    finalized: bool,
+}
+
+struct LegB {
+    dialog: Option<Dialog>,
+    origin: Origin,
+    offer: SessionDescription,
+    local_sdp: Option<String>,
+    media: SocketAddr,
+    call_id: String,
+    tag: String,
+    answered_invite_sequence: u32,
+}
+
+/// The call state machine.
+pub struct Call {
+    id: String,
+    settings: Arc<CallSettings>,
+    ids: IdGenerator,
+    state: State,
+    caller_peer: Arc<Peer>,
+    number: String,
+    route: Vec<Arc<Peer>>,
+    a: LegA,
+    b: LegB,
+    attempt: Option<Attempt>,
+    /// Earlier attempts whose transactions may still answer (a late 2xx must be ACKed and BYEd).
+    stale: Vec<Attempt>,
+    cancelled: bool,
+    /// Branches of our BYE/CANCEL transactions still awaiting a final response.
+    pending: HashSet<String>,
+    timers: [Option<Instant>; 3],
+    last_failure: (u16, String),
+    outcome: Option<Outcome>,
+    /// Set when the cleanup timer must be armed at the next clock reading.
+    pending_cleanup: bool,
+    actions: VecDeque<Action>,
+}
+
+impl Call {
+    /// Starts a call from the caller's INVITE: answers its SDP offer (or fails with 488) and
+    /// sends the first INVITE of leg B.
+    pub fn new(now: Instant, settings: Arc<CallSettings>, new: NewCall) -> Call {
+        let mut ids = new.ids;
+        let a_tag = ids.tag();
+        let b_tag = ids.tag();
+        let local_ip = settings.local_sip.ip();
+        let a_target = match new.flow {
+            Flow::Tcp(connection) => Target::Connection(connection, new.source),
+            Flow::Udp => Target::Udp(new.source),
+        };
+        let a_origin = Origin::new(new.media_a.ip(), ids.next_u64() >> 12);
+        let b_origin = Origin::new(new.media_b.ip(), ids.next_u64() >> 12);
+        let offer = sdp::offer(&settings.policy, new.media_b, &b_origin, Direction::SendRecv);
+        let b_call_id = ids.call_id(&local_ip.to_string());
+        let mut call = Call {
+            id: new.id,
+            settings,
+            ids,
+            state: State::Calling,
+            caller_peer: new.caller_peer,
+            number: new.number,
+            route: new.route,
+            a: LegA {
+                invite: new.invite,
+                server: new.server,
+                target: a_target,
+                tag: a_tag,
+                dialog: None,
+                origin: a_origin,
+                local_sdp: None,
+                pending_offer: None,
+                media: new.media_a,
+                finalized: false,
+            },
+            b: LegB {
+                dialog: None,
+                origin: b_origin,
+                offer,
+                local_sdp: None,
+                media: new.media_b,
+                call_id: b_call_id,
+                tag: b_tag,
+                answered_invite_sequence: 1,
+            },
+            attempt: None,
+            stale: Vec::new(),
+            cancelled: false,
+            pending: HashSet::new(),
+            timers: [None; 3],
+            last_failure: (480, "Temporarily Unavailable".into()),
+            outcome: None,
+            pending_cleanup: false,
+            actions: VecDeque::new(),
+        };
+        call.start(now);
+        call
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn is_answered(&self) -> bool {
+        self.state == State::Answered
+    }
+
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.iter().flatten().min().copied()
+    }
+
+    fn arm(&mut self, timer: Timer, at: Option<Instant>) {
+        if let Some(index) = TIMERS.iter().position(|t| *t == timer) {
+            self.timers[index] = at;
+        }
+    }
+
+    fn start(&mut self, now: Instant) {
+        let a_key = DialogKey {
+            call_id: self.a.invite.call_id().to_string(),
+            local_tag: self.a.tag.clone(),
+        };
+        self.actions.push_back(Action::RegisterDialog(a_key));
+        let offer = self.a.invite.sdp().map(sdp::parse);
+        match offer {
+            Some(Ok(offer)) => {
+                match sdp::answer(&offer, &self.settings.policy, self.a.media, &self.a.origin) {
+                    Ok((answer, negotiated)) => {
+                        self.a.local_sdp = Some(answer.to_string());
+                        self.configure(Leg::A, &negotiated);
+                    }
+                    Err(error) => {
+                        tracing::info!(call = %self.id, %error, "caller's offer not acceptable");
+                        self.fail_caller(488, "Not Acceptable Here", EndedBy::Gateway, "no acceptable media");
+                        return;
+                    }
+                }
+            }
+            Some(Err(error)) => {
+                tracing::info!(call = %self.id, %error, "caller's SDP unparsable");
+                self.fail_caller(400, "Bad SDP", EndedBy::Gateway, "malformed SDP");
+                return;
+            }
+            None => {
+                // Delayed offer (§13.2.1): we offer in the 200, the caller answers in the ACK.
+                let offer = sdp::offer(&self.settings.policy, self.a.media, &self.a.origin, Direction::SendRecv);
+                self.a.local_sdp = Some(offer.to_string());
+                self.a.pending_offer = Some(offer);
+            }
+        }
+        let max_forwards = self.a.invite.max_forwards();
+        if max_forwards == 0 {
+            self.fail_caller(483, "Too Many Hops", EndedBy::Gateway, "max-forwards exhausted");
+            return;
+        }
+        self.try_peer(now, 0);
+    }
+
+    fn configure(&mut self, leg: Leg, negotiated: &Negotiated) {
+        let media = LegMedia {
+            remote: negotiated.remote,
+            codec: negotiated.codec,
+            payload_type: negotiated.payload_type,
+            telephone_event: negotiated.telephone_event,
+            receives: matches!(negotiated.direction, Direction::SendRecv | Direction::RecvOnly),
+        };
+        self.actions.push_back(Action::Media(MediaCommand::Configure(leg, media)));
+    }
+
+    /// Sends the INVITE of leg B to the route's `index`-th peer.
+    fn try_peer(&mut self, now: Instant, index: usize) {
+        let Some(peer) = self.route.get(index).cloned() else {
+            let (status, reason) = self.last_failure.clone();
+            self.fail_caller(status, &reason, EndedBy::Callee, "all peers failed");
+            return;
+        };
+        if index > 0 {
+            // A new attempt is a new dialog: fresh Call-ID and tag.
+            self.b.call_id = self.ids.call_id(&self.settings.local_sip.ip().to_string());
+            self.b.tag = self.ids.tag();
+        }
+        let target = match peer.transport {
+            TransportKind::Udp => Target::Udp(peer.address),
+            TransportKind::Tcp => Target::Tcp(peer.address),
+        };
+        let branch = self.ids.branch();
+        let invite = self.build_b_invite(&peer, target, &branch);
+        self.actions.push_back(Action::RegisterDialog(DialogKey {
+            call_id: self.b.call_id.clone(),
+            local_tag: self.b.tag.clone(),
+        }));
+        self.actions.push_back(Action::Attempt {
+            b_call_id: self.b.call_id.clone(),
+            b_peer: peer.name.clone(),
+        });
+        self.actions.push_back(Action::SendRequest {
+            request: invite.clone(),
+            target,
+        });
+        if let Some(previous) = self.attempt.take() {
+            self.stale.push(previous);
+        }
+        self.attempt = Some(Attempt {
+            peer_index: index,
+            invite,
+            branch,
+            target,
+            provisional: false,
+            cancel_sent: false,
+            timed_out: false,
+            settled: false,
+        });
+        self.arm(Timer::PeerResponse, Some(now + self.settings.peer_response_timeout));
+        self.arm(Timer::Ring, None);
+    }
+
+    fn contact(&self, target: Target) -> String {
+        let host = Host::Ip(self.settings.local_sip.ip());
+        let transport = if target.is_reliable() { ";transport=tcp" } else { "" };
+        format!("<sip:gw@{host}:{}{transport}>", self.settings.local_sip.port())
+    }
+
+    fn build_b_invite(&mut self, peer: &Peer, target: Target, branch: &str) -> Request {
+        let caller = self.a.invite.from();
+        let caller_user = caller
+            .as_ref()
+            .and_then(|f| f.uri.user.clone())
+            .unwrap_or_else(|| "anonymous".into());
+        let mut from_uri = Uri::sip(Some(&caller_user), Host::Ip(self.settings.local_sip.ip()), None);
+        if caller_user.starts_with('+') {
+            from_uri.params.push(("user".into(), Some("phone".into())));
+        }
+        let from = NameAddr {
+            display_name: caller.and_then(|c| c.display_name),
+            uri: from_uri,
+            params: vec![("tag".into(), Some(self.b.tag.clone()))],
+        };
+        // The contract: `sip:<number>@<peer address>`.
+        let uri = Uri::sip(Some(&self.number), Host::Ip(peer.address.ip()), Some(peer.address.port()));
+        let mut headers = Headers::new();
+        headers.push("Via", Endpoint::via_for(self.settings.local_sip, target, branch));
+        headers.push("Max-Forwards", self.a.invite.max_forwards().saturating_sub(1).to_string());
+        headers.push("From", from.to_string());
+        headers.push("To", NameAddr::new(uri.clone()).to_string());
+        headers.push("Call-ID", self.b.call_id.clone());
+        headers.push("CSeq", "1 INVITE");
+        headers.push("Contact", self.contact(target));
+        headers.copy_from(&self.a.invite.headers, "P-Asserted-Identity");
+        headers.copy_from(&self.a.invite.headers, "Privacy");
+        headers.push("Allow", ALLOW);
+        if let Some(agent) = &self.settings.user_agent {
+            headers.push("User-Agent", agent.clone());
+        }
+        headers.push("Content-Type", "application/sdp");
+        Request {
+            method: Method::Invite,
+            uri,
+            headers,
+            body: Bytes::from(self.b.offer.to_string()),
+        }
+    }
+
+    /// A response to the caller's INVITE.
+    fn respond_a(&mut self, status: u16, reason: &str, with_sdp: bool) {
+        let mut response = Response::for_request(&self.a.invite, status, Some(&self.a.tag));
+        response.reason = reason.to_string();
+        if (101..300).contains(&status) {
+            response.headers.push("Contact", self.contact(self.a.target));
+        }
+        if status >= 200 {
+            self.a.finalized = true;
+        }
+        if (200..300).contains(&status) {
+            response.headers.push("Allow", ALLOW);
+        }
+        if let Some(agent) = &self.settings.user_agent {
+            response.headers.push("Server", agent.clone());
+        }
+        if with_sdp {
+            if let Some(sdp) = &self.a.local_sdp {
+                response.headers.push("Content-Type", "application/sdp");
+                response.body = Bytes::from(sdp.clone());
+            }
+        }
+        self.actions.push_back(Action::SendResponse {
+            server: self.a.server,
+            response,
+        });
+    }
+
+    /// The call fails before answer: final response to the caller, record, finish when leg B
+    /// is settled.
+    fn fail_caller(&mut self, status: u16, reason: &str, ended_by: EndedBy, why: &str) {
+        if !self.a.finalized {
+            self.respond_a(status, reason, false);
+        }
+        self.end(ended_by, why, status, false);
+    }
+
+    fn end(&mut self, ended_by: EndedBy, reason: &str, final_status: u16, answered: bool) {
+        if self.outcome.is_some() {
+            return;
+        }
+        let outcome = Outcome {
+            ended_by,
+            reason: reason.to_string(),
+            final_status,
+            answered,
+        };
+        self.outcome = Some(outcome.clone());
+        self.actions.push_back(Action::Ended(outcome));
+        self.state = State::Ending;
+        self.arm(Timer::PeerResponse, None);
+        self.arm(Timer::Ring, None);
+        self.maybe_finish();
+    }
+
+    /// In `Ending`, finishes once leg B's INVITE has settled and our BYE/CANCELs are answered;
+    /// until then the cleanup timer bounds the wait.
+    fn maybe_finish(&mut self) {
+        if self.state != State::Ending {
+            return;
+        }
+        let waiting =
+            !self.pending.is_empty() || self.attempt.as_ref().is_some_and(|a| !a.settled);
+        if !waiting {
+            self.finish();
+        } else if self.timers[2].is_none() {
+            self.pending_cleanup = true;
+        }
+    }
+
+    fn finish(&mut self) {
+        self.state = State::Done;
+        self.timers = [None; 3];
+        self.actions.push_back(Action::UnregisterDialog(DialogKey {
+            call_id: self.a.invite.call_id().to_string(),
+            local_tag: self.a.tag.clone(),
+        }));
+        self.actions.push_back(Action::UnregisterDialog(DialogKey {
+            call_id: self.b.call_id.clone(),
+            local_tag: self.b.tag.clone(),
+        }));
+        self.actions.push_back(Action::Finished);
+    }
+
+    /// Arms the cleanup timer if an ending call still waits for answers.
+    fn arm_cleanup(&mut self, now: Instant) {
+        if std::mem::take(&mut self.pending_cleanup) && self.state == State::Ending {
+            self.arm(Timer::Cleanup, Some(now + self.settings.cleanup_timeout));
+        }
+    }
+
+    /// Feeds one event from the endpoint.
+    pub fn handle_sip(&mut self, now: Instant, event: SipEvent) {
+        if self.state == State::Done {
+            return;
+        }
+        self.dispatch_sip(now, event);
+        self.arm_cleanup(now);
+    }
+
+    fn dispatch_sip(&mut self, now: Instant, event: SipEvent) {
+        match event {
+            SipEvent::Request { server, request, .. } => self.handle_request(now, server, request),
+            SipEvent::Ack { request } => self.handle_ack(request),
+            SipEvent::Response { branch, response } => self.handle_response(now, &branch, response),
+            SipEvent::Timeout { branch, method } => self.handle_transaction_timeout(now, &branch, method),
+            SipEvent::Cancelled { server } => {
+                if server == self.a.server {
+                    self.handle_cancel(now);
+                }
+            }
+            SipEvent::AckTimeout { server } => {
+                if server == self.a.server && self.state == State::Answered {
+                    self.hang_up(now, None, EndedBy::Gateway, "no ACK from caller");
+                }
+            }
+        }
+    }
+
+    fn handle_request(&mut self, now: Instant, server: ServerTransactionId, request: Request) {
+        if server == self.a.server && request.method == Method::Invite && self.a.dialog.is_none() {
+            // The initial INVITE, handed over by the dispatcher: already processed in new().
+            return;
+        }
+        let leg = if self.a.dialog.as_ref().is_some_and(|d| d.matches(&request))
+            || (request.call_id() == self.a.invite.call_id()
+                && request.to().is_some_and(|t| t.tag() == Some(self.a.tag.as_str())))
+        {
+            Leg::A
+        } else {
+            Leg::B
+        };
+        let in_order = match leg {
+            Leg::A => self.a.dialog.as_mut().map(|d| d.accept_remote_sequence(&request)),
+            Leg::B => self.b.dialog.as_mut().map(|d| d.accept_remote_sequence(&request)),
+        };
+        let respond = |call: &mut Call, status: u16| {
+            let mut response = Response::for_request(&request, status, None);
+            if status == 405 {
+                response.headers.push("Allow", ALLOW);
+            }
+            call.actions.push_back(Action::SendResponse { server, response });
+        };
+        match in_order {
+            None => {
+                // Early dialog: BYE before answer from the caller ends the attempt (§15).
+                if request.method == Method::Bye && leg == Leg::A && self.state == State::Calling {
+                    respond(self, 200);
+                    self.handle_cancel(now);
+                } else {
+                    respond(self, 481);
+                }
+                return;
+            }
+            Some(false) => {
+                respond(self, 500);
+                return;
+            }
+            Some(true) => {}
+        }
+        match request.method {
+            Method::Bye => {
+                respond(self, 200);
+                let ended_by = if leg == Leg::A { EndedBy::Caller } else { EndedBy::Callee };
+                self.hang_up(now, Some(leg), ended_by, "normal clearing");
+            }
+            Method::Invite | Method::Update => self.handle_offer(leg, server, &request),
+            Method::Options | Method::Info => respond(self, 200),
+            _ => respond(self, 405),
+        }
+    }
+
+    /// A re-INVITE or UPDATE: the gateway answers it itself (the media is anchored here).
+    fn handle_offer(&mut self, leg: Leg, server: ServerTransactionId, request: &Request) {
+        let (media, target) = match leg {
+            Leg::A => (self.a.media, self.a.target),
+            Leg::B => (self.b.media, self.attempt.as_ref().map_or(self.a.target, |a| a.target)),
+        };
+        let offer = request.sdp().map(sdp::parse);
+        let body = match offer {
+            Some(Ok(offer)) => {
+                let origin = match leg {
+                    Leg::A => &mut self.a.origin,
+                    Leg::B => &mut self.b.origin,
+                };
+                match sdp::answer(&offer, &self.settings.policy, media, origin) {
+                    Ok((answer, negotiated)) => {
+                        let previous = match leg {
+                            Leg::A => self.a.local_sdp.clone(),
+                            Leg::B => self.b.local_sdp.clone(),
+                        };
+                        let mut text = answer.to_string();
+                        if previous.as_deref().map(strip_origin) != Some(strip_origin(&text)) {
+                            // RFC 3264 §8: a changed description gets a higher version.
+                            origin.bump();
+                            text = match sdp::answer(&offer, &self.settings.policy, media, origin) {
+                                Ok((answer, _)) => answer.to_string(),
+                                Err(_) => text,
+                            };
+                        } else if let Some(previous) = previous {
+                            text = previous;
+                        }
+                        match leg {
+                            Leg::A => self.a.local_sdp = Some(text.clone()),
+                            Leg::B => self.b.local_sdp = Some(text.clone()),
+                        }
+                        self.configure(leg, &negotiated);
+                        Some(text)
+                    }
+                    Err(_) => {
+                        let response = Response::for_request(request, 488, None);
+                        self.actions.push_back(Action::SendResponse { server, response });
+                        return;
+                    }
+                }
+            }
+            Some(Err(_)) => {
+                let response = Response::for_request(request, 400, None);
+                self.actions.push_back(Action::SendResponse { server, response });
+                return;
+            }
+            // No offer: session refresh; answer with our current description as the offer
+            // (an INVITE) or nothing (an UPDATE).
+            None if request.method == Method::Invite => match leg {
+                Leg::A => self.a.local_sdp.clone(),
+                Leg::B => self.b.local_sdp.clone(),
+            },
+            None => None,
+        };
+        match leg {
+            Leg::A => {
+                if let Some(d) = self.a.dialog.as_mut() {
+                    d.refresh_target(request.contact());
+                }
+            }
+            Leg::B => {
+                if let Some(d) = self.b.dialog.as_mut() {
+                    d.refresh_target(request.contact());
+                }
+            }
+        }
+        let mut response = Response::for_request(request, 200, None);
+        response.headers.push("Contact", self.contact(target));
+        response.headers.push("Allow", ALLOW);
+        if let Some(body) = body {
+            response.headers.push("Content-Type", "application/sdp");
+            response.body = Bytes::from(body);
+        }
+        self.actions.push_back(Action::SendResponse { server, response });
+    }
+
+    fn handle_ack(&mut self, request: Request) {
+        // A delayed-offer caller answers our offer in the ACK (§13.2.1).
+        if let (Some(offer), Some(Ok(answer))) =
+            (self.a.pending_offer.take(), request.sdp().map(sdp::parse))
+        {
+            if let Ok(negotiated) = sdp::accept_answer(&offer, &answer, &self.settings.policy) {
+                self.configure(Leg::A, &negotiated);
+            }
+        }
+    }
+
+    fn handle_response(&mut self, now: Instant, branch: &str, response: Response) {
+        let method = response.cseq().map(|c| c.method);
+        if method != Some(Method::Invite) {
+            // BYE or CANCEL answers: only the final ones matter.
+            if response.status >= 200 && self.pending.remove(branch) {
+                self.maybe_finish();
+            }
+            return;
+        }
+        let current = self.attempt.as_ref().is_some_and(|a| a.branch == branch);
+        if !current {
+            self.handle_stale_response(branch, &response);
+            return;
+        }
+        match response.status {
+            100 => {
+                self.arm(Timer::PeerResponse, None);
+                self.arm(Timer::Ring, Some(now + self.settings.ring_timeout));
+            }
+            101..=199 => self.handle_provisional(now, response),
+            200..=299 => self.handle_answer(now, response),
+            _ => self.handle_failure(now, response.status, response.reason.clone()),
+        }
+    }
+
+    fn handle_provisional(&mut self, now: Instant, response: Response) {
+        let Some(attempt) = self.attempt.as_mut() else { return };
+        let first = !attempt.provisional;
+        attempt.provisional = true;
+        self.arm(Timer::PeerResponse, None);
+        if first {
+            self.arm(Timer::Ring, Some(now + self.settings.ring_timeout));
+        }
+        if self.cancelled {
+            self.send_cancel();
+            return;
+        }
+        if self.state != State::Calling || self.a.finalized {
+            return;
+        }
+        // Early media: accept the callee's SDP and give the caller ours.
+        let mut with_sdp = false;
+        if let Some(Ok(answer)) = response.sdp().map(sdp::parse) {
+            if let Ok(negotiated) = sdp::accept_answer(&self.b.offer, &answer, &self.settings.policy) {
+                self.configure(Leg::B, &negotiated);
+                with_sdp = self.a.pending_offer.is_none();
+            }
+        }
+        let status = if response.status == 183 && !with_sdp { 180 } else { response.status };
+        let reason = message::reason_phrase(status).to_string();
+        self.respond_a(status, &reason, with_sdp);
+    }
+
+    fn handle_answer(&mut self, now: Instant, response: Response) {
+        let Some(attempt) = self.attempt.as_ref() else { return };
+        let invite = attempt.invite.clone();
+        let target = attempt.target;
+        let Some(dialog) = Dialog::new_uac(&invite, &response) else { return };
+        let sequence = invite.cseq().map_or(1, |c| c.sequence);
+        if let Some(existing_tag) = self.b.dialog.as_ref().map(|d| d.remote_tag().to_string()) {
+            // A retransmitted 2xx gets the same ACK again (§13.2.2.4); a 2xx from another fork
+            // is acknowledged and released.
+            let ack = self.with_via(dialog.ack(sequence), target);
+            self.actions.push_back(Action::SendRequest { request: ack, target });
+            if existing_tag != dialog.remote_tag() {
+                self.bye_dialog(dialog, target, "forked answer not used");
+            }
+            return;
+        }
+        let ack = self.with_via(dialog.ack(sequence), target);
+        self.actions.push_back(Action::SendRequest { request: ack, target });
+        if let Some(attempt) = self.attempt.as_mut() {
+            attempt.settled = true;
+        }
+        self.b.dialog = Some(dialog);
+        self.b.answered_invite_sequence = sequence;
+        self.arm(Timer::PeerResponse, None);
+        self.arm(Timer::Ring, None);
+        if self.cancelled || self.state != State::Calling {
+            // The caller left while the callee answered: release the callee (§15).
+            if let Some(dialog) = self.b.dialog.take() {
+                self.bye_dialog(dialog, target, "caller cancelled");
+            }
+            self.maybe_finish();
+            return;
+        }
+        let negotiated = response
+            .sdp()
+            .map(sdp::parse)
+            .and_then(Result::ok)
+            .and_then(|answer| sdp::accept_answer(&self.b.offer, &answer, &self.settings.policy).ok());
+        let Some(negotiated) = negotiated else {
+            // §13.2.1: an unusable answer is acknowledged, then the session ended with BYE.
+            if let Some(dialog) = self.b.dialog.take() {
+                self.bye_dialog(dialog, target, "unacceptable answer");
+            }
+            self.fail_caller(488, "Not Acceptable Here", EndedBy::Gateway, "callee answer not acceptable");
+            return;
+        };
+        self.configure(Leg::B, &negotiated);
+        self.b.local_sdp = Some(self.b.offer.to_string());
+        let peer = self
+            .attempt
+            .as_ref()
+            .and_then(|a| self.route.get(a.peer_index))
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        self.respond_a(200, "OK", true);
+        self.a.dialog = Dialog::new_uas(&self.a.invite, &self.a.tag, self.ids.next_u64() as u32 & 0xffff);
+        self.state = State::Answered;
+        self.actions.push_back(Action::Media(MediaCommand::Answered));
+        self.actions.push_back(Action::Answered {
+            b_call_id: self.b.call_id.clone(),
+            b_peer: peer,
+        });
+    }
+
+    fn handle_failure(&mut self, now: Instant, status: u16, reason: String) {
+        let Some(attempt) = self.attempt.as_ref() else { return };
+        let timed_out = attempt.timed_out;
+        let next = attempt.peer_index + 1;
+        let (status, reason) = if timed_out {
+            (408, "Request Timeout".to_string())
+        } else {
+            (status, reason)
+        };
+        self.last_failure = (status, reason.clone());
+        if let Some(a) = self.attempt.as_mut() {
+            a.settled = true;
+        }
+        if self.cancelled || self.state != State::Calling {
+            self.maybe_finish();
+            return;
+        }
+        let failover = status == 408 || status >= 500;
+        if failover && next < self.route.len() {
+            tracing::info!(call = %self.id, status, "trying next peer");
+            self.try_peer(now, next);
+            return;
+        }
+        let ended_by = if status == 487 { EndedBy::Caller } else { EndedBy::Callee };
+        self.fail_caller(status, &reason, ended_by, "call setup failed");
+    }
+
+    fn handle_stale_response(&mut self, branch: &str, response: &Response) {
+        let Some(position) = self.stale.iter().position(|a| a.branch == branch) else { return };
+        if (200..300).contains(&response.status) {
+            let attempt = &self.stale[position];
+            let target = attempt.target;
+            if let Some(dialog) = Dialog::new_uac(&attempt.invite, response) {
+                let sequence = attempt.invite.cseq().map_or(1, |c| c.sequence);
+                let ack = self.with_via(dialog.ack(sequence), target);
+                self.actions.push_back(Action::SendRequest { request: ack, target });
+                let mut dialog = dialog;
+                let bye = dialog.request(Method::Bye);
+                let bye = self.with_via(bye, target);
+                self.actions.push_back(Action::SendRequest { request: bye, target });
+            }
+        } else if (101..200).contains(&response.status) {
+            // A peer we gave up on is ringing after all: cancel it.
+            let attempt = &self.stale[position];
+            let cancel = message::cancel_for(&attempt.invite);
+            let target = attempt.target;
+            self.actions.push_back(Action::SendRequest { request: cancel, target });
+        }
+    }
+
+    fn handle_transaction_timeout(&mut self, now: Instant, branch: &str, method: Method) {
+        if method != Method::Invite {
+            if self.pending.remove(branch) {
+                self.maybe_finish();
+            }
+            return;
+        }
+        if self.attempt.as_ref().is_some_and(|a| a.branch == branch) {
+            self.handle_failure(now, 408, "Request Timeout".into());
+        }
+    }
+
+    fn handle_cancel(&mut self, _now: Instant) {
+        if self.state != State::Calling || self.a.finalized {
+            return;
+        }
+        self.cancelled = true;
+        self.respond_a(487, "Request Terminated", false);
+        self.send_cancel();
+        self.end(EndedBy::Caller, "cancelled", 487, false);
+    }
+
+    /// §9.1: CANCEL only once a provisional response arrived; otherwise it is sent when one
+    /// does.
+    fn send_cancel(&mut self) {
+        let Some(attempt) = self.attempt.as_mut() else { return };
+        if attempt.cancel_sent || attempt.settled || !attempt.provisional {
+            return;
+        }
+        attempt.cancel_sent = true;
+        let cancel = message::cancel_for(&attempt.invite);
+        let target = attempt.target;
+        self.pending.insert(attempt.branch.clone());
+        self.actions.push_back(Action::SendRequest { request: cancel, target });
+    }
+
+    /// Ends an answered (or answering) call: BYE to every leg but `from`.
+    fn hang_up(&mut self, now: Instant, from: Option<Leg>, ended_by: EndedBy, reason: &str) {
+        if self.state == State::Calling {
+            // Before answer: cancel leg B, fail leg A.
+            self.cancelled = true;
+            let status = if ended_by == EndedBy::Gateway { 503 } else { 487 };
+            if !self.a.finalized {
+                self.respond_a(status, message::reason_phrase(status), false);
+            }
+            self.send_cancel();
+            self.end(ended_by, reason, status, false);
+            return;
+        }
+        if self.state != State::Answered {
+            return;
+        }
+        let cause = if ended_by == EndedBy::Gateway { Some(reason) } else { None };
+        if from != Some(Leg::A) {
+            if let Some(dialog) = self.a.dialog.take() {
+                let target = self.a.target;
+                self.bye_dialog_with_reason(dialog, target, cause);
+            }
+        }
+        if from != Some(Leg::B) {
+            if let Some(dialog) = self.b.dialog.take() {
+                let target = self.attempt.as_ref().map_or(self.a.target, |a| a.target);
+                self.bye_dialog_with_reason(dialog, target, cause);
+            }
+        }
+        self.end(ended_by, reason, 200, true);
+    }
+
+    fn bye_dialog(&mut self, dialog: Dialog, target: Target, why: &str) {
+        tracing::debug!(call = %self.id, why, "releasing dialog");
+        self.bye_dialog_with_reason(dialog, target, None);
+    }
+
+    fn bye_dialog_with_reason(&mut self, mut dialog: Dialog, target: Target, reason: Option<&str>) {
+        let mut bye = self.with_via(dialog.request(Method::Bye), target);
+        if let Some(text) = reason {
+            // RFC 3326: say why the gateway ended the call.
+            bye.headers.push("Reason", format!("SIP;cause=200;text=\"{text}\""));
+        }
+        if let Some(branch) = bye.top_via().and_then(|v| v.branch().map(str::to_string)) {
+            self.pending.insert(branch);
+        }
+        self.actions.push_back(Action::SendRequest { request: bye, target });
+    }
+
+    fn with_via(&mut self, mut request: Request, target: Target) -> Request {
+        let branch = self.ids.branch();
+        request
+            .headers
+            .push_front("Via", Endpoint::via_for(self.settings.local_sip, target, &branch));
+        request
+    }
+
+    /// The relay saw no media for the inactivity timeout.
+    pub fn handle_media_inactive(&mut self, now: Instant) {
+        if self.state == State::Answered {
+            self.hang_up(now, None, EndedBy::Gateway, "media timeout");
+        }
+        self.arm_cleanup(now);
+    }
+
+    /// The gateway is stopping: end the call cleanly.
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        match self.state {
+            State::Calling | State::Answered => {
+                self.hang_up(now, None, EndedBy::Gateway, "gateway shutdown")
+            }
+            State::Ending | State::Done => {}
+        }
+        self.arm_cleanup(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for (index, timer) in TIMERS.iter().enumerate() {
+            let Some(at) = self.timers[index] else { continue };
+            if at > now {
+                continue;
+            }
+            self.timers[index] = None;
+            match timer {
+                Timer::PeerResponse => {
+                    // No response at all: the peer is down; its transaction keeps running
+                    // (Timer B) but we move on.
+                    tracing::info!(call = %self.id, "peer did not respond; failing over");
+                    self.handle_failure(now, 408, "Request Timeout".into());
+                }
+                Timer::Ring => {
+                    if let Some(attempt) = self.attempt.as_mut() {
+                        attempt.timed_out = true;
+                    }
+                    let cancel = self.attempt.as_ref().map(|a| (message::cancel_for(&a.invite), a.target));
+                    if let Some((cancel, target)) = cancel {
+                        self.actions.push_back(Action::SendRequest { request: cancel, target });
+                    }
+                }
+                Timer::Cleanup => {
+                    if self.state == State::Ending {
+                        self.pending.clear();
+                        self.finish();
+                    }
+                }
+            }
+        }
+        self.arm_cleanup(now);
+    }
+
+    /// The caller's number as presented (From user part), for the record.
+    pub fn caller_number(&self) -> String {
+        self.a
+            .invite
+            .from()
+            .and_then(|f| f.uri.number())
+            .unwrap_or_default()
+    }
+
+    pub fn caller_peer(&self) -> &str {
+        &self.caller_peer.name
+    }
+
+    pub fn number(&self) -> &str {
+        &self.number
+    }
+}
+
+/// SDP text without its o= line, to tell whether a description changed (RFC 3264 §8).
+fn strip_origin(text: &str) -> String {
+    text.lines().filter(|l| !l.starts_with("o=")).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,504 @@
+//! The call model driven by hand, on a fake clock: each test is a call flow and checks what
+//! the two peers would see.
+
+use super::*;
+use crate::sip::message::{parse, Message};
+
+const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 16070 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
+a=fmtp:101 0-15\r\na=sendrecv\r\n";
+
+const ANSWER: &str = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 16080 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
+a=sendrecv\r\n";
+
+fn peer(name: &str, port: u16) -> Arc<Peer> {
+    Arc::new(Peer::new(
+        name,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        None,
+        TransportKind::Udp,
+    ))
+}
+
+fn settings() -> Arc<CallSettings> {
+    Arc::new(CallSettings {
+        local_sip: "127.0.0.1:5060".parse().unwrap_or_else(|_| unreachable!()),
+        policy: MediaPolicy::default(),
+        peer_response_timeout: Duration::from_secs(4),
+        ring_timeout: Duration::from_secs(60),
+        cleanup_timeout: Duration::from_secs(32),
+        user_agent: None,
+    })
+}
+
+fn request(text: &str) -> Request {
+    match parse(text.as_bytes()) {
+        Ok(Message::Request(r)) => r,
+        other => panic!("not a request: {other:?}\n{text}"),
+    }
+}
+
+fn invite(sdp: &str, max_forwards: u8) -> Request {
+    request(&format!(
+        "INVITE sip:12345@127.0.0.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-a1;rport=5070;received=127.0.0.1\r\n\
+From: \"Citizen\" <sip:13800138000@127.0.0.1:5070>;tag=citizen\r\n\
+To: <sip:12345@127.0.0.1:5060>\r\n\
+Call-ID: a-leg@127.0.0.1\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:13800138000@127.0.0.1:5070>\r\n\
+Max-Forwards: {max_forwards}\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    ))
+}
+
+struct Harness {
+    call: Call,
+    now: Instant,
+    actions: Vec<Action>,
+}
+
+const A_SERVER: u64 = 1;
+
+impl Harness {
+    fn new(sdp: &str, route: Vec<Arc<Peer>>) -> Harness {
+        Self::with_invite(invite(sdp, 70), route)
+    }
+
+    fn with_invite(invite: Request, route: Vec<Arc<Peer>>) -> Harness {
+        let now = Instant::now();
+        let call = Call::new(
+            now,
+            settings(),
+            NewCall {
+                id: "call-1".into(),
+                invite,
+                server: ServerTransactionId::new(A_SERVER),
+                source: "127.0.0.1:5070".parse().unwrap_or_else(|_| unreachable!()),
+                flow: Flow::Udp,
+                caller_peer: peer("carrier", 5070),
+                number: "12345".into(),
+                route,
+                media_a: "127.0.0.1:20000".parse().unwrap_or_else(|_| unreachable!()),
+                media_b: "127.0.0.1:20002".parse().unwrap_or_else(|_| unreachable!()),
+                ids: IdGenerator::new(42),
+            },
+        );
+        let mut harness = Harness {
+            call,
+            now,
+            actions: Vec::new(),
+        };
+        harness.drain();
+        harness
+    }
+
+    fn drain(&mut self) -> &[Action] {
+        let start = self.actions.len();
+        while let Some(action) = self.call.poll_action() {
+            self.actions.push(action);
+        }
+        &self.actions[start..]
+    }
+
+    fn sip(&mut self, event: SipEvent) {
+        self.call.handle_sip(self.now, event);
+        self.drain();
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.call.handle_timeout(self.now);
+        self.drain();
+    }
+
+    /// Requests the call sent, in order, with their targets.
+    fn sent(&self, method: Method) -> Vec<(Request, Target)> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SendRequest { request, target } if request.method == method => {
+                    Some((request.clone(), *target))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Responses sent on server transaction `server`.
+    fn responses(&self, server: u64) -> Vec<Response> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SendResponse { server: s, response } if *s == ServerTransactionId::new(server) => {
+                    Some(response.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn last_invite(&self) -> Request {
+        match self.sent(Method::Invite).last() {
+            Some((r, _)) => r.clone(),
+            None => panic!("no INVITE sent"),
+        }
+    }
+
+    fn respond_to_invite(&mut self, status: u16, sdp: Option<&str>) {
+        let invite = self.last_invite();
+        let mut response = Response::for_request(&invite, status, Some("agent"));
+        response.headers.push("Contact", "<sip:agent@127.0.0.1:5080>");
+        if let Some(sdp) = sdp {
+            response.headers.push("Content-Type", "application/sdp");
+            response.body = Bytes::from(sdp.to_string());
+        }
+        let branch = branch_of(&invite);
+        self.sip(SipEvent::Response { branch, response });
+    }
+
+    fn outcome(&self) -> Option<Outcome> {
+        self.actions.iter().find_map(|a| match a {
+            Action::Ended(o) => Some(o.clone()),
+            _ => None,
+        })
+    }
+
+    fn finished(&self) -> bool {
+        self.actions.iter().any(|a| matches!(a, Action::Finished))
+    }
+
+    fn media(&self) -> Vec<MediaCommand> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Media(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn answer(&mut self) {
+        self.respond_to_invite(180, None);
+        self.respond_to_invite(200, Some(ANSWER));
+        let ack = request(&format!(
+            "ACK sip:gw@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-ack\r\n\
+From: <sip:13800138000@127.0.0.1:5070>;tag=citizen\r\nTo: <sip:12345@127.0.0.1:5060>;tag={}\r\n\
+Call-ID: a-leg@127.0.0.1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+            self.a_tag()
+        ));
+        self.sip(SipEvent::Ack { request: ack });
+    }
+
+    fn a_tag(&self) -> String {
+        self.responses(A_SERVER)
+            .iter()
+            .find_map(|r| r.to().and_then(|t| t.tag().map(str::to_string)))
+            .unwrap_or_default()
+    }
+
+    /// An in-dialog request from the caller (leg A).
+    fn from_caller(&mut self, server: u64, method: &str, cseq: u32, body: &str) {
+        let text = format!(
+            "{method} sip:gw@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{method}{cseq}\r\n\
+From: <sip:13800138000@127.0.0.1:5070>;tag=citizen\r\nTo: <sip:12345@127.0.0.1:5060>;tag={}\r\n\
+Call-ID: a-leg@127.0.0.1\r\nCSeq: {cseq} {method}\r\nContact: <sip:13800138000@127.0.0.1:5070>\r\n{}Content-Length: {}\r\n\r\n{body}",
+            self.a_tag(),
+            if body.is_empty() { "" } else { "Content-Type: application/sdp\r\n" },
+            body.len()
+        );
+        let event = SipEvent::Request {
+            server: ServerTransactionId::new(server),
+            request: request(&text),
+            source: "127.0.0.1:5070".parse().unwrap_or_else(|_| unreachable!()),
+        };
+        self.sip(event);
+    }
+
+    /// An in-dialog request from the callee (leg B).
+    fn from_callee(&mut self, server: u64, method: &str, cseq: u32) {
+        let invite = self.last_invite();
+        let from_header = invite.headers.get("From").unwrap_or_default().to_string();
+        let to_header = invite.headers.get("To").unwrap_or_default().to_string();
+        let text = format!(
+            "{method} sip:gw@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-b{cseq}\r\n\
+From: {to_header};tag=agent\r\nTo: {from_header}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+            invite.call_id()
+        );
+        let event = SipEvent::Request {
+            server: ServerTransactionId::new(server),
+            request: request(&text),
+            source: "127.0.0.1:5080".parse().unwrap_or_else(|_| unreachable!()),
+        };
+        self.sip(event);
+    }
+
+    fn answer_all(&mut self, method: Method, status: u16) {
+        for (request, _) in self.sent(method) {
+            let branch = branch_of(&request);
+            let response = Response::for_request(&request, status, None);
+            self.sip(SipEvent::Response { branch, response });
+        }
+    }
+}
+
+fn branch_of(request: &Request) -> String {
+    request
+        .top_via()
+        .and_then(|v| v.branch().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn statuses(responses: &[Response]) -> Vec<u16> {
+    responses.iter().map(|r| r.status).collect()
+}
+
+#[test]
+fn basic_call_is_bridged_with_callers_number_and_anchored_media() {
+    let mut h = Harness::new(OFFER, vec![peer("hotline", 5080)]);
+    let (invite, target) = match h.sent(Method::Invite).first() {
+        Some(sent) => sent.clone(),
+        None => panic!("no INVITE to the hotline"),
+    };
+    assert_eq!(target, Target::Udp("127.0.0.1:5080".parse().unwrap_or_else(|_| unreachable!())));
+    assert_eq!(invite.uri.to_string(), "sip:12345@127.0.0.1:5080");
+    assert_eq!(invite.from().and_then(|f| f.uri.user), Some("13800138000".into()));
+    assert_eq!(invite.headers.get("Max-Forwards"), Some("69"));
+    assert_ne!(invite.call_id(), "a-leg@127.0.0.1", "leg B is an independent dialog");
+    let offer = invite.sdp().unwrap_or_default();
+    assert!(offer.contains("c=IN IP4 127.0.0.1") && offer.contains("m=audio 20002 "), "{offer}");
+
+    h.respond_to_invite(180, None);
+    h.respond_to_invite(200, Some(ANSWER));
+    let to_caller = h.responses(A_SERVER);
+    assert_eq!(statuses(&to_caller), vec![180, 200]);
+    let answer = to_caller[1].sdp().unwrap_or_default();
+    assert!(answer.contains("m=audio 20000 RTP/AVP 0 101"), "answer keeps the caller's PCMU: {answer}");
+    assert_eq!(h.sent(Method::Ack).len(), 1);
+    let media = h.media();
+    assert!(media.contains(&MediaCommand::Answered));
+    assert!(media.iter().any(|m| matches!(m, MediaCommand::Configure(Leg::B, LegMedia { codec: sdp::Codec::Pcma, payload_type: 8, .. }))));
+    assert!(media.iter().any(|m| matches!(m, MediaCommand::Configure(Leg::A, LegMedia { codec: sdp::Codec::Pcmu, payload_type: 0, telephone_event: Some(101), .. }))));
+    assert!(h.call.is_answered());
+
+    h.from_callee(7, "BYE", 1);
+    assert_eq!(statuses(&h.responses(7)), vec![200]);
+    let byes = h.sent(Method::Bye);
+    assert_eq!(byes.len(), 1);
+    assert_eq!(byes[0].0.uri.to_string(), "sip:13800138000@127.0.0.1:5070");
+    let outcome = h.outcome().unwrap_or_else(|| panic!("no outcome"));
+    assert_eq!((outcome.ended_by, outcome.final_status, outcome.answered), (EndedBy::Callee, 200, true));
+    assert!(!h.finished(), "waits for the caller's answer to BYE");
+    h.answer_all(Method::Bye, 200);
+    assert!(h.finished());
+}
+
+#[test]
+fn caller_hangs_up_and_callee_gets_bye() {
+    let mut h = Harness::new(OFFER, vec![peer("hotline", 5080)]);
+    h.answer();
+    h.from_caller(9, "BYE", 2, "");
+    assert_eq!(statuses(&h.responses(9)), vec![200]);
+    let byes = h.sent(Method::Bye);
+    assert_eq!(byes.len(), 1);
+    assert_eq!(byes[0].0.uri.to_string(), "sip:agent@127.0.0.1:5080");
+    assert_eq!(byes[0].0.headers.get("CSeq"), Some("2 BYE"));
+    assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Caller));
+    h.answer_all(Method::Bye, 200);
+    assert!(h.finished());
+}
+
+#[test]
+fn failover_to_next_peer_on_503() {
+    let mut h = Harness::new(OFFER, vec![peer("hotline", 5080), peer("overflow", 5081)]);
+    let first = h.last_invite();
+    h.respond_to_invite(503, None);
+    assert_eq!(h.sent(Method::Ack).len(), 0, "the transaction layer ACKs non-2xx");
+    let second = h.last_invite();
+    assert_eq!(second.uri.to_string(), "sip:12345@127.0.0.1:5081");
+    assert_ne!(second.call_id(), first.call_id());
+    assert!(h.responses(A_SERVER).is_empty(), "caller sees nothing of the failed attempt");
+    h.respond_to_invite(200, Some(ANSWER));
+    assert_eq!(statuses(&h.responses(A_SERVER)), vec![200]);
+    assert!(h.actions.iter().any(|a| matches!(a, Action::Answered { b_peer, .. } if b_peer == "overflow")));
+}
+
+#[test]
+fn failover_when_peer_does_not_answer_at_all() {
+    let mut h = Harness::new(OFFER, vec![peer("hotline", 5080), peer("overflow", 5081)]);
+    h.advance(Duration::from_millis(3999));
+    assert_eq!(h.sent(Method::Invite).len(), 1);
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.sent(Method::Invite).len(), 2);
+    assert_eq!(h.last_invite().uri.to_string(), "sip:12345@127.0.0.1:5081");
+    // The second peer is silent too: the caller gets 408.
+    h.advance(Duration::from_secs(4));
+    assert_eq!(statuses(&h.responses(A_SERVER)), vec![408]);
+    assert_eq!(h.outcome().map(|o| o.final_status), Some(408));
+}
+
+#[test]
+fn busy_is_relayed_not_failed_over() {
+    let mut h = Harness::new(OFFER, vec![peer("hotline", 5080), peer("overflow", 5081)]);
+    h.respond_to_invite(486, None);
+    assert_eq!(h.sent(Method::Invite).len(), 1);
+    assert_eq!(statuses(&h.responses(A_SERVER)), vec![486]);
+    assert!(h.finished());
+}
+
+#[test]
+fn cancel_before_answer() {
+    let mut h = Harness::new(OFFER, vec![peer("hotline", 5080)]);
+    h.respond_to_invite(180, None);
+    h.sip(SipEvent::Cancelled { server: ServerTransactionId::new(A_SERVER) });
+    assert_eq!(statuses(&h.responses(A_SERVER)), vec![180, 487]);
+    let cancels = h.sent(Method::Cancel);
+    assert_eq!(cancels.len(), 1);
+    assert_eq!(branch_of(&cancels[0].0), branch_of(&h.last_invite()), "§9.1: same branch");
+    assert!(!h.finished());
+    h.answer_all(Method::Cancel, 200);
+    h.respond_to_invite(487, None);
+    assert!(h.finished());
+    assert_eq!(h.outcome().map(|o| (o.ended_by, o.final_status)), Some((EndedBy::Caller, 487)));
+}
+
+#[test]
+fn cancel_waits_for_a_provisional_response() {
+    let mut h = Harness::new(OFFER, vec![peer("hotline", 5080)]);
+    h.sip(SipEvent::Cancelled { server: ServerTransactionId::new(A_SERVER) });
+    assert!(h.sent(Method::Cancel).is_empty(), "§9.1: no CANCEL before a provisional");
+    h.respond_to_invite(100, None);
+    h.respond_to_invite(180, None);
+    assert_eq!(h.sent(Method::Cancel).len(), 1);
+    assert_eq!(statuses(&h.responses(A_SERVER)), vec![487], "no 180 after the caller cancelled");
+}
+
+#[test]
+fn answer_after_cancel_is_acked_and_released() {
+    let mut h = Harness::new(OFFER, vec![peer("hotline", 5080)]);
+    h.respond_to_invite(180, None);
+    h.sip(SipEvent::Cancelled { server: ServerTransactionId::new(A_SERVER) });
+    h.respond_to_invite(200, Some(ANSWER));
+    assert_eq!(h.sent(Method::Ack).len(), 1);
+    assert_eq!(h.sent(Method::Bye).len(), 1);
+    assert_eq!(statuses(&h.responses(A_SERVER)), vec![180, 487]);
+}
+
+#[test]
+fn unacceptable_offer_gets_488_and_no_call_to_the_peer() {
+    let g729 = OFFER.replace("RTP/AVP 0 101", "RTP/AVP 18").replace("a=rtpmap:0 PCMU/8000\r\n", "a=rtpmap:18 G729/8000\r\n");
+    let h = Harness::new(&g729, vec![peer("hotline", 5080)]);
+    assert_eq!(statuses(&h.responses(A_SERVER)), vec![488]);
+    assert!(h.sent(Method::Invite).is_empty());
+    assert!(h.finished());
+}
+
+#[test]
+fn max_forwards_zero_gets_483() {
+    let h = Harness::with_invite(invite(OFFER, 0), vec![peer("hotline", 5080)]);
+    assert_eq!(statuses(&h.responses(A_SERVER)), vec![483]);
+    assert!(h.sent(Method::Invite).is_empty());
+}
+
+#[test]
+fn hold_reinvite_is_answered_by_the_gateway() {
+    let mut h = Harness::new(OFFER, vec![peer("hotline", 5080)]);
+    h.answer();
+    let invites_before = h.sent(Method::Invite).len();
+    let hold = OFFER.replace("a=sendrecv", "a=sendonly").replace("o=- 1 1", "o=- 1 2");
+    h.from_caller(11, "INVITE", 2, &hold);
+    let responses = h.responses(11);
+    assert_eq!(statuses(&responses), vec![200]);
+    let body = responses[0].sdp().unwrap_or_default();
+    assert!(body.contains("a=recvonly"), "{body}");
+    assert_eq!(h.sent(Method::Invite).len(), invites_before, "the callee is not re-INVITEd");
+    assert!(h.media().iter().any(|m| matches!(m, MediaCommand::Configure(Leg::A, LegMedia { receives: false, .. }))));
+    // Unhold: back to sendrecv, and the SDP version moved on (RFC 3264 §8).
+    let unhold = OFFER.replace("o=- 1 1", "o=- 1 3");
+    h.from_caller(12, "INVITE", 3, &unhold);
+    let body = h.responses(12)[0].sdp().unwrap_or_default().to_string();
+    assert!(body.contains("a=sendrecv"), "{body}");
+    assert!(h.media().iter().rev().any(|m| matches!(m, MediaCommand::Configure(Leg::A, LegMedia { receives: true, .. }))));
+}
+
+#[test]
+fn session_refresh_without_sdp_gets_our_description() {
+    let mut h = Harness::new(OFFER, vec![peer("hotline", 5080)]);
+    h.answer();
+    h.from_caller(13, "INVITE", 2, "");
+    let responses = h.responses(13);
+    assert_eq!(statuses(&responses), vec![200]);
+    assert!(responses[0].sdp().is_some_and(|s| s.contains("m=audio 20000")));
+}
+
+#[test]
+fn out_of_order_cseq_gets_500_and_unknown_method_405() {
+    let mut h = Harness::new(OFFER, vec![peer("hotline", 5080)]);
+    h.answer();
+    h.from_caller(14, "INFO", 5, "");
+    h.from_caller(15, "INFO", 4, "");
+    h.from_caller(16, "MESSAGE", 6, "");
+    assert_eq!(statuses(&h.responses(14)), vec![200]);
+    assert_eq!(statuses(&h.responses(15)), vec![500]);
+    assert_eq!(statuses(&h.responses(16)), vec![405]);
+}
+
+#[test]
+fn media_timeout_ends_the_call_with_reason() {
+    let mut h = Harness::new(OFFER, vec![peer("hotline", 5080)]);
+    h.answer();
+    h.call.handle_media_inactive(h.now);
+    h.drain();
+    let byes = h.sent(Method::Bye);
+    assert_eq!(byes.len(), 2);
+    assert!(byes.iter().all(|(b, _)| b.headers.get("Reason").is_some_and(|r| r.contains("media timeout"))));
+    assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Gateway));
+    // Nobody answers the BYEs: the cleanup timer finishes the call.
+    h.advance(Duration::from_secs(31));
+    assert!(!h.finished());
+    h.advance(Duration::from_secs(1));
+    assert!(h.finished());
+}
+
+#[test]
+fn shutdown_before_answer_gives_caller_503_and_cancels_callee() {
+    let mut h = Harness::new(OFFER, vec![peer("hotline", 5080)]);
+    h.respond_to_invite(180, None);
+    h.call.handle_shutdown(h.now);
+    h.drain();
+    assert_eq!(statuses(&h.responses(A_SERVER)), vec![180, 503]);
+    assert_eq!(h.sent(Method::Cancel).len(), 1);
+}
+
+#[test]
+fn ring_timeout_cancels_and_fails_over() {
+    let mut h = Harness::new(OFFER, vec![peer("hotline", 5080), peer("overflow", 5081)]);
+    h.respond_to_invite(180, None);
+    h.advance(Duration::from_secs(60));
+    assert_eq!(h.sent(Method::Cancel).len(), 1);
+    h.respond_to_invite(487, None);
+    assert_eq!(h.last_invite().uri.to_string(), "sip:12345@127.0.0.1:5081");
+}
+
+#[test]
+fn delayed_offer_is_answered_in_ack() {
+    let mut h = Harness::new("", vec![peer("hotline", 5080)]);
+    h.respond_to_invite(200, Some(ANSWER));
+    let ok = h.responses(A_SERVER);
+    assert!(ok[0].sdp().is_some_and(|s| s.contains("m=audio 20000")), "our offer in the 200");
+    let configured_a_before = h.media().iter().filter(|m| matches!(m, MediaCommand::Configure(Leg::A, _))).count();
+    assert_eq!(configured_a_before, 0);
+    let ack = request(&format!(
+        "ACK sip:gw@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-ack\r\n\
+From: <sip:13800138000@127.0.0.1:5070>;tag=citizen\r\nTo: <sip:12345@127.0.0.1:5060>;tag={}\r\n\
+Call-ID: a-leg@127.0.0.1\r\nCSeq: 1 ACK\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
+        h.a_tag(),
+        ANSWER.len(),
+        ANSWER
+    ));
+    h.sip(SipEvent::Ack { request: ack });
+    assert!(h.media().iter().any(|m| matches!(m, MediaCommand::Configure(Leg::A, LegMedia { codec: sdp::Codec::Pcma, .. }))));
+}

@@ -1,0 +1,169 @@
+//! The task that drives one [`Call`]: feeds it SIP events, relay events, the clock and shutdown,
+//! and carries out its actions (endpoint, relay, store, metrics).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::model::{Action, Call, EndedBy, Outcome};
+use crate::media::relay::RelayHandle;
+use crate::metrics::{CallResult, Counter, Gauge, Metrics};
+use crate::sip::endpoint::{Command, EndpointHandle, Owner, SipEvent};
+use crate::store::{unix_millis, CallRecord, Store};
+
+/// What every call task shares.
+#[derive(Clone)]
+pub struct CallServices {
+    pub endpoint: EndpointHandle,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    /// Tracks running call tasks so shutdown can wait for them.
+    pub tracker: tokio_util::task::TaskTracker,
+}
+
+/// Starts the task of a new call. `inbox`/`owner` are the call's SIP event channel.
+pub fn spawn(
+    call: Call,
+    inbox: mpsc::UnboundedReceiver<SipEvent>,
+    owner: Owner,
+    relay: RelayHandle,
+    record: CallRecord,
+    services: CallServices,
+    guard: super::manager::ActiveGuard,
+) {
+    let span = tracing::info_span!("call", id = %call.id(), caller = %record.caller, called = %record.called);
+    let tracker = services.tracker.clone();
+    tracker.spawn(
+        async move {
+            run(call, inbox, owner, relay, record, services).await;
+            drop(guard);
+        }
+        .instrument(span),
+    );
+}
+
+async fn run(
+    mut call: Call,
+    mut inbox: mpsc::UnboundedReceiver<SipEvent>,
+    owner: Owner,
+    mut relay: RelayHandle,
+    mut record: CallRecord,
+    services: CallServices,
+) {
+    services.metrics.add_gauge(Gauge::CallsActive, 1);
+    if let Err(error) = services.store.call_started(record.clone()).await {
+        tracing::error!(%error, "call record not started");
+    }
+    tracing::info!("call offered");
+    let mut shutdown_seen = false;
+    loop {
+        if carry_out(&mut call, &owner, &relay, &mut record, &services).await {
+            break;
+        }
+        let deadline = call.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            event = inbox.recv() => match event {
+                Some(event) => call.handle_sip(Instant::now(), event),
+                None => break,
+            },
+            _ = relay.event() => call.handle_media_inactive(Instant::now()),
+            _ = sleep => call.handle_timeout(Instant::now()),
+            _ = services.shutdown.cancelled(), if !shutdown_seen => {
+                shutdown_seen = true;
+                call.handle_shutdown(Instant::now());
+            }
+        }
+    }
+    services.metrics.add_gauge(Gauge::CallsActive, -1);
+    tracing::debug!("call finished");
+}
+
+/// Carries out every pending action; returns true once the call has finished.
+async fn carry_out(
+    call: &mut Call,
+    owner: &Owner,
+    relay: &RelayHandle,
+    record: &mut CallRecord,
+    services: &CallServices,
+) -> bool {
+    while let Some(action) = call.poll_action() {
+        match action {
+            Action::SendRequest { request, target } => services.endpoint.send(Command::SendRequest {
+                request,
+                target,
+                owner: owner.clone(),
+            }),
+            Action::SendResponse { server, response } => {
+                services.endpoint.send(Command::SendResponse { server, response })
+            }
+            Action::RegisterDialog(key) => services.endpoint.register_dialog(key, owner.clone()),
+            Action::UnregisterDialog(key) => services.endpoint.unregister_dialog(&key),
+            Action::Media(command) => relay.command(command),
+            Action::Attempt { b_call_id, b_peer } => {
+                record.b_call_id = Some(b_call_id);
+                record.b_peer = Some(b_peer);
+            }
+            Action::Answered { b_call_id, b_peer } => {
+                let now = unix_millis(SystemTime::now());
+                record.answered_at = Some(now);
+                tracing::info!(peer = %b_peer, "call answered");
+                if let Err(error) = services.store.call_answered(&record.id, &b_call_id, &b_peer, now).await {
+                    services.metrics.increment(Counter::StoreWriteErrors);
+                    tracing::error!(%error, "call record not updated");
+                }
+            }
+            Action::Ended(outcome) => finish_record(record, relay, &outcome, services).await,
+            Action::Finished => return true,
+        }
+    }
+    false
+}
+
+/// Completes the record and waits until it is committed: a call that has ended is on disk
+/// before its last messages go out.
+async fn finish_record(record: &mut CallRecord, relay: &RelayHandle, outcome: &Outcome, services: &CallServices) {
+    let stats = relay.stats();
+    record.ended_at = Some(unix_millis(SystemTime::now()));
+    record.ended_by = Some(outcome.ended_by.as_str().to_string());
+    record.end_reason = Some(outcome.reason.clone());
+    record.final_status = Some(outcome.final_status);
+    record.rtp_a_to_b = stats.a_to_b.load(Ordering::Relaxed);
+    record.rtp_b_to_a = stats.b_to_a.load(Ordering::Relaxed);
+    record.rtp_dropped = stats.dropped.load(Ordering::Relaxed);
+    if !outcome.answered {
+        record.answered_at = None;
+    }
+    let result = if outcome.answered {
+        CallResult::Answered
+    } else if outcome.final_status == 487 && outcome.ended_by == EndedBy::Caller {
+        CallResult::Cancelled
+    } else if outcome.ended_by == EndedBy::Gateway || outcome.final_status >= 500 {
+        CallResult::Failed
+    } else {
+        CallResult::Rejected
+    };
+    services.metrics.count_call(result);
+    tracing::info!(
+        ended_by = outcome.ended_by.as_str(),
+        reason = %outcome.reason,
+        status = outcome.final_status,
+        rtp_a_to_b = record.rtp_a_to_b,
+        rtp_b_to_a = record.rtp_b_to_a,
+        "call ended"
+    );
+    if let Err(error) = services.store.call_ended(record.clone()).await {
+        services.metrics.increment(Counter::StoreWriteErrors);
+        tracing::error!(%error, "call record not written");
+    }
+}

@@ -1,0 +1,59 @@
+//! Media: what the call model asks of the relay (this file), the pure per-packet parts
+//! ([`g711`], [`rtp`]) and the parts that own sockets ([`ports`], [`relay`]).
+
+pub mod g711;
+pub mod ports;
+pub mod relay;
+pub mod rtp;
+
+use std::net::SocketAddr;
+
+use crate::sip::sdp::Codec;
+
+/// The two legs of a bridged call: A is the caller's side, B the called peer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Leg {
+    A,
+    B,
+}
+
+impl Leg {
+    pub fn other(self) -> Leg {
+        match self {
+            Leg::A => Leg::B,
+            Leg::B => Leg::A,
+        }
+    }
+
+    pub fn index(self) -> usize {
+        match self {
+            Leg::A => 0,
+            Leg::B => 1,
+        }
+    }
+}
+
+/// What one leg negotiated, as the relay needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegMedia {
+    /// Where the endpoint said it receives RTP (None: on hold via 0.0.0.0, or not yet known).
+    pub remote: Option<SocketAddr>,
+    pub codec: Codec,
+    /// The endpoint's payload type for `codec`.
+    pub payload_type: u8,
+    /// The endpoint's payload type for RFC 4733 telephone-event, if it takes them.
+    pub telephone_event: Option<u8>,
+    /// Whether the endpoint wants media from us (false when it put the call on hold:
+    /// sendonly or inactive, RFC 3264 §8.4).
+    pub receives: bool,
+}
+
+/// Commands from the call model to its relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaCommand {
+    /// A leg's offer/answer completed or changed.
+    Configure(Leg, LegMedia),
+    /// The call is answered: from now on, silence on both legs for the inactivity timeout
+    /// ends the call.
+    Answered,
+}

@@ -1,0 +1,133 @@
+//! RTP/RTCP port pairs from `media.ports`: an even RTP port and the odd RTCP port above it
+//! (RFC 3550 §11), bound when a leg is created and returned to the pool when it is dropped.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::UdpSocket;
+
+use crate::metrics::{Gauge, Metrics};
+
+/// The free list of port pairs.
+pub struct PortPool {
+    address: IpAddr,
+    free: Mutex<VecDeque<u16>>,
+    metrics: Arc<Metrics>,
+}
+
+/// One leg's bound sockets. Dropping it frees the pair.
+pub struct LegSockets {
+    pub rtp: UdpSocket,
+    pub rtcp: UdpSocket,
+    port: u16,
+    pool: Arc<PortPool>,
+}
+
+impl LegSockets {
+    /// The RTP address advertised in SDP.
+    pub fn rtp_address(&self) -> SocketAddr {
+        SocketAddr::new(self.pool.address, self.port)
+    }
+}
+
+impl Drop for LegSockets {
+    fn drop(&mut self) {
+        self.pool.release(self.port);
+    }
+}
+
+impl PortPool {
+    /// Pairs from the inclusive range `[low, high]`, starting at the first even port.
+    pub fn new(address: IpAddr, [low, high]: [u16; 2], metrics: Arc<Metrics>) -> Arc<PortPool> {
+        let first = low + (low % 2);
+        let free = (first..high).step_by(2).collect();
+        Arc::new(PortPool {
+            address,
+            free: Mutex::new(free),
+            metrics,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<u16>> {
+        // Each critical section is one push or pop: a poisoned lock holds a consistent list.
+        self.free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Pairs currently free.
+    pub fn available(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Binds the next free pair. Ports some other program holds are skipped (and retried
+    /// later); `None` when no pair can be bound (the caller answers 503).
+    /// Must be called inside a tokio runtime.
+    pub fn allocate(self: &Arc<Self>) -> Option<LegSockets> {
+        let attempts = self.available();
+        for _ in 0..attempts {
+            let port = self.lock().pop_front()?;
+            match (bind(self.address, port), bind(self.address, port + 1)) {
+                (Ok(rtp), Ok(rtcp)) => {
+                    self.metrics.add_gauge(Gauge::MediaPortsInUse, 2);
+                    return Some(LegSockets {
+                        rtp,
+                        rtcp,
+                        port,
+                        pool: Arc::clone(self),
+                    });
+                }
+                _ => {
+                    tracing::debug!(port, "media port busy, skipping");
+                    self.lock().push_back(port);
+                }
+            }
+        }
+        None
+    }
+
+    fn release(&self, port: u16) {
+        self.metrics.add_gauge(Gauge::MediaPortsInUse, -2);
+        // Reuse the least recently freed port last, so late packets of an ended call do not
+        // reach the next call at once.
+        self.lock().push_back(port);
+    }
+}
+
+fn bind(address: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
+    let socket = std::net::UdpSocket::bind(SocketAddr::new(address, port))?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pairs_are_even_odd_and_returned_on_drop() {
+        let metrics = Arc::new(Metrics::new());
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), [31001, 31008], metrics);
+        assert_eq!(pool.available(), 3); // 31002, 31004, 31006
+        let a = pool.allocate().unwrap_or_else(|| panic!("pair"));
+        assert_eq!(a.rtp_address().port() % 2, 0);
+        assert_eq!(a.rtcp.local_addr().map(|s| s.port()).ok(), Some(a.rtp_address().port() + 1));
+        let b = pool.allocate();
+        let c = pool.allocate();
+        assert!(b.is_some() && c.is_some());
+        assert!(pool.allocate().is_none());
+        drop(a);
+        assert_eq!(pool.available(), 1);
+        assert!(pool.allocate().is_some());
+    }
+
+    #[tokio::test]
+    async fn busy_port_is_skipped() {
+        let metrics = Arc::new(Metrics::new());
+        let _holder = std::net::UdpSocket::bind("127.0.0.1:31102");
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), [31102, 31105], metrics);
+        let leg = pool.allocate().unwrap_or_else(|| panic!("pair"));
+        assert_eq!(leg.rtp_address().port(), 31104);
+    }
+}

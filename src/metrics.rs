@@ -1,0 +1,171 @@
+//! Prometheus counters and gauges, lock-free (relaxed atomics), rendered as text exposition
+//! format 0.0.4 by [`Metrics::render`] for `GET /metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Monotonic counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    SipRequestsReceived,
+    SipResponsesReceived,
+    SipMessagesSent,
+    /// Retransmissions the gateway sent (timers A, E, G and 2xx retransmission).
+    SipRetransmissions,
+    /// Retransmitted requests received (absorbed by server transactions).
+    SipRetransmissionsReceived,
+    SipParseErrors,
+    SipRejectedUnknownPeer,
+    TransactionsTotal,
+    TransactionTimeouts,
+    CallsRefusedOverload,
+    RtpPacketsRelayed,
+    RtpPacketsDropped,
+    RtcpPacketsRelayed,
+    StoreWriteErrors,
+}
+
+const COUNTERS: [(Counter, &str, &str); 14] = [
+    (Counter::SipRequestsReceived, "hotline_sip_requests_received_total", "SIP requests received"),
+    (Counter::SipResponsesReceived, "hotline_sip_responses_received_total", "SIP responses received"),
+    (Counter::SipMessagesSent, "hotline_sip_messages_sent_total", "SIP messages sent, retransmissions included"),
+    (Counter::SipRetransmissions, "hotline_sip_retransmissions_total", "SIP retransmissions sent (timers A, E, G, 2xx)"),
+    (Counter::SipRetransmissionsReceived, "hotline_sip_retransmissions_received_total", "retransmitted requests absorbed by transactions"),
+    (Counter::SipParseErrors, "hotline_sip_parse_errors_total", "messages rejected (400/416/501/505) or dropped as malformed"),
+    (Counter::SipRejectedUnknownPeer, "hotline_sip_rejected_unknown_peer_total", "requests from addresses that are no configured peer (403)"),
+    (Counter::TransactionsTotal, "hotline_sip_transactions_total", "SIP transactions created"),
+    (Counter::TransactionTimeouts, "hotline_sip_transaction_timeouts_total", "transactions that timed out (timers B, F, H, 2xx without ACK)"),
+    (Counter::CallsRefusedOverload, "hotline_calls_refused_overload_total", "INVITEs answered 503 for lack of call slots or media ports"),
+    (Counter::RtpPacketsRelayed, "hotline_rtp_packets_relayed_total", "RTP packets relayed between legs"),
+    (Counter::RtpPacketsDropped, "hotline_rtp_packets_dropped_total", "RTP packets dropped (unknown source, unnegotiated payload, no destination)"),
+    (Counter::RtcpPacketsRelayed, "hotline_rtcp_packets_relayed_total", "RTCP packets relayed between legs"),
+    (Counter::StoreWriteErrors, "hotline_store_write_errors_total", "call records that could not be written"),
+];
+
+/// Gauges (values that go up and down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gauge {
+    CallsActive,
+    TransactionsActive,
+    MediaPortsInUse,
+}
+
+const GAUGES: [(Gauge, &str, &str); 3] = [
+    (Gauge::CallsActive, "hotline_calls_active", "calls in progress"),
+    (Gauge::TransactionsActive, "hotline_sip_transactions_active", "SIP transactions in progress"),
+    (Gauge::MediaPortsInUse, "hotline_media_ports_in_use", "RTP/RTCP ports bound"),
+];
+
+/// How a call ended, for `hotline_calls_total{result=...}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallResult {
+    Answered,
+    Rejected,
+    Failed,
+    Cancelled,
+}
+
+const RESULTS: [(CallResult, &str); 4] = [
+    (CallResult::Answered, "answered"),
+    (CallResult::Rejected, "rejected"),
+    (CallResult::Failed, "failed"),
+    (CallResult::Cancelled, "cancelled"),
+];
+
+/// Every metric of the gateway. One instance, shared by `Arc`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    counters: [AtomicU64; COUNTERS.len()],
+    gauges: [AtomicI64; GAUGES.len()],
+    calls: [AtomicU64; RESULTS.len()],
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics::default()
+    }
+
+    pub fn increment(&self, counter: Counter) {
+        self.add(counter, 1);
+    }
+
+    pub fn add(&self, counter: Counter, value: u64) {
+        if value > 0 {
+            self.counters[counter_index(counter)].fetch_add(value, Ordering::Relaxed);
+        }
+    }
+
+    pub fn add_gauge(&self, gauge: Gauge, delta: i64) {
+        self.gauges[gauge_index(gauge)].fetch_add(delta, Ordering::Relaxed);
+    }
+
+    pub fn count_call(&self, result: CallResult) {
+        self.calls[RESULTS.iter().position(|(r, _)| *r == result).unwrap_or(0)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn counter(&self, counter: Counter) -> u64 {
+        self.counters[counter_index(counter)].load(Ordering::Relaxed)
+    }
+
+    pub fn gauge(&self, gauge: Gauge) -> i64 {
+        self.gauges[gauge_index(gauge)].load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = writeln!(out, "# HELP hotline_calls_total calls ended, by result");
+        let _ = writeln!(out, "# TYPE hotline_calls_total counter");
+        for (index, (_, label)) in RESULTS.iter().enumerate() {
+            let value = self.calls[index].load(Ordering::Relaxed);
+            let _ = writeln!(out, "hotline_calls_total{{result=\"{label}\"}} {value}");
+        }
+        for (index, (_, name, help)) in GAUGES.iter().enumerate() {
+            let value = self.gauges[index].load(Ordering::Relaxed);
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+        for (index, (_, name, help)) in COUNTERS.iter().enumerate() {
+            let value = self.counters[index].load(Ordering::Relaxed);
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        }
+        out
+    }
+}
+
+fn counter_index(counter: Counter) -> usize {
+    COUNTERS.iter().position(|(c, _, _)| *c == counter).unwrap_or(0)
+}
+
+fn gauge_index(gauge: Gauge) -> usize {
+    GAUGES.iter().position(|(g, _, _)| *g == gauge).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_shows_values_in_exposition_format() {
+        let metrics = Metrics::new();
+        metrics.increment(Counter::SipParseErrors);
+        metrics.add(Counter::RtpPacketsRelayed, 500);
+        metrics.add_gauge(Gauge::CallsActive, 3);
+        metrics.add_gauge(Gauge::CallsActive, -1);
+        metrics.count_call(CallResult::Answered);
+        metrics.count_call(CallResult::Cancelled);
+        let text = metrics.render();
+        assert!(text.contains("hotline_sip_parse_errors_total 1\n"));
+        assert!(text.contains("hotline_rtp_packets_relayed_total 500\n"));
+        assert!(text.contains("hotline_calls_active 2\n"));
+        assert!(text.contains("hotline_calls_total{result=\"answered\"} 1\n"));
+        assert!(text.contains("hotline_calls_total{result=\"rejected\"} 0\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').unwrap_or_default();
+            assert!(!name.is_empty() && value.parse::<f64>().is_ok(), "bad line {line:?}");
+        }
+        // Each enum variant has its own row.
+        let names: std::collections::HashSet<&str> = COUNTERS.iter().map(|(_, n, _)| *n).collect();
+        assert_eq!(names.len(), COUNTERS.len());
+        assert_eq!(metrics.counter(Counter::RtpPacketsRelayed), 500);
+    }
+}

@@ -1,0 +1,917 @@
+//! The endpoint: one task that joins the transport, the transaction machines and the call layer.
+//!
+//! It owns every transaction (RFC 3261 §17) in two tables, matches each inbound message to one
+//! (§17.1.3 for responses, §17.2.3 for requests), runs their timers from one deadline heap, and
+//! passes what the machines let through to the owner of the transaction (a call task) or, for a
+//! new request, to the [`Dispatcher`] (the call layer) which decides what to do with it.
+//!
+//! Beyond the machines it does the §8.2 / §18 duties that belong below the call model: `received`
+//! and `rport` on the top Via (RFC 3581), where responses go (§18.2.2), 100 Trying for INVITE,
+//! CANCEL matching and its 200 (§9.2), ACK-for-2xx matching to the accepted INVITE (RFC 6026),
+//! merged-request detection (§8.2.2.2, 482), 481 for requests in unknown dialogs, and 400/416/501/
+//! 505 for requests the parser rejected.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::message::{self, Message, Method, ParseError, Request, Response, Via};
+use super::transaction::{
+    ClientInvite, ClientNonInvite, Event as MachineEvent, ResponseAction, ServerInvite,
+    ServerNonInvite, TimerConfig,
+};
+use super::transport::{Flow, Inbound, Target, Transport};
+use crate::metrics::{Counter, Gauge, Metrics};
+
+/// Names a server transaction to its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerTransactionId(u64);
+
+impl ServerTransactionId {
+    /// Ids are handed out by the endpoint; this exists for drivers of the call model in tests.
+    pub fn new(value: u64) -> ServerTransactionId {
+        ServerTransactionId(value)
+    }
+}
+
+/// A dialog as the gateway keys it: Call-ID and the gateway's own tag.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DialogKey {
+    pub call_id: String,
+    pub local_tag: String,
+}
+
+/// What the endpoint tells a transaction's owner.
+#[derive(Debug)]
+pub enum SipEvent {
+    /// A request inside one of the owner's dialogs (BYE, re-INVITE, INFO, UPDATE, ...), or the
+    /// initial INVITE handed over by the dispatcher.
+    Request {
+        server: ServerTransactionId,
+        request: Request,
+        source: SocketAddr,
+    },
+    /// An ACK for a 2xx the owner sent (it has no transaction of its own, §17.1.1.3).
+    Ack { request: Request },
+    /// A response to one of the owner's client transactions, keyed by its branch.
+    Response { branch: String, response: Response },
+    /// A client transaction got no final response (Timer B/F): treat as 408 (§8.1.3.1).
+    Timeout { branch: String, method: Method },
+    /// The INVITE server transaction was cancelled; the endpoint already answered the CANCEL.
+    Cancelled { server: ServerTransactionId },
+    /// A 2xx was retransmitted for 64*T1 without an ACK (§13.3.1.4): end the session.
+    AckTimeout { server: ServerTransactionId },
+}
+
+/// Where an owner's events go.
+pub type Owner = mpsc::UnboundedSender<SipEvent>;
+
+/// The call layer's answer to a request that opens no known dialog.
+pub enum Disposition {
+    /// Answer with this response (the dispatcher built it: 403, 404, 503, 200 for OPTIONS, ...).
+    Respond(Response),
+    /// The owner takes the transaction; it receives the request as [`SipEvent::Request`].
+    Accept(Owner),
+}
+
+/// The call layer, as the endpoint sees it.
+pub trait Dispatcher: Send + Sync + 'static {
+    /// A request that is no retransmission and belongs to no known dialog.
+    fn new_request(
+        &self,
+        request: &Request,
+        server: ServerTransactionId,
+        source: SocketAddr,
+        flow: Flow,
+    ) -> Disposition;
+}
+
+/// What call tasks ask of the endpoint.
+#[derive(Debug)]
+pub enum Command {
+    /// Start a client transaction (or, for ACK, send statelessly). The request must carry a
+    /// top Via with a unique branch (the call model writes it, see [`Endpoint::via_for`]).
+    SendRequest {
+        request: Request,
+        target: Target,
+        owner: Owner,
+    },
+    /// Send a response through a server transaction.
+    SendResponse {
+        server: ServerTransactionId,
+        response: Response,
+    },
+}
+
+/// The cloneable handle call tasks hold.
+#[derive(Clone)]
+pub struct EndpointHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    dialogs: Arc<DashMap<DialogKey, Owner>>,
+    local: SocketAddr,
+}
+
+impl EndpointHandle {
+    pub fn send(&self, command: Command) {
+        // Only fails when the endpoint is gone (shutdown): nothing left to send through.
+        let _ = self.commands.send(command);
+    }
+
+    /// Routes in-dialog requests for `key` to `owner`.
+    pub fn register_dialog(&self, key: DialogKey, owner: Owner) {
+        self.dialogs.insert(key, owner);
+    }
+
+    pub fn unregister_dialog(&self, key: &DialogKey) {
+        self.dialogs.remove(key);
+    }
+
+    /// The address written into Via and Contact.
+    pub fn local_address(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct ClientKey {
+    branch: String,
+    method: Method,
+}
+
+/// §17.2.3: branch, sent-by and method (ACK matches the INVITE, CANCEL is its own).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ServerKey {
+    branch: String,
+    sent_by: String,
+    method: Method,
+}
+
+enum ClientMachine {
+    Invite(ClientInvite),
+    NonInvite(ClientNonInvite),
+}
+
+enum ServerMachine {
+    Invite(ServerInvite),
+    NonInvite(ServerNonInvite),
+}
+
+struct ClientEntry {
+    machine: ClientMachine,
+    request: Request,
+    target: Target,
+    owner: Owner,
+    /// The deadline this entry has in the heap, so each entry is in it at most once or twice.
+    armed: Option<Instant>,
+}
+
+struct ServerEntry {
+    id: ServerTransactionId,
+    machine: ServerMachine,
+    response_target: Target,
+    owner: Option<Owner>,
+    /// For merged-request detection and ACK matching.
+    merge_key: Option<MergeKey>,
+    accepted_key: Option<AcceptedKey>,
+    armed: Option<Instant>,
+}
+
+/// §8.2.2.2: From tag, Call-ID and CSeq of a request without To tag.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct MergeKey {
+    from_tag: String,
+    call_id: String,
+    cseq: u32,
+    method: Method,
+}
+
+/// An ACK for a 2xx matches the accepted INVITE by Call-ID, CSeq number and To tag.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct AcceptedKey {
+    call_id: String,
+    cseq: u32,
+    to_tag: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerOwner {
+    Client(ClientKey),
+    Server(ServerTransactionId),
+}
+
+/// The endpoint's state; [`Endpoint::run`] drives it.
+pub struct Endpoint {
+    transport: Transport,
+    timers: TimerConfig,
+    dispatcher: Arc<dyn Dispatcher>,
+    dialogs: Arc<DashMap<DialogKey, Owner>>,
+    metrics: Arc<Metrics>,
+    clients: HashMap<ClientKey, ClientEntry>,
+    servers: HashMap<ServerKey, ServerEntry>,
+    server_keys: HashMap<ServerTransactionId, ServerKey>,
+    merged: HashMap<MergeKey, String>,
+    accepted: HashMap<AcceptedKey, ServerKey>,
+    deadlines: BinaryHeap<Reverse<(Instant, TimerOwner)>>,
+    next_server: u64,
+}
+
+impl Endpoint {
+    /// Creates the endpoint and the handle call tasks use.
+    pub fn new(
+        transport: Transport,
+        timers: TimerConfig,
+        dispatcher: Arc<dyn Dispatcher>,
+        metrics: Arc<Metrics>,
+        public_address: SocketAddr,
+    ) -> (Endpoint, EndpointHandle, mpsc::UnboundedReceiver<Command>) {
+        let (commands, command_queue) = mpsc::unbounded_channel();
+        let dialogs = Arc::new(DashMap::new());
+        let handle = EndpointHandle {
+            commands,
+            dialogs: Arc::clone(&dialogs),
+            local: public_address,
+        };
+        let endpoint = Endpoint {
+            transport,
+            timers,
+            dispatcher,
+            dialogs,
+            metrics,
+            clients: HashMap::new(),
+            servers: HashMap::new(),
+            server_keys: HashMap::new(),
+            merged: HashMap::new(),
+            accepted: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+            next_server: 1,
+        };
+        (endpoint, handle, command_queue)
+    }
+
+    /// A Via for a request the gateway originates over `target` (§8.1.1.7 branch magic cookie,
+    /// RFC 3581 rport so responses come back to our port through NAT).
+    pub fn via_for(local: SocketAddr, target: Target, branch: &str) -> String {
+        let host = match local.ip() {
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            IpAddr::V4(v4) => v4.to_string(),
+        };
+        format!(
+            "SIP/2.0/{} {}:{};branch={};rport",
+            target.via_transport(),
+            host,
+            local.port(),
+            branch
+        )
+    }
+
+    /// Runs until `stop` is cancelled.
+    pub async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let next = self.deadlines.peek().map(|Reverse((at, _))| *at);
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                command = commands.recv() => match command {
+                    Some(command) => self.handle_command(Instant::now(), command),
+                    None => return,
+                },
+                item = inbound.recv() => match item {
+                    Some(item) => self.handle_inbound(Instant::now(), item),
+                    None => return,
+                },
+                _ = sleep => self.handle_timers(Instant::now()),
+                // Cancelled by the gateway once calls have ended (their BYEs answered).
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    fn handle_command(&mut self, now: Instant, command: Command) {
+        match command {
+            Command::SendRequest {
+                request,
+                target,
+                owner,
+            } => self.start_client(now, request, target, owner),
+            Command::SendResponse { server, response } => self.respond(now, server, response),
+        }
+    }
+
+    fn start_client(&mut self, now: Instant, request: Request, target: Target, owner: Owner) {
+        let bytes = request.to_bytes();
+        if request.method == Method::Ack {
+            self.transport.send(target, bytes);
+            return;
+        }
+        let Some(branch) = request.top_via().and_then(|v| v.branch().map(str::to_string)) else {
+            tracing::error!(method = %request.method, "request without branch not sent");
+            return;
+        };
+        let reliable = target.is_reliable();
+        let is_invite = request.method == Method::Invite;
+        let machine = if is_invite {
+            ClientMachine::Invite(ClientInvite::new(now, bytes, reliable, &self.timers))
+        } else {
+            ClientMachine::NonInvite(ClientNonInvite::new(now, bytes, reliable, &self.timers))
+        };
+        let key = ClientKey {
+            branch: branch.clone(),
+            method: request.method.clone(),
+        };
+        self.metrics.increment(Counter::TransactionsTotal);
+        self.metrics.add_gauge(Gauge::TransactionsActive, 1);
+        self.clients.insert(
+            key.clone(),
+            ClientEntry {
+                machine,
+                request,
+                target,
+                owner,
+                armed: None,
+            },
+        );
+        self.service_client(now, &key, false);
+    }
+
+    fn respond(&mut self, now: Instant, server: ServerTransactionId, response: Response) {
+        let Some(key) = self.server_keys.get(&server).cloned() else {
+            return;
+        };
+        let Some(entry) = self.servers.get_mut(&key) else {
+            return;
+        };
+        let bytes = response.to_bytes();
+        match &mut entry.machine {
+            ServerMachine::Invite(machine) => {
+                if (200..300).contains(&response.status) {
+                    if let (Some(cseq), Some(to_tag)) = (
+                        response.cseq(),
+                        response.to().and_then(|t| t.tag().map(str::to_string)),
+                    ) {
+                        let accepted = AcceptedKey {
+                            call_id: response.headers.get("Call-ID").unwrap_or_default().to_string(),
+                            cseq: cseq.sequence,
+                            to_tag,
+                        };
+                        self.accepted.insert(accepted.clone(), key.clone());
+                        entry.accepted_key = Some(accepted);
+                    }
+                }
+                machine.send_response(now, response.status, bytes);
+            }
+            ServerMachine::NonInvite(machine) => machine.send_response(now, response.status, bytes),
+        }
+        self.service_server(now, &key, false);
+    }
+
+    fn handle_inbound(&mut self, now: Instant, inbound: Inbound) {
+        match inbound.message {
+            Ok(Message::Request(request)) => {
+                self.metrics.increment(Counter::SipRequestsReceived);
+                self.handle_request(now, request, inbound.source, inbound.flow);
+            }
+            Ok(Message::Response(response)) => {
+                self.metrics.increment(Counter::SipResponsesReceived);
+                self.handle_response(now, response);
+            }
+            Err(ParseError::Reject {
+                status,
+                reason,
+                headers,
+            }) => {
+                self.metrics.increment(Counter::SipParseErrors);
+                tracing::info!(source = %inbound.source, status, %reason, "rejected malformed request");
+                let mut headers = *headers;
+                stamp_via(&mut headers, inbound.source);
+                let response = message::response_from_headers(&headers, status, &reason, Some("gw-reject"));
+                let target = response_target(&response, inbound.source, inbound.flow);
+                self.transport.send(target, response.to_bytes());
+            }
+            Err(ParseError::Drop(reason)) => {
+                self.metrics.increment(Counter::SipParseErrors);
+                tracing::debug!(source = %inbound.source, %reason, "dropped unparsable message");
+            }
+        }
+    }
+
+    fn handle_response(&mut self, now: Instant, response: Response) {
+        let (Some(via), Some(cseq)) = (response.top_via(), response.cseq()) else {
+            return;
+        };
+        let Some(branch) = via.branch() else { return };
+        let key = ClientKey {
+            branch: branch.to_string(),
+            method: cseq.method,
+        };
+        let Some(entry) = self.clients.get_mut(&key) else {
+            // A 2xx retransmission after the INVITE transaction ended goes to the dialog
+            // (§13.2.2.4: the UAC core re-sends its ACK).
+            if (200..300).contains(&response.status) && key.method == Method::Invite {
+                self.response_to_dialog(key.branch, response);
+            }
+            return;
+        };
+        let status = response.status;
+        let action = match &mut entry.machine {
+            ClientMachine::Invite(machine) => {
+                let ack = (status >= 300)
+                    .then(|| message::ack_for_non_2xx(&entry.request, &response).to_bytes());
+                machine.handle_response(now, status, ack)
+            }
+            ClientMachine::NonInvite(machine) => machine.handle_response(now, status),
+        };
+        if let ResponseAction::PassToTu = action {
+            let _ = entry.owner.send(SipEvent::Response {
+                branch: key.branch.clone(),
+                response,
+            });
+        }
+        self.service_client(now, &key, false);
+    }
+
+    fn response_to_dialog(&self, branch: String, response: Response) {
+        let call_id = response.headers.get("Call-ID").unwrap_or_default().to_string();
+        let from_tag = response
+            .headers
+            .get("From")
+            .and_then(|f| message::NameAddr::parse(f).ok())
+            .and_then(|f| f.tag().map(str::to_string))
+            .unwrap_or_default();
+        let key = DialogKey {
+            call_id,
+            local_tag: from_tag,
+        };
+        if let Some(owner) = self.dialogs.get(&key) {
+            let _ = owner.send(SipEvent::Response { branch, response });
+        }
+    }
+
+    fn handle_request(&mut self, now: Instant, mut request: Request, source: SocketAddr, flow: Flow) {
+        stamp_via(&mut request.headers, source);
+        let Some(via) = request.top_via() else { return };
+        let branch = via.branch().unwrap_or_default().to_string();
+        let sent_by = format!("{}:{}", via.host, via.port.unwrap_or(5060));
+        // §17.2.3: an ACK matches the INVITE transaction it acknowledges (non-2xx case).
+        let match_method = if request.method == Method::Ack {
+            Method::Invite
+        } else {
+            request.method.clone()
+        };
+        let key = ServerKey {
+            branch: branch.clone(),
+            sent_by,
+            method: match_method,
+        };
+        let rfc3261_branch = branch.starts_with("z9hG4bK");
+        if rfc3261_branch && self.servers.contains_key(&key) {
+            self.existing_server_transaction(now, &key, request);
+            return;
+        }
+        match request.method {
+            Method::Ack => self.ack_without_transaction(now, request),
+            Method::Cancel => self.cancel(now, request, source, flow, key),
+            _ => self.new_server_transaction(now, request, source, flow, key),
+        }
+    }
+
+    fn existing_server_transaction(&mut self, now: Instant, key: &ServerKey, request: Request) {
+        let Some(entry) = self.servers.get_mut(key) else { return };
+        match (&mut entry.machine, &request.method) {
+            (ServerMachine::Invite(machine), Method::Ack) => {
+                // ACK for a non-2xx: absorbed by the transaction (§17.2.1).
+                let _ = machine.handle_ack(now);
+            }
+            (ServerMachine::Invite(machine), _) => {
+                machine.handle_request_retransmission(now);
+                self.metrics.increment(Counter::SipRetransmissionsReceived);
+            }
+            (ServerMachine::NonInvite(machine), _) => {
+                machine.handle_request_retransmission(now);
+                self.metrics.increment(Counter::SipRetransmissionsReceived);
+            }
+        }
+        self.service_server(now, key, true);
+    }
+
+    fn ack_without_transaction(&mut self, now: Instant, request: Request) {
+        let to_tag = request.to().and_then(|t| t.tag().map(str::to_string));
+        let (Some(to_tag), Some(cseq)) = (to_tag, request.cseq()) else { return };
+        let accepted = AcceptedKey {
+            call_id: request.call_id().to_string(),
+            cseq: cseq.sequence,
+            to_tag: to_tag.clone(),
+        };
+        if let Some(server_key) = self.accepted.get(&accepted).cloned() {
+            if let Some(ServerEntry {
+                machine: ServerMachine::Invite(machine),
+                owner,
+                ..
+            }) = self.servers.get_mut(&server_key)
+            {
+                let first = machine.handle_ack(now);
+                if first {
+                    if let Some(owner) = owner {
+                        let _ = owner.send(SipEvent::Ack { request });
+                    }
+                }
+                self.service_server(now, &server_key, false);
+                return;
+            }
+        }
+        // The accepted transaction is gone (late ACK, or ACK for a re-INVITE's answer in the
+        // body): hand it to the dialog.
+        let key = DialogKey {
+            call_id: request.call_id().to_string(),
+            local_tag: to_tag,
+        };
+        if let Some(owner) = self.dialogs.get(&key) {
+            let _ = owner.send(SipEvent::Ack { request });
+        }
+    }
+
+    fn cancel(&mut self, now: Instant, request: Request, source: SocketAddr, flow: Flow, key: ServerKey) {
+        let invite_key = ServerKey {
+            method: Method::Invite,
+            ..key.clone()
+        };
+        let target = request_response_target(&request, source, flow);
+        let id = self.insert_server(now, key.clone(), &request, target, None);
+        let status = match self.servers.get(&invite_key) {
+            Some(entry) => {
+                if let Some(owner) = &entry.owner {
+                    let _ = owner.send(SipEvent::Cancelled { server: entry.id });
+                }
+                200
+            }
+            // §9.2: no matching transaction.
+            None => 481,
+        };
+        let response = Response::for_request(&request, status, Some("gw-cancel"));
+        self.respond(now, id, response);
+    }
+
+    fn new_server_transaction(
+        &mut self,
+        now: Instant,
+        request: Request,
+        source: SocketAddr,
+        flow: Flow,
+        key: ServerKey,
+    ) {
+        let target = request_response_target(&request, source, flow);
+        let to_tag = request.to().and_then(|t| t.tag().map(str::to_string));
+        let merge_key = match (&to_tag, request.from().and_then(|f| f.tag().map(str::to_string)), request.cseq()) {
+            (None, Some(from_tag), Some(cseq)) => Some(MergeKey {
+                from_tag,
+                call_id: request.call_id().to_string(),
+                cseq: cseq.sequence,
+                method: request.method.clone(),
+            }),
+            _ => None,
+        };
+        if let Some(merge) = &merge_key {
+            if let Some(other_branch) = self.merged.get(merge) {
+                if *other_branch != key.branch {
+                    // §8.2.2.2: the same request reached us by two paths.
+                    let response = Response::for_request(&request, 482, Some("gw-merged"));
+                    self.transport.send(target, response.to_bytes());
+                    return;
+                }
+            }
+        }
+        let id = self.insert_server(now, key.clone(), &request, target, merge_key);
+        if request.method == Method::Invite {
+            // §17.2.1: 100 Trying at once, so the caller's Timer A stops.
+            self.respond(now, id, Response::for_request(&request, 100, None));
+        }
+        if let Some(tag) = to_tag {
+            let dialog = DialogKey {
+                call_id: request.call_id().to_string(),
+                local_tag: tag,
+            };
+            let owner = self.dialogs.get(&dialog).map(|o| o.clone());
+            match owner {
+                Some(owner) => {
+                    if let Some(entry) = self.servers.get_mut(&key) {
+                        entry.owner = Some(owner.clone());
+                    }
+                    let _ = owner.send(SipEvent::Request {
+                        server: id,
+                        request,
+                        source,
+                    });
+                }
+                None => {
+                    let response = Response::for_request(&request, 481, None);
+                    self.respond(now, id, response);
+                }
+            }
+            return;
+        }
+        match self.dispatcher.new_request(&request, id, source, flow) {
+            Disposition::Respond(response) => self.respond(now, id, response),
+            Disposition::Accept(owner) => {
+                if let Some(entry) = self.servers.get_mut(&key) {
+                    entry.owner = Some(owner.clone());
+                }
+                let _ = owner.send(SipEvent::Request {
+                    server: id,
+                    request,
+                    source,
+                });
+            }
+        }
+    }
+
+    fn insert_server(
+        &mut self,
+        now: Instant,
+        key: ServerKey,
+        request: &Request,
+        response_target: Target,
+        merge_key: Option<MergeKey>,
+    ) -> ServerTransactionId {
+        let id = ServerTransactionId(self.next_server);
+        self.next_server += 1;
+        let reliable = response_target.is_reliable();
+        let machine = if request.method == Method::Invite {
+            ServerMachine::Invite(ServerInvite::new(now, reliable, &self.timers))
+        } else {
+            ServerMachine::NonInvite(ServerNonInvite::new(now, reliable, &self.timers))
+        };
+        if let Some(merge) = &merge_key {
+            self.merged.insert(merge.clone(), key.branch.clone());
+        }
+        self.metrics.increment(Counter::TransactionsTotal);
+        self.metrics.add_gauge(Gauge::TransactionsActive, 1);
+        self.server_keys.insert(id, key.clone());
+        self.servers.insert(
+            key,
+            ServerEntry {
+                id,
+                machine,
+                response_target,
+                owner: None,
+                merge_key,
+                accepted_key: None,
+                armed: None,
+            },
+        );
+        id
+    }
+
+    fn handle_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.deadlines.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, owner))) = self.deadlines.pop() else { break };
+            match owner {
+                TimerOwner::Client(key) => {
+                    if let Some(entry) = self.clients.get_mut(&key) {
+                        entry.armed = None;
+                        match &mut entry.machine {
+                            ClientMachine::Invite(m) => m.handle_timeout(now),
+                            ClientMachine::NonInvite(m) => m.handle_timeout(now),
+                        }
+                        self.service_client(now, &key, true);
+                    }
+                }
+                TimerOwner::Server(id) => {
+                    if let Some(key) = self.server_keys.get(&id).cloned() {
+                        if let Some(entry) = self.servers.get_mut(&key) {
+                            entry.armed = None;
+                            match &mut entry.machine {
+                                ServerMachine::Invite(m) => m.handle_timeout(now),
+                                ServerMachine::NonInvite(m) => m.handle_timeout(now),
+                            }
+                            self.service_server(now, &key, true);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drains a client machine's outputs, re-arms its timer, drops it when terminated.
+    fn service_client(&mut self, _now: Instant, key: &ClientKey, from_timer: bool) {
+        let Some(entry) = self.clients.get_mut(key) else { return };
+        let mut terminated = false;
+        loop {
+            let transmit = match &mut entry.machine {
+                ClientMachine::Invite(m) => m.poll_transmit(),
+                ClientMachine::NonInvite(m) => m.poll_transmit(),
+            };
+            let Some(bytes) = transmit else { break };
+            if from_timer {
+                self.metrics.increment(Counter::SipRetransmissions);
+            }
+            self.transport.send(entry.target, bytes);
+        }
+        loop {
+            let event = match &mut entry.machine {
+                ClientMachine::Invite(m) => m.poll_event(),
+                ClientMachine::NonInvite(m) => m.poll_event(),
+            };
+            match event {
+                Some(MachineEvent::Timeout) => {
+                    self.metrics.increment(Counter::TransactionTimeouts);
+                    let _ = entry.owner.send(SipEvent::Timeout {
+                        branch: key.branch.clone(),
+                        method: key.method.clone(),
+                    });
+                }
+                Some(MachineEvent::Terminated) => terminated = true,
+                Some(MachineEvent::AckTimeout) => {}
+                None => break,
+            }
+        }
+        let deadline = match &entry.machine {
+            ClientMachine::Invite(m) => m.poll_timeout(),
+            ClientMachine::NonInvite(m) => m.poll_timeout(),
+        };
+        if terminated {
+            self.clients.remove(key);
+            self.metrics.add_gauge(Gauge::TransactionsActive, -1);
+        } else if let Some(at) = deadline {
+            if entry.armed.is_none_or(|armed| at < armed) {
+                entry.armed = Some(at);
+                self.deadlines.push(Reverse((at, TimerOwner::Client(key.clone()))));
+            }
+        }
+    }
+
+    fn service_server(&mut self, _now: Instant, key: &ServerKey, retransmission: bool) {
+        let Some(entry) = self.servers.get_mut(key) else { return };
+        let mut terminated = false;
+        loop {
+            let transmit = match &mut entry.machine {
+                ServerMachine::Invite(m) => m.poll_transmit(),
+                ServerMachine::NonInvite(m) => m.poll_transmit(),
+            };
+            let Some(bytes) = transmit else { break };
+            if retransmission {
+                self.metrics.increment(Counter::SipRetransmissions);
+            }
+            self.transport.send(entry.response_target, bytes);
+        }
+        loop {
+            let event = match &mut entry.machine {
+                ServerMachine::Invite(m) => m.poll_event(),
+                ServerMachine::NonInvite(m) => m.poll_event(),
+            };
+            match event {
+                Some(MachineEvent::Timeout) => {
+                    self.metrics.increment(Counter::TransactionTimeouts);
+                }
+                Some(MachineEvent::AckTimeout) => {
+                    self.metrics.increment(Counter::TransactionTimeouts);
+                    if let Some(owner) = &entry.owner {
+                        let _ = owner.send(SipEvent::AckTimeout { server: entry.id });
+                    }
+                }
+                Some(MachineEvent::Terminated) => terminated = true,
+                None => break,
+            }
+        }
+        let deadline = match &entry.machine {
+            ServerMachine::Invite(m) => m.poll_timeout(),
+            ServerMachine::NonInvite(m) => m.poll_timeout(),
+        };
+        let id = entry.id;
+        let arm = match deadline {
+            Some(at) if entry.armed.is_none_or(|armed| at < armed) => {
+                entry.armed = Some(at);
+                Some(at)
+            }
+            _ => None,
+        };
+        if terminated {
+            if let Some(entry) = self.servers.remove(key) {
+                self.server_keys.remove(&entry.id);
+                if let Some(merge) = entry.merge_key {
+                    self.merged.remove(&merge);
+                }
+                if let Some(accepted) = entry.accepted_key {
+                    self.accepted.remove(&accepted);
+                }
+            }
+            self.metrics.add_gauge(Gauge::TransactionsActive, -1);
+        } else if let Some(at) = arm {
+            self.deadlines.push(Reverse((at, TimerOwner::Server(id))));
+        }
+    }
+}
+
+/// RFC 3581 §4 / RFC 3261 §18.2.1: record where the request really came from.
+fn stamp_via(headers: &mut message::Headers, source: SocketAddr) {
+    let Some(first) = headers.get("Via").map(str::to_string) else { return };
+    let mut elements: Vec<String> = message::header::split_list(&first).map(str::to_string).collect();
+    let Some(top) = elements.first().and_then(|v| Via::parse(v).ok()) else { return };
+    let mut top = top;
+    let source_ip = source.ip().to_string();
+    let sent_by_ip = match &top.host {
+        message::Host::Ip(ip) => Some(*ip),
+        message::Host::Name(_) => None,
+    };
+    if sent_by_ip != Some(source.ip()) {
+        top.set_param("received", Some(source_ip.clone()));
+    }
+    if top.param("rport").is_some() {
+        top.set_param("received", Some(source_ip));
+        top.set_param("rport", Some(source.port().to_string()));
+    }
+    elements[0] = top.to_string();
+    let rewritten = elements.join(", ");
+    // Replace only the first Via line, keeping the others in place.
+    let mut replaced = false;
+    let mut rebuilt = message::Headers::new();
+    for header in headers.iter() {
+        if !replaced && header.name.eq_ignore_ascii_case("Via") {
+            rebuilt.push("Via", rewritten.clone());
+            replaced = true;
+        } else {
+            rebuilt.push(&header.name, header.value.clone());
+        }
+    }
+    *headers = rebuilt;
+}
+
+/// Where responses to `request` go (§18.2.2, RFC 3581 §4).
+fn request_response_target(request: &Request, source: SocketAddr, flow: Flow) -> Target {
+    match flow {
+        Flow::Tcp(id) => Target::Connection(id, source),
+        Flow::Udp => match request.top_via() {
+            Some(via) => udp_response_address(&via, source),
+            None => Target::Udp(source),
+        },
+    }
+}
+
+fn response_target(response: &Response, source: SocketAddr, flow: Flow) -> Target {
+    match flow {
+        Flow::Tcp(id) => Target::Connection(id, source),
+        Flow::Udp => match response.top_via() {
+            Some(via) => udp_response_address(&via, source),
+            None => Target::Udp(source),
+        },
+    }
+}
+
+fn udp_response_address(via: &Via, source: SocketAddr) -> Target {
+    let received: Option<IpAddr> = via.param("received").flatten().and_then(|r| r.parse().ok());
+    let rport: Option<u16> = via.param("rport").flatten().and_then(|p| p.parse().ok());
+    let ip = received
+        .or(match via.host {
+            message::Host::Ip(ip) => Some(ip),
+            message::Host::Name(_) => None,
+        })
+        .unwrap_or(source.ip());
+    let port = rport.or(via.port).unwrap_or(5060);
+    Target::Udp(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn via_stamp_and_response_address_follow_rfc3581() {
+        let mut headers = message::Headers::new();
+        headers.push("Via", "SIP/2.0/UDP 10.0.0.5:5070;branch=z9hG4bK1;rport, SIP/2.0/UDP p;branch=z9hG4bK0");
+        headers.push("Via", "SIP/2.0/UDP q;branch=z9hG4bKq");
+        let source: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        stamp_via(&mut headers, source);
+        let top = headers.get("Via").unwrap_or_default();
+        assert!(top.starts_with("SIP/2.0/UDP 10.0.0.5:5070;branch=z9hG4bK1;rport=40000;received=192.0.2.7, SIP/2.0/UDP p"), "{top}");
+        assert_eq!(headers.get_all("Via").count(), 2);
+        let via = Via::parse(message::header::split_list(top).next().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(udp_response_address(&via, source), Target::Udp(source));
+    }
+
+    #[test]
+    fn response_without_rport_goes_to_received_and_sent_by_port() {
+        let mut headers = message::Headers::new();
+        headers.push("Via", "SIP/2.0/UDP 10.0.0.5:5070;branch=z9hG4bK1");
+        let source: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        stamp_via(&mut headers, source);
+        let via = Via::parse(headers.get("Via").unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(udp_response_address(&via, source), Target::Udp("192.0.2.7:5070".parse().unwrap()));
+    }
+}

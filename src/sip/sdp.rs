@@ -1,0 +1,759 @@
+//! SDP (RFC 4566) for G.711 audio, and the offer/answer rules of RFC 3264 the gateway needs to
+//! anchor media: answer each side's offer with its own address, and make its own offers.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+/// Bounds, so one body cannot take unbounded memory.
+const MAX_MEDIA: usize = 64;
+const MAX_LINE: usize = 4096;
+
+/// `a=sendrecv` and friends (RFC 4566 §6, RFC 3264 §6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    /// The direction an answer takes for an offer in this direction (RFC 3264 §6.1).
+    pub fn reverse(self) -> Direction {
+        match self {
+            Direction::SendOnly => Direction::RecvOnly,
+            Direction::RecvOnly => Direction::SendOnly,
+            other => other,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+}
+
+/// `o=` (RFC 4566 §5.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub username: String,
+    pub session_id: u64,
+    pub session_version: u64,
+    pub address: IpAddr,
+}
+
+impl Origin {
+    pub fn new(address: IpAddr, session_id: u64) -> Origin {
+        Origin {
+            username: "hotline-gateway".into(),
+            session_id,
+            session_version: session_id,
+            address,
+        }
+    }
+
+    /// A changed description gets a higher version (RFC 3264 §8).
+    pub fn bump(&mut self) {
+        self.session_version = self.session_version.wrapping_add(1);
+    }
+}
+
+/// `a=rtpmap`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtpMap {
+    pub payload_type: u8,
+    pub encoding: String,
+    pub clock_rate: u32,
+    pub channels: Option<u8>,
+}
+
+/// One `m=` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaDescription {
+    pub media: String,
+    pub port: u16,
+    pub protocol: String,
+    /// Formats as written (payload type numbers for RTP/AVP).
+    pub formats: Vec<String>,
+    pub rtpmaps: Vec<RtpMap>,
+    pub fmtps: Vec<(u8, String)>,
+    pub direction: Option<Direction>,
+    pub ptime: Option<u32>,
+    pub connection: Option<IpAddr>,
+    pub rtcp_port: Option<u16>,
+    pub other_attributes: Vec<String>,
+}
+
+impl MediaDescription {
+    /// The payload types, for RTP profiles.
+    pub fn payload_types(&self) -> impl Iterator<Item = u8> + '_ {
+        self.formats.iter().filter_map(|f| f.parse().ok())
+    }
+
+    /// Encoding name and clock rate of a payload type: rtpmap first, static table otherwise.
+    pub fn encoding(&self, payload_type: u8) -> Option<(String, u32)> {
+        if let Some(map) = self.rtpmaps.iter().find(|m| m.payload_type == payload_type) {
+            return Some((map.encoding.to_ascii_uppercase(), map.clock_rate));
+        }
+        match payload_type {
+            0 => Some(("PCMU".into(), 8000)),
+            8 => Some(("PCMA".into(), 8000)),
+            _ => None,
+        }
+    }
+
+    fn is_rtp_avp(&self) -> bool {
+        self.protocol.eq_ignore_ascii_case("RTP/AVP")
+    }
+}
+
+/// A session description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionDescription {
+    pub origin: Origin,
+    pub session_name: String,
+    pub connection: Option<IpAddr>,
+    /// Session-level direction attribute, if any.
+    pub direction: Option<Direction>,
+    pub media: Vec<MediaDescription>,
+}
+
+/// Why a body is not SDP we can read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SdpError {
+    #[error("SDP line {line}: {reason}")]
+    Invalid { line: usize, reason: &'static str },
+}
+
+/// Why an offer or answer cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NegotiationError {
+    #[error("no media stream")]
+    NoMedia,
+    #[error("no audio stream with a codec we support (PCMU, PCMA)")]
+    NoAcceptableMedia,
+    #[error("the answer picked a codec we did not offer")]
+    AnswerNotInOffer,
+    #[error("the answer rejected the audio stream")]
+    Rejected,
+}
+
+/// Audio codecs the gateway relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Pcmu,
+    Pcma,
+}
+
+impl Codec {
+    pub fn from_name(name: &str) -> Option<Codec> {
+        match name.to_ascii_uppercase().as_str() {
+            "PCMU" => Some(Codec::Pcmu),
+            "PCMA" => Some(Codec::Pcma),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Pcmu => "PCMU",
+            Codec::Pcma => "PCMA",
+        }
+    }
+
+    /// The static payload type (RFC 3551 table 4).
+    pub fn static_payload_type(self) -> u8 {
+        match self {
+            Codec::Pcmu => 0,
+            Codec::Pcma => 8,
+        }
+    }
+}
+
+/// What the gateway offers and accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaPolicy {
+    /// Preference order of our offers.
+    pub codecs: Vec<Codec>,
+    pub telephone_event_payload_type: u8,
+    pub ptime: u32,
+}
+
+impl Default for MediaPolicy {
+    /// PCMA, PCMU, telephone-event 101, 20 ms: what most PBXs and phones expect.
+    fn default() -> Self {
+        MediaPolicy {
+            codecs: vec![Codec::Pcma, Codec::Pcmu],
+            telephone_event_payload_type: 101,
+            ptime: 20,
+        }
+    }
+}
+
+/// The outcome of offer/answer for one leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    pub codec: Codec,
+    /// The remote's payload type for `codec`.
+    pub payload_type: u8,
+    /// The remote's payload type for telephone-event, if both sides have it.
+    pub telephone_event: Option<u8>,
+    /// Where the remote receives RTP; None when on hold by `c=0.0.0.0` or port 0.
+    pub remote: Option<SocketAddr>,
+    /// The remote's direction (what it will do).
+    pub direction: Direction,
+    pub ptime: u32,
+}
+
+fn parse_direction(value: &str) -> Option<Direction> {
+    match value {
+        "sendrecv" => Some(Direction::SendRecv),
+        "sendonly" => Some(Direction::SendOnly),
+        "recvonly" => Some(Direction::RecvOnly),
+        "inactive" => Some(Direction::Inactive),
+        _ => None,
+    }
+}
+
+fn parse_connection(value: &str, line: usize) -> Result<IpAddr, SdpError> {
+    let invalid = |reason| SdpError::Invalid { line, reason };
+    let mut parts = value.split_ascii_whitespace();
+    if parts.next() != Some("IN") {
+        return Err(invalid("c= network type is not IN"));
+    }
+    let kind = parts.next().ok_or(invalid("c= without address type"))?;
+    let address = parts.next().ok_or(invalid("c= without address"))?;
+    // A multicast TTL suffix (/127) is not for us, but strip it rather than fail.
+    let address = address.split('/').next().unwrap_or_default();
+    let ip: IpAddr = address.parse().map_err(|_| invalid("c= address is no IP address"))?;
+    match (kind, ip) {
+        ("IP4", IpAddr::V4(_)) | ("IP6", IpAddr::V6(_)) => Ok(ip),
+        _ => Err(invalid("c= address type does not match the address")),
+    }
+}
+
+/// Parses an SDP body (CRLF or LF line ends).
+///
+/// # Errors
+/// [`SdpError::Invalid`] with the line number and the reason.
+pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
+    let mut origin = None;
+    let mut session_name = String::new();
+    let mut connection = None;
+    let mut direction = None;
+    let mut media: Vec<MediaDescription> = Vec::new();
+    let mut saw_version = false;
+    for (index, raw) in text.lines().enumerate() {
+        let number = index + 1;
+        let invalid = |reason| SdpError::Invalid { line: number, reason };
+        let line = raw.trim_end();
+        if line.is_empty() {
+            continue;
+        }
+        if line.len() > MAX_LINE {
+            return Err(invalid("line too long"));
+        }
+        let Some((kind, value)) = line.split_once('=') else {
+            return Err(invalid("not a type=value line"));
+        };
+        if !saw_version {
+            if kind != "v" || value != "0" {
+                return Err(invalid("SDP must start with v=0"));
+            }
+            saw_version = true;
+            continue;
+        }
+        match kind {
+            "o" => {
+                let parts: Vec<&str> = value.split_ascii_whitespace().collect();
+                if parts.len() != 6 || parts[3] != "IN" {
+                    return Err(invalid("malformed o= line"));
+                }
+                origin = Some(Origin {
+                    username: parts[0].to_string(),
+                    session_id: parts[1].parse().map_err(|_| invalid("o= session id is not a number"))?,
+                    session_version: parts[2].parse().map_err(|_| invalid("o= version is not a number"))?,
+                    address: parts[5].parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                });
+            }
+            "s" => session_name = value.to_string(),
+            "c" => {
+                let address = parse_connection(value, number)?;
+                match media.last_mut() {
+                    Some(m) => m.connection = Some(address),
+                    None => connection = Some(address),
+                }
+            }
+            "m" => {
+                if media.len() >= MAX_MEDIA {
+                    return Err(invalid("too many m= lines"));
+                }
+                let mut parts = value.split_ascii_whitespace();
+                let kind = parts.next().ok_or(invalid("m= without media"))?;
+                let port_text = parts.next().ok_or(invalid("m= without port"))?;
+                let port = port_text
+                    .split('/')
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .ok_or(invalid("m= port is not a number"))?;
+                let protocol = parts.next().ok_or(invalid("m= without protocol"))?;
+                let formats: Vec<String> = parts.map(str::to_string).collect();
+                if formats.is_empty() {
+                    return Err(invalid("m= without formats"));
+                }
+                media.push(MediaDescription {
+                    media: kind.to_string(),
+                    port,
+                    protocol: protocol.to_string(),
+                    formats,
+                    rtpmaps: Vec::new(),
+                    fmtps: Vec::new(),
+                    direction: None,
+                    ptime: None,
+                    connection: None,
+                    rtcp_port: None,
+                    other_attributes: Vec::new(),
+                });
+            }
+            "a" => {
+                let (name, attribute_value) = match value.split_once(':') {
+                    Some((n, v)) => (n, Some(v)),
+                    None => (value, None),
+                };
+                if let Some(d) = parse_direction(name) {
+                    match media.last_mut() {
+                        Some(m) => m.direction = Some(d),
+                        None => direction = Some(d),
+                    }
+                    continue;
+                }
+                let Some(m) = media.last_mut() else { continue };
+                match (name, attribute_value) {
+                    ("rtpmap", Some(v)) => {
+                        let (pt, encoding) = v.split_once(' ').ok_or(invalid("malformed rtpmap"))?;
+                        let payload_type = pt.parse::<u8>().ok().filter(|p| *p < 128).ok_or(invalid("rtpmap payload type"))?;
+                        let mut pieces = encoding.trim().split('/');
+                        let name = pieces.next().unwrap_or_default().to_string();
+                        let clock_rate = pieces
+                            .next()
+                            .and_then(|c| c.parse().ok())
+                            .ok_or(invalid("rtpmap clock rate"))?;
+                        let channels = pieces.next().and_then(|c| c.parse().ok());
+                        m.rtpmaps.push(RtpMap { payload_type, encoding: name, clock_rate, channels });
+                    }
+                    ("fmtp", Some(v)) => {
+                        if let Some((pt, parameters)) = v.split_once(' ') {
+                            if let Ok(pt) = pt.parse::<u8>() {
+                                m.fmtps.push((pt, parameters.trim().to_string()));
+                            }
+                        }
+                    }
+                    ("ptime", Some(v)) => m.ptime = v.trim().parse().ok(),
+                    ("rtcp", Some(v)) => m.rtcp_port = v.split_ascii_whitespace().next().and_then(|p| p.parse().ok()),
+                    _ => m.other_attributes.push(value.to_string()),
+                }
+            }
+            // v= again, t=, b=, k=, r=, z=, i=, u=, e=, p=: nothing we use.
+            _ => {}
+        }
+    }
+    if !saw_version {
+        return Err(SdpError::Invalid { line: 1, reason: "empty SDP" });
+    }
+    let origin = origin.ok_or(SdpError::Invalid { line: 2, reason: "no o= line" })?;
+    Ok(SessionDescription {
+        origin,
+        session_name,
+        connection,
+        direction,
+        media,
+    })
+}
+
+impl fmt::Display for SessionDescription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = |ip: &IpAddr| if ip.is_ipv6() { "IP6" } else { "IP4" };
+        write!(f, "v=0\r\n")?;
+        let o = &self.origin;
+        write!(f, "o={} {} {} IN {} {}\r\n", o.username, o.session_id, o.session_version, kind(&o.address), o.address)?;
+        let name = if self.session_name.is_empty() { "-" } else { &self.session_name };
+        write!(f, "s={name}\r\n")?;
+        if let Some(c) = &self.connection {
+            write!(f, "c=IN {} {c}\r\n", kind(c))?;
+        }
+        write!(f, "t=0 0\r\n")?;
+        if let Some(d) = self.direction {
+            write!(f, "a={}\r\n", d.as_str())?;
+        }
+        for m in &self.media {
+            write!(f, "m={} {} {} {}\r\n", m.media, m.port, m.protocol, m.formats.join(" "))?;
+            if let Some(c) = &m.connection {
+                write!(f, "c=IN {} {c}\r\n", kind(c))?;
+            }
+            for map in &m.rtpmaps {
+                write!(f, "a=rtpmap:{} {}/{}", map.payload_type, map.encoding, map.clock_rate)?;
+                if let Some(ch) = map.channels {
+                    write!(f, "/{ch}")?;
+                }
+                write!(f, "\r\n")?;
+            }
+            for (pt, parameters) in &m.fmtps {
+                write!(f, "a=fmtp:{pt} {parameters}\r\n")?;
+            }
+            if let Some(port) = m.rtcp_port {
+                write!(f, "a=rtcp:{port}\r\n")?;
+            }
+            if let Some(ptime) = m.ptime {
+                write!(f, "a=ptime:{ptime}\r\n")?;
+            }
+            for attribute in &m.other_attributes {
+                write!(f, "a={attribute}\r\n")?;
+            }
+            if let Some(d) = m.direction {
+                write!(f, "a={}\r\n", d.as_str())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_telephone_event(media: &MediaDescription, payload_type: u8) -> bool {
+    media
+        .encoding(payload_type)
+        .is_some_and(|(name, rate)| name == "TELEPHONE-EVENT" && rate == 8000)
+}
+
+fn codec_of(media: &MediaDescription, payload_type: u8) -> Option<Codec> {
+    media
+        .encoding(payload_type)
+        .filter(|(_, rate)| *rate == 8000)
+        .and_then(|(name, _)| Codec::from_name(&name))
+}
+
+/// Our offer: one audio stream with the policy's codecs and telephone-event.
+pub fn offer(policy: &MediaPolicy, local: SocketAddr, origin: &Origin, direction: Direction) -> SessionDescription {
+    let mut formats: Vec<String> = policy.codecs.iter().map(|c| c.static_payload_type().to_string()).collect();
+    let mut rtpmaps: Vec<RtpMap> = policy
+        .codecs
+        .iter()
+        .map(|c| RtpMap { payload_type: c.static_payload_type(), encoding: c.name().into(), clock_rate: 8000, channels: None })
+        .collect();
+    let event = policy.telephone_event_payload_type;
+    formats.push(event.to_string());
+    rtpmaps.push(RtpMap { payload_type: event, encoding: "telephone-event".into(), clock_rate: 8000, channels: None });
+    SessionDescription {
+        origin: origin.clone(),
+        session_name: "-".into(),
+        connection: Some(local.ip()),
+        direction: None,
+        media: vec![MediaDescription {
+            media: "audio".into(),
+            port: local.port(),
+            protocol: "RTP/AVP".into(),
+            formats,
+            rtpmaps,
+            fmtps: vec![(event, "0-16".into())],
+            direction: Some(direction),
+            ptime: Some(policy.ptime),
+            connection: None,
+            rtcp_port: None,
+            other_attributes: Vec::new(),
+        }],
+    }
+}
+
+/// Where the remote of a media section receives RTP, None when held (RFC 2543 `c=0.0.0.0`)
+/// or rejected (port 0).
+fn remote_address(session: &SessionDescription, media: &MediaDescription) -> Option<SocketAddr> {
+    let ip = media.connection.or(session.connection)?;
+    if ip.is_unspecified() || media.port == 0 {
+        return None;
+    }
+    Some(SocketAddr::new(ip, media.port))
+}
+
+fn remote_direction(session: &SessionDescription, media: &MediaDescription) -> Direction {
+    let declared = media.direction.or(session.direction).unwrap_or(Direction::SendRecv);
+    let held = media.connection.or(session.connection).is_some_and(|ip| ip.is_unspecified());
+    // RFC 3264 §8.4 and the older RFC 2543 hold (c=0.0.0.0): the remote only sends.
+    if held && declared == Direction::SendRecv {
+        Direction::SendOnly
+    } else {
+        declared
+    }
+}
+
+/// Answers an offer (RFC 3264 §6): the first usable audio stream gets the codec the offerer
+/// listed first among ours; every other stream is rejected with port 0.
+///
+/// # Errors
+/// [`NegotiationError::NoAcceptableMedia`] (the caller answers 488) or `NoMedia`.
+pub fn answer(
+    offer: &SessionDescription,
+    policy: &MediaPolicy,
+    local: SocketAddr,
+    origin: &Origin,
+) -> Result<(SessionDescription, Negotiated), NegotiationError> {
+    if offer.media.is_empty() {
+        return Err(NegotiationError::NoMedia);
+    }
+    let mut chosen: Option<(usize, Negotiated)> = None;
+    for (index, media) in offer.media.iter().enumerate() {
+        if media.media != "audio" || !media.is_rtp_avp() || media.port == 0 {
+            continue;
+        }
+        let codec = media
+            .payload_types()
+            .find_map(|pt| codec_of(media, pt).filter(|c| policy.codecs.contains(c)).map(|c| (pt, c)));
+        let Some((payload_type, codec)) = codec else { continue };
+        let telephone_event = media.payload_types().find(|pt| is_telephone_event(media, *pt));
+        chosen = Some((
+            index,
+            Negotiated {
+                codec,
+                payload_type,
+                telephone_event,
+                remote: remote_address(offer, media),
+                direction: remote_direction(offer, media),
+                ptime: media.ptime.unwrap_or(policy.ptime),
+            },
+        ));
+        break;
+    }
+    let Some((chosen_index, negotiated)) = chosen else {
+        return Err(NegotiationError::NoAcceptableMedia);
+    };
+    let mut media = Vec::with_capacity(offer.media.len());
+    for (index, offered) in offer.media.iter().enumerate() {
+        if index != chosen_index {
+            media.push(MediaDescription {
+                media: offered.media.clone(),
+                port: 0,
+                protocol: offered.protocol.clone(),
+                formats: offered.formats.iter().take(1).cloned().collect(),
+                rtpmaps: Vec::new(),
+                fmtps: Vec::new(),
+                direction: None,
+                ptime: None,
+                connection: None,
+                rtcp_port: None,
+                other_attributes: Vec::new(),
+            });
+            continue;
+        }
+        let mut formats = vec![negotiated.payload_type.to_string()];
+        let mut rtpmaps = vec![RtpMap {
+            payload_type: negotiated.payload_type,
+            encoding: negotiated.codec.name().into(),
+            clock_rate: 8000,
+            channels: None,
+        }];
+        let mut fmtps = Vec::new();
+        if let Some(event) = negotiated.telephone_event {
+            formats.push(event.to_string());
+            rtpmaps.push(RtpMap { payload_type: event, encoding: "telephone-event".into(), clock_rate: 8000, channels: None });
+            fmtps.push((event, "0-16".to_string()));
+        }
+        media.push(MediaDescription {
+            media: "audio".into(),
+            port: local.port(),
+            protocol: offered.protocol.clone(),
+            formats,
+            rtpmaps,
+            fmtps,
+            direction: Some(negotiated.direction.reverse()),
+            ptime: Some(negotiated.ptime),
+            connection: None,
+            rtcp_port: None,
+            other_attributes: Vec::new(),
+        });
+    }
+    let description = SessionDescription {
+        origin: origin.clone(),
+        session_name: "-".into(),
+        connection: Some(local.ip()),
+        direction: None,
+        media,
+    };
+    Ok((description, negotiated))
+}
+
+/// Reads the answer to our offer.
+///
+/// # Errors
+/// [`NegotiationError`] when the answer rejected the stream or chose a codec we did not offer.
+pub fn accept_answer(
+    offer: &SessionDescription,
+    answer: &SessionDescription,
+    policy: &MediaPolicy,
+) -> Result<Negotiated, NegotiationError> {
+    let media = answer
+        .media
+        .iter()
+        .find(|m| m.media == "audio")
+        .ok_or(NegotiationError::NoMedia)?;
+    if media.port == 0 {
+        return Err(NegotiationError::Rejected);
+    }
+    let offered = offer.media.iter().find(|m| m.media == "audio").ok_or(NegotiationError::NoMedia)?;
+    let (payload_type, codec) = media
+        .payload_types()
+        .find_map(|pt| codec_of(media, pt).filter(|c| policy.codecs.contains(c)).map(|c| (pt, c)))
+        .ok_or(NegotiationError::NoAcceptableMedia)?;
+    if !offered.payload_types().any(|pt| codec_of(offered, pt) == Some(codec)) {
+        return Err(NegotiationError::AnswerNotInOffer);
+    }
+    Ok(Negotiated {
+        codec,
+        payload_type,
+        telephone_event: media.payload_types().find(|pt| is_telephone_event(media, *pt)),
+        remote: remote_address(answer, media),
+        direction: remote_direction(answer, media),
+        ptime: media.ptime.unwrap_or(policy.ptime),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BARESIP: &str = "v=0\r\no=- 1234 5678 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n\
+m=audio 40000 RTP/AVP 9 0 8 96 101\r\na=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:96 telephone-event/8000\r\na=fmtp:96 0-15\r\na=rtpmap:101 opus/48000/2\r\na=ptime:20\r\na=sendrecv\r\n";
+
+    fn parsed(text: &str) -> SessionDescription {
+        parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    fn local() -> SocketAddr {
+        "127.0.0.1:20000".parse().unwrap_or_else(|_| unreachable!())
+    }
+
+    fn origin() -> Origin {
+        Origin::new("127.0.0.1".parse().unwrap_or(IpAddr::from([127, 0, 0, 1])), 7)
+    }
+
+    #[test]
+    fn answer_takes_offerers_first_supported_codec_and_its_event_type() {
+        let (answer, negotiated) = answer(&parsed(BARESIP), &MediaPolicy::default(), local(), &origin()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(negotiated.codec, Codec::Pcmu, "offerer listed PCMU before PCMA");
+        assert_eq!(negotiated.payload_type, 0);
+        assert_eq!(negotiated.telephone_event, Some(96), "the offer's number, not ours");
+        assert_eq!(negotiated.remote, Some("192.0.2.10:40000".parse().unwrap_or_else(|_| unreachable!())));
+        let text = answer.to_string();
+        assert!(text.contains("m=audio 20000 RTP/AVP 0 96\r\n"), "{text}");
+        assert!(text.contains("c=IN IP4 127.0.0.1\r\n"));
+        assert!(text.contains("a=rtpmap:96 telephone-event/8000\r\n"));
+        assert!(text.contains("a=sendrecv"));
+    }
+
+    #[test]
+    fn no_telephone_event_unless_offered() {
+        let offer = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 5004 RTP/AVP 8\r\n";
+        let (answer, negotiated) = answer(&parsed(offer), &MediaPolicy::default(), local(), &origin()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(negotiated.telephone_event, None);
+        assert!(!answer.to_string().contains("telephone-event"));
+    }
+
+    #[test]
+    fn g729_only_or_video_only_is_not_acceptable() {
+        let g729 = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 5004 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n";
+        assert_eq!(answer(&parsed(g729), &MediaPolicy::default(), local(), &origin()).err(), Some(NegotiationError::NoAcceptableMedia));
+        let video = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=video 5006 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n";
+        assert_eq!(answer(&parsed(video), &MediaPolicy::default(), local(), &origin()).err(), Some(NegotiationError::NoAcceptableMedia));
+        let srtp = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 5004 RTP/SAVP 0\r\n";
+        assert!(answer(&parsed(srtp), &MediaPolicy::default(), local(), &origin()).is_err());
+    }
+
+    #[test]
+    fn other_streams_are_rejected_with_port_zero() {
+        let offer = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+m=video 5006 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 5004 RTP/AVP 8\r\nm=audio 5008 RTP/AVP 0\r\n";
+        let (answer, _) = answer(&parsed(offer), &MediaPolicy::default(), local(), &origin()).unwrap_or_else(|e| panic!("{e}"));
+        let ports: Vec<u16> = answer.media.iter().map(|m| m.port).collect();
+        assert_eq!(ports, vec![0, 20000, 0]);
+        assert_eq!(answer.media[0].formats, vec!["96"]);
+    }
+
+    #[test]
+    fn hold_directions() {
+        let base = "v=0\r\no=- 1 2 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 5004 RTP/AVP 8\r\n";
+        for (attribute, theirs, ours) in [
+            ("a=sendonly\r\n", Direction::SendOnly, "a=recvonly"),
+            ("a=recvonly\r\n", Direction::RecvOnly, "a=sendonly"),
+            ("a=inactive\r\n", Direction::Inactive, "a=inactive"),
+        ] {
+            let (answer, n) = answer(&parsed(&format!("{base}{attribute}")), &MediaPolicy::default(), local(), &origin()).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(n.direction, theirs);
+            assert!(answer.to_string().contains(ours));
+        }
+        let old_hold = base.replace("c=IN IP4 10.0.0.1", "c=IN IP4 0.0.0.0");
+        let (answer, n) = answer(&parsed(&old_hold), &MediaPolicy::default(), local(), &origin()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((n.direction, n.remote), (Direction::SendOnly, None));
+        assert!(answer.to_string().contains("a=recvonly"));
+    }
+
+    #[test]
+    fn ipv6_lf_only_and_round_trip() {
+        let text = "v=0\no=- 1 1 IN IP6 2001:db8::1\ns=-\nc=IN IP6 2001:db8::1\nt=0 0\nm=audio 5004 RTP/AVP 0 101\na=rtpmap:101 telephone-event/8000\na=fmtp:101 0-15\na=ptime:20\na=rtcp:5005\na=sendrecv\n";
+        let sdp = parsed(text);
+        assert_eq!(sdp.media[0].rtcp_port, Some(5005));
+        let printed = sdp.to_string();
+        assert!(printed.contains("c=IN IP6 2001:db8::1\r\n"));
+        assert_eq!(parsed(&printed), sdp);
+        let ours = offer(&MediaPolicy::default(), "[::1]:20000".parse().unwrap_or_else(|_| unreachable!()), &origin(), Direction::SendRecv);
+        assert_eq!(parsed(&ours.to_string()), ours);
+        assert!(ours.to_string().contains("m=audio 20000 RTP/AVP 8 0 101\r\n"));
+    }
+
+    #[test]
+    fn accept_answer_checks_the_answer() {
+        let ours = offer(&MediaPolicy::default(), local(), &origin(), Direction::SendRecv);
+        let good = "v=0\r\no=- 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 6000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+        let n = accept_answer(&ours, &parsed(good), &MediaPolicy::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((n.codec, n.telephone_event), (Codec::Pcma, Some(101)));
+        let rejected = good.replace("6000", "0");
+        assert_eq!(accept_answer(&ours, &parsed(&rejected), &MediaPolicy::default()).err(), Some(NegotiationError::Rejected));
+        let only_pcmu = MediaPolicy { codecs: vec![Codec::Pcmu], ..MediaPolicy::default() };
+        let ours = offer(&only_pcmu, local(), &origin(), Direction::SendRecv);
+        assert_eq!(accept_answer(&ours, &parsed(good), &MediaPolicy::default()).err(), Some(NegotiationError::AnswerNotInOffer));
+    }
+
+    #[test]
+    fn malformed_sdp_names_the_line() {
+        assert_eq!(parse("o=x"), Err(SdpError::Invalid { line: 1, reason: "SDP must start with v=0" }));
+        assert!(matches!(parse("v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nc=IN IP4 nowhere\r\n"), Err(SdpError::Invalid { line: 3, .. })));
+        assert!(matches!(parse("v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nm=audio x RTP/AVP 0\r\n"), Err(SdpError::Invalid { line: 3, .. })));
+        assert!(parse("v=0\r\n").is_err());
+    }
+
+    mod property {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn arbitrary_text_never_panics(text in ".{0,400}") {
+                if let Ok(sdp) = parse(&text) {
+                    let _ = answer(&sdp, &MediaPolicy::default(), local(), &origin());
+                }
+            }
+
+            #[test]
+            fn mutated_offers_never_panic(position in 0usize..BARESIP.len(), byte in 32u8..127) {
+                let mut bytes = BARESIP.as_bytes().to_vec();
+                bytes[position] = byte;
+                let text = String::from_utf8_lossy(&bytes).to_string();
+                if let Ok(sdp) = parse(&text) {
+                    let _ = answer(&sdp, &MediaPolicy::default(), local(), &origin());
+                    let _ = parse(&sdp.to_string());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,534 @@
+//! The embedded store: one SQLite file (WAL mode) holding a record per call.
+//!
+//! Writes never block call tasks: a dedicated writer thread owns the write connection and drains
+//! a bounded queue, committing everything queued in one transaction per batch (how it keeps up
+//! with thousands of calls per second). [`Store::call_ended`] resolves only after the COMMIT,
+//! so a call that has ended is on disk: with WAL and `synchronous=NORMAL` a committed
+//! transaction survives a crash of the process (`kill -9`); only a power loss can take the last
+//! commits, which `synchronous=FULL` would also cover at the price of an fsync per batch.
+//!
+//! Readers (`hotline-gateway calls`, tests) open their own read-only connection: WAL lets them
+//! read while the gateway writes.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::{mpsc, oneshot};
+
+/// The newest schema this code knows.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Queue length between call tasks and the writer.
+const QUEUE: usize = 16_384;
+
+/// One call, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    /// The gateway's own call id.
+    pub id: String,
+    pub a_call_id: String,
+    pub b_call_id: Option<String>,
+    pub caller: String,
+    pub called: String,
+    pub a_peer: String,
+    pub b_peer: Option<String>,
+    /// Unix milliseconds.
+    pub started_at: i64,
+    pub answered_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    /// `caller`, `callee` or `gateway`.
+    pub ended_by: Option<String>,
+    pub end_reason: Option<String>,
+    pub final_status: Option<u16>,
+    pub rtp_a_to_b: u64,
+    pub rtp_b_to_a: u64,
+    pub rtp_dropped: u64,
+}
+
+/// Store failures, with the path where it helps.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("schema version {found} is newer than this gateway knows ({supported})")]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("the store's writer has stopped")]
+    Closed,
+}
+
+enum WriteOp {
+    Started(CallRecord),
+    Answered {
+        id: String,
+        b_call_id: String,
+        b_peer: String,
+        answered_at: i64,
+    },
+    Ended(CallRecord, oneshot::Sender<Result<(), String>>),
+    Flush(oneshot::Sender<Result<(), String>>),
+}
+
+/// The store handle; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    queue: mpsc::Sender<WriteOp>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database, migrates it and starts the writer thread.
+    ///
+    /// # Errors
+    /// [`StoreError`] naming the path.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let connection = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&connection)?;
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        let thread_path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || write_loop(connection, receiver, &thread_path))
+            .map_err(|source| StoreError::CreateDir {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Store {
+            queue,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues the insert of a new call (does not wait for the commit).
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] if the writer has stopped.
+    pub async fn call_started(&self, record: CallRecord) -> Result<(), StoreError> {
+        self.queue
+            .send(WriteOp::Started(record))
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Queues the answer time of a call (does not wait for the commit).
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] if the writer has stopped.
+    pub async fn call_answered(&self, id: &str, b_call_id: &str, b_peer: &str, answered_at: i64) -> Result<(), StoreError> {
+        self.queue
+            .send(WriteOp::Answered {
+                id: id.to_string(),
+                b_call_id: b_call_id.to_string(),
+                b_peer: b_peer.to_string(),
+                answered_at,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Writes the final record; resolves once it is committed.
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] if the writer stopped, [`StoreError::Sql`]-like text otherwise.
+    pub async fn call_ended(&self, record: CallRecord) -> Result<(), StoreError> {
+        let (done, committed) = oneshot::channel();
+        self.queue
+            .send(WriteOp::Ended(record, done))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        match committed.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(StoreError::Sql(rusqlite::Error::InvalidParameterName(reason))),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Resolves when everything queued before it is committed.
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] if the writer has stopped.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (done, committed) = oneshot::channel();
+        self.queue
+            .send(WriteOp::Flush(done))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        match committed.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(StoreError::Sql(rusqlite::Error::InvalidParameterName(reason))),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Flushes everything queued; the writer thread ends when the last handle is dropped.
+    ///
+    /// # Errors
+    /// The flush's error.
+    pub async fn shutdown(self) -> Result<(), StoreError> {
+        self.flush().await
+    }
+}
+
+fn migrate(connection: &Connection) -> Result<(), StoreError> {
+    connection.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let found: Option<i64> = connection
+        .query_row("SELECT MAX(version) FROM schema_version", [], |row| row.get(0))
+        .optional()?
+        .flatten();
+    let found = found.unwrap_or(0);
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found < 1 {
+        connection.execute_batch(
+            "BEGIN;
+             CREATE TABLE calls (
+                 id TEXT PRIMARY KEY,
+                 a_call_id TEXT NOT NULL,
+                 b_call_id TEXT,
+                 caller TEXT NOT NULL,
+                 called TEXT NOT NULL,
+                 a_peer TEXT NOT NULL,
+                 b_peer TEXT,
+                 started_at INTEGER NOT NULL,
+                 answered_at INTEGER,
+                 ended_at INTEGER,
+                 ended_by TEXT,
+                 end_reason TEXT,
+                 final_status INTEGER,
+                 rtp_a_to_b INTEGER NOT NULL DEFAULT 0,
+                 rtp_b_to_a INTEGER NOT NULL DEFAULT 0,
+                 rtp_dropped INTEGER NOT NULL DEFAULT 0
+             );
+             CREATE INDEX calls_started_at ON calls (started_at);
+             CREATE INDEX calls_a_call_id ON calls (a_call_id);
+             INSERT INTO schema_version (version) VALUES (1);
+             COMMIT;",
+        )?;
+    }
+    Ok(())
+}
+
+/// The writer thread: batches whatever is queued into one transaction.
+fn write_loop(mut connection: Connection, mut queue: mpsc::Receiver<WriteOp>, path: &Path) {
+    let mut batch = Vec::new();
+    while let Some(first) = queue.blocking_recv() {
+        batch.push(first);
+        while batch.len() < 4096 {
+            match queue.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let result = write_batch(&mut connection, &batch).map_err(|e| e.to_string());
+        if let Err(error) = &result {
+            tracing::error!(path = %path.display(), %error, "call records not written");
+        }
+        for op in batch.drain(..) {
+            match op {
+                WriteOp::Ended(_, done) | WriteOp::Flush(done) => {
+                    let _ = done.send(result.clone());
+                }
+                WriteOp::Started(_) | WriteOp::Answered { .. } => {}
+            }
+        }
+    }
+}
+
+fn write_batch(connection: &mut Connection, batch: &[WriteOp]) -> Result<(), rusqlite::Error> {
+    let transaction = connection.transaction()?;
+    {
+        let mut upsert = transaction.prepare_cached(
+            "INSERT INTO calls (id, a_call_id, b_call_id, caller, called, a_peer, b_peer, started_at,
+                 answered_at, ended_at, ended_by, end_reason, final_status, rtp_a_to_b, rtp_b_to_a, rtp_dropped)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+             ON CONFLICT(id) DO UPDATE SET b_call_id = excluded.b_call_id, b_peer = excluded.b_peer,
+                 answered_at = excluded.answered_at, ended_at = excluded.ended_at,
+                 ended_by = excluded.ended_by, end_reason = excluded.end_reason,
+                 final_status = excluded.final_status, rtp_a_to_b = excluded.rtp_a_to_b,
+                 rtp_b_to_a = excluded.rtp_b_to_a, rtp_dropped = excluded.rtp_dropped",
+        )?;
+        let mut answered = transaction.prepare_cached(
+            "UPDATE calls SET b_call_id = ?2, b_peer = ?3, answered_at = ?4 WHERE id = ?1",
+        )?;
+        for op in batch {
+            match op {
+                WriteOp::Started(r) | WriteOp::Ended(r, _) => {
+                    upsert.execute(params![
+                        r.id,
+                        r.a_call_id,
+                        r.b_call_id,
+                        r.caller,
+                        r.called,
+                        r.a_peer,
+                        r.b_peer,
+                        r.started_at,
+                        r.answered_at,
+                        r.ended_at,
+                        r.ended_by,
+                        r.end_reason,
+                        r.final_status,
+                        r.rtp_a_to_b as i64,
+                        r.rtp_b_to_a as i64,
+                        r.rtp_dropped as i64,
+                    ])?;
+                }
+                WriteOp::Answered {
+                    id,
+                    b_call_id,
+                    b_peer,
+                    answered_at,
+                } => {
+                    answered.execute(params![id, b_call_id, b_peer, answered_at])?;
+                }
+                WriteOp::Flush(_) => {}
+            }
+        }
+    }
+    transaction.commit()
+}
+
+/// The newest `limit` calls, newest first, through a read-only connection.
+///
+/// # Errors
+/// [`StoreError::Open`] if the file does not exist or is no database of ours.
+pub fn list_calls(path: &Path, limit: usize) -> Result<Vec<CallRecord>, StoreError> {
+    let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mut statement = connection.prepare(
+        "SELECT id, a_call_id, b_call_id, caller, called, a_peer, b_peer, started_at, answered_at,
+                ended_at, ended_by, end_reason, final_status, rtp_a_to_b, rtp_b_to_a, rtp_dropped
+         FROM calls ORDER BY started_at DESC, rowid DESC LIMIT ?1",
+    )?;
+    let rows = statement.query_map([limit as i64], |row| {
+        Ok(CallRecord {
+            id: row.get(0)?,
+            a_call_id: row.get(1)?,
+            b_call_id: row.get(2)?,
+            caller: row.get(3)?,
+            called: row.get(4)?,
+            a_peer: row.get(5)?,
+            b_peer: row.get(6)?,
+            started_at: row.get(7)?,
+            answered_at: row.get(8)?,
+            ended_at: row.get(9)?,
+            ended_by: row.get(10)?,
+            end_reason: row.get(11)?,
+            final_status: row.get(12)?,
+            rtp_a_to_b: row.get::<_, i64>(13)?.max(0) as u64,
+            rtp_b_to_a: row.get::<_, i64>(14)?.max(0) as u64,
+            rtp_dropped: row.get::<_, i64>(15)?.max(0) as u64,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// A fixed-width table, one line per call, times in UTC.
+pub fn format_calls_table(records: &[CallRecord]) -> String {
+    let mut out = format!(
+        "{:<23} {:<14} {:<8} {:<9} {:<9} {:>6} {:>7} {:<8} {:<18} {:>8} {:>8}\n",
+        "started (UTC)", "caller", "called", "from", "to", "status", "secs", "ended_by", "reason", "rtp a>b", "rtp b>a"
+    );
+    for r in records {
+        let seconds = match (r.answered_at, r.ended_at) {
+            (Some(a), Some(e)) => format!("{:.1}", (e - a) as f64 / 1000.0),
+            _ => "-".into(),
+        };
+        out.push_str(&format!(
+            "{:<23} {:<14} {:<8} {:<9} {:<9} {:>6} {:>7} {:<8} {:<18} {:>8} {:>8}\n",
+            format_time(r.started_at),
+            r.caller,
+            r.called,
+            r.a_peer,
+            r.b_peer.as_deref().unwrap_or("-"),
+            r.final_status.map_or("-".to_string(), |s| s.to_string()),
+            seconds,
+            r.ended_by.as_deref().unwrap_or("(active)"),
+            r.end_reason.as_deref().unwrap_or("-"),
+            r.rtp_a_to_b,
+            r.rtp_b_to_a,
+        ));
+    }
+    out
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_millis(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `YYYY-MM-DD HH:MM:SS.mmm` in UTC (civil-from-days, H. Hinnant's algorithm).
+pub fn format_time(unix_ms: i64) -> String {
+    let days = unix_ms.div_euclid(86_400_000);
+    let ms_of_day = unix_ms.rem_euclid(86_400_000);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
+        ms_of_day / 3_600_000,
+        ms_of_day / 60_000 % 60,
+        ms_of_day / 1000 % 60,
+        ms_of_day % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> CallRecord {
+        CallRecord {
+            id: id.into(),
+            a_call_id: format!("a-{id}"),
+            b_call_id: None,
+            caller: "13800138000".into(),
+            called: "12345".into(),
+            a_peer: "carrier".into(),
+            b_peer: None,
+            started_at: 1_700_000_000_000,
+            answered_at: None,
+            ended_at: None,
+            ended_by: None,
+            end_reason: None,
+            final_status: None,
+            rtp_a_to_b: 0,
+            rtp_b_to_a: 0,
+            rtp_dropped: 0,
+        }
+    }
+
+    fn directory() -> tempfile::TempDir {
+        match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn lifecycle_is_visible_to_readers() {
+        let dir = directory();
+        let path = dir.path().join("sub/gateway.db");
+        let store = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        store.call_started(record("1")).await.unwrap_or_else(|e| panic!("{e}"));
+        store.call_answered("1", "b-1", "hotline", 1_700_000_001_000).await.unwrap_or_else(|e| panic!("{e}"));
+        store.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        let listed = list_calls(&path, 10).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(listed[0].b_peer.as_deref(), Some("hotline"));
+        assert_eq!(listed[0].ended_at, None);
+        let mut ended = listed[0].clone();
+        ended.ended_at = Some(1_700_000_009_500);
+        ended.ended_by = Some("caller".into());
+        ended.final_status = Some(200);
+        ended.rtp_a_to_b = 400;
+        store.call_ended(ended.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(list_calls(&path, 10).unwrap_or_else(|e| panic!("{e}")), vec![ended]);
+        let table = format_calls_table(&list_calls(&path, 10).unwrap_or_default());
+        assert!(table.contains("2023-11-14 22:13:20.000"), "{table}");
+        assert!(table.contains("8.5") && table.contains("400"), "{table}");
+        store.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+        // Reopening migrates nothing and keeps the data.
+        let again = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(list_calls(&path, 10).map(|l| l.len()).ok(), Some(1));
+        drop(again);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn thousands_of_concurrent_ends_are_all_committed() {
+        let dir = directory();
+        let path = dir.path().join("gateway.db");
+        let store = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mut tasks = Vec::new();
+        for i in 0..5000 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut r = record(&i.to_string());
+                r.ended_at = Some(1);
+                store.call_ended(r).await
+            }));
+        }
+        for task in tasks {
+            assert!(matches!(task.await, Ok(Ok(()))));
+        }
+        assert_eq!(list_calls(&path, 10_000).map(|l| l.len()).ok(), Some(5000));
+    }
+
+    #[tokio::test]
+    async fn acknowledged_record_survives_without_shutdown() {
+        let dir = directory();
+        let path = dir.path().join("gateway.db");
+        let store = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mut r = record("crash");
+        r.ended_at = Some(5);
+        store.call_ended(r).await.unwrap_or_else(|e| panic!("{e}"));
+        // No shutdown, no flush: as if the process were killed right here.
+        std::mem::forget(store);
+        let listed = list_calls(&path, 10).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].ended_at, Some(5));
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = directory();
+        let path = dir.path().join("gateway.db");
+        let connection = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let _ = connection.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (9);");
+        drop(connection);
+        assert!(matches!(Store::open(&path), Err(StoreError::SchemaTooNew { found: 9, supported: 1 })));
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00.000");
+        assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00.000");
+        assert_eq!(format_time(1_795_305_600_123), "2026-11-22 00:00:00.123");
+    }
+
+    #[test]
+    fn listing_a_missing_file_names_it() {
+        let error = list_calls(Path::new("/nonexistent/dir/x.db"), 1);
+        assert!(matches!(error, Err(StoreError::Open { .. })));
+    }
+}

@@ -1,0 +1,499 @@
+//! Test peers on real loopback sockets: a gateway started in-process on ephemeral ports, and
+//! small SIP user agents and RTP endpoints that speak to it over UDP or TCP.
+//!
+//! Every wait is for an event (a message arriving) bounded by a timeout, never a sleep.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hotline_gateway::config::Config;
+use hotline_gateway::sip::message::{self, Message, Request, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+/// How long any single expected event may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Media port ranges for concurrently running tests (each test process takes its own block).
+static NEXT_MEDIA_BLOCK: AtomicU16 = AtomicU16::new(0);
+
+fn media_block() -> [u16; 2] {
+    // Spread by process id as well, so parallel test binaries rarely collide; a collision is
+    // harmless anyway (busy ports are skipped).
+    let block = NEXT_MEDIA_BLOCK.fetch_add(1, Ordering::Relaxed);
+    let base = 21000 + ((std::process::id() as u16 % 40) * 200 + block * 40) % 8000;
+    [base, base + 39]
+}
+
+/// A gateway running in this process.
+pub struct Gateway {
+    pub sip: SocketAddr,
+    pub http: SocketAddr,
+    pub db: PathBuf,
+    pub shutdown: CancellationToken,
+    running: Option<hotline_gateway::Running>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts a gateway whose peers are the given UAs. `extra` is appended to the config
+    /// (more `[[route]]`s, overrides are given through `sip_extra`).
+    pub async fn start(peers: &[(&str, SocketAddr, &str)], routes: &[(&str, &[&str])], sip_extra: &str, media_extra: &str) -> Gateway {
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("tempdir: {e}"),
+        };
+        let db = dir.path().join("gateway.db");
+        let ip = peers.first().map(|p| p.1.ip()).unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        let listen = SocketAddr::new(ip, 0);
+        let [low, high] = media_block();
+        let mut text = format!(
+            "[sip]\nlisten = \"{listen}\"\npeer_response_timeout_ms = 700\n{sip_extra}\n\
+             [media]\naddress = \"{}\"\nports = [{low}, {high}]\n{media_extra}\n\
+             [store]\npath = \"{}\"\n\
+             [api]\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n",
+            ip,
+            db.display()
+        );
+        for (name, address, extra) in peers {
+            text.push_str(&format!("\n[[peer]]\nname = \"{name}\"\naddress = \"{address}\"\n{extra}\n"));
+        }
+        for (number, route_peers) in routes {
+            let list: Vec<String> = route_peers.iter().map(|p| format!("\"{p}\"")).collect();
+            text.push_str(&format!("\n[[route]]\nnumber = \"{number}\"\npeers = [{}]\n", list.join(", ")));
+        }
+        let config = match Config::parse(Path::new("test.toml"), &text) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}\n{text}"),
+        };
+        let shutdown = CancellationToken::new();
+        let running = match hotline_gateway::start(config, shutdown.clone()).await {
+            Ok(r) => r,
+            Err(e) => panic!("gateway did not start: {e}"),
+        };
+        Gateway {
+            sip: running.sip,
+            http: running.http,
+            db,
+            shutdown,
+            running: Some(running),
+            _dir: dir,
+        }
+    }
+
+    /// Stops the gateway and waits until it has ended its calls and flushed the store.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            if tokio::time::timeout(Duration::from_secs(15), running.wait()).await.is_err() {
+                panic!("gateway did not stop");
+            }
+        }
+    }
+
+    pub fn calls(&self) -> Vec<hotline_gateway::store::CallRecord> {
+        match hotline_gateway::store::list_calls(&self.db, 1000) {
+            Ok(c) => c,
+            Err(e) => panic!("store: {e}"),
+        }
+    }
+
+    /// Waits (bounded) until the store holds an ended record for `a_call_id`.
+    pub async fn ended_record(&self, a_call_id: &str) -> hotline_gateway::store::CallRecord {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(r) = self.calls().into_iter().find(|r| r.a_call_id == a_call_id && r.ended_at.is_some()) {
+                return r;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("no ended record for {a_call_id}: {:?}", self.calls());
+            }
+            // The record is committed before the call's last messages go out, so this loop
+            // normally finds it at once; the retry only covers a store on a slow disk.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// GET a path on the HTTP endpoint; returns (status, body).
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        let mut stream = match TcpStream::connect(self.http).await {
+            Ok(s) => s,
+            Err(e) => panic!("http connect: {e}"),
+        };
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        let _ = stream.write_all(request.as_bytes()).await;
+        let mut text = String::new();
+        let _ = tokio::time::timeout(WAIT, stream.read_to_string(&mut text)).await;
+        let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+}
+
+/// A SIP user agent on a UDP socket (or, with [`Ua::tcp`], one TCP connection).
+pub struct Ua {
+    pub socket: UdpSocket,
+    pub address: SocketAddr,
+    pub gateway: SocketAddr,
+    tcp: Option<TcpStream>,
+    tcp_buffer: Vec<u8>,
+    counter: u32,
+    pub tag: String,
+    name: String,
+}
+
+impl Ua {
+    pub async fn bind(name: &str, gateway_ip: std::net::IpAddr) -> Ua {
+        let socket = match UdpSocket::bind(SocketAddr::new(gateway_ip, 0)).await {
+            Ok(s) => s,
+            Err(e) => panic!("bind: {e}"),
+        };
+        let address = socket.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        Ua {
+            socket,
+            address,
+            gateway: address,
+            tcp: None,
+            tcp_buffer: Vec::new(),
+            counter: 0,
+            tag: format!("{name}-tag"),
+            name: name.to_string(),
+        }
+    }
+
+    pub fn set_gateway(&mut self, gateway: SocketAddr) {
+        self.gateway = gateway;
+    }
+
+    /// Switches to TCP: connects to the gateway; `address` becomes the connection's local end.
+    pub async fn connect_tcp(&mut self) {
+        let stream = match TcpStream::connect(self.gateway).await {
+            Ok(s) => s,
+            Err(e) => panic!("tcp connect: {e}"),
+        };
+        self.address = stream.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        self.tcp = Some(stream);
+    }
+
+    pub fn transport(&self) -> &'static str {
+        if self.tcp.is_some() {
+            "TCP"
+        } else {
+            "UDP"
+        }
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        match &mut self.tcp {
+            Some(stream) => {
+                if let Err(e) = stream.write_all(bytes).await {
+                    panic!("tcp write: {e}");
+                }
+            }
+            None => {
+                if let Err(e) = self.socket.send_to(bytes, self.gateway).await {
+                    panic!("send: {e}");
+                }
+            }
+        }
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        let bytes = text.replace("\r\n", "\n").replace('\n', "\r\n");
+        self.send_raw(bytes.as_bytes()).await;
+    }
+
+    pub async fn send_response(&mut self, response: &Response) {
+        self.send_raw(&response.to_bytes()).await;
+    }
+
+    pub async fn send_request(&mut self, request: &Request) {
+        self.send_raw(&request.to_bytes()).await;
+    }
+
+    /// The next SIP message, or None after `within`.
+    pub async fn recv_within(&mut self, within: Duration) -> Option<Message> {
+        match &mut self.tcp {
+            Some(stream) => loop {
+                if let Ok(message::Frame::Message { length }) = message::frame(&self.tcp_buffer, 65535) {
+                    let bytes: Vec<u8> = self.tcp_buffer.drain(..length).collect();
+                    return message::parse(&bytes).ok();
+                }
+                let mut chunk = [0u8; 8192];
+                match tokio::time::timeout(within, stream.read(&mut chunk)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                    Ok(Ok(n)) => self.tcp_buffer.extend_from_slice(&chunk[..n]),
+                }
+            },
+            None => {
+                let mut buffer = vec![0u8; 65535];
+                loop {
+                    match tokio::time::timeout(within, self.socket.recv_from(&mut buffer)).await {
+                        Ok(Ok((n, _))) => {
+                            if let Ok(m) = message::parse(&buffer[..n]) {
+                                return Some(m);
+                            }
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn recv(&mut self) -> Message {
+        match self.recv_within(WAIT).await {
+            Some(m) => m,
+            None => panic!("{}: no SIP message within {WAIT:?}", self.name),
+        }
+    }
+
+    /// Waits for a response with `status` to a request with `method`, skipping others
+    /// (retransmissions, provisional responses not asked for).
+    pub async fn expect_response(&mut self, method: &str, status: u16) -> Response {
+        loop {
+            match self.recv().await {
+                Message::Response(r) if r.status == status && r.cseq().is_some_and(|c| c.method.as_str() == method) => return r,
+                Message::Response(r) if r.status >= 200 && r.status != status && r.cseq().is_some_and(|c| c.method.as_str() == method) => {
+                    panic!("{}: expected {status} to {method}, got {} {}", self.name, r.status, r.reason)
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    pub async fn expect_request(&mut self, method: &str) -> Request {
+        loop {
+            match self.recv().await {
+                Message::Request(r) if r.method.as_str() == method => return r,
+                Message::Request(r) if r.method.as_str() == "INVITE" || r.method.as_str() == "BYE" => {
+                    // A retransmission of something already handled: ignore.
+                    if method != r.method.as_str() {
+                        continue;
+                    }
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    fn next(&mut self) -> u32 {
+        self.counter += 1;
+        self.counter
+    }
+
+    /// An out-of-dialog INVITE to `number` at the gateway, from `caller`.
+    pub fn invite(&mut self, number: &str, caller: &str, sdp: &str, extra_headers: &str) -> Request {
+        let n = self.next();
+        let call_id = format!("{}-{n}@test", self.name);
+        let text = format!(
+            "INVITE sip:{number}@{gw} SIP/2.0\r\n\
+Via: SIP/2.0/{tr} {me};branch=z9hG4bK{name}{n};rport\r\n\
+From: \"Citizen\" <sip:{caller}@{me}>;tag={tag}\r\n\
+To: <sip:{number}@{gw}>\r\n\
+Call-ID: {call_id}\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:{caller}@{me}>\r\n\
+Max-Forwards: 70\r\n{extra_headers}\
+Content-Type: application/sdp\r\n\
+Content-Length: {len}\r\n\r\n{sdp}",
+            gw = host_port(self.gateway),
+            me = host_port(self.address),
+            tr = self.transport(),
+            name = self.name,
+            tag = self.tag,
+            len = sdp.len()
+        );
+        parse_request(&text)
+    }
+
+    /// An in-dialog request following `invite` and the 2xx `answer` (UAC side).
+    pub fn in_dialog(&mut self, invite: &Request, answer: &Response, method: &str, cseq: u32, sdp: &str) -> Request {
+        let n = self.next();
+        let target = answer.contact().map(|c| c.uri.to_string()).unwrap_or_else(|| invite.uri.to_string());
+        let text = format!(
+            "{method} {target} SIP/2.0\r\n\
+Via: SIP/2.0/{tr} {me};branch=z9hG4bK{name}d{n};rport\r\n\
+From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n\
+Contact: <sip:citizen@{me}>\r\nMax-Forwards: 70\r\n{ct}Content-Length: {len}\r\n\r\n{sdp}",
+            tr = self.transport(),
+            me = host_port(self.address),
+            name = self.name,
+            from = invite.headers.get("From").unwrap_or_default(),
+            to = answer.headers.get("To").unwrap_or_default(),
+            call_id = invite.call_id(),
+            ct = if sdp.is_empty() { "" } else { "Content-Type: application/sdp\r\n" },
+            len = sdp.len()
+        );
+        parse_request(&text)
+    }
+
+    /// The ACK for a 2xx.
+    pub fn ack(&mut self, invite: &Request, answer: &Response, sdp: &str) -> Request {
+        let mut ack = self.in_dialog(invite, answer, "ACK", invite.cseq().map_or(1, |c| c.sequence), sdp);
+        ack.headers.remove("Contact");
+        ack
+    }
+
+    /// A CANCEL for `invite` (same branch, §9.1).
+    pub fn cancel(&self, invite: &Request) -> Request {
+        message::cancel_for(invite)
+    }
+
+    /// A response to an incoming request (UAS side), with our tag and Contact.
+    pub fn answer(&self, request: &Request, status: u16, sdp: Option<&str>) -> Response {
+        let mut response = Response::for_request(request, status, Some(&self.tag));
+        response.reason = message::reason_phrase(status).to_string();
+        if (101..300).contains(&status) {
+            response.headers.push("Contact", format!("<sip:{}@{}>", self.name, host_port(self.address)));
+        }
+        if let Some(sdp) = sdp {
+            response.headers.push("Content-Type", "application/sdp");
+            response.body = Bytes::from(sdp.to_string());
+        }
+        response
+    }
+
+    /// A request inside the dialog this UA answered as UAS (e.g. the callee's BYE).
+    pub fn uas_request(&mut self, invite: &Request, method: &str, cseq: u32) -> Request {
+        let n = self.next();
+        let target = invite.contact().map(|c| c.uri.to_string()).unwrap_or_default();
+        let to_uri = invite.headers.get("To").unwrap_or_default();
+        let text = format!(
+            "{method} {target} SIP/2.0\r\n\
+Via: SIP/2.0/{tr} {me};branch=z9hG4bK{name}u{n};rport\r\n\
+From: {to_uri};tag={tag}\r\nTo: {from}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n\
+Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            tr = self.transport(),
+            me = host_port(self.address),
+            name = self.name,
+            tag = self.tag,
+            from = invite.headers.get("From").unwrap_or_default(),
+            call_id = invite.call_id(),
+        );
+        parse_request(&text)
+    }
+}
+
+pub fn host_port(address: SocketAddr) -> String {
+    match address {
+        SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
+        SocketAddr::V4(v4) => v4.to_string(),
+    }
+}
+
+pub fn parse_request(text: &str) -> Request {
+    match message::parse(text.as_bytes()) {
+        Ok(Message::Request(r)) => r,
+        other => panic!("test built a bad request: {other:?}\n{text}"),
+    }
+}
+
+/// An audio SDP offering `codecs` (payload types) at `address`.
+pub fn sdp(address: SocketAddr, payload_types: &[u8], direction: &str) -> String {
+    let ip_kind = if address.is_ipv6() { "IP6" } else { "IP4" };
+    let mut text = format!(
+        "v=0\r\no=test 1 1 IN {ip_kind} {ip}\r\ns=-\r\nc=IN {ip_kind} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP",
+        ip = address.ip(),
+        port = address.port()
+    );
+    for pt in payload_types {
+        text.push_str(&format!(" {pt}"));
+    }
+    text.push_str("\r\n");
+    for pt in payload_types {
+        match pt {
+            0 => text.push_str("a=rtpmap:0 PCMU/8000\r\n"),
+            8 => text.push_str("a=rtpmap:8 PCMA/8000\r\n"),
+            18 => text.push_str("a=rtpmap:18 G729/8000\r\n"),
+            101 => text.push_str("a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n"),
+            _ => {}
+        }
+    }
+    text.push_str(&format!("a=ptime:20\r\na={direction}\r\n"));
+    text
+}
+
+/// The RTP address in an SDP body.
+pub fn sdp_address(body: &str) -> SocketAddr {
+    let ip = body
+        .lines()
+        .find_map(|l| l.strip_prefix("c=IN IP4 ").or_else(|| l.strip_prefix("c=IN IP6 ")))
+        .and_then(|ip| ip.trim().parse().ok());
+    let port = body
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|p| p.parse().ok());
+    match (ip, port) {
+        (Some(ip), Some(port)) => SocketAddr::new(ip, port),
+        _ => panic!("no media address in SDP:\n{body}"),
+    }
+}
+
+/// An RTP endpoint: sends numbered G.711 packets, receives and parses them.
+pub struct RtpPeer {
+    pub socket: UdpSocket,
+    pub address: SocketAddr,
+}
+
+/// What a received RTP packet said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtpSeen {
+    pub payload_type: u8,
+    pub marker: bool,
+    pub sequence: u16,
+    pub timestamp: u32,
+    pub ssrc: u32,
+    pub payload: Vec<u8>,
+}
+
+impl RtpPeer {
+    pub async fn bind(ip: std::net::IpAddr) -> RtpPeer {
+        let socket = match UdpSocket::bind(SocketAddr::new(ip, 0)).await {
+            Ok(s) => s,
+            Err(e) => panic!("bind: {e}"),
+        };
+        let address = socket.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        RtpPeer { socket, address }
+    }
+
+    pub async fn send(&self, to: SocketAddr, payload_type: u8, sequence: u16, timestamp: u32, ssrc: u32, payload: &[u8]) {
+        let mut packet = vec![0x80, payload_type & 0x7f];
+        packet.extend_from_slice(&sequence.to_be_bytes());
+        packet.extend_from_slice(&timestamp.to_be_bytes());
+        packet.extend_from_slice(&ssrc.to_be_bytes());
+        packet.extend_from_slice(payload);
+        if let Err(e) = self.socket.send_to(&packet, to).await {
+            panic!("rtp send: {e}");
+        }
+    }
+
+    pub async fn recv_within(&self, within: Duration) -> Option<RtpSeen> {
+        let mut buffer = [0u8; 2048];
+        match tokio::time::timeout(within, self.socket.recv_from(&mut buffer)).await {
+            Ok(Ok((n, _))) if n >= 12 => Some(RtpSeen {
+                payload_type: buffer[1] & 0x7f,
+                marker: buffer[1] & 0x80 != 0,
+                sequence: u16::from_be_bytes([buffer[2], buffer[3]]),
+                timestamp: u32::from_be_bytes([buffer[4], buffer[5], buffer[6], buffer[7]]),
+                ssrc: u32::from_be_bytes([buffer[8], buffer[9], buffer[10], buffer[11]]),
+                payload: buffer[12..n].to_vec(),
+            }),
+            _ => None,
+        }
+    }
+
+    pub async fn recv(&self) -> RtpSeen {
+        match self.recv_within(WAIT).await {
+            Some(p) => p,
+            None => panic!("no RTP within {WAIT:?}"),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The built binary under SIPp load (Debian's sip-tester): a carrier UAC calls 12345 through the
+//! gateway, a hotline UAS answers and echoes RTP. Every call must succeed and every call record
+//! must show audio relayed both ways.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A free UDP+TCP port on loopback (bound then released; SIPp and the gateway bind it next).
+fn free_port() -> u16 {
+    loop {
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(0);
+        if port != 0 && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn sipp_available() -> bool {
+    Command::new("sipp").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Ports {
+    gateway: u16,
+    uac: u16,
+    uas: u16,
+    http: u16,
+}
+
+/// Starts the gateway binary on a config naming the SIPp ports; returns once it listens.
+fn start_gateway(dir: &Path, ports: &Ports, transport: &str, media: [u16; 2]) -> (Process, PathBuf) {
+    let db = dir.join("gateway.db");
+    let config = dir.join("gateway.toml");
+    let text = format!(
+        "[sip]\nlisten = \"127.0.0.1:{gw}\"\n\n[media]\naddress = \"127.0.0.1\"\nports = [{lo}, {hi}]\n\n\
+[store]\npath = \"{db}\"\n\n[api]\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:{http}\"\n\n\
+[[peer]]\nname = \"carrier\"\naddress = \"127.0.0.1:{uac}\"\nany_port = true\n\n\
+[[peer]]\nname = \"hotline\"\naddress = \"127.0.0.1:{uas}\"\nplatform = \"12345\"\ntransport = \"{transport}\"\n\n\
+[[route]]\nnumber = \"12345\"\npeers = [\"hotline\"]\n",
+        gw = ports.gateway,
+        lo = media[0],
+        hi = media[1],
+        db = db.display(),
+        http = ports.http,
+        uac = ports.uac,
+        uas = ports.uas,
+    );
+    if let Err(e) = std::fs::write(&config, text) {
+        panic!("write config: {e}");
+    }
+    let mut child = match Command::new(env!("CARGO_BIN_EXE_hotline-gateway"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn,hotline_gateway=info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => panic!("start gateway: {e}"),
+    };
+    // Wait for the "gateway listening" line (an event), then keep draining stderr.
+    let Some(stderr) = child.stderr.take() else { panic!("no stderr") };
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("gateway listening") => break,
+            Some(Ok(_)) => continue,
+            _ => panic!("gateway exited before listening"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    (Process(child), db)
+}
+
+fn sipp(args: &[&str], scenario: &str) -> Command {
+    let mut command = Command::new("sipp");
+    command
+        .arg("-sf")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp").join(scenario))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+fn run_load(transport: &str, calls: u32, rate: u32, hold_ms: u32, media: [u16; 2]) {
+    if !sipp_available() {
+        panic!("sipp is not installed (apt-get install sip-tester; .ci/run does this)");
+    }
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("{e}"),
+    };
+    let ports = Ports { gateway: free_port(), uac: free_port(), uas: free_port(), http: free_port() };
+    let (mut gateway, db) = start_gateway(dir.path(), &ports, transport, media);
+    let sipp_transport = if transport == "tcp" { "t1" } else { "u1" };
+    let uas_media = free_port().to_string();
+    let uac_media = free_port().to_string();
+    let uas_port = ports.uas.to_string();
+    let uac_port = ports.uac.to_string();
+    let uas = sipp(
+        &["-i", "127.0.0.1", "-p", &uas_port, "-t", sipp_transport, "-mi", "127.0.0.1", "-mp", &uas_media, "-rtp_echo", "-timeout", "120s", "-nostdin"],
+        "uas.xml",
+    )
+    .spawn();
+    let _uas = match uas {
+        Ok(c) => Process(c),
+        Err(e) => panic!("sipp uas: {e}"),
+    };
+    let target = format!("127.0.0.1:{}", ports.gateway);
+    let (calls_text, rate_text, hold_text) = (calls.to_string(), rate.to_string(), hold_ms.to_string());
+    let status = sipp(
+        &[
+            &target, "-s", "12345", "-i", "127.0.0.1", "-p", &uac_port, "-t", sipp_transport, "-mi", "127.0.0.1", "-mp", &uac_media,
+            "-m", &calls_text, "-r", &rate_text, "-l", &calls_text, "-key", "hold", &hold_text, "-timeout", "120s",
+            "-timeout_error", "-max_socket", "2000", "-nostdin",
+        ],
+        "uac_rtp.xml",
+    )
+    .status();
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => panic!("sipp uac: {e}"),
+    };
+    assert!(status.success(), "SIPp UAC reported failed calls ({status})");
+
+    // Every call is recorded, answered, ended by the caller, with audio relayed both ways.
+    let records = match hotline_gateway::store::list_calls(&db, calls as usize + 10) {
+        Ok(r) => r,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(records.len(), calls as usize);
+    for record in &records {
+        assert_eq!(record.final_status, Some(200), "{record:?}");
+        assert_eq!(record.ended_by.as_deref(), Some("caller"), "{record:?}");
+        assert!(record.rtp_a_to_b > 0 && record.rtp_b_to_a > 0, "no audio both ways: {record:?}");
+    }
+    // The operations endpoint saw them too.
+    let mut metrics = String::new();
+    if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", ports.http)) {
+        use std::io::{Read, Write};
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+        let _ = stream.read_to_string(&mut metrics);
+    }
+    assert!(metrics.contains(&format!("hotline_calls_total{{result=\"answered\"}} {calls}")), "{metrics}");
+
+    // SIGTERM: clean exit 0.
+    let pid = gateway.0.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let exit = gateway.0.wait();
+    assert!(exit.is_ok_and(|s| s.success()), "gateway did not exit 0 on SIGTERM: {exit:?}");
+}
+
+#[test]
+fn sipp_200_calls_at_20_per_second_with_rtp_over_udp() {
+    run_load("udp", 200, 20, 1500, [24000, 24999]);
+}
+
+#[test]
+fn sipp_50_concurrent_calls_over_tcp() {
+    run_load("tcp", 50, 50, 3000, [25000, 25999]);
+}
