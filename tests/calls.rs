@@ -136,7 +136,7 @@ async fn callee_hangs_up() {
 
 #[tokio::test]
 async fn pcmu_caller_and_pcma_callee_are_transcoded() {
-    let (mut gateway, mut caller, mut callee) = setup("", "codecs = [\"PCMA\"]").await;
+    let (mut gateway, mut caller, mut callee) = setup("", "").await;
     let call = establish(&mut caller, &mut callee, &[0], &[8]).await;
     // μ-law 0x80 is near full scale negative... use a mid-range value and check the A-law
     // code decodes to the same level.
@@ -180,7 +180,8 @@ async fn hold_and_unhold_are_answered_by_the_gateway() {
     caller.send_request(&hold).await;
     let ok = caller.expect_response("INVITE", 200).await;
     assert!(ok.sdp().is_some_and(|s| s.contains("a=recvonly")), "{:?}", ok.sdp());
-    caller.send_request(&caller.ack(&hold, &ok, "")).await;
+    let request = caller.ack(&hold, &ok, "");
+    caller.send_request(&request).await;
     // Held: the callee's audio is not sent to the caller.
     call.callee_rtp.send(call.gateway_b_media, 8, 1, 0, 9, &[0x55; 160]).await;
     assert!(call.caller_rtp.recv_within(Duration::from_millis(300)).await.is_none());
@@ -188,7 +189,8 @@ async fn hold_and_unhold_are_answered_by_the_gateway() {
     caller.send_request(&unhold).await;
     let ok = caller.expect_response("INVITE", 200).await;
     assert!(ok.sdp().is_some_and(|s| s.contains("a=sendrecv")));
-    caller.send_request(&caller.ack(&unhold, &ok, "")).await;
+    let request = caller.ack(&unhold, &ok, "");
+    caller.send_request(&request).await;
     call.callee_rtp.send(call.gateway_b_media, 8, 2, 160, 9, &[0x55; 160]).await;
     assert_eq!(call.caller_rtp.recv().await.payload, vec![0x55; 160]);
     // The callee was never re-INVITEd.
@@ -224,9 +226,11 @@ async fn failover_to_second_peer_on_503_and_on_silence() {
     assert_eq!(second_try.from().and_then(|f| f.uri.user), Some("13800138000".to_string()));
     second.send_response(&second.answer(&second_try, 200, Some(&sdp(rtp.address, &[8], "sendrecv")))).await;
     let ok = caller.expect_response("INVITE", 200).await;
-    caller.send_request(&caller.ack(&invite, &ok, "")).await;
+    let request = caller.ack(&invite, &ok, "");
+    caller.send_request(&request).await;
     let record_b_peer = {
-        caller.send_request(&caller.in_dialog(&invite, &ok, "BYE", 2, "")).await;
+        let request = caller.in_dialog(&invite, &ok, "BYE", 2, "");
+    caller.send_request(&request).await;
         let bye = second.expect_request("BYE").await;
         second.send_response(&second.answer(&bye, 200, None)).await;
         gateway.ended_record(invite.call_id()).await.b_peer
@@ -289,11 +293,9 @@ To: <sip:{gw}>\r\nCall-ID: options-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nC
 
 #[tokio::test]
 async fn tcp_caller_with_partial_and_pipelined_messages() {
-    let (mut gateway, mut caller, mut callee) = setup("", "").await;
-    caller.connect_tcp().await;
-    // The gateway knows the carrier by IP:port; a TCP client's port is ephemeral, so restart
-    // with the peer accepting any port of its IP.
-    gateway.stop().await;
+    let mut caller = Ua::bind("carrier", LOCALHOST).await;
+    let mut callee = Ua::bind("hotline", LOCALHOST).await;
+    // A TCP client's source port is ephemeral: the carrier is known by its IP.
     let mut gateway = Gateway::start(
         &[("carrier", caller.address, "any_port = true"), ("hotline", callee.address, "")],
         &[("12345", &["hotline"])],

@@ -138,11 +138,13 @@ impl Transport {
             address: config.listen,
             source,
         })?;
-        let tcp = TcpListener::bind(config.listen)
+        // TCP on the same port as UDP, also when the configured port is 0 (tests).
+        let bound = udp.local_addr().unwrap_or(config.listen);
+        let tcp = TcpListener::bind(bound)
             .await
             .map_err(|source| TransportError::Bind {
                 protocol: "TCP",
-                address: config.listen,
+                address: bound,
                 source,
             })?;
         let transport = Transport {

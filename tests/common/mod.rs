@@ -221,9 +221,16 @@ impl Ua {
     pub async fn recv_within(&mut self, within: Duration) -> Option<Message> {
         match &mut self.tcp {
             Some(stream) => loop {
-                if let Ok(message::Frame::Message { length }) = message::frame(&self.tcp_buffer, 65535) {
-                    let bytes: Vec<u8> = self.tcp_buffer.drain(..length).collect();
-                    return message::parse(&bytes).ok();
+                match message::frame(&self.tcp_buffer, 65535) {
+                    Ok(message::Frame::Message { length }) => {
+                        let bytes: Vec<u8> = self.tcp_buffer.drain(..length).collect();
+                        return message::parse(&bytes).ok();
+                    }
+                    Ok(message::Frame::KeepAlive { length, .. }) => {
+                        self.tcp_buffer.drain(..length);
+                        continue;
+                    }
+                    _ => {}
                 }
                 let mut chunk = [0u8; 8192];
                 match tokio::time::timeout(within, stream.read(&mut chunk)).await {
