@@ -128,7 +128,7 @@ fn run_load(transport: &str, calls: u32, rate: u32, hold_ms: u32, media: [u16; 2
     let status = sipp(
         &[
             &target, "-s", "12345", "-i", "127.0.0.1", "-p", &uac_port, "-t", sipp_transport, "-mi", "127.0.0.1", "-mp", &uac_media,
-            "-m", &calls_text, "-r", &rate_text, "-l", &calls_text, "-key", "hold", &hold_text, "-timeout", "120s",
+            "-m", &calls_text, "-r", &rate_text, "-l", &calls_text, "-d", &hold_text, "-timeout", "120s",
             "-timeout_error", "-max_socket", "2000", "-nostdin",
         ],
         "uac_rtp.xml",
@@ -165,7 +165,7 @@ fn run_load(transport: &str, calls: u32, rate: u32, hold_ms: u32, media: [u16; 2
     let pid = gateway.0.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let exit = gateway.0.wait();
-    assert!(exit.is_ok_and(|s| s.success()), "gateway did not exit 0 on SIGTERM: {exit:?}");
+    assert!(exit.as_ref().is_ok_and(|s| s.success()), "gateway did not exit 0 on SIGTERM: {exit:?}");
 }
 
 #[test]
