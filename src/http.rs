@@ -41,7 +41,11 @@ pub async fn serve(
     }
 }
 
-async fn handle(mut stream: TcpStream, metrics: &Metrics, health: &(dyn Fn() -> bool + Send + Sync)) {
+async fn handle(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    health: &(dyn Fn() -> bool + Send + Sync),
+) {
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     let complete = loop {
@@ -77,10 +81,15 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics, health: &(dyn Fn() -> 
     let _ = stream.shutdown().await;
 }
 
-fn route(head: &[u8], metrics: &Metrics, health: &(dyn Fn() -> bool + Send + Sync)) -> (u16, &'static str, String) {
+fn route(
+    head: &[u8],
+    metrics: &Metrics,
+    health: &(dyn Fn() -> bool + Send + Sync),
+) -> (u16, &'static str, String) {
     let text = String::from_utf8_lossy(head);
     let mut parts = text.lines().next().unwrap_or_default().split(' ');
-    let (Some(method), Some(path), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(path), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
         return (400, "text/plain", "bad request\n".into());
     };
     if !version.starts_with("HTTP/1.") {
@@ -112,7 +121,8 @@ mod tests {
         };
         let _ = stream.write_all(raw).await;
         let mut text = String::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut text)).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut text)).await;
         text
     }
 
@@ -127,15 +137,28 @@ mod tests {
         metrics.add(crate::metrics::Counter::RtpPacketsRelayed, 7);
         let (_stop, stopped) = watch::channel(false);
         tokio::spawn(serve(listener, metrics, Arc::new(|| true), stopped));
-        assert!(request(address, b"GET /healthz HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 200 OK"));
+        assert!(request(address, b"GET /healthz HTTP/1.1\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 200 OK"));
         let metrics_text = request(address, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        assert!(metrics_text.contains("hotline_rtp_packets_relayed_total 7"), "{metrics_text}");
-        assert!(request(address, b"GET /nope HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 404"));
-        assert!(request(address, b"POST /metrics HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 405"));
-        assert!(request(address, b"\x00\x01garbage\r\n\r\n").await.starts_with("HTTP/1.1 400"));
+        assert!(
+            metrics_text.contains("hotline_rtp_packets_relayed_total 7"),
+            "{metrics_text}"
+        );
+        assert!(request(address, b"GET /nope HTTP/1.1\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 404"));
+        assert!(request(address, b"POST /metrics HTTP/1.1\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 405"));
+        assert!(request(address, b"\x00\x01garbage\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 400"));
         let huge = vec![b'a'; 20_000];
         assert!(request(address, &huge).await.starts_with("HTTP/1.1 431"));
         // Still serving after all that.
-        assert!(request(address, b"GET /healthz HTTP/1.0\r\n\r\n").await.contains("ok"));
+        assert!(request(address, b"GET /healthz HTTP/1.0\r\n\r\n")
+            .await
+            .contains("ok"));
     }
 }

@@ -54,7 +54,11 @@ impl IdGenerator {
 
     /// A Call-ID (§8.1.1.4), `host` being the gateway's address.
     pub fn call_id(&mut self, host: &str) -> String {
-        format!("{:016x}{:08x}@{host}", self.next_u64(), self.next_u64() as u32)
+        format!(
+            "{:016x}{:08x}@{host}",
+            self.next_u64(),
+            self.next_u64() as u32
+        )
     }
 
     /// The gateway's own call identifier (the call record's key).

@@ -15,15 +15,15 @@
 //! | [`store`] | SQLite call records |
 //! | [`metrics`], [`http`] | Prometheus counters and the /healthz, /metrics endpoint |
 
-pub mod config;
-pub mod routing;
-pub mod sip;
 pub mod call;
+pub mod config;
 pub mod http;
 pub mod ids;
 pub mod media;
 pub mod metrics;
+pub mod routing;
 pub mod shutdown;
+pub mod sip;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -86,7 +86,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(&config.store.path)?;
     let router = Arc::new(Router::new(&config));
-    let ports = PortPool::new(config.media.address, config.media.ports, Arc::clone(&metrics));
+    let ports = PortPool::new(
+        config.media.address,
+        config.media.ports,
+        Arc::clone(&metrics),
+    );
     let public_ip = config.sip.public_address.unwrap_or(config.sip.listen.ip());
     let policy = MediaPolicy {
         codecs: config
@@ -161,15 +165,24 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let http_address = http_listener.local_addr().unwrap_or(config.api.http);
     let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
     let health_shutdown = shutdown.clone();
-    let health: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || !health_shutdown.is_cancelled());
-    tokio::spawn(http::serve(http_listener, Arc::clone(&metrics), health, http_stopped));
+    let health: Arc<dyn Fn() -> bool + Send + Sync> =
+        Arc::new(move || !health_shutdown.is_cancelled());
+    tokio::spawn(http::serve(
+        http_listener,
+        Arc::clone(&metrics),
+        health,
+        http_stopped,
+    ));
 
     tracing::info!(sip = %local_sip, http = %http_address, store = %config.store.path.display(), "gateway listening");
     let finished = tokio::spawn(async move {
         shutdown.cancelled().await;
         tracing::info!("shutting down: ending calls");
         tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("calls still ending after the grace period; stopping anyway");
         }
         endpoint_stop.cancel();

@@ -26,20 +26,76 @@ pub enum Counter {
 }
 
 const COUNTERS: [(Counter, &str, &str); 14] = [
-    (Counter::SipRequestsReceived, "hotline_sip_requests_received_total", "SIP requests received"),
-    (Counter::SipResponsesReceived, "hotline_sip_responses_received_total", "SIP responses received"),
-    (Counter::SipMessagesSent, "hotline_sip_messages_sent_total", "SIP messages sent, retransmissions included"),
-    (Counter::SipRetransmissions, "hotline_sip_retransmissions_total", "SIP retransmissions sent (timers A, E, G, 2xx)"),
-    (Counter::SipRetransmissionsReceived, "hotline_sip_retransmissions_received_total", "retransmitted requests absorbed by transactions"),
-    (Counter::SipParseErrors, "hotline_sip_parse_errors_total", "messages rejected (400/416/501/505) or dropped as malformed"),
-    (Counter::SipRejectedUnknownPeer, "hotline_sip_rejected_unknown_peer_total", "requests from addresses that are no configured peer (403)"),
-    (Counter::TransactionsTotal, "hotline_sip_transactions_total", "SIP transactions created"),
-    (Counter::TransactionTimeouts, "hotline_sip_transaction_timeouts_total", "transactions that timed out (timers B, F, H, 2xx without ACK)"),
-    (Counter::CallsRefusedOverload, "hotline_calls_refused_overload_total", "INVITEs answered 503 for lack of call slots or media ports"),
-    (Counter::RtpPacketsRelayed, "hotline_rtp_packets_relayed_total", "RTP packets relayed between legs"),
-    (Counter::RtpPacketsDropped, "hotline_rtp_packets_dropped_total", "RTP packets dropped (unknown source, unnegotiated payload, no destination)"),
-    (Counter::RtcpPacketsRelayed, "hotline_rtcp_packets_relayed_total", "RTCP packets relayed between legs"),
-    (Counter::StoreWriteErrors, "hotline_store_write_errors_total", "call records that could not be written"),
+    (
+        Counter::SipRequestsReceived,
+        "hotline_sip_requests_received_total",
+        "SIP requests received",
+    ),
+    (
+        Counter::SipResponsesReceived,
+        "hotline_sip_responses_received_total",
+        "SIP responses received",
+    ),
+    (
+        Counter::SipMessagesSent,
+        "hotline_sip_messages_sent_total",
+        "SIP messages sent, retransmissions included",
+    ),
+    (
+        Counter::SipRetransmissions,
+        "hotline_sip_retransmissions_total",
+        "SIP retransmissions sent (timers A, E, G, 2xx)",
+    ),
+    (
+        Counter::SipRetransmissionsReceived,
+        "hotline_sip_retransmissions_received_total",
+        "retransmitted requests absorbed by transactions",
+    ),
+    (
+        Counter::SipParseErrors,
+        "hotline_sip_parse_errors_total",
+        "messages rejected (400/416/501/505) or dropped as malformed",
+    ),
+    (
+        Counter::SipRejectedUnknownPeer,
+        "hotline_sip_rejected_unknown_peer_total",
+        "requests from addresses that are no configured peer (403)",
+    ),
+    (
+        Counter::TransactionsTotal,
+        "hotline_sip_transactions_total",
+        "SIP transactions created",
+    ),
+    (
+        Counter::TransactionTimeouts,
+        "hotline_sip_transaction_timeouts_total",
+        "transactions that timed out (timers B, F, H, 2xx without ACK)",
+    ),
+    (
+        Counter::CallsRefusedOverload,
+        "hotline_calls_refused_overload_total",
+        "INVITEs answered 503 for lack of call slots or media ports",
+    ),
+    (
+        Counter::RtpPacketsRelayed,
+        "hotline_rtp_packets_relayed_total",
+        "RTP packets relayed between legs",
+    ),
+    (
+        Counter::RtpPacketsDropped,
+        "hotline_rtp_packets_dropped_total",
+        "RTP packets dropped (unknown source, unnegotiated payload, no destination)",
+    ),
+    (
+        Counter::RtcpPacketsRelayed,
+        "hotline_rtcp_packets_relayed_total",
+        "RTCP packets relayed between legs",
+    ),
+    (
+        Counter::StoreWriteErrors,
+        "hotline_store_write_errors_total",
+        "call records that could not be written",
+    ),
 ];
 
 /// Gauges (values that go up and down).
@@ -51,9 +107,21 @@ pub enum Gauge {
 }
 
 const GAUGES: [(Gauge, &str, &str); 3] = [
-    (Gauge::CallsActive, "hotline_calls_active", "calls in progress"),
-    (Gauge::TransactionsActive, "hotline_sip_transactions_active", "SIP transactions in progress"),
-    (Gauge::MediaPortsInUse, "hotline_media_ports_in_use", "RTP/RTCP ports bound"),
+    (
+        Gauge::CallsActive,
+        "hotline_calls_active",
+        "calls in progress",
+    ),
+    (
+        Gauge::TransactionsActive,
+        "hotline_sip_transactions_active",
+        "SIP transactions in progress",
+    ),
+    (
+        Gauge::MediaPortsInUse,
+        "hotline_media_ports_in_use",
+        "RTP/RTCP ports bound",
+    ),
 ];
 
 /// How a call ended, for `hotline_calls_total{result=...}`.
@@ -100,7 +168,8 @@ impl Metrics {
     }
 
     pub fn count_call(&self, result: CallResult) {
-        self.calls[RESULTS.iter().position(|(r, _)| *r == result).unwrap_or(0)].fetch_add(1, Ordering::Relaxed);
+        self.calls[RESULTS.iter().position(|(r, _)| *r == result).unwrap_or(0)]
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn counter(&self, counter: Counter) -> u64 {
@@ -122,18 +191,27 @@ impl Metrics {
         }
         for (index, (_, name, help)) in GAUGES.iter().enumerate() {
             let value = self.gauges[index].load(Ordering::Relaxed);
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
         for (index, (_, name, help)) in COUNTERS.iter().enumerate() {
             let value = self.counters[index].load(Ordering::Relaxed);
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
         }
         out
     }
 }
 
 fn counter_index(counter: Counter) -> usize {
-    COUNTERS.iter().position(|(c, _, _)| *c == counter).unwrap_or(0)
+    COUNTERS
+        .iter()
+        .position(|(c, _, _)| *c == counter)
+        .unwrap_or(0)
 }
 
 fn gauge_index(gauge: Gauge) -> usize {
@@ -161,7 +239,10 @@ mod tests {
         assert!(text.contains("hotline_calls_total{result=\"rejected\"} 0\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').unwrap_or_default();
-            assert!(!name.is_empty() && value.parse::<f64>().is_ok(), "bad line {line:?}");
+            assert!(
+                !name.is_empty() && value.parse::<f64>().is_ok(),
+                "bad line {line:?}"
+            );
         }
         // Each enum variant has its own row.
         let names: std::collections::HashSet<&str> = COUNTERS.iter().map(|(_, n, _)| *n).collect();

@@ -8,16 +8,17 @@ pub fn on_signal(token: CancellationToken) {
         let interrupt = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut terminate =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(signal) => signal,
-                    Err(error) => {
-                        tracing::error!(%error, "cannot watch SIGTERM; only SIGINT stops the gateway");
-                        let _ = interrupt.await;
-                        token.cancel();
-                        return;
-                    }
-                };
+            let mut terminate = match tokio::signal::unix::signal(
+                tokio::signal::unix::SignalKind::terminate(),
+            ) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::error!(%error, "cannot watch SIGTERM; only SIGINT stops the gateway");
+                    let _ = interrupt.await;
+                    token.cancel();
+                    return;
+                }
+            };
             tokio::select! {
                 _ = interrupt => {}
                 _ = terminate.recv() => {}

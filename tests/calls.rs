@@ -16,7 +16,10 @@ async fn setup(extra_sip: &str, extra_media: &str) -> (Gateway, Ua, Ua) {
     let mut caller = Ua::bind("carrier", LOCALHOST).await;
     let mut callee = Ua::bind("hotline", LOCALHOST).await;
     let gateway = Gateway::start(
-        &[("carrier", caller.address, ""), ("hotline", callee.address, "platform = \"12345\"")],
+        &[
+            ("carrier", caller.address, ""),
+            ("hotline", callee.address, "platform = \"12345\""),
+        ],
         &[("12345", &["hotline"])],
         extra_sip,
         extra_media,
@@ -38,25 +41,47 @@ struct Established {
     gateway_b_media: SocketAddr,
 }
 
-async fn establish(caller: &mut Ua, callee: &mut Ua, caller_codecs: &[u8], callee_codecs: &[u8]) -> Established {
+async fn establish(
+    caller: &mut Ua,
+    callee: &mut Ua,
+    caller_codecs: &[u8],
+    callee_codecs: &[u8],
+) -> Established {
     let caller_rtp = RtpPeer::bind(caller.address.ip()).await;
     let callee_rtp = RtpPeer::bind(callee.address.ip()).await;
-    let invite = caller.invite("12345", "13800138000", &sdp(caller_rtp.address, caller_codecs, "sendrecv"), "");
+    let invite = caller.invite(
+        "12345",
+        "13800138000",
+        &sdp(caller_rtp.address, caller_codecs, "sendrecv"),
+        "",
+    );
     caller.send_request(&invite).await;
     caller.expect_response("INVITE", 100).await;
     let incoming = callee.expect_request("INVITE").await;
     let offer = incoming.sdp().unwrap_or_default().to_string();
     let gateway_b_media = sdp_address(&offer);
-    callee.send_response(&callee.answer(&incoming, 180, None)).await;
+    callee
+        .send_response(&callee.answer(&incoming, 180, None))
+        .await;
     caller.expect_response("INVITE", 180).await;
     let answer = sdp(callee_rtp.address, callee_codecs, "sendrecv");
-    callee.send_response(&callee.answer(&incoming, 200, Some(&answer))).await;
+    callee
+        .send_response(&callee.answer(&incoming, 200, Some(&answer)))
+        .await;
     let ok = caller.expect_response("INVITE", 200).await;
     let gateway_a_media = sdp_address(ok.sdp().unwrap_or_default());
     let ack = caller.ack(&invite, &ok, "");
     caller.send_request(&ack).await;
     callee.expect_request("ACK").await;
-    Established { invite, ok, incoming, caller_rtp, callee_rtp, gateway_a_media, gateway_b_media }
+    Established {
+        invite,
+        ok,
+        incoming,
+        caller_rtp,
+        callee_rtp,
+        gateway_a_media,
+        gateway_b_media,
+    }
 }
 
 #[tokio::test]
@@ -65,7 +90,10 @@ async fn basic_call_carries_callers_number_and_audio_both_ways_and_is_recorded()
     let call = establish(&mut caller, &mut callee, &[8, 101], &[8, 101]).await;
 
     // The callee sees the citizen's number and the gateway's own address in SDP.
-    assert_eq!(call.incoming.from().and_then(|f| f.uri.user), Some("13800138000".to_string()));
+    assert_eq!(
+        call.incoming.from().and_then(|f| f.uri.user),
+        Some("13800138000".to_string())
+    );
     assert_eq!(call.incoming.uri.user.as_deref(), Some("12345"));
     assert_ne!(call.incoming.call_id(), call.invite.call_id());
     assert_eq!(call.gateway_b_media.ip(), LOCALHOST);
@@ -73,22 +101,45 @@ async fn basic_call_carries_callers_number_and_audio_both_ways_and_is_recorded()
 
     // Audio: ten packets each way through the gateway's ports.
     for i in 0..10u16 {
-        call.caller_rtp.send(call.gateway_a_media, 8, 1000 + i, 160 * u32::from(i), 0xAAAA, &[0xD5; 160]).await;
+        call.caller_rtp
+            .send(
+                call.gateway_a_media,
+                8,
+                1000 + i,
+                160 * u32::from(i),
+                0xAAAA,
+                &[0xD5; 160],
+            )
+            .await;
     }
     let mut seen = Vec::new();
     for _ in 0..10 {
         seen.push(call.callee_rtp.recv().await);
     }
-    assert!(seen.iter().all(|p| p.payload_type == 8 && p.payload == vec![0xD5; 160]));
+    assert!(seen
+        .iter()
+        .all(|p| p.payload_type == 8 && p.payload == vec![0xD5; 160]));
     let ssrc = seen[0].ssrc;
-    assert!(seen.iter().all(|p| p.ssrc == ssrc), "one SSRC towards the callee");
+    assert!(
+        seen.iter().all(|p| p.ssrc == ssrc),
+        "one SSRC towards the callee"
+    );
     assert_ne!(ssrc, 0xAAAA, "the gateway's own SSRC");
     for pair in seen.windows(2) {
         assert_eq!(pair[1].sequence, pair[0].sequence.wrapping_add(1));
         assert_eq!(pair[1].timestamp, pair[0].timestamp.wrapping_add(160));
     }
     for i in 0..10u16 {
-        call.callee_rtp.send(call.gateway_b_media, 8, 50 + i, 8000 + 160 * u32::from(i), 0xBBBB, &[0x55; 160]).await;
+        call.callee_rtp
+            .send(
+                call.gateway_b_media,
+                8,
+                50 + i,
+                8000 + 160 * u32::from(i),
+                0xBBBB,
+                &[0x55; 160],
+            )
+            .await;
     }
     for _ in 0..10 {
         let packet = call.caller_rtp.recv().await;
@@ -99,7 +150,9 @@ async fn basic_call_carries_callers_number_and_audio_both_ways_and_is_recorded()
     let bye = caller.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
     caller.send_request(&bye).await;
     let incoming_bye = callee.expect_request("BYE").await;
-    callee.send_response(&callee.answer(&incoming_bye, 200, None)).await;
+    callee
+        .send_response(&callee.answer(&incoming_bye, 200, None))
+        .await;
     caller.expect_response("BYE", 200).await;
 
     let record = gateway.ended_record(call.invite.call_id()).await;
@@ -115,7 +168,10 @@ async fn basic_call_carries_callers_number_and_audio_both_ways_and_is_recorded()
 
     let (status, metrics) = gateway.http_get("/metrics").await;
     assert_eq!(status, 200);
-    assert!(metrics.contains("hotline_calls_total{result=\"answered\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("hotline_calls_total{result=\"answered\"} 1"),
+        "{metrics}"
+    );
     gateway.stop().await;
 }
 
@@ -128,7 +184,9 @@ async fn callee_hangs_up() {
     callee.expect_response("BYE", 200).await;
     let incoming_bye = caller.expect_request("BYE").await;
     assert_eq!(incoming_bye.call_id(), call.invite.call_id());
-    caller.send_response(&caller.answer(&incoming_bye, 200, None)).await;
+    caller
+        .send_response(&caller.answer(&incoming_bye, 200, None))
+        .await;
     let record = gateway.ended_record(call.invite.call_id()).await;
     assert_eq!(record.ended_by.as_deref(), Some("callee"));
     gateway.stop().await;
@@ -141,7 +199,9 @@ async fn pcmu_caller_and_pcma_callee_are_transcoded() {
     // μ-law 0x80 is near full scale negative... use a mid-range value and check the A-law
     // code decodes to the same level.
     let ulaw = hotline_gateway::media::g711::linear_to_ulaw(1000);
-    call.caller_rtp.send(call.gateway_a_media, 0, 1, 0, 7, &[ulaw; 160]).await;
+    call.caller_rtp
+        .send(call.gateway_a_media, 0, 1, 0, 7, &[ulaw; 160])
+        .await;
     let packet = call.callee_rtp.recv().await;
     assert_eq!(packet.payload_type, 8);
     let level = hotline_gateway::media::g711::alaw_to_linear(packet.payload[0]);
@@ -153,17 +213,28 @@ async fn pcmu_caller_and_pcma_callee_are_transcoded() {
 async fn cancel_before_answer_reaches_the_callee() {
     let (mut gateway, mut caller, mut callee) = setup("", "").await;
     let rtp = RtpPeer::bind(LOCALHOST).await;
-    let invite = caller.invite("12345", "13800138000", &sdp(rtp.address, &[8], "sendrecv"), "");
+    let invite = caller.invite(
+        "12345",
+        "13800138000",
+        &sdp(rtp.address, &[8], "sendrecv"),
+        "",
+    );
     caller.send_request(&invite).await;
     let incoming = callee.expect_request("INVITE").await;
-    callee.send_response(&callee.answer(&incoming, 180, None)).await;
+    callee
+        .send_response(&callee.answer(&incoming, 180, None))
+        .await;
     caller.expect_response("INVITE", 180).await;
     caller.send_request(&caller.cancel(&invite)).await;
     caller.expect_response("CANCEL", 200).await;
     caller.expect_response("INVITE", 487).await;
     let cancel = callee.expect_request("CANCEL").await;
-    callee.send_response(&callee.answer(&cancel, 200, None)).await;
-    callee.send_response(&callee.answer(&incoming, 487, None)).await;
+    callee
+        .send_response(&callee.answer(&cancel, 200, None))
+        .await;
+    callee
+        .send_response(&callee.answer(&incoming, 487, None))
+        .await;
     callee.expect_request("ACK").await;
     let record = gateway.ended_record(invite.call_id()).await;
     assert_eq!(record.final_status, Some(487));
@@ -176,25 +247,51 @@ async fn cancel_before_answer_reaches_the_callee() {
 async fn hold_and_unhold_are_answered_by_the_gateway() {
     let (mut gateway, mut caller, mut callee) = setup("", "").await;
     let call = establish(&mut caller, &mut callee, &[8], &[8]).await;
-    let hold = caller.in_dialog(&call.invite, &call.ok, "INVITE", 2, &sdp(call.caller_rtp.address, &[8], "sendonly"));
+    let hold = caller.in_dialog(
+        &call.invite,
+        &call.ok,
+        "INVITE",
+        2,
+        &sdp(call.caller_rtp.address, &[8], "sendonly"),
+    );
     caller.send_request(&hold).await;
     let ok = caller.expect_response("INVITE", 200).await;
-    assert!(ok.sdp().is_some_and(|s| s.contains("a=recvonly")), "{:?}", ok.sdp());
+    assert!(
+        ok.sdp().is_some_and(|s| s.contains("a=recvonly")),
+        "{:?}",
+        ok.sdp()
+    );
     let request = caller.ack(&hold, &ok, "");
     caller.send_request(&request).await;
     // Held: the callee's audio is not sent to the caller.
-    call.callee_rtp.send(call.gateway_b_media, 8, 1, 0, 9, &[0x55; 160]).await;
-    assert!(call.caller_rtp.recv_within(Duration::from_millis(300)).await.is_none());
-    let unhold = caller.in_dialog(&call.invite, &call.ok, "INVITE", 3, &sdp(call.caller_rtp.address, &[8], "sendrecv"));
+    call.callee_rtp
+        .send(call.gateway_b_media, 8, 1, 0, 9, &[0x55; 160])
+        .await;
+    assert!(call
+        .caller_rtp
+        .recv_within(Duration::from_millis(300))
+        .await
+        .is_none());
+    let unhold = caller.in_dialog(
+        &call.invite,
+        &call.ok,
+        "INVITE",
+        3,
+        &sdp(call.caller_rtp.address, &[8], "sendrecv"),
+    );
     caller.send_request(&unhold).await;
     let ok = caller.expect_response("INVITE", 200).await;
     assert!(ok.sdp().is_some_and(|s| s.contains("a=sendrecv")));
     let request = caller.ack(&unhold, &ok, "");
     caller.send_request(&request).await;
-    call.callee_rtp.send(call.gateway_b_media, 8, 2, 160, 9, &[0x55; 160]).await;
+    call.callee_rtp
+        .send(call.gateway_b_media, 8, 2, 160, 9, &[0x55; 160])
+        .await;
     assert_eq!(call.caller_rtp.recv().await.payload, vec![0x55; 160]);
     // The callee was never re-INVITEd.
-    assert!(!matches!(callee.recv_within(Duration::from_millis(200)).await, Some(Message::Request(r)) if r.method == Method::Invite));
+    assert!(
+        !matches!(callee.recv_within(Duration::from_millis(200)).await, Some(Message::Request(r)) if r.method == Method::Invite)
+    );
     gateway.stop().await;
 }
 
@@ -205,8 +302,16 @@ async fn failover_to_second_peer_on_503_and_on_silence() {
     let silent = Ua::bind("silent", LOCALHOST).await;
     let mut second = Ua::bind("second", LOCALHOST).await;
     let mut gateway = Gateway::start(
-        &[("carrier", caller.address, ""), ("first", busy.address, ""), ("silent", silent.address, ""), ("second", second.address, "")],
-        &[("12345", &["first", "second"]), ("110", &["silent", "second"])],
+        &[
+            ("carrier", caller.address, ""),
+            ("first", busy.address, ""),
+            ("silent", silent.address, ""),
+            ("second", second.address, ""),
+        ],
+        &[
+            ("12345", &["first", "second"]),
+            ("110", &["silent", "second"]),
+        ],
         "",
         "",
     )
@@ -217,20 +322,31 @@ async fn failover_to_second_peer_on_503_and_on_silence() {
     let rtp = RtpPeer::bind(LOCALHOST).await;
 
     // First peer answers 503: the second is tried, the caller never sees the 503.
-    let invite = caller.invite("12345", "13800138000", &sdp(rtp.address, &[8], "sendrecv"), "");
+    let invite = caller.invite(
+        "12345",
+        "13800138000",
+        &sdp(rtp.address, &[8], "sendrecv"),
+        "",
+    );
     caller.send_request(&invite).await;
     let first_try = busy.expect_request("INVITE").await;
-    busy.send_response(&busy.answer(&first_try, 503, None)).await;
+    busy.send_response(&busy.answer(&first_try, 503, None))
+        .await;
     busy.expect_request("ACK").await;
     let second_try = second.expect_request("INVITE").await;
-    assert_eq!(second_try.from().and_then(|f| f.uri.user), Some("13800138000".to_string()));
-    second.send_response(&second.answer(&second_try, 200, Some(&sdp(rtp.address, &[8], "sendrecv")))).await;
+    assert_eq!(
+        second_try.from().and_then(|f| f.uri.user),
+        Some("13800138000".to_string())
+    );
+    second
+        .send_response(&second.answer(&second_try, 200, Some(&sdp(rtp.address, &[8], "sendrecv"))))
+        .await;
     let ok = caller.expect_response("INVITE", 200).await;
     let request = caller.ack(&invite, &ok, "");
     caller.send_request(&request).await;
     let record_b_peer = {
         let request = caller.in_dialog(&invite, &ok, "BYE", 2, "");
-    caller.send_request(&request).await;
+        caller.send_request(&request).await;
         let bye = second.expect_request("BYE").await;
         second.send_response(&second.answer(&bye, 200, None)).await;
         gateway.ended_record(invite.call_id()).await.b_peer
@@ -238,7 +354,12 @@ async fn failover_to_second_peer_on_503_and_on_silence() {
     assert_eq!(record_b_peer.as_deref(), Some("second"));
 
     // First peer never answers: after peer_response_timeout (700 ms here) the second rings.
-    let invite = caller.invite("110", "13800138000", &sdp(rtp.address, &[8], "sendrecv"), "");
+    let invite = caller.invite(
+        "110",
+        "13800138000",
+        &sdp(rtp.address, &[8], "sendrecv"),
+        "",
+    );
     caller.send_request(&invite).await;
     let next = second.expect_request("INVITE").await;
     assert_eq!(next.uri.user.as_deref(), Some("110"));
@@ -253,26 +374,49 @@ async fn unknown_source_gets_403_unknown_number_404_bad_media_488() {
     let rtp = RtpPeer::bind(LOCALHOST).await;
     let mut stranger = Ua::bind("stranger", LOCALHOST).await;
     stranger.set_gateway(gateway.sip);
-    let invite = stranger.invite("12345", "13900000000", &sdp(rtp.address, &[8], "sendrecv"), "");
+    let invite = stranger.invite(
+        "12345",
+        "13900000000",
+        &sdp(rtp.address, &[8], "sendrecv"),
+        "",
+    );
     stranger.send_request(&invite).await;
     stranger.expect_response("INVITE", 403).await;
 
-    let invite = caller.invite("99999", "13800138000", &sdp(rtp.address, &[8], "sendrecv"), "");
+    let invite = caller.invite(
+        "99999",
+        "13800138000",
+        &sdp(rtp.address, &[8], "sendrecv"),
+        "",
+    );
     caller.send_request(&invite).await;
     caller.expect_response("INVITE", 404).await;
 
-    let invite = caller.invite("12345", "13800138000", &sdp(rtp.address, &[18], "sendrecv"), "");
+    let invite = caller.invite(
+        "12345",
+        "13800138000",
+        &sdp(rtp.address, &[18], "sendrecv"),
+        "",
+    );
     caller.send_request(&invite).await;
     caller.expect_response("INVITE", 488).await;
 
-    let invite = caller.invite("12345", "13800138000", &sdp(rtp.address, &[8], "sendrecv"), "");
+    let invite = caller.invite(
+        "12345",
+        "13800138000",
+        &sdp(rtp.address, &[8], "sendrecv"),
+        "",
+    );
     let mut too_far = invite.clone();
     too_far.headers.set("Max-Forwards", "0");
     caller.send_request(&too_far).await;
     caller.expect_response("INVITE", 483).await;
 
     let (_, metrics) = gateway.http_get("/metrics").await;
-    assert!(metrics.contains("hotline_sip_rejected_unknown_peer_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("hotline_sip_rejected_unknown_peer_total 1"),
+        "{metrics}"
+    );
     gateway.stop().await;
 }
 
@@ -287,7 +431,10 @@ To: <sip:{gw}>\r\nCall-ID: options-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nC
     );
     caller.send(&text).await;
     let ok = caller.expect_response("OPTIONS", 200).await;
-    assert!(ok.headers.get("Allow").is_some_and(|a| a.contains("INVITE")));
+    assert!(ok
+        .headers
+        .get("Allow")
+        .is_some_and(|a| a.contains("INVITE")));
     gateway.stop().await;
 }
 
@@ -297,7 +444,10 @@ async fn tcp_caller_with_partial_and_pipelined_messages() {
     let mut callee = Ua::bind("hotline", LOCALHOST).await;
     // A TCP client's source port is ephemeral: the carrier is known by its IP.
     let mut gateway = Gateway::start(
-        &[("carrier", caller.address, "any_port = true"), ("hotline", callee.address, "")],
+        &[
+            ("carrier", caller.address, "any_port = true"),
+            ("hotline", callee.address, ""),
+        ],
         &[("12345", &["hotline"])],
         "",
         "",
@@ -307,7 +457,12 @@ async fn tcp_caller_with_partial_and_pipelined_messages() {
     callee.set_gateway(gateway.sip);
     caller.connect_tcp().await;
     let rtp = RtpPeer::bind(LOCALHOST).await;
-    let invite = caller.invite("12345", "13800138000", &sdp(rtp.address, &[8], "sendrecv"), "");
+    let invite = caller.invite(
+        "12345",
+        "13800138000",
+        &sdp(rtp.address, &[8], "sendrecv"),
+        "",
+    );
     let bytes = invite.to_bytes();
     // Split the INVITE across two writes, then pipeline an OPTIONS behind a keep-alive.
     caller.send_raw(&bytes[..100]).await;
@@ -320,13 +475,23 @@ To: <sip:{gw}>\r\nCall-ID: options-tcp\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\
     );
     caller.send_raw(options.as_bytes()).await;
     let incoming = callee.expect_request("INVITE").await;
-    callee.send_response(&callee.answer(&incoming, 200, Some(&sdp(rtp.address, &[8], "sendrecv")))).await;
+    callee
+        .send_response(&callee.answer(&incoming, 200, Some(&sdp(rtp.address, &[8], "sendrecv"))))
+        .await;
     let mut got_ok = false;
     let mut got_options = false;
     while !(got_ok && got_options) {
         match caller.recv().await {
-            Message::Response(r) if r.status == 200 && r.cseq().is_some_and(|c| c.method == Method::Invite) => got_ok = true,
-            Message::Response(r) if r.status == 200 && r.cseq().is_some_and(|c| c.method == Method::Options) => got_options = true,
+            Message::Response(r)
+                if r.status == 200 && r.cseq().is_some_and(|c| c.method == Method::Invite) =>
+            {
+                got_ok = true
+            }
+            Message::Response(r)
+                if r.status == 200 && r.cseq().is_some_and(|c| c.method == Method::Options) =>
+            {
+                got_options = true
+            }
             _ => {}
         }
     }
@@ -340,11 +505,18 @@ async fn shutdown_ends_active_calls_with_bye_and_records_them() {
     let stop = gateway.shutdown.clone();
     stop.cancel();
     let caller_bye = caller.expect_request("BYE").await;
-    caller.send_response(&caller.answer(&caller_bye, 200, None)).await;
+    caller
+        .send_response(&caller.answer(&caller_bye, 200, None))
+        .await;
     let callee_bye = callee.expect_request("BYE").await;
-    callee.send_response(&callee.answer(&callee_bye, 200, None)).await;
+    callee
+        .send_response(&callee.answer(&callee_bye, 200, None))
+        .await;
     gateway.stop().await;
-    let record = gateway.calls().into_iter().find(|r| r.a_call_id == call.invite.call_id());
+    let record = gateway
+        .calls()
+        .into_iter()
+        .find(|r| r.a_call_id == call.invite.call_id());
     let record = record.unwrap_or_else(|| panic!("no record"));
     assert_eq!(record.ended_by.as_deref(), Some("gateway"));
     assert_eq!(record.end_reason.as_deref(), Some("gateway shutdown"));
@@ -355,7 +527,10 @@ async fn media_inactivity_ends_the_call() {
     let (mut gateway, mut caller, mut callee) = setup("", "inactivity_timeout_secs = 1").await;
     let call = establish(&mut caller, &mut callee, &[8], &[8]).await;
     let bye = caller.expect_request("BYE").await;
-    assert!(bye.headers.get("Reason").is_some_and(|r| r.contains("media timeout")));
+    assert!(bye
+        .headers
+        .get("Reason")
+        .is_some_and(|r| r.contains("media timeout")));
     caller.send_response(&caller.answer(&bye, 200, None)).await;
     let bye = callee.expect_request("BYE").await;
     callee.send_response(&callee.answer(&bye, 200, None)).await;
@@ -369,11 +544,29 @@ async fn source_change_behind_the_gateway_keeps_one_continuous_stream() {
     let (mut gateway, mut caller, mut callee) = setup("", "").await;
     let call = establish(&mut caller, &mut callee, &[8], &[8]).await;
     for i in 0..3u16 {
-        call.callee_rtp.send(call.gateway_b_media, 8, 100 + i, 1000 + 160 * u32::from(i), 0x1111, &[1; 160]).await;
+        call.callee_rtp
+            .send(
+                call.gateway_b_media,
+                8,
+                100 + i,
+                1000 + 160 * u32::from(i),
+                0x1111,
+                &[1; 160],
+            )
+            .await;
     }
     // The far end restarts its stream with new SSRC, sequence and timestamp.
     for i in 0..3u16 {
-        call.callee_rtp.send(call.gateway_b_media, 8, 60000 + i, 9_000_000 + 160 * u32::from(i), 0x2222, &[2; 160]).await;
+        call.callee_rtp
+            .send(
+                call.gateway_b_media,
+                8,
+                60000 + i,
+                9_000_000 + 160 * u32::from(i),
+                0x2222,
+                &[2; 160],
+            )
+            .await;
     }
     let mut seen = Vec::new();
     for _ in 0..6 {
@@ -381,8 +574,15 @@ async fn source_change_behind_the_gateway_keeps_one_continuous_stream() {
     }
     assert!(seen.iter().all(|p| p.ssrc == seen[0].ssrc));
     for pair in seen.windows(2) {
-        assert_eq!(pair[1].sequence, pair[0].sequence.wrapping_add(1), "{seen:?}");
-        assert!(pair[1].timestamp.wrapping_sub(pair[0].timestamp) < 8000, "{seen:?}");
+        assert_eq!(
+            pair[1].sequence,
+            pair[0].sequence.wrapping_add(1),
+            "{seen:?}"
+        );
+        assert!(
+            pair[1].timestamp.wrapping_sub(pair[0].timestamp) < 8000,
+            "{seen:?}"
+        );
     }
     assert!(seen[3].marker, "the switch is marked");
     gateway.stop().await;
@@ -398,7 +598,10 @@ async fn ipv6_peers_and_tel_uris() {
     let mut caller = Ua::bind("carrier", v6).await;
     let mut callee = Ua::bind("hotline", v6).await;
     let mut gateway = Gateway::start(
-        &[("carrier", caller.address, ""), ("hotline", callee.address, "")],
+        &[
+            ("carrier", caller.address, ""),
+            ("hotline", callee.address, ""),
+        ],
         &[("12345", &["hotline"])],
         "",
         "",
@@ -407,14 +610,28 @@ async fn ipv6_peers_and_tel_uris() {
     caller.set_gateway(gateway.sip);
     callee.set_gateway(gateway.sip);
     let rtp = RtpPeer::bind(v6).await;
-    let mut invite = caller.invite("12345", "13800138000", &sdp(rtp.address, &[8], "sendrecv"), "P-Asserted-Identity: <tel:+8613800138000>\r\n");
-    invite.uri = hotline_gateway::sip::message::Uri::parse("tel:12345").unwrap_or_else(|e| panic!("{e}"));
+    let mut invite = caller.invite(
+        "12345",
+        "13800138000",
+        &sdp(rtp.address, &[8], "sendrecv"),
+        "P-Asserted-Identity: <tel:+8613800138000>\r\n",
+    );
+    invite.uri =
+        hotline_gateway::sip::message::Uri::parse("tel:12345").unwrap_or_else(|e| panic!("{e}"));
     caller.send_request(&invite).await;
     let incoming = callee.expect_request("INVITE").await;
-    assert_eq!(incoming.headers.get("P-Asserted-Identity"), Some("<tel:+8613800138000>"));
+    assert_eq!(
+        incoming.headers.get("P-Asserted-Identity"),
+        Some("<tel:+8613800138000>")
+    );
     assert!(incoming.sdp().is_some_and(|s| s.contains("c=IN IP6 ::1")));
-    callee.send_response(&callee.answer(&incoming, 200, Some(&sdp(rtp.address, &[8], "sendrecv")))).await;
+    callee
+        .send_response(&callee.answer(&incoming, 200, Some(&sdp(rtp.address, &[8], "sendrecv"))))
+        .await;
     let ok = caller.expect_response("INVITE", 200).await;
-    assert!(ok.headers.get("Contact").is_some_and(|c| c.contains("[::1]")));
+    assert!(ok
+        .headers
+        .get("Contact")
+        .is_some_and(|c| c.contains("[::1]")));
     gateway.stop().await;
 }

@@ -22,7 +22,12 @@ fn free_port() -> u16 {
 }
 
 fn sipp_available() -> bool {
-    Command::new("sipp").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+    Command::new("sipp")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
 }
 
 struct Process(Child);
@@ -42,7 +47,12 @@ struct Ports {
 }
 
 /// Starts the gateway binary on a config naming the SIPp ports; returns once it listens.
-fn start_gateway(dir: &Path, ports: &Ports, transport: &str, media: [u16; 2]) -> (Process, PathBuf) {
+fn start_gateway(
+    dir: &Path,
+    ports: &Ports,
+    transport: &str,
+    media: [u16; 2],
+) -> (Process, PathBuf) {
     let db = dir.join("gateway.db");
     let config = dir.join("gateway.toml");
     let text = format!(
@@ -74,7 +84,9 @@ fn start_gateway(dir: &Path, ports: &Ports, transport: &str, media: [u16; 2]) ->
         Err(e) => panic!("start gateway: {e}"),
     };
     // Wait for the "gateway listening" line (an event), then keep draining stderr.
-    let Some(stderr) = child.stderr.take() else { panic!("no stderr") };
+    let Some(stderr) = child.stderr.take() else {
+        panic!("no stderr")
+    };
     let mut lines = BufReader::new(stderr).lines();
     loop {
         match lines.next() {
@@ -91,7 +103,11 @@ fn sipp(args: &[&str], scenario: &str) -> Command {
     let mut command = Command::new("sipp");
     command
         .arg("-sf")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp").join(scenario))
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/sipp")
+                .join(scenario),
+        )
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -107,7 +123,12 @@ fn run_load(transport: &str, calls: u32, rate: u32, hold_ms: u32, media: [u16; 2
         Ok(d) => d,
         Err(e) => panic!("{e}"),
     };
-    let ports = Ports { gateway: free_port(), uac: free_port(), uas: free_port(), http: free_port() };
+    let ports = Ports {
+        gateway: free_port(),
+        uac: free_port(),
+        uas: free_port(),
+        http: free_port(),
+    };
     let (mut gateway, db) = start_gateway(dir.path(), &ports, transport, media);
     let sipp_transport = if transport == "tcp" { "t1" } else { "u1" };
     let uas_media = free_port().to_string();
@@ -115,7 +136,22 @@ fn run_load(transport: &str, calls: u32, rate: u32, hold_ms: u32, media: [u16; 2
     let uas_port = ports.uas.to_string();
     let uac_port = ports.uac.to_string();
     let uas = sipp(
-        &["-i", "127.0.0.1", "-p", &uas_port, "-t", sipp_transport, "-mi", "127.0.0.1", "-mp", &uas_media, "-rtp_echo", "-timeout", "120s", "-nostdin"],
+        &[
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &uas_port,
+            "-t",
+            sipp_transport,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &uas_media,
+            "-rtp_echo",
+            "-timeout",
+            "120s",
+            "-nostdin",
+        ],
         "uas.xml",
     )
     .spawn();
@@ -124,12 +160,37 @@ fn run_load(transport: &str, calls: u32, rate: u32, hold_ms: u32, media: [u16; 2
         Err(e) => panic!("sipp uas: {e}"),
     };
     let target = format!("127.0.0.1:{}", ports.gateway);
-    let (calls_text, rate_text, hold_text) = (calls.to_string(), rate.to_string(), hold_ms.to_string());
+    let (calls_text, rate_text, hold_text) =
+        (calls.to_string(), rate.to_string(), hold_ms.to_string());
     let status = sipp(
         &[
-            &target, "-s", "12345", "-i", "127.0.0.1", "-p", &uac_port, "-t", sipp_transport, "-mi", "127.0.0.1", "-mp", &uac_media,
-            "-m", &calls_text, "-r", &rate_text, "-l", &calls_text, "-d", &hold_text, "-timeout", "120s",
-            "-timeout_error", "-max_socket", "2000", "-nostdin",
+            &target,
+            "-s",
+            "12345",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &uac_port,
+            "-t",
+            sipp_transport,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &uac_media,
+            "-m",
+            &calls_text,
+            "-r",
+            &rate_text,
+            "-l",
+            &calls_text,
+            "-d",
+            &hold_text,
+            "-timeout",
+            "120s",
+            "-timeout_error",
+            "-max_socket",
+            "2000",
+            "-nostdin",
         ],
         "uac_rtp.xml",
     )
@@ -138,7 +199,10 @@ fn run_load(transport: &str, calls: u32, rate: u32, hold_ms: u32, media: [u16; 2
         Ok(s) => s,
         Err(e) => panic!("sipp uac: {e}"),
     };
-    assert!(status.success(), "SIPp UAC reported failed calls ({status})");
+    assert!(
+        status.success(),
+        "SIPp UAC reported failed calls ({status})"
+    );
 
     // Every call is recorded, answered, ended by the caller, with audio relayed both ways.
     let records = match hotline_gateway::store::list_calls(&db, calls as usize + 10) {
@@ -149,7 +213,10 @@ fn run_load(transport: &str, calls: u32, rate: u32, hold_ms: u32, media: [u16; 2
     for record in &records {
         assert_eq!(record.final_status, Some(200), "{record:?}");
         assert_eq!(record.ended_by.as_deref(), Some("caller"), "{record:?}");
-        assert!(record.rtp_a_to_b > 0 && record.rtp_b_to_a > 0, "no audio both ways: {record:?}");
+        assert!(
+            record.rtp_a_to_b > 0 && record.rtp_b_to_a > 0,
+            "no audio both ways: {record:?}"
+        );
     }
     // The operations endpoint saw them too.
     let mut metrics = String::new();
@@ -159,13 +226,21 @@ fn run_load(transport: &str, calls: u32, rate: u32, hold_ms: u32, media: [u16; 2
         let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
         let _ = stream.read_to_string(&mut metrics);
     }
-    assert!(metrics.contains(&format!("hotline_calls_total{{result=\"answered\"}} {calls}")), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "hotline_calls_total{{result=\"answered\"}} {calls}"
+        )),
+        "{metrics}"
+    );
 
     // SIGTERM: clean exit 0.
     let pid = gateway.0.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let exit = gateway.0.wait();
-    assert!(exit.as_ref().is_ok_and(|s| s.success()), "gateway did not exit 0 on SIGTERM: {exit:?}");
+    assert!(
+        exit.as_ref().is_ok_and(|s| s.success()),
+        "gateway did not exit 0 on SIGTERM: {exit:?}"
+    );
 }
 
 #[test]

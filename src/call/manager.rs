@@ -15,7 +15,7 @@ use crate::media::ports::PortPool;
 use crate::media::relay;
 use crate::metrics::{Counter, Metrics};
 use crate::routing::Router;
-use crate::sip::endpoint::{Disposition, Dispatcher, ServerTransactionId};
+use crate::sip::endpoint::{Dispatcher, Disposition, ServerTransactionId};
 use crate::sip::message::{Method, Request, Response};
 use crate::sip::transport::Flow;
 use crate::store::{unix_millis, CallRecord};
@@ -120,7 +120,12 @@ impl CallManager {
         let id = ids.call_key();
         let media_a = leg_a.rtp_address();
         let media_b = leg_b.rtp_address();
-        let relay = relay::spawn([leg_a, leg_b], ids.fork(), self.inactivity, Arc::clone(&self.metrics));
+        let relay = relay::spawn(
+            [leg_a, leg_b],
+            ids.fork(),
+            self.inactivity,
+            Arc::clone(&self.metrics),
+        );
         let caller = request
             .from()
             .and_then(|f| f.uri.number())
@@ -164,7 +169,15 @@ impl CallManager {
         let active = Arc::clone(&self.active);
         active.fetch_add(1, Ordering::Relaxed);
         let guard = ActiveGuard(active);
-        task::spawn(call, inbox, owner.clone(), relay, record, services.clone(), guard);
+        task::spawn(
+            call,
+            inbox,
+            owner.clone(),
+            relay,
+            record,
+            services.clone(),
+            guard,
+        );
         Disposition::Accept(owner)
     }
 }
@@ -194,9 +207,12 @@ impl Dispatcher for CallManager {
         match request.method {
             Method::Invite => self.new_call(request, server, source, flow, peer),
             Method::Options => Self::reply(request, 200),
-            Method::Bye | Method::Cancel | Method::Info | Method::Update | Method::Refer | Method::Notify => {
-                Self::reply(request, 481)
-            }
+            Method::Bye
+            | Method::Cancel
+            | Method::Info
+            | Method::Update
+            | Method::Refer
+            | Method::Notify => Self::reply(request, 481),
             _ => Self::reply(request, 405),
         }
     }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::config::TransportKind;
 use crate::ids::IdGenerator;
 use crate::media::{Leg, LegMedia, MediaCommand};
 use crate::routing::Peer;
@@ -26,7 +27,6 @@ use crate::sip::endpoint::{DialogKey, Endpoint, ServerTransactionId, SipEvent};
 use crate::sip::message::{self, Headers, Host, Method, NameAddr, Request, Response, Uri};
 use crate::sip::sdp::{self, Direction, MediaPolicy, Negotiated, Origin, SessionDescription};
 use crate::sip::transport::{Flow, Target};
-use crate::config::TransportKind;
 
 /// Methods the gateway accepts inside a dialog (sent in Allow, §20.5).
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
@@ -93,15 +93,27 @@ pub struct Outcome {
 #[derive(Debug)]
 #[must_use]
 pub enum Action {
-    SendRequest { request: Request, target: Target },
-    SendResponse { server: ServerTransactionId, response: Response },
+    SendRequest {
+        request: Request,
+        target: Target,
+    },
+    SendResponse {
+        server: ServerTransactionId,
+        response: Response,
+    },
     RegisterDialog(DialogKey),
     UnregisterDialog(DialogKey),
     Media(MediaCommand),
     /// Leg B answered (for the call record).
-    Answered { b_call_id: String, b_peer: String },
+    Answered {
+        b_call_id: String,
+        b_peer: String,
+    },
     /// Leg B's Call-ID and peer for the current attempt (for the call record).
-    Attempt { b_call_id: String, b_peer: String },
+    Attempt {
+        b_call_id: String,
+        b_peer: String,
+    },
     /// The call is over for both parties: write the record now.
     Ended(Outcome),
     /// Nothing more will happen: drop the call.
@@ -210,7 +222,12 @@ impl Call {
         };
         let a_origin = Origin::new(new.media_a.ip(), ids.next_u64() >> 12);
         let b_origin = Origin::new(new.media_b.ip(), ids.next_u64() >> 12);
-        let offer = sdp::offer(&settings.policy, new.media_b, &b_origin, Direction::SendRecv);
+        let offer = sdp::offer(
+            &settings.policy,
+            new.media_b,
+            &b_origin,
+            Direction::SendRecv,
+        );
         let b_call_id = ids.call_id(&local_ip.to_string());
         let mut call = Call {
             id: new.id,
@@ -296,7 +313,12 @@ impl Call {
                     }
                     Err(error) => {
                         tracing::info!(call = %self.id, %error, "caller's offer not acceptable");
-                        self.fail_caller(488, "Not Acceptable Here", EndedBy::Gateway, "no acceptable media");
+                        self.fail_caller(
+                            488,
+                            "Not Acceptable Here",
+                            EndedBy::Gateway,
+                            "no acceptable media",
+                        );
                         return;
                     }
                 }
@@ -308,14 +330,24 @@ impl Call {
             }
             None => {
                 // Delayed offer (§13.2.1): we offer in the 200, the caller answers in the ACK.
-                let offer = sdp::offer(&self.settings.policy, self.a.media, &self.a.origin, Direction::SendRecv);
+                let offer = sdp::offer(
+                    &self.settings.policy,
+                    self.a.media,
+                    &self.a.origin,
+                    Direction::SendRecv,
+                );
                 self.a.local_sdp = Some(offer.to_string());
                 self.a.pending_offer = Some(offer);
             }
         }
         let max_forwards = self.a.invite.max_forwards();
         if max_forwards == 0 {
-            self.fail_caller(483, "Too Many Hops", EndedBy::Gateway, "max-forwards exhausted");
+            self.fail_caller(
+                483,
+                "Too Many Hops",
+                EndedBy::Gateway,
+                "max-forwards exhausted",
+            );
             return;
         }
         self.try_peer(now, 0);
@@ -327,9 +359,13 @@ impl Call {
             codec: negotiated.codec,
             payload_type: negotiated.payload_type,
             telephone_event: negotiated.telephone_event,
-            receives: matches!(negotiated.direction, Direction::SendRecv | Direction::RecvOnly),
+            receives: matches!(
+                negotiated.direction,
+                Direction::SendRecv | Direction::RecvOnly
+            ),
         };
-        self.actions.push_back(Action::Media(MediaCommand::Configure(leg, media)));
+        self.actions
+            .push_back(Action::Media(MediaCommand::Configure(leg, media)));
     }
 
     /// Sends the INVITE of leg B to the route's `index`-th peer.
@@ -375,14 +411,24 @@ impl Call {
             timed_out: false,
             settled: false,
         });
-        self.arm(Timer::PeerResponse, Some(now + self.settings.peer_response_timeout));
+        self.arm(
+            Timer::PeerResponse,
+            Some(now + self.settings.peer_response_timeout),
+        );
         self.arm(Timer::Ring, None);
     }
 
     fn contact(&self, target: Target) -> String {
         let host = Host::Ip(self.settings.local_sip.ip());
-        let transport = if target.is_reliable() { ";transport=tcp" } else { "" };
-        format!("<sip:gw@{host}:{}{transport}>", self.settings.local_sip.port())
+        let transport = if target.is_reliable() {
+            ";transport=tcp"
+        } else {
+            ""
+        };
+        format!(
+            "<sip:gw@{host}:{}{transport}>",
+            self.settings.local_sip.port()
+        )
     }
 
     fn build_b_invite(&mut self, peer: &Peer, target: Target, branch: &str) -> Request {
@@ -391,7 +437,11 @@ impl Call {
             .as_ref()
             .and_then(|f| f.uri.user.clone())
             .unwrap_or_else(|| "anonymous".into());
-        let mut from_uri = Uri::sip(Some(&caller_user), Host::Ip(self.settings.local_sip.ip()), None);
+        let mut from_uri = Uri::sip(
+            Some(&caller_user),
+            Host::Ip(self.settings.local_sip.ip()),
+            None,
+        );
         if caller_user.starts_with('+') {
             from_uri.params.push(("user".into(), Some("phone".into())));
         }
@@ -401,10 +451,20 @@ impl Call {
             params: vec![("tag".into(), Some(self.b.tag.clone()))],
         };
         // The contract: `sip:<number>@<peer address>`.
-        let uri = Uri::sip(Some(&self.number), Host::Ip(peer.address.ip()), Some(peer.address.port()));
+        let uri = Uri::sip(
+            Some(&self.number),
+            Host::Ip(peer.address.ip()),
+            Some(peer.address.port()),
+        );
         let mut headers = Headers::new();
-        headers.push("Via", Endpoint::via_for(self.settings.local_sip, target, branch));
-        headers.push("Max-Forwards", self.a.invite.max_forwards().saturating_sub(1).to_string());
+        headers.push(
+            "Via",
+            Endpoint::via_for(self.settings.local_sip, target, branch),
+        );
+        headers.push(
+            "Max-Forwards",
+            self.a.invite.max_forwards().saturating_sub(1).to_string(),
+        );
         headers.push("From", from.to_string());
         headers.push("To", NameAddr::new(uri.clone()).to_string());
         headers.push("Call-ID", self.b.call_id.clone());
@@ -430,7 +490,9 @@ impl Call {
         let mut response = Response::for_request(&self.a.invite, status, Some(&self.a.tag));
         response.reason = reason.to_string();
         if (101..300).contains(&status) {
-            response.headers.push("Contact", self.contact(self.a.target));
+            response
+                .headers
+                .push("Contact", self.contact(self.a.target));
         }
         if status >= 200 {
             self.a.finalized = true;
@@ -486,8 +548,7 @@ impl Call {
         if self.state != State::Ending {
             return;
         }
-        let waiting =
-            !self.pending.is_empty() || self.attempt.as_ref().is_some_and(|a| !a.settled);
+        let waiting = !self.pending.is_empty() || self.attempt.as_ref().is_some_and(|a| !a.settled);
         if !waiting {
             self.finish();
         } else if self.timers[2].is_none() {
@@ -527,10 +588,14 @@ impl Call {
 
     fn dispatch_sip(&mut self, now: Instant, event: SipEvent) {
         match event {
-            SipEvent::Request { server, request, .. } => self.handle_request(now, server, request),
+            SipEvent::Request {
+                server, request, ..
+            } => self.handle_request(now, server, request),
             SipEvent::Ack { request } => self.handle_ack(request),
             SipEvent::Response { branch, response } => self.handle_response(now, &branch, response),
-            SipEvent::Timeout { branch, method } => self.handle_transaction_timeout(now, &branch, method),
+            SipEvent::Timeout { branch, method } => {
+                self.handle_transaction_timeout(now, &branch, method)
+            }
             SipEvent::Cancelled { server } => {
                 if server == self.a.server {
                     self.handle_cancel(now);
@@ -538,7 +603,7 @@ impl Call {
             }
             SipEvent::AckTimeout { server } => {
                 if server == self.a.server && self.state == State::Answered {
-                    self.hang_up(now, None, EndedBy::Gateway, "no ACK from caller");
+                    self.hang_up(None, EndedBy::Gateway, "no ACK from caller");
                 }
             }
         }
@@ -551,22 +616,33 @@ impl Call {
         }
         let leg = if self.a.dialog.as_ref().is_some_and(|d| d.matches(&request))
             || (request.call_id() == self.a.invite.call_id()
-                && request.to().is_some_and(|t| t.tag() == Some(self.a.tag.as_str())))
+                && request
+                    .to()
+                    .is_some_and(|t| t.tag() == Some(self.a.tag.as_str())))
         {
             Leg::A
         } else {
             Leg::B
         };
         let in_order = match leg {
-            Leg::A => self.a.dialog.as_mut().map(|d| d.accept_remote_sequence(&request)),
-            Leg::B => self.b.dialog.as_mut().map(|d| d.accept_remote_sequence(&request)),
+            Leg::A => self
+                .a
+                .dialog
+                .as_mut()
+                .map(|d| d.accept_remote_sequence(&request)),
+            Leg::B => self
+                .b
+                .dialog
+                .as_mut()
+                .map(|d| d.accept_remote_sequence(&request)),
         };
         let respond = |call: &mut Call, status: u16| {
             let mut response = Response::for_request(&request, status, None);
             if status == 405 {
                 response.headers.push("Allow", ALLOW);
             }
-            call.actions.push_back(Action::SendResponse { server, response });
+            call.actions
+                .push_back(Action::SendResponse { server, response });
         };
         match in_order {
             None => {
@@ -588,8 +664,12 @@ impl Call {
         match request.method {
             Method::Bye => {
                 respond(self, 200);
-                let ended_by = if leg == Leg::A { EndedBy::Caller } else { EndedBy::Callee };
-                self.hang_up(now, Some(leg), ended_by, "normal clearing");
+                let ended_by = if leg == Leg::A {
+                    EndedBy::Caller
+                } else {
+                    EndedBy::Callee
+                };
+                self.hang_up(Some(leg), ended_by, "normal clearing");
             }
             Method::Invite | Method::Update => self.handle_offer(leg, server, &request),
             Method::Options | Method::Info => respond(self, 200),
@@ -601,7 +681,10 @@ impl Call {
     fn handle_offer(&mut self, leg: Leg, server: ServerTransactionId, request: &Request) {
         let (media, target) = match leg {
             Leg::A => (self.a.media, self.a.target),
-            Leg::B => (self.b.media, self.attempt.as_ref().map_or(self.a.target, |a| a.target)),
+            Leg::B => (
+                self.b.media,
+                self.attempt.as_ref().map_or(self.a.target, |a| a.target),
+            ),
         };
         let offer = request.sdp().map(sdp::parse);
         let body = match offer {
@@ -636,14 +719,16 @@ impl Call {
                     }
                     Err(_) => {
                         let response = Response::for_request(request, 488, None);
-                        self.actions.push_back(Action::SendResponse { server, response });
+                        self.actions
+                            .push_back(Action::SendResponse { server, response });
                         return;
                     }
                 }
             }
             Some(Err(_)) => {
                 let response = Response::for_request(request, 400, None);
-                self.actions.push_back(Action::SendResponse { server, response });
+                self.actions
+                    .push_back(Action::SendResponse { server, response });
                 return;
             }
             // No offer: session refresh; answer with our current description as the offer
@@ -673,7 +758,8 @@ impl Call {
             response.headers.push("Content-Type", "application/sdp");
             response.body = Bytes::from(body);
         }
-        self.actions.push_back(Action::SendResponse { server, response });
+        self.actions
+            .push_back(Action::SendResponse { server, response });
     }
 
     fn handle_ack(&mut self, request: Request) {
@@ -707,13 +793,15 @@ impl Call {
                 self.arm(Timer::Ring, Some(now + self.settings.ring_timeout));
             }
             101..=199 => self.handle_provisional(now, response),
-            200..=299 => self.handle_answer(now, response),
+            200..=299 => self.handle_answer(response),
             _ => self.handle_failure(now, response.status, response.reason.clone()),
         }
     }
 
     fn handle_provisional(&mut self, now: Instant, response: Response) {
-        let Some(attempt) = self.attempt.as_mut() else { return };
+        let Some(attempt) = self.attempt.as_mut() else {
+            return;
+        };
         let first = !attempt.provisional;
         attempt.provisional = true;
         self.arm(Timer::PeerResponse, None);
@@ -730,34 +818,50 @@ impl Call {
         // Early media: accept the callee's SDP and give the caller ours.
         let mut with_sdp = false;
         if let Some(Ok(answer)) = response.sdp().map(sdp::parse) {
-            if let Ok(negotiated) = sdp::accept_answer(&self.b.offer, &answer, &self.settings.policy) {
+            if let Ok(negotiated) =
+                sdp::accept_answer(&self.b.offer, &answer, &self.settings.policy)
+            {
                 self.configure(Leg::B, &negotiated);
                 with_sdp = self.a.pending_offer.is_none();
             }
         }
-        let status = if response.status == 183 && !with_sdp { 180 } else { response.status };
+        let status = if response.status == 183 && !with_sdp {
+            180
+        } else {
+            response.status
+        };
         let reason = message::reason_phrase(status).to_string();
         self.respond_a(status, &reason, with_sdp);
     }
 
-    fn handle_answer(&mut self, now: Instant, response: Response) {
-        let Some(attempt) = self.attempt.as_ref() else { return };
+    fn handle_answer(&mut self, response: Response) {
+        let Some(attempt) = self.attempt.as_ref() else {
+            return;
+        };
         let invite = attempt.invite.clone();
         let target = attempt.target;
-        let Some(dialog) = Dialog::new_uac(&invite, &response) else { return };
+        let Some(dialog) = Dialog::new_uac(&invite, &response) else {
+            return;
+        };
         let sequence = invite.cseq().map_or(1, |c| c.sequence);
         if let Some(existing_tag) = self.b.dialog.as_ref().map(|d| d.remote_tag().to_string()) {
             // A retransmitted 2xx gets the same ACK again (§13.2.2.4); a 2xx from another fork
             // is acknowledged and released.
             let ack = self.with_via(dialog.ack(sequence), target);
-            self.actions.push_back(Action::SendRequest { request: ack, target });
+            self.actions.push_back(Action::SendRequest {
+                request: ack,
+                target,
+            });
             if existing_tag != dialog.remote_tag() {
                 self.bye_dialog(dialog, target, "forked answer not used");
             }
             return;
         }
         let ack = self.with_via(dialog.ack(sequence), target);
-        self.actions.push_back(Action::SendRequest { request: ack, target });
+        self.actions.push_back(Action::SendRequest {
+            request: ack,
+            target,
+        });
         if let Some(attempt) = self.attempt.as_mut() {
             attempt.settled = true;
         }
@@ -777,13 +881,20 @@ impl Call {
             .sdp()
             .map(sdp::parse)
             .and_then(Result::ok)
-            .and_then(|answer| sdp::accept_answer(&self.b.offer, &answer, &self.settings.policy).ok());
+            .and_then(|answer| {
+                sdp::accept_answer(&self.b.offer, &answer, &self.settings.policy).ok()
+            });
         let Some(negotiated) = negotiated else {
             // §13.2.1: an unusable answer is acknowledged, then the session ended with BYE.
             if let Some(dialog) = self.b.dialog.take() {
                 self.bye_dialog(dialog, target, "unacceptable answer");
             }
-            self.fail_caller(488, "Not Acceptable Here", EndedBy::Gateway, "callee answer not acceptable");
+            self.fail_caller(
+                488,
+                "Not Acceptable Here",
+                EndedBy::Gateway,
+                "callee answer not acceptable",
+            );
             return;
         };
         self.configure(Leg::B, &negotiated);
@@ -795,9 +906,14 @@ impl Call {
             .map(|p| p.name.clone())
             .unwrap_or_default();
         self.respond_a(200, "OK", true);
-        self.a.dialog = Dialog::new_uas(&self.a.invite, &self.a.tag, self.ids.next_u64() as u32 & 0xffff);
+        self.a.dialog = Dialog::new_uas(
+            &self.a.invite,
+            &self.a.tag,
+            self.ids.next_u64() as u32 & 0xffff,
+        );
         self.state = State::Answered;
-        self.actions.push_back(Action::Media(MediaCommand::Answered));
+        self.actions
+            .push_back(Action::Media(MediaCommand::Answered));
         self.actions.push_back(Action::Answered {
             b_call_id: self.b.call_id.clone(),
             b_peer: peer,
@@ -805,7 +921,9 @@ impl Call {
     }
 
     fn handle_failure(&mut self, now: Instant, status: u16, reason: String) {
-        let Some(attempt) = self.attempt.as_ref() else { return };
+        let Some(attempt) = self.attempt.as_ref() else {
+            return;
+        };
         let timed_out = attempt.timed_out;
         let next = attempt.peer_index + 1;
         let (status, reason) = if timed_out {
@@ -827,30 +945,45 @@ impl Call {
             self.try_peer(now, next);
             return;
         }
-        let ended_by = if status == 487 { EndedBy::Caller } else { EndedBy::Callee };
+        let ended_by = if status == 487 {
+            EndedBy::Caller
+        } else {
+            EndedBy::Callee
+        };
         self.fail_caller(status, &reason, ended_by, "call setup failed");
     }
 
     fn handle_stale_response(&mut self, branch: &str, response: &Response) {
-        let Some(position) = self.stale.iter().position(|a| a.branch == branch) else { return };
+        let Some(position) = self.stale.iter().position(|a| a.branch == branch) else {
+            return;
+        };
         if (200..300).contains(&response.status) {
             let attempt = &self.stale[position];
             let target = attempt.target;
             if let Some(dialog) = Dialog::new_uac(&attempt.invite, response) {
                 let sequence = attempt.invite.cseq().map_or(1, |c| c.sequence);
                 let ack = self.with_via(dialog.ack(sequence), target);
-                self.actions.push_back(Action::SendRequest { request: ack, target });
+                self.actions.push_back(Action::SendRequest {
+                    request: ack,
+                    target,
+                });
                 let mut dialog = dialog;
                 let bye = dialog.request(Method::Bye);
                 let bye = self.with_via(bye, target);
-                self.actions.push_back(Action::SendRequest { request: bye, target });
+                self.actions.push_back(Action::SendRequest {
+                    request: bye,
+                    target,
+                });
             }
         } else if (101..200).contains(&response.status) {
             // A peer we gave up on is ringing after all: cancel it.
             let attempt = &self.stale[position];
             let cancel = message::cancel_for(&attempt.invite);
             let target = attempt.target;
-            self.actions.push_back(Action::SendRequest { request: cancel, target });
+            self.actions.push_back(Action::SendRequest {
+                request: cancel,
+                target,
+            });
         }
     }
 
@@ -879,7 +1012,9 @@ impl Call {
     /// §9.1: CANCEL only once a provisional response arrived; otherwise it is sent when one
     /// does.
     fn send_cancel(&mut self) {
-        let Some(attempt) = self.attempt.as_mut() else { return };
+        let Some(attempt) = self.attempt.as_mut() else {
+            return;
+        };
         if attempt.cancel_sent || attempt.settled || !attempt.provisional {
             return;
         }
@@ -887,15 +1022,22 @@ impl Call {
         let cancel = message::cancel_for(&attempt.invite);
         let target = attempt.target;
         self.pending.insert(attempt.branch.clone());
-        self.actions.push_back(Action::SendRequest { request: cancel, target });
+        self.actions.push_back(Action::SendRequest {
+            request: cancel,
+            target,
+        });
     }
 
     /// Ends an answered (or answering) call: BYE to every leg but `from`.
-    fn hang_up(&mut self, now: Instant, from: Option<Leg>, ended_by: EndedBy, reason: &str) {
+    fn hang_up(&mut self, from: Option<Leg>, ended_by: EndedBy, reason: &str) {
         if self.state == State::Calling {
             // Before answer: cancel leg B, fail leg A.
             self.cancelled = true;
-            let status = if ended_by == EndedBy::Gateway { 503 } else { 487 };
+            let status = if ended_by == EndedBy::Gateway {
+                503
+            } else {
+                487
+            };
             if !self.a.finalized {
                 self.respond_a(status, message::reason_phrase(status), false);
             }
@@ -906,7 +1048,11 @@ impl Call {
         if self.state != State::Answered {
             return;
         }
-        let cause = if ended_by == EndedBy::Gateway { Some(reason) } else { None };
+        let cause = if ended_by == EndedBy::Gateway {
+            Some(reason)
+        } else {
+            None
+        };
         if from != Some(Leg::A) {
             if let Some(dialog) = self.a.dialog.take() {
                 let target = self.a.target;
@@ -931,26 +1077,31 @@ impl Call {
         let mut bye = self.with_via(dialog.request(Method::Bye), target);
         if let Some(text) = reason {
             // RFC 3326: say why the gateway ended the call.
-            bye.headers.push("Reason", format!("SIP;cause=200;text=\"{text}\""));
+            bye.headers
+                .push("Reason", format!("SIP;cause=200;text=\"{text}\""));
         }
         if let Some(branch) = bye.top_via().and_then(|v| v.branch().map(str::to_string)) {
             self.pending.insert(branch);
         }
-        self.actions.push_back(Action::SendRequest { request: bye, target });
+        self.actions.push_back(Action::SendRequest {
+            request: bye,
+            target,
+        });
     }
 
     fn with_via(&mut self, mut request: Request, target: Target) -> Request {
         let branch = self.ids.branch();
-        request
-            .headers
-            .push_front("Via", Endpoint::via_for(self.settings.local_sip, target, &branch));
+        request.headers.push_front(
+            "Via",
+            Endpoint::via_for(self.settings.local_sip, target, &branch),
+        );
         request
     }
 
     /// The relay saw no media for the inactivity timeout.
     pub fn handle_media_inactive(&mut self, now: Instant) {
         if self.state == State::Answered {
-            self.hang_up(now, None, EndedBy::Gateway, "media timeout");
+            self.hang_up(None, EndedBy::Gateway, "media timeout");
         }
         self.arm_cleanup(now);
     }
@@ -959,7 +1110,7 @@ impl Call {
     pub fn handle_shutdown(&mut self, now: Instant) {
         match self.state {
             State::Calling | State::Answered => {
-                self.hang_up(now, None, EndedBy::Gateway, "gateway shutdown")
+                self.hang_up(None, EndedBy::Gateway, "gateway shutdown")
             }
             State::Ending | State::Done => {}
         }
@@ -968,7 +1119,9 @@ impl Call {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         for (index, timer) in TIMERS.iter().enumerate() {
-            let Some(at) = self.timers[index] else { continue };
+            let Some(at) = self.timers[index] else {
+                continue;
+            };
             if at > now {
                 continue;
             }
@@ -984,9 +1137,15 @@ impl Call {
                     if let Some(attempt) = self.attempt.as_mut() {
                         attempt.timed_out = true;
                     }
-                    let cancel = self.attempt.as_ref().map(|a| (message::cancel_for(&a.invite), a.target));
+                    let cancel = self
+                        .attempt
+                        .as_ref()
+                        .map(|a| (message::cancel_for(&a.invite), a.target));
                     if let Some((cancel, target)) = cancel {
-                        self.actions.push_back(Action::SendRequest { request: cancel, target });
+                        self.actions.push_back(Action::SendRequest {
+                            request: cancel,
+                            target,
+                        });
                     }
                 }
                 Timer::Cleanup => {
@@ -1020,7 +1179,10 @@ impl Call {
 
 /// SDP text without its o= line, to tell whether a description changed (RFC 3264 §8).
 fn strip_origin(text: &str) -> String {
-    text.lines().filter(|l| !l.starts_with("o=")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .filter(|l| !l.starts_with("o="))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]

@@ -99,14 +99,16 @@ async fn carry_out(
 ) -> bool {
     while let Some(action) = call.poll_action() {
         match action {
-            Action::SendRequest { request, target } => services.endpoint.send(Command::SendRequest {
-                request,
-                target,
-                owner: owner.clone(),
-            }),
-            Action::SendResponse { server, response } => {
-                services.endpoint.send(Command::SendResponse { server, response })
+            Action::SendRequest { request, target } => {
+                services.endpoint.send(Command::SendRequest {
+                    request,
+                    target,
+                    owner: owner.clone(),
+                })
             }
+            Action::SendResponse { server, response } => services
+                .endpoint
+                .send(Command::SendResponse { server, response }),
             Action::RegisterDialog(key) => services.endpoint.register_dialog(key, owner.clone()),
             Action::UnregisterDialog(key) => services.endpoint.unregister_dialog(&key),
             Action::Media(command) => relay.command(command),
@@ -118,7 +120,11 @@ async fn carry_out(
                 let now = unix_millis(SystemTime::now());
                 record.answered_at = Some(now);
                 tracing::info!(peer = %b_peer, "call answered");
-                if let Err(error) = services.store.call_answered(&record.id, &b_call_id, &b_peer, now).await {
+                if let Err(error) = services
+                    .store
+                    .call_answered(&record.id, &b_call_id, &b_peer, now)
+                    .await
+                {
                     services.metrics.increment(Counter::StoreWriteErrors);
                     tracing::error!(%error, "call record not updated");
                 }
@@ -132,7 +138,12 @@ async fn carry_out(
 
 /// Completes the record and waits until it is committed: a call that has ended is on disk
 /// before its last messages go out.
-async fn finish_record(record: &mut CallRecord, relay: &RelayHandle, outcome: &Outcome, services: &CallServices) {
+async fn finish_record(
+    record: &mut CallRecord,
+    relay: &RelayHandle,
+    outcome: &Outcome,
+    services: &CallServices,
+) {
     let stats = relay.stats();
     record.ended_at = Some(unix_millis(SystemTime::now()));
     record.ended_by = Some(outcome.ended_by.as_str().to_string());

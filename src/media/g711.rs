@@ -166,8 +166,16 @@ mod tests {
     fn encode_of_decode_is_identity() {
         for code in 0..=255u8 {
             let expected = if code == 0x7f { 0xff } else { code };
-            assert_eq!(linear_to_ulaw(ulaw_to_linear(code)), expected, "μ-law {code:#x}");
-            assert_eq!(linear_to_alaw(alaw_to_linear(code)), code, "A-law {code:#x}");
+            assert_eq!(
+                linear_to_ulaw(ulaw_to_linear(code)),
+                expected,
+                "μ-law {code:#x}"
+            );
+            assert_eq!(
+                linear_to_alaw(alaw_to_linear(code)),
+                code,
+                "A-law {code:#x}"
+            );
         }
     }
 
@@ -183,13 +191,18 @@ mod tests {
     #[test]
     fn transcoding_a_sine_keeps_its_shape() {
         for n in 0..160 {
-            let sample = (10_000.0 * (2.0 * std::f64::consts::PI * 440.0 * f64::from(n) / 8000.0).sin()) as i16;
+            let sample = (10_000.0
+                * (2.0 * std::f64::consts::PI * 440.0 * f64::from(n) / 8000.0).sin())
+                as i16;
             let mut payload = [linear_to_ulaw(sample)];
             transcode_in_place(&mut payload, Transcode::UlawToAlaw);
             let error = (i32::from(alaw_to_linear(payload[0])) - i32::from(sample)).abs();
             // Two quantisations (μ-law, then A-law), each off by up to half a step of 1/16 of
             // the segment: within 1/16 of the level plus the smallest step.
-            assert!(error <= i32::from(sample).abs() / 16 + 16, "sample {sample} error {error}");
+            assert!(
+                error <= i32::from(sample).abs() / 16 + 16,
+                "sample {sample} error {error}"
+            );
         }
     }
 
@@ -197,7 +210,10 @@ mod tests {
     fn round_trip_through_alaw_stays_within_one_step() {
         for code in 0..=255u8 {
             let back = ALAW_TO_ULAW[usize::from(ULAW_TO_ALAW[usize::from(code)])];
-            let (a, b) = (i32::from(ulaw_to_linear(code)), i32::from(ulaw_to_linear(back)));
+            let (a, b) = (
+                i32::from(ulaw_to_linear(code)),
+                i32::from(ulaw_to_linear(back)),
+            );
             let step = (a.abs() / 16).max(16);
             assert!((a - b).abs() <= step, "{code:#x}: {a} vs {b}");
         }

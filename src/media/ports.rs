@@ -112,7 +112,10 @@ mod tests {
         assert_eq!(pool.available(), 3); // 31002, 31004, 31006
         let a = pool.allocate().unwrap_or_else(|| panic!("pair"));
         assert_eq!(a.rtp_address().port() % 2, 0);
-        assert_eq!(a.rtcp.local_addr().map(|s| s.port()).ok(), Some(a.rtp_address().port() + 1));
+        assert_eq!(
+            a.rtcp.local_addr().map(|s| s.port()).ok(),
+            Some(a.rtp_address().port() + 1)
+        );
         let b = pool.allocate();
         let c = pool.allocate();
         assert!(b.is_some() && c.is_some());

@@ -93,7 +93,8 @@ impl Side {
     }
 
     fn configure(&mut self, media: LegMedia) {
-        let moved = self.media.and_then(|m| m.remote).map(|a| a.ip()) != media.remote.map(|a| a.ip());
+        let moved =
+            self.media.and_then(|m| m.remote).map(|a| a.ip()) != media.remote.map(|a| a.ip());
         if moved {
             // A new address in SDP (re-INVITE from elsewhere): latch afresh.
             self.rtp_source = None;
@@ -129,8 +130,11 @@ impl Side {
 
     fn rtcp_destination(&self) -> Option<SocketAddr> {
         let media = self.media?;
-        self.rtcp_source
-            .or_else(|| media.remote.map(|r| SocketAddr::new(r.ip(), r.port().wrapping_add(1))))
+        self.rtcp_source.or_else(|| {
+            media
+                .remote
+                .map(|r| SocketAddr::new(r.ip(), r.port().wrapping_add(1)))
+        })
     }
 }
 
@@ -173,9 +177,15 @@ struct Tally {
 
 impl Tally {
     fn flush(&mut self, metrics: &Metrics) {
-        metrics.add(Counter::RtpPacketsRelayed, std::mem::take(&mut self.relayed));
+        metrics.add(
+            Counter::RtpPacketsRelayed,
+            std::mem::take(&mut self.relayed),
+        );
         metrics.add(Counter::RtcpPacketsRelayed, std::mem::take(&mut self.rtcp));
-        metrics.add(Counter::RtpPacketsDropped, std::mem::take(&mut self.dropped));
+        metrics.add(
+            Counter::RtpPacketsDropped,
+            std::mem::take(&mut self.dropped),
+        );
     }
 }
 
@@ -254,7 +264,11 @@ fn count(stats: &RelayStats, tally: &mut Tally, from: Leg, outcome: Outcome) {
     match outcome {
         Outcome::Relayed => {
             tally.relayed += 1;
-            let counter = if from == Leg::A { &stats.a_to_b } else { &stats.b_to_a };
+            let counter = if from == Leg::A {
+                &stats.a_to_b
+            } else {
+                &stats.b_to_a
+            };
             counter.fetch_add(1, Ordering::Relaxed);
         }
         Outcome::Dropped => {
@@ -343,7 +357,9 @@ fn relay_rtcp(
     let Some(in_media) = incoming.media else {
         return false;
     };
-    if classify(packet) != PacketKind::Rtcp || !Side::latch(&mut incoming.rtcp_source, &in_media, source) {
+    if classify(packet) != PacketKind::Rtcp
+        || !Side::latch(&mut incoming.rtcp_source, &in_media, source)
+    {
         return false;
     }
     let Some(destination) = outgoing.rtcp_destination() else {
@@ -395,7 +411,13 @@ mod tests {
         packet.extend_from_slice(&[0x55; 10]);
         packet.extend_from_slice(&[0, 2]);
         assert_eq!(payload_range(&packet), Some(24..34));
-        assert_eq!(payload_range(&[0x90, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]), None);
-        assert_eq!(payload_range(&[0xa0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 200]), None);
+        assert_eq!(
+            payload_range(&[0x90, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]),
+            None
+        );
+        assert_eq!(
+            payload_range(&[0xa0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 200]),
+            None
+        );
     }
 }

@@ -77,7 +77,12 @@ pub struct StreamRewriter {
 }
 
 impl StreamRewriter {
-    pub fn new(ssrc: u32, first_sequence: u16, first_timestamp: u32, clock_rate: u32) -> StreamRewriter {
+    pub fn new(
+        ssrc: u32,
+        first_sequence: u16,
+        first_timestamp: u32,
+        clock_rate: u32,
+    ) -> StreamRewriter {
         StreamRewriter {
             ssrc,
             clock_rate: clock_rate.max(1),
@@ -127,7 +132,8 @@ impl StreamRewriter {
                 Some(last) => arrival.saturating_duration_since(last),
                 None => std::time::Duration::ZERO,
             };
-            let samples = (elapsed.as_micros() as u64 * u64::from(self.clock_rate) / 1_000_000).max(1) as u32;
+            let samples =
+                (elapsed.as_micros() as u64 * u64::from(self.clock_rate) / 1_000_000).max(1) as u32;
             let next_sequence = self.last_sequence.wrapping_add(1);
             let next_timestamp = if self.last_sent.is_some() {
                 self.last_timestamp.wrapping_add(samples)
@@ -211,7 +217,10 @@ mod tests {
         assert_eq!(classify(&sender_report), PacketKind::Rtcp);
         let receiver_report = [0x81, 201, 0, 1, 0, 0, 0, 1];
         assert_eq!(classify(&receiver_report), PacketKind::Rtcp);
-        assert_eq!(classify(&[0x40, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]), PacketKind::Unknown);
+        assert_eq!(
+            classify(&[0x40, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]),
+            PacketKind::Unknown
+        );
         assert_eq!(classify(&[0x80, 0, 0]), PacketKind::Unknown);
         assert_eq!(classify(&[]), PacketKind::Unknown);
     }
@@ -223,14 +232,18 @@ mod tests {
         let mut out = Vec::new();
         for i in 0..3u16 {
             let mut p = packet(8, 40_000 + i, 7_000_000 + 160 * u32::from(i), 0x1111);
-            rewriter.rewrite(&mut p, t0 + Duration::from_millis(20 * u64::from(i))).unwrap_or_else(|e| panic!("{e}"));
+            rewriter
+                .rewrite(&mut p, t0 + Duration::from_millis(20 * u64::from(i)))
+                .unwrap_or_else(|e| panic!("{e}"));
             out.push(header(&p));
         }
         // A new party (transfer): unrelated numbers, 100 ms later.
         for i in 0..3u16 {
             let mut p = packet(8, 9 + i, 123 + 160 * u32::from(i), 0x2222);
             let at = t0 + Duration::from_millis(140 + 20 * u64::from(i));
-            rewriter.rewrite(&mut p, at).unwrap_or_else(|e| panic!("{e}"));
+            rewriter
+                .rewrite(&mut p, at)
+                .unwrap_or_else(|e| panic!("{e}"));
             out.push(header(&p));
         }
         assert!(out.iter().all(|h| h.3 == 0xCAFE));
@@ -252,7 +265,9 @@ mod tests {
         let mut seen = Vec::new();
         for (sequence, at) in [(10u16, 0u64), (12, 40), (11, 41), (13, 60)] {
             let mut p = packet(0, sequence, u32::from(sequence) * 160, 9);
-            rewriter.rewrite(&mut p, t0 + Duration::from_millis(at)).unwrap_or_else(|e| panic!("{e}"));
+            rewriter
+                .rewrite(&mut p, t0 + Duration::from_millis(at))
+                .unwrap_or_else(|e| panic!("{e}"));
             seen.push(header(&p).1);
         }
         assert_eq!(seen, vec![100, 102, 101, 103]);
@@ -264,8 +279,12 @@ mod tests {
         let mut rewriter = StreamRewriter::new(1, 65_535, u32::MAX - 100, 8000);
         let mut a = packet(0, 7, 0, 5);
         let mut b = packet(0, 8, 160, 5);
-        rewriter.rewrite(&mut a, t0).unwrap_or_else(|e| panic!("{e}"));
-        rewriter.rewrite(&mut b, t0 + Duration::from_millis(20)).unwrap_or_else(|e| panic!("{e}"));
+        rewriter
+            .rewrite(&mut a, t0)
+            .unwrap_or_else(|e| panic!("{e}"));
+        rewriter
+            .rewrite(&mut b, t0 + Duration::from_millis(20))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(header(&a).1, 65_535);
         assert_eq!(header(&b).1, 0);
         assert_eq!(header(&b).2, 59);

@@ -33,7 +33,12 @@ pub struct Peer {
 
 impl Peer {
     /// A peer that accepts requests only from `address` exactly.
-    pub fn new(name: &str, address: SocketAddr, platform: Option<String>, transport: TransportKind) -> Peer {
+    pub fn new(
+        name: &str,
+        address: SocketAddr,
+        platform: Option<String>,
+        transport: TransportKind,
+    ) -> Peer {
         Peer {
             name: name.to_string(),
             address,

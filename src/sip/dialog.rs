@@ -38,7 +38,11 @@ impl Dialog {
                 .contact()
                 .map(|c| c.uri)
                 .unwrap_or_else(|| request.uri.clone()),
-            route_set: request.headers.list("Record-Route").map(str::to_string).collect(),
+            route_set: request
+                .headers
+                .list("Record-Route")
+                .map(str::to_string)
+                .collect(),
             local_sequence: initial_sequence,
             remote_sequence: request.cseq().map(|c| c.sequence),
         })
@@ -48,8 +52,11 @@ impl Dialog {
     pub fn new_uac(request: &Request, response: &Response) -> Option<Dialog> {
         let from = request.from()?;
         let to = response.to()?;
-        let mut route_set: Vec<String> =
-            response.headers.list("Record-Route").map(str::to_string).collect();
+        let mut route_set: Vec<String> = response
+            .headers
+            .list("Record-Route")
+            .map(str::to_string)
+            .collect();
         route_set.reverse();
         Some(Dialog {
             call_id: request.call_id().to_string(),
@@ -82,7 +89,9 @@ impl Dialog {
     /// Whether `request` belongs to this dialog (Call-ID and both tags, §12.2.2).
     pub fn matches(&self, request: &Request) -> bool {
         request.call_id() == self.call_id
-            && request.to().is_some_and(|t| t.tag() == Some(self.local_tag.as_str()))
+            && request
+                .to()
+                .is_some_and(|t| t.tag() == Some(self.local_tag.as_str()))
             && request
                 .from()
                 .is_some_and(|f| f.tag().unwrap_or_default() == self.remote_tag)
@@ -153,7 +162,9 @@ impl Dialog {
 }
 
 fn without_tag(mut name_addr: NameAddr) -> NameAddr {
-    name_addr.params.retain(|(n, _)| !n.eq_ignore_ascii_case("tag"));
+    name_addr
+        .params
+        .retain(|(n, _)| !n.eq_ignore_ascii_case("tag"));
     name_addr
 }
 
@@ -185,22 +196,35 @@ Content-Length: 0\r\n\r\n";
         let bye = dialog.request(Method::Bye);
         assert_eq!(bye.uri.to_string(), "sip:13800138000@127.0.0.1:5070");
         assert_eq!(bye.headers.get("From"), Some("<sip:12345@gw>;tag=gw1"));
-        assert_eq!(bye.headers.get("To"), Some("<sip:13800138000@carrier>;tag=caller"));
+        assert_eq!(
+            bye.headers.get("To"),
+            Some("<sip:13800138000@carrier>;tag=caller")
+        );
         assert_eq!(bye.headers.get("CSeq"), Some("101 BYE"));
-        assert_eq!(bye.headers.get_all("Route").collect::<Vec<_>>(), vec!["<sip:p1;lr>", "<sip:p2;lr>"]);
+        assert_eq!(
+            bye.headers.get_all("Route").collect::<Vec<_>>(),
+            vec!["<sip:p1;lr>", "<sip:p2;lr>"]
+        );
     }
 
     #[test]
     fn uac_dialog_reverses_route_set_and_acks_with_invite_cseq() {
         let request = invite();
         let mut response = Response::for_request(&request, 200, Some("callee"));
-        response.headers.push("Record-Route", "<sip:p1;lr>, <sip:p2;lr>");
-        response.headers.push("Contact", "<sip:agent@127.0.0.1:5080>");
+        response
+            .headers
+            .push("Record-Route", "<sip:p1;lr>, <sip:p2;lr>");
+        response
+            .headers
+            .push("Contact", "<sip:agent@127.0.0.1:5080>");
         let dialog = Dialog::new_uac(&request, &response).unwrap_or_else(|| panic!("dialog"));
         let ack = dialog.ack(5);
         assert_eq!(ack.uri.to_string(), "sip:agent@127.0.0.1:5080");
         assert_eq!(ack.headers.get("CSeq"), Some("5 ACK"));
-        assert_eq!(ack.headers.get_all("Route").collect::<Vec<_>>(), vec!["<sip:p2;lr>", "<sip:p1;lr>"]);
+        assert_eq!(
+            ack.headers.get_all("Route").collect::<Vec<_>>(),
+            vec!["<sip:p2;lr>", "<sip:p1;lr>"]
+        );
         assert_eq!(dialog.remote_tag(), "callee");
     }
 

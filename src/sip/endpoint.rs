@@ -319,7 +319,10 @@ impl Endpoint {
             self.transport.send(target, bytes);
             return;
         }
-        let Some(branch) = request.top_via().and_then(|v| v.branch().map(str::to_string)) else {
+        let Some(branch) = request
+            .top_via()
+            .and_then(|v| v.branch().map(str::to_string))
+        else {
             tracing::error!(method = %request.method, "request without branch not sent");
             return;
         };
@@ -365,7 +368,11 @@ impl Endpoint {
                         response.to().and_then(|t| t.tag().map(str::to_string)),
                     ) {
                         let accepted = AcceptedKey {
-                            call_id: response.headers.get("Call-ID").unwrap_or_default().to_string(),
+                            call_id: response
+                                .headers
+                                .get("Call-ID")
+                                .unwrap_or_default()
+                                .to_string(),
                             cseq: cseq.sequence,
                             to_tag,
                         };
@@ -399,7 +406,8 @@ impl Endpoint {
                 tracing::info!(source = %inbound.source, status, %reason, "rejected malformed request");
                 let mut headers = *headers;
                 stamp_via(&mut headers, inbound.source);
-                let response = message::response_from_headers(&headers, status, &reason, Some("gw-reject"));
+                let response =
+                    message::response_from_headers(&headers, status, &reason, Some("gw-reject"));
                 let target = response_target(&response, inbound.source, inbound.flow);
                 self.transport.send(target, response.to_bytes());
             }
@@ -446,7 +454,11 @@ impl Endpoint {
     }
 
     fn response_to_dialog(&self, branch: String, response: Response) {
-        let call_id = response.headers.get("Call-ID").unwrap_or_default().to_string();
+        let call_id = response
+            .headers
+            .get("Call-ID")
+            .unwrap_or_default()
+            .to_string();
         let from_tag = response
             .headers
             .get("From")
@@ -462,7 +474,13 @@ impl Endpoint {
         }
     }
 
-    fn handle_request(&mut self, now: Instant, mut request: Request, source: SocketAddr, flow: Flow) {
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        mut request: Request,
+        source: SocketAddr,
+        flow: Flow,
+    ) {
         stamp_via(&mut request.headers, source);
         let Some(via) = request.top_via() else { return };
         let branch = via.branch().unwrap_or_default().to_string();
@@ -491,7 +509,9 @@ impl Endpoint {
     }
 
     fn existing_server_transaction(&mut self, now: Instant, key: &ServerKey, request: Request) {
-        let Some(entry) = self.servers.get_mut(key) else { return };
+        let Some(entry) = self.servers.get_mut(key) else {
+            return;
+        };
         match (&mut entry.machine, &request.method) {
             (ServerMachine::Invite(machine), Method::Ack) => {
                 // ACK for a non-2xx: absorbed by the transaction (§17.2.1).
@@ -511,7 +531,9 @@ impl Endpoint {
 
     fn ack_without_transaction(&mut self, now: Instant, request: Request) {
         let to_tag = request.to().and_then(|t| t.tag().map(str::to_string));
-        let (Some(to_tag), Some(cseq)) = (to_tag, request.cseq()) else { return };
+        let (Some(to_tag), Some(cseq)) = (to_tag, request.cseq()) else {
+            return;
+        };
         let accepted = AcceptedKey {
             call_id: request.call_id().to_string(),
             cseq: cseq.sequence,
@@ -545,7 +567,14 @@ impl Endpoint {
         }
     }
 
-    fn cancel(&mut self, now: Instant, request: Request, source: SocketAddr, flow: Flow, key: ServerKey) {
+    fn cancel(
+        &mut self,
+        now: Instant,
+        request: Request,
+        source: SocketAddr,
+        flow: Flow,
+        key: ServerKey,
+    ) {
         let invite_key = ServerKey {
             method: Method::Invite,
             ..key.clone()
@@ -576,7 +605,11 @@ impl Endpoint {
     ) {
         let target = request_response_target(&request, source, flow);
         let to_tag = request.to().and_then(|t| t.tag().map(str::to_string));
-        let merge_key = match (&to_tag, request.from().and_then(|f| f.tag().map(str::to_string)), request.cseq()) {
+        let merge_key = match (
+            &to_tag,
+            request.from().and_then(|f| f.tag().map(str::to_string)),
+            request.cseq(),
+        ) {
             (None, Some(from_tag), Some(cseq)) => Some(MergeKey {
                 from_tag,
                 call_id: request.call_id().to_string(),
@@ -681,7 +714,9 @@ impl Endpoint {
             if *at > now {
                 break;
             }
-            let Some(Reverse((_, owner))) = self.deadlines.pop() else { break };
+            let Some(Reverse((_, owner))) = self.deadlines.pop() else {
+                break;
+            };
             match owner {
                 TimerOwner::Client(key) => {
                     if let Some(entry) = self.clients.get_mut(&key) {
@@ -711,7 +746,9 @@ impl Endpoint {
 
     /// Drains a client machine's outputs, re-arms its timer, drops it when terminated.
     fn service_client(&mut self, _now: Instant, key: &ClientKey, from_timer: bool) {
-        let Some(entry) = self.clients.get_mut(key) else { return };
+        let Some(entry) = self.clients.get_mut(key) else {
+            return;
+        };
         let mut terminated = false;
         loop {
             let transmit = match &mut entry.machine {
@@ -752,13 +789,16 @@ impl Endpoint {
         } else if let Some(at) = deadline {
             if entry.armed.is_none_or(|armed| at < armed) {
                 entry.armed = Some(at);
-                self.deadlines.push(Reverse((at, TimerOwner::Client(key.clone()))));
+                self.deadlines
+                    .push(Reverse((at, TimerOwner::Client(key.clone()))));
             }
         }
     }
 
     fn service_server(&mut self, _now: Instant, key: &ServerKey, retransmission: bool) {
-        let Some(entry) = self.servers.get_mut(key) else { return };
+        let Some(entry) = self.servers.get_mut(key) else {
+            return;
+        };
         let mut terminated = false;
         loop {
             let transmit = match &mut entry.machine {
@@ -821,9 +861,15 @@ impl Endpoint {
 
 /// RFC 3581 §4 / RFC 3261 §18.2.1: record where the request really came from.
 fn stamp_via(headers: &mut message::Headers, source: SocketAddr) {
-    let Some(first) = headers.get("Via").map(str::to_string) else { return };
-    let mut elements: Vec<String> = message::header::split_list(&first).map(str::to_string).collect();
-    let Some(top) = elements.first().and_then(|v| Via::parse(v).ok()) else { return };
+    let Some(first) = headers.get("Via").map(str::to_string) else {
+        return;
+    };
+    let mut elements: Vec<String> = message::header::split_list(&first)
+        .map(str::to_string)
+        .collect();
+    let Some(top) = elements.first().and_then(|v| Via::parse(v).ok()) else {
+        return;
+    };
     let mut top = top;
     let source_ip = source.ip().to_string();
     let sent_by_ip = match &top.host {
@@ -894,14 +940,18 @@ mod tests {
     #[test]
     fn via_stamp_and_response_address_follow_rfc3581() {
         let mut headers = message::Headers::new();
-        headers.push("Via", "SIP/2.0/UDP 10.0.0.5:5070;branch=z9hG4bK1;rport, SIP/2.0/UDP p;branch=z9hG4bK0");
+        headers.push(
+            "Via",
+            "SIP/2.0/UDP 10.0.0.5:5070;branch=z9hG4bK1;rport, SIP/2.0/UDP p;branch=z9hG4bK0",
+        );
         headers.push("Via", "SIP/2.0/UDP q;branch=z9hG4bKq");
         let source: SocketAddr = "192.0.2.7:40000".parse().unwrap();
         stamp_via(&mut headers, source);
         let top = headers.get("Via").unwrap_or_default();
         assert!(top.starts_with("SIP/2.0/UDP 10.0.0.5:5070;branch=z9hG4bK1;rport=40000;received=192.0.2.7, SIP/2.0/UDP p"), "{top}");
         assert_eq!(headers.get_all("Via").count(), 2);
-        let via = Via::parse(message::header::split_list(top).next().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+        let via = Via::parse(message::header::split_list(top).next().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(udp_response_address(&via, source), Target::Udp(source));
     }
 
@@ -911,7 +961,11 @@ mod tests {
         headers.push("Via", "SIP/2.0/UDP 10.0.0.5:5070;branch=z9hG4bK1");
         let source: SocketAddr = "192.0.2.7:40000".parse().unwrap();
         stamp_via(&mut headers, source);
-        let via = Via::parse(headers.get("Via").unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(udp_response_address(&via, source), Target::Udp("192.0.2.7:5070".parse().unwrap()));
+        let via =
+            Via::parse(headers.get("Via").unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            udp_response_address(&via, source),
+            Target::Udp("192.0.2.7:5070".parse().unwrap())
+        );
     }
 }

@@ -229,7 +229,9 @@ fn parse_connection(value: &str, line: usize) -> Result<IpAddr, SdpError> {
     let address = parts.next().ok_or(invalid("c= without address"))?;
     // A multicast TTL suffix (/127) is not for us, but strip it rather than fail.
     let address = address.split('/').next().unwrap_or_default();
-    let ip: IpAddr = address.parse().map_err(|_| invalid("c= address is no IP address"))?;
+    let ip: IpAddr = address
+        .parse()
+        .map_err(|_| invalid("c= address is no IP address"))?;
     match (kind, ip) {
         ("IP4", IpAddr::V4(_)) | ("IP6", IpAddr::V6(_)) => Ok(ip),
         _ => Err(invalid("c= address type does not match the address")),
@@ -249,7 +251,10 @@ pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
     let mut saw_version = false;
     for (index, raw) in text.lines().enumerate() {
         let number = index + 1;
-        let invalid = |reason| SdpError::Invalid { line: number, reason };
+        let invalid = |reason| SdpError::Invalid {
+            line: number,
+            reason,
+        };
         let line = raw.trim_end();
         if line.is_empty() {
             continue;
@@ -275,8 +280,12 @@ pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
                 }
                 origin = Some(Origin {
                     username: parts[0].to_string(),
-                    session_id: parts[1].parse().map_err(|_| invalid("o= session id is not a number"))?,
-                    session_version: parts[2].parse().map_err(|_| invalid("o= version is not a number"))?,
+                    session_id: parts[1]
+                        .parse()
+                        .map_err(|_| invalid("o= session id is not a number"))?,
+                    session_version: parts[2]
+                        .parse()
+                        .map_err(|_| invalid("o= version is not a number"))?,
                     address: parts[5].parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
                 });
             }
@@ -334,8 +343,13 @@ pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
                 let Some(m) = media.last_mut() else { continue };
                 match (name, attribute_value) {
                     ("rtpmap", Some(v)) => {
-                        let (pt, encoding) = v.split_once(' ').ok_or(invalid("malformed rtpmap"))?;
-                        let payload_type = pt.parse::<u8>().ok().filter(|p| *p < 128).ok_or(invalid("rtpmap payload type"))?;
+                        let (pt, encoding) =
+                            v.split_once(' ').ok_or(invalid("malformed rtpmap"))?;
+                        let payload_type = pt
+                            .parse::<u8>()
+                            .ok()
+                            .filter(|p| *p < 128)
+                            .ok_or(invalid("rtpmap payload type"))?;
                         let mut pieces = encoding.trim().split('/');
                         let name = pieces.next().unwrap_or_default().to_string();
                         let clock_rate = pieces
@@ -343,7 +357,12 @@ pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
                             .and_then(|c| c.parse().ok())
                             .ok_or(invalid("rtpmap clock rate"))?;
                         let channels = pieces.next().and_then(|c| c.parse().ok());
-                        m.rtpmaps.push(RtpMap { payload_type, encoding: name, clock_rate, channels });
+                        m.rtpmaps.push(RtpMap {
+                            payload_type,
+                            encoding: name,
+                            clock_rate,
+                            channels,
+                        });
                     }
                     ("fmtp", Some(v)) => {
                         if let Some((pt, parameters)) = v.split_once(' ') {
@@ -353,7 +372,12 @@ pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
                         }
                     }
                     ("ptime", Some(v)) => m.ptime = v.trim().parse().ok(),
-                    ("rtcp", Some(v)) => m.rtcp_port = v.split_ascii_whitespace().next().and_then(|p| p.parse().ok()),
+                    ("rtcp", Some(v)) => {
+                        m.rtcp_port = v
+                            .split_ascii_whitespace()
+                            .next()
+                            .and_then(|p| p.parse().ok())
+                    }
                     _ => m.other_attributes.push(value.to_string()),
                 }
             }
@@ -362,9 +386,15 @@ pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
         }
     }
     if !saw_version {
-        return Err(SdpError::Invalid { line: 1, reason: "empty SDP" });
+        return Err(SdpError::Invalid {
+            line: 1,
+            reason: "empty SDP",
+        });
     }
-    let origin = origin.ok_or(SdpError::Invalid { line: 2, reason: "no o= line" })?;
+    let origin = origin.ok_or(SdpError::Invalid {
+        line: 2,
+        reason: "no o= line",
+    })?;
     Ok(SessionDescription {
         origin,
         session_name,
@@ -379,8 +409,20 @@ impl fmt::Display for SessionDescription {
         let kind = |ip: &IpAddr| if ip.is_ipv6() { "IP6" } else { "IP4" };
         write!(f, "v=0\r\n")?;
         let o = &self.origin;
-        write!(f, "o={} {} {} IN {} {}\r\n", o.username, o.session_id, o.session_version, kind(&o.address), o.address)?;
-        let name = if self.session_name.is_empty() { "-" } else { &self.session_name };
+        write!(
+            f,
+            "o={} {} {} IN {} {}\r\n",
+            o.username,
+            o.session_id,
+            o.session_version,
+            kind(&o.address),
+            o.address
+        )?;
+        let name = if self.session_name.is_empty() {
+            "-"
+        } else {
+            &self.session_name
+        };
         write!(f, "s={name}\r\n")?;
         if let Some(c) = &self.connection {
             write!(f, "c=IN {} {c}\r\n", kind(c))?;
@@ -390,12 +432,23 @@ impl fmt::Display for SessionDescription {
             write!(f, "a={}\r\n", d.as_str())?;
         }
         for m in &self.media {
-            write!(f, "m={} {} {} {}\r\n", m.media, m.port, m.protocol, m.formats.join(" "))?;
+            write!(
+                f,
+                "m={} {} {} {}\r\n",
+                m.media,
+                m.port,
+                m.protocol,
+                m.formats.join(" ")
+            )?;
             if let Some(c) = &m.connection {
                 write!(f, "c=IN {} {c}\r\n", kind(c))?;
             }
             for map in &m.rtpmaps {
-                write!(f, "a=rtpmap:{} {}/{}", map.payload_type, map.encoding, map.clock_rate)?;
+                write!(
+                    f,
+                    "a=rtpmap:{} {}/{}",
+                    map.payload_type, map.encoding, map.clock_rate
+                )?;
                 if let Some(ch) = map.channels {
                     write!(f, "/{ch}")?;
                 }
@@ -435,16 +488,35 @@ fn codec_of(media: &MediaDescription, payload_type: u8) -> Option<Codec> {
 }
 
 /// Our offer: one audio stream with the policy's codecs and telephone-event.
-pub fn offer(policy: &MediaPolicy, local: SocketAddr, origin: &Origin, direction: Direction) -> SessionDescription {
-    let mut formats: Vec<String> = policy.codecs.iter().map(|c| c.static_payload_type().to_string()).collect();
+pub fn offer(
+    policy: &MediaPolicy,
+    local: SocketAddr,
+    origin: &Origin,
+    direction: Direction,
+) -> SessionDescription {
+    let mut formats: Vec<String> = policy
+        .codecs
+        .iter()
+        .map(|c| c.static_payload_type().to_string())
+        .collect();
     let mut rtpmaps: Vec<RtpMap> = policy
         .codecs
         .iter()
-        .map(|c| RtpMap { payload_type: c.static_payload_type(), encoding: c.name().into(), clock_rate: 8000, channels: None })
+        .map(|c| RtpMap {
+            payload_type: c.static_payload_type(),
+            encoding: c.name().into(),
+            clock_rate: 8000,
+            channels: None,
+        })
         .collect();
     let event = policy.telephone_event_payload_type;
     formats.push(event.to_string());
-    rtpmaps.push(RtpMap { payload_type: event, encoding: "telephone-event".into(), clock_rate: 8000, channels: None });
+    rtpmaps.push(RtpMap {
+        payload_type: event,
+        encoding: "telephone-event".into(),
+        clock_rate: 8000,
+        channels: None,
+    });
     SessionDescription {
         origin: origin.clone(),
         session_name: "-".into(),
@@ -477,8 +549,14 @@ fn remote_address(session: &SessionDescription, media: &MediaDescription) -> Opt
 }
 
 fn remote_direction(session: &SessionDescription, media: &MediaDescription) -> Direction {
-    let declared = media.direction.or(session.direction).unwrap_or(Direction::SendRecv);
-    let held = media.connection.or(session.connection).is_some_and(|ip| ip.is_unspecified());
+    let declared = media
+        .direction
+        .or(session.direction)
+        .unwrap_or(Direction::SendRecv);
+    let held = media
+        .connection
+        .or(session.connection)
+        .is_some_and(|ip| ip.is_unspecified());
     // RFC 3264 §8.4 and the older RFC 2543 hold (c=0.0.0.0): the remote only sends.
     if held && declared == Direction::SendRecv {
         Direction::SendOnly
@@ -506,11 +584,17 @@ pub fn answer(
         if media.media != "audio" || !media.is_rtp_avp() || media.port == 0 {
             continue;
         }
-        let codec = media
+        let codec = media.payload_types().find_map(|pt| {
+            codec_of(media, pt)
+                .filter(|c| policy.codecs.contains(c))
+                .map(|c| (pt, c))
+        });
+        let Some((payload_type, codec)) = codec else {
+            continue;
+        };
+        let telephone_event = media
             .payload_types()
-            .find_map(|pt| codec_of(media, pt).filter(|c| policy.codecs.contains(c)).map(|c| (pt, c)));
-        let Some((payload_type, codec)) = codec else { continue };
-        let telephone_event = media.payload_types().find(|pt| is_telephone_event(media, *pt));
+            .find(|pt| is_telephone_event(media, *pt));
         chosen = Some((
             index,
             Negotiated {
@@ -555,7 +639,12 @@ pub fn answer(
         let mut fmtps = Vec::new();
         if let Some(event) = negotiated.telephone_event {
             formats.push(event.to_string());
-            rtpmaps.push(RtpMap { payload_type: event, encoding: "telephone-event".into(), clock_rate: 8000, channels: None });
+            rtpmaps.push(RtpMap {
+                payload_type: event,
+                encoding: "telephone-event".into(),
+                clock_rate: 8000,
+                channels: None,
+            });
             fmtps.push((event, "0-16".to_string()));
         }
         media.push(MediaDescription {
@@ -599,18 +688,31 @@ pub fn accept_answer(
     if media.port == 0 {
         return Err(NegotiationError::Rejected);
     }
-    let offered = offer.media.iter().find(|m| m.media == "audio").ok_or(NegotiationError::NoMedia)?;
+    let offered = offer
+        .media
+        .iter()
+        .find(|m| m.media == "audio")
+        .ok_or(NegotiationError::NoMedia)?;
     let (payload_type, codec) = media
         .payload_types()
-        .find_map(|pt| codec_of(media, pt).filter(|c| policy.codecs.contains(c)).map(|c| (pt, c)))
+        .find_map(|pt| {
+            codec_of(media, pt)
+                .filter(|c| policy.codecs.contains(c))
+                .map(|c| (pt, c))
+        })
         .ok_or(NegotiationError::NoAcceptableMedia)?;
-    if !offered.payload_types().any(|pt| codec_of(offered, pt) == Some(codec)) {
+    if !offered
+        .payload_types()
+        .any(|pt| codec_of(offered, pt) == Some(codec))
+    {
         return Err(NegotiationError::AnswerNotInOffer);
     }
     Ok(Negotiated {
         codec,
         payload_type,
-        telephone_event: media.payload_types().find(|pt| is_telephone_event(media, *pt)),
+        telephone_event: media
+            .payload_types()
+            .find(|pt| is_telephone_event(media, *pt)),
         remote: remote_address(answer, media),
         direction: remote_direction(answer, media),
         ptime: media.ptime.unwrap_or(policy.ptime),
@@ -634,16 +736,40 @@ a=rtpmap:96 telephone-event/8000\r\na=fmtp:96 0-15\r\na=rtpmap:101 opus/48000/2\
     }
 
     fn origin() -> Origin {
-        Origin::new("127.0.0.1".parse().unwrap_or(IpAddr::from([127, 0, 0, 1])), 7)
+        Origin::new(
+            "127.0.0.1".parse().unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            7,
+        )
     }
 
     #[test]
     fn answer_takes_offerers_first_supported_codec_and_its_event_type() {
-        let (answer, negotiated) = answer(&parsed(BARESIP), &MediaPolicy::default(), local(), &origin()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(negotiated.codec, Codec::Pcmu, "offerer listed PCMU before PCMA");
+        let (answer, negotiated) = answer(
+            &parsed(BARESIP),
+            &MediaPolicy::default(),
+            local(),
+            &origin(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            negotiated.codec,
+            Codec::Pcmu,
+            "offerer listed PCMU before PCMA"
+        );
         assert_eq!(negotiated.payload_type, 0);
-        assert_eq!(negotiated.telephone_event, Some(96), "the offer's number, not ours");
-        assert_eq!(negotiated.remote, Some("192.0.2.10:40000".parse().unwrap_or_else(|_| unreachable!())));
+        assert_eq!(
+            negotiated.telephone_event,
+            Some(96),
+            "the offer's number, not ours"
+        );
+        assert_eq!(
+            negotiated.remote,
+            Some(
+                "192.0.2.10:40000"
+                    .parse()
+                    .unwrap_or_else(|_| unreachable!())
+            )
+        );
         let text = answer.to_string();
         assert!(text.contains("m=audio 20000 RTP/AVP 0 96\r\n"), "{text}");
         assert!(text.contains("c=IN IP4 127.0.0.1\r\n"));
@@ -654,7 +780,9 @@ a=rtpmap:96 telephone-event/8000\r\na=fmtp:96 0-15\r\na=rtpmap:101 opus/48000/2\
     #[test]
     fn no_telephone_event_unless_offered() {
         let offer = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 5004 RTP/AVP 8\r\n";
-        let (answer, negotiated) = answer(&parsed(offer), &MediaPolicy::default(), local(), &origin()).unwrap_or_else(|e| panic!("{e}"));
+        let (answer, negotiated) =
+            answer(&parsed(offer), &MediaPolicy::default(), local(), &origin())
+                .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(negotiated.telephone_event, None);
         assert!(!answer.to_string().contains("telephone-event"));
     }
@@ -662,9 +790,15 @@ a=rtpmap:96 telephone-event/8000\r\na=fmtp:96 0-15\r\na=rtpmap:101 opus/48000/2\
     #[test]
     fn g729_only_or_video_only_is_not_acceptable() {
         let g729 = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 5004 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n";
-        assert_eq!(answer(&parsed(g729), &MediaPolicy::default(), local(), &origin()).err(), Some(NegotiationError::NoAcceptableMedia));
+        assert_eq!(
+            answer(&parsed(g729), &MediaPolicy::default(), local(), &origin()).err(),
+            Some(NegotiationError::NoAcceptableMedia)
+        );
         let video = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=video 5006 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n";
-        assert_eq!(answer(&parsed(video), &MediaPolicy::default(), local(), &origin()).err(), Some(NegotiationError::NoAcceptableMedia));
+        assert_eq!(
+            answer(&parsed(video), &MediaPolicy::default(), local(), &origin()).err(),
+            Some(NegotiationError::NoAcceptableMedia)
+        );
         let srtp = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 5004 RTP/SAVP 0\r\n";
         assert!(answer(&parsed(srtp), &MediaPolicy::default(), local(), &origin()).is_err());
     }
@@ -673,7 +807,8 @@ a=rtpmap:96 telephone-event/8000\r\na=fmtp:96 0-15\r\na=rtpmap:101 opus/48000/2\
     fn other_streams_are_rejected_with_port_zero() {
         let offer = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
 m=video 5006 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 5004 RTP/AVP 8\r\nm=audio 5008 RTP/AVP 0\r\n";
-        let (answer, _) = answer(&parsed(offer), &MediaPolicy::default(), local(), &origin()).unwrap_or_else(|e| panic!("{e}"));
+        let (answer, _) = answer(&parsed(offer), &MediaPolicy::default(), local(), &origin())
+            .unwrap_or_else(|e| panic!("{e}"));
         let ports: Vec<u16> = answer.media.iter().map(|m| m.port).collect();
         assert_eq!(ports, vec![0, 20000, 0]);
         assert_eq!(answer.media[0].formats, vec!["96"]);
@@ -687,12 +822,24 @@ m=video 5006 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 5004 RTP/AVP 8\r\nm
             ("a=recvonly\r\n", Direction::RecvOnly, "a=sendonly"),
             ("a=inactive\r\n", Direction::Inactive, "a=inactive"),
         ] {
-            let (answer, n) = answer(&parsed(&format!("{base}{attribute}")), &MediaPolicy::default(), local(), &origin()).unwrap_or_else(|e| panic!("{e}"));
+            let (answer, n) = answer(
+                &parsed(&format!("{base}{attribute}")),
+                &MediaPolicy::default(),
+                local(),
+                &origin(),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(n.direction, theirs);
             assert!(answer.to_string().contains(ours));
         }
         let old_hold = base.replace("c=IN IP4 10.0.0.1", "c=IN IP4 0.0.0.0");
-        let (answer, n) = answer(&parsed(&old_hold), &MediaPolicy::default(), local(), &origin()).unwrap_or_else(|e| panic!("{e}"));
+        let (answer, n) = answer(
+            &parsed(&old_hold),
+            &MediaPolicy::default(),
+            local(),
+            &origin(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((n.direction, n.remote), (Direction::SendOnly, None));
         assert!(answer.to_string().contains("a=recvonly"));
     }
@@ -705,29 +852,63 @@ m=video 5006 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 5004 RTP/AVP 8\r\nm
         let printed = sdp.to_string();
         assert!(printed.contains("c=IN IP6 2001:db8::1\r\n"));
         assert_eq!(parsed(&printed), sdp);
-        let ours = offer(&MediaPolicy::default(), "[::1]:20000".parse().unwrap_or_else(|_| unreachable!()), &origin(), Direction::SendRecv);
+        let ours = offer(
+            &MediaPolicy::default(),
+            "[::1]:20000".parse().unwrap_or_else(|_| unreachable!()),
+            &origin(),
+            Direction::SendRecv,
+        );
         assert_eq!(parsed(&ours.to_string()), ours);
-        assert!(ours.to_string().contains("m=audio 20000 RTP/AVP 8 0 101\r\n"));
+        assert!(ours
+            .to_string()
+            .contains("m=audio 20000 RTP/AVP 8 0 101\r\n"));
     }
 
     #[test]
     fn accept_answer_checks_the_answer() {
-        let ours = offer(&MediaPolicy::default(), local(), &origin(), Direction::SendRecv);
+        let ours = offer(
+            &MediaPolicy::default(),
+            local(),
+            &origin(),
+            Direction::SendRecv,
+        );
         let good = "v=0\r\no=- 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 6000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
-        let n = accept_answer(&ours, &parsed(good), &MediaPolicy::default()).unwrap_or_else(|e| panic!("{e}"));
+        let n = accept_answer(&ours, &parsed(good), &MediaPolicy::default())
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((n.codec, n.telephone_event), (Codec::Pcma, Some(101)));
         let rejected = good.replace("6000", "0");
-        assert_eq!(accept_answer(&ours, &parsed(&rejected), &MediaPolicy::default()).err(), Some(NegotiationError::Rejected));
-        let only_pcmu = MediaPolicy { codecs: vec![Codec::Pcmu], ..MediaPolicy::default() };
+        assert_eq!(
+            accept_answer(&ours, &parsed(&rejected), &MediaPolicy::default()).err(),
+            Some(NegotiationError::Rejected)
+        );
+        let only_pcmu = MediaPolicy {
+            codecs: vec![Codec::Pcmu],
+            ..MediaPolicy::default()
+        };
         let ours = offer(&only_pcmu, local(), &origin(), Direction::SendRecv);
-        assert_eq!(accept_answer(&ours, &parsed(good), &MediaPolicy::default()).err(), Some(NegotiationError::AnswerNotInOffer));
+        assert_eq!(
+            accept_answer(&ours, &parsed(good), &MediaPolicy::default()).err(),
+            Some(NegotiationError::AnswerNotInOffer)
+        );
     }
 
     #[test]
     fn malformed_sdp_names_the_line() {
-        assert_eq!(parse("o=x"), Err(SdpError::Invalid { line: 1, reason: "SDP must start with v=0" }));
-        assert!(matches!(parse("v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nc=IN IP4 nowhere\r\n"), Err(SdpError::Invalid { line: 3, .. })));
-        assert!(matches!(parse("v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nm=audio x RTP/AVP 0\r\n"), Err(SdpError::Invalid { line: 3, .. })));
+        assert_eq!(
+            parse("o=x"),
+            Err(SdpError::Invalid {
+                line: 1,
+                reason: "SDP must start with v=0"
+            })
+        );
+        assert!(matches!(
+            parse("v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nc=IN IP4 nowhere\r\n"),
+            Err(SdpError::Invalid { line: 3, .. })
+        ));
+        assert!(matches!(
+            parse("v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nm=audio x RTP/AVP 0\r\n"),
+            Err(SdpError::Invalid { line: 3, .. })
+        ));
         assert!(parse("v=0\r\n").is_err());
     }
 

@@ -298,7 +298,9 @@ impl Transport {
         });
         let transport = self.clone();
         tokio::spawn(async move {
-            transport.read_connection(read_half, address, id, &closed).await;
+            transport
+                .read_connection(read_half, address, id, &closed)
+                .await;
             closed.cancel();
             let mut connections = transport.lock();
             connections.writers.remove(&id);

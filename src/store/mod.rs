@@ -140,7 +140,13 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Closed`] if the writer has stopped.
-    pub async fn call_answered(&self, id: &str, b_call_id: &str, b_peer: &str, answered_at: i64) -> Result<(), StoreError> {
+    pub async fn call_answered(
+        &self,
+        id: &str,
+        b_call_id: &str,
+        b_peer: &str,
+        answered_at: i64,
+    ) -> Result<(), StoreError> {
         self.queue
             .send(WriteOp::Answered {
                 id: id.to_string(),
@@ -164,7 +170,9 @@ impl Store {
             .map_err(|_| StoreError::Closed)?;
         match committed.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(StoreError::Sql(rusqlite::Error::InvalidParameterName(reason))),
+            Ok(Err(reason)) => Err(StoreError::Sql(rusqlite::Error::InvalidParameterName(
+                reason,
+            ))),
             Err(_) => Err(StoreError::Closed),
         }
     }
@@ -181,7 +189,9 @@ impl Store {
             .map_err(|_| StoreError::Closed)?;
         match committed.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(StoreError::Sql(rusqlite::Error::InvalidParameterName(reason))),
+            Ok(Err(reason)) => Err(StoreError::Sql(rusqlite::Error::InvalidParameterName(
+                reason,
+            ))),
             Err(_) => Err(StoreError::Closed),
         }
     }
@@ -196,9 +206,12 @@ impl Store {
 }
 
 fn migrate(connection: &Connection) -> Result<(), StoreError> {
-    connection.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    connection
+        .execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
     let found: Option<i64> = connection
-        .query_row("SELECT MAX(version) FROM schema_version", [], |row| row.get(0))
+        .query_row("SELECT MAX(version) FROM schema_version", [], |row| {
+            row.get(0)
+        })
         .optional()?
         .flatten();
     let found = found.unwrap_or(0);
@@ -322,11 +335,14 @@ fn write_batch(connection: &mut Connection, batch: &[WriteOp]) -> Result<(), rus
 /// # Errors
 /// [`StoreError::Open`] if the file does not exist or is no database of ours.
 pub fn list_calls(path: &Path, limit: usize) -> Result<Vec<CallRecord>, StoreError> {
-    let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .map_err(|source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
     connection.busy_timeout(std::time::Duration::from_secs(5))?;
     let mut statement = connection.prepare(
         "SELECT id, a_call_id, b_call_id, caller, called, a_peer, b_peer, started_at, answered_at,
@@ -360,7 +376,17 @@ pub fn list_calls(path: &Path, limit: usize) -> Result<Vec<CallRecord>, StoreErr
 pub fn format_calls_table(records: &[CallRecord]) -> String {
     let mut out = format!(
         "{:<23} {:<14} {:<8} {:<9} {:<9} {:>6} {:>7} {:<8} {:<18} {:>8} {:>8}\n",
-        "started (UTC)", "caller", "called", "from", "to", "status", "secs", "ended_by", "reason", "rtp a>b", "rtp b>a"
+        "started (UTC)",
+        "caller",
+        "called",
+        "from",
+        "to",
+        "status",
+        "secs",
+        "ended_by",
+        "reason",
+        "rtp a>b",
+        "rtp b>a"
     );
     for r in records {
         let seconds = match (r.answered_at, r.ended_at) {
@@ -451,8 +477,14 @@ mod tests {
         let dir = directory();
         let path = dir.path().join("sub/gateway.db");
         let store = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
-        store.call_started(record("1")).await.unwrap_or_else(|e| panic!("{e}"));
-        store.call_answered("1", "b-1", "hotline", 1_700_000_001_000).await.unwrap_or_else(|e| panic!("{e}"));
+        store
+            .call_started(record("1"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        store
+            .call_answered("1", "b-1", "hotline", 1_700_000_001_000)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         store.flush().await.unwrap_or_else(|e| panic!("{e}"));
         let listed = list_calls(&path, 10).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(listed[0].b_peer.as_deref(), Some("hotline"));
@@ -462,8 +494,14 @@ mod tests {
         ended.ended_by = Some("caller".into());
         ended.final_status = Some(200);
         ended.rtp_a_to_b = 400;
-        store.call_ended(ended.clone()).await.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(list_calls(&path, 10).unwrap_or_else(|e| panic!("{e}")), vec![ended]);
+        store
+            .call_ended(ended.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            list_calls(&path, 10).unwrap_or_else(|e| panic!("{e}")),
+            vec![ended]
+        );
         let table = format_calls_table(&list_calls(&path, 10).unwrap_or_default());
         assert!(table.contains("2023-11-14 22:13:20.000"), "{table}");
         assert!(table.contains("8.5") && table.contains("400"), "{table}");
@@ -516,7 +554,13 @@ mod tests {
         let connection = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
         let _ = connection.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (9);");
         drop(connection);
-        assert!(matches!(Store::open(&path), Err(StoreError::SchemaTooNew { found: 9, supported: 1 })));
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::SchemaTooNew {
+                found: 9,
+                supported: 1
+            })
+        ));
     }
 
     #[test]

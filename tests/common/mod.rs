@@ -44,13 +44,21 @@ pub struct Gateway {
 impl Gateway {
     /// Starts a gateway whose peers are the given UAs. `extra` is appended to the config
     /// (more `[[route]]`s, overrides are given through `sip_extra`).
-    pub async fn start(peers: &[(&str, SocketAddr, &str)], routes: &[(&str, &[&str])], sip_extra: &str, media_extra: &str) -> Gateway {
+    pub async fn start(
+        peers: &[(&str, SocketAddr, &str)],
+        routes: &[(&str, &[&str])],
+        sip_extra: &str,
+        media_extra: &str,
+    ) -> Gateway {
         let dir = match tempfile::tempdir() {
             Ok(d) => d,
             Err(e) => panic!("tempdir: {e}"),
         };
         let db = dir.path().join("gateway.db");
-        let ip = peers.first().map(|p| p.1.ip()).unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        let ip = peers
+            .first()
+            .map(|p| p.1.ip())
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
         let listen = SocketAddr::new(ip, 0);
         let [low, high] = media_block();
         let mut text = format!(
@@ -62,11 +70,16 @@ impl Gateway {
             db.display()
         );
         for (name, address, extra) in peers {
-            text.push_str(&format!("\n[[peer]]\nname = \"{name}\"\naddress = \"{address}\"\n{extra}\n"));
+            text.push_str(&format!(
+                "\n[[peer]]\nname = \"{name}\"\naddress = \"{address}\"\n{extra}\n"
+            ));
         }
         for (number, route_peers) in routes {
             let list: Vec<String> = route_peers.iter().map(|p| format!("\"{p}\"")).collect();
-            text.push_str(&format!("\n[[route]]\nnumber = \"{number}\"\npeers = [{}]\n", list.join(", ")));
+            text.push_str(&format!(
+                "\n[[route]]\nnumber = \"{number}\"\npeers = [{}]\n",
+                list.join(", ")
+            ));
         }
         let config = match Config::parse(Path::new("test.toml"), &text) {
             Ok(c) => c,
@@ -91,7 +104,10 @@ impl Gateway {
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
         if let Some(running) = self.running.take() {
-            if tokio::time::timeout(Duration::from_secs(15), running.wait()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(15), running.wait())
+                .await
+                .is_err()
+            {
                 panic!("gateway did not stop");
             }
         }
@@ -108,7 +124,11 @@ impl Gateway {
     pub async fn ended_record(&self, a_call_id: &str) -> hotline_gateway::store::CallRecord {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            if let Some(r) = self.calls().into_iter().find(|r| r.a_call_id == a_call_id && r.ended_at.is_some()) {
+            if let Some(r) = self
+                .calls()
+                .into_iter()
+                .find(|r| r.a_call_id == a_call_id && r.ended_at.is_some())
+            {
                 return r;
             }
             if tokio::time::Instant::now() > deadline {
@@ -130,8 +150,15 @@ impl Gateway {
         let _ = stream.write_all(request.as_bytes()).await;
         let mut text = String::new();
         let _ = tokio::time::timeout(WAIT, stream.read_to_string(&mut text)).await;
-        let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 }
@@ -254,6 +281,16 @@ impl Ua {
         }
     }
 
+    /// The next UDP datagram as bytes (for answers our own parser would refuse, such as a 400
+    /// that echoes a request's missing headers).
+    pub async fn recv_raw_within(&mut self, within: Duration) -> Option<Vec<u8>> {
+        let mut buffer = vec![0u8; 65535];
+        match tokio::time::timeout(within, self.socket.recv_from(&mut buffer)).await {
+            Ok(Ok((n, _))) => Some(buffer[..n].to_vec()),
+            _ => None,
+        }
+    }
+
     pub async fn recv(&mut self) -> Message {
         match self.recv_within(WAIT).await {
             Some(m) => m,
@@ -266,9 +303,21 @@ impl Ua {
     pub async fn expect_response(&mut self, method: &str, status: u16) -> Response {
         loop {
             match self.recv().await {
-                Message::Response(r) if r.status == status && r.cseq().is_some_and(|c| c.method.as_str() == method) => return r,
-                Message::Response(r) if r.status >= 200 && r.status != status && r.cseq().is_some_and(|c| c.method.as_str() == method) => {
-                    panic!("{}: expected {status} to {method}, got {} {}", self.name, r.status, r.reason)
+                Message::Response(r)
+                    if r.status == status
+                        && r.cseq().is_some_and(|c| c.method.as_str() == method) =>
+                {
+                    return r
+                }
+                Message::Response(r)
+                    if r.status >= 200
+                        && r.status != status
+                        && r.cseq().is_some_and(|c| c.method.as_str() == method) =>
+                {
+                    panic!(
+                        "{}: expected {status} to {method}, got {} {}",
+                        self.name, r.status, r.reason
+                    )
                 }
                 _ => continue,
             }
@@ -279,7 +328,9 @@ impl Ua {
         loop {
             match self.recv().await {
                 Message::Request(r) if r.method.as_str() == method => return r,
-                Message::Request(r) if r.method.as_str() == "INVITE" || r.method.as_str() == "BYE" => {
+                Message::Request(r)
+                    if r.method.as_str() == "INVITE" || r.method.as_str() == "BYE" =>
+                {
                     // A retransmission of something already handled: ignore.
                     if method != r.method.as_str() {
                         continue;
@@ -296,7 +347,13 @@ impl Ua {
     }
 
     /// An out-of-dialog INVITE to `number` at the gateway, from `caller`.
-    pub fn invite(&mut self, number: &str, caller: &str, sdp: &str, extra_headers: &str) -> Request {
+    pub fn invite(
+        &mut self,
+        number: &str,
+        caller: &str,
+        sdp: &str,
+        extra_headers: &str,
+    ) -> Request {
         let n = self.next();
         let call_id = format!("{}-{n}@test", self.name);
         let text = format!(
@@ -321,9 +378,19 @@ Content-Length: {len}\r\n\r\n{sdp}",
     }
 
     /// An in-dialog request following `invite` and the 2xx `answer` (UAC side).
-    pub fn in_dialog(&mut self, invite: &Request, answer: &Response, method: &str, cseq: u32, sdp: &str) -> Request {
+    pub fn in_dialog(
+        &mut self,
+        invite: &Request,
+        answer: &Response,
+        method: &str,
+        cseq: u32,
+        sdp: &str,
+    ) -> Request {
         let n = self.next();
-        let target = answer.contact().map(|c| c.uri.to_string()).unwrap_or_else(|| invite.uri.to_string());
+        let target = answer
+            .contact()
+            .map(|c| c.uri.to_string())
+            .unwrap_or_else(|| invite.uri.to_string());
         let text = format!(
             "{method} {target} SIP/2.0\r\n\
 Via: SIP/2.0/{tr} {me};branch=z9hG4bK{name}d{n};rport\r\n\
@@ -335,7 +402,11 @@ Contact: <sip:citizen@{me}>\r\nMax-Forwards: 70\r\n{ct}Content-Length: {len}\r\n
             from = invite.headers.get("From").unwrap_or_default(),
             to = answer.headers.get("To").unwrap_or_default(),
             call_id = invite.call_id(),
-            ct = if sdp.is_empty() { "" } else { "Content-Type: application/sdp\r\n" },
+            ct = if sdp.is_empty() {
+                ""
+            } else {
+                "Content-Type: application/sdp\r\n"
+            },
             len = sdp.len()
         );
         parse_request(&text)
@@ -343,7 +414,13 @@ Contact: <sip:citizen@{me}>\r\nMax-Forwards: 70\r\n{ct}Content-Length: {len}\r\n
 
     /// The ACK for a 2xx.
     pub fn ack(&mut self, invite: &Request, answer: &Response, sdp: &str) -> Request {
-        let mut ack = self.in_dialog(invite, answer, "ACK", invite.cseq().map_or(1, |c| c.sequence), sdp);
+        let mut ack = self.in_dialog(
+            invite,
+            answer,
+            "ACK",
+            invite.cseq().map_or(1, |c| c.sequence),
+            sdp,
+        );
         ack.headers.remove("Contact");
         ack
     }
@@ -358,7 +435,10 @@ Contact: <sip:citizen@{me}>\r\nMax-Forwards: 70\r\n{ct}Content-Length: {len}\r\n
         let mut response = Response::for_request(request, status, Some(&self.tag));
         response.reason = message::reason_phrase(status).to_string();
         if (101..300).contains(&status) {
-            response.headers.push("Contact", format!("<sip:{}@{}>", self.name, host_port(self.address)));
+            response.headers.push(
+                "Contact",
+                format!("<sip:{}@{}>", self.name, host_port(self.address)),
+            );
         }
         if let Some(sdp) = sdp {
             response.headers.push("Content-Type", "application/sdp");
@@ -370,7 +450,10 @@ Contact: <sip:citizen@{me}>\r\nMax-Forwards: 70\r\n{ct}Content-Length: {len}\r\n
     /// A request inside the dialog this UA answered as UAS (e.g. the callee's BYE).
     pub fn uas_request(&mut self, invite: &Request, method: &str, cseq: u32) -> Request {
         let n = self.next();
-        let target = invite.contact().map(|c| c.uri.to_string()).unwrap_or_default();
+        let target = invite
+            .contact()
+            .map(|c| c.uri.to_string())
+            .unwrap_or_default();
         let to_uri = invite.headers.get("To").unwrap_or_default();
         let text = format!(
             "{method} {target} SIP/2.0\r\n\
@@ -431,7 +514,10 @@ pub fn sdp(address: SocketAddr, payload_types: &[u8], direction: &str) -> String
 pub fn sdp_address(body: &str) -> SocketAddr {
     let ip = body
         .lines()
-        .find_map(|l| l.strip_prefix("c=IN IP4 ").or_else(|| l.strip_prefix("c=IN IP6 ")))
+        .find_map(|l| {
+            l.strip_prefix("c=IN IP4 ")
+                .or_else(|| l.strip_prefix("c=IN IP6 "))
+        })
         .and_then(|ip| ip.trim().parse().ok());
     let port = body
         .lines()
@@ -471,7 +557,15 @@ impl RtpPeer {
         RtpPeer { socket, address }
     }
 
-    pub async fn send(&self, to: SocketAddr, payload_type: u8, sequence: u16, timestamp: u32, ssrc: u32, payload: &[u8]) {
+    pub async fn send(
+        &self,
+        to: SocketAddr,
+        payload_type: u8,
+        sequence: u16,
+        timestamp: u32,
+        ssrc: u32,
+        payload: &[u8],
+    ) {
         let mut packet = vec![0x80, payload_type & 0x7f];
         packet.extend_from_slice(&sequence.to_be_bytes());
         packet.extend_from_slice(&timestamp.to_be_bytes());

@@ -133,9 +133,10 @@ impl Harness {
         self.actions
             .iter()
             .filter_map(|a| match a {
-                Action::SendResponse { server: s, response } if *s == ServerTransactionId::new(server) => {
-                    Some(response.clone())
-                }
+                Action::SendResponse {
+                    server: s,
+                    response,
+                } if *s == ServerTransactionId::new(server) => Some(response.clone()),
                 _ => None,
             })
             .collect()
@@ -151,7 +152,9 @@ impl Harness {
     fn respond_to_invite(&mut self, status: u16, sdp: Option<&str>) {
         let invite = self.last_invite();
         let mut response = Response::for_request(&invite, status, Some("agent"));
-        response.headers.push("Contact", "<sip:agent@127.0.0.1:5080>");
+        response
+            .headers
+            .push("Contact", "<sip:agent@127.0.0.1:5080>");
         if let Some(sdp) = sdp {
             response.headers.push("Content-Type", "application/sdp");
             response.body = Bytes::from(sdp.to_string());
@@ -201,7 +204,7 @@ Call-ID: a-leg@127.0.0.1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
     }
 
     /// An in-dialog request from the caller (leg A).
-    fn from_caller(&mut self, server: u64, method: &str, cseq: u32, body: &str) {
+    fn caller_sends(&mut self, server: u64, method: &str, cseq: u32, body: &str) {
         let text = format!(
             "{method} sip:gw@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{method}{cseq}\r\n\
 From: <sip:13800138000@127.0.0.1:5070>;tag=citizen\r\nTo: <sip:12345@127.0.0.1:5060>;tag={}\r\n\
@@ -219,7 +222,7 @@ Call-ID: a-leg@127.0.0.1\r\nCSeq: {cseq} {method}\r\nContact: <sip:13800138000@1
     }
 
     /// An in-dialog request from the callee (leg B).
-    fn from_callee(&mut self, server: u64, method: &str, cseq: u32) {
+    fn callee_sends(&mut self, server: u64, method: &str, cseq: u32) {
         let invite = self.last_invite();
         let from_header = invite.headers.get("From").unwrap_or_default().to_string();
         let to_header = invite.headers.get("To").unwrap_or_default().to_string();
@@ -263,34 +266,74 @@ fn basic_call_is_bridged_with_callers_number_and_anchored_media() {
         Some(sent) => sent.clone(),
         None => panic!("no INVITE to the hotline"),
     };
-    assert_eq!(target, Target::Udp("127.0.0.1:5080".parse().unwrap_or_else(|_| unreachable!())));
+    assert_eq!(
+        target,
+        Target::Udp("127.0.0.1:5080".parse().unwrap_or_else(|_| unreachable!()))
+    );
     assert_eq!(invite.uri.to_string(), "sip:12345@127.0.0.1:5080");
-    assert_eq!(invite.from().and_then(|f| f.uri.user), Some("13800138000".into()));
+    assert_eq!(
+        invite.from().and_then(|f| f.uri.user),
+        Some("13800138000".into())
+    );
     assert_eq!(invite.headers.get("Max-Forwards"), Some("69"));
-    assert_ne!(invite.call_id(), "a-leg@127.0.0.1", "leg B is an independent dialog");
+    assert_ne!(
+        invite.call_id(),
+        "a-leg@127.0.0.1",
+        "leg B is an independent dialog"
+    );
     let offer = invite.sdp().unwrap_or_default();
-    assert!(offer.contains("c=IN IP4 127.0.0.1") && offer.contains("m=audio 20002 "), "{offer}");
+    assert!(
+        offer.contains("c=IN IP4 127.0.0.1") && offer.contains("m=audio 20002 "),
+        "{offer}"
+    );
 
     h.respond_to_invite(180, None);
     h.respond_to_invite(200, Some(ANSWER));
     let to_caller = h.responses(A_SERVER);
     assert_eq!(statuses(&to_caller), vec![180, 200]);
     let answer = to_caller[1].sdp().unwrap_or_default();
-    assert!(answer.contains("m=audio 20000 RTP/AVP 0 101"), "answer keeps the caller's PCMU: {answer}");
+    assert!(
+        answer.contains("m=audio 20000 RTP/AVP 0 101"),
+        "answer keeps the caller's PCMU: {answer}"
+    );
     assert_eq!(h.sent(Method::Ack).len(), 1);
     let media = h.media();
     assert!(media.contains(&MediaCommand::Answered));
-    assert!(media.iter().any(|m| matches!(m, MediaCommand::Configure(Leg::B, LegMedia { codec: sdp::Codec::Pcma, payload_type: 8, .. }))));
-    assert!(media.iter().any(|m| matches!(m, MediaCommand::Configure(Leg::A, LegMedia { codec: sdp::Codec::Pcmu, payload_type: 0, telephone_event: Some(101), .. }))));
+    assert!(media.iter().any(|m| matches!(
+        m,
+        MediaCommand::Configure(
+            Leg::B,
+            LegMedia {
+                codec: sdp::Codec::Pcma,
+                payload_type: 8,
+                ..
+            }
+        )
+    )));
+    assert!(media.iter().any(|m| matches!(
+        m,
+        MediaCommand::Configure(
+            Leg::A,
+            LegMedia {
+                codec: sdp::Codec::Pcmu,
+                payload_type: 0,
+                telephone_event: Some(101),
+                ..
+            }
+        )
+    )));
     assert!(h.call.is_answered());
 
-    h.from_callee(7, "BYE", 1);
+    h.callee_sends(7, "BYE", 1);
     assert_eq!(statuses(&h.responses(7)), vec![200]);
     let byes = h.sent(Method::Bye);
     assert_eq!(byes.len(), 1);
     assert_eq!(byes[0].0.uri.to_string(), "sip:13800138000@127.0.0.1:5070");
     let outcome = h.outcome().unwrap_or_else(|| panic!("no outcome"));
-    assert_eq!((outcome.ended_by, outcome.final_status, outcome.answered), (EndedBy::Callee, 200, true));
+    assert_eq!(
+        (outcome.ended_by, outcome.final_status, outcome.answered),
+        (EndedBy::Callee, 200, true)
+    );
     assert!(!h.finished(), "waits for the caller's answer to BYE");
     h.answer_all(Method::Bye, 200);
     assert!(h.finished());
@@ -300,7 +343,7 @@ fn basic_call_is_bridged_with_callers_number_and_anchored_media() {
 fn caller_hangs_up_and_callee_gets_bye() {
     let mut h = Harness::new(OFFER, vec![peer("hotline", 5080)]);
     h.answer();
-    h.from_caller(9, "BYE", 2, "");
+    h.caller_sends(9, "BYE", 2, "");
     assert_eq!(statuses(&h.responses(9)), vec![200]);
     let byes = h.sent(Method::Bye);
     assert_eq!(byes.len(), 1);
@@ -316,14 +359,24 @@ fn failover_to_next_peer_on_503() {
     let mut h = Harness::new(OFFER, vec![peer("hotline", 5080), peer("overflow", 5081)]);
     let first = h.last_invite();
     h.respond_to_invite(503, None);
-    assert_eq!(h.sent(Method::Ack).len(), 0, "the transaction layer ACKs non-2xx");
+    assert_eq!(
+        h.sent(Method::Ack).len(),
+        0,
+        "the transaction layer ACKs non-2xx"
+    );
     let second = h.last_invite();
     assert_eq!(second.uri.to_string(), "sip:12345@127.0.0.1:5081");
     assert_ne!(second.call_id(), first.call_id());
-    assert!(h.responses(A_SERVER).is_empty(), "caller sees nothing of the failed attempt");
+    assert!(
+        h.responses(A_SERVER).is_empty(),
+        "caller sees nothing of the failed attempt"
+    );
     h.respond_to_invite(200, Some(ANSWER));
     assert_eq!(statuses(&h.responses(A_SERVER)), vec![200]);
-    assert!(h.actions.iter().any(|a| matches!(a, Action::Answered { b_peer, .. } if b_peer == "overflow")));
+    assert!(h
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Answered { b_peer, .. } if b_peer == "overflow")));
 }
 
 #[test]
@@ -353,34 +406,54 @@ fn busy_is_relayed_not_failed_over() {
 fn cancel_before_answer() {
     let mut h = Harness::new(OFFER, vec![peer("hotline", 5080)]);
     h.respond_to_invite(180, None);
-    h.sip(SipEvent::Cancelled { server: ServerTransactionId::new(A_SERVER) });
+    h.sip(SipEvent::Cancelled {
+        server: ServerTransactionId::new(A_SERVER),
+    });
     assert_eq!(statuses(&h.responses(A_SERVER)), vec![180, 487]);
     let cancels = h.sent(Method::Cancel);
     assert_eq!(cancels.len(), 1);
-    assert_eq!(branch_of(&cancels[0].0), branch_of(&h.last_invite()), "§9.1: same branch");
+    assert_eq!(
+        branch_of(&cancels[0].0),
+        branch_of(&h.last_invite()),
+        "§9.1: same branch"
+    );
     assert!(!h.finished());
     h.answer_all(Method::Cancel, 200);
     h.respond_to_invite(487, None);
     assert!(h.finished());
-    assert_eq!(h.outcome().map(|o| (o.ended_by, o.final_status)), Some((EndedBy::Caller, 487)));
+    assert_eq!(
+        h.outcome().map(|o| (o.ended_by, o.final_status)),
+        Some((EndedBy::Caller, 487))
+    );
 }
 
 #[test]
 fn cancel_waits_for_a_provisional_response() {
     let mut h = Harness::new(OFFER, vec![peer("hotline", 5080)]);
-    h.sip(SipEvent::Cancelled { server: ServerTransactionId::new(A_SERVER) });
-    assert!(h.sent(Method::Cancel).is_empty(), "§9.1: no CANCEL before a provisional");
+    h.sip(SipEvent::Cancelled {
+        server: ServerTransactionId::new(A_SERVER),
+    });
+    assert!(
+        h.sent(Method::Cancel).is_empty(),
+        "§9.1: no CANCEL before a provisional"
+    );
     h.respond_to_invite(100, None);
     h.respond_to_invite(180, None);
     assert_eq!(h.sent(Method::Cancel).len(), 1);
-    assert_eq!(statuses(&h.responses(A_SERVER)), vec![487], "no 180 after the caller cancelled");
+    assert_eq!(
+        statuses(&h.responses(A_SERVER)),
+        vec![487],
+        "no 180 after the caller cancelled"
+    );
 }
 
 #[test]
 fn answer_after_cancel_is_acked_and_released() {
     let mut h = Harness::new(OFFER, vec![peer("hotline", 5080)]);
     h.respond_to_invite(180, None);
-    h.sip(SipEvent::Cancelled { server: ServerTransactionId::new(A_SERVER) });
+    h.sip(SipEvent::Cancelled {
+        server: ServerTransactionId::new(A_SERVER),
+    });
     h.respond_to_invite(200, Some(ANSWER));
     assert_eq!(h.sent(Method::Ack).len(), 1);
     assert_eq!(h.sent(Method::Bye).len(), 1);
@@ -389,7 +462,9 @@ fn answer_after_cancel_is_acked_and_released() {
 
 #[test]
 fn unacceptable_offer_gets_488_and_no_call_to_the_peer() {
-    let g729 = OFFER.replace("RTP/AVP 0 101", "RTP/AVP 18").replace("a=rtpmap:0 PCMU/8000\r\n", "a=rtpmap:18 G729/8000\r\n");
+    let g729 = OFFER
+        .replace("RTP/AVP 0 101", "RTP/AVP 18")
+        .replace("a=rtpmap:0 PCMU/8000\r\n", "a=rtpmap:18 G729/8000\r\n");
     let h = Harness::new(&g729, vec![peer("hotline", 5080)]);
     assert_eq!(statuses(&h.responses(A_SERVER)), vec![488]);
     assert!(h.sent(Method::Invite).is_empty());
@@ -408,39 +483,59 @@ fn hold_reinvite_is_answered_by_the_gateway() {
     let mut h = Harness::new(OFFER, vec![peer("hotline", 5080)]);
     h.answer();
     let invites_before = h.sent(Method::Invite).len();
-    let hold = OFFER.replace("a=sendrecv", "a=sendonly").replace("o=- 1 1", "o=- 1 2");
-    h.from_caller(11, "INVITE", 2, &hold);
+    let hold = OFFER
+        .replace("a=sendrecv", "a=sendonly")
+        .replace("o=- 1 1", "o=- 1 2");
+    h.caller_sends(11, "INVITE", 2, &hold);
     let responses = h.responses(11);
     assert_eq!(statuses(&responses), vec![200]);
     let body = responses[0].sdp().unwrap_or_default();
     assert!(body.contains("a=recvonly"), "{body}");
-    assert_eq!(h.sent(Method::Invite).len(), invites_before, "the callee is not re-INVITEd");
-    assert!(h.media().iter().any(|m| matches!(m, MediaCommand::Configure(Leg::A, LegMedia { receives: false, .. }))));
+    assert_eq!(
+        h.sent(Method::Invite).len(),
+        invites_before,
+        "the callee is not re-INVITEd"
+    );
+    assert!(h.media().iter().any(|m| matches!(
+        m,
+        MediaCommand::Configure(
+            Leg::A,
+            LegMedia {
+                receives: false,
+                ..
+            }
+        )
+    )));
     // Unhold: back to sendrecv, and the SDP version moved on (RFC 3264 §8).
     let unhold = OFFER.replace("o=- 1 1", "o=- 1 3");
-    h.from_caller(12, "INVITE", 3, &unhold);
+    h.caller_sends(12, "INVITE", 3, &unhold);
     let body = h.responses(12)[0].sdp().unwrap_or_default().to_string();
     assert!(body.contains("a=sendrecv"), "{body}");
-    assert!(h.media().iter().rev().any(|m| matches!(m, MediaCommand::Configure(Leg::A, LegMedia { receives: true, .. }))));
+    assert!(h.media().iter().rev().any(|m| matches!(
+        m,
+        MediaCommand::Configure(Leg::A, LegMedia { receives: true, .. })
+    )));
 }
 
 #[test]
 fn session_refresh_without_sdp_gets_our_description() {
     let mut h = Harness::new(OFFER, vec![peer("hotline", 5080)]);
     h.answer();
-    h.from_caller(13, "INVITE", 2, "");
+    h.caller_sends(13, "INVITE", 2, "");
     let responses = h.responses(13);
     assert_eq!(statuses(&responses), vec![200]);
-    assert!(responses[0].sdp().is_some_and(|s| s.contains("m=audio 20000")));
+    assert!(responses[0]
+        .sdp()
+        .is_some_and(|s| s.contains("m=audio 20000")));
 }
 
 #[test]
 fn out_of_order_cseq_gets_500_and_unknown_method_405() {
     let mut h = Harness::new(OFFER, vec![peer("hotline", 5080)]);
     h.answer();
-    h.from_caller(14, "INFO", 5, "");
-    h.from_caller(15, "INFO", 4, "");
-    h.from_caller(16, "MESSAGE", 6, "");
+    h.caller_sends(14, "INFO", 5, "");
+    h.caller_sends(15, "INFO", 4, "");
+    h.caller_sends(16, "MESSAGE", 6, "");
     assert_eq!(statuses(&h.responses(14)), vec![200]);
     assert_eq!(statuses(&h.responses(15)), vec![500]);
     assert_eq!(statuses(&h.responses(16)), vec![405]);
@@ -454,7 +549,10 @@ fn media_timeout_ends_the_call_with_reason() {
     h.drain();
     let byes = h.sent(Method::Bye);
     assert_eq!(byes.len(), 2);
-    assert!(byes.iter().all(|(b, _)| b.headers.get("Reason").is_some_and(|r| r.contains("media timeout"))));
+    assert!(byes.iter().all(|(b, _)| b
+        .headers
+        .get("Reason")
+        .is_some_and(|r| r.contains("media timeout"))));
     assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Gateway));
     // Nobody answers the BYEs: the cleanup timer finishes the call.
     h.advance(Duration::from_secs(31));
@@ -488,8 +586,15 @@ fn delayed_offer_is_answered_in_ack() {
     let mut h = Harness::new("", vec![peer("hotline", 5080)]);
     h.respond_to_invite(200, Some(ANSWER));
     let ok = h.responses(A_SERVER);
-    assert!(ok[0].sdp().is_some_and(|s| s.contains("m=audio 20000")), "our offer in the 200");
-    let configured_a_before = h.media().iter().filter(|m| matches!(m, MediaCommand::Configure(Leg::A, _))).count();
+    assert!(
+        ok[0].sdp().is_some_and(|s| s.contains("m=audio 20000")),
+        "our offer in the 200"
+    );
+    let configured_a_before = h
+        .media()
+        .iter()
+        .filter(|m| matches!(m, MediaCommand::Configure(Leg::A, _)))
+        .count();
     assert_eq!(configured_a_before, 0);
     let ack = request(&format!(
         "ACK sip:gw@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-ack\r\n\
@@ -500,5 +605,14 @@ Call-ID: a-leg@127.0.0.1\r\nCSeq: 1 ACK\r\nContent-Type: application/sdp\r\nCont
         ANSWER
     ));
     h.sip(SipEvent::Ack { request: ack });
-    assert!(h.media().iter().any(|m| matches!(m, MediaCommand::Configure(Leg::A, LegMedia { codec: sdp::Codec::Pcma, .. }))));
+    assert!(h.media().iter().any(|m| matches!(
+        m,
+        MediaCommand::Configure(
+            Leg::A,
+            LegMedia {
+                codec: sdp::Codec::Pcma,
+                ..
+            }
+        )
+    )));
 }

@@ -52,7 +52,12 @@ impl ClientInvite {
 
     /// A response matched to this transaction. `ack` is the ACK the owner built for a
     /// 300-699 response (§17.1.1.3); it is re-sent for each retransmitted final response.
-    pub fn handle_response(&mut self, now: Instant, status: u16, ack: Option<Bytes>) -> ResponseAction {
+    pub fn handle_response(
+        &mut self,
+        now: Instant,
+        status: u16,
+        ack: Option<Bytes>,
+    ) -> ResponseAction {
         match (self.state, status) {
             (State::Calling | State::Proceeding, 100..=199) => {
                 self.state = State::Proceeding;
@@ -74,7 +79,11 @@ impl ClientInvite {
                 if let Some(ack) = &self.ack {
                     self.transmit.push_back(ack.clone());
                 }
-                let wait = if self.reliable { Duration::ZERO } else { Duration::from_secs(32).max(self.config.t1 * 64) };
+                let wait = if self.reliable {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(32).max(self.config.t1 * 64)
+                };
                 self.timers.set(Timer::D, now + wait);
                 ResponseAction::PassToTu
             }
@@ -158,7 +167,12 @@ mod tests {
     #[test]
     fn timer_a_doubles_and_timer_b_times_out_at_64_t1() {
         let t0 = Instant::now();
-        let mut m = ClientInvite::new(t0, Bytes::from_static(b"INVITE"), false, &TimerConfig::default());
+        let mut m = ClientInvite::new(
+            t0,
+            Bytes::from_static(b"INVITE"),
+            false,
+            &TimerConfig::default(),
+        );
         assert_eq!(drain(&mut m), 1);
         let retransmissions = run_until(&mut m, t0, 40_000);
         assert_eq!(retransmissions, vec![500, 1500, 3500, 7500, 15_500, 31_500]);
@@ -170,7 +184,12 @@ mod tests {
     #[test]
     fn tcp_has_no_retransmission_but_timer_b() {
         let t0 = Instant::now();
-        let mut m = ClientInvite::new(t0, Bytes::from_static(b"INVITE"), true, &TimerConfig::default());
+        let mut m = ClientInvite::new(
+            t0,
+            Bytes::from_static(b"INVITE"),
+            true,
+            &TimerConfig::default(),
+        );
         assert_eq!(drain(&mut m), 1);
         assert_eq!(m.poll_timeout(), Some(at(t0, 32_000)));
         assert!(run_until(&mut m, t0, 40_000).is_empty());
@@ -180,26 +199,56 @@ mod tests {
     #[test]
     fn provisional_stops_a_and_b() {
         let t0 = Instant::now();
-        let mut m = ClientInvite::new(t0, Bytes::from_static(b"INVITE"), false, &TimerConfig::default());
+        let mut m = ClientInvite::new(
+            t0,
+            Bytes::from_static(b"INVITE"),
+            false,
+            &TimerConfig::default(),
+        );
         let _ = drain(&mut m);
-        assert_eq!(m.handle_response(at(t0, 100), 180, None), ResponseAction::PassToTu);
+        assert_eq!(
+            m.handle_response(at(t0, 100), 180, None),
+            ResponseAction::PassToTu
+        );
         assert_eq!(m.state(), State::Proceeding);
-        assert_eq!(m.poll_timeout(), None, "Proceeding waits for the TU (Timer C is a proxy's)");
-        assert_eq!(m.handle_response(at(t0, 200), 183, None), ResponseAction::PassToTu);
+        assert_eq!(
+            m.poll_timeout(),
+            None,
+            "Proceeding waits for the TU (Timer C is a proxy's)"
+        );
+        assert_eq!(
+            m.handle_response(at(t0, 200), 183, None),
+            ResponseAction::PassToTu
+        );
     }
 
     #[test]
     fn non_2xx_final_is_acked_and_retransmissions_re_acked_until_d() {
         let t0 = Instant::now();
-        let mut m = ClientInvite::new(t0, Bytes::from_static(b"INVITE"), false, &TimerConfig::default());
+        let mut m = ClientInvite::new(
+            t0,
+            Bytes::from_static(b"INVITE"),
+            false,
+            &TimerConfig::default(),
+        );
         let _ = drain(&mut m);
         let ack = Bytes::from_static(b"ACK");
-        assert_eq!(m.handle_response(at(t0, 100), 486, Some(ack.clone())), ResponseAction::PassToTu);
+        assert_eq!(
+            m.handle_response(at(t0, 100), 486, Some(ack.clone())),
+            ResponseAction::PassToTu
+        );
         assert_eq!(m.poll_transmit(), Some(ack.clone()));
         assert_eq!(m.state(), State::Completed);
-        assert_eq!(m.handle_response(at(t0, 600), 486, Some(ack.clone())), ResponseAction::Absorb);
+        assert_eq!(
+            m.handle_response(at(t0, 600), 486, Some(ack.clone())),
+            ResponseAction::Absorb
+        );
         assert_eq!(m.poll_transmit(), Some(ack));
-        assert_eq!(m.poll_timeout(), Some(at(t0, 32_100)), "Timer D: 32 s on UDP");
+        assert_eq!(
+            m.poll_timeout(),
+            Some(at(t0, 32_100)),
+            "Timer D: 32 s on UDP"
+        );
         m.handle_timeout(at(t0, 32_100));
         assert!(m.is_terminated());
     }
@@ -207,7 +256,12 @@ mod tests {
     #[test]
     fn timer_d_is_zero_on_tcp() {
         let t0 = Instant::now();
-        let mut m = ClientInvite::new(t0, Bytes::from_static(b"INVITE"), true, &TimerConfig::default());
+        let mut m = ClientInvite::new(
+            t0,
+            Bytes::from_static(b"INVITE"),
+            true,
+            &TimerConfig::default(),
+        );
         let _ = m.handle_response(at(t0, 10), 503, Some(Bytes::from_static(b"ACK")));
         assert_eq!(m.poll_timeout(), Some(at(t0, 10)));
         m.handle_timeout(at(t0, 10));
@@ -217,16 +271,33 @@ mod tests {
     #[test]
     fn accepted_passes_2xx_retransmissions_until_timer_m() {
         let t0 = Instant::now();
-        let mut m = ClientInvite::new(t0, Bytes::from_static(b"INVITE"), false, &TimerConfig::default());
+        let mut m = ClientInvite::new(
+            t0,
+            Bytes::from_static(b"INVITE"),
+            false,
+            &TimerConfig::default(),
+        );
         let _ = drain(&mut m);
-        assert_eq!(m.handle_response(at(t0, 50), 200, None), ResponseAction::PassToTu);
+        assert_eq!(
+            m.handle_response(at(t0, 50), 200, None),
+            ResponseAction::PassToTu
+        );
         assert_eq!(m.state(), State::Accepted);
-        assert_eq!(m.handle_response(at(t0, 550), 200, None), ResponseAction::PassToTu);
-        assert_eq!(m.handle_response(at(t0, 560), 180, None), ResponseAction::Absorb);
+        assert_eq!(
+            m.handle_response(at(t0, 550), 200, None),
+            ResponseAction::PassToTu
+        );
+        assert_eq!(
+            m.handle_response(at(t0, 560), 180, None),
+            ResponseAction::Absorb
+        );
         assert_eq!(drain(&mut m), 0, "the TU sends the ACK for a 2xx");
         assert_eq!(m.poll_timeout(), Some(at(t0, 32_050)));
         m.handle_timeout(at(t0, 32_050));
         assert!(m.is_terminated());
-        assert_eq!(m.handle_response(at(t0, 40_000), 200, None), ResponseAction::Absorb);
+        assert_eq!(
+            m.handle_response(at(t0, 40_000), 200, None),
+            ResponseAction::Absorb
+        );
     }
 }

@@ -22,7 +22,12 @@ pub struct ClientNonInvite {
 
 impl ClientNonInvite {
     /// Queues the request and arms Timer E (UDP) and Timer F.
-    pub fn new(now: Instant, request: Bytes, reliable: bool, config: &TimerConfig) -> ClientNonInvite {
+    pub fn new(
+        now: Instant,
+        request: Bytes,
+        reliable: bool,
+        config: &TimerConfig,
+    ) -> ClientNonInvite {
         let mut machine = ClientNonInvite {
             state: State::Trying,
             request: request.clone(),
@@ -57,7 +62,10 @@ impl ClientNonInvite {
             (State::Trying | State::Proceeding, _) => {
                 self.state = State::Completed;
                 self.timers.clear();
-                self.timers.set(Timer::K, now + unreliable_only(self.reliable, self.config.t4));
+                self.timers.set(
+                    Timer::K,
+                    now + unreliable_only(self.reliable, self.config.t4),
+                );
                 ResponseAction::PassToTu
             }
             _ => ResponseAction::Absorb,
@@ -133,7 +141,12 @@ mod tests {
     #[test]
     fn timer_e_doubles_to_t2_and_f_times_out() {
         let t0 = Instant::now();
-        let mut m = ClientNonInvite::new(t0, Bytes::from_static(b"BYE"), false, &TimerConfig::default());
+        let mut m = ClientNonInvite::new(
+            t0,
+            Bytes::from_static(b"BYE"),
+            false,
+            &TimerConfig::default(),
+        );
         assert!(m.poll_transmit().is_some());
         let times = sent_times(&mut m, t0, 40_000);
         assert_eq!(&times[..6], &[500, 1500, 3500, 7500, 11_500, 15_500]);
@@ -145,9 +158,17 @@ mod tests {
     #[test]
     fn proceeding_retransmits_every_t2() {
         let t0 = Instant::now();
-        let mut m = ClientNonInvite::new(t0, Bytes::from_static(b"BYE"), false, &TimerConfig::default());
+        let mut m = ClientNonInvite::new(
+            t0,
+            Bytes::from_static(b"BYE"),
+            false,
+            &TimerConfig::default(),
+        );
         let _ = m.poll_transmit();
-        assert_eq!(m.handle_response(at(t0, 100), 100), ResponseAction::PassToTu);
+        assert_eq!(
+            m.handle_response(at(t0, 100), 100),
+            ResponseAction::PassToTu
+        );
         assert_eq!(m.state(), State::Proceeding);
         let times = sent_times(&mut m, t0, 10_000);
         assert_eq!(times, vec![500, 4500, 8500]);
@@ -156,7 +177,12 @@ mod tests {
     #[test]
     fn final_response_then_timer_k() {
         let t0 = Instant::now();
-        let mut m = ClientNonInvite::new(t0, Bytes::from_static(b"BYE"), false, &TimerConfig::default());
+        let mut m = ClientNonInvite::new(
+            t0,
+            Bytes::from_static(b"BYE"),
+            false,
+            &TimerConfig::default(),
+        );
         assert_eq!(m.handle_response(at(t0, 20), 200), ResponseAction::PassToTu);
         assert_eq!(m.handle_response(at(t0, 30), 200), ResponseAction::Absorb);
         assert_eq!(m.poll_timeout(), Some(at(t0, 5020)), "Timer K = T4 on UDP");
@@ -167,7 +193,12 @@ mod tests {
     #[test]
     fn tcp_no_e_and_zero_k() {
         let t0 = Instant::now();
-        let mut m = ClientNonInvite::new(t0, Bytes::from_static(b"BYE"), true, &TimerConfig::default());
+        let mut m = ClientNonInvite::new(
+            t0,
+            Bytes::from_static(b"BYE"),
+            true,
+            &TimerConfig::default(),
+        );
         let _ = m.poll_transmit();
         assert_eq!(m.poll_timeout(), Some(at(t0, 32_000)));
         let _ = m.handle_response(at(t0, 5), 481);

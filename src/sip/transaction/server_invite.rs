@@ -100,7 +100,10 @@ impl ServerInvite {
                 self.state = State::Confirmed;
                 self.timers.cancel(Timer::G);
                 self.timers.cancel(Timer::H);
-                self.timers.set(Timer::I, now + unreliable_only(self.reliable, self.config.t4));
+                self.timers.set(
+                    Timer::I,
+                    now + unreliable_only(self.reliable, self.config.t4),
+                );
                 false
             }
             State::Accepted if !self.ack_received => {
@@ -202,7 +205,11 @@ mod tests {
         assert_eq!(m.state(), State::Completed);
         let times = sent_times(&mut m, t0, 40_000);
         assert_eq!(&times[..6], &[500, 1500, 3500, 7500, 11_500, 15_500]);
-        assert_eq!(m.poll_event(), Some(Event::Timeout), "Timer H: no ACK in 64*T1");
+        assert_eq!(
+            m.poll_event(),
+            Some(Event::Timeout),
+            "Timer H: no ACK in 64*T1"
+        );
         assert_eq!(m.poll_event(), Some(Event::Terminated));
     }
 
@@ -212,7 +219,10 @@ mod tests {
         let mut m = ServerInvite::new(t0, false, &TimerConfig::default());
         m.send_response(t0, 404, Bytes::from_static(b"404"));
         let _ = m.poll_transmit();
-        assert!(!m.handle_ack(at(t0, 100)), "an ACK for a non-2xx stays in the transaction");
+        assert!(
+            !m.handle_ack(at(t0, 100)),
+            "an ACK for a non-2xx stays in the transaction"
+        );
         assert_eq!(m.state(), State::Confirmed);
         assert_eq!(m.poll_timeout(), Some(at(t0, 5100)), "Timer I = T4");
         m.handle_request_retransmission(at(t0, 200));
@@ -242,10 +252,17 @@ mod tests {
         assert_eq!(m.state(), State::Accepted);
         assert_eq!(sent_times(&mut m, t0, 4000), vec![500, 1500, 3500]);
         assert!(m.handle_ack(at(t0, 4000)));
-        assert!(!m.handle_ack(at(t0, 4100)), "duplicate ACKs are not passed up again");
+        assert!(
+            !m.handle_ack(at(t0, 4100)),
+            "duplicate ACKs are not passed up again"
+        );
         assert!(sent_times(&mut m, t0, 31_000).is_empty());
         m.handle_timeout(at(t0, 32_000));
-        assert_eq!(m.poll_event(), Some(Event::Terminated), "Timer L ends Accepted, no AckTimeout");
+        assert_eq!(
+            m.poll_event(),
+            Some(Event::Terminated),
+            "Timer L ends Accepted, no AckTimeout"
+        );
     }
 
     #[test]
@@ -255,7 +272,11 @@ mod tests {
         m.send_response(t0, 200, Bytes::from_static(b"200"));
         assert!(m.poll_transmit().is_some());
         let times = sent_times(&mut m, t0, 32_000);
-        assert_eq!(&times[..4], &[500, 1500, 3500, 7500], "retransmitted on TCP too (§13.3.1.4)");
+        assert_eq!(
+            &times[..4],
+            &[500, 1500, 3500, 7500],
+            "retransmitted on TCP too (§13.3.1.4)"
+        );
         assert_eq!(m.poll_event(), Some(Event::AckTimeout));
         assert_eq!(m.poll_event(), Some(Event::Terminated));
     }

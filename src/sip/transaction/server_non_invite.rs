@@ -50,7 +50,10 @@ impl ServerNonInvite {
             self.state = State::Proceeding;
         } else {
             self.state = State::Completed;
-            self.timers.set(Timer::J, now + unreliable_only(self.reliable, self.config.t1 * 64));
+            self.timers.set(
+                Timer::J,
+                now + unreliable_only(self.reliable, self.config.t1 * 64),
+            );
         }
     }
 
