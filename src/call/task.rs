@@ -12,7 +12,7 @@ use tracing::Instrument;
 use super::model::{Action, Call, EndedBy, Outcome};
 use crate::media::relay::RelayHandle;
 use crate::metrics::{CallResult, Counter, Gauge, Metrics};
-use crate::sip::endpoint::{Command, EndpointHandle, Owner, SipEvent};
+use crate::sip::endpoint::{EndpointHandle, Owner, SipEvent};
 use crate::store::{unix_millis, CallRecord, Store};
 
 /// What every call task shares.
@@ -100,15 +100,13 @@ async fn carry_out(
     while let Some(action) = call.poll_action() {
         match action {
             Action::SendRequest { request, target } => {
-                services.endpoint.send(Command::SendRequest {
-                    request,
-                    target,
-                    owner: owner.clone(),
-                })
+                services
+                    .endpoint
+                    .send_request(request, target, owner.clone())
             }
-            Action::SendResponse { server, response } => services
-                .endpoint
-                .send(Command::SendResponse { server, response }),
+            Action::SendResponse { server, response } => {
+                services.endpoint.send_response(server, response)
+            }
             Action::RegisterDialog(key) => services.endpoint.register_dialog(key, owner.clone()),
             Action::UnregisterDialog(key) => services.endpoint.unregister_dialog(&key),
             Action::Media(command) => relay.command(command),

@@ -17,6 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -99,6 +100,8 @@ pub enum Command {
     /// top Via with a unique branch (the call model writes it, see [`Endpoint::via_for`]).
     SendRequest {
         request: Request,
+        /// `request` serialised by the sender, so the endpoint's task does not.
+        bytes: Bytes,
         target: Target,
         owner: Owner,
     },
@@ -106,6 +109,7 @@ pub enum Command {
     SendResponse {
         server: ServerTransactionId,
         response: Response,
+        bytes: Bytes,
     },
 }
 
@@ -121,6 +125,27 @@ impl EndpointHandle {
     pub fn send(&self, command: Command) {
         // Only fails when the endpoint is gone (shutdown): nothing left to send through.
         let _ = self.commands.send(command);
+    }
+
+    /// Starts a client transaction; serialises here, on the caller's task.
+    pub fn send_request(&self, request: Request, target: Target, owner: Owner) {
+        let bytes = request.to_bytes();
+        self.send(Command::SendRequest {
+            request,
+            bytes,
+            target,
+            owner,
+        });
+    }
+
+    /// Sends a response through a server transaction; serialises on the caller's task.
+    pub fn send_response(&self, server: ServerTransactionId, response: Response) {
+        let bytes = response.to_bytes();
+        self.send(Command::SendResponse {
+            server,
+            response,
+            bytes,
+        });
     }
 
     /// Routes in-dialog requests for `key` to `owner`.
@@ -306,15 +331,26 @@ impl Endpoint {
         match command {
             Command::SendRequest {
                 request,
+                bytes,
                 target,
                 owner,
-            } => self.start_client(now, request, target, owner),
-            Command::SendResponse { server, response } => self.respond(now, server, response),
+            } => self.start_client(now, request, bytes, target, owner),
+            Command::SendResponse {
+                server,
+                response,
+                bytes,
+            } => self.respond_with(now, server, &response, bytes),
         }
     }
 
-    fn start_client(&mut self, now: Instant, request: Request, target: Target, owner: Owner) {
-        let bytes = request.to_bytes();
+    fn start_client(
+        &mut self,
+        now: Instant,
+        request: Request,
+        bytes: Bytes,
+        target: Target,
+        owner: Owner,
+    ) {
         if request.method == Method::Ack {
             self.transport.send(target, bytes);
             return;
@@ -353,13 +389,23 @@ impl Endpoint {
     }
 
     fn respond(&mut self, now: Instant, server: ServerTransactionId, response: Response) {
+        let bytes = response.to_bytes();
+        self.respond_with(now, server, &response, bytes);
+    }
+
+    fn respond_with(
+        &mut self,
+        now: Instant,
+        server: ServerTransactionId,
+        response: &Response,
+        bytes: Bytes,
+    ) {
         let Some(key) = self.server_keys.get(&server).cloned() else {
             return;
         };
         let Some(entry) = self.servers.get_mut(&key) else {
             return;
         };
-        let bytes = response.to_bytes();
         match &mut entry.machine {
             ServerMachine::Invite(machine) => {
                 if (200..300).contains(&response.status) {

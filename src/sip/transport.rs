@@ -159,7 +159,10 @@ impl Transport {
             metrics,
             shutdown,
         };
-        tokio::spawn(transport.clone().receive_udp());
+        // Two receivers on the one socket: receiving and parsing run on both cores.
+        for _ in 0..2 {
+            tokio::spawn(transport.clone().receive_udp());
+        }
         tokio::spawn(transport.clone().accept_tcp(tcp));
         Ok(transport)
     }
