@@ -635,3 +635,34 @@ async fn ipv6_peers_and_tel_uris() {
         .is_some_and(|c| c.contains("[::1]")));
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn merged_request_gets_482() {
+    let (mut gateway, mut caller, mut callee) = setup("", "").await;
+    let rtp = RtpPeer::bind(LOCALHOST).await;
+    let invite = caller.invite(
+        "12345",
+        "13800138000",
+        &sdp(rtp.address, &[8], "sendrecv"),
+        "",
+    );
+    caller.send_request(&invite).await;
+    let incoming = callee.expect_request("INVITE").await;
+    // The same request again by another path (§8.2.2.2): same From tag, Call-ID and CSeq,
+    // another branch.
+    let mut copy = invite.clone();
+    let via = copy
+        .headers
+        .get("Via")
+        .unwrap_or_default()
+        .replace(";branch=z9hG4bK", ";branch=z9hG4bKother");
+    copy.headers.set("Via", via);
+    caller.send_request(&copy).await;
+    caller.expect_response("INVITE", 482).await;
+    // The original call is unaffected.
+    callee
+        .send_response(&callee.answer(&incoming, 200, Some(&sdp(rtp.address, &[8], "sendrecv"))))
+        .await;
+    caller.expect_response("INVITE", 200).await;
+    gateway.stop().await;
+}

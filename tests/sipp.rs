@@ -115,7 +115,7 @@ fn sipp(args: &[&str], scenario: &str) -> Command {
     command
 }
 
-fn run_load(transport: &str, calls: u32, rate: u32, hold_ms: u32, media: [u16; 2]) {
+fn run_load(transport: &str, calls: u32, rate: u32, hold_ms: u32, media: [u16; 2], stop: Stop) {
     if !sipp_available() {
         panic!("sipp is not installed (apt-get install sip-tester; .ci/run does this)");
     }
@@ -233,22 +233,38 @@ fn run_load(transport: &str, calls: u32, rate: u32, hold_ms: u32, media: [u16; 2
         "{metrics}"
     );
 
-    // SIGTERM: clean exit 0.
     let pid = gateway.0.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let exit = gateway.0.wait();
-    assert!(
-        exit.as_ref().is_ok_and(|s| s.success()),
-        "gateway did not exit 0 on SIGTERM: {exit:?}"
-    );
+    if stop == Stop::Kill {
+        // kill -9 right after the last call: every ended call's record is already on disk.
+        let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        let _ = gateway.0.wait();
+        let after = hotline_gateway::store::list_calls(&db, calls as usize + 10)
+            .map(|r| r.iter().filter(|c| c.ended_at.is_some()).count())
+            .ok();
+        assert_eq!(after, Some(calls as usize), "records lost by kill -9");
+    } else {
+        // SIGTERM: clean exit 0.
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let exit = gateway.0.wait();
+        assert!(
+            exit.as_ref().is_ok_and(|s| s.success()),
+            "gateway did not exit 0 on SIGTERM: {exit:?}"
+        );
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Terminate,
+    Kill,
 }
 
 #[test]
-fn sipp_200_calls_at_20_per_second_with_rtp_over_udp() {
-    run_load("udp", 200, 20, 1500, [24000, 24999]);
+fn sipp_200_calls_at_20_per_second_with_rtp_over_udp_records_survive_kill_9() {
+    run_load("udp", 200, 20, 1500, [24000, 24999], Stop::Kill);
 }
 
 #[test]
-fn sipp_50_concurrent_calls_over_tcp() {
-    run_load("tcp", 50, 50, 3000, [25000, 25999]);
+fn sipp_50_concurrent_calls_over_tcp_then_sigterm_exits_0() {
+    run_load("tcp", 50, 50, 3000, [25000, 25999], Stop::Terminate);
 }

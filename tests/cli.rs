@@ -1,0 +1,114 @@
+//! The command line an operator types: `--check`, bad configs, `calls`.
+
+use std::process::Command;
+
+fn gateway() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hotline-gateway"))
+}
+
+#[test]
+fn check_accepts_the_contract_sample() {
+    let output = gateway()
+        .args(["--config", "config/gateway.toml", "--check"])
+        .output();
+    let output = output.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "config/gateway.toml: ok"
+    );
+}
+
+#[test]
+fn check_names_file_key_and_reason() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("bad.toml");
+    let sample = std::fs::read_to_string("config/gateway.toml").unwrap_or_default();
+    std::fs::write(
+        &path,
+        sample.replace("ports = [20000, 20999]", "ports = [20000, \"many\"]"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let output = gateway()
+        .arg("--config")
+        .arg(&path)
+        .arg("--check")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("media.ports"),
+        "{stderr}"
+    );
+    let missing = gateway()
+        .args(["--config", "/nonexistent.toml", "--check"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.toml: cannot read"));
+}
+
+#[test]
+fn calls_lists_records_and_reports_a_missing_store() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("gw.toml");
+    let db = dir.path().join("gw.db");
+    let sample = std::fs::read_to_string("config/gateway.toml").unwrap_or_default();
+    std::fs::write(
+        &config,
+        sample.replace("data/gateway.db", &db.display().to_string()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let missing = gateway()
+        .arg("--config")
+        .arg(&config)
+        .arg("calls")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("gw.db"));
+    let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    runtime.block_on(async {
+        let store = hotline_gateway::store::Store::open(&db).unwrap_or_else(|e| panic!("{e}"));
+        let record = hotline_gateway::store::CallRecord {
+            id: "c1".into(),
+            a_call_id: "a@x".into(),
+            b_call_id: Some("b@y".into()),
+            caller: "13800138000".into(),
+            called: "12345".into(),
+            a_peer: "carrier".into(),
+            b_peer: Some("hotline".into()),
+            started_at: 1_795_305_600_000,
+            answered_at: Some(1_795_305_601_000),
+            ended_at: Some(1_795_305_661_000),
+            ended_by: Some("caller".into()),
+            end_reason: Some("normal clearing".into()),
+            final_status: Some(200),
+            rtp_a_to_b: 3000,
+            rtp_b_to_a: 2999,
+            rtp_dropped: 0,
+        };
+        store
+            .call_ended(record)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    });
+    let listed = gateway()
+        .arg("--config")
+        .arg(&config)
+        .args(["calls", "--limit", "5"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success());
+    assert!(
+        stdout.contains("2026-11-22 00:00:00.000")
+            && stdout.contains("13800138000")
+            && stdout.contains("60.0"),
+        "{stdout}"
+    );
+}
