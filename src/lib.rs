@@ -52,6 +52,8 @@ pub enum StartError {
     Transport(#[from] sip::transport::TransportError),
     #[error("store: {0}")]
     Store(#[from] store::StoreError),
+    #[error("cannot start the media workers: {0}")]
+    Media(std::io::Error),
     #[error("cannot bind the HTTP endpoint on {address}: {source}")]
     Http {
         address: SocketAddr,
@@ -129,14 +131,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         cleanup_timeout: timers.t1 * 64,
         user_agent: (!config.sip.user_agent.is_empty()).then(|| config.sip.user_agent.clone()),
     });
+    let media_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let media = media::relay::MediaEngine::start(media_workers, Arc::clone(&metrics))
+        .map_err(StartError::Media)?;
     let manager = Arc::new(CallManager::new(
         router,
         settings,
-        ports,
+        call::manager::MediaResources {
+            ports,
+            engine: media,
+            inactivity: Duration::from_secs(config.media.inactivity_timeout_secs),
+        },
         Arc::clone(&metrics),
         ids::IdGenerator::from_entropy(),
         config.sip.max_calls,
-        Duration::from_secs(config.media.inactivity_timeout_secs),
     ));
     let (endpoint, handle, commands) = Endpoint::new(
         transport,

@@ -20,16 +20,23 @@ use crate::sip::message::{Method, Request, Response};
 use crate::sip::transport::Flow;
 use crate::store::{unix_millis, CallRecord};
 
+/// What the calls' media come from.
+pub struct MediaResources {
+    pub ports: Arc<PortPool>,
+    pub engine: relay::MediaEngine,
+    /// An answered call with no media on either leg this long is ended.
+    pub inactivity: std::time::Duration,
+}
+
 /// The dispatcher behind the endpoint.
 pub struct CallManager {
     router: Arc<Router>,
     settings: Arc<CallSettings>,
-    ports: Arc<PortPool>,
+    media: MediaResources,
     metrics: Arc<Metrics>,
     services: OnceLock<CallServices>,
     ids: Mutex<IdGenerator>,
     max_calls: usize,
-    inactivity: std::time::Duration,
     active: Arc<AtomicUsize>,
 }
 
@@ -37,21 +44,19 @@ impl CallManager {
     pub fn new(
         router: Arc<Router>,
         settings: Arc<CallSettings>,
-        ports: Arc<PortPool>,
+        media: MediaResources,
         metrics: Arc<Metrics>,
         ids: IdGenerator,
         max_calls: usize,
-        inactivity: std::time::Duration,
     ) -> CallManager {
         CallManager {
             router,
             settings,
-            ports,
+            media,
             metrics,
             services: OnceLock::new(),
             ids: Mutex::new(ids),
             max_calls,
-            inactivity,
             active: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -111,7 +116,8 @@ impl CallManager {
             self.metrics.increment(Counter::CallsRefusedOverload);
             return Self::reply(request, 503);
         }
-        let (Some(leg_a), Some(leg_b)) = (self.ports.allocate(), self.ports.allocate()) else {
+        let (Some(leg_a), Some(leg_b)) = (self.media.ports.allocate(), self.media.ports.allocate())
+        else {
             tracing::warn!("no media ports left");
             self.metrics.increment(Counter::CallsRefusedOverload);
             return Self::reply(request, 503);
@@ -120,12 +126,10 @@ impl CallManager {
         let id = ids.call_key();
         let media_a = leg_a.rtp_address();
         let media_b = leg_b.rtp_address();
-        let relay = relay::spawn(
-            [leg_a, leg_b],
-            ids.fork(),
-            self.inactivity,
-            Arc::clone(&self.metrics),
-        );
+        let relay = self
+            .media
+            .engine
+            .spawn([leg_a, leg_b], ids.fork(), self.media.inactivity);
         let caller = request
             .from()
             .and_then(|f| f.uri.number())

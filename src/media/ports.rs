@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use tokio::net::UdpSocket;
+use std::net::UdpSocket;
 
 use crate::metrics::{Gauge, Metrics};
 
@@ -16,7 +16,8 @@ pub struct PortPool {
     metrics: Arc<Metrics>,
 }
 
-/// One leg's bound sockets. Dropping it frees the pair.
+/// One leg's bound, non-blocking sockets (not yet registered with any poller: the relay worker
+/// that serves the call registers them). Dropping it frees the pair.
 pub struct LegSockets {
     pub rtp: UdpSocket,
     pub rtcp: UdpSocket,
@@ -63,7 +64,6 @@ impl PortPool {
 
     /// Binds the next free pair. Ports some other program holds are skipped (and retried
     /// later); `None` when no pair can be bound (the caller answers 503).
-    /// Must be called inside a tokio runtime.
     pub fn allocate(self: &Arc<Self>) -> Option<LegSockets> {
         let attempts = self.available();
         for _ in 0..attempts {
@@ -96,17 +96,17 @@ impl PortPool {
 }
 
 fn bind(address: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
-    let socket = std::net::UdpSocket::bind(SocketAddr::new(address, port))?;
+    let socket = UdpSocket::bind(SocketAddr::new(address, port))?;
     socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket)
+    Ok(socket)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn pairs_are_even_odd_and_returned_on_drop() {
+    #[test]
+    fn pairs_are_even_odd_and_returned_on_drop() {
         let metrics = Arc::new(Metrics::new());
         let pool = PortPool::new("127.0.0.1".parse().unwrap(), [31001, 31008], metrics);
         assert_eq!(pool.available(), 3); // 31002, 31004, 31006
@@ -125,8 +125,8 @@ mod tests {
         assert!(pool.allocate().is_some());
     }
 
-    #[tokio::test]
-    async fn busy_port_is_skipped() {
+    #[test]
+    fn busy_port_is_skipped() {
         let metrics = Arc::new(Metrics::new());
         let _holder = std::net::UdpSocket::bind("127.0.0.1:31102");
         let pool = PortPool::new("127.0.0.1".parse().unwrap(), [31102, 31105], metrics);

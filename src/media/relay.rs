@@ -1,4 +1,4 @@
-//! The RTP/RTCP relay of one call: one task owning both legs' socket pairs.
+//! The RTP/RTCP relay: worker threads that own the media sockets of the calls assigned to them.
 //!
 //! Per packet (no allocation, no lock shared between calls): receive on leg X, latch X's real
 //! source (symmetric RTP, for NAT), demultiplex RTP from RTCP (RFC 5761 §4), map the payload type
@@ -6,6 +6,13 @@
 //! different codecs, rewrite SSRC/sequence/timestamp so Y always sees one continuous stream of
 //! ours, and send it from leg Y's socket (the address Y was given in SDP) to Y's latched or
 //! signalled address.
+//!
+//! Why worker threads with a 1 ms tick and not a task per call: a packet every 12 us spread over
+//! 1,600 sockets means one wake-up, one context switch and one scheduler round per packet, which
+//! cost more than the relaying (measured: ~10 us per packet that way). Each worker instead
+//! sleeps for the rest of a 1 ms tick, then collects every socket that became readable
+//! (edge-triggered epoll through mio) and drains them all: tens of packets per wake-up, at most
+//! 1 ms of added latency. A worker with no calls blocks on its control queue and uses no CPU.
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -13,7 +20,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::mpsc as control;
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
 use tokio::sync::mpsc;
 
 use super::g711::{transcode_in_place, Transcode};
@@ -44,7 +56,8 @@ pub enum MediaEvent {
 
 /// The call's handle on its relay. Dropping it stops the relay and frees the ports.
 pub struct RelayHandle {
-    commands: mpsc::UnboundedSender<MediaCommand>,
+    id: u64,
+    control: control::Sender<Control>,
     events: mpsc::UnboundedReceiver<MediaEvent>,
     stats: Arc<RelayStats>,
     addresses: [SocketAddr; 2],
@@ -52,7 +65,7 @@ pub struct RelayHandle {
 
 impl RelayHandle {
     pub fn command(&self, command: MediaCommand) {
-        let _ = self.commands.send(command);
+        let _ = self.control.send(Control::Command(self.id, command));
     }
 
     /// Waits for the next relay event (pending forever once the relay has stopped).
@@ -70,6 +83,12 @@ impl RelayHandle {
     /// The local RTP address of `leg` (what SDP advertises).
     pub fn address(&self, leg: Leg) -> SocketAddr {
         self.addresses[leg.index()]
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        let _ = self.control.send(Control::Remove(self.id));
     }
 }
 
@@ -138,35 +157,6 @@ impl Side {
     }
 }
 
-/// Starts the relay task for a call's two legs.
-pub fn spawn(
-    legs: [LegSockets; 2],
-    mut ids: IdGenerator,
-    inactivity: Duration,
-    metrics: Arc<Metrics>,
-) -> RelayHandle {
-    let (commands, command_queue) = mpsc::unbounded_channel();
-    let (event_sender, events) = mpsc::unbounded_channel();
-    let stats = Arc::new(RelayStats::default());
-    let addresses = [legs[0].rtp_address(), legs[1].rtp_address()];
-    let sides = [Side::new(&mut ids), Side::new(&mut ids)];
-    tokio::spawn(run(
-        legs,
-        sides,
-        command_queue,
-        event_sender,
-        Arc::clone(&stats),
-        inactivity,
-        metrics,
-    ));
-    RelayHandle {
-        commands,
-        events,
-        stats,
-        addresses,
-    }
-}
-
 /// Counts flushed to the shared metrics in batches, so the packet path touches no shared
 /// cache line per packet.
 struct Tally {
@@ -189,69 +179,275 @@ impl Tally {
     }
 }
 
-async fn run(
-    legs: [LegSockets; 2],
-    mut sides: [Side; 2],
-    mut commands: mpsc::UnboundedReceiver<MediaCommand>,
-    events: mpsc::UnboundedSender<MediaEvent>,
+enum Control {
+    Add(Box<CallMedia>),
+    Command(u64, MediaCommand),
+    Remove(u64),
+}
+
+/// One call's media on a worker: its four sockets (RTP A, RTP B, RTCP A, RTCP B), then the
+/// port leases, which are released after the sockets close (fields drop in order).
+struct CallMedia {
+    id: u64,
+    sockets: [UdpSocket; 4],
+    _leases: [LegSockets; 2],
+    sides: [Side; 2],
     stats: Arc<RelayStats>,
+    events: mpsc::UnboundedSender<MediaEvent>,
+    answered: bool,
+    last_activity: Instant,
     inactivity: Duration,
+}
+
+/// The relay workers.
+pub struct MediaEngine {
+    workers: Vec<control::Sender<Control>>,
+    next_worker: AtomicUsize,
+    next_id: AtomicU64,
+    stop: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
-) {
-    let [a, b] = &legs;
-    let mut buffers = [[0u8; 2048]; 4];
-    let [rtp_a, rtp_b, rtcp_a, rtcp_b] = &mut buffers;
-    let mut answered = false;
-    let mut last_activity = Instant::now();
-    let mut tick = tokio::time::interval(inactivity.min(Duration::from_secs(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+}
+
+const TICK: Duration = Duration::from_millis(1);
+
+impl MediaEngine {
+    /// Starts `threads` relay workers.
+    ///
+    /// # Errors
+    /// The OS error if a worker thread cannot be started.
+    pub fn start(threads: usize, metrics: Arc<Metrics>) -> std::io::Result<MediaEngine> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for index in 0..threads.max(1) {
+            let (sender, receiver) = control::channel();
+            let (stop, metrics) = (Arc::clone(&stop), Arc::clone(&metrics));
+            std::thread::Builder::new()
+                .name(format!("media-{index}"))
+                .spawn(move || {
+                    if let Err(error) = worker(&receiver, &stop, &metrics) {
+                        tracing::error!(%error, "media worker stopped");
+                    }
+                })?;
+            workers.push(sender);
+        }
+        Ok(MediaEngine {
+            workers,
+            next_worker: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            stop,
+            metrics,
+        })
+    }
+
+    /// Hands a call's two legs to a worker and returns the call's handle.
+    pub fn spawn(
+        &self,
+        legs: [LegSockets; 2],
+        mut ids: IdGenerator,
+        inactivity: Duration,
+    ) -> RelayHandle {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let worker = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len();
+        let control = self.workers[worker].clone();
+        let (event_sender, events) = mpsc::unbounded_channel();
+        let stats = Arc::new(RelayStats::default());
+        let addresses = [legs[0].rtp_address(), legs[1].rtp_address()];
+        let handle = RelayHandle {
+            id,
+            control: control.clone(),
+            events,
+            stats: Arc::clone(&stats),
+            addresses,
+        };
+        let clone = |s: &std::net::UdpSocket| s.try_clone().map(UdpSocket::from_std);
+        let sockets = [
+            clone(&legs[0].rtp),
+            clone(&legs[1].rtp),
+            clone(&legs[0].rtcp),
+            clone(&legs[1].rtcp),
+        ];
+        let [Ok(a_rtp), Ok(b_rtp), Ok(a_rtcp), Ok(b_rtcp)] = sockets else {
+            // The call goes on without media; its RTP counts stay zero in the record.
+            tracing::error!("cannot duplicate media sockets; call has no media");
+            self.metrics.increment(Counter::RtpPacketsDropped);
+            return handle;
+        };
+        let call = CallMedia {
+            id,
+            sockets: [a_rtp, b_rtp, a_rtcp, b_rtcp],
+            _leases: legs,
+            sides: [Side::new(&mut ids), Side::new(&mut ids)],
+            stats,
+            events: event_sender,
+            answered: false,
+            last_activity: Instant::now(),
+            inactivity,
+        };
+        let _ = control.send(Control::Add(Box::new(call)));
+        handle
+    }
+}
+
+impl Drop for MediaEngine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One worker: its calls in slots; mio token = slot * 4 + socket index.
+fn worker(
+    queue: &control::Receiver<Control>,
+    stop: &AtomicBool,
+    metrics: &Metrics,
+) -> std::io::Result<()> {
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(4096);
+    let mut slots: Vec<Option<CallMedia>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let mut by_id: HashMap<u64, usize> = HashMap::new();
+    let mut buffer = [0u8; 2048];
     let mut tally = Tally {
         relayed: 0,
         rtcp: 0,
         dropped: 0,
     };
-    loop {
-        tokio::select! {
-            command = commands.recv() => match command {
-                Some(MediaCommand::Configure(leg, media)) => sides[leg.index()].configure(media),
-                Some(MediaCommand::Answered) => {
-                    answered = true;
-                    last_activity = Instant::now();
+    let mut last_housekeeping = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let tick_start = Instant::now();
+        // Control first: a call's sockets exist before its packets are read.
+        loop {
+            let control = if by_id.is_empty() {
+                // Idle: block (bounded, to notice `stop`).
+                match queue.recv_timeout(Duration::from_secs(1)) {
+                    Ok(c) => c,
+                    Err(control::RecvTimeoutError::Timeout) => break,
+                    Err(control::RecvTimeoutError::Disconnected) => return Ok(()),
                 }
-                None => break,
-            },
-            received = a.rtp.recv_from(rtp_a) => if let Ok((length, source)) = received {
-                last_activity = Instant::now();
-                let outcome = relay_rtp(&mut sides, Leg::A, &mut rtp_a[..length], source, &b.rtp, last_activity);
-                count(&stats, &mut tally, Leg::A, outcome);
-            },
-            received = b.rtp.recv_from(rtp_b) => if let Ok((length, source)) = received {
-                last_activity = Instant::now();
-                let outcome = relay_rtp(&mut sides, Leg::B, &mut rtp_b[..length], source, &a.rtp, last_activity);
-                count(&stats, &mut tally, Leg::B, outcome);
-            },
-            received = a.rtcp.recv_from(rtcp_a) => if let Ok((length, source)) = received {
-                last_activity = Instant::now();
-                if relay_rtcp(&mut sides, Leg::A, &mut rtcp_a[..length], source, &b.rtcp) {
-                    tally.rtcp += 1;
+            } else {
+                match queue.try_recv() {
+                    Ok(c) => c,
+                    Err(control::TryRecvError::Empty) => break,
+                    Err(control::TryRecvError::Disconnected) => return Ok(()),
                 }
-            },
-            received = b.rtcp.recv_from(rtcp_b) => if let Ok((length, source)) = received {
-                last_activity = Instant::now();
-                if relay_rtcp(&mut sides, Leg::B, &mut rtcp_b[..length], source, &a.rtcp) {
-                    tally.rtcp += 1;
+            };
+            match control {
+                Control::Add(mut call) => {
+                    let slot = free.pop().unwrap_or_else(|| {
+                        slots.push(None);
+                        slots.len() - 1
+                    });
+                    let mut registered = true;
+                    for (index, socket) in call.sockets.iter_mut().enumerate() {
+                        registered &= poll
+                            .registry()
+                            .register(socket, Token(slot * 4 + index), Interest::READABLE)
+                            .is_ok();
+                    }
+                    if !registered {
+                        tracing::error!("cannot register media sockets; call has no media");
+                    }
+                    call.last_activity = Instant::now();
+                    by_id.insert(call.id, slot);
+                    slots[slot] = Some(*call);
                 }
-            },
-            _ = tick.tick() => {
-                tally.flush(&metrics);
-                if answered && last_activity.elapsed() >= inactivity {
-                    answered = false;
-                    let _ = events.send(MediaEvent::Inactive);
+                Control::Command(id, command) => {
+                    let Some(call) = by_id.get(&id).and_then(|s| slots[*s].as_mut()) else {
+                        continue;
+                    };
+                    match command {
+                        MediaCommand::Configure(leg, media) => {
+                            call.sides[leg.index()].configure(media)
+                        }
+                        MediaCommand::Answered => {
+                            call.answered = true;
+                            call.last_activity = Instant::now();
+                        }
+                    }
+                }
+                Control::Remove(id) => {
+                    if let Some(slot) = by_id.remove(&id) {
+                        if let Some(mut call) = slots[slot].take() {
+                            for socket in call.sockets.iter_mut() {
+                                let _ = poll.registry().deregister(socket);
+                            }
+                        }
+                        free.push(slot);
+                    }
                 }
             }
         }
+        if by_id.is_empty() {
+            continue;
+        }
+        poll.poll(&mut events, Some(Duration::ZERO))?;
+        let now = Instant::now();
+        for event in events.iter() {
+            let (slot, index) = (event.token().0 / 4, event.token().0 % 4);
+            let Some(Some(call)) = slots.get_mut(slot) else {
+                continue;
+            };
+            drain(call, index, &mut buffer, now, &mut tally);
+        }
+        if now.duration_since(last_housekeeping) >= Duration::from_secs(1) {
+            last_housekeeping = now;
+            tally.flush(metrics);
+            for call in slots.iter_mut().flatten() {
+                if call.answered && now.duration_since(call.last_activity) >= call.inactivity {
+                    call.answered = false;
+                    let _ = call.events.send(MediaEvent::Inactive);
+                }
+            }
+        }
+        // Sleep out the rest of the tick so the next wake-up collects many packets.
+        if let Some(rest) = TICK.checked_sub(tick_start.elapsed()) {
+            std::thread::sleep(rest);
+        }
     }
-    tally.flush(&metrics);
+    tally.flush(metrics);
+    Ok(())
+}
+
+/// Reads every datagram waiting on one socket of a call and relays it.
+fn drain(
+    call: &mut CallMedia,
+    index: usize,
+    buffer: &mut [u8; 2048],
+    now: Instant,
+    tally: &mut Tally,
+) {
+    let (from, is_rtp) = match index {
+        0 => (Leg::A, true),
+        1 => (Leg::B, true),
+        2 => (Leg::A, false),
+        _ => (Leg::B, false),
+    };
+    loop {
+        let (length, source) = match call.sockets[index].recv_from(buffer) {
+            Ok(received) => received,
+            // WouldBlock: drained. Other errors (ICMP unreachable from a gone peer): stop too.
+            Err(_) => return,
+        };
+        call.last_activity = now;
+        let out = match (from, is_rtp) {
+            (Leg::A, true) => &call.sockets[1],
+            (Leg::B, true) => &call.sockets[0],
+            (Leg::A, false) => &call.sockets[3],
+            (Leg::B, false) => &call.sockets[2],
+        };
+        if is_rtp {
+            let outcome = relay_rtp(
+                &mut call.sides,
+                from,
+                &mut buffer[..length],
+                source,
+                out,
+                now,
+            );
+            count(&call.stats, tally, from, outcome);
+        } else if relay_rtcp(&mut call.sides, from, &mut buffer[..length], source, out) {
+            tally.rtcp += 1;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,7 +566,7 @@ fn relay_rtcp(
 }
 
 fn send(socket: &UdpSocket, packet: &[u8], destination: SocketAddr) -> Outcome {
-    match socket.try_send_to(packet, destination) {
+    match socket.send_to(packet, destination) {
         Ok(_) => Outcome::Relayed,
         // A full socket buffer drops the packet, as the network would; never wait on media.
         Err(_) => Outcome::Dropped,
