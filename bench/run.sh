@@ -3,6 +3,9 @@
 #   bench/run.sh sip   [harness options]   call rate (calls/s) with media anchored
 #   bench/run.sh rtp   [harness options]   concurrent relayed G.711 calls
 #   bench/run.sh both                       both, 3 runs each
+#   bench/run.sh peers [--quick]            Kamailio, Kamailio+rtpengine, rtpengine and the gateway
+#                                           side by side in one interleaved run (needs
+#                                           apt-get install kamailio rtpengine-daemon)
 # Starts the gateway on bench/gateway.toml (RUST_LOG=warn), passes its PID to the harness so
 # its CPU is measured, and stops it afterwards. Not part of the test suite.
 set -euo pipefail
@@ -32,5 +35,8 @@ case "$mode" in
     "$peers/sip-cps.sh" 5060 --label gateway --target-pid "$gw" --runs 3 "$@"
     "$peers/rtp-relay.sh" sip --target-port 5060 --label gateway --target-pid "$gw" --runs 3 "$@"
     ;;
-  *) echo "usage: bench/run.sh sip|rtp|both [harness options]" >&2; exit 2 ;;
+  peers)
+    GATEWAY_SIP_PORT=5060 GATEWAY_PID="$gw" SECTIONS="${SECTIONS:-sip rtp}" "$peers/run-peers.sh" "$@"
+    ;;
+  *) echo "usage: bench/run.sh sip|rtp|both|peers [harness options]" >&2; exit 2 ;;
 esac
