@@ -81,6 +81,15 @@ pub enum NumberPattern {
 }
 
 impl NumberPattern {
+    /// ```
+    /// use hotline_gateway::routing::NumberPattern;
+    ///
+    /// let emergency = NumberPattern::parse("_1[12]X").unwrap_or(NumberPattern::Exact(String::new()));
+    /// assert!(emergency.matches("110") && emergency.matches("122"));
+    /// assert!(!emergency.matches("12345"));
+    /// assert!(NumberPattern::parse("_9.1").is_err()); // '.' only at the end
+    /// ```
+    ///
     /// # Errors
     /// A human-readable reason when the pattern is malformed.
     pub fn parse(text: &str) -> Result<NumberPattern, String> {

@@ -68,6 +68,17 @@ impl Uri {
         }
     }
 
+    /// ```
+    /// use hotline_gateway::sip::message::{Scheme, Uri};
+    ///
+    /// let carrier = Uri::parse("tel:+86-138-0013-8000").map_err(|e| e.to_string())?;
+    /// assert_eq!(carrier.scheme, Scheme::Tel);
+    /// assert_eq!(carrier.number().as_deref(), Some("+8613800138000"));
+    /// let police = Uri::parse("sip:110@[2001:db8::10]:5060").map_err(|e| e.to_string())?;
+    /// assert_eq!(police.socket_addr(), "[2001:db8::10]:5060".parse().ok());
+    /// # Ok::<(), String>(())
+    /// ```
+    ///
     /// # Errors
     /// [`UriError`] when the text is no sip/sips/tel URI.
     pub fn parse(text: &str) -> Result<Uri, UriError> {
