@@ -63,6 +63,8 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("schema version {found} is newer than this gateway knows ({supported})")]
     SchemaTooNew { found: i64, supported: i64 },
+    #[error("cannot write to {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
     #[error("the store's writer has stopped")]
     Closed,
 }
@@ -161,37 +163,36 @@ impl Store {
     /// Writes the final record; resolves once it is committed.
     ///
     /// # Errors
-    /// [`StoreError::Closed`] if the writer stopped, [`StoreError::Sql`]-like text otherwise.
+    /// [`StoreError::Closed`] if the writer stopped, [`StoreError::Write`] if the commit failed
+    /// (disk full, read-only file system).
     pub async fn call_ended(&self, record: CallRecord) -> Result<(), StoreError> {
-        let (done, committed) = oneshot::channel();
-        self.queue
-            .send(WriteOp::Ended(record, done))
+        self.until_committed(|done| WriteOp::Ended(record, done))
             .await
-            .map_err(|_| StoreError::Closed)?;
-        match committed.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(StoreError::Sql(rusqlite::Error::InvalidParameterName(
-                reason,
-            ))),
-            Err(_) => Err(StoreError::Closed),
-        }
     }
 
     /// Resolves when everything queued before it is committed.
     ///
     /// # Errors
-    /// [`StoreError::Closed`] if the writer has stopped.
+    /// As [`Store::call_ended`].
     pub async fn flush(&self) -> Result<(), StoreError> {
+        self.until_committed(WriteOp::Flush).await
+    }
+
+    async fn until_committed(
+        &self,
+        operation: impl FnOnce(oneshot::Sender<Result<(), String>>) -> WriteOp,
+    ) -> Result<(), StoreError> {
         let (done, committed) = oneshot::channel();
         self.queue
-            .send(WriteOp::Flush(done))
+            .send(operation(done))
             .await
             .map_err(|_| StoreError::Closed)?;
         match committed.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(StoreError::Sql(rusqlite::Error::InvalidParameterName(
+            Ok(Err(reason)) => Err(StoreError::Write {
+                path: self.path.clone(),
                 reason,
-            ))),
+            }),
             Err(_) => Err(StoreError::Closed),
         }
     }

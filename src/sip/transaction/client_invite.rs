@@ -21,6 +21,8 @@ pub struct ClientInvite {
     events: VecDeque<Event>,
 }
 
+super::machine_outputs!(ClientInvite);
+
 impl ClientInvite {
     /// Queues the INVITE and arms Timer A (UDP) and Timer B.
     pub fn new(now: Instant, request: Bytes, reliable: bool, config: &TimerConfig) -> ClientInvite {
@@ -40,14 +42,6 @@ impl ClientInvite {
         }
         machine.timers.set(Timer::B, now + config.t1 * 64);
         machine
-    }
-
-    pub fn state(&self) -> State {
-        self.state
-    }
-
-    pub fn is_terminated(&self) -> bool {
-        self.state == State::Terminated
     }
 
     /// A response matched to this transaction. `ack` is the ACK the owner built for a
@@ -114,29 +108,6 @@ impl ClientInvite {
                 _ => {}
             }
         }
-    }
-
-    fn terminate(&mut self) {
-        if self.state != State::Terminated {
-            self.state = State::Terminated;
-            self.timers.clear();
-            self.events.push_back(Event::Terminated);
-        }
-    }
-
-    #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.transmit.pop_front()
-    }
-
-    #[must_use]
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
     }
 }
 

@@ -20,6 +20,8 @@ pub struct ClientNonInvite {
     events: VecDeque<Event>,
 }
 
+super::machine_outputs!(ClientNonInvite);
+
 impl ClientNonInvite {
     /// Queues the request and arms Timer E (UDP) and Timer F.
     pub fn new(
@@ -43,14 +45,6 @@ impl ClientNonInvite {
         }
         machine.timers.set(Timer::F, now + config.t1 * 64);
         machine
-    }
-
-    pub fn state(&self) -> State {
-        self.state
-    }
-
-    pub fn is_terminated(&self) -> bool {
-        self.state == State::Terminated
     }
 
     pub fn handle_response(&mut self, now: Instant, status: u16) -> ResponseAction {
@@ -93,29 +87,6 @@ impl ClientNonInvite {
                 _ => {}
             }
         }
-    }
-
-    fn terminate(&mut self) {
-        if self.state != State::Terminated {
-            self.state = State::Terminated;
-            self.timers.clear();
-            self.events.push_back(Event::Terminated);
-        }
-    }
-
-    #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.transmit.pop_front()
-    }
-
-    #[must_use]
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
     }
 }
 

@@ -11,11 +11,6 @@
 //! the minimum of the table. On a reliable transport (TCP) there are no retransmission timers
 //! (A, E, G) and the wait timers D, I, J, K are zero (§17.1.1.2, §17.1.2.2, §17.2.1, §17.2.2).
 
-mod client_invite;
-mod client_non_invite;
-mod server_invite;
-mod server_non_invite;
-
 use std::time::{Duration, Instant};
 
 pub use client_invite::ClientInvite;
@@ -157,6 +152,53 @@ impl Timers {
         Some(ALL_TIMERS[index])
     }
 }
+
+/// The part every machine shares: state queries, the output queues its driver polls, and the
+/// move to `Terminated`. Each machine has the fields `state`, `timers`, `transmit` and `events`.
+macro_rules! machine_outputs {
+    ($machine:ty) => {
+        impl $machine {
+            pub fn state(&self) -> State {
+                self.state
+            }
+
+            pub fn is_terminated(&self) -> bool {
+                self.state == State::Terminated
+            }
+
+            /// The next message to send to the transaction's peer.
+            #[must_use]
+            pub fn poll_transmit(&mut self) -> Option<Bytes> {
+                self.transmit.pop_front()
+            }
+
+            #[must_use]
+            pub fn poll_event(&mut self) -> Option<Event> {
+                self.events.pop_front()
+            }
+
+            /// When [`handle_timeout`](Self::handle_timeout) must next be called.
+            #[must_use]
+            pub fn poll_timeout(&self) -> Option<Instant> {
+                self.timers.next()
+            }
+
+            fn terminate(&mut self) {
+                if self.state != State::Terminated {
+                    self.state = State::Terminated;
+                    self.timers.clear();
+                    self.events.push_back(Event::Terminated);
+                }
+            }
+        }
+    };
+}
+use machine_outputs;
+
+mod client_invite;
+mod client_non_invite;
+mod server_invite;
+mod server_non_invite;
 
 /// Zero on reliable transports, `duration` otherwise.
 fn unreliable_only(reliable: bool, duration: Duration) -> Duration {

@@ -22,6 +22,8 @@ pub struct ServerInvite {
     events: VecDeque<Event>,
 }
 
+super::machine_outputs!(ServerInvite);
+
 impl ServerInvite {
     /// Starts in `Proceeding`; the owner sends 100 Trying through [`ServerInvite::send_response`].
     pub fn new(_now: Instant, reliable: bool, config: &TimerConfig) -> ServerInvite {
@@ -36,14 +38,6 @@ impl ServerInvite {
             transmit: VecDeque::new(),
             events: VecDeque::new(),
         }
-    }
-
-    pub fn state(&self) -> State {
-        self.state
-    }
-
-    pub fn is_terminated(&self) -> bool {
-        self.state == State::Terminated
     }
 
     pub fn ack_received(&self) -> bool {
@@ -139,29 +133,6 @@ impl ServerInvite {
                 _ => {}
             }
         }
-    }
-
-    fn terminate(&mut self) {
-        if self.state != State::Terminated {
-            self.state = State::Terminated;
-            self.timers.clear();
-            self.events.push_back(Event::Terminated);
-        }
-    }
-
-    #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.transmit.pop_front()
-    }
-
-    #[must_use]
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
     }
 }
 

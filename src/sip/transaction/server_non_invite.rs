@@ -19,6 +19,8 @@ pub struct ServerNonInvite {
     events: VecDeque<Event>,
 }
 
+super::machine_outputs!(ServerNonInvite);
+
 impl ServerNonInvite {
     pub fn new(_now: Instant, reliable: bool, config: &TimerConfig) -> ServerNonInvite {
         ServerNonInvite {
@@ -30,14 +32,6 @@ impl ServerNonInvite {
             transmit: VecDeque::new(),
             events: VecDeque::new(),
         }
-    }
-
-    pub fn state(&self) -> State {
-        self.state
-    }
-
-    pub fn is_terminated(&self) -> bool {
-        self.state == State::Terminated
     }
 
     pub fn send_response(&mut self, now: Instant, status: u16, response: Bytes) {
@@ -68,27 +62,10 @@ impl ServerNonInvite {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some(timer) = self.timers.pop_due(now) {
-            if timer == Timer::J && self.state != State::Terminated {
-                self.state = State::Terminated;
-                self.timers.clear();
-                self.events.push_back(Event::Terminated);
+            if timer == Timer::J {
+                self.terminate();
             }
         }
-    }
-
-    #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.transmit.pop_front()
-    }
-
-    #[must_use]
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
     }
 }
 
