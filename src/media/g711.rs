@@ -237,10 +237,7 @@ mod tests {
             .collect();
         for pair in ulaw.windows(2) {
             // Only the two zeros (0x7f, 0xff) are equal.
-            assert!(
-                pair[0] < pair[1] || pair == [0, 0],
-                "μ-law {pair:?}"
-            );
+            assert!(pair[0] < pair[1] || pair == [0, 0], "μ-law {pair:?}");
         }
         let alaw: Vec<i16> = alaw_in_level_order()
             .into_iter()
@@ -258,11 +255,17 @@ mod tests {
             // Half a step, plus the 2 bits μ-law drops before quantising; beyond full scale
             // the encoder clips.
             let bound = ulaw_step(u) / 2 + 4 + (value.abs() - 32_124 - 4).max(0);
-            assert!((decoded - value).abs() <= bound, "μ-law {sample} -> {decoded}");
+            assert!(
+                (decoded - value).abs() <= bound,
+                "μ-law {sample} -> {decoded}"
+            );
             let a = linear_to_alaw(sample);
             let decoded = i32::from(alaw_to_linear(a));
             let bound = alaw_step(a) / 2 + (value.abs() - 32_256 - 512).max(0);
-            assert!((decoded - value).abs() <= bound, "A-law {sample} -> {decoded}");
+            assert!(
+                (decoded - value).abs() <= bound,
+                "A-law {sample} -> {decoded}"
+            );
         }
     }
 
@@ -313,7 +316,8 @@ mod tests {
         }
         // And A-law -> μ-law -> A-law likewise.
         let order = alaw_in_level_order();
-        let position = |code: u8| order.iter().position(|&c| c == code).unwrap_or(usize::MAX) as i64;
+        let position =
+            |code: u8| order.iter().position(|&c| c == code).unwrap_or(usize::MAX) as i64;
         for code in 0..=255u8 {
             let back = ULAW_TO_ALAW[usize::from(ALAW_TO_ULAW[usize::from(code)])];
             assert!(
@@ -332,7 +336,10 @@ mod tests {
         }
         transcode_in_place(&mut payload, Transcode::AlawToUlaw);
         for (code, &out) in (0..=255u8).zip(&payload) {
-            assert_eq!(out, ALAW_TO_ULAW[usize::from(ULAW_TO_ALAW[usize::from(code)])]);
+            assert_eq!(
+                out,
+                ALAW_TO_ULAW[usize::from(ULAW_TO_ALAW[usize::from(code)])]
+            );
         }
         transcode_in_place(&mut [], Transcode::AlawToUlaw);
     }

@@ -261,7 +261,11 @@ mod tests {
         )
     }
 
-    fn rewrite(rewriter: &mut StreamRewriter, mut p: Vec<u8>, at: Instant) -> (bool, u16, u32, u32) {
+    fn rewrite(
+        rewriter: &mut StreamRewriter,
+        mut p: Vec<u8>,
+        at: Instant,
+    ) -> (bool, u16, u32, u32) {
         rewriter
             .rewrite(&mut p, at)
             .unwrap_or_else(|e| panic!("rewrite failed: {e}"));
@@ -293,7 +297,10 @@ mod tests {
         assert_eq!(classify(&receiver_report), PacketKind::Rtcp);
         // Every RFC 5761 RTCP value, even ones rtp-rs would accept as RTP.
         for second in 192..=223u8 {
-            assert_eq!(classify(&[0x80, second, 0, 1, 0, 0, 0, 1]), PacketKind::Rtcp);
+            assert_eq!(
+                classify(&[0x80, second, 0, 1, 0, 0, 0, 1]),
+                PacketKind::Rtcp
+            );
         }
 
         // Versions 0, 1 and 3.
@@ -381,7 +388,11 @@ mod tests {
             (13, 2_080, 60),
             (17, 9_000, 500),
         ] {
-            let h = rewrite(&mut rewriter, packet(0, sequence, timestamp, 9), t0 + ms(at));
+            let h = rewrite(
+                &mut rewriter,
+                packet(0, sequence, timestamp, 9),
+                t0 + ms(at),
+            );
             seen.push((h.1, h.2));
         }
         assert_eq!(
@@ -425,7 +436,11 @@ mod tests {
         let h = rewrite(&mut rewriter, packet(0, 0, 0, 2), t0);
         assert_eq!((h.1, h.2), (1, 1));
         // 20.07 ms = 160.56 samples -> 161.
-        let h = rewrite(&mut rewriter, packet(0, 0, 0, 3), t0 + Duration::from_micros(20_070));
+        let h = rewrite(
+            &mut rewriter,
+            packet(0, 0, 0, 3),
+            t0 + Duration::from_micros(20_070),
+        );
         assert_eq!((h.1, h.2), (2, 162));
         // An arrival earlier than the last one (clock confusion) does not go backwards.
         let h = rewrite(&mut rewriter, packet(0, 0, 0, 4), t0);
@@ -448,11 +463,17 @@ mod tests {
 
         let mut short = packet(0, 3, 480, 1)[..11].to_vec();
         let copy = short.clone();
-        assert_eq!(rewriter.rewrite(&mut short, t0), Err(RewriteError::TooShort));
+        assert_eq!(
+            rewriter.rewrite(&mut short, t0),
+            Err(RewriteError::TooShort)
+        );
         assert_eq!(short, copy);
         let mut csrcs = packet(0, 3, 480, 1)[..12].to_vec();
         csrcs[0] = 0x81;
-        assert_eq!(rewriter.rewrite(&mut csrcs, t0), Err(RewriteError::TooShort));
+        assert_eq!(
+            rewriter.rewrite(&mut csrcs, t0),
+            Err(RewriteError::TooShort)
+        );
         let mut version1 = packet(0, 3, 480, 1);
         version1[0] = 0x40;
         let copy = version1.clone();
@@ -462,7 +483,10 @@ mod tests {
         );
         assert_eq!(version1, copy);
         assert_eq!(rewriter.packets(), 3);
-        assert_eq!(RewriteError::TooShort.to_string(), "packet shorter than its RTP header");
+        assert_eq!(
+            RewriteError::TooShort.to_string(),
+            "packet shorter than its RTP header"
+        );
         let error: &dyn std::error::Error = &RewriteError::NotVersion2;
         assert_eq!(error.to_string(), "not RTP version 2");
     }
