@@ -666,3 +666,78 @@ async fn merged_request_gets_482() {
     caller.expect_response("INVITE", 200).await;
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn media_latches_to_the_callee_and_relatches_after_a_nat_rebinding() {
+    let (mut gateway, mut caller, mut callee) = setup("", "").await;
+    let call = establish(&mut caller, &mut callee, &[8], &[8]).await;
+    let b_media = call.gateway_b_media;
+    let callee_sends = |sequence: u16, payload: u8| {
+        let rtp = &call.callee_rtp;
+        async move {
+            rtp.send(
+                b_media,
+                8,
+                sequence,
+                160 * u32::from(sequence),
+                0x1111,
+                &[payload; 160],
+            )
+            .await
+        }
+    };
+    callee_sends(1, 1).await;
+    assert_eq!(call.caller_rtp.recv().await.payload, vec![1; 160]);
+
+    // A stranger on another address, and the callee's own IP from a new port while the old
+    // one is still talking: neither reaches the caller; the next packet the caller hears is the
+    // callee's.
+    let stranger = RtpPeer::bind(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2))).await;
+    let rebound = RtpPeer::bind(LOCALHOST).await;
+    for sequence in 2..5 {
+        stranger
+            .send(b_media, 8, sequence, 0, 0x6666, &[6; 160])
+            .await;
+        rebound
+            .send(b_media, 8, sequence, 0, 0x7777, &[7; 160])
+            .await;
+    }
+    callee_sends(5, 1).await;
+    assert_eq!(call.caller_rtp.recv().await.payload, vec![1; 160]);
+
+    // The caller's audio goes to where the callee really sends from.
+    call.caller_rtp
+        .send(call.gateway_a_media, 8, 1, 160, 0x2222, &[2; 160])
+        .await;
+    assert_eq!(call.callee_rtp.recv().await.payload, vec![2; 160]);
+
+    // The callee's NAT rebinds: the old port falls silent and RTP comes from the new one. It is
+    // taken once the old source has been quiet for the relatch interval (2 s).
+    let mut sequence = 100;
+    let heard = loop {
+        rebound
+            .send(b_media, 8, sequence, 0, 0x7777, &[7; 160])
+            .await;
+        sequence += 1;
+        if let Some(packet) = call
+            .caller_rtp
+            .recv_within(Duration::from_millis(100))
+            .await
+        {
+            break packet;
+        }
+        assert!(sequence < 160, "the rebound source was never latched");
+    };
+    assert_eq!(heard.payload, vec![7; 160]);
+    assert!(sequence > 110, "relatched before the old source was quiet");
+    call.caller_rtp
+        .send(call.gateway_a_media, 8, 2, 320, 0x2222, &[3; 160])
+        .await;
+    assert_eq!(rebound.recv().await.payload, vec![3; 160]);
+    assert!(call
+        .callee_rtp
+        .recv_within(Duration::from_millis(200))
+        .await
+        .is_none());
+    gateway.stop().await;
+}
