@@ -153,6 +153,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         Arc::clone(&metrics),
         local_sip,
     );
+    let endpoint =
+        endpoint.with_overload_delay(Duration::from_millis(config.sip.overload_queue_delay_ms));
     let tracker = tokio_util::task::TaskTracker::new();
     manager.attach(CallServices {
         endpoint: handle,

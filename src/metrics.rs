@@ -19,13 +19,15 @@ pub enum Counter {
     TransactionsTotal,
     TransactionTimeouts,
     CallsRefusedOverload,
+    /// New INVITEs answered 503 statelessly because they queued too long (overload control).
+    SipShedOverload,
     RtpPacketsRelayed,
     RtpPacketsDropped,
     RtcpPacketsRelayed,
     StoreWriteErrors,
 }
 
-const COUNTERS: [(Counter, &str, &str); 14] = [
+const COUNTERS: [(Counter, &str, &str); 15] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -75,6 +77,11 @@ const COUNTERS: [(Counter, &str, &str); 14] = [
         Counter::CallsRefusedOverload,
         "hotline_calls_refused_overload_total",
         "INVITEs answered 503 for lack of call slots or media ports",
+    ),
+    (
+        Counter::SipShedOverload,
+        "hotline_sip_shed_overload_total",
+        "new INVITEs answered 503 statelessly because the gateway was behind (queueing delay)",
     ),
     (
         Counter::RtpPacketsRelayed,

@@ -741,3 +741,50 @@ async fn media_latches_to_the_callee_and_relatches_after_a_nat_rebinding() {
         .is_none());
     gateway.stop().await;
 }
+
+/// Overload control end to end. With a queueing-delay target of 0 every message counts as
+/// late, so once one 100 ms window has been observed the queue reads as standing: a new INVITE
+/// is answered 503 + Retry-After statelessly and never reaches the callee, while requests that
+/// are no new call (OPTIONS here) are still served.
+#[tokio::test]
+async fn a_standing_queue_sheds_new_invites_with_503_retry_after() {
+    let (mut gateway, mut caller, mut callee) = setup("overload_queue_delay_ms = 0", "").await;
+    let options = |n: u32, me: SocketAddr, gw: SocketAddr| {
+        format!(
+            "OPTIONS sip:{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKshed{n}\r\n\
+From: <sip:ping@{me}>;tag=s{n}\r\nTo: <sip:{gw}>\r\nCall-ID: shed-{n}\r\nCSeq: 1 OPTIONS\r\n\
+Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    // Two messages more than one detector interval (100 ms) apart close the first window.
+    caller.send(&options(1, caller.address, gateway.sip)).await;
+    caller.expect_response("OPTIONS", 200).await;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    caller.send(&options(2, caller.address, gateway.sip)).await;
+    caller.expect_response("OPTIONS", 200).await;
+
+    let rtp = RtpPeer::bind(LOCALHOST).await;
+    let invite = caller.invite(
+        "12345",
+        "13800138000",
+        &sdp(rtp.address, &[8], "sendrecv"),
+        "",
+    );
+    caller.send_request(&invite).await;
+    let busy = caller.expect_response("INVITE", 503).await;
+    assert_eq!(busy.headers.get("Retry-After"), Some("2"));
+    assert!(
+        callee
+            .recv_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "a shed call reached the callee"
+    );
+    let (_, metrics) = gateway.http_get("/metrics").await;
+    assert!(
+        metrics.contains("hotline_sip_shed_overload_total 1"),
+        "{metrics}"
+    );
+    assert!(gateway.calls().is_empty(), "a shed call has no record");
+    gateway.stop().await;
+}

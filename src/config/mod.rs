@@ -82,6 +82,12 @@ pub struct SipConfig {
     /// Concurrent calls accepted; beyond this new INVITEs get 503 (default 4000).
     #[serde(default = "default_max_calls")]
     pub max_calls: usize,
+    /// Overload control: while even the shortest queueing delay of inbound messages over 100 ms
+    /// stays above this (a standing queue, not a burst), new INVITEs that waited longer are
+    /// answered 503 + Retry-After statelessly instead of starting calls (default 200 ms, under
+    /// T1, so callers are told before they retransmit and amplify the load).
+    #[serde(default = "default_overload_queue_delay_ms")]
+    pub overload_queue_delay_ms: u64,
     /// Server / User-Agent header value; empty (the default) sends none, so scanners learn nothing.
     #[serde(default)]
     pub user_agent: String,
@@ -204,6 +210,9 @@ fn default_ring_timeout_secs() -> u64 {
 }
 fn default_max_calls() -> usize {
     4000
+}
+fn default_overload_queue_delay_ms() -> u64 {
+    200
 }
 fn default_codecs() -> Vec<String> {
     vec!["PCMA".into(), "PCMU".into()]

@@ -15,7 +15,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::message::{self, Message, Method, ParseError, Request, Response, Via};
+use super::overload::OverloadDetector;
 use super::transaction::{
     ClientInvite, ClientNonInvite, Event as MachineEvent, ResponseAction, ServerInvite,
     ServerNonInvite, TimerConfig,
@@ -244,6 +245,7 @@ pub struct Endpoint {
     accepted: HashMap<AcceptedKey, ServerKey>,
     deadlines: BinaryHeap<Reverse<(Instant, TimerOwner)>>,
     next_server: u64,
+    overload: OverloadDetector,
 }
 
 impl Endpoint {
@@ -275,8 +277,18 @@ impl Endpoint {
             accepted: HashMap::new(),
             deadlines: BinaryHeap::new(),
             next_server: 1,
+            overload: OverloadDetector::new(Duration::MAX),
         };
         (endpoint, handle, command_queue)
+    }
+
+    /// Overload control: while the inbound queue stands above `delay` (see [`OverloadDetector`]),
+    /// new INVITEs that waited longer than it are answered 503 statelessly (see
+    /// [`Endpoint::shed`]). Off unless set.
+    #[must_use]
+    pub fn with_overload_delay(mut self, delay: Duration) -> Endpoint {
+        self.overload = OverloadDetector::new(delay);
+        self
     }
 
     /// A Via for a request the gateway originates over `target` (§8.1.1.7 branch magic cookie,
@@ -437,9 +449,13 @@ impl Endpoint {
         match inbound.message {
             Ok(Message::Request(request)) => {
                 self.metrics.increment(Counter::SipRequestsReceived);
-                self.handle_request(now, request, inbound.source, inbound.flow);
+                let waited = now.saturating_duration_since(inbound.received);
+                self.overload.handle_delay(now, waited);
+                self.handle_request(now, request, inbound.source, inbound.flow, waited);
             }
             Ok(Message::Response(response)) => {
+                let waited = now.saturating_duration_since(inbound.received);
+                self.overload.handle_delay(now, waited);
                 self.metrics.increment(Counter::SipResponsesReceived);
                 self.handle_response(now, response);
             }
@@ -526,6 +542,7 @@ impl Endpoint {
         mut request: Request,
         source: SocketAddr,
         flow: Flow,
+        waited: Duration,
     ) {
         stamp_via(&mut request.headers, source);
         let Some(via) = request.top_via() else { return };
@@ -547,11 +564,31 @@ impl Endpoint {
             self.existing_server_transaction(now, &key, request);
             return;
         }
+        let initial_invite =
+            request.method == Method::Invite && request.to().is_some_and(|to| to.tag().is_none());
+        if initial_invite && self.overload.should_shed(waited) {
+            self.shed(&request, source, flow);
+            return;
+        }
         match request.method {
             Method::Ack => self.ack_without_transaction(now, request),
             Method::Cancel => self.cancel(now, request, source, flow, key),
             _ => self.new_server_transaction(now, request, source, flow, key),
         }
+    }
+
+    /// Answers a new INVITE 503 + Retry-After without a transaction, timer or call. When the
+    /// endpoint falls behind, starting more calls only deepens the queue until responses and
+    /// retransmissions are lost with it (congestion collapse); shedding new calls while
+    /// retransmissions, responses and in-dialog requests go on keeps the calls in progress
+    /// alive (RFC 6357 §4: reject early and cheaply). Stateless (§8.2.7 of RFC 3261 allows it):
+    /// a lost 503 is recovered by the caller's retransmission, which gets a fresh decision.
+    fn shed(&mut self, request: &Request, source: SocketAddr, flow: Flow) {
+        self.metrics.increment(Counter::SipShedOverload);
+        let mut response = Response::for_request(request, 503, Some("gw-overload"));
+        response.headers.push("Retry-After", "2");
+        let target = request_response_target(request, source, flow);
+        self.transport.send(target, response.to_bytes());
     }
 
     fn existing_server_transaction(&mut self, now: Instant, key: &ServerKey, request: Request) {

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -84,6 +84,8 @@ pub struct Inbound {
     pub message: Result<Message, ParseError>,
     pub source: SocketAddr,
     pub flow: Flow,
+    /// When the bytes were read from the socket (the endpoint measures its queueing delay).
+    pub received: Instant,
 }
 
 /// Transport settings.
@@ -246,6 +248,7 @@ impl Transport {
                 continue; // keep-alive
             }
             let inbound = Inbound {
+                received: Instant::now(),
                 message: message::parse(datagram),
                 source: crate::routing::canonical(source),
                 flow: Flow::Udp,
@@ -336,6 +339,7 @@ impl Transport {
                     Ok(Frame::Message { length }) => {
                         let bytes = buffer.split_to(length);
                         let inbound = Inbound {
+                            received: Instant::now(),
                             message: message::parse(&bytes),
                             source: address,
                             flow: Flow::Tcp(id),
