@@ -6,6 +6,10 @@
 #   bench/run.sh peers [--quick]            Kamailio, Kamailio+rtpengine, rtpengine and the gateway
 #                                           side by side in one interleaved run (needs
 #                                           apt-get install kamailio rtpengine-daemon)
+#   bench/run.sh rtp-compare [CALLS] [ROUNDS]
+#                                           CPU per relayed packet at equal load: rtpengine (ng,
+#                                           userspace, 2 threads) and the gateway at CALLS calls
+#                                           (default 800), alternating for ROUNDS rounds (default 3)
 # Starts the gateway on bench/gateway.toml (RUST_LOG=warn), passes its PID to the harness so
 # its CPU is measured, and stops it afterwards. Not part of the test suite.
 set -euo pipefail
@@ -35,8 +39,24 @@ case "$mode" in
     "$peers/sip-cps.sh" 5060 --label gateway --target-pid "$gw" --runs 3 "$@"
     "$peers/rtp-relay.sh" sip --target-port 5060 --label gateway --target-pid "$gw" --runs 3 "$@"
     ;;
+  rtp-compare)
+    calls="${1:-800}"; rounds="${2:-3}"
+    mkdir -p bench/out
+    "$peers/peer.sh" rtpengine --ng-port 2223 --threads 2 --secs 3600 > bench/out/rtpengine.pid &
+    for _ in $(seq 1 50); do [ -s bench/out/rtpengine.pid ] && break; sleep 0.1; done
+    rtpe="$(head -1 bench/out/rtpengine.pid)"
+    trap 'kill -TERM $gw $rtpe 2>/dev/null; wait $gw 2>/dev/null || true' EXIT
+    sleep 2
+    for round in $(seq 1 "$rounds"); do
+      echo "round $round" >&2
+      "$peers/rtp-relay.sh" ng --ng-port 2223 --label rtpengine-ng --target-pid "$rtpe" \
+        --calls "$calls" --runs 1 --measure 15
+      "$peers/rtp-relay.sh" sip --target-port 5060 --label gateway --target-pid "$gw" \
+        --calls "$calls" --runs 1 --measure 15
+    done
+    ;;
   peers)
     GATEWAY_SIP_PORT=5060 GATEWAY_PID="$gw" SECTIONS="${SECTIONS:-sip rtp}" "$peers/run-peers.sh" "$@"
     ;;
-  *) echo "usage: bench/run.sh sip|rtp|both|peers [harness options]" >&2; exit 2 ;;
+  *) echo "usage: bench/run.sh sip|rtp|both|rtp-compare|peers [harness options]" >&2; exit 2 ;;
 esac
