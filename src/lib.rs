@@ -130,6 +130,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         ring_timeout: Duration::from_secs(config.sip.ring_timeout_secs),
         cleanup_timeout: timers.t1 * 64,
         user_agent: (!config.sip.user_agent.is_empty()).then(|| config.sip.user_agent.clone()),
+        router: Arc::clone(&router),
+        transfer_ring_timeout: Duration::from_secs(config.sip.transfer_ring_timeout_secs),
     });
     let media_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let media = media::relay::MediaEngine::start(media_workers, Arc::clone(&metrics))

@@ -21,13 +21,19 @@ pub enum Counter {
     CallsRefusedOverload,
     /// New INVITEs answered 503 statelessly because they queued too long (overload control).
     SipShedOverload,
+    TransfersRequested,
+    TransfersAnswered,
+    TransfersFailed,
+    /// Sum over transfers of the milliseconds from trigger to the target ringing.
+    TransferRingingMilliseconds,
+    TransfersRinging,
     RtpPacketsRelayed,
     RtpPacketsDropped,
     RtcpPacketsRelayed,
     StoreWriteErrors,
 }
 
-const COUNTERS: [(Counter, &str, &str); 15] = [
+const COUNTERS: [(Counter, &str, &str); 20] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -82,6 +88,31 @@ const COUNTERS: [(Counter, &str, &str); 15] = [
         Counter::SipShedOverload,
         "hotline_sip_shed_overload_total",
         "new INVITEs answered 503 statelessly because the gateway was behind (queueing delay)",
+    ),
+    (
+        Counter::TransfersRequested,
+        "hotline_transfers_requested_total",
+        "transfers asked for (REFER, hotkey, API, fallback)",
+    ),
+    (
+        Counter::TransfersAnswered,
+        "hotline_transfers_answered_total",
+        "transfers whose target answered",
+    ),
+    (
+        Counter::TransfersFailed,
+        "hotline_transfers_failed_total",
+        "transfers that failed (the citizen stayed where they were)",
+    ),
+    (
+        Counter::TransferRingingMilliseconds,
+        "hotline_transfer_ringing_milliseconds_total",
+        "sum of the times from transfer trigger to target ringing (divide by the next)",
+    ),
+    (
+        Counter::TransfersRinging,
+        "hotline_transfers_ringing_total",
+        "transfers whose target rang",
     ),
     (
         Counter::RtpPacketsRelayed,

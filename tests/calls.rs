@@ -6,7 +6,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::{sdp, sdp_address, Gateway, RtpPeer, Ua};
+use common::{establish, sdp, Gateway, RtpPeer, Ua};
 use hotline_gateway::sip::message::{Message, Method};
 
 const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -28,60 +28,6 @@ async fn setup(extra_sip: &str, extra_media: &str) -> (Gateway, Ua, Ua) {
     caller.set_gateway(gateway.sip);
     callee.set_gateway(gateway.sip);
     (gateway, caller, callee)
-}
-
-/// Places a call from `caller` and answers it at `callee`; returns the dialog pieces.
-struct Established {
-    invite: hotline_gateway::sip::message::Request,
-    ok: hotline_gateway::sip::message::Response,
-    incoming: hotline_gateway::sip::message::Request,
-    caller_rtp: RtpPeer,
-    callee_rtp: RtpPeer,
-    gateway_a_media: SocketAddr,
-    gateway_b_media: SocketAddr,
-}
-
-async fn establish(
-    caller: &mut Ua,
-    callee: &mut Ua,
-    caller_codecs: &[u8],
-    callee_codecs: &[u8],
-) -> Established {
-    let caller_rtp = RtpPeer::bind(caller.address.ip()).await;
-    let callee_rtp = RtpPeer::bind(callee.address.ip()).await;
-    let invite = caller.invite(
-        "12345",
-        "13800138000",
-        &sdp(caller_rtp.address, caller_codecs, "sendrecv"),
-        "",
-    );
-    caller.send_request(&invite).await;
-    caller.expect_response("INVITE", 100).await;
-    let incoming = callee.expect_request("INVITE").await;
-    let offer = incoming.sdp().unwrap_or_default().to_string();
-    let gateway_b_media = sdp_address(&offer);
-    callee
-        .send_response(&callee.answer(&incoming, 180, None))
-        .await;
-    caller.expect_response("INVITE", 180).await;
-    let answer = sdp(callee_rtp.address, callee_codecs, "sendrecv");
-    callee
-        .send_response(&callee.answer(&incoming, 200, Some(&answer)))
-        .await;
-    let ok = caller.expect_response("INVITE", 200).await;
-    let gateway_a_media = sdp_address(ok.sdp().unwrap_or_default());
-    let ack = caller.ack(&invite, &ok, "");
-    caller.send_request(&ack).await;
-    callee.expect_request("ACK").await;
-    Established {
-        invite,
-        ok,
-        incoming,
-        caller_rtp,
-        callee_rtp,
-        gateway_a_media,
-        gateway_b_media,
-    }
 }
 
 #[tokio::test]

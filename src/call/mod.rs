@@ -1,8 +1,10 @@
-//! Calls: the sans-IO B2BUA model ([`model`]), the task that drives one call ([`task`]) and the
-//! dispatcher that admits new calls ([`manager`]).
+//! Calls: the sans-IO B2BUA model ([`model`]) with the pure parts of its transfers
+//! ([`transfer`]), the task that drives one call ([`task`]) and the dispatcher that admits new
+//! calls ([`manager`]).
 
 pub mod manager;
 pub mod model;
 pub mod task;
+pub mod transfer;
 
 pub use model::{Action, Call, CallSettings, EndedBy, NewCall, Outcome};

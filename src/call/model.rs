@@ -10,6 +10,14 @@
 //! `peer_response_timeout`, on ringing past `ring_timeout`, on 408, 5xx or 6xx (§16.7-style
 //! serial forking done by a B2BUA). SDP is answered on each leg by the gateway itself with its
 //! own address (media anchored), so re-INVITEs from one side never reach the other.
+//!
+//! Blind transfer ([`Call::transfer`], reached by REFER, hotkeys and the work-order API alike):
+//! the gateway itself calls the target with the citizen's identity, on leg B's media port, while
+//! citizen and agent go on talking. When the target answers, leg B is handed over to it (the
+//! relay latches the new endpoint; the citizen's stream from us continues with the same SSRC)
+//! and the agent's dialog is released; the citizen is never re-INVITEd. When the target fails,
+//! nothing changes for the citizen. The agent follows progress through the NOTIFYs of the
+//! REFER's implicit subscription (RFC 3515).
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -21,15 +29,17 @@ use bytes::Bytes;
 use crate::config::TransportKind;
 use crate::ids::IdGenerator;
 use crate::media::{Leg, LegMedia, MediaCommand};
-use crate::routing::Peer;
+use crate::routing::{Peer, Router};
 use crate::sip::dialog::Dialog;
 use crate::sip::endpoint::{DialogKey, Endpoint, ServerTransactionId, SipEvent};
 use crate::sip::message::{self, Headers, Host, Method, NameAddr, Request, Response, Uri};
 use crate::sip::sdp::{self, Direction, MediaPolicy, Negotiated, Origin, SessionDescription};
 use crate::sip::transport::{Flow, Target};
 
+use super::transfer::{self, CallerIdentity, Trigger};
+
 /// Methods the gateway accepts inside a dialog (sent in Allow, §20.5).
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REFER";
 
 /// Settings every call shares.
 #[derive(Debug, Clone)]
@@ -43,6 +53,10 @@ pub struct CallSettings {
     pub cleanup_timeout: Duration,
     /// Server/User-Agent value; None sends none.
     pub user_agent: Option<String>,
+    /// Transfer targets are routed with the same table as new calls.
+    pub router: Arc<Router>,
+    /// A transfer target ringing this long is given up (408).
+    pub transfer_ring_timeout: Duration,
 }
 
 /// Everything the call starts from.
@@ -114,10 +128,54 @@ pub enum Action {
         b_call_id: String,
         b_peer: String,
     },
+    /// A transfer attempt changed (for its linkage record and metrics).
+    Linkage(LinkageUpdate),
     /// The call is over for both parties: write the record now.
     Ended(Outcome),
     /// Nothing more will happen: drop the call.
     Finished,
+}
+
+/// What happened to a transfer attempt, keyed by its linkage id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkageUpdate {
+    /// A transfer was asked for; `to_peer` is the first peer tried.
+    Requested {
+        linkage_id: String,
+        target: String,
+        trigger: Trigger,
+        from_peer: String,
+        from_platform: Option<String>,
+        to_peer: String,
+        to_platform: Option<String>,
+    },
+    /// The next peer of the target's route is tried.
+    Retried {
+        linkage_id: String,
+        to_peer: String,
+        to_platform: Option<String>,
+    },
+    Ringing {
+        linkage_id: String,
+    },
+    Answered {
+        linkage_id: String,
+    },
+    Failed {
+        linkage_id: String,
+        status: u16,
+    },
+}
+
+/// Why [`Call::transfer`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    #[error("the call is not answered")]
+    NotAnswered,
+    #[error("a transfer of this call is already under way")]
+    InProgress,
+    #[error("no route reaches {0}")]
+    NoRoute(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,9 +196,32 @@ enum Timer {
     Ring,
     /// Give up waiting for answers to our BYE/CANCEL.
     Cleanup,
+    /// No response at all from the transfer target's current peer.
+    TransferResponse,
+    /// The transfer target rings too long.
+    TransferRing,
 }
 
-const TIMERS: [Timer; 3] = [Timer::PeerResponse, Timer::Ring, Timer::Cleanup];
+const TIMERS: [Timer; 5] = [
+    Timer::PeerResponse,
+    Timer::Ring,
+    Timer::Cleanup,
+    Timer::TransferResponse,
+    Timer::TransferRing,
+];
+
+/// What differs between the INVITEs the gateway places for a call.
+struct InviteTo<'a> {
+    peer: &'a Peer,
+    target: Target,
+    branch: &'a str,
+    number: &'a str,
+    call_id: &'a str,
+    tag: &'a str,
+    offer: &'a SessionDescription,
+    /// Assert the caller's number in P-Asserted-Identity when the caller sent none.
+    assert: bool,
+}
 
 /// One INVITE towards a peer.
 struct Attempt {
@@ -154,6 +235,24 @@ struct Attempt {
     timed_out: bool,
     /// A final response (or a timeout) ended this INVITE transaction.
     settled: bool,
+}
+
+/// A blind transfer under way: our INVITE to the target, while citizen and agent still talk.
+struct Transfer {
+    linkage_id: String,
+    trigger: Trigger,
+    number: String,
+    route: Vec<Arc<Peer>>,
+    /// The INVITE to `route[attempt.peer_index]`.
+    attempt: Attempt,
+    call_id: String,
+    tag: String,
+    origin: Origin,
+    offer: SessionDescription,
+    /// CSeq of the REFER whose implicit subscription gets our NOTIFYs; None for hotkeys and
+    /// the API, or once the agent has left.
+    refer_sequence: Option<u32>,
+    referred_by: Option<String>,
 }
 
 struct LegA {
@@ -200,8 +299,13 @@ pub struct Call {
     cancelled: bool,
     /// Branches of our BYE/CANCEL transactions still awaiting a final response.
     pending: HashSet<String>,
-    timers: [Option<Instant>; 3],
+    timers: [Option<Instant>; TIMERS.len()],
     last_failure: (u16, String),
+    transfer: Option<Transfer>,
+    /// Agents' dialogs handed over to a transfer target: their late BYE gets a 200.
+    released: Vec<DialogKey>,
+    /// The citizen was sent back to the number first called once already.
+    fell_back: bool,
     outcome: Option<Outcome>,
     /// Set when the cleanup timer must be armed at the next clock reading.
     pending_cleanup: bool,
@@ -263,8 +367,11 @@ impl Call {
             stale: Vec::new(),
             cancelled: false,
             pending: HashSet::new(),
-            timers: [None; 3],
+            timers: [None; TIMERS.len()],
             last_failure: (480, "Temporarily Unavailable".into()),
+            transfer: None,
+            released: Vec::new(),
+            fell_back: false,
             outcome: None,
             pending_cleanup: false,
             actions: VecDeque::new(),
@@ -289,6 +396,13 @@ impl Call {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.iter().flatten().min().copied()
+    }
+
+    fn timer(&self, timer: Timer) -> Option<Instant> {
+        TIMERS
+            .iter()
+            .position(|t| *t == timer)
+            .and_then(|index| self.timers[index])
     }
 
     fn arm(&mut self, timer: Timer, at: Option<Instant>) {
@@ -432,46 +546,48 @@ impl Call {
     }
 
     fn build_b_invite(&mut self, peer: &Peer, target: Target, branch: &str) -> Request {
-        let caller = self.a.invite.from();
-        let caller_user = caller
-            .as_ref()
-            .and_then(|f| f.uri.user.clone())
-            .unwrap_or_else(|| "anonymous".into());
-        let mut from_uri = Uri::sip(
-            Some(&caller_user),
-            Host::Ip(self.settings.local_sip.ip()),
-            None,
-        );
-        if caller_user.starts_with('+') {
-            from_uri.params.push(("user".into(), Some("phone".into())));
-        }
-        let from = NameAddr {
-            display_name: caller.and_then(|c| c.display_name),
-            uri: from_uri,
-            params: vec![("tag".into(), Some(self.b.tag.clone()))],
-        };
-        // The contract: `sip:<number>@<peer address>`.
-        let uri = Uri::sip(
-            Some(&self.number),
-            Host::Ip(peer.address.ip()),
-            Some(peer.address.port()),
-        );
+        self.build_invite(&InviteTo {
+            peer,
+            target,
+            branch,
+            number: &self.number,
+            call_id: &self.b.call_id,
+            tag: &self.b.tag,
+            offer: &self.b.offer,
+            assert: false,
+        })
+    }
+
+    /// An INVITE to `to.peer` on the caller's behalf: the caller's identity as RFC 3325 lets
+    /// this peer see it, `sip:<number>@<peer address>` (the contract), our SDP offer.
+    fn build_invite(&self, to: &InviteTo<'_>) -> Request {
+        let local = Host::Ip(self.settings.local_sip.ip());
         let mut headers = Headers::new();
         headers.push(
             "Via",
-            Endpoint::via_for(self.settings.local_sip, target, branch),
+            Endpoint::via_for(self.settings.local_sip, to.target, to.branch),
         );
         headers.push(
             "Max-Forwards",
             self.a.invite.max_forwards().saturating_sub(1).to_string(),
         );
+        let mut identity = Headers::new();
+        let from = CallerIdentity::of(&self.a.invite)
+            .present(to.peer, local, to.assert, &mut identity)
+            .with_tag(to.tag);
+        let uri = Uri::sip(
+            Some(to.number),
+            Host::Ip(to.peer.address.ip()),
+            Some(to.peer.address.port()),
+        );
         headers.push("From", from.to_string());
         headers.push("To", NameAddr::new(uri.clone()).to_string());
-        headers.push("Call-ID", self.b.call_id.clone());
+        headers.push("Call-ID", to.call_id);
         headers.push("CSeq", "1 INVITE");
-        headers.push("Contact", self.contact(target));
-        headers.copy_from(&self.a.invite.headers, "P-Asserted-Identity");
-        headers.copy_from(&self.a.invite.headers, "Privacy");
+        headers.push("Contact", self.contact(to.target));
+        for header in identity.iter() {
+            headers.push(&header.name, header.value.clone());
+        }
         headers.push("Allow", ALLOW);
         if let Some(agent) = &self.settings.user_agent {
             headers.push("User-Agent", agent.clone());
@@ -481,7 +597,7 @@ impl Call {
             method: Method::Invite,
             uri,
             headers,
-            body: Bytes::from(self.b.offer.to_string()),
+            body: Bytes::from(to.offer.to_string()),
         }
     }
 
@@ -551,14 +667,23 @@ impl Call {
         let waiting = !self.pending.is_empty() || self.attempt.as_ref().is_some_and(|a| !a.settled);
         if !waiting {
             self.finish();
-        } else if self.timers[2].is_none() {
+        } else if self.timer(Timer::Cleanup).is_none() {
             self.pending_cleanup = true;
         }
     }
 
     fn finish(&mut self) {
         self.state = State::Done;
-        self.timers = [None; 3];
+        self.timers = [None; TIMERS.len()];
+        for key in std::mem::take(&mut self.released) {
+            self.actions.push_back(Action::UnregisterDialog(key));
+        }
+        if let Some(transfer) = self.transfer.take() {
+            self.actions.push_back(Action::UnregisterDialog(DialogKey {
+                call_id: transfer.call_id,
+                local_tag: transfer.tag,
+            }));
+        }
         self.actions.push_back(Action::UnregisterDialog(DialogKey {
             call_id: self.a.invite.call_id().to_string(),
             local_tag: self.a.tag.clone(),
@@ -614,6 +739,21 @@ impl Call {
             // The initial INVITE, handed over by the dispatcher: already processed in new().
             return;
         }
+        let to_tag = request.to().and_then(|t| t.tag().map(str::to_string));
+        if self.released.iter().any(|key| {
+            key.call_id == request.call_id() && to_tag.as_deref() == Some(key.local_tag.as_str())
+        }) {
+            // An agent whose leg went to a transfer target hangs up (or asks more) late.
+            let status = if request.method == Method::Bye {
+                200
+            } else {
+                481
+            };
+            let response = Response::for_request(&request, status, None);
+            self.actions
+                .push_back(Action::SendResponse { server, response });
+            return;
+        }
         let leg = if self.a.dialog.as_ref().is_some_and(|d| d.matches(&request))
             || (request.call_id() == self.a.invite.call_id()
                 && request
@@ -662,6 +802,15 @@ impl Call {
             Some(true) => {}
         }
         match request.method {
+            Method::Bye if leg == Leg::B && self.transfer.is_some() => {
+                // The agent leaves while the target rings: the citizen waits for the target.
+                respond(self, 200);
+                self.b.dialog = None;
+                if let Some(transfer) = self.transfer.as_mut() {
+                    transfer.refer_sequence = None;
+                }
+            }
+            Method::Refer => self.handle_refer(now, leg, server, &request),
             Method::Bye => {
                 respond(self, 200);
                 let ended_by = if leg == Leg::A {
@@ -780,6 +929,14 @@ impl Call {
             if response.status >= 200 && self.pending.remove(branch) {
                 self.maybe_finish();
             }
+            return;
+        }
+        if self
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.attempt.branch == branch)
+        {
+            self.handle_transfer_response(now, response);
             return;
         }
         let current = self.attempt.as_ref().is_some_and(|a| a.branch == branch);
@@ -994,7 +1151,13 @@ impl Call {
             }
             return;
         }
-        if self.attempt.as_ref().is_some_and(|a| a.branch == branch) {
+        if self
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.attempt.branch == branch)
+        {
+            self.transfer_failed(now, 408);
+        } else if self.attempt.as_ref().is_some_and(|a| a.branch == branch) {
             self.handle_failure(now, 408, "Request Timeout".into());
         }
     }
@@ -1030,6 +1193,7 @@ impl Call {
 
     /// Ends an answered (or answering) call: BYE to every leg but `from`.
     fn hang_up(&mut self, from: Option<Leg>, ended_by: EndedBy, reason: &str) {
+        self.abandon_transfer();
         if self.state == State::Calling {
             // Before answer: cancel leg B, fail leg A.
             self.cancelled = true;
@@ -1154,9 +1318,507 @@ impl Call {
                         self.finish();
                     }
                 }
+                Timer::TransferResponse => {
+                    tracing::info!(call = %self.id, "transfer target did not respond");
+                    self.transfer_failed(now, 408);
+                }
+                Timer::TransferRing => {
+                    let cancel = self.transfer.as_mut().map(|t| {
+                        t.attempt.timed_out = true;
+                        t.attempt.cancel_sent = true;
+                        (message::cancel_for(&t.attempt.invite), t.attempt.target)
+                    });
+                    if let Some((request, target)) = cancel {
+                        self.actions
+                            .push_back(Action::SendRequest { request, target });
+                    }
+                }
             }
         }
         self.arm_cleanup(now);
+    }
+
+    /// Blind transfer of the citizen (leg A) to `number`, with the citizen's identity: the one
+    /// operation behind REFER, hotkeys and the work-order API. The citizen keeps talking to the
+    /// agent until the target answers; if it fails, nothing changes for the citizen.
+    ///
+    /// # Errors
+    /// [`TransferError`] when the call is not answered, a transfer is already under way, or no
+    /// route reaches `number`.
+    pub fn transfer(
+        &mut self,
+        now: Instant,
+        number: &str,
+        trigger: Trigger,
+    ) -> Result<(), TransferError> {
+        let result = self.start_transfer(now, number, trigger, None, None);
+        self.arm_cleanup(now);
+        result
+    }
+
+    fn start_transfer(
+        &mut self,
+        now: Instant,
+        number: &str,
+        trigger: Trigger,
+        refer_sequence: Option<u32>,
+        referred_by: Option<String>,
+    ) -> Result<(), TransferError> {
+        if self.state != State::Answered {
+            return Err(TransferError::NotAnswered);
+        }
+        if self.transfer.is_some() {
+            return Err(TransferError::InProgress);
+        }
+        let route = self
+            .settings
+            .router
+            .route(number)
+            .filter(|peers| !peers.is_empty())
+            .ok_or_else(|| TransferError::NoRoute(number.to_string()))?
+            .to_vec();
+        let linkage_id = self.ids.call_id("linkage");
+        let linkage_id = linkage_id
+            .split('@')
+            .next()
+            .unwrap_or(&linkage_id)
+            .to_string();
+        let origin = Origin::new(self.b.media.ip(), self.ids.next_u64() >> 12);
+        let offer = sdp::offer(
+            &self.settings.policy,
+            self.b.media,
+            &origin,
+            Direction::SendRecv,
+        );
+        let from_peer = self
+            .attempt
+            .as_ref()
+            .and_then(|a| self.route.get(a.peer_index))
+            .map(|p| (p.name.clone(), p.platform.clone()))
+            .unwrap_or_default();
+        self.actions
+            .push_back(Action::Linkage(LinkageUpdate::Requested {
+                linkage_id: linkage_id.clone(),
+                target: number.to_string(),
+                trigger,
+                from_peer: from_peer.0,
+                from_platform: from_peer.1,
+                to_peer: route[0].name.clone(),
+                to_platform: route[0].platform.clone(),
+            }));
+        tracing::info!(call = %self.id, linkage = %linkage_id, target = number, trigger = trigger.as_str(), "transfer requested");
+        let placeholder = Attempt {
+            peer_index: 0,
+            invite: self.a.invite.clone(),
+            branch: String::new(),
+            target: self.a.target,
+            provisional: false,
+            cancel_sent: false,
+            timed_out: false,
+            settled: true,
+        };
+        self.transfer = Some(Transfer {
+            linkage_id,
+            trigger,
+            number: number.to_string(),
+            route,
+            attempt: placeholder,
+            call_id: String::new(),
+            tag: String::new(),
+            origin,
+            offer,
+            refer_sequence,
+            referred_by,
+        });
+        self.transfer_to_peer(now, 0);
+        Ok(())
+    }
+
+    /// Sends the transfer's INVITE to the `index`-th peer of the target's route.
+    fn transfer_to_peer(&mut self, now: Instant, index: usize) {
+        let local_ip = self.settings.local_sip.ip().to_string();
+        let (call_id, tag, branch) = (
+            self.ids.call_id(&local_ip),
+            self.ids.tag(),
+            self.ids.branch(),
+        );
+        let Some(transfer) = self.transfer.as_ref() else {
+            return;
+        };
+        let Some(peer) = transfer.route.get(index).cloned() else {
+            return;
+        };
+        let target = match peer.transport {
+            TransportKind::Udp => Target::Udp(peer.address),
+            TransportKind::Tcp => Target::Tcp(peer.address),
+        };
+        let mut invite = self.build_invite(&InviteTo {
+            peer: &peer,
+            target,
+            branch: &branch,
+            number: &transfer.number,
+            call_id: &call_id,
+            tag: &tag,
+            offer: &transfer.offer,
+            assert: true,
+        });
+        // RFC 3892: who asked for the transfer; RFC 7044/5806: the line it comes from.
+        if let Some(referred_by) = &transfer.referred_by {
+            invite.headers.push("Referred-By", referred_by.clone());
+        }
+        transfer::add_diversion(
+            &mut invite.headers,
+            &peer,
+            &self.number,
+            Host::Ip(self.settings.local_sip.ip()),
+            &invite.uri,
+        );
+        invite
+            .headers
+            .push(transfer::LINKAGE_HEADER, transfer.linkage_id.clone());
+        let linkage_id = transfer.linkage_id.clone();
+        self.actions.push_back(Action::RegisterDialog(DialogKey {
+            call_id: call_id.clone(),
+            local_tag: tag.clone(),
+        }));
+        self.actions.push_back(Action::SendRequest {
+            request: invite.clone(),
+            target,
+        });
+        if index > 0 {
+            self.actions
+                .push_back(Action::Linkage(LinkageUpdate::Retried {
+                    linkage_id,
+                    to_peer: peer.name.clone(),
+                    to_platform: peer.platform.clone(),
+                }));
+        }
+        if let Some(transfer) = self.transfer.as_mut() {
+            let previous = std::mem::replace(
+                &mut transfer.attempt,
+                Attempt {
+                    peer_index: index,
+                    invite,
+                    branch,
+                    target,
+                    provisional: false,
+                    cancel_sent: false,
+                    timed_out: false,
+                    settled: false,
+                },
+            );
+            if !previous.branch.is_empty() {
+                self.stale.push(previous);
+            }
+            let old = (
+                std::mem::replace(&mut transfer.call_id, call_id),
+                std::mem::replace(&mut transfer.tag, tag),
+            );
+            if !old.0.is_empty() {
+                self.actions.push_back(Action::UnregisterDialog(DialogKey {
+                    call_id: old.0,
+                    local_tag: old.1,
+                }));
+            }
+        }
+        self.arm(
+            Timer::TransferResponse,
+            Some(now + self.settings.peer_response_timeout),
+        );
+        self.arm(Timer::TransferRing, None);
+    }
+
+    /// An in-dialog REFER (RFC 3515): 202 and the transfer, or the error that says why not.
+    fn handle_refer(
+        &mut self,
+        now: Instant,
+        leg: Leg,
+        server: ServerTransactionId,
+        request: &Request,
+    ) {
+        let reject = |call: &mut Call, status: u16, reason: &str| {
+            let mut response = Response::for_request(request, status, None);
+            response.reason = reason.to_string();
+            call.actions
+                .push_back(Action::SendResponse { server, response });
+        };
+        if leg == Leg::A {
+            reject(self, 501, "Transfer From The Calling Leg Not Supported");
+            return;
+        }
+        let target = match transfer::refer_target(request) {
+            Ok(target) => target,
+            Err(error) => {
+                tracing::info!(call = %self.id, %error, "REFER rejected");
+                reject(self, 400, &format!("Bad Refer-To ({error})"));
+                return;
+            }
+        };
+        if target.replaces.is_some() {
+            reject(self, 501, "Attended Transfer Not Supported");
+            return;
+        }
+        if self.transfer.is_some() {
+            reject(self, 491, "Request Pending");
+            return;
+        }
+        if self.state != State::Answered {
+            reject(self, 481, "Call Does Not Exist");
+            return;
+        }
+        if self
+            .settings
+            .router
+            .route(&target.number)
+            .is_none_or(|peers| peers.is_empty())
+        {
+            reject(self, 403, "No Route To Transfer Target");
+            return;
+        }
+        let referred_by = request
+            .headers
+            .get("Referred-By")
+            .map(str::to_string)
+            .or_else(|| {
+                request.from().map(|mut from| {
+                    from.params.clear();
+                    from.to_string()
+                })
+            });
+        let mut accepted = Response::for_request(request, 202, None);
+        let contact_target = self.attempt.as_ref().map_or(self.a.target, |a| a.target);
+        accepted
+            .headers
+            .push("Contact", self.contact(contact_target));
+        self.actions.push_back(Action::SendResponse {
+            server,
+            response: accepted,
+        });
+        let sequence = request.cseq().map_or(0, |c| c.sequence);
+        self.notify_agent(sequence, 100);
+        if let Err(error) = self.start_transfer(
+            now,
+            &target.number,
+            Trigger::Refer,
+            Some(sequence),
+            referred_by,
+        ) {
+            // Checked above; kept for the invariant.
+            tracing::warn!(call = %self.id, %error, "transfer not started");
+            self.notify_agent(sequence, 503);
+        }
+    }
+
+    /// A NOTIFY of the REFER's subscription to the agent, while its dialog lasts.
+    fn notify_agent(&mut self, refer_sequence: u32, status: u16) {
+        let target = self.attempt.as_ref().map_or(self.a.target, |a| a.target);
+        let contact = self.contact(target);
+        let Some(dialog) = self.b.dialog.as_mut() else {
+            return;
+        };
+        let mut notify = transfer::notify(dialog, refer_sequence, status);
+        notify.headers.push("Contact", contact);
+        let notify = self.with_via(notify, target);
+        self.actions.push_back(Action::SendRequest {
+            request: notify,
+            target,
+        });
+    }
+
+    fn notify_transfer_progress(&mut self, status: u16) {
+        if let Some(sequence) = self.transfer.as_ref().and_then(|t| t.refer_sequence) {
+            self.notify_agent(sequence, status);
+        }
+    }
+
+    fn handle_transfer_response(&mut self, now: Instant, response: Response) {
+        match response.status {
+            100 => {
+                self.arm(Timer::TransferResponse, None);
+                if self.timer(Timer::TransferRing).is_none() {
+                    self.arm(
+                        Timer::TransferRing,
+                        Some(now + self.settings.transfer_ring_timeout),
+                    );
+                }
+            }
+            101..=199 => {
+                self.arm(Timer::TransferResponse, None);
+                let Some(transfer) = self.transfer.as_mut() else {
+                    return;
+                };
+                let first = !transfer.attempt.provisional;
+                transfer.attempt.provisional = true;
+                if first {
+                    let linkage_id = transfer.linkage_id.clone();
+                    self.arm(
+                        Timer::TransferRing,
+                        Some(now + self.settings.transfer_ring_timeout),
+                    );
+                    self.actions
+                        .push_back(Action::Linkage(LinkageUpdate::Ringing { linkage_id }));
+                    self.notify_transfer_progress(180);
+                }
+            }
+            200..=299 => self.transfer_answered(now, response),
+            status => self.transfer_failed(now, status),
+        }
+    }
+
+    fn transfer_answered(&mut self, now: Instant, response: Response) {
+        let Some(transfer) = self.transfer.as_ref() else {
+            return;
+        };
+        let attempt = &transfer.attempt;
+        let Some(dialog) = Dialog::new_uac(&attempt.invite, &response) else {
+            return;
+        };
+        let target = attempt.target;
+        let negotiated = response
+            .sdp()
+            .map(sdp::parse)
+            .and_then(Result::ok)
+            .and_then(|answer| {
+                sdp::accept_answer(&transfer.offer, &answer, &self.settings.policy).ok()
+            });
+        let ack = self.with_via(dialog.ack(1), target);
+        self.actions.push_back(Action::SendRequest {
+            request: ack,
+            target,
+        });
+        let Some(negotiated) = negotiated else {
+            self.bye_dialog(dialog, target, "transfer target's answer not acceptable");
+            if let Some(t) = self.transfer.as_mut() {
+                t.attempt.settled = true;
+            }
+            self.transfer_failed(now, 488);
+            return;
+        };
+        self.arm(Timer::TransferResponse, None);
+        self.arm(Timer::TransferRing, None);
+        self.notify_transfer_progress(200);
+        let Some(mut transfer) = self.transfer.take() else {
+            return;
+        };
+        transfer.attempt.settled = true;
+        // The agent's leg is released; the target takes leg B over.
+        let agent_target = self.attempt.as_ref().map_or(self.a.target, |a| a.target);
+        if let Some(agent) = self.b.dialog.take() {
+            self.bye_dialog(agent, agent_target, "transferred");
+        }
+        self.released.push(DialogKey {
+            call_id: std::mem::replace(&mut self.b.call_id, transfer.call_id.clone()),
+            local_tag: std::mem::replace(&mut self.b.tag, transfer.tag.clone()),
+        });
+        let media = LegMedia {
+            remote: negotiated.remote,
+            codec: negotiated.codec,
+            payload_type: negotiated.payload_type,
+            telephone_event: negotiated.telephone_event,
+            receives: matches!(
+                negotiated.direction,
+                Direction::SendRecv | Direction::RecvOnly
+            ),
+        };
+        self.actions
+            .push_back(Action::Media(MediaCommand::Replace(Leg::B, media)));
+        self.b.dialog = Some(dialog);
+        self.b.local_sdp = Some(transfer.offer.to_string());
+        self.b.offer = transfer.offer;
+        self.b.origin = transfer.origin;
+        self.b.answered_invite_sequence = 1;
+        let peer = transfer.route.get(transfer.attempt.peer_index).cloned();
+        self.route = transfer.route;
+        self.attempt = Some(transfer.attempt);
+        self.actions.push_back(Action::Attempt {
+            b_call_id: self.b.call_id.clone(),
+            b_peer: peer.map(|p| p.name.clone()).unwrap_or_default(),
+        });
+        self.actions
+            .push_back(Action::Linkage(LinkageUpdate::Answered {
+                linkage_id: transfer.linkage_id.clone(),
+            }));
+        tracing::info!(call = %self.id, linkage = %transfer.linkage_id, "transfer answered");
+    }
+
+    /// The transfer's current INVITE failed with `status`: the next peer of the target's route
+    /// on 408, 5xx or 6xx; otherwise the transfer ends and the citizen stays where they are.
+    fn transfer_failed(&mut self, now: Instant, status: u16) {
+        let Some(transfer) = self.transfer.as_mut() else {
+            return;
+        };
+        transfer.attempt.settled = true;
+        let status = if transfer.attempt.timed_out {
+            408
+        } else {
+            status
+        };
+        let next = transfer.attempt.peer_index + 1;
+        let failover = status == 408 || status >= 500;
+        if failover && next < transfer.route.len() && self.state == State::Answered {
+            tracing::info!(call = %self.id, status, "transfer: trying the target's next peer");
+            self.transfer_to_peer(now, next);
+            return;
+        }
+        self.arm(Timer::TransferResponse, None);
+        self.arm(Timer::TransferRing, None);
+        self.notify_transfer_progress(status);
+        let Some(transfer) = self.transfer.take() else {
+            return;
+        };
+        tracing::info!(call = %self.id, linkage = %transfer.linkage_id, status, "transfer failed");
+        self.actions
+            .push_back(Action::Linkage(LinkageUpdate::Failed {
+                linkage_id: transfer.linkage_id,
+                status,
+            }));
+        self.actions.push_back(Action::UnregisterDialog(DialogKey {
+            call_id: transfer.call_id,
+            local_tag: transfer.tag,
+        }));
+        self.stale.push(transfer.attempt);
+        if self.state == State::Answered && self.b.dialog.is_none() {
+            // The agent left while the target rang: never drop the citizen; send them back to
+            // the number they first called, once.
+            let number = self.number.clone();
+            let fallback = if self.fell_back || transfer.trigger == Trigger::Fallback {
+                Err(TransferError::InProgress)
+            } else {
+                self.fell_back = true;
+                self.start_transfer(now, &number, Trigger::Fallback, None, None)
+            };
+            if fallback.is_err() {
+                self.hang_up(None, EndedBy::Gateway, "transfer failed");
+            }
+        }
+    }
+
+    /// The call ends while a transfer rings: cancel it (a late answer is ACKed and released
+    /// through the stale attempts).
+    fn abandon_transfer(&mut self) {
+        let Some(transfer) = self.transfer.take() else {
+            return;
+        };
+        self.arm(Timer::TransferResponse, None);
+        self.arm(Timer::TransferRing, None);
+        let mut attempt = transfer.attempt;
+        if attempt.provisional && !attempt.settled && !attempt.cancel_sent {
+            attempt.cancel_sent = true;
+            self.actions.push_back(Action::SendRequest {
+                request: message::cancel_for(&attempt.invite),
+                target: attempt.target,
+            });
+        }
+        self.actions
+            .push_back(Action::Linkage(LinkageUpdate::Failed {
+                linkage_id: transfer.linkage_id,
+                status: 487,
+            }));
+        self.actions.push_back(Action::UnregisterDialog(DialogKey {
+            call_id: transfer.call_id,
+            local_tag: transfer.tag,
+        }));
+        self.stale.push(attempt);
     }
 
     /// The caller's number as presented (From user part), for the record.

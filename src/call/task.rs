@@ -9,11 +9,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::model::{Action, Call, EndedBy, Outcome};
+use std::collections::HashMap;
+
+use super::model::{Action, Call, EndedBy, LinkageUpdate, Outcome};
 use crate::media::relay::RelayHandle;
 use crate::metrics::{CallResult, Counter, Gauge, Metrics};
 use crate::sip::endpoint::{EndpointHandle, Owner, SipEvent};
-use crate::store::{unix_millis, CallRecord, Store};
+use crate::store::{unix_millis, CallRecord, LinkageRecord, Store};
 
 /// What every call task shares.
 #[derive(Clone)]
@@ -61,8 +63,18 @@ async fn run(
     }
     tracing::info!("call offered");
     let mut shutdown_seen = false;
+    let mut linkages = HashMap::new();
     loop {
-        if carry_out(&mut call, &owner, &relay, &mut record, &services).await {
+        if carry_out(
+            &mut call,
+            &owner,
+            &relay,
+            &mut record,
+            &mut linkages,
+            &services,
+        )
+        .await
+        {
             break;
         }
         let deadline = call.poll_timeout();
@@ -95,6 +107,7 @@ async fn carry_out(
     owner: &Owner,
     relay: &RelayHandle,
     record: &mut CallRecord,
+    linkages: &mut HashMap<String, LinkageRecord>,
     services: &CallServices,
 ) -> bool {
     while let Some(action) = call.poll_action() {
@@ -127,11 +140,93 @@ async fn carry_out(
                     tracing::error!(%error, "call record not updated");
                 }
             }
+            Action::Linkage(update) => {
+                let linkage = track_linkage(linkages, record, update, &services.metrics);
+                if let Err(error) = services.store.linkage(linkage).await {
+                    services.metrics.increment(Counter::StoreWriteErrors);
+                    tracing::error!(%error, "linkage record not written");
+                }
+            }
             Action::Ended(outcome) => finish_record(record, relay, &outcome, services).await,
             Action::Finished => return true,
         }
     }
     false
+}
+
+/// Applies a transfer's progress to its linkage record (and the metrics); returns the record
+/// as it now stands.
+fn track_linkage(
+    linkages: &mut HashMap<String, LinkageRecord>,
+    call: &CallRecord,
+    update: LinkageUpdate,
+    metrics: &Metrics,
+) -> LinkageRecord {
+    let now = unix_millis(SystemTime::now());
+    let id = match &update {
+        LinkageUpdate::Requested { linkage_id, .. }
+        | LinkageUpdate::Retried { linkage_id, .. }
+        | LinkageUpdate::Ringing { linkage_id }
+        | LinkageUpdate::Answered { linkage_id }
+        | LinkageUpdate::Failed { linkage_id, .. } => linkage_id.clone(),
+    };
+    let linkage = linkages.entry(id.clone()).or_insert_with(|| LinkageRecord {
+        id,
+        call_id: call.id.clone(),
+        requested_at: now,
+        ..LinkageRecord::default()
+    });
+    match update {
+        LinkageUpdate::Requested {
+            target,
+            trigger,
+            from_peer,
+            from_platform,
+            to_peer,
+            to_platform,
+            ..
+        } => {
+            metrics.increment(Counter::TransfersRequested);
+            linkage.target = target;
+            linkage.trigger = trigger.as_str().to_string();
+            linkage.from_peer = from_peer;
+            linkage.from_platform = from_platform;
+            linkage.to_peer = Some(to_peer);
+            linkage.to_platform = to_platform;
+        }
+        LinkageUpdate::Retried {
+            to_peer,
+            to_platform,
+            ..
+        } => {
+            linkage.to_peer = Some(to_peer);
+            linkage.to_platform = to_platform;
+        }
+        LinkageUpdate::Ringing { .. } => {
+            if linkage.ringing_at.is_none() {
+                linkage.ringing_at = Some(now);
+                metrics.increment(Counter::TransfersRinging);
+                metrics.add(
+                    Counter::TransferRingingMilliseconds,
+                    (now - linkage.requested_at).max(0) as u64,
+                );
+            }
+        }
+        LinkageUpdate::Answered { .. } => {
+            metrics.increment(Counter::TransfersAnswered);
+            linkage.answered_at = Some(now);
+            linkage.ended_at = Some(now);
+            linkage.outcome = Some("answered".into());
+            linkage.sip_status = Some(200);
+        }
+        LinkageUpdate::Failed { status, .. } => {
+            metrics.increment(Counter::TransfersFailed);
+            linkage.ended_at = Some(now);
+            linkage.outcome = Some("failed".into());
+            linkage.sip_status = Some(status);
+        }
+    }
+    linkage.clone()
 }
 
 /// Completes the record and waits until it is committed: a call that has ended is on disk

@@ -88,6 +88,11 @@ pub struct SipConfig {
     /// T1, so callers are told before they retransmit and amplify the load).
     #[serde(default = "default_overload_queue_delay_ms")]
     pub overload_queue_delay_ms: u64,
+    /// A transfer target that rings this long without answering is given up (408) and the
+    /// next peer of its route tried; when none is left the transfer fails and the citizen
+    /// stays with the agent (default 30 s).
+    #[serde(default = "default_transfer_ring_timeout_secs")]
+    pub transfer_ring_timeout_secs: u64,
     /// Server / User-Agent header value; empty (the default) sends none, so scanners learn nothing.
     #[serde(default)]
     pub user_agent: String,
@@ -160,6 +165,27 @@ pub struct PeerConfig {
     /// match, as the contract's sample runs several peers on one host).
     #[serde(default)]
     pub any_port: bool,
+    /// Trusted for identity (RFC 3325 §2.3): a caller's identity asked private (`Privacy: id`)
+    /// is still sent to this peer in P-Asserted-Identity; to others it is removed (default
+    /// false; the 110 desk is trusted).
+    #[serde(default)]
+    pub trusted: bool,
+    /// How a transferred call names the line it was transferred from: `history-info`
+    /// (RFC 7044, the default), `diversion` (RFC 5806, what many carriers and PBXs read),
+    /// `both` or `none`.
+    #[serde(default)]
+    pub diversion: DiversionHeader,
+}
+
+/// Which header records the diverting party of a transferred call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiversionHeader {
+    #[default]
+    HistoryInfo,
+    Diversion,
+    Both,
+    None,
 }
 
 /// `[[route]]`: dialled number -> peers tried in order.
@@ -213,6 +239,9 @@ fn default_max_calls() -> usize {
 }
 fn default_overload_queue_delay_ms() -> u64 {
     200
+}
+fn default_transfer_ring_timeout_secs() -> u64 {
+    30
 }
 fn default_codecs() -> Vec<String> {
     vec!["PCMA".into(), "PCMU".into()]

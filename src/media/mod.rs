@@ -53,6 +53,10 @@ pub struct LegMedia {
 pub enum MediaCommand {
     /// A leg's offer/answer completed or changed.
     Configure(Leg, LegMedia),
+    /// Another endpoint took over the leg (a transfer target answered): configure it and
+    /// latch afresh. The other leg's stream from us goes on unchanged (same SSRC, continuous
+    /// sequence numbers and timestamps), so the party who stays notices nothing.
+    Replace(Leg, LegMedia),
     /// The call is answered: from now on, silence on both legs for the inactivity timeout
     /// ends the call.
     Answered,

@@ -185,6 +185,13 @@ impl Side {
         self.media = Some(media);
     }
 
+    /// A new endpoint on this leg: forget the old one's sources.
+    fn replace(&mut self, media: LegMedia) {
+        self.rtp_source = None;
+        self.rtcp_source = None;
+        self.media = Some(media);
+    }
+
     /// Symmetric RTP: the first source is latched; a later one only if it has the signalled
     /// IP (the port may change behind NAT). Returns whether to accept the packet.
     fn latch(latched: &mut Option<SocketAddr>, media: &LegMedia, source: SocketAddr) -> bool {
@@ -453,6 +460,11 @@ fn worker(
                         MediaCommand::Configure(leg, media) => {
                             let side = &mut call.sides[leg.index()];
                             side.configure(media);
+                            side.follow_latch(&call.sockets[leg.index()], Instant::now());
+                        }
+                        MediaCommand::Replace(leg, media) => {
+                            let side = &mut call.sides[leg.index()];
+                            side.replace(media);
                             side.follow_latch(&call.sockets[leg.index()], Instant::now());
                         }
                         MediaCommand::Answered => {

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::config::{Config, PeerConfig, TransportKind};
+use crate::config::{Config, DiversionHeader, PeerConfig, TransportKind};
 
 /// A configured SIP neighbour, as the rest of the gateway sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +28,9 @@ pub struct Peer {
     pub address: SocketAddr,
     pub platform: Option<String>,
     pub transport: TransportKind,
+    /// Gets a private caller identity (RFC 3325 §2.3).
+    pub trusted: bool,
+    pub diversion: DiversionHeader,
     any_port: bool,
 }
 
@@ -44,6 +47,8 @@ impl Peer {
             address,
             platform,
             transport,
+            trusted: false,
+            diversion: DiversionHeader::default(),
             any_port: false,
         }
     }
@@ -56,6 +61,8 @@ impl From<&PeerConfig> for Peer {
             address: config.address,
             platform: config.platform.clone(),
             transport: config.transport,
+            trusted: config.trusted,
+            diversion: config.diversion,
             any_port: config.any_port,
         }
     }

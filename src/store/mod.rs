@@ -1,4 +1,5 @@
-//! The embedded store: one SQLite file (WAL mode) holding a record per call.
+//! The embedded store: one SQLite file (WAL mode) holding a record per call and one per
+//! transfer attempt (the linkage between platforms).
 //!
 //! Writes never block call tasks: a dedicated writer thread owns the write connection and drains
 //! a bounded queue, committing everything queued in one transaction per batch (how it keeps up
@@ -17,7 +18,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 /// The newest schema this code knows.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Queue length between call tasks and the writer.
 const QUEUE: usize = 16_384;
@@ -44,6 +45,31 @@ pub struct CallRecord {
     pub rtp_a_to_b: u64,
     pub rtp_b_to_a: u64,
     pub rtp_dropped: u64,
+}
+
+/// One transfer attempt (a linkage between platforms), as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LinkageRecord {
+    /// The linkage id, also sent to the target in `X-Hotline-Linkage`.
+    pub id: String,
+    /// The gateway's id of the call that was transferred.
+    pub call_id: String,
+    pub from_platform: Option<String>,
+    pub from_peer: String,
+    pub to_platform: Option<String>,
+    /// The peer of the attempt under way, or the last one tried.
+    pub to_peer: Option<String>,
+    pub target: String,
+    /// `refer`, `hotkey`, `api` or `fallback` (the citizen sent back to the number first called).
+    pub trigger: String,
+    /// Unix milliseconds.
+    pub requested_at: i64,
+    pub ringing_at: Option<i64>,
+    pub answered_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    /// `answered` or `failed` once settled.
+    pub outcome: Option<String>,
+    pub sip_status: Option<u16>,
 }
 
 /// Store failures, with the path where it helps.
@@ -78,6 +104,7 @@ enum WriteOp {
         answered_at: i64,
     },
     Ended(CallRecord, oneshot::Sender<Result<(), String>>),
+    Linkage(LinkageRecord),
     Flush(oneshot::Sender<Result<(), String>>),
 }
 
@@ -156,6 +183,17 @@ impl Store {
                 b_peer: b_peer.to_string(),
                 answered_at,
             })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Queues the current state of a transfer attempt (inserted or replaced; does not wait).
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] if the writer has stopped.
+    pub async fn linkage(&self, record: LinkageRecord) -> Result<(), StoreError> {
+        self.queue
+            .send(WriteOp::Linkage(record))
             .await
             .map_err(|_| StoreError::Closed)
     }
@@ -249,6 +287,30 @@ fn migrate(connection: &Connection) -> Result<(), StoreError> {
              COMMIT;",
         )?;
     }
+    if found < 2 {
+        connection.execute_batch(
+            "BEGIN;
+             CREATE TABLE linkages (
+                 id TEXT PRIMARY KEY,
+                 call_id TEXT NOT NULL,
+                 from_platform TEXT,
+                 from_peer TEXT NOT NULL,
+                 to_platform TEXT,
+                 to_peer TEXT,
+                 target TEXT NOT NULL,
+                 trigger TEXT NOT NULL,
+                 requested_at INTEGER NOT NULL,
+                 ringing_at INTEGER,
+                 answered_at INTEGER,
+                 ended_at INTEGER,
+                 outcome TEXT,
+                 sip_status INTEGER
+             );
+             CREATE INDEX linkages_call_id ON linkages (call_id);
+             INSERT INTO schema_version (version) VALUES (2);
+             COMMIT;",
+        )?;
+    }
     Ok(())
 }
 
@@ -272,7 +334,7 @@ fn write_loop(mut connection: Connection, mut queue: mpsc::Receiver<WriteOp>, pa
                 WriteOp::Ended(_, done) | WriteOp::Flush(done) => {
                     let _ = done.send(result.clone());
                 }
-                WriteOp::Started(_) | WriteOp::Answered { .. } => {}
+                WriteOp::Started(_) | WriteOp::Answered { .. } | WriteOp::Linkage(_) => {}
             }
         }
     }
@@ -290,6 +352,12 @@ fn write_batch(connection: &mut Connection, batch: &[WriteOp]) -> Result<(), rus
                  ended_by = excluded.ended_by, end_reason = excluded.end_reason,
                  final_status = excluded.final_status, rtp_a_to_b = excluded.rtp_a_to_b,
                  rtp_b_to_a = excluded.rtp_b_to_a, rtp_dropped = excluded.rtp_dropped",
+        )?;
+        let mut linkage = transaction.prepare_cached(
+            "INSERT OR REPLACE INTO linkages (id, call_id, from_platform, from_peer, to_platform,
+                 to_peer, target, trigger, requested_at, ringing_at, answered_at, ended_at, outcome,
+                 sip_status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?;
         let mut answered = transaction.prepare_cached(
             "UPDATE calls SET b_call_id = ?2, b_peer = ?3, answered_at = ?4 WHERE id = ?1",
@@ -323,6 +391,24 @@ fn write_batch(connection: &mut Connection, batch: &[WriteOp]) -> Result<(), rus
                     answered_at,
                 } => {
                     answered.execute(params![id, b_call_id, b_peer, answered_at])?;
+                }
+                WriteOp::Linkage(l) => {
+                    linkage.execute(params![
+                        l.id,
+                        l.call_id,
+                        l.from_platform,
+                        l.from_peer,
+                        l.to_platform,
+                        l.to_peer,
+                        l.target,
+                        l.trigger,
+                        l.requested_at,
+                        l.ringing_at,
+                        l.answered_at,
+                        l.ended_at,
+                        l.outcome,
+                        l.sip_status,
+                    ])?;
                 }
                 WriteOp::Flush(_) => {}
             }
@@ -368,6 +454,46 @@ pub fn list_calls(path: &Path, limit: usize) -> Result<Vec<CallRecord>, StoreErr
             rtp_a_to_b: row.get::<_, i64>(13)?.max(0) as u64,
             rtp_b_to_a: row.get::<_, i64>(14)?.max(0) as u64,
             rtp_dropped: row.get::<_, i64>(15)?.max(0) as u64,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The transfer attempts of one call (its gateway id), oldest first.
+///
+/// # Errors
+/// [`StoreError::Open`] if the file does not exist or is no database of ours.
+pub fn list_linkages(path: &Path, call_id: &str) -> Result<Vec<LinkageRecord>, StoreError> {
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mut statement = connection.prepare(
+        "SELECT id, call_id, from_platform, from_peer, to_platform, to_peer, target, trigger,
+                requested_at, ringing_at, answered_at, ended_at, outcome, sip_status
+         FROM linkages WHERE call_id = ?1 ORDER BY requested_at, rowid",
+    )?;
+    let rows = statement.query_map([call_id], |row| {
+        Ok(LinkageRecord {
+            id: row.get(0)?,
+            call_id: row.get(1)?,
+            from_platform: row.get(2)?,
+            from_peer: row.get(3)?,
+            to_platform: row.get(4)?,
+            to_peer: row.get(5)?,
+            target: row.get(6)?,
+            trigger: row.get(7)?,
+            requested_at: row.get(8)?,
+            ringing_at: row.get(9)?,
+            answered_at: row.get(10)?,
+            ended_at: row.get(11)?,
+            outcome: row.get(12)?,
+            sip_status: row.get(13)?,
         })
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -559,7 +685,7 @@ mod tests {
             Store::open(&path),
             Err(StoreError::SchemaTooNew {
                 found: 9,
-                supported: 1
+                supported: SCHEMA_VERSION
             })
         ));
     }

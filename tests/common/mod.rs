@@ -120,6 +120,14 @@ impl Gateway {
         }
     }
 
+    /// The transfer attempts recorded for a call (its gateway id), oldest first.
+    pub fn linkages(&self, call_id: &str) -> Vec<hotline_gateway::store::LinkageRecord> {
+        match hotline_gateway::store::list_linkages(&self.db, call_id) {
+            Ok(l) => l,
+            Err(e) => panic!("store: {e}"),
+        }
+    }
+
     /// Waits (bounded) until the store holds an ended record for `a_call_id`.
     pub async fn ended_record(&self, a_call_id: &str) -> hotline_gateway::store::CallRecord {
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -596,5 +604,79 @@ impl RtpPeer {
             Some(p) => p,
             None => panic!("no RTP within {WAIT:?}"),
         }
+    }
+}
+
+/// Places a call from `caller` and answers it at `callee`; returns the dialog pieces.
+pub struct Established {
+    pub invite: Request,
+    pub ok: Response,
+    pub incoming: Request,
+    pub caller_rtp: RtpPeer,
+    pub callee_rtp: RtpPeer,
+    pub gateway_a_media: SocketAddr,
+    pub gateway_b_media: SocketAddr,
+}
+
+pub async fn establish(
+    caller: &mut Ua,
+    callee: &mut Ua,
+    caller_codecs: &[u8],
+    callee_codecs: &[u8],
+) -> Established {
+    establish_to(
+        "12345",
+        "13800138000",
+        caller,
+        callee,
+        caller_codecs,
+        callee_codecs,
+    )
+    .await
+}
+
+/// As [`establish`], dialling `number` as `caller_number`.
+pub async fn establish_to(
+    number: &str,
+    caller_number: &str,
+    caller: &mut Ua,
+    callee: &mut Ua,
+    caller_codecs: &[u8],
+    callee_codecs: &[u8],
+) -> Established {
+    let caller_rtp = RtpPeer::bind(caller.address.ip()).await;
+    let callee_rtp = RtpPeer::bind(callee.address.ip()).await;
+    let invite = caller.invite(
+        number,
+        caller_number,
+        &sdp(caller_rtp.address, caller_codecs, "sendrecv"),
+        "",
+    );
+    caller.send_request(&invite).await;
+    caller.expect_response("INVITE", 100).await;
+    let incoming = callee.expect_request("INVITE").await;
+    let offer = incoming.sdp().unwrap_or_default().to_string();
+    let gateway_b_media = sdp_address(&offer);
+    callee
+        .send_response(&callee.answer(&incoming, 180, None))
+        .await;
+    caller.expect_response("INVITE", 180).await;
+    let answer = sdp(callee_rtp.address, callee_codecs, "sendrecv");
+    callee
+        .send_response(&callee.answer(&incoming, 200, Some(&answer)))
+        .await;
+    let ok = caller.expect_response("INVITE", 200).await;
+    let gateway_a_media = sdp_address(ok.sdp().unwrap_or_default());
+    let ack = caller.ack(&invite, &ok, "");
+    caller.send_request(&ack).await;
+    callee.expect_request("ACK").await;
+    Established {
+        invite,
+        ok,
+        incoming,
+        caller_rtp,
+        callee_rtp,
+        gateway_a_media,
+        gateway_b_media,
     }
 }

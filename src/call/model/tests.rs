@@ -21,6 +21,17 @@ fn peer(name: &str, port: u16) -> Arc<Peer> {
     ))
 }
 
+/// The contract's sample: hotline 5080 (12345), police 5090 (110).
+fn contract_config() -> crate::config::Config {
+    match crate::config::Config::parse(
+        std::path::Path::new("config/gateway.toml"),
+        include_str!("../../../config/gateway.toml"),
+    ) {
+        Ok(config) => config,
+        Err(error) => panic!("{error}"),
+    }
+}
+
 fn settings() -> Arc<CallSettings> {
     Arc::new(CallSettings {
         local_sip: "127.0.0.1:5060".parse().unwrap_or_else(|_| unreachable!()),
@@ -29,6 +40,8 @@ fn settings() -> Arc<CallSettings> {
         ring_timeout: Duration::from_secs(60),
         cleanup_timeout: Duration::from_secs(32),
         user_agent: None,
+        router: Arc::new(Router::new(&contract_config())),
+        transfer_ring_timeout: Duration::from_secs(30),
     })
 }
 

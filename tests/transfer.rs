@@ -1,0 +1,480 @@
+//! One-button transfer with caller ID, end to end over loopback: a citizen calls 12345 through
+//! the gateway, the agent transfers with an in-dialog REFER, and 110 gets the citizen's number.
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use common::{establish, establish_to, Established, Gateway, RtpPeer, Ua};
+use hotline_gateway::sip::message::Request;
+
+const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// Carrier (the citizen), hotline (12345's agent) and police (110, trusted, reads Diversion),
+/// with routes 12345 -> hotline and 110 -> police.
+async fn setup(police_extra: &str) -> (Gateway, Ua, Ua, Ua) {
+    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = Ua::bind("hotline", LOCALHOST).await;
+    let mut police = Ua::bind("police", LOCALHOST).await;
+    let gateway = Gateway::start(
+        &[
+            ("carrier", citizen.address, ""),
+            ("hotline", agent.address, "platform = \"12345\""),
+            ("police", police.address, police_extra),
+        ],
+        &[("12345", &["hotline"]), ("110", &["police"])],
+        "transfer_ring_timeout_secs = 2",
+        "",
+    )
+    .await;
+    for ua in [&mut citizen, &mut agent, &mut police] {
+        ua.set_gateway(gateway.sip);
+    }
+    (gateway, citizen, agent, police)
+}
+
+/// The agent's in-dialog REFER to `refer_to`.
+fn refer(agent: &mut Ua, call: &Established, refer_to: &str) -> Request {
+    let mut refer = agent.uas_request(&call.incoming, "REFER", 2);
+    refer.headers.push("Refer-To", refer_to);
+    refer
+}
+
+/// NOTIFYs of the REFER's subscription: answered 200, their sipfrag status lines returned
+/// until a final one.
+async fn notifies_until_final(agent: &mut Ua) -> Vec<(u16, String)> {
+    let mut seen = Vec::new();
+    loop {
+        let notify = agent.expect_request("NOTIFY").await;
+        assert_eq!(notify.headers.get("Event"), Some("refer;id=2"));
+        assert_eq!(
+            notify.headers.get("Content-Type"),
+            Some("message/sipfrag;version=2.0")
+        );
+        agent.send_response(&agent.answer(&notify, 200, None)).await;
+        let body = String::from_utf8_lossy(&notify.body).to_string();
+        let status: u16 = body
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_default();
+        let state = notify
+            .headers
+            .get("Subscription-State")
+            .unwrap_or_default()
+            .to_string();
+        seen.push((status, state));
+        if status >= 200 {
+            return seen;
+        }
+    }
+}
+
+/// Audio from `from` reaches `to` through the gateway (retried: the relay latches on the first
+/// packet of a new source).
+async fn audio_flows(
+    from: &RtpPeer,
+    gateway_side: std::net::SocketAddr,
+    to: &RtpPeer,
+    ssrc: u32,
+) -> common::RtpSeen {
+    for sequence in 0..50u16 {
+        from.send(
+            gateway_side,
+            8,
+            sequence,
+            160 * u32::from(sequence),
+            ssrc,
+            &[0x55; 160],
+        )
+        .await;
+        if let Some(packet) = to.recv_within(Duration::from_millis(100)).await {
+            return packet;
+        }
+    }
+    panic!("no audio through the gateway");
+}
+
+#[tokio::test]
+async fn refer_transfers_the_citizen_to_110_with_the_citizens_number() {
+    let (mut gateway, mut citizen, mut agent, mut police) =
+        setup("platform = \"110\"\ntrusted = true\ndiversion = \"both\"").await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let before = audio_flows(
+        &call.callee_rtp,
+        call.gateway_b_media,
+        &call.caller_rtp,
+        0xa6e7,
+    )
+    .await;
+
+    let request = refer(&mut agent, &call, "<sip:110@gateway.invalid>");
+    agent.send_request(&request).await;
+    agent.expect_response("REFER", 202).await;
+
+    let invite = police.expect_request("INVITE").await;
+    assert_eq!(invite.uri.user.as_deref(), Some("110"));
+    assert_eq!(
+        invite.from().and_then(|f| f.uri.user),
+        Some("13800138000".into()),
+        "From carries the citizen's number, not the agent's"
+    );
+    assert_eq!(
+        invite.headers.get("P-Asserted-Identity"),
+        Some(format!("<sip:13800138000@{}>", gateway.sip.ip()).as_str())
+    );
+    let referred_by = invite.headers.get("Referred-By").unwrap_or_default();
+    assert!(
+        referred_by.contains("12345"),
+        "Referred-By names the agent: {referred_by}"
+    );
+    let diversion = invite.headers.get("Diversion").unwrap_or_default();
+    assert!(diversion.starts_with("<sip:12345@"), "{diversion}");
+    assert!(invite
+        .headers
+        .get("History-Info")
+        .is_some_and(|h| h.contains("index=1.1")));
+    let linkage = invite
+        .headers
+        .get("X-Hotline-Linkage")
+        .unwrap_or_default()
+        .to_string();
+    assert!(!linkage.is_empty());
+    let offer = invite.sdp().unwrap_or_default().to_string();
+    assert!(
+        offer.contains(&format!("m=audio {} ", call.gateway_b_media.port())),
+        "the target gets leg B's media port: {offer}"
+    );
+
+    police
+        .send_response(&police.answer(&invite, 180, None))
+        .await;
+    let police_rtp = RtpPeer::bind(LOCALHOST).await;
+    let answer = common::sdp(police_rtp.address, &[8], "sendrecv");
+    police
+        .send_response(&police.answer(&invite, 200, Some(&answer)))
+        .await;
+    police.expect_request("ACK").await;
+
+    let progress = notifies_until_final(&mut agent).await;
+    let statuses: Vec<u16> = progress.iter().map(|p| p.0).collect();
+    assert_eq!(statuses, vec![100, 180, 200]);
+    assert!(progress[0].1.starts_with("active"));
+    assert_eq!(progress[2].1, "terminated;reason=noresource");
+    let bye = agent.expect_request("BYE").await;
+    agent.send_response(&agent.answer(&bye, 200, None)).await;
+
+    // Citizen and 110 talk; the citizen's stream from us goes on unbroken.
+    let after = audio_flows(&police_rtp, call.gateway_b_media, &call.caller_rtp, 0x110).await;
+    assert_eq!(after.ssrc, before.ssrc, "the citizen sees one stream");
+    assert!(after.marker, "the source change is marked");
+    let heard = audio_flows(&call.caller_rtp, call.gateway_a_media, &police_rtp, 0xc171).await;
+    assert_eq!(heard.payload, vec![0x55; 160]);
+
+    // The citizen hangs up: 110 gets the BYE; the records tell the story.
+    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
+    citizen.send_request(&bye).await;
+    citizen.expect_response("BYE", 200).await;
+    let bye = police.expect_request("BYE").await;
+    police.send_response(&police.answer(&bye, 200, None)).await;
+    let record = gateway.ended_record(call.invite.call_id()).await;
+    assert_eq!(record.b_peer.as_deref(), Some("police"));
+    assert_eq!(record.ended_by.as_deref(), Some("caller"));
+    let linkages = gateway.linkages(&record.id);
+    assert_eq!(linkages.len(), 1, "{linkages:?}");
+    let link = &linkages[0];
+    assert_eq!(link.id, linkage);
+    assert_eq!(
+        (link.from_peer.as_str(), link.from_platform.as_deref()),
+        ("hotline", Some("12345"))
+    );
+    assert_eq!(
+        (link.to_peer.as_deref(), link.to_platform.as_deref()),
+        (Some("police"), Some("110"))
+    );
+    assert_eq!(link.trigger, "refer");
+    assert_eq!(link.outcome.as_deref(), Some("answered"));
+    assert_eq!(link.sip_status, Some(200));
+    assert!(link.ringing_at.is_some() && link.answered_at >= link.ringing_at);
+    let (_, metrics) = gateway.http_get("/metrics").await;
+    assert!(
+        metrics.contains("hotline_transfers_answered_total 1"),
+        "{metrics}"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_busy_target_leaves_the_citizen_with_the_agent() {
+    let (mut gateway, mut citizen, mut agent, mut police) = setup("platform = \"110\"").await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let request = refer(&mut agent, &call, "<sip:110@gw>");
+    agent.send_request(&request).await;
+    agent.expect_response("REFER", 202).await;
+    let invite = police.expect_request("INVITE").await;
+    police
+        .send_response(&police.answer(&invite, 486, None))
+        .await;
+    let progress = notifies_until_final(&mut agent).await;
+    assert_eq!(progress.last().map(|p| p.0), Some(486));
+
+    // Nobody was hung up: the citizen and the agent still hear each other.
+    audio_flows(
+        &call.caller_rtp,
+        call.gateway_a_media,
+        &call.callee_rtp,
+        0x1,
+    )
+    .await;
+    audio_flows(
+        &call.callee_rtp,
+        call.gateway_b_media,
+        &call.caller_rtp,
+        0x2,
+    )
+    .await;
+    let bye = agent.uas_request(&call.incoming, "BYE", 3);
+    agent.send_request(&bye).await;
+    agent.expect_response("BYE", 200).await;
+    let bye = citizen.expect_request("BYE").await;
+    citizen
+        .send_response(&citizen.answer(&bye, 200, None))
+        .await;
+    let record = gateway.ended_record(call.invite.call_id()).await;
+    assert_eq!(record.b_peer.as_deref(), Some("hotline"));
+    let linkages = gateway.linkages(&record.id);
+    assert_eq!(linkages.len(), 1);
+    assert_eq!(linkages[0].outcome.as_deref(), Some("failed"));
+    assert_eq!(linkages[0].sip_status, Some(486));
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_target_that_does_not_answer_is_given_up_after_the_ring_timeout() {
+    let (mut gateway, mut citizen, mut agent, mut police) = setup("platform = \"110\"").await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let request = refer(&mut agent, &call, "<sip:110@gw>");
+    agent.send_request(&request).await;
+    agent.expect_response("REFER", 202).await;
+    let invite = police.expect_request("INVITE").await;
+    police
+        .send_response(&police.answer(&invite, 180, None))
+        .await;
+    // transfer_ring_timeout_secs = 2: the gateway cancels.
+    let cancel = police.expect_request("CANCEL").await;
+    police
+        .send_response(&police.answer(&cancel, 200, None))
+        .await;
+    police
+        .send_response(&police.answer(&invite, 487, None))
+        .await;
+    let progress = notifies_until_final(&mut agent).await;
+    assert_eq!(progress.last().map(|p| p.0), Some(408));
+    audio_flows(
+        &call.caller_rtp,
+        call.gateway_a_media,
+        &call.callee_rtp,
+        0x3,
+    )
+    .await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn the_citizen_waits_when_the_agent_leaves_before_110_answers() {
+    let (mut gateway, mut citizen, mut agent, mut police) = setup("platform = \"110\"").await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let request = refer(&mut agent, &call, "<sip:110@gw>");
+    agent.send_request(&request).await;
+    agent.expect_response("REFER", 202).await;
+    let invite = police.expect_request("INVITE").await;
+    police
+        .send_response(&police.answer(&invite, 180, None))
+        .await;
+    let bye = agent.uas_request(&call.incoming, "BYE", 3);
+    agent.send_request(&bye).await;
+    agent.expect_response("BYE", 200).await;
+
+    let police_rtp = RtpPeer::bind(LOCALHOST).await;
+    let answer = common::sdp(police_rtp.address, &[8], "sendrecv");
+    police
+        .send_response(&police.answer(&invite, 200, Some(&answer)))
+        .await;
+    police.expect_request("ACK").await;
+    audio_flows(&call.caller_rtp, call.gateway_a_media, &police_rtp, 0x4).await;
+    audio_flows(&police_rtp, call.gateway_b_media, &call.caller_rtp, 0x5).await;
+    assert!(
+        citizen
+            .recv_within(Duration::from_millis(200))
+            .await
+            .is_none(),
+        "the citizen got a request (BYE?) although 110 answered"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn the_citizen_goes_back_to_12345_when_the_agent_left_and_110_fails() {
+    let (mut gateway, mut citizen, mut agent, mut police) = setup("platform = \"110\"").await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let request = refer(&mut agent, &call, "<sip:110@gw>");
+    agent.send_request(&request).await;
+    agent.expect_response("REFER", 202).await;
+    let invite = police.expect_request("INVITE").await;
+    let bye = agent.uas_request(&call.incoming, "BYE", 3);
+    agent.send_request(&bye).await;
+    agent.expect_response("BYE", 200).await;
+    police
+        .send_response(&police.answer(&invite, 486, None))
+        .await;
+
+    // The gateway calls 12345 again, still with the citizen's number.
+    let again = agent.expect_request("INVITE").await;
+    assert_eq!(again.uri.user.as_deref(), Some("12345"));
+    assert_eq!(
+        again.from().and_then(|f| f.uri.user),
+        Some("13800138000".into())
+    );
+    let agent_rtp = RtpPeer::bind(LOCALHOST).await;
+    let answer = common::sdp(agent_rtp.address, &[8], "sendrecv");
+    agent
+        .send_response(&agent.answer(&again, 200, Some(&answer)))
+        .await;
+    agent.expect_request("ACK").await;
+    audio_flows(&call.caller_rtp, call.gateway_a_media, &agent_rtp, 0x6).await;
+    gateway.stop().await;
+    let record_id = gateway
+        .calls()
+        .first()
+        .map(|c| c.id.clone())
+        .unwrap_or_default();
+    let triggers: Vec<String> = gateway
+        .linkages(&record_id)
+        .iter()
+        .map(|l| l.trigger.clone())
+        .collect();
+    assert_eq!(triggers, vec!["refer", "fallback"]);
+}
+
+#[tokio::test]
+async fn refer_errors_have_the_right_answers() {
+    let (mut gateway, mut citizen, mut agent, _police) = setup("platform = \"110\"").await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let mut cseq = 10;
+    for (refer_to, status) in [
+        ("<sip:999@gw>", 403),
+        ("<sip:police-desk@gw>", 400),
+        ("<sip:110@gw", 400),
+        ("<sip:110@gw?Replaces=x%3Bto-tag%3Da%3Bfrom-tag%3Db>", 501),
+    ] {
+        let mut request = agent.uas_request(&call.incoming, "REFER", cseq);
+        request.headers.push("Refer-To", refer_to);
+        agent.send_request(&request).await;
+        agent.expect_response("REFER", status).await;
+        cseq += 1;
+    }
+    // No Refer-To at all.
+    let request = agent.uas_request(&call.incoming, "REFER", cseq);
+    agent.send_request(&request).await;
+    agent.expect_response("REFER", 400).await;
+    // Outside any dialog: 481.
+    let mut stray = agent.uas_request(&call.incoming, "REFER", 1);
+    stray.headers.set("Call-ID", "no-such-call@test");
+    stray.headers.push("Refer-To", "<sip:110@gw>");
+    agent.send_request(&stray).await;
+    agent.expect_response("REFER", 481).await;
+    // The call is unharmed.
+    audio_flows(
+        &call.caller_rtp,
+        call.gateway_a_media,
+        &call.callee_rtp,
+        0x7,
+    )
+    .await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_private_citizen_is_shown_only_to_a_trusted_target() {
+    for trusted in [true, false] {
+        let extra = format!("platform = \"110\"\ntrusted = {trusted}");
+        let (mut gateway, mut citizen, mut agent, mut police) = setup(&extra).await;
+        let caller_rtp = RtpPeer::bind(LOCALHOST).await;
+        let invite = citizen.invite(
+            "12345",
+            "anonymous",
+            &common::sdp(caller_rtp.address, &[8], "sendrecv"),
+            "P-Asserted-Identity: <sip:13800138000@carrier.example>\r\nPrivacy: id\r\n",
+        );
+        citizen.send_request(&invite).await;
+        let incoming = agent.expect_request("INVITE").await;
+        assert!(
+            incoming.headers.get("P-Asserted-Identity").is_none(),
+            "the hotline peer is not trusted"
+        );
+        let agent_rtp = RtpPeer::bind(LOCALHOST).await;
+        let answer = common::sdp(agent_rtp.address, &[8], "sendrecv");
+        agent
+            .send_response(&agent.answer(&incoming, 200, Some(&answer)))
+            .await;
+        let ok = citizen.expect_response("INVITE", 200).await;
+        let ack = citizen.ack(&invite, &ok, "");
+        citizen.send_request(&ack).await;
+        agent.expect_request("ACK").await;
+        let mut request = agent.uas_request(&incoming, "REFER", 2);
+        request.headers.push("Refer-To", "<sip:110@gw>");
+        agent.send_request(&request).await;
+        agent.expect_response("REFER", 202).await;
+        let to_police = police.expect_request("INVITE").await;
+        let asserted = to_police
+            .headers
+            .get("P-Asserted-Identity")
+            .map(str::to_string);
+        let from = to_police
+            .headers
+            .get("From")
+            .unwrap_or_default()
+            .to_string();
+        assert!(!from.contains("13800138000"), "{from}");
+        if trusted {
+            assert_eq!(
+                asserted.as_deref(),
+                Some("<sip:13800138000@carrier.example>")
+            );
+            assert_eq!(to_police.headers.get("Privacy"), Some("id"));
+        } else {
+            assert_eq!(asserted, None, "identity leaked to an untrusted peer");
+        }
+        gateway.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_110_side_transfers_a_call_to_12345() {
+    let (mut gateway, mut citizen, mut agent, mut police) = setup("platform = \"110\"").await;
+    let call = establish_to("110", "13900139000", &mut citizen, &mut police, &[8], &[8]).await;
+    let request = refer(&mut police, &call, "<sip:12345@gw>");
+    police.send_request(&request).await;
+    police.expect_response("REFER", 202).await;
+    let invite = agent.expect_request("INVITE").await;
+    assert_eq!(
+        invite.from().and_then(|f| f.uri.user),
+        Some("13900139000".into())
+    );
+    assert!(invite
+        .headers
+        .get("History-Info")
+        .is_some_and(|h| h.starts_with("<sip:110@")));
+    let agent_rtp = RtpPeer::bind(LOCALHOST).await;
+    let answer = common::sdp(agent_rtp.address, &[8], "sendrecv");
+    agent
+        .send_response(&agent.answer(&invite, 200, Some(&answer)))
+        .await;
+    agent.expect_request("ACK").await;
+    let progress = notifies_until_final(&mut police).await;
+    assert_eq!(progress.last().map(|p| p.0), Some(200));
+    police.expect_request("BYE").await;
+    audio_flows(&call.caller_rtp, call.gateway_a_media, &agent_rtp, 0x8).await;
+    gateway.stop().await;
+}
