@@ -132,6 +132,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         user_agent: (!config.sip.user_agent.is_empty()).then(|| config.sip.user_agent.clone()),
         router: Arc::clone(&router),
         transfer_ring_timeout: Duration::from_secs(config.sip.transfer_ring_timeout_secs),
+        hotkeys: config
+            .hotkeys
+            .iter()
+            .map(call::hotkey::Hotkey::from)
+            .collect(),
+        hotkey_inter_digit: Duration::from_millis(config.sip.hotkey_inter_digit_ms),
     });
     let media_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let media = media::relay::MediaEngine::start(media_workers, Arc::clone(&metrics))

@@ -11,21 +11,22 @@ use hotline_gateway::sip::message::Request;
 
 const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
-/// Carrier (the citizen), hotline (12345's agent) and police (110, trusted, reads Diversion),
-/// with routes 12345 -> hotline and 110 -> police.
+/// Carrier (the citizen), hotline (12345's agent) and police (110), with routes
+/// 12345 -> hotline and 110 -> police, and the hotkey `*1` = transfer to 110.
 async fn setup(police_extra: &str) -> (Gateway, Ua, Ua, Ua) {
     let mut citizen = Ua::bind("carrier", LOCALHOST).await;
     let mut agent = Ua::bind("hotline", LOCALHOST).await;
     let mut police = Ua::bind("police", LOCALHOST).await;
-    let gateway = Gateway::start(
+    let gateway = Gateway::start_with_tables(
         &[
             ("carrier", citizen.address, ""),
             ("hotline", agent.address, "platform = \"12345\""),
             ("police", police.address, police_extra),
         ],
         &[("12345", &["hotline"]), ("110", &["police"])],
-        "transfer_ring_timeout_secs = 2",
+        "transfer_ring_timeout_secs = 2\nhotkey_inter_digit_ms = 500",
         "",
+        "\n[[hotkey]]\ndtmf = \"*1\"\naction = \"transfer\"\ntarget = \"110\"\n",
     )
     .await;
     for ua in [&mut citizen, &mut agent, &mut police] {
@@ -477,4 +478,93 @@ async fn the_110_side_transfers_a_call_to_12345() {
     police.expect_request("BYE").await;
     audio_flows(&call.caller_rtp, call.gateway_a_media, &agent_rtp, 0x8).await;
     gateway.stop().await;
+}
+
+/// A DTMF INFO from the agent (UAS side of leg B).
+fn dtmf_info(agent: &mut Ua, call: &Established, cseq: u32, digit: char) -> Request {
+    let mut info = agent.uas_request(&call.incoming, "INFO", cseq);
+    info.headers.set("Content-Type", "application/dtmf-relay");
+    info.body = bytes::Bytes::from(format!("Signal={digit}\r\nDuration=160\r\n"));
+    info
+}
+
+/// The digits of the DTMF INFOs the citizen receives, answered 200, until `count` digits.
+async fn digits_at_citizen(citizen: &mut Ua, count: usize) -> String {
+    let mut digits = String::new();
+    while digits.len() < count {
+        let info = citizen.expect_request("INFO").await;
+        citizen
+            .send_response(&citizen.answer(&info, 200, None))
+            .await;
+        let body = String::from_utf8_lossy(&info.body).to_string();
+        let signal = body
+            .lines()
+            .find_map(|l| l.strip_prefix("Signal="))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        digits.push_str(&signal);
+    }
+    digits
+}
+
+#[tokio::test]
+async fn hotkey_star_1_by_sip_info_transfers_and_other_digits_pass_through() {
+    let (mut gateway, mut citizen, mut agent, mut police) = setup("platform = \"110\"").await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    // Ordinary digits, and a * that turns out to start no hotkey, reach the citizen unchanged.
+    let mut cseq = 2;
+    for digit in ['5', '*', '7'] {
+        let info = dtmf_info(&mut agent, &call, cseq, digit);
+        agent.send_request(&info).await;
+        agent.expect_response("INFO", 200).await;
+        cseq += 1;
+    }
+    assert_eq!(digits_at_citizen(&mut citizen, 3).await, "5*7");
+    // A lone * is released by the inter-digit timeout (500 ms here).
+    let info = dtmf_info(&mut agent, &call, cseq, '*');
+    agent.send_request(&info).await;
+    agent.expect_response("INFO", 200).await;
+    assert_eq!(digits_at_citizen(&mut citizen, 1).await, "*");
+    cseq += 1;
+
+    // *1: the same blind transfer as a REFER, and the citizen hears neither digit.
+    for digit in ['*', '1'] {
+        let info = dtmf_info(&mut agent, &call, cseq, digit);
+        agent.send_request(&info).await;
+        agent.expect_response("INFO", 200).await;
+        cseq += 1;
+    }
+    let invite = police.expect_request("INVITE").await;
+    assert_eq!(
+        invite.from().and_then(|f| f.uri.user),
+        Some("13800138000".into())
+    );
+    assert!(
+        invite.headers.get("Referred-By").is_none(),
+        "no REFER, no Referred-By"
+    );
+    let police_rtp = RtpPeer::bind(LOCALHOST).await;
+    let answer = common::sdp(police_rtp.address, &[8], "sendrecv");
+    police
+        .send_response(&police.answer(&invite, 200, Some(&answer)))
+        .await;
+    police.expect_request("ACK").await;
+    let bye = agent.expect_request("BYE").await;
+    agent.send_response(&agent.answer(&bye, 200, None)).await;
+    audio_flows(&call.caller_rtp, call.gateway_a_media, &police_rtp, 0x9).await;
+    match citizen.recv_within(Duration::from_millis(200)).await {
+        None => {}
+        Some(message) => panic!("the citizen got {message:?}"),
+    }
+    gateway.stop().await;
+    let record = gateway
+        .calls()
+        .into_iter()
+        .find(|r| r.a_call_id == call.invite.call_id())
+        .unwrap_or_else(|| panic!("no record"));
+    let linkages = gateway.linkages(&record.id);
+    assert_eq!(linkages.len(), 1);
+    assert_eq!(linkages[0].trigger, "hotkey");
+    assert_eq!(linkages[0].outcome.as_deref(), Some("answered"));
 }

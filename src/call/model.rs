@@ -36,7 +36,9 @@ use crate::sip::message::{self, Headers, Host, Method, NameAddr, Request, Respon
 use crate::sip::sdp::{self, Direction, MediaPolicy, Negotiated, Origin, SessionDescription};
 use crate::sip::transport::{Flow, Target};
 
+use super::hotkey::{self, Hotkey, HotkeyMatcher};
 use super::transfer::{self, CallerIdentity, Trigger};
+use crate::config::HotkeyAction;
 
 /// Methods the gateway accepts inside a dialog (sent in Allow, §20.5).
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REFER";
@@ -57,6 +59,9 @@ pub struct CallSettings {
     pub router: Arc<Router>,
     /// A transfer target ringing this long is given up (408).
     pub transfer_ring_timeout: Duration,
+    /// `[[hotkey]]`s, matched on agents' legs (leg B when its peer belongs to a platform).
+    pub hotkeys: Arc<[Hotkey]>,
+    pub hotkey_inter_digit: Duration,
 }
 
 /// Everything the call starts from.
@@ -200,9 +205,12 @@ enum Timer {
     TransferResponse,
     /// The transfer target rings too long.
     TransferRing,
+    /// Digits held by the hotkey matcher are due to the other party.
+    HotkeyDigits,
 }
 
-const TIMERS: [Timer; 5] = [
+const TIMERS: [Timer; 6] = [
+    Timer::HotkeyDigits,
     Timer::PeerResponse,
     Timer::Ring,
     Timer::Cleanup,
@@ -306,6 +314,10 @@ pub struct Call {
     released: Vec<DialogKey>,
     /// The citizen was sent back to the number first called once already.
     fell_back: bool,
+    /// Hotkey matching of the agent's DTMF (leg B), made on the first digit.
+    hotkeys: Option<HotkeyMatcher>,
+    /// Content type of the agent's last DTMF INFO: held digits are passed on in it.
+    dtmf_format: Option<String>,
     outcome: Option<Outcome>,
     /// Set when the cleanup timer must be armed at the next clock reading.
     pending_cleanup: bool,
@@ -372,6 +384,8 @@ impl Call {
             transfer: None,
             released: Vec::new(),
             fell_back: false,
+            hotkeys: None,
+            dtmf_format: None,
             outcome: None,
             pending_cleanup: false,
             actions: VecDeque::new(),
@@ -821,7 +835,11 @@ impl Call {
                 self.hang_up(Some(leg), ended_by, "normal clearing");
             }
             Method::Invite | Method::Update => self.handle_offer(leg, server, &request),
-            Method::Options | Method::Info => respond(self, 200),
+            Method::Info => {
+                respond(self, 200);
+                self.handle_info(now, leg, &request);
+            }
+            Method::Options => respond(self, 200),
             _ => respond(self, 405),
         }
     }
@@ -1318,6 +1336,14 @@ impl Call {
                         self.finish();
                     }
                 }
+                Timer::HotkeyDigits => {
+                    let held = self
+                        .hotkeys
+                        .as_mut()
+                        .map(|m| m.handle_timeout(now))
+                        .unwrap_or_default();
+                    self.pass_digits(Leg::B, &held);
+                }
                 Timer::TransferResponse => {
                     tracing::info!(call = %self.id, "transfer target did not respond");
                     self.transfer_failed(now, 408);
@@ -1609,6 +1635,101 @@ impl Call {
         }
     }
 
+    /// A DTMF INFO (answered 200 already). From the agent's leg its digits go through the
+    /// hotkey matcher; anything not taken by a hotkey reaches the other party unchanged.
+    fn handle_info(&mut self, now: Instant, leg: Leg, request: &Request) {
+        let Some(digit) = hotkey::dtmf_of_info(request.content_type(), &request.body) else {
+            return;
+        };
+        let format = request.content_type().map(str::to_string);
+        if leg == Leg::B && self.b_is_agent() {
+            self.dtmf_format = format;
+            self.handle_agent_digit(now, digit);
+        } else {
+            self.send_dtmf_info(leg.other(), digit, format.as_deref());
+        }
+    }
+
+    /// Whether leg B is an agent's: its peer belongs to a platform (12345, 110, ...).
+    fn b_is_agent(&self) -> bool {
+        self.attempt
+            .as_ref()
+            .and_then(|a| self.route.get(a.peer_index))
+            .is_some_and(|p| p.platform.is_some())
+    }
+
+    /// One DTMF digit from the agent's leg, however it came (SIP INFO or RFC 4733).
+    pub fn handle_agent_digit(&mut self, now: Instant, digit: char) {
+        if self.state != State::Answered || self.settings.hotkeys.is_empty() {
+            self.pass_digits(Leg::B, &digit.to_string());
+            return;
+        }
+        let settings = Arc::clone(&self.settings);
+        let matcher = self.hotkeys.get_or_insert_with(|| {
+            HotkeyMatcher::new(Arc::clone(&settings.hotkeys), settings.hotkey_inter_digit)
+        });
+        let matched = matcher.handle_digit(now, digit);
+        let deadline = matcher.poll_timeout();
+        self.arm(Timer::HotkeyDigits, deadline);
+        self.pass_digits(Leg::B, &matched.release);
+        let Some(hotkey) = matched.hotkey else {
+            return;
+        };
+        tracing::info!(call = %self.id, dtmf = %hotkey.dtmf, target = %hotkey.target, "hotkey");
+        match hotkey.action {
+            HotkeyAction::Transfer => {
+                if let Err(error) =
+                    self.start_transfer(now, &hotkey.target, Trigger::Hotkey, None, None)
+                {
+                    tracing::info!(call = %self.id, %error, "hotkey transfer refused");
+                }
+            }
+            HotkeyAction::Conference => {
+                tracing::warn!(call = %self.id, "conference hotkey: the three-way call is not in this release");
+            }
+        }
+        self.arm_cleanup(now);
+    }
+
+    /// Digits from leg `from` that no hotkey took, to the other party.
+    fn pass_digits(&mut self, from: Leg, digits: &str) {
+        let format = self.dtmf_format.clone();
+        for digit in digits.chars() {
+            self.send_dtmf_info(from.other(), digit, format.as_deref());
+        }
+    }
+
+    /// A DTMF INFO on `leg`'s dialog, in `format` (`application/dtmf-relay` by default).
+    fn send_dtmf_info(&mut self, leg: Leg, digit: char, format: Option<&str>) {
+        let target = match leg {
+            Leg::A => self.a.target,
+            Leg::B => self.attempt.as_ref().map_or(self.a.target, |a| a.target),
+        };
+        let contact = self.contact(target);
+        let dialog = match leg {
+            Leg::A => self.a.dialog.as_mut(),
+            Leg::B => self.b.dialog.as_mut(),
+        };
+        let Some(dialog) = dialog else {
+            return;
+        };
+        let mut info = dialog.request(Method::Info);
+        info.headers.push("Contact", contact);
+        let dtmf = format.is_some_and(|f| f.trim().eq_ignore_ascii_case("application/dtmf"));
+        if dtmf {
+            info.headers.push("Content-Type", "application/dtmf");
+            info.body = Bytes::from(digit.to_string());
+        } else {
+            info.headers.push("Content-Type", "application/dtmf-relay");
+            info.body = Bytes::from(format!("Signal={digit}\r\nDuration=160\r\n"));
+        }
+        let info = self.with_via(info, target);
+        self.actions.push_back(Action::SendRequest {
+            request: info,
+            target,
+        });
+    }
+
     /// A NOTIFY of the REFER's subscription to the agent, while its dialog lasts.
     fn notify_agent(&mut self, refer_sequence: u32, status: u16) {
         let target = self.attempt.as_ref().map_or(self.a.target, |a| a.target);
@@ -1723,6 +1844,9 @@ impl Call {
         self.actions
             .push_back(Action::Media(MediaCommand::Replace(Leg::B, media)));
         self.b.dialog = Some(dialog);
+        // The new party's digits start afresh.
+        self.hotkeys = None;
+        self.arm(Timer::HotkeyDigits, None);
         self.b.local_sdp = Some(transfer.offer.to_string());
         self.b.offer = transfer.offer;
         self.b.origin = transfer.origin;

@@ -93,6 +93,10 @@ pub struct SipConfig {
     /// stays with the agent (default 30 s).
     #[serde(default = "default_transfer_ring_timeout_secs")]
     pub transfer_ring_timeout_secs: u64,
+    /// Digits of a `[[hotkey]]` sequence must follow each other within this; a held digit is
+    /// then passed on to the other party (default 2000 ms).
+    #[serde(default = "default_hotkey_inter_digit_ms")]
+    pub hotkey_inter_digit_ms: u64,
     /// Server / User-Agent header value; empty (the default) sends none, so scanners learn nothing.
     #[serde(default)]
     pub user_agent: String,
@@ -242,6 +246,9 @@ fn default_overload_queue_delay_ms() -> u64 {
 }
 fn default_transfer_ring_timeout_secs() -> u64 {
     30
+}
+fn default_hotkey_inter_digit_ms() -> u64 {
+    2000
 }
 fn default_codecs() -> Vec<String> {
     vec!["PCMA".into(), "PCMU".into()]

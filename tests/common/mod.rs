@@ -50,6 +50,17 @@ impl Gateway {
         sip_extra: &str,
         media_extra: &str,
     ) -> Gateway {
+        Self::start_with_tables(peers, routes, sip_extra, media_extra, "").await
+    }
+
+    /// As [`Gateway::start`], with more TOML tables (e.g. `[[hotkey]]`) at the end.
+    pub async fn start_with_tables(
+        peers: &[(&str, SocketAddr, &str)],
+        routes: &[(&str, &[&str])],
+        sip_extra: &str,
+        media_extra: &str,
+        tables: &str,
+    ) -> Gateway {
         let dir = match tempfile::tempdir() {
             Ok(d) => d,
             Err(e) => panic!("tempdir: {e}"),
@@ -81,6 +92,7 @@ impl Gateway {
                 list.join(", ")
             ));
         }
+        text.push_str(tables);
         let config = match Config::parse(Path::new("test.toml"), &text) {
             Ok(c) => c,
             Err(e) => panic!("{e}\n{text}"),

@@ -42,6 +42,12 @@ fn settings() -> Arc<CallSettings> {
         user_agent: None,
         router: Arc::new(Router::new(&contract_config())),
         transfer_ring_timeout: Duration::from_secs(30),
+        hotkeys: contract_config()
+            .hotkeys
+            .iter()
+            .map(crate::call::hotkey::Hotkey::from)
+            .collect(),
+        hotkey_inter_digit: Duration::from_secs(2),
     })
 }
 
