@@ -258,6 +258,55 @@ From: {to_header};tag=agent\r\nTo: {from_header}\r\nCall-ID: {}\r\nCSeq: {cseq} 
         self.sip(event);
     }
 
+    /// A request from the agent in the first leg B dialog (the one answered by `answer`),
+    /// with `extra` header lines.
+    fn agent_sends(&mut self, server: u64, method: &str, cseq: u32, extra: &str) {
+        let invite = match self.sent(Method::Invite).first() {
+            Some((invite, _)) => invite.clone(),
+            None => panic!("no INVITE to the agent"),
+        };
+        let from_header = invite.headers.get("From").unwrap_or_default().to_string();
+        let to_header = invite.headers.get("To").unwrap_or_default().to_string();
+        let text = format!(
+            "{method} sip:gw@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-agent{cseq}\r\n\
+From: {to_header};tag=agent\r\nTo: {from_header}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\n{extra}Content-Length: 0\r\n\r\n",
+            invite.call_id()
+        );
+        let event = SipEvent::Request {
+            server: ServerTransactionId::new(server),
+            request: request(&text),
+            source: "127.0.0.1:5080".parse().unwrap_or_else(|_| unreachable!()),
+        };
+        self.sip(event);
+    }
+
+    /// The sipfrag status lines of the NOTIFYs sent so far.
+    fn notified(&self) -> Vec<(u16, String)> {
+        self.sent(Method::Notify)
+            .iter()
+            .map(|(n, _)| {
+                let body = String::from_utf8_lossy(&n.body).to_string();
+                let status = body
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_default();
+                let state = n.headers.get("Subscription-State").unwrap_or_default();
+                (status, state.to_string())
+            })
+            .collect()
+    }
+
+    fn linkage_updates(&self) -> Vec<LinkageUpdate> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Linkage(update) => Some(update.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn answer_all(&mut self, method: Method, status: u16) {
         for (request, _) in self.sent(method) {
             let branch = branch_of(&request);
@@ -634,4 +683,143 @@ Call-ID: a-leg@127.0.0.1\r\nCSeq: 1 ACK\r\nContent-Type: application/sdp\r\nCont
             }
         )
     )));
+}
+
+/// An answered call to the hotline, and the agent's REFER to 110 accepted.
+fn transfer_under_way() -> Harness {
+    let mut h = Harness::new(OFFER, vec![peer_with_platform("hotline", 5080, "12345")]);
+    h.answer();
+    h.agent_sends(7, "REFER", 2, "Refer-To: <sip:110@127.0.0.1>\r\n");
+    assert_eq!(statuses(&h.responses(7)), vec![202]);
+    h
+}
+
+fn peer_with_platform(name: &str, port: u16, platform: &str) -> Arc<Peer> {
+    Arc::new(Peer::new(
+        name,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Some(platform.into()),
+        TransportKind::Udp,
+    ))
+}
+
+#[test]
+fn refer_subscription_reports_trying_ringing_and_the_answer() {
+    let mut h = transfer_under_way();
+    let (invite, target) = match h.sent(Method::Invite).last() {
+        Some(sent) => sent.clone(),
+        None => panic!("no INVITE"),
+    };
+    assert_eq!(
+        target,
+        Target::Udp("127.0.0.1:5090".parse().unwrap_or_else(|_| unreachable!()))
+    );
+    assert_eq!(invite.uri.to_string(), "sip:110@127.0.0.1:5090");
+    assert_eq!(
+        invite.from().and_then(|f| f.uri.user),
+        Some("13800138000".into())
+    );
+    assert_eq!(
+        invite.headers.get("P-Asserted-Identity"),
+        Some("<sip:13800138000@127.0.0.1>")
+    );
+    assert!(
+        invite.sdp().is_some_and(|s| s.contains("m=audio 20002 ")),
+        "leg B's port"
+    );
+    assert_eq!(h.notified(), vec![(100, "active;expires=60".to_string())]);
+
+    h.respond_to_invite(180, None);
+    assert_eq!(h.notified().last().map(|n| n.0), Some(180));
+    h.respond_to_invite(200, Some(ANSWER));
+    let notified = h.notified();
+    assert_eq!(
+        notified.last(),
+        Some(&(200, "terminated;reason=noresource".to_string()))
+    );
+    // The agent is released, the target took leg B, the citizen was never re-INVITEd.
+    assert_eq!(h.sent(Method::Bye).len(), 1);
+    assert!(h
+        .media()
+        .iter()
+        .any(|m| matches!(m, MediaCommand::Replace(Leg::B, _))));
+    assert_eq!(
+        statuses(&h.responses(A_SERVER)),
+        vec![180, 200],
+        "nothing new to the citizen"
+    );
+    assert!(h.outcome().is_none(), "the call goes on");
+    let updates = h.linkage_updates();
+    assert!(matches!(
+        updates.first(),
+        Some(LinkageUpdate::Requested {
+            trigger: Trigger::Refer,
+            ..
+        })
+    ));
+    assert!(matches!(
+        updates.last(),
+        Some(LinkageUpdate::Answered { .. })
+    ));
+    // The released agent's late BYE is answered 200 and ends nothing.
+    h.agent_sends(8, "BYE", 3, "");
+    assert_eq!(statuses(&h.responses(8)), vec![200]);
+    assert!(h.outcome().is_none());
+}
+
+#[test]
+fn an_unanswered_transfer_is_cancelled_at_the_ring_timeout_and_the_call_stays() {
+    let mut h = transfer_under_way();
+    h.respond_to_invite(180, None);
+    h.advance(Duration::from_secs(29));
+    assert!(h.sent(Method::Cancel).is_empty());
+    h.advance(Duration::from_secs(1));
+    assert_eq!(
+        h.sent(Method::Cancel).len(),
+        1,
+        "given up after transfer_ring_timeout"
+    );
+    h.respond_to_invite(487, None);
+    assert_eq!(
+        h.notified().last(),
+        Some(&(408, "terminated;reason=noresource".to_string()))
+    );
+    assert!(h.sent(Method::Bye).is_empty(), "nobody is hung up");
+    assert!(h.outcome().is_none());
+    assert!(matches!(
+        h.linkage_updates().last(),
+        Some(LinkageUpdate::Failed { status: 408, .. })
+    ));
+    // A second transfer may follow.
+    h.agent_sends(9, "REFER", 4, "Refer-To: <sip:110@127.0.0.1>\r\n");
+    assert_eq!(statuses(&h.responses(9)), vec![202]);
+}
+
+#[test]
+fn a_silent_transfer_target_fails_after_the_peer_response_timeout() {
+    let mut h = transfer_under_way();
+    h.advance(Duration::from_secs(4));
+    assert_eq!(h.notified().last().map(|n| n.0), Some(408));
+    assert!(h.outcome().is_none());
+}
+
+#[test]
+fn a_second_refer_while_one_is_under_way_gets_491() {
+    let mut h = transfer_under_way();
+    h.agent_sends(8, "REFER", 3, "Refer-To: <sip:110@127.0.0.1>\r\n");
+    assert_eq!(statuses(&h.responses(8)), vec![491]);
+}
+
+#[test]
+fn the_citizen_hanging_up_cancels_a_ringing_transfer() {
+    let mut h = transfer_under_way();
+    h.respond_to_invite(180, None);
+    h.caller_sends(9, "BYE", 2, "");
+    assert_eq!(h.sent(Method::Cancel).len(), 1);
+    assert_eq!(h.sent(Method::Bye).len(), 1, "the agent is hung up");
+    assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Caller));
+    assert!(matches!(
+        h.linkage_updates().last(),
+        Some(LinkageUpdate::Failed { status: 487, .. })
+    ));
 }
