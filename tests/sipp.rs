@@ -53,6 +53,17 @@ fn start_gateway(
     transport: &str,
     media: [u16; 2],
 ) -> (Process, PathBuf) {
+    start_gateway_with(dir, ports, transport, media, "")
+}
+
+/// As [`start_gateway`], with more config (peers, routes) appended.
+fn start_gateway_with(
+    dir: &Path,
+    ports: &Ports,
+    transport: &str,
+    media: [u16; 2],
+    extra: &str,
+) -> (Process, PathBuf) {
     let db = dir.join("gateway.db");
     let config = dir.join("gateway.toml");
     let text = format!(
@@ -60,7 +71,7 @@ fn start_gateway(
 [store]\npath = \"{db}\"\n\n[api]\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:{http}\"\n\n\
 [[peer]]\nname = \"carrier\"\naddress = \"127.0.0.1:{uac}\"\nany_port = true\n\n\
 [[peer]]\nname = \"hotline\"\naddress = \"127.0.0.1:{uas}\"\nplatform = \"12345\"\ntransport = \"{transport}\"\n\n\
-[[route]]\nnumber = \"12345\"\npeers = [\"hotline\"]\n",
+[[route]]\nnumber = \"12345\"\npeers = [\"hotline\"]\n{extra}",
         gw = ports.gateway,
         lo = media[0],
         hi = media[1],
@@ -68,6 +79,7 @@ fn start_gateway(
         http = ports.http,
         uac = ports.uac,
         uas = ports.uas,
+        extra = extra,
     );
     if let Err(e) = std::fs::write(&config, text) {
         panic!("write config: {e}");
@@ -267,4 +279,130 @@ fn sipp_200_calls_at_20_per_second_with_rtp_over_udp_records_survive_kill_9() {
 #[test]
 fn sipp_50_concurrent_calls_over_tcp_then_sigterm_exits_0() {
     run_load("tcp", 50, 50, 3000, [25000, 25999], Stop::Terminate);
+}
+
+/// SIPp agents transfer every call to 110 by REFER; the SIPp 110 desk fails any call whose
+/// INVITE lacks the citizen's number in From and P-Asserted-Identity, the diverting line or the
+/// linkage header; the citizens' SIPp hangs up after 3 s, by then talking to 110.
+#[test]
+fn sipp_agents_transfer_20_calls_to_110_with_the_citizens_number() {
+    if !sipp_available() {
+        panic!("sipp is not installed (apt-get install sip-tester; .ci/run does this)");
+    }
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("{e}"),
+    };
+    let ports = Ports {
+        gateway: free_port(),
+        uac: free_port(),
+        uas: free_port(),
+        http: free_port(),
+    };
+    let police_port = free_port();
+    let extra = format!(
+        "\n[[peer]]\nname = \"police\"\naddress = \"127.0.0.1:{police_port}\"\nplatform = \"110\"\n\
+trusted = true\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n"
+    );
+    let (_gateway, db) = start_gateway_with(dir.path(), &ports, "udp", [26000, 26999], &extra);
+    let calls = 20u32;
+    let calls_text = calls.to_string();
+    let error_file = |scenario: &str| dir.path().join(format!("{scenario}.errors"));
+    let uas_side = |port: u16, scenario: &str| {
+        let (port, media) = (port.to_string(), free_port().to_string());
+        let errors = error_file(scenario).display().to_string();
+        let child = sipp(
+            &[
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-mi",
+                "127.0.0.1",
+                "-mp",
+                &media,
+                "-rtp_echo",
+                "-m",
+                &calls_text,
+                "-timeout",
+                "60s",
+                "-timeout_error",
+                "-nostdin",
+                "-trace_err",
+                "-error_file",
+                &errors,
+            ],
+            scenario,
+        )
+        .spawn();
+        match child {
+            Ok(c) => Process(c),
+            Err(e) => panic!("sipp {scenario}: {e}"),
+        }
+    };
+    let mut agents = uas_side(ports.uas, "agent_refer.xml");
+    let mut police = uas_side(police_port, "police_uas.xml");
+    let target = format!("127.0.0.1:{}", ports.gateway);
+    let (uac_port, uac_media) = (ports.uac.to_string(), free_port().to_string());
+    let citizens = sipp(
+        &[
+            &target,
+            "-s",
+            "12345",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &uac_port,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &uac_media,
+            "-m",
+            &calls_text,
+            "-r",
+            "5",
+            "-d",
+            "3000",
+            "-timeout",
+            "60s",
+            "-timeout_error",
+            "-nostdin",
+        ],
+        "uac_rtp.xml",
+    )
+    .status();
+    assert!(
+        citizens.as_ref().is_ok_and(|s| s.success()),
+        "SIPp citizens reported failed calls ({citizens:?})"
+    );
+    let agents = agents.0.wait();
+    let errors_of =
+        |scenario: &str| std::fs::read_to_string(error_file(scenario)).unwrap_or_default();
+    assert!(
+        agents.as_ref().is_ok_and(|s| s.success()),
+        "SIPp agents: a REFER or its NOTIFYs went wrong ({agents:?}):\n{}",
+        errors_of("agent_refer.xml")
+    );
+    let police = police.0.wait();
+    assert!(
+        police.as_ref().is_ok_and(|s| s.success()),
+        "SIPp 110 desk: an INVITE lacked the citizen's identity ({police:?}):\n{}",
+        errors_of("police_uas.xml")
+    );
+    let records = match hotline_gateway::store::list_calls(&db, 100) {
+        Ok(r) => r,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(records.len(), calls as usize);
+    for record in &records {
+        assert_eq!(record.b_peer.as_deref(), Some("police"), "{record:?}");
+        assert_eq!(record.ended_by.as_deref(), Some("caller"), "{record:?}");
+        let linkages = match hotline_gateway::store::list_linkages(&db, &record.id) {
+            Ok(l) => l,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(linkages.len(), 1, "{linkages:?}");
+        assert_eq!(linkages[0].outcome.as_deref(), Some("answered"));
+        assert_eq!(linkages[0].to_platform.as_deref(), Some("110"));
+    }
 }

@@ -248,7 +248,6 @@ struct Attempt {
 /// A blind transfer under way: our INVITE to the target, while citizen and agent still talk.
 struct Transfer {
     linkage_id: String,
-    trigger: Trigger,
     number: String,
     route: Vec<Arc<Peer>>,
     /// The INVITE to `route[attempt.peer_index]`.
@@ -261,6 +260,8 @@ struct Transfer {
     /// the API, or once the agent has left.
     refer_sequence: Option<u32>,
     referred_by: Option<String>,
+    /// The current peer sent 180/183.
+    ringing: bool,
 }
 
 struct LegA {
@@ -314,6 +315,12 @@ pub struct Call {
     released: Vec<DialogKey>,
     /// The citizen was sent back to the number first called once already.
     fell_back: bool,
+    /// Branches of transfer INVITEs given up when the call ended: a late answer must still be
+    /// ACKed and released (or a late ringing cancelled) before the call finishes.
+    abandoned: HashSet<String>,
+    /// Branch of the NOTIFY that told the agent its transfer failed, until the agent answers
+    /// it: a BYE from the agent before then crossed the failure (it meant to leave).
+    failure_notify: Option<String>,
     /// Hotkey matching of the agent's DTMF (leg B), made on the first digit.
     hotkeys: Option<HotkeyMatcher>,
     /// Content type of the agent's last DTMF INFO: held digits are passed on in it.
@@ -384,6 +391,8 @@ impl Call {
             transfer: None,
             released: Vec::new(),
             fell_back: false,
+            abandoned: HashSet::new(),
+            failure_notify: None,
             hotkeys: None,
             dtmf_format: None,
             outcome: None,
@@ -678,7 +687,9 @@ impl Call {
         if self.state != State::Ending {
             return;
         }
-        let waiting = !self.pending.is_empty() || self.attempt.as_ref().is_some_and(|a| !a.settled);
+        let waiting = !self.pending.is_empty()
+            || !self.abandoned.is_empty()
+            || self.attempt.as_ref().is_some_and(|a| !a.settled);
         if !waiting {
             self.finish();
         } else if self.timer(Timer::Cleanup).is_none() {
@@ -770,13 +781,20 @@ impl Call {
         }
         let leg = if self.a.dialog.as_ref().is_some_and(|d| d.matches(&request))
             || (request.call_id() == self.a.invite.call_id()
-                && request
-                    .to()
-                    .is_some_and(|t| t.tag() == Some(self.a.tag.as_str())))
+                && to_tag.as_deref() == Some(self.a.tag.as_str()))
         {
             Leg::A
-        } else {
+        } else if self.b.dialog.as_ref().is_some_and(|d| d.matches(&request))
+            || (request.call_id() == self.b.call_id
+                && to_tag.as_deref() == Some(self.b.tag.as_str()))
+        {
             Leg::B
+        } else {
+            // Another dialog of ours (a transfer target's early dialog): nothing to act on.
+            let response = Response::for_request(&request, 481, None);
+            self.actions
+                .push_back(Action::SendResponse { server, response });
+            return;
         };
         let in_order = match leg {
             Leg::A => self
@@ -816,6 +834,15 @@ impl Call {
             Some(true) => {}
         }
         match request.method {
+            Method::Bye if leg == Leg::B && self.failure_notify.is_some() => {
+                // The agent left before it learnt that its transfer failed (blind-transfer
+                // phones hang up right after the 202): keep the citizen, as if it had left
+                // while the target rang.
+                respond(self, 200);
+                self.b.dialog = None;
+                self.failure_notify = None;
+                self.fall_back(now);
+            }
             Method::Bye if leg == Leg::B && self.transfer.is_some() => {
                 // The agent leaves while the target rings: the citizen waits for the target.
                 respond(self, 200);
@@ -943,6 +970,9 @@ impl Call {
     fn handle_response(&mut self, now: Instant, branch: &str, response: Response) {
         let method = response.cseq().map(|c| c.method);
         if method != Some(Method::Invite) {
+            if response.status >= 200 && self.failure_notify.as_deref() == Some(branch) {
+                self.failure_notify = None;
+            }
             // BYE or CANCEL answers: only the final ones matter.
             if response.status >= 200 && self.pending.remove(branch) {
                 self.maybe_finish();
@@ -1132,6 +1162,10 @@ impl Call {
         let Some(position) = self.stale.iter().position(|a| a.branch == branch) else {
             return;
         };
+        if response.status >= 200 && self.abandoned.remove(branch) {
+            self.stale[position].settled = true;
+            self.maybe_finish();
+        }
         if (200..300).contains(&response.status) {
             let attempt = &self.stale[position];
             let target = attempt.target;
@@ -1164,10 +1198,16 @@ impl Call {
 
     fn handle_transaction_timeout(&mut self, now: Instant, branch: &str, method: Method) {
         if method != Method::Invite {
+            if self.failure_notify.as_deref() == Some(branch) {
+                self.failure_notify = None;
+            }
             if self.pending.remove(branch) {
                 self.maybe_finish();
             }
             return;
+        }
+        if self.abandoned.remove(branch) {
+            self.maybe_finish();
         }
         if self
             .transfer
@@ -1445,7 +1485,6 @@ impl Call {
         };
         self.transfer = Some(Transfer {
             linkage_id,
-            trigger,
             number: number.to_string(),
             route,
             attempt: placeholder,
@@ -1455,6 +1494,7 @@ impl Call {
             offer,
             refer_sequence,
             referred_by,
+            ringing: false,
         });
         self.transfer_to_peer(now, 0);
         Ok(())
@@ -1520,6 +1560,7 @@ impl Call {
                 }));
         }
         if let Some(transfer) = self.transfer.as_mut() {
+            transfer.ringing = false;
             let previous = std::mem::replace(
                 &mut transfer.attempt,
                 Attempt {
@@ -1569,7 +1610,7 @@ impl Call {
                 .push_back(Action::SendResponse { server, response });
         };
         if leg == Leg::A {
-            reject(self, 501, "Transfer From The Calling Leg Not Supported");
+            reject(self, 403, "Transfer From The Calling Leg Not Permitted");
             return;
         }
         let target = match transfer::refer_target(request) {
@@ -1621,17 +1662,19 @@ impl Call {
             response: accepted,
         });
         let sequence = request.cseq().map_or(0, |c| c.sequence);
-        self.notify_agent(sequence, 100);
-        if let Err(error) = self.start_transfer(
+        match self.start_transfer(
             now,
             &target.number,
             Trigger::Refer,
             Some(sequence),
             referred_by,
         ) {
-            // Checked above; kept for the invariant.
-            tracing::warn!(call = %self.id, %error, "transfer not started");
-            self.notify_agent(sequence, 503);
+            Ok(()) => self.notify_agent(sequence, 100),
+            Err(error) => {
+                // Checked above; kept for the invariant.
+                tracing::warn!(call = %self.id, %error, "transfer not started");
+                self.notify_agent(sequence, 503);
+            }
         }
     }
 
@@ -1730,14 +1773,29 @@ impl Call {
         });
     }
 
+    /// The branch of the newest `method` request among the pending actions.
+    fn last_sent_branch(&self, method: Method) -> Option<String> {
+        self.actions.iter().rev().find_map(|action| match action {
+            Action::SendRequest { request, .. } if request.method == method => request
+                .top_via()
+                .and_then(|v| v.branch().map(str::to_string)),
+            _ => None,
+        })
+    }
+
     /// A NOTIFY of the REFER's subscription to the agent, while its dialog lasts.
     fn notify_agent(&mut self, refer_sequence: u32, status: u16) {
         let target = self.attempt.as_ref().map_or(self.a.target, |a| a.target);
         let contact = self.contact(target);
+        // Long enough for every peer of the target's route to be tried (RFC 6665 §4.2.2: a
+        // subscription that expired would need `terminated;reason=timeout`).
+        let peers = self.transfer.as_ref().map_or(1, |t| t.route.len()) as u32;
+        let per_peer = self.settings.peer_response_timeout + self.settings.transfer_ring_timeout;
+        let expires = (per_peer * peers).as_secs() as u32 + 32;
         let Some(dialog) = self.b.dialog.as_mut() else {
             return;
         };
-        let mut notify = transfer::notify(dialog, refer_sequence, status);
+        let mut notify = transfer::notify(dialog, refer_sequence, status, expires);
         notify.headers.push("Contact", contact);
         let notify = self.with_via(notify, target);
         self.actions.push_back(Action::SendRequest {
@@ -1756,6 +1814,9 @@ impl Call {
         match response.status {
             100 => {
                 self.arm(Timer::TransferResponse, None);
+                if let Some(transfer) = self.transfer.as_mut() {
+                    transfer.attempt.provisional = true;
+                }
                 if self.timer(Timer::TransferRing).is_none() {
                     self.arm(
                         Timer::TransferRing,
@@ -1768,7 +1829,8 @@ impl Call {
                 let Some(transfer) = self.transfer.as_mut() else {
                     return;
                 };
-                let first = !transfer.attempt.provisional;
+                let first = !transfer.ringing;
+                transfer.ringing = true;
                 transfer.attempt.provisional = true;
                 if first {
                     let linkage_id = transfer.linkage_id.clone();
@@ -1887,6 +1949,7 @@ impl Call {
         self.arm(Timer::TransferResponse, None);
         self.arm(Timer::TransferRing, None);
         self.notify_transfer_progress(status);
+        self.failure_notify = self.last_sent_branch(Method::Notify);
         let Some(transfer) = self.transfer.take() else {
             return;
         };
@@ -1902,24 +1965,33 @@ impl Call {
         }));
         self.stale.push(transfer.attempt);
         if self.state == State::Answered && self.b.dialog.is_none() {
-            // The agent left while the target rang: never drop the citizen; send them back to
-            // the number they first called, once.
-            let number = self.number.clone();
-            let fallback = if self.fell_back || transfer.trigger == Trigger::Fallback {
-                Err(TransferError::InProgress)
-            } else {
-                self.fell_back = true;
-                self.start_transfer(now, &number, Trigger::Fallback, None, None)
-            };
-            if fallback.is_err() {
-                self.hang_up(None, EndedBy::Gateway, "transfer failed");
-            }
+            self.fall_back(now);
+        }
+    }
+
+    /// The agent left and the transfer failed: never drop the citizen; send them back to the
+    /// number they first called, once. If that is impossible too, the call ends.
+    fn fall_back(&mut self, now: Instant) {
+        if self.state != State::Answered {
+            return;
+        }
+        let number = self.number.clone();
+        let fallback = if self.fell_back {
+            Err(TransferError::InProgress)
+        } else {
+            self.fell_back = true;
+            self.start_transfer(now, &number, Trigger::Fallback, None, None)
+        };
+        if fallback.is_err() {
+            self.hang_up(None, EndedBy::Gateway, "transfer failed");
         }
     }
 
     /// The call ends while a transfer rings: cancel it (a late answer is ACKed and released
     /// through the stale attempts).
     fn abandon_transfer(&mut self) {
+        // RFC 6665 §4.2.2: the subscription ends with a final NOTIFY.
+        self.notify_transfer_progress(487);
         let Some(transfer) = self.transfer.take() else {
             return;
         };
@@ -1942,6 +2014,9 @@ impl Call {
             call_id: transfer.call_id,
             local_tag: transfer.tag,
         }));
+        if !attempt.settled {
+            self.abandoned.insert(attempt.branch.clone());
+        }
         self.stale.push(attempt);
     }
 

@@ -13,10 +13,6 @@ use crate::sip::message::{self, Headers, Host, Method, NameAddr, Request, Uri};
 /// and later quote it back.
 pub const LINKAGE_HEADER: &str = "X-Hotline-Linkage";
 
-/// How long the implicit subscription of a REFER lasts unless it ends sooner (RFC 3515 §2.4.4
-/// leaves it to the notifier).
-const SUBSCRIPTION_SECS: u32 = 60;
-
 /// What started a transfer. REFER, hotkeys and the work-order API all reach
 /// [`crate::call::model::Call::transfer`]; this only says which door was used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,9 +123,10 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// A NOTIFY of the REFER's implicit subscription carrying the target's `status` as a
-/// `message/sipfrag` status line (RFC 3515 §2.4.5). A final status terminates the subscription.
+/// `message/sipfrag` status line (RFC 3515 §2.4.5). A final status terminates the subscription;
+/// until then it lasts `expires` seconds (RFC 3515 §2.4.4 leaves the duration to the notifier).
 /// The caller adds Via and Contact.
-pub fn notify(dialog: &mut Dialog, refer_sequence: u32, status: u16) -> Request {
+pub fn notify(dialog: &mut Dialog, refer_sequence: u32, status: u16, expires: u32) -> Request {
     let mut request = dialog.request(Method::Notify);
     request
         .headers
@@ -137,7 +134,7 @@ pub fn notify(dialog: &mut Dialog, refer_sequence: u32, status: u16) -> Request 
     let state = if status >= 200 {
         "terminated;reason=noresource".to_string()
     } else {
-        format!("active;expires={SUBSCRIPTION_SECS}")
+        format!("active;expires={expires}")
     };
     request.headers.push("Subscription-State", state);
     request
@@ -286,11 +283,17 @@ pub fn add_diversion(
         peer.diversion,
         DiversionHeader::HistoryInfo | DiversionHeader::Both
     ) {
-        // RFC 7044 §9: entry 1 is the original target; 1.1 the new one, retargeted by the
-        // hotline (`mp`: its user changed) with the cause RFC 4458 gives a deflection.
+        // RFC 7044 §9-10: entry 1 is the number first called, carrying why it was retargeted
+        // (cause 480, "deflection immediate response" in RFC 4458's mapping, as the Diversion
+        // below); 1.1 the new target, `mp` when the user changed, `rc` when only the host did.
+        let tag = if target.user.as_deref() == Some(diverted_from) {
+            "rc"
+        } else {
+            "mp"
+        };
         headers.push(
             "History-Info",
-            format!("<{from}>;index=1, <{target}?Reason=SIP%3Bcause%3D302>;index=1.1;mp=1"),
+            format!("<{from}?Reason=SIP%3Bcause%3D480>;index=1, <{target}>;index=1.1;{tag}=1"),
         );
     }
     if matches!(
@@ -458,7 +461,7 @@ P-Asserted-Identity: <tel:+8613800138000>\r\nPrivacy: id\r\n",
         );
         assert_eq!(
             headers.get("History-Info"),
-            Some("<sip:12345@127.0.0.1>;index=1, <sip:110@127.0.0.1:5090?Reason=SIP%3Bcause%3D302>;index=1.1;mp=1")
+            Some("<sip:12345@127.0.0.1?Reason=SIP%3Bcause%3D480>;index=1, <sip:110@127.0.0.1:5090>;index=1.1;mp=1")
         );
         assert_eq!(
             headers.get("Diversion"),
@@ -481,7 +484,7 @@ P-Asserted-Identity: <tel:+8613800138000>\r\nPrivacy: id\r\n",
         let Some(mut dialog) = Dialog::new_uas(&invite, "g1", 1) else {
             panic!("no dialog")
         };
-        let trying = notify(&mut dialog, 2, 100);
+        let trying = notify(&mut dialog, 2, 100, 60);
         assert_eq!(trying.method, Method::Notify);
         assert_eq!(trying.headers.get("Event"), Some("refer;id=2"));
         assert_eq!(
@@ -489,7 +492,7 @@ P-Asserted-Identity: <tel:+8613800138000>\r\nPrivacy: id\r\n",
             Some("active;expires=60")
         );
         assert_eq!(&trying.body[..], b"SIP/2.0 100 Trying\r\n");
-        let busy = notify(&mut dialog, 2, 486);
+        let busy = notify(&mut dialog, 2, 486, 60);
         assert_eq!(
             busy.headers.get("Subscription-State"),
             Some("terminated;reason=noresource")

@@ -727,7 +727,8 @@ fn refer_subscription_reports_trying_ringing_and_the_answer() {
         invite.sdp().is_some_and(|s| s.contains("m=audio 20002 ")),
         "leg B's port"
     );
-    assert_eq!(h.notified(), vec![(100, "active;expires=60".to_string())]);
+    // Long enough for the route's one peer: response timeout + ring timeout + 32 s.
+    assert_eq!(h.notified(), vec![(100, "active;expires=66".to_string())]);
 
     h.respond_to_invite(180, None);
     assert_eq!(h.notified().last().map(|n| n.0), Some(180));
@@ -822,4 +823,89 @@ fn the_citizen_hanging_up_cancels_a_ringing_transfer() {
         h.linkage_updates().last(),
         Some(LinkageUpdate::Failed { status: 487, .. })
     ));
+}
+
+#[test]
+fn a_transfer_target_answering_after_the_citizen_left_is_acked_and_released() {
+    let mut h = transfer_under_way();
+    h.respond_to_invite(180, None);
+    let police_invite = h.last_invite();
+    h.caller_sends(9, "BYE", 2, "");
+    assert_eq!(
+        h.notified().last().map(|n| n.0),
+        Some(487),
+        "the subscription ends"
+    );
+    h.answer_all(Method::Bye, 200);
+    assert!(
+        !h.finished(),
+        "the call waits for the abandoned transfer's answer"
+    );
+    // The target answers the INVITE anyway (crossing the CANCEL).
+    let mut late = Response::for_request(&police_invite, 200, Some("police"));
+    late.headers.push("Contact", "<sip:110@127.0.0.1:5090>");
+    let branch = branch_of(&police_invite);
+    h.sip(SipEvent::Response {
+        branch,
+        response: late,
+    });
+    let to_police: Vec<_> = h
+        .sent(Method::Ack)
+        .into_iter()
+        .chain(h.sent(Method::Bye))
+        .filter(|(r, _)| r.call_id() == police_invite.call_id())
+        .map(|(r, _)| r.method)
+        .collect();
+    assert_eq!(to_police, vec![Method::Ack, Method::Bye]);
+    h.answer_all(Method::Bye, 200);
+    assert!(h.finished());
+}
+
+#[test]
+fn an_agent_bye_crossing_the_failure_notify_does_not_drop_the_citizen() {
+    let mut h = transfer_under_way();
+    h.respond_to_invite(486, None);
+    assert_eq!(h.notified().last().map(|n| n.0), Some(486));
+    // The blind-transfer phone hangs up before it has seen (answered) that NOTIFY.
+    h.agent_sends(8, "BYE", 3, "");
+    assert_eq!(statuses(&h.responses(8)), vec![200]);
+    assert!(h.outcome().is_none(), "the citizen stays");
+    let again = h.last_invite();
+    assert_eq!(
+        again.uri.to_string(),
+        "sip:12345@127.0.0.1:5080",
+        "back to the hotline"
+    );
+    assert!(matches!(
+        h.linkage_updates()
+            .iter()
+            .rev()
+            .find(|u| matches!(u, LinkageUpdate::Requested { .. })),
+        Some(LinkageUpdate::Requested {
+            trigger: Trigger::Fallback,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn requests_in_the_targets_early_dialog_do_not_touch_the_agent() {
+    let mut h = transfer_under_way();
+    let police_invite = h.last_invite();
+    let text = format!(
+        "BYE sip:gw@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK-p1\r\n\
+From: {};tag=police\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n",
+        police_invite.headers.get("To").unwrap_or_default(),
+        police_invite.headers.get("From").unwrap_or_default(),
+        police_invite.call_id()
+    );
+    h.sip(SipEvent::Request {
+        server: ServerTransactionId::new(11),
+        request: request(&text),
+        source: "127.0.0.1:5090".parse().unwrap_or_else(|_| unreachable!()),
+    });
+    assert_eq!(statuses(&h.responses(11)), vec![481]);
+    // The agent's dialog is intact: its BYE ends the agent's part as usual.
+    h.agent_sends(12, "INFO", 3, "");
+    assert_eq!(statuses(&h.responses(12)), vec![200]);
 }
