@@ -161,10 +161,10 @@ impl Transport {
             metrics,
             shutdown,
         };
-        // Two receivers on the one socket: receiving and parsing run on both cores.
-        for _ in 0..2 {
-            tokio::spawn(transport.clone().receive_udp());
-        }
+        // One receiver: messages from a peer reach the endpoint in the order they arrived.
+        // (Two receivers on the socket reordered a callee's 180 and 200, and would reorder an
+        // agent's DTMF INFOs; parsing in the receiver task still runs beside the endpoint.)
+        tokio::spawn(transport.clone().receive_udp());
         tokio::spawn(transport.clone().accept_tcp(tcp));
         Ok(transport)
     }
