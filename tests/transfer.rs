@@ -568,3 +568,112 @@ async fn hotkey_star_1_by_sip_info_transfers_and_other_digits_pass_through() {
     assert_eq!(linkages[0].trigger, "hotkey");
     assert_eq!(linkages[0].outcome.as_deref(), Some("answered"));
 }
+
+/// One RFC 4733 event as a phone sends it: three packets with the event's timestamp, the
+/// last with the end bit.
+async fn telephone_event(
+    from: &RtpPeer,
+    to: std::net::SocketAddr,
+    sequence: &mut u16,
+    timestamp: u32,
+    code: u8,
+) {
+    for (end, duration) in [(false, 160u16), (false, 320), (true, 480)] {
+        let mut payload = vec![code, if end { 0x8a } else { 0x0a }];
+        payload.extend_from_slice(&duration.to_be_bytes());
+        from.send(to, 101, *sequence, timestamp, 0xa6e7, &payload)
+            .await;
+        *sequence = sequence.wrapping_add(1);
+    }
+}
+
+#[tokio::test]
+async fn hotkey_star_1_by_rfc_4733_transfers_and_other_digits_reach_the_citizen_as_events() {
+    let (mut gateway, mut citizen, mut agent, mut police) = setup("platform = \"110\"").await;
+    let call = establish(&mut citizen, &mut agent, &[8, 101], &[8, 101]).await;
+    let mut sequence = 1u16;
+    // Audio first, so both sides are latched.
+    audio_flows(
+        &call.callee_rtp,
+        call.gateway_b_media,
+        &call.caller_rtp,
+        0xa6e7,
+    )
+    .await;
+    audio_flows(
+        &call.caller_rtp,
+        call.gateway_a_media,
+        &call.callee_rtp,
+        0xc171,
+    )
+    .await;
+
+    // '5' is no hotkey: the citizen gets one event for it, with the end bit, in its own
+    // telephone-event payload type; nothing of the agent's three packets leaks as audio.
+    telephone_event(
+        &call.callee_rtp,
+        call.gateway_b_media,
+        &mut sequence,
+        8000,
+        5,
+    )
+    .await;
+    let mut events = Vec::new();
+    while events.len() < 4 {
+        let packet = call.caller_rtp.recv().await;
+        if packet.payload_type == 101 {
+            events.push(packet);
+        }
+    }
+    assert!(events
+        .iter()
+        .all(|p| p.payload[0] == 5 && p.timestamp == events[0].timestamp));
+    assert!(events[0].marker, "the event's first packet is marked");
+    assert!(events[3].payload[1] & 0x80 != 0, "and it ends");
+    for pair in events.windows(2) {
+        assert_eq!(pair[1].sequence, pair[0].sequence.wrapping_add(1));
+    }
+
+    // *1 as telephone-events: the transfer starts, and the citizen hears no event for it.
+    telephone_event(
+        &call.callee_rtp,
+        call.gateway_b_media,
+        &mut sequence,
+        16000,
+        10,
+    )
+    .await;
+    telephone_event(
+        &call.callee_rtp,
+        call.gateway_b_media,
+        &mut sequence,
+        24000,
+        1,
+    )
+    .await;
+    let invite = police.expect_request("INVITE").await;
+    assert_eq!(
+        invite.from().and_then(|f| f.uri.user),
+        Some("13800138000".into())
+    );
+    match call
+        .caller_rtp
+        .recv_within(Duration::from_millis(200))
+        .await
+    {
+        Some(packet) if packet.payload_type == 101 => panic!("a hotkey digit leaked: {packet:?}"),
+        _ => {}
+    }
+    police
+        .send_response(&police.answer(&invite, 486, None))
+        .await;
+    gateway.stop().await;
+    let record = gateway
+        .calls()
+        .into_iter()
+        .find(|r| r.a_call_id == call.invite.call_id())
+        .unwrap_or_else(|| panic!("no record"));
+    let linkages = gateway.linkages(&record.id);
+    assert_eq!(linkages.len(), 1);
+    assert_eq!(linkages[0].trigger, "hotkey");
+}

@@ -218,6 +218,15 @@ const TIMERS: [Timer; 6] = [
     Timer::TransferRing,
 ];
 
+/// How DTMF reached us, so that digits passed on go the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DigitTransport {
+    /// SIP INFO with this content type.
+    Info(Option<String>),
+    /// RFC 4733 telephone-events in RTP.
+    Rtp,
+}
+
 /// What differs between the INVITEs the gateway places for a call.
 struct InviteTo<'a> {
     peer: &'a Peer,
@@ -323,8 +332,8 @@ pub struct Call {
     failure_notify: Option<String>,
     /// Hotkey matching of the agent's DTMF (leg B), made on the first digit.
     hotkeys: Option<HotkeyMatcher>,
-    /// Content type of the agent's last DTMF INFO: held digits are passed on in it.
-    dtmf_format: Option<String>,
+    /// How the agent's last digit came: held digits are passed on the same way.
+    digit_transport: DigitTransport,
     outcome: Option<Outcome>,
     /// Set when the cleanup timer must be armed at the next clock reading.
     pending_cleanup: bool,
@@ -394,7 +403,7 @@ impl Call {
             abandoned: HashSet::new(),
             failure_notify: None,
             hotkeys: None,
-            dtmf_format: None,
+            digit_transport: DigitTransport::Info(None),
             outcome: None,
             pending_cleanup: false,
             actions: VecDeque::new(),
@@ -1119,6 +1128,7 @@ impl Call {
         self.state = State::Answered;
         self.actions
             .push_back(Action::Media(MediaCommand::Answered));
+        self.detect_agent_digits();
         self.actions.push_back(Action::Answered {
             b_call_id: self.b.call_id.clone(),
             b_peer: peer,
@@ -1686,7 +1696,7 @@ impl Call {
         };
         let format = request.content_type().map(str::to_string);
         if leg == Leg::B && self.b_is_agent() {
-            self.dtmf_format = format;
+            self.digit_transport = DigitTransport::Info(format);
             self.handle_agent_digit(now, digit);
         } else {
             self.send_dtmf_info(leg.other(), digit, format.as_deref());
@@ -1734,12 +1744,36 @@ impl Call {
         self.arm_cleanup(now);
     }
 
-    /// Digits from leg `from` that no hotkey took, to the other party.
+    /// Digits from leg `from` that no hotkey took, to the other party, the way they came.
     fn pass_digits(&mut self, from: Leg, digits: &str) {
-        let format = self.dtmf_format.clone();
+        let transport = self.digit_transport.clone();
         for digit in digits.chars() {
-            self.send_dtmf_info(from.other(), digit, format.as_deref());
+            match &transport {
+                DigitTransport::Info(format) => {
+                    self.send_dtmf_info(from.other(), digit, format.as_deref())
+                }
+                DigitTransport::Rtp => self
+                    .actions
+                    .push_back(Action::Media(MediaCommand::SendDigit(from.other(), digit))),
+            }
         }
+    }
+
+    /// Whether the relay should take the agent's RFC 4733 digits out of the stream for the
+    /// hotkey matcher (leg B is an agent's and hotkeys are configured).
+    fn detect_agent_digits(&mut self) {
+        let on = self.b_is_agent() && !self.settings.hotkeys.is_empty();
+        self.actions
+            .push_back(Action::Media(MediaCommand::DetectDigits(Leg::B, on)));
+    }
+
+    /// A digit the relay detected in `leg`'s RFC 4733 telephone-events.
+    pub fn handle_media_digit(&mut self, now: Instant, leg: Leg, digit: char) {
+        if leg == Leg::B {
+            self.digit_transport = DigitTransport::Rtp;
+            self.handle_agent_digit(now, digit);
+        }
+        self.arm_cleanup(now);
     }
 
     /// A DTMF INFO on `leg`'s dialog, in `format` (`application/dtmf-relay` by default).
@@ -1916,6 +1950,7 @@ impl Call {
         let peer = transfer.route.get(transfer.attempt.peer_index).cloned();
         self.route = transfer.route;
         self.attempt = Some(transfer.attempt);
+        self.detect_agent_digits();
         self.actions.push_back(Action::Attempt {
             b_call_id: self.b.call_id.clone(),
             b_peer: peer.map(|p| p.name.clone()).unwrap_or_default(),

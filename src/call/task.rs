@@ -12,7 +12,7 @@ use tracing::Instrument;
 use std::collections::HashMap;
 
 use super::model::{Action, Call, EndedBy, LinkageUpdate, Outcome};
-use crate::media::relay::RelayHandle;
+use crate::media::relay::{MediaEvent, RelayHandle};
 use crate::metrics::{CallResult, Counter, Gauge, Metrics};
 use crate::sip::endpoint::{EndpointHandle, Owner, SipEvent};
 use crate::store::{unix_millis, CallRecord, LinkageRecord, Store};
@@ -89,7 +89,10 @@ async fn run(
                 Some(event) => call.handle_sip(Instant::now(), event),
                 None => break,
             },
-            _ = relay.event() => call.handle_media_inactive(Instant::now()),
+            event = relay.event() => match event {
+                MediaEvent::Inactive => call.handle_media_inactive(Instant::now()),
+                MediaEvent::Digit(leg, digit) => call.handle_media_digit(Instant::now(), leg, digit),
+            },
             _ = sleep => call.handle_timeout(Instant::now()),
             _ = services.shutdown.cancelled(), if !shutdown_seen => {
                 shutdown_seen = true;

@@ -60,4 +60,9 @@ pub enum MediaCommand {
     /// The call is answered: from now on, silence on both legs for the inactivity timeout
     /// ends the call.
     Answered,
+    /// Whether RFC 4733 telephone-events from this leg are taken out of the stream and reported
+    /// as [`relay::MediaEvent::Digit`] (an agent's leg with hotkeys) instead of relayed.
+    DetectDigits(Leg, bool),
+    /// Play one DTMF digit to this leg's endpoint as an RFC 4733 event in our stream to it.
+    SendDigit(Leg, char),
 }

@@ -60,6 +60,8 @@ pub struct RelayStats {
 pub enum MediaEvent {
     /// No RTP or RTCP on either leg for the inactivity timeout.
     Inactive,
+    /// An RFC 4733 event began on a leg that detects digits (reported once per event).
+    Digit(Leg, char),
 }
 
 /// A worker's control queue and the eventfd that interrupts its epoll wait.
@@ -138,6 +140,10 @@ struct Side {
     connected: Option<SocketAddr>,
     /// When RTP last arrived on this leg.
     heard: Instant,
+    /// Telephone-events from this endpoint are detected, not relayed.
+    detect_digits: bool,
+    /// RTP timestamp of the last telephone-event seen: its repeats are the same event.
+    last_event: Option<u32>,
     towards: StreamRewriter,
 }
 
@@ -149,6 +155,8 @@ impl Side {
             rtcp_source: None,
             connected: None,
             heard: Instant::now(),
+            detect_digits: false,
+            last_event: None,
             towards: StreamRewriter::new(ids.ssrc(), ids.u16(), ids.next_u64() as u32, 8000),
         }
     }
@@ -189,6 +197,7 @@ impl Side {
     fn replace(&mut self, media: LegMedia) {
         self.rtp_source = None;
         self.rtcp_source = None;
+        self.last_event = None;
         self.media = Some(media);
     }
 
@@ -471,6 +480,12 @@ fn worker(
                             call.answered = true;
                             call.last_activity = Instant::now();
                         }
+                        MediaCommand::DetectDigits(leg, on) => {
+                            call.sides[leg.index()].detect_digits = on;
+                        }
+                        MediaCommand::SendDigit(leg, digit) => {
+                            send_digit(call, leg, digit, Instant::now(), &mut tally);
+                        }
                     }
                 }
                 Control::Remove(id) => {
@@ -570,6 +585,9 @@ fn receive(
                 out,
                 now,
             );
+            if let Outcome::Digit(digit) = outcome {
+                let _ = call.events.send(MediaEvent::Digit(from, digit));
+            }
             count(&call.stats, tally, from, outcome);
             let side = &mut call.sides[from.index()];
             if side.rtp_source == Some(source) {
@@ -586,6 +604,9 @@ fn receive(
 enum Outcome {
     Relayed,
     Dropped,
+    /// A telephone-event taken out of the stream; the first packet of an event names its digit.
+    Digit(char),
+    Consumed,
 }
 
 fn count(stats: &RelayStats, tally: &mut Tally, from: Leg, outcome: Outcome) {
@@ -603,6 +624,7 @@ fn count(stats: &RelayStats, tally: &mut Tally, from: Leg, outcome: Outcome) {
             tally.dropped += 1;
             stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
+        Outcome::Digit(_) | Outcome::Consumed => {}
     }
 }
 
@@ -644,6 +666,9 @@ fn relay_rtp(
         return Outcome::Dropped;
     };
     let payload_type = packet[1] & 0x7f;
+    if incoming.detect_digits && Some(payload_type) == in_media.telephone_event {
+        return detect_digit(incoming, packet);
+    }
     if Some(payload_type) == in_media.telephone_event {
         match out_media.telephone_event {
             Some(out_type) => set_payload_type(packet, out_type),
@@ -674,6 +699,76 @@ fn relay_rtp(
         };
     }
     send(out, packet, destination)
+}
+
+/// An RFC 4733 event packet from a leg that detects digits: the first packet of each event
+/// (a new RTP timestamp, §2.5.1.2) reports its digit; repeats and end packets are consumed.
+fn detect_digit(side: &mut Side, packet: &[u8]) -> Outcome {
+    let Some(code) = payload_range(packet).and_then(|r| packet.get(r.start).copied()) else {
+        return Outcome::Dropped;
+    };
+    let timestamp = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+    if side.last_event == Some(timestamp) {
+        return Outcome::Consumed;
+    }
+    side.last_event = Some(timestamp);
+    match crate::call::hotkey::digit_of(&code.to_string()) {
+        Some(digit) => Outcome::Digit(digit),
+        None => Outcome::Consumed,
+    }
+}
+
+/// RFC 4733 event code of a DTMF digit (§3.2).
+fn event_code(digit: char) -> Option<u8> {
+    match digit {
+        '0'..='9' => Some(digit as u8 - b'0'),
+        '*' => Some(10),
+        '#' => Some(11),
+        'A'..='D' => Some(digit as u8 - b'A' + 12),
+        _ => None,
+    }
+}
+
+/// Plays `digit` to `leg`'s endpoint as one RFC 4733 event of 100 ms in our stream to it: a
+/// start packet (marker set, §2.5.1.3) and the end packet three times (§2.5.1.4), all with the
+/// event's timestamp, numbered into the stream so the endpoint sees no gap or repeat.
+fn send_digit(call: &mut CallMedia, leg: Leg, digit: char, now: Instant, tally: &mut Tally) {
+    let side = &mut call.sides[leg.index()];
+    let (Some(code), Some(media), Some(destination)) =
+        (event_code(digit), side.media, side.rtp_destination())
+    else {
+        return;
+    };
+    let Some(payload_type) = media.telephone_event else {
+        return;
+    };
+    let timestamp = side.towards.timestamp_at(now);
+    let socket = &call.sockets[leg.index()];
+    const VOLUME: u8 = 10;
+    for (marker, end, duration) in [
+        (true, false, 160u16),
+        (false, true, 800),
+        (false, true, 800),
+        (false, true, 800),
+    ] {
+        let mut packet = [0u8; 16];
+        packet[0] = 0x80;
+        packet[1] = payload_type | if marker { 0x80 } else { 0 };
+        packet[12] = code;
+        packet[13] = VOLUME | if end { 0x80 } else { 0 };
+        packet[14..16].copy_from_slice(&duration.to_be_bytes());
+        side.towards.stamp_generated(&mut packet, timestamp);
+        let sent = if side.connected == Some(destination) {
+            socket.send(&packet).is_ok()
+        } else {
+            socket.send_to(&packet, destination).is_ok()
+        };
+        if sent {
+            tally.relayed += 1;
+        } else {
+            tally.dropped += 1;
+        }
+    }
 }
 
 fn relay_rtcp(

@@ -192,6 +192,33 @@ impl StreamRewriter {
         Ok(())
     }
 
+    /// Stamps a packet the gateway generates itself (a DTMF event it sends for the other
+    /// party) into this stream: our SSRC, the next sequence number, and `timestamp`. The
+    /// relayed packets that follow are numbered after it, so the endpoint sees no repeat.
+    pub fn stamp_generated(&mut self, packet: &mut [u8], timestamp: u32) {
+        let Some(header) = packet.get_mut(..RTP_HEADER) else {
+            return;
+        };
+        let sequence = self.last_sequence.wrapping_add(1);
+        header[2..4].copy_from_slice(&sequence.to_be_bytes());
+        header[4..8].copy_from_slice(&timestamp.to_be_bytes());
+        header[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        self.last_sequence = sequence;
+        self.sequence_offset = self.sequence_offset.wrapping_add(1);
+        self.packets += 1;
+    }
+
+    /// The timestamp this stream is at by `now`: the newest packet's, advanced by the time since
+    /// it was sent (for a generated event that starts now).
+    pub fn timestamp_at(&self, now: Instant) -> u32 {
+        match self.last_arrival {
+            Some(last) => self
+                .last_timestamp
+                .wrapping_add(self.samples_between(last, now)),
+            None => self.last_timestamp,
+        }
+    }
+
     /// Media clock ticks between two arrivals, rounded to the nearest tick, at least one so the
     /// new source's first packet never repeats the previous timestamp. Taken modulo 2^32, as
     /// RTP timestamps are.
@@ -276,6 +303,25 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn generated_packets_take_the_next_numbers_and_the_relayed_ones_follow() {
+        let start = Instant::now();
+        let mut rewriter = StreamRewriter::new(0xabcd, 1000, 50_000, 8000);
+        assert_eq!(rewrite(&mut rewriter, packet(8, 7, 700, 9), start).1, 1000);
+        let at = start + ms(20);
+        let timestamp = rewriter.timestamp_at(at);
+        assert_eq!(timestamp, 50_000 + 160);
+        let mut event = packet(101, 0, 0, 0);
+        rewriter.stamp_generated(&mut event, timestamp);
+        let mut end = packet(101, 0, 0, 0);
+        rewriter.stamp_generated(&mut end, timestamp);
+        assert_eq!(header(&event), (false, 1001, 50_160, 0xabcd));
+        assert_eq!(header(&end), (false, 1002, 50_160, 0xabcd));
+        // The relayed stream goes on after them, its timestamps unchanged.
+        let next = rewrite(&mut rewriter, packet(8, 8, 860, 9), start + ms(20));
+        assert_eq!((next.1, next.2), (1003, 50_160));
     }
 
     #[test]
