@@ -123,6 +123,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     )
     .await?;
     let local_sip = SocketAddr::new(public_ip, transport.local_address().port());
+    let directory = Arc::new(call::directory::Directory::default());
     let settings = Arc::new(CallSettings {
         local_sip,
         policy,
@@ -138,6 +139,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             .map(call::hotkey::Hotkey::from)
             .collect(),
         hotkey_inter_digit: Duration::from_millis(config.sip.hotkey_inter_digit_ms),
+        directory: Arc::clone(&directory),
     });
     let media_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let media = media::relay::MediaEngine::start(media_workers, Arc::clone(&metrics))
@@ -170,6 +172,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         metrics: Arc::clone(&metrics),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
+        directory,
     });
     let endpoint_stop = CancellationToken::new();
     let endpoint_task = tokio::spawn(endpoint.run(inbound, commands, endpoint_stop.clone()));

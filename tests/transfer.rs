@@ -367,7 +367,8 @@ async fn refer_errors_have_the_right_answers() {
         ("<sip:999@gw>", 403),
         ("<sip:police-desk@gw>", 400),
         ("<sip:110@gw", 400),
-        ("<sip:110@gw?Replaces=x%3Bto-tag%3Da%3Bfrom-tag%3Db>", 501),
+        // Replaces naming no call through this gateway: nothing to replace.
+        ("<sip:110@gw?Replaces=x%3Bto-tag%3Da%3Bfrom-tag%3Db>", 403),
     ] {
         let mut request = agent.uas_request(&call.incoming, "REFER", cseq);
         request.headers.push("Refer-To", refer_to);
@@ -676,4 +677,111 @@ async fn hotkey_star_1_by_rfc_4733_transfers_and_other_digits_reach_the_citizen_
     let linkages = gateway.linkages(&record.id);
     assert_eq!(linkages.len(), 1);
     assert_eq!(linkages[0].trigger, "hotkey");
+}
+
+#[tokio::test]
+async fn attended_transfer_replaces_the_agents_consultation_call_with_the_citizen() {
+    let (mut gateway, mut citizen, mut agent, mut police) = setup("platform = \"110\"").await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+
+    // The agent consults 110 through the gateway (a call of its own) and talks to the operator.
+    let consult_rtp = RtpPeer::bind(LOCALHOST).await;
+    let consult = agent.invite(
+        "110",
+        "12345",
+        &common::sdp(consult_rtp.address, &[8], "sendrecv"),
+        "",
+    );
+    agent.send_request(&consult).await;
+    let consult_at_police = police.expect_request("INVITE").await;
+    assert_eq!(
+        consult_at_police.from().and_then(|f| f.uri.user),
+        Some("12345".into())
+    );
+    let police_rtp = RtpPeer::bind(LOCALHOST).await;
+    let answer = common::sdp(police_rtp.address, &[8], "sendrecv");
+    police
+        .send_response(&police.answer(&consult_at_police, 200, Some(&answer)))
+        .await;
+    let consult_ok = agent.expect_response("INVITE", 200).await;
+    let ack = agent.ack(&consult, &consult_ok, "");
+    agent.send_request(&ack).await;
+    police.expect_request("ACK").await;
+
+    // REFER on the citizen's call, Replaces naming the agent's consultation dialog with us.
+    let gateway_tag = consult_ok
+        .to()
+        .and_then(|t| t.tag().map(str::to_string))
+        .unwrap_or_default();
+    let replaces = format!(
+        "{}%3Bto-tag%3D{}%3Bfrom-tag%3D{}",
+        consult.call_id().replace('@', "%40"),
+        gateway_tag,
+        agent.tag
+    );
+    let request = refer(
+        &mut agent,
+        &call,
+        &format!("<sip:110@gw?Replaces={replaces}>"),
+    );
+    agent.send_request(&request).await;
+    agent.expect_response("REFER", 202).await;
+
+    // 110 gets an INVITE that replaces its consultation dialog, with the citizen's identity.
+    let joined = police.expect_request("INVITE").await;
+    assert_eq!(
+        joined.from().and_then(|f| f.uri.user),
+        Some("13800138000".into())
+    );
+    let expected = format!(
+        "{};to-tag={};from-tag={}",
+        consult_at_police.call_id(),
+        police.tag,
+        consult_at_police
+            .from()
+            .and_then(|f| f.tag().map(str::to_string))
+            .unwrap_or_default()
+    );
+    assert_eq!(joined.headers.get("Replaces"), Some(expected.as_str()));
+    assert_eq!(joined.headers.get("Require"), Some("replaces"));
+    police
+        .send_response(&police.answer(&joined, 200, Some(&answer)))
+        .await;
+    police.expect_request("ACK").await;
+    // RFC 3891 §3: 110 ends the replaced dialog; the gateway releases the agent's consultation.
+    let bye = police.uas_request(&consult_at_police, "BYE", 2);
+    police.send_request(&bye).await;
+    police.expect_response("BYE", 200).await;
+
+    // The agent is released from both calls: the consultation (BYE) and the citizen's (NOTIFY
+    // 200, then BYE).
+    let mut byes = 0;
+    let mut final_notify = false;
+    while byes < 2 || !final_notify {
+        match agent.recv().await {
+            hotline_gateway::sip::message::Message::Request(r) if r.method.as_str() == "BYE" => {
+                agent.send_response(&agent.answer(&r, 200, None)).await;
+                byes += 1;
+            }
+            hotline_gateway::sip::message::Message::Request(r) if r.method.as_str() == "NOTIFY" => {
+                agent.send_response(&agent.answer(&r, 200, None)).await;
+                final_notify |= String::from_utf8_lossy(&r.body).contains("SIP/2.0 200");
+            }
+            _ => {}
+        }
+    }
+    // Citizen and 110 talk.
+    let heard = audio_flows(&call.caller_rtp, call.gateway_a_media, &police_rtp, 0xc171).await;
+    assert_eq!(heard.payload, vec![0x55; 160]);
+    gateway.stop().await;
+    let record = gateway
+        .calls()
+        .into_iter()
+        .find(|r| r.a_call_id == call.invite.call_id())
+        .unwrap_or_else(|| panic!("no record"));
+    assert_eq!(record.b_peer.as_deref(), Some("police"));
+    let linkages = gateway.linkages(&record.id);
+    assert_eq!(linkages.len(), 1);
+    assert_eq!(linkages[0].trigger, "attended");
+    assert_eq!(linkages[0].outcome.as_deref(), Some("answered"));
 }

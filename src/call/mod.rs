@@ -1,7 +1,8 @@
 //! Calls: the sans-IO B2BUA model ([`model`]) with the pure parts of its transfers
-//! ([`transfer`]) and hotkeys ([`hotkey`]), the task that drives one call ([`task`]) and the dispatcher that admits new
+//! ([`transfer`]), hotkeys ([`hotkey`]) and the directory of bridged dialogs ([`directory`]), the task that drives one call ([`task`]) and the dispatcher that admits new
 //! calls ([`manager`]).
 
+pub mod directory;
 pub mod hotkey;
 pub mod manager;
 pub mod model;

@@ -36,6 +36,7 @@ use crate::sip::message::{self, Headers, Host, Method, NameAddr, Request, Respon
 use crate::sip::sdp::{self, Direction, MediaPolicy, Negotiated, Origin, SessionDescription};
 use crate::sip::transport::{Flow, Target};
 
+use super::directory::{DialogId, Directory, PeerDialog};
 use super::hotkey::{self, Hotkey, HotkeyMatcher};
 use super::transfer::{self, CallerIdentity, Trigger};
 use crate::config::HotkeyAction;
@@ -62,6 +63,8 @@ pub struct CallSettings {
     /// `[[hotkey]]`s, matched on agents' legs (leg B when its peer belongs to a platform).
     pub hotkeys: Arc<[Hotkey]>,
     pub hotkey_inter_digit: Duration,
+    /// Bridged calls' dialogs, to resolve the `Replaces` of an attended transfer.
+    pub directory: Arc<Directory>,
 }
 
 /// Everything the call starts from.
@@ -135,6 +138,13 @@ pub enum Action {
     },
     /// A transfer attempt changed (for its linkage record and metrics).
     Linkage(LinkageUpdate),
+    /// The call bridges these two dialogs now (for attended transfers of other calls).
+    Bridged {
+        caller_side: DialogId,
+        peer_side: PeerDialog,
+    },
+    /// The call no longer bridges the dialog it entered with [`Action::Bridged`].
+    Unbridged(DialogId),
     /// The call is over for both parties: write the record now.
     Ended(Outcome),
     /// Nothing more will happen: drop the call.
@@ -271,6 +281,9 @@ struct Transfer {
     referred_by: Option<String>,
     /// The current peer sent 180/183.
     ringing: bool,
+    /// Attended transfer: the target's dialog (with the agent's consultation call) that our
+    /// INVITE replaces (RFC 3891).
+    replaces: Option<DialogId>,
 }
 
 struct LegA {
@@ -330,6 +343,8 @@ pub struct Call {
     /// Branch of the NOTIFY that told the agent its transfer failed, until the agent answers
     /// it: a BYE from the agent before then crossed the failure (it meant to leave).
     failure_notify: Option<String>,
+    /// Our leg-A dialog as entered in the directory of bridged calls.
+    bridged: Option<DialogId>,
     /// Hotkey matching of the agent's DTMF (leg B), made on the first digit.
     hotkeys: Option<HotkeyMatcher>,
     /// How the agent's last digit came: held digits are passed on the same way.
@@ -402,6 +417,7 @@ impl Call {
             fell_back: false,
             abandoned: HashSet::new(),
             failure_notify: None,
+            bridged: None,
             hotkeys: None,
             digit_transport: DigitTransport::Info(None),
             outcome: None,
@@ -706,8 +722,42 @@ impl Call {
         }
     }
 
+    /// Enters (or updates) this call's pair of dialogs in the directory of bridged calls.
+    fn announce_bridge(&mut self) {
+        let (Some(a), Some(b)) = (self.a.dialog.as_ref(), self.b.dialog.as_ref()) else {
+            return;
+        };
+        let caller_side = DialogId {
+            call_id: a.call_id().to_string(),
+            local_tag: a.local_tag().to_string(),
+            remote_tag: a.remote_tag().to_string(),
+        };
+        let peer = self
+            .attempt
+            .as_ref()
+            .and_then(|at| self.route.get(at.peer_index))
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        let peer_side = PeerDialog {
+            dialog: DialogId {
+                call_id: b.call_id().to_string(),
+                local_tag: b.local_tag().to_string(),
+                remote_tag: b.remote_tag().to_string(),
+            },
+            peer,
+        };
+        self.bridged = Some(caller_side.clone());
+        self.actions.push_back(Action::Bridged {
+            caller_side,
+            peer_side,
+        });
+    }
+
     fn finish(&mut self) {
         self.state = State::Done;
+        if let Some(caller_side) = self.bridged.take() {
+            self.actions.push_back(Action::Unbridged(caller_side));
+        }
         self.timers = [None; TIMERS.len()];
         for key in std::mem::take(&mut self.released) {
             self.actions.push_back(Action::UnregisterDialog(key));
@@ -1129,6 +1179,7 @@ impl Call {
         self.actions
             .push_back(Action::Media(MediaCommand::Answered));
         self.detect_agent_digits();
+        self.announce_bridge();
         self.actions.push_back(Action::Answered {
             b_call_id: self.b.call_id.clone(),
             b_peer: peer,
@@ -1427,7 +1478,7 @@ impl Call {
         number: &str,
         trigger: Trigger,
     ) -> Result<(), TransferError> {
-        let result = self.start_transfer(now, number, trigger, None, None);
+        let result = self.start_transfer(now, number, trigger, None, None, None);
         self.arm_cleanup(now);
         result
     }
@@ -1439,6 +1490,7 @@ impl Call {
         trigger: Trigger,
         refer_sequence: Option<u32>,
         referred_by: Option<String>,
+        consultation: Option<(DialogId, Arc<Peer>)>,
     ) -> Result<(), TransferError> {
         if self.state != State::Answered {
             return Err(TransferError::NotAnswered);
@@ -1446,13 +1498,19 @@ impl Call {
         if self.transfer.is_some() {
             return Err(TransferError::InProgress);
         }
-        let route = self
-            .settings
-            .router
-            .route(number)
-            .filter(|peers| !peers.is_empty())
-            .ok_or_else(|| TransferError::NoRoute(number.to_string()))?
-            .to_vec();
+        let (replaces, route) = match consultation {
+            // Attended: the peer that holds the consultation dialog, nobody else.
+            Some((dialog, peer)) => (Some(dialog), vec![peer]),
+            None => (
+                None,
+                self.settings
+                    .router
+                    .route(number)
+                    .filter(|peers| !peers.is_empty())
+                    .ok_or_else(|| TransferError::NoRoute(number.to_string()))?
+                    .to_vec(),
+            ),
+        };
         let linkage_id = self.ids.call_id("linkage");
         let linkage_id = linkage_id
             .split('@')
@@ -1505,6 +1563,7 @@ impl Call {
             refer_sequence,
             referred_by,
             ringing: false,
+            replaces,
         });
         self.transfer_to_peer(now, 0);
         Ok(())
@@ -1552,6 +1611,14 @@ impl Call {
         invite
             .headers
             .push(transfer::LINKAGE_HEADER, transfer.linkage_id.clone());
+        if let Some(replaced) = &transfer.replaces {
+            // RFC 3891 §4; Require, so a target that cannot replace says 420 instead of
+            // ringing beside the consultation call.
+            invite
+                .headers
+                .push("Replaces", replaced.replaces_for_remote());
+            invite.headers.push("Require", "replaces");
+        }
         let linkage_id = transfer.linkage_id.clone();
         self.actions.push_back(Action::RegisterDialog(DialogKey {
             call_id: call_id.clone(),
@@ -1631,10 +1698,24 @@ impl Call {
                 return;
             }
         };
-        if target.replaces.is_some() {
-            reject(self, 501, "Attended Transfer Not Supported");
-            return;
-        }
+        let consultation = match &target.replaces {
+            None => None,
+            Some(value) => {
+                let peer_side = DialogId::from_replaces(value)
+                    .and_then(|id| self.settings.directory.peer_side(&id));
+                let peer = peer_side
+                    .as_ref()
+                    .and_then(|p| self.settings.router.peer_by_name(&p.peer));
+                match (peer_side, peer) {
+                    (Some(peer_side), Some(peer)) => Some((peer_side.dialog, peer)),
+                    _ => {
+                        // Not a call through this gateway: nothing we could replace.
+                        reject(self, 403, "Consultation Call Unknown");
+                        return;
+                    }
+                }
+            }
+        };
         if self.transfer.is_some() {
             reject(self, 491, "Request Pending");
             return;
@@ -1643,11 +1724,12 @@ impl Call {
             reject(self, 481, "Call Does Not Exist");
             return;
         }
-        if self
-            .settings
-            .router
-            .route(&target.number)
-            .is_none_or(|peers| peers.is_empty())
+        if consultation.is_none()
+            && self
+                .settings
+                .router
+                .route(&target.number)
+                .is_none_or(|peers| peers.is_empty())
         {
             reject(self, 403, "No Route To Transfer Target");
             return;
@@ -1672,12 +1754,18 @@ impl Call {
             response: accepted,
         });
         let sequence = request.cseq().map_or(0, |c| c.sequence);
+        let trigger = if consultation.is_some() {
+            Trigger::Attended
+        } else {
+            Trigger::Refer
+        };
         match self.start_transfer(
             now,
             &target.number,
-            Trigger::Refer,
+            trigger,
             Some(sequence),
             referred_by,
+            consultation,
         ) {
             Ok(()) => self.notify_agent(sequence, 100),
             Err(error) => {
@@ -1732,7 +1820,7 @@ impl Call {
         match hotkey.action {
             HotkeyAction::Transfer => {
                 if let Err(error) =
-                    self.start_transfer(now, &hotkey.target, Trigger::Hotkey, None, None)
+                    self.start_transfer(now, &hotkey.target, Trigger::Hotkey, None, None, None)
                 {
                     tracing::info!(call = %self.id, %error, "hotkey transfer refused");
                 }
@@ -1951,6 +2039,7 @@ impl Call {
         self.route = transfer.route;
         self.attempt = Some(transfer.attempt);
         self.detect_agent_digits();
+        self.announce_bridge();
         self.actions.push_back(Action::Attempt {
             b_call_id: self.b.call_id.clone(),
             b_peer: peer.map(|p| p.name.clone()).unwrap_or_default(),
@@ -2015,7 +2104,7 @@ impl Call {
             Err(TransferError::InProgress)
         } else {
             self.fell_back = true;
-            self.start_transfer(now, &number, Trigger::Fallback, None, None)
+            self.start_transfer(now, &number, Trigger::Fallback, None, None, None)
         };
         if fallback.is_err() {
             self.hang_up(None, EndedBy::Gateway, "transfer failed");

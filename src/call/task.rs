@@ -26,6 +26,8 @@ pub struct CallServices {
     pub shutdown: CancellationToken,
     /// Tracks running call tasks so shutdown can wait for them.
     pub tracker: tokio_util::task::TaskTracker,
+    /// Bridged calls' dialogs (shared with the calls' settings for lookups).
+    pub directory: Arc<super::directory::Directory>,
 }
 
 /// Starts the task of a new call. `inbox`/`owner` are the call's SIP event channel.
@@ -143,6 +145,11 @@ async fn carry_out(
                     tracing::error!(%error, "call record not updated");
                 }
             }
+            Action::Bridged {
+                caller_side,
+                peer_side,
+            } => services.directory.insert(caller_side, peer_side),
+            Action::Unbridged(caller_side) => services.directory.remove(&caller_side),
             Action::Linkage(update) => {
                 let linkage = track_linkage(linkages, record, update, &services.metrics);
                 if let Err(error) = services.store.linkage(linkage).await {

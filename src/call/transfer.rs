@@ -18,6 +18,8 @@ pub const LINKAGE_HEADER: &str = "X-Hotline-Linkage";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
     Refer,
+    /// REFER with Replaces: the agent consulted the target first (RFC 5589 §7).
+    Attended,
     Hotkey,
     Api,
     /// The agent had left and the transfer failed: the citizen is sent back to the number
@@ -29,6 +31,7 @@ impl Trigger {
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Refer => "refer",
+            Trigger::Attended => "attended",
             Trigger::Hotkey => "hotkey",
             Trigger::Api => "api",
             Trigger::Fallback => "fallback",

@@ -48,6 +48,7 @@ fn settings() -> Arc<CallSettings> {
             .map(crate::call::hotkey::Hotkey::from)
             .collect(),
         hotkey_inter_digit: Duration::from_secs(2),
+        directory: Arc::new(crate::call::directory::Directory::default()),
     })
 }
 
