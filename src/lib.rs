@@ -133,6 +133,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         user_agent: (!config.sip.user_agent.is_empty()).then(|| config.sip.user_agent.clone()),
         router: Arc::clone(&router),
         transfer_ring_timeout: Duration::from_secs(config.sip.transfer_ring_timeout_secs),
+        transfer_early_media: config.sip.transfer_early_media,
         hotkeys: config
             .hotkeys
             .iter()

@@ -14,6 +14,10 @@ const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 /// Carrier (the citizen), hotline (12345's agent) and police (110), with routes
 /// 12345 -> hotline and 110 -> police, and the hotkey `*1` = transfer to 110.
 async fn setup(police_extra: &str) -> (Gateway, Ua, Ua, Ua) {
+    setup_with(police_extra, "").await
+}
+
+async fn setup_with(police_extra: &str, sip_extra: &str) -> (Gateway, Ua, Ua, Ua) {
     let mut citizen = Ua::bind("carrier", LOCALHOST).await;
     let mut agent = Ua::bind("hotline", LOCALHOST).await;
     let mut police = Ua::bind("police", LOCALHOST).await;
@@ -24,7 +28,7 @@ async fn setup(police_extra: &str) -> (Gateway, Ua, Ua, Ua) {
             ("police", police.address, police_extra),
         ],
         &[("12345", &["hotline"]), ("110", &["police"])],
-        "transfer_ring_timeout_secs = 2\nhotkey_inter_digit_ms = 500",
+        &format!("transfer_ring_timeout_secs = 2\nhotkey_inter_digit_ms = 500\n{sip_extra}"),
         "",
         "\n[[hotkey]]\ndtmf = \"*1\"\naction = \"transfer\"\ntarget = \"110\"\n",
     )
@@ -784,4 +788,92 @@ async fn attended_transfer_replaces_the_agents_consultation_call_with_the_citize
     assert_eq!(linkages.len(), 1);
     assert_eq!(linkages[0].trigger, "attended");
     assert_eq!(linkages[0].outcome.as_deref(), Some("answered"));
+}
+
+#[tokio::test]
+async fn early_media_from_the_target_reaches_the_citizen_only_when_configured() {
+    for early_media in [true, false] {
+        let (mut gateway, mut citizen, mut agent, mut police) = setup_with(
+            "platform = \"110\"",
+            &format!("transfer_early_media = {early_media}"),
+        )
+        .await;
+        let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+        audio_flows(
+            &call.callee_rtp,
+            call.gateway_b_media,
+            &call.caller_rtp,
+            0xa6e7,
+        )
+        .await;
+        let request = refer(&mut agent, &call, "<sip:110@gw>");
+        agent.send_request(&request).await;
+        agent.expect_response("REFER", 202).await;
+        let invite = police.expect_request("INVITE").await;
+        let police_rtp = RtpPeer::bind(LOCALHOST).await;
+        let early = common::sdp(police_rtp.address, &[8], "sendrecv");
+        police
+            .send_response(&police.answer(&invite, 183, Some(&early)))
+            .await;
+        // 110's announcement, and the agent still talking: whom does the citizen hear?
+        let mut heard_police = false;
+        for sequence in 0..20u16 {
+            police_rtp
+                .send(
+                    call.gateway_b_media,
+                    8,
+                    sequence,
+                    160 * u32::from(sequence),
+                    0x110,
+                    &[0x11; 160],
+                )
+                .await;
+            call.callee_rtp
+                .send(
+                    call.gateway_b_media,
+                    8,
+                    500 + sequence,
+                    160 * u32::from(sequence),
+                    0xa6e7,
+                    &[0x22; 160],
+                )
+                .await;
+            while let Some(packet) = call.caller_rtp.recv_within(Duration::from_millis(30)).await {
+                heard_police |= packet.payload == vec![0x11; 160];
+            }
+        }
+        assert_eq!(
+            heard_police, early_media,
+            "early media played: {heard_police}"
+        );
+        // The target fails: the citizen hears the agent again.
+        police
+            .send_response(&police.answer(&invite, 486, None))
+            .await;
+        notifies_until_final(&mut agent).await;
+        let mut heard_agent = false;
+        for sequence in 0..20u16 {
+            call.callee_rtp
+                .send(
+                    call.gateway_b_media,
+                    8,
+                    600 + sequence,
+                    160 * u32::from(sequence),
+                    0xa6e7,
+                    &[0x33; 160],
+                )
+                .await;
+            if let Some(packet) = call.caller_rtp.recv_within(Duration::from_millis(50)).await {
+                if packet.payload == vec![0x33; 160] {
+                    heard_agent = true;
+                    break;
+                }
+            }
+        }
+        assert!(
+            heard_agent,
+            "the agent is not heard after the failed transfer"
+        );
+        gateway.stop().await;
+    }
 }

@@ -60,6 +60,8 @@ pub struct CallSettings {
     pub router: Arc<Router>,
     /// A transfer target ringing this long is given up (408).
     pub transfer_ring_timeout: Duration,
+    /// Play a transfer target's early media (183 with SDP) to the citizen.
+    pub transfer_early_media: bool,
     /// `[[hotkey]]`s, matched on agents' legs (leg B when its peer belongs to a platform).
     pub hotkeys: Arc<[Hotkey]>,
     pub hotkey_inter_digit: Duration,
@@ -284,6 +286,8 @@ struct Transfer {
     /// Attended transfer: the target's dialog (with the agent's consultation call) that our
     /// INVITE replaces (RFC 3891).
     replaces: Option<DialogId>,
+    /// The citizen hears the target's early media (leg B's port took it over before answer).
+    early_media: bool,
 }
 
 struct LegA {
@@ -345,6 +349,9 @@ pub struct Call {
     failure_notify: Option<String>,
     /// Our leg-A dialog as entered in the directory of bridged calls.
     bridged: Option<DialogId>,
+    /// Leg B's endpoint media as last negotiated (the agent's, to go back to after a
+    /// transfer target's early media).
+    b_media: Option<LegMedia>,
     /// Hotkey matching of the agent's DTMF (leg B), made on the first digit.
     hotkeys: Option<HotkeyMatcher>,
     /// How the agent's last digit came: held digits are passed on the same way.
@@ -418,6 +425,7 @@ impl Call {
             abandoned: HashSet::new(),
             failure_notify: None,
             bridged: None,
+            b_media: None,
             hotkeys: None,
             digit_transport: DigitTransport::Info(None),
             outcome: None,
@@ -516,16 +524,10 @@ impl Call {
     }
 
     fn configure(&mut self, leg: Leg, negotiated: &Negotiated) {
-        let media = LegMedia {
-            remote: negotiated.remote,
-            codec: negotiated.codec,
-            payload_type: negotiated.payload_type,
-            telephone_event: negotiated.telephone_event,
-            receives: matches!(
-                negotiated.direction,
-                Direction::SendRecv | Direction::RecvOnly
-            ),
-        };
+        let media = leg_media(negotiated);
+        if leg == Leg::B {
+            self.b_media = Some(media);
+        }
         self.actions
             .push_back(Action::Media(MediaCommand::Configure(leg, media)));
     }
@@ -1564,6 +1566,7 @@ impl Call {
             referred_by,
             ringing: false,
             replaces,
+            early_media: false,
         });
         self.transfer_to_peer(now, 0);
         Ok(())
@@ -1638,6 +1641,13 @@ impl Call {
         }
         if let Some(transfer) = self.transfer.as_mut() {
             transfer.ringing = false;
+            if std::mem::take(&mut transfer.early_media) {
+                // The previous peer's early media ends with its attempt.
+                if let Some(media) = self.b_media {
+                    self.actions
+                        .push_back(Action::Media(MediaCommand::Replace(Leg::B, media)));
+                }
+            }
             let previous = std::mem::replace(
                 &mut transfer.attempt,
                 Attempt {
@@ -1954,6 +1964,27 @@ impl Call {
                 let first = !transfer.ringing;
                 transfer.ringing = true;
                 transfer.attempt.provisional = true;
+                if self.settings.transfer_early_media && !transfer.early_media {
+                    let early = response
+                        .sdp()
+                        .map(sdp::parse)
+                        .and_then(Result::ok)
+                        .and_then(|answer| {
+                            sdp::accept_answer(&transfer.offer, &answer, &self.settings.policy).ok()
+                        });
+                    if let Some(negotiated) = early {
+                        // The citizen hears the target's ringback or announcement (RFC 3960
+                        // gateway model); the agent is no longer heard until it fails.
+                        transfer.early_media = true;
+                        self.actions.push_back(Action::Media(MediaCommand::Replace(
+                            Leg::B,
+                            leg_media(&negotiated),
+                        )));
+                    }
+                }
+                let Some(transfer) = self.transfer.as_mut() else {
+                    return;
+                };
                 if first {
                     let linkage_id = transfer.linkage_id.clone();
                     self.arm(
@@ -2015,16 +2046,8 @@ impl Call {
             call_id: std::mem::replace(&mut self.b.call_id, transfer.call_id.clone()),
             local_tag: std::mem::replace(&mut self.b.tag, transfer.tag.clone()),
         });
-        let media = LegMedia {
-            remote: negotiated.remote,
-            codec: negotiated.codec,
-            payload_type: negotiated.payload_type,
-            telephone_event: negotiated.telephone_event,
-            receives: matches!(
-                negotiated.direction,
-                Direction::SendRecv | Direction::RecvOnly
-            ),
-        };
+        let media = leg_media(&negotiated);
+        self.b_media = Some(media);
         self.actions
             .push_back(Action::Media(MediaCommand::Replace(Leg::B, media)));
         self.b.dialog = Some(dialog);
@@ -2078,6 +2101,7 @@ impl Call {
             return;
         };
         tracing::info!(call = %self.id, linkage = %transfer.linkage_id, status, "transfer failed");
+        self.restore_agent_media(&transfer);
         self.actions
             .push_back(Action::Linkage(LinkageUpdate::Failed {
                 linkage_id: transfer.linkage_id,
@@ -2108,6 +2132,14 @@ impl Call {
         };
         if fallback.is_err() {
             self.hang_up(None, EndedBy::Gateway, "transfer failed");
+        }
+    }
+
+    /// After a target's early media, the citizen goes back to hearing the agent.
+    fn restore_agent_media(&mut self, transfer: &Transfer) {
+        if let (true, Some(media)) = (transfer.early_media, self.b_media) {
+            self.actions
+                .push_back(Action::Media(MediaCommand::Replace(Leg::B, media)));
         }
     }
 
@@ -2159,6 +2191,20 @@ impl Call {
 
     pub fn number(&self) -> &str {
         &self.number
+    }
+}
+
+/// What the relay needs of a leg's negotiated media.
+fn leg_media(negotiated: &Negotiated) -> LegMedia {
+    LegMedia {
+        remote: negotiated.remote,
+        codec: negotiated.codec,
+        payload_type: negotiated.payload_type,
+        telephone_event: negotiated.telephone_event,
+        receives: matches!(
+            negotiated.direction,
+            Direction::SendRecv | Direction::RecvOnly
+        ),
     }
 }
 

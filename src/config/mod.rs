@@ -93,6 +93,11 @@ pub struct SipConfig {
     /// stays with the agent (default 30 s).
     #[serde(default = "default_transfer_ring_timeout_secs")]
     pub transfer_ring_timeout_secs: u64,
+    /// Play a transfer target's early media (a 183 with SDP: its ringback or announcement) to
+    /// the citizen instead of the agent's voice until it answers (default false: the citizen
+    /// keeps talking to the agent while the target rings).
+    #[serde(default)]
+    pub transfer_early_media: bool,
     /// Digits of a `[[hotkey]]` sequence must follow each other within this; a held digit is
     /// then passed on to the other party (default 2000 ms).
     #[serde(default = "default_hotkey_inter_digit_ms")]

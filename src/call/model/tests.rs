@@ -42,6 +42,7 @@ fn settings() -> Arc<CallSettings> {
         user_agent: None,
         router: Arc::new(Router::new(&contract_config())),
         transfer_ring_timeout: Duration::from_secs(30),
+        transfer_early_media: false,
         hotkeys: contract_config()
             .hotkeys
             .iter()
