@@ -281,11 +281,26 @@ fn sipp_50_concurrent_calls_over_tcp_then_sigterm_exits_0() {
     run_load("tcp", 50, 50, 3000, [25000, 25999], Stop::Terminate);
 }
 
-/// SIPp agents transfer every call to 110 by REFER; the SIPp 110 desk fails any call whose
-/// INVITE lacks the citizen's number in From and P-Asserted-Identity, the diverting line or the
-/// linkage header; the citizens' SIPp hangs up after 3 s, by then talking to 110.
-#[test]
-fn sipp_agents_transfer_20_calls_to_110_with_the_citizens_number() {
+/// What a SIPp transfer run must end with.
+struct TransferExpectation {
+    /// The call's final leg B peer.
+    b_peer: &'static str,
+    trigger: &'static str,
+    outcome: &'static str,
+    sip_status: u16,
+}
+
+/// 20 citizens' calls (SIPp, 5/s, each hung up by the citizen after 3 s) to SIPp agents running
+/// `agent_scenario`, and a SIPp 110 desk running `police_scenario` that fails any INVITE without
+/// the citizen's number in From and P-Asserted-Identity, the History-Info entry of 12345 or the
+/// linkage header. `extra` is more gateway config. Every SIPp side must succeed on every call,
+/// and each call must be recorded with one linkage as `expect` says.
+fn run_transfers(
+    agent_scenario: &str,
+    police_scenario: &str,
+    extra: &str,
+    expect: TransferExpectation,
+) {
     if !sipp_available() {
         panic!("sipp is not installed (apt-get install sip-tester; .ci/run does this)");
     }
@@ -300,11 +315,11 @@ fn sipp_agents_transfer_20_calls_to_110_with_the_citizens_number() {
         http: free_port(),
     };
     let police_port = free_port();
-    let extra = format!(
+    let config = format!(
         "\n[[peer]]\nname = \"police\"\naddress = \"127.0.0.1:{police_port}\"\nplatform = \"110\"\n\
-trusted = true\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n"
+trusted = true\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n{extra}"
     );
-    let (_gateway, db) = start_gateway_with(dir.path(), &ports, "udp", [26000, 26999], &extra);
+    let (_gateway, db) = start_gateway_with(dir.path(), &ports, "udp", [26000, 26999], &config);
     let calls = 20u32;
     let calls_text = calls.to_string();
     let error_file = |scenario: &str| dir.path().join(format!("{scenario}.errors"));
@@ -340,8 +355,8 @@ trusted = true\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n"
             Err(e) => panic!("sipp {scenario}: {e}"),
         }
     };
-    let mut agents = uas_side(ports.uas, "agent_refer.xml");
-    let mut police = uas_side(police_port, "police_uas.xml");
+    let mut agents = uas_side(ports.uas, agent_scenario);
+    let mut police = uas_side(police_port, police_scenario);
     let target = format!("127.0.0.1:{}", ports.gateway);
     let (uac_port, uac_media) = (ports.uac.to_string(), free_port().to_string());
     let citizens = sipp(
@@ -375,19 +390,19 @@ trusted = true\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n"
         citizens.as_ref().is_ok_and(|s| s.success()),
         "SIPp citizens reported failed calls ({citizens:?})"
     );
-    let agents = agents.0.wait();
     let errors_of =
         |scenario: &str| std::fs::read_to_string(error_file(scenario)).unwrap_or_default();
+    let agents = agents.0.wait();
     assert!(
         agents.as_ref().is_ok_and(|s| s.success()),
-        "SIPp agents: a REFER or its NOTIFYs went wrong ({agents:?}):\n{}",
-        errors_of("agent_refer.xml")
+        "SIPp agents ({agent_scenario}) failed calls ({agents:?}):\n{}",
+        errors_of(agent_scenario)
     );
     let police = police.0.wait();
     assert!(
         police.as_ref().is_ok_and(|s| s.success()),
-        "SIPp 110 desk: an INVITE lacked the citizen's identity ({police:?}):\n{}",
-        errors_of("police_uas.xml")
+        "SIPp 110 desk ({police_scenario}) failed calls ({police:?}):\n{}",
+        errors_of(police_scenario)
     );
     let records = match hotline_gateway::store::list_calls(&db, 100) {
         Ok(r) => r,
@@ -395,14 +410,83 @@ trusted = true\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n"
     };
     assert_eq!(records.len(), calls as usize);
     for record in &records {
-        assert_eq!(record.b_peer.as_deref(), Some("police"), "{record:?}");
+        assert_eq!(record.b_peer.as_deref(), Some(expect.b_peer), "{record:?}");
         assert_eq!(record.ended_by.as_deref(), Some("caller"), "{record:?}");
         let linkages = match hotline_gateway::store::list_linkages(&db, &record.id) {
             Ok(l) => l,
             Err(e) => panic!("{e}"),
         };
         assert_eq!(linkages.len(), 1, "{linkages:?}");
-        assert_eq!(linkages[0].outcome.as_deref(), Some("answered"));
+        assert_eq!(linkages[0].trigger, expect.trigger);
+        assert_eq!(linkages[0].outcome.as_deref(), Some(expect.outcome));
+        assert_eq!(linkages[0].sip_status, Some(expect.sip_status));
         assert_eq!(linkages[0].to_platform.as_deref(), Some("110"));
     }
+}
+
+const HOTKEY: &str = "\n[[hotkey]]\ndtmf = \"*1\"\naction = \"transfer\"\ntarget = \"110\"\n";
+
+/// SIPp agents transfer every call to 110 by REFER (checking the 202 and the NOTIFYs); the
+/// citizens end up talking to 110.
+#[test]
+fn sipp_agents_transfer_20_calls_to_110_with_the_citizens_number() {
+    run_transfers(
+        "agent_refer.xml",
+        "police_uas.xml",
+        "",
+        TransferExpectation {
+            b_peer: "police",
+            trigger: "refer",
+            outcome: "answered",
+            sip_status: 200,
+        },
+    );
+}
+
+/// 110 is busy: every agent gets the final NOTIFY 486 and keeps its citizen.
+#[test]
+fn sipp_busy_110_leaves_every_citizen_with_the_agent() {
+    run_transfers(
+        "agent_refer_busy.xml",
+        "police_busy.xml",
+        "",
+        TransferExpectation {
+            b_peer: "hotline",
+            trigger: "refer",
+            outcome: "failed",
+            sip_status: 486,
+        },
+    );
+}
+
+/// Desk phones pressing *1 as SIP INFO.
+#[test]
+fn sipp_hotkey_star_1_by_sip_info_transfers_to_110() {
+    run_transfers(
+        "agent_hotkey_info.xml",
+        "police_uas.xml",
+        HOTKEY,
+        TransferExpectation {
+            b_peer: "police",
+            trigger: "hotkey",
+            outcome: "answered",
+            sip_status: 200,
+        },
+    );
+}
+
+/// Phones pressing *1 as RFC 4733 telephone-events (sip-tester's recorded DTMF).
+#[test]
+fn sipp_hotkey_star_1_by_rfc_4733_transfers_to_110() {
+    run_transfers(
+        "agent_hotkey_rfc4733.xml",
+        "police_uas.xml",
+        HOTKEY,
+        TransferExpectation {
+            b_peer: "police",
+            trigger: "hotkey",
+            outcome: "answered",
+            sip_status: 200,
+        },
+    );
 }

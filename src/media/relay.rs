@@ -142,8 +142,8 @@ struct Side {
     heard: Instant,
     /// Telephone-events from this endpoint are detected, not relayed.
     detect_digits: bool,
-    /// RTP timestamp of the last telephone-event seen: its repeats are the same event.
-    last_event: Option<u32>,
+    /// RTP timestamp and code of the last telephone-event seen: its repeats are the same event.
+    last_event: Option<(u32, u8)>,
     towards: StreamRewriter,
 }
 
@@ -708,10 +708,12 @@ fn detect_digit(side: &mut Side, packet: &[u8]) -> Outcome {
         return Outcome::Dropped;
     };
     let timestamp = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
-    if side.last_event == Some(timestamp) {
+    // A new event has a new timestamp; a new code under the same one is taken as new too
+    // (senders that replay recorded events reuse their timestamps).
+    if side.last_event == Some((timestamp, code)) {
         return Outcome::Consumed;
     }
-    side.last_event = Some(timestamp);
+    side.last_event = Some((timestamp, code));
     match crate::call::hotkey::digit_of(&code.to_string()) {
         Some(digit) => Outcome::Digit(digit),
         None => Outcome::Consumed,
