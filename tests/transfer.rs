@@ -46,6 +46,14 @@ fn refer(agent: &mut Ua, call: &Established, refer_to: &str) -> Request {
     refer
 }
 
+/// The agent REFERs the call to 110, gets 202, and 110 is called: its INVITE.
+async fn refer_to_110(agent: &mut Ua, call: &Established, police: &mut Ua) -> Request {
+    let request = refer(agent, call, "<sip:110@gw>");
+    agent.send_request(&request).await;
+    agent.expect_response("REFER", 202).await;
+    police.expect_request("INVITE").await
+}
+
 /// NOTIFYs of the REFER's subscription: answered 200, their sipfrag status lines returned
 /// until a final one.
 async fn notifies_until_final(agent: &mut Ua) -> Vec<(u16, String)> {
@@ -214,10 +222,7 @@ async fn refer_transfers_the_citizen_to_110_with_the_citizens_number() {
 async fn a_busy_target_leaves_the_citizen_with_the_agent() {
     let (mut gateway, mut citizen, mut agent, mut police) = setup("platform = \"110\"").await;
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
-    let request = refer(&mut agent, &call, "<sip:110@gw>");
-    agent.send_request(&request).await;
-    agent.expect_response("REFER", 202).await;
-    let invite = police.expect_request("INVITE").await;
+    let invite = refer_to_110(&mut agent, &call, &mut police).await;
     police
         .send_response(&police.answer(&invite, 486, None))
         .await;
@@ -259,10 +264,7 @@ async fn a_busy_target_leaves_the_citizen_with_the_agent() {
 async fn a_target_that_does_not_answer_is_given_up_after_the_ring_timeout() {
     let (mut gateway, mut citizen, mut agent, mut police) = setup("platform = \"110\"").await;
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
-    let request = refer(&mut agent, &call, "<sip:110@gw>");
-    agent.send_request(&request).await;
-    agent.expect_response("REFER", 202).await;
-    let invite = police.expect_request("INVITE").await;
+    let invite = refer_to_110(&mut agent, &call, &mut police).await;
     police
         .send_response(&police.answer(&invite, 180, None))
         .await;
@@ -290,10 +292,7 @@ async fn a_target_that_does_not_answer_is_given_up_after_the_ring_timeout() {
 async fn the_citizen_waits_when_the_agent_leaves_before_110_answers() {
     let (mut gateway, mut citizen, mut agent, mut police) = setup("platform = \"110\"").await;
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
-    let request = refer(&mut agent, &call, "<sip:110@gw>");
-    agent.send_request(&request).await;
-    agent.expect_response("REFER", 202).await;
-    let invite = police.expect_request("INVITE").await;
+    let invite = refer_to_110(&mut agent, &call, &mut police).await;
     police
         .send_response(&police.answer(&invite, 180, None))
         .await;
@@ -323,10 +322,7 @@ async fn the_citizen_waits_when_the_agent_leaves_before_110_answers() {
 async fn the_citizen_goes_back_to_12345_when_the_agent_left_and_110_fails() {
     let (mut gateway, mut citizen, mut agent, mut police) = setup("platform = \"110\"").await;
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
-    let request = refer(&mut agent, &call, "<sip:110@gw>");
-    agent.send_request(&request).await;
-    agent.expect_response("REFER", 202).await;
-    let invite = police.expect_request("INVITE").await;
+    let invite = refer_to_110(&mut agent, &call, &mut police).await;
     let bye = agent.uas_request(&call.incoming, "BYE", 3);
     agent.send_request(&bye).await;
     agent.expect_response("BYE", 200).await;
@@ -806,10 +802,7 @@ async fn early_media_from_the_target_reaches_the_citizen_only_when_configured() 
             0xa6e7,
         )
         .await;
-        let request = refer(&mut agent, &call, "<sip:110@gw>");
-        agent.send_request(&request).await;
-        agent.expect_response("REFER", 202).await;
-        let invite = police.expect_request("INVITE").await;
+        let invite = refer_to_110(&mut agent, &call, &mut police).await;
         let police_rtp = RtpPeer::bind(LOCALHOST).await;
         let early = common::sdp(police_rtp.address, &[8], "sendrecv");
         police

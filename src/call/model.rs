@@ -290,6 +290,22 @@ struct Transfer {
     early_media: bool,
 }
 
+impl Attempt {
+    /// An INVITE just sent to the route's `peer_index`-th peer.
+    fn new(peer_index: usize, invite: Request, branch: String, target: Target) -> Attempt {
+        Attempt {
+            peer_index,
+            invite,
+            branch,
+            target,
+            provisional: false,
+            cancel_sent: false,
+            timed_out: false,
+            settled: false,
+        }
+    }
+}
+
 struct LegA {
     invite: Request,
     server: ServerTransactionId,
@@ -565,16 +581,7 @@ impl Call {
         if let Some(previous) = self.attempt.take() {
             self.stale.push(previous);
         }
-        self.attempt = Some(Attempt {
-            peer_index: index,
-            invite,
-            branch,
-            target,
-            provisional: false,
-            cancel_sent: false,
-            timed_out: false,
-            settled: false,
-        });
+        self.attempt = Some(Attempt::new(index, invite, branch, target));
         self.arm(
             Timer::PeerResponse,
             Some(now + self.settings.peer_response_timeout),
@@ -1650,16 +1657,7 @@ impl Call {
             }
             let previous = std::mem::replace(
                 &mut transfer.attempt,
-                Attempt {
-                    peer_index: index,
-                    invite,
-                    branch,
-                    target,
-                    provisional: false,
-                    cancel_sent: false,
-                    timed_out: false,
-                    settled: false,
-                },
+                Attempt::new(index, invite, branch, target),
             );
             if !previous.branch.is_empty() {
                 self.stale.push(previous);

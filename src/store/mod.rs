@@ -417,11 +417,9 @@ fn write_batch(connection: &mut Connection, batch: &[WriteOp]) -> Result<(), rus
     transaction.commit()
 }
 
-/// The newest `limit` calls, newest first, through a read-only connection.
-///
-/// # Errors
-/// [`StoreError::Open`] if the file does not exist or is no database of ours.
-pub fn list_calls(path: &Path, limit: usize) -> Result<Vec<CallRecord>, StoreError> {
+/// A read-only connection for readers beside the running gateway (WAL lets them read while it
+/// writes).
+fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
     let connection = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -431,6 +429,15 @@ pub fn list_calls(path: &Path, limit: usize) -> Result<Vec<CallRecord>, StoreErr
         source,
     })?;
     connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(connection)
+}
+
+/// The newest `limit` calls, newest first, through a read-only connection.
+///
+/// # Errors
+/// [`StoreError::Open`] if the file does not exist or is no database of ours.
+pub fn list_calls(path: &Path, limit: usize) -> Result<Vec<CallRecord>, StoreError> {
+    let connection = open_read_only(path)?;
     let mut statement = connection.prepare(
         "SELECT id, a_call_id, b_call_id, caller, called, a_peer, b_peer, started_at, answered_at,
                 ended_at, ended_by, end_reason, final_status, rtp_a_to_b, rtp_b_to_a, rtp_dropped
@@ -464,15 +471,7 @@ pub fn list_calls(path: &Path, limit: usize) -> Result<Vec<CallRecord>, StoreErr
 /// # Errors
 /// [`StoreError::Open`] if the file does not exist or is no database of ours.
 pub fn list_linkages(path: &Path, call_id: &str) -> Result<Vec<LinkageRecord>, StoreError> {
-    let connection = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| StoreError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    let connection = open_read_only(path)?;
     let mut statement = connection.prepare(
         "SELECT id, call_id, from_platform, from_peer, to_platform, to_peer, target, trigger,
                 requested_at, ringing_at, answered_at, ended_at, outcome, sip_status
