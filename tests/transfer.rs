@@ -289,9 +289,16 @@ async fn a_target_that_does_not_answer_is_given_up_after_the_ring_timeout() {
 }
 
 #[tokio::test]
-async fn the_citizen_waits_when_the_agent_leaves_before_110_answers() {
+async fn the_citizen_waits_hearing_ringback_when_the_agent_leaves_before_110_answers() {
     let (mut gateway, mut citizen, mut agent, mut police) = setup("platform = \"110\"").await;
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let before = audio_flows(
+        &call.callee_rtp,
+        call.gateway_b_media,
+        &call.caller_rtp,
+        0xa6e7,
+    )
+    .await;
     let invite = refer_to_110(&mut agent, &call, &mut police).await;
     police
         .send_response(&police.answer(&invite, 180, None))
@@ -299,6 +306,36 @@ async fn the_citizen_waits_when_the_agent_leaves_before_110_answers() {
     let bye = agent.uas_request(&call.incoming, "BYE", 3);
     agent.send_request(&bye).await;
     agent.expect_response("BYE", 200).await;
+
+    // Ringback: a steady 20 ms A-law stream in the citizen's one stream, a 450 Hz tone
+    // (every tone packet the same nine periods), continuously numbered.
+    let mut ringback = Vec::new();
+    while ringback.len() < 10 {
+        let packet = call.caller_rtp.recv().await;
+        if packet.payload != vec![0x55; 160] {
+            ringback.push(packet);
+        }
+    }
+    assert!(ringback
+        .iter()
+        .all(|p| p.ssrc == before.ssrc && p.payload_type == 8));
+    assert!(
+        ringback.iter().all(|p| p.payload == ringback[0].payload),
+        "a steady tone"
+    );
+    // Upward zero crossings around the packet (it repeats, so its end joins its start).
+    let mut samples: Vec<i16> = ringback[0]
+        .payload
+        .iter()
+        .map(|&c| alaw_linear(c))
+        .collect();
+    samples.push(samples[0]);
+    let crossings = samples.windows(2).filter(|w| w[0] < 0 && w[1] >= 0).count();
+    assert_eq!(crossings, 9, "450 Hz: nine periods in 20 ms");
+    for pair in ringback.windows(2) {
+        assert_eq!(pair[1].sequence, pair[0].sequence.wrapping_add(1));
+        assert_eq!(pair[1].timestamp.wrapping_sub(pair[0].timestamp), 160);
+    }
 
     let police_rtp = RtpPeer::bind(LOCALHOST).await;
     let answer = common::sdp(police_rtp.address, &[8], "sendrecv");
@@ -868,5 +905,21 @@ async fn early_media_from_the_target_reaches_the_citizen_only_when_configured() 
             "the agent is not heard after the failed transfer"
         );
         gateway.stop().await;
+    }
+}
+
+/// ITU-T G.711 A-law expansion, enough to read a tone's sign.
+fn alaw_linear(code: u8) -> i16 {
+    let value = code ^ 0x55;
+    let magnitude = i16::from(value & 0x0f) << 4 | 8;
+    let segment = (value & 0x70) >> 4;
+    let magnitude = match segment {
+        0 => magnitude,
+        s => (magnitude + 0x100) << (s - 1),
+    };
+    if value & 0x80 != 0 {
+        magnitude
+    } else {
+        -magnitude
     }
 }

@@ -365,6 +365,8 @@ pub struct Call {
     failure_notify: Option<String>,
     /// Our leg-A dialog as entered in the directory of bridged calls.
     bridged: Option<DialogId>,
+    /// The citizen hears our ringback.
+    ringback: bool,
     /// Leg B's endpoint media as last negotiated (the agent's, to go back to after a
     /// transfer target's early media).
     b_media: Option<LegMedia>,
@@ -441,6 +443,7 @@ impl Call {
             abandoned: HashSet::new(),
             failure_notify: None,
             bridged: None,
+            ringback: false,
             b_media: None,
             hotkeys: None,
             digit_transport: DigitTransport::Info(None),
@@ -909,15 +912,18 @@ impl Call {
                 respond(self, 200);
                 self.b.dialog = None;
                 self.failure_notify = None;
+                self.ringback(true);
                 self.fall_back(now);
             }
             Method::Bye if leg == Leg::B && self.transfer.is_some() => {
-                // The agent leaves while the target rings: the citizen waits for the target.
+                // The agent leaves while the target rings: the citizen waits for the target,
+                // hearing ringback.
                 respond(self, 200);
                 self.b.dialog = None;
                 if let Some(transfer) = self.transfer.as_mut() {
                     transfer.refer_sequence = None;
                 }
+                self.ringback(true);
             }
             Method::Refer => self.handle_refer(now, leg, server, &request),
             Method::Bye => {
@@ -2048,6 +2054,7 @@ impl Call {
         self.b_media = Some(media);
         self.actions
             .push_back(Action::Media(MediaCommand::Replace(Leg::B, media)));
+        self.ringback(false);
         self.b.dialog = Some(dialog);
         // The new party's digits start afresh.
         self.hotkeys = None;
@@ -2130,6 +2137,15 @@ impl Call {
         };
         if fallback.is_err() {
             self.hang_up(None, EndedBy::Gateway, "transfer failed");
+        }
+    }
+
+    /// Ringback to the citizen while it waits for a transfer target with no agent left.
+    fn ringback(&mut self, on: bool) {
+        if self.ringback != on {
+            self.ringback = on;
+            self.actions
+                .push_back(Action::Media(MediaCommand::Ringback(Leg::A, on)));
         }
     }
 

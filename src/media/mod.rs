@@ -65,4 +65,7 @@ pub enum MediaCommand {
     DetectDigits(Leg, bool),
     /// Play one DTMF digit to this leg's endpoint as an RFC 4733 event in our stream to it.
     SendDigit(Leg, char),
+    /// Start or stop playing ringback to this leg's endpoint in our stream to it (a citizen
+    /// waiting for a transfer target after the agent left).
+    Ringback(Leg, bool),
 }

@@ -44,6 +44,104 @@ use crate::ids::IdGenerator;
 use crate::metrics::{Counter, Metrics};
 use crate::sip::sdp::Codec;
 
+/// Ringback as Chinese networks play it (YD/T 1970, GB 16837): 450 Hz, 1 s on, 4 s off.
+const RINGBACK_HZ: f64 = 450.0;
+const RINGBACK_ON_PACKETS: u64 = 50;
+const RINGBACK_CYCLE_PACKETS: u64 = 250;
+/// 20 ms of 8 kHz G.711; 450 Hz fits nine whole periods in it, so every tone packet is the same.
+const RINGBACK_SAMPLES: usize = 160;
+const PACKET_TIME: Duration = Duration::from_millis(20);
+
+/// A ringback stream in progress towards one endpoint.
+struct Ringback {
+    tone: [u8; RINGBACK_SAMPLES],
+    silence: u8,
+    payload_type: u8,
+    started: Instant,
+    sent: u64,
+    /// The first packet's timestamp; each next one is 160 later (one packet of samples).
+    first_timestamp: Option<u32>,
+}
+
+impl Ringback {
+    fn new(media: &LegMedia, now: Instant) -> Ringback {
+        let encode = |sample: i16| match media.codec {
+            Codec::Pcmu => super::g711::linear_to_ulaw(sample),
+            Codec::Pcma => super::g711::linear_to_alaw(sample),
+        };
+        let mut tone = [0u8; RINGBACK_SAMPLES];
+        for (n, code) in tone.iter_mut().enumerate() {
+            // -10 dBm0-ish: a third of full scale.
+            let phase = 2.0 * std::f64::consts::PI * RINGBACK_HZ * n as f64 / 8000.0;
+            *code = encode((phase.sin() * 10_000.0) as i16);
+        }
+        Ringback {
+            tone,
+            silence: encode(0),
+            payload_type: media.payload_type,
+            started: now,
+            sent: 0,
+            first_timestamp: None,
+        }
+    }
+
+    fn next_due(&self) -> Instant {
+        self.started + PACKET_TIME * self.sent as u32
+    }
+}
+
+/// Sends the ringback packets that are due on every side that plays one; returns when the
+/// next one is due.
+fn play_ringback(call: &mut CallMedia, now: Instant, tally: &mut Tally) -> Option<Instant> {
+    let mut next = None;
+    for (index, side) in call.sides.iter_mut().enumerate() {
+        let destination = side.rtp_destination();
+        let connected = side.connected;
+        let Some(ringback) = side.ringback.as_mut() else {
+            continue;
+        };
+        // After a stall, skip what is long overdue rather than burst it.
+        let behind = now.saturating_duration_since(ringback.next_due());
+        if behind > PACKET_TIME * 5 {
+            ringback.sent += (behind.as_millis() / PACKET_TIME.as_millis()) as u64;
+        }
+        while ringback.next_due() <= now {
+            let mut packet = [0u8; 12 + RINGBACK_SAMPLES];
+            packet[0] = 0x80;
+            packet[1] = ringback.payload_type;
+            let on = ringback.sent % RINGBACK_CYCLE_PACKETS < RINGBACK_ON_PACKETS;
+            if on {
+                packet[12..].copy_from_slice(&ringback.tone);
+            } else {
+                packet[12..].fill(ringback.silence);
+            }
+            if ringback.sent == 0 {
+                packet[1] |= 0x80;
+            }
+            let first = *ringback
+                .first_timestamp
+                .get_or_insert_with(|| side.towards.timestamp_at(now));
+            let timestamp =
+                first.wrapping_add((ringback.sent as u32).wrapping_mul(RINGBACK_SAMPLES as u32));
+            side.towards.stamp_generated(&mut packet, timestamp, now);
+            if let Some(destination) = destination {
+                let sent = if connected == Some(destination) {
+                    call.sockets[index].send(&packet).is_ok()
+                } else {
+                    call.sockets[index].send_to(&packet, destination).is_ok()
+                };
+                if sent {
+                    tally.relayed += 1;
+                }
+            }
+            ringback.sent += 1;
+        }
+        let due = ringback.next_due();
+        next = Some(next.map_or(due, |n: Instant| n.min(due)));
+    }
+    next
+}
+
 /// Comfort noise (RFC 3389) passes through whatever was negotiated.
 const COMFORT_NOISE: u8 = 13;
 
@@ -144,6 +242,8 @@ struct Side {
     detect_digits: bool,
     /// RTP timestamp and code of the last telephone-event seen: its repeats are the same event.
     last_event: Option<(u32, u8)>,
+    /// Ringback we play to this endpoint.
+    ringback: Option<Ringback>,
     towards: StreamRewriter,
 }
 
@@ -157,6 +257,7 @@ impl Side {
             heard: Instant::now(),
             detect_digits: false,
             last_event: None,
+            ringback: None,
             towards: StreamRewriter::new(ids.ssrc(), ids.u16(), ids.next_u64() as u32, 8000),
         }
     }
@@ -411,6 +512,9 @@ fn worker(
     };
     let mut last_housekeeping = Instant::now();
     let mut batch_mode = false;
+    // Calls playing ringback, and when the next packet of any is due.
+    let mut ringing: Vec<u64> = Vec::new();
+    let mut next_ringback: Option<Instant> = None;
     let (mut window_start, mut window_packets) = (Instant::now(), 0u64);
     while !stop.load(Ordering::Relaxed) {
         let tick_start = Instant::now();
@@ -419,7 +523,11 @@ fn worker(
         let wait = if batch_mode {
             Duration::ZERO
         } else {
-            Duration::from_secs(1).saturating_sub(last_housekeeping.elapsed())
+            let housekeeping = Duration::from_secs(1).saturating_sub(last_housekeeping.elapsed());
+            match next_ringback {
+                Some(at) => housekeeping.min(at.saturating_duration_since(Instant::now())),
+                None => housekeeping,
+            }
         };
         let timeout = Timespec {
             tv_sec: wait.as_secs() as _,
@@ -486,6 +594,16 @@ fn worker(
                         MediaCommand::SendDigit(leg, digit) => {
                             send_digit(call, leg, digit, Instant::now(), &mut tally);
                         }
+                        MediaCommand::Ringback(leg, on) => {
+                            let side = &mut call.sides[leg.index()];
+                            side.ringback = match (on, side.media) {
+                                (true, Some(media)) => Some(Ringback::new(&media, Instant::now())),
+                                _ => None,
+                            };
+                            if on && !ringing.contains(&id) {
+                                ringing.push(id);
+                            }
+                        }
                     }
                 }
                 Control::Remove(id) => {
@@ -517,6 +635,20 @@ fn worker(
             };
             receive(call, index, &mut buffer, now, &mut tally);
         }
+        // Generated ringback, for the few calls that play one.
+        next_ringback = None;
+        ringing.retain(|id| {
+            let Some(call) = by_id.get(id).and_then(|slot| slots[*slot].as_mut()) else {
+                return false;
+            };
+            match play_ringback(call, now, &mut tally) {
+                Some(at) => {
+                    next_ringback = Some(next_ringback.map_or(at, |n: Instant| n.min(at)));
+                    true
+                }
+                None => false,
+            }
+        });
         window_packets += tally.relayed + tally.dropped + tally.rtcp - before;
         let window = now.duration_since(window_start);
         if window >= RATE_WINDOW {
@@ -692,6 +824,8 @@ fn relay_rtp(
     if outgoing.towards.rewrite(packet, now).is_err() {
         return Outcome::Dropped;
     }
+    // Real media for this endpoint takes over from any ringback we were playing it.
+    outgoing.ringback = None;
     if outgoing.connected == Some(destination) {
         return match out.send(packet) {
             Ok(_) => Outcome::Relayed,
@@ -759,7 +893,7 @@ fn send_digit(call: &mut CallMedia, leg: Leg, digit: char, now: Instant, tally: 
         packet[12] = code;
         packet[13] = VOLUME | if end { 0x80 } else { 0 };
         packet[14..16].copy_from_slice(&duration.to_be_bytes());
-        side.towards.stamp_generated(&mut packet, timestamp);
+        side.towards.stamp_generated(&mut packet, timestamp, now);
         let sent = if side.connected == Some(destination) {
             socket.send(&packet).is_ok()
         } else {

@@ -195,7 +195,7 @@ impl StreamRewriter {
     /// Stamps a packet the gateway generates itself (a DTMF event it sends for the other
     /// party) into this stream: our SSRC, the next sequence number, and `timestamp`. The
     /// relayed packets that follow are numbered after it, so the endpoint sees no repeat.
-    pub fn stamp_generated(&mut self, packet: &mut [u8], timestamp: u32) {
+    pub fn stamp_generated(&mut self, packet: &mut [u8], timestamp: u32, now: Instant) {
         let Some(header) = packet.get_mut(..RTP_HEADER) else {
             return;
         };
@@ -204,6 +204,9 @@ impl StreamRewriter {
         header[4..8].copy_from_slice(&timestamp.to_be_bytes());
         header[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
         self.last_sequence = sequence;
+        // The next relayed source continues from here.
+        self.last_timestamp = timestamp;
+        self.last_arrival = Some(now);
         self.sequence_offset = self.sequence_offset.wrapping_add(1);
         self.packets += 1;
     }
@@ -314,9 +317,9 @@ mod tests {
         let timestamp = rewriter.timestamp_at(at);
         assert_eq!(timestamp, 50_000 + 160);
         let mut event = packet(101, 0, 0, 0);
-        rewriter.stamp_generated(&mut event, timestamp);
+        rewriter.stamp_generated(&mut event, timestamp, at);
         let mut end = packet(101, 0, 0, 0);
-        rewriter.stamp_generated(&mut end, timestamp);
+        rewriter.stamp_generated(&mut end, timestamp, at);
         assert_eq!(header(&event), (false, 1001, 50_160, 0xabcd));
         assert_eq!(header(&end), (false, 1002, 50_160, 0xabcd));
         // The relayed stream goes on after them, its timestamps unchanged.
