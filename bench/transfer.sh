@@ -44,7 +44,7 @@ for rate in $rates; do
   sipp -sf tests/sipp/police_uas.xml -i 127.0.0.1 -p 5090 -m "$calls" -timeout 120s \
     -timeout_error -nostdin -trace_err -error_file "$out/police.errors" >/dev/null 2>&1 &
   police=$!
-  sipp -sf tests/sipp/agent_refer.xml -i 127.0.0.1 -p 5080 -m "$calls" -timeout 120s \
+  sipp -sf tests/sipp/agent_refer.xml -key transfer_to 110 -i 127.0.0.1 -p 5080 -m "$calls" -timeout 120s \
     -timeout_error -nostdin -trace_err -error_file "$out/agent.errors" >/dev/null 2>&1 &
   agent=$!
   pids=("$police" "$agent")

@@ -67,7 +67,7 @@ fn start_gateway_with(
     let db = dir.join("gateway.db");
     let config = dir.join("gateway.toml");
     let text = format!(
-        "[sip]\nlisten = \"127.0.0.1:{gw}\"\n\n[media]\naddress = \"127.0.0.1\"\nports = [{lo}, {hi}]\n\n\
+        "[sip]\nlisten = \"127.0.0.1:{gw}\"\ntransfer_ring_timeout_secs = 2\n\n[media]\naddress = \"127.0.0.1\"\nports = [{lo}, {hi}]\n\n\
 [store]\npath = \"{db}\"\n\n[api]\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:{http}\"\n\n\
 [[peer]]\nname = \"carrier\"\naddress = \"127.0.0.1:{uac}\"\nany_port = true\n\n\
 [[peer]]\nname = \"hotline\"\naddress = \"127.0.0.1:{uas}\"\nplatform = \"12345\"\ntransport = \"{transport}\"\n\n\
@@ -281,26 +281,33 @@ fn sipp_50_concurrent_calls_over_tcp_then_sigterm_exits_0() {
     run_load("tcp", 50, 50, 3000, [25000, 25999], Stop::Terminate);
 }
 
-/// What a SIPp transfer run must end with.
-struct TransferExpectation {
-    /// The call's final leg B peer.
+/// A SIPp transfer run: which scenarios play which part, and what it must end with.
+struct TransferRun {
+    /// The number the citizens dial (12345, or 110 for 110 -> 12345).
+    dial: &'static str,
+    /// Where the referring agent sits: the peer the citizens' calls reach.
+    agent_scenario: &'static str,
+    /// The number the agents transfer to (`-key transfer_to`).
+    transfer_to: &'static str,
+    /// The desk the transfer reaches.
+    desk_scenario: &'static str,
+    /// More gateway config.
+    extra: &'static str,
+    /// The call's final leg-B peer.
     b_peer: &'static str,
     trigger: &'static str,
     outcome: &'static str,
     sip_status: u16,
+    to_platform: &'static str,
 }
 
 /// 20 citizens' calls (SIPp, 5/s, each hung up by the citizen after 3 s) to SIPp agents running
-/// `agent_scenario`, and a SIPp 110 desk running `police_scenario` that fails any INVITE without
-/// the citizen's number in From and P-Asserted-Identity, the History-Info entry of 12345 or the
-/// linkage header. `extra` is more gateway config. Every SIPp side must succeed on every call,
-/// and each call must be recorded with one linkage as `expect` says.
-fn run_transfers(
-    agent_scenario: &str,
-    police_scenario: &str,
-    extra: &str,
-    expect: TransferExpectation,
-) {
+/// `agent_scenario`, transferring to a SIPp desk running `desk_scenario` (which, in
+/// `police_uas.xml`, fails any INVITE without the citizen's number in From and
+/// P-Asserted-Identity, the History-Info entry of the line it came from or the linkage
+/// header). Every SIPp side must succeed on every call, and each call must be recorded with one
+/// linkage as `run` says.
+fn run_transfers(run: TransferRun) {
     if !sipp_available() {
         panic!("sipp is not installed (apt-get install sip-tester; .ci/run does this)");
     }
@@ -317,7 +324,8 @@ fn run_transfers(
     let police_port = free_port();
     let config = format!(
         "\n[[peer]]\nname = \"police\"\naddress = \"127.0.0.1:{police_port}\"\nplatform = \"110\"\n\
-trusted = true\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n{extra}"
+trusted = true\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n{}",
+        run.extra
     );
     let (_gateway, db) = start_gateway_with(dir.path(), &ports, "udp", [26000, 26999], &config);
     let calls = 20u32;
@@ -346,6 +354,9 @@ trusted = true\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n{extra}"
                 "-trace_err",
                 "-error_file",
                 &errors,
+                "-key",
+                "transfer_to",
+                run.transfer_to,
             ],
             scenario,
         )
@@ -355,15 +366,20 @@ trusted = true\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n{extra}"
             Err(e) => panic!("sipp {scenario}: {e}"),
         }
     };
-    let mut agents = uas_side(ports.uas, agent_scenario);
-    let mut police = uas_side(police_port, police_scenario);
+    let (agent_port, desk_port) = if run.dial == "110" {
+        (police_port, ports.uas)
+    } else {
+        (ports.uas, police_port)
+    };
+    let mut agents = uas_side(agent_port, run.agent_scenario);
+    let mut desk = uas_side(desk_port, run.desk_scenario);
     let target = format!("127.0.0.1:{}", ports.gateway);
     let (uac_port, uac_media) = (ports.uac.to_string(), free_port().to_string());
     let citizens = sipp(
         &[
             &target,
             "-s",
-            "12345",
+            run.dial,
             "-i",
             "127.0.0.1",
             "-p",
@@ -395,14 +411,16 @@ trusted = true\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n{extra}"
     let agents = agents.0.wait();
     assert!(
         agents.as_ref().is_ok_and(|s| s.success()),
-        "SIPp agents ({agent_scenario}) failed calls ({agents:?}):\n{}",
-        errors_of(agent_scenario)
+        "SIPp agents ({}) failed calls ({agents:?}):\n{}",
+        run.agent_scenario,
+        errors_of(run.agent_scenario)
     );
-    let police = police.0.wait();
+    let desk = desk.0.wait();
     assert!(
-        police.as_ref().is_ok_and(|s| s.success()),
-        "SIPp 110 desk ({police_scenario}) failed calls ({police:?}):\n{}",
-        errors_of(police_scenario)
+        desk.as_ref().is_ok_and(|s| s.success()),
+        "SIPp desk ({}) failed calls ({desk:?}):\n{}",
+        run.desk_scenario,
+        errors_of(run.desk_scenario)
     );
     let records = match hotline_gateway::store::list_calls(&db, 100) {
         Ok(r) => r,
@@ -410,83 +428,112 @@ trusted = true\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n{extra}"
     };
     assert_eq!(records.len(), calls as usize);
     for record in &records {
-        assert_eq!(record.b_peer.as_deref(), Some(expect.b_peer), "{record:?}");
+        assert_eq!(record.b_peer.as_deref(), Some(run.b_peer), "{record:?}");
         assert_eq!(record.ended_by.as_deref(), Some("caller"), "{record:?}");
         let linkages = match hotline_gateway::store::list_linkages(&db, &record.id) {
             Ok(l) => l,
             Err(e) => panic!("{e}"),
         };
         assert_eq!(linkages.len(), 1, "{linkages:?}");
-        assert_eq!(linkages[0].trigger, expect.trigger);
-        assert_eq!(linkages[0].outcome.as_deref(), Some(expect.outcome));
-        assert_eq!(linkages[0].sip_status, Some(expect.sip_status));
-        assert_eq!(linkages[0].to_platform.as_deref(), Some("110"));
+        assert_eq!(linkages[0].trigger, run.trigger);
+        assert_eq!(linkages[0].outcome.as_deref(), Some(run.outcome));
+        assert_eq!(linkages[0].sip_status, Some(run.sip_status));
+        assert_eq!(linkages[0].to_platform.as_deref(), Some(run.to_platform));
     }
 }
 
 const HOTKEY: &str = "\n[[hotkey]]\ndtmf = \"*1\"\naction = \"transfer\"\ntarget = \"110\"\n";
 
+/// The usual run: citizens call 12345, agents transfer to 110, 110 answers.
+const TO_110: TransferRun = TransferRun {
+    dial: "12345",
+    agent_scenario: "agent_refer.xml",
+    transfer_to: "110",
+    desk_scenario: "police_uas.xml",
+    extra: "",
+    b_peer: "police",
+    trigger: "refer",
+    outcome: "answered",
+    sip_status: 200,
+    to_platform: "110",
+};
+
 /// SIPp agents transfer every call to 110 by REFER (checking the 202 and the NOTIFYs); the
 /// citizens end up talking to 110.
 #[test]
 fn sipp_agents_transfer_20_calls_to_110_with_the_citizens_number() {
-    run_transfers(
-        "agent_refer.xml",
-        "police_uas.xml",
-        "",
-        TransferExpectation {
-            b_peer: "police",
-            trigger: "refer",
-            outcome: "answered",
-            sip_status: 200,
-        },
-    );
+    run_transfers(TO_110);
 }
 
-/// 110 is busy: every agent gets the final NOTIFY 486 and keeps its citizen.
+/// 110 is busy: every agent gets a final failure NOTIFY (486) and keeps its citizen.
 #[test]
 fn sipp_busy_110_leaves_every_citizen_with_the_agent() {
-    run_transfers(
-        "agent_refer_busy.xml",
-        "police_busy.xml",
-        "",
-        TransferExpectation {
-            b_peer: "hotline",
-            trigger: "refer",
-            outcome: "failed",
-            sip_status: 486,
-        },
-    );
+    run_transfers(TransferRun {
+        agent_scenario: "agent_refer_fails.xml",
+        desk_scenario: "police_busy.xml",
+        b_peer: "hotline",
+        outcome: "failed",
+        sip_status: 486,
+        ..TO_110
+    });
+}
+
+/// 110 rings and nobody answers: the gateway gives up after the ring timeout (2 s here), the
+/// agents get NOTIFY 408 and keep their citizens.
+#[test]
+fn sipp_unanswered_110_is_given_up_and_the_citizen_stays() {
+    run_transfers(TransferRun {
+        agent_scenario: "agent_refer_fails.xml",
+        desk_scenario: "police_noanswer.xml",
+        extra: "",
+        b_peer: "hotline",
+        outcome: "failed",
+        sip_status: 408,
+        ..TO_110
+    });
+}
+
+/// Agents hang up right after the 202, before 110 (slow to ring) rings: the citizens wait and
+/// are connected to 110.
+#[test]
+fn sipp_agents_leaving_at_once_leave_the_citizens_with_110() {
+    run_transfers(TransferRun {
+        agent_scenario: "agent_refer_leave.xml",
+        desk_scenario: "police_slow.xml",
+        ..TO_110
+    });
+}
+
+/// The other direction: citizens call 110, the 110 desk transfers them to 12345.
+#[test]
+fn sipp_110_transfers_citizens_to_12345() {
+    run_transfers(TransferRun {
+        dial: "110",
+        transfer_to: "12345",
+        b_peer: "hotline",
+        to_platform: "12345",
+        ..TO_110
+    });
 }
 
 /// Desk phones pressing *1 as SIP INFO.
 #[test]
 fn sipp_hotkey_star_1_by_sip_info_transfers_to_110() {
-    run_transfers(
-        "agent_hotkey_info.xml",
-        "police_uas.xml",
-        HOTKEY,
-        TransferExpectation {
-            b_peer: "police",
-            trigger: "hotkey",
-            outcome: "answered",
-            sip_status: 200,
-        },
-    );
+    run_transfers(TransferRun {
+        agent_scenario: "agent_hotkey_info.xml",
+        extra: HOTKEY,
+        trigger: "hotkey",
+        ..TO_110
+    });
 }
 
 /// Phones pressing *1 as RFC 4733 telephone-events (sip-tester's recorded DTMF).
 #[test]
 fn sipp_hotkey_star_1_by_rfc_4733_transfers_to_110() {
-    run_transfers(
-        "agent_hotkey_rfc4733.xml",
-        "police_uas.xml",
-        HOTKEY,
-        TransferExpectation {
-            b_peer: "police",
-            trigger: "hotkey",
-            outcome: "answered",
-            sip_status: 200,
-        },
-    );
+    run_transfers(TransferRun {
+        agent_scenario: "agent_hotkey_rfc4733.xml",
+        extra: HOTKEY,
+        trigger: "hotkey",
+        ..TO_110
+    });
 }
