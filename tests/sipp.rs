@@ -283,8 +283,12 @@ fn sipp_50_concurrent_calls_over_tcp_then_sigterm_exits_0() {
 
 /// A SIPp transfer run: which scenarios play which part, and what it must end with.
 struct TransferRun {
+    /// The citizens' scenario.
+    citizen_scenario: &'static str,
     /// The number the citizens dial (12345, or 110 for 110 -> 12345).
     dial: &'static str,
+    /// `trusted` of the 110 peer (RFC 3325).
+    police_trusted: bool,
     /// Where the referring agent sits: the peer the citizens' calls reach.
     agent_scenario: &'static str,
     /// The number the agents transfer to (`-key transfer_to`).
@@ -324,8 +328,8 @@ fn run_transfers(run: TransferRun) {
     let police_port = free_port();
     let config = format!(
         "\n[[peer]]\nname = \"police\"\naddress = \"127.0.0.1:{police_port}\"\nplatform = \"110\"\n\
-trusted = true\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n{}",
-        run.extra
+trusted = {}\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n{}",
+        run.police_trusted, run.extra
     );
     let (_gateway, db) = start_gateway_with(dir.path(), &ports, "udp", [26000, 26999], &config);
     let calls = 20u32;
@@ -399,7 +403,7 @@ trusted = true\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n{}",
             "-timeout_error",
             "-nostdin",
         ],
-        "uac_rtp.xml",
+        run.citizen_scenario,
     )
     .status();
     assert!(
@@ -446,7 +450,9 @@ const HOTKEY: &str = "\n[[hotkey]]\ndtmf = \"*1\"\naction = \"transfer\"\ntarget
 
 /// The usual run: citizens call 12345, agents transfer to 110, 110 answers.
 const TO_110: TransferRun = TransferRun {
+    citizen_scenario: "uac_rtp.xml",
     dial: "12345",
+    police_trusted: true,
     agent_scenario: "agent_refer.xml",
     transfer_to: "110",
     desk_scenario: "police_uas.xml",
@@ -534,6 +540,28 @@ fn sipp_hotkey_star_1_by_rfc_4733_transfers_to_110() {
         agent_scenario: "agent_hotkey_rfc4733.xml",
         extra: HOTKEY,
         trigger: "hotkey",
+        ..TO_110
+    });
+}
+
+/// A citizen who withholds the number (Privacy: id): a trusted 110 still gets it in
+/// P-Asserted-Identity (From anonymous)...
+#[test]
+fn sipp_private_citizens_are_identified_to_a_trusted_110() {
+    run_transfers(TransferRun {
+        citizen_scenario: "uac_private.xml",
+        desk_scenario: "police_private_trusted.xml",
+        ..TO_110
+    });
+}
+
+/// ...and an untrusted desk gets no trace of the number.
+#[test]
+fn sipp_private_citizens_stay_anonymous_to_an_untrusted_desk() {
+    run_transfers(TransferRun {
+        citizen_scenario: "uac_private.xml",
+        desk_scenario: "police_private_untrusted.xml",
+        police_trusted: false,
         ..TO_110
     });
 }
