@@ -244,6 +244,9 @@ struct Side {
     last_event: Option<(u32, u8)>,
     /// Ringback we play to this endpoint.
     ringback: Option<Ringback>,
+    /// The previous endpoint's source after a [`MediaCommand::Replace`], refused until the
+    /// instant given: its stream must not take over the leg from the new endpoint.
+    refused: Option<(SocketAddr, Instant)>,
     towards: StreamRewriter,
 }
 
@@ -258,6 +261,7 @@ impl Side {
             detect_digits: false,
             last_event: None,
             ringback: None,
+            refused: None,
             towards: StreamRewriter::new(ids.ssrc(), ids.u16(), ids.next_u64() as u32, 8000),
         }
     }
@@ -295,7 +299,8 @@ impl Side {
     }
 
     /// A new endpoint on this leg: forget the old one's sources.
-    fn replace(&mut self, media: LegMedia) {
+    fn replace(&mut self, media: LegMedia, now: Instant) {
+        self.refused = self.rtp_source.map(|source| (source, now + RELATCH_AFTER));
         self.rtp_source = None;
         self.rtcp_source = None;
         self.last_event = None;
@@ -581,7 +586,7 @@ fn worker(
                         }
                         MediaCommand::Replace(leg, media) => {
                             let side = &mut call.sides[leg.index()];
-                            side.replace(media);
+                            side.replace(media, Instant::now());
                             side.follow_latch(&call.sockets[leg.index()], Instant::now());
                         }
                         MediaCommand::Answered => {
@@ -777,6 +782,12 @@ fn relay_rtp(
     let Some(in_media) = incoming.media else {
         return Outcome::Dropped;
     };
+    if incoming
+        .refused
+        .is_some_and(|(refused, until)| refused == source && now < until)
+    {
+        return Outcome::Dropped;
+    }
     if !Side::latch(&mut incoming.rtp_source, &in_media, source) {
         return Outcome::Dropped;
     }
