@@ -8,6 +8,8 @@
 
 use dashmap::DashMap;
 
+use crate::sip::dialog::Dialog;
+
 /// A dialog as one of its ends sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DialogId {
@@ -17,6 +19,15 @@ pub struct DialogId {
 }
 
 impl DialogId {
+    /// The dialog as `dialog`'s end (ours) sees it.
+    pub fn of(dialog: &Dialog) -> DialogId {
+        DialogId {
+            call_id: dialog.call_id().to_string(),
+            local_tag: dialog.local_tag().to_string(),
+            remote_tag: dialog.remote_tag().to_string(),
+        }
+    }
+
     /// The dialog a `Replaces` value names (RFC 3891 §6.1: `call-id;to-tag=..;from-tag=..`),
     /// seen from the UA it was sent to: the to-tag is that UA's own tag.
     pub fn from_replaces(value: &str) -> Option<DialogId> {

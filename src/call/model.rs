@@ -739,24 +739,10 @@ impl Call {
         let (Some(a), Some(b)) = (self.a.dialog.as_ref(), self.b.dialog.as_ref()) else {
             return;
         };
-        let caller_side = DialogId {
-            call_id: a.call_id().to_string(),
-            local_tag: a.local_tag().to_string(),
-            remote_tag: a.remote_tag().to_string(),
-        };
-        let peer = self
-            .attempt
-            .as_ref()
-            .and_then(|at| self.route.get(at.peer_index))
-            .map(|p| p.name.clone())
-            .unwrap_or_default();
+        let caller_side = DialogId::of(a);
         let peer_side = PeerDialog {
-            dialog: DialogId {
-                call_id: b.call_id().to_string(),
-                local_tag: b.local_tag().to_string(),
-                remote_tag: b.remote_tag().to_string(),
-            },
-            peer,
+            dialog: DialogId::of(b),
+            peer: self.b_peer().map(|p| p.name.clone()).unwrap_or_default(),
         };
         self.bridged = Some(caller_side.clone());
         self.actions.push_back(Action::Bridged {
@@ -1178,12 +1164,7 @@ impl Call {
         };
         self.configure(Leg::B, &negotiated);
         self.b.local_sdp = Some(self.b.offer.to_string());
-        let peer = self
-            .attempt
-            .as_ref()
-            .and_then(|a| self.route.get(a.peer_index))
-            .map(|p| p.name.clone())
-            .unwrap_or_default();
+        let peer = self.b_peer().map(|p| p.name.clone()).unwrap_or_default();
         self.respond_a(200, "OK", true);
         self.a.dialog = Dialog::new_uas(
             &self.a.invite,
@@ -1540,9 +1521,7 @@ impl Call {
             Direction::SendRecv,
         );
         let from_peer = self
-            .attempt
-            .as_ref()
-            .and_then(|a| self.route.get(a.peer_index))
+            .b_peer()
             .map(|p| (p.name.clone(), p.platform.clone()))
             .unwrap_or_default();
         self.actions
@@ -1781,7 +1760,9 @@ impl Call {
             referred_by,
             consultation,
         ) {
-            Ok(()) => self.notify_agent(sequence, 100),
+            Ok(()) => {
+                self.notify_agent(sequence, 100);
+            }
             Err(error) => {
                 // Checked above; kept for the invariant.
                 tracing::warn!(call = %self.id, %error, "transfer not started");
@@ -1805,12 +1786,16 @@ impl Call {
         }
     }
 
-    /// Whether leg B is an agent's: its peer belongs to a platform (12345, 110, ...).
-    fn b_is_agent(&self) -> bool {
+    /// The peer of leg B's current (or answered) attempt.
+    fn b_peer(&self) -> Option<&Arc<Peer>> {
         self.attempt
             .as_ref()
             .and_then(|a| self.route.get(a.peer_index))
-            .is_some_and(|p| p.platform.is_some())
+    }
+
+    /// Whether leg B is an agent's: its peer belongs to a platform (12345, 110, ...).
+    fn b_is_agent(&self) -> bool {
+        self.b_peer().is_some_and(|p| p.platform.is_some())
     }
 
     /// One DTMF digit from the agent's leg, however it came (SIP INFO or RFC 4733).
@@ -1909,18 +1894,9 @@ impl Call {
         });
     }
 
-    /// The branch of the newest `method` request among the pending actions.
-    fn last_sent_branch(&self, method: Method) -> Option<String> {
-        self.actions.iter().rev().find_map(|action| match action {
-            Action::SendRequest { request, .. } if request.method == method => request
-                .top_via()
-                .and_then(|v| v.branch().map(str::to_string)),
-            _ => None,
-        })
-    }
-
-    /// A NOTIFY of the REFER's subscription to the agent, while its dialog lasts.
-    fn notify_agent(&mut self, refer_sequence: u32, status: u16) {
+    /// A NOTIFY of the REFER's subscription to the agent, while its dialog lasts; returns the
+    /// NOTIFY's branch.
+    fn notify_agent(&mut self, refer_sequence: u32, status: u16) -> Option<String> {
         let target = self.attempt.as_ref().map_or(self.a.target, |a| a.target);
         let contact = self.contact(target);
         // Long enough for every peer of the target's route to be tried (RFC 6665 §4.2.2: a
@@ -1928,22 +1904,24 @@ impl Call {
         let peers = self.transfer.as_ref().map_or(1, |t| t.route.len()) as u32;
         let per_peer = self.settings.peer_response_timeout + self.settings.transfer_ring_timeout;
         let expires = (per_peer * peers).as_secs() as u32 + 32;
-        let Some(dialog) = self.b.dialog.as_mut() else {
-            return;
-        };
+        let dialog = self.b.dialog.as_mut()?;
         let mut notify = transfer::notify(dialog, refer_sequence, status, expires);
         notify.headers.push("Contact", contact);
         let notify = self.with_via(notify, target);
+        let branch = notify
+            .top_via()
+            .and_then(|v| v.branch().map(str::to_string));
         self.actions.push_back(Action::SendRequest {
             request: notify,
             target,
         });
+        branch
     }
 
-    fn notify_transfer_progress(&mut self, status: u16) {
-        if let Some(sequence) = self.transfer.as_ref().and_then(|t| t.refer_sequence) {
-            self.notify_agent(sequence, status);
-        }
+    /// The transfer's progress to the agent, if it asked by REFER; returns the NOTIFY's branch.
+    fn notify_transfer_progress(&mut self, status: u16) -> Option<String> {
+        let sequence = self.transfer.as_ref().and_then(|t| t.refer_sequence)?;
+        self.notify_agent(sequence, status)
     }
 
     fn handle_transfer_response(&mut self, now: Instant, response: Response) {
@@ -2100,8 +2078,7 @@ impl Call {
         }
         self.arm(Timer::TransferResponse, None);
         self.arm(Timer::TransferRing, None);
-        self.notify_transfer_progress(status);
-        self.failure_notify = self.last_sent_branch(Method::Notify);
+        self.failure_notify = self.notify_transfer_progress(status);
         let Some(transfer) = self.transfer.take() else {
             return;
         };

@@ -125,12 +125,7 @@ fn play_ringback(call: &mut CallMedia, now: Instant, tally: &mut Tally) -> Optio
                 first.wrapping_add((ringback.sent as u32).wrapping_mul(RINGBACK_SAMPLES as u32));
             side.towards.stamp_generated(&mut packet, timestamp, now);
             if let Some(destination) = destination {
-                let sent = if connected == Some(destination) {
-                    call.sockets[index].send(&packet).is_ok()
-                } else {
-                    call.sockets[index].send_to(&packet, destination).is_ok()
-                };
-                if sent {
+                if send(&call.sockets[index], &packet, destination, connected) == Outcome::Relayed {
                     tally.relayed += 1;
                 }
             }
@@ -798,7 +793,7 @@ fn relay_rtp(
             return match outgoing.rtp_destination() {
                 Some(destination) => {
                     rewrite_rtcp_ssrc(packet, outgoing.towards.ssrc());
-                    send(out, packet, destination)
+                    send(out, packet, destination, outgoing.connected)
                 }
                 None => Outcome::Dropped,
             };
@@ -837,13 +832,7 @@ fn relay_rtp(
     }
     // Real media for this endpoint takes over from any ringback we were playing it.
     outgoing.ringback = None;
-    if outgoing.connected == Some(destination) {
-        return match out.send(packet) {
-            Ok(_) => Outcome::Relayed,
-            Err(_) => Outcome::Dropped,
-        };
-    }
-    send(out, packet, destination)
+    send(out, packet, destination, outgoing.connected)
 }
 
 /// An RFC 4733 event packet from a leg that detects digits: the first packet of each event
@@ -905,15 +894,9 @@ fn send_digit(call: &mut CallMedia, leg: Leg, digit: char, now: Instant, tally: 
         packet[13] = VOLUME | if end { 0x80 } else { 0 };
         packet[14..16].copy_from_slice(&duration.to_be_bytes());
         side.towards.stamp_generated(&mut packet, timestamp, now);
-        let sent = if side.connected == Some(destination) {
-            socket.send(&packet).is_ok()
-        } else {
-            socket.send_to(&packet, destination).is_ok()
-        };
-        if sent {
-            tally.relayed += 1;
-        } else {
-            tally.dropped += 1;
+        match send(socket, &packet, destination, side.connected) {
+            Outcome::Relayed => tally.relayed += 1,
+            _ => tally.dropped += 1,
         }
     }
 }
@@ -942,11 +925,23 @@ fn relay_rtcp(
         return false;
     };
     rewrite_rtcp_ssrc(packet, outgoing.towards.ssrc());
-    send(out, packet, destination) == Outcome::Relayed
+    send(out, packet, destination, None) == Outcome::Relayed
 }
 
-fn send(socket: &UdpSocket, packet: &[u8], destination: SocketAddr) -> Outcome {
-    match socket.send_to(packet, destination) {
+/// Sends one packet to `destination`: with `send` when the socket is connected to it (the
+/// kernel's cached route, see [`Side::follow_latch`]), else with `send_to`.
+fn send(
+    socket: &UdpSocket,
+    packet: &[u8],
+    destination: SocketAddr,
+    connected: Option<SocketAddr>,
+) -> Outcome {
+    let sent = if connected == Some(destination) {
+        socket.send(packet)
+    } else {
+        socket.send_to(packet, destination)
+    };
+    match sent {
         Ok(_) => Outcome::Relayed,
         // A full socket buffer drops the packet, as the network would; never wait on media.
         Err(_) => Outcome::Dropped,
