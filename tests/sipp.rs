@@ -281,6 +281,60 @@ fn sipp_50_concurrent_calls_over_tcp_then_sigterm_exits_0() {
     run_load("tcp", 50, 50, 3000, [25000, 25999], Stop::Terminate);
 }
 
+/// A SIPp instance playing one side of a run, writing its errors where [`SippSide::succeeds`]
+/// finds them.
+struct SippSide {
+    process: Process,
+    scenario: String,
+    errors: PathBuf,
+}
+
+impl SippSide {
+    /// Waits for the SIPp instance to finish and fails the test unless all its calls passed.
+    fn succeeds(mut self, role: &str) {
+        let status = self.process.0.wait();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "SIPp {role} ({}) failed calls ({status:?}):\n{}",
+            self.scenario,
+            std::fs::read_to_string(&self.errors).unwrap_or_default()
+        );
+    }
+}
+
+/// Starts SIPp on `port` with `scenario` and `args` (a UAS unless `args` name a remote host).
+fn sipp_side(dir: &Path, port: u16, scenario: &str, args: &[&str]) -> SippSide {
+    let (port, media) = (port.to_string(), free_port().to_string());
+    let errors = dir.join(format!("{scenario}.errors"));
+    let errors_text = errors.display().to_string();
+    let mut all = vec![
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-mi",
+        "127.0.0.1",
+        "-mp",
+        &media,
+        "-timeout",
+        "60s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_err",
+        "-error_file",
+        &errors_text,
+    ];
+    all.extend_from_slice(args);
+    match sipp(&all, scenario).spawn() {
+        Ok(child) => SippSide {
+            process: Process(child),
+            scenario: scenario.to_string(),
+            errors,
+        },
+        Err(e) => panic!("sipp {scenario}: {e}"),
+    }
+}
+
 /// A SIPp transfer run: which scenarios play which part, and what it must end with.
 struct TransferRun {
     /// The citizens' scenario.
@@ -334,49 +388,28 @@ trusted = {}\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n{}",
     let (_gateway, db) = start_gateway_with(dir.path(), &ports, "udp", [26000, 26999], &config);
     let calls = 20u32;
     let calls_text = calls.to_string();
-    let error_file = |scenario: &str| dir.path().join(format!("{scenario}.errors"));
     let uas_side = |port: u16, scenario: &str| {
-        let (port, media) = (port.to_string(), free_port().to_string());
-        let errors = error_file(scenario).display().to_string();
-        let child = sipp(
+        sipp_side(
+            dir.path(),
+            port,
+            scenario,
             &[
-                "-i",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-mi",
-                "127.0.0.1",
-                "-mp",
-                &media,
                 "-rtp_echo",
                 "-m",
                 &calls_text,
-                "-timeout",
-                "60s",
-                "-timeout_error",
-                "-nostdin",
-                "-trace_err",
-                "-error_file",
-                &errors,
                 "-key",
                 "transfer_to",
                 run.transfer_to,
             ],
-            scenario,
         )
-        .spawn();
-        match child {
-            Ok(c) => Process(c),
-            Err(e) => panic!("sipp {scenario}: {e}"),
-        }
     };
     let (agent_port, desk_port) = if run.dial == "110" {
         (police_port, ports.uas)
     } else {
         (ports.uas, police_port)
     };
-    let mut agents = uas_side(agent_port, run.agent_scenario);
-    let mut desk = uas_side(desk_port, run.desk_scenario);
+    let agents = uas_side(agent_port, run.agent_scenario);
+    let desk = uas_side(desk_port, run.desk_scenario);
     let target = format!("127.0.0.1:{}", ports.gateway);
     let (uac_port, uac_media) = (ports.uac.to_string(), free_port().to_string());
     let citizens = sipp(
@@ -410,22 +443,8 @@ trusted = {}\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n{}",
         citizens.as_ref().is_ok_and(|s| s.success()),
         "SIPp citizens reported failed calls ({citizens:?})"
     );
-    let errors_of =
-        |scenario: &str| std::fs::read_to_string(error_file(scenario)).unwrap_or_default();
-    let agents = agents.0.wait();
-    assert!(
-        agents.as_ref().is_ok_and(|s| s.success()),
-        "SIPp agents ({}) failed calls ({agents:?}):\n{}",
-        run.agent_scenario,
-        errors_of(run.agent_scenario)
-    );
-    let desk = desk.0.wait();
-    assert!(
-        desk.as_ref().is_ok_and(|s| s.success()),
-        "SIPp desk ({}) failed calls ({desk:?}):\n{}",
-        run.desk_scenario,
-        errors_of(run.desk_scenario)
-    );
+    agents.succeeds("agents");
+    desk.succeeds("desk");
     let records = match hotline_gateway::store::list_calls(&db, 100) {
         Ok(r) => r,
         Err(e) => panic!("{e}"),
@@ -564,4 +583,89 @@ fn sipp_private_citizens_stay_anonymous_to_an_untrusted_desk() {
         police_trusted: false,
         ..TO_110
     });
+}
+
+/// The agent is on the calling leg: SIPp agents of the hotline call citizens back (leg A is the
+/// agent's, leg B the citizen's) and REFER them to 110 in their own dialog. 110 must see the
+/// citizen's number (the number the agent dialled) and the line 12345 it came from
+/// (`police_uas.xml` checks), the citizens talk to 110 until they hang up.
+#[test]
+fn sipp_agents_calling_back_transfer_the_citizen_to_110_from_the_calling_leg() {
+    if !sipp_available() {
+        panic!("sipp is not installed (apt-get install sip-tester; .ci/run does this)");
+    }
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("{e}"),
+    };
+    let ports = Ports {
+        gateway: free_port(),
+        uac: free_port(),
+        uas: free_port(),
+        http: free_port(),
+    };
+    let police_port = free_port();
+    // The citizens' phones answer behind the carrier's address.
+    let config = format!(
+        "\n[[peer]]\nname = \"police\"\naddress = \"127.0.0.1:{police_port}\"\nplatform = \"110\"\n\
+trusted = true\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n\n\
+[[route]]\nnumber = \"13800138000\"\npeers = [\"carrier\"]\n"
+    );
+    let (_gateway, db) = start_gateway_with(dir.path(), &ports, "udp", [27000, 27999], &config);
+    let calls = "20";
+    let citizens = sipp_side(
+        dir.path(),
+        ports.uac,
+        "citizen_uas.xml",
+        &["-rtp_echo", "-m", calls],
+    );
+    let desk = sipp_side(
+        dir.path(),
+        police_port,
+        "police_uas.xml",
+        &["-rtp_echo", "-m", calls],
+    );
+    let gateway = format!("127.0.0.1:{}", ports.gateway);
+    let agents = sipp_side(
+        dir.path(),
+        ports.uas,
+        "agent_callback_refer.xml",
+        &[
+            &gateway,
+            "-s",
+            "13800138000",
+            "-m",
+            calls,
+            "-r",
+            "5",
+            "-key",
+            "transfer_to",
+            "110",
+        ],
+    );
+    agents.succeeds("agents");
+    citizens.succeeds("citizens");
+    desk.succeeds("desk");
+    let records = match hotline_gateway::store::list_calls(&db, 100) {
+        Ok(r) => r,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(records.len(), 20);
+    for record in &records {
+        // Leg B stays the citizen's; the citizen hung up on 110.
+        assert_eq!(record.a_peer, "hotline", "{record:?}");
+        assert_eq!(record.b_peer.as_deref(), Some("carrier"), "{record:?}");
+        assert_eq!(record.ended_by.as_deref(), Some("callee"), "{record:?}");
+        let linkages = match hotline_gateway::store::list_linkages(&db, &record.id) {
+            Ok(l) => l,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(linkages.len(), 1, "{linkages:?}");
+        let linkage = &linkages[0];
+        assert_eq!(linkage.trigger, "refer");
+        assert_eq!(linkage.outcome.as_deref(), Some("answered"));
+        assert_eq!(linkage.sip_status, Some(200));
+        assert_eq!(linkage.from_platform.as_deref(), Some("12345"));
+        assert_eq!(linkage.to_platform.as_deref(), Some("110"));
+    }
 }

@@ -12,7 +12,8 @@ use hotline_gateway::sip::message::Request;
 const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 /// Carrier (the citizen), hotline (12345's agent) and police (110), with routes
-/// 12345 -> hotline and 110 -> police, and the hotkey `*1` = transfer to 110.
+/// 12345 -> hotline, 110 -> police and 13800138000 -> carrier (agents calling the citizen back),
+/// and the hotkey `*1` = transfer to 110.
 async fn setup(police_extra: &str) -> (Gateway, Ua, Ua, Ua) {
     setup_with(police_extra, "").await
 }
@@ -27,7 +28,11 @@ async fn setup_with(police_extra: &str, sip_extra: &str) -> (Gateway, Ua, Ua, Ua
             ("hotline", agent.address, "platform = \"12345\""),
             ("police", police.address, police_extra),
         ],
-        &[("12345", &["hotline"]), ("110", &["police"])],
+        &[
+            ("12345", &["hotline"]),
+            ("110", &["police"]),
+            ("13800138000", &["carrier"]),
+        ],
         &format!("transfer_ring_timeout_secs = 2\nhotkey_inter_digit_ms = 500\n{sip_extra}"),
         "",
         "\n[[hotkey]]\ndtmf = \"*1\"\naction = \"transfer\"\ntarget = \"110\"\n",
@@ -515,6 +520,98 @@ async fn the_110_side_transfers_a_call_to_12345() {
     assert_eq!(progress.last().map(|p| p.0), Some(200));
     police.expect_request("BYE").await;
     audio_flows(&call.caller_rtp, call.gateway_a_media, &agent_rtp, 0x8).await;
+    gateway.stop().await;
+}
+
+/// The agent placed the call (a call-back to the citizen): it is leg A, the calling leg, and
+/// REFERs in its own dialog. 110 gets the citizen's number (the number the agent dialled), the
+/// target takes leg A over, and the citizen, never re-INVITEd, hears one stream throughout.
+#[tokio::test]
+async fn an_agent_calling_back_transfers_the_citizen_from_the_calling_leg() {
+    let (mut gateway, mut citizen, mut agent, mut police) =
+        setup("platform = \"110\"\ntrusted = true").await;
+    let call = establish_to("13800138000", "12345", &mut agent, &mut citizen, &[8], &[8]).await;
+    let before = audio_flows(
+        &call.caller_rtp,
+        call.gateway_a_media,
+        &call.callee_rtp,
+        0xa6e7,
+    )
+    .await;
+
+    let mut request = agent.in_dialog(&call.invite, &call.ok, "REFER", 2, "");
+    request.headers.push("Refer-To", "<sip:110@gw>");
+    agent.send_request(&request).await;
+    agent.expect_response("REFER", 202).await;
+    let invite = police.expect_request("INVITE").await;
+    assert_eq!(
+        invite.from().and_then(|f| f.uri.user),
+        Some("13800138000".into()),
+        "the citizen's number, not the agent's"
+    );
+    assert_eq!(
+        invite.headers.get("P-Asserted-Identity"),
+        Some(format!("<sip:13800138000@{}>", gateway.sip.ip()).as_str())
+    );
+    assert!(
+        invite
+            .headers
+            .get("History-Info")
+            .is_some_and(|h| h.starts_with("<sip:12345@")),
+        "the line it came from: {:?}",
+        invite.headers.get("History-Info")
+    );
+    let offer = invite.sdp().unwrap_or_default().to_string();
+    assert!(
+        offer.contains(&format!("m=audio {} ", call.gateway_a_media.port())),
+        "the target gets leg A's media port: {offer}"
+    );
+    police
+        .send_response(&police.answer(&invite, 180, None))
+        .await;
+    let police_rtp = RtpPeer::bind(LOCALHOST).await;
+    let answer = common::sdp(police_rtp.address, &[8], "sendrecv");
+    police
+        .send_response(&police.answer(&invite, 200, Some(&answer)))
+        .await;
+    police.expect_request("ACK").await;
+    let progress = notifies_until_final(&mut agent).await;
+    let statuses: Vec<u16> = progress.iter().map(|p| p.0).collect();
+    assert_eq!(statuses, vec![100, 180, 200]);
+    let bye = agent.expect_request("BYE").await;
+    assert_eq!(bye.call_id(), call.invite.call_id(), "the agent's dialog");
+    agent.send_response(&agent.answer(&bye, 200, None)).await;
+
+    let after = audio_flows(&police_rtp, call.gateway_a_media, &call.callee_rtp, 0x110).await;
+    assert_eq!(after.ssrc, before.ssrc, "the citizen sees one stream");
+    let heard = audio_flows(&call.callee_rtp, call.gateway_b_media, &police_rtp, 0xc171).await;
+    assert_eq!(heard.payload, vec![0x55; 160]);
+    assert!(
+        citizen
+            .recv_within(Duration::from_millis(200))
+            .await
+            .is_none(),
+        "nothing was signalled to the citizen"
+    );
+
+    // The citizen hangs up: 110 gets the BYE in the dialog the gateway made with it.
+    let bye = citizen.uas_request(&call.incoming, "BYE", 1);
+    citizen.send_request(&bye).await;
+    citizen.expect_response("BYE", 200).await;
+    let bye = police.expect_request("BYE").await;
+    assert_eq!(bye.call_id(), invite.call_id());
+    police.send_response(&police.answer(&bye, 200, None)).await;
+    let record = gateway.ended_record(call.invite.call_id()).await;
+    assert_eq!(record.ended_by.as_deref(), Some("callee"));
+    let linkages = gateway.linkages(&record.id);
+    assert_eq!(linkages.len(), 1, "{linkages:?}");
+    assert_eq!(
+        (
+            linkages[0].from_peer.as_str(),
+            linkages[0].outcome.as_deref()
+        ),
+        ("hotline", Some("answered"))
+    );
     gateway.stop().await;
 }
 

@@ -18,6 +18,10 @@
 //! and the agent's dialog is released; the citizen is never re-INVITEd. When the target fails,
 //! nothing changes for the citizen. The agent follows progress through the NOTIFYs of the
 //! REFER's implicit subscription (RFC 3515).
+//!
+//! Either leg may be the transferor: the agent is usually leg B (a citizen called the
+//! hotline), but leg A when the agent placed the call (a call-back to a citizen, a 110 operator
+//! calling out). The target then takes leg A over, as a dialog the gateway is the UAC of.
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -248,7 +252,9 @@ struct InviteTo<'a> {
     call_id: &'a str,
     tag: &'a str,
     offer: &'a SessionDescription,
-    /// Assert the caller's number in P-Asserted-Identity when the caller sent none.
+    /// Who the call is placed for: the caller, or a transfer's transferee.
+    identity: &'a CallerIdentity,
+    /// Assert the number in P-Asserted-Identity when the caller sent none.
     assert: bool,
 }
 
@@ -268,6 +274,8 @@ struct Attempt {
 
 /// A blind transfer under way: our INVITE to the target, while citizen and agent still talk.
 struct Transfer {
+    /// The transferor's leg, which the target takes over; the other leg stays.
+    from: Leg,
     linkage_id: String,
     number: String,
     route: Vec<Arc<Peer>>,
@@ -290,6 +298,16 @@ struct Transfer {
     early_media: bool,
 }
 
+/// What a REFER adds to a transfer.
+struct Refer {
+    /// CSeq of the REFER: its implicit subscription's id (RFC 3515 §2.4.6).
+    sequence: u32,
+    /// RFC 3892: passed on to the target.
+    referred_by: Option<String>,
+    /// Attended transfer: the consultation call's dialog at the target, and its peer.
+    consultation: Option<(DialogId, Arc<Peer>)>,
+}
+
 impl Attempt {
     /// An INVITE just sent to the route's `peer_index`-th peer.
     fn new(peer_index: usize, invite: Request, branch: String, target: Target) -> Attempt {
@@ -310,8 +328,20 @@ struct LegA {
     invite: Request,
     server: ServerTransactionId,
     target: Target,
+    /// Call-ID and our tag of the leg's dialog: the caller's INVITE's, or our INVITE's once a
+    /// transfer target took the leg over.
+    call_id: String,
     tag: String,
     dialog: Option<Dialog>,
+    /// The party's peer: the caller's, then the transfer target's.
+    peer: Arc<Peer>,
+    /// Who the party is, as the other leg's transfer targets are shown.
+    identity: CallerIdentity,
+    /// Our INVITE that made the dialog when a transfer target took the leg over: a retransmitted
+    /// 2xx is acknowledged again (§13.2.2.4).
+    uac_invite: Option<Attempt>,
+    /// The party's media as last negotiated.
+    endpoint: Option<LegMedia>,
     origin: Origin,
     /// The SDP we send this leg (answer to its offer, or our offer if it sent none).
     local_sdp: Option<String>,
@@ -324,6 +354,11 @@ struct LegA {
 
 struct LegB {
     dialog: Option<Dialog>,
+    /// Who the party is: known by the number it was reached at.
+    identity: CallerIdentity,
+    /// The party's media as last negotiated (the agent's, to go back to after a transfer
+    /// target's early media).
+    endpoint: Option<LegMedia>,
     origin: Origin,
     offer: SessionDescription,
     local_sdp: Option<String>,
@@ -360,16 +395,13 @@ pub struct Call {
     /// Branches of transfer INVITEs given up when the call ended: a late answer must still be
     /// ACKed and released (or a late ringing cancelled) before the call finishes.
     abandoned: HashSet<String>,
-    /// Branch of the NOTIFY that told the agent its transfer failed, until the agent answers
-    /// it: a BYE from the agent before then crossed the failure (it meant to leave).
-    failure_notify: Option<String>,
+    /// Leg and branch of the NOTIFY that told the agent its transfer failed, until the agent
+    /// answers it: a BYE from the agent before then crossed the failure (it meant to leave).
+    failure_notify: Option<(Leg, String)>,
     /// Our leg-A dialog as entered in the directory of bridged calls.
     bridged: Option<DialogId>,
-    /// The citizen hears our ringback.
-    ringback: bool,
-    /// Leg B's endpoint media as last negotiated (the agent's, to go back to after a
-    /// transfer target's early media).
-    b_media: Option<LegMedia>,
+    /// The leg that hears our ringback (the citizen, waiting for a target with no agent left).
+    ringback: Option<Leg>,
     /// Hotkey matching of the agent's DTMF (leg B), made on the first digit.
     hotkeys: Option<HotkeyMatcher>,
     /// How the agent's last digit came: held digits are passed on the same way.
@@ -406,15 +438,20 @@ impl Call {
             settings,
             ids,
             state: State::Calling,
-            caller_peer: new.caller_peer,
-            number: new.number,
+            caller_peer: Arc::clone(&new.caller_peer),
+            number: new.number.clone(),
             route: new.route,
             a: LegA {
+                call_id: new.invite.call_id().to_string(),
+                identity: CallerIdentity::of(&new.invite),
                 invite: new.invite,
                 server: new.server,
                 target: a_target,
                 tag: a_tag,
                 dialog: None,
+                peer: new.caller_peer,
+                uac_invite: None,
+                endpoint: None,
                 origin: a_origin,
                 local_sdp: None,
                 pending_offer: None,
@@ -423,6 +460,8 @@ impl Call {
             },
             b: LegB {
                 dialog: None,
+                identity: CallerIdentity::reached_at(&new.number),
+                endpoint: None,
                 origin: b_origin,
                 offer,
                 local_sdp: None,
@@ -443,8 +482,7 @@ impl Call {
             abandoned: HashSet::new(),
             failure_notify: None,
             bridged: None,
-            ringback: false,
-            b_media: None,
+            ringback: None,
             hotkeys: None,
             digit_transport: DigitTransport::Info(None),
             outcome: None,
@@ -488,7 +526,7 @@ impl Call {
 
     fn start(&mut self, now: Instant) {
         let a_key = DialogKey {
-            call_id: self.a.invite.call_id().to_string(),
+            call_id: self.a.call_id.clone(),
             local_tag: self.a.tag.clone(),
         };
         self.actions.push_back(Action::RegisterDialog(a_key));
@@ -544,8 +582,9 @@ impl Call {
 
     fn configure(&mut self, leg: Leg, negotiated: &Negotiated) {
         let media = leg_media(negotiated);
-        if leg == Leg::B {
-            self.b_media = Some(media);
+        match leg {
+            Leg::A => self.a.endpoint = Some(media),
+            Leg::B => self.b.endpoint = Some(media),
         }
         self.actions
             .push_back(Action::Media(MediaCommand::Configure(leg, media)));
@@ -614,12 +653,13 @@ impl Call {
             call_id: &self.b.call_id,
             tag: &self.b.tag,
             offer: &self.b.offer,
+            identity: &self.a.identity,
             assert: false,
         })
     }
 
-    /// An INVITE to `to.peer` on the caller's behalf: the caller's identity as RFC 3325 lets
-    /// this peer see it, `sip:<number>@<peer address>` (the contract), our SDP offer.
+    /// An INVITE to `to.peer` on behalf of `to.identity`, as RFC 3325 lets this peer see it,
+    /// to `sip:<number>@<peer address>` (the contract), with our SDP offer.
     fn build_invite(&self, to: &InviteTo<'_>) -> Request {
         let local = Host::Ip(self.settings.local_sip.ip());
         let mut headers = Headers::new();
@@ -632,7 +672,8 @@ impl Call {
             self.a.invite.max_forwards().saturating_sub(1).to_string(),
         );
         let mut identity = Headers::new();
-        let from = CallerIdentity::of(&self.a.invite)
+        let from = to
+            .identity
             .present(to.peer, local, to.assert, &mut identity)
             .with_tag(to.tag);
         let uri = Uri::sip(
@@ -744,7 +785,12 @@ impl Call {
             dialog: DialogId::of(b),
             peer: self.b_peer().map(|p| p.name.clone()).unwrap_or_default(),
         };
-        self.bridged = Some(caller_side.clone());
+        if let Some(previous) = self.bridged.replace(caller_side.clone()) {
+            if previous != caller_side {
+                // Leg A went to a transfer target: its old dialog is gone.
+                self.actions.push_back(Action::Unbridged(previous));
+            }
+        }
         self.actions.push_back(Action::Bridged {
             caller_side,
             peer_side,
@@ -767,7 +813,7 @@ impl Call {
             }));
         }
         self.actions.push_back(Action::UnregisterDialog(DialogKey {
-            call_id: self.a.invite.call_id().to_string(),
+            call_id: self.a.call_id.clone(),
             local_tag: self.a.tag.clone(),
         }));
         self.actions.push_back(Action::UnregisterDialog(DialogKey {
@@ -837,7 +883,7 @@ impl Call {
             return;
         }
         let leg = if self.a.dialog.as_ref().is_some_and(|d| d.matches(&request))
-            || (request.call_id() == self.a.invite.call_id()
+            || (request.call_id() == self.a.call_id
                 && to_tag.as_deref() == Some(self.a.tag.as_str()))
         {
             Leg::A
@@ -891,25 +937,25 @@ impl Call {
             Some(true) => {}
         }
         match request.method {
-            Method::Bye if leg == Leg::B && self.failure_notify.is_some() => {
+            Method::Bye if self.failure_notify.as_ref().is_some_and(|(l, _)| *l == leg) => {
                 // The agent left before it learnt that its transfer failed (blind-transfer
                 // phones hang up right after the 202): keep the citizen, as if it had left
                 // while the target rang.
                 respond(self, 200);
-                self.b.dialog = None;
+                *self.dialog_mut(leg) = None;
                 self.failure_notify = None;
-                self.ringback(true);
-                self.fall_back(now);
+                self.ringback(Some(leg.other()));
+                self.fall_back(now, leg);
             }
-            Method::Bye if leg == Leg::B && self.transfer.is_some() => {
+            Method::Bye if self.transfer.as_ref().is_some_and(|t| t.from == leg) => {
                 // The agent leaves while the target rings: the citizen waits for the target,
                 // hearing ringback.
                 respond(self, 200);
-                self.b.dialog = None;
+                *self.dialog_mut(leg) = None;
                 if let Some(transfer) = self.transfer.as_mut() {
                     transfer.refer_sequence = None;
                 }
-                self.ringback(true);
+                self.ringback(Some(leg.other()));
             }
             Method::Refer => self.handle_refer(now, leg, server, &request),
             Method::Bye => {
@@ -1030,7 +1076,7 @@ impl Call {
     fn handle_response(&mut self, now: Instant, branch: &str, response: Response) {
         let method = response.cseq().map(|c| c.method);
         if method != Some(Method::Invite) {
-            if response.status >= 200 && self.failure_notify.as_deref() == Some(branch) {
+            if response.status >= 200 && self.is_failure_notify(branch) {
                 self.failure_notify = None;
             }
             // BYE or CANCEL answers: only the final ones matter.
@@ -1045,6 +1091,15 @@ impl Call {
             .is_some_and(|t| t.attempt.branch == branch)
         {
             self.handle_transfer_response(now, response);
+            return;
+        }
+        if self
+            .a
+            .uac_invite
+            .as_ref()
+            .is_some_and(|a| a.branch == branch)
+        {
+            self.handle_a_answer_again(&response);
             return;
         }
         let current = self.attempt.as_ref().is_some_and(|a| a.branch == branch);
@@ -1215,6 +1270,92 @@ impl Call {
         self.fail_caller(status, &reason, ended_by, "call setup failed");
     }
 
+    /// A 2xx retransmitted for our INVITE to the transfer target that took leg A over: the same
+    /// ACK again (§13.2.2.4); a 2xx from another fork is acknowledged and released.
+    fn handle_a_answer_again(&mut self, response: &Response) {
+        let Some(attempt) = self.a.uac_invite.as_ref() else {
+            return;
+        };
+        if !(200..300).contains(&response.status) {
+            return;
+        }
+        let target = attempt.target;
+        let Some(dialog) = Dialog::new_uac(&attempt.invite, response) else {
+            return;
+        };
+        let ack = self.with_via(dialog.ack(1), target);
+        self.actions.push_back(Action::SendRequest {
+            request: ack,
+            target,
+        });
+        let ours = self
+            .a
+            .dialog
+            .as_ref()
+            .is_some_and(|d| d.remote_tag() == dialog.remote_tag());
+        if !ours {
+            self.bye_dialog(dialog, target, "forked answer not used");
+        }
+    }
+
+    fn is_failure_notify(&self, branch: &str) -> bool {
+        self.failure_notify
+            .as_ref()
+            .is_some_and(|(_, notify)| notify == branch)
+    }
+
+    fn dialog_mut(&mut self, leg: Leg) -> &mut Option<Dialog> {
+        match leg {
+            Leg::A => &mut self.a.dialog,
+            Leg::B => &mut self.b.dialog,
+        }
+    }
+
+    fn dialog(&self, leg: Leg) -> Option<&Dialog> {
+        match leg {
+            Leg::A => self.a.dialog.as_ref(),
+            Leg::B => self.b.dialog.as_ref(),
+        }
+    }
+
+    /// Where requests in `leg`'s dialog go.
+    fn leg_target(&self, leg: Leg) -> Target {
+        match leg {
+            Leg::A => self.a.target,
+            Leg::B => self.attempt.as_ref().map_or(self.a.target, |a| a.target),
+        }
+    }
+
+    /// The peer of `leg`'s party.
+    fn leg_peer(&self, leg: Leg) -> Option<&Arc<Peer>> {
+        match leg {
+            Leg::A => Some(&self.a.peer),
+            Leg::B => self.b_peer(),
+        }
+    }
+
+    /// Our RTP address on `leg`.
+    fn local_media(&self, leg: Leg) -> SocketAddr {
+        match leg {
+            Leg::A => self.a.media,
+            Leg::B => self.b.media,
+        }
+    }
+
+    fn endpoint_media(&self, leg: Leg) -> Option<LegMedia> {
+        match leg {
+            Leg::A => self.a.endpoint,
+            Leg::B => self.b.endpoint,
+        }
+    }
+
+    fn identity(&self, leg: Leg) -> &CallerIdentity {
+        match leg {
+            Leg::A => &self.a.identity,
+            Leg::B => &self.b.identity,
+        }
+    }
+
     fn handle_stale_response(&mut self, branch: &str, response: &Response) {
         let Some(position) = self.stale.iter().position(|a| a.branch == branch) else {
             return;
@@ -1255,7 +1396,7 @@ impl Call {
 
     fn handle_transaction_timeout(&mut self, now: Instant, branch: &str, method: Method) {
         if method != Method::Invite {
-            if self.failure_notify.as_deref() == Some(branch) {
+            if self.is_failure_notify(branch) {
                 self.failure_notify = None;
             }
             if self.pending.remove(branch) {
@@ -1461,9 +1602,10 @@ impl Call {
         self.arm_cleanup(now);
     }
 
-    /// Blind transfer of the citizen (leg A) to `number`, with the citizen's identity: the one
-    /// operation behind REFER, hotkeys and the work-order API. The citizen keeps talking to the
-    /// agent until the target answers; if it fails, nothing changes for the citizen.
+    /// Blind transfer of the party on the other side of `from` (the agent's leg) to `number`,
+    /// with that party's identity: the one operation behind REFER, hotkeys and the work-order
+    /// API. The citizen keeps talking to the agent until the target answers; if it fails,
+    /// nothing changes for the citizen.
     ///
     /// # Errors
     /// [`TransferError`] when the call is not answered, a transfer is already under way, or no
@@ -1471,10 +1613,11 @@ impl Call {
     pub fn transfer(
         &mut self,
         now: Instant,
+        from: Leg,
         number: &str,
         trigger: Trigger,
     ) -> Result<(), TransferError> {
-        let result = self.start_transfer(now, number, trigger, None, None, None);
+        let result = self.start_transfer(now, from, number, trigger, None);
         self.arm_cleanup(now);
         result
     }
@@ -1482,11 +1625,10 @@ impl Call {
     fn start_transfer(
         &mut self,
         now: Instant,
+        from: Leg,
         number: &str,
         trigger: Trigger,
-        refer_sequence: Option<u32>,
-        referred_by: Option<String>,
-        consultation: Option<(DialogId, Arc<Peer>)>,
+        refer: Option<Refer>,
     ) -> Result<(), TransferError> {
         if self.state != State::Answered {
             return Err(TransferError::NotAnswered);
@@ -1494,6 +1636,10 @@ impl Call {
         if self.transfer.is_some() {
             return Err(TransferError::InProgress);
         }
+        let (refer_sequence, referred_by, consultation) = match refer {
+            Some(refer) => (Some(refer.sequence), refer.referred_by, refer.consultation),
+            None => (None, None, None),
+        };
         let (replaces, route) = match consultation {
             // Attended: the peer that holds the consultation dialog, nobody else.
             Some((dialog, peer)) => (Some(dialog), vec![peer]),
@@ -1513,15 +1659,12 @@ impl Call {
             .next()
             .unwrap_or(&linkage_id)
             .to_string();
-        let origin = Origin::new(self.b.media.ip(), self.ids.next_u64() >> 12);
-        let offer = sdp::offer(
-            &self.settings.policy,
-            self.b.media,
-            &origin,
-            Direction::SendRecv,
-        );
+        // The target gets the transferor's port: the relay hands it over on answer.
+        let port = self.local_media(from);
+        let origin = Origin::new(port.ip(), self.ids.next_u64() >> 12);
+        let offer = sdp::offer(&self.settings.policy, port, &origin, Direction::SendRecv);
         let from_peer = self
-            .b_peer()
+            .leg_peer(from)
             .map(|p| (p.name.clone(), p.platform.clone()))
             .unwrap_or_default();
         self.actions
@@ -1534,7 +1677,7 @@ impl Call {
                 to_peer: route[0].name.clone(),
                 to_platform: route[0].platform.clone(),
             }));
-        tracing::info!(call = %self.id, linkage = %linkage_id, target = number, trigger = trigger.as_str(), "transfer requested");
+        tracing::info!(call = %self.id, linkage = %linkage_id, target = number, trigger = trigger.as_str(), from = ?from, "transfer requested");
         let placeholder = Attempt {
             peer_index: 0,
             invite: self.a.invite.clone(),
@@ -1546,6 +1689,7 @@ impl Call {
             settled: true,
         };
         self.transfer = Some(Transfer {
+            from,
             linkage_id,
             number: number.to_string(),
             route,
@@ -1582,6 +1726,7 @@ impl Call {
             TransportKind::Udp => Target::Udp(peer.address),
             TransportKind::Tcp => Target::Tcp(peer.address),
         };
+        // The transferee's identity, never the transferor's (the agent's).
         let mut invite = self.build_invite(&InviteTo {
             peer: &peer,
             target,
@@ -1590,6 +1735,7 @@ impl Call {
             call_id: &call_id,
             tag: &tag,
             offer: &transfer.offer,
+            identity: self.identity(transfer.from.other()),
             assert: true,
         });
         // RFC 3892: who asked for the transfer; RFC 7044/5806: the line it comes from.
@@ -1599,7 +1745,7 @@ impl Call {
         transfer::add_diversion(
             &mut invite.headers,
             &peer,
-            &self.number,
+            &self.identity(transfer.from).number,
             Host::Ip(self.settings.local_sip.ip()),
             &invite.uri,
         );
@@ -1635,9 +1781,14 @@ impl Call {
             transfer.ringing = false;
             if std::mem::take(&mut transfer.early_media) {
                 // The previous peer's early media ends with its attempt.
-                if let Some(media) = self.b_media {
+                let from = transfer.from;
+                let media = match from {
+                    Leg::A => self.a.endpoint,
+                    Leg::B => self.b.endpoint,
+                };
+                if let Some(media) = media {
                     self.actions
-                        .push_back(Action::Media(MediaCommand::Replace(Leg::B, media)));
+                        .push_back(Action::Media(MediaCommand::Replace(from, media)));
                 }
             }
             let previous = std::mem::replace(
@@ -1679,10 +1830,6 @@ impl Call {
             call.actions
                 .push_back(Action::SendResponse { server, response });
         };
-        if leg == Leg::A {
-            reject(self, 403, "Transfer From The Calling Leg Not Permitted");
-            return;
-        }
         let target = match transfer::refer_target(request) {
             Ok(target) => target,
             Err(error) => {
@@ -1738,10 +1885,9 @@ impl Call {
                 })
             });
         let mut accepted = Response::for_request(request, 202, None);
-        let contact_target = self.attempt.as_ref().map_or(self.a.target, |a| a.target);
         accepted
             .headers
-            .push("Contact", self.contact(contact_target));
+            .push("Contact", self.contact(self.leg_target(leg)));
         self.actions.push_back(Action::SendResponse {
             server,
             response: accepted,
@@ -1752,21 +1898,19 @@ impl Call {
         } else {
             Trigger::Refer
         };
-        match self.start_transfer(
-            now,
-            &target.number,
-            trigger,
-            Some(sequence),
+        let refer = Refer {
+            sequence,
             referred_by,
             consultation,
-        ) {
+        };
+        match self.start_transfer(now, leg, &target.number, trigger, Some(refer)) {
             Ok(()) => {
-                self.notify_agent(sequence, 100);
+                self.notify_agent(leg, sequence, 100);
             }
             Err(error) => {
                 // Checked above; kept for the invariant.
                 tracing::warn!(call = %self.id, %error, "transfer not started");
-                self.notify_agent(sequence, 503);
+                self.notify_agent(leg, sequence, 503);
             }
         }
     }
@@ -1818,9 +1962,9 @@ impl Call {
         tracing::info!(call = %self.id, dtmf = %hotkey.dtmf, target = %hotkey.target, "hotkey");
         match hotkey.action {
             HotkeyAction::Transfer => {
-                if let Err(error) =
-                    self.start_transfer(now, &hotkey.target, Trigger::Hotkey, None, None, None)
-                {
+                let result =
+                    self.start_transfer(now, Leg::B, &hotkey.target, Trigger::Hotkey, None);
+                if let Err(error) = result {
                     tracing::info!(call = %self.id, %error, "hotkey transfer refused");
                 }
             }
@@ -1894,17 +2038,17 @@ impl Call {
         });
     }
 
-    /// A NOTIFY of the REFER's subscription to the agent, while its dialog lasts; returns the
-    /// NOTIFY's branch.
-    fn notify_agent(&mut self, refer_sequence: u32, status: u16) -> Option<String> {
-        let target = self.attempt.as_ref().map_or(self.a.target, |a| a.target);
+    /// A NOTIFY of the REFER's subscription to the agent on `leg`, while its dialog lasts;
+    /// returns the NOTIFY's branch.
+    fn notify_agent(&mut self, leg: Leg, refer_sequence: u32, status: u16) -> Option<String> {
+        let target = self.leg_target(leg);
         let contact = self.contact(target);
         // Long enough for every peer of the target's route to be tried (RFC 6665 §4.2.2: a
         // subscription that expired would need `terminated;reason=timeout`).
         let peers = self.transfer.as_ref().map_or(1, |t| t.route.len()) as u32;
         let per_peer = self.settings.peer_response_timeout + self.settings.transfer_ring_timeout;
         let expires = (per_peer * peers).as_secs() as u32 + 32;
-        let dialog = self.b.dialog.as_mut()?;
+        let dialog = self.dialog_mut(leg).as_mut()?;
         let mut notify = transfer::notify(dialog, refer_sequence, status, expires);
         notify.headers.push("Contact", contact);
         let notify = self.with_via(notify, target);
@@ -1920,8 +2064,9 @@ impl Call {
 
     /// The transfer's progress to the agent, if it asked by REFER; returns the NOTIFY's branch.
     fn notify_transfer_progress(&mut self, status: u16) -> Option<String> {
-        let sequence = self.transfer.as_ref().and_then(|t| t.refer_sequence)?;
-        self.notify_agent(sequence, status)
+        let transfer = self.transfer.as_ref()?;
+        let (leg, sequence) = (transfer.from, transfer.refer_sequence?);
+        self.notify_agent(leg, sequence, status)
     }
 
     fn handle_transfer_response(&mut self, now: Instant, response: Response) {
@@ -1959,7 +2104,7 @@ impl Call {
                         // gateway model); the agent is no longer heard until it fails.
                         transfer.early_media = true;
                         self.actions.push_back(Action::Media(MediaCommand::Replace(
-                            Leg::B,
+                            transfer.from,
                             leg_media(&negotiated),
                         )));
                     }
@@ -2019,42 +2164,66 @@ impl Call {
             return;
         };
         transfer.attempt.settled = true;
-        // The agent's leg is released; the target takes leg B over.
-        let agent_target = self.attempt.as_ref().map_or(self.a.target, |a| a.target);
-        if let Some(agent) = self.b.dialog.take() {
+        let from = transfer.from;
+        // The agent's leg is released; the target takes it over.
+        let agent_target = self.leg_target(from);
+        if let Some(agent) = self.dialog_mut(from).take() {
             self.bye_dialog(agent, agent_target, "transferred");
         }
-        self.released.push(DialogKey {
-            call_id: std::mem::replace(&mut self.b.call_id, transfer.call_id.clone()),
-            local_tag: std::mem::replace(&mut self.b.tag, transfer.tag.clone()),
-        });
         let media = leg_media(&negotiated);
-        self.b_media = Some(media);
-        self.actions
-            .push_back(Action::Media(MediaCommand::Replace(Leg::B, media)));
-        self.ringback(false);
-        self.b.dialog = Some(dialog);
-        // The new party's digits start afresh.
-        self.hotkeys = None;
-        self.arm(Timer::HotkeyDigits, None);
-        self.b.local_sdp = Some(transfer.offer.to_string());
-        self.b.offer = transfer.offer;
-        self.b.origin = transfer.origin;
-        self.b.answered_invite_sequence = 1;
         let peer = transfer.route.get(transfer.attempt.peer_index).cloned();
-        self.route = transfer.route;
-        self.attempt = Some(transfer.attempt);
-        self.detect_agent_digits();
+        let identity = CallerIdentity::reached_at(&transfer.number);
+        match from {
+            Leg::B => {
+                self.released.push(DialogKey {
+                    call_id: std::mem::replace(&mut self.b.call_id, transfer.call_id.clone()),
+                    local_tag: std::mem::replace(&mut self.b.tag, transfer.tag.clone()),
+                });
+                self.b.dialog = Some(dialog);
+                self.b.endpoint = Some(media);
+                self.b.identity = identity;
+                self.b.local_sdp = Some(transfer.offer.to_string());
+                self.b.offer = transfer.offer;
+                self.b.origin = transfer.origin;
+                self.b.answered_invite_sequence = 1;
+                // The new party's digits start afresh.
+                self.hotkeys = None;
+                self.arm(Timer::HotkeyDigits, None);
+                self.route = transfer.route;
+                self.attempt = Some(transfer.attempt);
+                self.detect_agent_digits();
+                self.actions.push_back(Action::Attempt {
+                    b_call_id: self.b.call_id.clone(),
+                    b_peer: peer.map(|p| p.name.clone()).unwrap_or_default(),
+                });
+            }
+            Leg::A => {
+                self.released.push(DialogKey {
+                    call_id: std::mem::replace(&mut self.a.call_id, transfer.call_id.clone()),
+                    local_tag: std::mem::replace(&mut self.a.tag, transfer.tag.clone()),
+                });
+                self.a.dialog = Some(dialog);
+                self.a.endpoint = Some(media);
+                self.a.identity = identity;
+                self.a.target = target;
+                self.a.local_sdp = Some(transfer.offer.to_string());
+                self.a.pending_offer = None;
+                self.a.origin = transfer.origin;
+                if let Some(peer) = peer {
+                    self.a.peer = peer;
+                }
+                self.a.uac_invite = Some(transfer.attempt);
+            }
+        }
+        self.actions
+            .push_back(Action::Media(MediaCommand::Replace(from, media)));
+        self.ringback(None);
         self.announce_bridge();
-        self.actions.push_back(Action::Attempt {
-            b_call_id: self.b.call_id.clone(),
-            b_peer: peer.map(|p| p.name.clone()).unwrap_or_default(),
-        });
         self.actions
             .push_back(Action::Linkage(LinkageUpdate::Answered {
                 linkage_id: transfer.linkage_id.clone(),
             }));
-        tracing::info!(call = %self.id, linkage = %transfer.linkage_id, "transfer answered");
+        tracing::info!(call = %self.id, linkage = %transfer.linkage_id, from = ?from, "transfer answered");
     }
 
     /// The transfer's current INVITE failed with `status`: the next peer of the target's route
@@ -2078,10 +2247,12 @@ impl Call {
         }
         self.arm(Timer::TransferResponse, None);
         self.arm(Timer::TransferRing, None);
-        self.failure_notify = self.notify_transfer_progress(status);
+        let notify = self.notify_transfer_progress(status);
         let Some(transfer) = self.transfer.take() else {
             return;
         };
+        let from = transfer.from;
+        self.failure_notify = notify.map(|branch| (from, branch));
         tracing::info!(call = %self.id, linkage = %transfer.linkage_id, status, "transfer failed");
         self.restore_agent_media(&transfer);
         self.actions
@@ -2094,43 +2265,54 @@ impl Call {
             local_tag: transfer.tag,
         }));
         self.stale.push(transfer.attempt);
-        if self.state == State::Answered && self.b.dialog.is_none() {
-            self.fall_back(now);
+        if self.state == State::Answered && self.dialog(from).is_none() {
+            self.fall_back(now, from);
         }
     }
 
-    /// The agent left and the transfer failed: never drop the citizen; send them back to the
-    /// number they first called, once. If that is impossible too, the call ends.
-    fn fall_back(&mut self, now: Instant) {
+    /// The agent on `from` left and the transfer failed: never drop the citizen; send them
+    /// back, once, to the number they first called (leg A's citizen) or to the number that
+    /// called them (leg B's). If that is impossible too, the call ends.
+    fn fall_back(&mut self, now: Instant, from: Leg) {
         if self.state != State::Answered {
             return;
         }
-        let number = self.number.clone();
+        let number = match from {
+            Leg::B => self.number.clone(),
+            Leg::A => self.caller_number(),
+        };
         let fallback = if self.fell_back {
             Err(TransferError::InProgress)
         } else {
             self.fell_back = true;
-            self.start_transfer(now, &number, Trigger::Fallback, None, None, None)
+            self.start_transfer(now, from, &number, Trigger::Fallback, None)
         };
         if fallback.is_err() {
             self.hang_up(None, EndedBy::Gateway, "transfer failed");
         }
     }
 
-    /// Ringback to the citizen while it waits for a transfer target with no agent left.
-    fn ringback(&mut self, on: bool) {
-        if self.ringback != on {
-            self.ringback = on;
+    /// Ringback to the citizen (`to`) while it waits for a transfer target with no agent left;
+    /// `None` stops it.
+    fn ringback(&mut self, to: Option<Leg>) {
+        if self.ringback == to {
+            return;
+        }
+        if let Some(leg) = std::mem::replace(&mut self.ringback, to) {
             self.actions
-                .push_back(Action::Media(MediaCommand::Ringback(Leg::A, on)));
+                .push_back(Action::Media(MediaCommand::Ringback(leg, false)));
+        }
+        if let Some(leg) = to {
+            self.actions
+                .push_back(Action::Media(MediaCommand::Ringback(leg, true)));
         }
     }
 
     /// After a target's early media, the citizen goes back to hearing the agent.
     fn restore_agent_media(&mut self, transfer: &Transfer) {
-        if let (true, Some(media)) = (transfer.early_media, self.b_media) {
+        if let (true, Some(media)) = (transfer.early_media, self.endpoint_media(transfer.from)) {
             self.actions
-                .push_back(Action::Media(MediaCommand::Replace(Leg::B, media)));
+                .push_back(Action::Media(MediaCommand::Replace(transfer.from, media)));
         }
     }
 

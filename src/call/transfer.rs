@@ -207,6 +207,19 @@ impl CallerIdentity {
         }
     }
 
+    /// A party known only by the number the gateway reached it at (a called party, a transfer
+    /// target): shown as that number, asserted by the gateway, no privacy asked.
+    pub fn reached_at(number: &str) -> CallerIdentity {
+        CallerIdentity {
+            number: number.to_string(),
+            display_name: None,
+            from_user: number.to_string(),
+            asserted: Vec::new(),
+            private: false,
+            privacy: None,
+        }
+    }
+
     /// Whether `peer` may learn the identity (RFC 3325 §5: only inside the trust domain when
     /// privacy was asked for).
     pub fn shown_to(&self, peer: &Peer) -> bool {

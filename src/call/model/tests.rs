@@ -90,6 +90,16 @@ impl Harness {
     }
 
     fn with_invite(invite: Request, route: Vec<Arc<Peer>>) -> Harness {
+        Self::build(invite, peer("carrier", 5070), "12345", route)
+    }
+
+    /// A call from `caller_peer` (always at 127.0.0.1:5070 here) to `number`.
+    fn build(
+        invite: Request,
+        caller_peer: Arc<Peer>,
+        number: &str,
+        route: Vec<Arc<Peer>>,
+    ) -> Harness {
         let now = Instant::now();
         let call = Call::new(
             now,
@@ -100,8 +110,8 @@ impl Harness {
                 server: ServerTransactionId::new(A_SERVER),
                 source: "127.0.0.1:5070".parse().unwrap_or_else(|_| unreachable!()),
                 flow: Flow::Udp,
-                caller_peer: peer("carrier", 5070),
-                number: "12345".into(),
+                caller_peer,
+                number: number.into(),
                 route,
                 media_a: "127.0.0.1:20000".parse().unwrap_or_else(|_| unreachable!()),
                 media_b: "127.0.0.1:20002".parse().unwrap_or_else(|_| unreachable!()),
@@ -226,12 +236,21 @@ Call-ID: a-leg@127.0.0.1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
 
     /// An in-dialog request from the caller (leg A).
     fn caller_sends(&mut self, server: u64, method: &str, cseq: u32, body: &str) {
+        let extra = if body.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        };
+        self.caller_sends_with(server, method, cseq, extra, body);
+    }
+
+    /// An in-dialog request from the caller (leg A) with `extra` header lines.
+    fn caller_sends_with(&mut self, server: u64, method: &str, cseq: u32, extra: &str, body: &str) {
         let text = format!(
             "{method} sip:gw@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{method}{cseq}\r\n\
 From: <sip:13800138000@127.0.0.1:5070>;tag=citizen\r\nTo: <sip:12345@127.0.0.1:5060>;tag={}\r\n\
-Call-ID: a-leg@127.0.0.1\r\nCSeq: {cseq} {method}\r\nContact: <sip:13800138000@127.0.0.1:5070>\r\n{}Content-Length: {}\r\n\r\n{body}",
+Call-ID: a-leg@127.0.0.1\r\nCSeq: {cseq} {method}\r\nContact: <sip:13800138000@127.0.0.1:5070>\r\n{extra}Content-Length: {}\r\n\r\n{body}",
             self.a_tag(),
-            if body.is_empty() { "" } else { "Content-Type: application/sdp\r\n" },
             body.len()
         );
         let event = SipEvent::Request {
@@ -910,4 +929,175 @@ From: {};tag=police\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 5 BYE\r\nContent-Length: 0
     // The agent's dialog is intact: its BYE ends the agent's part as usual.
     h.agent_sends(12, "INFO", 3, "");
     assert_eq!(statuses(&h.responses(12)), vec![200]);
+}
+
+/// An answered call the agent placed (leg A, from the hotline) to a citizen (leg B, through
+/// the carrier): a call-back. The agent is on leg A.
+fn agent_calls_citizen_back() -> Harness {
+    let invite = request(&format!(
+        "INVITE sip:13900139000@127.0.0.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-cb1;rport=5070;received=127.0.0.1\r\n\
+From: \"Agent 8001\" <sip:8001@127.0.0.1:5070>;tag=citizen\r\n\
+To: <sip:13900139000@127.0.0.1:5060>\r\n\
+Call-ID: a-leg@127.0.0.1\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:8001@127.0.0.1:5070>\r\n\
+Max-Forwards: 70\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: {}\r\n\r\n{OFFER}",
+        OFFER.len()
+    ));
+    let mut h = Harness::build(
+        invite,
+        peer_with_platform("hotline", 5070, "12345"),
+        "13900139000",
+        vec![peer("carrier", 5080)],
+    );
+    h.answer();
+    h
+}
+
+fn refer_from_the_calling_leg(h: &mut Harness, server: u64) {
+    h.caller_sends_with(
+        server,
+        "REFER",
+        2,
+        "Refer-To: <sip:110@127.0.0.1>\r\nReferred-By: <sip:8001@127.0.0.1>\r\n",
+        "",
+    );
+}
+
+#[test]
+fn a_refer_from_the_calling_leg_hands_leg_a_to_the_target_with_the_citizens_number() {
+    let mut h = agent_calls_citizen_back();
+    refer_from_the_calling_leg(&mut h, 7);
+    assert_eq!(statuses(&h.responses(7)), vec![202]);
+    let police = h.last_invite();
+    assert_eq!(police.uri.to_string(), "sip:110@127.0.0.1:5090");
+    assert_eq!(
+        police.from().and_then(|f| f.uri.user),
+        Some("13900139000".into()),
+        "the citizen's number, not the agent's"
+    );
+    assert_eq!(
+        police.headers.get("P-Asserted-Identity"),
+        Some("<sip:13900139000@127.0.0.1>")
+    );
+    assert_eq!(
+        police.headers.get("Referred-By"),
+        Some("<sip:8001@127.0.0.1>")
+    );
+    assert!(
+        police
+            .headers
+            .get("History-Info")
+            .is_some_and(|h| h.contains("sip:8001@127.0.0.1")),
+        "the agent's line is the diverting party: {:?}",
+        police.headers.get("History-Info")
+    );
+    assert!(
+        police.sdp().is_some_and(|s| s.contains("m=audio 20000 ")),
+        "leg A's port"
+    );
+    // The NOTIFYs go to the agent, in leg A's dialog.
+    let notifies = h.sent(Method::Notify);
+    assert_eq!(notifies.len(), 1);
+    let (notify, to) = &notifies[0];
+    assert_eq!(notify.call_id(), "a-leg@127.0.0.1");
+    assert_eq!(
+        notify.to().and_then(|t| t.tag().map(str::to_string)),
+        Some("citizen".into())
+    );
+    assert_eq!(
+        *to,
+        Target::Udp("127.0.0.1:5070".parse().unwrap_or_else(|_| unreachable!()))
+    );
+
+    h.respond_to_invite(180, None);
+    h.respond_to_invite(200, Some(ANSWER));
+    assert_eq!(
+        h.notified().last(),
+        Some(&(200, "terminated;reason=noresource".to_string()))
+    );
+    // The agent is released on leg A; the citizen on leg B is never re-INVITEd.
+    let byes = h.sent(Method::Bye);
+    assert_eq!(byes.len(), 1);
+    assert_eq!(byes[0].0.call_id(), "a-leg@127.0.0.1");
+    let b_call_id = match h.sent(Method::Invite).first() {
+        Some((invite, _)) => invite.call_id().to_string(),
+        None => panic!("no INVITE to the citizen"),
+    };
+    assert_eq!(
+        h.sent(Method::Invite)
+            .iter()
+            .filter(|(r, _)| r.call_id() == b_call_id)
+            .count(),
+        1
+    );
+    assert!(h
+        .media()
+        .iter()
+        .any(|m| matches!(m, MediaCommand::Replace(Leg::A, _))));
+    assert!(matches!(
+        h.linkage_updates().first(),
+        Some(LinkageUpdate::Requested { from_peer, from_platform: Some(platform), .. })
+            if from_peer == "hotline" && platform == "12345"
+    ));
+
+    // A retransmitted 200 is ACKed again, and nothing else happens.
+    let acks = h.sent(Method::Ack).len();
+    h.respond_to_invite(200, Some(ANSWER));
+    assert_eq!(h.sent(Method::Ack).len(), acks + 1);
+    assert_eq!(h.sent(Method::Bye).len(), 1);
+
+    // The agent's late BYE is answered and ends nothing.
+    h.caller_sends(8, "BYE", 3, "");
+    assert_eq!(statuses(&h.responses(8)), vec![200]);
+    assert!(h.outcome().is_none());
+
+    // 110 is leg A now: its BYE ends the call and the citizen gets one.
+    h.callee_sends(9, "BYE", 1);
+    assert_eq!(statuses(&h.responses(9)), vec![200]);
+    assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Caller));
+    let byes = h.sent(Method::Bye);
+    assert_eq!(byes.len(), 2);
+    assert_eq!(byes[1].0.call_id(), b_call_id);
+}
+
+#[test]
+fn a_failed_transfer_from_the_calling_leg_keeps_the_citizen_with_the_agent() {
+    let mut h = agent_calls_citizen_back();
+    refer_from_the_calling_leg(&mut h, 7);
+    h.respond_to_invite(486, None);
+    assert_eq!(
+        h.notified().last(),
+        Some(&(486, "terminated;reason=noresource".to_string()))
+    );
+    assert!(h.sent(Method::Bye).is_empty());
+    assert!(h.outcome().is_none());
+    assert!(!h
+        .media()
+        .iter()
+        .any(|m| matches!(m, MediaCommand::Replace(..))));
+}
+
+#[test]
+fn the_citizen_hears_ringback_when_the_agent_on_leg_a_leaves_during_the_transfer() {
+    let mut h = agent_calls_citizen_back();
+    refer_from_the_calling_leg(&mut h, 7);
+    h.respond_to_invite(180, None);
+    h.caller_sends(8, "BYE", 3, "");
+    assert_eq!(statuses(&h.responses(8)), vec![200]);
+    assert!(h.outcome().is_none(), "the citizen waits for 110");
+    assert!(h
+        .media()
+        .iter()
+        .any(|m| matches!(m, MediaCommand::Ringback(Leg::B, true))));
+    h.respond_to_invite(200, Some(ANSWER));
+    assert!(h
+        .media()
+        .iter()
+        .any(|m| matches!(m, MediaCommand::Ringback(Leg::B, false))));
+    assert!(h.outcome().is_none(), "citizen and 110 talk");
+    assert!(h.sent(Method::Bye).is_empty(), "the agent had left already");
 }
