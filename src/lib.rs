@@ -141,6 +141,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             .collect(),
         hotkey_inter_digit: Duration::from_millis(config.sip.hotkey_inter_digit_ms),
         directory: Arc::clone(&directory),
+        conference_max_parties: config.sip.conference_max_parties,
+        conference_ends_with_caller: config.sip.conference_ends_with_caller,
     });
     let media_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let media = media::relay::MediaEngine::start(media_workers, Arc::clone(&metrics))
@@ -149,7 +151,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         router,
         settings,
         call::manager::MediaResources {
-            ports,
+            ports: Arc::clone(&ports),
             engine: media,
             inactivity: Duration::from_secs(config.media.inactivity_timeout_secs),
         },
@@ -174,6 +176,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
         directory,
+        ports,
     });
     let endpoint_stop = CancellationToken::new();
     let endpoint_task = tokio::spawn(endpoint.run(inbound, commands, endpoint_stop.clone()));

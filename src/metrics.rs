@@ -31,9 +31,20 @@ pub enum Counter {
     RtpPacketsDropped,
     RtcpPacketsRelayed,
     StoreWriteErrors,
+    /// Conference mixer ticks (one per conference per 20 ms).
+    MixerTicks,
+    /// Ticks that ran more than 5 ms after they were due.
+    MixerLateTicks,
+    /// Sum over ticks of how late they ran, in microseconds.
+    MixerLatenessMicroseconds,
+    /// Packets the jitter buffers refused (late, duplicate) or frames they skipped.
+    JitterDropped,
+    /// Frames concealed because nothing arrived for them.
+    JitterConcealed,
+    ConferencesStarted,
 }
 
-const COUNTERS: [(Counter, &str, &str); 20] = [
+const COUNTERS: [(Counter, &str, &str); 26] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -134,6 +145,36 @@ const COUNTERS: [(Counter, &str, &str); 20] = [
         "hotline_store_write_errors_total",
         "call records that could not be written",
     ),
+    (
+        Counter::MixerTicks,
+        "hotline_mixer_ticks_total",
+        "conference mixer ticks (20 ms each)",
+    ),
+    (
+        Counter::MixerLateTicks,
+        "hotline_mixer_late_ticks_total",
+        "mixer ticks run more than 5 ms late",
+    ),
+    (
+        Counter::MixerLatenessMicroseconds,
+        "hotline_mixer_lateness_microseconds_total",
+        "sum of how late mixer ticks ran",
+    ),
+    (
+        Counter::JitterDropped,
+        "hotline_jitter_dropped_total",
+        "packets the conference jitter buffers dropped (late, duplicate) or frames skipped",
+    ),
+    (
+        Counter::JitterConcealed,
+        "hotline_jitter_concealed_total",
+        "frames concealed for lost packets",
+    ),
+    (
+        Counter::ConferencesStarted,
+        "hotline_conferences_total",
+        "conferences started (a third party answered)",
+    ),
 ];
 
 /// Gauges (values that go up and down).
@@ -142,9 +183,10 @@ pub enum Gauge {
     CallsActive,
     TransactionsActive,
     MediaPortsInUse,
+    ConferencesActive,
 }
 
-const GAUGES: [(Gauge, &str, &str); 3] = [
+const GAUGES: [(Gauge, &str, &str); 4] = [
     (
         Gauge::CallsActive,
         "hotline_calls_active",
@@ -159,6 +201,11 @@ const GAUGES: [(Gauge, &str, &str); 3] = [
         Gauge::MediaPortsInUse,
         "hotline_media_ports_in_use",
         "RTP/RTCP ports bound",
+    ),
+    (
+        Gauge::ConferencesActive,
+        "hotline_conferences_active",
+        "calls mixing three or more parties",
     ),
 ];
 

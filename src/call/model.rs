@@ -32,7 +32,7 @@ use bytes::Bytes;
 
 use crate::config::TransportKind;
 use crate::ids::IdGenerator;
-use crate::media::{Leg, LegMedia, MediaCommand};
+use crate::media::{Leg, LegMedia, MediaCommand, Party};
 use crate::routing::{Peer, Router};
 use crate::sip::dialog::Dialog;
 use crate::sip::endpoint::{DialogKey, Endpoint, ServerTransactionId, SipEvent};
@@ -71,6 +71,10 @@ pub struct CallSettings {
     pub hotkey_inter_digit: Duration,
     /// Bridged calls' dialogs, to resolve the `Replaces` of an attended transfer.
     pub directory: Arc<Directory>,
+    /// Most parties in one conference, legs A and B included.
+    pub conference_max_parties: usize,
+    /// The caller leaving a conference ends it for everybody.
+    pub conference_ends_with_caller: bool,
 }
 
 /// Everything the call starts from.
@@ -144,6 +148,11 @@ pub enum Action {
     },
     /// A transfer attempt changed (for its linkage record and metrics).
     Linkage(LinkageUpdate),
+    /// The call needs another media party (a conference guest's port pair): answer at once
+    /// with [`Call::handle_party_opened`].
+    OpenParty,
+    /// A conference changed (for its record and metrics).
+    Conference(ConferenceUpdate),
     /// The call bridges these two dialogs now (for attended transfers of other calls).
     Bridged {
         caller_side: DialogId,
@@ -157,12 +166,47 @@ pub enum Action {
     Finished,
 }
 
+/// What a conference did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConferenceUpdate {
+    /// Three or more parties hear each other now.
+    Started,
+    /// A party is in the conference (the two legs when it starts, then each guest).
+    Joined {
+        party: Party,
+        peer: String,
+        number: String,
+    },
+    Left {
+        party: Party,
+    },
+    /// Two parties (or fewer) are left: they are relayed again.
+    Ended,
+}
+
+/// Whether a linkage moves the call or adds a party to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkageKind {
+    Transfer,
+    Conference,
+}
+
+impl LinkageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkageKind::Transfer => "transfer",
+            LinkageKind::Conference => "conference",
+        }
+    }
+}
+
 /// What happened to a transfer attempt, keyed by its linkage id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkageUpdate {
     /// A transfer was asked for; `to_peer` is the first peer tried.
     Requested {
         linkage_id: String,
+        kind: LinkageKind,
         target: String,
         trigger: Trigger,
         from_peer: String,
@@ -197,6 +241,10 @@ pub enum TransferError {
     InProgress,
     #[error("no route reaches {0}")]
     NoRoute(String),
+    #[error("a conference is under way")]
+    Conference,
+    #[error("the conference holds its maximum of {0} parties")]
+    ConferenceFull(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,6 +372,48 @@ impl Attempt {
     }
 }
 
+/// A conference guest (三方通话): a desk the gateway invited into the call beside legs A and B,
+/// on a port pair of its own. Joined once it answered (its dialog is set).
+struct Guest {
+    /// The agent's leg that asked for it; the guest is shown the other leg's identity.
+    from: Leg,
+    linkage_id: String,
+    number: String,
+    route: Vec<Arc<Peer>>,
+    /// Set when the task gave the guest its port pair.
+    party: Option<Party>,
+    media: Option<SocketAddr>,
+    /// The INVITE to `route[attempt.peer_index]`, once sent.
+    attempt: Option<Attempt>,
+    call_id: String,
+    tag: String,
+    origin: Origin,
+    offer: Option<SessionDescription>,
+    local_sdp: Option<String>,
+    dialog: Option<Dialog>,
+    endpoint: Option<LegMedia>,
+    ringing: bool,
+}
+
+impl Guest {
+    fn peer(&self) -> Option<&Arc<Peer>> {
+        self.attempt
+            .as_ref()
+            .and_then(|a| self.route.get(a.peer_index))
+    }
+
+    fn target(&self) -> Option<Target> {
+        self.attempt.as_ref().map(|a| a.target)
+    }
+
+    fn key(&self) -> DialogKey {
+        DialogKey {
+            call_id: self.call_id.clone(),
+            local_tag: self.tag.clone(),
+        }
+    }
+}
+
 struct LegA {
     invite: Request,
     server: ServerTransactionId,
@@ -342,6 +432,8 @@ struct LegA {
     uac_invite: Option<Attempt>,
     /// The party's media as last negotiated.
     endpoint: Option<LegMedia>,
+    /// Which of the relay's parties this leg is (a conference guest's once it took the leg).
+    party: Party,
     origin: Origin,
     /// The SDP we send this leg (answer to its offer, or our offer if it sent none).
     local_sdp: Option<String>,
@@ -359,6 +451,7 @@ struct LegB {
     /// The party's media as last negotiated (the agent's, to go back to after a transfer
     /// target's early media).
     endpoint: Option<LegMedia>,
+    party: Party,
     origin: Origin,
     offer: SessionDescription,
     local_sdp: Option<String>,
@@ -406,6 +499,10 @@ pub struct Call {
     hotkeys: Option<HotkeyMatcher>,
     /// How the agent's last digit came: held digits are passed on the same way.
     digit_transport: DigitTransport,
+    /// Conference guests: joined ones (answered), and at most one still being invited.
+    guests: Vec<Guest>,
+    /// Three or more parties are mixed.
+    conferencing: bool,
     outcome: Option<Outcome>,
     /// Set when the cleanup timer must be armed at the next clock reading.
     pending_cleanup: bool,
@@ -452,6 +549,7 @@ impl Call {
                 peer: new.caller_peer,
                 uac_invite: None,
                 endpoint: None,
+                party: Party::A,
                 origin: a_origin,
                 local_sdp: None,
                 pending_offer: None,
@@ -462,6 +560,7 @@ impl Call {
                 dialog: None,
                 identity: CallerIdentity::reached_at(&new.number),
                 endpoint: None,
+                party: Party::B,
                 origin: b_origin,
                 offer,
                 local_sdp: None,
@@ -485,6 +584,8 @@ impl Call {
             ringback: None,
             hotkeys: None,
             digit_transport: DigitTransport::Info(None),
+            guests: Vec::new(),
+            conferencing: false,
             outcome: None,
             pending_cleanup: false,
             actions: VecDeque::new(),
@@ -587,7 +688,10 @@ impl Call {
             Leg::B => self.b.endpoint = Some(media),
         }
         self.actions
-            .push_back(Action::Media(MediaCommand::Configure(leg, media)));
+            .push_back(Action::Media(MediaCommand::Configure(
+                self.party(leg),
+                media,
+            )));
     }
 
     /// Sends the INVITE of leg B to the route's `index`-th peer.
@@ -702,6 +806,24 @@ impl Call {
         }
     }
 
+    /// The INVITE to a transfer target or a conference guest: on behalf of the party across
+    /// from the agent's leg `from` (`to.identity`, never the agent's), with the agent's line as
+    /// the diverting party (RFC 7044/5806, as the peer reads it) and the linkage id.
+    fn third_party_invite(&self, to: &InviteTo<'_>, from: Leg, linkage_id: &str) -> Request {
+        let mut invite = self.build_invite(to);
+        transfer::add_diversion(
+            &mut invite.headers,
+            to.peer,
+            &self.identity(from).number,
+            Host::Ip(self.settings.local_sip.ip()),
+            &invite.uri,
+        );
+        invite
+            .headers
+            .push(transfer::LINKAGE_HEADER, linkage_id.to_string());
+        invite
+    }
+
     /// A response to the caller's INVITE.
     fn respond_a(&mut self, status: u16, reason: &str, with_sdp: bool) {
         let mut response = Response::for_request(&self.a.invite, status, Some(&self.a.tag));
@@ -799,6 +921,10 @@ impl Call {
 
     fn finish(&mut self) {
         self.state = State::Done;
+        for guest in std::mem::take(&mut self.guests) {
+            self.actions
+                .push_back(Action::UnregisterDialog(guest.key()));
+        }
         if let Some(caller_side) = self.bridged.take() {
             self.actions.push_back(Action::Unbridged(caller_side));
         }
@@ -892,6 +1018,9 @@ impl Call {
                 && to_tag.as_deref() == Some(self.b.tag.as_str()))
         {
             Leg::B
+        } else if let Some(index) = self.guest_of(&request, to_tag.as_deref()) {
+            self.handle_guest_request(now, index, server, &request);
+            return;
         } else {
             // Another dialog of ours (a transfer target's early dialog): nothing to act on.
             let response = Response::for_request(&request, 481, None);
@@ -957,6 +1086,14 @@ impl Call {
                 }
                 self.ringback(Some(leg.other()));
             }
+            Method::Bye
+                if self.has_guests()
+                    && (leg == Leg::B || !self.settings.conference_ends_with_caller) =>
+            {
+                // A party leaves a conference: the others stay (a guest takes its leg).
+                respond(self, 200);
+                self.leg_left(leg);
+            }
             Method::Refer => self.handle_refer(now, leg, server, &request),
             Method::Bye => {
                 respond(self, 200);
@@ -979,77 +1116,62 @@ impl Call {
 
     /// A re-INVITE or UPDATE: the gateway answers it itself (the media is anchored here).
     fn handle_offer(&mut self, leg: Leg, server: ServerTransactionId, request: &Request) {
-        let (media, target) = match leg {
-            Leg::A => (self.a.media, self.a.target),
+        let target = self.leg_target(leg);
+        let policy = &self.settings.policy;
+        let (media, origin, local_sdp, dialog) = match leg {
+            Leg::A => (
+                self.a.media,
+                &mut self.a.origin,
+                &mut self.a.local_sdp,
+                self.a.dialog.as_mut(),
+            ),
             Leg::B => (
                 self.b.media,
-                self.attempt.as_ref().map_or(self.a.target, |a| a.target),
+                &mut self.b.origin,
+                &mut self.b.local_sdp,
+                self.b.dialog.as_mut(),
             ),
         };
-        let offer = request.sdp().map(sdp::parse);
-        let body = match offer {
-            Some(Ok(offer)) => {
-                let origin = match leg {
-                    Leg::A => &mut self.a.origin,
-                    Leg::B => &mut self.b.origin,
-                };
-                match sdp::answer(&offer, &self.settings.policy, media, origin) {
-                    Ok((answer, negotiated)) => {
-                        let previous = match leg {
-                            Leg::A => self.a.local_sdp.clone(),
-                            Leg::B => self.b.local_sdp.clone(),
-                        };
-                        let mut text = answer.to_string();
-                        if previous.as_deref().map(strip_origin) != Some(strip_origin(&text)) {
-                            // RFC 3264 §8: a changed description gets a higher version.
-                            origin.bump();
-                            text = match sdp::answer(&offer, &self.settings.policy, media, origin) {
-                                Ok((answer, _)) => answer.to_string(),
-                                Err(_) => text,
-                            };
-                        } else if let Some(previous) = previous {
-                            text = previous;
-                        }
-                        match leg {
-                            Leg::A => self.a.local_sdp = Some(text.clone()),
-                            Leg::B => self.b.local_sdp = Some(text.clone()),
-                        }
-                        self.configure(leg, &negotiated);
-                        Some(text)
-                    }
-                    Err(_) => {
-                        let response = Response::for_request(request, 488, None);
-                        self.actions
-                            .push_back(Action::SendResponse { server, response });
-                        return;
-                    }
-                }
+        let answered = answer_reoffer(policy, media, request, origin, local_sdp);
+        if answered.is_ok() {
+            if let Some(d) = dialog {
+                d.refresh_target(request.contact());
             }
-            Some(Err(_)) => {
-                let response = Response::for_request(request, 400, None);
+        }
+        let party = self.party(leg);
+        self.respond_reoffer(party, server, request, target, answered);
+    }
+
+    /// Answers a re-INVITE or UPDATE with what [`answer_reoffer`] made of it, and gives the
+    /// relay `party`'s new media.
+    fn respond_reoffer(
+        &mut self,
+        party: Party,
+        server: ServerTransactionId,
+        request: &Request,
+        target: Target,
+        answered: Result<(Option<String>, Option<Negotiated>), u16>,
+    ) {
+        let (body, negotiated) = match answered {
+            Ok(answer) => answer,
+            Err(status) => {
+                let response = Response::for_request(request, status, None);
                 self.actions
                     .push_back(Action::SendResponse { server, response });
                 return;
             }
-            // No offer: session refresh; answer with our current description as the offer
-            // (an INVITE) or nothing (an UPDATE).
-            None if request.method == Method::Invite => match leg {
-                Leg::A => self.a.local_sdp.clone(),
-                Leg::B => self.b.local_sdp.clone(),
-            },
-            None => None,
         };
-        match leg {
-            Leg::A => {
-                if let Some(d) = self.a.dialog.as_mut() {
-                    d.refresh_target(request.contact());
-                }
+        if let Some(negotiated) = negotiated {
+            let media = leg_media(&negotiated);
+            if party == self.a.party {
+                self.a.endpoint = Some(media);
+            } else if party == self.b.party {
+                self.b.endpoint = Some(media);
+            } else if let Some(guest) = self.guests.iter_mut().find(|g| g.party == Some(party)) {
+                guest.endpoint = Some(media);
             }
-            Leg::B => {
-                if let Some(d) = self.b.dialog.as_mut() {
-                    d.refresh_target(request.contact());
-                }
-            }
+            self.actions
+                .push_back(Action::Media(MediaCommand::Configure(party, media)));
         }
         let mut response = Response::for_request(request, 200, None);
         response.headers.push("Contact", self.contact(target));
@@ -1100,6 +1222,9 @@ impl Call {
             .is_some_and(|a| a.branch == branch)
         {
             self.handle_a_answer_again(&response);
+            return;
+        }
+        if self.handle_guest_response(now, branch, &response) {
             return;
         }
         let current = self.attempt.as_ref().is_some_and(|a| a.branch == branch);
@@ -1349,6 +1474,14 @@ impl Call {
         }
     }
 
+    /// The relay's party on `leg`.
+    fn party(&self, leg: Leg) -> Party {
+        match leg {
+            Leg::A => self.a.party,
+            Leg::B => self.b.party,
+        }
+    }
+
     fn identity(&self, leg: Leg) -> &CallerIdentity {
         match leg {
             Leg::A => &self.a.identity,
@@ -1413,6 +1546,12 @@ impl Call {
             .is_some_and(|t| t.attempt.branch == branch)
         {
             self.transfer_failed(now, 408);
+        } else if self
+            .guests
+            .iter()
+            .any(|g| g.dialog.is_none() && g.attempt.as_ref().is_some_and(|a| a.branch == branch))
+        {
+            self.guest_failed(now, 408);
         } else if self.attempt.as_ref().is_some_and(|a| a.branch == branch) {
             self.handle_failure(now, 408, "Request Timeout".into());
         }
@@ -1450,6 +1589,8 @@ impl Call {
     /// Ends an answered (or answering) call: BYE to every leg but `from`.
     fn hang_up(&mut self, from: Option<Leg>, ended_by: EndedBy, reason: &str) {
         self.abandon_transfer();
+        let cause = (ended_by == EndedBy::Gateway).then_some(reason);
+        self.release_guests(cause);
         if self.state == State::Calling {
             // Before answer: cancel leg B, fail leg A.
             self.cancelled = true;
@@ -1582,6 +1723,11 @@ impl Call {
                         .unwrap_or_default();
                     self.pass_digits(Leg::B, &held);
                 }
+                Timer::TransferResponse if self.transfer.is_none() => {
+                    tracing::info!(call = %self.id, "conference guest did not respond");
+                    self.guest_failed(now, 408);
+                }
+                Timer::TransferRing if self.transfer.is_none() => self.guest_ring_timeout(),
                 Timer::TransferResponse => {
                     tracing::info!(call = %self.id, "transfer target did not respond");
                     self.transfer_failed(now, 408);
@@ -1633,8 +1779,11 @@ impl Call {
         if self.state != State::Answered {
             return Err(TransferError::NotAnswered);
         }
-        if self.transfer.is_some() {
+        if self.transfer.is_some() || self.inviting_guest() {
             return Err(TransferError::InProgress);
+        }
+        if self.has_guests() {
+            return Err(TransferError::Conference);
         }
         let (refer_sequence, referred_by, consultation) = match refer {
             Some(refer) => (Some(refer.sequence), refer.referred_by, refer.consultation),
@@ -1653,12 +1802,7 @@ impl Call {
                     .to_vec(),
             ),
         };
-        let linkage_id = self.ids.call_id("linkage");
-        let linkage_id = linkage_id
-            .split('@')
-            .next()
-            .unwrap_or(&linkage_id)
-            .to_string();
+        let linkage_id = self.new_linkage_id();
         // The target gets the transferor's port: the relay hands it over on answer.
         let port = self.local_media(from);
         let origin = Origin::new(port.ip(), self.ids.next_u64() >> 12);
@@ -1670,6 +1814,7 @@ impl Call {
         self.actions
             .push_back(Action::Linkage(LinkageUpdate::Requested {
                 linkage_id: linkage_id.clone(),
+                kind: LinkageKind::Transfer,
                 target: number.to_string(),
                 trigger,
                 from_peer: from_peer.0,
@@ -1708,6 +1853,12 @@ impl Call {
         Ok(())
     }
 
+    /// A fresh linkage id (a Call-ID's random part).
+    fn new_linkage_id(&mut self) -> String {
+        let id = self.ids.call_id("linkage");
+        id.split('@').next().unwrap_or(&id).to_string()
+    }
+
     /// Sends the transfer's INVITE to the `index`-th peer of the target's route.
     fn transfer_to_peer(&mut self, now: Instant, index: usize) {
         let local_ip = self.settings.local_sip.ip().to_string();
@@ -1726,32 +1877,25 @@ impl Call {
             TransportKind::Udp => Target::Udp(peer.address),
             TransportKind::Tcp => Target::Tcp(peer.address),
         };
-        // The transferee's identity, never the transferor's (the agent's).
-        let mut invite = self.build_invite(&InviteTo {
-            peer: &peer,
-            target,
-            branch: &branch,
-            number: &transfer.number,
-            call_id: &call_id,
-            tag: &tag,
-            offer: &transfer.offer,
-            identity: self.identity(transfer.from.other()),
-            assert: true,
-        });
-        // RFC 3892: who asked for the transfer; RFC 7044/5806: the line it comes from.
+        let mut invite = self.third_party_invite(
+            &InviteTo {
+                peer: &peer,
+                target,
+                branch: &branch,
+                number: &transfer.number,
+                call_id: &call_id,
+                tag: &tag,
+                offer: &transfer.offer,
+                identity: self.identity(transfer.from.other()),
+                assert: true,
+            },
+            transfer.from,
+            &transfer.linkage_id,
+        );
+        // RFC 3892: who asked for the transfer.
         if let Some(referred_by) = &transfer.referred_by {
             invite.headers.push("Referred-By", referred_by.clone());
         }
-        transfer::add_diversion(
-            &mut invite.headers,
-            &peer,
-            &self.identity(transfer.from).number,
-            Host::Ip(self.settings.local_sip.ip()),
-            &invite.uri,
-        );
-        invite
-            .headers
-            .push(transfer::LINKAGE_HEADER, transfer.linkage_id.clone());
         if let Some(replaced) = &transfer.replaces {
             // RFC 3891 §4; Require, so a target that cannot replace says 420 instead of
             // ringing beside the consultation call.
@@ -1787,8 +1931,13 @@ impl Call {
                     Leg::B => self.b.endpoint,
                 };
                 if let Some(media) = media {
-                    self.actions
-                        .push_back(Action::Media(MediaCommand::Replace(from, media)));
+                    self.actions.push_back(Action::Media(MediaCommand::Replace(
+                        match from {
+                            Leg::A => self.a.party,
+                            Leg::B => self.b.party,
+                        },
+                        media,
+                    )));
                 }
             }
             let previous = std::mem::replace(
@@ -1856,8 +2005,12 @@ impl Call {
                 }
             }
         };
-        if self.transfer.is_some() {
+        if self.transfer.is_some() || self.inviting_guest() {
             reject(self, 491, "Request Pending");
+            return;
+        }
+        if self.has_guests() {
+            reject(self, 403, "Transfer Not Possible During A Conference");
             return;
         }
         if self.state != State::Answered {
@@ -1930,6 +2083,11 @@ impl Call {
         }
     }
 
+    /// A conference guest is being invited.
+    fn inviting_guest(&self) -> bool {
+        self.guests.iter().any(|g| g.dialog.is_none())
+    }
+
     /// The peer of leg B's current (or answered) attempt.
     fn b_peer(&self) -> Option<&Arc<Peer>> {
         self.attempt
@@ -1969,7 +2127,9 @@ impl Call {
                 }
             }
             HotkeyAction::Conference => {
-                tracing::warn!(call = %self.id, "conference hotkey: the three-way call is not in this release");
+                if let Err(error) = self.start_conference(Leg::B, &hotkey.target, Trigger::Hotkey) {
+                    tracing::info!(call = %self.id, %error, "hotkey conference refused");
+                }
             }
         }
         self.arm_cleanup(now);
@@ -1977,15 +2137,26 @@ impl Call {
 
     /// Digits from leg `from` that no hotkey took, to the other party, the way they came.
     fn pass_digits(&mut self, from: Leg, digits: &str) {
+        if self.conferencing {
+            let party = self.party(from);
+            for digit in digits.chars() {
+                self.send_digit_to_others(party, digit);
+            }
+            return;
+        }
         let transport = self.digit_transport.clone();
         for digit in digits.chars() {
             match &transport {
                 DigitTransport::Info(format) => {
                     self.send_dtmf_info(from.other(), digit, format.as_deref())
                 }
-                DigitTransport::Rtp => self
-                    .actions
-                    .push_back(Action::Media(MediaCommand::SendDigit(from.other(), digit))),
+                DigitTransport::Rtp => {
+                    self.actions
+                        .push_back(Action::Media(MediaCommand::SendDigit(
+                            self.party(from.other()),
+                            digit,
+                        )))
+                }
             }
         }
     }
@@ -1995,14 +2166,17 @@ impl Call {
     fn detect_agent_digits(&mut self) {
         let on = self.b_is_agent() && !self.settings.hotkeys.is_empty();
         self.actions
-            .push_back(Action::Media(MediaCommand::DetectDigits(Leg::B, on)));
+            .push_back(Action::Media(MediaCommand::DetectDigits(self.b.party, on)));
     }
 
-    /// A digit the relay detected in `leg`'s RFC 4733 telephone-events.
-    pub fn handle_media_digit(&mut self, now: Instant, leg: Leg, digit: char) {
-        if leg == Leg::B {
+    /// A digit the relay detected in `party`'s RFC 4733 telephone-events: the agent's go to
+    /// the hotkey matcher; in a conference, anyone else's are played to the other parties.
+    pub fn handle_media_digit(&mut self, now: Instant, party: Party, digit: char) {
+        if party == self.b.party && (self.b_is_agent() || !self.conferencing) {
             self.digit_transport = DigitTransport::Rtp;
             self.handle_agent_digit(now, digit);
+        } else if self.conferencing {
+            self.send_digit_to_others(party, digit);
         }
         self.arm_cleanup(now);
     }
@@ -2103,8 +2277,12 @@ impl Call {
                         // The citizen hears the target's ringback or announcement (RFC 3960
                         // gateway model); the agent is no longer heard until it fails.
                         transfer.early_media = true;
+                        let party = match transfer.from {
+                            Leg::A => self.a.party,
+                            Leg::B => self.b.party,
+                        };
                         self.actions.push_back(Action::Media(MediaCommand::Replace(
-                            transfer.from,
+                            party,
                             leg_media(&negotiated),
                         )));
                     }
@@ -2215,8 +2393,10 @@ impl Call {
                 self.a.uac_invite = Some(transfer.attempt);
             }
         }
-        self.actions
-            .push_back(Action::Media(MediaCommand::Replace(from, media)));
+        self.actions.push_back(Action::Media(MediaCommand::Replace(
+            self.party(from),
+            media,
+        )));
         self.ringback(None);
         self.announce_bridge();
         self.actions
@@ -2299,20 +2479,24 @@ impl Call {
             return;
         }
         if let Some(leg) = std::mem::replace(&mut self.ringback, to) {
-            self.actions
-                .push_back(Action::Media(MediaCommand::Ringback(leg, false)));
+            self.actions.push_back(Action::Media(MediaCommand::Ringback(
+                self.party(leg),
+                false,
+            )));
         }
         if let Some(leg) = to {
             self.actions
-                .push_back(Action::Media(MediaCommand::Ringback(leg, true)));
+                .push_back(Action::Media(MediaCommand::Ringback(self.party(leg), true)));
         }
     }
 
     /// After a target's early media, the citizen goes back to hearing the agent.
     fn restore_agent_media(&mut self, transfer: &Transfer) {
         if let (true, Some(media)) = (transfer.early_media, self.endpoint_media(transfer.from)) {
-            self.actions
-                .push_back(Action::Media(MediaCommand::Replace(transfer.from, media)));
+            self.actions.push_back(Action::Media(MediaCommand::Replace(
+                self.party(transfer.from),
+                media,
+            )));
         }
     }
 
@@ -2381,6 +2565,39 @@ fn leg_media(negotiated: &Negotiated) -> LegMedia {
     }
 }
 
+/// Our answer to a re-INVITE or UPDATE on a party whose local RTP address is `media`: the SDP
+/// to send (None for an UPDATE without offer) and what was negotiated (None without offer).
+/// An unchanged description keeps its o= version; a changed one gets a higher one (RFC 3264
+/// §8). Errors are the status to answer: 488 for an offer we cannot take, 400 for bad SDP.
+fn answer_reoffer(
+    policy: &MediaPolicy,
+    media: SocketAddr,
+    request: &Request,
+    origin: &mut Origin,
+    local_sdp: &mut Option<String>,
+) -> Result<(Option<String>, Option<Negotiated>), u16> {
+    let offer = match request.sdp().map(sdp::parse) {
+        Some(Ok(offer)) => offer,
+        Some(Err(_)) => return Err(400),
+        // No offer: session refresh; answer with our current description as the offer (an
+        // INVITE) or nothing (an UPDATE).
+        None if request.method == Method::Invite => return Ok((local_sdp.clone(), None)),
+        None => return Ok((None, None)),
+    };
+    let (answer, negotiated) = sdp::answer(&offer, policy, media, origin).map_err(|_| 488u16)?;
+    let mut text = answer.to_string();
+    if local_sdp.as_deref().map(strip_origin) != Some(strip_origin(&text)) {
+        origin.bump();
+        if let Ok((answer, _)) = sdp::answer(&offer, policy, media, origin) {
+            text = answer.to_string();
+        }
+    } else if let Some(previous) = local_sdp.as_ref() {
+        text = previous.clone();
+    }
+    *local_sdp = Some(text.clone());
+    Ok((Some(text), Some(negotiated)))
+}
+
 /// SDP text without its o= line, to tell whether a description changed (RFC 3264 §8).
 fn strip_origin(text: &str) -> String {
     text.lines()
@@ -2389,5 +2606,6 @@ fn strip_origin(text: &str) -> String {
         .join("\n")
 }
 
+mod conference;
 #[cfg(test)]
 mod tests;

@@ -11,11 +11,11 @@ use tracing::Instrument;
 
 use std::collections::HashMap;
 
-use super::model::{Action, Call, EndedBy, LinkageUpdate, Outcome};
+use super::model::{Action, Call, ConferenceUpdate, EndedBy, LinkageUpdate, Outcome};
 use crate::media::relay::{MediaEvent, RelayHandle};
 use crate::metrics::{CallResult, Counter, Gauge, Metrics};
 use crate::sip::endpoint::{EndpointHandle, Owner, SipEvent};
-use crate::store::{unix_millis, CallRecord, LinkageRecord, Store};
+use crate::store::{unix_millis, CallRecord, ConferencePartyRecord, LinkageRecord, Store};
 
 /// What every call task shares.
 #[derive(Clone)]
@@ -28,6 +28,8 @@ pub struct CallServices {
     pub tracker: tokio_util::task::TaskTracker,
     /// Bridged calls' dialogs (shared with the calls' settings for lookups).
     pub directory: Arc<super::directory::Directory>,
+    /// Port pairs for conference guests (legs A and B get theirs at admission).
+    pub ports: Arc<crate::media::ports::PortPool>,
 }
 
 /// Starts the task of a new call. `inbox`/`owner` are the call's SIP event channel.
@@ -56,7 +58,7 @@ async fn run(
     mut inbox: mpsc::UnboundedReceiver<SipEvent>,
     owner: Owner,
     mut relay: RelayHandle,
-    mut record: CallRecord,
+    record: CallRecord,
     services: CallServices,
 ) {
     services.metrics.add_gauge(Gauge::CallsActive, 1);
@@ -65,18 +67,13 @@ async fn run(
     }
     tracing::info!("call offered");
     let mut shutdown_seen = false;
-    let mut linkages = HashMap::new();
+    let mut records = Records {
+        call: record,
+        linkages: HashMap::new(),
+        parties: Vec::new(),
+    };
     loop {
-        if carry_out(
-            &mut call,
-            &owner,
-            &relay,
-            &mut record,
-            &mut linkages,
-            &services,
-        )
-        .await
-        {
+        if carry_out(&mut call, &owner, &relay, &mut records, &services).await {
             break;
         }
         let deadline = call.poll_timeout();
@@ -93,7 +90,7 @@ async fn run(
             },
             event = relay.event() => match event {
                 MediaEvent::Inactive => call.handle_media_inactive(Instant::now()),
-                MediaEvent::Digit(leg, digit) => call.handle_media_digit(Instant::now(), leg, digit),
+                MediaEvent::Digit(party, digit) => call.handle_media_digit(Instant::now(), party, digit),
             },
             _ = sleep => call.handle_timeout(Instant::now()),
             _ = services.shutdown.cancelled(), if !shutdown_seen => {
@@ -106,15 +103,23 @@ async fn run(
     tracing::debug!("call finished");
 }
 
+/// What a call's task keeps of its records while it runs.
+struct Records {
+    call: CallRecord,
+    linkages: HashMap<String, LinkageRecord>,
+    /// Conference parties still in (their `left_at` unset).
+    parties: Vec<ConferencePartyRecord>,
+}
+
 /// Carries out every pending action; returns true once the call has finished.
 async fn carry_out(
     call: &mut Call,
     owner: &Owner,
     relay: &RelayHandle,
-    record: &mut CallRecord,
-    linkages: &mut HashMap<String, LinkageRecord>,
+    records: &mut Records,
     services: &CallServices,
 ) -> bool {
+    let record = &mut records.call;
     while let Some(action) = call.poll_action() {
         match action {
             Action::SendRequest { request, target } => {
@@ -150,18 +155,99 @@ async fn carry_out(
                 peer_side,
             } => services.directory.insert(caller_side, peer_side),
             Action::Unbridged(caller_side) => services.directory.remove(&caller_side),
+            Action::OpenParty => {
+                let opened = services
+                    .ports
+                    .allocate()
+                    .and_then(|lease| relay.add_party(lease));
+                call.handle_party_opened(Instant::now(), opened);
+            }
+            Action::Conference(update) => {
+                track_conference(&mut records.parties, record, update, services).await;
+            }
             Action::Linkage(update) => {
-                let linkage = track_linkage(linkages, record, update, &services.metrics);
+                let linkage =
+                    track_linkage(&mut records.linkages, record, update, &services.metrics);
                 if let Err(error) = services.store.linkage(linkage).await {
                     services.metrics.increment(Counter::StoreWriteErrors);
                     tracing::error!(%error, "linkage record not written");
                 }
             }
-            Action::Ended(outcome) => finish_record(record, relay, &outcome, services).await,
+            Action::Ended(outcome) => {
+                track_conference(
+                    &mut records.parties,
+                    record,
+                    ConferenceUpdate::Ended,
+                    services,
+                )
+                .await;
+                finish_record(record, relay, &outcome, services).await;
+            }
             Action::Finished => return true,
         }
     }
     false
+}
+
+/// Writes a conference's party records as they join and leave, and keeps the metrics.
+async fn track_conference(
+    parties: &mut Vec<ConferencePartyRecord>,
+    call: &CallRecord,
+    update: ConferenceUpdate,
+    services: &CallServices,
+) {
+    let now = unix_millis(SystemTime::now());
+    let mut written = Vec::new();
+    match update {
+        ConferenceUpdate::Started => {
+            services.metrics.increment(Counter::ConferencesStarted);
+            services.metrics.add_gauge(Gauge::ConferencesActive, 1);
+            tracing::info!("conference started");
+        }
+        ConferenceUpdate::Joined {
+            party,
+            peer,
+            number,
+        } => {
+            let record = ConferencePartyRecord {
+                call_id: call.id.clone(),
+                party: party.index() as u8,
+                peer,
+                number,
+                joined_at: now,
+                left_at: None,
+            };
+            written.push(record.clone());
+            parties.push(record);
+        }
+        ConferenceUpdate::Left { party } => {
+            if let Some(position) = parties
+                .iter()
+                .position(|p| usize::from(p.party) == party.index())
+            {
+                let mut record = parties.remove(position);
+                record.left_at = Some(now);
+                written.push(record);
+            }
+        }
+        ConferenceUpdate::Ended => {
+            if parties.is_empty() {
+                return;
+            }
+            services.metrics.add_gauge(Gauge::ConferencesActive, -1);
+            tracing::info!("conference ended");
+            for mut record in parties.drain(..) {
+                record.left_at = Some(now);
+                written.push(record);
+            }
+        }
+    }
+    for record in written {
+        if let Err(error) = services.store.conference_party(record).await {
+            services.metrics.increment(Counter::StoreWriteErrors);
+            tracing::error!(%error, "conference record not written");
+        }
+    }
 }
 
 /// Applies a transfer's progress to its linkage record (and the metrics); returns the record
@@ -186,8 +272,22 @@ fn track_linkage(
         requested_at: now,
         ..LinkageRecord::default()
     });
+    // Conference invitations have linkage records too, but the transfer metrics are transfers'.
+    let transfer = !matches!(
+        &update,
+        LinkageUpdate::Requested {
+            kind: super::model::LinkageKind::Conference,
+            ..
+        }
+    ) && linkage.kind != "conference";
+    let count = |counter: Counter| {
+        if transfer {
+            metrics.increment(counter);
+        }
+    };
     match update {
         LinkageUpdate::Requested {
+            kind,
             target,
             trigger,
             from_peer,
@@ -196,8 +296,9 @@ fn track_linkage(
             to_platform,
             ..
         } => {
-            metrics.increment(Counter::TransfersRequested);
+            count(Counter::TransfersRequested);
             linkage.target = target;
+            linkage.kind = kind.as_str().to_string();
             linkage.trigger = trigger.as_str().to_string();
             linkage.from_peer = from_peer;
             linkage.from_platform = from_platform;
@@ -215,22 +316,24 @@ fn track_linkage(
         LinkageUpdate::Ringing { .. } => {
             if linkage.ringing_at.is_none() {
                 linkage.ringing_at = Some(now);
-                metrics.increment(Counter::TransfersRinging);
-                metrics.add(
-                    Counter::TransferRingingMilliseconds,
-                    (now - linkage.requested_at).max(0) as u64,
-                );
+                count(Counter::TransfersRinging);
+                if transfer {
+                    metrics.add(
+                        Counter::TransferRingingMilliseconds,
+                        (now - linkage.requested_at).max(0) as u64,
+                    );
+                }
             }
         }
         LinkageUpdate::Answered { .. } => {
-            metrics.increment(Counter::TransfersAnswered);
+            count(Counter::TransfersAnswered);
             linkage.answered_at = Some(now);
             linkage.ended_at = Some(now);
             linkage.outcome = Some("answered".into());
             linkage.sip_status = Some(200);
         }
         LinkageUpdate::Failed { status, .. } => {
-            metrics.increment(Counter::TransfersFailed);
+            count(Counter::TransfersFailed);
             linkage.ended_at = Some(now);
             linkage.outcome = Some("failed".into());
             linkage.sip_status = Some(status);

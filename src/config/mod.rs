@@ -102,6 +102,14 @@ pub struct SipConfig {
     /// then passed on to the other party (default 2000 ms).
     #[serde(default = "default_hotkey_inter_digit_ms")]
     pub hotkey_inter_digit_ms: u64,
+    /// Most parties one conference holds, the call's two legs included (default 4: citizen,
+    /// agent and two desks, e.g. 110 and 120; at most 8).
+    #[serde(default = "default_conference_max_parties")]
+    pub conference_max_parties: usize,
+    /// When the caller (leg A, the citizen) leaves a conference, end it for everybody (default
+    /// true); false keeps the others talking.
+    #[serde(default = "default_true")]
+    pub conference_ends_with_caller: bool,
     /// Server / User-Agent header value; empty (the default) sends none, so scanners learn nothing.
     #[serde(default)]
     pub user_agent: String,
@@ -255,6 +263,12 @@ fn default_transfer_ring_timeout_secs() -> u64 {
 fn default_hotkey_inter_digit_ms() -> u64 {
     2000
 }
+fn default_conference_max_parties() -> usize {
+    4
+}
+fn default_true() -> bool {
+    true
+}
 fn default_codecs() -> Vec<String> {
     vec!["PCMA".into(), "PCMU".into()]
 }
@@ -311,6 +325,16 @@ impl Config {
             key,
             reason,
         };
+        if !(3..=crate::media::MAX_PARTIES).contains(&self.sip.conference_max_parties) {
+            return Err(invalid(
+                "sip.conference_max_parties".into(),
+                format!(
+                    "{} is out of range: a conference has 3 to {} parties",
+                    self.sip.conference_max_parties,
+                    crate::media::MAX_PARTIES
+                ),
+            ));
+        }
         let [low, high] = self.media.ports;
         if low > high {
             return Err(invalid(

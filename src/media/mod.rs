@@ -2,6 +2,7 @@
 //! ([`g711`], [`rtp`]) and the parts that own sockets ([`ports`], [`relay`]).
 
 pub mod g711;
+pub mod mixer;
 pub mod ports;
 pub mod relay;
 pub mod rtp;
@@ -33,6 +34,43 @@ impl Leg {
     }
 }
 
+/// The most parties one call's media holds: legs A and B and up to six conference guests.
+pub const MAX_PARTIES: usize = 8;
+
+/// One party of a call's media, as the relay knows it: 0 and 1 are the call's legs A and B as
+/// first set up, 2 and up conference guests. When a guest takes over a leg whose party left,
+/// the call model goes on addressing the guest's party; the relay never renumbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Party(u8);
+
+impl Party {
+    pub const A: Party = Party(0);
+    pub const B: Party = Party(1);
+
+    /// The `n`-th conference guest (0-based), if within [`MAX_PARTIES`].
+    pub fn guest(n: usize) -> Option<Party> {
+        Party::from_index(n.checked_add(2)?)
+    }
+
+    /// The party at relay index `index`, if within [`MAX_PARTIES`].
+    pub fn from_index(index: usize) -> Option<Party> {
+        (index < MAX_PARTIES).then_some(Party(index as u8))
+    }
+
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+impl From<Leg> for Party {
+    fn from(leg: Leg) -> Party {
+        match leg {
+            Leg::A => Party::A,
+            Leg::B => Party::B,
+        }
+    }
+}
+
 /// What one leg negotiated, as the relay needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LegMedia {
@@ -51,21 +89,29 @@ pub struct LegMedia {
 /// Commands from the call model to its relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaCommand {
-    /// A leg's offer/answer completed or changed.
-    Configure(Leg, LegMedia),
+    /// A party's offer/answer completed or changed.
+    Configure(Party, LegMedia),
     /// Another endpoint took over the leg (a transfer target answered): configure it and
     /// latch afresh. The other leg's stream from us goes on unchanged (same SSRC, continuous
     /// sequence numbers and timestamps), so the party who stays notices nothing.
-    Replace(Leg, LegMedia),
+    Replace(Party, LegMedia),
     /// The call is answered: from now on, silence on both legs for the inactivity timeout
     /// ends the call.
     Answered,
     /// Whether RFC 4733 telephone-events from this leg are taken out of the stream and reported
     /// as [`relay::MediaEvent::Digit`] (an agent's leg with hotkeys) instead of relayed.
-    DetectDigits(Leg, bool),
+    DetectDigits(Party, bool),
     /// Play one DTMF digit to this leg's endpoint as an RFC 4733 event in our stream to it.
-    SendDigit(Leg, char),
+    SendDigit(Party, char),
     /// Start or stop playing ringback to this leg's endpoint in our stream to it (a citizen
     /// waiting for a transfer target after the agent left).
-    Ringback(Leg, bool),
+    Ringback(Party, bool),
+    /// The party joins the call's audio (a conference guest that answered). With three or
+    /// more parties in, the relay mixes: each hears the others (N-1), on a 20 ms clock, in its
+    /// own continuous stream; with two, it relays between them as usual.
+    Join(Party),
+    /// The party leaves the call's audio (it hung up, or was handed over).
+    Leave(Party),
+    /// A muted party is not heard by the others (it still hears them).
+    Mute(Party, bool),
 }

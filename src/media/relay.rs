@@ -15,6 +15,13 @@
 //! wake-up, at most 1 ms of added latency); below five packets per millisecond it waits in epoll
 //! instead, so a lightly loaded or idle gateway does not tick at all.
 //!
+//! Conferences: with three or more parties in a call's audio ([`MediaCommand::Join`]) the worker
+//! stops relaying for that call and mixes instead: each party's RTP goes into its jitter buffer
+//! ([`super::mixer`]), and every 20 ms the worker takes one frame from each, mixes N-1 and sends
+//! each party its frame, encoded in its codec, stamped into the same continuous stream (SSRC,
+//! sequence numbers, timestamps) it had while relayed. Back to two parties, relaying resumes in
+//! that stream.
+//!
 //! Why level-triggered: at 50 packets/s a stream's socket holds one datagram per tick. An
 //! edge-triggered set must read each socket until `EAGAIN`, a second system call per packet;
 //! level-triggered, one read per reported socket per tick is enough (a socket still holding
@@ -37,9 +44,10 @@ use rustix::event::{epoll, eventfd, EventfdFlags, Timespec};
 use tokio::sync::mpsc;
 
 use super::g711::{transcode_in_place, Transcode};
+use super::mixer::{self, Arrival, JitterBuffer, Playout, FRAME};
 use super::ports::LegSockets;
 use super::rtp::{classify, rewrite_rtcp_ssrc, set_payload_type, PacketKind, StreamRewriter};
-use super::{Leg, LegMedia, MediaCommand};
+use super::{LegMedia, MediaCommand, Party, MAX_PARTIES};
 use crate::ids::IdGenerator;
 use crate::metrics::{Counter, Metrics};
 use crate::sip::sdp::Codec;
@@ -125,7 +133,9 @@ fn play_ringback(call: &mut CallMedia, now: Instant, tally: &mut Tally) -> Optio
                 first.wrapping_add((ringback.sent as u32).wrapping_mul(RINGBACK_SAMPLES as u32));
             side.towards.stamp_generated(&mut packet, timestamp, now);
             if let Some(destination) = destination {
-                if send(&call.sockets[index], &packet, destination, connected) == Outcome::Relayed {
+                if send(&call.sockets[index][0], &packet, destination, connected)
+                    == Outcome::Relayed
+                {
                     tally.relayed += 1;
                 }
             }
@@ -153,8 +163,9 @@ pub struct RelayStats {
 pub enum MediaEvent {
     /// No RTP or RTCP on either leg for the inactivity timeout.
     Inactive,
-    /// An RFC 4733 event began on a leg that detects digits (reported once per event).
-    Digit(Leg, char),
+    /// An RFC 4733 event began from a party that detects digits, or from any party of a
+    /// conference (reported once per event).
+    Digit(Party, char),
 }
 
 /// A worker's control queue and the eventfd that interrupts its epoll wait.
@@ -177,8 +188,10 @@ fn wake(eventfd: &OwnedFd) {
     let _ = rustix::io::write(eventfd, &1u64.to_ne_bytes());
 }
 
-/// The epoll data of the waker (socket data is slot * 4 + socket index).
+/// The epoll data of the waker (socket data is slot * [`SOCKETS_PER_CALL`] + party * 2 + 0 for
+/// RTP, 1 for RTCP).
 const WAKER: u64 = u64::MAX;
+const SOCKETS_PER_CALL: u64 = 2 * MAX_PARTIES as u64;
 
 /// The call's handle on its relay. Dropping it stops the relay and frees the ports.
 pub struct RelayHandle {
@@ -187,6 +200,8 @@ pub struct RelayHandle {
     events: mpsc::UnboundedReceiver<MediaEvent>,
     stats: Arc<RelayStats>,
     addresses: [SocketAddr; 2],
+    /// Parties the relay holds (legs A and B, then guests added).
+    parties: AtomicUsize,
 }
 
 impl RelayHandle {
@@ -207,9 +222,38 @@ impl RelayHandle {
     }
 
     /// The local RTP address of `leg` (what SDP advertises).
-    pub fn address(&self, leg: Leg) -> SocketAddr {
+    pub fn address(&self, leg: super::Leg) -> SocketAddr {
         self.addresses[leg.index()]
     }
+
+    /// Adds a conference guest's port pair to the call's media; returns its party and RTP
+    /// address, or None when the call holds [`MAX_PARTIES`] already or the sockets cannot be
+    /// duplicated.
+    pub fn add_party(&self, lease: LegSockets) -> Option<(Party, SocketAddr)> {
+        let index = self.parties.load(Ordering::Relaxed);
+        let party = Party::guest(index.checked_sub(2)?)?;
+        let (Ok(rtp), Ok(rtcp)) = (lease.rtp.try_clone(), lease.rtcp.try_clone()) else {
+            return None;
+        };
+        let address = lease.rtp_address();
+        self.parties.store(index + 1, Ordering::Relaxed);
+        self.control.send(Control::AddParty(
+            self.id,
+            Box::new(NewParty {
+                party,
+                sockets: [rtp, rtcp],
+                lease,
+            }),
+        ));
+        Some((party, address))
+    }
+}
+
+/// A guest's sockets on their way to the worker.
+struct NewParty {
+    party: Party,
+    sockets: [UdpSocket; 2],
+    lease: LegSockets,
 }
 
 impl Drop for RelayHandle {
@@ -239,6 +283,15 @@ struct Side {
     last_event: Option<(u32, u8)>,
     /// Ringback we play to this endpoint.
     ringback: Option<Ringback>,
+    /// The party is in the call's audio (legs A and B from the start, guests once they join).
+    in_call: bool,
+    /// Not heard by the others.
+    muted: bool,
+    /// While mixing: the party's input, and the timestamp of our next mixed packet to it.
+    jitter: Option<Box<JitterBuffer>>,
+    mix_timestamp: u32,
+    /// The next mixed packet is the first since relaying: marked (RFC 3550 §5.1).
+    mix_fresh: bool,
     /// The previous endpoint's source after a [`MediaCommand::Replace`], refused until the
     /// instant given: its stream must not take over the leg from the new endpoint.
     refused: Option<(SocketAddr, Instant)>,
@@ -256,6 +309,11 @@ impl Side {
             detect_digits: false,
             last_event: None,
             ringback: None,
+            in_call: true,
+            muted: false,
+            jitter: None,
+            mix_timestamp: 0,
+            mix_fresh: false,
             refused: None,
             towards: StreamRewriter::new(ids.ssrc(), ids.u16(), ids.next_u64() as u32, 8000),
         }
@@ -339,14 +397,34 @@ impl Side {
 
 /// Counts flushed to the shared metrics in batches, so the packet path touches no shared
 /// cache line per packet.
+#[derive(Default)]
 struct Tally {
     relayed: u64,
     rtcp: u64,
     dropped: u64,
+    mixer_ticks: u64,
+    mixer_late_ticks: u64,
+    mixer_lateness_micros: u64,
+    jitter_dropped: u64,
+    jitter_concealed: u64,
 }
 
 impl Tally {
     fn flush(&mut self, metrics: &Metrics) {
+        for (counter, value) in [
+            (Counter::MixerTicks, &mut self.mixer_ticks),
+            (Counter::MixerLateTicks, &mut self.mixer_late_ticks),
+            (
+                Counter::MixerLatenessMicroseconds,
+                &mut self.mixer_lateness_micros,
+            ),
+            (Counter::JitterDropped, &mut self.jitter_dropped),
+            (Counter::JitterConcealed, &mut self.jitter_concealed),
+        ] {
+            if *value > 0 {
+                metrics.add(counter, std::mem::take(value));
+            }
+        }
         metrics.add(
             Counter::RtpPacketsRelayed,
             std::mem::take(&mut self.relayed),
@@ -361,22 +439,70 @@ impl Tally {
 
 enum Control {
     Add(Box<CallMedia>),
+    AddParty(u64, Box<NewParty>),
     Command(u64, MediaCommand),
     Remove(u64),
 }
 
-/// One call's media on a worker: its four sockets (RTP A, RTP B, RTCP A, RTCP B), then the
-/// port leases, which are released after the sockets close (fields drop in order).
+/// One call's media on a worker: per party its RTP and RTCP sockets, then the port leases,
+/// which are released after the sockets close (fields drop in order).
 struct CallMedia {
     id: u64,
-    sockets: [UdpSocket; 4],
-    _leases: [LegSockets; 2],
-    sides: [Side; 2],
+    sockets: Vec<[UdpSocket; 2]>,
+    _leases: Vec<LegSockets>,
+    sides: Vec<Side>,
+    /// The two parties relayed to each other (exactly two in the call's audio).
+    pair: Option<(usize, usize)>,
+    /// Mixing (three or more in): when the next tick is due.
+    next_tick: Option<Instant>,
     stats: Arc<RelayStats>,
     events: mpsc::UnboundedSender<MediaEvent>,
     answered: bool,
     last_activity: Instant,
     inactivity: Duration,
+}
+
+impl CallMedia {
+    fn side_mut(&mut self, party: Party) -> Option<&mut Side> {
+        self.sides.get_mut(party.index())
+    }
+
+    /// Relays between the two parties in, or mixes when three or more are: returns true when
+    /// mixing has just started.
+    fn update_mode(&mut self, now: Instant) -> bool {
+        let mut members = self
+            .sides
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.in_call)
+            .map(|(i, _)| i);
+        let (first, second, third) = (members.next(), members.next(), members.next());
+        if third.is_some() {
+            for side in self.sides.iter_mut().filter(|s| s.in_call) {
+                if side.jitter.is_none() {
+                    side.jitter = Some(Box::new(JitterBuffer::new()));
+                    side.mix_timestamp = side.towards.timestamp_at(now);
+                    side.mix_fresh = true;
+                    side.ringback = None;
+                }
+            }
+            self.pair = None;
+            let started = self.next_tick.is_none();
+            if started {
+                self.next_tick = Some(now + PACKET_TIME);
+            }
+            return started;
+        }
+        if self.next_tick.take().is_some() {
+            for side in &mut self.sides {
+                side.jitter = None;
+                // Relayed packets continue our stream from the last mixed one.
+                side.towards.mark_source_change();
+            }
+        }
+        self.pair = first.zip(second);
+        false
+    }
 }
 
 /// The relay workers.
@@ -447,6 +573,7 @@ impl MediaEngine {
             events,
             stats: Arc::clone(&stats),
             addresses,
+            parties: AtomicUsize::new(2),
         };
         let clone = |s: &UdpSocket| s.try_clone();
         let sockets = [
@@ -461,11 +588,25 @@ impl MediaEngine {
             self.metrics.increment(Counter::RtpPacketsDropped);
             return handle;
         };
+        let mut sides = Vec::with_capacity(MAX_PARTIES);
+        for _ in 0..MAX_PARTIES {
+            sides.push(Side::new(&mut ids));
+        }
+        // Guests' sides exist from the start (their streams' random origins drawn now, from
+        // the call's generator) but hold no sockets and are out of the call until they join.
+        let mut sockets = Vec::with_capacity(MAX_PARTIES);
+        sockets.push([a_rtp, a_rtcp]);
+        sockets.push([b_rtp, b_rtcp]);
+        for side in sides.iter_mut().skip(2) {
+            side.in_call = false;
+        }
         let call = CallMedia {
             id,
-            sockets: [a_rtp, b_rtp, a_rtcp, b_rtcp],
-            _leases: legs,
-            sides: [Side::new(&mut ids), Side::new(&mut ids)],
+            sockets,
+            _leases: Vec::from(legs),
+            sides,
+            pair: Some((0, 1)),
+            next_tick: None,
             stats,
             events: event_sender,
             answered: false,
@@ -505,16 +646,15 @@ fn worker(
     let mut free: Vec<usize> = Vec::new();
     let mut by_id: HashMap<u64, usize> = HashMap::new();
     let mut buffer = [0u8; 2048];
-    let mut tally = Tally {
-        relayed: 0,
-        rtcp: 0,
-        dropped: 0,
-    };
+    let mut tally = Tally::default();
     let mut last_housekeeping = Instant::now();
     let mut batch_mode = false;
     // Calls playing ringback, and when the next packet of any is due.
     let mut ringing: Vec<u64> = Vec::new();
     let mut next_ringback: Option<Instant> = None;
+    // Calls mixing a conference, and when the next tick of any is due.
+    let mut mixing: Vec<u64> = Vec::new();
+    let mut next_mix: Option<Instant> = None;
     let (mut window_start, mut window_packets) = (Instant::now(), 0u64);
     while !stop.load(Ordering::Relaxed) {
         let tick_start = Instant::now();
@@ -524,10 +664,11 @@ fn worker(
             Duration::ZERO
         } else {
             let housekeeping = Duration::from_secs(1).saturating_sub(last_housekeeping.elapsed());
-            match next_ringback {
-                Some(at) => housekeeping.min(at.saturating_duration_since(Instant::now())),
-                None => housekeeping,
-            }
+            [next_ringback, next_mix]
+                .into_iter()
+                .flatten()
+                .map(|at| at.saturating_duration_since(Instant::now()))
+                .fold(housekeeping, Duration::min)
         };
         let timeout = Timespec {
             tv_sec: wait.as_secs() as _,
@@ -557,10 +698,8 @@ fn worker(
                         slots.len() - 1
                     });
                     let mut registered = true;
-                    for (index, socket) in call.sockets.iter().enumerate() {
-                        let data = epoll::EventData::new_u64((slot * 4 + index) as u64);
-                        registered &= socket.set_nonblocking(true).is_ok()
-                            && epoll::add(poll, socket, data, epoll::EventFlags::IN).is_ok();
+                    for (party, pair) in call.sockets.iter().enumerate() {
+                        registered &= register(poll, slot, party, pair);
                     }
                     if !registered {
                         tracing::error!("cannot register media sockets; call has no media");
@@ -569,39 +708,86 @@ fn worker(
                     by_id.insert(call.id, slot);
                     slots[slot] = Some(*call);
                 }
+                Control::AddParty(id, new) => {
+                    let Some(&slot) = by_id.get(&id) else {
+                        continue;
+                    };
+                    let Some(call) = slots[slot].as_mut() else {
+                        continue;
+                    };
+                    // Parties are added in order: the next one is the next socket pair.
+                    if new.party.index() != call.sockets.len() {
+                        continue;
+                    }
+                    if !register(poll, slot, new.party.index(), &new.sockets) {
+                        tracing::error!("cannot register a guest's media sockets");
+                    }
+                    let NewParty { sockets, lease, .. } = *new;
+                    call.sockets.push(sockets);
+                    call._leases.push(lease);
+                }
                 Control::Command(id, command) => {
                     let Some(call) = by_id.get(&id).and_then(|s| slots[*s].as_mut()) else {
                         continue;
                     };
-                    match command {
-                        MediaCommand::Configure(leg, media) => {
-                            let side = &mut call.sides[leg.index()];
-                            side.configure(media);
-                            side.follow_latch(&call.sockets[leg.index()], Instant::now());
+                    let now = Instant::now();
+                    if let Some(party) = command_party(&command) {
+                        if party.index() >= call.sockets.len() {
+                            continue;
                         }
-                        MediaCommand::Replace(leg, media) => {
-                            let side = &mut call.sides[leg.index()];
-                            side.replace(media, Instant::now());
-                            side.follow_latch(&call.sockets[leg.index()], Instant::now());
+                    }
+                    match command {
+                        MediaCommand::Configure(party, media) => {
+                            let socket = &call.sockets[party.index()][0];
+                            let side = &mut call.sides[party.index()];
+                            side.configure(media);
+                            side.follow_latch(socket, now);
+                        }
+                        MediaCommand::Replace(party, media) => {
+                            let socket = &call.sockets[party.index()][0];
+                            let side = &mut call.sides[party.index()];
+                            side.replace(media, now);
+                            side.follow_latch(socket, now);
                         }
                         MediaCommand::Answered => {
                             call.answered = true;
-                            call.last_activity = Instant::now();
+                            call.last_activity = now;
                         }
-                        MediaCommand::DetectDigits(leg, on) => {
-                            call.sides[leg.index()].detect_digits = on;
+                        MediaCommand::DetectDigits(party, on) => {
+                            if let Some(side) = call.side_mut(party) {
+                                side.detect_digits = on;
+                            }
                         }
-                        MediaCommand::SendDigit(leg, digit) => {
-                            send_digit(call, leg, digit, Instant::now(), &mut tally);
+                        MediaCommand::SendDigit(party, digit) => {
+                            send_digit(call, party, digit, now, &mut tally);
                         }
-                        MediaCommand::Ringback(leg, on) => {
-                            let side = &mut call.sides[leg.index()];
-                            side.ringback = match (on, side.media) {
-                                (true, Some(media)) => Some(Ringback::new(&media, Instant::now())),
-                                _ => None,
-                            };
+                        MediaCommand::Ringback(party, on) => {
+                            if let Some(side) = call.side_mut(party) {
+                                side.ringback = match (on, side.media) {
+                                    (true, Some(media)) => Some(Ringback::new(&media, now)),
+                                    _ => None,
+                                };
+                            }
                             if on && !ringing.contains(&id) {
                                 ringing.push(id);
+                            }
+                        }
+                        MediaCommand::Join(party) | MediaCommand::Leave(party) => {
+                            let join = matches!(command, MediaCommand::Join(_));
+                            if let Some(side) = call.side_mut(party) {
+                                side.in_call = join;
+                                if !join {
+                                    side.ringback = None;
+                                }
+                            }
+                            if call.update_mode(now) && !mixing.contains(&id) {
+                                mixing.push(id);
+                                next_mix = Some(next_mix.map_or(now, |n: Instant| n.min(now)));
+                            }
+                        }
+                        MediaCommand::Mute(party, on) => {
+                            if let Some(side) = call.side_mut(party) {
+                                side.muted = on;
                             }
                         }
                     }
@@ -611,7 +797,7 @@ fn worker(
                         if let Some(call) = slots[slot].take() {
                             // Explicitly: the leases hold other descriptors of the same
                             // sockets, which would keep them in the set after ours close.
-                            for socket in &call.sockets {
+                            for socket in call.sockets.iter().flatten() {
                                 let _ = epoll::delete(poll, socket.as_fd());
                             }
                         }
@@ -629,7 +815,10 @@ fn worker(
                 let _ = rustix::io::read(waker, &mut [0u8; 8]);
                 continue;
             }
-            let (slot, index) = ((data / 4) as usize, (data % 4) as usize);
+            let (slot, index) = (
+                (data / SOCKETS_PER_CALL) as usize,
+                (data % SOCKETS_PER_CALL) as usize,
+            );
             let Some(Some(call)) = slots.get_mut(slot) else {
                 continue;
             };
@@ -649,6 +838,20 @@ fn worker(
                 None => false,
             }
         });
+        // Conference mixing, for the calls that mix.
+        next_mix = None;
+        mixing.retain(|id| {
+            let Some(call) = by_id.get(id).and_then(|slot| slots[*slot].as_mut()) else {
+                return false;
+            };
+            match mix_due(call, now, &mut tally) {
+                Some(at) => {
+                    next_mix = Some(next_mix.map_or(at, |n: Instant| n.min(at)));
+                    true
+                }
+                None => false,
+            }
+        });
         window_packets += tally.relayed + tally.dropped + tally.rtcp - before;
         let window = now.duration_since(window_start);
         if window >= RATE_WINDOW {
@@ -659,8 +862,8 @@ fn worker(
             last_housekeeping = now;
             tally.flush(metrics);
             for call in slots.iter_mut().flatten() {
-                for (side, socket) in call.sides.iter_mut().zip(&call.sockets) {
-                    side.follow_latch(socket, now);
+                for (side, sockets) in call.sides.iter_mut().zip(&call.sockets) {
+                    side.follow_latch(&sockets[0], now);
                 }
                 if call.answered && now.duration_since(call.last_activity) >= call.inactivity {
                     call.answered = false;
@@ -679,8 +882,55 @@ fn worker(
     Ok(())
 }
 
-/// Reads one datagram from a socket epoll reported readable and relays it. A socket holding
-/// more is reported again by the next wait.
+/// Registers a party's RTP and RTCP sockets with the worker's epoll set.
+fn register(poll: &OwnedFd, slot: usize, party: usize, sockets: &[UdpSocket; 2]) -> bool {
+    let mut registered = true;
+    for (kind, socket) in sockets.iter().enumerate() {
+        let data = slot as u64 * SOCKETS_PER_CALL + (party * 2 + kind) as u64;
+        registered &= socket.set_nonblocking(true).is_ok()
+            && epoll::add(
+                poll,
+                socket,
+                epoll::EventData::new_u64(data),
+                epoll::EventFlags::IN,
+            )
+            .is_ok();
+    }
+    registered
+}
+
+/// The party a command addresses, if any.
+fn command_party(command: &MediaCommand) -> Option<Party> {
+    match command {
+        MediaCommand::Configure(party, _)
+        | MediaCommand::Replace(party, _)
+        | MediaCommand::DetectDigits(party, _)
+        | MediaCommand::SendDigit(party, _)
+        | MediaCommand::Ringback(party, _)
+        | MediaCommand::Join(party)
+        | MediaCommand::Leave(party)
+        | MediaCommand::Mute(party, _) => Some(*party),
+        MediaCommand::Answered => None,
+    }
+}
+
+/// Two distinct sides, mutably.
+fn pair_mut(sides: &mut [Side], first: usize, second: usize) -> Option<(&mut Side, &mut Side)> {
+    if first == second || first.max(second) >= sides.len() {
+        return None;
+    }
+    if first < second {
+        let (low, high) = sides.split_at_mut(second);
+        Some((&mut low[first], &mut high[0]))
+    } else {
+        let (low, high) = sides.split_at_mut(first);
+        Some((&mut high[0], &mut low[second]))
+    }
+}
+
+/// Reads one datagram from a socket epoll reported readable and relays it (or, in a
+/// conference, hands it to the mixer). A socket holding more is reported again by the next
+/// wait.
 fn receive(
     call: &mut CallMedia,
     index: usize,
@@ -688,46 +938,214 @@ fn receive(
     now: Instant,
     tally: &mut Tally,
 ) {
-    let (from, is_rtp) = match index {
-        0 => (Leg::A, true),
-        1 => (Leg::B, true),
-        2 => (Leg::A, false),
-        _ => (Leg::B, false),
+    let (party, is_rtp) = (index / 2, index % 2 == 0);
+    let Some(sockets) = call.sockets.get(party) else {
+        return;
     };
-    {
-        let (length, source) = match call.sockets[index].recv_from(buffer) {
-            Ok(received) => received,
-            // WouldBlock (spurious report), or an ICMP error from a gone peer, which the read
-            // has now cleared.
-            Err(_) => return,
-        };
-        call.last_activity = now;
-        let out = match (from, is_rtp) {
-            (Leg::A, true) => &call.sockets[1],
-            (Leg::B, true) => &call.sockets[0],
-            (Leg::A, false) => &call.sockets[3],
-            (Leg::B, false) => &call.sockets[2],
-        };
+    let (length, source) = match sockets[index % 2].recv_from(buffer) {
+        Ok(received) => received,
+        // WouldBlock (spurious report), or an ICMP error from a gone peer, which the read
+        // has now cleared.
+        Err(_) => return,
+    };
+    call.last_activity = now;
+    let Some(from) = Party::from_index(party) else {
+        return;
+    };
+    if call.next_tick.is_some() {
         if is_rtp {
-            let outcome = relay_rtp(
-                &mut call.sides,
-                from,
-                &mut buffer[..length],
-                source,
-                out,
-                now,
-            );
+            let outcome = conference_rtp(call, party, &mut buffer[..length], source, now, tally);
             if let Outcome::Digit(digit) = outcome {
                 let _ = call.events.send(MediaEvent::Digit(from, digit));
             }
             count(&call.stats, tally, from, outcome);
-            let side = &mut call.sides[from.index()];
-            if side.rtp_source == Some(source) {
-                side.heard = now;
+            follow(call, party, source, now);
+        }
+        // A mixer terminates RTCP (RFC 3550 §7.3): the parties' reports are not passed on.
+        return;
+    }
+    let to = match call.pair {
+        Some((a, b)) if a == party => b,
+        Some((a, b)) if b == party => a,
+        // Not one of the two relayed parties (a guest that has not joined, or has left).
+        _ => {
+            tally.dropped += 1;
+            return;
+        }
+    };
+    let Some((incoming, outgoing)) = pair_mut(&mut call.sides, party, to) else {
+        return;
+    };
+    let out = &call.sockets[to][index % 2];
+    if is_rtp {
+        let outcome = relay_rtp(incoming, outgoing, &mut buffer[..length], source, out, now);
+        if let Outcome::Digit(digit) = outcome {
+            let _ = call.events.send(MediaEvent::Digit(from, digit));
+        }
+        count(&call.stats, tally, from, outcome);
+        follow(call, party, source, now);
+    } else if relay_rtcp(incoming, outgoing, &mut buffer[..length], source, out) {
+        tally.rtcp += 1;
+    }
+}
+
+/// After an RTP packet from `source` on `party`: note it was heard, keep the socket's
+/// connection with the latch.
+fn follow(call: &mut CallMedia, party: usize, source: SocketAddr, now: Instant) {
+    let (Some(side), Some(sockets)) = (call.sides.get_mut(party), call.sockets.get(party)) else {
+        return;
+    };
+    if side.rtp_source == Some(source) {
+        side.heard = now;
+    }
+    side.follow_latch(&sockets[0], now);
+}
+
+/// An RTP packet from a conference party: into its jitter buffer, or, for a telephone-event,
+/// reported as a digit (in a conference every party's digits go through the call model:
+/// hotkeys from the agent, the rest played to the other parties).
+fn conference_rtp(
+    call: &mut CallMedia,
+    party: usize,
+    packet: &mut [u8],
+    source: SocketAddr,
+    now: Instant,
+    tally: &mut Tally,
+) -> Outcome {
+    let Some(side) = call.sides.get_mut(party) else {
+        return Outcome::Dropped;
+    };
+    let Some(media) = side.media else {
+        return Outcome::Dropped;
+    };
+    if side
+        .refused
+        .is_some_and(|(refused, until)| refused == source && now < until)
+        || !Side::latch(&mut side.rtp_source, &media, source)
+    {
+        return Outcome::Dropped;
+    }
+    match classify(packet) {
+        PacketKind::Rtp => {}
+        PacketKind::Rtcp => return Outcome::Consumed,
+        PacketKind::Unknown => return Outcome::Dropped,
+    }
+    let payload_type = packet[1] & 0x7f;
+    if Some(payload_type) == media.telephone_event {
+        return detect_digit(side, packet);
+    }
+    if payload_type != media.payload_type {
+        return if payload_type == COMFORT_NOISE {
+            Outcome::Consumed
+        } else {
+            Outcome::Dropped
+        };
+    }
+    let (Some(jitter), Some(range)) = (side.jitter.as_mut(), payload_range(packet)) else {
+        return Outcome::Consumed;
+    };
+    if !side.in_call {
+        return Outcome::Consumed;
+    }
+    let mut samples = [0i16; 1024];
+    let payload = &packet[range];
+    let count = payload.len().min(samples.len());
+    mixer::decode(media.codec, &payload[..count], &mut samples[..count]);
+    let sequence = u16::from_be_bytes([packet[2], packet[3]]);
+    let timestamp = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+    match jitter.push(now, sequence, timestamp, &samples[..count]) {
+        Arrival::Stored | Arrival::Resynced => Outcome::Relayed,
+        Arrival::Late | Arrival::Duplicate => {
+            tally.jitter_dropped += 1;
+            Outcome::Consumed
+        }
+    }
+}
+
+/// Runs the mixer ticks that are due; returns when the next one is, or None once the call no
+/// longer mixes.
+fn mix_due(call: &mut CallMedia, now: Instant, tally: &mut Tally) -> Option<Instant> {
+    let mut due = call.next_tick?;
+    // After a stall, skip what is long overdue rather than burst it.
+    let behind = now.saturating_duration_since(due);
+    if behind > PACKET_TIME * 5 {
+        let missed = (behind.as_micros() / PACKET_TIME.as_micros()) as u32;
+        due += PACKET_TIME * missed;
+        tally.mixer_late_ticks += u64::from(missed);
+    }
+    while due <= now {
+        let lateness = now.duration_since(due);
+        tally.mixer_ticks += 1;
+        tally.mixer_lateness_micros += lateness.as_micros() as u64;
+        if lateness > Duration::from_millis(5) {
+            tally.mixer_late_ticks += 1;
+        }
+        mix_once(call, now, tally);
+        due += PACKET_TIME;
+    }
+    call.next_tick = Some(due);
+    Some(due)
+}
+
+/// One 20 ms tick of a conference: a frame from every party's jitter buffer, N-1 mixing, and
+/// each party's frame sent in its codec in its continuous stream.
+fn mix_once(call: &mut CallMedia, now: Instant, tally: &mut Tally) {
+    let mut frames = [[0i16; FRAME]; MAX_PARTIES];
+    let mut contributing = [false; MAX_PARTIES];
+    let mut members = [0usize; MAX_PARTIES];
+    let mut count = 0;
+    for (index, side) in call.sides.iter_mut().enumerate() {
+        if !side.in_call || index >= call.sockets.len() {
+            continue;
+        }
+        let playout = match side.jitter.as_mut() {
+            Some(jitter) => {
+                let skipped = jitter.stats().skipped;
+                let playout = jitter.pop(&mut frames[count]);
+                tally.jitter_dropped += jitter.stats().skipped - skipped;
+                playout
             }
-            side.follow_latch(&call.sockets[index], now);
-        } else if relay_rtcp(&mut call.sides, from, &mut buffer[..length], source, out) {
-            tally.rtcp += 1;
+            None => Playout::Silence,
+        };
+        if playout == Playout::Concealed {
+            tally.jitter_concealed += 1;
+        }
+        // On hold (sendonly or inactive, RFC 3264 §8.4) or muted: not heard.
+        contributing[count] =
+            playout != Playout::Silence && !side.muted && side.media.is_some_and(|m| m.receives);
+        members[count] = index;
+        count += 1;
+    }
+    let mut outputs = [[0i16; FRAME]; MAX_PARTIES];
+    mixer::mix_minus(
+        &frames[..count],
+        &contributing[..count],
+        &mut outputs[..count],
+    );
+    for (output, index) in outputs.iter().zip(members).take(count) {
+        let side = &mut call.sides[index];
+        let timestamp = side.mix_timestamp;
+        // The stream's clock runs on while the party is on hold.
+        side.mix_timestamp = timestamp.wrapping_add(FRAME as u32);
+        let (Some(media), Some(destination)) = (side.media, side.rtp_destination()) else {
+            continue;
+        };
+        let mut packet = [0u8; 12 + FRAME];
+        packet[0] = 0x80;
+        packet[1] = media.payload_type;
+        if std::mem::take(&mut side.mix_fresh) {
+            packet[1] |= 0x80;
+        }
+        mixer::encode(media.codec, output, &mut packet[12..]);
+        side.towards.stamp_generated(&mut packet, timestamp, now);
+        match send(
+            &call.sockets[index][0],
+            &packet,
+            destination,
+            side.connected,
+        ) {
+            Outcome::Relayed => tally.relayed += 1,
+            _ => tally.dropped += 1,
         }
     }
 }
@@ -741,11 +1159,11 @@ enum Outcome {
     Consumed,
 }
 
-fn count(stats: &RelayStats, tally: &mut Tally, from: Leg, outcome: Outcome) {
+fn count(stats: &RelayStats, tally: &mut Tally, from: Party, outcome: Outcome) {
     match outcome {
         Outcome::Relayed => {
             tally.relayed += 1;
-            let counter = if from == Leg::A {
+            let counter = if from == Party::A {
                 &stats.a_to_b
             } else {
                 &stats.b_to_a
@@ -760,20 +1178,15 @@ fn count(stats: &RelayStats, tally: &mut Tally, from: Leg, outcome: Outcome) {
     }
 }
 
-/// Forwards one RTP packet received on `from` out of the other leg's socket.
+/// Forwards one RTP packet received from `incoming` out of `outgoing`'s socket `out`.
 fn relay_rtp(
-    sides: &mut [Side; 2],
-    from: Leg,
+    incoming: &mut Side,
+    outgoing: &mut Side,
     packet: &mut [u8],
     source: SocketAddr,
     out: &UdpSocket,
     now: Instant,
 ) -> Outcome {
-    let [a, b] = sides;
-    let (incoming, outgoing) = match from {
-        Leg::A => (a, b),
-        Leg::B => (b, a),
-    };
     let Some(in_media) = incoming.media else {
         return Outcome::Dropped;
     };
@@ -868,8 +1281,13 @@ fn event_code(digit: char) -> Option<u8> {
 /// Plays `digit` to `leg`'s endpoint as one RFC 4733 event of 100 ms in our stream to it: a
 /// start packet (marker set, §2.5.1.3) and the end packet three times (§2.5.1.4), all with the
 /// event's timestamp, numbered into the stream so the endpoint sees no gap or repeat.
-fn send_digit(call: &mut CallMedia, leg: Leg, digit: char, now: Instant, tally: &mut Tally) {
-    let side = &mut call.sides[leg.index()];
+fn send_digit(call: &mut CallMedia, party: Party, digit: char, now: Instant, tally: &mut Tally) {
+    let (Some(side), Some(sockets)) = (
+        call.sides.get_mut(party.index()),
+        call.sockets.get(party.index()),
+    ) else {
+        return;
+    };
     let (Some(code), Some(media), Some(destination)) =
         (event_code(digit), side.media, side.rtp_destination())
     else {
@@ -879,7 +1297,7 @@ fn send_digit(call: &mut CallMedia, leg: Leg, digit: char, now: Instant, tally: 
         return;
     };
     let timestamp = side.towards.timestamp_at(now);
-    let socket = &call.sockets[leg.index()];
+    let socket = &sockets[0];
     const VOLUME: u8 = 10;
     for (marker, end, duration) in [
         (true, false, 160u16),
@@ -902,17 +1320,12 @@ fn send_digit(call: &mut CallMedia, leg: Leg, digit: char, now: Instant, tally: 
 }
 
 fn relay_rtcp(
-    sides: &mut [Side; 2],
-    from: Leg,
+    incoming: &mut Side,
+    outgoing: &mut Side,
     packet: &mut [u8],
     source: SocketAddr,
     out: &UdpSocket,
 ) -> bool {
-    let [a, b] = sides;
-    let (incoming, outgoing) = match from {
-        Leg::A => (a, b),
-        Leg::B => (b, a),
-    };
     let Some(in_media) = incoming.media else {
         return false;
     };

@@ -18,7 +18,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 /// The newest schema this code knows.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Queue length between call tasks and the writer.
 const QUEUE: usize = 16_384;
@@ -60,8 +60,12 @@ pub struct LinkageRecord {
     /// The peer of the attempt under way, or the last one tried.
     pub to_peer: Option<String>,
     pub target: String,
-    /// `refer`, `hotkey`, `api` or `fallback` (the citizen sent back to the number first called).
+    /// `refer`, `attended`, `hotkey`, `api` or `fallback` (the citizen sent back to the number
+    /// first called).
     pub trigger: String,
+    /// `transfer` (the target takes the agent's place) or `conference` (the target joins a
+    /// three-way call).
+    pub kind: String,
     /// Unix milliseconds.
     pub requested_at: i64,
     pub ringing_at: Option<i64>,
@@ -70,6 +74,21 @@ pub struct LinkageRecord {
     /// `answered` or `failed` once settled.
     pub outcome: Option<String>,
     pub sip_status: Option<u16>,
+}
+
+/// One party's time in a conference (a three-way call or more), as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConferencePartyRecord {
+    /// The gateway's id of the call.
+    pub call_id: String,
+    /// The relay's party number: 0 and 1 the call's first legs, 2 and up the guests.
+    pub party: u8,
+    pub peer: String,
+    /// The number it was reached at, or the caller's number for party 0.
+    pub number: String,
+    /// Unix milliseconds.
+    pub joined_at: i64,
+    pub left_at: Option<i64>,
 }
 
 /// Store failures, with the path where it helps.
@@ -105,6 +124,7 @@ enum WriteOp {
     },
     Ended(CallRecord, oneshot::Sender<Result<(), String>>),
     Linkage(LinkageRecord),
+    ConferenceParty(ConferencePartyRecord),
     Flush(oneshot::Sender<Result<(), String>>),
 }
 
@@ -183,6 +203,18 @@ impl Store {
                 b_peer: b_peer.to_string(),
                 answered_at,
             })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Queues a conference party's record as it now stands (inserted or replaced; does not
+    /// wait).
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] if the writer has stopped.
+    pub async fn conference_party(&self, record: ConferencePartyRecord) -> Result<(), StoreError> {
+        self.queue
+            .send(WriteOp::ConferenceParty(record))
             .await
             .map_err(|_| StoreError::Closed)
     }
@@ -311,6 +343,23 @@ fn migrate(connection: &Connection) -> Result<(), StoreError> {
              COMMIT;",
         )?;
     }
+    if found < 3 {
+        connection.execute_batch(
+            "BEGIN;
+             ALTER TABLE linkages ADD COLUMN kind TEXT NOT NULL DEFAULT 'transfer';
+             CREATE TABLE conference_parties (
+                 call_id TEXT NOT NULL,
+                 party INTEGER NOT NULL,
+                 peer TEXT NOT NULL,
+                 number TEXT NOT NULL,
+                 joined_at INTEGER NOT NULL,
+                 left_at INTEGER,
+                 PRIMARY KEY (call_id, party)
+             );
+             INSERT INTO schema_version (version) VALUES (3);
+             COMMIT;",
+        )?;
+    }
     Ok(())
 }
 
@@ -334,7 +383,10 @@ fn write_loop(mut connection: Connection, mut queue: mpsc::Receiver<WriteOp>, pa
                 WriteOp::Ended(_, done) | WriteOp::Flush(done) => {
                     let _ = done.send(result.clone());
                 }
-                WriteOp::Started(_) | WriteOp::Answered { .. } | WriteOp::Linkage(_) => {}
+                WriteOp::Started(_)
+                | WriteOp::Answered { .. }
+                | WriteOp::Linkage(_)
+                | WriteOp::ConferenceParty(_) => {}
             }
         }
     }
@@ -356,8 +408,13 @@ fn write_batch(connection: &mut Connection, batch: &[WriteOp]) -> Result<(), rus
         let mut linkage = transaction.prepare_cached(
             "INSERT OR REPLACE INTO linkages (id, call_id, from_platform, from_peer, to_platform,
                  to_peer, target, trigger, requested_at, ringing_at, answered_at, ended_at, outcome,
-                 sip_status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 sip_status, kind)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        )?;
+        let mut party = transaction.prepare_cached(
+            "INSERT OR REPLACE INTO conference_parties (call_id, party, peer, number, joined_at,
+                 left_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         let mut answered = transaction.prepare_cached(
             "UPDATE calls SET b_call_id = ?2, b_peer = ?3, answered_at = ?4 WHERE id = ?1",
@@ -408,6 +465,17 @@ fn write_batch(connection: &mut Connection, batch: &[WriteOp]) -> Result<(), rus
                         l.ended_at,
                         l.outcome,
                         l.sip_status,
+                        l.kind,
+                    ])?;
+                }
+                WriteOp::ConferenceParty(p) => {
+                    party.execute(params![
+                        p.call_id,
+                        p.party,
+                        p.peer,
+                        p.number,
+                        p.joined_at,
+                        p.left_at,
                     ])?;
                 }
                 WriteOp::Flush(_) => {}
@@ -474,7 +542,7 @@ pub fn list_linkages(path: &Path, call_id: &str) -> Result<Vec<LinkageRecord>, S
     let connection = open_read_only(path)?;
     let mut statement = connection.prepare(
         "SELECT id, call_id, from_platform, from_peer, to_platform, to_peer, target, trigger,
-                requested_at, ringing_at, answered_at, ended_at, outcome, sip_status
+                requested_at, ringing_at, answered_at, ended_at, outcome, sip_status, kind
          FROM linkages WHERE call_id = ?1 ORDER BY requested_at, rowid",
     )?;
     let rows = statement.query_map([call_id], |row| {
@@ -493,6 +561,33 @@ pub fn list_linkages(path: &Path, call_id: &str) -> Result<Vec<LinkageRecord>, S
             ended_at: row.get(11)?,
             outcome: row.get(12)?,
             sip_status: row.get(13)?,
+            kind: row.get(14)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The conference parties of one call (its gateway id), in order of party.
+///
+/// # Errors
+/// [`StoreError::Open`] if the file does not exist or is no database of ours.
+pub fn list_conference_parties(
+    path: &Path,
+    call_id: &str,
+) -> Result<Vec<ConferencePartyRecord>, StoreError> {
+    let connection = open_read_only(path)?;
+    let mut statement = connection.prepare(
+        "SELECT call_id, party, peer, number, joined_at, left_at
+         FROM conference_parties WHERE call_id = ?1 ORDER BY party",
+    )?;
+    let rows = statement.query_map([call_id], |row| {
+        Ok(ConferencePartyRecord {
+            call_id: row.get(0)?,
+            party: row.get(1)?,
+            peer: row.get(2)?,
+            number: row.get(3)?,
+            joined_at: row.get(4)?,
+            left_at: row.get(5)?,
         })
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)

@@ -50,6 +50,8 @@ fn settings() -> Arc<CallSettings> {
             .collect(),
         hotkey_inter_digit: Duration::from_secs(2),
         directory: Arc::new(crate::call::directory::Directory::default()),
+        conference_max_parties: 4,
+        conference_ends_with_caller: true,
     })
 }
 
@@ -391,7 +393,7 @@ fn basic_call_is_bridged_with_callers_number_and_anchored_media() {
     assert!(media.iter().any(|m| matches!(
         m,
         MediaCommand::Configure(
-            Leg::B,
+            Party::B,
             LegMedia {
                 codec: sdp::Codec::Pcma,
                 payload_type: 8,
@@ -402,7 +404,7 @@ fn basic_call_is_bridged_with_callers_number_and_anchored_media() {
     assert!(media.iter().any(|m| matches!(
         m,
         MediaCommand::Configure(
-            Leg::A,
+            Party::A,
             LegMedia {
                 codec: sdp::Codec::Pcmu,
                 payload_type: 0,
@@ -588,7 +590,7 @@ fn hold_reinvite_is_answered_by_the_gateway() {
     assert!(h.media().iter().any(|m| matches!(
         m,
         MediaCommand::Configure(
-            Leg::A,
+            Party::A,
             LegMedia {
                 receives: false,
                 ..
@@ -602,7 +604,7 @@ fn hold_reinvite_is_answered_by_the_gateway() {
     assert!(body.contains("a=sendrecv"), "{body}");
     assert!(h.media().iter().rev().any(|m| matches!(
         m,
-        MediaCommand::Configure(Leg::A, LegMedia { receives: true, .. })
+        MediaCommand::Configure(Party::A, LegMedia { receives: true, .. })
     )));
 }
 
@@ -682,7 +684,7 @@ fn delayed_offer_is_answered_in_ack() {
     let configured_a_before = h
         .media()
         .iter()
-        .filter(|m| matches!(m, MediaCommand::Configure(Leg::A, _)))
+        .filter(|m| matches!(m, MediaCommand::Configure(Party::A, _)))
         .count();
     assert_eq!(configured_a_before, 0);
     let ack = request(&format!(
@@ -697,7 +699,7 @@ Call-ID: a-leg@127.0.0.1\r\nCSeq: 1 ACK\r\nContent-Type: application/sdp\r\nCont
     assert!(h.media().iter().any(|m| matches!(
         m,
         MediaCommand::Configure(
-            Leg::A,
+            Party::A,
             LegMedia {
                 codec: sdp::Codec::Pcma,
                 ..
@@ -764,7 +766,7 @@ fn refer_subscription_reports_trying_ringing_and_the_answer() {
     assert!(h
         .media()
         .iter()
-        .any(|m| matches!(m, MediaCommand::Replace(Leg::B, _))));
+        .any(|m| matches!(m, MediaCommand::Replace(Party::B, _))));
     assert_eq!(
         statuses(&h.responses(A_SERVER)),
         vec![180, 200],
@@ -1037,7 +1039,7 @@ fn a_refer_from_the_calling_leg_hands_leg_a_to_the_target_with_the_citizens_numb
     assert!(h
         .media()
         .iter()
-        .any(|m| matches!(m, MediaCommand::Replace(Leg::A, _))));
+        .any(|m| matches!(m, MediaCommand::Replace(Party::A, _))));
     assert!(matches!(
         h.linkage_updates().first(),
         Some(LinkageUpdate::Requested { from_peer, from_platform: Some(platform), .. })
@@ -1092,12 +1094,12 @@ fn the_citizen_hears_ringback_when_the_agent_on_leg_a_leaves_during_the_transfer
     assert!(h
         .media()
         .iter()
-        .any(|m| matches!(m, MediaCommand::Ringback(Leg::B, true))));
+        .any(|m| matches!(m, MediaCommand::Ringback(Party::B, true))));
     h.respond_to_invite(200, Some(ANSWER));
     assert!(h
         .media()
         .iter()
-        .any(|m| matches!(m, MediaCommand::Ringback(Leg::B, false))));
+        .any(|m| matches!(m, MediaCommand::Ringback(Party::B, false))));
     assert!(h.outcome().is_none(), "citizen and 110 talk");
     assert!(h.sent(Method::Bye).is_empty(), "the agent had left already");
 }
