@@ -140,6 +140,17 @@ impl Gateway {
         }
     }
 
+    /// The conference parties recorded for a call (its gateway id), by party.
+    pub fn conference_parties(
+        &self,
+        call_id: &str,
+    ) -> Vec<hotline_gateway::store::ConferencePartyRecord> {
+        match hotline_gateway::store::list_conference_parties(&self.db, call_id) {
+            Ok(p) => p,
+            Err(e) => panic!("store: {e}"),
+        }
+    }
+
     /// Waits (bounded) until the store holds an ended record for `a_call_id`.
     pub async fn ended_record(&self, a_call_id: &str) -> hotline_gateway::store::CallRecord {
         let deadline = tokio::time::Instant::now() + WAIT;

@@ -1,0 +1,396 @@
+//! The three-way call (三方通话) end to end over loopback: a citizen calls 12345, the agent keys
+//! `*3`, 110 is invited with the citizen's number and joins; each of the three sends its own
+//! tone and must hear the other two and not itself, in one continuous stream.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use common::{establish, sdp_address, Established, Gateway, RtpPeer, RtpSeen, Ua};
+use hotline_gateway::media::g711;
+use hotline_gateway::sip::message::Request;
+
+const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// Each party's tone and its peak level.
+const CITIZEN_HZ: f64 = 440.0;
+const AGENT_HZ: f64 = 880.0;
+const POLICE_HZ: f64 = 1320.0;
+const LEVEL: f64 = 8000.0;
+
+/// Carrier (the citizen), hotline (12345's agent) and police (110), routes 12345 -> hotline and
+/// 110 -> police, and the hotkey `*3` = conference with 110.
+async fn setup(sip_extra: &str) -> (Gateway, Ua, Ua, Ua) {
+    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = Ua::bind("hotline", LOCALHOST).await;
+    let mut police = Ua::bind("police", LOCALHOST).await;
+    let gateway = Gateway::start_with_tables(
+        &[
+            ("carrier", citizen.address, ""),
+            ("hotline", agent.address, "platform = \"12345\""),
+            (
+                "police",
+                police.address,
+                "platform = \"110\"\ntrusted = true",
+            ),
+        ],
+        &[("12345", &["hotline"]), ("110", &["police"])],
+        &format!("transfer_ring_timeout_secs = 2\nhotkey_inter_digit_ms = 500\n{sip_extra}"),
+        "",
+        "\n[[hotkey]]\ndtmf = \"*3\"\naction = \"conference\"\ntarget = \"110\"\n",
+    )
+    .await;
+    for ua in [&mut citizen, &mut agent, &mut police] {
+        ua.set_gateway(gateway.sip);
+    }
+    (gateway, citizen, agent, police)
+}
+
+/// A DTMF INFO from the agent (UAS side of leg B).
+fn dtmf_info(agent: &mut Ua, call: &Established, cseq: u32, digit: char) -> Request {
+    let mut info = agent.uas_request(&call.incoming, "INFO", cseq);
+    info.headers.set("Content-Type", "application/dtmf-relay");
+    info.body = bytes::Bytes::from(format!("Signal={digit}\r\nDuration=160\r\n"));
+    info
+}
+
+/// The agent keys `*3` (INFOs numbered from `cseq`); 110 is invited, answers, and is in the
+/// call: 110's INVITE, its RTP peer and the gateway's address for it.
+async fn three_way(
+    agent: &mut Ua,
+    call: &Established,
+    police: &mut Ua,
+    cseq: u32,
+) -> (Request, RtpPeer, SocketAddr) {
+    for (cseq, digit) in [(cseq, '*'), (cseq + 1, '3')] {
+        let info = dtmf_info(agent, call, cseq, digit);
+        agent.send_request(&info).await;
+        agent.expect_response("INFO", 200).await;
+    }
+    let invite = police.expect_request("INVITE").await;
+    let guest_media = sdp_address(invite.sdp().unwrap_or_default());
+    police
+        .send_response(&police.answer(&invite, 180, None))
+        .await;
+    let police_rtp = RtpPeer::bind(LOCALHOST).await;
+    let answer = common::sdp(police_rtp.address, &[8], "sendrecv");
+    police
+        .send_response(&police.answer(&invite, 200, Some(&answer)))
+        .await;
+    police.expect_request("ACK").await;
+    (invite, police_rtp, guest_media)
+}
+
+/// One party streaming its tone to the gateway every 20 ms, and what it hears back.
+struct Talker<'a> {
+    rtp: &'a RtpPeer,
+    to: SocketAddr,
+    payload_type: u8,
+    frequency: f64,
+    ssrc: u32,
+    sent: u32,
+    heard: Vec<i16>,
+    received: Vec<RtpSeen>,
+}
+
+impl<'a> Talker<'a> {
+    fn new(rtp: &'a RtpPeer, to: SocketAddr, payload_type: u8, frequency: f64) -> Talker<'a> {
+        Talker {
+            rtp,
+            to,
+            payload_type,
+            frequency,
+            ssrc: frequency as u32,
+            sent: 0,
+            heard: Vec::new(),
+            received: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self) {
+        let mut payload = [0u8; 160];
+        for (n, code) in payload.iter_mut().enumerate() {
+            let t = f64::from(self.sent * 160 + n as u32) / 8000.0;
+            let sample = (LEVEL * (2.0 * std::f64::consts::PI * self.frequency * t).sin()) as i16;
+            *code = if self.payload_type == 0 {
+                g711::linear_to_ulaw(sample)
+            } else {
+                g711::linear_to_alaw(sample)
+            };
+        }
+        let sequence = self.sent as u16;
+        self.rtp
+            .send(
+                self.to,
+                self.payload_type,
+                sequence,
+                self.sent * 160,
+                self.ssrc,
+                &payload,
+            )
+            .await;
+        self.sent += 1;
+    }
+
+    fn hear(&mut self, packet: RtpSeen) {
+        let decode = match packet.payload_type {
+            0 => g711::ulaw_to_linear,
+            8 => g711::alaw_to_linear,
+            _ => return,
+        };
+        self.heard.extend(packet.payload.iter().map(|c| decode(*c)));
+        self.received.push(packet);
+    }
+
+    /// Level of `frequency` in what was heard.
+    fn level(&self, frequency: f64) -> f64 {
+        tone_level(&self.heard, frequency)
+    }
+}
+
+/// Every talker sends `packets` packets, 20 ms apart, hearing whatever comes meanwhile.
+async fn talk(talkers: &mut [&mut Talker<'_>], packets: u32) {
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    for _ in 0..packets {
+        pace.tick().await;
+        for talker in talkers.iter_mut() {
+            talker.send().await;
+        }
+        for talker in talkers.iter_mut() {
+            while let Some(packet) = talker.rtp.recv_within(Duration::from_millis(1)).await {
+                talker.hear(packet);
+            }
+        }
+    }
+}
+
+/// Forgets what was heard (after a warm-up, or a change of parties).
+fn forget(talkers: &mut [&mut Talker<'_>]) {
+    for talker in talkers.iter_mut() {
+        talker.heard.clear();
+    }
+}
+
+/// Amplitude of `frequency` in `samples` (Goertzel): a sine of peak A over whole periods gives A.
+fn tone_level(samples: &[i16], frequency: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let coefficient = 2.0 * (2.0 * std::f64::consts::PI * frequency / 8000.0).cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for sample in samples {
+        let s = f64::from(*sample) + coefficient * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    let power = s1 * s1 + s2 * s2 - coefficient * s1 * s2;
+    2.0 * power.max(0.0).sqrt() / samples.len() as f64
+}
+
+fn assert_hears(talker: &Talker<'_>, who: &str, hears: &[f64], not: &[f64]) {
+    assert!(
+        talker.heard.len() >= 40 * 160,
+        "{who} heard only {} samples",
+        talker.heard.len()
+    );
+    for frequency in hears {
+        let level = talker.level(*frequency);
+        assert!(
+            level > 0.5 * LEVEL,
+            "{who} should hear {frequency} Hz: level {level:.0}"
+        );
+    }
+    for frequency in not {
+        let level = talker.level(*frequency);
+        assert!(
+            level < 0.05 * LEVEL,
+            "{who} should not hear {frequency} Hz: level {level:.0}"
+        );
+    }
+}
+
+/// The stream a party received kept one SSRC and consecutive sequence numbers.
+fn assert_one_stream(talker: &Talker<'_>, who: &str) {
+    let Some(first) = talker.received.first() else {
+        panic!("{who} received nothing");
+    };
+    for pair in talker.received.windows(2) {
+        assert_eq!(pair[1].ssrc, first.ssrc, "{who}: one SSRC throughout");
+        let step = pair[1].sequence.wrapping_sub(pair[0].sequence);
+        assert!(
+            (1..=3).contains(&step),
+            "{who}: sequence {} after {}",
+            pair[1].sequence,
+            pair[0].sequence
+        );
+    }
+}
+
+#[tokio::test]
+async fn three_parties_hear_each_other_and_the_agent_can_leave() {
+    let (mut gateway, mut citizen, mut agent, mut police) = setup("").await;
+    // The citizen speaks PCMU, the agent and 110 PCMA: the mixer decodes and encodes each.
+    let call = establish(&mut citizen, &mut agent, &[0], &[8]).await;
+    let mut citizen_talks = Talker::new(&call.caller_rtp, call.gateway_a_media, 0, CITIZEN_HZ);
+    let mut agent_talks = Talker::new(&call.callee_rtp, call.gateway_b_media, 8, AGENT_HZ);
+    talk(&mut [&mut citizen_talks, &mut agent_talks], 10).await;
+
+    let (invite, police_rtp, guest_media) = three_way(&mut agent, &call, &mut police, 2).await;
+    assert_eq!(
+        invite.from().and_then(|f| f.uri.user),
+        Some("13800138000".into()),
+        "110 is invited with the citizen's number"
+    );
+    assert_eq!(
+        invite.headers.get("P-Asserted-Identity"),
+        Some(format!("<sip:13800138000@{}>", gateway.sip.ip()).as_str())
+    );
+    assert!(invite.headers.get("X-Hotline-Linkage").is_some());
+    assert!(
+        guest_media != call.gateway_a_media && guest_media != call.gateway_b_media,
+        "110 gets a port of its own"
+    );
+    let mut police_talks = Talker::new(&police_rtp, guest_media, 8, POLICE_HZ);
+    {
+        let mut all = [&mut citizen_talks, &mut agent_talks, &mut police_talks];
+        talk(&mut all, 15).await;
+        forget(&mut all);
+        talk(&mut all, 50).await;
+    }
+    assert_hears(
+        &citizen_talks,
+        "the citizen",
+        &[AGENT_HZ, POLICE_HZ],
+        &[CITIZEN_HZ],
+    );
+    assert_hears(
+        &agent_talks,
+        "the agent",
+        &[CITIZEN_HZ, POLICE_HZ],
+        &[AGENT_HZ],
+    );
+    assert_hears(&police_talks, "110", &[CITIZEN_HZ, AGENT_HZ], &[POLICE_HZ]);
+
+    // The agent hangs up: citizen and 110 stay, relayed to each other.
+    let bye = agent.uas_request(&call.incoming, "BYE", 4);
+    agent.send_request(&bye).await;
+    agent.expect_response("BYE", 200).await;
+    {
+        let mut both = [&mut citizen_talks, &mut police_talks];
+        talk(&mut both, 10).await;
+        forget(&mut both);
+        talk(&mut both, 50).await;
+    }
+    assert_hears(&citizen_talks, "the citizen", &[POLICE_HZ], &[CITIZEN_HZ]);
+    assert_hears(&police_talks, "110", &[CITIZEN_HZ], &[POLICE_HZ]);
+    assert_one_stream(&citizen_talks, "the citizen");
+    assert_one_stream(&police_talks, "110");
+    assert!(
+        citizen
+            .recv_within(Duration::from_millis(100))
+            .await
+            .is_none()
+            && police
+                .recv_within(Duration::from_millis(100))
+                .await
+                .is_none(),
+        "nobody was re-INVITEd"
+    );
+
+    // The citizen hangs up: 110 gets the BYE in the dialog the gateway made with it.
+    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
+    citizen.send_request(&bye).await;
+    citizen.expect_response("BYE", 200).await;
+    let bye = police.expect_request("BYE").await;
+    assert_eq!(bye.call_id(), invite.call_id());
+    police.send_response(&police.answer(&bye, 200, None)).await;
+
+    let record = gateway.ended_record(call.invite.call_id()).await;
+    let parties = gateway.conference_parties(&record.id);
+    let who: Vec<(u8, &str, &str)> = parties
+        .iter()
+        .map(|p| (p.party, p.peer.as_str(), p.number.as_str()))
+        .collect();
+    assert_eq!(
+        who,
+        vec![
+            (0, "carrier", "13800138000"),
+            (1, "hotline", "12345"),
+            (2, "police", "110")
+        ]
+    );
+    assert!(parties.iter().all(|p| p.left_at >= Some(p.joined_at)));
+    assert!(
+        parties[1].left_at <= parties[0].left_at,
+        "the agent left first"
+    );
+    let linkages = gateway.linkages(&record.id);
+    assert_eq!(linkages.len(), 1, "{linkages:?}");
+    assert_eq!(
+        (
+            linkages[0].kind.as_str(),
+            linkages[0].trigger.as_str(),
+            linkages[0].outcome.as_deref(),
+            linkages[0].to_platform.as_deref()
+        ),
+        ("conference", "hotkey", Some("answered"), Some("110"))
+    );
+    let (_, metrics) = gateway.http_get("/metrics").await;
+    assert!(metrics.contains("hotline_conferences_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("hotline_conferences_active 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hotline_transfers_requested_total 0"),
+        "a conference is no transfer: {metrics}"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn when_110_leaves_citizen_and_agent_stay_and_the_citizen_leaving_ends_the_call() {
+    let (mut gateway, mut citizen, mut agent, mut police) = setup("").await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let (invite, police_rtp, guest_media) = three_way(&mut agent, &call, &mut police, 2).await;
+    let mut citizen_talks = Talker::new(&call.caller_rtp, call.gateway_a_media, 8, CITIZEN_HZ);
+    let mut agent_talks = Talker::new(&call.callee_rtp, call.gateway_b_media, 8, AGENT_HZ);
+    let mut police_talks = Talker::new(&police_rtp, guest_media, 8, POLICE_HZ);
+    talk(
+        &mut [&mut citizen_talks, &mut agent_talks, &mut police_talks],
+        20,
+    )
+    .await;
+
+    // 110 hangs up.
+    let bye = police.uas_request(&invite, "BYE", 1);
+    police.send_request(&bye).await;
+    police.expect_response("BYE", 200).await;
+    {
+        let mut both = [&mut citizen_talks, &mut agent_talks];
+        talk(&mut both, 10).await;
+        forget(&mut both);
+        talk(&mut both, 50).await;
+    }
+    assert_hears(&citizen_talks, "the citizen", &[AGENT_HZ], &[CITIZEN_HZ]);
+    assert_hears(&agent_talks, "the agent", &[CITIZEN_HZ], &[AGENT_HZ]);
+    assert_one_stream(&citizen_talks, "the citizen");
+    assert_one_stream(&agent_talks, "the agent");
+
+    // A second *3: 110 can be brought back.
+    let (second, _, _) = three_way(&mut agent, &call, &mut police, 4).await;
+    assert_ne!(second.call_id(), invite.call_id());
+
+    // The citizen hangs up: the call ends for everybody (the default).
+    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
+    citizen.send_request(&bye).await;
+    citizen.expect_response("BYE", 200).await;
+    for ua in [&mut agent, &mut police] {
+        let bye = ua.expect_request("BYE").await;
+        ua.send_response(&ua.answer(&bye, 200, None)).await;
+    }
+    let record = gateway.ended_record(call.invite.call_id()).await;
+    assert_eq!(record.ended_by.as_deref(), Some("caller"));
+    gateway.stop().await;
+}
