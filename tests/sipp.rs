@@ -357,6 +357,11 @@ struct TransferRun {
     outcome: &'static str,
     sip_status: u16,
     to_platform: &'static str,
+    /// `transfer` or `conference` (then each call has three conference parties on record).
+    kind: &'static str,
+    calls: u32,
+    /// Citizens' calls per second.
+    rate: &'static str,
 }
 
 /// 20 citizens' calls (SIPp, 5/s, each hung up by the citizen after 3 s) to SIPp agents running
@@ -386,7 +391,7 @@ trusted = {}\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n{}",
         run.police_trusted, run.extra
     );
     let (_gateway, db) = start_gateway_with(dir.path(), &ports, "udp", [26000, 26999], &config);
-    let calls = 20u32;
+    let calls = run.calls;
     let calls_text = calls.to_string();
     let uas_side = |port: u16, scenario: &str| {
         sipp_side(
@@ -428,7 +433,7 @@ trusted = {}\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n{}",
             "-m",
             &calls_text,
             "-r",
-            "5",
+            run.rate,
             "-d",
             "3000",
             "-timeout",
@@ -462,6 +467,15 @@ trusted = {}\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n{}",
         assert_eq!(linkages[0].outcome.as_deref(), Some(run.outcome));
         assert_eq!(linkages[0].sip_status, Some(run.sip_status));
         assert_eq!(linkages[0].to_platform.as_deref(), Some(run.to_platform));
+        assert_eq!(linkages[0].kind, run.kind);
+        if run.kind == "conference" {
+            let parties = match hotline_gateway::store::list_conference_parties(&db, &record.id) {
+                Ok(p) => p,
+                Err(e) => panic!("{e}"),
+            };
+            assert_eq!(parties.len(), 3, "{parties:?}");
+            assert!(parties.iter().all(|p| p.left_at.is_some()), "{parties:?}");
+        }
     }
 }
 
@@ -481,6 +495,9 @@ const TO_110: TransferRun = TransferRun {
     outcome: "answered",
     sip_status: 200,
     to_platform: "110",
+    kind: "transfer",
+    calls: 20,
+    rate: "5",
 };
 
 /// SIPp agents transfer every call to 110 by REFER (checking the 202 and the NOTIFYs); the
@@ -548,6 +565,23 @@ fn sipp_hotkey_star_1_by_sip_info_transfers_to_110() {
         agent_scenario: "agent_hotkey_info.xml",
         extra: HOTKEY,
         trigger: "hotkey",
+        ..TO_110
+    });
+}
+
+/// Three-way calls under load: 60 citizens' calls at 10/s, each agent pressing *3 as SIP INFO;
+/// 110 joins each call with the citizen's number (`police_uas.xml` checks) and all three stay
+/// until the citizen hangs up (up to 30 conferences mixed at once).
+#[test]
+fn sipp_hotkey_star_3_by_sip_info_brings_110_into_60_calls() {
+    run_transfers(TransferRun {
+        agent_scenario: "agent_conference_info.xml",
+        extra: "\n[[hotkey]]\ndtmf = \"*3\"\naction = \"conference\"\ntarget = \"110\"\n",
+        trigger: "hotkey",
+        b_peer: "hotline",
+        kind: "conference",
+        calls: 60,
+        rate: "10",
         ..TO_110
     });
 }

@@ -1103,3 +1103,176 @@ fn the_citizen_hears_ringback_when_the_agent_on_leg_a_leaves_during_the_transfer
     assert!(h.outcome().is_none(), "citizen and 110 talk");
     assert!(h.sent(Method::Bye).is_empty(), "the agent had left already");
 }
+
+/// An answered call to the hotline whose agent keyed `*3`: 110 is being invited on party 2.
+fn conference_under_way() -> Harness {
+    let mut h = Harness::new(OFFER, vec![peer_with_platform("hotline", 5080, "12345")]);
+    h.answer();
+    assert!(
+        h.call
+            .conference(h.now, Leg::B, "110", Trigger::Api)
+            .is_ok(),
+        "conference refused"
+    );
+    h.drain();
+    assert!(h.actions.iter().any(|a| matches!(a, Action::OpenParty)));
+    let address = "127.0.0.1:20004".parse().unwrap_or_else(|_| unreachable!());
+    h.call
+        .handle_party_opened(h.now, Party::guest(0).map(|p| (p, address)));
+    h.drain();
+    h
+}
+
+fn conference_updates(h: &Harness) -> Vec<ConferenceUpdate> {
+    h.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Conference(update) => Some(update.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_guest_joins_with_the_citizens_identity_on_a_port_of_its_own() {
+    let mut h = conference_under_way();
+    let invite = h.last_invite();
+    assert_eq!(invite.uri.to_string(), "sip:110@127.0.0.1:5090");
+    assert_eq!(
+        invite.from().and_then(|f| f.uri.user),
+        Some("13800138000".into())
+    );
+    assert!(invite.sdp().is_some_and(|s| s.contains("m=audio 20004 ")));
+    assert!(h.conference_updates_are_empty());
+    h.respond_to_invite(180, None);
+    h.respond_to_invite(200, Some(ANSWER));
+    let guest = Party::guest(0).unwrap_or(Party::B);
+    assert!(h
+        .media()
+        .iter()
+        .any(|m| matches!(m, MediaCommand::Join(p) if *p == guest)));
+    let updates = conference_updates(&h);
+    assert_eq!(updates.first(), Some(&ConferenceUpdate::Started));
+    assert_eq!(updates.len(), 4, "{updates:?}");
+    assert!(matches!(
+        updates.last(),
+        Some(ConferenceUpdate::Joined { party, number, .. }) if *party == guest && number == "110"
+    ));
+    assert!(matches!(
+        h.linkage_updates().first(),
+        Some(LinkageUpdate::Requested {
+            kind: LinkageKind::Conference,
+            ..
+        })
+    ));
+    // No transfer while three talk; the citizen was never re-INVITEd.
+    h.agent_sends(8, "REFER", 3, "Refer-To: <sip:120@127.0.0.1>\r\n");
+    assert_eq!(statuses(&h.responses(8)), vec![403]);
+    assert_eq!(statuses(&h.responses(A_SERVER)), vec![180, 200]);
+}
+
+impl Harness {
+    fn conference_updates_are_empty(&self) -> bool {
+        conference_updates(self).is_empty()
+    }
+}
+
+#[test]
+fn a_busy_guest_changes_nothing() {
+    let mut h = conference_under_way();
+    h.respond_to_invite(486, None);
+    assert!(matches!(
+        h.linkage_updates().last(),
+        Some(LinkageUpdate::Failed { status: 486, .. })
+    ));
+    assert!(h.conference_updates_are_empty());
+    assert!(h.sent(Method::Bye).is_empty());
+    assert!(h.outcome().is_none());
+    // The agent may try again.
+    assert!(h
+        .call
+        .conference(h.now, Leg::B, "110", Trigger::Api)
+        .is_ok());
+}
+
+#[test]
+fn the_agent_leaving_hands_leg_b_to_the_guest() {
+    let mut h = conference_under_way();
+    h.respond_to_invite(200, Some(ANSWER));
+    let police = h.last_invite();
+    h.agent_sends(8, "BYE", 3, "");
+    assert_eq!(statuses(&h.responses(8)), vec![200]);
+    assert!(h.outcome().is_none(), "citizen and 110 stay");
+    assert!(h
+        .media()
+        .iter()
+        .any(|m| matches!(m, MediaCommand::Leave(Party::B))));
+    assert_eq!(
+        conference_updates(&h).last(),
+        Some(&ConferenceUpdate::Ended)
+    );
+    // 110 is leg B now: its BYE ends the call, the citizen gets one.
+    h.callee_sends(9, "BYE", 1);
+    assert_eq!(statuses(&h.responses(9)), vec![200]);
+    assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Callee));
+    let byes = h.sent(Method::Bye);
+    assert_eq!(byes.len(), 1);
+    assert_eq!(byes[0].0.call_id(), "a-leg@127.0.0.1");
+    assert_ne!(police.call_id(), "a-leg@127.0.0.1");
+}
+
+#[test]
+fn the_caller_leaving_a_conference_ends_it_for_everybody() {
+    let mut h = conference_under_way();
+    h.respond_to_invite(200, Some(ANSWER));
+    h.caller_sends(9, "BYE", 2, "");
+    assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Caller));
+    assert_eq!(h.sent(Method::Bye).len(), 2, "the agent and 110");
+    assert_eq!(
+        conference_updates(&h).last(),
+        Some(&ConferenceUpdate::Ended)
+    );
+}
+
+#[test]
+fn a_conference_holds_at_most_its_configured_parties() {
+    let mut h = conference_under_way();
+    h.respond_to_invite(200, Some(ANSWER));
+    // Four allowed: one more guest, then full.
+    assert!(h
+        .call
+        .conference(h.now, Leg::B, "110", Trigger::Api)
+        .is_ok());
+    h.drain();
+    let address = "127.0.0.1:20006".parse().unwrap_or_else(|_| unreachable!());
+    h.call
+        .handle_party_opened(h.now, Party::guest(1).map(|p| (p, address)));
+    h.drain();
+    assert_eq!(
+        h.call.conference(h.now, Leg::B, "110", Trigger::Api),
+        Err(TransferError::InProgress)
+    );
+    h.respond_to_invite(200, Some(ANSWER));
+    assert_eq!(
+        h.call.conference(h.now, Leg::B, "110", Trigger::Api),
+        Err(TransferError::ConferenceFull(4))
+    );
+}
+
+#[test]
+fn no_port_for_a_guest_fails_the_invitation_only() {
+    let mut h = Harness::new(OFFER, vec![peer_with_platform("hotline", 5080, "12345")]);
+    h.answer();
+    assert!(h
+        .call
+        .conference(h.now, Leg::B, "110", Trigger::Api)
+        .is_ok());
+    h.call.handle_party_opened(h.now, None);
+    h.drain();
+    assert!(matches!(
+        h.linkage_updates().last(),
+        Some(LinkageUpdate::Failed { status: 503, .. })
+    ));
+    assert_eq!(h.sent(Method::Invite).len(), 1, "only the agent's");
+    assert!(h.outcome().is_none());
+}
