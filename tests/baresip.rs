@@ -1,7 +1,10 @@
-//! A real softphone as the agent: baresip (Debian's baresip-core) answers the citizen's call to
-//! 12345 and transfers it with its own `transfer` command (sent through its ctrl_tcp module),
-//! which makes it send an in-dialog REFER. The 110 side (an in-process UA) must get the
-//! citizen's number, and the citizen's audio must reach 110.
+//! Real softphones: baresip (Debian's baresip-core), driven through its ctrl_tcp module.
+//!
+//! As the agent, it answers the citizen's call to 12345 and transfers it with its own
+//! `transfer` command (an in-dialog REFER): the 110 side (an in-process UA) must get the
+//! citizen's number, and the citizen's audio must reach 110. And three of them (citizen, agent,
+//! 110) hold a three-way call that the agent starts with `*3` (RFC 4733 events from its
+//! `sndcode`): each plays its own tone (ausine) and records what it hears (sndfile).
 
 mod common;
 
@@ -50,14 +53,21 @@ fn free_ports() -> (u16, u16) {
 /// Starts baresip as the 12345 agent: auto-answer, a 880 Hz tone as its microphone, ctrl_tcp
 /// for commands. Returns once ctrl_tcp accepts connections.
 fn start_baresip(dir: &std::path::Path, sip: u16, control: u16) -> Baresip {
+    start_phone(dir, sip, control, "12345", 880)
+}
+
+/// Starts baresip as `user` (auto-answer): a `tone` Hz sine as its microphone, what it hears
+/// recorded by sndfile under `dir` (8 kHz mono WAV), ctrl_tcp on `control`.
+fn start_phone(dir: &std::path::Path, sip: u16, control: u16, user: &str, tone: u32) -> Baresip {
     let config = format!(
         "poll_method epoll\nsip_listen 127.0.0.1:{sip}\nsip_transports udp\n\
-audio_player aufile,{heard}\naudio_source ausine,880\nausrc_srate 48000\nausrc_channels 2\naudio_alert aufile,/dev/null\n\
+audio_source ausine,{tone}\nausrc_srate 48000\nausrc_channels 2\naudio_alert aufile,/dev/null\n\
 module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule ausine.so\nmodule aufile.so\n\
+module sndfile.so\nsnd_path {heard}\n\
 module account.so\nmodule menu.so\nmodule ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{control}\n",
-        heard = dir.join("heard.wav").display()
+        heard = dir.display()
     );
-    let accounts = format!("<sip:12345@127.0.0.1:{sip}>;regint=0;answermode=auto\n");
+    let accounts = format!("<sip:{user}@127.0.0.1:{sip}>;regint=0;answermode=auto\n");
     if std::fs::write(dir.join("config"), config).is_err()
         || std::fs::write(dir.join("accounts"), accounts).is_err()
     {
@@ -212,5 +222,240 @@ async fn baresip_agent_transfers_the_citizen_to_110_with_its_own_transfer_comman
     assert_eq!(linkages.len(), 1, "{linkages:?}");
     assert_eq!(linkages[0].trigger, "refer");
     assert_eq!(linkages[0].outcome.as_deref(), Some("answered"));
+    gateway.stop().await;
+}
+
+/// A ctrl_tcp connection kept open: baresip sends it the responses to our commands and its
+/// events (CALL_ESTABLISHED, CALL_CLOSED, ...) as netstrings of JSON.
+struct Control {
+    stream: tokio::net::TcpStream,
+    pending: Vec<u8>,
+    /// Events that arrived while a command waited for its response.
+    events: std::collections::VecDeque<String>,
+}
+
+impl Control {
+    async fn connect(port: u16) -> Control {
+        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(stream) => Control {
+                stream,
+                pending: Vec::new(),
+                events: std::collections::VecDeque::new(),
+            },
+            Err(e) => panic!("ctrl_tcp: {e}"),
+        }
+    }
+
+    /// The next netstring's text.
+    async fn next(&mut self) -> String {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(colon) = self.pending.iter().position(|b| *b == b':') {
+                let length: usize = String::from_utf8_lossy(&self.pending[..colon])
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+                if self.pending.len() > colon + length + 1 {
+                    let text =
+                        String::from_utf8_lossy(&self.pending[colon + 1..colon + 1 + length])
+                            .to_string();
+                    self.pending.drain(..colon + length + 2);
+                    return text;
+                }
+            }
+            let mut buffer = [0u8; 4096];
+            let read = tokio::time::timeout(common::WAIT, self.stream.read(&mut buffer)).await;
+            match read {
+                Ok(Ok(n)) if n > 0 => self.pending.extend_from_slice(&buffer[..n]),
+                _ => panic!("ctrl_tcp said nothing more"),
+            }
+        }
+    }
+
+    async fn command(&mut self, command: &str, params: &str) {
+        use tokio::io::AsyncWriteExt;
+        let json = format!("{{\"command\":\"{command}\",\"params\":\"{params}\",\"token\":\"c\"}}");
+        if self
+            .stream
+            .write_all(format!("{}:{json},", json.len()).as_bytes())
+            .await
+            .is_err()
+        {
+            panic!("ctrl_tcp write failed");
+        }
+        loop {
+            let reply = self.next().await;
+            if reply.contains("\"response\":true") {
+                assert!(
+                    !reply.contains("\"ok\":false"),
+                    "baresip refused {command}: {reply}"
+                );
+                return;
+            }
+            self.events.push_back(reply);
+        }
+    }
+
+    /// Waits for an event of `kind` (e.g. `CALL_ESTABLISHED`).
+    async fn event(&mut self, kind: &str) {
+        let wanted = format!("\"type\":\"{kind}\"");
+        while let Some(event) = self.events.pop_front() {
+            if event.contains(&wanted) {
+                return;
+            }
+        }
+        while !self.next().await.contains(&wanted) {}
+    }
+}
+
+/// What a phone heard: the 8 kHz mono samples sndfile wrote of its one call.
+fn heard(dir: &std::path::Path) -> Vec<i16> {
+    let file = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"));
+    let Some(bytes) = file.and_then(|f| std::fs::read(f).ok()) else {
+        panic!("no recording under {}", dir.display());
+    };
+    let Some(data) = bytes.windows(4).position(|w| w == b"data") else {
+        panic!("not a WAV file");
+    };
+    bytes
+        .get(data + 8..)
+        .unwrap_or_default()
+        .chunks_exact(2)
+        .map(|pair| i16::from_le_bytes([pair[0], pair[1]]))
+        .collect()
+}
+
+/// Amplitude of `frequency` Hz in 8 kHz `samples` (Goertzel).
+fn tone_level(samples: &[i16], frequency: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let coefficient = 2.0 * (2.0 * std::f64::consts::PI * frequency / 8000.0).cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for sample in samples {
+        let s = f64::from(*sample) + coefficient * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    2.0 * (s1 * s1 + s2 * s2 - coefficient * s1 * s2).max(0.0).sqrt() / samples.len() as f64
+}
+
+/// `samples` hold each of `present` at a usable level and none of `absent`. Levels are averaged
+/// over half-second windows: the tones' phase jumps where the mix starts or stops.
+fn assert_tones(samples: &[i16], who: &str, present: &[f64], absent: &[f64]) {
+    assert!(
+        samples.len() >= 8000,
+        "{who} heard {} samples",
+        samples.len()
+    );
+    let windows: Vec<&[i16]> = samples.chunks_exact(4000).collect();
+    let levels: Vec<(f64, f64)> = [440.0, 880.0, 1320.0]
+        .iter()
+        .map(|f| {
+            let sum: f64 = windows.iter().map(|w| tone_level(w, *f)).sum();
+            (*f, sum / windows.len() as f64)
+        })
+        .collect();
+    for (frequency, level) in &levels {
+        if present.contains(frequency) {
+            assert!(
+                *level > 2000.0,
+                "{who} should hear {frequency} Hz: {levels:?}"
+            );
+        }
+        if absent.contains(frequency) {
+            assert!(
+                *level < 500.0,
+                "{who} should not hear {frequency} Hz: {levels:?}"
+            );
+        }
+    }
+}
+
+/// Three baresip phones: the citizen (440 Hz) calls 12345, the agent (880 Hz) answers and keys
+/// `*3`, 110 (1320 Hz) answers the gateway's INVITE. Each hears the other two and not itself;
+/// after the agent hangs up, citizen and 110 still hear each other.
+#[tokio::test]
+async fn three_baresip_phones_hold_a_three_way_call_and_the_agent_leaves() {
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        })
+        .collect();
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| free_ports()).collect();
+    let address = |i: usize| SocketAddr::new(LOCALHOST, ports[i].0);
+    let mut gateway = Gateway::start_with_tables(
+        &[
+            ("carrier", address(0), ""),
+            ("hotline", address(1), "platform = \"12345\""),
+            ("police", address(2), "platform = \"110\"\ntrusted = true"),
+        ],
+        &[("12345", &["hotline"]), ("110", &["police"])],
+        "",
+        "",
+        "\n[[hotkey]]\ndtmf = \"*3\"\naction = \"conference\"\ntarget = \"110\"\n",
+    )
+    .await;
+    let phones = [("13800138000", 440), ("12345", 880), ("110", 1320)];
+    let _running: Vec<Baresip> = phones
+        .iter()
+        .enumerate()
+        .map(|(i, (user, tone))| start_phone(dirs[i].path(), ports[i].0, ports[i].1, user, *tone))
+        .collect();
+    let mut citizen = Control::connect(ports[0].1).await;
+    let mut agent = Control::connect(ports[1].1).await;
+    let mut police = Control::connect(ports[2].1).await;
+
+    citizen
+        .command("dial", &format!("sip:12345@{}", gateway.sip))
+        .await;
+    agent.event("CALL_ESTABLISHED").await;
+    // The agent keys *3 (baresip sends RFC 4733 events); the gateway invites 110.
+    agent.command("sndcode", "*").await;
+    agent.command("sndcode", "3").await;
+    police.event("CALL_ESTABLISHED").await;
+    // Two seconds of the three of them (the length of the recording, not a wait for anything).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    agent.command("hangup", "").await;
+    agent.event("CALL_CLOSED").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    citizen.command("hangup", "").await;
+    police.event("CALL_CLOSED").await;
+
+    let citizen_heard = heard(dirs[0].path());
+    let agent_heard = heard(dirs[1].path());
+    let police_heard = heard(dirs[2].path());
+    assert_tones(&citizen_heard, "the citizen", &[880.0, 1320.0], &[440.0]);
+    assert_tones(&agent_heard, "the agent", &[440.0, 1320.0], &[880.0]);
+    assert_tones(&police_heard, "110", &[440.0, 880.0], &[1320.0]);
+    // The last second: the agent has gone, citizen and 110 talk on.
+    let last = |samples: &[i16]| samples[samples.len().saturating_sub(8000)..].to_vec();
+    assert_tones(
+        &last(&citizen_heard),
+        "the citizen at the end",
+        &[1320.0],
+        &[440.0, 880.0],
+    );
+    assert_tones(
+        &last(&police_heard),
+        "110 at the end",
+        &[440.0],
+        &[880.0, 1320.0],
+    );
+
+    let record = gateway
+        .calls()
+        .into_iter()
+        .next()
+        .map(|r| r.id)
+        .unwrap_or_default();
+    let parties = gateway.conference_parties(&record);
+    assert_eq!(parties.len(), 3, "{parties:?}");
     gateway.stop().await;
 }

@@ -74,7 +74,7 @@ async fn three_way(
         .send_response(&police.answer(&invite, 180, None))
         .await;
     let police_rtp = RtpPeer::bind(LOCALHOST).await;
-    let answer = common::sdp(police_rtp.address, &[8], "sendrecv");
+    let answer = common::sdp(police_rtp.address, &[8, 101], "sendrecv");
     police
         .send_response(&police.answer(&invite, 200, Some(&answer)))
         .await;
@@ -92,6 +92,8 @@ struct Talker<'a> {
     sent: u32,
     heard: Vec<i16>,
     received: Vec<RtpSeen>,
+    /// RFC 4733 event codes received (start packets).
+    events: Vec<u8>,
 }
 
 impl<'a> Talker<'a> {
@@ -105,6 +107,7 @@ impl<'a> Talker<'a> {
             sent: 0,
             heard: Vec::new(),
             received: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -134,13 +137,19 @@ impl<'a> Talker<'a> {
     }
 
     fn hear(&mut self, packet: RtpSeen) {
+        self.received.push(packet.clone());
         let decode = match packet.payload_type {
             0 => g711::ulaw_to_linear,
             8 => g711::alaw_to_linear,
+            101 => {
+                if packet.marker {
+                    self.events.extend(packet.payload.first());
+                }
+                return;
+            }
             _ => return,
         };
         self.heard.extend(packet.payload.iter().map(|c| decode(*c)));
-        self.received.push(packet);
     }
 
     /// Level of `frequency` in what was heard.
@@ -352,16 +361,32 @@ async fn three_parties_hear_each_other_and_the_agent_can_leave() {
 #[tokio::test]
 async fn when_110_leaves_citizen_and_agent_stay_and_the_citizen_leaving_ends_the_call() {
     let (mut gateway, mut citizen, mut agent, mut police) = setup("").await;
-    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let call = establish(&mut citizen, &mut agent, &[8, 101], &[8, 101]).await;
     let (invite, police_rtp, guest_media) = three_way(&mut agent, &call, &mut police, 2).await;
     let mut citizen_talks = Talker::new(&call.caller_rtp, call.gateway_a_media, 8, CITIZEN_HZ);
     let mut agent_talks = Talker::new(&call.callee_rtp, call.gateway_b_media, 8, AGENT_HZ);
     let mut police_talks = Talker::new(&police_rtp, guest_media, 8, POLICE_HZ);
-    talk(
-        &mut [&mut citizen_talks, &mut agent_talks, &mut police_talks],
-        20,
-    )
-    .await;
+    {
+        let mut all = [&mut citizen_talks, &mut agent_talks, &mut police_talks];
+        talk(&mut all, 20).await;
+        // The citizen presses 5: an RFC 4733 event, not mixed as audio but played to the others
+        // as events.
+        for (end, duration) in [(false, 160u16), (false, 320), (true, 480)] {
+            let mut payload = vec![5, if end { 0x8a } else { 0x0a }];
+            payload.extend_from_slice(&duration.to_be_bytes());
+            call.caller_rtp
+                .send(call.gateway_a_media, 101, 900, 8000 * 3, 440, &payload)
+                .await;
+        }
+        talk(&mut all, 10).await;
+    }
+    assert_eq!(
+        agent_talks.events,
+        vec![5],
+        "the agent gets the citizen's digit"
+    );
+    assert_eq!(police_talks.events, vec![5], "110 gets the citizen's digit");
+    assert!(citizen_talks.events.is_empty());
 
     // 110 hangs up.
     let bye = police.uas_request(&invite, "BYE", 1);
