@@ -1,5 +1,7 @@
 //! The per-packet media path: G.711 transcoding, RTP stream rewriting and RTP/RTCP
-//! classification, each run on one 20 ms G.711 packet (160 payload bytes, 172 with the header).
+//! classification, each run on one 20 ms G.711 packet (160 payload bytes, 172 with the header);
+//! and the conference mixer: one party's packet into its jitter buffer, and one 20 ms tick of a
+//! three-way call (a frame from each jitter buffer, N-1 mixing, three frames encoded).
 //! Kept short for a 2-core machine: `cargo bench --bench media`.
 
 use std::hint::black_box;
@@ -7,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use hotline_gateway::media::g711::{transcode_in_place, Transcode};
+use hotline_gateway::media::mixer::{self, JitterBuffer, FRAME};
 use hotline_gateway::media::rtp::{classify, StreamRewriter};
+use hotline_gateway::sip::sdp::Codec;
 
 const FAR_SSRC: u32 = 0x1234_5678;
 
@@ -54,5 +58,71 @@ fn media(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, media);
+/// The mixer's two paths, as the relay worker runs them for a three-way call.
+fn conference(c: &mut Criterion) {
+    let mut group = c.benchmark_group("conference");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    let start = Instant::now();
+    let tone: Vec<u8> = (0..160u32)
+        .map(|n| {
+            let sample = (8000.0 * (n as f64 * 0.345).sin()) as i16;
+            hotline_gateway::media::g711::linear_to_alaw(sample)
+        })
+        .collect();
+
+    // One packet in: decode 160 A-law bytes and store them (each iteration is the next packet,
+    // 20 ms later, and the buffer is drained as the tick would).
+    let mut buffer = JitterBuffer::new();
+    let mut n = 0u32;
+    let mut frame = [0i16; FRAME];
+    group.bench_function("packet into the jitter buffer (decode + store)", |b| {
+        b.iter(|| {
+            let mut samples = [0i16; FRAME];
+            mixer::decode(Codec::Pcma, black_box(&tone), &mut samples);
+            let at = start + Duration::from_millis(u64::from(n) * 20);
+            buffer.push(at, n as u16, n * 160, &samples);
+            buffer.pop(&mut frame);
+            n += 1;
+        })
+    });
+
+    // One tick of three parties with the packets that fed it: store three frames (decoded
+    // already), pop three, mix N-1, encode three.
+    let mut buffers: Vec<JitterBuffer> = (0..3).map(|_| JitterBuffer::new()).collect();
+    for (party, buffer) in buffers.iter_mut().enumerate() {
+        for k in 0..4u32 {
+            let samples = [(party as i16 + 1) * 1000; FRAME];
+            buffer.push(start, k as u16, k * 160, &samples);
+        }
+    }
+    let mut frames = [[0i16; FRAME]; 3];
+    let mut outputs = [[0i16; FRAME]; 3];
+    let mut encoded = [[0u8; FRAME]; 3];
+    let mut k = 4u32;
+    group.bench_function(
+        "three-way tick with its packets (3 stores, 3 pops, N-1 mix, 3 encodes)",
+        |b| {
+            b.iter(|| {
+                for (buffer, frame) in buffers.iter_mut().zip(frames.iter_mut()) {
+                    // Keep each buffer fed so every pop plays audio.
+                    let samples = [1000i16; FRAME];
+                    buffer.push(start, k as u16, k * 160, &samples);
+                    buffer.pop(frame);
+                }
+                k += 1;
+                mixer::mix_minus(black_box(&frames), &[true; 3], &mut outputs);
+                for (output, out) in outputs.iter().zip(encoded.iter_mut()) {
+                    mixer::encode(Codec::Pcma, output, out);
+                }
+                black_box(&encoded);
+            })
+        },
+    );
+    group.finish();
+}
+
+criterion_group!(benches, media, conference);
 criterion_main!(benches);

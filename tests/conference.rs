@@ -47,6 +47,54 @@ async fn setup(sip_extra: &str) -> (Gateway, Ua, Ua, Ua) {
     (gateway, citizen, agent, police)
 }
 
+/// As [`setup`], with a fire desk (120, route 120 -> fire) and the hotkey `*4` = conference
+/// with 120.
+async fn setup_with_fire() -> (Gateway, [Ua; 4]) {
+    let mut uas = [
+        Ua::bind("carrier", LOCALHOST).await,
+        Ua::bind("hotline", LOCALHOST).await,
+        Ua::bind("police", LOCALHOST).await,
+        Ua::bind("fire", LOCALHOST).await,
+    ];
+    let gateway = Gateway::start_with_tables(
+        &[
+            ("carrier", uas[0].address, ""),
+            ("hotline", uas[1].address, "platform = \"12345\""),
+            (
+                "police",
+                uas[2].address,
+                "platform = \"110\"\ntrusted = true",
+            ),
+            ("fire", uas[3].address, "platform = \"119\"\ntrusted = true"),
+        ],
+        &[
+            ("12345", &["hotline"]),
+            ("110", &["police"]),
+            ("120", &["fire"]),
+        ],
+        "hotkey_inter_digit_ms = 500\n",
+        "",
+        "\n[[hotkey]]\ndtmf = \"*3\"\naction = \"conference\"\ntarget = \"110\"\n\
+         \n[[hotkey]]\ndtmf = \"*4\"\naction = \"conference\"\ntarget = \"120\"\n",
+    )
+    .await;
+    for ua in uas.iter_mut() {
+        ua.set_gateway(gateway.sip);
+    }
+    (gateway, uas)
+}
+
+/// The citizen hangs up; every other party answers the gateway's BYE.
+async fn citizen_hangs_up(citizen: &mut Ua, call: &Established, others: &mut [&mut Ua]) {
+    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
+    citizen.send_request(&bye).await;
+    citizen.expect_response("BYE", 200).await;
+    for ua in others.iter_mut() {
+        let bye = ua.expect_request("BYE").await;
+        ua.send_response(&ua.answer(&bye, 200, None)).await;
+    }
+}
+
 /// A DTMF INFO from the agent (UAS side of leg B).
 fn dtmf_info(agent: &mut Ua, call: &Established, cseq: u32, digit: char) -> Request {
     let mut info = agent.uas_request(&call.incoming, "INFO", cseq);
@@ -63,23 +111,31 @@ async fn three_way(
     police: &mut Ua,
     cseq: u32,
 ) -> (Request, RtpPeer, SocketAddr) {
-    for (cseq, digit) in [(cseq, '*'), (cseq + 1, '3')] {
+    join(agent, call, police, cseq, '3').await
+}
+
+/// The agent keys `*<key>`; the hotkey's target (`desk`) is invited, answers and joins.
+async fn join(
+    agent: &mut Ua,
+    call: &Established,
+    desk: &mut Ua,
+    cseq: u32,
+    key: char,
+) -> (Request, RtpPeer, SocketAddr) {
+    for (cseq, digit) in [(cseq, '*'), (cseq + 1, key)] {
         let info = dtmf_info(agent, call, cseq, digit);
         agent.send_request(&info).await;
         agent.expect_response("INFO", 200).await;
     }
-    let invite = police.expect_request("INVITE").await;
+    let invite = desk.expect_request("INVITE").await;
     let guest_media = sdp_address(invite.sdp().unwrap_or_default());
-    police
-        .send_response(&police.answer(&invite, 180, None))
+    desk.send_response(&desk.answer(&invite, 180, None)).await;
+    let desk_rtp = RtpPeer::bind(LOCALHOST).await;
+    let answer = common::sdp(desk_rtp.address, &[8, 101], "sendrecv");
+    desk.send_response(&desk.answer(&invite, 200, Some(&answer)))
         .await;
-    let police_rtp = RtpPeer::bind(LOCALHOST).await;
-    let answer = common::sdp(police_rtp.address, &[8, 101], "sendrecv");
-    police
-        .send_response(&police.answer(&invite, 200, Some(&answer)))
-        .await;
-    police.expect_request("ACK").await;
-    (invite, police_rtp, guest_media)
+    desk.expect_request("ACK").await;
+    (invite, desk_rtp, guest_media)
 }
 
 /// One party streaming its tone to the gateway every 20 ms, and what it hears back.
@@ -408,14 +464,153 @@ async fn when_110_leaves_citizen_and_agent_stay_and_the_citizen_leaving_ends_the
     assert_ne!(second.call_id(), invite.call_id());
 
     // The citizen hangs up: the call ends for everybody (the default).
-    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
-    citizen.send_request(&bye).await;
-    citizen.expect_response("BYE", 200).await;
-    for ua in [&mut agent, &mut police] {
-        let bye = ua.expect_request("BYE").await;
-        ua.send_response(&ua.answer(&bye, 200, None)).await;
-    }
+    citizen_hangs_up(&mut citizen, &call, &mut [&mut agent, &mut police]).await;
     let record = gateway.ended_record(call.invite.call_id()).await;
     assert_eq!(record.ended_by.as_deref(), Some("caller"));
+    gateway.stop().await;
+}
+
+/// A fourth party: after 110, the agent brings in 120 (`*4`); each of the four hears the other
+/// three and not itself; when 120 leaves, the other three are still mixed.
+#[tokio::test]
+async fn a_fourth_party_joins_and_each_hears_the_other_three() {
+    let (mut gateway, [mut citizen, mut agent, mut police, mut fire]) = setup_with_fire().await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let (_, police_rtp, police_media) = join(&mut agent, &call, &mut police, 2, '3').await;
+    let (fire_invite, fire_rtp, fire_media) = join(&mut agent, &call, &mut fire, 4, '4').await;
+    assert_eq!(
+        fire_invite.from().and_then(|f| f.uri.user),
+        Some("13800138000".into()),
+        "120 is invited with the citizen's number too"
+    );
+    const FIRE_HZ: f64 = 1760.0;
+    let mut citizen_talks = Talker::new(&call.caller_rtp, call.gateway_a_media, 8, CITIZEN_HZ);
+    let mut agent_talks = Talker::new(&call.callee_rtp, call.gateway_b_media, 8, AGENT_HZ);
+    let mut police_talks = Talker::new(&police_rtp, police_media, 8, POLICE_HZ);
+    let mut fire_talks = Talker::new(&fire_rtp, fire_media, 8, FIRE_HZ);
+    {
+        let mut all = [
+            &mut citizen_talks,
+            &mut agent_talks,
+            &mut police_talks,
+            &mut fire_talks,
+        ];
+        talk(&mut all, 15).await;
+        forget(&mut all);
+        talk(&mut all, 50).await;
+    }
+    let tones = [CITIZEN_HZ, AGENT_HZ, POLICE_HZ, FIRE_HZ];
+    for (i, (talker, who)) in [
+        (&citizen_talks, "the citizen"),
+        (&agent_talks, "the agent"),
+        (&police_talks, "110"),
+        (&fire_talks, "120"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let others: Vec<f64> = tones
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, t)| *t)
+            .collect();
+        assert_hears(talker, who, &others, &[tones[i]]);
+    }
+
+    // 120 hangs up: three are left, still mixed.
+    let bye = fire.uas_request(&fire_invite, "BYE", 1);
+    fire.send_request(&bye).await;
+    fire.expect_response("BYE", 200).await;
+    {
+        let mut three = [&mut citizen_talks, &mut agent_talks, &mut police_talks];
+        talk(&mut three, 10).await;
+        forget(&mut three);
+        talk(&mut three, 50).await;
+    }
+    assert_hears(
+        &citizen_talks,
+        "the citizen",
+        &[AGENT_HZ, POLICE_HZ],
+        &[CITIZEN_HZ, FIRE_HZ],
+    );
+    let record_id = gateway
+        .calls()
+        .into_iter()
+        .next()
+        .map(|r| r.id)
+        .unwrap_or_default();
+    let parties = gateway.conference_parties(&record_id);
+    let fire_party = parties.iter().find(|p| p.peer == "fire");
+    assert!(
+        fire_party.is_some_and(|p| p.left_at.is_some()),
+        "{parties:?}"
+    );
+    citizen_hangs_up(&mut citizen, &call, &mut [&mut agent, &mut police]).await;
+    gateway.stop().await;
+}
+
+/// 110 puts the call on hold (re-INVITE sendonly, answered by the gateway itself): its music on
+/// hold is not mixed in and it is sent nothing; when it resumes, it hears and is heard again.
+#[tokio::test]
+async fn a_party_on_hold_neither_contributes_nor_receives() {
+    let (mut gateway, mut citizen, mut agent, mut police) = setup("").await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let (invite, police_rtp, guest_media) = three_way(&mut agent, &call, &mut police, 2).await;
+    let mut citizen_talks = Talker::new(&call.caller_rtp, call.gateway_a_media, 8, CITIZEN_HZ);
+    let mut agent_talks = Talker::new(&call.callee_rtp, call.gateway_b_media, 8, AGENT_HZ);
+    let mut police_talks = Talker::new(&police_rtp, guest_media, 8, POLICE_HZ);
+    let reinvite = |police: &mut Ua, cseq: u32, direction: &str| {
+        let mut request = police.uas_request(&invite, "INVITE", cseq);
+        request.headers.set("Content-Type", "application/sdp");
+        request.headers.push(
+            "Contact",
+            format!("<sip:police@{}>", common::host_port(police.address)),
+        );
+        request.body = bytes::Bytes::from(common::sdp(police_rtp.address, &[8], direction));
+        request
+    };
+    let hold = reinvite(&mut police, 1, "sendonly");
+    police.send_request(&hold).await;
+    let ok = police.expect_response("INVITE", 200).await;
+    assert!(
+        ok.sdp().is_some_and(|s| s.contains("a=recvonly")),
+        "the gateway answers hold itself"
+    );
+    let ack = police.uas_request(&invite, "ACK", 1);
+    police.send_request(&ack).await;
+    {
+        let mut all = [&mut citizen_talks, &mut agent_talks, &mut police_talks];
+        talk(&mut all, 10).await;
+        forget(&mut all);
+        talk(&mut all, 50).await;
+    }
+    assert_hears(&citizen_talks, "the citizen", &[AGENT_HZ], &[POLICE_HZ]);
+    assert_hears(&agent_talks, "the agent", &[CITIZEN_HZ], &[POLICE_HZ]);
+    assert!(
+        police_talks.heard.is_empty(),
+        "110 on hold is sent nothing ({} samples)",
+        police_talks.heard.len()
+    );
+
+    let resume = reinvite(&mut police, 2, "sendrecv");
+    police.send_request(&resume).await;
+    police.expect_response("INVITE", 200).await;
+    let ack = police.uas_request(&invite, "ACK", 2);
+    police.send_request(&ack).await;
+    {
+        let mut all = [&mut citizen_talks, &mut agent_talks, &mut police_talks];
+        talk(&mut all, 10).await;
+        forget(&mut all);
+        talk(&mut all, 50).await;
+    }
+    assert_hears(
+        &citizen_talks,
+        "the citizen",
+        &[AGENT_HZ, POLICE_HZ],
+        &[CITIZEN_HZ],
+    );
+    assert_hears(&police_talks, "110", &[CITIZEN_HZ, AGENT_HZ], &[POLICE_HZ]);
+    citizen_hangs_up(&mut citizen, &call, &mut [&mut agent, &mut police]).await;
     gateway.stop().await;
 }
