@@ -451,6 +451,8 @@ struct CallMedia {
     sockets: Vec<[UdpSocket; 2]>,
     _leases: Vec<LegSockets>,
     sides: Vec<Side>,
+    /// For guests' streams (random SSRC, first sequence number and timestamp).
+    ids: IdGenerator,
     /// The two parties relayed to each other (exactly two in the call's audio).
     pair: Option<(usize, usize)>,
     /// Mixing (three or more in): when the next tick is due.
@@ -588,23 +590,14 @@ impl MediaEngine {
             self.metrics.increment(Counter::RtpPacketsDropped);
             return handle;
         };
-        let mut sides = Vec::with_capacity(MAX_PARTIES);
-        for _ in 0..MAX_PARTIES {
-            sides.push(Side::new(&mut ids));
-        }
-        // Guests' sides exist from the start (their streams' random origins drawn now, from
-        // the call's generator) but hold no sockets and are out of the call until they join.
-        let mut sockets = Vec::with_capacity(MAX_PARTIES);
-        sockets.push([a_rtp, a_rtcp]);
-        sockets.push([b_rtp, b_rtcp]);
-        for side in sides.iter_mut().skip(2) {
-            side.in_call = false;
-        }
+        // Two parties; guests' sides are added with their sockets (most calls never have one).
+        let sides = vec![Side::new(&mut ids), Side::new(&mut ids)];
         let call = CallMedia {
             id,
-            sockets,
+            sockets: vec![[a_rtp, a_rtcp], [b_rtp, b_rtcp]],
             _leases: Vec::from(legs),
             sides,
+            ids,
             pair: Some((0, 1)),
             next_tick: None,
             stats,
@@ -725,6 +718,10 @@ fn worker(
                     let NewParty { sockets, lease, .. } = *new;
                     call.sockets.push(sockets);
                     call._leases.push(lease);
+                    // Out of the call's audio until it joins.
+                    let mut side = Side::new(&mut call.ids);
+                    side.in_call = false;
+                    call.sides.push(side);
                 }
                 Control::Command(id, command) => {
                     let Some(call) = by_id.get(&id).and_then(|s| slots[*s].as_mut()) else {

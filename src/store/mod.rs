@@ -769,6 +769,40 @@ mod tests {
     }
 
     #[test]
+    fn a_version_2_store_is_upgraded_and_keeps_its_linkages() {
+        let dir = directory();
+        let path = dir.path().join("gateway.db");
+        let connection = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        // The tables as version 2 left them, with one transfer on record.
+        let v2 = "CREATE TABLE schema_version (version INTEGER NOT NULL);
+            INSERT INTO schema_version VALUES (1); INSERT INTO schema_version VALUES (2);
+            CREATE TABLE calls (id TEXT PRIMARY KEY, a_call_id TEXT NOT NULL, b_call_id TEXT,
+              caller TEXT NOT NULL, called TEXT NOT NULL, a_peer TEXT NOT NULL, b_peer TEXT,
+              started_at INTEGER NOT NULL, answered_at INTEGER, ended_at INTEGER, ended_by TEXT,
+              end_reason TEXT, final_status INTEGER, rtp_a_to_b INTEGER NOT NULL DEFAULT 0,
+              rtp_b_to_a INTEGER NOT NULL DEFAULT 0, rtp_dropped INTEGER NOT NULL DEFAULT 0);
+            CREATE TABLE linkages (id TEXT PRIMARY KEY, call_id TEXT NOT NULL, from_platform TEXT,
+              from_peer TEXT NOT NULL, to_platform TEXT, to_peer TEXT, target TEXT NOT NULL,
+              trigger TEXT NOT NULL, requested_at INTEGER NOT NULL, ringing_at INTEGER,
+              answered_at INTEGER, ended_at INTEGER, outcome TEXT, sip_status INTEGER);
+            INSERT INTO linkages (id, call_id, from_peer, target, trigger, requested_at)
+              VALUES ('l1', 'c1', 'hotline', '110', 'refer', 1);";
+        connection
+            .execute_batch(v2)
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(connection);
+        let store = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        drop(store);
+        let linkages = list_linkages(&path, "c1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(linkages.len(), 1);
+        assert_eq!(linkages[0].kind, "transfer");
+        assert_eq!(
+            list_conference_parties(&path, "c1").map(|p| p.len()).ok(),
+            Some(0)
+        );
+    }
+
+    #[test]
     fn newer_schema_is_refused() {
         let dir = directory();
         let path = dir.path().join("gateway.db");
