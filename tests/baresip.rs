@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{sdp, sdp_address, Gateway, RtpPeer, Ua};
+use common::{sdp, sdp_address, tone_level, Gateway, RtpPeer, Ua};
 
 const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
@@ -328,21 +328,6 @@ fn heard(dir: &std::path::Path) -> Vec<i16> {
         .chunks_exact(2)
         .map(|pair| i16::from_le_bytes([pair[0], pair[1]]))
         .collect()
-}
-
-/// Amplitude of `frequency` Hz in 8 kHz `samples` (Goertzel).
-fn tone_level(samples: &[i16], frequency: f64) -> f64 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    let coefficient = 2.0 * (2.0 * std::f64::consts::PI * frequency / 8000.0).cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for sample in samples {
-        let s = f64::from(*sample) + coefficient * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    2.0 * (s1 * s1 + s2 * s2 - coefficient * s1 * s2).max(0.0).sqrt() / samples.len() as f64
 }
 
 /// `samples` hold each of `present` at a usable level and none of `absent`. Levels are averaged

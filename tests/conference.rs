@@ -7,7 +7,9 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::{establish, sdp_address, Established, Gateway, RtpPeer, RtpSeen, Ua};
+use common::{
+    dtmf_info, establish, sdp_address, tone_level, Established, Gateway, RtpPeer, RtpSeen, Ua,
+};
 use hotline_gateway::media::g711;
 use hotline_gateway::sip::message::Request;
 
@@ -93,14 +95,6 @@ async fn citizen_hangs_up(citizen: &mut Ua, call: &Established, others: &mut [&m
         let bye = ua.expect_request("BYE").await;
         ua.send_response(&ua.answer(&bye, 200, None)).await;
     }
-}
-
-/// A DTMF INFO from the agent (UAS side of leg B).
-fn dtmf_info(agent: &mut Ua, call: &Established, cseq: u32, digit: char) -> Request {
-    let mut info = agent.uas_request(&call.incoming, "INFO", cseq);
-    info.headers.set("Content-Type", "application/dtmf-relay");
-    info.body = bytes::Bytes::from(format!("Signal={digit}\r\nDuration=160\r\n"));
-    info
 }
 
 /// The agent keys `*3` (INFOs numbered from `cseq`); 110 is invited, answers, and is in the
@@ -235,22 +229,6 @@ fn forget(talkers: &mut [&mut Talker<'_>]) {
     for talker in talkers.iter_mut() {
         talker.heard.clear();
     }
-}
-
-/// Amplitude of `frequency` in `samples` (Goertzel): a sine of peak A over whole periods gives A.
-fn tone_level(samples: &[i16], frequency: f64) -> f64 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    let coefficient = 2.0 * (2.0 * std::f64::consts::PI * frequency / 8000.0).cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for sample in samples {
-        let s = f64::from(*sample) + coefficient * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    let power = s1 * s1 + s2 * s2 - coefficient * s1 * s2;
-    2.0 * power.max(0.0).sqrt() / samples.len() as f64
 }
 
 fn assert_hears(talker: &Talker<'_>, who: &str, hears: &[f64], not: &[f64]) {

@@ -6,7 +6,7 @@ mod common;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use common::{establish, establish_to, Established, Gateway, RtpPeer, Ua};
+use common::{dtmf_info, establish, establish_to, Established, Gateway, RtpPeer, Ua};
 use hotline_gateway::sip::message::Request;
 
 const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -613,14 +613,6 @@ async fn an_agent_calling_back_transfers_the_citizen_from_the_calling_leg() {
         ("hotline", Some("answered"))
     );
     gateway.stop().await;
-}
-
-/// A DTMF INFO from the agent (UAS side of leg B).
-fn dtmf_info(agent: &mut Ua, call: &Established, cseq: u32, digit: char) -> Request {
-    let mut info = agent.uas_request(&call.incoming, "INFO", cseq);
-    info.headers.set("Content-Type", "application/dtmf-relay");
-    info.body = bytes::Bytes::from(format!("Signal={digit}\r\nDuration=160\r\n"));
-    info
 }
 
 /// The digits of the DTMF INFOs the citizen receives, answered 200, until `count` digits.

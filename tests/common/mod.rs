@@ -703,3 +703,28 @@ pub async fn establish_to(
         gateway_b_media,
     }
 }
+
+/// Amplitude of `frequency` Hz in 8 kHz `samples` (Goertzel): a sine of peak A over whole
+/// periods gives A.
+pub fn tone_level(samples: &[i16], frequency: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let coefficient = 2.0 * (2.0 * std::f64::consts::PI * frequency / 8000.0).cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for sample in samples {
+        let s = f64::from(*sample) + coefficient * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    let power = s1 * s1 + s2 * s2 - coefficient * s1 * s2;
+    2.0 * power.max(0.0).sqrt() / samples.len() as f64
+}
+
+/// A DTMF INFO (`application/dtmf-relay`) from the callee of `call` (the agent, UAS of leg B).
+pub fn dtmf_info(agent: &mut Ua, call: &Established, cseq: u32, digit: char) -> Request {
+    let mut info = agent.uas_request(&call.incoming, "INFO", cseq);
+    info.headers.set("Content-Type", "application/dtmf-relay");
+    info.body = Bytes::from(format!("Signal={digit}\r\nDuration=160\r\n"));
+    info
+}
