@@ -12,7 +12,8 @@
 //! | [`call`] | legs, dialogs and the call state machine (sans-IO), plus the task that drives it |
 //! | [`media`] | G.711, RTP rewriting (pure), port allocation and the relay (sockets) |
 //! | [`routing`] | number -> peers, source address -> peer |
-//! | [`store`] | SQLite call records |
+//! | [`store`] | SQLite call records, linkage and conference records, the work-order outbox |
+//! | [`workorder`] | the gRPC work-order link: events to the platforms, their commands back |
 //! | [`metrics`], [`http`] | Prometheus counters and the /healthz, /metrics endpoint |
 
 pub mod call;
@@ -25,6 +26,7 @@ pub mod routing;
 pub mod shutdown;
 pub mod sip;
 pub mod store;
+pub mod workorder;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,12 +61,18 @@ pub enum StartError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot bind the work-order gRPC endpoint on {address}: {source}")]
+    Grpc {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running gateway: its addresses, for tests and logs.
 pub struct Running {
     pub sip: SocketAddr,
     pub http: SocketAddr,
+    pub grpc: SocketAddr,
     pub metrics: Arc<Metrics>,
     finished: tokio::task::JoinHandle<()>,
 }
@@ -87,6 +95,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(&config.store.path)?;
+    let positions = store::outbox_positions(&config.store.path)?;
+    let events = workorder::hub::EventHub::start(
+        store.clone(),
+        positions,
+        ids::IdGenerator::from_entropy(),
+        Arc::clone(&metrics),
+    );
+    let registry = Arc::new(workorder::registry::CallRegistry::default());
     let router = Arc::new(Router::new(&config));
     let ports = PortPool::new(
         config.media.address,
@@ -177,6 +193,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tracker: tracker.clone(),
         directory,
         ports,
+        events: Arc::clone(&events),
+        registry: Arc::clone(&registry),
     });
     let endpoint_stop = CancellationToken::new();
     let endpoint_task = tokio::spawn(endpoint.run(inbound, commands, endpoint_stop.clone()));
@@ -199,7 +217,35 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         http_stopped,
     ));
 
-    tracing::info!(sip = %local_sip, http = %http_address, store = %config.store.path.display(), "gateway listening");
+    let grpc_listener = tokio::net::TcpListener::bind(config.api.grpc)
+        .await
+        .map_err(|source| StartError::Grpc {
+            address: config.api.grpc,
+            source,
+        })?;
+    let grpc_address = grpc_listener.local_addr().unwrap_or(config.api.grpc);
+    let grpc_stop = CancellationToken::new();
+    let service = workorder::service::WorkOrderService::new(
+        Arc::clone(&events),
+        registry,
+        config.store.path.clone(),
+        config
+            .platforms
+            .iter()
+            .map(|p| (p.name.clone(), p.token.clone()))
+            .collect(),
+        Arc::clone(&metrics),
+        grpc_stop.clone(),
+    );
+    let grpc_task = tokio::spawn(workorder::service::serve(
+        service,
+        grpc_listener,
+        grpc_stop.clone(),
+    ));
+    let retention = Duration::from_secs(config.api.outbox_retention_hours * 3600);
+    tokio::spawn(prune_outbox(store.clone(), retention, shutdown.clone()));
+
+    tracing::info!(sip = %local_sip, http = %http_address, grpc = %grpc_address, store = %config.store.path.display(), "gateway listening");
     let finished = tokio::spawn(async move {
         shutdown.cancelled().await;
         tracing::info!("shutting down: ending calls");
@@ -214,6 +260,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         transport_stop.cancel();
         let _ = endpoint_task.await;
         let _ = http_stop.send(true);
+        // The calls' last events reach the outbox before the store closes.
+        events.flush().await;
+        grpc_stop.cancel();
+        let _ = grpc_task.await;
         if let Err(error) = store.shutdown().await {
             tracing::error!(%error, "store not flushed cleanly");
         }
@@ -222,7 +272,25 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     Ok(Running {
         sip: local_sip,
         http: http_address,
+        grpc: grpc_address,
         metrics,
         finished,
     })
+}
+
+/// Deletes outbox events past their retention, hourly.
+async fn prune_outbox(store: Store, retention: Duration, shutdown: CancellationToken) {
+    let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = hourly.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(retention)
+            .map_or(0, store::unix_millis);
+        if let Err(error) = store.prune_outbox(cutoff).await {
+            tracing::warn!(%error, "outbox not pruned");
+        }
+    }
 }

@@ -35,6 +35,16 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Follow a platform's work-order events on the running gateway, one line each (never
+    /// acknowledges them).
+    Events {
+        /// The `[[platform]]` whose stream to follow (its token comes from the configuration).
+        #[arg(long)]
+        platform: String,
+        /// Start after this sequence; 0 starts after the last one the platform acknowledged.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,6 +59,28 @@ fn main() -> ExitCode {
     if cli.check {
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Events { platform, from }) = &cli.command {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                eprintln!("hotline-gateway: cannot start the runtime: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut out = std::io::stdout();
+        return match runtime.block_on(hotline_gateway::workorder::tail::tail(
+            &config, platform, *from, &mut out,
+        )) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("hotline-gateway: {error}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if let Some(Command::Calls { limit }) = cli.command {
         return match hotline_gateway::store::list_calls(&config.store.path, limit) {

@@ -42,9 +42,13 @@ pub enum Counter {
     /// Frames concealed because nothing arrived for them.
     JitterConcealed,
     ConferencesStarted,
+    WorkOrderEventsStored,
+    WorkOrderEventsSent,
+    WorkOrderCommands,
+    WorkOrderAuthFailures,
 }
 
-const COUNTERS: [(Counter, &str, &str); 26] = [
+const COUNTERS: [(Counter, &str, &str); 30] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -175,6 +179,26 @@ const COUNTERS: [(Counter, &str, &str); 26] = [
         "hotline_conferences_total",
         "conferences started (a third party answered)",
     ),
+    (
+        Counter::WorkOrderEventsStored,
+        "hotline_workorder_events_stored_total",
+        "work-order events written to the outbox (one per receiving platform)",
+    ),
+    (
+        Counter::WorkOrderEventsSent,
+        "hotline_workorder_events_sent_total",
+        "work-order events sent to platform clients (resends included)",
+    ),
+    (
+        Counter::WorkOrderCommands,
+        "hotline_workorder_commands_total",
+        "commands received from platform clients",
+    ),
+    (
+        Counter::WorkOrderAuthFailures,
+        "hotline_workorder_auth_failures_total",
+        "work-order clients refused for an unknown platform or a wrong token",
+    ),
 ];
 
 /// Gauges (values that go up and down).
@@ -184,9 +208,10 @@ pub enum Gauge {
     TransactionsActive,
     MediaPortsInUse,
     ConferencesActive,
+    WorkOrderClients,
 }
 
-const GAUGES: [(Gauge, &str, &str); 4] = [
+const GAUGES: [(Gauge, &str, &str); 5] = [
     (
         Gauge::CallsActive,
         "hotline_calls_active",
@@ -206,6 +231,11 @@ const GAUGES: [(Gauge, &str, &str); 4] = [
         Gauge::ConferencesActive,
         "hotline_conferences_active",
         "calls mixing three or more parties",
+    ),
+    (
+        Gauge::WorkOrderClients,
+        "hotline_workorder_clients",
+        "platform clients connected to the work-order link",
     ),
 ];
 

@@ -4,6 +4,7 @@
 
 pub mod directory;
 pub mod hotkey;
+pub mod link;
 pub mod manager;
 pub mod model;
 pub mod task;

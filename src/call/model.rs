@@ -148,6 +148,14 @@ pub enum Action {
     },
     /// A transfer attempt changed (for its linkage record and metrics).
     Linkage(LinkageUpdate),
+    /// Leg B's peer rings (its first provisional response beyond 100).
+    Ringing,
+    /// The agent keyed a hotkey.
+    Hotkey {
+        dtmf: String,
+        action: HotkeyAction,
+        target: String,
+    },
     /// The call needs another media party (a conference guest's port pair): answer at once
     /// with [`Call::handle_party_opened`].
     OpenParty,
@@ -1252,6 +1260,9 @@ impl Call {
         self.arm(Timer::PeerResponse, None);
         if first {
             self.arm(Timer::Ring, Some(now + self.settings.ring_timeout));
+            if self.state == State::Calling && !self.cancelled {
+                self.actions.push_back(Action::Ringing);
+            }
         }
         if self.cancelled {
             self.send_cancel();
@@ -2118,6 +2129,11 @@ impl Call {
             return;
         };
         tracing::info!(call = %self.id, dtmf = %hotkey.dtmf, target = %hotkey.target, "hotkey");
+        self.actions.push_back(Action::Hotkey {
+            dtmf: hotkey.dtmf.clone(),
+            action: hotkey.action,
+            target: hotkey.target.clone(),
+        });
         match hotkey.action {
             HotkeyAction::Transfer => {
                 let result =
@@ -2531,6 +2547,45 @@ impl Call {
             self.abandoned.insert(attempt.branch.clone());
         }
         self.stale.push(attempt);
+    }
+
+    /// Ends the call for every party (a platform's command): BYE (or CANCEL and 503) to all.
+    pub fn hang_up_all(&mut self, now: Instant) {
+        self.hang_up(None, EndedBy::Gateway, "hung up by the work-order system");
+        self.arm_cleanup(now);
+    }
+
+    /// Mutes or unmutes a party of the call's audio (the relay's party number).
+    ///
+    /// # Errors
+    /// [`TransferError::NotAnswered`] when no such party is in the call.
+    pub fn mute(&mut self, party: u32, muted: bool) -> Result<(), TransferError> {
+        let party = usize::try_from(party)
+            .ok()
+            .and_then(Party::from_index)
+            .filter(|p| self.state == State::Answered && self.audio_parties().contains(p))
+            .ok_or(TransferError::NotAnswered)?;
+        self.actions
+            .push_back(Action::Media(MediaCommand::Mute(party, muted)));
+        Ok(())
+    }
+
+    /// The leg whose party belongs to `platform` (leg B first), if any.
+    pub fn leg_of_platform(&self, platform: &str) -> Option<Leg> {
+        [Leg::B, Leg::A].into_iter().find(|leg| {
+            self.dialog(*leg).is_some()
+                && self.leg_peer(*leg).and_then(|p| p.platform.as_deref()) == Some(platform)
+        })
+    }
+
+    /// The platform of leg B's peer (the current attempt's, or the answered one's).
+    pub fn b_platform(&self) -> Option<String> {
+        self.b_peer().and_then(|p| p.platform.clone())
+    }
+
+    /// The platform of the caller's peer.
+    pub fn caller_platform(&self) -> Option<String> {
+        self.caller_peer.platform.clone()
     }
 
     /// The caller's number as presented (From user part), for the record.

@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use std::collections::HashMap;
 
+use super::link::Link;
 use super::model::{Action, Call, ConferenceUpdate, EndedBy, LinkageUpdate, Outcome};
 use crate::media::relay::{MediaEvent, RelayHandle};
 use crate::metrics::{CallResult, Counter, Gauge, Metrics};
@@ -30,6 +31,9 @@ pub struct CallServices {
     pub directory: Arc<super::directory::Directory>,
     /// Port pairs for conference guests (legs A and B get theirs at admission).
     pub ports: Arc<crate::media::ports::PortPool>,
+    /// The work-order link: where the calls' events go, and how commands reach the calls.
+    pub events: Arc<crate::workorder::hub::EventHub>,
+    pub registry: Arc<crate::workorder::registry::CallRegistry>,
 }
 
 /// Starts the task of a new call. `inbox`/`owner` are the call's SIP event channel.
@@ -67,10 +71,17 @@ async fn run(
     }
     tracing::info!("call offered");
     let mut shutdown_seen = false;
+    let (link, mut commands) = Link::open(
+        &record,
+        &call,
+        Arc::clone(&services.events),
+        &services.registry,
+    );
     let mut records = Records {
         call: record,
         linkages: HashMap::new(),
         parties: Vec::new(),
+        link,
     };
     loop {
         if carry_out(&mut call, &owner, &relay, &mut records, &services).await {
@@ -93,12 +104,14 @@ async fn run(
                 MediaEvent::Digit(party, digit) => call.handle_media_digit(Instant::now(), party, digit),
             },
             _ = sleep => call.handle_timeout(Instant::now()),
+            Some(command) = commands.recv() => records.link.command(&mut call, command),
             _ = services.shutdown.cancelled(), if !shutdown_seen => {
                 shutdown_seen = true;
                 call.handle_shutdown(Instant::now());
             }
         }
     }
+    services.registry.remove(&records.link.call_id());
     services.metrics.add_gauge(Gauge::CallsActive, -1);
     tracing::debug!("call finished");
 }
@@ -109,6 +122,7 @@ struct Records {
     linkages: HashMap<String, LinkageRecord>,
     /// Conference parties still in (their `left_at` unset).
     parties: Vec<ConferencePartyRecord>,
+    link: Link,
 }
 
 /// Carries out every pending action; returns true once the call has finished.
@@ -134,10 +148,18 @@ async fn carry_out(
             Action::UnregisterDialog(key) => services.endpoint.unregister_dialog(&key),
             Action::Media(command) => relay.command(command),
             Action::Attempt { b_call_id, b_peer } => {
+                records.link.attempt(&b_peer, call.b_platform());
                 record.b_call_id = Some(b_call_id);
                 record.b_peer = Some(b_peer);
             }
+            Action::Ringing => records.link.ringing(),
+            Action::Hotkey {
+                dtmf,
+                action,
+                target,
+            } => records.link.hotkey(&dtmf, action, &target),
             Action::Answered { b_call_id, b_peer } => {
+                records.link.answered();
                 let now = unix_millis(SystemTime::now());
                 record.answered_at = Some(now);
                 tracing::info!(peer = %b_peer, "call answered");
@@ -163,17 +185,24 @@ async fn carry_out(
                 call.handle_party_opened(Instant::now(), opened);
             }
             Action::Conference(update) => {
+                records.link.conference(&update);
                 track_conference(&mut records.parties, record, update, services).await;
             }
             Action::Linkage(update) => {
-                let linkage =
-                    track_linkage(&mut records.linkages, record, update, &services.metrics);
+                let linkage = track_linkage(
+                    &mut records.linkages,
+                    record,
+                    update.clone(),
+                    &services.metrics,
+                );
+                records.link.linkage(&update, &linkage);
                 if let Err(error) = services.store.linkage(linkage).await {
                     services.metrics.increment(Counter::StoreWriteErrors);
                     tracing::error!(%error, "linkage record not written");
                 }
             }
             Action::Ended(outcome) => {
+                records.link.ended(&outcome);
                 track_conference(
                     &mut records.parties,
                     record,

@@ -43,6 +43,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(default, rename = "hotkey")]
     pub hotkeys: Vec<HotkeyConfig>,
+    #[serde(default, rename = "platform")]
+    pub platforms: Vec<PlatformConfig>,
 }
 
 /// `[sip]`: signalling transport and RFC 3261 timer values.
@@ -150,10 +152,24 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Work-order gRPC interface (served once the work-order issue lands).
+    /// Work-order gRPC interface (`proto/workorder.proto`), for the `[[platform]]` clients.
     pub grpc: SocketAddr,
     /// `GET /healthz` and `GET /metrics`.
     pub http: SocketAddr,
+    /// Outbox events older than this are deleted, acknowledged or not (default 168 h: a week
+    /// for a platform's system to come back and catch up).
+    #[serde(default = "default_outbox_retention_hours")]
+    pub outbox_retention_hours: u64,
+}
+
+/// `[[platform]]`: a platform's system (12345's work-order system, 110's CAD) allowed on the
+/// work-order link. `name` is the `platform` of its `[[peer]]`s.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformConfig {
+    pub name: String,
+    /// The client's shared secret (`Hello.token`, or `authorization: Bearer <token>`).
+    pub token: String,
 }
 
 /// Signalling transport used towards a peer.
@@ -263,6 +279,9 @@ fn default_transfer_ring_timeout_secs() -> u64 {
 fn default_hotkey_inter_digit_ms() -> u64 {
     2000
 }
+fn default_outbox_retention_hours() -> u64 {
+    168
+}
 fn default_conference_max_parties() -> usize {
     4
 }
@@ -325,6 +344,29 @@ impl Config {
             key,
             reason,
         };
+        for (index, platform) in self.platforms.iter().enumerate() {
+            if platform.name.is_empty() {
+                return Err(invalid(
+                    format!("platform[{index}].name"),
+                    "must not be empty".into(),
+                ));
+            }
+            if platform.token.len() < 16 {
+                return Err(invalid(
+                    format!("platform[{index}].token"),
+                    "must be at least 16 characters: it is the platform's only credential".into(),
+                ));
+            }
+            if self.platforms[..index]
+                .iter()
+                .any(|p| p.name == platform.name)
+            {
+                return Err(invalid(
+                    format!("platform[{index}].name"),
+                    format!("platform {:?} is configured twice", platform.name),
+                ));
+            }
+        }
         if !(3..=crate::media::MAX_PARTIES).contains(&self.sip.conference_max_parties) {
             return Err(invalid(
                 "sip.conference_max_parties".into(),

@@ -18,7 +18,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 /// The newest schema this code knows.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Queue length between call tasks and the writer.
 const QUEUE: usize = 16_384;
@@ -91,6 +91,21 @@ pub struct ConferencePartyRecord {
     pub left_at: Option<i64>,
 }
 
+/// One event in a platform's outbox: stored before it is sent, sent again from here to a client
+/// that reconnects.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutboxRecord {
+    pub platform: String,
+    /// The platform stream's sequence, from 1.
+    pub sequence: u64,
+    pub event_id: String,
+    pub call_id: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// The event as sent (the gateway's encoding of it; protobuf for the work-order link).
+    pub body: Vec<u8>,
+}
+
 /// Store failures, with the path where it helps.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -125,6 +140,13 @@ enum WriteOp {
     Ended(CallRecord, oneshot::Sender<Result<(), String>>),
     Linkage(LinkageRecord),
     ConferenceParty(ConferencePartyRecord),
+    Events(Vec<OutboxRecord>, oneshot::Sender<Result<(), String>>),
+    Ack {
+        platform: String,
+        sequence: u64,
+    },
+    /// Deletes outbox events older than this (Unix ms).
+    Prune(i64),
     Flush(oneshot::Sender<Result<(), String>>),
 }
 
@@ -267,6 +289,41 @@ impl Store {
         }
     }
 
+    /// Appends events to their platforms' outboxes and waits until they are committed: only then
+    /// may they be sent.
+    ///
+    /// # Errors
+    /// As [`Store::call_ended`].
+    pub async fn append_events(&self, events: Vec<OutboxRecord>) -> Result<(), StoreError> {
+        self.until_committed(|done| WriteOp::Events(events, done))
+            .await
+    }
+
+    /// Records that `platform`'s client has every event up to `sequence` (does not wait).
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] if the writer has stopped.
+    pub async fn acknowledge(&self, platform: &str, sequence: u64) -> Result<(), StoreError> {
+        self.queue
+            .send(WriteOp::Ack {
+                platform: platform.to_string(),
+                sequence,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Deletes outbox events created before `before` (Unix ms), acknowledged or not.
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] if the writer has stopped.
+    pub async fn prune_outbox(&self, before: i64) -> Result<(), StoreError> {
+        self.queue
+            .send(WriteOp::Prune(before))
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
     /// Flushes everything queued; the writer thread ends when the last handle is dropped.
     ///
     /// # Errors
@@ -360,6 +417,27 @@ fn migrate(connection: &Connection) -> Result<(), StoreError> {
              COMMIT;",
         )?;
     }
+    if found < 4 {
+        connection.execute_batch(
+            "BEGIN;
+             CREATE TABLE outbox (
+                 platform TEXT NOT NULL,
+                 sequence INTEGER NOT NULL,
+                 event_id TEXT NOT NULL,
+                 call_id TEXT NOT NULL,
+                 created_at INTEGER NOT NULL,
+                 body BLOB NOT NULL,
+                 PRIMARY KEY (platform, sequence)
+             );
+             CREATE INDEX outbox_created_at ON outbox (created_at);
+             CREATE TABLE outbox_acks (
+                 platform TEXT PRIMARY KEY,
+                 sequence INTEGER NOT NULL
+             );
+             INSERT INTO schema_version (version) VALUES (4);
+             COMMIT;",
+        )?;
+    }
     Ok(())
 }
 
@@ -380,13 +458,15 @@ fn write_loop(mut connection: Connection, mut queue: mpsc::Receiver<WriteOp>, pa
         }
         for op in batch.drain(..) {
             match op {
-                WriteOp::Ended(_, done) | WriteOp::Flush(done) => {
+                WriteOp::Ended(_, done) | WriteOp::Flush(done) | WriteOp::Events(_, done) => {
                     let _ = done.send(result.clone());
                 }
                 WriteOp::Started(_)
                 | WriteOp::Answered { .. }
                 | WriteOp::Linkage(_)
-                | WriteOp::ConferenceParty(_) => {}
+                | WriteOp::ConferenceParty(_)
+                | WriteOp::Ack { .. }
+                | WriteOp::Prune(_) => {}
             }
         }
     }
@@ -411,6 +491,15 @@ fn write_batch(connection: &mut Connection, batch: &[WriteOp]) -> Result<(), rus
                  sip_status, kind)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )?;
+        let mut event = transaction.prepare_cached(
+            "INSERT OR REPLACE INTO outbox (platform, sequence, event_id, call_id, created_at, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut ack = transaction.prepare_cached(
+            "INSERT INTO outbox_acks (platform, sequence) VALUES (?1, ?2)
+             ON CONFLICT(platform) DO UPDATE SET sequence = MAX(sequence, excluded.sequence)",
+        )?;
+        let mut prune = transaction.prepare_cached("DELETE FROM outbox WHERE created_at < ?1")?;
         let mut party = transaction.prepare_cached(
             "INSERT OR REPLACE INTO conference_parties (call_id, party, peer, number, joined_at,
                  left_at)
@@ -467,6 +556,24 @@ fn write_batch(connection: &mut Connection, batch: &[WriteOp]) -> Result<(), rus
                         l.sip_status,
                         l.kind,
                     ])?;
+                }
+                WriteOp::Events(events, _) => {
+                    for e in events {
+                        event.execute(params![
+                            e.platform,
+                            e.sequence as i64,
+                            e.event_id,
+                            e.call_id,
+                            e.created_at,
+                            e.body,
+                        ])?;
+                    }
+                }
+                WriteOp::Ack { platform, sequence } => {
+                    ack.execute(params![platform, *sequence as i64])?;
+                }
+                WriteOp::Prune(before) => {
+                    prune.execute(params![before])?;
                 }
                 WriteOp::ConferenceParty(p) => {
                     party.execute(params![
@@ -565,6 +672,105 @@ pub fn list_linkages(path: &Path, call_id: &str) -> Result<Vec<LinkageRecord>, S
         })
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Each platform's newest outbox sequence and the last one its client acknowledged.
+///
+/// # Errors
+/// [`StoreError::Open`] if the file does not exist or is no database of ours.
+pub fn outbox_positions(
+    path: &Path,
+) -> Result<std::collections::HashMap<String, (u64, u64)>, StoreError> {
+    let connection = open_read_only(path)?;
+    let mut positions = std::collections::HashMap::new();
+    let mut statement =
+        connection.prepare("SELECT platform, MAX(sequence) FROM outbox GROUP BY platform")?;
+    let rows = statement.query_map([], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+    })?;
+    for row in rows {
+        let (platform, latest) = row?;
+        positions.insert(platform, (latest as u64, 0));
+    }
+    let mut statement = connection.prepare("SELECT platform, sequence FROM outbox_acks")?;
+    let rows = statement.query_map([], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+    })?;
+    for row in rows {
+        let (platform, acked) = row?;
+        let entry = positions.entry(platform).or_insert((acked as u64, 0));
+        entry.0 = entry.0.max(acked as u64);
+        entry.1 = acked as u64;
+    }
+    Ok(positions)
+}
+
+/// A read-only connection that reads platforms' outboxes (one per connected client).
+pub struct OutboxReader(Connection);
+
+impl OutboxReader {
+    /// # Errors
+    /// [`StoreError::Open`] if the file does not exist or is no database of ours.
+    pub fn open(path: &Path) -> Result<OutboxReader, StoreError> {
+        open_read_only(path).map(OutboxReader)
+    }
+
+    /// Up to `limit` events of `platform`'s outbox after `after`, in order.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the query fails.
+    pub fn read(
+        &self,
+        platform: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
+        read_outbox(&self.0, platform, after, limit)
+    }
+}
+
+fn read_outbox(
+    connection: &Connection,
+    platform: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<OutboxRecord>, StoreError> {
+    let mut statement = connection.prepare_cached(
+        "SELECT platform, sequence, event_id, call_id, created_at, body FROM outbox
+         WHERE platform = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3",
+    )?;
+    let rows = statement.query_map(params![platform, after as i64, limit as i64], |row| {
+        Ok(OutboxRecord {
+            platform: row.get(0)?,
+            sequence: row.get::<_, i64>(1)? as u64,
+            event_id: row.get(2)?,
+            call_id: row.get(3)?,
+            created_at: row.get(4)?,
+            body: row.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// One linkage by its id.
+///
+/// # Errors
+/// [`StoreError::Open`] if the file does not exist or is no database of ours.
+pub fn find_linkage(path: &Path, linkage_id: &str) -> Result<Option<LinkageRecord>, StoreError> {
+    let connection = open_read_only(path)?;
+    let call_id: Option<String> = connection
+        .query_row(
+            "SELECT call_id FROM linkages WHERE id = ?1",
+            [linkage_id],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let Some(call_id) = call_id else {
+        return Ok(None);
+    };
+    Ok(list_linkages(path, &call_id)?
+        .into_iter()
+        .find(|l| l.id == linkage_id))
 }
 
 /// The conference parties of one call (its gateway id), in order of party.

@@ -35,8 +35,10 @@ fn media_block() -> [u16; 2] {
 pub struct Gateway {
     pub sip: SocketAddr,
     pub http: SocketAddr,
+    pub grpc: SocketAddr,
     pub db: PathBuf,
     pub shutdown: CancellationToken,
+    config: Config,
     running: Option<hotline_gateway::Running>,
     _dir: tempfile::TempDir,
 }
@@ -98,18 +100,36 @@ impl Gateway {
             Err(e) => panic!("{e}\n{text}"),
         };
         let shutdown = CancellationToken::new();
-        let running = match hotline_gateway::start(config, shutdown.clone()).await {
+        let running = match hotline_gateway::start(config.clone(), shutdown.clone()).await {
             Ok(r) => r,
             Err(e) => panic!("gateway did not start: {e}"),
         };
         Gateway {
             sip: running.sip,
             http: running.http,
+            grpc: running.grpc,
             db,
             shutdown,
+            config,
             running: Some(running),
             _dir: dir,
         }
+    }
+
+    /// Stops the gateway and starts it again on the same configuration and store (its
+    /// ephemeral ports change: see `sip`, `http`, `grpc`).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.shutdown = CancellationToken::new();
+        let running = match hotline_gateway::start(self.config.clone(), self.shutdown.clone()).await
+        {
+            Ok(r) => r,
+            Err(e) => panic!("gateway did not start again: {e}"),
+        };
+        self.sip = running.sip;
+        self.http = running.http;
+        self.grpc = running.grpc;
+        self.running = Some(running);
     }
 
     /// Stops the gateway and waits until it has ended its calls and flushed the store.

@@ -1,0 +1,182 @@
+//! The calls in progress, as the work-order link needs them: each call's command queue (its
+//! task carries the commands out on its call model) and a snapshot of what the platforms may
+//! see of it (and who they are, for permissions).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use dashmap::DashMap;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{LegInfo, Ticket};
+
+/// Why a command was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    UnknownCall,
+    NotAllowedNow,
+    NotPermitted,
+    NoRoute,
+    Invalid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CommandError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl CommandError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> CommandError {
+        CommandError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where a call's task sends a command's outcome.
+pub type CommandReply = oneshot::Sender<Result<(), CommandError>>;
+
+/// A platform's command to one call.
+#[derive(Debug)]
+pub enum CallCommand {
+    AttachTicket {
+        platform: String,
+        ticket: Ticket,
+        reply: CommandReply,
+    },
+    Transfer {
+        platform: String,
+        target: String,
+        reply: CommandReply,
+    },
+    Conference {
+        platform: String,
+        target: String,
+        reply: CommandReply,
+    },
+    HangUp {
+        platform: String,
+        reply: CommandReply,
+    },
+    Mute {
+        party: u32,
+        muted: bool,
+        reply: CommandReply,
+    },
+}
+
+/// What the platforms may see of a call in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CallSnapshot {
+    pub call_id: String,
+    pub citizen_number: String,
+    pub called_number: String,
+    pub a: LegInfo,
+    pub b: Option<LegInfo>,
+    pub answered: bool,
+    /// Unix milliseconds.
+    pub started_at: i64,
+    pub ticket: Option<Ticket>,
+    /// Every platform the call has involved (its legs' peers', its transfer targets'): those
+    /// get its events and may command it.
+    pub platforms: BTreeSet<String>,
+}
+
+struct Entry {
+    commands: mpsc::UnboundedSender<CallCommand>,
+    snapshot: Arc<Mutex<CallSnapshot>>,
+}
+
+/// The calls in progress, by their gateway id.
+#[derive(Default)]
+pub struct CallRegistry {
+    calls: DashMap<String, Entry>,
+}
+
+impl CallRegistry {
+    /// Enters a call; its task receives the commands on the returned queue and keeps
+    /// `snapshot` up to date.
+    pub fn insert(
+        &self,
+        snapshot: Arc<Mutex<CallSnapshot>>,
+    ) -> mpsc::UnboundedReceiver<CallCommand> {
+        let (commands, inbox) = mpsc::unbounded_channel();
+        let id = lock(&snapshot).call_id.clone();
+        self.calls.insert(id, Entry { commands, snapshot });
+        inbox
+    }
+
+    pub fn remove(&self, call_id: &str) {
+        self.calls.remove(call_id);
+    }
+
+    /// Hands `command` to the call's task if the call involves `platform`.
+    ///
+    /// # Errors
+    /// [`ErrorCode::UnknownCall`] for a call not in progress, [`ErrorCode::NotPermitted`] for a
+    /// call that does not involve `platform`.
+    pub fn command(
+        &self,
+        call_id: &str,
+        platform: &str,
+        command: CallCommand,
+    ) -> Result<(), CommandError> {
+        let Some(entry) = self.calls.get(call_id) else {
+            return Err(CommandError::new(
+                ErrorCode::UnknownCall,
+                format!("no call {call_id} in progress"),
+            ));
+        };
+        if !lock(&entry.snapshot).platforms.contains(platform) {
+            return Err(CommandError::new(
+                ErrorCode::NotPermitted,
+                format!("call {call_id} does not involve platform {platform}"),
+            ));
+        }
+        entry.commands.send(command).map_err(|_| {
+            CommandError::new(ErrorCode::UnknownCall, format!("call {call_id} has ended"))
+        })
+    }
+
+    /// The calls in progress that involve `platform`.
+    pub fn list(&self, platform: &str) -> Vec<CallSnapshot> {
+        let mut calls: Vec<CallSnapshot> = self
+            .calls
+            .iter()
+            .map(|entry| lock(&entry.snapshot).clone())
+            .filter(|s| s.platforms.contains(platform))
+            .collect();
+        calls.sort_by_key(|s| s.started_at);
+        calls
+    }
+
+    /// One call in progress, if it involves `platform`.
+    ///
+    /// # Errors
+    /// As [`CallRegistry::command`].
+    pub fn get(&self, call_id: &str, platform: &str) -> Result<CallSnapshot, CommandError> {
+        let Some(entry) = self.calls.get(call_id) else {
+            return Err(CommandError::new(
+                ErrorCode::UnknownCall,
+                format!("no call {call_id} in progress"),
+            ));
+        };
+        let snapshot = lock(&entry.snapshot).clone();
+        if snapshot.platforms.contains(platform) {
+            Ok(snapshot)
+        } else {
+            Err(CommandError::new(
+                ErrorCode::NotPermitted,
+                format!("call {call_id} does not involve platform {platform}"),
+            ))
+        }
+    }
+}
+
+/// The snapshot's lock: each holder only reads or replaces fields, so a poisoned one is whole.
+pub fn lock(snapshot: &Mutex<CallSnapshot>) -> std::sync::MutexGuard<'_, CallSnapshot> {
+    snapshot.lock().unwrap_or_else(PoisonError::into_inner)
+}

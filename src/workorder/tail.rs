@@ -1,0 +1,160 @@
+//! `hotline-gateway events --platform 110`: an operator's view of a platform's stream, one line
+//! per event, for watching the link during integration. It connects like a platform client but
+//! never acknowledges, so the platform's own client still gets everything.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use super::pb;
+use crate::config::Config;
+use crate::store::format_time;
+
+/// Why the tail could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    #[error("no [[platform]] named {0:?} in the configuration")]
+    UnknownPlatform(String),
+    #[error("cannot reach the gateway's work-order endpoint {address}: {source}")]
+    Connect {
+        address: String,
+        source: tonic::transport::Error,
+    },
+    #[error("the gateway refused the stream: {0}")]
+    Refused(tonic::Status),
+    #[error("cannot write the output: {0}")]
+    Output(std::io::Error),
+}
+
+/// Prints `platform`'s events after sequence `from` (0: after the last acknowledged) to `out`,
+/// one line each, until the gateway ends the stream.
+///
+/// # Errors
+/// [`TailError`] for an unknown platform, an unreachable or refusing gateway, or a broken
+/// output.
+pub async fn tail(
+    config: &Config,
+    platform: &str,
+    from: u64,
+    out: &mut impl Write,
+) -> Result<(), TailError> {
+    let token = config
+        .platforms
+        .iter()
+        .find(|p| p.name == platform)
+        .map(|p| p.token.clone())
+        .ok_or_else(|| TailError::UnknownPlatform(platform.to_string()))?;
+    let address = reachable(config.api.grpc);
+    let url = format!("http://{address}");
+    let mut client = pb::work_order_client::WorkOrderClient::connect(url.clone())
+        .await
+        .map_err(|source| TailError::Connect {
+            address: url.clone(),
+            source,
+        })?;
+    let hello = pb::ClientMessage {
+        kind: Some(pb::client_message::Kind::Hello(pb::Hello {
+            platform: platform.to_string(),
+            token,
+            resume_after: from,
+        })),
+    };
+    // Only the Hello: the stream stays open for as long as the gateway sends.
+    let (keep, requests) = tokio::sync::mpsc::channel(1);
+    let _ = keep.send(hello).await;
+    let mut stream = client
+        .link(tokio_stream::wrappers::ReceiverStream::new(requests))
+        .await
+        .map_err(TailError::Refused)?
+        .into_inner();
+    loop {
+        match stream.message().await {
+            Ok(Some(message)) => {
+                let line = match message.kind {
+                    Some(pb::server_message::Kind::Event(event)) => line(&event),
+                    Some(pb::server_message::Kind::Welcome(welcome)) => format!(
+                        "-- platform {}: newest event {}, acknowledged {}",
+                        welcome.platform, welcome.latest, welcome.acknowledged
+                    ),
+                    _ => continue,
+                };
+                writeln!(out, "{line}").map_err(TailError::Output)?;
+                out.flush().map_err(TailError::Output)?;
+            }
+            Ok(None) => return Ok(()),
+            Err(status) => return Err(TailError::Refused(status)),
+        }
+    }
+}
+
+/// A listen address one can connect to (a wildcard means this host).
+fn reachable(address: SocketAddr) -> SocketAddr {
+    if address.ip().is_unspecified() {
+        SocketAddr::new([127, 0, 0, 1].into(), address.port())
+    } else {
+        address
+    }
+}
+
+/// One readable line: sequence, time, type, the call and what the event adds.
+pub fn line(event: &pb::Event) -> String {
+    let kind = pb::EventType::try_from(event.r#type)
+        .map(|t| t.as_str_name())
+        .unwrap_or("UNKNOWN");
+    let leg = |leg: &Option<pb::Leg>| {
+        leg.as_ref().map_or_else(String::new, |l| {
+            if l.platform.is_empty() {
+                l.peer.clone()
+            } else {
+                format!("{}({})", l.peer, l.platform)
+            }
+        })
+    };
+    let mut text = format!(
+        "#{} {} {} call={} citizen={} called={} a={} b={}",
+        event.sequence,
+        format_time(event.time),
+        kind,
+        event.call_id,
+        event.citizen_number,
+        event.called_number,
+        leg(&event.a),
+        leg(&event.b),
+    );
+    if !event.linkage_id.is_empty() {
+        text.push_str(&format!(" linkage={}", event.linkage_id));
+    }
+    if event.target.is_some() {
+        text.push_str(&format!(" target={}", leg(&event.target)));
+    }
+    if event.sip_status > 0 {
+        text.push_str(&format!(" status={}", event.sip_status));
+    }
+    if let Some(ticket) = &event.ticket {
+        let category = pb::Category::try_from(ticket.category)
+            .map(|c| c.as_str_name().trim_start_matches("CATEGORY_").to_string())
+            .unwrap_or_default();
+        text.push_str(&format!(
+            " ticket={} [{category}] {:?}",
+            ticket.number, ticket.summary
+        ));
+    }
+    if let Some(reply) = &event.reply {
+        text.push_str(&format!(
+            " incident={} disposition={:?}",
+            reply.incident_number, reply.disposition
+        ));
+    }
+    if let Some(party) = &event.party {
+        text.push_str(&format!(" party={} {}", party.party, party.peer));
+    }
+    if !event.hotkey.is_empty() {
+        text.push_str(&format!(" hotkey={:?}", event.hotkey));
+    }
+    if !event.ended_by.is_empty() {
+        text.push_str(&format!(
+            " ended_by={} reason={:?}",
+            event.ended_by, event.reason
+        ));
+    }
+    text
+}

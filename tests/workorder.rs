@@ -1,0 +1,485 @@
+//! The work-order link end to end: tonic clients play the 12345 work-order system and the 110
+//! CAD around real SIP calls (in-process UAs on loopback): events in order at both sides, the
+//! ticket pushed to 110 with the transfer, 110's replies back to 12345, commands and their
+//! refusals, and nothing lost across a client's disconnect or a gateway restart.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+
+use common::{establish, Gateway, Ua, WAIT};
+use hotline_gateway::workorder::pb;
+use pb::client_message::Kind as Out;
+use pb::command::Action;
+use pb::server_message::Kind as In;
+use pb::EventType;
+
+const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+const TOKEN_12345: &str = "token-of-the-12345-system";
+const TOKEN_110: &str = "token-of-the-110-cad-system";
+
+async fn setup() -> (Gateway, Ua, Ua, Ua) {
+    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = Ua::bind("hotline", LOCALHOST).await;
+    let mut police = Ua::bind("police", LOCALHOST).await;
+    let gateway = Gateway::start_with_tables(
+        &[
+            ("carrier", citizen.address, ""),
+            ("hotline", agent.address, "platform = \"12345\""),
+            (
+                "police",
+                police.address,
+                "platform = \"110\"\ntrusted = true",
+            ),
+        ],
+        &[("12345", &["hotline"]), ("110", &["police"])],
+        "transfer_ring_timeout_secs = 2\n",
+        "",
+        &format!(
+            "\n[[platform]]\nname = \"12345\"\ntoken = \"{TOKEN_12345}\"\n\
+             \n[[platform]]\nname = \"110\"\ntoken = \"{TOKEN_110}\"\n"
+        ),
+    )
+    .await;
+    for ua in [&mut citizen, &mut agent, &mut police] {
+        ua.set_gateway(gateway.sip);
+    }
+    (gateway, citizen, agent, police)
+}
+
+/// A platform's client on its `Link` stream.
+struct Platform {
+    outbound: tokio::sync::mpsc::Sender<pb::ClientMessage>,
+    inbound: tonic::Streaming<pb::ServerMessage>,
+    welcome: pb::Welcome,
+    /// Events that arrived while waiting for something else.
+    events: VecDeque<pb::Event>,
+    next_command: u32,
+}
+
+impl Platform {
+    async fn connect(grpc: SocketAddr, platform: &str, token: &str, resume_after: u64) -> Platform {
+        match Self::try_connect(grpc, platform, token, resume_after).await {
+            Ok(p) => p,
+            Err(status) => panic!("{platform} refused: {status}"),
+        }
+    }
+
+    async fn try_connect(
+        grpc: SocketAddr,
+        platform: &str,
+        token: &str,
+        resume_after: u64,
+    ) -> Result<Platform, tonic::Status> {
+        let mut client =
+            match pb::work_order_client::WorkOrderClient::connect(format!("http://{grpc}")).await {
+                Ok(c) => c,
+                Err(e) => panic!("connect {grpc}: {e}"),
+            };
+        let (outbound, requests) = tokio::sync::mpsc::channel(16);
+        let hello = pb::ClientMessage {
+            kind: Some(Out::Hello(pb::Hello {
+                platform: platform.into(),
+                token: token.into(),
+                resume_after,
+            })),
+        };
+        let _ = outbound.send(hello).await;
+        let mut inbound = client
+            .link(tokio_stream::wrappers::ReceiverStream::new(requests))
+            .await?
+            .into_inner();
+        let welcome = match tokio::time::timeout(WAIT, inbound.message()).await {
+            Ok(Ok(Some(pb::ServerMessage {
+                kind: Some(In::Welcome(w)),
+            }))) => w,
+            Ok(Err(status)) => return Err(status),
+            other => panic!("no welcome: {other:?}"),
+        };
+        Ok(Platform {
+            outbound,
+            inbound,
+            welcome,
+            events: VecDeque::new(),
+            next_command: 0,
+        })
+    }
+
+    async fn receive(&mut self) -> pb::ServerMessage {
+        match tokio::time::timeout(WAIT, self.inbound.message()).await {
+            Ok(Ok(Some(message))) => message,
+            other => panic!("stream ended or silent: {other:?}"),
+        }
+    }
+
+    /// The next event; it must be of `kind`.
+    async fn expect(&mut self, kind: EventType) -> pb::Event {
+        let event = match self.events.pop_front() {
+            Some(event) => event,
+            None => loop {
+                if let Some(In::Event(event)) = self.receive().await.kind {
+                    break event;
+                }
+            },
+        };
+        assert_eq!(
+            EventType::try_from(event.r#type).ok(),
+            Some(kind),
+            "expected {kind:?}, got {event:?}"
+        );
+        event
+    }
+
+    /// Skips events until one of `kind`.
+    async fn until(&mut self, kind: EventType) -> pb::Event {
+        loop {
+            let event = match self.events.pop_front() {
+                Some(event) => event,
+                None => match self.receive().await.kind {
+                    Some(In::Event(event)) => event,
+                    _ => continue,
+                },
+            };
+            if EventType::try_from(event.r#type).ok() == Some(kind) {
+                return event;
+            }
+        }
+    }
+
+    /// Sends a command; returns its result (events meanwhile are kept for `expect`).
+    async fn command(&mut self, action: Action) -> pb::CommandResult {
+        self.next_command += 1;
+        let id = format!("c{}", self.next_command);
+        let command = pb::ClientMessage {
+            kind: Some(Out::Command(pb::Command {
+                command_id: id.clone(),
+                action: Some(action),
+            })),
+        };
+        let _ = self.outbound.send(command).await;
+        loop {
+            match self.receive().await.kind {
+                Some(In::Result(result)) => {
+                    assert_eq!(result.command_id, id);
+                    return result;
+                }
+                Some(In::Event(event)) => self.events.push_back(event),
+                _ => {}
+            }
+        }
+    }
+
+    async fn ack(&mut self, sequence: u64) {
+        let _ = self
+            .outbound
+            .send(pb::ClientMessage {
+                kind: Some(Out::Ack(pb::Ack { sequence })),
+            })
+            .await;
+    }
+}
+
+fn ticket() -> pb::Ticket {
+    pb::Ticket {
+        number: "GD-20261201-0042".into(),
+        category: pb::Category::D as i32,
+        summary: "a neighbour's flat is on fire".into(),
+        address: "3 Renmin Road".into(),
+        deadline: 1_800_000_000_000,
+        fields: [("caller_mood".to_string(), "frightened".to_string())].into(),
+    }
+}
+
+#[tokio::test]
+async fn a_ticket_travels_with_the_transfer_and_110_answers_back() {
+    let (mut gateway, mut citizen, mut agent, mut police) = setup().await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut cad = Platform::connect(gateway.grpc, "110", TOKEN_110, 0).await;
+
+    // The citizen calls 12345: its system sees the call offered, ringing and answered.
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let offered = hotline.expect(EventType::CallOffered).await;
+    assert_eq!(offered.citizen_number, "13800138000");
+    assert_eq!(offered.called_number, "12345");
+    assert_eq!(offered.sequence, 1);
+    assert_eq!(
+        offered
+            .b
+            .as_ref()
+            .map(|b| (b.peer.as_str(), b.platform.as_str())),
+        Some(("hotline", "12345"))
+    );
+    let call_id = offered.call_id.clone();
+    hotline.expect(EventType::CallRinging).await;
+    hotline.expect(EventType::CallAnswered).await;
+
+    // It attaches a ticket, then asks for the transfer to 110 (the same operation as REFER).
+    let attached = hotline
+        .command(Action::AttachTicket(pb::AttachTicket {
+            call_id: call_id.clone(),
+            ticket: Some(ticket()),
+        }))
+        .await;
+    assert!(attached.ok, "{attached:?}");
+    let event = hotline.expect(EventType::TicketAttached).await;
+    assert_eq!(event.ticket.map(|t| t.number), Some(ticket().number));
+    let transferred = hotline
+        .command(Action::Transfer(pb::Transfer {
+            call_id: call_id.clone(),
+            target: "110".into(),
+        }))
+        .await;
+    assert!(transferred.ok, "{transferred:?}");
+
+    // 110's CAD gets the call with the ticket and the linkage as its phone rings.
+    let invite = police.expect_request("INVITE").await;
+    assert_eq!(
+        invite.from().and_then(|f| f.uri.user),
+        Some("13800138000".into())
+    );
+    let pushed = cad.expect(EventType::TransferRequested).await;
+    assert_eq!(pushed.call_id, call_id);
+    assert_eq!(pushed.citizen_number, "13800138000");
+    assert_eq!(pushed.sequence, 1, "110's own sequence");
+    let linkage_id = pushed.linkage_id.clone();
+    assert_eq!(
+        invite.headers.get("X-Hotline-Linkage"),
+        Some(linkage_id.as_str())
+    );
+    let pushed_ticket = pushed.ticket.clone().unwrap_or_default();
+    assert_eq!(
+        pushed_ticket,
+        ticket(),
+        "the ticket exactly as 12345 attached it"
+    );
+    assert_eq!(pushed_ticket.category, pb::Category::D as i32);
+    assert_eq!(
+        pushed.agent.as_ref().map(|a| a.platform.as_str()),
+        Some("12345"),
+        "who sent it"
+    );
+    hotline.expect(EventType::TransferRequested).await;
+
+    police
+        .send_response(&police.answer(&invite, 180, None))
+        .await;
+    let police_rtp = common::RtpPeer::bind(LOCALHOST).await;
+    let answer = common::sdp(police_rtp.address, &[8], "sendrecv");
+    police
+        .send_response(&police.answer(&invite, 200, Some(&answer)))
+        .await;
+    police.expect_request("ACK").await;
+    let bye = agent.expect_request("BYE").await;
+    agent.send_response(&agent.answer(&bye, 200, None)).await;
+    for platform in [&mut cad, &mut hotline] {
+        platform.expect(EventType::TransferRinging).await;
+        let answered = platform.expect(EventType::TransferAnswered).await;
+        assert_eq!(answered.linkage_id, linkage_id);
+    }
+
+    // 110 opens an incident and later closes it: 12345 hears both.
+    for (incident, disposition) in [("JJ-2026-000731", ""), ("JJ-2026-000731", "fire put out")] {
+        let replied = cad
+            .command(Action::Reply(pb::Reply {
+                linkage_id: linkage_id.clone(),
+                incident_number: incident.into(),
+                disposition: disposition.into(),
+                fields: Default::default(),
+            }))
+            .await;
+        assert!(replied.ok, "{replied:?}");
+        let reply = hotline.expect(EventType::PeerReply).await;
+        assert_eq!(reply.linkage_id, linkage_id);
+        let reply = reply.reply.unwrap_or_default();
+        assert_eq!(
+            (reply.incident_number.as_str(), reply.disposition.as_str()),
+            (incident, disposition)
+        );
+    }
+
+    // The unary calls: the linkage as 110 may see it; the call among 110's active ones.
+    let mut unary =
+        match pb::work_order_client::WorkOrderClient::connect(format!("http://{}", gateway.grpc))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+    let mut request = tonic::Request::new(pb::GetLinkageRequest {
+        linkage_id: linkage_id.clone(),
+    });
+    let bearer = format!("Bearer {TOKEN_110}");
+    request.metadata_mut().insert(
+        "authorization",
+        bearer.parse().unwrap_or_else(|_| unreachable!()),
+    );
+    let linkage = match unary.get_linkage(request).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(
+        (
+            linkage.kind.as_str(),
+            linkage.trigger.as_str(),
+            linkage.outcome.as_str()
+        ),
+        ("transfer", "api", "answered")
+    );
+    let mut request = tonic::Request::new(pb::ListActiveCallsRequest {});
+    request.metadata_mut().insert(
+        "authorization",
+        bearer.parse().unwrap_or_else(|_| unreachable!()),
+    );
+    let active = match unary.list_active_calls(request).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(active.calls.len(), 1);
+    assert_eq!(active.calls[0].ticket.as_ref(), Some(&ticket()));
+
+    // The citizen hangs up: both sides see the end.
+    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
+    citizen.send_request(&bye).await;
+    citizen.expect_response("BYE", 200).await;
+    let bye = police.expect_request("BYE").await;
+    police.send_response(&police.answer(&bye, 200, None)).await;
+    for platform in [&mut cad, &mut hotline] {
+        let ended = platform.expect(EventType::CallEnded).await;
+        assert_eq!(ended.ended_by, "caller");
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn commands_are_refused_with_clear_errors() {
+    let (mut gateway, mut citizen, mut agent, _police) = setup().await;
+    let refused = Platform::try_connect(gateway.grpc, "110", TOKEN_12345, 0).await;
+    assert_eq!(
+        refused.err().map(|s| s.code()),
+        Some(tonic::Code::Unauthenticated),
+        "12345's token does not open 110's stream"
+    );
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut cad = Platform::connect(gateway.grpc, "110", TOKEN_110, 0).await;
+    let _call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let call_id = hotline.expect(EventType::CallOffered).await.call_id;
+
+    let result = cad
+        .command(Action::HangUp(pb::HangUp {
+            call_id: call_id.clone(),
+        }))
+        .await;
+    assert_eq!(
+        (result.ok, result.error),
+        (false, pb::ErrorCode::NotPermitted as i32),
+        "110 may not command a call it is not in: {result:?}"
+    );
+    let result = hotline
+        .command(Action::Transfer(pb::Transfer {
+            call_id: "no-such-call".into(),
+            target: "110".into(),
+        }))
+        .await;
+    assert_eq!(result.error, pb::ErrorCode::UnknownCall as i32);
+    let result = hotline
+        .command(Action::Transfer(pb::Transfer {
+            call_id: call_id.clone(),
+            target: "999".into(),
+        }))
+        .await;
+    assert_eq!(result.error, pb::ErrorCode::NoRoute as i32, "{result:?}");
+    let result = hotline
+        .command(Action::Mute(pb::Mute {
+            call_id: call_id.clone(),
+            party: 5,
+            muted: true,
+        }))
+        .await;
+    assert_eq!(result.error, pb::ErrorCode::NotAllowedNow as i32);
+    // 12345 hangs the call up: both UAs get a BYE.
+    let result = hotline
+        .command(Action::HangUp(pb::HangUp {
+            call_id: call_id.clone(),
+        }))
+        .await;
+    assert!(result.ok, "{result:?}");
+    for ua in [&mut citizen, &mut agent] {
+        let bye = ua.expect_request("BYE").await;
+        ua.send_response(&ua.answer(&bye, 200, None)).await;
+    }
+    let ended = hotline.until(EventType::CallEnded).await;
+    assert_eq!(ended.ended_by, "gateway");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn nothing_is_lost_across_a_disconnect_or_a_gateway_restart() {
+    let (mut gateway, mut citizen, mut agent, _police) = setup().await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let offered = hotline.expect(EventType::CallOffered).await;
+    let ringing = hotline.expect(EventType::CallRinging).await;
+    hotline.ack(offered.sequence).await;
+    // The stream is handled in order: once a later command is answered, the ack is taken.
+    let probe = hotline
+        .command(Action::HangUp(pb::HangUp {
+            call_id: "none".into(),
+        }))
+        .await;
+    assert!(!probe.ok);
+    // Seen but not acknowledged: it comes again, with the same id.
+    let answered = hotline.expect(EventType::CallAnswered).await;
+    drop(hotline);
+
+    // While 12345's system is away, the call ends.
+    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
+    citizen.send_request(&bye).await;
+    citizen.expect_response("BYE", 200).await;
+    let bye = agent.expect_request("BYE").await;
+    agent.send_response(&agent.answer(&bye, 200, None)).await;
+    gateway.ended_record(call.invite.call_id()).await;
+
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    assert_eq!(hotline.welcome.acknowledged, offered.sequence);
+    let again = hotline.expect(EventType::CallRinging).await;
+    assert_eq!(
+        (again.sequence, &again.event_id),
+        (ringing.sequence, &ringing.event_id)
+    );
+    let again = hotline.expect(EventType::CallAnswered).await;
+    assert_eq!(
+        again.event_id, answered.event_id,
+        "a duplicate keeps its id"
+    );
+    let ended = hotline.expect(EventType::CallEnded).await;
+    assert_eq!(ended.sequence, answered.sequence + 1, "no gap");
+    hotline.ack(answered.sequence).await;
+    // The acknowledgement is stored before the gateway goes down (the stream is in order).
+    let probe = hotline
+        .command(Action::HangUp(pb::HangUp {
+            call_id: "none".into(),
+        }))
+        .await;
+    assert!(!probe.ok);
+    drop(hotline);
+
+    // The gateway restarts: the outbox and the acknowledgements survive.
+    gateway.restart().await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    assert_eq!(hotline.welcome.latest, ended.sequence);
+    assert_eq!(hotline.welcome.acknowledged, answered.sequence);
+    let after_restart = hotline.expect(EventType::CallEnded).await;
+    assert_eq!(after_restart.event_id, ended.event_id);
+    // New events continue the same sequence.
+    citizen.set_gateway(gateway.sip);
+    agent.set_gateway(gateway.sip);
+    let _second = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let offered = hotline.expect(EventType::CallOffered).await;
+    assert_eq!(offered.sequence, ended.sequence + 1);
+    // A client may also start from any sequence it still has to read.
+    let mut from_start = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 1).await;
+    let first = from_start.expect(EventType::CallRinging).await;
+    assert_eq!(first.sequence, 2);
+    gateway.stop().await;
+}
