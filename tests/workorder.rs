@@ -483,3 +483,149 @@ async fn nothing_is_lost_across_a_disconnect_or_a_gateway_restart() {
     assert_eq!(first.sequence, 2);
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_conference_by_command_pushes_the_ticket_and_reports_its_parties() {
+    let (mut gateway, mut citizen, mut agent, mut police) = setup().await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut cad = Platform::connect(gateway.grpc, "110", TOKEN_110, 0).await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let call_id = hotline.until(EventType::CallAnswered).await.call_id;
+    let result = hotline
+        .command(Action::AttachTicket(pb::AttachTicket {
+            call_id: call_id.clone(),
+            ticket: Some(ticket()),
+        }))
+        .await;
+    assert!(result.ok);
+    let result = hotline
+        .command(Action::Conference(pb::Conference {
+            call_id: call_id.clone(),
+            target: "110".into(),
+        }))
+        .await;
+    assert!(result.ok, "{result:?}");
+    let invite = police.expect_request("INVITE").await;
+    let pushed = cad.expect(EventType::ConferenceRequested).await;
+    assert_eq!(pushed.ticket, Some(ticket()));
+    let police_rtp = common::RtpPeer::bind(LOCALHOST).await;
+    let answer = common::sdp(police_rtp.address, &[8], "sendrecv");
+    police
+        .send_response(&police.answer(&invite, 200, Some(&answer)))
+        .await;
+    police.expect_request("ACK").await;
+    cad.expect(EventType::TransferAnswered).await;
+    cad.expect(EventType::ConferenceStarted).await;
+    let mut joined = Vec::new();
+    for _ in 0..3 {
+        let event = cad.expect(EventType::PartyJoined).await;
+        let party = event.party.unwrap_or_default();
+        joined.push((party.party, party.peer));
+    }
+    assert_eq!(
+        joined,
+        vec![
+            (0, "carrier".to_string()),
+            (1, "hotline".to_string()),
+            (2, "police".to_string())
+        ]
+    );
+    // 12345 mutes its agent: accepted (party 1 is in the call).
+    let result = hotline
+        .command(Action::Mute(pb::Mute {
+            call_id: call_id.clone(),
+            party: 1,
+            muted: true,
+        }))
+        .await;
+    assert!(result.ok, "{result:?}");
+    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
+    citizen.send_request(&bye).await;
+    citizen.expect_response("BYE", 200).await;
+    for ua in [&mut agent, &mut police] {
+        let bye = ua.expect_request("BYE").await;
+        ua.send_response(&ua.answer(&bye, 200, None)).await;
+    }
+    cad.until(EventType::ConferenceEnded).await;
+    cad.expect(EventType::CallEnded).await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_stalls_nobody() {
+    let (mut gateway, mut citizen, mut agent, _police) = setup().await;
+    // A second client of 12345 that never reads its stream.
+    let _stuck = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let call_id = hotline.until(EventType::CallAnswered).await.call_id;
+    // Far more events than any buffer holds.
+    for n in 0..400 {
+        let mut updated = ticket();
+        updated.summary = format!("update {n}");
+        let result = hotline
+            .command(Action::AttachTicket(pb::AttachTicket {
+                call_id: call_id.clone(),
+                ticket: Some(updated),
+            }))
+            .await;
+        assert!(result.ok);
+    }
+    let last = hotline.until(EventType::TicketUpdated).await;
+    let mut last = last;
+    while last.ticket.as_ref().map(|t| t.summary.as_str()) != Some("update 399") {
+        last = hotline.expect(EventType::TicketUpdated).await;
+    }
+    // And calls go on: the citizen's BYE is answered, the agent gets its BYE.
+    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
+    citizen.send_request(&bye).await;
+    citizen.expect_response("BYE", 200).await;
+    let bye = agent.expect_request("BYE").await;
+    agent.send_response(&agent.answer(&bye, 200, None)).await;
+    hotline.expect(EventType::CallEnded).await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn the_events_tool_prints_a_platforms_stream_one_line_per_event() {
+    let (mut gateway, mut citizen, mut agent, _police) = setup().await;
+    let mut config = gateway.config().clone();
+    config.api.grpc = gateway.grpc;
+    let tail = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let result = hotline_gateway::workorder::tail::tail(&config, "12345", 0, &mut out).await;
+        (result.is_ok(), String::from_utf8_lossy(&out).to_string())
+    });
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    hotline.until(EventType::CallAnswered).await;
+    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
+    citizen.send_request(&bye).await;
+    citizen.expect_response("BYE", 200).await;
+    let bye = agent.expect_request("BYE").await;
+    agent.send_response(&agent.answer(&bye, 200, None)).await;
+    hotline.until(EventType::CallEnded).await;
+    // Stopping the gateway ends the stream, and the tool with it.
+    gateway.stop().await;
+    let (ended_cleanly, output) = match tokio::time::timeout(WAIT, tail).await {
+        Ok(Ok(done)) => done,
+        other => panic!("the tool did not end: {other:?}"),
+    };
+    assert!(ended_cleanly, "{output}");
+    let lines: Vec<&str> = output.lines().collect();
+    assert!(lines[0].starts_with("-- platform 12345"), "{output}");
+    assert!(
+        lines[1].starts_with("#1 ") && lines[1].contains(" CALL_OFFERED call="),
+        "{output}"
+    );
+    assert!(
+        lines[1].contains("citizen=13800138000 called=12345"),
+        "{output}"
+    );
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.contains("CALL_ENDED") && l.contains("ended_by=caller")),
+        "{output}"
+    );
+}

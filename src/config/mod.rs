@@ -557,6 +557,28 @@ mod tests {
     }
 
     #[test]
+    fn platforms_need_a_real_token_and_a_name_of_their_own() {
+        let good = format!(
+            "{}\n[[platform]]\nname = \"110\"\ntoken = \"a-token-long-enough\"\n",
+            sample()
+        );
+        let config = Config::parse(Path::new("test.toml"), &good);
+        assert!(config.is_ok_and(|c| c.platforms.len() == 1 && c.api.outbox_retention_hours == 168));
+        let short = format!(
+            "{}\n[[platform]]\nname = \"110\"\ntoken = \"secret\"\n",
+            sample()
+        );
+        assert!(error_of(&short).starts_with("test.toml: key `platform[0].token`"));
+        let twice =
+            format!("{good}\n[[platform]]\nname = \"110\"\ntoken = \"another-long-token\"\n");
+        assert!(
+            error_of(&twice).contains("platform[1].name"),
+            "{}",
+            error_of(&twice)
+        );
+    }
+
+    #[test]
     fn route_to_unknown_peer_is_refused() {
         let text = sample().replace("peers = [\"police\"]", "peers = [\"polise\"]");
         assert_eq!(

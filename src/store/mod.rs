@@ -313,7 +313,8 @@ impl Store {
             .map_err(|_| StoreError::Closed)
     }
 
-    /// Deletes outbox events created before `before` (Unix ms), acknowledged or not.
+    /// Deletes outbox events created before `before` (Unix ms), acknowledged or not, but each
+    /// platform's newest.
     ///
     /// # Errors
     /// [`StoreError::Closed`] if the writer has stopped.
@@ -499,7 +500,12 @@ fn write_batch(connection: &mut Connection, batch: &[WriteOp]) -> Result<(), rus
             "INSERT INTO outbox_acks (platform, sequence) VALUES (?1, ?2)
              ON CONFLICT(platform) DO UPDATE SET sequence = MAX(sequence, excluded.sequence)",
         )?;
-        let mut prune = transaction.prepare_cached("DELETE FROM outbox WHERE created_at < ?1")?;
+        // Each platform's newest event stays, whatever its age: its sequence goes on from there.
+        let mut prune = transaction.prepare_cached(
+            "DELETE FROM outbox WHERE created_at < ?1 AND sequence <
+                 (SELECT MAX(newest.sequence) FROM outbox newest
+                  WHERE newest.platform = outbox.platform)",
+        )?;
         let mut party = transaction.prepare_cached(
             "INSERT OR REPLACE INTO conference_parties (call_id, party, peer, number, joined_at,
                  left_at)
@@ -897,6 +903,69 @@ mod tests {
             Ok(d) => d,
             Err(e) => panic!("{e}"),
         }
+    }
+
+    #[tokio::test]
+    async fn the_outbox_keeps_order_acknowledgements_and_its_retention() {
+        let dir = directory();
+        let path = dir.path().join("gateway.db");
+        let store = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let event = |platform: &str, sequence: u64, created_at: i64| OutboxRecord {
+            platform: platform.into(),
+            sequence,
+            event_id: format!("{platform}-{sequence}"),
+            call_id: "c1".into(),
+            created_at,
+            body: vec![sequence as u8],
+        };
+        let events = vec![
+            event("12345", 1, 100),
+            event("12345", 2, 200),
+            event("110", 1, 150),
+            event("12345", 3, 300),
+        ];
+        store
+            .append_events(events)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        store
+            .acknowledge("12345", 2)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // An older acknowledgement never moves it back.
+        store
+            .acknowledge("12345", 1)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        store.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        let positions = outbox_positions(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(positions.get("12345"), Some(&(3, 2)));
+        assert_eq!(positions.get("110"), Some(&(1, 0)));
+        let reader = OutboxReader::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let after_one: Vec<u64> = reader
+            .read("12345", 1, 10)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .map(|r| r.sequence)
+            .collect();
+        assert_eq!(after_one, vec![2, 3]);
+        // Retention: events created before 250 go, but each platform's newest (its sequence
+        // goes on from there).
+        store
+            .prune_outbox(250)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        store.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        let left: Vec<String> = reader
+            .read("12345", 0, 10)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|r| r.event_id)
+            .collect();
+        assert_eq!(left, vec!["12345-3".to_string()]);
+        let positions = outbox_positions(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(positions.get("110"), Some(&(1, 0)));
+        assert_eq!(positions.get("12345"), Some(&(3, 2)));
     }
 
     #[tokio::test]

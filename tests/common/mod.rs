@@ -116,6 +116,11 @@ impl Gateway {
         }
     }
 
+    /// The configuration it runs on (with its ephemeral ports as 0).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Stops the gateway and starts it again on the same configuration and store (its
     /// ephemeral ports change: see `sip`, `http`, `grpc`).
     pub async fn restart(&mut self) {
