@@ -1,4 +1,4 @@
-//! The command line an operator types: `--check`, bad configs, `calls`.
+//! The command line an operator types: `--check`, bad configs, `calls`, `events`.
 
 use std::process::Command;
 
@@ -110,5 +110,24 @@ fn calls_lists_records_and_reports_a_missing_store() {
             && stdout.contains("13800138000")
             && stdout.contains("60.0"),
         "{stdout}"
+    );
+}
+
+#[test]
+fn events_for_a_platform_not_configured_says_so() {
+    let output = gateway()
+        .args([
+            "--config",
+            "config/gateway.toml",
+            "events",
+            "--platform",
+            "119",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).trim(),
+        "hotline-gateway: no [[platform]] named \"119\" in the configuration"
     );
 }

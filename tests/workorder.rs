@@ -629,3 +629,47 @@ async fn the_events_tool_prints_a_platforms_stream_one_line_per_event() {
         "{output}"
     );
 }
+
+/// gRPC server reflection is on: tools like grpcurl find the service without the proto file.
+#[tokio::test]
+async fn server_reflection_lists_the_work_order_service() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let (mut gateway, _citizen, _agent, _police) = setup().await;
+    let channel = match tonic::transport::Endpoint::from_shared(format!("http://{}", gateway.grpc))
+    {
+        Ok(endpoint) => match endpoint.connect().await {
+            Ok(channel) => channel,
+            Err(e) => panic!("{e}"),
+        },
+        Err(e) => panic!("{e}"),
+    };
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = match client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(e) => panic!("{e}"),
+    };
+    let services = match responses.message().await {
+        Ok(Some(response)) => match response.message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+            }
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        services.contains(&"hotline.workorder.v1.WorkOrder".to_string()),
+        "{services:?}"
+    );
+    gateway.stop().await;
+}
