@@ -66,6 +66,11 @@ pub enum StartError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot read the gRPC endpoint's TLS file {path}: {source}")]
+    Tls {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A running gateway: its addresses, for tests and logs.
@@ -217,6 +222,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         http_stopped,
     ));
 
+    let tls = match (&config.api.tls_cert, &config.api.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |path: &std::path::PathBuf| {
+                std::fs::read(path).map_err(|source| StartError::Tls {
+                    path: path.clone(),
+                    source,
+                })
+            };
+            Some(tonic::transport::ServerTlsConfig::new().identity(
+                tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
+            ))
+        }
+        _ => None,
+    };
     let grpc_listener = tokio::net::TcpListener::bind(config.api.grpc)
         .await
         .map_err(|source| StartError::Grpc {
@@ -240,6 +259,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let grpc_task = tokio::spawn(workorder::service::serve(
         service,
         grpc_listener,
+        tls,
         grpc_stop.clone(),
     ));
     let retention = Duration::from_secs(config.api.outbox_retention_hours * 3600);

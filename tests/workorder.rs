@@ -38,7 +38,8 @@ async fn setup() -> (Gateway, Ua, Ua, Ua) {
         "",
         &format!(
             "\n[[platform]]\nname = \"12345\"\ntoken = \"{TOKEN_12345}\"\n\
-             \n[[platform]]\nname = \"110\"\ntoken = \"{TOKEN_110}\"\n"
+             \n[[platform]]\nname = \"110\"\ntoken = \"{TOKEN_110}\"\n\
+             \n[[hotkey]]\ndtmf = \"#9\"\naction = \"transfer\"\ntarget = \"999\"\n"
         ),
     )
     .await;
@@ -362,8 +363,16 @@ async fn commands_are_refused_with_clear_errors() {
     );
     let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
     let mut cad = Platform::connect(gateway.grpc, "110", TOKEN_110, 0).await;
-    let _call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
     let call_id = hotline.expect(EventType::CallOffered).await.call_id;
+    // The agent keys #9 (a hotkey to a number no route reaches): the platform hears of it.
+    for (cseq, digit) in [(2, '#'), (3, '9')] {
+        let info = common::dtmf_info(&mut agent, &call, cseq, digit);
+        agent.send_request(&info).await;
+        agent.expect_response("INFO", 200).await;
+    }
+    let pressed = hotline.until(EventType::HotkeyPressed).await;
+    assert_eq!(pressed.hotkey, "#9 transfer 999");
 
     let result = cad
         .command(Action::HangUp(pb::HangUp {
@@ -671,5 +680,85 @@ async fn server_reflection_lists_the_work_order_service() {
         services.contains(&"hotline.workorder.v1.WorkOrder".to_string()),
         "{services:?}"
     );
+    gateway.stop().await;
+}
+
+/// With `api.tls_cert` and `api.tls_key`, the endpoint speaks TLS (rustls): a client that
+/// trusts the certificate gets its stream, a plain-text client gets nothing.
+#[tokio::test]
+async fn the_endpoint_can_require_tls() {
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("{e}"),
+    };
+    let certified = match rcgen::generate_simple_self_signed(vec!["localhost".to_string()]) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let cert_pem = certified.cert.pem();
+    for (path, pem) in [
+        (&cert, cert_pem.clone()),
+        (&key, certified.signing_key.serialize_pem()),
+    ] {
+        if let Err(e) = std::fs::write(path, pem) {
+            panic!("{e}");
+        }
+    }
+    let citizen = Ua::bind("carrier", LOCALHOST).await;
+    let mut gateway = Gateway::start_configured(
+        &[("carrier", citizen.address, "")],
+        &[],
+        "",
+        "",
+        &format!("\n[[platform]]\nname = \"110\"\ntoken = \"{TOKEN_110}\"\n"),
+        |config| {
+            config.api.tls_cert = Some(cert.clone());
+            config.api.tls_key = Some(key.clone());
+        },
+    )
+    .await;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(cert_pem))
+        .domain_name("localhost");
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{}", gateway.grpc))
+        .and_then(|e| e.tls_config(tls));
+    let channel = match endpoint {
+        Ok(e) => match e.connect().await {
+            Ok(c) => c,
+            Err(e) => panic!("TLS connect: {e}"),
+        },
+        Err(e) => panic!("{e}"),
+    };
+    let mut client = pb::work_order_client::WorkOrderClient::new(channel);
+    let hello = pb::ClientMessage {
+        kind: Some(Out::Hello(pb::Hello {
+            platform: "110".into(),
+            token: TOKEN_110.into(),
+            resume_after: 0,
+        })),
+    };
+    let mut stream = match client.link(tokio_stream::iter(vec![hello])).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => panic!("{e}"),
+    };
+    assert!(matches!(
+        stream.message().await,
+        Ok(Some(pb::ServerMessage {
+            kind: Some(In::Welcome(_))
+        }))
+    ));
+    // Plain text to the TLS port does not get through.
+    let plain =
+        pb::work_order_client::WorkOrderClient::connect(format!("http://{}", gateway.grpc)).await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(mut client) => client
+            .list_active_calls(pb::ListActiveCallsRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(refused);
+    drop(stream);
     gateway.stop().await;
 }

@@ -160,6 +160,16 @@ pub struct ApiConfig {
     /// for a platform's system to come back and catch up).
     #[serde(default = "default_outbox_retention_hours")]
     pub outbox_retention_hours: u64,
+    /// TLS on the gRPC endpoint (rustls): the server's certificate chain and private key, PEM
+    /// files. Both or neither (default: plain TCP, for a trusted network).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// The name in `tls_cert` that the `events` tool checks when it connects (default
+    /// `localhost`).
+    #[serde(default = "default_tls_name")]
+    pub tls_name: String,
 }
 
 /// `[[platform]]`: a platform's system (12345's work-order system, 110's CAD) allowed on the
@@ -282,6 +292,9 @@ fn default_hotkey_inter_digit_ms() -> u64 {
 fn default_outbox_retention_hours() -> u64 {
     168
 }
+fn default_tls_name() -> String {
+    "localhost".into()
+}
 fn default_conference_max_parties() -> usize {
     4
 }
@@ -344,6 +357,12 @@ impl Config {
             key,
             reason,
         };
+        if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
+            return Err(invalid(
+                "api.tls_key".into(),
+                "tls_cert and tls_key go together: give both or neither".into(),
+            ));
+        }
         for (index, platform) in self.platforms.iter().enumerate() {
             if platform.name.is_empty() {
                 return Err(invalid(

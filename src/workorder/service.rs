@@ -462,10 +462,12 @@ async fn send_events(
     }
 }
 
-/// Serves the work-order service (with gRPC server reflection) on `listener` until `stop`.
+/// Serves the work-order service (with gRPC server reflection) on `listener`, over TLS when
+/// `tls` is given, until `stop`.
 pub async fn serve(
     service: WorkOrderService,
     listener: tokio::net::TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let reflection = tonic_reflection::server::Builder::configure()
@@ -479,7 +481,17 @@ pub async fn serve(
         }
     };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = match builder.tls_config(tls) {
+            Ok(builder) => builder,
+            Err(error) => {
+                tracing::error!(%error, "work-order gRPC TLS configuration refused");
+                return;
+            }
+        };
+    }
+    let result = builder
         .add_service(pb::work_order_server::WorkOrderServer::new(service))
         .add_optional_service(reflection)
         .serve_with_incoming_shutdown(incoming, stop.cancelled())

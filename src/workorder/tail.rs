@@ -21,6 +21,11 @@ pub enum TailError {
     },
     #[error("the gateway refused the stream: {0}")]
     Refused(tonic::Status),
+    #[error("cannot read the TLS certificate {path}: {source}")]
+    Certificate {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write the output: {0}")]
     Output(std::io::Error),
 }
@@ -44,13 +49,31 @@ pub async fn tail(
         .map(|p| p.token.clone())
         .ok_or_else(|| TailError::UnknownPlatform(platform.to_string()))?;
     let address = reachable(config.api.grpc);
-    let url = format!("http://{address}");
-    let mut client = pb::work_order_client::WorkOrderClient::connect(url.clone())
-        .await
-        .map_err(|source| TailError::Connect {
-            address: url.clone(),
+    let scheme = if config.api.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{address}");
+    let connect_error = |source| TailError::Connect {
+        address: url.clone(),
+        source,
+    };
+    let mut endpoint =
+        tonic::transport::Endpoint::from_shared(url.clone()).map_err(connect_error)?;
+    if let Some(path) = &config.api.tls_cert {
+        // The gateway's own certificate is the one to trust (often self-signed).
+        let pem = std::fs::read(path).map_err(|source| TailError::Certificate {
+            path: path.clone(),
             source,
         })?;
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+            .domain_name(config.api.tls_name.clone());
+        endpoint = endpoint.tls_config(tls).map_err(connect_error)?;
+    }
+    let channel = endpoint.connect().await.map_err(connect_error)?;
+    let mut client = pb::work_order_client::WorkOrderClient::new(channel);
     let hello = pb::ClientMessage {
         kind: Some(pb::client_message::Kind::Hello(pb::Hello {
             platform: platform.to_string(),

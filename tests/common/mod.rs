@@ -63,6 +63,18 @@ impl Gateway {
         media_extra: &str,
         tables: &str,
     ) -> Gateway {
+        Self::start_configured(peers, routes, sip_extra, media_extra, tables, |_| {}).await
+    }
+
+    /// As [`Gateway::start_with_tables`], with the parsed configuration edited by `edit`.
+    pub async fn start_configured(
+        peers: &[(&str, SocketAddr, &str)],
+        routes: &[(&str, &[&str])],
+        sip_extra: &str,
+        media_extra: &str,
+        tables: &str,
+        edit: impl FnOnce(&mut Config),
+    ) -> Gateway {
         let dir = match tempfile::tempdir() {
             Ok(d) => d,
             Err(e) => panic!("tempdir: {e}"),
@@ -95,10 +107,11 @@ impl Gateway {
             ));
         }
         text.push_str(tables);
-        let config = match Config::parse(Path::new("test.toml"), &text) {
+        let mut config = match Config::parse(Path::new("test.toml"), &text) {
             Ok(c) => c,
             Err(e) => panic!("{e}\n{text}"),
         };
+        edit(&mut config);
         let shutdown = CancellationToken::new();
         let running = match hotline_gateway::start(config.clone(), shutdown.clone()).await {
             Ok(r) => r,
