@@ -377,6 +377,7 @@ async fn commands_are_refused_with_clear_errors() {
     let result = cad
         .command(Action::HangUp(pb::HangUp {
             call_id: call_id.clone(),
+            party: None,
         }))
         .await;
     assert_eq!(
@@ -410,6 +411,7 @@ async fn commands_are_refused_with_clear_errors() {
     let result = hotline
         .command(Action::HangUp(pb::HangUp {
             call_id: call_id.clone(),
+            party: None,
         }))
         .await;
     assert!(result.ok, "{result:?}");
@@ -434,6 +436,7 @@ async fn nothing_is_lost_across_a_disconnect_or_a_gateway_restart() {
     let probe = hotline
         .command(Action::HangUp(pb::HangUp {
             call_id: "none".into(),
+            party: None,
         }))
         .await;
     assert!(!probe.ok);
@@ -468,6 +471,7 @@ async fn nothing_is_lost_across_a_disconnect_or_a_gateway_restart() {
     let probe = hotline
         .command(Action::HangUp(pb::HangUp {
             call_id: "none".into(),
+            party: None,
         }))
         .await;
     assert!(!probe.ok);
@@ -548,14 +552,24 @@ async fn a_conference_by_command_pushes_the_ticket_and_reports_its_parties() {
         }))
         .await;
     assert!(result.ok, "{result:?}");
+    // 12345 hangs up 110's party: 110 gets a BYE, citizen and agent stay.
+    let result = hotline
+        .command(Action::HangUp(pb::HangUp {
+            call_id: call_id.clone(),
+            party: Some(2),
+        }))
+        .await;
+    assert!(result.ok, "{result:?}");
+    let bye = police.expect_request("BYE").await;
+    police.send_response(&police.answer(&bye, 200, None)).await;
+    let left = cad.until(EventType::PartyLeft).await;
+    assert_eq!(left.party.map(|p| p.party), Some(2));
+    cad.expect(EventType::ConferenceEnded).await;
     let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
     citizen.send_request(&bye).await;
     citizen.expect_response("BYE", 200).await;
-    for ua in [&mut agent, &mut police] {
-        let bye = ua.expect_request("BYE").await;
-        ua.send_response(&ua.answer(&bye, 200, None)).await;
-    }
-    cad.until(EventType::ConferenceEnded).await;
+    let bye = agent.expect_request("BYE").await;
+    agent.send_response(&agent.answer(&bye, 200, None)).await;
     cad.expect(EventType::CallEnded).await;
     gateway.stop().await;
 }

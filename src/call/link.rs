@@ -242,10 +242,25 @@ impl Link {
                 let result = call.conference(now, leg, &target, Trigger::Api);
                 let _ = reply.send(result.map_err(refused));
             }
-            CallCommand::HangUp { platform, reply } => {
-                tracing::info!(%platform, "call hung up by a platform");
-                call.hang_up_all(now);
-                let _ = reply.send(Ok(()));
+            CallCommand::HangUp {
+                platform,
+                party,
+                reply,
+            } => {
+                tracing::info!(%platform, ?party, "hung up by a platform");
+                let result = match party {
+                    None => {
+                        call.hang_up_all(now);
+                        Ok(())
+                    }
+                    Some(party) => call.hang_up_party(now, party).map_err(|_| {
+                        CommandError::new(
+                            ErrorCode::NotAllowedNow,
+                            format!("no party {party} in the call"),
+                        )
+                    }),
+                };
+                let _ = reply.send(result);
             }
             CallCommand::Mute {
                 party,

@@ -57,8 +57,10 @@ pub enum CallCommand {
         target: String,
         reply: CommandReply,
     },
+    /// One party (None: the whole call).
     HangUp {
         platform: String,
+        party: Option<u32>,
         reply: CommandReply,
     },
     Mute {

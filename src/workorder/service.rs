@@ -165,6 +165,7 @@ impl WorkOrderService {
                 hang_up.call_id,
                 CallCommand::HangUp {
                     platform: owned,
+                    party: hang_up.party,
                     reply,
                 },
             ),

@@ -430,6 +430,58 @@ impl Call {
         self.arm_cleanup(now);
     }
 
+    /// Hangs up one party (a platform's command): a guest gets a BYE and leaves; a leg's party
+    /// gets a BYE and a guest takes the leg over, as when it hangs up itself. Outside a
+    /// conference, or for the caller when the conference ends with the caller, the call ends.
+    ///
+    /// # Errors
+    /// [`TransferError::NotAnswered`] when no such party is in the call.
+    pub fn hang_up_party(&mut self, now: Instant, party: u32) -> Result<(), TransferError> {
+        let party = usize::try_from(party)
+            .ok()
+            .and_then(Party::from_index)
+            .filter(|p| self.state == State::Answered && self.audio_parties().contains(p))
+            .ok_or(TransferError::NotAnswered)?;
+        if let Some(index) = self
+            .guests
+            .iter()
+            .position(|g| g.party == Some(party) && g.dialog.is_some())
+        {
+            let guest = &mut self.guests[index];
+            if let (Some(dialog), Some(target)) = (guest.dialog.take(), guest.target()) {
+                self.bye_dialog_with_reason(
+                    dialog,
+                    target,
+                    Some("hung up by the work-order system"),
+                );
+            }
+            self.guest_left(index);
+        } else {
+            let leg = if party == self.a.party {
+                Leg::A
+            } else {
+                Leg::B
+            };
+            let ends =
+                !self.has_guests() || (leg == Leg::A && self.settings.conference_ends_with_caller);
+            if ends {
+                self.hang_up_all(now);
+                return Ok(());
+            }
+            let target = self.leg_target(leg);
+            if let Some(dialog) = self.dialog_mut(leg).take() {
+                self.bye_dialog_with_reason(
+                    dialog,
+                    target,
+                    Some("hung up by the work-order system"),
+                );
+            }
+            self.leg_left(leg);
+        }
+        self.arm_cleanup(now);
+        Ok(())
+    }
+
     /// Guest `index` hung up.
     fn guest_left(&mut self, index: usize) {
         let guest = self.guests.remove(index);
