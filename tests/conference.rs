@@ -592,3 +592,38 @@ async fn a_party_on_hold_neither_contributes_nor_receives() {
     citizen_hangs_up(&mut citizen, &call, &mut [&mut agent, &mut police]).await;
     gateway.stop().await;
 }
+
+/// A desk that is busy again and again does not use up the call's parties or ports: after
+/// eight refused invitations the ninth joins.
+#[tokio::test]
+async fn refused_invitations_give_their_ports_back() {
+    let (mut gateway, mut citizen, mut agent, mut police) = setup("").await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let mut cseq = 2;
+    for _ in 0..8 {
+        for digit in ['*', '3'] {
+            let info = dtmf_info(&mut agent, &call, cseq, digit);
+            agent.send_request(&info).await;
+            agent.expect_response("INFO", 200).await;
+            cseq += 1;
+        }
+        let invite = police.expect_request("INVITE").await;
+        police
+            .send_response(&police.answer(&invite, 486, None))
+            .await;
+        police.expect_request("ACK").await;
+    }
+    let (_, police_rtp, guest_media) = three_way(&mut agent, &call, &mut police, cseq).await;
+    let mut citizen_talks = Talker::new(&call.caller_rtp, call.gateway_a_media, 8, CITIZEN_HZ);
+    let mut agent_talks = Talker::new(&call.callee_rtp, call.gateway_b_media, 8, AGENT_HZ);
+    let mut police_talks = Talker::new(&police_rtp, guest_media, 8, POLICE_HZ);
+    {
+        let mut all = [&mut citizen_talks, &mut agent_talks, &mut police_talks];
+        talk(&mut all, 10).await;
+        forget(&mut all);
+        talk(&mut all, 50).await;
+    }
+    assert_hears(&police_talks, "110", &[CITIZEN_HZ, AGENT_HZ], &[POLICE_HZ]);
+    citizen_hangs_up(&mut citizen, &call, &mut [&mut agent, &mut police]).await;
+    gateway.stop().await;
+}

@@ -159,6 +159,8 @@ pub enum Action {
     /// The call needs another media party (a conference guest's port pair): answer at once
     /// with [`Call::handle_party_opened`].
     OpenParty,
+    /// The call no longer uses this media party: its ports may go back.
+    CloseParty(Party),
     /// A conference changed (for its record and metrics).
     Conference(ConferenceUpdate),
     /// The call bridges these two dialogs now (for attended transfers of other calls).
@@ -326,6 +328,8 @@ struct Attempt {
     timed_out: bool,
     /// A final response (or a timeout) ended this INVITE transaction.
     settled: bool,
+    /// A 2xx that came after we gave the attempt up was answered with BYE.
+    released: bool,
 }
 
 /// A blind transfer under way: our INVITE to the target, while citizen and agent still talk.
@@ -376,6 +380,7 @@ impl Attempt {
             cancel_sent: false,
             timed_out: false,
             settled: false,
+            released: false,
         }
     }
 }
@@ -1504,13 +1509,10 @@ impl Call {
         let Some(position) = self.stale.iter().position(|a| a.branch == branch) else {
             return;
         };
-        if response.status >= 200 && self.abandoned.remove(branch) {
-            self.stale[position].settled = true;
-            self.maybe_finish();
-        }
         if (200..300).contains(&response.status) {
             let attempt = &self.stale[position];
             let target = attempt.target;
+            let first = !attempt.released;
             if let Some(dialog) = Dialog::new_uac(&attempt.invite, response) {
                 let sequence = attempt.invite.cseq().map_or(1, |c| c.sequence);
                 let ack = self.with_via(dialog.ack(sequence), target);
@@ -1518,13 +1520,11 @@ impl Call {
                     request: ack,
                     target,
                 });
-                let mut dialog = dialog;
-                let bye = dialog.request(Method::Bye);
-                let bye = self.with_via(bye, target);
-                self.actions.push_back(Action::SendRequest {
-                    request: bye,
-                    target,
-                });
+                // A retransmitted 2xx gets its ACK again, but the dialog is released once.
+                if first {
+                    self.stale[position].released = true;
+                    self.bye_dialog(dialog, target, "answer to an attempt given up");
+                }
             }
         } else if (101..200).contains(&response.status) {
             // A peer we gave up on is ringing after all: cancel it.
@@ -1535,6 +1535,11 @@ impl Call {
                 request: cancel,
                 target,
             });
+        }
+        // Last: finishing the call here must come after the ACK and BYE above.
+        if response.status >= 200 && self.abandoned.remove(branch) {
+            self.stale[position].settled = true;
+            self.maybe_finish();
         }
     }
 
@@ -1843,6 +1848,7 @@ impl Call {
             cancel_sent: false,
             timed_out: false,
             settled: true,
+            released: false,
         };
         self.transfer = Some(Transfer {
             from,

@@ -177,6 +177,7 @@ async fn carry_out(
                 peer_side,
             } => services.directory.insert(caller_side, peer_side),
             Action::Unbridged(caller_side) => services.directory.remove(&caller_side),
+            Action::CloseParty(party) => relay.remove_party(party),
             Action::OpenParty => {
                 let opened = services
                     .ports

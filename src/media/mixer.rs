@@ -133,6 +133,8 @@ pub struct JitterBuffer {
     /// Frames in a row without audio.
     missing_run: u8,
     late_run: u8,
+    /// The next pop waits a frame instead of playing (the delay grows towards `depth`).
+    stretch: bool,
     stats: JitterStats,
 }
 
@@ -158,6 +160,7 @@ impl JitterBuffer {
             last_frame: [0; FRAME],
             missing_run: CONCEALED_FRAMES,
             late_run: 0,
+            stretch: false,
             stats: JitterStats::default(),
         }
     }
@@ -184,14 +187,21 @@ impl JitterBuffer {
             self.stats.duplicate += 1;
             return Arrival::Duplicate;
         }
-        self.track_jitter(now, timestamp);
         let length = samples.len().min(RING) as u32;
         let end = timestamp.wrapping_add(length);
+        let first = self.playout.is_none();
         let playout = *self
             .playout
             .get_or_insert_with(|| timestamp.wrapping_sub(self.depth));
         let mut arrival = Arrival::Stored;
-        if distance(playout, end) <= 0 {
+        let ahead = distance(playout, end);
+        if ahead > 0 && ahead <= (RING - FRAME) as i64 {
+            // Late packets count too: they are what the delay must grow for. A jump (below)
+            // is no jitter.
+            self.track_jitter(now, timestamp);
+        }
+        if ahead <= 0 {
+            self.track_jitter(now, timestamp);
             self.stats.late += 1;
             self.late_run += 1;
             if self.late_run < LATE_BEFORE_RESYNC {
@@ -205,6 +215,10 @@ impl JitterBuffer {
             arrival = Arrival::Resynced;
         }
         self.late_run = 0;
+        if arrival == Arrival::Resynced {
+            // The transit time starts afresh from the new timeline.
+            self.track_jitter(now, timestamp);
+        }
         let playout = self.playout.unwrap_or(timestamp);
         for (offset, sample) in samples.iter().take(RING).enumerate() {
             let at = timestamp.wrapping_add(offset as u32);
@@ -215,7 +229,7 @@ impl JitterBuffer {
             self.samples[index] = *sample;
             self.filled[index] = true;
         }
-        if self.highest.is_none() || distance(self.newest_end, end) > 0 {
+        if first || distance(self.newest_end, end) > 0 {
             self.newest_end = end;
         }
         arrival
@@ -227,6 +241,10 @@ impl JitterBuffer {
             out.fill(0);
             return Playout::Silence;
         };
+        if std::mem::take(&mut self.stretch) {
+            // Hold the playout point one frame: the delay grows by 20 ms.
+            return self.conceal(out);
+        }
         let mut heard = 0;
         for (offset, sample) in out.iter_mut().enumerate() {
             let index = (playout.wrapping_add(offset as u32) & MASK) as usize;
@@ -242,8 +260,17 @@ impl JitterBuffer {
             self.last_frame = *out;
             self.missing_run = 0;
             Playout::Audio
-        } else if self.missing_run < CONCEALED_FRAMES {
-            // Repeat the last frame at half, then a quarter, of its level.
+        } else {
+            self.conceal(out)
+        };
+        self.adapt();
+        result
+    }
+
+    /// A frame for one that did not arrive: the last one repeated at half, then a quarter, of
+    /// its level, then silence.
+    fn conceal(&mut self, out: &mut Frame) -> Playout {
+        if self.missing_run < CONCEALED_FRAMES {
             self.missing_run += 1;
             let shift = self.missing_run;
             for (sample, last) in out.iter_mut().zip(&self.last_frame) {
@@ -252,14 +279,15 @@ impl JitterBuffer {
             self.stats.concealed += 1;
             Playout::Concealed
         } else {
+            out.fill(0);
             Playout::Silence
-        };
-        self.adapt();
-        result
+        }
     }
 
-    /// Brings the delay back to the target when more than two frames beyond it are queued
-    /// (the sender's clock runs fast, or the jitter that grew the delay has gone).
+    /// Keeps the delay near the target: lets it grow a frame when what is queued ahead of the
+    /// playout point falls short of the target (packets come later than the delay allows), and
+    /// skips a frame when more than two frames beyond it are queued (the sender's clock runs
+    /// fast, or the jitter that grew the delay has gone).
     fn adapt(&mut self) {
         let target = (MIN_DEPTH + 3 * (self.jitter16 / 16)).clamp(MIN_DEPTH, MAX_DEPTH);
         // Whole 10 ms steps, so the depth does not wander by single samples.
@@ -268,7 +296,9 @@ impl JitterBuffer {
             return;
         };
         let queued = distance(playout, self.newest_end);
-        if queued > i64::from(self.depth) + 2 * FRAME as i64 {
+        if queued + (FRAME as i64) < i64::from(self.depth) {
+            self.stretch = true;
+        } else if queued > i64::from(self.depth) + 2 * FRAME as i64 {
             for offset in 0..FRAME as u32 {
                 self.filled[(playout.wrapping_add(offset) & MASK) as usize] = false;
             }
@@ -278,6 +308,7 @@ impl JitterBuffer {
     }
 
     fn resync(&mut self, timestamp: u32) {
+        self.transit = None;
         self.filled.fill(false);
         self.playout = Some(timestamp.wrapping_sub(self.depth));
         self.newest_end = timestamp;
@@ -496,6 +527,54 @@ mod tests {
             feed.buffer.depth()
         );
         assert_eq!(feed.pop().0, Playout::Audio, "still playing");
+    }
+
+    /// Every other packet 70 ms late, played on a real 20 ms clock: the delay grows until the
+    /// late ones arrive in time, and then nothing more is lost.
+    #[test]
+    fn the_delay_grows_until_late_packets_are_in_time() {
+        let start = Instant::now();
+        let mut buffer = JitterBuffer::new();
+        let mut out = [0i16; FRAME];
+        // (arrival ms, sequence) for 400 packets sent every 20 ms.
+        let mut arrivals: Vec<(u64, u16)> = (0..400u16)
+            .map(|n| (u64::from(n) * 20 + if n % 2 == 1 { 70 } else { 0 }, n))
+            .collect();
+        arrivals.sort();
+        let mut next = 0;
+        let mut late_at_the_end = 0;
+        let mut audio_at_the_end = 0;
+        for ms in 0..8000u64 {
+            while next < arrivals.len() && arrivals[next].0 <= ms {
+                let n = arrivals[next].1;
+                let outcome = buffer.push(
+                    start + Duration::from_millis(ms),
+                    n,
+                    u32::from(n) * FRAME as u32,
+                    &packet(1000),
+                );
+                if n >= 300 && outcome == Arrival::Late {
+                    late_at_the_end += 1;
+                }
+                next += 1;
+            }
+            if ms % 20 == 10 {
+                let played = buffer.pop(&mut out);
+                if (6400..7800).contains(&ms) && played == Playout::Audio {
+                    audio_at_the_end += 1;
+                }
+            }
+        }
+        assert!(
+            buffer.depth() >= 3 * FRAME as u32,
+            "depth {}",
+            buffer.depth()
+        );
+        assert_eq!(late_at_the_end, 0, "late packets once the delay has grown");
+        assert!(
+            audio_at_the_end >= 65,
+            "{audio_at_the_end} of 70 frames played audio"
+        );
     }
 
     #[test]

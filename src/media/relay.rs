@@ -132,10 +132,9 @@ fn play_ringback(call: &mut CallMedia, now: Instant, tally: &mut Tally) -> Optio
             let timestamp =
                 first.wrapping_add((ringback.sent as u32).wrapping_mul(RINGBACK_SAMPLES as u32));
             side.towards.stamp_generated(&mut packet, timestamp, now);
-            if let Some(destination) = destination {
-                if send(&call.sockets[index][0], &packet, destination, connected)
-                    == Outcome::Relayed
-                {
+            if let (Some(destination), Some(Some(sockets))) = (destination, call.sockets.get(index))
+            {
+                if send(&sockets[0], &packet, destination, connected) == Outcome::Relayed {
                     tally.relayed += 1;
                 }
             }
@@ -202,6 +201,8 @@ pub struct RelayHandle {
     addresses: [SocketAddr; 2],
     /// Parties the relay holds (legs A and B, then guests added).
     parties: AtomicUsize,
+    /// Parties given back, to be used again before new ones.
+    returned: std::sync::Mutex<Vec<Party>>,
 }
 
 impl RelayHandle {
@@ -230,13 +231,24 @@ impl RelayHandle {
     /// address, or None when the call holds [`MAX_PARTIES`] already or the sockets cannot be
     /// duplicated.
     pub fn add_party(&self, lease: LegSockets) -> Option<(Party, SocketAddr)> {
-        let index = self.parties.load(Ordering::Relaxed);
-        let party = Party::guest(index.checked_sub(2)?)?;
         let (Ok(rtp), Ok(rtcp)) = (lease.rtp.try_clone(), lease.rtcp.try_clone()) else {
             return None;
         };
+        let returned = self
+            .returned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let party = match returned {
+            Some(party) => party,
+            None => {
+                let index = self.parties.load(Ordering::Relaxed);
+                let party = Party::guest(index.checked_sub(2)?)?;
+                self.parties.store(index + 1, Ordering::Relaxed);
+                party
+            }
+        };
         let address = lease.rtp_address();
-        self.parties.store(index + 1, Ordering::Relaxed);
         self.control.send(Control::AddParty(
             self.id,
             Box::new(NewParty {
@@ -246,6 +258,18 @@ impl RelayHandle {
             }),
         ));
         Some((party, address))
+    }
+}
+
+impl RelayHandle {
+    /// Gives a party's ports back (a guest that failed or left, a leg whose party left): the
+    /// party number may be used again by [`RelayHandle::add_party`].
+    pub fn remove_party(&self, party: Party) {
+        self.control.send(Control::RemoveParty(self.id, party));
+        self.returned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(party);
     }
 }
 
@@ -440,6 +464,7 @@ impl Tally {
 enum Control {
     Add(Box<CallMedia>),
     AddParty(u64, Box<NewParty>),
+    RemoveParty(u64, Party),
     Command(u64, MediaCommand),
     Remove(u64),
 }
@@ -448,8 +473,9 @@ enum Control {
 /// which are released after the sockets close (fields drop in order).
 struct CallMedia {
     id: u64,
-    sockets: Vec<[UdpSocket; 2]>,
-    _leases: Vec<LegSockets>,
+    /// None where a party was given back ([`RelayHandle::remove_party`]).
+    sockets: Vec<Option<[UdpSocket; 2]>>,
+    _leases: Vec<Option<LegSockets>>,
     sides: Vec<Side>,
     /// For guests' streams (random SSRC, first sequence number and timestamp).
     ids: IdGenerator,
@@ -576,6 +602,7 @@ impl MediaEngine {
             stats: Arc::clone(&stats),
             addresses,
             parties: AtomicUsize::new(2),
+            returned: std::sync::Mutex::new(Vec::new()),
         };
         let clone = |s: &UdpSocket| s.try_clone();
         let sockets = [
@@ -594,8 +621,8 @@ impl MediaEngine {
         let sides = vec![Side::new(&mut ids), Side::new(&mut ids)];
         let call = CallMedia {
             id,
-            sockets: vec![[a_rtp, a_rtcp], [b_rtp, b_rtcp]],
-            _leases: Vec::from(legs),
+            sockets: vec![Some([a_rtp, a_rtcp]), Some([b_rtp, b_rtcp])],
+            _leases: legs.into_iter().map(Some).collect(),
             sides,
             ids,
             pair: Some((0, 1)),
@@ -626,7 +653,8 @@ impl Drop for MediaEngine {
 const BATCH_PACKETS_PER_MS: u64 = 5;
 const RATE_WINDOW: Duration = Duration::from_millis(20);
 
-/// One worker: its calls in slots; epoll data = slot * 4 + socket index.
+/// One worker: its calls in slots; epoll data = slot * [`SOCKETS_PER_CALL`] + party * 2 + 0 for
+/// RTP, 1 for RTCP.
 fn worker(
     poll: &OwnedFd,
     waker: &OwnedFd,
@@ -692,7 +720,9 @@ fn worker(
                     });
                     let mut registered = true;
                     for (party, pair) in call.sockets.iter().enumerate() {
-                        registered &= register(poll, slot, party, pair);
+                        if let Some(pair) = pair {
+                            registered &= register(poll, slot, party, pair);
+                        }
                     }
                     if !registered {
                         tracing::error!("cannot register media sockets; call has no media");
@@ -708,20 +738,50 @@ fn worker(
                     let Some(call) = slots[slot].as_mut() else {
                         continue;
                     };
-                    // Parties are added in order: the next one is the next socket pair.
-                    if new.party.index() != call.sockets.len() {
+                    // A new party is the next socket pair, or one given back earlier.
+                    let index = new.party.index();
+                    let reused = call.sockets.get(index).is_some_and(Option::is_none);
+                    if !reused && index != call.sockets.len() {
                         continue;
                     }
-                    if !register(poll, slot, new.party.index(), &new.sockets) {
+                    if !register(poll, slot, index, &new.sockets) {
                         tracing::error!("cannot register a guest's media sockets");
                     }
                     let NewParty { sockets, lease, .. } = *new;
-                    call.sockets.push(sockets);
-                    call._leases.push(lease);
                     // Out of the call's audio until it joins.
                     let mut side = Side::new(&mut call.ids);
                     side.in_call = false;
-                    call.sides.push(side);
+                    if reused {
+                        call.sockets[index] = Some(sockets);
+                        call._leases[index] = Some(lease);
+                        call.sides[index] = side;
+                    } else {
+                        call.sockets.push(Some(sockets));
+                        call._leases.push(Some(lease));
+                        call.sides.push(side);
+                    }
+                }
+                Control::RemoveParty(id, party) => {
+                    let Some(call) = by_id.get(&id).and_then(|s| slots[*s].as_mut()) else {
+                        continue;
+                    };
+                    let index = party.index();
+                    if let Some(pair) = call.sockets.get_mut(index).and_then(Option::take) {
+                        for socket in &pair {
+                            let _ = epoll::delete(poll, socket.as_fd());
+                        }
+                    }
+                    // The ports go back to the pool once both descriptors are closed.
+                    if let Some(lease) = call._leases.get_mut(index) {
+                        *lease = None;
+                    }
+                    if let Some(side) = call.sides.get_mut(index) {
+                        side.in_call = false;
+                        side.media = None;
+                        side.jitter = None;
+                        side.ringback = None;
+                    }
+                    call.update_mode(Instant::now());
                 }
                 Control::Command(id, command) => {
                     let Some(call) = by_id.get(&id).and_then(|s| slots[*s].as_mut()) else {
@@ -729,22 +789,26 @@ fn worker(
                     };
                     let now = Instant::now();
                     if let Some(party) = command_party(&command) {
-                        if party.index() >= call.sockets.len() {
+                        if !call.sockets.get(party.index()).is_some_and(Option::is_some) {
                             continue;
                         }
                     }
                     match command {
-                        MediaCommand::Configure(party, media) => {
-                            let socket = &call.sockets[party.index()][0];
-                            let side = &mut call.sides[party.index()];
-                            side.configure(media);
-                            side.follow_latch(socket, now);
-                        }
-                        MediaCommand::Replace(party, media) => {
-                            let socket = &call.sockets[party.index()][0];
-                            let side = &mut call.sides[party.index()];
-                            side.replace(media, now);
-                            side.follow_latch(socket, now);
+                        MediaCommand::Configure(party, media)
+                        | MediaCommand::Replace(party, media) => {
+                            let replace = matches!(command, MediaCommand::Replace(..));
+                            let index = party.index();
+                            let (Some(Some(sockets)), Some(side)) =
+                                (call.sockets.get(index), call.sides.get_mut(index))
+                            else {
+                                continue;
+                            };
+                            if replace {
+                                side.replace(media, now);
+                            } else {
+                                side.configure(media);
+                            }
+                            side.follow_latch(&sockets[0], now);
                         }
                         MediaCommand::Answered => {
                             call.answered = true;
@@ -794,7 +858,7 @@ fn worker(
                         if let Some(call) = slots[slot].take() {
                             // Explicitly: the leases hold other descriptors of the same
                             // sockets, which would keep them in the set after ours close.
-                            for socket in call.sockets.iter().flatten() {
+                            for socket in call.sockets.iter().flatten().flatten() {
                                 let _ = epoll::delete(poll, socket.as_fd());
                             }
                         }
@@ -860,7 +924,9 @@ fn worker(
             tally.flush(metrics);
             for call in slots.iter_mut().flatten() {
                 for (side, sockets) in call.sides.iter_mut().zip(&call.sockets) {
-                    side.follow_latch(&sockets[0], now);
+                    if let Some(sockets) = sockets {
+                        side.follow_latch(&sockets[0], now);
+                    }
                 }
                 if call.answered && now.duration_since(call.last_activity) >= call.inactivity {
                     call.answered = false;
@@ -936,7 +1002,7 @@ fn receive(
     tally: &mut Tally,
 ) {
     let (party, is_rtp) = (index / 2, index % 2 == 0);
-    let Some(sockets) = call.sockets.get(party) else {
+    let Some(Some(sockets)) = call.sockets.get(party) else {
         return;
     };
     let (length, source) = match sockets[index % 2].recv_from(buffer) {
@@ -973,7 +1039,10 @@ fn receive(
     let Some((incoming, outgoing)) = pair_mut(&mut call.sides, party, to) else {
         return;
     };
-    let out = &call.sockets[to][index % 2];
+    let Some(Some(out)) = call.sockets.get(to) else {
+        return;
+    };
+    let out = &out[index % 2];
     if is_rtp {
         let outcome = relay_rtp(incoming, outgoing, &mut buffer[..length], source, out, now);
         if let Outcome::Digit(digit) = outcome {
@@ -989,7 +1058,8 @@ fn receive(
 /// After an RTP packet from `source` on `party`: note it was heard, keep the socket's
 /// connection with the latch.
 fn follow(call: &mut CallMedia, party: usize, source: SocketAddr, now: Instant) {
-    let (Some(side), Some(sockets)) = (call.sides.get_mut(party), call.sockets.get(party)) else {
+    let (Some(side), Some(Some(sockets))) = (call.sides.get_mut(party), call.sockets.get(party))
+    else {
         return;
     };
     if side.rtp_source == Some(source) {
@@ -1092,7 +1162,7 @@ fn mix_once(call: &mut CallMedia, now: Instant, tally: &mut Tally) {
     let mut members = [0usize; MAX_PARTIES];
     let mut count = 0;
     for (index, side) in call.sides.iter_mut().enumerate() {
-        if !side.in_call || index >= call.sockets.len() {
+        if !side.in_call || !call.sockets.get(index).is_some_and(Option::is_some) {
             continue;
         }
         let playout = match side.jitter.as_mut() {
@@ -1135,12 +1205,10 @@ fn mix_once(call: &mut CallMedia, now: Instant, tally: &mut Tally) {
         }
         mixer::encode(media.codec, output, &mut packet[12..]);
         side.towards.stamp_generated(&mut packet, timestamp, now);
-        match send(
-            &call.sockets[index][0],
-            &packet,
-            destination,
-            side.connected,
-        ) {
+        let Some(Some(sockets)) = call.sockets.get(index) else {
+            continue;
+        };
+        match send(&sockets[0], &packet, destination, side.connected) {
             Outcome::Relayed => tally.relayed += 1,
             _ => tally.dropped += 1,
         }
@@ -1279,7 +1347,7 @@ fn event_code(digit: char) -> Option<u8> {
 /// start packet (marker set, §2.5.1.3) and the end packet three times (§2.5.1.4), all with the
 /// event's timestamp, numbered into the stream so the endpoint sees no gap or repeat.
 fn send_digit(call: &mut CallMedia, party: Party, digit: char, now: Instant, tally: &mut Tally) {
-    let (Some(side), Some(sockets)) = (
+    let (Some(side), Some(Some(sockets))) = (
         call.sides.get_mut(party.index()),
         call.sockets.get(party.index()),
     ) else {

@@ -330,6 +330,9 @@ impl Call {
             }));
         self.actions
             .push_back(Action::UnregisterDialog(guest.key()));
+        if let Some(party) = guest.party {
+            self.actions.push_back(Action::CloseParty(party));
+        }
         if let Some(attempt) = guest.attempt {
             self.stale.push(attempt);
         }
@@ -492,6 +495,7 @@ impl Call {
                 .push_back(Action::Media(MediaCommand::Leave(party)));
             self.actions
                 .push_back(Action::Conference(ConferenceUpdate::Left { party }));
+            self.actions.push_back(Action::CloseParty(party));
         }
         self.update_conference();
     }
@@ -512,6 +516,7 @@ impl Call {
             .push_back(Action::Media(MediaCommand::Leave(party)));
         self.actions
             .push_back(Action::Conference(ConferenceUpdate::Left { party }));
+        self.actions.push_back(Action::CloseParty(party));
         let guest = self.guests.remove(index);
         let (Some(party), Some(media), Some(attempt)) = (guest.party, guest.media, guest.attempt)
         else {

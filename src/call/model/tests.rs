@@ -880,8 +880,18 @@ fn a_transfer_target_answering_after_the_citizen_left_is_acked_and_released() {
         .map(|(r, _)| r.method)
         .collect();
     assert_eq!(to_police, vec![Method::Ack, Method::Bye]);
+    assert!(!h.finished(), "the BYE to the late target is waited for");
     h.answer_all(Method::Bye, 200);
     assert!(h.finished());
+    // The task stops at Finished: everything for the target must come before it.
+    let finished_at = h.actions.iter().position(|a| matches!(a, Action::Finished));
+    let last_to_police = h.actions.iter().rposition(|a| {
+        matches!(a, Action::SendRequest { request, .. } if request.call_id() == police_invite.call_id())
+    });
+    assert!(
+        last_to_police < finished_at,
+        "{last_to_police:?} {finished_at:?}"
+    );
 }
 
 #[test]
@@ -1188,6 +1198,12 @@ fn a_busy_guest_changes_nothing() {
     assert!(h.conference_updates_are_empty());
     assert!(h.sent(Method::Bye).is_empty());
     assert!(h.outcome().is_none());
+    assert!(
+        h.actions
+            .iter()
+            .any(|a| matches!(a, Action::CloseParty(p) if Some(*p) == Party::guest(0))),
+        "the guest's ports go back"
+    );
     // The agent may try again.
     assert!(h
         .call
