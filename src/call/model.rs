@@ -1031,7 +1031,7 @@ impl Call {
                 && to_tag.as_deref() == Some(self.b.tag.as_str()))
         {
             Leg::B
-        } else if let Some(index) = self.guest_of(&request, to_tag.as_deref()) {
+        } else if let Some(index) = self.guest_of(&request) {
             self.handle_guest_request(now, index, server, &request);
             return;
         } else {
@@ -1098,6 +1098,15 @@ impl Call {
                     transfer.refer_sequence = None;
                 }
                 self.ringback(Some(leg.other()));
+            }
+            Method::Bye if leg == Leg::B && self.inviting_guest() && !self.has_guests() => {
+                // The agent leaves while the guest it invited rings: the citizen waits for it,
+                // hearing ringback, as for a transfer.
+                respond(self, 200);
+                self.b.dialog = None;
+                self.actions
+                    .push_back(Action::Media(MediaCommand::Leave(self.b.party)));
+                self.ringback(Some(Leg::A));
             }
             Method::Bye
                 if self.has_guests()
@@ -2205,19 +2214,27 @@ impl Call {
 
     /// A DTMF INFO on `leg`'s dialog, in `format` (`application/dtmf-relay` by default).
     fn send_dtmf_info(&mut self, leg: Leg, digit: char, format: Option<&str>) {
-        let target = match leg {
-            Leg::A => self.a.target,
-            Leg::B => self.attempt.as_ref().map_or(self.a.target, |a| a.target),
-        };
-        let contact = self.contact(target);
-        let dialog = match leg {
-            Leg::A => self.a.dialog.as_mut(),
-            Leg::B => self.b.dialog.as_mut(),
-        };
-        let Some(dialog) = dialog else {
+        let target = self.leg_target(leg);
+        let Some(info) = self
+            .dialog_mut(leg)
+            .as_mut()
+            .map(|d| d.request(Method::Info))
+        else {
             return;
         };
-        let mut info = dialog.request(Method::Info);
+        self.push_dtmf_info(info, target, digit, format);
+    }
+
+    /// Completes an INFO carrying `digit` (`application/dtmf` if `format` says so, else
+    /// `application/dtmf-relay`) and sends it to `target`.
+    fn push_dtmf_info(
+        &mut self,
+        mut info: Request,
+        target: Target,
+        digit: char,
+        format: Option<&str>,
+    ) {
+        let contact = self.contact(target);
         info.headers.push("Contact", contact);
         let dtmf = format.is_some_and(|f| f.trim().eq_ignore_ascii_case("application/dtmf"));
         if dtmf {
@@ -2561,15 +2578,20 @@ impl Call {
         self.arm_cleanup(now);
     }
 
-    /// Mutes or unmutes a party of the call's audio (the relay's party number).
+    /// Mutes or unmutes a conference party (the relay's party number). Muting lasts while the
+    /// conference does: back to two parties, both are heard again.
     ///
     /// # Errors
-    /// [`TransferError::NotAnswered`] when no such party is in the call.
+    /// [`TransferError::NotAnswered`] when no conference is on or no such party is in it.
     pub fn mute(&mut self, party: u32, muted: bool) -> Result<(), TransferError> {
         let party = usize::try_from(party)
             .ok()
             .and_then(Party::from_index)
-            .filter(|p| self.state == State::Answered && self.audio_parties().contains(p))
+            .filter(|p| {
+                self.state == State::Answered
+                    && self.conferencing
+                    && self.audio_parties().contains(p)
+            })
             .ok_or(TransferError::NotAnswered)?;
         self.actions
             .push_back(Action::Media(MediaCommand::Mute(party, muted)));

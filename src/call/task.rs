@@ -97,7 +97,13 @@ async fn run(
         tokio::select! {
             event = inbox.recv() => match event {
                 Some(event) => call.handle_sip(Instant::now(), event),
-                None => break,
+                None => {
+                    // The endpoint is gone (the gateway is stopping): end the call's records
+                    // and events the usual way; its last messages can no longer go out.
+                    call.handle_shutdown(Instant::now());
+                    let _ = carry_out(&mut call, &owner, &relay, &mut records, &services).await;
+                    break;
+                }
             },
             event = relay.event() => match event {
                 MediaEvent::Inactive => call.handle_media_inactive(Instant::now()),

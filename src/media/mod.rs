@@ -112,6 +112,7 @@ pub enum MediaCommand {
     Join(Party),
     /// The party leaves the call's audio (it hung up, or was handed over).
     Leave(Party),
-    /// A muted party is not heard by the others (it still hears them).
+    /// A muted conference party is not heard by the others (it still hears them); muting
+    /// ends with the mixing.
     Mute(Party, bool),
 }

@@ -524,6 +524,8 @@ impl CallMedia {
         if self.next_tick.take().is_some() {
             for side in &mut self.sides {
                 side.jitter = None;
+                // Muting is a conference's: relayed again, everyone is heard.
+                side.muted = false;
                 // Relayed packets continue our stream from the last mixed one.
                 side.towards.mark_source_change();
             }
@@ -1097,6 +1099,10 @@ fn conference_rtp(
         PacketKind::Rtcp => return Outcome::Consumed,
         PacketKind::Unknown => return Outcome::Dropped,
     }
+    if !side.in_call {
+        // A party that left (or has not joined) is neither heard nor lets digits through.
+        return Outcome::Consumed;
+    }
     let payload_type = packet[1] & 0x7f;
     if Some(payload_type) == media.telephone_event {
         return detect_digit(side, packet);
@@ -1111,9 +1117,6 @@ fn conference_rtp(
     let (Some(jitter), Some(range)) = (side.jitter.as_mut(), payload_range(packet)) else {
         return Outcome::Consumed;
     };
-    if !side.in_call {
-        return Outcome::Consumed;
-    }
     let mut samples = [0i16; 1024];
     let payload = &packet[range];
     let count = payload.len().min(samples.len());
@@ -1326,9 +1329,20 @@ fn detect_digit(side: &mut Side, packet: &[u8]) -> Outcome {
         return Outcome::Consumed;
     }
     side.last_event = Some((timestamp, code));
-    match crate::call::hotkey::digit_of(&code.to_string()) {
+    match digit_of_event(code) {
         Some(digit) => Outcome::Digit(digit),
         None => Outcome::Consumed,
+    }
+}
+
+/// The DTMF digit of an RFC 4733 event code (§3.2), if it is one.
+fn digit_of_event(code: u8) -> Option<char> {
+    match code {
+        0..=9 => Some(char::from(b'0' + code)),
+        10 => Some('*'),
+        11 => Some('#'),
+        12..=15 => Some(char::from(b'A' + code - 12)),
+        _ => None,
     }
 }
 

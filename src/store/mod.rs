@@ -412,7 +412,7 @@ fn migrate(connection: &Connection) -> Result<(), StoreError> {
                  number TEXT NOT NULL,
                  joined_at INTEGER NOT NULL,
                  left_at INTEGER,
-                 PRIMARY KEY (call_id, party)
+                 PRIMARY KEY (call_id, party, joined_at)
              );
              INSERT INTO schema_version (version) VALUES (3);
              COMMIT;",
@@ -779,7 +779,8 @@ pub fn find_linkage(path: &Path, linkage_id: &str) -> Result<Option<LinkageRecor
         .find(|l| l.id == linkage_id))
 }
 
-/// The conference parties of one call (its gateway id), in order of party.
+/// The conference parties of one call (its gateway id): each stint of each party (a call may
+/// hold more than one conference), in order of joining.
 ///
 /// # Errors
 /// [`StoreError::Open`] if the file does not exist or is no database of ours.
@@ -790,7 +791,7 @@ pub fn list_conference_parties(
     let connection = open_read_only(path)?;
     let mut statement = connection.prepare(
         "SELECT call_id, party, peer, number, joined_at, left_at
-         FROM conference_parties WHERE call_id = ?1 ORDER BY party",
+         FROM conference_parties WHERE call_id = ?1 ORDER BY joined_at, party",
     )?;
     let rows = statement.query_map([call_id], |row| {
         Ok(ConferencePartyRecord {

@@ -148,6 +148,19 @@ impl Call {
     /// Sends guest `index`'s INVITE to the `peer_index`-th peer of its route.
     fn guest_to_peer(&mut self, now: Instant, index: usize, peer_index: usize) {
         let branch = self.ids.branch();
+        if peer_index > 0 {
+            // A new peer is a new dialog (§8.2.2.2: the same Call-ID, tag and CSeq towards an
+            // SBC pair would be a merged request): fresh Call-ID and tag.
+            let call_id = self.ids.call_id(&self.settings.local_sip.ip().to_string());
+            let tag = self.ids.tag();
+            let guest = &mut self.guests[index];
+            let old = guest.key();
+            guest.call_id = call_id;
+            guest.tag = tag;
+            let new = guest.key();
+            self.actions.push_back(Action::UnregisterDialog(old));
+            self.actions.push_back(Action::RegisterDialog(new));
+        }
         let guest = &self.guests[index];
         let (Some(peer), Some(offer)) = (guest.route.get(peer_index).cloned(), &guest.offer) else {
             return;
@@ -213,9 +226,19 @@ impl Call {
             return false;
         };
         if self.guests[index].dialog.is_some() {
-            // A joined guest's 2xx again: the same ACK (§13.2.2.4).
+            // A joined guest's 2xx again: the same ACK (§13.2.2.4); a 2xx from another fork is
+            // acknowledged and released.
             if (200..300).contains(&response.status) {
-                self.ack_guest(index, response);
+                if let Some(dialog) = self.ack_guest(index, response) {
+                    let ours = self.guests[index]
+                        .dialog
+                        .as_ref()
+                        .is_some_and(|d| d.remote_tag() == dialog.remote_tag());
+                    if !ours {
+                        let target = self.guests[index].target().unwrap_or(self.a.target);
+                        self.bye_dialog(dialog, target, "forked answer not used");
+                    }
+                }
             }
             return true;
         }
@@ -300,6 +323,11 @@ impl Call {
                 number,
             }));
         tracing::info!(call = %self.id, party = party.index(), "conference guest joined");
+        if self.b.dialog.is_none() && self.state == State::Answered {
+            // The agent left while it rang: the guest takes its place.
+            self.ringback(None);
+            self.leg_left(Leg::B);
+        }
     }
 
     /// The guest being invited failed with `status`: its route's next peer on 408, 5xx or 6xx;
@@ -336,6 +364,10 @@ impl Call {
         if let Some(attempt) = guest.attempt {
             self.stale.push(attempt);
         }
+        if self.state == State::Answered && self.b.dialog.is_none() {
+            // The agent had left: never drop the citizen (back to the number first called).
+            self.fall_back(now, Leg::B);
+        }
     }
 
     /// The invitation rang too long: CANCEL it (its 487 fails it as 408).
@@ -354,11 +386,11 @@ impl Call {
     }
 
     /// The guest whose dialog `request` belongs to.
-    pub(super) fn guest_of(&self, request: &Request, to_tag: Option<&str>) -> Option<usize> {
-        self.guests.iter().position(|g| {
-            g.dialog.as_ref().is_some_and(|d| d.matches(request))
-                || (g.dialog.is_some() && request.call_id() == g.call_id && to_tag == Some(&g.tag))
-        })
+    /// (The remote tag must match too: a late dialog from a peer failed over from is not it.)
+    pub(super) fn guest_of(&self, request: &Request) -> Option<usize> {
+        self.guests
+            .iter()
+            .position(|g| g.dialog.as_ref().is_some_and(|d| d.matches(request)))
     }
 
     /// A request in a joined guest's dialog.
@@ -628,13 +660,37 @@ impl Call {
         }
     }
 
-    /// In a conference, a digit from `party` is played to every other party as an RFC 4733
-    /// event (never mixed as audio).
+    /// In a conference, a digit from `party` is played to every other party (never mixed as
+    /// audio): as an RFC 4733 event to those that negotiated telephone-event, as SIP INFO
+    /// (`application/dtmf-relay`) to the others.
     pub(super) fn send_digit_to_others(&mut self, party: Party, digit: char) {
         for other in self.audio_parties() {
-            if other != party {
+            if other == party {
+                continue;
+            }
+            let leg = [Leg::A, Leg::B]
+                .into_iter()
+                .find(|leg| self.party(*leg) == other);
+            let events = match leg {
+                Some(leg) => self.endpoint_media(leg),
+                None => self
+                    .guests
+                    .iter()
+                    .find(|g| g.party == Some(other))
+                    .and_then(|g| g.endpoint),
+            }
+            .is_some_and(|m| m.telephone_event.is_some());
+            if events {
                 self.actions
                     .push_back(Action::Media(MediaCommand::SendDigit(other, digit)));
+            } else if let Some(leg) = leg {
+                self.send_dtmf_info(leg, digit, None);
+            } else if let Some(guest) = self.guests.iter_mut().find(|g| g.party == Some(other)) {
+                let target = guest.target();
+                let info = guest.dialog.as_mut().map(|d| d.request(Method::Info));
+                if let (Some(info), Some(target)) = (info, target) {
+                    self.push_dtmf_info(info, target, digit, None);
+                }
             }
         }
     }

@@ -1292,3 +1292,35 @@ fn no_port_for_a_guest_fails_the_invitation_only() {
     assert_eq!(h.sent(Method::Invite).len(), 1, "only the agent's");
     assert!(h.outcome().is_none());
 }
+
+#[test]
+fn the_agent_leaving_while_the_guest_rings_leaves_the_citizen_waiting_for_it() {
+    let mut h = conference_under_way();
+    h.respond_to_invite(180, None);
+    h.agent_sends(8, "BYE", 3, "");
+    assert_eq!(statuses(&h.responses(8)), vec![200]);
+    assert!(h.outcome().is_none(), "the citizen stays");
+    assert!(h
+        .media()
+        .iter()
+        .any(|m| matches!(m, MediaCommand::Ringback(Party::A, true))));
+    h.respond_to_invite(200, Some(ANSWER));
+    assert!(h
+        .media()
+        .iter()
+        .any(|m| matches!(m, MediaCommand::Ringback(Party::A, false))));
+    assert!(h.outcome().is_none(), "citizen and 110 talk");
+    // 110 is leg B now: its BYE ends the call.
+    h.callee_sends(9, "BYE", 1);
+    assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Callee));
+}
+
+#[test]
+fn a_failed_guest_after_the_agent_left_sends_the_citizen_back_to_the_hotline() {
+    let mut h = conference_under_way();
+    h.respond_to_invite(180, None);
+    h.agent_sends(8, "BYE", 3, "");
+    h.respond_to_invite(486, None);
+    assert!(h.outcome().is_none(), "never dropped");
+    assert_eq!(h.last_invite().uri.to_string(), "sip:12345@127.0.0.1:5080");
+}
