@@ -338,6 +338,36 @@ async fn a_ticket_travels_with_the_transfer_and_110_answers_back() {
     };
     assert_eq!(active.calls.len(), 1);
     assert_eq!(active.calls[0].ticket.as_ref(), Some(&ticket()));
+    let mut request = tonic::Request::new(pb::GetCallRequest {
+        call_id: call_id.clone(),
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        bearer.parse().unwrap_or_else(|_| unreachable!()),
+    );
+    let info = match unary.get_call(request).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => panic!("{e}"),
+    };
+    assert!(info.answered);
+    assert_eq!(
+        info.b.map(|b| (b.peer, b.platform)),
+        Some(("police".to_string(), "110".to_string())),
+        "leg B is 110's now"
+    );
+    let mut request = tonic::Request::new(pb::GetCallRequest {
+        call_id: call_id.clone(),
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        "Bearer not-a-token"
+            .parse()
+            .unwrap_or_else(|_| unreachable!()),
+    );
+    assert_eq!(
+        unary.get_call(request).await.err().map(|s| s.code()),
+        Some(tonic::Code::Unauthenticated)
+    );
 
     // The citizen hangs up: both sides see the end.
     let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
