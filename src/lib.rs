@@ -169,7 +169,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let media = media::relay::MediaEngine::start(media_workers, Arc::clone(&metrics))
         .map_err(StartError::Media)?;
     let manager = Arc::new(CallManager::new(
-        router,
+        Arc::clone(&router),
         settings,
         call::manager::MediaResources {
             ports: Arc::clone(&ports),
@@ -187,8 +187,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         Arc::clone(&metrics),
         local_sip,
     );
-    let endpoint =
-        endpoint.with_overload_delay(Duration::from_millis(config.sip.overload_queue_delay_ms));
+    let guard = sip::guard::Guard::new(sip::guard::GuardConfig {
+        reject_unknown: config.sip.unknown_source == config::UnknownSource::Reject,
+        drop_scanners: config.sip.drop_scanners,
+        requests_per_sec: config.sip.pike_requests_per_sec,
+        ban: Duration::from_secs(config.sip.pike_ban_secs),
+        // Validated with the config.
+        allow: config
+            .sip
+            .allow
+            .iter()
+            .filter_map(|n| routing::Cidr::parse(n).ok())
+            .collect(),
+    });
+    let endpoint = endpoint
+        .with_overload_delay(Duration::from_millis(config.sip.overload_queue_delay_ms))
+        .with_guard(guard, Arc::clone(&router));
     let tracker = tokio_util::task::TaskTracker::new();
     manager.attach(CallServices {
         endpoint: handle,

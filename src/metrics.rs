@@ -46,9 +46,13 @@ pub enum Counter {
     WorkOrderEventsSent,
     WorkOrderCommands,
     WorkOrderAuthFailures,
+    SipDroppedUnknown,
+    SipDroppedScanner,
+    SipDroppedBanned,
+    SipBans,
 }
 
-const COUNTERS: [(Counter, &str, &str); 30] = [
+const COUNTERS: [(Counter, &str, &str); 34] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -199,6 +203,26 @@ const COUNTERS: [(Counter, &str, &str); 30] = [
         "hotline_workorder_auth_failures_total",
         "work-order clients refused for an unknown platform or a wrong token",
     ),
+    (
+        Counter::SipDroppedUnknown,
+        "hotline_sip_dropped_unknown_source_total",
+        "requests from addresses that are no peer, dropped silently (unknown_source = drop)",
+    ),
+    (
+        Counter::SipDroppedScanner,
+        "hotline_sip_dropped_scanner_total",
+        "requests from known scanners' User-Agents, dropped silently",
+    ),
+    (
+        Counter::SipDroppedBanned,
+        "hotline_sip_dropped_banned_total",
+        "requests from banned sources (they flooded), dropped silently",
+    ),
+    (
+        Counter::SipBans,
+        "hotline_sip_bans_total",
+        "sources banned for flooding",
+    ),
 ];
 
 /// Gauges (values that go up and down).
@@ -256,11 +280,21 @@ const RESULTS: [(CallResult, &str); 4] = [
 ];
 
 /// Every metric of the gateway. One instance, shared by `Arc`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     counters: [AtomicU64; COUNTERS.len()],
     gauges: [AtomicI64; GAUGES.len()],
     calls: [AtomicU64; RESULTS.len()],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            counters: std::array::from_fn(|_| AtomicU64::new(0)),
+            gauges: std::array::from_fn(|_| AtomicI64::new(0)),
+            calls: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 impl Metrics {

@@ -115,6 +115,34 @@ pub struct SipConfig {
     /// Server / User-Agent header value; empty (the default) sends none, so scanners learn nothing.
     #[serde(default)]
     pub user_agent: String,
+    /// Requests from an address that is no peer: `reject` (403, the default) or `drop`
+    /// (silence).
+    #[serde(default)]
+    pub unknown_source: UnknownSource,
+    /// Drop requests whose User-Agent is a known scanner's (sipvicious & co.) without a word,
+    /// even with `unknown_source = "reject"` (default true).
+    #[serde(default = "default_true")]
+    pub drop_scanners: bool,
+    /// A source that is no peer and sends more requests than this per second (bursts of twice
+    /// that allowed) is banned: everything from it is dropped (default 20).
+    #[serde(default = "default_pike_requests_per_sec")]
+    pub pike_requests_per_sec: u32,
+    /// How long a ban lasts (default 300 s).
+    #[serde(default = "default_pike_ban_secs")]
+    pub pike_ban_secs: u64,
+    /// Networks never refused, limited or banned, as peers are (`["10.0.0.0/8"]`; default
+    /// none). Their requests still need a `[[peer]]` to place calls.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// What the gateway does with requests from addresses that are no peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSource {
+    #[default]
+    Reject,
+    Drop,
 }
 
 /// `[media]`: where RTP is anchored.
@@ -208,6 +236,10 @@ pub struct PeerConfig {
     /// match, as the contract's sample runs several peers on one host).
     #[serde(default)]
     pub any_port: bool,
+    /// More networks whose requests are this peer's (`["203.0.113.0/24"]`: a carrier's
+    /// signalling range), beyond `address` (default none).
+    #[serde(default)]
+    pub sources: Vec<String>,
     /// Trusted for identity (RFC 3325 §2.3): a caller's identity asked private (`Privacy: id`)
     /// is still sent to this peer in P-Asserted-Identity; to others it is removed (default
     /// false; the 110 desk is trusted).
@@ -289,6 +321,12 @@ fn default_transfer_ring_timeout_secs() -> u64 {
 fn default_hotkey_inter_digit_ms() -> u64 {
     2000
 }
+fn default_pike_requests_per_sec() -> u32 {
+    20
+}
+fn default_pike_ban_secs() -> u64 {
+    300
+}
 fn default_outbox_retention_hours() -> u64 {
     168
 }
@@ -357,6 +395,21 @@ impl Config {
             key,
             reason,
         };
+        for (index, network) in self.sip.allow.iter().enumerate() {
+            if let Err(error) = crate::routing::Cidr::parse(network) {
+                return Err(invalid(format!("sip.allow[{index}]"), error.to_string()));
+            }
+        }
+        for (index, peer) in self.peers.iter().enumerate() {
+            for (n, network) in peer.sources.iter().enumerate() {
+                if let Err(error) = crate::routing::Cidr::parse(network) {
+                    return Err(invalid(
+                        format!("peer[{index}].sources[{n}]"),
+                        error.to_string(),
+                    ));
+                }
+            }
+        }
         if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
             return Err(invalid(
                 "api.tls_key".into(),

@@ -32,6 +32,8 @@ pub struct Peer {
     pub trusted: bool,
     pub diversion: DiversionHeader,
     any_port: bool,
+    /// Networks whose requests are this peer's too (beyond `address`).
+    sources: Vec<Cidr>,
 }
 
 impl Peer {
@@ -50,6 +52,7 @@ impl Peer {
             trusted: false,
             diversion: DiversionHeader::default(),
             any_port: false,
+            sources: Vec::new(),
         }
     }
 }
@@ -64,6 +67,72 @@ impl From<&PeerConfig> for Peer {
             trusted: config.trusted,
             diversion: config.diversion,
             any_port: config.any_port,
+            // Validated with the config.
+            sources: config
+                .sources
+                .iter()
+                .filter_map(|s| Cidr::parse(s).ok())
+                .collect(),
+        }
+    }
+}
+
+/// An IP network (`198.51.100.0/24`, `2001:db8::/32`, or one address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+/// Why a network could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("{0:?} is no IP address")]
+    Address(String),
+    #[error("prefix length {0} is too long for the address")]
+    Prefix(String),
+}
+
+impl Cidr {
+    /// # Errors
+    /// [`CidrError`] for a bad address or prefix length.
+    pub fn parse(text: &str) -> Result<Cidr, CidrError> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let network: IpAddr = address
+            .trim()
+            .parse()
+            .map_err(|_| CidrError::Address(address.to_string()))?;
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= bits)
+                .ok_or_else(|| CidrError::Prefix(p.to_string()))?,
+        };
+        Ok(Cidr { network, prefix })
+    }
+
+    pub fn contains(&self, address: IpAddr) -> bool {
+        match (self.network, canonical(SocketAddr::new(address, 0)).ip()) {
+            (IpAddr::V4(network), IpAddr::V4(address)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(network) & mask == u32::from(address) & mask
+            }
+            (IpAddr::V6(network), IpAddr::V6(address)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(network) & mask == u128::from(address) & mask
+            }
+            _ => false,
         }
     }
 }
@@ -245,13 +314,20 @@ impl Router {
     }
 
     /// The peer a request from `source` belongs to: exact IP:port first, then peers marked
-    /// `any_port` by IP. IPv4-mapped IPv6 sources are compared as IPv4.
+    /// `any_port` by IP, then peers' `sources` networks in file order. IPv4-mapped IPv6
+    /// sources are compared as IPv4.
     pub fn peer_for_source(&self, source: SocketAddr) -> Option<Arc<Peer>> {
         let source = canonical(source);
         self.by_address
             .get(&source)
             .or_else(|| self.by_ip.get(&source.ip()))
             .cloned()
+            .or_else(|| {
+                self.peers
+                    .iter()
+                    .find(|p| p.sources.iter().any(|c| c.contains(source.ip())))
+                    .cloned()
+            })
     }
 
     /// The peers to try, in order, for a dialled number.
@@ -296,6 +372,32 @@ mod tests {
             Ok(c) => Router::new(&c),
             Err(e) => panic!("{e}"),
         }
+    }
+
+    #[test]
+    fn networks_contain_their_addresses() {
+        let parse = |s: &str| Cidr::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        let carrier = parse("203.0.113.0/24");
+        assert!(carrier.contains("203.0.113.77".parse().unwrap_or_else(|_| unreachable!())));
+        assert!(!carrier.contains("203.0.114.1".parse().unwrap_or_else(|_| unreachable!())));
+        // An IPv4-mapped IPv6 source is the IPv4 address.
+        assert!(carrier.contains(
+            "::ffff:203.0.113.9"
+                .parse()
+                .unwrap_or_else(|_| unreachable!())
+        ));
+        let one = parse("198.51.100.7");
+        assert!(one.contains("198.51.100.7".parse().unwrap_or_else(|_| unreachable!())));
+        assert!(!one.contains("198.51.100.8".parse().unwrap_or_else(|_| unreachable!())));
+        assert!(parse("0.0.0.0/0").contains("192.0.2.1".parse().unwrap_or_else(|_| unreachable!())));
+        let v6 = parse("2001:db8::/32");
+        assert!(v6.contains("2001:db8:1::5".parse().unwrap_or_else(|_| unreachable!())));
+        assert!(!v6.contains("2001:db9::5".parse().unwrap_or_else(|_| unreachable!())));
+        assert_eq!(
+            Cidr::parse("10.0.0.0/33"),
+            Err(CidrError::Prefix("33".into()))
+        );
+        assert!(matches!(Cidr::parse("ten/8"), Err(CidrError::Address(_))));
     }
 
     #[test]

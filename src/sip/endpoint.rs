@@ -22,6 +22,7 @@ use dashmap::DashMap;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::guard::{DropReason, Guard, Verdict};
 use super::message::{self, Message, Method, ParseError, Request, Response, Via};
 use super::overload::OverloadDetector;
 use super::transaction::{
@@ -30,6 +31,7 @@ use super::transaction::{
 };
 use super::transport::{Flow, Inbound, Target, Transport};
 use crate::metrics::{Counter, Gauge, Metrics};
+use crate::routing::Router;
 
 /// Names a server transaction to its owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -246,6 +248,8 @@ pub struct Endpoint {
     deadlines: BinaryHeap<Reverse<(Instant, TimerOwner)>>,
     next_server: u64,
     overload: OverloadDetector,
+    /// Who may talk to us ([`Endpoint::with_guard`]).
+    guard: Option<(Guard, Arc<Router>)>,
 }
 
 impl Endpoint {
@@ -278,6 +282,7 @@ impl Endpoint {
             deadlines: BinaryHeap::new(),
             next_server: 1,
             overload: OverloadDetector::new(Duration::MAX),
+            guard: None,
         };
         (endpoint, handle, command_queue)
     }
@@ -289,6 +294,59 @@ impl Endpoint {
     pub fn with_overload_delay(mut self, delay: Duration) -> Endpoint {
         self.overload = OverloadDetector::new(delay);
         self
+    }
+
+    /// Puts the guard in front of every inbound request: strangers refused or dropped, floods
+    /// banned ([`super::guard`]). Without it every source reaches the dispatcher.
+    #[must_use]
+    pub fn with_guard(mut self, guard: Guard, router: Arc<Router>) -> Endpoint {
+        self.guard = Some((guard, router));
+        self
+    }
+
+    /// The guard's verdict on a request (or malformed message, `request` None) from `source`:
+    /// true if it may go on. Refusals are answered or dropped here.
+    fn admit(
+        &mut self,
+        now: Instant,
+        request: Option<&Request>,
+        source: SocketAddr,
+        flow: Flow,
+    ) -> bool {
+        let Some((guard, router)) = self.guard.as_mut() else {
+            return true;
+        };
+        let is_peer = router.peer_for_source(source).is_some();
+        let user_agent = request.and_then(|r| r.headers.get("User-Agent"));
+        let verdict = guard.check(now, source.ip(), is_peer, user_agent);
+        if let Some(ban) = guard.take_ban() {
+            self.metrics.increment(Counter::SipBans);
+            tracing::warn!(source = %ban.source, "source banned for flooding");
+        }
+        match verdict {
+            Verdict::Pass => true,
+            Verdict::Reject => {
+                self.metrics.increment(Counter::SipRejectedUnknownPeer);
+                if let Some(request) = request.filter(|r| r.method != Method::Ack) {
+                    tracing::info!(%source, method = %request.method, "request from an address that is no peer");
+                    let mut request = request.clone();
+                    stamp_via(&mut request.headers, source);
+                    let response = Response::for_request(&request, 403, Some("gw-refused"));
+                    let target = request_response_target(&request, source, flow);
+                    self.transport.send(target, response.to_bytes());
+                }
+                false
+            }
+            Verdict::Drop(reason) => {
+                let counter = match reason {
+                    DropReason::Scanner => Counter::SipDroppedScanner,
+                    DropReason::Banned => Counter::SipDroppedBanned,
+                    DropReason::Unknown | DropReason::Full => Counter::SipDroppedUnknown,
+                };
+                self.metrics.increment(counter);
+                false
+            }
+        }
     }
 
     /// A Via for a request the gateway originates over `target` (§8.1.1.7 branch magic cookie,
@@ -449,6 +507,9 @@ impl Endpoint {
         match inbound.message {
             Ok(Message::Request(request)) => {
                 self.metrics.increment(Counter::SipRequestsReceived);
+                if !self.admit(now, Some(&request), inbound.source, inbound.flow) {
+                    return;
+                }
                 let waited = now.saturating_duration_since(inbound.received);
                 self.overload.handle_delay(now, waited);
                 self.handle_request(now, request, inbound.source, inbound.flow, waited);
@@ -465,6 +526,9 @@ impl Endpoint {
                 headers,
             }) => {
                 self.metrics.increment(Counter::SipParseErrors);
+                if !self.admit(now, None, inbound.source, inbound.flow) {
+                    return;
+                }
                 tracing::info!(source = %inbound.source, status, %reason, "rejected malformed request");
                 let mut headers = *headers;
                 stamp_via(&mut headers, inbound.source);

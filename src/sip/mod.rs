@@ -1,9 +1,11 @@
 //! SIP: the wire format ([`message`], [`sdp`]), RFC 3261 transactions ([`transaction`]) and
 //! dialogs ([`dialog`]), the sockets ([`transport`]), the driver that joins them
-//! ([`endpoint`]) and its overload detector ([`overload`]).
+//! ([`endpoint`]), its overload detector ([`overload`]) and the guard that decides who may talk
+//! to it at all ([`guard`]).
 
 pub mod dialog;
 pub mod endpoint;
+pub mod guard;
 pub mod message;
 pub mod overload;
 pub mod sdp;

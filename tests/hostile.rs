@@ -1,0 +1,137 @@
+//! Traffic from addresses that are no peer, over real sockets: scanners hear nothing, strangers
+//! get a 403 until they flood and are banned, and peers (also a carrier known by a network
+//! range) keep placing calls meanwhile.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use common::{establish, Gateway, Ua};
+use hotline_gateway::sip::message::Message;
+
+const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+fn options(gateway: SocketAddr, me: SocketAddr, branch: &str, user_agent: &str) -> String {
+    format!(
+        "OPTIONS sip:100@{gateway} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{branch}\r\n\
+From: <sip:100@{me}>;tag=s\r\nTo: <sip:100@{gateway}>\r\nCall-ID: {branch}@scan\r\n\
+CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nUser-Agent: {user_agent}\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// Responses `ua` gets within a short while.
+async fn answers(ua: &mut Ua) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    while let Some(message) = ua.recv_within(Duration::from_millis(300)).await {
+        if let Message::Response(response) = message {
+            statuses.push(response.status);
+        }
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn scanners_hear_nothing_floods_are_banned_and_peers_go_on() {
+    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = Ua::bind("hotline", LOCALHOST).await;
+    let mut stranger = Ua::bind("stranger", LOCALHOST).await;
+    let mut gateway = Gateway::start(
+        &[
+            ("carrier", citizen.address, ""),
+            ("hotline", agent.address, "platform = \"12345\""),
+        ],
+        &[("12345", &["hotline"])],
+        "pike_requests_per_sec = 10\npike_ban_secs = 60\n",
+        "",
+    )
+    .await;
+    for ua in [&mut citizen, &mut agent, &mut stranger] {
+        ua.set_gateway(gateway.sip);
+    }
+
+    // sipvicious' svmap probe: no answer at all.
+    let probe = options(gateway.sip, stranger.address, "svmap", "friendly-scanner");
+    stranger.send(&probe).await;
+    assert_eq!(answers(&mut stranger).await, Vec::<u16>::new());
+
+    // A stranger's INVITE: 403, and nothing reaches the agent.
+    let invite = stranger.invite("12345", "13800138000", "", "");
+    stranger.send_request(&invite).await;
+    assert_eq!(answers(&mut stranger).await, vec![403]);
+    assert!(agent
+        .recv_within(Duration::from_millis(200))
+        .await
+        .is_none());
+
+    // It floods: the burst (twice the rate) is answered, then it is banned and hears nothing.
+    for n in 0..200 {
+        let text = options(gateway.sip, stranger.address, &format!("f{n}"), "sipp");
+        stranger.send(&text).await;
+    }
+    let answered = answers(&mut stranger).await;
+    assert!(
+        (10..=20).contains(&answered.len()) && answered.iter().all(|s| *s == 403),
+        "{answered:?}"
+    );
+
+    // Meanwhile a peer's call goes through as ever.
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
+    citizen.send_request(&bye).await;
+    citizen.expect_response("BYE", 200).await;
+    let bye = agent.expect_request("BYE").await;
+    agent.send_response(&agent.answer(&bye, 200, None)).await;
+
+    let (_, metrics) = gateway.http_get("/metrics").await;
+    for (name, check) in [
+        ("hotline_sip_dropped_scanner_total", 1u64),
+        ("hotline_sip_bans_total", 1),
+    ] {
+        assert!(
+            metrics.contains(&format!("{name} {check}")),
+            "{name}: {metrics}"
+        );
+    }
+    let banned: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hotline_sip_dropped_banned_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(banned >= 150, "dropped while banned: {banned}");
+    gateway.stop().await;
+}
+
+/// A carrier known by its signalling network (`[[peer]] sources`), not one address: its
+/// requests from any address in the range are its own.
+#[tokio::test]
+async fn a_peer_known_by_its_network_places_calls() {
+    let range_member: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+    let mut citizen = Ua::bind("carrier", range_member).await;
+    let mut agent = Ua::bind("hotline", LOCALHOST).await;
+    let mut gateway = Gateway::start(
+        &[
+            (
+                "carrier",
+                "127.0.0.9:5999".parse().unwrap_or_else(|_| unreachable!()),
+                "sources = [\"127.0.0.2/32\"]",
+            ),
+            ("hotline", agent.address, "platform = \"12345\""),
+        ],
+        &[("12345", &["hotline"])],
+        "",
+        "",
+    )
+    .await;
+    citizen.set_gateway(gateway.sip);
+    agent.set_gateway(gateway.sip);
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
+    citizen.send_request(&bye).await;
+    citizen.expect_response("BYE", 200).await;
+    let bye = agent.expect_request("BYE").await;
+    agent.send_response(&agent.answer(&bye, 200, None)).await;
+    let record = gateway.ended_record(call.invite.call_id()).await;
+    assert_eq!(record.a_peer, "carrier");
+    gateway.stop().await;
+}
