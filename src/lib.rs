@@ -100,6 +100,16 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(&config.store.path)?;
+    let interrupted = store::close_interrupted(
+        &config.store.path,
+        store::unix_millis(std::time::SystemTime::now()),
+    )?;
+    if interrupted > 0 {
+        tracing::warn!(
+            calls = interrupted,
+            "records of calls left open by the previous run closed (gateway restart)"
+        );
+    }
     let positions = store::outbox_positions(&config.store.path)?;
     let events = workorder::hub::EventHub::start(
         store.clone(),

@@ -703,3 +703,62 @@ trusted = true\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n\n\
         assert_eq!(linkage.to_platform.as_deref(), Some("110"));
     }
 }
+
+/// A call in progress when the gateway is killed (`kill -9`) is closed at the next start:
+/// ended by the gateway, reason "gateway restart", its answer kept.
+#[test]
+fn sipp_a_call_cut_by_kill_9_is_closed_at_the_next_start() {
+    if !sipp_available() {
+        panic!("sipp is not installed (apt-get install sip-tester; .ci/run does this)");
+    }
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("{e}"),
+    };
+    let ports = Ports {
+        gateway: free_port(),
+        uac: free_port(),
+        uas: free_port(),
+        http: free_port(),
+    };
+    let (gateway, db) = start_gateway(dir.path(), &ports, "udp", [28000, 28999]);
+    let _uas = sipp_side(dir.path(), ports.uas, "uas.xml", &["-rtp_echo", "-m", "1"]);
+    let target = format!("127.0.0.1:{}", ports.gateway);
+    let _citizen = sipp_side(
+        dir.path(),
+        ports.uac,
+        "uac_rtp.xml",
+        &[&target, "-s", "12345", "-m", "1", "-d", "60000"],
+    );
+    // The call's record says it was answered (committed before the 200 went on).
+    let mut answered = false;
+    for _ in 0..200 {
+        answered = hotline_gateway::store::list_calls(&db, 10)
+            .map(|calls| calls.iter().any(|c| c.answered_at.is_some()))
+            .unwrap_or(false);
+        if answered {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(answered, "the call was never answered");
+    let pid = gateway.0.id().to_string();
+    let _ = Command::new("kill").args(["-KILL", &pid]).status();
+    drop(gateway);
+    let (_again, db) = start_gateway(dir.path(), &ports, "udp", [28000, 28999]);
+    let calls = match hotline_gateway::store::list_calls(&db, 10) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    assert_eq!(
+        (
+            call.ended_by.as_deref(),
+            call.end_reason.as_deref(),
+            call.final_status
+        ),
+        (Some("gateway"), Some("gateway restart"), Some(200)),
+        "{call:?}"
+    );
+}

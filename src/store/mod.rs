@@ -680,6 +680,41 @@ pub fn list_linkages(path: &Path, call_id: &str) -> Result<Vec<LinkageRecord>, S
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
+/// Closes what a previous run of the gateway left open (it was killed, or the machine went
+/// down): calls not ended get `ended_by = 'gateway'`, `end_reason = 'gateway restart'` and
+/// `ended_at = now` (200 if they were answered, else 503); transfers still under way fail
+/// (503); conference parties still in leave. Returns how many calls were closed. Run once at
+/// start, before any call of this run exists.
+///
+/// # Errors
+/// [`StoreError`] naming the path.
+pub fn close_interrupted(path: &Path, now: i64) -> Result<usize, StoreError> {
+    let mut connection = Connection::open(path).map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    let transaction = connection.transaction()?;
+    let calls = transaction.execute(
+        "UPDATE calls SET ended_at = ?1, ended_by = 'gateway', end_reason = 'gateway restart',
+             final_status = COALESCE(final_status,
+                 CASE WHEN answered_at IS NOT NULL THEN 200 ELSE 503 END)
+         WHERE ended_at IS NULL",
+        [now],
+    )?;
+    transaction.execute(
+        "UPDATE linkages SET ended_at = ?1, outcome = 'failed', sip_status = 503
+         WHERE ended_at IS NULL",
+        [now],
+    )?;
+    transaction.execute(
+        "UPDATE conference_parties SET left_at = ?1 WHERE left_at IS NULL",
+        [now],
+    )?;
+    transaction.commit()?;
+    Ok(calls)
+}
+
 /// Each platform's newest outbox sequence and the last one its client acknowledged.
 ///
 /// # Errors
@@ -1042,6 +1077,65 @@ mod tests {
         let listed = list_calls(&path, 10).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].ended_at, Some(5));
+    }
+
+    #[tokio::test]
+    async fn calls_left_open_by_a_crash_are_closed_at_the_next_start() {
+        let dir = directory();
+        let path = dir.path().join("gateway.db");
+        let store = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mut answered = record("answered");
+        answered.answered_at = Some(2);
+        store
+            .call_started(answered)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        store
+            .call_started(record("ringing"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut done = record("done");
+        done.ended_at = Some(3);
+        done.ended_by = Some("caller".into());
+        store
+            .call_ended(done)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        store.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        // The process dies here; the next one starts.
+        std::mem::forget(store);
+        let _next = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(close_interrupted(&path, 100).ok(), Some(2));
+        let calls = list_calls(&path, 10).unwrap_or_else(|e| panic!("{e}"));
+        let find = |id: &str| {
+            calls
+                .iter()
+                .find(|c| c.id == id)
+                .cloned()
+                .unwrap_or_else(|| panic!("no record {id}"))
+        };
+        let answered = find("answered");
+        assert_eq!(
+            (
+                answered.ended_at,
+                answered.ended_by.as_deref(),
+                answered.end_reason.as_deref(),
+                answered.final_status
+            ),
+            (
+                Some(100),
+                Some("gateway"),
+                Some("gateway restart"),
+                Some(200)
+            )
+        );
+        assert_eq!(find("ringing").final_status, Some(503));
+        assert_eq!(
+            find("done").ended_by.as_deref(),
+            Some("caller"),
+            "untouched"
+        );
+        assert_eq!(close_interrupted(&path, 200).ok(), Some(0), "once");
     }
 
     #[test]
