@@ -114,6 +114,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let events = workorder::hub::EventHub::start(
         store.clone(),
         positions,
+        config.platforms.iter().map(|p| p.name.clone()).collect(),
         ids::IdGenerator::from_entropy(),
         Arc::clone(&metrics),
     );
@@ -178,18 +179,32 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let media_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let media = media::relay::MediaEngine::start(media_workers, Arc::clone(&metrics))
         .map_err(StartError::Media)?;
-    let manager = Arc::new(CallManager::new(
-        Arc::clone(&router),
-        settings,
-        call::manager::MediaResources {
-            ports: Arc::clone(&ports),
-            engine: media,
-            inactivity: Duration::from_secs(config.media.inactivity_timeout_secs),
-        },
-        Arc::clone(&metrics),
-        ids::IdGenerator::from_entropy(),
-        config.sip.max_calls,
-    ));
+    let screening = call::screening::Screening::new(
+        config
+            .screening
+            .blocklist
+            .iter()
+            .filter_map(|n| routing::NumberPattern::parse(n).ok())
+            .collect(),
+        config.screening.blocked_status,
+        config.screening.repeat_calls,
+        Duration::from_secs(config.screening.repeat_minutes * 60),
+    );
+    let manager = Arc::new(
+        CallManager::new(
+            Arc::clone(&router),
+            settings,
+            call::manager::MediaResources {
+                ports: Arc::clone(&ports),
+                engine: media,
+                inactivity: Duration::from_secs(config.media.inactivity_timeout_secs),
+            },
+            Arc::clone(&metrics),
+            ids::IdGenerator::from_entropy(),
+            config.sip.max_calls,
+        )
+        .with_screening(screening),
+    );
     let (endpoint, handle, commands) = Endpoint::new(
         transport,
         timers,

@@ -50,9 +50,11 @@ pub enum Counter {
     SipDroppedScanner,
     SipDroppedBanned,
     SipBans,
+    CallsBlocked,
+    CallsFlagged,
 }
 
-const COUNTERS: [(Counter, &str, &str); 34] = [
+const COUNTERS: [(Counter, &str, &str); 36] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -222,6 +224,16 @@ const COUNTERS: [(Counter, &str, &str); 34] = [
         Counter::SipBans,
         "hotline_sip_bans_total",
         "sources banned for flooding",
+    ),
+    (
+        Counter::CallsBlocked,
+        "hotline_calls_blocked_total",
+        "calls refused because the caller is on the screening blocklist",
+    ),
+    (
+        Counter::CallsFlagged,
+        "hotline_calls_flagged_total",
+        "calls flagged to the platforms as a repeat caller's",
     ),
 ];
 

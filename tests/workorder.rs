@@ -39,7 +39,8 @@ async fn setup() -> (Gateway, Ua, Ua, Ua) {
         &format!(
             "\n[[platform]]\nname = \"12345\"\ntoken = \"{TOKEN_12345}\"\n\
              \n[[platform]]\nname = \"110\"\ntoken = \"{TOKEN_110}\"\n\
-             \n[[hotkey]]\ndtmf = \"#9\"\naction = \"transfer\"\ntarget = \"999\"\n"
+             \n[[hotkey]]\ndtmf = \"#9\"\naction = \"transfer\"\ntarget = \"999\"\n\
+             \n[screening]\nblocklist = [\"13900000000\"]\nrepeat_calls = 3\n"
         ),
     )
     .await;
@@ -804,5 +805,61 @@ async fn the_endpoint_can_require_tls() {
     };
     assert!(refused);
     drop(stream);
+    gateway.stop().await;
+}
+
+/// Harassment screening (滋扰治理): a caller on the blocklist is refused (603) and 12345 hears
+/// of it; a caller's third call within ten minutes is flagged to 12345 and still goes through.
+#[tokio::test]
+async fn blocked_callers_are_refused_and_repeat_callers_flagged() {
+    let (mut gateway, mut citizen, mut agent, _police) = setup().await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let invite = citizen.invite(
+        "12345",
+        "13900000000",
+        &common::sdp(citizen.address, &[8], "sendrecv"),
+        "",
+    );
+    citizen.send_request(&invite).await;
+    citizen.expect_response("INVITE", 603).await;
+    let blocked = hotline.expect(EventType::CallBlocked).await;
+    assert_eq!(
+        (blocked.citizen_number.as_str(), blocked.sip_status),
+        ("13900000000", 603)
+    );
+    assert!(
+        agent
+            .recv_within(std::time::Duration::from_millis(200))
+            .await
+            .is_none(),
+        "the agent's phone never rang"
+    );
+
+    for n in 1..=3 {
+        let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+        hotline.expect(EventType::CallOffered).await;
+        if n == 3 {
+            let flagged = hotline.expect(EventType::CallFlagged).await;
+            assert_eq!(flagged.citizen_number, "13800138000");
+            assert_eq!(flagged.reason, "repeat caller: 3 calls within 10 minutes");
+        }
+        hotline.expect(EventType::CallRinging).await;
+        hotline.expect(EventType::CallAnswered).await;
+        let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
+        citizen.send_request(&bye).await;
+        citizen.expect_response("BYE", 200).await;
+        let bye = agent.expect_request("BYE").await;
+        agent.send_response(&agent.answer(&bye, 200, None)).await;
+        hotline.expect(EventType::CallEnded).await;
+    }
+    let (_, metrics) = gateway.http_get("/metrics").await;
+    assert!(
+        metrics.contains("hotline_calls_blocked_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hotline_calls_flagged_total 1"),
+        "{metrics}"
+    );
     gateway.stop().await;
 }

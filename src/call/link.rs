@@ -24,6 +24,8 @@ pub struct Link {
     snapshot: Arc<Mutex<CallSnapshot>>,
     hub: Arc<EventHub>,
     offered: bool,
+    /// Why screening flagged the call (a repeat caller), told with the offer.
+    flag: Option<String>,
 }
 
 impl Link {
@@ -33,6 +35,7 @@ impl Link {
         call: &Call,
         hub: Arc<EventHub>,
         registry: &CallRegistry,
+        flag: Option<String>,
     ) -> (Link, mpsc::UnboundedReceiver<CallCommand>) {
         let platform = call.caller_platform();
         let snapshot = Arc::new(Mutex::new(CallSnapshot {
@@ -56,6 +59,7 @@ impl Link {
                 snapshot,
                 hub,
                 offered: false,
+                flag,
             },
             commands,
         )
@@ -102,6 +106,11 @@ impl Link {
         }
         if !std::mem::replace(&mut self.offered, true) {
             self.hub.emit(self.event(EventKind::CallOffered));
+            if let Some(reason) = self.flag.take() {
+                let mut event = self.event(EventKind::CallFlagged);
+                event.reason = Some(reason);
+                self.hub.emit(event);
+            }
         }
     }
 

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
@@ -19,6 +19,10 @@ use crate::sip::endpoint::{Dispatcher, Disposition, ServerTransactionId};
 use crate::sip::message::{Method, Request, Response};
 use crate::sip::transport::Flow;
 use crate::store::{unix_millis, CallRecord};
+use crate::workorder::{CallEvent, EventKind, LegInfo};
+
+use super::screening::{Screen, Screening};
+use super::transfer::CallerIdentity;
 
 /// What the calls' media come from.
 pub struct MediaResources {
@@ -38,6 +42,7 @@ pub struct CallManager {
     ids: Mutex<IdGenerator>,
     max_calls: usize,
     active: Arc<AtomicUsize>,
+    screening: Mutex<Screening>,
 }
 
 impl CallManager {
@@ -58,13 +63,30 @@ impl CallManager {
             ids: Mutex::new(ids),
             max_calls,
             active: Arc::new(AtomicUsize::new(0)),
+            screening: Mutex::new(Screening::new(Vec::new(), 603, 0, Duration::ZERO)),
         }
+    }
+
+    /// Screens new calls with `screening` (blocklist, repeat callers).
+    #[must_use]
+    pub fn with_screening(mut self, screening: Screening) -> CallManager {
+        self.screening = Mutex::new(screening);
+        self
     }
 
     /// Completes construction once the endpoint exists (the endpoint needs the dispatcher and
     /// calls need the endpoint).
     pub fn attach(&self, services: CallServices) {
         let _ = self.services.set(services);
+    }
+
+    fn screening_window_minutes(&self) -> u64 {
+        self.screening
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .window()
+            .as_secs()
+            / 60
     }
 
     fn next_ids(&self) -> IdGenerator {
@@ -110,6 +132,50 @@ impl CallManager {
         let Some(route) = self.router.route(&number) else {
             tracing::info!(%number, peer = %caller_peer.name, "no route");
             return Self::reply(request, 404);
+        };
+        let presented = CallerIdentity::of(request).number;
+        let screen = self
+            .screening
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .check(Instant::now(), &presented);
+        let flag = match screen {
+            Screen::Clear => None,
+            Screen::Blocked(status) => {
+                self.metrics.increment(Counter::CallsBlocked);
+                tracing::info!(caller = %presented, %number, status, "caller on the blocklist refused");
+                let platforms: Vec<String> = route
+                    .iter()
+                    .take(1)
+                    .filter_map(|p| p.platform.clone())
+                    .chain(caller_peer.platform.clone())
+                    .collect();
+                let mut event = CallEvent::new(
+                    EventKind::CallBlocked,
+                    request.call_id(),
+                    unix_millis(SystemTime::now()),
+                );
+                event.platforms = platforms;
+                event.citizen_number = presented;
+                event.called_number = number;
+                event.a = LegInfo {
+                    peer: caller_peer.name.clone(),
+                    platform: caller_peer.platform.clone(),
+                    number: event.citizen_number.clone(),
+                };
+                event.sip_status = status;
+                event.reason = Some("blocklist".into());
+                services.events.emit(event);
+                return Self::reply(request, status);
+            }
+            Screen::Flagged { count } => {
+                self.metrics.increment(Counter::CallsFlagged);
+                tracing::info!(caller = %presented, count, "repeat caller flagged");
+                Some(format!(
+                    "repeat caller: {count} calls within {} minutes",
+                    self.screening_window_minutes()
+                ))
+            }
         };
         // One slot per call, released by the call task's ActiveGuard.
         if self.active.load(Ordering::Relaxed) >= self.max_calls {
@@ -180,7 +246,7 @@ impl CallManager {
             relay,
             record,
             services.clone(),
-            guard,
+            task::Admission { guard, flag },
         );
         Disposition::Accept(owner)
     }

@@ -7,6 +7,7 @@ pub mod hotkey;
 pub mod link;
 pub mod manager;
 pub mod model;
+pub mod screening;
 pub mod task;
 pub mod transfer;
 

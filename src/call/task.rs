@@ -36,6 +36,14 @@ pub struct CallServices {
     pub registry: Arc<crate::workorder::registry::CallRegistry>,
 }
 
+/// What admission decided about a new call, for its task.
+pub struct Admission {
+    /// Holds the call's slot until the task ends.
+    pub guard: super::manager::ActiveGuard,
+    /// Screening flagged the call (a repeat caller): why.
+    pub flag: Option<String>,
+}
+
 /// Starts the task of a new call. `inbox`/`owner` are the call's SIP event channel.
 pub fn spawn(
     call: Call,
@@ -44,13 +52,14 @@ pub fn spawn(
     relay: RelayHandle,
     record: CallRecord,
     services: CallServices,
-    guard: super::manager::ActiveGuard,
+    admission: Admission,
 ) {
+    let Admission { guard, flag } = admission;
     let span = tracing::info_span!("call", id = %call.id(), caller = %record.caller, called = %record.called);
     let tracker = services.tracker.clone();
     tracker.spawn(
         async move {
-            run(call, inbox, owner, relay, record, services).await;
+            run(call, inbox, owner, relay, record, services, flag).await;
             drop(guard);
         }
         .instrument(span),
@@ -64,6 +73,7 @@ async fn run(
     mut relay: RelayHandle,
     record: CallRecord,
     services: CallServices,
+    flag: Option<String>,
 ) {
     services.metrics.add_gauge(Gauge::CallsActive, 1);
     if let Err(error) = services.store.call_started(record.clone()).await {
@@ -76,6 +86,7 @@ async fn run(
         &call,
         Arc::clone(&services.events),
         &services.registry,
+        flag,
     );
     let mut records = Records {
         call: record,

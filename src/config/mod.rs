@@ -45,6 +45,47 @@ pub struct Config {
     pub hotkeys: Vec<HotkeyConfig>,
     #[serde(default, rename = "platform")]
     pub platforms: Vec<PlatformConfig>,
+    #[serde(default)]
+    pub screening: ScreeningConfig,
+}
+
+/// `[screening]`: harassment rules for new calls (滋扰治理).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScreeningConfig {
+    /// Caller numbers refused, exact or as `[[route]]` patterns (`_170X.`); default none.
+    #[serde(default)]
+    pub blocklist: Vec<String>,
+    /// The status a blocked caller gets (default 603 Decline).
+    #[serde(default = "default_blocked_status")]
+    pub blocked_status: u16,
+    /// A caller's call is flagged to the platforms when it is the `repeat_calls`-th within
+    /// `repeat_minutes` (default 5 in 10; 0 turns it off). Flagged calls go through.
+    #[serde(default = "default_repeat_calls")]
+    pub repeat_calls: usize,
+    #[serde(default = "default_repeat_minutes")]
+    pub repeat_minutes: u64,
+}
+
+impl Default for ScreeningConfig {
+    fn default() -> Self {
+        ScreeningConfig {
+            blocklist: Vec::new(),
+            blocked_status: default_blocked_status(),
+            repeat_calls: default_repeat_calls(),
+            repeat_minutes: default_repeat_minutes(),
+        }
+    }
+}
+
+fn default_blocked_status() -> u16 {
+    603
+}
+fn default_repeat_calls() -> usize {
+    5
+}
+fn default_repeat_minutes() -> u64 {
+    10
 }
 
 /// `[sip]`: signalling transport and RFC 3261 timer values.
@@ -395,6 +436,20 @@ impl Config {
             key,
             reason,
         };
+        for (index, number) in self.screening.blocklist.iter().enumerate() {
+            if let Err(reason) = crate::routing::NumberPattern::parse(number) {
+                return Err(invalid(format!("screening.blocklist[{index}]"), reason));
+            }
+        }
+        if !(400..700).contains(&self.screening.blocked_status) {
+            return Err(invalid(
+                "screening.blocked_status".into(),
+                format!(
+                    "{} is no final failure status (400-699)",
+                    self.screening.blocked_status
+                ),
+            ));
+        }
         for (index, network) in self.sip.allow.iter().enumerate() {
             if let Err(error) = crate::routing::Cidr::parse(network) {
                 return Err(invalid(format!("sip.allow[{index}]"), error.to_string()));

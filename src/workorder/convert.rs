@@ -48,6 +48,8 @@ fn event_type(kind: EventKind) -> pb::EventType {
         EventKind::TicketAttached => T::TicketAttached,
         EventKind::TicketUpdated => T::TicketUpdated,
         EventKind::PeerReply => T::PeerReply,
+        EventKind::CallBlocked => T::CallBlocked,
+        EventKind::CallFlagged => T::CallFlagged,
     }
 }
 

@@ -29,6 +29,8 @@ pub struct EventHub {
     /// Per platform: the last sequence its client acknowledged.
     acknowledged: Mutex<HashMap<String, u64>>,
     store: Store,
+    /// The `[[platform]]`s: events for platforms with no client configured are not kept.
+    platforms: std::collections::HashSet<String>,
 }
 
 /// Most events written in one transaction.
@@ -40,6 +42,7 @@ impl EventHub {
     pub fn start(
         store: Store,
         positions: HashMap<String, (u64, u64)>,
+        platforms: std::collections::HashSet<String>,
         ids: IdGenerator,
         metrics: Arc<Metrics>,
     ) -> Arc<EventHub> {
@@ -57,6 +60,7 @@ impl EventHub {
             committed: Mutex::new(committed),
             acknowledged: Mutex::new(acknowledged),
             store: store.clone(),
+            platforms,
         });
         let next = positions
             .into_iter()
@@ -66,8 +70,9 @@ impl EventHub {
         hub
     }
 
-    /// Queues an event for its platforms (does not wait).
-    pub fn emit(&self, event: CallEvent) {
+    /// Queues an event for its platforms that have a `[[platform]]` (does not wait).
+    pub fn emit(&self, mut event: CallEvent) {
+        event.platforms.retain(|p| self.platforms.contains(p));
         if !event.platforms.is_empty() {
             let _ = self.queue.send(Input::Event(Box::new(event)));
         }

@@ -99,6 +99,8 @@ pub enum EventKind {
     TicketAttached,
     TicketUpdated,
     PeerReply,
+    CallBlocked,
+    CallFlagged,
 }
 
 /// A conference party.
