@@ -52,9 +52,10 @@ pub enum Counter {
     SipBans,
     CallsBlocked,
     CallsFlagged,
+    CallsRefusedRate,
 }
 
-const COUNTERS: [(Counter, &str, &str); 36] = [
+const COUNTERS: [(Counter, &str, &str); 37] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -234,6 +235,11 @@ const COUNTERS: [(Counter, &str, &str); 36] = [
         Counter::CallsFlagged,
         "hotline_calls_flagged_total",
         "calls flagged to the platforms as a repeat caller's",
+    ),
+    (
+        Counter::CallsRefusedRate,
+        "hotline_calls_refused_rate_total",
+        "new calls refused (503) because their peer was above its max_calls_per_sec",
     ),
 ];
 

@@ -135,3 +135,48 @@ async fn a_peer_known_by_its_network_places_calls() {
     assert_eq!(record.a_peer, "carrier");
     gateway.stop().await;
 }
+
+/// A peer with `max_calls_per_sec` gets 503 (Retry-After) beyond its rate; the calls within it
+/// go through.
+#[tokio::test]
+async fn a_peer_above_its_call_rate_gets_503() {
+    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = Ua::bind("hotline", LOCALHOST).await;
+    let mut gateway = Gateway::start(
+        &[
+            ("carrier", citizen.address, "max_calls_per_sec = 2"),
+            ("hotline", agent.address, "platform = \"12345\""),
+        ],
+        &[("12345", &["hotline"])],
+        "",
+        "",
+    )
+    .await;
+    citizen.set_gateway(gateway.sip);
+    agent.set_gateway(gateway.sip);
+    let sdp = common::sdp(citizen.address, &[8], "sendrecv");
+    for _ in 0..5 {
+        let invite = citizen.invite("12345", "13800138000", &sdp, "");
+        citizen.send_request(&invite).await;
+    }
+    let mut refused = 0;
+    while let Some(message) = citizen.recv_within(Duration::from_millis(300)).await {
+        if let Message::Response(response) = message {
+            if response.status == 503 {
+                assert!(response.headers.get("Retry-After").is_some());
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 3);
+    for _ in 0..2 {
+        let invite = agent.expect_request("INVITE").await;
+        agent.send_response(&agent.answer(&invite, 486, None)).await;
+    }
+    let (_, metrics) = gateway.http_get("/metrics").await;
+    assert!(
+        metrics.contains("hotline_calls_refused_rate_total 3"),
+        "{metrics}"
+    );
+    gateway.stop().await;
+}

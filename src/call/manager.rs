@@ -23,6 +23,7 @@ use crate::workorder::{CallEvent, EventKind, LegInfo};
 
 use super::screening::{Screen, Screening};
 use super::transfer::CallerIdentity;
+use crate::sip::guard::TokenBucket;
 
 /// What the calls' media come from.
 pub struct MediaResources {
@@ -43,6 +44,8 @@ pub struct CallManager {
     max_calls: usize,
     active: Arc<AtomicUsize>,
     screening: Mutex<Screening>,
+    /// Per peer with `max_calls_per_sec`: its bucket of new calls.
+    call_rates: Mutex<std::collections::HashMap<String, TokenBucket>>,
 }
 
 impl CallManager {
@@ -64,6 +67,7 @@ impl CallManager {
             max_calls,
             active: Arc::new(AtomicUsize::new(0)),
             screening: Mutex::new(Screening::new(Vec::new(), 603, 0, Duration::ZERO)),
+            call_rates: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -177,6 +181,20 @@ impl CallManager {
                 ))
             }
         };
+        if let Some(rate) = caller_peer.max_calls_per_sec {
+            let allowed = self
+                .call_rates
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(caller_peer.name.clone())
+                .or_insert_with(|| TokenBucket::new(rate, rate))
+                .take(Instant::now());
+            if !allowed {
+                self.metrics.increment(Counter::CallsRefusedRate);
+                tracing::debug!(peer = %caller_peer.name, rate, "peer above its call rate");
+                return Self::reply(request, 503);
+            }
+        }
         // One slot per call, released by the call task's ActiveGuard.
         if self.active.load(Ordering::Relaxed) >= self.max_calls {
             self.metrics.increment(Counter::CallsRefusedOverload);

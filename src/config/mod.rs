@@ -281,6 +281,10 @@ pub struct PeerConfig {
     /// signalling range), beyond `address` (default none).
     #[serde(default)]
     pub sources: Vec<String>,
+    /// New calls this peer may start per second (bursts of as many); beyond, 503 with
+    /// Retry-After (default: no limit, the peer is trusted to send what it must).
+    #[serde(default)]
+    pub max_calls_per_sec: Option<u32>,
     /// Trusted for identity (RFC 3325 §2.3): a caller's identity asked private (`Privacy: id`)
     /// is still sent to this peer in P-Asserted-Identity; to others it is removed (default
     /// false; the 110 desk is trusted).

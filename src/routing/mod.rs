@@ -34,6 +34,8 @@ pub struct Peer {
     any_port: bool,
     /// Networks whose requests are this peer's too (beyond `address`).
     sources: Vec<Cidr>,
+    /// New calls per second this peer may start (None: no limit).
+    pub max_calls_per_sec: Option<u32>,
 }
 
 impl Peer {
@@ -53,6 +55,7 @@ impl Peer {
             diversion: DiversionHeader::default(),
             any_port: false,
             sources: Vec::new(),
+            max_calls_per_sec: None,
         }
     }
 }
@@ -73,6 +76,7 @@ impl From<&PeerConfig> for Peer {
                 .iter()
                 .filter_map(|s| Cidr::parse(s).ok())
                 .collect(),
+            max_calls_per_sec: config.max_calls_per_sec,
         }
     }
 }

@@ -72,6 +72,41 @@ struct Source {
     banned_until: Option<Instant>,
 }
 
+/// A token bucket: `rate` per second, bursts of `burst`. Sans-IO (the caller gives the time).
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    updated: Option<Instant>,
+}
+
+impl TokenBucket {
+    pub fn new(rate: u32, burst: u32) -> TokenBucket {
+        TokenBucket {
+            rate: f64::from(rate.max(1)),
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            updated: None,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if let Some(updated) = self.updated {
+            let elapsed = now.saturating_duration_since(updated).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        }
+        self.updated = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// A newly banned source, for the log and the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ban {
@@ -254,6 +289,22 @@ mod tests {
         );
         let after = start + Duration::from_secs(300);
         assert_eq!(g.check(after, STRANGER, false, None), Verdict::Reject);
+    }
+
+    #[test]
+    fn a_token_bucket_allows_its_burst_then_its_rate() {
+        let mut bucket = TokenBucket::new(2, 2);
+        let start = Instant::now();
+        assert!(bucket.take(start) && bucket.take(start));
+        assert!(!bucket.take(start));
+        assert!(!bucket.take(start + Duration::from_millis(400)));
+        assert!(bucket.take(start + Duration::from_millis(500)));
+        assert!(bucket.take(start + Duration::from_secs(10)));
+        assert!(bucket.take(start + Duration::from_secs(10)));
+        assert!(
+            !bucket.take(start + Duration::from_secs(10)),
+            "the burst caps the savings"
+        );
     }
 
     #[test]
