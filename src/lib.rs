@@ -148,6 +148,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             listen: config.sip.listen,
             max_message_size: config.sip.max_message_size,
             tcp_idle_timeout: Duration::from_secs(config.sip.tcp_idle_timeout_secs),
+            max_tcp_connections: config.sip.max_tcp_connections,
         },
         inbound_sender,
         Arc::clone(&metrics),

@@ -53,9 +53,10 @@ pub enum Counter {
     CallsBlocked,
     CallsFlagged,
     CallsRefusedRate,
+    TcpConnectionsRefused,
 }
 
-const COUNTERS: [(Counter, &str, &str); 37] = [
+const COUNTERS: [(Counter, &str, &str); 38] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -240,6 +241,11 @@ const COUNTERS: [(Counter, &str, &str); 37] = [
         Counter::CallsRefusedRate,
         "hotline_calls_refused_rate_total",
         "new calls refused (503) because their peer was above its max_calls_per_sec",
+    ),
+    (
+        Counter::TcpConnectionsRefused,
+        "hotline_tcp_connections_refused_total",
+        "inbound TCP connections closed at once: sip.max_tcp_connections were open",
     ),
 ];
 

@@ -180,3 +180,48 @@ async fn a_peer_above_its_call_rate_gets_503() {
     );
     gateway.stop().await;
 }
+
+/// `sip.max_tcp_connections`: a connection beyond the limit is closed at once; those within
+/// keep working.
+#[tokio::test]
+async fn tcp_connections_beyond_the_limit_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let mut first = Ua::bind("carrier", LOCALHOST).await;
+    let mut gateway = Gateway::start(
+        &[("carrier", first.address, "any_port = true")],
+        &[],
+        "max_tcp_connections = 2\n",
+        "",
+    )
+    .await;
+    first.set_gateway(gateway.sip);
+    first.connect_tcp().await;
+    let mut second = Ua::bind("carrier", LOCALHOST).await;
+    second.set_gateway(gateway.sip);
+    second.connect_tcp().await;
+    for (ua, branch) in [(&mut first, "t1"), (&mut second, "t2")] {
+        let text = options(gateway.sip, ua.address, branch, "Linphone");
+        ua.send(&text.replace("SIP/2.0/UDP", "SIP/2.0/TCP")).await;
+        let answer = ua.recv_within(Duration::from_secs(2)).await;
+        assert!(
+            matches!(answer, Some(Message::Response(ref r)) if r.status == 200),
+            "{answer:?}"
+        );
+    }
+    let mut third = match tokio::net::TcpStream::connect(gateway.sip).await {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    };
+    let mut buffer = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buffer)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "closed at once: {read:?}"
+    );
+    let (_, metrics) = gateway.http_get("/metrics").await;
+    assert!(
+        metrics.contains("hotline_tcp_connections_refused_total 1"),
+        "{metrics}"
+    );
+    gateway.stop().await;
+}

@@ -114,6 +114,9 @@ pub struct SipConfig {
     /// A TCP connection with no traffic for this long is closed (default 300 s).
     #[serde(default = "default_tcp_idle_timeout_secs")]
     pub tcp_idle_timeout_secs: u64,
+    /// TCP connections open at once; a new inbound one beyond is closed at once (default 4096).
+    #[serde(default = "default_max_tcp_connections")]
+    pub max_tcp_connections: usize,
     /// How long to wait for any response from a peer before trying the route's next peer
     /// (default 4 s: well under Timer B's 32 s, so failover is quick).
     #[serde(default = "default_peer_response_timeout_ms")]
@@ -365,6 +368,9 @@ fn default_transfer_ring_timeout_secs() -> u64 {
 }
 fn default_hotkey_inter_digit_ms() -> u64 {
     2000
+}
+fn default_max_tcp_connections() -> usize {
+    4096
 }
 fn default_pike_requests_per_sec() -> u32 {
     20

@@ -94,6 +94,8 @@ pub struct TransportConfig {
     pub listen: SocketAddr,
     pub max_message_size: usize,
     pub tcp_idle_timeout: Duration,
+    /// Inbound TCP connections open at once; a new one beyond is closed at once.
+    pub max_tcp_connections: usize,
 }
 
 struct Connections {
@@ -267,6 +269,14 @@ impl Transport {
             };
             match accepted {
                 Ok((stream, address)) => {
+                    let open = self.lock().writers.len();
+                    if open >= self.config.max_tcp_connections {
+                        // Closed at once (dropped): file descriptors and tasks stay bounded.
+                        self.metrics.increment(Counter::TcpConnectionsRefused);
+                        tracing::debug!(%address, open, "TCP connection refused: limit reached");
+                        drop(stream);
+                        continue;
+                    }
                     self.register(stream, crate::routing::canonical(address));
                 }
                 Err(e) => {
