@@ -124,11 +124,7 @@ async fn join(
     let invite = desk.expect_request("INVITE").await;
     let guest_media = sdp_address(invite.sdp().unwrap_or_default());
     desk.send_response(&desk.answer(&invite, 180, None)).await;
-    let desk_rtp = RtpPeer::bind(LOCALHOST).await;
-    let answer = common::sdp(desk_rtp.address, &[8, 101], "sendrecv");
-    desk.send_response(&desk.answer(&invite, 200, Some(&answer)))
-        .await;
-    desk.expect_request("ACK").await;
+    let desk_rtp = common::answer_with_media(desk, &invite, &[8, 101]).await;
     (invite, desk_rtp, guest_media)
 }
 

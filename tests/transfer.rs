@@ -168,12 +168,7 @@ async fn refer_transfers_the_citizen_to_110_with_the_citizens_number() {
     police
         .send_response(&police.answer(&invite, 180, None))
         .await;
-    let police_rtp = RtpPeer::bind(LOCALHOST).await;
-    let answer = common::sdp(police_rtp.address, &[8], "sendrecv");
-    police
-        .send_response(&police.answer(&invite, 200, Some(&answer)))
-        .await;
-    police.expect_request("ACK").await;
+    let police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
 
     let progress = notifies_until_final(&mut agent).await;
     let statuses: Vec<u16> = progress.iter().map(|p| p.0).collect();
@@ -342,12 +337,7 @@ async fn the_citizen_waits_hearing_ringback_when_the_agent_leaves_before_110_ans
         assert_eq!(pair[1].timestamp.wrapping_sub(pair[0].timestamp), 160);
     }
 
-    let police_rtp = RtpPeer::bind(LOCALHOST).await;
-    let answer = common::sdp(police_rtp.address, &[8], "sendrecv");
-    police
-        .send_response(&police.answer(&invite, 200, Some(&answer)))
-        .await;
-    police.expect_request("ACK").await;
+    let police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
     audio_flows(&call.caller_rtp, call.gateway_a_media, &police_rtp, 0x4).await;
     audio_flows(&police_rtp, call.gateway_b_media, &call.caller_rtp, 0x5).await;
     assert!(
@@ -569,12 +559,7 @@ async fn an_agent_calling_back_transfers_the_citizen_from_the_calling_leg() {
     police
         .send_response(&police.answer(&invite, 180, None))
         .await;
-    let police_rtp = RtpPeer::bind(LOCALHOST).await;
-    let answer = common::sdp(police_rtp.address, &[8], "sendrecv");
-    police
-        .send_response(&police.answer(&invite, 200, Some(&answer)))
-        .await;
-    police.expect_request("ACK").await;
+    let police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
     let progress = notifies_until_final(&mut agent).await;
     let statuses: Vec<u16> = progress.iter().map(|p| p.0).collect();
     assert_eq!(statuses, vec![100, 180, 200]);
@@ -671,12 +656,7 @@ async fn hotkey_star_1_by_sip_info_transfers_and_other_digits_pass_through() {
         invite.headers.get("Referred-By").is_none(),
         "no REFER, no Referred-By"
     );
-    let police_rtp = RtpPeer::bind(LOCALHOST).await;
-    let answer = common::sdp(police_rtp.address, &[8], "sendrecv");
-    police
-        .send_response(&police.answer(&invite, 200, Some(&answer)))
-        .await;
-    police.expect_request("ACK").await;
+    let police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
     let bye = agent.expect_request("BYE").await;
     agent.send_response(&agent.answer(&bye, 200, None)).await;
     audio_flows(&call.caller_rtp, call.gateway_a_media, &police_rtp, 0x9).await;

@@ -266,12 +266,7 @@ async fn a_ticket_travels_with_the_transfer_and_110_answers_back() {
     police
         .send_response(&police.answer(&invite, 180, None))
         .await;
-    let police_rtp = common::RtpPeer::bind(LOCALHOST).await;
-    let answer = common::sdp(police_rtp.address, &[8], "sendrecv");
-    police
-        .send_response(&police.answer(&invite, 200, Some(&answer)))
-        .await;
-    police.expect_request("ACK").await;
+    let _police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
     let bye = agent.expect_request("BYE").await;
     agent.send_response(&agent.answer(&bye, 200, None)).await;
     for platform in [&mut cad, &mut hotline] {
@@ -552,12 +547,7 @@ async fn a_conference_by_command_pushes_the_ticket_and_reports_its_parties() {
     let invite = police.expect_request("INVITE").await;
     let pushed = cad.expect(EventType::ConferenceRequested).await;
     assert_eq!(pushed.ticket, Some(ticket()));
-    let police_rtp = common::RtpPeer::bind(LOCALHOST).await;
-    let answer = common::sdp(police_rtp.address, &[8], "sendrecv");
-    police
-        .send_response(&police.answer(&invite, 200, Some(&answer)))
-        .await;
-    police.expect_request("ACK").await;
+    let _police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
     cad.expect(EventType::TransferAnswered).await;
     cad.expect(EventType::ConferenceStarted).await;
     let mut joined = Vec::new();

@@ -766,3 +766,14 @@ pub fn dtmf_info(agent: &mut Ua, call: &Established, cseq: u32, digit: char) -> 
     info.body = Bytes::from(format!("Signal={digit}\r\nDuration=160\r\n"));
     info
 }
+
+/// `ua` answers `invite` 200 with SDP for a fresh RTP peer (offering `payload_types`) and takes
+/// the ACK; returns the RTP peer.
+pub async fn answer_with_media(ua: &mut Ua, invite: &Request, payload_types: &[u8]) -> RtpPeer {
+    let rtp = RtpPeer::bind(ua.address.ip()).await;
+    let answer = sdp(rtp.address, payload_types, "sendrecv");
+    ua.send_response(&ua.answer(invite, 200, Some(&answer)))
+        .await;
+    ua.expect_request("ACK").await;
+    rtp
+}
