@@ -86,17 +86,6 @@ async fn setup_with_fire() -> (Gateway, [Ua; 4]) {
     (gateway, uas)
 }
 
-/// The citizen hangs up; every other party answers the gateway's BYE.
-async fn citizen_hangs_up(citizen: &mut Ua, call: &Established, others: &mut [&mut Ua]) {
-    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
-    citizen.send_request(&bye).await;
-    citizen.expect_response("BYE", 200).await;
-    for ua in others.iter_mut() {
-        let bye = ua.expect_request("BYE").await;
-        ua.send_response(&ua.answer(&bye, 200, None)).await;
-    }
-}
-
 /// The agent keys `*3` (INFOs numbered from `cseq`); 110 is invited, answers, and is in the
 /// call: 110's INVITE, its RTP peer and the gateway's address for it.
 async fn three_way(
@@ -438,7 +427,7 @@ async fn when_110_leaves_citizen_and_agent_stay_and_the_citizen_leaving_ends_the
     assert_ne!(second.call_id(), invite.call_id());
 
     // The citizen hangs up: the call ends for everybody (the default).
-    citizen_hangs_up(&mut citizen, &call, &mut [&mut agent, &mut police]).await;
+    common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent, &mut police]).await;
     let record = gateway.ended_record(call.invite.call_id()).await;
     assert_eq!(record.ended_by.as_deref(), Some("caller"));
     gateway.stop().await;
@@ -520,7 +509,7 @@ async fn a_fourth_party_joins_and_each_hears_the_other_three() {
         fire_party.is_some_and(|p| p.left_at.is_some()),
         "{parties:?}"
     );
-    citizen_hangs_up(&mut citizen, &call, &mut [&mut agent, &mut police]).await;
+    common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent, &mut police]).await;
     gateway.stop().await;
 }
 
@@ -585,7 +574,7 @@ async fn a_party_on_hold_neither_contributes_nor_receives() {
         &[CITIZEN_HZ],
     );
     assert_hears(&police_talks, "110", &[CITIZEN_HZ, AGENT_HZ], &[POLICE_HZ]);
-    citizen_hangs_up(&mut citizen, &call, &mut [&mut agent, &mut police]).await;
+    common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent, &mut police]).await;
     gateway.stop().await;
 }
 
@@ -620,6 +609,6 @@ async fn refused_invitations_give_their_ports_back() {
         talk(&mut all, 50).await;
     }
     assert_hears(&police_talks, "110", &[CITIZEN_HZ, AGENT_HZ], &[POLICE_HZ]);
-    citizen_hangs_up(&mut citizen, &call, &mut [&mut agent, &mut police]).await;
+    common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent, &mut police]).await;
     gateway.stop().await;
 }

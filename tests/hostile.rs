@@ -77,11 +77,7 @@ async fn scanners_hear_nothing_floods_are_banned_and_peers_go_on() {
 
     // Meanwhile a peer's call goes through as ever.
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
-    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
-    citizen.send_request(&bye).await;
-    citizen.expect_response("BYE", 200).await;
-    let bye = agent.expect_request("BYE").await;
-    agent.send_response(&agent.answer(&bye, 200, None)).await;
+    common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
 
     let (_, metrics) = gateway.http_get("/metrics").await;
     for (name, check) in [
@@ -126,11 +122,7 @@ async fn a_peer_known_by_its_network_places_calls() {
     citizen.set_gateway(gateway.sip);
     agent.set_gateway(gateway.sip);
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
-    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
-    citizen.send_request(&bye).await;
-    citizen.expect_response("BYE", 200).await;
-    let bye = agent.expect_request("BYE").await;
-    agent.send_response(&agent.answer(&bye, 200, None)).await;
+    common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
     let record = gateway.ended_record(call.invite.call_id()).await;
     assert_eq!(record.a_peer, "carrier");
     gateway.stop().await;

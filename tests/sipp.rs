@@ -46,6 +46,24 @@ struct Ports {
     http: u16,
 }
 
+/// A SIPp run's working directory and free ports (SIPp must be installed).
+fn prepare() -> (tempfile::TempDir, Ports) {
+    if !sipp_available() {
+        panic!("sipp is not installed (apt-get install sip-tester; .ci/run does this)");
+    }
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("{e}"),
+    };
+    let ports = Ports {
+        gateway: free_port(),
+        uac: free_port(),
+        uas: free_port(),
+        http: free_port(),
+    };
+    (dir, ports)
+}
+
 /// Starts the gateway binary on a config naming the SIPp ports; returns once it listens.
 fn start_gateway(
     dir: &Path,
@@ -128,19 +146,7 @@ fn sipp(args: &[&str], scenario: &str) -> Command {
 }
 
 fn run_load(transport: &str, calls: u32, rate: u32, hold_ms: u32, media: [u16; 2], stop: Stop) {
-    if !sipp_available() {
-        panic!("sipp is not installed (apt-get install sip-tester; .ci/run does this)");
-    }
-    let dir = match tempfile::tempdir() {
-        Ok(d) => d,
-        Err(e) => panic!("{e}"),
-    };
-    let ports = Ports {
-        gateway: free_port(),
-        uac: free_port(),
-        uas: free_port(),
-        http: free_port(),
-    };
+    let (dir, ports) = prepare();
     let (mut gateway, db) = start_gateway(dir.path(), &ports, transport, media);
     let sipp_transport = if transport == "tcp" { "t1" } else { "u1" };
     let uas_media = free_port().to_string();
@@ -371,19 +377,7 @@ struct TransferRun {
 /// header). Every SIPp side must succeed on every call, and each call must be recorded with one
 /// linkage as `run` says.
 fn run_transfers(run: TransferRun) {
-    if !sipp_available() {
-        panic!("sipp is not installed (apt-get install sip-tester; .ci/run does this)");
-    }
-    let dir = match tempfile::tempdir() {
-        Ok(d) => d,
-        Err(e) => panic!("{e}"),
-    };
-    let ports = Ports {
-        gateway: free_port(),
-        uac: free_port(),
-        uas: free_port(),
-        http: free_port(),
-    };
+    let (dir, ports) = prepare();
     let police_port = free_port();
     let config = format!(
         "\n[[peer]]\nname = \"police\"\naddress = \"127.0.0.1:{police_port}\"\nplatform = \"110\"\n\
@@ -625,19 +619,7 @@ fn sipp_private_citizens_stay_anonymous_to_an_untrusted_desk() {
 /// (`police_uas.xml` checks), the citizens talk to 110 until they hang up.
 #[test]
 fn sipp_agents_calling_back_transfer_the_citizen_to_110_from_the_calling_leg() {
-    if !sipp_available() {
-        panic!("sipp is not installed (apt-get install sip-tester; .ci/run does this)");
-    }
-    let dir = match tempfile::tempdir() {
-        Ok(d) => d,
-        Err(e) => panic!("{e}"),
-    };
-    let ports = Ports {
-        gateway: free_port(),
-        uac: free_port(),
-        uas: free_port(),
-        http: free_port(),
-    };
+    let (dir, ports) = prepare();
     let police_port = free_port();
     // The citizens' phones answer behind the carrier's address.
     let config = format!(
@@ -708,19 +690,7 @@ trusted = true\n\n[[route]]\nnumber = \"110\"\npeers = [\"police\"]\n\n\
 /// ended by the gateway, reason "gateway restart", its answer kept.
 #[test]
 fn sipp_a_call_cut_by_kill_9_is_closed_at_the_next_start() {
-    if !sipp_available() {
-        panic!("sipp is not installed (apt-get install sip-tester; .ci/run does this)");
-    }
-    let dir = match tempfile::tempdir() {
-        Ok(d) => d,
-        Err(e) => panic!("{e}"),
-    };
-    let ports = Ports {
-        gateway: free_port(),
-        uac: free_port(),
-        uas: free_port(),
-        http: free_port(),
-    };
+    let (dir, ports) = prepare();
     let (gateway, db) = start_gateway(dir.path(), &ports, "udp", [28000, 28999]);
     let _uas = sipp_side(dir.path(), ports.uas, "uas.xml", &["-rtp_echo", "-m", "1"]);
     let target = format!("127.0.0.1:{}", ports.gateway);

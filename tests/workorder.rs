@@ -471,11 +471,7 @@ async fn nothing_is_lost_across_a_disconnect_or_a_gateway_restart() {
     drop(hotline);
 
     // While 12345's system is away, the call ends.
-    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
-    citizen.send_request(&bye).await;
-    citizen.expect_response("BYE", 200).await;
-    let bye = agent.expect_request("BYE").await;
-    agent.send_response(&agent.answer(&bye, 200, None)).await;
+    common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
     gateway.ended_record(call.invite.call_id()).await;
 
     let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
@@ -586,11 +582,7 @@ async fn a_conference_by_command_pushes_the_ticket_and_reports_its_parties() {
     let left = cad.until(EventType::PartyLeft).await;
     assert_eq!(left.party.map(|p| p.party), Some(2));
     cad.expect(EventType::ConferenceEnded).await;
-    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
-    citizen.send_request(&bye).await;
-    citizen.expect_response("BYE", 200).await;
-    let bye = agent.expect_request("BYE").await;
-    agent.send_response(&agent.answer(&bye, 200, None)).await;
+    common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
     cad.expect(EventType::CallEnded).await;
     gateway.stop().await;
 }
@@ -621,11 +613,7 @@ async fn a_client_that_does_not_read_stalls_nobody() {
         last = hotline.expect(EventType::TicketUpdated).await;
     }
     // And calls go on: the citizen's BYE is answered, the agent gets its BYE.
-    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
-    citizen.send_request(&bye).await;
-    citizen.expect_response("BYE", 200).await;
-    let bye = agent.expect_request("BYE").await;
-    agent.send_response(&agent.answer(&bye, 200, None)).await;
+    common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
     hotline.expect(EventType::CallEnded).await;
     gateway.stop().await;
 }
@@ -643,11 +631,7 @@ async fn the_events_tool_prints_a_platforms_stream_one_line_per_event() {
     let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
     hotline.until(EventType::CallAnswered).await;
-    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
-    citizen.send_request(&bye).await;
-    citizen.expect_response("BYE", 200).await;
-    let bye = agent.expect_request("BYE").await;
-    agent.send_response(&agent.answer(&bye, 200, None)).await;
+    common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
     hotline.until(EventType::CallEnded).await;
     // Stopping the gateway ends the stream, and the tool with it.
     gateway.stop().await;
@@ -835,11 +819,7 @@ async fn blocked_callers_are_refused_and_repeat_callers_flagged() {
         }
         hotline.expect(EventType::CallRinging).await;
         hotline.expect(EventType::CallAnswered).await;
-        let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
-        citizen.send_request(&bye).await;
-        citizen.expect_response("BYE", 200).await;
-        let bye = agent.expect_request("BYE").await;
-        agent.send_response(&agent.answer(&bye, 200, None)).await;
+        common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
         hotline.expect(EventType::CallEnded).await;
     }
     let (_, metrics) = gateway.http_get("/metrics").await;

@@ -777,3 +777,14 @@ pub async fn answer_with_media(ua: &mut Ua, invite: &Request, payload_types: &[u
     ua.expect_request("ACK").await;
     rtp
 }
+
+/// The caller of `call` hangs up; every other party answers the gateway's BYE.
+pub async fn caller_hangs_up(caller: &mut Ua, call: &Established, others: &mut [&mut Ua]) {
+    let bye = caller.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
+    caller.send_request(&bye).await;
+    caller.expect_response("BYE", 200).await;
+    for ua in others.iter_mut() {
+        let bye = ua.expect_request("BYE").await;
+        ua.send_response(&ua.answer(&bye, 200, None)).await;
+    }
+}

@@ -207,6 +207,11 @@ impl Harness {
         self.actions.iter().any(|a| matches!(a, Action::Finished))
     }
 
+    /// Whether the call asked the relay for a command like `wanted`.
+    fn sent_media(&self, wanted: impl Fn(&MediaCommand) -> bool) -> bool {
+        self.media().iter().any(wanted)
+    }
+
     fn media(&self) -> Vec<MediaCommand> {
         self.actions
             .iter()
@@ -763,10 +768,7 @@ fn refer_subscription_reports_trying_ringing_and_the_answer() {
     );
     // The agent is released, the target took leg B, the citizen was never re-INVITEd.
     assert_eq!(h.sent(Method::Bye).len(), 1);
-    assert!(h
-        .media()
-        .iter()
-        .any(|m| matches!(m, MediaCommand::Replace(Party::B, _))));
+    assert!(h.sent_media(|m| matches!(m, MediaCommand::Replace(Party::B, _))));
     assert_eq!(
         statuses(&h.responses(A_SERVER)),
         vec![180, 200],
@@ -1046,10 +1048,7 @@ fn a_refer_from_the_calling_leg_hands_leg_a_to_the_target_with_the_citizens_numb
             .count(),
         1
     );
-    assert!(h
-        .media()
-        .iter()
-        .any(|m| matches!(m, MediaCommand::Replace(Party::A, _))));
+    assert!(h.sent_media(|m| matches!(m, MediaCommand::Replace(Party::A, _))));
     assert!(matches!(
         h.linkage_updates().first(),
         Some(LinkageUpdate::Requested { from_peer, from_platform: Some(platform), .. })
@@ -1087,10 +1086,7 @@ fn a_failed_transfer_from_the_calling_leg_keeps_the_citizen_with_the_agent() {
     );
     assert!(h.sent(Method::Bye).is_empty());
     assert!(h.outcome().is_none());
-    assert!(!h
-        .media()
-        .iter()
-        .any(|m| matches!(m, MediaCommand::Replace(..))));
+    assert!(!h.sent_media(|m| matches!(m, MediaCommand::Replace(..))));
 }
 
 #[test]
@@ -1101,15 +1097,9 @@ fn the_citizen_hears_ringback_when_the_agent_on_leg_a_leaves_during_the_transfer
     h.caller_sends(8, "BYE", 3, "");
     assert_eq!(statuses(&h.responses(8)), vec![200]);
     assert!(h.outcome().is_none(), "the citizen waits for 110");
-    assert!(h
-        .media()
-        .iter()
-        .any(|m| matches!(m, MediaCommand::Ringback(Party::B, true))));
+    assert!(h.sent_media(|m| matches!(m, MediaCommand::Ringback(Party::B, true))));
     h.respond_to_invite(200, Some(ANSWER));
-    assert!(h
-        .media()
-        .iter()
-        .any(|m| matches!(m, MediaCommand::Ringback(Party::B, false))));
+    assert!(h.sent_media(|m| matches!(m, MediaCommand::Ringback(Party::B, false))));
     assert!(h.outcome().is_none(), "citizen and 110 talk");
     assert!(h.sent(Method::Bye).is_empty(), "the agent had left already");
 }
@@ -1157,10 +1147,7 @@ fn a_guest_joins_with_the_citizens_identity_on_a_port_of_its_own() {
     h.respond_to_invite(180, None);
     h.respond_to_invite(200, Some(ANSWER));
     let guest = Party::guest(0).unwrap_or(Party::B);
-    assert!(h
-        .media()
-        .iter()
-        .any(|m| matches!(m, MediaCommand::Join(p) if *p == guest)));
+    assert!(h.sent_media(|m| matches!(m, MediaCommand::Join(p) if *p == guest)));
     let updates = conference_updates(&h);
     assert_eq!(updates.first(), Some(&ConferenceUpdate::Started));
     assert_eq!(updates.len(), 4, "{updates:?}");
@@ -1219,10 +1206,7 @@ fn the_agent_leaving_hands_leg_b_to_the_guest() {
     h.agent_sends(8, "BYE", 3, "");
     assert_eq!(statuses(&h.responses(8)), vec![200]);
     assert!(h.outcome().is_none(), "citizen and 110 stay");
-    assert!(h
-        .media()
-        .iter()
-        .any(|m| matches!(m, MediaCommand::Leave(Party::B))));
+    assert!(h.sent_media(|m| matches!(m, MediaCommand::Leave(Party::B))));
     assert_eq!(
         conference_updates(&h).last(),
         Some(&ConferenceUpdate::Ended)
@@ -1300,15 +1284,9 @@ fn the_agent_leaving_while_the_guest_rings_leaves_the_citizen_waiting_for_it() {
     h.agent_sends(8, "BYE", 3, "");
     assert_eq!(statuses(&h.responses(8)), vec![200]);
     assert!(h.outcome().is_none(), "the citizen stays");
-    assert!(h
-        .media()
-        .iter()
-        .any(|m| matches!(m, MediaCommand::Ringback(Party::A, true))));
+    assert!(h.sent_media(|m| matches!(m, MediaCommand::Ringback(Party::A, true))));
     h.respond_to_invite(200, Some(ANSWER));
-    assert!(h
-        .media()
-        .iter()
-        .any(|m| matches!(m, MediaCommand::Ringback(Party::A, false))));
+    assert!(h.sent_media(|m| matches!(m, MediaCommand::Ringback(Party::A, false))));
     assert!(h.outcome().is_none(), "citizen and 110 talk");
     // 110 is leg B now: its BYE ends the call.
     h.callee_sends(9, "BYE", 1);
