@@ -2584,18 +2584,22 @@ impl Call {
     /// # Errors
     /// [`TransferError::NotAnswered`] when no conference is on or no such party is in it.
     pub fn mute(&mut self, party: u32, muted: bool) -> Result<(), TransferError> {
-        let party = usize::try_from(party)
-            .ok()
-            .and_then(Party::from_index)
-            .filter(|p| {
-                self.state == State::Answered
-                    && self.conferencing
-                    && self.audio_parties().contains(p)
-            })
+        let party = self
+            .audio_party(party)
+            .filter(|_| self.conferencing)
             .ok_or(TransferError::NotAnswered)?;
         self.actions
             .push_back(Action::Media(MediaCommand::Mute(party, muted)));
         Ok(())
+    }
+
+    /// The party numbered `party` (a platform's command), if the call is answered and it is in
+    /// the call's audio.
+    fn audio_party(&self, party: u32) -> Option<Party> {
+        usize::try_from(party)
+            .ok()
+            .and_then(Party::from_index)
+            .filter(|p| self.state == State::Answered && self.audio_parties().contains(p))
     }
 
     /// The leg whose party belongs to `platform` (leg B first), if any.

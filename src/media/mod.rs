@@ -62,15 +62,6 @@ impl Party {
     }
 }
 
-impl From<Leg> for Party {
-    fn from(leg: Leg) -> Party {
-        match leg {
-            Leg::A => Party::A,
-            Leg::B => Party::B,
-        }
-    }
-}
-
 /// What one leg negotiated, as the relay needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LegMedia {

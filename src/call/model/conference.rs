@@ -472,11 +472,7 @@ impl Call {
     /// # Errors
     /// [`TransferError::NotAnswered`] when no such party is in the call.
     pub fn hang_up_party(&mut self, now: Instant, party: u32) -> Result<(), TransferError> {
-        let party = usize::try_from(party)
-            .ok()
-            .and_then(Party::from_index)
-            .filter(|p| self.state == State::Answered && self.audio_parties().contains(p))
-            .ok_or(TransferError::NotAnswered)?;
+        let party = self.audio_party(party).ok_or(TransferError::NotAnswered)?;
         if let Some(index) = self
             .guests
             .iter()
