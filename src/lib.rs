@@ -99,7 +99,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// [`StartError`] when a socket cannot be bound or the store cannot be opened.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
-    let store = Store::open(&config.store.path)?;
+    let store = Store::open_with(
+        &config.store.path,
+        store::StoreOptions {
+            max_size_bytes: config.store.max_size_mb.map(|mb| mb * 1024 * 1024),
+            metrics: Some(Arc::clone(&metrics)),
+        },
+    )?;
     let interrupted = store::close_interrupted(
         &config.store.path,
         store::unix_millis(std::time::SystemTime::now()),

@@ -54,9 +54,12 @@ pub enum Counter {
     CallsFlagged,
     CallsRefusedRate,
     TcpConnectionsRefused,
+    /// Records given up: the memory hold was full, the store refused them for good, or the
+    /// gateway stopped before the store could write again.
+    StoreRecordsLost,
 }
 
-const COUNTERS: [(Counter, &str, &str); 38] = [
+const COUNTERS: [(Counter, &str, &str); 39] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -155,7 +158,7 @@ const COUNTERS: [(Counter, &str, &str); 38] = [
     (
         Counter::StoreWriteErrors,
         "hotline_store_write_errors_total",
-        "call records that could not be written",
+        "store commits that failed (their records are held in memory and retried)",
     ),
     (
         Counter::MixerTicks,
@@ -247,6 +250,11 @@ const COUNTERS: [(Counter, &str, &str); 38] = [
         "hotline_tcp_connections_refused_total",
         "inbound TCP connections closed at once: sip.max_tcp_connections were open",
     ),
+    (
+        Counter::StoreRecordsLost,
+        "hotline_store_records_lost_total",
+        "records given up: the memory hold was full or the gateway stopped while the store could not write",
+    ),
 ];
 
 /// Gauges (values that go up and down).
@@ -257,9 +265,12 @@ pub enum Gauge {
     MediaPortsInUse,
     ConferencesActive,
     WorkOrderClients,
+    /// 1 while the store cannot write (disk full, read-only): the alert to page on.
+    StoreDegraded,
+    StoreHeldRecords,
 }
 
-const GAUGES: [(Gauge, &str, &str); 5] = [
+const GAUGES: [(Gauge, &str, &str); 7] = [
     (
         Gauge::CallsActive,
         "hotline_calls_active",
@@ -284,6 +295,16 @@ const GAUGES: [(Gauge, &str, &str); 5] = [
         Gauge::WorkOrderClients,
         "hotline_workorder_clients",
         "platform clients connected to the work-order link",
+    ),
+    (
+        Gauge::StoreDegraded,
+        "hotline_store_degraded",
+        "1 while the store cannot write (disk full or read-only); records are held and retried",
+    ),
+    (
+        Gauge::StoreHeldRecords,
+        "hotline_store_held_records",
+        "records held in memory until the store can write them",
     ),
 ];
 
@@ -338,6 +359,10 @@ impl Metrics {
 
     pub fn add_gauge(&self, gauge: Gauge, delta: i64) {
         self.gauges[gauge_index(gauge)].fetch_add(delta, Ordering::Relaxed);
+    }
+
+    pub fn set_gauge(&self, gauge: Gauge, value: i64) {
+        self.gauges[gauge_index(gauge)].store(value, Ordering::Relaxed);
     }
 
     pub fn count_call(&self, result: CallResult) {

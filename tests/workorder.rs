@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
 use common::{establish, Gateway, Ua, WAIT};
+use hotline_gateway::config::Config;
 use hotline_gateway::workorder::pb;
 use pb::client_message::Kind as Out;
 use pb::command::Action;
@@ -20,10 +21,15 @@ const TOKEN_12345: &str = "token-of-the-12345-system";
 const TOKEN_110: &str = "token-of-the-110-cad-system";
 
 async fn setup() -> (Gateway, Ua, Ua, Ua) {
+    setup_with(|_| {}).await
+}
+
+/// As [`setup`], with the configuration edited by `edit` first.
+async fn setup_with(edit: impl FnOnce(&mut Config)) -> (Gateway, Ua, Ua, Ua) {
     let mut citizen = Ua::bind("carrier", LOCALHOST).await;
     let mut agent = Ua::bind("hotline", LOCALHOST).await;
     let mut police = Ua::bind("police", LOCALHOST).await;
-    let gateway = Gateway::start_with_tables(
+    let gateway = Gateway::start_configured(
         &[
             ("carrier", citizen.address, ""),
             ("hotline", agent.address, "platform = \"12345\""),
@@ -42,6 +48,7 @@ async fn setup() -> (Gateway, Ua, Ua, Ua) {
              \n[[hotkey]]\ndtmf = \"#9\"\naction = \"transfer\"\ntarget = \"999\"\n\
              \n[screening]\nblocklist = [\"13900000000\"]\nrepeat_calls = 3\n"
         ),
+        edit,
     )
     .await;
     for ua in [&mut citizen, &mut agent, &mut police] {
@@ -830,6 +837,44 @@ async fn blocked_callers_are_refused_and_repeat_callers_flagged() {
     assert!(
         metrics.contains("hotline_calls_flagged_total 1"),
         "{metrics}"
+    );
+    gateway.stop().await;
+}
+
+/// The store's disk is full while calls go on: their events are held, not lost, and reach the
+/// platform in order and without a gap as soon as the store can write again.
+#[tokio::test]
+async fn events_of_calls_while_the_disk_is_full_arrive_once_there_is_space() {
+    let (mut gateway, mut citizen, mut agent, _police) = setup_with(|config| {
+        config.store.max_size_mb = Some(1);
+        common::fill_store(&config.store.path);
+    })
+    .await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    for _ in 0..40 {
+        let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+        common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
+    }
+    assert_eq!(gateway.metric("hotline_store_degraded").await, Some(1.0));
+
+    common::free_store(&gateway.db);
+    let (mut sequence, mut offered, mut ended) = (0, 0, 0);
+    while ended < 40 {
+        let Some(In::Event(event)) = hotline.receive().await.kind else {
+            continue;
+        };
+        assert_eq!(event.sequence, sequence + 1, "{event:?}");
+        sequence = event.sequence;
+        match EventType::try_from(event.r#type).ok() {
+            Some(EventType::CallOffered) => offered += 1,
+            Some(EventType::CallEnded) => ended += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(offered, 40);
+    assert_eq!(
+        gateway.metric("hotline_store_records_lost_total").await,
+        Some(0.0)
     );
     gateway.stop().await;
 }

@@ -426,6 +426,7 @@ async fn finish_record(
         rtp_b_to_a = record.rtp_b_to_a,
         "call ended"
     );
+    // Held (the disk is full) is fine: the store says so once and writes it when it can.
     if let Err(error) = services.store.call_ended(record.clone()).await {
         services.metrics.increment(Counter::StoreWriteErrors);
         tracing::error!(%error, "call record not written");

@@ -218,6 +218,11 @@ pub struct StoreConfig {
     /// SQLite file; its directory is created if missing. Relative paths are relative to the
     /// working directory.
     pub path: PathBuf,
+    /// Largest the file may grow, in MB (default: no cap but the disk's). At the cap the store
+    /// behaves as on a full disk: calls go on, records are held in memory and retried, and
+    /// `hotline_store_degraded` is 1, until space is freed (e.g. old records archived).
+    #[serde(default)]
+    pub max_size_mb: Option<u64>,
 }
 
 /// `[api]`: operator and platform interfaces.
@@ -474,6 +479,12 @@ impl Config {
                     ));
                 }
             }
+        }
+        if self.store.max_size_mb == Some(0) {
+            return Err(invalid(
+                "store.max_size_mb".into(),
+                "must be at least 1 (leave it out for no cap)".into(),
+            ));
         }
         if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
             return Err(invalid(

@@ -10,18 +10,76 @@
 //!
 //! Readers (`hotline-gateway calls`, tests) open their own read-only connection: WAL lets them
 //! read while the gateway writes.
+//!
+//! When the disk is full or read-only the calls go on: the writer holds what it could not
+//! commit in memory (up to [`HELD_LIMIT`] records), tries again every [`RETRY`], raises
+//! `hotline_store_degraded` and says so once in the log; the held records land, in order, as
+//! soon as a commit succeeds. Work-order events are held the same way and sent only once
+//! committed, so the platforms get them late but complete.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::{Counter, Gauge, Metrics};
 
 /// The newest schema this code knows.
 const SCHEMA_VERSION: i64 = 4;
 
 /// Queue length between call tasks and the writer.
 const QUEUE: usize = 16_384;
+
+/// Records held in memory while the store cannot write; beyond, the oldest are given up (at
+/// some hundred bytes each, about 100 MB; several minutes of calls at full load).
+pub const HELD_LIMIT: usize = 500_000;
+
+/// How often a failing store is tried again.
+pub const RETRY: Duration = Duration::from_secs(1);
+
+/// How the store is opened.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// Largest the database file may grow (SQLite `max_page_count`); at the cap writes fail
+    /// as on a full disk (default: no cap but the disk's).
+    pub max_size_bytes: Option<u64>,
+    /// Where the writer reports its health (default: a private set nobody reads).
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+/// What became of a write that is waited for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Committed,
+    /// The store cannot write now: the record is held in memory and retried.
+    Held,
+}
+
+type Reply = oneshot::Sender<Result<Written, String>>;
+
+/// Events queued for the outbox: resolves when they are committed (late, if the store was
+/// failing), or fails if they were given up.
+#[must_use = "events may be sent only once committed"]
+pub struct EventsCommit(oneshot::Receiver<Result<Written, String>>);
+
+impl EventsCommit {
+    /// # Errors
+    /// [`StoreError::Write`] if the store refused them for good, [`StoreError::Closed`] if they
+    /// were given up (the hold was full, or the gateway stopped first).
+    pub async fn committed(self) -> Result<(), StoreError> {
+        match self.0.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(reason)) => Err(StoreError::Write {
+                path: PathBuf::new(),
+                reason,
+            }),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+}
 
 /// One call, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,17 +195,30 @@ enum WriteOp {
         b_peer: String,
         answered_at: i64,
     },
-    Ended(CallRecord, oneshot::Sender<Result<(), String>>),
+    /// The reply goes as soon as the record is committed or held.
+    Ended(CallRecord, Option<Reply>),
     Linkage(LinkageRecord),
     ConferenceParty(ConferencePartyRecord),
-    Events(Vec<OutboxRecord>, oneshot::Sender<Result<(), String>>),
+    /// The reply goes only once they are committed: events are sent after that.
+    Events(Vec<OutboxRecord>, Option<Reply>),
     Ack {
         platform: String,
         sequence: u64,
     },
     /// Deletes outbox events older than this (Unix ms).
     Prune(i64),
-    Flush(oneshot::Sender<Result<(), String>>),
+    Flush(Reply),
+}
+
+impl WriteOp {
+    /// How many records it carries (for the hold's limit).
+    fn records(&self) -> usize {
+        match self {
+            WriteOp::Events(events, _) => events.len(),
+            WriteOp::Flush(_) => 0,
+            _ => 1,
+        }
+    }
 }
 
 /// The store handle; cheap to clone.
@@ -163,6 +234,14 @@ impl Store {
     /// # Errors
     /// [`StoreError`] naming the path.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, StoreOptions::default())
+    }
+
+    /// As [`Store::open`], with `options`.
+    ///
+    /// # Errors
+    /// [`StoreError`] naming the path.
+    pub fn open_with(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
                 path: parent.to_path_buf(),
@@ -177,11 +256,26 @@ impl Store {
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&connection)?;
+        if let Some(bytes) = options.max_size_bytes {
+            let page_size: i64 = connection.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+            let pages = (bytes as i64 / page_size.max(1)).max(1);
+            // SQLite keeps the current size if the cap is below it.
+            connection.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+        }
         let (queue, receiver) = mpsc::channel(QUEUE);
-        let thread_path = path.to_path_buf();
+        let writer = Writer {
+            connection,
+            path: path.to_path_buf(),
+            metrics: options.metrics.unwrap_or_default(),
+            held: VecDeque::new(),
+            held_records: 0,
+            failing_since: None,
+            last_attempt: Instant::now(),
+            last_report: Instant::now(),
+        };
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(connection, receiver, &thread_path))
+            .spawn(move || writer.run(receiver))
             .map_err(|source| StoreError::CreateDir {
                 path: path.to_path_buf(),
                 source,
@@ -252,35 +346,36 @@ impl Store {
             .map_err(|_| StoreError::Closed)
     }
 
-    /// Writes the final record; resolves once it is committed.
+    /// Writes the final record; resolves once it is committed, or held in memory because the
+    /// store cannot write now ([`Written::Held`]: it lands when the store recovers).
     ///
     /// # Errors
-    /// [`StoreError::Closed`] if the writer stopped, [`StoreError::Write`] if the commit failed
-    /// (disk full, read-only file system).
-    pub async fn call_ended(&self, record: CallRecord) -> Result<(), StoreError> {
-        self.until_committed(|done| WriteOp::Ended(record, done))
+    /// [`StoreError::Closed`] if the writer stopped, [`StoreError::Write`] if the store refused
+    /// the record for good (not for a full or read-only disk: that holds it).
+    pub async fn call_ended(&self, record: CallRecord) -> Result<Written, StoreError> {
+        self.until_committed(|done| WriteOp::Ended(record, Some(done)))
             .await
     }
 
     /// Resolves when everything queued before it is committed.
     ///
     /// # Errors
-    /// As [`Store::call_ended`].
+    /// [`StoreError::Write`] if that could not be done now (records are held and retried).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.until_committed(WriteOp::Flush).await
+        self.until_committed(WriteOp::Flush).await.map(|_| ())
     }
 
     async fn until_committed(
         &self,
-        operation: impl FnOnce(oneshot::Sender<Result<(), String>>) -> WriteOp,
-    ) -> Result<(), StoreError> {
+        operation: impl FnOnce(Reply) -> WriteOp,
+    ) -> Result<Written, StoreError> {
         let (done, committed) = oneshot::channel();
         self.queue
             .send(operation(done))
             .await
             .map_err(|_| StoreError::Closed)?;
         match committed.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(written)) => Ok(written),
             Ok(Err(reason)) => Err(StoreError::Write {
                 path: self.path.clone(),
                 reason,
@@ -289,14 +384,21 @@ impl Store {
         }
     }
 
-    /// Appends events to their platforms' outboxes and waits until they are committed: only then
-    /// may they be sent.
+    /// Queues events for their platforms' outboxes; [`EventsCommit::committed`] resolves when
+    /// they are committed: only then may they be sent.
     ///
     /// # Errors
-    /// As [`Store::call_ended`].
-    pub async fn append_events(&self, events: Vec<OutboxRecord>) -> Result<(), StoreError> {
-        self.until_committed(|done| WriteOp::Events(events, done))
+    /// [`StoreError::Closed`] if the writer has stopped.
+    pub async fn append_events(
+        &self,
+        events: Vec<OutboxRecord>,
+    ) -> Result<EventsCommit, StoreError> {
+        let (done, committed) = oneshot::channel();
+        self.queue
+            .send(WriteOp::Events(events, Some(done)))
             .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(EventsCommit(committed))
     }
 
     /// Records that `platform`'s client has every event up to `sequence` (does not wait).
@@ -442,35 +544,214 @@ fn migrate(connection: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The writer thread: batches whatever is queued into one transaction.
-fn write_loop(mut connection: Connection, mut queue: mpsc::Receiver<WriteOp>, path: &Path) {
-    let mut batch = Vec::new();
-    while let Some(first) = queue.blocking_recv() {
-        batch.push(first);
-        while batch.len() < 4096 {
-            match queue.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+/// The writer thread: owns the write connection and whatever it could not commit yet.
+struct Writer {
+    connection: Connection,
+    path: PathBuf,
+    metrics: Arc<Metrics>,
+    /// Operations whose commit failed, oldest first: retried, in order, before anything newer.
+    held: VecDeque<WriteOp>,
+    held_records: usize,
+    /// Since when commits fail (None: the store is healthy).
+    failing_since: Option<Instant>,
+    last_attempt: Instant,
+    last_report: Instant,
+}
+
+/// Most operations in one transaction (the hold's are added to them).
+const BATCH: usize = 4096;
+
+/// While failing, how often the log says so again.
+const REPORT: Duration = Duration::from_secs(60);
+
+impl Writer {
+    /// Batches whatever is queued into one transaction until every handle is dropped.
+    fn run(mut self, mut queue: mpsc::Receiver<WriteOp>) {
+        // A clock of its own, for waiting on the queue until the next retry is due.
+        let clock = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(clock) => Some(clock),
+            Err(error) => {
+                tracing::error!(%error, "store writer without a timer: retries only when records come");
+                None
             }
-        }
-        let result = write_batch(&mut connection, &batch).map_err(|e| e.to_string());
-        if let Err(error) = &result {
-            tracing::error!(path = %path.display(), %error, "call records not written");
-        }
-        for op in batch.drain(..) {
-            match op {
-                WriteOp::Ended(_, done) | WriteOp::Flush(done) | WriteOp::Events(_, done) => {
-                    let _ = done.send(result.clone());
+        };
+        let mut batch = Vec::new();
+        loop {
+            let mut closed = false;
+            let next = match (&clock, self.held.is_empty()) {
+                (Some(clock), false) => {
+                    let wait = RETRY.saturating_sub(self.last_attempt.elapsed());
+                    clock
+                        .block_on(async { tokio::time::timeout(wait, queue.recv()).await })
+                        .ok()
                 }
-                WriteOp::Started(_)
-                | WriteOp::Answered { .. }
-                | WriteOp::Linkage(_)
-                | WriteOp::ConferenceParty(_)
-                | WriteOp::Ack { .. }
-                | WriteOp::Prune(_) => {}
+                _ => Some(queue.blocking_recv()),
+            };
+            match next {
+                Some(Some(op)) => batch.push(op),
+                Some(None) => closed = true,
+                None => {} // the retry is due
+            }
+            while !closed && batch.len() < BATCH {
+                match queue.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            let flush = batch.iter().any(|op| matches!(op, WriteOp::Flush(_)));
+            if self.held.is_empty() || flush || closed || self.last_attempt.elapsed() >= RETRY {
+                self.commit(&mut batch);
+            } else {
+                // Not yet time to try again: hold these behind the others.
+                for op in batch.drain(..) {
+                    self.hold(op);
+                }
+            }
+            if closed {
+                if self.held_records > 0 {
+                    tracing::error!(path = %self.path.display(), records = self.held_records,
+                        "gateway stopping while the store cannot write: held records lost");
+                    self.metrics
+                        .add(Counter::StoreRecordsLost, self.held_records as u64);
+                }
+                return;
             }
         }
     }
+
+    /// Commits the hold and `batch` in one transaction; on failure keeps them (disk full or
+    /// read-only: it may come back) or gives them up (anything else would fail again).
+    fn commit(&mut self, batch: &mut Vec<WriteOp>) {
+        self.last_attempt = Instant::now();
+        let mut ops: Vec<WriteOp> = self.held.drain(..).collect();
+        ops.append(batch);
+        let held_before = std::mem::take(&mut self.held_records);
+        match write_batch(&mut self.connection, &ops) {
+            Ok(()) => {
+                if let Some(since) = self.failing_since.take() {
+                    tracing::warn!(path = %self.path.display(), records = held_before,
+                        failing_secs = since.elapsed().as_secs(),
+                        "store writing again: held records committed");
+                }
+                for op in ops {
+                    reply(op, Ok(Written::Committed));
+                }
+            }
+            Err(error) if worth_retrying(&error) => {
+                self.metrics.increment(Counter::StoreWriteErrors);
+                let mut flushes = Vec::new();
+                for op in ops {
+                    match op {
+                        WriteOp::Flush(done) => flushes.push(done),
+                        op => self.hold(op),
+                    }
+                }
+                for done in flushes {
+                    let _ = done.send(Err(format!(
+                        "{error} ({} records held in memory, not yet written)",
+                        self.held_records
+                    )));
+                }
+                let now = Instant::now();
+                if self.failing_since.is_none() {
+                    self.failing_since = Some(now);
+                    self.last_report = now;
+                    tracing::error!(path = %self.path.display(), %error,
+                        "store cannot write (disk full or read-only?): calls go on, their records are held in memory and retried every second");
+                } else if now.duration_since(self.last_report) >= REPORT {
+                    self.last_report = now;
+                    tracing::error!(path = %self.path.display(), %error, records = self.held_records,
+                        "store still cannot write; records held in memory");
+                }
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                let lost: usize = ops.iter().map(WriteOp::records).sum();
+                self.metrics.increment(Counter::StoreWriteErrors);
+                self.metrics.add(Counter::StoreRecordsLost, lost as u64);
+                tracing::error!(path = %self.path.display(), %error, records = lost,
+                    "store refused records: not written");
+                for op in ops {
+                    reply(op, Err(reason.clone()));
+                }
+            }
+        }
+        self.report();
+    }
+
+    /// Keeps `op` for the next attempt; a waiting call is told its record is held. Beyond
+    /// [`HELD_LIMIT`] the oldest are given up.
+    fn hold(&mut self, mut op: WriteOp) {
+        if let WriteOp::Ended(_, done) = &mut op {
+            if let Some(done) = done.take() {
+                let _ = done.send(Ok(Written::Held));
+            }
+        }
+        self.held_records += op.records();
+        self.held.push_back(op);
+        let mut lost = 0;
+        while self.held_records > HELD_LIMIT {
+            let Some(oldest) = self.held.pop_front() else {
+                break;
+            };
+            self.held_records -= oldest.records();
+            lost += oldest.records();
+        }
+        if lost > 0 {
+            self.metrics.add(Counter::StoreRecordsLost, lost as u64);
+            tracing::error!(path = %self.path.display(), records = lost,
+                "store hold full: oldest records given up");
+        }
+        self.report();
+    }
+
+    fn report(&self) {
+        self.metrics.set_gauge(
+            Gauge::StoreDegraded,
+            i64::from(self.failing_since.is_some()),
+        );
+        self.metrics
+            .set_gauge(Gauge::StoreHeldRecords, self.held_records as i64);
+    }
+}
+
+fn reply(op: WriteOp, result: Result<Written, String>) {
+    match op {
+        WriteOp::Ended(_, Some(done)) | WriteOp::Flush(done) | WriteOp::Events(_, Some(done)) => {
+            let _ = done.send(result);
+        }
+        WriteOp::Ended(_, None)
+        | WriteOp::Events(_, None)
+        | WriteOp::Started(_)
+        | WriteOp::Answered { .. }
+        | WriteOp::Linkage(_)
+        | WriteOp::ConferenceParty(_)
+        | WriteOp::Ack { .. }
+        | WriteOp::Prune(_) => {}
+    }
+}
+
+/// Errors that another attempt may not meet: no space, no write permission, I/O, a lock.
+fn worth_retrying(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(
+            ErrorCode::DiskFull
+                | ErrorCode::ReadOnly
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::CannotOpen
+                | ErrorCode::OutOfMemory
+        )
+    )
 }
 
 fn write_batch(connection: &mut Connection, batch: &[WriteOp]) -> Result<(), rusqlite::Error> {
@@ -963,6 +1244,9 @@ mod tests {
         store
             .append_events(events)
             .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .committed()
+            .await
             .unwrap_or_else(|e| panic!("{e}"));
         store
             .acknowledge("12345", 2)
@@ -1059,9 +1343,84 @@ mod tests {
             }));
         }
         for task in tasks {
-            assert!(matches!(task.await, Ok(Ok(()))));
+            assert!(matches!(task.await, Ok(Ok(Written::Committed))));
         }
         assert_eq!(list_calls(&path, 10_000).map(|l| l.len()).ok(), Some(5000));
+    }
+
+    /// Fills the database at `path` with a ballast table (as another program fills a shared
+    /// disk) and returns its size in bytes.
+    fn fill_with_ballast(path: &Path, bytes: u64) -> u64 {
+        let other = Connection::open(path).unwrap_or_else(|e| panic!("{e}"));
+        other
+            .execute_batch("CREATE TABLE ballast (b BLOB)")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let size = || -> u64 {
+            other
+                .query_row(
+                    "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size",
+                    [],
+                    |row| row.get::<_, i64>(0),
+                )
+                .map_or(0, |s| s as u64)
+        };
+        while size() < bytes {
+            other
+                .execute("INSERT INTO ballast VALUES (zeroblob(8192))", [])
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        size()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_holds_records_until_there_is_space_again() {
+        let dir = directory();
+        let path = dir.path().join("gateway.db");
+        drop(Store::open(&path).unwrap_or_else(|e| panic!("{e}")));
+        let full = fill_with_ballast(&path, 256 * 1024);
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::open_with(
+            &path,
+            StoreOptions {
+                max_size_bytes: Some(full),
+                metrics: Some(Arc::clone(&metrics)),
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..1000 {
+            store
+                .call_started(record(&i.to_string()))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut ended = record("999");
+        ended.ended_at = Some(2);
+        let written = store
+            .call_ended(ended)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(written, Written::Held);
+        // Nothing can be flushed now, and the alert is up.
+        assert!(store.flush().await.is_err());
+        let render = metrics.render();
+        assert!(render.contains("hotline_store_degraded 1"), "{render}");
+        assert!(!render.contains("hotline_store_held_records 0"), "{render}");
+
+        // Space comes back (the ballast goes): the next attempt writes everything, in order.
+        Connection::open(&path)
+            .and_then(|c| c.execute_batch("DROP TABLE ballast"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        store.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        let calls = list_calls(&path, 10_000).unwrap_or_default();
+        assert_eq!(calls.len(), 1000);
+        assert!(calls.iter().any(|c| c.id == "999" && c.ended_at == Some(2)));
+        let render = metrics.render();
+        assert!(render.contains("hotline_store_degraded 0"), "{render}");
+        assert!(render.contains("hotline_store_held_records 0"), "{render}");
+        assert!(
+            render.contains("hotline_store_records_lost_total 0"),
+            "{render}"
+        );
     }
 
     #[tokio::test]

@@ -196,19 +196,37 @@ async fn run(
                 .map(|r| (r.platform.clone(), r.sequence))
                 .collect();
             match store.append_events(records).await {
-                Ok(()) => {
-                    metrics.add(Counter::WorkOrderEventsStored, written.len() as u64);
-                    if let Some(hub) = hub.upgrade() {
-                        for (platform, sequence) in written {
-                            hub.announce(&platform, sequence);
+                // Waited for beside the hub: while the disk is full the store holds them and
+                // the next ones are numbered meanwhile; they are announced once committed.
+                Ok(commit) => {
+                    let hub = hub.clone();
+                    let metrics = Arc::clone(&metrics);
+                    tokio::spawn(async move {
+                        match commit.committed().await {
+                            Ok(()) => {
+                                metrics.add(Counter::WorkOrderEventsStored, written.len() as u64);
+                                if let Some(hub) = hub.upgrade() {
+                                    for (platform, sequence) in written {
+                                        hub.announce(&platform, sequence);
+                                    }
+                                }
+                            }
+                            // The numbers stay taken: a gap tells the clients something was lost.
+                            Err(error) => {
+                                tracing::error!(%error, events = written.len(), "work-order events not stored");
+                            }
                         }
-                    }
+                    });
                 }
                 Err(error) => {
-                    // The numbers stay taken: a gap tells the clients something was lost.
-                    metrics.increment(Counter::StoreWriteErrors);
                     tracing::error!(%error, events = written.len(), "work-order events not stored");
                 }
+            }
+        }
+        if !flushes.is_empty() {
+            // Everything queued before is committed (or held, if the store cannot write).
+            if let Err(error) = store.flush().await {
+                tracing::warn!(%error, "work-order events not all committed");
             }
         }
         for done in flushes {

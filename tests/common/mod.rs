@@ -209,6 +209,15 @@ impl Gateway {
         }
     }
 
+    /// The value of an unlabelled metric on `/metrics`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let (_, metrics) = self.http_get("/metrics").await;
+        metrics.lines().find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name).then(|| value.trim().parse().ok()).flatten()
+        })
+    }
+
     /// GET a path on the HTTP endpoint; returns (status, body).
     pub async fn http_get(&self, path: &str) -> (u16, String) {
         let mut stream = match TcpStream::connect(self.http).await {
@@ -665,6 +674,30 @@ impl RtpPeer {
             Some(p) => p,
             None => panic!("no RTP within {WAIT:?}"),
         }
+    }
+}
+
+/// Another program fills the volume: the store's file at `path` grows by 1 MB of ballast (with
+/// `store.max_size_mb = 1`, the store is full).
+pub fn fill_store(path: &Path) {
+    let filled = rusqlite::Connection::open(path).and_then(|other| {
+        other.execute_batch(
+            "CREATE TABLE ballast (b BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 128)
+             INSERT INTO ballast SELECT zeroblob(8192) FROM n;",
+        )
+    });
+    if let Err(e) = filled {
+        panic!("{}: {e}", path.display());
+    }
+}
+
+/// The ballast of [`fill_store`] goes: the store has space again.
+pub fn free_store(path: &Path) {
+    let freed =
+        rusqlite::Connection::open(path).and_then(|c| c.execute_batch("DROP TABLE ballast"));
+    if let Err(e) = freed {
+        panic!("{}: {e}", path.display());
     }
 }
 
