@@ -640,12 +640,17 @@ impl Writer {
                         failing_secs = since.elapsed().as_secs(),
                         "store writing again: held records committed");
                 }
+                // The health first: whoever hears of the commit sees it already.
+                self.report();
                 for op in ops {
                     reply(op, Ok(Written::Committed));
                 }
             }
             Err(error) if worth_retrying(&error) => {
                 self.metrics.increment(Counter::StoreWriteErrors);
+                let now = Instant::now();
+                let first = self.failing_since.is_none();
+                self.failing_since.get_or_insert(now);
                 let mut flushes = Vec::new();
                 for op in ops {
                     match op {
@@ -653,15 +658,14 @@ impl Writer {
                         op => self.hold(op),
                     }
                 }
+                self.report();
                 for done in flushes {
                     let _ = done.send(Err(format!(
                         "{error} ({} records held in memory, not yet written)",
                         self.held_records
                     )));
                 }
-                let now = Instant::now();
-                if self.failing_since.is_none() {
-                    self.failing_since = Some(now);
+                if first {
                     self.last_report = now;
                     tracing::error!(path = %self.path.display(), %error,
                         "store cannot write (disk full or read-only?): calls go on, their records are held in memory and retried every second");
@@ -689,11 +693,10 @@ impl Writer {
     /// Keeps `op` for the next attempt; a waiting call is told its record is held. Beyond
     /// [`HELD_LIMIT`] the oldest are given up.
     fn hold(&mut self, mut op: WriteOp) {
-        if let WriteOp::Ended(_, done) = &mut op {
-            if let Some(done) = done.take() {
-                let _ = done.send(Ok(Written::Held));
-            }
-        }
+        let waiting = match &mut op {
+            WriteOp::Ended(_, done) => done.take(),
+            _ => None,
+        };
         self.held_records += op.records();
         self.held.push_back(op);
         let mut lost = 0;
@@ -710,6 +713,9 @@ impl Writer {
                 "store hold full: oldest records given up");
         }
         self.report();
+        if let Some(done) = waiting {
+            let _ = done.send(Ok(Written::Held));
+        }
     }
 
     fn report(&self) {
