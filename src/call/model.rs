@@ -38,6 +38,7 @@ use crate::sip::dialog::Dialog;
 use crate::sip::endpoint::{DialogKey, Endpoint, ServerTransactionId, SipEvent};
 use crate::sip::message::{self, Headers, Host, Method, NameAddr, Request, Response, Uri};
 use crate::sip::sdp::{self, Direction, MediaPolicy, Negotiated, Origin, SessionDescription};
+use crate::sip::session_timer::SessionTimerSettings;
 use crate::sip::transport::{Flow, Target};
 
 use super::directory::{DialogId, Directory, PeerDialog};
@@ -75,6 +76,8 @@ pub struct CallSettings {
     pub conference_max_parties: usize,
     /// The caller leaving a conference ends it for everybody.
     pub conference_ends_with_caller: bool,
+    /// RFC 4028 session timers on every answered leg (None: off).
+    pub session_timers: Option<SessionTimerSettings>,
 }
 
 /// Everything the call starts from.
@@ -281,9 +284,14 @@ enum Timer {
     TransferRing,
     /// Digits held by the hotkey matcher are due to the other party.
     HotkeyDigits,
+    /// Leg A's session refresh, or its expiry (RFC 4028).
+    SessionA,
+    SessionB,
 }
 
-const TIMERS: [Timer; 6] = [
+const TIMERS: [Timer; 8] = [
+    Timer::SessionA,
+    Timer::SessionB,
     Timer::HotkeyDigits,
     Timer::PeerResponse,
     Timer::Ring,
@@ -519,6 +527,8 @@ pub struct Call {
     outcome: Option<Outcome>,
     /// Set when the cleanup timer must be armed at the next clock reading.
     pending_cleanup: bool,
+    /// Legs A and B's session timers (RFC 4028).
+    sessions: [session::LegSession; 2],
     actions: VecDeque<Action>,
 }
 
@@ -601,6 +611,7 @@ impl Call {
             conferencing: false,
             outcome: None,
             pending_cleanup: false,
+            sessions: Default::default(),
             actions: VecDeque::new(),
         };
         call.start(now);
@@ -691,6 +702,9 @@ impl Call {
             );
             return;
         }
+        if self.refuse_short_session() {
+            return;
+        }
         self.try_peer(now, 0);
     }
 
@@ -762,7 +776,7 @@ impl Call {
     }
 
     fn build_b_invite(&mut self, peer: &Peer, target: Target, branch: &str) -> Request {
-        self.build_invite(&InviteTo {
+        let mut invite = self.build_invite(&InviteTo {
             peer,
             target,
             branch,
@@ -772,7 +786,9 @@ impl Call {
             offer: &self.b.offer,
             identity: &self.a.identity,
             assert: false,
-        })
+        });
+        self.offer_session_timer(&mut invite.headers);
+        invite
     }
 
     /// An INVITE to `to.peer` on behalf of `to.identity`, as RFC 3325 lets this peer see it,
@@ -839,6 +855,14 @@ impl Call {
 
     /// A response to the caller's INVITE.
     fn respond_a(&mut self, status: u16, reason: &str, with_sdp: bool) {
+        let response = self.a_response(status, reason, with_sdp);
+        self.actions.push_back(Action::SendResponse {
+            server: self.a.server,
+            response,
+        });
+    }
+
+    fn a_response(&mut self, status: u16, reason: &str, with_sdp: bool) -> Response {
         let mut response = Response::for_request(&self.a.invite, status, Some(&self.a.tag));
         response.reason = reason.to_string();
         if (101..300).contains(&status) {
@@ -861,10 +885,7 @@ impl Call {
                 response.body = Bytes::from(sdp.clone());
             }
         }
-        self.actions.push_back(Action::SendResponse {
-            server: self.a.server,
-            response,
-        });
+        response
     }
 
     /// The call fails before answer: final response to the caller, record, finish when leg B
@@ -1126,7 +1147,7 @@ impl Call {
                 };
                 self.hang_up(Some(leg), ended_by, "normal clearing");
             }
-            Method::Invite | Method::Update => self.handle_offer(leg, server, &request),
+            Method::Invite | Method::Update => self.handle_offer(now, leg, server, &request),
             Method::Info => {
                 respond(self, 200);
                 self.handle_info(now, leg, &request);
@@ -1137,7 +1158,27 @@ impl Call {
     }
 
     /// A re-INVITE or UPDATE: the gateway answers it itself (the media is anchored here).
-    fn handle_offer(&mut self, leg: Leg, server: ServerTransactionId, request: &Request) {
+    fn handle_offer(
+        &mut self,
+        now: Instant,
+        leg: Leg,
+        server: ServerTransactionId,
+        request: &Request,
+    ) {
+        let session = match self.peer_refresh(now, leg, request) {
+            Ok(headers) => headers,
+            Err(min_se) => {
+                // RFC 4028 §9: too short an interval for us.
+                let mut response = Response::for_request(request, 422, None);
+                response.reason = "Session Interval Too Small".into();
+                response
+                    .headers
+                    .push("Min-SE", min_se.as_secs().to_string());
+                self.actions
+                    .push_back(Action::SendResponse { server, response });
+                return;
+            }
+        };
         let target = self.leg_target(leg);
         let policy = &self.settings.policy;
         let (media, origin, local_sdp, dialog) = match leg {
@@ -1161,7 +1202,7 @@ impl Call {
             }
         }
         let party = self.party(leg);
-        self.respond_reoffer(party, server, request, target, answered);
+        self.respond_reoffer(party, server, request, target, answered, session);
     }
 
     /// Answers a re-INVITE or UPDATE with what [`answer_reoffer`] made of it, and gives the
@@ -1173,6 +1214,7 @@ impl Call {
         request: &Request,
         target: Target,
         answered: Result<(Option<String>, Option<Negotiated>), u16>,
+        extra: Headers,
     ) {
         let (body, negotiated) = match answered {
             Ok(answer) => answer,
@@ -1198,6 +1240,9 @@ impl Call {
         let mut response = Response::for_request(request, 200, None);
         response.headers.push("Contact", self.contact(target));
         response.headers.push("Allow", ALLOW);
+        for header in extra.iter() {
+            response.headers.push(&header.name, header.value.clone());
+        }
         if let Some(body) = body {
             response.headers.push("Content-Type", "application/sdp");
             response.body = Bytes::from(body);
@@ -1218,6 +1263,9 @@ impl Call {
     }
 
     fn handle_response(&mut self, now: Instant, branch: &str, response: Response) {
+        if self.handle_refresh_response(now, branch, &response) {
+            return;
+        }
         let method = response.cseq().map(|c| c.method);
         if method != Some(Method::Invite) {
             if response.status >= 200 && self.is_failure_notify(branch) {
@@ -1260,7 +1308,7 @@ impl Call {
                 self.arm(Timer::Ring, Some(now + self.settings.ring_timeout));
             }
             101..=199 => self.handle_provisional(now, response),
-            200..=299 => self.handle_answer(response),
+            200..=299 => self.handle_answer(now, response),
             _ => self.handle_failure(now, response.status, response.reason.clone()),
         }
     }
@@ -1304,7 +1352,7 @@ impl Call {
         self.respond_a(status, &reason, with_sdp);
     }
 
-    fn handle_answer(&mut self, response: Response) {
+    fn handle_answer(&mut self, now: Instant, response: Response) {
         let Some(attempt) = self.attempt.as_ref() else {
             return;
         };
@@ -1369,8 +1417,14 @@ impl Call {
         };
         self.configure(Leg::B, &negotiated);
         self.b.local_sdp = Some(self.b.offer.to_string());
+        self.start_callee_session(now, Leg::B, &response);
         let peer = self.b_peer().map(|p| p.name.clone()).unwrap_or_default();
-        self.respond_a(200, "OK", true);
+        let mut ok = self.a_response(200, "OK", true);
+        self.start_caller_session(now, &mut ok);
+        self.actions.push_back(Action::SendResponse {
+            server: self.a.server,
+            response: ok,
+        });
         self.a.dialog = Dialog::new_uas(
             &self.a.invite,
             &self.a.tag,
@@ -1553,6 +1607,9 @@ impl Call {
     }
 
     fn handle_transaction_timeout(&mut self, now: Instant, branch: &str, method: Method) {
+        if self.handle_refresh_timeout(branch) {
+            return;
+        }
         if method != Method::Invite {
             if self.is_failure_notify(branch) {
                 self.failure_notify = None;
@@ -1740,6 +1797,8 @@ impl Call {
                         self.finish();
                     }
                 }
+                Timer::SessionA => self.session_due(Leg::A),
+                Timer::SessionB => self.session_due(Leg::B),
                 Timer::HotkeyDigits => {
                     let held = self
                         .hotkeys
@@ -1930,6 +1989,8 @@ impl Call {
                 .push("Replaces", replaced.replaces_for_remote());
             invite.headers.push("Require", "replaces");
         }
+        // The target takes a leg over: its dialog gets a session timer like the leg's.
+        self.offer_session_timer(&mut invite.headers);
         let linkage_id = transfer.linkage_id.clone();
         self.actions.push_back(Action::RegisterDialog(DialogKey {
             call_id: call_id.clone(),
@@ -2397,6 +2458,7 @@ impl Call {
                     local_tag: std::mem::replace(&mut self.b.tag, transfer.tag.clone()),
                 });
                 self.b.dialog = Some(dialog);
+                self.start_callee_session(now, Leg::B, &response);
                 self.b.endpoint = Some(media);
                 self.b.identity = identity;
                 self.b.local_sdp = Some(transfer.offer.to_string());
@@ -2420,6 +2482,7 @@ impl Call {
                     local_tag: std::mem::replace(&mut self.a.tag, transfer.tag.clone()),
                 });
                 self.a.dialog = Some(dialog);
+                self.start_callee_session(now, Leg::A, &response);
                 self.a.endpoint = Some(media);
                 self.a.identity = identity;
                 self.a.target = target;
@@ -2694,5 +2757,6 @@ fn strip_origin(text: &str) -> String {
 }
 
 mod conference;
+mod session;
 #[cfg(test)]
 mod tests;

@@ -9,5 +9,6 @@ pub mod guard;
 pub mod message;
 pub mod overload;
 pub mod sdp;
+pub mod session_timer;
 pub mod transaction;
 pub mod transport;

@@ -19,7 +19,7 @@ use crate::config::TransportKind;
 use crate::media::{Leg, MediaCommand, Party};
 use crate::sip::dialog::Dialog;
 use crate::sip::endpoint::{DialogKey, ServerTransactionId};
-use crate::sip::message::{self, Method, Request, Response};
+use crate::sip::message::{self, Headers, Method, Request, Response};
 use crate::sip::sdp::{self, Direction, Origin};
 use crate::sip::transport::Target;
 
@@ -442,7 +442,7 @@ impl Call {
                         dialog.refresh_target(request.contact());
                     }
                 }
-                self.respond_reoffer(party, server, request, target, answered);
+                self.respond_reoffer(party, server, request, target, answered, Headers::new());
             }
             Method::Info => {
                 respond(self, 200);
@@ -559,6 +559,7 @@ impl Call {
                     local_tag: std::mem::replace(&mut self.a.tag, guest.tag),
                 };
                 self.a.dialog = guest.dialog;
+                self.end_session(Leg::A);
                 self.a.target = attempt.target;
                 self.a.party = party;
                 self.a.media = media;
@@ -579,6 +580,7 @@ impl Call {
                     local_tag: std::mem::replace(&mut self.b.tag, guest.tag),
                 };
                 self.b.dialog = guest.dialog;
+                self.end_session(Leg::B);
                 self.b.party = party;
                 self.b.media = media;
                 self.b.local_sdp = guest.local_sdp;

@@ -52,6 +52,7 @@ fn settings() -> Arc<CallSettings> {
         directory: Arc::new(crate::call::directory::Directory::default()),
         conference_max_parties: 4,
         conference_ends_with_caller: true,
+        session_timers: None,
     })
 }
 
@@ -102,10 +103,20 @@ impl Harness {
         number: &str,
         route: Vec<Arc<Peer>>,
     ) -> Harness {
+        Self::build_with(settings(), invite, caller_peer, number, route)
+    }
+
+    fn build_with(
+        settings: Arc<CallSettings>,
+        invite: Request,
+        caller_peer: Arc<Peer>,
+        number: &str,
+        route: Vec<Arc<Peer>>,
+    ) -> Harness {
         let now = Instant::now();
         let call = Call::new(
             now,
-            settings(),
+            settings,
             NewCall {
                 id: "call-1".into(),
                 invite,
@@ -1301,4 +1312,303 @@ fn a_failed_guest_after_the_agent_left_sends_the_citizen_back_to_the_hotline() {
     h.respond_to_invite(486, None);
     assert!(h.outcome().is_none(), "never dropped");
     assert_eq!(h.last_invite().uri.to_string(), "sip:12345@127.0.0.1:5080");
+}
+
+/// Session timers of 120 s (Min-SE 90) on a call whose caller INVITE carries `extra` headers.
+fn timed_call(extra: &str) -> Harness {
+    let mut settings = (*settings()).clone();
+    settings.session_timers = Some(crate::sip::session_timer::SessionTimerSettings {
+        session_expires: Duration::from_secs(120),
+        min_se: Duration::from_secs(90),
+    });
+    let mut invite = invite(OFFER, 70);
+    for line in extra.split("\r\n").filter(|l| !l.is_empty()) {
+        if let Some((name, value)) = line.split_once(": ") {
+            invite.headers.push(name, value);
+        }
+    }
+    Harness::build_with(
+        Arc::new(settings),
+        invite,
+        peer("carrier", 5070),
+        "12345",
+        vec![peer("hotline", 5080)],
+    )
+}
+
+/// The callee's answer with `extra` header lines.
+fn answer_with(h: &mut Harness, extra: &[(&str, &str)]) {
+    let invite = h.last_invite();
+    let mut response = Response::for_request(&invite, 200, Some("agent"));
+    response
+        .headers
+        .push("Contact", "<sip:agent@127.0.0.1:5080>");
+    for (name, value) in extra {
+        response.headers.push(name, *value);
+    }
+    response.headers.push("Content-Type", "application/sdp");
+    response.body = Bytes::from(ANSWER);
+    let branch = branch_of(&invite);
+    h.sip(SipEvent::Response { branch, response });
+}
+
+/// The refreshes sent so far (re-INVITEs and UPDATEs after the first INVITE), with targets.
+fn refreshes(h: &Harness) -> Vec<(Request, Target)> {
+    let mut sent: Vec<(Request, Target)> = h
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SendRequest { request, target }
+                if request.method == Method::Update
+                    || (request.method == Method::Invite
+                        && request.headers.get("Session-Expires") == Some("120;refresher=uac")) =>
+            {
+                Some((request.clone(), *target))
+            }
+            _ => None,
+        })
+        .collect();
+    sent.retain(|(r, _)| r.to().and_then(|t| t.tag().map(str::to_string)).is_some());
+    sent
+}
+
+fn respond_to(h: &mut Harness, request: &Request, status: u16, extra: &[(&str, &str)]) {
+    let mut response = Response::for_request(request, status, None);
+    for (name, value) in extra {
+        response.headers.push(name, *value);
+    }
+    let branch = branch_of(request);
+    h.sip(SipEvent::Response { branch, response });
+}
+
+#[test]
+fn session_timers_are_offered_granted_and_refreshed_halfway() {
+    let mut h = timed_call("");
+    let invite = h.last_invite();
+    assert_eq!(invite.headers.get("Supported"), Some("timer"));
+    assert_eq!(invite.headers.get("Session-Expires"), Some("120"));
+    assert_eq!(invite.headers.get("Min-SE"), Some("90"));
+    // The callee allows UPDATE and leaves the refreshing to us; the caller said nothing.
+    answer_with(
+        &mut h,
+        &[
+            ("Allow", "INVITE, ACK, BYE, UPDATE"),
+            ("Session-Expires", "120;refresher=uac"),
+        ],
+    );
+    let ok = h
+        .responses(A_SERVER)
+        .pop()
+        .unwrap_or_else(|| panic!("no 200"));
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.headers.get("Session-Expires"), Some("120;refresher=uas"));
+    assert_eq!(ok.headers.get("Require"), None);
+
+    h.advance(Duration::from_secs(59));
+    assert!(refreshes(&h).is_empty());
+    h.advance(Duration::from_secs(1));
+    let sent = refreshes(&h);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    // Leg A (no Allow in the caller's INVITE): a re-INVITE with our SDP unchanged.
+    let to_a = sent.iter().find(|(r, _)| r.call_id() == "a-leg@127.0.0.1");
+    let Some((to_a, _)) = to_a.cloned() else {
+        panic!("no refresh to the caller: {sent:?}");
+    };
+    assert_eq!(to_a.method, Method::Invite);
+    assert_eq!(
+        to_a.sdp(),
+        h.responses(A_SERVER).last().and_then(|r| r.sdp())
+    );
+    // Leg B: UPDATE without a body.
+    let Some((to_b, _)) = sent
+        .iter()
+        .find(|(r, _)| r.call_id() != "a-leg@127.0.0.1")
+        .cloned()
+    else {
+        panic!("no refresh to the callee");
+    };
+    assert_eq!(to_b.method, Method::Update);
+    assert!(to_b.body.is_empty());
+
+    // Both answer: the re-INVITE's 2xx is acknowledged (again when retransmitted).
+    respond_to(
+        &mut h,
+        &to_a,
+        200,
+        &[("Session-Expires", "120;refresher=uac")],
+    );
+    respond_to(
+        &mut h,
+        &to_a,
+        200,
+        &[("Session-Expires", "120;refresher=uac")],
+    );
+    let acks_to_a = h
+        .sent(Method::Ack)
+        .iter()
+        .filter(|(r, _)| r.call_id() == "a-leg@127.0.0.1")
+        .count();
+    assert_eq!(acks_to_a, 2);
+    respond_to(
+        &mut h,
+        &to_b,
+        200,
+        &[("Session-Expires", "120;refresher=uac")],
+    );
+    // The next refreshes come 60 s after these answers.
+    h.advance(Duration::from_secs(59));
+    assert_eq!(refreshes(&h).len(), 2);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(refreshes(&h).len(), 4);
+    assert!(h.outcome().is_none());
+}
+
+#[test]
+fn a_callee_that_stops_answering_refreshes_ends_the_call() {
+    let mut h = timed_call("Allow: INVITE, ACK, BYE, UPDATE\r\n");
+    answer_with(&mut h, &[("Allow", "INVITE, ACK, BYE")]);
+    h.advance(Duration::from_secs(60));
+    let sent = refreshes(&h);
+    let Some((to_b, _)) = sent
+        .iter()
+        .find(|(r, _)| r.call_id() != "a-leg@127.0.0.1")
+        .cloned()
+    else {
+        panic!("no refresh to the callee: {sent:?}");
+    };
+    assert_eq!(
+        to_b.method,
+        Method::Invite,
+        "no UPDATE in the callee's Allow"
+    );
+    // The caller's refresh is an UPDATE (its Allow has it) and is answered.
+    if let Some((to_a, _)) = sent
+        .iter()
+        .find(|(r, _)| r.call_id() == "a-leg@127.0.0.1")
+        .cloned()
+    {
+        assert_eq!(to_a.method, Method::Update);
+        respond_to(&mut h, &to_a, 200, &[]);
+    }
+    // The callee is gone: Timer B fires on our re-INVITE.
+    let branch = branch_of(&to_b);
+    h.sip(SipEvent::Timeout {
+        branch,
+        method: Method::Invite,
+    });
+    let outcome = h
+        .outcome()
+        .unwrap_or_else(|| panic!("the call did not end"));
+    assert_eq!(
+        (outcome.ended_by, outcome.reason.as_str(), outcome.answered),
+        (EndedBy::Gateway, "session refresh timed out", true)
+    );
+    let byes = h.sent(Method::Bye);
+    assert!(
+        byes.iter().any(|(b, _)| b.call_id() == "a-leg@127.0.0.1"),
+        "the caller is told with BYE"
+    );
+    assert!(byes.iter().all(|(b, _)| b
+        .headers
+        .get("Reason")
+        .is_some_and(|r| r.contains("session refresh"))));
+}
+
+#[test]
+fn a_refresh_answered_481_or_refused_update_is_handled() {
+    let mut h = timed_call("Allow: INVITE, ACK, BYE, UPDATE\r\n");
+    answer_with(&mut h, &[("Allow", "INVITE, ACK, BYE, UPDATE")]);
+    h.advance(Duration::from_secs(60));
+    let sent = refreshes(&h);
+    let Some((to_a, _)) = sent
+        .iter()
+        .find(|(r, _)| r.call_id() == "a-leg@127.0.0.1")
+        .cloned()
+    else {
+        panic!("no refresh to the caller");
+    };
+    let Some((to_b, _)) = sent
+        .iter()
+        .find(|(r, _)| r.call_id() != "a-leg@127.0.0.1")
+        .cloned()
+    else {
+        panic!("no refresh to the callee");
+    };
+    // The callee refuses UPDATE after all: the same refresh again as a re-INVITE.
+    respond_to(&mut h, &to_b, 501, &[]);
+    let again = refreshes(&h);
+    assert!(
+        again
+            .iter()
+            .any(|(r, _)| r.method == Method::Invite && r.call_id() == to_b.call_id()),
+        "{again:?}"
+    );
+    // The caller's dialog is unknown there (481): the call ends.
+    respond_to(&mut h, &to_a, 481, &[]);
+    let outcome = h
+        .outcome()
+        .unwrap_or_else(|| panic!("the call did not end"));
+    assert_eq!(outcome.reason, "session refresh failed");
+}
+
+#[test]
+fn a_caller_that_was_to_refresh_and_did_not_is_hung_up() {
+    let mut h = timed_call("Supported: timer\r\nSession-Expires: 120;refresher=uac\r\n");
+    answer_with(&mut h, &[("Session-Expires", "120;refresher=uac")]);
+    let ok = h
+        .responses(A_SERVER)
+        .pop()
+        .unwrap_or_else(|| panic!("no 200"));
+    assert_eq!(ok.headers.get("Session-Expires"), Some("120;refresher=uac"));
+    assert_eq!(ok.headers.get("Require"), Some("timer"));
+
+    // The caller refreshes at 50 s with UPDATE: our 2xx confirms it stays the refresher.
+    h.advance(Duration::from_secs(50));
+    h.caller_sends_with(
+        9,
+        "UPDATE",
+        2,
+        "Supported: timer\r\nSession-Expires: 120;refresher=uac\r\n",
+        "",
+    );
+    let update_ok = h.responses(9).pop().unwrap_or_else(|| panic!("no answer"));
+    assert_eq!(update_ok.status, 200);
+    assert_eq!(
+        update_ok.headers.get("Session-Expires"),
+        Some("120;refresher=uac")
+    );
+    // Keep leg B refreshed (our job there) so only leg A can expire.
+    for _ in 0..2 {
+        h.advance(Duration::from_secs(10));
+        let pending: Vec<Request> = refreshes(&h)
+            .into_iter()
+            .map(|(r, _)| r)
+            .filter(|r| r.call_id() != "a-leg@127.0.0.1")
+            .collect();
+        if let Some(last) = pending.last() {
+            respond_to(&mut h, last, 200, &[]);
+        }
+    }
+    assert!(h.outcome().is_none());
+    // Its next refresh was due by 50 + 120 s; the BYE goes 32 s before the end (§10).
+    h.advance(Duration::from_secs(50 + 88 - 70 - 1));
+    assert!(h.outcome().is_none());
+    h.advance(Duration::from_secs(1));
+    let outcome = h
+        .outcome()
+        .unwrap_or_else(|| panic!("the call did not end"));
+    assert_eq!(
+        (outcome.ended_by, outcome.reason.as_str()),
+        (EndedBy::Gateway, "session expired")
+    );
+}
+
+#[test]
+fn too_short_a_session_interval_gets_422_with_our_minimum() {
+    let h = timed_call("Session-Expires: 30\r\n");
+    let responses = h.responses(A_SERVER);
+    let refused = responses.last().unwrap_or_else(|| panic!("no answer"));
+    assert_eq!(refused.status, 422);
+    assert_eq!(refused.headers.get("Min-SE"), Some("90"));
+    assert!(h.sent(Method::Invite).is_empty(), "nothing rang");
 }

@@ -1,0 +1,381 @@
+//! RFC 4028 session timers on the call model: each answered leg has its own (the gateway is a
+//! B2BUA), negotiated in that leg's INVITE/2xx and refreshed with UPDATE (re-INVITE if the
+//! peer does not allow UPDATE). A refresh that times out or is answered 408/481, or a peer
+//! that was to refresh and did not, means the dialog is dead: the call is ended with BYE
+//! (§10) and its record says why.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{Action, Call, EndedBy, State, Timer};
+use crate::media::Leg;
+use crate::sip::message::{Headers, Method, Request, Response};
+use crate::sip::session_timer::{
+    self, negotiate_as_uac, negotiate_as_uas, Refresher, Role, SessionExpires, SessionTimer,
+    UasDecision,
+};
+use crate::sip::transport::Target;
+
+/// A refresh that failed for another reason (491, 500) is tried again this much later.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// One leg's session timer and the refresh of ours under way.
+#[derive(Debug, Default)]
+pub(super) struct LegSession {
+    pub(super) timer: Option<SessionTimer>,
+    refresh: Option<Refresh>,
+}
+
+/// A refresh the gateway sent.
+#[derive(Debug)]
+struct Refresh {
+    branch: String,
+    method: Method,
+    sequence: u32,
+    target: Target,
+    /// A 2xx came (a re-INVITE's retransmitted 2xx is acknowledged again, §13.2.2.4).
+    answered: bool,
+}
+
+fn index(leg: Leg) -> usize {
+    match leg {
+        Leg::A => 0,
+        Leg::B => 1,
+    }
+}
+
+fn timer_of(leg: Leg) -> Timer {
+    match leg {
+        Leg::A => Timer::SessionA,
+        Leg::B => Timer::SessionB,
+    }
+}
+
+impl Call {
+    /// §9: a caller asking for a session interval below our Min-SE gets 422 (true if so).
+    pub(super) fn refuse_short_session(&mut self) -> bool {
+        let Some(settings) = self.settings.session_timers else {
+            return false;
+        };
+        let UasDecision::TooSmall { min_se } = negotiate_as_uas(&self.a.invite, &settings) else {
+            return false;
+        };
+        let mut response = Response::for_request(&self.a.invite, 422, Some(&self.a.tag));
+        response.reason = "Session Interval Too Small".into();
+        response
+            .headers
+            .push("Min-SE", min_se.as_secs().to_string());
+        self.a.finalized = true;
+        self.actions.push_back(Action::SendResponse {
+            server: self.a.server,
+            response,
+        });
+        self.end(EndedBy::Gateway, "session interval too small", 422, false);
+        true
+    }
+
+    /// §7.1: what an INVITE of ours (leg B, a transfer target) asks for.
+    pub(super) fn offer_session_timer(&self, headers: &mut Headers) {
+        if let Some(settings) = self.settings.session_timers {
+            headers.push("Supported", "timer");
+            headers.push(
+                "Session-Expires",
+                settings.session_expires.as_secs().to_string(),
+            );
+            headers.push("Min-SE", settings.min_se.as_secs().to_string());
+        }
+    }
+
+    /// Leg A answered: its timer as our 2xx grants it (headers added to `response`).
+    pub(super) fn start_caller_session(&mut self, now: Instant, response: &mut Response) {
+        let Some(settings) = self.settings.session_timers else {
+            return;
+        };
+        let UasDecision::Use {
+            interval,
+            refresher,
+        } = negotiate_as_uas(&self.a.invite, &settings)
+        else {
+            return;
+        };
+        let timer = SessionTimer {
+            interval,
+            refresher,
+            since: now,
+            update: session_timer::allows_update(self.a.invite.headers.list("Allow")),
+        };
+        add_response_headers(&mut response.headers, &timer);
+        self.set_session(Leg::A, Some(timer));
+    }
+
+    /// A 2xx to our INVITE made `leg`'s dialog (leg B's callee, a transfer target).
+    pub(super) fn start_callee_session(&mut self, now: Instant, leg: Leg, response: &Response) {
+        let Some(settings) = self.settings.session_timers else {
+            self.set_session(leg, None);
+            return;
+        };
+        let (interval, refresher) = negotiate_as_uac(response, settings.session_expires, &settings);
+        let timer = SessionTimer {
+            interval,
+            refresher,
+            since: now,
+            update: session_timer::allows_update(response.headers.list("Allow")),
+        };
+        self.set_session(leg, Some(timer));
+    }
+
+    /// `leg`'s dialog went to a party whose INVITE offered no timer (a conference guest).
+    pub(super) fn end_session(&mut self, leg: Leg) {
+        self.set_session(leg, None);
+    }
+
+    fn set_session(&mut self, leg: Leg, timer: Option<SessionTimer>) {
+        let session = &mut self.sessions[index(leg)];
+        session.timer = timer;
+        session.refresh = None;
+        self.arm_session(leg);
+    }
+
+    fn arm_session(&mut self, leg: Leg) {
+        let session = &self.sessions[index(leg)];
+        let at = session.timer.map(|timer| match &session.refresh {
+            Some(refresh) if !refresh.answered => timer.expires(),
+            _ => timer.due(),
+        });
+        self.arm(timer_of(leg), at);
+    }
+
+    /// The peer on `leg` sent a re-INVITE or UPDATE: a refresh (§9). The headers for our 2xx,
+    /// or the Min-SE of a 422 if its interval is too short.
+    pub(super) fn peer_refresh(
+        &mut self,
+        now: Instant,
+        leg: Leg,
+        request: &Request,
+    ) -> Result<Headers, Duration> {
+        let Some(settings) = self.settings.session_timers else {
+            return Ok(Headers::new());
+        };
+        match negotiate_as_uas(request, &settings) {
+            UasDecision::TooSmall { min_se } => Err(min_se),
+            UasDecision::Use {
+                interval,
+                refresher,
+            } => {
+                let update = match self.sessions[index(leg)].timer {
+                    Some(timer) => timer.update,
+                    None => session_timer::allows_update(request.headers.list("Allow")),
+                };
+                let timer = SessionTimer {
+                    interval,
+                    refresher,
+                    since: now,
+                    update,
+                };
+                let mut headers = Headers::new();
+                add_response_headers(&mut headers, &timer);
+                self.set_session(leg, Some(timer));
+                Ok(headers)
+            }
+        }
+    }
+
+    /// `leg`'s session timer is due: refresh it, or end a session the peer let expire.
+    pub(super) fn session_due(&mut self, leg: Leg) {
+        if self.state != State::Answered || self.dialog(leg).is_none() {
+            return;
+        }
+        let session = &self.sessions[index(leg)];
+        let Some(timer) = session.timer else {
+            return;
+        };
+        if session.refresh.as_ref().is_some_and(|r| !r.answered) {
+            self.session_dead(leg, "session refresh unanswered");
+            return;
+        }
+        match timer.refresher {
+            Refresher::Gateway => self.send_refresh(leg),
+            Refresher::Peer => self.session_dead(leg, "session expired"),
+        }
+    }
+
+    /// §10: UPDATE without a body, or a re-INVITE offering the SDP we last sent unchanged.
+    fn send_refresh(&mut self, leg: Leg) {
+        let Some(timer) = self.sessions[index(leg)].timer else {
+            return;
+        };
+        let target = self.leg_target(leg);
+        let contact = self.contact(target);
+        let local_sdp = match leg {
+            Leg::A => self.a.local_sdp.clone(),
+            Leg::B => self.b.local_sdp.clone(),
+        };
+        let method = if timer.update || local_sdp.is_none() {
+            Method::Update
+        } else {
+            Method::Invite
+        };
+        let Some(dialog) = self.dialog_mut(leg).as_mut() else {
+            return;
+        };
+        let request = dialog.request(method.clone());
+        let mut request = self.with_via(request, target);
+        let sequence = request.cseq().map_or(0, |c| c.sequence);
+        request.headers.push("Contact", contact);
+        request.headers.push("Supported", "timer");
+        request.headers.push(
+            "Session-Expires",
+            SessionExpires::header(timer.interval, Role::Uac),
+        );
+        if method == Method::Invite {
+            if let Some(sdp) = local_sdp {
+                request.headers.push("Content-Type", "application/sdp");
+                request.body = Bytes::from(sdp);
+            }
+        }
+        let branch = request
+            .top_via()
+            .and_then(|v| v.branch().map(str::to_string))
+            .unwrap_or_default();
+        tracing::debug!(call = %self.id, ?leg, method = method.as_str(), "session refresh");
+        self.actions
+            .push_back(Action::SendRequest { request, target });
+        self.sessions[index(leg)].refresh = Some(Refresh {
+            branch,
+            method,
+            sequence,
+            target,
+            answered: false,
+        });
+        self.arm_session(leg);
+    }
+
+    fn refresh_leg(&self, branch: &str) -> Option<Leg> {
+        [Leg::A, Leg::B].into_iter().find(|leg| {
+            self.sessions[index(*leg)]
+                .refresh
+                .as_ref()
+                .is_some_and(|r| r.branch == branch)
+        })
+    }
+
+    /// A response to one of our refreshes (true if it was one).
+    pub(super) fn handle_refresh_response(
+        &mut self,
+        now: Instant,
+        branch: &str,
+        response: &Response,
+    ) -> bool {
+        let Some(leg) = self.refresh_leg(branch) else {
+            return false;
+        };
+        if response.status < 200 {
+            return true;
+        }
+        let Some(refresh) = self.sessions[index(leg)].refresh.as_mut() else {
+            return true;
+        };
+        let (method, sequence, target, again) = (
+            refresh.method.clone(),
+            refresh.sequence,
+            refresh.target,
+            refresh.answered,
+        );
+        let success = (200..300).contains(&response.status);
+        if success {
+            refresh.answered = true;
+        }
+        if method == Method::Invite && success {
+            if let Some(dialog) = self.dialog(leg) {
+                let ack = self.with_via(dialog.ack(sequence), target);
+                self.actions.push_back(Action::SendRequest {
+                    request: ack,
+                    target,
+                });
+            }
+        }
+        if again || self.state != State::Answered {
+            return true;
+        }
+        let Some(mut timer) = self.sessions[index(leg)].timer else {
+            return true;
+        };
+        match response.status {
+            200..=299 => {
+                if let Some(settings) = self.settings.session_timers {
+                    let (interval, refresher) =
+                        negotiate_as_uac(response, timer.interval, &settings);
+                    timer.interval = interval;
+                    timer.refresher = refresher;
+                }
+                timer.since = now;
+                self.sessions[index(leg)].timer = Some(timer);
+                if method == Method::Update {
+                    self.sessions[index(leg)].refresh = None;
+                }
+                self.arm_session(leg);
+            }
+            422 => {
+                // §7.3 (for refreshes as for the INVITE): ask again with the peer's Min-SE.
+                let floor = session_timer::min_se(response.headers.get("Min-SE"));
+                timer.interval = timer.interval.max(floor.unwrap_or(timer.interval));
+                self.sessions[index(leg)].timer = Some(timer);
+                self.send_refresh(leg);
+            }
+            405 | 501 if method == Method::Update => {
+                // It does not take UPDATE after all: re-INVITE.
+                timer.update = false;
+                self.sessions[index(leg)].timer = Some(timer);
+                self.send_refresh(leg);
+            }
+            408 | 481 => self.session_dead(leg, "session refresh failed"),
+            _ => {
+                // 491 (glare), 500...: the session is alive; try again shortly, within it.
+                self.sessions[index(leg)].refresh = None;
+                let retry = now + RETRY;
+                if retry < timer.expires() {
+                    self.arm(timer_of(leg), Some(retry));
+                } else {
+                    self.session_dead(leg, "session refresh failed");
+                }
+            }
+        }
+        true
+    }
+
+    /// Our refresh timed out (Timer B/F): the peer is gone (true if it was a refresh).
+    pub(super) fn handle_refresh_timeout(&mut self, branch: &str) -> bool {
+        let Some(leg) = self.refresh_leg(branch) else {
+            return false;
+        };
+        self.sessions[index(leg)].refresh = None;
+        if self.state == State::Answered {
+            self.session_dead(leg, "session refresh timed out");
+        }
+        true
+    }
+
+    /// `leg`'s dialog is dead (§10): BYE; in a conference the others stay, as when it hangs up.
+    fn session_dead(&mut self, leg: Leg, reason: &str) {
+        tracing::info!(call = %self.id, ?leg, reason, "dialog dead");
+        self.set_session(leg, None);
+        if self.has_guests() {
+            if let Some(dialog) = self.dialog_mut(leg).take() {
+                let target = self.leg_target(leg);
+                self.bye_dialog_with_reason(dialog, target, Some(reason));
+            }
+            self.leg_left(leg);
+        } else {
+            self.hang_up(None, EndedBy::Gateway, reason);
+        }
+    }
+}
+
+/// Session-Expires (and Require: timer when the peer is to refresh, §9) for a 2xx of ours.
+fn add_response_headers(headers: &mut Headers, timer: &SessionTimer) {
+    headers.push("Session-Expires", timer.response_header());
+    if timer.refresher == Refresher::Peer {
+        headers.push("Require", "timer");
+    }
+}
