@@ -182,6 +182,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         directory: Arc::clone(&directory),
         conference_max_parties: config.sip.conference_max_parties,
         conference_ends_with_caller: config.sip.conference_ends_with_caller,
+        session_timers: (config.sip.session_expires_secs > 0).then(|| {
+            sip::session_timer::SessionTimerSettings {
+                session_expires: Duration::from_secs(config.sip.session_expires_secs),
+                min_se: Duration::from_secs(config.sip.min_se_secs),
+            }
+        }),
     });
     let media_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let media = media::relay::MediaEngine::start(media_workers, Arc::clone(&metrics))
@@ -234,7 +240,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     });
     let endpoint = endpoint
         .with_overload_delay(Duration::from_millis(config.sip.overload_queue_delay_ms))
-        .with_guard(guard, Arc::clone(&router));
+        .with_guard(guard, Arc::clone(&router))
+        .with_supported(if config.sip.session_expires_secs > 0 {
+            &["timer"]
+        } else {
+            &[]
+        })
+        .with_max_transactions(config.sip.max_transactions);
     let tracker = tokio_util::task::TaskTracker::new();
     manager.attach(CallServices {
         endpoint: handle,

@@ -57,9 +57,11 @@ pub enum Counter {
     /// Records given up: the memory hold was full, the store refused them for good, or the
     /// gateway stopped before the store could write again.
     StoreRecordsLost,
+    /// New out-of-dialog requests answered 503: `sip.max_transactions` were in progress.
+    SipRefusedTransactions,
 }
 
-const COUNTERS: [(Counter, &str, &str); 39] = [
+const COUNTERS: [(Counter, &str, &str); 40] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -254,6 +256,11 @@ const COUNTERS: [(Counter, &str, &str); 39] = [
         Counter::StoreRecordsLost,
         "hotline_store_records_lost_total",
         "records given up: the memory hold was full or the gateway stopped while the store could not write",
+    ),
+    (
+        Counter::SipRefusedTransactions,
+        "hotline_sip_refused_transactions_total",
+        "new requests answered 503: sip.max_transactions server transactions were in progress",
     ),
 ];
 

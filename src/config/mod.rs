@@ -125,6 +125,12 @@ pub struct SipConfig {
     /// tried (default 60 s).
     #[serde(default = "default_ring_timeout_secs")]
     pub ring_timeout_secs: u64,
+    /// Server transactions in progress at once (RFC 3261 keeps a finished one up to 32 s to
+    /// absorb retransmissions); beyond, new requests outside dialogs get a stateless 503 +
+    /// Retry-After, requests in dialogs still go through (default 200,000: the full call rate
+    /// needs about 150,000).
+    #[serde(default = "default_max_transactions")]
+    pub max_transactions: usize,
     /// Concurrent calls accepted; beyond this new INVITEs get 503 (default 4000).
     #[serde(default = "default_max_calls")]
     pub max_calls: usize,
@@ -156,6 +162,16 @@ pub struct SipConfig {
     /// true); false keeps the others talking.
     #[serde(default = "default_true")]
     pub conference_ends_with_caller: bool,
+    /// RFC 4028 session timers: the interval asked for and granted at most on every leg; a
+    /// leg is refreshed (UPDATE, else re-INVITE) halfway, and a peer that does not answer
+    /// the refresh, or that was to refresh and did not, ends the call (default 1800; 0 turns
+    /// session timers off).
+    #[serde(default = "default_session_expires_secs")]
+    pub session_expires_secs: u64,
+    /// The shortest session interval accepted; a caller asking for less gets 422 (default 90,
+    /// the RFC's floor).
+    #[serde(default = "default_min_se_secs")]
+    pub min_se_secs: u64,
     /// Server / User-Agent header value; empty (the default) sends none, so scanners learn nothing.
     #[serde(default)]
     pub user_agent: String,
@@ -365,6 +381,15 @@ fn default_ring_timeout_secs() -> u64 {
 fn default_max_calls() -> usize {
     4000
 }
+fn default_max_transactions() -> usize {
+    200_000
+}
+fn default_session_expires_secs() -> u64 {
+    1800
+}
+fn default_min_se_secs() -> u64 {
+    90
+}
 fn default_overload_queue_delay_ms() -> u64 {
     200
 }
@@ -479,6 +504,23 @@ impl Config {
                     ));
                 }
             }
+        }
+        if self.sip.min_se_secs < 90 {
+            return Err(invalid(
+                "sip.min_se_secs".into(),
+                format!("{} is below RFC 4028's floor of 90 s", self.sip.min_se_secs),
+            ));
+        }
+        if self.sip.session_expires_secs != 0
+            && self.sip.session_expires_secs < self.sip.min_se_secs
+        {
+            return Err(invalid(
+                "sip.session_expires_secs".into(),
+                format!(
+                    "{} is below sip.min_se_secs ({}); 0 turns session timers off",
+                    self.sip.session_expires_secs, self.sip.min_se_secs
+                ),
+            ));
         }
         if self.store.max_size_mb == Some(0) {
             return Err(invalid(

@@ -250,6 +250,10 @@ pub struct Endpoint {
     overload: OverloadDetector,
     /// Who may talk to us ([`Endpoint::with_guard`]).
     guard: Option<(Guard, Arc<Router>)>,
+    /// Option tags a request may Require (§8.2.2.3); anything else gets 420.
+    supported: Vec<&'static str>,
+    /// Server transactions beyond which new out-of-dialog requests get 503.
+    max_transactions: usize,
 }
 
 impl Endpoint {
@@ -283,6 +287,8 @@ impl Endpoint {
             next_server: 1,
             overload: OverloadDetector::new(Duration::MAX),
             guard: None,
+            supported: Vec::new(),
+            max_transactions: usize::MAX,
         };
         (endpoint, handle, command_queue)
     }
@@ -293,6 +299,23 @@ impl Endpoint {
     #[must_use]
     pub fn with_overload_delay(mut self, delay: Duration) -> Endpoint {
         self.overload = OverloadDetector::new(delay);
+        self
+    }
+
+    /// The option tags requests may Require (`timer` with session timers on); a request
+    /// requiring any other gets 420 Bad Extension with Unsupported (§8.2.2.3).
+    #[must_use]
+    pub fn with_supported(mut self, tags: &[&'static str]) -> Endpoint {
+        self.supported = tags.to_vec();
+        self
+    }
+
+    /// At most `max` server transactions: beyond, new requests outside dialogs get a
+    /// stateless 503 + Retry-After, while requests in dialogs (BYE, re-INVITE) still get
+    /// theirs, so calls in progress end cleanly. Unlimited unless set.
+    #[must_use]
+    pub fn with_max_transactions(mut self, max: usize) -> Endpoint {
+        self.max_transactions = max;
         self
     }
 
@@ -628,10 +651,18 @@ impl Endpoint {
             self.existing_server_transaction(now, &key, request);
             return;
         }
-        let initial_invite =
-            request.method == Method::Invite && request.to().is_some_and(|to| to.tag().is_none());
+        let out_of_dialog = request.to().is_some_and(|to| to.tag().is_none());
+        let initial_invite = request.method == Method::Invite && out_of_dialog;
         if initial_invite && self.overload.should_shed(waited) {
             self.shed(&request, source, flow);
+            return;
+        }
+        if out_of_dialog
+            && request.method != Method::Ack
+            && self.servers.len() >= self.max_transactions
+        {
+            self.metrics.increment(Counter::SipRefusedTransactions);
+            self.shed_response(&request, source, flow);
             return;
         }
         match request.method {
@@ -649,6 +680,11 @@ impl Endpoint {
     /// a lost 503 is recovered by the caller's retransmission, which gets a fresh decision.
     fn shed(&mut self, request: &Request, source: SocketAddr, flow: Flow) {
         self.metrics.increment(Counter::SipShedOverload);
+        self.shed_response(request, source, flow);
+    }
+
+    /// A stateless 503 + Retry-After.
+    fn shed_response(&mut self, request: &Request, source: SocketAddr, flow: Flow) {
         let mut response = Response::for_request(request, 503, Some("gw-overload"));
         response.headers.push("Retry-After", "2");
         let target = request_response_target(request, source, flow);
@@ -776,6 +812,18 @@ impl Endpoint {
             }
         }
         let id = self.insert_server(now, key.clone(), &request, target, merge_key);
+        let unsupported: Vec<&str> = request
+            .headers
+            .list("Require")
+            .filter(|tag| !self.supported.iter().any(|s| s.eq_ignore_ascii_case(tag)))
+            .collect();
+        if !unsupported.is_empty() {
+            // §8.2.2.3: an extension we do not do was required.
+            let mut response = Response::for_request(&request, 420, None);
+            response.headers.push("Unsupported", unsupported.join(", "));
+            self.respond(now, id, response);
+            return;
+        }
         if request.method == Method::Invite {
             // §17.2.1: 100 Trying at once, so the caller's Timer A stops.
             self.respond(now, id, Response::for_request(&request, 100, None));
