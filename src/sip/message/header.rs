@@ -212,18 +212,31 @@ impl Via {
     /// # Errors
     /// [`UriError::Malformed`] on a malformed value.
     pub fn parse(text: &str) -> Result<Via, UriError> {
-        let text = text.trim();
-        let (protocol, rest) = text
-            .split_once(|c: char| c.is_ascii_whitespace())
-            .ok_or(UriError::Malformed("Via without sent-by"))?;
-        let mut protocol_parts = protocol.split('/').map(str::trim);
-        let (name, version, transport) = (
-            protocol_parts.next().unwrap_or_default(),
-            protocol_parts.next().unwrap_or_default(),
-            protocol_parts.next().unwrap_or_default(),
-        );
+        let not_sip = UriError::Malformed("Via protocol is not SIP/2.0/transport");
+        // sent-protocol is three tokens joined by SLASH = SWS "/" SWS (§25.1), so
+        // "SIP  /   2.0 /UDP" is valid (RFC 4475 §3.1.1.1); a token ends at '/' or whitespace.
+        let mut rest = text.trim();
+        let mut protocol = [""; 3];
+        for (index, field) in protocol.iter_mut().enumerate() {
+            if index > 0 {
+                rest = rest
+                    .trim_start()
+                    .strip_prefix('/')
+                    .ok_or(not_sip.clone())?
+                    .trim_start();
+            }
+            let end = rest
+                .find(|c: char| c == '/' || c.is_ascii_whitespace())
+                .unwrap_or(rest.len());
+            *field = &rest[..end];
+            rest = &rest[end..];
+        }
+        let [name, version, transport] = protocol;
         if !name.eq_ignore_ascii_case("SIP") || version != "2.0" || transport.is_empty() {
-            return Err(UriError::Malformed("Via protocol is not SIP/2.0/transport"));
+            return Err(not_sip);
+        }
+        if !rest.starts_with(|c: char| c.is_ascii_whitespace()) || rest.trim().is_empty() {
+            return Err(UriError::Malformed("Via without sent-by"));
         }
         let mut parts = rest.trim().split(';');
         let sent_by = parts.next().unwrap_or_default().trim();

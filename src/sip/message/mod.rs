@@ -66,8 +66,9 @@ impl Method {
             "MESSAGE" => Method::Message,
             "PUBLISH" => Method::Publish,
             other
+                // Bounded, but long enough for RFC 4475 §3.1.1.2's 43-character method.
                 if !other.is_empty()
-                    && other.len() <= 32
+                    && other.len() <= 64
                     && other
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)) =>
@@ -267,7 +268,7 @@ pub fn parse(datagram: &[u8]) -> Result<Message, ParseError> {
             header_error.get_or_insert("header line too long");
             continue;
         }
-        if raw.iter().any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f) {
+        if has_bare_control(raw) {
             // A bare CR, NUL or other control inside a header line smuggles structure.
             header_error.get_or_insert("control character in a header");
             continue;
@@ -338,7 +339,14 @@ pub fn parse(datagram: &[u8]) -> Result<Message, ParseError> {
         .get("Via")
         .and_then(|v| header::split_list(v).next().map(Via::parse))
         .is_some_and(|v| v.is_ok());
-    if !has_via {
+    // RFC 4475 §3.1.2.16: a request of another SIP version has a Via of that version, which we
+    // cannot parse; it still deserves its 505 (sent to the source address).
+    let other_version = start_line
+        .rsplit(' ')
+        .next()
+        .is_some_and(|v| v.starts_with("SIP/") && v != "SIP/2.0");
+    let answerable = has_via || (other_version && headers.get("Via").is_some());
+    if !answerable {
         return Err(drop("request without a usable Via"));
     }
     let mut parts = start_line.split(' ');
@@ -378,6 +386,33 @@ pub fn parse(datagram: &[u8]) -> Result<Message, ParseError> {
     Ok(Message::Request(request))
 }
 
+/// True if a header line holds a control character (HTAB aside) outside a quoted-pair. Inside a
+/// quoted string a backslash may escape any octet but CR and LF (§25.1 quoted-pair), as RFC 4475
+/// §3.1.1.2 does with NUL, BEL and DEL in a display name.
+fn has_bare_control(line: &[u8]) -> bool {
+    let mut quoted = false;
+    let mut index = 0;
+    while index < line.len() {
+        let byte = line[index];
+        if quoted
+            && byte == b'\\'
+            && line
+                .get(index + 1)
+                .is_some_and(|next| *next != b'\r' && *next != b'\n')
+        {
+            index += 2;
+            continue;
+        }
+        if byte == b'"' {
+            quoted = !quoted;
+        } else if (byte < 0x20 && byte != b'\t') || byte == 0x7f {
+            return true;
+        }
+        index += 1;
+    }
+    false
+}
+
 fn parse_response(
     start_line: &str,
     headers: Headers,
@@ -410,6 +445,20 @@ fn parse_response(
 
 /// §8.1.1: To, From, CSeq, Call-ID, Max-Forwards (requests) and Via must be present and valid.
 fn check_mandatory(headers: &Headers, method: Option<&Method>) -> Result<(), &'static str> {
+    // These appear once (§7.3.1: only comma-list headers may repeat); two of them make the
+    // message ambiguous (RFC 4475 §3.3.8 multiple values, §3.3.9 two Content-Lengths).
+    for (name, error) in [
+        ("From", "more than one From"),
+        ("To", "more than one To"),
+        ("Call-ID", "more than one Call-ID"),
+        ("CSeq", "more than one CSeq"),
+        ("Max-Forwards", "more than one Max-Forwards"),
+        ("Content-Length", "more than one Content-Length"),
+    ] {
+        if headers.get_all(name).nth(1).is_some() {
+            return Err(error);
+        }
+    }
     let from = headers.get("From").ok_or("missing From")?;
     NameAddr::parse(from).map_err(|_| "bad From")?;
     let to = headers.get("To").ok_or("missing To")?;

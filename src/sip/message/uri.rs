@@ -110,6 +110,25 @@ impl Uri {
         {
             return Err(UriError::Malformed("whitespace inside URI"));
         }
+        // '?' is a user-unreserved character (§25.1), so a user part may hold one (RFC 4475
+        // §3.1.1.2: "sip:...crazy?,/;;*@example.com"): then the userinfo ends at the first '@'
+        // after it. Only when the text before the '?' has no '@' and is no host, so that
+        // "sip:gw.example?Replaces=a@b" keeps its headers.
+        let user_with_question = match rest.find('?') {
+            Some(question)
+                if scheme != Scheme::Tel
+                    && !rest[..question].contains('@')
+                    && parse_hostport(rest[..question].split(';').next().unwrap_or_default())
+                        .is_err() =>
+            {
+                rest[question..].find('@').map(|at| question + at)
+            }
+            _ => None,
+        };
+        let (userinfo_before_question, rest) = match user_with_question {
+            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+            None => (None, rest),
+        };
         let (main, headers) = match rest.split_once('?') {
             Some((m, h)) => (m, Some(h.to_string())),
             None => (rest, None),
@@ -135,9 +154,10 @@ impl Uri {
         }
         // userinfo is everything up to the last '@' before the host (the user part of a
         // telephone-subscriber may itself contain ';').
-        let (userinfo, host_and_params) = match main.rfind('@') {
-            Some(at) => (Some(&main[..at]), &main[at + 1..]),
-            None => (None, main),
+        let (userinfo, host_and_params) = match (userinfo_before_question, main.rfind('@')) {
+            (Some(info), _) => (Some(info), main),
+            (None, Some(at)) => (Some(&main[..at]), &main[at + 1..]),
+            (None, None) => (None, main),
         };
         let user = match userinfo {
             Some(info) => {
