@@ -207,12 +207,11 @@ impl Peer {
     }
 
     async fn socket(&mut self, port: u16) -> &UdpSocket {
-        if !self.sockets.contains_key(&port) {
-            let socket = match UdpSocket::bind(SocketAddr::new(PEER_IP, port)).await {
-                Ok(s) => s,
+        if let std::collections::hash_map::Entry::Vacant(entry) = self.sockets.entry(port) {
+            match UdpSocket::bind(SocketAddr::new(PEER_IP, port)).await {
+                Ok(s) => entry.insert(s),
                 Err(e) => panic!("bind {PEER_IP}:{port}: {e}"),
             };
-            self.sockets.insert(port, socket);
         }
         match self.sockets.get(&port) {
             Some(s) => s,
