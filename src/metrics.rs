@@ -59,9 +59,11 @@ pub enum Counter {
     StoreRecordsLost,
     /// New out-of-dialog requests answered 503: `sip.max_transactions` were in progress.
     SipRefusedTransactions,
+    /// Requests failed because their TCP connection was lost before the final response.
+    SipTransportErrors,
 }
 
-const COUNTERS: [(Counter, &str, &str); 40] = [
+const COUNTERS: [(Counter, &str, &str); 41] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -261,6 +263,11 @@ const COUNTERS: [(Counter, &str, &str); 40] = [
         Counter::SipRefusedTransactions,
         "hotline_sip_refused_transactions_total",
         "new requests answered 503: sip.max_transactions server transactions were in progress",
+    ),
+    (
+        Counter::SipTransportErrors,
+        "hotline_sip_transport_errors_total",
+        "requests failed at once (as 503) because their TCP connection was lost before the final response",
     ),
 ];
 

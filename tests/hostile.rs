@@ -217,3 +217,34 @@ async fn tcp_connections_beyond_the_limit_are_closed() {
     );
     gateway.stop().await;
 }
+
+/// `sip.max_transactions`: once that many server transactions are in progress, a new request
+/// outside a dialog gets a stateless 503 with Retry-After instead of a transaction.
+#[tokio::test]
+async fn beyond_max_transactions_new_requests_get_503() {
+    let mut carrier = Ua::bind("carrier", LOCALHOST).await;
+    let gateway = Gateway::start(
+        &[("carrier", carrier.address, "")],
+        &[],
+        "max_transactions = 2\n",
+        "",
+    )
+    .await;
+    carrier.set_gateway(gateway.sip);
+    for n in 0..2 {
+        let text = options(gateway.sip, carrier.address, &format!("t{n}"), "sipp");
+        carrier.send(&text).await;
+        carrier.expect_response("OPTIONS", 200).await;
+    }
+    // Both stay in Completed (Timer J) a while: the third finds no room.
+    let text = options(gateway.sip, carrier.address, "t2", "sipp");
+    carrier.send(&text).await;
+    let refused = carrier.expect_response("OPTIONS", 503).await;
+    assert!(refused.headers.get("Retry-After").is_some());
+    assert_eq!(
+        gateway
+            .metric("hotline_sip_refused_transactions_total")
+            .await,
+        Some(1.0)
+    );
+}

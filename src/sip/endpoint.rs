@@ -29,7 +29,7 @@ use super::transaction::{
     ClientInvite, ClientNonInvite, Event as MachineEvent, ResponseAction, ServerInvite,
     ServerNonInvite, TimerConfig,
 };
-use super::transport::{Flow, Inbound, Target, Transport};
+use super::transport::{Flow, Inbound, Target, Transport, TransportEvent};
 use crate::metrics::{Counter, Gauge, Metrics};
 use crate::routing::Router;
 
@@ -391,7 +391,7 @@ impl Endpoint {
     /// Runs until `stop` is cancelled.
     pub async fn run(
         mut self,
-        mut inbound: mpsc::Receiver<Inbound>,
+        mut inbound: mpsc::Receiver<TransportEvent>,
         mut commands: mpsc::UnboundedReceiver<Command>,
         stop: CancellationToken,
     ) {
@@ -410,13 +410,47 @@ impl Endpoint {
                     None => return,
                 },
                 item = inbound.recv() => match item {
-                    Some(item) => self.handle_inbound(Instant::now(), item),
+                    Some(TransportEvent::Inbound(item)) => self.handle_inbound(Instant::now(), item),
+                    Some(TransportEvent::ConnectionLost { address }) => {
+                        self.connection_lost(Instant::now(), address);
+                    }
                     None => return,
                 },
                 _ = sleep => self.handle_timers(Instant::now()),
                 // Cancelled by the gateway once calls have ended (their BYEs answered).
                 _ = stop.cancelled() => return,
             }
+        }
+    }
+
+    /// A TCP connection to `address` failed: requests sent over it and still unanswered get a
+    /// 503 at once (§8.1.3.1) instead of waiting for Timer B/F, so a call fails over or ends
+    /// now rather than 32 s later.
+    fn connection_lost(&mut self, now: Instant, address: SocketAddr) {
+        let failed: Vec<ClientKey> = self
+            .clients
+            .iter_mut()
+            .filter(|(_, entry)| entry.target.is_reliable() && entry.target.address() == address)
+            .filter_map(|(key, entry)| {
+                let waiting = match &mut entry.machine {
+                    ClientMachine::Invite(m) => m.handle_transport_error(),
+                    ClientMachine::NonInvite(m) => m.handle_transport_error(),
+                };
+                waiting.then(|| key.clone())
+            })
+            .collect();
+        for key in failed {
+            self.metrics.increment(Counter::SipTransportErrors);
+            if let Some(entry) = self.clients.get(&key) {
+                tracing::info!(%address, method = %key.method, "TCP connection lost: request failed");
+                let mut response = Response::for_request(&entry.request, 503, None);
+                response.reason = "Service Unavailable (connection lost)".into();
+                let _ = entry.owner.send(SipEvent::Response {
+                    branch: key.branch.clone(),
+                    response,
+                });
+            }
+            self.service_client(now, &key, false);
         }
     }
 

@@ -88,6 +88,17 @@ pub struct Inbound {
     pub received: Instant,
 }
 
+/// What the transport tells the endpoint.
+#[derive(Debug)]
+pub enum TransportEvent {
+    Inbound(Inbound),
+    /// A TCP connection to `address` could not be opened, or was reset or closed: requests
+    /// sent on it and still unanswered have failed (§17.1.1.2: a transport error).
+    ConnectionLost {
+        address: SocketAddr,
+    },
+}
+
 /// Transport settings.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
@@ -109,7 +120,7 @@ pub struct Transport {
     udp: Arc<UdpSocket>,
     connections: Arc<Mutex<Connections>>,
     next_connection: Arc<AtomicU64>,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: mpsc::Sender<TransportEvent>,
     config: Arc<TransportConfig>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -133,7 +144,7 @@ impl Transport {
     /// [`TransportError::Bind`] naming the protocol and address.
     pub async fn bind(
         config: TransportConfig,
-        inbound: mpsc::Sender<Inbound>,
+        inbound: mpsc::Sender<TransportEvent>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Transport, TransportError> {
@@ -224,8 +235,14 @@ impl Transport {
                     let id = transport.register(stream, address);
                     transport.send_on(id, bytes);
                 }
-                Ok(Err(e)) => tracing::warn!(%address, error = %e, "TCP connect failed"),
-                Err(_) => tracing::warn!(%address, "TCP connect timed out"),
+                Ok(Err(e)) => {
+                    tracing::warn!(%address, error = %e, "TCP connect failed");
+                    transport.lost(address).await;
+                }
+                Err(_) => {
+                    tracing::warn!(%address, "TCP connect timed out");
+                    transport.lost(address).await;
+                }
             }
         });
     }
@@ -255,7 +272,12 @@ impl Transport {
                 source: crate::routing::canonical(source),
                 flow: Flow::Udp,
             };
-            if self.inbound.send(inbound).await.is_err() {
+            if self
+                .inbound
+                .send(TransportEvent::Inbound(inbound))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -318,13 +340,25 @@ impl Transport {
                 .read_connection(read_half, address, id, &closed)
                 .await;
             closed.cancel();
-            let mut connections = transport.lock();
-            connections.writers.remove(&id);
-            if connections.by_address.get(&address) == Some(&id) {
-                connections.by_address.remove(&address);
+            {
+                let mut connections = transport.lock();
+                connections.writers.remove(&id);
+                if connections.by_address.get(&address) == Some(&id) {
+                    connections.by_address.remove(&address);
+                }
+            }
+            if !transport.shutdown.is_cancelled() {
+                transport.lost(address).await;
             }
         });
         id
+    }
+
+    async fn lost(&self, address: SocketAddr) {
+        let _ = self
+            .inbound
+            .send(TransportEvent::ConnectionLost { address })
+            .await;
     }
 
     async fn read_connection(
@@ -354,7 +388,12 @@ impl Transport {
                             source: address,
                             flow: Flow::Tcp(id),
                         };
-                        if self.inbound.send(inbound).await.is_err() {
+                        if self
+                            .inbound
+                            .send(TransportEvent::Inbound(inbound))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }

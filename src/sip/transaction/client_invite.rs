@@ -168,6 +168,24 @@ mod tests {
     }
 
     #[test]
+    fn a_transport_error_ends_a_waiting_transaction_but_not_an_answered_one() {
+        let t0 = Instant::now();
+        let config = TimerConfig::default();
+        let mut waiting = ClientInvite::new(t0, Bytes::from_static(b"INVITE"), true, &config);
+        drain(&mut waiting);
+        waiting.handle_response(at(t0, 10), 100, None);
+        assert!(waiting.handle_transport_error());
+        assert!(waiting.is_terminated());
+        assert_eq!(waiting.poll_timeout(), None);
+
+        let mut answered = ClientInvite::new(t0, Bytes::from_static(b"INVITE"), true, &config);
+        drain(&mut answered);
+        answered.handle_response(at(t0, 10), 200, None);
+        assert!(!answered.handle_transport_error());
+        assert_eq!(answered.state(), State::Accepted);
+    }
+
+    #[test]
     fn provisional_stops_a_and_b() {
         let t0 = Instant::now();
         let mut m = ClientInvite::new(

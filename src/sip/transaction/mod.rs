@@ -183,6 +183,19 @@ macro_rules! machine_outputs {
                 self.timers.next()
             }
 
+            /// The transport failed (§17.1.1.2, §17.1.2.2): a transaction still waiting for
+            /// its final response ends; true if so (the TU treats it as a 503, §8.1.3.1).
+            pub fn handle_transport_error(&mut self) -> bool {
+                let waiting = matches!(
+                    self.state,
+                    State::Calling | State::Trying | State::Proceeding
+                );
+                if waiting {
+                    self.terminate();
+                }
+                waiting
+            }
+
             fn terminate(&mut self) {
                 if self.state != State::Terminated {
                     self.state = State::Terminated;
