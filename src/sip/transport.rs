@@ -90,6 +90,8 @@ pub struct Inbound {
 
 /// What the transport tells the endpoint.
 #[derive(Debug)]
+// Nearly every event is an Inbound: boxing it would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 pub enum TransportEvent {
     Inbound(Inbound),
     /// A TCP connection to `address` could not be opened, or was reset or closed: requests

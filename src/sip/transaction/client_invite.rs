@@ -173,14 +173,20 @@ mod tests {
         let config = TimerConfig::default();
         let mut waiting = ClientInvite::new(t0, Bytes::from_static(b"INVITE"), true, &config);
         drain(&mut waiting);
-        waiting.handle_response(at(t0, 10), 100, None);
+        assert_eq!(
+            waiting.handle_response(at(t0, 10), 100, None),
+            ResponseAction::PassToTu
+        );
         assert!(waiting.handle_transport_error());
         assert!(waiting.is_terminated());
         assert_eq!(waiting.poll_timeout(), None);
 
         let mut answered = ClientInvite::new(t0, Bytes::from_static(b"INVITE"), true, &config);
         drain(&mut answered);
-        answered.handle_response(at(t0, 10), 200, None);
+        assert_eq!(
+            answered.handle_response(at(t0, 10), 200, None),
+            ResponseAction::PassToTu
+        );
         assert!(!answered.handle_transport_error());
         assert_eq!(answered.state(), State::Accepted);
     }
