@@ -194,3 +194,121 @@ async fn a_tcp_connection_reset_mid_transaction_fails_over_at_once() {
     assert_eq!(record.b_peer.as_deref(), Some("backup"), "{record:?}");
     assert_eq!(record.final_status, Some(200), "{record:?}");
 }
+
+/// RFC 4028 over loopback: with 90 s session timers the gateway refreshes both legs after
+/// 45 s. The citizen answers its UPDATE; the agent has vanished and never answers its
+/// re-INVITE, so when that transaction times out the citizen gets a BYE saying why, and the
+/// record is complete. (About 50 s: 90 s is the RFC's smallest interval.)
+#[tokio::test]
+async fn a_peer_that_vanishes_mid_call_is_found_by_the_session_refresh() {
+    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = Ua::bind("hotline", LOCALHOST).await;
+    let gateway = Gateway::start(
+        &[
+            ("carrier", citizen.address, ""),
+            ("hotline", agent.address, ""),
+        ],
+        &[("12345", &["hotline"])],
+        // A short T1 so that the unanswered refresh times out in 3.2 s (64*T1).
+        "session_expires_secs = 90\nt1_ms = 50\n",
+        // Media may stop meanwhile: only the session timer is under test.
+        "inactivity_timeout_secs = 600\n",
+    )
+    .await;
+    citizen.set_gateway(gateway.sip);
+    agent.set_gateway(gateway.sip);
+    let caller_rtp = common::RtpPeer::bind(LOCALHOST).await;
+    let invite = citizen.invite(
+        "12345",
+        "13800138000",
+        &common::sdp(caller_rtp.address, &[8], "sendrecv"),
+        "Allow: INVITE, ACK, BYE, CANCEL, UPDATE\r\nSupported: timer\r\n",
+    );
+    citizen.send_request(&invite).await;
+    let incoming = agent.expect_request("INVITE").await;
+    assert_eq!(incoming.headers.get("Session-Expires"), Some("90"));
+    let callee_rtp = common::RtpPeer::bind(LOCALHOST).await;
+    let answer = common::sdp(callee_rtp.address, &[8], "sendrecv");
+    agent
+        .send_response(&agent.answer(&incoming, 200, Some(&answer)))
+        .await;
+    let ok = citizen.expect_response("INVITE", 200).await;
+    assert_eq!(ok.headers.get("Session-Expires"), Some("90;refresher=uas"));
+    let ack = citizen.ack(&invite, &ok, "");
+    citizen.send_request(&ack).await;
+    agent.expect_request("ACK").await;
+
+    // 45 s on: the refreshes. The agent's goes unanswered (it is gone).
+    let within = Duration::from_secs(60);
+    let refresh = loop {
+        match agent.recv_within(within).await {
+            Some(hotline_gateway::sip::message::Message::Request(r))
+                if r.method.as_str() == "INVITE" =>
+            {
+                break r
+            }
+            Some(_) => continue,
+            None => panic!("no refresh reached the agent"),
+        }
+    };
+    assert_eq!(
+        refresh.headers.get("Session-Expires"),
+        Some("90;refresher=uac")
+    );
+    assert!(
+        refresh.sdp().is_some(),
+        "a re-INVITE refresh offers our SDP again"
+    );
+    let update = loop {
+        match citizen.recv_within(within).await {
+            Some(hotline_gateway::sip::message::Message::Request(r))
+                if r.method.as_str() == "UPDATE" =>
+            {
+                break r
+            }
+            Some(_) => continue,
+            None => panic!("no refresh reached the citizen"),
+        }
+    };
+    let mut refreshed = citizen.answer(&update, 200, None);
+    refreshed
+        .headers
+        .push("Session-Expires", "90;refresher=uac");
+    citizen.send_response(&refreshed).await;
+
+    // The agent's re-INVITE times out: the citizen is told, with the reason.
+    let bye = loop {
+        match citizen.recv_within(Duration::from_secs(10)).await {
+            Some(hotline_gateway::sip::message::Message::Request(r))
+                if r.method.as_str() == "BYE" =>
+            {
+                break r
+            }
+            Some(_) => continue,
+            None => panic!("the citizen was never told"),
+        }
+    };
+    assert!(
+        bye.headers
+            .get("Reason")
+            .is_some_and(|r| r.contains("session refresh timed out")),
+        "{bye:?}"
+    );
+    citizen
+        .send_response(&citizen.answer(&bye, 200, None))
+        .await;
+    let call_id = invite
+        .headers
+        .get("Call-ID")
+        .unwrap_or_default()
+        .to_string();
+    let record = gateway.ended_record(&call_id).await;
+    assert_eq!(record.ended_by.as_deref(), Some("gateway"), "{record:?}");
+    assert_eq!(
+        record.end_reason.as_deref(),
+        Some("session refresh timed out"),
+        "{record:?}"
+    );
+    assert_eq!(record.final_status, Some(200), "{record:?}");
+    assert!(record.answered_at.is_some(), "{record:?}");
+}
