@@ -56,6 +56,8 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error("cannot start the media workers: {0}")]
     Media(std::io::Error),
+    #[error("the system's random number generator failed")]
+    Random,
     #[error("cannot bind the HTTP endpoint on {address}: {source}")]
     Http {
         address: SocketAddr,
@@ -87,6 +89,16 @@ impl Running {
     pub async fn wait(self) {
         let _ = self.finished.await;
     }
+}
+
+/// A fresh key for signing digest nonces (from the system's CSPRNG).
+fn nonce_key() -> Result<[u8; 32], StartError> {
+    use ring::rand::SecureRandom as _;
+    let mut key = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| StartError::Random)?;
+    Ok(key)
 }
 
 /// How long calls get to end cleanly on shutdown before the store is flushed anyway.
@@ -246,7 +258,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         } else {
             &[]
         })
-        .with_max_transactions(config.sip.max_transactions);
+        .with_max_transactions(config.sip.max_transactions)
+        .with_auth(sip::auth::Digest::new(
+            &config.sip.auth_realm,
+            nonce_key()?,
+            Duration::from_secs(config.sip.auth_nonce_secs),
+            std::time::Instant::now(),
+        ));
     let tracker = tokio_util::task::TaskTracker::new();
     manager.attach(CallServices {
         endpoint: handle,

@@ -61,9 +61,13 @@ pub enum Counter {
     SipRefusedTransactions,
     /// Requests failed because their TCP connection was lost before the final response.
     SipTransportErrors,
+    /// 401s sent: requests from peers with credentials that brought none (or a stale nonce).
+    SipAuthChallenges,
+    /// 403s for wrong digest credentials.
+    SipAuthFailures,
 }
 
-const COUNTERS: [(Counter, &str, &str); 41] = [
+const COUNTERS: [(Counter, &str, &str); 43] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -268,6 +272,16 @@ const COUNTERS: [(Counter, &str, &str); 41] = [
         Counter::SipTransportErrors,
         "hotline_sip_transport_errors_total",
         "requests failed at once (as 503) because their TCP connection was lost before the final response",
+    ),
+    (
+        Counter::SipAuthChallenges,
+        "hotline_sip_auth_challenges_total",
+        "401 digest challenges sent (no credentials yet, or a stale or replayed nonce)",
+    ),
+    (
+        Counter::SipAuthFailures,
+        "hotline_sip_auth_failures_total",
+        "requests refused 403 for wrong digest credentials",
     ),
 ];
 

@@ -172,6 +172,13 @@ pub struct SipConfig {
     /// the RFC's floor).
     #[serde(default = "default_min_se_secs")]
     pub min_se_secs: u64,
+    /// The realm of digest challenges (default `hotline-gateway`).
+    #[serde(default = "default_auth_realm")]
+    pub auth_realm: String,
+    /// How long a digest nonce is good for; then the peer is asked again (`stale=true`, so it
+    /// answers without asking anyone; default 300 s).
+    #[serde(default = "default_auth_nonce_secs")]
+    pub auth_nonce_secs: u64,
     /// Server / User-Agent header value; empty (the default) sends none, so scanners learn nothing.
     #[serde(default)]
     pub user_agent: String,
@@ -309,6 +316,18 @@ pub struct PeerConfig {
     /// Retry-After (default: no limit, the peer is trusted to send what it must).
     #[serde(default)]
     pub max_calls_per_sec: Option<u32>,
+    /// SIP digest authentication (RFC 3261 §22): requests from this peer that start something
+    /// (not ACK, CANCEL or requests inside a dialog) must prove these credentials, or get 401
+    /// (403 for wrong ones). Both or neither (default: none, its address suffices).
+    #[serde(default)]
+    pub auth_username: Option<String>,
+    #[serde(default)]
+    pub auth_password: Option<String>,
+    /// Algorithms it is challenged with, preferred first (RFC 8760: `SHA-512-256`, `SHA-256`,
+    /// `MD5`; default `["SHA-256", "MD5"]`: MD5 for the many phones and trunks that know no
+    /// other).
+    #[serde(default = "default_auth_algorithms")]
+    pub auth_algorithms: Vec<String>,
     /// Trusted for identity (RFC 3325 §2.3): a caller's identity asked private (`Privacy: id`)
     /// is still sent to this peer in P-Asserted-Identity; to others it is removed (default
     /// false; the 110 desk is trusted).
@@ -380,6 +399,15 @@ fn default_ring_timeout_secs() -> u64 {
 }
 fn default_max_calls() -> usize {
     4000
+}
+fn default_auth_algorithms() -> Vec<String> {
+    vec!["SHA-256".into(), "MD5".into()]
+}
+fn default_auth_realm() -> String {
+    "hotline-gateway".into()
+}
+fn default_auth_nonce_secs() -> u64 {
+    300
 }
 fn default_max_transactions() -> usize {
     200_000
@@ -496,6 +524,32 @@ impl Config {
             }
         }
         for (index, peer) in self.peers.iter().enumerate() {
+            if peer.auth_username.is_some() != peer.auth_password.is_some() {
+                return Err(invalid(
+                    format!("peer[{index}].auth_password"),
+                    "auth_username and auth_password go together: give both or neither".into(),
+                ));
+            }
+            if peer.auth_password.as_ref().is_some_and(|p| p.len() < 8) {
+                return Err(invalid(
+                    format!("peer[{index}].auth_password"),
+                    "must be at least 8 characters".into(),
+                ));
+            }
+            if peer.auth_algorithms.is_empty() {
+                return Err(invalid(
+                    format!("peer[{index}].auth_algorithms"),
+                    "must name at least one algorithm".into(),
+                ));
+            }
+            for (n, algorithm) in peer.auth_algorithms.iter().enumerate() {
+                if crate::sip::auth::Algorithm::parse(algorithm).is_none() {
+                    return Err(invalid(
+                        format!("peer[{index}].auth_algorithms[{n}]"),
+                        format!("{algorithm:?} is none of SHA-512-256, SHA-256, MD5"),
+                    ));
+                }
+            }
             for (n, network) in peer.sources.iter().enumerate() {
                 if let Err(error) = crate::routing::Cidr::parse(network) {
                     return Err(invalid(

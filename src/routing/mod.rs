@@ -36,6 +36,8 @@ pub struct Peer {
     sources: Vec<Cidr>,
     /// New calls per second this peer may start (None: no limit).
     pub max_calls_per_sec: Option<u32>,
+    /// Digest credentials its requests must prove (None: its address suffices).
+    pub auth: Option<crate::sip::auth::Credentials>,
 }
 
 impl Peer {
@@ -56,6 +58,7 @@ impl Peer {
             any_port: false,
             sources: Vec::new(),
             max_calls_per_sec: None,
+            auth: None,
         }
     }
 }
@@ -77,6 +80,19 @@ impl From<&PeerConfig> for Peer {
                 .filter_map(|s| Cidr::parse(s).ok())
                 .collect(),
             max_calls_per_sec: config.max_calls_per_sec,
+            // Validated with the config.
+            auth: match (&config.auth_username, &config.auth_password) {
+                (Some(username), Some(password)) => Some(crate::sip::auth::Credentials {
+                    username: username.clone(),
+                    password: password.clone(),
+                    algorithms: config
+                        .auth_algorithms
+                        .iter()
+                        .filter_map(|a| crate::sip::auth::Algorithm::parse(a))
+                        .collect(),
+                }),
+                _ => None,
+            },
         }
     }
 }

@@ -254,6 +254,8 @@ pub struct Endpoint {
     supported: Vec<&'static str>,
     /// Server transactions beyond which new out-of-dialog requests get 503.
     max_transactions: usize,
+    /// Digest authentication of peers that have credentials ([`Endpoint::with_auth`]).
+    auth: Option<super::auth::Digest>,
 }
 
 impl Endpoint {
@@ -289,6 +291,7 @@ impl Endpoint {
             guard: None,
             supported: Vec::new(),
             max_transactions: usize::MAX,
+            auth: None,
         };
         (endpoint, handle, command_queue)
     }
@@ -316,6 +319,14 @@ impl Endpoint {
     #[must_use]
     pub fn with_max_transactions(mut self, max: usize) -> Endpoint {
         self.max_transactions = max;
+        self
+    }
+
+    /// Requests from peers with credentials (`[[peer]] auth_username`) must prove them
+    /// (needs the guard, which knows the peers).
+    #[must_use]
+    pub fn with_auth(mut self, digest: super::auth::Digest) -> Endpoint {
+        self.auth = Some(digest);
         self
     }
 
@@ -706,6 +717,46 @@ impl Endpoint {
         }
     }
 
+    /// §22: a request that starts something, from a peer with credentials, must prove them;
+    /// otherwise it is answered 401 (a challenge) or 403 here and false returned. ACK and
+    /// CANCEL cannot be challenged (§22.1); requests inside a dialog belong to a call that
+    /// was authenticated.
+    fn authenticated(
+        &mut self,
+        now: Instant,
+        id: ServerTransactionId,
+        request: &Request,
+        source: SocketAddr,
+    ) -> bool {
+        let (Some(digest), Some((_, router))) = (self.auth.as_mut(), self.guard.as_ref()) else {
+            return true;
+        };
+        let Some(peer) = router.peer_for_source(source) else {
+            return true;
+        };
+        let Some(credentials) = peer.auth.as_ref() else {
+            return true;
+        };
+        let response = match digest.check(now, request, credentials) {
+            super::auth::Verdict::Pass => return true,
+            super::auth::Verdict::Challenge(values) => {
+                self.metrics.increment(Counter::SipAuthChallenges);
+                let mut response = Response::for_request(request, 401, Some("gw-auth"));
+                for value in values {
+                    response.headers.push("WWW-Authenticate", value);
+                }
+                response
+            }
+            super::auth::Verdict::Refuse(why) => {
+                self.metrics.increment(Counter::SipAuthFailures);
+                tracing::warn!(%source, peer = %peer.name, method = %request.method, why, "digest authentication failed");
+                Response::for_request(request, 403, Some("gw-auth"))
+            }
+        };
+        self.respond(now, id, response);
+        false
+    }
+
     /// Answers a new INVITE 503 + Retry-After without a transaction, timer or call. When the
     /// endpoint falls behind, starting more calls only deepens the queue until responses and
     /// retransmissions are lost with it (congestion collapse); shedding new calls while
@@ -856,6 +907,9 @@ impl Endpoint {
             let mut response = Response::for_request(&request, 420, None);
             response.headers.push("Unsupported", unsupported.join(", "));
             self.respond(now, id, response);
+            return;
+        }
+        if to_tag.is_none() && !self.authenticated(now, id, &request, source) {
             return;
         }
         if request.method == Method::Invite {

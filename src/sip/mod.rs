@@ -3,6 +3,7 @@
 //! ([`endpoint`]), its overload detector ([`overload`]) and the guard that decides who may talk
 //! to it at all ([`guard`]).
 
+pub mod auth;
 pub mod dialog;
 pub mod endpoint;
 pub mod guard;
