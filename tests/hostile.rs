@@ -248,3 +248,131 @@ async fn beyond_max_transactions_new_requests_get_503() {
         Some(1.0)
     );
 }
+
+/// The Authorization a client computes for `challenge` (a WWW-Authenticate value) and `invite`.
+fn authorization(
+    challenge: &str,
+    invite: &hotline_gateway::sip::message::Request,
+    password: &str,
+    nc: u32,
+) -> String {
+    use hotline_gateway::sip::auth::{response_digest, Algorithm};
+    let param = |name: &str| {
+        challenge
+            .split(&format!("{name}="))
+            .nth(1)
+            .map(|rest| rest.trim_start_matches('"'))
+            .and_then(|rest| rest.split(['"', ',']).next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (realm, nonce) = (param("realm"), param("nonce"));
+    let Some(algorithm) = Algorithm::parse(&param("algorithm")) else {
+        panic!("no algorithm in {challenge}");
+    };
+    let uri = invite.uri.to_string();
+    let nc = format!("{nc:08x}");
+    let response = response_digest(
+        algorithm, "trunk", &realm, password, "INVITE", &uri, &nonce, &nc, "0a4f113b",
+    );
+    format!(
+        "Authorization: Digest username=\"trunk\", realm=\"{realm}\", nonce=\"{nonce}\", \
+         uri=\"{uri}\", response=\"{response}\", algorithm={}, cnonce=\"0a4f113b\", qop=auth, \
+         nc={nc}\r\n",
+        algorithm.name()
+    )
+}
+
+/// SIP digest authentication per peer (RFC 8760's SHA-256 preferred, MD5 offered too): a
+/// trunk without credentials is challenged, with them its call goes through; the same answer
+/// again (a replay) and a wrong password get nothing in.
+#[tokio::test]
+async fn a_peer_with_credentials_must_prove_them_once_per_nonce_count() {
+    use hotline_gateway::sip::message::ack_for_non_2xx;
+    let mut trunk = Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = Ua::bind("hotline", LOCALHOST).await;
+    let gateway = Gateway::start(
+        &[
+            (
+                "carrier",
+                trunk.address,
+                "auth_username = \"trunk\"\nauth_password = \"trunk-secret-1\"",
+            ),
+            ("hotline", agent.address, ""),
+        ],
+        &[("12345", &["hotline"])],
+        "auth_realm = \"gw.example\"\n",
+        "",
+    )
+    .await;
+    trunk.set_gateway(gateway.sip);
+    agent.set_gateway(gateway.sip);
+    let sdp = common::sdp(trunk.address, &[8], "sendrecv");
+
+    // No credentials: 401 with a challenge per algorithm, SHA-256 first.
+    let bare = trunk.invite("12345", "13800138000", &sdp, "");
+    trunk.send_request(&bare).await;
+    let challenge = trunk.expect_response("INVITE", 401).await;
+    trunk
+        .send_request(&ack_for_non_2xx(&bare, &challenge))
+        .await;
+    let offers: Vec<&str> = challenge.headers.get_all("WWW-Authenticate").collect();
+    assert_eq!(offers.len(), 2, "{challenge:?}");
+    assert!(offers[0].contains("algorithm=SHA-256") && offers[0].contains("realm=\"gw.example\""));
+    assert!(offers[1].contains("algorithm=MD5"));
+    assert!(agent
+        .recv_within(Duration::from_millis(200))
+        .await
+        .is_none());
+
+    // With SHA-256 credentials the call rings and is answered.
+    let probe = trunk.invite("12345", "13800138000", &sdp, "");
+    let credentials = authorization(offers[0], &probe, "trunk-secret-1", 1);
+    let invite = trunk.invite("12345", "13800138000", &sdp, &credentials);
+    trunk.send_request(&invite).await;
+    trunk.expect_response("INVITE", 100).await;
+    let incoming = agent.expect_request("INVITE").await;
+    let answer = common::sdp(agent.address, &[8], "sendrecv");
+    agent
+        .send_response(&agent.answer(&incoming, 200, Some(&answer)))
+        .await;
+    let ok = trunk.expect_response("INVITE", 200).await;
+    let ack = trunk.ack(&invite, &ok, "");
+    trunk.send_request(&ack).await;
+    agent.expect_request("ACK").await;
+    // In the dialog no credentials are asked for.
+    let bye = trunk.in_dialog(&invite, &ok, "BYE", 2, "");
+    trunk.send_request(&bye).await;
+    trunk.expect_response("BYE", 200).await;
+    let bye = agent.expect_request("BYE").await;
+    agent.send_response(&agent.answer(&bye, 200, None)).await;
+
+    // The same answer again is a replay: challenged afresh (stale), nothing rings.
+    let replay = trunk.invite("12345", "13800138000", &sdp, &credentials);
+    trunk.send_request(&replay).await;
+    let stale = trunk.expect_response("INVITE", 401).await;
+    trunk.send_request(&ack_for_non_2xx(&replay, &stale)).await;
+    assert!(stale
+        .headers
+        .get("WWW-Authenticate")
+        .is_some_and(|v| v.contains("stale=true")));
+    // A wrong password: 403.
+    let wrong = authorization(offers[1], &probe, "not-the-secret", 1);
+    let guess = trunk.invite("12345", "13800138000", &sdp, &wrong);
+    trunk.send_request(&guess).await;
+    let refused = trunk.expect_response("INVITE", 403).await;
+    trunk.send_request(&ack_for_non_2xx(&guess, &refused)).await;
+    assert!(agent
+        .recv_within(Duration::from_millis(200))
+        .await
+        .is_none());
+    assert_eq!(
+        gateway.metric("hotline_sip_auth_challenges_total").await,
+        Some(2.0)
+    );
+    assert_eq!(
+        gateway.metric("hotline_sip_auth_failures_total").await,
+        Some(1.0)
+    );
+    assert_eq!(gateway.calls().len(), 1);
+}

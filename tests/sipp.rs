@@ -82,12 +82,24 @@ fn start_gateway_with(
     media: [u16; 2],
     extra: &str,
 ) -> (Process, PathBuf) {
+    start_gateway_carrier(dir, ports, transport, media, "", extra)
+}
+
+/// As [`start_gateway_with`], with more keys for the carrier's `[[peer]]`.
+fn start_gateway_carrier(
+    dir: &Path,
+    ports: &Ports,
+    transport: &str,
+    media: [u16; 2],
+    carrier: &str,
+    extra: &str,
+) -> (Process, PathBuf) {
     let db = dir.join("gateway.db");
     let config = dir.join("gateway.toml");
     let text = format!(
         "[sip]\nlisten = \"127.0.0.1:{gw}\"\ntransfer_ring_timeout_secs = 2\n\n[media]\naddress = \"127.0.0.1\"\nports = [{lo}, {hi}]\n\n\
 [store]\npath = \"{db}\"\n\n[api]\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:{http}\"\n\n\
-[[peer]]\nname = \"carrier\"\naddress = \"127.0.0.1:{uac}\"\nany_port = true\n\n\
+[[peer]]\nname = \"carrier\"\naddress = \"127.0.0.1:{uac}\"\nany_port = true\n{carrier}\n\
 [[peer]]\nname = \"hotline\"\naddress = \"127.0.0.1:{uas}\"\nplatform = \"12345\"\ntransport = \"{transport}\"\n\n\
 [[route]]\nnumber = \"12345\"\npeers = [\"hotline\"]\n{extra}",
         gw = ports.gateway,
@@ -98,6 +110,7 @@ fn start_gateway_with(
         uac = ports.uac,
         uas = ports.uas,
         extra = extra,
+        carrier = carrier,
     );
     if let Err(e) = std::fs::write(&config, text) {
         panic!("write config: {e}");
@@ -296,6 +309,11 @@ struct SippSide {
 }
 
 impl SippSide {
+    /// Waits for the SIPp instance to finish.
+    fn wait(mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.process.0.wait()
+    }
+
     /// Waits for the SIPp instance to finish and fails the test unless all its calls passed.
     fn succeeds(mut self, role: &str) {
         let status = self.process.0.wait();
@@ -730,5 +748,90 @@ fn sipp_a_call_cut_by_kill_9_is_closed_at_the_next_start() {
         ),
         (Some("gateway"), Some("gateway restart"), Some(200)),
         "{call:?}"
+    );
+}
+
+/// A carrier trunk that must authenticate: SIPp answers each 401 with MD5 digest credentials
+/// (SIPp 3.6 knows no other algorithm, so the peer is challenged with MD5 only) and all 20
+/// calls go through; with a wrong password the call is refused 403 and never rings.
+#[test]
+fn sipp_a_trunk_with_digest_credentials_gets_through_and_a_wrong_password_does_not() {
+    let (dir, ports) = prepare();
+    let carrier = "auth_username = \"trunk\"\nauth_password = \"trunk-secret-1\"\nauth_algorithms = [\"MD5\"]\n";
+    let (_gateway, db) =
+        start_gateway_carrier(dir.path(), &ports, "udp", [29000, 29999], carrier, "");
+    let hotline = sipp_side(dir.path(), ports.uas, "uas.xml", &["-rtp_echo", "-m", "20"]);
+    let target = format!("127.0.0.1:{}", ports.gateway);
+    let trunk = sipp_side(
+        dir.path(),
+        ports.uac,
+        "uac_auth.xml",
+        &[
+            &target,
+            "-s",
+            "12345",
+            "-m",
+            "20",
+            "-r",
+            "10",
+            "-d",
+            "500",
+            "-au",
+            "trunk",
+            "-ap",
+            "trunk-secret-1",
+        ],
+    );
+    trunk.succeeds("carrier");
+    hotline.succeeds("hotline");
+    let calls = match hotline_gateway::store::list_calls(&db, 100) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(calls.len(), 20, "{calls:?}");
+    assert!(
+        calls.iter().all(|c| c.final_status == Some(200)),
+        "{calls:?}"
+    );
+
+    let wrong = sipp_side(
+        dir.path(),
+        ports.uac,
+        "uac_auth.xml",
+        &[
+            &target,
+            "-s",
+            "12345",
+            "-m",
+            "1",
+            "-au",
+            "trunk",
+            "-ap",
+            "not-the-secret",
+        ],
+    );
+    let status = wrong.wait();
+    assert!(
+        status.is_ok_and(|s| !s.success()),
+        "a wrong password got through"
+    );
+    let calls = hotline_gateway::store::list_calls(&db, 100)
+        .map(|c| c.len())
+        .ok();
+    assert_eq!(calls, Some(20), "the refused call never started");
+    let mut metrics = String::new();
+    if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", ports.http)) {
+        use std::io::{Read, Write};
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+        let _ = stream.read_to_string(&mut metrics);
+    }
+    assert!(
+        metrics.contains("hotline_sip_auth_challenges_total 21"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hotline_sip_auth_failures_total 1"),
+        "{metrics}"
     );
 }
