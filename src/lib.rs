@@ -204,6 +204,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let media_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let media = media::relay::MediaEngine::start(media_workers, Arc::clone(&metrics))
         .map_err(StartError::Media)?;
+    let blocklist = Arc::new(call::screening::Blocklist::with(store::list_blocked(
+        &config.store.path,
+        store::unix_millis(std::time::SystemTime::now()),
+    )?));
     let screening = call::screening::Screening::new(
         config
             .screening
@@ -214,7 +218,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config.screening.blocked_status,
         config.screening.repeat_calls,
         Duration::from_secs(config.screening.repeat_minutes * 60),
-    );
+    )
+    .with_listed(Arc::clone(&blocklist));
     let manager = Arc::new(
         CallManager::new(
             Arc::clone(&router),
@@ -331,7 +336,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             .collect(),
         Arc::clone(&metrics),
         grpc_stop.clone(),
-    );
+    )
+    .with_blocklist(blocklist, store.clone());
     let grpc_task = tokio::spawn(workorder::service::serve(
         service,
         grpc_listener,

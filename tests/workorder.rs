@@ -878,3 +878,68 @@ async fn events_of_calls_while_the_disk_is_full_arrive_once_there_is_space() {
     );
     gateway.stop().await;
 }
+
+/// A platform blocks a harasser's number through the API: the number's calls are refused (603,
+/// CALL_BLOCKED) until it is unblocked, also after a gateway restart (the store keeps it).
+#[tokio::test]
+async fn a_platform_blocks_a_number_until_it_unblocks_it_across_a_restart() {
+    let (mut gateway, mut citizen, mut agent, _police) = setup().await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let block = |number: &str| {
+        Action::Block(pb::Block {
+            number: number.into(),
+            reason: "harassing calls".into(),
+            minutes: 60,
+        })
+    };
+    let refused = hotline.command(block("not a number")).await;
+    assert_eq!(
+        (refused.ok, pb::ErrorCode::try_from(refused.error).ok()),
+        (false, Some(pb::ErrorCode::Invalid))
+    );
+    assert!(hotline.command(block("13700000000")).await.ok);
+
+    let harasser = |citizen: &mut Ua| {
+        citizen.invite(
+            "12345",
+            "13700000000",
+            &common::sdp(citizen.address, &[8], "sendrecv"),
+            "",
+        )
+    };
+    let invite = harasser(&mut citizen);
+    citizen.send_request(&invite).await;
+    citizen.expect_response("INVITE", 603).await;
+    let blocked = hotline.until(EventType::CallBlocked).await;
+    assert_eq!(blocked.citizen_number, "13700000000");
+
+    // The store keeps it: still blocked after a restart.
+    gateway.restart().await;
+    for ua in [&mut citizen, &mut agent] {
+        ua.set_gateway(gateway.sip);
+    }
+    let invite = harasser(&mut citizen);
+    citizen.send_request(&invite).await;
+    citizen.expect_response("INVITE", 603).await;
+    assert!(
+        agent
+            .recv_within(std::time::Duration::from_millis(200))
+            .await
+            .is_none(),
+        "the agent's phone never rang"
+    );
+
+    // Unblocked: the next call goes through; unblocking again is refused.
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let unblock = || {
+        Action::Unblock(pb::Unblock {
+            number: "13700000000".into(),
+        })
+    };
+    assert!(hotline.command(unblock()).await.ok);
+    assert!(!hotline.command(unblock()).await.ok);
+    let call =
+        common::establish_to("12345", "13700000000", &mut citizen, &mut agent, &[8], &[8]).await;
+    common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
+    gateway.stop().await;
+}

@@ -4,9 +4,66 @@
 //! call goes through: a desperate citizen calling back is no reason to hang up on them.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::routing::NumberPattern;
+use crate::store::{unix_millis, BlockedNumberRecord};
+
+/// Numbers the platforms blocked through the work-order API (beside the config's patterns):
+/// exact numbers, each until a time or for good. The store keeps them across restarts.
+#[derive(Debug, Default)]
+pub struct Blocklist {
+    entries: Mutex<HashMap<String, BlockedNumberRecord>>,
+}
+
+/// Most numbers the API may block (a bound on memory; the config's patterns are unbounded).
+pub const MAX_BLOCKED: usize = 100_000;
+
+impl Blocklist {
+    /// With the entries the store holds.
+    pub fn with(records: Vec<BlockedNumberRecord>) -> Blocklist {
+        Blocklist {
+            entries: Mutex::new(records.into_iter().map(|r| (r.number.clone(), r)).collect()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BlockedNumberRecord>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `number` is blocked at `now_ms` (Unix ms); an expired entry goes.
+    pub fn is_blocked(&self, number: &str, now_ms: i64) -> bool {
+        let mut entries = self.lock();
+        match entries.get(number).map(|r| r.expires_at) {
+            None => false,
+            Some(Some(expires)) if expires <= now_ms => {
+                entries.remove(number);
+                false
+            }
+            Some(_) => true,
+        }
+    }
+
+    /// Adds (or renews) an entry; false if the list is full.
+    pub fn block(&self, record: BlockedNumberRecord) -> bool {
+        let mut entries = self.lock();
+        if entries.len() >= MAX_BLOCKED && !entries.contains_key(&record.number) {
+            let now = record.blocked_at;
+            entries.retain(|_, r| r.expires_at.is_none_or(|e| e > now));
+            if entries.len() >= MAX_BLOCKED {
+                return false;
+            }
+        }
+        entries.insert(record.number.clone(), record);
+        true
+    }
+
+    /// Removes an entry; false if there was none.
+    pub fn unblock(&self, number: &str) -> bool {
+        self.lock().remove(number).is_some()
+    }
+}
 
 /// What screening says of a new call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +82,8 @@ const MAX_CALLERS: usize = 100_000;
 
 pub struct Screening {
     blocklist: Vec<NumberPattern>,
+    /// The API's entries, shared with the work-order service.
+    listed: Arc<Blocklist>,
     blocked_status: u16,
     threshold: usize,
     window: Duration,
@@ -41,11 +100,19 @@ impl Screening {
     ) -> Screening {
         Screening {
             blocklist,
+            listed: Arc::default(),
             blocked_status,
             threshold,
             window,
             recent: HashMap::new(),
         }
+    }
+
+    /// Also refuses the numbers on `listed` (the work-order API's blocklist).
+    #[must_use]
+    pub fn with_listed(mut self, listed: Arc<Blocklist>) -> Screening {
+        self.listed = listed;
+        self
     }
 
     /// The repeat-caller window.
@@ -58,7 +125,11 @@ impl Screening {
         if caller.is_empty() || caller.eq_ignore_ascii_case("anonymous") {
             return Screen::Clear;
         }
-        if self.blocklist.iter().any(|p| p.matches(caller)) {
+        if self.blocklist.iter().any(|p| p.matches(caller))
+            || self
+                .listed
+                .is_blocked(caller, unix_millis(SystemTime::now()))
+        {
             return Screen::Blocked(self.blocked_status);
         }
         if self.threshold == 0 {
@@ -131,5 +202,32 @@ mod tests {
         assert_eq!(s.check(at(9), "13900139000"), Screen::Clear, "per caller");
         // After twenty quiet minutes the window is empty again.
         assert_eq!(s.check(at(30), "13800138000"), Screen::Clear);
+    }
+
+    fn listed(number: &str, expires_at: Option<i64>) -> BlockedNumberRecord {
+        BlockedNumberRecord {
+            number: number.into(),
+            platform: "12345".into(),
+            reason: "harassment".into(),
+            blocked_at: 1_000,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn the_apis_entries_block_until_they_expire_or_are_taken_off() {
+        let list = Blocklist::with(vec![listed("13700000001", None)]);
+        assert!(list.block(listed("13700000002", Some(61_000))));
+        assert!(list.is_blocked("13700000001", 5_000));
+        assert!(list.is_blocked("13700000002", 60_999));
+        assert!(!list.is_blocked("13700000002", 61_000), "expired");
+        assert!(!list.is_blocked("13700000002", 1_000), "and gone");
+        assert!(list.unblock("13700000001"));
+        assert!(!list.unblock("13700000001"));
+        assert!(!list.is_blocked("13700000001", 5_000));
+        // Screening refuses them like the config's patterns.
+        let shared = Arc::new(Blocklist::with(vec![listed("13700000003", None)]));
+        let mut s = screening().with_listed(shared);
+        assert_eq!(s.check(Instant::now(), "13700000003"), Screen::Blocked(603));
     }
 }

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::{Counter, Gauge, Metrics};
 
 /// The newest schema this code knows.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Queue length between call tasks and the writer.
 const QUEUE: usize = 16_384;
@@ -149,6 +149,19 @@ pub struct ConferencePartyRecord {
     pub left_at: Option<i64>,
 }
 
+/// A number blocked through the work-order API (the config's blocklist is not stored).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BlockedNumberRecord {
+    pub number: String,
+    /// The platform whose system blocked it.
+    pub platform: String,
+    pub reason: String,
+    /// Unix milliseconds.
+    pub blocked_at: i64,
+    /// None: until taken off.
+    pub expires_at: Option<i64>,
+}
+
 /// One event in a platform's outbox: stored before it is sent, sent again from here to a client
 /// that reconnects.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -207,6 +220,8 @@ enum WriteOp {
     },
     /// Deletes outbox events older than this (Unix ms).
     Prune(i64),
+    Block(BlockedNumberRecord),
+    Unblock(String),
     Flush(Reply),
 }
 
@@ -427,6 +442,28 @@ impl Store {
             .map_err(|_| StoreError::Closed)
     }
 
+    /// Queues a blocked number (inserted or renewed; does not wait).
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] if the writer has stopped.
+    pub async fn block_number(&self, record: BlockedNumberRecord) -> Result<(), StoreError> {
+        self.queue
+            .send(WriteOp::Block(record))
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Queues taking a number off the blocklist (does not wait).
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] if the writer has stopped.
+    pub async fn unblock_number(&self, number: &str) -> Result<(), StoreError> {
+        self.queue
+            .send(WriteOp::Unblock(number.to_string()))
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
     /// Flushes everything queued; the writer thread ends when the last handle is dropped.
     ///
     /// # Errors
@@ -538,6 +575,20 @@ fn migrate(connection: &Connection) -> Result<(), StoreError> {
                  sequence INTEGER NOT NULL
              );
              INSERT INTO schema_version (version) VALUES (4);
+             COMMIT;",
+        )?;
+    }
+    if found < 5 {
+        connection.execute_batch(
+            "BEGIN;
+             CREATE TABLE blocked_numbers (
+                 number TEXT PRIMARY KEY,
+                 platform TEXT NOT NULL,
+                 reason TEXT NOT NULL,
+                 blocked_at INTEGER NOT NULL,
+                 expires_at INTEGER
+             );
+             INSERT INTO schema_version (version) VALUES (5);
              COMMIT;",
         )?;
     }
@@ -740,7 +791,9 @@ fn reply(op: WriteOp, result: Result<Written, String>) {
         | WriteOp::Linkage(_)
         | WriteOp::ConferenceParty(_)
         | WriteOp::Ack { .. }
-        | WriteOp::Prune(_) => {}
+        | WriteOp::Prune(_)
+        | WriteOp::Block(_)
+        | WriteOp::Unblock(_) => {}
     }
 }
 
@@ -801,6 +854,13 @@ fn write_batch(connection: &mut Connection, batch: &[WriteOp]) -> Result<(), rus
         let mut answered = transaction.prepare_cached(
             "UPDATE calls SET b_call_id = ?2, b_peer = ?3, answered_at = ?4 WHERE id = ?1",
         )?;
+        let mut block = transaction.prepare_cached(
+            "INSERT OR REPLACE INTO blocked_numbers (number, platform, reason, blocked_at,
+                 expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut unblock =
+            transaction.prepare_cached("DELETE FROM blocked_numbers WHERE number = ?1")?;
         for op in batch {
             match op {
                 WriteOp::Started(r) | WriteOp::Ended(r, _) => {
@@ -878,6 +938,18 @@ fn write_batch(connection: &mut Connection, batch: &[WriteOp]) -> Result<(), rus
                         p.left_at,
                     ])?;
                 }
+                WriteOp::Block(b) => {
+                    block.execute(params![
+                        b.number,
+                        b.platform,
+                        b.reason,
+                        b.blocked_at,
+                        b.expires_at,
+                    ])?;
+                }
+                WriteOp::Unblock(number) => {
+                    unblock.execute(params![number])?;
+                }
                 WriteOp::Flush(_) => {}
             }
         }
@@ -898,6 +970,28 @@ fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
     })?;
     connection.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(connection)
+}
+
+/// The numbers blocked through the API that have not expired at `now` (Unix ms).
+///
+/// # Errors
+/// [`StoreError::Open`] if the file does not exist or is no database of ours.
+pub fn list_blocked(path: &Path, now: i64) -> Result<Vec<BlockedNumberRecord>, StoreError> {
+    let connection = open_read_only(path)?;
+    let mut statement = connection.prepare(
+        "SELECT number, platform, reason, blocked_at, expires_at FROM blocked_numbers
+         WHERE expires_at IS NULL OR expires_at > ?1 ORDER BY number",
+    )?;
+    let rows = statement.query_map(params![now], |row| {
+        Ok(BlockedNumberRecord {
+            number: row.get(0)?,
+            platform: row.get(1)?,
+            reason: row.get(2)?,
+            blocked_at: row.get(3)?,
+            expires_at: row.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
 /// The newest `limit` calls, newest first, through a read-only connection.

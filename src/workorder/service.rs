@@ -19,8 +19,9 @@ use tonic::{Request, Response, Status, Streaming};
 use super::hub::EventHub;
 use super::registry::{CallCommand, CallRegistry, CommandError, ErrorCode};
 use super::{convert, pb, CallEvent, EventKind};
+use crate::call::screening::Blocklist;
 use crate::metrics::{Counter, Gauge, Metrics};
-use crate::store::{self, unix_millis, OutboxReader};
+use crate::store::{self, unix_millis, OutboxReader, Store};
 
 /// Events a stream reads from the store at a time.
 const PAGE: usize = 256;
@@ -42,6 +43,8 @@ pub struct WorkOrderService {
     metrics: Arc<Metrics>,
     /// Ends every stream (the gateway is stopping).
     stop: tokio_util::sync::CancellationToken,
+    /// The API's blocklist (shared with screening) and the store that keeps it.
+    blocklist: Option<(Arc<Blocklist>, Store)>,
 }
 
 impl WorkOrderService {
@@ -60,7 +63,74 @@ impl WorkOrderService {
             tokens: Arc::new(tokens),
             metrics,
             stop,
+            blocklist: None,
         }
+    }
+
+    /// Lets the platforms block and unblock numbers on `blocklist`, kept in `store`.
+    #[must_use]
+    pub fn with_blocklist(mut self, blocklist: Arc<Blocklist>, store: Store) -> WorkOrderService {
+        self.blocklist = Some((blocklist, store));
+        self
+    }
+
+    /// Block / Unblock: the gateway's list, not a call's.
+    async fn block(
+        &self,
+        platform: &str,
+        number: &str,
+        entry: Option<(String, u32)>,
+    ) -> Result<(), CommandError> {
+        let valid = !number.is_empty()
+            && number.len() <= 32
+            && number
+                .strip_prefix('+')
+                .unwrap_or(number)
+                .bytes()
+                .all(|b| b.is_ascii_digit());
+        if !valid {
+            return Err(CommandError::new(
+                ErrorCode::Invalid,
+                format!("{number:?} is no phone number (digits, optionally a leading +)"),
+            ));
+        }
+        let Some((blocklist, store)) = &self.blocklist else {
+            return Err(CommandError::new(
+                ErrorCode::NotAllowedNow,
+                "this gateway keeps no blocklist",
+            ));
+        };
+        let Some((reason, minutes)) = entry else {
+            if !blocklist.unblock(number) {
+                return Err(CommandError::new(
+                    ErrorCode::Invalid,
+                    format!("{number} is not on the API's blocklist"),
+                ));
+            }
+            tracing::info!(platform, number, "number taken off the blocklist");
+            return store.unblock_number(number).await.map_err(|e| {
+                CommandError::new(ErrorCode::NotAllowedNow, format!("not stored: {e}"))
+            });
+        };
+        let now = unix_millis(SystemTime::now());
+        let record = store::BlockedNumberRecord {
+            number: number.to_string(),
+            platform: platform.to_string(),
+            reason,
+            blocked_at: now,
+            expires_at: (minutes > 0).then(|| now + i64::from(minutes) * 60_000),
+        };
+        if !blocklist.block(record.clone()) {
+            return Err(CommandError::new(
+                ErrorCode::NotAllowedNow,
+                "the blocklist is full",
+            ));
+        }
+        tracing::info!(platform, number, minutes, reason = %record.reason, "number blocked");
+        store
+            .block_number(record)
+            .await
+            .map_err(|e| CommandError::new(ErrorCode::NotAllowedNow, format!("not stored: {e}")))
     }
 
     /// The platform `token` belongs to, if `platform` is it (or any, with None).
@@ -122,6 +192,14 @@ impl WorkOrderService {
         let (call_id, call_command) = match command.action {
             None => return Err(invalid("a command needs an action")),
             Some(Action::Reply(reply)) => return self.reply(platform, reply).await,
+            Some(Action::Block(block)) => {
+                return self
+                    .block(platform, &block.number, Some((block.reason, block.minutes)))
+                    .await
+            }
+            Some(Action::Unblock(unblock)) => {
+                return self.block(platform, &unblock.number, None).await
+            }
             Some(Action::AttachTicket(attach)) => {
                 let ticket = attach
                     .ticket
