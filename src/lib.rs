@@ -58,6 +58,8 @@ pub enum StartError {
     Media(std::io::Error),
     #[error("the system's random number generator failed")]
     Random,
+    #[error("SIP over TLS: {0}")]
+    SipTls(#[from] sip::tls::TlsError),
     #[error("cannot bind the HTTP endpoint on {address}: {source}")]
     Http {
         address: SocketAddr,
@@ -78,6 +80,8 @@ pub enum StartError {
 /// A running gateway: its addresses, for tests and logs.
 pub struct Running {
     pub sip: SocketAddr,
+    /// Where SIP over TLS is accepted (`sip.tls_listen`, its port resolved).
+    pub sip_tls: Option<SocketAddr>,
     pub http: SocketAddr,
     pub grpc: SocketAddr,
     pub metrics: Arc<Metrics>,
@@ -161,6 +165,27 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     };
     let (inbound_sender, inbound) = mpsc::channel(8192);
     let transport_stop = CancellationToken::new();
+    let tls = match &config.sip.tls_ca {
+        Some(ca) => Some(sip::tls::settings(&sip::tls::TlsFiles {
+            listen: config.sip.tls_listen,
+            cert: config.sip.tls_cert.as_deref(),
+            key: config.sip.tls_key.as_deref(),
+            ca,
+            verify_client: config.sip.tls_verify_client,
+            peers: config
+                .peers
+                .iter()
+                .filter(|p| p.transport == config::TransportKind::Tls)
+                // Validated with the config.
+                .filter_map(|p| {
+                    sip::tls::server_name(p.tls_name.as_deref(), p.address)
+                        .ok()
+                        .map(|name| (p.address, name))
+                })
+                .collect(),
+        })?),
+        None => None,
+    };
     let transport = Transport::bind(
         TransportConfig {
             listen: config.sip.listen,
@@ -168,15 +193,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             tcp_idle_timeout: Duration::from_secs(config.sip.tcp_idle_timeout_secs),
             max_tcp_connections: config.sip.max_tcp_connections,
         },
+        tls,
         inbound_sender,
         Arc::clone(&metrics),
         transport_stop.clone(),
     )
     .await?;
     let local_sip = SocketAddr::new(public_ip, transport.local_address().port());
+    let transport_tls = transport.tls_local_address();
     let directory = Arc::new(call::directory::Directory::default());
     let settings = Arc::new(CallSettings {
         local_sip,
+        local_tls_port: transport.tls_local_address().map(|a| a.port()),
         policy,
         peer_response_timeout: Duration::from_millis(config.sip.peer_response_timeout_ms),
         ring_timeout: Duration::from_secs(config.sip.ring_timeout_secs),
@@ -373,6 +401,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     });
     Ok(Running {
         sip: local_sip,
+        sip_tls: transport_tls,
         http: http_address,
         grpc: grpc_address,
         metrics,

@@ -65,9 +65,11 @@ pub enum Counter {
     SipAuthChallenges,
     /// 403s for wrong digest credentials.
     SipAuthFailures,
+    /// TLS connections that failed their handshake (a certificate refused, either way).
+    TlsHandshakeFailures,
 }
 
-const COUNTERS: [(Counter, &str, &str); 43] = [
+const COUNTERS: [(Counter, &str, &str); 44] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -282,6 +284,11 @@ const COUNTERS: [(Counter, &str, &str); 43] = [
         Counter::SipAuthFailures,
         "hotline_sip_auth_failures_total",
         "requests refused 403 for wrong digest credentials",
+    ),
+    (
+        Counter::TlsHandshakeFailures,
+        "hotline_sip_tls_handshake_failures_total",
+        "SIP TLS connections that failed their handshake (certificate refused, timeout), either direction",
     ),
 ];
 

@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::config::TransportKind;
 use crate::ids::IdGenerator;
 use crate::media::{Leg, LegMedia, MediaCommand, Party};
 use crate::routing::{Peer, Router};
@@ -54,6 +53,8 @@ pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REFER"
 pub struct CallSettings {
     /// Address in Via and Contact.
     pub local_sip: SocketAddr,
+    /// The TLS port (`sip.tls_listen`), in Via and Contact of what goes over TLS.
+    pub local_tls_port: Option<u16>,
     pub policy: MediaPolicy,
     pub peer_response_timeout: Duration,
     pub ring_timeout: Duration,
@@ -78,6 +79,16 @@ pub struct CallSettings {
     pub conference_ends_with_caller: bool,
     /// RFC 4028 session timers on every answered leg (None: off).
     pub session_timers: Option<SessionTimerSettings>,
+}
+
+impl CallSettings {
+    /// Our address as a peer reached over `target` sees it (the TLS port for TLS).
+    pub fn local_for(&self, target: Target) -> SocketAddr {
+        match self.local_tls_port {
+            Some(port) if target.is_secure() => SocketAddr::new(self.local_sip.ip(), port),
+            _ => self.local_sip,
+        }
+    }
 }
 
 /// Everything the call starts from.
@@ -540,10 +551,7 @@ impl Call {
         let a_tag = ids.tag();
         let b_tag = ids.tag();
         let local_ip = settings.local_sip.ip();
-        let a_target = match new.flow {
-            Flow::Tcp(connection) => Target::Connection(connection, new.source),
-            Flow::Udp => Target::Udp(new.source),
-        };
+        let a_target = new.flow.response_target(new.source);
         let a_origin = Origin::new(new.media_a.ip(), ids.next_u64() >> 12);
         let b_origin = Origin::new(new.media_b.ip(), ids.next_u64() >> 12);
         let offer = sdp::offer(
@@ -733,10 +741,7 @@ impl Call {
             self.b.call_id = self.ids.call_id(&self.settings.local_sip.ip().to_string());
             self.b.tag = self.ids.tag();
         }
-        let target = match peer.transport {
-            TransportKind::Udp => Target::Udp(peer.address),
-            TransportKind::Tcp => Target::Tcp(peer.address),
-        };
+        let target = Target::for_peer(&peer);
         let branch = self.ids.branch();
         let invite = self.build_b_invite(&peer, target, &branch);
         self.actions.push_back(Action::RegisterDialog(DialogKey {
@@ -763,16 +768,9 @@ impl Call {
     }
 
     fn contact(&self, target: Target) -> String {
-        let host = Host::Ip(self.settings.local_sip.ip());
-        let transport = if target.is_reliable() {
-            ";transport=tcp"
-        } else {
-            ""
-        };
-        format!(
-            "<sip:gw@{host}:{}{transport}>",
-            self.settings.local_sip.port()
-        )
+        let local = self.settings.local_for(target);
+        let host = Host::Ip(local.ip());
+        format!("<sip:gw@{host}:{}{}>", local.port(), target.uri_transport())
     }
 
     fn build_b_invite(&mut self, peer: &Peer, target: Target, branch: &str) -> Request {
@@ -798,7 +796,7 @@ impl Call {
         let mut headers = Headers::new();
         headers.push(
             "Via",
-            Endpoint::via_for(self.settings.local_sip, to.target, to.branch),
+            Endpoint::via_for(self.settings.local_for(to.target), to.target, to.branch),
         );
         headers.push(
             "Max-Forwards",
@@ -1736,7 +1734,7 @@ impl Call {
         let branch = self.ids.branch();
         request.headers.push_front(
             "Via",
-            Endpoint::via_for(self.settings.local_sip, target, &branch),
+            Endpoint::via_for(self.settings.local_for(target), target, &branch),
         );
         request
     }
@@ -1958,10 +1956,7 @@ impl Call {
         let Some(peer) = transfer.route.get(index).cloned() else {
             return;
         };
-        let target = match peer.transport {
-            TransportKind::Udp => Target::Udp(peer.address),
-            TransportKind::Tcp => Target::Tcp(peer.address),
-        };
+        let target = Target::for_peer(&peer);
         let mut invite = self.third_party_invite(
             &InviteTo {
                 peer: &peer,

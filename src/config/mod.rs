@@ -98,6 +98,23 @@ pub struct SipConfig {
     /// listen address itself.
     #[serde(default)]
     pub public_address: Option<IpAddr>,
+    /// SIP over TLS: accept TLS connections here (default: none; the gateway can still open
+    /// TLS connections to `transport = "tls"` peers).
+    #[serde(default)]
+    pub tls_listen: Option<SocketAddr>,
+    /// The gateway's certificate chain and private key (PEM), presented on `tls_listen` and to
+    /// peers that ask for a client certificate. Both or neither; needed for `tls_listen`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// The CAs (PEM) that peers' TLS certificates must chain to; needed for any TLS.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Peers connecting to `tls_listen` must present a certificate signed by `tls_ca`
+    /// (mutual TLS; default true).
+    #[serde(default = "default_true")]
+    pub tls_verify_client: bool,
     /// RFC 3261 T1, the RTT estimate (default 500 ms, §17.1.1.1).
     #[serde(default = "default_t1_ms")]
     pub t1_ms: u64,
@@ -289,6 +306,8 @@ pub enum TransportKind {
     #[default]
     Udp,
     Tcp,
+    /// TLS over TCP (needs `sip.tls_ca`).
+    Tls,
 }
 
 /// `[[peer]]`: a SIP neighbour. Requests from its address are attributed to it.
@@ -301,7 +320,10 @@ pub struct PeerConfig {
     /// The public line this peer belongs to (`12345`, `110`, ...), if any.
     #[serde(default)]
     pub platform: Option<String>,
-    /// `udp` (default) or `tcp` for requests the gateway sends to this peer.
+    /// The name the peer's TLS certificate must carry (default: its IP address).
+    #[serde(default)]
+    pub tls_name: Option<String>,
+    /// `udp` (default), `tcp` or `tls` for requests the gateway sends to this peer.
     #[serde(default)]
     pub transport: TransportKind,
     /// Accept requests from any source port of the peer's IP (default false: IP and port must
@@ -557,6 +579,39 @@ impl Config {
                         error.to_string(),
                     ));
                 }
+            }
+        }
+        if self.sip.tls_cert.is_some() != self.sip.tls_key.is_some() {
+            return Err(invalid(
+                "sip.tls_key".into(),
+                "tls_cert and tls_key go together: give both or neither".into(),
+            ));
+        }
+        if self.sip.tls_listen.is_some() && self.sip.tls_cert.is_none() {
+            return Err(invalid(
+                "sip.tls_cert".into(),
+                "tls_listen needs the gateway's certificate (tls_cert and tls_key)".into(),
+            ));
+        }
+        let tls_peer = self
+            .peers
+            .iter()
+            .position(|p| p.transport == TransportKind::Tls);
+        if (self.sip.tls_listen.is_some() || tls_peer.is_some()) && self.sip.tls_ca.is_none() {
+            let key = match tls_peer {
+                Some(index) if self.sip.tls_listen.is_none() => format!("peer[{index}].transport"),
+                _ => "sip.tls_ca".into(),
+            };
+            return Err(invalid(
+                key,
+                "TLS needs sip.tls_ca, the CAs peers' certificates must chain to".into(),
+            ));
+        }
+        for (index, peer) in self.peers.iter().enumerate() {
+            if let Err(reason) =
+                crate::sip::tls::server_name(peer.tls_name.as_deref(), peer.address)
+            {
+                return Err(invalid(format!("peer[{index}].tls_name"), reason));
             }
         }
         if self.sip.min_se_secs < 90 {

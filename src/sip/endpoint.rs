@@ -1185,21 +1185,21 @@ fn stamp_via(headers: &mut message::Headers, source: SocketAddr) {
 /// Where responses to `request` go (§18.2.2, RFC 3581 §4).
 fn request_response_target(request: &Request, source: SocketAddr, flow: Flow) -> Target {
     match flow {
-        Flow::Tcp(id) => Target::Connection(id, source),
         Flow::Udp => match request.top_via() {
             Some(via) => udp_response_address(&via, source),
             None => Target::Udp(source),
         },
+        reliable => reliable.response_target(source),
     }
 }
 
 fn response_target(response: &Response, source: SocketAddr, flow: Flow) -> Target {
     match flow {
-        Flow::Tcp(id) => Target::Connection(id, source),
         Flow::Udp => match response.top_via() {
             Some(via) => udp_response_address(&via, source),
             None => Target::Udp(source),
         },
+        reliable => reliable.response_target(source),
     }
 }
 

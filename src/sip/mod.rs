@@ -11,5 +11,6 @@ pub mod message;
 pub mod overload;
 pub mod sdp;
 pub mod session_timer;
+pub mod tls;
 pub mod transaction;
 pub mod transport;

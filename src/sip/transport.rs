@@ -9,6 +9,9 @@
 //! TCP (§18.3): messages are framed by Content-Length, partial and pipelined messages are
 //! handled, a message over `max_message_size` closes the connection, and a connection idle for
 //! `tcp_idle_timeout` is closed. Requests to a TCP peer reuse an open connection to its address.
+//!
+//! TLS (§26.2, [`super::tls`]): the same framing over a rustls stream, accepted on
+//! `sip.tls_listen` and opened to `transport = "tls"` peers, whose certificates are checked.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -33,11 +36,12 @@ pub type ConnectionId = u64;
 pub enum Flow {
     Udp,
     Tcp(ConnectionId),
+    Tls(ConnectionId),
 }
 
 impl Flow {
     pub fn is_reliable(&self) -> bool {
-        matches!(self, Flow::Tcp(_))
+        !matches!(self, Flow::Udp)
     }
 
     /// The Via transport token.
@@ -45,23 +49,48 @@ impl Flow {
         match self {
             Flow::Udp => "UDP",
             Flow::Tcp(_) => "TCP",
+            Flow::Tls(_) => "TLS",
+        }
+    }
+
+    /// Where a response to a request that came this way from `source` goes (§18.2.2).
+    pub fn response_target(&self, source: SocketAddr) -> Target {
+        match *self {
+            Flow::Udp => Target::Udp(source),
+            Flow::Tcp(id) => Target::Connection(id, source),
+            Flow::Tls(id) => Target::TlsConnection(id, source),
         }
     }
 }
 
-/// Where to send: an address, over UDP, an existing TCP connection, or a (new or reused)
-/// TCP connection to that address.
+/// Where to send: an address, over UDP, an existing TCP or TLS connection, or a (new or reused)
+/// TCP or TLS connection to that address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {
     Udp(SocketAddr),
     Tcp(SocketAddr),
     Connection(ConnectionId, SocketAddr),
+    Tls(SocketAddr),
+    TlsConnection(ConnectionId, SocketAddr),
 }
 
 impl Target {
+    /// How requests to `peer` go.
+    pub fn for_peer(peer: &crate::routing::Peer) -> Target {
+        match peer.transport {
+            crate::config::TransportKind::Udp => Target::Udp(peer.address),
+            crate::config::TransportKind::Tcp => Target::Tcp(peer.address),
+            crate::config::TransportKind::Tls => Target::Tls(peer.address),
+        }
+    }
+
     pub fn address(&self) -> SocketAddr {
         match self {
-            Target::Udp(a) | Target::Tcp(a) | Target::Connection(_, a) => *a,
+            Target::Udp(a)
+            | Target::Tcp(a)
+            | Target::Connection(_, a)
+            | Target::Tls(a)
+            | Target::TlsConnection(_, a) => *a,
         }
     }
 
@@ -69,11 +98,28 @@ impl Target {
         !matches!(self, Target::Udp(_))
     }
 
+    pub fn is_secure(&self) -> bool {
+        matches!(self, Target::Tls(_) | Target::TlsConnection(..))
+    }
+
     pub fn via_transport(&self) -> &'static str {
-        if self.is_reliable() {
+        if self.is_secure() {
+            "TLS"
+        } else if self.is_reliable() {
             "TCP"
         } else {
             "UDP"
+        }
+    }
+
+    /// The `transport` URI parameter for a Contact reached this way ("" for UDP).
+    pub fn uri_transport(&self) -> &'static str {
+        if self.is_secure() {
+            ";transport=tls"
+        } else if self.is_reliable() {
+            ";transport=tcp"
+        } else {
+            ""
         }
     }
 }
@@ -113,7 +159,8 @@ pub struct TransportConfig {
 
 struct Connections {
     writers: HashMap<ConnectionId, mpsc::Sender<Bytes>>,
-    by_address: HashMap<SocketAddr, ConnectionId>,
+    /// Open connections by peer address and whether they are TLS.
+    by_address: HashMap<(SocketAddr, bool), ConnectionId>,
 }
 
 /// The handle the endpoint sends through. Cheap to clone.
@@ -124,9 +171,15 @@ pub struct Transport {
     next_connection: Arc<AtomicU64>,
     inbound: mpsc::Sender<TransportEvent>,
     config: Arc<TransportConfig>,
+    tls: Option<Arc<super::tls::TlsSettings>>,
+    /// Where TLS is accepted (its port resolved).
+    tls_local: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 }
+
+/// How long a TLS handshake may take.
+const HANDSHAKE: Duration = Duration::from_secs(5);
 
 /// Why the transport could not start.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +199,7 @@ impl Transport {
     /// [`TransportError::Bind`] naming the protocol and address.
     pub async fn bind(
         config: TransportConfig,
+        tls: Option<super::tls::TlsSettings>,
         inbound: mpsc::Sender<TransportEvent>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
@@ -164,6 +218,17 @@ impl Transport {
                 address: bound,
                 source,
             })?;
+        let tls_listener =
+            match tls.as_ref().and_then(|t| t.listen) {
+                Some(address) => Some(TcpListener::bind(address).await.map_err(|source| {
+                    TransportError::Bind {
+                        protocol: "TLS",
+                        address,
+                        source,
+                    }
+                })?),
+                None => None,
+            };
         let transport = Transport {
             udp: Arc::new(udp),
             connections: Arc::new(Mutex::new(Connections {
@@ -173,6 +238,8 @@ impl Transport {
             next_connection: Arc::new(AtomicU64::new(1)),
             inbound,
             config: Arc::new(config),
+            tls: tls.map(Arc::new),
+            tls_local: tls_listener.as_ref().and_then(|l| l.local_addr().ok()),
             metrics,
             shutdown,
         };
@@ -180,12 +247,19 @@ impl Transport {
         // (Two receivers on the socket reordered a callee's 180 and 200, and would reorder an
         // agent's DTMF INFOs; parsing in the receiver task still runs beside the endpoint.)
         tokio::spawn(transport.clone().receive_udp());
-        tokio::spawn(transport.clone().accept_tcp(tcp));
+        tokio::spawn(transport.clone().accept_tcp(tcp, false));
+        if let Some(listener) = tls_listener {
+            tokio::spawn(transport.clone().accept_tcp(listener, true));
+        }
         Ok(transport)
     }
 
     pub fn local_address(&self) -> SocketAddr {
         self.udp.local_addr().unwrap_or(self.config.listen)
+    }
+
+    pub fn tls_local_address(&self) -> Option<SocketAddr> {
+        self.tls_local
     }
 
     /// Sends `bytes` to `target` without waiting.
@@ -199,10 +273,16 @@ impl Transport {
             }
             Target::Connection(id, address) => {
                 if !self.send_on(id, bytes.clone()) {
-                    self.send_tcp(address, bytes);
+                    self.send_tcp(address, bytes, false);
                 }
             }
-            Target::Tcp(address) => self.send_tcp(address, bytes),
+            Target::Tcp(address) => self.send_tcp(address, bytes, false),
+            Target::TlsConnection(id, address) => {
+                if !self.send_on(id, bytes.clone()) {
+                    self.send_tcp(address, bytes, true);
+                }
+            }
+            Target::Tls(address) => self.send_tcp(address, bytes, true),
         }
     }
 
@@ -222,9 +302,9 @@ impl Transport {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Reuses an open connection to `address` or opens one.
-    fn send_tcp(&self, address: SocketAddr, bytes: Bytes) {
-        let existing = self.lock().by_address.get(&address).copied();
+    /// Reuses an open connection to `address` (TLS if `secure`) or opens one.
+    fn send_tcp(&self, address: SocketAddr, bytes: Bytes, secure: bool) {
+        let existing = self.lock().by_address.get(&(address, secure)).copied();
         if let Some(id) = existing {
             if self.send_on(id, bytes.clone()) {
                 return;
@@ -233,8 +313,23 @@ impl Transport {
         let transport = self.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(address)).await {
+                Ok(Ok(stream)) if secure => {
+                    let _ = stream.set_nodelay(true);
+                    match transport.tls_connect(stream, address).await {
+                        Ok(stream) => {
+                            let id = transport.register(stream, address, true);
+                            transport.send_on(id, bytes);
+                        }
+                        Err(reason) => {
+                            transport.metrics.increment(Counter::TlsHandshakeFailures);
+                            tracing::warn!(%address, %reason, "TLS connection to peer failed");
+                            transport.lost(address).await;
+                        }
+                    }
+                }
                 Ok(Ok(stream)) => {
-                    let id = transport.register(stream, address);
+                    let _ = stream.set_nodelay(true);
+                    let id = transport.register(stream, address, false);
                     transport.send_on(id, bytes);
                 }
                 Ok(Err(e)) => {
@@ -285,7 +380,29 @@ impl Transport {
         }
     }
 
-    async fn accept_tcp(self, listener: TcpListener) {
+    /// The client side of a TLS connection to a peer: its certificate checked against the CAs
+    /// and its `tls_name`.
+    async fn tls_connect(
+        &self,
+        stream: TcpStream,
+        address: SocketAddr,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+        let Some(tls) = self.tls.as_ref() else {
+            return Err("no [sip] tls_ca configured".into());
+        };
+        let name = tls
+            .names
+            .get(&address)
+            .cloned()
+            .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(address.ip().into()));
+        match tokio::time::timeout(HANDSHAKE, tls.connector.connect(name, stream)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("handshake timed out".into()),
+        }
+    }
+
+    async fn accept_tcp(self, listener: TcpListener, secure: bool) {
         loop {
             let accepted = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -301,7 +418,32 @@ impl Transport {
                         drop(stream);
                         continue;
                     }
-                    self.register(stream, crate::routing::canonical(address));
+                    let _ = stream.set_nodelay(true);
+                    let address = crate::routing::canonical(address);
+                    if !secure {
+                        self.register(stream, address, false);
+                        continue;
+                    }
+                    // The handshake runs beside the accept loop: a slow client holds up nobody.
+                    let Some(acceptor) = self.tls.as_ref().and_then(|t| t.acceptor.clone()) else {
+                        continue;
+                    };
+                    let transport = self.clone();
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                transport.register(stream, address, true);
+                            }
+                            Ok(Err(e)) => {
+                                transport.metrics.increment(Counter::TlsHandshakeFailures);
+                                tracing::info!(%address, error = %e, "TLS handshake refused");
+                            }
+                            Err(_) => {
+                                transport.metrics.increment(Counter::TlsHandshakeFailures);
+                                tracing::info!(%address, "TLS handshake timed out");
+                            }
+                        }
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "TCP accept failed");
@@ -311,16 +453,18 @@ impl Transport {
         }
     }
 
-    /// Starts the reader and writer tasks of a connection and returns its id.
-    fn register(&self, stream: TcpStream, address: SocketAddr) -> ConnectionId {
+    /// Starts the reader and writer tasks of a connection (TLS if `secure`) and returns its id.
+    fn register<S>(&self, stream: S, address: SocketAddr, secure: bool) -> ConnectionId
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let _ = stream.set_nodelay(true);
-        let (read_half, mut write_half) = stream.into_split();
+        let (read_half, mut write_half) = tokio::io::split(stream);
         let (writer, mut queue) = mpsc::channel::<Bytes>(1024);
         {
             let mut connections = self.lock();
             connections.writers.insert(id, writer);
-            connections.by_address.insert(address, id);
+            connections.by_address.insert((address, secure), id);
         }
         let closed = CancellationToken::new();
         let writer_closed = closed.clone();
@@ -333,20 +477,25 @@ impl Transport {
                 if write_half.write_all(&bytes).await.is_err() {
                     break;
                 }
+                // A TLS stream buffers records until flushed.
+                if write_half.flush().await.is_err() {
+                    break;
+                }
             }
             writer_closed.cancel();
         });
         let transport = self.clone();
         tokio::spawn(async move {
+            let flow = if secure { Flow::Tls(id) } else { Flow::Tcp(id) };
             transport
-                .read_connection(read_half, address, id, &closed)
+                .read_connection(read_half, address, flow, &closed)
                 .await;
             closed.cancel();
             {
                 let mut connections = transport.lock();
                 connections.writers.remove(&id);
-                if connections.by_address.get(&address) == Some(&id) {
-                    connections.by_address.remove(&address);
+                if connections.by_address.get(&(address, secure)) == Some(&id) {
+                    connections.by_address.remove(&(address, secure));
                 }
             }
             if !transport.shutdown.is_cancelled() {
@@ -365,11 +514,15 @@ impl Transport {
 
     async fn read_connection(
         &self,
-        mut reader: tokio::net::tcp::OwnedReadHalf,
+        mut reader: impl AsyncRead + Unpin,
         address: SocketAddr,
-        id: ConnectionId,
+        flow: Flow,
         closed: &CancellationToken,
     ) {
+        let id = match flow {
+            Flow::Tcp(id) | Flow::Tls(id) => id,
+            Flow::Udp => return,
+        };
         let mut buffer = BytesMut::with_capacity(8192);
         loop {
             // Deliver every whole message already buffered (pipelining), then read more.
@@ -388,7 +541,7 @@ impl Transport {
                             received: Instant::now(),
                             message: message::parse(&bytes),
                             source: address,
-                            flow: Flow::Tcp(id),
+                            flow,
                         };
                         if self
                             .inbound

@@ -15,7 +15,6 @@ use super::{
     leg_media, Action, Attempt, Call, ConferenceUpdate, Guest, InviteTo, LinkageKind,
     LinkageUpdate, State, Timer, TransferError,
 };
-use crate::config::TransportKind;
 use crate::media::{Leg, MediaCommand, Party};
 use crate::sip::dialog::Dialog;
 use crate::sip::endpoint::{DialogKey, ServerTransactionId};
@@ -165,10 +164,7 @@ impl Call {
         let (Some(peer), Some(offer)) = (guest.route.get(peer_index).cloned(), &guest.offer) else {
             return;
         };
-        let target = match peer.transport {
-            TransportKind::Udp => Target::Udp(peer.address),
-            TransportKind::Tcp => Target::Tcp(peer.address),
-        };
+        let target = Target::for_peer(&peer);
         let invite = self.third_party_invite(
             &InviteTo {
                 peer: &peer,

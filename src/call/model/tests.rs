@@ -2,6 +2,7 @@
 //! the two peers would see.
 
 use super::*;
+use crate::config::TransportKind;
 use crate::sip::message::{parse, Message};
 
 const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
@@ -35,6 +36,7 @@ fn contract_config() -> crate::config::Config {
 fn settings() -> Arc<CallSettings> {
     Arc::new(CallSettings {
         local_sip: "127.0.0.1:5060".parse().unwrap_or_else(|_| unreachable!()),
+        local_tls_port: None,
         policy: MediaPolicy::default(),
         peer_response_timeout: Duration::from_secs(4),
         ring_timeout: Duration::from_secs(60),
