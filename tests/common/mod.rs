@@ -34,6 +34,8 @@ fn media_block() -> [u16; 2] {
 /// A gateway running in this process.
 pub struct Gateway {
     pub sip: SocketAddr,
+    /// `sip.tls_listen`'s address, when configured.
+    pub sip_tls: Option<SocketAddr>,
     pub http: SocketAddr,
     pub grpc: SocketAddr,
     pub db: PathBuf,
@@ -119,6 +121,7 @@ impl Gateway {
         };
         Gateway {
             sip: running.sip,
+            sip_tls: running.sip_tls,
             http: running.http,
             grpc: running.grpc,
             db,
@@ -145,6 +148,7 @@ impl Gateway {
             Err(e) => panic!("gateway did not start again: {e}"),
         };
         self.sip = running.sip;
+        self.sip_tls = running.sip_tls;
         self.http = running.http;
         self.grpc = running.grpc;
         self.running = Some(running);
