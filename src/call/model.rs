@@ -1163,8 +1163,15 @@ impl Call {
         server: ServerTransactionId,
         request: &Request,
     ) {
+        if request.method == Method::Invite && self.refresh_invite_pending(leg) {
+            // §14.2: our own re-INVITE is under way on this dialog.
+            let response = Response::for_request(request, 491, None);
+            self.actions
+                .push_back(Action::SendResponse { server, response });
+            return;
+        }
         let session = match self.peer_refresh(now, leg, request) {
-            Ok(headers) => headers,
+            Ok(timer) => timer,
             Err(min_se) => {
                 // RFC 4028 §9: too short an interval for us.
                 let mut response = Response::for_request(request, 422, None);
@@ -1199,6 +1206,12 @@ impl Call {
                 d.refresh_target(request.contact());
             }
         }
+        // Only a 2xx makes it a refresh (RFC 4028 §10).
+        let session = if answered.is_ok() {
+            self.peer_refreshed(leg, session)
+        } else {
+            Headers::new()
+        };
         let party = self.party(leg);
         self.respond_reoffer(party, server, request, target, answered, session);
     }

@@ -13,6 +13,10 @@ use super::message::{Request, Response};
 /// §4, §5: no session interval below this.
 pub const MIN_SE_FLOOR: Duration = Duration::from_secs(90);
 
+/// No session interval above this, whatever a peer asks or grants (a day: the arithmetic on
+/// clock readings stays far from overflow, and a dead dialog is still found the same day).
+pub const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
+
 /// Who sends the refreshes on a leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refresher {
@@ -62,7 +66,7 @@ impl SessionExpires {
             }
         }
         Some(SessionExpires {
-            interval: Duration::from_secs(seconds),
+            interval: Duration::from_secs(seconds).min(MAX_INTERVAL),
             refresher,
         })
     }
@@ -89,7 +93,7 @@ impl SessionExpires {
 /// Min-SE (§5): delta-seconds.
 pub fn min_se(value: Option<&str>) -> Option<Duration> {
     let seconds: u64 = value?.split(';').next()?.trim().parse().ok()?;
-    Some(Duration::from_secs(seconds))
+    Some(Duration::from_secs(seconds).min(MAX_INTERVAL))
 }
 
 /// `sip.session_expires_secs` and `sip.min_se_secs`.
@@ -159,7 +163,13 @@ pub fn negotiate_as_uac(
                 Some(Role::Uas) => Refresher::Peer,
                 _ => Refresher::Gateway,
             };
-            (granted.interval.max(MIN_SE_FLOOR), refresher)
+            // §9: the UAS may lower the interval asked for, never raise it.
+            (
+                granted
+                    .interval
+                    .clamp(MIN_SE_FLOOR, asked.max(MIN_SE_FLOOR)),
+                refresher,
+            )
         }
         None => (asked.max(settings.min_se), Refresher::Gateway),
     }
@@ -336,6 +346,36 @@ mod tests {
             negotiate_as_uac(&ok(""), asked, &s),
             (asked, Refresher::Gateway)
         );
+    }
+
+    #[test]
+    fn huge_values_are_capped_not_trusted() {
+        let s = settings();
+        let huge = "18446744073709551615";
+        assert_eq!(
+            negotiate_as_uas(&invite(&format!("Min-SE: {huge}\r\n")), &s),
+            UasDecision::Use {
+                interval: MAX_INTERVAL,
+                refresher: Refresher::Gateway
+            }
+        );
+        let asked = Duration::from_secs(1800);
+        assert_eq!(
+            negotiate_as_uac(
+                &ok(&format!("Session-Expires: {huge};refresher=uas\r\n")),
+                asked,
+                &s
+            ),
+            (asked, Refresher::Peer),
+            "a UAS may only lower the interval"
+        );
+        let timer = SessionTimer {
+            interval: MAX_INTERVAL,
+            refresher: Refresher::Peer,
+            since: Instant::now(),
+            update: false,
+        };
+        assert!(timer.expires() > timer.due());
     }
 
     #[test]

@@ -137,6 +137,15 @@ impl Call {
         self.arm_session(leg);
     }
 
+    /// Whether our refresh re-INVITE on `leg` still waits for its answer (a peer's re-INVITE
+    /// meanwhile gets 491, RFC 3261 §14.2).
+    pub(super) fn refresh_invite_pending(&self, leg: Leg) -> bool {
+        self.sessions[index(leg)]
+            .refresh
+            .as_ref()
+            .is_some_and(|r| r.method == Method::Invite && !r.answered)
+    }
+
     fn arm_session(&mut self, leg: Leg) {
         let session = &self.sessions[index(leg)];
         let at = session.timer.map(|timer| match &session.refresh {
@@ -146,16 +155,16 @@ impl Call {
         self.arm(timer_of(leg), at);
     }
 
-    /// The peer on `leg` sent a re-INVITE or UPDATE: a refresh (§9). The headers for our 2xx,
-    /// or the Min-SE of a 422 if its interval is too short.
+    /// The peer on `leg` sent a re-INVITE or UPDATE: a refresh (§9) once answered 2xx. The
+    /// timer it would set (None with timers off), or the Min-SE of a 422.
     pub(super) fn peer_refresh(
-        &mut self,
+        &self,
         now: Instant,
         leg: Leg,
         request: &Request,
-    ) -> Result<Headers, Duration> {
+    ) -> Result<Option<SessionTimer>, Duration> {
         let Some(settings) = self.settings.session_timers else {
-            return Ok(Headers::new());
+            return Ok(None);
         };
         match negotiate_as_uas(request, &settings) {
             UasDecision::TooSmall { min_se } => Err(min_se),
@@ -167,18 +176,33 @@ impl Call {
                     Some(timer) => timer.update,
                     None => session_timer::allows_update(request.headers.list("Allow")),
                 };
-                let timer = SessionTimer {
+                Ok(Some(SessionTimer {
                     interval,
                     refresher,
                     since: now,
                     update,
-                };
-                let mut headers = Headers::new();
-                add_response_headers(&mut headers, &timer);
-                self.set_session(leg, Some(timer));
-                Ok(headers)
+                }))
             }
         }
+    }
+
+    /// The peer's refresh was answered 2xx: its timer applies; the headers for that 2xx. A
+    /// refresh of ours still under way stays tracked (its 2xx must be acknowledged).
+    pub(super) fn peer_refreshed(&mut self, leg: Leg, timer: Option<SessionTimer>) -> Headers {
+        let mut headers = Headers::new();
+        if let Some(timer) = timer {
+            add_response_headers(&mut headers, &timer);
+            self.sessions[index(leg)].timer = Some(timer);
+            if self.sessions[index(leg)]
+                .refresh
+                .as_ref()
+                .is_some_and(|r| r.method == Method::Update || r.answered)
+            {
+                self.sessions[index(leg)].refresh = None;
+            }
+            self.arm_session(leg);
+        }
+        headers
     }
 
     /// `leg`'s session timer is due: refresh it, or end a session the peer let expire.
@@ -317,11 +341,16 @@ impl Call {
                 self.arm_session(leg);
             }
             422 => {
-                // §7.3 (for refreshes as for the INVITE): ask again with the peer's Min-SE.
-                let floor = session_timer::min_se(response.headers.get("Min-SE"));
-                timer.interval = timer.interval.max(floor.unwrap_or(timer.interval));
-                self.sessions[index(leg)].timer = Some(timer);
-                self.send_refresh(leg);
+                // §7.3 (for refreshes as for the INVITE): ask again with the peer's Min-SE, if
+                // it is larger; otherwise the peer makes no sense and is tried again later.
+                match session_timer::min_se(response.headers.get("Min-SE")) {
+                    Some(floor) if floor > timer.interval => {
+                        timer.interval = floor;
+                        self.sessions[index(leg)].timer = Some(timer);
+                        self.send_refresh(leg);
+                    }
+                    _ => self.retry_refresh(now, leg, timer),
+                }
             }
             405 | 501 if method == Method::Update => {
                 // It does not take UPDATE after all: re-INVITE.
@@ -330,18 +359,26 @@ impl Call {
                 self.send_refresh(leg);
             }
             408 | 481 => self.session_dead(leg, "session refresh failed"),
-            _ => {
-                // 491 (glare), 500...: the session is alive; try again shortly, within it.
-                self.sessions[index(leg)].refresh = None;
-                let retry = now + RETRY;
-                if retry < timer.expires() {
-                    self.arm(timer_of(leg), Some(retry));
-                } else {
-                    self.session_dead(leg, "session refresh failed");
-                }
-            }
+            _ => self.retry_refresh(now, leg, timer),
         }
         true
+    }
+
+    /// 491 (glare), 500...: the session is alive; try again shortly, within it.
+    fn retry_refresh(&mut self, now: Instant, leg: Leg, timer: SessionTimer) {
+        if self.sessions[index(leg)]
+            .refresh
+            .as_ref()
+            .is_some_and(|r| r.method == Method::Update || !r.answered)
+        {
+            self.sessions[index(leg)].refresh = None;
+        }
+        let retry = now + RETRY;
+        if retry < timer.expires() {
+            self.arm(timer_of(leg), Some(retry));
+        } else {
+            self.session_dead(leg, "session refresh failed");
+        }
     }
 
     /// Our refresh timed out (Timer B/F): the peer is gone (true if it was a refresh).

@@ -1614,3 +1614,64 @@ fn too_short_a_session_interval_gets_422_with_our_minimum() {
     assert_eq!(refused.headers.get("Min-SE"), Some("90"));
     assert!(h.sent(Method::Invite).is_empty(), "nothing rang");
 }
+
+#[test]
+fn a_peer_reinvite_crossing_our_refresh_gets_491_and_our_refresh_is_still_acknowledged() {
+    let mut h = timed_call("");
+    answer_with(&mut h, &[]);
+    h.advance(Duration::from_secs(60));
+    let Some((ours, _)) = refreshes(&h)
+        .into_iter()
+        .find(|(r, _)| r.call_id() != "a-leg@127.0.0.1")
+    else {
+        panic!("no refresh to the callee");
+    };
+    assert_eq!(ours.method, Method::Invite);
+    // Glare: the agent's own re-INVITE meanwhile.
+    h.agent_sends(20, "INVITE", 5, "");
+    assert_eq!(statuses(&h.responses(20)), vec![491]);
+    // An UPDATE from it is a refresh like any (answered 200 with the interval).
+    h.agent_sends(21, "UPDATE", 6, "Session-Expires: 120\r\n");
+    let update_ok = h.responses(21).pop().unwrap_or_else(|| panic!("no answer"));
+    assert_eq!(update_ok.status, 200);
+    assert_eq!(
+        update_ok.headers.get("Session-Expires"),
+        Some("120;refresher=uas")
+    );
+    // Our re-INVITE's 2xx is still acknowledged.
+    let acks_before = h.sent(Method::Ack).len();
+    respond_to(&mut h, &ours, 200, &[]);
+    assert_eq!(h.sent(Method::Ack).len(), acks_before + 1);
+    assert!(h.outcome().is_none());
+}
+
+#[test]
+fn a_422_without_a_larger_min_se_is_not_retried_at_once() {
+    let mut h = timed_call("Allow: INVITE, ACK, BYE, UPDATE\r\n");
+    answer_with(&mut h, &[("Allow", "INVITE, ACK, BYE, UPDATE")]);
+    h.advance(Duration::from_secs(60));
+    let Some((to_b, _)) = refreshes(&h)
+        .into_iter()
+        .find(|(r, _)| r.call_id() != "a-leg@127.0.0.1")
+    else {
+        panic!("no refresh to the callee");
+    };
+    let before = refreshes(&h).len();
+    respond_to(&mut h, &to_b, 422, &[("Min-SE", "60")]);
+    assert_eq!(refreshes(&h).len(), before, "no storm of refreshes");
+    // A larger Min-SE is honoured at once.
+    h.advance(Duration::from_secs(2));
+    let Some((again, _)) = refreshes(&h)
+        .into_iter()
+        .rev()
+        .find(|(r, _)| r.call_id() != "a-leg@127.0.0.1")
+    else {
+        panic!("no second refresh");
+    };
+    respond_to(&mut h, &again, 422, &[("Min-SE", "600")]);
+    let last = refreshes(&h).pop().map(|(r, _)| r);
+    assert_eq!(
+        last.and_then(|r| r.headers.get("Session-Expires").map(str::to_string)),
+        Some("600;refresher=uac".to_string())
+    );
+}
