@@ -171,6 +171,11 @@ pub struct Digest {
     serial: u64,
     /// Per nonce: the highest nonce count accepted, and when the nonce was born.
     counts: HashMap<String, (u32, u64)>,
+    /// Nonces born at or before this second may have been forgotten while still live: one
+    /// missing from `counts` is answered stale, never taken as unused (a replay otherwise).
+    forgotten_through: Option<u64>,
+    /// [`MAX_NONCES`], smaller in tests.
+    max_nonces: usize,
 }
 
 impl Digest {
@@ -183,6 +188,8 @@ impl Digest {
             epoch: now,
             serial: 0,
             counts: HashMap::new(),
+            forgotten_through: None,
+            max_nonces: MAX_NONCES,
         }
     }
 
@@ -297,7 +304,16 @@ impl Digest {
         // The digest's `uri` is hashed in, but not held to the Request-URI: SIPp and others
         // name the gateway's address there. A captured answer stays useless all the same: its
         // nonce count is spent, and a changed count breaks the hash.
-        let highest = self.counts.get(auth.nonce).map_or(0, |(count, _)| *count);
+        let highest = match self.counts.get(auth.nonce) {
+            Some((count, _)) => *count,
+            None if self
+                .forgotten_through
+                .is_some_and(|through| born <= through) =>
+            {
+                return Verdict::Challenge(self.challenge(now, credentials, true));
+            }
+            None => 0,
+        };
         if count <= highest {
             // The same nonce count again: a replay (or a retransmission that is not one).
             return Verdict::Challenge(self.challenge(now, credentials, true));
@@ -307,15 +323,18 @@ impl Digest {
     }
 
     fn remember(&mut self, now: Instant, nonce: &str, count: u32, born: u64) {
-        if self.counts.len() >= MAX_NONCES && !self.counts.contains_key(nonce) {
-            let horizon = self.seconds(now).saturating_sub(self.lifetime.as_secs());
-            self.counts.retain(|_, (_, b)| *b > horizon);
-            if self.counts.len() >= MAX_NONCES {
+        if self.counts.len() >= self.max_nonces && !self.counts.contains_key(nonce) {
+            // Expired ones first: they are refused on their age anyway.
+            let (seconds, lifetime) = (self.seconds(now), self.lifetime.as_secs());
+            self.counts
+                .retain(|_, (_, b)| seconds.saturating_sub(*b) < lifetime);
+            if self.counts.len() >= self.max_nonces {
                 // Still full of live nonces: forget the oldest half (they will be answered stale).
                 let mut births: Vec<u64> = self.counts.values().map(|(_, b)| *b).collect();
                 births.sort_unstable();
                 let cut = births[births.len() / 2];
                 self.counts.retain(|_, (_, b)| *b > cut);
+                self.forgotten_through = Some(self.forgotten_through.map_or(cut, |f| f.max(cut)));
             }
         }
         self.counts.insert(nonce.to_string(), (count, born));
@@ -476,6 +495,34 @@ mod tests {
         assert!(
             first_challenge(digest.check(t0, &invite(Some(forged)), &creds)).contains("stale=true")
         );
+    }
+
+    #[test]
+    fn a_nonce_forgotten_while_live_is_stale_not_new() {
+        let t0 = Instant::now();
+        let mut digest = Digest::new("gw", [7; 32], Duration::from_secs(300), t0);
+        digest.max_nonces = 1000;
+        let creds = credentials();
+        let value = first_challenge(digest.check(t0, &invite(None), &creds));
+        let used = answer(&value, Algorithm::Sha256, "s3cret-trunk", 1);
+        assert_eq!(
+            digest.check(t0, &invite(Some(used.clone())), &creds),
+            Verdict::Pass
+        );
+        // A busy trunk fills the table with newer live nonces: the oldest are forgotten.
+        for n in 0..1000 {
+            let later = t0 + Duration::from_millis(1 + n * 200);
+            let fresh = first_challenge(digest.check(later, &invite(None), &creds));
+            let ok = answer(&fresh, Algorithm::Sha256, "s3cret-trunk", 1);
+            assert_eq!(
+                digest.check(later, &invite(Some(ok)), &creds),
+                Verdict::Pass
+            );
+        }
+        assert!(digest.counts.len() < 1000);
+        // The first answer again: its nonce is still live but forgotten, so not let in.
+        let replay = digest.check(t0 + Duration::from_secs(200), &invite(Some(used)), &creds);
+        assert!(first_challenge(replay).contains("stale=true"));
     }
 
     #[test]
