@@ -597,6 +597,14 @@ impl Config {
             .peers
             .iter()
             .position(|p| p.transport == TransportKind::Tls);
+        if let (Some(index), None) = (tls_peer, self.sip.tls_listen) {
+            // Its requests in the dialog (a BYE) may come on a connection of its own, to the
+            // port our Contact names: that must speak TLS.
+            return Err(invalid(
+                format!("peer[{index}].transport"),
+                "a tls peer needs sip.tls_listen (and tls_cert, tls_key): its requests come back over TLS".into(),
+            ));
+        }
         if (self.sip.tls_listen.is_some() || tls_peer.is_some()) && self.sip.tls_ca.is_none() {
             let key = match tls_peer {
                 Some(index) if self.sip.tls_listen.is_none() => format!("peer[{index}].transport"),

@@ -256,6 +256,9 @@ pub struct Endpoint {
     max_transactions: usize,
     /// Digest authentication of peers that have credentials ([`Endpoint::with_auth`]).
     auth: Option<super::auth::Digest>,
+    /// Client transactions over TCP/TLS per peer address: a lost connection to an address
+    /// with none costs no scan (strangers' connections come and go).
+    reliable_clients: HashMap<SocketAddr, usize>,
 }
 
 impl Endpoint {
@@ -292,6 +295,7 @@ impl Endpoint {
             supported: Vec::new(),
             max_transactions: usize::MAX,
             auth: None,
+            reliable_clients: HashMap::new(),
         };
         (endpoint, handle, command_queue)
     }
@@ -422,8 +426,8 @@ impl Endpoint {
                 },
                 item = inbound.recv() => match item {
                     Some(TransportEvent::Inbound(item)) => self.handle_inbound(Instant::now(), item),
-                    Some(TransportEvent::ConnectionLost { address }) => {
-                        self.connection_lost(Instant::now(), address);
+                    Some(TransportEvent::ConnectionLost { address, secure }) => {
+                        self.connection_lost(Instant::now(), address, secure);
                     }
                     None => return,
                 },
@@ -437,11 +441,23 @@ impl Endpoint {
     /// A TCP connection to `address` failed: requests sent over it and still unanswered get a
     /// 503 at once (§8.1.3.1) instead of waiting for Timer B/F, so a call fails over or ends
     /// now rather than 32 s later.
-    fn connection_lost(&mut self, now: Instant, address: SocketAddr) {
+    fn connection_lost(&mut self, now: Instant, address: SocketAddr, secure: bool) {
+        if self.reliable_clients.get(&address).copied().unwrap_or(0) == 0 {
+            return;
+        }
+        if self.transport.is_connected(address, secure) {
+            // A newer connection to the peer is up (the lost one was an older or a failed
+            // attempt): requests in flight went, or go, over that one.
+            return;
+        }
         let failed: Vec<ClientKey> = self
             .clients
             .iter_mut()
-            .filter(|(_, entry)| entry.target.is_reliable() && entry.target.address() == address)
+            .filter(|(_, entry)| {
+                entry.target.is_reliable()
+                    && entry.target.is_secure() == secure
+                    && entry.target.address() == address
+            })
             .filter_map(|(key, entry)| {
                 let waiting = match &mut entry.machine {
                     ClientMachine::Invite(m) => m.handle_transport_error(),
@@ -462,6 +478,17 @@ impl Endpoint {
                 });
             }
             self.service_client(now, &key, false);
+        }
+    }
+
+    fn count_reliable(&mut self, target: Target, delta: isize) {
+        if !target.is_reliable() {
+            return;
+        }
+        let count = self.reliable_clients.entry(target.address()).or_insert(0);
+        *count = count.saturating_add_signed(delta);
+        if *count == 0 {
+            self.reliable_clients.remove(&target.address());
         }
     }
 
@@ -513,7 +540,8 @@ impl Endpoint {
         };
         self.metrics.increment(Counter::TransactionsTotal);
         self.metrics.add_gauge(Gauge::TransactionsActive, 1);
-        self.clients.insert(
+        self.count_reliable(target, 1);
+        let replaced = self.clients.insert(
             key.clone(),
             ClientEntry {
                 machine,
@@ -523,6 +551,10 @@ impl Endpoint {
                 armed: None,
             },
         );
+        if let Some(old) = replaced {
+            self.count_reliable(old.target, -1);
+            self.metrics.add_gauge(Gauge::TransactionsActive, -1);
+        }
         self.service_client(now, &key, false);
     }
 
@@ -702,8 +734,11 @@ impl Endpoint {
             self.shed(&request, source, flow);
             return;
         }
+        // ACK and CANCEL belong to a transaction already admitted: a CANCEL refused here would
+        // leave a desk ringing for a caller who is gone.
         if out_of_dialog
             && request.method != Method::Ack
+            && request.method != Method::Cancel
             && self.servers.len() >= self.max_transactions
         {
             self.metrics.increment(Counter::SipRefusedTransactions);
@@ -904,7 +939,7 @@ impl Endpoint {
             .collect();
         if !unsupported.is_empty() {
             // §8.2.2.3: an extension we do not do was required.
-            let mut response = Response::for_request(&request, 420, None);
+            let mut response = Response::for_request(&request, 420, Some("gw-ext"));
             response.headers.push("Unsupported", unsupported.join(", "));
             self.respond(now, id, response);
             return;
@@ -1067,7 +1102,9 @@ impl Endpoint {
             ClientMachine::NonInvite(m) => m.poll_timeout(),
         };
         if terminated {
-            self.clients.remove(key);
+            if let Some(entry) = self.clients.remove(key) {
+                self.count_reliable(entry.target, -1);
+            }
             self.metrics.add_gauge(Gauge::TransactionsActive, -1);
         } else if let Some(at) = deadline {
             if entry.armed.is_none_or(|armed| at < armed) {

@@ -144,6 +144,7 @@ pub enum TransportEvent {
     /// sent on it and still unanswered have failed (§17.1.1.2: a transport error).
     ConnectionLost {
         address: SocketAddr,
+        secure: bool,
     },
 }
 
@@ -174,6 +175,8 @@ pub struct Transport {
     tls: Option<Arc<super::tls::TlsSettings>>,
     /// Where TLS is accepted (its port resolved).
     tls_local: Option<SocketAddr>,
+    /// Inbound TLS handshakes under way: they count against `max_tcp_connections` too.
+    handshaking: Arc<std::sync::atomic::AtomicUsize>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 }
@@ -240,6 +243,7 @@ impl Transport {
             config: Arc::new(config),
             tls: tls.map(Arc::new),
             tls_local: tls_listener.as_ref().and_then(|l| l.local_addr().ok()),
+            handshaking: Arc::default(),
             metrics,
             shutdown,
         };
@@ -323,7 +327,7 @@ impl Transport {
                         Err(reason) => {
                             transport.metrics.increment(Counter::TlsHandshakeFailures);
                             tracing::warn!(%address, %reason, "TLS connection to peer failed");
-                            transport.lost(address).await;
+                            transport.lost(address, true).await;
                         }
                     }
                 }
@@ -334,11 +338,11 @@ impl Transport {
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(%address, error = %e, "TCP connect failed");
-                    transport.lost(address).await;
+                    transport.lost(address, secure).await;
                 }
                 Err(_) => {
                     tracing::warn!(%address, "TCP connect timed out");
-                    transport.lost(address).await;
+                    transport.lost(address, secure).await;
                 }
             }
         });
@@ -410,7 +414,7 @@ impl Transport {
             };
             match accepted {
                 Ok((stream, address)) => {
-                    let open = self.lock().writers.len();
+                    let open = self.lock().writers.len() + self.handshaking.load(Ordering::Relaxed);
                     if open >= self.config.max_tcp_connections {
                         // Closed at once (dropped): file descriptors and tasks stay bounded.
                         self.metrics.increment(Counter::TcpConnectionsRefused);
@@ -429,8 +433,12 @@ impl Transport {
                         continue;
                     };
                     let transport = self.clone();
+                    self.handshaking.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(async move {
-                        match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                        let handshake =
+                            tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await;
+                        transport.handshaking.fetch_sub(1, Ordering::Relaxed);
+                        match handshake {
                             Ok(Ok(stream)) => {
                                 transport.register(stream, address, true);
                             }
@@ -499,17 +507,22 @@ impl Transport {
                 }
             }
             if !transport.shutdown.is_cancelled() {
-                transport.lost(address).await;
+                transport.lost(address, secure).await;
             }
         });
         id
     }
 
-    async fn lost(&self, address: SocketAddr) {
+    async fn lost(&self, address: SocketAddr, secure: bool) {
         let _ = self
             .inbound
-            .send(TransportEvent::ConnectionLost { address })
+            .send(TransportEvent::ConnectionLost { address, secure })
             .await;
+    }
+
+    /// Whether a connection to `address` (TLS if `secure`) is open now.
+    pub fn is_connected(&self, address: SocketAddr, secure: bool) -> bool {
+        self.lock().by_address.contains_key(&(address, secure))
     }
 
     async fn read_connection(
