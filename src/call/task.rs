@@ -428,7 +428,10 @@ async fn finish_record(
     );
     // Held (the disk is full) is fine: the store says so once and writes it when it can.
     if let Err(error) = services.store.call_ended(record.clone()).await {
-        services.metrics.increment(Counter::StoreWriteErrors);
+        // A refused record is counted by the writer; a stopped writer counts nothing.
+        if matches!(error, crate::store::StoreError::Closed) {
+            services.metrics.increment(Counter::StoreWriteErrors);
+        }
         tracing::error!(%error, "call record not written");
     }
 }

@@ -271,6 +271,14 @@ impl Store {
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&connection)?;
+        // Blocked numbers whose time is up are of no use any more (best effort: a full disk
+        // must not keep the gateway from starting).
+        if let Err(error) = connection.execute(
+            "DELETE FROM blocked_numbers WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+            params![unix_millis(SystemTime::now())],
+        ) {
+            tracing::warn!(path = %path.display(), %error, "expired blocked numbers not deleted");
+        }
         if let Some(bytes) = options.max_size_bytes {
             let page_size: i64 = connection.query_row("PRAGMA page_size", [], |row| row.get(0))?;
             let pages = (bytes as i64 / page_size.max(1)).max(1);
@@ -609,8 +617,11 @@ struct Writer {
     last_report: Instant,
 }
 
-/// Most operations in one transaction (the hold's are added to them).
+/// Most operations taken from the queue at once.
 const BATCH: usize = 4096;
+
+/// Most operations in one transaction (a long hold is committed in several).
+const CHUNK: usize = 8192;
 
 /// While failing, how often the log says so again.
 const REPORT: Duration = Duration::from_secs(60);
@@ -677,68 +688,88 @@ impl Writer {
         }
     }
 
-    /// Commits the hold and `batch` in one transaction; on failure keeps them (disk full or
-    /// read-only: it may come back) or gives them up (anything else would fail again).
+    /// Commits the hold and `batch`, in order, in transactions of at most [`CHUNK`]
+    /// operations: a long hold lands in pieces, as far as the space that came back allows.
+    /// When a commit fails for want of space or permission (it may come back), that chunk and
+    /// everything after it are held again; any other error (it would fail again) costs only
+    /// the operations that cause it, found by committing that chunk one by one.
     fn commit(&mut self, batch: &mut Vec<WriteOp>) {
-        self.last_attempt = Instant::now();
-        let mut ops: Vec<WriteOp> = self.held.drain(..).collect();
-        ops.append(batch);
+        let mut ops: VecDeque<WriteOp> = std::mem::take(&mut self.held);
+        ops.extend(batch.drain(..));
         let held_before = std::mem::take(&mut self.held_records);
-        match write_batch(&mut self.connection, &ops) {
-            Ok(()) => {
-                if let Some(since) = self.failing_since.take() {
-                    tracing::warn!(path = %self.path.display(), records = held_before,
-                        failing_secs = since.elapsed().as_secs(),
-                        "store writing again: held records committed");
-                }
-                // The health first: whoever hears of the commit sees it already.
-                self.report();
-                for op in ops {
-                    reply(op, Ok(Written::Committed));
-                }
-            }
-            Err(error) if worth_retrying(&error) => {
-                self.metrics.increment(Counter::StoreWriteErrors);
-                let now = Instant::now();
-                let first = self.failing_since.is_none();
-                self.failing_since.get_or_insert(now);
-                let mut flushes = Vec::new();
-                for op in ops {
-                    match op {
-                        WriteOp::Flush(done) => flushes.push(done),
-                        op => self.hold(op),
+        let mut failure = None;
+        while !ops.is_empty() {
+            let chunk: Vec<WriteOp> = ops.drain(..ops.len().min(CHUNK)).collect();
+            match write_batch(&mut self.connection, &chunk) {
+                Ok(()) => {
+                    for op in chunk {
+                        reply(op, Ok(Written::Committed));
                     }
                 }
-                self.report();
-                for done in flushes {
-                    let _ = done.send(Err(format!(
-                        "{error} ({} records held in memory, not yet written)",
-                        self.held_records
-                    )));
+                Err(error) if worth_retrying(&error) => {
+                    for (position, op) in chunk.into_iter().enumerate() {
+                        ops.insert(position, op);
+                    }
+                    failure = Some(error);
+                    break;
                 }
-                if first {
-                    self.last_report = now;
+                Err(error) => {
                     tracing::error!(path = %self.path.display(), %error,
-                        "store cannot write (disk full or read-only?): calls go on, their records are held in memory and retried every second");
-                } else if now.duration_since(self.last_report) >= REPORT {
-                    self.last_report = now;
-                    tracing::error!(path = %self.path.display(), %error, records = self.held_records,
-                        "store still cannot write; records held in memory");
-                }
-            }
-            Err(error) => {
-                let reason = error.to_string();
-                let lost: usize = ops.iter().map(WriteOp::records).sum();
-                self.metrics.increment(Counter::StoreWriteErrors);
-                self.metrics.add(Counter::StoreRecordsLost, lost as u64);
-                tracing::error!(path = %self.path.display(), %error, records = lost,
-                    "store refused records: not written");
-                for op in ops {
-                    reply(op, Err(reason.clone()));
+                        "store refused a batch: committing it one by one");
+                    for op in chunk {
+                        match write_batch(&mut self.connection, std::slice::from_ref(&op)) {
+                            Ok(()) => reply(op, Ok(Written::Committed)),
+                            Err(error) => {
+                                self.metrics.increment(Counter::StoreWriteErrors);
+                                self.metrics
+                                    .add(Counter::StoreRecordsLost, op.records() as u64);
+                                tracing::error!(path = %self.path.display(), %error,
+                                    "store refused a record: not written");
+                                reply(op, Err(error.to_string()));
+                            }
+                        }
+                    }
                 }
             }
         }
+        self.last_attempt = Instant::now();
+        let Some(error) = failure else {
+            if let Some(since) = self.failing_since.take() {
+                tracing::warn!(path = %self.path.display(), records = held_before,
+                    failing_secs = since.elapsed().as_secs(),
+                    "store writing again: held records committed");
+            }
+            self.report();
+            return;
+        };
+        self.metrics.increment(Counter::StoreWriteErrors);
+        let now = Instant::now();
+        let first = self.failing_since.is_none();
+        self.failing_since.get_or_insert(now);
+        let mut flushes = Vec::new();
+        for op in ops {
+            match op {
+                WriteOp::Flush(done) => flushes.push(done),
+                op => self.hold(op),
+            }
+        }
+        // The health first: whoever hears of the failure sees it already.
         self.report();
+        for done in flushes {
+            let _ = done.send(Err(format!(
+                "{error} ({} records held in memory, not yet written)",
+                self.held_records
+            )));
+        }
+        if first {
+            self.last_report = now;
+            tracing::error!(path = %self.path.display(), %error,
+                "store cannot write (disk full or read-only?): calls go on, their records are held in memory and retried every second");
+        } else if now.duration_since(self.last_report) >= REPORT {
+            self.last_report = now;
+            tracing::error!(path = %self.path.display(), %error, records = self.held_records,
+                "store still cannot write; records held in memory");
+        }
     }
 
     /// Keeps `op` for the next attempt; a waiting call is told its record is held. Beyond

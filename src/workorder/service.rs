@@ -47,6 +47,9 @@ pub struct WorkOrderService {
     blocklist: Option<(Arc<Blocklist>, Store)>,
 }
 
+/// Longest reason a Block may give (the list is held in memory).
+const MAX_REASON: usize = 256;
+
 impl WorkOrderService {
     pub fn new(
         hub: Arc<EventHub>,
@@ -101,17 +104,26 @@ impl WorkOrderService {
             ));
         };
         let Some((reason, minutes)) = entry else {
-            if !blocklist.unblock(number) {
+            let listed = blocklist.unblock(number);
+            // An entry that expired meanwhile leaves its row: it goes too.
+            store.unblock_number(number).await.map_err(|e| {
+                CommandError::new(ErrorCode::NotAllowedNow, format!("not stored: {e}"))
+            })?;
+            if !listed {
                 return Err(CommandError::new(
                     ErrorCode::Invalid,
                     format!("{number} is not on the API's blocklist"),
                 ));
             }
             tracing::info!(platform, number, "number taken off the blocklist");
-            return store.unblock_number(number).await.map_err(|e| {
-                CommandError::new(ErrorCode::NotAllowedNow, format!("not stored: {e}"))
-            });
+            return Ok(());
         };
+        if reason.len() > MAX_REASON {
+            return Err(CommandError::new(
+                ErrorCode::Invalid,
+                format!("the reason is longer than {MAX_REASON} bytes"),
+            ));
+        }
         let now = unix_millis(SystemTime::now());
         let record = store::BlockedNumberRecord {
             number: number.to_string(),
