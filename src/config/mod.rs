@@ -144,8 +144,9 @@ pub struct SipConfig {
     pub ring_timeout_secs: u64,
     /// Server transactions in progress at once (RFC 3261 keeps a finished one up to 32 s to
     /// absorb retransmissions); beyond, new requests outside dialogs get a stateless 503 +
-    /// Retry-After, requests in dialogs still go through (default 200,000: the full call rate
-    /// needs about 150,000).
+    /// Retry-After, requests in dialogs still go through (default 400,000: at the full call
+    /// rate of 2,000/s, each call's INVITE and BYE server transactions staying 32 s, about
+    /// 130,000 are in progress).
     #[serde(default = "default_max_transactions")]
     pub max_transactions: usize,
     /// Concurrent calls accepted; beyond this new INVITEs get 503 (default 4000).
@@ -432,7 +433,7 @@ fn default_auth_nonce_secs() -> u64 {
     300
 }
 fn default_max_transactions() -> usize {
-    200_000
+    400_000
 }
 fn default_session_expires_secs() -> u64 {
     1800

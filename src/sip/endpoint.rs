@@ -338,6 +338,7 @@ impl Endpoint {
     /// banned ([`super::guard`]). Without it every source reaches the dispatcher.
     #[must_use]
     pub fn with_guard(mut self, guard: Guard, router: Arc<Router>) -> Endpoint {
+        self.transport.bans().know_peers(Arc::clone(&router));
         self.guard = Some((guard, router));
         self
     }
@@ -359,6 +360,7 @@ impl Endpoint {
         let verdict = guard.check(now, source.ip(), is_peer, user_agent);
         if let Some(ban) = guard.take_ban() {
             self.metrics.increment(Counter::SipBans);
+            self.transport.bans().ban(ban.source, ban.until);
             tracing::warn!(source = %ban.source, "source banned for flooding");
         }
         match verdict {

@@ -177,8 +177,50 @@ pub struct Transport {
     tls_local: Option<SocketAddr>,
     /// Inbound TLS handshakes under way: they count against `max_tcp_connections` too.
     handshaking: Arc<std::sync::atomic::AtomicUsize>,
+    bans: Arc<Bans>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+}
+
+/// Sources the guard banned, and until when: their datagrams are dropped before they are
+/// parsed and their connections closed at accept, so a flood costs a lookup per datagram.
+/// The guard decides; the transport only looks.
+#[derive(Default)]
+pub struct Bans {
+    banned: dashmap::DashMap<std::net::IpAddr, Instant>,
+    /// A peer sharing a banned IP (another port of it) is never dropped.
+    peers: std::sync::OnceLock<Arc<crate::routing::Router>>,
+}
+
+impl Bans {
+    pub fn ban(&self, source: std::net::IpAddr, until: Instant) {
+        self.banned.insert(source, until);
+    }
+
+    /// Who the peers are (set once, with the guard).
+    pub fn know_peers(&self, router: Arc<crate::routing::Router>) {
+        let _ = self.peers.set(router);
+    }
+
+    /// `source` is canonical (IPv4-mapped addresses as IPv4).
+    pub fn is_banned(&self, source: SocketAddr, now: Instant) -> bool {
+        if self.banned.is_empty() {
+            return false;
+        }
+        let banned = match self.banned.get(&source.ip()).map(|until| *until) {
+            Some(until) if now < until => true,
+            Some(_) => {
+                self.banned.remove(&source.ip());
+                false
+            }
+            None => false,
+        };
+        banned
+            && !self
+                .peers
+                .get()
+                .is_some_and(|router| router.peer_for_source(source).is_some())
+    }
 }
 
 /// How long a TLS handshake may take.
@@ -244,6 +286,7 @@ impl Transport {
             tls: tls.map(Arc::new),
             tls_local: tls_listener.as_ref().and_then(|l| l.local_addr().ok()),
             handshaking: Arc::default(),
+            bans: Arc::default(),
             metrics,
             shutdown,
         };
@@ -264,6 +307,11 @@ impl Transport {
 
     pub fn tls_local_address(&self) -> Option<SocketAddr> {
         self.tls_local
+    }
+
+    /// The sources dropped before parsing (the endpoint's guard fills it).
+    pub fn bans(&self) -> &Bans {
+        &self.bans
     }
 
     /// Sends `bytes` to `target` without waiting.
@@ -367,6 +415,13 @@ impl Transport {
             if datagram.iter().all(|b| matches!(b, b'\r' | b'\n' | 0)) {
                 continue; // keep-alive
             }
+            if self
+                .bans
+                .is_banned(crate::routing::canonical(source), Instant::now())
+            {
+                self.metrics.increment(Counter::SipDroppedBanned);
+                continue;
+            }
             let inbound = Inbound {
                 received: Instant::now(),
                 message: message::parse(datagram),
@@ -414,6 +469,13 @@ impl Transport {
             };
             match accepted {
                 Ok((stream, address)) => {
+                    if self
+                        .bans
+                        .is_banned(crate::routing::canonical(address), Instant::now())
+                    {
+                        self.metrics.increment(Counter::SipDroppedBanned);
+                        continue;
+                    }
                     let open = self.lock().writers.len() + self.handshaking.load(Ordering::Relaxed);
                     if open >= self.config.max_tcp_connections {
                         // Closed at once (dropped): file descriptors and tasks stay bounded.
