@@ -216,10 +216,10 @@ impl Bans {
             None => false,
         };
         banned
-            && !self
+            && self
                 .peers
                 .get()
-                .is_some_and(|router| router.peer_for_source(source).is_some())
+                .is_none_or(|router| router.peer_for_source(source).is_none())
     }
 }
 
