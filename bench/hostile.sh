@@ -5,7 +5,8 @@
 # SIPp carrier (127.0.0.1:5070, a peer) calls the SIPp hotline at PEER_RATE calls/s.
 # Prints what the gateway refused (metrics), the peer's calls (SIPp's counts) and the
 # gateway's resident memory before, during and after.
-#   bench/hostile.sh            PEER_RATE (200), FLOOD_RATE (5000), SECS (30), HOLD_MS (1000)
+#   bench/hostile.sh            PEER_RATE (200), FLOOD_RATE (5000), SECS (30), HOLD_MS (1000),
+#                               AFTER_SECS (40: when "after" is sampled, once the load ended)
 #   FLOOD_RATE=0 bench/hostile.sh   the same peer load alone, for the memory baseline
 # Not part of the test suite. Needs sipp and sipvicious (apt-get install sip-tester sipvicious).
 set -euo pipefail
@@ -16,6 +17,7 @@ peer_rate="${PEER_RATE:-200}"
 flood_rate="${FLOOD_RATE:-5000}"
 secs="${SECS:-30}"
 hold="${HOLD_MS:-1000}"
+after="${AFTER_SECS:-40}"
 for tool in sipp svmap svwar svcrack; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install sip-tester sipvicious)" >&2; exit 2; }
 done
@@ -69,7 +71,7 @@ wait "$flooder" 2>/dev/null || true
 peer_status=0
 wait "$peer" || peer_status=$?
 # After the transactions' timers have run out (64*T1 = 32 s).
-sleep 40
+sleep "$after"
 rss_after=$(rss)
 transactions_after=$(metric hotline_sip_transactions_active)
 calls_after=$(metric hotline_calls_active)
@@ -86,4 +88,4 @@ for name in hotline_sip_rejected_unknown_peer_total hotline_sip_dropped_scanner_
   echo "$name $(metric "$name")"
 done
 curl -s http://127.0.0.1:9090/metrics | grep '^hotline_calls_total' || true
-echo "gateway RSS: before ${rss_before} kB, during ${rss_during} kB, 40 s after ${rss_after} kB (transactions ${transactions_after}, calls ${calls_after})"
+echo "gateway RSS: before ${rss_before} kB, during ${rss_during} kB, ${after} s after ${rss_after} kB (transactions ${transactions_after}, calls ${calls_after})"

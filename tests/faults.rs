@@ -11,6 +11,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
+/// The citizen's INVITE to 12345 (G.711 A-law offer, `extra` header lines), sent; with the
+/// RTP socket its offer names.
+async fn citizen_calls(
+    citizen: &mut Ua,
+    extra: &str,
+) -> (hotline_gateway::sip::message::Request, common::RtpPeer) {
+    let rtp = common::RtpPeer::bind(LOCALHOST).await;
+    let invite = citizen.invite(
+        "12345",
+        "13800138000",
+        &common::sdp(rtp.address, &[8], "sendrecv"),
+        extra,
+    );
+    citizen.send_request(&invite).await;
+    (invite, rtp)
+}
+
 /// Waits (bounded) until `name` on `/metrics` reads `value`.
 async fn metric_reaches(gateway: &Gateway, name: &str, value: f64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -119,14 +136,7 @@ async fn a_tcp_connection_reset_mid_transaction_fails_over_at_once() {
     citizen.set_gateway(gateway.sip);
     backup.set_gateway(gateway.sip);
 
-    let caller_rtp = common::RtpPeer::bind(LOCALHOST).await;
-    let invite = citizen.invite(
-        "12345",
-        "13800138000",
-        &common::sdp(caller_rtp.address, &[8], "sendrecv"),
-        "",
-    );
-    citizen.send_request(&invite).await;
+    let (invite, _caller_rtp) = citizen_calls(&mut citizen, "").await;
     // The desk: reads the INVITE, answers 100, then resets the connection.
     let (mut stream, _) = match tokio::time::timeout(common::WAIT, desk.accept()).await {
         Ok(Ok(accepted)) => accepted,
@@ -217,14 +227,11 @@ async fn a_peer_that_vanishes_mid_call_is_found_by_the_session_refresh() {
     .await;
     citizen.set_gateway(gateway.sip);
     agent.set_gateway(gateway.sip);
-    let caller_rtp = common::RtpPeer::bind(LOCALHOST).await;
-    let invite = citizen.invite(
-        "12345",
-        "13800138000",
-        &common::sdp(caller_rtp.address, &[8], "sendrecv"),
+    let (invite, _caller_rtp) = citizen_calls(
+        &mut citizen,
         "Allow: INVITE, ACK, BYE, CANCEL, UPDATE\r\nSupported: timer\r\n",
-    );
-    citizen.send_request(&invite).await;
+    )
+    .await;
     let incoming = agent.expect_request("INVITE").await;
     assert_eq!(incoming.headers.get("Session-Expires"), Some("90"));
     let callee_rtp = common::RtpPeer::bind(LOCALHOST).await;

@@ -600,7 +600,13 @@ impl Endpoint {
                 }
                 machine.send_response(now, response.status, bytes);
             }
-            ServerMachine::NonInvite(machine) => machine.send_response(now, response.status, bytes),
+            ServerMachine::NonInvite(machine) => {
+                machine.send_response(now, response.status, bytes);
+                if response.status >= 200 {
+                    // Retransmissions are answered from here on (Timer J): no call needed.
+                    entry.owner = None;
+                }
+            }
         }
         self.service_server(now, &key, false);
     }
@@ -853,7 +859,9 @@ impl Endpoint {
             {
                 let first = machine.handle_ack(now);
                 if first {
-                    if let Some(owner) = owner {
+                    // The call needs nothing more of this transaction: letting go of its
+                    // channel frees it when the call ends, not 32 s later (Timer L).
+                    if let Some(owner) = owner.take() {
                         let _ = owner.send(SipEvent::Ack { request });
                     }
                 }
@@ -1011,10 +1019,11 @@ impl Endpoint {
         if let Some(merge) = &merge_key {
             self.merged.insert(merge.clone(), key.branch.clone());
         }
+        let new_merge = merge_key.clone();
         self.metrics.increment(Counter::TransactionsTotal);
         self.metrics.add_gauge(Gauge::TransactionsActive, 1);
         self.server_keys.insert(id, key.clone());
-        self.servers.insert(
+        let replaced = self.servers.insert(
             key,
             ServerEntry {
                 id,
@@ -1026,6 +1035,17 @@ impl Endpoint {
                 armed: None,
             },
         );
+        // Only requests without an RFC 3261 branch can collide: the older entry's indexes go.
+        if let Some(old) = replaced {
+            self.server_keys.remove(&old.id);
+            if let Some(merge) = old.merge_key.filter(|m| Some(m) != new_merge.as_ref()) {
+                self.merged.remove(&merge);
+            }
+            if let Some(accepted) = old.accepted_key {
+                self.accepted.remove(&accepted);
+            }
+            self.metrics.add_gauge(Gauge::TransactionsActive, -1);
+        }
         id
     }
 
