@@ -698,13 +698,13 @@ impl Writer {
         ops.extend(batch.drain(..));
         let held_before = std::mem::take(&mut self.held_records);
         let mut failure = None;
+        // Replies go once the health is updated: whoever hears of a commit sees it already.
+        let mut replies: Vec<(WriteOp, Result<Written, String>)> = Vec::new();
         while !ops.is_empty() {
             let chunk: Vec<WriteOp> = ops.drain(..ops.len().min(CHUNK)).collect();
             match write_batch(&mut self.connection, &chunk) {
                 Ok(()) => {
-                    for op in chunk {
-                        reply(op, Ok(Written::Committed));
-                    }
+                    replies.extend(chunk.into_iter().map(|op| (op, Ok(Written::Committed))));
                 }
                 Err(error) if worth_retrying(&error) => {
                     for (position, op) in chunk.into_iter().enumerate() {
@@ -718,14 +718,14 @@ impl Writer {
                         "store refused a batch: committing it one by one");
                     for op in chunk {
                         match write_batch(&mut self.connection, std::slice::from_ref(&op)) {
-                            Ok(()) => reply(op, Ok(Written::Committed)),
+                            Ok(()) => replies.push((op, Ok(Written::Committed))),
                             Err(error) => {
                                 self.metrics.increment(Counter::StoreWriteErrors);
                                 self.metrics
                                     .add(Counter::StoreRecordsLost, op.records() as u64);
                                 tracing::error!(path = %self.path.display(), %error,
                                     "store refused a record: not written");
-                                reply(op, Err(error.to_string()));
+                                replies.push((op, Err(error.to_string())));
                             }
                         }
                     }
@@ -740,6 +740,9 @@ impl Writer {
                     "store writing again: held records committed");
             }
             self.report();
+            for (op, result) in replies {
+                reply(op, result);
+            }
             return;
         };
         self.metrics.increment(Counter::StoreWriteErrors);
@@ -755,6 +758,9 @@ impl Writer {
         }
         // The health first: whoever hears of the failure sees it already.
         self.report();
+        for (op, result) in replies {
+            reply(op, result);
+        }
         for done in flushes {
             let _ = done.send(Err(format!(
                 "{error} ({} records held in memory, not yet written)",
