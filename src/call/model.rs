@@ -349,6 +349,8 @@ struct Attempt {
     settled: bool,
     /// A 2xx that came after we gave the attempt up was answered with BYE.
     released: bool,
+    /// This INVITE is the retry after a 422 (RFC 4028 §7.3): no second one.
+    session_retried: bool,
 }
 
 /// A blind transfer under way: our INVITE to the target, while citizen and agent still talk.
@@ -400,6 +402,7 @@ impl Attempt {
             timed_out: false,
             settled: false,
             released: false,
+            session_retried: false,
         }
     }
 }
@@ -1320,6 +1323,10 @@ impl Call {
             }
             101..=199 => self.handle_provisional(now, response),
             200..=299 => self.handle_answer(now, response),
+            422 if self.retry_with_min_se(now, &response) => {}
+            // A callee's 422 is about our interval, not the caller's: the caller learns only
+            // that the call could not be set up (a 422 to it would need a Min-SE of its own).
+            422 => self.handle_failure(now, 500, "Server Internal Error".into()),
             _ => self.handle_failure(now, response.status, response.reason.clone()),
         }
     }
@@ -1928,6 +1935,7 @@ impl Call {
             timed_out: false,
             settled: true,
             released: false,
+            session_retried: false,
         };
         self.transfer = Some(Transfer {
             from,

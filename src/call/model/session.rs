@@ -87,6 +87,63 @@ impl Call {
         }
     }
 
+    /// RFC 4028 §7.3: the callee wants a longer interval (422 with Min-SE): the same INVITE
+    /// again, once, with CSeq + 1 and that interval. False if there is nothing to retry.
+    pub(super) fn retry_with_min_se(&mut self, now: Instant, response: &Response) -> bool {
+        let Some(settings) = self.settings.session_timers else {
+            return false;
+        };
+        let Some(floor) = session_timer::min_se(response.headers.get("Min-SE")) else {
+            return false;
+        };
+        let Some(attempt) = self.attempt.as_ref() else {
+            return false;
+        };
+        let asked = SessionExpires::of_request(&attempt.invite).map(|s| s.interval);
+        if self.state != State::Calling
+            || self.cancelled
+            || attempt.session_retried
+            || asked.is_some_and(|a| floor <= a)
+            || floor < settings.min_se
+        {
+            return false;
+        }
+        let (index, target) = (attempt.peer_index, attempt.target);
+        let mut invite = attempt.invite.clone();
+        let sequence = invite.cseq().map_or(1, |c| c.sequence) + 1;
+        invite.headers.set("CSeq", format!("{sequence} INVITE"));
+        invite
+            .headers
+            .set("Session-Expires", floor.as_secs().to_string());
+        invite.headers.set("Min-SE", floor.as_secs().to_string());
+        let branch = self.ids.branch();
+        invite.headers.set(
+            "Via",
+            crate::sip::endpoint::Endpoint::via_for(
+                self.settings.local_for(target),
+                target,
+                &branch,
+            ),
+        );
+        tracing::info!(call = %self.id, interval = floor.as_secs(), "callee asked a longer session interval: INVITE again");
+        self.actions.push_back(Action::SendRequest {
+            request: invite.clone(),
+            target,
+        });
+        let mut retry = super::Attempt::new(index, invite, branch, target);
+        retry.session_retried = true;
+        if let Some(mut previous) = self.attempt.replace(retry) {
+            previous.settled = true;
+            self.stale.push(previous);
+        }
+        self.arm(Timer::Ring, None);
+        self.arm(
+            Timer::PeerResponse,
+            Some(now + self.settings.peer_response_timeout),
+        );
+        true
+    }
+
     /// Leg A answered: its timer as our 2xx grants it (headers added to `response`).
     pub(super) fn start_caller_session(&mut self, now: Instant, response: &mut Response) {
         let Some(settings) = self.settings.session_timers else {

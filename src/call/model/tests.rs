@@ -1675,3 +1675,44 @@ fn a_422_without_a_larger_min_se_is_not_retried_at_once() {
         Some("600;refresher=uac".to_string())
     );
 }
+
+#[test]
+fn a_callee_asking_a_longer_interval_gets_the_invite_again_once() {
+    let mut h = timed_call("");
+    let first = h.last_invite();
+    let mut refused = Response::for_request(&first, 422, Some("agent"));
+    refused.headers.push("Min-SE", "600");
+    h.sip(SipEvent::Response {
+        branch: branch_of(&first),
+        response: refused,
+    });
+    let again = h.last_invite();
+    assert_ne!(branch_of(&again), branch_of(&first), "a new transaction");
+    assert_eq!(again.call_id(), first.call_id());
+    assert_eq!(again.headers.get("CSeq"), Some("2 INVITE"));
+    assert_eq!(again.headers.get("Session-Expires"), Some("600"));
+    assert!(
+        h.responses(A_SERVER).iter().all(|r| r.status < 200),
+        "the caller waits"
+    );
+    answer_with(&mut h, &[("Session-Expires", "600;refresher=uac")]);
+    assert!(h.call.is_answered());
+    let ack = h.sent(Method::Ack).pop().map(|(a, _)| a);
+    assert_eq!(
+        ack.and_then(|a| a.headers.get("CSeq").map(str::to_string)),
+        Some("2 ACK".to_string())
+    );
+
+    // A second 422 is not retried: the caller gets 500, not a 422 it could not act on.
+    let mut h = timed_call("");
+    for _ in 0..2 {
+        let invite = h.last_invite();
+        let mut refused = Response::for_request(&invite, 422, Some("agent"));
+        refused.headers.push("Min-SE", "900");
+        h.sip(SipEvent::Response {
+            branch: branch_of(&invite),
+            response: refused,
+        });
+    }
+    assert_eq!(statuses(&h.responses(A_SERVER)).last(), Some(&500));
+}
