@@ -142,6 +142,18 @@ fn start_gateway_carrier(
     (Process(child), db)
 }
 
+/// The gateway's `/metrics` text on `http` (empty if it cannot be read).
+fn metrics(http: u16) -> String {
+    let mut text = String::new();
+    if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", http)) {
+        use std::io::{Read, Write};
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+        let _ = stream.read_to_string(&mut text);
+    }
+    text
+}
+
 fn sipp(args: &[&str], scenario: &str) -> Command {
     let mut command = Command::new("sipp");
     command
@@ -250,13 +262,7 @@ fn run_load(transport: &str, calls: u32, rate: u32, hold_ms: u32, media: [u16; 2
         );
     }
     // The operations endpoint saw them too.
-    let mut metrics = String::new();
-    if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", ports.http)) {
-        use std::io::{Read, Write};
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
-        let _ = stream.read_to_string(&mut metrics);
-    }
+    let metrics = metrics(ports.http);
     assert!(
         metrics.contains(&format!(
             "hotline_calls_total{{result=\"answered\"}} {calls}"
@@ -819,13 +825,7 @@ fn sipp_a_trunk_with_digest_credentials_gets_through_and_a_wrong_password_does_n
         .map(|c| c.len())
         .ok();
     assert_eq!(calls, Some(20), "the refused call never started");
-    let mut metrics = String::new();
-    if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", ports.http)) {
-        use std::io::{Read, Write};
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
-        let _ = stream.read_to_string(&mut metrics);
-    }
+    let metrics = metrics(ports.http);
     assert!(
         metrics.contains("hotline_sip_auth_challenges_total 21"),
         "{metrics}"

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::message::{Request, Response};
+use super::message::{Headers, Request, Response};
 
 /// §4, §5: no session interval below this.
 pub const MIN_SE_FLOOR: Duration = Duration::from_secs(90);
@@ -71,16 +71,9 @@ impl SessionExpires {
         })
     }
 
-    pub fn of_request(request: &Request) -> Option<SessionExpires> {
-        request
-            .headers
-            .get("Session-Expires")
-            .and_then(SessionExpires::parse)
-    }
-
-    pub fn of_response(response: &Response) -> Option<SessionExpires> {
-        response
-            .headers
+    /// The Session-Expires of a request's or response's `headers`.
+    pub fn of(headers: &Headers) -> Option<SessionExpires> {
+        headers
             .get("Session-Expires")
             .and_then(SessionExpires::parse)
     }
@@ -124,7 +117,7 @@ pub fn negotiate_as_uas(request: &Request, settings: &SessionTimerSettings) -> U
     let floor = min_se(request.headers.get("Min-SE"))
         .unwrap_or(MIN_SE_FLOOR)
         .max(MIN_SE_FLOOR);
-    let Some(asked) = SessionExpires::of_request(request) else {
+    let Some(asked) = SessionExpires::of(&request.headers) else {
         return UasDecision::Use {
             interval: settings.session_expires.max(floor),
             refresher: Refresher::Gateway,
@@ -157,7 +150,7 @@ pub fn negotiate_as_uac(
     asked: Duration,
     settings: &SessionTimerSettings,
 ) -> (Duration, Refresher) {
-    match SessionExpires::of_response(response) {
+    match SessionExpires::of(&response.headers) {
         Some(granted) => {
             let refresher = match granted.refresher {
                 Some(Role::Uas) => Refresher::Peer,

@@ -188,13 +188,18 @@ pub struct Transport {
 #[derive(Default)]
 pub struct Bans {
     banned: dashmap::DashMap<std::net::IpAddr, Instant>,
+    /// Entries in `banned`: the per-datagram check is one atomic load while nobody is banned
+    /// (`DashMap::is_empty` would lock every shard).
+    entries: std::sync::atomic::AtomicUsize,
     /// A peer sharing a banned IP (another port of it) is never dropped.
     peers: std::sync::OnceLock<Arc<crate::routing::Router>>,
 }
 
 impl Bans {
     pub fn ban(&self, source: std::net::IpAddr, until: Instant) {
-        self.banned.insert(source, until);
+        if self.banned.insert(source, until).is_none() {
+            self.entries.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Who the peers are (set once, with the guard).
@@ -204,13 +209,20 @@ impl Bans {
 
     /// `source` is canonical (IPv4-mapped addresses as IPv4).
     pub fn is_banned(&self, source: SocketAddr, now: Instant) -> bool {
-        if self.banned.is_empty() {
+        if self.entries.load(Ordering::Relaxed) == 0 {
             return false;
         }
         let banned = match self.banned.get(&source.ip()).map(|until| *until) {
             Some(until) if now < until => true,
             Some(_) => {
-                self.banned.remove(&source.ip());
+                // Only if still expired: a new ban may have come meanwhile.
+                if self
+                    .banned
+                    .remove_if(&source.ip(), |_, until| *until <= now)
+                    .is_some()
+                {
+                    self.entries.fetch_sub(1, Ordering::Relaxed);
+                }
                 false
             }
             None => false,

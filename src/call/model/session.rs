@@ -99,7 +99,7 @@ impl Call {
         let Some(attempt) = self.attempt.as_ref() else {
             return false;
         };
-        let asked = SessionExpires::of_request(&attempt.invite).map(|s| s.interval);
+        let asked = SessionExpires::of(&attempt.invite.headers).map(|s| s.interval);
         if self.state != State::Calling
             || self.cancelled
             || attempt.session_retried

@@ -1374,6 +1374,23 @@ fn refreshes(h: &Harness) -> Vec<(Request, Target)> {
     sent
 }
 
+/// The refreshes sent so far on the caller's leg (`Leg::A`) or the callee's, in order.
+fn refreshes_on(h: &Harness, leg: Leg) -> Vec<Request> {
+    refreshes(h)
+        .into_iter()
+        .map(|(r, _)| r)
+        .filter(|r| (r.call_id() == "a-leg@127.0.0.1") == (leg == Leg::A))
+        .collect()
+}
+
+/// The first refresh on `leg`; there must be one.
+fn refresh_to(h: &Harness, leg: Leg) -> Request {
+    match refreshes_on(h, leg).into_iter().next() {
+        Some(r) => r,
+        None => panic!("no refresh on leg {leg:?}: {:?}", refreshes(h)),
+    }
+}
+
 fn respond_to(h: &mut Harness, request: &Request, status: u16, extra: &[(&str, &str)]) {
     let mut response = Response::for_request(request, status, None);
     for (name, value) in extra {
@@ -1412,23 +1429,14 @@ fn session_timers_are_offered_granted_and_refreshed_halfway() {
     let sent = refreshes(&h);
     assert_eq!(sent.len(), 2, "{sent:?}");
     // Leg A (no Allow in the caller's INVITE): a re-INVITE with our SDP unchanged.
-    let to_a = sent.iter().find(|(r, _)| r.call_id() == "a-leg@127.0.0.1");
-    let Some((to_a, _)) = to_a.cloned() else {
-        panic!("no refresh to the caller: {sent:?}");
-    };
+    let to_a = refresh_to(&h, Leg::A);
     assert_eq!(to_a.method, Method::Invite);
     assert_eq!(
         to_a.sdp(),
         h.responses(A_SERVER).last().and_then(|r| r.sdp())
     );
     // Leg B: UPDATE without a body.
-    let Some((to_b, _)) = sent
-        .iter()
-        .find(|(r, _)| r.call_id() != "a-leg@127.0.0.1")
-        .cloned()
-    else {
-        panic!("no refresh to the callee");
-    };
+    let to_b = refresh_to(&h, Leg::B);
     assert_eq!(to_b.method, Method::Update);
     assert!(to_b.body.is_empty());
 
@@ -1470,25 +1478,14 @@ fn a_callee_that_stops_answering_refreshes_ends_the_call() {
     let mut h = timed_call("Allow: INVITE, ACK, BYE, UPDATE\r\n");
     answer_with(&mut h, &[("Allow", "INVITE, ACK, BYE")]);
     h.advance(Duration::from_secs(60));
-    let sent = refreshes(&h);
-    let Some((to_b, _)) = sent
-        .iter()
-        .find(|(r, _)| r.call_id() != "a-leg@127.0.0.1")
-        .cloned()
-    else {
-        panic!("no refresh to the callee: {sent:?}");
-    };
+    let to_b = refresh_to(&h, Leg::B);
     assert_eq!(
         to_b.method,
         Method::Invite,
         "no UPDATE in the callee's Allow"
     );
     // The caller's refresh is an UPDATE (its Allow has it) and is answered.
-    if let Some((to_a, _)) = sent
-        .iter()
-        .find(|(r, _)| r.call_id() == "a-leg@127.0.0.1")
-        .cloned()
-    {
+    if let Some(to_a) = refreshes_on(&h, Leg::A).into_iter().next() {
         assert_eq!(to_a.method, Method::Update);
         respond_to(&mut h, &to_a, 200, &[]);
     }
@@ -1521,21 +1518,8 @@ fn a_refresh_answered_481_or_refused_update_is_handled() {
     let mut h = timed_call("Allow: INVITE, ACK, BYE, UPDATE\r\n");
     answer_with(&mut h, &[("Allow", "INVITE, ACK, BYE, UPDATE")]);
     h.advance(Duration::from_secs(60));
-    let sent = refreshes(&h);
-    let Some((to_a, _)) = sent
-        .iter()
-        .find(|(r, _)| r.call_id() == "a-leg@127.0.0.1")
-        .cloned()
-    else {
-        panic!("no refresh to the caller");
-    };
-    let Some((to_b, _)) = sent
-        .iter()
-        .find(|(r, _)| r.call_id() != "a-leg@127.0.0.1")
-        .cloned()
-    else {
-        panic!("no refresh to the callee");
-    };
+    let to_a = refresh_to(&h, Leg::A);
+    let to_b = refresh_to(&h, Leg::B);
     // The callee refuses UPDATE after all: the same refresh again as a re-INVITE.
     respond_to(&mut h, &to_b, 501, &[]);
     let again = refreshes(&h);
@@ -1582,13 +1566,8 @@ fn a_caller_that_was_to_refresh_and_did_not_is_hung_up() {
     // Keep leg B refreshed (our job there) so only leg A can expire.
     for _ in 0..2 {
         h.advance(Duration::from_secs(10));
-        let pending: Vec<Request> = refreshes(&h)
-            .into_iter()
-            .map(|(r, _)| r)
-            .filter(|r| r.call_id() != "a-leg@127.0.0.1")
-            .collect();
-        if let Some(last) = pending.last() {
-            respond_to(&mut h, last, 200, &[]);
+        if let Some(last) = refreshes_on(&h, Leg::B).pop() {
+            respond_to(&mut h, &last, 200, &[]);
         }
     }
     assert!(h.outcome().is_none());
@@ -1620,12 +1599,7 @@ fn a_peer_reinvite_crossing_our_refresh_gets_491_and_our_refresh_is_still_acknow
     let mut h = timed_call("");
     answer_with(&mut h, &[]);
     h.advance(Duration::from_secs(60));
-    let Some((ours, _)) = refreshes(&h)
-        .into_iter()
-        .find(|(r, _)| r.call_id() != "a-leg@127.0.0.1")
-    else {
-        panic!("no refresh to the callee");
-    };
+    let ours = refresh_to(&h, Leg::B);
     assert_eq!(ours.method, Method::Invite);
     // Glare: the agent's own re-INVITE meanwhile.
     h.agent_sends(20, "INVITE", 5, "");
@@ -1650,22 +1624,13 @@ fn a_422_without_a_larger_min_se_is_not_retried_at_once() {
     let mut h = timed_call("Allow: INVITE, ACK, BYE, UPDATE\r\n");
     answer_with(&mut h, &[("Allow", "INVITE, ACK, BYE, UPDATE")]);
     h.advance(Duration::from_secs(60));
-    let Some((to_b, _)) = refreshes(&h)
-        .into_iter()
-        .find(|(r, _)| r.call_id() != "a-leg@127.0.0.1")
-    else {
-        panic!("no refresh to the callee");
-    };
+    let to_b = refresh_to(&h, Leg::B);
     let before = refreshes(&h).len();
     respond_to(&mut h, &to_b, 422, &[("Min-SE", "60")]);
     assert_eq!(refreshes(&h).len(), before, "no storm of refreshes");
     // A larger Min-SE is honoured at once.
     h.advance(Duration::from_secs(2));
-    let Some((again, _)) = refreshes(&h)
-        .into_iter()
-        .rev()
-        .find(|(r, _)| r.call_id() != "a-leg@127.0.0.1")
-    else {
+    let Some(again) = refreshes_on(&h, Leg::B).pop() else {
         panic!("no second refresh");
     };
     respond_to(&mut h, &again, 422, &[("Min-SE", "600")]);
