@@ -1,7 +1,9 @@
 //! The per-packet media path: G.711 transcoding, RTP stream rewriting and RTP/RTCP
 //! classification, each run on one 20 ms G.711 packet (160 payload bytes, 172 with the header);
 //! and the conference mixer: one party's packet into its jitter buffer, and one 20 ms tick of a
-//! three-way call (a frame from each jitter buffer, N-1 mixing, three frames encoded).
+//! three-way call (a frame from each jitter buffer, N-1 mixing, three frames encoded); and SRTP
+//! (AES_CM_128_HMAC_SHA1_80): protecting one packet of our stream, and checking and decrypting
+//! one from the endpoint.
 //! Kept short for a 2-core machine: `cargo bench --bench media`.
 
 use std::hint::black_box;
@@ -11,6 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use hotline_gateway::media::g711::{transcode_in_place, Transcode};
 use hotline_gateway::media::mixer::{self, JitterBuffer, FRAME};
 use hotline_gateway::media::rtp::{classify, StreamRewriter};
+use hotline_gateway::media::srtp::{MasterKey, Receiver, Sender, Suite};
 use hotline_gateway::sip::sdp::Codec;
 
 const FAR_SSRC: u32 = 0x1234_5678;
@@ -124,5 +127,55 @@ fn conference(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, media, conference);
+/// SRTP per packet, both ways, on the 172-byte packet: the sender numbers its stream on, so
+/// the receiver's replay window sees each packet once.
+fn srtp(c: &mut Criterion) {
+    let mut group = c.benchmark_group("srtp");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    let key = MasterKey([0x5a; 30]);
+    let mut sender = Sender::new(Suite::AesCm128HmacSha1_80, &key);
+    let mut buffer = [0u8; 256];
+    let mut sequence = 0u16;
+    group.bench_function("protect 172-byte RTP packet", |b| {
+        b.iter(|| {
+            sequence = sequence.wrapping_add(1);
+            let plain = packet(sequence, u32::from(sequence) * 160);
+            buffer[..plain.len()].copy_from_slice(&plain);
+            sender.protect_rtp(black_box(&mut buffer), plain.len())
+        })
+    });
+    // A stream of protected packets, made beforehand, taken in order.
+    let mut sender = Sender::new(Suite::AesCm128HmacSha1_80, &key);
+    let protected: Vec<Vec<u8>> = (0..u16::MAX)
+        .map(|n| {
+            let plain = packet(n, u32::from(n) * 160);
+            let mut buffer = [0u8; 256];
+            buffer[..plain.len()].copy_from_slice(&plain);
+            let length = sender.protect_rtp(&mut buffer, plain.len()).unwrap_or(0);
+            buffer[..length].to_vec()
+        })
+        .collect();
+    let mut receiver = Receiver::new(Suite::AesCm128HmacSha1_80, &key, 0);
+    let mut next = 0usize;
+    let mut scratch = [0u8; 256];
+    group.bench_function("unprotect 182-byte SRTP packet", |b| {
+        b.iter(|| {
+            // Past the prepared stream, a fresh receiver starts it again.
+            if next == protected.len() {
+                receiver = Receiver::new(Suite::AesCm128HmacSha1_80, &key, 0);
+                next = 0;
+            }
+            let srtp = &protected[next];
+            next += 1;
+            scratch[..srtp.len()].copy_from_slice(srtp);
+            receiver.unprotect_rtp(black_box(&mut scratch[..srtp.len()]))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, media, conference, srtp);
 criterion_main!(benches);

@@ -48,7 +48,15 @@ fn sip(c: &mut Criterion) {
             .parse()
             .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 20000)));
         group.bench_function("answer SDP offer", |b| {
-            b.iter(|| sdp::answer(black_box(&offer), &MediaPolicy::default(), local, &origin))
+            b.iter(|| {
+                sdp::answer(
+                    black_box(&offer),
+                    &MediaPolicy::default(),
+                    local,
+                    &origin,
+                    Default::default(),
+                )
+            })
         });
     }
     group.finish();

@@ -67,9 +67,11 @@ pub enum Counter {
     SipAuthFailures,
     /// TLS connections that failed their handshake (a certificate refused, either way).
     TlsHandshakeFailures,
+    /// SRTP/SRTCP packets that failed authentication or were replays (RFC 3711 §3.3).
+    SrtpRejected,
 }
 
-const COUNTERS: [(Counter, &str, &str); 44] = [
+const COUNTERS: [(Counter, &str, &str); 45] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -289,6 +291,11 @@ const COUNTERS: [(Counter, &str, &str); 44] = [
         Counter::TlsHandshakeFailures,
         "hotline_sip_tls_handshake_failures_total",
         "SIP TLS connections that failed their handshake (certificate refused, timeout), either direction",
+    ),
+    (
+        Counter::SrtpRejected,
+        "hotline_srtp_rejected_total",
+        "SRTP and SRTCP packets dropped: authentication failed or a replay (RFC 3711)",
     ),
 ];
 

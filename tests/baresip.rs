@@ -59,15 +59,27 @@ fn start_baresip(dir: &std::path::Path, sip: u16, control: u16) -> Baresip {
 /// Starts baresip as `user` (auto-answer): a `tone` Hz sine as its microphone, what it hears
 /// recorded by sndfile under `dir` (8 kHz mono WAV), ctrl_tcp on `control`.
 fn start_phone(dir: &std::path::Path, sip: u16, control: u16, user: &str, tone: u32) -> Baresip {
+    start_phone_with(dir, sip, control, user, tone, "")
+}
+
+/// [`start_phone`] with more account parameters (`;mediaenc=srtp-mand`).
+fn start_phone_with(
+    dir: &std::path::Path,
+    sip: u16,
+    control: u16,
+    user: &str,
+    tone: u32,
+    account: &str,
+) -> Baresip {
     let config = format!(
         "poll_method epoll\nsip_listen 127.0.0.1:{sip}\nsip_transports udp\n\
 audio_source ausine,{tone}\nausrc_srate 48000\nausrc_channels 2\naudio_alert aufile,/dev/null\n\
 module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule ausine.so\nmodule aufile.so\n\
-module sndfile.so\nsnd_path {heard}\n\
+module sndfile.so\nsnd_path {heard}\nmodule srtp.so\n\
 module account.so\nmodule menu.so\nmodule ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{control}\n",
         heard = dir.display()
     );
-    let accounts = format!("<sip:{user}@127.0.0.1:{sip}>;regint=0;answermode=auto\n");
+    let accounts = format!("<sip:{user}@127.0.0.1:{sip}>;regint=0;answermode=auto{account}\n");
     if std::fs::write(dir.join("config"), config).is_err()
         || std::fs::write(dir.join("accounts"), accounts).is_err()
     {
@@ -442,5 +454,79 @@ async fn three_baresip_phones_hold_a_three_way_call_and_the_agent_leaves() {
         .unwrap_or_default();
     let parties = gateway.conference_parties(&record);
     assert_eq!(parties.len(), 3, "{parties:?}");
+    gateway.stop().await;
+}
+
+/// SRTP on both legs, each with its own keys: two baresip phones with SRTP mandatory (libre's
+/// own SRTP, not ours). The citizen (440 Hz) offers RTP/SAVP with SDES and the gateway answers
+/// it; the gateway offers RTP/SAVP to the agent (880 Hz) because the hotline peer's `srtp` is
+/// `mandatory`. Each phone decrypts what the gateway re-encrypted for it, and hears the other.
+#[tokio::test]
+async fn two_baresip_phones_talk_over_srtp_on_both_legs() {
+    let dirs: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        })
+        .collect();
+    let ports: Vec<(u16, u16)> = (0..2).map(|_| free_ports()).collect();
+    let address = |i: usize| SocketAddr::new(LOCALHOST, ports[i].0);
+    let mut gateway = Gateway::start(
+        &[
+            ("carrier", address(0), ""),
+            (
+                "hotline",
+                address(1),
+                "platform = \"12345\"\nsrtp = \"mandatory\"",
+            ),
+        ],
+        &[("12345", &["hotline"])],
+        "",
+        "",
+    )
+    .await;
+    let phones = [("13800138000", 440), ("12345", 880)];
+    let _running: Vec<Baresip> = phones
+        .iter()
+        .enumerate()
+        .map(|(i, (user, tone))| {
+            start_phone_with(
+                dirs[i].path(),
+                ports[i].0,
+                ports[i].1,
+                user,
+                *tone,
+                ";mediaenc=srtp-mand",
+            )
+        })
+        .collect();
+    let mut citizen = Control::connect(ports[0].1).await;
+    let mut agent = Control::connect(ports[1].1).await;
+    citizen
+        .command("dial", &format!("sip:12345@{}", gateway.sip))
+        .await;
+    agent.event("CALL_ESTABLISHED").await;
+    citizen.event("CALL_ESTABLISHED").await;
+    // Two seconds of conversation (the length of the recording, not a wait for anything).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    citizen.command("hangup", "").await;
+    agent.event("CALL_CLOSED").await;
+
+    // The SDP each phone got from the gateway (baresip's SIP trace): RTP/SAVP, one key.
+    for (dir, who) in [(&dirs[0], "the citizen"), (&dirs[1], "the agent")] {
+        let trace = std::fs::read_to_string(dir.path().join("baresip.log")).unwrap_or_default();
+        assert!(
+            trace.contains("RTP/SAVP") && trace.contains("a=crypto:"),
+            "{who} saw no SDES: {trace}"
+        );
+    }
+    assert_tones(&heard(dirs[0].path()), "the citizen", &[880.0], &[440.0]);
+    assert_tones(&heard(dirs[1].path()), "the agent", &[440.0], &[880.0]);
+    assert_eq!(
+        gateway.metric("hotline_srtp_rejected_total").await,
+        Some(0.0)
+    );
+    let relayed = gateway.metric("hotline_rtp_packets_relayed_total").await;
+    assert!(relayed.is_some_and(|n| n > 100.0), "{relayed:?}");
     gateway.stop().await;
 }

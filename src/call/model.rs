@@ -31,12 +31,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::ids::IdGenerator;
+use crate::media::srtp::MasterKey;
 use crate::media::{Leg, LegMedia, MediaCommand, Party};
 use crate::routing::{Peer, Router};
 use crate::sip::dialog::Dialog;
 use crate::sip::endpoint::{DialogKey, Endpoint, ServerTransactionId, SipEvent};
 use crate::sip::message::{self, Headers, Host, Method, NameAddr, Request, Response, Uri};
-use crate::sip::sdp::{self, Direction, MediaPolicy, Negotiated, Origin, SessionDescription};
+use crate::sip::sdp::{
+    self, Direction, MediaPolicy, Negotiated, Origin, SessionDescription, SrtpMode, SrtpTerms,
+};
 use crate::sip::session_timer::SessionTimerSettings;
 use crate::sip::transport::{Flow, Target};
 
@@ -669,7 +672,17 @@ impl Call {
         let offer = self.a.invite.sdp().map(sdp::parse);
         match offer {
             Some(Ok(offer)) => {
-                match sdp::answer(&offer, &self.settings.policy, self.a.media, &self.a.origin) {
+                let terms = SrtpTerms {
+                    mode: self.a.peer.srtp,
+                    key: None,
+                };
+                match sdp::answer(
+                    &offer,
+                    &self.settings.policy,
+                    self.a.media,
+                    &self.a.origin,
+                    terms,
+                ) {
                     Ok((answer, negotiated)) => {
                         self.a.local_sdp = Some(answer.to_string());
                         self.configure(Leg::A, &negotiated);
@@ -693,12 +706,13 @@ impl Call {
             }
             None => {
                 // Delayed offer (§13.2.1): we offer in the 200, the caller answers in the ACK.
-                let offer = sdp::offer(
+                let mut offer = sdp::offer(
                     &self.settings.policy,
                     self.a.media,
                     &self.a.origin,
                     Direction::SendRecv,
                 );
+                sdp::set_offer_key(&mut offer, offer_key(&self.a.peer));
                 self.a.local_sdp = Some(offer.to_string());
                 self.a.pending_offer = Some(offer);
             }
@@ -746,6 +760,7 @@ impl Call {
         }
         let target = Target::for_peer(&peer);
         let branch = self.ids.branch();
+        sdp::set_offer_key(&mut self.b.offer, offer_key(&peer));
         let invite = self.build_b_invite(&peer, target, &branch);
         self.actions.push_back(Action::RegisterDialog(DialogKey {
             call_id: self.b.call_id.clone(),
@@ -1188,22 +1203,17 @@ impl Call {
             }
         };
         let target = self.leg_target(leg);
+        let mode = self.leg_peer(leg).map_or(SrtpMode::Optional, |p| p.srtp);
         let policy = &self.settings.policy;
-        let (media, origin, local_sdp, dialog) = match leg {
-            Leg::A => (
-                self.a.media,
-                &mut self.a.origin,
-                &mut self.a.local_sdp,
-                self.a.dialog.as_mut(),
-            ),
-            Leg::B => (
-                self.b.media,
-                &mut self.b.origin,
-                &mut self.b.local_sdp,
-                self.b.dialog.as_mut(),
-            ),
+        let (media, origin, local_sdp) = match leg {
+            Leg::A => (self.a.media, &mut self.a.origin, &mut self.a.local_sdp),
+            Leg::B => (self.b.media, &mut self.b.origin, &mut self.b.local_sdp),
         };
-        let answered = answer_reoffer(policy, media, request, origin, local_sdp);
+        let answered = answer_reoffer(policy, media, request, origin, local_sdp, mode);
+        let dialog = match leg {
+            Leg::A => self.a.dialog.as_mut(),
+            Leg::B => self.b.dialog.as_mut(),
+        };
         if answered.is_ok() {
             if let Some(d) = dialog {
                 d.refresh_target(request.contact());
@@ -1971,10 +1981,14 @@ impl Call {
             self.ids.tag(),
             self.ids.branch(),
         );
-        let Some(transfer) = self.transfer.as_ref() else {
+        let Some(transfer) = self.transfer.as_mut() else {
             return;
         };
         let Some(peer) = transfer.route.get(index).cloned() else {
+            return;
+        };
+        sdp::set_offer_key(&mut transfer.offer, offer_key(&peer));
+        let Some(transfer) = self.transfer.as_ref() else {
             return;
         };
         let target = Target::for_peer(&peer);
@@ -2724,6 +2738,7 @@ fn leg_media(negotiated: &Negotiated) -> LegMedia {
         codec: negotiated.codec,
         payload_type: negotiated.payload_type,
         telephone_event: negotiated.telephone_event,
+        srtp: negotiated.srtp,
         receives: matches!(
             negotiated.direction,
             Direction::SendRecv | Direction::RecvOnly
@@ -2734,14 +2749,21 @@ fn leg_media(negotiated: &Negotiated) -> LegMedia {
 /// Our answer to a re-INVITE or UPDATE on a party whose local RTP address is `media`: the SDP
 /// to send (None for an UPDATE without offer) and what was negotiated (None without offer).
 /// An unchanged description keeps its o= version; a changed one gets a higher one (RFC 3264
-/// §8). Errors are the status to answer: 488 for an offer we cannot take, 400 for bad SDP.
+/// §8), and an SRTP key we gave the endpoint stays. Errors are the status to answer: 488 for
+/// an offer we cannot take (a plain one from a peer whose `srtp` is mandatory too), 400 for
+/// bad SDP.
 fn answer_reoffer(
     policy: &MediaPolicy,
     media: SocketAddr,
     request: &Request,
     origin: &mut Origin,
     local_sdp: &mut Option<String>,
+    mode: SrtpMode,
 ) -> Result<(Option<String>, Option<Negotiated>), u16> {
+    let terms = SrtpTerms {
+        mode,
+        key: local_sdp.as_deref().and_then(sdp::key_in),
+    };
     let offer = match request.sdp().map(sdp::parse) {
         Some(Ok(offer)) => offer,
         Some(Err(_)) => return Err(400),
@@ -2750,11 +2772,17 @@ fn answer_reoffer(
         None if request.method == Method::Invite => return Ok((local_sdp.clone(), None)),
         None => return Ok((None, None)),
     };
-    let (answer, negotiated) = sdp::answer(&offer, policy, media, origin).map_err(|_| 488u16)?;
+    let (answer, negotiated) =
+        sdp::answer(&offer, policy, media, origin, terms).map_err(|_| 488u16)?;
     let mut text = answer.to_string();
     if local_sdp.as_deref().map(strip_origin) != Some(strip_origin(&text)) {
         origin.bump();
-        if let Ok((answer, _)) = sdp::answer(&offer, policy, media, origin) {
+        // The same key again: a new one would only be generated when we had none.
+        let terms = SrtpTerms {
+            key: negotiated.srtp.map(|k| k.ours).or(terms.key),
+            ..terms
+        };
+        if let Ok((answer, _)) = sdp::answer(&offer, policy, media, origin, terms) {
             text = answer.to_string();
         }
     } else if let Some(previous) = local_sdp.as_ref() {
@@ -2762,6 +2790,14 @@ fn answer_reoffer(
     }
     *local_sdp = Some(text.clone());
     Ok((Some(text), Some(negotiated)))
+}
+
+/// A fresh key for an offer to `peer` if it must have SRTP (a key per peer tried: a peer
+/// that failed never learns the key of the one that answered).
+fn offer_key(peer: &Peer) -> Option<MasterKey> {
+    (peer.srtp == SrtpMode::Mandatory)
+        .then(MasterKey::generate)
+        .flatten()
 }
 
 /// SDP text without its o= line, to tell whether a description changed (RFC 3264 §8).

@@ -361,6 +361,11 @@ pub struct PeerConfig {
     /// `both` or `none`.
     #[serde(default)]
     pub diversion: DiversionHeader,
+    /// Media encryption on this peer's legs (RFC 3711 SRTP keyed by RFC 4568 SDES):
+    /// `optional` (the default: offers with `a=crypto` are answered with SRTP, our offers are
+    /// plain RTP) or `mandatory` (our offers are RTP/SAVP; plain offers get 488).
+    #[serde(default)]
+    pub srtp: crate::sip::sdp::SrtpMode,
 }
 
 /// Which header records the diverting party of a transferred call.

@@ -6,6 +6,7 @@ pub mod mixer;
 pub mod ports;
 pub mod relay;
 pub mod rtp;
+pub mod srtp;
 
 use std::net::SocketAddr;
 
@@ -72,6 +73,8 @@ pub struct LegMedia {
     pub payload_type: u8,
     /// The endpoint's payload type for RFC 4733 telephone-event, if it takes them.
     pub telephone_event: Option<u8>,
+    /// SRTP keys (RFC 3711, from SDES), when the leg is encrypted.
+    pub srtp: Option<srtp::Keys>,
     /// Whether the endpoint wants media from us (false when it put the call on hold:
     /// sendonly or inactive, RFC 3264 §8.4).
     pub receives: bool,

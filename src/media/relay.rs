@@ -22,6 +22,11 @@
 //! sequence numbers, timestamps) it had while relayed. Back to two parties, relaying resumes in
 //! that stream.
 //!
+//! SRTP (RFC 3711): a leg whose SDP carried keys has its own contexts; what it sends is
+//! authenticated (a packet that fails is dropped before it can latch anything) and decrypted
+//! on arrival, and everything we send it, relayed, mixed or generated, is protected last,
+//! after the rewriting. So a call can be SRTP on one leg and plain on the other.
+//!
 //! Why level-triggered: at 50 packets/s a stream's socket holds one datagram per tick. An
 //! edge-triggered set must read each socket until `EAGAIN`, a second system call per packet;
 //! level-triggered, one read per reported socket per tick is enough (a socket still holding
@@ -47,6 +52,7 @@ use super::g711::{transcode_in_place, Transcode};
 use super::mixer::{self, Arrival, JitterBuffer, Playout, FRAME};
 use super::ports::LegSockets;
 use super::rtp::{classify, rewrite_rtcp_ssrc, set_payload_type, PacketKind, StreamRewriter};
+use super::srtp;
 use super::{LegMedia, MediaCommand, Party, MAX_PARTIES};
 use crate::ids::IdGenerator;
 use crate::metrics::{Counter, Metrics};
@@ -134,7 +140,9 @@ fn play_ringback(call: &mut CallMedia, now: Instant, tally: &mut Tally) -> Optio
             side.towards.stamp_generated(&mut packet, timestamp, now);
             if let (Some(destination), Some(Some(sockets))) = (destination, call.sockets.get(index))
             {
-                if send(&sockets[0], &packet, destination, connected) == Outcome::Relayed {
+                if send_protected(&mut side.srtp, &sockets[0], &packet, destination, connected)
+                    == Outcome::Relayed
+                {
                     tally.relayed += 1;
                 }
             }
@@ -320,6 +328,61 @@ struct Side {
     /// instant given: its stream must not take over the leg from the new endpoint.
     refused: Option<(SocketAddr, Instant)>,
     towards: StreamRewriter,
+    /// The leg's SRTP contexts, when it is encrypted.
+    srtp: Option<Box<SrtpSession>>,
+}
+
+/// One leg's SRTP: our stream's sender context and the endpoint's receiver context, each kept
+/// while its key stays (a re-INVITE that repeats a key continues that stream's rollover
+/// counter and replay window, RFC 4568 §7.1.4).
+struct SrtpSession {
+    keys: srtp::Keys,
+    sender: srtp::Sender,
+    receiver: srtp::Receiver,
+}
+
+impl SrtpSession {
+    fn new(keys: srtp::Keys) -> SrtpSession {
+        SrtpSession {
+            keys,
+            sender: srtp::Sender::new(keys.suite, &keys.ours),
+            receiver: srtp::Receiver::new(keys.suite, &keys.theirs, keys.their_mki),
+        }
+    }
+
+    /// The contexts for `keys`: what did not change goes on.
+    fn update(current: Option<Box<SrtpSession>>, keys: Option<srtp::Keys>) -> Option<Box<Self>> {
+        let keys = keys?;
+        let Some(mut session) = current else {
+            return Some(Box::new(SrtpSession::new(keys)));
+        };
+        let old = session.keys;
+        if old.suite != keys.suite {
+            return Some(Box::new(SrtpSession::new(keys)));
+        }
+        if old.ours != keys.ours {
+            session.sender = srtp::Sender::new(keys.suite, &keys.ours);
+        }
+        if old.theirs != keys.theirs || old.their_mki != keys.their_mki {
+            session.receiver = srtp::Receiver::new(keys.suite, &keys.theirs, keys.their_mki);
+        }
+        session.keys = keys;
+        Some(session)
+    }
+
+    /// Authenticates and decrypts a packet from the endpoint in place: its plaintext length.
+    fn unprotect(&mut self, packet: &mut [u8]) -> Result<usize, srtp::SrtpError> {
+        if is_rtcp(packet) {
+            self.receiver.unprotect_rtcp(packet)
+        } else {
+            self.receiver.unprotect_rtp(packet)
+        }
+    }
+}
+
+/// RTCP by its packet type (RFC 5761 §4), read from the header SRTP leaves in the clear.
+fn is_rtcp(packet: &[u8]) -> bool {
+    packet.get(1).is_some_and(|t| (192..=223).contains(t))
 }
 
 impl Side {
@@ -340,6 +403,7 @@ impl Side {
             mix_fresh: false,
             refused: None,
             towards: StreamRewriter::new(ids.ssrc(), ids.u16(), ids.next_u64() as u32, 8000),
+            srtp: None,
         }
     }
 
@@ -372,6 +436,7 @@ impl Side {
             self.rtp_source = None;
             self.rtcp_source = None;
         }
+        self.srtp = SrtpSession::update(self.srtp.take(), media.srtp);
         self.media = Some(media);
     }
 
@@ -381,6 +446,7 @@ impl Side {
         self.rtp_source = None;
         self.rtcp_source = None;
         self.last_event = None;
+        self.srtp = SrtpSession::update(self.srtp.take(), media.srtp);
         self.media = Some(media);
     }
 
@@ -431,6 +497,7 @@ struct Tally {
     mixer_lateness_micros: u64,
     jitter_dropped: u64,
     jitter_concealed: u64,
+    srtp_rejected: u64,
 }
 
 impl Tally {
@@ -444,6 +511,7 @@ impl Tally {
             ),
             (Counter::JitterDropped, &mut self.jitter_dropped),
             (Counter::JitterConcealed, &mut self.jitter_concealed),
+            (Counter::SrtpRejected, &mut self.srtp_rejected),
         ] {
             if *value > 0 {
                 metrics.add(counter, std::mem::take(value));
@@ -1007,16 +1075,30 @@ fn receive(
     let Some(Some(sockets)) = call.sockets.get(party) else {
         return;
     };
-    let (length, source) = match sockets[index % 2].recv_from(buffer) {
+    let (mut length, source) = match sockets[index % 2].recv_from(buffer) {
         Ok(received) => received,
         // WouldBlock (spurious report), or an ICMP error from a gone peer, which the read
         // has now cleared.
         Err(_) => return,
     };
-    call.last_activity = now;
     let Some(from) = Party::from_index(party) else {
         return;
     };
+    if let Some(srtp) = call.sides.get_mut(party).and_then(|s| s.srtp.as_mut()) {
+        match srtp.unprotect(&mut buffer[..length]) {
+            Ok(plain) => length = plain,
+            // Forged, replayed or not SRTP at all (baresip's plain RTCP "PING" before its
+            // SRTCP starts): not media, so it neither counts as activity nor latches.
+            Err(error) => {
+                if error != srtp::SrtpError::TooShort {
+                    tally.srtp_rejected += 1;
+                }
+                count(&call.stats, tally, from, Outcome::Dropped);
+                return;
+            }
+        }
+    }
+    call.last_activity = now;
     if call.next_tick.is_some() {
         if is_rtp {
             let outcome = conference_rtp(call, party, &mut buffer[..length], source, now, tally);
@@ -1211,7 +1293,13 @@ fn mix_once(call: &mut CallMedia, now: Instant, tally: &mut Tally) {
         let Some(Some(sockets)) = call.sockets.get(index) else {
             continue;
         };
-        match send(&sockets[0], &packet, destination, side.connected) {
+        match send_protected(
+            &mut side.srtp,
+            &sockets[0],
+            &packet,
+            destination,
+            side.connected,
+        ) {
             Outcome::Relayed => tally.relayed += 1,
             _ => tally.dropped += 1,
         }
@@ -1274,7 +1362,13 @@ fn relay_rtp(
             return match outgoing.rtp_destination() {
                 Some(destination) => {
                     rewrite_rtcp_ssrc(packet, outgoing.towards.ssrc());
-                    send(out, packet, destination, outgoing.connected)
+                    send_protected(
+                        &mut outgoing.srtp,
+                        out,
+                        packet,
+                        destination,
+                        outgoing.connected,
+                    )
                 }
                 None => Outcome::Dropped,
             };
@@ -1313,7 +1407,13 @@ fn relay_rtp(
     }
     // Real media for this endpoint takes over from any ringback we were playing it.
     outgoing.ringback = None;
-    send(out, packet, destination, outgoing.connected)
+    send_protected(
+        &mut outgoing.srtp,
+        out,
+        packet,
+        destination,
+        outgoing.connected,
+    )
 }
 
 /// An RFC 4733 event packet from a leg that detects digits: the first packet of each event
@@ -1391,7 +1491,7 @@ fn send_digit(call: &mut CallMedia, party: Party, digit: char, now: Instant, tal
         packet[13] = VOLUME | if end { 0x80 } else { 0 };
         packet[14..16].copy_from_slice(&duration.to_be_bytes());
         side.towards.stamp_generated(&mut packet, timestamp, now);
-        match send(socket, &packet, destination, side.connected) {
+        match send_protected(&mut side.srtp, socket, &packet, destination, side.connected) {
             Outcome::Relayed => tally.relayed += 1,
             _ => tally.dropped += 1,
         }
@@ -1417,7 +1517,34 @@ fn relay_rtcp(
         return false;
     };
     rewrite_rtcp_ssrc(packet, outgoing.towards.ssrc());
-    send(out, packet, destination, None) == Outcome::Relayed
+    send_protected(&mut outgoing.srtp, out, packet, destination, None) == Outcome::Relayed
+}
+
+/// [`send`], protected first with the side's SRTP sender when its leg is encrypted.
+fn send_protected(
+    srtp: &mut Option<Box<SrtpSession>>,
+    socket: &UdpSocket,
+    packet: &[u8],
+    destination: SocketAddr,
+    connected: Option<SocketAddr>,
+) -> Outcome {
+    let Some(session) = srtp.as_mut() else {
+        return send(socket, packet, destination, connected);
+    };
+    let mut buffer = [0u8; 2048 + srtp::MAX_OVERHEAD];
+    let Some(room) = buffer.get_mut(..packet.len()) else {
+        return Outcome::Dropped;
+    };
+    room.copy_from_slice(packet);
+    let protected = if is_rtcp(packet) {
+        session.sender.protect_rtcp(&mut buffer, packet.len())
+    } else {
+        session.sender.protect_rtp(&mut buffer, packet.len())
+    };
+    match protected {
+        Some(length) => send(socket, &buffer[..length], destination, connected),
+        None => Outcome::Dropped,
+    }
 }
 
 /// Sends one packet to `destination`: with `send` when the socket is connected to it (the

@@ -31,6 +31,8 @@ pub struct Peer {
     /// Gets a private caller identity (RFC 3325 §2.3).
     pub trusted: bool,
     pub diversion: DiversionHeader,
+    /// Whether its legs must be SRTP.
+    pub srtp: crate::sip::sdp::SrtpMode,
     any_port: bool,
     /// Networks whose requests are this peer's too (beyond `address`).
     sources: Vec<Cidr>,
@@ -55,6 +57,7 @@ impl Peer {
             transport,
             trusted: false,
             diversion: DiversionHeader::default(),
+            srtp: crate::sip::sdp::SrtpMode::Optional,
             any_port: false,
             sources: Vec::new(),
             max_calls_per_sec: None,
@@ -72,6 +75,7 @@ impl From<&PeerConfig> for Peer {
             transport: config.transport,
             trusted: config.trusted,
             diversion: config.diversion,
+            srtp: config.srtp,
             any_port: config.any_port,
             // Validated with the config.
             sources: config

@@ -4,6 +4,11 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::media::srtp::{self, MasterKey, Suite};
+
+mod crypto;
+pub use crypto::Crypto;
+
 /// Bounds, so one body cannot take unbounded memory.
 const MAX_MEDIA: usize = 64;
 const MAX_LINE: usize = 4096;
@@ -106,8 +111,18 @@ impl MediaDescription {
         }
     }
 
-    fn is_rtp_avp(&self) -> bool {
-        self.protocol.eq_ignore_ascii_case("RTP/AVP")
+    /// RTP/AVP, or RTP/SAVP (RFC 3711 §12) whose keys come in `a=crypto` (RFC 4568).
+    fn is_rtp(&self) -> bool {
+        self.protocol.eq_ignore_ascii_case("RTP/AVP") || self.is_savp()
+    }
+
+    fn is_savp(&self) -> bool {
+        self.protocol.eq_ignore_ascii_case("RTP/SAVP")
+    }
+
+    /// The first `a=crypto` line we can honour, in the offerer's order of preference (§5.1.1).
+    pub fn crypto(&self) -> Option<Crypto> {
+        self.other_attributes.iter().find_map(|a| Crypto::parse(a))
     }
 }
 
@@ -140,6 +155,38 @@ pub enum NegotiationError {
     AnswerNotInOffer,
     #[error("the answer rejected the audio stream")]
     Rejected,
+    #[error("the peer must use SRTP and the offer has no a=crypto line we can use")]
+    SrtpRequired,
+    #[error("we offered SRTP and the answer has no matching a=crypto line")]
+    NoCryptoInAnswer,
+}
+
+/// Whether a leg must be encrypted: a peer's `srtp` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SrtpMode {
+    /// Offers are plain RTP; offers with `a=crypto` (RTP/SAVP, or RTP/AVP best effort) are
+    /// answered with SRTP.
+    #[default]
+    Optional,
+    /// Offers are RTP/SAVP with `a=crypto`; plain offers are refused (488).
+    Mandatory,
+}
+
+/// SRTP for one answer: the leg's mode and the key we already gave this endpoint, if any (a
+/// re-offer keeps it, so the crypto context goes on, RFC 4568 §7.1.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SrtpTerms {
+    pub mode: SrtpMode,
+    pub key: Option<MasterKey>,
+}
+
+/// The key in the first `a=crypto` line of SDP we sent, to keep it in a new answer.
+pub fn key_in(text: &str) -> Option<MasterKey> {
+    text.lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a="))
+        .find_map(Crypto::parse)
+        .map(|c| c.key)
 }
 
 /// Audio codecs the gateway relays.
@@ -207,6 +254,8 @@ pub struct Negotiated {
     /// The remote's direction (what it will do).
     pub direction: Direction,
     pub ptime: u32,
+    /// The leg's SRTP keys, when both sides put them in `a=crypto`.
+    pub srtp: Option<srtp::Keys>,
 }
 
 fn parse_direction(value: &str) -> Option<Direction> {
@@ -488,6 +537,7 @@ fn codec_of(media: &MediaDescription, payload_type: u8) -> Option<Codec> {
 }
 
 /// Our offer: one audio stream with the policy's codecs and telephone-event.
+/// Plain RTP; [`set_offer_key`] makes it SRTP.
 pub fn offer(
     policy: &MediaPolicy,
     local: SocketAddr,
@@ -538,6 +588,28 @@ pub fn offer(
     }
 }
 
+/// Makes `offer` SRTP with `key` (RTP/SAVP and one `a=crypto` line of AES_CM_128_HMAC_SHA1_80,
+/// the suite every SDES implementation has, RFC 4568 §6.2.1) or plain RTP without: an offer
+/// is made once per leg and then sent to whichever peer of the route is tried, each as its
+/// `srtp` setting asks.
+pub fn set_offer_key(offer: &mut SessionDescription, key: Option<MasterKey>) {
+    for media in offer.media.iter_mut().filter(|m| m.media == "audio") {
+        media.other_attributes.retain(|a| !a.starts_with("crypto:"));
+        media.protocol = if key.is_some() { "RTP/SAVP" } else { "RTP/AVP" }.into();
+        if let Some(key) = key {
+            media.other_attributes.push(
+                Crypto {
+                    tag: 1,
+                    suite: Suite::AesCm128HmacSha1_80,
+                    key,
+                    mki_length: 0,
+                }
+                .attribute(),
+            );
+        }
+    }
+}
+
 /// Where the remote of a media section receives RTP, None when held (RFC 2543 `c=0.0.0.0`)
 /// or rejected (port 0).
 fn remote_address(session: &SessionDescription, media: &MediaDescription) -> Option<SocketAddr> {
@@ -566,22 +638,40 @@ fn remote_direction(session: &SessionDescription, media: &MediaDescription) -> D
 }
 
 /// Answers an offer (RFC 3264 §6): the first usable audio stream gets the codec the offerer
-/// listed first among ours; every other stream is rejected with port 0.
+/// listed first among ours; every other stream is rejected with port 0. A stream with an
+/// `a=crypto` line we can use is answered with SRTP (RFC 4568 §7.1.2): the offer's tag and
+/// suite, our own key. RTP/SAVP without one is not usable.
 ///
 /// # Errors
-/// [`NegotiationError::NoAcceptableMedia`] (the caller answers 488) or `NoMedia`.
+/// [`NegotiationError::NoAcceptableMedia`] (the caller answers 488), `SrtpRequired` (also
+/// 488) or `NoMedia`.
 pub fn answer(
     offer: &SessionDescription,
     policy: &MediaPolicy,
     local: SocketAddr,
     origin: &Origin,
+    terms: SrtpTerms,
 ) -> Result<(SessionDescription, Negotiated), NegotiationError> {
     if offer.media.is_empty() {
         return Err(NegotiationError::NoMedia);
     }
-    let mut chosen: Option<(usize, Negotiated)> = None;
+    let mut chosen: Option<(usize, Negotiated, Option<Crypto>)> = None;
+    let mut wanted_srtp = false;
     for (index, media) in offer.media.iter().enumerate() {
-        if media.media != "audio" || !media.is_rtp_avp() || media.port == 0 {
+        if media.media != "audio" || !media.is_rtp() || media.port == 0 {
+            continue;
+        }
+        // Ours: the key this endpoint already has from us, or a fresh one.
+        let crypto = media.crypto().and_then(|theirs| {
+            Some(Crypto {
+                key: terms.key.or_else(MasterKey::generate)?,
+                mki_length: 0,
+                ..theirs
+            })
+            .zip(Some(theirs))
+        });
+        if crypto.is_none() && (media.is_savp() || terms.mode == SrtpMode::Mandatory) {
+            wanted_srtp |= terms.mode == SrtpMode::Mandatory;
             continue;
         }
         let codec = media.payload_types().find_map(|pt| {
@@ -604,12 +694,23 @@ pub fn answer(
                 remote: remote_address(offer, media),
                 direction: remote_direction(offer, media),
                 ptime: media.ptime.unwrap_or(policy.ptime),
+                srtp: crypto.map(|(ours, theirs)| srtp::Keys {
+                    suite: theirs.suite,
+                    ours: ours.key,
+                    theirs: theirs.key,
+                    their_mki: theirs.mki_length,
+                }),
             },
+            crypto.map(|(ours, _)| ours),
         ));
         break;
     }
-    let Some((chosen_index, negotiated)) = chosen else {
-        return Err(NegotiationError::NoAcceptableMedia);
+    let Some((chosen_index, negotiated, ours)) = chosen else {
+        return Err(if wanted_srtp {
+            NegotiationError::SrtpRequired
+        } else {
+            NegotiationError::NoAcceptableMedia
+        });
     };
     let mut media = Vec::with_capacity(offer.media.len());
     for (index, offered) in offer.media.iter().enumerate() {
@@ -658,7 +759,7 @@ pub fn answer(
             ptime: Some(negotiated.ptime),
             connection: None,
             rtcp_port: None,
-            other_attributes: Vec::new(),
+            other_attributes: ours.map(|c| c.attribute()).into_iter().collect(),
         });
     }
     let description = SessionDescription {
@@ -707,6 +808,22 @@ pub fn accept_answer(
     {
         return Err(NegotiationError::AnswerNotInOffer);
     }
+    // Our offer's key, and the answer's for the line it took (same tag and suite, §7.1.3).
+    let srtp = match offered.crypto() {
+        None => None,
+        Some(ours) => {
+            let theirs = media
+                .crypto()
+                .filter(|c| c.tag == ours.tag && c.suite == ours.suite)
+                .ok_or(NegotiationError::NoCryptoInAnswer)?;
+            Some(srtp::Keys {
+                suite: ours.suite,
+                ours: ours.key,
+                theirs: theirs.key,
+                their_mki: theirs.mki_length,
+            })
+        }
+    };
     Ok(Negotiated {
         codec,
         payload_type,
@@ -716,16 +833,171 @@ pub fn accept_answer(
         remote: remote_address(answer, media),
         direction: remote_direction(answer, media),
         ptime: media.ptime.unwrap_or(policy.ptime),
+        srtp,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
 
     const BARESIP: &str = "v=0\r\no=- 1234 5678 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n\
 m=audio 40000 RTP/AVP 9 0 8 96 101\r\na=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
 a=rtpmap:96 telephone-event/8000\r\na=fmtp:96 0-15\r\na=rtpmap:101 opus/48000/2\r\na=ptime:20\r\na=sendrecv\r\n";
+
+    /// An SDES offer as a softphone with SRTP mandatory makes it: RTP/SAVP, two suites.
+    const SRTP_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+m=audio 5004 RTP/SAVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n\
+a=crypto:3 AES_256_CM_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBRPS1uQCVeeCFCanVmcjkpPyw=\r\n\
+a=crypto:5 AES_CM_128_HMAC_SHA1_32 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n\
+a=crypto:7 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^20|1:4\r\n";
+
+    #[test]
+    fn an_sdes_offer_is_answered_with_its_first_usable_line_and_our_own_key() {
+        let offer = parsed(SRTP_OFFER);
+        let (answer, negotiated) = answer(
+            &offer,
+            &MediaPolicy::default(),
+            local(),
+            &origin(),
+            SrtpTerms::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let keys = negotiated.srtp.unwrap_or_else(|| panic!("no SRTP"));
+        assert_eq!(keys.suite, Suite::AesCm128HmacSha1_32);
+        assert_eq!(offer.media[0].crypto().map(|c| c.key), Some(keys.theirs));
+        assert_ne!(keys.ours, keys.theirs, "our key is our own");
+        let text = answer.to_string();
+        assert!(text.contains("m=audio 20000 RTP/SAVP 0 101\r\n"), "{text}");
+        let line = format!(
+            "a=crypto:5 AES_CM_128_HMAC_SHA1_32 inline:{}\r\n",
+            STANDARD.encode(keys.ours.0)
+        );
+        assert!(text.contains(&line), "{text}");
+        assert_eq!(text.matches("a=crypto").count(), 1);
+
+        // A re-answer with the key given keeps it.
+        let (again, n) = super::answer(
+            &offer,
+            &MediaPolicy::default(),
+            local(),
+            &origin(),
+            SrtpTerms {
+                mode: SrtpMode::Optional,
+                key: Some(keys.ours),
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again.to_string(), text);
+        assert_eq!(n.srtp, Some(keys));
+        assert_eq!(key_in(&text), Some(keys.ours));
+    }
+
+    #[test]
+    fn best_effort_srtp_in_rtp_avp_is_taken_and_mandatory_refuses_plain() {
+        let best_effort = SRTP_OFFER.replace("RTP/SAVP", "RTP/AVP");
+        let (answer_sdp, n) = answer(
+            &parsed(&best_effort),
+            &MediaPolicy::default(),
+            local(),
+            &origin(),
+            SrtpTerms::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(n.srtp.is_some());
+        assert!(answer_sdp.to_string().contains("RTP/AVP 0 101"));
+        let mandatory = SrtpTerms {
+            mode: SrtpMode::Mandatory,
+            key: None,
+        };
+        let plain = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\n";
+        assert_eq!(
+            answer(
+                &parsed(plain),
+                &MediaPolicy::default(),
+                local(),
+                &origin(),
+                mandatory
+            )
+            .err(),
+            Some(NegotiationError::SrtpRequired)
+        );
+        let (_, n) = answer(
+            &parsed(SRTP_OFFER),
+            &MediaPolicy::default(),
+            local(),
+            &origin(),
+            mandatory,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(n.srtp.is_some());
+        // Only suites and keys we cannot use: RTP/SAVP is refused.
+        let unusable = SRTP_OFFER
+            .lines()
+            .filter(|l| !l.contains("AES_CM_128"))
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        assert_eq!(
+            answer(
+                &parsed(&unusable),
+                &MediaPolicy::default(),
+                local(),
+                &origin(),
+                SrtpTerms::default()
+            )
+            .err(),
+            Some(NegotiationError::NoAcceptableMedia)
+        );
+    }
+
+    #[test]
+    fn our_srtp_offer_takes_only_an_answer_with_its_tag_and_suite() {
+        let mut ours = offer(
+            &MediaPolicy::default(),
+            local(),
+            &origin(),
+            Direction::SendRecv,
+        );
+        let key = MasterKey([9; 30]);
+        set_offer_key(&mut ours, Some(key));
+        let text = ours.to_string();
+        assert!(text.contains("RTP/SAVP 8 0 101"), "{text}");
+        assert!(
+            text.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"),
+            "{text}"
+        );
+        let theirs = "PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR";
+        let reply = |crypto: &str| {
+            format!("v=0\r\no=- 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 6000 RTP/SAVP 8\r\n{crypto}")
+        };
+        let good = reply(&format!(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{theirs}\r\n"
+        ));
+        let n = accept_answer(&ours, &parsed(&good), &MediaPolicy::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let keys = n.srtp.unwrap_or_else(|| panic!("no SRTP"));
+        assert_eq!((keys.suite, keys.ours), (Suite::AesCm128HmacSha1_80, key));
+        for bad in [
+            String::new(),
+            format!("a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:{theirs}\r\n"),
+            format!("a=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:{theirs}\r\n"),
+        ] {
+            assert_eq!(
+                accept_answer(&ours, &parsed(&reply(&bad)), &MediaPolicy::default()).err(),
+                Some(NegotiationError::NoCryptoInAnswer),
+                "{bad}"
+            );
+        }
+        // Made plain again for a peer that takes RTP.
+        set_offer_key(&mut ours, None);
+        let text = ours.to_string();
+        assert!(
+            text.contains("RTP/AVP") && !text.contains("crypto"),
+            "{text}"
+        );
+    }
 
     fn parsed(text: &str) -> SessionDescription {
         parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"))
@@ -749,6 +1021,7 @@ a=rtpmap:96 telephone-event/8000\r\na=fmtp:96 0-15\r\na=rtpmap:101 opus/48000/2\
             &MediaPolicy::default(),
             local(),
             &origin(),
+            SrtpTerms::default(),
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
@@ -780,9 +1053,14 @@ a=rtpmap:96 telephone-event/8000\r\na=fmtp:96 0-15\r\na=rtpmap:101 opus/48000/2\
     #[test]
     fn no_telephone_event_unless_offered() {
         let offer = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 5004 RTP/AVP 8\r\n";
-        let (answer, negotiated) =
-            answer(&parsed(offer), &MediaPolicy::default(), local(), &origin())
-                .unwrap_or_else(|e| panic!("{e}"));
+        let (answer, negotiated) = answer(
+            &parsed(offer),
+            &MediaPolicy::default(),
+            local(),
+            &origin(),
+            SrtpTerms::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(negotiated.telephone_event, None);
         assert!(!answer.to_string().contains("telephone-event"));
     }
@@ -791,24 +1069,51 @@ a=rtpmap:96 telephone-event/8000\r\na=fmtp:96 0-15\r\na=rtpmap:101 opus/48000/2\
     fn g729_only_or_video_only_is_not_acceptable() {
         let g729 = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 5004 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n";
         assert_eq!(
-            answer(&parsed(g729), &MediaPolicy::default(), local(), &origin()).err(),
+            answer(
+                &parsed(g729),
+                &MediaPolicy::default(),
+                local(),
+                &origin(),
+                SrtpTerms::default()
+            )
+            .err(),
             Some(NegotiationError::NoAcceptableMedia)
         );
         let video = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=video 5006 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n";
         assert_eq!(
-            answer(&parsed(video), &MediaPolicy::default(), local(), &origin()).err(),
+            answer(
+                &parsed(video),
+                &MediaPolicy::default(),
+                local(),
+                &origin(),
+                SrtpTerms::default()
+            )
+            .err(),
             Some(NegotiationError::NoAcceptableMedia)
         );
         let srtp = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 5004 RTP/SAVP 0\r\n";
-        assert!(answer(&parsed(srtp), &MediaPolicy::default(), local(), &origin()).is_err());
+        assert!(answer(
+            &parsed(srtp),
+            &MediaPolicy::default(),
+            local(),
+            &origin(),
+            SrtpTerms::default()
+        )
+        .is_err());
     }
 
     #[test]
     fn other_streams_are_rejected_with_port_zero() {
         let offer = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
 m=video 5006 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 5004 RTP/AVP 8\r\nm=audio 5008 RTP/AVP 0\r\n";
-        let (answer, _) = answer(&parsed(offer), &MediaPolicy::default(), local(), &origin())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (answer, _) = answer(
+            &parsed(offer),
+            &MediaPolicy::default(),
+            local(),
+            &origin(),
+            SrtpTerms::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let ports: Vec<u16> = answer.media.iter().map(|m| m.port).collect();
         assert_eq!(ports, vec![0, 20000, 0]);
         assert_eq!(answer.media[0].formats, vec!["96"]);
@@ -827,6 +1132,7 @@ m=video 5006 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 5004 RTP/AVP 8\r\nm
                 &MediaPolicy::default(),
                 local(),
                 &origin(),
+                SrtpTerms::default(),
             )
             .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(n.direction, theirs);
@@ -838,6 +1144,7 @@ m=video 5006 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 5004 RTP/AVP 8\r\nm
             &MediaPolicy::default(),
             local(),
             &origin(),
+            SrtpTerms::default(),
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((n.direction, n.remote), (Direction::SendOnly, None));
@@ -921,7 +1228,7 @@ m=video 5006 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 5004 RTP/AVP 8\r\nm
             #[test]
             fn arbitrary_text_never_panics(text in ".{0,400}") {
                 if let Ok(sdp) = parse(&text) {
-                    let _ = answer(&sdp, &MediaPolicy::default(), local(), &origin());
+                    let _ = answer(&sdp, &MediaPolicy::default(), local(), &origin(), SrtpTerms::default());
                 }
             }
 
@@ -931,7 +1238,7 @@ m=video 5006 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 5004 RTP/AVP 8\r\nm
                 bytes[position] = byte;
                 let text = String::from_utf8_lossy(&bytes).to_string();
                 if let Ok(sdp) = parse(&text) {
-                    let _ = answer(&sdp, &MediaPolicy::default(), local(), &origin());
+                    let _ = answer(&sdp, &MediaPolicy::default(), local(), &origin(), SrtpTerms::default());
                     let _ = parse(&sdp.to_string());
                 }
             }

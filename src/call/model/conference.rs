@@ -19,7 +19,7 @@ use crate::media::{Leg, MediaCommand, Party};
 use crate::sip::dialog::Dialog;
 use crate::sip::endpoint::{DialogKey, ServerTransactionId};
 use crate::sip::message::{self, Headers, Method, Request, Response};
-use crate::sip::sdp::{self, Direction, Origin};
+use crate::sip::sdp::{self, Direction, Origin, SrtpMode};
 use crate::sip::transport::Target;
 
 use super::super::hotkey;
@@ -160,8 +160,14 @@ impl Call {
             self.actions.push_back(Action::UnregisterDialog(old));
             self.actions.push_back(Action::RegisterDialog(new));
         }
+        let guest = &mut self.guests[index];
+        let (Some(peer), Some(offer)) = (guest.route.get(peer_index).cloned(), &mut guest.offer)
+        else {
+            return;
+        };
+        sdp::set_offer_key(offer, super::offer_key(&peer));
         let guest = &self.guests[index];
-        let (Some(peer), Some(offer)) = (guest.route.get(peer_index).cloned(), &guest.offer) else {
+        let Some(offer) = &guest.offer else {
             return;
         };
         let target = Target::for_peer(&peer);
@@ -426,12 +432,14 @@ impl Call {
                     respond(self, 500);
                     return;
                 };
+                let mode = guest.peer().map_or(SrtpMode::Optional, |p| p.srtp);
                 let answered = super::answer_reoffer(
                     &self.settings.policy,
                     media,
                     request,
                     &mut guest.origin,
                     &mut guest.local_sdp,
+                    mode,
                 );
                 if answered.is_ok() {
                     if let Some(dialog) = guest.dialog.as_mut() {
