@@ -527,6 +527,7 @@ async fn two_baresip_phones_talk_over_srtp_on_both_legs() {
         Some(0.0)
     );
     let relayed = gateway.metric("hotline_rtp_packets_relayed_total").await;
-    assert!(relayed.is_some_and(|n| n > 100.0), "{relayed:?}");
+    // Flushed once a second: at least the first second's.
+    assert!(relayed.is_some_and(|n| n >= 50.0), "{relayed:?}");
     gateway.stop().await;
 }

@@ -28,23 +28,6 @@ async fn citizen_calls(
     (invite, rtp)
 }
 
-/// Waits (bounded) until `name` on `/metrics` reads `value`.
-async fn metric_reaches(gateway: &Gateway, name: &str, value: f64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = gateway.metric(name).await;
-        if now == Some(value) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} is {now:?}, not {value}"
-        );
-        // Metrics have no push: look again shortly.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_full_disk_never_stops_calls_and_loses_no_record() {
     let mut citizen = Ua::bind("carrier", LOCALHOST).await;
@@ -86,7 +69,7 @@ async fn a_full_disk_never_stops_calls_and_loses_no_record() {
 
     // Space is freed: the held records land within a retry, and every one is complete.
     common::free_store(&gateway.db);
-    metric_reaches(&gateway, "hotline_store_degraded", 0.0).await;
+    gateway.metric_reaches("hotline_store_degraded", 0.0).await;
     assert_eq!(
         gateway.metric("hotline_store_held_records").await,
         Some(0.0)

@@ -222,6 +222,23 @@ impl Gateway {
         })
     }
 
+    /// Waits (bounded) until `name` on `/metrics` reads `value`.
+    pub async fn metric_reaches(&self, name: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.metric(name).await;
+            if now == Some(value) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} is {now:?}, not {value}"
+            );
+            // Metrics have no push: look again shortly.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// GET a path on the HTTP endpoint; returns (status, body).
     pub async fn http_get(&self, path: &str) -> (u16, String) {
         let mut stream = match TcpStream::connect(self.http).await {

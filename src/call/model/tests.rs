@@ -1681,3 +1681,94 @@ fn a_callee_asking_a_longer_interval_gets_the_invite_again_once() {
     }
     assert_eq!(statuses(&h.responses(A_SERVER)).last(), Some(&500));
 }
+
+/// Settings whose 110 desk has `srtp = "mandatory"`.
+fn srtp_desk_settings() -> Arc<CallSettings> {
+    let text = include_str!("../../../config/gateway.toml").replace(
+        "platform = \"110\"",
+        "platform = \"110\"\nsrtp = \"mandatory\"",
+    );
+    let config = match crate::config::Config::parse(std::path::Path::new("gateway.toml"), &text) {
+        Ok(config) => config,
+        Err(error) => panic!("{error}"),
+    };
+    let mut settings = (*settings()).clone();
+    settings.router = Arc::new(Router::new(&config));
+    Arc::new(settings)
+}
+
+/// An SDES answer from the desk.
+fn srtp_answer() -> String {
+    ANSWER.replace("RTP/AVP", "RTP/SAVP")
+        + "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n"
+}
+
+/// A transfer to an SRTP desk: its INVITE is RTP/SAVP with a key of ours, and its answer
+/// hands the relay the new endpoint with both keys (the citizen's leg stays plain).
+#[test]
+fn a_transfer_to_an_srtp_desk_offers_a_key_and_replaces_leg_b_with_its_keys() {
+    let mut h = Harness::build_with(
+        srtp_desk_settings(),
+        invite(OFFER, 70),
+        peer("carrier", 5070),
+        "12345",
+        vec![peer_with_platform("hotline", 5080, "12345")],
+    );
+    h.answer();
+    assert!(
+        !h.sent(Method::Invite)[0]
+            .0
+            .sdp()
+            .unwrap_or_default()
+            .contains("a=crypto"),
+        "the hotline's srtp is optional: a plain offer"
+    );
+    h.agent_sends(7, "REFER", 2, "Refer-To: <sip:110@127.0.0.1>\r\n");
+    let invite = h.last_invite();
+    let offer = invite.sdp().unwrap_or_default().to_string();
+    assert!(offer.contains("RTP/SAVP"), "{offer}");
+    let Some(ours) = sdp::key_in(&offer) else {
+        panic!("no key in {offer}");
+    };
+    h.respond_to_invite(200, Some(&srtp_answer()));
+    assert!(h.sent_media(|m| matches!(
+        m,
+        MediaCommand::Replace(Party::B, LegMedia { srtp: Some(keys), .. }) if keys.ours == ours
+    )));
+    assert!(!h.sent_media(|m| matches!(
+        m,
+        MediaCommand::Configure(Party::A, LegMedia { srtp: Some(_), .. })
+    )));
+}
+
+/// A conference guest at an SRTP desk: offered RTP/SAVP, and its plain answer refused (the
+/// guest is released; the call goes on).
+#[test]
+fn a_conference_guest_at_an_srtp_desk_must_answer_with_keys() {
+    let mut h = Harness::build_with(
+        srtp_desk_settings(),
+        invite(OFFER, 70),
+        peer("carrier", 5070),
+        "12345",
+        vec![peer_with_platform("hotline", 5080, "12345")],
+    );
+    h.answer();
+    assert!(h
+        .call
+        .conference(h.now, Leg::B, "110", Trigger::Api)
+        .is_ok());
+    h.drain();
+    let address = "127.0.0.1:20004".parse().unwrap_or_else(|_| unreachable!());
+    h.call
+        .handle_party_opened(h.now, Party::guest(0).map(|p| (p, address)));
+    h.drain();
+    let offer = h.last_invite().sdp().unwrap_or_default().to_string();
+    assert!(
+        offer.contains("RTP/SAVP") && offer.contains("a=crypto:1 "),
+        "{offer}"
+    );
+    h.respond_to_invite(200, Some(ANSWER));
+    assert!(!h.sent_media(|m| matches!(m, MediaCommand::Join(_))));
+    assert_eq!(h.sent(Method::Bye).len(), 1, "the guest is released");
+    assert!(h.outcome().is_none(), "the call goes on");
+}
