@@ -332,51 +332,113 @@ struct Side {
     srtp: Option<Box<SrtpSession>>,
 }
 
-/// One leg's SRTP: our stream's sender context and the endpoint's receiver context, each kept
-/// while its key stays (a re-INVITE that repeats a key continues that stream's rollover
-/// counter and replay window, RFC 4568 §7.1.4).
+/// One leg's SRTP: a sender context for each key we protected our stream to it with and a
+/// receiver context for each key its endpoint used, kept for the side's life and the newest
+/// in use. A key that comes back (the agent's, after a transfer target's early media) goes on
+/// with its indexes and replay window: a key, SSRC and index never encrypt twice
+/// (RFC 3711 §9.1), and a re-INVITE repeating the keys continues the streams (RFC 4568 §7.1.4).
 struct SrtpSession {
-    keys: srtp::Keys,
-    sender: srtp::Sender,
-    receiver: srtp::Receiver,
+    /// The leg's last negotiation had keys (a plain one keeps the contexts, unused).
+    active: bool,
+    senders: Vec<(srtp::MasterKey, srtp::Sender)>,
+    receivers: Vec<(srtp::MasterKey, u8, srtp::Receiver)>,
+    /// Our keys whose contexts were given up for room: never used again.
+    retired: Vec<srtp::MasterKey>,
+    /// The key in use is a retired one: nothing is sent.
+    muted: bool,
 }
 
-impl SrtpSession {
-    fn new(keys: srtp::Keys) -> SrtpSession {
-        SrtpSession {
-            keys,
-            sender: srtp::Sender::new(keys.suite, &keys.ours),
-            receiver: srtp::Receiver::new(keys.suite, &keys.theirs, keys.their_mki),
-        }
-    }
+/// Contexts kept per side and direction (each new key is a signalling exchange: a transfer
+/// attempt, a re-INVITE), the least recently used given up first.
+const MAX_KEYS: usize = 16;
+/// Retired keys remembered per side; beyond, the side sends nothing under a new key either.
+const MAX_RETIRED: usize = 64;
 
-    /// The contexts for `keys`: what did not change goes on.
+impl SrtpSession {
+    /// The contexts for the leg's new negotiation.
     fn update(current: Option<Box<SrtpSession>>, keys: Option<srtp::Keys>) -> Option<Box<Self>> {
-        let keys = keys?;
-        let Some(mut session) = current else {
-            return Some(Box::new(SrtpSession::new(keys)));
+        let Some(keys) = keys else {
+            return current.map(|mut session| {
+                session.active = false;
+                session
+            });
         };
-        let old = session.keys;
-        if old.suite != keys.suite {
-            return Some(Box::new(SrtpSession::new(keys)));
+        let mut session = current.unwrap_or_else(|| {
+            Box::new(SrtpSession {
+                active: true,
+                senders: Vec::new(),
+                receivers: Vec::new(),
+                retired: Vec::new(),
+                muted: false,
+            })
+        });
+        session.active = true;
+        session.muted = false;
+        match session.senders.iter().position(|(k, _)| *k == keys.ours) {
+            Some(at) => {
+                let (key, mut sender) = session.senders.remove(at);
+                sender.set_suite(keys.suite);
+                session.senders.push((key, sender));
+            }
+            None if session.retired.contains(&keys.ours)
+                || session.retired.len() == MAX_RETIRED =>
+            {
+                tracing::warn!("an SRTP key whose indexes are forgotten; not sending with it");
+                session.muted = true;
+            }
+            None => {
+                if session.senders.len() == MAX_KEYS {
+                    let (old, _) = session.senders.remove(0);
+                    session.retired.push(old);
+                }
+                let sender = srtp::Sender::new(keys.suite, &keys.ours);
+                session.senders.push((keys.ours, sender));
+            }
         }
-        if old.ours != keys.ours {
-            session.sender = srtp::Sender::new(keys.suite, &keys.ours);
+        let theirs = (keys.theirs, keys.their_mki);
+        match session
+            .receivers
+            .iter()
+            .position(|(k, mki, _)| (*k, *mki) == theirs)
+        {
+            Some(at) => {
+                let entry = session.receivers.remove(at);
+                session.receivers.push(entry);
+            }
+            None => {
+                if session.receivers.len() == MAX_KEYS {
+                    session.receivers.remove(0);
+                }
+                let receiver = srtp::Receiver::new(keys.suite, &keys.theirs, keys.their_mki);
+                session
+                    .receivers
+                    .push((keys.theirs, keys.their_mki, receiver));
+            }
         }
-        if old.theirs != keys.theirs || old.their_mki != keys.their_mki {
-            session.receiver = srtp::Receiver::new(keys.suite, &keys.theirs, keys.their_mki);
+        if let Some((_, _, receiver)) = session.receivers.last_mut() {
+            receiver.set_suite(keys.suite);
         }
-        session.keys = keys;
         Some(session)
     }
 
     /// Authenticates and decrypts a packet from the endpoint in place: its plaintext length.
     fn unprotect(&mut self, packet: &mut [u8]) -> Result<usize, srtp::SrtpError> {
+        let Some((_, _, receiver)) = self.receivers.last_mut() else {
+            return Err(srtp::SrtpError::Authentication);
+        };
         if is_rtcp(packet) {
-            self.receiver.unprotect_rtcp(packet)
+            receiver.unprotect_rtcp(packet)
         } else {
-            self.receiver.unprotect_rtp(packet)
+            receiver.unprotect_rtp(packet)
         }
+    }
+
+    /// The context our stream to the endpoint is protected with now.
+    fn sender(&mut self) -> Option<&mut srtp::Sender> {
+        if self.muted {
+            return None;
+        }
+        self.senders.last_mut().map(|(_, sender)| sender)
     }
 }
 
@@ -1084,7 +1146,12 @@ fn receive(
     let Some(from) = Party::from_index(party) else {
         return;
     };
-    if let Some(srtp) = call.sides.get_mut(party).and_then(|s| s.srtp.as_mut()) {
+    if let Some(srtp) = call
+        .sides
+        .get_mut(party)
+        .and_then(|s| s.srtp.as_mut())
+        .filter(|s| s.active)
+    {
         match srtp.unprotect(&mut buffer[..length]) {
             Ok(plain) => length = plain,
             // Forged, replayed or not SRTP at all (baresip's plain RTCP "PING" before its
@@ -1093,7 +1160,10 @@ fn receive(
                 if error != srtp::SrtpError::TooShort {
                     tally.srtp_rejected += 1;
                 }
-                count(&call.stats, tally, from, Outcome::Dropped);
+                // The call's packet counts are RTP's (RTCP drops never counted there).
+                if is_rtp && !is_rtcp(&buffer[..length]) {
+                    count(&call.stats, tally, from, Outcome::Dropped);
+                }
                 return;
             }
         }
@@ -1528,8 +1598,11 @@ fn send_protected(
     destination: SocketAddr,
     connected: Option<SocketAddr>,
 ) -> Outcome {
-    let Some(session) = srtp.as_mut() else {
+    let Some(session) = srtp.as_mut().filter(|s| s.active) else {
         return send(socket, packet, destination, connected);
+    };
+    let Some(sender) = session.sender() else {
+        return Outcome::Dropped;
     };
     let mut buffer = [0u8; 2048 + srtp::MAX_OVERHEAD];
     let Some(room) = buffer.get_mut(..packet.len()) else {
@@ -1537,9 +1610,9 @@ fn send_protected(
     };
     room.copy_from_slice(packet);
     let protected = if is_rtcp(packet) {
-        session.sender.protect_rtcp(&mut buffer, packet.len())
+        sender.protect_rtcp(&mut buffer, packet.len())
     } else {
-        session.sender.protect_rtp(&mut buffer, packet.len())
+        sender.protect_rtp(&mut buffer, packet.len())
     };
     match protected {
         Some(length) => send(socket, &buffer[..length], destination, connected),
@@ -1588,6 +1661,70 @@ fn payload_range(packet: &[u8]) -> Option<Range<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn keys(ours: u8, theirs: u8, suite: srtp::Suite) -> Option<srtp::Keys> {
+        Some(srtp::Keys {
+            suite,
+            ours: srtp::MasterKey([ours; 30]),
+            theirs: srtp::MasterKey([theirs; 30]),
+            their_mki: 0,
+        })
+    }
+
+    /// Sends sequence number `sequence` of our stream through the side's sender.
+    fn protect(session: &mut SrtpSession, sequence: u16) -> Option<usize> {
+        let mut buffer = [0u8; 256];
+        buffer[..12].copy_from_slice(&[0x80, 8, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]);
+        buffer[2..4].copy_from_slice(&sequence.to_be_bytes());
+        session.sender()?.protect_rtp(&mut buffer, 172)
+    }
+
+    /// The agent's key comes back after a transfer target's (early media, then the target
+    /// failed), and after a plain spell and a suite change: its context goes on, so the
+    /// indexes it used stay used.
+    #[test]
+    fn a_key_that_comes_back_keeps_its_indexes() {
+        use srtp::Suite::{AesCm128HmacSha1_32, AesCm128HmacSha1_80};
+        let mut session = SrtpSession::update(None, keys(1, 2, AesCm128HmacSha1_80));
+        let Some(s) = session.as_deref_mut() else {
+            panic!("no session");
+        };
+        assert!(protect(s, 10).is_some());
+        session = SrtpSession::update(session, keys(5, 6, AesCm128HmacSha1_80));
+        if let Some(s) = session.as_deref_mut() {
+            assert!(protect(s, 10).is_some(), "another key: its own indexes");
+        }
+        session = SrtpSession::update(session, None);
+        assert!(session.as_ref().is_some_and(|s| !s.active));
+        session = SrtpSession::update(session, keys(1, 2, AesCm128HmacSha1_32));
+        let Some(s) = session.as_deref_mut() else {
+            panic!("no session");
+        };
+        assert!(s.active);
+        assert_eq!(protect(s, 10), None, "10 was sent under key 1");
+        assert_eq!(protect(s, 11), Some(172 + 4), "the 32-bit tag now");
+        assert_eq!(s.senders.len(), 2);
+        assert_eq!(s.receivers.len(), 2);
+    }
+
+    /// Beyond the contexts kept, the oldest of our keys is retired: it never protects again.
+    #[test]
+    fn a_retired_key_sends_nothing() {
+        use srtp::Suite::AesCm128HmacSha1_80;
+        let mut session = None;
+        for key in 0..=MAX_KEYS as u8 {
+            session = SrtpSession::update(session, keys(key, 200, AesCm128HmacSha1_80));
+        }
+        session = SrtpSession::update(session, keys(0, 200, AesCm128HmacSha1_80));
+        let Some(s) = session.as_deref_mut() else {
+            panic!("no session");
+        };
+        assert_eq!(protect(s, 1), None);
+        session = SrtpSession::update(session, keys(99, 200, AesCm128HmacSha1_80));
+        assert!(session
+            .as_deref_mut()
+            .is_some_and(|s| protect(s, 1).is_some()));
+    }
 
     #[test]
     fn payload_range_skips_csrc_extension_and_padding() {

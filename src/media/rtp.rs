@@ -157,7 +157,17 @@ impl StreamRewriter {
         let timestamp = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
         let source = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
 
-        let new_source = self.source != Some(source);
+        let mut new_source = self.source != Some(source);
+        if !new_source {
+            // RFC 3550 A.1: more than 3,000 ahead or 100 behind, the source restarted its
+            // numbering (or jumped). Continue our stream from here rather than jump with it:
+            // an SRTP receiver would take a jump of 2^15 for a rollover, and our SRTP sender
+            // must never go back to indexes it used.
+            let ahead = sequence
+                .wrapping_add(self.sequence_offset)
+                .wrapping_sub(self.last_sequence);
+            new_source = ahead > MAX_DROPOUT && ahead < 0u16.wrapping_sub(MAX_MISORDER);
+        }
         if new_source {
             let next_sequence = self.last_sequence.wrapping_add(1);
             let next_timestamp = match self.last_arrival {
@@ -231,6 +241,11 @@ impl StreamRewriter {
         (ticks.max(1) % (1u128 << 32)) as u32
     }
 }
+
+/// RFC 3550 A.1's bounds on a source's sequence numbers: further ahead, or further behind, is a
+/// restart.
+const MAX_DROPOUT: u16 = 3000;
+const MAX_MISORDER: u16 = 100;
 
 /// Sets the payload type of an RTP packet in place, keeping the marker bit.
 pub fn set_payload_type(packet: &mut [u8], payload_type: u8) {
@@ -451,6 +466,27 @@ mod tests {
         // The switch continues from the newest packet (107 at 500 ms), not from the late 101.
         let h = rewrite(&mut rewriter, packet(0, 1, 1, 10), t0 + ms(520));
         assert_eq!((h.1, h.2), (108, 7_560));
+    }
+
+    /// The same SSRC starting its numbering again (far behind) or jumping far ahead: our
+    /// stream goes on from where it was, marked, as after a change of source.
+    #[test]
+    fn a_source_restarting_its_numbering_is_continued_not_followed() {
+        let t0 = Instant::now();
+        let mut rewriter = StreamRewriter::new(1, 500, 0, 8000);
+        assert_eq!(rewrite(&mut rewriter, packet(0, 40_000, 0, 9), t0).1, 500);
+        let h = rewrite(&mut rewriter, packet(0, 40_001, 160, 9), t0 + ms(20));
+        assert_eq!((h.0, h.1), (false, 501));
+        let h = rewrite(&mut rewriter, packet(0, 3, 50, 9), t0 + ms(40));
+        assert_eq!((h.0, h.1, h.2), (true, 502, 320));
+        let h = rewrite(&mut rewriter, packet(0, 4, 210, 9), t0 + ms(60));
+        assert_eq!((h.0, h.1, h.2), (false, 503, 480));
+        let h = rewrite(&mut rewriter, packet(0, 20_004, 370, 9), t0 + ms(80));
+        assert_eq!((h.0, h.1), (true, 504));
+        // Within the bounds a late packet keeps its place in the numbering (here one already
+        // used: an SRTP leg's sender refuses it, a plain one passes it on).
+        let h = rewrite(&mut rewriter, packet(0, 20_000, 100, 9), t0 + ms(81));
+        assert_eq!(h.1, 500);
     }
 
     #[test]

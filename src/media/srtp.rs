@@ -237,8 +237,9 @@ pub struct Sender {
     suite: Suite,
     rtp: SessionKeys,
     rtcp: SessionKeys,
-    /// Rollover counter and highest sequence number sent (None before the first packet).
-    rtp_index: Option<(u32, u16)>,
+    /// The indexes sent: the highest (its rollover counter and sequence number) and the 64
+    /// below it. None before the first packet.
+    sent: Option<ReplayWindow>,
     /// The last SRTCP index used (31 bits, §3.4).
     rtcp_index: u32,
 }
@@ -249,13 +250,22 @@ impl Sender {
             suite,
             rtp: SessionKeys::derive(key, 0),
             rtcp: SessionKeys::derive(key, 3),
-            rtp_index: None,
+            sent: None,
             rtcp_index: 0,
         }
     }
 
+    /// Another suite on the same key (a re-offer that picked another line): the session keys
+    /// do not depend on the suite (§4.3), so the indexes used stay used.
+    pub fn set_suite(&mut self, suite: Suite) {
+        self.suite = suite;
+    }
+
     /// Encrypts the RTP packet in `buffer[..length]` and appends its tag: returns the SRTP
-    /// packet's length, None if it is no RTP packet or `buffer` has no room for the tag.
+    /// packet's length. None if it is no RTP packet, `buffer` has no room for the tag, or its
+    /// index was used already or is too far behind to tell: a key, SSRC and index must never
+    /// encrypt twice (§9.1), so such a packet (a late one relayed after ones we generated) is
+    /// not sent.
     pub fn protect_rtp(&mut self, buffer: &mut [u8], length: usize) -> Option<usize> {
         let tag = self.suite.rtp_tag();
         if buffer.len() < length + tag {
@@ -265,17 +275,20 @@ impl Sender {
         let header = rtp_header_length(packet)?;
         let sequence = u16::from_be_bytes([packet[2], packet[3]]);
         let ssrc = ssrc_at(packet, 8)?;
-        let roc = match self.rtp_index {
+        let roc = match self.sent {
             None => 0,
-            Some((roc, highest)) => estimate_roc(roc, highest, sequence),
+            Some(sent) => estimate_roc((sent.highest >> 16) as u32, sent.highest as u16, sequence),
         };
         let index = (u64::from(roc) << 16) | u64::from(sequence);
-        if self
-            .rtp_index
-            .is_none_or(|(r, highest)| index > (u64::from(r) << 16 | u64::from(highest)))
-        {
-            self.rtp_index = Some((roc, sequence));
+        let mut sent = self.sent.unwrap_or(ReplayWindow {
+            highest: index,
+            seen: 0,
+        });
+        if !sent.check(index) {
+            return None;
         }
+        sent.accept(index);
+        self.sent = Some(sent);
         self.rtp.crypt(ssrc, index, &mut packet[header..]);
         let (packet, rest) = buffer.split_at_mut(length);
         self.rtp
@@ -366,6 +379,11 @@ impl Receiver {
             rtcp: SessionKeys::derive(key, 3),
             sources: Vec::new(),
         }
+    }
+
+    /// Another suite on the same key: the replay windows and rollover counters go on.
+    pub fn set_suite(&mut self, suite: Suite) {
+        self.suite = suite;
     }
 
     fn source(&mut self, ssrc: u32) -> usize {
@@ -642,6 +660,35 @@ mod tests {
             let mut replay = protected[30].0.clone();
             assert_eq!(receiver.unprotect_rtp(&mut replay), Err(SrtpError::Replay));
         }
+    }
+
+    /// A late packet relayed after ones we generated would get an index already used: it is
+    /// not sent, and neither is one too far behind. The suite may change; the indexes stay used.
+    #[test]
+    fn the_sender_never_encrypts_an_index_twice() {
+        let mut sender = Sender::new(Suite::AesCm128HmacSha1_80, &MasterKey([3; 30]));
+        let mut buffer = [0u8; 256];
+        let mut protect = |sender: &mut Sender, sequence: u16| {
+            let plain = rtp(sequence, 1);
+            buffer[..plain.len()].copy_from_slice(&plain);
+            sender.protect_rtp(&mut buffer, plain.len())
+        };
+        assert!(protect(&mut sender, 100).is_some());
+        assert!(protect(&mut sender, 102).is_some());
+        assert!(
+            protect(&mut sender, 101).is_some(),
+            "a late one not sent before"
+        );
+        assert_eq!(protect(&mut sender, 102), None, "102 again");
+        sender.set_suite(Suite::AesCm128HmacSha1_32);
+        assert_eq!(
+            protect(&mut sender, 101),
+            None,
+            "still used under the other suite"
+        );
+        assert!(protect(&mut sender, 200).is_some());
+        assert_eq!(protect(&mut sender, 136), None, "64 behind");
+        assert!(protect(&mut sender, 137).is_some());
     }
 
     #[test]
