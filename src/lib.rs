@@ -114,6 +114,15 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// # Errors
 /// [`StartError`] when a socket cannot be bound or the store cannot be opened.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
+    // RFC 4568 §8.3: SDES keys are only as secret as the signalling that carries them.
+    for peer in config.peers.iter().filter(|p| {
+        p.srtp == sip::sdp::SrtpMode::Mandatory && p.transport != config::TransportKind::Tls
+    }) {
+        tracing::warn!(
+            peer = %peer.name,
+            "srtp = \"mandatory\" without transport = \"tls\": the SRTP keys cross the network in clear SIP"
+        );
+    }
     let metrics = Arc::new(Metrics::new());
     let store = Store::open_with(
         &config.store.path,

@@ -546,6 +546,8 @@ pub struct Call {
     pending_cleanup: bool,
     /// Legs A and B's session timers (RFC 4028).
     sessions: [session::LegSession; 2],
+    /// The party whose re-INVITE without SDP we answered with an offer: its ACK answers it.
+    offer_in_2xx: Option<Party>,
     actions: VecDeque<Action>,
 }
 
@@ -626,6 +628,7 @@ impl Call {
             outcome: None,
             pending_cleanup: false,
             sessions: Default::default(),
+            offer_in_2xx: None,
             actions: VecDeque::new(),
         };
         call.start(now);
@@ -1268,6 +1271,9 @@ impl Call {
             response.headers.push(&header.name, header.value.clone());
         }
         if let Some(body) = body {
+            if request.method == Method::Invite && request.sdp().is_none() {
+                self.offer_in_2xx = Some(party);
+            }
             response.headers.push("Content-Type", "application/sdp");
             response.body = Bytes::from(body);
         }
@@ -1276,13 +1282,61 @@ impl Call {
     }
 
     fn handle_ack(&mut self, request: Request) {
-        // A delayed-offer caller answers our offer in the ACK (§13.2.1).
-        if let (Some(offer), Some(Ok(answer))) =
-            (self.a.pending_offer.take(), request.sdp().map(sdp::parse))
-        {
-            if let Ok(negotiated) = sdp::accept_answer(&offer, &answer, &self.settings.policy) {
-                self.configure(Leg::A, &negotiated);
+        // A delayed-offer caller answers our offer in the ACK (§13.2.1); an answer we cannot
+        // use (none, or plain RTP to our SRTP offer) ends the call with BYE.
+        if let Some(offer) = self.a.pending_offer.take() {
+            let negotiated = match request.sdp().map(sdp::parse) {
+                Some(Ok(answer)) => sdp::accept_answer(&offer, &answer, &self.settings.policy)
+                    .map_err(|e| e.to_string()),
+                Some(Err(error)) => Err(error.to_string()),
+                None => Err("no answer in the ACK".into()),
+            };
+            match negotiated {
+                Ok(negotiated) => self.configure(Leg::A, &negotiated),
+                Err(error) => {
+                    tracing::info!(call = %self.id, %error, "caller's answer not acceptable");
+                    self.hang_up(None, EndedBy::Gateway, "caller answer not acceptable");
+                }
             }
+            return;
+        }
+        // The ACK answering the offer our 2xx to a re-INVITE without SDP made.
+        let Some(party) = self.offer_in_2xx else {
+            return;
+        };
+        let leg = if party == self.a.party && request.call_id() == self.a.call_id {
+            Leg::A
+        } else if party == self.b.party && request.call_id() == self.b.call_id {
+            Leg::B
+        } else {
+            return;
+        };
+        self.offer_in_2xx = None;
+        if let Some(answer) = request.sdp() {
+            self.take_answer(leg, answer);
+        }
+    }
+
+    /// The answer to an offer of ours inside `leg`'s dialog (our SDP again, in a refresh
+    /// re-INVITE or a 2xx to a re-INVITE without SDP): the endpoint may have moved or taken a
+    /// new SRTP key (RFC 4568 §7.1.4). One we cannot use leaves the media as it was.
+    pub(super) fn take_answer(&mut self, leg: Leg, answer: &str) {
+        let local = match leg {
+            Leg::A => self.a.local_sdp.as_deref(),
+            Leg::B => self.b.local_sdp.as_deref(),
+        };
+        let (Some(Ok(ours)), Ok(answer)) = (local.map(sdp::parse), sdp::parse(answer)) else {
+            return;
+        };
+        let Ok(negotiated) = sdp::accept_answer(&ours, &answer, &self.settings.policy) else {
+            return;
+        };
+        let current = match leg {
+            Leg::A => self.a.endpoint,
+            Leg::B => self.b.endpoint,
+        };
+        if current != Some(leg_media(&negotiated)) {
+            self.configure(leg, &negotiated);
         }
     }
 

@@ -809,7 +809,11 @@ pub fn accept_answer(
         return Err(NegotiationError::AnswerNotInOffer);
     }
     // Our offer's key, and the answer's for the line it took (same tag and suite, §7.1.3).
+    // SRTP in answer to plain RTP would have us send what the endpoint cannot play.
     let srtp = match offered.crypto() {
+        None if media.is_savp() || media.crypto().is_some() => {
+            return Err(NegotiationError::AnswerNotInOffer)
+        }
         None => None,
         Some(ours) => {
             let theirs = media

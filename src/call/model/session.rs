@@ -375,6 +375,10 @@ impl Call {
                     target,
                 });
             }
+            // Our SDP went again as the offer; the answer may carry a new key.
+            if let (false, Some(answer)) = (again, response.sdp()) {
+                self.take_answer(leg, answer);
+            }
         }
         if again || self.state != State::Answered {
             return true;

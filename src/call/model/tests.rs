@@ -1772,3 +1772,85 @@ fn a_conference_guest_at_an_srtp_desk_must_answer_with_keys() {
     assert_eq!(h.sent(Method::Bye).len(), 1, "the guest is released");
     assert!(h.outcome().is_none(), "the call goes on");
 }
+
+/// The ACK of a delayed-offer call from a caller whose `srtp` is mandatory: our offer in the
+/// 200 is RTP/SAVP, and a plain answer in the ACK ends the call with BYE (RFC 3261 §13.2.1).
+#[test]
+fn a_mandatory_caller_answering_our_srtp_offer_with_plain_rtp_is_hung_up() {
+    let mut carrier = Peer::new(
+        "carrier",
+        SocketAddr::from(([127, 0, 0, 1], 5070)),
+        None,
+        TransportKind::Udp,
+    );
+    carrier.srtp = SrtpMode::Mandatory;
+    let mut h = Harness::build(
+        invite("", 70),
+        Arc::new(carrier),
+        "12345",
+        vec![peer("hotline", 5080)],
+    );
+    h.respond_to_invite(200, Some(ANSWER));
+    let ok = h.responses(A_SERVER);
+    let offer = ok[0].sdp().unwrap_or_default().to_string();
+    assert!(
+        offer.contains("RTP/SAVP") && offer.contains("a=crypto:1 "),
+        "{offer}"
+    );
+    let ack = request(&format!(
+        "ACK sip:gw@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-ack\r\n\
+From: <sip:13800138000@127.0.0.1:5070>;tag=citizen\r\nTo: <sip:12345@127.0.0.1:5060>;tag={}\r\n\
+Call-ID: a-leg@127.0.0.1\r\nCSeq: 1 ACK\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
+        h.a_tag(),
+        ANSWER.len(),
+        ANSWER
+    ));
+    h.sip(SipEvent::Ack { request: ack });
+    assert_eq!(h.sent(Method::Bye).len(), 2, "both legs released");
+    assert!(!h.sent_media(|m| matches!(m, MediaCommand::Configure(Party::A, _))));
+    assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Gateway));
+}
+
+/// A caller with SDES sends a re-INVITE without SDP: our 200 offers our description again
+/// (with our key), and its ACK answers with a key of its own, new: the relay gets it
+/// (RFC 4568 §7.1.4 lets each answer re-key).
+#[test]
+fn an_ack_answering_our_offer_may_bring_a_new_key() {
+    let line = |key: &str| format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}\r\n");
+    let offer =
+        OFFER.replace("RTP/AVP", "RTP/SAVP") + &line("PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR");
+    let mut h = Harness::new(&offer, vec![peer("hotline", 5080)]);
+    h.answer();
+    let first = h.responses(A_SERVER)[1]
+        .sdp()
+        .unwrap_or_default()
+        .to_string();
+    let Some(ours) = sdp::key_in(&first) else {
+        panic!("no key in our answer: {first}");
+    };
+    h.caller_sends(9, "INVITE", 2, "");
+    let ok = h.responses(9);
+    assert_eq!(statuses(&ok), vec![200]);
+    assert_eq!(
+        ok[0].sdp().and_then(sdp::key_in),
+        Some(ours),
+        "our key again in our offer"
+    );
+    // "ABCDEFGHIJKLMNOPQRSTUVWXYZabcd", base64.
+    let answer =
+        OFFER.replace("RTP/AVP", "RTP/SAVP") + &line("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk");
+    let ack = request(&format!(
+        "ACK sip:gw@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-ack2\r\n\
+From: <sip:13800138000@127.0.0.1:5070>;tag=citizen\r\nTo: <sip:12345@127.0.0.1:5060>;tag={}\r\n\
+Call-ID: a-leg@127.0.0.1\r\nCSeq: 2 ACK\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
+        h.a_tag(),
+        answer.len(),
+        answer
+    ));
+    h.sip(SipEvent::Ack { request: ack });
+    let new = crate::media::srtp::MasterKey(*b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcd");
+    assert!(h.sent_media(|m| matches!(
+        m,
+        MediaCommand::Configure(Party::A, LegMedia { srtp: Some(k), .. }) if k.theirs == new && k.ours == ours
+    )));
+}
