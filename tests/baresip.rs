@@ -512,13 +512,23 @@ async fn two_baresip_phones_talk_over_srtp_on_both_legs() {
     citizen.command("hangup", "").await;
     agent.event("CALL_CLOSED").await;
 
-    // The SDP each phone got from the gateway (baresip's SIP trace): RTP/SAVP, one key.
-    for (dir, who) in [(&dirs[0], "the citizen"), (&dirs[1], "the agent")] {
+    // The SDP each phone got from the gateway, in baresip's SIP trace (blocks of
+    // "#\nUDP <from> -> <to>\n<message>"): the answer to the citizen, the offer to the agent,
+    // each RTP/SAVP with one key.
+    let from_gateway = format!("UDP {} -> ", gateway.sip);
+    for (dir, who, first_line) in [
+        (&dirs[0], "the citizen", "SIP/2.0 200 OK"),
+        (&dirs[1], "the agent", "INVITE "),
+    ] {
         let trace = std::fs::read_to_string(dir.path().join("baresip.log")).unwrap_or_default();
-        assert!(
-            trace.contains("RTP/SAVP") && trace.contains("a=crypto:"),
-            "{who} saw no SDES: {trace}"
-        );
+        let got = trace.split("#\n").any(|block| {
+            let mut lines = block.lines();
+            lines.next().is_some_and(|l| l.starts_with(&from_gateway))
+                && lines.next().is_some_and(|l| l.starts_with(first_line))
+                && block.contains("RTP/SAVP")
+                && block.matches("a=crypto:").count() == 1
+        });
+        assert!(got, "{who} got no SDES from the gateway: {trace}");
     }
     assert_tones(&heard(dirs[0].path()), "the citizen", &[880.0], &[440.0]);
     assert_tones(&heard(dirs[1].path()), "the agent", &[440.0], &[880.0]);

@@ -219,7 +219,9 @@ async fn srtp_caller_and_plain_callee_forgeries_and_replays_dropped() {
     );
     let ack = caller.ack(&reinvite, &reok, "");
     caller.send_request(&ack).await;
-    // The stream goes on under the same contexts: the next packets still pass.
+    // The stream goes on under the same contexts: the next packet passes, and a replay of
+    // one from before the re-INVITE is still refused (a fresh context would take it).
+    send(&citizen_rtp.socket, &sent[4], gateway_a).await;
     send(
         &citizen_rtp.socket,
         &packet(Some(&mut citizen), 9, 0x4c),
@@ -227,6 +229,15 @@ async fn srtp_caller_and_plain_callee_forgeries_and_replays_dropped() {
     )
     .await;
     assert_eq!(hotline_rtp.recv().await.payload, vec![0x4c; 160]);
+    gateway
+        .metric_reaches("hotline_srtp_rejected_total", 5.0)
+        .await;
+    // And our stream to the citizen goes on: its receiver context takes the next packet.
+    send(&hotline_rtp.socket, &packet(None, 6, 0x66), gateway_b).await;
+    let Some(mut srtp) = datagram(&citizen_rtp.socket, common::WAIT).await else {
+        panic!("no media reached the citizen after the re-INVITE");
+    };
+    assert_eq!(from_gateway.unprotect_rtp(&mut srtp), Ok(172));
 
     let bye = caller.in_dialog(&invite, &ok, "BYE", 3, "");
     caller.send_request(&bye).await;
@@ -303,26 +314,29 @@ async fn srtp_mandatory_peers_get_savp_offers_and_plain_sdp_is_refused() {
     gateway.stop().await;
 }
 
-/// A route whose first peer must have SRTP and whose second takes RTP: each gets the offer its
-/// setting asks for, and the second never sees the key offered to the first.
+/// A route of two desks that must have SRTP and one that takes RTP: each gets the offer its
+/// setting asks for, the two SRTP desks each a key of its own.
 #[tokio::test]
 async fn failover_offers_each_peer_what_it_takes() {
     let mut caller = Ua::bind("carrier", LOCALHOST).await;
     let mut secure = Ua::bind("secure", LOCALHOST).await;
+    let mut other = Ua::bind("other", LOCALHOST).await;
     let mut plain = Ua::bind("plain", LOCALHOST).await;
     let mut gateway = Gateway::start(
         &[
             ("carrier", caller.address, ""),
             ("secure", secure.address, "srtp = \"mandatory\""),
+            ("other", other.address, "srtp = \"mandatory\""),
             ("plain", plain.address, ""),
         ],
-        &[("12345", &["secure", "plain"])],
+        &[("12345", &["secure", "other", "plain"])],
         "",
         "",
     )
     .await;
     caller.set_gateway(gateway.sip);
     secure.set_gateway(gateway.sip);
+    other.set_gateway(gateway.sip);
     plain.set_gateway(gateway.sip);
     let citizen_rtp = RtpPeer::bind(LOCALHOST).await;
     let invite = caller.invite(
@@ -332,12 +346,17 @@ async fn failover_offers_each_peer_what_it_takes() {
         "",
     );
     caller.send_request(&invite).await;
-    let first = secure.expect_request("INVITE").await;
-    assert!(first.sdp().unwrap_or_default().contains("RTP/SAVP"));
-    secure
-        .send_response(&secure.answer(&first, 503, None))
-        .await;
-    secure.expect_request("ACK").await;
+    let mut keys = Vec::new();
+    for desk in [&mut secure, &mut other] {
+        let offer = desk.expect_request("INVITE").await;
+        let body = offer.sdp().unwrap_or_default().to_string();
+        assert!(body.contains("RTP/SAVP"), "{body}");
+        keys.push(crypto_of(&body).map(|c| c.2));
+        desk.send_response(&desk.answer(&offer, 503, None)).await;
+        desk.expect_request("ACK").await;
+    }
+    assert!(keys[0].is_some() && keys[1].is_some());
+    assert_ne!(keys[0], keys[1], "a key per desk");
     let second = plain.expect_request("INVITE").await;
     let offer = second.sdp().unwrap_or_default();
     assert!(
