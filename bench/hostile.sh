@@ -6,7 +6,8 @@
 # Prints what the gateway refused (metrics), the peer's calls (SIPp's counts) and the
 # gateway's resident memory before, during and after.
 #   bench/hostile.sh            PEER_RATE (200), FLOOD_RATE (5000), SECS (30), HOLD_MS (1000),
-#                               AFTER_SECS (40: when "after" is sampled, once the load ended)
+#                               AFTER_SECS (40: when "after" is sampled, once the load ended;
+#                               several, e.g. "40 120", sample at each)
 #   FLOOD_RATE=0 bench/hostile.sh   the same peer load alone, for the memory baseline
 # Not part of the test suite. Needs sipp and sipvicious (apt-get install sip-tester sipvicious).
 set -euo pipefail
@@ -70,9 +71,14 @@ rss_during=$(rss)
 wait "$flooder" 2>/dev/null || true
 peer_status=0
 wait "$peer" || peer_status=$?
-# After the transactions' timers have run out (64*T1 = 32 s).
-sleep "$after"
-rss_after=$(rss)
+# After the transactions' timers have run out (64*T1 = 32 s); each sample counted from the
+# end of the load.
+ended=$(date +%s)
+rss_after=""
+for at in $after; do
+  sleep $((ended + at - $(date +%s) > 0 ? ended + at - $(date +%s) : 0))
+  rss_after="$rss_after ${at} s after $(rss) kB,"
+done
 transactions_after=$(metric hotline_sip_transactions_active)
 calls_after=$(metric hotline_calls_active)
 
@@ -88,4 +94,5 @@ for name in hotline_sip_rejected_unknown_peer_total hotline_sip_dropped_scanner_
   echo "$name $(metric "$name")"
 done
 curl -s http://127.0.0.1:9090/metrics | grep '^hotline_calls_total' || true
-echo "gateway RSS: before ${rss_before} kB, during ${rss_during} kB, ${after} s after ${rss_after} kB (transactions ${transactions_after}, calls ${calls_after})"
+echo "gateway RSS: before ${rss_before} kB, during ${rss_during} kB,${rss_after} (then transactions ${transactions_after}, calls ${calls_after})"
+grep -E '^(Rss|Anonymous|Private_Dirty)' "/proc/$gw_pid/smaps_rollup" | tr -s ' ' | paste -sd' ' || true
