@@ -3,11 +3,13 @@
 //! robust element (as a B2BUA answers it: a valid INVITE to a number without a route gets 404,
 //! which counts as "handled as valid"), and the gateway keeps serving after each one.
 //!
-//! The fixtures in `tests/fixtures/rfc4475/` were written after the RFC's section descriptions,
-//! not taken from the RFC's bit-exact archive (its text could not be obtained here); each file is
-//! named after its RFC section and short name, with CRLF line ends and the NUL/BEL/DEL, UTF-8 and
-//! escapes the sections describe. Content-Length is exact except where it is the point (clerr,
-//! ncl, mcl01). The binary part of mpart01 is a stand-in, not the RFC's CMS signature. Hosts
+//! The fixtures in `tests/fixtures/rfc4475/` are the messages as the RFC prints them (checked
+//! line by line against its text; its bit-exact base64 archive could not be obtained here), each
+//! named after its RFC section and short name, with CRLF line ends and the NUL/BEL/DEL and UTF-8
+//! bytes the printed text cannot show put back as the sections describe. Content-Length is
+//! exact except where it is the point (clerr, ncl, mcl01, the ignored INVITE of dblreq) and
+//! inv2543 has none, as printed. The binary part of mpart01 is a stand-in of the printed
+//! length (342 bytes, 4 NULs), not the RFC's CMS signature. Hosts
 //! are the RFC's: the gateway routes on the Request-URI user part only, and the test's peer is
 //! declared by address, so no placeholder is needed.
 //!
