@@ -2486,6 +2486,7 @@ impl Call {
                 }
             }
             200..=299 => self.transfer_answered(now, response),
+            422 if self.retry_transfer_with_min_se(now, &response) => {}
             status => self.transfer_failed(now, status),
         }
     }

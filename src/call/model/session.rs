@@ -108,30 +108,9 @@ impl Call {
         {
             return false;
         }
-        let (index, target) = (attempt.peer_index, attempt.target);
-        let mut invite = attempt.invite.clone();
-        let sequence = invite.cseq().map_or(1, |c| c.sequence) + 1;
-        invite.headers.set("CSeq", format!("{sequence} INVITE"));
-        invite
-            .headers
-            .set("Session-Expires", floor.as_secs().to_string());
-        invite.headers.set("Min-SE", floor.as_secs().to_string());
-        let branch = self.ids.branch();
-        invite.headers.set(
-            "Via",
-            crate::sip::endpoint::Endpoint::via_for(
-                self.settings.local_for(target),
-                target,
-                &branch,
-            ),
-        );
+        let (index, invite, target) = (attempt.peer_index, attempt.invite.clone(), attempt.target);
+        let retry = self.reinvite_with_interval(index, invite, target, floor);
         tracing::info!(call = %self.id, interval = floor.as_secs(), "callee asked a longer session interval: INVITE again");
-        self.actions.push_back(Action::SendRequest {
-            request: invite.clone(),
-            target,
-        });
-        let mut retry = super::Attempt::new(index, invite, branch, target);
-        retry.session_retried = true;
         if let Some(mut previous) = self.attempt.replace(retry) {
             previous.settled = true;
             self.stale.push(previous);
@@ -142,6 +121,68 @@ impl Call {
             Some(now + self.settings.peer_response_timeout),
         );
         true
+    }
+
+    /// The same for a transfer target's 422: its INVITE again, once, with its Min-SE.
+    pub(super) fn retry_transfer_with_min_se(&mut self, now: Instant, response: &Response) -> bool {
+        let (Some(settings), Some(floor), Some(transfer)) = (
+            self.settings.session_timers,
+            session_timer::min_se(response.headers.get("Min-SE")),
+            self.transfer.as_ref(),
+        ) else {
+            return false;
+        };
+        let attempt = &transfer.attempt;
+        let asked = SessionExpires::of(&attempt.invite.headers).map(|s| s.interval);
+        if attempt.session_retried || asked.is_some_and(|a| floor <= a) || floor < settings.min_se {
+            return false;
+        }
+        let (index, invite, target) = (attempt.peer_index, attempt.invite.clone(), attempt.target);
+        let retry = self.reinvite_with_interval(index, invite, target, floor);
+        tracing::info!(call = %self.id, interval = floor.as_secs(), "transfer target asked a longer session interval: INVITE again");
+        if let Some(transfer) = self.transfer.as_mut() {
+            let mut previous = std::mem::replace(&mut transfer.attempt, retry);
+            previous.settled = true;
+            self.stale.push(previous);
+        }
+        self.arm(
+            Timer::TransferResponse,
+            Some(now + self.settings.peer_response_timeout),
+        );
+        true
+    }
+
+    /// An attempt's INVITE again with CSeq + 1, `interval` as Session-Expires and Min-SE and a
+    /// new branch (§7.3), sent; the attempt to track it.
+    fn reinvite_with_interval(
+        &mut self,
+        index: usize,
+        mut invite: Request,
+        target: Target,
+        interval: Duration,
+    ) -> super::Attempt {
+        let sequence = invite.cseq().map_or(1, |c| c.sequence) + 1;
+        invite.headers.set("CSeq", format!("{sequence} INVITE"));
+        invite
+            .headers
+            .set("Session-Expires", interval.as_secs().to_string());
+        invite.headers.set("Min-SE", interval.as_secs().to_string());
+        let branch = self.ids.branch();
+        invite.headers.set(
+            "Via",
+            crate::sip::endpoint::Endpoint::via_for(
+                self.settings.local_for(target),
+                target,
+                &branch,
+            ),
+        );
+        self.actions.push_back(Action::SendRequest {
+            request: invite.clone(),
+            target,
+        });
+        let mut retry = super::Attempt::new(index, invite, branch, target);
+        retry.session_retried = true;
+        retry
     }
 
     /// Leg A answered: its timer as our 2xx grants it (headers added to `response`).

@@ -1682,6 +1682,49 @@ fn a_callee_asking_a_longer_interval_gets_the_invite_again_once() {
     assert_eq!(statuses(&h.responses(A_SERVER)).last(), Some(&500));
 }
 
+/// A transfer target asking a longer session interval gets the transfer's INVITE again, once,
+/// with its Min-SE (RFC 4028 §7.3), and takes the leg when it answers; a second 422 fails the
+/// transfer and the citizen stays with the agent.
+#[test]
+fn a_transfer_target_asking_a_longer_interval_gets_the_invite_again_once() {
+    let refuse = |h: &mut Harness| {
+        let invite = h.last_invite();
+        let mut refused = Response::for_request(&invite, 422, Some("police"));
+        refused.headers.push("Min-SE", "600");
+        h.sip(SipEvent::Response {
+            branch: branch_of(&invite),
+            response: refused,
+        });
+    };
+    let transfer = || {
+        let mut h = timed_call("");
+        h.answer();
+        h.agent_sends(7, "REFER", 2, "Refer-To: <sip:110@127.0.0.1>\r\n");
+        assert_eq!(statuses(&h.responses(7)), vec![202]);
+        h
+    };
+    let mut h = transfer();
+    let first = h.last_invite();
+    assert_eq!(first.uri.to_string(), "sip:110@127.0.0.1:5090");
+    refuse(&mut h);
+    let again = h.last_invite();
+    assert_ne!(branch_of(&again), branch_of(&first), "a new transaction");
+    assert_eq!(again.call_id(), first.call_id());
+    assert_eq!(again.headers.get("CSeq"), Some("2 INVITE"));
+    assert_eq!(again.headers.get("Session-Expires"), Some("600"));
+    assert_eq!(again.headers.get("Min-SE"), Some("600"));
+    assert!(h.notified().iter().all(|(status, _)| *status < 300));
+    h.respond_to_invite(200, Some(ANSWER));
+    assert!(h.sent_media(|m| matches!(m, MediaCommand::Replace(Party::B, _))));
+    assert_eq!(h.notified().last().map(|n| n.0), Some(200));
+
+    let mut h = transfer();
+    refuse(&mut h);
+    refuse(&mut h);
+    assert_eq!(h.notified().last().map(|n| n.0), Some(422));
+    assert!(h.outcome().is_none(), "the citizen stays");
+}
+
 /// Settings whose 110 desk has `srtp = "mandatory"`.
 fn srtp_desk_settings() -> Arc<CallSettings> {
     let text = include_str!("../../../config/gateway.toml").replace(
