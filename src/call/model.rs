@@ -1271,7 +1271,11 @@ impl Call {
             response.headers.push(&header.name, header.value.clone());
         }
         if let Some(body) = body {
-            if request.method == Method::Invite && request.sdp().is_none() {
+            // Legs A and B (a guest's answer in its ACK is not read).
+            if request.method == Method::Invite
+                && request.sdp().is_none()
+                && (party == self.a.party || party == self.b.party)
+            {
                 self.offer_in_2xx = Some(party);
             }
             response.headers.push("Content-Type", "application/sdp");
@@ -1284,7 +1288,13 @@ impl Call {
     fn handle_ack(&mut self, request: Request) {
         // A delayed-offer caller answers our offer in the ACK (§13.2.1); an answer we cannot
         // use (none, or plain RTP to our SRTP offer) ends the call with BYE.
-        if let Some(offer) = self.a.pending_offer.take() {
+        let from_caller = request.call_id() == self.a.call_id
+            && request
+                .to()
+                .and_then(|t| t.tag().map(str::to_string))
+                .as_deref()
+                == Some(self.a.tag.as_str());
+        if let Some(offer) = self.a.pending_offer.take_if(|_| from_caller) {
             let negotiated = match request.sdp().map(sdp::parse) {
                 Some(Ok(answer)) => sdp::accept_answer(&offer, &answer, &self.settings.policy)
                     .map_err(|e| e.to_string()),
@@ -1566,10 +1576,11 @@ impl Call {
             return;
         }
         let target = attempt.target;
+        let sequence = attempt.invite.cseq().map_or(1, |c| c.sequence);
         let Some(dialog) = Dialog::new_uac(&attempt.invite, response) else {
             return;
         };
-        let ack = self.with_via(dialog.ack(1), target);
+        let ack = self.with_via(dialog.ack(sequence), target);
         self.actions.push_back(Action::SendRequest {
             request: ack,
             target,
@@ -2092,25 +2103,8 @@ impl Call {
                     to_platform: peer.platform.clone(),
                 }));
         }
+        self.end_transfer_attempt_media();
         if let Some(transfer) = self.transfer.as_mut() {
-            transfer.ringing = false;
-            if std::mem::take(&mut transfer.early_media) {
-                // The previous peer's early media ends with its attempt.
-                let from = transfer.from;
-                let media = match from {
-                    Leg::A => self.a.endpoint,
-                    Leg::B => self.b.endpoint,
-                };
-                if let Some(media) = media {
-                    self.actions.push_back(Action::Media(MediaCommand::Replace(
-                        match from {
-                            Leg::A => self.a.party,
-                            Leg::B => self.b.party,
-                        },
-                        media,
-                    )));
-                }
-            }
             let previous = std::mem::replace(
                 &mut transfer.attempt,
                 Attempt::new(index, invite, branch, target),
@@ -2427,6 +2421,26 @@ impl Call {
         self.notify_agent(leg, sequence, status)
     }
 
+    /// A transfer attempt is over (failed over, or asked again after a 422): it no longer
+    /// rings, and its early media ends with it: the transferring leg's endpoint is heard again.
+    pub(super) fn end_transfer_attempt_media(&mut self) {
+        let Some(transfer) = self.transfer.as_mut() else {
+            return;
+        };
+        transfer.ringing = false;
+        if !std::mem::take(&mut transfer.early_media) {
+            return;
+        }
+        let (party, media) = match transfer.from {
+            Leg::A => (self.a.party, self.a.endpoint),
+            Leg::B => (self.b.party, self.b.endpoint),
+        };
+        if let Some(media) = media {
+            self.actions
+                .push_back(Action::Media(MediaCommand::Replace(party, media)));
+        }
+    }
+
     fn handle_transfer_response(&mut self, now: Instant, response: Response) {
         match response.status {
             100 => {
@@ -2500,6 +2514,8 @@ impl Call {
             return;
         };
         let target = attempt.target;
+        // The INVITE's own number: 2 after a 422 retry (§13.2.2.4).
+        let sequence = attempt.invite.cseq().map_or(1, |c| c.sequence);
         let negotiated = response
             .sdp()
             .map(sdp::parse)
@@ -2507,7 +2523,7 @@ impl Call {
             .and_then(|answer| {
                 sdp::accept_answer(&transfer.offer, &answer, &self.settings.policy).ok()
             });
-        let ack = self.with_via(dialog.ack(1), target);
+        let ack = self.with_via(dialog.ack(sequence), target);
         self.actions.push_back(Action::SendRequest {
             request: ack,
             target,

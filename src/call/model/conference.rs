@@ -273,8 +273,9 @@ impl Call {
     fn ack_guest(&mut self, index: usize, response: &Response) -> Option<Dialog> {
         let attempt = self.guests[index].attempt.as_ref()?;
         let target = attempt.target;
+        let sequence = attempt.invite.cseq().map_or(1, |c| c.sequence);
         let dialog = Dialog::new_uac(&attempt.invite, response)?;
-        let ack = self.with_via(dialog.ack(1), target);
+        let ack = self.with_via(dialog.ack(sequence), target);
         self.actions.push_back(Action::SendRequest {
             request: ack,
             target,

@@ -140,6 +140,10 @@ impl Call {
         let (index, invite, target) = (attempt.peer_index, attempt.invite.clone(), attempt.target);
         let retry = self.reinvite_with_interval(index, invite, target, floor);
         tracing::info!(call = %self.id, interval = floor.as_secs(), "transfer target asked a longer session interval: INVITE again");
+        // As for a new peer: the refused attempt's ringing and early media end, and the
+        // ring timeout starts again with the retry's first provisional response.
+        self.end_transfer_attempt_media();
+        self.arm(Timer::TransferRing, None);
         if let Some(transfer) = self.transfer.as_mut() {
             let mut previous = std::mem::replace(&mut transfer.attempt, retry);
             previous.settled = true;

@@ -1717,6 +1717,12 @@ fn a_transfer_target_asking_a_longer_interval_gets_the_invite_again_once() {
     h.respond_to_invite(200, Some(ANSWER));
     assert!(h.sent_media(|m| matches!(m, MediaCommand::Replace(Party::B, _))));
     assert_eq!(h.notified().last().map(|n| n.0), Some(200));
+    let ack = h.sent(Method::Ack).pop().map(|(a, _)| a);
+    assert_eq!(
+        ack.and_then(|a| a.headers.get("CSeq").map(str::to_string)),
+        Some("2 ACK".to_string()),
+        "the ACK of the INVITE it answered"
+    );
 
     let mut h = transfer();
     refuse(&mut h);
@@ -1852,6 +1858,33 @@ Call-ID: a-leg@127.0.0.1\r\nCSeq: 1 ACK\r\nContent-Type: application/sdp\r\nCont
     assert_eq!(h.sent(Method::Bye).len(), 2, "both legs released");
     assert!(!h.sent_media(|m| matches!(m, MediaCommand::Configure(Party::A, _))));
     assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Gateway));
+}
+
+/// An ACK of leg B's (to our 2xx of its re-INVITE) arriving before the delayed-offer caller's
+/// own ACK leaves the caller's answer to the caller's ACK.
+#[test]
+fn only_the_callers_ack_answers_its_delayed_offer() {
+    let mut h = Harness::new("", vec![peer("hotline", 5080)]);
+    h.respond_to_invite(200, Some(ANSWER));
+    let b_call_id = h.last_invite().call_id().to_string();
+    let b_ack = request(&format!(
+        "ACK sip:gw@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-back\r\n\
+From: <sip:12345@127.0.0.1:5080>;tag=agent\r\nTo: <sip:13800138000@127.0.0.1>;tag=x\r\n\
+Call-ID: {b_call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    ));
+    h.sip(SipEvent::Ack { request: b_ack });
+    assert!(h.outcome().is_none(), "the call goes on");
+    let ack = request(&format!(
+        "ACK sip:gw@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-ack\r\n\
+From: <sip:13800138000@127.0.0.1:5070>;tag=citizen\r\nTo: <sip:12345@127.0.0.1:5060>;tag={}\r\n\
+Call-ID: a-leg@127.0.0.1\r\nCSeq: 1 ACK\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
+        h.a_tag(),
+        ANSWER.len(),
+        ANSWER
+    ));
+    h.sip(SipEvent::Ack { request: ack });
+    assert!(h.sent_media(|m| matches!(m, MediaCommand::Configure(Party::A, _))));
+    assert!(h.outcome().is_none());
 }
 
 /// A caller with SDES sends a re-INVITE without SDP: our 200 offers our description again
