@@ -341,7 +341,9 @@ struct SrtpSession {
     /// The leg's last negotiation had keys (a plain one keeps the contexts, unused).
     active: bool,
     senders: Vec<(srtp::MasterKey, srtp::Sender)>,
-    receivers: Vec<(srtp::MasterKey, u8, srtp::Receiver)>,
+    /// By the endpoint's key alone: its MKI is not authenticated, so a change of MKI length
+    /// keeps the replay window.
+    receivers: Vec<(srtp::MasterKey, srtp::Receiver)>,
     /// Our keys whose contexts were given up for room: never used again.
     retired: Vec<srtp::MasterKey>,
     /// The key in use is a retired one: nothing is sent.
@@ -351,7 +353,8 @@ struct SrtpSession {
 /// Contexts kept per side and direction (each new key is a signalling exchange: a transfer
 /// attempt, a re-INVITE), the least recently used given up first.
 const MAX_KEYS: usize = 16;
-/// Retired keys remembered per side; beyond, the side sends nothing under a new key either.
+/// Retired keys remembered per side, the oldest forgotten first (our keys are fresh from the
+/// CSPRNG, so only a key the call model keeps, like an agent's, can come back).
 const MAX_RETIRED: usize = 64;
 
 impl SrtpSession {
@@ -380,26 +383,26 @@ impl SrtpSession {
                 sender.set_suite(keys.suite);
                 session.senders.push((key, sender));
             }
-            None if session.retired.contains(&keys.ours)
-                || session.retired.len() == MAX_RETIRED =>
-            {
+            None if session.retired.contains(&keys.ours) => {
                 tracing::warn!("an SRTP key whose indexes are forgotten; not sending with it");
                 session.muted = true;
             }
             None => {
                 if session.senders.len() == MAX_KEYS {
                     let (old, _) = session.senders.remove(0);
+                    if session.retired.len() == MAX_RETIRED {
+                        session.retired.remove(0);
+                    }
                     session.retired.push(old);
                 }
                 let sender = srtp::Sender::new(keys.suite, &keys.ours);
                 session.senders.push((keys.ours, sender));
             }
         }
-        let theirs = (keys.theirs, keys.their_mki);
         match session
             .receivers
             .iter()
-            .position(|(k, mki, _)| (*k, *mki) == theirs)
+            .position(|(k, _)| *k == keys.theirs)
         {
             Some(at) => {
                 let entry = session.receivers.remove(at);
@@ -410,20 +413,19 @@ impl SrtpSession {
                     session.receivers.remove(0);
                 }
                 let receiver = srtp::Receiver::new(keys.suite, &keys.theirs, keys.their_mki);
-                session
-                    .receivers
-                    .push((keys.theirs, keys.their_mki, receiver));
+                session.receivers.push((keys.theirs, receiver));
             }
         }
-        if let Some((_, _, receiver)) = session.receivers.last_mut() {
+        if let Some((_, receiver)) = session.receivers.last_mut() {
             receiver.set_suite(keys.suite);
+            receiver.set_mki(keys.their_mki);
         }
         Some(session)
     }
 
     /// Authenticates and decrypts a packet from the endpoint in place: its plaintext length.
     fn unprotect(&mut self, packet: &mut [u8]) -> Result<usize, srtp::SrtpError> {
-        let Some((_, _, receiver)) = self.receivers.last_mut() else {
+        let Some((_, receiver)) = self.receivers.last_mut() else {
             return Err(srtp::SrtpError::Authentication);
         };
         if is_rtcp(packet) {
@@ -1691,9 +1693,10 @@ mod tests {
         };
         assert!(protect(s, 10).is_some());
         session = SrtpSession::update(session, keys(5, 6, AesCm128HmacSha1_80));
-        if let Some(s) = session.as_deref_mut() {
-            assert!(protect(s, 10).is_some(), "another key: its own indexes");
-        }
+        let Some(s) = session.as_deref_mut() else {
+            panic!("no session");
+        };
+        assert!(protect(s, 10).is_some(), "another key: its own indexes");
         session = SrtpSession::update(session, None);
         assert!(session.as_ref().is_some_and(|s| !s.active));
         session = SrtpSession::update(session, keys(1, 2, AesCm128HmacSha1_32));

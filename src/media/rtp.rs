@@ -65,6 +65,9 @@ pub enum RewriteError {
     TooShort,
     /// The version field is not 2.
     NotVersion2,
+    /// Far out of the source's numbering and not (yet) confirmed as a restart by the next
+    /// packet (RFC 3550 A.1): not sent.
+    OutOfSequence,
 }
 
 impl std::fmt::Display for RewriteError {
@@ -72,6 +75,7 @@ impl std::fmt::Display for RewriteError {
         match self {
             RewriteError::TooShort => f.write_str("packet shorter than its RTP header"),
             RewriteError::NotVersion2 => f.write_str("not RTP version 2"),
+            RewriteError::OutOfSequence => f.write_str("far out of the source's sequence"),
         }
     }
 }
@@ -99,6 +103,8 @@ pub struct StreamRewriter {
     last_sequence: u16,
     last_timestamp: u32,
     last_arrival: Option<Instant>,
+    /// After a packet far out of sequence: the number that confirms a restart if it comes next.
+    probation: Option<u16>,
     packets: u64,
 }
 
@@ -117,6 +123,7 @@ impl StreamRewriter {
             last_sequence: first_sequence.wrapping_sub(1),
             last_timestamp: first_timestamp,
             last_arrival: None,
+            probation: None,
             packets: 0,
         }
     }
@@ -160,14 +167,22 @@ impl StreamRewriter {
         let mut new_source = self.source != Some(source);
         if !new_source {
             // RFC 3550 A.1: more than 3,000 ahead or 100 behind, the source restarted its
-            // numbering (or jumped). Continue our stream from here rather than jump with it:
-            // an SRTP receiver would take a jump of 2^15 for a rollover, and our SRTP sender
-            // must never go back to indexes it used.
+            // numbering (or jumped), once the next packet follows on; the first is not sent
+            // (a stray one would shift the stream). Then our stream continues from here
+            // rather than jump with it: an SRTP receiver would take a jump of 2^15 for a
+            // rollover, and our SRTP sender must never go back to indexes it used.
             let ahead = sequence
                 .wrapping_add(self.sequence_offset)
                 .wrapping_sub(self.last_sequence);
-            new_source = ahead > MAX_DROPOUT && ahead < 0u16.wrapping_sub(MAX_MISORDER);
+            if ahead > MAX_DROPOUT && ahead < 0u16.wrapping_sub(MAX_MISORDER) {
+                if self.probation != Some(sequence) {
+                    self.probation = Some(sequence.wrapping_add(1));
+                    return Err(RewriteError::OutOfSequence);
+                }
+                new_source = true;
+            }
         }
+        self.probation = None;
         if new_source {
             let next_sequence = self.last_sequence.wrapping_add(1);
             let next_timestamp = match self.last_arrival {
@@ -468,8 +483,9 @@ mod tests {
         assert_eq!((h.1, h.2), (108, 7_560));
     }
 
-    /// The same SSRC starting its numbering again (far behind) or jumping far ahead: our
-    /// stream goes on from where it was, marked, as after a change of source.
+    /// The same SSRC starting its numbering again (far ahead or behind): once the next packet
+    /// confirms it (RFC 3550 A.1), our stream goes on from where it was, marked, as after a
+    /// change of source; the first packet of the jump, and a stray one, are not sent.
     #[test]
     fn a_source_restarting_its_numbering_is_continued_not_followed() {
         let t0 = Instant::now();
@@ -477,16 +493,34 @@ mod tests {
         assert_eq!(rewrite(&mut rewriter, packet(0, 40_000, 0, 9), t0).1, 500);
         let h = rewrite(&mut rewriter, packet(0, 40_001, 160, 9), t0 + ms(20));
         assert_eq!((h.0, h.1), (false, 501));
-        let h = rewrite(&mut rewriter, packet(0, 3, 50, 9), t0 + ms(40));
-        assert_eq!((h.0, h.1, h.2), (true, 502, 320));
+        // 25,538 ahead: held until 4 follows 3.
+        let mut first = packet(0, 3, 50, 9);
+        assert_eq!(
+            rewriter.rewrite(&mut first, t0 + ms(40)),
+            Err(RewriteError::OutOfSequence)
+        );
         let h = rewrite(&mut rewriter, packet(0, 4, 210, 9), t0 + ms(60));
-        assert_eq!((h.0, h.1, h.2), (false, 503, 480));
-        let h = rewrite(&mut rewriter, packet(0, 20_004, 370, 9), t0 + ms(80));
-        assert_eq!((h.0, h.1), (true, 504));
+        assert_eq!((h.0, h.1, h.2), (true, 502, 480));
+        let h = rewrite(&mut rewriter, packet(0, 5, 370, 9), t0 + ms(80));
+        assert_eq!((h.0, h.1, h.2), (false, 503, 640));
+        // One stray packet 200 behind is not sent and shifts nothing.
+        let mut stray = packet(0, 65_341, 1, 9);
+        assert_eq!(
+            rewriter.rewrite(&mut stray, t0 + ms(90)),
+            Err(RewriteError::OutOfSequence)
+        );
+        let h = rewrite(&mut rewriter, packet(0, 6, 530, 9), t0 + ms(100));
+        assert_eq!((h.0, h.1, h.2), (false, 504, 800));
+        // 200 behind and then on from there: a restart.
+        assert!(rewriter
+            .rewrite(&mut packet(0, 65_342, 9, 9), t0 + ms(110))
+            .is_err());
+        let h = rewrite(&mut rewriter, packet(0, 65_343, 169, 9), t0 + ms(120));
+        assert_eq!((h.0, h.1), (true, 505));
         // Within the bounds a late packet keeps its place in the numbering (here one already
         // used: an SRTP leg's sender refuses it, a plain one passes it on).
-        let h = rewrite(&mut rewriter, packet(0, 20_000, 100, 9), t0 + ms(81));
-        assert_eq!(h.1, 500);
+        let h = rewrite(&mut rewriter, packet(0, 65_342, 100, 9), t0 + ms(121));
+        assert_eq!(h.1, 504);
     }
 
     #[test]

@@ -386,6 +386,12 @@ impl Receiver {
         self.suite = suite;
     }
 
+    /// The endpoint's MKI length changed (RFC 4568 lets a re-offer say so); same key, same
+    /// windows.
+    pub fn set_mki(&mut self, mki: u8) {
+        self.mki = usize::from(mki);
+    }
+
     fn source(&mut self, ssrc: u32) -> usize {
         if let Some(at) = self.sources.iter().position(|s| s.ssrc == ssrc) {
             return at;
