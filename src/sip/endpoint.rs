@@ -261,6 +261,8 @@ pub struct Endpoint {
     reliable_clients: HashMap<SocketAddr, usize>,
     /// When the tables were last fitted to their contents ([`Endpoint::shrink_tables`]).
     last_shrink: Instant,
+    /// Both transaction tables were empty at the last timer (fitted then, not again).
+    was_idle: bool,
 }
 
 /// How often the transaction tables are fitted to their contents (at once when they empty).
@@ -311,6 +313,7 @@ impl Endpoint {
             auth: None,
             reliable_clients: HashMap::new(),
             last_shrink: Instant::now(),
+            was_idle: true,
         };
         (endpoint, handle, command_queue)
     }
@@ -1099,7 +1102,8 @@ impl Endpoint {
         }
         // Transactions end on their timers, so this is where the tables empty after a load.
         let idle = self.servers.is_empty() && self.clients.is_empty();
-        if idle || now.duration_since(self.last_shrink) >= SHRINK_EVERY {
+        let emptied = idle && !std::mem::replace(&mut self.was_idle, idle);
+        if emptied || now.duration_since(self.last_shrink) >= SHRINK_EVERY {
             self.shrink_tables(now);
         }
     }
