@@ -238,11 +238,23 @@ impl Harness {
     fn answer(&mut self) {
         self.respond_to_invite(180, None);
         self.respond_to_invite(200, Some(ANSWER));
+        self.caller_acks(1, "");
+    }
+
+    /// The caller's ACK of leg A's 2xx to its INVITE with CSeq `cseq`, with `sdp` (an answer)
+    /// unless empty.
+    fn caller_acks(&mut self, cseq: u32, sdp: &str) {
+        let content_type = if sdp.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        };
         let ack = request(&format!(
-            "ACK sip:gw@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-ack\r\n\
+            "ACK sip:gw@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-ack{cseq}\r\n\
 From: <sip:13800138000@127.0.0.1:5070>;tag=citizen\r\nTo: <sip:12345@127.0.0.1:5060>;tag={}\r\n\
-Call-ID: a-leg@127.0.0.1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
-            self.a_tag()
+Call-ID: a-leg@127.0.0.1\r\nCSeq: {cseq} ACK\r\n{content_type}Content-Length: {}\r\n\r\n{sdp}",
+            self.a_tag(),
+            sdp.len()
         ));
         self.sip(SipEvent::Ack { request: ack });
     }
@@ -705,15 +717,7 @@ fn delayed_offer_is_answered_in_ack() {
         .filter(|m| matches!(m, MediaCommand::Configure(Party::A, _)))
         .count();
     assert_eq!(configured_a_before, 0);
-    let ack = request(&format!(
-        "ACK sip:gw@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-ack\r\n\
-From: <sip:13800138000@127.0.0.1:5070>;tag=citizen\r\nTo: <sip:12345@127.0.0.1:5060>;tag={}\r\n\
-Call-ID: a-leg@127.0.0.1\r\nCSeq: 1 ACK\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
-        h.a_tag(),
-        ANSWER.len(),
-        ANSWER
-    ));
-    h.sip(SipEvent::Ack { request: ack });
+    h.caller_acks(1, ANSWER);
     assert!(h.media().iter().any(|m| matches!(
         m,
         MediaCommand::Configure(
@@ -1846,15 +1850,7 @@ fn a_mandatory_caller_answering_our_srtp_offer_with_plain_rtp_is_hung_up() {
         offer.contains("RTP/SAVP") && offer.contains("a=crypto:1 "),
         "{offer}"
     );
-    let ack = request(&format!(
-        "ACK sip:gw@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-ack\r\n\
-From: <sip:13800138000@127.0.0.1:5070>;tag=citizen\r\nTo: <sip:12345@127.0.0.1:5060>;tag={}\r\n\
-Call-ID: a-leg@127.0.0.1\r\nCSeq: 1 ACK\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
-        h.a_tag(),
-        ANSWER.len(),
-        ANSWER
-    ));
-    h.sip(SipEvent::Ack { request: ack });
+    h.caller_acks(1, ANSWER);
     assert_eq!(h.sent(Method::Bye).len(), 2, "both legs released");
     assert!(!h.sent_media(|m| matches!(m, MediaCommand::Configure(Party::A, _))));
     assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Gateway));
@@ -1874,15 +1870,7 @@ Call-ID: {b_call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
     ));
     h.sip(SipEvent::Ack { request: b_ack });
     assert!(h.outcome().is_none(), "the call goes on");
-    let ack = request(&format!(
-        "ACK sip:gw@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-ack\r\n\
-From: <sip:13800138000@127.0.0.1:5070>;tag=citizen\r\nTo: <sip:12345@127.0.0.1:5060>;tag={}\r\n\
-Call-ID: a-leg@127.0.0.1\r\nCSeq: 1 ACK\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
-        h.a_tag(),
-        ANSWER.len(),
-        ANSWER
-    ));
-    h.sip(SipEvent::Ack { request: ack });
+    h.caller_acks(1, ANSWER);
     assert!(h.sent_media(|m| matches!(m, MediaCommand::Configure(Party::A, _))));
     assert!(h.outcome().is_none());
 }
@@ -1915,15 +1903,7 @@ fn an_ack_answering_our_offer_may_bring_a_new_key() {
     // "ABCDEFGHIJKLMNOPQRSTUVWXYZabcd", base64.
     let answer =
         OFFER.replace("RTP/AVP", "RTP/SAVP") + &line("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk");
-    let ack = request(&format!(
-        "ACK sip:gw@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-ack2\r\n\
-From: <sip:13800138000@127.0.0.1:5070>;tag=citizen\r\nTo: <sip:12345@127.0.0.1:5060>;tag={}\r\n\
-Call-ID: a-leg@127.0.0.1\r\nCSeq: 2 ACK\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
-        h.a_tag(),
-        answer.len(),
-        answer
-    ));
-    h.sip(SipEvent::Ack { request: ack });
+    h.caller_acks(2, &answer);
     let new = crate::media::srtp::MasterKey(*b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcd");
     assert!(h.sent_media(|m| matches!(
         m,
