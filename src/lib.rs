@@ -129,25 +129,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         store::StoreOptions {
             max_size_bytes: config.store.max_size_mb.map(|mb| mb * 1024 * 1024),
             metrics: Some(Arc::clone(&metrics)),
+            // What a killed run left open ends on the link too, for the platforms that saw it.
+            recovery: Some(workorder::recovery::recovery(
+                ids::IdGenerator::from_entropy(),
+            )),
         },
     )?;
-    let interrupted = store::close_interrupted(
-        &config.store.path,
-        store::unix_millis(std::time::SystemTime::now()),
-    )?;
-    if interrupted > 0 {
+    if store.closed_at_start() > 0 {
         tracing::warn!(
-            calls = interrupted,
+            calls = store.closed_at_start(),
             "records of calls left open by the previous run closed (gateway restart)"
         );
     }
-    let positions = store::outbox_positions(&config.store.path)?;
-    let events = workorder::hub::EventHub::start(
+    let events = workorder::hub::EventHub::new(
         store.clone(),
-        positions,
         config.platforms.iter().map(|p| p.name.clone()).collect(),
         ids::IdGenerator::from_entropy(),
-        Arc::clone(&metrics),
     );
     let registry = Arc::new(workorder::registry::CallRegistry::default());
     let router = Arc::new(Router::new(&config));
@@ -399,8 +396,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         transport_stop.cancel();
         let _ = endpoint_task.await;
         let _ = http_stop.send(true);
-        // The calls' last events reach the outbox before the store closes.
-        events.flush().await;
         grpc_stop.cancel();
         let _ = grpc_task.await;
         if let Err(error) = store.shutdown().await {

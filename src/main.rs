@@ -44,6 +44,10 @@ enum Command {
         /// Start after this sequence; 0 starts after the last one the platform acknowledged.
         #[arg(long, default_value_t = 0)]
         from: u64,
+        /// Add to each line how long the event took from the gateway's clock at the moment
+        /// it happened to its arrival here (`delay_us=`; meaningful on the gateway's host).
+        #[arg(long)]
+        delay: bool,
     },
 }
 
@@ -60,7 +64,12 @@ fn main() -> ExitCode {
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    if let Some(Command::Events { platform, from }) = &cli.command {
+    if let Some(Command::Events {
+        platform,
+        from,
+        delay,
+    }) = &cli.command
+    {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -72,8 +81,12 @@ fn main() -> ExitCode {
             }
         };
         let mut out = std::io::stdout();
+        let options = hotline_gateway::workorder::tail::TailOptions {
+            from: *from,
+            delay: *delay,
+        };
         return match runtime.block_on(hotline_gateway::workorder::tail::tail(
-            &config, platform, *from, &mut out,
+            &config, platform, options, &mut out,
         )) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

@@ -45,6 +45,8 @@ pub enum Counter {
     WorkOrderEventsStored,
     WorkOrderEventsSent,
     WorkOrderCommands,
+    /// Commands that repeated a `command_id` of the window: answered from the first.
+    WorkOrderCommandsRepeated,
     WorkOrderAuthFailures,
     SipDroppedUnknown,
     SipDroppedScanner,
@@ -71,7 +73,7 @@ pub enum Counter {
     SrtpRejected,
 }
 
-const COUNTERS: [(Counter, &str, &str); 45] = [
+const COUNTERS: [(Counter, &str, &str); 46] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -216,6 +218,11 @@ const COUNTERS: [(Counter, &str, &str); 45] = [
         Counter::WorkOrderCommands,
         "hotline_workorder_commands_total",
         "commands received from platform clients",
+    ),
+    (
+        Counter::WorkOrderCommandsRepeated,
+        "hotline_workorder_commands_repeated_total",
+        "commands that repeated a recent command_id: answered with the first one's result, not carried out again",
     ),
     (
         Counter::WorkOrderAuthFailures,

@@ -5,15 +5,15 @@
 
 mod common;
 
-use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
+use common::platform::Platform;
 use common::{establish, Gateway, Ua, WAIT};
 use hotline_gateway::config::Config;
 use hotline_gateway::workorder::pb;
-use pb::client_message::Kind as Out;
 use pb::command::Action;
-use pb::server_message::Kind as In;
+use pb::link_request::Kind as Out;
+use pb::link_response::Kind as In;
 use pb::EventType;
 
 const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -57,147 +57,63 @@ async fn setup_with(edit: impl FnOnce(&mut Config)) -> (Gateway, Ua, Ua, Ua) {
     (gateway, citizen, agent, police)
 }
 
-/// A platform's client on its `Link` stream.
-struct Platform {
-    outbound: tokio::sync::mpsc::Sender<pb::ClientMessage>,
-    inbound: tonic::Streaming<pb::ServerMessage>,
-    welcome: pb::Welcome,
-    /// Events that arrived while waiting for something else.
-    events: VecDeque<pb::Event>,
-    next_command: u32,
-}
-
-impl Platform {
-    async fn connect(grpc: SocketAddr, platform: &str, token: &str, resume_after: u64) -> Platform {
-        match Self::try_connect(grpc, platform, token, resume_after).await {
-            Ok(p) => p,
-            Err(status) => panic!("{platform} refused: {status}"),
-        }
-    }
-
-    async fn try_connect(
-        grpc: SocketAddr,
-        platform: &str,
-        token: &str,
-        resume_after: u64,
-    ) -> Result<Platform, tonic::Status> {
-        let mut client =
-            match pb::work_order_client::WorkOrderClient::connect(format!("http://{grpc}")).await {
-                Ok(c) => c,
-                Err(e) => panic!("connect {grpc}: {e}"),
-            };
-        let (outbound, requests) = tokio::sync::mpsc::channel(16);
-        let hello = pb::ClientMessage {
-            kind: Some(Out::Hello(pb::Hello {
-                platform: platform.into(),
-                token: token.into(),
-                resume_after,
-            })),
-        };
-        let _ = outbound.send(hello).await;
-        let mut inbound = client
-            .link(tokio_stream::wrappers::ReceiverStream::new(requests))
-            .await?
-            .into_inner();
-        let welcome = match tokio::time::timeout(WAIT, inbound.message()).await {
-            Ok(Ok(Some(pb::ServerMessage {
-                kind: Some(In::Welcome(w)),
-            }))) => w,
-            Ok(Err(status)) => return Err(status),
-            other => panic!("no welcome: {other:?}"),
-        };
-        Ok(Platform {
-            outbound,
-            inbound,
-            welcome,
-            events: VecDeque::new(),
-            next_command: 0,
-        })
-    }
-
-    async fn receive(&mut self) -> pb::ServerMessage {
-        match tokio::time::timeout(WAIT, self.inbound.message()).await {
-            Ok(Ok(Some(message))) => message,
-            other => panic!("stream ended or silent: {other:?}"),
-        }
-    }
-
-    /// The next event; it must be of `kind`.
-    async fn expect(&mut self, kind: EventType) -> pb::Event {
-        let event = match self.events.pop_front() {
-            Some(event) => event,
-            None => loop {
-                if let Some(In::Event(event)) = self.receive().await.kind {
-                    break event;
-                }
-            },
-        };
-        assert_eq!(
-            EventType::try_from(event.r#type).ok(),
-            Some(kind),
-            "expected {kind:?}, got {event:?}"
-        );
-        event
-    }
-
-    /// Skips events until one of `kind`.
-    async fn until(&mut self, kind: EventType) -> pb::Event {
-        loop {
-            let event = match self.events.pop_front() {
-                Some(event) => event,
-                None => match self.receive().await.kind {
-                    Some(In::Event(event)) => event,
-                    _ => continue,
-                },
-            };
-            if EventType::try_from(event.r#type).ok() == Some(kind) {
-                return event;
-            }
-        }
-    }
-
-    /// Sends a command; returns its result (events meanwhile are kept for `expect`).
-    async fn command(&mut self, action: Action) -> pb::CommandResult {
-        self.next_command += 1;
-        let id = format!("c{}", self.next_command);
-        let command = pb::ClientMessage {
-            kind: Some(Out::Command(pb::Command {
-                command_id: id.clone(),
-                action: Some(action),
-            })),
-        };
-        let _ = self.outbound.send(command).await;
-        loop {
-            match self.receive().await.kind {
-                Some(In::Result(result)) => {
-                    assert_eq!(result.command_id, id);
-                    return result;
-                }
-                Some(In::Event(event)) => self.events.push_back(event),
-                _ => {}
-            }
-        }
-    }
-
-    async fn ack(&mut self, sequence: u64) {
-        let _ = self
-            .outbound
-            .send(pb::ClientMessage {
-                kind: Some(Out::Ack(pb::Ack { sequence })),
-            })
-            .await;
-    }
-}
-
+/// A 12345 work order as its system would attach it.
 fn ticket() -> pb::Ticket {
     pb::Ticket {
         number: "GD-20261201-0042".into(),
-        category: pb::Category::D as i32,
+        classification_code: "110203".into(),
+        classification_name: "消防安全".into(),
+        request_type: pb::RequestType::Assistance as i32,
+        urgency: pb::Urgency::DUrgent as i32,
+        deadline: Some(prost_types::Timestamp {
+            seconds: 1_800_000_000,
+            nanos: 0,
+        }),
         summary: "a neighbour's flat is on fire".into(),
-        address: "3 Renmin Road".into(),
-        deadline: 1_800_000_000_000,
+        caller_name: "王女士".into(),
+        contact_number: "13900139000".into(),
+        address: Some(pb::Address {
+            text: "3 Renmin Road".into(),
+            district: "Xuhui".into(),
+            jurisdiction: "Tianping Road police station".into(),
+            coordinates: Some(pb::Coordinates {
+                latitude: 31.2,
+                longitude: 121.44,
+                system: pb::CoordinateSystem::Gcj02 as i32,
+            }),
+        }),
+        history: vec![pb::StatusChange {
+            status: pb::TicketStatus::Received as i32,
+            time: Some(prost_types::Timestamp {
+                seconds: 1_795_305_600,
+                nanos: 0,
+            }),
+            note: "agent 0815".into(),
+        }],
         fields: [("caller_mood".to_string(), "frightened".to_string())].into(),
+        ..pb::Ticket::default()
     }
+}
+
+/// `ticket` without what the gateway sets (its version, who updated it and when).
+fn as_attached(ticket: &pb::Ticket) -> pb::Ticket {
+    pb::Ticket {
+        version: 0,
+        updated_by: String::new(),
+        updated_at: None,
+        ..ticket.clone()
+    }
+}
+
+/// An `authorization: Bearer` request.
+fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {token}");
+    request.metadata_mut().insert(
+        "authorization",
+        value.parse().unwrap_or_else(|_| unreachable!()),
+    );
+    request
 }
 
 #[tokio::test]
@@ -214,7 +130,7 @@ async fn a_ticket_travels_with_the_transfer_and_110_answers_back() {
     assert_eq!(offered.sequence, 1);
     assert_eq!(
         offered
-            .b
+            .called_leg
             .as_ref()
             .map(|b| (b.peer.as_str(), b.platform.as_str())),
         Some(("hotline", "12345"))
@@ -228,6 +144,7 @@ async fn a_ticket_travels_with_the_transfer_and_110_answers_back() {
         .command(Action::AttachTicket(pb::AttachTicket {
             call_id: call_id.clone(),
             ticket: Some(ticket()),
+            base_version: 0,
         }))
         .await;
     assert!(attached.ok, "{attached:?}");
@@ -258,11 +175,14 @@ async fn a_ticket_travels_with_the_transfer_and_110_answers_back() {
     );
     let pushed_ticket = pushed.ticket.clone().unwrap_or_default();
     assert_eq!(
-        pushed_ticket,
+        as_attached(&pushed_ticket),
         ticket(),
         "the ticket exactly as 12345 attached it"
     );
-    assert_eq!(pushed_ticket.category, pb::Category::D as i32);
+    assert_eq!(
+        (pushed_ticket.version, pushed_ticket.updated_by.as_str()),
+        (1, "12345")
+    );
     assert_eq!(
         pushed.agent.as_ref().map(|a| a.platform.as_str()),
         Some("12345"),
@@ -303,69 +223,76 @@ async fn a_ticket_travels_with_the_transfer_and_110_answers_back() {
     }
 
     // The unary calls: the linkage as 110 may see it; the call among 110's active ones.
-    let mut unary =
-        match pb::work_order_client::WorkOrderClient::connect(format!("http://{}", gateway.grpc))
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => panic!("{e}"),
-        };
-    let mut request = tonic::Request::new(pb::GetLinkageRequest {
-        linkage_id: linkage_id.clone(),
-    });
-    let bearer = format!("Bearer {TOKEN_110}");
-    request.metadata_mut().insert(
-        "authorization",
-        bearer.parse().unwrap_or_else(|_| unreachable!()),
+    let mut unary = match pb::work_order_service_client::WorkOrderServiceClient::connect(format!(
+        "http://{}",
+        gateway.grpc
+    ))
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let request = bearer(
+        pb::GetLinkageRequest {
+            linkage_id: linkage_id.clone(),
+        },
+        TOKEN_110,
     );
     let linkage = match unary.get_linkage(request).await {
-        Ok(r) => r.into_inner(),
+        Ok(r) => r.into_inner().linkage.unwrap_or_default(),
         Err(e) => panic!("{e}"),
     };
     assert_eq!(
+        (linkage.kind, linkage.trigger, linkage.outcome),
         (
-            linkage.kind.as_str(),
-            linkage.trigger.as_str(),
-            linkage.outcome.as_str()
+            pb::LinkageKind::Transfer as i32,
+            pb::LinkageTrigger::Api as i32,
+            pb::LinkageOutcome::Answered as i32
+        )
+    );
+    // 110's incident number and disposition are in the linkage's record.
+    assert_eq!(
+        (
+            linkage.incident_number.as_str(),
+            linkage.disposition.as_str()
         ),
-        ("transfer", "api", "answered")
+        ("JJ-2026-000731", "fire put out")
     );
-    let mut request = tonic::Request::new(pb::ListActiveCallsRequest {});
-    request.metadata_mut().insert(
-        "authorization",
-        bearer.parse().unwrap_or_else(|_| unreachable!()),
-    );
-    let active = match unary.list_active_calls(request).await {
+    assert!(linkage.replied_at.is_some());
+    let active = match unary
+        .list_active_calls(bearer(pb::ListActiveCallsRequest::default(), TOKEN_110))
+        .await
+    {
         Ok(r) => r.into_inner(),
         Err(e) => panic!("{e}"),
     };
     assert_eq!(active.calls.len(), 1);
-    assert_eq!(active.calls[0].ticket.as_ref(), Some(&ticket()));
-    let mut request = tonic::Request::new(pb::GetCallRequest {
-        call_id: call_id.clone(),
-    });
-    request.metadata_mut().insert(
-        "authorization",
-        bearer.parse().unwrap_or_else(|_| unreachable!()),
+    assert_eq!(active.next_page_token, "");
+    assert_eq!(
+        active.calls[0].ticket.as_ref().map(as_attached),
+        Some(ticket())
+    );
+    let request = bearer(
+        pb::GetCallRequest {
+            call_id: call_id.clone(),
+        },
+        TOKEN_110,
     );
     let info = match unary.get_call(request).await {
-        Ok(r) => r.into_inner(),
+        Ok(r) => r.into_inner().call.unwrap_or_default(),
         Err(e) => panic!("{e}"),
     };
-    assert!(info.answered);
+    assert!(info.answered_at.is_some());
     assert_eq!(
-        info.b.map(|b| (b.peer, b.platform)),
+        info.called_leg.map(|b| (b.peer, b.platform)),
         Some(("police".to_string(), "110".to_string())),
         "leg B is 110's now"
     );
-    let mut request = tonic::Request::new(pb::GetCallRequest {
-        call_id: call_id.clone(),
-    });
-    request.metadata_mut().insert(
-        "authorization",
-        "Bearer not-a-token"
-            .parse()
-            .unwrap_or_else(|_| unreachable!()),
+    let request = bearer(
+        pb::GetCallRequest {
+            call_id: call_id.clone(),
+        },
+        "not-a-token",
     );
     assert_eq!(
         unary.get_call(request).await.err().map(|s| s.code()),
@@ -380,7 +307,7 @@ async fn a_ticket_travels_with_the_transfer_and_110_answers_back() {
     police.send_response(&police.answer(&bye, 200, None)).await;
     for platform in [&mut cad, &mut hotline] {
         let ended = platform.expect(EventType::CallEnded).await;
-        assert_eq!(ended.ended_by, "caller");
+        assert_eq!(ended.ended_by, pb::EndedBy::Caller as i32);
     }
     gateway.stop().await;
 }
@@ -453,7 +380,7 @@ async fn commands_are_refused_with_clear_errors() {
         ua.send_response(&ua.answer(&bye, 200, None)).await;
     }
     let ended = hotline.until(EventType::CallEnded).await;
-    assert_eq!(ended.ended_by, "gateway");
+    assert_eq!(ended.ended_by, pb::EndedBy::Gateway as i32);
     gateway.stop().await;
 }
 
@@ -537,6 +464,7 @@ async fn a_conference_by_command_pushes_the_ticket_and_reports_its_parties() {
         .command(Action::AttachTicket(pb::AttachTicket {
             call_id: call_id.clone(),
             ticket: Some(ticket()),
+            base_version: 0,
         }))
         .await;
     assert!(result.ok);
@@ -549,7 +477,7 @@ async fn a_conference_by_command_pushes_the_ticket_and_reports_its_parties() {
     assert!(result.ok, "{result:?}");
     let invite = police.expect_request("INVITE").await;
     let pushed = cad.expect(EventType::ConferenceRequested).await;
-    assert_eq!(pushed.ticket, Some(ticket()));
+    assert_eq!(pushed.ticket.as_ref().map(as_attached), Some(ticket()));
     let _police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
     cad.expect(EventType::TransferAnswered).await;
     cad.expect(EventType::ConferenceStarted).await;
@@ -610,6 +538,7 @@ async fn a_client_that_does_not_read_stalls_nobody() {
             .command(Action::AttachTicket(pb::AttachTicket {
                 call_id: call_id.clone(),
                 ticket: Some(updated),
+                base_version: 0,
             }))
             .await;
         assert!(result.ok);
@@ -632,7 +561,9 @@ async fn the_events_tool_prints_a_platforms_stream_one_line_per_event() {
     config.api.grpc = gateway.grpc;
     let tail = tokio::spawn(async move {
         let mut out = Vec::new();
-        let result = hotline_gateway::workorder::tail::tail(&config, "12345", 0, &mut out).await;
+        let options = hotline_gateway::workorder::tail::TailOptions::default();
+        let result =
+            hotline_gateway::workorder::tail::tail(&config, "12345", options, &mut out).await;
         (result.is_ok(), String::from_utf8_lossy(&out).to_string())
     });
     let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
@@ -657,10 +588,15 @@ async fn the_events_tool_prints_a_platforms_stream_one_line_per_event() {
         lines[1].contains("citizen=13800138000 called=12345"),
         "{output}"
     );
+    // The gateway says it is stopping, after the last event.
+    assert_eq!(
+        lines.last(),
+        Some(&"-- the gateway is stopping"),
+        "{output}"
+    );
     assert!(
-        lines
-            .last()
-            .is_some_and(|l| l.contains("CALL_ENDED") && l.contains("ended_by=caller")),
+        lines[lines.len() - 2].contains("CALL_ENDED")
+            && lines[lines.len() - 2].contains("ended_by=caller"),
         "{output}"
     );
 }
@@ -703,7 +639,7 @@ async fn server_reflection_lists_the_work_order_service() {
         other => panic!("{other:?}"),
     };
     assert!(
-        services.contains(&"hotline.workorder.v1.WorkOrder".to_string()),
+        services.contains(&"hotline.workorder.v1.WorkOrderService".to_string()),
         "{services:?}"
     );
     gateway.stop().await;
@@ -756,8 +692,8 @@ async fn the_endpoint_can_require_tls() {
         },
         Err(e) => panic!("{e}"),
     };
-    let mut client = pb::work_order_client::WorkOrderClient::new(channel);
-    let hello = pb::ClientMessage {
+    let mut client = pb::work_order_service_client::WorkOrderServiceClient::new(channel);
+    let hello = pb::LinkRequest {
         kind: Some(Out::Hello(pb::Hello {
             platform: "110".into(),
             token: TOKEN_110.into(),
@@ -770,17 +706,20 @@ async fn the_endpoint_can_require_tls() {
     };
     assert!(matches!(
         stream.message().await,
-        Ok(Some(pb::ServerMessage {
+        Ok(Some(pb::LinkResponse {
             kind: Some(In::Welcome(_))
         }))
     ));
     // Plain text to the TLS port does not get through.
-    let plain =
-        pb::work_order_client::WorkOrderClient::connect(format!("http://{}", gateway.grpc)).await;
+    let plain = pb::work_order_service_client::WorkOrderServiceClient::connect(format!(
+        "http://{}",
+        gateway.grpc
+    ))
+    .await;
     let refused = match plain {
         Err(_) => true,
         Ok(mut client) => client
-            .list_active_calls(pb::ListActiveCallsRequest {})
+            .list_active_calls(pb::ListActiveCallsRequest::default())
             .await
             .is_err(),
     };
@@ -889,7 +828,10 @@ async fn a_platform_blocks_a_number_until_it_unblocks_it_across_a_restart() {
         Action::Block(pb::Block {
             number: number.into(),
             reason: "harassing calls".into(),
-            minutes: 60,
+            duration: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
         })
     };
     let refused = hotline.command(block("not a number")).await;

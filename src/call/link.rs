@@ -1,6 +1,8 @@
-//! A call's side of the work-order link: what its actions mean to the platforms (events for
-//! the [`EventHub`]), and the platforms' commands carried out on its call model (the same
-//! operations as REFER and hotkeys: [`Call::transfer`], [`Call::conference`]).
+//! A call's side of the work-order link: what its actions mean to the platforms (events, made
+//! ready by the [`EventHub`] and committed by the call's task with the step's records before
+//! the step is seen), and the platforms' commands carried out on its call model (the same
+//! operations as REFER and hotkeys: [`Call::transfer`], [`Call::conference`]), whose results
+//! go back once the events they caused are committed.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -12,20 +14,24 @@ use super::model::{Call, ConferenceUpdate, LinkageUpdate, Outcome, TransferError
 use super::transfer::Trigger;
 use crate::config::HotkeyAction;
 use crate::media::Leg;
-use crate::store::{unix_millis, CallRecord, LinkageRecord};
+use crate::store::{CallRecord, Changes, LinkageRecord};
 use crate::workorder::hub::EventHub;
 use crate::workorder::registry::{
-    lock, CallCommand, CallRegistry, CallSnapshot, CommandError, ErrorCode,
+    lock, CallCommand, CallRegistry, CallSnapshot, CommandDone, CommandError, CommandOutcome,
+    CommandReply, ErrorCode,
 };
-use crate::workorder::{CallEvent, EventKind, LegInfo, PartyInfo};
+use crate::workorder::{convert, CallEvent, EventKind, LegInfo, PartyInfo};
 
-/// The call as the platforms know it, and where its events go.
+/// The call as the platforms know it, its events not yet committed, and the results of
+/// commands that wait for them.
 pub struct Link {
     snapshot: Arc<Mutex<CallSnapshot>>,
     hub: Arc<EventHub>,
     offered: bool,
     /// Why screening flagged the call (a repeat caller), told with the offer.
     flag: Option<String>,
+    events: Vec<CallEvent>,
+    replies: Vec<(CommandReply, CommandOutcome)>,
 }
 
 impl Link {
@@ -42,14 +48,14 @@ impl Link {
             call_id: record.id.clone(),
             citizen_number: record.caller.clone(),
             called_number: record.called.clone(),
-            a: LegInfo {
+            caller_leg: LegInfo {
                 peer: record.a_peer.clone(),
                 platform: platform.clone(),
                 number: record.caller.clone(),
             },
-            b: None,
-            answered: false,
+            called_leg: None,
             started_at: record.started_at,
+            answered_at: None,
             ticket: None,
             platforms: platform.into_iter().collect::<BTreeSet<_>>(),
         }));
@@ -60,6 +66,8 @@ impl Link {
                 hub,
                 offered: false,
                 flag,
+                events: Vec::new(),
+                replies: Vec::new(),
             },
             commands,
         )
@@ -69,16 +77,35 @@ impl Link {
         lock(&self.snapshot).call_id.clone()
     }
 
+    /// The events since the last time, ready for the outbox, into `changes`.
+    pub fn take_events(&mut self, changes: &mut Changes) {
+        for event in self.events.drain(..) {
+            changes.events(self.hub.prepare(&event));
+        }
+    }
+
+    /// Sends the results of the commands carried out since the last time (their events are
+    /// committed now).
+    pub fn send_replies(&mut self) {
+        for (reply, outcome) in self.replies.drain(..) {
+            let _ = reply.send(outcome);
+        }
+    }
+
     /// An event of `kind` for every platform the call involves, with its legs as they stand.
     fn event(&self, kind: EventKind) -> CallEvent {
         let snapshot = lock(&self.snapshot);
-        let mut event = CallEvent::new(kind, &snapshot.call_id, unix_millis(SystemTime::now()));
+        let mut event = CallEvent::new(kind, &snapshot.call_id, SystemTime::now());
         event.platforms = snapshot.platforms.iter().cloned().collect();
         event.citizen_number = snapshot.citizen_number.clone();
         event.called_number = snapshot.called_number.clone();
-        event.a = snapshot.a.clone();
-        event.b = snapshot.b.clone();
+        event.caller_leg = snapshot.caller_leg.clone();
+        event.called_leg = snapshot.called_leg.clone();
         event
+    }
+
+    fn emit(&mut self, event: CallEvent) {
+        self.events.push(event);
     }
 
     fn involve(&self, platform: Option<&String>) {
@@ -92,39 +119,40 @@ impl Link {
         {
             let mut snapshot = lock(&self.snapshot);
             let number = snapshot
-                .b
+                .called_leg
                 .as_ref()
                 .map_or_else(|| snapshot.called_number.clone(), |b| b.number.clone());
             if let Some(platform) = &platform {
                 snapshot.platforms.insert(platform.clone());
             }
-            snapshot.b = Some(LegInfo {
+            snapshot.called_leg = Some(LegInfo {
                 peer: peer.to_string(),
                 platform,
                 number,
             });
         }
         if !std::mem::replace(&mut self.offered, true) {
-            self.hub.emit(self.event(EventKind::CallOffered));
+            self.emit(self.event(EventKind::CallOffered));
             if let Some(reason) = self.flag.take() {
                 let mut event = self.event(EventKind::CallFlagged);
                 event.reason = Some(reason);
-                self.hub.emit(event);
+                self.emit(event);
             }
         }
     }
 
-    pub fn ringing(&self) {
-        self.hub.emit(self.event(EventKind::CallRinging));
+    pub fn ringing(&mut self) {
+        self.emit(self.event(EventKind::CallRinging));
     }
 
-    pub fn answered(&self) {
-        lock(&self.snapshot).answered = true;
-        self.hub.emit(self.event(EventKind::CallAnswered));
+    /// The call was answered at `at` (Unix ms).
+    pub fn answered(&mut self, at: i64) {
+        lock(&self.snapshot).answered_at = Some(at);
+        self.emit(self.event(EventKind::CallAnswered));
     }
 
     /// A transfer's or conference guest's linkage moved on (`linkage` as it now stands).
-    pub fn linkage(&self, update: &LinkageUpdate, linkage: &LinkageRecord) {
+    pub fn linkage(&mut self, update: &LinkageUpdate, linkage: &LinkageRecord) {
         let conference = linkage.kind == "conference";
         let kind = match update {
             LinkageUpdate::Requested { .. } if conference => EventKind::ConferenceRequested,
@@ -142,7 +170,7 @@ impl Link {
             number: linkage.target.clone(),
         };
         if kind == EventKind::TransferAnswered && !conference {
-            lock(&self.snapshot).b = Some(target.clone());
+            lock(&self.snapshot).called_leg = Some(target.clone());
         }
         let mut event = self.event(kind);
         event.linkage_id = Some(linkage.id.clone());
@@ -159,10 +187,10 @@ impl Link {
         ) {
             event.ticket = lock(&self.snapshot).ticket.clone();
         }
-        self.hub.emit(event);
+        self.emit(event);
     }
 
-    pub fn conference(&self, update: &ConferenceUpdate) {
+    pub fn conference(&mut self, update: &ConferenceUpdate) {
         let event = match update {
             ConferenceUpdate::Started => self.event(EventKind::ConferenceStarted),
             ConferenceUpdate::Ended => self.event(EventKind::ConferenceEnded),
@@ -188,59 +216,84 @@ impl Link {
                 event
             }
         };
-        self.hub.emit(event);
+        self.emit(event);
     }
 
-    pub fn hotkey(&self, dtmf: &str, action: HotkeyAction, target: &str) {
+    pub fn hotkey(&mut self, dtmf: &str, action: HotkeyAction, target: &str) {
         let mut event = self.event(EventKind::HotkeyPressed);
         let action = match action {
             HotkeyAction::Transfer => "transfer",
             HotkeyAction::Conference => "conference",
         };
         event.hotkey = Some(format!("{dtmf} {action} {target}"));
-        self.hub.emit(event);
+        self.emit(event);
     }
 
-    pub fn ended(&self, outcome: &Outcome) {
+    pub fn ended(&mut self, outcome: &Outcome) {
         let mut event = self.event(EventKind::CallEnded);
         event.sip_status = outcome.final_status;
         event.ended_by = Some(outcome.ended_by.as_str().to_string());
         event.reason = Some(outcome.reason.clone());
-        self.hub.emit(event);
+        self.emit(event);
     }
 
-    /// Carries a platform's command out on the call.
-    pub fn command(&self, call: &mut Call, command: CallCommand) {
+    /// Attaches (or updates) the call's ticket: the gateway's version goes up by one; a stale
+    /// `base_version` is refused.
+    fn attach_ticket(
+        &mut self,
+        platform: &str,
+        mut ticket: crate::workorder::Ticket,
+        base_version: u64,
+    ) -> CommandOutcome {
+        let current = lock(&self.snapshot)
+            .ticket
+            .as_ref()
+            .map_or(0, |t| t.version);
+        if base_version != 0 && base_version != current {
+            return Err(CommandError::new(
+                ErrorCode::Conflict,
+                format!("the ticket is at version {current}, not {base_version}"),
+            ));
+        }
+        ticket.version = current + 1;
+        ticket.updated_by = platform.to_string();
+        ticket.updated_at = Some(convert::timestamp(SystemTime::now()));
+        tracing::info!(%platform, ticket = %ticket.number, version = ticket.version, "ticket attached");
+        let kind = if current > 0 {
+            EventKind::TicketUpdated
+        } else {
+            EventKind::TicketAttached
+        };
+        let version = ticket.version;
+        lock(&self.snapshot).ticket = Some(ticket.clone());
+        let mut event = self.event(kind);
+        event.ticket = Some(ticket);
+        self.emit(event);
+        Ok(CommandDone {
+            ticket_version: version,
+        })
+    }
+
+    /// Carries a platform's command out on the call; its result goes with the next commit.
+    pub fn command(&mut self, call: &mut Call, command: CallCommand) {
         let now = Instant::now();
-        match command {
+        let done = |result: Result<(), TransferError>| {
+            result.map(|()| CommandDone::default()).map_err(refused)
+        };
+        let (reply, outcome) = match command {
             CallCommand::AttachTicket {
                 platform,
                 ticket,
+                base_version,
                 reply,
-            } => {
-                let updated = lock(&self.snapshot)
-                    .ticket
-                    .replace(ticket.clone())
-                    .is_some();
-                tracing::info!(%platform, ticket = %ticket.number, updated, "ticket attached");
-                let kind = if updated {
-                    EventKind::TicketUpdated
-                } else {
-                    EventKind::TicketAttached
-                };
-                let mut event = self.event(kind);
-                event.ticket = Some(ticket);
-                self.hub.emit(event);
-                let _ = reply.send(Ok(()));
-            }
+            } => (reply, self.attach_ticket(&platform, *ticket, base_version)),
             CallCommand::Transfer {
                 platform,
                 target,
                 reply,
             } => {
                 let leg = call.leg_of_platform(&platform).unwrap_or(Leg::B);
-                let result = call.transfer(now, leg, &target, Trigger::Api);
-                let _ = reply.send(result.map_err(refused));
+                (reply, done(call.transfer(now, leg, &target, Trigger::Api)))
             }
             CallCommand::Conference {
                 platform,
@@ -248,8 +301,10 @@ impl Link {
                 reply,
             } => {
                 let leg = call.leg_of_platform(&platform).unwrap_or(Leg::B);
-                let result = call.conference(now, leg, &target, Trigger::Api);
-                let _ = reply.send(result.map_err(refused));
+                (
+                    reply,
+                    done(call.conference(now, leg, &target, Trigger::Api)),
+                )
             }
             CallCommand::HangUp {
                 platform,
@@ -260,32 +315,36 @@ impl Link {
                 let result = match party {
                     None => {
                         call.hang_up_all(now);
-                        Ok(())
+                        Ok(CommandDone::default())
                     }
-                    Some(party) => call.hang_up_party(now, party).map_err(|_| {
-                        CommandError::new(
-                            ErrorCode::NotAllowedNow,
-                            format!("no party {party} in the call"),
-                        )
-                    }),
+                    Some(party) => call
+                        .hang_up_party(now, party)
+                        .map(|()| CommandDone::default())
+                        .map_err(|_| no_party(party)),
                 };
-                let _ = reply.send(result);
+                (reply, result)
             }
             CallCommand::Mute {
                 party,
                 muted,
                 reply,
             } => {
-                let result = call.mute(party, muted).map_err(|_| {
-                    CommandError::new(
-                        ErrorCode::NotAllowedNow,
-                        format!("no party {party} in the call"),
-                    )
-                });
-                let _ = reply.send(result);
+                let result = call
+                    .mute(party, muted)
+                    .map(|()| CommandDone::default())
+                    .map_err(|_| no_party(party));
+                (reply, result)
             }
-        }
+        };
+        self.replies.push((reply, outcome));
     }
+}
+
+fn no_party(party: u32) -> CommandError {
+    CommandError::new(
+        ErrorCode::NotAllowedNow,
+        format!("no party {party} in the call"),
+    )
 }
 
 fn refused(error: TransferError) -> CommandError {

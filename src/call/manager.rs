@@ -18,7 +18,7 @@ use crate::routing::Router;
 use crate::sip::endpoint::{Dispatcher, Disposition, ServerTransactionId};
 use crate::sip::message::{Method, Request, Response};
 use crate::sip::transport::Flow;
-use crate::store::{unix_millis, CallRecord};
+use crate::store::{unix_millis, CallRecord, Changes};
 use crate::workorder::{CallEvent, EventKind, LegInfo};
 
 use super::screening::{Screen, Screening};
@@ -101,6 +101,10 @@ impl CallManager {
     }
 
     fn reply(request: &Request, status: u16) -> Disposition {
+        Disposition::Respond(Self::response(request, status))
+    }
+
+    fn response(request: &Request, status: u16) -> Response {
         let mut response = Response::for_request(request, status, Some("gw"));
         match status {
             200 | 405 => response.headers.push("Allow", ALLOW),
@@ -110,7 +114,69 @@ impl CallManager {
         if status == 200 {
             response.headers.push("Accept", "application/sdp");
         }
-        Disposition::Respond(response)
+        response
+    }
+
+    /// A caller on the blocklist: the refusal is a call of its own (a gateway call id, a
+    /// record), whose CALL_BLOCKED is committed before the refusal goes out.
+    fn refuse_blocked(
+        &self,
+        request: &Request,
+        server: ServerTransactionId,
+        services: &CallServices,
+        caller_peer: &crate::routing::Peer,
+        route_platform: Option<String>,
+        (presented, number, status): (String, String, u16),
+    ) -> Disposition {
+        let id = self.next_ids().call_key();
+        let now = SystemTime::now();
+        let record = CallRecord {
+            id: id.clone(),
+            a_call_id: request.call_id().to_string(),
+            b_call_id: None,
+            caller: presented.clone(),
+            called: number.clone(),
+            a_peer: caller_peer.name.clone(),
+            b_peer: None,
+            started_at: unix_millis(now),
+            answered_at: None,
+            ended_at: Some(unix_millis(now)),
+            ended_by: Some("gateway".into()),
+            end_reason: Some("blocklist".into()),
+            final_status: Some(status),
+            rtp_a_to_b: 0,
+            rtp_b_to_a: 0,
+            rtp_dropped: 0,
+        };
+        let mut event = CallEvent::new(EventKind::CallBlocked, &id, now);
+        event.platforms = route_platform
+            .into_iter()
+            .chain(caller_peer.platform.clone())
+            .collect();
+        event.citizen_number = presented;
+        event.called_number = number;
+        event.caller_leg = LegInfo {
+            peer: caller_peer.name.clone(),
+            platform: caller_peer.platform.clone(),
+            number: event.citizen_number.clone(),
+        };
+        event.sip_status = status;
+        event.reason = Some("blocklist".into());
+        let response = Self::response(request, status);
+        let (owner, inbox) = mpsc::unbounded_channel();
+        let (events, endpoint) = (Arc::clone(&services.events), services.endpoint.clone());
+        tokio::spawn(async move {
+            // The transaction stays ours until the refusal goes; what it says meanwhile (a
+            // retransmission, a CANCEL) changes nothing.
+            let _inbox = inbox;
+            let mut changes = Changes::default();
+            changes.call_ended(record);
+            if let Err(error) = events.emit(&event, changes).await {
+                tracing::error!(%error, "blocked call's record and event not written");
+            }
+            endpoint.send_response(server, response);
+        });
+        Disposition::Accept(owner)
     }
 
     fn new_call(
@@ -148,29 +214,14 @@ impl CallManager {
             Screen::Blocked(status) => {
                 self.metrics.increment(Counter::CallsBlocked);
                 tracing::info!(caller = %presented, %number, status, "caller on the blocklist refused");
-                let platforms: Vec<String> = route
-                    .iter()
-                    .take(1)
-                    .filter_map(|p| p.platform.clone())
-                    .chain(caller_peer.platform.clone())
-                    .collect();
-                let mut event = CallEvent::new(
-                    EventKind::CallBlocked,
-                    request.call_id(),
-                    unix_millis(SystemTime::now()),
+                return self.refuse_blocked(
+                    request,
+                    server,
+                    services,
+                    &caller_peer,
+                    route.first().and_then(|p| p.platform.clone()),
+                    (presented, number, status),
                 );
-                event.platforms = platforms;
-                event.citizen_number = presented;
-                event.called_number = number;
-                event.a = LegInfo {
-                    peer: caller_peer.name.clone(),
-                    platform: caller_peer.platform.clone(),
-                    number: event.citizen_number.clone(),
-                };
-                event.sip_status = status;
-                event.reason = Some("blocklist".into());
-                services.events.emit(event);
-                return Self::reply(request, status);
             }
             Screen::Flagged { count } => {
                 self.metrics.increment(Counter::CallsFlagged);

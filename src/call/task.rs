@@ -1,5 +1,10 @@
 //! The task that drives one [`Call`]: feeds it SIP events, relay events, the clock and shutdown,
 //! and carries out its actions (endpoint, relay, store, metrics).
+//!
+//! Each step of the call is carried out in two halves: first what the step *is* (record
+//! changes, the work-order events that report it), committed in one transaction; then what
+//! makes it *seen* (SIP messages, media, dialog and directory entries, command results). So no
+//! peer and no platform sees a step whose events a crash could still lose.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,7 +21,7 @@ use super::model::{Action, Call, ConferenceUpdate, EndedBy, LinkageUpdate, Outco
 use crate::media::relay::{MediaEvent, RelayHandle};
 use crate::metrics::{CallResult, Counter, Gauge, Metrics};
 use crate::sip::endpoint::{EndpointHandle, Owner, SipEvent};
-use crate::store::{unix_millis, CallRecord, ConferencePartyRecord, LinkageRecord, Store};
+use crate::store::{unix_millis, CallRecord, Changes, ConferencePartyRecord, LinkageRecord, Store};
 
 /// What every call task shares.
 #[derive(Clone)]
@@ -76,9 +81,6 @@ async fn run(
     flag: Option<String>,
 ) {
     services.metrics.add_gauge(Gauge::CallsActive, 1);
-    if let Err(error) = services.store.call_started(record.clone()).await {
-        tracing::error!(%error, "call record not started");
-    }
     tracing::info!("call offered");
     let mut shutdown_seen = false;
     let (link, mut commands) = Link::open(
@@ -88,11 +90,14 @@ async fn run(
         &services.registry,
         flag,
     );
+    let mut changes = Changes::default();
+    changes.call_started(record.clone());
     let mut records = Records {
         call: record,
         linkages: HashMap::new(),
         parties: Vec::new(),
         link,
+        changes,
     };
     loop {
         if carry_out(&mut call, &owner, &relay, &mut records, &services).await {
@@ -140,9 +145,12 @@ struct Records {
     /// Conference parties still in (their `left_at` unset).
     parties: Vec<ConferencePartyRecord>,
     link: Link,
+    /// The record changes of the step under way, not yet written.
+    changes: Changes,
 }
 
-/// Carries out every pending action; returns true once the call has finished.
+/// Carries out every pending action; returns true once the call has finished. What the step
+/// is (records, events) is noted and committed first; what makes it seen goes after.
 async fn carry_out(
     call: &mut Call,
     owner: &Owner,
@@ -150,20 +158,11 @@ async fn carry_out(
     records: &mut Records,
     services: &CallServices,
 ) -> bool {
-    let record = &mut records.call;
+    let mut seen = Vec::new();
+    let mut finished = false;
     while let Some(action) = call.poll_action() {
+        let record = &mut records.call;
         match action {
-            Action::SendRequest { request, target } => {
-                services
-                    .endpoint
-                    .send_request(request, target, owner.clone())
-            }
-            Action::SendResponse { server, response } => {
-                services.endpoint.send_response(server, response)
-            }
-            Action::RegisterDialog(key) => services.endpoint.register_dialog(key, owner.clone()),
-            Action::UnregisterDialog(key) => services.endpoint.unregister_dialog(&key),
-            Action::Media(command) => relay.command(command),
             Action::Attempt { b_call_id, b_peer } => {
                 records.link.attempt(&b_peer, call.b_platform());
                 record.b_call_id = Some(b_call_id);
@@ -176,25 +175,15 @@ async fn carry_out(
                 target,
             } => records.link.hotkey(&dtmf, action, &target),
             Action::Answered { b_call_id, b_peer } => {
-                records.link.answered();
                 let now = unix_millis(SystemTime::now());
+                records.link.answered(now);
                 record.answered_at = Some(now);
                 tracing::info!(peer = %b_peer, "call answered");
-                if let Err(error) = services
-                    .store
-                    .call_answered(&record.id, &b_call_id, &b_peer, now)
-                    .await
-                {
-                    services.metrics.increment(Counter::StoreWriteErrors);
-                    tracing::error!(%error, "call record not updated");
-                }
+                records
+                    .changes
+                    .call_answered(&record.id, &b_call_id, &b_peer, now);
             }
-            Action::Bridged {
-                caller_side,
-                peer_side,
-            } => services.directory.insert(caller_side, peer_side),
-            Action::Unbridged(caller_side) => services.directory.remove(&caller_side),
-            Action::CloseParty(party) => relay.remove_party(party),
+            // A guest's port pair: the model's own bookkeeping, nothing anyone sees yet.
             Action::OpenParty => {
                 let opened = services
                     .ports
@@ -204,7 +193,13 @@ async fn carry_out(
             }
             Action::Conference(update) => {
                 records.link.conference(&update);
-                track_conference(&mut records.parties, record, update, services).await;
+                track_conference(
+                    &mut records.parties,
+                    &mut records.changes,
+                    record,
+                    update,
+                    &services.metrics,
+                );
             }
             Action::Linkage(update) => {
                 let linkage = track_linkage(
@@ -214,41 +209,89 @@ async fn carry_out(
                     &services.metrics,
                 );
                 records.link.linkage(&update, &linkage);
-                if let Err(error) = services.store.linkage(linkage).await {
-                    services.metrics.increment(Counter::StoreWriteErrors);
-                    tracing::error!(%error, "linkage record not written");
-                }
+                records.changes.linkage(linkage);
             }
             Action::Ended(outcome) => {
                 records.link.ended(&outcome);
                 track_conference(
                     &mut records.parties,
+                    &mut records.changes,
                     record,
                     ConferenceUpdate::Ended,
-                    services,
-                )
-                .await;
-                finish_record(record, relay, &outcome, services).await;
+                    &services.metrics,
+                );
+                finish_record(record, relay, &outcome, &services.metrics);
+                records.changes.call_ended(record.clone());
             }
-            Action::Finished => return true,
+            Action::Finished => finished = true,
+            action => seen.push(action),
         }
     }
-    false
+    commit(records, &services.store, &services.metrics).await;
+    for action in seen {
+        match action {
+            Action::SendRequest { request, target } => {
+                services
+                    .endpoint
+                    .send_request(request, target, owner.clone())
+            }
+            Action::SendResponse { server, response } => {
+                services.endpoint.send_response(server, response)
+            }
+            Action::RegisterDialog(key) => services.endpoint.register_dialog(key, owner.clone()),
+            Action::UnregisterDialog(key) => services.endpoint.unregister_dialog(&key),
+            Action::Media(command) => relay.command(command),
+            Action::Bridged {
+                caller_side,
+                peer_side,
+            } => services.directory.insert(caller_side, peer_side),
+            Action::Unbridged(caller_side) => services.directory.remove(&caller_side),
+            Action::CloseParty(party) => relay.remove_party(party),
+            // Noted before the commit.
+            Action::Attempt { .. }
+            | Action::Ringing
+            | Action::Hotkey { .. }
+            | Action::Answered { .. }
+            | Action::OpenParty
+            | Action::Conference(_)
+            | Action::Linkage(_)
+            | Action::Ended(_)
+            | Action::Finished => {}
+        }
+    }
+    finished
 }
 
-/// Writes a conference's party records as they join and leave, and keeps the metrics.
-async fn track_conference(
+/// Commits the step's record changes with its work-order events, waiting for the commit when
+/// it holds events or the call's end (a held step, the disk being full, goes on: it lands
+/// when the store recovers); then sends the results of the commands the step carried out.
+async fn commit(records: &mut Records, store: &Store, metrics: &Metrics) {
+    let mut changes = std::mem::take(&mut records.changes);
+    records.link.take_events(&mut changes);
+    if let Err(error) = store.write(changes).await {
+        // A refused record is counted by the writer; a stopped writer counts nothing.
+        if matches!(error, crate::store::StoreError::Closed) {
+            metrics.increment(Counter::StoreWriteErrors);
+        }
+        tracing::error!(%error, "call records and events not written");
+    }
+    records.link.send_replies();
+}
+
+/// Notes a conference's party records as they join and leave, and keeps the metrics.
+fn track_conference(
     parties: &mut Vec<ConferencePartyRecord>,
+    changes: &mut Changes,
     call: &CallRecord,
     update: ConferenceUpdate,
-    services: &CallServices,
+    metrics: &Metrics,
 ) {
     let now = unix_millis(SystemTime::now());
     let mut written = Vec::new();
     match update {
         ConferenceUpdate::Started => {
-            services.metrics.increment(Counter::ConferencesStarted);
-            services.metrics.add_gauge(Gauge::ConferencesActive, 1);
+            metrics.increment(Counter::ConferencesStarted);
+            metrics.add_gauge(Gauge::ConferencesActive, 1);
             tracing::info!("conference started");
         }
         ConferenceUpdate::Joined {
@@ -281,7 +324,7 @@ async fn track_conference(
             if parties.is_empty() {
                 return;
             }
-            services.metrics.add_gauge(Gauge::ConferencesActive, -1);
+            metrics.add_gauge(Gauge::ConferencesActive, -1);
             tracing::info!("conference ended");
             for mut record in parties.drain(..) {
                 record.left_at = Some(now);
@@ -290,10 +333,7 @@ async fn track_conference(
         }
     }
     for record in written {
-        if let Err(error) = services.store.conference_party(record).await {
-            services.metrics.increment(Counter::StoreWriteErrors);
-            tracing::error!(%error, "conference record not written");
-        }
+        changes.conference_party(record);
     }
 }
 
@@ -389,13 +429,13 @@ fn track_linkage(
     linkage.clone()
 }
 
-/// Completes the record and waits until it is committed: a call that has ended is on disk
-/// before its last messages go out.
-async fn finish_record(
+/// Completes the record (committed with the step, before the call's last messages go out:
+/// a call that has ended is on disk before anyone hears of it) and counts the call.
+fn finish_record(
     record: &mut CallRecord,
     relay: &RelayHandle,
     outcome: &Outcome,
-    services: &CallServices,
+    metrics: &Metrics,
 ) {
     let stats = relay.stats();
     record.ended_at = Some(unix_millis(SystemTime::now()));
@@ -417,7 +457,7 @@ async fn finish_record(
     } else {
         CallResult::Rejected
     };
-    services.metrics.count_call(result);
+    metrics.count_call(result);
     tracing::info!(
         ended_by = outcome.ended_by.as_str(),
         reason = %outcome.reason,
@@ -426,12 +466,4 @@ async fn finish_record(
         rtp_b_to_a = record.rtp_b_to_a,
         "call ended"
     );
-    // Held (the disk is full) is fine: the store says so once and writes it when it can.
-    if let Err(error) = services.store.call_ended(record.clone()).await {
-        // A refused record is counted by the writer; a stopped writer counts nothing.
-        if matches!(error, crate::store::StoreError::Closed) {
-            services.metrics.increment(Counter::StoreWriteErrors);
-        }
-        tracing::error!(%error, "call record not written");
-    }
 }

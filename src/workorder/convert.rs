@@ -1,29 +1,34 @@
 //! The domain types of the work-order link to and from their protobuf messages.
 
+use std::time::{Duration, SystemTime};
+
+use prost_types::Timestamp;
+
 use super::registry::{CallSnapshot, ErrorCode};
-use super::{pb, CallEvent, Category, EventKind, LegInfo, PartyInfo, Reply, Ticket};
+use super::{pb, CallEvent, EventKind, LegInfo, PartyInfo};
 use crate::store::LinkageRecord;
 
-pub fn event(event: &CallEvent, sequence: u64, event_id: &str) -> pb::Event {
+/// `event` as the platforms get it, without its sequence and id (the store gives those).
+pub fn event(event: &CallEvent) -> pb::Event {
     pb::Event {
-        event_id: event_id.to_string(),
-        sequence,
-        time: event.time,
+        event_id: String::new(),
+        sequence: 0,
+        time: Some(timestamp(event.time)),
         r#type: event_type(event.kind) as i32,
         call_id: event.call_id.clone(),
         linkage_id: event.linkage_id.clone().unwrap_or_default(),
         citizen_number: event.citizen_number.clone(),
         called_number: event.called_number.clone(),
-        a: Some(leg(&event.a)),
-        b: event.b.as_ref().map(leg),
+        caller_leg: Some(leg(&event.caller_leg)),
+        called_leg: event.called_leg.as_ref().map(leg),
         agent: event.agent.as_ref().map(leg),
         target: event.target.as_ref().map(leg),
         sip_status: u32::from(event.sip_status),
-        ticket: event.ticket.as_ref().map(ticket),
-        reply: event.reply.as_ref().map(reply),
+        ticket: event.ticket.clone(),
+        reply: event.reply.clone(),
         party: event.party.as_ref().map(party),
         hotkey: event.hotkey.clone().unwrap_or_default(),
-        ended_by: event.ended_by.clone().unwrap_or_default(),
+        ended_by: event.ended_by.as_deref().map_or(0, |e| ended_by(e) as i32),
         reason: event.reason.clone().unwrap_or_default(),
     }
 }
@@ -53,6 +58,16 @@ fn event_type(kind: EventKind) -> pb::EventType {
     }
 }
 
+/// Who ended a call, from the record's word for it.
+pub fn ended_by(word: &str) -> pb::EndedBy {
+    match word {
+        "caller" => pb::EndedBy::Caller,
+        "callee" => pb::EndedBy::Callee,
+        "gateway" => pb::EndedBy::Gateway,
+        _ => pb::EndedBy::Unspecified,
+    }
+}
+
 pub fn leg(leg: &LegInfo) -> pb::Leg {
     pb::Leg {
         peer: leg.peer.clone(),
@@ -69,57 +84,43 @@ fn party(party: &PartyInfo) -> pb::Party {
     }
 }
 
-pub fn ticket(ticket: &Ticket) -> pb::Ticket {
-    let category = match ticket.category {
-        Category::Unspecified => pb::Category::Unspecified,
-        Category::A => pb::Category::A,
-        Category::B => pb::Category::B,
-        Category::C => pb::Category::C,
-        Category::D => pb::Category::D,
-    };
-    pb::Ticket {
-        number: ticket.number.clone(),
-        category: category as i32,
-        summary: ticket.summary.clone(),
-        address: ticket.address.clone(),
-        deadline: ticket.deadline,
-        fields: ticket.fields.clone().into_iter().collect(),
+/// A point in time as the proto has it.
+pub fn timestamp(time: SystemTime) -> Timestamp {
+    let since = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos() as i32,
     }
 }
 
-pub fn ticket_from(ticket: pb::Ticket) -> Ticket {
-    let category = match pb::Category::try_from(ticket.category) {
-        Ok(pb::Category::A) => Category::A,
-        Ok(pb::Category::B) => Category::B,
-        Ok(pb::Category::C) => Category::C,
-        Ok(pb::Category::D) => Category::D,
-        _ => Category::Unspecified,
-    };
-    Ticket {
-        number: ticket.number,
-        category,
-        summary: ticket.summary,
-        address: ticket.address,
-        deadline: ticket.deadline,
-        fields: ticket.fields.into_iter().collect(),
+/// A record's Unix milliseconds as the proto has them.
+pub fn timestamp_ms(unix_ms: i64) -> Timestamp {
+    Timestamp {
+        seconds: unix_ms.div_euclid(1000),
+        nanos: (unix_ms.rem_euclid(1000) * 1_000_000) as i32,
     }
 }
 
-fn reply(reply: &Reply) -> pb::Reply {
-    pb::Reply {
-        linkage_id: reply.linkage_id.clone(),
-        incident_number: reply.incident_number.clone(),
-        disposition: reply.disposition.clone(),
-        fields: reply.fields.clone().into_iter().collect(),
-    }
+/// A proto time in Unix milliseconds (0 for a time before 1970 or none).
+pub fn unix_ms(time: Option<&Timestamp>) -> i64 {
+    time.map_or(0, |t| {
+        (t.seconds.saturating_mul(1000)).saturating_add(i64::from(t.nanos / 1_000_000))
+    })
+    .max(0)
 }
 
-pub fn reply_from(reply: pb::Reply) -> Reply {
-    Reply {
-        linkage_id: reply.linkage_id,
-        incident_number: reply.incident_number,
-        disposition: reply.disposition,
-        fields: reply.fields.into_iter().collect(),
+/// A proto duration as a [`Duration`] (None for a negative or out-of-range one).
+pub fn duration(duration: &prost_types::Duration) -> Option<Duration> {
+    Duration::try_from(*duration).ok()
+}
+
+/// A [`Duration`] as the proto has it.
+pub fn proto_duration(duration: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: duration.as_secs() as i64,
+        nanos: duration.subsec_nanos() as i32,
     }
 }
 
@@ -130,44 +131,93 @@ pub fn error_code(code: ErrorCode) -> pb::ErrorCode {
         ErrorCode::NotPermitted => pb::ErrorCode::NotPermitted,
         ErrorCode::NoRoute => pb::ErrorCode::NoRoute,
         ErrorCode::Invalid => pb::ErrorCode::Invalid,
+        ErrorCode::Conflict => pb::ErrorCode::Conflict,
+        ErrorCode::Unavailable => pb::ErrorCode::Unavailable,
     }
 }
 
-pub fn call(snapshot: &CallSnapshot) -> pb::CallInfo {
-    pb::CallInfo {
+pub fn call(snapshot: &CallSnapshot) -> pb::Call {
+    pb::Call {
         call_id: snapshot.call_id.clone(),
         citizen_number: snapshot.citizen_number.clone(),
         called_number: snapshot.called_number.clone(),
-        a: Some(leg(&snapshot.a)),
-        b: snapshot.b.as_ref().map(leg),
-        answered: snapshot.answered,
-        started_at: snapshot.started_at,
-        ticket: snapshot.ticket.as_ref().map(ticket),
+        caller_leg: Some(leg(&snapshot.caller_leg)),
+        called_leg: snapshot.called_leg.as_ref().map(leg),
+        started_at: Some(timestamp_ms(snapshot.started_at)),
+        answered_at: snapshot.answered_at.map(timestamp_ms),
+        ticket: snapshot.ticket.clone(),
     }
 }
 
-pub fn linkage(record: &LinkageRecord) -> pb::LinkageInfo {
-    pb::LinkageInfo {
+pub fn linkage(record: &LinkageRecord) -> pb::Linkage {
+    let kind = match record.kind.as_str() {
+        "transfer" => pb::LinkageKind::Transfer,
+        "conference" => pb::LinkageKind::Conference,
+        _ => pb::LinkageKind::Unspecified,
+    };
+    let trigger = match record.trigger.as_str() {
+        "refer" => pb::LinkageTrigger::Refer,
+        "attended" => pb::LinkageTrigger::Attended,
+        "hotkey" => pb::LinkageTrigger::Hotkey,
+        "api" => pb::LinkageTrigger::Api,
+        "fallback" => pb::LinkageTrigger::Fallback,
+        _ => pb::LinkageTrigger::Unspecified,
+    };
+    let outcome = match record.outcome.as_deref() {
+        None => pb::LinkageOutcome::Pending,
+        Some("answered") => pb::LinkageOutcome::Answered,
+        Some("failed") => pb::LinkageOutcome::Failed,
+        Some(_) => pb::LinkageOutcome::Unspecified,
+    };
+    pb::Linkage {
         linkage_id: record.id.clone(),
         call_id: record.call_id.clone(),
-        kind: record.kind.clone(),
-        trigger: record.trigger.clone(),
-        from: Some(pb::Leg {
+        kind: kind as i32,
+        trigger: trigger as i32,
+        from_leg: Some(pb::Leg {
             peer: record.from_peer.clone(),
             platform: record.from_platform.clone().unwrap_or_default(),
             number: String::new(),
         }),
-        to: Some(pb::Leg {
+        to_leg: Some(pb::Leg {
             peer: record.to_peer.clone().unwrap_or_default(),
             platform: record.to_platform.clone().unwrap_or_default(),
             number: record.target.clone(),
         }),
         target: record.target.clone(),
-        requested_at: record.requested_at,
-        ringing_at: record.ringing_at.unwrap_or_default(),
-        answered_at: record.answered_at.unwrap_or_default(),
-        ended_at: record.ended_at.unwrap_or_default(),
-        outcome: record.outcome.clone().unwrap_or_default(),
+        requested_at: Some(timestamp_ms(record.requested_at)),
+        ringing_at: record.ringing_at.map(timestamp_ms),
+        answered_at: record.answered_at.map(timestamp_ms),
+        ended_at: record.ended_at.map(timestamp_ms),
+        outcome: outcome as i32,
         sip_status: record.sip_status.map_or(0, u32::from),
+        incident_number: record.incident_number.clone().unwrap_or_default(),
+        disposition: record.disposition.clone().unwrap_or_default(),
+        replied_at: record.replied_at.map(timestamp_ms),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_go_both_ways() {
+        for ms in [0, 999, 1_000, 1_795_305_600_123] {
+            assert_eq!(unix_ms(Some(&timestamp_ms(ms))), ms);
+        }
+        let time = SystemTime::UNIX_EPOCH + Duration::new(1_795_305_600, 123_456_789);
+        let t = timestamp(time);
+        assert_eq!((t.seconds, t.nanos), (1_795_305_600, 123_456_789));
+        assert_eq!(unix_ms(None), 0);
+        let negative = prost_types::Duration {
+            seconds: -5,
+            nanos: 0,
+        };
+        assert_eq!(duration(&negative), None);
+        assert_eq!(
+            duration(&proto_duration(Duration::from_secs(90))),
+            Some(Duration::from_secs(90))
+        );
     }
 }

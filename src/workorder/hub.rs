@@ -1,236 +1,192 @@
-//! The event hub: one task that numbers every platform's events, writes them to the store's
-//! outbox in batches, and announces each platform's newest committed sequence to its streams.
+//! The event hub: which platforms keep events, each event's id and encoding, and what the
+//! platforms' streams follow.
 //!
-//! Why one task: sequences are per platform and without gaps, and the outbox is written in
-//! that order, so the numbering, the write and the announcement must happen in one place. The
-//! calls never wait for it ([`EventHub::emit`] only queues).
+//! It does not write: a call's task puts the hub's [`NewEvent`]s into the [`Changes`] of its
+//! step, so the events and the record changes they report are committed together, and the
+//! store numbers them per platform as it commits them (one writer, so numbers follow the
+//! commit order without gaps). Events that belong to no call step (a reply on a linkage, a
+//! blocked caller) are committed on their own by [`EventHub::emit`].
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use prost::Message;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 
-use super::{convert, CallEvent};
+use super::{convert, pb, CallEvent, MAX_MESSAGE_BYTES};
 use crate::ids::IdGenerator;
-use crate::metrics::{Counter, Metrics};
-use crate::store::{unix_millis, OutboxRecord, Store};
+use crate::store::{unix_millis, Acknowledged, Changes, NewEvent, Store, StoreError, Written};
 
-enum Input {
-    Event(Box<CallEvent>),
-    Flush(oneshot::Sender<()>),
-}
+/// Room left in a message for what the stream adds to a stored event (its sequence and id).
+const STREAM_OVERHEAD: usize = 256;
 
-/// Events go in here; platforms' streams follow each platform's newest committed sequence.
+/// Where events are made ready for the outbox, and where the streams follow it.
 pub struct EventHub {
-    queue: mpsc::UnboundedSender<Input>,
-    /// Per platform: the newest sequence committed to the outbox.
-    committed: Mutex<HashMap<String, watch::Sender<u64>>>,
-    /// Per platform: the last sequence its client acknowledged.
-    acknowledged: Mutex<HashMap<String, u64>>,
     store: Store,
     /// The `[[platform]]`s: events for platforms with no client configured are not kept.
-    platforms: std::collections::HashSet<String>,
+    platforms: HashSet<String>,
+    ids: Mutex<IdGenerator>,
 }
 
-/// Most events written in one transaction.
-const BATCH: usize = 512;
-
 impl EventHub {
-    /// Starts the hub's task, continuing each platform's sequence from `positions` (newest,
-    /// acknowledged) as the store holds them.
-    pub fn start(
-        store: Store,
-        positions: HashMap<String, (u64, u64)>,
-        platforms: std::collections::HashSet<String>,
-        ids: IdGenerator,
-        metrics: Arc<Metrics>,
-    ) -> Arc<EventHub> {
-        let (queue, inputs) = mpsc::unbounded_channel();
-        let committed = positions
-            .iter()
-            .map(|(platform, (latest, _))| (platform.clone(), watch::channel(*latest).0))
-            .collect();
-        let acknowledged = positions
-            .iter()
-            .map(|(platform, (_, acked))| (platform.clone(), *acked))
-            .collect();
-        let hub = Arc::new(EventHub {
-            queue,
-            committed: Mutex::new(committed),
-            acknowledged: Mutex::new(acknowledged),
-            store: store.clone(),
+    pub fn new(store: Store, platforms: HashSet<String>, ids: IdGenerator) -> Arc<EventHub> {
+        Arc::new(EventHub {
+            store,
             platforms,
-        });
-        let next = positions
-            .into_iter()
-            .map(|(platform, (latest, _))| (platform, latest))
+            ids: Mutex::new(ids),
+        })
+    }
+
+    /// `event` for the outbox of each of its platforms that has a `[[platform]]` (none if it
+    /// has none): one id and one encoding for all of them.
+    pub fn prepare(&self, event: &CallEvent) -> Vec<NewEvent> {
+        let mut platforms: Vec<&String> = event
+            .platforms
+            .iter()
+            .filter(|p| self.platforms.contains(*p))
             .collect();
-        tokio::spawn(run(Arc::downgrade(&hub), inputs, store, next, ids, metrics));
-        hub
+        if platforms.is_empty() {
+            return Vec::new();
+        }
+        platforms.sort();
+        platforms.dedup();
+        let event_id = {
+            let mut ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
+            format!("{:016x}{:016x}", ids.next_u64(), ids.next_u64())
+        };
+        let mut message = convert::event(event);
+        fit(&mut message);
+        let body = message.encode_to_vec();
+        let created_at = match unix_millis(event.time) {
+            0 => unix_millis(SystemTime::now()),
+            ms => ms,
+        };
+        platforms
+            .into_iter()
+            .map(|platform| NewEvent {
+                platform: platform.clone(),
+                event_id: event_id.clone(),
+                call_id: event.call_id.clone(),
+                created_at,
+                body: body.clone(),
+            })
+            .collect()
     }
 
-    /// Queues an event for its platforms that have a `[[platform]]` (does not wait).
-    pub fn emit(&self, mut event: CallEvent) {
-        event.platforms.retain(|p| self.platforms.contains(p));
-        if !event.platforms.is_empty() {
-            let _ = self.queue.send(Input::Event(Box::new(event)));
-        }
-    }
-
-    /// Waits until every event emitted before is committed (or could not be).
-    pub async fn flush(&self) {
-        let (done, flushed) = oneshot::channel();
-        if self.queue.send(Input::Flush(done)).is_ok() {
-            let _ = flushed.await;
-        }
+    /// Commits `event` with `changes` (records it reports), before returning.
+    ///
+    /// # Errors
+    /// As [`Store::write`].
+    pub async fn emit(
+        &self,
+        event: &CallEvent,
+        mut changes: Changes,
+    ) -> Result<Written, StoreError> {
+        changes.events(self.prepare(event));
+        self.store.write(changes).await
     }
 
     /// Follows `platform`'s newest committed sequence.
     pub fn subscribe(&self, platform: &str) -> watch::Receiver<u64> {
-        self.committed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(platform.to_string())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
+        self.store.outbox().subscribe(platform)
     }
 
     /// The last sequence `platform`'s client acknowledged.
     pub fn acknowledged(&self, platform: &str) -> u64 {
-        self.acknowledged
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(platform)
-            .copied()
-            .unwrap_or(0)
+        self.store.outbox().acknowledged(platform)
     }
 
-    /// `platform`'s client has every event up to `sequence`: it is not sent again on reconnect.
-    pub async fn acknowledge(&self, platform: &str, sequence: u64) {
-        let newer = {
-            let mut acknowledged = self
-                .acknowledged
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let entry = acknowledged.entry(platform.to_string()).or_insert(0);
-            let newer = sequence > *entry;
-            *entry = (*entry).max(sequence);
-            newer
-        };
-        if newer {
-            if let Err(error) = self.store.acknowledge(platform, sequence).await {
-                tracing::error!(%error, platform, "acknowledgement not stored");
-            }
-        }
-    }
-
-    fn announce(&self, platform: &str, sequence: u64) {
-        let mut committed = self
-            .committed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let sender = committed
-            .entry(platform.to_string())
-            .or_insert_with(|| watch::channel(0).0);
-        sender.send_if_modified(|latest| {
-            let newer = sequence > *latest;
-            *latest = (*latest).max(sequence);
-            newer
-        });
+    /// `platform`'s client has every event up to `sequence`.
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] if the store has stopped.
+    pub async fn acknowledge(
+        &self,
+        platform: &str,
+        sequence: u64,
+    ) -> Result<Acknowledged, StoreError> {
+        self.store.acknowledge(platform, sequence).await
     }
 }
 
-async fn run(
-    hub: std::sync::Weak<EventHub>,
-    mut inputs: mpsc::UnboundedReceiver<Input>,
-    store: Store,
-    mut next: HashMap<String, u64>,
-    mut ids: IdGenerator,
-    metrics: Arc<Metrics>,
-) {
-    let mut batch = Vec::new();
-    while let Some(first) = inputs.recv().await {
-        let mut flushes = Vec::new();
-        let mut records: Vec<OutboxRecord> = Vec::new();
-        batch.push(first);
-        while batch.len() < BATCH {
-            match inputs.try_recv() {
-                Ok(input) => batch.push(input),
-                Err(_) => break,
-            }
+/// Keeps an event within [`MAX_MESSAGE_BYTES`], so no client's default limit ever refuses it:
+/// the commands' limits keep tickets and replies well under, and what comes from SIP is
+/// bounded by `sip.max_message_size`; should an event still be too large, its ticket's and
+/// reply's free-form contents go (their numbers stay), and the log says so.
+fn fit(event: &mut pb::Event) {
+    if event.encoded_len() + STREAM_OVERHEAD <= MAX_MESSAGE_BYTES {
+        return;
+    }
+    tracing::error!(
+        call = %event.call_id,
+        bytes = event.encoded_len(),
+        "work-order event too large: its ticket and reply cut to their numbers"
+    );
+    if let Some(ticket) = &mut event.ticket {
+        *ticket = pb::Ticket {
+            number: std::mem::take(&mut ticket.number),
+            version: ticket.version,
+            ..pb::Ticket::default()
+        };
+    }
+    if let Some(reply) = &mut event.reply {
+        *reply = pb::Reply {
+            linkage_id: std::mem::take(&mut reply.linkage_id),
+            incident_number: std::mem::take(&mut reply.incident_number),
+            ..pb::Reply::default()
+        };
+    }
+    for text in [
+        &mut event.reason,
+        &mut event.hotkey,
+        &mut event.citizen_number,
+        &mut event.called_number,
+    ] {
+        cut(text, 256);
+    }
+}
+
+/// Shortens `text` to at most `bytes`, at a character boundary.
+fn cut(text: &mut String, bytes: usize) {
+    if text.len() > bytes {
+        let mut end = bytes;
+        while !text.is_char_boundary(end) {
+            end -= 1;
         }
-        for input in batch.drain(..) {
-            let event = match input {
-                Input::Event(event) => event,
-                Input::Flush(done) => {
-                    flushes.push(done);
-                    continue;
-                }
-            };
-            let mut platforms = event.platforms.clone();
-            platforms.sort();
-            platforms.dedup();
-            for platform in platforms {
-                let sequence = next.entry(platform.clone()).or_insert(0);
-                *sequence += 1;
-                let event_id = format!("{:016x}{:016x}", ids.next_u64(), ids.next_u64());
-                let message = convert::event(&event, *sequence, &event_id);
-                records.push(OutboxRecord {
-                    platform,
-                    sequence: *sequence,
-                    event_id,
-                    call_id: event.call_id.clone(),
-                    created_at: if event.time > 0 {
-                        event.time
-                    } else {
-                        unix_millis(std::time::SystemTime::now())
-                    },
-                    body: message.encode_to_vec(),
-                });
-            }
-        }
-        if !records.is_empty() {
-            let written: Vec<(String, u64)> = records
-                .iter()
-                .map(|r| (r.platform.clone(), r.sequence))
-                .collect();
-            match store.append_events(records).await {
-                // Waited for beside the hub: while the disk is full the store holds them and
-                // the next ones are numbered meanwhile; they are announced once committed.
-                Ok(commit) => {
-                    let hub = hub.clone();
-                    let metrics = Arc::clone(&metrics);
-                    tokio::spawn(async move {
-                        match commit.committed().await {
-                            Ok(()) => {
-                                metrics.add(Counter::WorkOrderEventsStored, written.len() as u64);
-                                if let Some(hub) = hub.upgrade() {
-                                    for (platform, sequence) in written {
-                                        hub.announce(&platform, sequence);
-                                    }
-                                }
-                            }
-                            // The numbers stay taken: a gap tells the clients something was lost.
-                            Err(error) => {
-                                tracing::error!(%error, events = written.len(), "work-order events not stored");
-                            }
-                        }
-                    });
-                }
-                Err(error) => {
-                    tracing::error!(%error, events = written.len(), "work-order events not stored");
-                }
-            }
-        }
-        if !flushes.is_empty() {
-            // Everything queued before is committed (or held, if the store cannot write).
-            if let Err(error) = store.flush().await {
-                tracing::warn!(%error, "work-order events not all committed");
-            }
-        }
-        for done in flushes {
-            let _ = done.send(());
-        }
+        text.truncate(end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_never_outgrows_a_message() {
+        let mut event = pb::Event {
+            call_id: "c1".into(),
+            ticket: Some(pb::Ticket {
+                number: "GD-1".into(),
+                version: 3,
+                summary: "x".repeat(MAX_MESSAGE_BYTES),
+                ..pb::Ticket::default()
+            }),
+            ..pb::Event::default()
+        };
+        fit(&mut event);
+        assert!(event.encoded_len() + STREAM_OVERHEAD <= MAX_MESSAGE_BYTES);
+        let ticket = event.ticket.unwrap_or_default();
+        assert_eq!((ticket.number.as_str(), ticket.version), ("GD-1", 3));
+        let mut long = "市".repeat(100);
+        cut(&mut long, 256);
+        assert_eq!(long.len(), 255, "three bytes a character");
+        let mut small = pb::Event {
+            reason: "r".into(),
+            ..pb::Event::default()
+        };
+        let before = small.clone();
+        fit(&mut small);
+        assert_eq!(small, before);
     }
 }

@@ -18,6 +18,8 @@ pub enum ErrorCode {
     NotPermitted,
     NoRoute,
     Invalid,
+    Conflict,
+    Unavailable,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,15 +38,27 @@ impl CommandError {
     }
 }
 
-/// Where a call's task sends a command's outcome.
-pub type CommandReply = oneshot::Sender<Result<(), CommandError>>;
+/// What a command that was carried out tells its platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommandDone {
+    /// For an attached ticket: its version now.
+    pub ticket_version: u64,
+}
+
+/// A command's outcome.
+pub type CommandOutcome = Result<CommandDone, CommandError>;
+
+/// Where a call's task sends a command's outcome (once the events it caused are committed).
+pub type CommandReply = oneshot::Sender<CommandOutcome>;
 
 /// A platform's command to one call.
 #[derive(Debug)]
 pub enum CallCommand {
     AttachTicket {
         platform: String,
-        ticket: Ticket,
+        ticket: Box<Ticket>,
+        /// The version the update is based on (0: any).
+        base_version: u64,
         reply: CommandReply,
     },
     Transfer {
@@ -71,16 +85,16 @@ pub enum CallCommand {
 }
 
 /// What the platforms may see of a call in progress.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct CallSnapshot {
     pub call_id: String,
     pub citizen_number: String,
     pub called_number: String,
-    pub a: LegInfo,
-    pub b: Option<LegInfo>,
-    pub answered: bool,
+    pub caller_leg: LegInfo,
+    pub called_leg: Option<LegInfo>,
     /// Unix milliseconds.
     pub started_at: i64,
+    pub answered_at: Option<i64>,
     pub ticket: Option<Ticket>,
     /// Every platform the call has involved (its legs' peers', its transfer targets'): those
     /// get its events and may command it.
@@ -143,16 +157,29 @@ impl CallRegistry {
         })
     }
 
-    /// The calls in progress that involve `platform`.
-    pub fn list(&self, platform: &str) -> Vec<CallSnapshot> {
+    /// Up to `limit` of the calls in progress that involve `platform`, oldest first (by start,
+    /// then id), after `after`; and whether more follow.
+    pub fn list(
+        &self,
+        platform: &str,
+        after: Option<&(i64, String)>,
+        limit: usize,
+    ) -> (Vec<CallSnapshot>, bool) {
         let mut calls: Vec<CallSnapshot> = self
             .calls
             .iter()
-            .map(|entry| lock(&entry.snapshot).clone())
-            .filter(|s| s.platforms.contains(platform))
+            .filter_map(|entry| {
+                let snapshot = lock(&entry.snapshot);
+                let position = (snapshot.started_at, snapshot.call_id.clone());
+                let wanted = snapshot.platforms.contains(platform)
+                    && after.is_none_or(|after| position > *after);
+                wanted.then(|| snapshot.clone())
+            })
             .collect();
-        calls.sort_by_key(|s| s.started_at);
-        calls
+        calls.sort_by(|x, y| (x.started_at, &x.call_id).cmp(&(y.started_at, &y.call_id)));
+        let more = calls.len() > limit;
+        calls.truncate(limit);
+        (calls, more)
     }
 
     /// One call in progress, if it involves `platform`.

@@ -1,54 +1,57 @@
-//! The tonic service of `hotline.workorder.v1`: each platform's `Link` stream (events from
-//! the outbox, acknowledgements and commands), the unary calls, and who may do what.
-//!
-//! A stream's events are always read from the store: the hub only says up to which sequence
-//! they are committed. So a stream that falls behind (a slow client) just reads further back,
-//! holding nothing but its own bounded send buffer, and a reconnect is the same loop started
-//! from the acknowledged sequence.
+//! The tonic service of `hotline.workorder.v1`: who the client is, what its commands do (and
+//! what a repeated one gets), the unary calls, and serving them all (with reflection) on the
+//! work-order port. One platform's `Link` stream is [`super::stream`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
-use prost::Message;
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
+use base64::Engine as _;
+use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::commands::{fingerprint, CommandLog, Seen};
 use super::hub::EventHub;
-use super::registry::{CallCommand, CallRegistry, CommandError, ErrorCode};
-use super::{convert, pb, CallEvent, EventKind};
+use super::registry::{CallCommand, CallRegistry, CommandDone, CommandError, ErrorCode};
+use super::{
+    convert, pb, CallEvent, EventKind, MAX_MESSAGE_BYTES, MAX_REPLY_BYTES, MAX_TICKET_BYTES,
+};
 use crate::call::screening::Blocklist;
-use crate::metrics::{Counter, Gauge, Metrics};
-use crate::store::{self, unix_millis, OutboxReader, Store};
+use crate::metrics::{Counter, Metrics};
+use crate::store::{self, unix_millis, Changes, Store, StoreError};
 
-/// Events a stream reads from the store at a time.
-const PAGE: usize = 256;
-/// Messages queued towards one client before its stream waits (a slow client waits alone).
-const CLIENT_BUFFER: usize = 128;
 /// How long a call's task may take to answer a command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a new stream may take to say Hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest command id.
+const MAX_COMMAND_ID: usize = 128;
+/// Longest reason a Block may give (the list is held in memory).
+const MAX_REASON: usize = 256;
+/// Longest a Block may last.
+const MAX_BLOCK: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+/// Calls per page of `ListActiveCalls`: by default, and at most.
+const PAGE_DEFAULT: usize = 100;
+const PAGE_MAX: usize = 1000;
+/// How long a connection may stay silent before HTTP/2 pings it, and how long the ping may
+/// take: a client that vanished (a cut cable, a killed VM) is found and its stream closed.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The work-order service.
 #[derive(Clone)]
 pub struct WorkOrderService {
-    hub: Arc<EventHub>,
+    pub(super) hub: Arc<EventHub>,
     registry: Arc<CallRegistry>,
-    store_path: PathBuf,
+    pub(super) store_path: PathBuf,
     /// Platform name -> token.
     tokens: Arc<HashMap<String, String>>,
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
     /// Ends every stream (the gateway is stopping).
-    stop: tokio_util::sync::CancellationToken,
+    pub(super) stop: tokio_util::sync::CancellationToken,
     /// The API's blocklist (shared with screening) and the store that keeps it.
     blocklist: Option<(Arc<Blocklist>, Store)>,
+    commands: Arc<CommandLog>,
 }
-
-/// Longest reason a Block may give (the list is held in memory).
-const MAX_REASON: usize = 256;
 
 impl WorkOrderService {
     pub fn new(
@@ -67,6 +70,7 @@ impl WorkOrderService {
             metrics,
             stop,
             blocklist: None,
+            commands: Arc::new(CommandLog::default()),
         }
     }
 
@@ -77,76 +81,8 @@ impl WorkOrderService {
         self
     }
 
-    /// Block / Unblock: the gateway's list, not a call's.
-    async fn block(
-        &self,
-        platform: &str,
-        number: &str,
-        entry: Option<(String, u32)>,
-    ) -> Result<(), CommandError> {
-        let valid = !number.is_empty()
-            && number.len() <= 32
-            && number
-                .strip_prefix('+')
-                .unwrap_or(number)
-                .bytes()
-                .all(|b| b.is_ascii_digit());
-        if !valid {
-            return Err(CommandError::new(
-                ErrorCode::Invalid,
-                format!("{number:?} is no phone number (digits, optionally a leading +)"),
-            ));
-        }
-        let Some((blocklist, store)) = &self.blocklist else {
-            return Err(CommandError::new(
-                ErrorCode::NotAllowedNow,
-                "this gateway keeps no blocklist",
-            ));
-        };
-        let Some((reason, minutes)) = entry else {
-            let listed = blocklist.unblock(number);
-            // An entry that expired meanwhile leaves its row: it goes too.
-            store.unblock_number(number).await.map_err(|e| {
-                CommandError::new(ErrorCode::NotAllowedNow, format!("not stored: {e}"))
-            })?;
-            if !listed {
-                return Err(CommandError::new(
-                    ErrorCode::Invalid,
-                    format!("{number} is not on the API's blocklist"),
-                ));
-            }
-            tracing::info!(platform, number, "number taken off the blocklist");
-            return Ok(());
-        };
-        if reason.len() > MAX_REASON {
-            return Err(CommandError::new(
-                ErrorCode::Invalid,
-                format!("the reason is longer than {MAX_REASON} bytes"),
-            ));
-        }
-        let now = unix_millis(SystemTime::now());
-        let record = store::BlockedNumberRecord {
-            number: number.to_string(),
-            platform: platform.to_string(),
-            reason,
-            blocked_at: now,
-            expires_at: (minutes > 0).then(|| now + i64::from(minutes) * 60_000),
-        };
-        if !blocklist.block(record.clone()) {
-            return Err(CommandError::new(
-                ErrorCode::NotAllowedNow,
-                "the blocklist is full",
-            ));
-        }
-        tracing::info!(platform, number, minutes, reason = %record.reason, "number blocked");
-        store
-            .block_number(record)
-            .await
-            .map_err(|e| CommandError::new(ErrorCode::NotAllowedNow, format!("not stored: {e}")))
-    }
-
     /// The platform `token` belongs to, if `platform` is it (or any, with None).
-    fn authenticate(&self, platform: Option<&str>, token: &str) -> Option<String> {
+    pub(super) fn authenticate(&self, platform: Option<&str>, token: &str) -> Option<String> {
         let found = self
             .tokens
             .iter()
@@ -173,41 +109,96 @@ impl WorkOrderService {
         })
     }
 
-    async fn handle_command(&self, platform: &str, command: pb::Command) -> pb::CommandResult {
+    /// Carries `command` out once per `command_id`: a repeat gets the first one's result.
+    pub(super) async fn handle_command(
+        &self,
+        platform: &str,
+        command: pb::Command,
+    ) -> pb::CommandResult {
         self.metrics.increment(Counter::WorkOrderCommands);
         let id = command.command_id.clone();
+        let refused = |message: String| pb::CommandResult {
+            command_id: id.clone(),
+            ok: false,
+            error: pb::ErrorCode::Invalid as i32,
+            message,
+            ..pb::CommandResult::default()
+        };
+        if id.is_empty() || id.len() > MAX_COMMAND_ID {
+            return refused(format!(
+                "command_id is required, 1 to {MAX_COMMAND_ID} bytes (it makes a repeated command safe)"
+            ));
+        }
+        let pending =
+            match self
+                .commands
+                .begin(platform, &id, fingerprint(&command), Instant::now())
+            {
+                Seen::New(pending) => pending,
+                Seen::Repeat(first) => {
+                    self.metrics.increment(Counter::WorkOrderCommandsRepeated);
+                    return first.result().await.unwrap_or_else(|| pb::CommandResult {
+                        command_id: id.clone(),
+                        ok: false,
+                        error: pb::ErrorCode::Unavailable as i32,
+                        message:
+                            "the first command with this id was given up unfinished; send it again"
+                                .into(),
+                        ..pb::CommandResult::default()
+                    });
+                }
+                Seen::Reused => {
+                    return refused(format!(
+                        "command_id {id:?} was used for another command within the last {} minutes",
+                        super::COMMAND_WINDOW.as_secs() / 60
+                    ))
+                }
+            };
         let outcome = self.carry_out(platform, command).await;
         if let Err(error) = &outcome {
             tracing::info!(platform, command = %id, %error, "work-order command refused");
         }
-        match outcome {
-            Ok(()) => pb::CommandResult {
+        let result = match outcome {
+            Ok(done) => pb::CommandResult {
                 command_id: id,
                 ok: true,
-                error: pb::ErrorCode::Unspecified as i32,
-                message: String::new(),
+                ticket_version: done.ticket_version,
+                ..pb::CommandResult::default()
             },
             Err(error) => pb::CommandResult {
                 command_id: id,
                 ok: false,
                 error: convert::error_code(error.code) as i32,
                 message: error.message,
+                ..pb::CommandResult::default()
             },
-        }
+        };
+        pending.finish(&result);
+        result
     }
 
-    async fn carry_out(&self, platform: &str, command: pb::Command) -> Result<(), CommandError> {
+    async fn carry_out(
+        &self,
+        platform: &str,
+        command: pb::Command,
+    ) -> Result<CommandDone, CommandError> {
         use pb::command::Action;
-        let invalid = |what: &str| CommandError::new(ErrorCode::Invalid, what.to_string());
+        let invalid = |what: String| CommandError::new(ErrorCode::Invalid, what);
         let (reply, outcome) = oneshot::channel();
         let owned = platform.to_string();
         let (call_id, call_command) = match command.action {
-            None => return Err(invalid("a command needs an action")),
+            None => return Err(invalid("a command needs an action".into())),
             Some(Action::Reply(reply)) => return self.reply(platform, reply).await,
             Some(Action::Block(block)) => {
+                let duration = match &block.duration {
+                    None => Duration::ZERO,
+                    Some(d) => convert::duration(d)
+                        .filter(|d| *d <= MAX_BLOCK)
+                        .ok_or_else(|| invalid("duration must be 0 to 10 years".into()))?,
+                };
                 return self
-                    .block(platform, &block.number, Some((block.reason, block.minutes)))
-                    .await
+                    .block(platform, &block.number, Some((block.reason, duration)))
+                    .await;
             }
             Some(Action::Unblock(unblock)) => {
                 return self.block(platform, &unblock.number, None).await
@@ -215,19 +206,26 @@ impl WorkOrderService {
             Some(Action::AttachTicket(attach)) => {
                 let ticket = attach
                     .ticket
-                    .ok_or_else(|| invalid("attach_ticket needs a ticket"))?;
+                    .ok_or_else(|| invalid("attach_ticket needs a ticket".into()))?;
+                let size = prost::Message::encoded_len(&ticket);
+                if size > MAX_TICKET_BYTES {
+                    return Err(invalid(format!(
+                        "the ticket is {size} bytes encoded; the limit is {MAX_TICKET_BYTES} bytes (256 KiB)"
+                    )));
+                }
                 (
                     attach.call_id,
                     CallCommand::AttachTicket {
                         platform: owned,
-                        ticket: convert::ticket_from(ticket),
+                        ticket: Box::new(ticket),
+                        base_version: attach.base_version,
                         reply,
                     },
                 )
             }
             Some(Action::Transfer(transfer)) => {
                 if transfer.target.is_empty() {
-                    return Err(invalid("transfer needs a target"));
+                    return Err(invalid("transfer needs a target".into()));
                 }
                 (
                     transfer.call_id,
@@ -240,7 +238,7 @@ impl WorkOrderService {
             }
             Some(Action::Conference(conference)) => {
                 if conference.target.is_empty() {
-                    return Err(invalid("conference needs a target"));
+                    return Err(invalid("conference needs a target".into()));
                 }
                 (
                     conference.call_id,
@@ -269,7 +267,7 @@ impl WorkOrderService {
             ),
         };
         if call_id.is_empty() {
-            return Err(invalid("the command names no call"));
+            return Err(invalid("the command names no call".into()));
         }
         self.registry.command(&call_id, platform, call_command)?;
         match tokio::time::timeout(COMMAND_TIMEOUT, outcome).await {
@@ -281,8 +279,87 @@ impl WorkOrderService {
         }
     }
 
-    /// A platform's reply on a linkage goes to the platform at the linkage's other end.
-    async fn reply(&self, platform: &str, reply: pb::Reply) -> Result<(), CommandError> {
+    /// Block / Unblock: the gateway's list, not a call's.
+    async fn block(
+        &self,
+        platform: &str,
+        number: &str,
+        entry: Option<(String, Duration)>,
+    ) -> Result<CommandDone, CommandError> {
+        let valid = !number.is_empty()
+            && number.len() <= 32
+            && number
+                .strip_prefix('+')
+                .unwrap_or(number)
+                .bytes()
+                .all(|b| b.is_ascii_digit());
+        if !valid {
+            return Err(CommandError::new(
+                ErrorCode::Invalid,
+                format!("{number:?} is no phone number (digits, optionally a leading +)"),
+            ));
+        }
+        let Some((blocklist, store)) = &self.blocklist else {
+            return Err(CommandError::new(
+                ErrorCode::NotAllowedNow,
+                "this gateway keeps no blocklist",
+            ));
+        };
+        let not_stored =
+            |e: StoreError| CommandError::new(ErrorCode::Unavailable, format!("not stored: {e}"));
+        let mut changes = Changes::default();
+        let Some((reason, duration)) = entry else {
+            let listed = blocklist.unblock(number);
+            // An entry that expired meanwhile leaves its row: it goes too.
+            changes.unblock_number(number);
+            store.write(changes).await.map_err(not_stored)?;
+            if !listed {
+                return Err(CommandError::new(
+                    ErrorCode::Invalid,
+                    format!("{number} is not on the API's blocklist"),
+                ));
+            }
+            tracing::info!(platform, number, "number taken off the blocklist");
+            return Ok(CommandDone::default());
+        };
+        if reason.len() > MAX_REASON {
+            return Err(CommandError::new(
+                ErrorCode::Invalid,
+                format!("the reason is longer than {MAX_REASON} bytes"),
+            ));
+        }
+        let now = unix_millis(SystemTime::now());
+        let record = store::BlockedNumberRecord {
+            number: number.to_string(),
+            platform: platform.to_string(),
+            reason,
+            blocked_at: now,
+            expires_at: (!duration.is_zero()).then(|| now + duration.as_millis() as i64),
+        };
+        if !blocklist.block(record.clone()) {
+            return Err(CommandError::new(
+                ErrorCode::NotAllowedNow,
+                "the blocklist is full",
+            ));
+        }
+        tracing::info!(platform, number, minutes = duration.as_secs() / 60, reason = %record.reason, "number blocked");
+        changes.block_number(record);
+        store.write(changes).await.map_err(not_stored)?;
+        Ok(CommandDone::default())
+    }
+
+    /// A platform's reply on a linkage goes to the platform at the linkage's other end, and
+    /// into the linkage's record, in one commit.
+    async fn reply(&self, platform: &str, reply: pb::Reply) -> Result<CommandDone, CommandError> {
+        let size = prost::Message::encoded_len(&reply);
+        if size > MAX_REPLY_BYTES {
+            return Err(CommandError::new(
+                ErrorCode::Invalid,
+                format!(
+                    "the reply is {size} bytes encoded; the limit is {MAX_REPLY_BYTES} bytes (64 KiB)"
+                ),
+            ));
+        }
         let path = self.store_path.clone();
         let id = reply.linkage_id.clone();
         let found = tokio::task::spawn_blocking(move || store::find_linkage(&path, &id))
@@ -293,7 +370,7 @@ impl WorkOrderService {
         let Some(linkage) = found else {
             return Err(CommandError::new(
                 ErrorCode::UnknownCall,
-                format!("no linkage {}", reply.linkage_id),
+                format!("no linkage {:?}", reply.linkage_id),
             ));
         };
         let other = if linkage.to_platform.as_deref() == Some(platform) {
@@ -315,22 +392,29 @@ impl WorkOrderService {
                 "the other end of this linkage is no platform",
             ));
         };
-        let mut event = CallEvent::new(
-            EventKind::PeerReply,
-            &linkage.call_id,
-            unix_millis(SystemTime::now()),
-        );
+        let now = SystemTime::now();
+        let mut event = CallEvent::new(EventKind::PeerReply, &linkage.call_id, now);
         event.linkage_id = Some(linkage.id.clone());
-        event.reply = Some(convert::reply_from(reply));
         if let Ok(snapshot) = self.registry.get(&linkage.call_id, platform) {
             event.citizen_number = snapshot.citizen_number;
             event.called_number = snapshot.called_number;
-            event.a = snapshot.a;
-            event.b = snapshot.b;
+            event.caller_leg = snapshot.caller_leg;
+            event.called_leg = snapshot.called_leg;
         }
         event.platforms = vec![other];
-        self.hub.emit(event);
-        Ok(())
+        let mut changes = Changes::default();
+        changes.linkage_reply(
+            &linkage.id,
+            &reply.incident_number,
+            &reply.disposition,
+            unix_millis(now),
+        );
+        event.reply = Some(reply);
+        self.hub
+            .emit(&event, changes)
+            .await
+            .map_err(|e| CommandError::new(ErrorCode::Unavailable, format!("not stored: {e}")))?;
+        Ok(CommandDone::default())
     }
 }
 
@@ -344,93 +428,29 @@ fn same(expected: &[u8], given: &[u8]) -> bool {
             == 0
 }
 
+/// A `ListActiveCalls` page token: where the previous page ended (start time, call id).
+fn page_token(after: &(i64, String)) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}:{}", after.0, after.1))
+}
+
+fn parse_page_token(token: &str) -> Option<(i64, String)> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (started, id) = text.split_once(':')?;
+    Some((started.parse().ok()?, id.to_string()))
+}
+
 #[tonic::async_trait]
-impl pb::work_order_server::WorkOrder for WorkOrderService {
-    type LinkStream = ReceiverStream<Result<pb::ServerMessage, Status>>;
+impl pb::work_order_service_server::WorkOrderService for WorkOrderService {
+    type LinkStream = super::stream::LinkStream;
 
     async fn link(
         &self,
-        request: Request<Streaming<pb::ClientMessage>>,
+        request: Request<Streaming<pb::LinkRequest>>,
     ) -> Result<Response<Self::LinkStream>, Status> {
-        let mut inbound = request.into_inner();
-        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-            Ok(Ok(Some(pb::ClientMessage {
-                kind: Some(pb::client_message::Kind::Hello(hello)),
-            }))) => hello,
-            _ => return Err(Status::invalid_argument("the first message must be Hello")),
-        };
-        let Some(platform) = self.authenticate(Some(&hello.platform), &hello.token) else {
-            self.metrics.increment(Counter::WorkOrderAuthFailures);
-            tracing::warn!(platform = %hello.platform, "work-order client refused: bad token");
-            return Err(Status::unauthenticated(
-                "unknown platform or wrong token for it",
-            ));
-        };
-        let acknowledged = self.hub.acknowledged(&platform);
-        let resume_after = if hello.resume_after > 0 {
-            hello.resume_after
-        } else {
-            acknowledged
-        };
-        let committed = self.hub.subscribe(&platform);
-        let latest = *committed.borrow();
-        let reader = {
-            let path = self.store_path.clone();
-            tokio::task::spawn_blocking(move || OutboxReader::open(&path))
-                .await
-                .map_err(|_| Status::internal("store reader"))?
-                .map_err(|error| Status::internal(error.to_string()))?
-        };
-        tracing::info!(%platform, resume_after, latest, "work-order client connected");
-        self.metrics.add_gauge(Gauge::WorkOrderClients, 1);
-        let (outbound, stream) = mpsc::channel(CLIENT_BUFFER);
-        let welcome = pb::ServerMessage {
-            kind: Some(pb::server_message::Kind::Welcome(pb::Welcome {
-                platform: platform.clone(),
-                latest,
-                acknowledged,
-            })),
-        };
-        let _ = outbound.send(Ok(welcome)).await;
-        tokio::spawn(send_events(
-            platform.clone(),
-            resume_after,
-            committed,
-            Arc::new(Mutex::new(reader)),
-            outbound.clone(),
-            Arc::clone(&self.metrics),
-            self.stop.clone(),
-        ));
-        let service = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    message = inbound.message() => message,
-                    _ = service.stop.cancelled() => break,
-                };
-                let Ok(Some(message)) = message else {
-                    break;
-                };
-                match message.kind {
-                    Some(pb::client_message::Kind::Ack(ack)) => {
-                        service.hub.acknowledge(&platform, ack.sequence).await;
-                    }
-                    Some(pb::client_message::Kind::Command(command)) => {
-                        let result = service.handle_command(&platform, command).await;
-                        let message = pb::ServerMessage {
-                            kind: Some(pb::server_message::Kind::Result(result)),
-                        };
-                        if outbound.send(Ok(message)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(pb::client_message::Kind::Hello(_)) | None => {}
-                }
-            }
-            service.metrics.add_gauge(Gauge::WorkOrderClients, -1);
-            tracing::info!(%platform, "work-order client gone");
-        });
-        Ok(Response::new(ReceiverStream::new(stream)))
+        super::stream::open(self.clone(), request.into_inner()).await
     }
 
     async fn list_active_calls(
@@ -438,23 +458,40 @@ impl pb::work_order_server::WorkOrder for WorkOrderService {
         request: Request<pb::ListActiveCallsRequest>,
     ) -> Result<Response<pb::ListActiveCallsResponse>, Status> {
         let platform = self.platform_of(&request)?;
-        let calls = self
-            .registry
-            .list(&platform)
-            .iter()
-            .map(convert::call)
-            .collect();
-        Ok(Response::new(pb::ListActiveCallsResponse { calls }))
+        let request = request.into_inner();
+        let size = match request.page_size {
+            0 => PAGE_DEFAULT,
+            n if n < 0 => return Err(Status::invalid_argument("page_size must not be negative")),
+            n => (n as usize).min(PAGE_MAX),
+        };
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(parse_page_token(&request.page_token).ok_or_else(|| {
+                Status::invalid_argument("page_token is not one this gateway gave")
+            })?)
+        };
+        let (calls, more) = self.registry.list(&platform, after.as_ref(), size);
+        let next_page_token = match calls.last() {
+            Some(last) if more => page_token(&(last.started_at, last.call_id.clone())),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListActiveCallsResponse {
+            calls: calls.iter().map(convert::call).collect(),
+            next_page_token,
+        }))
     }
 
     async fn get_call(
         &self,
         request: Request<pb::GetCallRequest>,
-    ) -> Result<Response<pb::CallInfo>, Status> {
+    ) -> Result<Response<pb::GetCallResponse>, Status> {
         let platform = self.platform_of(&request)?;
         let call_id = request.into_inner().call_id;
         match self.registry.get(&call_id, &platform) {
-            Ok(snapshot) => Ok(Response::new(convert::call(&snapshot))),
+            Ok(snapshot) => Ok(Response::new(pb::GetCallResponse {
+                call: Some(convert::call(&snapshot)),
+            })),
             Err(error) if error.code == ErrorCode::NotPermitted => {
                 Err(Status::permission_denied(error.message))
             }
@@ -465,7 +502,7 @@ impl pb::work_order_server::WorkOrder for WorkOrderService {
     async fn get_linkage(
         &self,
         request: Request<pb::GetLinkageRequest>,
-    ) -> Result<Response<pb::LinkageInfo>, Status> {
+    ) -> Result<Response<pb::GetLinkageResponse>, Status> {
         let platform = self.platform_of(&request)?;
         let id = request.into_inner().linkage_id;
         let path = self.store_path.clone();
@@ -475,7 +512,7 @@ impl pb::work_order_server::WorkOrder for WorkOrderService {
             .map_err(|_| Status::internal("store reader"))?
             .map_err(|error| Status::internal(error.to_string()))?;
         let Some(linkage) = found else {
-            return Err(Status::not_found(format!("no linkage {id}")));
+            return Err(Status::not_found(format!("no linkage {id:?}")));
         };
         let involved = [&linkage.from_platform, &linkage.to_platform]
             .iter()
@@ -485,94 +522,38 @@ impl pb::work_order_server::WorkOrder for WorkOrderService {
                 "linkage {id} does not involve platform {platform}"
             )));
         }
-        Ok(Response::new(convert::linkage(&linkage)))
+        Ok(Response::new(pb::GetLinkageResponse {
+            linkage: Some(convert::linkage(&linkage)),
+        }))
     }
 }
 
-/// Sends `platform`'s events after `after` as they are committed, read from the outbox, until
-/// the client goes away.
-async fn send_events(
-    platform: String,
-    mut after: u64,
-    mut committed: tokio::sync::watch::Receiver<u64>,
-    reader: Arc<Mutex<OutboxReader>>,
-    outbound: mpsc::Sender<Result<pb::ServerMessage, Status>>,
-    metrics: Arc<Metrics>,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        let latest = *committed.borrow_and_update();
-        while after < latest {
-            let (reader, name) = (Arc::clone(&reader), platform.clone());
-            let page = tokio::task::spawn_blocking(move || {
-                reader
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .read(&name, after, PAGE)
-            })
-            .await;
-            let records = match page {
-                Ok(Ok(records)) => records,
-                Ok(Err(error)) => {
-                    tracing::error!(%error, %platform, "outbox not readable");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let Some(last) = records.last().map(|r| r.sequence) else {
-                // Pruned by retention: nothing left before `latest`.
-                break;
-            };
-            for record in records {
-                let event = match pb::Event::decode(record.body.as_slice()) {
-                    Ok(event) => event,
-                    Err(error) => {
-                        tracing::error!(%error, sequence = record.sequence, "outbox event undecodable");
-                        continue;
-                    }
-                };
-                let message = pb::ServerMessage {
-                    kind: Some(pb::server_message::Kind::Event(event)),
-                };
-                if outbound.send(Ok(message)).await.is_err() {
-                    return;
-                }
-                metrics.increment(Counter::WorkOrderEventsSent);
-            }
-            after = last;
-        }
-        tokio::select! {
-            changed = committed.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-            }
-            _ = outbound.closed() => return,
-            _ = stop.cancelled() => return,
-        }
-    }
-}
-
-/// Serves the work-order service (with gRPC server reflection) on `listener`, over TLS when
-/// `tls` is given, until `stop`.
+/// Serves the work-order service (with gRPC server reflection, v1 and v1alpha) on `listener`,
+/// over TLS when `tls` is given, until `stop`.
 pub async fn serve(
     service: WorkOrderService,
     listener: tokio::net::TcpListener,
     tls: Option<tonic::transport::ServerTlsConfig>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::DESCRIPTOR)
-        .build_v1();
-    let reflection = match reflection {
-        Ok(reflection) => Some(reflection),
-        Err(error) => {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::DESCRIPTOR)
+    };
+    let (v1, v1alpha) = match (reflection().build_v1(), reflection().build_v1alpha()) {
+        (Ok(v1), Ok(v1alpha)) => (Some(v1), Some(v1alpha)),
+        (Err(error), _) | (_, Err(error)) => {
             tracing::warn!(%error, "gRPC reflection unavailable");
-            None
+            (None, None)
         }
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let mut builder = tonic::transport::Server::builder();
+    // Without TCP_NODELAY a unary answer's trailers wait for the client's delayed ACK (40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(KEEPALIVE));
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     if let Some(tls) = tls {
         builder = match builder.tls_config(tls) {
             Ok(builder) => builder,
@@ -582,12 +563,29 @@ pub async fn serve(
             }
         };
     }
+    let work_order = pb::work_order_service_server::WorkOrderServiceServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let result = builder
-        .add_service(pb::work_order_server::WorkOrderServer::new(service))
-        .add_optional_service(reflection)
+        .add_service(work_order)
+        .add_optional_service(v1)
+        .add_optional_service(v1alpha)
         .serve_with_incoming_shutdown(incoming, stop.cancelled())
         .await;
     if let Err(error) = result {
         tracing::error!(%error, "work-order gRPC server stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_go_both_ways_and_strangers_are_refused() {
+        let after = (1_795_305_600_123, "7cf4483a795ce051".to_string());
+        assert_eq!(parse_page_token(&page_token(&after)), Some(after));
+        assert_eq!(parse_page_token("not a token"), None);
+        assert_eq!(parse_page_token(""), None);
     }
 }

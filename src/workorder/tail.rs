@@ -1,6 +1,7 @@
 //! `hotline-gateway events --platform 110`: an operator's view of a platform's stream, one line
 //! per event, for watching the link during integration. It connects like a platform client but
-//! never acknowledges, so the platform's own client still gets everything.
+//! never acknowledges, so the platform's own client still gets everything. With `--delay`
+//! each line says how long the event took to arrive (the work-order benchmark reads that).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -30,8 +31,17 @@ pub enum TailError {
     Output(std::io::Error),
 }
 
-/// Prints `platform`'s events after sequence `from` (0: after the last acknowledged) to `out`,
-/// one line each, until the gateway ends the stream.
+/// What to print.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TailOptions {
+    /// Start after this sequence (0: after the last acknowledged).
+    pub from: u64,
+    /// Add each event's delay from its time at the gateway to its arrival.
+    pub delay: bool,
+}
+
+/// Prints `platform`'s events to `out`, one line each, until the gateway ends the stream (or
+/// says it is stopping).
 ///
 /// # Errors
 /// [`TailError`] for an unknown platform, an unreachable or refusing gateway, or a broken
@@ -39,7 +49,7 @@ pub enum TailError {
 pub async fn tail(
     config: &Config,
     platform: &str,
-    from: u64,
+    options: TailOptions,
     out: &mut impl Write,
 ) -> Result<(), TailError> {
     let token = config
@@ -73,15 +83,16 @@ pub async fn tail(
         endpoint = endpoint.tls_config(tls).map_err(connect_error)?;
     }
     let channel = endpoint.connect().await.map_err(connect_error)?;
-    let mut client = pb::work_order_client::WorkOrderClient::new(channel);
-    let hello = pb::ClientMessage {
-        kind: Some(pb::client_message::Kind::Hello(pb::Hello {
+    let mut client = pb::work_order_service_client::WorkOrderServiceClient::new(channel)
+        .max_decoding_message_size(super::MAX_MESSAGE_BYTES);
+    let hello = pb::LinkRequest {
+        kind: Some(pb::link_request::Kind::Hello(pb::Hello {
             platform: platform.to_string(),
             token,
-            resume_after: from,
+            resume_after: options.from,
         })),
     };
-    // Only the Hello: the stream stays open for as long as the gateway sends.
+    // Only the Hello, and the sending side kept open (a half-closed stream would work too).
     let (keep, requests) = tokio::sync::mpsc::channel(1);
     let _ = keep.send(hello).await;
     let mut stream = client
@@ -90,23 +101,48 @@ pub async fn tail(
         .map_err(TailError::Refused)?
         .into_inner();
     loop {
-        match stream.message().await {
-            Ok(Some(message)) => {
-                let line = match message.kind {
-                    Some(pb::server_message::Kind::Event(event)) => line(&event),
-                    Some(pb::server_message::Kind::Welcome(welcome)) => format!(
-                        "-- platform {}: newest event {}, acknowledged {}",
-                        welcome.platform, welcome.latest, welcome.acknowledged
-                    ),
-                    _ => continue,
-                };
-                writeln!(out, "{line}").map_err(TailError::Output)?;
-                out.flush().map_err(TailError::Output)?;
-            }
+        let message = stream.message().await;
+        let arrived = std::time::SystemTime::now();
+        let line = match message {
+            Ok(Some(message)) => match message.kind {
+                Some(pb::link_response::Kind::Event(event)) => {
+                    let mut text = line(&event);
+                    if options.delay {
+                        text.push_str(&format!(" delay_us={}", delay_us(&event, arrived)));
+                    }
+                    text
+                }
+                Some(pb::link_response::Kind::Welcome(welcome)) => format!(
+                    "-- platform {}: newest event {}, acknowledged {}, oldest kept {}",
+                    welcome.platform, welcome.latest, welcome.acknowledged, welcome.oldest
+                ),
+                Some(pb::link_response::Kind::Notice(notice)) => {
+                    format!("-- notice: {}", notice.message)
+                }
+                _ => continue,
+            },
             Ok(None) => return Ok(()),
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                format!("-- {}", status.message())
+            }
             Err(status) => return Err(TailError::Refused(status)),
+        };
+        writeln!(out, "{line}").map_err(TailError::Output)?;
+        out.flush().map_err(TailError::Output)?;
+        if line.starts_with("-- the gateway is stopping") {
+            return Ok(());
         }
     }
+}
+
+/// Microseconds from the event's time at the gateway to `arrived` (0 if the clocks disagree).
+fn delay_us(event: &pb::Event, arrived: std::time::SystemTime) -> u128 {
+    let Some(time) = &event.time else {
+        return 0;
+    };
+    let at = std::time::UNIX_EPOCH
+        + std::time::Duration::new(time.seconds.max(0) as u64, time.nanos.max(0) as u32);
+    arrived.duration_since(at).map_or(0, |d| d.as_micros())
 }
 
 /// A listen address one can connect to (a wildcard means this host).
@@ -132,16 +168,17 @@ pub fn line(event: &pb::Event) -> String {
             }
         })
     };
+    let kind = kind.trim_start_matches("EVENT_TYPE_");
     let mut text = format!(
         "#{} {} {} call={} citizen={} called={} a={} b={}",
         event.sequence,
-        format_time(event.time),
+        format_time(super::convert::unix_ms(event.time.as_ref())),
         kind,
         event.call_id,
         event.citizen_number,
         event.called_number,
-        leg(&event.a),
-        leg(&event.b),
+        leg(&event.caller_leg),
+        leg(&event.called_leg),
     );
     if !event.linkage_id.is_empty() {
         text.push_str(&format!(" linkage={}", event.linkage_id));
@@ -153,12 +190,12 @@ pub fn line(event: &pb::Event) -> String {
         text.push_str(&format!(" status={}", event.sip_status));
     }
     if let Some(ticket) = &event.ticket {
-        let category = pb::Category::try_from(ticket.category)
-            .map(|c| c.as_str_name().trim_start_matches("CATEGORY_").to_string())
+        let urgency = pb::Urgency::try_from(ticket.urgency)
+            .map(|u| u.as_str_name().trim_start_matches("URGENCY_").to_string())
             .unwrap_or_default();
         text.push_str(&format!(
-            " ticket={} [{category}] {:?}",
-            ticket.number, ticket.summary
+            " ticket={} v{} [{urgency}] {:?}",
+            ticket.number, ticket.version, ticket.summary
         ));
     }
     if let Some(reply) = &event.reply {
@@ -173,11 +210,15 @@ pub fn line(event: &pb::Event) -> String {
     if !event.hotkey.is_empty() {
         text.push_str(&format!(" hotkey={:?}", event.hotkey));
     }
-    if !event.ended_by.is_empty() {
-        text.push_str(&format!(
-            " ended_by={} reason={:?}",
-            event.ended_by, event.reason
-        ));
+    if let Ok(ended_by) = pb::EndedBy::try_from(event.ended_by) {
+        if ended_by != pb::EndedBy::Unspecified {
+            let by = ended_by.as_str_name().trim_start_matches("ENDED_BY_");
+            text.push_str(&format!(
+                " ended_by={} reason={:?}",
+                by.to_ascii_lowercase(),
+                event.reason
+            ));
+        }
     }
     text
 }

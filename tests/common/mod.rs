@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod platform;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, Ordering};

@@ -1,0 +1,372 @@
+//! The work-order outbox: every platform's events, numbered per platform without gaps, in the
+//! same transactions as the record changes they report.
+//!
+//! The writer numbers an event when it commits it (so numbers follow the commit order and an
+//! event held while the disk is full takes its number when it lands), then tells the
+//! platforms' streams ([`Outbox::subscribe`]) the newest committed sequence; the streams read
+//! the events back with their own [`OutboxReader`]. Each platform's newest sequence has a row
+//! of its own (`outbox_sequences`), so retention may prune any event.
+//!
+//! At start, before anything else writes, what a killed run left open is closed
+//! ([`close_interrupted`]): calls, linkages and conference parties, with the ending events
+//! that the work-order link makes of them for every platform that saw the call, numbered and
+//! committed in the same transaction.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+
+use rusqlite::{params, Connection, Transaction};
+use tokio::sync::watch;
+
+use super::reads::open_read_only;
+use super::{CallRecord, ConferencePartyRecord, LinkageRecord, StoreError};
+
+/// An event for one platform's outbox, not yet numbered.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NewEvent {
+    pub platform: String,
+    /// The same on every delivery (and for every platform the event is for).
+    pub event_id: String,
+    /// The gateway's id of the call it is about.
+    pub call_id: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// The event as the platforms get it, without its sequence and id (the gateway's
+    /// encoding; protobuf for the work-order link).
+    pub body: Vec<u8>,
+}
+
+/// One stored event, as read back.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutboxRecord {
+    pub platform: String,
+    /// The platform stream's sequence, from 1.
+    pub sequence: u64,
+    pub event_id: String,
+    pub call_id: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub body: Vec<u8>,
+}
+
+/// What an acknowledgement did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acknowledged {
+    /// Newer than the last one: stored.
+    Advanced,
+    /// The same as the last one: nothing to do.
+    Unchanged,
+    /// Below the last one (`current`): ignored.
+    Behind { current: u64 },
+    /// Past the newest committed event (`latest`): refused, nothing acknowledged.
+    PastNewest { latest: u64 },
+}
+
+/// Each platform's newest committed sequence (followed by its streams) and its last
+/// acknowledgement.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    committed: Mutex<HashMap<String, watch::Sender<u64>>>,
+    acknowledged: Mutex<HashMap<String, u64>>,
+}
+
+impl Outbox {
+    fn with_positions(positions: &HashMap<String, (u64, u64)>) -> Outbox {
+        Outbox {
+            committed: Mutex::new(
+                positions
+                    .iter()
+                    .map(|(p, (latest, _))| (p.clone(), watch::channel(*latest).0))
+                    .collect(),
+            ),
+            acknowledged: Mutex::new(
+                positions
+                    .iter()
+                    .map(|(p, (_, acked))| (p.clone(), *acked))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Follows `platform`'s newest committed sequence.
+    pub fn subscribe(&self, platform: &str) -> watch::Receiver<u64> {
+        self.committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(platform.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// `platform`'s newest committed sequence.
+    pub fn latest(&self, platform: &str) -> u64 {
+        self.committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(platform)
+            .map_or(0, |sender| *sender.borrow())
+    }
+
+    /// The last sequence `platform`'s client acknowledged.
+    pub fn acknowledged(&self, platform: &str) -> u64 {
+        self.acknowledged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(platform)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Takes `platform`'s acknowledgement of `sequence` in memory (the store keeps it after).
+    pub(super) fn acknowledge(&self, platform: &str, sequence: u64) -> Acknowledged {
+        let latest = self.latest(platform);
+        if sequence > latest {
+            return Acknowledged::PastNewest { latest };
+        }
+        let mut acknowledged = self
+            .acknowledged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = acknowledged.entry(platform.to_string()).or_insert(0);
+        match sequence.cmp(current) {
+            std::cmp::Ordering::Greater => {
+                *current = sequence;
+                Acknowledged::Advanced
+            }
+            std::cmp::Ordering::Equal => Acknowledged::Unchanged,
+            std::cmp::Ordering::Less => Acknowledged::Behind { current: *current },
+        }
+    }
+
+    /// `platform`'s events up to `sequence` are committed.
+    pub(super) fn announce(&self, platform: &str, sequence: u64) {
+        let mut committed = self
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let sender = committed
+            .entry(platform.to_string())
+            .or_insert_with(|| watch::channel(0).0);
+        sender.send_if_modified(|latest| {
+            let newer = sequence > *latest;
+            *latest = (*latest).max(sequence);
+            newer
+        });
+    }
+}
+
+/// Each platform's newest sequence and its last acknowledgement, as stored.
+pub(super) fn positions(connection: &Connection) -> Result<Outbox, StoreError> {
+    let mut positions: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut statement = connection.prepare("SELECT platform, latest FROM outbox_sequences")?;
+    let rows = statement.query_map([], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+    })?;
+    for row in rows {
+        let (platform, latest) = row?;
+        positions.insert(platform, (latest.max(0) as u64, 0));
+    }
+    let mut statement = connection.prepare("SELECT platform, sequence FROM outbox_acks")?;
+    let rows = statement.query_map([], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+    })?;
+    for row in rows {
+        let (platform, acked) = row?;
+        let acked = acked.max(0) as u64;
+        let entry = positions.entry(platform).or_insert((acked, 0));
+        entry.0 = entry.0.max(acked);
+        entry.1 = acked;
+    }
+    Ok(Outbox::with_positions(&positions))
+}
+
+/// Numbers `events` after each platform's newest in `sequences` (which it advances) and
+/// inserts them; each platform's newest is kept in `outbox_sequences` too.
+pub(super) fn insert_events<'a>(
+    transaction: &Transaction<'_>,
+    sequences: &mut HashMap<String, u64>,
+    events: impl IntoIterator<Item = &'a NewEvent>,
+) -> Result<(), rusqlite::Error> {
+    let mut insert = transaction.prepare_cached(
+        "INSERT INTO outbox (platform, sequence, event_id, call_id, created_at, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let mut touched: Vec<&str> = Vec::new();
+    for event in events {
+        let sequence = sequences.entry(event.platform.clone()).or_insert(0);
+        *sequence += 1;
+        insert.execute(params![
+            event.platform,
+            *sequence as i64,
+            event.event_id,
+            event.call_id,
+            event.created_at,
+            event.body,
+        ])?;
+        if !touched.contains(&event.platform.as_str()) {
+            touched.push(&event.platform);
+        }
+    }
+    let mut newest = transaction.prepare_cached(
+        "INSERT INTO outbox_sequences (platform, latest) VALUES (?1, ?2)
+         ON CONFLICT(platform) DO UPDATE SET latest = excluded.latest",
+    )?;
+    for platform in touched {
+        let latest = sequences.get(platform).copied().unwrap_or(0);
+        newest.execute(params![platform, latest as i64])?;
+    }
+    Ok(())
+}
+
+/// A read-only connection that reads platforms' outboxes (one per connected client).
+pub struct OutboxReader(Connection);
+
+impl OutboxReader {
+    /// # Errors
+    /// [`StoreError::Open`] if the file does not exist or is no database of ours.
+    pub fn open(path: &Path) -> Result<OutboxReader, StoreError> {
+        open_read_only(path).map(OutboxReader)
+    }
+
+    /// Up to `limit` events of `platform`'s outbox after `after`, in order.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the query fails.
+    pub fn read(
+        &self,
+        platform: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
+        let mut statement = self.0.prepare_cached(
+            "SELECT platform, sequence, event_id, call_id, created_at, body FROM outbox
+             WHERE platform = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3",
+        )?;
+        let rows = statement.query_map(params![platform, after as i64, limit as i64], |row| {
+            Ok(OutboxRecord {
+                platform: row.get(0)?,
+                sequence: row.get::<_, i64>(1)?.max(0) as u64,
+                event_id: row.get(2)?,
+                call_id: row.get(3)?,
+                created_at: row.get(4)?,
+                body: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// The oldest sequence of `platform` still kept (0: none).
+    ///
+    /// # Errors
+    /// [`StoreError`] if the query fails.
+    pub fn oldest(&self, platform: &str) -> Result<u64, StoreError> {
+        let oldest: Option<i64> = self.0.query_row(
+            "SELECT MIN(sequence) FROM outbox WHERE platform = ?1",
+            [platform],
+            |row| row.get(0),
+        )?;
+        Ok(oldest.map_or(0, |s| s.max(0) as u64))
+    }
+}
+
+/// A call that a killed run left open, as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interrupted {
+    /// Its record, still open.
+    pub call: CallRecord,
+    /// Its linkages still under way.
+    pub linkages: Vec<LinkageRecord>,
+    /// Its conference parties still in.
+    pub parties: Vec<ConferencePartyRecord>,
+    /// Each platform that saw the call, with the body of the newest event it got about it.
+    pub seen: Vec<(String, Vec<u8>)>,
+}
+
+/// What becomes of an interrupted call on the work-order link: its ending events (`now` in
+/// Unix ms), for the platforms that saw it.
+pub type Recovery = dyn Fn(&Interrupted, i64) -> Vec<NewEvent> + Send + Sync;
+
+/// Closes what a previous run left open (it was killed, or the machine went down), in one
+/// transaction: calls not ended get `ended_by = 'gateway'`, `end_reason = 'gateway
+/// restart'` and `ended_at = now` (200 if they were answered, else 503); linkages still under
+/// way fail (503); conference parties still in leave; and the events `recovery` makes of each
+/// call go to the outbox. Returns how many calls were closed.
+pub(super) fn close_interrupted(
+    connection: &mut Connection,
+    now: i64,
+    recovery: Option<&Recovery>,
+) -> Result<usize, StoreError> {
+    let transaction = connection.transaction()?;
+    let calls = super::reads::open_calls(&transaction)?;
+    if calls.is_empty() {
+        return Ok(0);
+    }
+    let mut events = Vec::new();
+    if let Some(recovery) = recovery {
+        for call in &calls {
+            let interrupted = Interrupted {
+                linkages: super::reads::linkages_of(&transaction, &call.id)?
+                    .into_iter()
+                    .filter(|l| l.ended_at.is_none())
+                    .collect(),
+                parties: super::reads::parties_of(&transaction, &call.id)?
+                    .into_iter()
+                    .filter(|p| p.left_at.is_none())
+                    .collect(),
+                seen: seen(&transaction, &call.id)?,
+                call: call.clone(),
+            };
+            events.extend(recovery(&interrupted, now));
+        }
+    }
+    let ids: Vec<&str> = calls.iter().map(|c| c.id.as_str()).collect();
+    for id in &ids {
+        transaction.execute(
+            "UPDATE calls SET ended_at = ?1, ended_by = 'gateway', end_reason = 'gateway restart',
+                 final_status = COALESCE(final_status,
+                     CASE WHEN answered_at IS NOT NULL THEN 200 ELSE 503 END)
+             WHERE id = ?2",
+            params![now, id],
+        )?;
+        transaction.execute(
+            "UPDATE linkages SET ended_at = ?1, outcome = 'failed', sip_status = 503
+             WHERE call_id = ?2 AND ended_at IS NULL",
+            params![now, id],
+        )?;
+        transaction.execute(
+            "UPDATE conference_parties SET left_at = ?1 WHERE call_id = ?2 AND left_at IS NULL",
+            params![now, id],
+        )?;
+    }
+    let mut sequences = stored_sequences(&transaction)?;
+    insert_events(&transaction, &mut sequences, &events)?;
+    transaction.commit()?;
+    Ok(calls.len())
+}
+
+/// Each platform's newest sequence, as `outbox_sequences` holds it.
+pub(super) fn stored_sequences(
+    connection: &Connection,
+) -> Result<HashMap<String, u64>, rusqlite::Error> {
+    let mut statement = connection.prepare("SELECT platform, latest FROM outbox_sequences")?;
+    let rows = statement.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, i64>(1)?.max(0) as u64,
+        ))
+    })?;
+    rows.collect()
+}
+
+/// Each platform that has events of `call_id`, with the body of its newest.
+fn seen(connection: &Connection, call_id: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let mut statement = connection.prepare_cached(
+        "SELECT o.platform, o.body FROM outbox o
+         WHERE o.call_id = ?1 AND o.sequence =
+             (SELECT MAX(n.sequence) FROM outbox n WHERE n.platform = o.platform AND n.call_id = ?1)
+         ORDER BY o.platform",
+    )?;
+    let rows = statement.query_map([call_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}

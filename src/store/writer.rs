@@ -1,0 +1,534 @@
+//! The writer thread: owns the write connection, commits whatever is queued in one
+//! transaction per batch, numbers the outbox's events as it commits them, and holds what a
+//! full or read-only disk refuses until it can write again.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, ErrorCode};
+use tokio::sync::{mpsc, oneshot};
+
+use super::outbox::{insert_events, NewEvent, Outbox};
+use super::{
+    BlockedNumberRecord, CallRecord, ConferencePartyRecord, LinkageRecord, Written, HELD_LIMIT,
+    RETRY,
+};
+use crate::metrics::{Counter, Gauge, Metrics};
+
+pub(super) type Reply = oneshot::Sender<Result<Written, String>>;
+
+/// One change to the records.
+#[derive(Debug, Clone)]
+pub(super) enum Change {
+    Started(CallRecord),
+    Answered {
+        id: String,
+        b_call_id: String,
+        b_peer: String,
+        answered_at: i64,
+    },
+    Ended(CallRecord),
+    Linkage(LinkageRecord),
+    /// A platform's reply on a linkage.
+    LinkageReply {
+        linkage_id: String,
+        incident_number: String,
+        disposition: String,
+        replied_at: i64,
+    },
+    ConferenceParty(ConferencePartyRecord),
+    Block(BlockedNumberRecord),
+    Unblock(String),
+}
+
+pub(super) enum WriteOp {
+    /// Record changes and the events that report them, committed in one transaction; the
+    /// reply goes once they are committed, or at once if they have to be held.
+    Write {
+        changes: Vec<Change>,
+        events: Vec<NewEvent>,
+        reply: Option<Reply>,
+    },
+    Ack {
+        platform: String,
+        sequence: u64,
+    },
+    /// Deletes outbox events older than this (Unix ms), but those of calls still open.
+    Prune(i64),
+    /// The reply goes once everything before it is committed.
+    Flush(Reply),
+}
+
+impl WriteOp {
+    /// How many records it carries (for the hold's limit).
+    fn records(&self) -> usize {
+        match self {
+            WriteOp::Write {
+                changes, events, ..
+            } => changes.len() + events.len(),
+            WriteOp::Flush(_) => 0,
+            WriteOp::Ack { .. } | WriteOp::Prune(_) => 1,
+        }
+    }
+}
+
+/// The writer thread: owns the write connection and whatever it could not commit yet.
+pub(super) struct Writer {
+    pub(super) connection: Connection,
+    pub(super) path: PathBuf,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) outbox: Arc<Outbox>,
+    /// Each platform's newest committed sequence.
+    pub(super) sequences: HashMap<String, u64>,
+    /// Operations whose commit failed, oldest first: retried, in order, before anything newer.
+    pub(super) held: VecDeque<WriteOp>,
+    pub(super) held_records: usize,
+    /// Since when commits fail (None: the store is healthy).
+    pub(super) failing_since: Option<Instant>,
+    pub(super) last_attempt: Instant,
+    pub(super) last_report: Instant,
+}
+
+/// Most operations taken from the queue at once.
+const BATCH: usize = 4096;
+
+/// Most operations in one transaction (a long hold is committed in several).
+const CHUNK: usize = 8192;
+
+/// While failing, how often the log says so again.
+const REPORT: Duration = Duration::from_secs(60);
+
+impl Writer {
+    /// Batches whatever is queued into one transaction until every handle is dropped.
+    pub(super) fn run(mut self, mut queue: mpsc::Receiver<WriteOp>) {
+        // A clock of its own, for waiting on the queue until the next retry is due.
+        let clock = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(clock) => Some(clock),
+            Err(error) => {
+                tracing::error!(%error, "store writer without a timer: retries only when records come");
+                None
+            }
+        };
+        let mut batch = Vec::new();
+        loop {
+            let mut closed = false;
+            let next = match (&clock, self.held.is_empty()) {
+                (Some(clock), false) => {
+                    let wait = RETRY.saturating_sub(self.last_attempt.elapsed());
+                    clock
+                        .block_on(async { tokio::time::timeout(wait, queue.recv()).await })
+                        .ok()
+                }
+                _ => Some(queue.blocking_recv()),
+            };
+            match next {
+                Some(Some(op)) => batch.push(op),
+                Some(None) => closed = true,
+                None => {} // the retry is due
+            }
+            while !closed && batch.len() < BATCH {
+                match queue.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            let flush = batch.iter().any(|op| matches!(op, WriteOp::Flush(_)));
+            if self.held.is_empty() || flush || closed || self.last_attempt.elapsed() >= RETRY {
+                self.commit(&mut batch);
+            } else {
+                // Not yet time to try again: hold these behind the others.
+                for op in batch.drain(..) {
+                    self.hold(op);
+                }
+            }
+            if closed {
+                if self.held_records > 0 {
+                    tracing::error!(path = %self.path.display(), records = self.held_records,
+                        "gateway stopping while the store cannot write: held records lost");
+                    self.metrics
+                        .add(Counter::StoreRecordsLost, self.held_records as u64);
+                }
+                return;
+            }
+        }
+    }
+
+    /// Writes `ops` in one transaction, numbering their events after the committed sequences;
+    /// on success the new sequences are the committed ones, and the platforms whose events
+    /// were written are added to `announce`.
+    fn write(
+        &mut self,
+        ops: &[WriteOp],
+        announce: &mut Vec<String>,
+    ) -> Result<(), rusqlite::Error> {
+        let mut sequences = self.sequences.clone();
+        write_batch(&mut self.connection, ops, &mut sequences)?;
+        self.sequences = sequences;
+        for op in ops {
+            if let WriteOp::Write { events, .. } = op {
+                self.metrics
+                    .add(Counter::WorkOrderEventsStored, events.len() as u64);
+                for event in events {
+                    if !announce.contains(&event.platform) {
+                        announce.push(event.platform.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the hold and `batch`, in order, in transactions of at most [`CHUNK`]
+    /// operations: a long hold lands in pieces, as far as the space that came back allows.
+    /// When a commit fails for want of space or permission (it may come back), that chunk and
+    /// everything after it are held again; any other error (it would fail again) costs only
+    /// the operations that cause it, found by committing that chunk one by one.
+    fn commit(&mut self, batch: &mut Vec<WriteOp>) {
+        let mut ops: VecDeque<WriteOp> = std::mem::take(&mut self.held);
+        ops.extend(batch.drain(..));
+        let held_before = std::mem::take(&mut self.held_records);
+        let mut failure = None;
+        let mut announce = Vec::new();
+        // Replies go once the health is updated and the streams are told: whoever hears of a
+        // commit sees it already.
+        let mut replies: Vec<(WriteOp, Result<Written, String>)> = Vec::new();
+        while !ops.is_empty() {
+            let chunk: Vec<WriteOp> = ops.drain(..ops.len().min(CHUNK)).collect();
+            match self.write(&chunk, &mut announce) {
+                Ok(()) => {
+                    replies.extend(chunk.into_iter().map(|op| (op, Ok(Written::Committed))));
+                }
+                Err(error) if worth_retrying(&error) => {
+                    for (position, op) in chunk.into_iter().enumerate() {
+                        ops.insert(position, op);
+                    }
+                    failure = Some(error);
+                    break;
+                }
+                Err(error) => {
+                    tracing::error!(path = %self.path.display(), %error,
+                        "store refused a batch: committing it one by one");
+                    for op in chunk {
+                        match self.write(std::slice::from_ref(&op), &mut announce) {
+                            Ok(()) => replies.push((op, Ok(Written::Committed))),
+                            Err(error) => {
+                                self.metrics.increment(Counter::StoreWriteErrors);
+                                self.metrics
+                                    .add(Counter::StoreRecordsLost, op.records() as u64);
+                                tracing::error!(path = %self.path.display(), %error,
+                                    "store refused a record: not written");
+                                replies.push((op, Err(error.to_string())));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.last_attempt = Instant::now();
+        for platform in &announce {
+            let latest = self.sequences.get(platform).copied().unwrap_or(0);
+            self.outbox.announce(platform, latest);
+        }
+        let Some(error) = failure else {
+            if let Some(since) = self.failing_since.take() {
+                tracing::warn!(path = %self.path.display(), records = held_before,
+                    failing_secs = since.elapsed().as_secs(),
+                    "store writing again: held records committed");
+            }
+            self.report();
+            for (op, result) in replies {
+                reply(op, result);
+            }
+            return;
+        };
+        self.metrics.increment(Counter::StoreWriteErrors);
+        let now = Instant::now();
+        let first = self.failing_since.is_none();
+        self.failing_since.get_or_insert(now);
+        let mut flushes = Vec::new();
+        for op in ops {
+            match op {
+                WriteOp::Flush(done) => flushes.push(done),
+                op => self.hold(op),
+            }
+        }
+        // The health first: whoever hears of the failure sees it already.
+        self.report();
+        for (op, result) in replies {
+            reply(op, result);
+        }
+        for done in flushes {
+            let _ = done.send(Err(format!(
+                "{error} ({} records held in memory, not yet written)",
+                self.held_records
+            )));
+        }
+        if first {
+            self.last_report = now;
+            tracing::error!(path = %self.path.display(), %error,
+                "store cannot write (disk full or read-only?): calls go on, their records are held in memory and retried every second");
+        } else if now.duration_since(self.last_report) >= REPORT {
+            self.last_report = now;
+            tracing::error!(path = %self.path.display(), %error, records = self.held_records,
+                "store still cannot write; records held in memory");
+        }
+    }
+
+    /// Keeps `op` for the next attempt; a waiting writer is told it is held. Beyond
+    /// [`HELD_LIMIT`] the oldest are given up.
+    fn hold(&mut self, mut op: WriteOp) {
+        let waiting = match &mut op {
+            WriteOp::Write { reply, .. } => reply.take(),
+            _ => None,
+        };
+        self.held_records += op.records();
+        self.held.push_back(op);
+        let mut lost = 0;
+        while self.held_records > HELD_LIMIT {
+            let Some(oldest) = self.held.pop_front() else {
+                break;
+            };
+            self.held_records -= oldest.records();
+            lost += oldest.records();
+        }
+        if lost > 0 {
+            self.metrics.add(Counter::StoreRecordsLost, lost as u64);
+            tracing::error!(path = %self.path.display(), records = lost,
+                "store hold full: oldest records given up");
+        }
+        self.report();
+        if let Some(done) = waiting {
+            let _ = done.send(Ok(Written::Held));
+        }
+    }
+
+    fn report(&self) {
+        self.metrics.set_gauge(
+            Gauge::StoreDegraded,
+            i64::from(self.failing_since.is_some()),
+        );
+        self.metrics
+            .set_gauge(Gauge::StoreHeldRecords, self.held_records as i64);
+    }
+}
+
+fn reply(op: WriteOp, result: Result<Written, String>) {
+    match op {
+        WriteOp::Write {
+            reply: Some(done), ..
+        }
+        | WriteOp::Flush(done) => {
+            let _ = done.send(result);
+        }
+        WriteOp::Write { reply: None, .. } | WriteOp::Ack { .. } | WriteOp::Prune(_) => {}
+    }
+}
+
+/// Errors that another attempt may not meet: no space, no write permission, I/O, a lock.
+fn worth_retrying(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(
+            ErrorCode::DiskFull
+                | ErrorCode::ReadOnly
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::CannotOpen
+                | ErrorCode::OutOfMemory
+        )
+    )
+}
+
+fn write_batch(
+    connection: &mut Connection,
+    batch: &[WriteOp],
+    sequences: &mut HashMap<String, u64>,
+) -> Result<(), rusqlite::Error> {
+    let transaction = connection.transaction()?;
+    for op in batch {
+        match op {
+            WriteOp::Write {
+                changes, events, ..
+            } => {
+                for change in changes {
+                    write_change(&transaction, change)?;
+                }
+                insert_events(&transaction, sequences, events)?;
+            }
+            WriteOp::Ack { platform, sequence } => {
+                transaction
+                    .prepare_cached(
+                        "INSERT INTO outbox_acks (platform, sequence) VALUES (?1, ?2)
+                         ON CONFLICT(platform) DO UPDATE SET
+                             sequence = MAX(sequence, excluded.sequence)",
+                    )?
+                    .execute(params![platform, *sequence as i64])?;
+            }
+            WriteOp::Prune(before) => {
+                // A call still open keeps its events: a restart after a crash finds there
+                // which platforms saw it.
+                transaction
+                    .prepare_cached(
+                        "DELETE FROM outbox WHERE created_at < ?1
+                         AND call_id NOT IN (SELECT id FROM calls WHERE ended_at IS NULL)",
+                    )?
+                    .execute(params![before])?;
+            }
+            WriteOp::Flush(_) => {}
+        }
+    }
+    transaction.commit()
+}
+
+fn write_change(transaction: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<()> {
+    match change {
+        Change::Started(r) | Change::Ended(r) => {
+            transaction
+                .prepare_cached(
+                    "INSERT INTO calls (id, a_call_id, b_call_id, caller, called, a_peer, b_peer,
+                         started_at, answered_at, ended_at, ended_by, end_reason, final_status,
+                         rtp_a_to_b, rtp_b_to_a, rtp_dropped)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                     ON CONFLICT(id) DO UPDATE SET b_call_id = excluded.b_call_id,
+                         b_peer = excluded.b_peer, answered_at = excluded.answered_at,
+                         ended_at = excluded.ended_at, ended_by = excluded.ended_by,
+                         end_reason = excluded.end_reason, final_status = excluded.final_status,
+                         rtp_a_to_b = excluded.rtp_a_to_b, rtp_b_to_a = excluded.rtp_b_to_a,
+                         rtp_dropped = excluded.rtp_dropped",
+                )?
+                .execute(params![
+                    r.id,
+                    r.a_call_id,
+                    r.b_call_id,
+                    r.caller,
+                    r.called,
+                    r.a_peer,
+                    r.b_peer,
+                    r.started_at,
+                    r.answered_at,
+                    r.ended_at,
+                    r.ended_by,
+                    r.end_reason,
+                    r.final_status,
+                    r.rtp_a_to_b as i64,
+                    r.rtp_b_to_a as i64,
+                    r.rtp_dropped as i64,
+                ])?;
+        }
+        Change::Answered {
+            id,
+            b_call_id,
+            b_peer,
+            answered_at,
+        } => {
+            transaction
+                .prepare_cached(
+                    "UPDATE calls SET b_call_id = ?2, b_peer = ?3, answered_at = ?4 WHERE id = ?1",
+                )?
+                .execute(params![id, b_call_id, b_peer, answered_at])?;
+        }
+        Change::Linkage(l) => {
+            // A reply may have come while the linkage was under way: its columns stay.
+            transaction
+                .prepare_cached(
+                    "INSERT INTO linkages (id, call_id, from_platform, from_peer, to_platform,
+                         to_peer, target, trigger, requested_at, ringing_at, answered_at, ended_at,
+                         outcome, sip_status, kind)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                     ON CONFLICT(id) DO UPDATE SET call_id = excluded.call_id,
+                         from_platform = excluded.from_platform, from_peer = excluded.from_peer,
+                         to_platform = excluded.to_platform, to_peer = excluded.to_peer,
+                         target = excluded.target, trigger = excluded.trigger,
+                         requested_at = excluded.requested_at, ringing_at = excluded.ringing_at,
+                         answered_at = excluded.answered_at, ended_at = excluded.ended_at,
+                         outcome = excluded.outcome, sip_status = excluded.sip_status,
+                         kind = excluded.kind",
+                )?
+                .execute(params![
+                    l.id,
+                    l.call_id,
+                    l.from_platform,
+                    l.from_peer,
+                    l.to_platform,
+                    l.to_peer,
+                    l.target,
+                    l.trigger,
+                    l.requested_at,
+                    l.ringing_at,
+                    l.answered_at,
+                    l.ended_at,
+                    l.outcome,
+                    l.sip_status,
+                    l.kind,
+                ])?;
+        }
+        Change::LinkageReply {
+            linkage_id,
+            incident_number,
+            disposition,
+            replied_at,
+        } => {
+            transaction
+                .prepare_cached(
+                    "UPDATE linkages SET
+                         incident_number = COALESCE(NULLIF(?2, ''), incident_number),
+                         disposition = COALESCE(NULLIF(?3, ''), disposition),
+                         replied_at = ?4
+                     WHERE id = ?1",
+                )?
+                .execute(params![
+                    linkage_id,
+                    incident_number,
+                    disposition,
+                    replied_at
+                ])?;
+        }
+        Change::ConferenceParty(p) => {
+            transaction
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO conference_parties (call_id, party, peer, number,
+                         joined_at, left_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    p.call_id,
+                    p.party,
+                    p.peer,
+                    p.number,
+                    p.joined_at,
+                    p.left_at
+                ])?;
+        }
+        Change::Block(b) => {
+            transaction
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO blocked_numbers (number, platform, reason, blocked_at,
+                         expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    b.number,
+                    b.platform,
+                    b.reason,
+                    b.blocked_at,
+                    b.expires_at
+                ])?;
+        }
+        Change::Unblock(number) => {
+            transaction
+                .prepare_cached("DELETE FROM blocked_numbers WHERE number = ?1")?
+                .execute(params![number])?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! The ending events of what a killed run left open, made when the store opens: so a call a
+//! platform was shown never stays on its screen. For each platform that saw the call, in
+//! order: `TRANSFER_FAILED` for each linkage still under way, `PARTY_LEFT` for each
+//! conference party still in and then `CONFERENCE_ENDED`, and last `CALL_ENDED` (ended by
+//! the gateway, "gateway restart"); the legs and numbers as that platform last saw them.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use prost::Message;
+
+use super::{convert, pb};
+use crate::ids::IdGenerator;
+use crate::store::{Interrupted, NewEvent, Recovery};
+
+/// What the end of a killed run is called on the link.
+pub const REASON: &str = "gateway restart";
+
+/// The store's recovery for the work-order link, drawing event ids from `ids`.
+pub fn recovery(ids: IdGenerator) -> Arc<Recovery> {
+    let ids = Mutex::new(ids);
+    Arc::new(move |call: &Interrupted, now: i64| {
+        ending_events(
+            call,
+            now,
+            &mut ids.lock().unwrap_or_else(PoisonError::into_inner),
+        )
+    })
+}
+
+fn ending_events(call: &Interrupted, now: i64, ids: &mut IdGenerator) -> Vec<NewEvent> {
+    let mut endings: Vec<pb::Event> = Vec::new();
+    for linkage in &call.linkages {
+        endings.push(pb::Event {
+            r#type: pb::EventType::TransferFailed as i32,
+            linkage_id: linkage.id.clone(),
+            agent: Some(pb::Leg {
+                peer: linkage.from_peer.clone(),
+                platform: linkage.from_platform.clone().unwrap_or_default(),
+                number: String::new(),
+            }),
+            target: Some(pb::Leg {
+                peer: linkage.to_peer.clone().unwrap_or_default(),
+                platform: linkage.to_platform.clone().unwrap_or_default(),
+                number: linkage.target.clone(),
+            }),
+            sip_status: 503,
+            reason: REASON.into(),
+            ..pb::Event::default()
+        });
+    }
+    for party in &call.parties {
+        endings.push(pb::Event {
+            r#type: pb::EventType::PartyLeft as i32,
+            party: Some(pb::Party {
+                party: u32::from(party.party),
+                peer: party.peer.clone(),
+                number: party.number.clone(),
+            }),
+            ..pb::Event::default()
+        });
+    }
+    if !call.parties.is_empty() {
+        endings.push(pb::Event {
+            r#type: pb::EventType::ConferenceEnded as i32,
+            ..pb::Event::default()
+        });
+    }
+    endings.push(pb::Event {
+        r#type: pb::EventType::CallEnded as i32,
+        sip_status: if call.call.answered_at.is_some() {
+            200
+        } else {
+            503
+        },
+        ended_by: pb::EndedBy::Gateway as i32,
+        reason: REASON.into(),
+        ..pb::Event::default()
+    });
+    let event_ids: Vec<String> = endings
+        .iter()
+        .map(|_| format!("{:016x}{:016x}", ids.next_u64(), ids.next_u64()))
+        .collect();
+    let mut events = Vec::new();
+    for (platform, newest) in &call.seen {
+        let base = as_seen(call, newest);
+        for (ending, event_id) in endings.iter().zip(&event_ids) {
+            let event = pb::Event {
+                time: Some(convert::timestamp_ms(now)),
+                call_id: call.call.id.clone(),
+                citizen_number: base.citizen_number.clone(),
+                called_number: base.called_number.clone(),
+                caller_leg: base.caller_leg.clone(),
+                called_leg: base.called_leg.clone(),
+                ..ending.clone()
+            };
+            events.push(NewEvent {
+                platform: platform.clone(),
+                event_id: event_id.clone(),
+                call_id: call.call.id.clone(),
+                created_at: now,
+                body: event.encode_to_vec(),
+            });
+        }
+    }
+    events
+}
+
+/// The call as the platform last saw it (from the call's record if that event cannot be read).
+fn as_seen(call: &Interrupted, newest: &[u8]) -> pb::Event {
+    pb::Event::decode(newest).unwrap_or_else(|_| pb::Event {
+        citizen_number: call.call.caller.clone(),
+        called_number: call.call.called.clone(),
+        caller_leg: Some(pb::Leg {
+            peer: call.call.a_peer.clone(),
+            platform: String::new(),
+            number: call.call.caller.clone(),
+        }),
+        called_leg: call.call.b_peer.as_ref().map(|peer| pb::Leg {
+            peer: peer.clone(),
+            platform: String::new(),
+            number: call.call.called.clone(),
+        }),
+        ..pb::Event::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{CallRecord, ConferencePartyRecord, LinkageRecord};
+
+    fn decode(event: &NewEvent) -> pb::Event {
+        pb::Event::decode(event.body.as_slice()).unwrap_or_default()
+    }
+
+    #[test]
+    fn every_platform_that_saw_the_call_gets_its_ending_in_order() {
+        let seen = pb::Event {
+            call_id: "c1".into(),
+            citizen_number: "13800138000".into(),
+            called_number: "12345".into(),
+            called_leg: Some(pb::Leg {
+                peer: "hotline".into(),
+                platform: "12345".into(),
+                number: "12345".into(),
+            }),
+            ticket: Some(pb::Ticket::default()),
+            ..pb::Event::default()
+        };
+        let call = Interrupted {
+            call: CallRecord {
+                id: "c1".into(),
+                a_call_id: "a".into(),
+                b_call_id: None,
+                caller: "13800138000".into(),
+                called: "12345".into(),
+                a_peer: "carrier".into(),
+                b_peer: Some("hotline".into()),
+                started_at: 1,
+                answered_at: Some(2),
+                ended_at: None,
+                ended_by: None,
+                end_reason: None,
+                final_status: None,
+                rtp_a_to_b: 0,
+                rtp_b_to_a: 0,
+                rtp_dropped: 0,
+            },
+            linkages: vec![LinkageRecord {
+                id: "l1".into(),
+                call_id: "c1".into(),
+                target: "110".into(),
+                to_platform: Some("110".into()),
+                ..LinkageRecord::default()
+            }],
+            parties: vec![ConferencePartyRecord {
+                call_id: "c1".into(),
+                party: 2,
+                peer: "police".into(),
+                number: "110".into(),
+                joined_at: 3,
+                left_at: None,
+            }],
+            seen: vec![
+                ("110".into(), seen.encode_to_vec()),
+                ("12345".into(), b"not protobuf".to_vec()),
+            ],
+        };
+        let events = ending_events(&call, 5_000, &mut IdGenerator::new(7));
+        let kinds: Vec<(String, i32)> = events
+            .iter()
+            .map(|e| (e.platform.clone(), decode(e).r#type))
+            .collect();
+        use pb::EventType as T;
+        let order = [
+            T::TransferFailed,
+            T::PartyLeft,
+            T::ConferenceEnded,
+            T::CallEnded,
+        ];
+        let expected: Vec<(String, i32)> = ["110", "12345"]
+            .iter()
+            .flat_map(|p| order.iter().map(move |t| (p.to_string(), *t as i32)))
+            .collect();
+        assert_eq!(kinds, expected);
+        // One id per ending, the same for both platforms.
+        assert_eq!(events[3].event_id, events[7].event_id);
+        assert_ne!(events[0].event_id, events[3].event_id);
+        let ended = decode(&events[3]);
+        assert_eq!(
+            (ended.ended_by, ended.reason.as_str(), ended.sip_status),
+            (pb::EndedBy::Gateway as i32, REASON, 200)
+        );
+        assert_eq!(ended.called_leg.map(|l| l.platform), Some("12345".into()));
+        assert_eq!(ended.ticket, None, "the ending carries no ticket");
+        let from_record = decode(&events[7]);
+        assert_eq!(from_record.citizen_number, "13800138000");
+        assert_eq!(
+            from_record.called_leg.map(|l| l.peer),
+            Some("hotline".into())
+        );
+        assert_eq!(decode(&events[0]).linkage_id, "l1");
+        assert_eq!(convert::unix_ms(decode(&events[0]).time.as_ref()), 5_000);
+    }
+}

@@ -1,0 +1,370 @@
+//! One platform's `Link` stream: `Hello` and `Welcome`, then the platform's events read back
+//! from the outbox as they are committed, and the client's acknowledgements and commands.
+//!
+//! A stream's events are always read from the store: the store only says up to which
+//! sequence they are committed. So a stream that falls behind (a slow client) just reads
+//! further back, holding nothing but its own bounded send buffer, and a reconnect is the same
+//! loop started from the acknowledged sequence.
+//!
+//! Nothing ends a stream silently: whatever ends it (a message over the limit, an `Ack` past
+//! the newest event, a second `Hello`, the gateway stopping) is its final gRPC status, and
+//! both halves stop with it.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Response, Status, Streaming};
+
+use super::service::WorkOrderService;
+use super::{
+    convert, pb, COMMAND_WINDOW, HELLO_TIMEOUT, MAX_MESSAGE_BYTES, MAX_REPLY_BYTES,
+    MAX_TICKET_BYTES,
+};
+use crate::metrics::{Counter, Gauge, Metrics};
+use crate::store::{Acknowledged, OutboxReader};
+
+/// Events a stream reads from the store at a time.
+const PAGE: usize = 64;
+/// Messages queued towards one client before its stream waits (a slow client waits alone).
+const CLIENT_BUFFER: usize = 64;
+/// How long a stopping gateway waits for a slow client to take its last events.
+const STOPPING_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What the gateway sends on a stream: messages, then at most one final status.
+pub type LinkStream = ReceiverStream<Result<pb::LinkResponse, Status>>;
+
+type Outbound = mpsc::Sender<Result<pb::LinkResponse, Status>>;
+
+/// Opens a platform's stream: waits for its `Hello`, authenticates it, answers `Welcome` and
+/// starts the two halves.
+///
+/// # Errors
+/// The status that refuses the stream: INVALID_ARGUMENT (no Hello in time), UNAUTHENTICATED,
+/// OUT_OF_RANGE (`resume_after` past the newest event), RESOURCE_EXHAUSTED (a first message
+/// over the limit), INTERNAL (the store cannot be read).
+pub async fn open(
+    service: WorkOrderService,
+    mut inbound: Streaming<pb::LinkRequest>,
+) -> Result<Response<LinkStream>, Status> {
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+        Ok(Ok(Some(pb::LinkRequest {
+            kind: Some(pb::link_request::Kind::Hello(hello)),
+        }))) => hello,
+        Ok(Ok(Some(_))) => return Err(Status::invalid_argument("the first message must be Hello")),
+        Ok(Ok(None)) => return Err(Status::invalid_argument("the stream ended before Hello")),
+        Ok(Err(status)) => return Err(inbound_failure(status)),
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "no Hello within {} seconds",
+                HELLO_TIMEOUT.as_secs()
+            )))
+        }
+    };
+    let Some(platform) = service.authenticate(Some(&hello.platform), &hello.token) else {
+        service.metrics.increment(Counter::WorkOrderAuthFailures);
+        tracing::warn!(platform = %hello.platform, "work-order client refused: bad token");
+        return Err(Status::unauthenticated(
+            "unknown platform or wrong token for it",
+        ));
+    };
+    let committed = service.hub.subscribe(&platform);
+    let latest = *committed.borrow();
+    if hello.resume_after > latest {
+        return Err(Status::out_of_range(format!(
+            "resume_after {} is past the newest event of platform {platform} ({latest}); \
+             send 0 to resume after the last acknowledged one",
+            hello.resume_after
+        )));
+    }
+    let acknowledged = service.hub.acknowledged(&platform);
+    let resume_after = if hello.resume_after > 0 {
+        hello.resume_after
+    } else {
+        acknowledged
+    };
+    let (reader, oldest) = {
+        let path = service.store_path.clone();
+        let name = platform.clone();
+        tokio::task::spawn_blocking(move || {
+            let reader = OutboxReader::open(&path)?;
+            let oldest = reader.oldest(&name)?;
+            Ok::<_, crate::store::StoreError>((reader, oldest))
+        })
+        .await
+        .map_err(|_| Status::internal("store reader"))?
+        .map_err(|error| Status::internal(error.to_string()))?
+    };
+    tracing::info!(%platform, resume_after, latest, "work-order client connected");
+    let (outbound, stream) = mpsc::channel(CLIENT_BUFFER);
+    let welcome = pb::LinkResponse {
+        kind: Some(pb::link_response::Kind::Welcome(pb::Welcome {
+            platform: platform.clone(),
+            latest,
+            acknowledged,
+            oldest,
+            limits: Some(limits()),
+        })),
+    };
+    let _ = outbound.send(Ok(welcome)).await;
+    // Either half ends both: the stream's own token, under the gateway's.
+    let ended = service.stop.child_token();
+    tokio::spawn(send_events(
+        Delivery {
+            platform: platform.clone(),
+            committed,
+            reader,
+            outbound: outbound.clone(),
+            metrics: Arc::clone(&service.metrics),
+        },
+        resume_after,
+        ended.clone(),
+        service.stop.clone(),
+    ));
+    tokio::spawn(receive(service, platform, inbound, outbound, ended));
+    Ok(Response::new(ReceiverStream::new(stream)))
+}
+
+fn limits() -> pb::Limits {
+    pb::Limits {
+        max_message_bytes: MAX_MESSAGE_BYTES as u32,
+        max_ticket_bytes: MAX_TICKET_BYTES as u32,
+        max_reply_bytes: MAX_REPLY_BYTES as u32,
+        command_window: Some(convert::proto_duration(COMMAND_WINDOW)),
+        hello_timeout: Some(convert::proto_duration(HELLO_TIMEOUT)),
+    }
+}
+
+/// The status that ends a stream whose client message could not be read: a message over the
+/// limit says so; anything else (the client went away) is passed on.
+fn inbound_failure(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange && status.message().contains("too large") {
+        Status::resource_exhausted(format!(
+            "a message over the limit of {MAX_MESSAGE_BYTES} bytes (1 MiB) ends the stream: {}",
+            status.message()
+        ))
+    } else {
+        status
+    }
+}
+
+/// The client's half: acknowledgements and commands, in order, until the client closes its
+/// side, the stream ends with a status, or the gateway stops.
+async fn receive(
+    service: WorkOrderService,
+    platform: String,
+    mut inbound: Streaming<pb::LinkRequest>,
+    outbound: Outbound,
+    ended: CancellationToken,
+) {
+    service.metrics.add_gauge(Gauge::WorkOrderClients, 1);
+    let end = |status: Status| {
+        let outbound = outbound.clone();
+        let ended = ended.clone();
+        async move {
+            tracing::info!(code = ?status.code(), message = status.message(), "work-order stream ended");
+            let _ = outbound.send(Err(status)).await;
+            ended.cancel();
+        }
+    };
+    loop {
+        let message = tokio::select! {
+            message = inbound.message() => message,
+            _ = ended.cancelled() => break,
+        };
+        let kind = match message {
+            Ok(Some(pb::LinkRequest { kind })) => kind,
+            // The client closed its side: it may still read (a half-closed stream goes on
+            // delivering events).
+            Ok(None) => break,
+            Err(status) => {
+                end(inbound_failure(status)).await;
+                break;
+            }
+        };
+        match kind {
+            Some(pb::link_request::Kind::Ack(ack)) => {
+                match service.hub.acknowledge(&platform, ack.sequence).await {
+                    Ok(Acknowledged::Advanced | Acknowledged::Unchanged) => {}
+                    Ok(Acknowledged::Behind { current }) => {
+                        let notice = notice(
+                            pb::NoticeCode::AckBehind,
+                            format!(
+                                "Ack {} ignored: platform {platform} has acknowledged {current}",
+                                ack.sequence
+                            ),
+                        );
+                        if outbound.send(Ok(notice)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Acknowledged::PastNewest { latest }) => {
+                        end(Status::out_of_range(format!(
+                            "Ack {} is past the newest event of platform {platform} ({latest}): \
+                             nothing was acknowledged",
+                            ack.sequence
+                        )))
+                        .await;
+                        break;
+                    }
+                    Err(error) => {
+                        end(Status::unavailable(format!(
+                            "acknowledgement not kept: {error}"
+                        )))
+                        .await;
+                        break;
+                    }
+                }
+            }
+            Some(pb::link_request::Kind::Command(command)) => {
+                let result = service.handle_command(&platform, command).await;
+                let message = pb::LinkResponse {
+                    kind: Some(pb::link_response::Kind::Result(result)),
+                };
+                if outbound.send(Ok(message)).await.is_err() {
+                    break;
+                }
+            }
+            Some(pb::link_request::Kind::Hello(_)) => {
+                end(Status::invalid_argument("Hello comes once, first")).await;
+                break;
+            }
+            None => {
+                let notice = notice(
+                    pb::NoticeCode::UnknownMessage,
+                    "a message of a kind this gateway does not know was ignored".into(),
+                );
+                if outbound.send(Ok(notice)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    service.metrics.add_gauge(Gauge::WorkOrderClients, -1);
+    tracing::info!(%platform, "work-order client's side closed");
+}
+
+fn notice(code: pb::NoticeCode, message: String) -> pb::LinkResponse {
+    pb::LinkResponse {
+        kind: Some(pb::link_response::Kind::Notice(pb::Notice {
+            code: code as i32,
+            message,
+        })),
+    }
+}
+
+/// What the gateway's half of a stream works with.
+struct Delivery {
+    platform: String,
+    /// The platform's newest committed sequence.
+    committed: watch::Receiver<u64>,
+    reader: OutboxReader,
+    outbound: Outbound,
+    metrics: Arc<Metrics>,
+}
+
+/// The gateway's half: the platform's events after `after` as they are committed, read from
+/// the outbox, until the client goes away, the stream ends (`ended`) or the gateway stops
+/// (`stop`: the stream ends with UNAVAILABLE, so the client knows to come back).
+async fn send_events(
+    delivery: Delivery,
+    mut after: u64,
+    ended: CancellationToken,
+    stop: CancellationToken,
+) {
+    let Delivery {
+        platform,
+        mut committed,
+        reader,
+        outbound,
+        metrics,
+    } = delivery;
+    let reader = Arc::new(Mutex::new(reader));
+    // Once the gateway is stopping, what is committed still goes, for a little while.
+    let mut stopping: Option<tokio::time::Instant> = None;
+    loop {
+        let latest = *committed.borrow_and_update();
+        while after < latest {
+            if stop.is_cancelled() {
+                let deadline =
+                    *stopping.get_or_insert_with(|| tokio::time::Instant::now() + STOPPING_GRACE);
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+            }
+            let (reader, name) = (Arc::clone(&reader), platform.clone());
+            let page = tokio::task::spawn_blocking(move || {
+                reader
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .read(&name, after, PAGE)
+            })
+            .await;
+            let records = match page {
+                Ok(Ok(records)) => records,
+                Ok(Err(error)) => {
+                    tracing::error!(%error, %platform, "outbox not readable");
+                    let _ = outbound
+                        .send(Err(Status::internal(format!(
+                            "outbox not readable: {error}"
+                        ))))
+                        .await;
+                    ended.cancel();
+                    return;
+                }
+                Err(_) => return,
+            };
+            let Some(last) = records.last().map(|r| r.sequence) else {
+                // Pruned by retention: nothing left before `latest`.
+                break;
+            };
+            for record in records {
+                let mut event = match pb::Event::decode(record.body.as_slice()) {
+                    Ok(event) => event,
+                    Err(error) => {
+                        tracing::error!(%error, sequence = record.sequence, "outbox event undecodable");
+                        continue;
+                    }
+                };
+                event.sequence = record.sequence;
+                event.event_id = record.event_id;
+                let message = pb::LinkResponse {
+                    kind: Some(pb::link_response::Kind::Event(event)),
+                };
+                // Fails once the response is over (its final status sent, or the client gone).
+                let send = outbound.send(Ok(message));
+                let sent = match stopping {
+                    Some(deadline) => tokio::time::timeout_at(deadline, send)
+                        .await
+                        .is_ok_and(|sent| sent.is_ok()),
+                    None => send.await.is_ok(),
+                };
+                if !sent {
+                    return;
+                }
+                metrics.increment(Counter::WorkOrderEventsSent);
+            }
+            after = last;
+        }
+        if ended.is_cancelled() {
+            // A stream's own end has sent its status already; a stopping gateway says so once
+            // what is committed has gone.
+            if stop.is_cancelled() {
+                let stopping = outbound.send(Err(Status::unavailable("the gateway is stopping")));
+                let _ = tokio::time::timeout(STOPPING_GRACE, stopping).await;
+            }
+            return;
+        }
+        tokio::select! {
+            changed = committed.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = outbound.closed() => return,
+            _ = ended.cancelled() => {}
+        }
+    }
+}
