@@ -747,6 +747,21 @@ async fn blocked_callers_are_refused_and_repeat_callers_flagged() {
         (blocked.citizen_number.as_str(), blocked.sip_status),
         ("13900000000", 603)
     );
+    // Its call id is the gateway's, as for every event: the refusal has a record of its own.
+    assert_ne!(blocked.call_id, invite.call_id());
+    let record = gateway
+        .calls()
+        .into_iter()
+        .find(|c| c.id == blocked.call_id)
+        .unwrap_or_else(|| panic!("no record {}", blocked.call_id));
+    assert_eq!(
+        (
+            record.a_call_id.as_str(),
+            record.end_reason.as_deref(),
+            record.final_status
+        ),
+        (invite.call_id(), Some("blocklist"), Some(603))
+    );
     assert!(
         agent
             .recv_within(std::time::Duration::from_millis(200))
@@ -883,5 +898,438 @@ async fn a_platform_blocks_a_number_until_it_unblocks_it_across_a_restart() {
     let call =
         common::establish_to("12345", "13700000000", &mut citizen, &mut agent, &[8], &[8]).await;
     common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
+    gateway.stop().await;
+}
+
+/// A client message over the 1 MiB limit ends its stream with RESOURCE_EXHAUSTED naming the
+/// limit, at once: never a stream that stays open dropping every later command and Ack.
+#[tokio::test]
+async fn a_message_over_the_limit_ends_the_stream_with_a_status() {
+    let (mut gateway, mut citizen, mut agent, _police) = setup().await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    for size in [10_000_000, 4 * 1024 * 1024 + 1024] {
+        let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+        let call_id = hotline.until(EventType::CallAnswered).await.call_id;
+        let mut huge = ticket();
+        huge.summary = "x".repeat(size);
+        hotline
+            .send(Out::Command(pb::Command {
+                command_id: "huge".into(),
+                action: Some(Action::AttachTicket(pb::AttachTicket {
+                    call_id,
+                    ticket: Some(huge),
+                    base_version: 0,
+                })),
+            }))
+            .await;
+        let status = hotline.status().await;
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("1048576"), "{status:?}");
+    }
+    // The gateway is none the worse: a new stream works.
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    hotline.until(EventType::CallAnswered).await;
+    common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
+    hotline.until(EventType::CallEnded).await;
+    gateway.stop().await;
+}
+
+/// A ticket over 256 KiB is refused with INVALID naming the limit, and the stream goes on; a
+/// ticket at the limit reaches 110, with default client limits, before its phone rings.
+#[tokio::test]
+async fn a_ticket_over_its_limit_is_refused_and_one_at_the_limit_travels() {
+    let (mut gateway, mut citizen, mut agent, mut police) = setup().await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut cad = Platform::connect(gateway.grpc, "110", TOKEN_110, 0).await;
+    let _call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let call_id = hotline.until(EventType::CallAnswered).await.call_id;
+    let attach = |summary: String| {
+        let mut ticket = ticket();
+        ticket.summary = summary;
+        Action::AttachTicket(pb::AttachTicket {
+            call_id: call_id.clone(),
+            ticket: Some(ticket),
+            base_version: 0,
+        })
+    };
+    let refused = hotline.command(attach("x".repeat(300 * 1024))).await;
+    assert_eq!(
+        (refused.ok, refused.error),
+        (false, pb::ErrorCode::Invalid as i32)
+    );
+    assert!(refused.message.contains("262144"), "{refused:?}");
+    let big = "y".repeat(255 * 1024);
+    let attached = hotline.command(attach(big.clone())).await;
+    assert!(attached.ok, "{attached:?}");
+    assert_eq!(attached.ticket_version, 1, "the first version");
+    let transferred = hotline
+        .command(Action::Transfer(pb::Transfer {
+            call_id: call_id.clone(),
+            target: "110".into(),
+        }))
+        .await;
+    assert!(transferred.ok, "{transferred:?}");
+    let pushed = cad.expect(EventType::TransferRequested).await;
+    assert_eq!(pushed.ticket.map(|t| t.summary.len()), Some(big.len()));
+    let _invite = police.expect_request("INVITE").await;
+    gateway.stop().await;
+}
+
+/// An Ack past the newest event ends the stream with OUT_OF_RANGE and acknowledges nothing,
+/// so delivery goes on after a reconnect; a resume past the newest is refused the same way;
+/// an Ack behind the last one is ignored, and a Notice says so.
+#[tokio::test]
+async fn acks_and_resumes_past_the_newest_event_are_refused_and_delivery_goes_on() {
+    let (mut gateway, mut citizen, mut agent, _police) = setup().await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let answered = hotline.until(EventType::CallAnswered).await;
+    hotline.ack(answered.sequence).await;
+    hotline.ack(1).await;
+    let notice = loop {
+        match hotline.receive().await.kind {
+            Some(In::Notice(notice)) => break notice,
+            Some(In::Event(event)) => hotline.events.push_back(event),
+            _ => {}
+        }
+    };
+    assert_eq!(notice.code, pb::NoticeCode::AckBehind as i32);
+    assert!(notice.message.contains(&answered.sequence.to_string()));
+
+    hotline.ack(answered.sequence + 1000).await;
+    let status = hotline.status().await;
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    let refused = Platform::try_connect(gateway.grpc, "12345", TOKEN_12345, 5000).await;
+    assert_eq!(
+        refused.err().map(|s| s.code()),
+        Some(tonic::Code::OutOfRange)
+    );
+
+    // Nothing was acknowledged past what was handled: new events come as before.
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    assert_eq!(hotline.welcome.acknowledged, answered.sequence);
+    common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
+    let ended = hotline.expect(EventType::CallEnded).await;
+    assert_eq!(ended.sequence, answered.sequence + 1);
+    let _second = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let offered = hotline.expect(EventType::CallOffered).await;
+    assert_eq!(offered.sequence, ended.sequence + 1);
+    gateway.stop().await;
+}
+
+/// A Transfer repeated with its command_id (the result was lost, the client reconnected) is
+/// answered as the first one was and not carried out again: 110 is called once.
+#[tokio::test]
+async fn a_repeated_transfer_is_answered_as_the_first_and_carried_out_once() {
+    let (mut gateway, mut citizen, mut agent, mut police) = setup().await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let call_id = hotline.until(EventType::CallAnswered).await.call_id;
+    let transfer = || {
+        Action::Transfer(pb::Transfer {
+            call_id: call_id.clone(),
+            target: "110".into(),
+        })
+    };
+    let first = hotline.command_with_id("transfer-1", transfer()).await;
+    assert!(first.ok && !first.replayed, "{first:?}");
+    let invite = police.expect_request("INVITE").await;
+    drop(hotline);
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let again = hotline.command_with_id("transfer-1", transfer()).await;
+    assert_eq!(
+        (again.ok, again.replayed, again.error),
+        (true, true, first.error)
+    );
+    // The same id for another command is refused; no id at all too.
+    let reused = hotline
+        .command_with_id(
+            "transfer-1",
+            Action::Transfer(pb::Transfer {
+                call_id: call_id.clone(),
+                target: "12345".into(),
+            }),
+        )
+        .await;
+    assert_eq!(reused.error, pb::ErrorCode::Invalid as i32, "{reused:?}");
+    let anonymous = hotline.command_with_id("", transfer()).await;
+    assert_eq!(anonymous.error, pb::ErrorCode::Invalid as i32);
+    assert!(anonymous.message.contains("command_id"), "{anonymous:?}");
+
+    // 110 answers the one INVITE; the next thing it gets is the citizen's BYE, not another
+    // INVITE.
+    let _police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
+    let bye = agent.expect_request("BYE").await;
+    agent.send_response(&agent.answer(&bye, 200, None)).await;
+    hotline.until(EventType::TransferAnswered).await;
+    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
+    citizen.send_request(&bye).await;
+    loop {
+        match police.recv().await {
+            hotline_gateway::sip::message::Message::Request(r) if r.method.as_str() == "BYE" => {
+                police.send_response(&police.answer(&r, 200, None)).await;
+                break;
+            }
+            hotline_gateway::sip::message::Message::Request(r) => assert!(
+                r.method.as_str() != "INVITE" || r.call_id() == invite.call_id(),
+                "a second INVITE: {r:?}"
+            ),
+            _ => {}
+        }
+    }
+    assert_eq!(gateway.linkages(&call_id).len(), 1, "one linkage");
+    gateway.stop().await;
+}
+
+/// The ticket's version goes up with each update, and an update based on an old version is
+/// refused (another platform updated it first).
+#[tokio::test]
+async fn ticket_updates_carry_their_version_and_stale_ones_are_refused() {
+    let (mut gateway, mut citizen, mut agent, _police) = setup().await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let _call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let call_id = hotline.until(EventType::CallAnswered).await.call_id;
+    let attach = |base_version: u64, summary: &str| {
+        let mut ticket = ticket();
+        ticket.summary = summary.into();
+        Action::AttachTicket(pb::AttachTicket {
+            call_id: call_id.clone(),
+            ticket: Some(ticket),
+            base_version,
+        })
+    };
+    assert_eq!(hotline.command(attach(0, "first")).await.ticket_version, 1);
+    hotline.expect(EventType::TicketAttached).await;
+    let updated = hotline.command(attach(1, "second")).await;
+    assert_eq!((updated.ok, updated.ticket_version), (true, 2));
+    let event = hotline.expect(EventType::TicketUpdated).await;
+    assert_eq!(
+        event.ticket.map(|t| (t.version, t.summary, t.updated_by)),
+        Some((2, "second".to_string(), "12345".to_string()))
+    );
+    let stale = hotline.command(attach(1, "stale")).await;
+    assert_eq!(stale.error, pb::ErrorCode::Conflict as i32, "{stale:?}");
+    gateway.stop().await;
+}
+
+/// `ListActiveCalls` pages: oldest first, a token for the next page, none after the last.
+#[tokio::test]
+async fn active_calls_come_a_page_at_a_time() {
+    let (mut gateway, mut citizen, mut agent, _police) = setup().await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut ids = Vec::new();
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        calls.push(establish(&mut citizen, &mut agent, &[8], &[8]).await);
+        ids.push(hotline.until(EventType::CallAnswered).await.call_id);
+    }
+    let mut unary = match pb::work_order_service_client::WorkOrderServiceClient::connect(format!(
+        "http://{}",
+        gateway.grpc
+    ))
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let request = pb::ListActiveCallsRequest {
+            page_size: 2,
+            page_token: token.clone(),
+        };
+        let page = match unary.list_active_calls(bearer(request, TOKEN_12345)).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => panic!("{e}"),
+        };
+        pages += 1;
+        seen.extend(page.calls.into_iter().map(|c| c.call_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(pages, 2);
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids, "each call once");
+    let bad = pb::ListActiveCallsRequest {
+        page_size: 2,
+        page_token: "forged".into(),
+    };
+    assert_eq!(
+        unary
+            .list_active_calls(bearer(bad, TOKEN_12345))
+            .await
+            .err()
+            .map(|s| s.code()),
+        Some(tonic::Code::InvalidArgument)
+    );
+    gateway.stop().await;
+}
+
+/// Python stubs generated from `proto/` with the stock tools (grpcio-tools' protoc).
+fn python_stubs() -> tempfile::TempDir {
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("{e}"),
+    };
+    let out = dir.path().display().to_string();
+    let status = std::process::Command::new("python3")
+        .args(["-m", "grpc_tools.protoc", "-I", "proto"])
+        .arg(format!("--python_out={out}"))
+        .arg(format!("--grpc_python_out={out}"))
+        .arg("proto/hotline/workorder/v1/workorder.proto")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status();
+    match status {
+        Ok(s) if s.success() => dir,
+        other => panic!(
+            "python3 -m grpc_tools.protoc failed ({other:?}): pip install grpcio grpcio-tools \
+             grpcio-reflection (.ci/run does)"
+        ),
+    }
+}
+
+/// Runs a script of `examples/python/` to its end; returns its exit status and output.
+fn python(
+    stubs: &std::path::Path,
+    script: &str,
+    args: &[String],
+) -> tokio::task::JoinHandle<(bool, String)> {
+    let child = std::process::Command::new("python3")
+        .arg(format!("examples/python/{script}"))
+        .args(args)
+        .env("PYTHONPATH", stubs)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => panic!("python3: {e}"),
+    };
+    tokio::task::spawn_blocking(move || match child.wait_with_output() {
+        Ok(output) => (
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        ),
+        Err(e) => (false, e.to_string()),
+    })
+}
+
+/// The Python client of `examples/python/`, on stubs from `proto/`: it follows 12345's
+/// stream, acknowledges, attaches a ticket and transfers the answered call to 110, which gets
+/// it with the citizen's number; the gateway keeps its acknowledgements.
+#[tokio::test]
+async fn a_python_client_from_the_proto_follows_acknowledges_and_transfers() {
+    let stubs = python_stubs();
+    let (mut gateway, mut citizen, mut agent, mut police) = setup().await;
+    let client = python(
+        stubs.path(),
+        "client.py",
+        &[
+            "--target".into(),
+            gateway.grpc.to_string(),
+            "--platform".into(),
+            "12345".into(),
+            "--token".into(),
+            TOKEN_12345.into(),
+            "--transfer-to".into(),
+            "110".into(),
+            "--ticket-number".into(),
+            "GD-PY-0001".into(),
+            "--exit-after".into(),
+            "TRANSFER_ANSWERED".into(),
+            "--timeout".into(),
+            "30".into(),
+        ],
+    );
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    // Python takes its time to start: the INVITE comes once it has seen the answer.
+    let invite = loop {
+        match police.recv_within(std::time::Duration::from_secs(30)).await {
+            Some(hotline_gateway::sip::message::Message::Request(r))
+                if r.method.as_str() == "INVITE" =>
+            {
+                break r
+            }
+            Some(_) => continue,
+            None => panic!("110 was never called"),
+        }
+    };
+    assert_eq!(
+        invite.from().and_then(|f| f.uri.user),
+        Some("13800138000".into()),
+        "the citizen's number"
+    );
+    let _police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
+    let bye = agent.expect_request("BYE").await;
+    agent.send_response(&agent.answer(&bye, 200, None)).await;
+    let (success, output) =
+        match tokio::time::timeout(std::time::Duration::from_secs(40), client).await {
+            Ok(Ok(done)) => done,
+            other => panic!("the Python client did not finish: {other:?}"),
+        };
+    assert!(success, "{output}");
+    assert!(output.contains("welcome latest="), "{output}");
+    assert!(output.contains(" CALL_ANSWERED call="), "{output}");
+    assert_eq!(
+        output.matches("result ok=True error=UNSPECIFIED").count(),
+        2,
+        "the ticket and the transfer: {output}"
+    );
+    assert!(
+        output
+            .lines()
+            .any(|l| l.contains(" TRANSFER_REQUESTED ") && l.contains("ticket=GD-PY-0001 v1")),
+        "{output}"
+    );
+    let acknowledged: u64 = output
+        .lines()
+        .find_map(|l| l.strip_prefix("done acknowledged="))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{output}"));
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    assert_eq!(
+        hotline.welcome.acknowledged, acknowledged,
+        "its acks were kept"
+    );
+    common::caller_hangs_up(&mut citizen, &call, &mut [&mut police]).await;
+    hotline.until(EventType::CallEnded).await;
+    gateway.stop().await;
+}
+
+/// Server reflection v1alpha, as grpcio-reflection's stock client (and older grpcurl,
+/// Postman, Kreya) speak it, finds the service, its methods and the well-known types.
+#[tokio::test]
+async fn reflection_v1alpha_answers_a_stock_client() {
+    let stubs = python_stubs();
+    let (mut gateway, _citizen, _agent, _police) = setup().await;
+    let run = python(
+        stubs.path(),
+        "reflection.py",
+        &["--target".into(), gateway.grpc.to_string()],
+    );
+    let (success, output) =
+        match tokio::time::timeout(std::time::Duration::from_secs(30), run).await {
+            Ok(Ok(done)) => done,
+            other => panic!("reflection.py did not finish: {other:?}"),
+        };
+    assert!(success, "{output}");
+    for line in [
+        "service hotline.workorder.v1.WorkOrderService",
+        "method Link hotline.workorder.v1.LinkRequest hotline.workorder.v1.LinkResponse",
+        "method GetCall hotline.workorder.v1.GetCallRequest hotline.workorder.v1.GetCallResponse",
+        "field Event.time google.protobuf.Timestamp",
+    ] {
+        assert!(output.lines().any(|l| l == line), "{line}: {output}");
+    }
     gateway.stop().await;
 }

@@ -8,7 +8,8 @@
 //!
 //! Nothing ends a stream silently: whatever ends it (a message over the limit, an `Ack` past
 //! the newest event, a second `Hello`, the gateway stopping) is its final gRPC status, and
-//! both halves stop with it.
+//! both halves stop with it. A client that closes its side ends the stream with OK once all
+//! it sent is handled.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -176,9 +177,13 @@ async fn receive(
         };
         let kind = match message {
             Ok(Some(pb::LinkRequest { kind })) => kind,
-            // The client closed its side: it may still read (a half-closed stream goes on
-            // delivering events).
-            Ok(None) => break,
+            // The client closed its side: everything it sent is handled, so the stream ends
+            // (OK) once what is queued for it has gone. A client that wants its last Acks
+            // kept closes its side and reads to the end.
+            Ok(None) => {
+                ended.cancel();
+                break;
+            }
             Err(status) => {
                 end(inbound_failure(status)).await;
                 break;

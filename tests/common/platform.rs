@@ -148,6 +148,28 @@ impl Platform {
         }
     }
 
+    /// Sends a message as it is.
+    pub async fn send(&mut self, kind: Out) {
+        let _ = self
+            .outbound
+            .send(pb::LinkRequest { kind: Some(kind) })
+            .await;
+    }
+
+    /// The status the gateway ends the stream with (events and results before it are kept).
+    pub async fn status(&mut self) -> tonic::Status {
+        loop {
+            match tokio::time::timeout(WAIT, self.inbound.message()).await {
+                Ok(Ok(Some(message))) => match message.kind {
+                    Some(In::Event(event)) => self.events.push_back(event),
+                    _ => continue,
+                },
+                Ok(Err(status)) => return status,
+                other => panic!("the stream did not end with a status: {other:?}"),
+            }
+        }
+    }
+
     pub async fn ack(&mut self, sequence: u64) {
         let _ = self
             .outbound
