@@ -1333,3 +1333,78 @@ async fn reflection_v1alpha_answers_a_stock_client() {
     }
     gateway.stop().await;
 }
+
+/// An event is on disk before the step it reports is seen: while another process holds the
+/// store's write lock, the agent's phone does not ring and the citizen hears no ringing;
+/// when the lock goes, each arrives with its event already committed.
+#[tokio::test]
+async fn a_step_is_seen_only_once_its_event_is_committed() {
+    let (mut gateway, mut citizen, mut agent, _police) = setup().await;
+    let events_of_12345 = |db: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(db)
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM outbox WHERE platform = '12345'",
+                    [],
+                    |row| row.get(0),
+                )
+            })
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let lock = |db: &std::path::Path| {
+        let other = rusqlite::Connection::open(db).unwrap_or_else(|e| panic!("{e}"));
+        other
+            .execute_batch("BEGIN IMMEDIATE")
+            .unwrap_or_else(|e| panic!("{e}"));
+        other
+    };
+    let window = std::time::Duration::from_millis(300);
+
+    let holder = lock(&gateway.db);
+    let invite = citizen.invite(
+        "12345",
+        "13800138000",
+        &common::sdp(citizen.address, &[8], "sendrecv"),
+        "",
+    );
+    citizen.send_request(&invite).await;
+    assert!(
+        agent.recv_within(window).await.is_none(),
+        "the agent's phone rang before CALL_OFFERED was committed"
+    );
+    drop(holder);
+    let offered = agent.expect_request("INVITE").await;
+    assert_eq!(
+        events_of_12345(&gateway.db),
+        1,
+        "CALL_OFFERED on disk first"
+    );
+
+    let holder = lock(&gateway.db);
+    agent
+        .send_response(&agent.answer(&offered, 180, None))
+        .await;
+    let early = loop {
+        match citizen.recv_within(window).await {
+            Some(hotline_gateway::sip::message::Message::Response(r)) if r.status == 180 => {
+                break Some(r)
+            }
+            Some(_) => continue,
+            None => break None,
+        }
+    };
+    assert!(
+        early.is_none(),
+        "the citizen heard ringing before CALL_RINGING was committed"
+    );
+    drop(holder);
+    citizen.expect_response("INVITE", 180).await;
+    assert_eq!(
+        events_of_12345(&gateway.db),
+        2,
+        "CALL_RINGING on disk first"
+    );
+    agent.send_response(&agent.answer(&offered, 486, None)).await;
+    citizen.expect_response("INVITE", 486).await;
+    gateway.stop().await;
+}

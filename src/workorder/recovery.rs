@@ -1,8 +1,9 @@
 //! The ending events of what a killed run left open, made when the store opens: so a call a
 //! platform was shown never stays on its screen. For each platform that saw the call, in
-//! order: `TRANSFER_FAILED` for each linkage still under way, `PARTY_LEFT` for each
-//! conference party still in and then `CONFERENCE_ENDED`, and last `CALL_ENDED` (ended by
-//! the gateway, "gateway restart"); the legs and numbers as that platform last saw them.
+//! order: `TRANSFER_FAILED` for each linkage still under way, `CONFERENCE_ENDED` if parties
+//! were still in a conference (it ends every party still in, as when a live call ends in a
+//! conference), and last `CALL_ENDED` (ended by the gateway, "gateway restart"); the legs and
+//! numbers as that platform last saw them.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -45,17 +46,6 @@ fn ending_events(call: &Interrupted, now: i64, ids: &mut IdGenerator) -> Vec<New
             }),
             sip_status: 503,
             reason: REASON.into(),
-            ..pb::Event::default()
-        });
-    }
-    for party in &call.parties {
-        endings.push(pb::Event {
-            r#type: pb::EventType::PartyLeft as i32,
-            party: Some(pb::Party {
-                party: u32::from(party.party),
-                peer: party.peer.clone(),
-                number: party.number.clone(),
-            }),
             ..pb::Event::default()
         });
     }
@@ -192,28 +182,23 @@ mod tests {
             .map(|e| (e.platform.clone(), decode(e).r#type))
             .collect();
         use pb::EventType as T;
-        let order = [
-            T::TransferFailed,
-            T::PartyLeft,
-            T::ConferenceEnded,
-            T::CallEnded,
-        ];
+        let order = [T::TransferFailed, T::ConferenceEnded, T::CallEnded];
         let expected: Vec<(String, i32)> = ["110", "12345"]
             .iter()
             .flat_map(|p| order.iter().map(move |t| (p.to_string(), *t as i32)))
             .collect();
         assert_eq!(kinds, expected);
         // One id per ending, the same for both platforms.
-        assert_eq!(events[3].event_id, events[7].event_id);
-        assert_ne!(events[0].event_id, events[3].event_id);
-        let ended = decode(&events[3]);
+        assert_eq!(events[2].event_id, events[5].event_id);
+        assert_ne!(events[0].event_id, events[2].event_id);
+        let ended = decode(&events[2]);
         assert_eq!(
             (ended.ended_by, ended.reason.as_str(), ended.sip_status),
             (pb::EndedBy::Gateway as i32, REASON, 200)
         );
         assert_eq!(ended.called_leg.map(|l| l.platform), Some("12345".into()));
         assert_eq!(ended.ticket, None, "the ending carries no ticket");
-        let from_record = decode(&events[7]);
+        let from_record = decode(&events[5]);
         assert_eq!(from_record.citizen_number, "13800138000");
         assert_eq!(
             from_record.called_leg.map(|l| l.peer),

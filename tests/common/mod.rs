@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod platform;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// Media port ranges for concurrently running tests (each test process takes its own block).
 static NEXT_MEDIA_BLOCK: AtomicU16 = AtomicU16::new(0);
 
-fn media_block() -> [u16; 2] {
+pub fn media_block() -> [u16; 2] {
     // Spread by process id as well, so parallel test binaries rarely collide; a collision is
     // harmless anyway (busy ports are skipped).
     let block = NEXT_MEDIA_BLOCK.fetch_add(1, Ordering::Relaxed);
