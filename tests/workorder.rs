@@ -1404,7 +1404,9 @@ async fn a_step_is_seen_only_once_its_event_is_committed() {
         2,
         "CALL_RINGING on disk first"
     );
-    agent.send_response(&agent.answer(&offered, 486, None)).await;
+    agent
+        .send_response(&agent.answer(&offered, 486, None))
+        .await;
     citizen.expect_response("INVITE", 486).await;
     gateway.stop().await;
 }

@@ -2,19 +2,21 @@
 //! same transactions as the record changes they report.
 //!
 //! The writer numbers an event when it commits it (so numbers follow the commit order and an
-//! event held while the disk is full takes its number when it lands), then tells the
-//! platforms' streams ([`Outbox::subscribe`]) the newest committed sequence; the streams read
-//! the events back with their own [`OutboxReader`]. Each platform's newest sequence has a row
-//! of its own (`outbox_sequences`), so retention may prune any event.
+//! event held while the disk is full takes its number when it lands), keeps the newest
+//! committed events of each platform in memory ([`Outbox::recent`]), then tells the
+//! platforms' streams ([`Outbox::subscribe`]) the newest committed sequence. A stream that
+//! keeps up takes its events from memory; one that fell behind reads them back with its own
+//! [`OutboxReader`]. Each platform's newest sequence has a row of its own
+//! (`outbox_sequences`), so retention may prune any event.
 //!
 //! At start, before anything else writes, what a killed run left open is closed
 //! ([`close_interrupted`]): calls, linkages and conference parties, with the ending events
 //! that the work-order link makes of them for every platform that saw the call, numbered and
 //! committed in the same transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::{params, Connection, Transaction};
 use tokio::sync::watch;
@@ -33,8 +35,8 @@ pub struct NewEvent {
     /// Unix milliseconds.
     pub created_at: i64,
     /// The event as the platforms get it, without its sequence and id (the gateway's
-    /// encoding; protobuf for the work-order link).
-    pub body: Vec<u8>,
+    /// encoding; protobuf for the work-order link); shared by the platforms it is for.
+    pub body: Arc<[u8]>,
 }
 
 /// One stored event, as read back.
@@ -47,8 +49,13 @@ pub struct OutboxRecord {
     pub call_id: String,
     /// Unix milliseconds.
     pub created_at: i64,
-    pub body: Vec<u8>,
+    pub body: Arc<[u8]>,
 }
+
+/// How many of a platform's newest committed events are kept in memory, and at most how many
+/// bytes of them: a stream within that of the newest never reads the store.
+const RECENT_EVENTS: usize = 4096;
+const RECENT_BYTES: usize = 8 * 1024 * 1024;
 
 /// What an acknowledgement did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,12 +70,20 @@ pub enum Acknowledged {
     PastNewest { latest: u64 },
 }
 
-/// Each platform's newest committed sequence (followed by its streams) and its last
-/// acknowledgement.
+/// Each platform's newest committed sequence (followed by its streams), its newest events,
+/// and its last acknowledgement.
 #[derive(Debug, Default)]
 pub struct Outbox {
     committed: Mutex<HashMap<String, watch::Sender<u64>>>,
+    recent: Mutex<HashMap<String, Recent>>,
     acknowledged: Mutex<HashMap<String, u64>>,
+}
+
+/// A platform's newest committed events, oldest first, without a gap.
+#[derive(Debug, Default)]
+struct Recent {
+    events: VecDeque<OutboxRecord>,
+    bytes: usize,
 }
 
 impl Outbox {
@@ -80,6 +95,7 @@ impl Outbox {
                     .map(|(p, (latest, _))| (p.clone(), watch::channel(*latest).0))
                     .collect(),
             ),
+            recent: Mutex::new(HashMap::new()),
             acknowledged: Mutex::new(
                 positions
                     .iter()
@@ -139,6 +155,42 @@ impl Outbox {
         }
     }
 
+    /// Up to `limit` of `platform`'s events after `after`, from memory: None if memory does
+    /// not reach back that far (read the store).
+    pub fn recent(&self, platform: &str, after: u64, limit: usize) -> Option<Vec<OutboxRecord>> {
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let events = &recent.get(platform)?.events;
+        let first = events.front()?.sequence;
+        if after + 1 < first {
+            return None;
+        }
+        let skip = (after + 1 - first) as usize;
+        Some(events.iter().skip(skip).take(limit).cloned().collect())
+    }
+
+    /// Keeps `event`, just committed, among `platform`'s newest.
+    pub(super) fn keep(&self, event: OutboxRecord) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let kept = recent.entry(event.platform.clone()).or_default();
+        if kept
+            .events
+            .back()
+            .is_some_and(|last| last.sequence + 1 != event.sequence)
+        {
+            // Not next to the newest kept (cannot happen with one writer): start again.
+            kept.events.clear();
+            kept.bytes = 0;
+        }
+        kept.bytes += event.body.len();
+        kept.events.push_back(event);
+        while kept.events.len() > RECENT_EVENTS || kept.bytes > RECENT_BYTES {
+            let Some(oldest) = kept.events.pop_front() else {
+                break;
+            };
+            kept.bytes -= oldest.body.len();
+        }
+    }
+
     /// `platform`'s events up to `sequence` are committed.
     pub(super) fn announce(&self, platform: &str, sequence: u64) {
         let mut committed = self
@@ -182,27 +234,30 @@ pub(super) fn positions(connection: &Connection) -> Result<Outbox, StoreError> {
 }
 
 /// Numbers `events` after each platform's newest in `sequences` (which it advances) and
-/// inserts them; each platform's newest is kept in `outbox_sequences` too.
+/// inserts them; each platform's newest is kept in `outbox_sequences` too. Returns the
+/// numbers, in the order of `events`.
 pub(super) fn insert_events<'a>(
     transaction: &Transaction<'_>,
     sequences: &mut HashMap<String, u64>,
     events: impl IntoIterator<Item = &'a NewEvent>,
-) -> Result<(), rusqlite::Error> {
+) -> Result<Vec<u64>, rusqlite::Error> {
     let mut insert = transaction.prepare_cached(
         "INSERT INTO outbox (platform, sequence, event_id, call_id, created_at, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     let mut touched: Vec<&str> = Vec::new();
+    let mut numbers = Vec::new();
     for event in events {
         let sequence = sequences.entry(event.platform.clone()).or_insert(0);
         *sequence += 1;
+        numbers.push(*sequence);
         insert.execute(params![
             event.platform,
             *sequence as i64,
             event.event_id,
             event.call_id,
             event.created_at,
-            event.body,
+            &*event.body,
         ])?;
         if !touched.contains(&event.platform.as_str()) {
             touched.push(&event.platform);
@@ -216,7 +271,7 @@ pub(super) fn insert_events<'a>(
         let latest = sequences.get(platform).copied().unwrap_or(0);
         newest.execute(params![platform, latest as i64])?;
     }
-    Ok(())
+    Ok(numbers)
 }
 
 /// A read-only connection that reads platforms' outboxes (one per connected client).
@@ -250,7 +305,7 @@ impl OutboxReader {
                 event_id: row.get(2)?,
                 call_id: row.get(3)?,
                 created_at: row.get(4)?,
-                body: row.get(5)?,
+                body: row.get::<_, Vec<u8>>(5)?.into(),
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)

@@ -35,7 +35,7 @@ fn event(platform: &str, id: &str, call_id: &str, created_at: i64) -> NewEvent {
         event_id: id.into(),
         call_id: call_id.into(),
         created_at,
-        body: id.as_bytes().to_vec(),
+        body: id.as_bytes().into(),
     }
 }
 
@@ -65,6 +65,9 @@ async fn the_outbox_numbers_events_as_it_commits_them_and_keeps_acknowledgements
         .map(|r| (r.sequence, r.event_id))
         .collect();
     assert_eq!(read, vec![(2, "b".to_string()), (3, "d".to_string())]);
+    // The newest are in memory too, as the store has them.
+    let from_memory = store.outbox().recent("12345", 1, 10);
+    assert_eq!(from_memory, reader.read("12345", 1, 10).ok());
 
     let ack = |sequence| {
         let store = store.clone();
@@ -337,7 +340,7 @@ async fn calls_left_open_by_a_crash_are_closed_at_the_next_start_with_their_even
                 event_id: format!("ended-{}", call.call.id),
                 call_id: call.call.id.clone(),
                 created_at: now,
-                body: Vec::new(),
+                body: Vec::new().into(),
             })
             .collect()
     });
@@ -489,4 +492,34 @@ fn civil_dates() {
 fn listing_a_missing_file_names_it() {
     let error = list_calls(Path::new("/nonexistent/dir/x.db"), 1);
     assert!(matches!(error, Err(StoreError::Open { .. })));
+}
+
+#[test]
+fn memory_keeps_a_platforms_newest_events_without_a_gap() {
+    let outbox = Outbox::default();
+    let record = |sequence: u64, bytes: usize| OutboxRecord {
+        platform: "110".into(),
+        sequence,
+        event_id: format!("e{sequence}"),
+        body: vec![0; bytes].into(),
+        ..OutboxRecord::default()
+    };
+    assert_eq!(outbox.recent("110", 0, 10), None, "nothing kept yet");
+    for sequence in 1..=5000 {
+        outbox.keep(record(sequence, 10));
+    }
+    // The oldest went (4,096 are kept): before them, the store must be read.
+    assert_eq!(outbox.recent("110", 0, 10), None);
+    let newest = outbox.recent("110", 4990, 100).unwrap_or_default();
+    assert_eq!(
+        newest.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+        (4991..=5000).collect::<Vec<_>>()
+    );
+    assert_eq!(outbox.recent("110", 5000, 10), Some(Vec::new()));
+    // Large events take their bytes' worth: a few big ones push the small ones out.
+    for sequence in 5001..=5003 {
+        outbox.keep(record(sequence, 3 * 1024 * 1024));
+    }
+    assert_eq!(outbox.recent("110", 5000, 10), None, "over 8 MiB");
+    assert_eq!(outbox.recent("110", 5001, 10).map(|r| r.len()), Some(2));
 }

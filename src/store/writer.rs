@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 
-use super::outbox::{insert_events, NewEvent, Outbox};
+use super::outbox::{insert_events, NewEvent, Outbox, OutboxRecord};
 use super::{
     BlockedNumberRecord, CallRecord, ConferencePartyRecord, LinkageRecord, Written, HELD_LIMIT,
     RETRY,
@@ -171,19 +171,28 @@ impl Writer {
         announce: &mut Vec<String>,
     ) -> Result<(), rusqlite::Error> {
         let mut sequences = self.sequences.clone();
-        write_batch(&mut self.connection, ops, &mut sequences)?;
+        let numbers = write_batch(&mut self.connection, ops, &mut sequences)?;
         self.sequences = sequences;
-        for op in ops {
-            if let WriteOp::Write { events, .. } = op {
-                self.metrics
-                    .add(Counter::WorkOrderEventsStored, events.len() as u64);
-                for event in events {
-                    if !announce.contains(&event.platform) {
-                        announce.push(event.platform.clone());
-                    }
-                }
+        let events = ops.iter().flat_map(|op| match op {
+            WriteOp::Write { events, .. } => events.as_slice(),
+            _ => &[],
+        });
+        let mut stored = 0;
+        for (event, sequence) in events.zip(numbers) {
+            stored += 1;
+            if !announce.contains(&event.platform) {
+                announce.push(event.platform.clone());
             }
+            self.outbox.keep(OutboxRecord {
+                platform: event.platform.clone(),
+                sequence,
+                event_id: event.event_id.clone(),
+                call_id: event.call_id.clone(),
+                created_at: event.created_at,
+                body: Arc::clone(&event.body),
+            });
         }
+        self.metrics.add(Counter::WorkOrderEventsStored, stored);
         Ok(())
     }
 
@@ -349,12 +358,14 @@ fn worth_retrying(error: &rusqlite::Error) -> bool {
     )
 }
 
+/// Writes `batch` in one transaction; returns the sequences its events got, in order.
 fn write_batch(
     connection: &mut Connection,
     batch: &[WriteOp],
     sequences: &mut HashMap<String, u64>,
-) -> Result<(), rusqlite::Error> {
+) -> Result<Vec<u64>, rusqlite::Error> {
     let transaction = connection.transaction()?;
+    let mut numbers = Vec::new();
     for op in batch {
         match op {
             WriteOp::Write {
@@ -363,7 +374,7 @@ fn write_batch(
                 for change in changes {
                     write_change(&transaction, change)?;
                 }
-                insert_events(&transaction, sequences, events)?;
+                numbers.extend(insert_events(&transaction, sequences, events)?);
             }
             WriteOp::Ack { platform, sequence } => {
                 transaction
@@ -387,7 +398,8 @@ fn write_batch(
             WriteOp::Flush(_) => {}
         }
     }
-    transaction.commit()
+    transaction.commit()?;
+    Ok(numbers)
 }
 
 fn write_change(transaction: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<()> {

@@ -16,7 +16,9 @@ use tokio::sync::watch;
 
 use super::{convert, pb, CallEvent, MAX_MESSAGE_BYTES};
 use crate::ids::IdGenerator;
-use crate::store::{unix_millis, Acknowledged, Changes, NewEvent, Store, StoreError, Written};
+use crate::store::{
+    unix_millis, Acknowledged, Changes, NewEvent, OutboxRecord, Store, StoreError, Written,
+};
 
 /// Room left in a message for what the stream adds to a stored event (its sequence and id).
 const STREAM_OVERHEAD: usize = 256;
@@ -57,7 +59,7 @@ impl EventHub {
         };
         let mut message = convert::event(event);
         fit(&mut message);
-        let body = message.encode_to_vec();
+        let body: Arc<[u8]> = message.encode_to_vec().into();
         let created_at = match unix_millis(event.time) {
             0 => unix_millis(SystemTime::now()),
             ms => ms,
@@ -69,7 +71,7 @@ impl EventHub {
                 event_id: event_id.clone(),
                 call_id: event.call_id.clone(),
                 created_at,
-                body: body.clone(),
+                body: Arc::clone(&body),
             })
             .collect()
     }
@@ -90,6 +92,12 @@ impl EventHub {
     /// Follows `platform`'s newest committed sequence.
     pub fn subscribe(&self, platform: &str) -> watch::Receiver<u64> {
         self.store.outbox().subscribe(platform)
+    }
+
+    /// Up to `limit` of `platform`'s newest events after `after`, from memory (None: read
+    /// the store).
+    pub fn recent(&self, platform: &str, after: u64, limit: usize) -> Option<Vec<OutboxRecord>> {
+        self.store.outbox().recent(platform, after, limit)
     }
 
     /// The last sequence `platform`'s client acknowledged.

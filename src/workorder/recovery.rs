@@ -88,7 +88,7 @@ fn ending_events(call: &Interrupted, now: i64, ids: &mut IdGenerator) -> Vec<New
                 event_id: event_id.clone(),
                 call_id: call.call.id.clone(),
                 created_at: now,
-                body: event.encode_to_vec(),
+                body: event.encode_to_vec().into(),
             });
         }
     }
@@ -120,7 +120,7 @@ mod tests {
     use crate::store::{CallRecord, ConferencePartyRecord, LinkageRecord};
 
     fn decode(event: &NewEvent) -> pb::Event {
-        pb::Event::decode(event.body.as_slice()).unwrap_or_default()
+        pb::Event::decode(&*event.body).unwrap_or_default()
     }
 
     #[test]

@@ -115,6 +115,7 @@ pub async fn open(
     tokio::spawn(send_events(
         Delivery {
             platform: platform.clone(),
+            hub: Arc::clone(&service.hub),
             committed,
             reader,
             outbound: outbound.clone(),
@@ -263,6 +264,7 @@ fn notice(code: pb::NoticeCode, message: String) -> pb::LinkResponse {
 /// What the gateway's half of a stream works with.
 struct Delivery {
     platform: String,
+    hub: Arc<super::hub::EventHub>,
     /// The platform's newest committed sequence.
     committed: watch::Receiver<u64>,
     reader: OutboxReader,
@@ -281,6 +283,7 @@ async fn send_events(
 ) {
     let Delivery {
         platform,
+        hub,
         mut committed,
         reader,
         outbound,
@@ -299,34 +302,41 @@ async fn send_events(
                     break;
                 }
             }
-            let (reader, name) = (Arc::clone(&reader), platform.clone());
-            let page = tokio::task::spawn_blocking(move || {
-                reader
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .read(&name, after, PAGE)
-            })
-            .await;
-            let records = match page {
-                Ok(Ok(records)) => records,
-                Ok(Err(error)) => {
-                    tracing::error!(%error, %platform, "outbox not readable");
-                    let _ = outbound
-                        .send(Err(Status::internal(format!(
-                            "outbox not readable: {error}"
-                        ))))
-                        .await;
-                    ended.cancel();
-                    return;
+            // A stream that keeps up takes its events from memory; one that fell behind
+            // reads them back from the store.
+            let records = match hub.recent(&platform, after, PAGE) {
+                Some(records) if !records.is_empty() => records,
+                _ => {
+                    let (reader, name) = (Arc::clone(&reader), platform.clone());
+                    let page = tokio::task::spawn_blocking(move || {
+                        reader
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .read(&name, after, PAGE)
+                    })
+                    .await;
+                    match page {
+                        Ok(Ok(records)) => records,
+                        Ok(Err(error)) => {
+                            tracing::error!(%error, %platform, "outbox not readable");
+                            let _ = outbound
+                                .send(Err(Status::internal(format!(
+                                    "outbox not readable: {error}"
+                                ))))
+                                .await;
+                            ended.cancel();
+                            return;
+                        }
+                        Err(_) => return,
+                    }
                 }
-                Err(_) => return,
             };
             let Some(last) = records.last().map(|r| r.sequence) else {
                 // Pruned by retention: nothing left before `latest`.
                 break;
             };
             for record in records {
-                let mut event = match pb::Event::decode(record.body.as_slice()) {
+                let mut event = match pb::Event::decode(&*record.body) {
                     Ok(event) => event,
                     Err(error) => {
                         tracing::error!(%error, sequence = record.sequence, "outbox event undecodable");
