@@ -65,9 +65,6 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// reads only its number and version; the rest is the platforms'.
 pub type Ticket = pb::Ticket;
 
-/// A platform's answer on a linkage: the proto's `Reply`, checked for size.
-pub type Reply = pb::Reply;
-
 /// One leg of a call as the platforms see it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LegInfo {
@@ -124,7 +121,7 @@ pub struct CallEvent {
     pub target: Option<LegInfo>,
     pub sip_status: u16,
     pub ticket: Option<Ticket>,
-    pub reply: Option<Reply>,
+    pub reply: Option<pb::Reply>,
     pub party: Option<PartyInfo>,
     pub hotkey: Option<String>,
     /// `caller`, `callee` or `gateway` (as the call record has it).
