@@ -18,19 +18,24 @@ rounds="${3:-3}"
 cd "$root"
 cargo build --release --quiet
 mkdir -p bench/out
+# start_gateway WHICH: the baseline's or this build's gateway on bench/gateway.toml (PID in
+# $gw), once it answers /healthz.
+start_gateway() {
+  local binary=target/release/hotline-gateway
+  [ "$1" = baseline ] && binary="$baseline"
+  rm -f bench/out/gateway.db*
+  RUST_LOG=warn "$binary" --config bench/gateway.toml 2> "bench/out/ab-$1.log" &
+  gw=$!
+  for _ in $(seq 1 100); do
+    curl -sf http://127.0.0.1:9090/healthz >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+}
 if [ "${AB:-rtp}" = sip ]; then
   for round in $(seq 1 "$rounds"); do
     echo "round $round"
     for which in baseline this; do
-      binary=target/release/hotline-gateway
-      [ "$which" = baseline ] && binary="$baseline"
-      rm -f bench/out/gateway.db*
-      RUST_LOG=warn "$binary" --config bench/gateway.toml 2> "bench/out/ab-$which.log" &
-      gw=$!
-      for _ in $(seq 1 100); do
-        curl -sf http://127.0.0.1:9090/healthz >/dev/null 2>&1 && break
-        sleep 0.1
-      done
+      start_gateway "$which"
       "$peers/sip-cps.sh" 5060 --label "ab-$which" --target-pid "$gw" --rates "$calls" \
         --runs 1 --json "bench/out/ab-$which.json" >/dev/null 2>&1 || true
       python3 - "bench/out/ab-$which.json" "$which" <<'PY'
@@ -57,15 +62,7 @@ for round in $(seq 1 "$rounds"); do
   "$peers/rtp-relay.sh" ng --ng-port 2223 --label rtpengine-ng --target-pid "$rtpe" \
     --calls "$calls" --runs 1 --measure 15 2>&1 | per_packet
   for which in baseline this; do
-    binary=target/release/hotline-gateway
-    [ "$which" = baseline ] && binary="$baseline"
-    rm -f bench/out/gateway.db*
-    RUST_LOG=warn "$binary" --config bench/gateway.toml 2> "bench/out/ab-$which.log" &
-    gw=$!
-    for _ in $(seq 1 100); do
-      curl -sf http://127.0.0.1:9090/healthz >/dev/null 2>&1 && break
-      sleep 0.1
-    done
+    start_gateway "$which"
     "$peers/rtp-relay.sh" sip --target-port 5060 --label "$which" --target-pid "$gw" \
       --calls "$calls" --runs 1 --measure 15 2>&1 | per_packet
     kill -TERM "$gw"

@@ -39,18 +39,24 @@ percentiles() {
     printf "%.2f %.2f %.2f\n", p50 / 1000, p99 / 1000, v[NR] / 1000 }'
 }
 
-# run NAME CONFIG DB: one load; prints a row.
-run() {
-  local name=$1 config=$2 db=$3 out="bench/out/workorder-$1"
-  rm -rf "$out" && mkdir -p "$out"
-  rm -f "$db" "$db-wal" "$db-shm"
-  RUST_LOG=warn "$bin" --config "$config" 2> "$out/gateway.log" &
-  local gw=$!
+# start_gateway CONFIG DB OUT: a fresh store, the gateway on CONFIG (its PID in $gw), once it
+# answers /healthz.
+start_gateway() {
+  rm -rf "$3" && mkdir -p "$3"
+  rm -f "$2" "$2-wal" "$2-shm"
+  RUST_LOG=warn "$bin" --config "$1" 2> "$3/gateway.log" &
+  gw=$!
   pids=("$gw")
   for _ in $(seq 1 100); do
     curl -sf http://127.0.0.1:9090/healthz >/dev/null 2>&1 && break
     sleep 0.1
   done
+}
+
+# run NAME CONFIG DB: one load; prints a row.
+run() {
+  local name=$1 config=$2 db=$3 out="bench/out/workorder-$1"
+  start_gateway "$config" "$db" "$out"
   local clients=()
   if [ "$name" = platforms ]; then
     for platform in 12345 110; do
@@ -126,16 +132,8 @@ run() {
 
 # quiet: GetCall with a ticket on a gateway with one call in progress and nothing else to do.
 quiet() {
-  local out=bench/out/workorder-quiet db=bench/out/workorder.db
-  rm -rf "$out" && mkdir -p "$out"
-  rm -f "$db" "$db-wal" "$db-shm"
-  RUST_LOG=warn "$bin" --config bench/workorder.toml 2> "$out/gateway.log" &
-  local gw=$!
-  pids=("$gw")
-  for _ in $(seq 1 100); do
-    curl -sf http://127.0.0.1:9090/healthz >/dev/null 2>&1 && break
-    sleep 0.1
-  done
+  local out=bench/out/workorder-quiet
+  start_gateway bench/workorder.toml bench/out/workorder.db "$out"
   sipp -sf tests/sipp/uas.xml -i 127.0.0.1 -p 5080 -m 1 -nostdin >/dev/null 2>&1 &
   local agent=$!
   sipp 127.0.0.1:5060 -sf bench/sipp/citizen.xml -s 12345 -i 127.0.0.1 -p 5070 -m 1 -d 120000 \

@@ -91,6 +91,23 @@ impl Story {
         Platform::connect(self.grpc, platform, token, self.checked[platform]).await
     }
 
+    /// A citizen's call answered at 12345, whose system transfers it to 110: returns that
+    /// system's client and the INVITE 110's phone got.
+    async fn transfer_to_110(&mut self) -> (Platform, hotline_gateway::sip::message::Request) {
+        let mut hotline = self.follow("12345").await;
+        let _call = common::establish(&mut self.citizen, &mut self.agent, &[8], &[8]).await;
+        let call_id = hotline.until(EventType::CallAnswered).await.call_id;
+        let transfer = hotline
+            .command(Action::Transfer(pb::Transfer {
+                call_id,
+                target: "110".into(),
+            }))
+            .await;
+        assert!(transfer.ok, "{transfer:?}");
+        let invite = self.police.expect_request("INVITE").await;
+        (hotline, invite)
+    }
+
     /// After a kill and a new start: each platform's whole stream, checked; returns what came
     /// since the last check.
     async fn check(&mut self) -> BTreeMap<&'static str, Vec<pb::Event>> {
@@ -251,17 +268,7 @@ async fn kill_9_at_each_step_leaves_every_platform_a_complete_story() {
     assert_eq!(fresh["12345"].last().map(|e| e.sip_status), Some(200));
 
     // 4. Transfer requested: 110's phone got the INVITE; 110's CAD had the call pushed.
-    let mut hotline = story.follow("12345").await;
-    let _call = common::establish(&mut story.citizen, &mut story.agent, &[8], &[8]).await;
-    let call_id = hotline.until(EventType::CallAnswered).await.call_id;
-    let transfer = hotline
-        .command(Action::Transfer(pb::Transfer {
-            call_id: call_id.clone(),
-            target: "110".into(),
-        }))
-        .await;
-    assert!(transfer.ok, "{transfer:?}");
-    let _to_110 = story.police.expect_request("INVITE").await;
+    let (_hotline, _to_110) = story.transfer_to_110().await;
     gateway.kill_9();
     let gateway = start(&config);
     let fresh = story.check().await;
@@ -277,17 +284,7 @@ async fn kill_9_at_each_step_leaves_every_platform_a_complete_story() {
     }
 
     // 5. Transfer ringing: 110's phone rings, both platforms heard of it.
-    let mut hotline = story.follow("12345").await;
-    let _call = common::establish(&mut story.citizen, &mut story.agent, &[8], &[8]).await;
-    let call_id = hotline.until(EventType::CallAnswered).await.call_id;
-    let transfer = hotline
-        .command(Action::Transfer(pb::Transfer {
-            call_id: call_id.clone(),
-            target: "110".into(),
-        }))
-        .await;
-    assert!(transfer.ok, "{transfer:?}");
-    let to_110 = story.police.expect_request("INVITE").await;
+    let (mut hotline, to_110) = story.transfer_to_110().await;
     let ringing = story.police.answer(&to_110, 180, None);
     story.police.send_response(&ringing).await;
     hotline.until(EventType::TransferRinging).await;

@@ -2,24 +2,14 @@
 //! gateway, a hotline UAS answers and echoes RTP. Every call must succeed and every call record
 //! must show audio relayed both ways.
 
-use std::io::{BufRead, BufReader};
-use std::net::{TcpStream, UdpSocket};
+mod common;
+
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A free UDP+TCP port on loopback (bound then released; SIPp and the gateway bind it next).
-fn free_port() -> u16 {
-    loop {
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .map(|a| a.port())
-            .unwrap_or(0);
-        if port != 0 && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+use common::process::{free_port, GatewayProcess};
 
 fn sipp_available() -> bool {
     Command::new("sipp")
@@ -70,7 +60,7 @@ fn start_gateway(
     ports: &Ports,
     transport: &str,
     media: [u16; 2],
-) -> (Process, PathBuf) {
+) -> (GatewayProcess, PathBuf) {
     start_gateway_with(dir, ports, transport, media, "")
 }
 
@@ -81,7 +71,7 @@ fn start_gateway_with(
     transport: &str,
     media: [u16; 2],
     extra: &str,
-) -> (Process, PathBuf) {
+) -> (GatewayProcess, PathBuf) {
     start_gateway_carrier(dir, ports, transport, media, "", extra)
 }
 
@@ -93,7 +83,7 @@ fn start_gateway_carrier(
     media: [u16; 2],
     carrier: &str,
     extra: &str,
-) -> (Process, PathBuf) {
+) -> (GatewayProcess, PathBuf) {
     let db = dir.join("gateway.db");
     let config = dir.join("gateway.toml");
     let text = format!(
@@ -115,31 +105,7 @@ fn start_gateway_carrier(
     if let Err(e) = std::fs::write(&config, text) {
         panic!("write config: {e}");
     }
-    let mut child = match Command::new(env!("CARGO_BIN_EXE_hotline-gateway"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn,hotline_gateway=info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => panic!("start gateway: {e}"),
-    };
-    // Wait for the "gateway listening" line (an event), then keep draining stderr.
-    let Some(stderr) = child.stderr.take() else {
-        panic!("no stderr")
-    };
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(line)) if line.contains("gateway listening") => break,
-            Some(Ok(_)) => continue,
-            _ => panic!("gateway exited before listening"),
-        }
-    }
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    (Process(child), db)
+    (GatewayProcess::start(&config), db)
 }
 
 /// The gateway's `/metrics` text on `http` (empty if it cannot be read).
@@ -172,7 +138,7 @@ fn sipp(args: &[&str], scenario: &str) -> Command {
 
 fn run_load(transport: &str, calls: u32, rate: u32, hold_ms: u32, media: [u16; 2], stop: Stop) {
     let (dir, ports) = prepare();
-    let (mut gateway, db) = start_gateway(dir.path(), &ports, transport, media);
+    let (gateway, db) = start_gateway(dir.path(), &ports, transport, media);
     let sipp_transport = if transport == "tcp" { "t1" } else { "u1" };
     let uas_media = free_port().to_string();
     let uac_media = free_port().to_string();
@@ -270,19 +236,16 @@ fn run_load(transport: &str, calls: u32, rate: u32, hold_ms: u32, media: [u16; 2
         "{metrics}"
     );
 
-    let pid = gateway.0.id().to_string();
     if stop == Stop::Kill {
         // kill -9 right after the last call: every ended call's record is already on disk.
-        let _ = Command::new("kill").args(["-KILL", &pid]).status();
-        let _ = gateway.0.wait();
+        gateway.kill_9();
         let after = hotline_gateway::store::list_calls(&db, calls as usize + 10)
             .map(|r| r.iter().filter(|c| c.ended_at.is_some()).count())
             .ok();
         assert_eq!(after, Some(calls as usize), "records lost by kill -9");
     } else {
         // SIGTERM: clean exit 0.
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let exit = gateway.0.wait();
+        let exit = gateway.terminate();
         assert!(
             exit.as_ref().is_ok_and(|s| s.success()),
             "gateway did not exit 0 on SIGTERM: {exit:?}"
@@ -736,9 +699,7 @@ fn sipp_a_call_cut_by_kill_9_is_closed_at_the_next_start() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(answered, "the call was never answered");
-    let pid = gateway.0.id().to_string();
-    let _ = Command::new("kill").args(["-KILL", &pid]).status();
-    drop(gateway);
+    gateway.kill_9();
     let (_again, db) = start_gateway(dir.path(), &ports, "udp", [28000, 28999]);
     let calls = match hotline_gateway::store::list_calls(&db, 10) {
         Ok(c) => c,

@@ -52,6 +52,13 @@ impl GatewayProcess {
         GatewayProcess(child)
     }
 
+    /// SIGTERM: the gateway ends its calls and stops; returns how it exited.
+    pub fn terminate(mut self) -> std::io::Result<std::process::ExitStatus> {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.0.wait()
+    }
+
     /// `kill -9`: no shutdown, no flush; returns once the process is gone.
     pub fn kill_9(mut self) {
         let pid = self.0.id().to_string();
