@@ -108,6 +108,9 @@ fn nonce_key() -> Result<[u8; 32], StartError> {
 /// How long calls get to end cleanly on shutdown before the store is flushed anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How long the work-order streams get to send what is committed when the gateway stops.
+const GRPC_GRACE: Duration = Duration::from_secs(3);
+
 /// Starts every part of the gateway; returns once it is listening. Cancel `shutdown` to stop
 /// it: calls get BYE (or CANCEL/503), the store is flushed, then [`Running::wait`] returns.
 ///
@@ -132,6 +135,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             // What a killed run left open ends on the link too, for the platforms that saw it.
             recovery: Some(workorder::recovery::recovery(
                 ids::IdGenerator::from_entropy(),
+                config.platforms.iter().map(|p| p.name.clone()).collect(),
             )),
         },
     )?;
@@ -397,7 +401,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let _ = endpoint_task.await;
         let _ = http_stop.send(true);
         grpc_stop.cancel();
-        let _ = grpc_task.await;
+        // The streams send what is committed and say the gateway is stopping; one whose client
+        // does not read is cut off after the grace rather than holding the shutdown.
+        let mut grpc_task = grpc_task;
+        if tokio::time::timeout(GRPC_GRACE, &mut grpc_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "work-order clients still connected after the grace period; closing them"
+            );
+            grpc_task.abort();
+        }
         if let Err(error) = store.shutdown().await {
             tracing::error!(%error, "store not flushed cleanly");
         }

@@ -41,9 +41,10 @@ enum Command {
         /// The `[[platform]]` whose stream to follow (its token comes from the configuration).
         #[arg(long)]
         platform: String,
-        /// Start after this sequence; 0 starts after the last one the platform acknowledged.
-        #[arg(long, default_value_t = 0)]
-        from: u64,
+        /// Start after this sequence (0: from the first kept); without it, after the last one
+        /// the platform acknowledged.
+        #[arg(long)]
+        from: Option<u64>,
         /// Add to each line how long the event took from the gateway's clock at the moment
         /// it happened to its arrival here (`delay_us=`; meaningful on the gateway's host).
         #[arg(long)]

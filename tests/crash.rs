@@ -88,7 +88,7 @@ impl Story {
         } else {
             TOKEN_12345
         };
-        Platform::connect(self.grpc, platform, token, self.checked[platform]).await
+        Platform::connect(self.grpc, platform, token, Some(self.checked[platform])).await
     }
 
     /// A citizen's call answered at 12345, whose system transfers it to 110: returns that
@@ -129,7 +129,7 @@ impl Story {
 
 /// Every event of `platform` from its first (the tests never acknowledge).
 async fn whole_stream(grpc: SocketAddr, platform: &str, token: &str) -> Vec<pb::Event> {
-    let mut client = Platform::connect(grpc, platform, token, 0).await;
+    let mut client = Platform::connect(grpc, platform, token, Some(0)).await;
     assert_eq!(client.welcome.acknowledged, 0);
     let latest = client.welcome.latest;
     let mut events = Vec::new();

@@ -119,8 +119,8 @@ fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
 #[tokio::test]
 async fn a_ticket_travels_with_the_transfer_and_110_answers_back() {
     let (mut gateway, mut citizen, mut agent, mut police) = setup().await;
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
-    let mut cad = Platform::connect(gateway.grpc, "110", TOKEN_110, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
+    let mut cad = Platform::connect(gateway.grpc, "110", TOKEN_110, None).await;
 
     // The citizen calls 12345: its system sees the call offered, ringing and answered.
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
@@ -144,7 +144,7 @@ async fn a_ticket_travels_with_the_transfer_and_110_answers_back() {
         .command(Action::AttachTicket(pb::AttachTicket {
             call_id: call_id.clone(),
             ticket: Some(ticket()),
-            base_version: 0,
+            base_version: None,
         }))
         .await;
     assert!(attached.ok, "{attached:?}");
@@ -203,18 +203,26 @@ async fn a_ticket_travels_with_the_transfer_and_110_answers_back() {
     }
 
     // 110 opens an incident and later closes it: 12345 hears both.
-    for (incident, disposition) in [("JJ-2026-000731", ""), ("JJ-2026-000731", "fire put out")] {
+    let reply_of = |incident: &str, disposition: &str| {
+        Action::Reply(pb::Reply {
+            linkage_id: linkage_id.clone(),
+            incident_number: incident.into(),
+            disposition: disposition.into(),
+            fields: Default::default(),
+        })
+    };
+    let mut first_reply = None;
+    for (id, incident, disposition) in [
+        ("reply-1", "JJ-2026-000731", ""),
+        ("reply-2", "JJ-2026-000731", "fire put out"),
+    ] {
         let replied = cad
-            .command(Action::Reply(pb::Reply {
-                linkage_id: linkage_id.clone(),
-                incident_number: incident.into(),
-                disposition: disposition.into(),
-                fields: Default::default(),
-            }))
+            .command_with_id(id, reply_of(incident, disposition))
             .await;
         assert!(replied.ok, "{replied:?}");
         let reply = hotline.expect(EventType::PeerReply).await;
         assert_eq!(reply.linkage_id, linkage_id);
+        first_reply.get_or_insert(reply.event_id.clone());
         let reply = reply.reply.unwrap_or_default();
         assert_eq!(
             (reply.incident_number.as_str(), reply.disposition.as_str()),
@@ -305,24 +313,43 @@ async fn a_ticket_travels_with_the_transfer_and_110_answers_back() {
     citizen.expect_response("BYE", 200).await;
     let bye = police.expect_request("BYE").await;
     police.send_response(&police.answer(&bye, 200, None)).await;
+    let mut ended_at_12345 = 0;
     for platform in [&mut cad, &mut hotline] {
         let ended = platform.expect(EventType::CallEnded).await;
         assert_eq!(ended.ended_by, pb::EndedBy::Caller as i32);
+        ended_at_12345 = ended.sequence;
     }
+
+    // After a restart (the command window is gone) 110 sends its first reply again: 12345
+    // gets it under the same event id, a duplicate it drops.
+    gateway.restart().await;
+    let mut cad = Platform::connect(gateway.grpc, "110", TOKEN_110, None).await;
+    let again = cad
+        .command_with_id("reply-1", reply_of("JJ-2026-000731", ""))
+        .await;
+    assert!(again.ok && !again.replayed, "{again:?}");
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
+    let repeated = loop {
+        let reply = hotline.until(EventType::PeerReply).await;
+        if reply.sequence > ended_at_12345 {
+            break reply;
+        }
+    };
+    assert_eq!(Some(repeated.event_id), first_reply);
     gateway.stop().await;
 }
 
 #[tokio::test]
 async fn commands_are_refused_with_clear_errors() {
     let (mut gateway, mut citizen, mut agent, _police) = setup().await;
-    let refused = Platform::try_connect(gateway.grpc, "110", TOKEN_12345, 0).await;
+    let refused = Platform::try_connect(gateway.grpc, "110", TOKEN_12345, None).await;
     assert_eq!(
         refused.err().map(|s| s.code()),
         Some(tonic::Code::Unauthenticated),
         "12345's token does not open 110's stream"
     );
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
-    let mut cad = Platform::connect(gateway.grpc, "110", TOKEN_110, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
+    let mut cad = Platform::connect(gateway.grpc, "110", TOKEN_110, None).await;
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
     let call_id = hotline.expect(EventType::CallOffered).await.call_id;
     // The agent keys #9 (a hotkey to a number no route reaches): the platform hears of it.
@@ -333,6 +360,26 @@ async fn commands_are_refused_with_clear_errors() {
     }
     let pressed = hotline.until(EventType::HotkeyPressed).await;
     assert_eq!(pressed.hotkey, "#9 transfer 999");
+    // Incomplete or oversized commands are refused before anything is tried.
+    for action in [
+        Action::Mute(pb::Mute {
+            call_id: call_id.clone(),
+            party: None,
+            muted: true,
+        }),
+        Action::Transfer(pb::Transfer {
+            call_id: call_id.clone(),
+            target: "1".repeat(100_000),
+        }),
+        Action::HangUp(pb::HangUp {
+            call_id: "c".repeat(100_000),
+            party: None,
+        }),
+    ] {
+        let result = hotline.command(action).await;
+        assert_eq!(result.error, pb::ErrorCode::Invalid as i32, "{result:?}");
+        assert!(result.message.len() < 200, "{}", result.message.len());
+    }
 
     let result = cad
         .command(Action::HangUp(pb::HangUp {
@@ -362,7 +409,7 @@ async fn commands_are_refused_with_clear_errors() {
     let result = hotline
         .command(Action::Mute(pb::Mute {
             call_id: call_id.clone(),
-            party: 5,
+            party: Some(5),
             muted: true,
         }))
         .await;
@@ -387,7 +434,7 @@ async fn commands_are_refused_with_clear_errors() {
 #[tokio::test]
 async fn nothing_is_lost_across_a_disconnect_or_a_gateway_restart() {
     let (mut gateway, mut citizen, mut agent, _police) = setup().await;
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
     let offered = hotline.expect(EventType::CallOffered).await;
     let ringing = hotline.expect(EventType::CallRinging).await;
@@ -408,7 +455,7 @@ async fn nothing_is_lost_across_a_disconnect_or_a_gateway_restart() {
     common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
     gateway.ended_record(call.invite.call_id()).await;
 
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
     assert_eq!(hotline.welcome.acknowledged, offered.sequence);
     let again = hotline.expect(EventType::CallRinging).await;
     assert_eq!(
@@ -435,7 +482,7 @@ async fn nothing_is_lost_across_a_disconnect_or_a_gateway_restart() {
 
     // The gateway restarts: the outbox and the acknowledgements survive.
     gateway.restart().await;
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
     assert_eq!(hotline.welcome.latest, ended.sequence);
     assert_eq!(hotline.welcome.acknowledged, answered.sequence);
     let after_restart = hotline.expect(EventType::CallEnded).await;
@@ -447,7 +494,7 @@ async fn nothing_is_lost_across_a_disconnect_or_a_gateway_restart() {
     let offered = hotline.expect(EventType::CallOffered).await;
     assert_eq!(offered.sequence, ended.sequence + 1);
     // A client may also start from any sequence it still has to read.
-    let mut from_start = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 1).await;
+    let mut from_start = Platform::connect(gateway.grpc, "12345", TOKEN_12345, Some(1)).await;
     let first = from_start.expect(EventType::CallRinging).await;
     assert_eq!(first.sequence, 2);
     gateway.stop().await;
@@ -456,15 +503,15 @@ async fn nothing_is_lost_across_a_disconnect_or_a_gateway_restart() {
 #[tokio::test]
 async fn a_conference_by_command_pushes_the_ticket_and_reports_its_parties() {
     let (mut gateway, mut citizen, mut agent, mut police) = setup().await;
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
-    let mut cad = Platform::connect(gateway.grpc, "110", TOKEN_110, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
+    let mut cad = Platform::connect(gateway.grpc, "110", TOKEN_110, None).await;
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
     let call_id = hotline.until(EventType::CallAnswered).await.call_id;
     let result = hotline
         .command(Action::AttachTicket(pb::AttachTicket {
             call_id: call_id.clone(),
             ticket: Some(ticket()),
-            base_version: 0,
+            base_version: None,
         }))
         .await;
     assert!(result.ok);
@@ -499,7 +546,7 @@ async fn a_conference_by_command_pushes_the_ticket_and_reports_its_parties() {
     let result = hotline
         .command(Action::Mute(pb::Mute {
             call_id: call_id.clone(),
-            party: 1,
+            party: Some(1),
             muted: true,
         }))
         .await;
@@ -526,8 +573,8 @@ async fn a_conference_by_command_pushes_the_ticket_and_reports_its_parties() {
 async fn a_client_that_does_not_read_stalls_nobody() {
     let (mut gateway, mut citizen, mut agent, _police) = setup().await;
     // A second client of 12345 that never reads its stream.
-    let _stuck = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let _stuck = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
     let call_id = hotline.until(EventType::CallAnswered).await.call_id;
     // Far more events than any buffer holds.
@@ -538,7 +585,7 @@ async fn a_client_that_does_not_read_stalls_nobody() {
             .command(Action::AttachTicket(pb::AttachTicket {
                 call_id: call_id.clone(),
                 ticket: Some(updated),
-                base_version: 0,
+                base_version: None,
             }))
             .await;
         assert!(result.ok);
@@ -566,7 +613,7 @@ async fn the_events_tool_prints_a_platforms_stream_one_line_per_event() {
             hotline_gateway::workorder::tail::tail(&config, "12345", options, &mut out).await;
         (result.is_ok(), String::from_utf8_lossy(&out).to_string())
     });
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
     hotline.until(EventType::CallAnswered).await;
     common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
@@ -697,7 +744,7 @@ async fn the_endpoint_can_require_tls() {
         kind: Some(Out::Hello(pb::Hello {
             platform: "110".into(),
             token: TOKEN_110.into(),
-            resume_after: 0,
+            resume_after: None,
         })),
     };
     let mut stream = match client.link(tokio_stream::iter(vec![hello])).await {
@@ -733,7 +780,7 @@ async fn the_endpoint_can_require_tls() {
 #[tokio::test]
 async fn blocked_callers_are_refused_and_repeat_callers_flagged() {
     let (mut gateway, mut citizen, mut agent, _police) = setup().await;
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
     let invite = citizen.invite(
         "12345",
         "13900000000",
@@ -804,7 +851,7 @@ async fn events_of_calls_while_the_disk_is_full_arrive_once_there_is_space() {
         common::fill_store(&config.store.path);
     })
     .await;
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
     for _ in 0..40 {
         let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
         common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
@@ -838,7 +885,7 @@ async fn events_of_calls_while_the_disk_is_full_arrive_once_there_is_space() {
 #[tokio::test]
 async fn a_platform_blocks_a_number_until_it_unblocks_it_across_a_restart() {
     let (mut gateway, mut citizen, mut agent, _police) = setup().await;
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
     let block = |number: &str| {
         Action::Block(pb::Block {
             number: number.into(),
@@ -849,11 +896,14 @@ async fn a_platform_blocks_a_number_until_it_unblocks_it_across_a_restart() {
             }),
         })
     };
-    let refused = hotline.command(block("not a number")).await;
-    assert_eq!(
-        (refused.ok, pb::ErrorCode::try_from(refused.error).ok()),
-        (false, Some(pb::ErrorCode::Invalid))
-    );
+    for number in ["not a number", "+", ""] {
+        let refused = hotline.command(block(number)).await;
+        assert_eq!(
+            (refused.ok, pb::ErrorCode::try_from(refused.error).ok()),
+            (false, Some(pb::ErrorCode::Invalid)),
+            "{number:?}"
+        );
+    }
     assert!(hotline.command(block("13700000000")).await.ok);
 
     let harasser = |citizen: &mut Ua| {
@@ -887,7 +937,7 @@ async fn a_platform_blocks_a_number_until_it_unblocks_it_across_a_restart() {
     );
 
     // Unblocked: the next call goes through; unblocking again is refused.
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
     let unblock = || {
         Action::Unblock(pb::Unblock {
             number: "13700000000".into(),
@@ -908,7 +958,7 @@ async fn a_message_over_the_limit_ends_the_stream_with_a_status() {
     let (mut gateway, mut citizen, mut agent, _police) = setup().await;
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
     for size in [10_000_000, 4 * 1024 * 1024 + 1024] {
-        let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+        let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
         let call_id = hotline.until(EventType::CallAnswered).await.call_id;
         let mut huge = ticket();
         huge.summary = "x".repeat(size);
@@ -918,7 +968,7 @@ async fn a_message_over_the_limit_ends_the_stream_with_a_status() {
                 action: Some(Action::AttachTicket(pb::AttachTicket {
                     call_id,
                     ticket: Some(huge),
-                    base_version: 0,
+                    base_version: None,
                 })),
             }))
             .await;
@@ -927,7 +977,7 @@ async fn a_message_over_the_limit_ends_the_stream_with_a_status() {
         assert!(status.message().contains("1048576"), "{status:?}");
     }
     // The gateway is none the worse: a new stream works.
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
     hotline.until(EventType::CallAnswered).await;
     common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
     hotline.until(EventType::CallEnded).await;
@@ -939,8 +989,8 @@ async fn a_message_over_the_limit_ends_the_stream_with_a_status() {
 #[tokio::test]
 async fn a_ticket_over_its_limit_is_refused_and_one_at_the_limit_travels() {
     let (mut gateway, mut citizen, mut agent, mut police) = setup().await;
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
-    let mut cad = Platform::connect(gateway.grpc, "110", TOKEN_110, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
+    let mut cad = Platform::connect(gateway.grpc, "110", TOKEN_110, None).await;
     let _call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
     let call_id = hotline.until(EventType::CallAnswered).await.call_id;
     let attach = |summary: String| {
@@ -949,7 +999,7 @@ async fn a_ticket_over_its_limit_is_refused_and_one_at_the_limit_travels() {
         Action::AttachTicket(pb::AttachTicket {
             call_id: call_id.clone(),
             ticket: Some(ticket),
-            base_version: 0,
+            base_version: None,
         })
     };
     let refused = hotline.command(attach("x".repeat(300 * 1024))).await;
@@ -981,7 +1031,7 @@ async fn a_ticket_over_its_limit_is_refused_and_one_at_the_limit_travels() {
 #[tokio::test]
 async fn acks_and_resumes_past_the_newest_event_are_refused_and_delivery_goes_on() {
     let (mut gateway, mut citizen, mut agent, _police) = setup().await;
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
     let answered = hotline.until(EventType::CallAnswered).await;
     hotline.ack(answered.sequence).await;
@@ -999,14 +1049,14 @@ async fn acks_and_resumes_past_the_newest_event_are_refused_and_delivery_goes_on
     hotline.ack(answered.sequence + 1000).await;
     let status = hotline.status().await;
     assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
-    let refused = Platform::try_connect(gateway.grpc, "12345", TOKEN_12345, 5000).await;
+    let refused = Platform::try_connect(gateway.grpc, "12345", TOKEN_12345, Some(5000)).await;
     assert_eq!(
         refused.err().map(|s| s.code()),
         Some(tonic::Code::OutOfRange)
     );
 
     // Nothing was acknowledged past what was handled: new events come as before.
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
     assert_eq!(hotline.welcome.acknowledged, answered.sequence);
     common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
     let ended = hotline.expect(EventType::CallEnded).await;
@@ -1022,7 +1072,7 @@ async fn acks_and_resumes_past_the_newest_event_are_refused_and_delivery_goes_on
 #[tokio::test]
 async fn a_repeated_transfer_is_answered_as_the_first_and_carried_out_once() {
     let (mut gateway, mut citizen, mut agent, mut police) = setup().await;
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
     let call_id = hotline.until(EventType::CallAnswered).await.call_id;
     let transfer = || {
@@ -1035,7 +1085,7 @@ async fn a_repeated_transfer_is_answered_as_the_first_and_carried_out_once() {
     assert!(first.ok && !first.replayed, "{first:?}");
     let invite = police.expect_request("INVITE").await;
     drop(hotline);
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
     let again = hotline.command_with_id("transfer-1", transfer()).await;
     assert_eq!(
         (again.ok, again.replayed, again.error),
@@ -1086,7 +1136,7 @@ async fn a_repeated_transfer_is_answered_as_the_first_and_carried_out_once() {
 #[tokio::test]
 async fn ticket_updates_carry_their_version_and_stale_ones_are_refused() {
     let (mut gateway, mut citizen, mut agent, _police) = setup().await;
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
     let _call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
     let call_id = hotline.until(EventType::CallAnswered).await.call_id;
     let attach = |base_version: u64, summary: &str| {
@@ -1095,7 +1145,7 @@ async fn ticket_updates_carry_their_version_and_stale_ones_are_refused() {
         Action::AttachTicket(pb::AttachTicket {
             call_id: call_id.clone(),
             ticket: Some(ticket),
-            base_version,
+            base_version: Some(base_version),
         })
     };
     assert_eq!(hotline.command(attach(0, "first")).await.ticket_version, 1);
@@ -1109,6 +1159,9 @@ async fn ticket_updates_carry_their_version_and_stale_ones_are_refused() {
     );
     let stale = hotline.command(attach(1, "stale")).await;
     assert_eq!(stale.error, pb::ErrorCode::Conflict as i32, "{stale:?}");
+    // Based on none attached: refused, one is.
+    let second_first = hotline.command(attach(0, "another first")).await;
+    assert_eq!(second_first.error, pb::ErrorCode::Conflict as i32);
     gateway.stop().await;
 }
 
@@ -1116,7 +1169,7 @@ async fn ticket_updates_carry_their_version_and_stale_ones_are_refused() {
 #[tokio::test]
 async fn active_calls_come_a_page_at_a_time() {
     let (mut gateway, mut citizen, mut agent, _police) = setup().await;
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
     let mut ids = Vec::new();
     let mut calls = Vec::new();
     for _ in 0..3 {
@@ -1296,7 +1349,7 @@ async fn a_python_client_from_the_proto_follows_acknowledges_and_transfers() {
         .find_map(|l| l.strip_prefix("done acknowledged="))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("{output}"));
-    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, 0).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
     assert_eq!(
         hotline.welcome.acknowledged, acknowledged,
         "its acks were kept"
@@ -1408,5 +1461,90 @@ async fn a_step_is_seen_only_once_its_event_is_committed() {
         .send_response(&agent.answer(&offered, 486, None))
         .await;
     citizen.expect_response("INVITE", 486).await;
+    gateway.stop().await;
+}
+
+/// A client that stops reading while far more than its connection's window waits for it
+/// cannot hold the gateway's shutdown: the streams get a grace to send what is committed,
+/// then the connection is closed.
+#[tokio::test]
+async fn a_client_that_does_not_read_cannot_hold_the_shutdown() {
+    let (mut gateway, mut citizen, mut agent, _police) = setup().await;
+    let _stuck = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
+    let _call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let call_id = hotline.until(EventType::CallAnswered).await.call_id;
+    // 40 tickets of 200 KiB: 8 MB for a client that reads nothing.
+    for n in 0..40 {
+        let mut big = ticket();
+        big.summary = format!("{n} {}", "z".repeat(200 * 1024));
+        let result = hotline
+            .command(Action::AttachTicket(pb::AttachTicket {
+                call_id: call_id.clone(),
+                ticket: Some(big),
+                base_version: None,
+            }))
+            .await;
+        assert!(result.ok, "{}", result.message);
+    }
+    let started = std::time::Instant::now();
+    // `stop` fails the test if the gateway takes more than 15 s.
+    gateway.stop().await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(12),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// `ListActiveCalls` keeps a page within a message: calls with large tickets come a few to
+/// the page, never an answer over the limit.
+#[tokio::test]
+async fn a_page_of_calls_with_large_tickets_stays_within_a_message() {
+    let (mut gateway, mut citizen, mut agent, _police) = setup().await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
+    let mut calls = Vec::new();
+    for n in 0..5 {
+        calls.push(establish(&mut citizen, &mut agent, &[8], &[8]).await);
+        let call_id = hotline.until(EventType::CallAnswered).await.call_id;
+        let mut big = ticket();
+        big.summary = format!("{n} {}", "q".repeat(250 * 1024));
+        let result = hotline
+            .command(Action::AttachTicket(pb::AttachTicket {
+                call_id,
+                ticket: Some(big),
+                base_version: None,
+            }))
+            .await;
+        assert!(result.ok, "{}", result.message);
+    }
+    let mut unary = match pb::work_order_service_client::WorkOrderServiceClient::connect(format!(
+        "http://{}",
+        gateway.grpc
+    ))
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let (mut seen, mut token, mut pages) = (0, String::new(), 0);
+    loop {
+        let request = pb::ListActiveCallsRequest {
+            page_size: 0,
+            page_token: token.clone(),
+        };
+        let page = match unary.list_active_calls(bearer(request, TOKEN_12345)).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => panic!("{e}"),
+        };
+        assert!(prost::Message::encoded_len(&page) <= 1024 * 1024);
+        pages += 1;
+        seen += page.calls.len();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!((seen, pages), (5, 2));
     gateway.stop().await;
 }

@@ -69,6 +69,8 @@ class Client:
         self.unanswered = {}
         self.call_id = None
         self.done = False
+        # A Welcome came on the current connection (the backoff starts again after one).
+        self.connected = False
 
     def command(self, requests, **action):
         command_id = str(uuid.uuid4())
@@ -102,7 +104,8 @@ class Client:
         requests = queue.Queue()
         requests.put(
             pb.LinkRequest(
-                hello=pb.Hello(platform=self.args.platform, token=self.args.token, resume_after=0)
+                # No resume_after: after the last event this platform acknowledged.
+                hello=pb.Hello(platform=self.args.platform, token=self.args.token)
             )
         )
         for command in self.unanswered.values():
@@ -114,6 +117,7 @@ class Client:
             for response in responses:
                 which = response.WhichOneof("kind")
                 if which == "welcome":
+                    self.connected = True
                     limits = response.welcome.limits
                     print(
                         f"welcome latest={response.welcome.latest} "
@@ -181,6 +185,8 @@ def main():
                     return 1
                 if error.code() != grpc.StatusCode.UNAVAILABLE:
                     return 2
+        if client.connected:
+            backoff, client.connected = 0.2, False
         time.sleep(backoff)
         backoff = min(backoff * 2, 5.0)
     return 1

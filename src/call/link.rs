@@ -25,7 +25,10 @@ use crate::workorder::{convert, CallEvent, EventKind, LegInfo, PartyInfo};
 /// The call as the platforms know it, its events not yet committed, and the results of
 /// commands that wait for them.
 pub struct Link {
-    snapshot: Arc<Mutex<CallSnapshot>>,
+    /// The call as of this step; what the platforms may see of it (`published`) follows once
+    /// the step is committed.
+    state: CallSnapshot,
+    published: Arc<Mutex<CallSnapshot>>,
     hub: Arc<EventHub>,
     offered: bool,
     /// Why screening flagged the call (a repeat caller), told with the offer.
@@ -44,7 +47,7 @@ impl Link {
         flag: Option<String>,
     ) -> (Link, mpsc::UnboundedReceiver<CallCommand>) {
         let platform = call.caller_platform();
-        let snapshot = Arc::new(Mutex::new(CallSnapshot {
+        let state = CallSnapshot {
             call_id: record.id.clone(),
             citizen_number: record.caller.clone(),
             called_number: record.called.clone(),
@@ -58,11 +61,13 @@ impl Link {
             answered_at: None,
             ticket: None,
             platforms: platform.into_iter().collect::<BTreeSet<_>>(),
-        }));
-        let commands = registry.insert(Arc::clone(&snapshot));
+        };
+        let published = Arc::new(Mutex::new(state.clone()));
+        let commands = registry.insert(Arc::clone(&published));
         (
             Link {
-                snapshot,
+                state,
+                published,
                 hub,
                 offered: false,
                 flag,
@@ -74,7 +79,7 @@ impl Link {
     }
 
     pub fn call_id(&self) -> String {
-        lock(&self.snapshot).call_id.clone()
+        self.state.call_id.clone()
     }
 
     /// The events since the last time, ready for the outbox, into `changes`.
@@ -84,9 +89,14 @@ impl Link {
         }
     }
 
-    /// Sends the results of the commands carried out since the last time (their events are
-    /// committed now).
-    pub fn send_replies(&mut self) {
+    /// The step is committed: the platforms may see the call as it now stands, and the
+    /// results of the commands it carried out go.
+    pub fn committed(&mut self) {
+        let mut published = lock(&self.published);
+        if *published != self.state {
+            *published = self.state.clone();
+        }
+        drop(published);
         for (reply, outcome) in self.replies.drain(..) {
             let _ = reply.send(outcome);
         }
@@ -94,7 +104,7 @@ impl Link {
 
     /// An event of `kind` for every platform the call involves, with its legs as they stand.
     fn event(&self, kind: EventKind) -> CallEvent {
-        let snapshot = lock(&self.snapshot);
+        let snapshot = &self.state;
         let mut event = CallEvent::new(kind, &snapshot.call_id, SystemTime::now());
         event.platforms = snapshot.platforms.iter().cloned().collect();
         event.citizen_number = snapshot.citizen_number.clone();
@@ -108,16 +118,16 @@ impl Link {
         self.events.push(event);
     }
 
-    fn involve(&self, platform: Option<&String>) {
+    fn involve(&mut self, platform: Option<&String>) {
         if let Some(platform) = platform {
-            lock(&self.snapshot).platforms.insert(platform.clone());
+            self.state.platforms.insert(platform.clone());
         }
     }
 
     /// Leg B is tried at `peer` (the first attempt is the call being offered).
     pub fn attempt(&mut self, peer: &str, platform: Option<String>) {
         {
-            let mut snapshot = lock(&self.snapshot);
+            let snapshot = &mut self.state;
             let number = snapshot
                 .called_leg
                 .as_ref()
@@ -147,7 +157,7 @@ impl Link {
 
     /// The call was answered at `at` (Unix ms).
     pub fn answered(&mut self, at: i64) {
-        lock(&self.snapshot).answered_at = Some(at);
+        self.state.answered_at = Some(at);
         self.emit(self.event(EventKind::CallAnswered));
     }
 
@@ -170,7 +180,7 @@ impl Link {
             number: linkage.target.clone(),
         };
         if kind == EventKind::TransferAnswered && !conference {
-            lock(&self.snapshot).called_leg = Some(target.clone());
+            self.state.called_leg = Some(target.clone());
         }
         let mut event = self.event(kind);
         event.linkage_id = Some(linkage.id.clone());
@@ -185,7 +195,7 @@ impl Link {
             kind,
             EventKind::TransferRequested | EventKind::ConferenceRequested
         ) {
-            event.ticket = lock(&self.snapshot).ticket.clone();
+            event.ticket = self.state.ticket.clone();
         }
         self.emit(event);
     }
@@ -237,22 +247,19 @@ impl Link {
         self.emit(event);
     }
 
-    /// Attaches (or updates) the call's ticket: the gateway's version goes up by one; a stale
-    /// `base_version` is refused.
+    /// Attaches (or updates) the call's ticket: the gateway's version goes up by one; an update
+    /// based on another version than the current one (0: none attached) is refused.
     fn attach_ticket(
         &mut self,
         platform: &str,
         mut ticket: crate::workorder::Ticket,
-        base_version: u64,
+        base_version: Option<u64>,
     ) -> CommandOutcome {
-        let current = lock(&self.snapshot)
-            .ticket
-            .as_ref()
-            .map_or(0, |t| t.version);
-        if base_version != 0 && base_version != current {
+        let current = self.state.ticket.as_ref().map_or(0, |t| t.version);
+        if let Some(base) = base_version.filter(|base| *base != current) {
             return Err(CommandError::new(
                 ErrorCode::Conflict,
-                format!("the ticket is at version {current}, not {base_version}"),
+                format!("the ticket is at version {current}, not {base}"),
             ));
         }
         ticket.version = current + 1;
@@ -265,7 +272,7 @@ impl Link {
             EventKind::TicketAttached
         };
         let version = ticket.version;
-        lock(&self.snapshot).ticket = Some(ticket.clone());
+        self.state.ticket = Some(ticket.clone());
         let mut event = self.event(kind);
         event.ticket = Some(ticket);
         self.emit(event);

@@ -46,7 +46,12 @@ pub struct CallManager {
     screening: Mutex<Screening>,
     /// Per peer with `max_calls_per_sec`: its bucket of new calls.
     call_rates: Mutex<std::collections::HashMap<String, TokenBucket>>,
+    /// Blocked callers whose refusal waits for its record and event: beyond, 503 at once.
+    blocked_in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most blocked callers' refusals waiting for the store at once.
+const BLOCKED_IN_FLIGHT: usize = 1024;
 
 impl CallManager {
     pub fn new(
@@ -68,6 +73,7 @@ impl CallManager {
             active: Arc::new(AtomicUsize::new(0)),
             screening: Mutex::new(Screening::new(Vec::new(), 603, 0, Duration::ZERO)),
             call_rates: Mutex::new(std::collections::HashMap::new()),
+            blocked_in_flight: Arc::new(tokio::sync::Semaphore::new(BLOCKED_IN_FLIGHT)),
         }
     }
 
@@ -118,7 +124,8 @@ impl CallManager {
     }
 
     /// A caller on the blocklist: the refusal is a call of its own (a gateway call id, a
-    /// record), whose CALL_BLOCKED is committed before the refusal goes out.
+    /// record), whose CALL_BLOCKED is committed before the refusal goes out; while too many
+    /// refusals wait for the store (a flood of them), 503 at once, as for any overload.
     fn refuse_blocked(
         &self,
         request: &Request,
@@ -128,6 +135,10 @@ impl CallManager {
         route_platform: Option<String>,
         (presented, number, status): (String, String, u16),
     ) -> Disposition {
+        let Ok(permit) = Arc::clone(&self.blocked_in_flight).try_acquire_owned() else {
+            self.metrics.increment(Counter::CallsRefusedOverload);
+            return Self::reply(request, 503);
+        };
         let id = self.next_ids().call_key();
         let now = SystemTime::now();
         let record = CallRecord {
@@ -165,16 +176,18 @@ impl CallManager {
         let response = Self::response(request, status);
         let (owner, inbox) = mpsc::unbounded_channel();
         let (events, endpoint) = (Arc::clone(&services.events), services.endpoint.clone());
-        tokio::spawn(async move {
+        // Tracked as a call: a gateway that stops waits for it.
+        services.tracker.spawn(async move {
             // The transaction stays ours until the refusal goes; what it says meanwhile (a
             // retransmission, a CANCEL) changes nothing.
             let _inbox = inbox;
             let mut changes = Changes::default();
             changes.call_ended(record);
-            if let Err(error) = events.emit(&event, changes).await {
+            if let Err(error) = events.emit(&event, changes, None).await {
                 tracing::error!(%error, "blocked call's record and event not written");
             }
             endpoint.send_response(server, response);
+            drop(permit);
         });
         Disposition::Accept(owner)
     }

@@ -59,6 +59,17 @@ impl Blocklist {
         true
     }
 
+    /// Whether `number` may be added at `now_ms` (Unix ms): it is listed already, or the list
+    /// has room once the expired entries go.
+    pub fn has_room(&self, number: &str, now_ms: i64) -> bool {
+        let mut entries = self.lock();
+        if entries.len() < MAX_BLOCKED || entries.contains_key(number) {
+            return true;
+        }
+        entries.retain(|_, r| r.expires_at.is_none_or(|e| e > now_ms));
+        entries.len() < MAX_BLOCKED
+    }
+
     /// Removes an entry; false if there was none.
     pub fn unblock(&self, number: &str) -> bool {
         self.lock().remove(number).is_some()

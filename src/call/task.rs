@@ -3,8 +3,11 @@
 //!
 //! Each step of the call is carried out in two halves: first what the step *is* (record
 //! changes, the work-order events that report it), committed in one transaction; then what
-//! makes it *seen* (SIP messages, media, dialog and directory entries, command results). So no
-//! peer and no platform sees a step whose events a crash could still lose.
+//! makes it *seen* (SIP messages, media, dialog and directory entries, what the platforms may
+//! read of the call, command results). So no peer and no platform sees a step whose events a
+//! crash could still lose, as long as the store writes: while it cannot (a full disk, a lock
+//! held past the busy timeout), the step is held in memory and goes on, and a crash then loses
+//! it (`hotline_store_degraded` says so).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -183,7 +186,9 @@ async fn carry_out(
                     .changes
                     .call_answered(&record.id, &b_call_id, &b_peer, now);
             }
-            // A guest's port pair: the model's own bookkeeping, nothing anyone sees yet.
+            // A guest's port pair, given and taken back at once: the model's own bookkeeping
+            // (a port freed here may serve a guest opened in the same step).
+            Action::CloseParty(party) => relay.remove_party(party),
             Action::OpenParty => {
                 let opened = services
                     .ports
@@ -246,13 +251,13 @@ async fn carry_out(
                 peer_side,
             } => services.directory.insert(caller_side, peer_side),
             Action::Unbridged(caller_side) => services.directory.remove(&caller_side),
-            Action::CloseParty(party) => relay.remove_party(party),
             // Noted before the commit.
             Action::Attempt { .. }
             | Action::Ringing
             | Action::Hotkey { .. }
             | Action::Answered { .. }
             | Action::OpenParty
+            | Action::CloseParty(_)
             | Action::Conference(_)
             | Action::Linkage(_)
             | Action::Ended(_)
@@ -275,7 +280,7 @@ async fn commit(records: &mut Records, store: &Store, metrics: &Metrics) {
         }
         tracing::error!(%error, "call records and events not written");
     }
-    records.link.send_replies();
+    records.link.committed();
 }
 
 /// Notes a conference's party records as they join and leave, and keeps the metrics.

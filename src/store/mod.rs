@@ -2,12 +2,12 @@
 //! (a transfer or conference attempt between platforms), one per conference party's stint,
 //! the blocked numbers, and the work-order outbox.
 //!
-//! Writes never block call tasks: a dedicated writer thread ([`writer`]) owns the write
-//! connection and drains a bounded queue, committing everything queued in one transaction per
-//! batch (how it keeps up with thousands of calls per second). A [`Changes`] of a call's step
-//! (its record changes and the outbox events that report them) is committed in one
-//! transaction; [`Store::write`] waits for the COMMIT when the changes hold events or a call's
-//! end, so a step is on disk before anyone can see it. With WAL and `synchronous=NORMAL` a
+//! A dedicated writer thread ([`writer`]) owns the write connection and drains a bounded
+//! queue, committing everything queued in one transaction per batch (how it keeps up with
+//! thousands of calls per second). A [`Changes`] of a call's step (its record changes and the
+//! outbox events that report them) is committed in one transaction; [`Store::write`] waits
+//! for the COMMIT only when the changes hold events, a call's end or a blocklist change, so
+//! such a step is on disk before anyone can see it; the rest is only queued. With WAL and `synchronous=NORMAL` a
 //! committed transaction survives a crash of the process (`kill -9`); only a power loss can
 //! take the last commits, which `synchronous=FULL` would also cover at the price of an fsync
 //! per batch.
@@ -19,7 +19,8 @@
 //! commit in memory (up to [`HELD_LIMIT`] records), tries again every [`RETRY`], raises
 //! `hotline_store_degraded` and says so once in the log; the held records land, in order, as
 //! soon as a commit succeeds. Work-order events are held the same way and numbered and sent
-//! once committed, so the platforms get them late but complete.
+//! once committed, so the platforms get them late but complete (unless the hold overflows or
+//! the gateway stops or dies meanwhile: then they are lost, and counted).
 //!
 //! | file | holds |
 //! |---|---|

@@ -155,9 +155,10 @@ impl Outbox {
         }
     }
 
-    /// Up to `limit` of `platform`'s events after `after`, from memory: None if memory does
-    /// not reach back that far (read the store).
+    /// Up to `limit` of `platform`'s events after `after`, from memory, none newer than the
+    /// newest announced: None if memory does not reach back that far (read the store).
     pub fn recent(&self, platform: &str, after: u64, limit: usize) -> Option<Vec<OutboxRecord>> {
+        let latest = self.latest(platform);
         let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         let events = &recent.get(platform)?.events;
         let first = events.front()?.sequence;
@@ -165,7 +166,15 @@ impl Outbox {
             return None;
         }
         let skip = (after + 1 - first) as usize;
-        Some(events.iter().skip(skip).take(limit).cloned().collect())
+        Some(
+            events
+                .iter()
+                .skip(skip)
+                .take_while(|e| e.sequence <= latest)
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
     }
 
     /// Keeps `event`, just committed, among `platform`'s newest.
@@ -345,8 +354,11 @@ pub type Recovery = dyn Fn(&Interrupted, i64) -> Vec<NewEvent> + Send + Sync;
 /// Closes what a previous run left open (it was killed, or the machine went down), in one
 /// transaction: calls not ended get `ended_by = 'gateway'`, `end_reason = 'gateway
 /// restart'` and `ended_at = now` (200 if they were answered, else 503); linkages still under
-/// way fail (503); conference parties still in leave; and the events `recovery` makes of each
-/// call go to the outbox. Returns how many calls were closed.
+/// way fail (503) and conference parties still in leave, whatever their call's state (a
+/// record the writer had to give up may have left one open under an ended call); and the
+/// events `recovery` makes of each open call go to the outbox. The empty markers an upgrade
+/// left of the platforms that saw an open call (schema 6) go once used. Returns how many
+/// calls were closed.
 pub(super) fn close_interrupted(
     connection: &mut Connection,
     now: i64,
@@ -354,9 +366,6 @@ pub(super) fn close_interrupted(
 ) -> Result<usize, StoreError> {
     let transaction = connection.transaction()?;
     let calls = super::reads::open_calls(&transaction)?;
-    if calls.is_empty() {
-        return Ok(0);
-    }
     let mut events = Vec::new();
     if let Some(recovery) = recovery {
         for call in &calls {
@@ -375,25 +384,23 @@ pub(super) fn close_interrupted(
             events.extend(recovery(&interrupted, now));
         }
     }
-    let ids: Vec<&str> = calls.iter().map(|c| c.id.as_str()).collect();
-    for id in &ids {
-        transaction.execute(
-            "UPDATE calls SET ended_at = ?1, ended_by = 'gateway', end_reason = 'gateway restart',
-                 final_status = COALESCE(final_status,
-                     CASE WHEN answered_at IS NOT NULL THEN 200 ELSE 503 END)
-             WHERE id = ?2",
-            params![now, id],
-        )?;
-        transaction.execute(
-            "UPDATE linkages SET ended_at = ?1, outcome = 'failed', sip_status = 503
-             WHERE call_id = ?2 AND ended_at IS NULL",
-            params![now, id],
-        )?;
-        transaction.execute(
-            "UPDATE conference_parties SET left_at = ?1 WHERE call_id = ?2 AND left_at IS NULL",
-            params![now, id],
-        )?;
-    }
+    transaction.execute(
+        "UPDATE calls SET ended_at = ?1, ended_by = 'gateway', end_reason = 'gateway restart',
+             final_status = COALESCE(final_status,
+                 CASE WHEN answered_at IS NOT NULL THEN 200 ELSE 503 END)
+         WHERE ended_at IS NULL",
+        [now],
+    )?;
+    transaction.execute(
+        "UPDATE linkages SET ended_at = ?1, outcome = 'failed', sip_status = 503
+         WHERE ended_at IS NULL",
+        [now],
+    )?;
+    transaction.execute(
+        "UPDATE conference_parties SET left_at = ?1 WHERE left_at IS NULL",
+        [now],
+    )?;
+    transaction.execute("DELETE FROM outbox WHERE length(body) = 0", [])?;
     let mut sequences = stored_sequences(&transaction)?;
     insert_events(&transaction, &mut sequences, &events)?;
     transaction.commit()?;

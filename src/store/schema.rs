@@ -130,10 +130,12 @@ pub(super) fn migrate(connection: &Connection) -> Result<(), StoreError> {
     if found < 6 {
         // The work-order contract's first breaking revision (times as Timestamps, typed
         // tickets): events stored in the old encoding cannot be read back, so they go; each
-        // platform's sequence goes on from where it was. The sequences get a table of their
-        // own, so retention may take every old event. The reply on a linkage lands in its
-        // record; a killed run's open calls are found, with the events each platform saw, by
-        // the two new indexes.
+        // platform's sequence goes on from where it was. Of the calls still open (a killed
+        // run), one empty marker per platform that saw them stays, so the next start still
+        // ends them on the link (and then deletes the markers). The sequences get a table of
+        // their own, so retention may take every old event. The reply on a linkage lands in
+        // its record; a killed run's open calls are found, with the events each platform saw,
+        // by the two new indexes.
         connection.execute_batch(
             "BEGIN;
              CREATE TABLE outbox_sequences (
@@ -145,7 +147,11 @@ pub(super) fn migrate(connection: &Connection) -> Result<(), StoreError> {
              INSERT INTO outbox_sequences (platform, latest)
                  SELECT platform, sequence FROM outbox_acks WHERE true
                  ON CONFLICT(platform) DO UPDATE SET latest = MAX(latest, excluded.latest);
-             DELETE FROM outbox;
+             DELETE FROM outbox WHERE call_id NOT IN
+                 (SELECT id FROM calls WHERE ended_at IS NULL AND id IS NOT NULL)
+                 OR sequence < (SELECT MAX(newest.sequence) FROM outbox newest
+                     WHERE newest.platform = outbox.platform AND newest.call_id = outbox.call_id);
+             UPDATE outbox SET body = x'';
              CREATE INDEX outbox_call_id ON outbox (call_id);
              CREATE INDEX calls_open ON calls (id) WHERE ended_at IS NULL;
              ALTER TABLE linkages ADD COLUMN incident_number TEXT;

@@ -508,6 +508,11 @@ fn memory_keeps_a_platforms_newest_events_without_a_gap() {
     for sequence in 1..=5000 {
         outbox.keep(record(sequence, 10));
     }
+    // Nothing is handed out before it is announced.
+    assert_eq!(outbox.recent("110", 4990, 100), Some(Vec::new()));
+    outbox.announce("110", 4995);
+    assert_eq!(outbox.recent("110", 4990, 100).map(|r| r.len()), Some(5));
+    outbox.announce("110", 5000);
     // The oldest went (4,096 are kept): before them, the store must be read.
     assert_eq!(outbox.recent("110", 0, 10), None);
     let newest = outbox.recent("110", 4990, 100).unwrap_or_default();
@@ -520,6 +525,7 @@ fn memory_keeps_a_platforms_newest_events_without_a_gap() {
     for sequence in 5001..=5003 {
         outbox.keep(record(sequence, 3 * 1024 * 1024));
     }
+    outbox.announce("110", 5003);
     assert_eq!(outbox.recent("110", 5000, 10), None, "over 8 MiB");
     assert_eq!(outbox.recent("110", 5001, 10).map(|r| r.len()), Some(2));
 }

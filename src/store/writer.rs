@@ -163,13 +163,9 @@ impl Writer {
     }
 
     /// Writes `ops` in one transaction, numbering their events after the committed sequences;
-    /// on success the new sequences are the committed ones, and the platforms whose events
-    /// were written are added to `announce`.
-    fn write(
-        &mut self,
-        ops: &[WriteOp],
-        announce: &mut Vec<String>,
-    ) -> Result<(), rusqlite::Error> {
+    /// on success the new sequences are the committed ones, the events are kept among the
+    /// newest, and their platforms' streams are told.
+    fn write(&mut self, ops: &[WriteOp]) -> Result<(), rusqlite::Error> {
         let mut sequences = self.sequences.clone();
         let numbers = write_batch(&mut self.connection, ops, &mut sequences)?;
         self.sequences = sequences;
@@ -178,10 +174,11 @@ impl Writer {
             _ => &[],
         });
         let mut stored = 0;
+        let mut announce: Vec<&str> = Vec::new();
         for (event, sequence) in events.zip(numbers) {
             stored += 1;
-            if !announce.contains(&event.platform) {
-                announce.push(event.platform.clone());
+            if !announce.contains(&event.platform.as_str()) {
+                announce.push(&event.platform);
             }
             self.outbox.keep(OutboxRecord {
                 platform: event.platform.clone(),
@@ -193,6 +190,11 @@ impl Writer {
             });
         }
         self.metrics.add(Counter::WorkOrderEventsStored, stored);
+        // Told at once: a stream may send what it finds, and its client acknowledge it.
+        for platform in announce {
+            let latest = self.sequences.get(platform).copied().unwrap_or(0);
+            self.outbox.announce(platform, latest);
+        }
         Ok(())
     }
 
@@ -206,13 +208,12 @@ impl Writer {
         ops.extend(batch.drain(..));
         let held_before = std::mem::take(&mut self.held_records);
         let mut failure = None;
-        let mut announce = Vec::new();
-        // Replies go once the health is updated and the streams are told: whoever hears of a
-        // commit sees it already.
+        // Replies go once the health is updated (the streams are told as each commit lands):
+        // whoever hears of a commit sees it already.
         let mut replies: Vec<(WriteOp, Result<Written, String>)> = Vec::new();
         while !ops.is_empty() {
             let chunk: Vec<WriteOp> = ops.drain(..ops.len().min(CHUNK)).collect();
-            match self.write(&chunk, &mut announce) {
+            match self.write(&chunk) {
                 Ok(()) => {
                     replies.extend(chunk.into_iter().map(|op| (op, Ok(Written::Committed))));
                 }
@@ -226,9 +227,19 @@ impl Writer {
                 Err(error) => {
                     tracing::error!(path = %self.path.display(), %error,
                         "store refused a batch: committing it one by one");
-                    for op in chunk {
-                        match self.write(std::slice::from_ref(&op), &mut announce) {
+                    let mut rest: VecDeque<WriteOp> = chunk.into();
+                    while let Some(op) = rest.pop_front() {
+                        match self.write(std::slice::from_ref(&op)) {
                             Ok(()) => replies.push((op, Ok(Written::Committed))),
+                            // The disk filled meanwhile: this one and the rest are held, in
+                            // order, like any chunk that may land later.
+                            Err(error) if worth_retrying(&error) => {
+                                rest.push_front(op);
+                                while let Some(op) = rest.pop_back() {
+                                    ops.push_front(op);
+                                }
+                                failure = Some(error);
+                            }
                             Err(error) => {
                                 self.metrics.increment(Counter::StoreWriteErrors);
                                 self.metrics
@@ -239,14 +250,13 @@ impl Writer {
                             }
                         }
                     }
+                    if failure.is_some() {
+                        break;
+                    }
                 }
             }
         }
         self.last_attempt = Instant::now();
-        for platform in &announce {
-            let latest = self.sequences.get(platform).copied().unwrap_or(0);
-            self.outbox.announce(platform, latest);
-        }
         let Some(error) = failure else {
             if let Some(since) = self.failing_since.take() {
                 tracing::warn!(path = %self.path.display(), records = held_before,
@@ -390,8 +400,8 @@ fn write_batch(
                 // which platforms saw it.
                 transaction
                     .prepare_cached(
-                        "DELETE FROM outbox WHERE created_at < ?1
-                         AND call_id NOT IN (SELECT id FROM calls WHERE ended_at IS NULL)",
+                        "DELETE FROM outbox WHERE created_at < ?1 AND call_id NOT IN
+                             (SELECT id FROM calls WHERE ended_at IS NULL AND id IS NOT NULL)",
                     )?
                     .execute(params![before])?;
             }

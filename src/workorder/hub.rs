@@ -43,6 +43,11 @@ impl EventHub {
     /// `event` for the outbox of each of its platforms that has a `[[platform]]` (none if it
     /// has none): one id and one encoding for all of them.
     pub fn prepare(&self, event: &CallEvent) -> Vec<NewEvent> {
+        self.prepare_with_id(event, None)
+    }
+
+    /// As [`EventHub::prepare`], with the event's id given (None: a fresh one).
+    fn prepare_with_id(&self, event: &CallEvent, event_id: Option<String>) -> Vec<NewEvent> {
         let mut platforms: Vec<&String> = event
             .platforms
             .iter()
@@ -53,10 +58,10 @@ impl EventHub {
         }
         platforms.sort();
         platforms.dedup();
-        let event_id = {
+        let event_id = event_id.unwrap_or_else(|| {
             let mut ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
             format!("{:016x}{:016x}", ids.next_u64(), ids.next_u64())
-        };
+        });
         let mut message = convert::event(event);
         fit(&mut message);
         let body: Arc<[u8]> = message.encode_to_vec().into();
@@ -76,7 +81,8 @@ impl EventHub {
             .collect()
     }
 
-    /// Commits `event` with `changes` (records it reports), before returning.
+    /// Commits `event` with `changes` (records it reports), before returning; `event_id` is
+    /// its id when it must be the same on a repeat (None: a fresh one).
     ///
     /// # Errors
     /// As [`Store::write`].
@@ -84,9 +90,18 @@ impl EventHub {
         &self,
         event: &CallEvent,
         mut changes: Changes,
+        event_id: Option<String>,
     ) -> Result<Written, StoreError> {
-        changes.events(self.prepare(event));
+        changes.events(self.prepare_with_id(event, event_id));
         self.store.write(changes).await
+    }
+
+    /// Waits until everything queued for the store (acknowledgements included) is on disk.
+    ///
+    /// # Errors
+    /// As [`Store::flush`].
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.store.flush().await
     }
 
     /// Follows `platform`'s newest committed sequence.
@@ -118,11 +133,20 @@ impl EventHub {
     }
 }
 
-/// Keeps an event within [`MAX_MESSAGE_BYTES`], so no client's default limit ever refuses it:
-/// the commands' limits keep tickets and replies well under, and what comes from SIP is
-/// bounded by `sip.max_message_size`; should an event still be too large, its ticket's and
-/// reply's free-form contents go (their numbers stay), and the log says so.
-fn fit(event: &mut pb::Event) {
+/// The id of an event that must come out the same when its cause repeats: from the platform
+/// and the command's id.
+pub fn event_id_of(platform: &str, command_id: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{platform}\n{command_id}"));
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Keeps an event within [`MAX_MESSAGE_BYTES`], so no client's default limit (nor ours)
+/// ever refuses it, on this stream or at any reconnect: the commands' limits keep tickets and
+/// replies well under, and what comes from SIP is bounded by `sip.max_message_size`; should
+/// an event still be too large, its ticket's and reply's free-form contents go (their numbers
+/// stay), then every text is cut short, and the log says so.
+pub fn fit(event: &mut pb::Event) {
     if event.encoded_len() + STREAM_OVERHEAD <= MAX_MESSAGE_BYTES {
         return;
     }
@@ -145,12 +169,38 @@ fn fit(event: &mut pb::Event) {
             ..pb::Reply::default()
         };
     }
-    for text in [
+    if event.encoded_len() + STREAM_OVERHEAD <= MAX_MESSAGE_BYTES {
+        return;
+    }
+    let mut texts = vec![
+        &mut event.call_id,
+        &mut event.linkage_id,
         &mut event.reason,
         &mut event.hotkey,
         &mut event.citizen_number,
         &mut event.called_number,
-    ] {
+    ];
+    for leg in [
+        &mut event.caller_leg,
+        &mut event.called_leg,
+        &mut event.agent,
+        &mut event.target,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        texts.extend([&mut leg.peer, &mut leg.platform, &mut leg.number]);
+    }
+    if let Some(party) = &mut event.party {
+        texts.extend([&mut party.peer, &mut party.number]);
+    }
+    if let Some(ticket) = &mut event.ticket {
+        texts.push(&mut ticket.number);
+    }
+    if let Some(reply) = &mut event.reply {
+        texts.extend([&mut reply.linkage_id, &mut reply.incident_number]);
+    }
+    for text in texts {
         cut(text, 256);
     }
 }
@@ -186,6 +236,19 @@ mod tests {
         assert!(event.encoded_len() + STREAM_OVERHEAD <= MAX_MESSAGE_BYTES);
         let ticket = event.ticket.unwrap_or_default();
         assert_eq!((ticket.number.as_str(), ticket.version), ("GD-1", 3));
+        // Whatever text is too long, it is cut.
+        let mut event = pb::Event {
+            target: Some(pb::Leg {
+                number: "1".repeat(MAX_MESSAGE_BYTES),
+                ..pb::Leg::default()
+            }),
+            ..pb::Event::default()
+        };
+        fit(&mut event);
+        assert!(event.encoded_len() + STREAM_OVERHEAD <= MAX_MESSAGE_BYTES);
+        assert_eq!(event_id_of("110", "c1"), event_id_of("110", "c1"));
+        assert_ne!(event_id_of("110", "c1"), event_id_of("12345", "c1"));
+        assert_eq!(event_id_of("110", "c1").len(), 32);
         let mut long = "市".repeat(100);
         cut(&mut long, 256);
         assert_eq!(long.len(), 255, "three bytes a character");

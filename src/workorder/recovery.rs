@@ -5,6 +5,7 @@
 //! conference), and last `CALL_ENDED` (ended by the gateway, "gateway restart"); the legs and
 //! numbers as that platform last saw them.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use prost::Message;
@@ -16,15 +17,18 @@ use crate::store::{Interrupted, NewEvent, Recovery};
 /// What the end of a killed run is called on the link.
 pub const REASON: &str = "gateway restart";
 
-/// The store's recovery for the work-order link, drawing event ids from `ids`.
-pub fn recovery(ids: IdGenerator) -> Arc<Recovery> {
+/// The store's recovery for the work-order link, for the configured `platforms` (as the hub
+/// keeps events only for them), drawing event ids from `ids`.
+pub fn recovery(ids: IdGenerator, platforms: HashSet<String>) -> Arc<Recovery> {
     let ids = Mutex::new(ids);
     Arc::new(move |call: &Interrupted, now: i64| {
-        ending_events(
+        let mut events = ending_events(
             call,
             now,
             &mut ids.lock().unwrap_or_else(PoisonError::into_inner),
-        )
+        );
+        events.retain(|e| platforms.contains(&e.platform));
+        events
     })
 }
 
@@ -95,9 +99,13 @@ fn ending_events(call: &Interrupted, now: i64, ids: &mut IdGenerator) -> Vec<New
     events
 }
 
-/// The call as the platform last saw it (from the call's record if that event cannot be read).
+/// The call as the platform last saw it (from the call's record if that event cannot be read,
+/// or is an upgrade's empty marker).
 fn as_seen(call: &Interrupted, newest: &[u8]) -> pb::Event {
-    pb::Event::decode(newest).unwrap_or_else(|_| pb::Event {
+    let seen = pb::Event::decode(newest)
+        .ok()
+        .filter(|event| !event.call_id.is_empty());
+    seen.unwrap_or_else(|| pb::Event {
         citizen_number: call.call.caller.clone(),
         called_number: call.call.called.clone(),
         caller_leg: Some(pb::Leg {

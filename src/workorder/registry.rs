@@ -57,8 +57,8 @@ pub enum CallCommand {
     AttachTicket {
         platform: String,
         ticket: Box<Ticket>,
-        /// The version the update is based on (0: any).
-        base_version: u64,
+        /// The version the update is based on (0: none attached; None: whatever is).
+        base_version: Option<u64>,
         reply: CommandReply,
     },
     Transfer {

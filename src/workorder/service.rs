@@ -21,10 +21,14 @@ use crate::call::screening::Blocklist;
 use crate::metrics::{Counter, Metrics};
 use crate::store::{self, unix_millis, Changes, Store, StoreError};
 
-/// How long a call's task may take to answer a command.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a command waits for its call's task (the step's commit included; SQLite may wait
+/// 5 s for a lock) before its client is told to ask again; the first attempt's result is kept
+/// for that repeat when it comes.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest command id.
 const MAX_COMMAND_ID: usize = 128;
+/// Longest call id, linkage id or target a command may name.
+const MAX_ID: usize = 64;
 /// Longest reason a Block may give (the list is held in memory).
 const MAX_REASON: usize = 256;
 /// Longest a Block may last.
@@ -117,17 +121,16 @@ impl WorkOrderService {
     ) -> pb::CommandResult {
         self.metrics.increment(Counter::WorkOrderCommands);
         let id = command.command_id.clone();
-        let refused = |message: String| pb::CommandResult {
-            command_id: id.clone(),
-            ok: false,
-            error: pb::ErrorCode::Invalid as i32,
-            message,
-            ..pb::CommandResult::default()
-        };
         if id.is_empty() || id.len() > MAX_COMMAND_ID {
-            return refused(format!(
-                "command_id is required, 1 to {MAX_COMMAND_ID} bytes (it makes a repeated command safe)"
-            ));
+            return result_of(
+                &id,
+                Err(CommandError::new(
+                    ErrorCode::Invalid,
+                    format!(
+                        "command_id is required, 1 to {MAX_COMMAND_ID} bytes (it makes a repeated command safe)"
+                    ),
+                )),
+            );
         }
         let pending =
             match self
@@ -137,81 +140,97 @@ impl WorkOrderService {
                 Seen::New(pending) => pending,
                 Seen::Repeat(first) => {
                     self.metrics.increment(Counter::WorkOrderCommandsRepeated);
-                    return first.result().await.unwrap_or_else(|| pb::CommandResult {
-                        command_id: id.clone(),
-                        ok: false,
-                        error: pb::ErrorCode::Unavailable as i32,
-                        message:
-                            "the first command with this id was given up unfinished; send it again"
-                                .into(),
-                        ..pb::CommandResult::default()
+                    return first.result().await.unwrap_or_else(|| {
+                        result_of(&id, Err(unconfirmed("the first command with this id")))
                     });
                 }
                 Seen::Reused => {
-                    return refused(format!(
-                        "command_id {id:?} was used for another command within the last {} minutes",
+                    return result_of(
+                        &id,
+                        Err(CommandError::new(
+                            ErrorCode::Invalid,
+                            format!(
+                        "command_id {:?} was used for another command within the last {} minutes",
+                        shown(&id),
                         super::COMMAND_WINDOW.as_secs() / 60
-                    ))
+                    ),
+                        )),
+                    )
                 }
             };
-        let outcome = self.carry_out(platform, command).await;
-        if let Err(error) = &outcome {
-            tracing::info!(platform, command = %id, %error, "work-order command refused");
-        }
-        let result = match outcome {
-            Ok(done) => pb::CommandResult {
-                command_id: id,
-                ok: true,
-                ticket_version: done.ticket_version,
-                ..pb::CommandResult::default()
-            },
-            Err(error) => pb::CommandResult {
-                command_id: id,
-                ok: false,
-                error: convert::error_code(error.code) as i32,
-                message: error.message,
-                ..pb::CommandResult::default()
-            },
+        let outcome = match self.carry_out(platform, command).await {
+            Carried::Now(outcome) => outcome,
+            Carried::Later(mut outcome) => {
+                match tokio::time::timeout(COMMAND_TIMEOUT, &mut outcome).await {
+                    Ok(Ok(outcome)) => outcome,
+                    Ok(Err(_)) => Err(CommandError::new(
+                        ErrorCode::UnknownCall,
+                        "the call ended before it carried the command out",
+                    )),
+                    Err(_) => {
+                        // Still under way: a repeat gets the result when it comes.
+                        let late = id.clone();
+                        tokio::spawn(async move {
+                            let outcome = outcome.await.unwrap_or_else(|_| {
+                                Err(CommandError::new(
+                                    ErrorCode::UnknownCall,
+                                    "the call ended before it carried the command out",
+                                ))
+                            });
+                            pending.finish(&result_of(&late, outcome));
+                        });
+                        return result_of(&id, Err(unconfirmed("the command")));
+                    }
+                }
+            }
         };
-        pending.finish(&result);
+        if let Err(error) = &outcome {
+            tracing::info!(platform, command = %shown(&id), %error, "work-order command refused");
+        }
+        let result = result_of(&id, outcome);
+        // Told to try again: the repeat is carried out afresh, not answered from here.
+        if result.error != pb::ErrorCode::Unavailable as i32 {
+            pending.finish(&result);
+        }
         result
     }
 
-    async fn carry_out(
-        &self,
-        platform: &str,
-        command: pb::Command,
-    ) -> Result<CommandDone, CommandError> {
+    /// Carries a command out: at once, or (a call's command) once its call's task answers.
+    async fn carry_out(&self, platform: &str, command: pb::Command) -> Carried {
         use pb::command::Action;
-        let invalid = |what: String| CommandError::new(ErrorCode::Invalid, what);
+        let invalid = |what: String| Carried::Now(Err(CommandError::new(ErrorCode::Invalid, what)));
         let (reply, outcome) = oneshot::channel();
         let owned = platform.to_string();
         let (call_id, call_command) = match command.action {
-            None => return Err(invalid("a command needs an action".into())),
-            Some(Action::Reply(reply)) => return self.reply(platform, reply).await,
+            None => return invalid("a command needs an action".into()),
+            Some(Action::Reply(reply)) => {
+                return Carried::Now(self.reply(platform, reply, &command.command_id).await)
+            }
             Some(Action::Block(block)) => {
                 let duration = match &block.duration {
                     None => Duration::ZERO,
-                    Some(d) => convert::duration(d)
-                        .filter(|d| *d <= MAX_BLOCK)
-                        .ok_or_else(|| invalid("duration must be 0 to 10 years".into()))?,
+                    Some(d) => match convert::duration(d).filter(|d| *d <= MAX_BLOCK) {
+                        Some(duration) => duration,
+                        None => return invalid("duration must be 0 to 10 years".into()),
+                    },
                 };
-                return self
-                    .block(platform, &block.number, Some((block.reason, duration)))
-                    .await;
+                return Carried::Now(
+                    self.block(platform, &block.number, Some((block.reason, duration)))
+                        .await,
+                );
             }
             Some(Action::Unblock(unblock)) => {
-                return self.block(platform, &unblock.number, None).await
+                return Carried::Now(self.block(platform, &unblock.number, None).await)
             }
             Some(Action::AttachTicket(attach)) => {
-                let ticket = attach
-                    .ticket
-                    .ok_or_else(|| invalid("attach_ticket needs a ticket".into()))?;
+                let Some(ticket) = attach.ticket else {
+                    return invalid("attach_ticket needs a ticket".into());
+                };
                 let size = prost::Message::encoded_len(&ticket);
                 if size > MAX_TICKET_BYTES {
-                    return Err(invalid(format!(
+                    return invalid(format!(
                         "the ticket is {size} bytes encoded; the limit is {MAX_TICKET_BYTES} bytes (256 KiB)"
-                    )));
+                    ));
                 }
                 (
                     attach.call_id,
@@ -224,8 +243,8 @@ impl WorkOrderService {
                 )
             }
             Some(Action::Transfer(transfer)) => {
-                if transfer.target.is_empty() {
-                    return Err(invalid("transfer needs a target".into()));
+                if transfer.target.is_empty() || transfer.target.len() > MAX_ID {
+                    return invalid(format!("transfer needs a target of 1 to {MAX_ID} bytes"));
                 }
                 (
                     transfer.call_id,
@@ -237,8 +256,8 @@ impl WorkOrderService {
                 )
             }
             Some(Action::Conference(conference)) => {
-                if conference.target.is_empty() {
-                    return Err(invalid("conference needs a target".into()));
+                if conference.target.is_empty() || conference.target.len() > MAX_ID {
+                    return invalid(format!("conference needs a target of 1 to {MAX_ID} bytes"));
                 }
                 (
                     conference.call_id,
@@ -257,25 +276,28 @@ impl WorkOrderService {
                     reply,
                 },
             ),
-            Some(Action::Mute(mute)) => (
-                mute.call_id,
-                CallCommand::Mute {
-                    party: mute.party,
-                    muted: mute.muted,
-                    reply,
-                },
-            ),
+            Some(Action::Mute(mute)) => {
+                let Some(party) = mute.party else {
+                    return invalid("mute needs a party".into());
+                };
+                (
+                    mute.call_id,
+                    CallCommand::Mute {
+                        party,
+                        muted: mute.muted,
+                        reply,
+                    },
+                )
+            }
         };
-        if call_id.is_empty() {
-            return Err(invalid("the command names no call".into()));
+        if call_id.is_empty() || call_id.len() > MAX_ID {
+            return invalid(format!(
+                "the command names no call (a call id of 1 to {MAX_ID} bytes)"
+            ));
         }
-        self.registry.command(&call_id, platform, call_command)?;
-        match tokio::time::timeout(COMMAND_TIMEOUT, outcome).await {
-            Ok(Ok(result)) => result,
-            _ => Err(CommandError::new(
-                ErrorCode::UnknownCall,
-                format!("call {call_id} ended before it carried the command out"),
-            )),
+        match self.registry.command(&call_id, platform, call_command) {
+            Ok(()) => Carried::Later(outcome),
+            Err(error) => Carried::Now(Err(error)),
         }
     }
 
@@ -286,17 +308,16 @@ impl WorkOrderService {
         number: &str,
         entry: Option<(String, Duration)>,
     ) -> Result<CommandDone, CommandError> {
-        let valid = !number.is_empty()
-            && number.len() <= 32
-            && number
-                .strip_prefix('+')
-                .unwrap_or(number)
-                .bytes()
-                .all(|b| b.is_ascii_digit());
+        let digits = number.strip_prefix('+').unwrap_or(number);
+        let valid =
+            !digits.is_empty() && number.len() <= 32 && digits.bytes().all(|b| b.is_ascii_digit());
         if !valid {
             return Err(CommandError::new(
                 ErrorCode::Invalid,
-                format!("{number:?} is no phone number (digits, optionally a leading +)"),
+                format!(
+                    "{:?} is no phone number (up to 32 digits, optionally a leading +)",
+                    shown(number)
+                ),
             ));
         }
         let Some((blocklist, store)) = &self.blocklist else {
@@ -307,13 +328,13 @@ impl WorkOrderService {
         };
         let not_stored =
             |e: StoreError| CommandError::new(ErrorCode::Unavailable, format!("not stored: {e}"));
+        // On disk first, then in force: what the result confirms survives a restart.
         let mut changes = Changes::default();
         let Some((reason, duration)) = entry else {
-            let listed = blocklist.unblock(number);
             // An entry that expired meanwhile leaves its row: it goes too.
             changes.unblock_number(number);
             store.write(changes).await.map_err(not_stored)?;
-            if !listed {
+            if !blocklist.unblock(number) {
                 return Err(CommandError::new(
                     ErrorCode::Invalid,
                     format!("{number} is not on the API's blocklist"),
@@ -336,21 +357,38 @@ impl WorkOrderService {
             blocked_at: now,
             expires_at: (!duration.is_zero()).then(|| now + duration.as_millis() as i64),
         };
+        let full = || CommandError::new(ErrorCode::NotAllowedNow, "the blocklist is full");
+        if !blocklist.has_room(number, now) {
+            return Err(full());
+        }
+        changes.block_number(record.clone());
+        store.write(changes).await.map_err(not_stored)?;
         if !blocklist.block(record.clone()) {
-            return Err(CommandError::new(
-                ErrorCode::NotAllowedNow,
-                "the blocklist is full",
-            ));
+            // Filled meanwhile by another command: the row goes again.
+            let mut undo = Changes::default();
+            undo.unblock_number(number);
+            let _ = store.write(undo).await;
+            return Err(full());
         }
         tracing::info!(platform, number, minutes = duration.as_secs() / 60, reason = %record.reason, "number blocked");
-        changes.block_number(record);
-        store.write(changes).await.map_err(not_stored)?;
         Ok(CommandDone::default())
     }
 
     /// A platform's reply on a linkage goes to the platform at the linkage's other end, and
-    /// into the linkage's record, in one commit.
-    async fn reply(&self, platform: &str, reply: pb::Reply) -> Result<CommandDone, CommandError> {
+    /// into the linkage's record, in one commit. Its event id comes from the command's: a
+    /// reply repeated after a restart (the window forgotten) is a duplicate by that id.
+    async fn reply(
+        &self,
+        platform: &str,
+        reply: pb::Reply,
+        command_id: &str,
+    ) -> Result<CommandDone, CommandError> {
+        if reply.linkage_id.is_empty() || reply.linkage_id.len() > MAX_ID {
+            return Err(CommandError::new(
+                ErrorCode::Invalid,
+                format!("reply needs a linkage id of 1 to {MAX_ID} bytes"),
+            ));
+        }
         let size = prost::Message::encoded_len(&reply);
         if size > MAX_REPLY_BYTES {
             return Err(CommandError::new(
@@ -410,8 +448,9 @@ impl WorkOrderService {
             unix_millis(now),
         );
         event.reply = Some(reply);
+        let event_id = super::hub::event_id_of(platform, command_id);
         self.hub
-            .emit(&event, changes)
+            .emit(&event, changes, Some(event_id))
             .await
             .map_err(|e| CommandError::new(ErrorCode::Unavailable, format!("not stored: {e}")))?;
         Ok(CommandDone::default())
@@ -426,6 +465,46 @@ fn same(expected: &[u8], given: &[u8]) -> bool {
             .zip(given)
             .fold(0u8, |difference, (a, b)| difference | (a ^ b))
             == 0
+}
+
+/// What a command comes to, as its platform gets it.
+fn result_of(command_id: &str, outcome: Result<CommandDone, CommandError>) -> pb::CommandResult {
+    match outcome {
+        Ok(done) => pb::CommandResult {
+            command_id: command_id.to_string(),
+            ok: true,
+            ticket_version: done.ticket_version,
+            ..pb::CommandResult::default()
+        },
+        Err(error) => pb::CommandResult {
+            command_id: command_id.to_string(),
+            ok: false,
+            error: convert::error_code(error.code) as i32,
+            message: error.message,
+            ..pb::CommandResult::default()
+        },
+    }
+}
+
+/// A command not confirmed (yet): ask again with the same id.
+fn unconfirmed(what: &str) -> CommandError {
+    CommandError::new(
+        ErrorCode::Unavailable,
+        format!(
+            "{what} is not confirmed yet; send it again with the same command_id for its result"
+        ),
+    )
+}
+
+/// At most 64 characters of a client's text, for a message or the log.
+fn shown(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+/// A command carried out at once, or handed to its call.
+enum Carried {
+    Now(Result<CommandDone, CommandError>),
+    Later(oneshot::Receiver<super::registry::CommandOutcome>),
 }
 
 /// A `ListActiveCalls` page token: where the previous page ended (start time, call id).
@@ -471,13 +550,28 @@ impl pb::work_order_service_server::WorkOrderService for WorkOrderService {
                 Status::invalid_argument("page_token is not one this gateway gave")
             })?)
         };
-        let (calls, more) = self.registry.list(&platform, after.as_ref(), size);
-        let next_page_token = match calls.last() {
-            Some(last) if more => page_token(&(last.started_at, last.call_id.clone())),
+        let (snapshots, mut more) = self.registry.list(&platform, after.as_ref(), size);
+        // A page stays within a message: tickets may make a call 256 KiB.
+        let mut calls = Vec::new();
+        let mut bytes = 0;
+        let mut last = None;
+        for snapshot in &snapshots {
+            let call = convert::call(snapshot);
+            let size = prost::Message::encoded_len(&call) + 8;
+            if !calls.is_empty() && bytes + size > MAX_MESSAGE_BYTES - 1024 {
+                more = true;
+                break;
+            }
+            bytes += size;
+            calls.push(call);
+            last = Some((snapshot.started_at, snapshot.call_id.clone()));
+        }
+        let next_page_token = match last {
+            Some(last) if more => page_token(&last),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListActiveCallsResponse {
-            calls: calls.iter().map(convert::call).collect(),
+            calls,
             next_page_token,
         }))
     }

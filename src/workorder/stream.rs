@@ -1,15 +1,15 @@
-//! One platform's `Link` stream: `Hello` and `Welcome`, then the platform's events read back
-//! from the outbox as they are committed, and the client's acknowledgements and commands.
+//! One platform's `Link` stream: `Hello` and `Welcome`, then the platform's events as they
+//! are committed, and the client's acknowledgements and commands.
 //!
-//! A stream's events are always read from the store: the store only says up to which
-//! sequence they are committed. So a stream that falls behind (a slow client) just reads
-//! further back, holding nothing but its own bounded send buffer, and a reconnect is the same
-//! loop started from the acknowledged sequence.
+//! The store says up to which sequence a platform's events are committed; a stream takes
+//! them from the newest kept in memory or, when it has fallen behind those, reads them back
+//! from the store. So a slow client holds nothing but its own bounded send buffer, and a
+//! reconnect is the same loop started from the acknowledged sequence.
 //!
 //! Nothing ends a stream silently: whatever ends it (a message over the limit, an `Ack` past
 //! the newest event, a second `Hello`, the gateway stopping) is its final gRPC status, and
 //! both halves stop with it. A client that closes its side ends the stream with OK once all
-//! it sent is handled.
+//! it sent is handled and its acknowledgements are on disk.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -73,18 +73,16 @@ pub async fn open(
     };
     let committed = service.hub.subscribe(&platform);
     let latest = *committed.borrow();
-    if hello.resume_after > latest {
-        return Err(Status::out_of_range(format!(
-            "resume_after {} is past the newest event of platform {platform} ({latest}); \
-             send 0 to resume after the last acknowledged one",
-            hello.resume_after
-        )));
-    }
     let acknowledged = service.hub.acknowledged(&platform);
-    let resume_after = if hello.resume_after > 0 {
-        hello.resume_after
-    } else {
-        acknowledged
+    let resume_after = match hello.resume_after {
+        Some(after) if after > latest => {
+            return Err(Status::out_of_range(format!(
+                "resume_after {after} is past the newest event of platform {platform} ({latest}); \
+                 leave it unset to resume after the last acknowledged one"
+            )))
+        }
+        Some(after) => after,
+        None => acknowledged,
     };
     let (reader, oldest) = {
         let path = service.store_path.clone();
@@ -140,9 +138,10 @@ fn limits() -> pb::Limits {
 }
 
 /// The status that ends a stream whose client message could not be read: a message over the
-/// limit says so; anything else (the client went away) is passed on.
+/// limit (tonic's decoder says OUT_OF_RANGE) says so; anything else (the client went away) is
+/// passed on.
 fn inbound_failure(status: Status) -> Status {
-    if status.code() == tonic::Code::OutOfRange && status.message().contains("too large") {
+    if status.code() == tonic::Code::OutOfRange {
         Status::resource_exhausted(format!(
             "a message over the limit of {MAX_MESSAGE_BYTES} bytes (1 MiB) ends the stream: {}",
             status.message()
@@ -167,7 +166,9 @@ async fn receive(
         let ended = ended.clone();
         async move {
             tracing::info!(code = ?status.code(), message = status.message(), "work-order stream ended");
-            let _ = outbound.send(Err(status)).await;
+            // Behind what is queued (a client that does not read gets it as the connection
+            // closes, or not at all).
+            let _ = tokio::time::timeout(STOPPING_GRACE, outbound.send(Err(status))).await;
             ended.cancel();
         }
     };
@@ -182,7 +183,15 @@ async fn receive(
             // (OK) once what is queued for it has gone. A client that wants its last Acks
             // kept closes its side and reads to the end.
             Ok(None) => {
-                ended.cancel();
+                match service.hub.flush().await {
+                    Ok(()) => ended.cancel(),
+                    Err(error) => {
+                        end(Status::unavailable(format!(
+                            "acknowledgements not kept: {error}"
+                        )))
+                        .await
+                    }
+                }
                 break;
             }
             Err(status) => {
@@ -293,6 +302,8 @@ async fn send_events(
     // Once the gateway is stopping, what is committed still goes, for a little while.
     let mut stopping: Option<tokio::time::Instant> = None;
     loop {
+        // Read before `latest`: a stream that ended meanwhile still sends what is committed.
+        let ending = ended.is_cancelled();
         let latest = *committed.borrow_and_update();
         while after < latest {
             if stop.is_cancelled() {
@@ -304,7 +315,7 @@ async fn send_events(
             }
             // A stream that keeps up takes its events from memory; one that fell behind
             // reads them back from the store.
-            let records = match hub.recent(&platform, after, PAGE) {
+            let mut records = match hub.recent(&platform, after, PAGE) {
                 Some(records) if !records.is_empty() => records,
                 _ => {
                     let (reader, name) = (Arc::clone(&reader), platform.clone());
@@ -319,11 +330,10 @@ async fn send_events(
                         Ok(Ok(records)) => records,
                         Ok(Err(error)) => {
                             tracing::error!(%error, %platform, "outbox not readable");
-                            let _ = outbound
-                                .send(Err(Status::internal(format!(
-                                    "outbox not readable: {error}"
-                                ))))
-                                .await;
+                            let failed = Status::internal(format!("outbox not readable: {error}"));
+                            if let Some(permit) = reserve(&outbound, &stop, &mut stopping).await {
+                                permit.send(Err(failed));
+                            }
                             ended.cancel();
                             return;
                         }
@@ -331,6 +341,8 @@ async fn send_events(
                     }
                 }
             };
+            // Committed but not yet announced: not to be acknowledged yet, so not sent yet.
+            records.retain(|r| r.sequence <= latest);
             let Some(last) = records.last().map(|r| r.sequence) else {
                 // Pruned by retention: nothing left before `latest`.
                 break;
@@ -345,30 +357,27 @@ async fn send_events(
                 };
                 event.sequence = record.sequence;
                 event.event_id = record.event_id;
+                super::hub::fit(&mut event);
                 let message = pb::LinkResponse {
                     kind: Some(pb::link_response::Kind::Event(event)),
                 };
-                // Fails once the response is over (its final status sent, or the client gone).
-                let send = outbound.send(Ok(message));
-                let sent = match stopping {
-                    Some(deadline) => tokio::time::timeout_at(deadline, send)
-                        .await
-                        .is_ok_and(|sent| sent.is_ok()),
-                    None => send.await.is_ok(),
-                };
-                if !sent {
+                // None once the response is over (its final status sent, the client gone, or
+                // a stopping gateway's grace passed).
+                let Some(permit) = reserve(&outbound, &stop, &mut stopping).await else {
                     return;
-                }
+                };
+                permit.send(Ok(message));
                 metrics.increment(Counter::WorkOrderEventsSent);
             }
             after = last;
         }
-        if ended.is_cancelled() {
+        if ending {
             // A stream's own end has sent its status already; a stopping gateway says so once
             // what is committed has gone.
             if stop.is_cancelled() {
-                let stopping = outbound.send(Err(Status::unavailable("the gateway is stopping")));
-                let _ = tokio::time::timeout(STOPPING_GRACE, stopping).await;
+                if let Some(permit) = reserve(&outbound, &stop, &mut stopping).await {
+                    permit.send(Err(Status::unavailable("the gateway is stopping")));
+                }
             }
             return;
         }
@@ -380,6 +389,30 @@ async fn send_events(
             }
             _ = outbound.closed() => return,
             _ = ended.cancelled() => {}
+        }
+    }
+}
+
+/// Room for one more message towards the client: waits for it, but once the gateway is
+/// stopping only until `stopping`'s deadline (set when the stop is seen), so a client that
+/// does not read cannot hold the shutdown. None: no room will come.
+async fn reserve<'a>(
+    outbound: &'a Outbound,
+    stop: &CancellationToken,
+    stopping: &mut Option<tokio::time::Instant>,
+) -> Option<mpsc::Permit<'a, Result<pb::LinkResponse, Status>>> {
+    loop {
+        if let Some(deadline) = *stopping {
+            return tokio::time::timeout_at(deadline, outbound.reserve())
+                .await
+                .ok()?
+                .ok();
+        }
+        tokio::select! {
+            permit = outbound.reserve() => return permit.ok(),
+            _ = stop.cancelled() => {
+                *stopping = Some(tokio::time::Instant::now() + STOPPING_GRACE);
+            }
         }
     }
 }

@@ -34,8 +34,8 @@ pub enum TailError {
 /// What to print.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TailOptions {
-    /// Start after this sequence (0: after the last acknowledged).
-    pub from: u64,
+    /// Start after this sequence (0: from the first kept; None: after the last acknowledged).
+    pub from: Option<u64>,
     /// Add each event's delay from its time at the gateway to its arrival.
     pub delay: bool,
 }

@@ -27,7 +27,7 @@ impl Platform {
         grpc: SocketAddr,
         platform: &str,
         token: &str,
-        resume_after: u64,
+        resume_after: Option<u64>,
     ) -> Platform {
         match Self::try_connect(grpc, platform, token, resume_after).await {
             Ok(p) => p,
@@ -39,7 +39,7 @@ impl Platform {
         grpc: SocketAddr,
         platform: &str,
         token: &str,
-        resume_after: u64,
+        resume_after: Option<u64>,
     ) -> Result<Platform, tonic::Status> {
         let mut client = match pb::work_order_service_client::WorkOrderServiceClient::connect(
             format!("http://{grpc}"),
