@@ -529,3 +529,73 @@ fn memory_keeps_a_platforms_newest_events_without_a_gap() {
     assert_eq!(outbox.recent("110", 5000, 10), None, "over 8 MiB");
     assert_eq!(outbox.recent("110", 5001, 10).map(|r| r.len()), Some(2));
 }
+
+/// A schema-5 store that a killed run left with a call open: the upgrade drops the events in
+/// the old encoding but keeps a marker per platform that saw the open call, so the first
+/// start still ends it on the link, numbered after the old sequence; the markers go.
+#[tokio::test]
+async fn an_upgrade_after_a_crash_still_ends_the_open_calls_on_the_link() {
+    let dir = directory();
+    let path = dir.path().join("gateway.db");
+    drop(Store::open(&path).unwrap_or_else(|e| panic!("{e}")));
+    // Back to schema 5's shape, with what a killed run left.
+    Connection::open(&path)
+        .and_then(|c| {
+            c.execute_batch(
+                "DROP TABLE outbox_sequences; DROP INDEX outbox_call_id; DROP INDEX calls_open;
+                 ALTER TABLE linkages DROP COLUMN incident_number;
+                 ALTER TABLE linkages DROP COLUMN disposition;
+                 ALTER TABLE linkages DROP COLUMN replied_at;
+                 DELETE FROM schema_version WHERE version = 6;
+                 INSERT INTO calls (id, a_call_id, caller, called, a_peer, started_at)
+                     VALUES ('open', 'a1', '13800138000', '12345', 'carrier', 1);
+                 INSERT INTO calls (id, a_call_id, caller, called, a_peer, started_at, ended_at)
+                     VALUES ('done', 'a2', '13800138000', '12345', 'carrier', 1, 2);
+                 INSERT INTO outbox VALUES ('12345', 1, 'e1', 'done', 1, x'0801');
+                 INSERT INTO outbox VALUES ('12345', 2, 'e2', 'open', 1, x'0802');
+                 INSERT INTO outbox VALUES ('12345', 3, 'e3', 'open', 1, x'0803');
+                 INSERT INTO outbox VALUES ('110', 1, 'e4', 'done', 1, x'0804');",
+            )
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&seen);
+    let recovery: Arc<Recovery> = Arc::new(move |call: &Interrupted, now: i64| {
+        recorded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(call.seen.clone());
+        call.seen
+            .iter()
+            .map(|(platform, _)| event(platform, "ended", &call.call.id, now))
+            .collect()
+    });
+    let store = Store::open_with(
+        &path,
+        StoreOptions {
+            recovery: Some(recovery),
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(store.closed_at_start(), 1);
+    assert_eq!(
+        seen.lock().map(|s| s.clone()).unwrap_or_default(),
+        [vec![("12345".to_string(), Vec::new())]],
+        "one empty marker: the platform that saw the open call"
+    );
+    let reader = OutboxReader::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let left: Vec<(u64, String)> = reader
+        .read("12345", 0, 10)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| (r.sequence, r.event_id))
+        .collect();
+    assert_eq!(
+        left,
+        [(4, "ended".to_string())],
+        "after the old sequence; markers gone"
+    );
+    assert_eq!(store.outbox().latest("110"), 1, "its sequence goes on");
+    assert!(reader.read("110", 0, 10).unwrap_or_default().is_empty());
+}
