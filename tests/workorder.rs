@@ -95,6 +95,18 @@ fn ticket() -> pb::Ticket {
     }
 }
 
+/// Attaching (or updating) [`ticket`] with `summary` to `call_id`, based on any version.
+fn attach_summary(call_id: &str, summary: String) -> Action {
+    Action::AttachTicket(pb::AttachTicket {
+        call_id: call_id.to_string(),
+        ticket: Some(pb::Ticket {
+            summary,
+            ..ticket()
+        }),
+        base_version: None,
+    })
+}
+
 /// `ticket` without what the gateway sets (its version, who updated it and when).
 fn as_attached(ticket: &pb::Ticket) -> pb::Ticket {
     pb::Ticket {
@@ -579,14 +591,8 @@ async fn a_client_that_does_not_read_stalls_nobody() {
     let call_id = hotline.until(EventType::CallAnswered).await.call_id;
     // Far more events than any buffer holds.
     for n in 0..400 {
-        let mut updated = ticket();
-        updated.summary = format!("update {n}");
         let result = hotline
-            .command(Action::AttachTicket(pb::AttachTicket {
-                call_id: call_id.clone(),
-                ticket: Some(updated),
-                base_version: None,
-            }))
+            .command(attach_summary(&call_id, format!("update {n}")))
             .await;
         assert!(result.ok);
     }
@@ -993,15 +999,7 @@ async fn a_ticket_over_its_limit_is_refused_and_one_at_the_limit_travels() {
     let mut cad = Platform::connect(gateway.grpc, "110", TOKEN_110, None).await;
     let _call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
     let call_id = hotline.until(EventType::CallAnswered).await.call_id;
-    let attach = |summary: String| {
-        let mut ticket = ticket();
-        ticket.summary = summary;
-        Action::AttachTicket(pb::AttachTicket {
-            call_id: call_id.clone(),
-            ticket: Some(ticket),
-            base_version: None,
-        })
-    };
+    let attach = |summary: String| attach_summary(&call_id, summary);
     let refused = hotline.command(attach("x".repeat(300 * 1024))).await;
     assert_eq!(
         (refused.ok, refused.error),
@@ -1476,15 +1474,8 @@ async fn a_client_that_does_not_read_cannot_hold_the_shutdown() {
     let call_id = hotline.until(EventType::CallAnswered).await.call_id;
     // 40 tickets of 200 KiB: 8 MB for a client that reads nothing.
     for n in 0..40 {
-        let mut big = ticket();
-        big.summary = format!("{n} {}", "z".repeat(200 * 1024));
-        let result = hotline
-            .command(Action::AttachTicket(pb::AttachTicket {
-                call_id: call_id.clone(),
-                ticket: Some(big),
-                base_version: None,
-            }))
-            .await;
+        let big = format!("{n} {}", "z".repeat(200 * 1024));
+        let result = hotline.command(attach_summary(&call_id, big)).await;
         assert!(result.ok, "{}", result.message);
     }
     let started = std::time::Instant::now();
@@ -1507,15 +1498,8 @@ async fn a_page_of_calls_with_large_tickets_stays_within_a_message() {
     for n in 0..5 {
         calls.push(establish(&mut citizen, &mut agent, &[8], &[8]).await);
         let call_id = hotline.until(EventType::CallAnswered).await.call_id;
-        let mut big = ticket();
-        big.summary = format!("{n} {}", "q".repeat(250 * 1024));
-        let result = hotline
-            .command(Action::AttachTicket(pb::AttachTicket {
-                call_id,
-                ticket: Some(big),
-                base_version: None,
-            }))
-            .await;
+        let big = format!("{n} {}", "q".repeat(250 * 1024));
+        let result = hotline.command(attach_summary(&call_id, big)).await;
         assert!(result.ok, "{}", result.message);
     }
     let mut unary = match pb::work_order_service_client::WorkOrderServiceClient::connect(format!(
