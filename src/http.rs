@@ -1,7 +1,10 @@
 //! The operations endpoint on `api.http`: `GET /healthz` and `GET /metrics`.
 //!
-//! Two fixed routes do not need a web framework: a minimal HTTP/1.1 responder with a bounded
-//! request head (8 KiB) and a read timeout, one task per connection, `Connection: close`.
+//! Two fixed routes do not need a web framework: a minimal HTTP/1.1 responder, one task per
+//! connection, `Connection: close`. It is reachable by whoever reaches the port, so it is
+//! bounded: at most [`crate::limits::MAX_HTTP_CONNECTIONS`] connections at once (more are
+//! closed at once), a request head of 8 KiB that must be whole within [`HEAD_DEADLINE`] of the
+//! connection opening, however it is dripped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,18 +13,48 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
+use crate::health::HealthCheck;
+use crate::metrics::{Counter, Metrics};
 
 const MAX_HEAD: usize = 8192;
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The whole request head must arrive within this long of the connection opening.
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How much of the process one HTTP client can hold.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub connections: usize,
+    pub head_deadline: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            connections: crate::limits::MAX_HTTP_CONNECTIONS,
+            head_deadline: HEAD_DEADLINE,
+        }
+    }
+}
 
 /// Serves until `shutdown` turns true. `health` says whether the gateway takes calls.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    health: Arc<dyn Fn() -> bool + Send + Sync>,
-    mut shutdown: watch::Receiver<bool>,
+    health: Arc<dyn HealthCheck>,
+    shutdown: watch::Receiver<bool>,
 ) {
+    serve_with(listener, metrics, health, shutdown, HttpLimits::default()).await;
+}
+
+/// As [`serve`], within `limits`.
+pub async fn serve_with(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<dyn HealthCheck>,
+    mut shutdown: watch::Receiver<bool>,
+    limits: HttpLimits,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.connections));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.changed() => return,
@@ -29,11 +62,27 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, _)) => {
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    metrics.increment(Counter::HttpConnectionsRefused);
+                    drop(stream);
+                    continue;
+                };
                 let metrics = Arc::clone(&metrics);
                 let health = Arc::clone(&health);
-                tokio::spawn(async move { handle(stream, &metrics, health.as_ref()).await });
+                tokio::spawn(async move {
+                    // The head's deadline, then the health check's, then the answer's.
+                    let _ = tokio::time::timeout(
+                        limits.head_deadline + crate::health::ANSWER_WITHIN * 2,
+                        handle(stream, &metrics, health.as_ref(), limits.head_deadline),
+                    )
+                    .await;
+                    drop(slot);
+                });
             }
             Err(error) => {
+                if crate::sip::transport::is_out_of_descriptors(&error) {
+                    metrics.increment(Counter::DescriptorsExhausted);
+                }
                 tracing::debug!(%error, "HTTP accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -44,10 +93,12 @@ pub async fn serve(
 async fn handle(
     mut stream: TcpStream,
     metrics: &Metrics,
-    health: &(dyn Fn() -> bool + Send + Sync),
+    health: &dyn HealthCheck,
+    head_deadline: Duration,
 ) {
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + head_deadline;
     let complete = loop {
         if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
             break true;
@@ -55,7 +106,7 @@ async fn handle(
         if head.len() > MAX_HEAD {
             break false;
         }
-        match tokio::time::timeout(READ_TIMEOUT, stream.read(&mut chunk)).await {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
             Ok(Ok(n)) => head.extend_from_slice(&chunk[..n]),
         }
@@ -63,7 +114,7 @@ async fn handle(
     let (status, content_type, body) = if !complete {
         (431, "text/plain", "request header too large\n".to_string())
     } else {
-        route(&head, metrics, health)
+        route(&head, metrics, health).await
     };
     let reason = match status {
         200 => "OK",
@@ -81,10 +132,10 @@ async fn handle(
     let _ = stream.shutdown().await;
 }
 
-fn route(
+async fn route(
     head: &[u8],
     metrics: &Metrics,
-    health: &(dyn Fn() -> bool + Send + Sync),
+    health: &dyn HealthCheck,
 ) -> (u16, &'static str, String) {
     let text = String::from_utf8_lossy(head);
     let mut parts = text.lines().next().unwrap_or_default().split(' ');
@@ -98,10 +149,13 @@ fn route(
     let path = path.split('?').next().unwrap_or_default();
     match (method, path) {
         ("GET", "/healthz") => {
-            if health() {
+            let problems = health.problems().await;
+            if problems.is_empty() {
                 (200, "text/plain", "ok\n".into())
             } else {
-                (503, "text/plain", "unhealthy\n".into())
+                let mut body = problems.join("\n");
+                body.push('\n');
+                (503, "text/plain", body)
             }
         }
         ("GET", "/metrics") => (200, "text/plain; version=0.0.4", metrics.render()),
@@ -126,6 +180,16 @@ mod tests {
         text
     }
 
+    struct Healthy;
+
+    impl HealthCheck for Healthy {
+        fn problems(
+            &self,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<String>> + Send + '_>> {
+            Box::pin(async { Vec::new() })
+        }
+    }
+
     #[tokio::test]
     async fn routes_and_bad_input() {
         let listener = match TcpListener::bind("127.0.0.1:0").await {
@@ -136,7 +200,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         metrics.add(crate::metrics::Counter::RtpPacketsRelayed, 7);
         let (_stop, stopped) = watch::channel(false);
-        tokio::spawn(serve(listener, metrics, Arc::new(|| true), stopped));
+        tokio::spawn(serve(listener, metrics, Arc::new(Healthy), stopped));
         assert!(request(address, b"GET /healthz HTTP/1.1\r\n\r\n")
             .await
             .starts_with("HTTP/1.1 200 OK"));
@@ -160,5 +224,81 @@ mod tests {
         assert!(request(address, b"GET /healthz HTTP/1.0\r\n\r\n")
             .await
             .contains("ok"));
+    }
+
+    /// Clients that hold connections (dripping a head a byte at a time) take no more than the
+    /// cap, a connection beyond it is closed at once, and a dripped head is cut off at the
+    /// deadline however steadily it drips; then the endpoint answers again.
+    #[tokio::test]
+    async fn holders_and_drippers_are_bounded() {
+        let listener = match TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => panic!("{e}"),
+        };
+        let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let metrics = Arc::new(Metrics::new());
+        let (_stop, stopped) = watch::channel(false);
+        let limits = HttpLimits {
+            connections: 4,
+            head_deadline: Duration::from_millis(500),
+        };
+        tokio::spawn(serve_with(
+            listener,
+            Arc::clone(&metrics),
+            Arc::new(Healthy),
+            stopped,
+            limits,
+        ));
+        let mut holders = Vec::new();
+        for _ in 0..4 {
+            let mut stream = TcpStream::connect(address)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let _ = stream.write_all(b"G").await;
+            holders.push(stream);
+        }
+        // The fifth is closed at once (before any deadline could have passed).
+        let mut fifth = TcpStream::connect(address)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), fifth.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+        assert!(metrics
+            .render()
+            .contains("hotline_http_connections_refused_total 1"));
+        // One holder drips a byte every 50 ms: cut off at the deadline all the same.
+        let mut dripper = holders.remove(0);
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if dripper.write_all(b"E").await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    read = dripper.read(&mut byte) => {
+                        if matches!(read, Ok(0) | Err(_)) {
+                            return;
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the dripper was cut off");
+        drop(holders);
+        // The slots are free again.
+        let mut answered = false;
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < until {
+            if request(address, b"GET /healthz HTTP/1.1\r\n\r\n")
+                .await
+                .starts_with("HTTP/1.1 200 OK")
+            {
+                answered = true;
+                break;
+            }
+        }
+        assert!(answered);
     }
 }

@@ -14,12 +14,16 @@
 //! | [`routing`] | number -> peers, source address -> peer |
 //! | [`store`] | SQLite call records, linkage and conference records, the work-order outbox |
 //! | [`workorder`] | the gRPC work-order link: events to the platforms, their commands back |
-//! | [`metrics`], [`http`] | Prometheus counters and the /healthz, /metrics endpoint |
+//! | [`metrics`], [`http`], [`health`] | Prometheus counters and the /healthz, /metrics endpoint |
+//! | [`limits`] | the file-descriptor budget and `RLIMIT_NOFILE` |
 
 pub mod call;
 pub mod config;
+pub mod faults;
+pub mod health;
 pub mod http;
 pub mod ids;
+pub mod limits;
 pub mod media;
 pub mod metrics;
 pub mod routing;
@@ -126,53 +130,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             "srtp = \"mandatory\" without transport = \"tls\": the SRTP keys cross the network in clear SIP"
         );
     }
-    let metrics = Arc::new(Metrics::new());
-    let store = Store::open_with(
-        &config.store.path,
-        store::StoreOptions {
-            max_size_bytes: config.store.max_size_mb.map(|mb| mb * 1024 * 1024),
-            metrics: Some(Arc::clone(&metrics)),
-            // What a killed run left open ends on the link too, for the platforms that saw it.
-            recovery: Some(workorder::recovery::recovery(
-                ids::IdGenerator::from_entropy(),
-                config.platforms.iter().map(|p| p.name.clone()).collect(),
-            )),
-        },
-    )?;
-    if store.closed_at_start() > 0 {
+    let limit = limits::raise();
+    let budget = limits::Budget::of(&config);
+    let max_tcp_connections = budget.tcp_allowance(&limit);
+    if let Some(reason) = limits::shortfall(&budget, &limit) {
         tracing::warn!(
-            calls = store.closed_at_start(),
-            "records of calls left open by the previous run closed (gateway restart)"
+            max_tcp_connections,
+            "{reason}; TCP connections are held to what leaves the media their sockets"
         );
     }
-    let events = workorder::hub::EventHub::new(
-        store.clone(),
-        config.platforms.iter().map(|p| p.name.clone()).collect(),
-        ids::IdGenerator::from_entropy(),
-    );
-    let registry = Arc::new(workorder::registry::CallRegistry::default());
+    let metrics = Arc::new(Metrics::new());
+    // One gateway per store, claimed before anything is touched; then every socket is bound, so
+    // an instance started by mistake fails here rather than closing the live one's calls.
+    let store_lock = store::StoreLock::acquire(&config.store.path)?;
     let router = Arc::new(Router::new(&config));
-    let ports = PortPool::new(
-        config.media.address,
-        config.media.ports,
-        Arc::clone(&metrics),
-    );
-    let public_ip = config.sip.public_address.unwrap_or(config.sip.listen.ip());
-    let policy = MediaPolicy {
-        codecs: config
-            .media
-            .codecs
-            .iter()
-            .filter_map(|c| Codec::from_name(c))
-            .collect(),
-        telephone_event_payload_type: config.media.telephone_event,
-        ptime: config.media.ptime,
-    };
-    let timers = sip::transaction::TimerConfig {
-        t1: Duration::from_millis(config.sip.t1_ms),
-        t2: Duration::from_millis(config.sip.t2_ms),
-        t4: Duration::from_millis(config.sip.t4_ms),
-    };
     let (inbound_sender, inbound) = mpsc::channel(8192);
     let transport_stop = CancellationToken::new();
     let tls = match &config.sip.tls_ca {
@@ -201,14 +172,78 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             listen: config.sip.listen,
             max_message_size: config.sip.max_message_size,
             tcp_idle_timeout: Duration::from_secs(config.sip.tcp_idle_timeout_secs),
-            max_tcp_connections: config.sip.max_tcp_connections,
+            max_tcp_connections,
+            max_tcp_connections_per_source: config.sip.max_tcp_connections_per_source,
+            tcp_reserved_for_peers: config.sip.tcp_reserved_for_peers,
+            tcp_request_timeout: Duration::from_secs(config.sip.tcp_request_timeout_secs),
         },
         tls,
         inbound_sender,
+        Arc::clone(&router),
         Arc::clone(&metrics),
         transport_stop.clone(),
     )
     .await?;
+    // A start that fails from here on closes the sockets again.
+    let unbind = transport_stop.clone().drop_guard();
+    let http_listener = tokio::net::TcpListener::bind(config.api.http)
+        .await
+        .map_err(|source| StartError::Http {
+            address: config.api.http,
+            source,
+        })?;
+    let grpc_listener = tokio::net::TcpListener::bind(config.api.grpc)
+        .await
+        .map_err(|source| StartError::Grpc {
+            address: config.api.grpc,
+            source,
+        })?;
+    let store = Store::open_with(
+        &config.store.path,
+        store::StoreOptions {
+            max_size_bytes: config.store.max_size_mb.map(|mb| mb * 1024 * 1024),
+            metrics: Some(Arc::clone(&metrics)),
+            // What a killed run left open ends on the link too, for the platforms that saw it.
+            recovery: Some(workorder::recovery::recovery(
+                ids::IdGenerator::from_entropy(),
+                config.platforms.iter().map(|p| p.name.clone()).collect(),
+            )),
+            synchronous: config.store.synchronous,
+        },
+    )?;
+    if store.closed_at_start() > 0 {
+        tracing::warn!(
+            calls = store.closed_at_start(),
+            "records of calls left open by the previous run closed (gateway restart)"
+        );
+    }
+    let events = workorder::hub::EventHub::new(
+        store.clone(),
+        config.platforms.iter().map(|p| p.name.clone()).collect(),
+        ids::IdGenerator::from_entropy(),
+    );
+    let registry = Arc::new(workorder::registry::CallRegistry::default());
+    let ports = PortPool::new(
+        config.media.address,
+        config.media.ports,
+        Arc::clone(&metrics),
+    );
+    let public_ip = config.sip.public_address.unwrap_or(config.sip.listen.ip());
+    let policy = MediaPolicy {
+        codecs: config
+            .media
+            .codecs
+            .iter()
+            .filter_map(|c| Codec::from_name(c))
+            .collect(),
+        telephone_event_payload_type: config.media.telephone_event,
+        ptime: config.media.ptime,
+    };
+    let timers = sip::transaction::TimerConfig {
+        t1: Duration::from_millis(config.sip.t1_ms),
+        t2: Duration::from_millis(config.sip.t2_ms),
+        t4: Duration::from_millis(config.sip.t4_ms),
+    };
     let local_sip = SocketAddr::new(public_ip, transport.local_address().port());
     let transport_tls = transport.tls_local_address();
     let directory = Arc::new(call::directory::Directory::default());
@@ -242,6 +277,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let media_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let media = media::relay::MediaEngine::start(media_workers, Arc::clone(&metrics))
         .map_err(StartError::Media)?;
+    let media_probe = media.probe();
     let blocklist = Arc::new(call::screening::Blocklist::with(store::list_blocked(
         &config.store.path,
         store::unix_millis(std::time::SystemTime::now()),
@@ -309,6 +345,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             std::time::Instant::now(),
         ));
     let tracker = tokio_util::task::TaskTracker::new();
+    let endpoint_probe = handle.clone();
     manager.attach(CallServices {
         endpoint: handle,
         store: store.clone(),
@@ -323,17 +360,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let endpoint_stop = CancellationToken::new();
     let endpoint_task = tokio::spawn(endpoint.run(inbound, commands, endpoint_stop.clone()));
 
-    let http_listener = tokio::net::TcpListener::bind(config.api.http)
-        .await
-        .map_err(|source| StartError::Http {
-            address: config.api.http,
-            source,
-        })?;
     let http_address = http_listener.local_addr().unwrap_or(config.api.http);
     let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
-    let health_shutdown = shutdown.clone();
-    let health: Arc<dyn Fn() -> bool + Send + Sync> =
-        Arc::new(move || !health_shutdown.is_cancelled());
+    let health: Arc<dyn health::HealthCheck> = Arc::new(health::Health {
+        shutdown: shutdown.clone(),
+        endpoint: endpoint_probe,
+        store: store.clone(),
+        media: media_probe,
+        metrics: Arc::clone(&metrics),
+    });
     tokio::spawn(http::serve(
         http_listener,
         Arc::clone(&metrics),
@@ -355,12 +390,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
         _ => None,
     };
-    let grpc_listener = tokio::net::TcpListener::bind(config.api.grpc)
-        .await
-        .map_err(|source| StartError::Grpc {
-            address: config.api.grpc,
-            source,
-        })?;
     let grpc_address = grpc_listener.local_addr().unwrap_or(config.api.grpc);
     let grpc_stop = CancellationToken::new();
     let service = workorder::service::WorkOrderService::new(
@@ -385,6 +414,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let retention = Duration::from_secs(config.api.outbox_retention_hours * 3600);
     tokio::spawn(prune_outbox(store.clone(), retention, shutdown.clone()));
 
+    unbind.disarm();
     tracing::info!(sip = %local_sip, http = %http_address, grpc = %grpc_address, store = %config.store.path.display(), "gateway listening");
     let finished = tokio::spawn(async move {
         shutdown.cancelled().await;
@@ -416,6 +446,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         if let Err(error) = store.shutdown().await {
             tracing::error!(%error, "store not flushed cleanly");
         }
+        drop(store_lock);
         tracing::info!("stopped");
     });
     Ok(Running {

@@ -62,6 +62,12 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
+        let budget = hotline_gateway::limits::Budget::of(&config);
+        let limit = hotline_gateway::limits::raise();
+        if let Some(reason) = hotline_gateway::limits::shortfall(&budget, &limit) {
+            eprintln!("hotline-gateway: {}: {reason}", cli.config.display());
+            return ExitCode::from(2);
+        }
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }
@@ -116,6 +122,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    abort_on_panic();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -141,4 +148,17 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// A panic anywhere (the endpoint's task, a call's task, the store writer, a relay thread)
+/// ends the process, so that the supervisor restarts it and the next start closes the records
+/// left open; unwinding would leave a process up that no longer handles SIP. (Release builds
+/// are also built with `panic = "abort"`; this covers every build.)
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(%info, "panic: the gateway stops at once (the supervisor restarts it)");
+        report(info);
+        std::process::abort();
+    }));
 }

@@ -71,9 +71,15 @@ pub enum Counter {
     TlsHandshakeFailures,
     /// SRTP/SRTCP packets that failed authentication or were replays (RFC 3711 §3.3).
     SrtpRejected,
+    /// Sockets not opened (a connection, a media port) because no descriptor was left.
+    DescriptorsExhausted,
+    /// Inbound TCP/TLS connections closed because a message was not whole in time.
+    TcpRequestTimeouts,
+    /// HTTP connections closed at once: the endpoint's connection cap was reached.
+    HttpConnectionsRefused,
 }
 
-const COUNTERS: [(Counter, &str, &str); 46] = [
+const COUNTERS: [(Counter, &str, &str); 49] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -267,7 +273,7 @@ const COUNTERS: [(Counter, &str, &str); 46] = [
     (
         Counter::TcpConnectionsRefused,
         "hotline_tcp_connections_refused_total",
-        "inbound TCP connections closed at once: sip.max_tcp_connections were open",
+        "inbound TCP/TLS connections closed at once: sip.max_tcp_connections were open, the rest is kept for peers, or the address holds its max_tcp_connections_per_source",
     ),
     (
         Counter::StoreRecordsLost,
@@ -303,6 +309,21 @@ const COUNTERS: [(Counter, &str, &str); 46] = [
         Counter::SrtpRejected,
         "hotline_srtp_rejected_total",
         "SRTP and SRTCP packets dropped: authentication failed or a replay (RFC 3711)",
+    ),
+    (
+        Counter::DescriptorsExhausted,
+        "hotline_descriptors_exhausted_total",
+        "sockets not opened (TCP accept, media ports) because the process had no file descriptor left",
+    ),
+    (
+        Counter::TcpRequestTimeouts,
+        "hotline_tcp_request_timeouts_total",
+        "inbound TCP/TLS connections closed: no whole message within sip.tcp_request_timeout_secs",
+    ),
+    (
+        Counter::HttpConnectionsRefused,
+        "hotline_http_connections_refused_total",
+        "HTTP connections closed at once: the endpoint's connection cap was reached",
     ),
 ];
 

@@ -23,6 +23,33 @@ fn check_accepts_the_contract_sample() {
     );
 }
 
+/// Under a descriptor limit too small for what the configuration may hold open, `--check`
+/// fails and names the keys (with room, the sample passes: above).
+#[test]
+fn check_says_when_the_descriptors_do_not_fit() {
+    let binary = env!("CARGO_BIN_EXE_hotline-gateway");
+    let under = |limit: u32| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n {limit} && exec \"$0\" --config config/gateway.toml --check"
+            ))
+            .arg(binary)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let tight = under(256);
+    assert_eq!(tight.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&tight.stderr);
+    assert!(
+        stderr.contains("config/gateway.toml")
+            && stderr.contains("sip.max_tcp_connections")
+            && stderr.contains("sip.max_calls")
+            && stderr.contains("limit is 256"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn check_names_file_key_and_reason() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

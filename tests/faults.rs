@@ -66,10 +66,18 @@ async fn a_full_disk_never_stops_calls_and_loses_no_record() {
     assert_eq!(gateway.metric("hotline_store_degraded").await, Some(1.0));
     assert!(gateway.metric("hotline_store_held_records").await > Some(0.0));
     assert!(gateway.metric("hotline_store_write_errors_total").await > Some(0.0));
+    // A balancer hears of it: calls go on, but this node's records are not on disk.
+    let (status, body) = gateway.http_get("/healthz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("store cannot write: "), "{body}");
 
     // Space is freed: the held records land within a retry, and every one is complete.
     common::free_store(&gateway.db);
     gateway.metric_reaches("hotline_store_degraded", 0.0).await;
+    assert_eq!(
+        gateway.http_get("/healthz").await,
+        (200, "ok\n".to_string())
+    );
     assert_eq!(
         gateway.metric("hotline_store_held_records").await,
         Some(0.0)

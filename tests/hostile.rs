@@ -376,3 +376,147 @@ async fn a_peer_with_credentials_must_prove_them_once_per_nonce_count() {
     );
     assert_eq!(gateway.calls().len(), 1);
 }
+
+/// A TCP connection from `source` (an address of the loopback network) to `gateway`.
+async fn connect_from(source: IpAddr, gateway: SocketAddr) -> tokio::net::TcpStream {
+    let socket = match tokio::net::TcpSocket::new_v4() {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    };
+    if let Err(e) = socket.bind(SocketAddr::new(source, 0)) {
+        panic!("bind {source}: {e}");
+    }
+    match socket.connect(gateway).await {
+        Ok(s) => s,
+        Err(e) => panic!("connect from {source}: {e}"),
+    }
+}
+
+/// Whether the gateway closes `stream` within `within` (a read sees the end or a reset).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 64];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Idle TCP connections from strangers on many addresses take neither a peer's slot nor more
+/// than their share: beyond `max_tcp_connections_per_source` from one address, or into the
+/// slots kept for peers, they are closed at once; the carrier still connects and is answered;
+/// and the strangers' connections that never send a whole request, or drip a header that never
+/// ends, are closed at `tcp_request_timeout_secs`, long before `tcp_idle_timeout_secs`.
+#[tokio::test]
+async fn idle_and_dripping_strangers_leave_the_peers_their_tcp_slots() {
+    let mut carrier = Ua::bind("carrier", LOCALHOST).await;
+    let mut gateway = Gateway::start(
+        &[("carrier", carrier.address, "any_port = true")],
+        &[],
+        "max_tcp_connections = 20\ntcp_reserved_for_peers = 8\nmax_tcp_connections_per_source = 4\n\
+         tcp_request_timeout_secs = 2\ntcp_idle_timeout_secs = 300\n",
+        "",
+    )
+    .await;
+    carrier.set_gateway(gateway.sip);
+    // Four strangers, six connections each: 4 per address are let in, and only 12 in all
+    // (20 less the 8 kept for peers).
+    let mut strangers = Vec::new();
+    for host in 2..=5u8 {
+        let source = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, host));
+        for _ in 0..6 {
+            strangers.push(connect_from(source, gateway.sip).await);
+        }
+    }
+    gateway
+        .metric_reaches("hotline_tcp_connections_refused_total", 12.0)
+        .await;
+    // One of those let in drips a header a byte at a time: it still gets no more than 2 s.
+    let dripper_source = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 6));
+    let mut dripper = connect_from(dripper_source, gateway.sip).await;
+
+    carrier.connect_tcp().await;
+    let text = options(gateway.sip, carrier.address, "peer-slot", "Linphone");
+    carrier
+        .send(&text.replace("SIP/2.0/UDP", "SIP/2.0/TCP"))
+        .await;
+    let answer = carrier.recv_within(Duration::from_secs(5)).await;
+    assert!(
+        matches!(answer, Some(Message::Response(ref r)) if r.status == 200),
+        "the carrier's connection is served: {answer:?}"
+    );
+    assert_eq!(
+        gateway
+            .metric("hotline_tcp_connections_refused_total")
+            .await,
+        Some(13.0),
+        "the dripper found the strangers' slots full"
+    );
+
+    // Strangers let in that never send a request are closed at the deadline.
+    let started = tokio::time::Instant::now();
+    let mut closed = 0;
+    for stream in &mut strangers {
+        if closed_within(stream, Duration::from_secs(10)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, strangers.len(), "every stranger's connection ends");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "closed at the 2 s request deadline, not the 300 s idle timeout"
+    );
+    gateway
+        .metric_reaches("hotline_tcp_request_timeouts_total", 12.0)
+        .await;
+
+    // Now the dripper is let in, and a header that never ends is cut off at the deadline.
+    drop(dripper);
+    dripper = connect_from(dripper_source, gateway.sip).await;
+    let (mut reader, mut writer) = dripper.into_split();
+    let drip = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let header = b"OPTIONS sip:100@gateway SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.6;branch=z9hG4bKdrip\r\nX-Drip: ";
+        let mut sent = 0usize;
+        for byte in header.iter().chain(std::iter::repeat(&b'a')) {
+            if writer.write_all(&[*byte]).await.is_err() {
+                return sent;
+            }
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if sent > 300 {
+                return sent;
+            }
+        }
+        sent
+    });
+    let mut buffer = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::AsyncReadExt;
+        reader.read(&mut buffer).await
+    })
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the dripping connection is closed: {read:?}"
+    );
+    gateway
+        .metric_reaches("hotline_tcp_request_timeouts_total", 13.0)
+        .await;
+    drip.abort();
+    // And the carrier's connection, which spoke, is still open and served.
+    let text = options(gateway.sip, carrier.address, "peer-slot-2", "Linphone");
+    carrier
+        .send(&text.replace("SIP/2.0/UDP", "SIP/2.0/TCP"))
+        .await;
+    let answer = carrier.recv_within(Duration::from_secs(5)).await;
+    assert!(
+        matches!(answer, Some(Message::Response(ref r)) if r.status == 200),
+        "{answer:?}"
+    );
+    gateway.stop().await;
+}

@@ -264,11 +264,13 @@ impl CallManager {
             self.metrics.increment(Counter::CallsRefusedOverload);
             return Self::reply(request, 503);
         }
-        let (Some(leg_a), Some(leg_b)) = (self.media.ports.allocate(), self.media.ports.allocate())
-        else {
-            tracing::warn!("no media ports left");
-            self.metrics.increment(Counter::CallsRefusedOverload);
-            return Self::reply(request, 503);
+        let (leg_a, leg_b) = match (self.media.ports.allocate(), self.media.ports.allocate()) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(shortage), _) | (_, Err(shortage)) => {
+                tracing::warn!(%shortage, "call refused (503): overload");
+                self.metrics.increment(Counter::CallsRefusedOverload);
+                return Self::reply(request, 503);
+            }
         };
         let mut ids = self.next_ids();
         let id = ids.call_key();

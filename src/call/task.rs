@@ -193,6 +193,7 @@ async fn carry_out(
                 let opened = services
                     .ports
                     .allocate()
+                    .ok()
                     .and_then(|lease| relay.add_party(lease));
                 call.handle_party_opened(Instant::now(), opened);
             }

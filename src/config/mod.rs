@@ -134,6 +134,21 @@ pub struct SipConfig {
     /// TCP connections open at once; a new inbound one beyond is closed at once (default 4096).
     #[serde(default = "default_max_tcp_connections")]
     pub max_tcp_connections: usize,
+    /// Inbound TCP/TLS connections one address that is no peer's may hold open (default 32):
+    /// a stranger cannot take the slots (or the descriptors) the peers need.
+    #[serde(default = "default_max_tcp_connections_per_source")]
+    pub max_tcp_connections_per_source: usize,
+    /// Of `max_tcp_connections`, how many only peers' hosts may take (default 64, at most half
+    /// of `max_tcp_connections`): strangers from many addresses still leave room for the
+    /// carrier and the desks.
+    #[serde(default = "default_tcp_reserved_for_peers")]
+    pub tcp_reserved_for_peers: usize,
+    /// An inbound TCP/TLS connection must deliver its first whole message within this long of
+    /// being opened, and every message within this long of its first byte (default 10 s);
+    /// otherwise it is closed. An idle connection that never spoke, or a header that never
+    /// ends, holds no slot for `tcp_idle_timeout_secs`.
+    #[serde(default = "default_tcp_request_timeout_secs")]
+    pub tcp_request_timeout_secs: u64,
     /// How long to wait for any response from a peer before trying the route's next peer
     /// (default 4 s: well under Timer B's 32 s, so failover is quick).
     #[serde(default = "default_peer_response_timeout_ms")]
@@ -264,6 +279,21 @@ pub struct StoreConfig {
     /// `hotline_store_degraded` is 1, until space is freed (e.g. old records archived).
     #[serde(default)]
     pub max_size_mb: Option<u64>,
+    /// What "committed" means (default `full`): `full` syncs the write-ahead log to disk at
+    /// every commit, so a record the gateway acted on survives a power cut or kernel crash;
+    /// `normal` syncs only at checkpoints, faster on slow disks, and a power cut may lose the
+    /// commits since the last checkpoint (a process crash or `kill -9` loses nothing either way).
+    #[serde(default)]
+    pub synchronous: Synchronous,
+}
+
+/// `store.synchronous`: SQLite's `PRAGMA synchronous` in WAL mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Normal,
+    #[default]
+    Full,
 }
 
 /// `[api]`: operator and platform interfaces.
@@ -457,6 +487,15 @@ fn default_hotkey_inter_digit_ms() -> u64 {
 }
 fn default_max_tcp_connections() -> usize {
     4096
+}
+fn default_max_tcp_connections_per_source() -> usize {
+    32
+}
+fn default_tcp_reserved_for_peers() -> usize {
+    64
+}
+fn default_tcp_request_timeout_secs() -> u64 {
+    10
 }
 fn default_pike_requests_per_sec() -> u32 {
     20

@@ -7,7 +7,19 @@ use std::sync::{Arc, Mutex};
 
 use std::net::UdpSocket;
 
-use crate::metrics::{Gauge, Metrics};
+use crate::metrics::{Counter, Gauge, Metrics};
+use crate::sip::transport::is_out_of_descriptors;
+
+/// Why no port pair could be had: overload either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PortShortage {
+    #[error("no media ports left (media.ports are all in use)")]
+    NoPorts,
+    #[error(
+        "out of file descriptors for media sockets (raise LimitNOFILE or lower sip.max_calls)"
+    )]
+    NoDescriptors,
+}
 
 /// The free list of port pairs.
 pub struct PortPool {
@@ -63,20 +75,32 @@ impl PortPool {
     }
 
     /// Binds the next free pair. Ports some other program holds are skipped (and retried
-    /// later); `None` when no pair can be bound (the caller answers 503).
-    pub fn allocate(self: &Arc<Self>) -> Option<LegSockets> {
+    /// later).
+    ///
+    /// # Errors
+    /// [`PortShortage`] when no pair can be bound (the caller answers 503): every pair is in use
+    /// or held elsewhere, or the process has no file descriptor left, which no other port
+    /// would change.
+    pub fn allocate(self: &Arc<Self>) -> Result<LegSockets, PortShortage> {
         let attempts = self.available();
         for _ in 0..attempts {
-            let port = self.lock().pop_front()?;
+            let Some(port) = self.lock().pop_front() else {
+                break;
+            };
             match (bind(self.address, port), bind(self.address, port + 1)) {
                 (Ok(rtp), Ok(rtcp)) => {
                     self.metrics.add_gauge(Gauge::MediaPortsInUse, 2);
-                    return Some(LegSockets {
+                    return Ok(LegSockets {
                         rtp,
                         rtcp,
                         port,
                         pool: Arc::clone(self),
                     });
+                }
+                (Err(e), _) | (_, Err(e)) if is_out_of_descriptors(&e) => {
+                    self.lock().push_front(port);
+                    self.metrics.increment(Counter::DescriptorsExhausted);
+                    return Err(PortShortage::NoDescriptors);
                 }
                 _ => {
                     tracing::debug!(port, "media port busy, skipping");
@@ -84,7 +108,7 @@ impl PortPool {
                 }
             }
         }
-        None
+        Err(PortShortage::NoPorts)
     }
 
     fn release(&self, port: u16) {
@@ -110,7 +134,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let pool = PortPool::new("127.0.0.1".parse().unwrap(), [31001, 31008], metrics);
         assert_eq!(pool.available(), 3); // 31002, 31004, 31006
-        let a = pool.allocate().unwrap_or_else(|| panic!("pair"));
+        let a = pool.allocate().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a.rtp_address().port() % 2, 0);
         assert_eq!(
             a.rtcp.local_addr().map(|s| s.port()).ok(),
@@ -118,11 +142,11 @@ mod tests {
         );
         let b = pool.allocate();
         let c = pool.allocate();
-        assert!(b.is_some() && c.is_some());
-        assert!(pool.allocate().is_none());
+        assert!(b.is_ok() && c.is_ok());
+        assert_eq!(pool.allocate().err(), Some(PortShortage::NoPorts));
         drop(a);
         assert_eq!(pool.available(), 1);
-        assert!(pool.allocate().is_some());
+        assert!(pool.allocate().is_ok());
     }
 
     #[test]
@@ -130,7 +154,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let _holder = std::net::UdpSocket::bind("127.0.0.1:31102");
         let pool = PortPool::new("127.0.0.1".parse().unwrap(), [31102, 31105], metrics);
-        let leg = pool.allocate().unwrap_or_else(|| panic!("pair"));
+        let leg = pool.allocate().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(leg.rtp_address().port(), 31104);
     }
 }

@@ -594,6 +594,8 @@ impl Tally {
 }
 
 enum Control {
+    /// Answered when the worker reads it: proof that its loop runs (`/healthz`).
+    Ping(tokio::sync::oneshot::Sender<()>),
     Add(Box<CallMedia>),
     AddParty(u64, Box<NewParty>),
     RemoveParty(u64, Party),
@@ -667,6 +669,34 @@ impl CallMedia {
     }
 }
 
+/// Asks each relay worker whether its loop runs.
+#[derive(Clone)]
+pub struct MediaProbe {
+    workers: Vec<WorkerQueue>,
+}
+
+impl MediaProbe {
+    /// The workers (by index) that did not answer within `within`: stuck, or stopped.
+    pub async fn silent(&self, within: Duration) -> Vec<usize> {
+        let answers: Vec<_> = self
+            .workers
+            .iter()
+            .map(|worker| {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                worker.send(Control::Ping(reply));
+                answer
+            })
+            .collect();
+        let mut silent = Vec::new();
+        for (index, answer) in answers.into_iter().enumerate() {
+            if !matches!(tokio::time::timeout(within, answer).await, Ok(Ok(()))) {
+                silent.push(index);
+            }
+        }
+        silent
+    }
+}
+
 /// The relay workers.
 pub struct MediaEngine {
     workers: Vec<WorkerQueue>,
@@ -714,6 +744,13 @@ impl MediaEngine {
             stop,
             metrics,
         })
+    }
+
+    /// What `/healthz` asks the workers through.
+    pub fn probe(&self) -> MediaProbe {
+        MediaProbe {
+            workers: self.workers.clone(),
+        }
     }
 
     /// Hands a call's two legs to a worker and returns the call's handle.
@@ -847,6 +884,12 @@ fn worker(
                 Err(control::TryRecvError::Disconnected) => return Ok(()),
             };
             match control {
+                Control::Ping(reply) => {
+                    if crate::faults::injected(crate::faults::Fault::RelayPanic) {
+                        panic!("injected fault: a relay worker panics");
+                    }
+                    let _ = reply.send(());
+                }
                 Control::Add(mut call) => {
                     let slot = free.pop().unwrap_or_else(|| {
                         slots.push(None);

@@ -354,6 +354,16 @@ impl Router {
             })
     }
 
+    /// Whether `ip` is a peer's host, on any port: a TCP connection from it (whose address
+    /// a handshake proved) may take the slots kept for peers.
+    pub fn is_peer_host(&self, ip: std::net::IpAddr) -> bool {
+        let ip = canonical(SocketAddr::new(ip, 0)).ip();
+        self.by_ip.contains_key(&ip)
+            || self.peers.iter().any(|p| {
+                canonical(p.address).ip() == ip || p.sources.iter().any(|c| c.contains(ip))
+            })
+    }
+
     /// The peers to try, in order, for a dialled number.
     pub fn route(&self, number: &str) -> Option<&[Arc<Peer>]> {
         if let Some(peers) = self.exact.get(number) {

@@ -114,6 +114,8 @@ pub enum Command {
         response: Response,
         bytes: Bytes,
     },
+    /// Answered when the endpoint's loop reads it (`/healthz`: a round trip through the loop).
+    Ping(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The cloneable handle call tasks hold.
@@ -128,6 +130,13 @@ impl EndpointHandle {
     pub fn send(&self, command: Command) {
         // Only fails when the endpoint is gone (shutdown): nothing left to send through.
         let _ = self.commands.send(command);
+    }
+
+    /// Resolves once the endpoint's loop has read this (an error if the loop has ended).
+    pub fn ping(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(Command::Ping(reply));
+        answer
     }
 
     /// Starts a client transaction; serialises here, on the caller's task.
@@ -525,6 +534,9 @@ impl Endpoint {
                 response,
                 bytes,
             } => self.respond_with(now, server, &response, bytes),
+            Command::Ping(reply) => {
+                let _ = reply.send(());
+            }
         }
     }
 
@@ -636,6 +648,7 @@ impl Endpoint {
                 if !self.admit(now, Some(&request), inbound.source, inbound.flow) {
                     return;
                 }
+                inject_faults(&request);
                 let waited = now.saturating_duration_since(inbound.received);
                 self.overload.handle_delay(now, waited);
                 self.handle_request(now, request, inbound.source, inbound.flow, waited);
@@ -1314,6 +1327,18 @@ fn udp_response_address(via: &Via, source: SocketAddr) -> Target {
         .unwrap_or(source.ip());
     let port = rport.or(via.port).unwrap_or(5060);
     Target::Udp(SocketAddr::new(ip, port))
+}
+
+/// The fault tests' probe ([`crate::faults`]; nothing in a release build).
+fn inject_faults(request: &Request) {
+    use crate::faults::{injected, Fault};
+    let probe = request.method == Method::Options && request.uri.user.as_deref() == Some("fault");
+    if probe && injected(Fault::EndpointPanic) {
+        panic!("injected fault: the endpoint's loop panics");
+    }
+    if probe && injected(Fault::EndpointStall) {
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    }
 }
 
 #[cfg(test)]

@@ -156,12 +156,58 @@ pub struct TransportConfig {
     pub tcp_idle_timeout: Duration,
     /// Inbound TCP connections open at once; a new one beyond is closed at once.
     pub max_tcp_connections: usize,
+    /// Inbound connections one address that is no peer's host may hold.
+    pub max_tcp_connections_per_source: usize,
+    /// Of `max_tcp_connections`, those only peers' hosts may take (capped at half).
+    pub tcp_reserved_for_peers: usize,
+    /// The first whole message of an inbound connection, and each message from its first byte,
+    /// must come within this long.
+    pub tcp_request_timeout: Duration,
+}
+
+impl TransportConfig {
+    /// The slots strangers may fill: all but those kept for peers.
+    fn stranger_slots(&self) -> usize {
+        let reserved = self
+            .tcp_reserved_for_peers
+            .min(self.max_tcp_connections / 2);
+        self.max_tcp_connections - reserved
+    }
 }
 
 struct Connections {
     writers: HashMap<ConnectionId, mpsc::Sender<Bytes>>,
     /// Open connections by peer address and whether they are TLS.
     by_address: HashMap<(SocketAddr, bool), ConnectionId>,
+    /// Inbound connections (and TLS handshakes) open now, by source host.
+    by_source: HashMap<std::net::IpAddr, usize>,
+    /// Inbound connections (and handshakes) open now from hosts that are no peer's.
+    strangers: usize,
+}
+
+/// One inbound connection's claim on its source's slots, given back when it is dropped.
+struct SourceSlot {
+    connections: Arc<Mutex<Connections>>,
+    source: std::net::IpAddr,
+    stranger: bool,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = connections.by_source.get_mut(&self.source) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                connections.by_source.remove(&self.source);
+            }
+        }
+        if self.stranger {
+            connections.strangers = connections.strangers.saturating_sub(1);
+        }
+    }
 }
 
 /// The handle the endpoint sends through. Cheap to clone.
@@ -178,6 +224,10 @@ pub struct Transport {
     /// Inbound TLS handshakes under way: they count against `max_tcp_connections` too.
     handshaking: Arc<std::sync::atomic::AtomicUsize>,
     bans: Arc<Bans>,
+    /// Who the peers are, for the slots kept for them.
+    router: Arc<crate::routing::Router>,
+    /// When running out of descriptors was last logged (logged once a while, counted always).
+    descriptors_logged: Arc<Mutex<Option<Instant>>>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 }
@@ -258,23 +308,11 @@ impl Transport {
         config: TransportConfig,
         tls: Option<super::tls::TlsSettings>,
         inbound: mpsc::Sender<TransportEvent>,
+        router: Arc<crate::routing::Router>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Transport, TransportError> {
-        let udp = bind_udp(config.listen).map_err(|source| TransportError::Bind {
-            protocol: "UDP",
-            address: config.listen,
-            source,
-        })?;
-        // TCP on the same port as UDP, also when the configured port is 0 (tests).
-        let bound = udp.local_addr().unwrap_or(config.listen);
-        let tcp = TcpListener::bind(bound)
-            .await
-            .map_err(|source| TransportError::Bind {
-                protocol: "TCP",
-                address: bound,
-                source,
-            })?;
+        let (udp, tcp) = bind_udp_and_tcp(config.listen).await?;
         let tls_listener =
             match tls.as_ref().and_then(|t| t.listen) {
                 Some(address) => Some(TcpListener::bind(address).await.map_err(|source| {
@@ -291,6 +329,8 @@ impl Transport {
             connections: Arc::new(Mutex::new(Connections {
                 writers: HashMap::new(),
                 by_address: HashMap::new(),
+                by_source: HashMap::new(),
+                strangers: 0,
             })),
             next_connection: Arc::new(AtomicU64::new(1)),
             inbound,
@@ -299,6 +339,8 @@ impl Transport {
             tls_local: tls_listener.as_ref().and_then(|l| l.local_addr().ok()),
             handshaking: Arc::default(),
             bans: Arc::default(),
+            router,
+            descriptors_logged: Arc::default(),
             metrics,
             shutdown,
         };
@@ -381,7 +423,7 @@ impl Transport {
                     let _ = stream.set_nodelay(true);
                     match transport.tls_connect(stream, address).await {
                         Ok(stream) => {
-                            let id = transport.register(stream, address, true);
+                            let id = transport.register(stream, address, true, None);
                             transport.send_on(id, bytes);
                         }
                         Err(reason) => {
@@ -393,7 +435,7 @@ impl Transport {
                 }
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    let id = transport.register(stream, address, false);
+                    let id = transport.register(stream, address, false, None);
                     transport.send_on(id, bytes);
                 }
                 Ok(Err(e)) => {
@@ -481,25 +523,20 @@ impl Transport {
             };
             match accepted {
                 Ok((stream, address)) => {
-                    if self
-                        .bans
-                        .is_banned(crate::routing::canonical(address), Instant::now())
-                    {
+                    let address = crate::routing::canonical(address);
+                    if self.bans.is_banned(address, Instant::now()) {
                         self.metrics.increment(Counter::SipDroppedBanned);
                         continue;
                     }
-                    let open = self.lock().writers.len() + self.handshaking.load(Ordering::Relaxed);
-                    if open >= self.config.max_tcp_connections {
+                    let Some(slot) = self.claim_slot(address) else {
                         // Closed at once (dropped): file descriptors and tasks stay bounded.
                         self.metrics.increment(Counter::TcpConnectionsRefused);
-                        tracing::debug!(%address, open, "TCP connection refused: limit reached");
                         drop(stream);
                         continue;
-                    }
+                    };
                     let _ = stream.set_nodelay(true);
-                    let address = crate::routing::canonical(address);
                     if !secure {
-                        self.register(stream, address, false);
+                        self.register(stream, address, false, Some(slot));
                         continue;
                     }
                     // The handshake runs beside the accept loop: a slow client holds up nobody.
@@ -514,7 +551,7 @@ impl Transport {
                         transport.handshaking.fetch_sub(1, Ordering::Relaxed);
                         match handshake {
                             Ok(Ok(stream)) => {
-                                transport.register(stream, address, true);
+                                transport.register(stream, address, true, Some(slot));
                             }
                             Ok(Err(e)) => {
                                 transport.metrics.increment(Counter::TlsHandshakeFailures);
@@ -527,6 +564,11 @@ impl Transport {
                         }
                     });
                 }
+                Err(e) if is_out_of_descriptors(&e) => {
+                    // The connection waits in the backlog; what is open must close first.
+                    self.out_of_descriptors("accepting a TCP connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "TCP accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -535,8 +577,70 @@ impl Transport {
         }
     }
 
+    /// A slot for a new inbound connection from `source`, or `None` when the connection must
+    /// be refused: the table is full, or a stranger would take a slot kept for peers or hold
+    /// more than its share.
+    fn claim_slot(&self, source: SocketAddr) -> Option<SourceSlot> {
+        let stranger = !self.router.is_peer_host(source.ip());
+        let mut connections = self.lock();
+        let open = connections.writers.len() + self.handshaking.load(Ordering::Relaxed);
+        let from_source = connections
+            .by_source
+            .get(&source.ip())
+            .copied()
+            .unwrap_or(0);
+        let refused = if open >= self.config.max_tcp_connections {
+            Some("connection limit reached")
+        } else if stranger && connections.strangers >= self.config.stranger_slots() {
+            Some("the remaining slots are kept for peers")
+        } else if stranger && from_source >= self.config.max_tcp_connections_per_source {
+            Some("too many connections from this address")
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            tracing::debug!(%source, open, from_source, reason, "TCP connection refused");
+            return None;
+        }
+        *connections.by_source.entry(source.ip()).or_insert(0) += 1;
+        if stranger {
+            connections.strangers += 1;
+        }
+        Some(SourceSlot {
+            connections: Arc::clone(&self.connections),
+            source: source.ip(),
+            stranger,
+        })
+    }
+
+    /// Counts (and now and then logs) that the process ran out of file descriptors: overload,
+    /// not a fault of the address or port being tried.
+    pub fn out_of_descriptors(&self, doing: &'static str) {
+        self.metrics.increment(Counter::DescriptorsExhausted);
+        let mut logged = self
+            .descriptors_logged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if logged.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10)) {
+            *logged = Some(now);
+            tracing::error!(
+                doing,
+                "out of file descriptors (overload): raise LimitNOFILE or lower sip.max_tcp_connections / sip.max_calls"
+            );
+        }
+    }
+
     /// Starts the reader and writer tasks of a connection (TLS if `secure`) and returns its id.
-    fn register<S>(&self, stream: S, address: SocketAddr, secure: bool) -> ConnectionId
+    ///
+    /// `slot` is the claim of a connection the peer opened (`None`: the gateway opened it).
+    fn register<S>(
+        &self,
+        stream: S,
+        address: SocketAddr,
+        secure: bool,
+        slot: Option<SourceSlot>,
+    ) -> ConnectionId
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -569,9 +673,11 @@ impl Transport {
         let transport = self.clone();
         tokio::spawn(async move {
             let flow = if secure { Flow::Tls(id) } else { Flow::Tcp(id) };
+            let accepted = slot.is_some();
             transport
-                .read_connection(read_half, address, flow, &closed)
+                .read_connection(read_half, address, flow, accepted, &closed)
                 .await;
+            drop(slot);
             closed.cancel();
             {
                 let mut connections = transport.lock();
@@ -599,11 +705,15 @@ impl Transport {
         self.lock().by_address.contains_key(&(address, secure))
     }
 
+    /// Reads and frames one connection until it closes. An `accepted` connection (the peer
+    /// opened it) must deliver its first whole message within `tcp_request_timeout`; on every
+    /// connection a message must be whole within that long of its first byte.
     async fn read_connection(
         &self,
         mut reader: impl AsyncRead + Unpin,
         address: SocketAddr,
         flow: Flow,
+        accepted: bool,
         closed: &CancellationToken,
     ) {
         let id = match flow {
@@ -611,10 +721,14 @@ impl Transport {
             Flow::Udp => return,
         };
         let mut buffer = BytesMut::with_capacity(8192);
+        let mut framer = message::Framer::default();
+        let request_timeout = self.config.tcp_request_timeout;
+        // Until when the message under way (or, at first, the first message) must be whole.
+        let mut deadline = accepted.then(|| Instant::now() + request_timeout);
         loop {
             // Deliver every whole message already buffered (pipelining), then read more.
             loop {
-                match message::frame(&buffer, self.config.max_message_size) {
+                match framer.next(&buffer, self.config.max_message_size) {
                     Ok(Frame::Incomplete) => break,
                     Ok(Frame::KeepAlive { length, ping }) => {
                         buffer.advance(length);
@@ -623,6 +737,7 @@ impl Transport {
                         }
                     }
                     Ok(Frame::Message { length }) => {
+                        deadline = None;
                         let bytes = buffer.split_to(length);
                         let inbound = Inbound {
                             received: Instant::now(),
@@ -646,18 +761,86 @@ impl Transport {
                     }
                 }
             }
+            if deadline.is_none() && !buffer.is_empty() {
+                deadline = Some(Instant::now() + request_timeout);
+            }
+            let wait = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                None => self.config.tcp_idle_timeout,
+            };
             let read = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = closed.cancelled() => return,
-                r = tokio::time::timeout(self.config.tcp_idle_timeout, reader.read_buf(&mut buffer)) => r,
+                r = tokio::time::timeout(wait, reader.read_buf(&mut buffer)) => r,
             };
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) => return,
                 Ok(Ok(_)) => {}
+                Err(_) if deadline.is_some() => {
+                    self.metrics.increment(Counter::TcpRequestTimeouts);
+                    tracing::debug!(%address, "closing TCP connection: no whole message in time");
+                    return;
+                }
                 Err(_) => {
                     tracing::debug!(%address, "closing idle TCP connection");
                     return;
                 }
+            }
+        }
+    }
+}
+
+/// EMFILE or ENFILE: the process (or the system) has no descriptor left.
+pub fn is_out_of_descriptors(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(code) if code == rustix::io::Errno::MFILE.raw_os_error()
+            || code == rustix::io::Errno::NFILE.raw_os_error()
+    )
+}
+
+/// UDP and TCP on the same port. With port 0 (tests, several gateways on one machine) the port
+/// the kernel picks for UDP may be held by another TCP socket: another port is tried.
+async fn bind_udp_and_tcp(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), TransportError> {
+    let (udp, tcp) = bind_pair(listen, |address| {
+        let tcp = std::net::TcpListener::bind(address)?;
+        tcp.set_nonblocking(true)?;
+        Ok(tcp)
+    })?;
+    let tcp = TcpListener::from_std(tcp).map_err(|source| TransportError::Bind {
+        protocol: "TCP",
+        address: listen,
+        source,
+    })?;
+    Ok((udp, tcp))
+}
+
+fn bind_pair<T>(
+    listen: SocketAddr,
+    mut bind_tcp: impl FnMut(SocketAddr) -> std::io::Result<T>,
+) -> Result<(UdpSocket, T), TransportError> {
+    const ATTEMPTS: usize = 32;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let udp = bind_udp(listen).map_err(|source| TransportError::Bind {
+            protocol: "UDP",
+            address: listen,
+            source,
+        })?;
+        let bound = udp.local_addr().unwrap_or(listen);
+        match bind_tcp(bound) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(source)
+                if listen.port() == 0
+                    && attempt < ATTEMPTS
+                    && source.kind() == std::io::ErrorKind::AddrInUse => {}
+            Err(source) => {
+                return Err(TransportError::Bind {
+                    protocol: "TCP",
+                    address: bound,
+                    source,
+                })
             }
         }
     }
@@ -672,4 +855,42 @@ fn bind_udp(address: SocketAddr) -> std::io::Result<UdpSocket> {
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     UdpSocket::from_std(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Port 0: a UDP port whose TCP twin is taken is given back and another one tried.
+    #[tokio::test]
+    async fn port_zero_finds_a_port_free_for_both() {
+        let listen: SocketAddr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
+        let mut tried = Vec::new();
+        let (udp, port) = match bind_pair(listen, |address| {
+            tried.push(address.port());
+            if tried.len() < 3 {
+                Err(std::io::Error::from(std::io::ErrorKind::AddrInUse))
+            } else {
+                Ok(address.port())
+            }
+        }) {
+            Ok(pair) => pair,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(tried.len(), 3);
+        assert_eq!(udp.local_addr().map(|a| a.port()).ok(), Some(port));
+        // A configured port is never swapped for another.
+        let fixed: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap_or(listen);
+        drop(udp);
+        let refused = bind_pair(fixed, |_| -> std::io::Result<()> {
+            Err(std::io::Error::from(std::io::ErrorKind::AddrInUse))
+        });
+        assert!(matches!(
+            refused,
+            Err(TransportError::Bind {
+                protocol: "TCP",
+                ..
+            })
+        ));
+    }
 }

@@ -30,6 +30,7 @@
 //! | `outbox.rs` | the outbox: numbering, positions, readers, closing a killed run's calls |
 //! | `reads.rs` | read-only queries beside the running gateway |
 
+mod lock;
 mod outbox;
 mod reads;
 mod schema;
@@ -45,6 +46,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
 
+pub use lock::{lock_path, StoreLock};
 pub use outbox::{
     Acknowledged, Interrupted, NewEvent, Outbox, OutboxReader, OutboxRecord, Recovery,
 };
@@ -75,6 +77,8 @@ pub struct StoreOptions {
     /// The ending events of calls a killed run left open (default: none; their records are
     /// closed all the same).
     pub recovery: Option<Arc<Recovery>>,
+    /// Whether each commit is synced to disk (default: yes, `FULL`).
+    pub synchronous: crate::config::Synchronous,
 }
 
 /// What became of a write.
@@ -195,6 +199,13 @@ pub enum StoreError {
     Write { path: PathBuf, reason: String },
     #[error("the store's writer has stopped")]
     Closed,
+    #[error("{path} is held by another gateway (pid {holder}): one gateway per store")]
+    Locked { path: PathBuf, holder: String },
+    #[error("cannot lock the store with {path}: {source}")]
+    LockFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The record changes of one step of a call (or of one command) and the outbox events that
@@ -315,7 +326,12 @@ impl Store {
             source,
         })?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        // WAL with FULL: the log is synced at every commit; NORMAL: only at checkpoints.
+        let synchronous = match options.synchronous {
+            crate::config::Synchronous::Full => "FULL",
+            crate::config::Synchronous::Normal => "NORMAL",
+        };
+        connection.pragma_update(None, "synchronous", synchronous)?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         schema::migrate(&connection)?;
         let now = unix_millis(SystemTime::now());
@@ -501,6 +517,17 @@ impl Store {
                 .map_err(|_| StoreError::Closed)?;
         }
         Ok(outcome)
+    }
+
+    /// Resolves once the writer has dealt with what was queued before: an error if it has
+    /// stopped. A writer stuck in a write never answers (`/healthz` times out).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.queue
+            .send(WriteOp::Ping(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)
     }
 
     /// Deletes outbox events created before `before` (Unix ms), acknowledged or not, but

@@ -59,6 +59,9 @@ pub(super) enum WriteOp {
     Prune(i64),
     /// The reply goes once everything before it is committed.
     Flush(Reply),
+    /// Answered once the batch it came in is dealt with: proof that the writer is not stuck
+    /// (`/healthz`).
+    Ping(oneshot::Sender<()>),
 }
 
 impl WriteOp {
@@ -68,7 +71,7 @@ impl WriteOp {
             WriteOp::Write {
                 changes, events, ..
             } => changes.len() + events.len(),
-            WriteOp::Flush(_) => 0,
+            WriteOp::Flush(_) | WriteOp::Ping(_) => 0,
             WriteOp::Ack { .. } | WriteOp::Prune(_) => 1,
         }
     }
@@ -141,6 +144,10 @@ impl Writer {
                     }
                 }
             }
+            let (pings, rest): (Vec<WriteOp>, Vec<WriteOp>) = batch
+                .drain(..)
+                .partition(|op| matches!(op, WriteOp::Ping(_)));
+            batch = rest;
             let flush = batch.iter().any(|op| matches!(op, WriteOp::Flush(_)));
             if self.held.is_empty() || flush || closed || self.last_attempt.elapsed() >= RETRY {
                 self.commit(&mut batch);
@@ -148,6 +155,14 @@ impl Writer {
                 // Not yet time to try again: hold these behind the others.
                 for op in batch.drain(..) {
                     self.hold(op);
+                }
+            }
+            for ping in pings {
+                if crate::faults::injected(crate::faults::Fault::StorePanic) {
+                    panic!("injected fault: the store writer panics");
+                }
+                if let WriteOp::Ping(reply) = ping {
+                    let _ = reply.send(());
                 }
             }
             if closed {
@@ -293,8 +308,8 @@ impl Writer {
         }
         if first {
             self.last_report = now;
-            tracing::error!(path = %self.path.display(), %error,
-                "store cannot write (disk full or read-only?): calls go on, their records are held in memory and retried every second");
+            tracing::error!(path = %self.path.display(), %error, cause = likely_cause(&error),
+                "store cannot write: calls go on, their records are held in memory and retried every second");
         } else if now.duration_since(self.last_report) >= REPORT {
             self.last_report = now;
             tracing::error!(path = %self.path.display(), %error, records = self.held_records,
@@ -348,7 +363,25 @@ fn reply(op: WriteOp, result: Result<Written, String>) {
         | WriteOp::Flush(done) => {
             let _ = done.send(result);
         }
+        WriteOp::Ping(done) => {
+            let _ = done.send(());
+        }
         WriteOp::Write { reply: None, .. } | WriteOp::Ack { .. } | WriteOp::Prune(_) => {}
+    }
+}
+
+/// What an operator should look at first, from SQLite's error code.
+fn likely_cause(error: &rusqlite::Error) -> &'static str {
+    match error.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => "the disk (or store.max_size_mb) is full",
+        Some(ErrorCode::ReadOnly) => "the file or its volume is read-only",
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            "another program holds a lock on the database (a backup, a sqlite3 shell)"
+        }
+        Some(ErrorCode::SystemIoFailure) => "the disk reports I/O errors",
+        Some(ErrorCode::CannotOpen) => "the file or its directory is gone or not accessible",
+        Some(ErrorCode::OutOfMemory) => "the process is out of memory",
+        _ => "see the error",
     }
 }
 
@@ -405,7 +438,7 @@ fn write_batch(
                     )?
                     .execute(params![before])?;
             }
-            WriteOp::Flush(_) => {}
+            WriteOp::Flush(_) | WriteOp::Ping(_) => {}
         }
     }
     transaction.commit()?;

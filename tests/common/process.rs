@@ -18,6 +18,31 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// `hotline-gateway --config config`, under `ulimit -n nofile` if given.
+fn gateway(config: &Path, nofile: Option<u32>) -> Command {
+    let binary = env!("CARGO_BIN_EXE_hotline-gateway");
+    let mut command = match nofile {
+        Some(limit) => {
+            let mut shell = Command::new("sh");
+            shell
+                .arg("-c")
+                .arg(format!("ulimit -n {limit} && exec \"$0\" --config \"$1\""))
+                .arg(binary)
+                .arg(config);
+            shell
+        }
+        None => {
+            let mut direct = Command::new(binary);
+            direct.arg("--config").arg(config);
+            direct
+        }
+    };
+    command
+        .env("RUST_LOG", "warn,hotline_gateway=info")
+        .stdout(Stdio::null());
+    command
+}
+
 /// The gateway binary running on a config; killed (and waited for) when dropped.
 pub struct GatewayProcess(Child);
 
@@ -25,14 +50,53 @@ impl GatewayProcess {
     /// Starts `hotline-gateway --config config`; returns once it logs that it listens. Its log
     /// goes on being read (so it never blocks on a full pipe) and is dropped.
     pub fn start(config: &Path) -> GatewayProcess {
-        let mut child = match Command::new(env!("CARGO_BIN_EXE_hotline-gateway"))
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "warn,hotline_gateway=info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-        {
+        GatewayProcess::start_command(gateway(config, None))
+    }
+
+    /// As [`GatewayProcess::start`], with a fault injected (`HOTLINE_FAULT`, debug builds).
+    pub fn start_with_fault(config: &Path, fault: &str) -> GatewayProcess {
+        let mut command = gateway(config, None);
+        command.env("HOTLINE_FAULT", fault);
+        GatewayProcess::start_command(command)
+    }
+
+    /// How the process ended, if it ends within `within`.
+    pub fn exits_within(
+        &mut self,
+        within: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            match self.0.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    // A process's end has no event to await here: look again shortly.
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// As [`GatewayProcess::start`], under a file-descriptor limit of `nofile` (soft and hard).
+    pub fn start_limited(config: &Path, nofile: u32) -> GatewayProcess {
+        GatewayProcess::start_command(gateway(config, Some(nofile)))
+    }
+
+    /// Runs a gateway that is expected not to start; returns its exit status and log.
+    pub fn run_to_failure(config: &Path) -> (std::process::ExitStatus, String) {
+        let output = match gateway(config, None).stderr(Stdio::piped()).output() {
+            Ok(o) => o,
+            Err(e) => panic!("run gateway: {e}"),
+        };
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    fn start_command(mut command: Command) -> GatewayProcess {
+        let mut child = match command.stderr(Stdio::piped()).stdout(Stdio::null()).spawn() {
             Ok(c) => c,
             Err(e) => panic!("start gateway: {e}"),
         };

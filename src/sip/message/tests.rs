@@ -207,6 +207,59 @@ fn framing_partial_pipelined_and_oversized() {
     );
 }
 
+/// A stream read a few bytes at a time (an attacker dripping a header) costs each byte about
+/// once: the search for the blank line goes on where it stopped, and whole messages still come
+/// out the same, pipelined ones included.
+#[test]
+fn framing_a_dripped_stream_looks_at_each_byte_once() {
+    let mut stream = Vec::new();
+    let mut header = String::from("OPTIONS sip:a@b SIP/2.0\r\n");
+    for i in 0..2_000 {
+        header.push_str(&format!("X-Drip-{i}: {i}\r\n"));
+    }
+    header.push_str("Content-Length: 4\r\n\r\nbody");
+    stream.extend_from_slice(header.as_bytes());
+    stream.extend_from_slice(b"\r\n\r\n");
+    stream.extend_from_slice(INVITE.as_bytes());
+    let mut framer = Framer::default();
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut frames = Vec::new();
+    let mut keep_alive = 0;
+    for piece in stream.chunks(4) {
+        buffer.extend_from_slice(piece);
+        loop {
+            match framer.next(&buffer, 1 << 20) {
+                Ok(Frame::Incomplete) => break,
+                Ok(Frame::KeepAlive { length, .. }) => {
+                    // Split across reads, a ping may come as two pongs: the bytes are what count.
+                    keep_alive += length;
+                    buffer.drain(..length);
+                }
+                Ok(Frame::Message { length }) => {
+                    frames.push(format!("message {length}"));
+                    buffer.drain(..length);
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    assert_eq!(
+        frames,
+        vec![
+            format!("message {}", header.len()),
+            format!("message {}", INVITE.len()),
+        ]
+    );
+    assert_eq!(keep_alive, 4);
+    assert!(buffer.is_empty());
+    assert!(
+        framer.examined() < 2 * stream.len(),
+        "{} bytes examined for a {}-byte stream",
+        framer.examined(),
+        stream.len()
+    );
+}
+
 #[test]
 fn ack_and_cancel_reuse_the_invite_branch() {
     let invite = request(INVITE);

@@ -1,0 +1,149 @@
+//! The process's file-descriptor budget: what the configuration can hold open at once, and the
+//! soft `RLIMIT_NOFILE` raised to meet it.
+//!
+//! Every media port, TCP connection and API client is a descriptor. Run out and the next call
+//! has no RTP socket and `/healthz` cannot be accepted; so the budget is checked before the
+//! gateway starts (`--check` fails, a start warns) rather than found at the height of a surge.
+
+use crate::config::Config;
+
+/// Inbound HTTP connections (`/healthz`, `/metrics`) open at once.
+pub const MAX_HTTP_CONNECTIONS: usize = 64;
+/// Work-order gRPC connections open at once (a few per platform).
+pub const MAX_GRPC_CONNECTIONS: usize = 64;
+/// Descriptors the process needs whatever the load: stdio, the store's files, pollers, the
+/// runtime's wakers, the listening sockets.
+const BASE: u64 = 64;
+
+/// What the configuration can hold open at once, by part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// `sip.max_tcp_connections`.
+    pub sip_tcp: u64,
+    /// Four ports a call (bounded by `media.ports`), two descriptors a port.
+    pub media: u64,
+    pub api: u64,
+    pub base: u64,
+}
+
+impl Budget {
+    pub fn of(config: &Config) -> Budget {
+        let [low, high] = config.media.ports;
+        let range = u64::from(high.saturating_sub(low)) + 1;
+        // Four ports a call (RTP and RTCP of two legs), each bound once and once duplicated
+        // for its relay worker.
+        let ports = (config.sip.max_calls as u64).saturating_mul(4).min(range);
+        Budget {
+            sip_tcp: config.sip.max_tcp_connections as u64,
+            media: ports * 2,
+            api: (MAX_HTTP_CONNECTIONS + MAX_GRPC_CONNECTIONS) as u64,
+            base: BASE,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.sip_tcp + self.media + self.api + self.base
+    }
+
+    /// The TCP connections the gateway lets in under `limit`: `sip.max_tcp_connections`, or
+    /// fewer when that many would leave the media, the API or the process without descriptors
+    /// (at least [`MIN_TCP`], so TCP peers are never shut out altogether).
+    pub fn tcp_allowance(&self, limit: &Limit) -> usize {
+        let rest = self.media + self.api + self.base;
+        let room = limit.soft.saturating_sub(rest).max(MIN_TCP);
+        self.sip_tcp.min(room) as usize
+    }
+}
+
+/// The fewest TCP connections a tight descriptor limit leaves.
+pub const MIN_TCP: u64 = 16;
+
+/// The descriptor limits after [`raise`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard one (systemd's default soft limit is 1,024, its
+/// hard one 524,288) and returns both; an unlimited hard limit is kept at a million.
+pub fn raise() -> Limit {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let current = getrlimit(Resource::Nofile);
+    let hard = current.maximum.unwrap_or(1 << 20);
+    let soft = current.current.unwrap_or(hard);
+    if soft < hard {
+        let raised = Rlimit {
+            current: Some(hard),
+            maximum: current.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return Limit { soft: hard, hard };
+        }
+    }
+    Limit { soft, hard }
+}
+
+/// Why the configuration does not fit the descriptor limit, naming the keys to change.
+pub fn shortfall(budget: &Budget, limit: &Limit) -> Option<String> {
+    (budget.total() > limit.soft).then(|| {
+        format!(
+            "the configuration can hold {} file descriptors open ({} for sip.max_tcp_connections, \
+             {} for the media sockets of sip.max_calls calls within media.ports, {} for the HTTP and gRPC \
+             clients, {} for the process) but the limit is {} (hard {}): raise LimitNOFILE (or \
+             `ulimit -n`) or lower sip.max_tcp_connections / sip.max_calls",
+            budget.total(),
+            budget.sip_tcp,
+            budget.media,
+            budget.api,
+            budget.base,
+            limit.soft,
+            limit.hard
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_names_what_does_not_fit() {
+        let budget = Budget {
+            sip_tcp: 4096,
+            media: 16_000,
+            api: 128,
+            base: 64,
+        };
+        assert_eq!(budget.total(), 20_288);
+        let fits = Limit {
+            soft: 524_288,
+            hard: 524_288,
+        };
+        assert_eq!(shortfall(&budget, &fits), None);
+        let systemd_default = Limit {
+            soft: 1024,
+            hard: 1024,
+        };
+        let Some(reason) = shortfall(&budget, &systemd_default) else {
+            panic!("20,288 descriptors do not fit in 1,024");
+        };
+        assert!(reason.contains("sip.max_tcp_connections"), "{reason}");
+        assert!(reason.contains("limit is 1024"), "{reason}");
+        // The media keep their descriptors: TCP gets what is left.
+        let budget = Budget {
+            media: 400,
+            ..budget
+        };
+        assert_eq!(
+            budget.tcp_allowance(&systemd_default),
+            1024 - 400 - 128 - 64
+        );
+        assert_eq!(budget.tcp_allowance(&fits), 4096);
+        let tiny = Limit {
+            soft: 300,
+            hard: 300,
+        };
+        assert_eq!(budget.tcp_allowance(&tiny), MIN_TCP as usize);
+    }
+}
