@@ -205,7 +205,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             metrics: Some(Arc::clone(&metrics)),
             // What a killed run left open ends on the link too, for the platforms that saw it.
             recovery: Some(workorder::recovery::recovery(
-                ids::IdGenerator::from_entropy(),
+                ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
                 config.platforms.iter().map(|p| p.name.clone()).collect(),
             )),
             synchronous: config.store.synchronous,
@@ -220,7 +220,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let events = workorder::hub::EventHub::new(
         store.clone(),
         config.platforms.iter().map(|p| p.name.clone()).collect(),
-        ids::IdGenerator::from_entropy(),
+        ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
     );
     let registry = Arc::new(workorder::registry::CallRegistry::default());
     let ports = PortPool::new(
@@ -304,7 +304,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 inactivity: Duration::from_secs(config.media.inactivity_timeout_secs),
             },
             Arc::clone(&metrics),
-            ids::IdGenerator::from_entropy(),
+            ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
             config.sip.max_calls,
         )
         .with_screening(screening),

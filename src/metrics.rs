@@ -77,9 +77,11 @@ pub enum Counter {
     TcpRequestTimeouts,
     /// HTTP connections closed at once: the endpoint's connection cap was reached.
     HttpConnectionsRefused,
+    /// Requests for dialogs the gateway does not have, answered 481 without a transaction.
+    SipUnknownDialog,
 }
 
-const COUNTERS: [(Counter, &str, &str); 49] = [
+const COUNTERS: [(Counter, &str, &str); 50] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -324,6 +326,11 @@ const COUNTERS: [(Counter, &str, &str); 49] = [
         Counter::HttpConnectionsRefused,
         "hotline_http_connections_refused_total",
         "HTTP connections closed at once: the endpoint's connection cap was reached",
+    ),
+    (
+        Counter::SipUnknownDialog,
+        "hotline_sip_unknown_dialog_total",
+        "requests for a dialog the gateway does not have, answered 481 without a transaction",
     ),
 ];
 

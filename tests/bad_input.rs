@@ -215,3 +215,95 @@ async fn arbitrary_datagrams_never_take_the_gateway_down() {
     still_serving(&mut ua, gateway.sip, "after-fuzz").await;
     gateway.stop().await;
 }
+
+/// `invite` as bytes, its From display name (`"Citizen"`) replaced by `name` as raw bytes.
+fn with_display_name(invite: &hotline_gateway::sip::message::Request, name: &[u8]) -> Vec<u8> {
+    let text = invite.to_bytes();
+    let Some(at) = text.windows(9).position(|w| w == b"\"Citizen\"") else {
+        panic!("no display name in the INVITE");
+    };
+    let mut bytes = text[..at + 1].to_vec();
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(&text[at + 8..]);
+    bytes
+}
+
+/// A legacy PBX sends the caller's name in GBK: with the peer's `charset = "gbk"` the desk sees
+/// the Chinese name; from a peer left at UTF-8 the same bytes arrive as one `?` each, never as
+/// U+FFFD (which would triple their length).
+#[tokio::test]
+async fn a_gbk_display_name_reaches_the_desk_as_chinese() {
+    let mut legacy = Ua::bind("legacy", LOCALHOST).await;
+    let mut modern = Ua::bind("modern", LOCALHOST).await;
+    let mut desk = Ua::bind("hotline", LOCALHOST).await;
+    let gateway = Gateway::start(
+        &[
+            ("legacy", legacy.address, "charset = \"gbk\""),
+            ("modern", modern.address, ""),
+            ("hotline", desk.address, ""),
+        ],
+        &[("12345", &["hotline"])],
+        "",
+        "",
+    )
+    .await;
+    for ua in [&mut legacy, &mut modern, &mut desk] {
+        ua.set_gateway(gateway.sip);
+    }
+    // 张三 in GBK.
+    let zhang_san = [0xd5, 0xc5, 0xc8, 0xfd];
+    for (caller, shown) in [(&mut legacy, "张三"), (&mut modern, "????")] {
+        let invite = caller.invite("12345", "13800138000", "", "");
+        caller
+            .send_raw(&with_display_name(&invite, &zhang_san))
+            .await;
+        let incoming = desk.expect_request("INVITE").await;
+        let from = incoming.from().unwrap_or_else(|| panic!("no From"));
+        assert_eq!(from.display_name.as_deref(), Some(shown));
+        desk.send_response(&desk.answer(&incoming, 486, None)).await;
+        caller.expect_response("INVITE", 486).await;
+    }
+}
+
+/// A 6,174-byte ISO-8859-1 display name (each byte invalid UTF-8) leaves as at most 128 bytes:
+/// the desk's answers, which echo the From, stay readable, so its 486 reaches the caller at
+/// once instead of the INVITE being retransmitted to a desk that answered. A From user part
+/// longer than any number is refused 400.
+#[tokio::test]
+async fn a_hostile_display_name_is_bounded_and_the_desks_answer_is_read() {
+    let mut caller = Ua::bind("carrier", LOCALHOST).await;
+    let mut desk = Ua::bind("hotline", LOCALHOST).await;
+    let gateway = Gateway::start(
+        &[
+            ("carrier", caller.address, ""),
+            ("hotline", desk.address, ""),
+        ],
+        &[("12345", &["hotline"])],
+        "",
+        "",
+    )
+    .await;
+    caller.set_gateway(gateway.sip);
+    desk.set_gateway(gateway.sip);
+    let name = vec![0xe9u8; 6174];
+    let invite = caller.invite("12345", "13800138000", "", "");
+    caller.send_raw(&with_display_name(&invite, &name)).await;
+    let incoming = desk.expect_request("INVITE").await;
+    let from = incoming.from().unwrap_or_else(|| panic!("no From"));
+    let shown = from.display_name.unwrap_or_default();
+    assert!(
+        shown.len() <= 128 && shown.chars().all(|c| c == '?'),
+        "{shown}"
+    );
+    desk.send_response(&desk.answer(&incoming, 486, None)).await;
+    caller.expect_response("INVITE", 486).await;
+    // The gateway read the desk's answer: it acknowledges it (§17.1.1.3), so the transaction
+    // is over and the INVITE is not retransmitted.
+    desk.expect_request("ACK").await;
+
+    let long_user = "1".repeat(65);
+    let invite = caller.invite("12345", &long_user, "", "");
+    caller.send_request(&invite).await;
+    caller.expect_response("INVITE", 400).await;
+    still_serving(&mut caller, gateway.sip, "after-identities").await;
+}

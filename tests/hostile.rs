@@ -520,3 +520,41 @@ async fn idle_and_dripping_strangers_leave_the_peers_their_tcp_slots() {
     );
     gateway.stop().await;
 }
+
+/// BYEs with made-up To tags (what anyone who can spoof a peer's address can send) are answered
+/// 481 without a transaction: 1,000 of them leave `max_transactions` untouched, and the peer's
+/// next new request is served, not refused 503.
+#[tokio::test]
+async fn requests_in_unknown_dialogs_take_no_transaction() {
+    let mut carrier = Ua::bind("carrier", LOCALHOST).await;
+    let gateway = Gateway::start(
+        &[("carrier", carrier.address, "")],
+        &[],
+        "max_transactions = 5\n",
+        "",
+    )
+    .await;
+    carrier.set_gateway(gateway.sip);
+    let me = carrier.address;
+    for n in 0..1000 {
+        let text = format!(
+            "BYE sip:100@{gateway} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKbye{n}\r\n\
+             From: <sip:13800138000@{me}>;tag=f{n}\r\nTo: <sip:100@{gateway}>;tag=made-up-{n}\r\n\
+             Call-ID: spoofed-{n}@carrier\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            gateway = gateway.sip
+        );
+        carrier.send(&text).await;
+        carrier.expect_response("BYE", 481).await;
+    }
+    assert_eq!(
+        gateway.metric("hotline_sip_unknown_dialog_total").await,
+        Some(1000.0)
+    );
+    assert_eq!(
+        gateway.metric("hotline_sip_transactions_active").await,
+        Some(0.0)
+    );
+    let text = options(gateway.sip, carrier.address, "after-byes", "sipp");
+    carrier.send(&text).await;
+    carrier.expect_response("OPTIONS", 200).await;
+}

@@ -216,6 +216,10 @@ impl CallManager {
             tracing::info!(%number, peer = %caller_peer.name, "no route");
             return Self::reply(request, 404);
         };
+        if let Some(why) = CallerIdentity::refused(request) {
+            tracing::info!(peer = %caller_peer.name, why, "new call refused (400)");
+            return Self::reply(request, 400);
+        }
         let presented = CallerIdentity::of(request).number;
         let screen = self
             .screening

@@ -150,6 +150,28 @@ pub fn notify(dialog: &mut Dialog, refer_sequence: u32, status: u16, expires: u3
     request
 }
 
+/// The longest display name passed on, in bytes (about 40 Chinese characters): longer ones are
+/// cut at a character boundary. A caller's name reaches every desk and comes back in their
+/// answers; a 6 KiB one made the desk's own responses too long to read.
+pub const MAX_DISPLAY_NAME: usize = 128;
+/// The longest From user part (a number) a new call may present; longer is refused 400.
+pub const MAX_USER_PART: usize = 64;
+/// P-Asserted-Identity values passed on: at most two (RFC 3325 §9.1: one sip/sips and one
+/// tel URI), each at most this long; others are dropped.
+pub const MAX_ASSERTED_LENGTH: usize = 256;
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn bounded(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 /// Who the citizen is, as their INVITE presented them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallerIdentity {
@@ -177,6 +199,8 @@ impl CallerIdentity {
             .headers
             .get_all("P-Asserted-Identity")
             .flat_map(message::header::split_list)
+            .filter(|value| value.len() <= MAX_ASSERTED_LENGTH)
+            .take(2)
             .map(str::to_string)
             .collect();
         let asserted_number = asserted
@@ -199,12 +223,25 @@ impl CallerIdentity {
         });
         CallerIdentity {
             number,
-            display_name: from.and_then(|f| f.display_name),
+            display_name: from
+                .and_then(|f| f.display_name)
+                .map(|name| bounded(name, MAX_DISPLAY_NAME)),
             from_user,
             asserted,
             private,
             privacy,
         }
+    }
+
+    /// Why a new call's INVITE presents an identity no desk should get, if it does: a From
+    /// user part longer than any number ([`MAX_USER_PART`]).
+    pub fn refused(invite: &Request) -> Option<&'static str> {
+        let from = invite.from()?;
+        from.uri
+            .user
+            .as_ref()
+            .is_some_and(|user| user.len() > MAX_USER_PART)
+            .then_some("From user part too long")
     }
 
     /// A party known only by the number the gateway reached it at (a called party, a transfer

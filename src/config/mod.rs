@@ -396,6 +396,12 @@ pub struct PeerConfig {
     /// plain RTP) or `mandatory` (our offers are RTP/SAVP; plain offers get 488).
     #[serde(default)]
     pub srtp: crate::sip::sdp::SrtpMode,
+    /// How the peer writes header text that is not UTF-8 (the caller's display name from an
+    /// older PBX): `utf-8` (the default, RFC 3261 §25.1; invalid bytes become `?`) or
+    /// `gb18030` (also `gbk`, `gb2312`). Lines that are valid UTF-8 are read as UTF-8 either
+    /// way.
+    #[serde(default)]
+    pub charset: crate::sip::message::Charset,
 }
 
 /// Which header records the diverting party of a transferred call.

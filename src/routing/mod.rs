@@ -40,6 +40,8 @@ pub struct Peer {
     pub max_calls_per_sec: Option<u32>,
     /// Digest credentials its requests must prove (None: its address suffices).
     pub auth: Option<crate::sip::auth::Credentials>,
+    /// How it writes header text that is not UTF-8.
+    pub charset: crate::sip::message::Charset,
 }
 
 impl Peer {
@@ -62,6 +64,7 @@ impl Peer {
             sources: Vec::new(),
             max_calls_per_sec: None,
             auth: None,
+            charset: crate::sip::message::Charset::Utf8,
         }
     }
 }
@@ -84,6 +87,7 @@ impl From<&PeerConfig> for Peer {
                 .filter_map(|s| Cidr::parse(s).ok())
                 .collect(),
             max_calls_per_sec: config.max_calls_per_sec,
+            charset: config.charset,
             // Validated with the config.
             auth: match (&config.auth_username, &config.auth_password) {
                 (Some(username), Some(password)) => Some(crate::sip::auth::Credentials {

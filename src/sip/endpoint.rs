@@ -773,6 +773,21 @@ impl Endpoint {
             self.shed(&request, source, flow);
             return;
         }
+        // A request in a dialog we do not have (§12.2.2: 481) is answered without a
+        // transaction: whoever can send (or spoof) requests with made-up tags must not grow
+        // the table, and the caps below spare in-dialog requests for the calls we carry. A
+        // retransmission gets the same answer again.
+        if !out_of_dialog
+            && request.method != Method::Ack
+            && request.method != Method::Cancel
+            && !self.in_known_dialog(&request)
+        {
+            self.metrics.increment(Counter::SipUnknownDialog);
+            let response = Response::for_request(&request, 481, None);
+            let target = request_response_target(&request, source, flow);
+            self.transport.send(target, response.to_bytes());
+            return;
+        }
         // ACK and CANCEL belong to a transaction already admitted: a CANCEL refused here would
         // leave a desk ringing for a caller who is gone.
         if out_of_dialog
@@ -789,6 +804,17 @@ impl Endpoint {
             Method::Cancel => self.cancel(now, request, source, flow, key),
             _ => self.new_server_transaction(now, request, source, flow, key),
         }
+    }
+
+    /// Whether a request with a To tag belongs to a dialog a call holds.
+    fn in_known_dialog(&self, request: &Request) -> bool {
+        let Some(tag) = request.to().and_then(|t| t.tag().map(str::to_string)) else {
+            return false;
+        };
+        self.dialogs.contains_key(&DialogKey {
+            call_id: request.call_id().to_string(),
+            local_tag: tag,
+        })
     }
 
     /// §22: a request that starts something, from a peer with credentials, must prove them;

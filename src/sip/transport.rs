@@ -478,7 +478,7 @@ impl Transport {
             }
             let inbound = Inbound {
                 received: Instant::now(),
-                message: message::parse(datagram),
+                message: message::parse_with(datagram, || self.charset_of(source)),
                 source: crate::routing::canonical(source),
                 flow: Flow::Udp,
             };
@@ -613,6 +613,13 @@ impl Transport {
         })
     }
 
+    /// How the peer at `source` writes header text that is not UTF-8.
+    fn charset_of(&self, source: SocketAddr) -> message::Charset {
+        self.router
+            .peer_for_source(source)
+            .map_or(message::Charset::Utf8, |peer| peer.charset)
+    }
+
     /// Counts (and now and then logs) that the process ran out of file descriptors: overload,
     /// not a fault of the address or port being tried.
     pub fn out_of_descriptors(&self, doing: &'static str) {
@@ -741,7 +748,7 @@ impl Transport {
                         let bytes = buffer.split_to(length);
                         let inbound = Inbound {
                             received: Instant::now(),
-                            message: message::parse(&bytes),
+                            message: message::parse_with(&bytes, || self.charset_of(address)),
                             source: address,
                             flow,
                         };

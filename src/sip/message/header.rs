@@ -309,11 +309,18 @@ impl NameAddr {
             let display = text[..open].trim();
             let display_name = if display.is_empty() {
                 None
+            } else if display.len() >= 2 && display.starts_with('"') && display.ends_with('"') {
+                // §25.1 quoted-string: `\"` and `\\` stand for `"` and `\`.
+                Some(unquote(&display[1..display.len() - 1]))
             } else {
-                Some(display.trim_matches('"').to_string())
+                Some(display.to_string())
             };
             let uri = Uri::parse(&text[open + 1..close])?;
-            let params = parse_params(text[close + 1..].split(';'))?;
+            let rest = &text[close + 1..];
+            if !rest.trim_start().is_empty() && !rest.trim_start().starts_with(';') {
+                return Err(UriError::Malformed("text after '>' that is no parameter"));
+            }
+            let params = parse_params(rest.split(';'))?;
             Ok(NameAddr {
                 display_name,
                 uri,
@@ -352,6 +359,22 @@ impl fmt::Display for NameAddr {
         write!(f, "<{}>", self.uri)?;
         write_params(f, &self.params)
     }
+}
+
+/// The text of a quoted-string's inside, its quoted-pairs (`\x`) undone.
+fn unquote(inside: &str) -> String {
+    let mut text = String::with_capacity(inside.len());
+    let mut chars = inside.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(escaped) = chars.next() {
+                text.push(escaped);
+            }
+        } else {
+            text.push(c);
+        }
+    }
+    text
 }
 
 fn find_unquoted(text: &str, needle: u8) -> Option<usize> {
@@ -446,6 +469,24 @@ mod tests {
         let tel = NameAddr::parse("<tel:+8613800138000>").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(tel.uri.number().as_deref(), Some("+8613800138000"));
         assert!(NameAddr::parse("<sip:x@y").is_err());
+        // Junk after '>' is no parameter.
+        assert!(NameAddr::parse("<sip:x@y>junk;tag=1").is_err());
+        assert!(NameAddr::parse("<sip:x@y> ;tag=1").is_ok());
+    }
+
+    /// A display name's quoted-pairs are undone when read and done again when written, so a
+    /// name crosses any number of hops unchanged (backslashes do not double per hop).
+    #[test]
+    fn display_names_round_trip_their_escapes() {
+        // On the wire: "Li \"the\" 3\\4" <sip:1@h>;tag=t
+        let text = "\"Li \\\"the\\\" 3\\\\4\" <sip:1@h>;tag=t";
+        let mut hop = NameAddr::parse(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(hop.display_name.as_deref(), Some("Li \"the\" 3\\4"));
+        for _ in 0..3 {
+            hop = NameAddr::parse(&hop.to_string()).unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(hop.display_name.as_deref(), Some("Li \"the\" 3\\4"));
+        assert_eq!(hop.to_string(), text);
     }
 
     #[test]

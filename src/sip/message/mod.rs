@@ -286,12 +286,65 @@ fn canonical_is(name: &str, canonical: &str) -> bool {
     header::canonical_name(name).eq_ignore_ascii_case(canonical)
 }
 
+/// How a peer encodes header text that is not UTF-8 (`charset` of a `[[peer]]`).
+///
+/// RFC 3261 §25.1 says UTF-8, but older Chinese PBXs send display names in GBK or GB2312. A
+/// header line that is valid UTF-8 is read as UTF-8 whatever the peer's setting; one that is
+/// not is decoded in the peer's charset, so the desk sees the caller's name rather than `�`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+pub enum Charset {
+    /// Invalid bytes become `?`, one for one: a hostile name cannot grow on its way through.
+    #[default]
+    #[serde(rename = "utf-8", alias = "utf8", alias = "UTF-8")]
+    Utf8,
+    /// GB18030, the superset of GBK and GB2312.
+    #[serde(
+        rename = "gb18030",
+        alias = "gbk",
+        alias = "gb2312",
+        alias = "GB18030",
+        alias = "GBK"
+    )]
+    Gb18030,
+}
+
+impl Charset {
+    /// `raw` as text: UTF-8 if it is, else decoded in this charset.
+    pub fn decode(self, raw: &[u8]) -> std::borrow::Cow<'_, str> {
+        if let Ok(text) = std::str::from_utf8(raw) {
+            return std::borrow::Cow::Borrowed(text);
+        }
+        match self {
+            Charset::Utf8 => {
+                let mut text = String::with_capacity(raw.len());
+                for chunk in raw.utf8_chunks() {
+                    text.push_str(chunk.valid());
+                    text.extend(std::iter::repeat_n('?', chunk.invalid().len()));
+                }
+                std::borrow::Cow::Owned(text)
+            }
+            Charset::Gb18030 => {
+                let (text, _) = encoding_rs::GB18030.decode_without_bom_handling(raw);
+                std::borrow::Cow::Owned(text.into_owned())
+            }
+        }
+    }
+}
+
 /// Parses one whole message (a UDP datagram, or a framed TCP message).
 ///
 /// # Errors
 /// [`ParseError::Reject`] for a request that deserves an error response,
 /// [`ParseError::Drop`] for everything else.
 pub fn parse(datagram: &[u8]) -> Result<Message, ParseError> {
+    parse_with(datagram, || Charset::Utf8)
+}
+
+/// As [`parse`], header lines that are not UTF-8 decoded in `charset()` (asked only then).
+///
+/// # Errors
+/// As [`parse`].
+pub fn parse_with(datagram: &[u8], charset: impl Fn() -> Charset) -> Result<Message, ParseError> {
     let drop = |reason: &str| ParseError::Drop(reason.to_string());
     let start = datagram
         .iter()
@@ -308,7 +361,7 @@ pub fn parse(datagram: &[u8]) -> Result<Message, ParseError> {
         std::str::from_utf8(start_line).map_err(|_| drop("start line is not UTF-8"))?;
     let is_response = start_line.starts_with("SIP/");
 
-    // Headers: unfold continuation lines (§7.3.1), keep non-UTF-8 bytes lossily.
+    // Headers: unfold continuation lines (§7.3.1); non-UTF-8 lines in the peer's charset.
     let mut headers = Headers::new();
     let mut pending: Option<(String, String)> = None;
     let mut header_error: Option<&'static str> = None;
@@ -325,7 +378,10 @@ pub fn parse(datagram: &[u8]) -> Result<Message, ParseError> {
             header_error.get_or_insert("control character in a header");
             continue;
         }
-        let line = String::from_utf8_lossy(raw);
+        let line = match std::str::from_utf8(raw) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => charset().decode(raw),
+        };
         if line.starts_with(' ') || line.starts_with('\t') {
             match pending.as_mut() {
                 Some((_, value)) => {
