@@ -351,6 +351,29 @@ async fn a_ticket_travels_with_the_transfer_and_110_answers_back() {
     gateway.stop().await;
 }
 
+/// A source guessing tokens is answered UNAUTHENTICATED ten times, then RESOURCE_EXHAUSTED for
+/// the rest of the minute (its logins are not even checked), and says so.
+#[tokio::test]
+async fn a_source_guessing_tokens_is_throttled() {
+    let (mut gateway, _citizen, _agent, _police) = setup().await;
+    for n in 0..10 {
+        let refused = Platform::try_connect(gateway.grpc, "110", &format!("guess-{n}"), None).await;
+        assert_eq!(
+            refused.err().map(|s| s.code()),
+            Some(tonic::Code::Unauthenticated)
+        );
+    }
+    let throttled = Platform::try_connect(gateway.grpc, "110", TOKEN_110, None).await;
+    let status = throttled.err();
+    assert_eq!(
+        status.as_ref().map(|s| s.code()),
+        Some(tonic::Code::ResourceExhausted),
+        "{status:?}"
+    );
+    assert!(status.is_some_and(|s| s.message().contains("too many wrong tokens")));
+    gateway.stop().await;
+}
+
 #[tokio::test]
 async fn commands_are_refused_with_clear_errors() {
     let (mut gateway, mut citizen, mut agent, _police) = setup().await;

@@ -6,8 +6,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::mpsc;
-
 use super::model::{Call, CallSettings, NewCall, ALLOW};
 use super::task::{self, CallServices};
 use crate::ids::IdGenerator;
@@ -174,7 +172,7 @@ impl CallManager {
         event.sip_status = status;
         event.reason = Some("blocklist".into());
         let response = Self::response(request, status);
-        let (owner, inbox) = mpsc::unbounded_channel();
+        let (owner, inbox) = crate::sip::endpoint::owner_channel();
         let (events, endpoint) = (Arc::clone(&services.events), services.endpoint.clone());
         // Tracked as a call: a gateway that stops waits for it.
         services.tracker.spawn(async move {
@@ -323,7 +321,7 @@ impl CallManager {
                 ids,
             },
         );
-        let (owner, inbox) = mpsc::unbounded_channel();
+        let (owner, inbox) = crate::sip::endpoint::owner_channel();
         let active = Arc::clone(&self.active);
         active.fetch_add(1, Ordering::Relaxed);
         let guard = ActiveGuard(active);

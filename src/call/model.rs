@@ -356,6 +356,27 @@ struct Attempt {
     session_retried: bool,
 }
 
+/// Attempts given up on that a call keeps for their late answers, beyond those still awaited.
+const MAX_STALE: usize = 8;
+
+/// Keeps an attempt given up on, for its late answers: a 2xx must still be ACKed and BYEd.
+/// Attempts whose transaction is over (a final answer came) go first when more than
+/// [`MAX_STALE`] are kept, so a call transferred again and again does not keep every INVITE it
+/// ever sent; one still awaited (`abandoned`) is never dropped.
+fn retire(stale: &mut Vec<Attempt>, abandoned: &HashSet<String>, attempt: Attempt) {
+    stale.push(attempt);
+    if stale.len() <= MAX_STALE {
+        return;
+    }
+    stale.retain(|a| !a.settled || abandoned.contains(&a.branch));
+    while stale.len() > MAX_STALE {
+        let Some(position) = stale.iter().position(|a| !abandoned.contains(&a.branch)) else {
+            break;
+        };
+        stale.remove(position);
+    }
+}
+
 /// A blind transfer under way: our INVITE to the target, while citizen and agent still talk.
 struct Transfer {
     /// The transferor's leg, which the target takes over; the other leg stays.
@@ -778,7 +799,7 @@ impl Call {
             target,
         });
         if let Some(previous) = self.attempt.take() {
-            self.stale.push(previous);
+            retire(&mut self.stale, &self.abandoned, previous);
         }
         self.attempt = Some(Attempt::new(index, invite, branch, target));
         self.arm(
@@ -1692,9 +1713,11 @@ impl Call {
                 target,
             });
         }
+        if response.status >= 200 {
+            self.stale[position].settled = true;
+        }
         // Last: finishing the call here must come after the ACK and BYE above.
         if response.status >= 200 && self.abandoned.remove(branch) {
-            self.stale[position].settled = true;
             self.maybe_finish();
         }
     }
@@ -2110,7 +2133,7 @@ impl Call {
                 Attempt::new(index, invite, branch, target),
             );
             if !previous.branch.is_empty() {
-                self.stale.push(previous);
+                retire(&mut self.stale, &self.abandoned, previous);
             }
             let old = (
                 std::mem::replace(&mut transfer.call_id, call_id),
@@ -2647,7 +2670,7 @@ impl Call {
             call_id: transfer.call_id,
             local_tag: transfer.tag,
         }));
-        self.stale.push(transfer.attempt);
+        retire(&mut self.stale, &self.abandoned, transfer.attempt);
         if self.state == State::Answered && self.dialog(from).is_none() {
             self.fall_back(now, from);
         }
@@ -2733,7 +2756,7 @@ impl Call {
         if !attempt.settled {
             self.abandoned.insert(attempt.branch.clone());
         }
-        self.stale.push(attempt);
+        retire(&mut self.stale, &self.abandoned, attempt);
     }
 
     /// Ends the call for every party (a platform's command): BYE (or CANCEL and 503) to all.

@@ -99,6 +99,11 @@ pub struct Screening {
     threshold: usize,
     window: Duration,
     recent: HashMap<String, VecDeque<Instant>>,
+    /// Every call screened, oldest first, with its caller: expired callers are forgotten from
+    /// the front, and a full table forgets its oldest caller, each in O(1) amortised.
+    arrivals: VecDeque<(Instant, String)>,
+    /// Whether a full table has had to forget callers still in their window (logged once).
+    overflowed: bool,
 }
 
 impl Screening {
@@ -116,6 +121,8 @@ impl Screening {
             threshold,
             window,
             recent: HashMap::new(),
+            arrivals: VecDeque::new(),
+            overflowed: false,
         }
     }
 
@@ -146,17 +153,22 @@ impl Screening {
         if self.threshold == 0 {
             return Screen::Clear;
         }
-        if self.recent.len() >= MAX_CALLERS && !self.recent.contains_key(caller) {
-            let window = self.window;
-            self.recent.retain(|_, calls| {
-                calls
-                    .back()
-                    .is_some_and(|t| now.duration_since(*t) < window)
-            });
-            if self.recent.len() >= MAX_CALLERS {
-                return Screen::Clear;
+        self.forget_expired(now);
+        while self.recent.len() >= MAX_CALLERS && !self.recent.contains_key(caller) {
+            if !self.overflowed {
+                self.overflowed = true;
+                tracing::warn!(
+                    callers = MAX_CALLERS,
+                    "repeat-caller table full: the oldest callers are forgotten early"
+                );
             }
+            self.forget_oldest();
         }
+        // The arrivals stay bounded too: a caller's older calls beyond its table are dropped.
+        while self.arrivals.len() >= 2 * MAX_CALLERS {
+            self.forget_oldest();
+        }
+        self.arrivals.push_back((now, caller.to_string()));
         let calls = self.recent.entry(caller.to_string()).or_default();
         while calls
             .front()
@@ -173,6 +185,33 @@ impl Screening {
             Screen::Flagged { count: calls.len() }
         } else {
             Screen::Clear
+        }
+    }
+}
+
+impl Screening {
+    /// Drops the callers whose last call is out of the window, from the oldest arrival on.
+    fn forget_expired(&mut self, now: Instant) {
+        while self
+            .arrivals
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= self.window)
+        {
+            self.forget_oldest();
+        }
+    }
+
+    /// Drops the oldest arrival; its caller goes if that was its latest call.
+    fn forget_oldest(&mut self) {
+        let Some((at, caller)) = self.arrivals.pop_front() else {
+            return;
+        };
+        if self
+            .recent
+            .get(&caller)
+            .is_some_and(|calls| calls.back() == Some(&at))
+        {
+            self.recent.remove(&caller);
         }
     }
 }
@@ -213,6 +252,30 @@ mod tests {
         assert_eq!(s.check(at(9), "13900139000"), Screen::Clear, "per caller");
         // After twenty quiet minutes the window is empty again.
         assert_eq!(s.check(at(30), "13800138000"), Screen::Clear);
+    }
+
+    /// With the table full of callers still in their window, a new caller costs O(1) (the
+    /// oldest is forgotten, not the whole table scanned) and repeat callers are still flagged.
+    #[test]
+    fn a_full_table_forgets_the_oldest_and_still_flags() {
+        let mut s = screening();
+        let start = Instant::now();
+        for n in 0..MAX_CALLERS {
+            let _ = s.check(start, &format!("1{n:010}"));
+        }
+        assert_eq!(s.recent.len(), MAX_CALLERS);
+        let later = start + Duration::from_secs(1);
+        for n in 0..10_000 {
+            let _ = s.check(later, &format!("2{n:010}"));
+        }
+        assert!(s.recent.len() <= MAX_CALLERS);
+        assert_eq!(s.check(later, "13800138000"), Screen::Clear);
+        assert_eq!(s.check(later, "13800138000"), Screen::Clear);
+        assert_eq!(s.check(later, "13800138000"), Screen::Flagged { count: 3 });
+        // Expired callers go as time passes, without a scan.
+        let much_later = start + Duration::from_secs(3600);
+        assert_eq!(s.check(much_later, "13900139000"), Screen::Clear);
+        assert_eq!(s.recent.len(), 1);
     }
 
     fn listed(number: &str, expires_at: Option<i64>) -> BlockedNumberRecord {

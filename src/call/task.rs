@@ -13,7 +13,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -23,7 +22,7 @@ use super::link::Link;
 use super::model::{Action, Call, ConferenceUpdate, EndedBy, LinkageUpdate, Outcome};
 use crate::media::relay::{MediaEvent, RelayHandle};
 use crate::metrics::{CallResult, Counter, Gauge, Metrics};
-use crate::sip::endpoint::{EndpointHandle, Owner, SipEvent};
+use crate::sip::endpoint::{EndpointHandle, Owner};
 use crate::store::{unix_millis, CallRecord, Changes, ConferencePartyRecord, LinkageRecord, Store};
 
 /// What every call task shares.
@@ -55,7 +54,7 @@ pub struct Admission {
 /// Starts the task of a new call. `inbox`/`owner` are the call's SIP event channel.
 pub fn spawn(
     call: Call,
-    inbox: mpsc::UnboundedReceiver<SipEvent>,
+    inbox: crate::sip::endpoint::Inbox,
     owner: Owner,
     relay: RelayHandle,
     record: CallRecord,
@@ -76,7 +75,7 @@ pub fn spawn(
 
 async fn run(
     mut call: Call,
-    mut inbox: mpsc::UnboundedReceiver<SipEvent>,
+    mut inbox: crate::sip::endpoint::Inbox,
     owner: Owner,
     mut relay: RelayHandle,
     record: CallRecord,
@@ -432,7 +431,13 @@ fn track_linkage(
             linkage.sip_status = Some(status);
         }
     }
-    linkage.clone()
+    let record = linkage.clone();
+    if record.ended_at.is_some() {
+        // Settled: nothing more comes for it, and a call transferred again and again must not
+        // keep every linkage it ever had.
+        linkages.remove(&record.id);
+    }
+    record
 }
 
 /// Completes the record (committed with the step, before the call's last messages go out:
@@ -472,4 +477,60 @@ fn finish_record(
         rtp_b_to_a = record.rtp_b_to_a,
         "call ended"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::model::LinkageKind;
+    use crate::call::transfer::Trigger;
+
+    /// A settled linkage leaves the call's table (its record is what was committed): a call
+    /// transferred again and again holds only the linkage under way.
+    #[test]
+    fn settled_linkages_are_not_kept() {
+        let mut linkages = HashMap::new();
+        let call = CallRecord {
+            id: "c1".into(),
+            a_call_id: "a-c1".into(),
+            b_call_id: None,
+            caller: "13800138000".into(),
+            called: "12345".into(),
+            a_peer: "carrier".into(),
+            b_peer: None,
+            started_at: 0,
+            answered_at: None,
+            ended_at: None,
+            ended_by: None,
+            end_reason: None,
+            final_status: None,
+            rtp_a_to_b: 0,
+            rtp_b_to_a: 0,
+            rtp_dropped: 0,
+        };
+        let metrics = Metrics::new();
+        for n in 0..50 {
+            let linkage_id = format!("l{n}");
+            let requested = LinkageUpdate::Requested {
+                linkage_id: linkage_id.clone(),
+                kind: LinkageKind::Transfer,
+                target: "110".into(),
+                trigger: Trigger::Refer,
+                from_peer: "hotline".into(),
+                from_platform: Some("12345".into()),
+                to_peer: "police".into(),
+                to_platform: Some("110".into()),
+            };
+            let _ = track_linkage(&mut linkages, &call, requested, &metrics);
+            assert_eq!(linkages.len(), 1);
+            let failed = LinkageUpdate::Failed {
+                linkage_id,
+                status: 486,
+            };
+            let record = track_linkage(&mut linkages, &call, failed, &metrics);
+            assert_eq!(record.outcome.as_deref(), Some("failed"));
+            assert_eq!(record.target, "110", "the record is whole");
+        }
+        assert!(linkages.is_empty());
+    }
 }

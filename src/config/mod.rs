@@ -717,6 +717,15 @@ impl Config {
             }
             if self.platforms[..index]
                 .iter()
+                .any(|p| p.token == platform.token)
+            {
+                return Err(invalid(
+                    format!("platform[{index}].token"),
+                    "is another platform's token too: each platform needs its own".into(),
+                ));
+            }
+            if self.platforms[..index]
+                .iter()
                 .any(|p| p.name == platform.name)
             {
                 return Err(invalid(
@@ -933,6 +942,12 @@ mod tests {
             error_of(&twice).contains("platform[1].name"),
             "{}",
             error_of(&twice)
+        );
+        let shared =
+            format!("{good}\n[[platform]]\nname = \"12345\"\ntoken = \"a-token-long-enough\"\n");
+        assert_eq!(
+            error_of(&shared),
+            "test.toml: key `platform[1].token`: is another platform's token too: each platform needs its own"
         );
     }
 

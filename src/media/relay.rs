@@ -163,6 +163,27 @@ pub struct RelayStats {
     pub a_to_b: AtomicU64,
     pub b_to_a: AtomicU64,
     pub dropped: AtomicU64,
+    /// Digits sent to the call and not yet read: a party flooding RFC 4733 events fills at most
+    /// [`MAX_PENDING_DIGITS`], the rest are dropped.
+    pending_digits: AtomicUsize,
+}
+
+/// Digits a call may have waiting (a person keys a few a second; the call task reads them in
+/// microseconds).
+pub const MAX_PENDING_DIGITS: usize = 64;
+
+impl CallMedia {
+    /// Tells the call a digit began, unless it has [`MAX_PENDING_DIGITS`] unread.
+    fn report_digit(&self, from: Party, digit: char) {
+        if self.stats.pending_digits.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_DIGITS {
+            self.stats.pending_digits.fetch_sub(1, Ordering::Relaxed);
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.events.send(MediaEvent::Digit(from, digit)).is_err() {
+            self.stats.pending_digits.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// What the relay tells its call.
@@ -221,7 +242,12 @@ impl RelayHandle {
     /// Waits for the next relay event (pending forever once the relay has stopped).
     pub async fn event(&mut self) -> MediaEvent {
         match self.events.recv().await {
-            Some(event) => event,
+            Some(event) => {
+                if matches!(event, MediaEvent::Digit(..)) {
+                    self.stats.pending_digits.fetch_sub(1, Ordering::Relaxed);
+                }
+                event
+            }
             None => std::future::pending().await,
         }
     }
@@ -1218,7 +1244,7 @@ fn receive(
         if is_rtp {
             let outcome = conference_rtp(call, party, &mut buffer[..length], source, now, tally);
             if let Outcome::Digit(digit) = outcome {
-                let _ = call.events.send(MediaEvent::Digit(from, digit));
+                call.report_digit(from, digit);
             }
             count(&call.stats, tally, from, outcome);
             follow(call, party, source, now);
@@ -1245,7 +1271,7 @@ fn receive(
     if is_rtp {
         let outcome = relay_rtp(incoming, outgoing, &mut buffer[..length], source, out, now);
         if let Outcome::Digit(digit) = outcome {
-            let _ = call.events.send(MediaEvent::Digit(from, digit));
+            call.report_digit(from, digit);
         }
         count(&call.stats, tally, from, outcome);
         follow(call, party, source, now);

@@ -73,8 +73,84 @@ pub enum SipEvent {
     AckTimeout { server: ServerTransactionId },
 }
 
-/// Where an owner's events go.
-pub type Owner = mpsc::UnboundedSender<SipEvent>;
+/// Events a peer's traffic can multiply (requests in a dialog, provisional responses) that
+/// may wait unread in one owner's inbox; beyond, requests get 503 and provisional responses
+/// are dropped, so a peer flooding a dialog costs bounded memory. Final responses, timeouts,
+/// ACKs and CANCELs, one per transaction, always get through.
+pub const MAX_UNREAD: usize = 256;
+
+/// Where an owner's events go. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Owner {
+    events: mpsc::UnboundedSender<SipEvent>,
+    unread: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The owner's end: its events in order.
+#[derive(Debug)]
+pub struct Inbox {
+    events: mpsc::UnboundedReceiver<SipEvent>,
+    unread: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A new owner's channel.
+pub fn owner_channel() -> (Owner, Inbox) {
+    let (events, receiver) = mpsc::unbounded_channel();
+    let unread = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    (
+        Owner {
+            events,
+            unread: Arc::clone(&unread),
+        },
+        Inbox {
+            events: receiver,
+            unread,
+        },
+    )
+}
+
+/// Whether a peer's traffic can repeat `event` without bound.
+fn multipliable(event: &SipEvent) -> bool {
+    match event {
+        SipEvent::Request { .. } => true,
+        SipEvent::Response { response, .. } => response.status < 200,
+        _ => false,
+    }
+}
+
+impl Owner {
+    /// Hands `event` to the owner.
+    ///
+    /// # Errors
+    /// The event back when the owner is gone, or when it is one a peer can multiply and
+    /// [`MAX_UNREAD`] such wait unread.
+    pub fn send(&self, event: SipEvent) -> Result<(), SipEvent> {
+        use std::sync::atomic::Ordering;
+        let counted = multipliable(&event);
+        if counted && self.unread.fetch_add(1, Ordering::Relaxed) >= MAX_UNREAD {
+            self.unread.fetch_sub(1, Ordering::Relaxed);
+            return Err(event);
+        }
+        self.events.send(event).map_err(|returned| {
+            if counted {
+                self.unread.fetch_sub(1, Ordering::Relaxed);
+            }
+            returned.0
+        })
+    }
+}
+
+impl Inbox {
+    /// The next event; None once every owner handle is gone.
+    pub async fn recv(&mut self) -> Option<SipEvent> {
+        let event = self.events.recv().await?;
+        if multipliable(&event) {
+            self.unread
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Some(event)
+    }
+}
 
 /// The call layer's answer to a request that opens no known dialog.
 pub enum Disposition {
@@ -1029,11 +1105,18 @@ impl Endpoint {
                     if let Some(entry) = self.servers.get_mut(&key) {
                         entry.owner = Some(owner.clone());
                     }
-                    let _ = owner.send(SipEvent::Request {
+                    let sent = owner.send(SipEvent::Request {
                         server: id,
                         request,
                         source,
                     });
+                    if let Err(SipEvent::Request { request, .. }) = sent {
+                        // The call has MAX_UNREAD of the peer's requests unread: try later.
+                        self.metrics.increment(Counter::SipRefusedTransactions);
+                        let mut response = Response::for_request(&request, 503, Some("gw-busy"));
+                        response.headers.push("Retry-After", "2");
+                        self.respond(now, id, response);
+                    }
                 }
                 None => {
                     let response = Response::for_request(&request, 481, None);
@@ -1370,6 +1453,47 @@ fn inject_faults(request: &Request) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer repeating provisional responses (or in-dialog requests) fills an owner's inbox to
+    /// MAX_UNREAD and no further; the final response and the timeouts always get through, and
+    /// reading frees room again.
+    #[tokio::test]
+    async fn an_owners_inbox_takes_a_bounded_flood_and_every_final_answer() {
+        let invite = match message::parse(
+            b"INVITE sip:1@gw SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5;branch=z9hG4bK1\r\n\
+From: <sip:a@10.0.0.5>;tag=a\r\nTo: <sip:1@gw>\r\nCall-ID: flood@test\r\nCSeq: 1 INVITE\r\n\
+Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        ) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("{other:?}"),
+        };
+        let event = |status| SipEvent::Response {
+            branch: "z9hG4bK1".into(),
+            response: Response::for_request(&invite, status, Some("b")),
+        };
+        let (owner, mut inbox) = owner_channel();
+        for _ in 0..MAX_UNREAD {
+            assert!(owner.send(event(180)).is_ok());
+        }
+        assert!(
+            owner.send(event(180)).is_err(),
+            "the flood stops at MAX_UNREAD"
+        );
+        assert!(
+            owner.send(event(200)).is_ok(),
+            "a final response always goes"
+        );
+        let timeout = SipEvent::Timeout {
+            branch: "z9hG4bK1".into(),
+            method: Method::Invite,
+        };
+        assert!(owner.send(timeout).is_ok());
+        assert!(matches!(
+            inbox.recv().await,
+            Some(SipEvent::Response { .. })
+        ));
+        assert!(owner.send(event(183)).is_ok(), "one read, one more fits");
+    }
 
     /// After a peak, a table keeps only about twice what it holds; one at least a quarter
     /// full is left alone.

@@ -223,13 +223,16 @@ impl Changes {
         self.changes.is_empty() && self.events.is_empty()
     }
 
-    /// A new call's record.
+    /// A new call's record: on disk before the call goes on (a call that was carried has a
+    /// record, whatever happens to the process or the machine next).
     pub fn call_started(&mut self, record: CallRecord) {
+        self.durable = true;
         self.changes.push(Change::Started(record));
     }
 
-    /// A call's answer (its leg B and the time).
+    /// A call's answer (its leg B and the time): on disk before the caller hears the answer.
     pub fn call_answered(&mut self, id: &str, b_call_id: &str, b_peer: &str, answered_at: i64) {
+        self.durable = true;
         self.changes.push(Change::Answered {
             id: id.to_string(),
             b_call_id: b_call_id.to_string(),
@@ -396,8 +399,8 @@ impl Store {
     }
 
     /// Writes `changes` in one transaction. Waits for the commit when they hold events, a
-    /// call's end or a blocklist change (they must be on disk before anyone sees the step);
-    /// otherwise only queues them ([`Written::Queued`]). [`Written::Held`]: the store cannot
+    /// call's start, answer or end, or a blocklist change (they must be on disk before anyone
+    /// sees the step); otherwise only queues them ([`Written::Queued`]). [`Written::Held`]: the store cannot
     /// write now; they land, in order, when it recovers.
     ///
     /// # Errors
@@ -431,20 +434,20 @@ impl Store {
         .await
     }
 
-    /// Queues the insert of a new call (does not wait for the commit).
+    /// Inserts a new call; resolves once it is committed (or held).
     ///
     /// # Errors
-    /// [`StoreError::Closed`] if the writer has stopped.
+    /// As [`Store::write`].
     pub async fn call_started(&self, record: CallRecord) -> Result<(), StoreError> {
         let mut changes = Changes::default();
         changes.call_started(record);
         self.write(changes).await.map(|_| ())
     }
 
-    /// Queues the answer time of a call (does not wait for the commit).
+    /// Writes the answer time of a call; resolves once it is committed (or held).
     ///
     /// # Errors
-    /// [`StoreError::Closed`] if the writer has stopped.
+    /// As [`Store::write`].
     pub async fn call_answered(
         &self,
         id: &str,

@@ -116,7 +116,9 @@ async fn the_outbox_numbers_events_as_it_commits_them_and_keeps_acknowledgements
     assert_eq!(read.iter().map(|r| r.sequence).collect::<Vec<_>>(), [5]);
 }
 
-/// Steps without events or an end are only queued; a step with events waits for them.
+/// A call's start and answer are waited for (a call that was carried has its record, with no
+/// platform configured too); a step without events, start, answer or end is only queued; a
+/// step with events waits for them.
 #[tokio::test]
 async fn only_what_must_be_on_disk_is_waited_for() {
     let dir = directory();
@@ -124,6 +126,16 @@ async fn only_what_must_be_on_disk_is_waited_for() {
     let store = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
     let mut changes = Changes::default();
     changes.call_started(record("c1"));
+    assert_eq!(store.write(changes).await.ok(), Some(Written::Committed));
+    let mut changes = Changes::default();
+    changes.call_answered("c1", "b", "hotline", 4);
+    assert_eq!(store.write(changes).await.ok(), Some(Written::Committed));
+    let mut changes = Changes::default();
+    changes.linkage(LinkageRecord {
+        id: "l1".into(),
+        call_id: "c1".into(),
+        ..LinkageRecord::default()
+    });
     assert_eq!(store.write(changes).await.ok(), Some(Written::Queued));
     let mut changes = Changes::default();
     changes.call_answered("c1", "b", "hotline", 5);

@@ -26,6 +26,7 @@
 //! | `recovery.rs` | the ending events of calls a killed run left open |
 //! | `tail.rs` | `hotline-gateway events`: an operator's view of a stream |
 
+pub mod auth;
 pub mod commands;
 pub mod convert;
 pub mod hub;

@@ -47,8 +47,8 @@ pub struct WorkOrderService {
     pub(super) hub: Arc<EventHub>,
     registry: Arc<CallRegistry>,
     pub(super) store_path: PathBuf,
-    /// Platform name -> token.
-    tokens: Arc<HashMap<String, String>>,
+    tokens: Arc<super::auth::Tokens>,
+    throttle: Arc<super::auth::LoginThrottle>,
     pub(super) metrics: Arc<Metrics>,
     /// Ends every stream (the gateway is stopping).
     pub(super) stop: tokio_util::sync::CancellationToken,
@@ -70,7 +70,8 @@ impl WorkOrderService {
             hub,
             registry,
             store_path,
-            tokens: Arc::new(tokens),
+            tokens: Arc::new(super::auth::Tokens::new(tokens)),
+            throttle: Arc::default(),
             metrics,
             stop,
             blocklist: None,
@@ -85,18 +86,41 @@ impl WorkOrderService {
         self
     }
 
-    /// The platform `token` belongs to, if `platform` is it (or any, with None).
-    pub(super) fn authenticate(&self, platform: Option<&str>, token: &str) -> Option<String> {
-        let found = self
-            .tokens
-            .iter()
-            .find(|(_, expected)| same(expected.as_bytes(), token.as_bytes()))
-            .map(|(name, _)| name.clone());
-        match (found, platform) {
-            (Some(name), Some(asked)) if name == asked => Some(name),
-            (Some(name), None) => Some(name),
-            _ => None,
+    /// The platform `token` belongs to, if `platform` is it (or any, with None), for a client
+    /// at `source`.
+    ///
+    /// # Errors
+    /// UNAUTHENTICATED for a wrong token; RESOURCE_EXHAUSTED for a source that brought too
+    /// many wrong ones lately (its logins wait out the window, whatever token they bring).
+    pub(super) fn authenticate(
+        &self,
+        source: Option<std::net::IpAddr>,
+        platform: Option<&str>,
+        token: &str,
+    ) -> Result<String, Status> {
+        let now = std::time::Instant::now();
+        if let Some(source) = source.filter(|s| !self.throttle.allows(*s, now)) {
+            self.metrics.increment(Counter::WorkOrderAuthFailures);
+            tracing::debug!(%source, "work-order login refused: too many wrong tokens");
+            return Err(Status::resource_exhausted(format!(
+                "too many wrong tokens from this address: wait up to {} s",
+                super::auth::THROTTLE_WINDOW.as_secs()
+            )));
         }
+        let found = self.tokens.platform_of(token);
+        match (found, platform) {
+            (Some(name), Some(asked)) if name == asked => return Ok(name.to_string()),
+            (Some(name), None) => return Ok(name.to_string()),
+            _ => {}
+        }
+        self.metrics.increment(Counter::WorkOrderAuthFailures);
+        if let Some(source) = source {
+            self.throttle.failed(source, now);
+        }
+        Err(Status::unauthenticated(match platform {
+            Some(_) => "unknown platform or wrong token for it",
+            None => "unknown token",
+        }))
     }
 
     /// The platform of a unary call's `authorization: Bearer <token>`.
@@ -107,10 +131,7 @@ impl WorkOrderService {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or_default();
-        self.authenticate(None, token).ok_or_else(|| {
-            self.metrics.increment(Counter::WorkOrderAuthFailures);
-            Status::unauthenticated("unknown token")
-        })
+        self.authenticate(request.remote_addr().map(|a| a.ip()), None, token)
     }
 
     /// Carries `command` out once per `command_id`: a repeat gets the first one's result.
@@ -458,15 +479,6 @@ impl WorkOrderService {
 }
 
 /// Compares secrets in time that does not depend on where they differ.
-fn same(expected: &[u8], given: &[u8]) -> bool {
-    expected.len() == given.len()
-        && expected
-            .iter()
-            .zip(given)
-            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
-            == 0
-}
-
 /// What a command comes to, as its platform gets it.
 fn result_of(command_id: &str, outcome: Result<CommandDone, CommandError>) -> pb::CommandResult {
     match outcome {
@@ -529,7 +541,8 @@ impl pb::work_order_service_server::WorkOrderService for WorkOrderService {
         &self,
         request: Request<Streaming<pb::LinkRequest>>,
     ) -> Result<Response<Self::LinkStream>, Status> {
-        super::stream::open(self.clone(), request.into_inner()).await
+        let source = request.remote_addr().map(|a| a.ip());
+        super::stream::open(self.clone(), source, request.into_inner()).await
     }
 
     async fn list_active_calls(

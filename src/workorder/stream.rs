@@ -44,10 +44,12 @@ type Outbound = mpsc::Sender<Result<pb::LinkResponse, Status>>;
 ///
 /// # Errors
 /// The status that refuses the stream: INVALID_ARGUMENT (no Hello in time), UNAUTHENTICATED,
-/// OUT_OF_RANGE (`resume_after` past the newest event), RESOURCE_EXHAUSTED (a first message
-/// over the limit), INTERNAL (the store cannot be read).
+/// RESOURCE_EXHAUSTED (a source throttled for wrong tokens, or a first message over the
+/// limit), OUT_OF_RANGE (`resume_after` past the newest event), INTERNAL (the store cannot be
+/// read).
 pub async fn open(
     service: WorkOrderService,
+    source: Option<std::net::IpAddr>,
     mut inbound: Streaming<pb::LinkRequest>,
 ) -> Result<Response<LinkStream>, Status> {
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
@@ -64,12 +66,13 @@ pub async fn open(
             )))
         }
     };
-    let Some(platform) = service.authenticate(Some(&hello.platform), &hello.token) else {
-        service.metrics.increment(Counter::WorkOrderAuthFailures);
-        tracing::warn!(platform = %hello.platform, "work-order client refused: bad token");
-        return Err(Status::unauthenticated(
-            "unknown platform or wrong token for it",
-        ));
+    let platform = match service.authenticate(source, Some(&hello.platform), &hello.token) {
+        Ok(platform) => platform,
+        Err(status) => {
+            tracing::warn!(platform = %hello.platform, ?source, reason = status.message(),
+                "work-order client refused");
+            return Err(status);
+        }
     };
     let committed = service.hub.subscribe(&platform);
     let latest = *committed.borrow();

@@ -204,7 +204,7 @@ impl Call {
             .attempt
             .replace(Attempt::new(peer_index, invite, branch, target))
         {
-            self.stale.push(previous);
+            super::retire(&mut self.stale, &self.abandoned, previous);
         }
         self.arm(
             Timer::TransferResponse,
@@ -365,7 +365,7 @@ impl Call {
             self.actions.push_back(Action::CloseParty(party));
         }
         if let Some(attempt) = guest.attempt {
-            self.stale.push(attempt);
+            super::retire(&mut self.stale, &self.abandoned, attempt);
         }
         if self.state == State::Answered && self.b.dialog.is_none() {
             // The agent had left: never drop the citizen (back to the number first called).
@@ -598,7 +598,7 @@ impl Call {
                 self.b.answered_invite_sequence = 1;
                 self.route = guest.route;
                 if let Some(previous) = self.attempt.replace(attempt) {
-                    self.stale.push(previous);
+                    super::retire(&mut self.stale, &self.abandoned, previous);
                 }
                 self.hotkeys = None;
                 self.arm(Timer::HotkeyDigits, None);
@@ -721,7 +721,7 @@ impl Call {
                     if !attempt.settled {
                         self.abandoned.insert(attempt.branch.clone());
                     }
-                    self.stale.push(attempt);
+                    super::retire(&mut self.stale, &self.abandoned, attempt);
                 }
                 _ => {}
             }

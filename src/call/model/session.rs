@@ -113,7 +113,7 @@ impl Call {
         tracing::info!(call = %self.id, interval = floor.as_secs(), "callee asked a longer session interval: INVITE again");
         if let Some(mut previous) = self.attempt.replace(retry) {
             previous.settled = true;
-            self.stale.push(previous);
+            super::retire(&mut self.stale, &self.abandoned, previous);
         }
         self.arm(Timer::Ring, None);
         self.arm(
@@ -147,7 +147,7 @@ impl Call {
         if let Some(transfer) = self.transfer.as_mut() {
             let mut previous = std::mem::replace(&mut transfer.attempt, retry);
             previous.settled = true;
-            self.stale.push(previous);
+            super::retire(&mut self.stale, &self.abandoned, previous);
         }
         self.arm(
             Timer::TransferResponse,

@@ -838,6 +838,30 @@ fn an_unanswered_transfer_is_cancelled_at_the_ring_timeout_and_the_call_stays() 
     assert_eq!(statuses(&h.responses(9)), vec![202]);
 }
 
+/// An agent transferring again and again to a busy target: each failed attempt is given up,
+/// and the call keeps a bounded few of them, not every INVITE it ever sent.
+#[test]
+fn repeated_failed_transfers_keep_a_bounded_few_attempts() {
+    let mut h = transfer_under_way();
+    h.respond_to_invite(486, None);
+    for n in 0..40u64 {
+        h.agent_sends(
+            100 + n,
+            "REFER",
+            3 + n as u32,
+            "Refer-To: <sip:110@127.0.0.1>\r\n",
+        );
+        assert_eq!(statuses(&h.responses(100 + n)), vec![202], "REFER {n}");
+        h.respond_to_invite(486, None);
+    }
+    assert!(h.outcome().is_none(), "the call goes on");
+    assert!(
+        h.call.stale.len() <= MAX_STALE,
+        "{} kept",
+        h.call.stale.len()
+    );
+}
+
 #[test]
 fn a_silent_transfer_target_fails_after_the_peer_response_timeout() {
     let mut h = transfer_under_way();
