@@ -124,18 +124,18 @@ impl Owner {
     /// # Errors
     /// The event back when the owner is gone, or when it is one a peer can multiply and
     /// [`MAX_UNREAD`] such wait unread.
-    pub fn send(&self, event: SipEvent) -> Result<(), SipEvent> {
+    pub fn send(&self, event: SipEvent) -> Result<(), Box<SipEvent>> {
         use std::sync::atomic::Ordering;
         let counted = multipliable(&event);
         if counted && self.unread.fetch_add(1, Ordering::Relaxed) >= MAX_UNREAD {
             self.unread.fetch_sub(1, Ordering::Relaxed);
-            return Err(event);
+            return Err(Box::new(event));
         }
         self.events.send(event).map_err(|returned| {
             if counted {
                 self.unread.fetch_sub(1, Ordering::Relaxed);
             }
-            returned.0
+            Box::new(returned.0)
         })
     }
 }
@@ -1110,7 +1110,7 @@ impl Endpoint {
                         request,
                         source,
                     });
-                    if let Err(SipEvent::Request { request, .. }) = sent {
+                    if let Err(SipEvent::Request { request, .. }) = sent.map_err(|e| *e) {
                         // The call has MAX_UNREAD of the peer's requests unread: try later.
                         self.metrics.increment(Counter::SipRefusedTransactions);
                         let mut response = Response::for_request(&request, 503, Some("gw-busy"));
