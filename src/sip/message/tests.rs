@@ -73,6 +73,7 @@ l: 0\n\n";
         .starts_with(b"OPTIONS tel:+8613800138000 SIP/2.0\r\nVia: "));
 }
 
+/// An invalid byte in a header becomes one `?`: the message is kept, and does not grow.
 #[test]
 fn non_utf8_header_value_is_kept_lossily() {
     let mut bytes = INVITE.replace("\"Citizen\"", "\"XX\"").into_bytes();
@@ -82,7 +83,7 @@ fn non_utf8_header_value_is_kept_lossily() {
         Ok(Message::Request(r)) => assert!(r
             .headers
             .get("From")
-            .is_some_and(|f| f.contains('\u{fffd}'))),
+            .is_some_and(|f| f.starts_with("\"?X\""))),
         other => panic!("{other:?}"),
     }
 }
