@@ -6,6 +6,10 @@
 #   bench/run.sh peers [--quick]            Kamailio, Kamailio+rtpengine, rtpengine and the gateway
 #                                           side by side in one interleaved run (needs
 #                                           apt-get install kamailio rtpengine-daemon)
+#   bench/run.sh recovery [ABOVE] [SUSTAINABLE] [RUNS]
+#                                           overload recovery: a step at ABOVE calls/s (default
+#                                           4000, over capacity), then one at SUSTAINABLE (2500),
+#                                           on the same process; RUNS runs (3) on fresh processes
 #   bench/run.sh rtp-compare [CALLS] [ROUNDS]
 #                                           CPU per relayed packet at equal load: rtpengine (ng,
 #                                           userspace, 2 threads) and the gateway at CALLS calls
@@ -38,6 +42,24 @@ case "$mode" in
   both)
     "$peers/sip-cps.sh" 5060 --label gateway --target-pid "$gw" --runs 3 "$@"
     "$peers/rtp-relay.sh" sip --target-port 5060 --label gateway --target-pid "$gw" --runs 3 "$@"
+    ;;
+  recovery)
+    above="${1:-4000}"; sustainable="${2:-2500}"; runs="${3:-3}"
+    for run in $(seq 1 "$runs"); do
+      if [ "$run" -gt 1 ]; then
+        kill -TERM "$gw"; wait "$gw" 2>/dev/null || true
+        rm -f bench/out/gateway.db*
+        RUST_LOG=warn timeout 7200 target/release/hotline-gateway --config bench/gateway.toml \
+          2> bench/out/gateway.log &
+        gw=$!
+        for _ in $(seq 1 100); do
+          curl -sf http://127.0.0.1:9090/healthz >/dev/null 2>&1 && break
+          sleep 0.1
+        done
+      fi
+      "$peers/sip-cps.sh" 5060 --label "recovery-$run" --target-pid "$gw" \
+        --rates "$above,$sustainable" --runs 1
+    done
     ;;
   rtp-compare)
     calls="${1:-800}"; rounds="${2:-3}"

@@ -132,11 +132,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     }
     let limit = limits::raise();
     let budget = limits::Budget::of(&config);
-    let max_tcp_connections = budget.tcp_allowance(&limit);
+    let max_calls = budget.call_allowance(&limit, config.sip.max_calls);
+    let max_tcp_connections = budget.tcp_allowance(&limit, max_calls);
     if let Some(reason) = limits::shortfall(&budget, &limit) {
         tracing::warn!(
+            max_calls,
             max_tcp_connections,
-            "{reason}; TCP connections are held to what leaves the media their sockets"
+            "{reason}; calls and TCP connections are held to what the limit holds"
         );
     }
     let metrics = Arc::new(Metrics::new());
@@ -305,7 +307,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             },
             Arc::clone(&metrics),
             ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
-            config.sip.max_calls,
+            max_calls,
         )
         .with_screening(screening),
     );

@@ -45,15 +45,27 @@ impl Budget {
         self.sip_tcp + self.media + self.api + self.base
     }
 
+    /// The calls the gateway takes at once under `limit`: `sip.max_calls`, or fewer when their
+    /// media sockets would not fit beside the API, the process and [`MIN_TCP`] connections. A
+    /// call beyond is refused 503 before any socket is tried, instead of failing on EMFILE.
+    pub fn call_allowance(&self, limit: &Limit, max_calls: usize) -> usize {
+        let room = limit.soft.saturating_sub(self.api + self.base + MIN_TCP) / DESCRIPTORS_PER_CALL;
+        (max_calls as u64).min(room).max(1) as usize
+    }
+
     /// The TCP connections the gateway lets in under `limit`: `sip.max_tcp_connections`, or
-    /// fewer when that many would leave the media, the API or the process without descriptors
-    /// (at least [`MIN_TCP`], so TCP peers are never shut out altogether).
-    pub fn tcp_allowance(&self, limit: &Limit) -> usize {
-        let rest = self.media + self.api + self.base;
+    /// fewer when that many would leave the media (of the calls it takes), the API or the
+    /// process without descriptors (at least [`MIN_TCP`], so TCP peers are never shut out).
+    pub fn tcp_allowance(&self, limit: &Limit, calls: usize) -> usize {
+        let media = self.media.min(calls as u64 * DESCRIPTORS_PER_CALL);
+        let rest = media + self.api + self.base;
         let room = limit.soft.saturating_sub(rest).max(MIN_TCP);
         self.sip_tcp.min(room) as usize
     }
 }
+
+/// Four ports a call, each bound once and duplicated once for its relay worker.
+const DESCRIPTORS_PER_CALL: u64 = 8;
 
 /// The fewest TCP connections a tight descriptor limit leaves.
 pub const MIN_TCP: u64 = 16;
@@ -136,14 +148,30 @@ mod tests {
             ..budget
         };
         assert_eq!(
-            budget.tcp_allowance(&systemd_default),
+            budget.tcp_allowance(&systemd_default, 4000),
             1024 - 400 - 128 - 64
         );
-        assert_eq!(budget.tcp_allowance(&fits), 4096);
+        assert_eq!(budget.tcp_allowance(&fits, 4000), 4096);
         let tiny = Limit {
             soft: 300,
             hard: 300,
         };
-        assert_eq!(budget.tcp_allowance(&tiny), MIN_TCP as usize);
+        assert_eq!(budget.tcp_allowance(&tiny, 4000), MIN_TCP as usize);
+        // Calls are held to what their media sockets fit in: 20,000 descriptors hold 2,474
+        // calls beside the API, the process and 16 connections, not the 3,000 ports allow.
+        let machine = Limit {
+            soft: 20_000,
+            hard: 20_000,
+        };
+        let wide = Budget {
+            media: 24_000,
+            ..budget
+        };
+        assert_eq!(wide.call_allowance(&machine, 20_000), 2474);
+        assert_eq!(wide.call_allowance(&fits, 20_000), 20_000);
+        assert_eq!(
+            wide.tcp_allowance(&machine, 2474),
+            (20_000 - 2474 * 8 - 192) as usize
+        );
     }
 }

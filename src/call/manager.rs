@@ -278,10 +278,24 @@ impl CallManager {
         let id = ids.call_key();
         let media_a = leg_a.rtp_address();
         let media_b = leg_b.rtp_address();
-        let relay = self
+        let relay = match self
             .media
             .engine
-            .spawn([leg_a, leg_b], ids.fork(), self.media.inactivity);
+            .spawn([leg_a, leg_b], ids.fork(), self.media.inactivity)
+        {
+            Ok(relay) => relay,
+            Err(error) => {
+                let shortage = if crate::sip::transport::is_out_of_descriptors(&error) {
+                    self.metrics.increment(Counter::DescriptorsExhausted);
+                    crate::media::ports::PortShortage::NoDescriptors.to_string()
+                } else {
+                    error.to_string()
+                };
+                tracing::warn!(%shortage, "call refused (503): its media cannot be relayed");
+                self.metrics.increment(Counter::CallsRefusedOverload);
+                return Self::reply(request, 503);
+            }
+        };
         let caller = request
             .from()
             .and_then(|f| f.uri.number())

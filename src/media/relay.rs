@@ -165,7 +165,27 @@ pub struct RelayStats {
     pub dropped: AtomicU64,
     /// Digits sent to the call and not yet read: a party flooding RFC 4733 events fills at most
     /// [`MAX_PENDING_DIGITS`], the rest are dropped.
-    pending_digits: AtomicUsize,
+    pending_digits: PendingDigits,
+}
+
+/// Digits sent to a call and not yet read.
+#[derive(Debug, Default)]
+struct PendingDigits(AtomicUsize);
+
+impl PendingDigits {
+    /// Whether one more may be sent ([`MAX_PENDING_DIGITS`] at most unread); counts it if so.
+    fn admit(&self) -> bool {
+        if self.0.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_DIGITS {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// One was read (or could not be sent).
+    fn read(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Digits a call may have waiting (a person keys a few a second; the call task reads them in
@@ -175,13 +195,12 @@ pub const MAX_PENDING_DIGITS: usize = 64;
 impl CallMedia {
     /// Tells the call a digit began, unless it has [`MAX_PENDING_DIGITS`] unread.
     fn report_digit(&self, from: Party, digit: char) {
-        if self.stats.pending_digits.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_DIGITS {
-            self.stats.pending_digits.fetch_sub(1, Ordering::Relaxed);
+        if !self.stats.pending_digits.admit() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
         if self.events.send(MediaEvent::Digit(from, digit)).is_err() {
-            self.stats.pending_digits.fetch_sub(1, Ordering::Relaxed);
+            self.stats.pending_digits.read();
         }
     }
 }
@@ -244,7 +263,7 @@ impl RelayHandle {
         match self.events.recv().await {
             Some(event) => {
                 if matches!(event, MediaEvent::Digit(..)) {
-                    self.stats.pending_digits.fetch_sub(1, Ordering::Relaxed);
+                    self.stats.pending_digits.read();
                 }
                 event
             }
@@ -729,7 +748,6 @@ pub struct MediaEngine {
     next_worker: AtomicUsize,
     next_id: AtomicU64,
     stop: Arc<AtomicBool>,
-    metrics: Arc<Metrics>,
 }
 
 const TICK: Duration = Duration::from_millis(1);
@@ -768,7 +786,6 @@ impl MediaEngine {
             next_worker: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             stop,
-            metrics,
         })
     }
 
@@ -780,12 +797,16 @@ impl MediaEngine {
     }
 
     /// Hands a call's two legs to a worker and returns the call's handle.
+    ///
+    /// # Errors
+    /// The OS error when the sockets cannot be duplicated for the worker (no descriptor
+    /// left): the call must be refused, not carried without media; the legs go back.
     pub fn spawn(
         &self,
         legs: [LegSockets; 2],
         mut ids: IdGenerator,
         inactivity: Duration,
-    ) -> RelayHandle {
+    ) -> std::io::Result<RelayHandle> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let worker = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len();
         let control = self.workers[worker].clone();
@@ -808,12 +829,8 @@ impl MediaEngine {
             clone(&legs[0].rtcp),
             clone(&legs[1].rtcp),
         ];
-        let [Ok(a_rtp), Ok(b_rtp), Ok(a_rtcp), Ok(b_rtcp)] = sockets else {
-            // The call goes on without media; its RTP counts stay zero in the record.
-            tracing::error!("cannot duplicate media sockets; call has no media");
-            self.metrics.increment(Counter::RtpPacketsDropped);
-            return handle;
-        };
+        let [a_rtp, b_rtp, a_rtcp, b_rtcp] = sockets;
+        let (a_rtp, b_rtp, a_rtcp, b_rtcp) = (a_rtp?, b_rtp?, a_rtcp?, b_rtcp?);
         // Two parties; guests' sides are added with their sockets (most calls never have one).
         let sides = vec![Side::new(&mut ids), Side::new(&mut ids)];
         let call = CallMedia {
@@ -831,7 +848,7 @@ impl MediaEngine {
             inactivity,
         };
         control.send(Control::Add(Box::new(call)));
-        handle
+        Ok(handle)
     }
 }
 
@@ -1753,6 +1770,20 @@ mod tests {
     /// The agent's key comes back after a transfer target's (early media, then the target
     /// failed), and after a plain spell and a suite change: its context goes on, so the
     /// indexes it used stay used.
+    /// A party flooding RFC 4733 events fills its call's queue to MAX_PENDING_DIGITS and no
+    /// further; each digit read makes room for one more.
+    #[test]
+    fn a_flood_of_digits_is_bounded() {
+        let pending = PendingDigits::default();
+        for _ in 0..MAX_PENDING_DIGITS {
+            assert!(pending.admit());
+        }
+        assert!(!pending.admit());
+        pending.read();
+        assert!(pending.admit());
+        assert!(!pending.admit());
+    }
+
     #[test]
     fn a_key_that_comes_back_keeps_its_indexes() {
         use srtp::Suite::{AesCm128HmacSha1_32, AesCm128HmacSha1_80};

@@ -868,6 +868,16 @@ fn bind_udp(address: SocketAddr) -> std::io::Result<UdpSocket> {
 mod tests {
     use super::*;
 
+    /// EMFILE and ENFILE read as running out of descriptors (overload), other errors not.
+    #[test]
+    fn out_of_descriptors_is_told_apart() {
+        let emfile = std::io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error());
+        let enfile = std::io::Error::from_raw_os_error(rustix::io::Errno::NFILE.raw_os_error());
+        let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        assert!(is_out_of_descriptors(&emfile) && is_out_of_descriptors(&enfile));
+        assert!(!is_out_of_descriptors(&in_use));
+    }
+
     /// Port 0: a UDP port whose TCP twin is taken is given back and another one tried.
     #[tokio::test]
     async fn port_zero_finds_a_port_free_for_both() {
