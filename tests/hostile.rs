@@ -392,6 +392,17 @@ async fn connect_from(source: IpAddr, gateway: SocketAddr) -> tokio::net::TcpStr
     }
 }
 
+/// `ua`'s OPTIONS over its TCP connection is answered 200.
+async fn assert_tcp_options_answered(ua: &mut Ua, gateway: SocketAddr, branch: &str) {
+    let text = options(gateway, ua.address, branch, "Linphone");
+    ua.send(&text.replace("SIP/2.0/UDP", "SIP/2.0/TCP")).await;
+    let answer = ua.recv_within(Duration::from_secs(5)).await;
+    assert!(
+        matches!(answer, Some(Message::Response(ref r)) if r.status == 200),
+        "{branch}: {answer:?}"
+    );
+}
+
 /// Whether the gateway closes `stream` within `within` (a read sees the end or a reset).
 async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
     use tokio::io::AsyncReadExt;
@@ -440,15 +451,7 @@ async fn idle_and_dripping_strangers_leave_the_peers_their_tcp_slots() {
     let mut dripper = connect_from(dripper_source, gateway.sip).await;
 
     carrier.connect_tcp().await;
-    let text = options(gateway.sip, carrier.address, "peer-slot", "Linphone");
-    carrier
-        .send(&text.replace("SIP/2.0/UDP", "SIP/2.0/TCP"))
-        .await;
-    let answer = carrier.recv_within(Duration::from_secs(5)).await;
-    assert!(
-        matches!(answer, Some(Message::Response(ref r)) if r.status == 200),
-        "the carrier's connection is served: {answer:?}"
-    );
+    assert_tcp_options_answered(&mut carrier, gateway.sip, "peer-slot").await;
     assert_eq!(
         gateway
             .metric("hotline_tcp_connections_refused_total")
@@ -509,15 +512,7 @@ async fn idle_and_dripping_strangers_leave_the_peers_their_tcp_slots() {
         .await;
     drip.abort();
     // And the carrier's connection, which spoke, is still open and served.
-    let text = options(gateway.sip, carrier.address, "peer-slot-2", "Linphone");
-    carrier
-        .send(&text.replace("SIP/2.0/UDP", "SIP/2.0/TCP"))
-        .await;
-    let answer = carrier.recv_within(Duration::from_secs(5)).await;
-    assert!(
-        matches!(answer, Some(Message::Response(ref r)) if r.status == 200),
-        "{answer:?}"
-    );
+    assert_tcp_options_answered(&mut carrier, gateway.sip, "peer-slot-2").await;
     gateway.stop().await;
 }
 
