@@ -6,15 +6,15 @@
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
-/// ChaCha20 as a keystream generator: a CSPRNG, so no number of observed tags, branches or
-/// Call-IDs tells the next one. Peers are known by their source address; whoever could predict
-/// a dialog's identifiers could forge a BYE or a REFER for a call it never saw (RFC 3261 §19.3
-/// asks for cryptographically random tags, §8.1.1.4 for unguessable Call-IDs).
 /// The system's random number generator could not be read.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the system's random number generator failed")]
 pub struct EntropyError;
 
+/// ChaCha20 as a keystream generator: a CSPRNG, so no number of observed tags, branches or
+/// Call-IDs tells the next one. Peers are known by their source address; whoever could predict
+/// a dialog's identifiers could forge a BYE or a REFER for a call it never saw (RFC 3261 §19.3
+/// asks for cryptographically random tags, §8.1.1.4 for unguessable Call-IDs).
 #[derive(Debug, Clone)]
 pub struct IdGenerator {
     stream: ChaCha20Rng,

@@ -702,6 +702,23 @@ impl Config {
                 "tls_cert and tls_key go together: give both or neither".into(),
             ));
         }
+        for (key, value) in [
+            (
+                "sip.tcp_request_timeout_secs",
+                self.sip.tcp_request_timeout_secs,
+            ),
+            (
+                "sip.max_tcp_connections_per_source",
+                self.sip.max_tcp_connections_per_source as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(
+                    key.into(),
+                    "must be at least 1 (0 would close every inbound connection)".into(),
+                ));
+            }
+        }
         for (index, platform) in self.platforms.iter().enumerate() {
             if platform.name.is_empty() {
                 return Err(invalid(

@@ -732,9 +732,11 @@ impl MediaProbe {
                 answer
             })
             .collect();
+        // One deadline for all: k stuck workers cost `within`, not k times it.
+        let deadline = tokio::time::Instant::now() + within;
         let mut silent = Vec::new();
         for (index, answer) in answers.into_iter().enumerate() {
-            if !matches!(tokio::time::timeout(within, answer).await, Ok(Ok(()))) {
+            if !matches!(tokio::time::timeout_at(deadline, answer).await, Ok(Ok(()))) {
                 silent.push(index);
             }
         }

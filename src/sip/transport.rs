@@ -680,9 +680,11 @@ impl Transport {
         let transport = self.clone();
         tokio::spawn(async move {
             let flow = if secure { Flow::Tls(id) } else { Flow::Tcp(id) };
-            let accepted = slot.is_some();
+            // A peer's host may open a connection and wait in silence for its first call; a
+            // stranger must speak at once.
+            let stranger = slot.as_ref().is_some_and(|s| s.stranger);
             transport
-                .read_connection(read_half, address, flow, accepted, &closed)
+                .read_connection(read_half, address, flow, stranger, &closed)
                 .await;
             drop(slot);
             closed.cancel();
@@ -712,15 +714,16 @@ impl Transport {
         self.lock().by_address.contains_key(&(address, secure))
     }
 
-    /// Reads and frames one connection until it closes. An `accepted` connection (the peer
-    /// opened it) must deliver its first whole message within `tcp_request_timeout`; on every
-    /// connection a message must be whole within that long of its first byte.
+    /// Reads and frames one connection until it closes. A `stranger`'s connection (opened by
+    /// an address that is no peer's host) must deliver its first whole message within
+    /// `tcp_request_timeout`; on every connection a message must be whole within that long of
+    /// its first byte.
     async fn read_connection(
         &self,
         mut reader: impl AsyncRead + Unpin,
         address: SocketAddr,
         flow: Flow,
-        accepted: bool,
+        stranger: bool,
         closed: &CancellationToken,
     ) {
         let id = match flow {
@@ -731,7 +734,7 @@ impl Transport {
         let mut framer = message::Framer::default();
         let request_timeout = self.config.tcp_request_timeout;
         // Until when the message under way (or, at first, the first message) must be whole.
-        let mut deadline = accepted.then(|| Instant::now() + request_timeout);
+        let mut deadline = stranger.then(|| Instant::now() + request_timeout);
         loop {
             // Deliver every whole message already buffered (pipelining), then read more.
             loop {
