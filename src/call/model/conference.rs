@@ -1,5 +1,6 @@
 //! The three-way call (三方通话) on the call model: guests invited beside legs A and B, each on a
-//! port pair of its own, mixed by the relay once three or more parties are in.
+//! port pair of its own and through a [`Fork`] of its own, mixed by the relay once three or
+//! more parties are in.
 //!
 //! Order of events: [`Call::conference`] (the `*3` hotkey or the work-order API) asks the task
 //! for a port pair ([`Action::OpenParty`]), [`Call::handle_party_opened`] sends the INVITE with
@@ -8,22 +9,53 @@
 //! two-party paths (transfer, hang-up, re-INVITE) keep working on it; nobody is re-INVITEd.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
-use super::{
-    leg_media, Action, Attempt, Call, ConferenceUpdate, Guest, InviteTo, LinkageKind,
-    LinkageUpdate, State, Timer, TransferError,
-};
-use crate::media::{Leg, MediaCommand, Party};
+use crate::media::{Leg, LegMedia, MediaCommand, Party};
 use crate::sip::dialog::Dialog;
 use crate::sip::endpoint::{DialogKey, ServerTransactionId};
-use crate::sip::message::{self, Headers, Method, Request, Response};
-use crate::sip::sdp::{self, Direction, Origin, SrtpMode};
+use crate::sip::message::{Headers, Method, Request, Response};
+use crate::sip::sdp::{self, Direction, Origin, SessionDescription, SrtpMode, SrtpTerms};
 use crate::sip::transport::Target;
 
-use super::super::hotkey;
-use super::super::transfer::{CallerIdentity, Trigger};
+use super::dialogs::{answer_reoffer, leg_media};
+use super::fork::{Attempt, Failure, Fork, ForkTimeout, ForkTimeouts, Progress};
+use super::invite::InviteTo;
+use super::leg::Newcomer;
+use super::{Action, Call, ConferenceUpdate, LinkageKind, LinkageUpdate, State, TransferError};
+use crate::call::hotkey;
+use crate::call::transfer::Trigger;
+
+/// A conference guest: a desk the gateway invited into the call beside legs A and B, on a port
+/// pair of its own. Joined once it answered (its dialog is set).
+pub(super) struct Guest {
+    /// The agent's leg that asked for it; the guest is shown the other leg's identity.
+    from: Leg,
+    linkage_id: String,
+    number: String,
+    /// Our INVITE to the guest's route; its attempt stays once answered (for a retransmitted
+    /// 2xx, §13.2.2.4).
+    pub(super) fork: Fork,
+    /// Set when the task gave the guest its port pair.
+    party: Option<Party>,
+    media: Option<SocketAddr>,
+    call_id: String,
+    tag: String,
+    origin: Origin,
+    offer: Option<SessionDescription>,
+    local_sdp: Option<String>,
+    dialog: Option<Dialog>,
+    endpoint: Option<LegMedia>,
+}
+
+impl Guest {
+    pub(super) fn key(&self) -> DialogKey {
+        DialogKey {
+            call_id: self.call_id.clone(),
+            local_tag: self.tag.clone(),
+        }
+    }
+}
 
 impl Call {
     /// Invites `number` into the call as a conference guest, on behalf of the party across from
@@ -40,8 +72,10 @@ impl Call {
         number: &str,
         trigger: Trigger,
     ) -> Result<(), TransferError> {
-        let result = self.start_conference(from, number, trigger);
-        self.arm_cleanup(now);
+        let mut result = Err(TransferError::NotAnswered);
+        self.step(now, |call| {
+            result = call.start_conference(from, number, trigger)
+        });
         result
     }
 
@@ -51,10 +85,10 @@ impl Call {
         number: &str,
         trigger: Trigger,
     ) -> Result<(), TransferError> {
-        if self.state != State::Answered || self.dialog(from).is_none() {
+        if self.state != State::Answered || self.legs[from].dialog.is_none() {
             return Err(TransferError::NotAnswered);
         }
-        if self.transfer.is_some() || self.guests.iter().any(|g| g.dialog.is_none()) {
+        if self.transfer.is_some() || self.inviting_guest() {
             return Err(TransferError::InProgress);
         }
         let max = self.settings.conference_max_parties;
@@ -86,22 +120,24 @@ impl Call {
             }));
         tracing::info!(call = %self.id, linkage = %linkage_id, target = number, trigger = trigger.as_str(), "conference guest invited");
         let local_ip = self.settings.local_sip.ip().to_string();
+        let timeouts = ForkTimeouts {
+            response: self.settings.peer_response_timeout,
+            ring: self.settings.transfer_ring_timeout,
+        };
         self.guests.push(Guest {
             from,
             linkage_id,
             number: number.to_string(),
-            route,
+            fork: Fork::new(route, timeouts),
             party: None,
             media: None,
-            attempt: None,
             call_id: self.ids.call_id(&local_ip),
             tag: self.ids.tag(),
-            origin: Origin::new(self.a.media.ip(), self.ids.next_u64() >> 12),
+            origin: Origin::new(self.legs[Leg::A].media.ip(), self.ids.next_u64() >> 12),
             offer: None,
             local_sdp: None,
             dialog: None,
             endpoint: None,
-            ringing: false,
         });
         self.actions.push_back(Action::OpenParty);
         Ok(())
@@ -110,6 +146,10 @@ impl Call {
     /// The task's answer to [`Action::OpenParty`]: the guest's party and local RTP address,
     /// or None when no port pair (or party) was left.
     pub fn handle_party_opened(&mut self, now: Instant, opened: Option<(Party, SocketAddr)>) {
+        self.step(now, |call| call.party_opened(now, opened));
+    }
+
+    fn party_opened(&mut self, now: Instant, opened: Option<(Party, SocketAddr)>) {
         let Some(index) = self.inviting() else {
             return;
         };
@@ -136,12 +176,23 @@ impl Call {
         ));
         self.actions.push_back(Action::RegisterDialog(guest.key()));
         self.guest_to_peer(now, index, 0);
-        self.arm_cleanup(now);
     }
 
     /// The guest still being invited, if any.
     fn inviting(&self) -> Option<usize> {
         self.guests.iter().position(|g| g.dialog.is_none())
+    }
+
+    /// A conference guest is being invited.
+    pub(super) fn inviting_guest(&self) -> bool {
+        self.inviting().is_some()
+    }
+
+    /// The guest being invited whose current INVITE is `branch`.
+    pub(super) fn inviting_guest_with(&self, branch: &str) -> Option<usize> {
+        self.guests
+            .iter()
+            .position(|g| g.dialog.is_none() && g.fork.is_current(branch))
     }
 
     /// Sends guest `index`'s INVITE to the `peer_index`-th peer of its route.
@@ -160,12 +211,15 @@ impl Call {
             self.actions.push_back(Action::UnregisterDialog(old));
             self.actions.push_back(Action::RegisterDialog(new));
         }
-        let guest = &mut self.guests[index];
-        let (Some(peer), Some(offer)) = (guest.route.get(peer_index).cloned(), &mut guest.offer)
-        else {
+        let Some(peer) = self.guests[index].fork.peer_at(peer_index).cloned() else {
             return;
         };
-        sdp::set_offer_key(offer, super::offer_key(&peer));
+        let key = self.offer_key(&peer);
+        let guest = &mut self.guests[index];
+        let Some(offer) = guest.offer.as_mut() else {
+            return;
+        };
+        sdp::set_offer_key(offer, key);
         let guest = &self.guests[index];
         let Some(offer) = &guest.offer else {
             return;
@@ -180,7 +234,7 @@ impl Call {
                 call_id: &guest.call_id,
                 tag: &guest.tag,
                 offer,
-                identity: self.identity(guest.from.other()),
+                identity: &self.legs[guest.from.other()].identity,
                 assert: true,
             },
             guest.from,
@@ -198,19 +252,12 @@ impl Call {
             request: invite.clone(),
             target,
         });
-        let guest = &mut self.guests[index];
-        guest.ringing = false;
-        if let Some(previous) = guest
-            .attempt
-            .replace(Attempt::new(peer_index, invite, branch, target))
-        {
-            super::retire(&mut self.stale, &self.abandoned, previous);
+        let previous = self.guests[index]
+            .fork
+            .sent(now, Attempt::new(peer_index, invite, branch, target));
+        if let Some(previous) = previous {
+            self.retired.retire(previous);
         }
-        self.arm(
-            Timer::TransferResponse,
-            Some(now + self.settings.peer_response_timeout),
-        );
-        self.arm(Timer::TransferRing, None);
     }
 
     /// A response to an INVITE of ours to a guest; true if `branch` was one.
@@ -221,76 +268,52 @@ impl Call {
         response: &Response,
     ) -> bool {
         let Some(index) = self.guests.iter().position(|g| {
-            g.attempt
-                .as_ref()
+            g.fork
+                .attempt()
                 .is_some_and(|a| a.branch == branch && !(a.settled && g.dialog.is_none()))
         }) else {
             return false;
         };
-        if self.guests[index].dialog.is_some() {
-            // A joined guest's 2xx again: the same ACK (§13.2.2.4); a 2xx from another fork is
+        let guest = &self.guests[index];
+        if let (Some(dialog), Some(attempt)) = (guest.dialog.as_ref(), guest.fork.attempt()) {
+            // A joined guest's 2xx again: the same ACK; a 2xx from another fork is
             // acknowledged and released.
-            if (200..300).contains(&response.status) {
-                if let Some(dialog) = self.ack_guest(index, response) {
-                    let ours = self.guests[index]
-                        .dialog
-                        .as_ref()
-                        .is_some_and(|d| d.remote_tag() == dialog.remote_tag());
-                    if !ours {
-                        let target = self.guests[index].target().unwrap_or(self.a.target);
-                        self.bye_dialog(dialog, target, "forked answer not used");
-                    }
-                }
-            }
+            let ours = dialog.remote_tag().to_string();
+            let (invite, target) = (attempt.invite.clone(), attempt.target);
+            self.answer_again(
+                &invite,
+                target,
+                response,
+                |d| d.remote_tag() == ours,
+                "forked answer not used",
+            );
             return true;
         }
         match response.status {
             100..=199 => {
-                self.arm(Timer::TransferResponse, None);
                 let guest = &mut self.guests[index];
-                if let Some(attempt) = guest.attempt.as_mut() {
-                    attempt.provisional = true;
-                }
-                if response.status > 100 && !guest.ringing {
-                    guest.ringing = true;
+                if guest.fork.handle_provisional(now, response.status) == Progress::Ringing {
                     let linkage_id = guest.linkage_id.clone();
                     self.actions
                         .push_back(Action::Linkage(LinkageUpdate::Ringing { linkage_id }));
                 }
-                if self.timer(Timer::TransferRing).is_none() {
-                    self.arm(
-                        Timer::TransferRing,
-                        Some(now + self.settings.transfer_ring_timeout),
-                    );
-                }
             }
             200..=299 => self.guest_answered(now, index, response),
-            status => self.guest_failed(now, status),
+            status => self.guest_failed(now, index, status),
         }
         true
     }
 
-    fn ack_guest(&mut self, index: usize, response: &Response) -> Option<Dialog> {
-        let attempt = self.guests[index].attempt.as_ref()?;
-        let target = attempt.target;
-        let sequence = attempt.invite.cseq().map_or(1, |c| c.sequence);
-        let dialog = Dialog::new_uac(&attempt.invite, response)?;
-        let ack = self.with_via(dialog.ack(sequence), target);
-        self.actions.push_back(Action::SendRequest {
-            request: ack,
-            target,
-        });
-        Some(dialog)
-    }
-
     fn guest_answered(&mut self, now: Instant, index: usize, response: &Response) {
-        let Some(dialog) = self.ack_guest(index, response) else {
+        let Some(attempt) = self.guests[index].fork.attempt() else {
             return;
         };
-        if let Some(attempt) = self.guests[index].attempt.as_mut() {
-            attempt.settled = true;
-        }
-        let guest = &self.guests[index];
+        let (invite, target) = (attempt.invite.clone(), attempt.target);
+        let Some(dialog) = self.acknowledge(&invite, target, response) else {
+            return;
+        };
+        let guest = &mut self.guests[index];
+        guest.fork.handle_answered();
         let negotiated = match (&guest.offer, response.sdp().map(sdp::parse)) {
             (Some(offer), Some(Ok(answer))) => {
                 sdp::accept_answer(offer, &answer, &self.settings.policy).ok()
@@ -298,20 +321,20 @@ impl Call {
             _ => None,
         };
         let (Some(negotiated), Some(party)) = (negotiated, guest.party) else {
-            let target = guest.target().unwrap_or(self.a.target);
             self.bye_dialog(dialog, target, "guest's answer not acceptable");
-            self.guest_failed(now, 488);
+            self.guest_failed(now, index, 488);
             return;
         };
-        self.arm(Timer::TransferResponse, None);
-        self.arm(Timer::TransferRing, None);
         let media = leg_media(&negotiated);
-        let guest = &mut self.guests[index];
         guest.dialog = Some(dialog);
         guest.endpoint = Some(media);
         guest.local_sdp = guest.offer.as_ref().map(|o| o.to_string());
         let (linkage_id, number) = (guest.linkage_id.clone(), guest.number.clone());
-        let peer = guest.peer().map(|p| p.name.clone()).unwrap_or_default();
+        let peer = guest
+            .fork
+            .peer()
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
         self.actions
             .push_back(Action::Media(MediaCommand::Configure(party, media)));
         self.actions
@@ -326,66 +349,60 @@ impl Call {
                 number,
             }));
         tracing::info!(call = %self.id, party = party.index(), "conference guest joined");
-        if self.b.dialog.is_none() && self.state == State::Answered {
+        if self.legs[Leg::B].dialog.is_none() && self.state == State::Answered {
             // The agent left while it rang: the guest takes its place.
             self.ringback(None);
             self.leg_left(Leg::B);
         }
     }
 
-    /// The guest being invited failed with `status`: its route's next peer on 408, 5xx or 6xx;
-    /// otherwise the invitation ends and the call goes on as it was.
-    pub(super) fn guest_failed(&mut self, now: Instant, status: u16) {
-        let Some(index) = self.inviting() else {
-            return;
-        };
-        let guest = &mut self.guests[index];
-        let Some(attempt) = guest.attempt.as_mut() else {
-            return;
-        };
-        attempt.settled = true;
-        let status = if attempt.timed_out { 408 } else { status };
-        let next = attempt.peer_index + 1;
-        if (status == 408 || status >= 500) && next < guest.route.len() {
+    /// Guest `index`'s current INVITE failed with `status`.
+    pub(super) fn guest_failed(&mut self, now: Instant, index: usize, status: u16) {
+        if let Some(failure) = self.guests[index].fork.handle_failure(status, "") {
+            self.guest_failure(now, index, failure);
+        }
+    }
+
+    pub(super) fn guest_timeout(&mut self, now: Instant, index: usize, timeout: ForkTimeout) {
+        match timeout {
+            ForkTimeout::NoResponse(failure) => {
+                tracing::info!(call = %self.id, "conference guest did not respond");
+                self.guest_failure(now, index, failure);
+            }
+            // Its 487 fails it as 408.
+            ForkTimeout::RingedOut(request, target) => {
+                self.actions
+                    .push_back(Action::SendRequest { request, target });
+            }
+        }
+    }
+
+    /// Its route's next peer on 408, 5xx or 6xx; otherwise the invitation ends and the call
+    /// goes on as it was.
+    fn guest_failure(&mut self, now: Instant, index: usize, failure: Failure) {
+        if let Some(next) = failure.next {
             self.guest_to_peer(now, index, next);
             return;
         }
-        self.arm(Timer::TransferResponse, None);
-        self.arm(Timer::TransferRing, None);
-        let guest = self.guests.remove(index);
-        tracing::info!(call = %self.id, linkage = %guest.linkage_id, status, "conference guest failed");
+        let mut guest = self.guests.remove(index);
+        tracing::info!(call = %self.id, linkage = %guest.linkage_id, status = failure.status, "conference guest failed");
         self.actions
             .push_back(Action::Linkage(LinkageUpdate::Failed {
                 linkage_id: guest.linkage_id.clone(),
-                status,
+                status: failure.status,
             }));
         self.actions
             .push_back(Action::UnregisterDialog(guest.key()));
         if let Some(party) = guest.party {
             self.actions.push_back(Action::CloseParty(party));
         }
-        if let Some(attempt) = guest.attempt {
-            super::retire(&mut self.stale, &self.abandoned, attempt);
+        if let Some(attempt) = guest.fork.take_attempt() {
+            self.retired.retire(attempt);
         }
-        if self.state == State::Answered && self.b.dialog.is_none() {
+        if self.state == State::Answered && self.legs[Leg::B].dialog.is_none() {
             // The agent had left: never drop the citizen (back to the number first called).
             self.fall_back(now, Leg::B);
         }
-    }
-
-    /// The invitation rang too long: CANCEL it (its 487 fails it as 408).
-    pub(super) fn guest_ring_timeout(&mut self) {
-        let Some(index) = self.inviting() else {
-            return;
-        };
-        let Some(attempt) = self.guests[index].attempt.as_mut() else {
-            return;
-        };
-        attempt.timed_out = true;
-        attempt.cancel_sent = true;
-        let (request, target) = (message::cancel_for(&attempt.invite), attempt.target);
-        self.actions
-            .push_back(Action::SendRequest { request, target });
     }
 
     /// The guest whose dialog `request` belongs to.
@@ -396,10 +413,16 @@ impl Call {
             .position(|g| g.dialog.as_ref().is_some_and(|d| d.matches(request)))
     }
 
+    /// The relay's new media for guest `party` (its re-INVITE).
+    pub(super) fn set_guest_endpoint(&mut self, party: Party, media: LegMedia) {
+        if let Some(guest) = self.guests.iter_mut().find(|g| g.party == Some(party)) {
+            guest.endpoint = Some(media);
+        }
+    }
+
     /// A request in a joined guest's dialog.
     pub(super) fn handle_guest_request(
         &mut self,
-        now: Instant,
         index: usize,
         server: ServerTransactionId,
         request: &Request,
@@ -408,49 +431,18 @@ impl Call {
             .dialog
             .as_mut()
             .is_some_and(|d| d.accept_remote_sequence(request));
-        let respond = |call: &mut Call, status: u16| {
-            let mut response = Response::for_request(request, status, None);
-            if status == 405 {
-                response.headers.push("Allow", super::ALLOW);
-            }
-            call.actions
-                .push_back(Action::SendResponse { server, response });
-        };
         if !in_order {
-            respond(self, 500);
+            self.respond(server, request, 500);
             return;
         }
         match request.method {
             Method::Bye => {
-                respond(self, 200);
+                self.respond(server, request, 200);
                 self.guest_left(index);
             }
-            Method::Invite | Method::Update => {
-                let guest = &mut self.guests[index];
-                let (Some(media), Some(party), Some(target)) =
-                    (guest.media, guest.party, guest.target())
-                else {
-                    respond(self, 500);
-                    return;
-                };
-                let mode = guest.peer().map_or(SrtpMode::Optional, |p| p.srtp);
-                let answered = super::answer_reoffer(
-                    &self.settings.policy,
-                    media,
-                    request,
-                    &mut guest.origin,
-                    &mut guest.local_sdp,
-                    mode,
-                );
-                if answered.is_ok() {
-                    if let Some(dialog) = guest.dialog.as_mut() {
-                        dialog.refresh_target(request.contact());
-                    }
-                }
-                self.respond_reoffer(party, server, request, target, answered, Headers::new());
-            }
+            Method::Invite | Method::Update => self.guest_reoffer(index, server, request),
             Method::Info => {
-                respond(self, 200);
+                self.respond(server, request, 200);
                 if let (Some(digit), Some(party)) = (
                     hotkey::dtmf_of_info(request.content_type(), &request.body),
                     self.guests[index].party,
@@ -458,16 +450,45 @@ impl Call {
                     self.send_digit_to_others(party, digit);
                 }
             }
-            Method::Options => respond(self, 200),
+            Method::Options => self.respond(server, request, 200),
             Method::Refer => {
                 let mut response = Response::for_request(request, 403, None);
                 response.reason = "Transfer Not Possible From A Conference Guest".into();
                 self.actions
                     .push_back(Action::SendResponse { server, response });
             }
-            _ => respond(self, 405),
+            _ => self.respond(server, request, 405),
         }
-        self.arm_cleanup(now);
+    }
+
+    /// A guest's re-INVITE or UPDATE, answered by the gateway as for the legs.
+    fn guest_reoffer(&mut self, index: usize, server: ServerTransactionId, request: &Request) {
+        let key = self.new_key();
+        let guest = &mut self.guests[index];
+        let (Some(media), Some(party), Some(target)) =
+            (guest.media, guest.party, guest.fork.target())
+        else {
+            self.respond(server, request, 500);
+            return;
+        };
+        let mode = guest.fork.peer().map_or(SrtpMode::Optional, |p| p.srtp);
+        let answered = answer_reoffer(
+            &self.settings.policy,
+            media,
+            request,
+            &mut guest.origin,
+            &mut guest.local_sdp,
+            SrtpTerms {
+                mode,
+                key: Some(key),
+            },
+        );
+        if answered.is_ok() {
+            if let Some(dialog) = guest.dialog.as_mut() {
+                dialog.refresh_target(request.contact());
+            }
+        }
+        self.respond_reoffer(party, server, request, target, answered, Headers::new());
     }
 
     /// Hangs up one party (a platform's command): a guest gets a BYE and leaves; a leg's party
@@ -478,44 +499,40 @@ impl Call {
     /// [`TransferError::NotAnswered`] when no such party is in the call.
     pub fn hang_up_party(&mut self, now: Instant, party: u32) -> Result<(), TransferError> {
         let party = self.audio_party(party).ok_or(TransferError::NotAnswered)?;
+        self.step(now, |call| call.hang_up_audio_party(party));
+        Ok(())
+    }
+
+    fn hang_up_audio_party(&mut self, party: Party) {
+        const REASON: Option<&str> = Some("hung up by the work-order system");
         if let Some(index) = self
             .guests
             .iter()
             .position(|g| g.party == Some(party) && g.dialog.is_some())
         {
             let guest = &mut self.guests[index];
-            if let (Some(dialog), Some(target)) = (guest.dialog.take(), guest.target()) {
-                self.bye_dialog_with_reason(
-                    dialog,
-                    target,
-                    Some("hung up by the work-order system"),
-                );
+            if let (Some(dialog), Some(target)) = (guest.dialog.take(), guest.fork.target()) {
+                self.bye_dialog_with_reason(dialog, target, REASON);
             }
             self.guest_left(index);
-        } else {
-            let leg = if party == self.a.party {
-                Leg::A
-            } else {
-                Leg::B
-            };
-            let ends =
-                !self.has_guests() || (leg == Leg::A && self.settings.conference_ends_with_caller);
-            if ends {
-                self.hang_up_all(now);
-                return Ok(());
-            }
-            let target = self.leg_target(leg);
-            if let Some(dialog) = self.dialog_mut(leg).take() {
-                self.bye_dialog_with_reason(
-                    dialog,
-                    target,
-                    Some("hung up by the work-order system"),
-                );
-            }
-            self.leg_left(leg);
+            return;
         }
-        self.arm_cleanup(now);
-        Ok(())
+        let leg = self.legs.of_party(party).unwrap_or(Leg::B);
+        let ends =
+            !self.has_guests() || (leg == Leg::A && self.settings.conference_ends_with_caller);
+        if ends {
+            self.hang_up(
+                None,
+                super::EndedBy::Gateway,
+                "hung up by the work-order system",
+            );
+            return;
+        }
+        let target = self.legs[leg].target;
+        if let Some(dialog) = self.legs[leg].dialog.take() {
+            self.bye_dialog_with_reason(dialog, target, REASON);
+        }
+        self.leg_left(leg);
     }
 
     /// Guest `index` hung up.
@@ -544,72 +561,38 @@ impl Call {
         let Some(index) = self.guests.iter().position(|g| g.dialog.is_some()) else {
             return;
         };
-        let party = self.party(leg);
+        let party = self.legs[leg].party;
         self.actions
             .push_back(Action::Media(MediaCommand::Leave(party)));
         self.actions
             .push_back(Action::Conference(ConferenceUpdate::Left { party }));
         self.actions.push_back(Action::CloseParty(party));
-        let guest = self.guests.remove(index);
-        let (Some(party), Some(media), Some(attempt)) = (guest.party, guest.media, guest.attempt)
-        else {
+        let mut guest = self.guests.remove(index);
+        let peer = guest.fork.peer().cloned();
+        let (Some(party), Some(media), Some(dialog), Some(attempt)) = (
+            guest.party,
+            guest.media,
+            guest.dialog.take(),
+            guest.fork.take_attempt(),
+        ) else {
             return;
         };
-        let identity = CallerIdentity::reached_at(&guest.number);
-        let peer = attempt.peer_index;
-        let old = match leg {
-            Leg::A => {
-                let old = DialogKey {
-                    call_id: std::mem::replace(&mut self.a.call_id, guest.call_id),
-                    local_tag: std::mem::replace(&mut self.a.tag, guest.tag),
-                };
-                self.a.dialog = guest.dialog;
-                self.end_session(Leg::A);
-                self.a.target = attempt.target;
-                self.a.party = party;
-                self.a.media = media;
-                self.a.local_sdp = guest.local_sdp;
-                self.a.origin = guest.origin;
-                self.a.pending_offer = None;
-                self.a.endpoint = guest.endpoint;
-                self.a.identity = identity;
-                if let Some(peer) = guest.route.get(peer) {
-                    self.a.peer = Arc::clone(peer);
-                }
-                self.a.uac_invite = Some(attempt);
-                old
-            }
-            Leg::B => {
-                let old = DialogKey {
-                    call_id: std::mem::replace(&mut self.b.call_id, guest.call_id),
-                    local_tag: std::mem::replace(&mut self.b.tag, guest.tag),
-                };
-                self.b.dialog = guest.dialog;
-                self.end_session(Leg::B);
-                self.b.party = party;
-                self.b.media = media;
-                self.b.local_sdp = guest.local_sdp;
-                if let Some(offer) = guest.offer {
-                    self.b.offer = offer;
-                }
-                self.b.origin = guest.origin;
-                self.b.endpoint = guest.endpoint;
-                self.b.identity = identity;
-                self.b.answered_invite_sequence = 1;
-                self.route = guest.route;
-                if let Some(previous) = self.attempt.replace(attempt) {
-                    super::retire(&mut self.stale, &self.abandoned, previous);
-                }
-                self.hotkeys = None;
-                self.arm(Timer::HotkeyDigits, None);
-                self.detect_agent_digits();
-                self.actions.push_back(Action::Attempt {
-                    b_call_id: self.b.call_id.clone(),
-                    b_peer: self.b_peer().map(|p| p.name.clone()).unwrap_or_default(),
-                });
-                old
-            }
+        let newcomer = Newcomer {
+            call_id: guest.call_id,
+            tag: guest.tag,
+            dialog,
+            attempt,
+            peer,
+            number: guest.number,
+            endpoint: guest.endpoint,
+            offer: guest.offer,
+            local_sdp: guest.local_sdp,
+            origin: guest.origin,
+            party: Some((party, media)),
         };
+        let old = self.take_leg_over(leg, newcomer);
+        // The guest's INVITE offered no session timer.
+        self.end_session(leg);
         self.actions.push_back(Action::UnregisterDialog(old));
         self.announce_bridge();
         self.update_conference();
@@ -619,11 +602,10 @@ impl Call {
     /// Parties whose audio is in the call.
     pub(super) fn audio_parties(&self) -> Vec<Party> {
         let mut parties = Vec::with_capacity(2 + self.guests.len());
-        if self.a.dialog.is_some() {
-            parties.push(self.a.party);
-        }
-        if self.b.dialog.is_some() {
-            parties.push(self.b.party);
+        for leg in [Leg::A, Leg::B] {
+            if self.legs[leg].dialog.is_some() {
+                parties.push(self.legs[leg].party);
+            }
         }
         parties.extend(
             self.guests
@@ -641,25 +623,25 @@ impl Call {
             return;
         }
         self.conferencing = mixing;
-        if mixing {
-            self.actions
-                .push_back(Action::Conference(ConferenceUpdate::Started));
-            for leg in [Leg::A, Leg::B] {
-                let peer = self
-                    .leg_peer(leg)
-                    .map(|p| p.name.clone())
-                    .unwrap_or_default();
-                let number = self.identity(leg).number.clone();
-                self.actions
-                    .push_back(Action::Conference(ConferenceUpdate::Joined {
-                        party: self.party(leg),
-                        peer,
-                        number,
-                    }));
-            }
-        } else {
+        if !mixing {
             self.actions
                 .push_back(Action::Conference(ConferenceUpdate::Ended));
+            return;
+        }
+        self.actions
+            .push_back(Action::Conference(ConferenceUpdate::Started));
+        for leg in [Leg::A, Leg::B] {
+            let peer = self
+                .leg_peer(leg)
+                .map(|p| p.name.clone())
+                .unwrap_or_default();
+            let number = self.legs[leg].identity.number.clone();
+            self.actions
+                .push_back(Action::Conference(ConferenceUpdate::Joined {
+                    party: self.legs[leg].party,
+                    peer,
+                    number,
+                }));
         }
     }
 
@@ -671,11 +653,9 @@ impl Call {
             if other == party {
                 continue;
             }
-            let leg = [Leg::A, Leg::B]
-                .into_iter()
-                .find(|leg| self.party(*leg) == other);
+            let leg = self.legs.of_party(other);
             let events = match leg {
-                Some(leg) => self.endpoint_media(leg),
+                Some(leg) => self.legs[leg].endpoint,
                 None => self
                     .guests
                     .iter()
@@ -689,7 +669,7 @@ impl Call {
             } else if let Some(leg) = leg {
                 self.send_dtmf_info(leg, digit, None);
             } else if let Some(guest) = self.guests.iter_mut().find(|g| g.party == Some(other)) {
-                let target = guest.target();
+                let target = guest.fork.target();
                 let info = guest.dialog.as_mut().map(|d| d.request(Method::Info));
                 if let (Some(info), Some(target)) = (info, target) {
                     self.push_dtmf_info(info, target, digit, None);
@@ -700,35 +680,31 @@ impl Call {
 
     /// The call ends: BYE every joined guest, cancel an invitation under way.
     pub(super) fn release_guests(&mut self, reason: Option<&str>) {
-        for guest in std::mem::take(&mut self.guests) {
-            match (guest.dialog, guest.attempt) {
-                (Some(dialog), Some(attempt)) => {
-                    self.bye_dialog_with_reason(dialog, attempt.target, reason);
-                }
-                (None, Some(mut attempt)) => {
-                    if attempt.provisional && !attempt.settled && !attempt.cancel_sent {
-                        attempt.cancel_sent = true;
-                        self.actions.push_back(Action::SendRequest {
-                            request: message::cancel_for(&attempt.invite),
-                            target: attempt.target,
-                        });
+        for mut guest in std::mem::take(&mut self.guests) {
+            match guest.dialog.take() {
+                Some(dialog) => {
+                    if let Some(target) = guest.fork.target() {
+                        self.bye_dialog_with_reason(dialog, target, reason);
                     }
-                    self.actions
-                        .push_back(Action::Linkage(LinkageUpdate::Failed {
-                            linkage_id: guest.linkage_id.clone(),
-                            status: 487,
-                        }));
-                    if !attempt.settled {
-                        self.abandoned.insert(attempt.branch.clone());
-                    }
-                    super::retire(&mut self.stale, &self.abandoned, attempt);
                 }
-                _ => {}
+                None => {
+                    let (cancel, attempt) = guest.fork.abandon();
+                    if let Some(attempt) = attempt {
+                        if let Some((request, target)) = cancel {
+                            self.actions
+                                .push_back(Action::SendRequest { request, target });
+                        }
+                        self.actions
+                            .push_back(Action::Linkage(LinkageUpdate::Failed {
+                                linkage_id: guest.linkage_id.clone(),
+                                status: 487,
+                            }));
+                        self.retired.abandon(attempt);
+                    }
+                }
             }
-            self.actions.push_back(Action::UnregisterDialog(DialogKey {
-                call_id: guest.call_id,
-                local_tag: guest.tag,
-            }));
+            self.actions
+                .push_back(Action::UnregisterDialog(guest.key()));
         }
         if std::mem::take(&mut self.conferencing) {
             self.actions

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::fork::Attempt;
 use super::{Action, Call, EndedBy, State, Timer};
 use crate::media::Leg;
 use crate::sip::message::{Headers, Method, Request, Response};
 use crate::sip::session_timer::{
     self, negotiate_as_uac, negotiate_as_uas, Refresher, Role, SessionExpires, SessionTimer,
-    UasDecision,
+    SessionTimerSettings, UasDecision,
 };
 use crate::sip::transport::Target;
 
@@ -38,13 +39,6 @@ struct Refresh {
     answered: bool,
 }
 
-fn index(leg: Leg) -> usize {
-    match leg {
-        Leg::A => 0,
-        Leg::B => 1,
-    }
-}
-
 fn timer_of(leg: Leg) -> Timer {
     match leg {
         Leg::A => Timer::SessionA,
@@ -58,17 +52,19 @@ impl Call {
         let Some(settings) = self.settings.session_timers else {
             return false;
         };
-        let UasDecision::TooSmall { min_se } = negotiate_as_uas(&self.a.invite, &settings) else {
+        let UasDecision::TooSmall { min_se } = negotiate_as_uas(&self.caller.invite, &settings)
+        else {
             return false;
         };
-        let mut response = Response::for_request(&self.a.invite, 422, Some(&self.a.tag));
+        let mut response =
+            Response::for_request(&self.caller.invite, 422, Some(&self.legs[Leg::A].tag));
         response.reason = "Session Interval Too Small".into();
         response
             .headers
             .push("Min-SE", min_se.as_secs().to_string());
-        self.a.finalized = true;
+        self.caller.finalized = true;
         self.actions.push_back(Action::SendResponse {
-            server: self.a.server,
+            server: self.caller.server,
             response,
         });
         self.end(EndedBy::Gateway, "session interval too small", 422, false);
@@ -90,69 +86,41 @@ impl Call {
     /// RFC 4028 §7.3: the callee wants a longer interval (422 with Min-SE): the same INVITE
     /// again, once, with CSeq + 1 and that interval. False if there is nothing to retry.
     pub(super) fn retry_with_min_se(&mut self, now: Instant, response: &Response) -> bool {
-        let Some(settings) = self.settings.session_timers else {
-            return false;
-        };
-        let Some(floor) = session_timer::min_se(response.headers.get("Min-SE")) else {
-            return false;
-        };
-        let Some(attempt) = self.attempt.as_ref() else {
-            return false;
-        };
-        let asked = SessionExpires::of(&attempt.invite.headers).map(|s| s.interval);
-        if self.state != State::Calling
-            || self.cancelled
-            || attempt.session_retried
-            || asked.is_some_and(|a| floor <= a)
-            || floor < settings.min_se
-        {
+        if self.state != State::Calling || self.cancelled {
             return false;
         }
-        let (index, invite, target) = (attempt.peer_index, attempt.invite.clone(), attempt.target);
+        let Some((index, invite, target, floor)) =
+            retry_interval(self.settings.session_timers, self.setup.attempt(), response)
+        else {
+            return false;
+        };
         let retry = self.reinvite_with_interval(index, invite, target, floor);
         tracing::info!(call = %self.id, interval = floor.as_secs(), "callee asked a longer session interval: INVITE again");
-        if let Some(mut previous) = self.attempt.replace(retry) {
+        if let Some(mut previous) = self.setup.sent(now, retry) {
             previous.settled = true;
-            super::retire(&mut self.stale, &self.abandoned, previous);
+            self.retired.retire(previous);
         }
-        self.arm(Timer::Ring, None);
-        self.arm(
-            Timer::PeerResponse,
-            Some(now + self.settings.peer_response_timeout),
-        );
         true
     }
 
     /// The same for a transfer target's 422: its INVITE again, once, with its Min-SE.
     pub(super) fn retry_transfer_with_min_se(&mut self, now: Instant, response: &Response) -> bool {
-        let (Some(settings), Some(floor), Some(transfer)) = (
-            self.settings.session_timers,
-            session_timer::min_se(response.headers.get("Min-SE")),
-            self.transfer.as_ref(),
-        ) else {
+        let attempt = self.transfer.as_ref().and_then(|t| t.fork.attempt());
+        let Some((index, invite, target, floor)) =
+            retry_interval(self.settings.session_timers, attempt, response)
+        else {
             return false;
         };
-        let attempt = &transfer.attempt;
-        let asked = SessionExpires::of(&attempt.invite.headers).map(|s| s.interval);
-        if attempt.session_retried || asked.is_some_and(|a| floor <= a) || floor < settings.min_se {
-            return false;
-        }
-        let (index, invite, target) = (attempt.peer_index, attempt.invite.clone(), attempt.target);
         let retry = self.reinvite_with_interval(index, invite, target, floor);
         tracing::info!(call = %self.id, interval = floor.as_secs(), "transfer target asked a longer session interval: INVITE again");
         // As for a new peer: the refused attempt's ringing and early media end, and the
         // ring timeout starts again with the retry's first provisional response.
         self.end_transfer_attempt_media();
-        self.arm(Timer::TransferRing, None);
-        if let Some(transfer) = self.transfer.as_mut() {
-            let mut previous = std::mem::replace(&mut transfer.attempt, retry);
+        let previous = self.transfer.as_mut().and_then(|t| t.fork.sent(now, retry));
+        if let Some(mut previous) = previous {
             previous.settled = true;
-            super::retire(&mut self.stale, &self.abandoned, previous);
+            self.retired.retire(previous);
         }
-        self.arm(
-            Timer::TransferResponse,
-            Some(now + self.settings.peer_response_timeout),
-        );
         true
     }
 
@@ -164,7 +132,7 @@ impl Call {
         mut invite: Request,
         target: Target,
         interval: Duration,
-    ) -> super::Attempt {
+    ) -> Attempt {
         let sequence = invite.cseq().map_or(1, |c| c.sequence) + 1;
         invite.headers.set("CSeq", format!("{sequence} INVITE"));
         invite
@@ -184,7 +152,7 @@ impl Call {
             request: invite.clone(),
             target,
         });
-        let mut retry = super::Attempt::new(index, invite, branch, target);
+        let mut retry = Attempt::new(index, invite, branch, target);
         retry.session_retried = true;
         retry
     }
@@ -197,7 +165,7 @@ impl Call {
         let UasDecision::Use {
             interval,
             refresher,
-        } = negotiate_as_uas(&self.a.invite, &settings)
+        } = negotiate_as_uas(&self.caller.invite, &settings)
         else {
             return;
         };
@@ -205,7 +173,7 @@ impl Call {
             interval,
             refresher,
             since: now,
-            update: session_timer::allows_update(self.a.invite.headers.list("Allow")),
+            update: session_timer::allows_update(self.caller.invite.headers.list("Allow")),
         };
         add_response_headers(&mut response.headers, &timer);
         self.set_session(Leg::A, Some(timer));
@@ -233,7 +201,7 @@ impl Call {
     }
 
     fn set_session(&mut self, leg: Leg, timer: Option<SessionTimer>) {
-        let session = &mut self.sessions[index(leg)];
+        let session = &mut self.legs[leg].session;
         session.timer = timer;
         session.refresh = None;
         self.arm_session(leg);
@@ -242,14 +210,15 @@ impl Call {
     /// Whether our refresh re-INVITE on `leg` still waits for its answer (a peer's re-INVITE
     /// meanwhile gets 491, RFC 3261 §14.2).
     pub(super) fn refresh_invite_pending(&self, leg: Leg) -> bool {
-        self.sessions[index(leg)]
+        self.legs[leg]
+            .session
             .refresh
             .as_ref()
             .is_some_and(|r| r.method == Method::Invite && !r.answered)
     }
 
     fn arm_session(&mut self, leg: Leg) {
-        let session = &self.sessions[index(leg)];
+        let session = &self.legs[leg].session;
         let at = session.timer.map(|timer| match &session.refresh {
             Some(refresh) if !refresh.answered => timer.expires(),
             _ => timer.due(),
@@ -274,7 +243,7 @@ impl Call {
                 interval,
                 refresher,
             } => {
-                let update = match self.sessions[index(leg)].timer {
+                let update = match self.legs[leg].session.timer {
                     Some(timer) => timer.update,
                     None => session_timer::allows_update(request.headers.list("Allow")),
                 };
@@ -294,13 +263,14 @@ impl Call {
         let mut headers = Headers::new();
         if let Some(timer) = timer {
             add_response_headers(&mut headers, &timer);
-            self.sessions[index(leg)].timer = Some(timer);
-            if self.sessions[index(leg)]
+            self.legs[leg].session.timer = Some(timer);
+            if self.legs[leg]
+                .session
                 .refresh
                 .as_ref()
                 .is_some_and(|r| r.method == Method::Update || r.answered)
             {
-                self.sessions[index(leg)].refresh = None;
+                self.legs[leg].session.refresh = None;
             }
             self.arm_session(leg);
         }
@@ -309,10 +279,10 @@ impl Call {
 
     /// `leg`'s session timer is due: refresh it, or end a session the peer let expire.
     pub(super) fn session_due(&mut self, leg: Leg) {
-        if self.state != State::Answered || self.dialog(leg).is_none() {
+        if self.state != State::Answered || self.legs[leg].dialog.is_none() {
             return;
         }
-        let session = &self.sessions[index(leg)];
+        let session = &self.legs[leg].session;
         let Some(timer) = session.timer else {
             return;
         };
@@ -328,21 +298,18 @@ impl Call {
 
     /// §10: UPDATE without a body, or a re-INVITE offering the SDP we last sent unchanged.
     fn send_refresh(&mut self, leg: Leg) {
-        let Some(timer) = self.sessions[index(leg)].timer else {
+        let Some(timer) = self.legs[leg].session.timer else {
             return;
         };
-        let target = self.leg_target(leg);
+        let target = self.legs[leg].target;
         let contact = self.contact(target);
-        let local_sdp = match leg {
-            Leg::A => self.a.local_sdp.clone(),
-            Leg::B => self.b.local_sdp.clone(),
-        };
+        let local_sdp = self.legs[leg].local_sdp.clone();
         let method = if timer.update || local_sdp.is_none() {
             Method::Update
         } else {
             Method::Invite
         };
-        let Some(dialog) = self.dialog_mut(leg).as_mut() else {
+        let Some(dialog) = self.legs[leg].dialog.as_mut() else {
             return;
         };
         let request = dialog.request(method.clone());
@@ -367,7 +334,7 @@ impl Call {
         tracing::debug!(call = %self.id, ?leg, method = method.as_str(), "session refresh");
         self.actions
             .push_back(Action::SendRequest { request, target });
-        self.sessions[index(leg)].refresh = Some(Refresh {
+        self.legs[leg].session.refresh = Some(Refresh {
             branch,
             method,
             sequence,
@@ -379,7 +346,8 @@ impl Call {
 
     fn refresh_leg(&self, branch: &str) -> Option<Leg> {
         [Leg::A, Leg::B].into_iter().find(|leg| {
-            self.sessions[index(*leg)]
+            self.legs[*leg]
+                .session
                 .refresh
                 .as_ref()
                 .is_some_and(|r| r.branch == branch)
@@ -399,7 +367,7 @@ impl Call {
         if response.status < 200 {
             return true;
         }
-        let Some(refresh) = self.sessions[index(leg)].refresh.as_mut() else {
+        let Some(refresh) = self.legs[leg].session.refresh.as_mut() else {
             return true;
         };
         let (method, sequence, target, again) = (
@@ -413,7 +381,7 @@ impl Call {
             refresh.answered = true;
         }
         if method == Method::Invite && success {
-            if let Some(dialog) = self.dialog(leg) {
+            if let Some(dialog) = self.legs[leg].dialog.as_ref() {
                 let ack = self.with_via(dialog.ack(sequence), target);
                 self.actions.push_back(Action::SendRequest {
                     request: ack,
@@ -428,7 +396,7 @@ impl Call {
         if again || self.state != State::Answered {
             return true;
         }
-        let Some(mut timer) = self.sessions[index(leg)].timer else {
+        let Some(mut timer) = self.legs[leg].session.timer else {
             return true;
         };
         match response.status {
@@ -440,9 +408,9 @@ impl Call {
                     timer.refresher = refresher;
                 }
                 timer.since = now;
-                self.sessions[index(leg)].timer = Some(timer);
+                self.legs[leg].session.timer = Some(timer);
                 if method == Method::Update {
-                    self.sessions[index(leg)].refresh = None;
+                    self.legs[leg].session.refresh = None;
                 }
                 self.arm_session(leg);
             }
@@ -452,7 +420,7 @@ impl Call {
                 match session_timer::min_se(response.headers.get("Min-SE")) {
                     Some(floor) if floor > timer.interval => {
                         timer.interval = floor;
-                        self.sessions[index(leg)].timer = Some(timer);
+                        self.legs[leg].session.timer = Some(timer);
                         self.send_refresh(leg);
                     }
                     _ => self.retry_refresh(now, leg, timer),
@@ -461,7 +429,7 @@ impl Call {
             405 | 501 if method == Method::Update => {
                 // It does not take UPDATE after all: re-INVITE.
                 timer.update = false;
-                self.sessions[index(leg)].timer = Some(timer);
+                self.legs[leg].session.timer = Some(timer);
                 self.send_refresh(leg);
             }
             408 | 481 => self.session_dead(leg, "session refresh failed"),
@@ -472,12 +440,13 @@ impl Call {
 
     /// 491 (glare), 500...: the session is alive; try again shortly, within it.
     fn retry_refresh(&mut self, now: Instant, leg: Leg, timer: SessionTimer) {
-        if self.sessions[index(leg)]
+        if self.legs[leg]
+            .session
             .refresh
             .as_ref()
             .is_some_and(|r| r.method == Method::Update || !r.answered)
         {
-            self.sessions[index(leg)].refresh = None;
+            self.legs[leg].session.refresh = None;
         }
         let retry = now + RETRY;
         if retry < timer.expires() {
@@ -492,7 +461,7 @@ impl Call {
         let Some(leg) = self.refresh_leg(branch) else {
             return false;
         };
-        self.sessions[index(leg)].refresh = None;
+        self.legs[leg].session.refresh = None;
         if self.state == State::Answered {
             self.session_dead(leg, "session refresh timed out");
         }
@@ -504,8 +473,8 @@ impl Call {
         tracing::info!(call = %self.id, ?leg, reason, "dialog dead");
         self.set_session(leg, None);
         if self.has_guests() {
-            if let Some(dialog) = self.dialog_mut(leg).take() {
-                let target = self.leg_target(leg);
+            if let Some(dialog) = self.legs[leg].dialog.take() {
+                let target = self.legs[leg].target;
                 self.bye_dialog_with_reason(dialog, target, Some(reason));
             }
             self.leg_left(leg);
@@ -513,6 +482,29 @@ impl Call {
             self.hang_up(None, EndedBy::Gateway, reason);
         }
     }
+}
+
+/// What a 422 asks of `attempt`: its route index, INVITE and target, and the interval to ask
+/// again with; None if it was retried once already, asked no less already, or the interval is
+/// below our own Min-SE.
+fn retry_interval(
+    settings: Option<SessionTimerSettings>,
+    attempt: Option<&Attempt>,
+    response: &Response,
+) -> Option<(usize, Request, Target, Duration)> {
+    let settings = settings?;
+    let floor = session_timer::min_se(response.headers.get("Min-SE"))?;
+    let attempt = attempt?;
+    let asked = SessionExpires::of(&attempt.invite.headers).map(|s| s.interval);
+    if attempt.session_retried || asked.is_some_and(|a| floor <= a) || floor < settings.min_se {
+        return None;
+    }
+    Some((
+        attempt.peer_index,
+        attempt.invite.clone(),
+        attempt.target,
+        floor,
+    ))
 }
 
 /// Session-Expires (and Require: timer when the peer is to refresh, §9) for a 2xx of ours.

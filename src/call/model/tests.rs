@@ -1,9 +1,19 @@
 //! The call model driven by hand, on a fake clock: each test is a call flow and checks what
 //! the two peers would see.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+
 use super::*;
+use crate::call::transfer::Trigger;
 use crate::config::TransportKind;
+use crate::media::{LegMedia, MediaCommand};
+use crate::routing::Router;
 use crate::sip::message::{parse, Message};
+use crate::sip::sdp::MediaPolicy;
+use crate::sip::transport::{Flow, Target};
 
 const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
 m=audio 16070 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
@@ -856,9 +866,9 @@ fn repeated_failed_transfers_keep_a_bounded_few_attempts() {
     }
     assert!(h.outcome().is_none(), "the call goes on");
     assert!(
-        h.call.stale.len() <= MAX_STALE,
+        h.call.retired.len() <= fork::MAX_STALE,
         "{} kept",
-        h.call.stale.len()
+        h.call.retired.len()
     );
 }
 

@@ -1,0 +1,660 @@
+//! Blind and attended transfer (一键携号转接) on the call model: the one operation behind REFER,
+//! hotkeys and the work-order API. The gateway calls the target through a
+//! [`Fork`](super::fork::Fork) of its own, with the citizen's identity, on the transferor's
+//! media port; the answer hands the transferor's leg over, a failure leaves the citizen where
+//! they are (or, with the agent gone, sends them back once to the number first called). A
+//! REFER's implicit subscription gets NOTIFYs of the progress (RFC 3515, RFC 6665 §4.2.2).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::media::{Leg, MediaCommand};
+use crate::routing::Peer;
+use crate::sip::endpoint::{DialogKey, ServerTransactionId};
+use crate::sip::message::{Request, Response};
+use crate::sip::sdp::{self, Direction, Origin, SessionDescription};
+use crate::sip::transport::Target;
+
+use super::dialogs::leg_media;
+use super::fork::{Attempt, Failure, Fork, ForkTimeout, ForkTimeouts, Progress};
+use super::invite::InviteTo;
+use super::leg::Newcomer;
+use super::{Action, Call, EndedBy, LinkageKind, LinkageUpdate, State, TransferError};
+use crate::call::directory::DialogId;
+use crate::call::transfer::{self as refer, Trigger};
+
+/// A transfer under way: our INVITE to the target, while citizen and agent still talk.
+pub(super) struct Transfer {
+    /// The transferor's leg, which the target takes over; the other leg stays.
+    pub(super) from: Leg,
+    linkage_id: String,
+    number: String,
+    pub(super) fork: Fork,
+    /// Call-ID and tag of the current attempt's dialog (fresh for each peer).
+    call_id: String,
+    tag: String,
+    origin: Origin,
+    offer: SessionDescription,
+    /// CSeq of the REFER whose implicit subscription gets our NOTIFYs; None for hotkeys and
+    /// the API, or once the agent has left.
+    pub(super) refer_sequence: Option<u32>,
+    referred_by: Option<String>,
+    /// Attended transfer: the target's dialog (with the agent's consultation call) that our
+    /// INVITE replaces (RFC 3891).
+    replaces: Option<DialogId>,
+    /// The citizen hears the target's early media (the transferor's port took it over before
+    /// answer).
+    early_media: bool,
+}
+
+impl Transfer {
+    pub(super) fn key(&self) -> DialogKey {
+        DialogKey {
+            call_id: self.call_id.clone(),
+            local_tag: self.tag.clone(),
+        }
+    }
+}
+
+/// What a REFER adds to a transfer.
+pub(super) struct Refer {
+    /// CSeq of the REFER: its implicit subscription's id (RFC 3515 §2.4.6).
+    sequence: u32,
+    /// RFC 3892: passed on to the target.
+    referred_by: Option<String>,
+    /// Attended transfer: the consultation call's dialog at the target, and its peer.
+    consultation: Option<(DialogId, Arc<Peer>)>,
+}
+
+/// The answer a REFER gets when the transfer cannot start.
+fn refer_refusal(error: &TransferError) -> (u16, &'static str) {
+    match error {
+        TransferError::NotAnswered => (481, "Call Does Not Exist"),
+        TransferError::InProgress => (491, "Request Pending"),
+        TransferError::Conference | TransferError::ConferenceFull(_) => {
+            (403, "Transfer Not Possible During A Conference")
+        }
+        TransferError::NoRoute(_) => (403, "No Route To Transfer Target"),
+    }
+}
+
+impl Call {
+    /// Blind transfer of the party on the other side of `from` (the agent's leg) to `number`,
+    /// with that party's identity: the one operation behind REFER, hotkeys and the work-order
+    /// API. The citizen keeps talking to the agent until the target answers; if it fails,
+    /// nothing changes for the citizen.
+    ///
+    /// # Errors
+    /// [`TransferError`] when the call is not answered, a transfer is already under way, or no
+    /// route reaches `number`.
+    pub fn transfer(
+        &mut self,
+        now: Instant,
+        from: Leg,
+        number: &str,
+        trigger: Trigger,
+    ) -> Result<(), TransferError> {
+        let mut result = Err(TransferError::NotAnswered);
+        self.step(now, |call| {
+            result = call.start_transfer(now, from, number, trigger, None);
+        });
+        result
+    }
+
+    /// Whether a transfer may start now, and the route to `number` it would take (the peer
+    /// holding the consultation dialog alone, for an attended transfer).
+    fn transfer_route(
+        &self,
+        number: &str,
+        consultation: Option<&Arc<Peer>>,
+    ) -> Result<Vec<Arc<Peer>>, TransferError> {
+        if self.state != State::Answered {
+            return Err(TransferError::NotAnswered);
+        }
+        if self.transfer.is_some() || self.inviting_guest() {
+            return Err(TransferError::InProgress);
+        }
+        if self.has_guests() {
+            return Err(TransferError::Conference);
+        }
+        match consultation {
+            Some(peer) => Ok(vec![Arc::clone(peer)]),
+            None => self
+                .settings
+                .router
+                .route(number)
+                .filter(|peers| !peers.is_empty())
+                .map(<[Arc<Peer>]>::to_vec)
+                .ok_or_else(|| TransferError::NoRoute(number.to_string())),
+        }
+    }
+
+    pub(super) fn start_transfer(
+        &mut self,
+        now: Instant,
+        from: Leg,
+        number: &str,
+        trigger: Trigger,
+        refer: Option<Refer>,
+    ) -> Result<(), TransferError> {
+        let consultation = refer.as_ref().and_then(|r| r.consultation.as_ref());
+        let route = self.transfer_route(number, consultation.map(|(_, peer)| peer))?;
+        let (refer_sequence, referred_by, replaces) = match refer {
+            Some(refer) => (
+                Some(refer.sequence),
+                refer.referred_by,
+                refer.consultation.map(|(dialog, _)| dialog),
+            ),
+            None => (None, None, None),
+        };
+        let linkage_id = self.new_linkage_id();
+        // The target gets the transferor's port: the relay hands it over on answer.
+        let port = self.legs[from].media;
+        let origin = Origin::new(port.ip(), self.ids.next_u64() >> 12);
+        let offer = sdp::offer(&self.settings.policy, port, &origin, Direction::SendRecv);
+        let from_peer = self
+            .leg_peer(from)
+            .map(|p| (p.name.clone(), p.platform.clone()))
+            .unwrap_or_default();
+        self.actions
+            .push_back(Action::Linkage(LinkageUpdate::Requested {
+                linkage_id: linkage_id.clone(),
+                kind: LinkageKind::Transfer,
+                target: number.to_string(),
+                trigger,
+                from_peer: from_peer.0,
+                from_platform: from_peer.1,
+                to_peer: route[0].name.clone(),
+                to_platform: route[0].platform.clone(),
+            }));
+        tracing::info!(call = %self.id, linkage = %linkage_id, target = number, trigger = trigger.as_str(), from = ?from, "transfer requested");
+        let timeouts = ForkTimeouts {
+            response: self.settings.peer_response_timeout,
+            ring: self.settings.transfer_ring_timeout,
+        };
+        self.transfer = Some(Transfer {
+            from,
+            linkage_id,
+            number: number.to_string(),
+            fork: Fork::new(route, timeouts),
+            call_id: String::new(),
+            tag: String::new(),
+            origin,
+            offer,
+            refer_sequence,
+            referred_by,
+            replaces,
+            early_media: false,
+        });
+        self.transfer_to_peer(now, 0);
+        Ok(())
+    }
+
+    /// Sends the transfer's INVITE to the `index`-th peer of the target's route.
+    fn transfer_to_peer(&mut self, now: Instant, index: usize) {
+        let local_ip = self.settings.local_sip.ip().to_string();
+        let (call_id, tag, branch) = (
+            self.ids.call_id(&local_ip),
+            self.ids.tag(),
+            self.ids.branch(),
+        );
+        let Some(peer) = self
+            .transfer
+            .as_ref()
+            .and_then(|t| t.fork.peer_at(index).cloned())
+        else {
+            return;
+        };
+        let key = self.offer_key(&peer);
+        let Some(transfer) = self.transfer.as_mut() else {
+            return;
+        };
+        sdp::set_offer_key(&mut transfer.offer, key);
+        let Some(transfer) = self.transfer.as_ref() else {
+            return;
+        };
+        let target = Target::for_peer(&peer);
+        let mut invite = self.third_party_invite(
+            &InviteTo {
+                peer: &peer,
+                target,
+                branch: &branch,
+                number: &transfer.number,
+                call_id: &call_id,
+                tag: &tag,
+                offer: &transfer.offer,
+                identity: &self.legs[transfer.from.other()].identity,
+                assert: true,
+            },
+            transfer.from,
+            &transfer.linkage_id,
+        );
+        // RFC 3892: who asked for the transfer.
+        if let Some(referred_by) = &transfer.referred_by {
+            invite.headers.push("Referred-By", referred_by.clone());
+        }
+        if let Some(replaced) = &transfer.replaces {
+            // RFC 3891 §4; Require, so a target that cannot replace says 420 instead of
+            // ringing beside the consultation call.
+            invite
+                .headers
+                .push("Replaces", replaced.replaces_for_remote());
+            invite.headers.push("Require", "replaces");
+        }
+        // The target takes a leg over: its dialog gets a session timer like the leg's.
+        self.offer_session_timer(&mut invite.headers);
+        let linkage_id = transfer.linkage_id.clone();
+        self.actions.push_back(Action::RegisterDialog(DialogKey {
+            call_id: call_id.clone(),
+            local_tag: tag.clone(),
+        }));
+        self.actions.push_back(Action::SendRequest {
+            request: invite.clone(),
+            target,
+        });
+        if index > 0 {
+            self.actions
+                .push_back(Action::Linkage(LinkageUpdate::Retried {
+                    linkage_id,
+                    to_peer: peer.name.clone(),
+                    to_platform: peer.platform.clone(),
+                }));
+        }
+        self.end_transfer_attempt_media();
+        let Some(transfer) = self.transfer.as_mut() else {
+            return;
+        };
+        let previous = transfer
+            .fork
+            .sent(now, Attempt::new(index, invite, branch, target));
+        let old = (
+            std::mem::replace(&mut transfer.call_id, call_id),
+            std::mem::replace(&mut transfer.tag, tag),
+        );
+        if let Some(previous) = previous {
+            self.retired.retire(previous);
+        }
+        if !old.0.is_empty() {
+            self.actions.push_back(Action::UnregisterDialog(DialogKey {
+                call_id: old.0,
+                local_tag: old.1,
+            }));
+        }
+    }
+
+    /// An in-dialog REFER (RFC 3515): 202 and the transfer, or the error that says why not.
+    pub(super) fn handle_refer(
+        &mut self,
+        now: Instant,
+        leg: Leg,
+        server: ServerTransactionId,
+        request: &Request,
+    ) {
+        let reject = |call: &mut Call, status: u16, reason: &str| {
+            let mut response = Response::for_request(request, status, None);
+            response.reason = reason.to_string();
+            call.actions
+                .push_back(Action::SendResponse { server, response });
+        };
+        let target = match refer::refer_target(request) {
+            Ok(target) => target,
+            Err(error) => {
+                tracing::info!(call = %self.id, %error, "REFER rejected");
+                reject(self, 400, &format!("Bad Refer-To ({error})"));
+                return;
+            }
+        };
+        let consultation = match &target.replaces {
+            None => None,
+            Some(value) => {
+                let peer_side = DialogId::from_replaces(value)
+                    .and_then(|id| self.settings.directory.peer_side(&id));
+                let peer = peer_side
+                    .as_ref()
+                    .and_then(|p| self.settings.router.peer_by_name(&p.peer));
+                match (peer_side, peer) {
+                    (Some(peer_side), Some(peer)) => Some((peer_side.dialog, peer)),
+                    _ => {
+                        // Not a call through this gateway: nothing we could replace.
+                        reject(self, 403, "Consultation Call Unknown");
+                        return;
+                    }
+                }
+            }
+        };
+        if let Err(error) =
+            self.transfer_route(&target.number, consultation.as_ref().map(|(_, peer)| peer))
+        {
+            let (status, reason) = refer_refusal(&error);
+            reject(self, status, reason);
+            return;
+        }
+        let referred_by = request
+            .headers
+            .get("Referred-By")
+            .map(str::to_string)
+            .or_else(|| {
+                request.from().map(|mut from| {
+                    from.params.clear();
+                    from.to_string()
+                })
+            });
+        let mut accepted = Response::for_request(request, 202, None);
+        accepted
+            .headers
+            .push("Contact", self.contact(self.legs[leg].target));
+        self.actions.push_back(Action::SendResponse {
+            server,
+            response: accepted,
+        });
+        let sequence = request.cseq().map_or(0, |c| c.sequence);
+        let trigger = if consultation.is_some() {
+            Trigger::Attended
+        } else {
+            Trigger::Refer
+        };
+        let refer = Refer {
+            sequence,
+            referred_by,
+            consultation,
+        };
+        match self.start_transfer(now, leg, &target.number, trigger, Some(refer)) {
+            Ok(()) => {
+                self.notify_agent(leg, sequence, 100);
+            }
+            Err(error) => {
+                // Checked above, by the same function.
+                tracing::warn!(call = %self.id, %error, "transfer not started");
+                self.notify_agent(leg, sequence, 503);
+            }
+        }
+    }
+
+    /// A NOTIFY of the REFER's subscription to the agent on `leg`, while its dialog lasts;
+    /// returns the NOTIFY's branch.
+    fn notify_agent(&mut self, leg: Leg, refer_sequence: u32, status: u16) -> Option<String> {
+        let target = self.legs[leg].target;
+        let contact = self.contact(target);
+        // Long enough for every peer of the target's route to be tried (RFC 6665 §4.2.2: a
+        // subscription that expired would need `terminated;reason=timeout`).
+        let peers = self.transfer.as_ref().map_or(1, |t| t.fork.route().len()) as u32;
+        let per_peer = self.settings.peer_response_timeout + self.settings.transfer_ring_timeout;
+        let expires = (per_peer * peers).as_secs() as u32 + 32;
+        let dialog = self.legs[leg].dialog.as_mut()?;
+        let mut notify = refer::notify(dialog, refer_sequence, status, expires);
+        notify.headers.push("Contact", contact);
+        let notify = self.with_via(notify, target);
+        let branch = notify
+            .top_via()
+            .and_then(|v| v.branch().map(str::to_string));
+        self.actions.push_back(Action::SendRequest {
+            request: notify,
+            target,
+        });
+        branch
+    }
+
+    /// The transfer's progress to the agent, if it asked by REFER; returns the NOTIFY's branch.
+    fn notify_transfer_progress(&mut self, status: u16) -> Option<String> {
+        let transfer = self.transfer.as_ref()?;
+        let (leg, sequence) = (transfer.from, transfer.refer_sequence?);
+        self.notify_agent(leg, sequence, status)
+    }
+
+    /// A transfer attempt is over (failed over, or asked again after a 422): its early media
+    /// ends with it: the transferring leg's endpoint is heard again.
+    pub(super) fn end_transfer_attempt_media(&mut self) {
+        let Some(transfer) = self.transfer.as_mut() else {
+            return;
+        };
+        if !std::mem::take(&mut transfer.early_media) {
+            return;
+        }
+        let leg = &self.legs[transfer.from];
+        if let Some(media) = leg.endpoint {
+            self.actions
+                .push_back(Action::Media(MediaCommand::Replace(leg.party, media)));
+        }
+    }
+
+    pub(super) fn handle_transfer_response(&mut self, now: Instant, response: Response) {
+        match response.status {
+            100..=199 => self.transfer_provisional(now, &response),
+            200..=299 => self.transfer_answered(now, response),
+            422 if self.retry_transfer_with_min_se(now, &response) => {}
+            status => self.transfer_failed(now, status),
+        }
+    }
+
+    fn transfer_provisional(&mut self, now: Instant, response: &Response) {
+        let Some(transfer) = self.transfer.as_mut() else {
+            return;
+        };
+        let progress = transfer.fork.handle_provisional(now, response.status);
+        if response.status > 100 && self.settings.transfer_early_media && !transfer.early_media {
+            let early = response
+                .sdp()
+                .map(sdp::parse)
+                .and_then(Result::ok)
+                .and_then(|answer| {
+                    sdp::accept_answer(&transfer.offer, &answer, &self.settings.policy).ok()
+                });
+            if let Some(negotiated) = early {
+                // The citizen hears the target's ringback or announcement (RFC 3960 gateway
+                // model); the agent is no longer heard until it fails.
+                transfer.early_media = true;
+                let party = self.legs[transfer.from].party;
+                self.actions.push_back(Action::Media(MediaCommand::Replace(
+                    party,
+                    leg_media(&negotiated),
+                )));
+            }
+        }
+        if progress == Progress::Ringing {
+            let linkage_id = transfer.linkage_id.clone();
+            self.actions
+                .push_back(Action::Linkage(LinkageUpdate::Ringing { linkage_id }));
+            self.notify_transfer_progress(180);
+        }
+    }
+
+    fn transfer_answered(&mut self, now: Instant, response: Response) {
+        let Some(transfer) = self.transfer.as_ref() else {
+            return;
+        };
+        let Some(attempt) = transfer.fork.attempt() else {
+            return;
+        };
+        let (invite, target) = (attempt.invite.clone(), attempt.target);
+        let negotiated = response
+            .sdp()
+            .map(sdp::parse)
+            .and_then(Result::ok)
+            .and_then(|answer| {
+                sdp::accept_answer(&transfer.offer, &answer, &self.settings.policy).ok()
+            });
+        let Some(dialog) = self.acknowledge(&invite, target, &response) else {
+            return;
+        };
+        let Some(negotiated) = negotiated else {
+            self.bye_dialog(dialog, target, "transfer target's answer not acceptable");
+            self.transfer_failed(now, 488);
+            return;
+        };
+        self.notify_transfer_progress(200);
+        let Some(mut transfer) = self.transfer.take() else {
+            return;
+        };
+        let from = transfer.from;
+        // The agent's leg is released; the target takes it over.
+        if let Some(agent) = self.legs[from].dialog.take() {
+            let agent_target = self.legs[from].target;
+            self.bye_dialog(agent, agent_target, "transferred");
+        }
+        let media = leg_media(&negotiated);
+        let peer = transfer.fork.peer().cloned();
+        let Some(attempt) = transfer.fork.take_attempt() else {
+            return;
+        };
+        let local_sdp = Some(transfer.offer.to_string());
+        let newcomer = Newcomer {
+            call_id: transfer.call_id,
+            tag: transfer.tag,
+            dialog,
+            attempt,
+            peer,
+            number: transfer.number,
+            endpoint: Some(media),
+            offer: Some(transfer.offer),
+            local_sdp,
+            origin: transfer.origin,
+            party: None,
+        };
+        let old = self.take_leg_over(from, newcomer);
+        self.released.push(old);
+        self.start_callee_session(now, from, &response);
+        self.actions.push_back(Action::Media(MediaCommand::Replace(
+            self.legs[from].party,
+            media,
+        )));
+        self.ringback(None);
+        self.announce_bridge();
+        self.actions
+            .push_back(Action::Linkage(LinkageUpdate::Answered {
+                linkage_id: transfer.linkage_id.clone(),
+            }));
+        tracing::info!(call = %self.id, linkage = %transfer.linkage_id, from = ?from, "transfer answered");
+    }
+
+    /// The transfer's current INVITE failed with `status`.
+    pub(super) fn transfer_failed(&mut self, now: Instant, status: u16) {
+        let failure = self
+            .transfer
+            .as_mut()
+            .and_then(|t| t.fork.handle_failure(status, ""));
+        if let Some(failure) = failure {
+            self.transfer_failure(now, failure);
+        }
+    }
+
+    pub(super) fn transfer_timeout(&mut self, now: Instant, timeout: ForkTimeout) {
+        match timeout {
+            ForkTimeout::NoResponse(failure) => {
+                tracing::info!(call = %self.id, "transfer target did not respond");
+                self.transfer_failure(now, failure);
+            }
+            ForkTimeout::RingedOut(request, target) => {
+                self.actions
+                    .push_back(Action::SendRequest { request, target });
+            }
+        }
+    }
+
+    /// The next peer of the target's route on 408, 5xx or 6xx; otherwise the transfer ends
+    /// and the citizen stays where they are.
+    fn transfer_failure(&mut self, now: Instant, failure: Failure) {
+        let status = failure.status;
+        if let (Some(next), State::Answered) = (failure.next, self.state) {
+            tracing::info!(call = %self.id, status, "transfer: trying the target's next peer");
+            self.transfer_to_peer(now, next);
+            return;
+        }
+        let notify = self.notify_transfer_progress(status);
+        let Some(mut transfer) = self.transfer.take() else {
+            return;
+        };
+        let from = transfer.from;
+        self.failure_notify = notify.map(|branch| (from, branch));
+        tracing::info!(call = %self.id, linkage = %transfer.linkage_id, status, "transfer failed");
+        self.restore_agent_media(&transfer);
+        self.actions
+            .push_back(Action::Linkage(LinkageUpdate::Failed {
+                linkage_id: transfer.linkage_id.clone(),
+                status,
+            }));
+        self.actions
+            .push_back(Action::UnregisterDialog(transfer.key()));
+        if let Some(attempt) = transfer.fork.take_attempt() {
+            self.retired.retire(attempt);
+        }
+        if self.state == State::Answered && self.legs[from].dialog.is_none() {
+            self.fall_back(now, from);
+        }
+    }
+
+    /// The agent on `from` left and the transfer failed: never drop the citizen; send them
+    /// back, once, to the number they first called (leg A's citizen) or to the number that
+    /// called them (leg B's). If that is impossible too, the call ends.
+    pub(super) fn fall_back(&mut self, now: Instant, from: Leg) {
+        if self.state != State::Answered {
+            return;
+        }
+        let number = match from {
+            Leg::B => self.number.clone(),
+            Leg::A => self.caller_number(),
+        };
+        let fallback = if self.fell_back {
+            Err(TransferError::InProgress)
+        } else {
+            self.fell_back = true;
+            self.start_transfer(now, from, &number, Trigger::Fallback, None)
+        };
+        if fallback.is_err() {
+            self.hang_up(None, EndedBy::Gateway, "transfer failed");
+        }
+    }
+
+    /// Ringback to the citizen (`to`) while it waits for a transfer target with no agent left;
+    /// `None` stops it.
+    pub(super) fn ringback(&mut self, to: Option<Leg>) {
+        if self.ringback == to {
+            return;
+        }
+        if let Some(leg) = std::mem::replace(&mut self.ringback, to) {
+            self.actions.push_back(Action::Media(MediaCommand::Ringback(
+                self.legs[leg].party,
+                false,
+            )));
+        }
+        if let Some(leg) = to {
+            self.actions.push_back(Action::Media(MediaCommand::Ringback(
+                self.legs[leg].party,
+                true,
+            )));
+        }
+    }
+
+    /// After a target's early media, the citizen goes back to hearing the agent.
+    fn restore_agent_media(&mut self, transfer: &Transfer) {
+        let leg = &self.legs[transfer.from];
+        if let (true, Some(media)) = (transfer.early_media, leg.endpoint) {
+            self.actions
+                .push_back(Action::Media(MediaCommand::Replace(leg.party, media)));
+        }
+    }
+
+    /// The call ends while a transfer rings: cancel it (a late answer is ACKed and released
+    /// through the retired attempts).
+    pub(super) fn abandon_transfer(&mut self) {
+        // RFC 6665 §4.2.2: the subscription ends with a final NOTIFY.
+        self.notify_transfer_progress(487);
+        let Some(mut transfer) = self.transfer.take() else {
+            return;
+        };
+        let (cancel, attempt) = transfer.fork.abandon();
+        if let Some((request, target)) = cancel {
+            self.actions
+                .push_back(Action::SendRequest { request, target });
+        }
+        self.actions
+            .push_back(Action::Linkage(LinkageUpdate::Failed {
+                linkage_id: transfer.linkage_id.clone(),
+                status: 487,
+            }));
+        self.actions
+            .push_back(Action::UnregisterDialog(transfer.key()));
+        if let Some(attempt) = attempt {
+            self.retired.abandon(attempt);
+        }
+    }
+}
