@@ -579,6 +579,46 @@ fn cancel_waits_for_a_provisional_response() {
 }
 
 #[test]
+fn a_cancel_goes_once_100_trying_came() {
+    let mut h = Harness::new(OFFER, vec![peer("hotline", 5080)]);
+    h.sip(SipEvent::Cancelled {
+        server: ServerTransactionId::new(A_SERVER),
+    });
+    assert!(h.sent(Method::Cancel).is_empty());
+    h.respond_to_invite(100, None);
+    assert_eq!(
+        h.sent(Method::Cancel).len(),
+        1,
+        "§9.1: 100 Trying is a provisional response; the callee must not ring on"
+    );
+    h.respond_to_invite(180, None);
+    assert_eq!(h.sent(Method::Cancel).len(), 1, "one CANCEL");
+}
+
+#[test]
+fn a_failed_over_attempt_gives_its_dialog_back() {
+    let mut h = Harness::new(OFFER, vec![peer("hotline", 5080), peer("overflow", 5081)]);
+    let first = h.last_invite();
+    let first_tag = first
+        .from()
+        .and_then(|f| f.tag().map(str::to_string))
+        .unwrap_or_default();
+    h.respond_to_invite(503, None);
+    assert!(
+        h.actions
+            .iter()
+            .any(|a| matches!(a, Action::UnregisterDialog(key)
+            if key.call_id == first.call_id() && key.local_tag == first_tag)),
+        "the first peer's dialog is no longer routed to the call"
+    );
+    let second = h.last_invite();
+    assert!(h
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::RegisterDialog(key) if key.call_id == second.call_id())));
+}
+
+#[test]
 fn answer_after_cancel_is_acked_and_released() {
     let mut h = Harness::new(OFFER, vec![peer("hotline", 5080)]);
     h.respond_to_invite(180, None);
