@@ -447,39 +447,7 @@ fn write_batch(
 
 fn write_change(transaction: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<()> {
     match change {
-        Change::Started(r) | Change::Ended(r) => {
-            transaction
-                .prepare_cached(
-                    "INSERT INTO calls (id, a_call_id, b_call_id, caller, called, a_peer, b_peer,
-                         started_at, answered_at, ended_at, ended_by, end_reason, final_status,
-                         rtp_a_to_b, rtp_b_to_a, rtp_dropped)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
-                     ON CONFLICT(id) DO UPDATE SET b_call_id = excluded.b_call_id,
-                         b_peer = excluded.b_peer, answered_at = excluded.answered_at,
-                         ended_at = excluded.ended_at, ended_by = excluded.ended_by,
-                         end_reason = excluded.end_reason, final_status = excluded.final_status,
-                         rtp_a_to_b = excluded.rtp_a_to_b, rtp_b_to_a = excluded.rtp_b_to_a,
-                         rtp_dropped = excluded.rtp_dropped",
-                )?
-                .execute(params![
-                    r.id,
-                    r.a_call_id,
-                    r.b_call_id,
-                    r.caller,
-                    r.called,
-                    r.a_peer,
-                    r.b_peer,
-                    r.started_at,
-                    r.answered_at,
-                    r.ended_at,
-                    r.ended_by,
-                    r.end_reason,
-                    r.final_status,
-                    r.rtp_a_to_b as i64,
-                    r.rtp_b_to_a as i64,
-                    r.rtp_dropped as i64,
-                ])?;
-        }
+        Change::Started(r) | Change::Ended(r) => write_call(transaction, r)?,
         Change::Answered {
             id,
             b_call_id,
@@ -492,41 +460,7 @@ fn write_change(transaction: &rusqlite::Transaction<'_>, change: &Change) -> rus
                 )?
                 .execute(params![id, b_call_id, b_peer, answered_at])?;
         }
-        Change::Linkage(l) => {
-            // A reply may have come while the linkage was under way: its columns stay.
-            transaction
-                .prepare_cached(
-                    "INSERT INTO linkages (id, call_id, from_platform, from_peer, to_platform,
-                         to_peer, target, trigger, requested_at, ringing_at, answered_at, ended_at,
-                         outcome, sip_status, kind)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-                     ON CONFLICT(id) DO UPDATE SET call_id = excluded.call_id,
-                         from_platform = excluded.from_platform, from_peer = excluded.from_peer,
-                         to_platform = excluded.to_platform, to_peer = excluded.to_peer,
-                         target = excluded.target, trigger = excluded.trigger,
-                         requested_at = excluded.requested_at, ringing_at = excluded.ringing_at,
-                         answered_at = excluded.answered_at, ended_at = excluded.ended_at,
-                         outcome = excluded.outcome, sip_status = excluded.sip_status,
-                         kind = excluded.kind",
-                )?
-                .execute(params![
-                    l.id,
-                    l.call_id,
-                    l.from_platform,
-                    l.from_peer,
-                    l.to_platform,
-                    l.to_peer,
-                    l.target,
-                    l.trigger,
-                    l.requested_at,
-                    l.ringing_at,
-                    l.answered_at,
-                    l.ended_at,
-                    l.outcome,
-                    l.sip_status,
-                    l.kind,
-                ])?;
-        }
+        Change::Linkage(l) => write_linkage(transaction, l)?,
         Change::LinkageReply {
             linkage_id,
             incident_number,
@@ -585,5 +519,82 @@ fn write_change(transaction: &rusqlite::Transaction<'_>, change: &Change) -> rus
                 .execute(params![number])?;
         }
     }
+    Ok(())
+}
+
+/// A call's record, inserted or brought up to date.
+fn write_call(transaction: &rusqlite::Transaction<'_>, r: &CallRecord) -> rusqlite::Result<()> {
+    transaction
+        .prepare_cached(
+            "INSERT INTO calls (id, a_call_id, b_call_id, caller, called, a_peer, b_peer,
+                 started_at, answered_at, ended_at, ended_by, end_reason, final_status,
+                 rtp_a_to_b, rtp_b_to_a, rtp_dropped)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+             ON CONFLICT(id) DO UPDATE SET b_call_id = excluded.b_call_id,
+                 b_peer = excluded.b_peer, answered_at = excluded.answered_at,
+                 ended_at = excluded.ended_at, ended_by = excluded.ended_by,
+                 end_reason = excluded.end_reason, final_status = excluded.final_status,
+                 rtp_a_to_b = excluded.rtp_a_to_b, rtp_b_to_a = excluded.rtp_b_to_a,
+                 rtp_dropped = excluded.rtp_dropped",
+        )?
+        .execute(params![
+            r.id,
+            r.a_call_id,
+            r.b_call_id,
+            r.caller,
+            r.called,
+            r.a_peer,
+            r.b_peer,
+            r.started_at,
+            r.answered_at,
+            r.ended_at,
+            r.ended_by,
+            r.end_reason,
+            r.final_status,
+            r.rtp_a_to_b as i64,
+            r.rtp_b_to_a as i64,
+            r.rtp_dropped as i64,
+        ])?;
+    Ok(())
+}
+
+/// A linkage's record, inserted or brought up to date.
+fn write_linkage(
+    transaction: &rusqlite::Transaction<'_>,
+    l: &LinkageRecord,
+) -> rusqlite::Result<()> {
+    // A reply may have come while the linkage was under way: its columns stay.
+    transaction
+        .prepare_cached(
+            "INSERT INTO linkages (id, call_id, from_platform, from_peer, to_platform,
+                 to_peer, target, trigger, requested_at, ringing_at, answered_at, ended_at,
+                 outcome, sip_status, kind)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+             ON CONFLICT(id) DO UPDATE SET call_id = excluded.call_id,
+                 from_platform = excluded.from_platform, from_peer = excluded.from_peer,
+                 to_platform = excluded.to_platform, to_peer = excluded.to_peer,
+                 target = excluded.target, trigger = excluded.trigger,
+                 requested_at = excluded.requested_at, ringing_at = excluded.ringing_at,
+                 answered_at = excluded.answered_at, ended_at = excluded.ended_at,
+                 outcome = excluded.outcome, sip_status = excluded.sip_status,
+                 kind = excluded.kind",
+        )?
+        .execute(params![
+            l.id,
+            l.call_id,
+            l.from_platform,
+            l.from_peer,
+            l.to_platform,
+            l.to_peer,
+            l.target,
+            l.trigger,
+            l.requested_at,
+            l.ringing_at,
+            l.answered_at,
+            l.ended_at,
+            l.outcome,
+            l.sip_status,
+            l.kind,
+        ])?;
     Ok(())
 }
