@@ -2,14 +2,14 @@
 //! parties or mixes three or more ([`conference`]), and what each packet becomes.
 //!
 //! The worker hands in what it received, [`CallMedia::on_packet`]`(now, party, socket,
-//! source, packet, out)`, and performs the [`PacketOutcome`]: send bytes of the packet (or of
-//! `out`, where SRTP protected them) from a party's socket to an address, or count why not.
+//! source, packet, protected)`, and performs the [`PacketOutcome`]: send bytes of the packet (or of
+//! `protected`, where SRTP protected them) from a party's socket to an address, or count why not.
 //! Generated packets (ringback, a digit we play, the mixer's frames) go out through a `send`
 //! function the worker passes in, due by [`CallMedia::poll_timeout`]. No sockets, no clock,
 //! no allocation per packet: the packet is rewritten in the worker's buffer.
 //!
 //! Per relayed RTP packet: latch the party's real source (symmetric RTP, for NAT; another
-//! port of the signalled IP may take over, RFC 4961's spirit), demultiplex RTCP on the RTP
+//! port of the signalled IP may take over), demultiplex RTCP on the RTP
 //! port (RFC 5761 §4), take RFC 4733 events out when the party's digits are detected, map the
 //! payload type to the other leg's, transcode PCMU<->PCMA where the legs differ, rewrite
 //! SSRC/sequence/timestamp into our continuous stream, and protect last (RFC 3711).
