@@ -40,6 +40,8 @@
 //!
 //! Why level-triggered: at 50 packets/s a stream's socket holds one datagram per tick. An
 //! edge-triggered set must read each socket until `EAGAIN`, a second system call per packet;
+//! level-triggered, one read per reported socket per tick is enough (a socket still holding
+//! data is simply reported again on the next wait).
 
 mod call_media;
 mod dtmf;

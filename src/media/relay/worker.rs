@@ -184,7 +184,7 @@ impl Call {
             .on_packet(now, party, socket, source, packet, protected);
         match outcome {
             PacketOutcome::Send(transmit, payload) => {
-                let sent = self.transmit(&transmit, payload.bytes(packet, protected));
+                let sent = perform(&self.sockets, &transmit, payload.bytes(packet, protected));
                 match socket {
                     Socket::Rtp if sent => count(&self.stats, tally, from, Counted::Relayed),
                     Socket::Rtp => count(&self.stats, tally, from, Counted::Dropped),
@@ -213,14 +213,6 @@ impl Call {
             self.follow_latch(party, now);
         }
     }
-
-    /// Sends bytes as `transmit` says.
-    fn transmit(&self, transmit: &Transmit, bytes: &[u8]) -> bool {
-        match self.sockets.get(transmit.party) {
-            Some(Some(pair)) => send(&pair[transmit.socket.index()], bytes, transmit),
-            _ => false,
-        }
-    }
 }
 
 /// The worker's packet buffers, reused for every packet: what was received (rewritten in
@@ -230,12 +222,17 @@ struct Room {
     protected: [u8; DATAGRAM + MAX_OVERHEAD],
 }
 
-/// What a [`Transmit`] is performed with: a send on the party's socket.
-fn sender(sockets: &[Option<[UdpSocket; 2]>]) -> impl FnMut(&Transmit, &[u8]) -> bool + '_ {
-    move |transmit, bytes| match sockets.get(transmit.party) {
+/// Sends `bytes` as `transmit` says, from the call's socket: whether they went out.
+fn perform(sockets: &[Option<[UdpSocket; 2]>], transmit: &Transmit, bytes: &[u8]) -> bool {
+    match sockets.get(transmit.party) {
         Some(Some(pair)) => send(&pair[transmit.socket.index()], bytes, transmit),
         _ => false,
     }
+}
+
+/// What the call's generated packets go out with: [`perform`] on its sockets.
+fn sender(sockets: &[Option<[UdpSocket; 2]>]) -> impl FnMut(&Transmit, &[u8]) -> bool + '_ {
+    move |transmit, bytes| perform(sockets, transmit, bytes)
 }
 
 /// One worker's state: its calls in slots, their ids, and the calls with generated packets.
