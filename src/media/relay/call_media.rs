@@ -5,7 +5,8 @@
 //! source, packet, protected)`, and performs the [`PacketOutcome`]: send bytes of the packet (or of
 //! `protected`, where SRTP protected them) from a party's socket to an address, or count why not.
 //! Generated packets (ringback, a digit we play, the mixer's frames) go out through a `send`
-//! function the worker passes in, due by [`CallMedia::poll_timeout`]. No sockets, no clock,
+//! function the worker passes in; ringback and the mixer's frames are due by
+//! [`CallMedia::poll_timeout`], a played digit goes at once. No sockets, no clock,
 //! no allocation per packet: the packet is rewritten in the worker's buffer.
 //!
 //! Per relayed RTP packet: latch the party's real source (symmetric RTP, for NAT; another
@@ -115,8 +116,9 @@ pub(super) enum PacketOutcome {
 }
 
 impl PacketOutcome {
-    /// Whether the packet came through the party's stream (so the latch's connection follows
-    /// it), as opposed to being turned away before.
+    /// Whether the latch's connection should follow the packet's source: every outcome but
+    /// an SRTP rejection, an unpaired party or an ignored packet (a packet the latch itself
+    /// turned away is `Dropped` and still counts here, as the relay always did).
     pub(super) fn passed_latch_check(self) -> bool {
         !matches!(
             self,
