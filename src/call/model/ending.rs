@@ -87,7 +87,10 @@ impl Call {
         }
         self.timers = [None; TIMERS.len()];
         self.setup.stop_timers();
-        for key in std::mem::take(&mut self.released) {
+        for key in std::mem::take(&mut self.released)
+            .into_iter()
+            .chain(std::mem::take(&mut self.stale_dialogs))
+        {
             self.actions.push_back(Action::UnregisterDialog(key));
         }
         if let Some(transfer) = self.transfer.take() {

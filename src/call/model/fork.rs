@@ -26,7 +26,7 @@ pub(super) struct Attempt {
     cancel_sent: bool,
     /// Set when we gave up on this attempt (ring timeout): its failure counts as 408.
     timed_out: bool,
-    /// A final response (or a timeout) ended this INVITE transaction.
+    /// A final response (or a timeout, or our failover) ended this INVITE for the call.
     pub(super) settled: bool,
     /// A 2xx that came after we gave the attempt up was answered with BYE.
     pub(super) released: bool,
@@ -54,11 +54,6 @@ impl Attempt {
             released: false,
             session_retried: false,
         }
-    }
-
-    /// The CSeq number of the INVITE: its ACK for a 2xx carries the same (§13.2.2.4).
-    pub(super) fn sequence(&self) -> u32 {
-        self.invite.cseq().map_or(1, |c| c.sequence)
     }
 
     /// §9.1: a CANCEL once a provisional response came and no final one, at most once.
@@ -184,17 +179,20 @@ impl Fork {
     }
 
     /// A provisional response to the current attempt: the peer is alive (the response timeout
-    /// stops) and the ring timeout runs, from the first provisional response beyond 100.
+    /// stops) and the ring timeout runs from the attempt's first provisional response, again
+    /// from its first one beyond 100 (the peer really rings).
     pub(super) fn handle_provisional(&mut self, now: Instant, status: u16) -> Progress {
         self.response_deadline = None;
-        if let Some(attempt) = self.attempt.as_mut() {
+        let first = self.attempt.as_mut().is_some_and(|attempt| {
+            let first = !attempt.provisional;
             attempt.provisional = true;
-        }
+            first
+        });
         let rings = status > 100 && !self.ringing;
         if rings {
             self.ringing = true;
         }
-        if rings || self.ring_deadline.is_none() {
+        if first || rings {
             self.ring_deadline = Some(now + self.timeouts.ring);
         }
         if rings {
@@ -280,7 +278,10 @@ impl Fork {
             self.ring_deadline = None;
             let attempt = self.attempt.as_mut()?;
             attempt.timed_out = true;
-            attempt.cancel_sent = true;
+            if attempt.settled || std::mem::replace(&mut attempt.cancel_sent, true) {
+                // Cancelled already (the caller left): its 487 counts as 408 all the same.
+                return None;
+            }
             return Some(ForkTimeout::RingedOut(
                 message::cancel_for(&attempt.invite),
                 attempt.target,
@@ -293,8 +294,9 @@ impl Fork {
 /// Attempts given up on that a call keeps for their late answers, beyond those still awaited.
 pub(super) const MAX_STALE: usize = 8;
 
-/// INVITEs the call gave up on (failed over from, abandoned with the call or its transfer):
-/// a late 2xx must still be ACKed and released with BYE, a late ringing cancelled.
+/// INVITEs the call gave up on (a peer failed over from, a transfer or guest that failed or
+/// was abandoned with the call, a 422 retried): a late 2xx must still be ACKed and released
+/// with BYE, a late ringing cancelled.
 #[derive(Debug, Default)]
 pub(super) struct Retired {
     stale: Vec<Attempt>,
@@ -469,6 +471,22 @@ mod tests {
         assert!(fork.cancel().is_none(), "one CANCEL per attempt");
         let failure = fork.handle_failure(487, "Request Terminated");
         assert_eq!(failure.map(|f| (f.status, f.next)), Some((408, Some(1))));
+    }
+
+    #[test]
+    fn ringing_again_after_the_ring_timeout_sends_no_second_cancel() {
+        let now = Instant::now();
+        let mut fork = started(2, now);
+        fork.handle_provisional(now, 180);
+        let out = now + TIMEOUTS.ring;
+        assert!(matches!(
+            fork.handle_timeout(out),
+            Some(ForkTimeout::RingedOut(..))
+        ));
+        assert_eq!(fork.handle_provisional(out, 183), Progress::Trying);
+        assert_eq!(fork.poll_timeout(), None, "no ring timer after the CANCEL");
+        assert!(fork.handle_timeout(out + TIMEOUTS.ring).is_none());
+        assert!(fork.cancel().is_none());
     }
 
     #[test]

@@ -204,8 +204,8 @@ impl Call {
         );
     }
 
-    /// A response to an INVITE the call gave up on: a 2xx is ACKed (each time) and released
-    /// (once); a late ringing is cancelled.
+    /// A response to an INVITE the call gave up on: a 2xx is ACKed (each time it reaches the
+    /// call) and released (once); a late ringing is cancelled.
     pub(super) fn handle_stale_response(&mut self, branch: &str, response: &Response) {
         let Some(attempt) = self.retired.get_mut(branch) else {
             return;

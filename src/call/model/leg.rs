@@ -44,8 +44,6 @@ pub(super) struct CallLeg {
     pub(super) local_sdp: Option<String>,
     /// Our RTP address on this leg.
     pub(super) media: SocketAddr,
-    /// The CSeq of the INVITE that made the dialog (a refresh re-INVITE's comes after it).
-    pub(super) invite_sequence: u32,
     /// RFC 4028 session timer of the leg's dialog.
     pub(super) session: LegSession,
 }
@@ -106,7 +104,6 @@ impl CallLeg {
             self.party = party;
             self.media = media;
         }
-        self.invite_sequence = 1;
         old
     }
 }
@@ -145,13 +142,10 @@ impl Legs {
 
 impl super::Call {
     /// `newcomer` takes `leg` over (a transfer target that answered, a conference guest when
-    /// the leg's party left). Returns the key of the leg's old dialog.
+    /// the leg's party left). Returns the key of the leg's old dialog. The INVITE that made
+    /// the old dialog is forgotten: that dialog was answered long ago and is ended.
     pub(super) fn take_leg_over(&mut self, leg: Leg, newcomer: Newcomer) -> DialogKey {
-        let previous = self.legs[leg].uac_invite.take();
         let old = self.legs[leg].take_over(newcomer);
-        if let Some(previous) = previous {
-            self.retired.retire(previous);
-        }
         match leg {
             // The caller's delayed offer is answered by nobody now.
             Leg::A => self.caller.pending_offer = None,

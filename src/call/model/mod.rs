@@ -142,6 +142,9 @@ pub struct Call {
     transfer: Option<Transfer>,
     /// Agents' dialogs handed over to a transfer target: their late BYE gets a 200.
     released: Vec<DialogKey>,
+    /// Dialogs of INVITEs failed over from, kept registered until the call finishes (a late
+    /// 2xx after Timer B comes by dialog, not by transaction).
+    stale_dialogs: Vec<DialogKey>,
     /// The citizen was sent back to the number first called once already.
     fell_back: bool,
     /// Leg and branch of the NOTIFY that told the agent its transfer failed, until the agent
@@ -197,7 +200,6 @@ impl Call {
             origin: a_origin,
             local_sdp: None,
             media: new.media_a,
-            invite_sequence: 1,
             session: Default::default(),
         };
         let leg_b = CallLeg {
@@ -214,7 +216,6 @@ impl Call {
             origin: b_origin,
             local_sdp: None,
             media: new.media_b,
-            invite_sequence: 1,
             session: Default::default(),
         };
         let timeouts = ForkTimeouts {
@@ -242,6 +243,7 @@ impl Call {
             last_failure: (480, "Temporarily Unavailable".into()),
             transfer: None,
             released: Vec::new(),
+            stale_dialogs: Vec::new(),
             fell_back: false,
             failure_notify: None,
             bridged: None,

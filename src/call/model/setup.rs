@@ -105,9 +105,10 @@ impl Call {
             return;
         };
         if index > 0 {
-            // A new attempt is a new dialog: fresh Call-ID and tag.
-            let old = self.legs[Leg::B].key();
-            self.actions.push_back(Action::UnregisterDialog(old));
+            // A new attempt is a new dialog: fresh Call-ID and tag. The old one stays routed
+            // to the call until it finishes: a 2xx after its transaction ended (Timer B) comes
+            // by dialog and must still be ACKed and released.
+            self.stale_dialogs.push(self.legs[Leg::B].key());
             self.legs[Leg::B].call_id = self.ids.call_id(&self.settings.local_sip.ip().to_string());
             self.legs[Leg::B].tag = self.ids.tag();
         }
@@ -238,7 +239,6 @@ impl Call {
             return;
         };
         self.setup.handle_answered();
-        let sequence = self.setup.attempt().map_or(1, |a| a.sequence());
         if self.cancelled || self.state != State::Calling {
             // The caller left while the callee answered: release the callee (§15).
             self.bye_dialog(dialog, target, "caller cancelled");
@@ -265,7 +265,6 @@ impl Call {
         };
         let leg = &mut self.legs[Leg::B];
         leg.dialog = Some(dialog);
-        leg.invite_sequence = sequence;
         leg.uac_invite = self.setup.take_attempt();
         self.configure(Leg::B, &negotiated);
         self.legs[Leg::B].local_sdp = self.legs[Leg::B].offer.as_ref().map(|o| o.to_string());

@@ -596,26 +596,32 @@ fn a_cancel_goes_once_100_trying_came() {
 }
 
 #[test]
-fn a_failed_over_attempt_gives_its_dialog_back() {
+fn a_failed_over_attempt_keeps_its_dialog_routed_until_the_call_finishes() {
     let mut h = Harness::new(OFFER, vec![peer("hotline", 5080), peer("overflow", 5081)]);
     let first = h.last_invite();
     let first_tag = first
         .from()
         .and_then(|f| f.tag().map(str::to_string))
         .unwrap_or_default();
+    let unregistered = |h: &Harness| {
+        h.actions.iter().any(|a| {
+            matches!(a, Action::UnregisterDialog(key)
+                if key.call_id == first.call_id() && key.local_tag == first_tag)
+        })
+    };
     h.respond_to_invite(503, None);
-    assert!(
-        h.actions
-            .iter()
-            .any(|a| matches!(a, Action::UnregisterDialog(key)
-            if key.call_id == first.call_id() && key.local_tag == first_tag)),
-        "the first peer's dialog is no longer routed to the call"
-    );
     let second = h.last_invite();
     assert!(h
         .actions
         .iter()
         .any(|a| matches!(a, Action::RegisterDialog(key) if key.call_id == second.call_id())));
+    assert!(
+        !unregistered(&h),
+        "a 2xx after the first INVITE's transaction ended comes by its dialog"
+    );
+    h.respond_to_invite(486, None);
+    assert!(h.finished());
+    assert!(unregistered(&h), "released when the call finishes");
 }
 
 #[test]

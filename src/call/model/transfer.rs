@@ -493,6 +493,7 @@ impl Call {
         }
         let media = leg_media(&negotiated);
         let peer = transfer.fork.peer().cloned();
+        transfer.fork.handle_answered();
         let Some(attempt) = transfer.fork.take_attempt() else {
             return;
         };
