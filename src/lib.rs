@@ -43,11 +43,12 @@ use call::manager::CallManager;
 use call::task::CallServices;
 use call::CallSettings;
 use config::Config;
+use media::codec::Codec;
 use media::ports::PortPool;
 use metrics::Metrics;
 use routing::Router;
 use sip::endpoint::Endpoint;
-use sip::sdp::{Codec, MediaPolicy};
+use sip::sdp::MediaPolicy;
 use sip::transport::{Transport, TransportConfig};
 use store::Store;
 

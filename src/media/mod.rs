@@ -1,6 +1,7 @@
 //! Media: what the call model asks of the relay (this file), the pure per-packet parts
 //! ([`g711`], [`rtp`]) and the parts that own sockets ([`ports`], [`relay`]).
 
+pub mod codec;
 pub mod g711;
 pub mod mixer;
 pub mod ports;
@@ -10,7 +11,7 @@ pub mod srtp;
 
 use std::net::SocketAddr;
 
-use crate::sip::sdp::Codec;
+use crate::media::codec::Codec;
 
 /// The two legs of a bridged call: A is the caller's side, B the called peer's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

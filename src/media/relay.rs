@@ -55,8 +55,8 @@ use super::rtp::{classify, rewrite_rtcp_ssrc, set_payload_type, PacketKind, Stre
 use super::srtp;
 use super::{LegMedia, MediaCommand, Party, MAX_PARTIES};
 use crate::ids::IdGenerator;
+use crate::media::codec::Codec;
 use crate::metrics::{Counter, Metrics};
-use crate::sip::sdp::Codec;
 
 /// Ringback as Chinese networks play it (YD/T 1970, GB 16837): 450 Hz, 1 s on, 4 s off.
 const RINGBACK_HZ: f64 = 450.0;

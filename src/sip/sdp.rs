@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::media::codec::Codec;
 use crate::media::srtp::{self, MasterKey, Suite};
 
 mod crypto;
@@ -187,38 +188,6 @@ pub fn key_in(text: &str) -> Option<MasterKey> {
         .filter_map(|l| l.trim_end().strip_prefix("a="))
         .find_map(Crypto::parse)
         .map(|c| c.key)
-}
-
-/// Audio codecs the gateway relays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Codec {
-    Pcmu,
-    Pcma,
-}
-
-impl Codec {
-    pub fn from_name(name: &str) -> Option<Codec> {
-        match name.to_ascii_uppercase().as_str() {
-            "PCMU" => Some(Codec::Pcmu),
-            "PCMA" => Some(Codec::Pcma),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Codec::Pcmu => "PCMU",
-            Codec::Pcma => "PCMA",
-        }
-    }
-
-    /// The static payload type (RFC 3551 table 4).
-    pub fn static_payload_type(self) -> u8 {
-        match self {
-            Codec::Pcmu => 0,
-            Codec::Pcma => 8,
-        }
-    }
 }
 
 /// What the gateway offers and accepts.

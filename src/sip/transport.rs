@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::message::{self, Frame, Message, ParseError};
+use crate::limits::is_out_of_descriptors;
 use crate::metrics::{Counter, Metrics};
 
 /// Identifies one TCP connection for the life of the process.
@@ -800,15 +801,6 @@ impl Transport {
     }
 }
 
-/// EMFILE or ENFILE: the process (or the system) has no descriptor left.
-pub fn is_out_of_descriptors(error: &std::io::Error) -> bool {
-    matches!(
-        error.raw_os_error(),
-        Some(code) if code == rustix::io::Errno::MFILE.raw_os_error()
-            || code == rustix::io::Errno::NFILE.raw_os_error()
-    )
-}
-
 /// UDP and TCP on the same port. With port 0 (tests, several gateways on one machine) the port
 /// the kernel picks for UDP may be held by another TCP socket: another port is tried.
 async fn bind_udp_and_tcp(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), TransportError> {
@@ -870,16 +862,6 @@ fn bind_udp(address: SocketAddr) -> std::io::Result<UdpSocket> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// EMFILE and ENFILE read as running out of descriptors (overload), other errors not.
-    #[test]
-    fn out_of_descriptors_is_told_apart() {
-        let emfile = std::io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error());
-        let enfile = std::io::Error::from_raw_os_error(rustix::io::Errno::NFILE.raw_os_error());
-        let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
-        assert!(is_out_of_descriptors(&emfile) && is_out_of_descriptors(&enfile));
-        assert!(!is_out_of_descriptors(&in_use));
-    }
 
     /// Port 0: a UDP port whose TCP twin is taken is given back and another one tried.
     #[tokio::test]
