@@ -124,7 +124,7 @@ const GRPC_GRACE: Duration = Duration::from_secs(3);
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
     // RFC 4568 §8.3: SDES keys are only as secret as the signalling that carries them.
     for peer in config.peers.iter().filter(|p| {
-        p.srtp == sip::sdp::SrtpMode::Mandatory && p.transport != config::TransportKind::Tls
+        p.srtp == routing::SrtpMode::Mandatory && p.transport != config::TransportKind::Tls
     }) {
         tracing::warn!(
             peer = %peer.name,

@@ -33,12 +33,12 @@ use bytes::Bytes;
 use crate::ids::IdGenerator;
 use crate::media::srtp::MasterKey;
 use crate::media::{Leg, LegMedia, MediaCommand, Party};
-use crate::routing::{Peer, Router};
+use crate::routing::{Peer, Router, SrtpMode};
 use crate::sip::dialog::Dialog;
 use crate::sip::endpoint::{DialogKey, Endpoint, ServerTransactionId, SipEvent};
 use crate::sip::message::{self, Headers, Host, Method, NameAddr, Request, Response, Uri};
 use crate::sip::sdp::{
-    self, Direction, MediaPolicy, Negotiated, Origin, SessionDescription, SrtpMode, SrtpTerms,
+    self, Direction, MediaPolicy, Negotiated, Origin, SessionDescription, SrtpTerms,
 };
 use crate::sip::session_timer::SessionTimerSettings;
 use crate::sip::transport::{Flow, Target};

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::media::codec::Codec;
 use crate::media::srtp::{self, MasterKey, Suite};
+use crate::routing::SrtpMode;
 
 mod crypto;
 pub use crypto::Crypto;
@@ -160,18 +161,6 @@ pub enum NegotiationError {
     SrtpRequired,
     #[error("we offered SRTP and the answer has no matching a=crypto line")]
     NoCryptoInAnswer,
-}
-
-/// Whether a leg must be encrypted: a peer's `srtp` setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SrtpMode {
-    /// Offers are plain RTP; offers with `a=crypto` (RTP/SAVP, or RTP/AVP best effort) are
-    /// answered with SRTP.
-    #[default]
-    Optional,
-    /// Offers are RTP/SAVP with `a=crypto`; plain offers are refused (488).
-    Mandatory,
 }
 
 /// SRTP for one answer: the leg's mode and the key we already gave this endpoint, if any (a

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::message::{self, Frame, Message, ParseError};
 use crate::limits::is_out_of_descriptors;
 use crate::metrics::{Counter, Metrics};
+use crate::routing::charset::Charset;
 
 /// Identifies one TCP connection for the life of the process.
 pub type ConnectionId = u64;
@@ -615,10 +616,10 @@ impl Transport {
     }
 
     /// How the peer at `source` writes header text that is not UTF-8.
-    fn charset_of(&self, source: SocketAddr) -> message::Charset {
+    fn charset_of(&self, source: SocketAddr) -> Charset {
         self.router
             .peer_for_source(source)
-            .map_or(message::Charset::Utf8, |peer| peer.charset)
+            .map_or(Charset::Utf8, |peer| peer.charset)
     }
 
     /// Counts (and now and then logs) that the process ran out of file descriptors: overload,

@@ -16,10 +16,11 @@ use super::{
     LinkageUpdate, State, Timer, TransferError,
 };
 use crate::media::{Leg, MediaCommand, Party};
+use crate::routing::SrtpMode;
 use crate::sip::dialog::Dialog;
 use crate::sip::endpoint::{DialogKey, ServerTransactionId};
 use crate::sip::message::{self, Headers, Method, Request, Response};
-use crate::sip::sdp::{self, Direction, Origin, SrtpMode};
+use crate::sip::sdp::{self, Direction, Origin};
 use crate::sip::transport::Target;
 
 use super::super::hotkey;
