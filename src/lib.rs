@@ -281,7 +281,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let media = media::relay::MediaEngine::start(media_workers, Arc::clone(&metrics))
         .map_err(StartError::Media)?;
     let media_probe = media.probe();
-    let blocklist = Arc::new(call::screening::Blocklist::with(store::list_blocked(
+    let blocklist = Arc::new(call::blocklist::Blocklist::with(store::list_blocked(
         &config.store.path,
         store::unix_millis(std::time::SystemTime::now()),
     )?));
