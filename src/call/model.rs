@@ -698,7 +698,7 @@ impl Call {
             Some(Ok(offer)) => {
                 let terms = SrtpTerms {
                     mode: self.a.peer.srtp,
-                    key: None,
+                    key: Some(MasterKey::from_ids(&mut self.ids)),
                 };
                 match sdp::answer(
                     &offer,
@@ -2856,7 +2856,10 @@ fn answer_reoffer(
 ) -> Result<(Option<String>, Option<Negotiated>), u16> {
     let terms = SrtpTerms {
         mode,
-        key: local_sdp.as_deref().and_then(sdp::key_in),
+        key: local_sdp
+            .as_deref()
+            .and_then(sdp::key_in)
+            .or_else(MasterKey::generate),
     };
     let offer = match request.sdp().map(sdp::parse) {
         Some(Ok(offer)) => offer,

@@ -163,8 +163,10 @@ pub enum NegotiationError {
     NoCryptoInAnswer,
 }
 
-/// SRTP for one answer: the leg's mode and the key we already gave this endpoint, if any (a
-/// re-offer keeps it, so the crypto context goes on, RFC 4568 §7.1.4).
+/// SRTP for one answer: the leg's mode and the key we give this endpoint: the one we already
+/// gave it (a re-offer keeps it, so the crypto context goes on, RFC 4568 §7.1.4) or a fresh one
+/// the caller drew (`MasterKey::from_ids`). Without a key an `a=crypto` offer is answered as
+/// if it had none (a plain answer, or 488 for RTP/SAVP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SrtpTerms {
     pub mode: SrtpMode,
@@ -619,10 +621,11 @@ pub fn answer(
         if media.media != "audio" || !media.is_rtp() || media.port == 0 {
             continue;
         }
-        // Ours: the key this endpoint already has from us, or a fresh one.
+        // Ours: the key the caller hands us (the one this endpoint already has, or a fresh one
+        // from its IdGenerator); sdp never draws entropy itself.
         let crypto = media.crypto().and_then(|theirs| {
             Some(Crypto {
-                key: terms.key.or_else(MasterKey::generate)?,
+                key: terms.key?,
                 mki_length: 0,
                 ..theirs
             })
@@ -816,6 +819,27 @@ a=crypto:3 AES_256_CM_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaV
 a=crypto:5 AES_CM_128_HMAC_SHA1_32 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n\
 a=crypto:7 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^20|1:4\r\n";
 
+    /// Terms with a fresh key, as the call model draws one from its IdGenerator.
+    fn fresh_key() -> SrtpTerms {
+        SrtpTerms {
+            mode: SrtpMode::Optional,
+            key: Some(MasterKey::from_ids(&mut crate::ids::IdGenerator::new(7))),
+        }
+    }
+
+    /// sdp draws no key itself: with none given, an RTP/SAVP offer is not usable.
+    #[test]
+    fn without_a_key_an_sdes_offer_is_not_taken() {
+        assert!(answer(
+            &parsed(SRTP_OFFER),
+            &MediaPolicy::default(),
+            local(),
+            &origin(),
+            SrtpTerms::default(),
+        )
+        .is_err());
+    }
+
     #[test]
     fn an_sdes_offer_is_answered_with_its_first_usable_line_and_our_own_key() {
         let offer = parsed(SRTP_OFFER);
@@ -824,7 +848,7 @@ a=crypto:7 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaV
             &MediaPolicy::default(),
             local(),
             &origin(),
-            SrtpTerms::default(),
+            fresh_key(),
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let keys = negotiated.srtp.unwrap_or_else(|| panic!("no SRTP"));
@@ -865,14 +889,14 @@ a=crypto:7 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaV
             &MediaPolicy::default(),
             local(),
             &origin(),
-            SrtpTerms::default(),
+            fresh_key(),
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert!(n.srtp.is_some());
         assert!(answer_sdp.to_string().contains("RTP/AVP 0 101"));
         let mandatory = SrtpTerms {
             mode: SrtpMode::Mandatory,
-            key: None,
+            ..fresh_key()
         };
         let plain = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\n";
         assert_eq!(
