@@ -1,5 +1,7 @@
-//! Media: what the call model asks of the relay (this file), the pure per-packet parts
-//! ([`g711`], [`rtp`]) and the parts that own sockets ([`ports`], [`relay`]).
+//! Media: what the call model asks of the relay (this file), the codec vocabulary SDP and the
+//! config use too ([`codec`]), the pure per-packet parts ([`g711`], [`rtp`], [`srtp`],
+//! [`mixer`]) and the parts that own sockets ([`ports`], [`relay`]). Media imports no other
+//! room but ids, metrics and limits: signalling depends on it, never the other way.
 
 pub mod codec;
 pub mod g711;

@@ -1,4 +1,6 @@
 //! Routes and peers: which peer a request came from, and which peers a dialled number goes to.
+//! The peer's own vocabulary lives here too, below SIP: its SRTP policy ([`SrtpMode`]), its digest
+//! [`credentials`] and the [`charset`] of its header text; `sip` uses them, never the reverse.
 //!
 //! A route's `number` is either exact (`12345`) or a pattern that starts with `_`, in the dial-plan
 //! notation PBX engineers know:

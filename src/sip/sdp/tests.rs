@@ -1,3 +1,5 @@
+//! Unit tests of SDP: parse/print round trips, offer/answer and SDES keying.
+
 use super::*;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;

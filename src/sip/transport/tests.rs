@@ -1,3 +1,5 @@
+//! Unit tests of the transport: binding UDP and TCP on one port.
+
 use super::*;
 
 /// Port 0: a UDP port whose TCP twin is taken is given back and another one tried.
