@@ -10,11 +10,11 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use hotline_gateway::media::codec::Codec;
 use hotline_gateway::media::g711::{transcode_in_place, Transcode};
 use hotline_gateway::media::mixer::{self, JitterBuffer, FRAME};
 use hotline_gateway::media::rtp::{classify, StreamRewriter};
 use hotline_gateway::media::srtp::{MasterKey, Receiver, Sender, Suite};
-use hotline_gateway::sip::sdp::Codec;
 
 const FAR_SSRC: u32 = 0x1234_5678;
 

@@ -80,7 +80,7 @@ pub async fn serve_with(
                 });
             }
             Err(error) => {
-                if crate::sip::transport::is_out_of_descriptors(&error) {
+                if crate::limits::is_out_of_descriptors(&error) {
                     metrics.increment(Counter::DescriptorsExhausted);
                 }
                 tracing::debug!(%error, "HTTP accept failed");

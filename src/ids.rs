@@ -47,12 +47,6 @@ impl IdGenerator {
         self.stream.next_u64()
     }
 
-    /// Secret bytes (an SRTP master key and salt): the keystream of a CSPRNG keyed from the
-    /// system's generator, so the call model never reads entropy itself.
-    pub fn fill(&mut self, bytes: &mut [u8]) {
-        self.stream.fill_bytes(bytes);
-    }
-
     /// A new generator for a child (one per call), so calls do not share state; its key is
     /// 256 bits of this one's keystream.
     pub fn fork(&mut self) -> IdGenerator {

@@ -43,11 +43,12 @@ use call::manager::CallManager;
 use call::task::CallServices;
 use call::CallSettings;
 use config::Config;
+use media::codec::Codec;
 use media::ports::PortPool;
 use metrics::Metrics;
 use routing::Router;
 use sip::endpoint::Endpoint;
-use sip::sdp::{Codec, MediaPolicy};
+use sip::sdp::MediaPolicy;
 use sip::transport::{Transport, TransportConfig};
 use store::Store;
 
@@ -123,7 +124,7 @@ const GRPC_GRACE: Duration = Duration::from_secs(3);
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
     // RFC 4568 §8.3: SDES keys are only as secret as the signalling that carries them.
     for peer in config.peers.iter().filter(|p| {
-        p.srtp == sip::sdp::SrtpMode::Mandatory && p.transport != config::TransportKind::Tls
+        p.srtp == routing::SrtpMode::Mandatory && p.transport != config::TransportKind::Tls
     }) {
         tracing::warn!(
             peer = %peer.name,
@@ -280,7 +281,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let media = media::relay::MediaEngine::start(media_workers, Arc::clone(&metrics))
         .map_err(StartError::Media)?;
     let media_probe = media.probe();
-    let blocklist = Arc::new(call::screening::Blocklist::with(store::list_blocked(
+    let blocklist = Arc::new(call::blocklist::Blocklist::with(store::list_blocked(
         &config.store.path,
         store::unix_millis(std::time::SystemTime::now()),
     )?));

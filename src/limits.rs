@@ -115,9 +115,28 @@ pub fn shortfall(budget: &Budget, limit: &Limit) -> Option<String> {
     })
 }
 
+/// EMFILE or ENFILE: the process (or the system) has no descriptor left.
+pub fn is_out_of_descriptors(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(code) if code == rustix::io::Errno::MFILE.raw_os_error()
+            || code == rustix::io::Errno::NFILE.raw_os_error()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// EMFILE and ENFILE read as running out of descriptors (overload), other errors not.
+    #[test]
+    fn out_of_descriptors_is_told_apart() {
+        let emfile = std::io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error());
+        let enfile = std::io::Error::from_raw_os_error(rustix::io::Errno::NFILE.raw_os_error());
+        let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        assert!(is_out_of_descriptors(&emfile) && is_out_of_descriptors(&enfile));
+        assert!(!is_out_of_descriptors(&in_use));
+    }
 
     #[test]
     fn the_budget_names_what_does_not_fit() {

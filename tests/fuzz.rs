@@ -7,10 +7,10 @@
 use std::time::{Duration, Instant};
 
 use hotline_gateway::call::hotkey::dtmf_of_info;
+use hotline_gateway::media::codec::Codec;
 use hotline_gateway::media::mixer::{self, JitterBuffer, FRAME};
 use hotline_gateway::media::rtp::{classify, rewrite_rtcp_ssrc, StreamRewriter};
 use hotline_gateway::media::srtp::{MasterKey, Receiver, Sender, Suite};
-use hotline_gateway::sip::sdp::Codec;
 use hotline_gateway::sip::sdp::{self, MediaPolicy};
 use proptest::prelude::*;
 

@@ -256,7 +256,8 @@ fn authorization(
     password: &str,
     nc: u32,
 ) -> String {
-    use hotline_gateway::sip::auth::{response_digest, Algorithm};
+    use hotline_gateway::routing::credentials::Algorithm;
+    use hotline_gateway::sip::auth::response_digest;
     let param = |name: &str| {
         challenge
             .split(&format!("{name}="))

@@ -285,7 +285,7 @@ impl CallManager {
         {
             Ok(relay) => relay,
             Err(error) => {
-                let shortage = if crate::sip::transport::is_out_of_descriptors(&error) {
+                let shortage = if crate::limits::is_out_of_descriptors(&error) {
                     self.metrics.increment(Counter::DescriptorsExhausted);
                     crate::media::ports::PortShortage::NoDescriptors.to_string()
                 } else {

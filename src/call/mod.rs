@@ -2,6 +2,7 @@
 //! ([`transfer`]), hotkeys ([`hotkey`]) and the directory of bridged dialogs ([`directory`]), the task that drives one call ([`task`]) and the dispatcher that admits new
 //! calls ([`manager`]).
 
+pub mod blocklist;
 pub mod directory;
 pub mod hotkey;
 pub mod link;

@@ -395,13 +395,13 @@ pub struct PeerConfig {
     /// `optional` (the default: offers with `a=crypto` are answered with SRTP, our offers are
     /// plain RTP) or `mandatory` (our offers are RTP/SAVP; plain offers get 488).
     #[serde(default)]
-    pub srtp: crate::sip::sdp::SrtpMode,
+    pub srtp: crate::routing::SrtpMode,
     /// How the peer writes header text that is not UTF-8 (the caller's display name from an
     /// older PBX): `utf-8` (the default, RFC 3261 §25.1; invalid bytes become `?`) or
     /// `gb18030` (also `gbk`, `gb2312`). Lines that are valid UTF-8 are read as UTF-8 either
     /// way.
     #[serde(default)]
-    pub charset: crate::sip::message::Charset,
+    pub charset: crate::routing::charset::Charset,
 }
 
 /// Which header records the diverting party of a transferred call.
@@ -616,7 +616,7 @@ impl Config {
                 ));
             }
             for (n, algorithm) in peer.auth_algorithms.iter().enumerate() {
-                if crate::sip::auth::Algorithm::parse(algorithm).is_none() {
+                if crate::routing::credentials::Algorithm::parse(algorithm).is_none() {
                     return Err(invalid(
                         format!("peer[{index}].auth_algorithms[{n}]"),
                         format!("{algorithm:?} is none of SHA-512-256, SHA-256, MD5"),

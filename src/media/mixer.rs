@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use super::g711;
-use crate::sip::sdp::Codec;
+use crate::media::codec::Codec;
 
 /// Samples per mixer tick: 20 ms at 8 kHz.
 pub const FRAME: usize = 160;

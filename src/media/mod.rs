@@ -1,6 +1,9 @@
-//! Media: what the call model asks of the relay (this file), the pure per-packet parts
-//! ([`g711`], [`rtp`]) and the parts that own sockets ([`ports`], [`relay`]).
+//! Media: what the call model asks of the relay (this file), the codec vocabulary SDP and the
+//! config use too ([`codec`]), the pure per-packet parts ([`g711`], [`rtp`], [`srtp`],
+//! [`mixer`]) and the parts that own sockets ([`ports`], [`relay`]). Media imports no other
+//! room but ids, metrics and limits: signalling depends on it, never the other way.
 
+pub mod codec;
 pub mod g711;
 pub mod mixer;
 pub mod ports;
@@ -10,7 +13,7 @@ pub mod srtp;
 
 use std::net::SocketAddr;
 
-use crate::sip::sdp::Codec;
+use crate::media::codec::Codec;
 
 /// The two legs of a bridged call: A is the caller's side, B the called peer's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use std::net::UdpSocket;
 
+use crate::limits::is_out_of_descriptors;
 use crate::metrics::{Counter, Gauge, Metrics};
-use crate::sip::transport::is_out_of_descriptors;
 
 /// Why no port pair could be had: overload either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

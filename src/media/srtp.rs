@@ -11,6 +11,8 @@ use aes::Aes128;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
+use crate::ids::IdGenerator;
+
 /// The crypto suites we take (RFC 4568 §6.2). Both protect SRTCP with an 80-bit tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Suite {
@@ -66,6 +68,17 @@ impl MasterKey {
         let mut bytes = [0u8; 30];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).ok()?;
         Some(MasterKey(bytes))
+    }
+
+    /// A fresh key from `ids`, the caller's ChaCha20 stream (a CSPRNG keyed from the system's
+    /// at the edge): core code takes its keys from there rather than reading entropy itself.
+    pub fn from_ids(ids: &mut IdGenerator) -> MasterKey {
+        let mut bytes = [0u8; 30];
+        for chunk in bytes.chunks_mut(8) {
+            let word = ids.next_u64().to_be_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+        MasterKey(bytes)
     }
 
     fn key(&self) -> [u8; 16] {

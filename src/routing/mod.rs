@@ -1,4 +1,6 @@
 //! Routes and peers: which peer a request came from, and which peers a dialled number goes to.
+//! The peer's own vocabulary lives here too, below SIP: its SRTP policy ([`SrtpMode`]), its digest
+//! [`credentials`] and the [`charset`] of its header text; `sip` uses them, never the reverse.
 //!
 //! A route's `number` is either exact (`12345`) or a pattern that starts with `_`, in the dial-plan
 //! notation PBX engineers know:
@@ -21,6 +23,23 @@ use std::sync::Arc;
 
 use crate::config::{Config, DiversionHeader, PeerConfig, TransportKind};
 
+pub mod charset;
+pub mod credentials;
+
+use charset::Charset;
+
+/// Whether a leg must be encrypted: a peer's `srtp` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SrtpMode {
+    /// Offers are plain RTP; offers with `a=crypto` (RTP/SAVP, or RTP/AVP best effort) are
+    /// answered with SRTP.
+    #[default]
+    Optional,
+    /// Offers are RTP/SAVP with `a=crypto`; plain offers are refused (488).
+    Mandatory,
+}
+
 /// A configured SIP neighbour, as the rest of the gateway sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
@@ -32,16 +51,16 @@ pub struct Peer {
     pub trusted: bool,
     pub diversion: DiversionHeader,
     /// Whether its legs must be SRTP.
-    pub srtp: crate::sip::sdp::SrtpMode,
+    pub srtp: SrtpMode,
     any_port: bool,
     /// Networks whose requests are this peer's too (beyond `address`).
     sources: Vec<Cidr>,
     /// New calls per second this peer may start (None: no limit).
     pub max_calls_per_sec: Option<u32>,
     /// Digest credentials its requests must prove (None: its address suffices).
-    pub auth: Option<crate::sip::auth::Credentials>,
+    pub auth: Option<credentials::Credentials>,
     /// How it writes header text that is not UTF-8.
-    pub charset: crate::sip::message::Charset,
+    pub charset: Charset,
 }
 
 impl Peer {
@@ -59,12 +78,12 @@ impl Peer {
             transport,
             trusted: false,
             diversion: DiversionHeader::default(),
-            srtp: crate::sip::sdp::SrtpMode::Optional,
+            srtp: SrtpMode::Optional,
             any_port: false,
             sources: Vec::new(),
             max_calls_per_sec: None,
             auth: None,
-            charset: crate::sip::message::Charset::Utf8,
+            charset: Charset::Utf8,
         }
     }
 }
@@ -90,13 +109,13 @@ impl From<&PeerConfig> for Peer {
             charset: config.charset,
             // Validated with the config.
             auth: match (&config.auth_username, &config.auth_password) {
-                (Some(username), Some(password)) => Some(crate::sip::auth::Credentials {
+                (Some(username), Some(password)) => Some(credentials::Credentials {
                     username: username.clone(),
                     password: password.clone(),
                     algorithms: config
                         .auth_algorithms
                         .iter()
-                        .filter_map(|a| crate::sip::auth::Algorithm::parse(a))
+                        .filter_map(|a| credentials::Algorithm::parse(a))
                         .collect(),
                 }),
                 _ => None,

@@ -10,66 +10,14 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use md5::Md5;
-use sha2::{Digest as _, Sha256, Sha512_256};
-
 use super::message::Request;
+use sha2::{Digest as _, Sha256};
+
+use crate::routing::credentials::{hex, Algorithm, Credentials};
 
 /// Nonce counts remembered at most (older nonces are forgotten first; a forgotten nonce is
 /// answered stale, so the client just takes a new one).
 const MAX_NONCES: usize = 100_000;
-
-/// RFC 8760 §2: the algorithms, by their names in `algorithm=`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    Sha512_256,
-    Sha256,
-    Md5,
-}
-
-impl Algorithm {
-    pub fn parse(name: &str) -> Option<Algorithm> {
-        match name.trim().to_ascii_uppercase().as_str() {
-            "MD5" => Some(Algorithm::Md5),
-            "SHA-256" => Some(Algorithm::Sha256),
-            "SHA-512-256" => Some(Algorithm::Sha512_256),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::Md5 => "MD5",
-            Algorithm::Sha256 => "SHA-256",
-            Algorithm::Sha512_256 => "SHA-512-256",
-        }
-    }
-
-    /// The lowercase hex digest of `data`.
-    pub fn hash(self, data: &str) -> String {
-        match self {
-            Algorithm::Md5 => hex(&Md5::digest(data.as_bytes())),
-            Algorithm::Sha256 => hex(&Sha256::digest(data.as_bytes())),
-            Algorithm::Sha512_256 => hex(&Sha512_256::digest(data.as_bytes())),
-        }
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
-}
-
-/// A peer's credentials and the algorithms it is challenged with, in preference order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
-    pub algorithms: Vec<Algorithm>,
-}
 
 /// What to do with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

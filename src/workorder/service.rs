@@ -17,7 +17,7 @@ use super::registry::{CallCommand, CallRegistry, CommandDone, CommandError, Erro
 use super::{
     convert, pb, CallEvent, EventKind, MAX_MESSAGE_BYTES, MAX_REPLY_BYTES, MAX_TICKET_BYTES,
 };
-use crate::call::screening::Blocklist;
+use crate::call::blocklist::Blocklist;
 use crate::metrics::{Counter, Metrics};
 use crate::store::{self, unix_millis, Changes, Store, StoreError};
 

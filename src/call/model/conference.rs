@@ -12,10 +12,11 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::media::{Leg, LegMedia, MediaCommand, Party};
+use crate::routing::SrtpMode;
 use crate::sip::dialog::Dialog;
 use crate::sip::endpoint::{DialogKey, ServerTransactionId};
 use crate::sip::message::{Headers, Method, Request, Response};
-use crate::sip::sdp::{self, Direction, Origin, SessionDescription, SrtpMode, SrtpTerms};
+use crate::sip::sdp::{self, Direction, Origin, SessionDescription, SrtpTerms};
 use crate::sip::transport::Target;
 
 use super::dialogs::{answer_reoffer, leg_media};

@@ -67,9 +67,10 @@ use crate::ids::IdGenerator;
 use crate::media::srtp::MasterKey;
 use crate::media::{Leg, Party};
 use crate::routing::Peer;
+use crate::routing::SrtpMode;
 use crate::sip::endpoint::{DialogKey, ServerTransactionId, SipEvent};
 use crate::sip::message::{Method, Request, Response};
-use crate::sip::sdp::{self, Direction, Origin, SessionDescription, SrtpMode};
+use crate::sip::sdp::{self, Direction, Origin, SessionDescription};
 
 use super::directory::DialogId;
 use super::hotkey::HotkeyMatcher;
@@ -582,8 +583,6 @@ impl Call {
 
     /// A fresh SRTP master key and salt.
     fn new_key(&mut self) -> MasterKey {
-        let mut key = [0u8; 30];
-        self.ids.fill(&mut key);
-        MasterKey(key)
+        MasterKey::from_ids(&mut self.ids)
     }
 }

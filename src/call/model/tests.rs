@@ -435,7 +435,7 @@ fn basic_call_is_bridged_with_callers_number_and_anchored_media() {
         MediaCommand::Configure(
             Party::B,
             LegMedia {
-                codec: sdp::Codec::Pcma,
+                codec: crate::media::codec::Codec::Pcma,
                 payload_type: 8,
                 ..
             }
@@ -446,7 +446,7 @@ fn basic_call_is_bridged_with_callers_number_and_anchored_media() {
         MediaCommand::Configure(
             Party::A,
             LegMedia {
-                codec: sdp::Codec::Pcmu,
+                codec: crate::media::codec::Codec::Pcmu,
                 payload_type: 0,
                 telephone_event: Some(101),
                 ..
@@ -779,7 +779,7 @@ fn delayed_offer_is_answered_in_ack() {
         MediaCommand::Configure(
             Party::A,
             LegMedia {
-                codec: sdp::Codec::Pcma,
+                codec: crate::media::codec::Codec::Pcma,
                 ..
             }
         )

@@ -29,13 +29,13 @@ use super::ringback::{Ringback, RINGBACK_PACKET};
 use super::srtp_session::{is_rtcp, SrtpSession};
 use super::PACKET_TIME;
 use crate::ids::IdGenerator;
+use crate::media::codec::Codec;
 use crate::media::g711::{transcode_in_place, Transcode};
 use crate::media::mixer::JitterBuffer;
 use crate::media::rtp::{classify, rewrite_rtcp_ssrc, set_payload_type, PacketKind};
 use crate::media::srtp::SrtpError;
 use crate::media::{LegMedia, Party};
 use crate::metrics::{Counter, Metrics};
-use crate::sip::sdp::Codec;
 use side::Side;
 
 /// Comfort noise (RFC 3389) passes through whatever was negotiated.

@@ -4,10 +4,10 @@
 use std::time::Instant;
 
 use super::PACKET_TIME;
+use crate::media::codec::Codec;
 use crate::media::g711::{linear_to_alaw, linear_to_ulaw};
 use crate::media::rtp::StreamRewriter;
 use crate::media::LegMedia;
-use crate::sip::sdp::Codec;
 
 /// Ringback as Chinese networks play it (YD/T 1970, GB 16837): 450 Hz, 1 s on, 4 s off.
 const RINGBACK_HZ: f64 = 450.0;
