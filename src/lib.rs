@@ -15,9 +15,11 @@
 //! | [`store`] | SQLite call records, linkage and conference records, the work-order outbox |
 //! | [`workorder`] | the gRPC work-order link: events to the platforms, their commands back |
 //! | [`metrics`], [`http`], [`health`] | Prometheus counters and the /healthz, /metrics endpoint |
+//! | [`cli`] | what the command line prints (the `calls` table) |
 //! | [`limits`] | the file-descriptor budget and `RLIMIT_NOFILE` |
 
 pub mod call;
+pub mod cli;
 pub mod config;
 pub mod faults;
 pub mod health;

@@ -50,10 +50,7 @@ pub use lock::{lock_path, StoreLock};
 pub use outbox::{
     Acknowledged, Interrupted, NewEvent, Outbox, OutboxReader, OutboxRecord, Recovery,
 };
-pub use reads::{
-    find_linkage, format_calls_table, list_blocked, list_calls, list_conference_parties,
-    list_linkages,
-};
+pub use reads::{find_linkage, list_blocked, list_calls, list_conference_parties, list_linkages};
 use writer::{Change, WriteOp, Writer};
 
 /// Queue length between call tasks and the writer.
