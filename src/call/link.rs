@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::model::{Call, ConferenceUpdate, LinkageUpdate, Outcome, TransferError};
 use super::transfer::Trigger;
-use crate::config::HotkeyAction;
+use crate::call::hotkey::HotkeyAction;
 use crate::media::Leg;
 use crate::store::{CallRecord, Changes, LinkageRecord};
 use crate::workorder::hub::EventHub;

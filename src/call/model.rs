@@ -46,7 +46,7 @@ use crate::sip::transport::{Flow, Target};
 use super::directory::{DialogId, Directory, PeerDialog};
 use super::hotkey::{self, Hotkey, HotkeyMatcher};
 use super::transfer::{self, CallerIdentity, Trigger};
-use crate::config::HotkeyAction;
+use crate::call::hotkey::HotkeyAction;
 
 /// Methods the gateway accepts inside a dialog (sent in Allow, §20.5).
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REFER";

@@ -11,7 +11,14 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::call::hotkey::{Hotkey, HotkeyAction};
 use crate::routing::NumberPattern;
+
+// The vocabulary the parts own, spelled in the TOML as the parts spell it; re-exported so the
+// config tree reads as one.
+pub use crate::routing::DiversionHeader;
+pub use crate::sip::transport::TransportKind;
+pub use crate::store::Synchronous;
 
 /// A configuration error: which file, which key, and why.
 #[derive(Debug, thiserror::Error)]
@@ -287,15 +294,6 @@ pub struct StoreConfig {
     pub synchronous: Synchronous,
 }
 
-/// `store.synchronous`: SQLite's `PRAGMA synchronous` in WAL mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Synchronous {
-    Normal,
-    #[default]
-    Full,
-}
-
 /// `[api]`: operator and platform interfaces.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -328,17 +326,6 @@ pub struct PlatformConfig {
     pub name: String,
     /// The client's shared secret (`Hello.token`, or `authorization: Bearer <token>`).
     pub token: String,
-}
-
-/// Signalling transport used towards a peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum TransportKind {
-    #[default]
-    Udp,
-    Tcp,
-    /// TLS over TCP (needs `sip.tls_ca`).
-    Tls,
 }
 
 /// `[[peer]]`: a SIP neighbour. Requests from its address are attributed to it.
@@ -404,17 +391,6 @@ pub struct PeerConfig {
     pub charset: crate::sip::message::Charset,
 }
 
-/// Which header records the diverting party of a transferred call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum DiversionHeader {
-    #[default]
-    HistoryInfo,
-    Diversion,
-    Both,
-    None,
-}
-
 /// `[[route]]`: dialled number -> peers tried in order.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -431,13 +407,6 @@ pub struct HotkeyConfig {
     pub dtmf: String,
     pub action: HotkeyAction,
     pub target: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HotkeyAction {
-    Transfer,
-    Conference,
 }
 
 fn default_t1_ms() -> u64 {
@@ -885,6 +854,16 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl From<&HotkeyConfig> for Hotkey {
+    fn from(config: &HotkeyConfig) -> Hotkey {
+        Hotkey {
+            dtmf: config.dtmf.clone(),
+            action: config.action,
+            target: config.target.clone(),
+        }
     }
 }
 
