@@ -9,7 +9,8 @@
 //! |---|---|
 //! | [`config`] | the TOML tree, parsed once, validated with file/key/reason errors |
 //! | [`sip`] | message grammar, SDP, sans-IO transactions, UDP/TCP transport, endpoint driver |
-//! | [`call`] | legs, dialogs and the call state machine (sans-IO), plus the task that drives it |
+//! | [`call`] | legs, dialogs and the call state machine (sans-IO): the only place that decides |
+//! | [`gateway`] | the I/O around the call model: the call's driver task, admission, the work-order glue |
 //! | [`media`] | G.711, RTP rewriting (pure), port allocation and the relay (sockets) |
 //! | [`routing`] | number -> peers, source address -> peer |
 //! | [`store`] | SQLite call records, linkage and conference records, the work-order outbox |
@@ -22,6 +23,7 @@ pub mod call;
 pub mod cli;
 pub mod config;
 pub mod faults;
+pub mod gateway;
 pub mod health;
 pub mod http;
 pub mod ids;
@@ -41,10 +43,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use call::manager::CallManager;
-use call::task::CallServices;
 use call::CallSettings;
 use config::Config;
+use gateway::admission::CallManager;
+use gateway::driver::CallServices;
 use media::ports::PortPool;
 use metrics::Metrics;
 use routing::Router;
@@ -302,7 +304,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         CallManager::new(
             Arc::clone(&router),
             settings,
-            call::manager::MediaResources {
+            gateway::admission::MediaResources {
                 ports: Arc::clone(&ports),
                 engine: media,
                 inactivity: Duration::from_secs(config.media.inactivity_timeout_secs),
