@@ -17,6 +17,7 @@
 //! | [`workorder`] | the gRPC work-order link: events to the platforms, their commands back |
 //! | [`metrics`], [`http`], [`health`] | Prometheus counters and the /healthz, /metrics endpoint |
 //! | [`cli`] | what the command line prints (the `calls` table) |
+//! | [`shutdown`] | SIGINT/SIGTERM to one token, and the order the gateway stops in |
 //! | [`limits`] | the file-descriptor budget and `RLIMIT_NOFILE` |
 
 pub mod call;
@@ -112,12 +113,6 @@ fn nonce_key() -> Result<[u8; 32], StartError> {
         .map_err(|_| StartError::Random)?;
     Ok(key)
 }
-
-/// How long calls get to end cleanly on shutdown before the store is flushed anyway.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// How long the work-order streams get to send what is committed when the gateway stops.
-const GRPC_GRACE: Duration = Duration::from_secs(3);
 
 /// Starts every part of the gateway; returns once it is listening. Cancel `shutdown` to stop
 /// it: calls get BYE (or CANCEL/503), the store is flushed, then [`Running::wait`] returns.
@@ -422,39 +417,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     unbind.disarm();
     tracing::info!(sip = %local_sip, http = %http_address, grpc = %grpc_address, store = %config.store.path.display(), "gateway listening");
-    let finished = tokio::spawn(async move {
-        shutdown.cancelled().await;
-        tracing::info!("shutting down: ending calls");
-        tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("calls still ending after the grace period; stopping anyway");
+    let finished = tokio::spawn(
+        shutdown::Stopping {
+            calls: tracker,
+            endpoint_stop,
+            transport_stop,
+            endpoint: endpoint_task,
+            http_stop,
+            grpc_stop,
+            grpc: grpc_task,
+            store,
+            store_lock,
         }
-        endpoint_stop.cancel();
-        transport_stop.cancel();
-        let _ = endpoint_task.await;
-        let _ = http_stop.send(true);
-        grpc_stop.cancel();
-        // The streams send what is committed and say the gateway is stopping; one whose client
-        // does not read is cut off after the grace rather than holding the shutdown.
-        let mut grpc_task = grpc_task;
-        if tokio::time::timeout(GRPC_GRACE, &mut grpc_task)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "work-order clients still connected after the grace period; closing them"
-            );
-            grpc_task.abort();
-        }
-        if let Err(error) = store.shutdown().await {
-            tracing::error!(%error, "store not flushed cleanly");
-        }
-        drop(store_lock);
-        tracing::info!("stopped");
-    });
+        .after(shutdown),
+    );
     Ok(Running {
         sip: local_sip,
         sip_tls: transport_tls,
