@@ -9,17 +9,22 @@
 //! |---|---|
 //! | [`config`] | the TOML tree, parsed once, validated with file/key/reason errors |
 //! | [`sip`] | message grammar, SDP, sans-IO transactions, UDP/TCP transport, endpoint driver |
-//! | [`call`] | legs, dialogs and the call state machine (sans-IO), plus the task that drives it |
+//! | [`call`] | legs, dialogs and the call state machine (sans-IO): the only place that decides |
+//! | [`gateway`] | the I/O around the call model: the call's driver task, admission, the work-order glue |
 //! | [`media`] | G.711, RTP rewriting (pure), port allocation and the relay (sockets) |
 //! | [`routing`] | number -> peers, source address -> peer |
 //! | [`store`] | SQLite call records, linkage and conference records, the work-order outbox |
 //! | [`workorder`] | the gRPC work-order link: events to the platforms, their commands back |
 //! | [`metrics`], [`http`], [`health`] | Prometheus counters and the /healthz, /metrics endpoint |
+//! | [`cli`] | what the command line prints (the `calls` table) |
+//! | [`shutdown`] | SIGINT/SIGTERM to one token, and the order the gateway stops in |
 //! | [`limits`] | the file-descriptor budget and `RLIMIT_NOFILE` |
 
 pub mod call;
+pub mod cli;
 pub mod config;
 pub mod faults;
+pub mod gateway;
 pub mod health;
 pub mod http;
 pub mod ids;
@@ -39,10 +44,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use call::manager::CallManager;
-use call::task::CallServices;
 use call::CallSettings;
 use config::Config;
+use gateway::admission::CallManager;
+use gateway::driver::CallServices;
 use media::codec::Codec;
 use media::ports::PortPool;
 use metrics::Metrics;
@@ -109,12 +114,6 @@ fn nonce_key() -> Result<[u8; 32], StartError> {
         .map_err(|_| StartError::Random)?;
     Ok(key)
 }
-
-/// How long calls get to end cleanly on shutdown before the store is flushed anyway.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// How long the work-order streams get to send what is committed when the gateway stops.
-const GRPC_GRACE: Duration = Duration::from_secs(3);
 
 /// Starts every part of the gateway; returns once it is listening. Cancel `shutdown` to stop
 /// it: calls get BYE (or CANCEL/503), the store is flushed, then [`Running::wait`] returns.
@@ -301,7 +300,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         CallManager::new(
             Arc::clone(&router),
             settings,
-            call::manager::MediaResources {
+            gateway::admission::MediaResources {
                 ports: Arc::clone(&ports),
                 engine: media,
                 inactivity: Duration::from_secs(config.media.inactivity_timeout_secs),
@@ -419,39 +418,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     unbind.disarm();
     tracing::info!(sip = %local_sip, http = %http_address, grpc = %grpc_address, store = %config.store.path.display(), "gateway listening");
-    let finished = tokio::spawn(async move {
-        shutdown.cancelled().await;
-        tracing::info!("shutting down: ending calls");
-        tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("calls still ending after the grace period; stopping anyway");
+    let finished = tokio::spawn(
+        shutdown::Stopping {
+            calls: tracker,
+            endpoint_stop,
+            transport_stop,
+            endpoint: endpoint_task,
+            http_stop,
+            grpc_stop,
+            grpc: grpc_task,
+            store,
+            store_lock,
         }
-        endpoint_stop.cancel();
-        transport_stop.cancel();
-        let _ = endpoint_task.await;
-        let _ = http_stop.send(true);
-        grpc_stop.cancel();
-        // The streams send what is committed and say the gateway is stopping; one whose client
-        // does not read is cut off after the grace rather than holding the shutdown.
-        let mut grpc_task = grpc_task;
-        if tokio::time::timeout(GRPC_GRACE, &mut grpc_task)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "work-order clients still connected after the grace period; closing them"
-            );
-            grpc_task.abort();
-        }
-        if let Err(error) = store.shutdown().await {
-            tracing::error!(%error, "store not flushed cleanly");
-        }
-        drop(store_lock);
-        tracing::info!("stopped");
-    });
+        .after(shutdown),
+    );
     Ok(Running {
         sip: local_sip,
         sip_tls: transport_tls,

@@ -105,7 +105,7 @@ fn main() -> ExitCode {
     if let Some(Command::Calls { limit }) = cli.command {
         return match hotline_gateway::store::list_calls(&config.store.path, limit) {
             Ok(records) => {
-                print!("{}", hotline_gateway::store::format_calls_table(&records));
+                print!("{}", hotline_gateway::cli::format_calls_table(&records));
                 ExitCode::SUCCESS
             }
             Err(error) => {

@@ -9,7 +9,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{HotkeyAction, HotkeyConfig};
+/// What a completed hotkey does (`[[hotkey]] action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HotkeyAction {
+    Transfer,
+    Conference,
+}
 
 /// One configured hotkey.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,16 +23,6 @@ pub struct Hotkey {
     pub dtmf: String,
     pub action: HotkeyAction,
     pub target: String,
-}
-
-impl From<&HotkeyConfig> for Hotkey {
-    fn from(config: &HotkeyConfig) -> Hotkey {
-        Hotkey {
-            dtmf: config.dtmf.clone(),
-            action: config.action,
-            target: config.target.clone(),
-        }
-    }
 }
 
 /// What the matcher makes of a digit (or of the timeout).

@@ -4,8 +4,7 @@
 
 use bytes::Bytes;
 
-use crate::config::DiversionHeader;
-use crate::routing::Peer;
+use crate::routing::{DiversionHeader, Peer};
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{self, Headers, Host, Method, NameAddr, Request, Uri};
 
@@ -361,8 +360,8 @@ pub fn add_diversion(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TransportKind;
     use crate::sip::message::{parse, Message};
+    use crate::sip::transport::TransportKind;
 
     fn request(extra: &str) -> Request {
         let text = format!(

@@ -21,7 +21,19 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::config::{Config, DiversionHeader, PeerConfig, TransportKind};
+use crate::config::{Config, PeerConfig};
+use crate::sip::transport::TransportKind;
+
+/// Which header records the diverting party of a transferred call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiversionHeader {
+    #[default]
+    HistoryInfo,
+    Diversion,
+    Both,
+    None,
+}
 
 pub mod charset;
 pub mod credentials;

@@ -50,11 +50,17 @@ pub use lock::{lock_path, StoreLock};
 pub use outbox::{
     Acknowledged, Interrupted, NewEvent, Outbox, OutboxReader, OutboxRecord, Recovery,
 };
-pub use reads::{
-    find_linkage, format_calls_table, list_blocked, list_calls, list_conference_parties,
-    list_linkages,
-};
+pub use reads::{find_linkage, list_blocked, list_calls, list_conference_parties, list_linkages};
 use writer::{Change, WriteOp, Writer};
+
+/// `store.synchronous`: SQLite's `PRAGMA synchronous` in WAL mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Normal,
+    #[default]
+    Full,
+}
 
 /// Queue length between call tasks and the writer.
 const QUEUE: usize = 16_384;
@@ -78,7 +84,7 @@ pub struct StoreOptions {
     /// closed all the same).
     pub recovery: Option<Arc<Recovery>>,
     /// Whether each commit is synced to disk (default: yes, `FULL`).
-    pub synchronous: crate::config::Synchronous,
+    pub synchronous: Synchronous,
 }
 
 /// What became of a write.
@@ -331,8 +337,8 @@ impl Store {
         connection.pragma_update(None, "journal_mode", "WAL")?;
         // WAL with FULL: the log is synced at every commit; NORMAL: only at checkpoints.
         let synchronous = match options.synchronous {
-            crate::config::Synchronous::Full => "FULL",
-            crate::config::Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
         };
         connection.pragma_update(None, "synchronous", synchronous)?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;

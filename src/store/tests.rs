@@ -178,7 +178,7 @@ async fn lifecycle_is_visible_to_readers() {
         list_calls(&path, 10).unwrap_or_else(|e| panic!("{e}")),
         vec![ended]
     );
-    let table = format_calls_table(&list_calls(&path, 10).unwrap_or_default());
+    let table = crate::cli::format_calls_table(&list_calls(&path, 10).unwrap_or_default());
     assert!(table.contains("2023-11-14 22:13:20.000"), "{table}");
     assert!(table.contains("8.5") && table.contains("400"), "{table}");
     store.shutdown().await.unwrap_or_else(|e| panic!("{e}"));

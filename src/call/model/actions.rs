@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::call::directory::{DialogId, Directory, PeerDialog};
 use crate::call::hotkey::Hotkey;
+use crate::call::hotkey::HotkeyAction;
 use crate::call::transfer::Trigger;
-use crate::config::HotkeyAction;
 use crate::ids::IdGenerator;
 use crate::media::{MediaCommand, Party};
 use crate::routing::{Peer, Router};

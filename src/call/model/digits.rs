@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::config::HotkeyAction;
+use crate::call::hotkey::HotkeyAction;
 use crate::media::{Leg, MediaCommand, Party};
 use crate::sip::message::{Method, Request};
 use crate::sip::transport::Target;

@@ -381,7 +381,7 @@ mod tests {
                     &format!("peer{i}"),
                     address,
                     None,
-                    crate::config::TransportKind::Udp,
+                    crate::sip::transport::TransportKind::Udp,
                 ))
             })
             .collect()

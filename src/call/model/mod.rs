@@ -3,7 +3,7 @@
 //! Call order: [`Call::new`] with the caller's INVITE, then feed [`Call::handle_sip`],
 //! [`Call::handle_media_inactive`], [`Call::handle_shutdown`] and, when [`Call::poll_timeout`] is
 //! due, [`Call::handle_timeout`]; after each, drain [`Call::poll_action`] until `None`. The call
-//! never reads a clock or a socket; the task in `call::task` does the I/O.
+//! never reads a clock or a socket; the task in `gateway::driver` does the I/O.
 //!
 //! Leg A is the caller's (the carrier's INVITE to us, we are its UAS). Leg B is ours to the
 //! route's peers (we are its UAC), tried in order by a [`fork::Fork`]: the next peer on no

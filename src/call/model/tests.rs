@@ -8,11 +8,11 @@ use bytes::Bytes;
 
 use super::*;
 use crate::call::transfer::Trigger;
-use crate::config::TransportKind;
 use crate::media::{LegMedia, MediaCommand};
 use crate::routing::Router;
 use crate::sip::message::{parse, Message};
 use crate::sip::sdp::MediaPolicy;
+use crate::sip::transport::TransportKind;
 use crate::sip::transport::{Flow, Target};
 
 const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\

@@ -32,6 +32,17 @@ use crate::routing::charset::Charset;
 
 mod tcp;
 
+/// Signalling transport used towards a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    #[default]
+    Udp,
+    Tcp,
+    /// TLS over TCP (needs `sip.tls_ca`).
+    Tls,
+}
+
 /// Identifies one TCP connection for the life of the process.
 pub type ConnectionId = u64;
 
@@ -82,9 +93,9 @@ impl Target {
     /// How requests to `peer` go.
     pub fn for_peer(peer: &crate::routing::Peer) -> Target {
         match peer.transport {
-            crate::config::TransportKind::Udp => Target::Udp(peer.address),
-            crate::config::TransportKind::Tcp => Target::Tcp(peer.address),
-            crate::config::TransportKind::Tls => Target::Tls(peer.address),
+            TransportKind::Udp => Target::Udp(peer.address),
+            TransportKind::Tcp => Target::Tcp(peer.address),
+            TransportKind::Tls => Target::Tls(peer.address),
         }
     }
 

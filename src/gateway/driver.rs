@@ -19,7 +19,7 @@ use tracing::Instrument;
 use std::collections::HashMap;
 
 use super::link::Link;
-use super::model::{Action, Call, ConferenceUpdate, EndedBy, LinkageUpdate, Outcome};
+use crate::call::model::{Action, Call, ConferenceUpdate, EndedBy, LinkageUpdate, Outcome};
 use crate::media::relay::{MediaEvent, RelayHandle};
 use crate::metrics::{CallResult, Counter, Gauge, Metrics};
 use crate::sip::endpoint::{EndpointHandle, Owner};
@@ -35,7 +35,7 @@ pub struct CallServices {
     /// Tracks running call tasks so shutdown can wait for them.
     pub tracker: tokio_util::task::TaskTracker,
     /// Bridged calls' dialogs (shared with the calls' settings for lookups).
-    pub directory: Arc<super::directory::Directory>,
+    pub directory: Arc<crate::call::directory::Directory>,
     /// Port pairs for conference guests (legs A and B get theirs at admission).
     pub ports: Arc<crate::media::ports::PortPool>,
     /// The work-order link: where the calls' events go, and how commands reach the calls.
@@ -46,7 +46,7 @@ pub struct CallServices {
 /// What admission decided about a new call, for its task.
 pub struct Admission {
     /// Holds the call's slot until the task ends.
-    pub guard: super::manager::ActiveGuard,
+    pub guard: super::admission::ActiveGuard,
     /// Screening flagged the call (a repeat caller): why.
     pub flag: Option<String>,
 }
@@ -368,7 +368,7 @@ fn track_linkage(
     let transfer = !matches!(
         &update,
         LinkageUpdate::Requested {
-            kind: super::model::LinkageKind::Conference,
+            kind: crate::call::model::LinkageKind::Conference,
             ..
         }
     ) && linkage.kind != "conference";

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::model::{Call, CallSettings, NewCall, ALLOW};
-use super::task::{self, CallServices};
+use super::driver::{self, CallServices};
+use crate::call::model::{Call, CallSettings, NewCall, ALLOW};
 use crate::ids::IdGenerator;
 use crate::media::ports::PortPool;
 use crate::media::relay;
@@ -19,8 +19,8 @@ use crate::sip::transport::Flow;
 use crate::store::{unix_millis, CallRecord, Changes};
 use crate::workorder::{CallEvent, EventKind, LegInfo};
 
-use super::screening::{Screen, Screening};
-use super::transfer::CallerIdentity;
+use crate::call::screening::{Screen, Screening};
+use crate::call::transfer::CallerIdentity;
 use crate::sip::guard::TokenBucket;
 
 /// What the calls' media come from.
@@ -339,14 +339,14 @@ impl CallManager {
         let active = Arc::clone(&self.active);
         active.fetch_add(1, Ordering::Relaxed);
         let guard = ActiveGuard(active);
-        task::spawn(
+        driver::spawn(
             call,
             inbox,
             owner.clone(),
             relay,
             record,
             services.clone(),
-            task::Admission { guard, flag },
+            driver::Admission { guard, flag },
         );
         Disposition::Accept(owner)
     }

@@ -10,9 +10,9 @@ use std::time::{Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
-use super::model::{Call, ConferenceUpdate, LinkageUpdate, Outcome, TransferError};
-use super::transfer::Trigger;
-use crate::config::HotkeyAction;
+use crate::call::hotkey::HotkeyAction;
+use crate::call::model::{Call, ConferenceUpdate, LinkageUpdate, Outcome, TransferError};
+use crate::call::transfer::Trigger;
 use crate::media::Leg;
 use crate::store::{CallRecord, Changes, LinkageRecord};
 use crate::workorder::hub::EventHub;

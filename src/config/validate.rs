@@ -1,0 +1,358 @@
+//! Reading the file, parsing the tree and the cross-field checks serde cannot express, each
+//! failure naming the file, the key and the reason.
+
+use super::*;
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, the key and the reason.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates `text`; `file` is only used in error messages.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the file, the key and the reason.
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let deserializer = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError::Invalid {
+                file: file.to_path_buf(),
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                reason: inner.message().trim().to_string(),
+            }
+        })?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    /// Cross-field checks serde cannot express.
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, reason: String| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key,
+            reason,
+        };
+        for (index, number) in self.screening.blocklist.iter().enumerate() {
+            if let Err(reason) = crate::routing::NumberPattern::parse(number) {
+                return Err(invalid(format!("screening.blocklist[{index}]"), reason));
+            }
+        }
+        if !(400..700).contains(&self.screening.blocked_status) {
+            return Err(invalid(
+                "screening.blocked_status".into(),
+                format!(
+                    "{} is no final failure status (400-699)",
+                    self.screening.blocked_status
+                ),
+            ));
+        }
+        for (index, network) in self.sip.allow.iter().enumerate() {
+            if let Err(error) = crate::routing::Cidr::parse(network) {
+                return Err(invalid(format!("sip.allow[{index}]"), error.to_string()));
+            }
+        }
+        for (index, peer) in self.peers.iter().enumerate() {
+            if peer.auth_username.is_some() != peer.auth_password.is_some() {
+                return Err(invalid(
+                    format!("peer[{index}].auth_password"),
+                    "auth_username and auth_password go together: give both or neither".into(),
+                ));
+            }
+            if peer.auth_password.as_ref().is_some_and(|p| p.len() < 8) {
+                return Err(invalid(
+                    format!("peer[{index}].auth_password"),
+                    "must be at least 8 characters".into(),
+                ));
+            }
+            if peer.auth_algorithms.is_empty() {
+                return Err(invalid(
+                    format!("peer[{index}].auth_algorithms"),
+                    "must name at least one algorithm".into(),
+                ));
+            }
+            for (n, algorithm) in peer.auth_algorithms.iter().enumerate() {
+                if crate::routing::credentials::Algorithm::parse(algorithm).is_none() {
+                    return Err(invalid(
+                        format!("peer[{index}].auth_algorithms[{n}]"),
+                        format!("{algorithm:?} is none of SHA-512-256, SHA-256, MD5"),
+                    ));
+                }
+            }
+            for (n, network) in peer.sources.iter().enumerate() {
+                if let Err(error) = crate::routing::Cidr::parse(network) {
+                    return Err(invalid(
+                        format!("peer[{index}].sources[{n}]"),
+                        error.to_string(),
+                    ));
+                }
+            }
+        }
+        if self.sip.tls_cert.is_some() != self.sip.tls_key.is_some() {
+            return Err(invalid(
+                "sip.tls_key".into(),
+                "tls_cert and tls_key go together: give both or neither".into(),
+            ));
+        }
+        if self.sip.tls_listen.is_some() && self.sip.tls_cert.is_none() {
+            return Err(invalid(
+                "sip.tls_cert".into(),
+                "tls_listen needs the gateway's certificate (tls_cert and tls_key)".into(),
+            ));
+        }
+        let tls_peer = self
+            .peers
+            .iter()
+            .position(|p| p.transport == TransportKind::Tls);
+        if let (Some(index), None) = (tls_peer, self.sip.tls_listen) {
+            // Its requests in the dialog (a BYE) may come on a connection of its own, to the
+            // port our Contact names: that must speak TLS.
+            return Err(invalid(
+                format!("peer[{index}].transport"),
+                "a tls peer needs sip.tls_listen (and tls_cert, tls_key): its requests come back over TLS".into(),
+            ));
+        }
+        if (self.sip.tls_listen.is_some() || tls_peer.is_some()) && self.sip.tls_ca.is_none() {
+            let key = match tls_peer {
+                Some(index) if self.sip.tls_listen.is_none() => format!("peer[{index}].transport"),
+                _ => "sip.tls_ca".into(),
+            };
+            return Err(invalid(
+                key,
+                "TLS needs sip.tls_ca, the CAs peers' certificates must chain to".into(),
+            ));
+        }
+        for (index, peer) in self.peers.iter().enumerate() {
+            if let Err(reason) =
+                crate::sip::tls::server_name(peer.tls_name.as_deref(), peer.address)
+            {
+                return Err(invalid(format!("peer[{index}].tls_name"), reason));
+            }
+        }
+        if self.sip.min_se_secs < 90 {
+            return Err(invalid(
+                "sip.min_se_secs".into(),
+                format!("{} is below RFC 4028's floor of 90 s", self.sip.min_se_secs),
+            ));
+        }
+        if self.sip.session_expires_secs != 0
+            && self.sip.session_expires_secs < self.sip.min_se_secs
+        {
+            return Err(invalid(
+                "sip.session_expires_secs".into(),
+                format!(
+                    "{} is below sip.min_se_secs ({}); 0 turns session timers off",
+                    self.sip.session_expires_secs, self.sip.min_se_secs
+                ),
+            ));
+        }
+        if self.store.max_size_mb == Some(0) {
+            return Err(invalid(
+                "store.max_size_mb".into(),
+                "must be at least 1 (leave it out for no cap)".into(),
+            ));
+        }
+        if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
+            return Err(invalid(
+                "api.tls_key".into(),
+                "tls_cert and tls_key go together: give both or neither".into(),
+            ));
+        }
+        for (key, value) in [
+            (
+                "sip.tcp_request_timeout_secs",
+                self.sip.tcp_request_timeout_secs,
+            ),
+            (
+                "sip.max_tcp_connections_per_source",
+                self.sip.max_tcp_connections_per_source as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(
+                    key.into(),
+                    "must be at least 1 (0 would close every inbound connection)".into(),
+                ));
+            }
+        }
+        for (index, platform) in self.platforms.iter().enumerate() {
+            if platform.name.is_empty() {
+                return Err(invalid(
+                    format!("platform[{index}].name"),
+                    "must not be empty".into(),
+                ));
+            }
+            if platform.token.len() < 16 {
+                return Err(invalid(
+                    format!("platform[{index}].token"),
+                    "must be at least 16 characters: it is the platform's only credential".into(),
+                ));
+            }
+            if self.platforms[..index]
+                .iter()
+                .any(|p| p.token == platform.token)
+            {
+                return Err(invalid(
+                    format!("platform[{index}].token"),
+                    "is another platform's token too: each platform needs its own".into(),
+                ));
+            }
+            if self.platforms[..index]
+                .iter()
+                .any(|p| p.name == platform.name)
+            {
+                return Err(invalid(
+                    format!("platform[{index}].name"),
+                    format!("platform {:?} is configured twice", platform.name),
+                ));
+            }
+        }
+        if !(3..=crate::media::MAX_PARTIES).contains(&self.sip.conference_max_parties) {
+            return Err(invalid(
+                "sip.conference_max_parties".into(),
+                format!(
+                    "{} is out of range: a conference has 3 to {} parties",
+                    self.sip.conference_max_parties,
+                    crate::media::MAX_PARTIES
+                ),
+            ));
+        }
+        let [low, high] = self.media.ports;
+        if low > high {
+            return Err(invalid(
+                "media.ports".into(),
+                format!("first port {low} is above last port {high}"),
+            ));
+        }
+        if u32::from(high) - u32::from(low) < 3 {
+            return Err(invalid(
+                "media.ports".into(),
+                "range must hold at least two RTP/RTCP pairs".into(),
+            ));
+        }
+        if self.media.address.is_unspecified() {
+            return Err(invalid(
+                "media.address".into(),
+                "must be a concrete address: it is advertised in SDP c= lines".into(),
+            ));
+        }
+        for (index, codec) in self.media.codecs.iter().enumerate() {
+            if !matches!(codec.to_ascii_uppercase().as_str(), "PCMA" | "PCMU") {
+                return Err(invalid(
+                    format!("media.codecs[{index}]"),
+                    format!("unknown codec {codec:?}; supported: PCMA, PCMU"),
+                ));
+            }
+        }
+        if self.media.codecs.is_empty() {
+            return Err(invalid(
+                "media.codecs".into(),
+                "at least one codec is needed".into(),
+            ));
+        }
+        if !(96..=127).contains(&self.media.telephone_event) {
+            return Err(invalid(
+                "media.telephone_event".into(),
+                "must be a dynamic payload type (96-127)".into(),
+            ));
+        }
+        if !(10..=120).contains(&self.media.ptime) || self.media.ptime % 10 != 0 {
+            return Err(invalid(
+                "media.ptime".into(),
+                "must be 10, 20, ... 120 ms".into(),
+            ));
+        }
+        if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
+            return Err(invalid(
+                "sip.t2_ms".into(),
+                "T1 must be positive and T2 at least T1".into(),
+            ));
+        }
+        if self.sip.max_message_size < 1024 {
+            return Err(invalid(
+                "sip.max_message_size".into(),
+                "must be at least 1024 bytes".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        for (index, peer) in self.peers.iter().enumerate() {
+            if peer.name.trim().is_empty() {
+                return Err(invalid(
+                    format!("peer[{index}].name"),
+                    "must not be empty".into(),
+                ));
+            }
+            if !names.insert(peer.name.as_str()) {
+                return Err(invalid(
+                    format!("peer[{index}].name"),
+                    format!("duplicate peer name {:?}", peer.name),
+                ));
+            }
+            if peer.address.port() == 0 || peer.address.ip().is_unspecified() {
+                return Err(invalid(
+                    format!("peer[{index}].address"),
+                    "must be a concrete IP:port".into(),
+                ));
+            }
+        }
+        let mut numbers = HashSet::new();
+        for (index, route) in self.routes.iter().enumerate() {
+            if let Err(reason) = NumberPattern::parse(&route.number) {
+                return Err(invalid(format!("route[{index}].number"), reason));
+            }
+            if !numbers.insert(route.number.as_str()) {
+                return Err(invalid(
+                    format!("route[{index}].number"),
+                    format!("duplicate route for {:?}", route.number),
+                ));
+            }
+            if route.peers.is_empty() {
+                return Err(invalid(
+                    format!("route[{index}].peers"),
+                    "must name at least one peer".into(),
+                ));
+            }
+            for (peer_index, name) in route.peers.iter().enumerate() {
+                if !names.contains(name.as_str()) {
+                    return Err(invalid(
+                        format!("route[{index}].peers[{peer_index}]"),
+                        format!("no [[peer]] is named {name:?}"),
+                    ));
+                }
+            }
+        }
+        for (index, hotkey) in self.hotkeys.iter().enumerate() {
+            if hotkey.dtmf.is_empty()
+                || !hotkey
+                    .dtmf
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D'))
+            {
+                return Err(invalid(
+                    format!("hotkey[{index}].dtmf"),
+                    "must be DTMF digits (0-9, *, #, A-D)".into(),
+                ));
+            }
+            if hotkey.target.is_empty() {
+                return Err(invalid(
+                    format!("hotkey[{index}].target"),
+                    "must not be empty".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

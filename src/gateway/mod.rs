@@ -1,0 +1,7 @@
+//! The I/O around the pure call model: the task that drives one call ([`driver`]), the
+//! dispatcher that admits new requests and gives each admitted call its media and its task
+//! ([`admission`]), and a call's side of the work-order link ([`link`]).
+
+pub mod admission;
+pub mod driver;
+pub mod link;
