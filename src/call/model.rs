@@ -35,12 +35,12 @@ use crate::media::srtp::MasterKey;
 use crate::media::{Leg, LegMedia, MediaCommand, Party};
 use crate::routing::{Peer, Router};
 use crate::sip::dialog::Dialog;
-use crate::sip::endpoint::{DialogKey, Endpoint, ServerTransactionId, SipEvent};
 use crate::sip::message::{self, Headers, Host, Method, NameAddr, Request, Response, Uri};
 use crate::sip::sdp::{
     self, Direction, MediaPolicy, Negotiated, Origin, SessionDescription, SrtpMode, SrtpTerms,
 };
 use crate::sip::session_timer::SessionTimerSettings;
+use crate::sip::transaction::{via_for, DialogKey, ServerTransactionId, SipEvent};
 use crate::sip::transport::{Flow, Target};
 
 use super::directory::{DialogId, Directory, PeerDialog};
@@ -838,7 +838,7 @@ impl Call {
         let mut headers = Headers::new();
         headers.push(
             "Via",
-            Endpoint::via_for(self.settings.local_for(to.target), to.target, to.branch),
+            via_for(self.settings.local_for(to.target), to.target, to.branch),
         );
         headers.push(
             "Max-Forwards",
@@ -1852,7 +1852,7 @@ impl Call {
         let branch = self.ids.branch();
         request.headers.push_front(
             "Via",
-            Endpoint::via_for(self.settings.local_for(target), target, &branch),
+            via_for(self.settings.local_for(target), target, &branch),
         );
         request
     }

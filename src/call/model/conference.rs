@@ -17,9 +17,9 @@ use super::{
 };
 use crate::media::{Leg, MediaCommand, Party};
 use crate::sip::dialog::Dialog;
-use crate::sip::endpoint::{DialogKey, ServerTransactionId};
 use crate::sip::message::{self, Headers, Method, Request, Response};
 use crate::sip::sdp::{self, Direction, Origin, SrtpMode};
+use crate::sip::transaction::{DialogKey, ServerTransactionId};
 use crate::sip::transport::Target;
 
 use super::super::hotkey;
