@@ -33,6 +33,13 @@ use super::transport::{Flow, Inbound, Target, Transport, TransportEvent};
 use crate::metrics::{Counter, Gauge, Metrics};
 use crate::routing::Router;
 
+/// The driver's clock, read from tokio's so that a test on `tokio::time::pause()`d time moves
+/// the endpoint's timers with `tokio::time::advance`; the machines below get it as a plain
+/// `std` `Instant` and never read a clock themselves.
+fn driver_now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// Events a peer's traffic can multiply (requests in a dialog, provisional responses) that
 /// may wait unread in one owner's inbox; beyond, requests get 503 and provisional responses
 /// are dropped, so a peer flooding a dialog costs bounded memory. Final responses, timeouts,
@@ -357,7 +364,7 @@ impl Endpoint {
             max_transactions: usize::MAX,
             auth: None,
             reliable_clients: HashMap::new(),
-            last_shrink: Instant::now(),
+            last_shrink: driver_now(),
             was_idle: true,
         };
         (endpoint, handle, command_queue)
@@ -462,24 +469,24 @@ impl Endpoint {
             let next = self.deadlines.peek().map(|Reverse((at, _))| *at);
             let sleep = async {
                 match next {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
-                    Some(command) => self.handle_command(Instant::now(), command),
+                    Some(command) => self.handle_command(driver_now(), command),
                     None => return,
                 },
                 item = inbound.recv() => match item {
-                    Some(TransportEvent::Inbound(item)) => self.handle_inbound(Instant::now(), item),
+                    Some(TransportEvent::Inbound(item)) => self.handle_inbound(driver_now(), item),
                     Some(TransportEvent::ConnectionLost { address, secure }) => {
-                        self.connection_lost(Instant::now(), address, secure);
+                        self.connection_lost(driver_now(), address, secure);
                     }
                     None => return,
                 },
-                _ = sleep => self.handle_timers(Instant::now()),
+                _ = sleep => self.handle_timers(driver_now()),
                 // Cancelled by the gateway once calls have ended (their BYEs answered).
                 _ = stop.cancelled() => return,
             }
