@@ -26,51 +26,18 @@ use super::guard::{DropReason, Guard, Verdict};
 use super::message::{self, Message, Method, ParseError, Request, Response, Via};
 use super::overload::OverloadDetector;
 use super::transaction::{
-    ClientInvite, ClientNonInvite, Event as MachineEvent, ResponseAction, ServerInvite,
-    ServerNonInvite, TimerConfig,
+    ClientInvite, ClientNonInvite, DialogKey, Event as MachineEvent, ResponseAction, ServerInvite,
+    ServerNonInvite, ServerTransactionId, SipEvent, TimerConfig,
 };
 use super::transport::{Flow, Inbound, Target, Transport, TransportEvent};
 use crate::metrics::{Counter, Gauge, Metrics};
 use crate::routing::Router;
 
-/// Names a server transaction to its owner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServerTransactionId(u64);
-
-impl ServerTransactionId {
-    /// Ids are handed out by the endpoint; this exists for drivers of the call model in tests.
-    pub fn new(value: u64) -> ServerTransactionId {
-        ServerTransactionId(value)
-    }
-}
-
-/// A dialog as the gateway keys it: Call-ID and the gateway's own tag.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct DialogKey {
-    pub call_id: String,
-    pub local_tag: String,
-}
-
-/// What the endpoint tells a transaction's owner.
-#[derive(Debug)]
-pub enum SipEvent {
-    /// A request inside one of the owner's dialogs (BYE, re-INVITE, INFO, UPDATE, ...), or the
-    /// initial INVITE handed over by the dispatcher.
-    Request {
-        server: ServerTransactionId,
-        request: Request,
-        source: SocketAddr,
-    },
-    /// An ACK for a 2xx the owner sent (it has no transaction of its own, §17.1.1.3).
-    Ack { request: Request },
-    /// A response to one of the owner's client transactions, keyed by its branch.
-    Response { branch: String, response: Response },
-    /// A client transaction got no final response (Timer B/F): treat as 408 (§8.1.3.1).
-    Timeout { branch: String, method: Method },
-    /// The INVITE server transaction was cancelled; the endpoint already answered the CANCEL.
-    Cancelled { server: ServerTransactionId },
-    /// A 2xx was retransmitted for 64*T1 without an ACK (§13.3.1.4): end the session.
-    AckTimeout { server: ServerTransactionId },
+/// The driver's clock, read from tokio's so that a test on `tokio::time::pause()`d time moves
+/// the endpoint's timers with `tokio::time::advance`; the machines below get it as a plain
+/// `std` `Instant` and never read a clock themselves.
+fn driver_now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// Events a peer's traffic can multiply (requests in a dialog, provisional responses) that
@@ -176,7 +143,7 @@ pub trait Dispatcher: Send + Sync + 'static {
 #[derive(Debug)]
 pub enum Command {
     /// Start a client transaction (or, for ACK, send statelessly). The request must carry a
-    /// top Via with a unique branch (the call model writes it, see [`Endpoint::via_for`]).
+    /// top Via with a unique branch (the call model writes it, see [`via_for`]).
     SendRequest {
         request: Request,
         /// `request` serialised by the sender, so the endpoint's task does not.
@@ -397,7 +364,7 @@ impl Endpoint {
             max_transactions: usize::MAX,
             auth: None,
             reliable_clients: HashMap::new(),
-            last_shrink: Instant::now(),
+            last_shrink: driver_now(),
             was_idle: true,
         };
         (endpoint, handle, command_queue)
@@ -491,23 +458,6 @@ impl Endpoint {
             }
         }
     }
-
-    /// A Via for a request the gateway originates over `target` (§8.1.1.7 branch magic cookie,
-    /// RFC 3581 rport so responses come back to our port through NAT).
-    pub fn via_for(local: SocketAddr, target: Target, branch: &str) -> String {
-        let host = match local.ip() {
-            IpAddr::V6(v6) => format!("[{v6}]"),
-            IpAddr::V4(v4) => v4.to_string(),
-        };
-        format!(
-            "SIP/2.0/{} {}:{};branch={};rport",
-            target.via_transport(),
-            host,
-            local.port(),
-            branch
-        )
-    }
-
     /// Runs until `stop` is cancelled.
     pub async fn run(
         mut self,
@@ -519,24 +469,24 @@ impl Endpoint {
             let next = self.deadlines.peek().map(|Reverse((at, _))| *at);
             let sleep = async {
                 match next {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
-                    Some(command) => self.handle_command(Instant::now(), command),
+                    Some(command) => self.handle_command(driver_now(), command),
                     None => return,
                 },
                 item = inbound.recv() => match item {
-                    Some(TransportEvent::Inbound(item)) => self.handle_inbound(Instant::now(), item),
+                    Some(TransportEvent::Inbound(item)) => self.handle_inbound(driver_now(), item),
                     Some(TransportEvent::ConnectionLost { address, secure }) => {
-                        self.connection_lost(Instant::now(), address, secure);
+                        self.connection_lost(driver_now(), address, secure);
                     }
                     None => return,
                 },
-                _ = sleep => self.handle_timers(Instant::now()),
+                _ = sleep => self.handle_timers(driver_now()),
                 // Cancelled by the gateway once calls have ended (their BYEs answered).
                 _ = stop.cancelled() => return,
             }
@@ -1148,7 +1098,7 @@ impl Endpoint {
         response_target: Target,
         merge_key: Option<MergeKey>,
     ) -> ServerTransactionId {
-        let id = ServerTransactionId(self.next_server);
+        let id = ServerTransactionId::new(self.next_server);
         self.next_server += 1;
         let reliable = response_target.is_reliable();
         let machine = if request.method == Method::Invite {

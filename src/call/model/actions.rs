@@ -12,10 +12,10 @@ use crate::call::transfer::Trigger;
 use crate::ids::IdGenerator;
 use crate::media::{MediaCommand, Party};
 use crate::routing::{Peer, Router};
-use crate::sip::endpoint::{DialogKey, ServerTransactionId};
 use crate::sip::message::{Request, Response};
 use crate::sip::sdp::MediaPolicy;
 use crate::sip::session_timer::SessionTimerSettings;
+use crate::sip::transaction::{DialogKey, ServerTransactionId};
 use crate::sip::transport::{Flow, Target};
 
 /// Methods the gateway accepts inside a dialog (sent in Allow, §20.5).

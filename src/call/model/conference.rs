@@ -14,9 +14,9 @@ use std::time::Instant;
 use crate::media::{Leg, LegMedia, MediaCommand, Party};
 use crate::routing::SrtpMode;
 use crate::sip::dialog::Dialog;
-use crate::sip::endpoint::{DialogKey, ServerTransactionId};
 use crate::sip::message::{Headers, Method, Request, Response};
 use crate::sip::sdp::{self, Direction, Origin, SessionDescription, SrtpTerms};
+use crate::sip::transaction::{DialogKey, ServerTransactionId};
 use crate::sip::transport::Target;
 
 use super::dialogs::{answer_reoffer, leg_media};

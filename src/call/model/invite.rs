@@ -9,9 +9,9 @@ use bytes::Bytes;
 use crate::media::Leg;
 use crate::routing::Peer;
 use crate::sip::dialog::Dialog;
-use crate::sip::endpoint::Endpoint;
 use crate::sip::message::{self, Headers, Host, Method, NameAddr, Request, Response, Uri};
 use crate::sip::sdp::SessionDescription;
+use crate::sip::transaction::via_for;
 use crate::sip::transport::Target;
 
 use super::{Action, Call, ALLOW};
@@ -70,7 +70,7 @@ impl Call {
         let mut headers = Headers::new();
         headers.push(
             "Via",
-            Endpoint::via_for(self.settings.local_for(to.target), to.target, to.branch),
+            via_for(self.settings.local_for(to.target), to.target, to.branch),
         );
         headers.push(
             "Max-Forwards",
@@ -138,7 +138,7 @@ impl Call {
         let branch = self.ids.branch();
         request.headers.push_front(
             "Via",
-            Endpoint::via_for(self.settings.local_for(target), target, &branch),
+            via_for(self.settings.local_for(target), target, &branch),
         );
         request
     }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use crate::media::{Leg, LegMedia, Party};
 use crate::routing::Peer;
 use crate::sip::dialog::Dialog;
-use crate::sip::endpoint::DialogKey;
 use crate::sip::sdp::{Origin, SessionDescription};
+use crate::sip::transaction::DialogKey;
 use crate::sip::transport::Target;
 
 use super::fork::Attempt;

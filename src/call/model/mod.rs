@@ -68,9 +68,9 @@ use crate::media::srtp::MasterKey;
 use crate::media::{Leg, Party};
 use crate::routing::Peer;
 use crate::routing::SrtpMode;
-use crate::sip::endpoint::{DialogKey, ServerTransactionId, SipEvent};
 use crate::sip::message::{Method, Request, Response};
 use crate::sip::sdp::{self, Direction, Origin, SessionDescription};
+use crate::sip::transaction::{DialogKey, ServerTransactionId, SipEvent};
 
 use super::directory::DialogId;
 use super::hotkey::HotkeyMatcher;

@@ -142,11 +142,7 @@ impl Call {
         let branch = self.ids.branch();
         invite.headers.set(
             "Via",
-            crate::sip::endpoint::Endpoint::via_for(
-                self.settings.local_for(target),
-                target,
-                &branch,
-            ),
+            crate::sip::transaction::via_for(self.settings.local_for(target), target, &branch),
         );
         self.actions.push_back(Action::SendRequest {
             request: invite.clone(),

@@ -10,9 +10,9 @@ use std::time::Instant;
 
 use crate::media::{Leg, MediaCommand};
 use crate::routing::Peer;
-use crate::sip::endpoint::{DialogKey, ServerTransactionId};
 use crate::sip::message::{Request, Response};
 use crate::sip::sdp::{self, Direction, Origin, SessionDescription};
+use crate::sip::transaction::{DialogKey, ServerTransactionId};
 use crate::sip::transport::Target;
 
 use super::dialogs::leg_media;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 pub use client_invite::ClientInvite;
 pub use client_non_invite::ClientNonInvite;
+pub use events::{via_for, DialogKey, ServerTransactionId, SipEvent};
 pub use server_invite::ServerInvite;
 pub use server_non_invite::ServerNonInvite;
 
@@ -210,6 +211,7 @@ use machine_outputs;
 
 mod client_invite;
 mod client_non_invite;
+mod events;
 mod server_invite;
 mod server_non_invite;
 
