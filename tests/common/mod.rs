@@ -419,6 +419,18 @@ impl Ua {
                 _ => break,
             }
         }
+        self.marker_with(what, unwanted).await;
+    }
+
+    /// A marker: sends an OPTIONS on this UA's socket or connection and waits for its 200,
+    /// skipping other messages. Whatever the gateway had sent (or queued) for this flow, or
+    /// over the same UDP socket to anyone, before it handled the OPTIONS has arrived by then.
+    pub async fn marker(&mut self) {
+        self.marker_with("", |_| false).await;
+    }
+
+    /// As [`Ua::marker`], failing on a message `unwanted` picks that arrives before the 200.
+    async fn marker_with(&mut self, what: &str, unwanted: impl Fn(&Message) -> bool) {
         let n = self.next();
         let call_id = format!("{}-marker-{n}@test", self.name);
         let text = format!(
@@ -444,6 +456,21 @@ CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
                 }
                 _ => continue,
             }
+        }
+    }
+
+    /// A UDP datagram already in this UA's socket queue, read without waiting (after a
+    /// [`Ua::marker`], what a late packet would be).
+    pub fn queued_raw(&self) -> Option<Vec<u8>> {
+        let mut buffer = vec![0u8; 65535];
+        match rustix::net::recv(
+            &self.socket,
+            &mut buffer[..],
+            rustix::net::RecvFlags::DONTWAIT,
+        ) {
+            Ok((n, _)) => Some(buffer[..n].to_vec()),
+            Err(rustix::io::Errno::AGAIN) => None,
+            Err(e) => panic!("{}: recv: {e}", self.name),
         }
     }
 
