@@ -462,16 +462,7 @@ CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
     /// A UDP datagram already in this UA's socket queue, read without waiting (after a
     /// [`Ua::marker`], what a late packet would be).
     pub fn queued_raw(&self) -> Option<Vec<u8>> {
-        let mut buffer = vec![0u8; 65535];
-        match rustix::net::recv(
-            &self.socket,
-            &mut buffer[..],
-            rustix::net::RecvFlags::DONTWAIT,
-        ) {
-            Ok((n, _)) => Some(buffer[..n].to_vec()),
-            Err(rustix::io::Errno::AGAIN) => None,
-            Err(e) => panic!("{}: recv: {e}", self.name),
-        }
+        queued_datagram(&self.socket)
     }
 
     pub async fn recv(&mut self) -> Message {
@@ -654,6 +645,17 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
     }
 }
 
+/// A datagram already in `socket`'s queue, read without waiting: the kernel has it the moment
+/// the sender's send on loopback returned, whether or not the runtime has seen it readable.
+pub fn queued_datagram(socket: &UdpSocket) -> Option<Vec<u8>> {
+    let mut buffer = vec![0u8; 65535];
+    match rustix::net::recv(socket, &mut buffer[..], rustix::net::RecvFlags::DONTWAIT) {
+        Ok((n, _)) => Some(buffer[..n].to_vec()),
+        Err(rustix::io::Errno::AGAIN) => None,
+        Err(e) => panic!("recv: {e}"),
+    }
+}
+
 pub fn host_port(address: SocketAddr) -> String {
     match address {
         SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
@@ -788,15 +790,8 @@ impl RtpPeer {
             panic!("{what}: {packet:?}");
         }
         marker.await;
-        let mut buffer = [0u8; 2048];
-        match rustix::net::recv(
-            &self.socket,
-            &mut buffer[..],
-            rustix::net::RecvFlags::DONTWAIT,
-        ) {
-            Err(rustix::io::Errno::AGAIN) => {}
-            Ok((n, _)) => panic!("{what} (before the marker): {:?}", &buffer[..n]),
-            Err(e) => panic!("{what}: recv: {e}"),
+        if let Some(packet) = queued_datagram(&self.socket) {
+            panic!("{what} (before the marker): {packet:?}");
         }
     }
 
