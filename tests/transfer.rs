@@ -768,6 +768,27 @@ async fn hotkey_star_1_by_rfc_4733_transfers_and_other_digits_reach_the_citizen_
         Some(packet) if packet.payload_type == 101 => panic!("a hotkey digit leaked: {packet:?}"),
         _ => {}
     }
+    // The marker: the agent's next audio on the same stream, relayed after the digits were,
+    // reaches the citizen with no event before it.
+    call.callee_rtp
+        .send(
+            call.gateway_b_media,
+            8,
+            sequence,
+            32000,
+            0xa6e7,
+            &[0x77; 160],
+        )
+        .await;
+    loop {
+        let packet = call.caller_rtp.recv().await;
+        if packet.payload_type == 101 {
+            panic!("a hotkey digit leaked (before the marker): {packet:?}");
+        }
+        if packet.payload == vec![0x77; 160] {
+            break;
+        }
+    }
     police
         .send_response(&police.answer(&invite, 486, None))
         .await;
