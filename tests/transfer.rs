@@ -959,6 +959,20 @@ async fn early_media_from_the_target_reaches_the_citizen_only_when_configured() 
                 heard_police |= packet.payload == vec![0x11; 160];
             }
         }
+        if !early_media {
+            // The marker: the agent's next packet, relayed after any of 110's on the same
+            // gateway port, reaches the citizen; 110's audio merely late would come first.
+            call.callee_rtp
+                .send(call.gateway_b_media, 8, 520, 160 * 20, 0xa6e7, &[0x23; 160])
+                .await;
+            loop {
+                let packet = call.caller_rtp.recv().await;
+                heard_police |= packet.payload == vec![0x11; 160];
+                if packet.payload == vec![0x23; 160] {
+                    break;
+                }
+            }
+        }
         assert_eq!(
             heard_police, early_media,
             "early media played: {heard_police}"
