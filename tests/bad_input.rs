@@ -111,7 +111,7 @@ async fn malformed_requests_get_400_and_the_gateway_keeps_serving() {
         ),
         ("empty lines", b"\r\n\r\n\r\n".to_vec(), None),
     ];
-    for (name, bytes, expected) in cases {
+    for (index, (name, bytes, expected)) in cases.into_iter().enumerate() {
         ua.send_raw(&bytes).await;
         match expected {
             Some(status) => match ua.recv_raw_within(Duration::from_secs(2)).await {
@@ -124,12 +124,24 @@ async fn malformed_requests_get_400_and_the_gateway_keeps_serving() {
                 }
                 None => panic!("{name}: expected {status}, got nothing"),
             },
-            None => assert!(
-                ua.recv_raw_within(Duration::from_millis(200))
-                    .await
-                    .is_none(),
-                "{name}: should be dropped"
-            ),
+            None => {
+                assert!(
+                    ua.recv_raw_within(Duration::from_millis(200))
+                        .await
+                        .is_none(),
+                    "{name}: should be dropped"
+                );
+                // The marker: the next datagram is the answer to a good OPTIONS sent after it,
+                // so an answer to the dropped one was not merely late.
+                let branch = format!("dropped-marker-{index}");
+                ua.send(&options(gateway.sip, ua.address, &branch)).await;
+                let next = ua.recv_raw_within(common::WAIT).await.unwrap_or_default();
+                let text = String::from_utf8_lossy(&next);
+                assert!(
+                    text.starts_with("SIP/2.0 200 ") && text.contains(&format!("{branch}@test")),
+                    "{name}: should be dropped, got (before the marker) {text}"
+                );
+            }
         }
     }
     // Non-UTF-8 in a display name is kept, not refused.

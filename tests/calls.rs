@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::{establish, sdp, Gateway, RtpPeer, Ua};
-use hotline_gateway::sip::message::{Message, Method};
+use hotline_gateway::sip::message::{ack_for_non_2xx, Message, Method};
 
 const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
@@ -230,14 +230,20 @@ async fn hold_and_unhold_are_answered_by_the_gateway() {
     assert!(ok.sdp().is_some_and(|s| s.contains("a=sendrecv")));
     let request = caller.ack(&unhold, &ok, "");
     caller.send_request(&request).await;
+    // The marker for the held packet: the first the caller hears is the one sent after the
+    // resume, so the held one was not merely late.
     call.callee_rtp
-        .send(call.gateway_b_media, 8, 2, 160, 9, &[0x55; 160])
+        .send(call.gateway_b_media, 8, 2, 160, 9, &[0x56; 160])
         .await;
-    assert_eq!(call.caller_rtp.recv().await.payload, vec![0x55; 160]);
+    assert_eq!(call.caller_rtp.recv().await.payload, vec![0x56; 160]);
     // The callee was never re-INVITEd.
-    assert!(
-        !matches!(callee.recv_within(Duration::from_millis(200)).await, Some(Message::Request(r)) if r.method == Method::Invite)
-    );
+    callee
+        .expect_none_then_marker(
+            Duration::from_millis(200),
+            "the callee was re-INVITEd",
+            |m| matches!(m, Message::Request(r) if r.method == Method::Invite),
+        )
+        .await;
     gateway.stop().await;
 }
 
@@ -680,11 +686,18 @@ async fn media_latches_to_the_callee_and_relatches_after_a_nat_rebinding() {
         .send(call.gateway_a_media, 8, 2, 320, 0x2222, &[3; 160])
         .await;
     assert_eq!(rebound.recv().await.payload, vec![3; 160]);
-    assert!(call
-        .callee_rtp
-        .recv_within(Duration::from_millis(200))
-        .await
-        .is_none());
+    call.callee_rtp
+        .expect_nothing_then(
+            Duration::from_millis(200),
+            "the caller's audio went to the old source",
+            async {
+                call.caller_rtp
+                    .send(call.gateway_a_media, 8, 3, 480, 0x2222, &[4; 160])
+                    .await;
+                assert_eq!(rebound.recv().await.payload, vec![4; 160]);
+            },
+        )
+        .await;
     gateway.stop().await;
 }
 
@@ -702,14 +715,53 @@ From: <sip:ping@{me}>;tag=s{n}\r\nTo: <sip:{gw}>\r\nCall-ID: shed-{n}\r\nCSeq: 1
 Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         )
     };
-    // Two messages more than one detector interval (100 ms) apart close the first window.
+    // The first message opens the detector's first window; the first message handled one
+    // interval (100 ms) or more later closes it.
     caller.send(&options(1, caller.address, gateway.sip)).await;
     caller.expect_response("OPTIONS", 200).await;
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    let rtp = RtpPeer::bind(LOCALHOST).await;
+    // No fixed sleep guesses when the window has closed: probe with new INVITEs the gateway
+    // refuses before any call exists (an extension it does not do: 420, §8.2.2.3) until one
+    // is shed instead, which it does only once the queue reads as standing.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let probe = caller.invite(
+            "12345",
+            "13800138000",
+            &sdp(rtp.address, &[8], "sendrecv"),
+            "Require: x-window-probe\r\n",
+        );
+        caller.send_request(&probe).await;
+        let answer = loop {
+            match caller.recv().await {
+                Message::Response(r)
+                    if r.status >= 200 && r.headers.get("Call-ID") == Some(probe.call_id()) =>
+                {
+                    break r
+                }
+                _ => continue,
+            }
+        };
+        if answer.status == 503 {
+            break;
+        }
+        assert_eq!(answer.status, 420, "the probe: {answer:?}");
+        caller.send_request(&ack_for_non_2xx(&probe, &answer)).await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first overload window never closed"
+        );
+        // The window is the gateway's own clock and has no signal: probe again shortly.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // That 503 was the overload control's (not another limit's), and only new calls are shed.
+    assert_eq!(
+        gateway.metric("hotline_sip_shed_overload_total").await,
+        Some(1.0)
+    );
     caller.send(&options(2, caller.address, gateway.sip)).await;
     caller.expect_response("OPTIONS", 200).await;
 
-    let rtp = RtpPeer::bind(LOCALHOST).await;
     let invite = caller.invite(
         "12345",
         "13800138000",
@@ -719,16 +771,13 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     caller.send_request(&invite).await;
     let busy = caller.expect_response("INVITE", 503).await;
     assert_eq!(busy.headers.get("Retry-After"), Some("2"));
-    assert!(
-        callee
-            .recv_within(Duration::from_millis(300))
-            .await
-            .is_none(),
-        "a shed call reached the callee"
-    );
+    callee
+        .expect_nothing_then_marker(Duration::from_millis(300), "a shed call reached the callee")
+        .await;
+    // The probe and the call.
     let (_, metrics) = gateway.http_get("/metrics").await;
     assert!(
-        metrics.contains("hotline_sip_shed_overload_total 1"),
+        metrics.contains("hotline_sip_shed_overload_total 2"),
         "{metrics}"
     );
     assert!(gateway.calls().is_empty(), "a shed call has no record");

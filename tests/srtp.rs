@@ -177,6 +177,19 @@ async fn srtp_caller_and_plain_callee_forgeries_and_replays_dropped() {
         None,
         "nothing went to the forger"
     );
+    // The marker: one more of the hotline's packets reaches the citizen, so one for the
+    // forger sent before it would be in the forger's queue by now.
+    send(&hotline_rtp.socket, &packet(None, 6, 0x56), gateway_b).await;
+    let Some(mut srtp) = datagram(&citizen_rtp.socket, common::WAIT).await else {
+        panic!("the marker did not reach the citizen");
+    };
+    assert_eq!(from_gateway.unprotect_rtp(&mut srtp), Ok(172));
+    assert_eq!(srtp[12..172], [0x56; 160]);
+    assert_eq!(
+        common::queued_datagram(&attacker),
+        None,
+        "nothing went to the forger (before the marker)"
+    );
 
     // A replay, a flipped payload bit and a plain packet: none reaches the hotline.
     send(&citizen_rtp.socket, &sent[2], gateway_a).await;
@@ -233,7 +246,7 @@ async fn srtp_caller_and_plain_callee_forgeries_and_replays_dropped() {
         .metric_reaches("hotline_srtp_rejected_total", 5.0)
         .await;
     // And our stream to the citizen goes on: its receiver context takes the next packet.
-    send(&hotline_rtp.socket, &packet(None, 6, 0x66), gateway_b).await;
+    send(&hotline_rtp.socket, &packet(None, 7, 0x66), gateway_b).await;
     let Some(mut srtp) = datagram(&citizen_rtp.socket, common::WAIT).await else {
         panic!("no media reached the citizen after the re-INVITE");
     };
@@ -294,13 +307,9 @@ async fn srtp_mandatory_peers_get_savp_offers_and_plain_sdp_is_refused() {
     );
     caller.send_request(&invite).await;
     caller.expect_response("INVITE", 488).await;
-    assert!(
-        callee
-            .recv_within(Duration::from_millis(300))
-            .await
-            .is_none(),
-        "nothing rang"
-    );
+    callee
+        .expect_nothing_then_marker(Duration::from_millis(300), "something rang")
+        .await;
     // With SDES it goes through.
     let invite = caller.invite(
         "12345",

@@ -356,11 +356,21 @@ async fn rfc4475_torture_messages_get_the_rfc_answers_and_never_stop_the_gateway
         } else {
             ANSWER
         };
-        let seen = if case.tcp {
+        let mut seen = if case.tcp {
             exchange_tcp(gateway.sip, &case.bytes, within).await
         } else {
             peer.exchange(gateway.sip, &case.bytes, within).await
         };
+        still_serving(&mut prober, gateway.sip, &format!("alive-{index}")).await;
+        if case.outcome == Outcome::Dropped && !case.tcp {
+            // The marker for a silence: the prober's OPTIONS was answered from the same gateway
+            // socket after any answer to the fixture, so one merely late is queued by now.
+            let call_id = raw_call_id(&case.bytes);
+            let socket = peer.socket(udp_reply_port(&case.bytes)).await;
+            while let Some(bytes) = common::queued_datagram(socket) {
+                seen.extend(status_of(&bytes, call_id.as_deref()));
+            }
+        }
         let last = seen.last().copied().filter(|s| *s >= 200);
         let ok = match case.outcome {
             Outcome::Dropped => seen.is_empty(),
@@ -374,7 +384,6 @@ async fn rfc4475_torture_messages_get_the_rfc_answers_and_never_stop_the_gateway
                 case.file, case.outcome, case.why
             ));
         }
-        still_serving(&mut prober, gateway.sip, &format!("alive-{index}")).await;
         gateway.stop().await;
     }
 

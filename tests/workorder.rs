@@ -838,13 +838,12 @@ async fn blocked_callers_are_refused_and_repeat_callers_flagged() {
         ),
         (invite.call_id(), Some("blocklist"), Some(603))
     );
-    assert!(
-        agent
-            .recv_within(std::time::Duration::from_millis(200))
-            .await
-            .is_none(),
-        "the agent's phone never rang"
-    );
+    agent
+        .expect_nothing_then_marker(
+            std::time::Duration::from_millis(200),
+            "the agent's phone rang",
+        )
+        .await;
 
     for n in 1..=3 {
         let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
@@ -957,13 +956,12 @@ async fn a_platform_blocks_a_number_until_it_unblocks_it_across_a_restart() {
     let invite = harasser(&mut citizen);
     citizen.send_request(&invite).await;
     citizen.expect_response("INVITE", 603).await;
-    assert!(
-        agent
-            .recv_within(std::time::Duration::from_millis(200))
-            .await
-            .is_none(),
-        "the agent's phone never rang"
-    );
+    agent
+        .expect_nothing_then_marker(
+            std::time::Duration::from_millis(200),
+            "the agent's phone rang",
+        )
+        .await;
 
     // Unblocked: the next call goes through; unblocking again is refused.
     let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
@@ -1442,10 +1440,12 @@ async fn a_step_is_seen_only_once_its_event_is_committed() {
         "",
     );
     citizen.send_request(&invite).await;
-    assert!(
-        agent.recv_within(window).await.is_none(),
-        "the agent's phone rang before CALL_OFFERED was committed"
-    );
+    agent
+        .expect_nothing_then_marker(
+            window,
+            "the agent's phone rang before CALL_OFFERED was committed",
+        )
+        .await;
     drop(holder);
     let offered = agent.expect_request("INVITE").await;
     assert_eq!(
@@ -1458,19 +1458,13 @@ async fn a_step_is_seen_only_once_its_event_is_committed() {
     agent
         .send_response(&agent.answer(&offered, 180, None))
         .await;
-    let early = loop {
-        match citizen.recv_within(window).await {
-            Some(hotline_gateway::sip::message::Message::Response(r)) if r.status == 180 => {
-                break Some(r)
-            }
-            Some(_) => continue,
-            None => break None,
-        }
-    };
-    assert!(
-        early.is_none(),
-        "the citizen heard ringing before CALL_RINGING was committed"
-    );
+    citizen
+        .expect_none_then_marker(
+            window,
+            "the citizen heard ringing before CALL_RINGING was committed",
+            |m| matches!(m, hotline_gateway::sip::message::Message::Response(r) if r.status == 180),
+        )
+        .await;
     drop(holder);
     citizen.expect_response("INVITE", 180).await;
     assert_eq!(

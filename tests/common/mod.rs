@@ -393,6 +393,78 @@ impl Ua {
         }
     }
 
+    /// Asserts that nothing arrives within `within`, then proves the wait crossed the window
+    /// in which it would have arrived; see [`Ua::expect_none_then_marker`].
+    pub async fn expect_nothing_then_marker(&mut self, within: Duration, what: &str) {
+        self.expect_none_then_marker(within, what, |_| true).await;
+    }
+
+    /// Asserts that no message `unwanted` picks arrives within `within` (others are skipped),
+    /// then sends a marker, an OPTIONS on the same socket or connection, and waits for its 200,
+    /// failing on anything unwanted before it. The gateway sends to a flow from one transport
+    /// in the order it handles its work, so a message it had already sent (or queued) for this
+    /// UA arrives before the marker's answer: the silence is not merely a late packet.
+    pub async fn expect_none_then_marker(
+        &mut self,
+        within: Duration,
+        what: &str,
+        unwanted: impl Fn(&Message) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv_within(left).await {
+                Some(message) if unwanted(&message) => panic!("{}: {what}: {message:?}", self.name),
+                Some(_) if !left.is_zero() => continue,
+                _ => break,
+            }
+        }
+        self.marker_with(what, unwanted).await;
+    }
+
+    /// A marker: sends an OPTIONS on this UA's socket or connection and waits for its 200,
+    /// skipping other messages. Whatever the gateway had sent (or queued) for this flow, or
+    /// over the same UDP socket to anyone, before it handled the OPTIONS has arrived by then.
+    pub async fn marker(&mut self) {
+        self.marker_with("", |_| false).await;
+    }
+
+    /// As [`Ua::marker`], failing on a message `unwanted` picks that arrives before the 200.
+    async fn marker_with(&mut self, what: &str, unwanted: impl Fn(&Message) -> bool) {
+        let n = self.next();
+        let call_id = format!("{}-marker-{n}@test", self.name);
+        let text = format!(
+            "OPTIONS sip:{gw} SIP/2.0\r\n\
+Via: SIP/2.0/{tr} {me};branch=z9hG4bK{name}m{n};rport\r\n\
+From: <sip:{name}@{me}>;tag={tag}\r\nTo: <sip:{gw}>\r\nCall-ID: {call_id}\r\n\
+CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            gw = host_port(self.gateway),
+            me = host_port(self.address),
+            tr = self.transport(),
+            name = self.name,
+            tag = self.tag,
+        );
+        self.send(&text).await;
+        loop {
+            match self.recv().await {
+                Message::Response(r) if r.headers.get("Call-ID") == Some(call_id.as_str()) => {
+                    assert_eq!(r.status, 200, "{}: the marker OPTIONS: {r:?}", self.name);
+                    return;
+                }
+                message if unwanted(&message) => {
+                    panic!("{}: {what} (before the marker): {message:?}", self.name)
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// A UDP datagram already in this UA's socket queue, read without waiting (after a
+    /// [`Ua::marker`], what a late packet would be).
+    pub fn queued_raw(&self) -> Option<Vec<u8>> {
+        queued_datagram(&self.socket)
+    }
+
     pub async fn recv(&mut self) -> Message {
         match self.recv_within(WAIT).await {
             Some(m) => m,
@@ -573,6 +645,17 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
     }
 }
 
+/// A datagram already in `socket`'s queue, read without waiting: the kernel has it the moment
+/// the sender's send on loopback returned, whether or not the runtime has seen it readable.
+pub fn queued_datagram(socket: &UdpSocket) -> Option<Vec<u8>> {
+    let mut buffer = vec![0u8; 65535];
+    match rustix::net::recv(socket, &mut buffer[..], rustix::net::RecvFlags::DONTWAIT) {
+        Ok((n, _)) => Some(buffer[..n].to_vec()),
+        Err(rustix::io::Errno::AGAIN) => None,
+        Err(e) => panic!("recv: {e}"),
+    }
+}
+
 pub fn host_port(address: SocketAddr) -> String {
     match address {
         SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
@@ -690,6 +773,25 @@ impl RtpPeer {
                 payload: buffer[12..n].to_vec(),
             }),
             _ => None,
+        }
+    }
+
+    /// Asserts that no packet arrives within `within`, nor by the time `marker` is done.
+    /// `marker` sends a packet the gateway must relay after the unwanted one would have been
+    /// (a relay handles a stream's packets in order) and waits for it where it must go, so a
+    /// packet merely late is in this socket's queue by then; the queue is read without waiting.
+    pub async fn expect_nothing_then(
+        &self,
+        within: Duration,
+        what: &str,
+        marker: impl std::future::Future<Output = ()>,
+    ) {
+        if let Some(packet) = self.recv_within(within).await {
+            panic!("{what}: {packet:?}");
+        }
+        marker.await;
+        if let Some(packet) = queued_datagram(&self.socket) {
+            panic!("{what} (before the marker): {packet:?}");
         }
     }
 
