@@ -360,8 +360,8 @@ pub fn add_diversion(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::TransportKind;
     use crate::sip::message::{parse, Message};
-    use crate::sip::transport::TransportKind;
 
     fn request(extra: &str) -> Request {
         let text = format!(

@@ -20,7 +20,7 @@ use crate::routing::NumberPattern;
 // The vocabulary the parts own, spelled in the TOML as the parts spell it; re-exported so the
 // config tree reads as one.
 pub use crate::routing::DiversionHeader;
-pub use crate::sip::transport::TransportKind;
+pub use crate::routing::TransportKind;
 pub use crate::store::Synchronous;
 
 mod convert;

@@ -15,8 +15,8 @@ use crate::metrics::{Counter, Metrics};
 use crate::routing::Router;
 use crate::sip::endpoint::{Dispatcher, Disposition};
 use crate::sip::message::{Method, Request, Response};
+use crate::sip::target::Flow;
 use crate::sip::transaction::ServerTransactionId;
-use crate::sip::transport::Flow;
 use crate::store::{unix_millis, CallRecord, Changes};
 use crate::workorder::{CallEvent, EventKind, LegInfo};
 

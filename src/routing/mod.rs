@@ -22,7 +22,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::config::{Config, PeerConfig};
-use crate::sip::transport::TransportKind;
 
 /// Which header records the diverting party of a transferred call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
@@ -50,6 +49,17 @@ pub enum SrtpMode {
     Optional,
     /// Offers are RTP/SAVP with `a=crypto`; plain offers are refused (488).
     Mandatory,
+}
+
+/// Signalling transport used towards a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    #[default]
+    Udp,
+    Tcp,
+    /// TLS over TCP (needs `sip.tls_ca`).
+    Tls,
 }
 
 /// A configured SIP neighbour, as the rest of the gateway sees it.

@@ -25,11 +25,12 @@ use tokio_util::sync::CancellationToken;
 use super::guard::{DropReason, Guard, Verdict};
 use super::message::{self, Message, Method, ParseError, Request, Response, Via};
 use super::overload::OverloadDetector;
+use super::target::{Flow, Target};
 use super::transaction::{
     ClientInvite, ClientNonInvite, DialogKey, Event as MachineEvent, ResponseAction, ServerInvite,
     ServerNonInvite, ServerTransactionId, SipEvent, TimerConfig,
 };
-use super::transport::{Flow, Inbound, Target, Transport, TransportEvent};
+use super::transport::{Inbound, Transport, TransportEvent};
 use crate::metrics::{Counter, Gauge, Metrics};
 use crate::routing::Router;
 

@@ -11,6 +11,7 @@ pub mod message;
 pub mod overload;
 pub mod sdp;
 pub mod session_timer;
+pub mod target;
 pub mod tls;
 pub mod transaction;
 pub mod transport;

@@ -15,8 +15,8 @@ use crate::routing::{Peer, Router};
 use crate::sip::message::{Request, Response};
 use crate::sip::sdp::MediaPolicy;
 use crate::sip::session_timer::SessionTimerSettings;
+use crate::sip::target::{Flow, Target};
 use crate::sip::transaction::{DialogKey, ServerTransactionId};
-use crate::sip::transport::{Flow, Target};
 
 /// Methods the gateway accepts inside a dialog (sent in Allow, §20.5).
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REFER";

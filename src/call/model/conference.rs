@@ -16,8 +16,8 @@ use crate::routing::SrtpMode;
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{Headers, Method, Request, Response};
 use crate::sip::sdp::{self, Direction, Origin, SessionDescription, SrtpTerms};
+use crate::sip::target::Target;
 use crate::sip::transaction::{DialogKey, ServerTransactionId};
-use crate::sip::transport::Target;
 
 use super::dialogs::{answer_reoffer, leg_media};
 use super::fork::{Attempt, Failure, Fork, ForkTimeout, ForkTimeouts, Progress};

@@ -12,8 +12,8 @@ use crate::media::{Leg, LegMedia, MediaCommand, Party};
 use crate::routing::SrtpMode;
 use crate::sip::message::{Headers, Method, Request, Response};
 use crate::sip::sdp::{self, Direction, MediaPolicy, Negotiated, Origin, SrtpTerms};
+use crate::sip::target::Target;
 use crate::sip::transaction::ServerTransactionId;
-use crate::sip::transport::Target;
 
 use super::{Action, Call, EndedBy, State, ALLOW};
 

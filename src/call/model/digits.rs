@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crate::call::hotkey::HotkeyAction;
 use crate::media::{Leg, MediaCommand, Party};
 use crate::sip::message::{Method, Request};
-use crate::sip::transport::Target;
+use crate::sip::target::Target;
 
 use super::{Action, Call, State, Timer};
 use crate::call::hotkey::{self, HotkeyMatcher};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::routing::Peer;
 use crate::sip::message::{self, Request};
-use crate::sip::transport::Target;
+use crate::sip::target::Target;
 
 /// One INVITE towards a peer.
 #[derive(Debug)]
@@ -366,7 +366,7 @@ mod tests {
 
     use super::*;
     use crate::sip::message::{Headers, Method, Uri};
-    use crate::sip::transport::Target;
+    use crate::sip::target::Target;
 
     const TIMEOUTS: ForkTimeouts = ForkTimeouts {
         response: Duration::from_secs(2),
@@ -381,7 +381,7 @@ mod tests {
                     &format!("peer{i}"),
                     address,
                     None,
-                    crate::sip::transport::TransportKind::Udp,
+                    crate::routing::TransportKind::Udp,
                 ))
             })
             .collect()

@@ -11,8 +11,8 @@ use crate::routing::Peer;
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{self, Headers, Host, Method, NameAddr, Request, Response, Uri};
 use crate::sip::sdp::SessionDescription;
+use crate::sip::target::Target;
 use crate::sip::transaction::via_for;
-use crate::sip::transport::Target;
 
 use super::{Action, Call, ALLOW};
 use crate::call::transfer::{self as identity, CallerIdentity};

@@ -11,8 +11,8 @@ use crate::media::{Leg, LegMedia, Party};
 use crate::routing::Peer;
 use crate::sip::dialog::Dialog;
 use crate::sip::sdp::{Origin, SessionDescription};
+use crate::sip::target::Target;
 use crate::sip::transaction::DialogKey;
-use crate::sip::transport::Target;
 
 use super::fork::Attempt;
 use super::session::LegSession;

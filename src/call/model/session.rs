@@ -16,7 +16,7 @@ use crate::sip::session_timer::{
     self, negotiate_as_uac, negotiate_as_uas, Refresher, Role, SessionExpires, SessionTimer,
     SessionTimerSettings, UasDecision,
 };
-use crate::sip::transport::Target;
+use crate::sip::target::Target;
 
 /// A refresh that failed for another reason (491, 500) is tried again this much later.
 const RETRY: Duration = Duration::from_secs(2);

@@ -10,7 +10,7 @@ use crate::media::{Leg, MediaCommand};
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{self, Response};
 use crate::sip::sdp::{self, Direction, Negotiated, SrtpTerms};
-use crate::sip::transport::Target;
+use crate::sip::target::Target;
 
 use super::dialogs::leg_media;
 use super::fork::{Attempt, Failure, ForkTimeout, Progress};

@@ -10,10 +10,10 @@ use super::*;
 use crate::call::transfer::Trigger;
 use crate::media::{LegMedia, MediaCommand};
 use crate::routing::Router;
+use crate::routing::TransportKind;
 use crate::sip::message::{parse, Message};
 use crate::sip::sdp::MediaPolicy;
-use crate::sip::transport::TransportKind;
-use crate::sip::transport::{Flow, Target};
+use crate::sip::target::{Flow, Target};
 
 const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
 m=audio 16070 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\

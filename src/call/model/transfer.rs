@@ -12,8 +12,8 @@ use crate::media::{Leg, MediaCommand};
 use crate::routing::Peer;
 use crate::sip::message::{Request, Response};
 use crate::sip::sdp::{self, Direction, Origin, SessionDescription};
+use crate::sip::target::Target;
 use crate::sip::transaction::{DialogKey, ServerTransactionId};
-use crate::sip::transport::Target;
 
 use super::dialogs::leg_media;
 use super::fork::{Attempt, Failure, Fork, ForkTimeout, ForkTimeouts, Progress};

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::sip::message::{Method, Request, Response};
-use crate::sip::transport::Target;
+use crate::sip::target::Target;
 
 /// Names a server transaction to its owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
