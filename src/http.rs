@@ -198,7 +198,7 @@ mod tests {
         };
         let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let metrics = Arc::new(Metrics::new());
-        metrics.add(crate::metrics::Counter::RtpPacketsRelayed, 7);
+        metrics.add(Counter::RtpPacketsRelayed, 7);
         let (_stop, stopped) = watch::channel(false);
         tokio::spawn(serve(listener, metrics, Arc::new(Healthy), stopped));
         assert!(request(address, b"GET /healthz HTTP/1.1\r\n\r\n")

@@ -270,12 +270,7 @@ async fn beyond_max_transactions_new_requests_get_503() {
 }
 
 /// The Authorization a client computes for `challenge` (a WWW-Authenticate value) and `invite`.
-fn authorization(
-    challenge: &str,
-    invite: &hotline_gateway::sip::message::Request,
-    password: &str,
-    nc: u32,
-) -> String {
+fn authorization(challenge: &str, invite: &message::Request, password: &str, nc: u32) -> String {
     use hotline_gateway::routing::credentials::Algorithm;
     use hotline_gateway::sip::auth::response_digest;
     let param = |name: &str| {

@@ -152,7 +152,7 @@ mod tests {
     #[test]
     fn busy_port_is_skipped() {
         let metrics = Arc::new(Metrics::new());
-        let _holder = std::net::UdpSocket::bind("127.0.0.1:31102");
+        let _holder = UdpSocket::bind("127.0.0.1:31102");
         let pool = PortPool::new("127.0.0.1".parse().unwrap(), [31102, 31105], metrics);
         let leg = pool.allocate().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(leg.rtp_address().port(), 31104);

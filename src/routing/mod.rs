@@ -401,7 +401,7 @@ impl Router {
 
     /// Whether `ip` is a peer's host, on any port: a TCP connection from it (whose address
     /// a handshake proved) may take the slots kept for peers.
-    pub fn is_peer_host(&self, ip: std::net::IpAddr) -> bool {
+    pub fn is_peer_host(&self, ip: IpAddr) -> bool {
         let ip = canonical(SocketAddr::new(ip, 0)).ip();
         self.by_ip.contains_key(&ip)
             || self.peers.iter().any(|p| {

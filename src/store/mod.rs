@@ -341,7 +341,7 @@ impl Store {
             Synchronous::Normal => "NORMAL",
         };
         connection.pragma_update(None, "synchronous", synchronous)?;
-        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        connection.busy_timeout(Duration::from_secs(5))?;
         schema::migrate(&connection)?;
         let now = unix_millis(SystemTime::now());
         let closed_at_start =
@@ -531,7 +531,7 @@ impl Store {
     /// Resolves once the writer has dealt with what was queued before: an error if it has
     /// stopped. A writer stuck in a write never answers (`/healthz` times out).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
+        let (reply, answer) = oneshot::channel();
         self.queue
             .send(WriteOp::Ping(reply))
             .await

@@ -98,7 +98,7 @@ impl WorkOrderService {
         platform: Option<&str>,
         token: &str,
     ) -> Result<String, Status> {
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         if let Some(source) = source.filter(|s| !self.throttle.allows(*s, now)) {
             self.metrics.increment(Counter::WorkOrderAuthFailures);
             tracing::debug!(%source, "work-order login refused: too many wrong tokens");

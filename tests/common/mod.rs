@@ -5,8 +5,8 @@
 
 #![allow(dead_code)]
 
-pub mod platform;
-pub mod process;
+pub(crate) mod platform;
+pub(crate) mod process;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,12 +21,12 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 /// How long any single expected event may take before the test fails.
-pub const WAIT: Duration = Duration::from_secs(5);
+pub(crate) const WAIT: Duration = Duration::from_secs(5);
 
 /// Media port ranges for concurrently running tests (each test process takes its own block).
 static NEXT_MEDIA_BLOCK: AtomicU16 = AtomicU16::new(0);
 
-pub fn media_block() -> [u16; 2] {
+pub(crate) fn media_block() -> [u16; 2] {
     // Spread by process id as well, so parallel test binaries rarely collide; a collision is
     // harmless anyway (busy ports are skipped).
     let block = NEXT_MEDIA_BLOCK.fetch_add(1, Ordering::Relaxed);
@@ -35,7 +35,7 @@ pub fn media_block() -> [u16; 2] {
 }
 
 /// A gateway running in this process.
-pub struct Gateway {
+pub(crate) struct Gateway {
     pub sip: SocketAddr,
     /// `sip.tls_listen`'s address, when configured.
     pub sip_tls: Option<SocketAddr>,
@@ -51,7 +51,7 @@ pub struct Gateway {
 impl Gateway {
     /// Starts a gateway whose peers are the given UAs. `extra` is appended to the config
     /// (more `[[route]]`s, overrides are given through `sip_extra`).
-    pub async fn start(
+    pub(crate) async fn start(
         peers: &[(&str, SocketAddr, &str)],
         routes: &[(&str, &[&str])],
         sip_extra: &str,
@@ -61,7 +61,7 @@ impl Gateway {
     }
 
     /// As [`Gateway::start`], with more TOML tables (e.g. `[[hotkey]]`) at the end.
-    pub async fn start_with_tables(
+    pub(crate) async fn start_with_tables(
         peers: &[(&str, SocketAddr, &str)],
         routes: &[(&str, &[&str])],
         sip_extra: &str,
@@ -72,7 +72,7 @@ impl Gateway {
     }
 
     /// As [`Gateway::start_with_tables`], with the parsed configuration edited by `edit`.
-    pub async fn start_configured(
+    pub(crate) async fn start_configured(
         peers: &[(&str, SocketAddr, &str)],
         routes: &[(&str, &[&str])],
         sip_extra: &str,
@@ -136,13 +136,13 @@ impl Gateway {
     }
 
     /// The configuration it runs on (with its ephemeral ports as 0).
-    pub fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> &Config {
         &self.config
     }
 
     /// Stops the gateway and starts it again on the same configuration and store (its
     /// ephemeral ports change: see `sip`, `http`, `grpc`).
-    pub async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         self.stop().await;
         self.shutdown = CancellationToken::new();
         let running = match hotline_gateway::start(self.config.clone(), self.shutdown.clone()).await
@@ -158,7 +158,7 @@ impl Gateway {
     }
 
     /// Stops the gateway and waits until it has ended its calls and flushed the store.
-    pub async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         self.shutdown.cancel();
         if let Some(running) = self.running.take() {
             if tokio::time::timeout(Duration::from_secs(15), running.wait())
@@ -170,7 +170,7 @@ impl Gateway {
         }
     }
 
-    pub fn calls(&self) -> Vec<hotline_gateway::store::CallRecord> {
+    pub(crate) fn calls(&self) -> Vec<hotline_gateway::store::CallRecord> {
         match hotline_gateway::store::list_calls(&self.db, 1000) {
             Ok(c) => c,
             Err(e) => panic!("store: {e}"),
@@ -178,7 +178,7 @@ impl Gateway {
     }
 
     /// The transfer attempts recorded for a call (its gateway id), oldest first.
-    pub fn linkages(&self, call_id: &str) -> Vec<hotline_gateway::store::LinkageRecord> {
+    pub(crate) fn linkages(&self, call_id: &str) -> Vec<hotline_gateway::store::LinkageRecord> {
         match hotline_gateway::store::list_linkages(&self.db, call_id) {
             Ok(l) => l,
             Err(e) => panic!("store: {e}"),
@@ -186,7 +186,7 @@ impl Gateway {
     }
 
     /// The conference parties recorded for a call (its gateway id), by party.
-    pub fn conference_parties(
+    pub(crate) fn conference_parties(
         &self,
         call_id: &str,
     ) -> Vec<hotline_gateway::store::ConferencePartyRecord> {
@@ -197,7 +197,7 @@ impl Gateway {
     }
 
     /// Waits (bounded) until the store holds an ended record for `a_call_id`.
-    pub async fn ended_record(&self, a_call_id: &str) -> hotline_gateway::store::CallRecord {
+    pub(crate) async fn ended_record(&self, a_call_id: &str) -> hotline_gateway::store::CallRecord {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if let Some(r) = self
@@ -217,7 +217,7 @@ impl Gateway {
     }
 
     /// The value of an unlabelled metric on `/metrics`.
-    pub async fn metric(&self, name: &str) -> Option<f64> {
+    pub(crate) async fn metric(&self, name: &str) -> Option<f64> {
         let (_, metrics) = self.http_get("/metrics").await;
         metrics.lines().find_map(|line| {
             let (key, value) = line.split_once(' ')?;
@@ -226,7 +226,7 @@ impl Gateway {
     }
 
     /// Waits (bounded) until `name` on `/metrics` reads `value`.
-    pub async fn metric_reaches(&self, name: &str, value: f64) {
+    pub(crate) async fn metric_reaches(&self, name: &str, value: f64) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let now = self.metric(name).await;
@@ -243,7 +243,7 @@ impl Gateway {
     }
 
     /// GET a path on the HTTP endpoint; returns (status, body).
-    pub async fn http_get(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn http_get(&self, path: &str) -> (u16, String) {
         let mut stream = match TcpStream::connect(self.http).await {
             Ok(s) => s,
             Err(e) => panic!("http connect: {e}"),
@@ -266,7 +266,7 @@ impl Gateway {
 }
 
 /// A SIP user agent on a UDP socket (or, with [`Ua::tcp`], one TCP connection).
-pub struct Ua {
+pub(crate) struct Ua {
     pub socket: UdpSocket,
     pub address: SocketAddr,
     pub gateway: SocketAddr,
@@ -278,7 +278,7 @@ pub struct Ua {
 }
 
 impl Ua {
-    pub async fn bind(name: &str, gateway_ip: std::net::IpAddr) -> Ua {
+    pub(crate) async fn bind(name: &str, gateway_ip: std::net::IpAddr) -> Ua {
         let socket = match UdpSocket::bind(SocketAddr::new(gateway_ip, 0)).await {
             Ok(s) => s,
             Err(e) => panic!("bind: {e}"),
@@ -296,12 +296,12 @@ impl Ua {
         }
     }
 
-    pub fn set_gateway(&mut self, gateway: SocketAddr) {
+    pub(crate) fn set_gateway(&mut self, gateway: SocketAddr) {
         self.gateway = gateway;
     }
 
     /// Switches to TCP: connects to the gateway; `address` becomes the connection's local end.
-    pub async fn connect_tcp(&mut self) {
+    pub(crate) async fn connect_tcp(&mut self) {
         let stream = match TcpStream::connect(self.gateway).await {
             Ok(s) => s,
             Err(e) => panic!("tcp connect: {e}"),
@@ -310,7 +310,7 @@ impl Ua {
         self.tcp = Some(stream);
     }
 
-    pub fn transport(&self) -> &'static str {
+    pub(crate) fn transport(&self) -> &'static str {
         if self.tcp.is_some() {
             "TCP"
         } else {
@@ -318,7 +318,7 @@ impl Ua {
         }
     }
 
-    pub async fn send_raw(&mut self, bytes: &[u8]) {
+    pub(crate) async fn send_raw(&mut self, bytes: &[u8]) {
         match &mut self.tcp {
             Some(stream) => {
                 if let Err(e) = stream.write_all(bytes).await {
@@ -333,21 +333,21 @@ impl Ua {
         }
     }
 
-    pub async fn send(&mut self, text: &str) {
+    pub(crate) async fn send(&mut self, text: &str) {
         let bytes = text.replace("\r\n", "\n").replace('\n', "\r\n");
         self.send_raw(bytes.as_bytes()).await;
     }
 
-    pub async fn send_response(&mut self, response: &Response) {
+    pub(crate) async fn send_response(&mut self, response: &Response) {
         self.send_raw(&response.to_bytes()).await;
     }
 
-    pub async fn send_request(&mut self, request: &Request) {
+    pub(crate) async fn send_request(&mut self, request: &Request) {
         self.send_raw(&request.to_bytes()).await;
     }
 
     /// The next SIP message, or None after `within`.
-    pub async fn recv_within(&mut self, within: Duration) -> Option<Message> {
+    pub(crate) async fn recv_within(&mut self, within: Duration) -> Option<Message> {
         match &mut self.tcp {
             Some(stream) => loop {
                 match message::frame(&self.tcp_buffer, 65535) {
@@ -385,7 +385,7 @@ impl Ua {
 
     /// The next UDP datagram as bytes (for answers our own parser would refuse, such as a 400
     /// that echoes a request's missing headers).
-    pub async fn recv_raw_within(&mut self, within: Duration) -> Option<Vec<u8>> {
+    pub(crate) async fn recv_raw_within(&mut self, within: Duration) -> Option<Vec<u8>> {
         let mut buffer = vec![0u8; 65535];
         match tokio::time::timeout(within, self.socket.recv_from(&mut buffer)).await {
             Ok(Ok((n, _))) => Some(buffer[..n].to_vec()),
@@ -395,7 +395,7 @@ impl Ua {
 
     /// Asserts that nothing arrives within `within`, then proves the wait crossed the window
     /// in which it would have arrived; see [`Ua::expect_none_then_marker`].
-    pub async fn expect_nothing_then_marker(&mut self, within: Duration, what: &str) {
+    pub(crate) async fn expect_nothing_then_marker(&mut self, within: Duration, what: &str) {
         self.expect_none_then_marker(within, what, |_| true).await;
     }
 
@@ -404,7 +404,7 @@ impl Ua {
     /// failing on anything unwanted before it. The gateway sends to a flow from one transport
     /// in the order it handles its work, so a message it had already sent (or queued) for this
     /// UA arrives before the marker's answer: the silence is not merely a late packet.
-    pub async fn expect_none_then_marker(
+    pub(crate) async fn expect_none_then_marker(
         &mut self,
         within: Duration,
         what: &str,
@@ -425,7 +425,7 @@ impl Ua {
     /// A marker: sends an OPTIONS on this UA's socket or connection and waits for its 200,
     /// skipping other messages. Whatever the gateway had sent (or queued) for this flow, or
     /// over the same UDP socket to anyone, before it handled the OPTIONS has arrived by then.
-    pub async fn marker(&mut self) {
+    pub(crate) async fn marker(&mut self) {
         self.marker_with("", |_| false).await;
     }
 
@@ -461,11 +461,11 @@ CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
 
     /// A UDP datagram already in this UA's socket queue, read without waiting (after a
     /// [`Ua::marker`], what a late packet would be).
-    pub fn queued_raw(&self) -> Option<Vec<u8>> {
+    pub(crate) fn queued_raw(&self) -> Option<Vec<u8>> {
         queued_datagram(&self.socket)
     }
 
-    pub async fn recv(&mut self) -> Message {
+    pub(crate) async fn recv(&mut self) -> Message {
         match self.recv_within(WAIT).await {
             Some(m) => m,
             None => panic!("{}: no SIP message within {WAIT:?}", self.name),
@@ -474,7 +474,7 @@ CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
 
     /// Waits for a response with `status` to a request with `method`, skipping others
     /// (retransmissions, provisional responses not asked for).
-    pub async fn expect_response(&mut self, method: &str, status: u16) -> Response {
+    pub(crate) async fn expect_response(&mut self, method: &str, status: u16) -> Response {
         loop {
             match self.recv().await {
                 Message::Response(r)
@@ -498,7 +498,7 @@ CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
         }
     }
 
-    pub async fn expect_request(&mut self, method: &str) -> Request {
+    pub(crate) async fn expect_request(&mut self, method: &str) -> Request {
         loop {
             match self.recv().await {
                 Message::Request(r) if r.method.as_str() == method => return r,
@@ -521,7 +521,7 @@ CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
     }
 
     /// An out-of-dialog INVITE to `number` at the gateway, from `caller`.
-    pub fn invite(
+    pub(crate) fn invite(
         &mut self,
         number: &str,
         caller: &str,
@@ -552,7 +552,7 @@ Content-Length: {len}\r\n\r\n{sdp}",
     }
 
     /// An in-dialog request following `invite` and the 2xx `answer` (UAC side).
-    pub fn in_dialog(
+    pub(crate) fn in_dialog(
         &mut self,
         invite: &Request,
         answer: &Response,
@@ -587,7 +587,7 @@ Contact: <sip:citizen@{me}>\r\nMax-Forwards: 70\r\n{ct}Content-Length: {len}\r\n
     }
 
     /// The ACK for a 2xx.
-    pub fn ack(&mut self, invite: &Request, answer: &Response, sdp: &str) -> Request {
+    pub(crate) fn ack(&mut self, invite: &Request, answer: &Response, sdp: &str) -> Request {
         let mut ack = self.in_dialog(
             invite,
             answer,
@@ -600,12 +600,12 @@ Contact: <sip:citizen@{me}>\r\nMax-Forwards: 70\r\n{ct}Content-Length: {len}\r\n
     }
 
     /// A CANCEL for `invite` (same branch, §9.1).
-    pub fn cancel(&self, invite: &Request) -> Request {
+    pub(crate) fn cancel(&self, invite: &Request) -> Request {
         message::cancel_for(invite)
     }
 
     /// A response to an incoming request (UAS side), with our tag and Contact.
-    pub fn answer(&self, request: &Request, status: u16, sdp: Option<&str>) -> Response {
+    pub(crate) fn answer(&self, request: &Request, status: u16, sdp: Option<&str>) -> Response {
         let mut response = Response::for_request(request, status, Some(&self.tag));
         response.reason = message::reason_phrase(status).to_string();
         if (101..300).contains(&status) {
@@ -622,7 +622,7 @@ Contact: <sip:citizen@{me}>\r\nMax-Forwards: 70\r\n{ct}Content-Length: {len}\r\n
     }
 
     /// A request inside the dialog this UA answered as UAS (e.g. the callee's BYE).
-    pub fn uas_request(&mut self, invite: &Request, method: &str, cseq: u32) -> Request {
+    pub(crate) fn uas_request(&mut self, invite: &Request, method: &str, cseq: u32) -> Request {
         let n = self.next();
         let target = invite
             .contact()
@@ -647,7 +647,7 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
 
 /// A datagram already in `socket`'s queue, read without waiting: the kernel has it the moment
 /// the sender's send on loopback returned, whether or not the runtime has seen it readable.
-pub fn queued_datagram(socket: &UdpSocket) -> Option<Vec<u8>> {
+pub(crate) fn queued_datagram(socket: &UdpSocket) -> Option<Vec<u8>> {
     let mut buffer = vec![0u8; 65535];
     match rustix::net::recv(socket, &mut buffer[..], rustix::net::RecvFlags::DONTWAIT) {
         Ok((n, _)) => Some(buffer[..n].to_vec()),
@@ -656,14 +656,14 @@ pub fn queued_datagram(socket: &UdpSocket) -> Option<Vec<u8>> {
     }
 }
 
-pub fn host_port(address: SocketAddr) -> String {
+pub(crate) fn host_port(address: SocketAddr) -> String {
     match address {
         SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
         SocketAddr::V4(v4) => v4.to_string(),
     }
 }
 
-pub fn parse_request(text: &str) -> Request {
+pub(crate) fn parse_request(text: &str) -> Request {
     match message::parse(text.as_bytes()) {
         Ok(Message::Request(r)) => r,
         other => panic!("test built a bad request: {other:?}\n{text}"),
@@ -671,7 +671,7 @@ pub fn parse_request(text: &str) -> Request {
 }
 
 /// An audio SDP offering `codecs` (payload types) at `address`.
-pub fn sdp(address: SocketAddr, payload_types: &[u8], direction: &str) -> String {
+pub(crate) fn sdp(address: SocketAddr, payload_types: &[u8], direction: &str) -> String {
     let ip_kind = if address.is_ipv6() { "IP6" } else { "IP4" };
     let mut text = format!(
         "v=0\r\no=test 1 1 IN {ip_kind} {ip}\r\ns=-\r\nc=IN {ip_kind} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP",
@@ -696,7 +696,7 @@ pub fn sdp(address: SocketAddr, payload_types: &[u8], direction: &str) -> String
 }
 
 /// The RTP address in an SDP body.
-pub fn sdp_address(body: &str) -> SocketAddr {
+pub(crate) fn sdp_address(body: &str) -> SocketAddr {
     let ip = body
         .lines()
         .find_map(|l| {
@@ -716,14 +716,14 @@ pub fn sdp_address(body: &str) -> SocketAddr {
 }
 
 /// An RTP endpoint: sends numbered G.711 packets, receives and parses them.
-pub struct RtpPeer {
+pub(crate) struct RtpPeer {
     pub socket: UdpSocket,
     pub address: SocketAddr,
 }
 
 /// What a received RTP packet said.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RtpSeen {
+pub(crate) struct RtpSeen {
     pub payload_type: u8,
     pub marker: bool,
     pub sequence: u16,
@@ -733,7 +733,7 @@ pub struct RtpSeen {
 }
 
 impl RtpPeer {
-    pub async fn bind(ip: std::net::IpAddr) -> RtpPeer {
+    pub(crate) async fn bind(ip: std::net::IpAddr) -> RtpPeer {
         let socket = match UdpSocket::bind(SocketAddr::new(ip, 0)).await {
             Ok(s) => s,
             Err(e) => panic!("bind: {e}"),
@@ -742,7 +742,7 @@ impl RtpPeer {
         RtpPeer { socket, address }
     }
 
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         to: SocketAddr,
         payload_type: u8,
@@ -761,7 +761,7 @@ impl RtpPeer {
         }
     }
 
-    pub async fn recv_within(&self, within: Duration) -> Option<RtpSeen> {
+    pub(crate) async fn recv_within(&self, within: Duration) -> Option<RtpSeen> {
         let mut buffer = [0u8; 2048];
         match tokio::time::timeout(within, self.socket.recv_from(&mut buffer)).await {
             Ok(Ok((n, _))) if n >= 12 => Some(RtpSeen {
@@ -780,7 +780,7 @@ impl RtpPeer {
     /// `marker` sends a packet the gateway must relay after the unwanted one would have been
     /// (a relay handles a stream's packets in order) and waits for it where it must go, so a
     /// packet merely late is in this socket's queue by then; the queue is read without waiting.
-    pub async fn expect_nothing_then(
+    pub(crate) async fn expect_nothing_then(
         &self,
         within: Duration,
         what: &str,
@@ -795,7 +795,7 @@ impl RtpPeer {
         }
     }
 
-    pub async fn recv(&self) -> RtpSeen {
+    pub(crate) async fn recv(&self) -> RtpSeen {
         match self.recv_within(WAIT).await {
             Some(p) => p,
             None => panic!("no RTP within {WAIT:?}"),
@@ -805,7 +805,7 @@ impl RtpPeer {
 
 /// Another program fills the volume: the store's file at `path` grows by 1 MB of ballast (with
 /// `store.max_size_mb = 1`, the store is full).
-pub fn fill_store(path: &Path) {
+pub(crate) fn fill_store(path: &Path) {
     let filled = rusqlite::Connection::open(path).and_then(|other| {
         other.execute_batch(
             "CREATE TABLE ballast (b BLOB);
@@ -819,7 +819,7 @@ pub fn fill_store(path: &Path) {
 }
 
 /// The ballast of [`fill_store`] goes: the store has space again.
-pub fn free_store(path: &Path) {
+pub(crate) fn free_store(path: &Path) {
     let freed =
         rusqlite::Connection::open(path).and_then(|c| c.execute_batch("DROP TABLE ballast"));
     if let Err(e) = freed {
@@ -828,7 +828,7 @@ pub fn free_store(path: &Path) {
 }
 
 /// Places a call from `caller` and answers it at `callee`; returns the dialog pieces.
-pub struct Established {
+pub(crate) struct Established {
     pub invite: Request,
     pub ok: Response,
     pub incoming: Request,
@@ -838,7 +838,7 @@ pub struct Established {
     pub gateway_b_media: SocketAddr,
 }
 
-pub async fn establish(
+pub(crate) async fn establish(
     caller: &mut Ua,
     callee: &mut Ua,
     caller_codecs: &[u8],
@@ -856,7 +856,7 @@ pub async fn establish(
 }
 
 /// As [`establish`], dialling `number` as `caller_number`.
-pub async fn establish_to(
+pub(crate) async fn establish_to(
     number: &str,
     caller_number: &str,
     caller: &mut Ua,
@@ -903,7 +903,7 @@ pub async fn establish_to(
 
 /// Amplitude of `frequency` Hz in 8 kHz `samples` (Goertzel): a sine of peak A over whole
 /// periods gives A.
-pub fn tone_level(samples: &[i16], frequency: f64) -> f64 {
+pub(crate) fn tone_level(samples: &[i16], frequency: f64) -> f64 {
     if samples.is_empty() {
         return 0.0;
     }
@@ -919,7 +919,7 @@ pub fn tone_level(samples: &[i16], frequency: f64) -> f64 {
 }
 
 /// A DTMF INFO (`application/dtmf-relay`) from the callee of `call` (the agent, UAS of leg B).
-pub fn dtmf_info(agent: &mut Ua, call: &Established, cseq: u32, digit: char) -> Request {
+pub(crate) fn dtmf_info(agent: &mut Ua, call: &Established, cseq: u32, digit: char) -> Request {
     let mut info = agent.uas_request(&call.incoming, "INFO", cseq);
     info.headers.set("Content-Type", "application/dtmf-relay");
     info.body = Bytes::from(format!("Signal={digit}\r\nDuration=160\r\n"));
@@ -928,7 +928,11 @@ pub fn dtmf_info(agent: &mut Ua, call: &Established, cseq: u32, digit: char) -> 
 
 /// `ua` answers `invite` 200 with SDP for a fresh RTP peer (offering `payload_types`) and takes
 /// the ACK; returns the RTP peer.
-pub async fn answer_with_media(ua: &mut Ua, invite: &Request, payload_types: &[u8]) -> RtpPeer {
+pub(crate) async fn answer_with_media(
+    ua: &mut Ua,
+    invite: &Request,
+    payload_types: &[u8],
+) -> RtpPeer {
     let rtp = RtpPeer::bind(ua.address.ip()).await;
     let answer = sdp(rtp.address, payload_types, "sendrecv");
     ua.send_response(&ua.answer(invite, 200, Some(&answer)))
@@ -938,7 +942,7 @@ pub async fn answer_with_media(ua: &mut Ua, invite: &Request, payload_types: &[u
 }
 
 /// The caller of `call` hangs up; every other party answers the gateway's BYE.
-pub async fn caller_hangs_up(caller: &mut Ua, call: &Established, others: &mut [&mut Ua]) {
+pub(crate) async fn caller_hangs_up(caller: &mut Ua, call: &Established, others: &mut [&mut Ua]) {
     let bye = caller.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
     caller.send_request(&bye).await;
     caller.expect_response("BYE", 200).await;

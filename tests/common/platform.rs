@@ -13,7 +13,7 @@ use pb::EventType;
 use super::WAIT;
 
 /// A platform's client on its `Link` stream.
-pub struct Platform {
+pub(crate) struct Platform {
     pub outbound: tokio::sync::mpsc::Sender<pb::LinkRequest>,
     pub inbound: tonic::Streaming<pb::LinkResponse>,
     pub welcome: pb::Welcome,
@@ -23,7 +23,7 @@ pub struct Platform {
 }
 
 impl Platform {
-    pub async fn connect(
+    pub(crate) async fn connect(
         grpc: SocketAddr,
         platform: &str,
         token: &str,
@@ -35,7 +35,7 @@ impl Platform {
         }
     }
 
-    pub async fn try_connect(
+    pub(crate) async fn try_connect(
         grpc: SocketAddr,
         platform: &str,
         token: &str,
@@ -78,7 +78,7 @@ impl Platform {
         })
     }
 
-    pub async fn receive(&mut self) -> pb::LinkResponse {
+    pub(crate) async fn receive(&mut self) -> pb::LinkResponse {
         match tokio::time::timeout(WAIT, self.inbound.message()).await {
             Ok(Ok(Some(message))) => message,
             other => panic!("stream ended or silent: {other:?}"),
@@ -86,7 +86,7 @@ impl Platform {
     }
 
     /// The next event; it must be of `kind`.
-    pub async fn expect(&mut self, kind: EventType) -> pb::Event {
+    pub(crate) async fn expect(&mut self, kind: EventType) -> pb::Event {
         let event = match self.events.pop_front() {
             Some(event) => event,
             None => loop {
@@ -104,7 +104,7 @@ impl Platform {
     }
 
     /// Skips events until one of `kind`.
-    pub async fn until(&mut self, kind: EventType) -> pb::Event {
+    pub(crate) async fn until(&mut self, kind: EventType) -> pb::Event {
         loop {
             let event = match self.events.pop_front() {
                 Some(event) => event,
@@ -120,14 +120,14 @@ impl Platform {
     }
 
     /// Sends a command; returns its result (events meanwhile are kept for `expect`).
-    pub async fn command(&mut self, action: Action) -> pb::CommandResult {
+    pub(crate) async fn command(&mut self, action: Action) -> pb::CommandResult {
         self.next_command += 1;
         let id = format!("c{}", self.next_command);
         self.command_with_id(&id, action).await
     }
 
     /// As [`Platform::command`], with the command id given.
-    pub async fn command_with_id(&mut self, id: &str, action: Action) -> pb::CommandResult {
+    pub(crate) async fn command_with_id(&mut self, id: &str, action: Action) -> pb::CommandResult {
         let id = id.to_string();
         let command = pb::LinkRequest {
             kind: Some(Out::Command(pb::Command {
@@ -149,7 +149,7 @@ impl Platform {
     }
 
     /// Sends a message as it is.
-    pub async fn send(&mut self, kind: Out) {
+    pub(crate) async fn send(&mut self, kind: Out) {
         let _ = self
             .outbound
             .send(pb::LinkRequest { kind: Some(kind) })
@@ -157,7 +157,7 @@ impl Platform {
     }
 
     /// The status the gateway ends the stream with (events and results before it are kept).
-    pub async fn status(&mut self) -> tonic::Status {
+    pub(crate) async fn status(&mut self) -> tonic::Status {
         loop {
             match tokio::time::timeout(WAIT, self.inbound.message()).await {
                 Ok(Ok(Some(message))) => match message.kind {
@@ -170,7 +170,7 @@ impl Platform {
         }
     }
 
-    pub async fn ack(&mut self, sequence: u64) {
+    pub(crate) async fn ack(&mut self, sequence: u64) {
         let _ = self
             .outbound
             .send(pb::LinkRequest {

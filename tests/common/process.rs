@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 /// A port free for UDP and TCP on 127.0.0.1 (the gateway binds both).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     loop {
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
             .and_then(|s| s.local_addr())
@@ -44,24 +44,24 @@ fn gateway(config: &Path, nofile: Option<u32>) -> Command {
 }
 
 /// The gateway binary running on a config; killed (and waited for) when dropped.
-pub struct GatewayProcess(Child);
+pub(crate) struct GatewayProcess(Child);
 
 impl GatewayProcess {
     /// Starts `hotline-gateway --config config`; returns once it logs that it listens. Its log
     /// goes on being read (so it never blocks on a full pipe) and is dropped.
-    pub fn start(config: &Path) -> GatewayProcess {
+    pub(crate) fn start(config: &Path) -> GatewayProcess {
         GatewayProcess::start_command(gateway(config, None))
     }
 
     /// As [`GatewayProcess::start`], with a fault injected (`HOTLINE_FAULT`, debug builds).
-    pub fn start_with_fault(config: &Path, fault: &str) -> GatewayProcess {
+    pub(crate) fn start_with_fault(config: &Path, fault: &str) -> GatewayProcess {
         let mut command = gateway(config, None);
         command.env("HOTLINE_FAULT", fault);
         GatewayProcess::start_command(command)
     }
 
     /// How the process ended, if it ends within `within`.
-    pub fn exits_within(
+    pub(crate) fn exits_within(
         &mut self,
         within: std::time::Duration,
     ) -> Option<std::process::ExitStatus> {
@@ -79,12 +79,12 @@ impl GatewayProcess {
     }
 
     /// As [`GatewayProcess::start`], under a file-descriptor limit of `nofile` (soft and hard).
-    pub fn start_limited(config: &Path, nofile: u32) -> GatewayProcess {
+    pub(crate) fn start_limited(config: &Path, nofile: u32) -> GatewayProcess {
         GatewayProcess::start_command(gateway(config, Some(nofile)))
     }
 
     /// Runs a gateway that is expected not to start; returns its exit status and log.
-    pub fn run_to_failure(config: &Path) -> (std::process::ExitStatus, String) {
+    pub(crate) fn run_to_failure(config: &Path) -> (std::process::ExitStatus, String) {
         let output = match gateway(config, None).stderr(Stdio::piped()).output() {
             Ok(o) => o,
             Err(e) => panic!("run gateway: {e}"),
@@ -117,14 +117,14 @@ impl GatewayProcess {
     }
 
     /// SIGTERM: the gateway ends its calls and stops; returns how it exited.
-    pub fn terminate(mut self) -> std::io::Result<std::process::ExitStatus> {
+    pub(crate) fn terminate(mut self) -> std::io::Result<std::process::ExitStatus> {
         let pid = self.0.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         self.0.wait()
     }
 
     /// `kill -9`: no shutdown, no flush; returns once the process is gone.
-    pub fn kill_9(mut self) {
+    pub(crate) fn kill_9(mut self) {
         let pid = self.0.id().to_string();
         let _ = Command::new("kill").args(["-KILL", &pid]).status();
         let _ = self.0.wait();

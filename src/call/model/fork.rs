@@ -398,7 +398,7 @@ mod tests {
             method: Method::Invite,
             uri: Uri::sip(
                 Some("12345"),
-                crate::sip::message::Host::Ip([127, 0, 0, 1].into()),
+                message::Host::Ip([127, 0, 0, 1].into()),
                 None,
             ),
             headers,

@@ -1984,7 +1984,7 @@ fn an_ack_answering_our_offer_may_bring_a_new_key() {
     let answer =
         OFFER.replace("RTP/AVP", "RTP/SAVP") + &line("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk");
     h.caller_acks(2, &answer);
-    let new = crate::media::srtp::MasterKey(*b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcd");
+    let new = MasterKey(*b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcd");
     assert!(h.sent_media(|m| matches!(
         m,
         MediaCommand::Configure(Party::A, LegMedia { srtp: Some(k), .. }) if k.theirs == new && k.ours == ours

@@ -366,7 +366,7 @@ fn srtp_round_trips_through_the_call() {
     assert_eq!(
         run.rtp_from(now, 0, A_NAT, &forged),
         PacketOutcome::SrtpRejected {
-            error: srtp::SrtpError::Authentication,
+            error: SrtpError::Authentication,
             rtp: true
         }
     );
@@ -383,14 +383,14 @@ fn srtp_round_trips_through_the_call() {
     assert_eq!(
         run.rtp_from(now, 0, A_NAT, &packet),
         PacketOutcome::SrtpRejected {
-            error: srtp::SrtpError::Replay,
+            error: SrtpError::Replay,
             rtp: true
         }
     );
     assert!(matches!(
         run.rtp_from(now, 0, A_NAT, &[0x80, 8, 0]),
         PacketOutcome::SrtpRejected {
-            error: srtp::SrtpError::TooShort,
+            error: SrtpError::TooShort,
             ..
         }
     ));
