@@ -3,16 +3,19 @@
 //!
 //! Data flows one way: socket -> [`sip::transport`] -> [`sip::endpoint`] (transactions) ->
 //! [`call`] (the B2BUA call model, the only place that decides) -> [`routing`] / [`media`] /
-//! [`store`] -> transaction -> transport -> socket.
+//! [`store`] -> transaction -> transport -> socket. Folders import one way too: `media` and
+//! `store` import no other room, `routing` only `config`'s tree (to build the router), `sip`
+//! only `media` and `routing`, `call` those and `store`; `gateway`, `workorder` and `config`
+//! are the edges.
 //!
 //! | module | holds |
 //! |---|---|
 //! | [`config`] | the TOML tree, parsed once, validated with file/key/reason errors |
-//! | [`sip`] | message grammar, SDP, sans-IO transactions, UDP/TCP transport, endpoint driver |
-//! | [`call`] | legs, dialogs and the call state machine (sans-IO): the only place that decides |
+//! | [`sip`] | message grammar, SDP, sans-IO transactions (and the events/keys the call model speaks), targets, UDP/TCP/TLS transport, the endpoint driver |
+//! | [`call`] | the call state machine (sans-IO) split by state: legs, forks, transfer, guests; hotkeys, screening, identity |
 //! | [`gateway`] | the I/O around the call model: the call's driver task, admission, the work-order glue |
-//! | [`media`] | G.711, RTP rewriting (pure), port allocation and the relay (sockets) |
-//! | [`routing`] | number -> peers, source address -> peer |
+//! | [`media`] | codecs, G.711, RTP rewriting, SRTP, the mixer (pure); port allocation; the relay: a sans-IO per-call state and the worker threads that own the sockets |
+//! | [`routing`] | number -> peers, source address -> peer; a peer's vocabulary (transport, SRTP policy, credentials, charset) |
 //! | [`store`] | SQLite call records, linkage and conference records, the work-order outbox |
 //! | [`workorder`] | the gRPC work-order link: events to the platforms, their commands back |
 //! | [`metrics`], [`http`], [`health`] | Prometheus counters and the /healthz, /metrics endpoint |
