@@ -1,19 +1,23 @@
 //! The endpoint: one task that joins the transport, the transaction machines and the call layer.
 //!
-//! It owns every transaction (RFC 3261 §17) in two tables, matches each inbound message to one
-//! (§17.1.3 for responses, §17.2.3 for requests), runs their timers from one deadline heap, and
-//! passes what the machines let through to the owner of the transaction (a call task) or, for a
-//! new request, to the [`Dispatcher`] (the call layer) which decides what to do with it.
+//! It owns every transaction (RFC 3261 §17) in two tables, looks up each inbound message by the
+//! key [`transaction::matching`](super::transaction::matching) gives it (§17.1.3 for responses,
+//! §17.2.3 for requests, §8.2.2.2 merged requests, RFC 6026 ACK for 2xx), runs the machines'
+//! timers from one deadline heap, and passes what the machines let through to the owner of the
+//! transaction (a call task) or, for a new request, to the [`Dispatcher`] (the call layer) which
+//! decides what to do with it.
 //!
-//! Beyond the machines it does the §8.2 / §18 duties that belong below the call model: `received`
-//! and `rport` on the top Via (RFC 3581), where responses go (§18.2.2), 100 Trying for INVITE,
-//! CANCEL matching and its 200 (§9.2), ACK-for-2xx matching to the accepted INVITE (RFC 6026),
-//! merged-request detection (§8.2.2.2, 482), 481 for requests in unknown dialogs, and 400/416/501/
-//! 505 for requests the parser rejected.
+//! Beyond the machines it carries out the §8.2 / §18 duties that belong below the call model,
+//! deciding when and sending through the transport, while the pure parts live in
+//! [`transaction`](super::transaction): stamping the top Via and choosing where responses go
+//! ([`transaction::via`](super::transaction::via), RFC 3581, §18.2.2), and the answers it gives
+//! on its own ([`transaction::answers`](super::transaction::answers): 100 Trying, 200/481 to
+//! CANCEL (§9.2), 420, 481 for unknown dialogs, 482, 503 + Retry-After, 401/403). Requests the
+//! parser rejected get their 400/416/501/505 here too.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,11 +27,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::guard::{DropReason, Guard, Verdict};
-use super::message::{self, Message, Method, ParseError, Request, Response, Via};
+use super::message::{self, Message, Method, ParseError, Request, Response};
 use super::overload::OverloadDetector;
+use super::transaction::matching::{self, AcceptedKey, ClientKey, MergeKey, ServerKey};
+use super::transaction::via::{request_response_target, response_target, stamp_via};
 use super::transaction::{
-    ClientInvite, ClientNonInvite, DialogKey, Event as MachineEvent, ResponseAction, ServerInvite,
-    ServerNonInvite, ServerTransactionId, SipEvent, TimerConfig,
+    answers, ClientInvite, ClientNonInvite, DialogKey, Event as MachineEvent, ResponseAction,
+    ServerInvite, ServerNonInvite, ServerTransactionId, SipEvent, TimerConfig,
 };
 use super::transport::{Flow, Inbound, Target, Transport, TransportEvent};
 use crate::metrics::{Counter, Gauge, Metrics};
@@ -218,20 +224,6 @@ impl EndpointHandle {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct ClientKey {
-    branch: String,
-    method: Method,
-}
-
-/// §17.2.3: branch, sent-by and method (ACK matches the INVITE, CANCEL is its own).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct ServerKey {
-    branch: String,
-    sent_by: String,
-    method: Method,
-}
-
 enum ClientMachine {
     Invite(ClientInvite),
     NonInvite(ClientNonInvite),
@@ -260,23 +252,6 @@ struct ServerEntry {
     merge_key: Option<MergeKey>,
     accepted_key: Option<AcceptedKey>,
     armed: Option<Instant>,
-}
-
-/// §8.2.2.2: From tag, Call-ID and CSeq of a request without To tag.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct MergeKey {
-    from_tag: String,
-    call_id: String,
-    cseq: u32,
-    method: Method,
-}
-
-/// An ACK for a 2xx matches the accepted INVITE by Call-ID, CSeq number and To tag.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct AcceptedKey {
-    call_id: String,
-    cseq: u32,
-    to_tag: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -441,7 +416,7 @@ impl Endpoint {
                     tracing::info!(%source, method = %request.method, "request from an address that is no peer");
                     let mut request = request.clone();
                     stamp_via(&mut request.headers, source);
-                    let response = Response::for_request(&request, 403, Some("gw-refused"));
+                    let response = answers::stranger_refused(&request);
                     let target = request_response_target(&request, source, flow);
                     self.transport.send(target, response.to_bytes());
                 }
@@ -524,11 +499,10 @@ impl Endpoint {
         for key in failed {
             self.metrics.increment(Counter::SipTransportErrors);
             if let Some(entry) = self.clients.get(&key) {
-                tracing::info!(%address, method = %key.method, "TCP connection lost: request failed");
-                let mut response = Response::for_request(&entry.request, 503, None);
-                response.reason = "Service Unavailable (connection lost)".into();
+                tracing::info!(%address, method = %key.method(), "TCP connection lost: request failed");
+                let response = answers::connection_lost(&entry.request);
                 let _ = entry.owner.send(SipEvent::Response {
-                    branch: key.branch.clone(),
+                    branch: key.branch().to_string(),
                     response,
                 });
             }
@@ -578,10 +552,7 @@ impl Endpoint {
             self.transport.send(target, bytes);
             return;
         }
-        let Some(branch) = request
-            .top_via()
-            .and_then(|v| v.branch().map(str::to_string))
-        else {
+        let Some(key) = ClientKey::for_request(&request) else {
             tracing::error!(method = %request.method, "request without branch not sent");
             return;
         };
@@ -591,10 +562,6 @@ impl Endpoint {
             ClientMachine::Invite(ClientInvite::new(now, bytes, reliable, &self.timers))
         } else {
             ClientMachine::NonInvite(ClientNonInvite::new(now, bytes, reliable, &self.timers))
-        };
-        let key = ClientKey {
-            branch: branch.clone(),
-            method: request.method.clone(),
         };
         self.metrics.increment(Counter::TransactionsTotal);
         self.metrics.add_gauge(Gauge::TransactionsActive, 1);
@@ -636,23 +603,13 @@ impl Endpoint {
         };
         match &mut entry.machine {
             ServerMachine::Invite(machine) => {
-                if (200..300).contains(&response.status) {
-                    if let (Some(cseq), Some(to_tag)) = (
-                        response.cseq(),
-                        response.to().and_then(|t| t.tag().map(str::to_string)),
-                    ) {
-                        let accepted = AcceptedKey {
-                            call_id: response
-                                .headers
-                                .get("Call-ID")
-                                .unwrap_or_default()
-                                .to_string(),
-                            cseq: cseq.sequence,
-                            to_tag,
-                        };
-                        self.accepted.insert(accepted.clone(), key.clone());
-                        entry.accepted_key = Some(accepted);
-                    }
+                let accepted = (200..300)
+                    .contains(&response.status)
+                    .then(|| AcceptedKey::for_response(response))
+                    .flatten();
+                if let Some(accepted) = accepted {
+                    self.accepted.insert(accepted.clone(), key.clone());
+                    entry.accepted_key = Some(accepted);
                 }
                 machine.send_response(now, response.status, bytes);
             }
@@ -710,19 +667,14 @@ impl Endpoint {
     }
 
     fn handle_response(&mut self, now: Instant, response: Response) {
-        let (Some(via), Some(cseq)) = (response.top_via(), response.cseq()) else {
+        let Some(key) = ClientKey::for_response(&response) else {
             return;
-        };
-        let Some(branch) = via.branch() else { return };
-        let key = ClientKey {
-            branch: branch.to_string(),
-            method: cseq.method,
         };
         let Some(entry) = self.clients.get_mut(&key) else {
             // A 2xx retransmission after the INVITE transaction ended goes to the dialog
             // (§13.2.2.4: the UAC core re-sends its ACK).
-            if (200..300).contains(&response.status) && key.method == Method::Invite {
-                self.response_to_dialog(key.branch, response);
+            if (200..300).contains(&response.status) && *key.method() == Method::Invite {
+                self.response_to_dialog(key.branch().to_string(), response);
             }
             return;
         };
@@ -737,7 +689,7 @@ impl Endpoint {
         };
         if let ResponseAction::PassToTu = action {
             let _ = entry.owner.send(SipEvent::Response {
-                branch: key.branch.clone(),
+                branch: key.branch().to_string(),
                 response,
             });
         }
@@ -745,21 +697,7 @@ impl Endpoint {
     }
 
     fn response_to_dialog(&self, branch: String, response: Response) {
-        let call_id = response
-            .headers
-            .get("Call-ID")
-            .unwrap_or_default()
-            .to_string();
-        let from_tag = response
-            .headers
-            .get("From")
-            .and_then(|f| message::NameAddr::parse(f).ok())
-            .and_then(|f| f.tag().map(str::to_string))
-            .unwrap_or_default();
-        let key = DialogKey {
-            call_id,
-            local_tag: from_tag,
-        };
+        let key = matching::dialog_of_response(&response);
         if let Some(owner) = self.dialogs.get(&key) {
             let _ = owner.send(SipEvent::Response { branch, response });
         }
@@ -774,22 +712,10 @@ impl Endpoint {
         waited: Duration,
     ) {
         stamp_via(&mut request.headers, source);
-        let Some(via) = request.top_via() else { return };
-        let branch = via.branch().unwrap_or_default().to_string();
-        let sent_by = format!("{}:{}", via.host, via.port.unwrap_or(5060));
-        // §17.2.3: an ACK matches the INVITE transaction it acknowledges (non-2xx case).
-        let match_method = if request.method == Method::Ack {
-            Method::Invite
-        } else {
-            request.method.clone()
+        let Some(key) = ServerKey::for_request(&request) else {
+            return;
         };
-        let key = ServerKey {
-            branch: branch.clone(),
-            sent_by,
-            method: match_method,
-        };
-        let rfc3261_branch = branch.starts_with("z9hG4bK");
-        if rfc3261_branch && self.servers.contains_key(&key) {
+        if key.is_rfc3261() && self.servers.contains_key(&key) {
             self.existing_server_transaction(now, &key, request);
             return;
         }
@@ -809,7 +735,7 @@ impl Endpoint {
             && !self.in_known_dialog(&request)
         {
             self.metrics.increment(Counter::SipUnknownDialog);
-            let response = Response::for_request(&request, 481, None);
+            let response = answers::unknown_dialog(&request);
             let target = request_response_target(&request, source, flow);
             self.transport.send(target, response.to_bytes());
             return;
@@ -834,13 +760,7 @@ impl Endpoint {
 
     /// Whether a request with a To tag belongs to a dialog a call holds.
     fn in_known_dialog(&self, request: &Request) -> bool {
-        let Some(tag) = request.to().and_then(|t| t.tag().map(str::to_string)) else {
-            return false;
-        };
-        self.dialogs.contains_key(&DialogKey {
-            call_id: request.call_id().to_string(),
-            local_tag: tag,
-        })
+        matching::dialog_of_request(request).is_some_and(|key| self.dialogs.contains_key(&key))
     }
 
     /// §22: a request that starts something, from a peer with credentials, must prove them;
@@ -867,16 +787,12 @@ impl Endpoint {
             super::auth::Verdict::Pass => return true,
             super::auth::Verdict::Challenge(values) => {
                 self.metrics.increment(Counter::SipAuthChallenges);
-                let mut response = Response::for_request(request, 401, Some("gw-auth"));
-                for value in values {
-                    response.headers.push("WWW-Authenticate", value);
-                }
-                response
+                answers::challenge(request, values)
             }
             super::auth::Verdict::Refuse(why) => {
                 self.metrics.increment(Counter::SipAuthFailures);
                 tracing::warn!(%source, peer = %peer.name, method = %request.method, why, "digest authentication failed");
-                Response::for_request(request, 403, Some("gw-auth"))
+                answers::authentication_refused(request)
             }
         };
         self.respond(now, id, response);
@@ -896,8 +812,7 @@ impl Endpoint {
 
     /// A stateless 503 + Retry-After.
     fn shed_response(&mut self, request: &Request, source: SocketAddr, flow: Flow) {
-        let mut response = Response::for_request(request, 503, Some("gw-overload"));
-        response.headers.push("Retry-After", "2");
+        let response = answers::overloaded(request);
         let target = request_response_target(request, source, flow);
         self.transport.send(target, response.to_bytes());
     }
@@ -924,14 +839,8 @@ impl Endpoint {
     }
 
     fn ack_without_transaction(&mut self, now: Instant, request: Request) {
-        let to_tag = request.to().and_then(|t| t.tag().map(str::to_string));
-        let (Some(to_tag), Some(cseq)) = (to_tag, request.cseq()) else {
+        let Some(accepted) = AcceptedKey::for_ack(&request) else {
             return;
-        };
-        let accepted = AcceptedKey {
-            call_id: request.call_id().to_string(),
-            cseq: cseq.sequence,
-            to_tag: to_tag.clone(),
         };
         if let Some(server_key) = self.accepted.get(&accepted).cloned() {
             if let Some(ServerEntry {
@@ -954,9 +863,8 @@ impl Endpoint {
         }
         // The accepted transaction is gone (late ACK, or ACK for a re-INVITE's answer in the
         // body): hand it to the dialog.
-        let key = DialogKey {
-            call_id: request.call_id().to_string(),
-            local_tag: to_tag,
+        let Some(key) = matching::dialog_of_request(&request) else {
+            return;
         };
         if let Some(owner) = self.dialogs.get(&key) {
             let _ = owner.send(SipEvent::Ack { request });
@@ -971,24 +879,20 @@ impl Endpoint {
         flow: Flow,
         key: ServerKey,
     ) {
-        let invite_key = ServerKey {
-            method: Method::Invite,
-            ..key.clone()
-        };
+        let invite_key = key.cancelled_invite();
         let target = request_response_target(&request, source, flow);
         let id = self.insert_server(now, key.clone(), &request, target, None);
-        let status = match self.servers.get(&invite_key) {
+        let matched = match self.servers.get(&invite_key) {
             Some(entry) => {
                 if let Some(owner) = &entry.owner {
                     let _ = owner.send(SipEvent::Cancelled { server: entry.id });
                 }
-                200
+                true
             }
             // §9.2: no matching transaction.
-            None => 481,
+            None => false,
         };
-        let response = Response::for_request(&request, status, Some("gw-cancel"));
-        self.respond(now, id, response);
+        self.respond(now, id, answers::cancel_answer(&request, matched));
     }
 
     fn new_server_transaction(
@@ -1000,55 +904,29 @@ impl Endpoint {
         key: ServerKey,
     ) {
         let target = request_response_target(&request, source, flow);
-        let to_tag = request.to().and_then(|t| t.tag().map(str::to_string));
-        let merge_key = match (
-            &to_tag,
-            request.from().and_then(|f| f.tag().map(str::to_string)),
-            request.cseq(),
-        ) {
-            (None, Some(from_tag), Some(cseq)) => Some(MergeKey {
-                from_tag,
-                call_id: request.call_id().to_string(),
-                cseq: cseq.sequence,
-                method: request.method.clone(),
-            }),
-            _ => None,
-        };
-        if let Some(merge) = &merge_key {
-            if let Some(other_branch) = self.merged.get(merge) {
-                if *other_branch != key.branch {
-                    // §8.2.2.2: the same request reached us by two paths.
-                    let response = Response::for_request(&request, 482, Some("gw-merged"));
-                    self.transport.send(target, response.to_bytes());
-                    return;
-                }
-            }
+        let dialog = matching::dialog_of_request(&request);
+        let merge_key = MergeKey::for_request(&request);
+        let earlier = merge_key.as_ref().and_then(|merge| self.merged.get(merge));
+        if matching::is_merged(earlier.map(String::as_str), key.branch()) {
+            // §8.2.2.2: the same request reached us by two paths.
+            let response = answers::merged_request(&request);
+            self.transport.send(target, response.to_bytes());
+            return;
         }
         let id = self.insert_server(now, key.clone(), &request, target, merge_key);
-        let unsupported: Vec<&str> = request
-            .headers
-            .list("Require")
-            .filter(|tag| !self.supported.iter().any(|s| s.eq_ignore_ascii_case(tag)))
-            .collect();
-        if !unsupported.is_empty() {
+        if let Some(response) = answers::bad_extension(&request, &self.supported) {
             // §8.2.2.3: an extension we do not do was required.
-            let mut response = Response::for_request(&request, 420, Some("gw-ext"));
-            response.headers.push("Unsupported", unsupported.join(", "));
             self.respond(now, id, response);
             return;
         }
-        if to_tag.is_none() && !self.authenticated(now, id, &request, source) {
+        if dialog.is_none() && !self.authenticated(now, id, &request, source) {
             return;
         }
         if request.method == Method::Invite {
             // §17.2.1: 100 Trying at once, so the caller's Timer A stops.
-            self.respond(now, id, Response::for_request(&request, 100, None));
+            self.respond(now, id, answers::trying(&request));
         }
-        if let Some(tag) = to_tag {
-            let dialog = DialogKey {
-                call_id: request.call_id().to_string(),
-                local_tag: tag,
-            };
+        if let Some(dialog) = dialog {
             let owner = self.dialogs.get(&dialog).map(|o| o.clone());
             match owner {
                 Some(owner) => {
@@ -1063,15 +941,10 @@ impl Endpoint {
                     if let Err(SipEvent::Request { request, .. }) = sent.map_err(|e| *e) {
                         // The call has MAX_UNREAD of the peer's requests unread: try later.
                         self.metrics.increment(Counter::SipRefusedTransactions);
-                        let mut response = Response::for_request(&request, 503, Some("gw-busy"));
-                        response.headers.push("Retry-After", "2");
-                        self.respond(now, id, response);
+                        self.respond(now, id, answers::call_busy(&request));
                     }
                 }
-                None => {
-                    let response = Response::for_request(&request, 481, None);
-                    self.respond(now, id, response);
-                }
+                None => self.respond(now, id, answers::unknown_dialog(&request)),
             }
             return;
         }
@@ -1107,7 +980,7 @@ impl Endpoint {
             ServerMachine::NonInvite(ServerNonInvite::new(now, reliable, &self.timers))
         };
         if let Some(merge) = &merge_key {
-            self.merged.insert(merge.clone(), key.branch.clone());
+            self.merged.insert(merge.clone(), key.branch().to_string());
         }
         let new_merge = merge_key.clone();
         self.metrics.increment(Counter::TransactionsTotal);
@@ -1223,8 +1096,8 @@ impl Endpoint {
                 Some(MachineEvent::Timeout) => {
                     self.metrics.increment(Counter::TransactionTimeouts);
                     let _ = entry.owner.send(SipEvent::Timeout {
-                        branch: key.branch.clone(),
-                        method: key.method.clone(),
+                        branch: key.branch().to_string(),
+                        method: key.method().clone(),
                     });
                 }
                 Some(MachineEvent::Terminated) => terminated = true,
@@ -1314,80 +1187,6 @@ impl Endpoint {
     }
 }
 
-/// RFC 3581 §4 / RFC 3261 §18.2.1: record where the request really came from.
-fn stamp_via(headers: &mut message::Headers, source: SocketAddr) {
-    let Some(first) = headers.get("Via").map(str::to_string) else {
-        return;
-    };
-    let mut elements: Vec<String> = message::header::split_list(&first)
-        .map(str::to_string)
-        .collect();
-    let Some(top) = elements.first().and_then(|v| Via::parse(v).ok()) else {
-        return;
-    };
-    let mut top = top;
-    let source_ip = source.ip().to_string();
-    let sent_by_ip = match &top.host {
-        message::Host::Ip(ip) => Some(*ip),
-        message::Host::Name(_) => None,
-    };
-    if sent_by_ip != Some(source.ip()) {
-        top.set_param("received", Some(source_ip.clone()));
-    }
-    if top.param("rport").is_some() {
-        top.set_param("received", Some(source_ip));
-        top.set_param("rport", Some(source.port().to_string()));
-    }
-    elements[0] = top.to_string();
-    let rewritten = elements.join(", ");
-    // Replace only the first Via line, keeping the others in place.
-    let mut replaced = false;
-    let mut rebuilt = message::Headers::new();
-    for header in headers.iter() {
-        if !replaced && header.name.eq_ignore_ascii_case("Via") {
-            rebuilt.push("Via", rewritten.clone());
-            replaced = true;
-        } else {
-            rebuilt.push(&header.name, header.value.clone());
-        }
-    }
-    *headers = rebuilt;
-}
-
-/// Where responses to `request` go (§18.2.2, RFC 3581 §4).
-fn request_response_target(request: &Request, source: SocketAddr, flow: Flow) -> Target {
-    match flow {
-        Flow::Udp => match request.top_via() {
-            Some(via) => udp_response_address(&via, source),
-            None => Target::Udp(source),
-        },
-        reliable => reliable.response_target(source),
-    }
-}
-
-fn response_target(response: &Response, source: SocketAddr, flow: Flow) -> Target {
-    match flow {
-        Flow::Udp => match response.top_via() {
-            Some(via) => udp_response_address(&via, source),
-            None => Target::Udp(source),
-        },
-        reliable => reliable.response_target(source),
-    }
-}
-
-fn udp_response_address(via: &Via, source: SocketAddr) -> Target {
-    let received: Option<IpAddr> = via.param("received").flatten().and_then(|r| r.parse().ok());
-    let rport: Option<u16> = via.param("rport").flatten().and_then(|p| p.parse().ok());
-    let ip = received
-        .or(match via.host {
-            message::Host::Ip(ip) => Some(ip),
-            message::Host::Name(_) => None,
-        })
-        .unwrap_or(source.ip());
-    let port = rport.or(via.port).unwrap_or(5060);
-    Target::Udp(SocketAddr::new(ip, port))
-}
-
 /// The fault tests' probe ([`crate::faults`]; nothing in a release build).
 fn inject_faults(request: &Request) {
     use crate::faults::{injected, Fault};
@@ -1460,37 +1259,5 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
         let capacity = busy.capacity();
         shrink_sparse(&mut busy);
         assert_eq!(busy.capacity(), capacity);
-    }
-
-    #[test]
-    fn via_stamp_and_response_address_follow_rfc3581() {
-        let mut headers = message::Headers::new();
-        headers.push(
-            "Via",
-            "SIP/2.0/UDP 10.0.0.5:5070;branch=z9hG4bK1;rport, SIP/2.0/UDP p;branch=z9hG4bK0",
-        );
-        headers.push("Via", "SIP/2.0/UDP q;branch=z9hG4bKq");
-        let source: SocketAddr = "192.0.2.7:40000".parse().unwrap();
-        stamp_via(&mut headers, source);
-        let top = headers.get("Via").unwrap_or_default();
-        assert!(top.starts_with("SIP/2.0/UDP 10.0.0.5:5070;branch=z9hG4bK1;rport=40000;received=192.0.2.7, SIP/2.0/UDP p"), "{top}");
-        assert_eq!(headers.get_all("Via").count(), 2);
-        let via = Via::parse(message::header::split_list(top).next().unwrap_or_default())
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(udp_response_address(&via, source), Target::Udp(source));
-    }
-
-    #[test]
-    fn response_without_rport_goes_to_received_and_sent_by_port() {
-        let mut headers = message::Headers::new();
-        headers.push("Via", "SIP/2.0/UDP 10.0.0.5:5070;branch=z9hG4bK1");
-        let source: SocketAddr = "192.0.2.7:40000".parse().unwrap();
-        stamp_via(&mut headers, source);
-        let via =
-            Via::parse(headers.get("Via").unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            udp_response_address(&via, source),
-            Target::Udp("192.0.2.7:5070".parse().unwrap())
-        );
     }
 }
