@@ -29,11 +29,12 @@ use tokio_util::sync::CancellationToken;
 use super::guard::{DropReason, Guard, Verdict};
 use super::message::{self, Message, Method, ParseError, Request, Response};
 use super::overload::OverloadDetector;
+use super::transaction::either::{ClientTransaction, ServerTransaction};
 use super::transaction::matching::{self, AcceptedKey, ClientKey, MergeKey, ServerKey};
 use super::transaction::via::{request_response_target, response_target, stamp_via};
 use super::transaction::{
-    answers, ClientInvite, ClientNonInvite, DialogKey, Event as MachineEvent, ResponseAction,
-    ServerInvite, ServerNonInvite, ServerTransactionId, SipEvent, TimerConfig,
+    answers, DialogKey, Event as MachineEvent, ResponseAction, ServerTransactionId, SipEvent,
+    TimerConfig,
 };
 use super::transport::{Flow, Inbound, Target, Transport, TransportEvent};
 use crate::metrics::{Counter, Gauge, Metrics};
@@ -224,18 +225,8 @@ impl EndpointHandle {
     }
 }
 
-enum ClientMachine {
-    Invite(ClientInvite),
-    NonInvite(ClientNonInvite),
-}
-
-enum ServerMachine {
-    Invite(ServerInvite),
-    NonInvite(ServerNonInvite),
-}
-
 struct ClientEntry {
-    machine: ClientMachine,
+    machine: ClientTransaction,
     request: Request,
     target: Target,
     owner: Owner,
@@ -245,7 +236,7 @@ struct ClientEntry {
 
 struct ServerEntry {
     id: ServerTransactionId,
-    machine: ServerMachine,
+    machine: ServerTransaction,
     response_target: Target,
     owner: Option<Owner>,
     /// For merged-request detection and ACK matching.
@@ -488,13 +479,7 @@ impl Endpoint {
                     && entry.target.is_secure() == secure
                     && entry.target.address() == address
             })
-            .filter_map(|(key, entry)| {
-                let waiting = match &mut entry.machine {
-                    ClientMachine::Invite(m) => m.handle_transport_error(),
-                    ClientMachine::NonInvite(m) => m.handle_transport_error(),
-                };
-                waiting.then(|| key.clone())
-            })
+            .filter_map(|(key, entry)| entry.machine.handle_transport_error().then(|| key.clone()))
             .collect();
         for key in failed {
             self.metrics.increment(Counter::SipTransportErrors);
@@ -557,12 +542,7 @@ impl Endpoint {
             return;
         };
         let reliable = target.is_reliable();
-        let is_invite = request.method == Method::Invite;
-        let machine = if is_invite {
-            ClientMachine::Invite(ClientInvite::new(now, bytes, reliable, &self.timers))
-        } else {
-            ClientMachine::NonInvite(ClientNonInvite::new(now, bytes, reliable, &self.timers))
-        };
+        let machine = ClientTransaction::new(now, &request.method, bytes, reliable, &self.timers);
         self.metrics.increment(Counter::TransactionsTotal);
         self.metrics.add_gauge(Gauge::TransactionsActive, 1);
         self.count_reliable(target, 1);
@@ -602,7 +582,7 @@ impl Endpoint {
             return;
         };
         match &mut entry.machine {
-            ServerMachine::Invite(machine) => {
+            ServerTransaction::Invite(machine) => {
                 let accepted = (200..300)
                     .contains(&response.status)
                     .then(|| AcceptedKey::for_response(response))
@@ -613,7 +593,7 @@ impl Endpoint {
                 }
                 machine.send_response(now, response.status, bytes);
             }
-            ServerMachine::NonInvite(machine) => {
+            ServerTransaction::NonInvite(machine) => {
                 machine.send_response(now, response.status, bytes);
                 if response.status >= 200 {
                     // Retransmissions are answered from here on (Timer J): no call needed.
@@ -680,12 +660,12 @@ impl Endpoint {
         };
         let status = response.status;
         let action = match &mut entry.machine {
-            ClientMachine::Invite(machine) => {
+            ClientTransaction::Invite(machine) => {
                 let ack = (status >= 300)
                     .then(|| message::ack_for_non_2xx(&entry.request, &response).to_bytes());
                 machine.handle_response(now, status, ack)
             }
-            ClientMachine::NonInvite(machine) => machine.handle_response(now, status),
+            ClientTransaction::NonInvite(machine) => machine.handle_response(now, status),
         };
         if let ResponseAction::PassToTu = action {
             let _ = entry.owner.send(SipEvent::Response {
@@ -822,15 +802,15 @@ impl Endpoint {
             return;
         };
         match (&mut entry.machine, &request.method) {
-            (ServerMachine::Invite(machine), Method::Ack) => {
+            (ServerTransaction::Invite(machine), Method::Ack) => {
                 // ACK for a non-2xx: absorbed by the transaction (§17.2.1).
                 let _ = machine.handle_ack(now);
             }
-            (ServerMachine::Invite(machine), _) => {
+            (ServerTransaction::Invite(machine), _) => {
                 machine.handle_request_retransmission(now);
                 self.metrics.increment(Counter::SipRetransmissionsReceived);
             }
-            (ServerMachine::NonInvite(machine), _) => {
+            (ServerTransaction::NonInvite(machine), _) => {
                 machine.handle_request_retransmission(now);
                 self.metrics.increment(Counter::SipRetransmissionsReceived);
             }
@@ -844,7 +824,7 @@ impl Endpoint {
         };
         if let Some(server_key) = self.accepted.get(&accepted).cloned() {
             if let Some(ServerEntry {
-                machine: ServerMachine::Invite(machine),
+                machine: ServerTransaction::Invite(machine),
                 owner,
                 ..
             }) = self.servers.get_mut(&server_key)
@@ -974,11 +954,7 @@ impl Endpoint {
         let id = ServerTransactionId::new(self.next_server);
         self.next_server += 1;
         let reliable = response_target.is_reliable();
-        let machine = if request.method == Method::Invite {
-            ServerMachine::Invite(ServerInvite::new(now, reliable, &self.timers))
-        } else {
-            ServerMachine::NonInvite(ServerNonInvite::new(now, reliable, &self.timers))
-        };
+        let machine = ServerTransaction::new(now, &request.method, reliable, &self.timers);
         if let Some(merge) = &merge_key {
             self.merged.insert(merge.clone(), key.branch().to_string());
         }
@@ -1024,10 +1000,7 @@ impl Endpoint {
                 TimerOwner::Client(key) => {
                     if let Some(entry) = self.clients.get_mut(&key) {
                         entry.armed = None;
-                        match &mut entry.machine {
-                            ClientMachine::Invite(m) => m.handle_timeout(now),
-                            ClientMachine::NonInvite(m) => m.handle_timeout(now),
-                        }
+                        entry.machine.handle_timeout(now);
                         self.service_client(now, &key, true);
                     }
                 }
@@ -1035,10 +1008,7 @@ impl Endpoint {
                     if let Some(key) = self.server_keys.get(&id).cloned() {
                         if let Some(entry) = self.servers.get_mut(&key) {
                             entry.armed = None;
-                            match &mut entry.machine {
-                                ServerMachine::Invite(m) => m.handle_timeout(now),
-                                ServerMachine::NonInvite(m) => m.handle_timeout(now),
-                            }
+                            entry.machine.handle_timeout(now);
                             self.service_server(now, &key, true);
                         }
                     }
@@ -1077,10 +1047,7 @@ impl Endpoint {
         };
         let mut terminated = false;
         loop {
-            let transmit = match &mut entry.machine {
-                ClientMachine::Invite(m) => m.poll_transmit(),
-                ClientMachine::NonInvite(m) => m.poll_transmit(),
-            };
+            let transmit = entry.machine.poll_transmit();
             let Some(bytes) = transmit else { break };
             if from_timer {
                 self.metrics.increment(Counter::SipRetransmissions);
@@ -1088,10 +1055,7 @@ impl Endpoint {
             self.transport.send(entry.target, bytes);
         }
         loop {
-            let event = match &mut entry.machine {
-                ClientMachine::Invite(m) => m.poll_event(),
-                ClientMachine::NonInvite(m) => m.poll_event(),
-            };
+            let event = entry.machine.poll_event();
             match event {
                 Some(MachineEvent::Timeout) => {
                     self.metrics.increment(Counter::TransactionTimeouts);
@@ -1105,10 +1069,7 @@ impl Endpoint {
                 None => break,
             }
         }
-        let deadline = match &entry.machine {
-            ClientMachine::Invite(m) => m.poll_timeout(),
-            ClientMachine::NonInvite(m) => m.poll_timeout(),
-        };
+        let deadline = entry.machine.poll_timeout();
         if terminated {
             if let Some(entry) = self.clients.remove(key) {
                 self.count_reliable(entry.target, -1);
@@ -1129,10 +1090,7 @@ impl Endpoint {
         };
         let mut terminated = false;
         loop {
-            let transmit = match &mut entry.machine {
-                ServerMachine::Invite(m) => m.poll_transmit(),
-                ServerMachine::NonInvite(m) => m.poll_transmit(),
-            };
+            let transmit = entry.machine.poll_transmit();
             let Some(bytes) = transmit else { break };
             if retransmission {
                 self.metrics.increment(Counter::SipRetransmissions);
@@ -1140,10 +1098,7 @@ impl Endpoint {
             self.transport.send(entry.response_target, bytes);
         }
         loop {
-            let event = match &mut entry.machine {
-                ServerMachine::Invite(m) => m.poll_event(),
-                ServerMachine::NonInvite(m) => m.poll_event(),
-            };
+            let event = entry.machine.poll_event();
             match event {
                 Some(MachineEvent::Timeout) => {
                     self.metrics.increment(Counter::TransactionTimeouts);
@@ -1158,10 +1113,7 @@ impl Endpoint {
                 None => break,
             }
         }
-        let deadline = match &entry.machine {
-            ServerMachine::Invite(m) => m.poll_timeout(),
-            ServerMachine::NonInvite(m) => m.poll_timeout(),
-        };
+        let deadline = entry.machine.poll_timeout();
         let id = entry.id;
         let arm = match deadline {
             Some(at) if entry.armed.is_none_or(|armed| at < armed) => {

@@ -8,6 +8,7 @@
 //!   §17.2.3, merged requests §8.2.2.2, CANCEL's INVITE §9.2, ACK for 2xx);
 //! - [`answers`]: the responses the layer gives on its own (100, 420, 481, 482, 503, ...);
 //! - [`via`]: `received`/`rport` on the top Via and where responses go (RFC 3581, §18.2.2);
+//! - [`either`]: a client or server transaction of either kind, for the endpoint's tables;
 //! - `events`: what goes up to transaction and dialog owners ([`SipEvent`], [`DialogKey`]).
 //!
 //! The tables of live transactions, the sockets and the clock are the endpoint's
@@ -225,6 +226,7 @@ use machine_outputs;
 pub mod answers;
 mod client_invite;
 mod client_non_invite;
+pub mod either;
 mod events;
 pub mod matching;
 mod server_invite;
