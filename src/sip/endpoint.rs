@@ -150,7 +150,8 @@ pub trait Dispatcher: Send + Sync + 'static {
 #[derive(Debug)]
 pub enum Command {
     /// Start a client transaction (or, for ACK, send statelessly). The request must carry a
-    /// top Via with a unique branch (the call model writes it, see [`via_for`]).
+    /// top Via with a unique branch (the call model writes it, see
+    /// [`via_for`](super::transaction::via_for)).
     SendRequest {
         request: Request,
         /// `request` serialised by the sender, so the endpoint's task does not.
@@ -337,8 +338,8 @@ impl Endpoint {
     }
 
     /// Overload control: while the inbound queue stands above `delay` (see [`OverloadDetector`]),
-    /// new INVITEs that waited longer than it are answered 503 statelessly (see
-    /// [`Endpoint::shed`]). Off unless set.
+    /// new INVITEs that waited longer than it are answered 503 + Retry-After statelessly
+    /// ([`answers::overloaded`]). Off unless set.
     #[must_use]
     pub fn with_overload_delay(mut self, delay: Duration) -> Endpoint {
         self.overload = OverloadDetector::new(delay);
