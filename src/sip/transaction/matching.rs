@@ -94,8 +94,8 @@ impl ServerKey {
 
     /// Whether the branch carries the RFC 3261 magic cookie, so that branch matching
     /// (§17.2.3) applies. Requests from RFC 2543 elements are not matched to an existing
-    /// transaction: each starts a new one (their retransmissions and ACKs are absorbed by the
-    /// new machine, which answers them again).
+    /// transaction: the endpoint treats each as new, as the §17.2.3 fallback (matching on
+    /// Request-URI, tags, Call-ID, CSeq and top Via) is not implemented.
     pub fn is_rfc3261(&self) -> bool {
         self.branch.starts_with(MAGIC_COOKIE)
     }
