@@ -1,19 +1,23 @@
 //! The endpoint: one task that joins the transport, the transaction machines and the call layer.
 //!
-//! It owns every transaction (RFC 3261 §17) in two tables, matches each inbound message to one
-//! (§17.1.3 for responses, §17.2.3 for requests), runs their timers from one deadline heap, and
-//! passes what the machines let through to the owner of the transaction (a call task) or, for a
-//! new request, to the [`Dispatcher`] (the call layer) which decides what to do with it.
+//! It owns every transaction (RFC 3261 §17) in two tables, looks up each inbound message by the
+//! key [`transaction::matching`](super::transaction::matching) gives it (§17.1.3 for responses,
+//! §17.2.3 for requests, §8.2.2.2 merged requests, RFC 6026 ACK for 2xx), runs the machines'
+//! timers from one deadline heap, and passes what the machines let through to the owner of the
+//! transaction (a call task) or, for a new request, to the [`Dispatcher`] (the call layer) which
+//! decides what to do with it.
 //!
-//! Beyond the machines it does the §8.2 / §18 duties that belong below the call model: `received`
-//! and `rport` on the top Via (RFC 3581), where responses go (§18.2.2), 100 Trying for INVITE,
-//! CANCEL matching and its 200 (§9.2), ACK-for-2xx matching to the accepted INVITE (RFC 6026),
-//! merged-request detection (§8.2.2.2, 482), 481 for requests in unknown dialogs, and 400/416/501/
-//! 505 for requests the parser rejected.
+//! Beyond the machines it carries out the §8.2 / §18 duties that belong below the call model,
+//! deciding when and sending through the transport, while the pure parts live in
+//! [`transaction`](super::transaction): stamping the top Via and choosing where responses go
+//! ([`transaction::via`](super::transaction::via), RFC 3581, §18.2.2), and the answers it gives
+//! on its own ([`transaction::answers`](super::transaction::answers): 100 Trying, 200/481 to
+//! CANCEL (§9.2), 420, 481 for unknown dialogs, 482, 503 + Retry-After, 401/403). Requests the
+//! parser rejected get their 400/416/501/505 here too.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,12 +27,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::guard::{DropReason, Guard, Verdict};
-use super::message::{self, Message, Method, ParseError, Request, Response, Via};
+use super::message::{self, Message, Method, ParseError, Request, Response};
 use super::overload::OverloadDetector;
 use super::target::{Flow, Target};
+use super::transaction::either::{ClientTransaction, ServerTransaction};
+use super::transaction::matching::{self, AcceptedKey, ClientKey, MergeKey, ServerKey};
+use super::transaction::via::{request_response_target, response_target, stamp_via};
 use super::transaction::{
-    ClientInvite, ClientNonInvite, DialogKey, Event as MachineEvent, ResponseAction, ServerInvite,
-    ServerNonInvite, ServerTransactionId, SipEvent, TimerConfig,
+    answers, DialogKey, Event as MachineEvent, ResponseAction, ServerTransactionId, SipEvent,
+    TimerConfig,
 };
 use super::transport::{Inbound, Transport, TransportEvent};
 use crate::metrics::{Counter, Gauge, Metrics};
@@ -144,7 +151,8 @@ pub trait Dispatcher: Send + Sync + 'static {
 #[derive(Debug)]
 pub enum Command {
     /// Start a client transaction (or, for ACK, send statelessly). The request must carry a
-    /// top Via with a unique branch (the call model writes it, see [`via_for`]).
+    /// top Via with a unique branch (the call model writes it, see
+    /// [`via_for`](super::transaction::via_for)).
     SendRequest {
         request: Request,
         /// `request` serialised by the sender, so the endpoint's task does not.
@@ -219,32 +227,8 @@ impl EndpointHandle {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct ClientKey {
-    branch: String,
-    method: Method,
-}
-
-/// §17.2.3: branch, sent-by and method (ACK matches the INVITE, CANCEL is its own).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct ServerKey {
-    branch: String,
-    sent_by: String,
-    method: Method,
-}
-
-enum ClientMachine {
-    Invite(ClientInvite),
-    NonInvite(ClientNonInvite),
-}
-
-enum ServerMachine {
-    Invite(ServerInvite),
-    NonInvite(ServerNonInvite),
-}
-
 struct ClientEntry {
-    machine: ClientMachine,
+    machine: ClientTransaction,
     request: Request,
     target: Target,
     owner: Owner,
@@ -254,30 +238,13 @@ struct ClientEntry {
 
 struct ServerEntry {
     id: ServerTransactionId,
-    machine: ServerMachine,
+    machine: ServerTransaction,
     response_target: Target,
     owner: Option<Owner>,
     /// For merged-request detection and ACK matching.
     merge_key: Option<MergeKey>,
     accepted_key: Option<AcceptedKey>,
     armed: Option<Instant>,
-}
-
-/// §8.2.2.2: From tag, Call-ID and CSeq of a request without To tag.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct MergeKey {
-    from_tag: String,
-    call_id: String,
-    cseq: u32,
-    method: Method,
-}
-
-/// An ACK for a 2xx matches the accepted INVITE by Call-ID, CSeq number and To tag.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct AcceptedKey {
-    call_id: String,
-    cseq: u32,
-    to_tag: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -372,8 +339,8 @@ impl Endpoint {
     }
 
     /// Overload control: while the inbound queue stands above `delay` (see [`OverloadDetector`]),
-    /// new INVITEs that waited longer than it are answered 503 statelessly (see
-    /// [`Endpoint::shed`]). Off unless set.
+    /// new INVITEs that waited longer than it are answered 503 + Retry-After statelessly
+    /// ([`answers::overloaded`]). Off unless set.
     #[must_use]
     pub fn with_overload_delay(mut self, delay: Duration) -> Endpoint {
         self.overload = OverloadDetector::new(delay);
@@ -442,7 +409,7 @@ impl Endpoint {
                     tracing::info!(%source, method = %request.method, "request from an address that is no peer");
                     let mut request = request.clone();
                     stamp_via(&mut request.headers, source);
-                    let response = Response::for_request(&request, 403, Some("gw-refused"));
+                    let response = answers::stranger_refused(&request);
                     let target = request_response_target(&request, source, flow);
                     self.transport.send(target, response.to_bytes());
                 }
@@ -514,22 +481,15 @@ impl Endpoint {
                     && entry.target.is_secure() == secure
                     && entry.target.address() == address
             })
-            .filter_map(|(key, entry)| {
-                let waiting = match &mut entry.machine {
-                    ClientMachine::Invite(m) => m.handle_transport_error(),
-                    ClientMachine::NonInvite(m) => m.handle_transport_error(),
-                };
-                waiting.then(|| key.clone())
-            })
+            .filter_map(|(key, entry)| entry.machine.handle_transport_error().then(|| key.clone()))
             .collect();
         for key in failed {
             self.metrics.increment(Counter::SipTransportErrors);
             if let Some(entry) = self.clients.get(&key) {
-                tracing::info!(%address, method = %key.method, "TCP connection lost: request failed");
-                let mut response = Response::for_request(&entry.request, 503, None);
-                response.reason = "Service Unavailable (connection lost)".into();
+                tracing::info!(%address, method = %key.method(), "TCP connection lost: request failed");
+                let response = answers::connection_lost(&entry.request);
                 let _ = entry.owner.send(SipEvent::Response {
-                    branch: key.branch.clone(),
+                    branch: key.branch().to_string(),
                     response,
                 });
             }
@@ -579,24 +539,12 @@ impl Endpoint {
             self.transport.send(target, bytes);
             return;
         }
-        let Some(branch) = request
-            .top_via()
-            .and_then(|v| v.branch().map(str::to_string))
-        else {
+        let Some(key) = ClientKey::for_request(&request) else {
             tracing::error!(method = %request.method, "request without branch not sent");
             return;
         };
         let reliable = target.is_reliable();
-        let is_invite = request.method == Method::Invite;
-        let machine = if is_invite {
-            ClientMachine::Invite(ClientInvite::new(now, bytes, reliable, &self.timers))
-        } else {
-            ClientMachine::NonInvite(ClientNonInvite::new(now, bytes, reliable, &self.timers))
-        };
-        let key = ClientKey {
-            branch: branch.clone(),
-            method: request.method.clone(),
-        };
+        let machine = ClientTransaction::new(now, &request.method, bytes, reliable, &self.timers);
         self.metrics.increment(Counter::TransactionsTotal);
         self.metrics.add_gauge(Gauge::TransactionsActive, 1);
         self.count_reliable(target, 1);
@@ -636,28 +584,18 @@ impl Endpoint {
             return;
         };
         match &mut entry.machine {
-            ServerMachine::Invite(machine) => {
-                if (200..300).contains(&response.status) {
-                    if let (Some(cseq), Some(to_tag)) = (
-                        response.cseq(),
-                        response.to().and_then(|t| t.tag().map(str::to_string)),
-                    ) {
-                        let accepted = AcceptedKey {
-                            call_id: response
-                                .headers
-                                .get("Call-ID")
-                                .unwrap_or_default()
-                                .to_string(),
-                            cseq: cseq.sequence,
-                            to_tag,
-                        };
-                        self.accepted.insert(accepted.clone(), key.clone());
-                        entry.accepted_key = Some(accepted);
-                    }
+            ServerTransaction::Invite(machine) => {
+                let accepted = (200..300)
+                    .contains(&response.status)
+                    .then(|| AcceptedKey::for_response(response))
+                    .flatten();
+                if let Some(accepted) = accepted {
+                    self.accepted.insert(accepted.clone(), key.clone());
+                    entry.accepted_key = Some(accepted);
                 }
                 machine.send_response(now, response.status, bytes);
             }
-            ServerMachine::NonInvite(machine) => {
+            ServerTransaction::NonInvite(machine) => {
                 machine.send_response(now, response.status, bytes);
                 if response.status >= 200 {
                     // Retransmissions are answered from here on (Timer J): no call needed.
@@ -711,34 +649,29 @@ impl Endpoint {
     }
 
     fn handle_response(&mut self, now: Instant, response: Response) {
-        let (Some(via), Some(cseq)) = (response.top_via(), response.cseq()) else {
+        let Some(key) = ClientKey::for_response(&response) else {
             return;
-        };
-        let Some(branch) = via.branch() else { return };
-        let key = ClientKey {
-            branch: branch.to_string(),
-            method: cseq.method,
         };
         let Some(entry) = self.clients.get_mut(&key) else {
             // A 2xx retransmission after the INVITE transaction ended goes to the dialog
             // (§13.2.2.4: the UAC core re-sends its ACK).
-            if (200..300).contains(&response.status) && key.method == Method::Invite {
-                self.response_to_dialog(key.branch, response);
+            if (200..300).contains(&response.status) && *key.method() == Method::Invite {
+                self.response_to_dialog(key.branch().to_string(), response);
             }
             return;
         };
         let status = response.status;
         let action = match &mut entry.machine {
-            ClientMachine::Invite(machine) => {
+            ClientTransaction::Invite(machine) => {
                 let ack = (status >= 300)
                     .then(|| message::ack_for_non_2xx(&entry.request, &response).to_bytes());
                 machine.handle_response(now, status, ack)
             }
-            ClientMachine::NonInvite(machine) => machine.handle_response(now, status),
+            ClientTransaction::NonInvite(machine) => machine.handle_response(now, status),
         };
         if let ResponseAction::PassToTu = action {
             let _ = entry.owner.send(SipEvent::Response {
-                branch: key.branch.clone(),
+                branch: key.branch().to_string(),
                 response,
             });
         }
@@ -746,21 +679,7 @@ impl Endpoint {
     }
 
     fn response_to_dialog(&self, branch: String, response: Response) {
-        let call_id = response
-            .headers
-            .get("Call-ID")
-            .unwrap_or_default()
-            .to_string();
-        let from_tag = response
-            .headers
-            .get("From")
-            .and_then(|f| message::NameAddr::parse(f).ok())
-            .and_then(|f| f.tag().map(str::to_string))
-            .unwrap_or_default();
-        let key = DialogKey {
-            call_id,
-            local_tag: from_tag,
-        };
+        let key = matching::dialog_of_response(&response);
         if let Some(owner) = self.dialogs.get(&key) {
             let _ = owner.send(SipEvent::Response { branch, response });
         }
@@ -775,22 +694,10 @@ impl Endpoint {
         waited: Duration,
     ) {
         stamp_via(&mut request.headers, source);
-        let Some(via) = request.top_via() else { return };
-        let branch = via.branch().unwrap_or_default().to_string();
-        let sent_by = format!("{}:{}", via.host, via.port.unwrap_or(5060));
-        // §17.2.3: an ACK matches the INVITE transaction it acknowledges (non-2xx case).
-        let match_method = if request.method == Method::Ack {
-            Method::Invite
-        } else {
-            request.method.clone()
+        let Some(key) = ServerKey::for_request(&request) else {
+            return;
         };
-        let key = ServerKey {
-            branch: branch.clone(),
-            sent_by,
-            method: match_method,
-        };
-        let rfc3261_branch = branch.starts_with("z9hG4bK");
-        if rfc3261_branch && self.servers.contains_key(&key) {
+        if key.is_rfc3261() && self.servers.contains_key(&key) {
             self.existing_server_transaction(now, &key, request);
             return;
         }
@@ -810,7 +717,7 @@ impl Endpoint {
             && !self.in_known_dialog(&request)
         {
             self.metrics.increment(Counter::SipUnknownDialog);
-            let response = Response::for_request(&request, 481, None);
+            let response = answers::unknown_dialog(&request);
             let target = request_response_target(&request, source, flow);
             self.transport.send(target, response.to_bytes());
             return;
@@ -835,13 +742,7 @@ impl Endpoint {
 
     /// Whether a request with a To tag belongs to a dialog a call holds.
     fn in_known_dialog(&self, request: &Request) -> bool {
-        let Some(tag) = request.to().and_then(|t| t.tag().map(str::to_string)) else {
-            return false;
-        };
-        self.dialogs.contains_key(&DialogKey {
-            call_id: request.call_id().to_string(),
-            local_tag: tag,
-        })
+        matching::dialog_of_request(request).is_some_and(|key| self.dialogs.contains_key(&key))
     }
 
     /// §22: a request that starts something, from a peer with credentials, must prove them;
@@ -868,16 +769,12 @@ impl Endpoint {
             super::auth::Verdict::Pass => return true,
             super::auth::Verdict::Challenge(values) => {
                 self.metrics.increment(Counter::SipAuthChallenges);
-                let mut response = Response::for_request(request, 401, Some("gw-auth"));
-                for value in values {
-                    response.headers.push("WWW-Authenticate", value);
-                }
-                response
+                answers::challenge(request, values)
             }
             super::auth::Verdict::Refuse(why) => {
                 self.metrics.increment(Counter::SipAuthFailures);
                 tracing::warn!(%source, peer = %peer.name, method = %request.method, why, "digest authentication failed");
-                Response::for_request(request, 403, Some("gw-auth"))
+                answers::authentication_refused(request)
             }
         };
         self.respond(now, id, response);
@@ -897,8 +794,7 @@ impl Endpoint {
 
     /// A stateless 503 + Retry-After.
     fn shed_response(&mut self, request: &Request, source: SocketAddr, flow: Flow) {
-        let mut response = Response::for_request(request, 503, Some("gw-overload"));
-        response.headers.push("Retry-After", "2");
+        let response = answers::overloaded(request);
         let target = request_response_target(request, source, flow);
         self.transport.send(target, response.to_bytes());
     }
@@ -908,15 +804,15 @@ impl Endpoint {
             return;
         };
         match (&mut entry.machine, &request.method) {
-            (ServerMachine::Invite(machine), Method::Ack) => {
+            (ServerTransaction::Invite(machine), Method::Ack) => {
                 // ACK for a non-2xx: absorbed by the transaction (§17.2.1).
                 let _ = machine.handle_ack(now);
             }
-            (ServerMachine::Invite(machine), _) => {
+            (ServerTransaction::Invite(machine), _) => {
                 machine.handle_request_retransmission(now);
                 self.metrics.increment(Counter::SipRetransmissionsReceived);
             }
-            (ServerMachine::NonInvite(machine), _) => {
+            (ServerTransaction::NonInvite(machine), _) => {
                 machine.handle_request_retransmission(now);
                 self.metrics.increment(Counter::SipRetransmissionsReceived);
             }
@@ -925,18 +821,12 @@ impl Endpoint {
     }
 
     fn ack_without_transaction(&mut self, now: Instant, request: Request) {
-        let to_tag = request.to().and_then(|t| t.tag().map(str::to_string));
-        let (Some(to_tag), Some(cseq)) = (to_tag, request.cseq()) else {
+        let Some(accepted) = AcceptedKey::for_ack(&request) else {
             return;
-        };
-        let accepted = AcceptedKey {
-            call_id: request.call_id().to_string(),
-            cseq: cseq.sequence,
-            to_tag: to_tag.clone(),
         };
         if let Some(server_key) = self.accepted.get(&accepted).cloned() {
             if let Some(ServerEntry {
-                machine: ServerMachine::Invite(machine),
+                machine: ServerTransaction::Invite(machine),
                 owner,
                 ..
             }) = self.servers.get_mut(&server_key)
@@ -955,9 +845,8 @@ impl Endpoint {
         }
         // The accepted transaction is gone (late ACK, or ACK for a re-INVITE's answer in the
         // body): hand it to the dialog.
-        let key = DialogKey {
-            call_id: request.call_id().to_string(),
-            local_tag: to_tag,
+        let Some(key) = matching::dialog_of_request(&request) else {
+            return;
         };
         if let Some(owner) = self.dialogs.get(&key) {
             let _ = owner.send(SipEvent::Ack { request });
@@ -972,24 +861,20 @@ impl Endpoint {
         flow: Flow,
         key: ServerKey,
     ) {
-        let invite_key = ServerKey {
-            method: Method::Invite,
-            ..key.clone()
-        };
+        let invite_key = key.cancelled_invite();
         let target = request_response_target(&request, source, flow);
         let id = self.insert_server(now, key.clone(), &request, target, None);
-        let status = match self.servers.get(&invite_key) {
+        let matched = match self.servers.get(&invite_key) {
             Some(entry) => {
                 if let Some(owner) = &entry.owner {
                     let _ = owner.send(SipEvent::Cancelled { server: entry.id });
                 }
-                200
+                true
             }
             // §9.2: no matching transaction.
-            None => 481,
+            None => false,
         };
-        let response = Response::for_request(&request, status, Some("gw-cancel"));
-        self.respond(now, id, response);
+        self.respond(now, id, answers::cancel_answer(&request, matched));
     }
 
     fn new_server_transaction(
@@ -1001,55 +886,29 @@ impl Endpoint {
         key: ServerKey,
     ) {
         let target = request_response_target(&request, source, flow);
-        let to_tag = request.to().and_then(|t| t.tag().map(str::to_string));
-        let merge_key = match (
-            &to_tag,
-            request.from().and_then(|f| f.tag().map(str::to_string)),
-            request.cseq(),
-        ) {
-            (None, Some(from_tag), Some(cseq)) => Some(MergeKey {
-                from_tag,
-                call_id: request.call_id().to_string(),
-                cseq: cseq.sequence,
-                method: request.method.clone(),
-            }),
-            _ => None,
-        };
-        if let Some(merge) = &merge_key {
-            if let Some(other_branch) = self.merged.get(merge) {
-                if *other_branch != key.branch {
-                    // §8.2.2.2: the same request reached us by two paths.
-                    let response = Response::for_request(&request, 482, Some("gw-merged"));
-                    self.transport.send(target, response.to_bytes());
-                    return;
-                }
-            }
+        let dialog = matching::dialog_of_request(&request);
+        let merge_key = MergeKey::for_request(&request);
+        let earlier = merge_key.as_ref().and_then(|merge| self.merged.get(merge));
+        if matching::is_merged(earlier.map(String::as_str), key.branch()) {
+            // §8.2.2.2: the same request reached us by two paths.
+            let response = answers::merged_request(&request);
+            self.transport.send(target, response.to_bytes());
+            return;
         }
         let id = self.insert_server(now, key.clone(), &request, target, merge_key);
-        let unsupported: Vec<&str> = request
-            .headers
-            .list("Require")
-            .filter(|tag| !self.supported.iter().any(|s| s.eq_ignore_ascii_case(tag)))
-            .collect();
-        if !unsupported.is_empty() {
+        if let Some(response) = answers::bad_extension(&request, &self.supported) {
             // §8.2.2.3: an extension we do not do was required.
-            let mut response = Response::for_request(&request, 420, Some("gw-ext"));
-            response.headers.push("Unsupported", unsupported.join(", "));
             self.respond(now, id, response);
             return;
         }
-        if to_tag.is_none() && !self.authenticated(now, id, &request, source) {
+        if dialog.is_none() && !self.authenticated(now, id, &request, source) {
             return;
         }
         if request.method == Method::Invite {
             // §17.2.1: 100 Trying at once, so the caller's Timer A stops.
-            self.respond(now, id, Response::for_request(&request, 100, None));
+            self.respond(now, id, answers::trying(&request));
         }
-        if let Some(tag) = to_tag {
-            let dialog = DialogKey {
-                call_id: request.call_id().to_string(),
-                local_tag: tag,
-            };
+        if let Some(dialog) = dialog {
             let owner = self.dialogs.get(&dialog).map(|o| o.clone());
             match owner {
                 Some(owner) => {
@@ -1064,15 +923,10 @@ impl Endpoint {
                     if let Err(SipEvent::Request { request, .. }) = sent.map_err(|e| *e) {
                         // The call has MAX_UNREAD of the peer's requests unread: try later.
                         self.metrics.increment(Counter::SipRefusedTransactions);
-                        let mut response = Response::for_request(&request, 503, Some("gw-busy"));
-                        response.headers.push("Retry-After", "2");
-                        self.respond(now, id, response);
+                        self.respond(now, id, answers::call_busy(&request));
                     }
                 }
-                None => {
-                    let response = Response::for_request(&request, 481, None);
-                    self.respond(now, id, response);
-                }
+                None => self.respond(now, id, answers::unknown_dialog(&request)),
             }
             return;
         }
@@ -1102,13 +956,9 @@ impl Endpoint {
         let id = ServerTransactionId::new(self.next_server);
         self.next_server += 1;
         let reliable = response_target.is_reliable();
-        let machine = if request.method == Method::Invite {
-            ServerMachine::Invite(ServerInvite::new(now, reliable, &self.timers))
-        } else {
-            ServerMachine::NonInvite(ServerNonInvite::new(now, reliable, &self.timers))
-        };
+        let machine = ServerTransaction::new(now, &request.method, reliable, &self.timers);
         if let Some(merge) = &merge_key {
-            self.merged.insert(merge.clone(), key.branch.clone());
+            self.merged.insert(merge.clone(), key.branch().to_string());
         }
         let new_merge = merge_key.clone();
         self.metrics.increment(Counter::TransactionsTotal);
@@ -1152,10 +1002,7 @@ impl Endpoint {
                 TimerOwner::Client(key) => {
                     if let Some(entry) = self.clients.get_mut(&key) {
                         entry.armed = None;
-                        match &mut entry.machine {
-                            ClientMachine::Invite(m) => m.handle_timeout(now),
-                            ClientMachine::NonInvite(m) => m.handle_timeout(now),
-                        }
+                        entry.machine.handle_timeout(now);
                         self.service_client(now, &key, true);
                     }
                 }
@@ -1163,10 +1010,7 @@ impl Endpoint {
                     if let Some(key) = self.server_keys.get(&id).cloned() {
                         if let Some(entry) = self.servers.get_mut(&key) {
                             entry.armed = None;
-                            match &mut entry.machine {
-                                ServerMachine::Invite(m) => m.handle_timeout(now),
-                                ServerMachine::NonInvite(m) => m.handle_timeout(now),
-                            }
+                            entry.machine.handle_timeout(now);
                             self.service_server(now, &key, true);
                         }
                     }
@@ -1205,10 +1049,7 @@ impl Endpoint {
         };
         let mut terminated = false;
         loop {
-            let transmit = match &mut entry.machine {
-                ClientMachine::Invite(m) => m.poll_transmit(),
-                ClientMachine::NonInvite(m) => m.poll_transmit(),
-            };
+            let transmit = entry.machine.poll_transmit();
             let Some(bytes) = transmit else { break };
             if from_timer {
                 self.metrics.increment(Counter::SipRetransmissions);
@@ -1216,16 +1057,13 @@ impl Endpoint {
             self.transport.send(entry.target, bytes);
         }
         loop {
-            let event = match &mut entry.machine {
-                ClientMachine::Invite(m) => m.poll_event(),
-                ClientMachine::NonInvite(m) => m.poll_event(),
-            };
+            let event = entry.machine.poll_event();
             match event {
                 Some(MachineEvent::Timeout) => {
                     self.metrics.increment(Counter::TransactionTimeouts);
                     let _ = entry.owner.send(SipEvent::Timeout {
-                        branch: key.branch.clone(),
-                        method: key.method.clone(),
+                        branch: key.branch().to_string(),
+                        method: key.method().clone(),
                     });
                 }
                 Some(MachineEvent::Terminated) => terminated = true,
@@ -1233,10 +1071,7 @@ impl Endpoint {
                 None => break,
             }
         }
-        let deadline = match &entry.machine {
-            ClientMachine::Invite(m) => m.poll_timeout(),
-            ClientMachine::NonInvite(m) => m.poll_timeout(),
-        };
+        let deadline = entry.machine.poll_timeout();
         if terminated {
             if let Some(entry) = self.clients.remove(key) {
                 self.count_reliable(entry.target, -1);
@@ -1257,10 +1092,7 @@ impl Endpoint {
         };
         let mut terminated = false;
         loop {
-            let transmit = match &mut entry.machine {
-                ServerMachine::Invite(m) => m.poll_transmit(),
-                ServerMachine::NonInvite(m) => m.poll_transmit(),
-            };
+            let transmit = entry.machine.poll_transmit();
             let Some(bytes) = transmit else { break };
             if retransmission {
                 self.metrics.increment(Counter::SipRetransmissions);
@@ -1268,10 +1100,7 @@ impl Endpoint {
             self.transport.send(entry.response_target, bytes);
         }
         loop {
-            let event = match &mut entry.machine {
-                ServerMachine::Invite(m) => m.poll_event(),
-                ServerMachine::NonInvite(m) => m.poll_event(),
-            };
+            let event = entry.machine.poll_event();
             match event {
                 Some(MachineEvent::Timeout) => {
                     self.metrics.increment(Counter::TransactionTimeouts);
@@ -1286,10 +1115,7 @@ impl Endpoint {
                 None => break,
             }
         }
-        let deadline = match &entry.machine {
-            ServerMachine::Invite(m) => m.poll_timeout(),
-            ServerMachine::NonInvite(m) => m.poll_timeout(),
-        };
+        let deadline = entry.machine.poll_timeout();
         let id = entry.id;
         let arm = match deadline {
             Some(at) if entry.armed.is_none_or(|armed| at < armed) => {
@@ -1313,80 +1139,6 @@ impl Endpoint {
             self.deadlines.push(Reverse((at, TimerOwner::Server(id))));
         }
     }
-}
-
-/// RFC 3581 §4 / RFC 3261 §18.2.1: record where the request really came from.
-fn stamp_via(headers: &mut message::Headers, source: SocketAddr) {
-    let Some(first) = headers.get("Via").map(str::to_string) else {
-        return;
-    };
-    let mut elements: Vec<String> = message::header::split_list(&first)
-        .map(str::to_string)
-        .collect();
-    let Some(top) = elements.first().and_then(|v| Via::parse(v).ok()) else {
-        return;
-    };
-    let mut top = top;
-    let source_ip = source.ip().to_string();
-    let sent_by_ip = match &top.host {
-        message::Host::Ip(ip) => Some(*ip),
-        message::Host::Name(_) => None,
-    };
-    if sent_by_ip != Some(source.ip()) {
-        top.set_param("received", Some(source_ip.clone()));
-    }
-    if top.param("rport").is_some() {
-        top.set_param("received", Some(source_ip));
-        top.set_param("rport", Some(source.port().to_string()));
-    }
-    elements[0] = top.to_string();
-    let rewritten = elements.join(", ");
-    // Replace only the first Via line, keeping the others in place.
-    let mut replaced = false;
-    let mut rebuilt = message::Headers::new();
-    for header in headers.iter() {
-        if !replaced && header.name.eq_ignore_ascii_case("Via") {
-            rebuilt.push("Via", rewritten.clone());
-            replaced = true;
-        } else {
-            rebuilt.push(&header.name, header.value.clone());
-        }
-    }
-    *headers = rebuilt;
-}
-
-/// Where responses to `request` go (§18.2.2, RFC 3581 §4).
-fn request_response_target(request: &Request, source: SocketAddr, flow: Flow) -> Target {
-    match flow {
-        Flow::Udp => match request.top_via() {
-            Some(via) => udp_response_address(&via, source),
-            None => Target::Udp(source),
-        },
-        reliable => reliable.response_target(source),
-    }
-}
-
-fn response_target(response: &Response, source: SocketAddr, flow: Flow) -> Target {
-    match flow {
-        Flow::Udp => match response.top_via() {
-            Some(via) => udp_response_address(&via, source),
-            None => Target::Udp(source),
-        },
-        reliable => reliable.response_target(source),
-    }
-}
-
-fn udp_response_address(via: &Via, source: SocketAddr) -> Target {
-    let received: Option<IpAddr> = via.param("received").flatten().and_then(|r| r.parse().ok());
-    let rport: Option<u16> = via.param("rport").flatten().and_then(|p| p.parse().ok());
-    let ip = received
-        .or(match via.host {
-            message::Host::Ip(ip) => Some(ip),
-            message::Host::Name(_) => None,
-        })
-        .unwrap_or(source.ip());
-    let port = rport.or(via.port).unwrap_or(5060);
-    Target::Udp(SocketAddr::new(ip, port))
 }
 
 /// The fault tests' probe ([`crate::faults`]; nothing in a release build).
@@ -1461,37 +1213,5 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
         let capacity = busy.capacity();
         shrink_sparse(&mut busy);
         assert_eq!(busy.capacity(), capacity);
-    }
-
-    #[test]
-    fn via_stamp_and_response_address_follow_rfc3581() {
-        let mut headers = message::Headers::new();
-        headers.push(
-            "Via",
-            "SIP/2.0/UDP 10.0.0.5:5070;branch=z9hG4bK1;rport, SIP/2.0/UDP p;branch=z9hG4bK0",
-        );
-        headers.push("Via", "SIP/2.0/UDP q;branch=z9hG4bKq");
-        let source: SocketAddr = "192.0.2.7:40000".parse().unwrap();
-        stamp_via(&mut headers, source);
-        let top = headers.get("Via").unwrap_or_default();
-        assert!(top.starts_with("SIP/2.0/UDP 10.0.0.5:5070;branch=z9hG4bK1;rport=40000;received=192.0.2.7, SIP/2.0/UDP p"), "{top}");
-        assert_eq!(headers.get_all("Via").count(), 2);
-        let via = Via::parse(message::header::split_list(top).next().unwrap_or_default())
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(udp_response_address(&via, source), Target::Udp(source));
-    }
-
-    #[test]
-    fn response_without_rport_goes_to_received_and_sent_by_port() {
-        let mut headers = message::Headers::new();
-        headers.push("Via", "SIP/2.0/UDP 10.0.0.5:5070;branch=z9hG4bK1");
-        let source: SocketAddr = "192.0.2.7:40000".parse().unwrap();
-        stamp_via(&mut headers, source);
-        let via =
-            Via::parse(headers.get("Via").unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            udp_response_address(&via, source),
-            Target::Udp("192.0.2.7:5070".parse().unwrap())
-        );
     }
 }

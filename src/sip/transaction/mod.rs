@@ -1,4 +1,18 @@
-//! RFC 3261 §17 transactions as sans-IO state machines (with the RFC 6026 `Accepted` state).
+//! RFC 3261 §17 transactions as sans-IO state machines (with the RFC 6026 `Accepted` state),
+//! and the pure parts of the transaction layer around them.
+//!
+//! What lives where:
+//! - the four machines: [`ClientInvite`], [`ClientNonInvite`], [`ServerInvite`],
+//!   [`ServerNonInvite`]; their timers ([`Timer`], [`TimerConfig`]) in this file;
+//! - [`matching`]: the keys that name transactions and which key a message has (§17.1.3,
+//!   §17.2.3, merged requests §8.2.2.2, CANCEL's INVITE §9.2, ACK for 2xx);
+//! - [`answers`]: the responses the layer gives on its own (100, 420, 481, 482, 503, ...);
+//! - [`via`]: `received`/`rport` on the top Via and where responses go (RFC 3581, §18.2.2);
+//! - [`either`]: a client or server transaction of either kind, for the endpoint's tables;
+//! - `events`: what goes up to transaction and dialog owners ([`SipEvent`], [`DialogKey`]).
+//!
+//! The tables of live transactions, the sockets and the clock are the endpoint's
+//! ([`crate::sip::endpoint`]).
 //!
 //! Call order, for every machine: construct it with `now`; feed inputs (`handle_response`,
 //! `send_response`, `handle_request_retransmission`, `handle_ack`); then drain
@@ -209,11 +223,15 @@ macro_rules! machine_outputs {
 }
 use machine_outputs;
 
+pub mod answers;
 mod client_invite;
 mod client_non_invite;
+pub mod either;
 mod events;
+pub mod matching;
 mod server_invite;
 mod server_non_invite;
+pub mod via;
 
 /// Zero on reliable transports, `duration` otherwise.
 fn unreliable_only(reliable: bool, duration: Duration) -> Duration {
