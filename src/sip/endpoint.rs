@@ -1149,7 +1149,7 @@ fn inject_faults(request: &Request) {
         panic!("injected fault: the endpoint's loop panics");
     }
     if probe && injected(Fault::EndpointStall) {
-        std::thread::sleep(std::time::Duration::from_secs(30));
+        std::thread::sleep(Duration::from_secs(30));
     }
 }
 

@@ -247,7 +247,7 @@ mod tests {
     use super::*;
 
     /// Milliseconds after `t0`.
-    pub fn at(t0: Instant, ms: u64) -> Instant {
+    pub(super) fn at(t0: Instant, ms: u64) -> Instant {
         t0 + Duration::from_millis(ms)
     }
 
