@@ -48,7 +48,6 @@ use call::CallSettings;
 use config::Config;
 use gateway::admission::CallManager;
 use gateway::driver::CallServices;
-use media::codec::Codec;
 use media::ports::PortPool;
 use metrics::Metrics;
 use routing::Router;
@@ -60,6 +59,8 @@ use store::Store;
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     #[error(transparent)]
     Transport(#[from] sip::transport::TransportError),
     #[error("store: {0}")]
@@ -155,17 +156,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             key: config.sip.tls_key.as_deref(),
             ca,
             verify_client: config.sip.tls_verify_client,
-            peers: config
-                .peers
-                .iter()
-                .filter(|p| p.transport == config::TransportKind::Tls)
-                // Validated with the config.
-                .filter_map(|p| {
-                    sip::tls::server_name(p.tls_name.as_deref(), p.address)
-                        .ok()
-                        .map(|name| (p.address, name))
-                })
-                .collect(),
+            peers: config.tls_peer_names()?,
         })?),
         None => None,
     };
@@ -232,12 +223,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     );
     let public_ip = config.sip.public_address.unwrap_or(config.sip.listen.ip());
     let policy = MediaPolicy {
-        codecs: config
-            .media
-            .codecs
-            .iter()
-            .filter_map(|c| Codec::from_name(c))
-            .collect(),
+        codecs: config.codecs()?,
         telephone_event_payload_type: config.media.telephone_event,
         ptime: config.media.ptime,
     };
@@ -285,12 +271,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         store::unix_millis(std::time::SystemTime::now()),
     )?));
     let screening = call::screening::Screening::new(
-        config
-            .screening
-            .blocklist
-            .iter()
-            .filter_map(|n| routing::NumberPattern::parse(n).ok())
-            .collect(),
+        config.screening_patterns()?,
         config.screening.blocked_status,
         config.screening.repeat_calls,
         Duration::from_secs(config.screening.repeat_minutes * 60),
@@ -323,13 +304,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         drop_scanners: config.sip.drop_scanners,
         requests_per_sec: config.sip.pike_requests_per_sec,
         ban: Duration::from_secs(config.sip.pike_ban_secs),
-        // Validated with the config.
-        allow: config
-            .sip
-            .allow
-            .iter()
-            .filter_map(|n| routing::Cidr::parse(n).ok())
-            .collect(),
+        allow: config.guard_networks()?,
     });
     let endpoint = endpoint
         .with_overload_delay(Duration::from_millis(config.sip.overload_queue_delay_ms))

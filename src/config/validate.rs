@@ -49,17 +49,17 @@ impl Config {
             key,
             reason,
         };
-        self.check_screening(&invalid)?;
-        self.check_sip_allow(&invalid)?;
+        self.check_screening(file, &invalid)?;
+        self.check_sip_allow(file)?;
         self.check_peer_credentials(&invalid)?;
-        self.check_tls(&invalid)?;
+        self.check_tls(file, &invalid)?;
         self.check_session_timers(&invalid)?;
         self.check_store(&invalid)?;
         self.check_api(&invalid)?;
         self.check_sip_tcp(&invalid)?;
         self.check_platforms(&invalid)?;
         self.check_conference(&invalid)?;
-        self.check_media(&invalid)?;
+        self.check_media(file, &invalid)?;
         self.check_sip_limits(&invalid)?;
         let names = self.check_peer_names(&invalid)?;
         self.check_routes(&invalid, &names)?;
@@ -68,12 +68,8 @@ impl Config {
     }
 
     /// Checks the screening blocklist and the blocked status.
-    fn check_screening(&self, invalid: Invalid) -> Result<(), ConfigError> {
-        for (index, number) in self.screening.blocklist.iter().enumerate() {
-            if let Err(reason) = crate::routing::NumberPattern::parse(number) {
-                return Err(invalid(format!("screening.blocklist[{index}]"), reason));
-            }
-        }
+    fn check_screening(&self, file: &Path, invalid: Invalid) -> Result<(), ConfigError> {
+        self.screening_patterns().map_err(|e| e.in_file(file))?;
         if !(400..700).contains(&self.screening.blocked_status) {
             return Err(invalid(
                 "screening.blocked_status".into(),
@@ -87,12 +83,8 @@ impl Config {
     }
 
     /// Checks the networks SIP is accepted from.
-    fn check_sip_allow(&self, invalid: Invalid) -> Result<(), ConfigError> {
-        for (index, network) in self.sip.allow.iter().enumerate() {
-            if let Err(error) = crate::routing::Cidr::parse(network) {
-                return Err(invalid(format!("sip.allow[{index}]"), error.to_string()));
-            }
-        }
+    fn check_sip_allow(&self, file: &Path) -> Result<(), ConfigError> {
+        self.guard_networks().map_err(|e| e.in_file(file))?;
         Ok(())
     }
 
@@ -138,7 +130,7 @@ impl Config {
     }
 
     /// Checks the TLS certificate, listener, CAs and peer server names.
-    fn check_tls(&self, invalid: Invalid) -> Result<(), ConfigError> {
+    fn check_tls(&self, file: &Path, invalid: Invalid) -> Result<(), ConfigError> {
         if self.sip.tls_cert.is_some() != self.sip.tls_key.is_some() {
             return Err(invalid(
                 "sip.tls_key".into(),
@@ -174,11 +166,7 @@ impl Config {
             ));
         }
         for (index, peer) in self.peers.iter().enumerate() {
-            if let Err(reason) =
-                crate::sip::tls::server_name(peer.tls_name.as_deref(), peer.address)
-            {
-                return Err(invalid(format!("peer[{index}].tls_name"), reason));
-            }
+            convert::peer_server_name(index, peer).map_err(|e| e.in_file(file))?;
         }
         Ok(())
     }
@@ -302,7 +290,7 @@ impl Config {
     }
 
     /// Checks the media ports, address, codecs, telephone-event and ptime.
-    fn check_media(&self, invalid: Invalid) -> Result<(), ConfigError> {
+    fn check_media(&self, file: &Path, invalid: Invalid) -> Result<(), ConfigError> {
         let [low, high] = self.media.ports;
         if low > high {
             return Err(invalid(
@@ -322,14 +310,7 @@ impl Config {
                 "must be a concrete address: it is advertised in SDP c= lines".into(),
             ));
         }
-        for (index, codec) in self.media.codecs.iter().enumerate() {
-            if !matches!(codec.to_ascii_uppercase().as_str(), "PCMA" | "PCMU") {
-                return Err(invalid(
-                    format!("media.codecs[{index}]"),
-                    format!("unknown codec {codec:?}; supported: PCMA, PCMU"),
-                ));
-            }
-        }
+        self.codecs().map_err(|e| e.in_file(file))?;
         if self.media.codecs.is_empty() {
             return Err(invalid(
                 "media.codecs".into(),
