@@ -51,7 +51,6 @@ use call::CallSettings;
 use config::Config;
 use gateway::admission::CallManager;
 use gateway::driver::CallServices;
-use media::codec::Codec;
 use media::ports::PortPool;
 use metrics::Metrics;
 use routing::Router;
@@ -63,6 +62,8 @@ use store::Store;
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     #[error(transparent)]
     Transport(#[from] sip::transport::TransportError),
     #[error("store: {0}")]
@@ -124,26 +125,8 @@ fn nonce_key() -> Result<[u8; 32], StartError> {
 /// # Errors
 /// [`StartError`] when a socket cannot be bound or the store cannot be opened.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
-    // RFC 4568 §8.3: SDES keys are only as secret as the signalling that carries them.
-    for peer in config.peers.iter().filter(|p| {
-        p.srtp == routing::SrtpMode::Mandatory && p.transport != config::TransportKind::Tls
-    }) {
-        tracing::warn!(
-            peer = %peer.name,
-            "srtp = \"mandatory\" without transport = \"tls\": the SRTP keys cross the network in clear SIP"
-        );
-    }
-    let limit = limits::raise();
-    let budget = limits::Budget::of(&config);
-    let max_calls = budget.call_allowance(&limit, config.sip.max_calls);
-    let max_tcp_connections = budget.tcp_allowance(&limit, max_calls);
-    if let Some(reason) = limits::shortfall(&budget, &limit) {
-        tracing::warn!(
-            max_calls,
-            max_tcp_connections,
-            "{reason}; calls and TCP connections are held to what the limit holds"
-        );
-    }
+    warn_clear_srtp(&config);
+    let (max_calls, max_tcp_connections) = allowances(&config);
     let metrics = Arc::new(Metrics::new());
     // One gateway per store, claimed before anything is touched; then every socket is bound, so
     // an instance started by mistake fails here rather than closing the live one's calls.
@@ -151,77 +134,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let router = Arc::new(Router::new(&config));
     let (inbound_sender, inbound) = mpsc::channel(8192);
     let transport_stop = CancellationToken::new();
-    let tls = match &config.sip.tls_ca {
-        Some(ca) => Some(sip::tls::settings(&sip::tls::TlsFiles {
-            listen: config.sip.tls_listen,
-            cert: config.sip.tls_cert.as_deref(),
-            key: config.sip.tls_key.as_deref(),
-            ca,
-            verify_client: config.sip.tls_verify_client,
-            peers: config
-                .peers
-                .iter()
-                .filter(|p| p.transport == config::TransportKind::Tls)
-                // Validated with the config.
-                .filter_map(|p| {
-                    sip::tls::server_name(p.tls_name.as_deref(), p.address)
-                        .ok()
-                        .map(|name| (p.address, name))
-                })
-                .collect(),
-        })?),
-        None => None,
-    };
-    let transport = Transport::bind(
-        TransportConfig {
-            listen: config.sip.listen,
-            max_message_size: config.sip.max_message_size,
-            tcp_idle_timeout: Duration::from_secs(config.sip.tcp_idle_timeout_secs),
-            max_tcp_connections,
-            max_tcp_connections_per_source: config.sip.max_tcp_connections_per_source,
-            tcp_reserved_for_peers: config.sip.tcp_reserved_for_peers,
-            tcp_request_timeout: Duration::from_secs(config.sip.tcp_request_timeout_secs),
-        },
-        tls,
+    let transport = bind_transport(
+        &config,
+        max_tcp_connections,
         inbound_sender,
-        Arc::clone(&router),
-        Arc::clone(&metrics),
-        transport_stop.clone(),
+        &router,
+        &metrics,
+        &transport_stop,
     )
     .await?;
     // A start that fails from here on closes the sockets again.
     let unbind = transport_stop.clone().drop_guard();
-    let http_listener = tokio::net::TcpListener::bind(config.api.http)
-        .await
-        .map_err(|source| StartError::Http {
-            address: config.api.http,
-            source,
-        })?;
-    let grpc_listener = tokio::net::TcpListener::bind(config.api.grpc)
-        .await
-        .map_err(|source| StartError::Grpc {
-            address: config.api.grpc,
-            source,
-        })?;
-    let store = Store::open_with(
-        &config.store.path,
-        store::StoreOptions {
-            max_size_bytes: config.store.max_size_mb.map(|mb| mb * 1024 * 1024),
-            metrics: Some(Arc::clone(&metrics)),
-            // What a killed run left open ends on the link too, for the platforms that saw it.
-            recovery: Some(workorder::recovery::recovery(
-                ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
-                config.platforms.iter().map(|p| p.name.clone()).collect(),
-            )),
-            synchronous: config.store.synchronous,
-        },
-    )?;
-    if store.closed_at_start() > 0 {
-        tracing::warn!(
-            calls = store.closed_at_start(),
-            "records of calls left open by the previous run closed (gateway restart)"
-        );
-    }
+    let (http_listener, grpc_listener) = bind_api(&config).await?;
+    let store = open_store(&config, &metrics)?;
     let events = workorder::hub::EventHub::new(
         store.clone(),
         config.platforms.iter().map(|p| p.name.clone()).collect(),
@@ -233,122 +158,28 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config.media.ports,
         Arc::clone(&metrics),
     );
-    let public_ip = config.sip.public_address.unwrap_or(config.sip.listen.ip());
-    let policy = MediaPolicy {
-        codecs: config
-            .media
-            .codecs
-            .iter()
-            .filter_map(|c| Codec::from_name(c))
-            .collect(),
-        telephone_event_payload_type: config.media.telephone_event,
-        ptime: config.media.ptime,
-    };
     let timers = sip::transaction::TimerConfig {
         t1: Duration::from_millis(config.sip.t1_ms),
         t2: Duration::from_millis(config.sip.t2_ms),
         t4: Duration::from_millis(config.sip.t4_ms),
     };
+    let public_ip = config.sip.public_address.unwrap_or(config.sip.listen.ip());
     let local_sip = SocketAddr::new(public_ip, transport.local_address().port());
     let transport_tls = transport.tls_local_address();
     let directory = Arc::new(call::directory::Directory::default());
-    let settings = Arc::new(CallSettings {
+    let settings = call_settings(
+        &config,
         local_sip,
-        local_tls_port: transport.tls_local_address().map(|a| a.port()),
-        policy,
-        peer_response_timeout: Duration::from_millis(config.sip.peer_response_timeout_ms),
-        ring_timeout: Duration::from_secs(config.sip.ring_timeout_secs),
-        cleanup_timeout: timers.t1 * 64,
-        user_agent: (!config.sip.user_agent.is_empty()).then(|| config.sip.user_agent.clone()),
-        router: Arc::clone(&router),
-        transfer_ring_timeout: Duration::from_secs(config.sip.transfer_ring_timeout_secs),
-        transfer_early_media: config.sip.transfer_early_media,
-        hotkeys: config
-            .hotkeys
-            .iter()
-            .map(call::hotkey::Hotkey::from)
-            .collect(),
-        hotkey_inter_digit: Duration::from_millis(config.sip.hotkey_inter_digit_ms),
-        directory: Arc::clone(&directory),
-        conference_max_parties: config.sip.conference_max_parties,
-        conference_ends_with_caller: config.sip.conference_ends_with_caller,
-        session_timers: (config.sip.session_expires_secs > 0).then(|| {
-            sip::session_timer::SessionTimerSettings {
-                session_expires: Duration::from_secs(config.sip.session_expires_secs),
-                min_se: Duration::from_secs(config.sip.min_se_secs),
-            }
-        }),
-    });
-    let media_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let media = media::relay::MediaEngine::start(media_workers, Arc::clone(&metrics))
-        .map_err(StartError::Media)?;
-    let media_probe = media.probe();
-    let blocklist = Arc::new(call::blocklist::Blocklist::with(store::list_blocked(
-        &config.store.path,
-        store::unix_millis(std::time::SystemTime::now()),
-    )?));
-    let screening = call::screening::Screening::new(
-        config
-            .screening
-            .blocklist
-            .iter()
-            .filter_map(|n| routing::NumberPattern::parse(n).ok())
-            .collect(),
-        config.screening.blocked_status,
-        config.screening.repeat_calls,
-        Duration::from_secs(config.screening.repeat_minutes * 60),
-    )
-    .with_listed(Arc::clone(&blocklist));
-    let manager = Arc::new(
-        CallManager::new(
-            Arc::clone(&router),
-            settings,
-            gateway::admission::MediaResources {
-                ports: Arc::clone(&ports),
-                engine: media,
-                inactivity: Duration::from_secs(config.media.inactivity_timeout_secs),
-            },
-            Arc::clone(&metrics),
-            ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
-            max_calls,
-        )
-        .with_screening(screening),
-    );
-    let (endpoint, handle, commands) = Endpoint::new(
-        transport,
-        timers,
-        Arc::clone(&manager) as Arc<dyn sip::endpoint::Dispatcher>,
-        Arc::clone(&metrics),
-        local_sip,
-    );
-    let guard = sip::guard::Guard::new(sip::guard::GuardConfig {
-        reject_unknown: config.sip.unknown_source == config::UnknownSource::Reject,
-        drop_scanners: config.sip.drop_scanners,
-        requests_per_sec: config.sip.pike_requests_per_sec,
-        ban: Duration::from_secs(config.sip.pike_ban_secs),
-        // Validated with the config.
-        allow: config
-            .sip
-            .allow
-            .iter()
-            .filter_map(|n| routing::Cidr::parse(n).ok())
-            .collect(),
-    });
-    let endpoint = endpoint
-        .with_overload_delay(Duration::from_millis(config.sip.overload_queue_delay_ms))
-        .with_guard(guard, Arc::clone(&router))
-        .with_supported(if config.sip.session_expires_secs > 0 {
-            &["timer"]
-        } else {
-            &[]
-        })
-        .with_max_transactions(config.sip.max_transactions)
-        .with_auth(sip::auth::Digest::new(
-            &config.sip.auth_realm,
-            nonce_key()?,
-            Duration::from_secs(config.sip.auth_nonce_secs),
-            std::time::Instant::now(),
-        ));
+        transport_tls,
+        &timers,
+        &router,
+        &directory,
+    )?;
+    let (manager, media_probe, blocklist) =
+        call_manager(&config, &router, settings, &ports, &metrics, max_calls)?;
+    let (endpoint, handle, commands) = build_endpoint(
+        &config, transport, timers, &manager, &metrics, local_sip, &router,
+    )?;
     let tracker = tokio_util::task::TaskTracker::new();
     let endpoint_probe = handle.clone();
     manager.attach(CallServices {
@@ -365,57 +196,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let endpoint_stop = CancellationToken::new();
     let endpoint_task = tokio::spawn(endpoint.run(inbound, commands, endpoint_stop.clone()));
 
-    let http_address = http_listener.local_addr().unwrap_or(config.api.http);
-    let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
-    let health: Arc<dyn health::HealthCheck> = Arc::new(health::Health {
+    let health = Arc::new(health::Health {
         shutdown: shutdown.clone(),
         endpoint: endpoint_probe,
         store: store.clone(),
         media: media_probe,
         metrics: Arc::clone(&metrics),
     });
-    tokio::spawn(http::serve(
-        http_listener,
-        Arc::clone(&metrics),
-        health,
-        http_stopped,
-    ));
-
-    let tls = match (&config.api.tls_cert, &config.api.tls_key) {
-        (Some(cert), Some(key)) => {
-            let read = |path: &std::path::PathBuf| {
-                std::fs::read(path).map_err(|source| StartError::Tls {
-                    path: path.clone(),
-                    source,
-                })
-            };
-            Some(tonic::transport::ServerTlsConfig::new().identity(
-                tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
-            ))
-        }
-        _ => None,
-    };
-    let grpc_address = grpc_listener.local_addr().unwrap_or(config.api.grpc);
-    let grpc_stop = CancellationToken::new();
-    let service = workorder::service::WorkOrderService::new(
-        Arc::clone(&events),
-        registry,
-        config.store.path.clone(),
-        config
-            .platforms
-            .iter()
-            .map(|p| (p.name.clone(), p.token.clone()))
-            .collect(),
-        Arc::clone(&metrics),
-        grpc_stop.clone(),
-    )
-    .with_blocklist(blocklist, store.clone());
-    let grpc_task = tokio::spawn(workorder::service::serve(
-        service,
+    let (http_address, http_stop) = serve_http(&config, http_listener, &metrics, health);
+    let (grpc_address, grpc_stop, grpc_task) = serve_grpc(
+        &config,
         grpc_listener,
-        tls,
-        grpc_stop.clone(),
-    ));
+        events,
+        registry,
+        (blocklist, store.clone()),
+        &metrics,
+    )?;
     let retention = Duration::from_secs(config.api.outbox_retention_hours * 3600);
     tokio::spawn(prune_outbox(store.clone(), retention, shutdown.clone()));
 
@@ -443,6 +239,325 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         metrics,
         finished,
     })
+}
+
+/// Warns of each peer whose SRTP keys would cross the network in clear SIP.
+fn warn_clear_srtp(config: &Config) {
+    // RFC 4568 §8.3: SDES keys are only as secret as the signalling that carries them.
+    for peer in config.peers.iter().filter(|p| {
+        p.srtp == routing::SrtpMode::Mandatory && p.transport != config::TransportKind::Tls
+    }) {
+        tracing::warn!(
+            peer = %peer.name,
+            "srtp = \"mandatory\" without transport = \"tls\": the SRTP keys cross the network in clear SIP"
+        );
+    }
+}
+
+/// Raises `RLIMIT_NOFILE`; returns the calls and TCP connections the limit holds.
+fn allowances(config: &Config) -> (usize, usize) {
+    let limit = limits::raise();
+    let budget = limits::Budget::of(config);
+    let max_calls = budget.call_allowance(&limit, config.sip.max_calls);
+    let max_tcp_connections = budget.tcp_allowance(&limit, max_calls);
+    if let Some(reason) = limits::shortfall(&budget, &limit) {
+        tracing::warn!(
+            max_calls,
+            max_tcp_connections,
+            "{reason}; calls and TCP connections are held to what the limit holds"
+        );
+    }
+    (max_calls, max_tcp_connections)
+}
+
+/// The SIP TLS settings (when `sip.tls_ca` is set), then the SIP sockets bound.
+async fn bind_transport(
+    config: &Config,
+    max_tcp_connections: usize,
+    inbound_sender: mpsc::Sender<sip::transport::TransportEvent>,
+    router: &Arc<Router>,
+    metrics: &Arc<Metrics>,
+    transport_stop: &CancellationToken,
+) -> Result<Transport, StartError> {
+    let tls = match &config.sip.tls_ca {
+        Some(ca) => Some(sip::tls::settings(&sip::tls::TlsFiles {
+            listen: config.sip.tls_listen,
+            cert: config.sip.tls_cert.as_deref(),
+            key: config.sip.tls_key.as_deref(),
+            ca,
+            verify_client: config.sip.tls_verify_client,
+            peers: config.tls_peer_names()?,
+        })?),
+        None => None,
+    };
+    Ok(Transport::bind(
+        TransportConfig {
+            listen: config.sip.listen,
+            max_message_size: config.sip.max_message_size,
+            tcp_idle_timeout: Duration::from_secs(config.sip.tcp_idle_timeout_secs),
+            max_tcp_connections,
+            max_tcp_connections_per_source: config.sip.max_tcp_connections_per_source,
+            tcp_reserved_for_peers: config.sip.tcp_reserved_for_peers,
+            tcp_request_timeout: Duration::from_secs(config.sip.tcp_request_timeout_secs),
+        },
+        tls,
+        inbound_sender,
+        Arc::clone(router),
+        Arc::clone(metrics),
+        transport_stop.clone(),
+    )
+    .await?)
+}
+
+/// The HTTP and the gRPC listeners, bound in that order.
+async fn bind_api(
+    config: &Config,
+) -> Result<(tokio::net::TcpListener, tokio::net::TcpListener), StartError> {
+    let http_listener = tokio::net::TcpListener::bind(config.api.http)
+        .await
+        .map_err(|source| StartError::Http {
+            address: config.api.http,
+            source,
+        })?;
+    let grpc_listener = tokio::net::TcpListener::bind(config.api.grpc)
+        .await
+        .map_err(|source| StartError::Grpc {
+            address: config.api.grpc,
+            source,
+        })?;
+    Ok((http_listener, grpc_listener))
+}
+
+/// The store opened, what the previous run left open closed.
+fn open_store(config: &Config, metrics: &Arc<Metrics>) -> Result<Store, StartError> {
+    let store = Store::open_with(
+        &config.store.path,
+        store::StoreOptions {
+            max_size_bytes: config.store.max_size_mb.map(|mb| mb * 1024 * 1024),
+            metrics: Some(Arc::clone(metrics)),
+            // What a killed run left open ends on the link too, for the platforms that saw it.
+            recovery: Some(workorder::recovery::recovery(
+                ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
+                config.platforms.iter().map(|p| p.name.clone()).collect(),
+            )),
+            synchronous: config.store.synchronous,
+        },
+    )?;
+    if store.closed_at_start() > 0 {
+        tracing::warn!(
+            calls = store.closed_at_start(),
+            "records of calls left open by the previous run closed (gateway restart)"
+        );
+    }
+    Ok(store)
+}
+
+/// What every call is set up with.
+fn call_settings(
+    config: &Config,
+    local_sip: SocketAddr,
+    local_tls: Option<SocketAddr>,
+    timers: &sip::transaction::TimerConfig,
+    router: &Arc<Router>,
+    directory: &Arc<call::directory::Directory>,
+) -> Result<Arc<CallSettings>, StartError> {
+    let policy = MediaPolicy {
+        codecs: config.codecs()?,
+        telephone_event_payload_type: config.media.telephone_event,
+        ptime: config.media.ptime,
+    };
+    Ok(Arc::new(CallSettings {
+        local_sip,
+        local_tls_port: local_tls.map(|a| a.port()),
+        policy,
+        peer_response_timeout: Duration::from_millis(config.sip.peer_response_timeout_ms),
+        ring_timeout: Duration::from_secs(config.sip.ring_timeout_secs),
+        cleanup_timeout: timers.t1 * 64,
+        user_agent: (!config.sip.user_agent.is_empty()).then(|| config.sip.user_agent.clone()),
+        router: Arc::clone(router),
+        transfer_ring_timeout: Duration::from_secs(config.sip.transfer_ring_timeout_secs),
+        transfer_early_media: config.sip.transfer_early_media,
+        hotkeys: config
+            .hotkeys
+            .iter()
+            .map(call::hotkey::Hotkey::from)
+            .collect(),
+        hotkey_inter_digit: Duration::from_millis(config.sip.hotkey_inter_digit_ms),
+        directory: Arc::clone(directory),
+        conference_max_parties: config.sip.conference_max_parties,
+        conference_ends_with_caller: config.sip.conference_ends_with_caller,
+        session_timers: (config.sip.session_expires_secs > 0).then(|| {
+            sip::session_timer::SessionTimerSettings {
+                session_expires: Duration::from_secs(config.sip.session_expires_secs),
+                min_se: Duration::from_secs(config.sip.min_se_secs),
+            }
+        }),
+    }))
+}
+
+/// The media engine started, the screening (with the stored blocklist) and the call manager;
+/// returns the manager, the engine's probe and the blocklist.
+fn call_manager(
+    config: &Config,
+    router: &Arc<Router>,
+    settings: Arc<CallSettings>,
+    ports: &Arc<PortPool>,
+    metrics: &Arc<Metrics>,
+    max_calls: usize,
+) -> Result<
+    (
+        Arc<CallManager>,
+        media::relay::MediaProbe,
+        Arc<call::blocklist::Blocklist>,
+    ),
+    StartError,
+> {
+    let media_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let media = media::relay::MediaEngine::start(media_workers, Arc::clone(metrics))
+        .map_err(StartError::Media)?;
+    let media_probe = media.probe();
+    let blocklist = Arc::new(call::blocklist::Blocklist::with(store::list_blocked(
+        &config.store.path,
+        store::unix_millis(std::time::SystemTime::now()),
+    )?));
+    let screening = call::screening::Screening::new(
+        config.screening_patterns()?,
+        config.screening.blocked_status,
+        config.screening.repeat_calls,
+        Duration::from_secs(config.screening.repeat_minutes * 60),
+    )
+    .with_listed(Arc::clone(&blocklist));
+    let manager = Arc::new(
+        CallManager::new(
+            Arc::clone(router),
+            settings,
+            gateway::admission::MediaResources {
+                ports: Arc::clone(ports),
+                engine: media,
+                inactivity: Duration::from_secs(config.media.inactivity_timeout_secs),
+            },
+            Arc::clone(metrics),
+            ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
+            max_calls,
+        )
+        .with_screening(screening),
+    );
+    Ok((manager, media_probe, blocklist))
+}
+
+/// The SIP endpoint over `transport`, with its overload delay, guard, options and digest auth.
+fn build_endpoint(
+    config: &Config,
+    transport: Transport,
+    timers: sip::transaction::TimerConfig,
+    manager: &Arc<CallManager>,
+    metrics: &Arc<Metrics>,
+    local_sip: SocketAddr,
+    router: &Arc<Router>,
+) -> Result<
+    (
+        Endpoint,
+        sip::endpoint::EndpointHandle,
+        mpsc::UnboundedReceiver<sip::endpoint::Command>,
+    ),
+    StartError,
+> {
+    let (endpoint, handle, commands) = Endpoint::new(
+        transport,
+        timers,
+        Arc::clone(manager) as Arc<dyn sip::endpoint::Dispatcher>,
+        Arc::clone(metrics),
+        local_sip,
+    );
+    let guard = sip::guard::Guard::new(sip::guard::GuardConfig {
+        reject_unknown: config.sip.unknown_source == config::UnknownSource::Reject,
+        drop_scanners: config.sip.drop_scanners,
+        requests_per_sec: config.sip.pike_requests_per_sec,
+        ban: Duration::from_secs(config.sip.pike_ban_secs),
+        allow: config.guard_networks()?,
+    });
+    let endpoint = endpoint
+        .with_overload_delay(Duration::from_millis(config.sip.overload_queue_delay_ms))
+        .with_guard(guard, Arc::clone(router))
+        .with_supported(if config.sip.session_expires_secs > 0 {
+            &["timer"]
+        } else {
+            &[]
+        })
+        .with_max_transactions(config.sip.max_transactions)
+        .with_auth(sip::auth::Digest::new(
+            &config.sip.auth_realm,
+            nonce_key()?,
+            Duration::from_secs(config.sip.auth_nonce_secs),
+            std::time::Instant::now(),
+        ));
+    Ok((endpoint, handle, commands))
+}
+
+/// Spawns the HTTP endpoint (/healthz, /metrics); returns its address and its stop switch.
+fn serve_http(
+    config: &Config,
+    http_listener: tokio::net::TcpListener,
+    metrics: &Arc<Metrics>,
+    health: Arc<dyn health::HealthCheck>,
+) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let http_address = http_listener.local_addr().unwrap_or(config.api.http);
+    let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(http::serve(
+        http_listener,
+        Arc::clone(metrics),
+        health,
+        http_stopped,
+    ));
+    (http_address, http_stop)
+}
+
+/// Spawns the work-order gRPC endpoint (with TLS when `api.tls_cert` is set); returns its
+/// address, its stop token and its task.
+fn serve_grpc(
+    config: &Config,
+    grpc_listener: tokio::net::TcpListener,
+    events: Arc<workorder::hub::EventHub>,
+    registry: Arc<workorder::registry::CallRegistry>,
+    (blocklist, store): (Arc<call::blocklist::Blocklist>, Store),
+    metrics: &Arc<Metrics>,
+) -> Result<(SocketAddr, CancellationToken, tokio::task::JoinHandle<()>), StartError> {
+    let tls = match (&config.api.tls_cert, &config.api.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |path: &std::path::PathBuf| {
+                std::fs::read(path).map_err(|source| StartError::Tls {
+                    path: path.clone(),
+                    source,
+                })
+            };
+            Some(tonic::transport::ServerTlsConfig::new().identity(
+                tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
+            ))
+        }
+        _ => None,
+    };
+    let grpc_address = grpc_listener.local_addr().unwrap_or(config.api.grpc);
+    let grpc_stop = CancellationToken::new();
+    let service = workorder::service::WorkOrderService::new(
+        events,
+        registry,
+        config.store.path.clone(),
+        config
+            .platforms
+            .iter()
+            .map(|p| (p.name.clone(), p.token.clone()))
+            .collect(),
+        Arc::clone(metrics),
+        grpc_stop.clone(),
+    )
+    .with_blocklist(blocklist, store);
+    let grpc_task = tokio::spawn(workorder::service::serve(
+        service,
+        grpc_listener,
+        tls,
+        grpc_stop.clone(),
+    ));
+    Ok((grpc_address, grpc_stop, grpc_task))
 }
 
 /// Deletes outbox events past their retention, hourly.

@@ -42,6 +42,10 @@ pub enum ConfigError {
         key: String,
         reason: String,
     },
+    /// A value validation refuses, met converting a tree that was not validated (one not read
+    /// through [`Config::parse`]).
+    #[error("key `{key}`: {reason} (the configuration was not validated)")]
+    Unvalidated { key: String, reason: String },
 }
 
 /// The whole configuration.

@@ -106,3 +106,35 @@ fn toml_syntax_error_is_reported_with_file() {
         "{message}"
     );
 }
+
+#[test]
+fn conversions_return_the_validated_values_and_refuse_what_validation_would() {
+    let mut config = match Config::parse(Path::new("config/gateway.toml"), &sample()) {
+        Ok(c) => c,
+        Err(e) => panic!("sample must load: {e}"),
+    };
+    assert_eq!(
+        config.codecs().ok(),
+        Some(vec![
+            crate::media::codec::Codec::Pcma,
+            crate::media::codec::Codec::Pcmu
+        ])
+    );
+    assert_eq!(
+        config.guard_networks().map(|n| n.len()).ok(),
+        Some(config.sip.allow.len())
+    );
+    // A tree changed after validation: the conversion says so instead of dropping the entry.
+    config.sip.allow.push("ten/8".into());
+    let index = config.sip.allow.len() - 1;
+    match config.guard_networks() {
+        Err(ConfigError::Unvalidated { key, .. }) => assert_eq!(key, format!("sip.allow[{index}]")),
+        other => panic!("expected Unvalidated, got {:?}", other.map(|n| n.len())),
+    }
+    config.media.codecs.push("G729".into());
+    let message = config.codecs().map(|c| c.len()).unwrap_err().to_string();
+    assert!(
+        message.contains("key `media.codecs[2]`: unknown codec \"G729\""),
+        "{message}"
+    );
+}

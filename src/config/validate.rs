@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Builds the [`ConfigError::Invalid`] for a key and a reason, the file already named.
+type Invalid<'a> = &'a dyn Fn(String, String) -> ConfigError;
+
 impl Config {
     /// Reads, parses and validates `path`.
     ///
@@ -46,11 +49,27 @@ impl Config {
             key,
             reason,
         };
-        for (index, number) in self.screening.blocklist.iter().enumerate() {
-            if let Err(reason) = crate::routing::NumberPattern::parse(number) {
-                return Err(invalid(format!("screening.blocklist[{index}]"), reason));
-            }
-        }
+        self.check_screening(file, &invalid)?;
+        self.check_sip_allow(file)?;
+        self.check_peer_credentials(&invalid)?;
+        self.check_tls(file, &invalid)?;
+        self.check_session_timers(&invalid)?;
+        self.check_store(&invalid)?;
+        self.check_api(&invalid)?;
+        self.check_sip_tcp(&invalid)?;
+        self.check_platforms(&invalid)?;
+        self.check_conference(&invalid)?;
+        self.check_media(file, &invalid)?;
+        self.check_sip_limits(&invalid)?;
+        let names = self.check_peer_names(&invalid)?;
+        self.check_routes(&invalid, &names)?;
+        self.check_hotkeys(&invalid)?;
+        Ok(())
+    }
+
+    /// Checks the screening blocklist and the blocked status.
+    fn check_screening(&self, file: &Path, invalid: Invalid) -> Result<(), ConfigError> {
+        self.screening_patterns().map_err(|e| e.in_file(file))?;
         if !(400..700).contains(&self.screening.blocked_status) {
             return Err(invalid(
                 "screening.blocked_status".into(),
@@ -60,11 +79,17 @@ impl Config {
                 ),
             ));
         }
-        for (index, network) in self.sip.allow.iter().enumerate() {
-            if let Err(error) = crate::routing::Cidr::parse(network) {
-                return Err(invalid(format!("sip.allow[{index}]"), error.to_string()));
-            }
-        }
+        Ok(())
+    }
+
+    /// Checks the networks SIP is accepted from.
+    fn check_sip_allow(&self, file: &Path) -> Result<(), ConfigError> {
+        self.guard_networks().map_err(|e| e.in_file(file))?;
+        Ok(())
+    }
+
+    /// Checks each peer's digest credentials and source networks.
+    fn check_peer_credentials(&self, invalid: Invalid) -> Result<(), ConfigError> {
         for (index, peer) in self.peers.iter().enumerate() {
             if peer.auth_username.is_some() != peer.auth_password.is_some() {
                 return Err(invalid(
@@ -101,6 +126,11 @@ impl Config {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Checks the TLS certificate, listener, CAs and peer server names.
+    fn check_tls(&self, file: &Path, invalid: Invalid) -> Result<(), ConfigError> {
         if self.sip.tls_cert.is_some() != self.sip.tls_key.is_some() {
             return Err(invalid(
                 "sip.tls_key".into(),
@@ -136,12 +166,13 @@ impl Config {
             ));
         }
         for (index, peer) in self.peers.iter().enumerate() {
-            if let Err(reason) =
-                crate::sip::tls::server_name(peer.tls_name.as_deref(), peer.address)
-            {
-                return Err(invalid(format!("peer[{index}].tls_name"), reason));
-            }
+            convert::peer_server_name(index, peer).map_err(|e| e.in_file(file))?;
         }
+        Ok(())
+    }
+
+    /// Checks the RFC 4028 session timers.
+    fn check_session_timers(&self, invalid: Invalid) -> Result<(), ConfigError> {
         if self.sip.min_se_secs < 90 {
             return Err(invalid(
                 "sip.min_se_secs".into(),
@@ -159,18 +190,33 @@ impl Config {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Checks the store.
+    fn check_store(&self, invalid: Invalid) -> Result<(), ConfigError> {
         if self.store.max_size_mb == Some(0) {
             return Err(invalid(
                 "store.max_size_mb".into(),
                 "must be at least 1 (leave it out for no cap)".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Checks the API.
+    fn check_api(&self, invalid: Invalid) -> Result<(), ConfigError> {
         if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
             return Err(invalid(
                 "api.tls_key".into(),
                 "tls_cert and tls_key go together: give both or neither".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Checks the SIP TCP connection limits.
+    fn check_sip_tcp(&self, invalid: Invalid) -> Result<(), ConfigError> {
         for (key, value) in [
             (
                 "sip.tcp_request_timeout_secs",
@@ -188,6 +234,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Checks the platforms and their tokens.
+    fn check_platforms(&self, invalid: Invalid) -> Result<(), ConfigError> {
         for (index, platform) in self.platforms.iter().enumerate() {
             if platform.name.is_empty() {
                 return Err(invalid(
@@ -220,6 +271,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Checks the conference size.
+    fn check_conference(&self, invalid: Invalid) -> Result<(), ConfigError> {
         if !(3..=crate::media::MAX_PARTIES).contains(&self.sip.conference_max_parties) {
             return Err(invalid(
                 "sip.conference_max_parties".into(),
@@ -230,6 +286,11 @@ impl Config {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Checks the media ports, address, codecs, telephone-event and ptime.
+    fn check_media(&self, file: &Path, invalid: Invalid) -> Result<(), ConfigError> {
         let [low, high] = self.media.ports;
         if low > high {
             return Err(invalid(
@@ -249,14 +310,7 @@ impl Config {
                 "must be a concrete address: it is advertised in SDP c= lines".into(),
             ));
         }
-        for (index, codec) in self.media.codecs.iter().enumerate() {
-            if !matches!(codec.to_ascii_uppercase().as_str(), "PCMA" | "PCMU") {
-                return Err(invalid(
-                    format!("media.codecs[{index}]"),
-                    format!("unknown codec {codec:?}; supported: PCMA, PCMU"),
-                ));
-            }
-        }
+        self.codecs().map_err(|e| e.in_file(file))?;
         if self.media.codecs.is_empty() {
             return Err(invalid(
                 "media.codecs".into(),
@@ -275,6 +329,11 @@ impl Config {
                 "must be 10, 20, ... 120 ms".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Checks the SIP timers T1/T2 and the message size.
+    fn check_sip_limits(&self, invalid: Invalid) -> Result<(), ConfigError> {
         if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
             return Err(invalid(
                 "sip.t2_ms".into(),
@@ -287,6 +346,11 @@ impl Config {
                 "must be at least 1024 bytes".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Each peer's name (present, unique) and address; returns the names, for the routes.
+    fn check_peer_names(&self, invalid: Invalid) -> Result<HashSet<&str>, ConfigError> {
         let mut names = HashSet::new();
         for (index, peer) in self.peers.iter().enumerate() {
             if peer.name.trim().is_empty() {
@@ -308,6 +372,11 @@ impl Config {
                 ));
             }
         }
+        Ok(names)
+    }
+
+    /// Each route's number pattern (valid, unique) and the peers it names.
+    fn check_routes(&self, invalid: Invalid, names: &HashSet<&str>) -> Result<(), ConfigError> {
         let mut numbers = HashSet::new();
         for (index, route) in self.routes.iter().enumerate() {
             if let Err(reason) = NumberPattern::parse(&route.number) {
@@ -334,6 +403,11 @@ impl Config {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Checks the hotkeys.
+    fn check_hotkeys(&self, invalid: Invalid) -> Result<(), ConfigError> {
         for (index, hotkey) in self.hotkeys.iter().enumerate() {
             if hotkey.dtmf.is_empty()
                 || !hotkey

@@ -191,6 +191,62 @@ impl CallManager {
         Disposition::Accept(owner)
     }
 
+    /// Takes a token from the peer's call-rate bucket (`max_calls_per_sec`); false when it is
+    /// above its rate.
+    fn within_call_rate(&self, caller_peer: &crate::routing::Peer) -> bool {
+        let Some(rate) = caller_peer.max_calls_per_sec else {
+            return true;
+        };
+        let allowed = self
+            .call_rates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(caller_peer.name.clone())
+            .or_insert_with(|| TokenBucket::new(rate, rate))
+            .take(Instant::now());
+        if !allowed {
+            self.metrics.increment(Counter::CallsRefusedRate);
+            tracing::debug!(peer = %caller_peer.name, rate, "peer above its call rate");
+        }
+        allowed
+    }
+
+    /// Two legs' ports and their relay, with the call's id generator and key; `None` (the call
+    /// refused with 503) when ports, descriptors or the relay run short.
+    fn relay_for_call(&self) -> Option<(IdGenerator, String, [SocketAddr; 2], relay::RelayHandle)> {
+        let (leg_a, leg_b) = match (self.media.ports.allocate(), self.media.ports.allocate()) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(shortage), _) | (_, Err(shortage)) => {
+                tracing::warn!(%shortage, "call refused (503): overload");
+                self.metrics.increment(Counter::CallsRefusedOverload);
+                return None;
+            }
+        };
+        let mut ids = self.next_ids();
+        let id = ids.call_key();
+        let media_a = leg_a.rtp_address();
+        let media_b = leg_b.rtp_address();
+        let relay = match self
+            .media
+            .engine
+            .spawn([leg_a, leg_b], ids.fork(), self.media.inactivity)
+        {
+            Ok(relay) => relay,
+            Err(error) => {
+                let shortage = if crate::limits::is_out_of_descriptors(&error) {
+                    self.metrics.increment(Counter::DescriptorsExhausted);
+                    crate::media::ports::PortShortage::NoDescriptors.to_string()
+                } else {
+                    error.to_string()
+                };
+                tracing::warn!(%shortage, "call refused (503): its media cannot be relayed");
+                self.metrics.increment(Counter::CallsRefusedOverload);
+                return None;
+            }
+        };
+        Some((ids, id, [media_a, media_b], relay))
+    }
+
     fn new_call(
         &self,
         request: &Request,
@@ -248,77 +304,18 @@ impl CallManager {
                 ))
             }
         };
-        if let Some(rate) = caller_peer.max_calls_per_sec {
-            let allowed = self
-                .call_rates
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .entry(caller_peer.name.clone())
-                .or_insert_with(|| TokenBucket::new(rate, rate))
-                .take(Instant::now());
-            if !allowed {
-                self.metrics.increment(Counter::CallsRefusedRate);
-                tracing::debug!(peer = %caller_peer.name, rate, "peer above its call rate");
-                return Self::reply(request, 503);
-            }
+        if !self.within_call_rate(&caller_peer) {
+            return Self::reply(request, 503);
         }
         // One slot per call, released by the call task's ActiveGuard.
         if self.active.load(Ordering::Relaxed) >= self.max_calls {
             self.metrics.increment(Counter::CallsRefusedOverload);
             return Self::reply(request, 503);
         }
-        let (leg_a, leg_b) = match (self.media.ports.allocate(), self.media.ports.allocate()) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(shortage), _) | (_, Err(shortage)) => {
-                tracing::warn!(%shortage, "call refused (503): overload");
-                self.metrics.increment(Counter::CallsRefusedOverload);
-                return Self::reply(request, 503);
-            }
+        let Some((ids, id, [media_a, media_b], relay)) = self.relay_for_call() else {
+            return Self::reply(request, 503);
         };
-        let mut ids = self.next_ids();
-        let id = ids.call_key();
-        let media_a = leg_a.rtp_address();
-        let media_b = leg_b.rtp_address();
-        let relay = match self
-            .media
-            .engine
-            .spawn([leg_a, leg_b], ids.fork(), self.media.inactivity)
-        {
-            Ok(relay) => relay,
-            Err(error) => {
-                let shortage = if crate::limits::is_out_of_descriptors(&error) {
-                    self.metrics.increment(Counter::DescriptorsExhausted);
-                    crate::media::ports::PortShortage::NoDescriptors.to_string()
-                } else {
-                    error.to_string()
-                };
-                tracing::warn!(%shortage, "call refused (503): its media cannot be relayed");
-                self.metrics.increment(Counter::CallsRefusedOverload);
-                return Self::reply(request, 503);
-            }
-        };
-        let caller = request
-            .from()
-            .and_then(|f| f.uri.number())
-            .unwrap_or_default();
-        let record = CallRecord {
-            id: id.clone(),
-            a_call_id: request.call_id().to_string(),
-            b_call_id: None,
-            caller,
-            called: number.clone(),
-            a_peer: caller_peer.name.clone(),
-            b_peer: None,
-            started_at: unix_millis(SystemTime::now()),
-            answered_at: None,
-            ended_at: None,
-            ended_by: None,
-            end_reason: None,
-            final_status: None,
-            rtp_a_to_b: 0,
-            rtp_b_to_a: 0,
-            rtp_dropped: 0,
-        };
+        let record = call_record(request, id.clone(), &number, &caller_peer.name);
         let call = Call::new(
             Instant::now(),
             Arc::clone(&self.settings),
@@ -350,6 +347,32 @@ impl CallManager {
             driver::Admission { guard, flag },
         );
         Disposition::Accept(owner)
+    }
+}
+
+/// The call's record as it starts: who called whom, through which peer, when.
+fn call_record(request: &Request, id: String, number: &str, a_peer: &str) -> CallRecord {
+    let caller = request
+        .from()
+        .and_then(|f| f.uri.number())
+        .unwrap_or_default();
+    CallRecord {
+        id,
+        a_call_id: request.call_id().to_string(),
+        b_call_id: None,
+        caller,
+        called: number.to_string(),
+        a_peer: a_peer.to_string(),
+        b_peer: None,
+        started_at: unix_millis(SystemTime::now()),
+        answered_at: None,
+        ended_at: None,
+        ended_by: None,
+        end_reason: None,
+        final_status: None,
+        rtp_a_to_b: 0,
+        rtp_b_to_a: 0,
+        rtp_dropped: 0,
     }
 }
 

@@ -186,6 +186,24 @@ pub fn parse_with(datagram: &[u8], charset: impl Fn() -> Charset) -> Result<Mess
     let is_response = start_line.starts_with("SIP/");
 
     // Headers: unfold continuation lines (§7.3.1); non-UTF-8 lines in the peer's charset.
+    let (headers, mut header_error) = parse_headers(lines, &charset);
+
+    // Body: Content-Length bytes after the blank line; on UDP a shorter datagram is malformed
+    // and extra bytes are ignored (§18.3).
+    let body = read_body(&headers, &datagram[end..], &mut header_error);
+
+    if is_response {
+        return parse_response(start_line, headers, body, header_error);
+    }
+    parse_request(start_line, headers, body, header_error)
+}
+
+/// The header lines up to the blank line, continuation lines unfolded; the first reason the
+/// header block is malformed, if any.
+fn parse_headers<'a>(
+    lines: impl Iterator<Item = &'a [u8]>,
+    charset: &impl Fn() -> Charset,
+) -> (Headers, Option<&'static str>) {
     let mut headers = Headers::new();
     let mut pending: Option<(String, String)> = None;
     let mut header_error: Option<&'static str> = None;
@@ -239,11 +257,16 @@ pub fn parse_with(datagram: &[u8], charset: impl Fn() -> Charset) -> Result<Mess
     if let Some((name, value)) = pending.take() {
         headers.push(&name, value);
     }
+    (headers, header_error)
+}
 
-    // Body: Content-Length bytes after the blank line; on UDP a shorter datagram is malformed
-    // and extra bytes are ignored (§18.3).
-    let available = &datagram[end..];
-    let body = match headers.get("Content-Length") {
+/// The body: Content-Length bytes of `available`, all of it without one.
+fn read_body(
+    headers: &Headers,
+    available: &[u8],
+    header_error: &mut Option<&'static str>,
+) -> Bytes {
+    match headers.get("Content-Length") {
         Some(value) => match value.trim().parse::<usize>() {
             Ok(n) if n <= available.len() => Bytes::copy_from_slice(&available[..n]),
             Ok(_) => {
@@ -256,11 +279,17 @@ pub fn parse_with(datagram: &[u8], charset: impl Fn() -> Charset) -> Result<Mess
             }
         },
         None => Bytes::copy_from_slice(available),
-    };
-
-    if is_response {
-        return parse_response(start_line, headers, body, header_error);
     }
+}
+
+/// A request's start line, checked in the order its error responses rank, then its headers.
+fn parse_request(
+    start_line: &str,
+    headers: Headers,
+    body: Bytes,
+    header_error: Option<&'static str>,
+) -> Result<Message, ParseError> {
+    let drop = |reason: &str| ParseError::Drop(reason.to_string());
     let reject = |status: u16, reason: &str, headers: &Headers| ParseError::Reject {
         status,
         reason: reason.to_string(),

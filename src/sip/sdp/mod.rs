@@ -285,22 +285,7 @@ pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
             continue;
         }
         match kind {
-            "o" => {
-                let parts: Vec<&str> = value.split_ascii_whitespace().collect();
-                if parts.len() != 6 || parts[3] != "IN" {
-                    return Err(invalid("malformed o= line"));
-                }
-                origin = Some(Origin {
-                    username: parts[0].to_string(),
-                    session_id: parts[1]
-                        .parse()
-                        .map_err(|_| invalid("o= session id is not a number"))?,
-                    session_version: parts[2]
-                        .parse()
-                        .map_err(|_| invalid("o= version is not a number"))?,
-                    address: parts[5].parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
-                });
-            }
+            "o" => origin = Some(parse_origin(value, number)?),
             "s" => session_name = value.to_string(),
             "c" => {
                 let address = parse_connection(value, number)?;
@@ -313,32 +298,7 @@ pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
                 if media.len() >= MAX_MEDIA {
                     return Err(invalid("too many m= lines"));
                 }
-                let mut parts = value.split_ascii_whitespace();
-                let kind = parts.next().ok_or(invalid("m= without media"))?;
-                let port_text = parts.next().ok_or(invalid("m= without port"))?;
-                let port = port_text
-                    .split('/')
-                    .next()
-                    .and_then(|p| p.parse::<u16>().ok())
-                    .ok_or(invalid("m= port is not a number"))?;
-                let protocol = parts.next().ok_or(invalid("m= without protocol"))?;
-                let formats: Vec<String> = parts.map(str::to_string).collect();
-                if formats.is_empty() {
-                    return Err(invalid("m= without formats"));
-                }
-                media.push(MediaDescription {
-                    media: kind.to_string(),
-                    port,
-                    protocol: protocol.to_string(),
-                    formats,
-                    rtpmaps: Vec::new(),
-                    fmtps: Vec::new(),
-                    direction: None,
-                    ptime: None,
-                    connection: None,
-                    rtcp_port: None,
-                    other_attributes: Vec::new(),
-                });
+                media.push(parse_media_line(value, number)?);
             }
             "a" => {
                 let (name, attribute_value) = match value.split_once(':') {
@@ -353,45 +313,7 @@ pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
                     continue;
                 }
                 let Some(m) = media.last_mut() else { continue };
-                match (name, attribute_value) {
-                    ("rtpmap", Some(v)) => {
-                        let (pt, encoding) =
-                            v.split_once(' ').ok_or(invalid("malformed rtpmap"))?;
-                        let payload_type = pt
-                            .parse::<u8>()
-                            .ok()
-                            .filter(|p| *p < 128)
-                            .ok_or(invalid("rtpmap payload type"))?;
-                        let mut pieces = encoding.trim().split('/');
-                        let name = pieces.next().unwrap_or_default().to_string();
-                        let clock_rate = pieces
-                            .next()
-                            .and_then(|c| c.parse().ok())
-                            .ok_or(invalid("rtpmap clock rate"))?;
-                        let channels = pieces.next().and_then(|c| c.parse().ok());
-                        m.rtpmaps.push(RtpMap {
-                            payload_type,
-                            encoding: name,
-                            clock_rate,
-                            channels,
-                        });
-                    }
-                    ("fmtp", Some(v)) => {
-                        if let Some((pt, parameters)) = v.split_once(' ') {
-                            if let Ok(pt) = pt.parse::<u8>() {
-                                m.fmtps.push((pt, parameters.trim().to_string()));
-                            }
-                        }
-                    }
-                    ("ptime", Some(v)) => m.ptime = v.trim().parse().ok(),
-                    ("rtcp", Some(v)) => {
-                        m.rtcp_port = v
-                            .split_ascii_whitespace()
-                            .next()
-                            .and_then(|p| p.parse().ok())
-                    }
-                    _ => m.other_attributes.push(value.to_string()),
-                }
+                parse_media_attribute(m, name, attribute_value, value, number)?;
             }
             // v= again, t=, b=, k=, r=, z=, i=, u=, e=, p=: nothing we use.
             _ => {}
@@ -414,6 +336,115 @@ pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
         direction,
         media,
     })
+}
+
+/// The `o=` line on line `number` (RFC 4566 §5.2).
+fn parse_origin(value: &str, number: usize) -> Result<Origin, SdpError> {
+    let invalid = |reason| SdpError::Invalid {
+        line: number,
+        reason,
+    };
+    let parts: Vec<&str> = value.split_ascii_whitespace().collect();
+    if parts.len() != 6 || parts[3] != "IN" {
+        return Err(invalid("malformed o= line"));
+    }
+    Ok(Origin {
+        username: parts[0].to_string(),
+        session_id: parts[1]
+            .parse()
+            .map_err(|_| invalid("o= session id is not a number"))?,
+        session_version: parts[2]
+            .parse()
+            .map_err(|_| invalid("o= version is not a number"))?,
+        address: parts[5].parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+    })
+}
+
+/// The `m=` line on line `number` (RFC 4566 §5.14), its attributes still to come.
+fn parse_media_line(value: &str, number: usize) -> Result<MediaDescription, SdpError> {
+    let invalid = |reason| SdpError::Invalid {
+        line: number,
+        reason,
+    };
+    let mut parts = value.split_ascii_whitespace();
+    let kind = parts.next().ok_or(invalid("m= without media"))?;
+    let port_text = parts.next().ok_or(invalid("m= without port"))?;
+    let port = port_text
+        .split('/')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .ok_or(invalid("m= port is not a number"))?;
+    let protocol = parts.next().ok_or(invalid("m= without protocol"))?;
+    let formats: Vec<String> = parts.map(str::to_string).collect();
+    if formats.is_empty() {
+        return Err(invalid("m= without formats"));
+    }
+    Ok(MediaDescription {
+        media: kind.to_string(),
+        port,
+        protocol: protocol.to_string(),
+        formats,
+        rtpmaps: Vec::new(),
+        fmtps: Vec::new(),
+        direction: None,
+        ptime: None,
+        connection: None,
+        rtcp_port: None,
+        other_attributes: Vec::new(),
+    })
+}
+
+/// A media-level `a=` line on line `number` (other than a direction) into `m`.
+fn parse_media_attribute(
+    m: &mut MediaDescription,
+    name: &str,
+    attribute_value: Option<&str>,
+    value: &str,
+    number: usize,
+) -> Result<(), SdpError> {
+    let invalid = |reason| SdpError::Invalid {
+        line: number,
+        reason,
+    };
+    match (name, attribute_value) {
+        ("rtpmap", Some(v)) => {
+            let (pt, encoding) = v.split_once(' ').ok_or(invalid("malformed rtpmap"))?;
+            let payload_type = pt
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p < 128)
+                .ok_or(invalid("rtpmap payload type"))?;
+            let mut pieces = encoding.trim().split('/');
+            let name = pieces.next().unwrap_or_default().to_string();
+            let clock_rate = pieces
+                .next()
+                .and_then(|c| c.parse().ok())
+                .ok_or(invalid("rtpmap clock rate"))?;
+            let channels = pieces.next().and_then(|c| c.parse().ok());
+            m.rtpmaps.push(RtpMap {
+                payload_type,
+                encoding: name,
+                clock_rate,
+                channels,
+            });
+        }
+        ("fmtp", Some(v)) => {
+            if let Some((pt, parameters)) = v.split_once(' ') {
+                if let Ok(pt) = pt.parse::<u8>() {
+                    m.fmtps.push((pt, parameters.trim().to_string()));
+                }
+            }
+        }
+        ("ptime", Some(v)) => m.ptime = v.trim().parse().ok(),
+        ("rtcp", Some(v)) => {
+            m.rtcp_port = v
+                .split_ascii_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+        }
+        _ => m.other_attributes.push(value.to_string()),
+    }
+    Ok(())
 }
 
 impl fmt::Display for SessionDescription {

@@ -195,56 +195,18 @@ pub fn answer(
             NegotiationError::NoAcceptableMedia
         });
     };
-    let mut media = Vec::with_capacity(offer.media.len());
-    for (index, offered) in offer.media.iter().enumerate() {
-        if index != chosen_index {
-            media.push(MediaDescription {
-                media: offered.media.clone(),
-                port: 0,
-                protocol: offered.protocol.clone(),
-                formats: offered.formats.iter().take(1).cloned().collect(),
-                rtpmaps: Vec::new(),
-                fmtps: Vec::new(),
-                direction: None,
-                ptime: None,
-                connection: None,
-                rtcp_port: None,
-                other_attributes: Vec::new(),
-            });
-            continue;
-        }
-        let mut formats = vec![negotiated.payload_type.to_string()];
-        let mut rtpmaps = vec![RtpMap {
-            payload_type: negotiated.payload_type,
-            encoding: negotiated.codec.name().into(),
-            clock_rate: 8000,
-            channels: None,
-        }];
-        let mut fmtps = Vec::new();
-        if let Some(event) = negotiated.telephone_event {
-            formats.push(event.to_string());
-            rtpmaps.push(RtpMap {
-                payload_type: event,
-                encoding: "telephone-event".into(),
-                clock_rate: 8000,
-                channels: None,
-            });
-            fmtps.push((event, "0-16".to_string()));
-        }
-        media.push(MediaDescription {
-            media: "audio".into(),
-            port: local.port(),
-            protocol: offered.protocol.clone(),
-            formats,
-            rtpmaps,
-            fmtps,
-            direction: Some(negotiated.direction.reverse()),
-            ptime: Some(negotiated.ptime),
-            connection: None,
-            rtcp_port: None,
-            other_attributes: ours.map(|c| c.attribute()).into_iter().collect(),
-        });
-    }
+    let media = offer
+        .media
+        .iter()
+        .enumerate()
+        .map(|(index, offered)| {
+            if index == chosen_index {
+                answered_stream(offered, &negotiated, local, ours)
+            } else {
+                rejected_stream(offered)
+            }
+        })
+        .collect();
     let description = SessionDescription {
         origin: origin.clone(),
         session_name: "-".into(),
@@ -253,6 +215,64 @@ pub fn answer(
         media,
     };
     Ok((description, negotiated))
+}
+
+/// An offered stream we do not take, rejected with port 0 (RFC 3264 §6).
+fn rejected_stream(offered: &MediaDescription) -> MediaDescription {
+    MediaDescription {
+        media: offered.media.clone(),
+        port: 0,
+        protocol: offered.protocol.clone(),
+        formats: offered.formats.iter().take(1).cloned().collect(),
+        rtpmaps: Vec::new(),
+        fmtps: Vec::new(),
+        direction: None,
+        ptime: None,
+        connection: None,
+        rtcp_port: None,
+        other_attributes: Vec::new(),
+    }
+}
+
+/// The stream we take: the negotiated codec (and telephone-event), our port, the direction
+/// reversed, our `a=crypto` when SRTP was agreed.
+fn answered_stream(
+    offered: &MediaDescription,
+    negotiated: &Negotiated,
+    local: SocketAddr,
+    ours: Option<Crypto>,
+) -> MediaDescription {
+    let mut formats = vec![negotiated.payload_type.to_string()];
+    let mut rtpmaps = vec![RtpMap {
+        payload_type: negotiated.payload_type,
+        encoding: negotiated.codec.name().into(),
+        clock_rate: 8000,
+        channels: None,
+    }];
+    let mut fmtps = Vec::new();
+    if let Some(event) = negotiated.telephone_event {
+        formats.push(event.to_string());
+        rtpmaps.push(RtpMap {
+            payload_type: event,
+            encoding: "telephone-event".into(),
+            clock_rate: 8000,
+            channels: None,
+        });
+        fmtps.push((event, "0-16".to_string()));
+    }
+    MediaDescription {
+        media: "audio".into(),
+        port: local.port(),
+        protocol: offered.protocol.clone(),
+        formats,
+        rtpmaps,
+        fmtps,
+        direction: Some(negotiated.direction.reverse()),
+        ptime: Some(negotiated.ptime),
+        connection: None,
+        rtcp_port: None,
+        other_attributes: ours.map(|c| c.attribute()).into_iter().collect(),
+    }
 }
 
 /// Reads the answer to our offer.
