@@ -29,7 +29,7 @@ pub struct MediaResources {
     pub ports: Arc<PortPool>,
     pub engine: relay::MediaEngine,
     /// An answered call with no media on either leg this long is ended.
-    pub inactivity: std::time::Duration,
+    pub inactivity: Duration,
 }
 
 /// The dispatcher behind the endpoint.
