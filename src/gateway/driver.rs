@@ -25,6 +25,12 @@ use crate::metrics::{CallResult, Counter, Gauge, Metrics};
 use crate::sip::endpoint::{EndpointHandle, Owner};
 use crate::store::{unix_millis, CallRecord, Changes, ConferencePartyRecord, LinkageRecord, Store};
 
+/// The call's clock, read from tokio's, so that a test on `tokio::time::pause()`d time moves the
+/// call's timers with `tokio::time::advance`; the call model gets it as a plain `Instant`.
+fn driver_now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// What every call task shares.
 #[derive(Clone)]
 pub struct CallServices {
@@ -114,24 +120,24 @@ async fn run(
         };
         tokio::select! {
             event = inbox.recv() => match event {
-                Some(event) => call.handle_sip(Instant::now(), event),
+                Some(event) => call.handle_sip(driver_now(), event),
                 None => {
                     // The endpoint is gone (the gateway is stopping): end the call's records
                     // and events the usual way; its last messages can no longer go out.
-                    call.handle_shutdown(Instant::now());
+                    call.handle_shutdown(driver_now());
                     let _ = carry_out(&mut call, &owner, &relay, &mut records, &services).await;
                     break;
                 }
             },
             event = relay.event() => match event {
-                MediaEvent::Inactive => call.handle_media_inactive(Instant::now()),
-                MediaEvent::Digit(party, digit) => call.handle_media_digit(Instant::now(), party, digit),
+                MediaEvent::Inactive => call.handle_media_inactive(driver_now()),
+                MediaEvent::Digit(party, digit) => call.handle_media_digit(driver_now(), party, digit),
             },
-            _ = sleep => call.handle_timeout(Instant::now()),
+            _ = sleep => call.handle_timeout(driver_now()),
             Some(command) = commands.recv() => records.link.command(&mut call, command),
             _ = services.shutdown.cancelled(), if !shutdown_seen => {
                 shutdown_seen = true;
-                call.handle_shutdown(Instant::now());
+                call.handle_shutdown(driver_now());
             }
         }
     }
@@ -194,7 +200,7 @@ async fn carry_out(
                     .allocate()
                     .ok()
                     .and_then(|lease| relay.add_party(lease));
-                call.handle_party_opened(Instant::now(), opened);
+                call.handle_party_opened(driver_now(), opened);
             }
             Action::Conference(update) => {
                 records.link.conference(&update);
