@@ -96,29 +96,9 @@ impl Call {
         if 2 + self.guests.len() >= max {
             return Err(TransferError::ConferenceFull(max));
         }
-        let route = self
-            .settings
-            .router
-            .route(number)
-            .filter(|peers| !peers.is_empty())
-            .ok_or_else(|| TransferError::NoRoute(number.to_string()))?
-            .to_vec();
-        let linkage_id = self.new_linkage_id();
-        let from_peer = self
-            .leg_peer(from)
-            .map(|p| (p.name.clone(), p.platform.clone()))
-            .unwrap_or_default();
-        self.actions
-            .push_back(Action::Linkage(LinkageUpdate::Requested {
-                linkage_id: linkage_id.clone(),
-                kind: LinkageKind::Conference,
-                target: number.to_string(),
-                trigger,
-                from_peer: from_peer.0,
-                from_platform: from_peer.1,
-                to_peer: route[0].name.clone(),
-                to_platform: route[0].platform.clone(),
-            }));
+        let route = self.route_to(number)?;
+        let linkage_id =
+            self.request_linkage(LinkageKind::Conference, from, number, trigger, &route);
         tracing::info!(call = %self.id, linkage = %linkage_id, target = number, trigger = trigger.as_str(), "conference guest invited");
         let local_ip = self.settings.local_sip.ip().to_string();
         let timeouts = ForkTimeouts {

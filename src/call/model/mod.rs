@@ -74,7 +74,7 @@ use crate::sip::transaction::{DialogKey, ServerTransactionId, SipEvent};
 
 use super::directory::DialogId;
 use super::hotkey::HotkeyMatcher;
-use super::transfer::CallerIdentity;
+use super::transfer::{CallerIdentity, Trigger};
 use conference::Guest;
 use digits::DigitTransport;
 use fork::{Fork, ForkTimeouts, Retired};
@@ -568,10 +568,50 @@ impl Call {
         self.b_peer().is_some_and(|p| p.platform.is_some())
     }
 
-    /// A fresh linkage id (a Call-ID's random part).
-    fn new_linkage_id(&mut self) -> String {
+    /// The route to a third party (a transfer target, a conference guest): the same table as
+    /// new calls.
+    fn route_to(&self, number: &str) -> Result<Vec<Arc<Peer>>, TransferError> {
+        self.settings
+            .router
+            .route(number)
+            .filter(|peers| !peers.is_empty())
+            .map(<[Arc<Peer>]>::to_vec)
+            .ok_or_else(|| TransferError::NoRoute(number.to_string()))
+    }
+
+    /// A linkage from `from`'s party to `number` (a transfer or a conference guest) starts:
+    /// its fresh id (a Call-ID's random part), announced for its record with the first peer of
+    /// `route`.
+    fn request_linkage(
+        &mut self,
+        kind: LinkageKind,
+        from: Leg,
+        number: &str,
+        trigger: Trigger,
+        route: &[Arc<Peer>],
+    ) -> String {
         let id = self.ids.call_id("linkage");
-        id.split('@').next().unwrap_or(&id).to_string()
+        let linkage_id = id.split('@').next().unwrap_or(&id).to_string();
+        let (from_peer, from_platform) = self
+            .leg_peer(from)
+            .map(|p| (p.name.clone(), p.platform.clone()))
+            .unwrap_or_default();
+        let (to_peer, to_platform) = route
+            .first()
+            .map(|p| (p.name.clone(), p.platform.clone()))
+            .unwrap_or_default();
+        self.actions
+            .push_back(Action::Linkage(LinkageUpdate::Requested {
+                linkage_id: linkage_id.clone(),
+                kind,
+                target: number.to_string(),
+                trigger,
+                from_peer,
+                from_platform,
+                to_peer,
+                to_platform,
+            }));
+        linkage_id
     }
 
     /// A fresh SRTP key for an offer to `peer` if it must have SRTP (a key per peer tried: a

@@ -119,13 +119,7 @@ impl Call {
         }
         match consultation {
             Some(peer) => Ok(vec![Arc::clone(peer)]),
-            None => self
-                .settings
-                .router
-                .route(number)
-                .filter(|peers| !peers.is_empty())
-                .map(<[Arc<Peer>]>::to_vec)
-                .ok_or_else(|| TransferError::NoRoute(number.to_string())),
+            None => self.route_to(number),
         }
     }
 
@@ -147,26 +141,11 @@ impl Call {
             ),
             None => (None, None, None),
         };
-        let linkage_id = self.new_linkage_id();
+        let linkage_id = self.request_linkage(LinkageKind::Transfer, from, number, trigger, &route);
         // The target gets the transferor's port: the relay hands it over on answer.
         let port = self.legs[from].media;
         let origin = Origin::new(port.ip(), self.ids.next_u64() >> 12);
         let offer = sdp::offer(&self.settings.policy, port, &origin, Direction::SendRecv);
-        let from_peer = self
-            .leg_peer(from)
-            .map(|p| (p.name.clone(), p.platform.clone()))
-            .unwrap_or_default();
-        self.actions
-            .push_back(Action::Linkage(LinkageUpdate::Requested {
-                linkage_id: linkage_id.clone(),
-                kind: LinkageKind::Transfer,
-                target: number.to_string(),
-                trigger,
-                from_peer: from_peer.0,
-                from_platform: from_peer.1,
-                to_peer: route[0].name.clone(),
-                to_platform: route[0].platform.clone(),
-            }));
         tracing::info!(call = %self.id, linkage = %linkage_id, target = number, trigger = trigger.as_str(), from = ?from, "transfer requested");
         let timeouts = ForkTimeouts {
             response: self.settings.peer_response_timeout,
