@@ -619,7 +619,14 @@ fn inject_faults(request: &Request) {
         panic!("injected fault: the endpoint's loop panics");
     }
     if probe && injected(Fault::EndpointStall) {
-        std::thread::sleep(Duration::from_secs(30));
+        let stall = || std::thread::sleep(Duration::from_secs(30));
+        // The loop's thread blocks, as a loop stuck in a computation would; block_in_place
+        // first hands the thread's other tasks (the HTTP server's among them, which could
+        // sit in its LIFO slot, where no other worker steals from) to the rest of the runtime.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(stall),
+            _ => stall(),
+        }
     }
 }
 
