@@ -642,7 +642,8 @@ pub fn cancel_for(invite: &Request) -> Request {
     }
 }
 
-/// Standard reason phrases for the codes the gateway sends.
+/// The reason phrases of RFC 3261 §21 (with 422 of RFC 4028 and 489 of RFC 6665) for the codes
+/// the gateway sends or relays.
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         100 => "Trying",
@@ -652,22 +653,41 @@ pub fn reason_phrase(status: u16) -> &'static str {
         183 => "Session Progress",
         200 => "OK",
         202 => "Accepted",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Moved Temporarily",
+        305 => "Use Proxy",
+        380 => "Alternative Service",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
         408 => "Request Timeout",
+        410 => "Gone",
         413 => "Request Entity Too Large",
+        414 => "Request-URI Too Long",
         415 => "Unsupported Media Type",
         416 => "Unsupported URI Scheme",
         420 => "Bad Extension",
+        421 => "Extension Required",
+        422 => "Session Interval Too Small",
+        423 => "Interval Too Brief",
+        480 => "Temporarily Unavailable",
         481 => "Call/Transaction Does Not Exist",
         482 => "Loop Detected",
         483 => "Too Many Hops",
+        484 => "Address Incomplete",
+        485 => "Ambiguous",
         486 => "Busy Here",
         487 => "Request Terminated",
         488 => "Not Acceptable Here",
+        489 => "Bad Event",
         491 => "Request Pending",
+        493 => "Undecipherable",
         500 => "Server Internal Error",
         501 => "Not Implemented",
         502 => "Bad Gateway",
@@ -677,6 +697,8 @@ pub fn reason_phrase(status: u16) -> &'static str {
         513 => "Message Too Large",
         600 => "Busy Everywhere",
         603 => "Decline",
+        604 => "Does Not Exist Anywhere",
+        606 => "Not Acceptable",
         _ => "Unknown",
     }
 }

@@ -324,3 +324,19 @@ mod property {
         }
     }
 }
+
+/// Every code the gateway answers on its own carries its RFC phrase (a 401 challenge once
+/// went out as "401 Unknown").
+#[test]
+fn the_gateways_own_answers_carry_their_rfc_reason_phrases() {
+    for (status, phrase) in [
+        (401, "Unauthorized"),
+        (407, "Proxy Authentication Required"),
+        (422, "Session Interval Too Small"),
+        (480, "Temporarily Unavailable"),
+        (489, "Bad Event"),
+        (604, "Does Not Exist Anywhere"),
+    ] {
+        assert_eq!(reason_phrase(status), phrase, "{status}");
+    }
+}
