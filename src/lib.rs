@@ -1,7 +1,8 @@
 //! hotline-gateway: a SIP/RTP back-to-back user agent that links the 12345 government-service
 //! hotline and the 110 police desk.
 //!
-//! Data flows one way: socket -> [`sip::transport`] -> [`sip::endpoint`] (transactions) ->
+//! Data flows one way: socket -> [`sip::transport`] -> [`sip::endpoint`] (driving the sans-IO
+//! transaction layer, [`sip::transaction::layer`]) ->
 //! [`call`] (the B2BUA call model, the only place that decides) -> [`routing`] / [`media`] /
 //! [`store`] -> transaction -> transport -> socket. Folders import one way too: `media` and
 //! `store` import no other room, `routing` only `config`'s tree (to build the router), `sip`
@@ -11,7 +12,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`config`] | the TOML tree, parsed once, validated with file/key/reason errors |
-//! | [`sip`] | message grammar, SDP, sans-IO transactions (and the events/keys the call model speaks), targets, UDP/TCP/TLS transport, the endpoint driver |
+//! | [`sip`] | message grammar, SDP, sans-IO transactions and transaction layer (and the events/keys the call model speaks), targets, UDP/TCP/TLS transport, the endpoint driver |
 //! | [`call`] | the call state machine (sans-IO) split by state: legs, forks, transfer, guests; hotkeys, screening, identity |
 //! | [`gateway`] | the I/O around the call model: the call's driver task, admission, the work-order glue |
 //! | [`media`] | codecs, G.711, RTP rewriting, SRTP, the mixer (pure); port allocation; the relay: a sans-IO per-call state and the worker threads that own the sockets |

@@ -1,6 +1,6 @@
-//! SIP: the wire format ([`message`], [`sdp`]), RFC 3261 transactions ([`transaction`]) and
-//! dialogs ([`dialog`]), the sockets ([`transport`]), the driver that joins them
-//! ([`endpoint`]), its overload detector ([`overload`]) and the guard that decides who may talk
+//! SIP: the wire format ([`message`], [`sdp`]), RFC 3261 transactions and the transaction
+//! layer ([`transaction`]), dialogs ([`dialog`]), the sockets ([`transport`]), the driver that
+//! feeds the layer sockets and time ([`endpoint`]), its overload detector ([`overload`]) and the guard that decides who may talk
 //! to it at all ([`guard`]).
 
 pub mod auth;

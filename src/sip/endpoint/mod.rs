@@ -1,26 +1,16 @@
-//! The endpoint: one task that joins the transport, the transaction machines and the call layer.
+//! The endpoint: the loop that feeds the transaction layer sockets and time.
 //!
-//! It owns every transaction (RFC 3261 §17) in two tables, looks up each inbound message by the
-//! key [`transaction::matching`](super::transaction::matching) gives it (§17.1.3 for responses,
-//! §17.2.3 for requests, §8.2.2.2 merged requests, RFC 6026 ACK for 2xx), runs the machines'
-//! timers from one deadline heap, and passes what the machines let through to the owner of the
-//! transaction (a call task) or, for a new request, to the [`Dispatcher`] (the call layer) which
-//! decides what to do with it.
-//!
-//! Beyond the machines it carries out the §8.2 / §18 duties that belong below the call model,
-//! deciding when and sending through the transport, while the pure parts live in
-//! [`transaction`](super::transaction): stamping the top Via and choosing where responses go
-//! ([`transaction::via`](super::transaction::via), RFC 3581, §18.2.2), and the answers it gives
-//! on its own ([`transaction::answers`](super::transaction::answers): 100 Trying, 200/481 to
-//! CANCEL (§9.2), 420, 481 for unknown dialogs, 482, 503 + Retry-After, 401/403). Requests the
-//! parser rejected get their 400/416/501/505 here too.
+//! The layer ([`TransactionLayer`], sans-IO) owns every transaction (RFC 3261 §17), matches
+//! each inbound message to one, runs their timers and gives the answers that belong below the
+//! call model (100 Trying, CANCEL's 200/481, 420, 481, 482, 401/403, the stateless 503). The
+//! endpoint reads the transport, stamps the clock, puts the [`Guard`] in front of every
+//! request, and carries out what the layer asks: bytes to the transport, events to the owner
+//! of a transaction or dialog (a call task), new requests to the [`Dispatcher`] (the call
+//! layer), which answers or takes them.
 //!
 //! `mod.rs` holds the owners' channels, the handle, the builder, the loop and commands;
-//! `inbound.rs` the inbound path (matching, local answers, new requests); `service.rs` the
-//! timers and what a machine asks for.
+//! `inbound.rs` the inbound path (the guard, then the layer) and what the layer hands up.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,23 +21,18 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::guard::{DropReason, Guard, Verdict};
-use super::message::{self, Message, Method, ParseError, Request, Response};
-use super::overload::OverloadDetector;
+use super::message::{Message, Method, ParseError, Request, Response};
 use super::target::{Flow, Target};
-use super::transaction::either::{ClientTransaction, ServerTransaction};
-use super::transaction::matching::{self, AcceptedKey, ClientKey, MergeKey, ServerKey};
-use super::transaction::via::{request_response_target, response_target, stamp_via};
-use super::transaction::{
-    answers, DialogKey, Event as MachineEvent, ResponseAction, ServerTransactionId, SipEvent,
-    TimerConfig,
-};
+use super::transaction::layer::{Dialogs, LayerEvent, TransactionLayer};
+use super::transaction::via::{request_response_target, stamp_via};
+use super::transaction::{answers, DialogKey, ServerTransactionId, SipEvent, TimerConfig};
 use super::transport::{Inbound, Transport, TransportEvent};
-use crate::metrics::{Counter, Gauge, Metrics};
+use crate::metrics::{Counter, Metrics};
 use crate::routing::Router;
 
 /// The driver's clock, read from tokio's so that a test on `tokio::time::pause()`d time moves
-/// the endpoint's timers with `tokio::time::advance`; the machines below get it as a plain
-/// `std` `Instant` and never read a clock themselves.
+/// the endpoint's timers with `tokio::time::advance`; the layer below gets it as a plain
+/// `std` `Instant` and never reads a clock itself.
 fn driver_now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
@@ -231,74 +216,25 @@ impl EndpointHandle {
     }
 }
 
-struct ClientEntry {
-    machine: ClientTransaction,
-    request: Request,
-    target: Target,
-    owner: Owner,
-    /// The deadline this entry has in the heap, so each entry is in it at most once or twice.
-    armed: Option<Instant>,
-}
+impl Dialogs<Owner> for DashMap<DialogKey, Owner> {
+    fn owner(&self, key: &DialogKey) -> Option<Owner> {
+        self.get(key).map(|owner| owner.clone())
+    }
 
-struct ServerEntry {
-    id: ServerTransactionId,
-    machine: ServerTransaction,
-    response_target: Target,
-    owner: Option<Owner>,
-    /// For merged-request detection and ACK matching.
-    merge_key: Option<MergeKey>,
-    accepted_key: Option<AcceptedKey>,
-    armed: Option<Instant>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum TimerOwner {
-    Client(ClientKey),
-    Server(ServerTransactionId),
+    fn contains(&self, key: &DialogKey) -> bool {
+        self.contains_key(key)
+    }
 }
 
 /// The endpoint's state; [`Endpoint::run`] drives it.
 pub struct Endpoint {
     transport: Transport,
-    timers: TimerConfig,
+    layer: TransactionLayer<Owner>,
     dispatcher: Arc<dyn Dispatcher>,
     dialogs: Arc<DashMap<DialogKey, Owner>>,
     metrics: Arc<Metrics>,
-    clients: HashMap<ClientKey, ClientEntry>,
-    servers: HashMap<ServerKey, ServerEntry>,
-    server_keys: HashMap<ServerTransactionId, ServerKey>,
-    merged: HashMap<MergeKey, String>,
-    accepted: HashMap<AcceptedKey, ServerKey>,
-    deadlines: BinaryHeap<Reverse<(Instant, TimerOwner)>>,
-    next_server: u64,
-    overload: OverloadDetector,
     /// Who may talk to us ([`Endpoint::with_guard`]).
     guard: Option<(Guard, Arc<Router>)>,
-    /// Option tags a request may Require (§8.2.2.3); anything else gets 420.
-    supported: Vec<&'static str>,
-    /// Server transactions beyond which new out-of-dialog requests get 503.
-    max_transactions: usize,
-    /// Digest authentication of peers that have credentials ([`Endpoint::with_auth`]).
-    auth: Option<super::auth::Digest>,
-    /// Client transactions over TCP/TLS per peer address: a lost connection to an address
-    /// with none costs no scan (strangers' connections come and go).
-    reliable_clients: HashMap<SocketAddr, usize>,
-    /// When the tables were last fitted to their contents ([`Endpoint::shrink_tables`]).
-    last_shrink: Instant,
-    /// Both transaction tables were empty at the last timer (fitted then, not again).
-    was_idle: bool,
-}
-
-/// How often the transaction tables are fitted to their contents (at once when they empty).
-const SHRINK_EVERY: Duration = Duration::from_secs(10);
-
-/// Gives back most of a table's room once it is less than a quarter full: a hash table keeps
-/// the capacity of its busiest moment, and ours hold transactions inline (600-700 bytes
-/// each), so after a peak of 100,000 the empty tables alone held about 170 MB.
-fn shrink_sparse<K: std::hash::Hash + Eq, V>(table: &mut HashMap<K, V>) {
-    if table.capacity() > 64 && table.len() * 4 < table.capacity() {
-        table.shrink_to(table.len() * 2);
-    }
 }
 
 impl Endpoint {
@@ -317,27 +253,14 @@ impl Endpoint {
             dialogs: Arc::clone(&dialogs),
             local: public_address,
         };
+        let layer = TransactionLayer::new(driver_now(), timers, Arc::clone(&metrics));
         let endpoint = Endpoint {
             transport,
-            timers,
+            layer,
             dispatcher,
             dialogs,
             metrics,
-            clients: HashMap::new(),
-            servers: HashMap::new(),
-            server_keys: HashMap::new(),
-            merged: HashMap::new(),
-            accepted: HashMap::new(),
-            deadlines: BinaryHeap::new(),
-            next_server: 1,
-            overload: OverloadDetector::new(Duration::MAX),
             guard: None,
-            supported: Vec::new(),
-            max_transactions: usize::MAX,
-            auth: None,
-            reliable_clients: HashMap::new(),
-            last_shrink: driver_now(),
-            was_idle: true,
         };
         (endpoint, handle, command_queue)
     }
@@ -347,7 +270,7 @@ impl Endpoint {
     /// ([`answers::overloaded`]). Off unless set.
     #[must_use]
     pub fn with_overload_delay(mut self, delay: Duration) -> Endpoint {
-        self.overload = OverloadDetector::new(delay);
+        self.layer = self.layer.with_overload_delay(delay);
         self
     }
 
@@ -355,7 +278,7 @@ impl Endpoint {
     /// requiring any other gets 420 Bad Extension with Unsupported (§8.2.2.3).
     #[must_use]
     pub fn with_supported(mut self, tags: &[&'static str]) -> Endpoint {
-        self.supported = tags.to_vec();
+        self.layer = self.layer.with_supported(tags);
         self
     }
 
@@ -364,7 +287,7 @@ impl Endpoint {
     /// theirs, so calls in progress end cleanly. Unlimited unless set.
     #[must_use]
     pub fn with_max_transactions(mut self, max: usize) -> Endpoint {
-        self.max_transactions = max;
+        self.layer = self.layer.with_max_transactions(max);
         self
     }
 
@@ -372,7 +295,7 @@ impl Endpoint {
     /// (needs the guard, which knows the peers).
     #[must_use]
     pub fn with_auth(mut self, digest: super::auth::Digest) -> Endpoint {
-        self.auth = Some(digest);
+        self.layer = self.layer.with_auth(digest);
         self
     }
 
@@ -385,51 +308,6 @@ impl Endpoint {
         self
     }
 
-    /// The guard's verdict on a request (or malformed message, `request` None) from `source`:
-    /// true if it may go on. Refusals are answered or dropped here.
-    fn admit(
-        &mut self,
-        now: Instant,
-        request: Option<&Request>,
-        source: SocketAddr,
-        flow: Flow,
-    ) -> bool {
-        let Some((guard, router)) = self.guard.as_mut() else {
-            return true;
-        };
-        let is_peer = router.peer_for_source(source).is_some();
-        let user_agent = request.and_then(|r| r.headers.get("User-Agent"));
-        let verdict = guard.check(now, source.ip(), is_peer, user_agent);
-        if let Some(ban) = guard.take_ban() {
-            self.metrics.increment(Counter::SipBans);
-            self.transport.bans().ban(ban.source, ban.until);
-            tracing::warn!(source = %ban.source, "source banned for flooding");
-        }
-        match verdict {
-            Verdict::Pass => true,
-            Verdict::Reject => {
-                self.metrics.increment(Counter::SipRejectedUnknownPeer);
-                if let Some(request) = request.filter(|r| r.method != Method::Ack) {
-                    tracing::info!(%source, method = %request.method, "request from an address that is no peer");
-                    let mut request = request.clone();
-                    stamp_via(&mut request.headers, source);
-                    let response = answers::stranger_refused(&request);
-                    let target = request_response_target(&request, source, flow);
-                    self.transport.send(target, response.to_bytes());
-                }
-                false
-            }
-            Verdict::Drop(reason) => {
-                let counter = match reason {
-                    DropReason::Scanner => Counter::SipDroppedScanner,
-                    DropReason::Banned => Counter::SipDroppedBanned,
-                    DropReason::Unknown | DropReason::Full => Counter::SipDroppedUnknown,
-                };
-                self.metrics.increment(counter);
-                false
-            }
-        }
-    }
     /// Runs until `stop` is cancelled.
     pub async fn run(
         mut self,
@@ -438,7 +316,7 @@ impl Endpoint {
         stop: CancellationToken,
     ) {
         loop {
-            let next = self.deadlines.peek().map(|Reverse((at, _))| *at);
+            let next = self.layer.poll_timeout();
             let sleep = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
@@ -454,61 +332,35 @@ impl Endpoint {
                 item = inbound.recv() => match item {
                     Some(TransportEvent::Inbound(item)) => self.handle_inbound(driver_now(), item),
                     Some(TransportEvent::ConnectionLost { address, secure }) => {
-                        self.connection_lost(driver_now(), address, secure);
+                        self.connection_lost(address, secure);
                     }
                     None => return,
                 },
-                _ = sleep => self.handle_timers(driver_now()),
+                _ = sleep => self.handle_timeout(driver_now()),
                 // Cancelled by the gateway once calls have ended (their BYEs answered).
                 _ = stop.cancelled() => return,
             }
+            self.carry_out(driver_now());
         }
     }
 
-    /// A TCP connection to `address` failed: requests sent over it and still unanswered get a
-    /// 503 at once (§8.1.3.1) instead of waiting for Timer B/F, so a call fails over or ends
-    /// now rather than 32 s later.
-    fn connection_lost(&mut self, now: Instant, address: SocketAddr, secure: bool) {
-        if self.reliable_clients.get(&address).copied().unwrap_or(0) == 0 {
-            return;
-        }
-        if self.transport.is_connected(address, secure) {
-            // A newer connection to the peer is up (the lost one was an older or a failed
-            // attempt): requests in flight went, or go, over that one.
-            return;
-        }
-        let failed: Vec<ClientKey> = self
-            .clients
-            .iter_mut()
-            .filter(|(_, entry)| {
-                entry.target.is_reliable()
-                    && entry.target.is_secure() == secure
-                    && entry.target.address() == address
-            })
-            .filter_map(|(key, entry)| entry.machine.handle_transport_error().then(|| key.clone()))
-            .collect();
-        for key in failed {
-            self.metrics.increment(Counter::SipTransportErrors);
-            if let Some(entry) = self.clients.get(&key) {
-                tracing::info!(%address, method = %key.method(), "TCP connection lost: request failed");
-                let response = answers::connection_lost(&entry.request);
-                let _ = entry.owner.send(SipEvent::Response {
-                    branch: key.branch().to_string(),
-                    response,
-                });
-            }
-            self.service_client(now, &key, false);
+    /// A TCP connection to `address` failed: the layer fails what was sent over it, unless a
+    /// newer connection to the peer is up (the lost one was an older or a failed attempt), so
+    /// requests in flight went, or go, over that one.
+    fn connection_lost(&mut self, address: SocketAddr, secure: bool) {
+        if self.layer.has_reliable_clients(address) && !self.transport.is_connected(address, secure)
+        {
+            self.layer.handle_connection_lost(address, secure);
         }
     }
 
-    fn count_reliable(&mut self, target: Target, delta: isize) {
-        if !target.is_reliable() {
-            return;
-        }
-        let count = self.reliable_clients.entry(target.address()).or_insert(0);
-        *count = count.saturating_add_signed(delta);
-        if *count == 0 {
-            self.reliable_clients.remove(&target.address());
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.layer.handle_timeout(now)
+            && self.dialogs.capacity() > 64
+            && self.dialogs.len() * 4 < self.dialogs.capacity()
+        {
+            // The layer fitted its tables; the dialog directory, filled by the same load, too.
+            self.dialogs.shrink_to_fit();
         }
     }
 
@@ -519,95 +371,63 @@ impl Endpoint {
                 bytes,
                 target,
                 owner,
-            } => self.start_client(now, request, bytes, target, owner),
+            } => self.layer.send_request(now, request, bytes, target, owner),
             Command::SendResponse {
                 server,
                 response,
                 bytes,
-            } => self.respond_with(now, server, &response, bytes),
+            } => self.layer.send_response(now, server, &response, bytes),
             Command::Ping(reply) => {
                 let _ = reply.send(());
             }
         }
     }
 
-    fn start_client(
-        &mut self,
-        now: Instant,
-        request: Request,
-        bytes: Bytes,
-        target: Target,
-        owner: Owner,
-    ) {
-        if request.method == Method::Ack {
-            self.transport.send(target, bytes);
-            return;
+    /// Does what the layer asks: bytes to the transport, events to their owners, new requests
+    /// to the dispatcher (whose answers the layer may turn into more of both).
+    fn carry_out(&mut self, now: Instant) {
+        loop {
+            if let Some(transmit) = self.layer.poll_transmit() {
+                self.transport.send(transmit.target, transmit.bytes);
+            } else if let Some(event) = self.layer.poll_event() {
+                self.hand_up(now, event);
+            } else {
+                return;
+            }
         }
-        let Some(key) = ClientKey::for_request(&request) else {
-            tracing::error!(method = %request.method, "request without branch not sent");
-            return;
-        };
-        let reliable = target.is_reliable();
-        let machine = ClientTransaction::new(now, &request.method, bytes, reliable, &self.timers);
-        self.metrics.increment(Counter::TransactionsTotal);
-        self.metrics.add_gauge(Gauge::TransactionsActive, 1);
-        self.count_reliable(target, 1);
-        let replaced = self.clients.insert(
-            key.clone(),
-            ClientEntry {
-                machine,
+    }
+
+    fn hand_up(&mut self, now: Instant, event: LayerEvent<Owner>) {
+        match event {
+            LayerEvent::Deliver { owner, event } => {
+                if let Err(SipEvent::Request {
+                    server, request, ..
+                }) = owner.send(event).map_err(|e| *e)
+                {
+                    // The call has MAX_UNREAD of the peer's requests unread: try later.
+                    self.layer.refuse_busy(now, server, &request);
+                }
+            }
+            LayerEvent::NewRequest {
+                server,
                 request,
-                target,
-                owner,
-                armed: None,
+                source,
+                flow,
+            } => match self.dispatcher.new_request(&request, server, source, flow) {
+                Disposition::Respond(response) => {
+                    let bytes = response.to_bytes();
+                    self.layer.send_response(now, server, &response, bytes);
+                }
+                Disposition::Accept(owner) => {
+                    self.layer.accept(server, owner.clone());
+                    let _ = owner.send(SipEvent::Request {
+                        server,
+                        request,
+                        source,
+                    });
+                }
             },
-        );
-        if let Some(old) = replaced {
-            self.count_reliable(old.target, -1);
-            self.metrics.add_gauge(Gauge::TransactionsActive, -1);
         }
-        self.service_client(now, &key, false);
-    }
-
-    fn respond(&mut self, now: Instant, server: ServerTransactionId, response: Response) {
-        let bytes = response.to_bytes();
-        self.respond_with(now, server, &response, bytes);
-    }
-
-    fn respond_with(
-        &mut self,
-        now: Instant,
-        server: ServerTransactionId,
-        response: &Response,
-        bytes: Bytes,
-    ) {
-        let Some(key) = self.server_keys.get(&server).cloned() else {
-            return;
-        };
-        let Some(entry) = self.servers.get_mut(&key) else {
-            return;
-        };
-        match &mut entry.machine {
-            ServerTransaction::Invite(machine) => {
-                let accepted = (200..300)
-                    .contains(&response.status)
-                    .then(|| AcceptedKey::for_response(response))
-                    .flatten();
-                if let Some(accepted) = accepted {
-                    self.accepted.insert(accepted.clone(), key.clone());
-                    entry.accepted_key = Some(accepted);
-                }
-                machine.send_response(now, response.status, bytes);
-            }
-            ServerTransaction::NonInvite(machine) => {
-                machine.send_response(now, response.status, bytes);
-                if response.status >= 200 {
-                    // Retransmissions are answered from here on (Timer J): no call needed.
-                    entry.owner = None;
-                }
-            }
-        }
-        self.service_server(now, &key, false);
     }
 }
 
@@ -631,6 +451,5 @@ fn inject_faults(request: &Request) {
 }
 
 mod inbound;
-mod service;
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::sip::message;
 
 /// A peer repeating provisional responses (or in-dialog requests) fills an owner's inbox to
 /// MAX_UNREAD and no further; the final response and the timeouts always get through, and
@@ -39,21 +40,4 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
         Some(SipEvent::Response { .. })
     ));
     assert!(owner.send(event(183)).is_ok(), "one read, one more fits");
-}
-
-/// After a peak, a table keeps only about twice what it holds; one at least a quarter
-/// full is left alone.
-#[test]
-fn a_sparse_table_gives_its_room_back() {
-    let mut table: HashMap<u32, [u8; 600]> = (0..20_000).map(|n| (n, [0; 600])).collect();
-    let peak = table.capacity();
-    table.retain(|n, _| *n < 10);
-    shrink_sparse(&mut table);
-    assert!(table.capacity() < 64, "{} of {peak}", table.capacity());
-    assert_eq!(table.len(), 10);
-    let mut busy: HashMap<u32, u8> = (0..1000).map(|n| (n, 0)).collect();
-    busy.retain(|n, _| *n < 500);
-    let capacity = busy.capacity();
-    shrink_sparse(&mut busy);
-    assert_eq!(busy.capacity(), capacity);
 }

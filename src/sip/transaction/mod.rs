@@ -8,11 +8,12 @@
 //!   §17.2.3, merged requests §8.2.2.2, CANCEL's INVITE §9.2, ACK for 2xx);
 //! - [`answers`]: the responses the layer gives on its own (100, 420, 481, 482, 503, ...);
 //! - [`via`]: `received`/`rport` on the top Via and where responses go (RFC 3581, §18.2.2);
-//! - [`either`]: a client or server transaction of either kind, for the endpoint's tables;
-//! - `events`: what goes up to transaction and dialog owners ([`SipEvent`], [`DialogKey`]).
+//! - [`either`]: a client or server transaction of either kind, for the layer's tables;
+//! - `events`: what goes up to transaction and dialog owners ([`SipEvent`], [`DialogKey`]);
+//! - [`layer`]: the transaction layer, the tables of live transactions and their timers,
+//!   sans-IO like the machines.
 //!
-//! The tables of live transactions, the sockets and the clock are the endpoint's
-//! ([`crate::sip::endpoint`]).
+//! The sockets and the clock are the endpoint's ([`crate::sip::endpoint`]).
 //!
 //! Call order, for every machine: construct it with `now`; feed inputs (`handle_response`,
 //! `send_response`, `handle_request_retransmission`, `handle_ack`); then drain
@@ -228,6 +229,7 @@ mod client_invite;
 mod client_non_invite;
 pub mod either;
 mod events;
+pub mod layer;
 pub mod matching;
 mod server_invite;
 mod server_non_invite;
