@@ -17,7 +17,7 @@ use crate::sip::endpoint::{Dispatcher, Disposition};
 use crate::sip::message::{Method, Request, Response};
 use crate::sip::target::Flow;
 use crate::sip::transaction::ServerTransactionId;
-use crate::store::{unix_millis, CallRecord, Changes};
+use crate::store::{unix_millis, CallRecord, CallStart, Changes};
 use crate::workorder::{CallEvent, EventKind, LegInfo};
 
 use crate::call::screening::{Screen, Screening};
@@ -141,22 +141,18 @@ impl CallManager {
         let id = self.next_ids().call_key();
         let now = SystemTime::now();
         let record = CallRecord {
-            id: id.clone(),
-            a_call_id: request.call_id().to_string(),
-            b_call_id: None,
-            caller: presented.clone(),
-            called: number.clone(),
-            a_peer: caller_peer.name.clone(),
-            b_peer: None,
-            started_at: unix_millis(now),
-            answered_at: None,
             ended_at: Some(unix_millis(now)),
             ended_by: Some("gateway".into()),
             end_reason: Some("blocklist".into()),
             final_status: Some(status),
-            rtp_a_to_b: 0,
-            rtp_b_to_a: 0,
-            rtp_dropped: 0,
+            ..CallRecord::started(CallStart {
+                id: &id,
+                a_call_id: request.call_id(),
+                caller: &presented,
+                called: &number,
+                a_peer: &caller_peer.name,
+                started_at: unix_millis(now),
+            })
         };
         let mut event = CallEvent::new(EventKind::CallBlocked, &id, now);
         event.platforms = route_platform
@@ -356,24 +352,14 @@ fn call_record(request: &Request, id: String, number: &str, a_peer: &str) -> Cal
         .from()
         .and_then(|f| f.uri.number())
         .unwrap_or_default();
-    CallRecord {
-        id,
-        a_call_id: request.call_id().to_string(),
-        b_call_id: None,
-        caller,
-        called: number.to_string(),
-        a_peer: a_peer.to_string(),
-        b_peer: None,
+    CallRecord::started(CallStart {
+        id: &id,
+        a_call_id: request.call_id(),
+        caller: &caller,
+        called: number,
+        a_peer,
         started_at: unix_millis(SystemTime::now()),
-        answered_at: None,
-        ended_at: None,
-        ended_by: None,
-        end_reason: None,
-        final_status: None,
-        rtp_a_to_b: 0,
-        rtp_b_to_a: 0,
-        rtp_dropped: 0,
-    }
+    })
 }
 
 /// Decrements the active-call count when the call task ends, however it ends.

@@ -490,30 +490,21 @@ mod tests {
     use super::*;
     use crate::call::model::LinkageKind;
     use crate::call::transfer::Trigger;
+    use crate::store::CallStart;
 
     /// A settled linkage leaves the call's table (its record is what was committed): a call
     /// transferred again and again holds only the linkage under way.
     #[test]
     fn settled_linkages_are_not_kept() {
         let mut linkages = HashMap::new();
-        let call = CallRecord {
-            id: "c1".into(),
-            a_call_id: "a-c1".into(),
-            b_call_id: None,
-            caller: "13800138000".into(),
-            called: "12345".into(),
-            a_peer: "carrier".into(),
-            b_peer: None,
+        let call = CallRecord::started(CallStart {
+            id: "c1",
+            a_call_id: "a-c1",
+            caller: "13800138000",
+            called: "12345",
+            a_peer: "carrier",
             started_at: 0,
-            answered_at: None,
-            ended_at: None,
-            ended_by: None,
-            end_reason: None,
-            final_status: None,
-            rtp_a_to_b: 0,
-            rtp_b_to_a: 0,
-            rtp_dropped: 0,
-        };
+        });
         let metrics = Metrics::new();
         for n in 0..50 {
             let linkage_id = format!("l{n}");

@@ -121,6 +121,42 @@ pub struct CallRecord {
     pub rtp_dropped: u64,
 }
 
+/// Who called whom on which call, through which peer: what a call's record holds as it starts.
+#[derive(Debug, Clone, Copy)]
+pub struct CallStart<'a> {
+    pub id: &'a str,
+    pub a_call_id: &'a str,
+    pub caller: &'a str,
+    pub called: &'a str,
+    pub a_peer: &'a str,
+    /// Unix milliseconds.
+    pub started_at: i64,
+}
+
+impl CallRecord {
+    /// A call's record as it starts: not answered, not ended, no media counted yet.
+    pub fn started(start: CallStart<'_>) -> CallRecord {
+        CallRecord {
+            id: start.id.to_string(),
+            a_call_id: start.a_call_id.to_string(),
+            b_call_id: None,
+            caller: start.caller.to_string(),
+            called: start.called.to_string(),
+            a_peer: start.a_peer.to_string(),
+            b_peer: None,
+            started_at: start.started_at,
+            answered_at: None,
+            ended_at: None,
+            ended_by: None,
+            end_reason: None,
+            final_status: None,
+            rtp_a_to_b: 0,
+            rtp_b_to_a: 0,
+            rtp_dropped: 0,
+        }
+    }
+}
+
 /// One transfer attempt (a linkage between platforms), as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LinkageRecord {

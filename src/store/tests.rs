@@ -2,24 +2,14 @@
 use super::*;
 
 fn record(id: &str) -> CallRecord {
-    CallRecord {
-        id: id.into(),
-        a_call_id: format!("a-{id}"),
-        b_call_id: None,
-        caller: "13800138000".into(),
-        called: "12345".into(),
-        a_peer: "carrier".into(),
-        b_peer: None,
+    CallRecord::started(CallStart {
+        id,
+        a_call_id: &format!("a-{id}"),
+        caller: "13800138000",
+        called: "12345",
+        a_peer: "carrier",
         started_at: 1_700_000_000_000,
-        answered_at: None,
-        ended_at: None,
-        ended_by: None,
-        end_reason: None,
-        final_status: None,
-        rtp_a_to_b: 0,
-        rtp_b_to_a: 0,
-        rtp_dropped: 0,
-    }
+    })
 }
 
 fn directory() -> tempfile::TempDir {

@@ -125,7 +125,7 @@ fn as_seen(call: &Interrupted, newest: &[u8]) -> pb::Event {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{CallRecord, ConferencePartyRecord, LinkageRecord};
+    use crate::store::{CallRecord, CallStart, ConferencePartyRecord, LinkageRecord};
 
     fn decode(event: &NewEvent) -> pb::Event {
         pb::Event::decode(&*event.body).unwrap_or_default()
@@ -147,22 +147,16 @@ mod tests {
         };
         let call = Interrupted {
             call: CallRecord {
-                id: "c1".into(),
-                a_call_id: "a".into(),
-                b_call_id: None,
-                caller: "13800138000".into(),
-                called: "12345".into(),
-                a_peer: "carrier".into(),
                 b_peer: Some("hotline".into()),
-                started_at: 1,
                 answered_at: Some(2),
-                ended_at: None,
-                ended_by: None,
-                end_reason: None,
-                final_status: None,
-                rtp_a_to_b: 0,
-                rtp_b_to_a: 0,
-                rtp_dropped: 0,
+                ..CallRecord::started(CallStart {
+                    id: "c1",
+                    a_call_id: "a",
+                    caller: "13800138000",
+                    called: "12345",
+                    a_peer: "carrier",
+                    started_at: 1,
+                })
             },
             linkages: vec![LinkageRecord {
                 id: "l1".into(),

@@ -568,12 +568,9 @@ fn relay_rtp(
     arrival: Arrival,
 ) -> PacketOutcome {
     let Arrival { from, source, now } = arrival;
-    let Some(in_media) = incoming.media else {
+    let Some(in_media) = incoming.accepted_rtp(source, now) else {
         return PacketOutcome::Dropped;
     };
-    if !incoming.accepts_rtp(&in_media, source, now) {
-        return PacketOutcome::Dropped;
-    }
     match classify(packet) {
         PacketKind::Rtp => {}
         // RFC 5761 rtcp-mux on the RTP port.

@@ -28,12 +28,9 @@ impl CallMedia {
         let Some(side) = self.sides.get_mut(from.index()) else {
             return PacketOutcome::Dropped;
         };
-        let Some(media) = side.media else {
+        let Some(media) = side.accepted_rtp(source, now) else {
             return PacketOutcome::Dropped;
         };
-        if !side.accepts_rtp(&media, source, now) {
-            return PacketOutcome::Dropped;
-        }
         match classify(packet) {
             PacketKind::Rtp => {}
             PacketKind::Rtcp => return PacketOutcome::Consumed,

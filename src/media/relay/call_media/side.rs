@@ -109,18 +109,15 @@ impl Side {
         self.media = Some(media);
     }
 
-    /// Whether an RTP packet from `source` is the party's: not the replaced endpoint's while
-    /// it is refused, and latched (see [`Side::latch`]).
-    pub(super) fn accepts_rtp(
-        &mut self,
-        media: &LegMedia,
-        source: SocketAddr,
-        now: Instant,
-    ) -> bool {
-        !self
+    /// The party's media, if an RTP packet from `source` is the party's: it has media, the
+    /// source is not the replaced endpoint's while that is refused, and it is latched (see
+    /// [`Side::latch`]).
+    pub(super) fn accepted_rtp(&mut self, source: SocketAddr, now: Instant) -> Option<LegMedia> {
+        let media = self.media?;
+        let refused = self
             .refused
-            .is_some_and(|(refused, until)| refused == source && now < until)
-            && Side::latch(&mut self.rtp_source, media, source)
+            .is_some_and(|(refused, until)| refused == source && now < until);
+        (!refused && Side::latch(&mut self.rtp_source, &media, source)).then_some(media)
     }
 
     /// Symmetric RTP: the first source is latched; a later one only if it has the signalled
