@@ -286,7 +286,7 @@ async fn bind_transport(
             key: config.sip.tls_key.as_deref(),
             ca,
             verify_client: config.sip.tls_verify_client,
-            peers: config.tls_peer_names()?,
+            peers: config.tls_peer_names(),
         })?),
         None => None,
     };
@@ -362,7 +362,7 @@ fn call_settings(
     directory: &Arc<call::directory::Directory>,
 ) -> Result<Arc<CallSettings>, StartError> {
     let policy = MediaPolicy {
-        codecs: config.codecs()?,
+        codecs: config.media.codecs.clone(),
         telephone_event_payload_type: config.media.telephone_event,
         ptime: config.media.ptime,
     };
@@ -421,7 +421,7 @@ fn call_manager(
         store::unix_millis(std::time::SystemTime::now()),
     )?));
     let screening = call::screening::Screening::new(
-        config.screening_patterns()?,
+        config.screening.blocklist.clone(),
         config.screening.blocked_status,
         config.screening.repeat_calls,
         Duration::from_secs(config.screening.repeat_minutes * 60),
@@ -474,7 +474,7 @@ fn build_endpoint(
         drop_scanners: config.sip.drop_scanners,
         requests_per_sec: config.sip.pike_requests_per_sec,
         ban: Duration::from_secs(config.sip.pike_ban_secs),
-        allow: config.guard_networks()?,
+        allow: config.sip.allow.clone(),
     });
     let endpoint = endpoint
         .with_overload_delay(Duration::from_millis(config.sip.overload_queue_delay_ms))

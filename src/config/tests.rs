@@ -26,7 +26,7 @@ fn contract_sample_loads_unchanged_with_defaults() {
     assert_eq!(config.routes[0].peers, vec!["hotline".to_string()]);
     assert_eq!(config.hotkeys[1].action, HotkeyAction::Conference);
     assert_eq!(config.sip.t1_ms, 500);
-    assert_eq!(config.media.codecs, vec!["PCMA", "PCMU"]);
+    assert_eq!(config.media.codecs, vec![Codec::Pcma, Codec::Pcmu]);
     assert_eq!(config.media.telephone_event, 101);
     assert_eq!(config.peers[0].transport, TransportKind::Udp);
 }
@@ -108,33 +108,71 @@ fn toml_syntax_error_is_reported_with_file() {
 }
 
 #[test]
-fn conversions_return_the_validated_values_and_refuse_what_validation_would() {
-    let mut config = match Config::parse(Path::new("config/gateway.toml"), &sample()) {
+fn parsed_values_are_typed_in_the_tree() {
+    let text = sample()
+        .replace(
+            "[sip]\n",
+            "[sip]\nallow = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n",
+        )
+        .replace("[media]\n", "[media]\ncodecs = [\"PCMU\"]\n");
+    let config = match Config::parse(Path::new("test.toml"), &text) {
         Ok(c) => c,
-        Err(e) => panic!("sample must load: {e}"),
+        Err(e) => panic!("{e}"),
     };
+    assert!(config.sip.allow[0].contains("10.1.2.3".parse().unwrap()));
+    assert!(config.sip.allow[1].contains("2001:db8::1".parse().unwrap()));
+    assert_eq!(config.media.codecs, vec![Codec::Pcmu]);
+    assert_eq!(config.routes[1].number.text(), "110");
     assert_eq!(
-        config.codecs().ok(),
-        Some(vec![
-            crate::media::codec::Codec::Pcma,
-            crate::media::codec::Codec::Pcmu
-        ])
+        config.peers[0].auth_algorithms,
+        vec![Algorithm::Sha256, Algorithm::Md5]
     );
-    assert_eq!(
-        config.guard_networks().map(|n| n.len()).ok(),
-        Some(config.sip.allow.len())
-    );
-    // A tree changed after validation: the conversion says so instead of dropping the entry.
-    config.sip.allow.push("ten/8".into());
-    let index = config.sip.allow.len() - 1;
-    match config.guard_networks() {
-        Err(ConfigError::Unvalidated { key, .. }) => assert_eq!(key, format!("sip.allow[{index}]")),
-        other => panic!("expected Unvalidated, got {:?}", other.map(|n| n.len())),
+}
+
+#[test]
+fn a_bad_value_is_reported_once_with_file_key_and_reason() {
+    let cases = [
+        (
+            sample().replace("[sip]\n", "[sip]\nallow = [\"10.0.0.0/8\", \"ten/8\"]\n"),
+            "test.toml: key `sip.allow[1]`: \"ten\" is no IP address",
+        ),
+        (
+            sample().replace("[media]\n", "[media]\ncodecs = [\"PCMA\", \"PCMU\", \"G729\"]\n"),
+            "test.toml: key `media.codecs[2]`: unknown codec \"G729\"; supported: PCMA, PCMU",
+        ),
+        (
+            sample().replace("number = \"110\"", "number = \"_11.0\""),
+            "test.toml: key `route[1].number`: `.` may only end a pattern",
+        ),
+        (
+            format!("{}\n[screening]\nblocklist = [\"_[1-\"]\n", sample()),
+            "test.toml: key `screening.blocklist[0]`: bad range inside [...]",
+        ),
+        (
+            sample().replace(
+                "name = \"carrier\"",
+                "name = \"carrier\"\nsources = [\"203.0.113.0/33\"]",
+            ),
+            "test.toml: key `peer[0].sources[0]`: prefix length 33 is too long for the address",
+        ),
+        (
+            sample().replace(
+                "name = \"carrier\"",
+                "name = \"carrier\"\nauth_algorithms = [\"SHA-1\"]",
+            ),
+            "test.toml: key `peer[0].auth_algorithms[0]`: \"SHA-1\" is none of SHA-512-256, SHA-256, MD5",
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(error_of(&text), expected);
     }
-    config.media.codecs.push("G729".into());
-    let message = config.codecs().map(|c| c.len()).unwrap_err().to_string();
+    let bad_name = sample().replace(
+        "name = \"carrier\"",
+        "name = \"carrier\"\ntls_name = \"not a name\"",
+    );
+    let message = error_of(&bad_name);
     assert!(
-        message.contains("key `media.codecs[2]`: unknown codec \"G729\""),
+        message.starts_with("test.toml: key `peer[0].tls_name`: "),
         "{message}"
     );
 }

@@ -121,24 +121,15 @@ impl From<&PeerConfig> for Peer {
             diversion: config.diversion,
             srtp: config.srtp,
             any_port: config.any_port,
-            // Validated with the config.
-            sources: config
-                .sources
-                .iter()
-                .filter_map(|s| Cidr::parse(s).ok())
-                .collect(),
+            sources: config.sources.clone(),
             max_calls_per_sec: config.max_calls_per_sec,
             charset: config.charset,
-            // Validated with the config.
+            // Validation holds username and password together.
             auth: match (&config.auth_username, &config.auth_password) {
                 (Some(username), Some(password)) => Some(credentials::Credentials {
                     username: username.clone(),
                     password: password.clone(),
-                    algorithms: config
-                        .auth_algorithms
-                        .iter()
-                        .filter_map(|a| credentials::Algorithm::parse(a))
-                        .collect(),
+                    algorithms: config.auth_algorithms.clone(),
                 }),
                 _ => None,
             },
@@ -338,7 +329,8 @@ pub struct Router {
 
 impl Router {
     /// Builds the tables. The config was validated, so every route names existing peers; a
-    /// route naming an unknown peer would simply skip it.
+    /// route naming an unknown peer would simply skip it. Of two routes for one exact number,
+    /// the later wins.
     pub fn new(config: &Config) -> Router {
         let peers: Vec<Arc<Peer>> = config.peers.iter().map(|p| Arc::new(p.into())).collect();
         let by_name: HashMap<&str, Arc<Peer>> = peers
@@ -365,12 +357,11 @@ impl Router {
                 .iter()
                 .filter_map(|name| by_name.get(name.as_str()).cloned())
                 .collect();
-            match NumberPattern::parse(&route.number) {
-                Ok(NumberPattern::Exact(number)) => {
+            match route.number.pattern().clone() {
+                NumberPattern::Exact(number) => {
                     exact.insert(number, targets);
                 }
-                Ok(pattern) => patterns.push((pattern, targets)),
-                Err(_) => {}
+                pattern => patterns.push((pattern, targets)),
             }
         }
         Router {
