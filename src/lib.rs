@@ -3,10 +3,9 @@
 //!
 //! Data flows one way: socket -> [`sip::transport`] -> [`sip::endpoint`] (transactions) ->
 //! [`call`] (the B2BUA call model, the only place that decides) -> [`routing`] / [`media`] /
-//! [`store`] -> transaction -> transport -> socket. Folders import one way too: `media` and
-//! `store` import no other room, `routing` only `config`'s tree (to build the router), `sip`
-//! only `media` and `routing`, `call` those and `store`; `gateway`, `workorder` and `config`
-//! are the edges.
+//! [`store`] -> transaction -> transport -> socket. Folders import one way too: `media`,
+//! `store` and `routing` import no other room, `sip` only `media` and `routing`, `call` those
+//! and `store`; `gateway`, `workorder` and `config` are the edges.
 //!
 //! | module | holds |
 //! |---|---|
@@ -131,7 +130,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     // One gateway per store, claimed before anything is touched; then every socket is bound, so
     // an instance started by mistake fails here rather than closing the live one's calls.
     let store_lock = store::StoreLock::acquire(&config.store.path)?;
-    let router = Arc::new(Router::new(&config));
+    let router = Arc::new(Router::from(&config));
     let (inbound_sender, inbound) = mpsc::channel(8192);
     let transport_stop = CancellationToken::new();
     let transport = bind_transport(

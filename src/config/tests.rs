@@ -108,6 +108,31 @@ fn toml_syntax_error_is_reported_with_file() {
 }
 
 #[test]
+fn the_sample_converts_into_the_parts_values() {
+    use crate::call::hotkey::Hotkey;
+    use crate::routing::Router;
+
+    let config = match Config::parse(Path::new("config/gateway.toml"), &sample()) {
+        Ok(c) => c,
+        Err(e) => panic!("sample must load: {e}"),
+    };
+    let router = Router::from(&config);
+    let names = |number: &str| -> Vec<String> {
+        router
+            .route(number)
+            .map(|peers| peers.iter().map(|p| p.name.clone()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(names("12345"), vec!["hotline"]);
+    assert_eq!(names("110"), vec!["police"]);
+    let carrier = router.peer_for_source("127.0.0.1:5070".parse().unwrap());
+    assert_eq!(carrier.map(|p| p.name.clone()), Some("carrier".into()));
+    let hotkeys: Vec<Hotkey> = config.hotkeys.iter().map(Hotkey::from).collect();
+    assert_eq!(hotkeys[0].dtmf, "*1");
+    assert_eq!(hotkeys[1].action, HotkeyAction::Conference);
+}
+
+#[test]
 fn parsed_values_are_typed_in_the_tree() {
     let text = sample()
         .replace(
