@@ -31,6 +31,7 @@ pub use crate::routing::TransportKind;
 pub use crate::store::Synchronous;
 
 mod convert;
+pub use convert::CallContext;
 #[cfg(test)]
 mod tests;
 mod text;

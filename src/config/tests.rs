@@ -111,6 +111,8 @@ fn toml_syntax_error_is_reported_with_file() {
 fn the_sample_converts_into_the_parts_values() {
     use crate::call::hotkey::Hotkey;
     use crate::routing::Router;
+    use crate::sip::sdp::MediaPolicy;
+    use crate::sip::transaction::TimerConfig;
 
     let config = match Config::parse(Path::new("config/gateway.toml"), &sample()) {
         Ok(c) => c,
@@ -130,6 +132,17 @@ fn the_sample_converts_into_the_parts_values() {
     let hotkeys: Vec<Hotkey> = config.hotkeys.iter().map(Hotkey::from).collect();
     assert_eq!(hotkeys[0].dtmf, "*1");
     assert_eq!(hotkeys[1].action, HotkeyAction::Conference);
+    assert_eq!(TimerConfig::from(&config.sip), TimerConfig::default());
+    assert_eq!(MediaPolicy::from(&config.media), MediaPolicy::default());
+    let session_timers = config.sip.session_timers().map(|s| s.session_expires);
+    assert_eq!(session_timers, Some(std::time::Duration::from_secs(1800)));
+    assert_eq!(config.sip.supported(), ["timer"]);
+    let guard = crate::sip::guard::GuardConfig::from(&config.sip);
+    assert!(guard.reject_unknown && guard.allow.is_empty());
+    assert!(config.tls_files().is_none());
+    let link = crate::workorder::tail::LinkSettings::from(&config);
+    assert_eq!(link.address, config.api.grpc);
+    assert!(link.tls.is_none() && link.platforms.is_empty());
 }
 
 #[test]
@@ -199,5 +212,46 @@ fn a_bad_value_is_reported_once_with_file_key_and_reason() {
     assert!(
         message.starts_with("test.toml: key `peer[0].tls_name`: "),
         "{message}"
+    );
+}
+
+#[test]
+fn tuned_keys_convert_into_the_parts_durations_and_sizes() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let text = sample()
+        .replace(
+            "[sip]\n",
+            "[sip]\nt1_ms = 250\nsession_expires_secs = 0\nuser_agent = \"gw\"\n\
+             tcp_idle_timeout_secs = 30\nallow = [\"10.0.0.0/8\"]\nunknown_source = \"drop\"\n",
+        )
+        .replace("[store]\n", "[store]\nmax_size_mb = 2\n");
+    let config = match Config::parse(Path::new("test.toml"), &text) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let settings = config.call_settings(CallContext {
+        local_sip: "192.0.2.1:5060".parse().unwrap(),
+        local_tls_port: None,
+        router: Arc::new(crate::routing::Router::from(&config)),
+        directory: Arc::default(),
+    });
+    assert_eq!(settings.cleanup_timeout, Duration::from_secs(16));
+    assert_eq!(settings.user_agent.as_deref(), Some("gw"));
+    assert_eq!(settings.hotkeys.len(), 2);
+    assert!(settings.session_timers.is_none() && config.sip.supported().is_empty());
+    let transport = crate::sip::transport::TransportConfig::from(&config.sip);
+    assert_eq!(transport.tcp_idle_timeout, Duration::from_secs(30));
+    assert_eq!(transport.listen, config.sip.listen);
+    let guard = crate::sip::guard::GuardConfig::from(&config.sip);
+    assert!(!guard.reject_unknown && guard.allow.len() == 1);
+    let store = crate::store::StoreOptions::from(&config.store);
+    assert_eq!(store.max_size_bytes, Some(2 * 1024 * 1024));
+    let budget = crate::limits::Budget::from(&config);
+    assert_eq!(budget.sip_tcp, config.sip.max_tcp_connections as u64);
+    assert_eq!(
+        config.api.outbox_retention(),
+        Duration::from_secs(168 * 3600)
     );
 }
