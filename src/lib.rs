@@ -4,14 +4,14 @@
 //! Data flows one way: socket -> [`sip::transport`] -> [`sip::endpoint`] (driving the sans-IO
 //! transaction layer, [`sip::transaction::layer`]) ->
 //! [`call`] (the B2BUA call model, the only place that decides) -> [`routing`] / [`media`] /
-//! [`store`] -> transaction -> transport -> socket. Folders import one way too: `media` and
-//! `store` import no other room, `routing` only `config`'s tree (to build the router), `sip`
-//! only `media` and `routing`, `call` those and `store`; `gateway`, `workorder` and `config`
-//! are the edges.
+//! [`store`] -> transaction -> transport -> socket. Folders import one way too: `media`,
+//! `store` and `routing` import no other room, `sip` only `media` and `routing`, `call` those
+//! and `store`; `gateway`, `workorder` and `config` are the edges, and no room imports
+//! `config`: it converts its tree into the parts' own types, which [`start`] assembles.
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`config`] | the TOML tree, parsed once, validated with file/key/reason errors |
+//! | [`config`] | the TOML tree, parsed once (into the parts' types where they parse), validated with file/key/reason errors, converted into what the parts' constructors take |
 //! | [`sip`] | message grammar, SDP, sans-IO transactions and transaction layer (and the events/keys the call model speaks), targets, UDP/TCP/TLS transport, the endpoint driver |
 //! | [`call`] | the call state machine (sans-IO) split by state: legs, forks, transfer, guests; hotkeys, screening, identity |
 //! | [`gateway`] | the I/O around the call model: the call's driver task, admission, the work-order glue |
@@ -56,15 +56,12 @@ use media::ports::PortPool;
 use metrics::Metrics;
 use routing::Router;
 use sip::endpoint::Endpoint;
-use sip::sdp::MediaPolicy;
 use sip::transport::{Transport, TransportConfig};
 use store::Store;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error(transparent)]
-    Config(#[from] config::ConfigError),
     #[error(transparent)]
     Transport(#[from] sip::transport::TransportError),
     #[error("store: {0}")]
@@ -126,13 +123,13 @@ fn nonce_key() -> Result<[u8; 32], StartError> {
 /// # Errors
 /// [`StartError`] when a socket cannot be bound or the store cannot be opened.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
-    warn_clear_srtp(&config);
+    let router = Arc::new(Router::from(&config));
+    warn_clear_srtp(&router);
     let (max_calls, max_tcp_connections) = allowances(&config);
     let metrics = Arc::new(Metrics::new());
     // One gateway per store, claimed before anything is touched; then every socket is bound, so
     // an instance started by mistake fails here rather than closing the live one's calls.
     let store_lock = store::StoreLock::acquire(&config.store.path)?;
-    let router = Arc::new(Router::new(&config));
     let (inbound_sender, inbound) = mpsc::channel(8192);
     let transport_stop = CancellationToken::new();
     let transport = bind_transport(
@@ -150,7 +147,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let store = open_store(&config, &metrics)?;
     let events = workorder::hub::EventHub::new(
         store.clone(),
-        config.platforms.iter().map(|p| p.name.clone()).collect(),
+        config.platform_names(),
         ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
     );
     let registry = Arc::new(workorder::registry::CallRegistry::default());
@@ -159,28 +156,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config.media.ports,
         Arc::clone(&metrics),
     );
-    let timers = sip::transaction::TimerConfig {
-        t1: Duration::from_millis(config.sip.t1_ms),
-        t2: Duration::from_millis(config.sip.t2_ms),
-        t4: Duration::from_millis(config.sip.t4_ms),
-    };
-    let public_ip = config.sip.public_address.unwrap_or(config.sip.listen.ip());
-    let local_sip = SocketAddr::new(public_ip, transport.local_address().port());
+    let local_sip = SocketAddr::new(config.sip.advertised_ip(), transport.local_address().port());
     let transport_tls = transport.tls_local_address();
     let directory = Arc::new(call::directory::Directory::default());
-    let settings = call_settings(
-        &config,
+    let settings = Arc::new(config.call_settings(config::CallContext {
         local_sip,
-        transport_tls,
-        &timers,
-        &router,
-        &directory,
-    )?;
+        local_tls_port: transport_tls.map(|a| a.port()),
+        router: Arc::clone(&router),
+        directory: Arc::clone(&directory),
+    }));
     let (manager, media_probe, blocklist) =
         call_manager(&config, &router, settings, &ports, &metrics, max_calls)?;
-    let (endpoint, handle, commands) = build_endpoint(
-        &config, transport, timers, &manager, &metrics, local_sip, &router,
-    )?;
+    let (endpoint, handle, commands) =
+        build_endpoint(&config, transport, &manager, &metrics, local_sip, &router)?;
     let tracker = tokio_util::task::TaskTracker::new();
     let endpoint_probe = handle.clone();
     manager.attach(CallServices {
@@ -213,8 +201,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         (blocklist, store.clone()),
         &metrics,
     )?;
-    let retention = Duration::from_secs(config.api.outbox_retention_hours * 3600);
-    tokio::spawn(prune_outbox(store.clone(), retention, shutdown.clone()));
+    tokio::spawn(prune_outbox(
+        store.clone(),
+        config.api.outbox_retention(),
+        shutdown.clone(),
+    ));
 
     unbind.disarm();
     tracing::info!(sip = %local_sip, http = %http_address, grpc = %grpc_address, store = %config.store.path.display(), "gateway listening");
@@ -243,10 +234,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 }
 
 /// Warns of each peer whose SRTP keys would cross the network in clear SIP.
-fn warn_clear_srtp(config: &Config) {
+fn warn_clear_srtp(router: &Router) {
     // RFC 4568 §8.3: SDES keys are only as secret as the signalling that carries them.
-    for peer in config.peers.iter().filter(|p| {
-        p.srtp == routing::SrtpMode::Mandatory && p.transport != config::TransportKind::Tls
+    for peer in router.peers().iter().filter(|p| {
+        p.srtp == routing::SrtpMode::Mandatory && p.transport != routing::TransportKind::Tls
     }) {
         tracing::warn!(
             peer = %peer.name,
@@ -258,7 +249,7 @@ fn warn_clear_srtp(config: &Config) {
 /// Raises `RLIMIT_NOFILE`; returns the calls and TCP connections the limit holds.
 fn allowances(config: &Config) -> (usize, usize) {
     let limit = limits::raise();
-    let budget = limits::Budget::of(config);
+    let budget = limits::Budget::from(config);
     let max_calls = budget.call_allowance(&limit, config.sip.max_calls);
     let max_tcp_connections = budget.tcp_allowance(&limit, max_calls);
     if let Some(reason) = limits::shortfall(&budget, &limit) {
@@ -280,26 +271,14 @@ async fn bind_transport(
     metrics: &Arc<Metrics>,
     transport_stop: &CancellationToken,
 ) -> Result<Transport, StartError> {
-    let tls = match &config.sip.tls_ca {
-        Some(ca) => Some(sip::tls::settings(&sip::tls::TlsFiles {
-            listen: config.sip.tls_listen,
-            cert: config.sip.tls_cert.as_deref(),
-            key: config.sip.tls_key.as_deref(),
-            ca,
-            verify_client: config.sip.tls_verify_client,
-            peers: config.tls_peer_names()?,
-        })?),
+    let tls = match config.tls_files() {
+        Some(files) => Some(sip::tls::settings(&files)?),
         None => None,
     };
     Ok(Transport::bind(
         TransportConfig {
-            listen: config.sip.listen,
-            max_message_size: config.sip.max_message_size,
-            tcp_idle_timeout: Duration::from_secs(config.sip.tcp_idle_timeout_secs),
             max_tcp_connections,
-            max_tcp_connections_per_source: config.sip.max_tcp_connections_per_source,
-            tcp_reserved_for_peers: config.sip.tcp_reserved_for_peers,
-            tcp_request_timeout: Duration::from_secs(config.sip.tcp_request_timeout_secs),
+            ..TransportConfig::from(&config.sip)
         },
         tls,
         inbound_sender,
@@ -334,14 +313,13 @@ fn open_store(config: &Config, metrics: &Arc<Metrics>) -> Result<Store, StartErr
     let store = Store::open_with(
         &config.store.path,
         store::StoreOptions {
-            max_size_bytes: config.store.max_size_mb.map(|mb| mb * 1024 * 1024),
             metrics: Some(Arc::clone(metrics)),
             // What a killed run left open ends on the link too, for the platforms that saw it.
             recovery: Some(workorder::recovery::recovery(
                 ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
-                config.platforms.iter().map(|p| p.name.clone()).collect(),
+                config.platform_names(),
             )),
-            synchronous: config.store.synchronous,
+            ..store::StoreOptions::from(&config.store)
         },
     )?;
     if store.closed_at_start() > 0 {
@@ -351,49 +329,6 @@ fn open_store(config: &Config, metrics: &Arc<Metrics>) -> Result<Store, StartErr
         );
     }
     Ok(store)
-}
-
-/// What every call is set up with.
-fn call_settings(
-    config: &Config,
-    local_sip: SocketAddr,
-    local_tls: Option<SocketAddr>,
-    timers: &sip::transaction::TimerConfig,
-    router: &Arc<Router>,
-    directory: &Arc<call::directory::Directory>,
-) -> Result<Arc<CallSettings>, StartError> {
-    let policy = MediaPolicy {
-        codecs: config.codecs()?,
-        telephone_event_payload_type: config.media.telephone_event,
-        ptime: config.media.ptime,
-    };
-    Ok(Arc::new(CallSettings {
-        local_sip,
-        local_tls_port: local_tls.map(|a| a.port()),
-        policy,
-        peer_response_timeout: Duration::from_millis(config.sip.peer_response_timeout_ms),
-        ring_timeout: Duration::from_secs(config.sip.ring_timeout_secs),
-        cleanup_timeout: timers.t1 * 64,
-        user_agent: (!config.sip.user_agent.is_empty()).then(|| config.sip.user_agent.clone()),
-        router: Arc::clone(router),
-        transfer_ring_timeout: Duration::from_secs(config.sip.transfer_ring_timeout_secs),
-        transfer_early_media: config.sip.transfer_early_media,
-        hotkeys: config
-            .hotkeys
-            .iter()
-            .map(call::hotkey::Hotkey::from)
-            .collect(),
-        hotkey_inter_digit: Duration::from_millis(config.sip.hotkey_inter_digit_ms),
-        directory: Arc::clone(directory),
-        conference_max_parties: config.sip.conference_max_parties,
-        conference_ends_with_caller: config.sip.conference_ends_with_caller,
-        session_timers: (config.sip.session_expires_secs > 0).then(|| {
-            sip::session_timer::SessionTimerSettings {
-                session_expires: Duration::from_secs(config.sip.session_expires_secs),
-                min_se: Duration::from_secs(config.sip.min_se_secs),
-            }
-        }),
-    }))
 }
 
 /// The media engine started, the screening (with the stored blocklist) and the call manager;
@@ -421,13 +356,8 @@ fn call_manager(
         &config.store.path,
         store::unix_millis(std::time::SystemTime::now()),
     )?));
-    let screening = call::screening::Screening::new(
-        config.screening_patterns()?,
-        config.screening.blocked_status,
-        config.screening.repeat_calls,
-        Duration::from_secs(config.screening.repeat_minutes * 60),
-    )
-    .with_listed(Arc::clone(&blocklist));
+    let screening =
+        call::screening::Screening::from(&config.screening).with_listed(Arc::clone(&blocklist));
     let manager = Arc::new(
         CallManager::new(
             Arc::clone(router),
@@ -435,7 +365,7 @@ fn call_manager(
             gateway::admission::MediaResources {
                 ports: Arc::clone(ports),
                 engine: media,
-                inactivity: Duration::from_secs(config.media.inactivity_timeout_secs),
+                inactivity: config.media.inactivity_timeout(),
             },
             Arc::clone(metrics),
             ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
@@ -450,7 +380,6 @@ fn call_manager(
 fn build_endpoint(
     config: &Config,
     transport: Transport,
-    timers: sip::transaction::TimerConfig,
     manager: &Arc<CallManager>,
     metrics: &Arc<Metrics>,
     local_sip: SocketAddr,
@@ -465,33 +394,18 @@ fn build_endpoint(
 > {
     let (endpoint, handle, commands) = Endpoint::new(
         transport,
-        timers,
+        sip::transaction::TimerConfig::from(&config.sip),
         Arc::clone(manager) as Arc<dyn sip::endpoint::Dispatcher>,
         Arc::clone(metrics),
         local_sip,
     );
-    let guard = sip::guard::Guard::new(sip::guard::GuardConfig {
-        reject_unknown: config.sip.unknown_source == config::UnknownSource::Reject,
-        drop_scanners: config.sip.drop_scanners,
-        requests_per_sec: config.sip.pike_requests_per_sec,
-        ban: Duration::from_secs(config.sip.pike_ban_secs),
-        allow: config.guard_networks()?,
-    });
+    let guard = sip::guard::Guard::new(sip::guard::GuardConfig::from(&config.sip));
     let endpoint = endpoint
-        .with_overload_delay(Duration::from_millis(config.sip.overload_queue_delay_ms))
+        .with_overload_delay(config.sip.overload_queue_delay())
         .with_guard(guard, Arc::clone(router))
-        .with_supported(if config.sip.session_expires_secs > 0 {
-            &["timer"]
-        } else {
-            &[]
-        })
+        .with_supported(config.sip.supported())
         .with_max_transactions(config.sip.max_transactions)
-        .with_auth(sip::auth::Digest::new(
-            &config.sip.auth_realm,
-            nonce_key()?,
-            Duration::from_secs(config.sip.auth_nonce_secs),
-            std::time::Instant::now(),
-        ));
+        .with_auth(config.sip.digest(nonce_key()?, std::time::Instant::now()));
     Ok((endpoint, handle, commands))
 }
 
@@ -543,11 +457,7 @@ fn serve_grpc(
         events,
         registry,
         config.store.path.clone(),
-        config
-            .platforms
-            .iter()
-            .map(|p| (p.name.clone(), p.token.clone()))
-            .collect(),
+        config.platform_tokens(),
         Arc::clone(metrics),
         grpc_stop.clone(),
     )

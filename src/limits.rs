@@ -5,8 +5,6 @@
 //! has no RTP socket and `/healthz` cannot be accepted; so the budget is checked before the
 //! gateway starts (`--check` fails, a start warns) rather than found at the height of a surge.
 
-use crate::config::Config;
-
 /// Inbound HTTP connections (`/healthz`, `/metrics`) open at once.
 pub const MAX_HTTP_CONNECTIONS: usize = 64;
 /// Work-order gRPC connections open at once (a few per platform).
@@ -27,14 +25,15 @@ pub struct Budget {
 }
 
 impl Budget {
-    pub fn of(config: &Config) -> Budget {
-        let [low, high] = config.media.ports;
+    /// The budget of `max_calls` calls in the inclusive media port range `[low, high]` and
+    /// `max_tcp_connections` SIP connections.
+    pub fn new([low, high]: [u16; 2], max_calls: usize, max_tcp_connections: usize) -> Budget {
         let range = u64::from(high.saturating_sub(low)) + 1;
         // Four ports a call (RTP and RTCP of two legs), each bound once and once duplicated
         // for its relay worker.
-        let ports = (config.sip.max_calls as u64).saturating_mul(4).min(range);
+        let ports = (max_calls as u64).saturating_mul(4).min(range);
         Budget {
-            sip_tcp: config.sip.max_tcp_connections as u64,
+            sip_tcp: max_tcp_connections as u64,
             media: ports * 2,
             api: (MAX_HTTP_CONNECTIONS + MAX_GRPC_CONNECTIONS) as u64,
             base: BASE,

@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
-        let budget = hotline_gateway::limits::Budget::of(&config);
+        let budget = hotline_gateway::limits::Budget::from(&config);
         let limit = hotline_gateway::limits::raise();
         if let Some(reason) = hotline_gateway::limits::shortfall(&budget, &limit) {
             eprintln!("hotline-gateway: {}: {reason}", cli.config.display());
@@ -92,8 +92,9 @@ fn main() -> ExitCode {
             from: *from,
             delay: *delay,
         };
+        let link = hotline_gateway::workorder::tail::LinkSettings::from(&config);
         return match runtime.block_on(hotline_gateway::workorder::tail::tail(
-            &config, platform, options, &mut out,
+            &link, platform, options, &mut out,
         )) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

@@ -638,8 +638,9 @@ async fn the_events_tool_prints_a_platforms_stream_one_line_per_event() {
     let tail = tokio::spawn(async move {
         let mut out = Vec::new();
         let options = hotline_gateway::workorder::tail::TailOptions::default();
+        let link = hotline_gateway::workorder::tail::LinkSettings::from(&config);
         let result =
-            hotline_gateway::workorder::tail::tail(&config, "12345", options, &mut out).await;
+            hotline_gateway::workorder::tail::tail(&link, "12345", options, &mut out).await;
         (result.is_ok(), String::from_utf8_lossy(&out).to_string())
     });
     let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;

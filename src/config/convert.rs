@@ -1,20 +1,36 @@
-//! The config tree converted into the typed values the parts take, so that the parts never
-//! read the tree themselves.
+//! The validated tree converted into the typed values the parts take, so that `start` only
+//! assembles and no part reads the tree. Every conversion is infallible: the tree holds its
+//! parsed values already (`text.rs`), and validation has checked how they fit together.
 //!
-//! Each value validation parses (patterns, networks, codecs, TLS server names) is parsed here, by
-//! the same function validation calls: [`Config::validate`] turns the error into the file/key/
-//! reason one, and a tree that skipped validation gets [`ConfigError::Unvalidated`] at start
-//! instead of a value silently dropped.
+//! Values known only at start (bound ports, the descriptor allowance, shared tables) are the
+//! caller's: a conversion leaves them at the configured value or takes them as arguments.
 
-use std::net::SocketAddr;
-use std::path::Path;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 
-use super::{Config, ConfigError, HotkeyConfig, PeerConfig, TransportKind};
+use super::{
+    ApiConfig, Config, HotkeyConfig, MediaConfig, PeerConfig, RouteConfig, ScreeningConfig,
+    SipConfig, StoreConfig, TransportKind, UnknownSource,
+};
+use crate::call::directory::Directory;
 use crate::call::hotkey::Hotkey;
-use crate::media::codec::Codec;
-use crate::routing::{Cidr, NumberPattern};
+use crate::call::screening::Screening;
+use crate::call::CallSettings;
+use crate::limits::Budget;
+use crate::routing::credentials::Credentials;
+use crate::routing::{Peer, Route, Router};
+use crate::sip::auth::Digest;
+use crate::sip::guard::GuardConfig;
+use crate::sip::sdp::MediaPolicy;
+use crate::sip::session_timer::SessionTimerSettings;
+use crate::sip::tls::TlsFiles;
+use crate::sip::transaction::TimerConfig;
+use crate::sip::transport::TransportConfig;
+use crate::store::StoreOptions;
+use crate::workorder::tail::LinkSettings;
 
 impl From<&HotkeyConfig> for Hotkey {
     fn from(config: &HotkeyConfig) -> Hotkey {
@@ -26,97 +42,276 @@ impl From<&HotkeyConfig> for Hotkey {
     }
 }
 
-/// The error for a value validation would have refused.
-fn rejected(key: String, reason: String) -> ConfigError {
-    ConfigError::Unvalidated { key, reason }
+impl From<&PeerConfig> for Peer {
+    fn from(config: &PeerConfig) -> Peer {
+        let mut peer = Peer::new(
+            &config.name,
+            config.address,
+            config.platform.clone(),
+            config.transport,
+        )
+        .with_any_port(config.any_port)
+        .with_sources(config.sources.clone());
+        peer.trusted = config.trusted;
+        peer.diversion = config.diversion;
+        peer.srtp = config.srtp;
+        peer.max_calls_per_sec = config.max_calls_per_sec;
+        peer.charset = config.charset;
+        // Validation holds username and password together.
+        peer.auth = match (&config.auth_username, &config.auth_password) {
+            (Some(username), Some(password)) => Some(Credentials {
+                username: username.clone(),
+                password: password.clone(),
+                algorithms: config.auth_algorithms.clone(),
+            }),
+            _ => None,
+        };
+        peer
+    }
 }
 
-impl ConfigError {
-    /// A conversion's error as validation reports it: naming `file`.
-    pub(super) fn in_file(self, file: &Path) -> ConfigError {
-        match self {
-            ConfigError::Unvalidated { key, reason } => ConfigError::Invalid {
-                file: file.to_path_buf(),
-                key,
-                reason,
-            },
-            other => other,
+impl From<&RouteConfig> for Route {
+    fn from(config: &RouteConfig) -> Route {
+        Route {
+            number: config.number.pattern().clone(),
+            peers: config.peers.clone(),
         }
     }
 }
 
-impl Config {
-    /// `screening.blocklist`, as number patterns.
-    ///
-    /// # Errors
-    /// [`ConfigError::Unvalidated`] for an entry that is no pattern.
-    pub fn screening_patterns(&self) -> Result<Vec<NumberPattern>, ConfigError> {
-        self.screening
-            .blocklist
-            .iter()
-            .enumerate()
-            .map(|(index, number)| {
-                NumberPattern::parse(number)
-                    .map_err(|reason| rejected(format!("screening.blocklist[{index}]"), reason))
-            })
-            .collect()
-    }
-
-    /// `sip.allow`, the networks the guard lets through, as CIDRs.
-    ///
-    /// # Errors
-    /// [`ConfigError::Unvalidated`] for an entry that is no CIDR.
-    pub fn guard_networks(&self) -> Result<Vec<Cidr>, ConfigError> {
-        self.sip
-            .allow
-            .iter()
-            .enumerate()
-            .map(|(index, network)| {
-                Cidr::parse(network)
-                    .map_err(|error| rejected(format!("sip.allow[{index}]"), error.to_string()))
-            })
-            .collect()
-    }
-
-    /// `media.codecs`, in the configured order.
-    ///
-    /// # Errors
-    /// [`ConfigError::Unvalidated`] for a codec the gateway does not relay.
-    pub fn codecs(&self) -> Result<Vec<Codec>, ConfigError> {
-        self.media
-            .codecs
-            .iter()
-            .enumerate()
-            .map(|(index, codec)| {
-                Codec::from_name(codec).ok_or_else(|| {
-                    rejected(
-                        format!("media.codecs[{index}]"),
-                        format!("unknown codec {codec:?}; supported: PCMA, PCMU"),
-                    )
-                })
-            })
-            .collect()
-    }
-
-    /// The `transport = "tls"` peers: address and the name their certificate must carry.
-    ///
-    /// # Errors
-    /// [`ConfigError::Unvalidated`] for a `tls_name` that is no server name.
-    pub fn tls_peer_names(&self) -> Result<Vec<(SocketAddr, ServerName<'static>)>, ConfigError> {
-        self.peers
-            .iter()
-            .enumerate()
-            .filter(|(_, peer)| peer.transport == TransportKind::Tls)
-            .map(|(index, peer)| Ok((peer.address, peer_server_name(index, peer)?)))
-            .collect()
+impl From<&Config> for Router {
+    /// The `[[peer]]`s and `[[route]]`s, in file order.
+    fn from(config: &Config) -> Router {
+        Router::new(
+            config.peers.iter().map(Peer::from).collect(),
+            config.routes.iter().map(Route::from).collect(),
+        )
     }
 }
 
-/// The name peer `index`'s certificate must carry: its `tls_name`, else its IP address.
-pub(super) fn peer_server_name(
-    index: usize,
-    peer: &PeerConfig,
-) -> Result<ServerName<'static>, ConfigError> {
-    crate::sip::tls::server_name(peer.tls_name.as_deref(), peer.address)
-        .map_err(|reason| rejected(format!("peer[{index}].tls_name"), reason))
+impl From<&SipConfig> for TimerConfig {
+    fn from(sip: &SipConfig) -> TimerConfig {
+        TimerConfig {
+            t1: Duration::from_millis(sip.t1_ms),
+            t2: Duration::from_millis(sip.t2_ms),
+            t4: Duration::from_millis(sip.t4_ms),
+        }
+    }
+}
+
+impl From<&SipConfig> for TransportConfig {
+    /// With `max_tcp_connections` as configured; the start lowers it to what the descriptor
+    /// limit holds.
+    fn from(sip: &SipConfig) -> TransportConfig {
+        TransportConfig {
+            listen: sip.listen,
+            max_message_size: sip.max_message_size,
+            tcp_idle_timeout: Duration::from_secs(sip.tcp_idle_timeout_secs),
+            max_tcp_connections: sip.max_tcp_connections,
+            max_tcp_connections_per_source: sip.max_tcp_connections_per_source,
+            tcp_reserved_for_peers: sip.tcp_reserved_for_peers,
+            tcp_request_timeout: Duration::from_secs(sip.tcp_request_timeout_secs),
+        }
+    }
+}
+
+impl From<&SipConfig> for GuardConfig {
+    fn from(sip: &SipConfig) -> GuardConfig {
+        GuardConfig {
+            reject_unknown: sip.unknown_source == UnknownSource::Reject,
+            drop_scanners: sip.drop_scanners,
+            requests_per_sec: sip.pike_requests_per_sec,
+            ban: Duration::from_secs(sip.pike_ban_secs),
+            allow: sip.allow.clone(),
+        }
+    }
+}
+
+impl SipConfig {
+    /// The address written in Via and Contact: `public_address`, else the listen address's.
+    pub fn advertised_ip(&self) -> IpAddr {
+        self.public_address.unwrap_or(self.listen.ip())
+    }
+
+    /// RFC 4028 session timers, or None when `session_expires_secs` is 0.
+    pub fn session_timers(&self) -> Option<SessionTimerSettings> {
+        (self.session_expires_secs > 0).then(|| SessionTimerSettings {
+            session_expires: Duration::from_secs(self.session_expires_secs),
+            min_se: Duration::from_secs(self.min_se_secs),
+        })
+    }
+
+    /// The option tags the endpoint names in `Supported`.
+    pub fn supported(&self) -> &'static [&'static str] {
+        if self.session_expires_secs > 0 {
+            &["timer"]
+        } else {
+            &[]
+        }
+    }
+
+    /// The queueing delay above which new INVITEs are refused (overload control).
+    pub fn overload_queue_delay(&self) -> Duration {
+        Duration::from_millis(self.overload_queue_delay_ms)
+    }
+
+    /// Digest authentication in `auth_realm`, its nonces signed with `key` from `now`.
+    pub fn digest(&self, key: [u8; 32], now: Instant) -> Digest {
+        Digest::new(
+            &self.auth_realm,
+            key,
+            Duration::from_secs(self.auth_nonce_secs),
+            now,
+        )
+    }
+}
+
+impl From<&MediaConfig> for MediaPolicy {
+    fn from(media: &MediaConfig) -> MediaPolicy {
+        MediaPolicy {
+            codecs: media.codecs.clone(),
+            telephone_event_payload_type: media.telephone_event,
+            ptime: media.ptime,
+        }
+    }
+}
+
+impl MediaConfig {
+    /// How long an answered call may go without RTP or RTCP.
+    pub fn inactivity_timeout(&self) -> Duration {
+        Duration::from_secs(self.inactivity_timeout_secs)
+    }
+}
+
+impl From<&ScreeningConfig> for Screening {
+    /// Without the work-order API's blocklist ([`Screening::with_listed`] adds it).
+    fn from(screening: &ScreeningConfig) -> Screening {
+        Screening::new(
+            screening.blocklist.clone(),
+            screening.blocked_status,
+            screening.repeat_calls,
+            Duration::from_secs(screening.repeat_minutes * 60),
+        )
+    }
+}
+
+impl From<&StoreConfig> for StoreOptions {
+    /// Without metrics or recovery, which the start supplies.
+    fn from(store: &StoreConfig) -> StoreOptions {
+        StoreOptions {
+            max_size_bytes: store.max_size_mb.map(|mb| mb * 1024 * 1024),
+            synchronous: store.synchronous,
+            ..StoreOptions::default()
+        }
+    }
+}
+
+impl ApiConfig {
+    /// How long outbox events are kept.
+    pub fn outbox_retention(&self) -> Duration {
+        Duration::from_secs(self.outbox_retention_hours * 3600)
+    }
+}
+
+impl From<&Config> for Budget {
+    fn from(config: &Config) -> Budget {
+        Budget::new(
+            config.media.ports,
+            config.sip.max_calls,
+            config.sip.max_tcp_connections,
+        )
+    }
+}
+
+impl From<&Config> for LinkSettings {
+    fn from(config: &Config) -> LinkSettings {
+        LinkSettings {
+            address: config.api.grpc,
+            tls: config
+                .api
+                .tls_cert
+                .clone()
+                .map(|cert| (cert, config.api.tls_name.clone())),
+            platforms: config.platform_tokens(),
+        }
+    }
+}
+
+/// What the call settings take beyond the configuration: where the gateway is reached, and
+/// the tables every call shares.
+pub struct CallContext {
+    /// The advertised SIP address, with the bound port.
+    pub local_sip: SocketAddr,
+    /// The bound TLS port, when `sip.tls_listen` is set.
+    pub local_tls_port: Option<u16>,
+    pub router: Arc<Router>,
+    pub directory: Arc<Directory>,
+}
+
+impl Config {
+    /// What every call is set up with.
+    pub fn call_settings(&self, context: CallContext) -> CallSettings {
+        let sip = &self.sip;
+        CallSettings {
+            local_sip: context.local_sip,
+            local_tls_port: context.local_tls_port,
+            policy: MediaPolicy::from(&self.media),
+            peer_response_timeout: Duration::from_millis(sip.peer_response_timeout_ms),
+            ring_timeout: Duration::from_secs(sip.ring_timeout_secs),
+            // RFC 3261 §17.1.1.2's Timer B: 64*T1.
+            cleanup_timeout: TimerConfig::from(sip).t1 * 64,
+            user_agent: (!sip.user_agent.is_empty()).then(|| sip.user_agent.clone()),
+            router: context.router,
+            transfer_ring_timeout: Duration::from_secs(sip.transfer_ring_timeout_secs),
+            transfer_early_media: sip.transfer_early_media,
+            hotkeys: self.hotkeys.iter().map(Hotkey::from).collect(),
+            hotkey_inter_digit: Duration::from_millis(sip.hotkey_inter_digit_ms),
+            directory: context.directory,
+            conference_max_parties: sip.conference_max_parties,
+            conference_ends_with_caller: sip.conference_ends_with_caller,
+            session_timers: sip.session_timers(),
+        }
+    }
+
+    /// The SIP TLS files and choices, when `sip.tls_ca` is set (TLS is off without it).
+    pub fn tls_files(&self) -> Option<TlsFiles<'_>> {
+        let sip = &self.sip;
+        Some(TlsFiles {
+            listen: sip.tls_listen,
+            cert: sip.tls_cert.as_deref(),
+            key: sip.tls_key.as_deref(),
+            ca: sip.tls_ca.as_deref()?,
+            verify_client: sip.tls_verify_client,
+            peers: self.tls_peer_names(),
+        })
+    }
+
+    /// The `transport = "tls"` peers: address and the name their certificate must carry
+    /// (`tls_name`, else the peer's IP address).
+    pub fn tls_peer_names(&self) -> Vec<(SocketAddr, ServerName<'static>)> {
+        self.peers
+            .iter()
+            .filter(|peer| peer.transport == TransportKind::Tls)
+            .map(|peer| {
+                let name = peer
+                    .tls_name
+                    .clone()
+                    .unwrap_or_else(|| ServerName::IpAddress(peer.address.ip().into()));
+                (peer.address, name)
+            })
+            .collect()
+    }
+
+    /// The `[[platform]]`s' names.
+    pub fn platform_names<C: FromIterator<String>>(&self) -> C {
+        self.platforms.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// Each `[[platform]]`'s name and token.
+    pub fn platform_tokens<C: FromIterator<(String, String)>>(&self) -> C {
+        self.platforms
+            .iter()
+            .map(|p| (p.name.clone(), p.token.clone()))
+            .collect()
+    }
 }

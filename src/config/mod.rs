@@ -5,6 +5,10 @@
 //! key (as a path such as `peer[2].address`) and the reason. Every key beyond the operator contract
 //! has a default; the README's config reference lists them.
 //!
+//! Values the parts parse (networks, number patterns, codecs, digest algorithms, TLS names) are
+//! read into the parts' types as the file is deserialized (`text.rs`), so the tree holds them
+//! typed and nothing parses them again.
+//!
 //! This file holds the tree and its defaults; `validate.rs` loading and the checks, `convert.rs`
 //! the conversions into the parts' typed values, `tests.rs` the tests.
 
@@ -12,10 +16,13 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use rustls::pki_types::ServerName;
 use serde::Deserialize;
 
 use crate::call::hotkey::HotkeyAction;
-use crate::routing::NumberPattern;
+use crate::media::codec::Codec;
+use crate::routing::credentials::Algorithm;
+use crate::routing::{Cidr, NumberPattern};
 
 // The vocabulary the parts own, spelled in the TOML as the parts spell it; re-exported so the
 // config tree reads as one.
@@ -24,8 +31,10 @@ pub use crate::routing::TransportKind;
 pub use crate::store::Synchronous;
 
 mod convert;
+pub use convert::CallContext;
 #[cfg(test)]
 mod tests;
+mod text;
 mod validate;
 
 /// A configuration error: which file, which key, and why.
@@ -42,10 +51,6 @@ pub enum ConfigError {
         key: String,
         reason: String,
     },
-    /// A value validation refuses, met converting a tree that was not validated (one not read
-    /// through [`Config::parse`]).
-    #[error("key `{key}`: {reason} (the configuration was not validated)")]
-    Unvalidated { key: String, reason: String },
 }
 
 /// The whole configuration.
@@ -73,8 +78,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct ScreeningConfig {
     /// Caller numbers refused, exact or as `[[route]]` patterns (`_170X.`); default none.
-    #[serde(default)]
-    pub blocklist: Vec<String>,
+    #[serde(default, deserialize_with = "text::list")]
+    pub blocklist: Vec<NumberPattern>,
     /// The status a blocked caller gets (default 603 Decline).
     #[serde(default = "default_blocked_status")]
     pub blocked_status: u16,
@@ -251,8 +256,8 @@ pub struct SipConfig {
     pub pike_ban_secs: u64,
     /// Networks never refused, limited or banned, as peers are (`["10.0.0.0/8"]`; default
     /// none). Their requests still need a `[[peer]]` to place calls.
-    #[serde(default)]
-    pub allow: Vec<String>,
+    #[serde(default, deserialize_with = "text::list")]
+    pub allow: Vec<Cidr>,
 }
 
 /// What the gateway does with requests from addresses that are no peer.
@@ -273,8 +278,8 @@ pub struct MediaConfig {
     /// Inclusive port range; each leg takes an even RTP port and the odd RTCP port above it.
     pub ports: [u16; 2],
     /// Codecs offered, in preference order (default `["PCMA", "PCMU"]`).
-    #[serde(default = "default_codecs")]
-    pub codecs: Vec<String>,
+    #[serde(default = "default_codecs", deserialize_with = "text::list")]
+    pub codecs: Vec<Codec>,
     /// Dynamic payload type offered for RFC 4733 telephone-event (default 101).
     #[serde(default = "default_telephone_event")]
     pub telephone_event: u8,
@@ -351,8 +356,8 @@ pub struct PeerConfig {
     #[serde(default)]
     pub platform: Option<String>,
     /// The name the peer's TLS certificate must carry (default: its IP address).
-    #[serde(default)]
-    pub tls_name: Option<String>,
+    #[serde(default, deserialize_with = "text::optional")]
+    pub tls_name: Option<ServerName<'static>>,
     /// `udp` (default), `tcp` or `tls` for requests the gateway sends to this peer.
     #[serde(default)]
     pub transport: TransportKind,
@@ -362,8 +367,8 @@ pub struct PeerConfig {
     pub any_port: bool,
     /// More networks whose requests are this peer's (`["203.0.113.0/24"]`: a carrier's
     /// signalling range), beyond `address` (default none).
-    #[serde(default)]
-    pub sources: Vec<String>,
+    #[serde(default, deserialize_with = "text::list")]
+    pub sources: Vec<Cidr>,
     /// New calls this peer may start per second (bursts of as many); beyond, 503 with
     /// Retry-After (default: no limit, the peer is trusted to send what it must).
     #[serde(default)]
@@ -378,8 +383,8 @@ pub struct PeerConfig {
     /// Algorithms it is challenged with, preferred first (RFC 8760: `SHA-512-256`, `SHA-256`,
     /// `MD5`; default `["SHA-256", "MD5"]`: MD5 for the many phones and trunks that know no
     /// other).
-    #[serde(default = "default_auth_algorithms")]
-    pub auth_algorithms: Vec<String>,
+    #[serde(default = "default_auth_algorithms", deserialize_with = "text::list")]
+    pub auth_algorithms: Vec<Algorithm>,
     /// Trusted for identity (RFC 3325 §2.3): a caller's identity asked private (`Privacy: id`)
     /// is still sent to this peer in P-Asserted-Identity; to others it is removed (default
     /// false; the 110 desk is trusted).
@@ -408,8 +413,38 @@ pub struct PeerConfig {
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// An exact number (`12345`) or a pattern starting with `_` (see [`NumberPattern`]).
-    pub number: String,
+    pub number: RouteNumber,
     pub peers: Vec<String>,
+}
+
+/// A route's `number`, as written (two routes are told apart by it) and as the pattern it is.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct RouteNumber {
+    text: String,
+    pattern: NumberPattern,
+}
+
+impl RouteNumber {
+    /// The number as the file spells it.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn pattern(&self) -> &NumberPattern {
+        &self.pattern
+    }
+}
+
+impl TryFrom<String> for RouteNumber {
+    type Error = String;
+
+    /// # Errors
+    /// The reason [`NumberPattern::parse`] refuses `text`.
+    fn try_from(text: String) -> Result<RouteNumber, String> {
+        let pattern = NumberPattern::parse(&text)?;
+        Ok(RouteNumber { text, pattern })
+    }
 }
 
 /// `[[hotkey]]`: a DTMF sequence from an agent's leg and what it does.
@@ -445,8 +480,8 @@ fn default_ring_timeout_secs() -> u64 {
 fn default_max_calls() -> usize {
     4000
 }
-fn default_auth_algorithms() -> Vec<String> {
-    vec!["SHA-256".into(), "MD5".into()]
+fn default_auth_algorithms() -> Vec<Algorithm> {
+    vec![Algorithm::Sha256, Algorithm::Md5]
 }
 fn default_auth_realm() -> String {
     "hotline-gateway".into()
@@ -502,8 +537,8 @@ fn default_conference_max_parties() -> usize {
 fn default_true() -> bool {
     true
 }
-fn default_codecs() -> Vec<String> {
-    vec!["PCMA".into(), "PCMU".into()]
+fn default_codecs() -> Vec<Codec> {
+    vec![Codec::Pcma, Codec::Pcmu]
 }
 fn default_telephone_event() -> u8 {
     101

@@ -26,7 +26,7 @@ fn contract_sample_loads_unchanged_with_defaults() {
     assert_eq!(config.routes[0].peers, vec!["hotline".to_string()]);
     assert_eq!(config.hotkeys[1].action, HotkeyAction::Conference);
     assert_eq!(config.sip.t1_ms, 500);
-    assert_eq!(config.media.codecs, vec!["PCMA", "PCMU"]);
+    assert_eq!(config.media.codecs, vec![Codec::Pcma, Codec::Pcmu]);
     assert_eq!(config.media.telephone_event, 101);
     assert_eq!(config.peers[0].transport, TransportKind::Udp);
 }
@@ -108,33 +108,150 @@ fn toml_syntax_error_is_reported_with_file() {
 }
 
 #[test]
-fn conversions_return_the_validated_values_and_refuse_what_validation_would() {
-    let mut config = match Config::parse(Path::new("config/gateway.toml"), &sample()) {
+fn the_sample_converts_into_the_parts_values() {
+    use crate::call::hotkey::Hotkey;
+    use crate::routing::Router;
+    use crate::sip::sdp::MediaPolicy;
+    use crate::sip::transaction::TimerConfig;
+
+    let config = match Config::parse(Path::new("config/gateway.toml"), &sample()) {
         Ok(c) => c,
         Err(e) => panic!("sample must load: {e}"),
     };
+    let router = Router::from(&config);
+    let names = |number: &str| -> Vec<String> {
+        router
+            .route(number)
+            .map(|peers| peers.iter().map(|p| p.name.clone()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(names("12345"), vec!["hotline"]);
+    assert_eq!(names("110"), vec!["police"]);
+    let carrier = router.peer_for_source("127.0.0.1:5070".parse().unwrap());
+    assert_eq!(carrier.map(|p| p.name.clone()), Some("carrier".into()));
+    let hotkeys: Vec<Hotkey> = config.hotkeys.iter().map(Hotkey::from).collect();
+    assert_eq!(hotkeys[0].dtmf, "*1");
+    assert_eq!(hotkeys[1].action, HotkeyAction::Conference);
+    assert_eq!(TimerConfig::from(&config.sip), TimerConfig::default());
+    assert_eq!(MediaPolicy::from(&config.media), MediaPolicy::default());
+    let session_timers = config.sip.session_timers().map(|s| s.session_expires);
+    assert_eq!(session_timers, Some(std::time::Duration::from_secs(1800)));
+    assert_eq!(config.sip.supported(), ["timer"]);
+    let guard = crate::sip::guard::GuardConfig::from(&config.sip);
+    assert!(guard.reject_unknown && guard.allow.is_empty());
+    assert!(config.tls_files().is_none());
+    let link = crate::workorder::tail::LinkSettings::from(&config);
+    assert_eq!(link.address, config.api.grpc);
+    assert!(link.tls.is_none() && link.platforms.is_empty());
+}
+
+#[test]
+fn parsed_values_are_typed_in_the_tree() {
+    let text = sample()
+        .replace(
+            "[sip]\n",
+            "[sip]\nallow = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n",
+        )
+        .replace("[media]\n", "[media]\ncodecs = [\"PCMU\"]\n");
+    let config = match Config::parse(Path::new("test.toml"), &text) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    assert!(config.sip.allow[0].contains("10.1.2.3".parse().unwrap()));
+    assert!(config.sip.allow[1].contains("2001:db8::1".parse().unwrap()));
+    assert_eq!(config.media.codecs, vec![Codec::Pcmu]);
+    assert_eq!(config.routes[1].number.text(), "110");
     assert_eq!(
-        config.codecs().ok(),
-        Some(vec![
-            crate::media::codec::Codec::Pcma,
-            crate::media::codec::Codec::Pcmu
-        ])
+        config.peers[0].auth_algorithms,
+        vec![Algorithm::Sha256, Algorithm::Md5]
     );
-    assert_eq!(
-        config.guard_networks().map(|n| n.len()).ok(),
-        Some(config.sip.allow.len())
-    );
-    // A tree changed after validation: the conversion says so instead of dropping the entry.
-    config.sip.allow.push("ten/8".into());
-    let index = config.sip.allow.len() - 1;
-    match config.guard_networks() {
-        Err(ConfigError::Unvalidated { key, .. }) => assert_eq!(key, format!("sip.allow[{index}]")),
-        other => panic!("expected Unvalidated, got {:?}", other.map(|n| n.len())),
+}
+
+#[test]
+fn a_bad_value_is_reported_once_with_file_key_and_reason() {
+    let cases = [
+        (
+            sample().replace("[sip]\n", "[sip]\nallow = [\"10.0.0.0/8\", \"ten/8\"]\n"),
+            "test.toml: key `sip.allow[1]`: \"ten\" is no IP address",
+        ),
+        (
+            sample().replace("[media]\n", "[media]\ncodecs = [\"PCMA\", \"PCMU\", \"G729\"]\n"),
+            "test.toml: key `media.codecs[2]`: unknown codec \"G729\"; supported: PCMA, PCMU",
+        ),
+        (
+            sample().replace("number = \"110\"", "number = \"_11.0\""),
+            "test.toml: key `route[1].number`: `.` may only end a pattern",
+        ),
+        (
+            format!("{}\n[screening]\nblocklist = [\"_[1-\"]\n", sample()),
+            "test.toml: key `screening.blocklist[0]`: bad range inside [...]",
+        ),
+        (
+            sample().replace(
+                "name = \"carrier\"",
+                "name = \"carrier\"\nsources = [\"203.0.113.0/33\"]",
+            ),
+            "test.toml: key `peer[0].sources[0]`: prefix length 33 is too long for the address",
+        ),
+        (
+            sample().replace(
+                "name = \"carrier\"",
+                "name = \"carrier\"\nauth_algorithms = [\"SHA-1\"]",
+            ),
+            "test.toml: key `peer[0].auth_algorithms[0]`: \"SHA-1\" is none of SHA-512-256, SHA-256, MD5",
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(error_of(&text), expected);
     }
-    config.media.codecs.push("G729".into());
-    let message = config.codecs().map(|c| c.len()).unwrap_err().to_string();
+    let bad_name = sample().replace(
+        "name = \"carrier\"",
+        "name = \"carrier\"\ntls_name = \"not a name\"",
+    );
+    let message = error_of(&bad_name);
     assert!(
-        message.contains("key `media.codecs[2]`: unknown codec \"G729\""),
+        message.starts_with("test.toml: key `peer[0].tls_name`: "),
         "{message}"
+    );
+}
+
+#[test]
+fn tuned_keys_convert_into_the_parts_durations_and_sizes() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let text = sample()
+        .replace(
+            "[sip]\n",
+            "[sip]\nt1_ms = 250\nsession_expires_secs = 0\nuser_agent = \"gw\"\n\
+             tcp_idle_timeout_secs = 30\nallow = [\"10.0.0.0/8\"]\nunknown_source = \"drop\"\n",
+        )
+        .replace("[store]\n", "[store]\nmax_size_mb = 2\n");
+    let config = match Config::parse(Path::new("test.toml"), &text) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let settings = config.call_settings(CallContext {
+        local_sip: "192.0.2.1:5060".parse().unwrap(),
+        local_tls_port: None,
+        router: Arc::new(crate::routing::Router::from(&config)),
+        directory: Arc::default(),
+    });
+    assert_eq!(settings.cleanup_timeout, Duration::from_secs(16));
+    assert_eq!(settings.user_agent.as_deref(), Some("gw"));
+    assert_eq!(settings.hotkeys.len(), 2);
+    assert!(settings.session_timers.is_none() && config.sip.supported().is_empty());
+    let transport = crate::sip::transport::TransportConfig::from(&config.sip);
+    assert_eq!(transport.tcp_idle_timeout, Duration::from_secs(30));
+    assert_eq!(transport.listen, config.sip.listen);
+    let guard = crate::sip::guard::GuardConfig::from(&config.sip);
+    assert!(!guard.reject_unknown && guard.allow.len() == 1);
+    let store = crate::store::StoreOptions::from(&config.store);
+    assert_eq!(store.max_size_bytes, Some(2 * 1024 * 1024));
+    let budget = crate::limits::Budget::from(&config);
+    assert_eq!(budget.sip_tcp, config.sip.max_tcp_connections as u64);
+    assert_eq!(
+        config.api.outbox_retention(),
+        Duration::from_secs(168 * 3600)
     );
 }

@@ -21,8 +21,6 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::config::{Config, PeerConfig};
-
 /// Which header records the diverting party of a transferred call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -108,42 +106,27 @@ impl Peer {
             charset: Charset::Utf8,
         }
     }
+
+    /// Also accepts requests from any source port of its address's IP.
+    #[must_use]
+    pub fn with_any_port(mut self, any_port: bool) -> Peer {
+        self.any_port = any_port;
+        self
+    }
+
+    /// Also accepts requests from these networks.
+    #[must_use]
+    pub fn with_sources(mut self, sources: Vec<Cidr>) -> Peer {
+        self.sources = sources;
+        self
+    }
 }
 
-impl From<&PeerConfig> for Peer {
-    fn from(config: &PeerConfig) -> Self {
-        Peer {
-            name: config.name.clone(),
-            address: config.address,
-            platform: config.platform.clone(),
-            transport: config.transport,
-            trusted: config.trusted,
-            diversion: config.diversion,
-            srtp: config.srtp,
-            any_port: config.any_port,
-            // Validated with the config.
-            sources: config
-                .sources
-                .iter()
-                .filter_map(|s| Cidr::parse(s).ok())
-                .collect(),
-            max_calls_per_sec: config.max_calls_per_sec,
-            charset: config.charset,
-            // Validated with the config.
-            auth: match (&config.auth_username, &config.auth_password) {
-                (Some(username), Some(password)) => Some(credentials::Credentials {
-                    username: username.clone(),
-                    password: password.clone(),
-                    algorithms: config
-                        .auth_algorithms
-                        .iter()
-                        .filter_map(|a| credentials::Algorithm::parse(a))
-                        .collect(),
-                }),
-                _ => None,
-            },
-        }
-    }
+/// A route: a dialled number and the names of the peers tried for it, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub number: NumberPattern,
+    pub peers: Vec<String>,
 }
 
 /// An IP network (`198.51.100.0/24`, `2001:db8::/32`, or one address).
@@ -326,7 +309,7 @@ impl NumberPattern {
     }
 }
 
-/// Number -> ordered peers, and source address -> peer. Built once from the config.
+/// Number -> ordered peers, and source address -> peer. Built once, from the peers and routes.
 #[derive(Debug)]
 pub struct Router {
     peers: Vec<Arc<Peer>>,
@@ -337,10 +320,10 @@ pub struct Router {
 }
 
 impl Router {
-    /// Builds the tables. The config was validated, so every route names existing peers; a
-    /// route naming an unknown peer would simply skip it.
-    pub fn new(config: &Config) -> Router {
-        let peers: Vec<Arc<Peer>> = config.peers.iter().map(|p| Arc::new(p.into())).collect();
+    /// Builds the tables. A route's peer that is none of `peers` is skipped (validation
+    /// refuses such a configuration). Of two routes for one exact number, the later wins.
+    pub fn new(peers: Vec<Peer>, routes: Vec<Route>) -> Router {
+        let peers: Vec<Arc<Peer>> = peers.into_iter().map(Arc::new).collect();
         let by_name: HashMap<&str, Arc<Peer>> = peers
             .iter()
             .map(|p| (p.name.as_str(), Arc::clone(p)))
@@ -359,18 +342,17 @@ impl Router {
         }
         let mut exact = HashMap::new();
         let mut patterns = Vec::new();
-        for route in &config.routes {
+        for route in routes {
             let targets: Vec<Arc<Peer>> = route
                 .peers
                 .iter()
                 .filter_map(|name| by_name.get(name.as_str()).cloned())
                 .collect();
-            match NumberPattern::parse(&route.number) {
-                Ok(NumberPattern::Exact(number)) => {
+            match route.number {
+                NumberPattern::Exact(number) => {
                     exact.insert(number, targets);
                 }
-                Ok(pattern) => patterns.push((pattern, targets)),
-                Err(_) => {}
+                pattern => patterns.push((pattern, targets)),
             }
         }
         Router {
@@ -443,14 +425,32 @@ pub fn canonical(address: SocketAddr) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
-    fn router(extra: &str) -> Router {
-        let text = format!("{}{}", include_str!("../../config/gateway.toml"), extra);
-        match Config::parse(Path::new("t.toml"), &text) {
-            Ok(c) => Router::new(&c),
-            Err(e) => panic!("{e}"),
-        }
+    /// The contract sample's peers and routes (`config/gateway.toml`), and `extra` routes.
+    fn router(extra: &[(&str, &[&str])]) -> Router {
+        let peer = |name: &str, port: u16, platform: Option<&str>| {
+            let address = SocketAddr::from(([127, 0, 0, 1], port));
+            Peer::new(
+                name,
+                address,
+                platform.map(String::from),
+                TransportKind::Udp,
+            )
+        };
+        let peers = vec![
+            peer("carrier", 5070, None),
+            peer("hotline", 5080, Some("12345")),
+            peer("police", 5090, Some("110")),
+        ];
+        let routes = [("12345", &["hotline"][..]), ("110", &["police"][..])]
+            .iter()
+            .chain(extra)
+            .map(|(number, peers)| Route {
+                number: NumberPattern::parse(number).unwrap_or_else(|e| panic!("{number}: {e}")),
+                peers: peers.iter().map(|p| p.to_string()).collect(),
+            })
+            .collect();
+        Router::new(peers, routes)
     }
 
     #[test]
@@ -501,7 +501,7 @@ mod tests {
 
     #[test]
     fn exact_route_wins_over_pattern() {
-        let r = router("\n[[route]]\nnumber = \"_1XX\"\npeers = [\"hotline\", \"police\"]\n");
+        let r = router(&[("_1XX", &["hotline", "police"])]);
         let names = |n: &str| -> Vec<String> {
             r.route(n)
                 .map(|ps| ps.iter().map(|p| p.name.clone()).collect())
@@ -514,7 +514,7 @@ mod tests {
 
     #[test]
     fn source_address_identifies_the_peer() {
-        let r = router("");
+        let r = router(&[]);
         let carrier = r.peer_for_source("127.0.0.1:5070".parse().unwrap());
         assert_eq!(carrier.map(|p| p.name.clone()), Some("carrier".into()));
         assert!(r

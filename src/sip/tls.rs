@@ -131,14 +131,3 @@ pub fn settings(files: &TlsFiles<'_>) -> Result<TlsSettings, TlsError> {
         names: files.peers.iter().cloned().collect(),
     })
 }
-
-/// The name a peer's certificate must carry: `tls_name`, or its IP address.
-///
-/// # Errors
-/// The reason `name` is no DNS name or IP address.
-pub fn server_name(name: Option<&str>, address: SocketAddr) -> Result<ServerName<'static>, String> {
-    match name {
-        Some(name) => ServerName::try_from(name.to_string()).map_err(|e| e.to_string()),
-        None => Ok(ServerName::IpAddress(address.ip().into())),
-    }
-}

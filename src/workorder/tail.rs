@@ -5,10 +5,22 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use super::pb;
-use crate::config::Config;
 use crate::store::format_time;
+
+/// Where the gateway's work-order endpoint is and what the platforms prove there (`[api]` and
+/// the `[[platform]]`s).
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    /// The endpoint's address (a wildcard is reached on loopback).
+    pub address: SocketAddr,
+    /// The endpoint's certificate (trusted as is) and the name to check in it, for TLS.
+    pub tls: Option<(PathBuf, String)>,
+    /// Each platform's name and token.
+    pub platforms: Vec<(String, String)>,
+}
 
 /// Why the tail could not run.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +36,7 @@ pub enum TailError {
     Refused(tonic::Status),
     #[error("cannot read the TLS certificate {path}: {source}")]
     Certificate {
-        path: std::path::PathBuf,
+        path: PathBuf,
         source: std::io::Error,
     },
     #[error("cannot write the output: {0}")]
@@ -47,23 +59,19 @@ pub struct TailOptions {
 /// [`TailError`] for an unknown platform, an unreachable or refusing gateway, or a broken
 /// output.
 pub async fn tail(
-    config: &Config,
+    link: &LinkSettings,
     platform: &str,
     options: TailOptions,
     out: &mut impl Write,
 ) -> Result<(), TailError> {
-    let token = config
+    let token = link
         .platforms
         .iter()
-        .find(|p| p.name == platform)
-        .map(|p| p.token.clone())
+        .find(|(name, _)| name == platform)
+        .map(|(_, token)| token.clone())
         .ok_or_else(|| TailError::UnknownPlatform(platform.to_string()))?;
-    let address = reachable(config.api.grpc);
-    let scheme = if config.api.tls_cert.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let address = reachable(link.address);
+    let scheme = if link.tls.is_some() { "https" } else { "http" };
     let url = format!("{scheme}://{address}");
     let connect_error = |source| TailError::Connect {
         address: url.clone(),
@@ -71,7 +79,7 @@ pub async fn tail(
     };
     let mut endpoint =
         tonic::transport::Endpoint::from_shared(url.clone()).map_err(connect_error)?;
-    if let Some(path) = &config.api.tls_cert {
+    if let Some((path, name)) = &link.tls {
         // The gateway's own certificate is the one to trust (often self-signed).
         let pem = std::fs::read(path).map_err(|source| TailError::Certificate {
             path: path.clone(),
@@ -79,7 +87,7 @@ pub async fn tail(
         })?;
         let tls = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(pem))
-            .domain_name(config.api.tls_name.clone());
+            .domain_name(name.clone());
         endpoint = endpoint.tls_config(tls).map_err(connect_error)?;
     }
     let channel = endpoint.connect().await.map_err(connect_error)?;
