@@ -11,7 +11,7 @@ mod common;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use common::{answer_with_media, establish, sdp, Gateway, HeldClock, RtpPeer, Ua};
+use common::{answer_with_media, dtmf_info, establish, sdp, Gateway, HeldClock, RtpPeer, Ua};
 use hotline_gateway::sip::message::{Message, Method};
 
 const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -425,4 +425,95 @@ async fn notified_until(agent: &mut Ua, at_least: u16) -> u16 {
             return status;
         }
     }
+}
+
+/// `sip.hotkey_inter_digit_ms` at its default, 2000 ms: the agent's lone `*` is held, then
+/// passed on to the citizen when the 2 s run out; `*` and `1` 1.999 s apart are the hotkey, and
+/// 110 is called with the citizen's number.
+#[tokio::test(start_paused = true)]
+async fn a_held_hotkey_digit_is_passed_on_at_2_s_and_a_digit_within_2_s_completes_the_hotkey() {
+    let clock = HeldClock::hold();
+    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = Ua::bind("hotline", LOCALHOST).await;
+    let mut police = Ua::bind("police", LOCALHOST).await;
+    let mut gateway = Gateway::start_with_tables(
+        &[
+            ("carrier", citizen.address, ""),
+            ("hotline", agent.address, "platform = \"12345\""),
+            ("police", police.address, "platform = \"110\""),
+        ],
+        &[("12345", &["hotline"]), ("110", &["police"])],
+        "",
+        "",
+        "\n[[hotkey]]\ndtmf = \"*1\"\naction = \"transfer\"\ntarget = \"110\"\n",
+    )
+    .await;
+    for ua in [&mut citizen, &mut agent, &mut police] {
+        ua.set_gateway(gateway.sip);
+    }
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    // The INFO's 200 comes from the call once it has taken the digit.
+    let key = |agent: &mut Ua, cseq: u32, digit: char| dtmf_info(agent, &call, cseq, digit);
+    let info = key(&mut agent, 2, '*');
+    agent.send_request(&info).await;
+    agent.expect_response("INFO", 200).await;
+
+    clock.advance_to(Duration::from_secs(2) - MS).await;
+    citizen
+        .expect_none_then_marker(
+            Duration::ZERO,
+            "a digit before the inter-digit timeout",
+            |m| is_request(m, Method::Info),
+        )
+        .await;
+    clock.advance_to(Duration::from_secs(2)).await;
+    let passed = citizen.expect_request("INFO").await;
+    assert_eq!(
+        clock.elapsed(),
+        Duration::from_secs(2),
+        "the clock moved by itself"
+    );
+    assert!(
+        String::from_utf8_lossy(&passed.body).contains("Signal=*"),
+        "{passed:?}"
+    );
+    citizen
+        .send_response(&citizen.answer(&passed, 200, None))
+        .await;
+
+    let info = key(&mut agent, 3, '*');
+    agent.send_request(&info).await;
+    agent.expect_response("INFO", 200).await;
+    clock.advance_to(Duration::from_secs(4) - MS).await;
+    let info = key(&mut agent, 4, '1');
+    agent.send_request(&info).await;
+    agent.expect_response("INFO", 200).await;
+    let invite = police.expect_request("INVITE").await;
+    assert_eq!(
+        invite.from().and_then(|f| f.uri.user),
+        Some("13800138000".to_string())
+    );
+    citizen
+        .expect_none_then_marker(Duration::ZERO, "a hotkey digit reached the citizen", |m| {
+            is_request(m, Method::Info)
+        })
+        .await;
+    // 110 is busy: the citizen stays with the agent, who hangs up.
+    police
+        .send_response(&police.answer(&invite, 486, None))
+        .await;
+    police.expect_request("ACK").await;
+    let bye = agent.uas_request(&call.incoming, "BYE", 5);
+    agent.send_request(&bye).await;
+    agent.expect_response("BYE", 200).await;
+    let bye = citizen.expect_request("BYE").await;
+    citizen
+        .send_response(&citizen.answer(&bye, 200, None))
+        .await;
+    let record = ended(&gateway, call.invite.call_id());
+    let linkages = gateway.linkages(&record.id);
+    assert_eq!(linkages.len(), 1, "{linkages:?}");
+    assert_eq!(linkages[0].trigger, "hotkey", "{linkages:?}");
+    assert_eq!(linkages[0].sip_status, Some(486), "{linkages:?}");
+    gateway.stop().await;
 }
