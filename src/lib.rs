@@ -489,7 +489,8 @@ fn build_endpoint(
             &config.sip.auth_realm,
             nonce_key()?,
             Duration::from_secs(config.sip.auth_nonce_secs),
-            std::time::Instant::now(),
+            // The endpoint's clock (tokio's), which the nonces' ages are read on.
+            tokio::time::Instant::now().into_std(),
         ));
     Ok((endpoint, handle, commands))
 }
