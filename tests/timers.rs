@@ -1,8 +1,11 @@
 //! Long SIP timers at their default values, on paused time: Timer A/B towards a peer that never
-//! answers, the ring timeout, a session refresh that times out. The gateway and the user agents
-//! share one current-thread runtime whose clock a [`HeldClock`] keeps still while the gateway
-//! waits on its store in real time; the test moves it with `tokio::time::advance`, so a 60 s
-//! timer takes no real time and fires at the very millisecond it is due, not before.
+//! answers, the ring timeout, a session refresh that times out, the transfer ring timeout, the
+//! hotkey inter-digit timeout. The gateway and the user agents share one current-thread runtime
+//! whose clock a [`HeldClock`] keeps still while the gateway waits on its store in real time;
+//! the test moves it with `tokio::time::advance`, so a 900 s timer takes no real time and fires
+//! at the very millisecond it is due, not before. Before each advance the test waits for proof
+//! that the gateway has taken what it was sent (an answer, a NOTIFY, a marker): a message still
+//! in flight when the clock jumps would start its timer late.
 //!
 //! SIP only: the relay's threads run on the OS clock.
 
