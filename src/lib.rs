@@ -405,7 +405,12 @@ fn build_endpoint(
         .with_guard(guard, Arc::clone(router))
         .with_supported(config.sip.supported())
         .with_max_transactions(config.sip.max_transactions)
-        .with_auth(config.sip.digest(nonce_key()?, std::time::Instant::now()));
+        // The endpoint's clock (tokio's), which the nonces' ages are read on.
+        .with_auth(
+            config
+                .sip
+                .digest(nonce_key()?, tokio::time::Instant::now().into_std()),
+        );
     Ok((endpoint, handle, commands))
 }
 

@@ -320,6 +320,49 @@ impl Control {
     }
 }
 
+/// Samples per second in sndfile's recordings (8 kHz mono).
+const RECORDED_RATE: usize = 8000;
+
+/// How many samples a phone has recorded so far: sndfile writes what it hears as it hears it
+/// (0 before its call has started).
+fn recorded(dir: &std::path::Path) -> usize {
+    let file = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"));
+    let Some(bytes) = file.and_then(|f| std::fs::read(f).ok()) else {
+        return 0;
+    };
+    bytes
+        .windows(4)
+        .position(|w| w == b"data")
+        .map_or(0, |data| bytes.len().saturating_sub(data + 8) / 2)
+}
+
+/// Waits (bounded) until each phone of `dirs` has recorded `seconds` more than it had: the
+/// stretch of conversation the test then reads.
+async fn recordings_grow(dirs: &[&std::path::Path], seconds: usize) {
+    let wanted: Vec<usize> = dirs
+        .iter()
+        .map(|dir| recorded(dir) + seconds * RECORDED_RATE)
+        .collect();
+    let deadline = tokio::time::Instant::now() + common::WAIT + Duration::from_secs(5);
+    loop {
+        let now: Vec<usize> = dirs.iter().map(|dir| recorded(dir)).collect();
+        if now.iter().zip(&wanted).all(|(now, wanted)| now >= wanted) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "recorded {now:?} samples, waiting for {wanted:?}"
+        );
+        // A file's growth has no event to await: look again shortly.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// What a phone heard: the 8 kHz mono samples sndfile wrote of its one call.
 fn heard(dir: &std::path::Path) -> Vec<i16> {
     let file = std::fs::read_dir(dir)
@@ -417,11 +460,13 @@ async fn three_baresip_phones_hold_a_three_way_call_and_the_agent_leaves() {
     agent.command("sndcode", "*").await;
     agent.command("sndcode", "3").await;
     police.event("CALL_ESTABLISHED").await;
-    // Two seconds of the three of them (the length of the recording, not a wait for anything).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two seconds of the three of them, recorded by each.
+    let all: Vec<&std::path::Path> = dirs.iter().map(|d| d.path()).collect();
+    recordings_grow(&all, 2).await;
     agent.command("hangup", "").await;
     agent.event("CALL_CLOSED").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two seconds of citizen and 110 alone, recorded by both.
+    recordings_grow(&[dirs[0].path(), dirs[2].path()], 2).await;
     citizen.command("hangup", "").await;
     police.event("CALL_CLOSED").await;
 
@@ -507,8 +552,8 @@ async fn two_baresip_phones_talk_over_srtp_on_both_legs() {
         .await;
     agent.event("CALL_ESTABLISHED").await;
     citizen.event("CALL_ESTABLISHED").await;
-    // Two seconds of conversation (the length of the recording, not a wait for anything).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two seconds of conversation, recorded by both.
+    recordings_grow(&[dirs[0].path(), dirs[1].path()], 2).await;
     citizen.command("hangup", "").await;
     agent.event("CALL_CLOSED").await;
 

@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use super::driver::{self, CallServices};
+use super::driver::{self, driver_now, CallServices};
 use crate::call::model::{Call, CallSettings, NewCall, ALLOW};
 use crate::ids::IdGenerator;
 use crate::media::ports::PortPool;
@@ -199,7 +199,7 @@ impl CallManager {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(caller_peer.name.clone())
             .or_insert_with(|| TokenBucket::new(rate, rate))
-            .take(Instant::now());
+            .take(driver_now());
         if !allowed {
             self.metrics.increment(Counter::CallsRefusedRate);
             tracing::debug!(peer = %caller_peer.name, rate, "peer above its call rate");
@@ -276,7 +276,7 @@ impl CallManager {
             .screening
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .check(Instant::now(), &presented);
+            .check(driver_now(), &presented);
         let flag = match screen {
             Screen::Clear => None,
             Screen::Blocked(status) => {
@@ -313,7 +313,7 @@ impl CallManager {
         };
         let record = call_record(request, id.clone(), &number, &caller_peer.name);
         let call = Call::new(
-            Instant::now(),
+            driver_now(),
             Arc::clone(&self.settings),
             NewCall {
                 id,

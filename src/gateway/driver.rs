@@ -25,9 +25,10 @@ use crate::metrics::{CallResult, Counter, Gauge, Metrics};
 use crate::sip::endpoint::{EndpointHandle, Owner};
 use crate::store::{unix_millis, CallRecord, Changes, ConferencePartyRecord, LinkageRecord, Store};
 
-/// The call's clock, read from tokio's, so that a test on `tokio::time::pause()`d time moves the
-/// call's timers with `tokio::time::advance`; the call model gets it as a plain `Instant`.
-fn driver_now() -> Instant {
+/// The calls' clock (this driver's, admission's, the work-order link's), read from tokio's, so
+/// that a test on `tokio::time::pause()`d time moves the call's timers with
+/// `tokio::time::advance`; the call model gets it as a plain `Instant`.
+pub(crate) fn driver_now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 
@@ -283,7 +283,7 @@ impl Link {
 
     /// Carries a platform's command out on the call; its result goes with the next commit.
     pub fn command(&mut self, call: &mut Call, command: CallCommand) {
-        let now = Instant::now();
+        let now = super::driver::driver_now();
         let done = |result: Result<(), TransferError>| {
             result.map(|()| CommandDone::default()).map_err(refused)
         };

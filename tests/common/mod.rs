@@ -265,6 +265,47 @@ impl Gateway {
     }
 }
 
+/// Holds tokio's paused clock still: it moves only by `tokio::time::advance`, never by itself
+/// while the runtime waits on another thread (the store's writer, the relay). A running
+/// `spawn_blocking` task holds off auto-advance on a current-thread runtime; this one ends when
+/// the guard is dropped, or after [`HELD_AT_MOST`] of real time, so a message that never comes
+/// fails the test's bounded wait instead of hanging it.
+pub(crate) struct HeldClock {
+    _release: std::sync::mpsc::Sender<()>,
+    start: tokio::time::Instant,
+}
+
+/// The longest a [`HeldClock`] holds, in real time.
+pub(crate) const HELD_AT_MOST: Duration = Duration::from_secs(20);
+
+impl HeldClock {
+    /// Holds the clock (which must be paused, on a current-thread runtime); its time now is the
+    /// start [`HeldClock::advance_to`] counts from.
+    pub(crate) fn hold() -> HeldClock {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        drop(tokio::task::spawn_blocking(move || {
+            let _ = released.recv_timeout(HELD_AT_MOST);
+        }));
+        HeldClock {
+            _release: release,
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    /// How far the clock has moved since the start: exactly what was advanced, while held.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Moves the clock on to `since_start` after the start, firing every timer due by then.
+    pub(crate) async fn advance_to(&self, since_start: Duration) {
+        let now = tokio::time::Instant::now();
+        let target = self.start + since_start;
+        assert!(target >= now, "the clock is already past {since_start:?}");
+        tokio::time::advance(target - now).await;
+    }
+}
+
 /// A SIP user agent on a UDP socket (or, with [`Ua::tcp`], one TCP connection).
 pub(crate) struct Ua {
     pub socket: UdpSocket,

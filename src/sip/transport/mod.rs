@@ -34,6 +34,12 @@ use super::target::{ConnectionId, Flow, Target};
 
 mod tcp;
 
+/// The transport's clock, read from tokio's like the endpoint's that it is compared with (the
+/// queueing delay of [`Inbound::received`], ban expiry), so paused-time tests move both.
+fn transport_now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// One received message (or the reason it could not be parsed).
 #[derive(Debug)]
 pub struct Inbound {
@@ -339,13 +345,13 @@ impl Transport {
             }
             if self
                 .bans
-                .is_banned(crate::routing::canonical(source), Instant::now())
+                .is_banned(crate::routing::canonical(source), transport_now())
             {
                 self.metrics.increment(Counter::SipDroppedBanned);
                 continue;
             }
             let inbound = Inbound {
-                received: Instant::now(),
+                received: transport_now(),
                 message: message::parse_with(datagram, || self.charset_of(source)),
                 source: crate::routing::canonical(source),
                 flow: Flow::Udp,

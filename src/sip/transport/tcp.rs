@@ -78,7 +78,7 @@ impl Transport {
             match accepted {
                 Ok((stream, address)) => {
                     let address = crate::routing::canonical(address);
-                    if self.bans.is_banned(address, Instant::now()) {
+                    if self.bans.is_banned(address, transport_now()) {
                         self.metrics.increment(Counter::SipDroppedBanned);
                         continue;
                     }
@@ -263,7 +263,7 @@ impl Transport {
         let mut framer = message::Framer::default();
         let request_timeout = self.config.tcp_request_timeout;
         // Until when the message under way (or, at first, the first message) must be whole.
-        let mut deadline = stranger.then(|| Instant::now() + request_timeout);
+        let mut deadline = stranger.then(|| transport_now() + request_timeout);
         loop {
             // Deliver every whole message already buffered (pipelining), then read more.
             loop {
@@ -279,7 +279,7 @@ impl Transport {
                         deadline = None;
                         let bytes = buffer.split_to(length);
                         let inbound = Inbound {
-                            received: Instant::now(),
+                            received: transport_now(),
                             message: message::parse_with(&bytes, || self.charset_of(address)),
                             source: address,
                             flow,
@@ -301,10 +301,10 @@ impl Transport {
                 }
             }
             if deadline.is_none() && !buffer.is_empty() {
-                deadline = Some(Instant::now() + request_timeout);
+                deadline = Some(transport_now() + request_timeout);
             }
             let wait = match deadline {
-                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                Some(deadline) => deadline.saturating_duration_since(transport_now()),
                 None => self.config.tcp_idle_timeout,
             };
             let read = tokio::select! {
