@@ -1,7 +1,7 @@
 //! SIP: the wire format ([`message`], [`sdp`]), RFC 3261 transactions and the transaction
 //! layer ([`transaction`]), dialogs ([`dialog`]), the sockets ([`transport`]), the driver that
-//! feeds the layer sockets and time ([`endpoint`]), its overload detector ([`overload`]) and the guard that decides who may talk
-//! to it at all ([`guard`]).
+//! feeds the layer sockets and time ([`endpoint`]), the layer's overload detector
+//! ([`overload`]) and the guard that decides who may talk to it at all ([`guard`]).
 
 pub mod auth;
 pub mod dialog;

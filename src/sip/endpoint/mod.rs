@@ -8,8 +8,8 @@
 //! of a transaction or dialog (a call task), new requests to the [`Dispatcher`] (the call
 //! layer), which answers or takes them.
 //!
-//! `mod.rs` holds the owners' channels, the handle, the builder, the loop and commands;
-//! `inbound.rs` the inbound path (the guard, then the layer) and what the layer hands up.
+//! `mod.rs` holds the owners' channels, the handle, the builder, the loop, commands and what
+//! the layer hands up; `inbound.rs` the inbound path (the guard, then the layer).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -226,6 +226,13 @@ impl Dialogs<Owner> for DashMap<DialogKey, Owner> {
     }
 }
 
+/// What woke the endpoint's loop.
+enum Wake {
+    Command(Option<Command>),
+    Transport(Option<TransportEvent>),
+    Timer,
+}
+
 /// The endpoint's state; [`Endpoint::run`] drives it.
 pub struct Endpoint {
     transport: Transport,
@@ -265,7 +272,8 @@ impl Endpoint {
         (endpoint, handle, command_queue)
     }
 
-    /// Overload control: while the inbound queue stands above `delay` (see [`OverloadDetector`]),
+    /// Overload control: while the inbound queue stands above `delay` (see
+    /// [`OverloadDetector`](crate::sip::overload::OverloadDetector)),
     /// new INVITEs that waited longer than it are answered 503 + Retry-After statelessly
     /// ([`answers::overloaded`]). Off unless set.
     #[must_use]
@@ -323,24 +331,29 @@ impl Endpoint {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let wake = tokio::select! {
                 biased;
-                command = commands.recv() => match command {
-                    Some(command) => self.handle_command(driver_now(), command),
-                    None => return,
-                },
-                item = inbound.recv() => match item {
-                    Some(TransportEvent::Inbound(item)) => self.handle_inbound(driver_now(), item),
-                    Some(TransportEvent::ConnectionLost { address, secure }) => {
-                        self.connection_lost(address, secure);
-                    }
-                    None => return,
-                },
-                _ = sleep => self.handle_timeout(driver_now()),
+                command = commands.recv() => Wake::Command(command),
+                item = inbound.recv() => Wake::Transport(item),
+                _ = sleep => Wake::Timer,
                 // Cancelled by the gateway once calls have ended (their BYEs answered).
                 _ = stop.cancelled() => return,
+            };
+            // One reading of the clock per wake: what the layer asks next happens at the same
+            // instant as the input that caused it.
+            let now = driver_now();
+            match wake {
+                Wake::Command(Some(command)) => self.handle_command(now, command),
+                Wake::Transport(Some(TransportEvent::Inbound(item))) => {
+                    self.handle_inbound(now, item);
+                }
+                Wake::Transport(Some(TransportEvent::ConnectionLost { address, secure })) => {
+                    self.connection_lost(address, secure);
+                }
+                Wake::Timer => self.handle_timeout(now),
+                Wake::Command(None) | Wake::Transport(None) => return,
             }
-            self.carry_out(driver_now());
+            self.carry_out(now);
         }
     }
 

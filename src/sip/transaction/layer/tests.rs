@@ -153,6 +153,14 @@ fn cancel_after_the_final_response_is_answered_200_and_the_final_response_stands
         ["SIP/2.0 200 OK"],
         "§9.2: the CANCEL matched"
     );
+    // The call is told, as before the final response; it has nothing left to cancel.
+    assert!(matches!(
+        events(&mut layer).as_slice(),
+        [LayerEvent::Deliver {
+            owner: CALL,
+            event: SipEvent::Cancelled { .. }
+        }]
+    ));
     // The 486 is still retransmitted until its ACK (Timer G), not replaced by a 487.
     layer.handle_timeout(ms(t0, 510));
     assert_eq!(sent(&mut layer), ["SIP/2.0 486 Busy Here"]);
@@ -202,12 +210,14 @@ fn a_2xx_is_retransmitted_until_its_ack_which_reaches_the_call_once() {
     layer.handle_timeout(ms(t0, 1500));
     assert_eq!(sent(&mut layer), ["SIP/2.0 200 OK"]);
     let ack = request("ACK", "z9hG4bKack", 1, Some("gw"), "");
+    // The dialog is known too: an ACK the transaction did not take would fall through to it.
+    let dialogs = HashMap::from([(matching::dialog_of_request(&ack).unwrap(), DIALOG_OWNER)]);
     layer.handle_request(
         ms(t0, 1600),
         ack.clone(),
         arrival(ms(t0, 1600)),
         None,
-        &no_dialogs(),
+        &dialogs,
     );
     assert!(matches!(
         events(&mut layer).as_slice(),
@@ -216,13 +226,7 @@ fn a_2xx_is_retransmitted_until_its_ack_which_reaches_the_call_once() {
             event: SipEvent::Ack { .. }
         }]
     ));
-    layer.handle_request(
-        ms(t0, 1700),
-        ack,
-        arrival(ms(t0, 1700)),
-        None,
-        &no_dialogs(),
-    );
+    layer.handle_request(ms(t0, 1700), ack, arrival(ms(t0, 1700)), None, &dialogs);
     assert!(
         events(&mut layer).is_empty(),
         "the ACK's retransmission is absorbed"
@@ -291,7 +295,7 @@ fn a_request_in_a_known_dialog_goes_to_the_dialogs_owner() {
 #[test]
 fn an_owner_with_a_full_inbox_answers_503() {
     let t0 = Instant::now();
-    let (mut layer, _) = layer(t0);
+    let (mut layer, metrics) = layer(t0);
     let info = request("INFO", "z9hG4bKinfo", 2, Some("gw"), "");
     let dialogs = HashMap::from([(matching::dialog_of_request(&info).unwrap(), DIALOG_OWNER)]);
     layer.handle_request(t0, info, arrival(t0), None, &dialogs);
@@ -306,6 +310,7 @@ fn an_owner_with_a_full_inbox_answers_503() {
     };
     layer.refuse_busy(t0, server, &request);
     assert_eq!(sent(&mut layer), ["SIP/2.0 503 Service Unavailable"]);
+    assert_eq!(metrics.counter(Counter::SipRefusedTransactions), 1);
 }
 
 #[test]
