@@ -171,6 +171,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         build_endpoint(&config, transport, &manager, &metrics, local_sip, &router)?;
     let tracker = tokio_util::task::TaskTracker::new();
     let endpoint_probe = handle.clone();
+    let prober = gateway::prober::ProberServices {
+        endpoint: handle.clone(),
+        local_sip,
+        local_tls_port: transport_tls.map(|a| a.port()),
+        metrics: Arc::clone(&metrics),
+        events: Arc::clone(&events),
+        platforms: config.platform_names(),
+        ids: ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
+    };
     manager.attach(CallServices {
         endpoint: handle,
         store: store.clone(),
@@ -184,6 +193,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     });
     let endpoint_stop = CancellationToken::new();
     let endpoint_task = tokio::spawn(endpoint.run(inbound, commands, endpoint_stop.clone()));
+    // Tracked with the calls: a gateway that stops has written its last peer event.
+    tracker.spawn(gateway::prober::run(
+        Arc::clone(&router),
+        prober,
+        shutdown.clone(),
+    ));
 
     let health = Arc::new(health::Health {
         shutdown: shutdown.clone(),
@@ -191,6 +206,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         store: store.clone(),
         media: media_probe,
         metrics: Arc::clone(&metrics),
+        router: Arc::clone(&router),
     });
     let (http_address, http_stop) = serve_http(&config, http_listener, &metrics, health);
     let (grpc_address, grpc_stop, grpc_task) = serve_grpc(
