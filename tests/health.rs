@@ -11,7 +11,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use common::platform::Platform;
-use common::{answer_with_media, establish, establish_to, sdp, Gateway, RtpPeer, Ua};
+use common::{
+    answer_with_media, caller_hangs_up, establish, establish_to, sdp, Gateway, RtpPeer, Ua,
+};
 use hotline_gateway::sip::message::{self, Message, Method, Request};
 use hotline_gateway::workorder::pb::EventType;
 use tokio::task::JoinHandle;
@@ -177,13 +179,14 @@ async fn a_dead_desk_is_skipped_by_transfers_and_used_again_when_it_returns() {
 
 /// Route `110 = [police]`, its only desk silent: once it is down (PEER_DOWN on the 110 CAD's
 /// link, `/healthz` listing it), a new call to 110 gets 503 at once and the desk no INVITE, a
-/// REFER to 110 gets 503 too; when the desk answers again, PEER_UP, and `/healthz` is `ok` alone.
+/// REFER to 110 gets 503 too; when the desk answers again, PEER_UP, and `/healthz` is `ok` alone;
+/// the gateway then stops promptly, its prober with it.
 #[tokio::test]
 async fn a_route_whose_desks_are_all_down_answers_503_at_once() {
     let mut citizen = Ua::bind("carrier", LOCALHOST).await;
     let mut agent = Ua::bind("hotline", LOCALHOST).await;
     let mut police = Ua::bind("police", LOCALHOST).await;
-    let gateway = Gateway::start_configured(
+    let mut gateway = Gateway::start_configured(
         &[
             ("carrier", citizen.address, ""),
             ("hotline", agent.address, "platform = \"12345\""),
@@ -244,6 +247,7 @@ async fn a_route_whose_desks_are_all_down_answers_503_at_once() {
     let request = refer(&mut agent, &call.incoming, "110");
     agent.send_request(&request).await;
     agent.expect_response("REFER", 503).await;
+    caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
 
     let answering = Answering::start(police);
     let up = tokio::time::timeout(Duration::from_secs(10), cad.until(EventType::PeerUp)).await;
@@ -253,4 +257,7 @@ async fn a_route_whose_desks_are_all_down_answers_503_at_once() {
     let (status, body) = gateway.http_get("/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     let _police = answering.stop().await;
+    // The prober stops with the gateway (a shutdown waits for it as for a call).
+    let stopped = tokio::time::timeout(Duration::from_secs(3), gateway.stop()).await;
+    assert!(stopped.is_ok(), "the gateway did not stop within 3 s");
 }

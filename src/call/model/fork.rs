@@ -432,6 +432,27 @@ mod tests {
     }
 
     #[test]
+    fn failover_skips_a_peer_found_down_since_the_fork_began() {
+        let mut fork = started(3, Instant::now());
+        if let Some(peer) = fork.peer_at(1) {
+            peer.set_up(false);
+        }
+        let failure = fork.handle_failure(503, "Service Unavailable");
+        assert_eq!(
+            failure.map(|f| f.next),
+            Some(Some(2)),
+            "peer1 is down: peer2"
+        );
+        let mut fork = started(2, Instant::now());
+        if let Some(peer) = fork.peer_at(1) {
+            peer.set_up(false);
+        }
+        let failure = fork.handle_failure(408, "Request Timeout");
+        assert_eq!(failure.map(|f| f.next), Some(None), "no peer up is left");
+        assert_eq!(fork.poll_timeout(), None);
+    }
+
+    #[test]
     fn only_408_5xx_and_6xx_fail_over_and_never_past_the_last_peer() {
         for (status, next) in [
             (408, Some(1)),
