@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::media::relay::MediaProbe;
 use crate::metrics::{Gauge, Metrics};
+use crate::routing::Router;
 use crate::sip::endpoint::EndpointHandle;
 use crate::store::Store;
 
@@ -23,6 +24,12 @@ pub const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 /// A check the HTTP endpoint runs per `/healthz`: the problems found, none when healthy.
 pub trait HealthCheck: Send + Sync + 'static {
     fn problems(&self) -> Pin<Box<dyn Future<Output = Vec<String>> + Send + '_>>;
+
+    /// The peers found down by their probes. Listed, but no problem of this gateway's: a
+    /// balancer must not take a node out because a desk behind it is dead.
+    fn peers_down(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The gateway's parts, asked in turn.
@@ -32,6 +39,7 @@ pub struct Health {
     pub store: Store,
     pub media: MediaProbe,
     pub metrics: Arc<Metrics>,
+    pub router: Arc<Router>,
 }
 
 impl Health {
@@ -68,5 +76,13 @@ impl Health {
 impl HealthCheck for Health {
     fn problems(&self) -> Pin<Box<dyn Future<Output = Vec<String>> + Send + '_>> {
         Box::pin(self.check())
+    }
+
+    fn peers_down(&self) -> Vec<String> {
+        self.router
+            .peers_down()
+            .into_iter()
+            .map(str::to_string)
+            .collect()
     }
 }

@@ -1,4 +1,6 @@
-//! The operations endpoint on `api.http`: `GET /healthz` and `GET /metrics`.
+//! The operations endpoint on `api.http`: `GET /healthz` and `GET /metrics`. `/healthz` is 200
+//! `ok` when the gateway can take calls (503 and the problems otherwise), followed by a
+//! `peer down: NAME` line per peer its probes found down (not a problem of the gateway's).
 //!
 //! Two fixed routes do not need a web framework: a minimal HTTP/1.1 responder, one task per
 //! connection, `Connection: close`. It is reachable by whoever reaches the port, so it is
@@ -150,13 +152,15 @@ async fn route(
     match (method, path) {
         ("GET", "/healthz") => {
             let problems = health.problems().await;
-            if problems.is_empty() {
-                (200, "text/plain", "ok\n".into())
+            let (status, mut body) = if problems.is_empty() {
+                (200, "ok\n".to_string())
             } else {
-                let mut body = problems.join("\n");
-                body.push('\n');
-                (503, "text/plain", body)
+                (503, problems.join("\n") + "\n")
+            };
+            for peer in health.peers_down() {
+                body.push_str(&format!("peer down: {peer}\n"));
             }
+            (status, "text/plain", body)
         }
         ("GET", "/metrics") => (200, "text/plain; version=0.0.4", metrics.render()),
         (_, "/healthz" | "/metrics") => (405, "text/plain", "method not allowed\n".into()),

@@ -14,12 +14,12 @@
 //! | [`config`] | the TOML tree, parsed once (into the parts' types where they parse), validated with file/key/reason errors, converted into what the parts' constructors take |
 //! | [`sip`] | message grammar, SDP, sans-IO transactions and transaction layer (and the events/keys the call model speaks), targets, UDP/TCP/TLS transport, the endpoint driver |
 //! | [`call`] | the call state machine (sans-IO) split by state: legs, forks, transfer, guests; hotkeys, screening, identity |
-//! | [`gateway`] | the I/O around the call model: the call's driver task, admission, the work-order glue |
+//! | [`gateway`] | the I/O around the call model: the call's driver task, admission, the work-order glue, the peer prober (OPTIONS) |
 //! | [`media`] | codecs, G.711, RTP rewriting, SRTP, the mixer (pure); port allocation; the relay: a sans-IO per-call state and the worker threads that own the sockets |
-//! | [`routing`] | number -> peers, source address -> peer; a peer's vocabulary (transport, SRTP policy, credentials, charset) |
+//! | [`routing`] | number -> peers (those up), source address -> peer; a peer's vocabulary (transport, SRTP policy, credentials, charset) and health (sans-IO probe state, liveness flag) |
 //! | [`store`] | SQLite call records, linkage and conference records, the work-order outbox |
 //! | [`workorder`] | the gRPC work-order link: events to the platforms, their commands back |
-//! | [`metrics`], [`http`], [`health`] | Prometheus counters and the /healthz, /metrics endpoint |
+//! | [`metrics`], [`http`], [`health`] | Prometheus counters and gauges, and the /healthz (parts' round trips, peers down), /metrics endpoint |
 //! | [`cli`] | what the command line prints (the `calls` table) |
 //! | [`shutdown`] | SIGINT/SIGTERM to one token, and the order the gateway stops in |
 //! | [`limits`] | the file-descriptor budget and `RLIMIT_NOFILE` |
@@ -171,6 +171,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         build_endpoint(&config, transport, &manager, &metrics, local_sip, &router)?;
     let tracker = tokio_util::task::TaskTracker::new();
     let endpoint_probe = handle.clone();
+    let prober = gateway::prober::ProberServices {
+        endpoint: handle.clone(),
+        local_sip,
+        local_tls_port: transport_tls.map(|a| a.port()),
+        metrics: Arc::clone(&metrics),
+        events: Arc::clone(&events),
+        platforms: config.platform_names(),
+        ids: ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
+    };
     manager.attach(CallServices {
         endpoint: handle,
         store: store.clone(),
@@ -184,6 +193,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     });
     let endpoint_stop = CancellationToken::new();
     let endpoint_task = tokio::spawn(endpoint.run(inbound, commands, endpoint_stop.clone()));
+    // Tracked with the calls: a gateway that stops has written its last peer event.
+    tracker.spawn(gateway::prober::run(
+        Arc::clone(&router),
+        prober,
+        shutdown.clone(),
+    ));
 
     let health = Arc::new(health::Health {
         shutdown: shutdown.clone(),
@@ -191,6 +206,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         store: store.clone(),
         media: media_probe,
         metrics: Arc::clone(&metrics),
+        router: Arc::clone(&router),
     });
     let (http_address, http_stop) = serve_http(&config, http_listener, &metrics, health);
     let (grpc_address, grpc_stop, grpc_task) = serve_grpc(

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 /// Monotonic counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -407,6 +408,9 @@ pub struct Metrics {
     counters: [AtomicU64; COUNTERS.len()],
     gauges: [AtomicI64; GAUGES.len()],
     calls: [AtomicU64; RESULTS.len()],
+    /// `hotline_peer_up{peer}`: each probed peer, in the order first set. Written at each
+    /// change of a peer's state, read per scrape: a lock is cheap here (no call path takes it).
+    peers_up: Mutex<Vec<(String, bool)>>,
 }
 
 impl Default for Metrics {
@@ -415,6 +419,7 @@ impl Default for Metrics {
             counters: std::array::from_fn(|_| AtomicU64::new(0)),
             gauges: std::array::from_fn(|_| AtomicI64::new(0)),
             calls: std::array::from_fn(|_| AtomicU64::new(0)),
+            peers_up: Mutex::new(Vec::new()),
         }
     }
 }
@@ -447,6 +452,15 @@ impl Metrics {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Sets `hotline_peer_up{peer="name"}` (a probed peer: 1 up, 0 down).
+    pub fn set_peer_up(&self, peer: &str, up: bool) {
+        let mut peers = self.peers_up.lock().unwrap_or_else(PoisonError::into_inner);
+        match peers.iter_mut().find(|(name, _)| name == peer) {
+            Some(entry) => entry.1 = up,
+            None => peers.push((peer.to_string(), up)),
+        }
+    }
+
     pub fn counter(&self, counter: Counter) -> u64 {
         self.counters[counter_index(counter)].load(Ordering::Relaxed)
     }
@@ -471,6 +485,7 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
             );
         }
+        self.render_peers_up(&mut out);
         for (index, (_, name, help)) in COUNTERS.iter().enumerate() {
             let value = self.counters[index].load(Ordering::Relaxed);
             let _ = writeln!(
@@ -480,6 +495,35 @@ impl Metrics {
         }
         out
     }
+}
+
+impl Metrics {
+    /// `hotline_peer_up{peer}`, when some peer is probed.
+    fn render_peers_up(&self, out: &mut String) {
+        let peers = self.peers_up.lock().unwrap_or_else(PoisonError::into_inner);
+        if peers.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hotline_peer_up whether a probed peer answers its OPTIONS probes (1) or is down (0)\n# TYPE hotline_peer_up gauge"
+        );
+        for (peer, up) in peers.iter() {
+            let _ = writeln!(
+                out,
+                "hotline_peer_up{{peer=\"{}\"}} {}",
+                label_value(peer),
+                u8::from(*up)
+            );
+        }
+    }
+}
+
+/// A label value escaped as the exposition format wants (backslash, quote, newline).
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn counter_index(counter: Counter) -> usize {
@@ -523,5 +567,29 @@ mod tests {
         let names: std::collections::HashSet<&str> = COUNTERS.iter().map(|(_, n, _)| *n).collect();
         assert_eq!(names.len(), COUNTERS.len());
         assert_eq!(metrics.counter(Counter::RtpPacketsRelayed), 500);
+        assert!(!text.contains("hotline_peer_up"), "no probed peer: no rows");
+    }
+
+    #[test]
+    fn probed_peers_have_a_labelled_row_each() {
+        let metrics = Metrics::new();
+        metrics.set_peer_up("police-a", true);
+        metrics.set_peer_up("police-b", true);
+        metrics.set_peer_up("police-a", false);
+        metrics.set_peer_up("odd\"name", true);
+        let text = metrics.render();
+        assert!(text.contains("# TYPE hotline_peer_up gauge\n"), "{text}");
+        assert!(
+            text.contains("hotline_peer_up{peer=\"police-a\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hotline_peer_up{peer=\"police-b\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hotline_peer_up{peer=\"odd\\\"name\"} 1\n"),
+            "{text}"
+        );
     }
 }

@@ -57,6 +57,8 @@ impl From<&PeerConfig> for Peer {
         peer.srtp = config.srtp;
         peer.max_calls_per_sec = config.max_calls_per_sec;
         peer.charset = config.charset;
+        peer.probe_interval =
+            (config.probe_secs > 0).then(|| Duration::from_secs(u64::from(config.probe_secs)));
         // Validation holds username and password together.
         peer.auth = match (&config.auth_username, &config.auth_password) {
             (Some(username), Some(password)) => Some(Credentials {

@@ -406,6 +406,12 @@ pub struct PeerConfig {
     /// way.
     #[serde(default)]
     pub charset: crate::routing::charset::Charset,
+    /// Seconds between OPTIONS probes (RFC 3261 §11) to this peer: after 3 unanswered (or
+    /// answered 408 or 5xx) in a row it is down and skipped by routes, transfers and
+    /// conference guests; after 2 answered it is up again. 0 or absent (the default): not
+    /// probed, always up. At most 3600.
+    #[serde(default)]
+    pub probe_secs: u32,
 }
 
 /// `[[route]]`: dialled number -> peers tried in order.

@@ -255,3 +255,45 @@ fn tuned_keys_convert_into_the_parts_durations_and_sizes() {
         Duration::from_secs(168 * 3600)
     );
 }
+
+#[test]
+fn probe_secs_is_off_by_default_and_bounded() {
+    use crate::routing::Router;
+    let probed = sample().replace(
+        "address = \"127.0.0.1:5090\"",
+        "address = \"127.0.0.1:5090\"\nprobe_secs = 10",
+    );
+    let config = match Config::parse(Path::new("test.toml"), &probed) {
+        Ok(c) => c,
+        Err(e) => panic!("probe_secs = 10 must load: {e}"),
+    };
+    let router = Router::from(&config);
+    let interval = |name: &str| router.peer_by_name(name).and_then(|p| p.probe_interval);
+    assert_eq!(interval("police"), Some(std::time::Duration::from_secs(10)));
+    assert_eq!(interval("hotline"), None, "absent: not probed");
+    let off = sample().replace(
+        "address = \"127.0.0.1:5090\"",
+        "address = \"127.0.0.1:5090\"\nprobe_secs = 0",
+    );
+    let config = Config::parse(Path::new("test.toml"), &off);
+    assert!(config.is_ok_and(|c| Router::from(&c)
+        .peer_by_name("police")
+        .is_some_and(|p| p.probe_interval.is_none())));
+    let rare = sample().replace(
+        "address = \"127.0.0.1:5090\"",
+        "address = \"127.0.0.1:5090\"\nprobe_secs = 86400",
+    );
+    let message = error_of(&rare);
+    assert!(message.starts_with("test.toml"), "{message}");
+    assert!(message.contains("peer[2].probe_secs"), "{message}");
+    assert!(message.contains("3600"), "{message}");
+    let negative = sample().replace(
+        "address = \"127.0.0.1:5090\"",
+        "address = \"127.0.0.1:5090\"\nprobe_secs = -1",
+    );
+    assert!(
+        error_of(&negative).contains("probe_secs"),
+        "{}",
+        error_of(&negative)
+    );
+}

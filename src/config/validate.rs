@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// The longest `[[peer]] probe_secs`.
+const MAX_PROBE_SECS: u32 = 3600;
+
 /// Builds the [`ConfigError::Invalid`] for a key and a reason, the file already named.
 type Invalid<'a> = &'a dyn Fn(String, String) -> ConfigError;
 
@@ -80,7 +83,7 @@ impl Config {
         Ok(())
     }
 
-    /// Checks each peer's digest credentials.
+    /// Checks each peer's digest credentials and probe interval.
     fn check_peer_credentials(&self, invalid: Invalid) -> Result<(), ConfigError> {
         for (index, peer) in self.peers.iter().enumerate() {
             if peer.auth_username.is_some() != peer.auth_password.is_some() {
@@ -93,6 +96,15 @@ impl Config {
                 return Err(invalid(
                     format!("peer[{index}].auth_password"),
                     "must be at least 8 characters".into(),
+                ));
+            }
+            if peer.probe_secs > MAX_PROBE_SECS {
+                return Err(invalid(
+                    format!("peer[{index}].probe_secs"),
+                    format!(
+                        "{} is more than {MAX_PROBE_SECS} (an hour): a peer probed that rarely is not watched (0 turns probing off)",
+                        peer.probe_secs
+                    ),
                 ));
             }
             if peer.auth_algorithms.is_empty() {

@@ -300,6 +300,12 @@ impl CallManager {
                 ))
             }
         };
+        let peers = self.router.available(&number).unwrap_or_default();
+        if peers.is_empty() {
+            // Every peer of the route is down: at once, not after each one's response timeout.
+            tracing::info!(%number, peer = %caller_peer.name, "every peer of the route is down (503)");
+            return Self::reply(request, 503);
+        }
         if !self.within_call_rate(&caller_peer) {
             return Self::reply(request, 503);
         }
@@ -323,7 +329,7 @@ impl CallManager {
                 flow,
                 caller_peer,
                 number,
-                route: route.to_vec(),
+                route: peers,
                 media_a,
                 media_b,
                 ids,

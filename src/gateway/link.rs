@@ -357,6 +357,7 @@ fn no_party(party: u32) -> CommandError {
 fn refused(error: TransferError) -> CommandError {
     let code = match error {
         TransferError::NoRoute(_) => ErrorCode::NoRoute,
+        TransferError::PeersDown(_) => ErrorCode::Unavailable,
         TransferError::NotAnswered
         | TransferError::InProgress
         | TransferError::Conference

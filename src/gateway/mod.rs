@@ -1,7 +1,9 @@
 //! The I/O around the pure call model: the task that drives one call ([`driver`]), the
 //! dispatcher that admits new requests and gives each admitted call its media and its task
-//! ([`admission`]), and a call's side of the work-order link ([`link`]).
+//! ([`admission`]), a call's side of the work-order link ([`link`]), and the task that probes
+//! peers with OPTIONS and marks them down or up ([`prober`]).
 
 pub mod admission;
 pub mod driver;
 pub mod link;
+pub mod prober;

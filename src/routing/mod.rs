@@ -1,6 +1,7 @@
 //! Routes and peers: which peer a request came from, and which peers a dialled number goes to.
 //! The peer's own vocabulary lives here too, below SIP: its SRTP policy ([`SrtpMode`]), its digest
-//! [`credentials`] and the [`charset`] of its header text; `sip` uses them, never the reverse.
+//! [`credentials`], the [`charset`] of its header text and its [`health`] (down peers are
+//! skipped wherever a peer is chosen: [`Router::available`]); `sip` uses them, never the reverse.
 //!
 //! A route's `number` is either exact (`12345`) or a pattern that starts with `_`, in the dial-plan
 //! notation PBX engineers know:
@@ -34,6 +35,7 @@ pub enum DiversionHeader {
 
 pub mod charset;
 pub mod credentials;
+pub mod health;
 
 use charset::Charset;
 
@@ -81,6 +83,10 @@ pub struct Peer {
     pub auth: Option<credentials::Credentials>,
     /// How it writes header text that is not UTF-8.
     pub charset: Charset,
+    /// How often it is probed with OPTIONS (None: never, and it counts as up).
+    pub probe_interval: Option<std::time::Duration>,
+    /// Up or down, as its probes found (up until they find otherwise).
+    liveness: health::Liveness,
 }
 
 impl Peer {
@@ -104,7 +110,19 @@ impl Peer {
             max_calls_per_sec: None,
             auth: None,
             charset: Charset::Utf8,
+            probe_interval: None,
+            liveness: health::Liveness::default(),
         }
+    }
+
+    /// Whether calls may be sent to it: not found down by its probes.
+    pub fn is_up(&self) -> bool {
+        self.liveness.is_up()
+    }
+
+    /// Marks it up or down (the prober's finding).
+    pub fn set_up(&self, up: bool) {
+        self.liveness.set_up(up);
     }
 
     /// Also accepts requests from any source port of its address's IP.
@@ -391,7 +409,23 @@ impl Router {
             })
     }
 
-    /// The peers to try, in order, for a dialled number.
+    /// The route's peers that are up, in order, for a dialled number: what a new call, a
+    /// transfer or a conference guest tries (None: no route; empty: every peer is down).
+    pub fn available(&self, number: &str) -> Option<Vec<Arc<Peer>>> {
+        self.route(number)
+            .map(|peers| peers.iter().filter(|p| p.is_up()).cloned().collect())
+    }
+
+    /// The names of the peers found down, in file order.
+    pub fn peers_down(&self) -> Vec<&str> {
+        self.peers
+            .iter()
+            .filter(|p| !p.is_up())
+            .map(|p| p.name.as_str())
+            .collect()
+    }
+
+    /// The peers to try, in order, for a dialled number, up or down.
     pub fn route(&self, number: &str) -> Option<&[Arc<Peer>]> {
         if let Some(peers) = self.exact.get(number) {
             return Some(peers);
@@ -510,6 +544,30 @@ mod tests {
         assert_eq!(names("110"), vec!["police"]);
         assert_eq!(names("119"), vec!["hotline", "police"]);
         assert!(r.route("999").is_none());
+    }
+
+    #[test]
+    fn down_peers_are_left_out_of_routes() {
+        let r = router(&[("_1XX", &["hotline", "police"])]);
+        let names = |n: &str| -> Option<Vec<String>> {
+            r.available(n)
+                .map(|ps| ps.iter().map(|p| p.name.clone()).collect())
+        };
+        assert_eq!(names("119"), Some(vec!["hotline".into(), "police".into()]));
+        let hotline = r.peer_by_name("hotline");
+        hotline.iter().for_each(|p| p.set_up(false));
+        assert_eq!(names("119"), Some(vec!["police".into()]));
+        assert_eq!(
+            names("12345"),
+            Some(vec![]),
+            "a route whose peers are all down"
+        );
+        assert_eq!(names("999"), None);
+        assert_eq!(r.peers_down(), vec!["hotline"]);
+        // The configured route is still whole.
+        assert_eq!(r.route("119").map(<[Arc<Peer>]>::len), Some(2));
+        hotline.iter().for_each(|p| p.set_up(true));
+        assert!(r.peers_down().is_empty());
     }
 
     #[test]

@@ -55,6 +55,8 @@ fn event_type(kind: EventKind) -> pb::EventType {
         EventKind::PeerReply => T::PeerReply,
         EventKind::CallBlocked => T::CallBlocked,
         EventKind::CallFlagged => T::CallFlagged,
+        EventKind::PeerDown => T::PeerDown,
+        EventKind::PeerUp => T::PeerUp,
     }
 }
 

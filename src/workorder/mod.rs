@@ -97,6 +97,10 @@ pub enum EventKind {
     PeerReply,
     CallBlocked,
     CallFlagged,
+    /// A peer's probes went unanswered: no call (`call_id` empty), the peer in `target`.
+    PeerDown,
+    /// A peer that was down answers its probes again; as `PeerDown`.
+    PeerUp,
 }
 
 /// A conference party.

@@ -238,6 +238,9 @@ pub enum TransferError {
     InProgress,
     #[error("no route reaches {0}")]
     NoRoute(String),
+    /// Every peer of the route is down (its OPTIONS probes go unanswered).
+    #[error("every peer of the route to {0} is down")]
+    PeersDown(String),
     #[error("a conference is under way")]
     Conference,
     #[error("the conference holds its maximum of {0} parties")]

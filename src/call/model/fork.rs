@@ -1,7 +1,8 @@
 //! One serially forked outgoing INVITE (a B2BUA's §16.7-style serial forking): the route's peers
-//! tried in order, the next one on no response within the response timeout, on ringing past the
-//! ring timeout (CANCEL, then its 487 counts as 408), and on 408, 5xx or 6xx. Sans-IO: the call
-//! builds each INVITE and performs the CANCELs this type hands back.
+//! tried in order, the next one on no response within the response timeout, on ringing past
+//! the ring timeout (CANCEL, then its 487 counts as 408), and on 408, 5xx or 6xx; a peer its
+//! probes found down since the fork began is skipped. Sans-IO: the call builds each INVITE and
+//! performs the CANCELs this type hands back.
 //!
 //! Leg B's setup, a blind transfer and every conference guest each own one [`Fork`]; the attempts
 //! a fork gives up on go to [`Retired`], which keeps them for their late answers.
@@ -220,8 +221,9 @@ impl Fork {
         } else {
             (status, reason)
         };
-        let next = attempt.peer_index + 1;
-        let next = (fails_over(status) && next < self.route.len()).then_some(next);
+        // The next peer that is up: one found down since the fork began is skipped too.
+        let next = (attempt.peer_index + 1..self.route.len()).find(|&i| self.route[i].is_up());
+        let next = next.filter(|_| fails_over(status));
         self.ringing = false;
         if next.is_none() {
             self.stop_timers();
@@ -427,6 +429,27 @@ mod tests {
             }
             other => panic!("expected a failover, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn failover_skips_a_peer_found_down_since_the_fork_began() {
+        let mut fork = started(3, Instant::now());
+        if let Some(peer) = fork.peer_at(1) {
+            peer.set_up(false);
+        }
+        let failure = fork.handle_failure(503, "Service Unavailable");
+        assert_eq!(
+            failure.map(|f| f.next),
+            Some(Some(2)),
+            "peer1 is down: peer2"
+        );
+        let mut fork = started(2, Instant::now());
+        if let Some(peer) = fork.peer_at(1) {
+            peer.set_up(false);
+        }
+        let failure = fork.handle_failure(408, "Request Timeout");
+        assert_eq!(failure.map(|f| f.next), Some(None), "no peer up is left");
+        assert_eq!(fork.poll_timeout(), None);
     }
 
     #[test]

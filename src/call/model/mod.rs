@@ -569,14 +569,16 @@ impl Call {
     }
 
     /// The route to a third party (a transfer target, a conference guest): the same table as
-    /// new calls.
+    /// new calls, its down peers left out.
     fn route_to(&self, number: &str) -> Result<Vec<Arc<Peer>>, TransferError> {
-        self.settings
-            .router
-            .route(number)
-            .filter(|peers| !peers.is_empty())
-            .map(<[Arc<Peer>]>::to_vec)
-            .ok_or_else(|| TransferError::NoRoute(number.to_string()))
+        let router = &self.settings.router;
+        match router.available(number) {
+            Some(peers) if !peers.is_empty() => Ok(peers),
+            Some(_) if router.route(number).is_some_and(|all| !all.is_empty()) => {
+                Err(TransferError::PeersDown(number.to_string()))
+            }
+            _ => Err(TransferError::NoRoute(number.to_string())),
+        }
     }
 
     /// A linkage from `from`'s party to `number` (a transfer or a conference guest) starts:

@@ -75,6 +75,7 @@ fn refer_refusal(error: &TransferError) -> (u16, &'static str) {
             (403, "Transfer Not Possible During A Conference")
         }
         TransferError::NoRoute(_) => (403, "No Route To Transfer Target"),
+        TransferError::PeersDown(_) => (503, "Transfer Target Unavailable"),
     }
 }
 
