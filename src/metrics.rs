@@ -56,6 +56,8 @@ pub enum Counter {
     CallsBlocked,
     CallsFlagged,
     CallsRefusedRate,
+    /// New calls answered 503 because every peer of their route was down (probed).
+    CallsRefusedPeersDown,
     TcpConnectionsRefused,
     /// Records given up: the memory hold was full, the store refused them for good, or the
     /// gateway stopped before the store could write again.
@@ -82,7 +84,7 @@ pub enum Counter {
     SipUnknownDialog,
 }
 
-const COUNTERS: [(Counter, &str, &str); 50] = [
+const COUNTERS: [(Counter, &str, &str); 51] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -272,6 +274,11 @@ const COUNTERS: [(Counter, &str, &str); 50] = [
         Counter::CallsRefusedRate,
         "hotline_calls_refused_rate_total",
         "new calls refused (503) because their peer was above its max_calls_per_sec",
+    ),
+    (
+        Counter::CallsRefusedPeersDown,
+        "hotline_calls_refused_peers_down_total",
+        "new calls refused (503) at once because every peer of their route was down",
     ),
     (
         Counter::TcpConnectionsRefused,

@@ -234,6 +234,12 @@ async fn a_route_whose_desks_are_all_down_answers_503_at_once() {
     let refused = citizen.expect_response("INVITE", 503).await;
     let took = sent.elapsed();
     assert!(took < AT_ONCE, "503 came {took:?} after the INVITE");
+    assert_eq!(
+        gateway
+            .metric("hotline_calls_refused_peers_down_total")
+            .await,
+        Some(1.0)
+    );
     citizen
         .send_request(&message::ack_for_non_2xx(&invite, &refused))
         .await;

@@ -303,6 +303,7 @@ impl CallManager {
         let peers = self.router.available(&number).unwrap_or_default();
         if peers.is_empty() {
             // Every peer of the route is down: at once, not after each one's response timeout.
+            self.metrics.increment(Counter::CallsRefusedPeersDown);
             tracing::info!(%number, peer = %caller_peer.name, "every peer of the route is down (503)");
             return Self::reply(request, 503);
         }

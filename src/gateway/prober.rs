@@ -43,13 +43,10 @@ pub struct ProberServices {
     pub ids: IdGenerator,
 }
 
-/// One probed peer: its health and its probes' dialog-less identity.
+/// One probed peer: its health and its probe under way.
 struct Probed {
     peer: Arc<Peer>,
     health: PeerHealth,
-    call_id: String,
-    tag: String,
-    sequence: u32,
     /// The branch of the probe under way: only its answer counts.
     branch: Option<String>,
 }
@@ -72,9 +69,6 @@ pub async fn run(router: Arc<Router>, mut services: ProberServices, shutdown: Ca
             Some(Probed {
                 peer: Arc::clone(peer),
                 health: PeerHealth::new(start, interval),
-                call_id: services.ids.call_id("probe"),
-                tag: services.ids.tag(),
-                sequence: 0,
                 branch: None,
             })
         })
@@ -86,6 +80,10 @@ pub async fn run(router: Arc<Router>, mut services: ProberServices, shutdown: Ca
     let publisher = tokio::spawn(publish_events(Arc::clone(&services.events), queue));
     let (owner, mut inbox) = owner_channel();
     loop {
+        // Answers already in count before the deadlines they came in time for.
+        while let Some(event) = inbox.try_recv() {
+            handle_event(&services, &publish, &mut probed, event);
+        }
         let at = now();
         for probe in &mut probed {
             if let Some(change) = probe.health.handle_timeout(at) {
@@ -157,7 +155,6 @@ impl Probed {
             Some(port) if target.is_secure() => SocketAddr::new(services.local_sip.ip(), port),
             _ => services.local_sip,
         };
-        self.sequence += 1;
         let address = self.peer.address;
         let uri = Uri::sip(None, Host::Ip(address.ip()), Some(address.port()));
         let from = NameAddr::new(Uri::sip(
@@ -165,14 +162,16 @@ impl Probed {
             Host::Ip(local.ip()),
             Some(local.port()),
         ))
-        .with_tag(&self.tag);
+        .with_tag(&services.ids.tag());
         let mut headers = Headers::new();
         headers.push("Via", via_for(local, target, &branch));
         headers.push("Max-Forwards", "70");
         headers.push("From", from.to_string());
         headers.push("To", NameAddr::new(uri.clone()).to_string());
-        headers.push("Call-ID", self.call_id.clone());
-        headers.push("CSeq", format!("{} OPTIONS", self.sequence));
+        // §8.1.1.4: each request outside a dialog has a Call-ID of its own (only REGISTER
+        // keeps one), so no peer takes the probes for a dialog.
+        headers.push("Call-ID", services.ids.call_id("probe"));
+        headers.push("CSeq", "1 OPTIONS");
         // §11.1: what the answer's body may be, were the peer to send one.
         headers.push("Accept", "application/sdp");
         self.branch = Some(branch);

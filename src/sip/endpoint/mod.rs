@@ -108,11 +108,21 @@ impl Inbox {
     /// The next event; None once every owner handle is gone.
     pub async fn recv(&mut self) -> Option<SipEvent> {
         let event = self.events.recv().await?;
+        Some(self.taken(event))
+    }
+
+    /// The next event if one is waiting now.
+    pub fn try_recv(&mut self) -> Option<SipEvent> {
+        let event = self.events.try_recv().ok()?;
+        Some(self.taken(event))
+    }
+
+    fn taken(&self, event: SipEvent) -> SipEvent {
         if multipliable(&event) {
             self.unread
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
-        Some(event)
+        event
     }
 }
 
