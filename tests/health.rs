@@ -90,7 +90,8 @@ fn refer(agent: &mut Ua, incoming: &Request, number: &str) -> Request {
 }
 
 /// Route `110 = [police-a, police-b]`, both probed every second; police-a never answers its
-/// probes, so it is down within `probe_secs` plus 3 probes; a transfer to 110 then reaches
+/// probes, so it is down within `probe_secs` plus 3 probes, having been sent one probe (and its
+/// retransmissions) only; a transfer to 110 then reaches
 /// police-b at once (police-a gets no INVITE); police-a answers again, is up after 2 probes and
 /// takes the next call to 110.
 #[tokio::test]
@@ -133,6 +134,36 @@ async fn a_dead_desk_is_skipped_by_transfers_and_used_again_when_it_returns() {
         (status, body.as_str()),
         (200, "ok\npeer down: police-a\n"),
         "a dead desk is listed, but the gateway is still healthy"
+    );
+    // One probe at a time: every OPTIONS the silent desk got is the first one's retransmission
+    // (§17.1.2.2), not a transaction more each interval.
+    let first_branch = std::cell::RefCell::new(None::<String>);
+    police_a
+        .expect_none_then_marker(
+            Duration::ZERO,
+            "a second probe while the first stood unanswered",
+            |message| {
+                let Message::Request(probe) = message else {
+                    return false;
+                };
+                if probe.method != Method::Options {
+                    return false;
+                }
+                let branch = probe.top_via().and_then(|v| v.branch().map(str::to_string));
+                let mut first = first_branch.borrow_mut();
+                match first.as_ref() {
+                    None => {
+                        *first = branch;
+                        false
+                    }
+                    Some(seen) => Some(seen) != branch.as_ref(),
+                }
+            },
+        )
+        .await;
+    assert!(
+        first_branch.borrow().is_some(),
+        "the silent desk was probed"
     );
 
     let mut police_b = b_answering.stop().await;

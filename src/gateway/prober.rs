@@ -47,7 +47,8 @@ pub struct ProberServices {
 struct Probed {
     peer: Arc<Peer>,
     health: PeerHealth,
-    /// The branch of the probe under way: only its answer counts.
+    /// The branch of the probe under way (until its final answer or timeout): only its
+    /// answer counts.
     branch: Option<String>,
 }
 
@@ -89,7 +90,10 @@ pub async fn run(router: Arc<Router>, mut services: ProberServices, shutdown: Ca
             if let Some(change) = probe.health.handle_timeout(at) {
                 apply(&services, &publish, probe, change);
             }
-            if probe.health.poll_probe() {
+            // One probe at a time: while the last is unanswered (a dead desk), its own
+            // retransmissions (§17.1.2.2) stand for the next ones, so a silent peer has one
+            // transaction, not one per interval until Timer F; it has been scored as missed.
+            if probe.health.poll_probe() && probe.branch.is_none() {
                 let (request, target) = probe.next_request(&mut services);
                 services
                     .endpoint

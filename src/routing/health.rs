@@ -9,9 +9,11 @@
 //! A probe is *answered* by any final response from 200 to 499 except 408: a peer that
 //! answers 404 or 405 to OPTIONS is alive, it just does not like the request. It is *missed*
 //! when answered 408 or 5xx and when no final answer came by the time the next probe is due
-//! (or its transaction timed out). [`DOWN_AFTER`] misses in a row take a peer down,
-//! [`UP_AFTER`] answers in a row bring it up. Every peer starts up, so calls flow from the
-//! first moment; a dead one is found within the interval plus [`DOWN_AFTER`] probes.
+//! (or its transaction timed out). A driver may let an unanswered probe stand for the next
+//! ones (its retransmissions go on): each deadline it is still unanswered is one miss, and its
+//! late answer counts for the interval it arrives in. [`DOWN_AFTER`] misses in a row take a
+//! peer down, [`UP_AFTER`] answers in a row bring it up. Every peer starts up, so calls flow
+//! from the first moment; a dead one is found within the interval plus [`DOWN_AFTER`] probes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -235,6 +237,34 @@ mod tests {
         );
         assert!(health.is_up());
         assert_eq!(health.since(), at(5));
+    }
+
+    /// A dead desk gets one probe that stands (the prober sends no other while it is
+    /// unanswered): each deadline scores it missed once, and when the desk returns, the answer
+    /// to that probe's retransmission counts for the interval it arrives in.
+    #[test]
+    fn a_standing_probe_is_missed_once_a_deadline_and_its_late_answer_counts() {
+        let start = Instant::now();
+        let mut health = PeerHealth::new(start, SECOND);
+        let at = |n: u32| start + SECOND * n;
+        for n in 0..3 {
+            assert_eq!(period(&mut health, at(n), None), (None, None));
+        }
+        assert_eq!(period(&mut health, at(3), None), (Some(Change::Down), None));
+        // Still down, still missing: a run of misses while down counts for nothing.
+        assert_eq!(period(&mut health, at(4), None), (None, None));
+        // The standing probe is answered late, within interval 4; the next is answered too.
+        let late = at(4) + SECOND / 2;
+        assert_eq!(health.handle_answer(late, 200), None);
+        assert_eq!(
+            health.handle_answer(late, 200),
+            None,
+            "a retransmitted 200 counts once"
+        );
+        assert_eq!(
+            period(&mut health, at(5), Some(200)),
+            (None, Some(Change::Up))
+        );
     }
 
     #[test]
