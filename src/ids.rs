@@ -62,6 +62,11 @@ impl IdGenerator {
         format!("{:012x}", self.next_u64() & 0xffff_ffff_ffff)
     }
 
+    /// A digest client nonce (RFC 7616 §3.4): 128 bits in hex.
+    pub fn cnonce(&mut self) -> String {
+        format!("{:016x}{:016x}", self.next_u64(), self.next_u64())
+    }
+
     /// A Via branch with the RFC 3261 magic cookie (§8.1.1.7).
     pub fn branch(&mut self) -> String {
         format!("z9hG4bK{:016x}", self.next_u64())

@@ -20,7 +20,7 @@ use crate::call::hotkey::Hotkey;
 use crate::call::screening::Screening;
 use crate::call::CallSettings;
 use crate::limits::Budget;
-use crate::routing::credentials::Credentials;
+use crate::routing::credentials::{Credentials, OutboundCredentials};
 use crate::routing::{Peer, Route, Router};
 use crate::sip::auth::Digest;
 use crate::sip::guard::GuardConfig;
@@ -65,6 +65,13 @@ impl From<&PeerConfig> for Peer {
                 username: username.clone(),
                 password: password.clone(),
                 algorithms: config.auth_algorithms.clone(),
+            }),
+            _ => None,
+        };
+        peer.outbound = match (&config.outbound_username, &config.outbound_password) {
+            (Some(username), Some(password)) => Some(OutboundCredentials {
+                username: username.clone(),
+                password: password.clone(),
             }),
             _ => None,
         };

@@ -380,6 +380,13 @@ pub struct PeerConfig {
     pub auth_username: Option<String>,
     #[serde(default)]
     pub auth_password: Option<String>,
+    /// What the gateway presents when this peer challenges (401/407, RFC 3261 §22.2): each
+    /// INVITE it answers once with these. Both or neither (default: none, a challenge fails
+    /// the request).
+    #[serde(default)]
+    pub outbound_username: Option<String>,
+    #[serde(default)]
+    pub outbound_password: Option<String>,
     /// Algorithms it is challenged with, preferred first (RFC 8760: `SHA-512-256`, `SHA-256`,
     /// `MD5`; default `["SHA-256", "MD5"]`: MD5 for the many phones and trunks that know no
     /// other).

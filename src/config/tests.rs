@@ -297,3 +297,38 @@ fn probe_secs_is_off_by_default_and_bounded() {
         error_of(&negative)
     );
 }
+
+#[test]
+fn outbound_credentials_go_together_and_convert_redacted() {
+    use crate::routing::Router;
+    let both = sample().replace(
+        "address = \"127.0.0.1:5090\"",
+        "address = \"127.0.0.1:5090\"\noutbound_username = \"gw\"\noutbound_password = \"secret-secret\"",
+    );
+    let config = match Config::parse(Path::new("test.toml"), &both) {
+        Ok(c) => c,
+        Err(e) => panic!("outbound credentials must load: {e}"),
+    };
+    let router = Router::from(&config);
+    let outbound = router
+        .peer_by_name("police")
+        .and_then(|p| p.outbound.clone());
+    assert_eq!(outbound.as_ref().map(|o| o.username.as_str()), Some("gw"));
+    assert_eq!(
+        outbound.as_ref().map(|o| o.password.as_str()),
+        Some("secret-secret")
+    );
+    let logged = format!("{:?}", router.peer_by_name("police"));
+    assert!(!logged.contains("secret-secret"), "{logged}");
+    assert!(router
+        .peer_by_name("hotline")
+        .is_some_and(|p| p.outbound.is_none()));
+    let alone = sample().replace(
+        "address = \"127.0.0.1:5090\"",
+        "address = \"127.0.0.1:5090\"\noutbound_username = \"gw\"",
+    );
+    let message = error_of(&alone);
+    assert!(message.starts_with("test.toml"), "{message}");
+    assert!(message.contains("peer[2].outbound_password"), "{message}");
+    assert!(message.contains("both or neither"), "{message}");
+}

@@ -92,6 +92,13 @@ impl Config {
                     "auth_username and auth_password go together: give both or neither".into(),
                 ));
             }
+            if peer.outbound_username.is_some() != peer.outbound_password.is_some() {
+                return Err(invalid(
+                    format!("peer[{index}].outbound_password"),
+                    "outbound_username and outbound_password go together: give both or neither"
+                        .into(),
+                ));
+            }
             if peer.auth_password.as_ref().is_some_and(|p| p.len() < 8) {
                 return Err(invalid(
                     format!("peer[{index}].auth_password"),

@@ -51,9 +51,58 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 /// A peer's credentials and the algorithms it is challenged with, in preference order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
     pub algorithms: Vec<Algorithm>,
+}
+
+/// Never the password in a log line.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("algorithms", &self.algorithms)
+            .finish()
+    }
+}
+
+/// What the gateway presents when a peer challenges it (401/407, RFC 3261 §22.2).
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutboundCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+/// Never the password in a log line.
+impl std::fmt::Debug for OutboundCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_a_password() {
+        let outbound = OutboundCredentials {
+            username: "gw".into(),
+            password: "secret-secret".into(),
+        };
+        let inbound = Credentials {
+            username: "carrier".into(),
+            password: "s3cret-trunk".into(),
+            algorithms: vec![Algorithm::Md5],
+        };
+        let text = format!("{outbound:?} {inbound:?}");
+        assert!(text.contains("gw") && text.contains("<redacted>"));
+        assert!(!text.contains("secret-secret") && !text.contains("s3cret-trunk"));
+    }
 }

@@ -81,6 +81,9 @@ pub struct Peer {
     pub max_calls_per_sec: Option<u32>,
     /// Digest credentials its requests must prove (None: its address suffices).
     pub auth: Option<credentials::Credentials>,
+    /// What the gateway presents when this peer challenges (None: a challenge fails the
+    /// request).
+    pub outbound: Option<credentials::OutboundCredentials>,
     /// How it writes header text that is not UTF-8.
     pub charset: Charset,
     /// How often it is probed with OPTIONS (None: never, and it counts as up).
@@ -109,6 +112,7 @@ impl Peer {
             sources: Vec::new(),
             max_calls_per_sec: None,
             auth: None,
+            outbound: None,
             charset: Charset::Utf8,
             probe_interval: None,
             liveness: health::Liveness::default(),

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod dialog;
+pub mod digest_client;
 pub mod endpoint;
 pub mod guard;
 pub mod message;

@@ -280,6 +280,7 @@ impl Call {
                 }
             }
             200..=299 => self.guest_answered(now, index, response),
+            401 | 407 if self.answer_guest_challenge(now, index, response) => {}
             status => self.guest_failed(now, index, status),
         }
         true

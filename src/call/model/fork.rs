@@ -33,6 +33,8 @@ pub(super) struct Attempt {
     pub(super) released: bool,
     /// This INVITE is the retry after a 422 (RFC 4028 §7.3): no second one.
     pub(super) session_retried: bool,
+    /// Challenges (401/407) this INVITE's chain answered (§22.2): bounded, no loop.
+    pub(super) auth_answers: u8,
 }
 
 impl Attempt {
@@ -54,6 +56,7 @@ impl Attempt {
             settled: false,
             released: false,
             session_retried: false,
+            auth_answers: 0,
         }
     }
 

@@ -33,6 +33,7 @@
 //! | `fork.rs` | one serially forked INVITE (leg B's setup, a transfer, each guest); retired attempts |
 //! | `setup.rs` | the caller's INVITE and leg B's setup up to the answer |
 //! | `invite.rs` | the INVITEs, BYEs and late-2xx ACKs the gateway sends |
+//! | `challenge.rs` | a peer's 401/407 to our INVITE answered with its outbound credentials |
 //! | `dialogs.rs` | requests inside the legs' dialogs: BYE, re-INVITE/UPDATE, ACK, OPTIONS |
 //! | `transfer.rs` | blind and attended transfer, REFER and its NOTIFYs, the fallback |
 //! | `conference.rs` | guests and the mixed three-way call |
@@ -41,6 +42,7 @@
 //! | `ending.rs` | hanging up, waiting for the last answers, finishing |
 
 mod actions;
+mod challenge;
 mod conference;
 mod dialogs;
 mod digits;
@@ -135,6 +137,8 @@ pub struct Call {
     setup: Fork,
     /// INVITEs given up on, kept for their late answers.
     retired: Retired,
+    /// RFC 7616 §3.4: nonce counts of the challenges answered.
+    nonce_counts: crate::sip::digest_client::NonceCounts,
     cancelled: bool,
     /// Branches of our BYE/CANCEL transactions still awaiting a final response.
     pending: HashSet<String>,
@@ -238,6 +242,7 @@ impl Call {
             legs: Legs([leg_a, leg_b]),
             setup: Fork::new(new.route, timeouts),
             retired: Retired::default(),
+            nonce_counts: Default::default(),
             cancelled: false,
             pending: HashSet::new(),
             timers: [None; TIMERS.len()],

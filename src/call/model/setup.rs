@@ -191,6 +191,7 @@ impl Call {
             100..=199 => self.setup_provisional(now, response),
             200..=299 => self.setup_answered(now, response),
             422 if self.retry_with_min_se(now, &response) => {}
+            401 | 407 if self.answer_setup_challenge(now, &response) => {}
             // A callee's 422 is about our interval, not the caller's: the caller learns only
             // that the call could not be set up (a 422 to it would need a Min-SE of its own).
             422 => self.setup_failed(now, 500, "Server Internal Error"),

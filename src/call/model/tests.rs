@@ -2010,3 +2010,117 @@ fn an_ack_answering_our_offer_may_bring_a_new_key() {
         MediaCommand::Configure(Party::A, LegMedia { srtp: Some(k), .. }) if k.theirs == new && k.ours == ours
     )));
 }
+
+fn challenging_hotline(outbound: bool) -> Arc<Peer> {
+    let mut hotline = Peer::new(
+        "hotline",
+        SocketAddr::from(([127, 0, 0, 1], 5080)),
+        Some("12345".into()),
+        TransportKind::Udp,
+    );
+    if outbound {
+        hotline.outbound = Some(crate::routing::credentials::OutboundCredentials {
+            username: "gw".into(),
+            password: "secret-secret".into(),
+        });
+    }
+    Arc::new(hotline)
+}
+
+fn challenge(h: &mut Harness, invite: &Request, status: u16, value: &str) {
+    let mut response = Response::for_request(invite, status, Some("desk"));
+    let header = if status == 407 {
+        "Proxy-Authenticate"
+    } else {
+        "WWW-Authenticate"
+    };
+    response.headers.push(header, value);
+    h.sip(SipEvent::Response {
+        branch: branch_of(invite),
+        response,
+    });
+}
+
+/// §22.2: a challenge to leg B's INVITE is answered once (same Call-ID, From tag and body,
+/// CSeq + 1, a new branch), a stale nonce once more, then the peer's 407 reaches the caller.
+#[test]
+fn a_challenged_invite_is_sent_again_with_credentials_once() {
+    let mut h = Harness::build(
+        invite(OFFER, 70),
+        peer("carrier", 5070),
+        "12345",
+        vec![challenging_hotline(true)],
+    );
+    let first = h.last_invite();
+    challenge(
+        &mut h,
+        &first,
+        407,
+        "Digest realm=\"desk\", nonce=\"n1\", algorithm=MD5, qop=\"auth\"",
+    );
+    let second = h.last_invite();
+    assert_ne!(branch_of(&second), branch_of(&first), "a new transaction");
+    assert_eq!(second.call_id(), first.call_id());
+    assert_eq!(second.headers.get("From"), first.headers.get("From"));
+    assert_eq!(second.headers.get("CSeq"), Some("2 INVITE"));
+    assert_eq!(second.body, first.body);
+    let answer = second
+        .headers
+        .get("Proxy-Authorization")
+        .unwrap_or_default();
+    assert!(
+        answer.starts_with("Digest username=\"gw\", realm=\"desk\", nonce=\"n1\""),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("qop=auth, nc=00000001, cnonce=\""),
+        "{answer}"
+    );
+    assert!(
+        h.responses(A_SERVER).iter().all(|r| r.status < 200),
+        "the caller waits"
+    );
+    // Stale: the credentials were right, the nonce old; once more with the new one.
+    challenge(
+        &mut h,
+        &second,
+        407,
+        "Digest realm=\"desk\", nonce=\"n2\", algorithm=SHA-256, qop=\"auth\", stale=true",
+    );
+    let third = h.last_invite();
+    assert_eq!(third.headers.get("CSeq"), Some("3 INVITE"));
+    assert_eq!(third.headers.get_all("Proxy-Authorization").count(), 1);
+    assert!(third
+        .headers
+        .get("Proxy-Authorization")
+        .is_some_and(|a| a.contains("nonce=\"n2\"") && a.contains("algorithm=SHA-256")));
+    // Challenged again: wrong credentials; no fourth INVITE, the peer's answer passed on.
+    challenge(
+        &mut h,
+        &third,
+        407,
+        "Digest realm=\"desk\", nonce=\"n3\", algorithm=MD5, qop=\"auth\"",
+    );
+    assert_eq!(h.sent(Method::Invite).len(), 3);
+    assert_eq!(statuses(&h.responses(A_SERVER)).last(), Some(&407));
+}
+
+/// A peer without outbound credentials that challenges: the call fails with its 401, once.
+#[test]
+fn a_challenge_from_a_peer_without_credentials_fails_the_call() {
+    let mut h = Harness::build(
+        invite(OFFER, 70),
+        peer("carrier", 5070),
+        "12345",
+        vec![challenging_hotline(false)],
+    );
+    let first = h.last_invite();
+    challenge(
+        &mut h,
+        &first,
+        401,
+        "Digest realm=\"desk\", nonce=\"n1\", algorithm=MD5, qop=\"auth\"",
+    );
+    assert_eq!(h.sent(Method::Invite).len(), 1);
+    assert_eq!(statuses(&h.responses(A_SERVER)).last(), Some(&401));
+}

@@ -402,6 +402,7 @@ impl Call {
             100..=199 => self.transfer_provisional(now, &response),
             200..=299 => self.transfer_answered(now, response),
             422 if self.retry_transfer_with_min_se(now, &response) => {}
+            401 | 407 if self.answer_transfer_challenge(now, &response) => {}
             status => self.transfer_failed(now, status),
         }
     }
