@@ -171,15 +171,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         build_endpoint(&config, transport, &manager, &metrics, local_sip, &router)?;
     let tracker = tokio_util::task::TaskTracker::new();
     let endpoint_probe = handle.clone();
-    let prober = gateway::prober::ProberServices {
-        endpoint: handle.clone(),
-        local_sip,
-        local_tls_port: transport_tls.map(|a| a.port()),
-        metrics: Arc::clone(&metrics),
-        events: Arc::clone(&events),
-        platforms: config.platform_names(),
-        ids: ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
-    };
+    let prober = prober_services(
+        &config,
+        &handle,
+        (local_sip, transport_tls),
+        &metrics,
+        &events,
+    )?;
     manager.attach(CallServices {
         endpoint: handle,
         store: store.clone(),
@@ -246,6 +244,26 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         grpc: grpc_address,
         metrics,
         finished,
+    })
+}
+
+/// What the peer prober needs: the endpoint, our SIP addresses (UDP/TCP and TLS) for its Via,
+/// the metrics, and the platforms its events go to.
+fn prober_services(
+    config: &Config,
+    endpoint: &sip::endpoint::EndpointHandle,
+    (local_sip, local_tls): (SocketAddr, Option<SocketAddr>),
+    metrics: &Arc<Metrics>,
+    events: &Arc<workorder::hub::EventHub>,
+) -> Result<gateway::prober::ProberServices, StartError> {
+    Ok(gateway::prober::ProberServices {
+        endpoint: endpoint.clone(),
+        local_sip,
+        local_tls_port: local_tls.map(|a| a.port()),
+        metrics: Arc::clone(metrics),
+        events: Arc::clone(events),
+        platforms: config.platform_names(),
+        ids: ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
     })
 }
 
