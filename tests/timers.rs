@@ -325,15 +325,22 @@ async fn an_unanswered_session_refresh_at_900_s_ends_the_call_at_932_s() {
     gateway.stop().await;
 }
 
-/// A transfer target that rings past `sip.transfer_ring_timeout_secs` (default 30 s) is
-/// cancelled; the agent's REFER ends in a 408 NOTIFY and the citizen stays with the agent.
-#[tokio::test(start_paused = true)]
-async fn a_transfer_target_ringing_past_30_s_is_given_up_and_the_citizen_stays() {
-    let clock = HeldClock::hold();
+/// The citizen, the 12345 agent and the 110 desk, the citizen's call up with the agent.
+struct Parties {
+    citizen: Ua,
+    agent: Ua,
+    police: Ua,
+    gateway: Gateway,
+    call: common::Established,
+}
+
+/// A gateway routing 12345 to the agent and 110 to the desk (with `tables`, more TOML), and
+/// the citizen's call connected to the agent.
+async fn citizen_with_the_agent(tables: &str) -> Parties {
     let mut citizen = Ua::bind("carrier", LOCALHOST).await;
     let mut agent = Ua::bind("hotline", LOCALHOST).await;
     let mut police = Ua::bind("police", LOCALHOST).await;
-    let mut gateway = Gateway::start(
+    let gateway = Gateway::start_with_tables(
         &[
             ("carrier", citizen.address, ""),
             ("hotline", agent.address, "platform = \"12345\""),
@@ -342,12 +349,34 @@ async fn a_transfer_target_ringing_past_30_s_is_given_up_and_the_citizen_stays()
         &[("12345", &["hotline"]), ("110", &["police"])],
         "",
         "",
+        tables,
     )
     .await;
     for ua in [&mut citizen, &mut agent, &mut police] {
         ua.set_gateway(gateway.sip);
     }
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    Parties {
+        citizen,
+        agent,
+        police,
+        gateway,
+        call,
+    }
+}
+
+/// A transfer target that rings past `sip.transfer_ring_timeout_secs` (default 30 s) is
+/// cancelled; the agent's REFER ends in a 408 NOTIFY and the citizen stays with the agent.
+#[tokio::test(start_paused = true)]
+async fn a_transfer_target_ringing_past_30_s_is_given_up_and_the_citizen_stays() {
+    let clock = HeldClock::hold();
+    let Parties {
+        mut citizen,
+        mut agent,
+        mut police,
+        mut gateway,
+        call,
+    } = citizen_with_the_agent("").await;
     let mut refer = agent.uas_request(&call.incoming, "REFER", 2);
     refer.headers.push("Refer-To", "<sip:110@gw>");
     agent.send_request(&refer).await;
@@ -436,25 +465,16 @@ async fn notified_until(agent: &mut Ua, at_least: u16) -> u16 {
 #[tokio::test(start_paused = true)]
 async fn a_held_hotkey_digit_is_passed_on_at_2_s_and_a_digit_within_2_s_completes_the_hotkey() {
     let clock = HeldClock::hold();
-    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
-    let mut agent = Ua::bind("hotline", LOCALHOST).await;
-    let mut police = Ua::bind("police", LOCALHOST).await;
-    let mut gateway = Gateway::start_with_tables(
-        &[
-            ("carrier", citizen.address, ""),
-            ("hotline", agent.address, "platform = \"12345\""),
-            ("police", police.address, "platform = \"110\""),
-        ],
-        &[("12345", &["hotline"]), ("110", &["police"])],
-        "",
-        "",
+    let Parties {
+        mut citizen,
+        mut agent,
+        mut police,
+        mut gateway,
+        call,
+    } = citizen_with_the_agent(
         "\n[[hotkey]]\ndtmf = \"*1\"\naction = \"transfer\"\ntarget = \"110\"\n",
     )
     .await;
-    for ua in [&mut citizen, &mut agent, &mut police] {
-        ua.set_gateway(gateway.sip);
-    }
-    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
     // The INFO's 200 comes from the call once it has taken the digit.
     let key = |agent: &mut Ua, cseq: u32, digit: char| dtmf_info(agent, &call, cseq, digit);
     let info = key(&mut agent, 2, '*');
