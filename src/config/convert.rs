@@ -21,7 +21,7 @@ use crate::call::screening::Screening;
 use crate::call::CallSettings;
 use crate::limits::Budget;
 use crate::routing::credentials::{Credentials, OutboundCredentials};
-use crate::routing::{Peer, Route, Router};
+use crate::routing::{Peer, Registration, Route, Router};
 use crate::sip::auth::Digest;
 use crate::sip::guard::GuardConfig;
 use crate::sip::sdp::MediaPolicy;
@@ -72,6 +72,18 @@ impl From<&PeerConfig> for Peer {
             (Some(username), Some(password)) => Some(OutboundCredentials {
                 username: username.clone(),
                 password: password.clone(),
+            }),
+            _ => None,
+        };
+        // Validation holds `register` to peers with outbound credentials.
+        peer.registration = match (&peer.outbound, config.register) {
+            (Some(outbound), true) => Some(Registration {
+                user: outbound.username.clone(),
+                domain: config
+                    .register_domain
+                    .clone()
+                    .unwrap_or_else(|| config.address.ip().to_string()),
+                expires: Duration::from_secs(u64::from(config.register_expires_secs)),
             }),
             _ => None,
         };

@@ -419,6 +419,18 @@ pub struct PeerConfig {
     /// probed, always up. At most 3600.
     #[serde(default)]
     pub probe_secs: u32,
+    /// Keep a registration at this peer as registrar (RFC 3261 §10), as
+    /// `sip:outbound_username@register_domain` with our SIP address as the contact; needs
+    /// `outbound_username` and `outbound_password` (default false).
+    #[serde(default)]
+    pub register: bool,
+    /// The registration's expiry asked for, in seconds (default 3600; 2 to 86400, small values
+    /// for tests and registrars that want short bindings).
+    #[serde(default = "default_register_expires_secs")]
+    pub register_expires_secs: u32,
+    /// The host of the registered address of record (default: the peer's address's IP).
+    #[serde(default)]
+    pub register_domain: Option<String>,
 }
 
 /// `[[route]]`: dialled number -> peers tried in order.
@@ -469,6 +481,9 @@ pub struct HotkeyConfig {
     pub target: String,
 }
 
+fn default_register_expires_secs() -> u32 {
+    3600
+}
 fn default_t1_ms() -> u64 {
     500
 }

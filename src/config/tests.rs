@@ -332,3 +332,63 @@ fn outbound_credentials_go_together_and_convert_redacted() {
     assert!(message.contains("peer[2].outbound_password"), "{message}");
     assert!(message.contains("both or neither"), "{message}");
 }
+
+#[test]
+fn register_needs_outbound_credentials_and_bounded_expiry() {
+    use crate::routing::Router;
+    let credentials = "address = \"127.0.0.1:5090\"\noutbound_username = \"gw\"\noutbound_password = \"secret-secret\"";
+    let with = |extra: &str| {
+        sample().replace(
+            "address = \"127.0.0.1:5090\"",
+            &format!("{credentials}\n{extra}"),
+        )
+    };
+    let config = match Config::parse(Path::new("test.toml"), &with("register = true")) {
+        Ok(c) => c,
+        Err(e) => panic!("register must load: {e}"),
+    };
+    let router = Router::from(&config);
+    let registration = router
+        .peer_by_name("police")
+        .and_then(|p| p.registration.clone());
+    assert_eq!(
+        registration
+            .as_ref()
+            .map(|r| (r.user.as_str(), r.domain.as_str(), r.expires.as_secs())),
+        Some(("gw", "127.0.0.1", 3600))
+    );
+    assert!(router
+        .peer_by_name("hotline")
+        .is_some_and(|p| p.registration.is_none()));
+    let short =
+        with("register = true\nregister_expires_secs = 2\nregister_domain = \"police.example\"");
+    let config = match Config::parse(Path::new("test.toml"), &short) {
+        Ok(c) => c,
+        Err(e) => panic!("short expiry must load: {e}"),
+    };
+    let registration = Router::from(&config)
+        .peer_by_name("police")
+        .and_then(|p| p.registration.clone());
+    assert_eq!(
+        registration.map(|r| (r.domain, r.expires.as_secs())),
+        Some(("police.example".into(), 2))
+    );
+    let alone = sample().replace(
+        "address = \"127.0.0.1:5090\"",
+        "address = \"127.0.0.1:5090\"\nregister = true",
+    );
+    let message = error_of(&alone);
+    assert!(message.starts_with("test.toml"), "{message}");
+    assert!(message.contains("peer[2].register`"), "{message}");
+    assert!(message.contains("outbound_username"), "{message}");
+    for bad in ["register_expires_secs = 1", "register_expires_secs = 86401"] {
+        let message = error_of(&with(&format!("register = true\n{bad}")));
+        assert!(
+            message.contains("peer[2].register_expires_secs"),
+            "{message}"
+        );
+        assert!(message.contains("2 to 86400"), "{message}");
+    }
+    let message = error_of(&with("register = true\nregister_domain = \"a b\""));
+    assert!(message.contains("peer[2].register_domain"), "{message}");
+}

@@ -6,6 +6,10 @@ use super::*;
 /// The longest `[[peer]] probe_secs`.
 const MAX_PROBE_SECS: u32 = 3600;
 
+/// The bounds of `[[peer]] register_expires_secs`: from 2 s (tests, registrars that want short
+/// bindings) to a day.
+const REGISTER_EXPIRES_SECS: std::ops::RangeInclusive<u32> = 2..=86_400;
+
 /// Builds the [`ConfigError::Invalid`] for a key and a reason, the file already named.
 type Invalid<'a> = &'a dyn Fn(String, String) -> ConfigError;
 
@@ -112,6 +116,31 @@ impl Config {
                         "{} is more than {MAX_PROBE_SECS} (an hour): a peer probed that rarely is not watched (0 turns probing off)",
                         peer.probe_secs
                     ),
+                ));
+            }
+            if peer.register && peer.outbound_username.is_none() {
+                return Err(invalid(
+                    format!("peer[{index}].register"),
+                    "register = true needs outbound_username and outbound_password: the registrar challenges the REGISTER".into(),
+                ));
+            }
+            if !REGISTER_EXPIRES_SECS.contains(&peer.register_expires_secs) {
+                return Err(invalid(
+                    format!("peer[{index}].register_expires_secs"),
+                    format!(
+                        "{} is out of range: {} to {} seconds",
+                        peer.register_expires_secs,
+                        REGISTER_EXPIRES_SECS.start(),
+                        REGISTER_EXPIRES_SECS.end()
+                    ),
+                ));
+            }
+            if peer.register_domain.as_ref().is_some_and(|d| {
+                d.trim().is_empty() || d.contains(|c: char| c.is_whitespace() || c == '@')
+            }) {
+                return Err(invalid(
+                    format!("peer[{index}].register_domain"),
+                    "must be a host name or IP address".into(),
                 ));
             }
             if peer.auth_algorithms.is_empty() {

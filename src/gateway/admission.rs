@@ -260,7 +260,7 @@ impl CallManager {
         if request.max_forwards() == 0 {
             return Self::reply(request, 483);
         }
-        let Some(number) = request.uri.number().filter(|n| !n.is_empty()) else {
+        let Some(number) = dialed_number(request, &caller_peer).filter(|n| !n.is_empty()) else {
             return Self::reply(request, 404);
         };
         let Some(route) = self.router.route(&number) else {
@@ -353,6 +353,19 @@ impl CallManager {
     }
 }
 
+/// The number a new call dials: the Request-URI's user part; but a registrar forwards calls to
+/// our registered contact (RFC 3261 §10, §16.5), whose user is the registration's, and keeps
+/// the dialed number in To: from a peer we register at, an R-URI naming the registration user
+/// is read from To's user part.
+fn dialed_number(request: &Request, peer: &crate::routing::Peer) -> Option<String> {
+    match &peer.registration {
+        Some(registration) if request.uri.user.as_deref() == Some(registration.user.as_str()) => {
+            request.to().and_then(|to| to.uri.number())
+        }
+        _ => request.uri.number(),
+    }
+}
+
 /// The call's record as it starts: who called whom, through which peer, when.
 fn call_record(request: &Request, id: String, number: &str, a_peer: &str) -> CallRecord {
     let caller = request
@@ -402,5 +415,50 @@ impl Dispatcher for CallManager {
             | Method::Notify => Self::reply(request, 481),
             _ => Self::reply(request, 405),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::{Peer, Registration, TransportKind};
+    use crate::sip::message::{parse, Message};
+
+    fn invite(uri_user: &str, to_user: &str) -> Request {
+        let text = format!(
+            "INVITE sip:{uri_user}@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n\
+             From: <sip:13800138000@carrier>;tag=1\r\nTo: <sip:{to_user}@carrier>\r\nCall-ID: x\r\n\
+             CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        );
+        match parse(text.as_bytes()) {
+            Ok(Message::Request(request)) => request,
+            other => panic!("unparsed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_call_to_the_registered_contact_dials_the_to_user() {
+        let address = "127.0.0.1:5070".parse().unwrap_or_else(|e| panic!("{e}"));
+        let plain = Peer::new("carrier", address, None, TransportKind::Udp);
+        let mut registering = plain.clone();
+        registering.registration = Some(Registration {
+            user: "gw".into(),
+            domain: "carrier".into(),
+            expires: Duration::from_secs(3600),
+        });
+        assert_eq!(
+            dialed_number(&invite("gw", "12345"), &registering).as_deref(),
+            Some("12345")
+        );
+        assert_eq!(
+            dialed_number(&invite("110", "12345"), &registering).as_deref(),
+            Some("110"),
+            "another R-URI user is the dialed number"
+        );
+        assert_eq!(
+            dialed_number(&invite("gw", "12345"), &plain).as_deref(),
+            Some("gw"),
+            "a peer we do not register at: the R-URI as ever"
+        );
     }
 }

@@ -88,8 +88,22 @@ pub struct Peer {
     pub charset: Charset,
     /// How often it is probed with OPTIONS (None: never, and it counts as up).
     pub probe_interval: Option<std::time::Duration>,
+    /// The registration the gateway keeps at it (RFC 3261 §10; None: not registered).
+    pub registration: Option<Registration>,
     /// Up or down, as its probes found (up until they find otherwise).
     liveness: health::Liveness,
+}
+
+/// A registration the gateway keeps at a peer acting as registrar (RFC 3261 §10): the address
+/// of record `sip:user@domain` and the expiry asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The AOR's user part (the peer's `outbound_username`); a request from the peer whose
+    /// Request-URI user is this one was sent to our registered contact.
+    pub user: String,
+    /// The AOR's host.
+    pub domain: String,
+    pub expires: std::time::Duration,
 }
 
 impl Peer {
@@ -115,6 +129,7 @@ impl Peer {
             outbound: None,
             charset: Charset::Utf8,
             probe_interval: None,
+            registration: None,
             liveness: health::Liveness::default(),
         }
     }
