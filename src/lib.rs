@@ -125,6 +125,7 @@ fn nonce_key() -> Result<[u8; 32], StartError> {
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
     let router = Arc::new(Router::from(&config));
     warn_clear_srtp(&router);
+    warn_registration_pending(&router);
     let (max_calls, max_tcp_connections) = allowances(&config);
     let metrics = Arc::new(Metrics::new());
     // One gateway per store, claimed before anything is touched; then every socket is bound, so
@@ -276,6 +277,17 @@ fn warn_clear_srtp(router: &Router) {
         tracing::warn!(
             peer = %peer.name,
             "srtp = \"mandatory\" without transport = \"tls\": the SRTP keys cross the network in clear SIP"
+        );
+    }
+}
+
+/// Warns of each peer with `register = true`: the key is checked, but this build sends no
+/// REGISTER yet (outbound registration, RFC 3261 §10, is still to come).
+fn warn_registration_pending(router: &Router) {
+    for peer in router.peers().iter().filter(|p| p.registration.is_some()) {
+        tracing::warn!(
+            peer = %peer.name,
+            "register = true: outbound registration is not implemented in this build; no REGISTER is sent"
         );
     }
 }
