@@ -124,9 +124,15 @@ impl Dialog {
     /// A new in-dialog request (§12.2.1.1) with the next local CSeq. The caller adds Via, Contact
     /// and a body.
     pub fn request(&mut self, method: Method) -> Request {
-        self.local_sequence = self.local_sequence.wrapping_add(1) & 0x7fff_ffff;
-        let sequence = self.local_sequence;
+        let sequence = self.next_sequence();
         self.build(method, sequence)
+    }
+
+    /// Takes the next local CSeq (§12.2.1.1) for a request built elsewhere: one sent again
+    /// with credentials after a challenge (§8.1.3.5), so later requests keep counting up.
+    pub fn next_sequence(&mut self) -> u32 {
+        self.local_sequence = self.local_sequence.wrapping_add(1) & 0x7fff_ffff;
+        self.local_sequence
     }
 
     /// The ACK for a 2xx to our INVITE with CSeq `invite_sequence` (§13.2.2.4).

@@ -19,6 +19,7 @@ use crate::sip::sdp::{self, Direction, Origin, SessionDescription, SrtpTerms};
 use crate::sip::target::Target;
 use crate::sip::transaction::{DialogKey, ServerTransactionId};
 
+use super::challenge::outbound;
 use super::dialogs::{answer_reoffer, leg_media};
 use super::fork::{Attempt, Failure, Fork, ForkTimeout, ForkTimeouts, Progress};
 use super::invite::InviteTo;
@@ -55,6 +56,11 @@ impl Guest {
             call_id: self.call_id.clone(),
             local_tag: self.tag.clone(),
         }
+    }
+
+    /// The guest's dialog, once it answered and until it leaves.
+    pub(super) fn dialog_mut(&mut self) -> Option<&mut Dialog> {
+        self.dialog.as_mut()
     }
 }
 
@@ -261,10 +267,12 @@ impl Call {
             // acknowledged and released.
             let ours = dialog.remote_tag().to_string();
             let (invite, target) = (attempt.invite.clone(), attempt.target);
+            let credentials = outbound(guest.fork.peer());
             self.answer_again(
                 &invite,
                 target,
                 response,
+                credentials,
                 |d| d.remote_tag() == ours,
                 "forked answer not used",
             );
@@ -303,7 +311,8 @@ impl Call {
             _ => None,
         };
         let (Some(negotiated), Some(party)) = (negotiated, guest.party) else {
-            self.bye_dialog(dialog, target, "guest's answer not acceptable");
+            let credentials = outbound(self.guests[index].fork.peer());
+            self.bye_dialog(dialog, target, credentials, "guest's answer not acceptable");
             self.guest_failed(now, index, 488);
             return;
         };
@@ -493,8 +502,9 @@ impl Call {
             .position(|g| g.party == Some(party) && g.dialog.is_some())
         {
             let guest = &mut self.guests[index];
+            let credentials = outbound(guest.fork.peer());
             if let (Some(dialog), Some(target)) = (guest.dialog.take(), guest.fork.target()) {
-                self.bye_dialog_with_reason(dialog, target, REASON);
+                self.bye_dialog_with_reason(dialog, target, credentials, REASON);
             }
             self.guest_left(index);
             return;
@@ -511,8 +521,9 @@ impl Call {
             return;
         }
         let target = self.legs[leg].target;
+        let credentials = self.leg_outbound(leg);
         if let Some(dialog) = self.legs[leg].dialog.take() {
-            self.bye_dialog_with_reason(dialog, target, REASON);
+            self.bye_dialog_with_reason(dialog, target, credentials, REASON);
         }
         self.leg_left(leg);
     }
@@ -652,9 +663,10 @@ impl Call {
                 self.send_dtmf_info(leg, digit, None);
             } else if let Some(guest) = self.guests.iter_mut().find(|g| g.party == Some(other)) {
                 let target = guest.fork.target();
+                let credentials = outbound(guest.fork.peer());
                 let info = guest.dialog.as_mut().map(|d| d.request(Method::Info));
                 if let (Some(info), Some(target)) = (info, target) {
-                    self.push_dtmf_info(info, target, digit, None);
+                    self.push_dtmf_info(info, target, credentials, digit, None);
                 }
             }
         }
@@ -666,7 +678,8 @@ impl Call {
             match guest.dialog.take() {
                 Some(dialog) => {
                     if let Some(target) = guest.fork.target() {
-                        self.bye_dialog_with_reason(dialog, target, reason);
+                        let credentials = outbound(guest.fork.peer());
+                        self.bye_dialog_with_reason(dialog, target, credentials, reason);
                     }
                 }
                 None => {

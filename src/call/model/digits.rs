@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use crate::call::hotkey::HotkeyAction;
 use crate::media::{Leg, MediaCommand, Party};
+use crate::routing::credentials::OutboundCredentials;
 use crate::sip::message::{Method, Request};
 use crate::sip::target::Target;
 
@@ -144,15 +145,18 @@ impl Call {
         else {
             return;
         };
-        self.push_dtmf_info(info, target, digit, format);
+        let credentials = self.leg_outbound(leg);
+        self.push_dtmf_info(info, target, credentials, digit, format);
     }
 
     /// Completes an INFO carrying `digit` (`application/dtmf` if `format` says so, else
-    /// `application/dtmf-relay`) and sends it to `target`.
+    /// `application/dtmf-relay`) and sends it to `target` (a challenge to it answered with
+    /// `credentials`).
     pub(super) fn push_dtmf_info(
         &mut self,
         mut info: Request,
         target: Target,
+        credentials: Option<OutboundCredentials>,
         digit: char,
         format: Option<&str>,
     ) {
@@ -167,9 +171,6 @@ impl Call {
             info.body = Bytes::from(format!("Signal={digit}\r\nDuration=160\r\n"));
         }
         let info = self.with_via(info, target);
-        self.actions.push_back(Action::SendRequest {
-            request: info,
-            target,
-        });
+        self.send_in_dialog(info, target, credentials);
     }
 }

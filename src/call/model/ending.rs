@@ -86,6 +86,7 @@ impl Call {
             self.actions.push_back(Action::Unbridged(caller_side));
         }
         self.timers = [None; TIMERS.len()];
+        self.in_dialog.clear();
         self.setup.stop_timers();
         for key in std::mem::take(&mut self.released)
             .into_iter()
@@ -133,7 +134,8 @@ impl Call {
             }
             if let Some(dialog) = self.legs[leg].dialog.take() {
                 let target = self.legs[leg].target;
-                self.bye_dialog_with_reason(dialog, target, cause);
+                let credentials = self.leg_outbound(leg);
+                self.bye_dialog_with_reason(dialog, target, credentials, cause);
             }
         }
         self.end(ended_by, reason, 200, true);

@@ -7,6 +7,7 @@
 use bytes::Bytes;
 
 use crate::media::Leg;
+use crate::routing::credentials::OutboundCredentials;
 use crate::routing::Peer;
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{self, Headers, Host, Method, NameAddr, Request, Response, Uri};
@@ -162,13 +163,15 @@ impl Call {
     }
 
     /// A 2xx to an INVITE whose answer was taken already, or given up on: the same ACK again;
-    /// the dialog it makes is released with BYE unless `keep` says it is the one in use (a
-    /// retransmission of the answer we took). True if it was released.
+    /// the dialog it makes is released with BYE (a challenge to it answered with
+    /// `credentials`) unless `keep` says it is the one in use (a retransmission of the answer
+    /// we took). True if it was released.
     pub(super) fn answer_again(
         &mut self,
         invite: &Request,
         target: Target,
         response: &Response,
+        credentials: Option<OutboundCredentials>,
         keep: impl FnOnce(&Dialog) -> bool,
         why: &str,
     ) -> bool {
@@ -181,7 +184,7 @@ impl Call {
         if keep(&dialog) {
             return false;
         }
-        self.bye_dialog(dialog, target, why);
+        self.bye_dialog(dialog, target, credentials, why);
         true
     }
 
@@ -195,10 +198,12 @@ impl Call {
             .dialog
             .as_ref()
             .map(|d| d.remote_tag().to_string());
+        let credentials = self.leg_outbound(leg);
         self.answer_again(
             &invite,
             target,
             response,
+            credentials,
             |d| ours.as_deref() == Some(d.remote_tag()),
             "forked answer not used",
         );
@@ -212,10 +217,13 @@ impl Call {
         };
         let (invite, target, released) = (attempt.invite.clone(), attempt.target, attempt.released);
         if (200..300).contains(&response.status) {
+            // The peer of an attempt given up on is not kept: a challenge to this BYE fails
+            // it (the dialog was never used).
             let released_now = self.answer_again(
                 &invite,
                 target,
                 response,
+                None,
                 |_| released,
                 "answer to an attempt given up",
             );
@@ -236,15 +244,25 @@ impl Call {
         }
     }
 
-    pub(super) fn bye_dialog(&mut self, dialog: Dialog, target: Target, why: &str) {
+    /// BYE to `dialog` (one the call does not use), answering a challenge with `credentials`.
+    pub(super) fn bye_dialog(
+        &mut self,
+        dialog: Dialog,
+        target: Target,
+        credentials: Option<OutboundCredentials>,
+        why: &str,
+    ) {
         tracing::debug!(call = %self.id, why, "releasing dialog");
-        self.bye_dialog_with_reason(dialog, target, None);
+        self.bye_dialog_with_reason(dialog, target, credentials, None);
     }
 
+    /// BYE to `dialog`, with RFC 3326 Reason `reason`; the call waits for its final answer
+    /// (bounded by the cleanup timer), a challenge to it answered with `credentials`.
     pub(super) fn bye_dialog_with_reason(
         &mut self,
         mut dialog: Dialog,
         target: Target,
+        credentials: Option<OutboundCredentials>,
         reason: Option<&str>,
     ) {
         let mut bye = self.with_via(dialog.request(Method::Bye), target);
@@ -256,9 +274,6 @@ impl Call {
         if let Some(branch) = bye.top_via().and_then(|v| v.branch().map(str::to_string)) {
             self.pending.insert(branch);
         }
-        self.actions.push_back(Action::SendRequest {
-            request: bye,
-            target,
-        });
+        self.send_in_dialog(bye, target, credentials);
     }
 }

@@ -33,7 +33,7 @@
 //! | `fork.rs` | one serially forked INVITE (leg B's setup, a transfer, each guest); retired attempts |
 //! | `setup.rs` | the caller's INVITE and leg B's setup up to the answer |
 //! | `invite.rs` | the INVITEs, BYEs and late-2xx ACKs the gateway sends |
-//! | `challenge.rs` | a peer's 401/407 to our INVITE answered with its outbound credentials |
+//! | `challenge.rs` | a peer's 401/407 to our INVITEs and in-dialog requests answered with its outbound credentials |
 //! | `dialogs.rs` | requests inside the legs' dialogs: BYE, re-INVITE/UPDATE, ACK, OPTIONS |
 //! | `transfer.rs` | blind and attended transfer, REFER and its NOTIFYs, the fallback |
 //! | `conference.rs` | guests and the mixed three-way call |
@@ -61,7 +61,7 @@ pub use actions::{
     TransferError, ALLOW,
 };
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -142,6 +142,9 @@ pub struct Call {
     cancelled: bool,
     /// Branches of our BYE/CANCEL transactions still awaiting a final response.
     pending: HashSet<String>,
+    /// In-dialog requests to peers with credentials, by branch, until their final response:
+    /// a challenge to one is answered (`challenge.rs`).
+    in_dialog: HashMap<String, challenge::InDialog>,
     timers: [Option<Instant>; TIMERS.len()],
     last_failure: (u16, String),
     transfer: Option<Transfer>,
@@ -245,6 +248,7 @@ impl Call {
             nonce_counts: Default::default(),
             cancelled: false,
             pending: HashSet::new(),
+            in_dialog: HashMap::new(),
             timers: [None; TIMERS.len()],
             last_failure: (480, "Temporarily Unavailable".into()),
             transfer: None,
@@ -350,6 +354,9 @@ impl Call {
 
     /// A response to a request of ours, to whichever state sent it.
     fn handle_response(&mut self, now: Instant, branch: &str, response: Response) {
+        if self.answer_in_dialog_challenge(branch, &response) {
+            return;
+        }
         if self.handle_refresh_response(now, branch, &response) {
             return;
         }
@@ -386,6 +393,7 @@ impl Call {
     }
 
     fn handle_transaction_timeout(&mut self, now: Instant, branch: &str, method: Method) {
+        self.forget_in_dialog(branch);
         if self.handle_refresh_timeout(branch) {
             return;
         }

@@ -39,6 +39,17 @@ struct Refresh {
     answered: bool,
 }
 
+impl LegSession {
+    /// Our refresh of `old` went again as `new` with CSeq `sequence` (answering a challenge):
+    /// its answers and its ACK follow the new one.
+    pub(super) fn rebranch(&mut self, old: &str, new: &str, sequence: u32) {
+        if let Some(refresh) = self.refresh.as_mut().filter(|r| r.branch == old) {
+            refresh.branch = new.to_string();
+            refresh.sequence = sequence;
+        }
+    }
+}
+
 fn timer_of(leg: Leg) -> Timer {
     match leg {
         Leg::A => Timer::SessionA,
@@ -328,8 +339,8 @@ impl Call {
             .and_then(|v| v.branch().map(str::to_string))
             .unwrap_or_default();
         tracing::debug!(call = %self.id, ?leg, method = method.as_str(), "session refresh");
-        self.actions
-            .push_back(Action::SendRequest { request, target });
+        let credentials = self.leg_outbound(leg);
+        self.send_in_dialog(request, target, credentials);
         self.legs[leg].session.refresh = Some(Refresh {
             branch,
             method,
@@ -471,7 +482,8 @@ impl Call {
         if self.has_guests() {
             if let Some(dialog) = self.legs[leg].dialog.take() {
                 let target = self.legs[leg].target;
-                self.bye_dialog_with_reason(dialog, target, Some(reason));
+                let credentials = self.leg_outbound(leg);
+                self.bye_dialog_with_reason(dialog, target, credentials, Some(reason));
             }
             self.leg_left(leg);
         } else {

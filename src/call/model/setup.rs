@@ -12,6 +12,7 @@ use crate::sip::message::{self, Response};
 use crate::sip::sdp::{self, Direction, Negotiated, SrtpTerms};
 use crate::sip::target::Target;
 
+use super::challenge::outbound;
 use super::dialogs::leg_media;
 use super::fork::{Attempt, Failure, ForkTimeout, Progress};
 use super::{Action, Call, EndedBy, State, ALLOW};
@@ -242,7 +243,8 @@ impl Call {
         self.setup.handle_answered();
         if self.cancelled || self.state != State::Calling {
             // The caller left while the callee answered: release the callee (§15).
-            self.bye_dialog(dialog, target, "caller cancelled");
+            let credentials = outbound(self.setup.peer());
+            self.bye_dialog(dialog, target, credentials, "caller cancelled");
             return;
         }
         let negotiated = response
@@ -255,7 +257,8 @@ impl Call {
             });
         let Some(negotiated) = negotiated else {
             // §13.2.1: an unusable answer is acknowledged, then the session ended with BYE.
-            self.bye_dialog(dialog, target, "unacceptable answer");
+            let credentials = outbound(self.setup.peer());
+            self.bye_dialog(dialog, target, credentials, "unacceptable answer");
             self.fail_caller(
                 488,
                 "Not Acceptable Here",

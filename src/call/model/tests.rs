@@ -2124,3 +2124,5 @@ fn a_challenge_from_a_peer_without_credentials_fails_the_call() {
     assert_eq!(h.sent(Method::Invite).len(), 1);
     assert_eq!(statuses(&h.responses(A_SERVER)).last(), Some(&401));
 }
+
+mod challenges;

@@ -15,6 +15,7 @@ use crate::sip::sdp::{self, Direction, Origin, SessionDescription};
 use crate::sip::target::Target;
 use crate::sip::transaction::{DialogKey, ServerTransactionId};
 
+use super::challenge::outbound;
 use super::dialogs::leg_media;
 use super::fork::{Attempt, Failure, Fork, ForkTimeout, ForkTimeouts, Progress};
 use super::invite::InviteTo;
@@ -367,10 +368,8 @@ impl Call {
         let branch = notify
             .top_via()
             .and_then(|v| v.branch().map(str::to_string));
-        self.actions.push_back(Action::SendRequest {
-            request: notify,
-            target,
-        });
+        let credentials = self.leg_outbound(leg);
+        self.send_in_dialog(notify, target, credentials);
         branch
     }
 
@@ -458,7 +457,13 @@ impl Call {
             return;
         };
         let Some(negotiated) = negotiated else {
-            self.bye_dialog(dialog, target, "transfer target's answer not acceptable");
+            let credentials = outbound(self.transfer.as_ref().and_then(|t| t.fork.peer()));
+            self.bye_dialog(
+                dialog,
+                target,
+                credentials,
+                "transfer target's answer not acceptable",
+            );
             self.transfer_failed(now, 488);
             return;
         };
@@ -470,7 +475,8 @@ impl Call {
         // The agent's leg is released; the target takes it over.
         if let Some(agent) = self.legs[from].dialog.take() {
             let agent_target = self.legs[from].target;
-            self.bye_dialog(agent, agent_target, "transferred");
+            let credentials = self.leg_outbound(from);
+            self.bye_dialog(agent, agent_target, credentials, "transferred");
         }
         let media = leg_media(&negotiated);
         let peer = transfer.fork.peer().cloned();
