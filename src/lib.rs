@@ -14,7 +14,7 @@
 //! | [`config`] | the TOML tree, parsed once (into the parts' types where they parse), validated with file/key/reason errors, converted into what the parts' constructors take |
 //! | [`sip`] | message grammar, SDP, sans-IO transactions and transaction layer (and the events/keys the call model speaks), targets, UDP/TCP/TLS transport, the endpoint driver; digest auth as server (`auth`) and client (`digest_client`) |
 //! | [`call`] | the call state machine (sans-IO) split by state: legs, forks (a peer's challenge answered), transfer, guests; hotkeys, screening, identity |
-//! | [`gateway`] | the I/O around the call model: the call's driver task, admission, the work-order glue, the peer prober (OPTIONS) |
+//! | [`gateway`] | the I/O around the call model: the call's driver task, admission, the work-order glue, the peer prober (OPTIONS), the registrar client (REGISTER) |
 //! | [`media`] | codecs, G.711, RTP rewriting, SRTP, the mixer (pure); port allocation; the relay: a sans-IO per-call state and the worker threads that own the sockets |
 //! | [`routing`] | number -> peers (those up), source address -> peer; a peer's vocabulary (transport, SRTP policy, credentials, charset) and health (sans-IO probe state, liveness flag) |
 //! | [`store`] | SQLite call records, linkage and conference records, the work-order outbox |
@@ -125,7 +125,6 @@ fn nonce_key() -> Result<[u8; 32], StartError> {
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
     let router = Arc::new(Router::from(&config));
     warn_clear_srtp(&router);
-    warn_registration_pending(&router);
     let (max_calls, max_tcp_connections) = allowances(&config);
     let metrics = Arc::new(Metrics::new());
     // One gateway per store, claimed before anything is touched; then every socket is bound, so
@@ -179,6 +178,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         &metrics,
         &events,
     )?;
+    let registrar = gateway::registrar::RegistrarServices {
+        endpoint: handle.clone(),
+        local_sip,
+        local_tls_port: transport_tls.map(|a| a.port()),
+        metrics: Arc::clone(&metrics),
+        ids: ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
+    };
     manager.attach(CallServices {
         endpoint: handle,
         store: store.clone(),
@@ -196,6 +202,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     tracker.spawn(gateway::prober::run(
         Arc::clone(&router),
         prober,
+        shutdown.clone(),
+    ));
+    // Tracked too: its un-REGISTERs go out while the endpoint still runs.
+    tracker.spawn(gateway::registrar::run(
+        Arc::clone(&router),
+        registrar,
         shutdown.clone(),
     ));
 
@@ -277,17 +289,6 @@ fn warn_clear_srtp(router: &Router) {
         tracing::warn!(
             peer = %peer.name,
             "srtp = \"mandatory\" without transport = \"tls\": the SRTP keys cross the network in clear SIP"
-        );
-    }
-}
-
-/// Warns of each peer with `register = true`: the key is checked, but this build sends no
-/// REGISTER yet (outbound registration, RFC 3261 §10, is still to come).
-fn warn_registration_pending(router: &Router) {
-    for peer in router.peers().iter().filter(|p| p.registration.is_some()) {
-        tracing::warn!(
-            peer = %peer.name,
-            "register = true: outbound registration is not implemented in this build; no REGISTER is sent"
         );
     }
 }

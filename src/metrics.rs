@@ -418,6 +418,18 @@ pub struct Metrics {
     /// `hotline_peer_up{peer}`: each probed peer, in the order first set. Written at each
     /// change of a peer's state, read per scrape: a lock is cheap here (no call path takes it).
     peers_up: Mutex<Vec<(String, bool)>>,
+    /// `hotline_peer_registered{peer}` and `hotline_peer_registrations_total{peer,result}`:
+    /// each registering peer, in the order first set (written per REGISTER answer).
+    registrations: Mutex<Vec<PeerRegistration>>,
+}
+
+/// One registering peer's rows.
+#[derive(Debug)]
+struct PeerRegistration {
+    peer: String,
+    registered: bool,
+    ok: u64,
+    failed: u64,
 }
 
 impl Default for Metrics {
@@ -427,6 +439,7 @@ impl Default for Metrics {
             gauges: std::array::from_fn(|_| AtomicI64::new(0)),
             calls: std::array::from_fn(|_| AtomicU64::new(0)),
             peers_up: Mutex::new(Vec::new()),
+            registrations: Mutex::new(Vec::new()),
         }
     }
 }
@@ -468,6 +481,35 @@ impl Metrics {
         }
     }
 
+    /// Sets `hotline_peer_registered{peer="name"}` (a registering peer: 1 bound, 0 not) and
+    /// counts the REGISTER answer that set it, if any (`Some(true)` a success, `Some(false)` a
+    /// failure).
+    pub fn set_peer_registered(&self, peer: &str, registered: bool, answer: Option<bool>) {
+        let mut peers = self
+            .registrations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let index = match peers.iter().position(|p| p.peer == peer) {
+            Some(index) => index,
+            None => {
+                peers.push(PeerRegistration {
+                    peer: peer.to_string(),
+                    registered,
+                    ok: 0,
+                    failed: 0,
+                });
+                peers.len() - 1
+            }
+        };
+        let entry = &mut peers[index];
+        entry.registered = registered;
+        match answer {
+            Some(true) => entry.ok += 1,
+            Some(false) => entry.failed += 1,
+            None => {}
+        }
+    }
+
     pub fn counter(&self, counter: Counter) -> u64 {
         self.counters[counter_index(counter)].load(Ordering::Relaxed)
     }
@@ -493,6 +535,7 @@ impl Metrics {
             );
         }
         self.render_peers_up(&mut out);
+        self.render_registrations(&mut out);
         for (index, (_, name, help)) in COUNTERS.iter().enumerate() {
             let value = self.counters[index].load(Ordering::Relaxed);
             let _ = writeln!(
@@ -522,6 +565,44 @@ impl Metrics {
                 label_value(peer),
                 u8::from(*up)
             );
+        }
+    }
+}
+
+impl Metrics {
+    /// The registering peers' rows, when some peer registers.
+    fn render_registrations(&self, out: &mut String) {
+        let peers = self
+            .registrations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if peers.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hotline_peer_registered whether the gateway's registration at the peer holds (1) or not (0)\n# TYPE hotline_peer_registered gauge"
+        );
+        for entry in peers.iter() {
+            let _ = writeln!(
+                out,
+                "hotline_peer_registered{{peer=\"{}\"}} {}",
+                label_value(&entry.peer),
+                u8::from(entry.registered)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hotline_peer_registrations_total REGISTER attempts at a peer, by result (ok: bound or refreshed; failed: refused, wrong credentials or unanswered)\n# TYPE hotline_peer_registrations_total counter"
+        );
+        for entry in peers.iter() {
+            let peer = label_value(&entry.peer);
+            for (result, value) in [("ok", entry.ok), ("failed", entry.failed)] {
+                let _ = writeln!(
+                    out,
+                    "hotline_peer_registrations_total{{peer=\"{peer}\",result=\"{result}\"}} {value}"
+                );
+            }
         }
     }
 }
@@ -575,6 +656,28 @@ mod tests {
         assert_eq!(names.len(), COUNTERS.len());
         assert_eq!(metrics.counter(Counter::RtpPacketsRelayed), 500);
         assert!(!text.contains("hotline_peer_up"), "no probed peer: no rows");
+    }
+
+    #[test]
+    fn registering_peers_have_a_gauge_and_counters_each() {
+        let metrics = Metrics::new();
+        assert!(!metrics.render().contains("hotline_peer_registered"));
+        metrics.set_peer_registered("carrier", false, None);
+        metrics.set_peer_registered("carrier", false, Some(false));
+        metrics.set_peer_registered("carrier", true, Some(true));
+        metrics.set_peer_registered("ims", false, Some(false));
+        let text = metrics.render();
+        for row in [
+            "# TYPE hotline_peer_registered gauge\n",
+            "hotline_peer_registered{peer=\"carrier\"} 1\n",
+            "hotline_peer_registered{peer=\"ims\"} 0\n",
+            "# TYPE hotline_peer_registrations_total counter\n",
+            "hotline_peer_registrations_total{peer=\"carrier\",result=\"ok\"} 1\n",
+            "hotline_peer_registrations_total{peer=\"carrier\",result=\"failed\"} 1\n",
+            "hotline_peer_registrations_total{peer=\"ims\",result=\"ok\"} 0\n",
+        ] {
+            assert!(text.contains(row), "{row} not in {text}");
+        }
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The I/O around the pure call model: the task that drives one call ([`driver`]), the
 //! dispatcher that admits new requests and gives each admitted call its media and its task
 //! ([`admission`]), a call's side of the work-order link ([`link`]), and the task that probes
-//! peers with OPTIONS and marks them down or up ([`prober`]).
+//! peers with OPTIONS and marks them down or up ([`prober`]), and the one that keeps the
+//! gateway registered at the peers it registers at ([`registrar`]).
 
 pub mod admission;
 pub mod driver;
 pub mod link;
 pub mod prober;
+pub mod registrar;

@@ -20,7 +20,7 @@ use crate::routing::health::{Change, PeerHealth};
 use crate::routing::{Peer, Router};
 use crate::sip::endpoint::{owner_channel, EndpointHandle};
 use crate::sip::message::{Headers, Host, Method, NameAddr, Request, Uri};
-use crate::sip::target::Target;
+use crate::sip::target::{local_for, Target};
 use crate::sip::transaction::{via_for, SipEvent};
 use crate::store::Changes;
 use crate::workorder::hub::EventHub;
@@ -155,10 +155,7 @@ impl Probed {
     fn next_request(&mut self, services: &mut ProberServices) -> (Request, Target) {
         let target = Target::for_peer(&self.peer);
         let branch = services.ids.branch();
-        let local = match services.local_tls_port {
-            Some(port) if target.is_secure() => SocketAddr::new(services.local_sip.ip(), port),
-            _ => services.local_sip,
-        };
+        let local = local_for(services.local_sip, services.local_tls_port, target);
         let address = self.peer.address;
         let uri = Uri::sip(None, Host::Ip(address.ip()), Some(address.port()));
         let from = NameAddr::new(Uri::sip(

@@ -10,6 +10,7 @@ pub mod endpoint;
 pub mod guard;
 pub mod message;
 pub mod overload;
+pub mod registration;
 pub mod sdp;
 pub mod session_timer;
 pub mod target;

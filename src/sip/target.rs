@@ -51,6 +51,15 @@ pub enum Target {
     TlsConnection(ConnectionId, SocketAddr),
 }
 
+/// Our address as a request to `target` names it (Via, Contact): the SIP address, with the
+/// TLS port for TLS.
+pub fn local_for(local_sip: SocketAddr, local_tls_port: Option<u16>, target: Target) -> SocketAddr {
+    match local_tls_port {
+        Some(port) if target.is_secure() => SocketAddr::new(local_sip.ip(), port),
+        _ => local_sip,
+    }
+}
+
 impl Target {
     /// How requests to `peer` go.
     pub fn for_peer(peer: &crate::routing::Peer) -> Target {

@@ -57,10 +57,7 @@ pub struct CallSettings {
 impl CallSettings {
     /// Our address as a peer reached over `target` sees it (the TLS port for TLS).
     pub fn local_for(&self, target: Target) -> SocketAddr {
-        match self.local_tls_port {
-            Some(port) if target.is_secure() => SocketAddr::new(self.local_sip.ip(), port),
-            _ => self.local_sip,
-        }
+        crate::sip::target::local_for(self.local_sip, self.local_tls_port, target)
     }
 }
 

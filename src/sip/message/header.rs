@@ -343,6 +343,11 @@ impl NameAddr {
         find_param(&self.params, "tag").flatten()
     }
 
+    /// A header parameter (after the `>`), e.g. a Contact's `expires` (§20.10).
+    pub fn param(&self, name: &str) -> Option<Option<&str>> {
+        find_param(&self.params, name)
+    }
+
     pub fn with_tag(mut self, tag: &str) -> NameAddr {
         self.params.retain(|(n, _)| !n.eq_ignore_ascii_case("tag"));
         self.params.push(("tag".into(), Some(tag.to_string())));
