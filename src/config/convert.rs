@@ -126,6 +126,8 @@ impl From<&SipConfig> for TransportConfig {
     fn from(sip: &SipConfig) -> TransportConfig {
         TransportConfig {
             listen: sip.listen,
+            // `[[interface]]`s are the configuration's, set beside this (`Config::transport`).
+            interfaces: Vec::new(),
             max_message_size: sip.max_message_size,
             tcp_idle_timeout: Duration::from_secs(sip.tcp_idle_timeout_secs),
             max_tcp_connections: sip.max_tcp_connections,

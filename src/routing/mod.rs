@@ -90,8 +90,20 @@ pub struct Peer {
     pub probe_interval: Option<std::time::Duration>,
     /// The registration the gateway keeps at it (RFC 3261 §10; None: not registered).
     pub registration: Option<Registration>,
+    /// The interface it is reached on (its network).
+    pub interface: InterfaceId,
     /// Up or down, as its probes found (up until they find otherwise).
     liveness: health::Liveness,
+}
+
+/// One of the gateway's interfaces (`[[interface]]`, in the order configured after the
+/// default): the addresses it speaks SIP and media from on one network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct InterfaceId(pub u8);
+
+impl InterfaceId {
+    /// The `[sip]`/`[media]` interface.
+    pub const DEFAULT: InterfaceId = InterfaceId(0);
 }
 
 /// A registration the gateway keeps at a peer acting as registrar (RFC 3261 §10): the address
@@ -130,6 +142,7 @@ impl Peer {
             charset: Charset::Utf8,
             probe_interval: None,
             registration: None,
+            interface: InterfaceId::DEFAULT,
             liveness: health::Liveness::default(),
         }
     }

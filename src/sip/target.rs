@@ -3,52 +3,61 @@
 
 use std::net::SocketAddr;
 
+pub use crate::routing::InterfaceId;
 use crate::routing::TransportKind;
 
 /// Identifies one TCP connection for the life of the process.
 pub type ConnectionId = u64;
 
-/// How a message arrived, and so how a response goes back (§18.2.2).
+/// How a message arrived (on which of our interfaces, over what), and so how a response goes
+/// back (§18.2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Flow {
-    Udp,
-    Tcp(ConnectionId),
-    Tls(ConnectionId),
+    Udp(InterfaceId),
+    Tcp(InterfaceId, ConnectionId),
+    Tls(InterfaceId, ConnectionId),
 }
 
 impl Flow {
     pub fn is_reliable(&self) -> bool {
-        !matches!(self, Flow::Udp)
+        !matches!(self, Flow::Udp(_))
+    }
+
+    /// The interface it came in on.
+    pub fn interface(&self) -> InterfaceId {
+        match *self {
+            Flow::Udp(interface) | Flow::Tcp(interface, _) | Flow::Tls(interface, _) => interface,
+        }
     }
 
     /// The Via transport token.
     pub fn via_transport(&self) -> &'static str {
         match self {
-            Flow::Udp => "UDP",
-            Flow::Tcp(_) => "TCP",
-            Flow::Tls(_) => "TLS",
+            Flow::Udp(_) => "UDP",
+            Flow::Tcp(..) => "TCP",
+            Flow::Tls(..) => "TLS",
         }
     }
 
     /// Where a response to a request that came this way from `source` goes (§18.2.2).
     pub fn response_target(&self, source: SocketAddr) -> Target {
         match *self {
-            Flow::Udp => Target::Udp(source),
-            Flow::Tcp(id) => Target::Connection(id, source),
-            Flow::Tls(id) => Target::TlsConnection(id, source),
+            Flow::Udp(interface) => Target::Udp(interface, source),
+            Flow::Tcp(interface, id) => Target::Connection(interface, id, source),
+            Flow::Tls(interface, id) => Target::TlsConnection(interface, id, source),
         }
     }
 }
 
-/// Where to send: an address, over UDP, an existing TCP or TLS connection, or a (new or reused)
-/// TCP or TLS connection to that address.
+/// Where to send, from which of our interfaces: an address over UDP, an existing TCP or TLS
+/// connection, or a (new or reused) TCP or TLS connection to that address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {
-    Udp(SocketAddr),
-    Tcp(SocketAddr),
-    Connection(ConnectionId, SocketAddr),
-    Tls(SocketAddr),
-    TlsConnection(ConnectionId, SocketAddr),
+    Udp(InterfaceId, SocketAddr),
+    Tcp(InterfaceId, SocketAddr),
+    Connection(InterfaceId, ConnectionId, SocketAddr),
+    Tls(InterfaceId, SocketAddr),
+    TlsConnection(InterfaceId, ConnectionId, SocketAddr),
 }
 
 /// Our address as a request to `target` names it (Via, Contact): the SIP address, with the
@@ -64,28 +73,39 @@ impl Target {
     /// How requests to `peer` go.
     pub fn for_peer(peer: &crate::routing::Peer) -> Target {
         match peer.transport {
-            TransportKind::Udp => Target::Udp(peer.address),
-            TransportKind::Tcp => Target::Tcp(peer.address),
-            TransportKind::Tls => Target::Tls(peer.address),
+            TransportKind::Udp => Target::Udp(peer.interface, peer.address),
+            TransportKind::Tcp => Target::Tcp(peer.interface, peer.address),
+            TransportKind::Tls => Target::Tls(peer.interface, peer.address),
         }
     }
 
     pub fn address(&self) -> SocketAddr {
         match self {
-            Target::Udp(a)
-            | Target::Tcp(a)
-            | Target::Connection(_, a)
-            | Target::Tls(a)
-            | Target::TlsConnection(_, a) => *a,
+            Target::Udp(_, a)
+            | Target::Tcp(_, a)
+            | Target::Connection(_, _, a)
+            | Target::Tls(_, a)
+            | Target::TlsConnection(_, _, a) => *a,
+        }
+    }
+
+    /// The interface it goes out of.
+    pub fn interface(&self) -> InterfaceId {
+        match *self {
+            Target::Udp(i, _)
+            | Target::Tcp(i, _)
+            | Target::Connection(i, ..)
+            | Target::Tls(i, _)
+            | Target::TlsConnection(i, ..) => i,
         }
     }
 
     pub fn is_reliable(&self) -> bool {
-        !matches!(self, Target::Udp(_))
+        !matches!(self, Target::Udp(..))
     }
 
     pub fn is_secure(&self) -> bool {
-        matches!(self, Target::Tls(_) | Target::TlsConnection(..))
+        matches!(self, Target::Tls(..) | Target::TlsConnection(..))
     }
 
     pub fn via_transport(&self) -> &'static str {

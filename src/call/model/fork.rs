@@ -409,7 +409,10 @@ mod tests {
             headers,
             body: bytes::Bytes::new(),
         };
-        let target = Target::Udp(SocketAddr::from(([127, 0, 0, 1], 5080 + index as u16)));
+        let target = Target::Udp(
+            crate::routing::InterfaceId::DEFAULT,
+            SocketAddr::from(([127, 0, 0, 1], 5080 + index as u16)),
+        );
         Attempt::new(index, invite, branch.to_string(), target)
     }
 

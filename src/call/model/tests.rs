@@ -162,7 +162,7 @@ impl Harness {
                 invite,
                 server: ServerTransactionId::new(A_SERVER),
                 source: "127.0.0.1:5070".parse().unwrap_or_else(|_| unreachable!()),
-                flow: Flow::Udp,
+                flow: Flow::Udp(crate::routing::InterfaceId::DEFAULT),
                 caller_peer,
                 number: number.into(),
                 route,
@@ -427,7 +427,10 @@ fn basic_call_is_bridged_with_callers_number_and_anchored_media() {
     };
     assert_eq!(
         target,
-        Target::Udp("127.0.0.1:5080".parse().unwrap_or_else(|_| unreachable!()))
+        Target::Udp(
+            crate::routing::InterfaceId::DEFAULT,
+            "127.0.0.1:5080".parse().unwrap_or_else(|_| unreachable!())
+        )
     );
     assert_eq!(invite.uri.to_string(), "sip:12345@127.0.0.1:5080");
     assert_eq!(
@@ -841,7 +844,10 @@ fn refer_subscription_reports_trying_ringing_and_the_answer() {
     };
     assert_eq!(
         target,
-        Target::Udp("127.0.0.1:5090".parse().unwrap_or_else(|_| unreachable!()))
+        Target::Udp(
+            crate::routing::InterfaceId::DEFAULT,
+            "127.0.0.1:5090".parse().unwrap_or_else(|_| unreachable!())
+        )
     );
     assert_eq!(invite.uri.to_string(), "sip:110@127.0.0.1:5090");
     assert_eq!(
@@ -1149,7 +1155,10 @@ fn a_refer_from_the_calling_leg_hands_leg_a_to_the_target_with_the_citizens_numb
     );
     assert_eq!(
         *to,
-        Target::Udp("127.0.0.1:5070".parse().unwrap_or_else(|_| unreachable!()))
+        Target::Udp(
+            crate::routing::InterfaceId::DEFAULT,
+            "127.0.0.1:5070".parse().unwrap_or_else(|_| unreachable!())
+        )
     );
 
     h.respond_to_invite(180, None);

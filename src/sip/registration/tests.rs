@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::routing::credentials::{Algorithm, Credentials};
+use crate::routing::InterfaceId;
 use crate::sip::auth::{Digest, Verdict};
 
 const SECRET: &str = "s3cret-trunk";
@@ -24,7 +25,7 @@ fn binding() -> Binding {
             password: SECRET.into(),
         },
         local,
-        target: Target::Udp(([10, 0, 0, 9], 5060).into()),
+        target: Target::Udp(InterfaceId::DEFAULT, ([10, 0, 0, 9], 5060).into()),
         call_id: "reg-1@10.0.0.5".into(),
         from_tag: "t1".into(),
     }
@@ -401,7 +402,7 @@ fn a_domain_that_is_an_address_and_a_tcp_peer() {
     let t0 = Instant::now();
     let mut binding = binding();
     binding.registration.domain = "2001:db8::9".into();
-    binding.target = Target::Tcp(([10, 0, 0, 9], 5060).into());
+    binding.target = Target::Tcp(InterfaceId::DEFAULT, ([10, 0, 0, 9], 5060).into());
     let mut registrant = Registrant::new(t0, binding);
     let Some(register) = registrant.poll_request(t0, || ("z9hG4bKa".into(), "c".into())) else {
         panic!("no REGISTER");

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::sip::message::{self, Request, Response, Via};
-use crate::sip::target::{Flow, Target};
+use crate::sip::target::{Flow, InterfaceId, Target};
 
 /// The port a Via's sent-by means when it names none (§18.2.1).
 const DEFAULT_PORT: u16 = 5060;
@@ -54,9 +54,9 @@ pub fn stamp_via(headers: &mut message::Headers, source: SocketAddr) {
 /// Where responses to `request` go (§18.2.2, RFC 3581 §4).
 pub fn request_response_target(request: &Request, source: SocketAddr, flow: Flow) -> Target {
     match flow {
-        Flow::Udp => match request.top_via() {
-            Some(via) => udp_response_address(&via, source),
-            None => Target::Udp(source),
+        Flow::Udp(interface) => match request.top_via() {
+            Some(via) => udp_response_address(&via, source, interface),
+            None => Target::Udp(interface, source),
         },
         reliable => reliable.response_target(source),
     }
@@ -66,17 +66,17 @@ pub fn request_response_target(request: &Request, source: SocketAddr, flow: Flow
 /// [`request_response_target`], read from the response's copy of the Via.
 pub fn response_target(response: &Response, source: SocketAddr, flow: Flow) -> Target {
     match flow {
-        Flow::Udp => match response.top_via() {
-            Some(via) => udp_response_address(&via, source),
-            None => Target::Udp(source),
+        Flow::Udp(interface) => match response.top_via() {
+            Some(via) => udp_response_address(&via, source, interface),
+            None => Target::Udp(interface, source),
         },
         reliable => reliable.response_target(source),
     }
 }
 
 /// §18.2.2 over UDP: to `received` (else the sent-by host, else the source) at `rport` (else
-/// the sent-by port, else 5060).
-pub fn udp_response_address(via: &Via, source: SocketAddr) -> Target {
+/// the sent-by port, else 5060), from the interface the request came in on.
+pub fn udp_response_address(via: &Via, source: SocketAddr, interface: InterfaceId) -> Target {
     let received: Option<IpAddr> = via.param("received").flatten().and_then(|r| r.parse().ok());
     let rport: Option<u16> = via.param("rport").flatten().and_then(|p| p.parse().ok());
     let ip = received
@@ -86,12 +86,15 @@ pub fn udp_response_address(via: &Via, source: SocketAddr) -> Target {
         })
         .unwrap_or(source.ip());
     let port = rport.or(via.port).unwrap_or(DEFAULT_PORT);
-    Target::Udp(SocketAddr::new(ip, port))
+    Target::Udp(interface, SocketAddr::new(ip, port))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An interface other than the default: responses keep the one the request came on.
+    const I: InterfaceId = InterfaceId(2);
 
     fn addr(text: &str) -> SocketAddr {
         text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
@@ -112,7 +115,10 @@ mod tests {
         assert_eq!(headers.get_all("Via").count(), 2);
         let via = Via::parse(message::header::split_list(top).next().unwrap_or_default())
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(udp_response_address(&via, source), Target::Udp(source));
+        assert_eq!(
+            udp_response_address(&via, source, I),
+            Target::Udp(I, source)
+        );
     }
 
     #[test]
@@ -124,8 +130,8 @@ mod tests {
         let via =
             Via::parse(headers.get("Via").unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            udp_response_address(&via, source),
-            Target::Udp(addr("192.0.2.7:5070"))
+            udp_response_address(&via, source, I),
+            Target::Udp(I, addr("192.0.2.7:5070"))
         );
     }
 
@@ -146,8 +152,8 @@ mod tests {
         let via =
             Via::parse("SIP/2.0/UDP 10.0.0.5;branch=z9hG4bK1").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            udp_response_address(&via, addr("192.0.2.7:40000")),
-            Target::Udp(addr("10.0.0.5:5060"))
+            udp_response_address(&via, addr("192.0.2.7:40000"), I),
+            Target::Udp(I, addr("10.0.0.5:5060"))
         );
     }
 
@@ -158,8 +164,8 @@ mod tests {
         let response = message::response_from_headers(&headers, 400, "Bad Request", None);
         let source = addr("192.0.2.7:40000");
         assert_eq!(
-            response_target(&response, source, Flow::Tcp(9)),
-            Target::Connection(9, source)
+            response_target(&response, source, Flow::Tcp(I, 9)),
+            Target::Connection(I, 9, source)
         );
     }
 }

@@ -30,7 +30,7 @@ use crate::limits::is_out_of_descriptors;
 use crate::metrics::{Counter, Metrics};
 use crate::routing::charset::Charset;
 
-use super::target::{ConnectionId, Flow, Target};
+use super::target::{ConnectionId, Flow, InterfaceId, Target};
 
 mod tcp;
 
@@ -64,10 +64,20 @@ pub enum TransportEvent {
     },
 }
 
+/// Where one more interface (`[[interface]]`) listens: SIP over UDP and TCP, and TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterfaceListen {
+    pub sip: SocketAddr,
+    pub tls: Option<SocketAddr>,
+}
+
 /// Transport settings.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
+    /// The default interface's UDP and TCP (its TLS is the TLS settings' `listen`).
     pub listen: SocketAddr,
+    /// The other interfaces, in order: interface 1, 2, …
+    pub interfaces: Vec<InterfaceListen>,
     pub max_message_size: usize,
     pub tcp_idle_timeout: Duration,
     /// Inbound TCP connections open at once; a new one beyond is closed at once.
@@ -129,14 +139,13 @@ impl Drop for SourceSlot {
 /// The handle the endpoint sends through. Cheap to clone.
 #[derive(Clone)]
 pub struct Transport {
-    udp: Arc<UdpSocket>,
+    /// Each interface's sockets, by [`InterfaceId`] (the default first).
+    interfaces: Arc<Interfaces>,
     connections: Arc<Mutex<Connections>>,
     next_connection: Arc<AtomicU64>,
     inbound: mpsc::Sender<TransportEvent>,
     config: Arc<TransportConfig>,
     tls: Option<Arc<super::tls::TlsSettings>>,
-    /// Where TLS is accepted (its port resolved).
-    tls_local: Option<SocketAddr>,
     /// Inbound TLS handshakes under way: they count against `max_tcp_connections` too.
     handshaking: Arc<std::sync::atomic::AtomicUsize>,
     bans: Arc<Bans>,
@@ -201,6 +210,34 @@ impl Bans {
     }
 }
 
+/// One interface's sockets: its UDP socket (sent from and received on) and where it accepts.
+struct BoundInterface {
+    udp: Arc<UdpSocket>,
+    /// Where TLS is accepted (its port resolved).
+    tls_local: Option<SocketAddr>,
+}
+
+/// Every interface's sockets: the default's, then the others' in order.
+struct Interfaces {
+    default: BoundInterface,
+    more: Vec<BoundInterface>,
+}
+
+impl Interfaces {
+    fn get(&self, interface: InterfaceId) -> Option<&BoundInterface> {
+        match usize::from(interface.0) {
+            0 => Some(&self.default),
+            n => self.more.get(n - 1),
+        }
+    }
+
+    /// The interface's sockets; the default's for one not configured (the configuration's
+    /// checks rule that out: a peer names an interface that exists).
+    fn get_or_default(&self, interface: InterfaceId) -> &BoundInterface {
+        self.get(interface).unwrap_or(&self.default)
+    }
+}
+
 /// How long a TLS handshake may take.
 const HANDSHAKE: Duration = Duration::from_secs(5);
 
@@ -216,7 +253,7 @@ pub enum TransportError {
 }
 
 impl Transport {
-    /// Binds UDP and TCP on `config.listen` and starts the receiving tasks.
+    /// Binds UDP and TCP (and TLS) on every interface and starts the receiving tasks.
     ///
     /// # Errors
     /// [`TransportError::Bind`] naming the protocol and address.
@@ -228,20 +265,23 @@ impl Transport {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Transport, TransportError> {
-        let (udp, tcp) = bind_udp_and_tcp(config.listen).await?;
-        let tls_listener =
-            match tls.as_ref().and_then(|t| t.listen) {
-                Some(address) => Some(TcpListener::bind(address).await.map_err(|source| {
-                    TransportError::Bind {
-                        protocol: "TLS",
-                        address,
-                        source,
-                    }
-                })?),
-                None => None,
-            };
+        let (default, listener) = bind_interface(InterfaceListen {
+            sip: config.listen,
+            tls: tls.as_ref().and_then(|t| t.listen),
+        })
+        .await?;
+        let mut listeners = vec![listener];
+        let mut bound = Vec::with_capacity(config.interfaces.len());
+        for listen in &config.interfaces {
+            let (interface, listener) = bind_interface(*listen).await?;
+            bound.push(interface);
+            listeners.push(listener);
+        }
         let transport = Transport {
-            udp: Arc::new(udp),
+            interfaces: Arc::new(Interfaces {
+                default,
+                more: bound,
+            }),
             connections: Arc::new(Mutex::new(Connections {
                 writers: HashMap::new(),
                 by_address: HashMap::new(),
@@ -252,7 +292,6 @@ impl Transport {
             inbound,
             config: Arc::new(config),
             tls: tls.map(Arc::new),
-            tls_local: tls_listener.as_ref().and_then(|l| l.local_addr().ok()),
             handshaking: Arc::default(),
             bans: Arc::default(),
             router,
@@ -263,20 +302,38 @@ impl Transport {
         // One receiver: messages from a peer reach the endpoint in the order they arrived.
         // (Two receivers on the socket reordered a callee's 180 and 200, and would reorder an
         // agent's DTMF INFOs; parsing in the receiver task still runs beside the endpoint.)
-        tokio::spawn(transport.clone().receive_udp());
-        tokio::spawn(transport.clone().accept_tcp(tcp, false));
-        if let Some(listener) = tls_listener {
-            tokio::spawn(transport.clone().accept_tcp(listener, true));
+        for (index, (tcp, tls_listener)) in listeners.into_iter().enumerate() {
+            let interface = InterfaceId(u8::try_from(index).unwrap_or(u8::MAX));
+            tokio::spawn(transport.clone().receive_udp(interface));
+            tokio::spawn(transport.clone().accept_tcp(tcp, interface, false));
+            if let Some(listener) = tls_listener {
+                tokio::spawn(transport.clone().accept_tcp(listener, interface, true));
+            }
         }
         Ok(transport)
     }
 
+    /// The default interface's SIP address (its port resolved).
     pub fn local_address(&self) -> SocketAddr {
-        self.udp.local_addr().unwrap_or(self.config.listen)
+        self.local_address_of(InterfaceId::DEFAULT)
+            .unwrap_or(self.config.listen)
     }
 
     pub fn tls_local_address(&self) -> Option<SocketAddr> {
-        self.tls_local
+        self.tls_local_address_of(InterfaceId::DEFAULT)
+    }
+
+    /// An interface's SIP address (its port resolved); None for one not configured.
+    pub fn local_address_of(&self, interface: InterfaceId) -> Option<SocketAddr> {
+        self.interfaces.get(interface)?.udp.local_addr().ok()
+    }
+
+    pub fn tls_local_address_of(&self, interface: InterfaceId) -> Option<SocketAddr> {
+        self.interfaces.get(interface)?.tls_local
+    }
+
+    fn udp(&self, interface: InterfaceId) -> &UdpSocket {
+        &self.interfaces.get_or_default(interface).udp
     }
 
     /// The sources dropped before parsing (the endpoint's guard fills it).
@@ -288,23 +345,23 @@ impl Transport {
     pub fn send(&self, target: Target, bytes: Bytes) {
         self.metrics.increment(Counter::SipMessagesSent);
         match target {
-            Target::Udp(address) => {
-                if let Err(e) = self.udp.try_send_to(&bytes, address) {
+            Target::Udp(interface, address) => {
+                if let Err(e) = self.udp(interface).try_send_to(&bytes, address) {
                     tracing::debug!(%address, error = %e, "UDP send failed");
                 }
             }
-            Target::Connection(id, address) => {
+            Target::Connection(interface, id, address) => {
                 if !self.send_on(id, bytes.clone()) {
-                    self.send_tcp(address, bytes, false);
+                    self.send_tcp(interface, address, bytes, false);
                 }
             }
-            Target::Tcp(address) => self.send_tcp(address, bytes, false),
-            Target::TlsConnection(id, address) => {
+            Target::Tcp(interface, address) => self.send_tcp(interface, address, bytes, false),
+            Target::TlsConnection(interface, id, address) => {
                 if !self.send_on(id, bytes.clone()) {
-                    self.send_tcp(address, bytes, true);
+                    self.send_tcp(interface, address, bytes, true);
                 }
             }
-            Target::Tls(address) => self.send_tcp(address, bytes, true),
+            Target::Tls(interface, address) => self.send_tcp(interface, address, bytes, true),
         }
     }
 
@@ -324,12 +381,13 @@ impl Transport {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn receive_udp(self) {
+    async fn receive_udp(self, interface: InterfaceId) {
         let mut buffer = vec![0u8; 65_535];
+        let udp = Arc::clone(&self.interfaces.get_or_default(interface).udp);
         loop {
             let received = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                r = self.udp.recv_from(&mut buffer) => r,
+                r = udp.recv_from(&mut buffer) => r,
             };
             let (length, source) = match received {
                 Ok(r) => r,
@@ -354,7 +412,7 @@ impl Transport {
                 received: transport_now(),
                 message: message::parse_with(datagram, || self.charset_of(source)),
                 source: crate::routing::canonical(source),
-                flow: Flow::Udp,
+                flow: Flow::Udp(interface),
             };
             if self
                 .inbound
@@ -391,6 +449,32 @@ impl Transport {
             );
         }
     }
+}
+
+/// One interface's sockets, and its TCP and TLS listeners for the accepting tasks.
+async fn bind_interface(
+    listen: InterfaceListen,
+) -> Result<(BoundInterface, (TcpListener, Option<TcpListener>)), TransportError> {
+    let (udp, tcp) = bind_udp_and_tcp(listen.sip).await?;
+    let tls = match listen.tls {
+        Some(address) => {
+            Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| TransportError::Bind {
+                        protocol: "TLS",
+                        address,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let bound = BoundInterface {
+        udp: Arc::new(udp),
+        tls_local: tls.as_ref().and_then(|l| l.local_addr().ok()),
+    };
+    Ok((bound, (tcp, tls)))
 }
 
 /// UDP and TCP on the same port. With port 0 (tests, several gateways on one machine) the port

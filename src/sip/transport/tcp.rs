@@ -5,8 +5,15 @@
 use super::*;
 
 impl Transport {
-    /// Reuses an open connection to `address` (TLS if `secure`) or opens one.
-    pub(super) fn send_tcp(&self, address: SocketAddr, bytes: Bytes, secure: bool) {
+    /// Reuses an open connection to `address` (TLS if `secure`) or opens one from
+    /// `interface`'s address.
+    pub(super) fn send_tcp(
+        &self,
+        interface: InterfaceId,
+        address: SocketAddr,
+        bytes: Bytes,
+        secure: bool,
+    ) {
         let existing = self.lock().by_address.get(&(address, secure)).copied();
         if let Some(id) = existing {
             if self.send_on(id, bytes.clone()) {
@@ -15,12 +22,14 @@ impl Transport {
         }
         let transport = self.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(address)).await {
+            let source = transport.local_address_of(interface).map(|a| a.ip());
+            let connect = connect_from(source, address);
+            match tokio::time::timeout(Duration::from_secs(5), connect).await {
                 Ok(Ok(stream)) if secure => {
                     let _ = stream.set_nodelay(true);
                     match transport.tls_connect(stream, address).await {
                         Ok(stream) => {
-                            let id = transport.register(stream, address, true, None);
+                            let id = transport.register(stream, address, interface, true, None);
                             transport.send_on(id, bytes);
                         }
                         Err(reason) => {
@@ -32,7 +41,7 @@ impl Transport {
                 }
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    let id = transport.register(stream, address, false, None);
+                    let id = transport.register(stream, address, interface, false, None);
                     transport.send_on(id, bytes);
                 }
                 Ok(Err(e)) => {
@@ -69,7 +78,12 @@ impl Transport {
         }
     }
 
-    pub(super) async fn accept_tcp(self, listener: TcpListener, secure: bool) {
+    pub(super) async fn accept_tcp(
+        self,
+        listener: TcpListener,
+        interface: InterfaceId,
+        secure: bool,
+    ) {
         loop {
             let accepted = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -90,7 +104,7 @@ impl Transport {
                     };
                     let _ = stream.set_nodelay(true);
                     if !secure {
-                        self.register(stream, address, false, Some(slot));
+                        self.register(stream, address, interface, false, Some(slot));
                         continue;
                     }
                     // The handshake runs beside the accept loop: a slow client holds up nobody.
@@ -105,7 +119,7 @@ impl Transport {
                         transport.handshaking.fetch_sub(1, Ordering::Relaxed);
                         match handshake {
                             Ok(Ok(stream)) => {
-                                transport.register(stream, address, true, Some(slot));
+                                transport.register(stream, address, interface, true, Some(slot));
                             }
                             Ok(Err(e)) => {
                                 transport.metrics.increment(Counter::TlsHandshakeFailures);
@@ -174,6 +188,7 @@ impl Transport {
         &self,
         stream: S,
         address: SocketAddr,
+        interface: InterfaceId,
         secure: bool,
         slot: Option<SourceSlot>,
     ) -> ConnectionId
@@ -208,7 +223,11 @@ impl Transport {
         });
         let transport = self.clone();
         tokio::spawn(async move {
-            let flow = if secure { Flow::Tls(id) } else { Flow::Tcp(id) };
+            let flow = if secure {
+                Flow::Tls(interface, id)
+            } else {
+                Flow::Tcp(interface, id)
+            };
             // A peer's host may open a connection and wait in silence for its first call; a
             // stranger must speak at once.
             let stranger = slot.as_ref().is_some_and(|s| s.stranger);
@@ -256,8 +275,8 @@ impl Transport {
         closed: &CancellationToken,
     ) {
         let id = match flow {
-            Flow::Tcp(id) | Flow::Tls(id) => id,
-            Flow::Udp => return,
+            Flow::Tcp(_, id) | Flow::Tls(_, id) => id,
+            Flow::Udp(_) => return,
         };
         let mut buffer = BytesMut::with_capacity(8192);
         let mut framer = message::Framer::default();
@@ -327,4 +346,23 @@ impl Transport {
             }
         }
     }
+}
+
+/// A TCP connection to `address` from `source` (an interface's address; any port): the peer
+/// sees the address of its own network. Unbound when the families differ or none is given.
+async fn connect_from(
+    source: Option<std::net::IpAddr>,
+    address: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let source = source.filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == address.is_ipv4());
+    let Some(source) = source else {
+        return TcpStream::connect(address).await;
+    };
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(address).await
 }

@@ -21,7 +21,7 @@ fn ms(t0: Instant, n: u64) -> Instant {
 fn arrival(at: Instant) -> Arrival {
     Arrival {
         source: peer(),
-        flow: Flow::Udp,
+        flow: Flow::Udp(crate::routing::InterfaceId::DEFAULT),
         received: at,
     }
 }
@@ -413,7 +413,11 @@ fn outgoing_invite(layer: &mut TransactionLayer<u32>, now: Instant, target: Targ
 fn an_unanswered_invite_is_retransmitted_then_times_out_to_its_owner() {
     let t0 = Instant::now();
     let (mut layer, metrics) = layer(t0);
-    outgoing_invite(&mut layer, t0, Target::Udp(peer()));
+    outgoing_invite(
+        &mut layer,
+        t0,
+        Target::Udp(crate::routing::InterfaceId::DEFAULT, peer()),
+    );
     assert_eq!(sent(&mut layer).len(), 1);
     let mut retransmissions = 0;
     while let Some(at) = layer.poll_timeout().filter(|at| *at < ms(t0, 32_000)) {
@@ -438,7 +442,11 @@ fn an_unanswered_invite_is_retransmitted_then_times_out_to_its_owner() {
 fn a_non_2xx_final_is_acknowledged_by_the_layer_and_its_retransmission_absorbed() {
     let t0 = Instant::now();
     let (mut layer, _) = layer(t0);
-    let invite = outgoing_invite(&mut layer, t0, Target::Udp(peer()));
+    let invite = outgoing_invite(
+        &mut layer,
+        t0,
+        Target::Udp(crate::routing::InterfaceId::DEFAULT, peer()),
+    );
     let _ = sent(&mut layer);
     let busy = Response::for_request(&invite, 486, Some("callee"));
     layer.handle_response(ms(t0, 50), ms(t0, 50), busy.clone(), &no_dialogs());
@@ -458,7 +466,11 @@ fn a_non_2xx_final_is_acknowledged_by_the_layer_and_its_retransmission_absorbed(
 fn a_2xx_retransmitted_after_the_transaction_ended_goes_to_the_dialog() {
     let t0 = Instant::now();
     let (mut layer, _) = layer(t0);
-    let invite = outgoing_invite(&mut layer, t0, Target::Udp(peer()));
+    let invite = outgoing_invite(
+        &mut layer,
+        t0,
+        Target::Udp(crate::routing::InterfaceId::DEFAULT, peer()),
+    );
     let ok = Response::for_request(&invite, 200, Some("callee"));
     let dialogs = HashMap::from([(matching::dialog_of_response(&ok), DIALOG_OWNER)]);
     layer.handle_response(ms(t0, 50), ms(t0, 50), ok.clone(), &dialogs);
@@ -484,7 +496,11 @@ fn a_2xx_retransmitted_after_the_transaction_ended_goes_to_the_dialog() {
 fn a_lost_connection_fails_its_requests_at_once_with_503() {
     let t0 = Instant::now();
     let (mut layer, metrics) = layer(t0);
-    outgoing_invite(&mut layer, t0, Target::Tcp(peer()));
+    outgoing_invite(
+        &mut layer,
+        t0,
+        Target::Tcp(crate::routing::InterfaceId::DEFAULT, peer()),
+    );
     let _ = sent(&mut layer);
     assert!(layer.has_reliable_clients(peer()));
     layer.handle_connection_lost(peer(), false);
