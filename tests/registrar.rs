@@ -1,0 +1,397 @@
+//! The client side toward a carrier, against a real registrar and proxy: Kamailio (Debian's
+//! `kamailio`, `tests/kamailio/registrar.cfg`). The gateway registers its account there
+//! (digest 401, 423 Interval Too Brief), refreshes, registers again after the registrar lost
+//! its bindings, removes the binding when it stops; a citizen's call for the account reaches
+//! the gateway through the registrar's location service; the gateway's own calls through the
+//! proxy are challenged (407) on the INVITE and on the BYE, and go through.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::process::free_port;
+use common::{sdp, Gateway, Ua};
+use hotline_gateway::sip::message::{ack_for_non_2xx, Request, Response};
+use tokio::net::UdpSocket;
+
+const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+const USERNAME: &str = "gw";
+const PASSWORD: &str = "s3cret-trunk";
+const CITIZEN: &str = "13800000001";
+
+/// Kamailio as the carrier's registrar and proxy; stopped (and waited for) when dropped.
+struct Kamailio {
+    child: Option<Child>,
+    address: SocketAddr,
+    args: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Kamailio {
+    /// Starts Kamailio on a free port: calls from `citizen_port` go to the location service,
+    /// requests from anyone but it and `far` are challenged and go on to `far`.
+    async fn start(citizen_port: u16, far: SocketAddr) -> Kamailio {
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("tempdir: {e}"),
+        };
+        let address = SocketAddr::new(LOCALHOST, free_port());
+        let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kamailio/registrar.cfg");
+        let args = vec![
+            "-f".to_string(),
+            config.display().to_string(),
+            "-DD".into(),
+            "-E".into(),
+            "-Y".into(),
+            dir.path().display().to_string(),
+            "-w".into(),
+            dir.path().display().to_string(),
+            "-m".into(),
+            "16".into(),
+            "-M".into(),
+            "4".into(),
+            "-A".into(),
+            format!("LISTEN=udp:{address}"),
+            "-A".into(),
+            format!("PASSWORD=\"{PASSWORD}\""),
+            "-A".into(),
+            format!("USERNAME=\"{USERNAME}\""),
+            "-A".into(),
+            format!("CITIZEN_PORT={citizen_port}"),
+            "-A".into(),
+            format!("FAR_URI=\"sip:{far}\""),
+            "-A".into(),
+            format!("FAR_PORT={}", far.port()),
+        ];
+        let mut kamailio = Kamailio {
+            child: None,
+            address,
+            args,
+            dir,
+        };
+        kamailio.spawn().await;
+        kamailio
+    }
+
+    /// Its log so far (stderr), for a failure's message and for what it challenged.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("kamailio.log")).unwrap_or_default()
+    }
+
+    async fn spawn(&mut self) {
+        let log = match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("kamailio.log"))
+        {
+            Ok(f) => f,
+            Err(e) => panic!("kamailio's log: {e}"),
+        };
+        let child = Command::new("kamailio")
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn();
+        match child {
+            Ok(c) => self.child = Some(c),
+            Err(e) => panic!("kamailio is not installed (apt-get install kamailio): {e}"),
+        }
+        self.wait_ready().await;
+    }
+
+    /// Waits until Kamailio answers an OPTIONS (from a port it challenges: 407), sent again
+    /// every 100 ms as a UDP client would until the first answer.
+    async fn wait_ready(&self) {
+        let socket = match UdpSocket::bind((LOCALHOST, 0)).await {
+            Ok(s) => s,
+            Err(e) => panic!("bind: {e}"),
+        };
+        let me = socket.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let options = format!(
+            "OPTIONS sip:{kam} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKready\r\n\
+From: <sip:test@{me}>;tag=ready\r\nTo: <sip:{kam}>\r\nCall-ID: ready@test\r\n\
+CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            kam = self.address
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut buffer = [0u8; 4096];
+        while tokio::time::Instant::now() < deadline {
+            let _ = socket.send_to(options.as_bytes(), self.address).await;
+            let answer =
+                tokio::time::timeout(Duration::from_millis(100), socket.recv_from(&mut buffer))
+                    .await;
+            if matches!(answer, Ok(Ok(_))) {
+                return;
+            }
+        }
+        panic!("kamailio never answered:\n{}", self.log());
+    }
+
+    /// SIGTERM, and waits until it is gone (its port free, its bindings forgotten).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The carrier's peer entry: registers as `gw@hotline.test`, the registrar's 423 raising a
+/// 2-second ask to its 3-second minimum.
+fn carrier_peer(password: &str) -> String {
+    format!(
+        "outbound_username = \"{USERNAME}\"\noutbound_password = \"{password}\"\n\
+register = true\nregister_expires_secs = 2\nregister_domain = \"hotline.test\"\n"
+    )
+}
+
+/// The gateway between the carrier (Kamailio) and the 12345 desk; 777 goes out to the carrier.
+async fn gateway(kamailio: &Kamailio, desk: &Ua, password: &str) -> Gateway {
+    Gateway::start(
+        &[
+            ("carrier", kamailio.address, &carrier_peer(password)),
+            ("hotline", desk.address, "platform = \"12345\""),
+        ],
+        &[("12345", &["hotline"]), ("777", &["carrier"])],
+        "",
+        "",
+    )
+    .await
+}
+
+/// The value of a labelled metric (the whole `name{labels}` as `/metrics` prints it).
+async fn metric(gateway: &Gateway, name: &str) -> f64 {
+    gateway.metric(name).await.unwrap_or(0.0)
+}
+
+/// Waits (bounded) until `name` is at least `value`.
+async fn metric_at_least(gateway: &Gateway, kamailio: &Kamailio, name: &str, value: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = metric(gateway, name).await;
+        if now >= value {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} is {now}, not {value} or more; kamailio's log:\n{}",
+            kamailio.log()
+        );
+        // Metrics have no push: look again shortly.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const REGISTERED: &str = "hotline_peer_registered{peer=\"carrier\"}";
+const REGISTERED_OK: &str = "hotline_peer_registrations_total{peer=\"carrier\",result=\"ok\"}";
+const REGISTER_FAILED: &str =
+    "hotline_peer_registrations_total{peer=\"carrier\",result=\"failed\"}";
+
+/// The citizen's INVITE to the gateway's account at the registrar, for 12345 (in To, as a
+/// registrar forwarding to a registered contact leaves it).
+fn citizen_invite(citizen: &mut Ua) -> Request {
+    let offer = sdp(SocketAddr::new(LOCALHOST, 40000), &[0], "sendrecv");
+    let mut invite = citizen.invite(USERNAME, CITIZEN, &offer, "");
+    invite.headers.set("To", "<sip:12345@hotline.test>");
+    invite
+}
+
+/// The ACK for a 2xx that came through the registrar: to the answer's Contact, by its
+/// Record-Route (RFC 3261 §12.2.1.1: the route set of a dialog through a proxy).
+fn routed_ack(ua: &mut Ua, invite: &Request, answer: &Response) -> Request {
+    let mut ack = ua.ack(invite, answer, "");
+    if let Some(route) = answer.headers.get("Record-Route") {
+        ack.headers.push_front("Route", route.to_string());
+    }
+    ack
+}
+
+/// A citizen's call through the registrar reaches the desk with the citizen's number and is
+/// answered; the desk hangs up and the gateway's BYE (challenged 407 by the proxy) reaches the
+/// citizen. Returns the citizen's Call-ID.
+async fn citizen_call_reaches_the_desk(
+    citizen: &mut Ua,
+    desk: &mut Ua,
+    kamailio: &Kamailio,
+) -> String {
+    let invite = citizen_invite(citizen);
+    citizen.send_request(&invite).await;
+    let offered = desk.expect_request("INVITE").await;
+    assert_eq!(offered.uri.user.as_deref(), Some("12345"), "{offered:?}");
+    let from = offered.from().and_then(|f| f.uri.number());
+    assert_eq!(from.as_deref(), Some(CITIZEN), "the citizen's own number");
+    let answer = desk.answer(
+        &offered,
+        200,
+        Some(&sdp(SocketAddr::new(LOCALHOST, 40002), &[0], "sendrecv")),
+    );
+    desk.send_response(&answer).await;
+    let answered = citizen.expect_response("INVITE", 200).await;
+    let ack = routed_ack(citizen, &invite, &answered);
+    citizen.send_request(&ack).await;
+    desk.expect_request("ACK").await;
+
+    let bye = desk.uas_request(&offered, "BYE", 2);
+    desk.send_request(&bye).await;
+    let bye_out = citizen.expect_request("BYE").await;
+    assert!(
+        bye_out.headers.get("Proxy-Authorization").is_some(),
+        "the BYE answered the proxy's challenge: {bye_out:?}\n{}",
+        kamailio.log()
+    );
+    citizen
+        .send_response(&citizen.answer(&bye_out, 200, None))
+        .await;
+    desk.expect_response("BYE", 200).await;
+    invite.call_id().to_string()
+}
+
+/// The registrar's answer to a citizen's call when the gateway has no binding there: 404.
+async fn citizen_call_is_not_registered(citizen: &mut Ua) {
+    let invite = citizen_invite(citizen);
+    citizen.send_request(&invite).await;
+    let refused = citizen.expect_response("INVITE", 404).await;
+    citizen
+        .send_request(&ack_for_non_2xx(&invite, &refused))
+        .await;
+}
+
+#[tokio::test]
+async fn gateway_registers_refreshes_and_receives_the_citizens_call_through_the_registrar() {
+    let mut citizen = Ua::bind("citizen", LOCALHOST).await;
+    let far = Ua::bind("far", LOCALHOST).await;
+    let mut desk = Ua::bind("desk", LOCALHOST).await;
+    let mut kamailio = Kamailio::start(citizen.address.port(), far.address).await;
+    citizen.set_gateway(kamailio.address);
+
+    // Before the gateway runs, the account has no contact.
+    citizen_call_is_not_registered(&mut citizen).await;
+
+    let mut gateway = gateway(&kamailio, &desk, PASSWORD).await;
+    desk.set_gateway(gateway.sip);
+    // Registered: asked 2 s, refused 423 (Min-Expires 3), asked 3 s, challenged 401, bound.
+    metric_at_least(&gateway, &kamailio, REGISTERED_OK, 1.0).await;
+    assert_eq!(metric(&gateway, REGISTERED).await, 1.0);
+    let log = kamailio.log();
+    assert!(
+        log.contains("REGISTER sip:hotline.test"),
+        "the REGISTER's Request-URI is the domain (RFC 3261 §10.2):\n{log}"
+    );
+    // Refreshed before each 3-second grant ends: two refreshes within a few seconds.
+    metric_at_least(&gateway, &kamailio, REGISTERED_OK, 3.0).await;
+    assert_eq!(metric(&gateway, REGISTERED).await, 1.0);
+    assert_eq!(metric(&gateway, REGISTER_FAILED).await, 0.0);
+
+    let call_id = citizen_call_reaches_the_desk(&mut citizen, &mut desk, &kamailio).await;
+    let record = gateway.ended_record(&call_id).await;
+    assert_eq!(record.called, "12345");
+    assert_eq!(record.caller, CITIZEN);
+    assert_eq!(record.a_peer, "carrier");
+
+    // The registrar restarts and forgets every binding: the gateway's registration lapses
+    // (its refreshes are unanswered while the registrar is down) and comes back once the
+    // registrar answers again, without anyone touching the gateway.
+    kamailio.stop();
+    gateway.metric_reaches(REGISTERED, 0.0).await;
+    let before = metric(&gateway, REGISTERED_OK).await;
+    kamailio.spawn().await;
+    metric_at_least(&gateway, &kamailio, REGISTERED_OK, before + 1.0).await;
+    gateway.metric_reaches(REGISTERED, 1.0).await;
+    citizen_call_reaches_the_desk(&mut citizen, &mut desk, &kamailio).await;
+
+    // Stopping, the gateway removes its binding (Expires: 0) before it is gone.
+    gateway.stop().await;
+    citizen_call_is_not_registered(&mut citizen).await;
+}
+
+#[tokio::test]
+async fn gateway_answers_the_proxys_challenges_on_its_calls_out() {
+    let citizen = Ua::bind("citizen", LOCALHOST).await;
+    let mut far = Ua::bind("far", LOCALHOST).await;
+    let mut desk = Ua::bind("desk", LOCALHOST).await;
+    let kamailio = Kamailio::start(citizen.address.port(), far.address).await;
+    far.set_gateway(kamailio.address);
+    let mut gateway = gateway(&kamailio, &desk, PASSWORD).await;
+    desk.set_gateway(gateway.sip);
+    metric_at_least(&gateway, &kamailio, REGISTERED_OK, 1.0).await;
+
+    // The desk calls out through the carrier: the proxy challenges the INVITE (407).
+    let offer = sdp(SocketAddr::new(LOCALHOST, 40004), &[0], "sendrecv");
+    let invite = desk.invite("777", "12345", &offer, "");
+    desk.send_request(&invite).await;
+    let offered = far.expect_request("INVITE").await;
+    let authorization = offered
+        .headers
+        .get("Proxy-Authorization")
+        .unwrap_or_default();
+    assert!(
+        authorization.contains(&format!("username=\"{USERNAME}\"")),
+        "the INVITE answered the challenge with the peer's outbound credentials: {offered:?}"
+    );
+    let mut answer = far.answer(
+        &offered,
+        200,
+        Some(&sdp(SocketAddr::new(LOCALHOST, 40006), &[0], "sendrecv")),
+    );
+    // A UAS copies Record-Route into its 2xx (RFC 3261 §12.1.1): the gateway's ACK and BYE
+    // then go through the proxy.
+    if let Some(route) = offered.headers.get("Record-Route") {
+        answer.headers.push("Record-Route", route.to_string());
+    }
+    far.send_response(&answer).await;
+    let answered = desk.expect_response("INVITE", 200).await;
+    let ack = desk.ack(&invite, &answered, "");
+    desk.send_request(&ack).await;
+    far.expect_request("ACK").await;
+
+    // The desk hangs up: the gateway's BYE is challenged too, and answered.
+    let bye = desk.in_dialog(&invite, &answered, "BYE", 2, "");
+    desk.send_request(&bye).await;
+    let bye_out = far.expect_request("BYE").await;
+    assert!(
+        bye_out.headers.get("Proxy-Authorization").is_some(),
+        "{bye_out:?}"
+    );
+    far.send_response(&far.answer(&bye_out, 200, None)).await;
+    desk.expect_response("BYE", 200).await;
+
+    let log = kamailio.log();
+    assert!(log.contains("challenging INVITE"), "{log}");
+    assert!(log.contains("challenging BYE"), "{log}");
+    let record = gateway.ended_record(invite.call_id()).await;
+    assert_eq!(record.called, "777");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_password_fails_the_registration_and_tries_again_with_backoff() {
+    let mut citizen = Ua::bind("citizen", LOCALHOST).await;
+    let far = Ua::bind("far", LOCALHOST).await;
+    let desk = Ua::bind("desk", LOCALHOST).await;
+    let kamailio = Kamailio::start(citizen.address.port(), far.address).await;
+    citizen.set_gateway(kamailio.address);
+    let mut gateway = gateway(&kamailio, &desk, "not-the-password").await;
+
+    // Refused (the answer to the challenge is challenged again), tried again after 1 s, and
+    // again: never registered, and the carrier has no contact for the account.
+    metric_at_least(&gateway, &kamailio, REGISTER_FAILED, 2.0).await;
+    assert_eq!(metric(&gateway, REGISTERED).await, 0.0);
+    assert_eq!(metric(&gateway, REGISTERED_OK).await, 0.0);
+    citizen_call_is_not_registered(&mut citizen).await;
+    gateway.stop().await;
+}
