@@ -52,7 +52,7 @@ use call::CallSettings;
 use config::Config;
 use gateway::admission::CallManager;
 use gateway::driver::CallServices;
-use media::ports::PortPool;
+use media::ports::PortPools;
 use metrics::Metrics;
 use routing::Router;
 use sip::endpoint::Endpoint;
@@ -151,17 +151,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
     );
     let registry = Arc::new(workorder::registry::CallRegistry::default());
-    let ports = PortPool::new(
-        config.media.address,
-        config.media.ports,
-        Arc::clone(&metrics),
-    );
+    let ports = config.port_pools(&metrics);
     let local_sip = SocketAddr::new(config.sip.advertised_ip(), transport.local_address().port());
     let transport_tls = transport.tls_local_address();
+    let local = local_addresses(&config, &transport);
     let directory = Arc::new(call::directory::Directory::default());
     let settings = Arc::new(config.call_settings(config::CallContext {
-        local_sip,
-        local_tls_port: transport_tls.map(|a| a.port()),
+        local: local.clone(),
         router: Arc::clone(&router),
         directory: Arc::clone(&directory),
     }));
@@ -171,17 +167,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         build_endpoint(&config, transport, &manager, &metrics, local_sip, &router)?;
     let tracker = tokio_util::task::TaskTracker::new();
     let endpoint_probe = handle.clone();
-    let prober = prober_services(
-        &config,
-        &handle,
-        (local_sip, transport_tls),
-        &metrics,
-        &events,
-    )?;
+    let prober = prober_services(&config, &handle, local.clone(), &metrics, &events)?;
     let registrar = gateway::registrar::RegistrarServices {
         endpoint: handle.clone(),
-        local_sip,
-        local_tls_port: transport_tls.map(|a| a.port()),
+        local,
         metrics: Arc::clone(&metrics),
         ids: ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
     };
@@ -260,19 +249,32 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     })
 }
 
+/// Our SIP address on each interface, as its peers see it, with the ports bound there.
+fn local_addresses(config: &Config, transport: &Transport) -> sip::target::LocalAddresses {
+    let bound: Vec<_> = (0..=config.interfaces.len())
+        .filter_map(|index| {
+            let interface = sip::target::InterfaceId(u8::try_from(index).ok()?);
+            Some((
+                transport.local_address_of(interface)?,
+                transport.tls_local_address_of(interface),
+            ))
+        })
+        .collect();
+    config.local_addresses(&bound)
+}
+
 /// What the peer prober needs: the endpoint, our SIP addresses (UDP/TCP and TLS) for its Via,
 /// the metrics, and the platforms its events go to.
 fn prober_services(
     config: &Config,
     endpoint: &sip::endpoint::EndpointHandle,
-    (local_sip, local_tls): (SocketAddr, Option<SocketAddr>),
+    local: sip::target::LocalAddresses,
     metrics: &Arc<Metrics>,
     events: &Arc<workorder::hub::EventHub>,
 ) -> Result<gateway::prober::ProberServices, StartError> {
     Ok(gateway::prober::ProberServices {
         endpoint: endpoint.clone(),
-        local_sip,
-        local_tls_port: local_tls.map(|a| a.port()),
+        local,
         metrics: Arc::clone(metrics),
         events: Arc::clone(events),
         platforms: config.platform_names(),
@@ -325,7 +327,7 @@ async fn bind_transport(
     Ok(Transport::bind(
         TransportConfig {
             max_tcp_connections,
-            ..TransportConfig::from(&config.sip)
+            ..config.transport()
         },
         tls,
         inbound_sender,
@@ -384,7 +386,7 @@ fn call_manager(
     config: &Config,
     router: &Arc<Router>,
     settings: Arc<CallSettings>,
-    ports: &Arc<PortPool>,
+    ports: &Arc<PortPools>,
     metrics: &Arc<Metrics>,
     max_calls: usize,
 ) -> Result<

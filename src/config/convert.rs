@@ -20,15 +20,18 @@ use crate::call::hotkey::Hotkey;
 use crate::call::screening::Screening;
 use crate::call::CallSettings;
 use crate::limits::Budget;
+use crate::media::ports::{PortPool, PortPools};
+use crate::metrics::Metrics;
 use crate::routing::credentials::{Credentials, OutboundCredentials};
 use crate::routing::{Peer, Registration, Route, Router};
 use crate::sip::auth::Digest;
 use crate::sip::guard::GuardConfig;
 use crate::sip::sdp::MediaPolicy;
 use crate::sip::session_timer::SessionTimerSettings;
+use crate::sip::target::{InterfaceId, LocalAddress, LocalAddresses};
 use crate::sip::tls::TlsFiles;
 use crate::sip::transaction::TimerConfig;
-use crate::sip::transport::TransportConfig;
+use crate::sip::transport::{InterfaceListen, TransportConfig};
 use crate::store::StoreOptions;
 use crate::workorder::tail::LinkSettings;
 
@@ -101,12 +104,18 @@ impl From<&RouteConfig> for Route {
 }
 
 impl From<&Config> for Router {
-    /// The `[[peer]]`s and `[[route]]`s, in file order.
+    /// The `[[peer]]`s (each on its interface) and `[[route]]`s, in file order.
     fn from(config: &Config) -> Router {
-        Router::new(
-            config.peers.iter().map(Peer::from).collect(),
-            config.routes.iter().map(Route::from).collect(),
-        )
+        let peers = config
+            .peers
+            .iter()
+            .map(|peer_config| {
+                let mut peer = Peer::from(peer_config);
+                peer.interface = config.interface_id(peer_config.interface.as_deref());
+                peer
+            })
+            .collect();
+        Router::new(peers, config.routes.iter().map(Route::from).collect())
     }
 }
 
@@ -263,21 +272,80 @@ impl From<&Config> for LinkSettings {
 /// What the call settings take beyond the configuration: where the gateway is reached, and
 /// the tables every call shares.
 pub struct CallContext {
-    /// The advertised SIP address, with the bound port.
-    pub local_sip: SocketAddr,
-    /// The bound TLS port, when `sip.tls_listen` is set.
-    pub local_tls_port: Option<u16>,
+    /// The advertised SIP address on each interface, with the bound ports.
+    pub local: LocalAddresses,
     pub router: Arc<Router>,
     pub directory: Arc<Directory>,
 }
 
 impl Config {
+    /// The id of the `[[interface]]` named `name`: 1, 2, … in file order; the default
+    /// interface (`[sip]`/`[media]`) for none, "default" or a name not configured (the
+    /// configuration's checks rule that out).
+    pub fn interface_id(&self, name: Option<&str>) -> InterfaceId {
+        name.and_then(|name| self.interfaces.iter().position(|i| i.name == name))
+            .and_then(|index| u8::try_from(index + 1).ok())
+            .map_or(InterfaceId::DEFAULT, InterfaceId)
+    }
+
+    /// The interface's name, for logs, metrics and records ("default" for `[sip]`/`[media]`).
+    pub fn interface_name(&self, interface: InterfaceId) -> &str {
+        usize::from(interface.0)
+            .checked_sub(1)
+            .and_then(|index| self.interfaces.get(index))
+            .map_or("default", |i| i.name.as_str())
+    }
+
+    /// Transport settings with every `[[interface]]`'s listeners.
+    pub fn transport(&self) -> TransportConfig {
+        let mut transport = TransportConfig::from(&self.sip);
+        transport.interfaces = self
+            .interfaces
+            .iter()
+            .map(|i| InterfaceListen {
+                sip: i.sip,
+                tls: i.tls,
+            })
+            .collect();
+        transport
+    }
+
+    /// Each interface's media ports: `[media]`'s, then the `[[interface]]`s'.
+    pub fn port_pools(&self, metrics: &Arc<Metrics>) -> Arc<PortPools> {
+        PortPools::new(
+            PortPool::new(self.media.address, self.media.ports, Arc::clone(metrics)),
+            self.interfaces.iter().map(|i| {
+                let advertised = i.advertise.unwrap_or(i.media);
+                PortPool::advertising(i.media, advertised, i.ports, Arc::clone(metrics))
+            }),
+        )
+    }
+
+    /// Our SIP address on each interface as its peers are to see it: the advertised IP (else
+    /// the bound one) with the port bound there (`bound`: each interface's SIP and TLS
+    /// address, the default's first).
+    pub fn local_addresses(&self, bound: &[(SocketAddr, Option<SocketAddr>)]) -> LocalAddresses {
+        let local = |ip: IpAddr, index: usize, configured: SocketAddr| {
+            let (sip, tls) = bound.get(index).copied().unwrap_or((configured, None));
+            LocalAddress {
+                sip: SocketAddr::new(ip, sip.port()),
+                tls_port: tls.map(|a| a.port()),
+            }
+        };
+        LocalAddresses::new(
+            local(self.sip.advertised_ip(), 0, self.sip.listen),
+            self.interfaces
+                .iter()
+                .enumerate()
+                .map(|(index, i)| local(i.advertise.unwrap_or(i.sip.ip()), index + 1, i.sip)),
+        )
+    }
+
     /// What every call is set up with.
     pub fn call_settings(&self, context: CallContext) -> CallSettings {
         let sip = &self.sip;
         CallSettings {
-            local_sip: context.local_sip,
-            local_tls_port: context.local_tls_port,
+            local: context.local,
             policy: MediaPolicy::from(&self.media),
             peer_response_timeout: Duration::from_millis(sip.peer_response_timeout_ms),
             ring_timeout: Duration::from_secs(sip.ring_timeout_secs),

@@ -71,6 +71,31 @@ pub struct Config {
     pub platforms: Vec<PlatformConfig>,
     #[serde(default)]
     pub screening: ScreeningConfig,
+    /// `[[interface]]`s: the networks beside the default one (`[sip]`/`[media]`), in order.
+    #[serde(default, rename = "interface")]
+    pub interfaces: Vec<InterfaceConfig>,
+}
+
+/// `[[interface]]`: one more network the gateway sits on (a boundary host: the police network,
+/// the e-government network, the carrier's). Its peers (`[[peer]] interface`) are sent to from
+/// these addresses and see only them, in Via, Contact, SDP `c=` and the source of their RTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceConfig {
+    pub name: String,
+    /// SIP over UDP and TCP is bound here.
+    pub sip: SocketAddr,
+    /// SIP over TLS is accepted here (needs `sip.tls_cert`, `sip.tls_key`, `sip.tls_ca`).
+    #[serde(default)]
+    pub tls: Option<SocketAddr>,
+    /// RTP/RTCP sockets of this interface's legs are bound here and advertised in their SDP.
+    pub media: IpAddr,
+    /// Inclusive RTP/RTCP port range on `media`.
+    pub ports: [u16; 2],
+    /// Written in Via, Contact and SDP instead of `sip`'s and `media`'s address, when this side
+    /// reaches the gateway through NAT (default: none, the bound addresses).
+    #[serde(default)]
+    pub advertise: Option<IpAddr>,
 }
 
 /// `[screening]`: harassment rules for new calls (滋扰治理).
@@ -355,6 +380,10 @@ pub struct PeerConfig {
     /// The public line this peer belongs to (`12345`, `110`, ...), if any.
     #[serde(default)]
     pub platform: Option<String>,
+    /// The `[[interface]]` (by name) it is reached on (default: the default interface,
+    /// `[sip]`/`[media]`).
+    #[serde(default)]
+    pub interface: Option<String>,
     /// The name the peer's TLS certificate must carry (default: its IP address).
     #[serde(default, deserialize_with = "text::optional")]
     pub tls_name: Option<ServerName<'static>>,

@@ -1,4 +1,5 @@
 use super::*;
+use crate::routing::InterfaceId;
 
 fn sample() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml"))
@@ -232,8 +233,7 @@ fn tuned_keys_convert_into_the_parts_durations_and_sizes() {
         Err(e) => panic!("{e}"),
     };
     let settings = config.call_settings(CallContext {
-        local_sip: "192.0.2.1:5060".parse().unwrap(),
-        local_tls_port: None,
+        local: crate::sip::target::LocalAddresses::single("192.0.2.1:5060".parse().unwrap(), None),
         router: Arc::new(crate::routing::Router::from(&config)),
         directory: Arc::default(),
     });
@@ -391,4 +391,123 @@ fn register_needs_outbound_credentials_and_bounded_expiry() {
     }
     let message = error_of(&with("register = true\nregister_domain = \"a b\""));
     assert!(message.contains("peer[2].register_domain"), "{message}");
+}
+
+/// The sample with two more networks: 12345 on the e-government network, 110 on the police
+/// network; the carrier stays on the default interface.
+fn three_networks() -> String {
+    sample()
+        .replace(
+            "platform = \"12345\"\n",
+            "platform = \"12345\"\ninterface = \"egov\"\n",
+        )
+        .replace(
+            "platform = \"110\"\n",
+            "platform = \"110\"\ninterface = \"police-net\"\n",
+        )
+        + "\n[[interface]]\nname = \"egov\"\nsip = \"10.2.0.5:5060\"\nmedia = \"10.2.0.5\"\n\
+           ports = [22000, 22999]\n\
+           \n[[interface]]\nname = \"police-net\"\nsip = \"10.1.0.5:5060\"\nmedia = \"10.1.0.5\"\n\
+           ports = [22000, 22999]\nadvertise = \"198.51.100.7\"\n"
+}
+
+#[test]
+fn interfaces_give_each_peer_its_network() {
+    let config = match Config::parse(Path::new("test.toml"), &three_networks()) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let router = crate::routing::Router::from(&config);
+    let interface_of = |name: &str| {
+        router
+            .peers()
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.interface)
+    };
+    assert_eq!(interface_of("carrier"), Some(InterfaceId::DEFAULT));
+    assert_eq!(interface_of("hotline"), Some(InterfaceId(1)));
+    assert_eq!(interface_of("police"), Some(InterfaceId(2)));
+    assert_eq!(config.interface_name(InterfaceId(2)), "police-net");
+    assert_eq!(config.interface_name(InterfaceId::DEFAULT), "default");
+    let transport = config.transport();
+    assert_eq!(transport.interfaces.len(), 2);
+    assert_eq!(
+        transport.interfaces[1].sip,
+        "10.1.0.5:5060".parse().unwrap()
+    );
+    // Bound ports (the first interface on an ephemeral one) with each advertised address.
+    let local = config.local_addresses(&[
+        ("127.0.0.1:5060".parse().unwrap(), None),
+        ("10.2.0.5:41000".parse().unwrap(), None),
+        ("10.1.0.5:5060".parse().unwrap(), None),
+    ]);
+    assert_eq!(
+        local.of(InterfaceId(1)).sip,
+        "10.2.0.5:41000".parse().unwrap()
+    );
+    assert_eq!(
+        local.of(InterfaceId(2)).sip,
+        "198.51.100.7:5060".parse().unwrap(),
+        "advertise is what the police network is told"
+    );
+}
+
+#[test]
+fn interface_mistakes_name_the_key() {
+    let cases = [
+        (
+            three_networks().replace("interface = \"egov\"", "interface = \"gov\""),
+            "peer[1].interface",
+            "no [[interface]] is named \"gov\"",
+        ),
+        (
+            three_networks().replace("name = \"police-net\"", "name = \"egov\""),
+            "interface[1].name",
+            "duplicate interface name",
+        ),
+        (
+            three_networks().replace("sip = \"10.2.0.5:5060\"", "sip = \"127.0.0.1:5060\""),
+            "interface[0].sip",
+            "bound by sip.listen",
+        ),
+        (
+            three_networks().replace("media = \"10.1.0.5\"", "media = \"10.2.0.5\""),
+            "interface[1].ports",
+            "overlaps interface[0].ports",
+        ),
+        (
+            three_networks().replace(
+                "ports = [22000, 22999]\nadvertise",
+                "ports = [23000, 23001]\nadvertise",
+            ),
+            "interface[1].ports",
+            "at least two RTP/RTCP pairs",
+        ),
+        (
+            three_networks().replace("sip = \"10.1.0.5:5060\"", "sip = \"0.0.0.0:5060\""),
+            "interface[1].sip",
+            "concrete address",
+        ),
+        (
+            three_networks().replace(
+                "sip = \"10.1.0.5:5060\"",
+                "sip = \"10.1.0.5:5060\"\ntls = \"10.1.0.5:5061\"",
+            ),
+            "interface[1].tls",
+            "sip.tls_cert",
+        ),
+        (
+            three_networks().replace("peers = [\"police\"]", "peers = [\"police\", \"hotline\"]"),
+            "route[1].peers[1]",
+            "a route's peers share one interface",
+        ),
+    ];
+    for (text, key, reason) in cases {
+        let message = error_of(&text);
+        assert!(
+            message.contains(&format!("key `{key}`")) && message.contains(reason),
+            "{key}: {message}"
+        );
+    }
 }

@@ -68,6 +68,7 @@ impl Config {
         self.check_media(&invalid)?;
         self.check_sip_limits(&invalid)?;
         let names = self.check_peer_names(&invalid)?;
+        self.check_interfaces(&invalid)?;
         self.check_routes(&invalid, &names)?;
         self.check_hotkeys(&invalid)?;
         Ok(())
@@ -395,6 +396,124 @@ impl Config {
         Ok(names)
     }
 
+    /// Each `[[interface]]`: a unique name, addresses of its own (SIP, TLS, media ports that
+    /// no other interface binds), TLS only with the gateway's certificate; each peer's
+    /// `interface` one that exists, and a tls peer's one that accepts TLS.
+    fn check_interfaces(&self, invalid: Invalid) -> Result<(), ConfigError> {
+        // The default interface first, under the keys that configure it.
+        let mut sips = vec![("sip.listen".to_string(), self.sip.listen)];
+        sips.extend(
+            self.sip
+                .tls_listen
+                .map(|a| ("sip.tls_listen".to_string(), a)),
+        );
+        let mut media = vec![(
+            "media.ports".to_string(),
+            self.media.address,
+            self.media.ports,
+        )];
+        let mut names: HashSet<&str> = HashSet::new();
+        for (index, interface) in self.interfaces.iter().enumerate() {
+            let key = |field: &str| format!("interface[{index}].{field}");
+            let name = interface.name.trim();
+            if name.is_empty() || name != interface.name {
+                return Err(invalid(
+                    key("name"),
+                    "must be a name without surrounding spaces".into(),
+                ));
+            }
+            if name == "default" || !names.insert(name) {
+                return Err(invalid(
+                    key("name"),
+                    format!("duplicate interface name {name:?} (\"default\" is [sip]/[media]'s)"),
+                ));
+            }
+            if interface.sip.ip().is_unspecified() {
+                return Err(invalid(
+                    key("sip"),
+                    "must be a concrete address: an interface is the one network it is bound to"
+                        .into(),
+                ));
+            }
+            if interface.media.is_unspecified() {
+                return Err(invalid(
+                    key("media"),
+                    "must be a concrete address: it is advertised in SDP c= lines".into(),
+                ));
+            }
+            if interface.tls.is_some() && (self.sip.tls_cert.is_none() || self.sip.tls_ca.is_none())
+            {
+                return Err(invalid(
+                    key("tls"),
+                    "TLS needs sip.tls_cert, sip.tls_key and sip.tls_ca".into(),
+                ));
+            }
+            for (field, address) in
+                std::iter::once(("sip", interface.sip)).chain(interface.tls.map(|a| ("tls", a)))
+            {
+                if let Some((other, _)) = sips.iter().find(|(_, a)| {
+                    a.port() == address.port()
+                        && a.port() != 0
+                        && (a.ip() == address.ip() || a.ip().is_unspecified())
+                }) {
+                    return Err(invalid(
+                        key(field),
+                        format!("{address} is bound by {other} already"),
+                    ));
+                }
+                sips.push((key(field), address));
+            }
+            let [low, high] = interface.ports;
+            if low > high || u32::from(high) - u32::from(low) < 3 {
+                return Err(invalid(
+                    key("ports"),
+                    format!("[{low}, {high}] must be a range of at least two RTP/RTCP pairs"),
+                ));
+            }
+            if let Some((other, _, _)) = media.iter().find(|(_, ip, [l, h])| {
+                (*ip == interface.media || ip.is_unspecified()) && low <= *h && *l <= high
+            }) {
+                return Err(invalid(
+                    key("ports"),
+                    format!("[{low}, {high}] on {} overlaps {other}", interface.media),
+                ));
+            }
+            media.push((key("ports"), interface.media, interface.ports));
+        }
+        for (index, peer) in self.peers.iter().enumerate() {
+            let Some(name) = &peer.interface else {
+                continue;
+            };
+            if name == "default" {
+                continue;
+            }
+            let Some(interface) = self.interfaces.iter().find(|i| &i.name == name) else {
+                return Err(invalid(
+                    format!("peer[{index}].interface"),
+                    format!("no [[interface]] is named {name:?}"),
+                ));
+            };
+            if peer.transport == TransportKind::Tls && interface.tls.is_none() {
+                return Err(invalid(
+                    format!("peer[{index}].transport"),
+                    format!(
+                        "a tls peer needs its interface's tls address (interface {name:?} has none): its requests come back over TLS"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The interface a peer is reached on, by name ("default" for `[sip]`/`[media]`).
+    fn peer_interface(&self, name: &str) -> &str {
+        self.peers
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| p.interface.as_deref())
+            .unwrap_or("default")
+    }
+
     /// Each route's number (unique as written) and the peers it names.
     fn check_routes(&self, invalid: Invalid, names: &HashSet<&str>) -> Result<(), ConfigError> {
         let mut numbers = HashSet::new();
@@ -416,6 +535,20 @@ impl Config {
                     return Err(invalid(
                         format!("route[{index}].peers[{peer_index}]"),
                         format!("no [[peer]] is named {name:?}"),
+                    ));
+                }
+                // The call's leg toward the route is offered one media address before the
+                // route's first peer answers: every peer it may fail over to must reach it.
+                let (first, this) = (
+                    self.peer_interface(&route.peers[0]),
+                    self.peer_interface(name),
+                );
+                if first != this {
+                    return Err(invalid(
+                        format!("route[{index}].peers[{peer_index}]"),
+                        format!(
+                            "peer {name:?} is on interface {this:?}, the route's first peer on {first:?}: a route's peers share one interface"
+                        ),
                     ));
                 }
             }

@@ -9,13 +9,13 @@ use std::time::{Duration, SystemTime};
 use super::driver::{self, driver_now, CallServices};
 use crate::call::model::{Call, CallSettings, NewCall, ALLOW};
 use crate::ids::IdGenerator;
-use crate::media::ports::PortPool;
+use crate::media::ports::PortPools;
 use crate::media::relay;
 use crate::metrics::{Counter, Metrics};
 use crate::routing::Router;
 use crate::sip::endpoint::{Dispatcher, Disposition};
 use crate::sip::message::{Method, Request, Response};
-use crate::sip::target::Flow;
+use crate::sip::target::{Flow, InterfaceId};
 use crate::sip::transaction::ServerTransactionId;
 use crate::store::{unix_millis, CallRecord, CallStart, Changes};
 use crate::workorder::{CallEvent, EventKind, LegInfo};
@@ -26,7 +26,8 @@ use crate::sip::guard::TokenBucket;
 
 /// What the calls' media come from.
 pub struct MediaResources {
-    pub ports: Arc<PortPool>,
+    /// Each interface's ports.
+    pub ports: Arc<PortPools>,
     pub engine: relay::MediaEngine,
     /// An answered call with no media on either leg this long is ended.
     pub inactivity: Duration,
@@ -207,10 +208,18 @@ impl CallManager {
         allowed
     }
 
-    /// Two legs' ports and their relay, with the call's id generator and key; `None` (the call
-    /// refused with 503) when ports, descriptors or the relay run short.
-    fn relay_for_call(&self) -> Option<(IdGenerator, String, [SocketAddr; 2], relay::RelayHandle)> {
-        let (leg_a, leg_b) = match (self.media.ports.allocate(), self.media.ports.allocate()) {
+    /// Two legs' ports, each on its leg's interface (leg A's where the INVITE came in, leg
+    /// B's the route's), and their relay, with the call's id generator and key; `None` (the
+    /// call refused with 503) when ports, descriptors or the relay run short.
+    fn relay_for_call(
+        &self,
+        [interface_a, interface_b]: [InterfaceId; 2],
+    ) -> Option<(IdGenerator, String, [SocketAddr; 2], relay::RelayHandle)> {
+        let pools = &self.media.ports;
+        let (leg_a, leg_b) = match (
+            pools.of(usize::from(interface_a.0)).allocate(),
+            pools.of(usize::from(interface_b.0)).allocate(),
+        ) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(shortage), _) | (_, Err(shortage)) => {
                 tracing::warn!(%shortage, "call refused (503): overload");
@@ -315,7 +324,12 @@ impl CallManager {
             self.metrics.increment(Counter::CallsRefusedOverload);
             return Self::reply(request, 503);
         }
-        let Some((ids, id, [media_a, media_b], relay)) = self.relay_for_call() else {
+        // The route's peers share one interface (the configuration's checks).
+        let interfaces = [
+            flow.interface(),
+            peers.first().map_or(InterfaceId::DEFAULT, |p| p.interface),
+        ];
+        let Some((ids, id, [media_a, media_b], relay)) = self.relay_for_call(interfaces) else {
             return Self::reply(request, 503);
         };
         let record = call_record(request, id.clone(), &number, &caller_peer.name);

@@ -43,8 +43,9 @@ pub struct CallServices {
     pub tracker: tokio_util::task::TaskTracker,
     /// Bridged calls' dialogs (shared with the calls' settings for lookups).
     pub directory: Arc<crate::call::directory::Directory>,
-    /// Port pairs for conference guests (legs A and B get theirs at admission).
-    pub ports: Arc<crate::media::ports::PortPool>,
+    /// Each interface's port pairs, for conference guests (legs A and B get theirs at
+    /// admission).
+    pub ports: Arc<crate::media::ports::PortPools>,
     /// The work-order link: where the calls' events go, and how commands reach the calls.
     pub events: Arc<crate::workorder::hub::EventHub>,
     pub registry: Arc<crate::workorder::registry::CallRegistry>,
@@ -195,9 +196,10 @@ async fn carry_out(
             // A guest's port pair, given and taken back at once: the model's own bookkeeping
             // (a port freed here may serve a guest opened in the same step).
             Action::CloseParty(party) => relay.remove_party(party),
-            Action::OpenParty => {
+            Action::OpenParty { interface } => {
                 let opened = services
                     .ports
+                    .of(usize::from(interface.0))
                     .allocate()
                     .ok()
                     .and_then(|lease| relay.add_party(lease));
@@ -263,7 +265,7 @@ async fn carry_out(
             | Action::Ringing
             | Action::Hotkey { .. }
             | Action::Answered { .. }
-            | Action::OpenParty
+            | Action::OpenParty { .. }
             | Action::CloseParty(_)
             | Action::Conference(_)
             | Action::Linkage(_)

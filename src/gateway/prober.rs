@@ -7,7 +7,6 @@
 //! One task for all probed peers, on tokio's clock (so paused test time moves it too); it
 //! stops when the gateway shuts down.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -20,7 +19,7 @@ use crate::routing::health::{Change, PeerHealth};
 use crate::routing::{Peer, Router};
 use crate::sip::endpoint::{owner_channel, EndpointHandle};
 use crate::sip::message::{Headers, Host, Method, NameAddr, Request, Uri};
-use crate::sip::target::{local_for, Target};
+use crate::sip::target::{LocalAddresses, Target};
 use crate::sip::transaction::{via_for, SipEvent};
 use crate::store::Changes;
 use crate::workorder::hub::EventHub;
@@ -33,9 +32,8 @@ const EVENT_QUEUE: usize = 64;
 /// What the prober needs of the gateway.
 pub struct ProberServices {
     pub endpoint: EndpointHandle,
-    /// The address written in Via, and the TLS port for peers over TLS.
-    pub local_sip: SocketAddr,
-    pub local_tls_port: Option<u16>,
+    /// Our SIP address on each interface (Via, Contact).
+    pub local: LocalAddresses,
     pub metrics: Arc<Metrics>,
     pub events: Arc<EventHub>,
     /// Every `[[platform]]`: each hears of every peer's changes.
@@ -155,7 +153,7 @@ impl Probed {
     fn next_request(&mut self, services: &mut ProberServices) -> (Request, Target) {
         let target = Target::for_peer(&self.peer);
         let branch = services.ids.branch();
-        let local = local_for(services.local_sip, services.local_tls_port, target);
+        let local = services.local.for_target(target);
         let address = self.peer.address;
         let uri = Uri::sip(None, Host::Ip(address.ip()), Some(address.port()));
         let from = NameAddr::new(Uri::sip(

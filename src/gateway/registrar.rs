@@ -7,7 +7,6 @@
 //! One task for all registering peers, on tokio's clock (as the endpoint's); it is tracked with
 //! the calls, so the endpoint still runs while the un-REGISTERs go out.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::routing::{Peer, Router};
 use crate::sip::endpoint::{owner_channel, EndpointHandle};
 use crate::sip::registration::{Binding, Event, Registrant};
-use crate::sip::target::{local_for, Target};
+use crate::sip::target::{LocalAddresses, Target};
 use crate::sip::transaction::SipEvent;
 
 /// How long the un-REGISTERs get at shutdown (within the calls' grace, `shutdown.rs`).
@@ -27,9 +26,8 @@ const UNREGISTER_GRACE: Duration = Duration::from_secs(2);
 /// What the registrar needs of the gateway.
 pub struct RegistrarServices {
     pub endpoint: EndpointHandle,
-    /// Our SIP address (Via, Contact), and the TLS port for peers over TLS.
-    pub local_sip: SocketAddr,
-    pub local_tls_port: Option<u16>,
+    /// Our SIP address on each interface (Via, Contact).
+    pub local: LocalAddresses,
     pub metrics: Arc<Metrics>,
     pub ids: IdGenerator,
 }
@@ -61,7 +59,7 @@ pub async fn run(
             let registration = peer.registration.clone()?;
             let credentials = peer.outbound.clone()?;
             let target = Target::for_peer(peer);
-            let local = local_for(services.local_sip, services.local_tls_port, target);
+            let local = services.local.for_target(target);
             let binding = Binding {
                 registration,
                 credentials,

@@ -24,6 +24,8 @@ pub enum PortShortage {
 /// The free list of port pairs.
 pub struct PortPool {
     address: IpAddr,
+    /// Written in SDP instead of `address` (a side reached through NAT); else `address`.
+    advertised: IpAddr,
     free: Mutex<VecDeque<u16>>,
     metrics: Arc<Metrics>,
 }
@@ -40,7 +42,7 @@ pub struct LegSockets {
 impl LegSockets {
     /// The RTP address advertised in SDP.
     pub fn rtp_address(&self) -> SocketAddr {
-        SocketAddr::new(self.pool.address, self.port)
+        SocketAddr::new(self.pool.advertised, self.port)
     }
 }
 
@@ -52,11 +54,22 @@ impl Drop for LegSockets {
 
 impl PortPool {
     /// Pairs from the inclusive range `[low, high]`, starting at the first even port.
-    pub fn new(address: IpAddr, [low, high]: [u16; 2], metrics: Arc<Metrics>) -> Arc<PortPool> {
+    pub fn new(address: IpAddr, ports: [u16; 2], metrics: Arc<Metrics>) -> Arc<PortPool> {
+        Self::advertising(address, address, ports, metrics)
+    }
+
+    /// As [`PortPool::new`], its addresses written in SDP as `advertised`.
+    pub fn advertising(
+        address: IpAddr,
+        advertised: IpAddr,
+        [low, high]: [u16; 2],
+        metrics: Arc<Metrics>,
+    ) -> Arc<PortPool> {
         let first = low + (low % 2);
         let free = (first..high).step_by(2).collect();
         Arc::new(PortPool {
             address,
+            advertised,
             free: Mutex::new(free),
             metrics,
         })
@@ -116,6 +129,23 @@ impl PortPool {
         // Reuse the least recently freed port last, so late packets of an ended call do not
         // reach the next call at once.
         self.lock().push_back(port);
+    }
+}
+
+/// One pool per network interface, by the interface's index (the default's first): a leg's
+/// sockets are bound on its peer's network, and its SDP advertises that address.
+pub struct PortPools(Vec<Arc<PortPool>>);
+
+impl PortPools {
+    /// `default`'s pool, then the other interfaces' in order.
+    pub fn new(default: Arc<PortPool>, more: impl IntoIterator<Item = Arc<PortPool>>) -> Arc<Self> {
+        Arc::new(PortPools(std::iter::once(default).chain(more).collect()))
+    }
+
+    /// The pool of interface `index`; the default's for one not configured (the
+    /// configuration's checks rule that out).
+    pub fn of(&self, index: usize) -> &Arc<PortPool> {
+        self.0.get(index).unwrap_or(&self.0[0])
     }
 }
 

@@ -60,12 +60,53 @@ pub enum Target {
     TlsConnection(InterfaceId, ConnectionId, SocketAddr),
 }
 
-/// Our address as a request to `target` names it (Via, Contact): the SIP address, with the
-/// TLS port for TLS.
-pub fn local_for(local_sip: SocketAddr, local_tls_port: Option<u16>, target: Target) -> SocketAddr {
-    match local_tls_port {
-        Some(port) if target.is_secure() => SocketAddr::new(local_sip.ip(), port),
-        _ => local_sip,
+/// Our address on one interface as its peers are to see it (Via, Contact): the advertised
+/// IP (else the bound one) with the bound SIP port, and the bound TLS port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalAddress {
+    pub sip: SocketAddr,
+    pub tls_port: Option<u16>,
+}
+
+/// Our address on each interface, by [`InterfaceId`] (the default first): what a message to
+/// a peer names, so each network sees only the gateway's address on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalAddresses(Vec<LocalAddress>);
+
+impl LocalAddresses {
+    /// The default interface's address, then the others' in order.
+    pub fn new(default: LocalAddress, more: impl IntoIterator<Item = LocalAddress>) -> Self {
+        LocalAddresses(std::iter::once(default).chain(more).collect())
+    }
+
+    /// One interface only.
+    pub fn single(sip: SocketAddr, tls_port: Option<u16>) -> Self {
+        Self::new(LocalAddress { sip, tls_port }, [])
+    }
+
+    /// The interface's address; the default's for one not configured (the configuration's
+    /// checks rule that out: a peer names an interface that exists).
+    pub fn of(&self, interface: InterfaceId) -> LocalAddress {
+        let default = self.0[0];
+        self.0
+            .get(usize::from(interface.0))
+            .copied()
+            .unwrap_or(default)
+    }
+
+    /// The default interface's address.
+    pub fn default_address(&self) -> LocalAddress {
+        self.0[0]
+    }
+
+    /// Our address as a request to `target` names it (Via, Contact): the SIP address of the
+    /// target's interface, with its TLS port for TLS.
+    pub fn for_target(&self, target: Target) -> SocketAddr {
+        let local = self.of(target.interface());
+        match local.tls_port {
+            Some(port) if target.is_secure() => SocketAddr::new(local.sip.ip(), port),
+            _ => local.sip,
+        }
     }
 }
 

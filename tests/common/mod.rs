@@ -697,6 +697,14 @@ pub(crate) fn queued_datagram(socket: &UdpSocket) -> Option<Vec<u8>> {
     }
 }
 
+/// The top Via's sent-by as an IP address and port (5060 when none is given).
+pub(crate) fn via_sent_by(request: &Request) -> Option<SocketAddr> {
+    let via = request.top_via()?;
+    format!("{}:{}", via.host, via.port.unwrap_or(5060))
+        .parse()
+        .ok()
+}
+
 pub(crate) fn host_port(address: SocketAddr) -> String {
     match address {
         SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
@@ -916,6 +924,11 @@ pub(crate) async fn establish_to(
     caller.send_request(&invite).await;
     caller.expect_response("INVITE", 100).await;
     let incoming = callee.expect_request("INVITE").await;
+    // Responses go where the Via says it was sent from (§18.2.2): the gateway's address on
+    // the callee's interface.
+    if let Some(sent_by) = via_sent_by(&incoming) {
+        callee.set_gateway(sent_by);
+    }
     let offer = incoming.sdp().unwrap_or_default().to_string();
     let gateway_b_media = sdp_address(&offer);
     callee

@@ -15,7 +15,7 @@ use crate::routing::{Peer, Router};
 use crate::sip::message::{Request, Response};
 use crate::sip::sdp::MediaPolicy;
 use crate::sip::session_timer::SessionTimerSettings;
-use crate::sip::target::{Flow, Target};
+use crate::sip::target::{Flow, InterfaceId, LocalAddresses, Target};
 use crate::sip::transaction::{DialogKey, ServerTransactionId};
 
 /// Methods the gateway accepts inside a dialog (sent in Allow, §20.5).
@@ -24,10 +24,8 @@ pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REFER"
 /// Settings every call shares.
 #[derive(Debug, Clone)]
 pub struct CallSettings {
-    /// Address in Via and Contact.
-    pub local_sip: SocketAddr,
-    /// The TLS port (`sip.tls_listen`), in Via and Contact of what goes over TLS.
-    pub local_tls_port: Option<u16>,
+    /// Our SIP address on each interface, in Via and Contact (with the TLS port over TLS).
+    pub local: LocalAddresses,
     pub policy: MediaPolicy,
     pub peer_response_timeout: Duration,
     pub ring_timeout: Duration,
@@ -57,7 +55,7 @@ pub struct CallSettings {
 impl CallSettings {
     /// Our address as a peer reached over `target` sees it (the TLS port for TLS).
     pub fn local_for(&self, target: Target) -> SocketAddr {
-        crate::sip::target::local_for(self.local_sip, self.local_tls_port, target)
+        self.local.for_target(target)
     }
 }
 
@@ -140,9 +138,13 @@ pub enum Action {
         action: HotkeyAction,
         target: String,
     },
-    /// The call needs another media party (a conference guest's port pair): answer at once
-    /// with [`Call::handle_party_opened`](super::Call::handle_party_opened).
-    OpenParty,
+    /// The call needs another media party on `interface`, its peer's network (a conference
+    /// guest's port pair, or a transfer target's on another network than the transferor's
+    /// leg): answer at once with
+    /// [`Call::handle_party_opened`](super::Call::handle_party_opened).
+    OpenParty {
+        interface: InterfaceId,
+    },
     /// The call no longer uses this media party: its ports may go back.
     CloseParty(Party),
     /// A conference changed (for its record and metrics).

@@ -16,7 +16,7 @@ use crate::routing::SrtpMode;
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{Headers, Method, Request, Response};
 use crate::sip::sdp::{self, Direction, Origin, SessionDescription, SrtpTerms};
-use crate::sip::target::Target;
+use crate::sip::target::{InterfaceId, Target};
 use crate::sip::transaction::{DialogKey, ServerTransactionId};
 
 use super::challenge::outbound;
@@ -103,10 +103,18 @@ impl Call {
             return Err(TransferError::ConferenceFull(max));
         }
         let route = self.route_to(number)?;
+        // The guest's port pair is on its peer's network; the route's peers share one
+        // interface (the configuration's checks).
+        let interface = route
+            .first()
+            .map_or(InterfaceId::DEFAULT, |peer| peer.interface);
         let linkage_id =
             self.request_linkage(LinkageKind::Conference, from, number, trigger, &route);
         tracing::info!(call = %self.id, linkage = %linkage_id, target = number, trigger = trigger.as_str(), "conference guest invited");
-        let local_ip = self.settings.local_sip.ip().to_string();
+        let local_ip = route
+            .first()
+            .map(|peer| self.local_ip(peer).to_string())
+            .unwrap_or_default();
         let timeouts = ForkTimeouts {
             response: self.settings.peer_response_timeout,
             ring: self.settings.transfer_ring_timeout,
@@ -126,7 +134,7 @@ impl Call {
             dialog: None,
             endpoint: None,
         });
-        self.actions.push_back(Action::OpenParty);
+        self.actions.push_back(Action::OpenParty { interface });
         Ok(())
     }
 
@@ -137,6 +145,10 @@ impl Call {
     }
 
     fn party_opened(&mut self, now: Instant, opened: Option<(Party, SocketAddr)>) {
+        if self.transfer_opening_party() {
+            self.transfer_party_opened(now, opened);
+            return;
+        }
         let Some(index) = self.inviting() else {
             return;
         };
@@ -188,7 +200,12 @@ impl Call {
         if peer_index > 0 {
             // A new peer is a new dialog (§8.2.2.2: the same Call-ID, tag and CSeq towards an
             // SBC pair would be a merged request): fresh Call-ID and tag.
-            let call_id = self.ids.call_id(&self.settings.local_sip.ip().to_string());
+            let host = self.guests[index]
+                .fork
+                .peer_at(peer_index)
+                .map(|peer| self.local_ip(peer).to_string())
+                .unwrap_or_default();
+            let call_id = self.ids.call_id(&host);
             let tag = self.ids.tag();
             let guest = &mut self.guests[index];
             let old = guest.key();

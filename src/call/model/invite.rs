@@ -67,7 +67,7 @@ impl Call {
     /// An INVITE to `to.peer` on behalf of `to.identity`, as RFC 3325 lets this peer see it,
     /// to `sip:<number>@<peer address>` (the contract), with our SDP offer.
     pub(super) fn build_invite(&self, to: &InviteTo<'_>) -> Request {
-        let local = Host::Ip(self.settings.local_sip.ip());
+        let local = Host::Ip(self.local_ip(to.peer));
         let mut headers = Headers::new();
         headers.push(
             "Via",
@@ -126,7 +126,7 @@ impl Call {
             &mut invite.headers,
             to.peer,
             &self.legs[from].identity.number,
-            Host::Ip(self.settings.local_sip.ip()),
+            Host::Ip(self.local_ip(to.peer)),
             &invite.uri,
         );
         invite

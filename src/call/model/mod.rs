@@ -183,7 +183,12 @@ impl Call {
         let mut ids = new.ids;
         let a_tag = ids.tag();
         let b_tag = ids.tag();
-        let local_ip = settings.local_sip.ip();
+        // Leg B's Call-ID names our address on the route's interface (its peers share one).
+        let route_interface = new
+            .route
+            .first()
+            .map_or(crate::routing::InterfaceId::DEFAULT, |peer| peer.interface);
+        let local_ip = settings.local.of(route_interface).sip.ip();
         let a_target = new.flow.response_target(new.source);
         let a_origin = Origin::new(new.media_a.ip(), ids.next_u64() >> 12);
         let b_origin = Origin::new(new.media_b.ip(), ids.next_u64() >> 12);
@@ -273,6 +278,11 @@ impl Call {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Our IP on `peer`'s interface: the host of the Call-IDs and URIs it is sent.
+    fn local_ip(&self, peer: &Peer) -> std::net::IpAddr {
+        self.settings.local.of(peer.interface).sip.ip()
     }
 
     pub fn is_answered(&self) -> bool {

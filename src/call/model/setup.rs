@@ -110,7 +110,8 @@ impl Call {
             // to the call until it finishes: a 2xx after its transaction ended (Timer B) comes
             // by dialog and must still be ACKed and released.
             self.stale_dialogs.push(self.legs[Leg::B].key());
-            self.legs[Leg::B].call_id = self.ids.call_id(&self.settings.local_sip.ip().to_string());
+            let host = self.local_ip(&peer).to_string();
+            self.legs[Leg::B].call_id = self.ids.call_id(&host);
             self.legs[Leg::B].tag = self.ids.tag();
         }
         let target = Target::for_peer(&peer);

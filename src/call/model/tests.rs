@@ -77,8 +77,10 @@ fn contract_hotkeys() -> Arc<[crate::call::hotkey::Hotkey]> {
 
 fn settings() -> Arc<CallSettings> {
     Arc::new(CallSettings {
-        local_sip: "127.0.0.1:5060".parse().unwrap_or_else(|_| unreachable!()),
-        local_tls_port: None,
+        local: crate::sip::target::LocalAddresses::single(
+            "127.0.0.1:5060".parse().unwrap_or_else(|_| unreachable!()),
+            None,
+        ),
         policy: MediaPolicy::default(),
         peer_response_timeout: Duration::from_secs(4),
         ring_timeout: Duration::from_secs(60),
@@ -1249,7 +1251,10 @@ fn conference_under_way() -> Harness {
         "conference refused"
     );
     h.drain();
-    assert!(h.actions.iter().any(|a| matches!(a, Action::OpenParty)));
+    assert!(h
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::OpenParty { .. })));
     let address = "127.0.0.1:20004".parse().unwrap_or_else(|_| unreachable!());
     h.call
         .handle_party_opened(h.now, Party::guest(0).map(|p| (p, address)));
@@ -2135,3 +2140,4 @@ fn a_challenge_from_a_peer_without_credentials_fails_the_call() {
 }
 
 mod challenges;
+mod interfaces;

@@ -1,18 +1,20 @@
 //! Blind and attended transfer (一键携号转接) on the call model: the one operation behind REFER,
 //! hotkeys and the work-order API. The gateway calls the target through a
 //! [`Fork`](super::fork::Fork) of its own, with the citizen's identity, on the transferor's
-//! media port; the answer hands the transferor's leg over, a failure leaves the citizen where
+//! media port (or, for a target on another network, a port pair of its own there); the
+//! answer hands the transferor's leg over, a failure leaves the citizen where
 //! they are (or, with the agent gone, sends them back once to the number first called). A
 //! REFER's implicit subscription gets NOTIFYs of the progress (RFC 3515, RFC 6665 §4.2.2).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::media::{Leg, MediaCommand};
+use crate::media::{Leg, MediaCommand, Party};
 use crate::routing::Peer;
 use crate::sip::message::{Request, Response};
 use crate::sip::sdp::{self, Direction, Origin, SessionDescription};
-use crate::sip::target::Target;
+use crate::sip::target::{InterfaceId, Target};
 use crate::sip::transaction::{DialogKey, ServerTransactionId};
 
 use super::challenge::outbound;
@@ -46,6 +48,11 @@ pub(super) struct Transfer {
     /// The citizen hears the target's early media (the transferor's port took it over before
     /// answer).
     early_media: bool,
+    /// The target's own party and port pair, on its network (`[[interface]]`) when that is
+    /// not the transferor's leg's; None: the target gets the transferor's port.
+    party: Option<(Party, SocketAddr)>,
+    /// That party is asked for and not yet given: no INVITE has gone out.
+    opening_party: bool,
 }
 
 impl Transfer {
@@ -135,6 +142,13 @@ impl Call {
     ) -> Result<(), TransferError> {
         let consultation = refer.as_ref().and_then(|r| r.consultation.as_ref());
         let route = self.transfer_route(number, consultation.map(|(_, peer)| peer))?;
+        // The target is offered the transferor's port, bound on that leg's network; a target
+        // on another network (`[[interface]]`) gets a port pair of its own there, which takes
+        // the leg's place on answer. The route's peers share one interface.
+        let interface = route
+            .first()
+            .map_or(InterfaceId::DEFAULT, |peer| peer.interface);
+        let own_port = interface != self.legs[from].target.interface();
         let (refer_sequence, referred_by, replaces) = match refer {
             Some(refer) => (
                 Some(refer.sequence),
@@ -144,7 +158,8 @@ impl Call {
             None => (None, None, None),
         };
         let linkage_id = self.request_linkage(LinkageKind::Transfer, from, number, trigger, &route);
-        // The target gets the transferor's port: the relay hands it over on answer.
+        // The target gets the transferor's port: the relay hands it over on answer (or, with
+        // a port of its own, the offer is made again once it is bound).
         let port = self.legs[from].media;
         let origin = Origin::new(port.ip(), self.ids.next_u64() >> 12);
         let offer = sdp::offer(&self.settings.policy, port, &origin, Direction::SendRecv);
@@ -166,19 +181,59 @@ impl Call {
             referred_by,
             replaces,
             early_media: false,
+            party: None,
+            opening_party: own_port,
         });
-        self.transfer_to_peer(now, 0);
+        if own_port {
+            self.actions.push_back(Action::OpenParty { interface });
+        } else {
+            self.transfer_to_peer(now, 0);
+        }
         Ok(())
+    }
+
+    /// Whether the transfer waits for the port pair it asked for ([`Action::OpenParty`]).
+    pub(super) fn transfer_opening_party(&self) -> bool {
+        self.transfer.as_ref().is_some_and(|t| t.opening_party)
+    }
+
+    /// The transfer target's own port pair on its network (or None: no port left there, the
+    /// transfer fails 503 and the citizen stays); its INVITE goes out offering it.
+    pub(super) fn transfer_party_opened(
+        &mut self,
+        now: Instant,
+        opened: Option<(Party, SocketAddr)>,
+    ) {
+        let session = self.ids.next_u64() >> 12;
+        let Some(transfer) = self.transfer.as_mut() else {
+            return;
+        };
+        transfer.opening_party = false;
+        let Some((party, media)) = opened else {
+            tracing::warn!(call = %self.id, "no media port for the transfer target on its interface");
+            self.transfer_failure(
+                now,
+                Failure {
+                    status: 503,
+                    reason: String::new(),
+                    next: None,
+                },
+            );
+            return;
+        };
+        transfer.party = Some((party, media));
+        transfer.origin = Origin::new(media.ip(), session);
+        transfer.offer = sdp::offer(
+            &self.settings.policy,
+            media,
+            &transfer.origin,
+            Direction::SendRecv,
+        );
+        self.transfer_to_peer(now, 0);
     }
 
     /// Sends the transfer's INVITE to the `index`-th peer of the target's route.
     fn transfer_to_peer(&mut self, now: Instant, index: usize) {
-        let local_ip = self.settings.local_sip.ip().to_string();
-        let (call_id, tag, branch) = (
-            self.ids.call_id(&local_ip),
-            self.ids.tag(),
-            self.ids.branch(),
-        );
         let Some(peer) = self
             .transfer
             .as_ref()
@@ -186,6 +241,12 @@ impl Call {
         else {
             return;
         };
+        let local_ip = self.local_ip(&peer).to_string();
+        let (call_id, tag, branch) = (
+            self.ids.call_id(&local_ip),
+            self.ids.tag(),
+            self.ids.branch(),
+        );
         let key = self.offer_key(&peer);
         let Some(transfer) = self.transfer.as_mut() else {
             return;
@@ -411,7 +472,13 @@ impl Call {
             return;
         };
         let progress = transfer.fork.handle_provisional(now, response.status);
-        if response.status > 100 && self.settings.transfer_early_media && !transfer.early_media {
+        // Early media reaches the citizen through the transferor's port; a target with a port
+        // of its own is heard from its answer.
+        if response.status > 100
+            && self.settings.transfer_early_media
+            && !transfer.early_media
+            && transfer.party.is_none()
+        {
             let early = response
                 .sdp()
                 .map(sdp::parse)
@@ -485,6 +552,8 @@ impl Call {
             return;
         };
         let local_sdp = Some(transfer.offer.to_string());
+        let own_party = transfer.party;
+        let old_party = self.legs[from].party;
         let newcomer = Newcomer {
             call_id: transfer.call_id,
             tag: transfer.tag,
@@ -496,15 +565,28 @@ impl Call {
             offer: Some(transfer.offer),
             local_sdp,
             origin: transfer.origin,
-            party: None,
+            party: own_party,
         };
         let old = self.take_leg_over(from, newcomer);
         self.released.push(old);
         self.start_callee_session(now, from, &response);
-        self.actions.push_back(Action::Media(MediaCommand::Replace(
-            self.legs[from].party,
-            media,
-        )));
+        match own_party {
+            None => self.actions.push_back(Action::Media(MediaCommand::Replace(
+                self.legs[from].party,
+                media,
+            ))),
+            // The target's own port takes the leg's place: the old port leaves the audio
+            // (and goes back to its pool), the new one joins; two parties are relayed.
+            Some((party, _)) => {
+                self.actions
+                    .push_back(Action::Media(MediaCommand::Leave(old_party)));
+                self.actions.push_back(Action::CloseParty(old_party));
+                self.actions
+                    .push_back(Action::Media(MediaCommand::Configure(party, media)));
+                self.actions
+                    .push_back(Action::Media(MediaCommand::Join(party)));
+            }
+        }
         self.ringback(None);
         self.announce_bridge();
         self.actions
@@ -554,6 +636,9 @@ impl Call {
         let from = transfer.from;
         self.failure_notify = notify.map(|branch| (from, branch));
         tracing::info!(call = %self.id, linkage = %transfer.linkage_id, status, "transfer failed");
+        if let Some((party, _)) = transfer.party {
+            self.actions.push_back(Action::CloseParty(party));
+        }
         self.restore_agent_media(&transfer);
         self.actions
             .push_back(Action::Linkage(LinkageUpdate::Failed {
@@ -633,6 +718,9 @@ impl Call {
         if let Some((request, target)) = cancel {
             self.actions
                 .push_back(Action::SendRequest { request, target });
+        }
+        if let Some((party, _)) = transfer.party {
+            self.actions.push_back(Action::CloseParty(party));
         }
         self.actions
             .push_back(Action::Linkage(LinkageUpdate::Failed {
