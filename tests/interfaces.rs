@@ -1,33 +1,169 @@
 //! One gateway on three networks (`[[interface]]`), as on the boundary host: the carrier on
-//! the default interface (127.0.0.1), the 12345 ACD on the e-government network (127.0.0.2),
-//! the 110 desk on the police network (127.0.0.3). Loopback aliases stand for the networks:
-//! every address the gateway hands a peer, in any header or SDP line, and the source of the
-//! RTP it sends there, must be that peer's network's.
+//! the default interface, the 12345 ACD on the e-government network, the 110 desk on the
+//! police network. Every address the gateway hands a peer, in any header or SDP line, and
+//! the source of the RTP it sends there, must be that peer's network's.
+//!
+//! Two ways to stand for the networks, each scenario run on both:
+//! - network namespaces (`ip netns`, a veth pair each; needs root, as `.ci/run` has): each
+//!   peer's sockets live in a namespace that reaches only its own network's address of the
+//!   gateway, so an address of another network would not even be reachable;
+//! - loopback aliases (127.0.0.1, 127.0.0.2, 127.0.0.3), which need nothing.
 
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsFd;
+use std::process::Command;
 
-use common::{dtmf_info, establish, media_block, sdp_address, Established, Gateway, RtpPeer, Ua};
+use common::{
+    dtmf_info, establish_with, media_block, sdp_address, Established, Gateway, RtpPeer, Ua,
+};
 use hotline_gateway::sip::message::Request;
 
-const CARRIER_NET: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
-const EGOV_NET: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-const POLICE_NET: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+/// The carrier's, the e-government and the police network, in that order.
+const CARRIER: usize = 0;
+const EGOV: usize = 1;
+const POLICE: usize = 2;
 
-/// The three networks' addresses, for "none of the others" checks.
-const NETWORKS: [IpAddr; 3] = [CARRIER_NET, EGOV_NET, POLICE_NET];
+/// One network namespace with a veth pair to the host: the host (the gateway) at `.1`, the
+/// namespace at `.2` of a /24 of 198.18.0.0/15 (RFC 2544's benchmarking block, no real
+/// network's). Deleted (with its veth pair) when dropped.
+struct Namespace {
+    name: String,
+}
 
-/// Asserts that `text` (a whole message as sent) names no address of another network than
-/// `own`.
-fn only_addresses_of(own: IpAddr, what: &str, text: &str) {
-    for other in NETWORKS.iter().filter(|n| **n != own) {
+impl Namespace {
+    fn create(name: String, host_link: &str, subnet: u8) -> Namespace {
+        let namespace = Namespace { name };
+        let ns = namespace.name.as_str();
+        let peer_link = format!("{host_link}p");
+        let host = format!("198.18.{subnet}.1/24");
+        let inside = format!("198.18.{subnet}.2/24");
+        let steps: [&[&str]; 7] = [
+            &["netns", "add", ns],
+            &[
+                "link", "add", host_link, "type", "veth", "peer", "name", &peer_link,
+            ],
+            &["link", "set", &peer_link, "netns", ns],
+            &["addr", "add", &host, "dev", host_link],
+            &["link", "set", host_link, "up"],
+            &["-n", ns, "addr", "add", &inside, "dev", &peer_link],
+            &["-n", ns, "link", "set", &peer_link, "up"],
+        ];
+        for step in steps {
+            match Command::new("ip").args(step).output() {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => panic!(
+                    "ip {}: {} (network namespaces need root: run as root, as .ci/run does)",
+                    step.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                Err(e) => panic!("ip is not installed (apt-get install iproute2): {e}"),
+            }
+        }
+        namespace
+    }
+
+    /// A UDP socket bound to `address` inside the namespace (from a thread that enters it:
+    /// the socket stays in the namespace it was made in).
+    fn bind(&self, address: SocketAddr) -> std::net::UdpSocket {
+        let path = format!("/var/run/netns/{}", self.name);
+        let bound = std::thread::spawn(move || {
+            let file = std::fs::File::open(&path)?;
+            rustix::thread::move_into_link_name_space(
+                file.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )?;
+            std::net::UdpSocket::bind(address)
+        })
+        .join();
+        match bound {
+            Ok(Ok(socket)) => socket,
+            Ok(Err(e)) => panic!("bind {address} in {}: {e}", self.name),
+            Err(_) => panic!("the namespace thread panicked"),
+        }
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// The three networks: the gateway's address on each and its peer's.
+struct Networks {
+    gateway: [IpAddr; 3],
+    peer: [IpAddr; 3],
+    namespaces: Option<[Namespace; 3]>,
+}
+
+impl Networks {
+    fn loopback_aliases() -> Networks {
+        let ips = [1, 2, 3].map(|n| IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)));
+        Networks {
+            gateway: ips,
+            peer: ips,
+            namespaces: None,
+        }
+    }
+
+    /// Three namespaces for test `test` (each test its own subnets and names).
+    fn namespaces(test: u8) -> Networks {
+        let pid = std::process::id();
+        let subnet = |net: u8| 10 * test + net + 1;
+        let namespaces = [0u8, 1, 2].map(|net| {
+            Namespace::create(
+                format!("hotline-{pid}-{test}-{net}"),
+                &format!("h{pid}{test}{net}"),
+                subnet(net),
+            )
+        });
+        let ip = |net: usize, host: u8| IpAddr::V4(Ipv4Addr::new(198, 18, subnet(net as u8), host));
+        Networks {
+            gateway: [0, 1, 2].map(|net| ip(net, 1)),
+            peer: [0, 1, 2].map(|net| ip(net, 2)),
+            namespaces: Some(namespaces),
+        }
+    }
+
+    fn socket(&self, net: usize) -> std::net::UdpSocket {
+        let address = SocketAddr::new(self.peer[net], 0);
+        match &self.namespaces {
+            Some(namespaces) => namespaces[net].bind(address),
+            None => match std::net::UdpSocket::bind(address) {
+                Ok(s) => s,
+                Err(e) => panic!("bind {address}: {e}"),
+            },
+        }
+    }
+
+    fn ua(&self, name: &str, net: usize) -> Ua {
+        Ua::on_socket(name, self.socket(net))
+    }
+
+    fn rtp(&self, net: usize) -> RtpPeer {
+        RtpPeer::on_socket(self.socket(net))
+    }
+
+    /// Asserts that `text` (a whole message as sent to network `net`) names the gateway's
+    /// address there and no address of another network.
+    fn only_addresses_of(&self, net: usize, what: &str, text: &str) {
+        for other in (0..3).filter(|n| *n != net) {
+            for address in [self.gateway[other], self.peer[other]] {
+                assert!(
+                    !text.contains(&address.to_string()),
+                    "{what} names {address}, an address of another network:\n{text}"
+                );
+            }
+        }
         assert!(
-            !text.contains(&other.to_string()),
-            "{what} names {other}, an address of another network:\n{text}"
+            text.contains(&self.gateway[net].to_string()),
+            "{what}:\n{text}"
         );
     }
-    assert!(text.contains(&own.to_string()), "{what}:\n{text}");
 }
 
 fn text_of(bytes: impl AsRef<[u8]>) -> String {
@@ -36,21 +172,22 @@ fn text_of(bytes: impl AsRef<[u8]>) -> String {
 
 /// The carrier, the 12345 desk and the 110 desk, each on its network, around a gateway on all
 /// three; `*1` transfers to 110, `*3` brings 110 in.
-async fn three_networks() -> (Gateway, Ua, Ua, Ua) {
-    let carrier = Ua::bind("carrier", CARRIER_NET).await;
-    let desk = Ua::bind("hotline", EGOV_NET).await;
-    let police = Ua::bind("police", POLICE_NET).await;
+async fn gateway_on(networks: &Networks) -> (Gateway, Ua, Ua, Ua) {
+    let mut carrier = networks.ua("carrier", CARRIER);
+    let desk = networks.ua("hotline", EGOV);
+    let police = networks.ua("police", POLICE);
     let [egov_low, egov_high] = media_block();
     let [police_low, police_high] = media_block();
+    let [default_ip, egov_ip, police_ip] = networks.gateway;
     let tables = format!(
-        "\n[[interface]]\nname = \"egov\"\nsip = \"{EGOV_NET}:0\"\nmedia = \"{EGOV_NET}\"\n\
+        "\n[[interface]]\nname = \"egov\"\nsip = \"{egov_ip}:0\"\nmedia = \"{egov_ip}\"\n\
          ports = [{egov_low}, {egov_high}]\n\
-         \n[[interface]]\nname = \"police-net\"\nsip = \"{POLICE_NET}:0\"\nmedia = \"{POLICE_NET}\"\n\
+         \n[[interface]]\nname = \"police-net\"\nsip = \"{police_ip}:0\"\nmedia = \"{police_ip}\"\n\
          ports = [{police_low}, {police_high}]\n\
          \n[[hotkey]]\ndtmf = \"*1\"\naction = \"transfer\"\ntarget = \"110\"\n\
          \n[[hotkey]]\ndtmf = \"*3\"\naction = \"conference\"\ntarget = \"110\"\n"
     );
-    let gateway = Gateway::start_with_tables(
+    let gateway = Gateway::start_configured(
         &[
             ("carrier", carrier.address, ""),
             (
@@ -68,11 +205,15 @@ async fn three_networks() -> (Gateway, Ua, Ua, Ua) {
         "",
         "",
         &tables,
+        |config| {
+            // The default interface is the carrier's network's address of the gateway.
+            config.sip.listen = SocketAddr::new(default_ip, 0);
+            config.media.address = default_ip;
+        },
     )
     .await;
-    let mut carrier = carrier;
     carrier.set_gateway(gateway.sip);
-    assert_eq!(gateway.sip.ip(), CARRIER_NET);
+    assert_eq!(gateway.sip.ip(), default_ip);
     (gateway, carrier, desk, police)
 }
 
@@ -110,21 +251,22 @@ async fn rtp_source(from: &RtpPeer, to: SocketAddr, at: &RtpPeer, sequence: u16)
 
 /// A citizen's call from the carrier to the 12345 desk: the desk sees only e-government
 /// addresses, the carrier only its own; RTP both ways from each network's address.
-async fn citizen_reaches_the_desk(carrier: &mut Ua, desk: &mut Ua) -> Established {
-    let call = establish(carrier, desk, &[8], &[8]).await;
-    only_addresses_of(
-        EGOV_NET,
-        "the INVITE to 12345",
-        &text_of(call.incoming.to_bytes()),
-    );
-    only_addresses_of(
-        CARRIER_NET,
+async fn citizen_reaches_the_desk(n: &Networks, carrier: &mut Ua, desk: &mut Ua) -> Established {
+    let call = establish_with(
+        ("12345", "13800138000"),
+        (carrier, n.rtp(CARRIER), &[8]),
+        (desk, n.rtp(EGOV), &[8]),
+    )
+    .await;
+    let incoming = text_of(call.incoming.to_bytes());
+    n.only_addresses_of(EGOV, "the INVITE to 12345", &incoming);
+    n.only_addresses_of(
+        CARRIER,
         "the 200 to the carrier",
         &text_of(call.ok.to_bytes()),
     );
-    assert_eq!(call.gateway_a_media.ip(), CARRIER_NET);
-    assert_eq!(call.gateway_b_media.ip(), EGOV_NET);
-    desk.set_gateway(gateway_address_in(&call.incoming));
+    assert_eq!(call.gateway_a_media.ip(), n.gateway[CARRIER]);
+    assert_eq!(call.gateway_b_media.ip(), n.gateway[EGOV]);
     assert_eq!(
         rtp_source(&call.caller_rtp, call.gateway_a_media, &call.callee_rtp, 1).await,
         call.gateway_b_media,
@@ -147,35 +289,39 @@ async fn agent_keys(desk: &mut Ua, call: &Established, cseq: u32, digit: char) {
     }
 }
 
-#[tokio::test]
-async fn each_peer_sees_only_its_own_networks_addresses_in_a_call_and_a_conference() {
-    let (mut gateway, mut carrier, mut desk, mut police) = three_networks().await;
-    let call = citizen_reaches_the_desk(&mut carrier, &mut desk).await;
+/// The agent brings 110 in (`*3`): 110 is invited from the gateway's police address, the
+/// three are mixed; the agent leaves and citizen and 110 talk on; 110 hangs up.
+async fn conference_across_networks(n: Networks) {
+    let (mut gateway, mut carrier, mut desk, mut police) = gateway_on(&n).await;
+    let call = citizen_reaches_the_desk(&n, &mut carrier, &mut desk).await;
 
-    // `*3`: 110, on the police network, is invited from the gateway's police address.
     agent_keys(&mut desk, &call, 2, '3').await;
     let invite = police.expect_request("INVITE").await;
-    only_addresses_of(POLICE_NET, "the INVITE to 110", &text_of(invite.to_bytes()));
+    n.only_addresses_of(POLICE, "the INVITE to 110", &text_of(invite.to_bytes()));
     assert_eq!(
         invite.from().and_then(|f| f.uri.number()).as_deref(),
         Some("13800138000"),
         "110 sees the citizen's number"
     );
     let guest_media = sdp_address(invite.sdp().unwrap_or_default());
-    assert_eq!(guest_media.ip(), POLICE_NET);
+    assert_eq!(guest_media.ip(), n.gateway[POLICE]);
     police.set_gateway(gateway_address_in(&invite));
-    let police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
-    // Mixed audio reaches 110 from the gateway's police address.
+    let police_rtp = common::answer_with_rtp(&mut police, &invite, n.rtp(POLICE), &[8]).await;
+    // The mix reaches 110 from the gateway's police address, 110's voice reaches the citizen.
     assert_eq!(
         rtp_source(&police_rtp, guest_media, &police_rtp, 1).await,
         guest_media
     );
+    assert_eq!(
+        rtp_source(&police_rtp, guest_media, &call.caller_rtp, 2).await,
+        call.gateway_a_media
+    );
 
-    // The agent leaves: the citizen and 110 stay, 110's RTP reaching the carrier's side.
+    // The agent leaves: the citizen and 110 stay, 110's RTP reaching the citizen.
     let bye = desk.uas_request(&call.incoming, "BYE", 4);
     desk.send_request(&bye).await;
     desk.expect_response("BYE", 200).await;
-    let source = rtp_source(&police_rtp, guest_media, &call.caller_rtp, 2).await;
+    let source = rtp_source(&police_rtp, guest_media, &call.caller_rtp, 3).await;
     assert_eq!(source, call.gateway_a_media);
 
     // 110 hangs up: the citizen gets the BYE from the gateway's carrier-side address.
@@ -183,11 +329,7 @@ async fn each_peer_sees_only_its_own_networks_addresses_in_a_call_and_a_conferen
     police.send_request(&bye).await;
     police.expect_response("BYE", 200).await;
     let bye = carrier.expect_request("BYE").await;
-    only_addresses_of(
-        CARRIER_NET,
-        "the BYE to the carrier",
-        &text_of(bye.to_bytes()),
-    );
+    n.only_addresses_of(CARRIER, "the BYE to the carrier", &text_of(bye.to_bytes()));
     carrier
         .send_response(&carrier.answer(&bye, 200, None))
         .await;
@@ -200,17 +342,17 @@ async fn each_peer_sees_only_its_own_networks_addresses_in_a_call_and_a_conferen
     gateway.stop().await;
 }
 
-#[tokio::test]
-async fn a_transfer_to_110_on_the_police_network_hands_the_citizen_over_with_police_addresses() {
-    let (mut gateway, mut carrier, mut desk, mut police) = three_networks().await;
-    let call = citizen_reaches_the_desk(&mut carrier, &mut desk).await;
+/// The agent transfers the citizen to 110 (`*1`): 110 is called from the gateway's police
+/// address and offered a port there (not the agent's, on the e-government network); the
+/// agent is released; citizen and 110 talk; the citizen hangs up.
+async fn transfer_across_networks(n: Networks) {
+    let (mut gateway, mut carrier, mut desk, mut police) = gateway_on(&n).await;
+    let call = citizen_reaches_the_desk(&n, &mut carrier, &mut desk).await;
 
-    // `*1`: 110 is called from the gateway's police address, offered a port there (not the
-    // agent's, which is on the e-government network).
     agent_keys(&mut desk, &call, 2, '1').await;
     let invite = police.expect_request("INVITE").await;
-    only_addresses_of(
-        POLICE_NET,
+    n.only_addresses_of(
+        POLICE,
         "the transfer's INVITE to 110",
         &text_of(invite.to_bytes()),
     );
@@ -220,15 +362,13 @@ async fn a_transfer_to_110_on_the_police_network_hands_the_citizen_over_with_pol
         "carrying the citizen's own number"
     );
     let target_media = sdp_address(invite.sdp().unwrap_or_default());
-    assert_eq!(target_media.ip(), POLICE_NET);
+    assert_eq!(target_media.ip(), n.gateway[POLICE]);
     police.set_gateway(gateway_address_in(&invite));
     police
         .send_response(&police.answer(&invite, 180, None))
         .await;
-    let police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
+    let police_rtp = common::answer_with_rtp(&mut police, &invite, n.rtp(POLICE), &[8]).await;
 
-    // The agent is released; the citizen and 110 talk, each's RTP from the gateway's address
-    // on its own network.
     let bye = desk.expect_request("BYE").await;
     desk.send_response(&desk.answer(&bye, 200, None)).await;
     assert_eq!(
@@ -242,12 +382,11 @@ async fn a_transfer_to_110_on_the_police_network_hands_the_citizen_over_with_pol
         "the citizen hears 110 from the gateway's carrier-side address"
     );
 
-    // The citizen hangs up: 110 gets the BYE, from its network's address.
     let bye = carrier.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
     carrier.send_request(&bye).await;
     carrier.expect_response("BYE", 200).await;
     let bye = police.expect_request("BYE").await;
-    only_addresses_of(POLICE_NET, "the BYE to 110", &text_of(bye.to_bytes()));
+    n.only_addresses_of(POLICE, "the BYE to 110", &text_of(bye.to_bytes()));
     police.send_response(&police.answer(&bye, 200, None)).await;
     let record = gateway.ended_record(call.invite.call_id()).await;
     assert_eq!(record.b_peer.as_deref(), Some("police"));
@@ -259,4 +398,24 @@ async fn a_transfer_to_110_on_the_police_network_hands_the_citizen_over_with_pol
         "{linkages:?}"
     );
     gateway.stop().await;
+}
+
+#[tokio::test]
+async fn conference_across_network_namespaces() {
+    conference_across_networks(Networks::namespaces(0)).await;
+}
+
+#[tokio::test]
+async fn transfer_across_network_namespaces() {
+    transfer_across_networks(Networks::namespaces(1)).await;
+}
+
+#[tokio::test]
+async fn conference_across_loopback_aliases() {
+    conference_across_networks(Networks::loopback_aliases()).await;
+}
+
+#[tokio::test]
+async fn transfer_across_loopback_aliases() {
+    transfer_across_networks(Networks::loopback_aliases()).await;
 }

@@ -324,6 +324,21 @@ impl Ua {
             Ok(s) => s,
             Err(e) => panic!("bind: {e}"),
         };
+        Ua::with_socket(name, socket)
+    }
+
+    /// A UA on a socket bound elsewhere (in another network namespace).
+    pub(crate) fn on_socket(name: &str, socket: std::net::UdpSocket) -> Ua {
+        let socket = socket
+            .set_nonblocking(true)
+            .and_then(|()| UdpSocket::from_std(socket));
+        match socket {
+            Ok(s) => Ua::with_socket(name, s),
+            Err(e) => panic!("socket: {e}"),
+        }
+    }
+
+    fn with_socket(name: &str, socket: UdpSocket) -> Ua {
         let address = socket.local_addr().unwrap_or_else(|e| panic!("{e}"));
         Ua {
             socket,
@@ -791,6 +806,19 @@ impl RtpPeer {
         RtpPeer { socket, address }
     }
 
+    /// An RTP endpoint on a socket bound elsewhere (in another network namespace).
+    pub(crate) fn on_socket(socket: std::net::UdpSocket) -> RtpPeer {
+        let socket = socket
+            .set_nonblocking(true)
+            .and_then(|()| UdpSocket::from_std(socket));
+        let socket = match socket {
+            Ok(s) => s,
+            Err(e) => panic!("socket: {e}"),
+        };
+        let address = socket.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        RtpPeer { socket, address }
+    }
+
     pub(crate) async fn send(
         &self,
         to: SocketAddr,
@@ -915,6 +943,20 @@ pub(crate) async fn establish_to(
 ) -> Established {
     let caller_rtp = RtpPeer::bind(caller.address.ip()).await;
     let callee_rtp = RtpPeer::bind(callee.address.ip()).await;
+    establish_with(
+        (number, caller_number),
+        (caller, caller_rtp, caller_codecs),
+        (callee, callee_rtp, callee_codecs),
+    )
+    .await
+}
+
+/// As [`establish_to`] (`number`, `caller_number`), each side's RTP on a given endpoint.
+pub(crate) async fn establish_with(
+    (number, caller_number): (&str, &str),
+    (caller, caller_rtp, caller_codecs): (&mut Ua, RtpPeer, &[u8]),
+    (callee, callee_rtp, callee_codecs): (&mut Ua, RtpPeer, &[u8]),
+) -> Established {
     let invite = caller.invite(
         number,
         caller_number,
@@ -988,6 +1030,16 @@ pub(crate) async fn answer_with_media(
     payload_types: &[u8],
 ) -> RtpPeer {
     let rtp = RtpPeer::bind(ua.address.ip()).await;
+    answer_with_rtp(ua, invite, rtp, payload_types).await
+}
+
+/// As [`answer_with_media`], with the given RTP endpoint.
+pub(crate) async fn answer_with_rtp(
+    ua: &mut Ua,
+    invite: &Request,
+    rtp: RtpPeer,
+    payload_types: &[u8],
+) -> RtpPeer {
     let answer = sdp(rtp.address, payload_types, "sendrecv");
     ua.send_response(&ua.answer(invite, 200, Some(&answer)))
         .await;
