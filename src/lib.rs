@@ -41,7 +41,7 @@ pub mod sip;
 pub mod store;
 pub mod workorder;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,6 +87,8 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("{key}: {address} is not an address of this host")]
+    NotOnHost { key: String, address: IpAddr },
 }
 
 /// A running gateway: its addresses, for tests and logs.
@@ -123,6 +125,9 @@ fn nonce_key() -> Result<[u8; 32], StartError> {
 /// # Errors
 /// [`StartError`] when a socket cannot be bound or the store cannot be opened.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
+    if let Some((key, address)) = config.address_not_on_host() {
+        return Err(StartError::NotOnHost { key, address });
+    }
     let router = Arc::new(Router::from(&config));
     warn_clear_srtp(&router);
     let (max_calls, max_tcp_connections) = allowances(&config);

@@ -29,9 +29,14 @@ impl Budget {
     /// `max_tcp_connections` SIP connections.
     pub fn new([low, high]: [u16; 2], max_calls: usize, max_tcp_connections: usize) -> Budget {
         let range = u64::from(high.saturating_sub(low)) + 1;
+        Self::with_ports(range, max_calls, max_tcp_connections)
+    }
+
+    /// As [`Budget::new`], with `ports` media ports in all (every interface's ranges).
+    pub fn with_ports(ports: u64, max_calls: usize, max_tcp_connections: usize) -> Budget {
         // Four ports a call (RTP and RTCP of two legs), each bound once and once duplicated
         // for its relay worker.
-        let ports = (max_calls as u64).saturating_mul(4).min(range);
+        let ports = (max_calls as u64).saturating_mul(4).min(ports);
         Budget {
             sip_tcp: max_tcp_connections as u64,
             media: ports * 2,

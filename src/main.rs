@@ -62,6 +62,13 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
+        if let Some((key, address)) = config.address_not_on_host() {
+            eprintln!(
+                "hotline-gateway: {}: key `{key}`: {address} is not an address of this host",
+                cli.config.display()
+            );
+            return ExitCode::from(2);
+        }
         let budget = hotline_gateway::limits::Budget::from(&config);
         let limit = hotline_gateway::limits::raise();
         if let Some(reason) = hotline_gateway::limits::shortfall(&budget, &limit) {

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Monotonic counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -421,6 +421,18 @@ pub struct Metrics {
     /// `hotline_peer_registered{peer}` and `hotline_peer_registrations_total{peer,result}`:
     /// each registering peer, in the order first set (written per REGISTER answer).
     registrations: Mutex<Vec<PeerRegistration>>,
+    /// `hotline_interface_*{interface}`: each interface's media figures, in the order
+    /// registered (at start, by the port pools that update them).
+    interfaces: Mutex<Vec<(String, Arc<InterfaceMetrics>)>>,
+}
+
+/// One network interface's media figures, updated by its port pool without a lock.
+#[derive(Debug, Default)]
+pub struct InterfaceMetrics {
+    /// RTP and RTCP ports bound now.
+    pub ports_in_use: AtomicI64,
+    /// Legs given a port pair there (callers, desks, transfer targets, conference guests).
+    pub legs: AtomicU64,
 }
 
 /// One registering peer's rows.
@@ -440,6 +452,7 @@ impl Default for Metrics {
             calls: std::array::from_fn(|_| AtomicU64::new(0)),
             peers_up: Mutex::new(Vec::new()),
             registrations: Mutex::new(Vec::new()),
+            interfaces: Mutex::new(Vec::new()),
         }
     }
 }
@@ -470,6 +483,20 @@ impl Metrics {
     pub fn count_call(&self, result: CallResult) {
         self.calls[RESULTS.iter().position(|(r, _)| *r == result).unwrap_or(0)]
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The figures of interface `name` (registered on first ask), for its port pool.
+    pub fn interface(&self, name: &str) -> Arc<InterfaceMetrics> {
+        let mut interfaces = self
+            .interfaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, figures)) = interfaces.iter().find(|(n, _)| n == name) {
+            return Arc::clone(figures);
+        }
+        let figures = Arc::new(InterfaceMetrics::default());
+        interfaces.push((name.to_string(), Arc::clone(&figures)));
+        figures
     }
 
     /// Sets `hotline_peer_up{peer="name"}` (a probed peer: 1 up, 0 down).
@@ -536,6 +563,7 @@ impl Metrics {
         }
         self.render_peers_up(&mut out);
         self.render_registrations(&mut out);
+        self.render_interfaces(&mut out);
         for (index, (_, name, help)) in COUNTERS.iter().enumerate() {
             let value = self.counters[index].load(Ordering::Relaxed);
             let _ = writeln!(
@@ -570,6 +598,41 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// Each interface's media figures.
+    fn render_interfaces(&self, out: &mut String) {
+        let interfaces = self
+            .interfaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if interfaces.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hotline_interface_media_ports_in_use RTP and RTCP ports bound on the interface\n# TYPE hotline_interface_media_ports_in_use gauge"
+        );
+        for (name, figures) in interfaces.iter() {
+            let _ = writeln!(
+                out,
+                "hotline_interface_media_ports_in_use{{interface=\"{}\"}} {}",
+                label_value(name),
+                figures.ports_in_use.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hotline_interface_legs_total call legs given media on the interface (callers, desks, transfer targets, conference guests)\n# TYPE hotline_interface_legs_total counter"
+        );
+        for (name, figures) in interfaces.iter() {
+            let _ = writeln!(
+                out,
+                "hotline_interface_legs_total{{interface=\"{}\"}} {}",
+                label_value(name),
+                figures.legs.load(Ordering::Relaxed)
+            );
+        }
+    }
+
     /// The registering peers' rows, when some peer registers.
     fn render_registrations(&self, out: &mut String) {
         let peers = self

@@ -109,6 +109,8 @@ fn calls_lists_records_and_reports_a_missing_store() {
             called: "12345".into(),
             a_peer: "carrier".into(),
             b_peer: Some("hotline".into()),
+            a_interface: "default".into(),
+            b_interface: Some("egov".into()),
             started_at: 1_795_305_600_000,
             answered_at: Some(1_795_305_601_000),
             ended_at: Some(1_795_305_661_000),
@@ -156,5 +158,57 @@ fn events_for_a_platform_not_configured_says_so() {
     assert_eq!(
         String::from_utf8_lossy(&output.stderr).trim(),
         "hotline-gateway: no [[platform]] named \"119\" in the configuration"
+    );
+}
+
+/// `--check` with the contract sample grown by an `[[interface]]` on the police network:
+/// on this host (127.0.0.2 is ours) it passes; an address the host does not have is named
+/// by its key; a peer naming an interface nobody configured is refused.
+#[test]
+fn check_refuses_interface_addresses_not_on_the_host() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let sample = std::fs::read_to_string("config/gateway.toml").unwrap_or_default();
+    let with_interface = |media: &str| {
+        sample.replace(
+            "platform = \"110\"\n",
+            "platform = \"110\"\ninterface = \"police-net\"\n",
+        ) + &format!(
+            "\n[[interface]]\nname = \"police-net\"\nsip = \"127.0.0.2:5060\"\n\
+             media = \"{media}\"\nports = [22000, 22999]\n"
+        )
+    };
+    let check = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        let output = gateway()
+            .arg("--config")
+            .arg(&path)
+            .arg("--check")
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (status, stderr) = check("ok.toml", with_interface("127.0.0.2"));
+    assert_eq!(status, Some(0), "{stderr}");
+    // 192.0.2.0/24 is documentation's (RFC 5737): no host of ours has it.
+    let (status, stderr) = check("elsewhere.toml", with_interface("192.0.2.7"));
+    assert_eq!(status, Some(2));
+    assert!(
+        stderr.contains(
+            "elsewhere.toml: key `interface[0].media`: 192.0.2.7 is not an address of this host"
+        ),
+        "{stderr}"
+    );
+    let (status, stderr) = check(
+        "unknown.toml",
+        with_interface("127.0.0.2").replace("interface = \"police-net\"", "interface = \"police\""),
+    );
+    assert_eq!(status, Some(2));
+    assert!(
+        stderr.contains("key `peer[2].interface`: no [[interface]] is named \"police\""),
+        "{stderr}"
     );
 }

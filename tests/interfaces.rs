@@ -339,6 +339,7 @@ async fn conference_across_networks(n: Networks) {
         Some("police"),
         "110 took the agent's place"
     );
+    assert_interfaces_recorded(&gateway, &record).await;
     gateway.stop().await;
 }
 
@@ -397,7 +398,24 @@ async fn transfer_across_networks(n: Networks) {
         Some("police"),
         "{linkages:?}"
     );
+    assert_interfaces_recorded(&gateway, &record).await;
     gateway.stop().await;
+}
+
+/// The call's record names each leg's interface (leg B's the police network's, 110 having
+/// taken it over); the metrics count each network's legs, and every port is given back.
+async fn assert_interfaces_recorded(
+    gateway: &Gateway,
+    record: &hotline_gateway::store::CallRecord,
+) {
+    assert_eq!(record.a_interface, "default");
+    assert_eq!(record.b_interface.as_deref(), Some("police-net"));
+    for (interface, legs) in [("default", 1.0), ("egov", 1.0), ("police-net", 1.0)] {
+        let name = format!("hotline_interface_legs_total{{interface=\"{interface}\"}}");
+        assert_eq!(gateway.metric(&name).await, Some(legs), "{name}");
+        let in_use = format!("hotline_interface_media_ports_in_use{{interface=\"{interface}\"}}");
+        gateway.metric_reaches(&in_use, 0.0).await;
+    }
 }
 
 #[tokio::test]

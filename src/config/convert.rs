@@ -116,6 +116,7 @@ impl From<&Config> for Router {
             })
             .collect();
         Router::new(peers, config.routes.iter().map(Route::from).collect())
+            .with_interface_names(config.interfaces.iter().map(|i| i.name.clone()))
     }
 }
 
@@ -246,12 +247,14 @@ impl ApiConfig {
 }
 
 impl From<&Config> for Budget {
+    /// With every interface's media ports.
     fn from(config: &Config) -> Budget {
-        Budget::new(
-            config.media.ports,
-            config.sip.max_calls,
-            config.sip.max_tcp_connections,
-        )
+        let range = |[low, high]: [u16; 2]| u64::from(high.saturating_sub(low)) + 1;
+        let ports = std::iter::once(config.media.ports)
+            .chain(config.interfaces.iter().map(|i| i.ports))
+            .map(range)
+            .sum();
+        Budget::with_ports(ports, config.sip.max_calls, config.sip.max_tcp_connections)
     }
 }
 
@@ -316,7 +319,7 @@ impl Config {
             PortPool::new(self.media.address, self.media.ports, Arc::clone(metrics)),
             self.interfaces.iter().map(|i| {
                 let advertised = i.advertise.unwrap_or(i.media);
-                PortPool::advertising(i.media, advertised, i.ports, Arc::clone(metrics))
+                PortPool::on_interface(&i.name, i.media, advertised, i.ports, Arc::clone(metrics))
             }),
         )
     }

@@ -505,6 +505,35 @@ impl Config {
         Ok(())
     }
 
+    /// The first address the gateway is to bind (SIP, TLS, media; each interface's) that is not
+    /// an address of this host, with its key: `--check` and the start refuse it (a media
+    /// address elsewhere would otherwise fail every call with 503 only when it comes).
+    pub fn address_not_on_host(&self) -> Option<(String, IpAddr)> {
+        let mut addresses = vec![
+            ("sip.listen".to_string(), self.sip.listen.ip()),
+            ("media.address".to_string(), self.media.address),
+        ];
+        addresses.extend(
+            self.sip
+                .tls_listen
+                .map(|a| ("sip.tls_listen".to_string(), a.ip())),
+        );
+        for (index, interface) in self.interfaces.iter().enumerate() {
+            addresses.push((format!("interface[{index}].sip"), interface.sip.ip()));
+            addresses.push((format!("interface[{index}].media"), interface.media));
+            addresses.extend(
+                interface
+                    .tls
+                    .map(|a| (format!("interface[{index}].tls"), a.ip())),
+            );
+        }
+        addresses.into_iter().find(|(_, ip)| {
+            !ip.is_unspecified()
+                && std::net::UdpSocket::bind((*ip, 0))
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::AddrNotAvailable)
+        })
+    }
+
     /// The interface a peer is reached on, by name ("default" for `[sip]`/`[media]`).
     fn peer_interface(&self, name: &str) -> &str {
         self.peers

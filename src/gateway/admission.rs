@@ -146,6 +146,10 @@ impl CallManager {
             ended_by: Some("gateway".into()),
             end_reason: Some("blocklist".into()),
             final_status: Some(status),
+            a_interface: self
+                .router
+                .interface_name(caller_peer.interface)
+                .to_string(),
             ..CallRecord::started(CallStart {
                 id: &id,
                 a_call_id: request.call_id(),
@@ -332,7 +336,8 @@ impl CallManager {
         let Some((ids, id, [media_a, media_b], relay)) = self.relay_for_call(interfaces) else {
             return Self::reply(request, 503);
         };
-        let record = call_record(request, id.clone(), &number, &caller_peer.name);
+        let mut record = call_record(request, id.clone(), &number, &caller_peer.name);
+        record.a_interface = self.router.interface_name(flow.interface()).to_string();
         let call = Call::new(
             driver_now(),
             Arc::clone(&self.settings),

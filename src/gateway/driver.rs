@@ -173,10 +173,15 @@ async fn carry_out(
     while let Some(action) = call.poll_action() {
         let record = &mut records.call;
         match action {
-            Action::Attempt { b_call_id, b_peer } => {
+            Action::Attempt {
+                b_call_id,
+                b_peer,
+                b_interface,
+            } => {
                 records.link.attempt(&b_peer, call.b_platform());
                 record.b_call_id = Some(b_call_id);
                 record.b_peer = Some(b_peer);
+                record.b_interface = Some(b_interface);
             }
             Action::Ringing => records.link.ringing(),
             Action::Hotkey {
@@ -184,14 +189,21 @@ async fn carry_out(
                 action,
                 target,
             } => records.link.hotkey(&dtmf, action, &target),
-            Action::Answered { b_call_id, b_peer } => {
+            Action::Answered {
+                b_call_id,
+                b_peer,
+                b_interface,
+            } => {
                 let now = unix_millis(SystemTime::now());
                 records.link.answered(now);
                 record.answered_at = Some(now);
-                tracing::info!(peer = %b_peer, "call answered");
-                records
-                    .changes
-                    .call_answered(&record.id, &b_call_id, &b_peer, now);
+                tracing::info!(peer = %b_peer, interface = %b_interface, "call answered");
+                records.changes.call_answered_on(
+                    &record.id,
+                    &b_call_id,
+                    (&b_peer, &b_interface),
+                    now,
+                );
             }
             // A guest's port pair, given and taken back at once: the model's own bookkeeping
             // (a port freed here may serve a guest opened in the same step).

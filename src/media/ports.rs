@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::net::UdpSocket;
 
 use crate::limits::is_out_of_descriptors;
-use crate::metrics::{Counter, Gauge, Metrics};
+use crate::metrics::{Counter, Gauge, InterfaceMetrics, Metrics};
+use std::sync::atomic::Ordering;
 
 /// Why no port pair could be had: overload either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -28,6 +29,8 @@ pub struct PortPool {
     advertised: IpAddr,
     free: Mutex<VecDeque<u16>>,
     metrics: Arc<Metrics>,
+    /// Its interface's figures (`hotline_interface_*`).
+    figures: Arc<InterfaceMetrics>,
 }
 
 /// One leg's bound, non-blocking sockets (not yet registered with any poller: the relay worker
@@ -55,11 +58,13 @@ impl Drop for LegSockets {
 impl PortPool {
     /// Pairs from the inclusive range `[low, high]`, starting at the first even port.
     pub fn new(address: IpAddr, ports: [u16; 2], metrics: Arc<Metrics>) -> Arc<PortPool> {
-        Self::advertising(address, address, ports, metrics)
+        Self::on_interface("default", address, address, ports, metrics)
     }
 
-    /// As [`PortPool::new`], its addresses written in SDP as `advertised`.
-    pub fn advertising(
+    /// As [`PortPool::new`], for the interface `name`, its addresses written in SDP as
+    /// `advertised`.
+    pub fn on_interface(
+        name: &str,
         address: IpAddr,
         advertised: IpAddr,
         [low, high]: [u16; 2],
@@ -71,6 +76,7 @@ impl PortPool {
             address,
             advertised,
             free: Mutex::new(free),
+            figures: metrics.interface(name),
             metrics,
         })
     }
@@ -103,6 +109,8 @@ impl PortPool {
             match (bind(self.address, port), bind(self.address, port + 1)) {
                 (Ok(rtp), Ok(rtcp)) => {
                     self.metrics.add_gauge(Gauge::MediaPortsInUse, 2);
+                    self.figures.ports_in_use.fetch_add(2, Ordering::Relaxed);
+                    self.figures.legs.fetch_add(1, Ordering::Relaxed);
                     return Ok(LegSockets {
                         rtp,
                         rtcp,
@@ -126,6 +134,7 @@ impl PortPool {
 
     fn release(&self, port: u16) {
         self.metrics.add_gauge(Gauge::MediaPortsInUse, -2);
+        self.figures.ports_in_use.fetch_sub(2, Ordering::Relaxed);
         // Reuse the least recently freed port last, so late packets of an ended call do not
         // reach the next call at once.
         self.lock().push_back(port);

@@ -367,9 +367,26 @@ pub struct Router {
     by_ip: HashMap<IpAddr, Arc<Peer>>,
     exact: HashMap<String, Vec<Arc<Peer>>>,
     patterns: Vec<(NumberPattern, Vec<Arc<Peer>>)>,
+    /// The interfaces' names by [`InterfaceId`] (the default's first), for records and logs.
+    interfaces: Vec<String>,
 }
 
 impl Router {
+    /// Names the interfaces after the default one, in order (`[[interface]] name`).
+    #[must_use]
+    pub fn with_interface_names(mut self, names: impl IntoIterator<Item = String>) -> Router {
+        self.interfaces.truncate(1);
+        self.interfaces.extend(names);
+        self
+    }
+
+    /// The name of an interface: "default" for `[sip]`/`[media]`'s (or one not configured).
+    pub fn interface_name(&self, interface: InterfaceId) -> &str {
+        self.interfaces
+            .get(usize::from(interface.0))
+            .map_or("default", String::as_str)
+    }
+
     /// Builds the tables. A route's peer that is none of `peers` is skipped (validation
     /// refuses such a configuration). Of two routes for one exact number, the later wins.
     pub fn new(peers: Vec<Peer>, routes: Vec<Route>) -> Router {
@@ -411,6 +428,7 @@ impl Router {
             by_ip,
             exact,
             patterns,
+            interfaces: vec!["default".to_string()],
         }
     }
 

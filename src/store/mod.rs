@@ -108,6 +108,10 @@ pub struct CallRecord {
     pub called: String,
     pub a_peer: String,
     pub b_peer: Option<String>,
+    /// The network interfaces (`[[interface]] name`, "default" for `[sip]`/`[media]`) leg A
+    /// came in on and leg B went out on.
+    pub a_interface: String,
+    pub b_interface: Option<String>,
     /// Unix milliseconds.
     pub started_at: i64,
     pub answered_at: Option<i64>,
@@ -144,6 +148,8 @@ impl CallRecord {
             called: start.called.to_string(),
             a_peer: start.a_peer.to_string(),
             b_peer: None,
+            a_interface: "default".to_string(),
+            b_interface: None,
             started_at: start.started_at,
             answered_at: None,
             ended_at: None,
@@ -274,11 +280,23 @@ impl Changes {
 
     /// A call's answer (its leg B and the time): on disk before the caller hears the answer.
     pub fn call_answered(&mut self, id: &str, b_call_id: &str, b_peer: &str, answered_at: i64) {
+        self.call_answered_on(id, b_call_id, (b_peer, "default"), answered_at);
+    }
+
+    /// As [`Changes::call_answered`], with leg B's peer and its interface.
+    pub fn call_answered_on(
+        &mut self,
+        id: &str,
+        b_call_id: &str,
+        (b_peer, b_interface): (&str, &str),
+        answered_at: i64,
+    ) {
         self.durable = true;
         self.changes.push(Change::Answered {
             id: id.to_string(),
             b_call_id: b_call_id.to_string(),
             b_peer: b_peer.to_string(),
+            b_interface: b_interface.to_string(),
             answered_at,
         });
     }

@@ -45,7 +45,8 @@ pub fn list_blocked(path: &Path, now: i64) -> Result<Vec<BlockedNumberRecord>, S
 }
 
 const CALL_COLUMNS: &str = "id, a_call_id, b_call_id, caller, called, a_peer, b_peer, started_at,
-    answered_at, ended_at, ended_by, end_reason, final_status, rtp_a_to_b, rtp_b_to_a, rtp_dropped";
+    answered_at, ended_at, ended_by, end_reason, final_status, rtp_a_to_b, rtp_b_to_a, rtp_dropped,
+    a_interface, b_interface";
 
 fn call_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CallRecord> {
     Ok(CallRecord {
@@ -65,6 +66,8 @@ fn call_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CallRecord> {
         rtp_a_to_b: row.get::<_, i64>(13)?.max(0) as u64,
         rtp_b_to_a: row.get::<_, i64>(14)?.max(0) as u64,
         rtp_dropped: row.get::<_, i64>(15)?.max(0) as u64,
+        a_interface: row.get(16)?,
+        b_interface: row.get(17)?,
     })
 }
 

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 use super::StoreError;
 
 /// The newest schema this code knows.
-pub(super) const SCHEMA_VERSION: i64 = 6;
+pub(super) const SCHEMA_VERSION: i64 = 7;
 
 /// The migrations, version `i + 1` at index `i`: each runs in one transaction that also
 /// records its version.
@@ -112,6 +112,10 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
      ALTER TABLE linkages ADD COLUMN incident_number TEXT;
      ALTER TABLE linkages ADD COLUMN disposition TEXT;
      ALTER TABLE linkages ADD COLUMN replied_at INTEGER;",
+    // 7: the network interface of each leg (`[[interface]]`); earlier calls had only one.
+    "ALTER TABLE calls ADD COLUMN a_interface TEXT NOT NULL DEFAULT 'default';
+     ALTER TABLE calls ADD COLUMN b_interface TEXT;
+     UPDATE calls SET b_interface = 'default' WHERE b_peer IS NOT NULL;",
 ];
 
 pub(super) fn migrate(connection: &Connection) -> Result<(), StoreError> {

@@ -548,7 +548,9 @@ async fn an_upgrade_after_a_crash_still_ends_the_open_calls_on_the_link() {
                  ALTER TABLE linkages DROP COLUMN incident_number;
                  ALTER TABLE linkages DROP COLUMN disposition;
                  ALTER TABLE linkages DROP COLUMN replied_at;
-                 DELETE FROM schema_version WHERE version = 6;
+                 ALTER TABLE calls DROP COLUMN a_interface;
+                 ALTER TABLE calls DROP COLUMN b_interface;
+                 DELETE FROM schema_version WHERE version >= 6;
                  INSERT INTO calls (id, a_call_id, caller, called, a_peer, started_at)
                      VALUES ('open', 'a1', '13800138000', '12345', 'carrier', 1);
                  INSERT INTO calls (id, a_call_id, caller, called, a_peer, started_at, ended_at)
@@ -600,4 +602,10 @@ async fn an_upgrade_after_a_crash_still_ends_the_open_calls_on_the_link() {
     );
     assert_eq!(store.outbox().latest("110"), 1, "its sequence goes on");
     assert!(reader.read("110", 0, 10).unwrap_or_default().is_empty());
+    // Schema 7: calls from before interfaces were on the default one.
+    let done = list_calls(&path, 10)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.id == "done");
+    assert_eq!(done.map(|c| c.a_interface), Some("default".to_string()));
 }

@@ -27,6 +27,7 @@ pub(super) enum Change {
         id: String,
         b_call_id: String,
         b_peer: String,
+        b_interface: String,
         answered_at: i64,
     },
     Ended(CallRecord),
@@ -452,13 +453,15 @@ fn write_change(transaction: &rusqlite::Transaction<'_>, change: &Change) -> rus
             id,
             b_call_id,
             b_peer,
+            b_interface,
             answered_at,
         } => {
             transaction
                 .prepare_cached(
-                    "UPDATE calls SET b_call_id = ?2, b_peer = ?3, answered_at = ?4 WHERE id = ?1",
+                    "UPDATE calls SET b_call_id = ?2, b_peer = ?3, answered_at = ?4,
+                         b_interface = ?5 WHERE id = ?1",
                 )?
-                .execute(params![id, b_call_id, b_peer, answered_at])?;
+                .execute(params![id, b_call_id, b_peer, answered_at, b_interface])?;
         }
         Change::Linkage(l) => write_linkage(transaction, l)?,
         Change::LinkageReply {
@@ -528,10 +531,12 @@ fn write_call(transaction: &rusqlite::Transaction<'_>, r: &CallRecord) -> rusqli
         .prepare_cached(
             "INSERT INTO calls (id, a_call_id, b_call_id, caller, called, a_peer, b_peer,
                  started_at, answered_at, ended_at, ended_by, end_reason, final_status,
-                 rtp_a_to_b, rtp_b_to_a, rtp_dropped)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                 rtp_a_to_b, rtp_b_to_a, rtp_dropped, a_interface, b_interface)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                 ?17, ?18)
              ON CONFLICT(id) DO UPDATE SET b_call_id = excluded.b_call_id,
-                 b_peer = excluded.b_peer, answered_at = excluded.answered_at,
+                 b_peer = excluded.b_peer, b_interface = excluded.b_interface,
+                 answered_at = excluded.answered_at,
                  ended_at = excluded.ended_at, ended_by = excluded.ended_by,
                  end_reason = excluded.end_reason, final_status = excluded.final_status,
                  rtp_a_to_b = excluded.rtp_a_to_b, rtp_b_to_a = excluded.rtp_b_to_a,
@@ -554,6 +559,8 @@ fn write_call(transaction: &rusqlite::Transaction<'_>, r: &CallRecord) -> rusqli
             r.rtp_a_to_b as i64,
             r.rtp_b_to_a as i64,
             r.rtp_dropped as i64,
+            r.a_interface,
+            r.b_interface,
         ])?;
     Ok(())
 }

@@ -122,11 +122,15 @@ pub enum Action {
     Answered {
         b_call_id: String,
         b_peer: String,
+        /// The peer's interface's name.
+        b_interface: String,
     },
     /// Leg B's Call-ID and peer for the current attempt (for the call record).
     Attempt {
         b_call_id: String,
         b_peer: String,
+        /// The peer's interface's name.
+        b_interface: String,
     },
     /// A transfer attempt changed (for its linkage record and metrics).
     Linkage(LinkageUpdate),

@@ -154,9 +154,14 @@ impl super::Call {
                 self.hotkeys = None;
                 self.arm(super::Timer::HotkeyDigits, None);
                 self.detect_agent_digits();
+                let (b_peer, b_interface) = self
+                    .b_peer()
+                    .map(|p| (p.name.clone(), self.interface_name(p)))
+                    .unwrap_or_default();
                 self.actions.push_back(super::Action::Attempt {
                     b_call_id: self.legs[Leg::B].call_id.clone(),
-                    b_peer: self.b_peer().map(|p| p.name.clone()).unwrap_or_default(),
+                    b_peer,
+                    b_interface,
                 });
             }
         }

@@ -280,6 +280,14 @@ impl Call {
         &self.id
     }
 
+    /// The name of `peer`'s interface, for the call's record.
+    fn interface_name(&self, peer: &Peer) -> String {
+        self.settings
+            .router
+            .interface_name(peer.interface)
+            .to_string()
+    }
+
     /// Our IP on `peer`'s interface: the host of the Call-IDs and URIs it is sent.
     fn local_ip(&self, peer: &Peer) -> std::net::IpAddr {
         self.settings.local.of(peer.interface).sip.ip()

@@ -128,6 +128,7 @@ impl Call {
         self.actions.push_back(Action::Attempt {
             b_call_id: self.legs[Leg::B].call_id.clone(),
             b_peer: peer.name.clone(),
+            b_interface: self.interface_name(&peer),
         });
         self.actions.push_back(Action::SendRequest {
             request: invite.clone(),
@@ -274,7 +275,10 @@ impl Call {
         self.configure(Leg::B, &negotiated);
         self.legs[Leg::B].local_sdp = self.legs[Leg::B].offer.as_ref().map(|o| o.to_string());
         self.start_callee_session(now, Leg::B, &response);
-        let peer = self.b_peer().map(|p| p.name.clone()).unwrap_or_default();
+        let (peer, b_interface) = self
+            .b_peer()
+            .map(|p| (p.name.clone(), self.interface_name(p)))
+            .unwrap_or_default();
         let mut ok = self.a_response(200, "OK", true);
         self.start_caller_session(now, &mut ok);
         self.actions.push_back(Action::SendResponse {
@@ -292,6 +296,7 @@ impl Call {
         self.actions.push_back(Action::Answered {
             b_call_id: self.legs[Leg::B].call_id.clone(),
             b_peer: peer,
+            b_interface,
         });
     }
 
