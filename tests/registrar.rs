@@ -8,6 +8,7 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -90,7 +91,9 @@ impl Kamailio {
             Ok(f) => f,
             Err(e) => panic!("kamailio's log: {e}"),
         };
+        // Its own process group: Kamailio forks its workers, and they must go with it.
         let child = Command::new("kamailio")
+            .process_group(0)
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -131,12 +134,12 @@ CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
         panic!("kamailio never answered:\n{}", self.log());
     }
 
-    /// SIGTERM, and waits until it is gone (its port free, its bindings forgotten).
+    /// Kills it and its workers (the whole process group), and waits until it is gone: its
+    /// port free, its bindings forgotten.
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            let group = format!("-{}", child.id());
+            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
             let _ = child.wait();
         }
     }
@@ -144,10 +147,7 @@ CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
 
 impl Drop for Kamailio {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stop();
     }
 }
 
