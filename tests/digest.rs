@@ -48,6 +48,8 @@ impl Sipp {
             .args(["-m", "1", "-rtp_echo", "-timeout", "30s", "-timeout_error"])
             .args(["-nostdin", "-trace_err", "-error_file"])
             .arg(&errors)
+            .args(["-trace_msg", "-message_file"])
+            .arg(dir.path().join("messages.log"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -69,12 +71,27 @@ impl Sipp {
         }
     }
 
-    fn succeeds(mut self) {
-        let status = self.child.wait();
+    /// Waits for SIPp to end its scenario, the gateway running meanwhile (it shares this
+    /// test's thread: a blocking wait would hold it still while SIPp waits for it).
+    async fn succeeds(mut self) {
+        // Bounded by SIPp's own -timeout (30 s).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(40);
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break Ok(status),
+                Ok(None) if tokio::time::Instant::now() < deadline => {
+                    // A process's end has no event to await here: look again shortly.
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Ok(None) => break Err("SIPp still running"),
+                Err(_) => break Err("SIPp's status cannot be read"),
+            }
+        };
         assert!(
             status.as_ref().is_ok_and(|s| s.success()),
-            "SIPp failed ({status:?}):\n{}",
-            std::fs::read_to_string(&self.errors).unwrap_or_default()
+            "SIPp failed ({status:?}):\n{}\nmessages:\n{}",
+            std::fs::read_to_string(&self.errors).unwrap_or_default(),
+            std::fs::read_to_string(self._dir.path().join("messages.log")).unwrap_or_default()
         );
     }
 }
@@ -104,7 +121,8 @@ async fn gateway(citizen: &Ua, desk: SocketAddr, password: &str) -> Gateway {
 }
 
 /// The desk answers 401 (MD5, qop=auth); the INVITE again carries an Authorization SIPp
-/// verifies itself, and the call connects and ends normally.
+/// verifies itself, and the call connects; the gateway's BYE is challenged too (a new nonce)
+/// and sent again with an Authorization SIPp verifies, and the call ends normally.
 #[tokio::test]
 async fn a_desk_that_challenges_gets_the_credentials_and_the_call_connects() {
     let port = free_port();
@@ -127,7 +145,7 @@ async fn a_desk_that_challenges_gets_the_credentials_and_the_call_connects() {
     let bye = citizen.in_dialog(&invite, &ok, "BYE", 2, "");
     citizen.send_request(&bye).await;
     citizen.expect_response("BYE", 200).await;
-    sipp.succeeds();
+    sipp.succeeds().await;
     let record = gateway.ended_record(invite.call_id()).await;
     assert_eq!(record.final_status, Some(200), "{record:?}");
     gateway.stop().await;
@@ -152,7 +170,7 @@ async fn wrong_credentials_end_the_call_with_the_desks_answer_after_two_invites(
     );
     citizen.send_request(&invite).await;
     citizen.expect_response("INVITE", 407).await;
-    sipp.succeeds();
+    sipp.succeeds().await;
     let record = gateway.ended_record(invite.call_id()).await;
     assert_eq!(record.final_status, Some(407), "{record:?}");
     gateway.stop().await;

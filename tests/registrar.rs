@@ -378,14 +378,57 @@ async fn gateway_answers_the_proxys_challenges_on_its_calls_out() {
     gateway.stop().await;
 }
 
+/// What the gateway logs, kept for the test to read (the gateway's tasks run on the test's
+/// thread, whose default subscriber this is).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut kept) = self.0.lock() {
+            kept.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
 #[tokio::test]
 async fn wrong_password_fails_the_registration_and_tries_again_with_backoff() {
+    const WRONG: &str = "not-the-password";
+    let log = Captured::default();
+    let _logging = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(log.clone())
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .finish(),
+    );
     let mut citizen = Ua::bind("citizen", LOCALHOST).await;
     let far = Ua::bind("far", LOCALHOST).await;
-    let desk = Ua::bind("desk", LOCALHOST).await;
+    let mut desk = Ua::bind("desk", LOCALHOST).await;
     let kamailio = Kamailio::start(citizen.address.port(), far.address).await;
     citizen.set_gateway(kamailio.address);
-    let mut gateway = gateway(&kamailio, &desk, "not-the-password").await;
+    let mut gateway = gateway(&kamailio, &desk, WRONG).await;
+    desk.set_gateway(gateway.sip);
 
     // Refused (the answer to the challenge is challenged again), tried again after 1 s, and
     // again: never registered, and the carrier has no contact for the account.
@@ -393,5 +436,35 @@ async fn wrong_password_fails_the_registration_and_tries_again_with_backoff() {
     assert_eq!(metric(&gateway, REGISTERED).await, 0.0);
     assert_eq!(metric(&gateway, REGISTERED_OK).await, 0.0);
     citizen_call_is_not_registered(&mut citizen).await;
+    // No retry storm: each attempt is a REGISTER and its one answer to the challenge, and the
+    // next waits (1 s, then 2 s, ...): at most the attempt after the ones counted has begun.
+    let failed = metric(&gateway, REGISTER_FAILED).await;
+    let registers = kamailio.log().matches("REGISTER sip:hotline.test").count() as f64;
+    assert!(
+        registers <= 2.0 * (failed + 1.0),
+        "{registers} REGISTERs for {failed} failed attempts:\n{}",
+        kamailio.log()
+    );
+
+    // A call out with the wrong password: the proxy's second 407 is the desk's answer, after
+    // exactly two INVITEs.
+    let offer = sdp(SocketAddr::new(LOCALHOST, 40008), &[0], "sendrecv");
+    let invite = desk.invite("777", "12345", &offer, "");
+    desk.send_request(&invite).await;
+    let refused = desk.expect_response("INVITE", 407).await;
+    desk.send_request(&ack_for_non_2xx(&invite, &refused)).await;
+    assert_eq!(
+        kamailio.log().matches("INVITE sip:777@").count(),
+        2,
+        "{}",
+        kamailio.log()
+    );
     gateway.stop().await;
+
+    let logged = log.text();
+    assert!(logged.contains("registration failed"), "{logged}");
+    assert!(
+        !logged.contains(WRONG),
+        "the password is never logged:\n{logged}"
+    );
 }

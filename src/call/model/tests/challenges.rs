@@ -383,3 +383,36 @@ fn a_challenged_dtmf_info_is_sent_again_with_credentials() {
     respond_to(&mut h, &second, 200, &[]);
     assert!(h.call.in_dialog.is_empty(), "nothing kept once answered");
 }
+
+/// The desk challenged the INVITE (401, MD5, qop) and, later, the BYE (401, a new nonce): the
+/// BYE is sent again with an answer to the new nonce (as a SIPp desk does).
+#[test]
+fn a_bye_challenged_after_the_invite_was_is_sent_again() {
+    let mut h = Harness::build(
+        invite(OFFER, 70),
+        peer("carrier", 5070),
+        "12345",
+        vec![challenging_hotline(true)],
+    );
+    let first = h.last_invite();
+    challenge(
+        &mut h,
+        &first,
+        401,
+        "Digest realm=\"hotline.test\", nonce=\"n1\", opaque=\"op-1\", algorithm=MD5, qop=\"auth\"",
+    );
+    assert_eq!(h.sent(Method::Invite).len(), 2);
+    h.answer();
+    assert!(h.call.is_answered());
+    let bye = citizen_hangs_up(&mut h);
+    challenge_in_dialog(
+        &mut h,
+        &bye,
+        401,
+        "Digest realm=\"hotline.test\", nonce=\"n2\", algorithm=MD5, qop=\"auth\"",
+    );
+    let byes = to_desk(&h, Method::Bye);
+    assert_eq!(byes.len(), 2, "the BYE once more: {:?}", h.actions);
+    let answer = byes[1].headers.get("Authorization").unwrap_or_default();
+    assert!(answer.contains("nonce=\"n2\""), "{answer}");
+}
