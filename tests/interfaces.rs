@@ -173,6 +173,11 @@ fn text_of(bytes: impl AsRef<[u8]>) -> String {
 /// The carrier, the 12345 desk and the 110 desk, each on its network, around a gateway on all
 /// three; `*1` transfers to 110, `*3` brings 110 in.
 async fn gateway_on(networks: &Networks) -> (Gateway, Ua, Ua, Ua) {
+    gateway_on_with(networks, "").await
+}
+
+/// As [`gateway_on`], with `egov_extra` in the e-government interface's table.
+async fn gateway_on_with(networks: &Networks, egov_extra: &str) -> (Gateway, Ua, Ua, Ua) {
     let mut carrier = networks.ua("carrier", CARRIER);
     let desk = networks.ua("hotline", EGOV);
     let police = networks.ua("police", POLICE);
@@ -181,7 +186,7 @@ async fn gateway_on(networks: &Networks) -> (Gateway, Ua, Ua, Ua) {
     let [default_ip, egov_ip, police_ip] = networks.gateway;
     let tables = format!(
         "\n[[interface]]\nname = \"egov\"\nsip = \"{egov_ip}:0\"\nmedia = \"{egov_ip}\"\n\
-         ports = [{egov_low}, {egov_high}]\n\
+         ports = [{egov_low}, {egov_high}]\n{egov_extra}\n\
          \n[[interface]]\nname = \"police-net\"\nsip = \"{police_ip}:0\"\nmedia = \"{police_ip}\"\n\
          ports = [{police_low}, {police_high}]\n\
          \n[[hotkey]]\ndtmf = \"*1\"\naction = \"transfer\"\ntarget = \"110\"\n\
@@ -436,4 +441,58 @@ async fn conference_across_loopback_aliases() {
 #[tokio::test]
 async fn transfer_across_loopback_aliases() {
     transfer_across_networks(Networks::loopback_aliases()).await;
+}
+
+/// `advertise`: the e-government side reaches the gateway through NAT as 198.51.100.7. The
+/// desk is told that address (Via, Contact, SDP), never the one bound; the INVITE still
+/// comes from the bound address. The desk refuses (486) and the carrier gets its answer.
+#[tokio::test]
+async fn an_advertised_address_is_what_the_desk_is_told() {
+    const ADVERTISED: &str = "198.51.100.7";
+    let n = Networks::namespaces(2);
+    let (mut gateway, mut carrier, desk, _police) =
+        gateway_on_with(&n, &format!("advertise = \"{ADVERTISED}\"\n")).await;
+    let rtp = n.rtp(CARRIER);
+    let invite = carrier.invite(
+        "12345",
+        "13800138000",
+        &common::sdp(rtp.address, &[8], "sendrecv"),
+        "",
+    );
+    carrier.send_request(&invite).await;
+    let mut buffer = vec![0u8; 65535];
+    let (length, source) =
+        match tokio::time::timeout(common::WAIT, desk.socket.recv_from(&mut buffer)).await {
+            Ok(Ok(received)) => received,
+            _ => panic!("no INVITE at the desk"),
+        };
+    let text = text_of(&buffer[..length]);
+    assert_eq!(source.ip(), n.gateway[EGOV], "sent from the bound address");
+    let bound = n.gateway[EGOV].to_string();
+    assert!(
+        !text.contains(&bound),
+        "the bound address {bound} is never told:\n{text}"
+    );
+    for line in [
+        format!("Via: SIP/2.0/UDP {ADVERTISED}:"),
+        format!("Contact: <sip:gw@{ADVERTISED}:"),
+        format!("c=IN IP4 {ADVERTISED}"),
+    ] {
+        assert!(text.contains(&line), "{line}:\n{text}");
+    }
+    let offered = match hotline_gateway::sip::message::parse(&buffer[..length]) {
+        Ok(hotline_gateway::sip::message::Message::Request(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    let busy = desk.answer(&offered, 486, None);
+    if let Err(e) = desk.socket.send_to(&busy.to_bytes(), source).await {
+        panic!("send: {e}");
+    }
+    let refused = carrier.expect_response("INVITE", 486).await;
+    carrier
+        .send_request(&hotline_gateway::sip::message::ack_for_non_2xx(
+            &invite, &refused,
+        ))
+        .await;
+    gateway.stop().await;
 }
