@@ -50,8 +50,13 @@ fn ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
 }
 
 fn leaf(issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) -> Leaf {
+    leaf_for(issuer, "127.0.0.1")
+}
+
+/// A certificate for `address` signed by `issuer`.
+fn leaf_for(issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, address: &str) -> Leaf {
     let made = rcgen::KeyPair::generate().and_then(|key| {
-        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])?;
+        let mut params = rcgen::CertificateParams::new(vec![address.to_string()])?;
         params.extended_key_usages = vec![
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
@@ -165,6 +170,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream<S> {
 
 /// An agent desk listening for TLS with `cert`.
 async fn tls_desk(cert: &Leaf) -> (TcpListener, tokio_rustls::TlsAcceptor) {
+    tls_desk_at(cert, "127.0.0.1").await
+}
+
+/// An agent desk listening for TLS with `cert` on `ip`.
+async fn tls_desk_at(cert: &Leaf, ip: &str) -> (TcpListener, tokio_rustls::TlsAcceptor) {
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map(|b| b.with_no_client_auth())
@@ -173,7 +183,7 @@ async fn tls_desk(cert: &Leaf) -> (TcpListener, tokio_rustls::TlsAcceptor) {
         Ok(c) => c,
         Err(e) => panic!("{e}"),
     };
-    let listener = match TcpListener::bind("127.0.0.1:0").await {
+    let listener = match TcpListener::bind((ip, 0)).await {
         Ok(l) => l,
         Err(e) => panic!("{e}"),
     };
@@ -392,4 +402,107 @@ async fn a_desk_whose_certificate_no_trusted_ca_signed_is_not_called() {
             >= Some(1.0)
     );
     desk_task.abort();
+}
+
+/// The desk is reached over TLS on an interface of its own (the e-government network,
+/// 127.0.0.2, `tls` on it): the gateway connects from that address, checks the desk's
+/// certificate for it, and names that interface's TLS address in Via and Contact; the citizen
+/// calls in over UDP on the default interface.
+#[tokio::test]
+async fn a_desk_over_tls_on_another_interface_is_reached_from_that_interfaces_address() {
+    let pki = Pki::new();
+    let (gateway_cert, desk_cert) = (leaf(&pki.ca), leaf_for(&pki.ca, "127.0.0.2"));
+    let (desk, acceptor) = tls_desk_at(&desk_cert, "127.0.0.2").await;
+    let desk_address = match desk.local_addr() {
+        Ok(a) => a,
+        Err(e) => panic!("{e}"),
+    };
+    let (cert, key, ca) = (
+        pki.write("gateway.pem", &gateway_cert.cert_pem),
+        pki.write("gateway.key", &gateway_cert.key_pem),
+        pki.write("ca.pem", &pki.ca.pem()),
+    );
+    let sip = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\ntls_ca = \"{}\"\n",
+        cert.display(),
+        key.display(),
+        ca.display()
+    );
+    let [low, high] = common::media_block();
+    let interface = format!(
+        "\n[[interface]]\nname = \"egov\"\nsip = \"127.0.0.2:0\"\ntls = \"127.0.0.2:0\"\n\
+         media = \"127.0.0.2\"\nports = [{low}, {high}]\n"
+    );
+    let mut citizen = common::Ua::bind(
+        "carrier",
+        "127.0.0.1".parse().unwrap_or_else(|_| unreachable!()),
+    )
+    .await;
+    let mut gateway = Gateway::start_with_tables(
+        &[
+            ("carrier", citizen.address, ""),
+            (
+                "hotline",
+                desk_address,
+                "transport = \"tls\"\ninterface = \"egov\"",
+            ),
+        ],
+        &[("12345", &["hotline"])],
+        &sip,
+        "",
+        &interface,
+    )
+    .await;
+    citizen.set_gateway(gateway.sip);
+    let rtp = common::RtpPeer::bind(citizen.address.ip()).await;
+    let offer = citizen.invite(
+        "12345",
+        "13800138000",
+        &common::sdp(rtp.address, &[8], "sendrecv"),
+        "",
+    );
+    citizen.send_request(&offer).await;
+
+    let (tcp, from) = match tokio::time::timeout(WAIT, desk.accept()).await {
+        Ok(Ok(a)) => a,
+        other => panic!("the gateway never connected to the desk: {other:?}"),
+    };
+    assert_eq!(
+        from.ip().to_string(),
+        "127.0.0.2",
+        "connected from the interface's address"
+    );
+    let io = match acceptor.accept(tcp).await {
+        Ok(io) => io,
+        Err(e) => panic!("TLS towards the desk failed: {e}"),
+    };
+    let mut agent = Stream {
+        io,
+        buffer: BytesMut::new(),
+    };
+    let incoming = agent.request("INVITE").await;
+    let text = String::from_utf8_lossy(&incoming.to_bytes()).into_owned();
+    assert!(
+        !text.contains("127.0.0.1"),
+        "only the interface's addresses:\n{text}"
+    );
+    let via = incoming.headers.get("Via").unwrap_or_default().to_string();
+    assert!(via.starts_with("SIP/2.0/TLS 127.0.0.2:"), "{via}");
+    let contact = incoming
+        .headers
+        .get("Contact")
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        contact.starts_with("<sip:gw@127.0.0.2:") && contact.contains(";transport=tls"),
+        "{contact}"
+    );
+    let busy = Response::for_request(&incoming, 486, Some("agent"));
+    agent.send(&busy.to_bytes()).await;
+    let refused = citizen.expect_response("INVITE", 486).await;
+    citizen
+        .send_request(&message::ack_for_non_2xx(&offer, &refused))
+        .await;
+    agent.request("ACK").await;
+    gateway.stop().await;
 }

@@ -172,7 +172,12 @@ impl Config {
             .peers
             .iter()
             .position(|p| p.transport == TransportKind::Tls);
-        if let (Some(index), None) = (tls_peer, self.sip.tls_listen) {
+        // A tls peer on another interface needs that interface's `tls` (check_interfaces).
+        let default_tls_peer = self.peers.iter().position(|p| {
+            p.transport == TransportKind::Tls
+                && p.interface.as_deref().is_none_or(|name| name == "default")
+        });
+        if let (Some(index), None) = (default_tls_peer, self.sip.tls_listen) {
             // Its requests in the dialog (a BYE) may come on a connection of its own, to the
             // port our Contact names: that must speak TLS.
             return Err(invalid(
