@@ -496,3 +496,38 @@ async fn an_advertised_address_is_what_the_desk_is_told() {
         .await;
     gateway.stop().await;
 }
+
+/// A peer is recognised only on its own interface: 110's address sending to the default
+/// interface (where, on the boundary host, some other network's device could have the same
+/// private address) is a stranger there, 403, and nothing rings.
+#[tokio::test]
+async fn a_peers_address_on_another_interface_is_a_stranger() {
+    let n = Networks::loopback_aliases();
+    let (mut gateway, _carrier, desk, mut police) = gateway_on(&n).await;
+    police.set_gateway(gateway.sip);
+    let rtp = n.rtp(POLICE);
+    let invite = police.invite(
+        "12345",
+        "110",
+        &common::sdp(rtp.address, &[8], "sendrecv"),
+        "",
+    );
+    police.send_request(&invite).await;
+    let refused = police.expect_response("INVITE", 403).await;
+    police
+        .send_request(&hotline_gateway::sip::message::ack_for_non_2xx(
+            &invite, &refused,
+        ))
+        .await;
+    assert_eq!(
+        gateway
+            .metric("hotline_sip_rejected_unknown_peer_total")
+            .await,
+        Some(1.0)
+    );
+    assert!(
+        common::queued_datagram(&desk.socket).is_none(),
+        "nothing reached the desk"
+    );
+    gateway.stop().await;
+}

@@ -307,7 +307,7 @@ impl CallerIdentity {
             }
         } else {
             for value in &self.asserted {
-                headers.push("P-Asserted-Identity", value.clone());
+                headers.push("P-Asserted-Identity", with_local_host(value, &local));
             }
         }
         if let Some(privacy) = &self.privacy {
@@ -318,6 +318,21 @@ impl CallerIdentity {
             uri: from_uri,
             params: Vec::new(),
         }
+    }
+}
+
+/// A name-addr passed on to a peer (P-Asserted-Identity, Referred-By) with an IP address as
+/// its host rewritten to ours on the peer's network (`local`): the address of a party on
+/// another network is none the peer could reach, nor one it should learn. A domain, a `tel:`
+/// URI, or a value that does not parse goes on as it was.
+pub fn with_local_host(value: &str, local: &Host) -> String {
+    match NameAddr::parse(value) {
+        Ok(mut address) if matches!(address.uri.host, Host::Ip(_)) => {
+            address.uri.host = local.clone();
+            address.uri.port = None;
+            address.to_string()
+        }
+        _ => value.to_string(),
     }
 }
 
@@ -465,6 +480,42 @@ mod tests {
             &mut headers,
         );
         assert_eq!(headers.get("P-Asserted-Identity"), None);
+    }
+
+    /// The caller's own P-Asserted-Identity goes on, but an IP address in it is the
+    /// carrier's network's: the peer is given ours on its network instead. A domain and a
+    /// `tel:` URI go on unchanged.
+    #[test]
+    fn an_address_in_a_passed_on_identity_becomes_ours_on_the_peers_network() {
+        let identity = CallerIdentity::of(&request(
+            "From: <sip:13800138000@carrier>;tag=c\r\n\
+             P-Asserted-Identity: \"Zhang\" <sip:+8613800138000@203.0.113.9:5060;user=phone>\r\n\
+             P-Asserted-Identity: <tel:+8613800138000>\r\n",
+        ));
+        let mut headers = Headers::new();
+        let ours = Host::Ip("10.1.0.5".parse().unwrap_or_else(|_| unreachable!()));
+        identity.present(
+            &peer(false, DiversionHeader::None),
+            ours.clone(),
+            false,
+            &mut headers,
+        );
+        let passed: Vec<&str> = headers.get_all("P-Asserted-Identity").collect();
+        assert_eq!(
+            passed,
+            [
+                "\"Zhang\" <sip:+8613800138000@10.1.0.5;user=phone>",
+                "<tel:+8613800138000>"
+            ]
+        );
+        assert_eq!(
+            with_local_host("<sip:8001@carrier.example>", &ours),
+            "<sip:8001@carrier.example>"
+        );
+        assert_eq!(
+            with_local_host("not a name-addr <", &ours),
+            "not a name-addr <"
+        );
     }
 
     #[test]

@@ -326,21 +326,30 @@ impl Config {
 
     /// Our SIP address on each interface as its peers are to see it: the advertised IP (else
     /// the bound one) with the port bound there (`bound`: each interface's SIP and TLS
-    /// address, the default's first).
+    /// address, the default's first); the TLS address likewise (an interface's own TLS IP
+    /// unless it advertises one; the default's is `[sip]`'s advertised IP, as always).
     pub fn local_addresses(&self, bound: &[(SocketAddr, Option<SocketAddr>)]) -> LocalAddresses {
-        let local = |ip: IpAddr, index: usize, configured: SocketAddr| {
+        let local = |advertised: Option<IpAddr>, index: usize, configured: SocketAddr| {
             let (sip, tls) = bound.get(index).copied().unwrap_or((configured, None));
+            let sip_ip = advertised.unwrap_or(configured.ip());
             LocalAddress {
-                sip: SocketAddr::new(ip, sip.port()),
-                tls_port: tls.map(|a| a.port()),
+                sip: SocketAddr::new(sip_ip, sip.port()),
+                tls: tls.map(|tls| {
+                    let ip = match advertised {
+                        Some(ip) => ip,
+                        None if tls.ip().is_unspecified() => sip_ip,
+                        None => tls.ip(),
+                    };
+                    SocketAddr::new(ip, tls.port())
+                }),
             }
         };
         LocalAddresses::new(
-            local(self.sip.advertised_ip(), 0, self.sip.listen),
+            local(Some(self.sip.advertised_ip()), 0, self.sip.listen),
             self.interfaces
                 .iter()
                 .enumerate()
-                .map(|(index, i)| local(i.advertise.unwrap_or(i.sip.ip()), index + 1, i.sip)),
+                .map(|(index, i)| local(i.advertise, index + 1, i.sip)),
         )
     }
 

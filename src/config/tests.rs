@@ -498,6 +498,24 @@ fn interface_mistakes_name_the_key() {
             "sip.tls_cert",
         ),
         (
+            three_networks().replace("advertise = \"198.51.100.7\"", "advertise = \"0.0.0.0\""),
+            "interface[1].advertise",
+            "cannot be told to peers",
+        ),
+        (
+            three_networks().replace(
+                "ports = [22000, 22999]\nadvertise",
+                "ports = [0, 999]\nadvertise",
+            ),
+            "interface[1].ports",
+            "must be a range",
+        ),
+        (
+            three_networks().replace("listen = \"127.0.0.1:5060\"", "listen = \"0.0.0.0:5060\""),
+            "sip.listen",
+            "wildcard receives every network's traffic",
+        ),
+        (
             three_networks().replace("peers = [\"police\"]", "peers = [\"police\", \"hotline\"]"),
             "route[1].peers[1]",
             "a route's peers share one interface",

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// The most `[[interface]]`s (each a network the host is on; ids are one byte).
+const MAX_INTERFACES: usize = 64;
+
 /// The longest `[[peer]] probe_secs`.
 const MAX_PROBE_SECS: u32 = 3600;
 
@@ -417,6 +420,25 @@ impl Config {
             self.media.address,
             self.media.ports,
         )];
+        if self.interfaces.len() > MAX_INTERFACES {
+            return Err(invalid(
+                format!("interface[{MAX_INTERFACES}]"),
+                format!("at most {MAX_INTERFACES} interfaces beside the default one"),
+            ));
+        }
+        if !self.interfaces.is_empty() {
+            // A wildcard default socket would take every network's traffic as its own.
+            for (key, address) in std::iter::once(("sip.listen", Some(self.sip.listen)))
+                .chain(std::iter::once(("sip.tls_listen", self.sip.tls_listen)))
+            {
+                if address.is_some_and(|a| a.ip().is_unspecified()) {
+                    return Err(invalid(
+                        key.into(),
+                        "must be the default interface's own address when [[interface]]s are configured (a wildcard receives every network's traffic)".into(),
+                    ));
+                }
+            }
+        }
         let mut names: HashSet<&str> = HashSet::new();
         for (index, interface) in self.interfaces.iter().enumerate() {
             let key = |field: &str| format!("interface[{index}].{field}");
@@ -446,6 +468,26 @@ impl Config {
                     "must be a concrete address: it is advertised in SDP c= lines".into(),
                 ));
             }
+            if interface.tls.is_some_and(|a| a.ip().is_unspecified()) {
+                return Err(invalid(
+                    key("tls"),
+                    "must be a concrete address: an interface is the one network it is bound to"
+                        .into(),
+                ));
+            }
+            if let Some(advertised) = interface.advertise {
+                if advertised.is_unspecified()
+                    || advertised.is_multicast()
+                    || advertised.is_ipv4() != interface.sip.is_ipv4()
+                {
+                    return Err(invalid(
+                        key("advertise"),
+                        format!(
+                            "{advertised} cannot be told to peers: a unicast address of the same family as sip"
+                        ),
+                    ));
+                }
+            }
             if interface.tls.is_some() && (self.sip.tls_cert.is_none() || self.sip.tls_ca.is_none())
             {
                 return Err(invalid(
@@ -469,7 +511,7 @@ impl Config {
                 sips.push((key(field), address));
             }
             let [low, high] = interface.ports;
-            if low > high || u32::from(high) - u32::from(low) < 3 {
+            if low == 0 || low > high || u32::from(high) - u32::from(low) < 3 {
                 return Err(invalid(
                     key("ports"),
                     format!("[{low}, {high}] must be a range of at least two RTP/RTCP pairs"),

@@ -423,6 +423,13 @@ impl Dispatcher for CallManager {
             tracing::info!(%source, method = %request.method, "request from an address that is no peer");
             return Self::reply(request, 403);
         };
+        if peer.interface != flow.interface() {
+            // A peer's address seen on another network is someone else there (private
+            // address plans repeat across networks): a stranger.
+            self.metrics.increment(Counter::SipRejectedUnknownPeer);
+            tracing::info!(%source, peer = %peer.name, method = %request.method, interface = self.router.interface_name(flow.interface()), "request from a peer's address on another interface than the peer's");
+            return Self::reply(request, 403);
+        }
         match request.method {
             Method::Invite => self.new_call(request, server, source, flow, peer),
             Method::Options => Self::reply(request, 200),

@@ -423,7 +423,10 @@ impl Registrant {
             .and_then(|c| c.param("expires").flatten())
             .or_else(|| response.headers.get("Expires"))
             .and_then(|value| value.trim().parse::<u64>().ok())
-            .unwrap_or(self.asked.as_secs());
+            .unwrap_or(self.asked.as_secs())
+            // A registrar's grant beyond a day is taken as a day (refreshed at half): an
+            // absurd one must not overflow the clock.
+            .min(MAX_EXPIRES.as_secs());
         (seconds > 0).then(|| Duration::from_secs(seconds))
     }
 }

@@ -61,11 +61,11 @@ pub enum Target {
 }
 
 /// Our address on one interface as its peers are to see it (Via, Contact): the advertised
-/// IP (else the bound one) with the bound SIP port, and the bound TLS port.
+/// IP (else the bound one) with the bound SIP port, and likewise the TLS address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalAddress {
     pub sip: SocketAddr,
-    pub tls_port: Option<u16>,
+    pub tls: Option<SocketAddr>,
 }
 
 /// Our address on each interface, by [`InterfaceId`] (the default first): what a message to
@@ -81,7 +81,8 @@ impl LocalAddresses {
 
     /// One interface only.
     pub fn single(sip: SocketAddr, tls_port: Option<u16>) -> Self {
-        Self::new(LocalAddress { sip, tls_port }, [])
+        let tls = tls_port.map(|port| SocketAddr::new(sip.ip(), port));
+        Self::new(LocalAddress { sip, tls }, [])
     }
 
     /// The interface's address; the default's for one not configured (the configuration's
@@ -100,11 +101,11 @@ impl LocalAddresses {
     }
 
     /// Our address as a request to `target` names it (Via, Contact): the SIP address of the
-    /// target's interface, with its TLS port for TLS.
+    /// target's interface, its TLS address for TLS.
     pub fn for_target(&self, target: Target) -> SocketAddr {
         let local = self.of(target.interface());
-        match local.tls_port {
-            Some(port) if target.is_secure() => SocketAddr::new(local.sip.ip(), port),
+        match local.tls {
+            Some(tls) if target.is_secure() => tls,
             _ => local.sip,
         }
     }

@@ -289,7 +289,7 @@ impl Call {
     }
 
     /// Our IP on `peer`'s interface: the host of the Call-IDs and URIs it is sent.
-    fn local_ip(&self, peer: &Peer) -> std::net::IpAddr {
+    pub(super) fn local_ip(&self, peer: &Peer) -> std::net::IpAddr {
         self.settings.local.of(peer.interface).sip.ip()
     }
 

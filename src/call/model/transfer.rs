@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use crate::media::{Leg, MediaCommand, Party};
 use crate::routing::Peer;
-use crate::sip::message::{Request, Response};
+use crate::sip::message::{Host, Request, Response};
 use crate::sip::sdp::{self, Direction, Origin, SessionDescription};
 use crate::sip::target::{InterfaceId, Target};
 use crate::sip::transaction::{DialogKey, ServerTransactionId};
@@ -273,7 +273,10 @@ impl Call {
         );
         // RFC 3892: who asked for the transfer.
         if let Some(referred_by) = &transfer.referred_by {
-            invite.headers.push("Referred-By", referred_by.clone());
+            let local = Host::Ip(self.local_ip(&peer));
+            invite
+                .headers
+                .push("Referred-By", refer::with_local_host(referred_by, &local));
         }
         if let Some(replaced) = &transfer.replaces {
             // RFC 3891 §4; Require, so a target that cannot replace says 420 instead of

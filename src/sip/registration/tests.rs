@@ -414,3 +414,35 @@ fn a_domain_that_is_an_address_and_a_tcp_peer() {
     );
     assert!(header(&register, "Via").starts_with("SIP/2.0/TCP "));
 }
+
+/// A registrar granting more than the clock can hold (`Expires: 2^64-1`, or a Contact's
+/// `expires` as large) gets a day, refreshed at half: no overflow, no panic.
+#[test]
+fn an_absurd_grant_is_taken_as_a_day() {
+    let t0 = Instant::now();
+    let mut h = Harness::new(t0);
+    let (first, branch) = h.sent(t0);
+    let granted = reply(
+        &first,
+        200,
+        &[
+            ("Contact", "<sip:gw@10.0.0.5>"),
+            ("Expires", "18446744073709551615"),
+        ],
+    );
+    assert_eq!(
+        h.answer(t0, &branch, &granted),
+        Some(Event::Registered {
+            expires: Duration::from_secs(86_400),
+            refresh: false
+        })
+    );
+    let half = t0 + Duration::from_secs(43_200);
+    assert_eq!(h.registrant.poll_timeout(), Some(half));
+    let (refresh, branch) = h.sent(half);
+    let event = h.answer(half, &branch, &ok_with(&refresh, u64::MAX));
+    assert!(
+        matches!(event, Some(Event::Registered { expires, .. }) if expires == Duration::from_secs(86_400)),
+        "{event:?}"
+    );
+}

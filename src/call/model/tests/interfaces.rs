@@ -47,14 +47,14 @@ fn settings_with_police_network() -> Arc<CallSettings> {
     settings.local = LocalAddresses::new(
         LocalAddress {
             sip: "127.0.0.1:5060".parse().unwrap_or_else(|_| unreachable!()),
-            tls_port: None,
+            tls: None,
         },
         [LocalAddress {
             sip: SocketAddr::new(
                 POLICE_GATEWAY.parse().unwrap_or_else(|_| unreachable!()),
                 5060,
             ),
-            tls_port: None,
+            tls: None,
         }],
     );
     Arc::new(settings)
