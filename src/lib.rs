@@ -134,7 +134,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let metrics = Arc::new(Metrics::new());
     // One gateway per store, claimed before anything is touched; then every socket is bound, so
     // an instance started by mistake fails here rather than closing the live one's calls.
-    let store_lock = store::StoreLock::acquire(&config.store.path)?;
+    // A shared store (`[store] url`) is claimed by the node's lease as it opens instead.
+    let store_location = config.store.location();
+    let store_lock = match &store_location {
+        store::StoreLocation::File(path) => Some(store::StoreLock::acquire(path)?),
+        store::StoreLocation::Database(_) => None,
+    };
     let (inbound_sender, inbound) = mpsc::channel(8192);
     let transport_stop = CancellationToken::new();
     let transport = bind_transport(
@@ -149,7 +154,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     // A start that fails from here on closes the sockets again.
     let unbind = transport_stop.clone().drop_guard();
     let (http_listener, grpc_listener) = bind_api(&config).await?;
-    let store = open_store(&config, &metrics)?;
+    let (store, blocked) = open_store(&config, &metrics).await?;
     let events = workorder::hub::EventHub::new(
         store.clone(),
         config.platform_names(),
@@ -166,8 +171,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         router: Arc::clone(&router),
         directory: Arc::clone(&directory),
     }));
-    let (manager, media_probe, blocklist) =
-        call_manager(&config, &router, settings, &ports, &metrics, max_calls)?;
+    let (manager, media_probe, blocklist) = call_manager(
+        &config,
+        &router,
+        settings,
+        &ports,
+        &metrics,
+        (max_calls, blocked),
+    )?;
+    follow_blocklist(&store, &blocklist, &shutdown);
     let (endpoint, handle, commands) =
         build_endpoint(&config, transport, &manager, &metrics, local_sip, &router)?;
     let tracker = tokio_util::task::TaskTracker::new();
@@ -229,7 +241,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     ));
 
     unbind.disarm();
-    tracing::info!(sip = %local_sip, http = %http_address, grpc = %grpc_address, store = %config.store.path.display(), "gateway listening");
+    tracing::info!(sip = %local_sip, http = %http_address, grpc = %grpc_address, store = %store_location, "gateway listening");
     let finished = tokio::spawn(
         shutdown::Stopping {
             calls: tracker,
@@ -362,27 +374,69 @@ async fn bind_api(
     Ok((http_listener, grpc_listener))
 }
 
-/// The store opened, what the previous run left open closed.
-fn open_store(config: &Config, metrics: &Arc<Metrics>) -> Result<Store, StartError> {
-    let store = Store::open_with(
-        &config.store.path,
-        store::StoreOptions {
-            metrics: Some(Arc::clone(metrics)),
-            // What a killed run left open ends on the link too, for the platforms that saw it.
-            recovery: Some(workorder::recovery::recovery(
-                ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
-                config.platform_names(),
-            )),
-            ..store::StoreOptions::from(&config.store)
-        },
-    )?;
-    if store.closed_at_start() > 0 {
+/// The store opened (a shared one in a blocking task: its client blocks), what the previous run
+/// left open closed; and the numbers blocked through the API.
+async fn open_store(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<(Store, Vec<store::BlockedNumberRecord>), StartError> {
+    let options = store::StoreOptions {
+        metrics: Some(Arc::clone(metrics)),
+        // What a killed run left open ends on the link too, for the platforms that saw it.
+        recovery: Some(workorder::recovery::recovery(
+            ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
+            config.platform_names(),
+        )),
+        cluster: config.cluster_options(),
+        ..store::StoreOptions::from(&config.store)
+    };
+    let location = config.store.location();
+    let opened = tokio::task::spawn_blocking(move || {
+        let store = Store::connect(&location, options)?;
+        let blocked = location.list_blocked(store::unix_millis(std::time::SystemTime::now()))?;
+        Ok::<_, store::StoreError>((store, blocked))
+    })
+    .await
+    .map_err(|_| StartError::Store(store::StoreError::Closed))??;
+    if opened.0.closed_at_start() > 0 {
         tracing::warn!(
-            calls = store.closed_at_start(),
+            calls = opened.0.closed_at_start(),
             "records of calls left open by the previous run closed (gateway restart)"
         );
     }
-    Ok(store)
+    Ok(opened)
+}
+
+/// Applies the blocklist changes other nodes of a cluster make to this node's screening.
+fn follow_blocklist(
+    store: &Store,
+    blocklist: &Arc<call::blocklist::Blocklist>,
+    shutdown: &CancellationToken,
+) {
+    let Some(mut changes) = store.blocklist_changes() else {
+        return;
+    };
+    let (blocklist, shutdown) = (Arc::clone(blocklist), shutdown.clone());
+    tokio::spawn(async move {
+        loop {
+            let change = tokio::select! {
+                change = changes.recv() => change,
+                _ = shutdown.cancelled() => return,
+            };
+            match change {
+                Ok(store::BlocklistChange::Blocked(record)) => {
+                    blocklist.block(record);
+                }
+                Ok(store::BlocklistChange::Unblocked(number)) => {
+                    blocklist.unblock(&number);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::error!(missed, "blocklist changes of other nodes missed");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
 }
 
 /// The media engine started, the screening (with the stored blocklist) and the call manager;
@@ -393,7 +447,7 @@ fn call_manager(
     settings: Arc<CallSettings>,
     ports: &Arc<PortPools>,
     metrics: &Arc<Metrics>,
-    max_calls: usize,
+    (max_calls, blocked): (usize, Vec<store::BlockedNumberRecord>),
 ) -> Result<
     (
         Arc<CallManager>,
@@ -406,10 +460,7 @@ fn call_manager(
     let media = media::relay::MediaEngine::start(media_workers, Arc::clone(metrics))
         .map_err(StartError::Media)?;
     let media_probe = media.probe();
-    let blocklist = Arc::new(call::blocklist::Blocklist::with(store::list_blocked(
-        &config.store.path,
-        store::unix_millis(std::time::SystemTime::now()),
-    )?));
+    let blocklist = Arc::new(call::blocklist::Blocklist::with(blocked));
     let screening =
         call::screening::Screening::from(&config.screening).with_listed(Arc::clone(&blocklist));
     let manager = Arc::new(
@@ -515,7 +566,7 @@ fn serve_grpc(
     let service = workorder::service::WorkOrderService::new(
         events,
         registry,
-        config.store.path.clone(),
+        config.store.location(),
         config.platform_tokens(),
         Arc::clone(metrics),
         grpc_stop.clone(),

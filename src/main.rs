@@ -111,13 +111,14 @@ fn main() -> ExitCode {
         };
     }
     if let Some(Command::Calls { limit }) = cli.command {
-        return match hotline_gateway::store::list_calls(&config.store.path, limit) {
+        let location = config.store.location();
+        return match location.list_calls(limit) {
             Ok(records) => {
                 print!("{}", hotline_gateway::cli::format_calls_table(&records));
                 ExitCode::SUCCESS
             }
             Err(error) => {
-                eprintln!("hotline-gateway: {}: {error}", config.store.path.display());
+                eprintln!("hotline-gateway: {location}: {error}");
                 ExitCode::FAILURE
             }
         };

@@ -82,9 +82,13 @@ pub enum Counter {
     HttpConnectionsRefused,
     /// Requests for dialogs the gateway does not have, answered 481 without a transaction.
     SipUnknownDialog,
+    /// Other nodes of the cluster whose lease expired and whose open records this node closed.
+    ClusterNodesLost,
+    /// Calls of lost nodes this node closed.
+    ClusterCallsClosed,
 }
 
-const COUNTERS: [(Counter, &str, &str); 51] = [
+const COUNTERS: [(Counter, &str, &str); 53] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -339,6 +343,16 @@ const COUNTERS: [(Counter, &str, &str); 51] = [
         Counter::SipUnknownDialog,
         "hotline_sip_unknown_dialog_total",
         "requests for a dialog the gateway does not have, answered 481 without a transaction",
+    ),
+    (
+        Counter::ClusterNodesLost,
+        "hotline_cluster_nodes_lost_total",
+        "other nodes whose lease expired and whose open calls, linkages and parties this node closed",
+    ),
+    (
+        Counter::ClusterCallsClosed,
+        "hotline_cluster_calls_closed_total",
+        "calls of lost nodes this node closed (ended_by gateway, reason node lost)",
     ),
 ];
 

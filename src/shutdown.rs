@@ -30,7 +30,8 @@ pub(crate) struct Stopping {
     pub grpc: JoinHandle<()>,
     /// Flushed last: every step the calls and streams took before is committed.
     pub store: Store,
-    pub store_lock: StoreLock,
+    /// The embedded store's claim (None for a shared store: the node's lease claims it).
+    pub store_lock: Option<StoreLock>,
 }
 
 impl Stopping {

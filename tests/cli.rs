@@ -120,6 +120,7 @@ fn calls_lists_records_and_reports_a_missing_store() {
             rtp_a_to_b: 3000,
             rtp_b_to_a: 2999,
             rtp_dropped: 0,
+            node: String::new(),
         };
         store
             .call_ended(record)

@@ -44,7 +44,13 @@ async fn a_full_disk_never_stops_calls_and_loses_no_record() {
         "",
         |config| {
             config.store.max_size_mb = Some(1);
-            common::fill_store(&config.store.path);
+            common::fill_store(
+                config
+                    .store
+                    .path
+                    .as_deref()
+                    .unwrap_or_else(|| panic!("the test config has a store path")),
+            );
         },
     )
     .await;

@@ -877,7 +877,13 @@ async fn blocked_callers_are_refused_and_repeat_callers_flagged() {
 async fn events_of_calls_while_the_disk_is_full_arrive_once_there_is_space() {
     let (mut gateway, mut citizen, mut agent, _police) = setup_with(|config| {
         config.store.max_size_mb = Some(1);
-        common::fill_store(&config.store.path);
+        common::fill_store(
+            config
+                .store
+                .path
+                .as_deref()
+                .unwrap_or_else(|| panic!("the test config has a store path")),
+        );
     })
     .await;
     let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;

@@ -282,6 +282,16 @@ pub struct CallContext {
 }
 
 impl Config {
+    /// This node's name and lease in a cluster (`[cluster]`, with `[store] url`).
+    pub fn cluster_options(&self) -> Option<crate::store::ClusterOptions> {
+        self.cluster
+            .as_ref()
+            .map(|cluster| crate::store::ClusterOptions {
+                node: cluster.node.clone(),
+                lease: Duration::from_secs(cluster.lease_secs),
+            })
+    }
+
     /// The id of the `[[interface]]` named `name`: 1, 2, … in file order; the default
     /// interface (`[sip]`/`[media]`) for none, "default" or a name not configured (the
     /// configuration's checks rule that out).

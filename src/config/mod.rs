@@ -29,6 +29,7 @@ use crate::routing::{Cidr, NumberPattern};
 pub use crate::routing::DiversionHeader;
 pub use crate::routing::TransportKind;
 pub use crate::store::Synchronous;
+pub use crate::store::{DatabaseUrl, StoreLocation};
 
 mod convert;
 pub use convert::CallContext;
@@ -60,6 +61,9 @@ pub struct Config {
     pub sip: SipConfig,
     pub media: MediaConfig,
     pub store: StoreConfig,
+    /// `[cluster]`: with `[store] url`, this node's name and lease.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
     pub api: ApiConfig,
     #[serde(default, rename = "peer")]
     pub peers: Vec<PeerConfig>,
@@ -320,9 +324,14 @@ pub struct MediaConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// SQLite file; its directory is created if missing. Relative paths are relative to the
-    /// working directory.
-    pub path: PathBuf,
+    /// SQLite file (the embedded store); its directory is created if missing. Relative paths
+    /// are relative to the working directory.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Instead of `path`: a PostgreSQL database (`postgresql://user:password@host:port/db`)
+    /// that the nodes of a cluster share, each with its own `[cluster] node`.
+    #[serde(default)]
+    pub url: Option<DatabaseUrl>,
     /// Largest the file may grow, in MB (default: no cap but the disk's). At the cap the store
     /// behaves as on a full disk: calls go on, records are held in memory and retried, and
     /// `hotline_store_degraded` is 1, until space is freed (e.g. old records archived).
@@ -334,6 +343,34 @@ pub struct StoreConfig {
     /// commits since the last checkpoint (a process crash or `kill -9` loses nothing either way).
     #[serde(default)]
     pub synchronous: Synchronous,
+}
+
+impl StoreConfig {
+    /// Where the store is (validation has made sure one of `path` and `url` is given).
+    pub fn location(&self) -> StoreLocation {
+        match (&self.url, &self.path) {
+            (Some(url), _) => StoreLocation::Database(url.clone()),
+            (None, Some(path)) => StoreLocation::File(path.clone()),
+            (None, None) => StoreLocation::File(PathBuf::from("data/gateway.db")),
+        }
+    }
+}
+
+/// `[cluster]`: this node among the gateways sharing a `[store] url`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name, unique among the nodes sharing the store: its calls are recorded
+    /// under it, and its lease is held under it.
+    pub node: String,
+    /// How long this node's lease lasts unrenewed (default 10 s, renewed every third of it):
+    /// a node silent for longer is taken for lost, and a survivor closes its open calls.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+}
+
+fn default_lease_secs() -> u64 {
+    10
 }
 
 /// `[api]`: operator and platform interfaces.

@@ -529,3 +529,58 @@ fn interface_mistakes_name_the_key() {
         );
     }
 }
+
+#[test]
+fn a_shared_store_needs_a_node_name_and_one_store_only() {
+    let shared = sample().replace(
+        "path = \"data/gateway.db\"",
+        "url = \"postgresql://gateway:secret@10.2.0.5:5432/hotline\"",
+    );
+    let with_node = format!("{shared}\n[cluster]\nnode = \"gw-a\"\n");
+    let config = match Config::parse(Path::new("test.toml"), &with_node) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    // The password is never shown.
+    assert_eq!(
+        config.store.location().to_string(),
+        "postgresql://gateway@10.2.0.5:5432/hotline"
+    );
+    let cluster = config.cluster_options();
+    assert_eq!(cluster.as_ref().map(|c| c.node.as_str()), Some("gw-a"));
+    assert_eq!(
+        cluster.map(|c| c.lease),
+        Some(std::time::Duration::from_secs(10))
+    );
+    assert_eq!(
+        error_of(&shared),
+        "test.toml: key `cluster.node`: a store shared by url needs this node's name ([cluster] node), unique among the nodes"
+    );
+    assert_eq!(
+        error_of(&sample().replace("[store]\n", "[store]\nurl = \"postgresql://h/db\"\n")),
+        "test.toml: key `store.url`: path and url are one or the other: the records live in one store"
+    );
+    assert_eq!(
+        error_of(&sample().replace("path = \"data/gateway.db\"", "")),
+        "test.toml: key `store.path`: missing: give path (the embedded SQLite file) or url (a PostgreSQL database several nodes share)"
+    );
+    assert_eq!(
+        error_of(&format!("{}\n[cluster]\nnode = \"gw-a\"\n", sample())),
+        "test.toml: key `cluster`: [cluster] needs store.url: the nodes of a cluster share a PostgreSQL store"
+    );
+    let message = error_of(&shared.replace("postgresql://gateway:secret@", "mysql://"));
+    assert!(
+        message.starts_with("test.toml: key `store.url`: expected a postgresql:// URL"),
+        "{message}"
+    );
+    assert_eq!(
+        error_of(&format!("{shared}\n[cluster]\nnode = \"gw a\"\n")),
+        "test.toml: key `cluster.node`: \"gw a\": 1 to 64 letters, digits, '-', '_' or '.'"
+    );
+    assert_eq!(
+        error_of(&format!(
+            "{shared}\n[cluster]\nnode = \"gw-a\"\nlease_secs = 1\n"
+        )),
+        "test.toml: key `cluster.lease_secs`: 1 is outside 3-300"
+    );
+}

@@ -225,6 +225,65 @@ impl Config {
 
     /// Checks the store.
     fn check_store(&self, invalid: Invalid) -> Result<(), ConfigError> {
+        match (&self.store.path, &self.store.url) {
+            (None, None) => {
+                return Err(invalid(
+                    "store.path".into(),
+                    "missing: give path (the embedded SQLite file) or url (a PostgreSQL database several nodes share)".into(),
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "store.url".into(),
+                    "path and url are one or the other: the records live in one store".into(),
+                ))
+            }
+            _ => {}
+        }
+        match (&self.store.url, &self.cluster) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "cluster.node".into(),
+                    "a store shared by url needs this node's name ([cluster] node), unique among the nodes".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "cluster".into(),
+                    "[cluster] needs store.url: the nodes of a cluster share a PostgreSQL store".into(),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(cluster) = &self.cluster {
+            if cluster.node.is_empty()
+                || cluster.node.len() > 64
+                || !cluster
+                    .node
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(invalid(
+                    "cluster.node".into(),
+                    format!(
+                        "{:?}: 1 to 64 letters, digits, '-', '_' or '.'",
+                        cluster.node
+                    ),
+                ));
+            }
+            if !(3..=300).contains(&cluster.lease_secs) {
+                return Err(invalid(
+                    "cluster.lease_secs".into(),
+                    format!("{} is outside 3-300", cluster.lease_secs),
+                ));
+            }
+        }
+        if self.store.url.is_some() && self.store.max_size_mb.is_some() {
+            return Err(invalid(
+                "store.max_size_mb".into(),
+                "caps the embedded file only: a shared database's size is the database's".into(),
+            ));
+        }
         if self.store.max_size_mb == Some(0) {
             return Err(invalid(
                 "store.max_size_mb".into(),

@@ -29,11 +29,22 @@
 //! | `writer.rs` | the writer thread: batches, the hold, retries |
 //! | `outbox.rs` | the outbox: numbering, positions, readers, closing a killed run's calls |
 //! | `reads.rs` | read-only queries beside the running gateway |
+//! | `sqlite.rs` | the embedded engine's writes |
+//! | `postgres.rs` | the shared engine (`[store] url`): schema, writes, reads, closing a node |
+//! | `cluster.rs` | a node's lease, the other nodes' commits, taking over a lost node |
+//!
+//! With `[store] url` the records live in a PostgreSQL database that several nodes share
+//! (each with its own `[cluster] node`): the same records, one ordered stream of events per
+//! platform across the nodes, and the open records of a node that dies closed by a survivor
+//! (see `postgres.rs` and `cluster.rs`).
 
+mod cluster;
 mod lock;
 mod outbox;
+mod postgres;
 mod reads;
 mod schema;
+mod sqlite;
 mod writer;
 
 use std::collections::VecDeque;
@@ -46,10 +57,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
 
+pub use cluster::{BlocklistChange, ClusterOptions};
 pub use lock::{lock_path, StoreLock};
 pub use outbox::{
     Acknowledged, Interrupted, NewEvent, Outbox, OutboxReader, OutboxRecord, Recovery,
 };
+pub use postgres::DatabaseUrl;
 pub use reads::{find_linkage, list_blocked, list_calls, list_conference_parties, list_linkages};
 use writer::{Change, WriteOp, Writer};
 
@@ -60,6 +73,74 @@ pub enum Synchronous {
     Normal,
     #[default]
     Full,
+}
+
+/// What the end of a run's open records is called when the run is this node's previous one.
+pub const GATEWAY_RESTART: &str = "gateway restart";
+
+/// What the end of a lost node's open records is called (its lease expired).
+pub const NODE_LOST: &str = "node lost";
+
+/// Where the store is: an embedded SQLite file, or a PostgreSQL database shared by a cluster.
+#[derive(Debug, Clone)]
+pub enum StoreLocation {
+    File(PathBuf),
+    Database(DatabaseUrl),
+}
+
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::File(path) => write!(f, "{}", path.display()),
+            StoreLocation::Database(url) => write!(f, "{url}"),
+        }
+    }
+}
+
+impl StoreLocation {
+    /// The newest `limit` calls (of every node), newest first.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the store cannot be read.
+    pub fn list_calls(&self, limit: usize) -> Result<Vec<CallRecord>, StoreError> {
+        match self {
+            StoreLocation::File(path) => list_calls(path, limit),
+            StoreLocation::Database(url) => postgres::list_calls(&mut url.connect()?, limit),
+        }
+    }
+
+    /// The calls not ended, of every node sharing the store, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the store cannot be read.
+    pub fn active_calls(&self) -> Result<Vec<CallRecord>, StoreError> {
+        match self {
+            StoreLocation::File(path) => reads::open_calls(&reads::open_read_only(path)?),
+            StoreLocation::Database(url) => postgres::active_calls(&mut url.connect()?),
+        }
+    }
+
+    /// One linkage by its id.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the store cannot be read.
+    pub fn find_linkage(&self, linkage_id: &str) -> Result<Option<LinkageRecord>, StoreError> {
+        match self {
+            StoreLocation::File(path) => find_linkage(path, linkage_id),
+            StoreLocation::Database(url) => postgres::find_linkage(&mut url.connect()?, linkage_id),
+        }
+    }
+
+    /// The numbers blocked through the API that have not expired at `now` (Unix ms).
+    ///
+    /// # Errors
+    /// [`StoreError`] if the store cannot be read.
+    pub fn list_blocked(&self, now: i64) -> Result<Vec<BlockedNumberRecord>, StoreError> {
+        match self {
+            StoreLocation::File(path) => list_blocked(path, now),
+            StoreLocation::Database(url) => postgres::list_blocked(&mut url.connect()?, now),
+        }
+    }
 }
 
 /// Queue length between call tasks and the writer.
@@ -85,6 +166,9 @@ pub struct StoreOptions {
     pub recovery: Option<Arc<Recovery>>,
     /// Whether each commit is synced to disk (default: yes, `FULL`).
     pub synchronous: Synchronous,
+    /// This node's name and lease, for a store shared by a cluster (default: a node named
+    /// after nothing, with a 10 s lease).
+    pub cluster: Option<ClusterOptions>,
 }
 
 /// What became of a write.
@@ -123,6 +207,9 @@ pub struct CallRecord {
     pub rtp_a_to_b: u64,
     pub rtp_b_to_a: u64,
     pub rtp_dropped: u64,
+    /// The cluster node that carries (or carried) the call (`[cluster] node`); empty in an
+    /// embedded store.
+    pub node: String,
 }
 
 /// Who called whom on which call, through which peer: what a call's record holds as it starts.
@@ -159,6 +246,7 @@ impl CallRecord {
             rtp_a_to_b: 0,
             rtp_b_to_a: 0,
             rtp_dropped: 0,
+            node: String::new(),
         }
     }
 }
@@ -241,6 +329,10 @@ pub enum StoreError {
     },
     #[error("database error: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("database error: {}", postgres::describe(.0))]
+    Postgres(#[from] ::postgres::Error),
+    #[error("node {node} is held by another gateway whose lease is still renewed: one gateway per node name")]
+    NodeTaken { node: String },
     #[error("schema version {found} is newer than this gateway knows ({supported})")]
     SchemaTooNew { found: i64, supported: i64 },
     #[error("cannot write to {path}: {reason}")]
@@ -358,9 +450,12 @@ impl Changes {
 #[derive(Clone)]
 pub struct Store {
     queue: mpsc::Sender<WriteOp>,
-    path: PathBuf,
+    location: StoreLocation,
     outbox: Arc<Outbox>,
     closed_at_start: usize,
+    /// The API's blocklist changes other nodes make (a shared store).
+    blocklist: Option<tokio::sync::broadcast::Sender<BlocklistChange>>,
+    cluster: Option<Arc<cluster::ClusterHandle>>,
 }
 
 impl Store {
@@ -416,36 +511,122 @@ impl Store {
         }
         let outbox = Arc::new(outbox::positions(&connection)?);
         let sequences = outbox::stored_sequences(&connection)?;
-        let (queue, receiver) = mpsc::channel(QUEUE);
-        let writer = Writer {
-            connection,
-            path: path.to_path_buf(),
-            metrics: options.metrics.unwrap_or_default(),
-            outbox: Arc::clone(&outbox),
+        let queue = start_writer(
+            Box::new(sqlite::SqliteEngine(connection)),
+            path.to_path_buf(),
+            options.metrics.unwrap_or_default(),
+            Arc::clone(&outbox),
             sequences,
-            held: VecDeque::new(),
-            held_records: 0,
-            failing_since: None,
-            last_attempt: Instant::now(),
-            last_report: Instant::now(),
+        )?;
+        Ok(Store {
+            queue,
+            location: StoreLocation::File(path.to_path_buf()),
+            outbox,
+            closed_at_start,
+            blocklist: None,
+            cluster: None,
+        })
+    }
+
+    /// Opens the store at `location`: the file as [`Store::open_with`], or the shared
+    /// database: migrated (one node at a time), this node's lease claimed (waiting out its
+    /// previous run's), what its previous run left open closed, and the writer and the
+    /// cluster thread started.
+    ///
+    /// # Errors
+    /// [`StoreError`] naming the file or the database.
+    pub fn connect(location: &StoreLocation, options: StoreOptions) -> Result<Store, StoreError> {
+        let url = match location {
+            StoreLocation::File(path) => return Store::open_with(path, options),
+            StoreLocation::Database(url) => url.clone(),
+        };
+        let cluster_options = options.cluster.clone().unwrap_or(ClusterOptions {
+            node: String::new(),
+            lease: Duration::from_secs(10),
+        });
+        let mut client = url.connect()?;
+        postgres::migrate(&mut client)?;
+        let incarnation = cluster::incarnation();
+        cluster::claim(&mut client, &cluster_options, &incarnation)?;
+        let now = unix_millis(SystemTime::now());
+        let closed_at_start = {
+            let mut transaction = client.transaction()?;
+            let closed = postgres::close_node(
+                &mut transaction,
+                &cluster_options.node,
+                now,
+                GATEWAY_RESTART,
+                options.recovery.as_deref(),
+            )?;
+            transaction.commit()?;
+            closed
+        };
+        if let Err(error) = client.execute(
+            "DELETE FROM blocked_numbers WHERE expires_at IS NOT NULL AND expires_at <= $1",
+            &[&now],
+        ) {
+            tracing::warn!(store = %url, %error, "expired blocked numbers not deleted");
+        }
+        let positions = postgres::positions(&mut client)?;
+        let outbox = Arc::new(Outbox::with_positions(&positions));
+        let sequences = positions
+            .iter()
+            .map(|(platform, (latest, _))| (platform.clone(), *latest))
+            .collect();
+        let metrics = options.metrics.unwrap_or_default();
+        let queue = start_writer(
+            Box::new(postgres::PostgresEngine::new(
+                url.clone(),
+                cluster_options.node.clone(),
+                client,
+            )),
+            PathBuf::from(url.to_string()),
+            Arc::clone(&metrics),
+            Arc::clone(&outbox),
+            sequences,
+        )?;
+        let (blocklist, _) = tokio::sync::broadcast::channel(1024);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stopped_sender, stopped) = oneshot::channel();
+        let thread = cluster::Cluster {
+            url: url.clone(),
+            options: cluster_options,
+            incarnation,
+            outbox: Arc::clone(&outbox),
+            recovery: options.recovery,
+            metrics,
+            blocklist: blocklist.clone(),
+            stop: Arc::clone(&stop),
         };
         std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer.run(receiver))
+            .name("store-cluster".into())
+            .spawn(move || thread.run(stopped_sender))
             .map_err(|source| StoreError::CreateDir {
-                path: path.to_path_buf(),
+                path: PathBuf::from(url.to_string()),
                 source,
             })?;
         Ok(Store {
             queue,
-            path: path.to_path_buf(),
+            location: location.clone(),
             outbox,
             closed_at_start,
+            blocklist: Some(blocklist),
+            cluster: Some(Arc::new(cluster::ClusterHandle {
+                stop,
+                stopped: std::sync::Mutex::new(Some(stopped)),
+            })),
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the store is.
+    pub fn location(&self) -> &StoreLocation {
+        &self.location
+    }
+
+    /// The API's blocklist changes made on other nodes (and this one) of a shared store; None
+    /// for an embedded store, whose only writer is this gateway.
+    pub fn blocklist_changes(&self) -> Option<tokio::sync::broadcast::Receiver<BlocklistChange>> {
+        self.blocklist.as_ref().map(|sender| sender.subscribe())
     }
 
     /// Each platform's newest committed sequence and last acknowledgement.
@@ -551,7 +732,7 @@ impl Store {
         match committed.await {
             Ok(Ok(written)) => Ok(written),
             Ok(Err(reason)) => Err(StoreError::Write {
-                path: self.path.clone(),
+                path: PathBuf::from(self.location.to_string()),
                 reason,
             }),
             Err(_) => Err(StoreError::Closed),
@@ -605,13 +786,57 @@ impl Store {
             .map_err(|_| StoreError::Closed)
     }
 
-    /// Flushes everything queued; the writer thread ends when the last handle is dropped.
+    /// Flushes everything queued; the writer thread ends when the last handle is dropped. A
+    /// node of a cluster then gives up its lease (nothing of it is left open for the others to
+    /// close).
     ///
     /// # Errors
     /// The flush's error.
     pub async fn shutdown(self) -> Result<(), StoreError> {
-        self.flush().await
+        let flushed = self.flush().await;
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .stop
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let stopped = cluster
+                .stopped
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(stopped) = stopped {
+                let _ = tokio::time::timeout(Duration::from_secs(3), stopped).await;
+            }
+        }
+        flushed
     }
+}
+
+/// Starts the writer thread on `engine`; returns its queue.
+fn start_writer(
+    engine: Box<dyn writer::Engine>,
+    path: PathBuf,
+    metrics: Arc<Metrics>,
+    outbox: Arc<Outbox>,
+    sequences: std::collections::HashMap<String, u64>,
+) -> Result<mpsc::Sender<WriteOp>, StoreError> {
+    let (queue, receiver) = mpsc::channel(QUEUE);
+    let writer = Writer {
+        engine,
+        path: path.clone(),
+        metrics,
+        outbox,
+        sequences,
+        held: VecDeque::new(),
+        held_records: 0,
+        failing_since: None,
+        last_attempt: Instant::now(),
+        last_report: Instant::now(),
+    };
+    std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || writer.run(receiver))
+        .map_err(|source| StoreError::CreateDir { path, source })?;
+    Ok(queue)
 }
 
 /// Milliseconds since the Unix epoch.

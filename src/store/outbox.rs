@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::watch;
 
 use super::reads::open_read_only;
@@ -87,7 +87,7 @@ struct Recent {
 }
 
 impl Outbox {
-    fn with_positions(positions: &HashMap<String, (u64, u64)>) -> Outbox {
+    pub(super) fn with_positions(positions: &HashMap<String, (u64, u64)>) -> Outbox {
         Outbox {
             committed: Mutex::new(
                 positions
@@ -153,6 +153,24 @@ impl Outbox {
             std::cmp::Ordering::Equal => Acknowledged::Unchanged,
             std::cmp::Ordering::Less => Acknowledged::Behind { current: *current },
         }
+    }
+
+    /// `platform`'s position as the store holds it (read by a stream as it opens): what
+    /// another node committed or was acknowledged and this one has not heard of yet is taken.
+    pub fn catch_up(&self, platform: &str, (latest, acknowledged): (u64, u64)) {
+        self.announce(platform, latest);
+        self.acknowledged_elsewhere(platform, acknowledged);
+    }
+
+    /// Another node took `platform`'s acknowledgement of `sequence` (a shared store): this
+    /// node's position moves up to it, never back.
+    pub(super) fn acknowledged_elsewhere(&self, platform: &str, sequence: u64) {
+        let mut acknowledged = self
+            .acknowledged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = acknowledged.entry(platform.to_string()).or_insert(0);
+        *current = (*current).max(sequence);
     }
 
     /// Up to `limit` of `platform`'s events after `after`, from memory, none newer than the
@@ -284,13 +302,48 @@ pub(super) fn insert_events<'a>(
 }
 
 /// A read-only connection that reads platforms' outboxes (one per connected client).
-pub struct OutboxReader(Connection);
+pub struct OutboxReader(ReaderConnection);
+
+enum ReaderConnection {
+    File(Connection),
+    /// Always Some but while dropped.
+    Database(Option<postgres::Client>),
+}
+
+impl Drop for ReaderConnection {
+    /// The database client says goodbye to the server by blocking on a runtime of its own,
+    /// which a tokio worker must not do: where it is one, the goodbye is said on a thread.
+    fn drop(&mut self) {
+        if let ReaderConnection::Database(client) = self {
+            if let Some(client) = client.take() {
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    let _ = std::thread::Builder::new()
+                        .name("store-reader-close".into())
+                        .spawn(move || drop(client));
+                }
+            }
+        }
+    }
+}
 
 impl OutboxReader {
     /// # Errors
     /// [`StoreError::Open`] if the file does not exist or is no database of ours.
     pub fn open(path: &Path) -> Result<OutboxReader, StoreError> {
-        open_read_only(path).map(OutboxReader)
+        open_read_only(path).map(|c| OutboxReader(ReaderConnection::File(c)))
+    }
+
+    /// A reader of the store at `location`.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the file cannot be opened or the database reached.
+    pub fn at(location: &super::StoreLocation) -> Result<OutboxReader, StoreError> {
+        match location {
+            super::StoreLocation::File(path) => OutboxReader::open(path),
+            super::StoreLocation::Database(url) => Ok(OutboxReader(ReaderConnection::Database(
+                Some(url.connect()?),
+            ))),
+        }
     }
 
     /// Up to `limit` events of `platform`'s outbox after `after`, in order.
@@ -298,12 +351,19 @@ impl OutboxReader {
     /// # Errors
     /// [`StoreError`] if the query fails.
     pub fn read(
-        &self,
+        &mut self,
         platform: &str,
         after: u64,
         limit: usize,
     ) -> Result<Vec<OutboxRecord>, StoreError> {
-        let mut statement = self.0.prepare_cached(
+        let connection = match &mut self.0 {
+            ReaderConnection::File(connection) => connection,
+            ReaderConnection::Database(Some(client)) => {
+                return super::postgres::read_outbox(client, platform, after, limit)
+            }
+            ReaderConnection::Database(None) => return Err(StoreError::Closed),
+        };
+        let mut statement = connection.prepare_cached(
             "SELECT platform, sequence, event_id, call_id, created_at, body FROM outbox
              WHERE platform = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3",
         )?;
@@ -320,12 +380,49 @@ impl OutboxReader {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// `platform`'s newest committed sequence and its last acknowledgement, as stored.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the query fails.
+    pub fn position(&mut self, platform: &str) -> Result<(u64, u64), StoreError> {
+        let connection = match &mut self.0 {
+            ReaderConnection::File(connection) => connection,
+            ReaderConnection::Database(Some(client)) => {
+                return super::postgres::position(client, platform)
+            }
+            ReaderConnection::Database(None) => return Err(StoreError::Closed),
+        };
+        let latest: Option<i64> = connection
+            .query_row(
+                "SELECT latest FROM outbox_sequences WHERE platform = ?1",
+                [platform],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let acked: Option<i64> = connection
+            .query_row(
+                "SELECT sequence FROM outbox_acks WHERE platform = ?1",
+                [platform],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let acked = acked.unwrap_or(0).max(0) as u64;
+        Ok((latest.unwrap_or(0).max(0) as u64, acked))
+    }
+
     /// The oldest sequence of `platform` still kept (0: none).
     ///
     /// # Errors
     /// [`StoreError`] if the query fails.
-    pub fn oldest(&self, platform: &str) -> Result<u64, StoreError> {
-        let oldest: Option<i64> = self.0.query_row(
+    pub fn oldest(&mut self, platform: &str) -> Result<u64, StoreError> {
+        let connection = match &mut self.0 {
+            ReaderConnection::File(connection) => connection,
+            ReaderConnection::Database(Some(client)) => {
+                return super::postgres::oldest(client, platform)
+            }
+            ReaderConnection::Database(None) => return Err(StoreError::Closed),
+        };
+        let oldest: Option<i64> = connection.query_row(
             "SELECT MIN(sequence) FROM outbox WHERE platform = ?1",
             [platform],
             |row| row.get(0),
@@ -345,6 +442,9 @@ pub struct Interrupted {
     pub parties: Vec<ConferencePartyRecord>,
     /// Each platform that saw the call, with the body of the newest event it got about it.
     pub seen: Vec<(String, Vec<u8>)>,
+    /// Why it is closed: "gateway restart" (this node's previous run), or [`super::NODE_LOST`]
+    /// (another node of the cluster whose lease expired).
+    pub reason: String,
 }
 
 /// What becomes of an interrupted call on the work-order link: its ending events (`now` in
@@ -380,6 +480,7 @@ pub(super) fn close_interrupted(
                     .collect(),
                 seen: seen(&transaction, &call.id)?,
                 call: call.clone(),
+                reason: super::GATEWAY_RESTART.to_string(),
             };
             events.extend(recovery(&interrupted, now));
         }

@@ -68,6 +68,7 @@ fn call_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CallRecord> {
         rtp_dropped: row.get::<_, i64>(15)?.max(0) as u64,
         a_interface: row.get(16)?,
         b_interface: row.get(17)?,
+        node: String::new(),
     })
 }
 

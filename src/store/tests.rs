@@ -47,7 +47,7 @@ async fn the_outbox_numbers_events_as_it_commits_them_and_keeps_acknowledgements
     // The streams were told before the writer answered.
     assert_eq!(*latest.borrow_and_update(), 3);
     assert_eq!(store.outbox().latest("110"), 1);
-    let reader = OutboxReader::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let mut reader = OutboxReader::open(&path).unwrap_or_else(|e| panic!("{e}"));
     let read: Vec<(u64, String)> = reader
         .read("12345", 1, 10)
         .unwrap_or_else(|e| panic!("{e}"))
@@ -381,7 +381,7 @@ async fn calls_left_open_by_a_crash_are_closed_at_the_next_start_with_their_even
     // The ending events follow each platform's sequence.
     assert_eq!(next.outbox().latest("12345"), 3);
     assert_eq!(next.outbox().latest("110"), 2);
-    let reader = OutboxReader::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let mut reader = OutboxReader::open(&path).unwrap_or_else(|e| panic!("{e}"));
     let last = reader.read("110", 1, 10).unwrap_or_default();
     assert_eq!(
         last.iter()
@@ -588,7 +588,7 @@ async fn an_upgrade_after_a_crash_still_ends_the_open_calls_on_the_link() {
         [vec![("12345".to_string(), Vec::new())]],
         "one empty marker: the platform that saw the open call"
     );
-    let reader = OutboxReader::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let mut reader = OutboxReader::open(&path).unwrap_or_else(|e| panic!("{e}"));
     let left: Vec<(u64, String)> = reader
         .read("12345", 0, 10)
         .unwrap_or_default()

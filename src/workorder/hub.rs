@@ -115,6 +115,12 @@ impl EventHub {
         self.store.outbox().recent(platform, after, limit)
     }
 
+    /// Takes `platform`'s position as the store holds it (another node's commits and
+    /// acknowledgements not heard of yet).
+    pub fn catch_up(&self, platform: &str, position: (u64, u64)) {
+        self.store.outbox().catch_up(platform, position);
+    }
+
     /// The last sequence `platform`'s client acknowledged.
     pub fn acknowledged(&self, platform: &str) -> u64 {
         self.store.outbox().acknowledged(platform)

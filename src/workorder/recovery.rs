@@ -14,7 +14,8 @@ use super::{convert, pb};
 use crate::ids::IdGenerator;
 use crate::store::{Interrupted, NewEvent, Recovery};
 
-/// What the end of a killed run is called on the link.
+/// What the end of a killed run is called on the link (a node of a cluster whose lease
+/// expired is "node lost": [`crate::store::NODE_LOST`]).
 pub const REASON: &str = "gateway restart";
 
 /// The store's recovery for the work-order link, for the configured `platforms` (as the hub
@@ -49,7 +50,7 @@ fn ending_events(call: &Interrupted, now: i64, ids: &mut IdGenerator) -> Vec<New
                 number: linkage.target.clone(),
             }),
             sip_status: 503,
-            reason: REASON.into(),
+            reason: call.reason.clone(),
             ..pb::Event::default()
         });
     }
@@ -67,7 +68,7 @@ fn ending_events(call: &Interrupted, now: i64, ids: &mut IdGenerator) -> Vec<New
             503
         },
         ended_by: pb::EndedBy::Gateway as i32,
-        reason: REASON.into(),
+        reason: call.reason.clone(),
         ..pb::Event::default()
     });
     let event_ids: Vec<String> = endings
@@ -177,6 +178,7 @@ mod tests {
                 ("110".into(), seen.encode_to_vec()),
                 ("12345".into(), b"not protobuf".to_vec()),
             ],
+            reason: REASON.into(),
         };
         let events = ending_events(&call, 5_000, &mut IdGenerator::new(7));
         let kinds: Vec<(String, i32)> = events

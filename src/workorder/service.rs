@@ -3,7 +3,6 @@
 //! work-order port. One platform's `Link` stream is [`super::stream`].
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -46,7 +45,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct WorkOrderService {
     pub(super) hub: Arc<EventHub>,
     registry: Arc<CallRegistry>,
-    pub(super) store_path: PathBuf,
+    pub(super) store_location: store::StoreLocation,
     tokens: Arc<super::auth::Tokens>,
     throttle: Arc<super::auth::LoginThrottle>,
     pub(super) metrics: Arc<Metrics>,
@@ -61,7 +60,7 @@ impl WorkOrderService {
     pub fn new(
         hub: Arc<EventHub>,
         registry: Arc<CallRegistry>,
-        store_path: PathBuf,
+        store_location: store::StoreLocation,
         tokens: HashMap<String, String>,
         metrics: Arc<Metrics>,
         stop: tokio_util::sync::CancellationToken,
@@ -69,7 +68,7 @@ impl WorkOrderService {
         WorkOrderService {
             hub,
             registry,
-            store_path,
+            store_location,
             tokens: Arc::new(super::auth::Tokens::new(tokens)),
             throttle: Arc::default(),
             metrics,
@@ -419,9 +418,9 @@ impl WorkOrderService {
                 ),
             ));
         }
-        let path = self.store_path.clone();
+        let location = self.store_location.clone();
         let id = reply.linkage_id.clone();
-        let found = tokio::task::spawn_blocking(move || store::find_linkage(&path, &id))
+        let found = tokio::task::spawn_blocking(move || location.find_linkage(&id))
             .await
             .ok()
             .and_then(Result::ok)
@@ -612,9 +611,9 @@ impl pb::work_order_service_server::WorkOrderService for WorkOrderService {
     ) -> Result<Response<pb::GetLinkageResponse>, Status> {
         let platform = self.platform_of(&request)?;
         let id = request.into_inner().linkage_id;
-        let path = self.store_path.clone();
+        let location = self.store_location.clone();
         let lookup = id.clone();
-        let found = tokio::task::spawn_blocking(move || store::find_linkage(&path, &lookup))
+        let found = tokio::task::spawn_blocking(move || location.find_linkage(&lookup))
             .await
             .map_err(|_| Status::internal("store reader"))?
             .map_err(|error| Status::internal(error.to_string()))?;

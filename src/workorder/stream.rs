@@ -74,6 +74,22 @@ pub async fn open(
             return Err(status);
         }
     };
+    // The stored position first: on a shared store, another node's commits and Acks may not
+    // have been heard of here yet.
+    let (reader, oldest, position) = {
+        let location = service.store_location.clone();
+        let name = platform.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut reader = OutboxReader::at(&location)?;
+            let oldest = reader.oldest(&name)?;
+            let position = reader.position(&name)?;
+            Ok::<_, crate::store::StoreError>((reader, oldest, position))
+        })
+        .await
+        .map_err(|_| Status::internal("store reader"))?
+        .map_err(|error| Status::internal(error.to_string()))?
+    };
+    service.hub.catch_up(&platform, position);
     let committed = service.hub.subscribe(&platform);
     let latest = *committed.borrow();
     let acknowledged = service.hub.acknowledged(&platform);
@@ -86,18 +102,6 @@ pub async fn open(
         }
         Some(after) => after,
         None => acknowledged,
-    };
-    let (reader, oldest) = {
-        let path = service.store_path.clone();
-        let name = platform.clone();
-        tokio::task::spawn_blocking(move || {
-            let reader = OutboxReader::open(&path)?;
-            let oldest = reader.oldest(&name)?;
-            Ok::<_, crate::store::StoreError>((reader, oldest))
-        })
-        .await
-        .map_err(|_| Status::internal("store reader"))?
-        .map_err(|error| Status::internal(error.to_string()))?
     };
     tracing::info!(%platform, resume_after, latest, "work-order client connected");
     let (outbound, stream) = mpsc::channel(CLIENT_BUFFER);

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod platform;
+pub(crate) mod postgres;
 pub(crate) mod process;
 
 use std::net::SocketAddr;

@@ -1,0 +1,419 @@
+//! Several gateway nodes on one PostgreSQL store (`[store] url`, `[cluster] node`): a real
+//! server of the test's own (Debian's `postgresql`), the store as the gateway opens it, and
+//! gateways in this process and as processes of their own.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::postgres::Postgres;
+use hotline_gateway::store::{
+    CallRecord, CallStart, Changes, ClusterOptions, DatabaseUrl, NewEvent, OutboxReader, Store,
+    StoreLocation, StoreOptions,
+};
+
+fn location(url: &str) -> StoreLocation {
+    StoreLocation::Database(DatabaseUrl::parse(url).unwrap_or_else(|e| panic!("{url}: {e}")))
+}
+
+/// A node's store, as a gateway named `node` opens it (in a blocking task: the client blocks).
+async fn node(url: &str, node: &str, lease: Duration) -> Store {
+    let location = location(url);
+    let options = StoreOptions {
+        cluster: Some(ClusterOptions {
+            node: node.into(),
+            lease,
+        }),
+        recovery: Some(hotline_gateway::workorder::recovery::recovery(
+            hotline_gateway::ids::IdGenerator::new(7),
+            ["12345".to_string(), "110".to_string()].into(),
+        )),
+        ..StoreOptions::default()
+    };
+    tokio::task::spawn_blocking(move || Store::connect(&location, options))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("node {node}: {e}"))
+}
+
+fn call(id: &str) -> CallRecord {
+    CallRecord::started(CallStart {
+        id,
+        a_call_id: &format!("a-{id}"),
+        caller: "13800138000",
+        called: "12345",
+        a_peer: "carrier",
+        started_at: 1_700_000_000_000,
+    })
+}
+
+fn event(platform: &str, id: &str, call_id: &str) -> NewEvent {
+    NewEvent {
+        platform: platform.into(),
+        event_id: id.into(),
+        call_id: call_id.into(),
+        created_at: 1_700_000_000_000,
+        body: id.as_bytes().into(),
+    }
+}
+
+/// Every event of `platform` in the shared outbox, in sequence order.
+async fn outbox(url: &str, platform: &str) -> Vec<(u64, String)> {
+    let (location, platform) = (location(url), platform.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut reader = OutboxReader::at(&location).unwrap_or_else(|e| panic!("{e}"));
+        reader
+            .read(&platform, 0, 100_000)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|r| (r.sequence, r.event_id))
+            .collect()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Waits until `store`'s stream position of `platform` reaches `sequence`: the other node's
+/// commits are announced by the database (LISTEN/NOTIFY).
+async fn announced(store: &Store, platform: &str, sequence: u64) {
+    let mut latest = store.outbox().subscribe(platform);
+    let reached = tokio::time::timeout(common::WAIT, latest.wait_for(|l| *l >= sequence)).await;
+    assert!(
+        matches!(reached, Ok(Ok(_))),
+        "{platform} not announced up to {sequence}: at {}",
+        store.outbox().latest(platform)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_write_one_gapless_stream_per_platform_in_commit_order() {
+    let postgres = Postgres::start();
+    let url = postgres.database("hotline");
+    let a = node(&url, "gw-a", Duration::from_secs(10)).await;
+    let b = node(&url, "gw-b", Duration::from_secs(10)).await;
+    // Both nodes commit at once, each a call and its events for both platforms.
+    let write = |store: Store, name: &'static str| async move {
+        for i in 0..60 {
+            let id = format!("{name}-{i}");
+            let mut changes = Changes::default();
+            changes.call_started(call(&id));
+            changes.events([
+                event("12345", &format!("{id}-offered"), &id),
+                event("110", &format!("{id}-110"), &id),
+                event("12345", &format!("{id}-answered"), &id),
+            ]);
+            store.write(changes).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+    };
+    let (done_a, done_b) = tokio::join!(
+        tokio::spawn(write(a.clone(), "a")),
+        tokio::spawn(write(b.clone(), "b"))
+    );
+    done_a.unwrap_or_else(|e| panic!("{e}"));
+    done_b.unwrap_or_else(|e| panic!("{e}"));
+    let stream = outbox(&url, "12345").await;
+    let sequences: Vec<u64> = stream.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        sequences,
+        (1..=240).collect::<Vec<u64>>(),
+        "gapless, from 1"
+    );
+    let ids: HashSet<&str> = stream.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(ids.len(), 240, "every event once");
+    // Each node's own events keep their order within the stream, and both nodes are in it.
+    for name in ["a", "b"] {
+        let own: Vec<&str> = stream
+            .iter()
+            .map(|(_, id)| id.as_str())
+            .filter(|id| id.starts_with(&format!("{name}-")))
+            .collect();
+        let expected: Vec<String> = (0..60)
+            .flat_map(|i| {
+                [
+                    format!("{name}-{i}-offered"),
+                    format!("{name}-{i}-answered"),
+                ]
+            })
+            .collect();
+        assert_eq!(own, expected, "node {name}'s events in its commit order");
+    }
+    assert_eq!(
+        outbox(&url, "110")
+            .await
+            .iter()
+            .map(|(s, _)| *s)
+            .collect::<Vec<_>>(),
+        (1..=120).collect::<Vec<u64>>()
+    );
+    // Each node's streams are told of the other's commits.
+    announced(&a, "12345", 240).await;
+    announced(&b, "12345", 240).await;
+    announced(&b, "110", 120).await;
+    // An acknowledgement taken on one node is the platform's position on the other.
+    a.acknowledge("12345", 200)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    a.flush().await.unwrap_or_else(|e| panic!("{e}"));
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while b.outbox().acknowledged("12345") < 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node b never heard of node a's Ack"
+        );
+        // The notification has no event to await from outside the store: look again shortly.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rows = postgres.sql(
+        "hotline",
+        "SELECT node, count(*) FROM calls GROUP BY node ORDER BY node",
+    );
+    assert_eq!(
+        rows,
+        vec![
+            vec![Some("gw-a".into()), Some("60".into())],
+            vec![Some("gw-b".into()), Some("60".into())]
+        ]
+    );
+    a.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    b.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_nodes_open_calls_are_closed_once_by_one_survivor_with_their_ending_events() {
+    let postgres = Postgres::start();
+    let url = postgres.database("hotline");
+    let lease = Duration::from_secs(3);
+    // Node c carries two calls that 12345 was shown, then goes silent.
+    let c = node(&url, "gw-c", lease).await;
+    for id in ["c-1", "c-2"] {
+        let mut changes = Changes::default();
+        changes.call_started(call(id));
+        let offered = hotline_gateway::workorder::pb::Event {
+            r#type: hotline_gateway::workorder::pb::EventType::CallOffered as i32,
+            call_id: id.into(),
+            citizen_number: "13800138000".into(),
+            ..Default::default()
+        };
+        changes.events([NewEvent {
+            body: prost::Message::encode_to_vec(&offered).into(),
+            ..event("12345", &format!("{id}-offered"), id)
+        }]);
+        c.write(changes).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    c.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    // As a node killed mid-call leaves it: its lease unrenewed, nothing released.
+    postgres.sql(
+        "hotline",
+        "UPDATE nodes SET closed_at = NULL, closed_by = NULL,
+             expires_at = now() + interval '1 second' WHERE name = 'gw-c'",
+    );
+    // Two survivors, both looking for lost nodes at every renewal.
+    let a = node(&url, "gw-a", lease).await;
+    let b = node(&url, "gw-b", lease).await;
+    // Two offers and, once, the ending of each call.
+    announced(&a, "12345", 4).await;
+    announced(&b, "12345", 4).await;
+    let rows = postgres.sql(
+        "hotline",
+        "SELECT id, ended_by, end_reason, final_status FROM calls ORDER BY id",
+    );
+    assert_eq!(
+        rows,
+        ["c-1", "c-2"]
+            .iter()
+            .map(|id| vec![
+                Some(id.to_string()),
+                Some("gateway".into()),
+                Some("node lost".into()),
+                Some("503".into())
+            ])
+            .collect::<Vec<_>>()
+    );
+    let closer = postgres.sql("hotline", "SELECT closed_by FROM nodes WHERE name = 'gw-c'");
+    assert!(
+        matches!(
+            closer
+                .first()
+                .and_then(|r| r.first())
+                .cloned()
+                .flatten()
+                .as_deref(),
+            Some("gw-a" | "gw-b")
+        ),
+        "{closer:?}"
+    );
+    // The proof that the window passed: each survivor has renewed its lease twice since the
+    // close (a renewal is followed by its look for lost nodes, done before the next), and
+    // then a new event still numbers fifth.
+    let deadline = tokio::time::Instant::now() + 4 * lease;
+    loop {
+        let renewed = postgres.sql(
+            "hotline",
+            "SELECT count(*) FROM nodes n, nodes c WHERE c.name = 'gw-c'
+                 AND n.name IN ('gw-a', 'gw-b')
+                 AND n.expires_at > c.closed_at + interval '4 seconds'",
+        );
+        if renewed == vec![vec![Some("2".to_string())]] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the survivors stopped renewing"
+        );
+        // A renewal has no event to await from outside: look again shortly.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut changes = Changes::default();
+    changes.call_started(call("a-1"));
+    changes.events([event("12345", "a-1-offered", "a-1")]);
+    a.write(changes).await.unwrap_or_else(|e| panic!("{e}"));
+    let stream = outbox(&url, "12345").await;
+    let endings: Vec<&(u64, String)> = stream
+        .iter()
+        .filter(|(_, id)| !id.ends_with("-offered"))
+        .collect();
+    assert_eq!(
+        endings.len(),
+        2,
+        "one ending per call, not one per survivor: {stream:?}"
+    );
+    assert_eq!(stream.len(), 5);
+    assert_eq!(stream.last().map(|(s, _)| *s), Some(5));
+    let ended: Vec<hotline_gateway::workorder::pb::Event> = {
+        let (location, ids) = (
+            location(&url),
+            endings.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let mut reader = OutboxReader::at(&location).unwrap_or_else(|e| panic!("{e}"));
+            reader
+                .read("12345", 0, 100)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_iter()
+                .filter(|r| ids.contains(&r.sequence))
+                .map(|r| prost::Message::decode(&*r.body).unwrap_or_else(|e| panic!("{e}")))
+                .collect()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    for event in &ended {
+        assert_eq!(
+            event.r#type,
+            hotline_gateway::workorder::pb::EventType::CallEnded as i32
+        );
+        assert_eq!(event.reason, "node lost");
+        assert_eq!(event.citizen_number, "13800138000");
+    }
+    a.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    b.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+const LOCALHOST: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+const TOKEN_12345: &str = "token-of-the-12345-system";
+
+/// A gateway in this process on the shared store, as node `name`, with the citizen's carrier
+/// and 12345's ACD as its peers.
+async fn gateway_node(
+    url: &str,
+    name: &str,
+    carrier: std::net::SocketAddr,
+    hotline: std::net::SocketAddr,
+) -> common::Gateway {
+    let url = DatabaseUrl::parse(url).unwrap_or_else(|e| panic!("{e}"));
+    let name = name.to_string();
+    common::Gateway::start_configured(
+        &[
+            ("carrier", carrier, ""),
+            ("hotline", hotline, "platform = \"12345\""),
+        ],
+        &[("12345", &["hotline"])],
+        "",
+        "",
+        &format!("\n[[platform]]\nname = \"12345\"\ntoken = \"{TOKEN_12345}\"\n"),
+        move |config| {
+            config.store.path = None;
+            config.store.url = Some(url);
+            config.cluster = Some(hotline_gateway::config::ClusterConfig {
+                node: name,
+                lease_secs: 3,
+            });
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_platform_on_one_node_sees_every_nodes_calls_in_one_ordered_stream() {
+    use common::platform::Platform;
+    use hotline_gateway::workorder::pb::EventType;
+    let postgres = Postgres::start();
+    let url = postgres.database("hotline");
+    let mut citizen = common::Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = common::Ua::bind("hotline", LOCALHOST).await;
+    let mut a = gateway_node(&url, "gw-a", citizen.address, agent.address).await;
+    let mut b = gateway_node(&url, "gw-b", citizen.address, agent.address).await;
+    // 12345's system is connected to node a only.
+    let mut hotline = Platform::connect(a.grpc, "12345", TOKEN_12345, None).await;
+    // A citizen's call lands on node b.
+    for ua in [&mut citizen, &mut agent] {
+        ua.set_gateway(b.sip);
+    }
+    let on_b = common::establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let offered = hotline.expect(EventType::CallOffered).await;
+    assert_eq!(offered.sequence, 1);
+    assert_eq!(offered.citizen_number, "13800138000");
+    assert_eq!(hotline.expect(EventType::CallRinging).await.sequence, 2);
+    let answered = hotline.expect(EventType::CallAnswered).await;
+    assert_eq!(answered.sequence, 3);
+    common::caller_hangs_up(&mut citizen, &on_b, &mut [&mut agent]).await;
+    let ended = hotline.expect(EventType::CallEnded).await;
+    assert_eq!((ended.sequence, &ended.call_id), (4, &offered.call_id));
+    // The next call lands on node a and goes on numbering the same stream.
+    for ua in [&mut citizen, &mut agent] {
+        ua.set_gateway(a.sip);
+    }
+    let on_a = common::establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let offered_a = hotline.expect(EventType::CallOffered).await;
+    assert_eq!(offered_a.sequence, 5);
+    assert_ne!(offered_a.call_id, offered.call_id);
+    hotline.ack(answered.sequence).await;
+    // The stream is handled in order: once a later command is answered, the Ack is taken.
+    let probe = hotline
+        .command(hotline_gateway::workorder::pb::command::Action::HangUp(
+            hotline_gateway::workorder::pb::HangUp {
+                call_id: "none".into(),
+                party: None,
+            },
+        ))
+        .await;
+    assert!(!probe.ok);
+    drop(hotline);
+    common::caller_hangs_up(&mut citizen, &on_a, &mut [&mut agent]).await;
+    // Each call is recorded under the node that carried it.
+    let nodes = postgres.sql(
+        "hotline",
+        "SELECT node, ended_by FROM calls ORDER BY started_at",
+    );
+    assert_eq!(
+        nodes,
+        vec![
+            vec![Some("gw-b".into()), Some("caller".into())],
+            vec![Some("gw-a".into()), Some("caller".into())]
+        ]
+    );
+    // 12345's system comes back on node b: it resumes after its last Ack, taken on node a.
+    let mut again = Platform::connect(b.grpc, "12345", TOKEN_12345, None).await;
+    assert_eq!(again.welcome.acknowledged, answered.sequence);
+    let next = again.expect(EventType::CallEnded).await;
+    assert_eq!((next.sequence, &next.event_id), (4, &ended.event_id));
+    assert_eq!(again.expect(EventType::CallOffered).await.sequence, 5);
+    assert_eq!(again.expect(EventType::CallRinging).await.sequence, 6);
+    assert_eq!(again.expect(EventType::CallAnswered).await.sequence, 7);
+    assert_eq!(again.expect(EventType::CallEnded).await.sequence, 8);
+    a.stop().await;
+    b.stop().await;
+}

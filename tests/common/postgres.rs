@@ -1,0 +1,202 @@
+//! A throwaway PostgreSQL server of the test's own (Debian's `postgresql`): `initdb` in a
+//! temporary directory, the server on a free loopback port, as the `postgres` user when the
+//! test runs as root (the server refuses root). Stopped and deleted when dropped.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub(crate) struct Postgres {
+    pub port: u16,
+    server: Child,
+    _dir: tempfile::TempDir,
+}
+
+/// The newest server binaries Debian installed (`/usr/lib/postgresql/<version>/bin`).
+fn binaries() -> PathBuf {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL's server is not installed (.ci/run installs postgresql): {e}")
+        })
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    match versions.pop() {
+        Some((_, bin)) => bin,
+        None => panic!("no /usr/lib/postgresql/*/bin/initdb: .ci/run installs postgresql"),
+    }
+}
+
+/// The uid and gid the server runs as: `postgres` when we are root, else ourselves.
+fn server_user() -> Option<(u32, u32)> {
+    if !rustix::process::geteuid().is_root() {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let line = passwd
+        .lines()
+        .find(|l| l.starts_with("postgres:"))
+        .unwrap_or_else(|| {
+            panic!("no postgres user (installed with postgresql) to run the server as")
+        });
+    let fields: Vec<&str> = line.split(':').collect();
+    let uid = fields.get(2).and_then(|f| f.parse().ok());
+    let gid = fields.get(3).and_then(|f| f.parse().ok());
+    match (uid, gid) {
+        (Some(uid), Some(gid)) => Some((uid, gid)),
+        _ => panic!("unreadable postgres entry in /etc/passwd: {line}"),
+    }
+}
+
+fn as_server_user(command: &mut Command, user: Option<(u32, u32)>) {
+    use std::os::unix::process::CommandExt;
+    if let Some((uid, gid)) = user {
+        command.uid(uid).gid(gid);
+    }
+}
+
+impl Postgres {
+    /// A new server with a superuser `gateway` (trust on loopback); returns once it accepts
+    /// connections.
+    pub(crate) fn start() -> Postgres {
+        let bin = binaries();
+        let user = server_user();
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let data = dir.path().join("data");
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .unwrap_or_else(|e| panic!("chown {}: {e}", dir.path().display()));
+        }
+        let _ = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700));
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "gateway",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        as_server_user(&mut initdb, user);
+        let output = initdb.output().unwrap_or_else(|e| panic!("initdb: {e}"));
+        assert!(
+            output.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let port = super::process::free_port();
+        let mut server = Command::new(bin.join("postgres"));
+        server
+            .arg("-D")
+            .arg(&data)
+            .arg("-k")
+            .arg(dir.path())
+            .args(["-p", &port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            // A throwaway server: durability is not what these tests measure.
+            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .args(["-c", "max_connections=200"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        as_server_user(&mut server, user);
+        let server = server.spawn().unwrap_or_else(|e| panic!("postgres: {e}"));
+        let postgres = Postgres {
+            port,
+            server,
+            _dir: dir,
+        };
+        postgres.wait_ready(&bin);
+        postgres
+    }
+
+    fn wait_ready(&self, bin: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Command::new(bin.join("pg_isready"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "gateway",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not start within 30 s"
+            );
+            // The server has no event to await from here: ask again shortly.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A new empty database on the server; returns its URL.
+    pub(crate) fn database(&self, name: &str) -> String {
+        self.sql("postgres", &format!("CREATE DATABASE {name}"));
+        self.url(name)
+    }
+
+    pub(crate) fn url(&self, database: &str) -> String {
+        format!("postgresql://gateway@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Runs `query` on `database` (in a thread of its own: the sync client must not run on
+    /// a tokio worker); returns the rows of its last statement, each column as text.
+    pub(crate) fn sql(&self, database: &str, query: &str) -> Vec<Vec<Option<String>>> {
+        let url = self.url(database);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let mut client = postgres::Client::connect(&url, postgres::NoTls)
+                        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+                    let mut rows = Vec::new();
+                    for message in client
+                        .simple_query(query)
+                        .unwrap_or_else(|e| panic!("{query}: {e}"))
+                    {
+                        if let postgres::SimpleQueryMessage::Row(row) = message {
+                            rows.push(
+                                (0..row.len())
+                                    .map(|i| row.get(i).map(str::to_string))
+                                    .collect(),
+                            );
+                        }
+                    }
+                    rows
+                })
+                .join()
+                .unwrap_or_else(|_| panic!("{query} panicked"))
+        })
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // SIGQUIT: the server's immediate shutdown, which takes its backends with it.
+        let pid = rustix::process::Pid::from_raw(self.server.id() as i32);
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::QUIT);
+        }
+        let _ = self.server.wait();
+    }
+}
