@@ -571,7 +571,9 @@ fn serve_grpc(
         Arc::clone(metrics),
         grpc_stop.clone(),
     )
-    .with_blocklist(blocklist, store);
+    .with_blocklist(blocklist, store.clone());
+    // A cluster's nodes forward commands for the calls this node carries, and ask for its list.
+    tokio::spawn(service.clone().answer_forwarded(store));
     let grpc_task = tokio::spawn(workorder::service::serve(
         service,
         grpc_listener,

@@ -315,25 +315,49 @@ async fn a_lost_nodes_open_calls_are_closed_once_by_one_survivor_with_their_endi
 const LOCALHOST: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 const TOKEN_12345: &str = "token-of-the-12345-system";
 
-/// A gateway in this process on the shared store, as node `name`, with the citizen's carrier
-/// and 12345's ACD as its peers.
+const TOKEN_110: &str = "token-of-the-110-cad-system";
+
+/// A gateway in this process on the shared store, as node `name`, with the citizen's carrier,
+/// 12345's ACD and the 110 desk as its peers.
 async fn gateway_node(
     url: &str,
     name: &str,
     carrier: std::net::SocketAddr,
     hotline: std::net::SocketAddr,
 ) -> common::Gateway {
+    gateway_node_with(url, name, &[("carrier", carrier), ("hotline", hotline)]).await
+}
+
+async fn gateway_node_with(
+    url: &str,
+    name: &str,
+    peers: &[(&str, std::net::SocketAddr)],
+) -> common::Gateway {
     let url = DatabaseUrl::parse(url).unwrap_or_else(|e| panic!("{e}"));
     let name = name.to_string();
+    let peers: Vec<(&str, std::net::SocketAddr, &str)> = peers
+        .iter()
+        .map(|(peer, address)| {
+            let extra = match *peer {
+                "hotline" => "platform = \"12345\"",
+                "police" => "platform = \"110\"\ntrusted = true",
+                _ => "",
+            };
+            (*peer, *address, extra)
+        })
+        .collect();
     common::Gateway::start_configured(
-        &[
-            ("carrier", carrier, ""),
-            ("hotline", hotline, "platform = \"12345\""),
-        ],
-        &[("12345", &["hotline"])],
+        &peers,
+        &[("12345", &["hotline"] as &[&str]), ("110", &["police"])]
+            .into_iter()
+            .filter(|(_, to)| peers.iter().any(|(peer, _, _)| to.contains(peer)))
+            .collect::<Vec<_>>(),
+        "transfer_ring_timeout_secs = 5\n",
         "",
-        "",
-        &format!("\n[[platform]]\nname = \"12345\"\ntoken = \"{TOKEN_12345}\"\n"),
+        &format!(
+            "\n[[platform]]\nname = \"12345\"\ntoken = \"{TOKEN_12345}\"\n\
+             \n[[platform]]\nname = \"110\"\ntoken = \"{TOKEN_110}\"\n"
+        ),
         move |config| {
             config.store.path = None;
             config.store.url = Some(url);
@@ -414,6 +438,134 @@ async fn a_platform_on_one_node_sees_every_nodes_calls_in_one_ordered_stream() {
     assert_eq!(again.expect(EventType::CallRinging).await.sequence, 6);
     assert_eq!(again.expect(EventType::CallAnswered).await.sequence, 7);
     assert_eq!(again.expect(EventType::CallEnded).await.sequence, 8);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_sent_to_one_node_reach_the_call_on_another_and_the_list_shows_every_node() {
+    use common::platform::Platform;
+    use hotline_gateway::workorder::pb::{self, command::Action, EventType};
+    let postgres = Postgres::start();
+    let url = postgres.database("hotline");
+    let mut citizen = common::Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = common::Ua::bind("hotline", LOCALHOST).await;
+    let mut police = common::Ua::bind("police", LOCALHOST).await;
+    let peers = [
+        ("carrier", citizen.address),
+        ("hotline", agent.address),
+        ("police", police.address),
+    ];
+    let mut a = gateway_node_with(&url, "gw-a", &peers).await;
+    let mut b = gateway_node_with(&url, "gw-b", &peers).await;
+    let mut hotline = Platform::connect(a.grpc, "12345", TOKEN_12345, None).await;
+    let mut cad = Platform::connect(a.grpc, "110", TOKEN_110, None).await;
+    for ua in [&mut citizen, &mut agent, &mut police] {
+        ua.set_gateway(b.sip);
+    }
+    let _on_b = common::establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let offered = hotline.expect(EventType::CallOffered).await;
+    let call_id = offered.call_id.clone();
+    hotline.expect(EventType::CallRinging).await;
+    hotline.expect(EventType::CallAnswered).await;
+
+    // A's list shows the call B carries.
+    let mut unary = pb::work_order_service_client::WorkOrderServiceClient::connect(format!(
+        "http://{}",
+        a.grpc
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut request = tonic::Request::new(pb::ListActiveCallsRequest::default());
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {TOKEN_12345}")
+            .parse()
+            .unwrap_or_else(|e| panic!("{e:?}")),
+    );
+    let listed = unary
+        .list_active_calls(request)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    assert_eq!(
+        listed
+            .calls
+            .iter()
+            .map(|c| c.call_id.as_str())
+            .collect::<Vec<_>>(),
+        vec![call_id.as_str()]
+    );
+    assert_eq!(listed.calls[0].citizen_number, "13800138000");
+
+    // A ticket attached on A is the call's on B: its result comes back on A's stream.
+    let attached = hotline
+        .command(Action::AttachTicket(pb::AttachTicket {
+            call_id: call_id.clone(),
+            ticket: Some(pb::Ticket {
+                number: "GD-20261203-0001".into(),
+                summary: "a gas smell on the stairs".into(),
+                ..pb::Ticket::default()
+            }),
+            base_version: None,
+        }))
+        .await;
+    assert!(attached.ok, "{attached:?}");
+    assert_eq!(attached.ticket_version, 1);
+    hotline.expect(EventType::TicketAttached).await;
+    // The transfer commanded on A happens on B: 110's desk gets B's INVITE with the citizen's
+    // number, and the ticket reaches 110's system connected to A.
+    let transferred = hotline
+        .command(Action::Transfer(pb::Transfer {
+            call_id: call_id.clone(),
+            target: "110".into(),
+        }))
+        .await;
+    assert!(transferred.ok, "{transferred:?}");
+    let invite = police.expect_request("INVITE").await;
+    assert_eq!(
+        invite.from().and_then(|f| f.uri.user),
+        Some("13800138000".into())
+    );
+    let pushed = cad.expect(EventType::TransferRequested).await;
+    assert_eq!(pushed.call_id, call_id);
+    assert_eq!(
+        pushed.ticket.map(|t| t.number),
+        Some("GD-20261203-0001".into())
+    );
+    police
+        .send_response(&police.answer(&invite, 180, None))
+        .await;
+    let _police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
+    let bye = agent.expect_request("BYE").await;
+    agent.send_response(&agent.answer(&bye, 200, None)).await;
+    cad.expect(EventType::TransferRinging).await;
+    cad.expect(EventType::TransferAnswered).await;
+
+    // 110 hangs the call up from A: B ends it.
+    let hung_up = cad
+        .command(Action::HangUp(pb::HangUp {
+            call_id: call_id.clone(),
+            party: None,
+        }))
+        .await;
+    assert!(hung_up.ok, "{hung_up:?}");
+    for ua in [&mut citizen, &mut police] {
+        let bye = ua.expect_request("BYE").await;
+        ua.send_response(&ua.answer(&bye, 200, None)).await;
+    }
+    let ended = cad.until(EventType::CallEnded).await;
+    assert_eq!(ended.call_id, call_id);
+    // Once ended, a command for it says so wherever it is sent.
+    let late = hotline
+        .command(Action::HangUp(pb::HangUp {
+            call_id: call_id.clone(),
+            party: None,
+        }))
+        .await;
+    assert!(!late.ok);
+    assert_eq!(late.error, pb::ErrorCode::UnknownCall as i32);
+    assert_eq!(late.message, format!("call {call_id} has ended"));
     a.stop().await;
     b.stop().await;
 }

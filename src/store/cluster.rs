@@ -20,9 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, GenericClient};
+use postgres::Client;
 use tokio::sync::{broadcast, oneshot};
 
+use super::forwarding::{Forwarding, ANSWER_CHANNEL, FORWARD_CHANNEL, STALE};
 use super::outbox::{Outbox, Recovery};
 use super::postgres::{self as pg, DatabaseUrl, ACKS_CHANNEL, BLOCKLIST_CHANNEL, OUTBOX_CHANNEL};
 use super::{unix_millis, BlockedNumberRecord, StoreError};
@@ -111,6 +112,7 @@ pub(super) struct Cluster {
     pub(super) recovery: Option<Arc<Recovery>>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) blocklist: broadcast::Sender<BlocklistChange>,
+    pub(super) forwarding: Arc<Forwarding>,
     pub(super) stop: Arc<AtomicBool>,
 }
 
@@ -216,7 +218,8 @@ impl Cluster {
     fn connect(&self) -> Result<Client, postgres::Error> {
         let mut client = self.url.connect()?;
         client.batch_execute(&format!(
-            "LISTEN {OUTBOX_CHANNEL}; LISTEN {ACKS_CHANNEL}; LISTEN {BLOCKLIST_CHANNEL};"
+            "LISTEN {OUTBOX_CHANNEL}; LISTEN {ACKS_CHANNEL}; LISTEN {BLOCKLIST_CHANNEL};
+             LISTEN {FORWARD_CHANNEL}; LISTEN {ANSWER_CHANNEL};"
         ))?;
         match pg::positions(&mut client) {
             Ok(positions) => {
@@ -244,6 +247,11 @@ impl Cluster {
                 &self.incarnation,
                 &lease_ms(self.options.lease),
             ],
+        )?;
+        // Requests whose origin stopped waiting long ago.
+        client.execute(
+            &format!("DELETE FROM forwarded WHERE created_at < now() - interval '{STALE}'"),
+            &[],
         )?;
         match row {
             Some(row) => match row.get::<_, Option<String>>(0) {
@@ -301,8 +309,10 @@ impl Cluster {
     }
 
     /// One notification from the database.
-    fn take(&self, client: &mut impl GenericClient, channel: &str, payload: &str) {
+    fn take(&self, client: &mut Client, channel: &str, payload: &str) {
         match channel {
+            FORWARD_CHANNEL => self.forwarding.take_request(client, payload),
+            ANSWER_CHANNEL => self.forwarding.take_answer(client, payload),
             OUTBOX_CHANNEL | ACKS_CHANNEL => {
                 let Some((sequence, platform)) = payload.split_once(' ') else {
                     return;

@@ -39,6 +39,7 @@
 //! (see `postgres.rs` and `cluster.rs`).
 
 mod cluster;
+mod forwarding;
 mod lock;
 mod outbox;
 mod postgres;
@@ -58,6 +59,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::Metrics;
 
 pub use cluster::{BlocklistChange, ClusterOptions};
+pub use forwarding::{ForwardedRequest, Owner, RequestKind, ANSWER_TIMEOUT};
 pub use lock::{lock_path, StoreLock};
 pub use outbox::{
     Acknowledged, Interrupted, NewEvent, Outbox, OutboxReader, OutboxRecord, Recovery,
@@ -333,6 +335,8 @@ pub enum StoreError {
     Postgres(#[from] ::postgres::Error),
     #[error("node {node} is held by another gateway whose lease is still renewed: one gateway per node name")]
     NodeTaken { node: String },
+    #[error("node {node} did not answer within {} seconds", ANSWER_TIMEOUT.as_secs())]
+    NoAnswer { node: String },
     #[error("schema version {found} is newer than this gateway knows ({supported})")]
     SchemaTooNew { found: i64, supported: i64 },
     #[error("cannot write to {path}: {reason}")]
@@ -456,6 +460,8 @@ pub struct Store {
     /// The API's blocklist changes other nodes make (a shared store).
     blocklist: Option<tokio::sync::broadcast::Sender<BlocklistChange>>,
     cluster: Option<Arc<cluster::ClusterHandle>>,
+    /// Requests for calls on other nodes (a shared store).
+    forwarding: Option<Arc<forwarding::Forwarding>>,
 }
 
 impl Store {
@@ -525,6 +531,7 @@ impl Store {
             closed_at_start,
             blocklist: None,
             cluster: None,
+            forwarding: None,
         })
     }
 
@@ -586,6 +593,11 @@ impl Store {
             sequences,
         )?;
         let (blocklist, _) = tokio::sync::broadcast::channel(1024);
+        let forwarding = Arc::new(forwarding::Forwarding::new(
+            cluster_options.node.clone(),
+            url.clone(),
+            incarnation.clone(),
+        ));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (stopped_sender, stopped) = oneshot::channel();
         let thread = cluster::Cluster {
@@ -596,6 +608,7 @@ impl Store {
             recovery: options.recovery,
             metrics,
             blocklist: blocklist.clone(),
+            forwarding: Arc::clone(&forwarding),
             stop: Arc::clone(&stop),
         };
         std::thread::Builder::new()
@@ -615,12 +628,81 @@ impl Store {
                 stop,
                 stopped: std::sync::Mutex::new(Some(stopped)),
             })),
+            forwarding: Some(forwarding),
         })
     }
 
     /// Where the store is.
     pub fn location(&self) -> &StoreLocation {
         &self.location
+    }
+
+    /// Whether other nodes share the store (`[store] url`).
+    pub fn is_shared(&self) -> bool {
+        self.forwarding.is_some()
+    }
+
+    /// Where `call_id` is carried: [`Owner::Here`] for an embedded store's every call.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the shared store cannot be read.
+    pub async fn owner_of(&self, call_id: &str) -> Result<Owner, StoreError> {
+        match &self.forwarding {
+            Some(forwarding) => forwarding.owner_of(call_id).await,
+            None => Ok(Owner::Here),
+        }
+    }
+
+    /// The other nodes whose lease is current (none for an embedded store).
+    ///
+    /// # Errors
+    /// [`StoreError`] if the shared store cannot be read.
+    pub async fn other_nodes(&self) -> Result<Vec<String>, StoreError> {
+        match &self.forwarding {
+            Some(forwarding) => forwarding.live_nodes().await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Sends `body`, a request of `platform`'s client, to `node` and waits for its answer.
+    ///
+    /// # Errors
+    /// [`StoreError::NoAnswer`] when none comes within [`ANSWER_TIMEOUT`]; [`StoreError::Closed`]
+    /// for an embedded store.
+    pub async fn forward(
+        &self,
+        node: &str,
+        kind: RequestKind,
+        platform: &str,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
+        match &self.forwarding {
+            Some(forwarding) => forwarding.forward(node, kind, platform, body).await,
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    /// The requests other nodes forward to this one, once (None: already taken, or an
+    /// embedded store).
+    pub fn forwarded_requests(&self) -> Option<mpsc::Receiver<ForwardedRequest>> {
+        self.forwarding.as_ref().and_then(|forwarding| {
+            forwarding
+                .receiver
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+        })
+    }
+
+    /// Answers the forwarded request `key` with `body`.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the shared store cannot be written.
+    pub async fn answer(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
+        match &self.forwarding {
+            Some(forwarding) => forwarding.answer(key, body).await,
+            None => Err(StoreError::Closed),
+        }
     }
 
     /// The API's blocklist changes made on other nodes (and this one) of a shared store; None

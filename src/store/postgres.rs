@@ -115,7 +115,8 @@ impl std::fmt::Debug for DatabaseUrl {
 const SCHEMA_VERSION: i32 = 1;
 
 /// The migrations, version `i + 1` at index `i`. Version 1 is the embedded store's seventh
-/// with the cluster's own: each call's node, and the nodes' leases.
+/// with the cluster's own: each call's node, the nodes' leases, and the requests forwarded
+/// between nodes.
 const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
     // 1
     "CREATE TABLE calls (
@@ -205,7 +206,18 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
          expires_at TIMESTAMPTZ NOT NULL,
          closed_at TIMESTAMPTZ,
          closed_by TEXT
-     );",
+     );
+     CREATE TABLE forwarded (
+         key TEXT PRIMARY KEY,
+         origin TEXT NOT NULL,
+         target TEXT NOT NULL,
+         kind TEXT NOT NULL,
+         platform TEXT NOT NULL,
+         body BYTEA NOT NULL,
+         answer BYTEA,
+         created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+     );
+     CREATE INDEX forwarded_created_at ON forwarded (created_at);",
 ];
 
 /// Any number, the same for every node: the lock under which one node migrates at a time.

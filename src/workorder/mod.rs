@@ -27,6 +27,7 @@
 //! | `tail.rs` | `hotline-gateway events`: an operator's view of a stream |
 
 pub mod auth;
+mod cluster;
 pub mod commands;
 pub mod convert;
 pub mod hub;

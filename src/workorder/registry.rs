@@ -182,6 +182,11 @@ impl CallRegistry {
         (calls, more)
     }
 
+    /// Whether this node carries `call_id` now.
+    pub fn carries(&self, call_id: &str) -> bool {
+        self.calls.contains_key(call_id)
+    }
+
     /// One call in progress, if it involves `platform`.
     ///
     /// # Errors

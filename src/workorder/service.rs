@@ -44,7 +44,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct WorkOrderService {
     pub(super) hub: Arc<EventHub>,
-    registry: Arc<CallRegistry>,
+    pub(super) registry: Arc<CallRegistry>,
     pub(super) store_location: store::StoreLocation,
     tokens: Arc<super::auth::Tokens>,
     throttle: Arc<super::auth::LoginThrottle>,
@@ -52,7 +52,7 @@ pub struct WorkOrderService {
     /// Ends every stream (the gateway is stopping).
     pub(super) stop: tokio_util::sync::CancellationToken,
     /// The API's blocklist (shared with screening) and the store that keeps it.
-    blocklist: Option<(Arc<Blocklist>, Store)>,
+    pub(super) blocklist: Option<(Arc<Blocklist>, Store)>,
     commands: Arc<CommandLog>,
 }
 
@@ -151,6 +151,10 @@ impl WorkOrderService {
                     ),
                 )),
             );
+        }
+        // A call another node carries: the command goes there, its result comes back.
+        if let Some(result) = self.carried_elsewhere(platform, &command).await {
+            return result;
         }
         let pending =
             match self
@@ -479,7 +483,10 @@ impl WorkOrderService {
 
 /// Compares secrets in time that does not depend on where they differ.
 /// What a command comes to, as its platform gets it.
-fn result_of(command_id: &str, outcome: Result<CommandDone, CommandError>) -> pb::CommandResult {
+pub(super) fn result_of(
+    command_id: &str,
+    outcome: Result<CommandDone, CommandError>,
+) -> pb::CommandResult {
     match outcome {
         Ok(done) => pb::CommandResult {
             command_id: command_id.to_string(),
@@ -518,6 +525,74 @@ enum Carried {
     Later(oneshot::Receiver<super::registry::CommandOutcome>),
 }
 
+/// A `ListActiveCalls` request's page size and where it starts.
+fn page_of(request: &pb::ListActiveCallsRequest) -> Result<(usize, Option<(i64, String)>), Status> {
+    let size = match request.page_size {
+        0 => PAGE_DEFAULT,
+        n if n < 0 => return Err(Status::invalid_argument("page_size must not be negative")),
+        n => (n as usize).min(PAGE_MAX),
+    };
+    let after =
+        if request.page_token.is_empty() {
+            None
+        } else {
+            Some(parse_page_token(&request.page_token).ok_or_else(|| {
+                Status::invalid_argument("page_token is not one this gateway gave")
+            })?)
+        };
+    Ok((size, after))
+}
+
+/// A page of `listed` (in order), at most `size` calls and one message; `more`: calls follow
+/// beyond `listed`.
+fn page(
+    mut listed: Vec<((i64, String), pb::Call)>,
+    mut more: bool,
+    size: usize,
+) -> pb::ListActiveCallsResponse {
+    if listed.len() > size {
+        listed.truncate(size);
+        more = true;
+    }
+    // A page stays within a message: tickets may make a call 256 KiB.
+    let mut calls = Vec::new();
+    let mut bytes = 0;
+    let mut last = None;
+    for (key, call) in listed {
+        let size = prost::Message::encoded_len(&call) + 8;
+        if !calls.is_empty() && bytes + size > MAX_MESSAGE_BYTES - 1024 {
+            more = true;
+            break;
+        }
+        bytes += size;
+        calls.push(call);
+        last = Some(key);
+    }
+    let next_page_token = match last {
+        Some(last) if more => page_token(&last),
+        _ => String::new(),
+    };
+    pb::ListActiveCallsResponse {
+        calls,
+        next_page_token,
+    }
+}
+
+impl WorkOrderService {
+    /// This node's own page for `request` (what another node of the cluster asks for).
+    pub(super) fn local_page(
+        &self,
+        platform: &str,
+        request: &pb::ListActiveCallsRequest,
+    ) -> pb::ListActiveCallsResponse {
+        let Ok((size, after)) = page_of(request) else {
+            return pb::ListActiveCallsResponse::default();
+        };
+        let (local, more) = self.local_calls(platform, after.as_ref(), size);
+        page(local, more, size)
+    }
+}
+
 /// A `ListActiveCalls` page token: where the previous page ended (start time, call id).
 fn page_token(after: &(i64, String)) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}:{}", after.0, after.1))
@@ -550,42 +625,11 @@ impl pb::work_order_service_server::WorkOrderService for WorkOrderService {
     ) -> Result<Response<pb::ListActiveCallsResponse>, Status> {
         let platform = self.platform_of(&request)?;
         let request = request.into_inner();
-        let size = match request.page_size {
-            0 => PAGE_DEFAULT,
-            n if n < 0 => return Err(Status::invalid_argument("page_size must not be negative")),
-            n => (n as usize).min(PAGE_MAX),
-        };
-        let after = if request.page_token.is_empty() {
-            None
-        } else {
-            Some(parse_page_token(&request.page_token).ok_or_else(|| {
-                Status::invalid_argument("page_token is not one this gateway gave")
-            })?)
-        };
-        let (snapshots, mut more) = self.registry.list(&platform, after.as_ref(), size);
-        // A page stays within a message: tickets may make a call 256 KiB.
-        let mut calls = Vec::new();
-        let mut bytes = 0;
-        let mut last = None;
-        for snapshot in &snapshots {
-            let call = convert::call(snapshot);
-            let size = prost::Message::encoded_len(&call) + 8;
-            if !calls.is_empty() && bytes + size > MAX_MESSAGE_BYTES - 1024 {
-                more = true;
-                break;
-            }
-            bytes += size;
-            calls.push(call);
-            last = Some((snapshot.started_at, snapshot.call_id.clone()));
-        }
-        let next_page_token = match last {
-            Some(last) if more => page_token(&last),
-            _ => String::new(),
-        };
-        Ok(Response::new(pb::ListActiveCallsResponse {
-            calls,
-            next_page_token,
-        }))
+        let (size, after) = page_of(&request)?;
+        let (local, more) = self.local_calls(&platform, after.as_ref(), size);
+        // On a cluster, the other nodes' calls too, merged in the same order.
+        let (listed, elsewhere_more) = self.calls_elsewhere(&platform, &request, local).await?;
+        Ok(Response::new(page(listed, more || elsewhere_more, size)))
     }
 
     async fn get_call(
