@@ -569,3 +569,251 @@ async fn commands_sent_to_one_node_reach_the_call_on_another_and_the_list_shows_
     a.stop().await;
     b.stop().await;
 }
+
+/// Where `kamcmd dispatcher.list` says `node` is: its FLAGS (`AP` active, `IP` inactive).
+fn dispatcher_flags(kamailio: &common::kamailio::Kamailio, node: std::net::SocketAddr) -> String {
+    let output = std::process::Command::new("kamcmd")
+        .arg("-s")
+        .arg(format!("unix:{}/ctl", kamailio.dir.path().display()))
+        .arg("dispatcher.list")
+        .output()
+        .unwrap_or_else(|e| panic!("kamcmd: {e}"));
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let uri = format!("URI: sip:{node}");
+    text.split_once(&uri)
+        .and_then(|(_, rest)| rest.split_once("FLAGS:"))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("{node} not in the dispatcher's list:\n{text}"))
+}
+
+/// A node's config: its SIP, gRPC and HTTP on fixed loopback ports (Kamailio's list names
+/// them), the shared store, Kamailio as its front, the carrier and 12345's desk.
+fn node_config(
+    dir: &std::path::Path,
+    node: &str,
+    (sip, grpc, http): (u16, u16, u16),
+    url: &str,
+    kamailio: std::net::SocketAddr,
+    (carrier, desk): (std::net::SocketAddr, std::net::SocketAddr),
+) -> std::path::PathBuf {
+    let [low, high] = common::media_block();
+    let text = format!(
+        "[sip]\nlisten = \"127.0.0.1:{sip}\"\n\
+         [media]\naddress = \"127.0.0.1\"\nports = [{low}, {high}]\n\
+         [store]\nurl = \"{url}\"\n\
+         [cluster]\nnode = \"{node}\"\nlease_secs = 3\n\
+         [api]\ngrpc = \"127.0.0.1:{grpc}\"\nhttp = \"127.0.0.1:{http}\"\n\
+         [[peer]]\nname = \"kamailio\"\naddress = \"{kamailio}\"\nfront = true\n\
+         [[peer]]\nname = \"carrier\"\naddress = \"{carrier}\"\n\
+         [[peer]]\nname = \"hotline\"\naddress = \"{desk}\"\nplatform = \"12345\"\n\
+         [[route]]\nnumber = \"12345\"\npeers = [\"hotline\"]\n\
+         [[platform]]\nname = \"12345\"\ntoken = \"{TOKEN_12345}\"\n"
+    );
+    let path = dir.join(format!("{node}.toml"));
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+/// A citizen's call through Kamailio, answered by the desk at whichever node it reached;
+/// returns the node's SIP address, the citizen's INVITE and its 200.
+async fn call_through_the_front(
+    citizen: &mut common::Ua,
+    desk: &mut common::Ua,
+) -> (
+    std::net::SocketAddr,
+    hotline_gateway::sip::message::Request,
+    hotline_gateway::sip::message::Response,
+) {
+    let offer = common::sdp(
+        std::net::SocketAddr::new(LOCALHOST, 40000),
+        &[8],
+        "sendrecv",
+    );
+    let invite = citizen.invite("12345", "13800138000", &offer, "");
+    citizen.send_request(&invite).await;
+    let offered = desk.expect_request("INVITE").await;
+    assert_eq!(
+        offered.from().and_then(|f| f.uri.number()).as_deref(),
+        Some("13800138000"),
+        "the citizen's own number, through the front"
+    );
+    assert_eq!(
+        offered.headers.get("X-Hotline-Source"),
+        None,
+        "never passed on"
+    );
+    let node = common::via_sent_by(&offered).unwrap_or_else(|| panic!("no Via: {offered:?}"));
+    desk.set_gateway(node);
+    let answer = common::sdp(
+        std::net::SocketAddr::new(LOCALHOST, 40002),
+        &[8],
+        "sendrecv",
+    );
+    desk.send_response(&desk.answer(&offered, 200, Some(&answer)))
+        .await;
+    let ok = citizen.expect_response("INVITE", 200).await;
+    let mut ack = citizen.ack(&invite, &ok, "");
+    if let Some(route) = ok.headers.get("Record-Route") {
+        ack.headers.push_front("Route", route.to_string());
+    }
+    citizen.send_request(&ack).await;
+    desk.expect_request("ACK").await;
+    (node, invite, ok)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn behind_kamailio_a_killed_nodes_calls_are_closed_by_the_survivor_and_new_calls_go_on() {
+    use common::platform::Platform;
+    use common::process::{free_port, GatewayProcess};
+    use hotline_gateway::workorder::pb::{self, EventType};
+    let postgres = Postgres::start();
+    let url = postgres.database("hotline");
+    let mut citizen = common::Ua::bind("carrier", LOCALHOST).await;
+    let mut desk = common::Ua::bind("hotline", LOCALHOST).await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let ports = |_| (free_port(), free_port(), free_port());
+    let (a_ports, b_ports) = (ports(0), ports(1));
+    let (a_sip, b_sip) = (
+        std::net::SocketAddr::new(LOCALHOST, a_ports.0),
+        std::net::SocketAddr::new(LOCALHOST, b_ports.0),
+    );
+    let list = dir.path().join("nodes.list");
+    std::fs::write(&list, format!("1 sip:{a_sip}\n1 sip:{b_sip}\n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/kamailio/dispatcher.cfg");
+    let kamailio = common::kamailio::Kamailio::start(
+        &config,
+        vec![
+            format!("DS_LIST=\"{}\"", list.display()),
+            "CTL=\"unix:{dir}/ctl\"".to_string(),
+        ],
+    )
+    .await;
+    let peers = (citizen.address, desk.address);
+    let a_config = node_config(dir.path(), "gw-a", a_ports, &url, kamailio.address, peers);
+    let b_config = node_config(dir.path(), "gw-b", b_ports, &url, kamailio.address, peers);
+    let _a = GatewayProcess::start(&a_config);
+    let b = GatewayProcess::start(&b_config);
+    citizen.set_gateway(kamailio.address);
+    let a_grpc = std::net::SocketAddr::new(LOCALHOST, a_ports.1);
+    let b_grpc = std::net::SocketAddr::new(LOCALHOST, b_ports.1);
+    // 12345's system: one client on each node.
+    let mut on_a = Platform::connect(a_grpc, "12345", TOKEN_12345, None).await;
+    let mut on_b = Platform::connect(b_grpc, "12345", TOKEN_12345, None).await;
+
+    // Kamailio spreads four calls over the two nodes, two each.
+    let mut calls = Vec::new();
+    for _ in 0..4 {
+        calls.push(call_through_the_front(&mut citizen, &mut desk).await);
+    }
+    let landed: Vec<std::net::SocketAddr> = calls.iter().map(|(node, _, _)| *node).collect();
+    assert_eq!(
+        landed.iter().filter(|n| **n == a_sip).count(),
+        2,
+        "{landed:?}"
+    );
+    assert_eq!(
+        landed.iter().filter(|n| **n == b_sip).count(),
+        2,
+        "{landed:?}"
+    );
+    let nodes = postgres.sql(
+        "hotline",
+        "SELECT node, a_peer FROM calls ORDER BY node, started_at",
+    );
+    let expected: Vec<Vec<Option<String>>> = ["gw-a", "gw-a", "gw-b", "gw-b"]
+        .iter()
+        .map(|n| vec![Some(n.to_string()), Some("carrier".into())])
+        .collect();
+    assert_eq!(
+        nodes, expected,
+        "each call the carrier's, on the node that took it"
+    );
+
+    // The client on b has read and acknowledged everything so far (each call's events are
+    // committed before its answer is passed on).
+    let so_far: u64 = postgres.sql("hotline", "SELECT latest FROM outbox_sequences")[0][0]
+        .as_deref()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no sequence"));
+    assert_eq!(so_far, 8, "offered and answered, four times");
+    let mut last = 0;
+    while last < so_far {
+        let event = on_b.receive().await;
+        if let Some(pb::link_response::Kind::Event(event)) = event.kind {
+            assert_eq!(event.sequence, last + 1, "in order, no gap");
+            last = event.sequence;
+        }
+    }
+    on_b.ack(so_far).await;
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while postgres.sql("hotline", "SELECT sequence FROM outbox_acks")
+        != vec![vec![Some(so_far.to_string())]]
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b never stored the Ack"
+        );
+        // The store's commit has no event to await from here: look again shortly.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Node b dies with its two calls up.
+    b.kill_9();
+    drop(on_b);
+    // Kamailio's probes find it gone...
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !dispatcher_flags(&kamailio, b_sip).starts_with('I') {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dispatcher never took b out:\n{}",
+            kamailio.log()
+        );
+        // The dispatcher's state has no event to await from here: look again shortly.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...and every new call succeeds, on a.
+    for _ in 0..3 {
+        let (node, _, _) = call_through_the_front(&mut citizen, &mut desk).await;
+        assert_eq!(node, a_sip);
+    }
+    // Node a takes b's lease for lost and closes b's two calls, with their ending events.
+    let mut closed = HashSet::new();
+    while closed.len() < 2 {
+        let ended = on_a.until(EventType::CallEnded).await;
+        if ended.reason == "node lost" {
+            assert_eq!(ended.ended_by, pb::EndedBy::Gateway as i32);
+            closed.insert(ended.call_id);
+        }
+    }
+    let rows = postgres.sql(
+        "hotline",
+        "SELECT ended_by, end_reason FROM calls WHERE node = 'gw-b'",
+    );
+    assert_eq!(
+        rows,
+        vec![vec![Some("gateway".into()), Some("node lost".into())]; 2]
+    );
+    // The client that was on b comes back on a: it resumes after its Ack, taken on b, and
+    // gets everything since in order, the lost calls' endings among it.
+    let mut back = Platform::connect(a_grpc, "12345", TOKEN_12345, None).await;
+    assert_eq!(back.welcome.acknowledged, so_far);
+    let mut next = so_far + 1;
+    let mut endings = HashSet::new();
+    while next <= back.welcome.latest {
+        let event = back.receive().await;
+        if let Some(pb::link_response::Kind::Event(event)) = event.kind {
+            assert_eq!(
+                event.sequence, next,
+                "nothing missing, nothing out of order"
+            );
+            if event.reason == "node lost" {
+                endings.insert(event.call_id);
+            }
+            next += 1;
+        }
+    }
+    assert_eq!(endings, closed);
+}

@@ -8,147 +8,33 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::process::free_port;
+use common::kamailio::Kamailio;
 use common::{sdp, Gateway, Ua};
 use hotline_gateway::sip::message::{ack_for_non_2xx, Request, Response};
-use tokio::net::UdpSocket;
 
 const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 const USERNAME: &str = "gw";
 const PASSWORD: &str = "s3cret-trunk";
 const CITIZEN: &str = "13800000001";
 
-/// Kamailio as the carrier's registrar and proxy; stopped (and waited for) when dropped.
-struct Kamailio {
-    child: Option<Child>,
-    address: SocketAddr,
-    args: Vec<String>,
-    dir: tempfile::TempDir,
-}
-
-impl Kamailio {
-    /// Starts Kamailio on a free port: calls from `citizen_port` go to the location service,
-    /// requests from anyone but it and `far` are challenged and go on to `far`.
-    async fn start(citizen_port: u16, far: SocketAddr) -> Kamailio {
-        let dir = match tempfile::tempdir() {
-            Ok(d) => d,
-            Err(e) => panic!("tempdir: {e}"),
-        };
-        let address = SocketAddr::new(LOCALHOST, free_port());
-        let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kamailio/registrar.cfg");
-        let args = vec![
-            "-f".to_string(),
-            config.display().to_string(),
-            "-DD".into(),
-            "-E".into(),
-            "-Y".into(),
-            dir.path().display().to_string(),
-            "-w".into(),
-            dir.path().display().to_string(),
-            "-m".into(),
-            "16".into(),
-            "-M".into(),
-            "4".into(),
-            "-A".into(),
-            format!("LISTEN=udp:{address}"),
-            "-A".into(),
+/// Kamailio as the carrier's registrar and proxy: calls from `citizen_port` go to the location
+/// service, requests from anyone but it and `far` are challenged and go on to `far`.
+async fn registrar(citizen_port: u16, far: SocketAddr) -> Kamailio {
+    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kamailio/registrar.cfg");
+    Kamailio::start(
+        &config,
+        vec![
             format!("PASSWORD=\"{PASSWORD}\""),
-            "-A".into(),
             format!("USERNAME=\"{USERNAME}\""),
-            "-A".into(),
             format!("CITIZEN_PORT={citizen_port}"),
-            "-A".into(),
             format!("FAR_URI=\"sip:{far}\""),
-            "-A".into(),
             format!("FAR_PORT={}", far.port()),
-        ];
-        let mut kamailio = Kamailio {
-            child: None,
-            address,
-            args,
-            dir,
-        };
-        kamailio.spawn().await;
-        kamailio
-    }
-
-    /// Its log so far (stderr), for a failure's message and for what it challenged.
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("kamailio.log")).unwrap_or_default()
-    }
-
-    async fn spawn(&mut self) {
-        let log = match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("kamailio.log"))
-        {
-            Ok(f) => f,
-            Err(e) => panic!("kamailio's log: {e}"),
-        };
-        // Its own process group: Kamailio forks its workers, and they must go with it.
-        let child = Command::new("kamailio")
-            .process_group(0)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn();
-        match child {
-            Ok(c) => self.child = Some(c),
-            Err(e) => panic!("kamailio is not installed (apt-get install kamailio): {e}"),
-        }
-        self.wait_ready().await;
-    }
-
-    /// Waits until Kamailio answers an OPTIONS (from a port it challenges: 407), sent again
-    /// every 100 ms as a UDP client would until the first answer.
-    async fn wait_ready(&self) {
-        let socket = match UdpSocket::bind((LOCALHOST, 0)).await {
-            Ok(s) => s,
-            Err(e) => panic!("bind: {e}"),
-        };
-        let me = socket.local_addr().unwrap_or_else(|e| panic!("{e}"));
-        let options = format!(
-            "OPTIONS sip:{kam} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKready\r\n\
-From: <sip:test@{me}>;tag=ready\r\nTo: <sip:{kam}>\r\nCall-ID: ready@test\r\n\
-CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
-            kam = self.address
-        );
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let mut buffer = [0u8; 4096];
-        while tokio::time::Instant::now() < deadline {
-            let _ = socket.send_to(options.as_bytes(), self.address).await;
-            let answer =
-                tokio::time::timeout(Duration::from_millis(100), socket.recv_from(&mut buffer))
-                    .await;
-            if matches!(answer, Ok(Ok(_))) {
-                return;
-            }
-        }
-        panic!("kamailio never answered:\n{}", self.log());
-    }
-
-    /// Kills it and its workers (the whole process group), and waits until it is gone: its
-    /// port free, its bindings forgotten.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let group = format!("-{}", child.id());
-            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Kamailio {
-    fn drop(&mut self) {
-        self.stop();
-    }
+        ],
+    )
+    .await
 }
 
 /// The carrier's peer entry: registers as `gw@hotline.test`, the registrar's 423 raising a
@@ -276,7 +162,7 @@ async fn gateway_registers_refreshes_and_receives_the_citizens_call_through_the_
     let mut citizen = Ua::bind("citizen", LOCALHOST).await;
     let far = Ua::bind("far", LOCALHOST).await;
     let mut desk = Ua::bind("desk", LOCALHOST).await;
-    let mut kamailio = Kamailio::start(citizen.address.port(), far.address).await;
+    let mut kamailio = registrar(citizen.address.port(), far.address).await;
     citizen.set_gateway(kamailio.address);
 
     // Before the gateway runs, the account has no contact.
@@ -324,7 +210,7 @@ async fn gateway_answers_the_proxys_challenges_on_its_calls_out() {
     let citizen = Ua::bind("citizen", LOCALHOST).await;
     let mut far = Ua::bind("far", LOCALHOST).await;
     let mut desk = Ua::bind("desk", LOCALHOST).await;
-    let kamailio = Kamailio::start(citizen.address.port(), far.address).await;
+    let kamailio = registrar(citizen.address.port(), far.address).await;
     far.set_gateway(kamailio.address);
     let mut gateway = gateway(&kamailio, &desk, PASSWORD).await;
     desk.set_gateway(gateway.sip);
@@ -425,7 +311,7 @@ async fn wrong_password_fails_the_registration_and_tries_again_with_backoff() {
     let mut citizen = Ua::bind("citizen", LOCALHOST).await;
     let far = Ua::bind("far", LOCALHOST).await;
     let mut desk = Ua::bind("desk", LOCALHOST).await;
-    let kamailio = Kamailio::start(citizen.address.port(), far.address).await;
+    let kamailio = registrar(citizen.address.port(), far.address).await;
     citizen.set_gateway(kamailio.address);
     let mut gateway = gateway(&kamailio, &desk, WRONG).await;
     desk.set_gateway(gateway.sip);

@@ -56,6 +56,7 @@ impl From<&PeerConfig> for Peer {
         .with_any_port(config.any_port)
         .with_sources(config.sources.clone());
         peer.trusted = config.trusted;
+        peer.front = config.front;
         peer.diversion = config.diversion;
         peer.srtp = config.srtp;
         peer.max_calls_per_sec = config.max_calls_per_sec;

@@ -463,6 +463,12 @@ pub struct PeerConfig {
     /// false; the 110 desk is trusted).
     #[serde(default)]
     pub trusted: bool,
+    /// The SIP load balancer in front of a cluster's nodes (Kamailio's dispatcher): it tells
+    /// the original source of each request it relays in `X-Hotline-Source: IP:port`, and the
+    /// request is then the peer's at that address (platform, trust, authentication, call
+    /// rate); from anyone else the header is ignored (default false).
+    #[serde(default)]
+    pub front: bool,
     /// How a transferred call names the line it was transferred from: `history-info`
     /// (RFC 7044, the default), `diversion` (RFC 5806, what many carriers and PBXs read),
     /// `both` or `none`.

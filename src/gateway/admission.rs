@@ -418,9 +418,13 @@ impl Dispatcher for CallManager {
         source: SocketAddr,
         flow: Flow,
     ) -> Disposition {
-        let Some(peer) = self.router.peer_for_source(source) else {
+        let Some(peer) = self.router.attributed_peer(
+            source,
+            request.headers.get(crate::routing::FRONT_SOURCE_HEADER),
+        ) else {
             self.metrics.increment(Counter::SipRejectedUnknownPeer);
-            tracing::info!(%source, method = %request.method, "request from an address that is no peer");
+            let via_front = request.headers.get(crate::routing::FRONT_SOURCE_HEADER);
+            tracing::info!(%source, ?via_front, method = %request.method, "request from an address that is no peer");
             return Self::reply(request, 403);
         };
         if peer.interface != flow.interface() {

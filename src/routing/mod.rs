@@ -71,6 +71,9 @@ pub struct Peer {
     pub transport: TransportKind,
     /// Gets a private caller identity (RFC 3325 §2.3).
     pub trusted: bool,
+    /// A load balancer in front of the gateway: its requests name their original source
+    /// ([`FRONT_SOURCE_HEADER`]).
+    pub front: bool,
     pub diversion: DiversionHeader,
     /// Whether its legs must be SRTP.
     pub srtp: SrtpMode,
@@ -132,6 +135,7 @@ impl Peer {
             platform,
             transport,
             trusted: false,
+            front: false,
             diversion: DiversionHeader::default(),
             srtp: SrtpMode::Optional,
             any_port: false,
@@ -171,6 +175,10 @@ impl Peer {
         self
     }
 }
+
+/// The header a front proxy (`[[peer]] front = true`) names a request's original source in:
+/// `IP:port` (`$si:$sp` in Kamailio).
+pub const FRONT_SOURCE_HEADER: &str = "X-Hotline-Source";
 
 /// A route: a dialled number and the names of the peers tried for it, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -432,6 +440,34 @@ impl Router {
         }
     }
 
+    /// The peer a request from `source` is attributed to: the source's peer, or, when that is
+    /// a front proxy and the request names its original source (`front_source`, the value of
+    /// its [`FRONT_SOURCE_HEADER`]), the peer at that source (None: a stranger, or a stranger
+    /// relayed by the front). A front's request without the header (its OPTIONS probes) is
+    /// the front's own; anyone else's header is ignored.
+    pub fn attributed_peer(
+        &self,
+        source: SocketAddr,
+        front_source: Option<&str>,
+    ) -> Option<Arc<Peer>> {
+        let peer = self.peer_for_source(source)?;
+        if !peer.front {
+            return Some(peer);
+        }
+        let Some(original) = front_source else {
+            return Some(peer);
+        };
+        let original = original.trim();
+        let original = original.parse::<SocketAddr>().ok().or_else(|| {
+            original
+                .parse::<IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, 5060))
+        })?;
+        // A front relaying for itself (or another front) is no original source.
+        self.peer_for_source(original).filter(|p| !p.front)
+    }
+
     /// The peer a request from `source` belongs to: exact IP:port first, then peers marked
     /// `any_port` by IP, then peers' `sources` networks in file order. IPv4-mapped IPv6
     /// sources are compared as IPv4.
@@ -636,5 +672,48 @@ mod tests {
             r.peer_for_source(mapped).map(|p| p.name.clone()),
             Some("hotline".into())
         );
+    }
+
+    #[test]
+    fn a_front_proxy_names_the_original_source_and_nobody_else_may() {
+        let mut front = Peer::new(
+            "kamailio",
+            SocketAddr::from(([127, 0, 0, 1], 5060)),
+            None,
+            TransportKind::Udp,
+        );
+        front.front = true;
+        let carrier = Peer::new(
+            "carrier",
+            SocketAddr::from(([127, 0, 0, 1], 5070)),
+            None,
+            TransportKind::Udp,
+        );
+        let hotline = Peer::new(
+            "hotline",
+            SocketAddr::from(([127, 0, 0, 1], 5080)),
+            Some("12345".into()),
+            TransportKind::Udp,
+        );
+        let r = Router::new(vec![front, carrier, hotline], Vec::new());
+        let attributed = |source: &str, header: Option<&str>| {
+            r.attributed_peer(source.parse().unwrap(), header)
+                .map(|p| p.name.clone())
+        };
+        let via_front = |header| attributed("127.0.0.1:5060", Some(header));
+        assert_eq!(via_front("127.0.0.1:5070"), Some("carrier".into()));
+        assert_eq!(via_front(" 127.0.0.1:5080 "), Some("hotline".into()));
+        // A stranger relayed by the front is a stranger; so is the front naming itself.
+        assert_eq!(via_front("192.0.2.1:5060"), None);
+        assert_eq!(via_front("127.0.0.1:5060"), None);
+        assert_eq!(via_front("not an address"), None);
+        // Its own requests (the dispatcher's OPTIONS probes) carry no header.
+        assert_eq!(attributed("127.0.0.1:5060", None), Some("kamailio".into()));
+        // Anyone else's header changes nothing.
+        assert_eq!(
+            attributed("127.0.0.1:5070", Some("127.0.0.1:5080")),
+            Some("carrier".into())
+        );
+        assert_eq!(attributed("192.0.2.1:5060", Some("127.0.0.1:5070")), None);
     }
 }

@@ -14,7 +14,9 @@ impl Endpoint {
         match inbound.message {
             Ok(Message::Request(request)) => {
                 self.metrics.increment(Counter::SipRequestsReceived);
-                let peer = self.peer_of(arrival.source);
+                // Through a front proxy, the request is the original source's peer's: its
+                // credentials answer the challenge.
+                let peer = self.attributed_peer(arrival.source, &request);
                 if !self.admit(
                     now,
                     Some(&request),
@@ -64,6 +66,19 @@ impl Endpoint {
                 tracing::debug!(source = %arrival.source, %reason, "dropped unparsable message");
             }
         }
+    }
+
+    /// The peer a request from `source` is attributed to ([`crate::routing::Router::attributed_peer`]).
+    fn attributed_peer(
+        &self,
+        source: SocketAddr,
+        request: &Request,
+    ) -> Option<Arc<crate::routing::Peer>> {
+        let (_, router) = self.guard.as_ref()?;
+        router.attributed_peer(
+            source,
+            request.headers.get(crate::routing::FRONT_SOURCE_HEADER),
+        )
     }
 
     /// The configured peer `source` belongs to (known only with the guard, which has the
