@@ -186,11 +186,35 @@ async fn a_lost_nodes_open_calls_are_closed_once_by_one_survivor_with_their_endi
     let postgres = Postgres::start();
     let url = postgres.database("hotline");
     let lease = Duration::from_secs(3);
-    // Node c carries two calls that 12345 was shown, then goes silent.
+    // Node c carries two calls that 12345 was shown, the second with a transfer to 110 under
+    // way and a conference party in, then goes silent.
     let c = node(&url, "gw-c", lease).await;
     for id in ["c-1", "c-2"] {
         let mut changes = Changes::default();
         changes.call_started(call(id));
+        if id == "c-2" {
+            changes.linkage(hotline_gateway::store::LinkageRecord {
+                id: "l-1".into(),
+                call_id: id.into(),
+                from_platform: Some("12345".into()),
+                from_peer: "hotline".into(),
+                to_platform: Some("110".into()),
+                to_peer: Some("police".into()),
+                target: "110".into(),
+                trigger: "api".into(),
+                kind: "transfer".into(),
+                requested_at: 1_700_000_001_000,
+                ..Default::default()
+            });
+            changes.conference_party(hotline_gateway::store::ConferencePartyRecord {
+                call_id: id.into(),
+                party: 2,
+                peer: "water".into(),
+                number: "96116".into(),
+                joined_at: 1_700_000_001_000,
+                left_at: None,
+            });
+        }
         let offered = hotline_gateway::workorder::pb::Event {
             r#type: hotline_gateway::workorder::pb::EventType::CallOffered as i32,
             call_id: id.into(),
@@ -271,43 +295,68 @@ async fn a_lost_nodes_open_calls_are_closed_once_by_one_survivor_with_their_endi
     changes.events([event("12345", "a-1-offered", "a-1")]);
     a.write(changes).await.unwrap_or_else(|e| panic!("{e}"));
     let stream = outbox(&url, "12345").await;
-    let endings: Vec<&(u64, String)> = stream
-        .iter()
-        .filter(|(_, id)| !id.ends_with("-offered"))
-        .collect();
     assert_eq!(
-        endings.len(),
-        2,
-        "one ending per call, not one per survivor: {stream:?}"
+        stream.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        (1..=7).collect::<Vec<u64>>(),
+        "two offers, the endings once (not once per survivor), then a's: {stream:?}"
     );
-    assert_eq!(stream.len(), 5);
-    assert_eq!(stream.last().map(|(s, _)| *s), Some(5));
-    let ended: Vec<hotline_gateway::workorder::pb::Event> = {
-        let (location, ids) = (
-            location(&url),
-            endings.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-        );
+    let events: Vec<hotline_gateway::workorder::pb::Event> = {
+        let location = location(&url);
         tokio::task::spawn_blocking(move || {
             let mut reader = OutboxReader::at(&location).unwrap_or_else(|e| panic!("{e}"));
             reader
-                .read("12345", 0, 100)
+                .read("12345", 2, 4)
                 .unwrap_or_else(|e| panic!("{e}"))
                 .into_iter()
-                .filter(|r| ids.contains(&r.sequence))
                 .map(|r| prost::Message::decode(&*r.body).unwrap_or_else(|e| panic!("{e}")))
                 .collect()
         })
         .await
         .unwrap_or_else(|e| panic!("{e}"))
     };
-    for event in &ended {
-        assert_eq!(
-            event.r#type,
-            hotline_gateway::workorder::pb::EventType::CallEnded as i32
-        );
-        assert_eq!(event.reason, "node lost");
+    use hotline_gateway::workorder::pb::EventType as T;
+    let mut endings: Vec<(String, i32)> = events
+        .iter()
+        .map(|e| (e.call_id.clone(), e.r#type))
+        .collect();
+    endings.sort();
+    assert_eq!(
+        endings,
+        vec![
+            ("c-1".to_string(), T::CallEnded as i32),
+            ("c-2".to_string(), T::TransferFailed as i32),
+            ("c-2".to_string(), T::ConferenceEnded as i32),
+            ("c-2".to_string(), T::CallEnded as i32),
+        ]
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+    );
+    for event in &events {
+        if event.r#type != T::ConferenceEnded as i32 {
+            assert_eq!(event.reason, "node lost", "{event:?}");
+        }
         assert_eq!(event.citizen_number, "13800138000");
     }
+    assert_eq!(
+        postgres.sql(
+            "hotline",
+            "SELECT outcome, sip_status, ended_at IS NOT NULL FROM linkages"
+        ),
+        vec![vec![
+            Some("failed".into()),
+            Some("503".into()),
+            Some("t".into())
+        ]]
+    );
+    assert_eq!(
+        postgres.sql(
+            "hotline",
+            "SELECT left_at IS NOT NULL FROM conference_parties"
+        ),
+        vec![vec![Some("t".into())]]
+    );
     a.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
     b.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
 }
@@ -816,4 +865,53 @@ async fn behind_kamailio_a_killed_nodes_calls_are_closed_by_the_survivor_and_new
         }
     }
     assert_eq!(endings, closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_outage_is_a_degraded_store_calls_go_on_and_their_records_land_after() {
+    use common::platform::Platform;
+    use hotline_gateway::workorder::pb::EventType;
+    let mut postgres = Postgres::start();
+    let url = postgres.database("hotline");
+    let mut citizen = common::Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = common::Ua::bind("hotline", LOCALHOST).await;
+    let mut gateway = gateway_node(&url, "gw-a", citizen.address, agent.address).await;
+    for ua in [&mut citizen, &mut agent] {
+        ua.set_gateway(gateway.sip);
+    }
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
+    let first = common::establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    common::caller_hangs_up(&mut citizen, &first, &mut [&mut agent]).await;
+    assert_eq!(hotline.until(EventType::CallEnded).await.sequence, 4);
+    gateway.metric_reaches("hotline_store_degraded", 0.0).await;
+
+    // The database goes down: a citizen's call is still carried, end to end.
+    postgres.stop();
+    let second = common::establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    gateway.metric_reaches("hotline_store_degraded", 1.0).await;
+    common::caller_hangs_up(&mut citizen, &second, &mut [&mut agent]).await;
+
+    // It comes back: what was held lands, in order, and the platform gets it late but whole.
+    postgres.spawn();
+    gateway.metric_reaches("hotline_store_degraded", 0.0).await;
+    let offered = hotline.expect(EventType::CallOffered).await;
+    assert_eq!(offered.sequence, 5);
+    assert_eq!(offered.citizen_number, "13800138000");
+    hotline.expect(EventType::CallRinging).await;
+    hotline.expect(EventType::CallAnswered).await;
+    let ended = hotline.expect(EventType::CallEnded).await;
+    assert_eq!((ended.sequence, &ended.call_id), (8, &offered.call_id));
+    let rows = postgres.sql(
+        "hotline",
+        "SELECT count(*), count(ended_at), count(answered_at) FROM calls",
+    );
+    assert_eq!(
+        rows,
+        vec![vec![Some("2".into()), Some("2".into()), Some("2".into())]]
+    );
+    assert_eq!(
+        gateway.metric("hotline_store_records_lost_total").await,
+        Some(0.0)
+    );
+    gateway.stop().await;
 }

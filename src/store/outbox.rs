@@ -306,16 +306,16 @@ pub struct OutboxReader(ReaderConnection);
 
 enum ReaderConnection {
     File(Connection),
-    /// Always Some but while dropped.
-    Database(Option<postgres::Client>),
+    /// Always Some but while dropped; opened again from the URL when the connection is lost.
+    Database(Box<(Option<postgres::Client>, super::DatabaseUrl)>),
 }
 
 impl Drop for ReaderConnection {
     /// The database client says goodbye to the server by blocking on a runtime of its own,
     /// which a tokio worker must not do: where it is one, the goodbye is said on a thread.
     fn drop(&mut self) {
-        if let ReaderConnection::Database(client) = self {
-            if let Some(client) = client.take() {
+        if let ReaderConnection::Database(database) = self {
+            if let Some(client) = database.0.take() {
                 if tokio::runtime::Handle::try_current().is_ok() {
                     let _ = std::thread::Builder::new()
                         .name("store-reader-close".into())
@@ -341,7 +341,7 @@ impl OutboxReader {
         match location {
             super::StoreLocation::File(path) => OutboxReader::open(path),
             super::StoreLocation::Database(url) => Ok(OutboxReader(ReaderConnection::Database(
-                Some(url.connect()?),
+                Box::new((Some(url.connect()?), url.clone())),
             ))),
         }
     }
@@ -358,10 +358,12 @@ impl OutboxReader {
     ) -> Result<Vec<OutboxRecord>, StoreError> {
         let connection = match &mut self.0 {
             ReaderConnection::File(connection) => connection,
-            ReaderConnection::Database(Some(client)) => {
-                return super::postgres::read_outbox(client, platform, after, limit)
+            ReaderConnection::Database(database) => {
+                let (client, url) = &mut **database;
+                return with_database(client, url, |client| {
+                    super::postgres::read_outbox(client, platform, after, limit)
+                });
             }
-            ReaderConnection::Database(None) => return Err(StoreError::Closed),
         };
         let mut statement = connection.prepare_cached(
             "SELECT platform, sequence, event_id, call_id, created_at, body FROM outbox
@@ -387,10 +389,12 @@ impl OutboxReader {
     pub fn position(&mut self, platform: &str) -> Result<(u64, u64), StoreError> {
         let connection = match &mut self.0 {
             ReaderConnection::File(connection) => connection,
-            ReaderConnection::Database(Some(client)) => {
-                return super::postgres::position(client, platform)
+            ReaderConnection::Database(database) => {
+                let (client, url) = &mut **database;
+                return with_database(client, url, |client| {
+                    super::postgres::position(client, platform)
+                });
             }
-            ReaderConnection::Database(None) => return Err(StoreError::Closed),
         };
         let latest: Option<i64> = connection
             .query_row(
@@ -417,10 +421,12 @@ impl OutboxReader {
     pub fn oldest(&mut self, platform: &str) -> Result<u64, StoreError> {
         let connection = match &mut self.0 {
             ReaderConnection::File(connection) => connection,
-            ReaderConnection::Database(Some(client)) => {
-                return super::postgres::oldest(client, platform)
+            ReaderConnection::Database(database) => {
+                let (client, url) = &mut **database;
+                return with_database(client, url, |client| {
+                    super::postgres::oldest(client, platform)
+                });
             }
-            ReaderConnection::Database(None) => return Err(StoreError::Closed),
         };
         let oldest: Option<i64> = connection.query_row(
             "SELECT MIN(sequence) FROM outbox WHERE platform = ?1",
@@ -429,6 +435,26 @@ impl OutboxReader {
         )?;
         Ok(oldest.map_or(0, |s| s.max(0) as u64))
     }
+}
+
+/// Runs `query` on a reader's database connection; a connection found lost (the database
+/// restarted, a network cut) is opened again and the query tried once more.
+fn with_database<T>(
+    client: &mut Option<postgres::Client>,
+    url: &super::DatabaseUrl,
+    query: impl Fn(&mut postgres::Client) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    if let Some(connected) = client.as_mut().filter(|c| !c.is_closed()) {
+        match query(connected) {
+            Err(_) if connected.is_closed() => {}
+            outcome => return outcome,
+        }
+    }
+    *client = None;
+    let mut reconnected = url.connect()?;
+    let outcome = query(&mut reconnected);
+    *client = Some(reconnected);
+    outcome
 }
 
 /// A call that a killed run left open, as the store holds it.

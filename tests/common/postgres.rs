@@ -3,14 +3,16 @@
 //! test runs as root (the server refuses root). Stopped and deleted when dropped.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub(crate) struct Postgres {
     pub port: u16,
-    server: Child,
-    _dir: tempfile::TempDir,
+    server: Option<Child>,
+    bin: PathBuf,
+    user: Option<(u32, u32)>,
+    dir: tempfile::TempDir,
 }
 
 /// The newest server binaries Debian installed (`/usr/lib/postgresql/<version>/bin`).
@@ -97,35 +99,71 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let port = super::process::free_port();
-        let mut server = Command::new(bin.join("postgres"));
-        server
-            .arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(dir.path())
-            .args(["-p", &port.to_string()])
-            .args(["-c", "listen_addresses=127.0.0.1"])
-            // A throwaway server: durability is not what these tests measure.
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "max_connections=200"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        as_server_user(&mut server, user);
-        let server = server.spawn().unwrap_or_else(|e| panic!("postgres: {e}"));
-        let postgres = Postgres {
-            port,
-            server,
-            _dir: dir,
+        let mut postgres = Postgres {
+            port: super::process::free_port(),
+            server: None,
+            bin,
+            user,
+            dir,
         };
-        postgres.wait_ready(&bin);
+        postgres.spawn();
         postgres
     }
 
-    fn wait_ready(&self, bin: &Path) {
+    /// Starts the server (again) on its data directory and port; returns once it accepts
+    /// connections.
+    pub(crate) fn spawn(&mut self) {
+        let mut server = Command::new(self.bin.join("postgres"));
+        server
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-k")
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            // A throwaway server: no fsync (the machine does not crash under it), but every
+            // commit in the WAL before it is answered, so a server stopped at once (an
+            // outage) loses nothing it confirmed.
+            .args(["-c", "fsync=off"])
+            .args(["-c", "max_connections=200"])
+            .stdout(Stdio::null())
+            .stderr(self.log_file());
+        as_server_user(&mut server, self.user);
+        self.server = Some(server.spawn().unwrap_or_else(|e| panic!("postgres: {e}")));
+        self.wait_ready();
+    }
+
+    fn log_file(&self) -> Stdio {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+        {
+            Ok(file) => file.into(),
+            Err(_) => Stdio::null(),
+        }
+    }
+
+    /// The server's log so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Stops the server at once (SIGQUIT, its immediate shutdown: every connection is cut, as
+    /// when the database host goes down), and waits until it has gone.
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            if let Some(pid) = rustix::process::Pid::from_raw(server.id() as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::QUIT);
+            }
+            let _ = server.wait();
+        }
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ready = Command::new(bin.join("pg_isready"))
+            let ready = Command::new(self.bin.join("pg_isready"))
                 .args([
                     "-h",
                     "127.0.0.1",
@@ -170,10 +208,9 @@ impl Postgres {
                     let mut client = postgres::Client::connect(&url, postgres::NoTls)
                         .unwrap_or_else(|e| panic!("connect {url}: {e}"));
                     let mut rows = Vec::new();
-                    for message in client
-                        .simple_query(query)
-                        .unwrap_or_else(|e| panic!("{query}: {e}"))
-                    {
+                    for message in client.simple_query(query).unwrap_or_else(|e| {
+                        panic!("{query}: {e}: {:?}", e.as_db_error().map(|d| d.message()))
+                    }) {
                         if let postgres::SimpleQueryMessage::Row(row) = message {
                             rows.push(
                                 (0..row.len())
@@ -192,11 +229,6 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        // SIGQUIT: the server's immediate shutdown, which takes its backends with it.
-        let pid = rustix::process::Pid::from_raw(self.server.id() as i32);
-        if let Some(pid) = pid {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::QUIT);
-        }
-        let _ = self.server.wait();
+        self.stop();
     }
 }
