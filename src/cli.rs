@@ -3,8 +3,28 @@
 
 use crate::store::{format_time, CallRecord};
 
-/// A fixed-width table, one line per call, times in UTC.
+/// A fixed-width table, one line per call, times in UTC; with a `node` column when the calls
+/// come from a cluster's shared store.
 pub fn format_calls_table(records: &[CallRecord]) -> String {
+    let table = calls_table(records);
+    if records.iter().all(|r| r.node.is_empty()) {
+        return table;
+    }
+    let width = records
+        .iter()
+        .map(|r| r.node.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let nodes = std::iter::once("node").chain(records.iter().map(|r| r.node.as_str()));
+    table
+        .lines()
+        .zip(nodes)
+        .map(|(line, node)| format!("{node:<width$} {line}\n"))
+        .collect()
+}
+
+fn calls_table(records: &[CallRecord]) -> String {
     let mut out = format!(
         "{:<23} {:<14} {:<8} {:<9} {:<9} {:>6} {:>7} {:<8} {:<18} {:>8} {:>8}\n",
         "started (UTC)",

@@ -915,3 +915,58 @@ async fn a_database_outage_is_a_degraded_store_calls_go_on_and_their_records_lan
     );
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_calls_command_lists_every_nodes_calls_with_their_node() {
+    let postgres = Postgres::start();
+    let url = postgres.database("hotline");
+    for name in ["gw-a", "gw-b"] {
+        let store = node(&url, name, Duration::from_secs(10)).await;
+        let mut ended = call(&format!("{name}-1"));
+        ended.ended_at = Some(1_700_000_060_000);
+        ended.ended_by = Some("caller".into());
+        let mut changes = Changes::default();
+        changes.call_ended(ended);
+        store.write(changes).await.unwrap_or_else(|e| panic!("{e}"));
+        store.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("gateway.toml");
+    let sample = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = sample.replace(
+        "path = \"data/gateway.db\"",
+        &format!("url = \"{}\"", url.replace("gateway@", "gateway:not-shown@")),
+    ) + "\n[cluster]\nnode = \"gw-c\"\n";
+    std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hotline-gateway"))
+        .arg("--config")
+        .arg(&config)
+        .arg("calls")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{table}{}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[0].starts_with("node "), "{table}");
+    let mut nodes: Vec<&str> = lines[1..]
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, vec!["gw-a", "gw-b"]);
+    // A database it cannot reach is named, without its password.
+    postgres.sql("postgres", "SELECT 1");
+    drop(postgres);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hotline-gateway"))
+        .arg("--config")
+        .arg(&config)
+        .arg("calls")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(error.contains("postgresql://gateway@127.0.0.1:"), "{error}");
+    assert!(!error.contains("not-shown"), "{error}");
+}
