@@ -180,6 +180,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         (max_calls, blocked),
     )?;
     follow_blocklist(&store, &blocklist, &shutdown);
+    follow_arrivals(&store, &manager, &shutdown);
     let (endpoint, handle, commands) =
         build_endpoint(&config, transport, &manager, &metrics, local_sip, &router)?;
     let tracker = tokio_util::task::TaskTracker::new();
@@ -432,6 +433,29 @@ fn follow_blocklist(
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::error!(missed, "blocklist changes of other nodes missed");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
+/// Counts the other nodes' new calls towards this node's repeat callers.
+fn follow_arrivals(store: &Store, manager: &Arc<CallManager>, shutdown: &CancellationToken) {
+    let Some(mut callers) = store.caller_arrivals() else {
+        return;
+    };
+    let (manager, shutdown) = (Arc::clone(manager), shutdown.clone());
+    tokio::spawn(async move {
+        loop {
+            let caller = tokio::select! {
+                caller = callers.recv() => caller,
+                _ = shutdown.cancelled() => return,
+            };
+            match caller {
+                Ok(caller) => manager.note_call_elsewhere(&caller),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "other nodes' callers missed (repeat callers)");
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }

@@ -86,9 +86,11 @@ pub enum Counter {
     ClusterNodesLost,
     /// Calls of lost nodes this node closed.
     ClusterCallsClosed,
+    /// New calls on other nodes whose caller this node counted (repeat callers).
+    ClusterCallersNoted,
 }
 
-const COUNTERS: [(Counter, &str, &str); 53] = [
+const COUNTERS: [(Counter, &str, &str); 54] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -353,6 +355,11 @@ const COUNTERS: [(Counter, &str, &str); 53] = [
         Counter::ClusterCallsClosed,
         "hotline_cluster_calls_closed_total",
         "calls of lost nodes this node closed (ended_by gateway, reason node lost)",
+    ),
+    (
+        Counter::ClusterCallersNoted,
+        "hotline_cluster_callers_noted_total",
+        "new calls on the other nodes whose caller this node counted towards repeat callers",
     ),
 ];
 

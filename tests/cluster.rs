@@ -382,6 +382,15 @@ async fn gateway_node_with(
     name: &str,
     peers: &[(&str, std::net::SocketAddr)],
 ) -> common::Gateway {
+    gateway_node_edited(url, name, peers, |_| {}).await
+}
+
+async fn gateway_node_edited(
+    url: &str,
+    name: &str,
+    peers: &[(&str, std::net::SocketAddr)],
+    edit: impl FnOnce(&mut hotline_gateway::config::Config),
+) -> common::Gateway {
     let url = DatabaseUrl::parse(url).unwrap_or_else(|e| panic!("{e}"));
     let name = name.to_string();
     let peers: Vec<(&str, std::net::SocketAddr, &str)> = peers
@@ -414,6 +423,7 @@ async fn gateway_node_with(
                 node: name,
                 lease_secs: 3,
             });
+            edit(config);
         },
     )
     .await
@@ -932,11 +942,15 @@ async fn the_calls_command_lists_every_nodes_calls_with_their_node() {
     }
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let config = dir.path().join("gateway.toml");
-    let sample = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let sample =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
     let text = sample.replace(
         "path = \"data/gateway.db\"",
-        &format!("url = \"{}\"", url.replace("gateway@", "gateway:not-shown@")),
+        &format!(
+            "url = \"{}\"",
+            url.replace("gateway@", "gateway:not-shown@")
+        ),
     ) + "\n[cluster]\nnode = \"gw-c\"\n";
     std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_hotline-gateway"))
@@ -946,7 +960,11 @@ async fn the_calls_command_lists_every_nodes_calls_with_their_node() {
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     let table = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{table}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 3, "{table}");
     assert!(lines[0].starts_with("node "), "{table}");
@@ -969,4 +987,41 @@ async fn the_calls_command_lists_every_nodes_calls_with_their_node() {
     assert!(!output.status.success());
     assert!(error.contains("postgresql://gateway@127.0.0.1:"), "{error}");
     assert!(!error.contains("not-shown"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_spread_over_the_nodes_is_still_flagged_as_a_repeat_caller() {
+    use common::platform::Platform;
+    use hotline_gateway::workorder::pb::EventType;
+    let postgres = Postgres::start();
+    let url = postgres.database("hotline");
+    let mut citizen = common::Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = common::Ua::bind("hotline", LOCALHOST).await;
+    let peers = [("carrier", citizen.address), ("hotline", agent.address)];
+    let three = |config: &mut hotline_gateway::config::Config| config.screening.repeat_calls = 3;
+    let mut a = gateway_node_edited(&url, "gw-a", &peers, three).await;
+    let mut b = gateway_node_edited(&url, "gw-b", &peers, three).await;
+    let mut hotline = Platform::connect(a.grpc, "12345", TOKEN_12345, None).await;
+    // Calls one and two on b, the third on a: a has counted b's two.
+    for node in [b.sip, b.sip] {
+        for ua in [&mut citizen, &mut agent] {
+            ua.set_gateway(node);
+        }
+        let call = common::establish(&mut citizen, &mut agent, &[8], &[8]).await;
+        common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
+        hotline.until(EventType::CallEnded).await;
+    }
+    a.metric_reaches("hotline_cluster_callers_noted_total", 2.0)
+        .await;
+    for ua in [&mut citizen, &mut agent] {
+        ua.set_gateway(a.sip);
+    }
+    let third = common::establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    hotline.expect(EventType::CallOffered).await;
+    let flagged = hotline.expect(EventType::CallFlagged).await;
+    assert_eq!(flagged.citizen_number, "13800138000");
+    assert_eq!(flagged.reason, "repeat caller: 3 calls within 10 minutes");
+    common::caller_hangs_up(&mut citizen, &third, &mut [&mut agent]).await;
+    a.stop().await;
+    b.stop().await;
 }

@@ -126,6 +126,28 @@ impl Screening {
 }
 
 impl Screening {
+    /// Counts a call `caller` made to another node of the cluster at `now` (so a caller
+    /// spread over the nodes by the load balancer is flagged as on one node); nothing is
+    /// screened or flagged here.
+    pub fn note_elsewhere(&mut self, now: Instant, caller: &str) {
+        if self.threshold == 0 || caller.is_empty() || caller.eq_ignore_ascii_case("anonymous") {
+            return;
+        }
+        self.forget_expired(now);
+        if self.recent.len() >= MAX_CALLERS && !self.recent.contains_key(caller) {
+            self.forget_oldest();
+        }
+        while self.arrivals.len() >= 2 * MAX_CALLERS {
+            self.forget_oldest();
+        }
+        self.arrivals.push_back((now, caller.to_string()));
+        let calls = self.recent.entry(caller.to_string()).or_default();
+        calls.push_back(now);
+        while calls.len() > self.threshold {
+            calls.pop_front();
+        }
+    }
+
     /// Drops the callers whose last call is out of the window, from the oldest arrival on.
     fn forget_expired(&mut self, now: Instant) {
         while self
@@ -232,5 +254,22 @@ mod tests {
         let shared = Arc::new(Blocklist::with(vec![listed("13700000003", None)]));
         let mut s = screening().with_listed(shared);
         assert_eq!(s.check(Instant::now(), "13700000003"), Screen::Blocked(603));
+    }
+
+    #[test]
+    fn calls_to_other_nodes_count_towards_a_repeat_caller() {
+        let start = Instant::now();
+        let mut screening = Screening::new(Vec::new(), 603, 3, Duration::from_secs(600));
+        screening.note_elsewhere(start, "13800138000");
+        assert_eq!(screening.check(start, "13800138000"), Screen::Clear);
+        screening.note_elsewhere(start + Duration::from_secs(1), "13800138000");
+        assert_eq!(
+            screening.check(start + Duration::from_secs(2), "13800138000"),
+            Screen::Flagged { count: 3 }
+        );
+        // Out of the window, the other nodes' calls are forgotten as this node's are.
+        let later = start + Duration::from_secs(700);
+        screening.note_elsewhere(later, "13800138000");
+        assert_eq!(screening.check(later, "13800138000"), Screen::Clear);
     }
 }

@@ -90,6 +90,15 @@ impl CallManager {
         let _ = self.services.set(services);
     }
 
+    /// Counts a call `caller` made to another node of the cluster (repeat callers).
+    pub fn note_call_elsewhere(&self, caller: &str) {
+        self.screening
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .note_elsewhere(driver_now(), caller);
+        self.metrics.increment(Counter::ClusterCallersNoted);
+    }
+
     fn screening_window_minutes(&self) -> u64 {
         self.screening
             .lock()

@@ -25,7 +25,9 @@ use tokio::sync::{broadcast, oneshot};
 
 use super::forwarding::{Forwarding, ANSWER_CHANNEL, FORWARD_CHANNEL, STALE};
 use super::outbox::{Outbox, Recovery};
-use super::postgres::{self as pg, DatabaseUrl, ACKS_CHANNEL, BLOCKLIST_CHANNEL, OUTBOX_CHANNEL};
+use super::postgres::{
+    self as pg, DatabaseUrl, ACKS_CHANNEL, ARRIVALS_CHANNEL, BLOCKLIST_CHANNEL, OUTBOX_CHANNEL,
+};
 use super::{unix_millis, BlockedNumberRecord, StoreError};
 use crate::metrics::{Counter, Metrics};
 
@@ -112,6 +114,8 @@ pub(super) struct Cluster {
     pub(super) recovery: Option<Arc<Recovery>>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) blocklist: broadcast::Sender<BlocklistChange>,
+    /// The callers of the other nodes' new calls.
+    pub(super) arrivals: broadcast::Sender<String>,
     pub(super) forwarding: Arc<Forwarding>,
     pub(super) stop: Arc<AtomicBool>,
 }
@@ -219,7 +223,7 @@ impl Cluster {
         let mut client = self.url.connect()?;
         client.batch_execute(&format!(
             "LISTEN {OUTBOX_CHANNEL}; LISTEN {ACKS_CHANNEL}; LISTEN {BLOCKLIST_CHANNEL};
-             LISTEN {FORWARD_CHANNEL}; LISTEN {ANSWER_CHANNEL};"
+             LISTEN {FORWARD_CHANNEL}; LISTEN {ANSWER_CHANNEL}; LISTEN {ARRIVALS_CHANNEL};"
         ))?;
         match pg::positions(&mut client) {
             Ok(positions) => {
@@ -312,6 +316,13 @@ impl Cluster {
     fn take(&self, client: &mut Client, channel: &str, payload: &str) {
         match channel {
             FORWARD_CHANNEL => self.forwarding.take_request(client, payload),
+            ARRIVALS_CHANNEL => {
+                if let Some((node, caller)) = payload.split_once(' ') {
+                    if node != self.options.node {
+                        let _ = self.arrivals.send(caller.to_string());
+                    }
+                }
+            }
             ANSWER_CHANNEL => self.forwarding.take_answer(client, payload),
             OUTBOX_CHANNEL | ACKS_CHANNEL => {
                 let Some((sequence, platform)) = payload.split_once(' ') else {

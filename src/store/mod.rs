@@ -459,6 +459,8 @@ pub struct Store {
     closed_at_start: usize,
     /// The API's blocklist changes other nodes make (a shared store).
     blocklist: Option<tokio::sync::broadcast::Sender<BlocklistChange>>,
+    /// The callers of the other nodes' new calls (a shared store).
+    arrivals: Option<tokio::sync::broadcast::Sender<String>>,
     cluster: Option<Arc<cluster::ClusterHandle>>,
     /// Requests for calls on other nodes (a shared store).
     forwarding: Option<Arc<forwarding::Forwarding>>,
@@ -530,6 +532,7 @@ impl Store {
             outbox,
             closed_at_start,
             blocklist: None,
+            arrivals: None,
             cluster: None,
             forwarding: None,
         })
@@ -593,6 +596,7 @@ impl Store {
             sequences,
         )?;
         let (blocklist, _) = tokio::sync::broadcast::channel(1024);
+        let (arrivals, _) = tokio::sync::broadcast::channel(4096);
         let forwarding = Arc::new(forwarding::Forwarding::new(
             cluster_options.node.clone(),
             url.clone(),
@@ -608,6 +612,7 @@ impl Store {
             recovery: options.recovery,
             metrics,
             blocklist: blocklist.clone(),
+            arrivals: arrivals.clone(),
             forwarding: Arc::clone(&forwarding),
             stop: Arc::clone(&stop),
         };
@@ -624,6 +629,7 @@ impl Store {
             outbox,
             closed_at_start,
             blocklist: Some(blocklist),
+            arrivals: Some(arrivals),
             cluster: Some(Arc::new(cluster::ClusterHandle {
                 stop,
                 stopped: std::sync::Mutex::new(Some(stopped)),
@@ -635,6 +641,12 @@ impl Store {
     /// Where the store is.
     pub fn location(&self) -> &StoreLocation {
         &self.location
+    }
+
+    /// The callers of the new calls other nodes of a shared store take (None for an embedded
+    /// store).
+    pub fn caller_arrivals(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        self.arrivals.as_ref().map(|sender| sender.subscribe())
     }
 
     /// Whether other nodes share the store (`[store] url`).

@@ -32,6 +32,9 @@ pub(super) const OUTBOX_CHANNEL: &str = "hotline_outbox";
 pub(super) const ACKS_CHANNEL: &str = "hotline_acks";
 /// The channel blocklist changes are announced on (the number).
 pub(super) const BLOCKLIST_CHANNEL: &str = "hotline_blocklist";
+/// The channel each new call's caller is announced on (`"<node> <caller>"`), so every node
+/// counts repeat callers over the whole cluster.
+pub(super) const ARRIVALS_CHANNEL: &str = "hotline_arrivals";
 
 /// How long a connection attempt may take before the store counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -499,6 +502,7 @@ fn write_batch(
     }
     let mut numbers = Vec::new();
     let mut blocklist: Vec<&str> = Vec::new();
+    let mut arrivals: Vec<&str> = Vec::new();
     for op in batch {
         match op {
             WriteOp::Write {
@@ -507,6 +511,7 @@ fn write_batch(
                 for change in changes {
                     write_change(&mut transaction, statements, node, change)?;
                     match change {
+                        Change::Started(call) => arrivals.push(&call.caller),
                         Change::Block(b) => blocklist.push(&b.number),
                         Change::Unblock(number) => blocklist.push(number),
                         _ => {}
@@ -553,6 +558,12 @@ fn write_batch(
     }
     for number in blocklist {
         transaction.execute(&statements.notify, &[&BLOCKLIST_CHANNEL, &number])?;
+    }
+    for caller in arrivals {
+        transaction.execute(
+            &statements.notify,
+            &[&ARRIVALS_CHANNEL, &format!("{node} {caller}")],
+        )?;
     }
     transaction.commit()?;
     Ok((numbers, latest))
