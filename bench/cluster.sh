@@ -52,11 +52,12 @@ mkdir -p "$out/pg"
 as_pg "$pgbin/initdb" -D "$out/pg/data" -A trust -U gateway -E UTF8 --locale=C >/dev/null
 as_pg "$pgbin/postgres" -D "$out/pg/data" -k "$root/$out/pg" -p 55432 \
   -c listen_addresses=127.0.0.1 -c max_connections=100 2> "$out/pg/server.log" &
-pg=$!
 for _ in $(seq 1 100); do
   "$pgbin/pg_isready" -h 127.0.0.1 -p 55432 -U gateway >/dev/null 2>&1 && break
   sleep 0.1
 done
+# The postmaster itself (runuser stands between): its pid is the first line of postmaster.pid.
+pg=$(head -1 "$out/pg/data/postmaster.pid")
 psql -h 127.0.0.1 -p 55432 -U gateway -d postgres -qc "CREATE DATABASE hotline"
 url="postgresql://gateway@127.0.0.1:55432/hotline"
 # The server's processes: the postmaster's children (backends, writer, WAL writer).
@@ -152,8 +153,8 @@ latency() {
   local a0 b0 k0 p0 t0 t1
   a0=$(ticks "$a"); b0=$(ticks "$b"); k0=$(ticks "$kam"); p0=$(pg_ticks); t0=$(date +%s%3N)
   sipp 127.0.0.1:5060 -sf "$peers/sip/uac.xml" -s 12345 -i 127.0.0.1 -p 5070 -r "$rate" \
-    -m "$calls" -l "$calls" -d "$hold" -timeout 120s -nostdin -trace_stat \
-    -stf "$out/uac.csv" >/dev/null 2>&1 || true
+    -m "$calls" -l "$calls" -d "$hold" -timeout 120s -nostdin -trace_stat -trace_err \
+    -error_file "$out/uac-errors.log" -stf "$out/uac.csv" >/dev/null 2>&1 || true
   t1=$(date +%s%3N)
   local cpu
   cpu() { awk -v b="$1" -v a="$2" -v hz="$hz" -v t0="$t0" -v t1="$t1" \

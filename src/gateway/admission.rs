@@ -430,6 +430,7 @@ impl Dispatcher for CallManager {
         let Some(peer) = self.router.attributed_peer(
             source,
             request.headers.get(crate::routing::FRONT_SOURCE_HEADER),
+            request.method == Method::Options,
         ) else {
             self.metrics.increment(Counter::SipRejectedUnknownPeer);
             let via_front = request.headers.get(crate::routing::FRONT_SOURCE_HEADER);

@@ -443,19 +443,22 @@ impl Router {
     /// The peer a request from `source` is attributed to: the source's peer, or, when that is
     /// a front proxy and the request names its original source (`front_source`, the value of
     /// its [`FRONT_SOURCE_HEADER`]), the peer at that source (None: a stranger, or a stranger
-    /// relayed by the front). A front's request without the header (its OPTIONS probes) is
-    /// the front's own; anyone else's header is ignored.
+    /// relayed by the front). A front's OPTIONS without the header (its probes) is its own;
+    /// any other request of a front must name its source (None: the front relays in-dialog
+    /// requests too, and one it relayed unnamed could be anyone's). Anyone else's header is
+    /// ignored.
     pub fn attributed_peer(
         &self,
         source: SocketAddr,
         front_source: Option<&str>,
+        is_options: bool,
     ) -> Option<Arc<Peer>> {
         let peer = self.peer_for_source(source)?;
         if !peer.front {
             return Some(peer);
         }
         let Some(original) = front_source else {
-            return Some(peer);
+            return is_options.then_some(peer);
         };
         let original = original.trim();
         let original = original.parse::<SocketAddr>().ok().or_else(|| {
@@ -697,7 +700,7 @@ mod tests {
         );
         let r = Router::new(vec![front, carrier, hotline], Vec::new());
         let attributed = |source: &str, header: Option<&str>| {
-            r.attributed_peer(source.parse().unwrap(), header)
+            r.attributed_peer(source.parse().unwrap(), header, false)
                 .map(|p| p.name.clone())
         };
         let via_front = |header| attributed("127.0.0.1:5060", Some(header));
@@ -707,8 +710,11 @@ mod tests {
         assert_eq!(via_front("192.0.2.1:5060"), None);
         assert_eq!(via_front("127.0.0.1:5060"), None);
         assert_eq!(via_front("not an address"), None);
-        // Its own requests (the dispatcher's OPTIONS probes) carry no header.
-        assert_eq!(attributed("127.0.0.1:5060", None), Some("kamailio".into()));
+        // Its own OPTIONS (the dispatcher's probes) carry no header; anything else it relays
+        // unnamed is nobody's.
+        let probe = r.attributed_peer("127.0.0.1:5060".parse().unwrap(), None, true);
+        assert_eq!(probe.map(|p| p.name.clone()), Some("kamailio".into()));
+        assert_eq!(attributed("127.0.0.1:5060", None), None);
         // Anyone else's header changes nothing.
         assert_eq!(
             attributed("127.0.0.1:5070", Some("127.0.0.1:5080")),

@@ -217,9 +217,10 @@ Content-Length: 0\r\n\r\n";
     fn uac_dialog_reverses_route_set_and_acks_with_invite_cseq() {
         let request = invite();
         let mut response = Response::for_request(&request, 200, Some("callee"));
+        // The request's Record-Route, copied (§12.1.1), is what the proxies on the path put.
         response
             .headers
-            .push("Record-Route", "<sip:p1;lr>, <sip:p2;lr>");
+            .set("Record-Route", "<sip:p1;lr>, <sip:p2;lr>");
         response
             .headers
             .push("Contact", "<sip:agent@127.0.0.1:5080>");

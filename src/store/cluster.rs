@@ -130,6 +130,10 @@ impl Cluster {
     pub(super) fn run(self, stopped: oneshot::Sender<()>) {
         let mut client: Option<Client> = None;
         let mut next_renewal = Instant::now();
+        // Since when this node has held its lease without a break: only a node that has been
+        // renewing for a whole lease judges the others (after an outage of the database every
+        // lease has lapsed, and the first node back must not take the others for lost).
+        let mut renewing_since: Option<Instant> = None;
         let mut lease_held = true;
         let mut unreachable_since: Option<Instant> = None;
         while !self.stop.load(Ordering::Relaxed) {
@@ -143,6 +147,7 @@ impl Cluster {
                                 "cluster store reachable again");
                         }
                         client = Some(connected);
+                        renewing_since = None;
                     }
                     Err(error) => {
                         if unreachable_since.is_none() {
@@ -162,6 +167,16 @@ impl Cluster {
                 next_renewal = Instant::now() + self.options.lease / 3;
                 match self.renew(connection) {
                     Ok(held) => {
+                        let since = *renewing_since.get_or_insert_with(Instant::now);
+                        if !held {
+                            renewing_since = Some(Instant::now());
+                        }
+                        if since.elapsed() >= self.options.lease {
+                            if let Err(error) = self.take_over_lost(connection) {
+                                tracing::error!(node = %self.options.node, %error,
+                                    "lost nodes not closed (tried again at the next renewal)");
+                            }
+                        }
                         if held != lease_held {
                             lease_held = held;
                             if held {
@@ -172,24 +187,31 @@ impl Cluster {
                     Err(error) => {
                         tracing::error!(node = %self.options.node, %error, "lease not renewed");
                         client = None;
+                        renewing_since = None;
                         continue;
                     }
                 }
-                if let Err(error) = self.take_over_lost(connection) {
-                    tracing::error!(node = %self.options.node, %error,
-                        "lost nodes not closed (tried again at the next renewal)");
-                }
             }
+            // Wait up to a tick for the first notification, then take what else is there
+            // without waiting: each is handled as soon as it comes.
             let notifications: Vec<(String, String)> = {
-                let next_renewal = next_renewal;
                 let mut notifications = connection.notifications();
                 let mut taken = Vec::new();
-                let mut iter = notifications.timeout_iter(TICK);
                 // A lost connection (an error) shows at the next look (is_closed).
-                while let Ok(Some(n)) = iter.next() {
-                    taken.push((n.channel().to_string(), n.payload().to_string()));
-                    if taken.len() >= 1024 || Instant::now() >= next_renewal {
-                        break;
+                let first = notifications
+                    .timeout_iter(TICK)
+                    .next()
+                    .ok()
+                    .flatten()
+                    .map(|n| (n.channel().to_string(), n.payload().to_string()));
+                if let Some(first) = first {
+                    taken.push(first);
+                    let mut pending = notifications.iter();
+                    while let Ok(Some(n)) = pending.next() {
+                        taken.push((n.channel().to_string(), n.payload().to_string()));
+                        if taken.len() >= 1024 {
+                            break;
+                        }
                     }
                 }
                 taken
@@ -199,10 +221,13 @@ impl Cluster {
             }
         }
         if let Some(connection) = client.as_mut() {
-            // A stopped node has nothing open: nobody needs to wait for its lease.
+            // A node that stopped with nothing open needs nobody to wait for its lease; one
+            // that left calls open (still ending after the grace) leaves it to lapse, so a
+            // survivor closes them.
             let _ = connection.execute(
                 "UPDATE nodes SET expires_at = now(), closed_at = now(), closed_by = $1
-                 WHERE name = $1 AND incarnation = $2",
+                 WHERE name = $1 AND incarnation = $2 AND NOT EXISTS
+                     (SELECT 1 FROM calls WHERE node = $1 AND ended_at IS NULL)",
                 &[&self.options.node, &self.incarnation],
             );
         }
@@ -287,6 +312,8 @@ impl Cluster {
             .map(|row| row.get(0))
             .collect();
         for node in lost {
+            // A long takeover must not cost this node its own lease.
+            self.renew(client)?;
             let mut transaction = client.transaction()?;
             let marked = transaction.execute(
                 "UPDATE nodes SET closed_at = now(), closed_by = $2
@@ -317,7 +344,10 @@ impl Cluster {
         match channel {
             FORWARD_CHANNEL => self.forwarding.take_request(client, payload),
             ARRIVALS_CHANNEL => {
-                if let Some((node, caller)) = payload.split_once(' ') {
+                let mut fields = payload.splitn(3, ' ');
+                if let (Some(node), Some(_call), Some(caller)) =
+                    (fields.next(), fields.next(), fields.next())
+                {
                     if node != self.options.node {
                         let _ = self.arrivals.send(caller.to_string());
                     }

@@ -81,6 +81,37 @@ pub enum Owner {
     Lost(String),
 }
 
+/// A forward's place among the waiting, given up when dropped.
+struct Waiting {
+    forwarding: Arc<Forwarding>,
+    key: String,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.forwarding
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+impl Drop for Forwarding {
+    /// The database client says goodbye by blocking on a runtime of its own, which a tokio
+    /// worker (where the last store handle may go) must not do: there, it is said on a thread.
+    fn drop(&mut self) {
+        let client = self
+            .connection
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(client) = client {
+            super::outbox::close_off_runtime(client);
+        }
+    }
+}
+
 /// What the store handle and the cluster thread share of the forwarding.
 pub(super) struct Forwarding {
     pub(super) node: String,
@@ -108,6 +139,19 @@ impl Forwarding {
             connection: Mutex::new(None),
             next: AtomicU64::new(1),
             incarnation,
+        }
+    }
+
+    /// Removes `key` from the waiting when dropped: a forward whose caller gave up (a unary
+    /// call past its deadline) leaves nothing behind.
+    fn waiting_for(self: &Arc<Self>, key: String, answer: oneshot::Sender<Vec<u8>>) -> Waiting {
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.clone(), answer);
+        Waiting {
+            forwarding: Arc::clone(self),
+            key,
         }
     }
 
@@ -200,10 +244,7 @@ impl Forwarding {
         );
         let (answer, answered) = oneshot::channel();
         // Waiting before it is sent: the answer may come before the send returns.
-        self.waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key.clone(), answer);
+        let _waiting = self.waiting_for(key.clone(), answer);
         let (target, origin, platform_name) =
             (node.to_string(), self.node.clone(), platform.to_string());
         let sent_key = key.clone();
@@ -239,10 +280,6 @@ impl Forwarding {
             },
             Err(error) => Err(error),
         };
-        self.waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&key);
         outcome
     }
 

@@ -316,11 +316,7 @@ impl Drop for ReaderConnection {
     fn drop(&mut self) {
         if let ReaderConnection::Database(database) = self {
             if let Some(client) = database.0.take() {
-                if tokio::runtime::Handle::try_current().is_ok() {
-                    let _ = std::thread::Builder::new()
-                        .name("store-reader-close".into())
-                        .spawn(move || drop(client));
-                }
+                close_off_runtime(client);
             }
         }
     }
@@ -434,6 +430,26 @@ impl OutboxReader {
             |row| row.get(0),
         )?;
         Ok(oldest.map_or(0, |s| s.max(0) as u64))
+    }
+}
+
+/// Drops a database client where that may block: on this thread outside a tokio runtime,
+/// else on a thread of its own (a client that cannot be given one is left unclosed: the
+/// server notices the connection go when the process ends).
+pub(super) fn close_off_runtime(client: postgres::Client) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        drop(client);
+        return;
+    }
+    let (sender, receiver) = std::sync::mpsc::channel::<postgres::Client>();
+    match std::thread::Builder::new()
+        .name("store-client-close".into())
+        .spawn(move || drop(receiver.recv()))
+    {
+        Ok(_) => {
+            let _ = sender.send(client);
+        }
+        Err(_) => std::mem::forget(client),
     }
 }
 

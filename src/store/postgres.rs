@@ -32,7 +32,7 @@ pub(super) const OUTBOX_CHANNEL: &str = "hotline_outbox";
 pub(super) const ACKS_CHANNEL: &str = "hotline_acks";
 /// The channel blocklist changes are announced on (the number).
 pub(super) const BLOCKLIST_CHANNEL: &str = "hotline_blocklist";
-/// The channel each new call's caller is announced on (`"<node> <caller>"`), so every node
+/// The channel each new call's caller is announced on (`"<node> <call id> <caller>"`), so every node
 /// counts repeat callers over the whole cluster.
 pub(super) const ARRIVALS_CHANNEL: &str = "hotline_arrivals";
 
@@ -295,11 +295,14 @@ impl Statements {
                      ended_at = excluded.ended_at, ended_by = excluded.ended_by,
                      end_reason = excluded.end_reason, final_status = excluded.final_status,
                      rtp_a_to_b = excluded.rtp_a_to_b, rtp_b_to_a = excluded.rtp_b_to_a,
-                     rtp_dropped = excluded.rtp_dropped",
+                     rtp_dropped = excluded.rtp_dropped
+                 -- A call a survivor closed for its lost node stays as the platforms were told
+                 -- (its node came back late and still writes).
+                 WHERE calls.end_reason IS DISTINCT FROM 'node lost'",
             )?,
             answered: client.prepare(
                 "UPDATE calls SET b_call_id = $2, b_peer = $3, answered_at = $4,
-                     b_interface = $5 WHERE id = $1",
+                     b_interface = $5 WHERE id = $1 AND ended_at IS NULL",
             )?,
             // A reply may have come while the linkage was under way: its columns stay.
             linkage: client.prepare(
@@ -502,7 +505,10 @@ fn write_batch(
     }
     let mut numbers = Vec::new();
     let mut blocklist: Vec<&str> = Vec::new();
-    let mut arrivals: Vec<&str> = Vec::new();
+    let mut arrivals: Vec<(&str, &str)> = Vec::new();
+    // Each platform's newest Ack of the batch, applied in name order after the rest (rows
+    // taken in one order on every node).
+    let mut acks: BTreeMap<&str, u64> = BTreeMap::new();
     for op in batch {
         match op {
             WriteOp::Write {
@@ -511,7 +517,7 @@ fn write_batch(
                 for change in changes {
                     write_change(&mut transaction, statements, node, change)?;
                     match change {
-                        Change::Started(call) => arrivals.push(&call.caller),
+                        Change::Started(call) => arrivals.push((&call.id, &call.caller)),
                         Change::Block(b) => blocklist.push(&b.number),
                         Change::Unblock(number) => blocklist.push(number),
                         _ => {}
@@ -537,17 +543,21 @@ fn write_batch(
                 }
             }
             WriteOp::Ack { platform, sequence } => {
-                transaction.execute(&statements.ack, &[platform, &(*sequence as i64)])?;
-                transaction.execute(
-                    &statements.notify,
-                    &[&ACKS_CHANNEL, &format!("{sequence} {platform}")],
-                )?;
+                let newest = acks.entry(platform.as_str()).or_insert(0);
+                *newest = (*newest).max(*sequence);
             }
             WriteOp::Prune(before) => {
                 transaction.execute(&statements.prune, &[before])?;
             }
             WriteOp::Flush(_) | WriteOp::Ping(_) => {}
         }
+    }
+    for (platform, sequence) in &acks {
+        transaction.execute(&statements.ack, &[platform, &(*sequence as i64)])?;
+        transaction.execute(
+            &statements.notify,
+            &[&ACKS_CHANNEL, &format!("{sequence} {platform}")],
+        )?;
     }
     // Delivered to every listening node once this commits, in commit order.
     for (platform, newest) in &latest {
@@ -559,11 +569,15 @@ fn write_batch(
     for number in blocklist {
         transaction.execute(&statements.notify, &[&BLOCKLIST_CHANNEL, &number])?;
     }
-    for caller in arrivals {
-        transaction.execute(
-            &statements.notify,
-            &[&ARRIVALS_CHANNEL, &format!("{node} {caller}")],
-        )?;
+    // The call's id keeps two calls of one caller apart (a transaction's identical
+    // notifications are delivered once); a caller no phone number could be is not told.
+    for (id, caller) in arrivals {
+        if caller.len() <= 64 {
+            transaction.execute(
+                &statements.notify,
+                &[&ARRIVALS_CHANNEL, &format!("{node} {id} {caller}")],
+            )?;
+        }
     }
     transaction.commit()?;
     Ok((numbers, latest))
@@ -717,21 +731,6 @@ pub(super) fn list_calls(
     let rows = client.query(
         &format!("SELECT {CALL_COLUMNS} FROM calls ORDER BY started_at DESC, id DESC LIMIT $1"),
         &[&(limit as i64)],
-    )?;
-    Ok(rows.iter().map(call_row).collect())
-}
-
-/// The calls of `node` not ended, oldest first.
-pub(super) fn open_calls(
-    client: &mut impl GenericClient,
-    node: &str,
-) -> Result<Vec<CallRecord>, StoreError> {
-    let rows = client.query(
-        &format!(
-            "SELECT {CALL_COLUMNS} FROM calls WHERE ended_at IS NULL AND node = $1
-             ORDER BY started_at, id"
-        ),
-        &[&node],
     )?;
     Ok(rows.iter().map(call_row).collect())
 }
@@ -955,7 +954,22 @@ pub(super) fn close_node(
     reason: &str,
     recovery: Option<&Recovery>,
 ) -> Result<usize, StoreError> {
-    let calls = open_calls(transaction, node)?;
+    // The counter rows first, in name order, as every writer takes them; then the calls, so
+    // none of them ends meanwhile (its ending would be sent twice).
+    transaction.execute(
+        "SELECT platform FROM outbox_sequences ORDER BY platform FOR UPDATE",
+        &[],
+    )?;
+    let calls = {
+        let rows = transaction.query(
+            &format!(
+                "SELECT {CALL_COLUMNS} FROM calls WHERE ended_at IS NULL AND node = $1
+                 ORDER BY started_at, id FOR UPDATE"
+            ),
+            &[&node],
+        )?;
+        rows.iter().map(call_row).collect::<Vec<_>>()
+    };
     let mut events: Vec<NewEvent> = Vec::new();
     for call in &calls {
         let interrupted = Interrupted {

@@ -78,6 +78,7 @@ impl Endpoint {
         router.attributed_peer(
             source,
             request.headers.get(crate::routing::FRONT_SOURCE_HEADER),
+            request.method == Method::Options,
         )
     }
 

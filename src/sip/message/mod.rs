@@ -565,6 +565,20 @@ pub fn response_from_headers(
     }
     out.copy_from(headers, "Call-ID");
     out.copy_from(headers, "CSeq");
+    // A response that establishes a dialog carries the request's Record-Route, in order
+    // (RFC 3261 §12.1.1): the proxies that record-routed stay on the dialog's path.
+    let establishes = (101..300).contains(&status)
+        && headers
+            .get("CSeq")
+            .and_then(|c| CSeq::parse(c).ok())
+            .is_some_and(|c| c.method == Method::Invite)
+        && headers
+            .get("To")
+            .and_then(|to| NameAddr::parse(to).ok())
+            .is_some_and(|to| to.tag().is_none());
+    if establishes {
+        out.copy_from(headers, "Record-Route");
+    }
     Response {
         status,
         reason: reason.to_string(),

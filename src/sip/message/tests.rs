@@ -340,3 +340,34 @@ fn the_gateways_own_answers_carry_their_rfc_reason_phrases() {
         assert_eq!(reason_phrase(status), phrase, "{status}");
     }
 }
+
+#[test]
+fn responses_that_establish_a_dialog_carry_the_record_route_in_order() {
+    let mut invite = request(INVITE);
+    invite
+        .headers
+        .push("Record-Route", "<sip:10.2.0.10;lr;ftag=abc>");
+    invite.headers.push("Record-Route", "<sip:10.9.9.9;lr>");
+    let record_route = |response: &Response| -> Vec<String> {
+        response
+            .headers
+            .list("Record-Route")
+            .map(str::to_string)
+            .collect()
+    };
+    let both = vec![
+        "<sip:10.2.0.10;lr;ftag=abc>".to_string(),
+        "<sip:10.9.9.9;lr>".to_string(),
+    ];
+    // RFC 3261 §12.1.1: the 2xx and the 1xx with a tag create the dialog.
+    for status in [180, 183, 200] {
+        let response = Response::for_request(&invite, status, Some("gw"));
+        assert_eq!(record_route(&response), both, "{status}");
+    }
+    // Nothing to copy where no dialog is made: 100, failures, an in-dialog request.
+    assert!(record_route(&Response::for_request(&invite, 100, None)).is_empty());
+    assert!(record_route(&Response::for_request(&invite, 486, Some("gw"))).is_empty());
+    let mut reinvite = invite.clone();
+    reinvite.headers.set("To", "<sip:110@gw>;tag=gw");
+    assert!(record_route(&Response::for_request(&reinvite, 200, None)).is_empty());
+}
