@@ -126,6 +126,13 @@ for _ in $(seq 1 50); do
 done
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# Kamailio's processes: its session (setsid), the main process and its forked workers.
+kam_pids() { ps -o pid= -s "$kam" | tr -s ' \n' ',' | sed 's/^,//; s/,$//'; }
+kam_ticks() {
+  local sum=0 p
+  for p in $(ps -o pid= -s "$kam"); do sum=$((sum + $(ticks "$p"))); done
+  echo "$sum"
+}
 pg_ticks() {
   local sum=0 p
   for p in $(pgrep -P "$pg") "$pg"; do sum=$((sum + $(ticks "$p"))); done
@@ -151,7 +158,7 @@ latency() {
   pids+=("$uas")
   sleep 0.5
   local a0 b0 k0 p0 t0 t1
-  a0=$(ticks "$a"); b0=$(ticks "$b"); k0=$(ticks "$kam"); p0=$(pg_ticks); t0=$(date +%s%3N)
+  a0=$(ticks "$a"); b0=$(ticks "$b"); k0=$(kam_ticks); p0=$(pg_ticks); t0=$(date +%s%3N)
   sipp 127.0.0.1:5060 -sf "$peers/sip/uac.xml" -s 12345 -i 127.0.0.1 -p 5070 -r "$rate" \
     -m "$calls" -l "$calls" -d "$hold" -timeout 120s -nostdin -trace_stat -trace_err \
     -error_file "$out/uac-errors.log" -stf "$out/uac.csv" >/dev/null 2>&1 || true
@@ -161,7 +168,7 @@ latency() {
     'BEGIN { printf "%.1f", (a - b) / hz / ((t1 - t0) / 1000) * 100 }'; }
   local ca cb ck cp
   ca=$(cpu "$a0" "$(ticks "$a")"); cb=$(cpu "$b0" "$(ticks "$b")")
-  ck=$(cpu "$k0" "$(ticks "$kam")"); cp=$(cpu "$p0" "$(pg_ticks)")
+  ck=$(cpu "$k0" "$(kam_ticks)"); cp=$(cpu "$p0" "$(pg_ticks)")
   sleep 2
   kill -TERM "${clients[@]}" "$uas" 2>/dev/null || true
   local failed
@@ -193,7 +200,7 @@ latency() {
 
 rate_search() {
   "$peers/sip-cps.sh" 5060 --label cluster --runs "$runs" \
-    --target-pid "$a" --target-pid "$b" --target-pid "$kam" --target-pid "$(pg_pids)" \
+    --target-pid "$a" --target-pid "$b" --target-pid "$(kam_pids)" --target-pid "$(pg_pids)" \
     --json "$out/cps.json"
 }
 

@@ -344,12 +344,12 @@ impl Cluster {
         match channel {
             FORWARD_CHANNEL => self.forwarding.take_request(client, payload),
             ARRIVALS_CHANNEL => {
-                let mut fields = payload.splitn(3, ' ');
-                if let (Some(node), Some(_call), Some(caller)) =
-                    (fields.next(), fields.next(), fields.next())
-                {
-                    if node != self.options.node {
-                        let _ = self.arrivals.send(caller.to_string());
+                let mut lines = payload.lines();
+                if lines.next().is_some_and(|node| node != self.options.node) {
+                    for line in lines {
+                        if let Some((_call, caller)) = line.split_once(' ') {
+                            let _ = self.arrivals.send(caller.to_string());
+                        }
                     }
                 }
             }

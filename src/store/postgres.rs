@@ -32,7 +32,8 @@ pub(super) const OUTBOX_CHANNEL: &str = "hotline_outbox";
 pub(super) const ACKS_CHANNEL: &str = "hotline_acks";
 /// The channel blocklist changes are announced on (the number).
 pub(super) const BLOCKLIST_CHANNEL: &str = "hotline_blocklist";
-/// The channel each new call's caller is announced on (`"<node> <call id> <caller>"`), so every node
+/// The channel new calls' callers are announced on (the node's name, then a line
+/// `"<call id> <caller>"` per call), so every node
 /// counts repeat callers over the whole cluster.
 pub(super) const ARRIVALS_CHANNEL: &str = "hotline_arrivals";
 
@@ -341,9 +342,12 @@ impl Statements {
                      expires_at = excluded.expires_at",
             )?,
             unblock: client.prepare("DELETE FROM blocked_numbers WHERE number = $1")?,
+            // A batch's events in one statement (a round trip per event was most of a batch's
+            // time).
             event: client.prepare(
                 "INSERT INTO outbox (platform, sequence, event_id, call_id, created_at, body)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[],
+                     $5::bigint[], $6::bytea[])",
             )?,
             // Takes the platform's counter row for the rest of the transaction: the order of
             // the nodes' commits.
@@ -509,6 +513,7 @@ fn write_batch(
     // Each platform's newest Ack of the batch, applied in name order after the rest (rows
     // taken in one order on every node).
     let mut acks: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut rows: Vec<(&NewEvent, i64)> = Vec::new();
     for op in batch {
         match op {
             WriteOp::Write {
@@ -527,17 +532,7 @@ fn write_batch(
                     let Some(sequence) = next.get_mut(event.platform.as_str()) else {
                         continue;
                     };
-                    transaction.execute(
-                        &statements.event,
-                        &[
-                            &event.platform,
-                            &(*sequence as i64),
-                            &event.event_id,
-                            &event.call_id,
-                            &event.created_at,
-                            &&*event.body,
-                        ],
-                    )?;
+                    rows.push((event, *sequence as i64));
                     numbers.push(*sequence);
                     *sequence += 1;
                 }
@@ -551,6 +546,18 @@ fn write_batch(
             }
             WriteOp::Flush(_) | WriteOp::Ping(_) => {}
         }
+    }
+    if !rows.is_empty() {
+        let platforms: Vec<&str> = rows.iter().map(|(e, _)| e.platform.as_str()).collect();
+        let sequences: Vec<i64> = rows.iter().map(|(_, s)| *s).collect();
+        let ids: Vec<&str> = rows.iter().map(|(e, _)| e.event_id.as_str()).collect();
+        let calls: Vec<&str> = rows.iter().map(|(e, _)| e.call_id.as_str()).collect();
+        let created: Vec<i64> = rows.iter().map(|(e, _)| e.created_at).collect();
+        let bodies: Vec<&[u8]> = rows.iter().map(|(e, _)| &*e.body).collect();
+        transaction.execute(
+            &statements.event,
+            &[&platforms, &sequences, &ids, &calls, &created, &bodies],
+        )?;
     }
     for (platform, sequence) in &acks {
         transaction.execute(&statements.ack, &[platform, &(*sequence as i64)])?;
@@ -569,15 +576,25 @@ fn write_batch(
     for number in blocklist {
         transaction.execute(&statements.notify, &[&BLOCKLIST_CHANNEL, &number])?;
     }
-    // The call's id keeps two calls of one caller apart (a transaction's identical
-    // notifications are delivered once); a caller no phone number could be is not told.
-    for (id, caller) in arrivals {
-        if caller.len() <= 64 {
-            transaction.execute(
-                &statements.notify,
-                &[&ARRIVALS_CHANNEL, &format!("{node} {id} {caller}")],
-            )?;
+    // The new calls' callers, a line each after the node's name, in notifications of at
+    // most 7,000 bytes (the limit is 8,000); the call's id keeps two calls of one caller
+    // apart; a caller no phone number could be is not told.
+    let mut payload = String::new();
+    for (id, caller) in arrivals.iter().filter(|(_, caller)| caller.len() <= 64) {
+        if payload.is_empty() {
+            payload.push_str(node);
         }
+        payload.push('\n');
+        payload.push_str(id);
+        payload.push(' ');
+        payload.push_str(caller);
+        if payload.len() > 7_000 {
+            transaction.execute(&statements.notify, &[&ARRIVALS_CHANNEL, &payload])?;
+            payload.clear();
+        }
+    }
+    if !payload.is_empty() {
+        transaction.execute(&statements.notify, &[&ARRIVALS_CHANNEL, &payload])?;
     }
     transaction.commit()?;
     Ok((numbers, latest))
