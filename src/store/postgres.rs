@@ -283,13 +283,17 @@ struct Statements {
 impl Statements {
     fn prepare(client: &mut Client) -> Result<Statements, postgres::Error> {
         Ok(Statements {
+            // A batch's call records in one statement, each call's newest only (one row may
+            // not be changed twice by one statement).
             call: client.prepare(
                 "INSERT INTO calls (id, node, a_call_id, b_call_id, caller, called, a_peer,
                      b_peer, started_at, answered_at, ended_at, ended_by, end_reason,
                      final_status, rtp_a_to_b, rtp_b_to_a, rtp_dropped, a_interface,
                      b_interface)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                     $16, $17, $18, $19)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                     $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[],
+                     $10::bigint[], $11::bigint[], $12::text[], $13::text[], $14::integer[],
+                     $15::bigint[], $16::bigint[], $17::bigint[], $18::text[], $19::text[])
                  ON CONFLICT (id) DO UPDATE SET b_call_id = excluded.b_call_id,
                      b_peer = excluded.b_peer, b_interface = excluded.b_interface,
                      answered_at = excluded.answered_at,
@@ -514,13 +518,14 @@ fn write_batch(
     // taken in one order on every node).
     let mut acks: BTreeMap<&str, u64> = BTreeMap::new();
     let mut rows: Vec<(&NewEvent, i64)> = Vec::new();
+    write_calls(&mut transaction, statements, node, batch)?;
     for op in batch {
         match op {
             WriteOp::Write {
                 changes, events, ..
             } => {
                 for change in changes {
-                    write_change(&mut transaction, statements, node, change)?;
+                    write_change(&mut transaction, statements, change)?;
                     match change {
                         Change::Started(call) => arrivals.push((&call.id, &call.caller)),
                         Change::Block(b) => blocklist.push(&b.number),
@@ -600,39 +605,81 @@ fn write_batch(
     Ok((numbers, latest))
 }
 
-fn write_change(
+/// The batch's call records (starts and ends), each call's newest, in one statement; before
+/// the batch's answers, which then find the row (an answer to a call whose end is in the
+/// batch changes nothing: the end has it).
+fn write_calls(
     transaction: &mut postgres::Transaction<'_>,
     statements: &Statements,
     node: &str,
+    batch: &[WriteOp],
+) -> Result<(), postgres::Error> {
+    let mut newest: HashMap<&str, &CallRecord> = HashMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    for op in batch {
+        if let WriteOp::Write { changes, .. } = op {
+            for change in changes {
+                if let Change::Started(r) | Change::Ended(r) = change {
+                    if newest.insert(r.id.as_str(), r).is_none() {
+                        order.push(r.id.as_str());
+                    }
+                }
+            }
+        }
+    }
+    if order.is_empty() {
+        return Ok(());
+    }
+    let records: Vec<&CallRecord> = order
+        .iter()
+        .filter_map(|id| newest.get(id).copied())
+        .collect();
+    let text = |f: fn(&CallRecord) -> &str| records.iter().map(|r| f(r)).collect::<Vec<&str>>();
+    let optional =
+        |f: fn(&CallRecord) -> Option<&str>| records.iter().map(|r| f(r)).collect::<Vec<_>>();
+    let number = |f: fn(&CallRecord) -> i64| records.iter().map(|r| f(r)).collect::<Vec<i64>>();
+    let maybe =
+        |f: fn(&CallRecord) -> Option<i64>| records.iter().map(|r| f(r)).collect::<Vec<_>>();
+    let nodes: Vec<&str> = records.iter().map(|_| node).collect();
+    let statuses: Vec<Option<i32>> = records
+        .iter()
+        .map(|r| r.final_status.map(i32::from))
+        .collect();
+    transaction.execute(
+        &statements.call,
+        &[
+            &text(|r| &r.id),
+            &nodes,
+            &text(|r| &r.a_call_id),
+            &optional(|r| r.b_call_id.as_deref()),
+            &text(|r| &r.caller),
+            &text(|r| &r.called),
+            &text(|r| &r.a_peer),
+            &optional(|r| r.b_peer.as_deref()),
+            &number(|r| r.started_at),
+            &maybe(|r| r.answered_at),
+            &maybe(|r| r.ended_at),
+            &optional(|r| r.ended_by.as_deref()),
+            &optional(|r| r.end_reason.as_deref()),
+            &statuses,
+            &number(|r| r.rtp_a_to_b as i64),
+            &number(|r| r.rtp_b_to_a as i64),
+            &number(|r| r.rtp_dropped as i64),
+            &text(|r| &r.a_interface),
+            &optional(|r| r.b_interface.as_deref()),
+        ],
+    )?;
+    Ok(())
+}
+
+fn write_change(
+    transaction: &mut postgres::Transaction<'_>,
+    statements: &Statements,
     change: &Change,
 ) -> Result<(), postgres::Error> {
     match change {
-        Change::Started(r) | Change::Ended(r) => {
-            transaction.execute(
-                &statements.call,
-                &[
-                    &r.id,
-                    &node,
-                    &r.a_call_id,
-                    &r.b_call_id,
-                    &r.caller,
-                    &r.called,
-                    &r.a_peer,
-                    &r.b_peer,
-                    &r.started_at,
-                    &r.answered_at,
-                    &r.ended_at,
-                    &r.ended_by,
-                    &r.end_reason,
-                    &r.final_status.map(i32::from),
-                    &(r.rtp_a_to_b as i64),
-                    &(r.rtp_b_to_a as i64),
-                    &(r.rtp_dropped as i64),
-                    &r.a_interface,
-                    &r.b_interface,
-                ],
-            )?;
-        }
+        // Written before the batch's other changes, all at once (write_calls).
+        Change::Started(_) | Change::Ended(_) => {}
         Change::Answered {
             id,
             b_call_id,
