@@ -179,7 +179,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         &metrics,
         (max_calls, blocked),
     )?;
-    follow_blocklist(&store, &blocklist, &shutdown);
+    follow_blocklist(&store, &blocklist, &metrics, &shutdown);
     follow_arrivals(&store, &manager, &shutdown);
     let (endpoint, handle, commands) =
         build_endpoint(&config, transport, &manager, &metrics, local_sip, &router)?;
@@ -412,12 +412,14 @@ async fn open_store(
 fn follow_blocklist(
     store: &Store,
     blocklist: &Arc<call::blocklist::Blocklist>,
+    metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
 ) {
     let Some(mut changes) = store.blocklist_changes() else {
         return;
     };
-    let (blocklist, shutdown) = (Arc::clone(blocklist), shutdown.clone());
+    let (blocklist, metrics, shutdown) =
+        (Arc::clone(blocklist), Arc::clone(metrics), shutdown.clone());
     tokio::spawn(async move {
         loop {
             let change = tokio::select! {
@@ -427,9 +429,11 @@ fn follow_blocklist(
             match change {
                 Ok(store::BlocklistChange::Blocked(record)) => {
                     blocklist.block(record);
+                    metrics.increment(metrics::Counter::ClusterBlocklistChanges);
                 }
                 Ok(store::BlocklistChange::Unblocked(number)) => {
                     blocklist.unblock(&number);
+                    metrics.increment(metrics::Counter::ClusterBlocklistChanges);
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::error!(missed, "blocklist changes of other nodes missed");

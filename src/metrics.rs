@@ -88,9 +88,11 @@ pub enum Counter {
     ClusterCallsClosed,
     /// New calls on other nodes whose caller this node counted (repeat callers).
     ClusterCallersNoted,
+    /// Blocklist changes made on other nodes that this node's screening took.
+    ClusterBlocklistChanges,
 }
 
-const COUNTERS: [(Counter, &str, &str); 54] = [
+const COUNTERS: [(Counter, &str, &str); 55] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -360,6 +362,11 @@ const COUNTERS: [(Counter, &str, &str); 54] = [
         Counter::ClusterCallersNoted,
         "hotline_cluster_callers_noted_total",
         "new calls on the other nodes whose caller this node counted towards repeat callers",
+    ),
+    (
+        Counter::ClusterBlocklistChanges,
+        "hotline_cluster_blocklist_changes_total",
+        "numbers blocked or unblocked through another node's API that this node's screening took",
     ),
 ];
 

@@ -892,6 +892,32 @@ async fn behind_kamailio_a_killed_nodes_calls_are_closed_by_the_survivor_and_new
         }
     }
     assert_eq!(endings, closed);
+
+    // b comes back under its name: it starts clean (nothing of it left open to close again),
+    // the dispatcher's probes bring it back, and calls land on both nodes again.
+    let _b = GatewayProcess::start(&b_config);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !dispatcher_flags(&kamailio, b_sip).starts_with('A') {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dispatcher never took b back:\n{}",
+            kamailio.log()
+        );
+        // The dispatcher's state has no event to await from here: look again shortly.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut landed = HashSet::new();
+    for _ in 0..2 {
+        landed.insert(call_through_the_front(&mut citizen, &mut desk).await.0);
+    }
+    assert_eq!(landed, [a_sip, b_sip].into_iter().collect());
+    assert_eq!(
+        postgres.sql(
+            "hotline",
+            "SELECT count(*) FROM calls WHERE node = 'gw-b' AND end_reason = 'gateway restart'"
+        ),
+        vec![vec![Some("0".into())]]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1041,4 +1067,133 @@ async fn a_caller_spread_over_the_nodes_is_still_flagged_as_a_repeat_caller() {
     common::caller_hangs_up(&mut citizen, &third, &mut [&mut agent]).await;
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_number_blocked_on_one_node_is_refused_on_the_other_until_unblocked() {
+    use common::platform::Platform;
+    use hotline_gateway::workorder::pb::{self, command::Action, EventType};
+    let postgres = Postgres::start();
+    let url = postgres.database("hotline");
+    let mut citizen = common::Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = common::Ua::bind("hotline", LOCALHOST).await;
+    let mut a = gateway_node(&url, "gw-a", citizen.address, agent.address).await;
+    let mut b = gateway_node(&url, "gw-b", citizen.address, agent.address).await;
+    let mut hotline = Platform::connect(a.grpc, "12345", TOKEN_12345, None).await;
+    let blocked = hotline
+        .command(Action::Block(pb::Block {
+            number: "13700000000".into(),
+            reason: "harassing calls".into(),
+            duration: None,
+        }))
+        .await;
+    assert!(blocked.ok, "{blocked:?}");
+    b.metric_reaches("hotline_cluster_blocklist_changes_total", 1.0)
+        .await;
+    // The harasser's call reaches b: refused there too.
+    citizen.set_gateway(b.sip);
+    let offer = common::sdp(citizen.address, &[8], "sendrecv");
+    let invite = citizen.invite("12345", "13700000000", &offer, "");
+    citizen.send_request(&invite).await;
+    let refused = citizen.expect_response("INVITE", 603).await;
+    citizen
+        .send_request(&hotline_gateway::sip::message::ack_for_non_2xx(
+            &invite, &refused,
+        ))
+        .await;
+    assert_eq!(
+        hotline.until(EventType::CallBlocked).await.citizen_number,
+        "13700000000"
+    );
+    // Unblocked on a: b lets the next call through.
+    let unblocked = hotline
+        .command(Action::Unblock(pb::Unblock {
+            number: "13700000000".into(),
+        }))
+        .await;
+    assert!(unblocked.ok, "{unblocked:?}");
+    b.metric_reaches("hotline_cluster_blocklist_changes_total", 2.0)
+        .await;
+    agent.set_gateway(b.sip);
+    let call =
+        common::establish_to("12345", "13700000000", &mut citizen, &mut agent, &[8], &[8]).await;
+    common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
+    // a's own change was not taken twice.
+    assert_eq!(
+        a.metric("hotline_cluster_blocklist_changes_total").await,
+        Some(0.0)
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_tls_the_store_checks_the_databases_certificate_and_plain_text_is_refused() {
+    use hotline_gateway::store::DatabaseCa;
+    let authority = common::pki::ca("hotline database CA");
+    let server = common::pki::leaf(&authority);
+    let postgres = Postgres::start_tls(&server.cert_pem, &server.key_pem);
+    let url = postgres.database("hotline");
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let write = |name: &str, pem: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap_or_else(|e| panic!("{e}"));
+        path
+    };
+    let ours = write("ca.pem", authority.pem());
+    let theirs = write("other-ca.pem", common::pki::ca("someone else").pem());
+    let open = |ca: Option<std::path::PathBuf>| {
+        let url = url.clone();
+        async move {
+            let ca = ca.map(|path| DatabaseCa::read(&path).unwrap_or_else(|e| panic!("{e}")));
+            let location = StoreLocation::Database(
+                DatabaseUrl::parse(&url)
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .with_ca(ca),
+            );
+            let options = StoreOptions {
+                cluster: Some(ClusterOptions {
+                    node: "gw-a".into(),
+                    lease: Duration::from_secs(10),
+                }),
+                ..StoreOptions::default()
+            };
+            tokio::task::spawn_blocking(move || Store::connect(&location, options))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        }
+    };
+    // Plain text: the server takes none.
+    let plain = open(None)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(plain.contains("no encryption"), "{plain}");
+    // A certificate no configured CA signed: refused by the gateway.
+    let stranger = open(Some(theirs))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        stranger.to_lowercase().contains("certificate"),
+        "{stranger}"
+    );
+    // With the database's CA: the store opens over TLS and writes.
+    let store = open(Some(ours)).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut changes = Changes::default();
+    changes.call_started(call("tls-1"));
+    changes.events([event("12345", "tls-1-offered", "tls-1")]);
+    store.write(changes).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        postgres.sql(
+            "hotline",
+            "SELECT c.id, s.ssl FROM calls c, pg_stat_ssl s
+             JOIN pg_stat_activity a ON a.pid = s.pid
+             WHERE a.application_name = 'hotline-gateway' LIMIT 1"
+        ),
+        vec![vec![Some("tls-1".into()), Some("t".into())]]
+    );
+    store.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
 }

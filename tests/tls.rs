@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use common::pki::{ca, leaf, leaf_for, Leaf};
 use common::{Gateway, WAIT};
 use hotline_gateway::sip::message::{self, Frame, Message, Request, Response};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -21,63 +22,6 @@ use tokio::net::{TcpListener, TcpStream};
 struct Pki {
     dir: tempfile::TempDir,
     ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-struct Leaf {
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    cert_pem: String,
-    key_pem: String,
-}
-
-fn ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
-    let issued = rcgen::KeyPair::generate().and_then(|key| {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        rcgen::CertifiedIssuer::self_signed(params, key)
-    });
-    match issued {
-        Ok(ca) => ca,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn leaf(issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) -> Leaf {
-    leaf_for(issuer, "127.0.0.1")
-}
-
-/// A certificate for `address` signed by `issuer`.
-fn leaf_for(issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, address: &str) -> Leaf {
-    let made = rcgen::KeyPair::generate().and_then(|key| {
-        let mut params = rcgen::CertificateParams::new(vec![address.to_string()])?;
-        params.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params.signed_by(&key, issuer)?;
-        Ok((cert, key))
-    });
-    let (cert, key) = match made {
-        Ok(made) => made,
-        Err(e) => panic!("{e}"),
-    };
-    let key_der = match PrivateKeyDer::try_from(key.serialize_der()) {
-        Ok(k) => k,
-        Err(e) => panic!("{e}"),
-    };
-    Leaf {
-        chain: vec![cert.der().clone()],
-        key: key_der,
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    }
 }
 
 impl Pki {

@@ -29,7 +29,7 @@ use crate::routing::{Cidr, NumberPattern};
 pub use crate::routing::DiversionHeader;
 pub use crate::routing::TransportKind;
 pub use crate::store::Synchronous;
-pub use crate::store::{DatabaseUrl, StoreLocation};
+pub use crate::store::{DatabaseCa, DatabaseUrl, StoreLocation};
 
 mod convert;
 pub use convert::CallContext;
@@ -332,6 +332,10 @@ pub struct StoreConfig {
     /// that the nodes of a cluster share, each with its own `[cluster] node`.
     #[serde(default)]
     pub url: Option<DatabaseUrl>,
+    /// With `url`: the CAs (PEM) the database's certificate must chain to; the connection is
+    /// then TLS, required (default: plain TCP, for a database on the nodes' own network).
+    #[serde(default)]
+    pub ca_file: Option<DatabaseCa>,
     /// Largest the file may grow, in MB (default: no cap but the disk's). At the cap the store
     /// behaves as on a full disk: calls go on, records are held in memory and retried, and
     /// `hotline_store_degraded` is 1, until space is freed (e.g. old records archived).
@@ -349,7 +353,7 @@ impl StoreConfig {
     /// Where the store is (validation has made sure one of `path` and `url` is given).
     pub fn location(&self) -> StoreLocation {
         match (&self.url, &self.path) {
-            (Some(url), _) => StoreLocation::Database(url.clone()),
+            (Some(url), _) => StoreLocation::Database(url.clone().with_ca(self.ca_file.clone())),
             (None, Some(path)) => StoreLocation::File(path.clone()),
             (None, None) => StoreLocation::File(PathBuf::from("data/gateway.db")),
         }

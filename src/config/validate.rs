@@ -278,6 +278,19 @@ impl Config {
                 ));
             }
         }
+        if self.store.url.is_none() && self.store.ca_file.is_some() {
+            return Err(invalid(
+                "store.ca_file".into(),
+                "is the CA of a shared database (store.url): the embedded file needs none".into(),
+            ));
+        }
+        if self.store.ca_file.is_none() && self.store.url.as_ref().is_some_and(|u| u.requires_tls())
+        {
+            return Err(invalid(
+                "store.ca_file".into(),
+                "the url asks for TLS (sslmode=require): give the CAs (PEM) the database's certificate must chain to".into(),
+            ));
+        }
         if self.store.url.is_some() && self.store.max_size_mb.is_some() {
             return Err(invalid(
                 "store.max_size_mb".into(),

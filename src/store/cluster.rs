@@ -368,9 +368,16 @@ impl Cluster {
                 }
             }
             BLOCKLIST_CHANNEL => {
-                let change = match pg::blocked(client, payload) {
+                // This node's own changes are in its blocklist already.
+                let Some((node, number)) = payload.split_once(' ') else {
+                    return;
+                };
+                if node == self.options.node {
+                    return;
+                }
+                let change = match pg::blocked(client, number) {
                     Ok(Some(record)) => BlocklistChange::Blocked(record),
-                    Ok(None) => BlocklistChange::Unblocked(payload.to_string()),
+                    Ok(None) => BlocklistChange::Unblocked(number.to_string()),
                     Err(error) => {
                         tracing::error!(%error, "blocklist change not read");
                         return;

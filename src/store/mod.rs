@@ -39,6 +39,7 @@
 //! (see `postgres.rs` and `cluster.rs`).
 
 mod cluster;
+mod database_tls;
 mod forwarding;
 mod lock;
 mod outbox;
@@ -59,6 +60,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::Metrics;
 
 pub use cluster::{BlocklistChange, ClusterOptions};
+pub use database_tls::DatabaseCa;
 pub use forwarding::{ForwardedRequest, Owner, RequestKind, ANSWER_TIMEOUT};
 pub use lock::{lock_path, StoreLock};
 pub use outbox::{

@@ -30,7 +30,7 @@ use super::{BlockedNumberRecord, CallRecord, ConferencePartyRecord, LinkageRecor
 pub(super) const OUTBOX_CHANNEL: &str = "hotline_outbox";
 /// The channel acknowledgements are announced on.
 pub(super) const ACKS_CHANNEL: &str = "hotline_acks";
-/// The channel blocklist changes are announced on (the number).
+/// The channel blocklist changes are announced on (`"<node> <number>"`).
 pub(super) const BLOCKLIST_CHANNEL: &str = "hotline_blocklist";
 /// The channel new calls' callers are announced on (the node's name, then a line
 /// `"<call id> <caller>"` per call), so every node
@@ -45,6 +45,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct DatabaseUrl {
     config: Box<postgres::Config>,
     shown: String,
+    /// The CAs of the database's certificate: with them, TLS (required); without, plain TCP.
+    tls: Option<super::database_tls::DatabaseCa>,
 }
 
 impl DatabaseUrl {
@@ -83,15 +85,34 @@ impl DatabaseUrl {
         Ok(DatabaseUrl {
             config: Box::new(config),
             shown,
+            tls: None,
         })
     }
 
-    /// A new connection (TLS is not offered: a cluster's database sits on its own network).
+    /// This URL over TLS, the server's certificate checked against `ca` (None: as it is).
+    #[must_use]
+    pub fn with_ca(mut self, ca: Option<super::database_tls::DatabaseCa>) -> DatabaseUrl {
+        if let Some(ca) = ca {
+            self.config.ssl_mode(postgres::config::SslMode::Require);
+            self.tls = Some(ca);
+        }
+        self
+    }
+
+    /// Whether the URL asks for TLS (`sslmode=require`).
+    pub fn requires_tls(&self) -> bool {
+        self.config.get_ssl_mode() == postgres::config::SslMode::Require
+    }
+
+    /// A new connection: TLS with a CA (`[store] ca_file`), else plain TCP.
     ///
     /// # Errors
     /// The client's error.
     pub(super) fn connect(&self) -> Result<Client, postgres::Error> {
-        self.config.connect(NoTls)
+        match &self.tls {
+            Some(ca) => self.config.connect(ca.connector()),
+            None => self.config.connect(NoTls),
+        }
     }
 }
 
@@ -442,12 +463,19 @@ impl Engine for PostgresEngine {
     }
 }
 
-/// The error with the server's message, where there is one.
+/// The error with the server's message, where there is one, else with its causes (a TLS
+/// handshake's says which certificate check failed).
 pub(super) fn describe(error: &postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!("{error}: {}", db.message()),
-        None => error.to_string(),
+    if let Some(db) = error.as_db_error() {
+        return format!("{error}: {}", db.message());
     }
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(source) = cause {
+        text.push_str(&format!(": {source}"));
+        cause = source.source();
+    }
+    text
 }
 
 /// Whether another attempt may succeed, and what an operator should look at first.
@@ -579,7 +607,10 @@ fn write_batch(
         )?;
     }
     for number in blocklist {
-        transaction.execute(&statements.notify, &[&BLOCKLIST_CHANNEL, &number])?;
+        transaction.execute(
+            &statements.notify,
+            &[&BLOCKLIST_CHANNEL, &format!("{node} {number}")],
+        )?;
     }
     // The new calls' callers, a line each after the node's name, in notifications of at
     // most 7,000 bytes (the limit is 8,000); the call's id keeps two calls of one caller

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod kamailio;
+pub(crate) mod pki;
 pub(crate) mod platform;
 pub(crate) mod postgres;
 pub(crate) mod process;

@@ -13,6 +13,8 @@ pub(crate) struct Postgres {
     bin: PathBuf,
     user: Option<(u32, u32)>,
     dir: tempfile::TempDir,
+    /// With TLS: the server's certificate and key files (TLS required of every client).
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// The newest server binaries Debian installed (`/usr/lib/postgresql/<version>/bin`).
@@ -67,6 +69,15 @@ impl Postgres {
     /// A new server with a superuser `gateway` (trust on loopback); returns once it accepts
     /// connections.
     pub(crate) fn start() -> Postgres {
+        Postgres::start_with(None)
+    }
+
+    /// As [`Postgres::start`], speaking TLS only, with this certificate and key (PEM).
+    pub(crate) fn start_tls(cert_pem: &str, key_pem: &str) -> Postgres {
+        Postgres::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Postgres {
         let bin = binaries();
         let user = server_user();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
@@ -99,12 +110,30 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+        let tls = tls.map(|(cert, key)| {
+            let (cert_path, key_path) =
+                (dir.path().join("server.crt"), dir.path().join("server.key"));
+            for (path, text) in [(&cert_path, cert), (&key_path, key)] {
+                std::fs::write(path, text).unwrap_or_else(|e| panic!("{e}"));
+                let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+                if let Some((uid, gid)) = user {
+                    let _ = std::os::unix::fs::chown(path, Some(uid), Some(gid));
+                }
+            }
+            // Plain connections refused, before initdb's trust lines.
+            let hba = data.join("pg_hba.conf");
+            let rules = std::fs::read_to_string(&hba).unwrap_or_default();
+            std::fs::write(&hba, format!("hostnossl all all all reject\n{rules}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            (cert_path, key_path)
+        });
         let mut postgres = Postgres {
             port: super::process::free_port(),
             server: None,
             bin,
             user,
             dir,
+            tls,
         };
         postgres.spawn();
         postgres
@@ -126,6 +155,16 @@ impl Postgres {
             // outage) loses nothing it confirmed.
             .args(["-c", "fsync=off"])
             .args(["-c", "max_connections=200"])
+            .args(self.tls.iter().flat_map(|(cert, key)| {
+                [
+                    "-c".to_string(),
+                    "ssl=on".to_string(),
+                    "-c".to_string(),
+                    format!("ssl_cert_file={}", cert.display()),
+                    "-c".to_string(),
+                    format!("ssl_key_file={}", key.display()),
+                ]
+            }))
             .stdout(Stdio::null())
             .stderr(self.log_file());
         as_server_user(&mut server, self.user);
@@ -201,7 +240,12 @@ impl Postgres {
     /// Runs `query` on `database` (in a thread of its own: the sync client must not run on
     /// a tokio worker); returns the rows of its last statement, each column as text.
     pub(crate) fn sql(&self, database: &str, query: &str) -> Vec<Vec<Option<String>>> {
-        let url = self.url(database);
+        // Through the server's Unix socket: a test's own queries need no TLS.
+        let url = format!(
+            "host={} port={} user=gateway dbname={database}",
+            self.dir.path().display(),
+            self.port
+        );
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
