@@ -418,8 +418,12 @@ fn follow_blocklist(
     let Some(mut changes) = store.blocklist_changes() else {
         return;
     };
-    let (blocklist, metrics, shutdown) =
-        (Arc::clone(blocklist), Arc::clone(metrics), shutdown.clone());
+    let (blocklist, metrics, shutdown, store) = (
+        Arc::clone(blocklist),
+        Arc::clone(metrics),
+        shutdown.clone(),
+        store.clone(),
+    );
     tokio::spawn(async move {
         loop {
             let change = tokio::select! {
@@ -435,8 +439,20 @@ fn follow_blocklist(
                     blocklist.unblock(&number);
                     metrics.increment(metrics::Counter::ClusterBlocklistChanges);
                 }
+                Ok(store::BlocklistChange::Reloaded(list)) => blocklist.replace(list),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::error!(missed, "blocklist changes of other nodes missed");
+                    // The store has the whole list: read it again.
+                    tracing::warn!(
+                        missed,
+                        "blocklist changes of other nodes missed: reading the list again"
+                    );
+                    let location = store.location().clone();
+                    let now = store::unix_millis(std::time::SystemTime::now());
+                    if let Ok(Ok(list)) =
+                        tokio::task::spawn_blocking(move || location.list_blocked(now)).await
+                    {
+                        blocklist.replace(list);
+                    }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }

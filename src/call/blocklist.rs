@@ -67,6 +67,12 @@ impl Blocklist {
         entries.len() < MAX_BLOCKED
     }
 
+    /// Takes the store's whole list in place of this one (a cluster's node that may have
+    /// missed other nodes' changes while it could not hear them).
+    pub fn replace(&self, records: Vec<BlockedNumberRecord>) {
+        *self.lock() = records.into_iter().map(|r| (r.number.clone(), r)).collect();
+    }
+
     /// Removes an entry; false if there was none.
     pub fn unblock(&self, number: &str) -> bool {
         self.lock().remove(number).is_some()

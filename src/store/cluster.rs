@@ -36,6 +36,9 @@ use crate::metrics::{Counter, Metrics};
 pub enum BlocklistChange {
     Blocked(BlockedNumberRecord),
     Unblocked(String),
+    /// The whole list as the store holds it: after a lost connection, changes may have been
+    /// missed.
+    Reloaded(Vec<BlockedNumberRecord>),
 }
 
 /// Who this node is in the cluster.
@@ -258,6 +261,13 @@ impl Cluster {
                 }
             }
             Err(error) => tracing::error!(%error, "outbox positions not read"),
+        }
+        match pg::list_blocked(&mut client, unix_millis(SystemTime::now())) {
+            Ok(list) => {
+                // No receiver: nothing screens calls yet.
+                let _ = self.blocklist.send(BlocklistChange::Reloaded(list));
+            }
+            Err(error) => tracing::error!(%error, "blocklist not read again"),
         }
         Ok(client)
     }
