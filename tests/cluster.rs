@@ -556,6 +556,33 @@ async fn commands_sent_to_one_node_reach_the_call_on_another_and_the_list_shows_
         vec![call_id.as_str()]
     );
     assert_eq!(listed.calls[0].citizen_number, "13800138000");
+    // A's GetCall for it is b's answer; a platform the call does not involve is refused.
+    let get = |token: &str| {
+        let mut request = tonic::Request::new(pb::GetCallRequest {
+            call_id: call_id.clone(),
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}")
+                .parse()
+                .unwrap_or_else(|e| panic!("{e:?}")),
+        );
+        request
+    };
+    let got = unary
+        .get_call(get(TOKEN_12345))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    assert_eq!(
+        got.call.map(|c| (c.call_id, c.citizen_number)),
+        Some((call_id.clone(), "13800138000".to_string()))
+    );
+    let refused = unary.get_call(get(TOKEN_110)).await.err();
+    assert_eq!(
+        refused.map(|status| status.code()),
+        Some(tonic::Code::PermissionDenied)
+    );
 
     // A ticket attached on A is the call's on B: its result comes back on A's stream.
     let attached = hotline
@@ -644,6 +671,25 @@ fn dispatcher_flags(kamailio: &common::kamailio::Kamailio, node: std::net::Socke
         .and_then(|(_, rest)| rest.split_whitespace().next())
         .map(str::to_string)
         .unwrap_or_else(|| panic!("{node} not in the dispatcher's list:\n{text}"))
+}
+
+/// Waits until the dispatcher's FLAGS for `node` start with `flag` (`I` out, `A` active).
+async fn dispatcher_marks(
+    kamailio: &common::kamailio::Kamailio,
+    node: std::net::SocketAddr,
+    flag: char,
+    what: &str,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !dispatcher_flags(kamailio, node).starts_with(flag) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dispatcher never {what}:\n{}",
+            kamailio.log()
+        );
+        // The dispatcher's state has no event to await from here: look again shortly.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A node's config: its SIP, gRPC and HTTP on fixed loopback ports (Kamailio's list names
@@ -828,16 +874,7 @@ async fn behind_kamailio_a_killed_nodes_calls_are_closed_by_the_survivor_and_new
     b.kill_9();
     drop(on_b);
     // Kamailio's probes find it gone...
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !dispatcher_flags(&kamailio, b_sip).starts_with('I') {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the dispatcher never took b out:\n{}",
-            kamailio.log()
-        );
-        // The dispatcher's state has no event to await from here: look again shortly.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    dispatcher_marks(&kamailio, b_sip, 'I', "took b out").await;
     // ...and every new call succeeds, on a.
     let mut on_a_calls = Vec::new();
     for _ in 0..3 {
@@ -896,16 +933,7 @@ async fn behind_kamailio_a_killed_nodes_calls_are_closed_by_the_survivor_and_new
     // b comes back under its name: it starts clean (nothing of it left open to close again),
     // the dispatcher's probes bring it back, and calls land on both nodes again.
     let _b = GatewayProcess::start(&b_config);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !dispatcher_flags(&kamailio, b_sip).starts_with('A') {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the dispatcher never took b back:\n{}",
-            kamailio.log()
-        );
-        // The dispatcher's state has no event to await from here: look again shortly.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    dispatcher_marks(&kamailio, b_sip, 'A', "took b back").await;
     let mut landed = HashSet::new();
     for _ in 0..2 {
         landed.insert(call_through_the_front(&mut citizen, &mut desk).await.0);

@@ -36,6 +36,9 @@ pub enum RequestKind {
     Command,
     /// A `ListActiveCallsRequest`; the answer is the node's `ListActiveCallsResponse`.
     ListActiveCalls,
+    /// A `GetCallRequest`; the answer is the call, or why not (the work-order link's own
+    /// encoding).
+    GetCall,
 }
 
 impl RequestKind {
@@ -43,6 +46,7 @@ impl RequestKind {
         match self {
             RequestKind::Command => "command",
             RequestKind::ListActiveCalls => "list_active_calls",
+            RequestKind::GetCall => "get_call",
         }
     }
 
@@ -50,6 +54,7 @@ impl RequestKind {
         match text {
             "command" => Some(RequestKind::Command),
             "list_active_calls" => Some(RequestKind::ListActiveCalls),
+            "get_call" => Some(RequestKind::GetCall),
             _ => None,
         }
     }

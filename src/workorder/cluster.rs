@@ -11,6 +11,18 @@ use super::service::{result_of, WorkOrderService};
 use super::{convert, pb};
 use crate::store::{Owner, RequestKind, Store};
 
+/// Another node's answer to `GetCall` ([`WorkOrderService::local_call`]); None if unreadable.
+fn call_answer(body: &[u8]) -> Option<Result<pb::GetCallResponse, Status>> {
+    let (kind, rest) = body.split_first()?;
+    let message = || String::from_utf8_lossy(rest).into_owned();
+    match kind {
+        0 => pb::GetCallResponse::decode(rest).ok().map(Ok),
+        1 => Some(Err(Status::not_found(message()))),
+        2 => Some(Err(Status::permission_denied(message()))),
+        _ => None,
+    }
+}
+
 /// A call's place in `ListActiveCalls`' order: its start, then its id.
 pub(super) type Position = (i64, String);
 
@@ -97,6 +109,77 @@ impl WorkOrderService {
                 ErrorCode::Unavailable,
                 format!("the cluster's store cannot be read: {error}"),
             ),
+        }
+    }
+
+    /// `GetCall` for a call another node carries, answered by that node (None: this node
+    /// answers).
+    pub(super) async fn call_elsewhere(
+        &self,
+        platform: &str,
+        call_id: &str,
+    ) -> Option<Result<pb::GetCallResponse, Status>> {
+        let store = self.shared_store()?;
+        if call_id.is_empty() || self.registry.carries(call_id) {
+            return None;
+        }
+        match store.owner_of(call_id).await {
+            Ok(Owner::Node(node)) => {
+                let request = pb::GetCallRequest {
+                    call_id: call_id.to_string(),
+                };
+                let answer = store
+                    .forward(
+                        &node,
+                        RequestKind::GetCall,
+                        platform,
+                        request.encode_to_vec(),
+                    )
+                    .await;
+                Some(match answer {
+                    Ok(body) => call_answer(&body).unwrap_or_else(|| {
+                        Err(Status::unavailable(format!(
+                            "node {node}'s answer was unreadable"
+                        )))
+                    }),
+                    Err(error) => Err(Status::unavailable(format!(
+                        "call {call_id} is on node {node}: {error}"
+                    ))),
+                })
+            }
+            Ok(Owner::Lost(node)) => Some(Err(Status::not_found(format!(
+                "call {call_id} was on node {node}, which is lost"
+            )))),
+            Ok(Owner::Here | Owner::Unknown | Owner::Ended) => None,
+            Err(error) => Some(Err(Status::unavailable(format!(
+                "the cluster's store cannot be read: {error}"
+            )))),
+        }
+    }
+
+    /// This node's answer to another node's `GetCall`: `0` and the response, or `1` (not
+    /// found) or `2` (not the platform's) and the message.
+    fn local_call(&self, platform: &str, request: &pb::GetCallRequest) -> Vec<u8> {
+        match self.registry.get(&request.call_id, platform) {
+            Ok(snapshot) => {
+                let mut body = vec![0];
+                body.extend(
+                    pb::GetCallResponse {
+                        call: Some(convert::call(&snapshot)),
+                    }
+                    .encode_to_vec(),
+                );
+                body
+            }
+            Err(error) => {
+                let mut body = vec![if error.code == ErrorCode::NotPermitted {
+                    2
+                } else {
+                    1
+                }];
+                body.extend(error.message.into_bytes());
+                body
+            }
         }
     }
 
@@ -197,6 +280,11 @@ impl WorkOrderService {
                         )
                         .encode_to_vec(),
                     },
+                    RequestKind::GetCall => {
+                        let request_body =
+                            pb::GetCallRequest::decode(&*request.body).unwrap_or_default();
+                        service.local_call(&request.platform, &request_body)
+                    }
                     RequestKind::ListActiveCalls => {
                         let request_body =
                             pb::ListActiveCallsRequest::decode(&*request.body).unwrap_or_default();

@@ -638,6 +638,10 @@ impl pb::work_order_service_server::WorkOrderService for WorkOrderService {
     ) -> Result<Response<pb::GetCallResponse>, Status> {
         let platform = self.platform_of(&request)?;
         let call_id = request.into_inner().call_id;
+        // A call another node of the cluster carries: that node answers.
+        if let Some(answer) = self.call_elsewhere(&platform, &call_id).await {
+            return answer.map(Response::new);
+        }
         match self.registry.get(&call_id, &platform) {
             Ok(snapshot) => Ok(Response::new(pb::GetCallResponse {
                 call: Some(convert::call(&snapshot)),
