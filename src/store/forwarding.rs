@@ -112,7 +112,7 @@ impl Drop for Forwarding {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(client) = client {
-            super::outbox::close_off_runtime(client);
+            super::reader::close_off_runtime(client);
         }
     }
 }

@@ -27,8 +27,9 @@
 //! | `mod.rs` | the records, the [`Store`] handle and its [`Changes`] |
 //! | `schema.rs` | the tables and their migrations |
 //! | `writer.rs` | the writer thread: batches, the hold, retries |
-//! | `outbox.rs` | the outbox: numbering, positions, readers, closing a killed run's calls |
+//! | `outbox.rs` | the outbox: numbering, positions, closing a killed run's calls |
 //! | `reads.rs` | read-only queries beside the running gateway |
+//! | `reader.rs` | the outbox's readers (one per connected client), on either engine |
 //! | `sqlite.rs` | the embedded engine's writes |
 //! | `postgres.rs` | the shared engine (`[store] url`): schema, writes, reads, closing a node |
 //! | `cluster.rs` | a node's lease, the other nodes' commits, taking over a lost node |
@@ -44,6 +45,7 @@ mod forwarding;
 mod lock;
 mod outbox;
 mod postgres;
+mod reader;
 mod reads;
 mod schema;
 mod sqlite;
@@ -63,10 +65,9 @@ pub use cluster::{BlocklistChange, ClusterOptions};
 pub use database_tls::DatabaseCa;
 pub use forwarding::{ForwardedRequest, Owner, RequestKind, ANSWER_TIMEOUT};
 pub use lock::{lock_path, StoreLock};
-pub use outbox::{
-    Acknowledged, Interrupted, NewEvent, Outbox, OutboxReader, OutboxRecord, Recovery,
-};
+pub use outbox::{Acknowledged, Interrupted, NewEvent, Outbox, OutboxRecord, Recovery};
 pub use postgres::DatabaseUrl;
+pub use reader::OutboxReader;
 pub use reads::{find_linkage, list_blocked, list_calls, list_conference_parties, list_linkages};
 use writer::{Change, WriteOp, Writer};
 
