@@ -429,7 +429,7 @@ impl Dispatcher for CallManager {
     ) -> Disposition {
         let Some(peer) = self.router.attributed_peer(
             source,
-            request.headers.get(crate::routing::FRONT_SOURCE_HEADER),
+            || request.headers.get(crate::routing::FRONT_SOURCE_HEADER),
             request.method == Method::Options,
         ) else {
             self.metrics.increment(Counter::SipRejectedUnknownPeer);

@@ -447,17 +447,18 @@ impl Router {
     /// any other request of a front must name its source (None: the front relays in-dialog
     /// requests too, and one it relayed unnamed could be anyone's). Anyone else's header is
     /// ignored.
-    pub fn attributed_peer(
+    pub fn attributed_peer<'a>(
         &self,
         source: SocketAddr,
-        front_source: Option<&str>,
+        front_source: impl FnOnce() -> Option<&'a str>,
         is_options: bool,
     ) -> Option<Arc<Peer>> {
         let peer = self.peer_for_source(source)?;
         if !peer.front {
             return Some(peer);
         }
-        let Some(original) = front_source else {
+        // Looked for only on a front's requests: every other request's path is as before.
+        let Some(original) = front_source() else {
             return is_options.then_some(peer);
         };
         let original = original.trim();
@@ -700,7 +701,7 @@ mod tests {
         );
         let r = Router::new(vec![front, carrier, hotline], Vec::new());
         let attributed = |source: &str, header: Option<&str>| {
-            r.attributed_peer(source.parse().unwrap(), header, false)
+            r.attributed_peer(source.parse().unwrap(), || header, false)
                 .map(|p| p.name.clone())
         };
         let via_front = |header| attributed("127.0.0.1:5060", Some(header));
@@ -712,7 +713,7 @@ mod tests {
         assert_eq!(via_front("not an address"), None);
         // Its own OPTIONS (the dispatcher's probes) carry no header; anything else it relays
         // unnamed is nobody's.
-        let probe = r.attributed_peer("127.0.0.1:5060".parse().unwrap(), None, true);
+        let probe = r.attributed_peer("127.0.0.1:5060".parse().unwrap(), || None, true);
         assert_eq!(probe.map(|p| p.name.clone()), Some("kamailio".into()));
         assert_eq!(attributed("127.0.0.1:5060", None), None);
         // Anyone else's header changes nothing.

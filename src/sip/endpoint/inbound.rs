@@ -77,7 +77,7 @@ impl Endpoint {
         let (_, router) = self.guard.as_ref()?;
         router.attributed_peer(
             source,
-            request.headers.get(crate::routing::FRONT_SOURCE_HEADER),
+            || request.headers.get(crate::routing::FRONT_SOURCE_HEADER),
             request.method == Method::Options,
         )
     }

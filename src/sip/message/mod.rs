@@ -568,6 +568,7 @@ pub fn response_from_headers(
     // A response that establishes a dialog carries the request's Record-Route, in order
     // (RFC 3261 §12.1.1): the proxies that record-routed stay on the dialog's path.
     let establishes = (101..300).contains(&status)
+        && headers.get("Record-Route").is_some()
         && headers
             .get("CSeq")
             .and_then(|c| CSeq::parse(c).ok())
