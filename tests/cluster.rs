@@ -429,16 +429,45 @@ async fn gateway_node_edited(
     .await
 }
 
+/// Two gateways in this process on one new database, gw-a and gw-b, with the citizen's
+/// carrier and 12345's agent as their peers.
+struct Pair {
+    postgres: Postgres,
+    citizen: common::Ua,
+    agent: common::Ua,
+    a: common::Gateway,
+    b: common::Gateway,
+}
+
+impl Pair {
+    async fn start() -> Pair {
+        let postgres = Postgres::start();
+        let url = postgres.database("hotline");
+        let citizen = common::Ua::bind("carrier", LOCALHOST).await;
+        let agent = common::Ua::bind("hotline", LOCALHOST).await;
+        let a = gateway_node(&url, "gw-a", citizen.address, agent.address).await;
+        let b = gateway_node(&url, "gw-b", citizen.address, agent.address).await;
+        Pair {
+            postgres,
+            citizen,
+            agent,
+            a,
+            b,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_platform_on_one_node_sees_every_nodes_calls_in_one_ordered_stream() {
     use common::platform::Platform;
     use hotline_gateway::workorder::pb::EventType;
-    let postgres = Postgres::start();
-    let url = postgres.database("hotline");
-    let mut citizen = common::Ua::bind("carrier", LOCALHOST).await;
-    let mut agent = common::Ua::bind("hotline", LOCALHOST).await;
-    let mut a = gateway_node(&url, "gw-a", citizen.address, agent.address).await;
-    let mut b = gateway_node(&url, "gw-b", citizen.address, agent.address).await;
+    let Pair {
+        postgres,
+        mut citizen,
+        mut agent,
+        mut a,
+        mut b,
+    } = Pair::start().await;
     // 12345's system is connected to node a only.
     let mut hotline = Platform::connect(a.grpc, "12345", TOKEN_12345, None).await;
     // A citizen's call lands on node b.
@@ -1101,12 +1130,14 @@ async fn a_caller_spread_over_the_nodes_is_still_flagged_as_a_repeat_caller() {
 async fn a_number_blocked_on_one_node_is_refused_on_the_other_until_unblocked() {
     use common::platform::Platform;
     use hotline_gateway::workorder::pb::{self, command::Action, EventType};
-    let postgres = Postgres::start();
-    let url = postgres.database("hotline");
-    let mut citizen = common::Ua::bind("carrier", LOCALHOST).await;
-    let mut agent = common::Ua::bind("hotline", LOCALHOST).await;
-    let mut a = gateway_node(&url, "gw-a", citizen.address, agent.address).await;
-    let mut b = gateway_node(&url, "gw-b", citizen.address, agent.address).await;
+    let Pair {
+        // Held to the end: dropped, the server stops.
+        postgres: _postgres,
+        mut citizen,
+        mut agent,
+        mut a,
+        mut b,
+    } = Pair::start().await;
     let mut hotline = Platform::connect(a.grpc, "12345", TOKEN_12345, None).await;
     let blocked = hotline
         .command(Action::Block(pb::Block {
