@@ -1,0 +1,71 @@
+//! Where the store is, and the reads that work the same on either engine (each its own
+//! connection, for the `calls` command and the work-order API).
+
+use std::path::PathBuf;
+
+use super::{
+    find_linkage, list_blocked, list_calls, postgres, reads, BlockedNumberRecord, CallRecord,
+    DatabaseUrl, LinkageRecord, StoreError,
+};
+
+/// Where the store is: an embedded SQLite file, or a PostgreSQL database shared by a cluster.
+#[derive(Debug, Clone)]
+pub enum StoreLocation {
+    File(PathBuf),
+    Database(DatabaseUrl),
+}
+
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::File(path) => write!(f, "{}", path.display()),
+            StoreLocation::Database(url) => write!(f, "{url}"),
+        }
+    }
+}
+
+impl StoreLocation {
+    /// The newest `limit` calls (of every node), newest first.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the store cannot be read.
+    pub fn list_calls(&self, limit: usize) -> Result<Vec<CallRecord>, StoreError> {
+        match self {
+            StoreLocation::File(path) => list_calls(path, limit),
+            StoreLocation::Database(url) => postgres::list_calls(&mut url.connect()?, limit),
+        }
+    }
+
+    /// The calls not ended, of every node sharing the store, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the store cannot be read.
+    pub fn active_calls(&self) -> Result<Vec<CallRecord>, StoreError> {
+        match self {
+            StoreLocation::File(path) => reads::open_calls(&reads::open_read_only(path)?),
+            StoreLocation::Database(url) => postgres::active_calls(&mut url.connect()?),
+        }
+    }
+
+    /// One linkage by its id.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the store cannot be read.
+    pub fn find_linkage(&self, linkage_id: &str) -> Result<Option<LinkageRecord>, StoreError> {
+        match self {
+            StoreLocation::File(path) => find_linkage(path, linkage_id),
+            StoreLocation::Database(url) => postgres::find_linkage(&mut url.connect()?, linkage_id),
+        }
+    }
+
+    /// The numbers blocked through the API that have not expired at `now` (Unix ms).
+    ///
+    /// # Errors
+    /// [`StoreError`] if the store cannot be read.
+    pub fn list_blocked(&self, now: i64) -> Result<Vec<BlockedNumberRecord>, StoreError> {
+        match self {
+            StoreLocation::File(path) => list_blocked(path, now),
+            StoreLocation::Database(url) => postgres::list_blocked(&mut url.connect()?, now),
+        }
+    }
+}
