@@ -33,13 +33,13 @@
 //! | `reads.rs` | read-only queries beside the running gateway |
 //! | `reader.rs` | the outbox's readers (one per connected client), on either engine |
 //! | `sqlite.rs` | the embedded engine's writes |
-//! | `postgres.rs` | the shared engine (`[store] url`): schema, writes, reads, closing a node |
+//! | `postgres/` | the shared engine (`[store] url`): schema, writes, reads, closing a node |
 //! | `cluster.rs` | a node's lease, the other nodes' commits, taking over a lost node |
 //!
 //! With `[store] url` the records live in a PostgreSQL database that several nodes share
 //! (each with its own `[cluster] node`): the same records, one ordered stream of events per
 //! platform across the nodes, and the open records of a node that dies closed by a survivor
-//! (see `postgres.rs` and `cluster.rs`).
+//! (see `postgres/` and `cluster.rs`).
 
 mod cluster;
 mod database_tls;
