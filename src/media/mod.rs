@@ -1,12 +1,14 @@
 //! Media: what the call model asks of the relay (this file), the codec vocabulary SDP and the
 //! config use too ([`codec`]), the pure per-packet parts ([`g711`], [`rtp`], [`srtp`],
-//! [`mixer`]) and the parts that own sockets ([`ports`], [`relay`]). Media imports no other
-//! room but ids, metrics and limits: signalling depends on it, never the other way.
+//! [`mixer`]) and the parts that own sockets or files ([`ports`], [`relay`], [`recording`]).
+//! Media imports no other room but ids, metrics and limits: signalling depends on it, never
+//! the other way.
 
 pub mod codec;
 pub mod g711;
 pub mod mixer;
 pub mod ports;
+pub mod recording;
 pub mod relay;
 pub mod rtp;
 pub mod srtp;
@@ -112,4 +114,7 @@ pub enum MediaCommand {
     /// A muted conference party is not heard by the others (it still hears them); muting
     /// ends with the mixing.
     Mute(Party, bool),
+    /// Record the call from now on: what party A (the caller) says on the left, what it
+    /// hears on the right, into this recording ([`recording`]).
+    Record(recording::RecordingSink),
 }

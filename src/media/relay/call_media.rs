@@ -32,6 +32,7 @@ use crate::ids::IdGenerator;
 use crate::media::codec::Codec;
 use crate::media::g711::{transcode_in_place, Transcode};
 use crate::media::mixer::JitterBuffer;
+use crate::media::recording::{Channel, RecordingSink, Tap};
 use crate::media::rtp::{classify, rewrite_rtcp_ssrc, set_payload_type, PacketKind};
 use crate::media::srtp::SrtpError;
 use crate::media::{LegMedia, Party};
@@ -183,6 +184,8 @@ pub(super) struct CallMedia {
     answered: bool,
     last_activity: Instant,
     inactivity: Duration,
+    /// The recording's tap, when the call is recorded: party A's two directions.
+    recording: Option<Box<Tap>>,
 }
 
 impl CallMedia {
@@ -198,6 +201,7 @@ impl CallMedia {
             answered: false,
             last_activity: now,
             inactivity,
+            recording: None,
         }
     }
 
@@ -274,6 +278,11 @@ impl CallMedia {
         let _ = self.update_mode(now);
     }
 
+    /// [`crate::media::MediaCommand::Record`].
+    pub(super) fn record(&mut self, sink: RecordingSink) {
+        self.recording = Some(Box::new(Tap::new(sink)));
+    }
+
     pub(super) fn mute(&mut self, party: Party, on: bool) {
         if let Some(side) = self.sides.get_mut(party.index()) {
             side.muted = on;
@@ -339,6 +348,7 @@ impl CallMedia {
         send: &mut impl FnMut(&Transmit, &[u8]) -> bool,
         tally: &mut Tally,
     ) {
+        let recording = &mut self.recording;
         for (index, side) in self.sides.iter_mut().enumerate() {
             let destination = side.rtp_destination().filter(|_| side.attached);
             let connected = side.connected;
@@ -350,6 +360,10 @@ impl CallMedia {
                 let Some(destination) = destination else {
                     continue;
                 };
+                if let (0, Some(tap), Some(media)) = (index, recording.as_deref_mut(), side.media) {
+                    // The caller hears the ringback: it is in the recording.
+                    record_rtp(tap, now, Channel::Heard, media.codec, &packet);
+                }
                 let Some(payload) = seal(&mut side.srtp, &packet, protected) else {
                     continue;
                 };
@@ -455,7 +469,12 @@ impl CallMedia {
         match socket {
             Socket::Rtp => {
                 let arrival = Arrival { from, source, now };
-                let outcome = relay_rtp(incoming, outgoing, to, packet, protected, arrival);
+                // Only the caller's (party A's) two directions are recorded.
+                let tap = self
+                    .recording
+                    .as_deref_mut()
+                    .filter(|_| party == 0 || to == 0);
+                let outcome = relay_rtp(incoming, outgoing, to, packet, protected, arrival, tap);
                 self.heard(party, source, now);
                 outcome
             }
@@ -558,7 +577,8 @@ struct Arrival {
     now: Instant,
 }
 
-/// One RTP packet received from `incoming`, for `outgoing` (party `to`).
+/// One RTP packet received from `incoming`, for `outgoing` (party `to`); `tap` records it
+/// when the call is recorded and one of the two is the caller.
 fn relay_rtp(
     incoming: &mut Side,
     outgoing: &mut Side,
@@ -566,6 +586,7 @@ fn relay_rtp(
     packet: &mut [u8],
     protected: &mut [u8],
     arrival: Arrival,
+    mut tap: Option<&mut Tap>,
 ) -> PacketOutcome {
     let Arrival { from, source, now } = arrival;
     let Some(in_media) = incoming.accepted_rtp(source, now) else {
@@ -588,10 +609,16 @@ fn relay_rtp(
         }
         PacketKind::Unknown => return PacketOutcome::Dropped,
     }
+    let payload_type = packet[1] & 0x7f;
+    if from == Party::A && payload_type == in_media.payload_type {
+        if let Some(tap) = tap.as_deref_mut() {
+            // What the caller says is recorded whether or not the other side takes it (hold).
+            record_rtp(tap, now, Channel::Said, in_media.codec, packet);
+        }
+    }
     let (Some(out_media), Some(destination)) = (outgoing.media, outgoing.rtp_destination()) else {
         return PacketOutcome::Dropped;
     };
-    let payload_type = packet[1] & 0x7f;
     if incoming.detect_digits && Some(payload_type) == in_media.telephone_event {
         return detected(incoming.digits.detect(packet), from);
     }
@@ -617,6 +644,12 @@ fn relay_rtp(
     }
     if outgoing.towards.rewrite(packet, now).is_err() {
         return PacketOutcome::Dropped;
+    }
+    if to == 0 && packet[1] & 0x7f == out_media.payload_type {
+        if let Some(tap) = tap {
+            // What the caller hears: the other side's audio, in the caller's codec.
+            record_rtp(tap, now, Channel::Heard, out_media.codec, packet);
+        }
     }
     // Real media for this endpoint takes over from any ringback we were playing it.
     outgoing.ringback = None;
@@ -658,6 +691,13 @@ fn relay_rtcp(
     match seal(&mut outgoing.srtp, packet, protected) {
         Some(payload) => PacketOutcome::Send(transmit, payload),
         None => PacketOutcome::Ignored,
+    }
+}
+
+/// An RTP packet's G.711 payload into the recording.
+fn record_rtp(tap: &mut Tap, now: Instant, channel: Channel, codec: Codec, packet: &[u8]) {
+    if let Some(range) = payload_range(packet) {
+        tap.record(now, channel, codec, &packet[range]);
     }
 }
 

@@ -124,6 +124,7 @@ impl Call {
             MediaCommand::Join(party) => self.media.join(party, true, now),
             MediaCommand::Leave(party) => self.media.join(party, false, now),
             MediaCommand::Mute(party, on) => self.media.mute(party, on),
+            MediaCommand::Record(sink) => self.media.record(sink),
         }
     }
 
@@ -548,7 +549,7 @@ fn command_party(command: &MediaCommand) -> Option<Party> {
         | MediaCommand::Join(party)
         | MediaCommand::Leave(party)
         | MediaCommand::Mute(party, _) => Some(*party),
-        MediaCommand::Answered => None,
+        MediaCommand::Answered | MediaCommand::Record(_) => None,
     }
 }
 

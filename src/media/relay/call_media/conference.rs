@@ -10,6 +10,7 @@ use super::{
     COMFORT_NOISE,
 };
 use crate::media::mixer::{self, Arrival, Playout, FRAME};
+use crate::media::recording::Channel;
 use crate::media::relay::PACKET_TIME;
 use crate::media::rtp::{classify, PacketKind};
 use crate::media::{Party, MAX_PARTIES};
@@ -58,6 +59,11 @@ impl CallMedia {
         let payload = &packet[range];
         let count = payload.len().min(samples.len());
         mixer::decode(media.codec, &payload[..count], &mut samples[..count]);
+        if from == Party::A {
+            if let Some(tap) = self.recording.as_deref_mut() {
+                tap.record_linear(now, Channel::Said, &samples[..count]);
+            }
+        }
         let sequence = u16::from_be_bytes([packet[2], packet[3]]);
         let timestamp = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
         match jitter.push(now, sequence, timestamp, &samples[..count]) {
@@ -132,6 +138,10 @@ impl CallMedia {
             let (Some(media), Some(destination)) = (side.media, side.rtp_destination()) else {
                 continue;
             };
+            if let (0, Some(tap)) = (index, self.recording.as_deref_mut()) {
+                // What the caller hears in the conference: everyone else, mixed.
+                tap.record_linear(now, Channel::Heard, output);
+            }
             let mut packet = [0u8; 12 + FRAME];
             packet[0] = 0x80;
             packet[1] = media.payload_type;
