@@ -66,6 +66,8 @@ pub enum StartError {
     Transport(#[from] sip::transport::TransportError),
     #[error("store: {0}")]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Recording(#[from] media::recording::RecordingError),
     #[error("cannot start the media workers: {0}")]
     Media(std::io::Error),
     #[error("the system's random number generator failed")]
@@ -155,6 +157,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let unbind = transport_stop.clone().drop_guard();
     let (http_listener, grpc_listener) = bind_api(&config).await?;
     let (store, blocked) = open_store(&config, &metrics).await?;
+    let recorder = match &config.recording {
+        Some(recording) => Some(media::recording::Recorder::start(
+            recording.settings(),
+            Arc::clone(&metrics),
+        )?),
+        None => None,
+    };
     let events = workorder::hub::EventHub::new(
         store.clone(),
         config.platform_names(),
@@ -202,6 +211,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         ports,
         events: Arc::clone(&events),
         registry: Arc::clone(&registry),
+        recording: recorder
+            .as_ref()
+            .map(|(recorder, _)| (recorder.clone(), Arc::clone(&router))),
     });
     let endpoint_stop = CancellationToken::new();
     let endpoint_task = tokio::spawn(endpoint.run(inbound, commands, endpoint_stop.clone()));
@@ -254,6 +266,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             grpc: grpc_task,
             store,
             store_lock,
+            recorder,
         }
         .after(shutdown),
     );

@@ -32,6 +32,12 @@ pub(crate) struct Stopping {
     pub store: Store,
     /// The embedded store's claim (None for a shared store: the node's lease claims it).
     pub store_lock: Option<StoreLock>,
+    /// The recorder and its writer thread: stopped once the calls have ended, so that every
+    /// recording is completed.
+    pub recorder: Option<(
+        crate::media::recording::Recorder,
+        std::thread::JoinHandle<()>,
+    )>,
 }
 
 impl Stopping {
@@ -47,6 +53,7 @@ impl Stopping {
             mut grpc,
             store,
             store_lock,
+            recorder,
         } = self;
         shutdown.cancelled().await;
         tracing::info!("shutting down: ending calls");
@@ -56,6 +63,10 @@ impl Stopping {
             .is_err()
         {
             tracing::warn!("calls still ending after the grace period; stopping anyway");
+        }
+        if let Some((recorder, writer)) = recorder {
+            recorder.stop();
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }
         endpoint_stop.cancel();
         transport_stop.cancel();

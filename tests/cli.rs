@@ -121,6 +121,7 @@ fn calls_lists_records_and_reports_a_missing_store() {
             rtp_b_to_a: 2999,
             rtp_dropped: 0,
             node: String::new(),
+            recording: None,
         };
         store
             .call_ended(record)

@@ -61,6 +61,7 @@ impl From<&PeerConfig> for Peer {
         peer.srtp = config.srtp;
         peer.max_calls_per_sec = config.max_calls_per_sec;
         peer.charset = config.charset;
+        peer.record = config.record;
         peer.probe_interval =
             (config.probe_secs > 0).then(|| Duration::from_secs(u64::from(config.probe_secs)));
         // Validation holds username and password together.
@@ -100,6 +101,7 @@ impl From<&RouteConfig> for Route {
         Route {
             number: config.number.pattern().clone(),
             peers: config.peers.clone(),
+            record: config.record,
         }
     }
 }
@@ -427,5 +429,20 @@ impl Config {
             .iter()
             .map(|p| (p.name.clone(), p.token.clone()))
             .collect()
+    }
+}
+
+impl super::RecordingConfig {
+    /// The recorder's settings.
+    pub fn settings(&self) -> crate::media::recording::RecordingSettings {
+        const MB: u64 = 1024 * 1024;
+        crate::media::recording::RecordingSettings {
+            path: self.path.clone(),
+            retention_days: self.retention_days,
+            max_disk_bytes: self.max_disk_mb.map(|mb| mb * MB),
+            min_free_bytes: self.min_free_mb.map(|mb| mb * MB),
+            // About 400 ms of 800 calls' two directions.
+            queue_frames: 65_536,
+        }
     }
 }

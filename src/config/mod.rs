@@ -78,6 +78,29 @@ pub struct Config {
     /// `[[interface]]`s: the networks beside the default one (`[sip]`/`[media]`), in order.
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<InterfaceConfig>,
+    /// `[recording]`: a stereo WAV of every answered call (off without it).
+    #[serde(default)]
+    pub recording: Option<RecordingConfig>,
+}
+
+/// `[recording]`: one stereo WAV per answered call (left: the caller; right: what the caller
+/// heard), with a JSON file of the call's steps, under `path/YYYY/MM/DD/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// The directory (made 0750 if missing; relative to the working directory).
+    pub path: PathBuf,
+    /// Days a recording is kept; older day directories are deleted by the gateway, hourly
+    /// (default: kept until deleted by the operator).
+    #[serde(default)]
+    pub retention_days: Option<u32>,
+    /// New calls are not recorded while the recordings take this many MB (calls go on;
+    /// `hotline_recording_full` is 1). Default: no cap.
+    #[serde(default)]
+    pub max_disk_mb: Option<u64>,
+    /// ... or while the file system has less than this many MB free. Default: no floor.
+    #[serde(default)]
+    pub min_free_mb: Option<u64>,
 }
 
 /// `[[interface]]`: one more network the gateway sits on (a boundary host: the police network,
@@ -507,6 +530,14 @@ pub struct PeerConfig {
     /// The host of the registered address of record (default: the peer's address's IP).
     #[serde(default)]
     pub register_domain: Option<String>,
+    /// With `[recording]`: false for a line that must not be recorded; a call through this
+    /// peer (as caller, desk or transfer target at the answer) is not (default true).
+    #[serde(default = "yes")]
+    pub record: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[[route]]`: dialled number -> peers tried in order.
@@ -516,6 +547,9 @@ pub struct RouteConfig {
     /// An exact number (`12345`) or a pattern starting with `_` (see [`NumberPattern`]).
     pub number: RouteNumber,
     pub peers: Vec<String>,
+    /// With `[recording]`: false and calls to this number are not recorded (default true).
+    #[serde(default = "yes")]
+    pub record: bool,
 }
 
 /// A route's `number`, as written (two routes are told apart by it) and as the pattern it is.

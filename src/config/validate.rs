@@ -74,6 +74,36 @@ impl Config {
         self.check_interfaces(&invalid)?;
         self.check_routes(&invalid, &names)?;
         self.check_hotkeys(&invalid)?;
+        self.check_recording(&invalid)?;
+        Ok(())
+    }
+
+    /// Checks `[recording]`.
+    fn check_recording(&self, invalid: Invalid) -> Result<(), ConfigError> {
+        let Some(recording) = &self.recording else {
+            return Ok(());
+        };
+        if recording.path.as_os_str().is_empty() {
+            return Err(invalid(
+                "recording.path".into(),
+                "must name a directory".into(),
+            ));
+        }
+        for (key, value) in [
+            (
+                "recording.retention_days",
+                recording.retention_days.map(u64::from),
+            ),
+            ("recording.max_disk_mb", recording.max_disk_mb),
+            ("recording.min_free_mb", recording.min_free_mb),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(
+                    key.into(),
+                    "must be at least 1 (leave it out for none)".into(),
+                ));
+            }
+        }
         Ok(())
     }
 

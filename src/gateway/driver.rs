@@ -20,7 +20,9 @@ use std::collections::HashMap;
 
 use super::link::Link;
 use crate::call::model::{Action, Call, ConferenceUpdate, EndedBy, LinkageUpdate, Outcome};
+use crate::media::recording::{Recorder, Recording};
 use crate::media::relay::{MediaEvent, RelayHandle};
+use crate::media::MediaCommand;
 use crate::metrics::{CallResult, Counter, Gauge, Metrics};
 use crate::sip::endpoint::{EndpointHandle, Owner};
 use crate::store::{unix_millis, CallRecord, Changes, ConferencePartyRecord, LinkageRecord, Store};
@@ -49,6 +51,8 @@ pub struct CallServices {
     /// The work-order link: where the calls' events go, and how commands reach the calls.
     pub events: Arc<crate::workorder::hub::EventHub>,
     pub registry: Arc<crate::workorder::registry::CallRegistry>,
+    /// `[recording]`: the recorder, and the routes and peers that say what is not recorded.
+    pub recording: Option<(Recorder, Arc<crate::routing::Router>)>,
 }
 
 /// What admission decided about a new call, for its task.
@@ -108,6 +112,9 @@ async fn run(
         parties: Vec::new(),
         link,
         changes,
+        recording: None,
+        offered: driver_now(),
+        ringing: None,
     };
     loop {
         if carry_out(&mut call, &owner, &relay, &mut records, &services).await {
@@ -149,14 +156,19 @@ async fn run(
 }
 
 /// What a call's task keeps of its records while it runs.
-struct Records {
-    call: CallRecord,
+pub(super) struct Records {
+    pub(super) call: CallRecord,
     linkages: HashMap<String, LinkageRecord>,
     /// Conference parties still in (their `left_at` unset).
     parties: Vec<ConferencePartyRecord>,
-    link: Link,
+    pub(super) link: Link,
     /// The record changes of the step under way, not yet written.
     changes: Changes,
+    /// The call's recording, from the answer on (with `[recording]`).
+    pub(super) recording: Option<Recording>,
+    /// When the call was offered and first rang, for the recording's steps.
+    pub(super) offered: Instant,
+    pub(super) ringing: Option<Instant>,
 }
 
 /// Carries out every pending action; returns true once the call has finished. What the step
@@ -183,7 +195,10 @@ async fn carry_out(
                 record.b_peer = Some(b_peer);
                 record.b_interface = Some(b_interface);
             }
-            Action::Ringing => records.link.ringing(),
+            Action::Ringing => {
+                records.ringing.get_or_insert_with(driver_now);
+                records.link.ringing();
+            }
             Action::Hotkey {
                 dtmf,
                 action,
@@ -194,6 +209,10 @@ async fn carry_out(
                 b_peer,
                 b_interface,
             } => {
+                if let Some(recording) = super::recording::begin(records, &b_peer, services) {
+                    seen.push(Action::Media(MediaCommand::Record(recording)));
+                }
+                let record = &mut records.call;
                 let now = unix_millis(SystemTime::now());
                 records.link.answered(now);
                 record.answered_at = Some(now);
@@ -218,6 +237,7 @@ async fn carry_out(
                 call.handle_party_opened(driver_now(), opened);
             }
             Action::Conference(update) => {
+                super::recording::conference(records.recording.as_ref(), &update);
                 records.link.conference(&update);
                 track_conference(
                     &mut records.parties,
@@ -235,6 +255,12 @@ async fn carry_out(
                     &services.metrics,
                 );
                 records.link.linkage(&update, &linkage);
+                super::recording::linkage(
+                    records.recording.as_ref(),
+                    &records.link,
+                    &update,
+                    &linkage,
+                );
                 records.changes.linkage(linkage);
             }
             Action::Ended(outcome) => {
@@ -247,6 +273,9 @@ async fn carry_out(
                     &services.metrics,
                 );
                 finish_record(record, relay, &outcome, &services.metrics);
+                if let Some(recording) = records.recording.take() {
+                    recording.end(driver_now());
+                }
                 records.changes.call_ended(record.clone());
             }
             Action::Finished => finished = true,

@@ -20,7 +20,7 @@ use crate::workorder::registry::{
     lock, CallCommand, CallRegistry, CallSnapshot, CommandDone, CommandError, CommandOutcome,
     CommandReply, ErrorCode,
 };
-use crate::workorder::{convert, CallEvent, EventKind, LegInfo, PartyInfo};
+use crate::workorder::{convert, CallEvent, EventKind, LegInfo, PartyInfo, RecordingInfo};
 
 /// The call as the platforms know it, its events not yet committed, and the results of
 /// commands that wait for them.
@@ -61,6 +61,7 @@ impl Link {
             answered_at: None,
             ticket: None,
             platforms: platform.into_iter().collect::<BTreeSet<_>>(),
+            recording: None,
         };
         let published = Arc::new(Mutex::new(state.clone()));
         let commands = registry.insert(Arc::clone(&published));
@@ -111,7 +112,18 @@ impl Link {
         event.called_number = snapshot.called_number.clone();
         event.caller_leg = snapshot.caller_leg.clone();
         event.called_leg = snapshot.called_leg.clone();
+        event.recording = snapshot.recording.clone();
         event
+    }
+
+    /// The call is recorded from now on: its events and `GetCall` say where.
+    pub fn recorded(&mut self, recording: RecordingInfo) {
+        self.state.recording = Some(recording);
+    }
+
+    /// The platforms the call involves as of this step.
+    pub fn platforms(&self) -> Vec<String> {
+        self.state.platforms.iter().cloned().collect()
     }
 
     fn emit(&mut self, event: CallEvent) {

@@ -8,4 +8,5 @@ pub mod admission;
 pub mod driver;
 pub mod link;
 pub mod prober;
+mod recording;
 pub mod registrar;

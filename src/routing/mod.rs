@@ -95,6 +95,8 @@ pub struct Peer {
     pub registration: Option<Registration>,
     /// The interface it is reached on (its network).
     pub interface: InterfaceId,
+    /// Calls through it are recorded (with `[recording]`).
+    pub record: bool,
     /// Up or down, as its probes found (up until they find otherwise).
     liveness: health::Liveness,
 }
@@ -147,6 +149,7 @@ impl Peer {
             probe_interval: None,
             registration: None,
             interface: InterfaceId::DEFAULT,
+            record: true,
             liveness: health::Liveness::default(),
         }
     }
@@ -185,6 +188,8 @@ pub const FRONT_SOURCE_HEADER: &str = "X-Hotline-Source";
 pub struct Route {
     pub number: NumberPattern,
     pub peers: Vec<String>,
+    /// Calls to the number are recorded (with `[recording]`).
+    pub record: bool,
 }
 
 /// An IP network (`198.51.100.0/24`, `2001:db8::/32`, or one address).
@@ -375,6 +380,8 @@ pub struct Router {
     by_ip: HashMap<IpAddr, Arc<Peer>>,
     exact: HashMap<String, Vec<Arc<Peer>>>,
     patterns: Vec<(NumberPattern, Vec<Arc<Peer>>)>,
+    /// The routes with `record = false`.
+    unrecorded: Vec<NumberPattern>,
     /// The interfaces' names by [`InterfaceId`] (the default's first), for records and logs.
     interfaces: Vec<String>,
 }
@@ -417,7 +424,11 @@ impl Router {
         }
         let mut exact = HashMap::new();
         let mut patterns = Vec::new();
+        let mut unrecorded = Vec::new();
         for route in routes {
+            if !route.record {
+                unrecorded.push(route.number.clone());
+            }
             let targets: Vec<Arc<Peer>> = route
                 .peers
                 .iter()
@@ -436,6 +447,7 @@ impl Router {
             by_ip,
             exact,
             patterns,
+            unrecorded,
             interfaces: vec!["default".to_string()],
         }
     }
@@ -526,6 +538,14 @@ impl Router {
             .map(|(_, peers)| peers.as_slice())
     }
 
+    /// Whether calls to `number` may be recorded: no route for it says `record = false`.
+    pub fn records(&self, number: &str) -> bool {
+        !self
+            .unrecorded
+            .iter()
+            .any(|pattern| pattern.matches(number))
+    }
+
     pub fn peer_by_name(&self, name: &str) -> Option<Arc<Peer>> {
         self.peers.iter().find(|p| p.name == name).cloned()
     }
@@ -572,6 +592,7 @@ mod tests {
             .map(|(number, peers)| Route {
                 number: NumberPattern::parse(number).unwrap_or_else(|e| panic!("{number}: {e}")),
                 peers: peers.iter().map(|p| p.to_string()).collect(),
+                record: true,
             })
             .collect();
         Router::new(peers, routes)

@@ -46,7 +46,7 @@ pub fn list_blocked(path: &Path, now: i64) -> Result<Vec<BlockedNumberRecord>, S
 
 const CALL_COLUMNS: &str = "id, a_call_id, b_call_id, caller, called, a_peer, b_peer, started_at,
     answered_at, ended_at, ended_by, end_reason, final_status, rtp_a_to_b, rtp_b_to_a, rtp_dropped,
-    a_interface, b_interface";
+    a_interface, b_interface, recording";
 
 fn call_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CallRecord> {
     Ok(CallRecord {
@@ -69,6 +69,7 @@ fn call_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CallRecord> {
         a_interface: row.get(16)?,
         b_interface: row.get(17)?,
         node: String::new(),
+        recording: row.get(18)?,
     })
 }
 

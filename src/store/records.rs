@@ -33,6 +33,8 @@ pub struct CallRecord {
     /// The cluster node that carries (or carried) the call (`[cluster] node`); empty in an
     /// embedded store.
     pub node: String,
+    /// The call's recording (the WAV file's path), when it was recorded.
+    pub recording: Option<String>,
 }
 
 /// Who called whom on which call, through which peer: what a call's record holds as it starts.
@@ -70,6 +72,7 @@ impl CallRecord {
             rtp_b_to_a: 0,
             rtp_dropped: 0,
             node: String::new(),
+            recording: None,
         }
     }
 }

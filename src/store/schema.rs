@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 use super::StoreError;
 
 /// The newest schema this code knows.
-pub(super) const SCHEMA_VERSION: i64 = 7;
+pub(super) const SCHEMA_VERSION: i64 = 8;
 
 /// The migrations, version `i + 1` at index `i`: each runs in one transaction that also
 /// records its version.
@@ -116,6 +116,8 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
     "ALTER TABLE calls ADD COLUMN a_interface TEXT NOT NULL DEFAULT 'default';
      ALTER TABLE calls ADD COLUMN b_interface TEXT;
      UPDATE calls SET b_interface = 'default' WHERE b_peer IS NOT NULL;",
+    // 8: the call's recording (`[recording]`).
+    "ALTER TABLE calls ADD COLUMN recording TEXT;",
 ];
 
 pub(super) fn migrate(connection: &Connection) -> Result<(), StoreError> {

@@ -185,16 +185,16 @@ fn write_call(transaction: &rusqlite::Transaction<'_>, r: &CallRecord) -> rusqli
         .prepare_cached(
             "INSERT INTO calls (id, a_call_id, b_call_id, caller, called, a_peer, b_peer,
                  started_at, answered_at, ended_at, ended_by, end_reason, final_status,
-                 rtp_a_to_b, rtp_b_to_a, rtp_dropped, a_interface, b_interface)
+                 rtp_a_to_b, rtp_b_to_a, rtp_dropped, a_interface, b_interface, recording)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                 ?17, ?18)
+                 ?17, ?18, ?19)
              ON CONFLICT(id) DO UPDATE SET b_call_id = excluded.b_call_id,
                  b_peer = excluded.b_peer, b_interface = excluded.b_interface,
                  answered_at = excluded.answered_at,
                  ended_at = excluded.ended_at, ended_by = excluded.ended_by,
                  end_reason = excluded.end_reason, final_status = excluded.final_status,
                  rtp_a_to_b = excluded.rtp_a_to_b, rtp_b_to_a = excluded.rtp_b_to_a,
-                 rtp_dropped = excluded.rtp_dropped",
+                 rtp_dropped = excluded.rtp_dropped, recording = excluded.recording",
         )?
         .execute(params![
             r.id,
@@ -215,6 +215,7 @@ fn write_call(transaction: &rusqlite::Transaction<'_>, r: &CallRecord) -> rusqli
             r.rtp_dropped as i64,
             r.a_interface,
             r.b_interface,
+            r.recording,
         ])?;
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use prost_types::Timestamp;
 
 use super::registry::{CallSnapshot, ErrorCode};
-use super::{pb, CallEvent, EventKind, LegInfo, PartyInfo};
+use super::{pb, CallEvent, EventKind, LegInfo, PartyInfo, RecordingInfo};
 use crate::store::LinkageRecord;
 
 /// `event` as the platforms get it, without its sequence and id (the store gives those).
@@ -30,6 +30,14 @@ pub fn event(event: &CallEvent) -> pb::Event {
         hotkey: event.hotkey.clone().unwrap_or_default(),
         ended_by: event.ended_by.as_deref().map_or(0, |e| ended_by(e) as i32),
         reason: event.reason.clone().unwrap_or_default(),
+        recording: event.recording.as_ref().map(recording),
+    }
+}
+
+fn recording(recording: &RecordingInfo) -> pb::Recording {
+    pb::Recording {
+        recording_id: recording.id.clone(),
+        path: recording.path.clone(),
     }
 }
 
@@ -148,6 +156,7 @@ pub fn call(snapshot: &CallSnapshot) -> pb::Call {
         started_at: Some(timestamp_ms(snapshot.started_at)),
         answered_at: snapshot.answered_at.map(timestamp_ms),
         ticket: snapshot.ticket.clone(),
+        recording: snapshot.recording.as_ref().map(recording),
     }
 }
 

@@ -76,6 +76,14 @@ pub struct LegInfo {
     pub number: String,
 }
 
+/// A call's recording as the platforms see it: its id (the call's, `GET /recordings/<id>`)
+/// and the WAV file's path.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecordingInfo {
+    pub id: String,
+    pub path: String,
+}
+
 /// What happened (the protobuf `EventType`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -134,6 +142,7 @@ pub struct CallEvent {
     /// `caller`, `callee` or `gateway` (as the call record has it).
     pub ended_by: Option<String>,
     pub reason: Option<String>,
+    pub recording: Option<RecordingInfo>,
 }
 
 impl CallEvent {
@@ -158,6 +167,7 @@ impl CallEvent {
             hotkey: None,
             ended_by: None,
             reason: None,
+            recording: None,
         }
     }
 }

@@ -99,6 +99,8 @@ pub struct CallSnapshot {
     /// Every platform the call has involved (its legs' peers', its transfer targets'): those
     /// get its events and may command it.
     pub platforms: BTreeSet<String>,
+    /// The call's recording, once it is recorded.
+    pub recording: Option<super::RecordingInfo>,
 }
 
 struct Entry {

@@ -50,6 +50,7 @@ fn contract_router(police_srtp: SrtpMode) -> Router {
     let route = |number: &str, to: &str| crate::routing::Route {
         number: crate::routing::NumberPattern::Exact(number.into()),
         peers: vec![to.into()],
+        record: true,
     };
     Router::new(
         vec![

@@ -45,18 +45,18 @@ impl Statements {
                 "INSERT INTO calls (id, node, a_call_id, b_call_id, caller, called, a_peer,
                      b_peer, started_at, answered_at, ended_at, ended_by, end_reason,
                      final_status, rtp_a_to_b, rtp_b_to_a, rtp_dropped, a_interface,
-                     b_interface)
+                     b_interface, recording)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
                      $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[],
                      $10::bigint[], $11::bigint[], $12::text[], $13::text[], $14::integer[],
-                     $15::bigint[], $16::bigint[], $17::bigint[], $18::text[], $19::text[])
+                     $15::bigint[], $16::bigint[], $17::bigint[], $18::text[], $19::text[], $20::text[])
                  ON CONFLICT (id) DO UPDATE SET b_call_id = excluded.b_call_id,
                      b_peer = excluded.b_peer, b_interface = excluded.b_interface,
                      answered_at = excluded.answered_at,
                      ended_at = excluded.ended_at, ended_by = excluded.ended_by,
                      end_reason = excluded.end_reason, final_status = excluded.final_status,
                      rtp_a_to_b = excluded.rtp_a_to_b, rtp_b_to_a = excluded.rtp_b_to_a,
-                     rtp_dropped = excluded.rtp_dropped
+                     rtp_dropped = excluded.rtp_dropped, recording = excluded.recording
                  -- A call a survivor closed for its lost node stays as the platforms were told
                  -- (its node came back late and still writes).
                  WHERE calls.end_reason IS DISTINCT FROM 'node lost'",
@@ -418,6 +418,7 @@ fn write_calls(
             &number(|r| r.rtp_dropped as i64),
             &text(|r| &r.a_interface),
             &optional(|r| r.b_interface.as_deref()),
+            &optional(|r| r.recording.as_deref()),
         ],
     )?;
     Ok(())

@@ -148,7 +148,7 @@ impl std::fmt::Debug for DatabaseUrl {
 }
 
 /// The newest schema this code knows in PostgreSQL.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 
 /// The migrations, version `i + 1` at index `i`. Version 1 is the embedded store's seventh
 /// with the cluster's own: each call's node, the nodes' leases, and the requests forwarded
@@ -254,6 +254,8 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
          created_at TIMESTAMPTZ NOT NULL DEFAULT now()
      );
      CREATE INDEX forwarded_created_at ON forwarded (created_at);",
+    // 2: the call's recording (`[recording]`).
+    "ALTER TABLE calls ADD COLUMN recording TEXT;",
 ];
 
 /// Any number, the same for every node: the lock under which one node migrates at a time.

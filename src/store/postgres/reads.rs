@@ -12,7 +12,7 @@ use super::OUTBOX_CHANNEL;
 
 const CALL_COLUMNS: &str = "id, a_call_id, b_call_id, caller, called, a_peer, b_peer, started_at,
     answered_at, ended_at, ended_by, end_reason, final_status, rtp_a_to_b, rtp_b_to_a, rtp_dropped,
-    a_interface, b_interface, node";
+    a_interface, b_interface, node, recording";
 
 fn call_row(row: &Row) -> CallRecord {
     CallRecord {
@@ -37,6 +37,7 @@ fn call_row(row: &Row) -> CallRecord {
         a_interface: row.get(16),
         b_interface: row.get(17),
         node: row.get(18),
+        recording: row.get(19),
     }
 }
 

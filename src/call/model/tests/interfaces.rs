@@ -23,6 +23,7 @@ fn settings_with_police_network() -> Arc<CallSettings> {
     let route = |number: &str, to: &str| crate::routing::Route {
         number: crate::routing::NumberPattern::Exact(number.into()),
         peers: vec![to.into()],
+        record: true,
     };
     let router = Router::new(
         vec![
