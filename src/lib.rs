@@ -585,11 +585,24 @@ fn serve_http(
 ) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
     let http_address = http_listener.local_addr().unwrap_or(config.api.http);
     let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
+    let recordings = config.recording.as_ref().map(|recording| {
+        Arc::new(http::RecordingAccess {
+            root: recording.path.clone(),
+            retention_days: recording.retention_days,
+            tokens: workorder::auth::Tokens::new(
+                config
+                    .platforms
+                    .iter()
+                    .map(|p| (p.name.clone(), p.token.clone())),
+            ),
+        })
+    });
     tokio::spawn(http::serve(
         http_listener,
         Arc::clone(metrics),
         health,
         http_stopped,
+        recordings,
     ));
     (http_address, http_stop)
 }

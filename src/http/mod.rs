@@ -1,8 +1,9 @@
 //! The operations endpoint on `api.http`: `GET /healthz` and `GET /metrics`. `/healthz` is 200
 //! `ok` when the gateway can take calls (503 and the problems otherwise), followed by a
 //! `peer down: NAME` line per peer its probes found down (not a problem of the gateway's).
+//! With `[recording]`, `GET /recordings/<call id>` too ([`recordings`]).
 //!
-//! Two fixed routes do not need a web framework: a minimal HTTP/1.1 responder, one task per
+//! A few fixed routes do not need a web framework: a minimal HTTP/1.1 responder, one task per
 //! connection, `Connection: close`. It is reachable by whoever reaches the port, so it is
 //! bounded: at most [`crate::limits::MAX_HTTP_CONNECTIONS`] connections at once (more are
 //! closed at once), a request head of 8 KiB that must be whole within [`HEAD_DEADLINE`] of the
@@ -17,6 +18,9 @@ use tokio::sync::watch;
 
 use crate::health::HealthCheck;
 use crate::metrics::{Counter, Metrics};
+
+mod recordings;
+pub use recordings::RecordingAccess;
 
 const MAX_HEAD: usize = 8192;
 /// The whole request head must arrive within this long of the connection opening.
@@ -44,8 +48,10 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     health: Arc<dyn HealthCheck>,
     shutdown: watch::Receiver<bool>,
+    recordings: Option<Arc<RecordingAccess>>,
 ) {
-    serve_with(listener, metrics, health, shutdown, HttpLimits::default()).await;
+    let limits = HttpLimits::default();
+    serve_with(listener, metrics, health, shutdown, limits, recordings).await;
 }
 
 /// As [`serve`], within `limits`.
@@ -55,6 +61,7 @@ pub async fn serve_with(
     health: Arc<dyn HealthCheck>,
     mut shutdown: watch::Receiver<bool>,
     limits: HttpLimits,
+    recordings: Option<Arc<RecordingAccess>>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.connections));
     loop {
@@ -71,13 +78,10 @@ pub async fn serve_with(
                 };
                 let metrics = Arc::clone(&metrics);
                 let health = Arc::clone(&health);
+                let recordings = recordings.clone();
                 tokio::spawn(async move {
-                    // The head's deadline, then the health check's, then the answer's.
-                    let _ = tokio::time::timeout(
-                        limits.head_deadline + crate::health::ANSWER_WITHIN * 2,
-                        handle(stream, &metrics, health.as_ref(), limits.head_deadline),
-                    )
-                    .await;
+                    let services = (metrics.as_ref(), health.as_ref(), recordings.as_deref());
+                    handle(stream, services, limits.head_deadline).await;
                     drop(slot);
                 });
             }
@@ -92,10 +96,12 @@ pub async fn serve_with(
     }
 }
 
+/// One connection: the head within `head_deadline`, then the answer (a route's within twice
+/// the health check's allowance; a recording's as long as its download takes, up to its own
+/// limit).
 async fn handle(
     mut stream: TcpStream,
-    metrics: &Metrics,
-    health: &dyn HealthCheck,
+    (metrics, health, recordings): (&Metrics, &dyn HealthCheck, Option<&RecordingAccess>),
     head_deadline: Duration,
 ) {
     let mut head = Vec::with_capacity(512);
@@ -113,10 +119,34 @@ async fn handle(
             Ok(Ok(n)) => head.extend_from_slice(&chunk[..n]),
         }
     };
-    let (status, content_type, body) = if !complete {
-        (431, "text/plain", "request header too large\n".to_string())
-    } else {
-        route(&head, metrics, health).await
+    if complete {
+        let text = String::from_utf8_lossy(&head);
+        let mut parts = text.lines().next().unwrap_or_default().split(' ');
+        let (method, path) = (
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+        );
+        let recording = path
+            .split('?')
+            .next()
+            .and_then(|p| p.strip_prefix("/recordings/"));
+        if let (Some(name), Some(access), "GET" | "HEAD") = (recording, recordings, method) {
+            recordings::respond(&mut stream, method, name, &text, access).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
+    let answer = async {
+        if complete {
+            route(&head, metrics, health).await
+        } else {
+            (431, "text/plain", "request header too large\n".to_string())
+        }
+    };
+    let Ok((status, content_type, body)) =
+        tokio::time::timeout(crate::health::ANSWER_WITHIN * 2, answer).await
+    else {
+        return;
     };
     let reason = match status {
         200 => "OK",
@@ -204,7 +234,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         metrics.add(Counter::RtpPacketsRelayed, 7);
         let (_stop, stopped) = watch::channel(false);
-        tokio::spawn(serve(listener, metrics, Arc::new(Healthy), stopped));
+        tokio::spawn(serve(listener, metrics, Arc::new(Healthy), stopped, None));
         assert!(request(address, b"GET /healthz HTTP/1.1\r\n\r\n")
             .await
             .starts_with("HTTP/1.1 200 OK"));
@@ -252,6 +282,7 @@ mod tests {
             Arc::new(Healthy),
             stopped,
             limits,
+            None,
         ));
         let mut holders = Vec::new();
         for _ in 0..4 {

@@ -1,0 +1,524 @@
+//! Recording (录音) end to end over loopback: the citizen sends 440 Hz, the agent 880 Hz, 110
+//! 1320 Hz; the call's WAV must have 440 Hz on the left throughout and, on the right, what the
+//! citizen heard: 880 Hz, then 1320 Hz after a transfer, 880 Hz again after a failed one, both
+//! in a three-way call; the JSON's steps where the audio changes; the download only for the
+//! platforms the call involved.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{establish, tone_level, Gateway, RtpPeer, Ua};
+use hotline_gateway::media::g711;
+use hotline_gateway::media::recording::Sidecar;
+use hotline_gateway::sip::message::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+const CITIZEN_HZ: f64 = 440.0;
+const AGENT_HZ: f64 = 880.0;
+const POLICE_HZ: f64 = 1320.0;
+const LEVEL: f64 = 8000.0;
+const TOKEN_12345: &str = "token-of-the-12345-platform";
+const TOKEN_110: &str = "token-of-the-110-platform";
+const TOKEN_120: &str = "token-of-the-120-platform";
+
+/// Carrier, hotline (12345) and police (110), hotkeys `*1` transfer and `*3` conference to 110,
+/// recording into `recordings` with `extra` keys.
+async fn setup(recordings: &Path, extra: &str) -> (Gateway, Ua, Ua, Ua) {
+    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = Ua::bind("hotline", LOCALHOST).await;
+    let mut police = Ua::bind("police", LOCALHOST).await;
+    let gateway = Gateway::start_with_tables(
+        &[
+            ("carrier", citizen.address, ""),
+            ("hotline", agent.address, "platform = \"12345\""),
+            (
+                "police",
+                police.address,
+                "platform = \"110\"\ntrusted = true",
+            ),
+        ],
+        &[("12345", &["hotline"]), ("110", &["police"])],
+        "transfer_ring_timeout_secs = 2\nhotkey_inter_digit_ms = 500\n",
+        "",
+        &format!(
+            "\n[[hotkey]]\ndtmf = \"*3\"\naction = \"conference\"\ntarget = \"110\"\n\
+             \n[[platform]]\nname = \"12345\"\ntoken = \"{TOKEN_12345}\"\n\
+             \n[[platform]]\nname = \"110\"\ntoken = \"{TOKEN_110}\"\n\
+             \n[[platform]]\nname = \"120\"\ntoken = \"{TOKEN_120}\"\n\
+             \n[recording]\npath = \"{}\"\n{extra}\n",
+            recordings.display()
+        ),
+    )
+    .await;
+    for ua in [&mut citizen, &mut agent, &mut police] {
+        ua.set_gateway(gateway.sip);
+    }
+    (gateway, citizen, agent, police)
+}
+
+/// A party streaming its tone (PCMA) every 20 ms; what comes back is read and dropped.
+struct Talker<'a> {
+    rtp: &'a RtpPeer,
+    to: SocketAddr,
+    frequency: f64,
+    sent: u32,
+}
+
+impl<'a> Talker<'a> {
+    fn new(rtp: &'a RtpPeer, to: SocketAddr, frequency: f64) -> Talker<'a> {
+        Talker {
+            rtp,
+            to,
+            frequency,
+            sent: 0,
+        }
+    }
+
+    async fn send(&mut self) {
+        let mut payload = [0u8; 160];
+        for (n, code) in payload.iter_mut().enumerate() {
+            let t = f64::from(self.sent * 160 + n as u32) / 8000.0;
+            let sample = (LEVEL * (2.0 * std::f64::consts::PI * self.frequency * t).sin()) as i16;
+            *code = g711::linear_to_alaw(sample);
+        }
+        let ssrc = self.frequency as u32;
+        let sequence = self.sent as u16;
+        self.rtp
+            .send(self.to, 8, sequence, self.sent * 160, ssrc, &payload)
+            .await;
+        self.sent += 1;
+    }
+}
+
+/// Every talker sends `packets` packets, 20 ms apart; what they receive is drained.
+async fn talk(talkers: &mut [&mut Talker<'_>], packets: u32) {
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    for _ in 0..packets {
+        pace.tick().await;
+        for talker in talkers.iter_mut() {
+            talker.send().await;
+        }
+        for talker in talkers.iter_mut() {
+            while talker
+                .rtp
+                .recv_within(Duration::from_millis(1))
+                .await
+                .is_some()
+            {}
+        }
+    }
+}
+
+/// The recording's two channels and its JSON, once the JSON says the file is complete.
+struct Recorded {
+    left: Vec<i16>,
+    right: Vec<i16>,
+    sidecar: Sidecar,
+    path: PathBuf,
+}
+
+impl Recorded {
+    /// Waits (bounded) for the recording at `path` to be completed, then reads it.
+    async fn read(path: &str) -> Recorded {
+        let path = PathBuf::from(path);
+        let json = path.with_extension("json");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let sidecar = loop {
+            let parsed: Option<Sidecar> = std::fs::read(&json)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            match parsed {
+                Some(s) if s.complete => break s,
+                _ if tokio::time::Instant::now() > deadline => {
+                    panic!("recording {} not completed", path.display())
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(&bytes[0..4], b"RIFF");
+        assert_eq!(&bytes[8..16], b"WAVEfmt ");
+        assert_eq!(u16::from_le_bytes([bytes[22], bytes[23]]), 2, "stereo");
+        assert_eq!(
+            u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]),
+            8000
+        );
+        let data = u32::from_le_bytes([bytes[40], bytes[41], bytes[42], bytes[43]]) as usize;
+        assert_eq!(bytes.len(), 44 + data, "the header covers the file");
+        let samples: Vec<i16> = bytes[44..]
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        Recorded {
+            left: samples.iter().step_by(2).copied().collect(),
+            right: samples.iter().skip(1).step_by(2).copied().collect(),
+            sidecar,
+            path,
+        }
+    }
+
+    /// The offset of the first step named `name`, in ms.
+    fn step(&self, name: &str) -> i64 {
+        match self.sidecar.steps.iter().find(|s| s.step == name) {
+            Some(step) => step.offset_ms,
+            None => panic!("no step {name}: {:?}", self.sidecar.steps),
+        }
+    }
+}
+
+/// `channel` between `from_ms` and `to_ms` has `hears` (at least half the level) and not `not`.
+fn assert_tones(channel: &[i16], (from_ms, to_ms): (i64, i64), hears: &[f64], not: &[f64]) {
+    let at = |ms: i64| ((ms.max(0) as usize) * 8).min(channel.len());
+    let window = &channel[at(from_ms)..at(to_ms)];
+    assert!(
+        window.len() >= 1600,
+        "{from_ms}-{to_ms} ms: only {} samples",
+        window.len()
+    );
+    for frequency in hears {
+        let level = tone_level(window, *frequency);
+        assert!(
+            level > 0.5 * LEVEL,
+            "{from_ms}-{to_ms} ms should hold {frequency} Hz: level {level:.0}"
+        );
+    }
+    for frequency in not {
+        let level = tone_level(window, *frequency);
+        assert!(
+            level < 0.05 * LEVEL,
+            "{from_ms}-{to_ms} ms should not hold {frequency} Hz: level {level:.0}"
+        );
+    }
+}
+
+/// Where in `channel` (ms) `frequency` is first heard in a whole 20 ms frame, from `from_ms`.
+fn onset_ms(channel: &[i16], frequency: f64, from_ms: i64) -> i64 {
+    let mut at = (from_ms.max(0) as usize) * 8;
+    while at + 160 <= channel.len() {
+        if tone_level(&channel[at..at + 160], frequency) > 0.5 * LEVEL {
+            return (at / 8) as i64;
+        }
+        at += 80;
+    }
+    panic!("{frequency} Hz never heard after {from_ms} ms");
+}
+
+/// `GET /recordings/<name>` with `token` (and `range`): the status, headers and body.
+async fn download(
+    gateway: &Gateway,
+    name: &str,
+    token: Option<&str>,
+    range: Option<&str>,
+) -> (u16, String, Vec<u8>) {
+    let mut stream = tokio::net::TcpStream::connect(gateway.http)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut request = format!("GET /recordings/{name} HTTP/1.1\r\nHost: test\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    if let Some(range) = range {
+        request.push_str(&format!("Range: {range}\r\n"));
+    }
+    request.push_str("\r\n");
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes)).await;
+    let split = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head"));
+    let head = String::from_utf8_lossy(&bytes[..split]).to_string();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head, bytes[split + 4..].to_vec())
+}
+
+/// The citizen hangs up; the gateway's record of the call once ended.
+async fn hang_up(
+    gateway: &Gateway,
+    citizen: &mut Ua,
+    call: &common::Established,
+    other: &mut Ua,
+) -> hotline_gateway::store::CallRecord {
+    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
+    citizen.send_request(&bye).await;
+    citizen.expect_response("BYE", 200).await;
+    let bye = other.expect_request("BYE").await;
+    other.send_response(&other.answer(&bye, 200, None)).await;
+    gateway.ended_record(call.invite.call_id()).await
+}
+
+#[tokio::test]
+async fn a_blind_transfer_is_one_recording_and_only_its_platforms_may_download_it() {
+    let recordings = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (gateway, mut citizen, mut agent, mut police) = setup(recordings.path(), "").await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let mut said = Talker::new(&call.caller_rtp, call.gateway_a_media, CITIZEN_HZ);
+    let mut desk = Talker::new(&call.callee_rtp, call.gateway_b_media, AGENT_HZ);
+    talk(&mut [&mut said, &mut desk], 100).await;
+
+    let mut refer = agent.uas_request(&call.incoming, "REFER", 2);
+    refer.headers.push("Refer-To", "<sip:110@gw>");
+    agent.send_request(&refer).await;
+    agent.expect_response("REFER", 202).await;
+    let invite = police.expect_request("INVITE").await;
+    police
+        .send_response(&police.answer(&invite, 180, None))
+        .await;
+    let police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
+    // The agent's NOTIFYs (100, 180, 200) and its release.
+    loop {
+        if let Message::Request(request) = agent.recv().await {
+            agent
+                .send_response(&agent.answer(&request, 200, None))
+                .await;
+            if request.method.as_str() == "BYE" {
+                break;
+            }
+        }
+    }
+    let mut desk_110 = Talker::new(&police_rtp, call.gateway_b_media, POLICE_HZ);
+    talk(&mut [&mut said, &mut desk_110], 100).await;
+    let record = hang_up(&gateway, &mut citizen, &call, &mut police).await;
+
+    let path = record
+        .recording
+        .clone()
+        .unwrap_or_else(|| panic!("no recording: {record:?}"));
+    assert!(path.ends_with(&format!("/{}.wav", record.id)), "{path}");
+    let recorded = Recorded::read(&path).await;
+    let answered = recorded.step("linkage_answered");
+    assert!(recorded.step("transfer_requested") <= answered);
+    let end = recorded.sidecar.duration_ms.unwrap_or_default() as i64;
+    assert_tones(
+        &recorded.left,
+        (100, end - 100),
+        &[CITIZEN_HZ],
+        &[AGENT_HZ, POLICE_HZ],
+    );
+    assert_tones(
+        &recorded.right,
+        (100, answered - 300),
+        &[AGENT_HZ],
+        &[CITIZEN_HZ, POLICE_HZ],
+    );
+    assert_tones(
+        &recorded.right,
+        (answered + 200, end - 100),
+        &[POLICE_HZ],
+        &[AGENT_HZ, CITIZEN_HZ],
+    );
+    let onset = onset_ms(&recorded.right, POLICE_HZ, answered - 1000);
+    assert!(
+        (onset - answered).abs() <= 100,
+        "110 heard at {onset} ms, its answer marked at {answered} ms"
+    );
+    let sidecar = &recorded.sidecar;
+    assert_eq!(sidecar.call_id, record.id);
+    assert_eq!(sidecar.caller, "13800138000");
+    assert_eq!(sidecar.linkages.len(), 1);
+    assert!(sidecar.platforms.contains(&"12345".to_string()));
+    assert!(
+        sidecar.platforms.contains(&"110".to_string()),
+        "{:?}",
+        sidecar.platforms
+    );
+
+    // Downloads: both platforms of the call, in whole and in part; nobody else.
+    let whole = std::fs::read(&recorded.path).unwrap_or_else(|e| panic!("{e}"));
+    for token in [TOKEN_12345, TOKEN_110] {
+        let (status, head, body) = download(&gateway, &record.id, Some(token), None).await;
+        assert_eq!(status, 200, "{head}");
+        assert!(head.contains("Content-Type: audio/wav"), "{head}");
+        assert_eq!(body, whole);
+    }
+    let (status, head, body) =
+        download(&gateway, &record.id, Some(TOKEN_110), Some("bytes=0-43")).await;
+    assert_eq!(status, 206);
+    assert!(
+        head.contains(&format!("Content-Range: bytes 0-43/{}", whole.len())),
+        "{head}"
+    );
+    assert_eq!(body, whole[..44]);
+    let (status, _, body) = download(
+        &gateway,
+        &format!("{}.json", record.id),
+        Some(TOKEN_12345),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(serde_json::from_slice::<Sidecar>(&body).is_ok());
+    assert_eq!(
+        download(&gateway, &record.id, Some(TOKEN_120), None)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(download(&gateway, &record.id, None, None).await.0, 401);
+    assert_eq!(
+        download(&gateway, &record.id, Some("not-a-token-at-all"), None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        download(&gateway, "0000000000000000", Some(TOKEN_110), None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        download(&gateway, "..%2F..%2Fetc", Some(TOKEN_110), None)
+            .await
+            .0,
+        404
+    );
+    let (status, head, _) = download(
+        &gateway,
+        &record.id,
+        Some(TOKEN_110),
+        Some(&format!("bytes={}-", whole.len())),
+    )
+    .await;
+    assert_eq!(status, 416, "{head}");
+}
+
+#[tokio::test]
+async fn a_failed_transfer_goes_back_to_the_agent_and_a_three_way_call_is_mixed() {
+    let recordings = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (gateway, mut citizen, mut agent, mut police) = setup(recordings.path(), "").await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let mut said = Talker::new(&call.caller_rtp, call.gateway_a_media, CITIZEN_HZ);
+    let mut desk = Talker::new(&call.callee_rtp, call.gateway_b_media, AGENT_HZ);
+    talk(&mut [&mut said, &mut desk], 50).await;
+
+    // 110 is busy: the citizen stays with the agent.
+    let mut refer = agent.uas_request(&call.incoming, "REFER", 2);
+    refer.headers.push("Refer-To", "<sip:110@gw>");
+    agent.send_request(&refer).await;
+    agent.expect_response("REFER", 202).await;
+    let invite = police.expect_request("INVITE").await;
+    police
+        .send_response(&police.answer(&invite, 486, None))
+        .await;
+    loop {
+        let notify = agent.expect_request("NOTIFY").await;
+        agent.send_response(&agent.answer(&notify, 200, None)).await;
+        if String::from_utf8_lossy(&notify.body).contains("486") {
+            break;
+        }
+    }
+    talk(&mut [&mut said, &mut desk], 75).await;
+
+    // Then the agent keys *3 and 110 joins: the citizen hears both.
+    for (cseq, digit) in [(3, '*'), (4, '3')] {
+        let info = common::dtmf_info(&mut agent, &call, cseq, digit);
+        agent.send_request(&info).await;
+        agent.expect_response("INFO", 200).await;
+    }
+    let invite = police.expect_request("INVITE").await;
+    let guest_media = common::sdp_address(invite.sdp().unwrap_or_default());
+    let police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
+    let mut guest = Talker::new(&police_rtp, guest_media, POLICE_HZ);
+    talk(&mut [&mut said, &mut desk, &mut guest], 100).await;
+    // The agent leaves: the citizen and 110 stay.
+    let bye = agent.uas_request(&call.incoming, "BYE", 5);
+    agent.send_request(&bye).await;
+    agent.expect_response("BYE", 200).await;
+    talk(&mut [&mut said, &mut guest], 75).await;
+    let record = hang_up(&gateway, &mut citizen, &call, &mut police).await;
+
+    let recorded = Recorded::read(&record.recording.unwrap_or_default()).await;
+    let failed = recorded.step("linkage_failed");
+    let joined = recorded
+        .sidecar
+        .steps
+        .iter()
+        .filter(|s| s.step == "conference_joined")
+        .map(|s| s.offset_ms)
+        .max()
+        .unwrap_or_else(|| panic!("no conference_joined: {:?}", recorded.sidecar.steps));
+    let left = recorded.step("agent_left");
+    let end = recorded.sidecar.duration_ms.unwrap_or_default() as i64;
+    assert_tones(
+        &recorded.left,
+        (100, end - 100),
+        &[CITIZEN_HZ],
+        &[AGENT_HZ, POLICE_HZ],
+    );
+    assert_tones(
+        &recorded.right,
+        (100, failed - 100),
+        &[AGENT_HZ],
+        &[POLICE_HZ, CITIZEN_HZ],
+    );
+    assert_tones(
+        &recorded.right,
+        (failed + 100, joined - 200),
+        &[AGENT_HZ],
+        &[POLICE_HZ, CITIZEN_HZ],
+    );
+    assert_tones(
+        &recorded.right,
+        (joined + 300, left - 100),
+        &[AGENT_HZ, POLICE_HZ],
+        &[CITIZEN_HZ],
+    );
+    assert_tones(
+        &recorded.right,
+        (left + 300, end - 100),
+        &[POLICE_HZ],
+        &[AGENT_HZ, CITIZEN_HZ],
+    );
+}
+
+#[tokio::test]
+async fn a_full_recording_disk_keeps_calls_up_and_counts_what_it_did_not_record() {
+    let recordings = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    // Two MB of earlier recordings against a budget of one.
+    let day = recordings.path().join("2026/01/01");
+    std::fs::create_dir_all(&day).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(day.join("old.wav"), vec![0u8; 2 << 20]).unwrap_or_else(|e| panic!("{e}"));
+    let (gateway, mut citizen, mut agent, _police) =
+        setup(recordings.path(), "max_disk_mb = 1").await;
+    let metrics = || async { gateway.http_get("/metrics").await.1 };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !metrics().await.contains("\nhotline_recording_full 1\n") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the budget was never found reached"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let mut said = Talker::new(&call.caller_rtp, call.gateway_a_media, CITIZEN_HZ);
+    talk(&mut [&mut said], 10).await;
+    assert!(
+        call.callee_rtp
+            .recv_within(Duration::from_secs(2))
+            .await
+            .is_some(),
+        "the call carries audio"
+    );
+    let record = hang_up(&gateway, &mut citizen, &call, &mut agent).await;
+    assert_eq!(record.recording, None);
+    assert_eq!(record.ended_by.as_deref(), Some("caller"));
+    let text = metrics().await;
+    assert!(
+        text.contains("\nhotline_recording_refused_total 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nhotline_recording_started_total 0\n"),
+        "{text}"
+    );
+}
