@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::process::{free_port, GatewayProcess};
 use common::{establish, tone_level, Gateway, RtpPeer, Ua};
 use hotline_gateway::media::g711;
 use hotline_gateway::media::recording::Sidecar;
@@ -520,5 +521,222 @@ async fn a_full_recording_disk_keeps_calls_up_and_counts_what_it_did_not_record(
     assert!(
         text.contains("\nhotline_recording_started_total 0\n"),
         "{text}"
+    );
+}
+
+/// The WAV header's data size of the file at `path` (0 until it has one).
+fn data_size(path: &Path) -> u64 {
+    std::fs::read(path)
+        .ok()
+        .filter(|b| b.len() >= 44)
+        .map_or(0, |b| {
+            u64::from(u32::from_le_bytes([b[40], b[41], b[42], b[43]]))
+        })
+}
+
+/// The one WAV file under `root`.
+fn the_wav(root: &Path) -> Option<PathBuf> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "wav") {
+                return Some(path);
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_recording_cut_by_kill_9_is_readable_by_standard_tools_and_repaired_at_start() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let recordings = dir.path().join("recordings");
+    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = Ua::bind("hotline", LOCALHOST).await;
+    let sip = SocketAddr::new(LOCALHOST, free_port());
+    let [low, high] = common::media_block();
+    let config = dir.path().join("gateway.toml");
+    let text = format!(
+        "[sip]\nlisten = \"{sip}\"\n\n[media]\naddress = \"127.0.0.1\"\nports = [{low}, {high}]\n\n\
+         [store]\npath = \"{db}\"\n\n[api]\ngrpc = \"127.0.0.1:{grpc}\"\nhttp = \"127.0.0.1:{http}\"\n\n\
+         [[peer]]\nname = \"carrier\"\naddress = \"{carrier}\"\n\n\
+         [[peer]]\nname = \"hotline\"\naddress = \"{hotline}\"\nplatform = \"12345\"\n\n\
+         [[route]]\nnumber = \"12345\"\npeers = [\"hotline\"]\n\n\
+         [recording]\npath = \"{recordings}\"\n",
+        db = dir.path().join("gateway.db").display(),
+        grpc = free_port(),
+        http = free_port(),
+        carrier = citizen.address,
+        hotline = agent.address,
+        recordings = recordings.display(),
+    );
+    std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
+    for ua in [&mut citizen, &mut agent] {
+        ua.set_gateway(sip);
+    }
+    let gateway = GatewayProcess::start(&config);
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let mut said = Talker::new(&call.caller_rtp, call.gateway_a_media, CITIZEN_HZ);
+    let mut desk = Talker::new(&call.callee_rtp, call.gateway_b_media, AGENT_HZ);
+    // Talk until the writer has appended a second of the call, then kill it mid-call.
+    let mut rounds = 0;
+    loop {
+        talk(&mut [&mut said, &mut desk], 25).await;
+        rounds += 1;
+        let written = the_wav(&recordings).map_or(0, |p| data_size(&p));
+        if written >= 8000 * 4 {
+            break;
+        }
+        assert!(rounds < 40, "nothing appended after {rounds} rounds");
+    }
+    gateway.kill_9();
+    let wav = the_wav(&recordings).unwrap_or_else(|| panic!("no recording"));
+
+    let sox = std::process::Command::new("sox")
+        .arg("--i")
+        .arg(&wav)
+        .output()
+        .unwrap_or_else(|e| panic!("sox: {e}"));
+    let info = String::from_utf8_lossy(&sox.stdout);
+    assert!(
+        sox.status.success(),
+        "sox --i: {}",
+        String::from_utf8_lossy(&sox.stderr)
+    );
+    assert!(info.contains("Channels       : 2"), "{info}");
+    assert!(info.contains("Sample Rate    : 8000"), "{info}");
+    let python = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, wave\nw = wave.open(sys.argv[1])\n\
+             assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (2, 2, 8000)\n\
+             frames = w.readframes(w.getnframes())\nprint(w.getnframes(), len(frames))",
+        )
+        .arg(&wav)
+        .output()
+        .unwrap_or_else(|e| panic!("python3: {e}"));
+    assert!(
+        python.status.success(),
+        "wave: {}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+    let printed = String::from_utf8_lossy(&python.stdout);
+    let frames: u64 = printed
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(frames >= 8000, "python's wave read {printed}");
+
+    // The next start makes the header cover every sample the killed run wrote.
+    let length = std::fs::metadata(&wav).map_or(0, |m| m.len());
+    let again = GatewayProcess::start(&config);
+    assert_eq!(data_size(&wav), (length - 44) / 4 * 4, "repaired at start");
+    drop(again);
+}
+
+/// An SRTP leg is recorded in clear: the gateway records after it decrypts the citizen's
+/// packets and before it encrypts what it sends the citizen.
+#[tokio::test]
+async fn an_srtp_leg_is_recorded_in_clear() {
+    use base64::Engine;
+    use hotline_gateway::media::srtp::{MasterKey, Sender, Suite};
+    let recordings = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (gateway, mut citizen, mut agent, _police) = setup(recordings.path(), "").await;
+    let citizen_rtp = RtpPeer::bind(LOCALHOST).await;
+    let key = MasterKey([0x11; 30]);
+    let offer = common::sdp(citizen_rtp.address, &[8], "sendrecv").replace("RTP/AVP", "RTP/SAVP")
+        + &format!(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(key.0)
+        );
+    let invite = citizen.invite("12345", "13800138000", &offer, "");
+    citizen.send_request(&invite).await;
+    let incoming = agent.expect_request("INVITE").await;
+    let gateway_b = common::sdp_address(incoming.sdp().unwrap_or_default());
+    let agent_rtp = RtpPeer::bind(LOCALHOST).await;
+    let answer = common::sdp(agent_rtp.address, &[8], "sendrecv");
+    agent
+        .send_response(&agent.answer(&incoming, 200, Some(&answer)))
+        .await;
+    let ok = citizen.expect_response("INVITE", 200).await;
+    let gateway_a = common::sdp_address(ok.sdp().unwrap_or_default());
+    assert!(ok.sdp().unwrap_or_default().contains("RTP/SAVP"));
+    let ack = citizen.ack(&invite, &ok, "");
+    citizen.send_request(&ack).await;
+
+    let mut sender = Sender::new(Suite::AesCm128HmacSha1_80, &key);
+    let mut desk = Talker::new(&agent_rtp, gateway_b, AGENT_HZ);
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    for n in 0..100u32 {
+        pace.tick().await;
+        let mut buffer = [0u8; 256];
+        buffer[..12].copy_from_slice(&[0x80, 8, 0, 0, 0, 0, 0, 0, 0xc1, 0x71, 0, 1]);
+        buffer[2..4].copy_from_slice(&(n as u16).to_be_bytes());
+        buffer[4..8].copy_from_slice(&(160 * n).to_be_bytes());
+        for (i, code) in buffer[12..172].iter_mut().enumerate() {
+            let t = f64::from(n * 160 + i as u32) / 8000.0;
+            let sample = (LEVEL * (2.0 * std::f64::consts::PI * CITIZEN_HZ * t).sin()) as i16;
+            *code = g711::linear_to_alaw(sample);
+        }
+        let length = sender.protect_rtp(&mut buffer, 172).unwrap_or(0);
+        let _ = citizen_rtp
+            .socket
+            .send_to(&buffer[..length], gateway_a)
+            .await;
+        desk.send().await;
+        while citizen_rtp
+            .recv_within(Duration::from_millis(1))
+            .await
+            .is_some()
+        {}
+        while agent_rtp
+            .recv_within(Duration::from_millis(1))
+            .await
+            .is_some()
+        {}
+    }
+    let bye = citizen.in_dialog(&invite, &ok, "BYE", 2, "");
+    citizen.send_request(&bye).await;
+    citizen.expect_response("BYE", 200).await;
+    let bye = agent.expect_request("BYE").await;
+    agent.send_response(&agent.answer(&bye, 200, None)).await;
+    let record = gateway.ended_record(invite.call_id()).await;
+    let recorded = Recorded::read(&record.recording.unwrap_or_default()).await;
+    let end = recorded.sidecar.duration_ms.unwrap_or_default() as i64;
+    assert_tones(&recorded.left, (100, end - 100), &[CITIZEN_HZ], &[AGENT_HZ]);
+    assert_tones(
+        &recorded.right,
+        (100, end - 100),
+        &[AGENT_HZ],
+        &[CITIZEN_HZ],
+    );
+}
+
+#[tokio::test]
+async fn recordings_past_the_retention_are_deleted_and_counted() {
+    let recordings = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let old = recordings.path().join("2020/01/01");
+    std::fs::create_dir_all(&old).unwrap_or_else(|e| panic!("{e}"));
+    for name in ["old.wav", "old.json"] {
+        std::fs::write(old.join(name), b"x").unwrap_or_else(|e| panic!("{e}"));
+    }
+    let (gateway, _citizen, _agent, _police) =
+        setup(recordings.path(), "retention_days = 30").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = gateway.http_get("/metrics").await.1;
+        if text.contains("\nhotline_recording_deleted_total 1\n") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !recordings.path().join("2020").exists(),
+        "the day, month and year are gone"
     );
 }

@@ -268,8 +268,9 @@ pub struct RecordingStart<'a> {
 }
 
 impl Recorder {
-    /// Makes the directory (0750) and starts the writer thread, which first repairs the
-    /// headers of recent files a crash left behind and applies the retention and the budget.
+    /// Makes the directory (0750), repairs the headers of the last two days' files a crash
+    /// left behind, and starts the writer thread, which first applies the retention and the
+    /// budget.
     ///
     /// # Errors
     /// The directory cannot be made or written.
@@ -281,6 +282,11 @@ impl Recorder {
             path: settings.path.clone(),
             source,
         })?;
+        // Before the gateway says it listens: a file a crash left is whole again by then.
+        let repaired = files::repair_recent(&settings.path, SystemTime::now());
+        if repaired > 0 {
+            tracing::warn!(repaired, "recordings repaired at start");
+        }
         let (queue, frames) = mpsc::sync_channel(settings.queue_frames.max(1));
         let shared = Arc::new(Shared {
             queue,

@@ -63,10 +63,6 @@ struct Writer {
 /// The thread's body: until [`Control::Stop`] (then every open recording is completed).
 pub(super) fn run(settings: RecordingSettings, frames: Receiver<Chunk>, shared: Arc<Shared>) {
     let root = settings.path.clone();
-    let repaired = files::repair_recent(&root, SystemTime::now());
-    if repaired > 0 {
-        tracing::warn!(repaired, "recordings repaired at start");
-    }
     let mut writer = Writer {
         disk: files::usage(&root),
         settings,
