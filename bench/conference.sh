@@ -22,6 +22,8 @@ root="$(cd "$here/.." && pwd)"
 cd "$root"
 counts="${*:-100 200 300 400 500}"
 measure="${MEASURE:-15}"
+# CONFIG: another configuration (bench/recording.sh runs it with [recording] on).
+config="${CONFIG:-bench/conference.toml}"
 rate=50
 command -v sipp >/dev/null || { echo "needs sipp (apt-get install sip-tester)" >&2; exit 2; }
 cargo build --release --quiet
@@ -55,7 +57,7 @@ printf '%-6s %-8s %-8s %-8s %-10s %-10s %-8s %-12s %-8s\n' N ticks late% lost% s
   cpu%/conf result
 for n in $counts; do
   rm -f bench/out/conference.db*
-  RUST_LOG=warn timeout 3600 target/release/hotline-gateway --config bench/conference.toml \
+  RUST_LOG=warn timeout 3600 target/release/hotline-gateway --config "$config" \
     2> bench/out/conference-gateway.log &
   gw=$!
   pids=()
