@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::recording::Recorded;
 use common::{sdp, sdp_address, tone_level, Gateway, RtpPeer, Ua};
 
 const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -430,6 +431,7 @@ async fn three_baresip_phones_hold_a_three_way_call_and_the_agent_leaves() {
         .collect();
     let ports: Vec<(u16, u16)> = (0..3).map(|_| free_ports()).collect();
     let address = |i: usize| SocketAddr::new(LOCALHOST, ports[i].0);
+    let recordings = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut gateway = Gateway::start_with_tables(
         &[
             ("carrier", address(0), ""),
@@ -439,7 +441,11 @@ async fn three_baresip_phones_hold_a_three_way_call_and_the_agent_leaves() {
         &[("12345", &["hotline"]), ("110", &["police"])],
         "",
         "",
-        "\n[[hotkey]]\ndtmf = \"*3\"\naction = \"conference\"\ntarget = \"110\"\n",
+        &format!(
+            "\n[[hotkey]]\ndtmf = \"*3\"\naction = \"conference\"\ntarget = \"110\"\n\
+             \n[recording]\npath = \"{}\"\n",
+            recordings.path().display()
+        ),
     )
     .await;
     let phones = [("13800138000", 440), ("12345", 880), ("110", 1320)];
@@ -499,7 +505,60 @@ async fn three_baresip_phones_hold_a_three_way_call_and_the_agent_leaves() {
         .unwrap_or_default();
     let parties = gateway.conference_parties(&record);
     assert_eq!(parties.len(), 3, "{parties:?}");
+
+    // The gateway's recording of the citizen's call: the citizen on the left throughout; on
+    // the right the agent, then agent and 110 mixed, then 110 alone.
+    let recorded = Recorded::read(&ended_recording(&gateway).await).await;
+    let joined = recorded
+        .sidecar
+        .steps
+        .iter()
+        .filter(|s| s.step == "conference_joined")
+        .map(|s| s.offset_ms)
+        .max()
+        .unwrap_or_default();
+    let left = recorded.step("agent_left");
+    let end = recorded.sidecar.duration_ms.unwrap_or_default() as i64;
+    let span = |channel: &[i16], from: i64, to: i64| -> Vec<i16> {
+        let at = |ms: i64| ((ms.max(0) as usize) * 8).min(channel.len());
+        channel[at(from)..at(to)].to_vec()
+    };
+    let said = span(&recorded.left, joined + 300, end - 300);
+    assert_tones(&said, "the recording's left", &[440.0], &[880.0, 1320.0]);
+    let mixed = span(&recorded.right, joined + 300, left - 300);
+    assert_tones(
+        &mixed,
+        "the recording's right, in conference",
+        &[880.0, 1320.0],
+        &[440.0],
+    );
+    let alone = span(&recorded.right, left + 300, end - 300);
+    assert_tones(
+        &alone,
+        "the recording's right, after the agent",
+        &[1320.0],
+        &[440.0, 880.0],
+    );
     gateway.stop().await;
+}
+
+/// The recording of the one call the gateway carried, once its record is ended.
+async fn ended_recording(gateway: &Gateway) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ended = gateway.calls().into_iter().find(|r| r.ended_at.is_some());
+        if let Some(record) = ended {
+            return match record.recording.clone() {
+                Some(path) => path,
+                None => panic!("not recorded: {record:?}"),
+            };
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// SRTP on both legs, each with its own keys: two baresip phones with SRTP mandatory (libre's
@@ -516,7 +575,8 @@ async fn two_baresip_phones_talk_over_srtp_on_both_legs() {
         .collect();
     let ports: Vec<(u16, u16)> = (0..2).map(|_| free_ports()).collect();
     let address = |i: usize| SocketAddr::new(LOCALHOST, ports[i].0);
-    let mut gateway = Gateway::start(
+    let recordings = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut gateway = Gateway::start_with_tables(
         &[
             ("carrier", address(0), ""),
             (
@@ -528,6 +588,10 @@ async fn two_baresip_phones_talk_over_srtp_on_both_legs() {
         &[("12345", &["hotline"])],
         "",
         "",
+        &format!(
+            "\n[recording]\npath = \"{}\"\n",
+            recordings.path().display()
+        ),
     )
     .await;
     let phones = [("13800138000", 440), ("12345", 880)];
@@ -584,5 +648,21 @@ async fn two_baresip_phones_talk_over_srtp_on_both_legs() {
     let relayed = gateway.metric("hotline_rtp_packets_relayed_total").await;
     // Flushed once a second: at least the first second's.
     assert!(relayed.is_some_and(|n| n >= 50.0), "{relayed:?}");
+    // Both legs encrypted, each with its own keys: the gateway's recording is in clear.
+    let recorded = Recorded::read(&ended_recording(&gateway).await).await;
+    let end = recorded.sidecar.duration_ms.unwrap_or_default() as usize * 8;
+    let middle = |channel: &[i16]| channel[4000.min(end)..end.saturating_sub(4000)].to_vec();
+    assert_tones(
+        &middle(&recorded.left),
+        "the recording's left",
+        &[440.0],
+        &[880.0],
+    );
+    assert_tones(
+        &middle(&recorded.right),
+        "the recording's right",
+        &[880.0],
+        &[440.0],
+    );
     gateway.stop().await;
 }

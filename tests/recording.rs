@@ -10,11 +10,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::platform::Platform;
 use common::process::{free_port, GatewayProcess};
+use common::recording::Recorded;
 use common::{establish, tone_level, Gateway, RtpPeer, Ua};
 use hotline_gateway::media::g711;
 use hotline_gateway::media::recording::Sidecar;
 use hotline_gateway::sip::message::Message;
+use hotline_gateway::workorder::pb;
+use pb::EventType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -114,63 +118,6 @@ async fn talk(talkers: &mut [&mut Talker<'_>], packets: u32) {
     }
 }
 
-/// The recording's two channels and its JSON, once the JSON says the file is complete.
-struct Recorded {
-    left: Vec<i16>,
-    right: Vec<i16>,
-    sidecar: Sidecar,
-    path: PathBuf,
-}
-
-impl Recorded {
-    /// Waits (bounded) for the recording at `path` to be completed, then reads it.
-    async fn read(path: &str) -> Recorded {
-        let path = PathBuf::from(path);
-        let json = path.with_extension("json");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let sidecar = loop {
-            let parsed: Option<Sidecar> = std::fs::read(&json)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            match parsed {
-                Some(s) if s.complete => break s,
-                _ if tokio::time::Instant::now() > deadline => {
-                    panic!("recording {} not completed", path.display())
-                }
-                _ => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        };
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(&bytes[0..4], b"RIFF");
-        assert_eq!(&bytes[8..16], b"WAVEfmt ");
-        assert_eq!(u16::from_le_bytes([bytes[22], bytes[23]]), 2, "stereo");
-        assert_eq!(
-            u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]),
-            8000
-        );
-        let data = u32::from_le_bytes([bytes[40], bytes[41], bytes[42], bytes[43]]) as usize;
-        assert_eq!(bytes.len(), 44 + data, "the header covers the file");
-        let samples: Vec<i16> = bytes[44..]
-            .chunks_exact(2)
-            .map(|b| i16::from_le_bytes([b[0], b[1]]))
-            .collect();
-        Recorded {
-            left: samples.iter().step_by(2).copied().collect(),
-            right: samples.iter().skip(1).step_by(2).copied().collect(),
-            sidecar,
-            path,
-        }
-    }
-
-    /// The offset of the first step named `name`, in ms.
-    fn step(&self, name: &str) -> i64 {
-        match self.sidecar.steps.iter().find(|s| s.step == name) {
-            Some(step) => step.offset_ms,
-            None => panic!("no step {name}: {:?}", self.sidecar.steps),
-        }
-    }
-}
-
 /// `channel` between `from_ms` and `to_ms` has `hears` (at least half the level) and not `not`.
 fn assert_tones(channel: &[i16], (from_ms, to_ms): (i64, i64), hears: &[f64], not: &[f64]) {
     let at = |ms: i64| ((ms.max(0) as usize) * 8).min(channel.len());
@@ -261,7 +208,31 @@ async fn hang_up(
 async fn a_blind_transfer_is_one_recording_and_only_its_platforms_may_download_it() {
     let recordings = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (gateway, mut citizen, mut agent, mut police) = setup(recordings.path(), "").await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    // The platform learns of the recording with the answer, and GetCall says it too.
+    let answered = hotline.until(EventType::CallAnswered).await;
+    let announced = answered.recording.clone().unwrap_or_default();
+    assert_eq!(announced.recording_id, answered.call_id);
+    let mut unary = pb::work_order_service_client::WorkOrderServiceClient::connect(format!(
+        "http://{}",
+        gateway.grpc
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut request = tonic::Request::new(pb::GetCallRequest {
+        call_id: answered.call_id.clone(),
+    });
+    let bearer = format!("Bearer {TOKEN_12345}").parse();
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.unwrap_or_else(|e| panic!("{e}")));
+    let got = unary
+        .get_call(request)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let call_info = got.into_inner().call.unwrap_or_default();
+    assert_eq!(call_info.recording, Some(announced.clone()));
     let mut said = Talker::new(&call.caller_rtp, call.gateway_a_media, CITIZEN_HZ);
     let mut desk = Talker::new(&call.callee_rtp, call.gateway_b_media, AGENT_HZ);
     talk(&mut [&mut said, &mut desk], 100).await;
@@ -294,6 +265,11 @@ async fn a_blind_transfer_is_one_recording_and_only_its_platforms_may_download_i
         .recording
         .clone()
         .unwrap_or_else(|| panic!("no recording: {record:?}"));
+    assert_eq!(announced.path, path, "the call record and the events agree");
+    let transferred = hotline.until(EventType::TransferAnswered).await;
+    assert_eq!(transferred.recording, Some(announced.clone()));
+    let ended = hotline.until(EventType::CallEnded).await;
+    assert_eq!(ended.recording, Some(announced.clone()));
     assert!(path.ends_with(&format!("/{}.wav", record.id)), "{path}");
     let recorded = Recorded::read(&path).await;
     let answered = recorded.step("linkage_answered");
@@ -739,4 +715,47 @@ async fn recordings_past_the_retention_are_deleted_and_counted() {
         !recordings.path().join("2020").exists(),
         "the day, month and year are gone"
     );
+}
+
+#[tokio::test]
+async fn a_line_marked_record_false_is_not_recorded() {
+    let recordings = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = Ua::bind("hotline", LOCALHOST).await;
+    let gateway = Gateway::start_configured(
+        &[
+            ("carrier", citizen.address, ""),
+            (
+                "hotline",
+                agent.address,
+                "platform = \"12345\"\nrecord = false",
+            ),
+        ],
+        &[("12345", &["hotline"])],
+        "",
+        "",
+        &format!(
+            "\n[recording]\npath = \"{}\"\n",
+            recordings.path().display()
+        ),
+        |_| {},
+    )
+    .await;
+    citizen.set_gateway(gateway.sip);
+    agent.set_gateway(gateway.sip);
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let mut said = Talker::new(&call.caller_rtp, call.gateway_a_media, CITIZEN_HZ);
+    talk(&mut [&mut said], 10).await;
+    let record = hang_up(&gateway, &mut citizen, &call, &mut agent).await;
+    assert_eq!(record.recording, None);
+    let text = gateway.http_get("/metrics").await.1;
+    assert!(
+        text.contains("\nhotline_recording_started_total 0\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nhotline_recording_refused_total 0\n"),
+        "{text}"
+    );
+    assert!(the_wav(recordings.path()).is_none());
 }

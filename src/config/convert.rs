@@ -441,7 +441,7 @@ impl super::RecordingConfig {
             retention_days: self.retention_days,
             max_disk_bytes: self.max_disk_mb.map(|mb| mb * MB),
             min_free_bytes: self.min_free_mb.map(|mb| mb * MB),
-            // About 400 ms of 800 calls' two directions.
+            // About 800 ms of 800 calls' two directions (about 23 MB).
             queue_frames: 65_536,
         }
     }

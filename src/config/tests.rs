@@ -584,3 +584,44 @@ fn a_shared_store_needs_a_node_name_and_one_store_only() {
         "test.toml: key `cluster.lease_secs`: 1 is outside 3-300"
     );
 }
+
+/// The contract's `[recording]` keys load; the budget converts to bytes; a line and a number
+/// can be kept out; zero is refused with the key named.
+#[test]
+fn recording_keys_load_and_are_checked() {
+    let text = sample()
+        + "\n[recording]\npath = \"recordings\"\nretention_days = 90\nmax_disk_mb = 2\nmin_free_mb = 1\n";
+    let text = text.replacen("name = \"police\"", "name = \"police\"\nrecord = false", 1);
+    let config = match Config::parse(Path::new("test.toml"), &text) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let settings = match &config.recording {
+        Some(recording) => recording.settings(),
+        None => panic!("no [recording]"),
+    };
+    assert_eq!(settings.path, Path::new("recordings"));
+    assert_eq!(settings.retention_days, Some(90));
+    assert_eq!(settings.max_disk_bytes, Some(2 * 1024 * 1024));
+    assert_eq!(settings.min_free_bytes, Some(1024 * 1024));
+    let router = crate::routing::Router::from(&config);
+    assert!(router.peer_by_name("police").is_some_and(|p| !p.record));
+    assert!(router.peer_by_name("hotline").is_some_and(|p| p.record));
+    assert!(router.records("110"));
+    for (key, line) in [
+        ("recording.retention_days", "retention_days = 0"),
+        ("recording.max_disk_mb", "max_disk_mb = 0"),
+    ] {
+        let text = sample() + &format!("\n[recording]\npath = \"r\"\n{line}\n");
+        match Config::parse(Path::new("test.toml"), &text) {
+            Ok(_) => panic!("{line} accepted"),
+            Err(e) => assert!(e.to_string().contains(key), "{e}"),
+        }
+    }
+    let text = sample().replacen("number = \"110\"", "number = \"110\"\nrecord = false", 1);
+    let config = match Config::parse(Path::new("test.toml"), &text) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    assert!(!crate::routing::Router::from(&config).records("110"));
+}

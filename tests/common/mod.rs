@@ -10,6 +10,7 @@ pub(crate) mod pki;
 pub(crate) mod platform;
 pub(crate) mod postgres;
 pub(crate) mod process;
+pub(crate) mod recording;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

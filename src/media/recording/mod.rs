@@ -108,29 +108,46 @@ impl Tap {
     /// A G.711 payload of `codec` on `channel`, received or sent at `now`. What cannot be
     /// recorded (a full queue, a channel ahead of the clock) is counted, never waited for.
     pub fn record(&mut self, now: Instant, channel: Channel, codec: Codec, payload: &[u8]) {
-        let mut samples = [0i16; 8 * FRAME];
-        let count = payload.len().min(samples.len());
-        mixer::decode(codec, &payload[..count], &mut samples[..count]);
-        self.record_linear(now, channel, &samples[..count]);
+        self.queue(now, channel, payload.len(), |index, samples| {
+            let part = payload.get(index * FRAME..).unwrap_or_default();
+            mixer::decode(codec, part, samples);
+        });
     }
 
     /// Linear samples on `channel` that ended at `now`; as [`Tap::record`].
     pub fn record_linear(&mut self, now: Instant, channel: Channel, samples: &[i16]) {
-        let frames = samples.len().div_ceil(FRAME) as u32;
-        let Some(position) = self.place(now, channel, samples.len() as u64) else {
-            self.unreported = self.unreported.saturating_add(frames);
+        self.queue(now, channel, samples.len(), |index, out| {
+            let part = samples.get(index * FRAME..).unwrap_or_default();
+            let count = part.len().min(out.len());
+            out[..count].copy_from_slice(&part[..count]);
+        });
+    }
+
+    /// Places `length` samples and queues them a [`FRAME`] at a time, each filled in place by
+    /// `fill(frame index, samples)`.
+    fn queue(
+        &mut self,
+        now: Instant,
+        channel: Channel,
+        length: usize,
+        mut fill: impl FnMut(usize, &mut [i16]),
+    ) {
+        let frames = length.div_ceil(FRAME);
+        let Some(position) = self.place(now, channel, length as u64) else {
+            self.unreported = self.unreported.saturating_add(frames as u32);
             return;
         };
-        for (index, part) in samples.chunks(FRAME).enumerate() {
+        for index in 0..frames {
+            let part = (length - index * FRAME).min(FRAME);
             let mut chunk = Chunk {
                 slot: self.sink.slot,
                 channel,
                 position: position + (index * FRAME) as u64,
-                length: part.len() as u16,
+                length: part as u16,
                 dropped: self.unreported,
                 samples: [0; FRAME],
             };
-            chunk.samples[..part.len()].copy_from_slice(part);
+            fill(index, &mut chunk.samples[..part]);
             match self.sink.queue.try_send(chunk) {
                 Ok(()) => self.unreported = 0,
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,8 +21,9 @@ use crate::metrics::{Counter, Gauge};
 const LAG: u64 = RATE * 600 / 1000;
 /// A recording appends once this much is ready (and at its end).
 const APPEND: u64 = RATE / 2;
-/// How often the writer wakes with nothing queued (to take control messages, to append).
-const TICK: Duration = Duration::from_millis(100);
+/// How often the writer looks at the queue once it has emptied it (and at the control
+/// messages, and what is ready to append).
+const POLL: Duration = Duration::from_millis(10);
 const HOUSEKEEPING: Duration = Duration::from_secs(10);
 /// The retention is applied this often (and at start).
 const EXPIRY: Duration = Duration::from_secs(3600);
@@ -78,19 +79,12 @@ pub(super) fn run(settings: RecordingSettings, frames: Receiver<Chunk>, shared: 
     let mut expiry = Instant::now();
     while !writer.stopping {
         // A batch at a time: the control messages and appends between batches.
-        let emptied = match frames.recv_timeout(TICK) {
-            Ok(chunk) => {
-                writer.place(chunk);
-                let mut taken = 0;
-                for chunk in frames.try_iter().take(BATCH) {
-                    writer.place(chunk);
-                    taken += 1;
-                }
-                taken < BATCH
-            }
-            Err(RecvTimeoutError::Timeout) => true,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
+        let mut taken = 0;
+        for chunk in frames.try_iter().take(BATCH) {
+            writer.place(chunk);
+            taken += 1;
+        }
+        let emptied = taken < BATCH;
         writer.take_control();
         let now = Instant::now();
         // The ended calls' last frames were queued before their end was told: once the queue
@@ -106,6 +100,11 @@ pub(super) fn run(settings: RecordingSettings, frames: Receiver<Chunk>, shared: 
             writer.check_budget();
         }
         writer.flush_counts();
+        if emptied {
+            // Polled, never woken: a relay worker's send then never pays for waking the
+            // writer (a futex wake per frame was most of what recording cost per packet).
+            std::thread::sleep(POLL);
+        }
     }
     let ids: Vec<u64> = writer.open.keys().copied().collect();
     for slot in ids {
@@ -211,18 +210,16 @@ impl Writer {
             return;
         }
         let channel = chunk.channel as usize;
-        for (index, sample) in chunk.samples[..usize::from(chunk.length)]
-            .iter()
-            .enumerate()
-        {
-            let Some(at) = (chunk.position + index as u64).checked_sub(open.written) else {
-                continue;
-            };
-            let at = at as usize;
-            if at >= open.pending.len() {
-                open.pending.resize(at + 1, [0, 0]);
-            }
-            open.pending[at][channel] = *sample;
+        // The part not yet written: from `skip` into the frame, at `start` in what is pending.
+        let skip = open.written.saturating_sub(chunk.position);
+        let start = (chunk.position + skip - open.written) as usize;
+        let end = (chunk.position + length - open.written) as usize;
+        if open.pending.len() < end {
+            open.pending.resize(end, [0, 0]);
+        }
+        let samples = &chunk.samples[skip as usize..usize::from(chunk.length)];
+        for (frame, sample) in open.pending.range_mut(start..end).zip(samples) {
+            frame[channel] = *sample;
         }
     }
 
@@ -252,11 +249,14 @@ impl Writer {
             return;
         }
         let count = until - open.written;
+        // Silence where nothing came; then the frames as WAV wants them (little-endian,
+        // left first), in place in a buffer sized once.
         self.bytes.clear();
-        for index in 0..count as usize {
-            let [left, right] = open.pending.get(index).copied().unwrap_or([0, 0]);
-            self.bytes.extend_from_slice(&left.to_le_bytes());
-            self.bytes.extend_from_slice(&right.to_le_bytes());
+        self.bytes
+            .resize(count as usize * wav::FRAME_BYTES as usize, 0);
+        for (out, [left, right]) in self.bytes.chunks_exact_mut(4).zip(open.pending.iter()) {
+            out[..2].copy_from_slice(&left.to_le_bytes());
+            out[2..].copy_from_slice(&right.to_le_bytes());
         }
         let offset = wav::HEADER + open.written * wav::FRAME_BYTES;
         let data = u32::try_from((open.written + count) * wav::FRAME_BYTES).unwrap_or(u32::MAX);
