@@ -595,6 +595,7 @@ fn serve_http(
                     .iter()
                     .map(|p| (p.name.clone(), p.token.clone())),
             ),
+            throttle: workorder::auth::LoginThrottle::default(),
         })
     });
     tokio::spawn(http::serve(

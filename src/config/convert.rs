@@ -439,8 +439,8 @@ impl super::RecordingConfig {
         crate::media::recording::RecordingSettings {
             path: self.path.clone(),
             retention_days: self.retention_days,
-            max_disk_bytes: self.max_disk_mb.map(|mb| mb * MB),
-            min_free_bytes: self.min_free_mb.map(|mb| mb * MB),
+            max_disk_bytes: self.max_disk_mb.map(|mb| mb.saturating_mul(MB)),
+            min_free_bytes: self.min_free_mb.map(|mb| mb.saturating_mul(MB)),
             // About 800 ms of 800 calls' two directions (about 23 MB).
             queue_frames: 65_536,
         }

@@ -3,7 +3,9 @@
 //! `Authorization: Bearer <token>`: none or an unknown one is 401, another platform's call
 //! 403, no such recording 404. One byte range (`Range: bytes=a-b`, `a-`, `-n`, RFC 9110
 //! §14.2) is answered 206, an unsatisfiable one 416; a recording still being written is served
-//! as far as it is written.
+//! as far as it is written. An address that keeps bringing wrong tokens is refused 429 for a
+//! while, as the work-order endpoint refuses it ([`LoginThrottle`]); a client that stops reading
+//! is cut off after [`WRITE_WITHIN`].
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -12,16 +14,18 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::media::recording::{self, Sidecar};
-use crate::workorder::auth::Tokens;
+use crate::workorder::auth::{LoginThrottle, Tokens};
 
-/// A download that takes longer than this is cut off.
-const SEND_WITHIN: Duration = Duration::from_secs(600);
+/// A download whose client takes no bytes for this long is cut off.
+const WRITE_WITHIN: Duration = Duration::from_secs(30);
 
 /// What serving recordings needs: where they are, how far back to look, who may have them.
 pub struct RecordingAccess {
     pub root: PathBuf,
     pub retention_days: Option<u32>,
     pub tokens: Tokens,
+    /// Wrong tokens per source address.
+    pub throttle: LoginThrottle,
 }
 
 /// A header's value, by case-insensitive name.
@@ -47,7 +51,8 @@ pub(super) fn byte_range(range: Option<&str>, length: u64) -> Result<Option<(u64
     let (first, last) = match (first.parse::<u64>(), last.parse::<u64>()) {
         (Ok(first), Ok(last)) if first <= last => (first, last.min(length.saturating_sub(1))),
         (Ok(first), Err(_)) if last.is_empty() => (first, length.saturating_sub(1)),
-        (Err(_), Ok(suffix)) if first.is_empty() && suffix > 0 => {
+        (Err(_), Ok(0)) if first.is_empty() => return Err(()),
+        (Err(_), Ok(suffix)) if first.is_empty() => {
             (length.saturating_sub(suffix), length.saturating_sub(1))
         }
         _ => return Ok(None),
@@ -66,8 +71,17 @@ pub(super) async fn respond(
     head: &str,
     access: &RecordingAccess,
 ) {
+    let source = stream.peer_addr().map(|a| a.ip()).ok();
+    let now = std::time::Instant::now();
+    if source.is_some_and(|ip| !access.throttle.allows(ip, now)) {
+        let refusal = "too many wrong tokens from this address: wait a minute\n";
+        return text(stream, 429, refusal).await;
+    }
     let token = header(head, "authorization").and_then(|v| v.strip_prefix("Bearer "));
     let Some(platform) = token.and_then(|t| access.tokens.platform_of(t.trim())) else {
+        if let Some(ip) = source {
+            access.throttle.failed(ip, now);
+        }
         return text(
             stream,
             401,
@@ -134,13 +148,24 @@ pub(super) async fn respond(
         return;
     }
     let mut body = file.take(count);
-    let _ = tokio::time::timeout(SEND_WITHIN, tokio::io::copy(&mut body, stream)).await;
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = match body.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        let sent = tokio::time::timeout(WRITE_WITHIN, stream.write_all(&buffer[..read])).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return;
+        }
+    }
 }
 
 async fn text(stream: &mut TcpStream, status: u16, body: &str) {
     let reason = match status {
         401 => "Unauthorized",
         403 => "Forbidden",
+        429 => "Too Many Requests",
         _ => "Not Found",
     };
     let authenticate = if status == 401 {
@@ -167,6 +192,7 @@ mod tests {
         assert_eq!(byte_range(Some("bytes=-10"), 100), Ok(Some((90, 99))));
         assert_eq!(byte_range(Some("bytes=50-500"), 100), Ok(Some((50, 99))));
         assert_eq!(byte_range(Some("bytes=100-"), 100), Err(()));
+        assert_eq!(byte_range(Some("bytes=-0"), 100), Err(()));
         assert_eq!(byte_range(Some("bytes=0-1,5-6"), 100), Ok(None));
         assert_eq!(byte_range(Some("bytes=9-0"), 100), Ok(None));
         assert_eq!(byte_range(Some("lines=1-2"), 100), Ok(None));

@@ -550,6 +550,7 @@ async fn an_upgrade_after_a_crash_still_ends_the_open_calls_on_the_link() {
                  ALTER TABLE linkages DROP COLUMN replied_at;
                  ALTER TABLE calls DROP COLUMN a_interface;
                  ALTER TABLE calls DROP COLUMN b_interface;
+                 ALTER TABLE calls DROP COLUMN recording;
                  DELETE FROM schema_version WHERE version >= 6;
                  INSERT INTO calls (id, a_call_id, caller, called, a_peer, started_at)
                      VALUES ('open', 'a1', '13800138000', '12345', 'carrier', 1);

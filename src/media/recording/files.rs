@@ -8,7 +8,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Days a recording is looked for by [`find`] when no retention is set.
+/// Days a recording is looked for by [`find`] at most (and when no retention is set).
 const SEARCH_DAYS: u32 = 3660;
 
 /// Makes `root` (0750) and proves it writable.
@@ -83,8 +83,10 @@ pub fn find(
         return None;
     }
     let today = day_of(now);
-    // One day ahead too: a clock stepped back since the call.
-    for day in (today - i64::from(days.unwrap_or(SEARCH_DAYS)))..=(today + 1) {
+    let back = i64::from(days.unwrap_or(SEARCH_DAYS).min(SEARCH_DAYS));
+    // Newest first (most downloads are of recent calls); one day ahead too, for a clock
+    // stepped back since the call.
+    for day in ((today - back)..=(today + 1)).rev() {
         let directory = root.join(day_directory(day));
         let wav = directory.join(format!("{id}.wav"));
         if wav.is_file() {

@@ -260,6 +260,8 @@ struct Shared {
     next_slot: AtomicU64,
     /// The disk budget is reached: new calls are not recorded.
     full: AtomicBool,
+    /// [`Recorder::stop`] was called: nothing more is begun.
+    stopped: AtomicBool,
     root: PathBuf,
     metrics: Arc<Metrics>,
 }
@@ -310,6 +312,7 @@ impl Recorder {
             control: Mutex::new(Vec::new()),
             next_slot: AtomicU64::new(1),
             full: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             root: settings.path.clone(),
             metrics,
         });
@@ -333,6 +336,9 @@ impl Recorder {
     /// disk budget is reached (counted).
     pub fn begin(&self, start: RecordingStart<'_>, now: Instant) -> Option<Recording> {
         let metrics = &self.shared.metrics;
+        if self.shared.stopped.load(Ordering::Relaxed) {
+            return None;
+        }
         if self.shared.full.load(Ordering::Relaxed) {
             metrics.increment(Counter::RecordingsRefused);
             return None;
@@ -359,6 +365,7 @@ impl Recorder {
 
     /// Ends the writer once it has closed every recording (the calls have ended).
     pub fn stop(&self) {
+        self.shared.stopped.store(true, Ordering::Relaxed);
         self.control(Control::Stop);
     }
 
@@ -415,6 +422,29 @@ impl Recording {
             slot: self.slot,
             at,
         });
+    }
+}
+
+/// A sink on a queue of `frames` the test reads, as the relay's tests need.
+#[cfg(test)]
+pub(crate) fn test_sink(start: Instant, frames: usize) -> (RecordingSink, mpsc::Receiver<Chunk>) {
+    let (queue, receiver) = mpsc::sync_channel(frames);
+    let sink = RecordingSink {
+        slot: 1,
+        start,
+        queue,
+    };
+    (sink, receiver)
+}
+
+#[cfg(test)]
+impl Chunk {
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel
+    }
+
+    pub(crate) fn samples(&self) -> &[i16] {
+        &self.samples[..usize::from(self.length)]
     }
 }
 

@@ -59,7 +59,8 @@ pub fn repair(file: &File) -> io::Result<bool> {
     let length = file.metadata()?.len();
     let frames = length.saturating_sub(HEADER) / FRAME_BYTES;
     let data = u32::try_from(frames * FRAME_BYTES).unwrap_or(u32::MAX - 3);
-    if head[40..44] == data.to_le_bytes() && head[4..8] == (36 + data).to_le_bytes() {
+    if head[40..44] == data.to_le_bytes() && head[4..8] == 36u32.saturating_add(data).to_le_bytes()
+    {
         return Ok(false);
     }
     set_sizes(file, data)?;

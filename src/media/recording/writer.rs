@@ -59,6 +59,9 @@ struct Writer {
     dropped: u64,
     /// [`Control::Stop`] came.
     stopping: bool,
+    /// The newest slot the calls' tasks have told of: a frame of an older slot not open is a
+    /// straggler of an ended (or failed) recording, dropped without another look.
+    newest_slot: u64,
 }
 
 /// The thread's body: until [`Control::Stop`] (then every open recording is completed).
@@ -72,20 +75,22 @@ pub(super) fn run(settings: RecordingSettings, frames: Receiver<Chunk>, shared: 
         bytes: Vec::with_capacity(APPEND as usize * 8),
         dropped: 0,
         stopping: false,
+        newest_slot: 0,
     };
     writer.expire();
     writer.check_budget();
     let mut housekeeping = Instant::now();
     let mut expiry = Instant::now();
     while !writer.stopping {
-        // A batch at a time: the control messages and appends between batches.
+        // The calls' messages first, then a batch of frames: a call's end is acted on only
+        // once the frames queued before it was told are in.
+        writer.take_control();
         let mut taken = 0;
         for chunk in frames.try_iter().take(BATCH) {
             writer.place(chunk);
             taken += 1;
         }
         let emptied = taken < BATCH;
-        writer.take_control();
         let now = Instant::now();
         // The ended calls' last frames were queued before their end was told: once the queue
         // has been emptied they are in (or, on a queue that never empties, a while later).
@@ -130,7 +135,10 @@ impl Writer {
                     slot,
                     sidecar,
                     start,
-                } => self.open(slot, *sidecar, start),
+                } => {
+                    self.newest_slot = self.newest_slot.max(slot);
+                    self.open(slot, *sidecar, start);
+                }
                 Control::Mark { slot, at, step } => {
                     if let Some(open) = self.open.get_mut(&slot) {
                         open.sidecar.mark(offset_ms(open.start, at), step);
@@ -198,7 +206,7 @@ impl Writer {
     /// One frame into its recording (a recording not yet open takes its messages first).
     fn place(&mut self, chunk: Chunk) {
         self.dropped += u64::from(chunk.dropped);
-        if !self.open.contains_key(&chunk.slot) {
+        if chunk.slot > self.newest_slot {
             self.take_control();
         }
         let Some(open) = self.open.get_mut(&chunk.slot) else {
@@ -259,7 +267,8 @@ impl Writer {
             out[2..].copy_from_slice(&right.to_le_bytes());
         }
         let offset = wav::HEADER + open.written * wav::FRAME_BYTES;
-        let data = u32::try_from((open.written + count) * wav::FRAME_BYTES).unwrap_or(u32::MAX);
+        // The header counts at most what 32 bits hold (about 37 hours); the samples go on.
+        let data = u32::try_from((open.written + count) * wav::FRAME_BYTES).unwrap_or(u32::MAX - 3);
         let written = open
             .file
             .write_all_at(&self.bytes, offset)

@@ -458,12 +458,16 @@ impl CallMedia {
         let to = match self.pair {
             Some((a, b)) if a == party => b,
             Some((a, b)) if b == party => a,
-            _ => return PacketOutcome::Unpaired,
+            _ => {
+                self.record_alone(party, socket, source, packet, now);
+                return PacketOutcome::Unpaired;
+            }
         };
         let Some((incoming, outgoing)) = pair_mut(&mut self.sides, party, to) else {
             return PacketOutcome::Ignored;
         };
         if !outgoing.attached {
+            self.record_alone(party, socket, source, packet, now);
             return PacketOutcome::Ignored;
         }
         match socket {
@@ -479,6 +483,36 @@ impl CallMedia {
                 outcome
             }
             Socket::Rtcp => relay_rtcp(incoming, outgoing, to, packet, protected, source),
+        }
+    }
+
+    /// The caller speaking while nobody is there to hear it (the agent left and the transfer
+    /// target or guest still rings): recorded all the same, from its latched source only.
+    fn record_alone(
+        &mut self,
+        party: usize,
+        socket: Socket,
+        source: SocketAddr,
+        packet: &[u8],
+        now: Instant,
+    ) {
+        let (0, Socket::Rtp, Some(tap), Some(side)) = (
+            party,
+            socket,
+            self.recording.as_deref_mut(),
+            self.sides.first(),
+        ) else {
+            return;
+        };
+        let Some(media) = side.media.filter(|_| side.rtp_source == Some(source)) else {
+            return;
+        };
+        let audio = classify(packet) == PacketKind::Rtp
+            && packet
+                .get(1)
+                .is_some_and(|b| b & 0x7f == media.payload_type);
+        if audio {
+            record_rtp(tap, now, Channel::Said, media.codec, packet);
         }
     }
 

@@ -611,3 +611,40 @@ fn payload_range_skips_csrc_extension_and_padding() {
         None
     );
 }
+
+/// A recorded call: party A's packets on the left, what is sent to A on the right, decoded
+/// (PCMA 0xd5 is a small positive sample); A speaking while nobody is paired with it (the agent
+/// gone, the target still ringing) is recorded all the same, but a stranger's packet is not.
+#[test]
+fn the_callers_two_directions_are_recorded() {
+    let now = Instant::now();
+    let mut run = Run::new(call(now, pcma_b()));
+    let (sink, frames) = crate::media::recording::test_sink(now, 64);
+    run.call.record(sink);
+    let said = rtp(8, 1, 160, &[0xd5; 160]);
+    let heard = rtp(8, 1, 160, &[0x55; 160]);
+    assert!(sent_to(run.rtp_from(now, 0, A_NAT, &said)).is_some());
+    assert!(sent_to(run.rtp_from(now, 1, B_SDP, &heard)).is_some());
+    let channels: Vec<(Channel, i16)> = frames
+        .try_iter()
+        .map(|c| (c.channel(), c.samples()[0]))
+        .collect();
+    let (said_sample, heard_sample) = (
+        crate::media::g711::alaw_to_linear(0xd5),
+        crate::media::g711::alaw_to_linear(0x55),
+    );
+    assert_eq!(
+        channels,
+        [(Channel::Said, said_sample), (Channel::Heard, heard_sample)]
+    );
+    run.call.join(Party::B, false, now);
+    let later = now + Duration::from_millis(20);
+    let outcome = run.rtp_from(later, 0, A_NAT, &rtp(8, 2, 320, &[0xd5; 160]));
+    assert_eq!(outcome, PacketOutcome::Unpaired);
+    let _ = run.rtp_from(later, 0, "203.0.113.9:7000", &rtp(8, 9, 320, &[0x55; 160]));
+    let alone: Vec<(Channel, i16)> = frames
+        .try_iter()
+        .map(|c| (c.channel(), c.samples()[0]))
+        .collect();
+    assert_eq!(alone, [(Channel::Said, said_sample)]);
+}
