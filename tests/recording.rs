@@ -759,3 +759,95 @@ async fn a_line_marked_record_false_is_not_recorded() {
     );
     assert!(the_wav(recordings.path()).is_none());
 }
+
+/// An attended transfer (REFER with Replaces after the agent's consultation call with 110):
+/// still one recording of the citizen's call, the agent before and 110 after.
+#[tokio::test]
+async fn an_attended_transfer_is_one_recording() {
+    let recordings = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (gateway, mut citizen, mut agent, mut police) = setup(recordings.path(), "").await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let mut said = Talker::new(&call.caller_rtp, call.gateway_a_media, CITIZEN_HZ);
+    let mut desk = Talker::new(&call.callee_rtp, call.gateway_b_media, AGENT_HZ);
+    talk(&mut [&mut said, &mut desk], 75).await;
+
+    // The agent consults 110 through the gateway, then REFERs the citizen with Replaces.
+    let consult_rtp = RtpPeer::bind(LOCALHOST).await;
+    let consult = agent.invite(
+        "110",
+        "12345",
+        &common::sdp(consult_rtp.address, &[8], "sendrecv"),
+        "",
+    );
+    agent.send_request(&consult).await;
+    let consult_at_police = police.expect_request("INVITE").await;
+    let police_rtp = RtpPeer::bind(LOCALHOST).await;
+    let answer = common::sdp(police_rtp.address, &[8], "sendrecv");
+    police
+        .send_response(&police.answer(&consult_at_police, 200, Some(&answer)))
+        .await;
+    let consult_ok = agent.expect_response("INVITE", 200).await;
+    let ack = agent.ack(&consult, &consult_ok, "");
+    agent.send_request(&ack).await;
+    police.expect_request("ACK").await;
+    let gateway_tag = consult_ok
+        .to()
+        .and_then(|t| t.tag().map(str::to_string))
+        .unwrap_or_default();
+    let replaces = format!(
+        "{}%3Bto-tag%3D{}%3Bfrom-tag%3D{}",
+        consult.call_id().replace('@', "%40"),
+        gateway_tag,
+        agent.tag
+    );
+    let mut refer = agent.uas_request(&call.incoming, "REFER", 2);
+    refer
+        .headers
+        .push("Refer-To", &format!("<sip:110@gw?Replaces={replaces}>"));
+    agent.send_request(&refer).await;
+    agent.expect_response("REFER", 202).await;
+    let joined = police.expect_request("INVITE").await;
+    let gateway_for_110 = common::sdp_address(joined.sdp().unwrap_or_default());
+    police
+        .send_response(&police.answer(&joined, 200, Some(&answer)))
+        .await;
+    police.expect_request("ACK").await;
+    let bye = police.uas_request(&consult_at_police, "BYE", 2);
+    police.send_request(&bye).await;
+    police.expect_response("BYE", 200).await;
+    let mut byes = 0;
+    while byes < 2 {
+        if let Message::Request(request) = agent.recv().await {
+            agent
+                .send_response(&agent.answer(&request, 200, None))
+                .await;
+            byes += usize::from(request.method.as_str() == "BYE");
+        }
+    }
+    let mut desk_110 = Talker::new(&police_rtp, gateway_for_110, POLICE_HZ);
+    talk(&mut [&mut said, &mut desk_110], 100).await;
+    let record = hang_up(&gateway, &mut citizen, &call, &mut police).await;
+
+    let recorded = Recorded::read(&record.recording.unwrap_or_default()).await;
+    let requested = recorded.step("transfer_requested");
+    let answered = recorded.step("linkage_answered");
+    let end = recorded.sidecar.duration_ms.unwrap_or_default() as i64;
+    assert_tones(
+        &recorded.left,
+        (100, end - 100),
+        &[CITIZEN_HZ],
+        &[AGENT_HZ, POLICE_HZ],
+    );
+    assert_tones(
+        &recorded.right,
+        (100, requested - 100),
+        &[AGENT_HZ],
+        &[CITIZEN_HZ, POLICE_HZ],
+    );
+    assert_tones(
+        &recorded.right,
+        (answered + 300, end - 100),
+        &[POLICE_HZ],
+        &[CITIZEN_HZ, AGENT_HZ],
+    );
+}
