@@ -803,7 +803,7 @@ async fn an_attended_transfer_is_one_recording() {
     let mut refer = agent.uas_request(&call.incoming, "REFER", 2);
     refer
         .headers
-        .push("Refer-To", &format!("<sip:110@gw?Replaces={replaces}>"));
+        .push("Refer-To", format!("<sip:110@gw?Replaces={replaces}>"));
     agent.send_request(&refer).await;
     agent.expect_response("REFER", 202).await;
     let joined = police.expect_request("INVITE").await;
