@@ -15,7 +15,8 @@
 //! | [`sip`] | message grammar, SDP, sans-IO transactions and transaction layer (and the events/keys the call model speaks), targets, UDP/TCP/TLS transport, the endpoint driver; digest auth as server (`auth`) and client (`digest_client`) |
 //! | [`call`] | the call state machine (sans-IO) split by state: legs, forks (a peer's challenge answered), transfer, guests; hotkeys, screening, identity |
 //! | [`gateway`] | the I/O around the call model: the call's driver task, admission, the work-order glue, the peer prober (OPTIONS), the registrar client (REGISTER) |
-//! | [`media`] | codecs, G.711, RTP rewriting, SRTP, the mixer (pure); port allocation; the relay: a sans-IO per-call state and the worker threads that own the sockets |
+//! | [`media`] | codecs, G.711, RTP rewriting, SRTP, the mixer (pure); port allocation; the relay: a sans-IO per-call state and the worker threads that own the sockets; recording (the relay's tap, the writer thread, the files) |
+//! | [`calendar`] | UTC dates from Unix days and back (pure, used by every room that names a day) |
 //! | [`routing`] | number -> peers (those up), source address -> peer; a peer's vocabulary (transport, SRTP policy, credentials, charset) and health (sans-IO probe state, liveness flag) |
 //! | [`store`] | SQLite call records, linkage and conference records, the work-order outbox |
 //! | [`workorder`] | the gRPC work-order link: events to the platforms, their commands back |
@@ -24,6 +25,7 @@
 //! | [`shutdown`] | SIGINT/SIGTERM to one token, and the order the gateway stops in |
 //! | [`limits`] | the file-descriptor budget and `RLIMIT_NOFILE` |
 
+pub mod calendar;
 pub mod call;
 pub mod cli;
 pub mod config;

@@ -1,7 +1,7 @@
 //! Media: what the call model asks of the relay (this file), the codec vocabulary SDP and the
 //! config use too ([`codec`]), the pure per-packet parts ([`g711`], [`rtp`], [`srtp`],
 //! [`mixer`]) and the parts that own sockets or files ([`ports`], [`relay`], [`recording`]).
-//! Media imports no other room but ids, metrics and limits: signalling depends on it, never
+//! Media imports no other room but ids, metrics, limits and calendar: signalling depends on it, never
 //! the other way.
 
 pub mod codec;

@@ -658,19 +658,11 @@ pub fn unix_millis(time: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-/// `YYYY-MM-DD HH:MM:SS.mmm` in UTC (civil-from-days, H. Hinnant's algorithm).
+/// `YYYY-MM-DD HH:MM:SS.mmm` in UTC.
 pub fn format_time(unix_ms: i64) -> String {
     let days = unix_ms.div_euclid(86_400_000);
     let ms_of_day = unix_ms.rem_euclid(86_400_000);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::calendar::civil_from_days(days);
     format!(
         "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
         ms_of_day / 3_600_000,

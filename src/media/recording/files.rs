@@ -8,6 +8,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::calendar::{civil_from_days, days_from_civil};
+
 /// Days a recording is looked for by [`find`] at most (and when no retention is set).
 const SEARCH_DAYS: u32 = 3660;
 
@@ -27,21 +29,6 @@ pub(super) fn prepare(root: &Path) -> io::Result<()> {
     fs::remove_file(probe)
 }
 
-/// The civil (proleptic Gregorian) date of a count of days since 1970-01-01.
-fn civil(days: i64) -> (i64, u32, u32) {
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 /// Days since 1970-01-01 (UTC) at `wall`.
 fn day_of(wall: SystemTime) -> i64 {
     match wall.duration_since(UNIX_EPOCH) {
@@ -51,7 +38,7 @@ fn day_of(wall: SystemTime) -> i64 {
 }
 
 fn day_directory(day: i64) -> String {
-    let (year, month, day) = civil(day);
+    let (year, month, day) = civil_from_days(day);
     format!("{year:04}/{month:02}/{day:02}")
 }
 
@@ -146,7 +133,7 @@ fn days(root: &Path) -> Vec<(i64, PathBuf)> {
     for (year, year_path) in numbered(root) {
         for (month, month_path) in numbered(&year_path) {
             for (day, day_path) in numbered(&month_path) {
-                if let Some(number) = day_number(i64::from(year), month, day) {
+                if let Some(number) = days_from_civil(i64::from(year), month, day) {
                     found.push((number, day_path));
                 }
             }
@@ -154,22 +141,6 @@ fn days(root: &Path) -> Vec<(i64, PathBuf)> {
     }
     found.sort();
     found
-}
-
-/// Days since 1970-01-01 of a civil date, if it is one.
-fn day_number(year: i64, month: u32, day: u32) -> Option<i64> {
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-        return None;
-    }
-    // Inverse of `civil` (Hinnant's days-from-civil).
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year.rem_euclid(400);
-    let mp = i64::from((month + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let number = era * 146_097 + doe - 719_468;
-    (civil(number) == (if month <= 2 { year + 1 } else { year }, month, day)).then_some(number)
 }
 
 /// Deletes the day directories older than `retention_days` at `now`: the recordings deleted
@@ -251,16 +222,7 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn dates_round_trip_and_lay_out() {
-        for day in [-1, 0, 59, 60, 365, 10_957, 20_790, 20_820, 47_482] {
-            let (year, month, date) = civil(day);
-            assert_eq!(
-                day_number(year, month, date),
-                Some(day),
-                "{year}-{month}-{date}"
-            );
-        }
-        assert_eq!(day_number(2026, 2, 30), None);
+    fn days_lay_out_as_dates() {
         let wall = UNIX_EPOCH + Duration::from_secs(1_796_256_000); // 2026-12-03 00:00 UTC
         assert_eq!(relative_path("abc", wall), "2026/12/03/abc.wav");
     }
