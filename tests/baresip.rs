@@ -509,16 +509,9 @@ async fn three_baresip_phones_hold_a_three_way_call_and_the_agent_leaves() {
     // The gateway's recording of the citizen's call: the citizen on the left throughout; on
     // the right the agent, then agent and 110 mixed, then 110 alone.
     let recorded = Recorded::read(&ended_recording(&gateway).await).await;
-    let joined = recorded
-        .sidecar
-        .steps
-        .iter()
-        .filter(|s| s.step == "conference_joined")
-        .map(|s| s.offset_ms)
-        .max()
-        .unwrap_or_default();
+    let joined = recorded.last_step("conference_joined");
     let left = recorded.step("agent_left");
-    let end = recorded.sidecar.duration_ms.unwrap_or_default() as i64;
+    let end = recorded.end_ms();
     let span = |channel: &[i16], from: i64, to: i64| -> Vec<i16> {
         let at = |ms: i64| ((ms.max(0) as usize) * 8).min(channel.len());
         channel[at(from)..at(to)].to_vec()

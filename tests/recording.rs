@@ -274,7 +274,7 @@ async fn a_blind_transfer_is_one_recording_and_only_its_platforms_may_download_i
     let recorded = Recorded::read(&path).await;
     let answered = recorded.step("linkage_answered");
     assert!(recorded.step("transfer_requested") <= answered);
-    let end = recorded.sidecar.duration_ms.unwrap_or_default() as i64;
+    let end = recorded.end_ms();
     assert_tones(
         &recorded.left,
         (100, end - 100),
@@ -416,16 +416,9 @@ async fn a_failed_transfer_goes_back_to_the_agent_and_a_three_way_call_is_mixed(
 
     let recorded = Recorded::read(&record.recording.unwrap_or_default()).await;
     let failed = recorded.step("linkage_failed");
-    let joined = recorded
-        .sidecar
-        .steps
-        .iter()
-        .filter(|s| s.step == "conference_joined")
-        .map(|s| s.offset_ms)
-        .max()
-        .unwrap_or_else(|| panic!("no conference_joined: {:?}", recorded.sidecar.steps));
+    let joined = recorded.last_step("conference_joined");
     let left = recorded.step("agent_left");
-    let end = recorded.sidecar.duration_ms.unwrap_or_default() as i64;
+    let end = recorded.end_ms();
     assert_tones(
         &recorded.left,
         (100, end - 100),
@@ -682,7 +675,7 @@ async fn an_srtp_leg_is_recorded_in_clear() {
     agent.send_response(&agent.answer(&bye, 200, None)).await;
     let record = gateway.ended_record(invite.call_id()).await;
     let recorded = Recorded::read(&record.recording.unwrap_or_default()).await;
-    let end = recorded.sidecar.duration_ms.unwrap_or_default() as i64;
+    let end = recorded.end_ms();
     assert_tones(&recorded.left, (100, end - 100), &[CITIZEN_HZ], &[AGENT_HZ]);
     assert_tones(
         &recorded.right,
@@ -831,7 +824,7 @@ async fn an_attended_transfer_is_one_recording() {
     let recorded = Recorded::read(&record.recording.unwrap_or_default()).await;
     let requested = recorded.step("transfer_requested");
     let answered = recorded.step("linkage_answered");
-    let end = recorded.sidecar.duration_ms.unwrap_or_default() as i64;
+    let end = recorded.end_ms();
     assert_tones(
         &recorded.left,
         (100, end - 100),

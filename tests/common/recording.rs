@@ -51,6 +51,19 @@ impl Recorded {
         }
     }
 
+    /// The offset of the last step named `name`, in ms.
+    pub(crate) fn last_step(&self, name: &str) -> i64 {
+        match self.sidecar.steps.iter().rev().find(|s| s.step == name) {
+            Some(step) => step.offset_ms,
+            None => panic!("no step {name}: {:?}", self.sidecar.steps),
+        }
+    }
+
+    /// The call's length in ms (the `ended` step's offset).
+    pub(crate) fn end_ms(&self) -> i64 {
+        self.sidecar.duration_ms.unwrap_or_default() as i64
+    }
+
     /// The offset of the first step named `name`, in ms.
     pub(crate) fn step(&self, name: &str) -> i64 {
         match self.sidecar.steps.iter().find(|s| s.step == name) {
