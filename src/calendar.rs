@@ -30,6 +30,20 @@ pub fn days_from_civil(year: i64, month: u32, day: u32) -> Option<i64> {
     (civil_from_days(days) == (year, month, day)).then_some(days)
 }
 
+/// `unix_ms` as RFC 3339 UTC with milliseconds (`2026-12-04T02:00:00.000Z`), the XML
+/// `dateTime` that SIPREC metadata carries (RFC 7865 §6.7).
+pub fn rfc3339(unix_ms: i64) -> String {
+    let (year, month, day) = civil_from_days(unix_ms.div_euclid(86_400_000));
+    let ms = unix_ms.rem_euclid(86_400_000);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +61,11 @@ mod tests {
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(days_from_civil(2026, 2, 30), None);
         assert_eq!(days_from_civil(2026, 13, 1), None);
+    }
+
+    #[test]
+    fn rfc3339_times() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_796_349_600_123), "2026-12-04T02:00:00.123Z");
     }
 }

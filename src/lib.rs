@@ -197,6 +197,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let tracker = tokio_util::task::TaskTracker::new();
     let endpoint_probe = handle.clone();
     let prober = prober_services(&config, &handle, local.clone(), &metrics, &events)?;
+    let siprec = siprec_settings(&config, &router, &local);
     let registrar = gateway::registrar::RegistrarServices {
         endpoint: handle.clone(),
         local,
@@ -216,6 +217,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         recording: recorder
             .as_ref()
             .map(|(recorder, _)| (recorder.clone(), Arc::clone(&router))),
+        siprec,
     });
     let endpoint_stop = CancellationToken::new();
     let endpoint_task = tokio::spawn(endpoint.run(inbound, commands, endpoint_stop.clone()));
@@ -294,6 +296,22 @@ fn local_addresses(config: &Config, transport: &Transport) -> sip::target::Local
         })
         .collect();
     config.local_addresses(&bound)
+}
+
+/// `[recording] siprec`: the recording server's peer (checked to exist by `--check`), and our
+/// addresses and User-Agent for its sessions.
+fn siprec_settings(
+    config: &Config,
+    router: &Arc<Router>,
+    local: &sip::target::LocalAddresses,
+) -> Option<Arc<call::siprec::SiprecSettings>> {
+    let name = config.recording.as_ref()?.siprec.as_ref()?;
+    let peer = router.peer_by_name(name)?;
+    Some(Arc::new(call::siprec::SiprecSettings {
+        peer,
+        local: local.clone(),
+        user_agent: (!config.sip.user_agent.is_empty()).then(|| config.sip.user_agent.clone()),
+    }))
 }
 
 /// What the peer prober needs: the endpoint, our SIP addresses (UDP/TCP and TLS) for its Via,

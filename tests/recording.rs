@@ -844,3 +844,131 @@ async fn an_attended_transfer_is_one_recording() {
         &[CITIZEN_HZ, AGENT_HZ],
     );
 }
+
+/// The RTP a recording server's port received, decoded (PCMU), in sequence order; the
+/// packets' sequence numbers must run without a gap.
+fn received_stream(socket: &std::net::UdpSocket) -> Vec<i16> {
+    socket
+        .set_nonblocking(true)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut packets = Vec::new();
+    let mut buffer = [0u8; 2048];
+    while let Ok(length) = socket.recv(&mut buffer) {
+        assert!(length > 12, "an RTP packet");
+        assert_eq!(buffer[1] & 0x7f, 0, "PCMU, as the server answered");
+        let sequence = u16::from_be_bytes([buffer[2], buffer[3]]);
+        packets.push((sequence, buffer[12..length].to_vec()));
+    }
+    packets.sort_by_key(|(sequence, _)| *sequence);
+    for (n, (sequence, _)) in packets.iter().enumerate() {
+        assert_eq!(usize::from(*sequence), n, "no packet lost or out of turn");
+    }
+    packets
+        .iter()
+        .flat_map(|(_, payload)| payload.iter().map(|code| g711::ulaw_to_linear(*code)))
+        .collect()
+}
+
+/// SIPREC (RFC 7866): a recording server (SIPp) gets the call as a recording session with
+/// the metadata (it checks the INVITE's multipart body) and a re-INVITE when 110 takes the
+/// call over from the agent; its two ports get the two streams the WAV holds: 440 Hz on the
+/// first throughout, 880 Hz then 1320 Hz on the second. The BYE comes after the last packet.
+#[tokio::test]
+async fn a_siprec_server_gets_both_streams_and_a_reinvite_at_the_transfer() {
+    let recordings = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let sipp_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let bind = || std::net::UdpSocket::bind((LOCALHOST, 0)).unwrap_or_else(|e| panic!("{e}"));
+    let (said, heard) = (bind(), bind());
+    let port = |socket: &std::net::UdpSocket| {
+        socket
+            .local_addr()
+            .map(|a| a.port().to_string())
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert!(common::sipp::sipp_available(), "sipp is not installed");
+    let srs_port = free_port();
+    let (said_port, heard_port) = (port(&said), port(&heard));
+    let srs = common::sipp::sipp_side(
+        sipp_dir.path(),
+        srs_port,
+        "siprec_srs.xml",
+        &[
+            "-m",
+            "1",
+            "-set",
+            "said",
+            &said_port,
+            "-set",
+            "heard",
+            &heard_port,
+        ],
+    );
+    let extra = format!(
+        "siprec = \"recorder\"\n\n[[peer]]\nname = \"recorder\"\naddress = \"127.0.0.1:{srs_port}\"\n"
+    );
+    let (gateway, mut citizen, mut agent, mut police) = setup(recordings.path(), &extra).await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let mut citizen_talks = Talker::new(&call.caller_rtp, call.gateway_a_media, CITIZEN_HZ);
+    let mut desk = Talker::new(&call.callee_rtp, call.gateway_b_media, AGENT_HZ);
+    talk(&mut [&mut citizen_talks, &mut desk], 100).await;
+    let mut refer = agent.uas_request(&call.incoming, "REFER", 2);
+    refer.headers.push("Refer-To", "<sip:110@gw>");
+    agent.send_request(&refer).await;
+    agent.expect_response("REFER", 202).await;
+    let invite = police.expect_request("INVITE").await;
+    let police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
+    loop {
+        if let Message::Request(request) = agent.recv().await {
+            agent
+                .send_response(&agent.answer(&request, 200, None))
+                .await;
+            if request.method.as_str() == "BYE" {
+                break;
+            }
+        }
+    }
+    let mut desk_110 = Talker::new(&police_rtp, call.gateway_b_media, POLICE_HZ);
+    talk(&mut [&mut citizen_talks, &mut desk_110], 100).await;
+    let record = hang_up(&gateway, &mut citizen, &call, &mut police).await;
+    // SIPp exits 0 only if every check passed and the BYE came.
+    tokio::task::spawn_blocking(move || srs.succeeds("recording server"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    gateway
+        .metric_reaches("hotline_recording_siprec_sessions_total", 1.0)
+        .await;
+    assert_eq!(
+        gateway
+            .metric("hotline_recording_siprec_failures_total")
+            .await,
+        Some(0.0)
+    );
+
+    let path = record.recording.unwrap_or_else(|| panic!("no recording"));
+    let recorded = Recorded::read(&path).await;
+    let answered = recorded.step("linkage_answered");
+    let end = recorded.end_ms();
+    let (said, heard) = (received_stream(&said), received_stream(&heard));
+    // The streams are the WAV's channels, from its start to its end (the BYE waited).
+    for stream in [&said, &heard] {
+        assert_eq!(stream.len(), recorded.left.len(), "as long as the WAV");
+    }
+    assert_tones(
+        &said,
+        (100, end - 100),
+        &[CITIZEN_HZ],
+        &[AGENT_HZ, POLICE_HZ],
+    );
+    assert_tones(
+        &heard,
+        (100, answered - 300),
+        &[AGENT_HZ],
+        &[CITIZEN_HZ, POLICE_HZ],
+    );
+    assert_tones(
+        &heard,
+        (answered + 200, end - 100),
+        &[POLICE_HZ],
+        &[AGENT_HZ, CITIZEN_HZ],
+    );
+}

@@ -6,28 +6,10 @@ mod common;
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::process::{free_port, GatewayProcess};
-
-fn sipp_available() -> bool {
-    Command::new("sipp")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::sipp::{sipp, sipp_available, sipp_side, Process};
 
 struct Ports {
     gateway: u16,
@@ -118,22 +100,6 @@ fn metrics(http: u16) -> String {
         let _ = stream.read_to_string(&mut text);
     }
     text
-}
-
-fn sipp(args: &[&str], scenario: &str) -> Command {
-    let mut command = Command::new("sipp");
-    command
-        .arg("-sf")
-        .arg(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/sipp")
-                .join(scenario),
-        )
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    command
 }
 
 fn run_load(transport: &str, calls: u32, rate: u32, hold_ms: u32, media: [u16; 2], stop: Stop) {
@@ -267,65 +233,6 @@ fn sipp_200_calls_at_20_per_second_with_rtp_over_udp_records_survive_kill_9() {
 #[test]
 fn sipp_50_concurrent_calls_over_tcp_then_sigterm_exits_0() {
     run_load("tcp", 50, 50, 3000, [25000, 25999], Stop::Terminate);
-}
-
-/// A SIPp instance playing one side of a run, writing its errors where [`SippSide::succeeds`]
-/// finds them.
-struct SippSide {
-    process: Process,
-    scenario: String,
-    errors: PathBuf,
-}
-
-impl SippSide {
-    /// Waits for the SIPp instance to finish.
-    fn wait(mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.process.0.wait()
-    }
-
-    /// Waits for the SIPp instance to finish and fails the test unless all its calls passed.
-    fn succeeds(mut self, role: &str) {
-        let status = self.process.0.wait();
-        assert!(
-            status.as_ref().is_ok_and(|s| s.success()),
-            "SIPp {role} ({}) failed calls ({status:?}):\n{}",
-            self.scenario,
-            std::fs::read_to_string(&self.errors).unwrap_or_default()
-        );
-    }
-}
-
-/// Starts SIPp on `port` with `scenario` and `args` (a UAS unless `args` name a remote host).
-fn sipp_side(dir: &Path, port: u16, scenario: &str, args: &[&str]) -> SippSide {
-    let (port, media) = (port.to_string(), free_port().to_string());
-    let errors = dir.join(format!("{scenario}.errors"));
-    let errors_text = errors.display().to_string();
-    let mut all = vec![
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-mi",
-        "127.0.0.1",
-        "-mp",
-        &media,
-        "-timeout",
-        "60s",
-        "-timeout_error",
-        "-nostdin",
-        "-trace_err",
-        "-error_file",
-        &errors_text,
-    ];
-    all.extend_from_slice(args);
-    match sipp(&all, scenario).spawn() {
-        Ok(child) => SippSide {
-            process: Process(child),
-            scenario: scenario.to_string(),
-            errors,
-        },
-        Err(e) => panic!("sipp {scenario}: {e}"),
-    }
 }
 
 /// A SIPp transfer run: which scenarios play which part, and what it must end with.

@@ -8,6 +8,7 @@ pub mod directory;
 pub mod hotkey;
 pub mod model;
 pub mod screening;
+pub mod siprec;
 pub mod transfer;
 
 pub use model::{Action, Call, CallSettings, EndedBy, NewCall, Outcome};

@@ -101,6 +101,10 @@ pub struct RecordingConfig {
     /// ... or while the file system has less than this many MB free. Default: no floor.
     #[serde(default)]
     pub min_free_mb: Option<u64>,
+    /// The `[[peer]]` that is a SIPREC recording server (RFC 7866): each recorded call also
+    /// goes there as a recording session, its two streams and its metadata. Default: none.
+    #[serde(default)]
+    pub siprec: Option<String>,
 }
 
 /// `[[interface]]`: one more network the gateway sits on (a boundary host: the police network,

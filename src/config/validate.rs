@@ -74,12 +74,12 @@ impl Config {
         self.check_interfaces(&invalid)?;
         self.check_routes(&invalid, &names)?;
         self.check_hotkeys(&invalid)?;
-        self.check_recording(&invalid)?;
+        self.check_recording(&invalid, &names)?;
         Ok(())
     }
 
     /// Checks `[recording]`.
-    fn check_recording(&self, invalid: Invalid) -> Result<(), ConfigError> {
+    fn check_recording(&self, invalid: Invalid, peers: &HashSet<&str>) -> Result<(), ConfigError> {
         let Some(recording) = &self.recording else {
             return Ok(());
         };
@@ -101,6 +101,14 @@ impl Config {
                 return Err(invalid(
                     key.into(),
                     "must be at least 1 (leave it out for none)".into(),
+                ));
+            }
+        }
+        if let Some(siprec) = &recording.siprec {
+            if !peers.contains(siprec.as_str()) {
+                return Err(invalid(
+                    "recording.siprec".into(),
+                    format!("no [[peer]] is named \"{siprec}\""),
                 ));
             }
         }

@@ -53,6 +53,8 @@ pub struct CallServices {
     pub registry: Arc<crate::workorder::registry::CallRegistry>,
     /// `[recording]`: the recorder, and the routes and peers that say what is not recorded.
     pub recording: Option<(Recorder, Arc<crate::routing::Router>)>,
+    /// `[recording] siprec`: each recorded call also goes to this recording server.
+    pub siprec: Option<Arc<crate::call::siprec::SiprecSettings>>,
 }
 
 /// What admission decided about a new call, for its task.
@@ -113,6 +115,7 @@ async fn run(
         link,
         changes,
         recording: None,
+        siprec: None,
         offered: driver_now(),
         ringing: None,
     };
@@ -120,7 +123,13 @@ async fn run(
         if carry_out(&mut call, &owner, &relay, &mut records, &services).await {
             break;
         }
-        let deadline = call.poll_timeout();
+        let deadline = [
+            call.poll_timeout(),
+            records.siprec.as_ref().and_then(|s| s.poll_timeout()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let sleep = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -129,7 +138,17 @@ async fn run(
         };
         tokio::select! {
             event = inbox.recv() => match event {
-                Some(event) => call.handle_sip(driver_now(), event),
+                Some(event) => {
+                    // The recording session's own messages first; the rest is the call's.
+                    let now = driver_now();
+                    let event = match records.siprec.as_mut() {
+                        Some(siprec) => siprec.handle_sip(now, event),
+                        None => Some(event),
+                    };
+                    if let Some(event) = event {
+                        call.handle_sip(now, event);
+                    }
+                }
                 None => {
                     // The endpoint is gone (the gateway is stopping): end the call's records
                     // and events the usual way; its last messages can no longer go out.
@@ -142,8 +161,19 @@ async fn run(
                 MediaEvent::Inactive => call.handle_media_inactive(driver_now()),
                 MediaEvent::Digit(party, digit) => call.handle_media_digit(driver_now(), party, digit),
             },
-            _ = sleep => call.handle_timeout(driver_now()),
-            Some(command) = commands.recv() => records.link.command(&mut call, command),
+            _ = sleep => {
+                let now = driver_now();
+                call.handle_timeout(now);
+                if let Some(siprec) = records.siprec.as_mut() {
+                    siprec.handle_timeout(now);
+                }
+            }
+            Some(command) = commands.recv() => {
+                records.link.command(&mut call, command);
+                if let Some(siprec) = records.siprec.as_mut() {
+                    siprec.ticket(records.link.ticket_number());
+                }
+            }
             _ = services.shutdown.cancelled(), if !shutdown_seen => {
                 shutdown_seen = true;
                 call.handle_shutdown(driver_now());
@@ -153,6 +183,10 @@ async fn run(
     services.registry.remove(&records.link.call_id());
     services.metrics.add_gauge(Gauge::CallsActive, -1);
     tracing::debug!("call finished");
+    if let Some(siprec) = records.siprec.take() {
+        let linger = super::siprec::linger(siprec, inbox, owner, services.clone());
+        services.tracker.spawn(linger.in_current_span());
+    }
 }
 
 /// What a call's task keeps of its records while it runs.
@@ -166,6 +200,8 @@ pub(super) struct Records {
     changes: Changes,
     /// The call's recording, from the answer on (with `[recording]`).
     pub(super) recording: Option<Recording>,
+    /// Its SIPREC session (with `[recording] siprec`).
+    pub(super) siprec: Option<super::siprec::Siprec>,
     /// When the call was offered and first rang, for the recording's steps.
     pub(super) offered: Instant,
     pub(super) ringing: Option<Instant>,
@@ -211,6 +247,7 @@ async fn carry_out(
             } => {
                 if let Some(recording) = super::recording::begin(records, &b_peer, services) {
                     seen.push(Action::Media(MediaCommand::Record(recording)));
+                    super::siprec::begin(records, &b_peer, services);
                 }
                 let record = &mut records.call;
                 let now = unix_millis(SystemTime::now());
@@ -238,6 +275,9 @@ async fn carry_out(
             }
             Action::Conference(update) => {
                 super::recording::conference(records.recording.as_ref(), &update);
+                if let Some(siprec) = records.siprec.as_mut() {
+                    siprec.conference(&update);
+                }
                 records.link.conference(&update);
                 track_conference(
                     &mut records.parties,
@@ -255,6 +295,9 @@ async fn carry_out(
                     &services.metrics,
                 );
                 records.link.linkage(&update, &linkage);
+                if let Some(siprec) = records.siprec.as_mut() {
+                    siprec.linkage(&update, &linkage);
+                }
                 super::recording::linkage(
                     records.recording.as_ref(),
                     &records.link,
@@ -273,6 +316,9 @@ async fn carry_out(
                     &services.metrics,
                 );
                 finish_record(record, relay, &outcome, &services.metrics);
+                if let Some(siprec) = records.siprec.as_mut() {
+                    siprec.end();
+                }
                 if let Some(recording) = records.recording.take() {
                     recording.end(driver_now());
                 }
@@ -314,6 +360,7 @@ async fn carry_out(
             | Action::Finished => {}
         }
     }
+    super::siprec::carry_out(records, owner, services);
     finished
 }
 

@@ -121,6 +121,11 @@ impl Link {
         self.state.recording = Some(recording);
     }
 
+    /// The number of the call's ticket (工单号), once a platform attached one.
+    pub fn ticket_number(&self) -> Option<&str> {
+        self.state.ticket.as_ref().map(|t| t.number.as_str())
+    }
+
     /// The platforms the call involves as of this step.
     pub fn platforms(&self) -> Vec<String> {
         self.state.platforms.iter().cloned().collect()

@@ -2,7 +2,8 @@
 //! dispatcher that admits new requests and gives each admitted call its media and its task
 //! ([`admission`]), a call's side of the work-order link ([`link`]), and the task that probes
 //! peers with OPTIONS and marks them down or up ([`prober`]), and the one that keeps the
-//! gateway registered at the peers it registers at ([`registrar`]).
+//! gateway registered at the peers it registers at ([`registrar`]). A call's recording and its
+//! SIPREC session are kept by its task (`recording.rs`, `siprec.rs`).
 
 pub mod admission;
 pub mod driver;
@@ -10,3 +11,4 @@ pub mod link;
 pub mod prober;
 mod recording;
 pub mod registrar;
+mod siprec;

@@ -98,9 +98,14 @@ pub enum Counter {
     RecordingsDeleted,
     /// Writes to recordings that failed (the recording is closed where it stands).
     RecordingWriteErrors,
+    /// SIPREC recording sessions a recording server answered (`[recording] siprec`).
+    SiprecSessions,
+    /// SIPREC sessions that failed: refused or unanswered INVITEs, dialogs lost, answers with
+    /// no stream to send (the calls went on).
+    SiprecFailures,
 }
 
-pub(super) const COUNTERS: [(Counter, &str, &str); 61] = [
+pub(super) const COUNTERS: [(Counter, &str, &str); 63] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -405,6 +410,16 @@ pub(super) const COUNTERS: [(Counter, &str, &str); 61] = [
         Counter::RecordingWriteErrors,
         "hotline_recording_write_errors_total",
         "writes to recording files that failed (the recording is closed where it stands)",
+    ),
+    (
+        Counter::SiprecSessions,
+        "hotline_recording_siprec_sessions_total",
+        "SIPREC recording sessions the recording server (recording.siprec) answered",
+    ),
+    (
+        Counter::SiprecFailures,
+        "hotline_recording_siprec_failures_total",
+        "SIPREC recording sessions refused, unanswered or lost (the calls went on)",
     ),
 ];
 

@@ -11,6 +11,7 @@ pub(crate) mod platform;
 pub(crate) mod postgres;
 pub(crate) mod process;
 pub(crate) mod recording;
+pub(crate) mod sipp;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -12,6 +12,7 @@
 //! `YYYY/MM/DD/<call id>.wav` and `.json` (the UTC date the call was answered) ([`files`]).
 
 mod files;
+mod forward;
 mod sidecar;
 pub mod wav;
 mod writer;
@@ -27,6 +28,7 @@ use crate::media::mixer;
 use crate::metrics::{Counter, Gauge, Metrics};
 
 pub use files::{find, relative_path};
+pub use forward::{Forward, ForwardStream};
 pub use sidecar::Sidecar;
 
 /// The recordings' sample rate (G.711's), per channel.
@@ -213,6 +215,11 @@ enum Control {
         slot: u64,
         at: Instant,
         step: Step,
+    },
+    /// The channels go on to a recording server from now on (or no longer).
+    Forward {
+        slot: u64,
+        forward: Option<Box<Forward>>,
     },
     Close {
         slot: u64,
@@ -413,6 +420,15 @@ impl Recording {
             slot: self.slot,
             at,
             step,
+        });
+    }
+
+    /// Sends the two channels on to a SIPREC recording server as they are written (`None`:
+    /// no longer).
+    pub fn forward(&self, forward: Option<Forward>) {
+        self.recorder.control(Control::Forward {
+            slot: self.slot,
+            forward: forward.map(Box::new),
         });
     }
 

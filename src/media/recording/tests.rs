@@ -212,3 +212,90 @@ fn headers_are_repaired() {
         .unwrap();
     assert!(!wav::repair(&file).unwrap());
 }
+
+/// A recording forwarded to a SIPREC server: each channel is one RTP stream of 20 ms packets,
+/// in order from the recording's start, in the server's codec, the left what the caller said.
+#[test]
+fn the_channels_go_on_as_two_rtp_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let settings = RecordingSettings {
+        path: dir.path().to_path_buf(),
+        retention_days: None,
+        max_disk_bytes: None,
+        min_free_bytes: None,
+        queue_frames: 1024,
+    };
+    let (recorder, writer) = Recorder::start(settings, Arc::clone(&metrics)).unwrap();
+    let start = Instant::now();
+    let recording = recorder
+        .begin(
+            RecordingStart {
+                call_id: "00aa",
+                caller: "13800138000",
+                called: "12345",
+                caller_peer: "carrier",
+                answered_peer: "hotline",
+                platforms: Vec::new(),
+                offered: start,
+                ringing: None,
+            },
+            start,
+        )
+        .unwrap();
+    let localhost = std::net::IpAddr::from([127, 0, 0, 1]);
+    let pool = crate::media::ports::PortPool::new(localhost, [41000, 41009], Arc::clone(&metrics));
+    let servers: Vec<std::net::UdpSocket> = (0..2)
+        .map(|_| std::net::UdpSocket::bind((localhost, 0)).unwrap())
+        .collect();
+    let streams = [0, 1].map(|index| {
+        Some(ForwardStream {
+            sockets: pool.allocate().unwrap(),
+            to: servers[index].local_addr().unwrap(),
+            ssrc: 100 + index as u32,
+        })
+    });
+    recording.forward(Some(Forward::new(streams, Codec::Pcmu, 0)));
+    let mut tap = Tap::new(recording.sink());
+    for n in 0..50usize {
+        let at = start + ms(20 * (n as u64 + 1));
+        tap.record_linear(at, Channel::Said, &tone(440.0, n * FRAME, FRAME));
+        tap.record_linear(at, Channel::Heard, &tone(880.0, n * FRAME, FRAME));
+    }
+    recording.end(start + ms(1000));
+    recorder.stop();
+    writer.join().unwrap();
+
+    for (index, (server, (hears, not))) in servers
+        .iter()
+        .zip([(440.0, 880.0), (880.0, 440.0)])
+        .enumerate()
+    {
+        server.set_nonblocking(true).unwrap();
+        let mut samples = Vec::new();
+        let mut buffer = [0u8; 2048];
+        let mut sequence = 0u16;
+        while let Ok(length) = server.recv(&mut buffer) {
+            let packet = &buffer[..length];
+            assert_eq!(length, 12 + FRAME, "20 ms packets");
+            assert_eq!(packet[1] & 0x7f, 0, "PCMU");
+            assert_eq!(
+                packet[1] & 0x80 != 0,
+                sequence == 0,
+                "the marker on the first"
+            );
+            assert_eq!(u16::from_be_bytes([packet[2], packet[3]]), sequence);
+            let timestamp = u32::from_be_bytes(packet[4..8].try_into().unwrap());
+            assert_eq!(timestamp, u32::from(sequence) * FRAME as u32);
+            let ssrc = u32::from_be_bytes(packet[8..12].try_into().unwrap());
+            assert_eq!(ssrc, 100 + index as u32);
+            let mut decoded = [0i16; FRAME];
+            mixer::decode(Codec::Pcmu, &packet[12..], &mut decoded);
+            samples.extend_from_slice(&decoded);
+            sequence += 1;
+        }
+        assert_eq!(samples.len(), RATE as usize, "one second, from the start");
+        assert!(level(&samples, hears) > 0.2, "stream {index}");
+        assert!(level(&samples, not) < 0.02, "stream {index}");
+    }
+}

@@ -13,8 +13,9 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::forward::Forward;
 use super::sidecar::{offset_ms, Sidecar};
-use super::{files, wav, Chunk, Control, RecordingSettings, Shared, RATE};
+use super::{files, wav, Chunk, Control, RecordingSettings, Shared, FRAME, RATE};
 use crate::metrics::{Counter, Gauge};
 
 /// How far behind the clock the files are written: frames may come this late and still land.
@@ -47,6 +48,28 @@ struct Open {
     /// Set once the call ended: completed when the queue has been emptied.
     closing: Option<Instant>,
     failed: bool,
+    /// The channels sent on to a SIPREC recording server, as they are written.
+    forward: Option<Forward>,
+}
+
+impl Open {
+    /// Sends the frames up to position `until` on to the recording server (silence where
+    /// none came), if the recording has one.
+    fn forward_until(&mut self, until: u64) {
+        let Some(forward) = self.forward.as_mut() else {
+            return;
+        };
+        let from = forward.sent().max(self.written);
+        if until <= from {
+            return;
+        }
+        let start = (from - self.written) as usize;
+        let end = (until - self.written) as usize;
+        if self.pending.len() < end {
+            self.pending.resize(end, [0, 0]);
+        }
+        forward.send(self.pending.range(start..end));
+    }
 }
 
 struct Writer {
@@ -145,6 +168,14 @@ impl Writer {
                         write_sidecar(open);
                     }
                 }
+                Control::Forward { slot, forward } => {
+                    if let Some(open) = self.open.get_mut(&slot) {
+                        open.forward = forward.map(|mut forward| {
+                            forward.skip_to(open.written);
+                            *forward
+                        });
+                    }
+                }
                 Control::Close { slot, at } => {
                     if let Some(open) = self.open.get_mut(&slot) {
                         open.closing = Some(at);
@@ -191,6 +222,7 @@ impl Writer {
                     pending: VecDeque::new(),
                     closing: None,
                     failed: false,
+                    forward: None,
                 };
                 write_sidecar(&open);
                 self.open.insert(slot, open);
@@ -232,15 +264,20 @@ impl Writer {
     }
 
     /// Appends, in every open recording, what the clock has passed by [`LAG`] once
-    /// [`APPEND`]'s worth is ready.
+    /// [`APPEND`]'s worth is ready; sends each whole frame of it on at once to a recording
+    /// server.
     fn append_ready(&mut self, now: Instant) {
         let slots: Vec<u64> = self.open.keys().copied().collect();
         for slot in slots {
-            let Some(open) = self.open.get(&slot) else {
+            let Some(open) = self.open.get_mut(&slot) else {
                 continue;
             };
             let clock = super::samples_in(now.saturating_duration_since(open.start));
-            let until = clock.saturating_sub(LAG);
+            // Whole frames only, so a forwarded stream's packets are 20 ms each.
+            let until = clock.saturating_sub(LAG) / FRAME as u64 * FRAME as u64;
+            if !open.failed {
+                open.forward_until(until);
+            }
             if until >= open.written + APPEND {
                 self.append(slot, until);
             }
@@ -256,6 +293,7 @@ impl Writer {
         if open.failed || until <= open.written {
             return;
         }
+        open.forward_until(until);
         let count = until - open.written;
         // Silence where nothing came; then the frames as WAV wants them (little-endian,
         // left first), in place in a buffer sized once.
