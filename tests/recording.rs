@@ -469,9 +469,22 @@ async fn a_full_recording_disk_keeps_calls_up_and_counts_what_it_did_not_record(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
     let mut said = Talker::new(&call.caller_rtp, call.gateway_a_media, CITIZEN_HZ);
     talk(&mut [&mut said], 10).await;
+    // A call that is not recorded cannot be paused.
+    let call_id = hotline.until(EventType::CallAnswered).await.call_id;
+    let result = hotline
+        .command(pb::command::Action::PauseRecording(pb::PauseRecording {
+            call_id,
+        }))
+        .await;
+    assert_eq!(
+        result.error,
+        pb::ErrorCode::NotAllowedNow as i32,
+        "{result:?}"
+    );
     assert!(
         call.callee_rtp
             .recv_within(Duration::from_secs(2))
@@ -970,5 +983,94 @@ async fn a_siprec_server_gets_both_streams_and_a_reinvite_at_the_transfer() {
         (answered + 200, end - 100),
         &[POLICE_HZ],
         &[AGENT_HZ, CITIZEN_HZ],
+    );
+}
+
+/// A platform pauses the recording while the citizen reads out an ID card number, then
+/// resumes it: both channels are silence between the JSON's `recording_paused` and
+/// `recording_resumed`, and the tones are there before and after.
+#[tokio::test]
+async fn a_paused_recording_is_silence_until_it_is_resumed() {
+    let recordings = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (gateway, mut citizen, mut agent, _police) = setup(recordings.path(), "").await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let call_id = hotline.until(EventType::CallAnswered).await.call_id;
+    let mut said = Talker::new(&call.caller_rtp, call.gateway_a_media, CITIZEN_HZ);
+    let mut desk = Talker::new(&call.callee_rtp, call.gateway_b_media, AGENT_HZ);
+    talk(&mut [&mut said, &mut desk], 50).await;
+    use pb::command::Action;
+    for action in [
+        Action::PauseRecording(pb::PauseRecording {
+            call_id: call_id.clone(),
+        }),
+        // Twice: nothing more happens.
+        Action::PauseRecording(pb::PauseRecording {
+            call_id: call_id.clone(),
+        }),
+    ] {
+        let result = hotline.command(action).await;
+        assert_eq!(
+            result.error,
+            pb::ErrorCode::Unspecified as i32,
+            "{result:?}"
+        );
+    }
+    talk(&mut [&mut said, &mut desk], 75).await;
+    let result = hotline
+        .command(Action::ResumeRecording(pb::ResumeRecording {
+            call_id: call_id.clone(),
+        }))
+        .await;
+    assert_eq!(
+        result.error,
+        pb::ErrorCode::Unspecified as i32,
+        "{result:?}"
+    );
+    talk(&mut [&mut said, &mut desk], 50).await;
+    let record = hang_up(&gateway, &mut citizen, &call, &mut agent).await;
+
+    let path = record.recording.unwrap_or_else(|| panic!("no recording"));
+    let recorded = Recorded::read(&path).await;
+    let paused = recorded.step("recording_paused");
+    let resumed = recorded.step("recording_resumed");
+    assert!(resumed - paused >= 1000, "{paused}..{resumed} ms");
+    let marks = recorded
+        .sidecar
+        .steps
+        .iter()
+        .filter(|s| s.step.starts_with("recording_"))
+        .count();
+    assert_eq!(marks, 2, "the second pause marked nothing");
+    let at = |ms: i64| (ms.max(0) as usize) * 8;
+    for channel in [&recorded.left, &recorded.right] {
+        // The JSON has whole milliseconds: the pause began within the first one.
+        let window = &channel[at(paused + 1)..at(resumed)];
+        assert!(window.iter().all(|s| *s == 0), "silence while paused");
+    }
+    let end = recorded.end_ms();
+    assert_tones(
+        &recorded.left,
+        (100, paused - 100),
+        &[CITIZEN_HZ],
+        &[AGENT_HZ],
+    );
+    assert_tones(
+        &recorded.right,
+        (100, paused - 100),
+        &[AGENT_HZ],
+        &[CITIZEN_HZ],
+    );
+    assert_tones(
+        &recorded.left,
+        (resumed + 100, end - 100),
+        &[CITIZEN_HZ],
+        &[AGENT_HZ],
+    );
+    assert_tones(
+        &recorded.right,
+        (resumed + 100, end - 100),
+        &[AGENT_HZ],
+        &[CITIZEN_HZ],
     );
 }

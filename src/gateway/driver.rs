@@ -169,7 +169,7 @@ async fn run(
                 }
             }
             Some(command) = commands.recv() => {
-                records.link.command(&mut call, command);
+                records.link.command(&mut call, records.recording.as_mut(), command);
                 if let Some(siprec) = records.siprec.as_mut() {
                     siprec.ticket(records.link.ticket_number());
                 }

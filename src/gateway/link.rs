@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use crate::call::hotkey::HotkeyAction;
 use crate::call::model::{Call, ConferenceUpdate, LinkageUpdate, Outcome, TransferError};
 use crate::call::transfer::Trigger;
+use crate::media::recording::Recording;
 use crate::media::Leg;
 use crate::store::{CallRecord, Changes, LinkageRecord};
 use crate::workorder::hub::EventHub;
@@ -299,7 +300,12 @@ impl Link {
     }
 
     /// Carries a platform's command out on the call; its result goes with the next commit.
-    pub fn command(&mut self, call: &mut Call, command: CallCommand) {
+    pub fn command(
+        &mut self,
+        call: &mut Call,
+        recording: Option<&mut Recording>,
+        command: CallCommand,
+    ) {
         let now = super::driver::driver_now();
         let done = |result: Result<(), TransferError>| {
             result.map(|()| CommandDone::default()).map_err(refused)
@@ -357,6 +363,25 @@ impl Link {
                     .mute(party, muted)
                     .map(|()| CommandDone::default())
                     .map_err(|_| no_party(party));
+                (reply, result)
+            }
+            CallCommand::Recording {
+                platform,
+                paused,
+                reply,
+            } => {
+                let result = match recording {
+                    Some(recording) => {
+                        if recording.pause(now, paused, &platform) {
+                            tracing::info!(%platform, paused, "recording paused or resumed");
+                        }
+                        Ok(CommandDone::default())
+                    }
+                    None => Err(CommandError::new(
+                        ErrorCode::NotAllowedNow,
+                        "the call is not recorded",
+                    )),
+                };
                 (reply, result)
             }
         };

@@ -44,6 +44,8 @@ impl WorkOrderService {
             Action::Conference(c) => Some(c.call_id.clone()),
             Action::HangUp(h) => Some(h.call_id.clone()),
             Action::Mute(m) => Some(m.call_id.clone()),
+            Action::PauseRecording(p) => Some(p.call_id.clone()),
+            Action::ResumeRecording(r) => Some(r.call_id.clone()),
             Action::Reply(reply) => {
                 let (location, id) = (self.store_location.clone(), reply.linkage_id.clone());
                 tokio::task::spawn_blocking(move || location.find_linkage(&id))

@@ -82,6 +82,12 @@ pub enum CallCommand {
         muted: bool,
         reply: CommandReply,
     },
+    /// Pause (`paused`) or resume the call's recording.
+    Recording {
+        platform: String,
+        paused: bool,
+        reply: CommandReply,
+    },
 }
 
 /// What the platforms may see of a call in progress.

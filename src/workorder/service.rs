@@ -313,6 +313,22 @@ impl WorkOrderService {
                     },
                 )
             }
+            Some(Action::PauseRecording(pause)) => (
+                pause.call_id,
+                CallCommand::Recording {
+                    platform: owned,
+                    paused: true,
+                    reply,
+                },
+            ),
+            Some(Action::ResumeRecording(resume)) => (
+                resume.call_id,
+                CallCommand::Recording {
+                    platform: owned,
+                    paused: false,
+                    reply,
+                },
+            ),
         };
         if call_id.is_empty() || call_id.len() > MAX_ID {
             return invalid(format!(

@@ -259,6 +259,14 @@ pub enum Step {
     },
     /// The platforms the call involves now (who may download the recording).
     Platforms(Vec<String>),
+    /// A platform paused the recording: silence from here on ...
+    Paused {
+        platform: String,
+    },
+    /// ... until it is resumed.
+    Resumed {
+        platform: String,
+    },
 }
 
 struct Shared {
@@ -364,6 +372,7 @@ impl Recorder {
         Some(Recording {
             slot,
             start: now,
+            paused: false,
             id: start.call_id.to_string(),
             path: self.shared.root.join(&relative),
             recorder: self.clone(),
@@ -389,6 +398,8 @@ impl Recorder {
 pub struct Recording {
     slot: u64,
     start: Instant,
+    /// A platform paused it.
+    paused: bool,
     id: String,
     path: PathBuf,
     recorder: Recorder,
@@ -430,6 +441,24 @@ impl Recording {
             slot: self.slot,
             forward: forward.map(Box::new),
         });
+    }
+
+    /// Pauses (`paused`) or resumes the recording at `at` for `platform`: both channels are
+    /// silence while it is paused (in the file and the streams to a SIPREC server), and the
+    /// JSON marks each change. False if it was so already (nothing marked).
+    pub fn pause(&mut self, at: Instant, paused: bool, platform: &str) -> bool {
+        if self.paused == paused {
+            return false;
+        }
+        self.paused = paused;
+        let platform = platform.to_string();
+        let step = if paused {
+            Step::Paused { platform }
+        } else {
+            Step::Resumed { platform }
+        };
+        self.mark(at, step);
+        true
     }
 
     /// The call ended at `at`: the file is completed to that moment and closed.

@@ -54,6 +54,9 @@ pub struct SidecarStep {
     pub status: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub party: Option<u8>,
+    /// The platform that paused or resumed the recording.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
 }
 
 impl SidecarStep {
@@ -65,6 +68,7 @@ impl SidecarStep {
             target: None,
             status: None,
             party: None,
+            platform: None,
         }
     }
 }
@@ -158,6 +162,14 @@ impl Sidecar {
                 }
                 entry.party = Some(party);
                 "conference_joined"
+            }
+            Step::Paused { platform } => {
+                entry.platform = Some(platform);
+                "recording_paused"
+            }
+            Step::Resumed { platform } => {
+                entry.platform = Some(platform);
+                "recording_resumed"
             }
             Step::ConferenceLeft { party } => {
                 entry.party = Some(party);

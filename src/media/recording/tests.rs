@@ -299,3 +299,85 @@ fn the_channels_go_on_as_two_rtp_streams() {
         assert!(level(&samples, not) < 0.02, "stream {index}");
     }
 }
+
+/// A paused recording is silence on both channels from the pause to the resume, whichever
+/// came first to the writer (the frames or the pause), and the JSON marks both with the
+/// platform.
+#[test]
+fn a_pause_is_silence_on_both_channels_until_the_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let settings = RecordingSettings {
+        path: dir.path().to_path_buf(),
+        retention_days: None,
+        max_disk_bytes: None,
+        min_free_bytes: None,
+        queue_frames: 1024,
+    };
+    let (recorder, writer) = Recorder::start(settings, Arc::clone(&metrics)).unwrap();
+    let start = Instant::now();
+    let mut recording = recorder
+        .begin(
+            RecordingStart {
+                call_id: "00bb",
+                caller: "13800138000",
+                called: "12345",
+                caller_peer: "carrier",
+                answered_peer: "hotline",
+                platforms: Vec::new(),
+                offered: start,
+                ringing: None,
+            },
+            start,
+        )
+        .unwrap();
+    let mut tap = Tap::new(recording.sink());
+    for n in 0..100usize {
+        let at = start + ms(20 * (n as u64 + 1));
+        tap.record_linear(at, Channel::Said, &tone(440.0, n * FRAME, FRAME));
+        tap.record_linear(at, Channel::Heard, &tone(880.0, n * FRAME, FRAME));
+        if n == 25 {
+            assert!(recording.pause(start + ms(500), true, "12345"));
+            assert!(
+                !recording.pause(start + ms(600), true, "12345"),
+                "paused already"
+            );
+        }
+    }
+    assert!(recording.pause(start + ms(1500), false, "12345"));
+    let path = recording.path().to_path_buf();
+    recording.end(start + ms(2000));
+    recorder.stop();
+    writer.join().unwrap();
+
+    let bytes = std::fs::read(&path).unwrap();
+    let samples: Vec<i16> = bytes[44..]
+        .chunks(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let left: Vec<i16> = samples.iter().step_by(2).copied().collect();
+    let right: Vec<i16> = samples.iter().skip(1).step_by(2).copied().collect();
+    let at = |ms: usize| ms * RATE as usize / 1000;
+    for channel in [&left, &right] {
+        assert!(channel[at(500)..at(1500)].iter().all(|s| *s == 0), "paused");
+        assert!(channel[at(100)..at(490)].iter().any(|s| *s != 0));
+        assert!(channel[at(1510)..at(1900)].iter().any(|s| *s != 0));
+    }
+    assert!(level(&left[at(1500)..at(2000)], 440.0) > 0.2);
+    assert!(level(&right[at(1500)..at(2000)], 880.0) > 0.2);
+    let json: Sidecar =
+        serde_json::from_slice(&std::fs::read(path.with_extension("json")).unwrap()).unwrap();
+    let marks: Vec<(&str, i64, Option<&str>)> = json
+        .steps
+        .iter()
+        .filter(|s| s.step.starts_with("recording_"))
+        .map(|s| (s.step.as_str(), s.offset_ms, s.platform.as_deref()))
+        .collect();
+    assert_eq!(
+        marks,
+        [
+            ("recording_paused", 500, Some("12345")),
+            ("recording_resumed", 1500, Some("12345"))
+        ]
+    );
+}

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::forward::Forward;
 use super::sidecar::{offset_ms, Sidecar};
-use super::{files, wav, Chunk, Control, RecordingSettings, Shared, FRAME, RATE};
+use super::{files, wav, Chunk, Control, RecordingSettings, Shared, Step, FRAME, RATE};
 use crate::metrics::{Counter, Gauge};
 
 /// How far behind the clock the files are written: frames may come this late and still land.
@@ -50,9 +50,41 @@ struct Open {
     failed: bool,
     /// The channels sent on to a SIPREC recording server, as they are written.
     forward: Option<Forward>,
+    /// Where a platform paused the recording (positions; the last one open while paused):
+    /// what falls there is silence.
+    silenced: Vec<(u64, Option<u64>)>,
 }
 
 impl Open {
+    /// Paused (`paused`) or resumed at `position`. Applied as the frames go out (written,
+    /// forwarded), [`LAG`] behind the clock: by then the pause and the resume of what goes
+    /// are known, whichever order the frames and the command came in.
+    fn pause(&mut self, position: u64, paused: bool) {
+        let open = self.silenced.last().is_some_and(|(_, end)| end.is_none());
+        match (paused, open) {
+            (true, false) => self.silenced.push((position, None)),
+            (false, true) => {
+                if let Some((_, end)) = self.silenced.last_mut() {
+                    *end = Some(position);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Silences what falls in a pause between positions `from` and `until` (pending there).
+    fn silence(&mut self, from: u64, until: u64) {
+        for (start, end) in &self.silenced {
+            let first = (*start).max(from).max(self.written);
+            let last = end.unwrap_or(u64::MAX).min(until);
+            for position in first..last {
+                if let Some(frame) = self.pending.get_mut((position - self.written) as usize) {
+                    *frame = [0, 0];
+                }
+            }
+        }
+    }
+
     /// Sends the frames up to position `until` on to the recording server (silence where
     /// none came), if the recording has one.
     fn forward_until(&mut self, until: u64) {
@@ -68,6 +100,10 @@ impl Open {
         if self.pending.len() < end {
             self.pending.resize(end, [0, 0]);
         }
+        self.silence(from, until);
+        let Some(forward) = self.forward.as_mut() else {
+            return;
+        };
         forward.send(self.pending.range(start..end));
     }
 }
@@ -164,6 +200,12 @@ impl Writer {
                 }
                 Control::Mark { slot, at, step } => {
                     if let Some(open) = self.open.get_mut(&slot) {
+                        let position = super::samples_in(at.saturating_duration_since(open.start));
+                        match &step {
+                            Step::Paused { .. } => open.pause(position, true),
+                            Step::Resumed { .. } => open.pause(position, false),
+                            _ => {}
+                        }
                         open.sidecar.mark(offset_ms(open.start, at), step);
                         write_sidecar(open);
                     }
@@ -223,6 +265,7 @@ impl Writer {
                     closing: None,
                     failed: false,
                     forward: None,
+                    silenced: Vec::new(),
                 };
                 write_sidecar(&open);
                 self.open.insert(slot, open);
@@ -294,6 +337,7 @@ impl Writer {
             return;
         }
         open.forward_until(until);
+        open.silence(open.written, until);
         let count = until - open.written;
         // Silence where nothing came; then the frames as WAV wants them (little-endian,
         // left first), in place in a buffer sized once.
