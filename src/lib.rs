@@ -13,7 +13,7 @@
 //! |---|---|
 //! | [`config`] | the TOML tree, parsed once (into the parts' types where they parse), validated with file/key/reason errors, converted into what the parts' constructors take |
 //! | [`sip`] | message grammar, SDP, sans-IO transactions and transaction layer (and the events/keys the call model speaks), targets, UDP/TCP/TLS transport, the endpoint driver; digest auth as server (`auth`) and client (`digest_client`) |
-//! | [`call`] | the call state machine (sans-IO) split by state: legs, forks (a peer's challenge answered), transfer, guests; hotkeys, screening, identity |
+//! | [`call`] | the call state machine (sans-IO) split by state: legs, forks (a peer's challenge answered), transfer, guests; hotkeys, screening, identity; a call's SIPREC recording session (sans-IO) and its RFC 7865 metadata |
 //! | [`gateway`] | the I/O around the call model: the call's driver task, admission, the work-order glue, the peer prober (OPTIONS), the registrar client (REGISTER) |
 //! | [`media`] | codecs, G.711, RTP rewriting, SRTP, the mixer (pure); port allocation; the relay: a sans-IO per-call state and the worker threads that own the sockets; recording (the relay's tap, the writer thread, the files) |
 //! | [`calendar`] | UTC dates from Unix days and back (pure, used by every room that names a day) |

@@ -1,7 +1,7 @@
 //! Calls: the sans-IO B2BUA model ([`model`]) with the pure parts of its transfers
 //! ([`transfer`]), hotkeys ([`hotkey`]), screening ([`screening`]) and the directory of bridged
-//! dialogs ([`directory`]). The I/O around it (the task that drives a call, admission, the
-//! work-order glue) is in [`crate::gateway`].
+//! dialogs ([`directory`]), and a recorded call's SIPREC session ([`siprec`]). The I/O around
+//! it (the task that drives a call, admission, the work-order glue) is in [`crate::gateway`].
 
 pub mod blocklist;
 pub mod directory;

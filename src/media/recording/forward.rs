@@ -58,21 +58,12 @@ impl Forward {
         self.sent = self.sent.max(written);
     }
 
-    /// Sends `frames` (stereo, from sample `self.sent` on) in packets of at most [`FRAME`]
-    /// samples. A send the socket refuses is lost, as a UDP packet would be.
-    pub(super) fn send<'a>(&mut self, frames: impl ExactSizeIterator<Item = &'a [i16; 2]>) {
-        let mut left = [0i16; FRAME];
-        let mut right = [0i16; FRAME];
-        let mut count = 0;
-        let total = frames.len();
-        for (index, [l, r]) in frames.enumerate() {
-            left[count] = *l;
-            right[count] = *r;
-            count += 1;
-            if count == FRAME || index + 1 == total {
-                self.packet_out(&left[..count], &right[..count]);
-                count = 0;
-            }
+    /// Sends the two channels' samples (from sample `self.sent` on, `left` and `right` of
+    /// one length) in packets of at most [`FRAME`] samples. A send the socket refuses is
+    /// lost, as a UDP packet would be.
+    pub(super) fn send(&mut self, left: &[i16], right: &[i16]) {
+        for (left, right) in left.chunks(FRAME).zip(right.chunks(FRAME)) {
+            self.packet_out(left, right);
         }
     }
 

@@ -4,7 +4,7 @@
 //! It also opens, marks and closes recordings for the calls' tasks, and every
 //! [`HOUSEKEEPING`] applies the retention and the disk budget.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -43,8 +43,9 @@ struct Open {
     start: Instant,
     /// Stereo frames written to the file.
     written: u64,
-    /// Frames from `written` on, not yet written.
-    pending: VecDeque<[i16; 2]>,
+    /// Samples from `written` on, not yet written: one vector per channel (left, right), of
+    /// one length. Placing a frame is then a copy, and appending an interleave of two slices.
+    pending: [Vec<i16>; 2],
     /// Set once the call ended: completed when the queue has been emptied.
     closing: Option<Instant>,
     failed: bool,
@@ -56,6 +57,20 @@ struct Open {
 }
 
 impl Open {
+    /// Frames pending.
+    fn pending_len(&self) -> usize {
+        self.pending[0].len()
+    }
+
+    /// Makes both channels hold at least `length` samples (silence added).
+    fn pend(&mut self, length: usize) {
+        if self.pending_len() < length {
+            for channel in &mut self.pending {
+                channel.resize(length, 0);
+            }
+        }
+    }
+
     /// Paused (`paused`) or resumed at `position`. Applied as the frames go out (written,
     /// forwarded), [`LAG`] behind the clock: by then the pause and the resume of what goes
     /// are known, whichever order the frames and the command came in.
@@ -77,9 +92,14 @@ impl Open {
         for (start, end) in &self.silenced {
             let first = (*start).max(from).max(self.written);
             let last = end.unwrap_or(u64::MAX).min(until);
-            for position in first..last {
-                if let Some(frame) = self.pending.get_mut((position - self.written) as usize) {
-                    *frame = [0, 0];
+            if first >= last {
+                continue;
+            }
+            let (from, to) = (first - self.written, last - self.written);
+            for channel in &mut self.pending {
+                let to = (to as usize).min(channel.len());
+                if let Some(samples) = channel.get_mut(from as usize..to) {
+                    samples.fill(0);
                 }
             }
         }
@@ -97,14 +117,13 @@ impl Open {
         }
         let start = (from - self.written) as usize;
         let end = (until - self.written) as usize;
-        if self.pending.len() < end {
-            self.pending.resize(end, [0, 0]);
-        }
+        self.pend(end);
         self.silence(from, until);
         let Some(forward) = self.forward.as_mut() else {
             return;
         };
-        forward.send(self.pending.range(start..end));
+        let [left, right] = &self.pending;
+        forward.send(&left[start..end], &right[start..end]);
     }
 }
 
@@ -261,7 +280,7 @@ impl Writer {
                     sidecar,
                     start,
                     written: 0,
-                    pending: VecDeque::new(),
+                    pending: [Vec::new(), Vec::new()],
                     closing: None,
                     failed: false,
                     forward: None,
@@ -297,13 +316,9 @@ impl Writer {
         let skip = open.written.saturating_sub(chunk.position);
         let start = (chunk.position + skip - open.written) as usize;
         let end = (chunk.position + length - open.written) as usize;
-        if open.pending.len() < end {
-            open.pending.resize(end, [0, 0]);
-        }
+        open.pend(end);
         let samples = &chunk.samples[skip as usize..usize::from(chunk.length)];
-        for (frame, sample) in open.pending.range_mut(start..end).zip(samples) {
-            frame[channel] = *sample;
-        }
+        open.pending[channel][start..end].copy_from_slice(samples);
     }
 
     /// Appends, in every open recording, what the clock has passed by [`LAG`] once
@@ -344,7 +359,8 @@ impl Writer {
         self.bytes.clear();
         self.bytes
             .resize(count as usize * wav::FRAME_BYTES as usize, 0);
-        for (out, [left, right]) in self.bytes.chunks_exact_mut(4).zip(open.pending.iter()) {
+        let [left, right] = &open.pending;
+        for ((out, left), right) in self.bytes.chunks_exact_mut(4).zip(left).zip(right) {
             out[..2].copy_from_slice(&left.to_le_bytes());
             out[2..].copy_from_slice(&right.to_le_bytes());
         }
@@ -357,8 +373,10 @@ impl Writer {
             .and_then(|()| wav::set_sizes(&open.file, data));
         match written {
             Ok(()) => {
-                let drained = (count as usize).min(open.pending.len());
-                open.pending.drain(..drained);
+                let drained = (count as usize).min(open.pending_len());
+                for channel in &mut open.pending {
+                    channel.drain(..drained);
+                }
                 open.written = until;
                 self.disk += self.bytes.len() as u64;
                 self.shared
@@ -382,7 +400,7 @@ impl Writer {
         let pending = self
             .open
             .get(&slot)
-            .map_or(0, |o| o.written + o.pending.len() as u64);
+            .map_or(0, |o| o.written + o.pending_len() as u64);
         self.append(slot, end.max(pending));
         if let Some(mut open) = self.open.remove(&slot) {
             open.sidecar.ended(open.written * 1000 / RATE);
