@@ -858,49 +858,79 @@ async fn an_attended_transfer_is_one_recording() {
     );
 }
 
-/// The RTP a recording server's port received, decoded (PCMU), in sequence order; the
-/// packets' sequence numbers must run without a gap.
-fn received_stream(socket: &std::net::UdpSocket) -> Vec<i16> {
-    socket
-        .set_nonblocking(true)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut packets = Vec::new();
-    let mut buffer = [0u8; 2048];
-    while let Ok(length) = socket.recv(&mut buffer) {
-        assert!(length > 12, "an RTP packet");
-        assert_eq!(buffer[1] & 0x7f, 0, "PCMU, as the server answered");
-        let sequence = u16::from_be_bytes([buffer[2], buffer[3]]);
-        packets.push((sequence, buffer[12..length].to_vec()));
+/// A recording server's RTP port, read as the packets come (a socket left unread for the
+/// whole call could overflow its buffer and lose some).
+struct ServerPort {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reader: std::thread::JoinHandle<Vec<(u16, Vec<u8>)>>,
+    port: String,
+}
+
+impl ServerPort {
+    fn bind() -> ServerPort {
+        let socket = std::net::UdpSocket::bind((LOCALHOST, 0)).unwrap_or_else(|e| panic!("{e}"));
+        let port = socket
+            .local_addr()
+            .map(|a| a.port().to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let reader = std::thread::spawn(move || {
+            let mut packets = Vec::new();
+            let mut buffer = [0u8; 2048];
+            loop {
+                match socket.recv(&mut buffer) {
+                    Ok(length) => {
+                        assert!(length > 12, "an RTP packet");
+                        assert_eq!(buffer[1] & 0x7f, 0, "PCMU, as the server answered");
+                        let sequence = u16::from_be_bytes([buffer[2], buffer[3]]);
+                        packets.push((sequence, buffer[12..length].to_vec()));
+                    }
+                    // Told to stop, and nothing came for 100 ms since: all is in.
+                    Err(_) if stopped.load(std::sync::atomic::Ordering::Relaxed) => break,
+                    Err(_) => {}
+                }
+            }
+            packets
+        });
+        ServerPort { stop, reader, port }
     }
-    packets.sort_by_key(|(sequence, _)| *sequence);
-    for (n, (sequence, _)) in packets.iter().enumerate() {
-        assert_eq!(usize::from(*sequence), n, "no packet lost or out of turn");
+
+    /// What the port received, decoded, in order; the sequence numbers must run on from the
+    /// first without a gap.
+    fn received(self) -> Vec<i16> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let packets = self.reader.join().unwrap_or_else(|_| panic!("reader"));
+        let first = packets.first().map_or(0, |(sequence, _)| *sequence);
+        for (n, (sequence, _)) in packets.iter().enumerate() {
+            assert_eq!(
+                sequence.wrapping_sub(first),
+                n as u16,
+                "no packet lost or out of turn"
+            );
+        }
+        packets
+            .iter()
+            .flat_map(|(_, payload)| payload.iter().map(|code| g711::ulaw_to_linear(*code)))
+            .collect()
     }
-    packets
-        .iter()
-        .flat_map(|(_, payload)| payload.iter().map(|code| g711::ulaw_to_linear(*code)))
-        .collect()
 }
 
 /// SIPREC (RFC 7866): a recording server (SIPp) gets the call as a recording session with
 /// the metadata (it checks the INVITE's multipart body) and a re-INVITE when 110 takes the
 /// call over from the agent; its two ports get the two streams the WAV holds: 440 Hz on the
-/// first throughout, 880 Hz then 1320 Hz on the second. The BYE comes after the last packet.
+/// first throughout, 880 Hz then 1320 Hz on the second, each as long as the WAV.
 #[tokio::test]
 async fn a_siprec_server_gets_both_streams_and_a_reinvite_at_the_transfer() {
     let recordings = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let sipp_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let bind = || std::net::UdpSocket::bind((LOCALHOST, 0)).unwrap_or_else(|e| panic!("{e}"));
-    let (said, heard) = (bind(), bind());
-    let port = |socket: &std::net::UdpSocket| {
-        socket
-            .local_addr()
-            .map(|a| a.port().to_string())
-            .unwrap_or_else(|e| panic!("{e}"))
-    };
+    let (said, heard) = (ServerPort::bind(), ServerPort::bind());
     assert!(common::sipp::sipp_available(), "sipp is not installed");
     let srs_port = free_port();
-    let (said_port, heard_port) = (port(&said), port(&heard));
+    let (said_port, heard_port) = (said.port.clone(), heard.port.clone());
     let srs = common::sipp::sipp_side(
         sipp_dir.path(),
         srs_port,
@@ -961,7 +991,7 @@ async fn a_siprec_server_gets_both_streams_and_a_reinvite_at_the_transfer() {
     let recorded = Recorded::read(&path).await;
     let answered = recorded.step("linkage_answered");
     let end = recorded.end_ms();
-    let (said, heard) = (received_stream(&said), received_stream(&heard));
+    let (said, heard) = (said.received(), heard.received());
     // The streams are the WAV's channels, from its start to its end (the BYE waited).
     for stream in [&said, &heard] {
         assert_eq!(stream.len(), recorded.left.len(), "as long as the WAV");

@@ -25,18 +25,25 @@ pub(super) struct Siprec {
     session: RecordingSession,
     /// The two port pairs offered (said, heard), until the answer says where they send to.
     sockets: Option<[LegSockets; 2]>,
-    ssrcs: [u32; 2],
+    starts: [RtpStart; 2],
     router: Arc<Router>,
 }
 
 /// The metadata's view of the party reached through `peer` as `number`.
 fn party(router: &Router, number: &str, peer: &str) -> Party {
     let found = router.peer_by_name(peer);
+    // RFC 3323 §4.1.1.3's anonymous URI for a caller with no number.
+    let number = if number.is_empty() {
+        "anonymous"
+    } else {
+        number
+    };
     Party {
         number: number.to_string(),
-        host: found
-            .as_ref()
-            .map_or_else(|| "invalid".to_string(), |p| p.address.ip().to_string()),
+        host: found.as_ref().map_or_else(
+            || "anonymous.invalid".to_string(),
+            |p| crate::sip::message::Host::Ip(p.address.ip()).to_string(),
+        ),
         peer: peer.to_string(),
         platform: found.and_then(|p| p.platform.clone()),
     }
@@ -73,12 +80,12 @@ pub(super) fn begin(records: &mut Records, answered_peer: &str, services: &CallS
         party(router, &call.called, answered_peer),
     );
     let media = [sockets[0].rtp_address(), sockets[1].rtp_address()];
-    let ssrcs = [ids.ssrc(), ids.ssrc()];
+    let starts = [RtpStart::new(&mut ids), RtpStart::new(&mut ids)];
     let session = RecordingSession::new(Arc::clone(settings), ids, media, metadata);
     records.siprec = Some(Siprec {
         session,
         sockets: Some(sockets),
-        ssrcs,
+        starts,
         router: Arc::clone(router),
     });
 }
@@ -217,14 +224,22 @@ impl Siprec {
                 }
                 SessionAction::UnregisterDialog(key) => services.endpoint.unregister_dialog(&key),
                 SessionAction::Stream(Some(to)) => {
-                    services.metrics.increment(Counter::SiprecSessions);
-                    tracing::info!(peer = %services.siprec.as_ref().map_or("", |s| s.peer.name.as_str()), "SIPREC session answered");
-                    let Some(sockets) = siprec.sockets.take() else {
+                    let Some(recording) = recording else {
                         continue;
                     };
-                    let streams = sockets_to(sockets, to.addresses, siprec.ssrcs);
-                    if let Some(recording) = recording {
-                        recording.forward(Some(Forward::new(streams, to.codec, to.payload_type)));
+                    match siprec.sockets.take() {
+                        Some(sockets) => {
+                            services.metrics.increment(Counter::SiprecSessions);
+                            tracing::info!("SIPREC session answered");
+                            let streams = streams(sockets, to.addresses, siprec.starts);
+                            recording.forward(Some(Forward::new(
+                                streams,
+                                to.codec,
+                                to.payload_type,
+                            )));
+                        }
+                        // The server moved them (its own re-INVITE).
+                        None => recording.retarget(to.addresses, to.codec, to.payload_type),
                     }
                 }
                 SessionAction::Stream(None) => {
@@ -246,21 +261,40 @@ impl Siprec {
     }
 }
 
-/// The offered sockets paired with where the answer takes each stream.
-fn sockets_to(
+/// The offered sockets, each with where the answer takes its stream and its RTP starts.
+fn streams(
     sockets: [LegSockets; 2],
     addresses: [Option<std::net::SocketAddr>; 2],
-    ssrcs: [u32; 2],
-) -> [Option<ForwardStream>; 2] {
-    let mut out = [None, None];
-    for (index, sockets) in sockets.into_iter().enumerate() {
-        if let Some(to) = addresses[index] {
-            out[index] = Some(ForwardStream {
-                sockets,
-                to,
-                ssrc: ssrcs[index],
-            });
+    starts: [RtpStart; 2],
+) -> [ForwardStream; 2] {
+    let [said, heard] = sockets;
+    let stream = |sockets, to, start: RtpStart| ForwardStream {
+        sockets,
+        to,
+        ssrc: start.ssrc,
+        sequence: start.sequence,
+        timestamp: start.timestamp,
+    };
+    [
+        stream(said, addresses[0], starts[0]),
+        stream(heard, addresses[1], starts[1]),
+    ]
+}
+
+/// A stream's random SSRC, first sequence number and first timestamp (RFC 3550 §5.1).
+#[derive(Debug, Clone, Copy)]
+struct RtpStart {
+    ssrc: u32,
+    sequence: u16,
+    timestamp: u32,
+}
+
+impl RtpStart {
+    fn new(ids: &mut IdGenerator) -> RtpStart {
+        RtpStart {
+            ssrc: ids.ssrc(),
+            sequence: ids.u16(),
+            timestamp: ids.ssrc(),
         }
     }
-    out
 }

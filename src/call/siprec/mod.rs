@@ -39,9 +39,9 @@ pub use metadata::Metadata;
 /// metadata, whose text is escaped.
 const BOUNDARY: &str = "hotline-siprec-boundary";
 /// The BYE waits this long after the call's end: the recorder's writer sends a recording's
-/// last frames once it completes the file, within a second of the end (`media::recording`),
-/// and a server that had the BYE first would lose them.
-pub const FLUSH: Duration = Duration::from_secs(1);
+/// last frames once it completes the file, at most a second after the end (on a queue that
+/// never empties; at once otherwise), and a server that had the BYE first would lose them.
+pub const FLUSH: Duration = Duration::from_secs(2);
 /// RFC 3261 §14.1: after a 491, the owner of the Call-ID (we are) tries again after 2.1 to
 /// 4 s; the lower end, since nothing else is waiting.
 const GLARE_RETRY: Duration = Duration::from_millis(2100);
@@ -129,6 +129,13 @@ pub struct RecordingSession {
     retry_at: Option<Instant>,
     /// When the BYE goes, once the call ended.
     flush_at: Option<Instant>,
+    /// The CSeq of the INVITE last answered 2xx: a retransmission of that 2xx gets the ACK
+    /// again (RFC 3261 §13.2.2.4).
+    answered: Option<u32>,
+    /// Where the streams go now, as the last offer or answer said.
+    streams: Option<StreamsTo>,
+    /// The call ended while a re-INVITE had no final answer: the BYE goes after it.
+    bye_after_answer: bool,
     /// Branches of the BYE and CANCEL sent (their timeouts are the session's).
     others: Vec<String>,
     actions: VecDeque<SessionAction>,
@@ -186,6 +193,9 @@ impl RecordingSession {
             changed: false,
             retry_at: None,
             flush_at: None,
+            answered: None,
+            streams: None,
+            bye_after_answer: false,
             others: Vec::new(),
             actions: VecDeque::new(),
         };
@@ -220,9 +230,14 @@ impl RecordingSession {
                 }
                 // The INVITE's answers; those to BYE and CANCEL need nothing (CANCEL's come
                 // with the INVITE's branch, told apart by CSeq).
-                let invite = response.cseq().is_some_and(|c| c.method == Method::Invite);
-                if invite && self.branch.as_deref() == Some(branch.as_str()) {
+                let cseq = response.cseq().filter(|c| c.method == Method::Invite);
+                if cseq.is_some() && self.branch.as_deref() == Some(branch.as_str()) {
                     self.handle_invite_response(now, &response);
+                } else if (200..300).contains(&response.status)
+                    && cseq.is_some_and(|c| Some(c.sequence) == self.answered)
+                {
+                    // Our ACK was lost: the server sends its 2xx again.
+                    self.acknowledge(response.cseq().map_or(1, |c| c.sequence));
                 }
                 None
             }
@@ -252,7 +267,14 @@ impl RecordingSession {
                     })
                 }
             }
-            SipEvent::Ack { request } if request.call_id() == self.invite.call_id() => None,
+            SipEvent::Ack { request } if request.call_id() == self.invite.call_id() => {
+                // The answer to the offer our 2xx made (a re-INVITE of the server's without
+                // one).
+                if let Some(answer) = request.sdp().and_then(|text| sdp::parse(text).ok()) {
+                    self.retarget(&answer);
+                }
+                None
+            }
             event => Some(event),
         }
     }
@@ -276,8 +298,14 @@ impl RecordingSession {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.flush_at.is_some_and(|at| at <= now) {
             self.flush_at = None;
-            self.bye();
-            self.finish(SessionEnd::WithCall);
+            if self.branch.is_some() {
+                // §15: a BYE while our re-INVITE has no answer would leave its 2xx
+                // unacknowledged; it goes once the answer comes.
+                self.bye_after_answer = true;
+            } else {
+                self.bye();
+                self.finish(SessionEnd::WithCall);
+            }
             return;
         }
         if self.retry_at.is_some_and(|at| at <= now) {
@@ -307,8 +335,7 @@ impl RecordingSession {
 
     fn handle_invite_response(&mut self, now: Instant, response: &Response) {
         match response.status {
-            100 => {}
-            101..=199 => {
+            100..=199 => {
                 if !self.provisional && self.state == State::Cancelling {
                     self.cancel();
                 }
@@ -331,25 +358,33 @@ impl RecordingSession {
                 .push_back(SessionAction::RegisterDialog(key(&dialog)));
             self.dialog = Some(dialog);
         }
-        let Some(dialog) = self.dialog.as_mut() else {
-            return;
-        };
-        dialog.refresh_target(response.contact());
-        let ack = dialog.ack(sequence);
-        self.send_with_via(ack);
+        if let Some(dialog) = self.dialog.as_mut() {
+            dialog.refresh_target(response.contact());
+        }
+        self.acknowledge(sequence);
         match self.state {
             State::Cancelling => {
                 self.bye();
                 self.finish(SessionEnd::WithCall);
+            }
+            State::Flushing => {
+                if self.bye_after_answer {
+                    self.bye();
+                    self.finish(SessionEnd::WithCall);
+                }
             }
             State::Inviting => {
                 self.state = State::Active;
                 let streams = response
                     .sdp()
                     .and_then(|text| sdp::parse(text).ok())
-                    .and_then(|answer| streams_in(&answer));
+                    .and_then(|answer| streams_in(&answer))
+                    .filter(|streams| streams.addresses.iter().any(Option::is_some));
                 match streams {
-                    Some(streams) => self.actions.push_back(SessionAction::Stream(Some(streams))),
+                    Some(streams) => {
+                        self.streams = Some(streams);
+                        self.actions.push_back(SessionAction::Stream(Some(streams)));
+                    }
                     None => {
                         // An answer with no stream we can send (RFC 3264 §6): nothing to
                         // record there; the session is released.
@@ -361,7 +396,28 @@ impl RecordingSession {
                 self.reinvite(now);
             }
             State::Active => self.reinvite(now),
-            State::Flushing | State::Done => {}
+            State::Done => {}
+        }
+    }
+
+    /// The ACK for the 2xx to our INVITE of CSeq `sequence` (each time the 2xx comes).
+    fn acknowledge(&mut self, sequence: u32) {
+        let Some(ack) = self.dialog.as_ref().map(|d| d.ack(sequence)) else {
+            return;
+        };
+        self.answered = Some(sequence);
+        self.send_with_via(ack);
+    }
+
+    /// The server's offer or answer moved the streams (a new address, a stream made
+    /// inactive): they go where it says from now on.
+    fn retarget(&mut self, description: &SessionDescription) {
+        let Some(streams) = streams_in(description) else {
+            return;
+        };
+        if self.streams != Some(streams) {
+            self.streams = Some(streams);
+            self.actions.push_back(SessionAction::Stream(Some(streams)));
         }
     }
 
@@ -369,21 +425,33 @@ impl RecordingSession {
     fn handle_invite_final(&mut self, now: Instant, status: u16) {
         self.branch = None;
         match self.state {
-            State::Inviting | State::Cancelling => self.finish(SessionEnd::Refused(status)),
+            State::Inviting => self.finish(SessionEnd::Refused(status)),
+            // Our CANCEL's 487, or an answer crossing it: the call is over anyway.
+            State::Cancelling => self.finish(SessionEnd::WithCall),
+            State::Flushing => {
+                if self.bye_after_answer {
+                    self.bye();
+                    self.finish(SessionEnd::WithCall);
+                }
+            }
             State::Active if status == 491 => {
                 // Glare with a re-INVITE of the server's: ours again later (§14.1).
                 self.changed = true;
                 self.retry_at = Some(now + GLARE_RETRY);
             }
             State::Active if status == 408 || status == 481 => {
+                // §12.2.1.2: the dialog is gone; a BYE in case the server still has it.
                 self.actions.push_back(SessionAction::Stream(None));
+                self.bye();
                 self.finish(SessionEnd::Lost(status));
             }
-            // Refused metadata leaves the session as it was; the next change tries again.
+            // Refused metadata leaves the session as it was; the next change sends it again
+            // with itself (the metadata is complete each time).
             State::Active => {
+                self.changed = true;
                 tracing::warn!(status, "recording server refused the metadata update");
             }
-            State::Flushing | State::Done => {}
+            State::Done => {}
         }
     }
 
@@ -402,15 +470,34 @@ impl RecordingSession {
                     self.actions.push_back(SessionAction::Stream(None));
                     self.finish(SessionEnd::ByServer);
                 }
-                // The server's own offer (a pause, a new port): we keep sending as offered;
-                // our SDP answers it (the same streams, still sendonly).
+                // §14.2 (RFC 3311 §5.2 for UPDATE): glare with our re-INVITE.
+                Method::Invite | Method::Update if self.branch.is_some() => {
+                    response = Response::for_request(request, 491, tag.as_deref());
+                }
+                // The server's own offer (a pause, a new port, another node of it): the
+                // streams go where it says, answered stream by stream (RFC 3264 §6).
                 Method::Invite | Method::Update if request.sdp().is_some() => {
+                    match request.sdp().and_then(|text| sdp::parse(text).ok()) {
+                        Some(offer) => {
+                            self.retarget(&offer);
+                            self.offer.origin.bump();
+                            let answer = answer_to(&offer, &self.offer);
+                            response.headers.push("Contact", self.contact());
+                            response.headers.push("Content-Type", "application/sdp");
+                            response.body = Bytes::from(answer.to_string());
+                        }
+                        None => response = Response::for_request(request, 488, tag.as_deref()),
+                    }
+                }
+                // A re-INVITE without an offer: ours goes in the 2xx (§14.2), its answer in the
+                // ACK.
+                Method::Invite => {
                     self.offer.origin.bump();
                     response.headers.push("Contact", self.contact());
                     response.headers.push("Content-Type", "application/sdp");
                     response.body = Bytes::from(self.offer.to_string());
                 }
-                Method::Invite | Method::Update | Method::Options | Method::Info => {
+                Method::Update | Method::Options | Method::Info => {
                     response.headers.push("Contact", self.contact());
                 }
                 _ => response = Response::for_request(request, 405, tag.as_deref()),
@@ -597,7 +684,13 @@ fn streams_in(answer: &SessionDescription) -> Option<StreamsTo> {
         let Some(ip) = media.connection.or(answer.connection) else {
             continue;
         };
-        if media.port == 0 || media.media != "audio" || ip.is_unspecified() {
+        // A stream the server does not take (port 0, inactive, or only sending).
+        let direction = media
+            .direction
+            .or(answer.direction)
+            .unwrap_or(Direction::SendRecv);
+        let receives = matches!(direction, Direction::SendRecv | Direction::RecvOnly);
+        if media.port == 0 || media.media != "audio" || ip.is_unspecified() || !receives {
             continue;
         }
         addresses[index] = Some(SocketAddr::new(ip, media.port));
@@ -614,6 +707,50 @@ fn streams_in(answer: &SessionDescription) -> Option<StreamsTo> {
         codec,
         payload_type,
     })
+}
+
+/// Our answer to the server's `offer`: its m-lines in its order (RFC 3264 §6), each one ours
+/// (`sendonly`, the offered G.711 codec), port 0 where it has port 0 or is no audio, inactive
+/// where it does not receive.
+fn answer_to(offer: &SessionDescription, ours: &SessionDescription) -> SessionDescription {
+    let mut answer = ours.clone();
+    answer.media = offer
+        .media
+        .iter()
+        .enumerate()
+        .map(|(index, offered)| {
+            let mut media = ours
+                .media
+                .get(index.min(1))
+                .cloned()
+                .unwrap_or_else(|| offered.clone());
+            let codec = offered.payload_types().find(|pt| {
+                offered
+                    .encoding(*pt)
+                    .is_some_and(|(name, _)| Codec::from_name(&name).is_some())
+            });
+            let direction = offered
+                .direction
+                .or(offer.direction)
+                .unwrap_or(Direction::SendRecv);
+            match codec {
+                Some(pt) if offered.port != 0 && offered.media == "audio" && index < 2 => {
+                    media.formats = vec![pt.to_string()];
+                    media.rtpmaps.retain(|map| map.payload_type == pt);
+                    media.direction = Some(match direction {
+                        Direction::SendRecv | Direction::RecvOnly => Direction::SendOnly,
+                        _ => Direction::Inactive,
+                    });
+                }
+                _ => {
+                    media = offered.clone();
+                    media.port = 0;
+                }
+            }
+            media
+        })
+        .collect();
+    answer
 }
 
 /// The INVITE's body (RFC 7866 §8): the SDP, then the metadata, as `multipart/mixed`.

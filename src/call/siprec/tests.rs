@@ -125,25 +125,45 @@ impl Harness {
 
     /// A request from the server in the session's dialog.
     fn server_sends(&mut self, method: &str, sequence: u32) -> Option<SipEvent> {
-        let invite = self.last_invite();
+        self.server_sends_sdp(method, sequence, None)
+    }
+
+    /// ... with an SDP body.
+    fn server_sends_sdp(
+        &mut self,
+        method: &str,
+        sequence: u32,
+        sdp: Option<&str>,
+    ) -> Option<SipEvent> {
+        let invite = self.sent(Method::Invite).remove(0);
         let from = invite.from().map(|f| f.to_string()).unwrap_or_default();
+        let body = sdp.unwrap_or_default();
+        let content_type = if sdp.is_some() {
+            "Content-Type: application/sdp\r\n"
+        } else {
+            ""
+        };
         let text = format!(
             "{method} sip:gw@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5100;branch=z9hG4bKsrs{sequence}\r\n\
              From: <sip:127.0.0.1:5100>;tag=srs\r\nTo: {from}\r\nCall-ID: {}\r\nCSeq: {sequence} {method}\r\n\
-             Content-Length: 0\r\n\r\n",
-            invite.call_id()
+             {content_type}Content-Length: {}\r\n\r\n{body}",
+            invite.call_id(),
+            body.len()
         );
         let Ok(message::Message::Request(request)) = message::parse(text.as_bytes()) else {
             panic!("bad request");
         };
-        let back = self.session.handle_sip(
-            self.now,
+        // As the endpoint hands them: an ACK has no transaction of its own.
+        let event = if method == "ACK" {
+            SipEvent::Ack { request }
+        } else {
             SipEvent::Request {
                 server: ServerTransactionId::new(9),
                 request,
                 source: "127.0.0.1:5100".parse().unwrap(),
-            },
-        );
+            }
+        };
+        let back = self.session.handle_sip(self.now, event);
         self.drain();
         back
     }
@@ -339,4 +359,165 @@ fn a_call_ending_while_the_server_rings_cancels_and_releases_a_late_answer() {
     assert_eq!(harness.sent(Method::Ack).len(), 1);
     assert_eq!(harness.sent(Method::Bye).len(), 1);
     assert_eq!(harness.ended(), Some(SessionEnd::WithCall));
+}
+
+impl Harness {
+    fn responses(&self) -> Vec<Response> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                SessionAction::SendResponse { response, .. } => Some(response.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn last_streams(&self) -> Option<StreamsTo> {
+        self.actions.iter().rev().find_map(|a| match a {
+            SessionAction::Stream(Some(streams)) => Some(*streams),
+            _ => None,
+        })
+    }
+}
+
+#[test]
+fn a_2xx_sent_again_is_acked_again() {
+    let mut harness = Harness::new();
+    harness.answer();
+    harness.answer();
+    assert_eq!(
+        harness.sent(Method::Ack).len(),
+        2,
+        "§13.2.2.4: each 2xx its ACK"
+    );
+    let acks = harness.sent(Method::Ack);
+    assert_eq!(acks[1].cseq().map(|c| c.sequence), Some(1));
+    // A re-INVITE's 2xx likewise, with its own CSeq.
+    harness.update(|m, _| m.ticket("GD-1"));
+    let reinvite = harness.last_invite();
+    harness.respond(&reinvite, 200, Some(ANSWER));
+    harness.respond(&reinvite, 200, Some(ANSWER));
+    let acks = harness.sent(Method::Ack);
+    assert_eq!(acks.len(), 4);
+    assert_eq!(acks[3].cseq().map(|c| c.sequence), Some(2));
+}
+
+#[test]
+fn the_servers_offer_moves_the_streams_and_is_answered_stream_by_stream() {
+    let mut harness = Harness::new();
+    harness.answer();
+    // Another node of the server takes stream 1; stream 2 it no longer wants.
+    let offer = "v=0\r\no=srs 1 2 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n\
+m=audio 31000 RTP/AVP 8\r\na=recvonly\r\nm=audio 31002 RTP/AVP 8\r\na=inactive\r\n";
+    assert!(harness.server_sends_sdp("INVITE", 1, Some(offer)).is_none());
+    assert_eq!(
+        harness.last_streams(),
+        Some(StreamsTo {
+            addresses: [Some("127.0.0.2:31000".parse().unwrap()), None],
+            codec: Codec::Pcma,
+            payload_type: 8,
+        })
+    );
+    let response = harness.responses().pop().unwrap();
+    assert_eq!(response.status, 200);
+    let answer = sdp::parse(response.sdp().unwrap()).unwrap();
+    assert_eq!(answer.media.len(), 2);
+    assert_eq!(answer.media[0].formats, ["8"]);
+    assert_eq!(answer.media[0].direction, Some(Direction::SendOnly));
+    assert_eq!(answer.media[0].port, 20000, "from where it was offered");
+    assert_eq!(answer.media[1].direction, Some(Direction::Inactive));
+    assert_eq!(harness.ended(), None);
+}
+
+#[test]
+fn a_reinvite_without_an_offer_gets_ours_and_its_ack_the_answer() {
+    let mut harness = Harness::new();
+    harness.answer();
+    harness.server_sends("INVITE", 1);
+    let response = harness.responses().pop().unwrap();
+    assert_eq!(response.status, 200);
+    let offer = response.sdp().unwrap_or_default().to_string();
+    assert!(offer.contains("a=label:1") && offer.contains("a=sendonly"));
+    // Its ACK answers: stream 2 moves.
+    let answer = ANSWER.replace("30002", "30010");
+    harness.server_sends_sdp("ACK", 1, Some(&answer));
+    assert_eq!(
+        harness.last_streams().map(|s| s.addresses[1]),
+        Some(Some("127.0.0.1:30010".parse().unwrap()))
+    );
+}
+
+#[test]
+fn the_servers_reinvite_crossing_ours_gets_491() {
+    let mut harness = Harness::new();
+    harness.answer();
+    harness.update(|m, _| m.ticket("GD-1"));
+    harness.server_sends_sdp("INVITE", 1, Some(ANSWER));
+    assert_eq!(harness.responses().pop().map(|r| r.status), Some(491));
+}
+
+#[test]
+fn the_bye_waits_for_a_reinvite_under_way() {
+    let mut harness = Harness::new();
+    harness.answer();
+    harness.update(|m, _| m.ticket("GD-1"));
+    let reinvite = harness.last_invite();
+    harness.session.end(harness.now);
+    harness.now += FLUSH;
+    harness.session.handle_timeout(harness.now);
+    harness.drain();
+    assert_eq!(
+        harness.sent(Method::Bye).len(),
+        0,
+        "its 2xx must be ACKed first"
+    );
+    harness.respond(&reinvite, 200, Some(ANSWER));
+    assert_eq!(harness.sent(Method::Ack).len(), 2);
+    assert_eq!(harness.sent(Method::Bye).len(), 1);
+    assert_eq!(harness.ended(), Some(SessionEnd::WithCall));
+}
+
+#[test]
+fn a_reinvite_finding_no_dialog_ends_the_session_with_a_bye() {
+    let mut harness = Harness::new();
+    harness.answer();
+    harness.update(|m, _| m.ticket("GD-1"));
+    let reinvite = harness.last_invite();
+    harness.respond(&reinvite, 481, None);
+    assert_eq!(harness.sent(Method::Bye).len(), 1);
+    assert_eq!(harness.ended(), Some(SessionEnd::Lost(481)));
+}
+
+#[test]
+fn a_refused_update_goes_again_with_the_next_change() {
+    let mut harness = Harness::new();
+    harness.answer();
+    harness.update(|m, _| m.ticket("GD-1"));
+    let reinvite = harness.last_invite();
+    harness.respond(&reinvite, 500, None);
+    harness.update(|m, _| m.ticket("GD-1"));
+    assert_eq!(
+        harness.sent(Method::Invite).len(),
+        2,
+        "no change, nothing sent"
+    );
+    harness.update(|m, ids| m.joined(ids, 9000, 1, party("110", "police")));
+    let body = body(&harness.last_invite());
+    assert!(body.contains("GD-1") && body.contains("sip:110@"));
+}
+
+#[test]
+fn a_call_ending_after_only_100_trying_cancels() {
+    let mut harness = Harness::new();
+    let invite = harness.last_invite();
+    harness.respond(&invite, 100, None);
+    harness.session.end(harness.now);
+    harness.drain();
+    assert_eq!(harness.sent(Method::Cancel).len(), 1);
+    harness.respond(&invite, 487, None);
+    assert_eq!(
+        harness.ended(),
+        Some(SessionEnd::WithCall),
+        "no failure: the call ended"
+    );
 }

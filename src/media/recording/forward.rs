@@ -17,16 +17,20 @@ const HEADER: usize = 12;
 
 /// One stream to the server.
 pub struct ForwardStream {
+    /// The port pair its m-line offered (the source of its packets).
     pub sockets: LegSockets,
-    pub to: SocketAddr,
+    /// Where it goes; None while the server does not take it (port 0, inactive).
+    pub to: Option<SocketAddr>,
     pub ssrc: u32,
+    /// Random starts of its sequence numbers and timestamps (RFC 3550 §5.1).
+    pub sequence: u16,
+    pub timestamp: u32,
 }
 
 /// Where a recording's channels go on to, in which codec.
 pub struct Forward {
-    /// Index 0 the left channel (said), 1 the right (heard); a stream the server declined is
-    /// `None`.
-    streams: [Option<ForwardStream>; 2],
+    /// Index 0 the left channel (said), 1 the right (heard).
+    streams: [ForwardStream; 2],
     codec: Codec,
     payload_type: u8,
     /// Samples sent so far (each stream's timestamp and sequence follow from it).
@@ -37,7 +41,7 @@ pub struct Forward {
 }
 
 impl Forward {
-    pub fn new(streams: [Option<ForwardStream>; 2], codec: Codec, payload_type: u8) -> Forward {
+    pub fn new(streams: [ForwardStream; 2], codec: Codec, payload_type: u8) -> Forward {
         Forward {
             streams,
             codec,
@@ -46,6 +50,15 @@ impl Forward {
             started: false,
             packet: [0; HEADER + FRAME],
         }
+    }
+
+    /// The server moved the streams (a re-INVITE of its own): they go to `to` from now on.
+    pub fn retarget(&mut self, to: [Option<SocketAddr>; 2], codec: Codec, payload_type: u8) {
+        for (stream, to) in self.streams.iter_mut().zip(to) {
+            stream.to = to;
+        }
+        self.codec = codec;
+        self.payload_type = payload_type;
     }
 
     /// Where the samples sent so far end.
@@ -71,14 +84,15 @@ impl Forward {
         let length = left.len();
         let marker = if self.started { 0 } else { 0x80 };
         self.started = true;
-        // Sequence and timestamp count from 0 per stream: a server tells the streams apart by
-        // SSRC and port, and each is new.
-        let sequence = (self.sent / FRAME as u64) as u16;
-        let timestamp = self.sent as u32;
+        // Both follow the recording's position from their random starts: a gap (a stream
+        // attached late) shows as lost packets, as it is.
+        let frames = (self.sent / FRAME as u64) as u16;
         for (stream, samples) in self.streams.iter().zip([left, right]) {
-            let Some(stream) = stream else {
+            let Some(to) = stream.to else {
                 continue;
             };
+            let sequence = stream.sequence.wrapping_add(frames);
+            let timestamp = stream.timestamp.wrapping_add(self.sent as u32);
             let packet = &mut self.packet;
             packet[0] = 0x80;
             packet[1] = marker | (self.payload_type & 0x7f);
@@ -86,10 +100,7 @@ impl Forward {
             packet[4..8].copy_from_slice(&timestamp.to_be_bytes());
             packet[8..12].copy_from_slice(&stream.ssrc.to_be_bytes());
             mixer::encode(self.codec, samples, &mut packet[HEADER..HEADER + length]);
-            let _ = stream
-                .sockets
-                .rtp
-                .send_to(&packet[..HEADER + length], stream.to);
+            let _ = stream.sockets.rtp.send_to(&packet[..HEADER + length], to);
         }
         self.sent += length as u64;
     }

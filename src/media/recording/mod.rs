@@ -221,6 +221,13 @@ enum Control {
         slot: u64,
         forward: Option<Box<Forward>>,
     },
+    /// The streams go elsewhere from now on ([`Forward::retarget`]).
+    Retarget {
+        slot: u64,
+        to: [Option<std::net::SocketAddr>; 2],
+        codec: Codec,
+        payload_type: u8,
+    },
     Close {
         slot: u64,
         at: Instant,
@@ -459,6 +466,16 @@ impl Recording {
         };
         self.mark(at, step);
         true
+    }
+
+    /// The recording server moved its streams: they go to `to` from now on.
+    pub fn retarget(&self, to: [Option<std::net::SocketAddr>; 2], codec: Codec, payload_type: u8) {
+        self.recorder.control(Control::Retarget {
+            slot: self.slot,
+            to,
+            codec,
+            payload_type,
+        });
     }
 
     /// The call ended at `at`: the file is completed to that moment and closed.

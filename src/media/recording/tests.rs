@@ -248,12 +248,12 @@ fn the_channels_go_on_as_two_rtp_streams() {
     let servers: Vec<std::net::UdpSocket> = (0..2)
         .map(|_| std::net::UdpSocket::bind((localhost, 0)).unwrap())
         .collect();
-    let streams = [0, 1].map(|index| {
-        Some(ForwardStream {
-            sockets: pool.allocate().unwrap(),
-            to: servers[index].local_addr().unwrap(),
-            ssrc: 100 + index as u32,
-        })
+    let streams = [0, 1].map(|index| ForwardStream {
+        sockets: pool.allocate().unwrap(),
+        to: Some(servers[index].local_addr().unwrap()),
+        ssrc: 100 + index as u32,
+        sequence: 65_530,
+        timestamp: u32::MAX - 500,
     });
     recording.forward(Some(Forward::new(streams, Codec::Pcmu, 0)));
     let mut tap = Tap::new(recording.sink());
@@ -284,9 +284,14 @@ fn the_channels_go_on_as_two_rtp_streams() {
                 sequence == 0,
                 "the marker on the first"
             );
-            assert_eq!(u16::from_be_bytes([packet[2], packet[3]]), sequence);
+            // From their starts, through the wrap.
+            let on_wire = u16::from_be_bytes([packet[2], packet[3]]);
+            assert_eq!(on_wire, 65_530u16.wrapping_add(sequence));
             let timestamp = u32::from_be_bytes(packet[4..8].try_into().unwrap());
-            assert_eq!(timestamp, u32::from(sequence) * FRAME as u32);
+            assert_eq!(
+                timestamp,
+                (u32::MAX - 500).wrapping_add(u32::from(sequence) * FRAME as u32)
+            );
             let ssrc = u32::from_be_bytes(packet[8..12].try_into().unwrap());
             assert_eq!(ssrc, 100 + index as u32);
             let mut decoded = [0i16; FRAME];

@@ -237,6 +237,17 @@ impl Writer {
                         });
                     }
                 }
+                Control::Retarget {
+                    slot,
+                    to,
+                    codec,
+                    payload_type,
+                } => {
+                    if let Some(forward) = self.open.get_mut(&slot).and_then(|o| o.forward.as_mut())
+                    {
+                        forward.retarget(to, codec, payload_type);
+                    }
+                }
                 Control::Close { slot, at } => {
                     if let Some(open) = self.open.get_mut(&slot) {
                         open.closing = Some(at);
