@@ -625,3 +625,41 @@ fn recording_keys_load_and_are_checked() {
     };
     assert!(!crate::routing::Router::from(&config).records("110"));
 }
+
+/// `[recording] siprec` names a peer that exists and may take plain RTP.
+#[test]
+fn the_siprec_peer_is_checked() {
+    let recorder = "\n[[peer]]\nname = \"recorder\"\naddress = \"127.0.0.1:5100\"\n";
+    let text = sample() + recorder + "\n[recording]\npath = \"r\"\nsiprec = \"recorder\"\n";
+    match Config::parse(Path::new("test.toml"), &text) {
+        Ok(config) => assert_eq!(
+            config.recording.and_then(|r| r.siprec).as_deref(),
+            Some("recorder")
+        ),
+        Err(e) => panic!("{e}"),
+    }
+    let wrong = [
+        ("no [[peer]] is named \"nobody\"", String::new(), "nobody"),
+        (
+            "srtp = \"mandatory\"",
+            "srtp = \"mandatory\"\n".to_string(),
+            "recorder",
+        ),
+    ];
+    for (reason, extra, name) in wrong {
+        let text = sample()
+            + recorder
+            + &extra
+            + &format!("\n[recording]\npath = \"r\"\nsiprec = \"{name}\"\n");
+        match Config::parse(Path::new("test.toml"), &text) {
+            Ok(_) => panic!("{reason} accepted"),
+            Err(e) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains("recording.siprec") && message.contains(reason),
+                    "{message}"
+                );
+            }
+        }
+    }
+}

@@ -111,6 +111,20 @@ impl Config {
                     format!("no [[peer]] is named \"{siprec}\""),
                 ));
             }
+            // The recording streams go as plain RTP: a peer that must have SRTP would get
+            // the calls' audio in clear.
+            let mandatory = self
+                .peers
+                .iter()
+                .any(|p| p.name == *siprec && p.srtp == crate::routing::SrtpMode::Mandatory);
+            if mandatory {
+                return Err(invalid(
+                    "recording.siprec".into(),
+                    format!(
+                        "peer \"{siprec}\" has srtp = \"mandatory\"; the recording streams are sent as RTP (no SRTP to a recording server yet)"
+                    ),
+                ));
+            }
         }
         Ok(())
     }
