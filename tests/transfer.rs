@@ -1024,3 +1024,116 @@ fn alaw_linear(code: u8) -> i16 {
         -magnitude
     }
 }
+
+/// `[announcements] transfer`: a citizen waiting for 110 with no agent left hears the
+/// operator's recording (here a 660 Hz test prompt of 600 ms, then its 400 ms gap, then again)
+/// in place of the ringback tone, in the one continuous stream; once 110 answers, 110's voice
+/// (1320 Hz) and no more of the prompt.
+#[tokio::test]
+async fn the_citizen_hears_the_transfer_announcement_while_110_rings_then_110() {
+    const PROMPT_HZ: f64 = 660.0;
+    const POLICE_HZ: f64 = 1320.0;
+    let prompts = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = prompts.path().join("transfer.wav");
+    let tone = |frequency: f64, from: usize, count: usize| -> Vec<i16> {
+        (from..from + count)
+            .map(|n| {
+                let t = n as f64 / 8000.0;
+                (8000.0 * (2.0 * std::f64::consts::PI * frequency * t).sin()) as i16
+            })
+            .collect()
+    };
+    std::fs::write(
+        &path,
+        hotline_gateway::media::prompt::wav_bytes(&tone(PROMPT_HZ, 0, 4800)),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = Ua::bind("hotline", LOCALHOST).await;
+    let mut police = Ua::bind("police", LOCALHOST).await;
+    let mut gateway = Gateway::start_with_tables(
+        &[
+            ("carrier", citizen.address, ""),
+            ("hotline", agent.address, "platform = \"12345\""),
+            ("police", police.address, "platform = \"110\""),
+        ],
+        &[("12345", &["hotline"]), ("110", &["police"])],
+        "transfer_ring_timeout_secs = 10\n",
+        "",
+        &format!(
+            "\n[announcements]\ntransfer = \"{}\"\ngap_ms = 400\n",
+            path.display()
+        ),
+    )
+    .await;
+    for ua in [&mut citizen, &mut agent, &mut police] {
+        ua.set_gateway(gateway.sip);
+    }
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let invite = refer_to_110(&mut agent, &call, &mut police).await;
+    police
+        .send_response(&police.answer(&invite, 180, None))
+        .await;
+    let bye = agent.uas_request(&call.incoming, "BYE", 3);
+    agent.send_request(&bye).await;
+    agent.expect_response("BYE", 200).await;
+
+    // 1.5 s of what the citizen hears: the prompt, its gap, the prompt again.
+    let mut heard = Vec::new();
+    let mut sequence = None;
+    while heard.len() < 75 * 160 {
+        let packet = call.caller_rtp.recv().await;
+        if let Some(last) = sequence {
+            assert_eq!(packet.sequence, u16::wrapping_add(last, 1), "one stream");
+        }
+        sequence = Some(packet.sequence);
+        heard.extend(packet.payload.iter().map(|&c| alaw_linear(c)));
+    }
+    let ms = |n: usize| n * 8;
+    let level = |from: usize, to: usize, f: f64| common::tone_level(&heard[ms(from)..ms(to)], f);
+    assert!(level(0, 600, PROMPT_HZ) > 6000.0, "the prompt first");
+    assert!(level(0, 600, 450.0) < 400.0, "not the ringback tone");
+    assert!(
+        heard[ms(600)..ms(1000)].iter().all(|s| s.abs() < 16),
+        "its gap is silence"
+    );
+    assert!(level(1000, 1500, PROMPT_HZ) > 6000.0, "then again");
+
+    // 110 answers and speaks: the citizen hears 110, the prompt stops.
+    let police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
+    let mut sent = 0u32;
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    let mut after = Vec::new();
+    while after.len() < 20 * 160 {
+        pace.tick().await;
+        let payload: Vec<u8> = tone(POLICE_HZ, sent as usize * 160, 160)
+            .iter()
+            .map(|s| hotline_gateway::media::g711::linear_to_alaw(*s))
+            .collect();
+        police_rtp
+            .send(
+                call.gateway_b_media,
+                8,
+                sent as u16,
+                sent * 160,
+                0x110,
+                &payload,
+            )
+            .await;
+        sent += 1;
+        while let Some(packet) = call.caller_rtp.recv_within(Duration::from_millis(1)).await {
+            let samples: Vec<i16> = packet.payload.iter().map(|&c| alaw_linear(c)).collect();
+            // From 110's first packet on.
+            if !after.is_empty() || common::tone_level(&samples, POLICE_HZ) > 4000.0 {
+                after.extend(samples);
+            }
+        }
+        assert!(sent < 250, "110 never heard");
+    }
+    assert!(common::tone_level(&after, POLICE_HZ) > 6000.0);
+    assert!(
+        common::tone_level(&after, PROMPT_HZ) < 400.0,
+        "the prompt stopped"
+    );
+    gateway.stop().await;
+}

@@ -386,6 +386,7 @@ impl Config {
             conference_max_parties: sip.conference_max_parties,
             conference_ends_with_caller: sip.conference_ends_with_caller,
             session_timers: sip.session_timers(),
+            transfer_announcement: self.announcements.transfer_prompt(),
         }
     }
 
@@ -443,6 +444,21 @@ impl super::RecordingConfig {
             min_free_bytes: self.min_free_mb.map(|mb| mb.saturating_mul(MB)),
             // About 800 ms of 800 calls' two directions (about 23 MB).
             queue_frames: 65_536,
+        }
+    }
+}
+
+impl crate::config::AnnouncementsConfig {
+    /// The transfer announcement, read from its file (checked by `--check`; a file gone
+    /// since is logged and the ringback tone played instead).
+    pub fn transfer_prompt(&self) -> Option<crate::media::prompt::Prompt> {
+        let path = self.transfer.as_ref()?;
+        match crate::media::prompt::Prompt::load(path, self.gap_ms) {
+            Ok(prompt) => Some(prompt),
+            Err(error) => {
+                tracing::error!(%error, "announcements.transfer not played: ringback instead");
+                None
+            }
         }
     }
 }

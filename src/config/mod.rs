@@ -81,6 +81,28 @@ pub struct Config {
     /// `[recording]`: a stereo WAV of every answered call (off without it).
     #[serde(default)]
     pub recording: Option<RecordingConfig>,
+    /// `[announcements]`: prompts the operator recorded, played in place of tones.
+    #[serde(default)]
+    pub announcements: AnnouncementsConfig,
+}
+
+/// `[announcements]`: WAV files (8000 Hz, mono, 16-bit PCM or G.711 A-law/µ-law, 20 ms to
+/// 120 s; relative paths from the working directory), read once at start and checked by
+/// `--check`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnouncementsConfig {
+    /// Played to the citizen while a transfer target rings with no agent left on the line
+    /// (e.g. "正在为您转接110，请勿挂机"), repeated; without it, the ringback tone.
+    #[serde(default)]
+    pub transfer: Option<PathBuf>,
+    /// Silence between two plays of an announcement, in ms (default 1000; at most 60000).
+    #[serde(default = "default_announcement_gap_ms")]
+    pub gap_ms: u32,
+}
+
+fn default_announcement_gap_ms() -> u32 {
+    1000
 }
 
 /// `[recording]`: one stereo WAV per answered call (left: the caller; right: what the caller

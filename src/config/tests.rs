@@ -663,3 +663,48 @@ fn the_siprec_peer_is_checked() {
         }
     }
 }
+
+/// `[announcements] transfer` is read at `--check`: a good prompt loads; a missing file or a
+/// file that is no prompt is refused with the key, the file and the reason.
+#[test]
+fn announcement_files_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("transfer.wav");
+    std::fs::write(&good, crate::media::prompt::wav_bytes(&[100; 8000])).unwrap();
+    let stereo = dir.path().join("stereo.wav");
+    let mut bytes = crate::media::prompt::wav_bytes(&[100; 8000]);
+    bytes[22..24].copy_from_slice(&2u16.to_le_bytes());
+    std::fs::write(&stereo, bytes).unwrap();
+    let with = |path: &Path, extra: &str| {
+        sample()
+            + &format!(
+                "\n[announcements]\ntransfer = \"{}\"\n{extra}",
+                path.display()
+            )
+    };
+    match Config::parse(Path::new("test.toml"), &with(&good, "gap_ms = 500\n")) {
+        Ok(config) => {
+            let prompt = config.announcements.transfer_prompt().unwrap();
+            assert_eq!(prompt.duration_ms(), 1000);
+        }
+        Err(e) => panic!("{e}"),
+    }
+    for (path, extra, reason) in [
+        (stereo.as_path(), "", "mono"),
+        (
+            Path::new("/nonexistent/transfer.wav"),
+            "",
+            "/nonexistent/transfer.wav",
+        ),
+        (good.as_path(), "gap_ms = 70000\n", "at most 60000"),
+    ] {
+        match Config::parse(Path::new("test.toml"), &with(path, extra)) {
+            Ok(_) => panic!("{} accepted", path.display()),
+            Err(e) => {
+                let message = e.to_string();
+                assert!(message.contains("announcements."), "{message}");
+                assert!(message.contains(reason), "{message}");
+            }
+        }
+    }
+}

@@ -75,6 +75,7 @@ impl Config {
         self.check_routes(&invalid, &names)?;
         self.check_hotkeys(&invalid)?;
         self.check_recording(&invalid, &names)?;
+        self.check_announcements(&invalid)?;
         Ok(())
     }
 
@@ -125,6 +126,22 @@ impl Config {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Checks `[announcements]`: each file is read and must be a prompt.
+    fn check_announcements(&self, invalid: Invalid) -> Result<(), ConfigError> {
+        let announcements = &self.announcements;
+        if announcements.gap_ms > 60_000 {
+            return Err(invalid(
+                "announcements.gap_ms".into(),
+                "must be at most 60000".into(),
+            ));
+        }
+        if let Some(path) = &announcements.transfer {
+            crate::media::prompt::Prompt::load(path, announcements.gap_ms)
+                .map_err(|error| invalid("announcements.transfer".into(), error.to_string()))?;
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ pub mod codec;
 pub mod g711;
 pub mod mixer;
 pub mod ports;
+pub mod prompt;
 pub mod recording;
 pub mod relay;
 pub mod rtp;
@@ -102,9 +103,10 @@ pub enum MediaCommand {
     DetectDigits(Party, bool),
     /// Play one DTMF digit to this leg's endpoint as an RFC 4733 event in our stream to it.
     SendDigit(Party, char),
-    /// Start or stop playing ringback to this leg's endpoint in our stream to it (a citizen
-    /// waiting for a transfer target after the agent left).
-    Ringback(Party, bool),
+    /// Start (Some) or stop (None) playing to this leg's endpoint, in our stream to it, in
+    /// place of the other side: ringback or an announcement (a citizen waiting for a transfer
+    /// target after the agent left).
+    Announce(Party, Option<prompt::Announcement>),
     /// The party joins the call's audio (a conference guest that answered). With three or
     /// more parties in, the relay mixes: each hears the others (N-1), on a 20 ms clock, in its
     /// own continuous stream; with two, it relays between them as usual.

@@ -50,6 +50,9 @@ pub struct CallSettings {
     pub conference_ends_with_caller: bool,
     /// RFC 4028 session timers on every answered leg (None: off).
     pub session_timers: Option<SessionTimerSettings>,
+    /// `[announcements] transfer`: played to a citizen waiting for a transfer target with no
+    /// agent left (None: the ringback tone).
+    pub transfer_announcement: Option<crate::media::prompt::Prompt>,
 }
 
 impl CallSettings {

@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::call::transfer::Trigger;
+use crate::media::prompt::Announcement;
 use crate::media::{LegMedia, MediaCommand};
 use crate::routing::Router;
 use crate::routing::TransportKind;
@@ -96,6 +97,7 @@ fn settings() -> Arc<CallSettings> {
         conference_max_parties: 4,
         conference_ends_with_caller: true,
         session_timers: None,
+        transfer_announcement: None,
     })
 }
 
@@ -1234,9 +1236,12 @@ fn the_citizen_hears_ringback_when_the_agent_on_leg_a_leaves_during_the_transfer
     h.caller_sends(8, "BYE", 3, "");
     assert_eq!(statuses(&h.responses(8)), vec![200]);
     assert!(h.outcome().is_none(), "the citizen waits for 110");
-    assert!(h.sent_media(|m| matches!(m, MediaCommand::Ringback(Party::B, true))));
+    assert!(h.sent_media(|m| matches!(
+        m,
+        MediaCommand::Announce(Party::B, Some(Announcement::Ringback))
+    )));
     h.respond_to_invite(200, Some(ANSWER));
-    assert!(h.sent_media(|m| matches!(m, MediaCommand::Ringback(Party::B, false))));
+    assert!(h.sent_media(|m| matches!(m, MediaCommand::Announce(Party::B, None))));
     assert!(h.outcome().is_none(), "citizen and 110 talk");
     assert!(h.sent(Method::Bye).is_empty(), "the agent had left already");
 }
@@ -1424,9 +1429,12 @@ fn the_agent_leaving_while_the_guest_rings_leaves_the_citizen_waiting_for_it() {
     h.agent_sends(8, "BYE", 3, "");
     assert_eq!(statuses(&h.responses(8)), vec![200]);
     assert!(h.outcome().is_none(), "the citizen stays");
-    assert!(h.sent_media(|m| matches!(m, MediaCommand::Ringback(Party::A, true))));
+    assert!(h.sent_media(|m| matches!(
+        m,
+        MediaCommand::Announce(Party::A, Some(Announcement::Ringback))
+    )));
     h.respond_to_invite(200, Some(ANSWER));
-    assert!(h.sent_media(|m| matches!(m, MediaCommand::Ringback(Party::A, false))));
+    assert!(h.sent_media(|m| matches!(m, MediaCommand::Announce(Party::A, None))));
     assert!(h.outcome().is_none(), "citizen and 110 talk");
     // 110 is leg B now: its BYE ends the call.
     h.callee_sends(9, "BYE", 1);

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::media::prompt::Announcement;
 use crate::media::{Leg, MediaCommand, Party};
 use crate::routing::Peer;
 use crate::sip::message::{Host, Request, Response};
@@ -680,22 +681,26 @@ impl Call {
         }
     }
 
-    /// Ringback to the citizen (`to`) while it waits for a transfer target with no agent left;
-    /// `None` stops it.
+    /// Ringback (or the transfer announcement) to the citizen (`to`) while it waits for a
+    /// transfer target with no agent left; `None` stops it.
     pub(super) fn ringback(&mut self, to: Option<Leg>) {
         if self.ringback == to {
             return;
         }
         if let Some(leg) = std::mem::replace(&mut self.ringback, to) {
-            self.actions.push_back(Action::Media(MediaCommand::Ringback(
+            self.actions.push_back(Action::Media(MediaCommand::Announce(
                 self.legs[leg].party,
-                false,
+                None,
             )));
         }
         if let Some(leg) = to {
-            self.actions.push_back(Action::Media(MediaCommand::Ringback(
+            let announcement = match &self.settings.transfer_announcement {
+                Some(prompt) => Announcement::Prompt(prompt.clone()),
+                None => Announcement::Ringback,
+            };
+            self.actions.push_back(Action::Media(MediaCommand::Announce(
                 self.legs[leg].party,
-                true,
+                Some(announcement),
             )));
         }
     }

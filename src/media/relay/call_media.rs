@@ -4,8 +4,8 @@
 //! The worker hands in what it received, [`CallMedia::on_packet`]`(now, party, socket,
 //! source, packet, protected)`, and performs the [`PacketOutcome`]: send bytes of the packet (or of
 //! `protected`, where SRTP protected them) from a party's socket to an address, or count why not.
-//! Generated packets (ringback, a digit we play, the mixer's frames) go out through a `send`
-//! function the worker passes in; ringback and the mixer's frames are due by
+//! Generated packets (ringback or an announcement, a digit we play, the mixer's frames) go out
+//! through a `send` function the worker passes in; playbacks and the mixer's frames are due by
 //! [`CallMedia::poll_timeout`], a played digit goes at once. No sockets, no clock,
 //! no allocation per packet: the packet is rewritten in the worker's buffer.
 //!
@@ -25,13 +25,14 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use super::dtmf::{self, Detected};
-use super::ringback::{Ringback, RINGBACK_PACKET};
+use super::playback::{Playback, PLAYBACK_PACKET};
 use super::srtp_session::{is_rtcp, SrtpSession};
 use super::PACKET_TIME;
 use crate::ids::IdGenerator;
 use crate::media::codec::Codec;
 use crate::media::g711::{transcode_in_place, Transcode};
 use crate::media::mixer::JitterBuffer;
+use crate::media::prompt::Announcement;
 use crate::media::recording::{Channel, RecordingSink, Tap};
 use crate::media::rtp::{classify, rewrite_rtcp_ssrc, set_payload_type, PacketKind};
 use crate::media::srtp::SrtpError;
@@ -228,7 +229,7 @@ impl CallMedia {
             side.in_call = false;
             side.media = None;
             side.jitter = None;
-            side.ringback = None;
+            side.playback = None;
         }
         let _ = self.update_mode(now);
     }
@@ -258,10 +259,17 @@ impl CallMedia {
         }
     }
 
-    pub(super) fn ringback(&mut self, party: Party, on: bool, now: Instant) {
+    /// [`crate::media::MediaCommand::Announce`]: play `announcement` to the party in place
+    /// of the other side (None: stop).
+    pub(super) fn announce(
+        &mut self,
+        party: Party,
+        announcement: Option<&Announcement>,
+        now: Instant,
+    ) {
         if let Some(side) = self.sides.get_mut(party.index()) {
-            side.ringback = match (on, side.media) {
-                (true, Some(media)) => Some(Ringback::new(&media, now)),
+            side.playback = match (announcement, side.media) {
+                (Some(announcement), Some(media)) => Some(Playback::new(&media, announcement, now)),
                 _ => None,
             };
         }
@@ -272,7 +280,7 @@ impl CallMedia {
         if let Some(side) = self.sides.get_mut(party.index()) {
             side.in_call = join;
             if !join {
-                side.ringback = None;
+                side.playback = None;
             }
         }
         let _ = self.update_mode(now);
@@ -316,16 +324,16 @@ impl CallMedia {
         false
     }
 
-    /// When the next generated packet (ringback, a mixer tick) is due, if any is.
+    /// When the next generated packet (a playback's, a mixer tick) is due, if any is.
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
         self.sides
             .iter()
-            .filter_map(|side| side.ringback.as_ref().map(Ringback::next_due))
+            .filter_map(|side| side.playback.as_ref().map(Playback::next_due))
             .chain(self.next_tick)
             .min()
     }
 
-    /// Sends what is due by `now`: ringback packets, then the mixer's ticks. `protected` is
+    /// Sends what is due by `now`: playbacks' packets, then the mixer's ticks. `protected` is
     /// room for SRTP; `send` performs a [`Transmit`] and says whether it went out.
     pub(super) fn handle_timeout(
         &mut self,
@@ -334,14 +342,14 @@ impl CallMedia {
         send: &mut impl FnMut(&Transmit, &[u8]) -> bool,
         tally: &mut Tally,
     ) {
-        self.play_ringback(now, protected, send, tally);
+        self.play(now, protected, send, tally);
         if self.next_tick.is_some() {
             self.mix_due(now, protected, send, tally);
         }
     }
 
-    /// Sends the ringback packets that are due on every side that plays one.
-    fn play_ringback(
+    /// Sends the packets that are due on every side that plays something.
+    fn play(
         &mut self,
         now: Instant,
         protected: &mut [u8],
@@ -352,16 +360,16 @@ impl CallMedia {
         for (index, side) in self.sides.iter_mut().enumerate() {
             let destination = side.rtp_destination().filter(|_| side.attached);
             let connected = side.connected;
-            let Some(ringback) = side.ringback.as_mut() else {
+            let Some(playback) = side.playback.as_mut() else {
                 continue;
             };
-            let mut packet = [0u8; RINGBACK_PACKET];
-            while ringback.poll_packet(now, &mut side.towards, &mut packet) {
+            let mut packet = [0u8; PLAYBACK_PACKET];
+            while playback.poll_packet(now, &mut side.towards, &mut packet) {
                 let Some(destination) = destination else {
                     continue;
                 };
                 if let (0, Some(tap), Some(media)) = (index, recording.as_deref_mut(), side.media) {
-                    // The caller hears the ringback: it is in the recording.
+                    // The caller hears it: it is in the recording.
                     record_rtp(tap, now, Channel::Heard, media.codec, &packet);
                 }
                 let Some(payload) = seal(&mut side.srtp, &packet, protected) else {
@@ -542,7 +550,7 @@ impl CallMedia {
                     side.jitter = Some(Box::new(JitterBuffer::new()));
                     side.mix_timestamp = side.towards.timestamp_at(now);
                     side.mix_fresh = true;
-                    side.ringback = None;
+                    side.playback = None;
                 }
             }
             self.pair = None;
@@ -685,8 +693,8 @@ fn relay_rtp(
             record_rtp(tap, now, Channel::Heard, out_media.codec, packet);
         }
     }
-    // Real media for this endpoint takes over from any ringback we were playing it.
-    outgoing.ringback = None;
+    // Real media for this endpoint takes over from anything we were playing it.
+    outgoing.playback = None;
     match seal(&mut outgoing.srtp, packet, protected) {
         Some(payload) => {
             PacketOutcome::Send(rtp_transmit(to, destination, outgoing.connected), payload)

@@ -4,11 +4,11 @@
 //! - this file, the public face: [`MediaEngine`] (the workers), [`RelayHandle`] (a call's
 //!   handle: commands in, [`MediaEvent`]s out, [`RelayStats`]), [`MediaProbe`] (`/healthz`);
 //! - `worker`: the epoll loop and the socket I/O, nothing else: receive, perform what the
-//!   call's media state says, apply each command, one timer for ringback and mixing;
+//!   call's media state says, apply each command, one timer for playbacks and mixing;
 //! - `call_media`: one call's media state, sans-IO (`on_packet(now, ...) -> PacketOutcome`):
 //!   its parties' sides (latching, payload types, transcoding, digits), relaying or mixing
 //!   (`call_media/conference`);
-//! - `dtmf` (RFC 4733 events), `ringback` (the tone and its pacing), `srtp_session` (a leg's
+//! - `dtmf` (RFC 4733 events), `playback` (the ringback tone or an announcement, and its pacing), `srtp_session` (a leg's
 //!   SRTP contexts across key changes).
 //!
 //! Per packet (no allocation, no lock shared between calls): receive on leg X, latch X's real
@@ -45,7 +45,7 @@
 
 mod call_media;
 mod dtmf;
-mod ringback;
+mod playback;
 mod srtp_session;
 mod worker;
 
@@ -66,7 +66,7 @@ use crate::metrics::Metrics;
 use call_media::CallMedia;
 use worker::{worker, Call, WAKER};
 
-/// 20 ms: one packet of ringback, one tick of the mixer.
+/// 20 ms: one packet of a playback, one tick of the mixer.
 const PACKET_TIME: Duration = Duration::from_millis(20);
 
 /// Packet counts of one call, readable while it runs.

@@ -1,7 +1,7 @@
 //! A relay worker: the epoll loop over its calls' sockets and the only media I/O. It receives
 //! a datagram, hands it to the call's [`CallMedia`] and performs the [`PacketOutcome`]
 //! (sends, counts); applies each [`Control`] and [`MediaCommand`] with a method of its own;
-//! and runs one timer for everything generated (ringback and mixing, whichever is due first,
+//! and runs one timer for everything generated (playbacks and mixing, whichever is due first,
 //! [`CallMedia::poll_timeout`]).
 
 use std::collections::HashMap;
@@ -120,7 +120,9 @@ impl Call {
                 let mut send = sender(sockets);
                 media.send_digit(party, digit, now, &mut room.protected, &mut send, tally);
             }
-            MediaCommand::Ringback(party, on) => self.media.ringback(party, on, now),
+            MediaCommand::Announce(party, announcement) => {
+                self.media.announce(party, announcement.as_ref(), now)
+            }
             MediaCommand::Join(party) => self.media.join(party, true, now),
             MediaCommand::Leave(party) => self.media.join(party, false, now),
             MediaCommand::Mute(party, on) => self.media.mute(party, on),
@@ -244,7 +246,7 @@ struct Worker<'a> {
     by_id: HashMap<u64, usize>,
     room: Box<Room>,
     tally: Tally,
-    /// Calls playing ringback or mixing a conference, and when the next of their packets is
+    /// Calls playing to a party or mixing a conference, and when the next of their packets is
     /// due.
     scheduled: Vec<u64>,
     next_due: Option<Instant>,
@@ -478,7 +480,7 @@ impl Worker<'_> {
         call.receive(index, &mut self.room, now, &mut self.tally);
     }
 
-    /// Generated packets (ringback, mixing) for the few calls that have them; the next due
+    /// Generated packets (playbacks, mixing) for the few calls that have them; the next due
     /// time of any.
     fn run_timers(&mut self, now: Instant) {
         let Worker {
@@ -545,7 +547,7 @@ fn command_party(command: &MediaCommand) -> Option<Party> {
         | MediaCommand::Replace(party, _)
         | MediaCommand::DetectDigits(party, _)
         | MediaCommand::SendDigit(party, _)
-        | MediaCommand::Ringback(party, _)
+        | MediaCommand::Announce(party, _)
         | MediaCommand::Join(party)
         | MediaCommand::Leave(party)
         | MediaCommand::Mute(party, _) => Some(*party),

@@ -1,6 +1,6 @@
 //! One party's media state: what its endpoint negotiated, where it really sends from (the
 //! latch, symmetric RTP), the stream we send it, its SRTP, and what it takes part in (digits,
-//! ringback, the conference). Pure: no sockets, no clock.
+//! a playback, the conference). Pure: no sockets, no clock.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::ids::IdGenerator;
 use crate::media::mixer::JitterBuffer;
 use crate::media::relay::dtmf::Detector;
-use crate::media::relay::ringback::Ringback;
+use crate::media::relay::playback::Playback;
 use crate::media::relay::srtp_session::SrtpSession;
 use crate::media::rtp::StreamRewriter;
 use crate::media::LegMedia;
@@ -34,7 +34,7 @@ pub(super) struct Side {
     pub(super) detect_digits: bool,
     pub(super) digits: Detector,
     /// Ringback we play to this endpoint.
-    pub(super) ringback: Option<Ringback>,
+    pub(super) playback: Option<Playback>,
     /// The party is in the call's audio (legs A and B from the start, guests once they join).
     pub(super) in_call: bool,
     /// Not heard by the others.
@@ -63,7 +63,7 @@ impl Side {
             attached: true,
             detect_digits: false,
             digits: Detector::default(),
-            ringback: None,
+            playback: None,
             in_call: true,
             muted: false,
             jitter: None,

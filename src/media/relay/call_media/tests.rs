@@ -528,7 +528,8 @@ fn a_conference_mixes_on_a_20_ms_clock() {
 fn ringback_plays_until_real_media_comes() {
     let now = Instant::now();
     let mut run = Run::new(call(now, pcma_b()));
-    run.call.ringback(Party::A, true, now);
+    run.call
+        .announce(Party::A, Some(&Announcement::Ringback), now);
     assert_eq!(run.call.poll_timeout(), Some(now));
     let mut sent = Vec::new();
     let mut tally = Tally::default();

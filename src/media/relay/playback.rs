@@ -1,11 +1,13 @@
-//! The ringback tone we play to an endpoint in our stream to it, and when each of its packets
-//! is due. Pure: `now` is passed in.
+//! What we play to an endpoint in our stream to it in place of the other side (the ringback
+//! tone, or an announcement the operator recorded), and when each of its packets is due.
+//! Pure: `now` is passed in.
 
 use std::time::Instant;
 
 use super::PACKET_TIME;
 use crate::media::codec::Codec;
 use crate::media::g711::{linear_to_alaw, linear_to_ulaw};
+use crate::media::prompt::{Announcement, Prompt};
 use crate::media::rtp::StreamRewriter;
 use crate::media::LegMedia;
 
@@ -15,13 +17,23 @@ const RINGBACK_ON_PACKETS: u64 = 50;
 const RINGBACK_CYCLE_PACKETS: u64 = 250;
 /// 20 ms of 8 kHz G.711; 450 Hz fits nine whole periods in it, so every tone packet is the same.
 const RINGBACK_SAMPLES: usize = 160;
-/// One ringback packet: the RTP header and 20 ms of samples.
-pub(super) const RINGBACK_PACKET: usize = 12 + RINGBACK_SAMPLES;
+/// One generated packet: the RTP header and 20 ms of samples.
+pub(super) const PLAYBACK_PACKET: usize = 12 + RINGBACK_SAMPLES;
 
-/// A ringback stream in progress towards one endpoint.
-pub(super) struct Ringback {
-    tone: [u8; RINGBACK_SAMPLES],
-    silence: u8,
+/// What is played.
+enum Sound {
+    /// The ringback tone, one packet encoded once.
+    Tone {
+        tone: [u8; RINGBACK_SAMPLES],
+        silence: u8,
+    },
+    /// A prompt, encoded a packet at a time as it plays.
+    Prompt { prompt: Prompt, codec: Codec },
+}
+
+/// A stream in progress towards one endpoint.
+pub(super) struct Playback {
+    sound: Sound,
     payload_type: u8,
     started: Instant,
     sent: u64,
@@ -29,21 +41,36 @@ pub(super) struct Ringback {
     first_timestamp: Option<u32>,
 }
 
-impl Ringback {
-    pub(super) fn new(media: &LegMedia, now: Instant) -> Ringback {
-        let encode = |sample: i16| match media.codec {
-            Codec::Pcmu => linear_to_ulaw(sample),
-            Codec::Pcma => linear_to_alaw(sample),
+fn encode(codec: Codec, sample: i16) -> u8 {
+    match codec {
+        Codec::Pcmu => linear_to_ulaw(sample),
+        Codec::Pcma => linear_to_alaw(sample),
+    }
+}
+
+impl Playback {
+    pub(super) fn new(media: &LegMedia, announcement: &Announcement, now: Instant) -> Playback {
+        let codec = media.codec;
+        let sound = match announcement {
+            Announcement::Ringback => {
+                let mut tone = [0u8; RINGBACK_SAMPLES];
+                for (n, code) in tone.iter_mut().enumerate() {
+                    // -10 dBm0-ish: a third of full scale.
+                    let phase = 2.0 * std::f64::consts::PI * RINGBACK_HZ * n as f64 / 8000.0;
+                    *code = encode(codec, (phase.sin() * 10_000.0) as i16);
+                }
+                Sound::Tone {
+                    tone,
+                    silence: encode(codec, 0),
+                }
+            }
+            Announcement::Prompt(prompt) => Sound::Prompt {
+                prompt: prompt.clone(),
+                codec,
+            },
         };
-        let mut tone = [0u8; RINGBACK_SAMPLES];
-        for (n, code) in tone.iter_mut().enumerate() {
-            // -10 dBm0-ish: a third of full scale.
-            let phase = 2.0 * std::f64::consts::PI * RINGBACK_HZ * n as f64 / 8000.0;
-            *code = encode((phase.sin() * 10_000.0) as i16);
-        }
-        Ringback {
-            tone,
-            silence: encode(0),
+        Playback {
+            sound,
             payload_type: media.payload_type,
             started: now,
             sent: 0,
@@ -61,7 +88,7 @@ impl Ringback {
         &mut self,
         now: Instant,
         towards: &mut StreamRewriter,
-        packet: &mut [u8; RINGBACK_PACKET],
+        packet: &mut [u8; PLAYBACK_PACKET],
     ) -> bool {
         // After a stall, skip what is long overdue rather than burst it.
         let behind = now.saturating_duration_since(self.next_due());
@@ -73,11 +100,20 @@ impl Ringback {
         }
         packet[0] = 0x80;
         packet[1] = self.payload_type;
-        let on = self.sent % RINGBACK_CYCLE_PACKETS < RINGBACK_ON_PACKETS;
-        if on {
-            packet[12..].copy_from_slice(&self.tone);
-        } else {
-            packet[12..].fill(self.silence);
+        match &self.sound {
+            Sound::Tone { tone, silence } => {
+                if self.sent % RINGBACK_CYCLE_PACKETS < RINGBACK_ON_PACKETS {
+                    packet[12..].copy_from_slice(tone);
+                } else {
+                    packet[12..].fill(*silence);
+                }
+            }
+            Sound::Prompt { prompt, codec } => {
+                let first = self.sent * RINGBACK_SAMPLES as u64;
+                for (n, code) in packet[12..].iter_mut().enumerate() {
+                    *code = encode(*codec, prompt.sample(first + n as u64));
+                }
+            }
         }
         if self.sent == 0 {
             packet[1] |= 0x80;
@@ -114,9 +150,9 @@ mod tests {
     #[test]
     fn ringback_is_paced_and_cadenced() {
         let start = Instant::now();
-        let mut ringback = Ringback::new(&media(), start);
+        let mut ringback = Playback::new(&media(), &Announcement::Ringback, start);
         let mut towards = StreamRewriter::new(7, 100, 1000, 8000);
-        let mut packet = [0u8; RINGBACK_PACKET];
+        let mut packet = [0u8; PLAYBACK_PACKET];
         assert!(ringback.poll_packet(start, &mut towards, &mut packet));
         assert_eq!(packet[1], 0x80 | 8);
         assert_ne!(
@@ -149,5 +185,26 @@ mod tests {
         assert!(!ringback.poll_packet(now, &mut towards, &mut packet));
         let timestamp = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
         assert_eq!(timestamp, first.wrapping_add(160 * 109));
+    }
+
+    /// A prompt plays its samples in the leg's codec, then its gap of silence, then again.
+    #[test]
+    fn a_prompt_plays_then_repeats_after_its_gap() {
+        let start = Instant::now();
+        let samples: Vec<i16> = (0..320).map(|n| (n as i16 - 160) * 50).collect();
+        let prompt = Prompt::from_samples(samples.clone(), 20);
+        let mut playback = Playback::new(&media(), &Announcement::Prompt(prompt), start);
+        let mut towards = StreamRewriter::new(7, 100, 1000, 8000);
+        let mut packet = [0u8; PLAYBACK_PACKET];
+        let mut payloads = Vec::new();
+        for n in 0..4u32 {
+            assert!(playback.poll_packet(start + PACKET_TIME * n, &mut towards, &mut packet));
+            payloads.push(packet[12..].to_vec());
+        }
+        let encoded: Vec<u8> = samples.iter().map(|s| linear_to_alaw(*s)).collect();
+        assert_eq!(payloads[0], encoded[..160]);
+        assert_eq!(payloads[1], encoded[160..]);
+        assert_eq!(payloads[2], [linear_to_alaw(0); 160], "the gap");
+        assert_eq!(payloads[3], encoded[..160], "again");
     }
 }
