@@ -182,11 +182,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         router: Arc::clone(&router),
         directory: Arc::clone(&directory),
     }));
+    let reserves: Vec<(String, usize)> = config
+        .platforms
+        .iter()
+        .map(|p| (p.name.clone(), p.reserved_calls))
+        .collect();
+    let reserve = Arc::new(gateway::reserve::Reserve::new(
+        &reserves,
+        Arc::clone(&router),
+    ));
     let (manager, media_probe, blocklist) = call_manager(
         &config,
         &router,
         settings,
-        &ports,
+        (&ports, &reserve),
         &metrics,
         (max_calls, blocked),
     )?;
@@ -194,6 +203,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     follow_arrivals(&store, &manager, &shutdown);
     let (endpoint, handle, commands) =
         build_endpoint(&config, transport, &manager, &metrics, local_sip, &router)?;
+    // The reserved platforms' calls are never shed by overload control.
+    let endpoint = if reserve.calls() > 0 {
+        endpoint.with_priority(Arc::clone(&reserve) as Arc<dyn sip::overload::Priority>)
+    } else {
+        endpoint
+    };
     let tracker = tokio_util::task::TaskTracker::new();
     let endpoint_probe = handle.clone();
     let prober = prober_services(&config, &handle, local.clone(), &metrics, &events)?;
@@ -522,7 +537,7 @@ fn call_manager(
     config: &Config,
     router: &Arc<Router>,
     settings: Arc<CallSettings>,
-    ports: &Arc<PortPools>,
+    (ports, reserve): (&Arc<PortPools>, &Arc<gateway::reserve::Reserve>),
     metrics: &Arc<Metrics>,
     (max_calls, blocked): (usize, Vec<store::BlockedNumberRecord>),
 ) -> Result<
@@ -553,7 +568,8 @@ fn call_manager(
             ids::IdGenerator::from_entropy().map_err(|_| StartError::Random)?,
             max_calls,
         )
-        .with_screening(screening),
+        .with_screening(screening)
+        .with_reserve(Arc::clone(reserve)),
     );
     Ok((manager, media_probe, blocklist))
 }

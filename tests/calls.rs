@@ -783,3 +783,55 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     assert!(gateway.calls().is_empty(), "a shed call has no record");
     gateway.stop().await;
 }
+
+/// The lane kept for 110 (`[[platform]] reserved_calls`): with `max_calls = 3` and one call
+/// kept for 110, two calls to 12345 take the rest; a third is refused 503 (counted as the
+/// reserve's), while a citizen's call to 110 is still put through and shows as the reserve
+/// in use.
+#[tokio::test]
+async fn the_lane_kept_for_110_takes_its_call_when_12345_has_filled_the_rest() {
+    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = Ua::bind("hotline", LOCALHOST).await;
+    let mut police = Ua::bind("police", LOCALHOST).await;
+    let gateway = Gateway::start_with_tables(
+        &[
+            ("carrier", citizen.address, ""),
+            ("hotline", agent.address, "platform = \"12345\""),
+            ("police", police.address, "platform = \"110\""),
+        ],
+        &[("12345", &["hotline"]), ("110", &["police"])],
+        "max_calls = 3\n",
+        "",
+        "\n[[platform]]\nname = \"110\"\ntoken = \"token-of-the-110-platform\"\nreserved_calls = 1\n",
+    )
+    .await;
+    for ua in [&mut citizen, &mut agent, &mut police] {
+        ua.set_gateway(gateway.sip);
+    }
+    gateway.metric_reaches("hotline_reserve_calls", 1.0).await;
+    let _first = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let _second = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let rtp = RtpPeer::bind(LOCALHOST).await;
+    let third = citizen.invite(
+        "12345",
+        "13800138009",
+        &sdp(rtp.address, &[8], "sendrecv"),
+        "",
+    );
+    citizen.send_request(&third).await;
+    citizen.expect_response("INVITE", 503).await;
+    assert_eq!(
+        gateway.metric("hotline_calls_refused_reserve_total").await,
+        Some(1.0)
+    );
+    let _to_110 =
+        common::establish_to("110", "13800138010", &mut citizen, &mut police, &[8], &[8]).await;
+    assert_eq!(
+        gateway.metric("hotline_reserve_calls_active").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        gateway.metric("hotline_calls_refused_overload_total").await,
+        Some(0.0)
+    );
+}

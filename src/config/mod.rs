@@ -458,6 +458,12 @@ pub struct PlatformConfig {
     pub name: String,
     /// The client's shared secret (`Hello.token`, or `authorization: Bearer <token>`).
     pub token: String,
+    /// Calls to or from this platform's peers keep this many of `sip.max_calls` (and the media
+    /// ports they need) for themselves: other calls are refused once only the reserve is left,
+    /// and overload control never sheds this platform's calls (the lane kept for 110).
+    /// Default 0: none.
+    #[serde(default)]
+    pub reserved_calls: usize,
 }
 
 /// `[[peer]]`: a SIP neighbour. Requests from its address are attributed to it.

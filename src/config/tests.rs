@@ -708,3 +708,22 @@ fn announcement_files_are_checked() {
         }
     }
 }
+
+/// The platforms' reserves must leave calls for everyone else.
+#[test]
+fn reserved_calls_leave_room_for_the_rest() {
+    let platform = |reserved: usize| {
+        format!(
+            "\n[[platform]]\nname = \"110\"\ntoken = \"token-of-the-110-platform\"\nreserved_calls = {reserved}\n"
+        )
+    };
+    let text = sample().replacen("[sip]", "[sip]\nmax_calls = 10", 1);
+    match Config::parse(Path::new("test.toml"), &(text.clone() + &platform(4))) {
+        Ok(config) => assert_eq!(config.platforms[0].reserved_calls, 4),
+        Err(e) => panic!("{e}"),
+    }
+    match Config::parse(Path::new("test.toml"), &(text + &platform(10))) {
+        Ok(_) => panic!("a reserve of every call accepted"),
+        Err(e) => assert!(e.to_string().contains("platform.reserved_calls"), "{e}"),
+    }
+}

@@ -410,6 +410,16 @@ impl Config {
 
     /// Checks the platforms and their tokens.
     fn check_platforms(&self, invalid: Invalid) -> Result<(), ConfigError> {
+        let reserved: usize = self.platforms.iter().map(|p| p.reserved_calls).sum();
+        if reserved > 0 && reserved >= self.sip.max_calls {
+            return Err(invalid(
+                "platform.reserved_calls".into(),
+                format!(
+                    "the platforms reserve {reserved} calls of sip.max_calls = {}: leave some for the rest",
+                    self.sip.max_calls
+                ),
+            ));
+        }
         for (index, platform) in self.platforms.iter().enumerate() {
             if platform.name.is_empty() {
                 return Err(invalid(

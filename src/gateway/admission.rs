@@ -11,7 +11,7 @@ use crate::call::model::{Call, CallSettings, NewCall, ALLOW};
 use crate::ids::IdGenerator;
 use crate::media::ports::PortPools;
 use crate::media::relay;
-use crate::metrics::{Counter, Metrics};
+use crate::metrics::{Counter, Gauge, Metrics};
 use crate::routing::Router;
 use crate::sip::endpoint::{Dispatcher, Disposition};
 use crate::sip::message::{Method, Request, Response};
@@ -48,6 +48,8 @@ pub struct CallManager {
     call_rates: Mutex<std::collections::HashMap<String, TokenBucket>>,
     /// Blocked callers whose refusal waits for its record and event: beyond, 503 at once.
     blocked_in_flight: Arc<tokio::sync::Semaphore>,
+    /// The calls and ports kept for the reserved platforms (the lane kept for 110).
+    reserve: Option<Arc<super::reserve::Reserve>>,
 }
 
 /// Most blocked callers' refusals waiting for the store at once.
@@ -74,7 +76,16 @@ impl CallManager {
             screening: Mutex::new(Screening::new(Vec::new(), 603, 0, Duration::ZERO)),
             call_rates: Mutex::new(std::collections::HashMap::new()),
             blocked_in_flight: Arc::new(tokio::sync::Semaphore::new(BLOCKED_IN_FLIGHT)),
+            reserve: None,
         }
+    }
+
+    /// Keeps `reserve`'s calls and ports for its platforms' calls.
+    pub fn with_reserve(mut self, reserve: Arc<super::reserve::Reserve>) -> CallManager {
+        self.metrics
+            .set_gauge(Gauge::ReservedCalls, reserve.calls() as i64);
+        self.reserve = Some(reserve);
+        self
     }
 
     /// Screens new calls with `screening` (blocklist, repeat callers).
@@ -224,19 +235,25 @@ impl CallManager {
     /// Two legs' ports, each on its leg's interface (leg A's where the INVITE came in, leg
     /// B's the route's), and their relay, with the call's id generator and key; `None` (the
     /// call refused with 503) when ports, descriptors or the relay run short.
+    /// `kept`: the port pairs to leave in each pool (the reserve's, for a call outside it).
     fn relay_for_call(
         &self,
         [interface_a, interface_b]: [InterfaceId; 2],
+        kept: usize,
     ) -> Option<(IdGenerator, String, [SocketAddr; 2], relay::RelayHandle)> {
         let pools = &self.media.ports;
         let (leg_a, leg_b) = match (
-            pools.of(usize::from(interface_a.0)).allocate(),
-            pools.of(usize::from(interface_b.0)).allocate(),
+            pools.of(usize::from(interface_a.0)).allocate_leaving(kept),
+            pools.of(usize::from(interface_b.0)).allocate_leaving(kept),
         ) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(shortage), _) | (_, Err(shortage)) => {
                 tracing::warn!(%shortage, "call refused (503): overload");
-                self.metrics.increment(Counter::CallsRefusedOverload);
+                let counter = match shortage {
+                    crate::media::ports::PortShortage::Reserved => Counter::CallsRefusedReserve,
+                    _ => Counter::CallsRefusedOverload,
+                };
+                self.metrics.increment(counter);
                 return None;
             }
         };
@@ -332,9 +349,24 @@ impl CallManager {
         if !self.within_call_rate(&caller_peer) {
             return Self::reply(request, 503);
         }
-        // One slot per call, released by the call task's ActiveGuard.
-        if self.active.load(Ordering::Relaxed) >= self.max_calls {
+        // One slot per call, released by the call task's ActiveGuard; a call outside the
+        // reserve leaves the reserved platforms theirs.
+        let reserved = self
+            .reserve
+            .as_ref()
+            .filter(|reserve| reserve.covers(&caller_peer, &peers));
+        let (kept_calls, kept_ports) = match (&self.reserve, reserved) {
+            (Some(reserve), None) => (reserve.calls(), reserve.port_pairs()),
+            _ => (0, 0),
+        };
+        let active = self.active.load(Ordering::Relaxed);
+        if active >= self.max_calls {
             self.metrics.increment(Counter::CallsRefusedOverload);
+            return Self::reply(request, 503);
+        }
+        if active + kept_calls >= self.max_calls {
+            self.metrics.increment(Counter::CallsRefusedReserve);
+            tracing::info!(%number, active, kept_calls, "call refused (503): only the reserve is left");
             return Self::reply(request, 503);
         }
         // The route's peers share one interface (the configuration's checks).
@@ -342,7 +374,9 @@ impl CallManager {
             flow.interface(),
             peers.first().map_or(InterfaceId::DEFAULT, |p| p.interface),
         ];
-        let Some((ids, id, [media_a, media_b], relay)) = self.relay_for_call(interfaces) else {
+        let Some((ids, id, [media_a, media_b], relay)) =
+            self.relay_for_call(interfaces, kept_ports)
+        else {
             return Self::reply(request, 503);
         };
         let mut record = call_record(request, id.clone(), &number, &caller_peer.name);
@@ -367,7 +401,11 @@ impl CallManager {
         let (owner, inbox) = crate::sip::endpoint::owner_channel();
         let active = Arc::clone(&self.active);
         active.fetch_add(1, Ordering::Relaxed);
-        let guard = ActiveGuard(active);
+        let reserved = reserved.is_some().then(|| {
+            self.metrics.add_gauge(Gauge::ReservedCallsActive, 1);
+            Arc::clone(&self.metrics)
+        });
+        let guard = ActiveGuard(active, reserved);
         driver::spawn(
             call,
             inbox,
@@ -410,12 +448,16 @@ fn call_record(request: &Request, id: String, number: &str, a_peer: &str) -> Cal
     })
 }
 
-/// Decrements the active-call count when the call task ends, however it ends.
-pub struct ActiveGuard(Arc<AtomicUsize>);
+/// Decrements the active-call count when the call task ends, however it ends (and the
+/// reserved platforms' count, for one of their calls).
+pub struct ActiveGuard(Arc<AtomicUsize>, Option<Arc<Metrics>>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        if let Some(metrics) = &self.1 {
+            metrics.add_gauge(Gauge::ReservedCallsActive, -1);
+        }
     }
 }
 

@@ -11,4 +11,5 @@ pub mod link;
 pub mod prober;
 mod recording;
 pub mod registrar;
+pub mod reserve;
 mod siprec;

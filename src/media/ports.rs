@@ -20,6 +20,8 @@ pub enum PortShortage {
         "out of file descriptors for media sockets (raise LimitNOFILE or lower sip.max_calls)"
     )]
     NoDescriptors,
+    #[error("the media ports left are kept for the reserved platforms' calls")]
+    Reserved,
 }
 
 /// The free list of port pairs.
@@ -101,6 +103,18 @@ impl PortPool {
     /// or held elsewhere, or the process has no file descriptor left, which no other port
     /// would change.
     pub fn allocate(self: &Arc<Self>) -> Result<LegSockets, PortShortage> {
+        self.allocate_leaving(0)
+    }
+
+    /// As [`PortPool::allocate`], but only while more than `kept` pairs are free (the
+    /// reserved platforms' pairs).
+    ///
+    /// # Errors
+    /// [`PortShortage::Reserved`] when only the kept pairs are left; else as `allocate`.
+    pub fn allocate_leaving(self: &Arc<Self>, kept: usize) -> Result<LegSockets, PortShortage> {
+        if kept > 0 && self.available() <= kept {
+            return Err(PortShortage::Reserved);
+        }
         let attempts = self.available();
         for _ in 0..attempts {
             let Some(port) = self.lock().pop_front() else {
@@ -186,6 +200,18 @@ mod tests {
         drop(a);
         assert_eq!(pool.available(), 1);
         assert!(pool.allocate().is_ok());
+    }
+
+    /// A call outside the reserve leaves the kept pairs; a reserved platform's call takes them.
+    #[test]
+    fn kept_pairs_are_left_to_the_reserve() {
+        let metrics = Arc::new(Metrics::new());
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), [31201, 31208], metrics);
+        let first = pool.allocate_leaving(2);
+        assert!(first.is_ok());
+        assert_eq!(pool.allocate_leaving(2).err(), Some(PortShortage::Reserved));
+        let kept = [pool.allocate(), pool.allocate()];
+        assert!(kept.iter().all(Result::is_ok));
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub enum Counter {
     TransactionsTotal,
     TransactionTimeouts,
     CallsRefusedOverload,
+    /// New calls refused (503) because only the reserved platforms' calls or ports were left.
+    CallsRefusedReserve,
     /// New INVITEs answered 503 statelessly because they queued too long (overload control).
     SipShedOverload,
     TransfersRequested,
@@ -105,7 +107,7 @@ pub enum Counter {
     SiprecFailures,
 }
 
-pub(super) const COUNTERS: [(Counter, &str, &str); 63] = [
+pub(super) const COUNTERS: [(Counter, &str, &str); 64] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -155,6 +157,11 @@ pub(super) const COUNTERS: [(Counter, &str, &str); 63] = [
         Counter::CallsRefusedOverload,
         "hotline_calls_refused_overload_total",
         "INVITEs answered 503 for lack of call slots or media ports",
+    ),
+    (
+        Counter::CallsRefusedReserve,
+        "hotline_calls_refused_reserve_total",
+        "new calls refused (503) because only the calls and media ports reserved for a platform ([[platform]] reserved_calls) were left",
     ),
     (
         Counter::SipShedOverload,
@@ -427,6 +434,10 @@ pub(super) const COUNTERS: [(Counter, &str, &str); 63] = [
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gauge {
     CallsActive,
+    /// Calls to or from a reserved platform in progress.
+    ReservedCallsActive,
+    /// The calls the platforms keep (`reserved_calls`, together).
+    ReservedCalls,
     TransactionsActive,
     MediaPortsInUse,
     ConferencesActive,
@@ -440,7 +451,7 @@ pub enum Gauge {
     RecordingFull,
 }
 
-pub(super) const GAUGES: [(Gauge, &str, &str); 10] = [
+pub(super) const GAUGES: [(Gauge, &str, &str); 12] = [
     (
         Gauge::CallsActive,
         "hotline_calls_active",
@@ -450,6 +461,16 @@ pub(super) const GAUGES: [(Gauge, &str, &str); 10] = [
         Gauge::TransactionsActive,
         "hotline_sip_transactions_active",
         "SIP transactions in progress",
+    ),
+    (
+        Gauge::ReservedCallsActive,
+        "hotline_reserve_calls_active",
+        "calls to or from a platform with reserved_calls in progress",
+    ),
+    (
+        Gauge::ReservedCalls,
+        "hotline_reserve_calls",
+        "the calls of sip.max_calls the platforms keep for themselves (reserved_calls together)",
     ),
     (
         Gauge::MediaPortsInUse,

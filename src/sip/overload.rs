@@ -6,7 +6,18 @@
 //! smallest queueing delay seen over an interval stayed above the target, the queue is standing.
 //! Sans-IO: the endpoint reports each message's queueing delay with the current time.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use crate::sip::message::Request;
+
+/// Which new calls overload control never sheds: those to or from a platform that keeps a
+/// reserve of calls (`[[platform]] reserved_calls`, the lane kept for 110). The policy is the
+/// gateway's (routes and peers); the transaction layer only asks.
+pub trait Priority: Send + Sync {
+    /// Whether the initial INVITE `request` from `source` is such a call.
+    fn is_priority(&self, request: &Request, source: SocketAddr) -> bool;
+}
 
 /// How long a window of observed delays is (CoDel's interval).
 const INTERVAL: Duration = Duration::from_millis(100);

@@ -292,6 +292,13 @@ impl Endpoint {
         self
     }
 
+    /// Calls overload control never sheds ([`crate::sip::overload::Priority`]).
+    #[must_use]
+    pub fn with_priority(mut self, priority: Arc<dyn crate::sip::overload::Priority>) -> Endpoint {
+        self.layer = self.layer.with_priority(priority);
+        self
+    }
+
     /// The option tags requests may Require (`timer` with session timers on); a request
     /// requiring any other gets 420 Bad Extension with Unsupported (§8.2.2.3).
     #[must_use]

@@ -95,7 +95,12 @@ impl<O: Clone> TransactionLayer<O> {
         }
         let out_of_dialog = request.to().is_some_and(|to| to.tag().is_none());
         let initial_invite = request.method == Method::Invite && out_of_dialog;
-        if initial_invite && self.overload.should_shed(waited) {
+        let priority = |request: &Request| {
+            self.priority
+                .as_ref()
+                .is_some_and(|p| p.is_priority(request, source))
+        };
+        if initial_invite && self.overload.should_shed(waited) && !priority(&request) {
             self.metrics.increment(Counter::SipShedOverload);
             self.answer_statelessly(&request, source, flow, answers::overloaded(&request));
             return;

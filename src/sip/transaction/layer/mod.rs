@@ -138,6 +138,8 @@ pub struct TransactionLayer<O> {
     deadlines: BinaryHeap<Reverse<(Instant, TimerOwner)>>,
     next_server: u64,
     overload: OverloadDetector,
+    /// Initial INVITEs overload control never sheds (a reserved platform's calls).
+    priority: Option<Arc<dyn crate::sip::overload::Priority>>,
     supported: Vec<&'static str>,
     max_transactions: usize,
     /// Digest authentication of peers that have credentials ([`TransactionLayer::with_auth`]).
@@ -179,6 +181,7 @@ impl<O: Clone> TransactionLayer<O> {
             deadlines: BinaryHeap::new(),
             next_server: 1,
             overload: OverloadDetector::new(Duration::MAX),
+            priority: None,
             supported: Vec::new(),
             max_transactions: usize::MAX,
             auth: None,
@@ -196,6 +199,17 @@ impl<O: Clone> TransactionLayer<O> {
     #[must_use]
     pub fn with_overload_delay(mut self, delay: Duration) -> TransactionLayer<O> {
         self.overload = OverloadDetector::new(delay);
+        self
+    }
+
+    /// Calls overload control never sheds ([`crate::sip::overload::Priority`]): they still
+    /// meet admission's limits.
+    #[must_use]
+    pub fn with_priority(
+        mut self,
+        priority: Arc<dyn crate::sip::overload::Priority>,
+    ) -> TransactionLayer<O> {
+        self.priority = Some(priority);
         self
     }
 

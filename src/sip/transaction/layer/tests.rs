@@ -374,6 +374,54 @@ fn under_a_standing_queue_new_invites_are_shed_statelessly() {
     assert_eq!(metrics.counter(Counter::SipShedOverload), 1);
 }
 
+/// A reserved platform's call (the lane kept for 110) is never shed: it goes on to admission.
+#[test]
+fn under_a_standing_queue_a_priority_invite_is_not_shed() {
+    struct To110;
+    impl crate::sip::overload::Priority for To110 {
+        fn is_priority(&self, request: &Request, _source: SocketAddr) -> bool {
+            request.call_id() == "to110@test"
+        }
+    }
+    let t0 = Instant::now();
+    let (layer, metrics) = layer(t0);
+    let mut layer = layer
+        .with_overload_delay(Duration::from_millis(50))
+        .with_priority(Arc::new(To110));
+    for (n, at) in [0, 100, 200].into_iter().enumerate() {
+        let now = ms(t0, at + 80);
+        let options = in_call(
+            request("OPTIONS", &format!("z9hG4bKo{n}"), n as u32 + 1, None, ""),
+            &format!("options{n}@test"),
+        );
+        layer.handle_request(now, options, arrival(ms(t0, at)), None, &no_dialogs());
+    }
+    let _ = (sent(&mut layer), events(&mut layer));
+    let late = |branch: &str, call_id: &str| in_call(invite(branch), call_id);
+    layer.handle_request(
+        ms(t0, 380),
+        late("z9hG4bKa", "to12345@test"),
+        arrival(ms(t0, 300)),
+        None,
+        &no_dialogs(),
+    );
+    layer.handle_request(
+        ms(t0, 381),
+        late("z9hG4bKb", "to110@test"),
+        arrival(ms(t0, 300)),
+        None,
+        &no_dialogs(),
+    );
+    let answers = sent(&mut layer);
+    assert_eq!(
+        answers.iter().filter(|a| a.contains("503")).count(),
+        1,
+        "{answers:?}"
+    );
+    assert_eq!(events(&mut layer).len(), 1, "the call to 110 goes on");
+    assert_eq!(metrics.counter(Counter::SipShedOverload), 1);
+}
+
 #[test]
 fn a_peer_with_credentials_is_challenged_before_its_call_is_handed_up() {
     let t0 = Instant::now();
