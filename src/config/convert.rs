@@ -102,8 +102,48 @@ impl From<&RouteConfig> for Route {
             number: config.number.pattern().clone(),
             peers: config.peers.clone(),
             record: config.record,
+            schedule: crate::routing::schedule::Schedule::new(
+                config.hours.clone(),
+                config.days.clone(),
+            ),
         }
     }
+}
+
+impl crate::config::RoutingConfig {
+    /// The calendar (checked by `--check`: what does not read is left out here).
+    pub fn calendar(&self) -> crate::routing::schedule::Calendar {
+        let days = |dates: &[String]| -> Vec<i64> {
+            dates.iter().filter_map(|date| date_days(date)).collect()
+        };
+        crate::routing::schedule::Calendar::new(
+            utc_offset_minutes(&self.utc_offset).unwrap_or(8 * 60),
+            days(&self.holidays),
+            days(&self.workdays),
+        )
+    }
+}
+
+/// `+08:00`, `-05:30`, `+00:00` as minutes east of UTC.
+pub(super) fn utc_offset_minutes(text: &str) -> Option<i32> {
+    let sign = match text.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let (hours, minutes) = text.get(1..)?.split_once(':')?;
+    let (hours, minutes): (i32, i32) = (hours.parse().ok()?, minutes.parse().ok()?);
+    ((0..=14).contains(&hours) && (0..60).contains(&minutes))
+        .then_some(sign * (hours * 60 + minutes))
+}
+
+/// `2026-10-01` as days since 1970-01-01.
+pub(super) fn date_days(text: &str) -> Option<i64> {
+    let mut parts = text.trim().splitn(3, '-');
+    let year = parts.next()?.parse().ok()?;
+    let month = parts.next()?.parse().ok()?;
+    let day = parts.next()?.parse().ok()?;
+    crate::calendar::days_from_civil(year, month, day)
 }
 
 impl From<&Config> for Router {
@@ -120,6 +160,7 @@ impl From<&Config> for Router {
             .collect();
         Router::new(peers, config.routes.iter().map(Route::from).collect())
             .with_interface_names(config.interfaces.iter().map(|i| i.name.clone()))
+            .with_calendar(config.routing.calendar())
     }
 }
 

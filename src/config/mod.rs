@@ -84,6 +84,9 @@ pub struct Config {
     /// `[announcements]`: prompts the operator recorded, played in place of tones.
     #[serde(default)]
     pub announcements: AnnouncementsConfig,
+    /// `[routing]`: the local time and days the routes' `hours` and `days` are read in.
+    #[serde(default)]
+    pub routing: RoutingConfig,
 }
 
 /// `[announcements]`: WAV files (8000 Hz, mono, 16-bit PCM or G.711 A-law/µ-law, 20 ms to
@@ -582,6 +585,44 @@ pub struct RouteConfig {
     /// With `[recording]`: false and calls to this number are not recorded (default true).
     #[serde(default = "yes")]
     pub record: bool,
+    /// Local times the route applies (`"08:30-17:30"`; `"22:00-06:00"` runs over midnight);
+    /// default: all day. Of the routes for one number, the first that applies is taken.
+    #[serde(default)]
+    pub hours: Vec<crate::routing::schedule::TimeWindow>,
+    /// Days the route applies: `mon` ... `sun`, `workday` (Monday to Friday but the
+    /// holidays, and the make-up working days), `restday` (the rest); default: every day.
+    #[serde(default)]
+    pub days: Vec<crate::routing::schedule::Day>,
+}
+
+/// `[routing]`: the operator's calendar for routes with `hours` or `days`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Local time as an offset from UTC, `+08:00` (China Standard Time, the default: China
+    /// keeps no daylight saving time).
+    #[serde(default = "default_utc_offset")]
+    pub utc_offset: String,
+    /// Dates (`2026-10-01`) off although weekdays: not `workday`s.
+    #[serde(default)]
+    pub holidays: Vec<String>,
+    /// Dates worked although at a weekend (调休): `workday`s.
+    #[serde(default)]
+    pub workdays: Vec<String>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> RoutingConfig {
+        RoutingConfig {
+            utc_offset: default_utc_offset(),
+            holidays: Vec::new(),
+            workdays: Vec::new(),
+        }
+    }
+}
+
+fn default_utc_offset() -> String {
+    "+08:00".into()
 }
 
 /// A route's `number`, as written (two routes are told apart by it) and as the pattern it is.

@@ -727,3 +727,47 @@ fn reserved_calls_leave_room_for_the_rest() {
         Err(e) => assert!(e.to_string().contains("platform.reserved_calls"), "{e}"),
     }
 }
+
+/// Routes by time: `hours` and `days` read; of two routes for one number the first may have a
+/// schedule; `[routing]` names what does not read.
+#[test]
+fn routes_by_time_are_read_and_checked() {
+    let seats = "\n[[route]]\nnumber = \"12399\"\npeers = [\"hotline\"]\nhours = [\"08:30-17:30\"]\ndays = [\"workday\"]\n\
+                 \n[[route]]\nnumber = \"12399\"\npeers = [\"police\"]\n";
+    let text = sample() + seats + "\n[routing]\nutc_offset = \"+08:00\"\nholidays = [\"2026-10-01\"]\nworkdays = [\"2026-10-10\"]\n";
+    match Config::parse(Path::new("test.toml"), &text) {
+        Ok(config) => {
+            let router = crate::routing::Router::from(&config);
+            // Thursday 2026-10-01 09:00 in Beijing: a holiday, so the second route.
+            let holiday =
+                (crate::calendar::days_from_civil(2026, 10, 1).unwrap() * 1440 + 60) * 60_000;
+            let first = router
+                .route_at("12399", holiday)
+                .and_then(|p| p.first().map(|p| p.name.clone()));
+            assert_eq!(first.as_deref(), Some("police"));
+        }
+        Err(e) => panic!("{e}"),
+    }
+    let refused = [
+        (
+            sample() + "\n[[route]]\nnumber = \"12399\"\npeers = [\"hotline\"]\n\n[[route]]\nnumber = \"12399\"\npeers = [\"police\"]\n",
+            "never would",
+        ),
+        (sample() + seats + "\n[routing]\nutc_offset = \"CST\"\n", "routing.utc_offset"),
+        (sample() + seats + "\n[routing]\nholidays = [\"2026-02-30\"]\n", "routing.holidays"),
+        (
+            sample() + "\n[[route]]\nnumber = \"12399\"\npeers = [\"hotline\"]\nhours = [\"8-17\"]\n",
+            "08:30-17:30",
+        ),
+        (
+            sample() + "\n[[route]]\nnumber = \"12399\"\npeers = [\"hotline\"]\ndays = [\"weekend\"]\n",
+            "restday",
+        ),
+    ];
+    for (text, reason) in refused {
+        match Config::parse(Path::new("test.toml"), &text) {
+            Ok(_) => panic!("accepted: {reason}"),
+            Err(e) => assert!(e.to_string().contains(reason), "{e}"),
+        }
+    }
+}

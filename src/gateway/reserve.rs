@@ -94,6 +94,7 @@ mod tests {
             number: crate::routing::NumberPattern::Exact(number.into()),
             peers: vec![to.into()],
             record: true,
+            schedule: Default::default(),
         };
         Arc::new(Router::new(
             vec![

@@ -36,6 +36,7 @@ pub enum DiversionHeader {
 pub mod charset;
 pub mod credentials;
 pub mod health;
+pub mod schedule;
 
 use charset::Charset;
 
@@ -190,6 +191,9 @@ pub struct Route {
     pub peers: Vec<String>,
     /// Calls to the number are recorded (with `[recording]`).
     pub record: bool,
+    /// When the route applies (always by default): of the routes for a number, the first
+    /// that applies now is taken.
+    pub schedule: schedule::Schedule,
 }
 
 /// An IP network (`198.51.100.0/24`, `2001:db8::/32`, or one address).
@@ -378,8 +382,13 @@ pub struct Router {
     peers: Vec<Arc<Peer>>,
     by_address: HashMap<SocketAddr, Arc<Peer>>,
     by_ip: HashMap<IpAddr, Arc<Peer>>,
-    exact: HashMap<String, Vec<Arc<Peer>>>,
-    patterns: Vec<(NumberPattern, Vec<Arc<Peer>>)>,
+    /// Each exact number's routes in file order, each when it applies.
+    exact: HashMap<String, Vec<TimedRoute>>,
+    patterns: Vec<(NumberPattern, schedule::Schedule, Vec<Arc<Peer>>)>,
+    /// The operator's local time and days, for the routes' schedules.
+    calendar: schedule::Calendar,
+    /// Unix ms now: the system clock, or a test's.
+    clock: schedule::Clock,
     /// The routes with `record = false`.
     unrecorded: Vec<NumberPattern>,
     /// The interfaces' names by [`InterfaceId`] (the default's first), for records and logs.
@@ -402,8 +411,23 @@ impl Router {
             .map_or("default", String::as_str)
     }
 
+    /// The operator's calendar (`[routing]`) for the routes' schedules.
+    #[must_use]
+    pub fn with_calendar(mut self, calendar: schedule::Calendar) -> Router {
+        self.calendar = calendar;
+        self
+    }
+
+    /// Reads the time from `clock` (Unix ms) instead of the system's: a test's fake clock.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Fn() -> i64 + Send + Sync>) -> Router {
+        self.clock = schedule::Clock(clock);
+        self
+    }
+
     /// Builds the tables. A route's peer that is none of `peers` is skipped (validation
-    /// refuses such a configuration). Of two routes for one exact number, the later wins.
+    /// refuses such a configuration). Routes for one number are kept in file order, each
+    /// with its schedule.
     pub fn new(peers: Vec<Peer>, routes: Vec<Route>) -> Router {
         let peers: Vec<Arc<Peer>> = peers.into_iter().map(Arc::new).collect();
         let by_name: HashMap<&str, Arc<Peer>> = peers
@@ -435,10 +459,11 @@ impl Router {
                 .filter_map(|name| by_name.get(name.as_str()).cloned())
                 .collect();
             match route.number {
-                NumberPattern::Exact(number) => {
-                    exact.insert(number, targets);
-                }
-                pattern => patterns.push((pattern, targets)),
+                NumberPattern::Exact(number) => exact
+                    .entry(number)
+                    .or_insert_with(Vec::new)
+                    .push((route.schedule, targets)),
+                pattern => patterns.push((pattern, route.schedule, targets)),
             }
         }
         Router {
@@ -449,6 +474,12 @@ impl Router {
             patterns,
             unrecorded,
             interfaces: vec!["default".to_string()],
+            calendar: schedule::Calendar::default(),
+            clock: schedule::Clock(Arc::new(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64)
+            })),
         }
     }
 
@@ -527,15 +558,26 @@ impl Router {
             .collect()
     }
 
-    /// The peers to try, in order, for a dialled number, up or down.
+    /// The peers to try, in order, for a dialled number, up or down: of its routes, the
+    /// first that applies now (exact numbers before patterns).
     pub fn route(&self, number: &str) -> Option<&[Arc<Peer>]> {
-        if let Some(peers) = self.exact.get(number) {
+        self.route_at(number, (self.clock.0)())
+    }
+
+    /// As [`Router::route`], at `unix_ms`.
+    pub fn route_at(&self, number: &str, unix_ms: i64) -> Option<&[Arc<Peer>]> {
+        let open = |schedule: &schedule::Schedule| schedule.is_open(&self.calendar, unix_ms);
+        if let Some((_, peers)) = self
+            .exact
+            .get(number)
+            .and_then(|routes| routes.iter().find(|(schedule, _)| open(schedule)))
+        {
             return Some(peers);
         }
         self.patterns
             .iter()
-            .find(|(pattern, _)| pattern.matches(number))
-            .map(|(_, peers)| peers.as_slice())
+            .find(|(pattern, schedule, _)| pattern.matches(number) && open(schedule))
+            .map(|(_, _, peers)| peers.as_slice())
     }
 
     /// Whether calls to `number` may be recorded: no route for it says `record = false`.
@@ -554,6 +596,9 @@ impl Router {
         &self.peers
     }
 }
+
+/// A route's peers and when it applies.
+type TimedRoute = (schedule::Schedule, Vec<Arc<Peer>>);
 
 /// `::ffff:a.b.c.d` -> `a.b.c.d`, so a dual-stack socket still finds IPv4 peers.
 pub fn canonical(address: SocketAddr) -> SocketAddr {
@@ -593,6 +638,7 @@ mod tests {
                 number: NumberPattern::parse(number).unwrap_or_else(|e| panic!("{number}: {e}")),
                 peers: peers.iter().map(|p| p.to_string()).collect(),
                 record: true,
+                schedule: Default::default(),
             })
             .collect();
         Router::new(peers, routes)

@@ -52,6 +52,7 @@ fn contract_router(police_srtp: SrtpMode) -> Router {
         number: crate::routing::NumberPattern::Exact(number.into()),
         peers: vec![to.into()],
         record: true,
+        schedule: Default::default(),
     };
     Router::new(
         vec![

@@ -24,6 +24,7 @@ fn settings_with_police_network() -> Arc<CallSettings> {
         number: crate::routing::NumberPattern::Exact(number.into()),
         peers: vec![to.into()],
         record: true,
+        schedule: Default::default(),
     };
     let router = Router::new(
         vec![

@@ -16,6 +16,8 @@ const REGISTER_EXPIRES_SECS: std::ops::RangeInclusive<u32> = 2..=86_400;
 /// Builds the [`ConfigError::Invalid`] for a key and a reason, the file already named.
 type Invalid<'a> = &'a dyn Fn(String, String) -> ConfigError;
 
+mod recording;
+
 impl Config {
     /// Reads, parses and validates `path`.
     ///
@@ -76,73 +78,6 @@ impl Config {
         self.check_hotkeys(&invalid)?;
         self.check_recording(&invalid, &names)?;
         self.check_announcements(&invalid)?;
-        Ok(())
-    }
-
-    /// Checks `[recording]`.
-    fn check_recording(&self, invalid: Invalid, peers: &HashSet<&str>) -> Result<(), ConfigError> {
-        let Some(recording) = &self.recording else {
-            return Ok(());
-        };
-        if recording.path.as_os_str().is_empty() {
-            return Err(invalid(
-                "recording.path".into(),
-                "must name a directory".into(),
-            ));
-        }
-        for (key, value) in [
-            (
-                "recording.retention_days",
-                recording.retention_days.map(u64::from),
-            ),
-            ("recording.max_disk_mb", recording.max_disk_mb),
-            ("recording.min_free_mb", recording.min_free_mb),
-        ] {
-            if value == Some(0) {
-                return Err(invalid(
-                    key.into(),
-                    "must be at least 1 (leave it out for none)".into(),
-                ));
-            }
-        }
-        if let Some(siprec) = &recording.siprec {
-            if !peers.contains(siprec.as_str()) {
-                return Err(invalid(
-                    "recording.siprec".into(),
-                    format!("no [[peer]] is named \"{siprec}\""),
-                ));
-            }
-            // The recording streams go as plain RTP: a peer that must have SRTP would get
-            // the calls' audio in clear.
-            let mandatory = self
-                .peers
-                .iter()
-                .any(|p| p.name == *siprec && p.srtp == crate::routing::SrtpMode::Mandatory);
-            if mandatory {
-                return Err(invalid(
-                    "recording.siprec".into(),
-                    format!(
-                        "peer \"{siprec}\" has srtp = \"mandatory\"; the recording streams are sent as RTP (no SRTP to a recording server yet)"
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Checks `[announcements]`: each file is read and must be a prompt.
-    fn check_announcements(&self, invalid: Invalid) -> Result<(), ConfigError> {
-        let announcements = &self.announcements;
-        if announcements.gap_ms > 60_000 {
-            return Err(invalid(
-                "announcements.gap_ms".into(),
-                "must be at most 60000".into(),
-            ));
-        }
-        if let Some(path) = &announcements.transfer {
-            crate::media::prompt::Prompt::load(path, announcements.gap_ms)
-                .map_err(|error| invalid("announcements.transfer".into(), error.to_string()))?;
-        }
         Ok(())
     }
 
@@ -743,13 +678,23 @@ impl Config {
 
     /// Each route's number (unique as written) and the peers it names.
     fn check_routes(&self, invalid: Invalid, names: &HashSet<&str>) -> Result<(), ConfigError> {
+        self.check_routing(invalid)?;
+        // Numbers whose routes so far all have hours or days: another may follow.
         let mut numbers = HashSet::new();
+        let mut always = HashSet::new();
         for (index, route) in self.routes.iter().enumerate() {
-            if !numbers.insert(route.number.text()) {
+            let number = route.number.text();
+            if always.contains(number) {
                 return Err(invalid(
                     format!("route[{index}].number"),
-                    format!("duplicate route for {:?}", route.number.text()),
+                    format!(
+                        "duplicate route for {number:?}: an earlier one applies at all times, so this one never would (give the earlier one hours or days)"
+                    ),
                 ));
+            }
+            numbers.insert(number);
+            if route.hours.is_empty() && route.days.is_empty() {
+                always.insert(number);
             }
             if route.peers.is_empty() {
                 return Err(invalid(
@@ -778,6 +723,29 @@ impl Config {
                         ),
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `[routing]`: the offset and the dates read.
+    fn check_routing(&self, invalid: Invalid) -> Result<(), ConfigError> {
+        let routing = &self.routing;
+        if convert::utc_offset_minutes(&routing.utc_offset).is_none() {
+            return Err(invalid(
+                "routing.utc_offset".into(),
+                format!("{:?} is not an offset like \"+08:00\"", routing.utc_offset),
+            ));
+        }
+        for (key, dates) in [
+            ("routing.holidays", &routing.holidays),
+            ("routing.workdays", &routing.workdays),
+        ] {
+            if let Some(date) = dates.iter().find(|date| convert::date_days(date).is_none()) {
+                return Err(invalid(
+                    key.into(),
+                    format!("{date:?} is not a date like \"2026-10-01\""),
+                ));
             }
         }
         Ok(())
