@@ -835,3 +835,68 @@ async fn the_lane_kept_for_110_takes_its_call_when_12345_has_filled_the_rest() {
         Some(0.0)
     );
 }
+
+/// `[announcements] no_desk`: when every desk of the route is busy, the caller hears the
+/// operator's recording once as early media (183 with SDP; here a 660 Hz test prompt of
+/// 400 ms, in the caller's codec, PCMU), and only then the busy answer.
+#[tokio::test]
+async fn a_caller_whose_route_has_no_desk_hears_the_announcement_then_the_failure() {
+    const PROMPT_HZ: f64 = 660.0;
+    let prompts = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = prompts.path().join("no_desk.wav");
+    let samples: Vec<i16> = (0..3200)
+        .map(|n| {
+            let t = f64::from(n) / 8000.0;
+            (8000.0 * (2.0 * std::f64::consts::PI * PROMPT_HZ * t).sin()) as i16
+        })
+        .collect();
+    std::fs::write(&path, hotline_gateway::media::prompt::wav_bytes(&samples))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = Ua::bind("hotline", LOCALHOST).await;
+    let gateway = Gateway::start_with_tables(
+        &[
+            ("carrier", citizen.address, ""),
+            ("hotline", agent.address, "platform = \"12345\""),
+        ],
+        &[("12345", &["hotline"])],
+        "",
+        "",
+        &format!("\n[announcements]\nno_desk = \"{}\"\n", path.display()),
+    )
+    .await;
+    citizen.set_gateway(gateway.sip);
+    agent.set_gateway(gateway.sip);
+    let rtp = RtpPeer::bind(LOCALHOST).await;
+    let invite = citizen.invite(
+        "12345",
+        "13800138000",
+        &sdp(rtp.address, &[0], "sendrecv"),
+        "",
+    );
+    citizen.send_request(&invite).await;
+    let offered = agent.expect_request("INVITE").await;
+    agent
+        .send_response(&agent.answer(&offered, 486, None))
+        .await;
+    let progress = citizen.expect_response("INVITE", 183).await;
+    assert!(progress.sdp().is_some(), "early media needs our SDP");
+    // The whole prompt, then the busy answer.
+    let mut heard = Vec::new();
+    while heard.len() < samples.len() {
+        let packet = rtp.recv().await;
+        assert_eq!(packet.payload_type, 0, "the caller's codec");
+        heard.extend(
+            packet
+                .payload
+                .iter()
+                .map(|c| hotline_gateway::media::g711::ulaw_to_linear(*c)),
+        );
+    }
+    assert!(common::tone_level(&heard, PROMPT_HZ) > 6000.0);
+    let busy = citizen.expect_response("INVITE", 486).await;
+    citizen.send_request(&ack_for_non_2xx(&invite, &busy)).await;
+    let record = gateway.ended_record(invite.call_id()).await;
+    assert_eq!(record.final_status, Some(486));
+    assert_eq!(record.answered_at, None, "nothing was answered");
+}

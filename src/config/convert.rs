@@ -427,7 +427,12 @@ impl Config {
             conference_max_parties: sip.conference_max_parties,
             conference_ends_with_caller: sip.conference_ends_with_caller,
             session_timers: sip.session_timers(),
-            transfer_announcement: self.announcements.transfer_prompt(),
+            transfer_announcement: self
+                .announcements
+                .prompt("transfer", &self.announcements.transfer),
+            no_desk_announcement: self
+                .announcements
+                .prompt("no_desk", &self.announcements.no_desk),
         }
     }
 
@@ -490,14 +495,18 @@ impl super::RecordingConfig {
 }
 
 impl crate::config::AnnouncementsConfig {
-    /// The transfer announcement, read from its file (checked by `--check`; a file gone
-    /// since is logged and the ringback tone played instead).
-    pub fn transfer_prompt(&self) -> Option<crate::media::prompt::Prompt> {
-        let path = self.transfer.as_ref()?;
+    /// The announcement `key` at `path`, read from its file (checked by `--check`; a file
+    /// gone since is logged and the tone or the plain failure goes instead).
+    pub fn prompt(
+        &self,
+        key: &str,
+        path: &Option<std::path::PathBuf>,
+    ) -> Option<crate::media::prompt::Prompt> {
+        let path = path.as_ref()?;
         match crate::media::prompt::Prompt::load(path, self.gap_ms) {
             Ok(prompt) => Some(prompt),
             Err(error) => {
-                tracing::error!(%error, "announcements.transfer not played: ringback instead");
+                tracing::error!(%error, key, "announcement not played");
                 None
             }
         }

@@ -99,6 +99,11 @@ pub struct AnnouncementsConfig {
     /// (e.g. "正在为您转接110，请勿挂机"), repeated; without it, the ringback tone.
     #[serde(default)]
     pub transfer: Option<PathBuf>,
+    /// Played once to a caller whose route has no desk left (every peer busy, unavailable
+    /// or failed), as early media before the failure (e.g. "坐席忙，请稍后再拨"); without it,
+    /// the failure at once.
+    #[serde(default)]
+    pub no_desk: Option<PathBuf>,
     /// Silence between two plays of an announcement, in ms (default 1000; at most 60000).
     #[serde(default = "default_announcement_gap_ms")]
     pub gap_ms: u32,

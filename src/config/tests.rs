@@ -684,7 +684,10 @@ fn announcement_files_are_checked() {
     };
     match Config::parse(Path::new("test.toml"), &with(&good, "gap_ms = 500\n")) {
         Ok(config) => {
-            let prompt = config.announcements.transfer_prompt().unwrap();
+            let announcements = &config.announcements;
+            let prompt = announcements
+                .prompt("transfer", &announcements.transfer)
+                .unwrap();
             assert_eq!(prompt.duration_ms(), 1000);
         }
         Err(e) => panic!("{e}"),

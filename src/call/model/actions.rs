@@ -53,6 +53,9 @@ pub struct CallSettings {
     /// `[announcements] transfer`: played to a citizen waiting for a transfer target with no
     /// agent left (None: the ringback tone).
     pub transfer_announcement: Option<crate::media::prompt::Prompt>,
+    /// `[announcements] no_desk`: played once to a caller whose route has no desk left,
+    /// before the failure (None: the failure at once).
+    pub no_desk_announcement: Option<crate::media::prompt::Prompt>,
 }
 
 impl CallSettings {

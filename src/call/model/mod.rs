@@ -103,13 +103,16 @@ enum Timer {
     HotkeyDigits,
     /// Give up waiting for answers to our BYE/CANCEL.
     Cleanup,
+    /// The no-desk announcement has played: the route's failure goes to the caller.
+    Announcement,
 }
 
-const TIMERS: [Timer; 4] = [
+const TIMERS: [Timer; 5] = [
     Timer::SessionA,
     Timer::SessionB,
     Timer::HotkeyDigits,
     Timer::Cleanup,
+    Timer::Announcement,
 ];
 
 /// The caller's INVITE transaction (leg A's first party, whoever holds the leg later).
@@ -173,6 +176,8 @@ pub struct Call {
     outcome: Option<Outcome>,
     /// The party whose re-INVITE without SDP we answered with an offer: its ACK answers it.
     offer_in_2xx: Option<Party>,
+    /// The route's failure, held while the caller hears the no-desk announcement.
+    no_desk: Option<(u16, String)>,
     actions: VecDeque<Action>,
 }
 
@@ -269,6 +274,7 @@ impl Call {
             conferencing: false,
             outcome: None,
             offer_in_2xx: None,
+            no_desk: None,
             actions: VecDeque::new(),
             settings,
         };
@@ -485,6 +491,7 @@ impl Call {
                         self.finish();
                     }
                 }
+                Timer::Announcement => self.no_desk_announced(),
             }
         }
         if self.state == State::Done {

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::media::prompt::Announcement;
 use crate::media::{Leg, MediaCommand};
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{self, Response};
@@ -15,7 +16,7 @@ use crate::sip::target::Target;
 use super::challenge::outbound;
 use super::dialogs::leg_media;
 use super::fork::{Attempt, Failure, ForkTimeout, Progress};
-use super::{Action, Call, EndedBy, State, ALLOW};
+use super::{Action, Call, EndedBy, State, Timer, ALLOW};
 
 impl Call {
     pub(super) fn start(&mut self, now: Instant) {
@@ -318,17 +319,57 @@ impl Call {
             self.try_peer(now, next);
             return;
         }
-        let ended_by = if failure.status == 487 {
+        if self.announce_no_desk(now, &failure) {
+            return;
+        }
+        self.fail_setup(failure.status, &failure.reason);
+    }
+
+    /// The route is exhausted: `status` to the caller.
+    fn fail_setup(&mut self, status: u16, reason: &str) {
+        let ended_by = if status == 487 {
             EndedBy::Caller
         } else {
             EndedBy::Callee
         };
-        self.fail_caller(
-            failure.status,
-            &failure.reason,
-            ended_by,
-            "call setup failed",
-        );
+        self.fail_caller(status, reason, ended_by, "call setup failed");
+    }
+
+    /// `[announcements] no_desk`: before the route's failure reaches the caller, the caller
+    /// hears the announcement once as early media (183 with our SDP; the failure follows it,
+    /// so nothing is answered or billed). Not for a caller whose INVITE had no offer (no
+    /// early media without one) or who cancelled.
+    fn announce_no_desk(&mut self, now: Instant, failure: &Failure) -> bool {
+        let Some(prompt) = self.settings.no_desk_announcement.clone() else {
+            return false;
+        };
+        if failure.status == 487 || self.caller.finalized || self.caller.pending_offer.is_some() {
+            return false;
+        }
+        let length = std::time::Duration::from_millis(prompt.duration_ms());
+        self.respond_a(183, "Session Progress", true);
+        self.actions.push_back(Action::Media(MediaCommand::Announce(
+            self.legs[Leg::A].party,
+            Some(Announcement::Prompt(prompt)),
+        )));
+        self.no_desk = Some((failure.status, failure.reason.clone()));
+        self.arm(Timer::Announcement, Some(now + length));
+        true
+    }
+
+    /// The no-desk announcement has played: the route's failure goes to the caller.
+    pub(super) fn no_desk_announced(&mut self) {
+        let Some((status, reason)) = self.no_desk.take() else {
+            return;
+        };
+        if self.state != State::Calling || self.caller.finalized {
+            return;
+        }
+        self.actions.push_back(Action::Media(MediaCommand::Announce(
+            self.legs[Leg::A].party,
+            None,
+        )));
+        self.fail_setup(status, &reason);
     }
 
     pub(super) fn setup_timeout(&mut self, now: Instant, timeout: ForkTimeout) {

@@ -99,6 +99,7 @@ fn settings() -> Arc<CallSettings> {
         conference_ends_with_caller: true,
         session_timers: None,
         transfer_announcement: None,
+        no_desk_announcement: None,
     })
 }
 

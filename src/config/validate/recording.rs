@@ -67,9 +67,14 @@ impl Config {
                 "must be at most 60000".into(),
             ));
         }
-        if let Some(path) = &announcements.transfer {
-            crate::media::prompt::Prompt::load(path, announcements.gap_ms)
-                .map_err(|error| invalid("announcements.transfer".into(), error.to_string()))?;
+        for (key, path) in [
+            ("announcements.transfer", &announcements.transfer),
+            ("announcements.no_desk", &announcements.no_desk),
+        ] {
+            if let Some(path) = path {
+                crate::media::prompt::Prompt::load(path, announcements.gap_ms)
+                    .map_err(|error| invalid(key.into(), error.to_string()))?;
+            }
         }
         Ok(())
     }
