@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# A surge with the lane kept for 110 (`[[platform]] reserved_calls`): the gateway takes 300
+# calls at most, 60 kept for 110 (bench/surge.toml). SIPp floods 12345 at FLOOD calls/s for
+# SECS seconds, each call held HOLD_MS (far more than the 240 slots left to it), while
+# another SIPp calls 110 at TO_110 calls/s through the same gateway; then, once the flood's
+# calls are over, 12345 at NORMAL calls/s. Printed: each phase's calls, successful and
+# failed (at SIPp), and the gateway's refusals by kind. It passes when every call to 110
+# connects in the flood and every call of the normal phase does.
+#   bench/surge.sh        FLOOD (100), TO_110 (5), NORMAL (20), SECS (20), HOLD_MS (10000)
+# Not part of the test suite.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+cd "$root"
+flood="${FLOOD:-100}"; to110="${TO_110:-5}"; normal="${NORMAL:-20}"
+secs="${SECS:-20}"; hold="${HOLD_MS:-10000}"
+command -v sipp >/dev/null || { echo "needs sipp (apt-get install sip-tester)" >&2; exit 2; }
+cargo build --release --quiet
+out=bench/out/surge
+rm -rf "$out" bench/out/surge.db*
+mkdir -p "$out"
+RUST_LOG=warn timeout 3600 target/release/hotline-gateway --config bench/surge.toml \
+  2> "$out/gateway.log" &
+gw=$!
+pids=()
+cleanup() { kill -TERM "$gw" "${pids[@]}" 2>/dev/null || true; wait "$gw" 2>/dev/null || true; }
+trap cleanup EXIT
+for _ in $(seq 1 100); do
+  curl -sf http://127.0.0.1:9090/healthz >/dev/null 2>&1 && break
+  sleep 0.1
+done
+metric() { curl -s http://127.0.0.1:9090/metrics | awk -v m="$1" '$1 == m { print $2 }'; }
+# SIPp's count `column` in the last line of its statistics file.
+count() {
+  awk -F';' -v want="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == want) c = i; next }
+    { last = $c } END { print last + 0 }' "$1"
+}
+sipp -sn uas -i 127.0.0.1 -p 5080 -nostdin -timeout 600s >/dev/null 2>&1 &
+pids+=($!)
+sipp -sn uas -i 127.0.0.1 -p 5090 -nostdin -timeout 600s >/dev/null 2>&1 &
+pids+=($!)
+sleep 0.5
+uac() { # port rate calls number stats
+  sipp 127.0.0.1:5060 -sn uac -s "$4" -i 127.0.0.1 -p "$1" -r "$2" -m "$3" -l 100000 \
+    -d "$hold" -timeout 300s -nostdin -trace_stat -stf "$5" >/dev/null 2>&1 || true
+}
+flood_calls=$((flood * secs)); to110_calls=$((to110 * secs)); normal_calls=$((normal * secs))
+uac 5070 "$flood" "$flood_calls" 12345 "$out/flood.csv" &
+flood_pid=$!
+uac 5071 "$to110" "$to110_calls" 110 "$out/to110.csv" &
+to110_pid=$!
+wait "$flood_pid" "$to110_pid"
+refused_reserve=$(metric hotline_calls_refused_reserve_total)
+refused_overload=$(metric hotline_calls_refused_overload_total)
+shed=$(metric hotline_sip_shed_overload_total)
+uac 5070 "$normal" "$normal_calls" 12345 "$out/normal.csv"
+printf '%-22s %-8s %-8s %-10s %-8s\n' phase rate calls successful failed
+row() { printf '%-22s %-8s %-8s %-10s %-8s\n' "$1" "$2" "$3" \
+  "$(count "$4" 'SuccessfulCall(C)')" "$(count "$4" 'FailedCall(C)')"; }
+row "flood: to 12345" "$flood" "$flood_calls" "$out/flood.csv"
+row "flood: to 110" "$to110" "$to110_calls" "$out/to110.csv"
+row "after: to 12345" "$normal" "$normal_calls" "$out/normal.csv"
+echo "refused in the flood: reserve ${refused_reserve:-0}, no slot/ports ${refused_overload:-0}, shed by overload control ${shed:-0}"
+ok110=$(count "$out/to110.csv" 'SuccessfulCall(C)')
+oknormal=$(count "$out/normal.csv" 'SuccessfulCall(C)')
+if [ "$ok110" -eq "$to110_calls" ] && [ "$oknormal" -eq "$normal_calls" ]; then
+  echo "pass: every call to 110 connected in the flood, every call after it"
+else
+  echo "fail"
+fi
