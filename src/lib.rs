@@ -191,6 +191,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         &reserves,
         Arc::clone(&router),
     ));
+    if reserve.calls() > 0 && reserve.calls() >= max_calls {
+        // The descriptor limit held max_calls down to the reserve: only the reserved
+        // platforms' calls get through.
+        tracing::warn!(
+            max_calls,
+            reserved_calls = reserve.calls(),
+            "the calls held for the reserved platforms are all the calls this process can take: raise LimitNOFILE"
+        );
+    }
     let (manager, media_probe, blocklist) = call_manager(
         &config,
         &router,
@@ -233,6 +242,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             .as_ref()
             .map(|(recorder, _)| (recorder.clone(), Arc::clone(&router))),
         siprec,
+        reserved_port_pairs: reserve.port_pairs(),
     });
     let endpoint_stop = CancellationToken::new();
     let endpoint_task = tokio::spawn(endpoint.run(inbound, commands, endpoint_stop.clone()));

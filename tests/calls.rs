@@ -793,7 +793,7 @@ async fn the_lane_kept_for_110_takes_its_call_when_12345_has_filled_the_rest() {
     let mut citizen = Ua::bind("carrier", LOCALHOST).await;
     let mut agent = Ua::bind("hotline", LOCALHOST).await;
     let mut police = Ua::bind("police", LOCALHOST).await;
-    let gateway = Gateway::start_with_tables(
+    let mut gateway = Gateway::start_with_tables(
         &[
             ("carrier", citizen.address, ""),
             ("hotline", agent.address, "platform = \"12345\""),
@@ -834,6 +834,7 @@ async fn the_lane_kept_for_110_takes_its_call_when_12345_has_filled_the_rest() {
         gateway.metric("hotline_calls_refused_overload_total").await,
         Some(0.0)
     );
+    gateway.stop().await;
 }
 
 /// `[announcements] no_desk`: when every desk of the route is busy, the caller hears the

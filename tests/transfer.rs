@@ -1078,16 +1078,25 @@ async fn the_citizen_hears_the_transfer_announcement_while_110_rings_then_110() 
     agent.send_request(&bye).await;
     agent.expect_response("BYE", 200).await;
 
-    // 1.5 s of what the citizen hears: the prompt, its gap, the prompt again.
-    let mut heard = Vec::new();
-    let mut sequence = None;
-    while heard.len() < 75 * 160 {
+    // 1.5 s of what the citizen hears, each packet placed by its RTP timestamp (a stall of the
+    // relay skips packets rather than shift the rest): the prompt, its gap, the prompt again.
+    let mut heard = vec![0i16; 75 * 160];
+    let mut first = None;
+    let mut last_sequence: Option<u16> = None;
+    loop {
         let packet = call.caller_rtp.recv().await;
-        if let Some(last) = sequence {
-            assert_eq!(packet.sequence, u16::wrapping_add(last, 1), "one stream");
+        if let Some(last) = last_sequence {
+            assert_eq!(packet.sequence, last.wrapping_add(1), "one stream");
         }
-        sequence = Some(packet.sequence);
-        heard.extend(packet.payload.iter().map(|&c| alaw_linear(c)));
+        last_sequence = Some(packet.sequence);
+        let start = *first.get_or_insert(packet.timestamp);
+        let at = packet.timestamp.wrapping_sub(start) as usize;
+        if at + 160 > heard.len() {
+            break;
+        }
+        for (n, code) in packet.payload.iter().enumerate() {
+            heard[at + n] = alaw_linear(*code);
+        }
     }
     let ms = |n: usize| n * 8;
     let level = |from: usize, to: usize, f: f64| common::tone_level(&heard[ms(from)..ms(to)], f);

@@ -302,7 +302,9 @@ impl CallManager {
         let Some(number) = dialed_number(request, &caller_peer).filter(|n| !n.is_empty()) else {
             return Self::reply(request, 404);
         };
-        let Some(route) = self.router.route(&number) else {
+        // One reading of the clock for the whole decision (routes by time).
+        let at = self.router.now_ms();
+        let Some(route) = self.router.route_at(&number, at) else {
             tracing::info!(%number, peer = %caller_peer.name, "no route");
             return Self::reply(request, 404);
         };
@@ -339,7 +341,7 @@ impl CallManager {
                 ))
             }
         };
-        let peers = self.router.available(&number).unwrap_or_default();
+        let peers = self.router.available_at(&number, at).unwrap_or_default();
         if peers.is_empty() {
             // Every peer of the route is down: at once, not after each one's response timeout.
             self.metrics.increment(Counter::CallsRefusedPeersDown);

@@ -55,6 +55,9 @@ pub struct CallServices {
     pub recording: Option<(Recorder, Arc<crate::routing::Router>)>,
     /// `[recording] siprec`: each recorded call also goes to this recording server.
     pub siprec: Option<Arc<crate::call::siprec::SiprecSettings>>,
+    /// The media port pairs kept for the reserved platforms' calls (`reserved_calls`): what
+    /// a SIPREC session's ports leave free.
+    pub reserved_port_pairs: usize,
 }
 
 /// What admission decided about a new call, for its task.

@@ -57,14 +57,19 @@ impl Reserve {
 }
 
 impl Priority for Reserve {
+    /// Only a known peer's INVITE (through a front proxy: the peer it names) is exempt: a
+    /// stranger dialling 110 is shed like any other.
     fn is_priority(&self, request: &Request, source: SocketAddr) -> bool {
         if self.platforms.is_empty() {
             return false;
         }
-        let from = self
-            .router
-            .peer_for_source(source)
-            .is_some_and(|peer| self.reserved(&peer));
+        let Some(caller) = self.router.attributed_peer(
+            source,
+            || request.headers.get(crate::routing::FRONT_SOURCE_HEADER),
+            false,
+        ) else {
+            return false;
+        };
         let to = || {
             request
                 .uri
@@ -72,7 +77,7 @@ impl Priority for Reserve {
                 .and_then(|number| self.router.route(&number))
                 .is_some_and(|route| route.first().is_some_and(|peer| self.reserved(peer)))
         };
-        from || to()
+        self.reserved(&caller) || to()
     }
 }
 
@@ -135,5 +140,10 @@ mod tests {
         assert!(reserve.is_priority(&invite("110"), carrier));
         assert!(reserve.is_priority(&invite("12345"), police));
         assert!(!reserve.is_priority(&invite("12345"), carrier));
+        let stranger = SocketAddr::from(([192, 0, 2, 66], 5060));
+        assert!(
+            !reserve.is_priority(&invite("110"), stranger),
+            "a stranger is shed"
+        );
     }
 }

@@ -63,7 +63,9 @@ pub(super) fn begin(records: &mut Records, answered_peer: &str, services: &CallS
         return;
     };
     let pool = services.ports.of(usize::from(settings.peer.interface.0));
-    let sockets = match (pool.allocate(), pool.allocate()) {
+    // A second sink: it never takes the ports kept for the reserved platforms' calls.
+    let kept = services.reserved_port_pairs;
+    let sockets = match (pool.allocate_leaving(kept), pool.allocate_leaving(kept)) {
         (Ok(said), Ok(heard)) => [said, heard],
         (Err(shortage), _) | (_, Err(shortage)) => {
             services.metrics.increment(Counter::SiprecFailures);

@@ -13,6 +13,8 @@ use super::g711;
 /// The longest prompt: a queue announcement, not a programme.
 pub const MAX_SECONDS: usize = 120;
 const RATE: usize = 8000;
+/// The largest prompt file: the longest prompt in 16-bit PCM, and room for other chunks.
+const MAX_FILE_BYTES: u64 = (MAX_SECONDS * RATE * 2) as u64 + 65_536;
 /// The shortest: one packet.
 const MIN_SAMPLES: usize = 160;
 
@@ -58,10 +60,21 @@ impl Prompt {
     /// # Errors
     /// The file cannot be read, or is not a prompt (the reason says what is wrong with it).
     pub fn load(path: &Path, gap_ms: u32) -> Result<Prompt, PromptError> {
-        let bytes = std::fs::read(path).map_err(|source| PromptError::Read {
+        let read = |source| PromptError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        // A file pointed to by mistake (a recording, an image) is not read whole first.
+        let size = std::fs::metadata(path).map_err(read)?.len();
+        if size > MAX_FILE_BYTES {
+            return Err(PromptError::Format {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "{size} bytes; a prompt of {MAX_SECONDS} s takes at most {MAX_FILE_BYTES}"
+                ),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(read)?;
         let samples = parse(&bytes).map_err(|reason| PromptError::Format {
             path: path.to_path_buf(),
             reason,

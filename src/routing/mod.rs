@@ -22,6 +22,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+pub use cidr::{Cidr, CidrError};
+
 /// Which header records the diverting party of a transferred call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -34,6 +36,7 @@ pub enum DiversionHeader {
 }
 
 pub mod charset;
+mod cidr;
 pub mod credentials;
 pub mod health;
 pub mod schedule;
@@ -194,66 +197,6 @@ pub struct Route {
     /// When the route applies (always by default): of the routes for a number, the first
     /// that applies now is taken.
     pub schedule: schedule::Schedule,
-}
-
-/// An IP network (`198.51.100.0/24`, `2001:db8::/32`, or one address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
-
-/// Why a network could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CidrError {
-    #[error("{0:?} is no IP address")]
-    Address(String),
-    #[error("prefix length {0} is too long for the address")]
-    Prefix(String),
-}
-
-impl Cidr {
-    /// # Errors
-    /// [`CidrError`] for a bad address or prefix length.
-    pub fn parse(text: &str) -> Result<Cidr, CidrError> {
-        let (address, prefix) = match text.split_once('/') {
-            Some((address, prefix)) => (address, Some(prefix)),
-            None => (text, None),
-        };
-        let network: IpAddr = address
-            .trim()
-            .parse()
-            .map_err(|_| CidrError::Address(address.to_string()))?;
-        let bits = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => bits,
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= bits)
-                .ok_or_else(|| CidrError::Prefix(p.to_string()))?,
-        };
-        Ok(Cidr { network, prefix })
-    }
-
-    pub fn contains(&self, address: IpAddr) -> bool {
-        match (self.network, canonical(SocketAddr::new(address, 0)).ip()) {
-            (IpAddr::V4(network), IpAddr::V4(address)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(network) & mask == u32::from(address) & mask
-            }
-            (IpAddr::V6(network), IpAddr::V6(address)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(network) & mask == u128::from(address) & mask
-            }
-            _ => false,
-        }
-    }
 }
 
 /// One element of a [`NumberPattern`].
@@ -545,8 +488,18 @@ impl Router {
     /// The route's peers that are up, in order, for a dialled number: what a new call, a
     /// transfer or a conference guest tries (None: no route; empty: every peer is down).
     pub fn available(&self, number: &str) -> Option<Vec<Arc<Peer>>> {
-        self.route(number)
+        self.available_at(number, self.now_ms())
+    }
+
+    /// As [`Router::available`], at `unix_ms` (one decision, one reading of the clock).
+    pub fn available_at(&self, number: &str, unix_ms: i64) -> Option<Vec<Arc<Peer>>> {
+        self.route_at(number, unix_ms)
             .map(|peers| peers.iter().filter(|p| p.is_up()).cloned().collect())
+    }
+
+    /// The router's clock, Unix ms.
+    pub fn now_ms(&self) -> i64 {
+        (self.clock.0)()
     }
 
     /// The names of the peers found down, in file order.
@@ -561,7 +514,7 @@ impl Router {
     /// The peers to try, in order, for a dialled number, up or down: of its routes, the
     /// first that applies now (exact numbers before patterns).
     pub fn route(&self, number: &str) -> Option<&[Arc<Peer>]> {
-        self.route_at(number, (self.clock.0)())
+        self.route_at(number, self.now_ms())
     }
 
     /// As [`Router::route`], at `unix_ms`.

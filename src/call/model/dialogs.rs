@@ -127,12 +127,12 @@ impl Call {
             self.fall_back(now, leg);
         } else if self.transfer.as_ref().is_some_and(|t| t.from == leg) {
             // The agent leaves while the target rings: the citizen waits for the target,
-            // hearing ringback.
+            // hearing ringback (or the transfer announcement).
             self.legs[leg].dialog = None;
             if let Some(transfer) = self.transfer.as_mut() {
                 transfer.refer_sequence = None;
             }
-            self.ringback(Some(leg.other()));
+            self.announce_transfer(Some(leg.other()));
         } else if leg == Leg::B && self.inviting_guest() && !self.has_guests() {
             // The agent leaves while the guest it invited rings: the citizen waits for it,
             // hearing ringback, as for a transfer.

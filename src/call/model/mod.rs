@@ -165,6 +165,8 @@ pub struct Call {
     bridged: Option<DialogId>,
     /// The leg that hears our ringback (the citizen, waiting for a target with no agent left).
     ringback: Option<Leg>,
+    /// ... and it is the transfer announcement, not the tone.
+    announcing: bool,
     /// Hotkey matching of the agent's DTMF (leg B), made on the first digit.
     hotkeys: Option<HotkeyMatcher>,
     /// How the agent's last digit came: held digits are passed on the same way.
@@ -268,6 +270,7 @@ impl Call {
             failure_notify: None,
             bridged: None,
             ringback: None,
+            announcing: false,
             hotkeys: None,
             digit_transport: DigitTransport::Info(None),
             guests: Vec::new(),
@@ -610,9 +613,14 @@ impl Call {
     /// new calls, its down peers left out.
     fn route_to(&self, number: &str) -> Result<Vec<Arc<Peer>>, TransferError> {
         let router = &self.settings.router;
-        match router.available(number) {
+        let at = router.now_ms();
+        match router.available_at(number, at) {
             Some(peers) if !peers.is_empty() => Ok(peers),
-            Some(_) if router.route(number).is_some_and(|all| !all.is_empty()) => {
+            Some(_)
+                if router
+                    .route_at(number, at)
+                    .is_some_and(|all| !all.is_empty()) =>
+            {
                 Err(TransferError::PeersDown(number.to_string()))
             }
             _ => Err(TransferError::NoRoute(number.to_string())),

@@ -2152,3 +2152,38 @@ fn a_challenge_from_a_peer_without_credentials_fails_the_call() {
 
 mod challenges;
 mod interfaces;
+
+/// `[announcements] transfer`: the citizen waiting for 110 after the agent left hears the
+/// announcement; when 110 fails and the call goes back to 12345, the ringback tone instead
+/// (the announcement named the transfer that failed).
+#[test]
+fn the_transfer_announcement_is_for_the_transfer_and_the_fallback_rings() {
+    let prompt = crate::media::prompt::Prompt::from_samples(vec![100; 800], 0);
+    let mut settings = (*settings()).clone();
+    settings.transfer_announcement = Some(prompt.clone());
+    let mut h = Harness::build_with(
+        Arc::new(settings),
+        invite(OFFER, 70),
+        peer("carrier", 5070),
+        "12345",
+        vec![peer_with_platform("hotline", 5080, "12345")],
+    );
+    h.answer();
+    h.agent_sends(7, "REFER", 2, "Refer-To: <sip:110@127.0.0.1>\r\n");
+    h.respond_to_invite(180, None);
+    h.agent_sends(8, "BYE", 3, "");
+    let announced = Announcement::Prompt(prompt);
+    assert!(
+        h.sent_media(|m| matches!(m, MediaCommand::Announce(Party::A, Some(a)) if *a == announced))
+    );
+    assert!(!h.sent_media(|m| matches!(
+        m,
+        MediaCommand::Announce(Party::A, Some(Announcement::Ringback))
+    )));
+    h.respond_to_invite(486, None);
+    assert!(h.outcome().is_none(), "the citizen stays");
+    assert!(h.sent_media(|m| matches!(
+        m,
+        MediaCommand::Announce(Party::A, Some(Announcement::Ringback))
+    )));
+}

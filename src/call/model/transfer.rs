@@ -674,6 +674,10 @@ impl Call {
             Err(TransferError::InProgress)
         } else {
             self.fell_back = true;
+            // Back to the number first called: the tone, not the announcement of the
+            // transfer that failed.
+            let waiting = self.ringback;
+            self.play_to_waiting(waiting, false);
             self.start_transfer(now, from, &number, Trigger::Fallback, None)
         };
         if fallback.is_err() {
@@ -681,12 +685,24 @@ impl Call {
         }
     }
 
-    /// Ringback (or the transfer announcement) to the citizen (`to`) while it waits for a
-    /// transfer target with no agent left; `None` stops it.
+    /// Ringback to the citizen (`to`) while it waits with no agent left (a guest ringing, the
+    /// number first called again); `None` stops it.
     pub(super) fn ringback(&mut self, to: Option<Leg>) {
-        if self.ringback == to {
+        self.play_to_waiting(to, false);
+    }
+
+    /// The transfer announcement (`[announcements] transfer`; ringback without one) to the
+    /// citizen (`to`) while a transfer target rings with no agent left.
+    pub(super) fn announce_transfer(&mut self, to: Option<Leg>) {
+        self.play_to_waiting(to, true);
+    }
+
+    fn play_to_waiting(&mut self, to: Option<Leg>, announcement: bool) {
+        let prompt = announcement && self.settings.transfer_announcement.is_some();
+        if self.ringback == to && self.announcing == prompt {
             return;
         }
+        self.announcing = prompt && to.is_some();
         if let Some(leg) = std::mem::replace(&mut self.ringback, to) {
             self.actions.push_back(Action::Media(MediaCommand::Announce(
                 self.legs[leg].party,
@@ -695,8 +711,8 @@ impl Call {
         }
         if let Some(leg) = to {
             let announcement = match &self.settings.transfer_announcement {
-                Some(prompt) => Announcement::Prompt(prompt.clone()),
-                None => Announcement::Ringback,
+                Some(prompt) if announcement => Announcement::Prompt(prompt.clone()),
+                _ => Announcement::Ringback,
             };
             self.actions.push_back(Action::Media(MediaCommand::Announce(
                 self.legs[leg].party,

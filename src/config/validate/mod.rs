@@ -345,7 +345,10 @@ impl Config {
 
     /// Checks the platforms and their tokens.
     fn check_platforms(&self, invalid: Invalid) -> Result<(), ConfigError> {
-        let reserved: usize = self.platforms.iter().map(|p| p.reserved_calls).sum();
+        let reserved = self
+            .platforms
+            .iter()
+            .fold(0usize, |sum, p| sum.saturating_add(p.reserved_calls));
         if reserved > 0 && reserved >= self.sip.max_calls {
             return Err(invalid(
                 "platform.reserved_calls".into(),
@@ -354,6 +357,25 @@ impl Config {
                     self.sip.max_calls
                 ),
             ));
+        }
+        // Two port pairs a reserved call, kept in every pool.
+        let pairs = |[low, high]: [u16; 2]| usize::from(high.saturating_sub(low)) / 2;
+        let pools = std::iter::once(("media.ports".to_string(), self.media.ports)).chain(
+            self.interfaces
+                .iter()
+                .map(|i| (format!("interface {:?}", i.name), i.ports)),
+        );
+        for (pool, range) in pools {
+            if reserved > 0 && reserved.saturating_mul(2) >= pairs(range) {
+                return Err(invalid(
+                    "platform.reserved_calls".into(),
+                    format!(
+                        "{reserved} reserved calls keep {} media port pairs, and {pool} has {}: leave some for the rest",
+                        reserved.saturating_mul(2),
+                        pairs(range)
+                    ),
+                ));
+            }
         }
         for (index, platform) in self.platforms.iter().enumerate() {
             if platform.name.is_empty() {
