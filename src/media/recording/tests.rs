@@ -213,36 +213,42 @@ fn headers_are_repaired() {
     assert!(!wav::repair(&file).unwrap());
 }
 
-/// A recording forwarded to a SIPREC server: each channel is one RTP stream of 20 ms packets,
-/// in order from the recording's start, in the server's codec, the left what the caller said.
-#[test]
-fn the_channels_go_on_as_two_rtp_streams() {
-    let dir = tempfile::tempdir().unwrap();
+/// A recorder writing into `path` (no retention, no budget).
+fn recorder_in(path: &Path) -> (Recorder, std::thread::JoinHandle<()>, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
     let settings = RecordingSettings {
-        path: dir.path().to_path_buf(),
+        path: path.to_path_buf(),
         retention_days: None,
         max_disk_bytes: None,
         min_free_bytes: None,
         queue_frames: 1024,
     };
     let (recorder, writer) = Recorder::start(settings, Arc::clone(&metrics)).unwrap();
+    (recorder, writer, metrics)
+}
+
+/// A call `call_id` from the citizen to 12345, answered at `start`.
+fn answered(call_id: &str, start: Instant) -> RecordingStart<'_> {
+    RecordingStart {
+        call_id,
+        caller: "13800138000",
+        called: "12345",
+        caller_peer: "carrier",
+        answered_peer: "hotline",
+        platforms: Vec::new(),
+        offered: start,
+        ringing: None,
+    }
+}
+
+/// A recording forwarded to a SIPREC server: each channel is one RTP stream of 20 ms packets,
+/// in order from the recording's start, in the server's codec, the left what the caller said.
+#[test]
+fn the_channels_go_on_as_two_rtp_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let (recorder, writer, metrics) = recorder_in(dir.path());
     let start = Instant::now();
-    let recording = recorder
-        .begin(
-            RecordingStart {
-                call_id: "00aa",
-                caller: "13800138000",
-                called: "12345",
-                caller_peer: "carrier",
-                answered_peer: "hotline",
-                platforms: Vec::new(),
-                offered: start,
-                ringing: None,
-            },
-            start,
-        )
-        .unwrap();
+    let recording = recorder.begin(answered("00aa", start), start).unwrap();
     let localhost = std::net::IpAddr::from([127, 0, 0, 1]);
     let pool = crate::media::ports::PortPool::new(localhost, [41000, 41009], Arc::clone(&metrics));
     let servers: Vec<std::net::UdpSocket> = (0..2)
@@ -311,31 +317,9 @@ fn the_channels_go_on_as_two_rtp_streams() {
 #[test]
 fn a_pause_is_silence_on_both_channels_until_the_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let settings = RecordingSettings {
-        path: dir.path().to_path_buf(),
-        retention_days: None,
-        max_disk_bytes: None,
-        min_free_bytes: None,
-        queue_frames: 1024,
-    };
-    let (recorder, writer) = Recorder::start(settings, Arc::clone(&metrics)).unwrap();
+    let (recorder, writer, _metrics) = recorder_in(dir.path());
     let start = Instant::now();
-    let mut recording = recorder
-        .begin(
-            RecordingStart {
-                call_id: "00bb",
-                caller: "13800138000",
-                called: "12345",
-                caller_peer: "carrier",
-                answered_peer: "hotline",
-                platforms: Vec::new(),
-                offered: start,
-                ringing: None,
-            },
-            start,
-        )
-        .unwrap();
+    let mut recording = recorder.begin(answered("00bb", start), start).unwrap();
     let mut tap = Tap::new(recording.sink());
     for n in 0..100usize {
         let at = start + ms(20 * (n as u64 + 1));
