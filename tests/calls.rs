@@ -901,3 +901,120 @@ async fn a_caller_whose_route_has_no_desk_hears_the_announcement_then_the_failur
     assert_eq!(record.final_status, Some(486));
     assert_eq!(record.answered_at, None, "nothing was answered");
 }
+
+/// A route with a queue (`queue_secs`, `queue_retry_secs = 1`) and `[announcements] queue`:
+/// the only desk answers 486; the citizen is answered (200) and hears the queue prompt (a
+/// 660 Hz test recording); a second later the desk is offered the call again, answers, and
+/// the citizen hears the desk; the record says answered.
+#[tokio::test]
+async fn a_queued_citizen_hears_the_queue_prompt_and_is_put_through_when_the_desk_frees_up() {
+    const PROMPT_HZ: f64 = 660.0;
+    let prompts = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = prompts.path().join("queue.wav");
+    let samples: Vec<i16> = (0..8000)
+        .map(|n| {
+            let t = f64::from(n) / 8000.0;
+            (8000.0 * (2.0 * std::f64::consts::PI * PROMPT_HZ * t).sin()) as i16
+        })
+        .collect();
+    std::fs::write(&path, hotline_gateway::media::prompt::wav_bytes(&samples))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = Ua::bind("hotline", LOCALHOST).await;
+    let mut gateway = Gateway::start_with_tables(
+        &[
+            ("carrier", citizen.address, ""),
+            ("hotline", agent.address, "platform = \"12345\""),
+        ],
+        &[],
+        "",
+        "",
+        &format!(
+            "\n[[route]]\nnumber = \"12345\"\npeers = [\"hotline\"]\nqueue_secs = 20\nqueue_retry_secs = 1\n\
+             \n[announcements]\nqueue = \"{}\"\n",
+            path.display()
+        ),
+    )
+    .await;
+    citizen.set_gateway(gateway.sip);
+    agent.set_gateway(gateway.sip);
+    let rtp = RtpPeer::bind(LOCALHOST).await;
+    let invite = citizen.invite(
+        "12345",
+        "13800138000",
+        &sdp(rtp.address, &[8], "sendrecv"),
+        "",
+    );
+    citizen.send_request(&invite).await;
+    let offered = agent.expect_request("INVITE").await;
+    agent
+        .send_response(&agent.answer(&offered, 486, None))
+        .await;
+    agent.expect_request("ACK").await;
+    let ok = citizen.expect_response("INVITE", 200).await;
+    let ack = citizen.in_dialog(&invite, &ok, "ACK", 1, "");
+    citizen.send_request(&ack).await;
+    // The queue prompt, in the citizen's codec.
+    let mut heard = Vec::new();
+    while heard.len() < 4000 {
+        let packet = rtp.recv().await;
+        heard.extend(
+            packet
+                .payload
+                .iter()
+                .map(|c| hotline_gateway::media::g711::alaw_to_linear(*c)),
+        );
+    }
+    assert!(
+        common::tone_level(&heard, PROMPT_HZ) > 6000.0,
+        "the queue prompt"
+    );
+    // Offered again: the desk answers and speaks.
+    let again = agent.expect_request("INVITE").await;
+    assert_eq!(
+        again.from().and_then(|f| f.uri.user),
+        Some("13800138000".into()),
+        "with the citizen's number"
+    );
+    let gateway_b = hotline_gateway::sip::sdp::parse(again.sdp().unwrap_or_default())
+        .ok()
+        .and_then(|s| {
+            let port = s.media.first()?.port;
+            Some(SocketAddr::new(s.connection?, port))
+        })
+        .unwrap_or_else(|| panic!("no media in the INVITE"));
+    let desk = common::answer_with_media(&mut agent, &again, &[8]).await;
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    let mut from_desk = 0;
+    for sequence in 0..100u16 {
+        pace.tick().await;
+        desk.send(
+            gateway_b,
+            8,
+            sequence,
+            u32::from(sequence) * 160,
+            0xde5c,
+            &[0x33; 160],
+        )
+        .await;
+        while let Some(packet) = rtp.recv_within(Duration::from_millis(1)).await {
+            if packet.payload == [0x33; 160] {
+                from_desk += 1;
+            }
+        }
+        if from_desk >= 10 {
+            break;
+        }
+    }
+    assert!(from_desk >= 10, "the citizen hears the desk");
+    let bye = citizen.in_dialog(&invite, &ok, "BYE", 2, "");
+    citizen.send_request(&bye).await;
+    citizen.expect_response("BYE", 200).await;
+    let desk_bye = agent.expect_request("BYE").await;
+    agent
+        .send_response(&agent.answer(&desk_bye, 200, None))
+        .await;
+    let record = gateway.ended_record(invite.call_id()).await;
+    assert!(record.answered_at.is_some(), "answered by the desk");
+    gateway.stop().await;
+}

@@ -106,6 +106,10 @@ impl From<&RouteConfig> for Route {
                 config.hours.clone(),
                 config.days.clone(),
             ),
+            queue: config.queue_secs.map(|wait| crate::routing::QueuePolicy {
+                wait: Duration::from_secs(u64::from(wait)),
+                retry: Duration::from_secs(u64::from(config.queue_retry_secs)),
+            }),
         }
     }
 }
@@ -433,6 +437,9 @@ impl Config {
             no_desk_announcement: self
                 .announcements
                 .prompt("no_desk", &self.announcements.no_desk),
+            queue_announcement: self
+                .announcements
+                .prompt("queue", &self.announcements.queue),
         }
     }
 

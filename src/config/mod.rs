@@ -104,6 +104,10 @@ pub struct AnnouncementsConfig {
     /// the failure at once.
     #[serde(default)]
     pub no_desk: Option<PathBuf>,
+    /// Played, repeated, to a caller waiting in a route's queue (`[[route]] queue_secs`);
+    /// without it, the ringback tone.
+    #[serde(default)]
+    pub queue: Option<PathBuf>,
     /// Silence between two plays of an announcement, in ms (default 1000; at most 60000).
     #[serde(default = "default_announcement_gap_ms")]
     pub gap_ms: u32,
@@ -598,6 +602,19 @@ pub struct RouteConfig {
     /// holidays, and the make-up working days), `restday` (the rest); default: every day.
     #[serde(default)]
     pub days: Vec<crate::routing::schedule::Day>,
+    /// With it, a caller every desk of the route turns away (busy, unavailable, failed) is
+    /// answered and waits up to this many seconds, hearing `[announcements] queue` (or
+    /// ringback), while the desks are offered the call again every `queue_retry_secs`; then
+    /// the gateway hangs up. Default: no queue (the failure at once). At most 3600.
+    #[serde(default)]
+    pub queue_secs: Option<u32>,
+    /// How often a queued call is offered to the route's desks again (default 5; 1 to 60).
+    #[serde(default = "default_queue_retry_secs")]
+    pub queue_retry_secs: u32,
+}
+
+fn default_queue_retry_secs() -> u32 {
+    5
 }
 
 /// `[routing]`: the operator's calendar for routes with `hours` or `days`.

@@ -774,3 +774,41 @@ fn routes_by_time_are_read_and_checked() {
         }
     }
 }
+
+/// `[[route]] queue_secs` and `queue_retry_secs` convert to the route's queue; out of range is
+/// refused with the key.
+#[test]
+fn route_queues_are_read_and_checked() {
+    let route = |extra: &str| {
+        sample() + &format!("\n[[route]]\nnumber = \"12399\"\npeers = [\"hotline\"]\n{extra}")
+    };
+    match Config::parse(
+        Path::new("test.toml"),
+        &route("queue_secs = 60\nqueue_retry_secs = 3\n"),
+    ) {
+        Ok(config) => {
+            let router = crate::routing::Router::from(&config);
+            assert_eq!(
+                router.queue_at("12399", 0),
+                Some(crate::routing::QueuePolicy {
+                    wait: std::time::Duration::from_secs(60),
+                    retry: std::time::Duration::from_secs(3),
+                })
+            );
+            assert_eq!(router.queue_at("110", 0), None);
+        }
+        Err(e) => panic!("{e}"),
+    }
+    for (extra, key) in [
+        ("queue_secs = 0\n", "queue_secs"),
+        (
+            "queue_secs = 60\nqueue_retry_secs = 0\n",
+            "queue_retry_secs",
+        ),
+    ] {
+        match Config::parse(Path::new("test.toml"), &route(extra)) {
+            Ok(_) => panic!("{extra} accepted"),
+            Err(e) => assert!(e.to_string().contains(key), "{e}"),
+        }
+    }
+}

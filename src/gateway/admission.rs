@@ -383,6 +383,7 @@ impl CallManager {
         };
         let mut record = call_record(request, id.clone(), &number, &caller_peer.name);
         record.a_interface = self.router.interface_name(flow.interface()).to_string();
+        let queue = self.router.queue_at(&number, at);
         let call = Call::new(
             driver_now(),
             Arc::clone(&self.settings),
@@ -395,6 +396,7 @@ impl CallManager {
                 caller_peer,
                 number,
                 route: peers,
+                queue,
                 media_a,
                 media_b,
                 ids,

@@ -100,6 +100,7 @@ mod tests {
             peers: vec![to.into()],
             record: true,
             schedule: Default::default(),
+            queue: None,
         };
         Arc::new(Router::new(
             vec![

@@ -197,6 +197,17 @@ pub struct Route {
     /// When the route applies (always by default): of the routes for a number, the first
     /// that applies now is taken.
     pub schedule: schedule::Schedule,
+    /// A caller every desk of the route turned away waits (None: the failure at once).
+    pub queue: Option<QueuePolicy>,
+}
+
+/// How a route's callers wait when every desk is busy (`[[route]] queue_secs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuePolicy {
+    /// The longest wait; then the gateway hangs up.
+    pub wait: std::time::Duration,
+    /// How often the route's desks are offered the call again.
+    pub retry: std::time::Duration,
 }
 
 /// One element of a [`NumberPattern`].
@@ -326,8 +337,8 @@ pub struct Router {
     by_address: HashMap<SocketAddr, Arc<Peer>>,
     by_ip: HashMap<IpAddr, Arc<Peer>>,
     /// Each exact number's routes in file order, each when it applies.
-    exact: HashMap<String, Vec<TimedRoute>>,
-    patterns: Vec<(NumberPattern, schedule::Schedule, Vec<Arc<Peer>>)>,
+    exact: HashMap<String, Vec<RouteEntry>>,
+    patterns: Vec<(NumberPattern, RouteEntry)>,
     /// The operator's local time and days, for the routes' schedules.
     calendar: schedule::Calendar,
     /// Unix ms now: the system clock, or a test's.
@@ -401,12 +412,16 @@ impl Router {
                 .iter()
                 .filter_map(|name| by_name.get(name.as_str()).cloned())
                 .collect();
+            let entry = RouteEntry {
+                schedule: route.schedule,
+                peers: targets,
+                queue: route.queue,
+            };
             match route.number {
-                NumberPattern::Exact(number) => exact
-                    .entry(number)
-                    .or_insert_with(Vec::new)
-                    .push((route.schedule, targets)),
-                pattern => patterns.push((pattern, route.schedule, targets)),
+                NumberPattern::Exact(number) => {
+                    exact.entry(number).or_insert_with(Vec::new).push(entry)
+                }
+                pattern => patterns.push((pattern, entry)),
             }
         }
         Router {
@@ -519,18 +534,28 @@ impl Router {
 
     /// As [`Router::route`], at `unix_ms`.
     pub fn route_at(&self, number: &str, unix_ms: i64) -> Option<&[Arc<Peer>]> {
-        let open = |schedule: &schedule::Schedule| schedule.is_open(&self.calendar, unix_ms);
-        if let Some((_, peers)) = self
+        self.entry_at(number, unix_ms)
+            .map(|entry| entry.peers.as_slice())
+    }
+
+    /// How callers of the route that applies to `number` at `unix_ms` wait, if they do.
+    pub fn queue_at(&self, number: &str, unix_ms: i64) -> Option<QueuePolicy> {
+        self.entry_at(number, unix_ms).and_then(|entry| entry.queue)
+    }
+
+    fn entry_at(&self, number: &str, unix_ms: i64) -> Option<&RouteEntry> {
+        let open = |entry: &RouteEntry| entry.schedule.is_open(&self.calendar, unix_ms);
+        if let Some(entry) = self
             .exact
             .get(number)
-            .and_then(|routes| routes.iter().find(|(schedule, _)| open(schedule)))
+            .and_then(|routes| routes.iter().find(|entry| open(entry)))
         {
-            return Some(peers);
+            return Some(entry);
         }
         self.patterns
             .iter()
-            .find(|(pattern, schedule, _)| pattern.matches(number) && open(schedule))
-            .map(|(_, _, peers)| peers.as_slice())
+            .find(|(pattern, entry)| pattern.matches(number) && open(entry))
+            .map(|(_, entry)| entry)
     }
 
     /// Whether calls to `number` may be recorded: no route for it says `record = false`.
@@ -550,8 +575,13 @@ impl Router {
     }
 }
 
-/// A route's peers and when it applies.
-type TimedRoute = (schedule::Schedule, Vec<Arc<Peer>>);
+/// A route as the router keeps it: when it applies, its peers, how its callers wait.
+#[derive(Debug)]
+struct RouteEntry {
+    schedule: schedule::Schedule,
+    peers: Vec<Arc<Peer>>,
+    queue: Option<QueuePolicy>,
+}
 
 /// `::ffff:a.b.c.d` -> `a.b.c.d`, so a dual-stack socket still finds IPv4 peers.
 pub fn canonical(address: SocketAddr) -> SocketAddr {
@@ -592,6 +622,7 @@ mod tests {
                 peers: peers.iter().map(|p| p.to_string()).collect(),
                 record: true,
                 schedule: Default::default(),
+                queue: None,
             })
             .collect();
         Router::new(peers, routes)

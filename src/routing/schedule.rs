@@ -294,6 +294,7 @@ mod tests {
             peers: vec![to.into()],
             record: true,
             schedule,
+            queue: None,
         };
         let now = Arc::new(AtomicI64::new(beijing(2026, 12, 4, 9, 0)));
         let clock = Arc::clone(&now);

@@ -56,6 +56,9 @@ pub struct CallSettings {
     /// `[announcements] no_desk`: played once to a caller whose route has no desk left,
     /// before the failure (None: the failure at once).
     pub no_desk_announcement: Option<crate::media::prompt::Prompt>,
+    /// `[announcements] queue`: played to a caller waiting in a route's queue (None: the
+    /// ringback tone).
+    pub queue_announcement: Option<crate::media::prompt::Prompt>,
 }
 
 impl CallSettings {
@@ -75,6 +78,8 @@ pub struct NewCall {
     pub caller_peer: Arc<Peer>,
     pub number: String,
     pub route: Vec<Arc<Peer>>,
+    /// How the caller waits when every peer of `route` turns it away (None: it does not).
+    pub queue: Option<crate::routing::QueuePolicy>,
     /// Local RTP addresses of leg A and leg B.
     pub media_a: SocketAddr,
     pub media_b: SocketAddr,

@@ -120,7 +120,15 @@ impl Call {
             };
             if !self.caller.finalized {
                 self.respond_a(status, message::reason_phrase(status), false);
+            } else if from != Some(Leg::A) {
+                // A queued caller, answered while it waits: BYE.
+                if let Some(dialog) = self.legs[Leg::A].dialog.take() {
+                    let target = self.legs[Leg::A].target;
+                    let credentials = self.leg_outbound(Leg::A);
+                    self.bye_dialog_with_reason(dialog, target, credentials, cause);
+                }
             }
+            self.queued = None;
             self.send_cancel();
             self.end(ended_by, reason, status, false);
             return;

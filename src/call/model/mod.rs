@@ -50,6 +50,7 @@ mod ending;
 mod fork;
 mod invite;
 mod leg;
+mod queue;
 mod session;
 mod setup;
 #[cfg(test)]
@@ -105,14 +106,17 @@ enum Timer {
     Cleanup,
     /// The no-desk announcement has played: the route's failure goes to the caller.
     Announcement,
+    /// A queued call is offered to the route's desks again (or its wait is over).
+    QueueRetry,
 }
 
-const TIMERS: [Timer; 5] = [
+const TIMERS: [Timer; 6] = [
     Timer::SessionA,
     Timer::SessionB,
     Timer::HotkeyDigits,
     Timer::Cleanup,
     Timer::Announcement,
+    Timer::QueueRetry,
 ];
 
 /// The caller's INVITE transaction (leg A's first party, whoever holds the leg later).
@@ -180,6 +184,10 @@ pub struct Call {
     offer_in_2xx: Option<Party>,
     /// The route's failure, held while the caller hears the no-desk announcement.
     no_desk: Option<(u16, String)>,
+    /// How the caller waits when every desk turns it away (the route's queue), and since
+    /// when it waits.
+    queue_policy: Option<crate::routing::QueuePolicy>,
+    queued: Option<queue::Queued>,
     actions: VecDeque<Action>,
 }
 
@@ -278,6 +286,8 @@ impl Call {
             outcome: None,
             offer_in_2xx: None,
             no_desk: None,
+            queue_policy: new.queue,
+            queued: None,
             actions: VecDeque::new(),
             settings,
         };
@@ -495,6 +505,7 @@ impl Call {
                     }
                 }
                 Timer::Announcement => self.no_desk_announced(),
+                Timer::QueueRetry => self.queue_due(now),
             }
         }
         if self.state == State::Done {

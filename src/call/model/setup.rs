@@ -100,6 +100,19 @@ impl Call {
     }
 
     /// Sends the INVITE of leg B to the route's `index`-th peer.
+    /// Leg B's setup begun again (a queued call offered to the desks once more): a new
+    /// dialog, as for the next peer.
+    pub(super) fn retry_setup(&mut self, now: Instant) {
+        let Some(peer) = self.setup.peer_at(0).cloned() else {
+            return;
+        };
+        self.stale_dialogs.push(self.legs[Leg::B].key());
+        let host = self.local_ip(&peer).to_string();
+        self.legs[Leg::B].call_id = self.ids.call_id(&host);
+        self.legs[Leg::B].tag = self.ids.tag();
+        self.try_peer(now, 0);
+    }
+
     fn try_peer(&mut self, now: Instant, index: usize) {
         let Some(peer) = self.setup.peer_at(index).cloned() else {
             let (status, reason) = self.last_failure.clone();
@@ -155,7 +168,7 @@ impl Call {
         });
     }
 
-    fn a_response(&mut self, status: u16, reason: &str, with_sdp: bool) -> Response {
+    pub(super) fn a_response(&mut self, status: u16, reason: &str, with_sdp: bool) -> Response {
         let leg = &self.legs[Leg::A];
         let mut response = Response::for_request(&self.caller.invite, status, Some(&leg.tag));
         response.reason = reason.to_string();
@@ -280,15 +293,20 @@ impl Call {
             .b_peer()
             .map(|p| (p.name.clone(), self.interface_name(p)))
             .unwrap_or_default();
-        let mut ok = self.a_response(200, "OK", true);
-        self.start_caller_session(now, &mut ok);
-        self.actions.push_back(Action::SendResponse {
-            server: self.caller.server,
-            response: ok,
-        });
-        let local_sequence = self.ids.next_u64() as u32 & 0xffff;
-        self.legs[Leg::A].dialog =
-            Dialog::new_uas(&self.caller.invite, &self.legs[Leg::A].tag, local_sequence);
+        if self.is_queued() {
+            // The caller was answered when it was queued.
+            self.leave_queue(now);
+        } else {
+            let mut ok = self.a_response(200, "OK", true);
+            self.start_caller_session(now, &mut ok);
+            self.actions.push_back(Action::SendResponse {
+                server: self.caller.server,
+                response: ok,
+            });
+            let local_sequence = self.ids.next_u64() as u32 & 0xffff;
+            self.legs[Leg::A].dialog =
+                Dialog::new_uas(&self.caller.invite, &self.legs[Leg::A].tag, local_sequence);
+        }
         self.state = State::Answered;
         self.actions
             .push_back(Action::Media(MediaCommand::Answered));
@@ -319,7 +337,7 @@ impl Call {
             self.try_peer(now, next);
             return;
         }
-        if self.announce_no_desk(now, &failure) {
+        if self.queue_instead(now, failure.status) || self.announce_no_desk(now, &failure) {
             return;
         }
         self.fail_setup(failure.status, &failure.reason);

@@ -53,6 +53,7 @@ fn contract_router(police_srtp: SrtpMode) -> Router {
         peers: vec![to.into()],
         record: true,
         schedule: Default::default(),
+        queue: None,
     };
     Router::new(
         vec![
@@ -100,6 +101,7 @@ fn settings() -> Arc<CallSettings> {
         session_timers: None,
         transfer_announcement: None,
         no_desk_announcement: None,
+        queue_announcement: None,
     })
 }
 
@@ -160,6 +162,17 @@ impl Harness {
         number: &str,
         route: Vec<Arc<Peer>>,
     ) -> Harness {
+        Self::build_queued(settings, invite, (caller_peer, number), route, None)
+    }
+
+    /// As [`Harness::build_with`], for a route with a queue.
+    fn build_queued(
+        settings: Arc<CallSettings>,
+        invite: Request,
+        (caller_peer, number): (Arc<Peer>, &str),
+        route: Vec<Arc<Peer>>,
+        queue: Option<crate::routing::QueuePolicy>,
+    ) -> Harness {
         let now = Instant::now();
         let call = Call::new(
             now,
@@ -173,6 +186,7 @@ impl Harness {
                 caller_peer,
                 number: number.into(),
                 route,
+                queue,
                 media_a: "127.0.0.1:20000".parse().unwrap_or_else(|_| unreachable!()),
                 media_b: "127.0.0.1:20002".parse().unwrap_or_else(|_| unreachable!()),
                 ids: IdGenerator::new(42),
@@ -2186,4 +2200,92 @@ fn the_transfer_announcement_is_for_the_transfer_and_the_fallback_rings() {
         m,
         MediaCommand::Announce(Party::A, Some(Announcement::Ringback))
     )));
+}
+
+/// A route with a queue: every desk busy, the caller is answered and hears ringback; the desk
+/// is offered the call again after the retry interval, and its answer bridges the call with
+/// no second answer to the caller.
+#[test]
+fn a_queued_caller_is_answered_waits_and_is_bridged_when_a_desk_frees_up() {
+    let policy = crate::routing::QueuePolicy {
+        wait: Duration::from_secs(30),
+        retry: Duration::from_secs(5),
+    };
+    let mut h = Harness::build_queued(
+        settings(),
+        invite(OFFER, 70),
+        (peer("carrier", 5070), "12345"),
+        vec![peer_with_platform("hotline", 5080, "12345")],
+        Some(policy),
+    );
+    let first = h.last_invite();
+    h.respond_to_invite(486, None);
+    assert_eq!(
+        statuses(&h.responses(A_SERVER)),
+        vec![200],
+        "answered, not busy"
+    );
+    assert!(h.sent_media(|m| matches!(
+        m,
+        MediaCommand::Announce(Party::A, Some(Announcement::Ringback))
+    )));
+    assert!(h.outcome().is_none());
+    h.advance(Duration::from_secs(4));
+    assert_eq!(h.sent(Method::Invite).len(), 1, "not offered again yet");
+    h.advance(Duration::from_secs(1));
+    let again = h.last_invite();
+    assert_eq!(h.sent(Method::Invite).len(), 2, "offered again after 5 s");
+    assert_ne!(again.call_id(), first.call_id(), "a new dialog");
+    h.respond_to_invite(200, Some(ANSWER));
+    assert_eq!(
+        statuses(&h.responses(A_SERVER)),
+        vec![200],
+        "no second answer"
+    );
+    assert!(h.sent_media(|m| matches!(m, MediaCommand::Announce(Party::A, None))));
+    assert!(h
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Answered { .. })));
+    assert!(h.outcome().is_none(), "citizen and desk talk");
+}
+
+/// A queued caller's wait ends with a BYE from the gateway; one who hangs up first abandons.
+#[test]
+fn a_queue_wait_ends_with_a_bye_and_a_caller_may_abandon_it() {
+    let policy = crate::routing::QueuePolicy {
+        wait: Duration::from_secs(12),
+        retry: Duration::from_secs(5),
+    };
+    let queued = || {
+        let mut h = Harness::build_queued(
+            settings(),
+            invite(OFFER, 70),
+            (peer("carrier", 5070), "12345"),
+            vec![peer_with_platform("hotline", 5080, "12345")],
+            Some(policy),
+        );
+        h.respond_to_invite(486, None);
+        h
+    };
+    let mut h = queued();
+    for _ in 0..2 {
+        h.advance(Duration::from_secs(5));
+        h.respond_to_invite(486, None);
+    }
+    assert_eq!(h.sent(Method::Invite).len(), 3);
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.sent(Method::Bye).len(), 1, "the wait is over");
+    assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Gateway));
+
+    let mut h = queued();
+    h.caller_sends(30, "BYE", 2, "");
+    assert_eq!(statuses(&h.responses(30)), vec![200]);
+    assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Caller));
+    h.advance(Duration::from_secs(5));
+    assert_eq!(
+        h.sent(Method::Invite).len(),
+        1,
+        "not offered again after it left"
+    );
 }

@@ -714,6 +714,21 @@ impl Config {
                     ),
                 ));
             }
+            if route
+                .queue_secs
+                .is_some_and(|secs| !(1..=3600).contains(&secs))
+            {
+                return Err(invalid(
+                    format!("route[{index}].queue_secs"),
+                    "must be 1 to 3600".into(),
+                ));
+            }
+            if !(1..=60).contains(&route.queue_retry_secs) {
+                return Err(invalid(
+                    format!("route[{index}].queue_retry_secs"),
+                    "must be 1 to 60".into(),
+                ));
+            }
             numbers.insert(number);
             if route.hours.is_empty() && route.days.is_empty() {
                 always.insert(number);

@@ -70,6 +70,7 @@ impl Config {
         for (key, path) in [
             ("announcements.transfer", &announcements.transfer),
             ("announcements.no_desk", &announcements.no_desk),
+            ("announcements.queue", &announcements.queue),
         ] {
             if let Some(path) = path {
                 crate::media::prompt::Prompt::load(path, announcements.gap_ms)

@@ -25,6 +25,7 @@ fn settings_with_police_network() -> Arc<CallSettings> {
         peers: vec![to.into()],
         record: true,
         schedule: Default::default(),
+        queue: None,
     };
     let router = Router::new(
         vec![

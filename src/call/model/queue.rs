@@ -1,0 +1,117 @@
+//! A route's queue (`[[route]] queue_secs`): a caller every desk of the route turned away is
+//! answered and waits, hearing the queue announcement (or ringback), while leg B's setup is
+//! begun again over the route's desks every `retry`: leg B's fork starts afresh, its INVITE a
+//! new dialog. A desk that answers is bridged at once (the caller's leg was answered when it
+//! was queued, so nothing goes to the caller); a caller who hangs up abandons the queue; at
+//! the end of the wait the gateway hangs up.
+
+use std::time::Instant;
+
+use crate::media::prompt::Announcement;
+use crate::media::{Leg, MediaCommand};
+use crate::sip::dialog::Dialog;
+
+use super::fork::{Fork, ForkTimeouts};
+use super::{Action, Call, EndedBy, State, Timer};
+
+/// A caller waiting in the queue.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Queued {
+    pub(super) since: Instant,
+    pub(super) until: Instant,
+}
+
+impl Call {
+    /// Whether the call is waiting in its route's queue (its caller answered, no desk yet).
+    pub(super) fn is_queued(&self) -> bool {
+        self.queued.is_some() && self.state == State::Calling
+    }
+
+    /// Every desk turned the caller away with `status`: queue it if the route has a queue,
+    /// the caller's INVITE had an offer and the status is a desk's (not the caller's CANCEL).
+    /// True if it waits now (or waits on).
+    pub(super) fn queue_instead(&mut self, now: Instant, status: u16) -> bool {
+        let Some(policy) = self.queue_policy else {
+            return false;
+        };
+        if status == 487 || self.cancelled || self.caller.pending_offer.is_some() {
+            return false;
+        }
+        if let Some(queued) = self.queued {
+            // Offered again and turned away again: the next offer, or the end of the wait.
+            if now + policy.retry < queued.until {
+                self.arm(Timer::QueueRetry, Some(now + policy.retry));
+            } else {
+                self.arm(Timer::QueueRetry, Some(queued.until));
+            }
+            return true;
+        }
+        if self.caller.finalized {
+            return false;
+        }
+        // The caller is answered: from now on it hears the queue, not a ring.
+        let mut ok = self.a_response(200, "OK", true);
+        self.start_caller_session(now, &mut ok);
+        self.actions.push_back(Action::SendResponse {
+            server: self.caller.server,
+            response: ok,
+        });
+        let local_sequence = self.ids.next_u64() as u32 & 0xffff;
+        self.legs[Leg::A].dialog =
+            Dialog::new_uas(&self.caller.invite, &self.legs[Leg::A].tag, local_sequence);
+        let announcement = match &self.settings.queue_announcement {
+            Some(prompt) => Announcement::Prompt(prompt.clone()),
+            None => Announcement::Ringback,
+        };
+        self.actions.push_back(Action::Media(MediaCommand::Announce(
+            self.legs[Leg::A].party,
+            Some(announcement),
+        )));
+        self.queued = Some(Queued {
+            since: now,
+            until: now + policy.wait,
+        });
+        tracing::info!(call = %self.id, status, wait = ?policy.wait, "queued: every desk turned the caller away");
+        self.arm(Timer::QueueRetry, Some(now + policy.retry));
+        true
+    }
+
+    /// The queue's timer: offer the call to the route's desks again, or give up at the end
+    /// of the wait.
+    pub(super) fn queue_due(&mut self, now: Instant) {
+        let Some(queued) = self.queued.filter(|_| self.is_queued()) else {
+            return;
+        };
+        if now >= queued.until {
+            tracing::info!(call = %self.id, "queue wait over: hanging up");
+            self.hang_up(None, EndedBy::Gateway, "no desk within the queue wait");
+            return;
+        }
+        let route = match self.route_to(&self.number.clone()) {
+            Ok(route) => route,
+            // Every desk down (or the route gone): wait on, offer again later.
+            Err(_) => {
+                let _ = self.queue_instead(now, 503);
+                return;
+            }
+        };
+        let timeouts = ForkTimeouts {
+            response: self.settings.peer_response_timeout,
+            ring: self.settings.ring_timeout,
+        };
+        self.setup = Fork::new(route, timeouts);
+        self.retry_setup(now);
+    }
+
+    /// A desk answered a queued call: the caller, answered already, stops hearing the queue.
+    pub(super) fn leave_queue(&mut self, now: Instant) {
+        if let Some(queued) = self.queued.take() {
+            self.arm(Timer::QueueRetry, None);
+            self.actions.push_back(Action::Media(MediaCommand::Announce(
+                self.legs[Leg::A].party,
+                None,
+            )));
+            tracing::info!(call = %self.id, waited = ?now.saturating_duration_since(queued.since), "queued call answered");
+        }
+    }
+}
