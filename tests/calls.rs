@@ -1018,3 +1018,79 @@ async fn a_queued_citizen_hears_the_queue_prompt_and_is_put_through_when_the_des
     assert!(record.answered_at.is_some(), "answered by the desk");
     gateway.stop().await;
 }
+
+/// `[[route]] overflow`: the local desk stays busy; once the queue's wait (1 s) is over, the
+/// call goes to another centre's remote seat, with the citizen's number, and the citizen is
+/// put through to it.
+#[tokio::test]
+async fn a_queued_citizen_overflows_to_a_remote_seat_when_the_wait_is_over() {
+    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = Ua::bind("hotline", LOCALHOST).await;
+    let mut remote = Ua::bind("remote", LOCALHOST).await;
+    let mut gateway = Gateway::start_with_tables(
+        &[
+            ("carrier", citizen.address, ""),
+            ("hotline", agent.address, "platform = \"12345\""),
+            ("remote", remote.address, "platform = \"12345\""),
+        ],
+        &[],
+        "",
+        "",
+        "\n[[route]]\nnumber = \"12345\"\npeers = [\"hotline\"]\nqueue_secs = 1\nqueue_retry_secs = 1\noverflow = [\"remote\"]\n",
+    )
+    .await;
+    for ua in [&mut citizen, &mut agent, &mut remote] {
+        ua.set_gateway(gateway.sip);
+    }
+    let rtp = RtpPeer::bind(LOCALHOST).await;
+    let invite = citizen.invite(
+        "12345",
+        "13800138000",
+        &sdp(rtp.address, &[8], "sendrecv"),
+        "",
+    );
+    citizen.send_request(&invite).await;
+    let offered = agent.expect_request("INVITE").await;
+    agent
+        .send_response(&agent.answer(&offered, 486, None))
+        .await;
+    let ok = citizen.expect_response("INVITE", 200).await;
+    let ack = citizen.in_dialog(&invite, &ok, "ACK", 1, "");
+    citizen.send_request(&ack).await;
+    let overflowed = remote.expect_request("INVITE").await;
+    assert_eq!(overflowed.uri.user.as_deref(), Some("12345"));
+    assert_eq!(
+        overflowed.from().and_then(|f| f.uri.user),
+        Some("13800138000".into()),
+        "the citizen's number"
+    );
+    let seat = common::answer_with_media(&mut remote, &overflowed, &[8]).await;
+    let gateway_b = hotline_gateway::sip::sdp::parse(overflowed.sdp().unwrap_or_default())
+        .ok()
+        .and_then(|s| Some(SocketAddr::new(s.connection?, s.media.first()?.port)))
+        .unwrap_or_else(|| panic!("no media in the INVITE"));
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    let mut from_seat = 0;
+    for sequence in 0..100u16 {
+        pace.tick().await;
+        seat.send(
+            gateway_b,
+            8,
+            sequence,
+            u32::from(sequence) * 160,
+            0x5ea7,
+            &[0x33; 160],
+        )
+        .await;
+        while let Some(packet) = rtp.recv_within(Duration::from_millis(1)).await {
+            if packet.payload == [0x33; 160] {
+                from_seat += 1;
+            }
+        }
+        if from_seat >= 10 {
+            break;
+        }
+    }
+    assert!(from_seat >= 10, "the citizen hears the remote seat");
+    gateway.stop().await;
+}

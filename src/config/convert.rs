@@ -109,6 +109,7 @@ impl From<&RouteConfig> for Route {
             queue: config.queue_secs.map(|wait| crate::routing::QueuePolicy {
                 wait: Duration::from_secs(u64::from(wait)),
                 retry: Duration::from_secs(u64::from(config.queue_retry_secs)),
+                overflow: config.overflow.clone(),
             }),
         }
     }

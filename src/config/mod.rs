@@ -611,6 +611,11 @@ pub struct RouteConfig {
     /// How often a queued call is offered to the route's desks again (default 5; 1 to 60).
     #[serde(default = "default_queue_retry_secs")]
     pub queue_retry_secs: u32,
+    /// Peers (another centre's remote seats, 远程座席) a queued call goes to, tried in order,
+    /// once `queue_secs` is over; if they turn it away too, the gateway hangs up. Needs
+    /// `queue_secs`. Default: none.
+    #[serde(default)]
+    pub overflow: Vec<String>,
 }
 
 fn default_queue_retry_secs() -> u32 {

@@ -793,6 +793,7 @@ fn route_queues_are_read_and_checked() {
                 Some(crate::routing::QueuePolicy {
                     wait: std::time::Duration::from_secs(60),
                     retry: std::time::Duration::from_secs(3),
+                    overflow: Vec::new(),
                 })
             );
             assert_eq!(router.queue_at("110", 0), None);
@@ -805,6 +806,8 @@ fn route_queues_are_read_and_checked() {
             "queue_secs = 60\nqueue_retry_secs = 0\n",
             "queue_retry_secs",
         ),
+        ("overflow = [\"police\"]\n", "needs queue_secs"),
+        ("queue_secs = 60\noverflow = [\"nowhere\"]\n", "overflow[0]"),
     ] {
         match Config::parse(Path::new("test.toml"), &route(extra)) {
             Ok(_) => panic!("{extra} accepted"),

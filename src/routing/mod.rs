@@ -202,12 +202,15 @@ pub struct Route {
 }
 
 /// How a route's callers wait when every desk is busy (`[[route]] queue_secs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuePolicy {
-    /// The longest wait; then the gateway hangs up.
+    /// The longest wait; then the call overflows, or the gateway hangs up.
     pub wait: std::time::Duration,
     /// How often the route's desks are offered the call again.
     pub retry: std::time::Duration,
+    /// Peers (by name: another centre's remote seats) the call goes to, in order, once the
+    /// wait is over (`[[route]] overflow`).
+    pub overflow: Vec<String>,
 }
 
 /// One element of a [`NumberPattern`].
@@ -540,7 +543,8 @@ impl Router {
 
     /// How callers of the route that applies to `number` at `unix_ms` wait, if they do.
     pub fn queue_at(&self, number: &str, unix_ms: i64) -> Option<QueuePolicy> {
-        self.entry_at(number, unix_ms).and_then(|entry| entry.queue)
+        self.entry_at(number, unix_ms)
+            .and_then(|entry| entry.queue.clone())
     }
 
     fn entry_at(&self, number: &str, unix_ms: i64) -> Option<&RouteEntry> {

@@ -19,6 +19,8 @@ use super::{Action, Call, EndedBy, State, Timer};
 pub(super) struct Queued {
     pub(super) since: Instant,
     pub(super) until: Instant,
+    /// The wait is over and the call went to the overflow peers.
+    pub(super) overflowed: bool,
 }
 
 impl Call {
@@ -31,11 +33,17 @@ impl Call {
     /// the caller's INVITE had an offer and the status is a desk's (not the caller's CANCEL).
     /// True if it waits now (or waits on).
     pub(super) fn queue_instead(&mut self, now: Instant, status: u16) -> bool {
-        let Some(policy) = self.queue_policy else {
+        let Some(policy) = self.queue_policy.clone() else {
             return false;
         };
         if status == 487 || self.cancelled || self.caller.pending_offer.is_some() {
             return false;
+        }
+        if self.queued.is_some_and(|q| q.overflowed) {
+            // The remote seats turned it away too.
+            tracing::info!(call = %self.id, status, "overflow peers turned the caller away: hanging up");
+            self.hang_up(None, EndedBy::Gateway, "no desk and no overflow peer");
+            return true;
         }
         if let Some(queued) = self.queued {
             // Offered again and turned away again: the next offer, or the end of the wait.
@@ -70,6 +78,7 @@ impl Call {
         self.queued = Some(Queued {
             since: now,
             until: now + policy.wait,
+            overflowed: false,
         });
         tracing::info!(call = %self.id, status, wait = ?policy.wait, "queued: every desk turned the caller away");
         self.arm(Timer::QueueRetry, Some(now + policy.retry));
@@ -83,8 +92,7 @@ impl Call {
             return;
         };
         if now >= queued.until {
-            tracing::info!(call = %self.id, "queue wait over: hanging up");
-            self.hang_up(None, EndedBy::Gateway, "no desk within the queue wait");
+            self.overflow(now);
             return;
         }
         let route = match self.route_to(&self.number.clone()) {
@@ -100,6 +108,36 @@ impl Call {
             ring: self.settings.ring_timeout,
         };
         self.setup = Fork::new(route, timeouts);
+        self.retry_setup(now);
+    }
+
+    /// The wait is over: the call goes to the route's overflow peers that are up (another
+    /// centre's remote seats), or the gateway hangs up.
+    fn overflow(&mut self, now: Instant) {
+        let names = self
+            .queue_policy
+            .as_ref()
+            .map(|p| p.overflow.clone())
+            .unwrap_or_default();
+        let peers: Vec<_> = names
+            .iter()
+            .filter_map(|name| self.settings.router.peer_by_name(name))
+            .filter(|peer| peer.is_up())
+            .collect();
+        if peers.is_empty() {
+            tracing::info!(call = %self.id, "queue wait over: hanging up");
+            self.hang_up(None, EndedBy::Gateway, "no desk within the queue wait");
+            return;
+        }
+        if let Some(queued) = self.queued.as_mut() {
+            queued.overflowed = true;
+        }
+        tracing::info!(call = %self.id, to = %peers[0].name, "queue wait over: overflowing");
+        let timeouts = ForkTimeouts {
+            response: self.settings.peer_response_timeout,
+            ring: self.settings.ring_timeout,
+        };
+        self.setup = Fork::new(peers, timeouts);
         self.retry_setup(now);
     }
 

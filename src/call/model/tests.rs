@@ -2210,6 +2210,7 @@ fn a_queued_caller_is_answered_waits_and_is_bridged_when_a_desk_frees_up() {
     let policy = crate::routing::QueuePolicy {
         wait: Duration::from_secs(30),
         retry: Duration::from_secs(5),
+        overflow: Vec::new(),
     };
     let mut h = Harness::build_queued(
         settings(),
@@ -2256,6 +2257,7 @@ fn a_queue_wait_ends_with_a_bye_and_a_caller_may_abandon_it() {
     let policy = crate::routing::QueuePolicy {
         wait: Duration::from_secs(12),
         retry: Duration::from_secs(5),
+        overflow: Vec::new(),
     };
     let queued = || {
         let mut h = Harness::build_queued(
@@ -2263,7 +2265,7 @@ fn a_queue_wait_ends_with_a_bye_and_a_caller_may_abandon_it() {
             invite(OFFER, 70),
             (peer("carrier", 5070), "12345"),
             vec![peer_with_platform("hotline", 5080, "12345")],
-            Some(policy),
+            Some(policy.clone()),
         );
         h.respond_to_invite(486, None);
         h
@@ -2288,4 +2290,53 @@ fn a_queue_wait_ends_with_a_bye_and_a_caller_may_abandon_it() {
         1,
         "not offered again after it left"
     );
+}
+
+/// Once the wait is over the call overflows to the route's overflow peers (another centre's
+/// remote seats: here the router's police peer), with the citizen's number; if they turn it
+/// away too, the gateway hangs up.
+#[test]
+fn a_queued_call_overflows_to_the_remote_seats_when_the_wait_is_over() {
+    let policy = crate::routing::QueuePolicy {
+        wait: Duration::from_secs(6),
+        retry: Duration::from_secs(5),
+        overflow: vec!["police".into()],
+    };
+    let queued = || {
+        let mut h = Harness::build_queued(
+            settings(),
+            invite(OFFER, 70),
+            (peer("carrier", 5070), "12345"),
+            vec![peer_with_platform("hotline", 5080, "12345")],
+            Some(policy.clone()),
+        );
+        h.respond_to_invite(486, None);
+        h.advance(Duration::from_secs(5));
+        h.respond_to_invite(486, None);
+        h.advance(Duration::from_secs(1));
+        h
+    };
+    let mut h = queued();
+    let overflow = h.last_invite();
+    assert_eq!(
+        overflow.uri.to_string(),
+        "sip:12345@127.0.0.1:5090",
+        "to the remote seats"
+    );
+    assert_eq!(
+        overflow.from().and_then(|f| f.uri.user),
+        Some("13800138000".into())
+    );
+    h.respond_to_invite(200, Some(ANSWER));
+    assert_eq!(statuses(&h.responses(A_SERVER)), vec![200]);
+    assert!(h.outcome().is_none(), "citizen and remote seat talk");
+
+    let mut h = queued();
+    h.respond_to_invite(486, None);
+    assert_eq!(
+        h.sent(Method::Bye).len(),
+        1,
+        "the remote seats are busy too"
+    );
+    assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Gateway));
 }

@@ -723,6 +723,20 @@ impl Config {
                     "must be 1 to 3600".into(),
                 ));
             }
+            if !route.overflow.is_empty() && route.queue_secs.is_none() {
+                return Err(invalid(
+                    format!("route[{index}].overflow"),
+                    "needs queue_secs: a call overflows once its wait is over".into(),
+                ));
+            }
+            for (peer_index, name) in route.overflow.iter().enumerate() {
+                if !names.contains(name.as_str()) {
+                    return Err(invalid(
+                        format!("route[{index}].overflow[{peer_index}]"),
+                        format!("no [[peer]] is named {name:?}"),
+                    ));
+                }
+            }
             if !(1..=60).contains(&route.queue_retry_secs) {
                 return Err(invalid(
                     format!("route[{index}].queue_retry_secs"),
