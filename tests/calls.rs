@@ -931,13 +931,21 @@ async fn a_queued_citizen_hears_the_queue_prompt_and_is_put_through_when_the_des
         "",
         &format!(
             "\n[[route]]\nnumber = \"12345\"\npeers = [\"hotline\"]\nqueue_secs = 20\nqueue_retry_secs = 1\n\
-             \n[announcements]\nqueue = \"{}\"\n",
+             \n[announcements]\nqueue = \"{}\"\n\
+             \n[[platform]]\nname = \"12345\"\ntoken = \"token-of-the-12345-platform\"\n",
             path.display()
         ),
     )
     .await;
     citizen.set_gateway(gateway.sip);
     agent.set_gateway(gateway.sip);
+    let mut platform = common::platform::Platform::connect(
+        gateway.grpc,
+        "12345",
+        "token-of-the-12345-platform",
+        None,
+    )
+    .await;
     let rtp = RtpPeer::bind(LOCALHOST).await;
     let invite = citizen.invite(
         "12345",
@@ -1007,6 +1015,17 @@ async fn a_queued_citizen_hears_the_queue_prompt_and_is_put_through_when_the_des
         }
     }
     assert!(from_desk >= 10, "the citizen hears the desk");
+    // The platform saw it queued (the desk's 486), then answered after the wait.
+    use hotline_gateway::workorder::pb::EventType;
+    let queued = platform.until(EventType::Queued).await;
+    assert_eq!(queued.sip_status, 486);
+    let answered = platform.until(EventType::CallAnswered).await;
+    assert!(answered.queue_wait_ms >= 900, "{}", answered.queue_wait_ms);
+    assert_eq!(
+        gateway.metric("hotline_queue_answered_total").await,
+        Some(1.0)
+    );
+    assert_eq!(gateway.metric("hotline_queue_waiting").await, Some(0.0));
     let bye = citizen.in_dialog(&invite, &ok, "BYE", 2, "");
     citizen.send_request(&bye).await;
     citizen.expect_response("BYE", 200).await;

@@ -19,7 +19,9 @@ use tracing::Instrument;
 use std::collections::HashMap;
 
 use super::link::Link;
-use crate::call::model::{Action, Call, ConferenceUpdate, EndedBy, LinkageUpdate, Outcome};
+use crate::call::model::{
+    Action, Call, ConferenceUpdate, EndedBy, LinkageUpdate, Outcome, QueueUpdate,
+};
 use crate::media::recording::{Recorder, Recording};
 use crate::media::relay::{MediaEvent, RelayHandle};
 use crate::media::MediaCommand;
@@ -119,6 +121,7 @@ async fn run(
         changes,
         recording: None,
         siprec: None,
+        queued: false,
         offered: driver_now(),
         ringing: None,
     };
@@ -205,6 +208,8 @@ pub(super) struct Records {
     pub(super) recording: Option<Recording>,
     /// Its SIPREC session (with `[recording] siprec`).
     pub(super) siprec: Option<super::siprec::Siprec>,
+    /// The call waits in its route's queue (counted in `hotline_queue_waiting`).
+    queued: bool,
     /// When the call was offered and first rang, for the recording's steps.
     pub(super) offered: Instant,
     pub(super) ringing: Option<Instant>,
@@ -276,6 +281,10 @@ async fn carry_out(
                     .and_then(|lease| relay.add_party(lease));
                 call.handle_party_opened(driver_now(), opened);
             }
+            Action::Queue(update) => {
+                records.link.queue(&update);
+                track_queue(&mut records.queued, &update, &services.metrics);
+            }
             Action::Conference(update) => {
                 super::recording::conference(records.recording.as_ref(), &update);
                 if let Some(siprec) = records.siprec.as_mut() {
@@ -322,6 +331,10 @@ async fn carry_out(
                 if let Some(siprec) = records.siprec.as_mut() {
                     siprec.end();
                 }
+                if std::mem::take(&mut records.queued) {
+                    // Ended while it waited, by none of the queue's own ends (a shutdown).
+                    services.metrics.add_gauge(Gauge::QueueWaiting, -1);
+                }
                 if let Some(recording) = records.recording.take() {
                     recording.end(driver_now());
                 }
@@ -358,6 +371,7 @@ async fn carry_out(
             | Action::OpenParty { .. }
             | Action::CloseParty(_)
             | Action::Conference(_)
+            | Action::Queue(_)
             | Action::Linkage(_)
             | Action::Ended(_)
             | Action::Finished => {}
@@ -381,6 +395,29 @@ async fn commit(records: &mut Records, store: &Store, metrics: &Metrics) {
         tracing::error!(%error, "call records and events not written");
     }
     records.link.committed();
+}
+
+/// Keeps the queue's metrics: the calls waiting, and how each wait ended.
+fn track_queue(queued: &mut bool, update: &QueueUpdate, metrics: &Metrics) {
+    let (counter, waited) = match update {
+        QueueUpdate::Queued { .. } => {
+            *queued = true;
+            metrics.add_gauge(Gauge::QueueWaiting, 1);
+            metrics.increment(Counter::QueueCalls);
+            return;
+        }
+        QueueUpdate::Answered { waited_ms } => (Counter::QueueAnswered, *waited_ms),
+        QueueUpdate::Overflowed { waited_ms, .. } => (Counter::QueueOverflows, *waited_ms),
+        QueueUpdate::Abandoned { waited_ms } => (Counter::QueueAbandons, *waited_ms),
+        QueueUpdate::GaveUp { waited_ms } => (Counter::QueueGaveUp, *waited_ms),
+    };
+    metrics.increment(counter);
+    metrics.add(Counter::QueueWaitMilliseconds, waited);
+    // An overflowed call waits on (for the remote seats) until answered or given up.
+    if *queued && !matches!(update, QueueUpdate::Overflowed { .. }) {
+        *queued = false;
+        metrics.add_gauge(Gauge::QueueWaiting, -1);
+    }
 }
 
 /// Notes a conference's party records as they join and leave, and keeps the metrics.

@@ -11,7 +11,9 @@ use std::time::SystemTime;
 use tokio::sync::mpsc;
 
 use crate::call::hotkey::HotkeyAction;
-use crate::call::model::{Call, ConferenceUpdate, LinkageUpdate, Outcome, TransferError};
+use crate::call::model::{
+    Call, ConferenceUpdate, LinkageUpdate, Outcome, QueueUpdate, TransferError,
+};
 use crate::call::transfer::Trigger;
 use crate::media::recording::Recording;
 use crate::media::Leg;
@@ -36,6 +38,8 @@ pub struct Link {
     flag: Option<String>,
     events: Vec<CallEvent>,
     replies: Vec<(CommandReply, CommandOutcome)>,
+    /// A queued call's wait, for the CALL_ANSWERED of the desk that took it.
+    queue_wait_ms: Option<u64>,
 }
 
 impl Link {
@@ -75,6 +79,7 @@ impl Link {
                 flag,
                 events: Vec::new(),
                 replies: Vec::new(),
+                queue_wait_ms: None,
             },
             commands,
         )
@@ -176,7 +181,42 @@ impl Link {
     /// The call was answered at `at` (Unix ms).
     pub fn answered(&mut self, at: i64) {
         self.state.answered_at = Some(at);
-        self.emit(self.event(EventKind::CallAnswered));
+        let mut event = self.event(EventKind::CallAnswered);
+        event.queue_wait_ms = self.queue_wait_ms.take();
+        self.emit(event);
+    }
+
+    /// The route's queue took, moved or lost the call.
+    pub fn queue(&mut self, update: &QueueUpdate) {
+        let event = match update {
+            QueueUpdate::Queued { status } => {
+                let mut event = self.event(EventKind::Queued);
+                event.sip_status = *status;
+                event
+            }
+            // Told with the CALL_ANSWERED that follows.
+            QueueUpdate::Answered { waited_ms } => {
+                self.queue_wait_ms = Some(*waited_ms);
+                return;
+            }
+            QueueUpdate::Overflowed { to_peer, waited_ms } => {
+                let mut event = self.event(EventKind::QueueOverflowed);
+                event.queue_wait_ms = Some(*waited_ms);
+                event.target = Some(LegInfo {
+                    peer: to_peer.clone(),
+                    ..LegInfo::default()
+                });
+                event
+            }
+            QueueUpdate::Abandoned { waited_ms } => {
+                let mut event = self.event(EventKind::QueueAbandoned);
+                event.queue_wait_ms = Some(*waited_ms);
+                event
+            }
+            // CALL_ENDED says it (ended by the gateway, and why).
+            QueueUpdate::GaveUp { .. } => return,
+        };
+        self.emit(event);
     }
 
     /// A transfer's or conference guest's linkage moved on (`linkage` as it now stands).

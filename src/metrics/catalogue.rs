@@ -100,6 +100,18 @@ pub enum Counter {
     RecordingsDeleted,
     /// Writes to recordings that failed (the recording is closed where it stands).
     RecordingWriteErrors,
+    /// Calls queued: every desk of their route turned the caller away (`queue_secs`).
+    QueueCalls,
+    /// Queued calls a desk (or an overflow peer) answered.
+    QueueAnswered,
+    /// Queued calls that went to the overflow peers at the end of the wait.
+    QueueOverflows,
+    /// Queued callers who hung up while waiting.
+    QueueAbandons,
+    /// Queued calls the gateway hung up (the wait over, no overflow, or the overflow failed).
+    QueueGaveUp,
+    /// The waits of queued calls as each ended (answered, overflowed, abandoned, given up).
+    QueueWaitMilliseconds,
     /// SIPREC recording sessions a recording server answered (`[recording] siprec`).
     SiprecSessions,
     /// SIPREC sessions that failed: refused or unanswered INVITEs, dialogs lost, answers with
@@ -107,7 +119,7 @@ pub enum Counter {
     SiprecFailures,
 }
 
-pub(super) const COUNTERS: [(Counter, &str, &str); 64] = [
+pub(super) const COUNTERS: [(Counter, &str, &str); 70] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -419,6 +431,36 @@ pub(super) const COUNTERS: [(Counter, &str, &str); 64] = [
         "writes to recording files that failed (the recording is closed where it stands)",
     ),
     (
+        Counter::QueueCalls,
+        "hotline_queue_calls_total",
+        "calls queued: every desk of their route turned the caller away (route queue_secs)",
+    ),
+    (
+        Counter::QueueAnswered,
+        "hotline_queue_answered_total",
+        "queued calls a desk or an overflow peer answered",
+    ),
+    (
+        Counter::QueueOverflows,
+        "hotline_queue_overflows_total",
+        "queued calls sent to the route's overflow peers at the end of the wait",
+    ),
+    (
+        Counter::QueueAbandons,
+        "hotline_queue_abandons_total",
+        "queued callers who hung up while waiting",
+    ),
+    (
+        Counter::QueueGaveUp,
+        "hotline_queue_gave_up_total",
+        "queued calls the gateway hung up: the wait over with no overflow, or the overflow failed",
+    ),
+    (
+        Counter::QueueWaitMilliseconds,
+        "hotline_queue_wait_milliseconds_total",
+        "the waits of queued calls, summed as each ended (divide by the answered, overflowed, abandoned and given-up counts)",
+    ),
+    (
         Counter::SiprecSessions,
         "hotline_recording_siprec_sessions_total",
         "SIPREC recording sessions the recording server (recording.siprec) answered",
@@ -436,6 +478,8 @@ pub enum Gauge {
     CallsActive,
     /// Calls to or from a reserved platform in progress.
     ReservedCallsActive,
+    /// Calls waiting in a route's queue now.
+    QueueWaiting,
     /// The calls the platforms keep (`reserved_calls`, together).
     ReservedCalls,
     TransactionsActive,
@@ -451,7 +495,7 @@ pub enum Gauge {
     RecordingFull,
 }
 
-pub(super) const GAUGES: [(Gauge, &str, &str); 12] = [
+pub(super) const GAUGES: [(Gauge, &str, &str); 13] = [
     (
         Gauge::CallsActive,
         "hotline_calls_active",
@@ -461,6 +505,11 @@ pub(super) const GAUGES: [(Gauge, &str, &str); 12] = [
         Gauge::TransactionsActive,
         "hotline_sip_transactions_active",
         "SIP transactions in progress",
+    ),
+    (
+        Gauge::QueueWaiting,
+        "hotline_queue_waiting",
+        "calls waiting in a route's queue now (an overflowed call until a remote seat answers)",
     ),
     (
         Gauge::ReservedCallsActive,

@@ -31,6 +31,7 @@ pub fn event(event: &CallEvent) -> pb::Event {
         ended_by: event.ended_by.as_deref().map_or(0, |e| ended_by(e) as i32),
         reason: event.reason.clone().unwrap_or_default(),
         recording: event.recording.as_ref().map(recording),
+        queue_wait_ms: event.queue_wait_ms.unwrap_or_default(),
     }
 }
 
@@ -65,6 +66,9 @@ fn event_type(kind: EventKind) -> pb::EventType {
         EventKind::CallFlagged => T::CallFlagged,
         EventKind::PeerDown => T::PeerDown,
         EventKind::PeerUp => T::PeerUp,
+        EventKind::Queued => T::Queued,
+        EventKind::QueueOverflowed => T::QueueOverflowed,
+        EventKind::QueueAbandoned => T::QueueAbandoned,
     }
 }
 

@@ -110,6 +110,12 @@ pub enum EventKind {
     PeerDown,
     /// A peer that was down answers its probes again; as `PeerDown`.
     PeerUp,
+    /// Every desk turned the caller away: it waits in the route's queue.
+    Queued,
+    /// The queue's wait is over: the call goes to the overflow peers.
+    QueueOverflowed,
+    /// The caller hung up while queued.
+    QueueAbandoned,
 }
 
 /// A conference party.
@@ -143,6 +149,8 @@ pub struct CallEvent {
     pub ended_by: Option<String>,
     pub reason: Option<String>,
     pub recording: Option<RecordingInfo>,
+    /// With a queued call's answer, overflow and abandon: the wait, in ms.
+    pub queue_wait_ms: Option<u64>,
 }
 
 impl CallEvent {
@@ -168,6 +176,7 @@ impl CallEvent {
             ended_by: None,
             reason: None,
             recording: None,
+            queue_wait_ms: None,
         }
     }
 }

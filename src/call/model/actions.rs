@@ -171,6 +171,8 @@ pub enum Action {
     },
     /// The call no longer bridges the dialog it entered with [`Action::Bridged`].
     Unbridged(DialogId),
+    /// The route's queue took, moved or lost the call.
+    Queue(QueueUpdate),
     /// The call is over for both parties: write the record now.
     Ended(Outcome),
     /// Nothing more will happen: drop the call.
@@ -193,6 +195,21 @@ pub enum ConferenceUpdate {
     },
     /// Two parties (or fewer) are left: they are relayed again.
     Ended,
+}
+
+/// What a route's queue did with the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueUpdate {
+    /// Every desk turned the caller away with `status`: it waits.
+    Queued { status: u16 },
+    /// A desk answered after `waited_ms` (the call's `Answered` follows).
+    Answered { waited_ms: u64 },
+    /// The wait is over: to the overflow peers, `to_peer` first.
+    Overflowed { to_peer: String, waited_ms: u64 },
+    /// The caller hung up while waiting.
+    Abandoned { waited_ms: u64 },
+    /// The gateway gave up on it (the wait over, no overflow; or the overflow failed).
+    GaveUp { waited_ms: u64 },
 }
 
 /// Whether a linkage moves the call or adds a party to it.

@@ -150,6 +150,9 @@ impl Call {
             } else {
                 EndedBy::Callee
             };
+            if leg == Leg::A {
+                self.abandon_queue(now);
+            }
             self.hang_up(Some(leg), ended_by, "normal clearing");
         }
     }

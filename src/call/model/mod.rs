@@ -59,7 +59,7 @@ mod transfer;
 
 pub use actions::{
     Action, CallSettings, ConferenceUpdate, EndedBy, LinkageKind, LinkageUpdate, NewCall, Outcome,
-    TransferError, ALLOW,
+    QueueUpdate, TransferError, ALLOW,
 };
 
 use std::collections::{HashMap, HashSet, VecDeque};

@@ -12,7 +12,7 @@ use crate::media::{Leg, MediaCommand};
 use crate::sip::dialog::Dialog;
 
 use super::fork::{Fork, ForkTimeouts};
-use super::{Action, Call, EndedBy, State, Timer};
+use super::{Action, Call, EndedBy, QueueUpdate, State, Timer};
 
 /// A caller waiting in the queue.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +42,7 @@ impl Call {
         if self.queued.is_some_and(|q| q.overflowed) {
             // The remote seats turned it away too.
             tracing::info!(call = %self.id, status, "overflow peers turned the caller away: hanging up");
+            self.give_up_queue(now);
             self.hang_up(None, EndedBy::Gateway, "no desk and no overflow peer");
             return true;
         }
@@ -81,6 +82,8 @@ impl Call {
             overflowed: false,
         });
         tracing::info!(call = %self.id, status, wait = ?policy.wait, "queued: every desk turned the caller away");
+        self.actions
+            .push_back(Action::Queue(QueueUpdate::Queued { status }));
         self.arm(Timer::QueueRetry, Some(now + policy.retry));
         true
     }
@@ -95,6 +98,7 @@ impl Call {
             self.overflow(now);
             return;
         }
+        let _ = queued;
         let route = match self.route_to(&self.number.clone()) {
             Ok(route) => route,
             // Every desk down (or the route gone): wait on, offer again later.
@@ -126,11 +130,18 @@ impl Call {
             .collect();
         if peers.is_empty() {
             tracing::info!(call = %self.id, "queue wait over: hanging up");
+            self.give_up_queue(now);
             self.hang_up(None, EndedBy::Gateway, "no desk within the queue wait");
             return;
         }
         if let Some(queued) = self.queued.as_mut() {
             queued.overflowed = true;
+            let waited_ms = waited(queued.since, now);
+            self.actions
+                .push_back(Action::Queue(QueueUpdate::Overflowed {
+                    to_peer: peers[0].name.clone(),
+                    waited_ms,
+                }));
         }
         tracing::info!(call = %self.id, to = %peers[0].name, "queue wait over: overflowing");
         let timeouts = ForkTimeouts {
@@ -150,6 +161,33 @@ impl Call {
                 None,
             )));
             tracing::info!(call = %self.id, waited = ?now.saturating_duration_since(queued.since), "queued call answered");
+            self.actions.push_back(Action::Queue(QueueUpdate::Answered {
+                waited_ms: waited(queued.since, now),
+            }));
         }
     }
+
+    /// The gateway gives up on the queued call (told before its hang-up).
+    fn give_up_queue(&mut self, now: Instant) {
+        if let Some(queued) = self.queued.take() {
+            self.actions.push_back(Action::Queue(QueueUpdate::GaveUp {
+                waited_ms: waited(queued.since, now),
+            }));
+        }
+    }
+
+    /// The caller hung up while queued: abandoned (told before the call's end).
+    pub(super) fn abandon_queue(&mut self, now: Instant) {
+        if let Some(queued) = self.queued.take() {
+            self.arm(Timer::QueueRetry, None);
+            self.actions
+                .push_back(Action::Queue(QueueUpdate::Abandoned {
+                    waited_ms: waited(queued.since, now),
+                }));
+        }
+    }
+}
+
+fn waited(since: Instant, now: Instant) -> u64 {
+    now.saturating_duration_since(since).as_millis() as u64
 }

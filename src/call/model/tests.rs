@@ -2278,6 +2278,10 @@ fn a_queue_wait_ends_with_a_bye_and_a_caller_may_abandon_it() {
     assert_eq!(h.sent(Method::Invite).len(), 3);
     h.advance(Duration::from_secs(2));
     assert_eq!(h.sent(Method::Bye).len(), 1, "the wait is over");
+    assert!(h
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Queue(QueueUpdate::GaveUp { waited_ms: 12_000 }))));
     assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Gateway));
 
     let mut h = queued();
@@ -2290,6 +2294,10 @@ fn a_queue_wait_ends_with_a_bye_and_a_caller_may_abandon_it() {
         1,
         "not offered again after it left"
     );
+    assert!(h
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Queue(QueueUpdate::Abandoned { .. }))));
 }
 
 /// Once the wait is over the call overflows to the route's overflow peers (another centre's
