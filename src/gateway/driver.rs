@@ -412,7 +412,10 @@ fn track_queue(queued: &mut bool, update: &QueueUpdate, metrics: &Metrics) {
         QueueUpdate::GaveUp { waited_ms } => (Counter::QueueGaveUp, *waited_ms),
     };
     metrics.increment(counter);
-    metrics.add(Counter::QueueWaitMilliseconds, waited);
+    // Each wait is summed once, at its end (an overflowed call waits on).
+    if !matches!(update, QueueUpdate::Overflowed { .. }) {
+        metrics.add(Counter::QueueWaitMilliseconds, waited);
+    }
     // An overflowed call waits on (for the remote seats) until answered or given up.
     if *queued && !matches!(update, QueueUpdate::Overflowed { .. }) {
         *queued = false;

@@ -188,6 +188,8 @@ pub struct Call {
     /// when it waits.
     queue_policy: Option<crate::routing::QueuePolicy>,
     queued: Option<queue::Queued>,
+    /// Offers of the queued call so far (each begins at the next desk of the route).
+    queue_offers: usize,
     actions: VecDeque<Action>,
 }
 
@@ -288,6 +290,7 @@ impl Call {
             no_desk: None,
             queue_policy: new.queue,
             queued: None,
+            queue_offers: 1,
             actions: VecDeque::new(),
             settings,
         };
@@ -382,7 +385,9 @@ impl Call {
                 }
             }
             SipEvent::AckTimeout { server } => {
-                if server == self.caller.server && self.state == State::Answered {
+                if server == self.caller.server
+                    && (self.state == State::Answered || self.is_queued())
+                {
                     self.hang_up(None, EndedBy::Gateway, "no ACK from caller");
                 }
             }
@@ -458,7 +463,7 @@ impl Call {
     /// The relay saw no media for the inactivity timeout.
     pub fn handle_media_inactive(&mut self, now: Instant) {
         self.step(now, |call| {
-            if call.state == State::Answered {
+            if call.state == State::Answered || call.is_queued() {
                 call.hang_up(None, EndedBy::Gateway, "media timeout");
             }
         });

@@ -36,13 +36,17 @@ impl Call {
         let Some(policy) = self.queue_policy.clone() else {
             return false;
         };
-        if status == 487 || self.cancelled || self.caller.pending_offer.is_some() {
+        // Busy, unavailable, declined, no answer, or the desk's server failing: a desk freeing
+        // up may take it. A refusal that would not change (404, 403, 488...) fails at once.
+        let busy =
+            matches!(status, 408 | 480 | 486 | 487 | 600 | 603) || (500..600).contains(&status);
+        if !busy || self.cancelled || self.caller.pending_offer.is_some() {
             return false;
         }
         if self.queued.is_some_and(|q| q.overflowed) {
             // The remote seats turned it away too.
             tracing::info!(call = %self.id, status, "overflow peers turned the caller away: hanging up");
-            self.give_up_queue(now);
+            self.give_up_queue(Some(now));
             self.hang_up(None, EndedBy::Gateway, "no desk and no overflow peer");
             return true;
         }
@@ -76,6 +80,9 @@ impl Call {
             self.legs[Leg::A].party,
             Some(announcement),
         )));
+        // From now on a caller gone silent on both directions ends the call, as answered.
+        self.actions
+            .push_back(Action::Media(MediaCommand::Answered));
         self.queued = Some(Queued {
             since: now,
             until: now + policy.wait,
@@ -99,7 +106,7 @@ impl Call {
             return;
         }
         let _ = queued;
-        let route = match self.route_to(&self.number.clone()) {
+        let mut route = match self.route_to(&self.number.clone()) {
             Ok(route) => route,
             // Every desk down (or the route gone): wait on, offer again later.
             Err(_) => {
@@ -107,12 +114,12 @@ impl Call {
                 return;
             }
         };
-        let timeouts = ForkTimeouts {
-            response: self.settings.peer_response_timeout,
-            ring: self.settings.ring_timeout,
-        };
-        self.setup = Fork::new(route, timeouts);
-        self.retry_setup(now);
+        // A busy desk does not pass the call on (486 is its final word): each offer begins
+        // at the next desk, so every desk of the route is offered it in turn.
+        let turn = self.queue_offers % route.len().max(1);
+        route.rotate_left(turn);
+        self.queue_offers += 1;
+        self.refork(now, route);
     }
 
     /// The wait is over: the call goes to the route's overflow peers that are up (another
@@ -130,7 +137,7 @@ impl Call {
             .collect();
         if peers.is_empty() {
             tracing::info!(call = %self.id, "queue wait over: hanging up");
-            self.give_up_queue(now);
+            self.give_up_queue(Some(now));
             self.hang_up(None, EndedBy::Gateway, "no desk within the queue wait");
             return;
         }
@@ -144,12 +151,7 @@ impl Call {
                 }));
         }
         tracing::info!(call = %self.id, to = %peers[0].name, "queue wait over: overflowing");
-        let timeouts = ForkTimeouts {
-            response: self.settings.peer_response_timeout,
-            ring: self.settings.ring_timeout,
-        };
-        self.setup = Fork::new(peers, timeouts);
-        self.retry_setup(now);
+        self.refork(now, peers);
     }
 
     /// A desk answered a queued call: the caller, answered already, stops hearing the queue.
@@ -167,13 +169,36 @@ impl Call {
         }
     }
 
-    /// The gateway gives up on the queued call (told before its hang-up).
-    fn give_up_queue(&mut self, now: Instant) {
+    /// The gateway gives up on the queued call (told before its hang-up; `now` unknown:
+    /// the wait is told as 0).
+    pub(super) fn give_up_queue(&mut self, now: Option<Instant>) {
         if let Some(queued) = self.queued.take() {
+            self.arm(Timer::QueueRetry, None);
             self.actions.push_back(Action::Queue(QueueUpdate::GaveUp {
-                waited_ms: waited(queued.since, now),
+                waited_ms: now.map_or(0, |now| waited(queued.since, now)),
             }));
         }
+    }
+
+    /// Leg B's fork begun afresh over `route`: the attempt under way (a desk that never
+    /// answered, its INVITE still running) is retired, so a late answer of it is ACKed and
+    /// released, never bridged.
+    fn refork(&mut self, now: Instant, route: Vec<std::sync::Arc<crate::routing::Peer>>) {
+        let timeouts = ForkTimeouts {
+            response: self.settings.peer_response_timeout,
+            ring: self.settings.ring_timeout,
+        };
+        let old = std::mem::replace(&mut self.setup, Fork::new(route, timeouts));
+        let mut old = old;
+        let (cancel, attempt) = old.abandon();
+        if let Some((request, target)) = cancel {
+            self.actions
+                .push_back(Action::SendRequest { request, target });
+        }
+        if let Some(attempt) = attempt {
+            self.retired.abandon(attempt);
+        }
+        self.retry_setup(now);
     }
 
     /// The caller hung up while queued: abandoned (told before the call's end).

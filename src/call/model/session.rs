@@ -286,7 +286,9 @@ impl Call {
 
     /// `leg`'s session timer is due: refresh it, or end a session the peer let expire.
     pub(super) fn session_due(&mut self, leg: Leg) {
-        if self.state != State::Answered || self.legs[leg].dialog.is_none() {
+        // A queued caller's session runs from its answer, before any desk's.
+        let live = self.state == State::Answered || (leg == Leg::A && self.is_queued());
+        if !live || self.legs[leg].dialog.is_none() {
             return;
         }
         let session = &self.legs[leg].session;

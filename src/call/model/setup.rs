@@ -196,6 +196,13 @@ impl Call {
     /// The call fails before answer: final response to the caller, record, finish when leg B
     /// is settled.
     pub(super) fn fail_caller(&mut self, status: u16, reason: &str, ended_by: EndedBy, why: &str) {
+        if self.is_queued() {
+            // Answered while it waited: a BYE, not a final response.
+            tracing::info!(call = %self.id, status, why, "queued call given up");
+            self.give_up_queue(None);
+            self.hang_up(None, EndedBy::Gateway, why);
+            return;
+        }
         if !self.caller.finalized {
             self.respond_a(status, reason, false);
         }
@@ -218,7 +225,11 @@ impl Call {
 
     fn setup_provisional(&mut self, now: Instant, response: Response) {
         let progress = self.setup.handle_provisional(now, response.status);
-        if progress == Progress::Ringing && self.state == State::Calling && !self.cancelled {
+        if progress == Progress::Ringing
+            && self.state == State::Calling
+            && !self.cancelled
+            && !self.is_queued()
+        {
             self.actions.push_back(Action::Ringing);
         }
         if self.cancelled {

@@ -2348,3 +2348,129 @@ fn a_queued_call_overflows_to_the_remote_seats_when_the_wait_is_over() {
     );
     assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Gateway));
 }
+
+fn queued_harness(route: Vec<Arc<Peer>>, wait_secs: u64) -> Harness {
+    let policy = crate::routing::QueuePolicy {
+        wait: Duration::from_secs(wait_secs),
+        retry: Duration::from_secs(5),
+        overflow: Vec::new(),
+    };
+    Harness::build_queued(
+        settings(),
+        invite(OFFER, 70),
+        (peer("carrier", 5070), "12345"),
+        route,
+        Some(policy),
+    )
+}
+
+/// A busy desk's 486 is final, so each offer of a queued call begins at the next desk: with
+/// two desks, the second is offered it at the first retry.
+#[test]
+fn each_offer_of_a_queued_call_begins_at_the_next_desk() {
+    let desk = |name: &str, port: u16| {
+        Peer::new(
+            name,
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Some("12345".into()),
+            TransportKind::Udp,
+        )
+    };
+    let router = Router::new(
+        vec![desk("hotline", 5080), desk("hotline-2", 5081)],
+        vec![crate::routing::Route {
+            number: crate::routing::NumberPattern::Exact("12345".into()),
+            peers: vec!["hotline".into(), "hotline-2".into()],
+            record: true,
+            schedule: Default::default(),
+            queue: None,
+        }],
+    );
+    let mut two_desks = (*settings()).clone();
+    two_desks.router = Arc::new(router);
+    let policy = crate::routing::QueuePolicy {
+        wait: Duration::from_secs(60),
+        retry: Duration::from_secs(5),
+        overflow: Vec::new(),
+    };
+    let mut h = Harness::build_queued(
+        Arc::new(two_desks),
+        invite(OFFER, 70),
+        (peer("carrier", 5070), "12345"),
+        vec![
+            peer_with_platform("hotline", 5080, "12345"),
+            peer_with_platform("hotline-2", 5081, "12345"),
+        ],
+        Some(policy),
+    );
+    h.respond_to_invite(486, None);
+    h.advance(Duration::from_secs(5));
+    assert_eq!(h.last_invite().uri.to_string(), "sip:12345@127.0.0.1:5081");
+}
+
+/// A refusal that would not change (404) fails the call at once: no queue.
+#[test]
+fn a_desk_that_refuses_for_good_does_not_queue_the_caller() {
+    let mut h = queued_harness(vec![peer_with_platform("hotline", 5080, "12345")], 60);
+    h.respond_to_invite(404, None);
+    assert_eq!(statuses(&h.responses(A_SERVER)), vec![404]);
+}
+
+/// A desk that answers a queued call unusably (no SDP): the caller, answered already, gets a
+/// BYE, not a final response it could no longer take.
+#[test]
+fn a_queued_call_failing_at_the_desks_answer_is_hung_up_with_a_bye() {
+    let mut h = queued_harness(vec![peer_with_platform("hotline", 5080, "12345")], 60);
+    h.respond_to_invite(486, None);
+    h.advance(Duration::from_secs(5));
+    h.respond_to_invite(200, None);
+    assert_eq!(
+        statuses(&h.responses(A_SERVER)),
+        vec![200],
+        "only the queue's answer"
+    );
+    let byes = h.sent(Method::Bye);
+    assert!(
+        byes.iter()
+            .any(|(bye, _)| bye.call_id() == h.call.caller.invite.call_id()),
+        "a BYE to the caller"
+    );
+    assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Gateway));
+}
+
+/// A desk that never answered an offer (its INVITE still running) answers after the next
+/// offer went out: its 2xx is ACKed and released, never bridged to the citizen.
+#[test]
+fn a_late_answer_to_an_earlier_offer_is_released() {
+    let mut h = queued_harness(vec![peer_with_platform("hotline", 5080, "12345")], 60);
+    h.respond_to_invite(486, None);
+    h.advance(Duration::from_secs(5));
+    let silent = h.last_invite();
+    // No response within the peer response timeout (4 s): the next offer at the retry.
+    h.advance(Duration::from_secs(4));
+    h.advance(Duration::from_secs(5));
+    let next = h.last_invite();
+    assert_ne!(next.call_id(), silent.call_id());
+    let mut late = Response::for_request(&silent, 200, Some("late"));
+    late.headers.push("Contact", "<sip:agent@127.0.0.1:5080>");
+    late.headers.push("Content-Type", "application/sdp");
+    late.body = Bytes::from(ANSWER);
+    h.sip(SipEvent::Response {
+        branch: branch_of(&silent),
+        response: late,
+    });
+    let to_silent: Vec<Method> = h
+        .sent(Method::Ack)
+        .into_iter()
+        .chain(h.sent(Method::Bye))
+        .filter(|(r, _)| r.call_id() == silent.call_id())
+        .map(|(r, _)| r.method)
+        .collect();
+    assert_eq!(to_silent, vec![Method::Ack, Method::Bye]);
+    assert!(
+        !h.actions
+            .iter()
+            .any(|a| matches!(a, Action::Answered { .. })),
+        "not bridged"
+    );
+}

@@ -736,6 +736,15 @@ impl Config {
                         format!("no [[peer]] is named {name:?}"),
                     ));
                 }
+                // The call's leg toward the route has its media address on the route's
+                // interface: an overflow peer must reach it too.
+                let first = route.peers.first().map(|p| self.peer_interface(p));
+                if first.is_some_and(|first| first != self.peer_interface(name)) {
+                    return Err(invalid(
+                        format!("route[{index}].overflow[{peer_index}]"),
+                        format!("peer {name:?} is on another interface than the route's peers: a route's peers and overflow share one interface"),
+                    ));
+                }
             }
             if !(1..=60).contains(&route.queue_retry_secs) {
                 return Err(invalid(
