@@ -1113,3 +1113,68 @@ async fn a_queued_citizen_overflows_to_a_remote_seat_when_the_wait_is_over() {
     assert!(from_seat >= 10, "the citizen hears the remote seat");
     gateway.stop().await;
 }
+
+/// A citizen who hangs up while queued abandons the queue: 12345's stream says
+/// `QUEUE_ABANDONED` with the wait, then `CALL_ENDED` (by the caller); the record has no
+/// answer; the queue's gauge is back to 0 and the abandon counted.
+#[tokio::test]
+async fn a_citizen_hanging_up_in_the_queue_abandons_it() {
+    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = Ua::bind("hotline", LOCALHOST).await;
+    let mut gateway = Gateway::start_with_tables(
+        &[
+            ("carrier", citizen.address, ""),
+            ("hotline", agent.address, "platform = \"12345\""),
+        ],
+        &[],
+        "",
+        "",
+        "\n[[route]]\nnumber = \"12345\"\npeers = [\"hotline\"]\nqueue_secs = 60\nqueue_retry_secs = 30\n\
+         \n[[platform]]\nname = \"12345\"\ntoken = \"token-of-the-12345-platform\"\n",
+    )
+    .await;
+    citizen.set_gateway(gateway.sip);
+    agent.set_gateway(gateway.sip);
+    let mut platform = common::platform::Platform::connect(
+        gateway.grpc,
+        "12345",
+        "token-of-the-12345-platform",
+        None,
+    )
+    .await;
+    let rtp = RtpPeer::bind(LOCALHOST).await;
+    let invite = citizen.invite(
+        "12345",
+        "13800138000",
+        &sdp(rtp.address, &[8], "sendrecv"),
+        "",
+    );
+    citizen.send_request(&invite).await;
+    let offered = agent.expect_request("INVITE").await;
+    agent
+        .send_response(&agent.answer(&offered, 486, None))
+        .await;
+    let ok = citizen.expect_response("INVITE", 200).await;
+    let ack = citizen.in_dialog(&invite, &ok, "ACK", 1, "");
+    citizen.send_request(&ack).await;
+    use hotline_gateway::workorder::pb::EventType;
+    platform.until(EventType::Queued).await;
+    gateway.metric_reaches("hotline_queue_waiting", 1.0).await;
+    let bye = citizen.in_dialog(&invite, &ok, "BYE", 2, "");
+    citizen.send_request(&bye).await;
+    citizen.expect_response("BYE", 200).await;
+    let abandoned = platform.until(EventType::QueueAbandoned).await;
+    assert_eq!(
+        abandoned.call_id,
+        platform.until(EventType::CallEnded).await.call_id
+    );
+    let record = gateway.ended_record(invite.call_id()).await;
+    assert_eq!(record.answered_at, None, "no desk answered");
+    assert_eq!(record.ended_by.as_deref(), Some("caller"));
+    gateway.metric_reaches("hotline_queue_waiting", 0.0).await;
+    assert_eq!(
+        gateway.metric("hotline_queue_abandons_total").await,
+        Some(1.0)
+    );
+    gateway.stop().await;
+}
