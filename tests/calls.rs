@@ -984,36 +984,9 @@ async fn a_queued_citizen_hears_the_queue_prompt_and_is_put_through_when_the_des
         Some("13800138000".into()),
         "with the citizen's number"
     );
-    let gateway_b = hotline_gateway::sip::sdp::parse(again.sdp().unwrap_or_default())
-        .ok()
-        .and_then(|s| {
-            let port = s.media.first()?.port;
-            Some(SocketAddr::new(s.connection?, port))
-        })
-        .unwrap_or_else(|| panic!("no media in the INVITE"));
+    let gateway_b = gateway_media(&again);
     let desk = common::answer_with_media(&mut agent, &again, &[8]).await;
-    let mut pace = tokio::time::interval(Duration::from_millis(20));
-    let mut from_desk = 0;
-    for sequence in 0..100u16 {
-        pace.tick().await;
-        desk.send(
-            gateway_b,
-            8,
-            sequence,
-            u32::from(sequence) * 160,
-            0xde5c,
-            &[0x33; 160],
-        )
-        .await;
-        while let Some(packet) = rtp.recv_within(Duration::from_millis(1)).await {
-            if packet.payload == [0x33; 160] {
-                from_desk += 1;
-            }
-        }
-        if from_desk >= 10 {
-            break;
-        }
-    }
+    let from_desk = citizen_hears(&rtp, &desk, gateway_b, 0xde5c).await;
     assert!(from_desk >= 10, "the citizen hears the desk");
     // The platform saw it queued (the desk's 486), then answered after the wait.
     use hotline_gateway::workorder::pb::EventType;
@@ -1062,20 +1035,7 @@ async fn a_queued_citizen_overflows_to_a_remote_seat_when_the_wait_is_over() {
         ua.set_gateway(gateway.sip);
     }
     let rtp = RtpPeer::bind(LOCALHOST).await;
-    let invite = citizen.invite(
-        "12345",
-        "13800138000",
-        &sdp(rtp.address, &[8], "sendrecv"),
-        "",
-    );
-    citizen.send_request(&invite).await;
-    let offered = agent.expect_request("INVITE").await;
-    agent
-        .send_response(&agent.answer(&offered, 486, None))
-        .await;
-    let ok = citizen.expect_response("INVITE", 200).await;
-    let ack = citizen.in_dialog(&invite, &ok, "ACK", 1, "");
-    citizen.send_request(&ack).await;
+    let _queued = queue_the_citizen(&mut citizen, &mut agent, &rtp).await;
     let overflowed = remote.expect_request("INVITE").await;
     assert_eq!(overflowed.uri.user.as_deref(), Some("12345"));
     assert_eq!(
@@ -1084,32 +1044,7 @@ async fn a_queued_citizen_overflows_to_a_remote_seat_when_the_wait_is_over() {
         "the citizen's number"
     );
     let seat = common::answer_with_media(&mut remote, &overflowed, &[8]).await;
-    let gateway_b = hotline_gateway::sip::sdp::parse(overflowed.sdp().unwrap_or_default())
-        .ok()
-        .and_then(|s| Some(SocketAddr::new(s.connection?, s.media.first()?.port)))
-        .unwrap_or_else(|| panic!("no media in the INVITE"));
-    let mut pace = tokio::time::interval(Duration::from_millis(20));
-    let mut from_seat = 0;
-    for sequence in 0..100u16 {
-        pace.tick().await;
-        seat.send(
-            gateway_b,
-            8,
-            sequence,
-            u32::from(sequence) * 160,
-            0x5ea7,
-            &[0x33; 160],
-        )
-        .await;
-        while let Some(packet) = rtp.recv_within(Duration::from_millis(1)).await {
-            if packet.payload == [0x33; 160] {
-                from_seat += 1;
-            }
-        }
-        if from_seat >= 10 {
-            break;
-        }
-    }
+    let from_seat = citizen_hears(&rtp, &seat, gateway_media(&overflowed), 0x5ea7).await;
     assert!(from_seat >= 10, "the citizen hears the remote seat");
     gateway.stop().await;
 }
@@ -1143,20 +1078,7 @@ async fn a_citizen_hanging_up_in_the_queue_abandons_it() {
     )
     .await;
     let rtp = RtpPeer::bind(LOCALHOST).await;
-    let invite = citizen.invite(
-        "12345",
-        "13800138000",
-        &sdp(rtp.address, &[8], "sendrecv"),
-        "",
-    );
-    citizen.send_request(&invite).await;
-    let offered = agent.expect_request("INVITE").await;
-    agent
-        .send_response(&agent.answer(&offered, 486, None))
-        .await;
-    let ok = citizen.expect_response("INVITE", 200).await;
-    let ack = citizen.in_dialog(&invite, &ok, "ACK", 1, "");
-    citizen.send_request(&ack).await;
+    let (invite, ok) = queue_the_citizen(&mut citizen, &mut agent, &rtp).await;
     use hotline_gateway::workorder::pb::EventType;
     platform.until(EventType::Queued).await;
     gateway.metric_reaches("hotline_queue_waiting", 1.0).await;
@@ -1177,4 +1099,68 @@ async fn a_citizen_hanging_up_in_the_queue_abandons_it() {
         Some(1.0)
     );
     gateway.stop().await;
+}
+
+/// The gateway's media address in the SDP of `request` (an INVITE it sent).
+fn gateway_media(request: &hotline_gateway::sip::message::Request) -> SocketAddr {
+    hotline_gateway::sip::sdp::parse(request.sdp().unwrap_or_default())
+        .ok()
+        .and_then(|s| Some(SocketAddr::new(s.connection?, s.media.first()?.port)))
+        .unwrap_or_else(|| panic!("no media in the INVITE"))
+}
+
+/// `talker` speaks (a marked payload, every 20 ms) to the gateway at `gateway_b` until the
+/// citizen's `rtp` has received 10 of its packets (at most 2 s): how many it received.
+async fn citizen_hears(rtp: &RtpPeer, talker: &RtpPeer, gateway_b: SocketAddr, ssrc: u32) -> usize {
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    let mut heard = 0;
+    for sequence in 0..100u16 {
+        pace.tick().await;
+        talker
+            .send(
+                gateway_b,
+                8,
+                sequence,
+                u32::from(sequence) * 160,
+                ssrc,
+                &[0x33; 160],
+            )
+            .await;
+        while let Some(packet) = rtp.recv_within(Duration::from_millis(1)).await {
+            if packet.payload == [0x33; 160] {
+                heard += 1;
+            }
+        }
+        if heard >= 10 {
+            break;
+        }
+    }
+    heard
+}
+
+/// The citizen calls 12345 from `rtp`; the desk answers 486; the queue answers the citizen,
+/// who ACKs: its INVITE and the 200.
+async fn queue_the_citizen(
+    citizen: &mut Ua,
+    agent: &mut Ua,
+    rtp: &RtpPeer,
+) -> (
+    hotline_gateway::sip::message::Request,
+    hotline_gateway::sip::message::Response,
+) {
+    let invite = citizen.invite(
+        "12345",
+        "13800138000",
+        &sdp(rtp.address, &[8], "sendrecv"),
+        "",
+    );
+    citizen.send_request(&invite).await;
+    let offered = agent.expect_request("INVITE").await;
+    agent
+        .send_response(&agent.answer(&offered, 486, None))
+        .await;
+    let ok = citizen.expect_response("INVITE", 200).await;
+    let ack = citizen.in_dialog(&invite, &ok, "ACK", 1, "");
+    citizen.send_request(&ack).await;
+    (invite, ok)
 }
