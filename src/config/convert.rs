@@ -60,6 +60,7 @@ impl From<&PeerConfig> for Peer {
         peer.diversion = config.diversion;
         peer.srtp = config.srtp;
         peer.max_calls_per_sec = config.max_calls_per_sec;
+        peer.seats = crate::routing::desks::Seats::new(config.max_calls);
         peer.charset = config.charset;
         peer.record = config.record;
         peer.probe_interval =
@@ -110,6 +111,9 @@ impl From<&RouteConfig> for Route {
                 wait: Duration::from_secs(u64::from(wait)),
                 retry: Duration::from_secs(u64::from(config.queue_retry_secs)),
                 overflow: config.overflow.clone(),
+                line: Arc::new(crate::routing::desks::WaitingLine::new(
+                    config.queue_max.map(|max| max as usize),
+                )),
             }),
         }
     }

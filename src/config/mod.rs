@@ -510,6 +510,12 @@ pub struct PeerConfig {
     /// Retry-After (default: no limit, the peer is trusted to send what it must).
     #[serde(default)]
     pub max_calls_per_sec: Option<u32>,
+    /// The calls this peer takes from the gateway at once (a desk's capacity: its agents, or
+    /// its trunk's channels); a call beyond finds it busy without an INVITE, as if it had
+    /// answered 486, and a queued call is offered to it as soon as one of its calls ends.
+    /// Default: no limit (its own busy answers say when it is full).
+    #[serde(default)]
+    pub max_calls: Option<u32>,
     /// SIP digest authentication (RFC 3261 §22): requests from this peer that start something
     /// (not ACK, CANCEL or requests inside a dialog) must prove these credentials, or get 401
     /// (403 for wrong ones). Both or neither (default: none, its address suffices).
@@ -611,8 +617,14 @@ pub struct RouteConfig {
     /// How often a queued call is offered to the route's desks again (default 5; 1 to 60).
     #[serde(default = "default_queue_retry_secs")]
     pub queue_retry_secs: u32,
+    /// At most this many callers wait in the route's queue at once; one more goes straight to
+    /// `overflow` (hearing the queue announcement while it rings), or, with no overflow, is
+    /// turned away as when no desk answers. Needs `queue_secs`. Default: no limit.
+    #[serde(default)]
+    pub queue_max: Option<u32>,
     /// Peers (another centre's remote seats, 远程座席) a queued call goes to, tried in order,
-    /// once `queue_secs` is over; if they turn it away too, the gateway hangs up. Needs
+    /// once `queue_secs` is over (or at once when `queue_max` callers wait already); if they
+    /// turn it away too, the gateway plays `[announcements] no_desk` and hangs up. Needs
     /// `queue_secs`. Default: none.
     #[serde(default)]
     pub overflow: Vec<String>,

@@ -775,8 +775,8 @@ fn routes_by_time_are_read_and_checked() {
     }
 }
 
-/// `[[route]] queue_secs` and `queue_retry_secs` convert to the route's queue; out of range is
-/// refused with the key.
+/// `[[route]] queue_secs`, `queue_retry_secs` and `queue_max` convert to the route's queue; out
+/// of range is refused with the key.
 #[test]
 fn route_queues_are_read_and_checked() {
     let route = |extra: &str| {
@@ -784,7 +784,7 @@ fn route_queues_are_read_and_checked() {
     };
     match Config::parse(
         Path::new("test.toml"),
-        &route("queue_secs = 60\nqueue_retry_secs = 3\n"),
+        &route("queue_secs = 60\nqueue_retry_secs = 3\nqueue_max = 20\n"),
     ) {
         Ok(config) => {
             let router = crate::routing::Router::from(&config);
@@ -794,6 +794,7 @@ fn route_queues_are_read_and_checked() {
                     wait: std::time::Duration::from_secs(60),
                     retry: std::time::Duration::from_secs(3),
                     overflow: Vec::new(),
+                    line: std::sync::Arc::new(crate::routing::desks::WaitingLine::new(Some(20))),
                 })
             );
             assert_eq!(router.queue_at("110", 0), None);
@@ -808,10 +809,33 @@ fn route_queues_are_read_and_checked() {
         ),
         ("overflow = [\"police\"]\n", "needs queue_secs"),
         ("queue_secs = 60\noverflow = [\"nowhere\"]\n", "overflow[0]"),
+        ("queue_secs = 60\nqueue_max = 0\n", "route[2].queue_max"),
+        ("queue_max = 5\n", "needs queue_secs"),
     ] {
         match Config::parse(Path::new("test.toml"), &route(extra)) {
             Ok(_) => panic!("{extra} accepted"),
             Err(e) => assert!(e.to_string().contains(key), "{e}"),
         }
+    }
+}
+
+/// `[[peer]] max_calls` is the desk's capacity in the router; 0 is refused with the key.
+#[test]
+fn peer_max_calls_is_read_and_checked() {
+    let text = sample().replacen("name = \"hotline\"", "name = \"hotline\"\nmax_calls = 8", 1);
+    match Config::parse(Path::new("test.toml"), &text) {
+        Ok(config) => {
+            let router = crate::routing::Router::from(&config);
+            let max = router.peer_by_name("hotline").and_then(|p| p.seats.max());
+            assert_eq!(max, Some(8));
+            let police = router.peer_by_name("police").and_then(|p| p.seats.max());
+            assert_eq!(police, None, "no limit by default");
+        }
+        Err(e) => panic!("{e}"),
+    }
+    let text = sample().replacen("name = \"hotline\"", "name = \"hotline\"\nmax_calls = 0", 1);
+    match Config::parse(Path::new("test.toml"), &text) {
+        Ok(_) => panic!("max_calls = 0 accepted"),
+        Err(e) => assert!(e.to_string().contains("max_calls"), "{e}"),
     }
 }

@@ -125,6 +125,7 @@ async fn run(
         offered: driver_now(),
         ringing: None,
     };
+    let mut desks = call.desk_signal();
     loop {
         if carry_out(&mut call, &owner, &relay, &mut records, &services).await {
             break;
@@ -167,6 +168,9 @@ async fn run(
                 MediaEvent::Inactive => call.handle_media_inactive(driver_now()),
                 MediaEvent::Digit(party, digit) => call.handle_media_digit(driver_now(), party, digit),
             },
+            Ok(()) = desks.changed(), if call.waits_for_desks() => {
+                call.handle_desks_freed(driver_now());
+            }
             _ = sleep => {
                 let now = driver_now();
                 call.handle_timeout(now);
@@ -406,6 +410,10 @@ fn track_queue(queued: &mut bool, update: &QueueUpdate, metrics: &Metrics) {
             metrics.increment(Counter::QueueCalls);
             return;
         }
+        QueueUpdate::Offered { .. } => {
+            metrics.increment(Counter::QueueOffers);
+            return;
+        }
         QueueUpdate::Answered { waited_ms } => (Counter::QueueAnswered, *waited_ms),
         QueueUpdate::Overflowed { waited_ms, .. } => (Counter::QueueOverflows, *waited_ms),
         QueueUpdate::Abandoned { waited_ms } => (Counter::QueueAbandons, *waited_ms),
@@ -415,6 +423,7 @@ fn track_queue(queued: &mut bool, update: &QueueUpdate, metrics: &Metrics) {
     // Each wait is summed once, at its end (an overflowed call waits on).
     if !matches!(update, QueueUpdate::Overflowed { .. }) {
         metrics.add(Counter::QueueWaitMilliseconds, waited);
+        metrics.observe_queue_wait(waited);
     }
     // An overflowed call waits on (for the remote seats) until answered or given up.
     if *queued && !matches!(update, QueueUpdate::Overflowed { .. }) {

@@ -199,6 +199,15 @@ impl Link {
                 self.queue_wait_ms = Some(*waited_ms);
                 return;
             }
+            QueueUpdate::Offered { to_peer, waited_ms } => {
+                let mut event = self.event(EventKind::QueueOffered);
+                event.queue_wait_ms = Some(*waited_ms);
+                event.target = Some(LegInfo {
+                    peer: to_peer.clone(),
+                    ..LegInfo::default()
+                });
+                event
+            }
             QueueUpdate::Overflowed { to_peer, waited_ms } => {
                 let mut event = self.event(EventKind::QueueOverflowed);
                 event.queue_wait_ms = Some(*waited_ms);

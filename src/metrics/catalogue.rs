@@ -104,6 +104,8 @@ pub enum Counter {
     QueueCalls,
     /// Queued calls a desk (or an overflow peer) answered.
     QueueAnswered,
+    /// Offers of queued calls to their desks again (a desk freed a seat, or the retry).
+    QueueOffers,
     /// Queued calls that went to the overflow peers at the end of the wait.
     QueueOverflows,
     /// Queued callers who hung up while waiting.
@@ -119,7 +121,7 @@ pub enum Counter {
     SiprecFailures,
 }
 
-pub(super) const COUNTERS: [(Counter, &str, &str); 70] = [
+pub(super) const COUNTERS: [(Counter, &str, &str); 71] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -441,9 +443,14 @@ pub(super) const COUNTERS: [(Counter, &str, &str); 70] = [
         "queued calls a desk or an overflow peer answered",
     ),
     (
+        Counter::QueueOffers,
+        "hotline_queue_offers_total",
+        "offers of queued calls to their route's desks again (a desk freed a seat, or queue_retry_secs passed)",
+    ),
+    (
         Counter::QueueOverflows,
         "hotline_queue_overflows_total",
-        "queued calls sent to the route's overflow peers at the end of the wait",
+        "queued calls sent to the route's overflow peers: the wait over, or the line full (queue_max)",
     ),
     (
         Counter::QueueAbandons,

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 mod catalogue;
+mod histogram;
 
 pub use catalogue::{Counter, Gauge};
 use catalogue::{COUNTERS, GAUGES};
@@ -41,7 +42,15 @@ pub struct Metrics {
     /// `hotline_interface_*{interface}`: each interface's media figures, in the order
     /// registered (at start, by the port pools that update them).
     interfaces: Mutex<Vec<(String, Arc<InterfaceMetrics>)>>,
+    /// `hotline_queue_wait_seconds`: each queued call's wait, at its end.
+    queue_wait: histogram::Histogram,
 }
+
+/// The buckets of `hotline_queue_wait_seconds`: the service-level marks centres use (within
+/// 10, 15, 20, 30 s) up to the longest `queue_secs`.
+const QUEUE_WAIT_BUCKETS: &[u32] = &[
+    1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1800, 3600,
+];
 
 /// One network interface's media figures, updated by its port pool without a lock.
 #[derive(Debug, Default)]
@@ -70,6 +79,7 @@ impl Default for Metrics {
             peers_up: Mutex::new(Vec::new()),
             registrations: Mutex::new(Vec::new()),
             interfaces: Mutex::new(Vec::new()),
+            queue_wait: histogram::Histogram::new(QUEUE_WAIT_BUCKETS),
         }
     }
 }
@@ -95,6 +105,11 @@ impl Metrics {
 
     pub fn set_gauge(&self, gauge: Gauge, value: i64) {
         self.gauges[gauge_index(gauge)].store(value, Ordering::Relaxed);
+    }
+
+    /// A queued call's wait ended (answered, overflowed, abandoned or given up).
+    pub fn observe_queue_wait(&self, waited_ms: u64) {
+        self.queue_wait.observe_ms(waited_ms);
     }
 
     pub fn count_call(&self, result: CallResult) {
@@ -181,6 +196,11 @@ impl Metrics {
         self.render_peers_up(&mut out);
         self.render_registrations(&mut out);
         self.render_interfaces(&mut out);
+        self.queue_wait.render(
+            "hotline_queue_wait_seconds",
+            "the waits of queued calls, observed as each ended (answered, overflowed, abandoned, given up)",
+            &mut out,
+        );
         for (index, (_, name, help)) in COUNTERS.iter().enumerate() {
             let value = self.counters[index].load(Ordering::Relaxed);
             let _ = writeln!(

@@ -38,6 +38,7 @@ pub enum DiversionHeader {
 pub mod charset;
 mod cidr;
 pub mod credentials;
+pub mod desks;
 pub mod health;
 pub mod schedule;
 
@@ -103,6 +104,8 @@ pub struct Peer {
     pub record: bool,
     /// Up or down, as its probes found (up until they find otherwise).
     liveness: health::Liveness,
+    /// The calls the gateway has sent it, against `[[peer]] max_calls`.
+    pub seats: desks::Seats,
 }
 
 /// One of the gateway's interfaces (`[[interface]]`, in the order configured after the
@@ -155,6 +158,7 @@ impl Peer {
             interface: InterfaceId::DEFAULT,
             record: true,
             liveness: health::Liveness::default(),
+            seats: desks::Seats::default(),
         }
     }
 
@@ -209,8 +213,11 @@ pub struct QueuePolicy {
     /// How often the route's desks are offered the call again.
     pub retry: std::time::Duration,
     /// Peers (by name: another centre's remote seats) the call goes to, in order, once the
-    /// wait is over (`[[route]] overflow`).
+    /// wait is over or the line is full (`[[route]] overflow`).
     pub overflow: Vec<String>,
+    /// The route's callers waiting now, in order (`[[route]] queue_max` at most), shared by
+    /// every call of the route.
+    pub line: Arc<desks::WaitingLine>,
 }
 
 /// One element of a [`NumberPattern`].
@@ -350,6 +357,8 @@ pub struct Router {
     unrecorded: Vec<NumberPattern>,
     /// The interfaces' names by [`InterfaceId`] (the default's first), for records and logs.
     interfaces: Vec<String>,
+    /// Raised when a desk frees a seat or a queued caller leaves a line.
+    desks: Arc<desks::DeskSignal>,
 }
 
 impl Router {
@@ -359,6 +368,12 @@ impl Router {
         self.interfaces.truncate(1);
         self.interfaces.extend(names);
         self
+    }
+
+    /// Raised when a desk frees a seat or a queued caller leaves a line: queued calls wait on
+    /// it.
+    pub fn desk_signal(&self) -> &Arc<desks::DeskSignal> {
+        &self.desks
     }
 
     /// The name of an interface: "default" for `[sip]`/`[media]`'s (or one not configured).
@@ -386,7 +401,14 @@ impl Router {
     /// refuses such a configuration). Routes for one number are kept in file order, each
     /// with its schedule.
     pub fn new(peers: Vec<Peer>, routes: Vec<Route>) -> Router {
-        let peers: Vec<Arc<Peer>> = peers.into_iter().map(Arc::new).collect();
+        let desks = Arc::new(desks::DeskSignal::default());
+        let peers: Vec<Arc<Peer>> = peers
+            .into_iter()
+            .map(|mut peer| {
+                peer.seats.connect(&desks);
+                Arc::new(peer)
+            })
+            .collect();
         let by_name: HashMap<&str, Arc<Peer>> = peers
             .iter()
             .map(|p| (p.name.as_str(), Arc::clone(p)))
@@ -406,7 +428,12 @@ impl Router {
         let mut exact = HashMap::new();
         let mut patterns = Vec::new();
         let mut unrecorded = Vec::new();
-        for route in routes {
+        for mut route in routes {
+            if let Some(policy) = route.queue.as_mut() {
+                let mut line = desks::WaitingLine::new(policy.line.max());
+                line.connect(&desks);
+                policy.line = Arc::new(line);
+            }
             if !route.record {
                 unrecorded.push(route.number.clone());
             }
@@ -435,6 +462,7 @@ impl Router {
             patterns,
             unrecorded,
             interfaces: vec!["default".to_string()],
+            desks,
             calendar: schedule::Calendar::default(),
             clock: schedule::Clock(Arc::new(|| {
                 std::time::SystemTime::now()

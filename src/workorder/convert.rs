@@ -69,6 +69,7 @@ fn event_type(kind: EventKind) -> pb::EventType {
         EventKind::Queued => T::Queued,
         EventKind::QueueOverflowed => T::QueueOverflowed,
         EventKind::QueueAbandoned => T::QueueAbandoned,
+        EventKind::QueueOffered => T::QueueOffered,
     }
 }
 

@@ -116,6 +116,8 @@ pub enum EventKind {
     QueueOverflowed,
     /// The caller hung up while queued.
     QueueAbandoned,
+    /// The queued call was offered to a desk again.
+    QueueOffered,
 }
 
 /// A conference party.

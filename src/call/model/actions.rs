@@ -204,7 +204,11 @@ pub enum QueueUpdate {
     Queued { status: u16 },
     /// A desk answered after `waited_ms` (the call's `Answered` follows).
     Answered { waited_ms: u64 },
-    /// The wait is over: to the overflow peers, `to_peer` first.
+    /// Offered to a desk of the route again (`to_peer`), `waited_ms` into the wait: a desk
+    /// freed a seat, or the retry interval passed.
+    Offered { to_peer: String, waited_ms: u64 },
+    /// The wait is over, or the line was full (`waited_ms` 0): to the overflow peers,
+    /// `to_peer` first.
     Overflowed { to_peer: String, waited_ms: u64 },
     /// The caller hung up while waiting.
     Abandoned { waited_ms: u64 },

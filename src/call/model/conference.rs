@@ -196,6 +196,11 @@ impl Call {
 
     /// Sends guest `index`'s INVITE to the `peer_index`-th peer of its route.
     fn guest_to_peer(&mut self, now: Instant, index: usize, peer_index: usize) {
+        let Some(peer_index) = self.guests[index].fork.claim(peer_index, 0) else {
+            tracing::info!(call = %self.id, "conference guest: every peer left is at its max_calls");
+            self.guest_failure(now, index, Failure::desks_full());
+            return;
+        };
         let branch = self.ids.branch();
         if peer_index > 0 {
             // A new peer is a new dialog (§8.2.2.2: the same Call-ID, tag and CSeq towards an

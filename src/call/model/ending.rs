@@ -33,6 +33,25 @@ impl Call {
         self.actions.push_back(Action::Ended(outcome));
         self.state = State::Ending;
         self.setup.stop_timers();
+        self.release_desks();
+    }
+
+    /// The call is over for its parties: its seats at the desks (`max_calls`) and its place
+    /// in a line are given back now, not when its last answers come.
+    fn release_desks(&mut self) {
+        self.setup.release_seats();
+        if let Some(transfer) = self.transfer.as_mut() {
+            transfer.fork.release_seats();
+        }
+        for guest in &mut self.guests {
+            guest.fork.release_seats();
+        }
+        for leg in [Leg::A, Leg::B] {
+            if let Some(attempt) = self.legs[leg].uac_invite.as_mut() {
+                attempt.seat = None;
+            }
+        }
+        self.queued = None;
     }
 
     /// After every input: an ending call finishes once leg B's INVITE has settled and our

@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::routing::desks::Seat;
 use crate::routing::Peer;
 use crate::sip::message::{self, Request};
 use crate::sip::target::Target;
@@ -35,6 +36,9 @@ pub(super) struct Attempt {
     pub(super) session_retried: bool,
     /// Challenges (401/407) this INVITE's chain answered (§22.2): bounded, no loop.
     pub(super) auth_answers: u8,
+    /// The call's place at the peer's desk (`max_calls`), held while the INVITE runs and
+    /// then by the leg it made; given back when either ends.
+    pub(super) seat: Option<Seat>,
 }
 
 impl Attempt {
@@ -57,6 +61,7 @@ impl Attempt {
             released: false,
             session_retried: false,
             auth_answers: 0,
+            seat: None,
         }
     }
 
@@ -103,6 +108,17 @@ pub(super) struct Failure {
     pub(super) next: Option<usize>,
 }
 
+impl Failure {
+    /// Every peer left is at its `max_calls`: busy, said by the gateway for them.
+    pub(super) fn desks_full() -> Failure {
+        Failure {
+            status: 486,
+            reason: "Busy Here".to_string(),
+            next: None,
+        }
+    }
+}
+
 /// A fork's timer that fired.
 #[derive(Debug)]
 pub(super) enum ForkTimeout {
@@ -125,6 +141,8 @@ pub(super) struct Fork {
     ring_deadline: Option<Instant>,
     /// The current peer sent a provisional response beyond 100.
     ringing: bool,
+    /// The seat [`Fork::claim`] took for the INVITE about to be sent.
+    claimed: Option<Seat>,
 }
 
 impl Fork {
@@ -136,6 +154,51 @@ impl Fork {
             response_deadline: None,
             ring_deadline: None,
             ringing: false,
+            claimed: None,
+        }
+    }
+
+    /// Takes a seat for the next INVITE at the first peer from `index` on (past `index`
+    /// itself, one that is up) with room: a peer at its `max_calls` is passed over like one
+    /// that answered busy, without an INVITE. At a peer with `max_calls`, the `ahead` callers
+    /// waiting before this call in the route's line go first: it takes a seat only while
+    /// more than `ahead` are free. None: every peer left is full.
+    pub(super) fn claim(&mut self, index: usize, ahead: usize) -> Option<usize> {
+        let free = self.free_seats();
+        let (index, seat) = (index..self.route.len())
+            .filter(|&i| i == index || self.route[i].is_up())
+            .find_map(|i| {
+                let peer = &self.route[i];
+                if peer.seats.max().is_some() && free <= ahead {
+                    return None;
+                }
+                Seat::take(peer).map(|seat| (i, seat))
+            })?;
+        self.claimed = Some(seat);
+        Some(index)
+    }
+
+    /// Free seats at the route's peers that are up and have `max_calls`.
+    fn free_seats(&self) -> usize {
+        self.route
+            .iter()
+            .filter(|peer| peer.is_up())
+            .filter_map(|peer| peer.seats.free())
+            .map(|free| free as usize)
+            .sum()
+    }
+
+    /// Whether a caller with `ahead` others before it in line would get a seat at one of the
+    /// route's desks with `max_calls` now.
+    pub(super) fn has_room(&self, ahead: usize) -> bool {
+        self.free_seats() > ahead
+    }
+
+    /// Gives back every seat the fork holds (the call is over).
+    pub(super) fn release_seats(&mut self) {
+        self.claimed = None;
+        if let Some(attempt) = self.attempt.as_mut() {
+            attempt.seat = None;
         }
     }
 
@@ -175,11 +238,20 @@ impl Fork {
     /// The INVITE `attempt` was just sent: it becomes the current one, with the response
     /// timeout running. Returns the attempt it replaces, for [`Retired::retire`].
     #[must_use]
-    pub(super) fn sent(&mut self, now: Instant, attempt: Attempt) -> Option<Attempt> {
+    pub(super) fn sent(&mut self, now: Instant, mut attempt: Attempt) -> Option<Attempt> {
         self.response_deadline = Some(now + self.timeouts.response);
         self.ring_deadline = None;
         self.ringing = false;
-        self.attempt.replace(attempt)
+        attempt.seat = self.claimed.take();
+        let mut previous = self.attempt.take();
+        if let Some(previous) = previous.as_mut() {
+            // The same peer asked again (a challenge answered, a 422 retried): same seat.
+            if attempt.seat.is_none() && previous.peer_index == attempt.peer_index {
+                attempt.seat = previous.seat.take();
+            }
+        }
+        self.attempt = Some(attempt);
+        previous
     }
 
     /// A provisional response to the current attempt: the peer is alive (the response timeout
@@ -219,6 +291,8 @@ impl Fork {
     pub(super) fn handle_failure(&mut self, status: u16, reason: &str) -> Option<Failure> {
         let attempt = self.attempt.as_mut()?;
         attempt.settled = true;
+        // The peer turned the call away: its desk is free of it.
+        attempt.seat = None;
         let (status, reason) = if attempt.timed_out {
             (408, "Request Timeout")
         } else {
@@ -314,7 +388,9 @@ impl Retired {
     /// Keeps an attempt given up on. Attempts whose transaction is over go first when more
     /// than [`MAX_STALE`] are kept, so a call transferred again and again does not keep every
     /// INVITE it ever sent; one still awaited is never dropped.
-    pub(super) fn retire(&mut self, attempt: Attempt) {
+    pub(super) fn retire(&mut self, mut attempt: Attempt) {
+        // Given up on: the desk is free of the call (a late answer is released).
+        attempt.seat = None;
         self.stale.push(attempt);
         if self.stale.len() <= MAX_STALE {
             return;

@@ -469,6 +469,22 @@ impl Call {
         });
     }
 
+    /// A desk freed a seat (`[[peer]] max_calls`) or a queued caller left a line: a queued
+    /// call may be offered now.
+    pub fn handle_desks_freed(&mut self, now: Instant) {
+        self.step(now, |call| call.desks_freed(now));
+    }
+
+    /// Whether the call waits in a queue (its task passes [`Call::handle_desks_freed`] on).
+    pub fn waits_for_desks(&self) -> bool {
+        self.is_queued()
+    }
+
+    /// The signal [`Call::handle_desks_freed`] follows.
+    pub fn desk_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.settings.router.desk_signal().subscribe()
+    }
+
     /// The gateway is stopping: end the call cleanly.
     pub fn handle_shutdown(&mut self, now: Instant) {
         self.step(now, |call| match call.state {

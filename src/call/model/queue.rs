@@ -1,32 +1,89 @@
-//! A route's queue (`[[route]] queue_secs`): a caller every desk of the route turned away is
-//! answered and waits, hearing the queue announcement (or ringback), while leg B's setup is
-//! begun again over the route's desks every `retry`: leg B's fork starts afresh, its INVITE a
-//! new dialog. A desk that answers is bridged at once (the caller's leg was answered when it
-//! was queued, so nothing goes to the caller); a caller who hangs up abandons the queue; at
-//! the end of the wait the gateway hangs up.
+//! A route's queue (`[[route]] queue_secs`): a caller every desk of the route turned away (or
+//! found at its `max_calls`) is answered and waits in the route's line, hearing the queue
+//! announcement (or ringback), while leg B's setup is begun again over the route's desks: as
+//! soon as a desk with `max_calls` frees a seat (first come, first served), and every `retry`
+//! for desks whose busy answers are all the gateway knows. Each offer is a fresh fork, its
+//! INVITE a new dialog. A desk that answers is bridged at once (the caller's leg was answered
+//! when it was queued, so nothing goes to the caller); a caller who hangs up abandons the
+//! queue; at the end of the wait (or at once when the line is full) the call overflows to the
+//! route's overflow peers, and when there is none left the gateway plays the no-desk
+//! announcement and hangs up.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::media::prompt::Announcement;
 use crate::media::{Leg, MediaCommand};
+use crate::routing::desks::{Place, WaitingLine};
 use crate::sip::dialog::Dialog;
 
 use super::fork::{Fork, ForkTimeouts};
 use super::{Action, Call, EndedBy, QueueUpdate, State, Timer};
 
+/// The shortest time between two offers of one queued call when desks free seats (a desk
+/// that refuses at once would otherwise be offered the call in a loop).
+const OFFER_SPACING: Duration = Duration::from_secs(1);
+
 /// A caller waiting in the queue.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(super) struct Queued {
     pub(super) since: Instant,
     pub(super) until: Instant,
-    /// The wait is over and the call went to the overflow peers.
-    pub(super) overflowed: bool,
+    /// The last offer to the desks.
+    offered: Instant,
+    phase: Phase,
+    /// Its place in the route's line (none once it overflowed, or if the line was full).
+    place: Option<Place>,
+}
+
+/// Where a queued call stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// In the route's line, offered to its desks.
+    Waiting,
+    /// Gone to the overflow peers.
+    Overflowed,
+    /// Given up: the caller hears the no-desk announcement, then the gateway's BYE.
+    Farewell(&'static str),
 }
 
 impl Call {
     /// Whether the call is waiting in its route's queue (its caller answered, no desk yet).
     pub(super) fn is_queued(&self) -> bool {
         self.queued.is_some() && self.state == State::Calling
+    }
+
+    /// Callers waiting before this call in its route's line: all of them for a call not in
+    /// it yet, none for one that left it (overflowed).
+    pub(super) fn ahead_in_line(&self) -> usize {
+        match &self.queued {
+            Some(queued) => queued.place.as_ref().map_or(0, Place::ahead),
+            None => self.queue_policy.as_ref().map_or(0, |p| p.line.len()),
+        }
+    }
+
+    /// A desk freed a seat, or a caller left a line: a queued call with nobody before it who
+    /// could take the seat is offered to the desks now (at most once per [`OFFER_SPACING`];
+    /// sooner, the offer is due then).
+    pub(super) fn desks_freed(&mut self, now: Instant) {
+        let Some(queued) = self.queued.as_ref().filter(|_| self.is_queued()) else {
+            return;
+        };
+        if queued.phase != Phase::Waiting || self.setup.is_unsettled() {
+            return;
+        }
+        let ahead = queued.place.as_ref().map_or(0, Place::ahead);
+        if !self.setup.has_room(ahead) {
+            return;
+        }
+        let soonest = queued.offered + OFFER_SPACING;
+        if now < soonest {
+            let due = self
+                .timer(Timer::QueueRetry)
+                .map_or(soonest, |at| at.min(soonest));
+            self.arm(Timer::QueueRetry, Some(due));
+            return;
+        }
+        self.offer_again(now);
     }
 
     /// Every desk turned the caller away with `status`: queue it if the route has a queue,
@@ -43,23 +100,30 @@ impl Call {
         if !busy || self.cancelled || self.caller.pending_offer.is_some() {
             return false;
         }
-        if self.queued.is_some_and(|q| q.overflowed) {
-            // The remote seats turned it away too.
-            tracing::info!(call = %self.id, status, "overflow peers turned the caller away: hanging up");
-            self.give_up_queue(Some(now));
-            self.hang_up(None, EndedBy::Gateway, "no desk and no overflow peer");
-            return true;
-        }
-        if let Some(queued) = self.queued {
-            // Offered again and turned away again: the next offer, or the end of the wait.
-            if now + policy.retry < queued.until {
-                self.arm(Timer::QueueRetry, Some(now + policy.retry));
-            } else {
-                self.arm(Timer::QueueRetry, Some(queued.until));
+        if let Some(queued) = &self.queued {
+            match queued.phase {
+                Phase::Waiting => {
+                    // Offered again and turned away again: the next offer, or the end of
+                    // the wait.
+                    let next = (now + policy.retry).min(queued.until);
+                    self.arm(Timer::QueueRetry, Some(next));
+                }
+                Phase::Overflowed => {
+                    // The remote seats turned it away too.
+                    tracing::info!(call = %self.id, status, "overflow peers turned the caller away");
+                    self.give_up(now, "no desk and no overflow peer");
+                }
+                Phase::Farewell(_) => {}
             }
             return true;
         }
         if self.caller.finalized {
+            return false;
+        }
+        let place = WaitingLine::join(&policy.line);
+        if place.is_none() && self.overflow_peers().is_empty() {
+            // The line is full and nobody takes the overflow: turned away as by the desks.
+            tracing::info!(call = %self.id, status, "queue full: turning the caller away");
             return false;
         }
         // The caller is answered: from now on it hears the queue, not a ring.
@@ -83,29 +147,46 @@ impl Call {
         // From now on a caller gone silent on both directions ends the call, as answered.
         self.actions
             .push_back(Action::Media(MediaCommand::Answered));
+        let full = place.is_none();
         self.queued = Some(Queued {
             since: now,
             until: now + policy.wait,
-            overflowed: false,
+            offered: now,
+            phase: Phase::Waiting,
+            place,
         });
-        tracing::info!(call = %self.id, status, wait = ?policy.wait, "queued: every desk turned the caller away");
+        tracing::info!(call = %self.id, status, wait = ?policy.wait, full, "queued: every desk turned the caller away");
         self.actions
             .push_back(Action::Queue(QueueUpdate::Queued { status }));
-        self.arm(Timer::QueueRetry, Some(now + policy.retry));
+        if full {
+            self.overflow(now);
+        } else {
+            let next = (now + policy.retry).min(now + policy.wait);
+            self.arm(Timer::QueueRetry, Some(next));
+        }
         true
     }
 
     /// The queue's timer: offer the call to the route's desks again, or give up at the end
     /// of the wait.
     pub(super) fn queue_due(&mut self, now: Instant) {
-        let Some(queued) = self.queued.filter(|_| self.is_queued()) else {
+        let Some(queued) = self.queued.as_ref().filter(|_| self.is_queued()) else {
             return;
         };
-        if now >= queued.until {
-            self.overflow(now);
-            return;
+        match queued.phase {
+            Phase::Farewell(reason) => {
+                self.queued = None;
+                self.hang_up(None, EndedBy::Gateway, reason);
+            }
+            Phase::Overflowed => {}
+            Phase::Waiting if now >= queued.until => self.overflow(now),
+            Phase::Waiting => self.offer_again(now),
         }
-        let _ = queued;
+    }
+
+    /// The route's desks offered the call once more, from the next desk on; told to the
+    /// platforms when an INVITE went out. The end of the wait stays due while the desk rings.
+    fn offer_again(&mut self, now: Instant) {
         let mut route = match self.route_to(&self.number.clone()) {
             Ok(route) => route,
             // Every desk down (or the route gone): wait on, offer again later.
@@ -119,30 +200,50 @@ impl Call {
         let turn = self.queue_offers % route.len().max(1);
         route.rotate_left(turn);
         self.queue_offers += 1;
+        if let Some(queued) = self.queued.as_mut() {
+            queued.offered = now;
+        }
         self.refork(now, route);
+        let Some(queued) = self.queued.as_ref().filter(|_| self.is_queued()) else {
+            return;
+        };
+        if let (true, Some(peer)) = (self.setup.is_unsettled(), self.setup.peer()) {
+            let offered = QueueUpdate::Offered {
+                to_peer: peer.name.clone(),
+                waited_ms: waited(queued.since, now),
+            };
+            let until = queued.until;
+            self.actions.push_back(Action::Queue(offered));
+            self.arm(Timer::QueueRetry, Some(until));
+        }
     }
 
-    /// The wait is over: the call goes to the route's overflow peers that are up (another
-    /// centre's remote seats), or the gateway hangs up.
-    fn overflow(&mut self, now: Instant) {
+    /// The route's overflow peers that are up.
+    fn overflow_peers(&self) -> Vec<std::sync::Arc<crate::routing::Peer>> {
         let names = self
             .queue_policy
             .as_ref()
-            .map(|p| p.overflow.clone())
+            .map(|p| p.overflow.as_slice())
             .unwrap_or_default();
-        let peers: Vec<_> = names
+        names
             .iter()
             .filter_map(|name| self.settings.router.peer_by_name(name))
             .filter(|peer| peer.is_up())
-            .collect();
+            .collect()
+    }
+
+    /// The wait is over (or the line full): the call leaves the line for the route's
+    /// overflow peers that are up (another centre's remote seats), or the gateway gives up.
+    fn overflow(&mut self, now: Instant) {
+        let peers = self.overflow_peers();
         if peers.is_empty() {
-            tracing::info!(call = %self.id, "queue wait over: hanging up");
-            self.give_up_queue(Some(now));
-            self.hang_up(None, EndedBy::Gateway, "no desk within the queue wait");
+            tracing::info!(call = %self.id, "queue wait over");
+            self.give_up(now, "no desk within the queue wait");
             return;
         }
         if let Some(queued) = self.queued.as_mut() {
-            queued.overflowed = true;
+            queued.phase = Phase::Overflowed;
+            queued.place = None;
             let waited_ms = waited(queued.since, now);
             self.actions
                 .push_back(Action::Queue(QueueUpdate::Overflowed {
@@ -169,11 +270,40 @@ impl Call {
         }
     }
 
-    /// The gateway gives up on the queued call (told before its hang-up; `now` unknown:
-    /// the wait is told as 0).
+    /// No desk and no overflow peer is left: the caller hears `[announcements] no_desk`
+    /// (when there is one), then the gateway's BYE.
+    fn give_up(&mut self, now: Instant, reason: &'static str) {
+        let prompt = self.settings.no_desk_announcement.clone();
+        let Some(prompt) = prompt.filter(|_| self.legs[Leg::A].dialog.is_some()) else {
+            self.give_up_queue(Some(now));
+            self.hang_up(None, EndedBy::Gateway, reason);
+            return;
+        };
+        self.give_up_queue(Some(now));
+        tracing::info!(call = %self.id, reason, "queue given up: playing the no-desk announcement");
+        let length = Duration::from_millis(prompt.duration_ms());
+        self.actions.push_back(Action::Media(MediaCommand::Announce(
+            self.legs[Leg::A].party,
+            Some(Announcement::Prompt(prompt)),
+        )));
+        self.queued = Some(Queued {
+            since: now,
+            until: now + length,
+            offered: now,
+            phase: Phase::Farewell(reason),
+            place: None,
+        });
+        self.arm(Timer::QueueRetry, Some(now + length));
+    }
+
+    /// The gateway gives up on the queued call (told before its hang-up, once; `now`
+    /// unknown: the wait is told as 0).
     pub(super) fn give_up_queue(&mut self, now: Option<Instant>) {
         if let Some(queued) = self.queued.take() {
             self.arm(Timer::QueueRetry, None);
+            if matches!(queued.phase, Phase::Farewell(_)) {
+                return;
+            }
             self.actions.push_back(Action::Queue(QueueUpdate::GaveUp {
                 waited_ms: now.map_or(0, |now| waited(queued.since, now)),
             }));
@@ -205,6 +335,10 @@ impl Call {
     pub(super) fn abandon_queue(&mut self, now: Instant) {
         if let Some(queued) = self.queued.take() {
             self.arm(Timer::QueueRetry, None);
+            if matches!(queued.phase, Phase::Farewell(_)) {
+                // Given up already: the caller only left before the announcement ended.
+                return;
+            }
             self.actions
                 .push_back(Action::Queue(QueueUpdate::Abandoned {
                     waited_ms: waited(queued.since, now),

@@ -114,12 +114,21 @@ impl Call {
     }
 
     fn try_peer(&mut self, now: Instant, index: usize) {
-        let Some(peer) = self.setup.peer_at(index).cloned() else {
+        let fresh_dialog = index > 0;
+        if self.setup.peer_at(index).is_none() {
             let (status, reason) = self.last_failure.clone();
             self.fail_caller(status, &reason, EndedBy::Callee, "all peers failed");
             return;
+        }
+        let Some(index) = self.setup.claim(index, self.ahead_in_line()) else {
+            tracing::info!(call = %self.id, "every desk left is at its max_calls");
+            self.setup_failure(now, Failure::desks_full());
+            return;
         };
-        if index > 0 {
+        let Some(peer) = self.setup.peer_at(index).cloned() else {
+            return;
+        };
+        if fresh_dialog {
             // A new attempt is a new dialog: fresh Call-ID and tag. The old one stays routed
             // to the call until it finishes: a 2xx after its transaction ended (Timer B) comes
             // by dialog and must still be ACKed and released.

@@ -2165,6 +2165,7 @@ fn a_challenge_from_a_peer_without_credentials_fails_the_call() {
 }
 
 mod challenges;
+mod desks;
 mod interfaces;
 
 /// `[announcements] transfer`: the citizen waiting for 110 after the agent left hears the
@@ -2211,6 +2212,7 @@ fn a_queued_caller_is_answered_waits_and_is_bridged_when_a_desk_frees_up() {
         wait: Duration::from_secs(30),
         retry: Duration::from_secs(5),
         overflow: Vec::new(),
+        line: Default::default(),
     };
     let mut h = Harness::build_queued(
         settings(),
@@ -2258,6 +2260,7 @@ fn a_queue_wait_ends_with_a_bye_and_a_caller_may_abandon_it() {
         wait: Duration::from_secs(12),
         retry: Duration::from_secs(5),
         overflow: Vec::new(),
+        line: Default::default(),
     };
     let queued = || {
         let mut h = Harness::build_queued(
@@ -2309,6 +2312,7 @@ fn a_queued_call_overflows_to_the_remote_seats_when_the_wait_is_over() {
         wait: Duration::from_secs(6),
         retry: Duration::from_secs(5),
         overflow: vec!["police".into()],
+        line: Default::default(),
     };
     let queued = || {
         let mut h = Harness::build_queued(
@@ -2354,6 +2358,7 @@ fn queued_harness(route: Vec<Arc<Peer>>, wait_secs: u64) -> Harness {
         wait: Duration::from_secs(wait_secs),
         retry: Duration::from_secs(5),
         overflow: Vec::new(),
+        line: Default::default(),
     };
     Harness::build_queued(
         settings(),
@@ -2392,6 +2397,7 @@ fn each_offer_of_a_queued_call_begins_at_the_next_desk() {
         wait: Duration::from_secs(60),
         retry: Duration::from_secs(5),
         overflow: Vec::new(),
+        line: Default::default(),
     };
     let mut h = Harness::build_queued(
         Arc::new(two_desks),

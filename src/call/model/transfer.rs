@@ -235,6 +235,11 @@ impl Call {
 
     /// Sends the transfer's INVITE to the `index`-th peer of the target's route.
     fn transfer_to_peer(&mut self, now: Instant, index: usize) {
+        let Some(index) = self.transfer.as_mut().and_then(|t| t.fork.claim(index, 0)) else {
+            tracing::info!(call = %self.id, "transfer: every peer left is at its max_calls");
+            self.transfer_failure(now, Failure::desks_full());
+            return;
+        };
         let Some(peer) = self
             .transfer
             .as_ref()

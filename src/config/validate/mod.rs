@@ -118,6 +118,12 @@ impl Config {
                     "must be at least 8 characters".into(),
                 ));
             }
+            if peer.max_calls == Some(0) {
+                return Err(invalid(
+                    format!("peer[{index}].max_calls"),
+                    "must be at least 1 (leave it out for no limit)".into(),
+                ));
+            }
             if peer.probe_secs > MAX_PROBE_SECS {
                 return Err(invalid(
                     format!("peer[{index}].probe_secs"),

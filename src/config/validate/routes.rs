@@ -33,6 +33,18 @@ impl Config {
                     "must be 1 to 3600".into(),
                 ));
             }
+            if route.queue_max == Some(0) {
+                return Err(invalid(
+                    format!("route[{index}].queue_max"),
+                    "must be at least 1 (leave it out for no limit)".into(),
+                ));
+            }
+            if route.queue_max.is_some() && route.queue_secs.is_none() {
+                return Err(invalid(
+                    format!("route[{index}].queue_max"),
+                    "needs queue_secs: it bounds the route's queue".into(),
+                ));
+            }
             if !route.overflow.is_empty() && route.queue_secs.is_none() {
                 return Err(invalid(
                     format!("route[{index}].overflow"),

@@ -1,0 +1,281 @@
+//! Desks with a capacity (`[[peer]] max_calls`) and a route's line (`[[route]] queue_max`),
+//! on the fake clock: a full desk is not sent the call, a queued call goes to a desk as soon
+//! as it frees a seat and in the order callers came, a full line overflows at once, and a
+//! wait given up on plays the no-desk announcement before the gateway's BYE.
+
+use super::*;
+use crate::routing::desks::{Seat, WaitingLine};
+
+/// A router whose 12345 desk takes `max_calls` calls at once, with the contract's police
+/// peer for overflow; and the desk as the router shares it.
+fn desk_settings(max_calls: Option<u32>) -> (Arc<CallSettings>, Arc<Peer>) {
+    let mut desk = Peer::new(
+        "hotline",
+        SocketAddr::from(([127, 0, 0, 1], 5080)),
+        Some("12345".into()),
+        TransportKind::Udp,
+    );
+    desk.seats = crate::routing::desks::Seats::new(max_calls);
+    let police = Peer::new(
+        "police",
+        SocketAddr::from(([127, 0, 0, 1], 5090)),
+        Some("110".into()),
+        TransportKind::Udp,
+    );
+    let route = crate::routing::Route {
+        number: crate::routing::NumberPattern::Exact("12345".into()),
+        peers: vec!["hotline".into()],
+        record: true,
+        schedule: Default::default(),
+        queue: None,
+    };
+    let router = Router::new(vec![desk, police], vec![route]);
+    let desk = router
+        .peer_by_name("hotline")
+        .unwrap_or_else(|| unreachable!());
+    let mut settings = (*settings()).clone();
+    settings.router = Arc::new(router);
+    (Arc::new(settings), desk)
+}
+
+fn policy(line: &Arc<WaitingLine>, overflow: &[&str]) -> crate::routing::QueuePolicy {
+    crate::routing::QueuePolicy {
+        wait: Duration::from_secs(60),
+        retry: Duration::from_secs(5),
+        overflow: overflow.iter().map(|s| s.to_string()).collect(),
+        line: Arc::clone(line),
+    }
+}
+
+fn queued_call(
+    settings: &Arc<CallSettings>,
+    desk: &Arc<Peer>,
+    policy: crate::routing::QueuePolicy,
+) -> Harness {
+    Harness::build_queued(
+        Arc::clone(settings),
+        invite(OFFER, 70),
+        (peer("carrier", 5070), "12345"),
+        vec![Arc::clone(desk)],
+        Some(policy),
+    )
+}
+
+fn queue_updates(h: &Harness) -> Vec<QueueUpdate> {
+    h.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Queue(update) => Some(update.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Harness {
+    fn desks_freed(&mut self, after: Duration) {
+        self.now += after;
+        self.call.handle_desks_freed(self.now);
+        self.drain();
+    }
+}
+
+/// The desk carries its one call: a new call is not sent to it but queued (as on its 486),
+/// and goes to it as soon as its call ends, before the retry interval; the call holds the
+/// seat while it talks and gives it back at its end.
+#[test]
+fn a_full_desk_is_not_sent_the_call_and_a_freed_seat_offers_it_at_once() {
+    let (settings, desk) = desk_settings(Some(1));
+    let line = Arc::new(WaitingLine::new(None));
+    let held = Seat::take(&desk);
+    let mut h = queued_call(&settings, &desk, policy(&line, &[]));
+    assert!(
+        h.sent(Method::Invite).is_empty(),
+        "no INVITE to a full desk"
+    );
+    assert_eq!(statuses(&h.responses(A_SERVER)), vec![200], "queued");
+    assert_eq!(queue_updates(&h), vec![QueueUpdate::Queued { status: 486 }]);
+    assert_eq!(line.len(), 1);
+
+    h.desks_freed(Duration::from_secs(2));
+    assert!(h.sent(Method::Invite).is_empty(), "still full");
+    drop(held);
+    h.desks_freed(Duration::from_millis(500));
+    let offer = h.last_invite();
+    assert_eq!(offer.uri.to_string(), "sip:12345@127.0.0.1:5080");
+    assert_eq!(
+        offer.from().and_then(|f| f.uri.user),
+        Some("13800138000".into()),
+        "the citizen's number, as on a direct call"
+    );
+    assert!(queue_updates(&h).contains(&QueueUpdate::Offered {
+        to_peer: "hotline".into(),
+        waited_ms: 2_500,
+    }));
+    assert_eq!(desk.seats.taken(), 1, "the offer holds the seat");
+    h.respond_to_invite(200, Some(ANSWER));
+    assert!(queue_updates(&h).contains(&QueueUpdate::Answered { waited_ms: 2_500 }));
+    assert_eq!(line.len(), 0, "out of the line once answered");
+    assert_eq!(desk.seats.taken(), 1, "the call talks at the desk");
+    h.caller_sends(30, "BYE", 2, "");
+    assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Caller));
+    assert_eq!(desk.seats.taken(), 0, "given back at the call's end");
+}
+
+/// A desk that turns an offer away at once frees its seat again: the call is not offered in
+/// a loop, but at most once a second.
+#[test]
+fn a_desk_refusing_at_once_is_offered_the_call_at_most_once_a_second() {
+    let (settings, desk) = desk_settings(Some(1));
+    let line = Arc::new(WaitingLine::new(None));
+    let held = Seat::take(&desk);
+    let mut h = queued_call(&settings, &desk, policy(&line, &[]));
+    drop(held);
+    h.desks_freed(Duration::from_secs(2));
+    assert_eq!(h.sent(Method::Invite).len(), 1);
+    h.respond_to_invite(486, None);
+    assert_eq!(desk.seats.taken(), 0, "the refusal gave the seat back");
+    h.desks_freed(Duration::ZERO);
+    assert_eq!(h.sent(Method::Invite).len(), 1, "not again at once");
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.sent(Method::Invite).len(), 2, "a second later");
+}
+
+/// Two callers wait for a one-seat desk: when it frees, the first to come is offered it and
+/// the second waits on; when the first is answered, the second still waits for a seat.
+#[test]
+fn callers_go_to_a_freed_desk_in_the_order_they_came() {
+    let (settings, desk) = desk_settings(Some(1));
+    let line = Arc::new(WaitingLine::new(None));
+    let held = Seat::take(&desk);
+    let mut first = queued_call(&settings, &desk, policy(&line, &[]));
+    let mut second = queued_call(&settings, &desk, policy(&line, &[]));
+    assert_eq!(line.len(), 2);
+    drop(held);
+    second.desks_freed(Duration::from_secs(2));
+    assert!(
+        second.sent(Method::Invite).is_empty(),
+        "one seat, and a caller before it"
+    );
+    first.desks_freed(Duration::from_secs(2));
+    assert_eq!(
+        first.sent(Method::Invite).len(),
+        1,
+        "the first caller's turn"
+    );
+    first.respond_to_invite(200, Some(ANSWER));
+    second.desks_freed(Duration::from_secs(1));
+    assert!(
+        second.sent(Method::Invite).is_empty(),
+        "the desk is full again"
+    );
+    // Its retry finds the desk full too: no INVITE, it waits on.
+    second.advance(Duration::from_secs(5));
+    assert!(second.sent(Method::Invite).is_empty());
+    assert!(second.outcome().is_none());
+}
+
+/// `queue_max`: with the line full, the next caller goes straight to the overflow peers
+/// (answered, hearing the queue while they ring); with no overflow peer it is turned away
+/// as by the desks.
+#[test]
+fn a_full_line_overflows_at_once_or_turns_the_caller_away() {
+    let (settings, desk) = desk_settings(None);
+    let line = Arc::new(WaitingLine::new(Some(1)));
+    let mut first = queued_call(&settings, &desk, policy(&line, &["police"]));
+    first.respond_to_invite(486, None);
+    assert_eq!(line.len(), 1);
+    let mut second = queued_call(&settings, &desk, policy(&line, &["police"]));
+    second.respond_to_invite(486, None);
+    assert_eq!(statuses(&second.responses(A_SERVER)), vec![200]);
+    assert_eq!(
+        second.last_invite().uri.to_string(),
+        "sip:12345@127.0.0.1:5090",
+        "to the remote seats at once"
+    );
+    assert_eq!(
+        queue_updates(&second),
+        vec![
+            QueueUpdate::Queued { status: 486 },
+            QueueUpdate::Overflowed {
+                to_peer: "police".into(),
+                waited_ms: 0
+            }
+        ]
+    );
+    assert_eq!(line.len(), 1, "the overflowed caller is not in the line");
+
+    let mut third = queued_call(&settings, &desk, policy(&line, &[]));
+    third.respond_to_invite(486, None);
+    assert_eq!(statuses(&third.responses(A_SERVER)), vec![486]);
+    assert!(queue_updates(&third).is_empty());
+}
+
+/// No desk within the wait and no overflow: with `[announcements] no_desk`, the caller
+/// hears it to its end, then the gateway's BYE.
+#[test]
+fn a_wait_given_up_on_plays_the_no_desk_announcement_before_the_bye() {
+    let (settings, desk) = desk_settings(None);
+    let prompt = crate::media::prompt::Prompt::from_samples(vec![100; 24_000], 0);
+    let mut settings = (*settings).clone();
+    settings.no_desk_announcement = Some(prompt.clone());
+    let settings = Arc::new(settings);
+    let line = Arc::new(WaitingLine::new(None));
+    let mut short = policy(&line, &[]);
+    short.wait = Duration::from_secs(4);
+    let mut h = queued_call(&settings, &desk, short);
+    h.respond_to_invite(486, None);
+    h.advance(Duration::from_secs(4));
+    assert!(h.sent_media(|m| matches!(
+        m,
+        MediaCommand::Announce(Party::A, Some(Announcement::Prompt(p))) if *p == prompt
+    )));
+    assert!(queue_updates(&h).contains(&QueueUpdate::GaveUp { waited_ms: 4_000 }));
+    assert!(
+        h.sent(Method::Bye).is_empty(),
+        "the announcement plays first"
+    );
+    h.advance(Duration::from_millis(2_999));
+    assert!(h.sent(Method::Bye).is_empty());
+    h.advance(Duration::from_millis(1));
+    assert_eq!(
+        h.sent(Method::Bye).len(),
+        1,
+        "3 s of announcement, then the BYE"
+    );
+    assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Gateway));
+    assert_eq!(
+        queue_updates(&h)
+            .iter()
+            .filter(|u| matches!(u, QueueUpdate::GaveUp { .. }))
+            .count(),
+        1
+    );
+}
+
+/// A desk still ringing when the wait is over is cancelled and the call overflows then, not
+/// a ring timeout later.
+#[test]
+fn the_wait_ends_on_time_while_a_desk_rings() {
+    let (settings, desk) = desk_settings(None);
+    let line = Arc::new(WaitingLine::new(None));
+    let mut short = policy(&line, &["police"]);
+    short.wait = Duration::from_secs(8);
+    let mut h = queued_call(&settings, &desk, short);
+    h.respond_to_invite(486, None);
+    h.advance(Duration::from_secs(5));
+    h.respond_to_invite(180, None);
+    assert!(queue_updates(&h)
+        .iter()
+        .any(|u| matches!(u, QueueUpdate::Offered { .. })));
+    h.advance(Duration::from_secs(3));
+    assert_eq!(
+        h.sent(Method::Cancel).len(),
+        1,
+        "the ringing desk is cancelled"
+    );
+    assert_eq!(
+        h.last_invite().uri.to_string(),
+        "sip:12345@127.0.0.1:5090",
+        "overflowed at 8 s"
+    );
+}
