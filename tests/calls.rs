@@ -845,14 +845,8 @@ async fn a_caller_whose_route_has_no_desk_hears_the_announcement_then_the_failur
     const PROMPT_HZ: f64 = 660.0;
     let prompts = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let path = prompts.path().join("no_desk.wav");
-    let samples: Vec<i16> = (0..3200)
-        .map(|n| {
-            let t = f64::from(n) / 8000.0;
-            (8000.0 * (2.0 * std::f64::consts::PI * PROMPT_HZ * t).sin()) as i16
-        })
-        .collect();
-    std::fs::write(&path, hotline_gateway::media::prompt::wav_bytes(&samples))
-        .unwrap_or_else(|e| panic!("{e}"));
+    const PROMPT_SAMPLES: u32 = 3200;
+    common::tone_wav(&path, PROMPT_HZ, PROMPT_SAMPLES);
     let mut citizen = Ua::bind("carrier", LOCALHOST).await;
     let mut agent = Ua::bind("hotline", LOCALHOST).await;
     let gateway = Gateway::start_with_tables(
@@ -884,7 +878,7 @@ async fn a_caller_whose_route_has_no_desk_hears_the_announcement_then_the_failur
     assert!(progress.sdp().is_some(), "early media needs our SDP");
     // The whole prompt, then the busy answer.
     let mut heard = Vec::new();
-    while heard.len() < samples.len() {
+    while heard.len() < PROMPT_SAMPLES as usize {
         let packet = rtp.recv().await;
         assert_eq!(packet.payload_type, 0, "the caller's codec");
         heard.extend(
@@ -911,14 +905,7 @@ async fn a_queued_citizen_hears_the_queue_prompt_and_is_put_through_when_the_des
     const PROMPT_HZ: f64 = 660.0;
     let prompts = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let path = prompts.path().join("queue.wav");
-    let samples: Vec<i16> = (0..8000)
-        .map(|n| {
-            let t = f64::from(n) / 8000.0;
-            (8000.0 * (2.0 * std::f64::consts::PI * PROMPT_HZ * t).sin()) as i16
-        })
-        .collect();
-    std::fs::write(&path, hotline_gateway::media::prompt::wav_bytes(&samples))
-        .unwrap_or_else(|e| panic!("{e}"));
+    common::tone_wav(&path, PROMPT_HZ, 8000);
     let mut citizen = Ua::bind("carrier", LOCALHOST).await;
     let mut agent = Ua::bind("hotline", LOCALHOST).await;
     let mut gateway = Gateway::start_with_tables(

@@ -1019,6 +1019,19 @@ pub(crate) fn tone_level(samples: &[i16], frequency: f64) -> f64 {
     2.0 * power.max(0.0).sqrt() / samples.len() as f64
 }
 
+/// Writes `length` samples of a `frequency` Hz sine (8 kHz, 16-bit mono WAV) at `path`: an
+/// announcement the test can tell by its tone.
+pub(crate) fn tone_wav(path: &Path, frequency: f64, length: u32) {
+    let samples: Vec<i16> = (0..length)
+        .map(|n| {
+            let t = f64::from(n) / 8000.0;
+            (8000.0 * (2.0 * std::f64::consts::PI * frequency * t).sin()) as i16
+        })
+        .collect();
+    std::fs::write(path, hotline_gateway::media::prompt::wav_bytes(&samples))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
 /// A DTMF INFO (`application/dtmf-relay`) from the callee of `call` (the agent, UAS of leg B).
 pub(crate) fn dtmf_info(agent: &mut Ua, call: &Established, cseq: u32, digit: char) -> Request {
     let mut info = agent.uas_request(&call.incoming, "INFO", cseq);

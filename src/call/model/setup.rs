@@ -122,6 +122,18 @@ impl Call {
         }
         let Some(index) = self.setup.claim(index, self.ahead_in_line()) else {
             tracing::info!(call = %self.id, "every desk left is at its max_calls");
+            if self.setup.attempt().is_none() {
+                // No desk was sent it: the record and the platform's stream still name the
+                // desk the call is for (the full one).
+                if let Some(peer) = self.setup.peer_at(index).cloned() {
+                    self.actions.push_back(Action::Attempt {
+                        b_call_id: self.legs[Leg::B].call_id.clone(),
+                        b_peer: peer.name.clone(),
+                        b_interface: self.interface_name(&peer),
+                    });
+                    self.legs[Leg::B].peer = Some(peer);
+                }
+            }
             self.setup_failure(now, Failure::desks_full());
             return;
         };

@@ -94,6 +94,12 @@ fn a_full_desk_is_not_sent_the_call_and_a_freed_seat_offers_it_at_once() {
     );
     assert_eq!(statuses(&h.responses(A_SERVER)), vec![200], "queued");
     assert_eq!(queue_updates(&h), vec![QueueUpdate::Queued { status: 486 }]);
+    assert!(
+        h.actions
+            .iter()
+            .any(|a| matches!(a, Action::Attempt { b_peer, .. } if b_peer == "hotline")),
+        "the record and the platform's stream name the desk the call is for"
+    );
     assert_eq!(line.len(), 1);
 
     h.desks_freed(Duration::from_secs(2));

@@ -1,0 +1,276 @@
+//! A route's queue against SIPp desks (Debian's sip-tester): a desk with a capacity
+//! (`[[peer]] max_calls`) gets the queued citizen the moment its call ends; a full line
+//! (`queue_max`) overflows at once to another centre's remote seat, which checks the
+//! citizen's number; a citizen who hangs up waiting is recorded and reported as abandoned.
+//! The citizens are in-process user agents with RTP sockets, so the test hears what they hear.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use common::process::free_port;
+use common::sipp::{sipp_available, sipp_side, SippSide};
+use common::{sdp, Gateway, RtpPeer, Ua};
+use hotline_gateway::sip::message::{Request, Response};
+use hotline_gateway::workorder::pb::EventType;
+
+const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+const PROMPT_HZ: f64 = 660.0;
+const PLATFORM: &str =
+    "\n[[platform]]\nname = \"12345\"\ntoken = \"token-of-the-12345-platform\"\n";
+
+/// A citizen on the line: its INVITE, the gateway's 200 and its RTP socket.
+struct Citizen {
+    invite: Request,
+    ok: Response,
+    rtp: RtpPeer,
+}
+
+impl Citizen {
+    /// The citizen calls 12345 and is answered (by a desk, or by the queue); it ACKs.
+    async fn calls(ua: &mut Ua) -> Citizen {
+        let rtp = RtpPeer::bind(LOCALHOST).await;
+        let invite = ua.invite(
+            "12345",
+            "13800138000",
+            &sdp(rtp.address, &[8], "sendrecv"),
+            "",
+        );
+        ua.send_request(&invite).await;
+        let ok = ua.expect_response("INVITE", 200).await;
+        let ack = ua.in_dialog(&invite, &ok, "ACK", 1, "");
+        ua.send_request(&ack).await;
+        Citizen { invite, ok, rtp }
+    }
+
+    /// The gateway's media address for the citizen (in its 200).
+    fn gateway_media(&self) -> SocketAddr {
+        hotline_gateway::sip::sdp::parse(self.ok.sdp().unwrap_or_default())
+            .ok()
+            .and_then(|s| Some(SocketAddr::new(s.connection?, s.media.first()?.port)))
+            .unwrap_or_else(|| panic!("no media in the 200"))
+    }
+
+    /// Half a second of what the citizen hears, decoded (A-law).
+    async fn hears(&self) -> Vec<i16> {
+        let mut heard = Vec::new();
+        while heard.len() < 4000 {
+            let packet = self.rtp.recv().await;
+            heard.extend(
+                packet
+                    .payload
+                    .iter()
+                    .map(|c| hotline_gateway::media::g711::alaw_to_linear(*c)),
+            );
+        }
+        heard
+    }
+
+    /// The citizen speaks (a marked payload every 20 ms) until it has heard itself back 10
+    /// times from the echoing SIPp desk (at most 4 s): how many times it did.
+    async fn hears_itself_through_the_desk(&self) -> usize {
+        let to = self.gateway_media();
+        let mut pace = tokio::time::interval(Duration::from_millis(20));
+        let mut heard = 0;
+        for sequence in 0..200u16 {
+            pace.tick().await;
+            let timestamp = u32::from(sequence) * 160;
+            self.rtp
+                .send(to, 8, sequence, timestamp, 0xc171, &[0x3c; 160])
+                .await;
+            while let Some(packet) = self.rtp.recv_within(Duration::from_millis(1)).await {
+                if packet.payload == [0x3c; 160] {
+                    heard += 1;
+                }
+            }
+            if heard >= 10 {
+                break;
+            }
+        }
+        heard
+    }
+
+    async fn hangs_up(&self, ua: &mut Ua) {
+        let bye = ua.in_dialog(&self.invite, &self.ok, "BYE", 2, "");
+        ua.send_request(&bye).await;
+        ua.expect_response("BYE", 200).await;
+    }
+}
+
+/// Waits for a SIPp side to finish, off the runtime the gateway runs on.
+async fn succeeds(side: SippSide, role: &'static str) {
+    if let Err(e) = tokio::task::spawn_blocking(move || side.succeeds(role)).await {
+        panic!("SIPp {role}: {e}");
+    }
+}
+
+/// The 12345 desk (SIPp, echoing RTP) takes one call at a time (`max_calls = 1`); the retry
+/// interval (60 s) is longer than the wait (30 s), so only a freed seat can put a queued
+/// citizen through. Citizen 1 talks at the desk; citizen 2 is queued without an INVITE to
+/// the full desk (QUEUED, 486) and hears the queue prompt (660 Hz); citizen 1 hangs up, and
+/// citizen 2 is offered to the desk at once (QUEUE_OFFERED), with its number, and hears
+/// itself through the desk. The wait is in the histogram.
+#[tokio::test]
+async fn a_desk_at_its_capacity_takes_the_queued_citizen_as_soon_as_its_call_ends() {
+    assert!(sipp_available(), "sipp is not installed");
+    let sipp_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let prompts = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let prompt = prompts.path().join("queue.wav");
+    common::tone_wav(&prompt, PROMPT_HZ, 8000);
+    let desk_port = free_port();
+    let desk = sipp_side(
+        sipp_dir.path(),
+        desk_port,
+        "uas.xml",
+        &["-rtp_echo", "-m", "2"],
+    );
+    let mut citizens = Ua::bind("carrier", LOCALHOST).await;
+    let desk_address = SocketAddr::new(LOCALHOST, desk_port);
+    let mut gateway = Gateway::start_with_tables(
+        &[
+            ("carrier", citizens.address, ""),
+            ("hotline", desk_address, "platform = \"12345\"\nmax_calls = 1"),
+        ],
+        &[],
+        "",
+        "",
+        &format!(
+            "\n[[route]]\nnumber = \"12345\"\npeers = [\"hotline\"]\nqueue_secs = 30\nqueue_retry_secs = 60\n\
+             \n[announcements]\nqueue = \"{}\"\n{PLATFORM}",
+            prompt.display()
+        ),
+    )
+    .await;
+    citizens.set_gateway(gateway.sip);
+    let mut platform = common::platform::Platform::connect(
+        gateway.grpc,
+        "12345",
+        "token-of-the-12345-platform",
+        None,
+    )
+    .await;
+
+    let first = Citizen::calls(&mut citizens).await;
+    assert!(
+        first.hears_itself_through_the_desk().await >= 10,
+        "citizen 1 at the desk"
+    );
+    let second = Citizen::calls(&mut citizens).await;
+    let queued = platform.until(EventType::Queued).await;
+    assert_eq!(queued.sip_status, 486, "the full desk counts as busy");
+    assert!(
+        common::tone_level(&second.hears().await, PROMPT_HZ) > 6000.0,
+        "citizen 2 hears the queue prompt"
+    );
+    first.hangs_up(&mut citizens).await;
+    let offered = platform.until(EventType::QueueOffered).await;
+    assert_eq!(offered.call_id, queued.call_id);
+    assert_eq!(offered.target.map(|t| t.peer).as_deref(), Some("hotline"));
+    assert!(
+        offered.queue_wait_ms < 30_000,
+        "offered by the freed seat, not at the end of the wait: {}",
+        offered.queue_wait_ms
+    );
+    let answered = platform.until(EventType::CallAnswered).await;
+    assert_eq!(answered.call_id, queued.call_id);
+    assert!(answered.queue_wait_ms > 0);
+    assert!(
+        second.hears_itself_through_the_desk().await >= 10,
+        "citizen 2 at the desk"
+    );
+    assert_eq!(
+        gateway.metric("hotline_queue_answered_total").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        gateway.metric("hotline_queue_wait_seconds_count").await,
+        Some(1.0)
+    );
+    assert_eq!(gateway.metric("hotline_queue_waiting").await, Some(0.0));
+    second.hangs_up(&mut citizens).await;
+    succeeds(desk, "desk").await;
+    let record = gateway.ended_record(second.invite.call_id()).await;
+    assert!(record.answered_at.is_some(), "answered by the desk");
+    assert_eq!(record.b_peer.as_deref(), Some("hotline"));
+    gateway.stop().await;
+}
+
+/// The only desk (SIPp) answers every INVITE 486 and checks the citizen's number; the line
+/// holds one caller (`queue_max = 1`). Citizen 1 waits in it; citizen 2 finds it full and
+/// goes at once (QUEUE_OVERFLOWED, wait 0) to the remote seat (SIPp, checking the number
+/// and the dialled 12345), and hears itself through it. Citizen 1 hangs up waiting:
+/// QUEUE_ABANDONED with the wait, then CALL_ENDED; the record has no answer, ended by the
+/// caller; the figures count one overflow and one abandon.
+#[tokio::test]
+async fn a_full_line_overflows_to_a_remote_seat_and_a_waiting_citizen_abandons() {
+    assert!(sipp_available(), "sipp is not installed");
+    let sipp_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (desk_port, remote_port) = (free_port(), free_port());
+    let busy_desk = sipp_side(sipp_dir.path(), desk_port, "desk_busy.xml", &[]);
+    let remote = sipp_side(
+        sipp_dir.path(),
+        remote_port,
+        "remote_seat_uas.xml",
+        &["-rtp_echo", "-m", "1"],
+    );
+    let mut citizens = Ua::bind("carrier", LOCALHOST).await;
+    let mut gateway = Gateway::start_with_tables(
+        &[
+            ("carrier", citizens.address, ""),
+            ("hotline", SocketAddr::new(LOCALHOST, desk_port), "platform = \"12345\""),
+            ("remote", SocketAddr::new(LOCALHOST, remote_port), "platform = \"12345\""),
+        ],
+        &[],
+        "",
+        "",
+        &format!(
+            "\n[[route]]\nnumber = \"12345\"\npeers = [\"hotline\"]\nqueue_secs = 60\nqueue_retry_secs = 1\n\
+             queue_max = 1\noverflow = [\"remote\"]\n{PLATFORM}"
+        ),
+    )
+    .await;
+    citizens.set_gateway(gateway.sip);
+    let mut platform = common::platform::Platform::connect(
+        gateway.grpc,
+        "12345",
+        "token-of-the-12345-platform",
+        None,
+    )
+    .await;
+
+    let waiting = Citizen::calls(&mut citizens).await;
+    let queued = platform.until(EventType::Queued).await;
+    assert_eq!(queued.sip_status, 486);
+    gateway.metric_reaches("hotline_queue_waiting", 1.0).await;
+    let overflowing = Citizen::calls(&mut citizens).await;
+    let overflowed = platform.until(EventType::QueueOverflowed).await;
+    assert_ne!(overflowed.call_id, queued.call_id, "the newcomer overflows");
+    assert_eq!(overflowed.queue_wait_ms, 0, "at once: the line is full");
+    assert_eq!(overflowed.target.map(|t| t.peer).as_deref(), Some("remote"));
+    assert!(
+        overflowing.hears_itself_through_the_desk().await >= 10,
+        "citizen 2 at the remote seat"
+    );
+    overflowing.hangs_up(&mut citizens).await;
+    succeeds(remote, "remote seat").await;
+
+    waiting.hangs_up(&mut citizens).await;
+    let abandoned = platform.until(EventType::QueueAbandoned).await;
+    assert_eq!(abandoned.call_id, queued.call_id);
+    assert!(abandoned.queue_wait_ms > 0, "with the wait");
+    let record = gateway.ended_record(waiting.invite.call_id()).await;
+    assert_eq!(record.answered_at, None, "no desk answered");
+    assert_eq!(record.ended_by.as_deref(), Some("caller"));
+    gateway.metric_reaches("hotline_queue_waiting", 0.0).await;
+    assert_eq!(
+        gateway.metric("hotline_queue_abandons_total").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        gateway.metric("hotline_queue_overflows_total").await,
+        Some(1.0)
+    );
+    gateway.stop().await;
+    drop(busy_desk);
+}
