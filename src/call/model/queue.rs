@@ -121,8 +121,13 @@ impl Call {
             return false;
         }
         let place = WaitingLine::join(&policy.line);
-        if place.is_none() && self.overflow_peers().is_empty() {
-            // The line is full and nobody takes the overflow: turned away as by the desks.
+        let overflow_free = self
+            .overflow_peers()
+            .iter()
+            .any(|peer| peer.seats.free() != Some(0));
+        if place.is_none() && !overflow_free {
+            // The line is full and no overflow peer has room: turned away as by the desks,
+            // unanswered (a surge's excess is refused, not answered and hung up).
             tracing::info!(call = %self.id, status, "queue full: turning the caller away");
             return false;
         }

@@ -9,6 +9,14 @@ use crate::routing::desks::{Seat, WaitingLine};
 /// A router whose 12345 desk takes `max_calls` calls at once, with the contract's police
 /// peer for overflow; and the desk as the router shares it.
 fn desk_settings(max_calls: Option<u32>) -> (Arc<CallSettings>, Arc<Peer>) {
+    desks_settings(max_calls, None)
+}
+
+/// As [`desk_settings`], the police peer taking `police_max` calls at once.
+fn desks_settings(
+    max_calls: Option<u32>,
+    police_max: Option<u32>,
+) -> (Arc<CallSettings>, Arc<Peer>) {
     let mut desk = Peer::new(
         "hotline",
         SocketAddr::from(([127, 0, 0, 1], 5080)),
@@ -16,12 +24,13 @@ fn desk_settings(max_calls: Option<u32>) -> (Arc<CallSettings>, Arc<Peer>) {
         TransportKind::Udp,
     );
     desk.seats = crate::routing::desks::Seats::new(max_calls);
-    let police = Peer::new(
+    let mut police = Peer::new(
         "police",
         SocketAddr::from(([127, 0, 0, 1], 5090)),
         Some("110".into()),
         TransportKind::Udp,
     );
+    police.seats = crate::routing::desks::Seats::new(police_max);
     let route = crate::routing::Route {
         number: crate::routing::NumberPattern::Exact("12345".into()),
         peers: vec!["hotline".into()],
@@ -214,6 +223,25 @@ fn a_full_line_overflows_at_once_or_turns_the_caller_away() {
     third.respond_to_invite(486, None);
     assert_eq!(statuses(&third.responses(A_SERVER)), vec![486]);
     assert!(queue_updates(&third).is_empty());
+}
+
+/// With the line full and every overflow peer at its `max_calls`, the caller is refused
+/// unanswered (486), not answered and then hung up.
+#[test]
+fn a_full_line_with_full_overflow_peers_refuses_the_caller_unanswered() {
+    let (settings, desk) = desks_settings(None, Some(1));
+    let police = settings
+        .router
+        .peer_by_name("police")
+        .unwrap_or_else(|| unreachable!());
+    let _talking = Seat::take(&police);
+    let line = Arc::new(WaitingLine::new(Some(1)));
+    let mut first = queued_call(&settings, &desk, policy(&line, &["police"]));
+    first.respond_to_invite(486, None);
+    let mut second = queued_call(&settings, &desk, policy(&line, &["police"]));
+    second.respond_to_invite(486, None);
+    assert_eq!(statuses(&second.responses(A_SERVER)), vec![486]);
+    assert!(queue_updates(&second).is_empty());
 }
 
 /// No desk within the wait and no overflow: with `[announcements] no_desk`, the caller
