@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# A surge with the lane kept for 110 (`[[platform]] reserved_calls`): the gateway takes 300
-# calls at most, 60 kept for 110 (bench/surge.toml). SIPp floods 12345 at FLOOD calls/s for
-# SECS seconds, each call held HOLD_MS (far more than the 240 slots left to it), while
-# another SIPp calls 110 at TO_110 calls/s through the same gateway; then, once the flood's
-# calls are over, 12345 at NORMAL calls/s. Printed: each phase's calls, successful and
-# failed (at SIPp), and the gateway's refusals by kind. It passes when every call to 110
-# connects in the flood and every call of the normal phase does.
-#   bench/surge.sh        FLOOD (100), TO_110 (5), NORMAL (20), SECS (20), HOLD_MS (10000)
+# A surge with the lane kept for 110 (`[[platform]] reserved_calls`) and 12345's queue
+# (bench/surge.toml): the gateway takes 600 calls at most, 60 kept for 110; 12345's desks
+# (SIPp) take 150 calls at once (`max_calls`), another centre's remote seats (SIPp) 50, and
+# 200 citizens may wait (`queue_max`, `queue_secs = 20`). SIPp floods 12345 at FLOOD calls/s
+# for SECS seconds, each citizen holding HOLD_MS from its answer (the desk's or the queue's:
+# a queued citizen not put through by then hangs up, abandoning), while another SIPp calls
+# 110 at TO_110 calls/s through the same gateway; then, once the flood's calls are over,
+# 12345 at NORMAL calls/s. Printed: each phase's calls, successful and failed (at SIPp), the
+# gateway's refusals by kind, and the queue's figures (queued, put through, abandoned,
+# overflowed, given up, the wait's p50 and p99 from `hotline_queue_wait_seconds`). It passes
+# when every call to 110 connects in the flood and every call of the normal phase does.
+#   bench/surge.sh        FLOOD (100), TO_110 (5), NORMAL (10), SECS (20), HOLD_MS (10000)
 # Not part of the test suite.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 cd "$root"
-flood="${FLOOD:-100}"; to110="${TO_110:-5}"; normal="${NORMAL:-20}"
+flood="${FLOOD:-100}"; to110="${TO_110:-5}"; normal="${NORMAL:-10}"
 secs="${SECS:-20}"; hold="${HOLD_MS:-10000}"
 command -v sipp >/dev/null || { echo "needs sipp (apt-get install sip-tester)" >&2; exit 2; }
 cargo build --release --quiet
@@ -37,6 +41,8 @@ count() {
 }
 sipp -sn uas -i 127.0.0.1 -p 5080 -nostdin -timeout 600s >/dev/null 2>&1 &
 pids+=($!)
+sipp -sn uas -i 127.0.0.1 -p 5085 -nostdin -timeout 600s >/dev/null 2>&1 &
+pids+=($!)
 sipp -sn uas -i 127.0.0.1 -p 5090 -nostdin -timeout 600s >/dev/null 2>&1 &
 pids+=($!)
 sleep 0.5
@@ -53,6 +59,21 @@ wait "$flood_pid" "$to110_pid"
 refused_reserve=$(metric hotline_calls_refused_reserve_total)
 refused_overload=$(metric hotline_calls_refused_overload_total)
 shed=$(metric hotline_sip_shed_overload_total)
+rejected=$(metric 'hotline_calls_total{result="rejected"}')
+queued=$(metric hotline_queue_calls_total)
+put_through=$(metric hotline_queue_answered_total)
+abandoned=$(metric hotline_queue_abandons_total)
+overflowed=$(metric hotline_queue_overflows_total)
+gave_up=$(metric hotline_queue_gave_up_total)
+offers=$(metric hotline_queue_offers_total)
+# The q-quantile of the queue's waits: the first bucket holding q of them ("<= bound s").
+quantile() {
+  curl -s http://127.0.0.1:9090/metrics | awk -v q="$1" '
+    $1 ~ /^hotline_queue_wait_seconds_bucket/ { split($1, p, "\""); le[n] = p[2]; c[n++] = $2 }
+    $1 == "hotline_queue_wait_seconds_count" { total = $2 }
+    END { if (total == 0) { print "-"; exit } for (i = 0; i < n; i++) if (c[i] >= q * total) { print "<= " le[i] " s"; exit } }'
+}
+p50=$(quantile 0.5); p99=$(quantile 0.99)
 uac 5070 "$normal" "$normal_calls" 12345 "$out/normal.csv"
 printf '%-22s %-8s %-8s %-10s %-8s\n' phase rate calls successful failed
 row() { printf '%-22s %-8s %-8s %-10s %-8s\n' "$1" "$2" "$3" \
@@ -60,7 +81,8 @@ row() { printf '%-22s %-8s %-8s %-10s %-8s\n' "$1" "$2" "$3" \
 row "flood: to 12345" "$flood" "$flood_calls" "$out/flood.csv"
 row "flood: to 110" "$to110" "$to110_calls" "$out/to110.csv"
 row "after: to 12345" "$normal" "$normal_calls" "$out/normal.csv"
-echo "refused in the flood: reserve ${refused_reserve:-0}, no slot/ports ${refused_overload:-0}, shed by overload control ${shed:-0}"
+echo "refused in the flood: reserve ${refused_reserve:-0}, no slot/ports ${refused_overload:-0}, shed by overload control ${shed:-0}, turned away (queue full, 486) ${rejected:-0}"
+echo "queue in the flood: queued ${queued:-0}, put through ${put_through:-0}, abandoned ${abandoned:-0}, overflowed ${overflowed:-0}, given up ${gave_up:-0}; offers ${offers:-0}; wait p50 ${p50}, p99 ${p99}"
 ok110=$(count "$out/to110.csv" 'SuccessfulCall(C)')
 oknormal=$(count "$out/normal.csv" 'SuccessfulCall(C)')
 if [ "$ok110" -eq "$to110_calls" ] && [ "$oknormal" -eq "$normal_calls" ]; then

@@ -285,6 +285,8 @@ impl Call {
             return;
         };
         self.give_up_queue(Some(now));
+        // No desk may answer while the caller hears that none is left.
+        self.stop_offering();
         tracing::info!(call = %self.id, reason, "queue given up: playing the no-desk announcement");
         let length = Duration::from_millis(prompt.duration_ms());
         self.actions.push_back(Action::Media(MediaCommand::Announce(
@@ -323,9 +325,15 @@ impl Call {
             response: self.settings.peer_response_timeout,
             ring: self.settings.ring_timeout,
         };
-        let old = std::mem::replace(&mut self.setup, Fork::new(route, timeouts));
-        let mut old = old;
-        let (cancel, attempt) = old.abandon();
+        self.stop_offering();
+        self.setup = Fork::new(route, timeouts);
+        self.retry_setup(now);
+    }
+
+    /// The offer under way is given up: a desk still ringing is cancelled, a late answer of
+    /// it released, never bridged.
+    fn stop_offering(&mut self) {
+        let (cancel, attempt) = self.setup.abandon();
         if let Some((request, target)) = cancel {
             self.actions
                 .push_back(Action::SendRequest { request, target });
@@ -333,7 +341,6 @@ impl Call {
         if let Some(attempt) = attempt {
             self.retired.abandon(attempt);
         }
-        self.retry_setup(now);
     }
 
     /// The caller hung up while queued: abandoned (told before the call's end).

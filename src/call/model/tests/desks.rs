@@ -313,3 +313,46 @@ fn the_wait_ends_on_time_while_a_desk_rings() {
         "overflowed at 8 s"
     );
 }
+
+/// The wait ends while a desk rings and no overflow is left: the desk is cancelled before
+/// the no-desk announcement, and its late answer is released, never bridged.
+#[test]
+fn a_desk_ringing_when_the_wait_is_given_up_is_cancelled_not_bridged() {
+    let (settings, desk) = desk_settings(None);
+    let prompt = crate::media::prompt::Prompt::from_samples(vec![100; 8_000], 0);
+    let mut settings = (*settings).clone();
+    settings.no_desk_announcement = Some(prompt);
+    let settings = Arc::new(settings);
+    let line = Arc::new(WaitingLine::new(None));
+    let mut short = policy(&line, &[]);
+    short.wait = Duration::from_secs(8);
+    let mut h = queued_call(&settings, &desk, short);
+    h.respond_to_invite(486, None);
+    h.advance(Duration::from_secs(5));
+    let ringing = h.last_invite();
+    h.respond_to_invite(180, None);
+    h.advance(Duration::from_secs(3));
+    assert_eq!(
+        h.sent(Method::Cancel).len(),
+        1,
+        "cancelled at the wait's end"
+    );
+    let mut late = Response::for_request(&ringing, 200, Some("late"));
+    late.headers.push("Contact", "<sip:agent@127.0.0.1:5080>");
+    late.headers.push("Content-Type", "application/sdp");
+    late.body = Bytes::from(ANSWER);
+    h.sip(SipEvent::Response {
+        branch: branch_of(&ringing),
+        response: late,
+    });
+    assert!(
+        !h.actions
+            .iter()
+            .any(|a| matches!(a, Action::Answered { .. })),
+        "not bridged during the announcement"
+    );
+    assert!(h
+        .sent(Method::Bye)
+        .iter()
+        .any(|(bye, _)| bye.call_id() == ringing.call_id()));
+}
