@@ -86,8 +86,9 @@ impl Call {
         self.offer_again(now);
     }
 
-    /// Every desk turned the caller away with `status`: queue it if the route has a queue,
-    /// the caller's INVITE had an offer and the status is a desk's (not the caller's CANCEL).
+    /// Every desk turned the caller away with `status`: queue it if the route has a queue
+    /// and the status is a desk's (not the caller's CANCEL). A delayed-offer caller (§13.2.1)
+    /// gets our offer in the queue's 200 and answers it in its ACK, as on a direct call.
     /// True if it waits now (or waits on).
     pub(super) fn queue_instead(&mut self, now: Instant, status: u16) -> bool {
         let Some(policy) = self.queue_policy.clone() else {
@@ -97,7 +98,7 @@ impl Call {
         // up may take it. A refusal that would not change (404, 403, 488...) fails at once.
         let busy =
             matches!(status, 408 | 480 | 486 | 487 | 600 | 603) || (500..600).contains(&status);
-        if !busy || self.cancelled || self.caller.pending_offer.is_some() {
+        if !busy || self.cancelled {
             return false;
         }
         if let Some(queued) = &self.queued {
@@ -325,9 +326,11 @@ impl Call {
             response: self.settings.peer_response_timeout,
             ring: self.settings.ring_timeout,
         };
+        // Leg B's dialog so far stays routed to the call only if an INVITE went out on it.
+        let invited = self.setup.attempt().is_some();
         self.stop_offering();
         self.setup = Fork::new(route, timeouts);
-        self.retry_setup(now);
+        self.retry_setup(now, invited);
     }
 
     /// The offer under way is given up: a desk still ringing is cancelled, a late answer of

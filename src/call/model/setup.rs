@@ -99,20 +99,25 @@ impl Call {
             )));
     }
 
-    /// Sends the INVITE of leg B to the route's `index`-th peer.
     /// Leg B's setup begun again (a queued call offered to the desks once more): a new
-    /// dialog, as for the next peer.
-    pub(super) fn retry_setup(&mut self, now: Instant) {
+    /// dialog, as for the next peer. `invited`: an INVITE went out on the dialog so far (it
+    /// stays routed to the call for a late answer; one that never did is forgotten, so a long
+    /// wait at full desks keeps no key per offer).
+    pub(super) fn retry_setup(&mut self, now: Instant, invited: bool) {
         let Some(peer) = self.setup.peer_at(0).cloned() else {
             return;
         };
-        self.stale_dialogs.push(self.legs[Leg::B].key());
+        if invited {
+            self.stale_dialogs.push(self.legs[Leg::B].key());
+        }
         let host = self.local_ip(&peer).to_string();
         self.legs[Leg::B].call_id = self.ids.call_id(&host);
         self.legs[Leg::B].tag = self.ids.tag();
         self.try_peer(now, 0);
     }
 
+    /// Sends the INVITE of leg B to the route's `index`-th peer (or the first after it with
+    /// a free seat).
     fn try_peer(&mut self, now: Instant, index: usize) {
         let fresh_dialog = index > 0;
         if self.setup.peer_at(index).is_none() {

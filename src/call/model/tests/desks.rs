@@ -356,3 +356,60 @@ fn a_desk_ringing_when_the_wait_is_given_up_is_cancelled_not_bridged() {
         .iter()
         .any(|(bye, _)| bye.call_id() == ringing.call_id()));
 }
+
+/// A caller whose INVITE had no SDP (delayed offer, RFC 3261 §13.2.1) is queued too: our
+/// offer in the queue's 200, its answer in the ACK configures its media, and a desk's answer
+/// later bridges it with nothing more to the caller.
+#[test]
+fn a_delayed_offer_caller_is_queued_with_our_offer_in_the_200() {
+    let (settings, desk) = desk_settings(None);
+    let line = Arc::new(WaitingLine::new(None));
+    let mut h = Harness::build_queued(
+        Arc::clone(&settings),
+        invite("", 70),
+        (peer("carrier", 5070), "12345"),
+        vec![Arc::clone(&desk)],
+        Some(policy(&line, &[])),
+    );
+    h.respond_to_invite(486, None);
+    let ok = h.responses(A_SERVER);
+    assert_eq!(statuses(&ok), vec![200], "queued");
+    assert!(
+        ok[0].sdp().is_some_and(|s| s.contains("m=audio 20000")),
+        "our offer in the 200"
+    );
+    assert!(!h.sent_media(|m| matches!(m, MediaCommand::Configure(Party::A, _))));
+    h.caller_acks(1, ANSWER);
+    assert!(h.sent_media(|m| matches!(m, MediaCommand::Configure(Party::A, _))));
+    h.advance(Duration::from_secs(5));
+    h.respond_to_invite(200, Some(ANSWER));
+    assert_eq!(
+        statuses(&h.responses(A_SERVER)),
+        vec![200],
+        "no second answer"
+    );
+    assert!(h
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Answered { .. })));
+    assert!(h.outcome().is_none());
+}
+
+/// A long wait at a full desk keeps no dialog per offer: no INVITE went out on them.
+#[test]
+fn a_long_wait_at_a_full_desk_keeps_no_dialog_per_offer() {
+    let (settings, desk) = desk_settings(Some(1));
+    let line = Arc::new(WaitingLine::new(None));
+    let _held = Seat::take(&desk);
+    let mut h = queued_call(&settings, &desk, policy(&line, &[]));
+    for _ in 0..11 {
+        h.advance(Duration::from_secs(5));
+    }
+    assert!(h.sent(Method::Invite).is_empty());
+    assert!(h.outcome().is_none(), "still waiting at 55 s");
+    assert!(
+        h.call.stale_dialogs.is_empty(),
+        "{} dialogs kept",
+        h.call.stale_dialogs.len()
+    );
+}
