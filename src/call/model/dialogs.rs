@@ -121,14 +121,14 @@ impl Call {
             // The agent left before it learnt that its transfer failed (blind-transfer phones
             // hang up right after the 202): keep the citizen, as if it had left while the
             // target rang.
-            self.legs[leg].dialog = None;
+            self.legs[leg].party_left();
             self.failure_notify = None;
             self.ringback(Some(leg.other()));
             self.fall_back(now, leg);
         } else if self.transfer.as_ref().is_some_and(|t| t.from == leg) {
             // The agent leaves while the target rings: the citizen waits for the target,
             // hearing ringback (or the transfer announcement).
-            self.legs[leg].dialog = None;
+            self.legs[leg].party_left();
             if let Some(transfer) = self.transfer.as_mut() {
                 transfer.refer_sequence = None;
             }
@@ -136,7 +136,7 @@ impl Call {
         } else if leg == Leg::B && self.inviting_guest() && !self.has_guests() {
             // The agent leaves while the guest it invited rings: the citizen waits for it,
             // hearing ringback, as for a transfer.
-            self.legs[Leg::B].dialog = None;
+            self.legs[Leg::B].party_left();
             self.actions
                 .push_back(Action::Media(MediaCommand::Leave(self.legs[Leg::B].party)));
             self.ringback(Some(Leg::A));

@@ -80,6 +80,15 @@ impl CallLeg {
         self.peer.as_ref()
     }
 
+    /// The leg's party hung up while the call goes on without it: its dialog is over and the
+    /// desk seat its INVITE took (`[[peer]] max_calls`) is free for the next caller now.
+    pub(super) fn party_left(&mut self) {
+        self.dialog = None;
+        if let Some(attempt) = self.uac_invite.as_mut() {
+            attempt.seat = None;
+        }
+    }
+
     /// `newcomer` becomes the leg's party (nobody is re-INVITEd: the relay latches the new
     /// endpoint). Returns the key of the dialog the leg had, which the caller releases.
     pub(super) fn take_over(&mut self, newcomer: Newcomer) -> DialogKey {

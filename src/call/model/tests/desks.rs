@@ -31,14 +31,17 @@ fn desks_settings(
         TransportKind::Udp,
     );
     police.seats = crate::routing::desks::Seats::new(police_max);
-    let route = crate::routing::Route {
-        number: crate::routing::NumberPattern::Exact("12345".into()),
-        peers: vec!["hotline".into()],
+    let route = |number: &str, to: &str| crate::routing::Route {
+        number: crate::routing::NumberPattern::Exact(number.into()),
+        peers: vec![to.into()],
         record: true,
         schedule: Default::default(),
         queue: None,
     };
-    let router = Router::new(vec![desk, police], vec![route]);
+    let router = Router::new(
+        vec![desk, police],
+        vec![route("12345", "hotline"), route("110", "police")],
+    );
     let desk = router
         .peer_by_name("hotline")
         .unwrap_or_else(|| unreachable!());
@@ -412,4 +415,70 @@ fn a_long_wait_at_a_full_desk_keeps_no_dialog_per_offer() {
         "{} dialogs kept",
         h.call.stale_dialogs.len()
     );
+}
+
+/// A direct call answered at the one-seat desk.
+fn answered_at_the_desk(settings: &Arc<CallSettings>, desk: &Arc<Peer>) -> Harness {
+    let mut h = Harness::build_queued(
+        Arc::clone(settings),
+        invite(OFFER, 70),
+        (peer("carrier", 5070), "12345"),
+        vec![Arc::clone(desk)],
+        None,
+    );
+    h.answer();
+    assert_eq!(
+        desk.seats.free(),
+        Some(0),
+        "the agent's call holds the seat"
+    );
+    h
+}
+
+/// An agent who hangs up while its transfer's target rings gives its seat back at once: the
+/// citizen waits for 110, holding no desk.
+#[test]
+fn an_agent_leaving_while_its_transfer_rings_frees_its_seat() {
+    let (settings, desk) = desk_settings(Some(1));
+    let mut h = answered_at_the_desk(&settings, &desk);
+    h.agent_sends(7, "REFER", 2, "Refer-To: <sip:110@127.0.0.1>\r\n");
+    assert_eq!(statuses(&h.responses(7)), vec![202]);
+    h.respond_to_invite(180, None);
+    h.agent_sends(8, "BYE", 3, "");
+    assert!(h.outcome().is_none(), "the citizen waits for 110");
+    assert_eq!(desk.seats.free(), Some(1));
+}
+
+/// The agent's blind-transfer phone hangs up and the transfer fails: the citizen goes back
+/// to the hotline, whose one seat the agent gave back, so it is not dropped.
+#[test]
+fn a_failed_transfer_after_the_agent_left_goes_back_to_its_one_seat_desk() {
+    let (settings, desk) = desk_settings(Some(1));
+    let mut h = answered_at_the_desk(&settings, &desk);
+    h.agent_sends(7, "REFER", 2, "Refer-To: <sip:110@127.0.0.1>\r\n");
+    h.respond_to_invite(486, None);
+    h.agent_sends(8, "BYE", 3, "");
+    assert!(h.outcome().is_none(), "never dropped");
+    assert_eq!(h.last_invite().uri.to_string(), "sip:12345@127.0.0.1:5080");
+    assert_eq!(desk.seats.free(), Some(0), "the fallback holds the seat");
+}
+
+/// The agent leaves while the guest it invited rings: its seat is free for the next caller.
+#[test]
+fn an_agent_leaving_while_its_guest_rings_frees_its_seat() {
+    let (settings, desk) = desk_settings(Some(1));
+    let mut h = answered_at_the_desk(&settings, &desk);
+    assert!(h
+        .call
+        .conference(h.now, Leg::B, "110", Trigger::Api)
+        .is_ok());
+    h.drain();
+    let address = "127.0.0.1:20004".parse().unwrap_or_else(|_| unreachable!());
+    h.call
+        .handle_party_opened(h.now, Party::guest(0).map(|p| (p, address)));
+    h.drain();
+    h.respond_to_invite(180, None);
+    h.agent_sends(8, "BYE", 3, "");
+    assert!(h.outcome().is_none(), "the citizen waits for the guest");
+    assert_eq!(desk.seats.free(), Some(1));
 }
