@@ -2,7 +2,10 @@
 //! capacity (`[[peer]] max_calls`, a [`Seat`] per call it was sent), and each queued route's
 //! waiting line (`[[route]] queue_max`, a [`Place`] per queued caller, first come first
 //! served). Both are released by dropping them, so a call that ends any way gives its seat and
-//! its place back; each release raises the [`DeskSignal`] queued calls wait on.
+//! its place back. Giving back a place, or a seat at a peer with `max_calls` that the call
+//! was done with, raises the [`DeskSignal`] queued calls wait on; a seat given back because
+//! the desk turned the call away does not (the desk said busy: waking every queued call to
+//! offer it again would only hammer it).
 //!
 //! No I/O and no clock: atomics and one short lock, shared by the calls' tasks.
 
@@ -92,7 +95,11 @@ impl Eq for Seats {}
 
 /// One call sent to a peer, held until the call is done with it.
 #[derive(Debug)]
-pub struct Seat(Arc<Peer>);
+pub struct Seat {
+    peer: Arc<Peer>,
+    /// Given back because the desk turned the call away: nobody is woken.
+    turned_away: bool,
+}
 
 impl Seat {
     /// A seat at `peer`, unless it carries `max_calls` already.
@@ -105,19 +112,28 @@ impl Seat {
                 (taken < max).then_some(taken + 1)
             })
             .ok()?;
-        Some(Seat(Arc::clone(peer)))
+        Some(Seat {
+            peer: Arc::clone(peer),
+            turned_away: false,
+        })
     }
 
     pub fn peer(&self) -> &Arc<Peer> {
-        &self.0
+        &self.peer
+    }
+
+    /// Gives the seat back because the desk refused the call (busy, no answer): the count
+    /// goes down, queued calls are not woken for it.
+    pub fn turned_away(mut self) {
+        self.turned_away = true;
     }
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        let seats = &self.0.seats;
+        let seats = &self.peer.seats;
         seats.taken.fetch_sub(1, Ordering::AcqRel);
-        if seats.max.is_some() {
+        if seats.max.is_some() && !self.turned_away {
             if let Some(signal) = &seats.signal {
                 signal.raise();
             }
@@ -129,7 +145,7 @@ impl Drop for Seat {
 #[derive(Debug, Default)]
 pub struct WaitingLine {
     max: Option<usize>,
-    tickets: Mutex<VecDeque<u64>>,
+    tickets: Mutex<VecDeque<Ticket>>,
     next: AtomicU64,
     signal: Option<Arc<DeskSignal>>,
 }
@@ -155,6 +171,11 @@ impl WaitingLine {
         self.lock().len()
     }
 
+    /// Callers waiting now for a seat: those not ringing a desk already.
+    pub fn waiting_for_seats(&self) -> usize {
+        self.lock().iter().filter(|t| !t.offering).count()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -166,14 +187,17 @@ impl WaitingLine {
             return None;
         }
         let ticket = line.next.fetch_add(1, Ordering::Relaxed);
-        tickets.push_back(ticket);
+        tickets.push_back(Ticket {
+            number: ticket,
+            offering: false,
+        });
         Some(Place {
             line: Arc::clone(line),
             ticket,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<u64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Ticket>> {
         // A panic elsewhere while holding it left a plain list of numbers: still good.
         self.tickets
             .lock()
@@ -198,17 +222,38 @@ pub struct Place {
 }
 
 impl Place {
-    /// Callers ahead of this one.
+    /// Callers ahead of this one who wait for a seat (one ringing a desk holds its seat
+    /// already and does not hold this one back).
     pub fn ahead(&self) -> usize {
         let tickets = self.line.lock();
-        tickets.iter().position(|t| *t == self.ticket).unwrap_or(0)
+        tickets
+            .iter()
+            .take_while(|t| t.number != self.ticket)
+            .filter(|t| !t.offering)
+            .count()
     }
+
+    /// Whether this caller rings a desk now, holding a seat there.
+    pub fn set_offering(&self, offering: bool) {
+        let mut tickets = self.line.lock();
+        if let Some(ticket) = tickets.iter_mut().find(|t| t.number == self.ticket) {
+            ticket.offering = offering;
+        }
+    }
+}
+
+/// A queued caller in a line.
+#[derive(Debug)]
+struct Ticket {
+    number: u64,
+    /// It rings a desk now (holding a seat there).
+    offering: bool,
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
         let mut tickets = self.line.lock();
-        if let Some(position) = tickets.iter().position(|t| *t == self.ticket) {
+        if let Some(position) = tickets.iter().position(|t| t.number == self.ticket) {
             tickets.remove(position);
         }
         drop(tickets);
@@ -256,6 +301,37 @@ mod tests {
         raised.mark_unchanged();
         assert_eq!(peer.seats.free(), Some(1));
         assert!(Seat::take(&peer).is_some());
+    }
+
+    #[test]
+    fn a_seat_a_desk_turned_away_is_free_again_and_wakes_nobody() {
+        let signal = Arc::new(DeskSignal::default());
+        let mut raised = signal.subscribe();
+        let peer = desk(Some(1), &signal);
+        if let Some(seat) = Seat::take(&peer) {
+            seat.turned_away();
+        }
+        assert_eq!(peer.seats.free(), Some(1));
+        assert!(!raised.has_changed().unwrap_or(true));
+        raised.mark_unchanged();
+    }
+
+    #[test]
+    fn a_caller_ringing_a_desk_is_not_counted_ahead() {
+        let line = Arc::new(WaitingLine::new(None));
+        let (first, second, third) = (
+            WaitingLine::join(&line),
+            WaitingLine::join(&line),
+            WaitingLine::join(&line),
+        );
+        let (Some(first), Some(_second), Some(third)) = (first, second, third) else {
+            panic!("an unbounded line took every caller");
+        };
+        assert_eq!((third.ahead(), line.waiting_for_seats()), (2, 3));
+        first.set_offering(true);
+        assert_eq!((third.ahead(), line.waiting_for_seats()), (1, 2));
+        first.set_offering(false);
+        assert_eq!(third.ahead(), 2);
     }
 
     #[test]

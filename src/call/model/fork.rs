@@ -230,6 +230,13 @@ impl Fork {
         self.attempt.as_ref().is_some_and(|a| a.branch == branch)
     }
 
+    /// The current attempt rings a desk holding a seat there.
+    pub(super) fn holds_seat(&self) -> bool {
+        self.attempt
+            .as_ref()
+            .is_some_and(|a| !a.settled && a.seat.is_some())
+    }
+
     /// The current attempt still waits for its final response.
     pub(super) fn is_unsettled(&self) -> bool {
         self.attempt.as_ref().is_some_and(|a| !a.settled)
@@ -291,8 +298,11 @@ impl Fork {
     pub(super) fn handle_failure(&mut self, status: u16, reason: &str) -> Option<Failure> {
         let attempt = self.attempt.as_mut()?;
         attempt.settled = true;
-        // The peer turned the call away: its desk is free of it.
-        attempt.seat = None;
+        // The peer turned the call away: its desk is free of it, but said busy (nobody
+        // queued is woken to offer it again).
+        if let Some(seat) = attempt.seat.take() {
+            seat.turned_away();
+        }
         let (status, reason) = if attempt.timed_out {
             (408, "Request Timeout")
         } else {

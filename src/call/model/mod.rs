@@ -477,7 +477,7 @@ impl Call {
 
     /// Whether the call waits in a queue (its task passes [`Call::handle_desks_freed`] on).
     pub fn waits_for_desks(&self) -> bool {
-        self.is_queued()
+        self.waits_in_line()
     }
 
     /// The signal [`Call::handle_desks_freed`] follows.

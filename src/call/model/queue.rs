@@ -52,12 +52,33 @@ impl Call {
         self.queued.is_some() && self.state == State::Calling
     }
 
-    /// Callers waiting before this call in its route's line: all of them for a call not in
-    /// it yet, none for one that left it (overflowed).
+    /// Whether the call waits in its route's line for a desk to free a seat (not overflowed,
+    /// not hearing that no desk is left).
+    pub(super) fn waits_in_line(&self) -> bool {
+        self.is_queued()
+            && self
+                .queued
+                .as_ref()
+                .is_some_and(|q| q.phase == Phase::Waiting)
+    }
+
+    /// Callers waiting for a seat before this call in its route's line: all of them for a
+    /// call not in it yet, none for one that left it (overflowed). One ringing a desk holds
+    /// its seat already and is not counted.
     pub(super) fn ahead_in_line(&self) -> usize {
         match &self.queued {
             Some(queued) => queued.place.as_ref().map_or(0, Place::ahead),
-            None => self.queue_policy.as_ref().map_or(0, |p| p.line.len()),
+            None => self
+                .queue_policy
+                .as_ref()
+                .map_or(0, |p| p.line.waiting_for_seats()),
+        }
+    }
+
+    /// Tells the line whether this caller rings a desk now, holding its seat.
+    fn mark_offering(&self) {
+        if let Some(place) = self.queued.as_ref().and_then(|q| q.place.as_ref()) {
+            place.set_offering(self.setup.holds_seat());
         }
     }
 
@@ -106,6 +127,7 @@ impl Call {
                 Phase::Waiting => {
                     // Offered again and turned away again: the next offer, or the end of
                     // the wait.
+                    self.mark_offering();
                     let next = (now + policy.retry).min(queued.until);
                     self.arm(Timer::QueueRetry, Some(next));
                 }
@@ -210,6 +232,7 @@ impl Call {
             queued.offered = now;
         }
         self.refork(now, route);
+        self.mark_offering();
         let Some(queued) = self.queued.as_ref().filter(|_| self.is_queued()) else {
             return;
         };

@@ -150,8 +150,14 @@ fn a_desk_refusing_at_once_is_offered_the_call_at_most_once_a_second() {
     drop(held);
     h.desks_freed(Duration::from_secs(2));
     assert_eq!(h.sent(Method::Invite).len(), 1);
+    let mut signal = settings.router.desk_signal().subscribe();
     h.respond_to_invite(486, None);
     assert_eq!(desk.seats.taken(), 0, "the refusal gave the seat back");
+    assert!(
+        !signal.has_changed().unwrap_or(true),
+        "a busy desk wakes no queued call"
+    );
+    signal.mark_unchanged();
     h.desks_freed(Duration::ZERO);
     assert_eq!(h.sent(Method::Invite).len(), 1, "not again at once");
     h.advance(Duration::from_secs(1));
@@ -190,6 +196,48 @@ fn callers_go_to_a_freed_desk_in_the_order_they_came() {
     second.advance(Duration::from_secs(5));
     assert!(second.sent(Method::Invite).is_empty());
     assert!(second.outcome().is_none());
+}
+
+/// A caller ringing a desk holds its seat there: it does not count before the next caller
+/// when another seat frees.
+#[test]
+fn a_caller_ringing_a_desk_does_not_hold_back_the_next_in_line() {
+    let (settings, desk) = desk_settings(Some(2));
+    let line = Arc::new(WaitingLine::new(None));
+    let held = (Seat::take(&desk), Seat::take(&desk));
+    let mut first = queued_call(&settings, &desk, policy(&line, &[]));
+    let mut second = queued_call(&settings, &desk, policy(&line, &[]));
+    drop(held.0);
+    first.desks_freed(Duration::from_secs(2));
+    first.respond_to_invite(180, None);
+    assert_eq!(
+        first.sent(Method::Invite).len(),
+        1,
+        "the first rings a desk"
+    );
+    drop(held.1);
+    second.desks_freed(Duration::from_secs(1));
+    assert_eq!(
+        second.sent(Method::Invite).len(),
+        1,
+        "the second seat is the second caller's"
+    );
+    // The first's desk turns it down: it waits for a seat again, first in line.
+    first.respond_to_invite(486, None);
+    let mut third = queued_call(&settings, &desk, policy(&line, &[]));
+    assert!(
+        third.sent(Method::Invite).is_empty(),
+        "the first caller is before it again"
+    );
+    first.desks_freed(Duration::from_secs(2));
+    assert_eq!(
+        first.sent(Method::Invite).len(),
+        2,
+        "the freed seat is the first's"
+    );
+    drop(second);
+    third.desks_freed(Duration::from_secs(1));
+    assert_eq!(third.sent(Method::Invite).len(), 1, "then the third's");
 }
 
 /// `queue_max`: with the line full, the next caller goes straight to the overflow peers
