@@ -127,9 +127,10 @@ impl Call {
         }
         let Some(index) = self.setup.claim(index, self.ahead_in_line()) else {
             tracing::info!(call = %self.id, "every desk left is at its max_calls");
-            if self.setup.attempt().is_none() {
-                // No desk was sent it: the record and the platform's stream still name the
-                // desk the call is for (the full one).
+            if self.legs[Leg::B].peer.is_none() {
+                // No desk was ever sent it: the record and the platform's stream still name
+                // the desk the call is for (the full one). A queued call's later offers to
+                // full desks change nothing there.
                 if let Some(peer) = self.setup.peer_at(index).cloned() {
                     self.actions.push_back(Action::Attempt {
                         b_call_id: self.legs[Leg::B].call_id.clone(),
