@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use common::platform::Platform;
 use common::{establish, Gateway, Ua, WAIT};
@@ -840,10 +841,7 @@ async fn blocked_callers_are_refused_and_repeat_callers_flagged() {
         (invite.call_id(), Some("blocklist"), Some(603))
     );
     agent
-        .expect_nothing_then_marker(
-            std::time::Duration::from_millis(200),
-            "the agent's phone rang",
-        )
+        .expect_nothing_then_marker(Duration::from_millis(200), "the agent's phone rang")
         .await;
 
     for n in 1..=3 {
@@ -964,10 +962,7 @@ async fn a_platform_blocks_a_number_until_it_unblocks_it_across_a_restart() {
     citizen.send_request(&invite).await;
     citizen.expect_response("INVITE", 603).await;
     agent
-        .expect_nothing_then_marker(
-            std::time::Duration::from_millis(200),
-            "the agent's phone rang",
-        )
+        .expect_nothing_then_marker(Duration::from_millis(200), "the agent's phone rang")
         .await;
 
     // Unblocked: the next call goes through; unblocking again is refused.
@@ -1333,7 +1328,7 @@ async fn a_python_client_from_the_proto_follows_acknowledges_and_transfers() {
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
     // Python takes its time to start: the INVITE comes once it has seen the answer.
     let invite = loop {
-        match police.recv_within(std::time::Duration::from_secs(30)).await {
+        match police.recv_within(Duration::from_secs(30)).await {
             Some(hotline_gateway::sip::message::Message::Request(r))
                 if r.method.as_str() == "INVITE" =>
             {
@@ -1351,11 +1346,10 @@ async fn a_python_client_from_the_proto_follows_acknowledges_and_transfers() {
     let _police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
     let bye = agent.expect_request("BYE").await;
     agent.send_response(&agent.answer(&bye, 200, None)).await;
-    let (success, output) =
-        match tokio::time::timeout(std::time::Duration::from_secs(40), client).await {
-            Ok(Ok(done)) => done,
-            other => panic!("the Python client did not finish: {other:?}"),
-        };
+    let (success, output) = match tokio::time::timeout(Duration::from_secs(40), client).await {
+        Ok(Ok(done)) => done,
+        other => panic!("the Python client did not finish: {other:?}"),
+    };
     assert!(success, "{output}");
     assert!(output.contains("welcome latest="), "{output}");
     assert!(output.contains(" CALL_ANSWERED call="), "{output}");
@@ -1396,11 +1390,10 @@ async fn reflection_v1alpha_answers_a_stock_client() {
         "reflection.py",
         &["--target".into(), gateway.grpc.to_string()],
     );
-    let (success, output) =
-        match tokio::time::timeout(std::time::Duration::from_secs(30), run).await {
-            Ok(Ok(done)) => done,
-            other => panic!("reflection.py did not finish: {other:?}"),
-        };
+    let (success, output) = match tokio::time::timeout(Duration::from_secs(30), run).await {
+        Ok(Ok(done)) => done,
+        other => panic!("reflection.py did not finish: {other:?}"),
+    };
     assert!(success, "{output}");
     for line in [
         "service hotline.workorder.v1.WorkOrderService",
@@ -1437,7 +1430,7 @@ async fn a_step_is_seen_only_once_its_event_is_committed() {
             .unwrap_or_else(|e| panic!("{e}"));
         other
     };
-    let window = std::time::Duration::from_millis(300);
+    let window = Duration::from_millis(300);
 
     let holder = lock(&gateway.db);
     let invite = citizen.invite(
@@ -1506,7 +1499,7 @@ async fn a_client_that_does_not_read_cannot_hold_the_shutdown() {
     // `stop` fails the test if the gateway takes more than 15 s.
     gateway.stop().await;
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(12),
+        started.elapsed() < Duration::from_secs(12),
         "{:?}",
         started.elapsed()
     );
@@ -1555,4 +1548,108 @@ async fn a_page_of_calls_with_large_tickets_stays_within_a_message() {
     }
     assert_eq!((seen, pages), (5, 2));
     gateway.stop().await;
+}
+
+/// `[announcements.whisper]`: 12345 attaches a class D ticket and transfers the call to 110;
+/// 110's operator, answering, first hears the class D prompt (a 880 Hz test prompt of 500 ms;
+/// the class B one is 440 Hz), none of the citizen, and then the citizen's voice (1320 Hz).
+#[tokio::test]
+async fn the_110_operator_hears_the_tickets_urgency_class_before_the_citizen() {
+    const CLASS_D_HZ: f64 = 880.0;
+    const CLASS_B_HZ: f64 = 440.0;
+    const CITIZEN_HZ: f64 = 1320.0;
+    let prompts = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (class_d, class_b) = (
+        prompts.path().join("class-d.wav"),
+        prompts.path().join("class-b.wav"),
+    );
+    common::tone_wav(&class_d, CLASS_D_HZ, 4000);
+    common::tone_wav(&class_b, CLASS_B_HZ, 4000);
+    let (d, b) = (class_d.clone(), class_b.clone());
+    let (gateway, mut citizen, mut agent, mut police) = setup_with(move |config| {
+        let whisper = &mut config.announcements.whisper;
+        whisper.platforms = vec!["110".into()];
+        whisper.class_d = Some(d);
+        whisper.class_b = Some(b);
+    })
+    .await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let call_id = hotline.expect(EventType::CallOffered).await.call_id;
+    let attached = hotline
+        .command(attach_summary(&call_id, "fire".into()))
+        .await;
+    assert!(attached.ok, "{attached:?}");
+    let transferred = hotline
+        .command(Action::Transfer(pb::Transfer {
+            call_id: call_id.clone(),
+            target: "110".into(),
+        }))
+        .await;
+    assert!(transferred.ok, "{transferred:?}");
+    let invite = police.expect_request("INVITE").await;
+    let police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
+    let bye = agent.expect_request("BYE").await;
+    agent.send_response(&agent.answer(&bye, 200, None)).await;
+
+    // The citizen talks all along; each 20 ms packet 110 gets is told by its tone.
+    let tone = |frequency: f64, from: u32| -> Vec<u8> {
+        (from..from + 160)
+            .map(|n| {
+                let t = f64::from(n) / 8000.0;
+                let sample = (8000.0 * (2.0 * std::f64::consts::PI * frequency * t).sin()) as i16;
+                hotline_gateway::media::g711::linear_to_alaw(sample)
+            })
+            .collect()
+    };
+    let (mut heard, mut stamps) = (Vec::new(), Vec::new());
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    let mut sent = 0u32;
+    while heard.iter().filter(|h| **h == "citizen").count() < 10 {
+        pace.tick().await;
+        call.caller_rtp
+            .send(
+                call.gateway_a_media,
+                8,
+                sent as u16,
+                sent * 160,
+                0xc1,
+                &tone(CITIZEN_HZ, sent * 160),
+            )
+            .await;
+        sent += 1;
+        while let Some(packet) = police_rtp.recv_within(Duration::from_millis(1)).await {
+            let samples: Vec<i16> = packet
+                .payload
+                .iter()
+                .map(|&c| hotline_gateway::media::g711::alaw_to_linear(c))
+                .collect();
+            let level = |f| common::tone_level(&samples, f);
+            stamps.push(packet.timestamp);
+            heard.push(if level(CLASS_D_HZ) > 4000.0 {
+                "class D"
+            } else if level(CLASS_B_HZ) > 4000.0 {
+                "class B"
+            } else if level(CITIZEN_HZ) > 4000.0 {
+                "citizen"
+            } else {
+                "other"
+            });
+        }
+        assert!(sent < 250, "110 never heard the citizen: {heard:?}");
+    }
+    let first_citizen = heard.iter().position(|h| *h == "citizen").unwrap_or(0);
+    let first_whisper = heard.iter().position(|h| *h == "class D");
+    assert_eq!(first_whisper, Some(0), "the prompt first: {heard:?}");
+    // By the stream's own clock (a stalled test skips no time): 500 ms of the prompt.
+    let whispered = stamps[first_citizen].wrapping_sub(stamps[0]);
+    assert!(
+        (3840..=4800).contains(&whispered),
+        "{whispered} samples of the class D prompt before the citizen: {heard:?}"
+    );
+    assert!(!heard.contains(&"class B"), "only the ticket's class");
+    assert!(
+        heard[first_citizen..].iter().all(|h| *h != "class D"),
+        "then only the citizen: {heard:?}"
+    );
 }

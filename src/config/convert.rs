@@ -445,6 +445,7 @@ impl Config {
             queue_announcement: self
                 .announcements
                 .prompt("queue", &self.announcements.queue),
+            whispers: self.announcements.whispers(),
         }
     }
 
@@ -507,6 +508,19 @@ impl super::RecordingConfig {
 }
 
 impl crate::config::AnnouncementsConfig {
+    /// `[announcements.whisper]`'s prompts, read from their files.
+    fn whispers(&self) -> crate::call::model::Whispers {
+        let whisper = &self.whisper;
+        crate::call::model::Whispers {
+            platforms: whisper.platforms.clone(),
+            class_d: self.prompt("whisper.class_d", &whisper.class_d),
+            class_a: self.prompt("whisper.class_a", &whisper.class_a),
+            class_b: self.prompt("whisper.class_b", &whisper.class_b),
+            class_c: self.prompt("whisper.class_c", &whisper.class_c),
+            unclassified: self.prompt("whisper.unclassified", &whisper.unclassified),
+        }
+    }
+
     /// The announcement `key` at `path`, read from its file (checked by `--check`; a file
     /// gone since is logged and the tone or the plain failure goes instead).
     pub fn prompt(

@@ -111,6 +111,49 @@ pub struct AnnouncementsConfig {
     /// Silence between two plays of an announcement, in ms (default 1000; at most 60000).
     #[serde(default = "default_announcement_gap_ms")]
     pub gap_ms: u32,
+    /// `[announcements.whisper]`: played once to a transfer target's operator when it
+    /// answers, before it hears the citizen, chosen by the urgency class of the call's ticket.
+    #[serde(default)]
+    pub whisper: WhisperConfig,
+}
+
+/// `[announcements.whisper]`: one prompt per urgency class of the call's ticket (a class
+/// without one, or a call without a ticket and no `unclassified`, is bridged at once).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhisperConfig {
+    /// The `[[platform]]` names whose operators hear it (default: a transfer target at any
+    /// platform).
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    /// Class D, urgent (e.g. "紧急工单").
+    #[serde(default)]
+    pub class_d: Option<PathBuf>,
+    /// Class A, immediate.
+    #[serde(default)]
+    pub class_a: Option<PathBuf>,
+    /// Class B, within 5 working days.
+    #[serde(default)]
+    pub class_b: Option<PathBuf>,
+    /// Class C, planned.
+    #[serde(default)]
+    pub class_c: Option<PathBuf>,
+    /// A call with no ticket, or whose ticket has no class.
+    #[serde(default)]
+    pub unclassified: Option<PathBuf>,
+}
+
+impl WhisperConfig {
+    /// Each prompt with its key under `announcements.whisper`.
+    pub fn files(&self) -> [(&'static str, &Option<PathBuf>); 5] {
+        [
+            ("announcements.whisper.class_d", &self.class_d),
+            ("announcements.whisper.class_a", &self.class_a),
+            ("announcements.whisper.class_b", &self.class_b),
+            ("announcements.whisper.class_c", &self.class_c),
+            ("announcements.whisper.unclassified", &self.unclassified),
+        ]
+    }
 }
 
 fn default_announcement_gap_ms() -> u32 {

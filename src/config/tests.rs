@@ -712,6 +712,51 @@ fn announcement_files_are_checked() {
     }
 }
 
+/// `[announcements.whisper]`: each class's file is checked like the other announcements,
+/// and its platforms must be some peer's.
+#[test]
+fn whisper_files_and_platforms_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("urgent.wav");
+    std::fs::write(&good, crate::media::prompt::wav_bytes(&[100; 4000])).unwrap();
+    let with = |body: &str| sample() + "\n[announcements.whisper]\n" + body;
+    let body = format!("platforms = [\"110\"]\nclass_d = \"{}\"\n", good.display());
+    match Config::parse(Path::new("test.toml"), &with(&body)) {
+        Ok(config) => {
+            let whisper = &config.announcements.whisper;
+            assert_eq!(whisper.platforms, vec!["110".to_string()]);
+            assert!(whisper.class_d.is_some() && whisper.class_a.is_none());
+        }
+        Err(e) => panic!("{e}"),
+    }
+    for (body, key, reason) in [
+        (
+            "class_a = \"/nonexistent/a.wav\"\n".to_string(),
+            "announcements.whisper.class_a",
+            "/nonexistent/a.wav",
+        ),
+        (
+            format!("platforms = [\"119\"]\nclass_d = \"{}\"\n", good.display()),
+            "announcements.whisper.platforms[0]",
+            "no [[peer]] has platform = \"119\"",
+        ),
+        (
+            "class_e = \"x.wav\"\n".to_string(),
+            "class_e",
+            "unknown field",
+        ),
+    ] {
+        match Config::parse(Path::new("test.toml"), &with(&body)) {
+            Ok(_) => panic!("{body} accepted"),
+            Err(e) => {
+                let message = e.to_string();
+                assert!(message.contains(key), "{message}");
+                assert!(message.contains(reason), "{message}");
+            }
+        }
+    }
+}
+
 /// The platforms' reserves must leave calls for everyone else.
 #[test]
 fn reserved_calls_leave_room_for_the_rest() {

@@ -365,7 +365,14 @@ impl Link {
                 ticket,
                 base_version,
                 reply,
-            } => (reply, self.attach_ticket(&platform, *ticket, base_version)),
+            } => {
+                let class = urgency_class(ticket.urgency);
+                let outcome = self.attach_ticket(&platform, *ticket, base_version);
+                if outcome.is_ok() {
+                    call.set_urgency(class);
+                }
+                (reply, outcome)
+            }
             CallCommand::Transfer {
                 platform,
                 target,
@@ -455,4 +462,17 @@ fn refused(error: TransferError) -> CommandError {
         | TransferError::ConferenceFull(_) => ErrorCode::NotAllowedNow,
     };
     CommandError::new(code, error.to_string())
+}
+
+/// The ticket's urgency (the proto's enum value) as the call model's class.
+fn urgency_class(urgency: i32) -> Option<crate::call::model::UrgencyClass> {
+    use crate::call::model::UrgencyClass;
+    use crate::workorder::pb::Urgency;
+    match Urgency::try_from(urgency).ok()? {
+        Urgency::DUrgent => Some(UrgencyClass::D),
+        Urgency::AImmediate => Some(UrgencyClass::A),
+        Urgency::BFiveWorkingDays => Some(UrgencyClass::B),
+        Urgency::CPlanned => Some(UrgencyClass::C),
+        Urgency::Unspecified => None,
+    }
 }

@@ -116,6 +116,9 @@ pub enum MediaCommand {
     /// A muted conference party is not heard by the others (it still hears them); muting
     /// ends with the mixing.
     Mute(Party, bool),
+    /// While on, the party hears only what we play it (a whisper, an announcement): the
+    /// other side's audio is not relayed to it and does not end the playback.
+    Isolate(Party, bool),
     /// Record the call from now on: what party A (the caller) says on the left, what it
     /// hears on the right, into this recording ([`recording`]).
     Record(recording::RecordingSink),

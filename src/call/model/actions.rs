@@ -59,6 +59,8 @@ pub struct CallSettings {
     /// `[announcements] queue`: played to a caller waiting in a route's queue (None: the
     /// ringback tone).
     pub queue_announcement: Option<crate::media::prompt::Prompt>,
+    /// `[announcements.whisper]`: what an answering transfer target hears before the citizen.
+    pub whispers: super::Whispers,
 }
 
 impl CallSettings {

@@ -39,6 +39,8 @@
 //! | `conference.rs` | guests and the mixed three-way call |
 //! | `digits.rs` | DTMF in and out, the hotkey matcher |
 //! | `session.rs` | RFC 4028 session timers per leg |
+//! | `queue.rs` | a route's queue: waiting in its line, offers as desks free up, overflow |
+//! | `whisper.rs` | the prompt a transfer target hears before it is bridged |
 //! | `ending.rs` | hanging up, waiting for the last answers, finishing |
 
 mod actions;
@@ -56,11 +58,13 @@ mod setup;
 #[cfg(test)]
 mod tests;
 mod transfer;
+mod whisper;
 
 pub use actions::{
     Action, CallSettings, ConferenceUpdate, EndedBy, LinkageKind, LinkageUpdate, NewCall, Outcome,
     QueueUpdate, TransferError, ALLOW,
 };
+pub use whisper::{UrgencyClass, Whispers};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -108,15 +112,18 @@ enum Timer {
     Announcement,
     /// A queued call is offered to the route's desks again (or its wait is over).
     QueueRetry,
+    /// The transfer target has heard its whisper: bridge it.
+    Whisper,
 }
 
-const TIMERS: [Timer; 6] = [
+const TIMERS: [Timer; 7] = [
     Timer::SessionA,
     Timer::SessionB,
     Timer::HotkeyDigits,
     Timer::Cleanup,
     Timer::Announcement,
     Timer::QueueRetry,
+    Timer::Whisper,
 ];
 
 /// The caller's INVITE transaction (leg A's first party, whoever holds the leg later).
@@ -190,6 +197,10 @@ pub struct Call {
     queued: Option<queue::Queued>,
     /// Offers of the queued call so far (each begins at the next desk of the route).
     queue_offers: usize,
+    /// The urgency class of the call's ticket (the whisper's choice).
+    urgency: Option<UrgencyClass>,
+    /// The leg whose new party hears its whisper before it is bridged.
+    whispering: Option<Leg>,
     actions: VecDeque<Action>,
 }
 
@@ -291,6 +302,8 @@ impl Call {
             queue_policy: new.queue,
             queued: None,
             queue_offers: 1,
+            urgency: None,
+            whispering: None,
             actions: VecDeque::new(),
             settings,
         };
@@ -527,6 +540,7 @@ impl Call {
                 }
                 Timer::Announcement => self.no_desk_announced(),
                 Timer::QueueRetry => self.queue_due(now),
+                Timer::Whisper => self.whispered(),
             }
         }
         if self.state == State::Done {

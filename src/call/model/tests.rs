@@ -102,6 +102,7 @@ fn settings() -> Arc<CallSettings> {
         transfer_announcement: None,
         no_desk_announcement: None,
         queue_announcement: None,
+        whispers: Default::default(),
     })
 }
 
@@ -2167,6 +2168,7 @@ fn a_challenge_from_a_peer_without_credentials_fails_the_call() {
 mod challenges;
 mod desks;
 mod interfaces;
+mod whisper;
 
 /// `[announcements] transfer`: the citizen waiting for 110 after the agent left hears the
 /// announcement; when 110 fails and the call goes back to 12345, the ringback tone instead

@@ -596,7 +596,9 @@ impl Call {
                     .push_back(Action::Media(MediaCommand::Join(party)));
             }
         }
-        self.ringback(None);
+        if !self.whisper(now, from) {
+            self.ringback(None);
+        }
         self.announce_bridge();
         self.actions
             .push_back(Action::Linkage(LinkageUpdate::Answered {

@@ -67,11 +67,27 @@ impl Config {
                 "must be at most 60000".into(),
             ));
         }
+        for (index, platform) in announcements.whisper.platforms.iter().enumerate() {
+            if !self
+                .peers
+                .iter()
+                .any(|peer| peer.platform.as_deref() == Some(platform.as_str()))
+            {
+                return Err(invalid(
+                    format!("announcements.whisper.platforms[{index}]"),
+                    format!("no [[peer]] has platform = \"{platform}\""),
+                ));
+            }
+        }
+        let whisper = announcements.whisper.files();
         for (key, path) in [
             ("announcements.transfer", &announcements.transfer),
             ("announcements.no_desk", &announcements.no_desk),
             ("announcements.queue", &announcements.queue),
-        ] {
+        ]
+        .into_iter()
+        .chain(whisper)
+        {
             if let Some(path) = path {
                 crate::media::prompt::Prompt::load(path, announcements.gap_ms)
                     .map_err(|error| invalid(key.into(), error.to_string()))?;

@@ -227,6 +227,7 @@ impl CallMedia {
         if let Some(side) = self.sides.get_mut(index) {
             side.attached = false;
             side.in_call = false;
+            side.isolated = false;
             side.media = None;
             side.jitter = None;
             side.playback = None;
@@ -294,6 +295,13 @@ impl CallMedia {
     pub(super) fn mute(&mut self, party: Party, on: bool) {
         if let Some(side) = self.sides.get_mut(party.index()) {
             side.muted = on;
+        }
+    }
+
+    /// [`crate::media::MediaCommand::Isolate`].
+    pub(super) fn isolate(&mut self, party: Party, on: bool) {
+        if let Some(side) = self.sides.get_mut(party.index()) {
+            side.isolated = on;
         }
     }
 
@@ -663,6 +671,10 @@ fn relay_rtp(
     };
     if incoming.detect_digits && Some(payload_type) == in_media.telephone_event {
         return detected(incoming.digits.detect(packet), from);
+    }
+    if outgoing.isolated {
+        // It hears only what we play it now (a whisper before the bridge).
+        return PacketOutcome::Dropped;
     }
     if Some(payload_type) == in_media.telephone_event {
         match out_media.telephone_event {

@@ -126,6 +126,7 @@ impl Call {
             MediaCommand::Join(party) => self.media.join(party, true, now),
             MediaCommand::Leave(party) => self.media.join(party, false, now),
             MediaCommand::Mute(party, on) => self.media.mute(party, on),
+            MediaCommand::Isolate(party, on) => self.media.isolate(party, on),
             MediaCommand::Record(sink) => self.media.record(sink),
         }
     }
@@ -550,7 +551,8 @@ fn command_party(command: &MediaCommand) -> Option<Party> {
         | MediaCommand::Announce(party, _)
         | MediaCommand::Join(party)
         | MediaCommand::Leave(party)
-        | MediaCommand::Mute(party, _) => Some(*party),
+        | MediaCommand::Mute(party, _)
+        | MediaCommand::Isolate(party, _) => Some(*party),
         MediaCommand::Answered | MediaCommand::Record(_) => None,
     }
 }

@@ -39,6 +39,8 @@ pub(super) struct Side {
     pub(super) in_call: bool,
     /// Not heard by the others.
     pub(super) muted: bool,
+    /// Hears only what we play it (the other side's audio is dropped on its way here).
+    pub(super) isolated: bool,
     /// While mixing: the party's input, and the timestamp of our next mixed packet to it.
     pub(super) jitter: Option<Box<JitterBuffer>>,
     pub(super) mix_timestamp: u32,
@@ -66,6 +68,7 @@ impl Side {
             playback: None,
             in_call: true,
             muted: false,
+            isolated: false,
             jitter: None,
             mix_timestamp: 0,
             mix_fresh: false,

@@ -548,6 +548,26 @@ fn ringback_plays_until_real_media_comes() {
     assert_eq!(run.call.poll_timeout(), None);
 }
 
+/// An isolated party hears only what we play it: the other side's audio is dropped and
+/// does not end the playback; once it is not isolated, real media takes over again.
+#[test]
+fn an_isolated_party_hears_only_its_playback() {
+    let now = Instant::now();
+    let mut run = Run::new(call(now, pcma_b()));
+    run.call
+        .announce(Party::A, Some(&Announcement::Ringback), now);
+    run.call.isolate(Party::A, true);
+    assert!(sent_to(run.rtp_from(now, 1, B_SDP, &rtp(8, 1, 160, &[0xd5; 160]))).is_none());
+    assert_eq!(run.call.poll_timeout(), Some(now), "the ringback plays on");
+    assert!(
+        sent_to(run.rtp_from(now, 0, A_SDP, &rtp(8, 1, 160, &[0xd5; 160]))).is_some(),
+        "what it says still reaches the other side"
+    );
+    run.call.isolate(Party::A, false);
+    assert!(sent_to(run.rtp_from(now, 1, B_SDP, &rtp(8, 2, 320, &[0xd5; 160]))).is_some());
+    assert_eq!(run.call.poll_timeout(), None);
+}
+
 /// A digit played to a party: four event packets in its stream, with its telephone-event type.
 #[test]
 fn a_played_digit_is_four_packets_in_the_stream() {
