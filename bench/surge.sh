@@ -4,12 +4,16 @@
 # (SIPp) take 150 calls at once (`max_calls`), another centre's remote seats (SIPp) 50, and
 # 200 citizens may wait (`queue_max`, `queue_secs = 20`). SIPp floods 12345 at FLOOD calls/s
 # for SECS seconds, each citizen holding HOLD_MS from its answer (the desk's or the queue's:
-# a queued citizen not put through by then hangs up, abandoning), while another SIPp calls
-# 110 at TO_110 calls/s through the same gateway; then, once the flood's calls are over,
-# 12345 at NORMAL calls/s. Printed: each phase's calls, successful and failed (at SIPp), the
+# a queued citizen not put through by then hangs up, abandoning), while citizens reach 12345
+# agents (SIPp, tests/sipp/agent_refer.xml, on 12346) who REFER each to 110 at TO_110 calls/s,
+# and another SIPp calls 110 directly at TO_110 calls/s, through the same gateway; then, once
+# the flood's calls are over, 12345 at NORMAL calls/s. Printed: each phase's calls, successful
+# and failed (at SIPp), the transfers to 110 requested and answered (the linkage records), the
 # gateway's refusals by kind, and the queue's figures (queued, put through, abandoned,
-# overflowed, given up, the wait's p50 and p99 from `hotline_queue_wait_seconds`). It passes
-# when every call to 110 connects in the flood and every call of the normal phase does.
+# overflowed, given up, the wait's p50 and p99 from `hotline_queue_wait_seconds`, and how many
+# pairs of citizens put through by 12345's desks after waiting were served out of the order
+# they came in). It passes when every transfer and every call to 110 connects in the flood and
+# every call of the normal phase does.
 #   bench/surge.sh        FLOOD (100), TO_110 (5), NORMAL (10), SECS (20), HOLD_MS (10000)
 # Not part of the test suite.
 set -euo pipefail
@@ -19,6 +23,7 @@ cd "$root"
 flood="${FLOOD:-100}"; to110="${TO_110:-5}"; normal="${NORMAL:-10}"
 secs="${SECS:-20}"; hold="${HOLD_MS:-10000}"
 command -v sipp >/dev/null || { echo "needs sipp (apt-get install sip-tester)" >&2; exit 2; }
+command -v sqlite3 >/dev/null || { echo "needs sqlite3" >&2; exit 2; }
 cargo build --release --quiet
 out=bench/out/surge
 rm -rf "$out" bench/out/surge.db*
@@ -45,6 +50,9 @@ sipp -sn uas -i 127.0.0.1 -p 5085 -nostdin -timeout 600s >/dev/null 2>&1 &
 pids+=($!)
 sipp -sn uas -i 127.0.0.1 -p 5090 -nostdin -timeout 600s >/dev/null 2>&1 &
 pids+=($!)
+sipp -sf tests/sipp/agent_refer.xml -key transfer_to 110 -i 127.0.0.1 -p 5081 -nostdin \
+  -timeout 600s -trace_stat -stf "$out/agents.csv" >/dev/null 2>&1 &
+pids+=($!)
 sleep 0.5
 uac() { # port rate calls number stats
   sipp 127.0.0.1:5060 -sn uac -s "$4" -i 127.0.0.1 -p "$1" -r "$2" -m "$3" -l 100000 \
@@ -55,7 +63,9 @@ uac 5070 "$flood" "$flood_calls" 12345 "$out/flood.csv" &
 flood_pid=$!
 uac 5071 "$to110" "$to110_calls" 110 "$out/to110.csv" &
 to110_pid=$!
-wait "$flood_pid" "$to110_pid"
+uac 5072 "$to110" "$to110_calls" 12346 "$out/transfers.csv" &
+transfers_pid=$!
+wait "$flood_pid" "$to110_pid" "$transfers_pid"
 refused_reserve=$(metric hotline_calls_refused_reserve_total)
 refused_overload=$(metric hotline_calls_refused_overload_total)
 shed=$(metric hotline_sip_shed_overload_total)
@@ -74,19 +84,34 @@ quantile() {
     END { if (total == 0) { print "-"; exit } for (i = 0; i < n; i++) if (c[i] >= q * total) { print "<= " le[i] " s"; exit } }'
 }
 p50=$(quantile 0.5); p99=$(quantile 0.99)
+db=bench/out/surge.db
+read -r requested connected < <(sqlite3 -separator ' ' "$db" "
+  SELECT COUNT(*), COALESCE(SUM(outcome = 'answered'), 0) FROM linkages WHERE target = '110';")
+# Citizens 12345's desks put through after a wait (answered a second or more after they
+# came): pairs in which the later comer was answered first.
+out_of_order=$(sqlite3 "$db" "
+  WITH w AS (SELECT started_at AS s, answered_at AS a FROM calls
+             WHERE called = '12345' AND b_peer = 'hotline' AND answered_at >= started_at + 1000)
+  SELECT COUNT(*) FROM w x JOIN w y ON x.s < y.s AND x.a > y.a;")
+waited=$(sqlite3 "$db" "SELECT COUNT(*) FROM calls WHERE called = '12345'
+  AND b_peer = 'hotline' AND answered_at >= started_at + 1000;")
 uac 5070 "$normal" "$normal_calls" 12345 "$out/normal.csv"
 printf '%-22s %-8s %-8s %-10s %-8s\n' phase rate calls successful failed
 row() { printf '%-22s %-8s %-8s %-10s %-8s\n' "$1" "$2" "$3" \
   "$(count "$4" 'SuccessfulCall(C)')" "$(count "$4" 'FailedCall(C)')"; }
 row "flood: to 12345" "$flood" "$flood_calls" "$out/flood.csv"
 row "flood: to 110" "$to110" "$to110_calls" "$out/to110.csv"
+row "flood: REFER to 110" "$to110" "$to110_calls" "$out/transfers.csv"
 row "after: to 12345" "$normal" "$normal_calls" "$out/normal.csv"
 echo "refused in the flood: reserve ${refused_reserve:-0}, no slot/ports ${refused_overload:-0}, shed by overload control ${shed:-0}, turned away (queue full, 486) ${rejected:-0}"
+echo "transfers to 110 in the flood: requested ${requested:-0}, connected ${connected:-0}"
+echo "served in order: ${out_of_order:-?} pairs out of order among ${waited:-0} citizens put through by the desks after waiting"
 echo "queue in the flood: queued ${queued:-0}, put through ${put_through:-0}, abandoned ${abandoned:-0}, overflowed ${overflowed:-0}, given up ${gave_up:-0}; offers ${offers:-0}; wait p50 ${p50}, p99 ${p99}"
 ok110=$(count "$out/to110.csv" 'SuccessfulCall(C)')
 oknormal=$(count "$out/normal.csv" 'SuccessfulCall(C)')
-if [ "$ok110" -eq "$to110_calls" ] && [ "$oknormal" -eq "$normal_calls" ]; then
-  echo "pass: every call to 110 connected in the flood, every call after it"
+if [ "$ok110" -eq "$to110_calls" ] && [ "$oknormal" -eq "$normal_calls" ] \
+  && [ "${connected:-0}" -eq "$to110_calls" ]; then
+  echo "pass: every call and transfer to 110 connected in the flood, every call after it"
 else
   echo "fail"
 fi
