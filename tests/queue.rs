@@ -67,28 +67,9 @@ impl Citizen {
         heard
     }
 
-    /// The citizen speaks (a marked payload every 20 ms) until it has heard itself back 10
-    /// times from the echoing SIPp desk (at most 4 s): how many times it did.
+    /// The citizen speaks until it has heard itself back through the echoing SIPp desk.
     async fn hears_itself_through_the_desk(&self) -> usize {
-        let to = self.gateway_media();
-        let mut pace = tokio::time::interval(Duration::from_millis(20));
-        let mut heard = 0;
-        for sequence in 0..200u16 {
-            pace.tick().await;
-            let timestamp = u32::from(sequence) * 160;
-            self.rtp
-                .send(to, 8, sequence, timestamp, 0xc171, &[0x3c; 160])
-                .await;
-            while let Some(packet) = self.rtp.recv_within(Duration::from_millis(1)).await {
-                if packet.payload == [0x3c; 160] {
-                    heard += 1;
-                }
-            }
-            if heard >= 10 {
-                break;
-            }
-        }
-        heard
+        hears_itself(&self.rtp, self.gateway_media()).await
     }
 
     async fn hangs_up(&self, ua: &mut Ua) {
@@ -96,6 +77,29 @@ impl Citizen {
         ua.send_request(&bye).await;
         ua.expect_response("BYE", 200).await;
     }
+}
+
+/// A citizen on `rtp` speaks to the gateway at `to` (a marked payload every 20 ms) until it
+/// has heard itself back 10 times from an echoing SIPp desk (at most 4 s): how many times it
+/// did.
+async fn hears_itself(rtp: &RtpPeer, to: SocketAddr) -> usize {
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    let mut heard = 0;
+    for sequence in 0..200u16 {
+        pace.tick().await;
+        let timestamp = u32::from(sequence) * 160;
+        rtp.send(to, 8, sequence, timestamp, 0xc171, &[0x3c; 160])
+            .await;
+        while let Some(packet) = rtp.recv_within(Duration::from_millis(1)).await {
+            if packet.payload == [0x3c; 160] {
+                heard += 1;
+            }
+        }
+        if heard >= 10 {
+            break;
+        }
+    }
+    heard
 }
 
 /// Waits for a SIPp side to finish, off the runtime the gateway runs on.
@@ -271,6 +275,106 @@ async fn a_full_line_overflows_to_a_remote_seat_and_a_waiting_citizen_abandons()
         gateway.metric("hotline_queue_overflows_total").await,
         Some(1.0)
     );
+    gateway.stop().await;
+    drop(busy_desk);
+}
+
+/// A 110 operator transfers the citizen to 12345, whose only desk (SIPp) answers 486 to
+/// every INVITE: the transfer waits in 12345's queue (the operator's NOTIFY says 182 Queued,
+/// 12345's stream QUEUED with the transfer's linkage id) while the citizen stays with the
+/// operator; the wait (2 s, offered again each second) over, it overflows to the remote seat
+/// (SIPp), which checks the citizen's number, the dialled 12345 and the linkage header, and
+/// answers: the operator's NOTIFY says 200 and it is released, 12345's stream says
+/// TRANSFER_ANSWERED with the wait, and the citizen hears itself through the seat.
+#[tokio::test]
+async fn a_transfer_to_busy_desks_waits_in_their_queue_and_overflows_with_the_linkage() {
+    assert!(sipp_available(), "sipp is not installed");
+    let sipp_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (desk_port, remote_port) = (free_port(), free_port());
+    let busy_desk = sipp_side(sipp_dir.path(), desk_port, "desk_busy.xml", &[]);
+    let remote = sipp_side(
+        sipp_dir.path(),
+        remote_port,
+        "remote_seat_linkage_uas.xml",
+        &["-rtp_echo", "-m", "1"],
+    );
+    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
+    let mut police = Ua::bind("police", LOCALHOST).await;
+    let mut gateway = Gateway::start_with_tables(
+        &[
+            ("carrier", citizen.address, ""),
+            ("police", police.address, "platform = \"110\""),
+            ("hotline", SocketAddr::new(LOCALHOST, desk_port), "platform = \"12345\""),
+            ("remote", SocketAddr::new(LOCALHOST, remote_port), "platform = \"12345\""),
+        ],
+        &[("110", &["police"])],
+        "",
+        "",
+        &format!(
+            "\n[[route]]\nnumber = \"12345\"\npeers = [\"hotline\"]\nqueue_secs = 2\nqueue_retry_secs = 1\n\
+             overflow = [\"remote\"]\n{PLATFORM}"
+        ),
+    )
+    .await;
+    for ua in [&mut citizen, &mut police] {
+        ua.set_gateway(gateway.sip);
+    }
+    let mut platform = common::platform::Platform::connect(
+        gateway.grpc,
+        "12345",
+        "token-of-the-12345-platform",
+        None,
+    )
+    .await;
+    let call =
+        common::establish_to("110", "13800138000", &mut citizen, &mut police, &[8], &[8]).await;
+    let mut refer = police.uas_request(&call.incoming, "REFER", 2);
+    refer.headers.push("Refer-To", "<sip:12345@gw>");
+    police.send_request(&refer).await;
+    police.expect_response("REFER", 202).await;
+
+    let requested = platform.until(EventType::TransferRequested).await;
+    let queued = platform.until(EventType::Queued).await;
+    assert_eq!(queued.sip_status, 486);
+    assert_eq!(
+        queued.linkage_id, requested.linkage_id,
+        "the transfer waits"
+    );
+    let mut notified = Vec::new();
+    while notified.last().is_none_or(|status| *status < 200) {
+        let notify = police.expect_request("NOTIFY").await;
+        police
+            .send_response(&police.answer(&notify, 200, None))
+            .await;
+        let body = String::from_utf8_lossy(&notify.body).to_string();
+        notified.push(
+            body.split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse::<u16>().ok())
+                .unwrap_or_default(),
+        );
+    }
+    assert_eq!(notified.first(), Some(&100));
+    assert!(notified.contains(&182), "182 Queued: {notified:?}");
+    assert_eq!(notified.last(), Some(&200), "the remote seat answered");
+    let bye = police.expect_request("BYE").await;
+    police.send_response(&police.answer(&bye, 200, None)).await;
+
+    let overflowed = platform.until(EventType::QueueOverflowed).await;
+    assert_eq!(overflowed.linkage_id, requested.linkage_id);
+    assert!(overflowed.queue_wait_ms >= 2000, "after the wait");
+    assert_eq!(overflowed.target.map(|t| t.peer).as_deref(), Some("remote"));
+    let answered = platform.until(EventType::TransferAnswered).await;
+    assert_eq!(answered.linkage_id, requested.linkage_id);
+    assert!(answered.queue_wait_ms >= 2000, "with the wait");
+    assert!(
+        hears_itself(&call.caller_rtp, call.gateway_a_media).await >= 10,
+        "the citizen at the remote seat"
+    );
+    let bye = citizen.in_dialog(&call.invite, &call.ok, "BYE", 2, "");
+    citizen.send_request(&bye).await;
+    citizen.expect_response("BYE", 200).await;
+    succeeds(remote, "remote seat").await;
     gateway.stop().await;
     drop(busy_desk);
 }

@@ -40,6 +40,8 @@ pub struct Link {
     replies: Vec<(CommandReply, CommandOutcome)>,
     /// A queued call's wait, for the CALL_ANSWERED of the desk that took it.
     queue_wait_ms: Option<u64>,
+    /// The transfer waiting in a queue, named on its queue events.
+    queue_linkage: Option<String>,
 }
 
 impl Link {
@@ -80,6 +82,7 @@ impl Link {
                 events: Vec::new(),
                 replies: Vec::new(),
                 queue_wait_ms: None,
+                queue_linkage: None,
             },
             commands,
         )
@@ -189,12 +192,13 @@ impl Link {
     /// The route's queue took, moved or lost the call.
     pub fn queue(&mut self, update: &QueueUpdate) {
         let event = match update {
-            QueueUpdate::Queued { status } => {
+            QueueUpdate::Queued { status, linkage_id } => {
+                self.queue_linkage = linkage_id.clone();
                 let mut event = self.event(EventKind::Queued);
                 event.sip_status = *status;
                 event
             }
-            // Told with the CALL_ANSWERED that follows.
+            // Told with the CALL_ANSWERED (TRANSFER_ANSWERED) that follows.
             QueueUpdate::Answered { waited_ms } => {
                 self.queue_wait_ms = Some(*waited_ms);
                 return;
@@ -222,9 +226,18 @@ impl Link {
                 event.queue_wait_ms = Some(*waited_ms);
                 event
             }
-            // CALL_ENDED says it (ended by the gateway, and why).
-            QueueUpdate::GaveUp { .. } => return,
+            // CALL_ENDED (TRANSFER_FAILED) says it.
+            QueueUpdate::GaveUp { .. } => {
+                self.queue_linkage = None;
+                return;
+            }
         };
+        let mut event = event;
+        // A transfer's wait: its linkage.
+        event.linkage_id = self.queue_linkage.clone();
+        if matches!(update, QueueUpdate::Abandoned { .. }) {
+            self.queue_linkage = None;
+        }
         self.emit(event);
     }
 
@@ -250,6 +263,10 @@ impl Link {
             self.state.called_leg = Some(target.clone());
         }
         let mut event = self.event(kind);
+        if kind == EventKind::TransferAnswered && !conference {
+            event.queue_wait_ms = self.queue_wait_ms.take();
+            self.queue_linkage = None;
+        }
         event.linkage_id = Some(linkage.id.clone());
         event.agent = Some(LegInfo {
             peer: linkage.from_peer.clone(),

@@ -202,8 +202,12 @@ pub enum ConferenceUpdate {
 /// What a route's queue did with the call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueUpdate {
-    /// Every desk turned the caller away with `status`: it waits.
-    Queued { status: u16 },
+    /// Every desk turned the caller away with `status`: it waits. `linkage_id`: the transfer
+    /// that waits (None: the call itself).
+    Queued {
+        status: u16,
+        linkage_id: Option<String>,
+    },
     /// A desk answered after `waited_ms` (the call's `Answered` follows).
     Answered { waited_ms: u64 },
     /// Offered to a desk of the route again (`to_peer`), `waited_ms` into the wait: a desk

@@ -150,9 +150,7 @@ impl Call {
             } else {
                 EndedBy::Callee
             };
-            if leg == Leg::A {
-                self.abandon_queue(now);
-            }
+            self.abandon_queue(now, leg);
             self.hang_up(Some(leg), ended_by, "normal clearing");
         }
     }

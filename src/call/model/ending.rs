@@ -33,6 +33,7 @@ impl Call {
         self.actions.push_back(Action::Ended(outcome));
         self.state = State::Ending;
         self.setup.stop_timers();
+        self.give_up_queue(self.clock);
         self.release_desks();
     }
 
@@ -147,7 +148,8 @@ impl Call {
                     self.bye_dialog_with_reason(dialog, target, credentials, cause);
                 }
             }
-            self.queued = None;
+            // Still waiting: the gateway ended the wait (media timeout, no ACK, shutdown).
+            self.give_up_queue(self.clock);
             self.send_cancel();
             self.end(ended_by, reason, status, false);
             return;

@@ -177,7 +177,7 @@ pub struct Call {
     /// The leg that hears our ringback (the citizen, waiting for a target with no agent left).
     ringback: Option<Leg>,
     /// ... and it is the transfer announcement, not the tone.
-    announcing: bool,
+    waiting_sound: transfer::WaitingSound,
     /// Hotkey matching of the agent's DTMF (leg B), made on the first digit.
     hotkeys: Option<HotkeyMatcher>,
     /// How the agent's last digit came: held digits are passed on the same way.
@@ -197,6 +197,8 @@ pub struct Call {
     queued: Option<queue::Queued>,
     /// Offers of the queued call so far (each begins at the next desk of the route).
     queue_offers: usize,
+    /// The time of the input being handled (the call reads no clock).
+    clock: Instant,
     /// The urgency class of the call's ticket (the whisper's choice).
     urgency: Option<UrgencyClass>,
     /// The leg whose new party hears its whisper before it is bridged.
@@ -291,7 +293,8 @@ impl Call {
             failure_notify: None,
             bridged: None,
             ringback: None,
-            announcing: false,
+            waiting_sound: transfer::WaitingSound::Ringback,
+            clock: now,
             hotkeys: None,
             digit_transport: DigitTransport::Info(None),
             guests: Vec::new(),
@@ -373,6 +376,7 @@ impl Call {
         if self.state == State::Done {
             return;
         }
+        self.clock = now;
         input(self);
         self.after(now);
     }

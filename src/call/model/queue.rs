@@ -8,12 +8,18 @@
 //! queue; at the end of the wait (or at once when the line is full) the call overflows to the
 //! route's overflow peers, and when there is none left the gateway plays the no-desk
 //! announcement and hangs up.
+//!
+//! A transfer to a route with a queue waits the same way (the same line, offers, overflow),
+//! its fork in place of leg B's setup: the citizen stays with the agent (or, the agent gone,
+//! hears the queue announcement), the agent's NOTIFY says 182 Queued, and when no desk and no
+//! overflow peer is left the transfer fails as any other does (the citizen never dropped).
 
 use std::time::{Duration, Instant};
 
 use crate::media::prompt::Announcement;
 use crate::media::{Leg, MediaCommand};
 use crate::routing::desks::{Place, WaitingLine};
+use crate::routing::QueuePolicy;
 use crate::sip::dialog::Dialog;
 
 use super::fork::{Fork, ForkTimeouts};
@@ -23,9 +29,19 @@ use super::{Action, Call, EndedBy, QueueUpdate, State, Timer};
 /// that refuses at once would otherwise be offered the call in a loop).
 const OFFER_SPACING: Duration = Duration::from_secs(1);
 
+/// Whose INVITE waits for a desk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Waiter {
+    /// Leg B's setup: a caller every desk turned away.
+    Setup,
+    /// The transfer under way: a citizen its agent sends to a route whose desks are busy.
+    Transfer,
+}
+
 /// A caller waiting in the queue.
 #[derive(Debug)]
 pub(super) struct Queued {
+    waiter: Waiter,
     pub(super) since: Instant,
     pub(super) until: Instant,
     /// The last offer to the desks.
@@ -49,36 +65,77 @@ enum Phase {
 impl Call {
     /// Whether the call is waiting in its route's queue (its caller answered, no desk yet).
     pub(super) fn is_queued(&self) -> bool {
-        self.queued.is_some() && self.state == State::Calling
+        self.queued_as(Waiter::Setup) && self.state == State::Calling
+    }
+
+    /// Whether the transfer under way waits in its route's queue.
+    pub(super) fn transfer_queued(&self) -> bool {
+        self.queued_as(Waiter::Transfer) && self.transfer.is_some()
+    }
+
+    fn queued_as(&self, waiter: Waiter) -> bool {
+        self.queued.as_ref().is_some_and(|q| q.waiter == waiter)
+    }
+
+    /// Who waits for a desk now, if anyone does.
+    fn waiter(&self) -> Option<Waiter> {
+        if self.is_queued() {
+            Some(Waiter::Setup)
+        } else if self.transfer_queued() {
+            Some(Waiter::Transfer)
+        } else {
+            None
+        }
+    }
+
+    /// The fork that offers the waiting call to the desks.
+    fn waiting_fork(&self, waiter: Waiter) -> Option<&Fork> {
+        match waiter {
+            Waiter::Setup => Some(&self.setup),
+            Waiter::Transfer => self.transfer.as_ref().map(|t| &t.fork),
+        }
+    }
+
+    /// How `waiter` waits when every desk turns it away (its route's queue), if it does.
+    fn waiting_policy(&self, waiter: Waiter) -> Option<&QueuePolicy> {
+        match waiter {
+            Waiter::Setup => self.queue_policy.as_ref(),
+            Waiter::Transfer => self.transfer.as_ref().and_then(|t| t.queue.as_ref()),
+        }
     }
 
     /// Whether the call waits in its route's line for a desk to free a seat (not overflowed,
     /// not hearing that no desk is left).
     pub(super) fn waits_in_line(&self) -> bool {
-        self.is_queued()
+        self.waiter().is_some()
             && self
                 .queued
                 .as_ref()
                 .is_some_and(|q| q.phase == Phase::Waiting)
     }
 
-    /// Callers waiting for a seat before this call in its route's line: all of them for a
-    /// call not in it yet, none for one that left it (overflowed). One ringing a desk holds
-    /// its seat already and is not counted.
-    pub(super) fn ahead_in_line(&self) -> usize {
-        match &self.queued {
+    /// Callers waiting for a seat before `waiter` in its route's line: all of them when it
+    /// is not in it yet, none once it left it (overflowed). One ringing a desk holds its seat
+    /// already and is not counted.
+    pub(super) fn ahead_in_line(&self, waiter: Waiter) -> usize {
+        match self.queued.as_ref().filter(|q| q.waiter == waiter) {
             Some(queued) => queued.place.as_ref().map_or(0, Place::ahead),
             None => self
-                .queue_policy
-                .as_ref()
+                .waiting_policy(waiter)
                 .map_or(0, |p| p.line.waiting_for_seats()),
         }
     }
 
     /// Tells the line whether this caller rings a desk now, holding its seat.
     fn mark_offering(&self) {
-        if let Some(place) = self.queued.as_ref().and_then(|q| q.place.as_ref()) {
-            place.set_offering(self.setup.holds_seat());
+        let Some(queued) = self.queued.as_ref() else {
+            return;
+        };
+        let holds = self
+            .waiting_fork(queued.waiter)
+            .is_some_and(Fork::holds_seat);
+        if let Some(place) = queued.place.as_ref() {
+            place.set_offering(holds);
         }
     }
 
@@ -86,14 +143,17 @@ impl Call {
     /// could take the seat is offered to the desks now (at most once per [`OFFER_SPACING`];
     /// sooner, the offer is due then).
     pub(super) fn desks_freed(&mut self, now: Instant) {
-        let Some(queued) = self.queued.as_ref().filter(|_| self.is_queued()) else {
+        let Some(waiter) = self.waiter() else {
             return;
         };
-        if queued.phase != Phase::Waiting || self.setup.is_unsettled() {
+        let (Some(queued), Some(fork)) = (self.queued.as_ref(), self.waiting_fork(waiter)) else {
+            return;
+        };
+        if queued.phase != Phase::Waiting || fork.is_unsettled() {
             return;
         }
         let ahead = queued.place.as_ref().map_or(0, Place::ahead);
-        if !self.setup.has_room(ahead) {
+        if !fork.has_room(ahead) {
             return;
         }
         let soonest = queued.offered + OFFER_SPACING;
@@ -115,45 +175,18 @@ impl Call {
         let Some(policy) = self.queue_policy.clone() else {
             return false;
         };
-        // Busy, unavailable, declined, no answer, or the desk's server failing: a desk freeing
-        // up may take it. A refusal that would not change (404, 403, 488...) fails at once.
-        let busy =
-            matches!(status, 408 | 480 | 486 | 487 | 600 | 603) || (500..600).contains(&status);
-        if !busy || self.cancelled {
+        if !waits_on(status) || self.cancelled {
             return false;
         }
-        if let Some(queued) = &self.queued {
-            match queued.phase {
-                Phase::Waiting => {
-                    // Offered again and turned away again: the next offer, or the end of
-                    // the wait.
-                    self.mark_offering();
-                    let next = (now + policy.retry).min(queued.until);
-                    self.arm(Timer::QueueRetry, Some(next));
-                }
-                Phase::Overflowed => {
-                    // The remote seats turned it away too.
-                    tracing::info!(call = %self.id, status, "overflow peers turned the caller away");
-                    self.give_up(now, "no desk and no overflow peer");
-                }
-                Phase::Farewell(_) => {}
-            }
-            return true;
+        if self.queued_as(Waiter::Setup) {
+            return self.turned_away_again(now, status, &policy);
         }
         if self.caller.finalized {
             return false;
         }
-        let place = WaitingLine::join(&policy.line);
-        let overflow_free = self
-            .overflow_peers()
-            .iter()
-            .any(|peer| peer.seats.free() != Some(0));
-        if place.is_none() && !overflow_free {
-            // The line is full and no overflow peer has room: turned away as by the desks,
-            // unanswered (a surge's excess is refused, not answered and hung up).
-            tracing::info!(call = %self.id, status, "queue full: turning the caller away");
+        let Some(place) = self.join_line(Waiter::Setup, &policy, status) else {
             return false;
-        }
+        };
         // The caller is answered: from now on it hears the queue, not a ring.
         let mut ok = self.a_response(200, "OK", true);
         self.start_caller_session(now, &mut ok);
@@ -175,30 +208,128 @@ impl Call {
         // From now on a caller gone silent on both directions ends the call, as answered.
         self.actions
             .push_back(Action::Media(MediaCommand::Answered));
+        tracing::info!(call = %self.id, status, wait = ?policy.wait, full = place.is_none(), "queued: every desk turned the caller away");
+        self.wait_for_desks(now, Waiter::Setup, &policy, place, status);
+        true
+    }
+
+    /// The transfer's desks all turned it away with `status`: it waits in their route's queue
+    /// if the route has one (true), or fails (false: the transfer's failure goes on).
+    pub(super) fn queue_transfer_instead(&mut self, now: Instant, status: u16) -> bool {
+        let Some(policy) = self.waiting_policy(Waiter::Transfer).cloned() else {
+            return false;
+        };
+        if !waits_on(status) || self.state != State::Answered {
+            return false;
+        }
+        if self.queued_as(Waiter::Transfer) {
+            return self.turned_away_again(now, status, &policy);
+        }
+        let Some(place) = self.join_line(Waiter::Transfer, &policy, status) else {
+            return false;
+        };
+        tracing::info!(call = %self.id, status, wait = ?policy.wait, full = place.is_none(), "transfer queued: every desk turned it away");
+        self.notify_transfer_queued();
+        self.wait_for_desks(now, Waiter::Transfer, &policy, place, status);
+        // The agent gone, the citizen hears the queue, not the transfer announcement.
+        if let (true, Some(citizen)) = (self.transfer_queued(), self.ringback) {
+            self.announce_transfer(Some(citizen));
+        }
+        true
+    }
+
+    /// A place in the line for a new waiter: Some(None) when the line is full but an overflow
+    /// peer has room (it overflows at once); None when both are full (turned away, as by the
+    /// desks: a surge's excess is refused, not answered and hung up).
+    fn join_line(
+        &self,
+        waiter: Waiter,
+        policy: &QueuePolicy,
+        status: u16,
+    ) -> Option<Option<Place>> {
+        let place = WaitingLine::join(&policy.line);
+        let overflow_free = self
+            .overflow_peers(waiter)
+            .iter()
+            .any(|peer| peer.seats.free() != Some(0));
+        if place.is_none() && !overflow_free {
+            tracing::info!(call = %self.id, status, "queue full: turned away");
+            return None;
+        }
+        Some(place)
+    }
+
+    /// `waiter` waits from now on: told to the platforms, offered again at the retry (or at
+    /// once to the overflow peers when the line was full).
+    fn wait_for_desks(
+        &mut self,
+        now: Instant,
+        waiter: Waiter,
+        policy: &QueuePolicy,
+        place: Option<Place>,
+        status: u16,
+    ) {
         let full = place.is_none();
         self.queued = Some(Queued {
+            waiter,
             since: now,
             until: now + policy.wait,
             offered: now,
             phase: Phase::Waiting,
             place,
         });
-        tracing::info!(call = %self.id, status, wait = ?policy.wait, full, "queued: every desk turned the caller away");
+        let linkage_id = match waiter {
+            Waiter::Setup => None,
+            Waiter::Transfer => self.transfer.as_ref().map(|t| t.linkage_id().to_string()),
+        };
         self.actions
-            .push_back(Action::Queue(QueueUpdate::Queued { status }));
+            .push_back(Action::Queue(QueueUpdate::Queued { status, linkage_id }));
         if full {
             self.overflow(now);
         } else {
             let next = (now + policy.retry).min(now + policy.wait);
             self.arm(Timer::QueueRetry, Some(next));
         }
-        true
+    }
+
+    /// A waiting call offered again and turned away again (true: it waits on), or its
+    /// overflow peers turned it away too (given up: false for a transfer, which then fails).
+    fn turned_away_again(&mut self, now: Instant, status: u16, policy: &QueuePolicy) -> bool {
+        let Some(queued) = &self.queued else {
+            return false;
+        };
+        match queued.phase {
+            Phase::Waiting => {
+                // The next offer, or the end of the wait.
+                self.mark_offering();
+                let next = (now + policy.retry).min(queued.until);
+                self.arm(Timer::QueueRetry, Some(next));
+                true
+            }
+            Phase::Overflowed => {
+                tracing::info!(call = %self.id, status, "overflow peers turned the call away");
+                match queued.waiter {
+                    Waiter::Setup => {
+                        self.give_up(now, "no desk and no overflow peer");
+                        true
+                    }
+                    Waiter::Transfer => {
+                        self.stop_waiting_for_transfer(now);
+                        false
+                    }
+                }
+            }
+            Phase::Farewell(_) => true,
+        }
     }
 
     /// The queue's timer: offer the call to the route's desks again, or give up at the end
     /// of the wait.
     pub(super) fn queue_due(&mut self, now: Instant) {
-        let Some(queued) = self.queued.as_ref().filter(|_| self.is_queued()) else {
+        if self.waiter().is_none() {
+            return;
+        }
+        let Some(queued) = self.queued.as_ref() else {
             return;
         };
         match queued.phase {
@@ -215,11 +346,24 @@ impl Call {
     /// The route's desks offered the call once more, from the next desk on; told to the
     /// platforms when an INVITE went out. The end of the wait stays due while the desk rings.
     fn offer_again(&mut self, now: Instant) {
-        let mut route = match self.route_to(&self.number.clone()) {
+        let Some(waiter) = self.waiter() else {
+            return;
+        };
+        let number = match waiter {
+            Waiter::Setup => self.number.clone(),
+            Waiter::Transfer => self
+                .transfer
+                .as_ref()
+                .map(|t| t.number().to_string())
+                .unwrap_or_default(),
+        };
+        let mut route = match self.route_to(&number) {
             Ok(route) => route,
             // Every desk down (or the route gone): wait on, offer again later.
             Err(_) => {
-                let _ = self.queue_instead(now, 503);
+                if let Some(policy) = self.waiting_policy(waiter).cloned() {
+                    self.turned_away_again(now, 503, &policy);
+                }
                 return;
             }
         };
@@ -231,12 +375,15 @@ impl Call {
         if let Some(queued) = self.queued.as_mut() {
             queued.offered = now;
         }
-        self.refork(now, route);
+        self.refork(now, waiter, route);
         self.mark_offering();
-        let Some(queued) = self.queued.as_ref().filter(|_| self.is_queued()) else {
+        if self.waiter() != Some(waiter) {
+            return;
+        }
+        let (Some(queued), Some(fork)) = (self.queued.as_ref(), self.waiting_fork(waiter)) else {
             return;
         };
-        if let (true, Some(peer)) = (self.setup.is_unsettled(), self.setup.peer()) {
+        if let (true, Some(peer)) = (fork.is_unsettled(), fork.peer()) {
             let offered = QueueUpdate::Offered {
                 to_peer: peer.name.clone(),
                 waited_ms: waited(queued.since, now),
@@ -247,11 +394,10 @@ impl Call {
         }
     }
 
-    /// The route's overflow peers that are up.
-    fn overflow_peers(&self) -> Vec<std::sync::Arc<crate::routing::Peer>> {
+    /// The overflow peers of `waiter`'s route that are up.
+    fn overflow_peers(&self, waiter: Waiter) -> Vec<std::sync::Arc<crate::routing::Peer>> {
         let names = self
-            .queue_policy
-            .as_ref()
+            .waiting_policy(waiter)
             .map(|p| p.overflow.as_slice())
             .unwrap_or_default();
         names
@@ -264,10 +410,16 @@ impl Call {
     /// The wait is over (or the line full): the call leaves the line for the route's
     /// overflow peers that are up (another centre's remote seats), or the gateway gives up.
     fn overflow(&mut self, now: Instant) {
-        let peers = self.overflow_peers();
+        let Some(waiter) = self.queued.as_ref().map(|q| q.waiter) else {
+            return;
+        };
+        let peers = self.overflow_peers(waiter);
         if peers.is_empty() {
             tracing::info!(call = %self.id, "queue wait over");
-            self.give_up(now, "no desk within the queue wait");
+            match waiter {
+                Waiter::Setup => self.give_up(now, "no desk within the queue wait"),
+                Waiter::Transfer => self.transfer_wait_over(now),
+            }
             return;
         }
         if let Some(queued) = self.queued.as_mut() {
@@ -281,17 +433,20 @@ impl Call {
                 }));
         }
         tracing::info!(call = %self.id, to = %peers[0].name, "queue wait over: overflowing");
-        self.refork(now, peers);
+        self.refork(now, waiter, peers);
     }
 
-    /// A desk answered a queued call: the caller, answered already, stops hearing the queue.
+    /// A desk answered the waiting call (a queued caller: it stops hearing the queue; a
+    /// queued transfer: the transfer's answer tells the citizen's side what to hear).
     pub(super) fn leave_queue(&mut self, now: Instant) {
         if let Some(queued) = self.queued.take() {
             self.arm(Timer::QueueRetry, None);
-            self.actions.push_back(Action::Media(MediaCommand::Announce(
-                self.legs[Leg::A].party,
-                None,
-            )));
+            if queued.waiter == Waiter::Setup {
+                self.actions.push_back(Action::Media(MediaCommand::Announce(
+                    self.legs[Leg::A].party,
+                    None,
+                )));
+            }
             tracing::info!(call = %self.id, waited = ?now.saturating_duration_since(queued.since), "queued call answered");
             self.actions.push_back(Action::Queue(QueueUpdate::Answered {
                 waited_ms: waited(queued.since, now),
@@ -304,13 +459,13 @@ impl Call {
     fn give_up(&mut self, now: Instant, reason: &'static str) {
         let prompt = self.settings.no_desk_announcement.clone();
         let Some(prompt) = prompt.filter(|_| self.legs[Leg::A].dialog.is_some()) else {
-            self.give_up_queue(Some(now));
+            self.give_up_queue(now);
             self.hang_up(None, EndedBy::Gateway, reason);
             return;
         };
-        self.give_up_queue(Some(now));
+        self.give_up_queue(now);
         // No desk may answer while the caller hears that none is left.
-        self.stop_offering();
+        self.stop_offering(Waiter::Setup);
         tracing::info!(call = %self.id, reason, "queue given up: playing the no-desk announcement");
         let length = Duration::from_millis(prompt.duration_ms());
         self.actions.push_back(Action::Media(MediaCommand::Announce(
@@ -318,6 +473,7 @@ impl Call {
             Some(Announcement::Prompt(prompt)),
         )));
         self.queued = Some(Queued {
+            waiter: Waiter::Setup,
             since: now,
             until: now + length,
             offered: now,
@@ -327,39 +483,66 @@ impl Call {
         self.arm(Timer::QueueRetry, Some(now + length));
     }
 
-    /// The gateway gives up on the queued call (told before its hang-up, once; `now`
-    /// unknown: the wait is told as 0).
-    pub(super) fn give_up_queue(&mut self, now: Option<Instant>) {
+    /// The gateway gives up on the waiting call (told before its hang-up, once).
+    pub(super) fn give_up_queue(&mut self, now: Instant) {
         if let Some(queued) = self.queued.take() {
             self.arm(Timer::QueueRetry, None);
             if matches!(queued.phase, Phase::Farewell(_)) {
                 return;
             }
             self.actions.push_back(Action::Queue(QueueUpdate::GaveUp {
-                waited_ms: now.map_or(0, |now| waited(queued.since, now)),
+                waited_ms: waited(queued.since, now),
             }));
         }
     }
 
-    /// Leg B's fork begun afresh over `route`: the attempt under way (a desk that never
+    /// `waiter`'s fork begun afresh over `route`: the attempt under way (a desk that never
     /// answered, its INVITE still running) is retired, so a late answer of it is ACKed and
     /// released, never bridged.
-    fn refork(&mut self, now: Instant, route: Vec<std::sync::Arc<crate::routing::Peer>>) {
-        let timeouts = ForkTimeouts {
-            response: self.settings.peer_response_timeout,
-            ring: self.settings.ring_timeout,
-        };
-        // Leg B's dialog so far stays routed to the call only if an INVITE went out on it.
-        let invited = self.setup.attempt().is_some();
-        self.stop_offering();
-        self.setup = Fork::new(route, timeouts);
-        self.retry_setup(now, invited);
+    fn refork(
+        &mut self,
+        now: Instant,
+        waiter: Waiter,
+        route: Vec<std::sync::Arc<crate::routing::Peer>>,
+    ) {
+        let response = self.settings.peer_response_timeout;
+        match waiter {
+            Waiter::Setup => {
+                let timeouts = ForkTimeouts {
+                    response,
+                    ring: self.settings.ring_timeout,
+                };
+                // Leg B's dialog so far stays routed to the call only if an INVITE went out
+                // on it.
+                let invited = self.setup.attempt().is_some();
+                self.stop_offering(waiter);
+                self.setup = Fork::new(route, timeouts);
+                self.retry_setup(now, invited);
+            }
+            Waiter::Transfer => {
+                let timeouts = ForkTimeouts {
+                    response,
+                    ring: self.settings.transfer_ring_timeout,
+                };
+                self.stop_offering(waiter);
+                if let Some(transfer) = self.transfer.as_mut() {
+                    transfer.fork = Fork::new(route, timeouts);
+                }
+                self.offer_transfer(now);
+            }
+        }
     }
 
     /// The offer under way is given up: a desk still ringing is cancelled, a late answer of
     /// it released, never bridged.
-    fn stop_offering(&mut self) {
-        let (cancel, attempt) = self.setup.abandon();
+    fn stop_offering(&mut self, waiter: Waiter) {
+        let (cancel, attempt) = match waiter {
+            Waiter::Setup => self.setup.abandon(),
+            Waiter::Transfer => match self.transfer.as_mut() {
+                Some(transfer) => transfer.fork.abandon(),
+                None => return,
+            },
+        };
         if let Some((request, target)) = cancel {
             self.actions
                 .push_back(Action::SendRequest { request, target });
@@ -369,8 +552,37 @@ impl Call {
         }
     }
 
-    /// The caller hung up while queued: abandoned (told before the call's end).
-    pub(super) fn abandon_queue(&mut self, now: Instant) {
+    /// The transfer's wait is over with no overflow peer: the desk still ringing is
+    /// cancelled and the transfer fails busy, as when its desks turn it away.
+    fn transfer_wait_over(&mut self, now: Instant) {
+        self.stop_offering(Waiter::Transfer);
+        self.stop_waiting_for_transfer(now);
+        self.transfer_failed_after_queue(now);
+    }
+
+    /// The transfer waits no more (given up): told once, and its route's queue is not
+    /// waited in again by this transfer.
+    fn stop_waiting_for_transfer(&mut self, now: Instant) {
+        self.give_up_queue(now);
+        if let Some(transfer) = self.transfer.as_mut() {
+            transfer.queue = None;
+        }
+    }
+
+    /// `leg`'s party hung up: if it is the citizen waiting (the caller in a queue, or the
+    /// citizen a queued transfer was for), the wait is abandoned (told before the call's end).
+    pub(super) fn abandon_queue(&mut self, now: Instant, leg: Leg) {
+        let citizen = match self.waiter() {
+            Some(Waiter::Setup) => Leg::A,
+            Some(Waiter::Transfer) => match self.transfer.as_ref() {
+                Some(transfer) => transfer.from.other(),
+                None => return,
+            },
+            None => return,
+        };
+        if leg != citizen {
+            return;
+        }
         if let Some(queued) = self.queued.take() {
             self.arm(Timer::QueueRetry, None);
             if matches!(queued.phase, Phase::Farewell(_)) {
@@ -383,6 +595,12 @@ impl Call {
                 }));
         }
     }
+}
+
+/// Busy, unavailable, declined, no answer, or the desk's server failing: a desk freeing up
+/// may take the call. A refusal that would not change (404, 403, 488...) fails at once.
+fn waits_on(status: u16) -> bool {
+    matches!(status, 408 | 480 | 486 | 487 | 600 | 603) || (500..600).contains(&status)
 }
 
 fn waited(since: Instant, now: Instant) -> u64 {

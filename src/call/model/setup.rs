@@ -16,6 +16,7 @@ use crate::sip::target::Target;
 use super::challenge::outbound;
 use super::dialogs::leg_media;
 use super::fork::{Attempt, Failure, ForkTimeout, Progress};
+use super::queue::Waiter;
 use super::{Action, Call, EndedBy, State, Timer, ALLOW};
 
 impl Call {
@@ -125,7 +126,7 @@ impl Call {
             self.fail_caller(status, &reason, EndedBy::Callee, "all peers failed");
             return;
         }
-        let Some(index) = self.setup.claim(index, self.ahead_in_line()) else {
+        let Some(index) = self.setup.claim(index, self.ahead_in_line(Waiter::Setup)) else {
             tracing::info!(call = %self.id, "every desk left is at its max_calls");
             if self.legs[Leg::B].peer.is_none() {
                 // No desk was ever sent it: the record and the platform's stream still name
@@ -226,7 +227,7 @@ impl Call {
         if self.is_queued() {
             // Answered while it waited: a BYE, not a final response.
             tracing::info!(call = %self.id, status, why, "queued call given up");
-            self.give_up_queue(None);
+            self.give_up_queue(self.clock);
             self.hang_up(None, EndedBy::Gateway, why);
             return;
         }

@@ -2168,6 +2168,7 @@ fn a_challenge_from_a_peer_without_credentials_fails_the_call() {
 mod challenges;
 mod desks;
 mod interfaces;
+mod transfer_queue;
 mod whisper;
 
 /// `[announcements] transfer`: the citizen waiting for 110 after the agent left hears the

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use crate::media::prompt::Announcement;
 use crate::media::{Leg, MediaCommand, Party};
-use crate::routing::Peer;
+use crate::routing::{Peer, QueuePolicy};
 use crate::sip::message::{Host, Request, Response};
 use crate::sip::sdp::{self, Direction, Origin, SessionDescription};
 use crate::sip::target::{InterfaceId, Target};
@@ -23,6 +23,7 @@ use super::dialogs::leg_media;
 use super::fork::{Attempt, Failure, Fork, ForkTimeout, ForkTimeouts, Progress};
 use super::invite::InviteTo;
 use super::leg::Newcomer;
+use super::queue::Waiter;
 use super::{Action, Call, EndedBy, LinkageKind, LinkageUpdate, State, TransferError};
 use crate::call::directory::DialogId;
 use crate::call::transfer::{self as refer, Trigger};
@@ -54,15 +55,37 @@ pub(super) struct Transfer {
     party: Option<(Party, SocketAddr)>,
     /// That party is asked for and not yet given: no INVITE has gone out.
     opening_party: bool,
+    /// How the transfer waits when every desk of its route turns it away (the route's
+    /// queue); None once it has waited there and given up.
+    pub(super) queue: Option<QueuePolicy>,
 }
 
 impl Transfer {
+    pub(super) fn linkage_id(&self) -> &str {
+        &self.linkage_id
+    }
+
+    /// The number the agent transferred to.
+    pub(super) fn number(&self) -> &str {
+        &self.number
+    }
+
     pub(super) fn key(&self) -> DialogKey {
         DialogKey {
             call_id: self.call_id.clone(),
             local_tag: self.tag.clone(),
         }
     }
+}
+
+/// What a citizen waiting with no agent left hears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WaitingSound {
+    Ringback,
+    /// `[announcements] transfer`.
+    Transfer,
+    /// `[announcements] queue`: its transfer waits in the route's queue.
+    Queue,
 }
 
 /// What a REFER adds to a transfer.
@@ -159,6 +182,13 @@ impl Call {
             None => (None, None, None),
         };
         let linkage_id = self.request_linkage(LinkageKind::Transfer, from, number, trigger, &route);
+        // A transfer to a route with a queue waits there when its desks are busy; not an
+        // attended one (its one peer holds the consultation call).
+        let router = &self.settings.router;
+        let queue = replaces
+            .is_none()
+            .then(|| router.queue_at(number, router.now_ms()))
+            .flatten();
         // The target gets the transferor's port: the relay hands it over on answer (or, with
         // a port of its own, the offer is made again once it is bound).
         let port = self.legs[from].media;
@@ -184,6 +214,7 @@ impl Call {
             early_media: false,
             party: None,
             opening_party: own_port,
+            queue,
         });
         if own_port {
             self.actions.push_back(Action::OpenParty { interface });
@@ -233,9 +264,38 @@ impl Call {
         self.transfer_to_peer(now, 0);
     }
 
-    /// Sends the transfer's INVITE to the `index`-th peer of the target's route.
+    /// The transfer's fork (begun afresh: a queued transfer offered to the desks again)
+    /// sends its INVITE to the route's first peer with room.
+    pub(super) fn offer_transfer(&mut self, now: Instant) {
+        self.transfer_to_peer(now, 0);
+    }
+
+    /// 182 Queued to the agent: its transfer waits for a desk (RFC 3515 §2.4.5).
+    pub(super) fn notify_transfer_queued(&mut self) {
+        self.notify_transfer_progress(182);
+    }
+
+    /// The queued transfer found no desk and no overflow peer: it fails busy.
+    pub(super) fn transfer_failed_after_queue(&mut self, now: Instant) {
+        self.transfer_failure(
+            now,
+            Failure {
+                status: 486,
+                reason: String::new(),
+                next: None,
+            },
+        );
+    }
+
+    /// Sends the transfer's INVITE to the `index`-th peer of the target's route (or the first
+    /// after it with a free seat; callers waiting in the route's line go first).
     fn transfer_to_peer(&mut self, now: Instant, index: usize) {
-        let Some(index) = self.transfer.as_mut().and_then(|t| t.fork.claim(index, 0)) else {
+        let ahead = self.ahead_in_line(Waiter::Transfer);
+        let Some(index) = self
+            .transfer
+            .as_mut()
+            .and_then(|t| t.fork.claim(index, ahead))
+        else {
             tracing::info!(call = %self.id, "transfer: every peer left is at its max_calls");
             self.transfer_failure(now, Failure::desks_full());
             return;
@@ -430,7 +490,15 @@ impl Call {
         // subscription that expired would need `terminated;reason=timeout`).
         let peers = self.transfer.as_ref().map_or(1, |t| t.fork.route().len()) as u32;
         let per_peer = self.settings.peer_response_timeout + self.settings.transfer_ring_timeout;
-        let expires = (per_peer * peers).as_secs() as u32 + 32;
+        // ... and, for a route with a queue, its wait and the pass over its overflow peers.
+        let queue_wait = self
+            .transfer
+            .as_ref()
+            .and_then(|t| t.queue.as_ref())
+            .map_or(std::time::Duration::ZERO, |q| {
+                q.wait + per_peer * q.overflow.len() as u32
+            });
+        let expires = (per_peer * peers + queue_wait).as_secs() as u32 + 32;
         let dialog = self.legs[leg].dialog.as_mut()?;
         let mut notify = refer::notify(dialog, refer_sequence, status, expires);
         notify.headers.push("Contact", contact);
@@ -543,6 +611,9 @@ impl Call {
             self.transfer_failed(now, 488);
             return;
         };
+        if self.transfer_queued() {
+            self.leave_queue(now);
+        }
         self.notify_transfer_progress(200);
         let Some(mut transfer) = self.transfer.take() else {
             return;
@@ -640,6 +711,9 @@ impl Call {
             self.transfer_to_peer(now, next);
             return;
         }
+        if self.queue_transfer_instead(now, status) {
+            return;
+        }
         let notify = self.notify_transfer_progress(status);
         let Some(mut transfer) = self.transfer.take() else {
             return;
@@ -705,11 +779,31 @@ impl Call {
     }
 
     fn play_to_waiting(&mut self, to: Option<Leg>, announcement: bool) {
-        let prompt = announcement && self.settings.transfer_announcement.is_some();
-        if self.ringback == to && self.announcing == prompt {
+        let settings = &self.settings;
+        // A transfer waiting in its route's queue: the queue announcement, when there is one.
+        let prompt = match (
+            &settings.queue_announcement,
+            &settings.transfer_announcement,
+        ) {
+            (Some(queue), _) if announcement && self.transfer_queued() => {
+                Some((WaitingSound::Queue, queue))
+            }
+            (_, Some(transfer)) if announcement => Some((WaitingSound::Transfer, transfer)),
+            _ => None,
+        };
+        let sound = prompt.map_or(WaitingSound::Ringback, |(sound, _)| sound);
+        if self.ringback == to && self.waiting_sound == sound {
             return;
         }
-        self.announcing = prompt && to.is_some();
+        let announcement = match prompt {
+            Some((_, prompt)) => Announcement::Prompt(prompt.clone()),
+            None => Announcement::Ringback,
+        };
+        self.waiting_sound = if to.is_some() {
+            sound
+        } else {
+            WaitingSound::Ringback
+        };
         if let Some(leg) = std::mem::replace(&mut self.ringback, to) {
             self.actions.push_back(Action::Media(MediaCommand::Announce(
                 self.legs[leg].party,
@@ -717,10 +811,6 @@ impl Call {
             )));
         }
         if let Some(leg) = to {
-            let announcement = match &self.settings.transfer_announcement {
-                Some(prompt) if announcement => Announcement::Prompt(prompt.clone()),
-                _ => Announcement::Ringback,
-            };
             self.actions.push_back(Action::Media(MediaCommand::Announce(
                 self.legs[leg].party,
                 Some(announcement),
@@ -740,6 +830,11 @@ impl Call {
     /// The call ends while a transfer rings: cancel it (a late answer is ACKed and released
     /// through the retired attempts).
     pub(super) fn abandon_transfer(&mut self) {
+        if self.transfer_queued() {
+            // The gateway ends the call while the transfer waits (the citizen leaving
+            // abandoned the wait already).
+            self.give_up_queue(self.clock);
+        }
         // RFC 6665 §4.2.2: the subscription ends with a final NOTIFY.
         self.notify_transfer_progress(487);
         let Some(mut transfer) = self.transfer.take() else {

@@ -105,7 +105,13 @@ fn a_full_desk_is_not_sent_the_call_and_a_freed_seat_offers_it_at_once() {
         "no INVITE to a full desk"
     );
     assert_eq!(statuses(&h.responses(A_SERVER)), vec![200], "queued");
-    assert_eq!(queue_updates(&h), vec![QueueUpdate::Queued { status: 486 }]);
+    assert_eq!(
+        queue_updates(&h),
+        vec![QueueUpdate::Queued {
+            status: 486,
+            linkage_id: None
+        }]
+    );
     assert!(
         h.actions
             .iter()
@@ -261,7 +267,10 @@ fn a_full_line_overflows_at_once_or_turns_the_caller_away() {
     assert_eq!(
         queue_updates(&second),
         vec![
-            QueueUpdate::Queued { status: 486 },
+            QueueUpdate::Queued {
+                status: 486,
+                linkage_id: None
+            },
             QueueUpdate::Overflowed {
                 to_peer: "police".into(),
                 waited_ms: 0
@@ -529,4 +538,24 @@ fn an_agent_leaving_while_its_guest_rings_frees_its_seat() {
     h.agent_sends(8, "BYE", 3, "");
     assert!(h.outcome().is_none(), "the citizen waits for the guest");
     assert_eq!(desk.seats.free(), Some(1));
+}
+
+/// A queued caller hung up by the gateway (media timeout) ends its wait: told once, with the
+/// wait, so the figures count it.
+#[test]
+fn a_wait_ended_by_the_gateway_is_told_with_its_length() {
+    let (settings, desk) = desk_settings(Some(1));
+    let line = Arc::new(WaitingLine::new(None));
+    let _held = Seat::take(&desk);
+    let mut h = queued_call(&settings, &desk, policy(&line, &[]));
+    h.now += Duration::from_secs(3);
+    h.call.handle_media_inactive(h.now);
+    h.drain();
+    assert!(h.outcome().is_some());
+    let ends: Vec<_> = queue_updates(&h)
+        .into_iter()
+        .filter(|u| matches!(u, QueueUpdate::GaveUp { .. }))
+        .collect();
+    assert_eq!(ends, vec![QueueUpdate::GaveUp { waited_ms: 3000 }]);
+    assert_eq!(line.len(), 0);
 }
