@@ -122,8 +122,8 @@ pub struct AnnouncementsConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WhisperConfig {
-    /// The `[[platform]]` names whose operators hear it (default: a transfer target at any
-    /// platform).
+    /// The platforms (a `[[peer]]`'s `platform`) whose answering operators hear it (default:
+    /// a transfer target at any platform).
     #[serde(default)]
     pub platforms: Vec<String>,
     /// Class D, urgent (e.g. "紧急工单").

@@ -24,6 +24,7 @@ use super::dialogs::{answer_reoffer, leg_media};
 use super::fork::{Attempt, Failure, Fork, ForkTimeout, ForkTimeouts, Progress};
 use super::invite::InviteTo;
 use super::leg::Newcomer;
+use super::queue::Waiter;
 use super::{Action, Call, ConferenceUpdate, LinkageKind, LinkageUpdate, State, TransferError};
 use crate::call::hotkey;
 use crate::call::transfer::Trigger;
@@ -48,9 +49,26 @@ pub(super) struct Guest {
     local_sdp: Option<String>,
     dialog: Option<Dialog>,
     endpoint: Option<LegMedia>,
+    /// How the invitation waits when every desk of its route turns it away (the route's
+    /// queue); None once it has waited there and given up.
+    pub(super) queue: Option<crate::routing::QueuePolicy>,
 }
 
 impl Guest {
+    pub(super) fn linkage_id(&self) -> &str {
+        &self.linkage_id
+    }
+
+    /// The number invited.
+    pub(super) fn number(&self) -> &str {
+        &self.number
+    }
+
+    /// The agent's leg that invited it.
+    pub(super) fn from(&self) -> Leg {
+        self.from
+    }
+
     pub(super) fn key(&self) -> DialogKey {
         DialogKey {
             call_id: self.call_id.clone(),
@@ -95,7 +113,8 @@ impl Call {
         if self.state != State::Answered || self.legs[from].dialog.is_none() {
             return Err(TransferError::NotAnswered);
         }
-        if self.transfer.is_some() || self.inviting_guest() {
+        // One at a time; and none while a new party hears its whisper.
+        if self.transfer.is_some() || self.inviting_guest() || self.whispering.is_some() {
             return Err(TransferError::InProgress);
         }
         let max = self.settings.conference_max_parties;
@@ -110,6 +129,8 @@ impl Call {
             .map_or(InterfaceId::DEFAULT, |peer| peer.interface);
         let linkage_id =
             self.request_linkage(LinkageKind::Conference, from, number, trigger, &route);
+        let router = &self.settings.router;
+        let queue = router.queue_at(number, router.now_ms());
         tracing::info!(call = %self.id, linkage = %linkage_id, target = number, trigger = trigger.as_str(), "conference guest invited");
         let local_ip = route
             .first()
@@ -133,6 +154,7 @@ impl Call {
             local_sdp: None,
             dialog: None,
             endpoint: None,
+            queue,
         });
         self.actions.push_back(Action::OpenParty { interface });
         Ok(())
@@ -182,6 +204,53 @@ impl Call {
         self.guests.iter().position(|g| g.dialog.is_none())
     }
 
+    /// The guest still being invited.
+    pub(super) fn invited_guest(&self) -> Option<&Guest> {
+        self.inviting().map(|index| &self.guests[index])
+    }
+
+    pub(super) fn invited_guest_mut(&mut self) -> Option<&mut Guest> {
+        let index = self.inviting()?;
+        self.guests.get_mut(index)
+    }
+
+    /// The guest being invited, waiting in its route's queue, is offered to its desks again
+    /// by `fork` (begun afresh): a new dialog, as for the next peer.
+    pub(super) fn offer_guest(&mut self, now: Instant, fork: Fork) {
+        let Some(index) = self.inviting() else {
+            return;
+        };
+        let host = fork
+            .peer_at(0)
+            .map(|peer| self.local_ip(peer).to_string())
+            .unwrap_or_default();
+        let (call_id, tag) = (self.ids.call_id(&host), self.ids.tag());
+        let guest = &mut self.guests[index];
+        guest.fork = fork;
+        let old = guest.key();
+        guest.call_id = call_id;
+        guest.tag = tag;
+        let new = guest.key();
+        self.actions.push_back(Action::UnregisterDialog(old));
+        self.actions.push_back(Action::RegisterDialog(new));
+        self.guest_to_peer(now, index, 0);
+    }
+
+    /// The queued guest found no desk and no overflow peer: the invitation fails busy.
+    pub(super) fn guest_failed_after_queue(&mut self, now: Instant) {
+        if let Some(index) = self.inviting() {
+            self.guest_failure(
+                now,
+                index,
+                Failure {
+                    status: 486,
+                    reason: String::new(),
+                    next: None,
+                },
+            );
+        }
+    }
+
     /// A conference guest is being invited.
     pub(super) fn inviting_guest(&self) -> bool {
         self.inviting().is_some()
@@ -196,7 +265,8 @@ impl Call {
 
     /// Sends guest `index`'s INVITE to the `peer_index`-th peer of its route.
     fn guest_to_peer(&mut self, now: Instant, index: usize, peer_index: usize) {
-        let Some(peer_index) = self.guests[index].fork.claim(peer_index, 0) else {
+        let ahead = self.ahead_in_line(Waiter::Guest);
+        let Some(peer_index) = self.guests[index].fork.claim(peer_index, ahead) else {
             tracing::info!(call = %self.id, "conference guest: every peer left is at its max_calls");
             self.guest_failure(now, index, Failure::desks_full());
             return;
@@ -339,6 +409,10 @@ impl Call {
             return;
         };
         let media = leg_media(&negotiated);
+        if self.guest_queued() {
+            self.leave_queue(now);
+        }
+        let guest = &mut self.guests[index];
         guest.dialog = Some(dialog);
         guest.endpoint = Some(media);
         guest.local_sdp = guest.offer.as_ref().map(|o| o.to_string());
@@ -395,6 +469,9 @@ impl Call {
     fn guest_failure(&mut self, now: Instant, index: usize, failure: Failure) {
         if let Some(next) = failure.next {
             self.guest_to_peer(now, index, next);
+            return;
+        }
+        if self.queue_linkage_instead(now, Waiter::Guest, failure.status) {
             return;
         }
         let mut guest = self.guests.remove(index);

@@ -33,6 +33,8 @@ impl Call {
         self.actions.push_back(Action::Ended(outcome));
         self.state = State::Ending;
         self.setup.stop_timers();
+        self.arm(Timer::Whisper, None);
+        self.whispering = None;
         self.give_up_queue(self.clock);
         self.release_desks();
     }

@@ -9,10 +9,12 @@
 //! route's overflow peers, and when there is none left the gateway plays the no-desk
 //! announcement and hangs up.
 //!
-//! A transfer to a route with a queue waits the same way (the same line, offers, overflow),
-//! its fork in place of leg B's setup: the citizen stays with the agent (or, the agent gone,
-//! hears the queue announcement), the agent's NOTIFY says 182 Queued, and when no desk and no
-//! overflow peer is left the transfer fails as any other does (the citizen never dropped).
+//! A transfer or a conference guest to a route with a queue waits the same way (the same
+//! line, offers, overflow), its fork in place of leg B's setup: the citizen stays with the
+//! agent (or, the agent gone, hears the queue announcement), a REFER's NOTIFY says 182
+//! Queued, and when no desk and no overflow peer is left it fails as any other does (the
+//! citizen never dropped). A desk answering a transfer takes the agent's leg over (after the
+//! whisper, when one is set).
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +38,8 @@ pub(super) enum Waiter {
     Setup,
     /// The transfer under way: a citizen its agent sends to a route whose desks are busy.
     Transfer,
+    /// The conference guest being invited, from a route whose desks are busy.
+    Guest,
 }
 
 /// A caller waiting in the queue.
@@ -77,12 +81,19 @@ impl Call {
         self.queued.as_ref().is_some_and(|q| q.waiter == waiter)
     }
 
+    /// Whether the conference guest being invited waits in its route's queue.
+    pub(super) fn guest_queued(&self) -> bool {
+        self.queued_as(Waiter::Guest) && self.inviting_guest()
+    }
+
     /// Who waits for a desk now, if anyone does.
     fn waiter(&self) -> Option<Waiter> {
         if self.is_queued() {
             Some(Waiter::Setup)
         } else if self.transfer_queued() {
             Some(Waiter::Transfer)
+        } else if self.guest_queued() {
+            Some(Waiter::Guest)
         } else {
             None
         }
@@ -93,6 +104,7 @@ impl Call {
         match waiter {
             Waiter::Setup => Some(&self.setup),
             Waiter::Transfer => self.transfer.as_ref().map(|t| &t.fork),
+            Waiter::Guest => self.invited_guest().map(|g| &g.fork),
         }
     }
 
@@ -101,6 +113,16 @@ impl Call {
         match waiter {
             Waiter::Setup => self.queue_policy.as_ref(),
             Waiter::Transfer => self.transfer.as_ref().and_then(|t| t.queue.as_ref()),
+            Waiter::Guest => self.invited_guest().and_then(|g| g.queue.as_ref()),
+        }
+    }
+
+    /// The linkage (transfer or guest) that `waiter` is, if it is one.
+    fn waiting_linkage(&self, waiter: Waiter) -> Option<String> {
+        match waiter {
+            Waiter::Setup => None,
+            Waiter::Transfer => self.transfer.as_ref().map(|t| t.linkage_id().to_string()),
+            Waiter::Guest => self.invited_guest().map(|g| g.linkage_id().to_string()),
         }
     }
 
@@ -213,24 +235,40 @@ impl Call {
         true
     }
 
-    /// The transfer's desks all turned it away with `status`: it waits in their route's queue
-    /// if the route has one (true), or fails (false: the transfer's failure goes on).
-    pub(super) fn queue_transfer_instead(&mut self, now: Instant, status: u16) -> bool {
-        let Some(policy) = self.waiting_policy(Waiter::Transfer).cloned() else {
+    /// The desks of a transfer's (`waiter` Transfer) or a conference guest's (Guest) route all
+    /// turned it away with `status`: it waits in the route's queue if the route has one
+    /// (true), or fails (false: its failure goes on).
+    pub(super) fn queue_linkage_instead(
+        &mut self,
+        now: Instant,
+        waiter: Waiter,
+        status: u16,
+    ) -> bool {
+        let Some(policy) = self.waiting_policy(waiter).cloned() else {
             return false;
         };
         if !waits_on(status) || self.state != State::Answered {
+            // A refusal that would not change (404, 488...): the wait, if any, ends with it.
+            if self.queued_as(waiter) {
+                self.stop_waiting(now, waiter);
+            }
             return false;
         }
-        if self.queued_as(Waiter::Transfer) {
+        if self.queued_as(waiter) {
             return self.turned_away_again(now, status, &policy);
         }
-        let Some(place) = self.join_line(Waiter::Transfer, &policy, status) else {
+        if self.queued.is_some() {
+            // One wait at a time.
+            return false;
+        }
+        let Some(place) = self.join_line(waiter, &policy, status) else {
             return false;
         };
-        tracing::info!(call = %self.id, status, wait = ?policy.wait, full = place.is_none(), "transfer queued: every desk turned it away");
-        self.notify_transfer_queued();
-        self.wait_for_desks(now, Waiter::Transfer, &policy, place, status);
+        tracing::info!(call = %self.id, ?waiter, status, wait = ?policy.wait, full = place.is_none(), "queued: every desk turned the linkage away");
+        if waiter == Waiter::Transfer {
+            self.notify_transfer_queued();
+        }
+        self.wait_for_desks(now, waiter, &policy, place, status);
         // The agent gone, the citizen hears the queue, not the transfer announcement.
         if let (true, Some(citizen)) = (self.transfer_queued(), self.ringback) {
             self.announce_transfer(Some(citizen));
@@ -278,10 +316,7 @@ impl Call {
             phase: Phase::Waiting,
             place,
         });
-        let linkage_id = match waiter {
-            Waiter::Setup => None,
-            Waiter::Transfer => self.transfer.as_ref().map(|t| t.linkage_id().to_string()),
-        };
+        let linkage_id = self.waiting_linkage(waiter);
         self.actions
             .push_back(Action::Queue(QueueUpdate::Queued { status, linkage_id }));
         if full {
@@ -313,8 +348,8 @@ impl Call {
                         self.give_up(now, "no desk and no overflow peer");
                         true
                     }
-                    Waiter::Transfer => {
-                        self.stop_waiting_for_transfer(now);
+                    waiter => {
+                        self.stop_waiting(now, waiter);
                         false
                     }
                 }
@@ -355,6 +390,10 @@ impl Call {
                 .transfer
                 .as_ref()
                 .map(|t| t.number().to_string())
+                .unwrap_or_default(),
+            Waiter::Guest => self
+                .invited_guest()
+                .map(|g| g.number().to_string())
                 .unwrap_or_default(),
         };
         let mut route = match self.route_to(&number) {
@@ -418,7 +457,7 @@ impl Call {
             tracing::info!(call = %self.id, "queue wait over");
             match waiter {
                 Waiter::Setup => self.give_up(now, "no desk within the queue wait"),
-                Waiter::Transfer => self.transfer_wait_over(now),
+                waiter => self.linkage_wait_over(now, waiter),
             }
             return;
         }
@@ -530,6 +569,14 @@ impl Call {
                 }
                 self.offer_transfer(now);
             }
+            Waiter::Guest => {
+                let timeouts = ForkTimeouts {
+                    response,
+                    ring: self.settings.transfer_ring_timeout,
+                };
+                self.stop_offering(waiter);
+                self.offer_guest(now, Fork::new(route, timeouts));
+            }
         }
     }
 
@@ -542,6 +589,10 @@ impl Call {
                 Some(transfer) => transfer.fork.abandon(),
                 None => return,
             },
+            Waiter::Guest => match self.invited_guest_mut() {
+                Some(guest) => guest.fork.abandon(),
+                None => return,
+            },
         };
         if let Some((request, target)) = cancel {
             self.actions
@@ -552,20 +603,34 @@ impl Call {
         }
     }
 
-    /// The transfer's wait is over with no overflow peer: the desk still ringing is
-    /// cancelled and the transfer fails busy, as when its desks turn it away.
-    fn transfer_wait_over(&mut self, now: Instant) {
-        self.stop_offering(Waiter::Transfer);
-        self.stop_waiting_for_transfer(now);
-        self.transfer_failed_after_queue(now);
+    /// A transfer's or guest's wait is over with no overflow peer: the desk still ringing is
+    /// cancelled and it fails busy, as when its desks turn it away.
+    fn linkage_wait_over(&mut self, now: Instant, waiter: Waiter) {
+        self.stop_offering(waiter);
+        self.stop_waiting(now, waiter);
+        match waiter {
+            Waiter::Transfer => self.transfer_failed_after_queue(now),
+            Waiter::Guest => self.guest_failed_after_queue(now),
+            Waiter::Setup => {}
+        }
     }
 
-    /// The transfer waits no more (given up): told once, and its route's queue is not
-    /// waited in again by this transfer.
-    fn stop_waiting_for_transfer(&mut self, now: Instant) {
+    /// A transfer or guest waits no more (given up): told once, and its route's queue is
+    /// not waited in again by it.
+    fn stop_waiting(&mut self, now: Instant, waiter: Waiter) {
         self.give_up_queue(now);
-        if let Some(transfer) = self.transfer.as_mut() {
-            transfer.queue = None;
+        match waiter {
+            Waiter::Transfer => {
+                if let Some(transfer) = self.transfer.as_mut() {
+                    transfer.queue = None;
+                }
+            }
+            Waiter::Guest => {
+                if let Some(guest) = self.invited_guest_mut() {
+                    guest.queue = None;
+                }
+            }
+            Waiter::Setup => {}
         }
     }
 
@@ -576,6 +641,10 @@ impl Call {
             Some(Waiter::Setup) => Leg::A,
             Some(Waiter::Transfer) => match self.transfer.as_ref() {
                 Some(transfer) => transfer.from.other(),
+                None => return,
+            },
+            Some(Waiter::Guest) => match self.invited_guest() {
+                Some(guest) => guest.from().other(),
                 None => return,
             },
             None => return,

@@ -144,7 +144,8 @@ impl Call {
         if self.state != State::Answered {
             return Err(TransferError::NotAnswered);
         }
-        if self.transfer.is_some() || self.inviting_guest() {
+        // One at a time; and none while a new party hears its whisper.
+        if self.transfer.is_some() || self.inviting_guest() || self.whispering.is_some() {
             return Err(TransferError::InProgress);
         }
         if self.has_guests() {
@@ -216,6 +217,11 @@ impl Call {
             opening_party: own_port,
             queue,
         });
+        // The subscription's first NOTIFY (RFC 3515 §2.4.5) goes before anything the first
+        // INVITE may bring at once (a full desk, a queued wait).
+        if let Some(sequence) = refer_sequence {
+            self.notify_agent(from, sequence, 100);
+        }
         if own_port {
             self.actions.push_back(Action::OpenParty { interface });
         } else {
@@ -470,9 +476,8 @@ impl Call {
             consultation,
         };
         match self.start_transfer(now, leg, &target.number, trigger, Some(refer)) {
-            Ok(()) => {
-                self.notify_agent(leg, sequence, 100);
-            }
+            // Its 100 went with the start.
+            Ok(()) => {}
             Err(error) => {
                 // Checked above, by the same function.
                 tracing::warn!(call = %self.id, %error, "transfer not started");
@@ -711,7 +716,9 @@ impl Call {
             self.transfer_to_peer(now, next);
             return;
         }
-        if self.queue_transfer_instead(now, status) {
+        if self.queue_linkage_instead(now, Waiter::Transfer, status) {
+            // The refusing desk's early media ends with its attempt: the agent is heard.
+            self.end_transfer_attempt_media();
             return;
         }
         let notify = self.notify_transfer_progress(status);

@@ -10,6 +10,19 @@ use crate::routing::desks::Seat;
 /// (retry 5 s) overflowing to the remote seats; 110 goes to the police. The police desk, the
 /// hotline desk.
 fn queued_12345(wait_secs: u64) -> (Arc<CallSettings>, Arc<Peer>, Arc<Peer>) {
+    let (settings, police, hotline, _) = queued_12345_line(wait_secs);
+    (settings, police, hotline)
+}
+
+/// As [`queued_12345`], with 12345's line.
+fn queued_12345_line(
+    wait_secs: u64,
+) -> (
+    Arc<CallSettings>,
+    Arc<Peer>,
+    Arc<Peer>,
+    Arc<crate::routing::desks::WaitingLine>,
+) {
     let peer = |name: &str, port: u16, platform: &str| {
         Peer::new(
             name,
@@ -50,9 +63,13 @@ fn queued_12345(wait_secs: u64) -> (Arc<CallSettings>, Arc<Peer>, Arc<Peer>) {
     let hotline = router
         .peer_by_name("hotline")
         .unwrap_or_else(|| unreachable!());
+    let line = router
+        .queue_at("12345", 0)
+        .map(|q| q.line)
+        .unwrap_or_else(|| unreachable!());
     let mut settings = (*settings()).clone();
     settings.router = Arc::new(router);
-    (Arc::new(settings), police, hotline)
+    (Arc::new(settings), police, hotline, line)
 }
 
 /// A citizen's call to 110, answered; the operator REFERs it to 12345.
@@ -107,10 +124,15 @@ fn a_transfer_to_busy_desks_waits_and_the_next_offer_connects() {
             linkage_id: Some(linkage.clone())
         }]
     );
+    let notified = h.notified();
     assert_eq!(
-        h.notified().last(),
-        Some(&(182, "active;expires=160".to_string())),
-        "182 Queued, for as long as the wait and the overflow may take"
+        notified.iter().map(|n| n.0).collect::<Vec<_>>(),
+        vec![100, 182],
+        "100 first, then 182 Queued"
+    );
+    assert_eq!(
+        notified[1].1, "active;expires=160",
+        "for as long as the wait and the overflow may take"
     );
     assert!(
         !h.linkage_updates()
@@ -248,4 +270,85 @@ fn the_citizen_leaving_abandons_the_waiting_transfer() {
     let invites = h.sent(Method::Invite).len();
     h.advance(Duration::from_secs(5));
     assert_eq!(h.sent(Method::Invite).len(), invites, "no more offers");
+}
+
+/// A desk refusing a waiting transfer for good (404) ends the wait with it: the transfer
+/// fails, the citizen (its agent gone) goes back to 110, and nothing of the wait is left to
+/// hang it up later.
+#[test]
+fn a_final_refusal_ends_the_wait_and_the_fallback_stands() {
+    let (settings, police, _, line) = queued_12345_line(20);
+    let mut h = referred_to_12345(&settings, &police);
+    h.respond_to_invite(486, None);
+    h.agent_sends(8, "BYE", 3, "");
+    assert_eq!(line.len(), 1);
+    h.advance(Duration::from_secs(5));
+    h.respond_to_invite(404, None);
+    assert_eq!(line.len(), 0, "out of the line");
+    assert!(matches!(
+        queue_updates(&h).last(),
+        Some(QueueUpdate::GaveUp { waited_ms: 5000 })
+    ));
+    assert_eq!(h.last_invite().uri.to_string(), "sip:110@127.0.0.1:5090");
+    h.respond_to_invite(180, None);
+    // Past where the wait would have ended.
+    h.advance(Duration::from_secs(20));
+    assert!(h.outcome().is_none(), "the citizen waits for 110");
+    assert_eq!(h.last_invite().uri.to_string(), "sip:110@127.0.0.1:5090");
+    h.respond_to_invite(200, Some(ANSWER));
+    assert!(h.outcome().is_none(), "citizen and 110 talk");
+}
+
+/// A conference guest from a route whose desks are busy waits in its queue; the next offer
+/// (a new dialog, the citizen's number and the linkage) connects and joins it.
+#[test]
+fn a_conference_guest_waits_in_the_queue_and_joins_on_the_next_offer() {
+    let (settings, police, _) = queued_12345(60);
+    let mut h = Harness::build_with(
+        Arc::clone(&settings),
+        invite(OFFER, 70),
+        peer("carrier", 5070),
+        "110",
+        vec![Arc::clone(&police)],
+    );
+    h.answer();
+    assert!(h
+        .call
+        .conference(h.now, Leg::B, "12345", Trigger::Api)
+        .is_ok());
+    h.drain();
+    let address = "127.0.0.1:20004".parse().unwrap_or_else(|_| unreachable!());
+    h.call
+        .handle_party_opened(h.now, Party::guest(0).map(|p| (p, address)));
+    h.drain();
+    let first = h.last_invite();
+    h.respond_to_invite(486, None);
+    assert!(matches!(
+        queue_updates(&h).last(),
+        Some(QueueUpdate::Queued {
+            status: 486,
+            linkage_id: Some(_)
+        })
+    ));
+    assert!(
+        !h.linkage_updates()
+            .iter()
+            .any(|u| matches!(u, LinkageUpdate::Failed { .. })),
+        "waiting, not failed"
+    );
+    h.advance(Duration::from_secs(5));
+    let again = h.last_invite();
+    assert_ne!(again.call_id(), first.call_id(), "a new dialog");
+    assert_eq!(again.uri.to_string(), "sip:12345@127.0.0.1:5080");
+    assert_eq!(
+        again.headers.get("X-Hotline-Linkage"),
+        first.headers.get("X-Hotline-Linkage")
+    );
+    h.respond_to_invite(200, Some(ANSWER));
+    assert!(matches!(
+        queue_updates(&h).last(),
+        Some(QueueUpdate::Answered { waited_ms: 5000 })
+    ));
+    assert!(h.sent_media(|m| matches!(m, MediaCommand::Join(_))));
+    assert!(h.outcome().is_none());
 }

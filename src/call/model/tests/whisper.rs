@@ -124,3 +124,23 @@ fn the_citizen_leaving_during_the_whisper_ends_the_call() {
         "110 gets the BYE"
     );
 }
+
+/// No transfer or conference starts while the new party hears its whisper.
+#[test]
+fn nothing_new_starts_during_the_whisper() {
+    let mut h = transfer_with(class_d_for(&[]), Some(UrgencyClass::D));
+    h.respond_to_invite(200, Some(ANSWER));
+    assert_eq!(
+        h.call.transfer(h.now, Leg::B, "12345", Trigger::Api),
+        Err(TransferError::InProgress)
+    );
+    assert_eq!(
+        h.call.conference(h.now, Leg::B, "12345", Trigger::Api),
+        Err(TransferError::InProgress)
+    );
+    h.advance(Duration::from_millis(800));
+    assert!(h
+        .call
+        .transfer(h.now, Leg::B, "12345", Trigger::Api)
+        .is_ok());
+}
