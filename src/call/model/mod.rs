@@ -35,8 +35,11 @@
 //! | `invite.rs` | the INVITEs, BYEs and late-2xx ACKs the gateway sends |
 //! | `challenge.rs` | a peer's 401/407 to our INVITEs and in-dialog requests answered with its outbound credentials |
 //! | `dialogs.rs` | requests inside the legs' dialogs: BYE, re-INVITE/UPDATE, ACK, OPTIONS |
-//! | `transfer.rs` | blind and attended transfer, REFER and its NOTIFYs, the fallback |
-//! | `conference.rs` | guests and the mixed three-way call |
+//! | `transfer.rs` | blind and attended transfer, the fallback |
+//! | `refer.rs` | REFER and the NOTIFYs of its subscription |
+//! | `waiting.rs` | ringback and the announcements a citizen with no agent left hears |
+//! | `conference.rs` | inviting conference guests (the three-way call) |
+//! | `guests.rs` | joined guests: their dialogs, leaving, the mixed call's record |
 //! | `digits.rs` | DTMF in and out, the hotkey matcher |
 //! | `session.rs` | RFC 4028 session timers per leg |
 //! | `queue.rs` | a route's queue: waiting in its line, offers as desks free up, overflow |
@@ -50,14 +53,17 @@ mod dialogs;
 mod digits;
 mod ending;
 mod fork;
+mod guests;
 mod invite;
 mod leg;
 mod queue;
+mod refer;
 mod session;
 mod setup;
 #[cfg(test)]
 mod tests;
 mod transfer;
+mod waiting;
 mod whisper;
 
 pub use actions::{
@@ -177,7 +183,7 @@ pub struct Call {
     /// The leg that hears our ringback (the citizen, waiting for a target with no agent left).
     ringback: Option<Leg>,
     /// ... and it is the transfer announcement, not the tone.
-    waiting_sound: transfer::WaitingSound,
+    waiting_sound: waiting::WaitingSound,
     /// Hotkey matching of the agent's DTMF (leg B), made on the first digit.
     hotkeys: Option<HotkeyMatcher>,
     /// How the agent's last digit came: held digits are passed on the same way.
@@ -293,7 +299,7 @@ impl Call {
             failure_notify: None,
             bridged: None,
             ringback: None,
-            waiting_sound: transfer::WaitingSound::Ringback,
+            waiting_sound: waiting::WaitingSound::Ringback,
             clock: now,
             hotkeys: None,
             digit_transport: DigitTransport::Info(None),

@@ -4,19 +4,19 @@
 //! media port (or, for a target on another network, a port pair of its own there); the
 //! answer hands the transferor's leg over, a failure leaves the citizen where
 //! they are (or, with the agent gone, sends them back once to the number first called). A
-//! REFER's implicit subscription gets NOTIFYs of the progress (RFC 3515, RFC 6665 §4.2.2).
+//! REFER's implicit subscription gets NOTIFYs of the progress (`refer.rs`); a route with a
+//! queue keeps a transfer its desks turn away waiting (`queue.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::media::prompt::Announcement;
 use crate::media::{Leg, MediaCommand, Party};
 use crate::routing::{Peer, QueuePolicy};
-use crate::sip::message::{Host, Request, Response};
+use crate::sip::message::{Host, Response};
 use crate::sip::sdp::{self, Direction, Origin, SessionDescription};
 use crate::sip::target::{InterfaceId, Target};
-use crate::sip::transaction::{DialogKey, ServerTransactionId};
+use crate::sip::transaction::DialogKey;
 
 use super::challenge::outbound;
 use super::dialogs::leg_media;
@@ -24,6 +24,7 @@ use super::fork::{Attempt, Failure, Fork, ForkTimeout, ForkTimeouts, Progress};
 use super::invite::InviteTo;
 use super::leg::Newcomer;
 use super::queue::Waiter;
+use super::refer::Refer;
 use super::{Action, Call, EndedBy, LinkageKind, LinkageUpdate, State, TransferError};
 use crate::call::directory::DialogId;
 use crate::call::transfer::{self as refer, Trigger};
@@ -32,29 +33,29 @@ use crate::call::transfer::{self as refer, Trigger};
 pub(super) struct Transfer {
     /// The transferor's leg, which the target takes over; the other leg stays.
     pub(super) from: Leg,
-    linkage_id: String,
-    number: String,
+    pub(super) linkage_id: String,
+    pub(super) number: String,
     pub(super) fork: Fork,
     /// Call-ID and tag of the current attempt's dialog (fresh for each peer).
-    call_id: String,
-    tag: String,
-    origin: Origin,
-    offer: SessionDescription,
+    pub(super) call_id: String,
+    pub(super) tag: String,
+    pub(super) origin: Origin,
+    pub(super) offer: SessionDescription,
     /// CSeq of the REFER whose implicit subscription gets our NOTIFYs; None for hotkeys and
     /// the API, or once the agent has left.
     pub(super) refer_sequence: Option<u32>,
-    referred_by: Option<String>,
+    pub(super) referred_by: Option<String>,
     /// Attended transfer: the target's dialog (with the agent's consultation call) that our
     /// INVITE replaces (RFC 3891).
-    replaces: Option<DialogId>,
+    pub(super) replaces: Option<DialogId>,
     /// The citizen hears the target's early media (the transferor's port took it over before
     /// answer).
-    early_media: bool,
+    pub(super) early_media: bool,
     /// The target's own party and port pair, on its network (`[[interface]]`) when that is
     /// not the transferor's leg's; None: the target gets the transferor's port.
-    party: Option<(Party, SocketAddr)>,
+    pub(super) party: Option<(Party, SocketAddr)>,
     /// That party is asked for and not yet given: no INVITE has gone out.
-    opening_party: bool,
+    pub(super) opening_party: bool,
     /// How the transfer waits when every desk of its route turns it away (the route's
     /// queue); None once it has waited there and given up.
     pub(super) queue: Option<QueuePolicy>,
@@ -75,39 +76,6 @@ impl Transfer {
             call_id: self.call_id.clone(),
             local_tag: self.tag.clone(),
         }
-    }
-}
-
-/// What a citizen waiting with no agent left hears.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum WaitingSound {
-    Ringback,
-    /// `[announcements] transfer`.
-    Transfer,
-    /// `[announcements] queue`: its transfer waits in the route's queue.
-    Queue,
-}
-
-/// What a REFER adds to a transfer.
-pub(super) struct Refer {
-    /// CSeq of the REFER: its implicit subscription's id (RFC 3515 §2.4.6).
-    sequence: u32,
-    /// RFC 3892: passed on to the target.
-    referred_by: Option<String>,
-    /// Attended transfer: the consultation call's dialog at the target, and its peer.
-    consultation: Option<(DialogId, Arc<Peer>)>,
-}
-
-/// The answer a REFER gets when the transfer cannot start.
-fn refer_refusal(error: &TransferError) -> (u16, &'static str) {
-    match error {
-        TransferError::NotAnswered => (481, "Call Does Not Exist"),
-        TransferError::InProgress => (491, "Request Pending"),
-        TransferError::Conference | TransferError::ConferenceFull(_) => {
-            (403, "Transfer Not Possible During A Conference")
-        }
-        TransferError::NoRoute(_) => (403, "No Route To Transfer Target"),
-        TransferError::PeersDown(_) => (503, "Transfer Target Unavailable"),
     }
 }
 
@@ -136,7 +104,7 @@ impl Call {
 
     /// Whether a transfer may start now, and the route to `number` it would take (the peer
     /// holding the consultation dialog alone, for an attended transfer).
-    fn transfer_route(
+    pub(super) fn transfer_route(
         &self,
         number: &str,
         consultation: Option<&Arc<Peer>>,
@@ -276,11 +244,6 @@ impl Call {
         self.transfer_to_peer(now, 0);
     }
 
-    /// 182 Queued to the agent: its transfer waits for a desk (RFC 3515 §2.4.5).
-    pub(super) fn notify_transfer_queued(&mut self) {
-        self.notify_transfer_progress(182);
-    }
-
     /// The queued transfer found no desk and no overflow peer: it fails busy.
     pub(super) fn transfer_failed_after_queue(&mut self, now: Instant) {
         self.transfer_failure(
@@ -397,130 +360,6 @@ impl Call {
                 local_tag: old.1,
             }));
         }
-    }
-
-    /// An in-dialog REFER (RFC 3515): 202 and the transfer, or the error that says why not.
-    pub(super) fn handle_refer(
-        &mut self,
-        now: Instant,
-        leg: Leg,
-        server: ServerTransactionId,
-        request: &Request,
-    ) {
-        let reject = |call: &mut Call, status: u16, reason: &str| {
-            let mut response = Response::for_request(request, status, None);
-            response.reason = reason.to_string();
-            call.actions
-                .push_back(Action::SendResponse { server, response });
-        };
-        let target = match refer::refer_target(request) {
-            Ok(target) => target,
-            Err(error) => {
-                tracing::info!(call = %self.id, %error, "REFER rejected");
-                reject(self, 400, &format!("Bad Refer-To ({error})"));
-                return;
-            }
-        };
-        let consultation = match &target.replaces {
-            None => None,
-            Some(value) => {
-                let peer_side = DialogId::from_replaces(value)
-                    .and_then(|id| self.settings.directory.peer_side(&id));
-                let peer = peer_side
-                    .as_ref()
-                    .and_then(|p| self.settings.router.peer_by_name(&p.peer));
-                match (peer_side, peer) {
-                    (Some(peer_side), Some(peer)) => Some((peer_side.dialog, peer)),
-                    _ => {
-                        // Not a call through this gateway: nothing we could replace.
-                        reject(self, 403, "Consultation Call Unknown");
-                        return;
-                    }
-                }
-            }
-        };
-        if let Err(error) =
-            self.transfer_route(&target.number, consultation.as_ref().map(|(_, peer)| peer))
-        {
-            let (status, reason) = refer_refusal(&error);
-            reject(self, status, reason);
-            return;
-        }
-        let referred_by = request
-            .headers
-            .get("Referred-By")
-            .map(str::to_string)
-            .or_else(|| {
-                request.from().map(|mut from| {
-                    from.params.clear();
-                    from.to_string()
-                })
-            });
-        let mut accepted = Response::for_request(request, 202, None);
-        accepted
-            .headers
-            .push("Contact", self.contact(self.legs[leg].target));
-        self.actions.push_back(Action::SendResponse {
-            server,
-            response: accepted,
-        });
-        let sequence = request.cseq().map_or(0, |c| c.sequence);
-        let trigger = if consultation.is_some() {
-            Trigger::Attended
-        } else {
-            Trigger::Refer
-        };
-        let refer = Refer {
-            sequence,
-            referred_by,
-            consultation,
-        };
-        match self.start_transfer(now, leg, &target.number, trigger, Some(refer)) {
-            // Its 100 went with the start.
-            Ok(()) => {}
-            Err(error) => {
-                // Checked above, by the same function.
-                tracing::warn!(call = %self.id, %error, "transfer not started");
-                self.notify_agent(leg, sequence, 503);
-            }
-        }
-    }
-
-    /// A NOTIFY of the REFER's subscription to the agent on `leg`, while its dialog lasts;
-    /// returns the NOTIFY's branch.
-    fn notify_agent(&mut self, leg: Leg, refer_sequence: u32, status: u16) -> Option<String> {
-        let target = self.legs[leg].target;
-        let contact = self.contact(target);
-        // Long enough for every peer of the target's route to be tried (RFC 6665 §4.2.2: a
-        // subscription that expired would need `terminated;reason=timeout`).
-        let peers = self.transfer.as_ref().map_or(1, |t| t.fork.route().len()) as u32;
-        let per_peer = self.settings.peer_response_timeout + self.settings.transfer_ring_timeout;
-        // ... and, for a route with a queue, its wait and the pass over its overflow peers.
-        let queue_wait = self
-            .transfer
-            .as_ref()
-            .and_then(|t| t.queue.as_ref())
-            .map_or(std::time::Duration::ZERO, |q| {
-                q.wait + per_peer * q.overflow.len() as u32
-            });
-        let expires = (per_peer * peers + queue_wait).as_secs() as u32 + 32;
-        let dialog = self.legs[leg].dialog.as_mut()?;
-        let mut notify = refer::notify(dialog, refer_sequence, status, expires);
-        notify.headers.push("Contact", contact);
-        let notify = self.with_via(notify, target);
-        let branch = notify
-            .top_via()
-            .and_then(|v| v.branch().map(str::to_string));
-        let credentials = self.leg_outbound(leg);
-        self.send_in_dialog(notify, target, credentials);
-        branch
-    }
-
-    /// The transfer's progress to the agent, if it asked by REFER; returns the NOTIFY's branch.
-    fn notify_transfer_progress(&mut self, status: u16) -> Option<String> {
-        let transfer = self.transfer.as_ref()?;
-        let (leg, sequence) = (transfer.from, transfer.refer_sequence?);
-        self.notify_agent(leg, sequence, status)
     }
 
     /// A transfer attempt is over (failed over, or asked again after a 422): its early media
@@ -770,58 +609,6 @@ impl Call {
         };
         if fallback.is_err() {
             self.hang_up(None, EndedBy::Gateway, "transfer failed");
-        }
-    }
-
-    /// Ringback to the citizen (`to`) while it waits with no agent left (a guest ringing, the
-    /// number first called again); `None` stops it.
-    pub(super) fn ringback(&mut self, to: Option<Leg>) {
-        self.play_to_waiting(to, false);
-    }
-
-    /// The transfer announcement (`[announcements] transfer`; ringback without one) to the
-    /// citizen (`to`) while a transfer target rings with no agent left.
-    pub(super) fn announce_transfer(&mut self, to: Option<Leg>) {
-        self.play_to_waiting(to, true);
-    }
-
-    fn play_to_waiting(&mut self, to: Option<Leg>, announcement: bool) {
-        let settings = &self.settings;
-        // A transfer waiting in its route's queue: the queue announcement, when there is one.
-        let prompt = match (
-            &settings.queue_announcement,
-            &settings.transfer_announcement,
-        ) {
-            (Some(queue), _) if announcement && self.transfer_queued() => {
-                Some((WaitingSound::Queue, queue))
-            }
-            (_, Some(transfer)) if announcement => Some((WaitingSound::Transfer, transfer)),
-            _ => None,
-        };
-        let sound = prompt.map_or(WaitingSound::Ringback, |(sound, _)| sound);
-        if self.ringback == to && self.waiting_sound == sound {
-            return;
-        }
-        let announcement = match prompt {
-            Some((_, prompt)) => Announcement::Prompt(prompt.clone()),
-            None => Announcement::Ringback,
-        };
-        self.waiting_sound = if to.is_some() {
-            sound
-        } else {
-            WaitingSound::Ringback
-        };
-        if let Some(leg) = std::mem::replace(&mut self.ringback, to) {
-            self.actions.push_back(Action::Media(MediaCommand::Announce(
-                self.legs[leg].party,
-                None,
-            )));
-        }
-        if let Some(leg) = to {
-            self.actions.push_back(Action::Media(MediaCommand::Announce(
-                self.legs[leg].party,
-                Some(announcement),
-            )));
         }
     }
 
