@@ -393,6 +393,37 @@ From: {to_header};tag=agent\r\nTo: {from_header}\r\nCall-ID: {}\r\nCSeq: {cseq} 
         self.sip(event);
     }
 
+    /// The agent (leg B) invites `number` as a conference guest; the task gives it party 2
+    /// on 127.0.0.1:20004.
+    fn invite_guest(&mut self, number: &str) {
+        assert!(
+            self.call
+                .conference(self.now, Leg::B, number, Trigger::Api)
+                .is_ok(),
+            "conference refused"
+        );
+        self.drain();
+        assert!(self
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::OpenParty { .. })));
+        let address = "127.0.0.1:20004".parse().unwrap_or_else(|_| unreachable!());
+        self.call
+            .handle_party_opened(self.now, Party::guest(0).map(|p| (p, address)));
+        self.drain();
+    }
+
+    /// The queue's updates so far.
+    fn queue_updates(&self) -> Vec<QueueUpdate> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Queue(update) => Some(update.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The sipfrag status lines of the NOTIFYs sent so far.
     fn notified(&self) -> Vec<(u16, String)> {
         self.sent(Method::Notify)
@@ -1267,21 +1298,7 @@ fn the_citizen_hears_ringback_when_the_agent_on_leg_a_leaves_during_the_transfer
 fn conference_under_way() -> Harness {
     let mut h = Harness::new(OFFER, vec![peer_with_platform("hotline", 5080, "12345")]);
     h.answer();
-    assert!(
-        h.call
-            .conference(h.now, Leg::B, "110", Trigger::Api)
-            .is_ok(),
-        "conference refused"
-    );
-    h.drain();
-    assert!(h
-        .actions
-        .iter()
-        .any(|a| matches!(a, Action::OpenParty { .. })));
-    let address = "127.0.0.1:20004".parse().unwrap_or_else(|_| unreachable!());
-    h.call
-        .handle_party_opened(h.now, Party::guest(0).map(|p| (p, address)));
-    h.drain();
+    h.invite_guest("110");
     h
 }
 
@@ -1946,15 +1963,7 @@ fn a_conference_guest_at_an_srtp_desk_must_answer_with_keys() {
         vec![peer_with_platform("hotline", 5080, "12345")],
     );
     h.answer();
-    assert!(h
-        .call
-        .conference(h.now, Leg::B, "110", Trigger::Api)
-        .is_ok());
-    h.drain();
-    let address = "127.0.0.1:20004".parse().unwrap_or_else(|_| unreachable!());
-    h.call
-        .handle_party_opened(h.now, Party::guest(0).map(|p| (p, address)));
-    h.drain();
+    h.invite_guest("110");
     let offer = h.last_invite().sdp().unwrap_or_default().to_string();
     assert!(
         offer.contains("RTP/SAVP") && offer.contains("a=crypto:1 "),

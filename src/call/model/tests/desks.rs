@@ -73,16 +73,6 @@ fn queued_call(
     )
 }
 
-fn queue_updates(h: &Harness) -> Vec<QueueUpdate> {
-    h.actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Queue(update) => Some(update.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 impl Harness {
     fn desks_freed(&mut self, after: Duration) {
         self.now += after;
@@ -106,7 +96,7 @@ fn a_full_desk_is_not_sent_the_call_and_a_freed_seat_offers_it_at_once() {
     );
     assert_eq!(statuses(&h.responses(A_SERVER)), vec![200], "queued");
     assert_eq!(
-        queue_updates(&h),
+        h.queue_updates(),
         vec![QueueUpdate::Queued {
             status: 486,
             linkage_id: None
@@ -131,13 +121,15 @@ fn a_full_desk_is_not_sent_the_call_and_a_freed_seat_offers_it_at_once() {
         Some("13800138000".into()),
         "the citizen's number, as on a direct call"
     );
-    assert!(queue_updates(&h).contains(&QueueUpdate::Offered {
+    assert!(h.queue_updates().contains(&QueueUpdate::Offered {
         to_peer: "hotline".into(),
         waited_ms: 2_500,
     }));
     assert_eq!(desk.seats.taken(), 1, "the offer holds the seat");
     h.respond_to_invite(200, Some(ANSWER));
-    assert!(queue_updates(&h).contains(&QueueUpdate::Answered { waited_ms: 2_500 }));
+    assert!(h
+        .queue_updates()
+        .contains(&QueueUpdate::Answered { waited_ms: 2_500 }));
     assert_eq!(line.len(), 0, "out of the line once answered");
     assert_eq!(desk.seats.taken(), 1, "the call talks at the desk");
     h.caller_sends(30, "BYE", 2, "");
@@ -265,7 +257,7 @@ fn a_full_line_overflows_at_once_or_turns_the_caller_away() {
         "to the remote seats at once"
     );
     assert_eq!(
-        queue_updates(&second),
+        second.queue_updates(),
         vec![
             QueueUpdate::Queued {
                 status: 486,
@@ -282,7 +274,7 @@ fn a_full_line_overflows_at_once_or_turns_the_caller_away() {
     let mut third = queued_call(&settings, &desk, policy(&line, &[]));
     third.respond_to_invite(486, None);
     assert_eq!(statuses(&third.responses(A_SERVER)), vec![486]);
-    assert!(queue_updates(&third).is_empty());
+    assert!(third.queue_updates().is_empty());
 }
 
 /// With the line full and every overflow peer at its `max_calls`, the caller is refused
@@ -301,7 +293,7 @@ fn a_full_line_with_full_overflow_peers_refuses_the_caller_unanswered() {
     let mut second = queued_call(&settings, &desk, policy(&line, &["police"]));
     second.respond_to_invite(486, None);
     assert_eq!(statuses(&second.responses(A_SERVER)), vec![486]);
-    assert!(queue_updates(&second).is_empty());
+    assert!(second.queue_updates().is_empty());
 }
 
 /// No desk within the wait and no overflow: with `[announcements] no_desk`, the caller
@@ -323,7 +315,9 @@ fn a_wait_given_up_on_plays_the_no_desk_announcement_before_the_bye() {
         m,
         MediaCommand::Announce(Party::A, Some(Announcement::Prompt(p))) if *p == prompt
     )));
-    assert!(queue_updates(&h).contains(&QueueUpdate::GaveUp { waited_ms: 4_000 }));
+    assert!(h
+        .queue_updates()
+        .contains(&QueueUpdate::GaveUp { waited_ms: 4_000 }));
     assert!(
         h.sent(Method::Bye).is_empty(),
         "the announcement plays first"
@@ -338,7 +332,7 @@ fn a_wait_given_up_on_plays_the_no_desk_announcement_before_the_bye() {
     );
     assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Gateway));
     assert_eq!(
-        queue_updates(&h)
+        h.queue_updates()
             .iter()
             .filter(|u| matches!(u, QueueUpdate::GaveUp { .. }))
             .count(),
@@ -358,7 +352,8 @@ fn the_wait_ends_on_time_while_a_desk_rings() {
     h.respond_to_invite(486, None);
     h.advance(Duration::from_secs(5));
     h.respond_to_invite(180, None);
-    assert!(queue_updates(&h)
+    assert!(h
+        .queue_updates()
         .iter()
         .any(|u| matches!(u, QueueUpdate::Offered { .. })));
     h.advance(Duration::from_secs(3));
@@ -525,15 +520,7 @@ fn a_failed_transfer_after_the_agent_left_goes_back_to_its_one_seat_desk() {
 fn an_agent_leaving_while_its_guest_rings_frees_its_seat() {
     let (settings, desk) = desk_settings(Some(1));
     let mut h = answered_at_the_desk(&settings, &desk);
-    assert!(h
-        .call
-        .conference(h.now, Leg::B, "110", Trigger::Api)
-        .is_ok());
-    h.drain();
-    let address = "127.0.0.1:20004".parse().unwrap_or_else(|_| unreachable!());
-    h.call
-        .handle_party_opened(h.now, Party::guest(0).map(|p| (p, address)));
-    h.drain();
+    h.invite_guest("110");
     h.respond_to_invite(180, None);
     h.agent_sends(8, "BYE", 3, "");
     assert!(h.outcome().is_none(), "the citizen waits for the guest");
@@ -552,7 +539,8 @@ fn a_wait_ended_by_the_gateway_is_told_with_its_length() {
     h.call.handle_media_inactive(h.now);
     h.drain();
     assert!(h.outcome().is_some());
-    let ends: Vec<_> = queue_updates(&h)
+    let ends: Vec<_> = h
+        .queue_updates()
         .into_iter()
         .filter(|u| matches!(u, QueueUpdate::GaveUp { .. }))
         .collect();

@@ -87,16 +87,6 @@ fn referred_to_12345(settings: &Arc<CallSettings>, police: &Arc<Peer>) -> Harnes
     h
 }
 
-fn queue_updates(h: &Harness) -> Vec<QueueUpdate> {
-    h.actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Queue(update) => Some(update.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn linkage_id(h: &Harness) -> String {
     h.linkage_updates()
         .iter()
@@ -118,7 +108,7 @@ fn a_transfer_to_busy_desks_waits_and_the_next_offer_connects() {
     h.respond_to_invite(486, None);
     let linkage = linkage_id(&h);
     assert_eq!(
-        queue_updates(&h),
+        h.queue_updates(),
         vec![QueueUpdate::Queued {
             status: 486,
             linkage_id: Some(linkage.clone())
@@ -160,7 +150,7 @@ fn a_transfer_to_busy_desks_waits_and_the_next_offer_connects() {
     h.respond_to_invite(200, Some(ANSWER));
     assert_eq!(h.notified().last().map(|n| n.0), Some(200));
     assert!(matches!(
-        queue_updates(&h).last(),
+        h.queue_updates().last(),
         Some(QueueUpdate::Answered { waited_ms: 5000 })
     ));
     assert!(matches!(
@@ -208,13 +198,13 @@ fn a_waiting_transfer_overflows_then_fails_back_to_the_number_first_called() {
         overflow.from().and_then(|f| f.uri.user),
         Some("13800138000".into())
     );
-    assert!(queue_updates(&h).iter().any(|u| matches!(
+    assert!(h.queue_updates().iter().any(|u| matches!(
         u,
         QueueUpdate::Overflowed { to_peer, waited_ms: 20_000 } if to_peer == "remote"
     )));
     h.respond_to_invite(486, None);
     assert!(matches!(
-        queue_updates(&h).last(),
+        h.queue_updates().last(),
         Some(QueueUpdate::GaveUp { .. })
     ));
     assert!(h
@@ -238,7 +228,7 @@ fn a_freed_seat_takes_the_waiting_transfer_at_once() {
     let invites = h.sent(Method::Invite).len();
     assert_eq!(invites, 1, "no INVITE to the full desk");
     assert!(matches!(
-        queue_updates(&h).first(),
+        h.queue_updates().first(),
         Some(QueueUpdate::Queued { status: 486, .. })
     ));
     drop(held);
@@ -248,7 +238,7 @@ fn a_freed_seat_takes_the_waiting_transfer_at_once() {
     assert_eq!(h.sent(Method::Invite).len(), 2);
     assert_eq!(h.last_invite().uri.to_string(), "sip:12345@127.0.0.1:5080");
     assert!(matches!(
-        queue_updates(&h).last(),
+        h.queue_updates().last(),
         Some(QueueUpdate::Offered { to_peer, waited_ms: 2000 }) if to_peer == "hotline"
     ));
 }
@@ -264,7 +254,7 @@ fn the_citizen_leaving_abandons_the_waiting_transfer() {
     h.caller_sends(9, "BYE", 2, "");
     assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Caller));
     assert!(matches!(
-        queue_updates(&h).last(),
+        h.queue_updates().last(),
         Some(QueueUpdate::Abandoned { waited_ms: 3000 })
     ));
     let invites = h.sent(Method::Invite).len();
@@ -286,7 +276,7 @@ fn a_final_refusal_ends_the_wait_and_the_fallback_stands() {
     h.respond_to_invite(404, None);
     assert_eq!(line.len(), 0, "out of the line");
     assert!(matches!(
-        queue_updates(&h).last(),
+        h.queue_updates().last(),
         Some(QueueUpdate::GaveUp { waited_ms: 5000 })
     ));
     assert_eq!(h.last_invite().uri.to_string(), "sip:110@127.0.0.1:5090");
@@ -312,19 +302,11 @@ fn a_conference_guest_waits_in_the_queue_and_joins_on_the_next_offer() {
         vec![Arc::clone(&police)],
     );
     h.answer();
-    assert!(h
-        .call
-        .conference(h.now, Leg::B, "12345", Trigger::Api)
-        .is_ok());
-    h.drain();
-    let address = "127.0.0.1:20004".parse().unwrap_or_else(|_| unreachable!());
-    h.call
-        .handle_party_opened(h.now, Party::guest(0).map(|p| (p, address)));
-    h.drain();
+    h.invite_guest("12345");
     let first = h.last_invite();
     h.respond_to_invite(486, None);
     assert!(matches!(
-        queue_updates(&h).last(),
+        h.queue_updates().last(),
         Some(QueueUpdate::Queued {
             status: 486,
             linkage_id: Some(_)
@@ -346,7 +328,7 @@ fn a_conference_guest_waits_in_the_queue_and_joins_on_the_next_offer() {
     );
     h.respond_to_invite(200, Some(ANSWER));
     assert!(matches!(
-        queue_updates(&h).last(),
+        h.queue_updates().last(),
         Some(QueueUpdate::Answered { waited_ms: 5000 })
     ));
     assert!(h.sent_media(|m| matches!(m, MediaCommand::Join(_))));
