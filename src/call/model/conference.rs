@@ -414,15 +414,20 @@ impl Call {
         guest.endpoint = Some(media);
         guest.local_sdp = guest.offer.as_ref().map(|o| o.to_string());
         let (linkage_id, number) = (guest.linkage_id.clone(), guest.number.clone());
-        let peer = guest
+        let (peer, platform) = guest
             .fork
             .peer()
-            .map(|p| p.name.clone())
+            .map(|p| (p.name.clone(), p.platform.clone()))
             .unwrap_or_default();
         self.actions
             .push_back(Action::Media(MediaCommand::Configure(party, media)));
-        self.actions
-            .push_back(Action::Media(MediaCommand::Join(party)));
+        let agent_gone = self.legs[Leg::B].dialog.is_none() && self.state == State::Answered;
+        // With the agent gone the guest takes its leg over and hears its whisper as a
+        // transfer target does (below).
+        if agent_gone || !self.whisper_to_guest(now, party, platform.as_deref()) {
+            self.actions
+                .push_back(Action::Media(MediaCommand::Join(party)));
+        }
         self.actions
             .push_back(Action::Linkage(LinkageUpdate::Answered { linkage_id }));
         self.update_conference();
@@ -433,10 +438,12 @@ impl Call {
                 number,
             }));
         tracing::info!(call = %self.id, party = party.index(), "conference guest joined");
-        if self.legs[Leg::B].dialog.is_none() && self.state == State::Answered {
+        if agent_gone {
             // The agent left while it rang: the guest takes its place.
-            self.ringback(None);
             self.leg_left(Leg::B);
+            if !self.whisper(now, Leg::B) {
+                self.ringback(None);
+            }
         }
     }
 

@@ -208,7 +208,7 @@ pub struct Call {
     /// The urgency class of the call's ticket (the whisper's choice).
     urgency: Option<UrgencyClass>,
     /// The leg whose new party hears its whisper before it is bridged.
-    whispering: Option<Leg>,
+    whispering: Option<whisper::Whispering>,
     actions: VecDeque<Action>,
 }
 

@@ -2,11 +2,12 @@
 //! 110 operator) that answers first hears a short prompt naming the ticket's urgency class,
 //! chosen by that class, and only then the citizen. Meanwhile the citizen goes on hearing
 //! the transfer announcement (or ringback); the two are bridged when the prompt has played.
+//! A conference guest at such a platform hears it before it joins the call's audio.
 
 use std::time::{Duration, Instant};
 
 use crate::media::prompt::{Announcement, Prompt};
-use crate::media::{Leg, MediaCommand};
+use crate::media::{Leg, MediaCommand, Party};
 
 use super::{Action, Call, Timer};
 
@@ -22,6 +23,15 @@ pub enum UrgencyClass {
     B,
     /// Class C: handled to a plan.
     C,
+}
+
+/// Who hears a whisper now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Whispering {
+    /// The transfer target that took this leg over (it and the other leg are isolated).
+    Leg(Leg),
+    /// A conference guest, not yet in the call's audio.
+    Guest(Party),
 }
 
 /// The operator's whisper prompts, one per urgency class, and who hears them.
@@ -67,16 +77,11 @@ impl Call {
     /// the transfer announcement; false if there is none (bridge now).
     pub(super) fn whisper(&mut self, now: Instant, leg: Leg) -> bool {
         let platform = self.legs[leg].peer().and_then(|p| p.platform.clone());
-        let Some(prompt) = self
-            .settings
-            .whispers
-            .prompt(self.urgency, platform.as_deref())
-            .cloned()
-        else {
+        let Some(prompt) = self.whisper_for(platform.as_deref()) else {
             return false;
         };
         let party = self.legs[leg].party;
-        let length = Duration::from_millis(prompt.duration_ms());
+        let length = prompt_length(&prompt);
         tracing::info!(call = %self.id, class = ?self.urgency, ms = prompt.duration_ms(), "whisper to the transfer target");
         // Neither hears the other until the prompt has played (the operator's first words
         // would otherwise reach the citizen, and the citizen's cut the prompt short).
@@ -89,26 +94,70 @@ impl Call {
             Some(Announcement::Prompt(prompt)),
         )));
         self.announce_transfer(Some(leg.other()));
-        self.whispering = Some(leg);
+        self.whispering = Some(Whispering::Leg(leg));
         self.arm(Timer::Whisper, Some(now + length));
         true
     }
 
-    /// The whisper has played: the target and the citizen hear each other.
-    pub(super) fn whispered(&mut self) {
-        let Some(leg) = self.whispering.take() else {
-            return;
+    /// A conference guest at `platform` has answered on `party`: it hears the whisper before
+    /// it joins the call's audio; false if there is none (join now).
+    pub(super) fn whisper_to_guest(
+        &mut self,
+        now: Instant,
+        party: Party,
+        platform: Option<&str>,
+    ) -> bool {
+        let Some(prompt) = self.whisper_for(platform) else {
+            return false;
         };
+        tracing::info!(call = %self.id, class = ?self.urgency, ms = prompt.duration_ms(), "whisper to the conference guest");
+        let length = prompt_length(&prompt);
         self.actions.push_back(Action::Media(MediaCommand::Announce(
-            self.legs[leg].party,
-            None,
+            party,
+            Some(Announcement::Prompt(prompt)),
         )));
-        self.ringback(None);
-        for leg in [leg, leg.other()] {
-            self.actions.push_back(Action::Media(MediaCommand::Isolate(
-                self.legs[leg].party,
-                false,
-            )));
+        self.whispering = Some(Whispering::Guest(party));
+        self.arm(Timer::Whisper, Some(now + length));
+        true
+    }
+
+    fn whisper_for(&self, platform: Option<&str>) -> Option<Prompt> {
+        self.settings
+            .whispers
+            .prompt(self.urgency, platform)
+            .cloned()
+    }
+
+    /// The whisper has played: the target and the citizen hear each other (the guest joins
+    /// the call's audio, if it is still in the call).
+    pub(super) fn whispered(&mut self) {
+        match self.whispering.take() {
+            Some(Whispering::Leg(leg)) => {
+                self.actions.push_back(Action::Media(MediaCommand::Announce(
+                    self.legs[leg].party,
+                    None,
+                )));
+                self.ringback(None);
+                for leg in [leg, leg.other()] {
+                    self.actions.push_back(Action::Media(MediaCommand::Isolate(
+                        self.legs[leg].party,
+                        false,
+                    )));
+                }
+            }
+            Some(Whispering::Guest(party)) => {
+                self.actions
+                    .push_back(Action::Media(MediaCommand::Announce(party, None)));
+                if self.audio_parties().contains(&party) {
+                    self.actions
+                        .push_back(Action::Media(MediaCommand::Join(party)));
+                }
+            }
+            None => {}
         }
     }
+}
+
+fn prompt_length(prompt: &Prompt) -> Duration {
+    Duration::from_millis(prompt.duration_ms())
 }

@@ -144,3 +144,65 @@ fn nothing_new_starts_during_the_whisper() {
         .transfer(h.now, Leg::B, "12345", Trigger::Api)
         .is_ok());
 }
+
+/// A conference guest at 110 hears the whisper before it joins the call's audio; citizen and
+/// agent talk on meanwhile.
+#[test]
+fn a_conference_guest_hears_the_whisper_before_it_joins() {
+    let mut settings = (*settings()).clone();
+    settings.whispers = class_d_for(&["110"]);
+    let mut h = Harness::build_with(
+        Arc::new(settings),
+        invite(OFFER, 70),
+        peer("carrier", 5070),
+        "12345",
+        vec![peer_with_platform("hotline", 5080, "12345")],
+    );
+    h.call.set_urgency(Some(UrgencyClass::D));
+    h.answer();
+    h.invite_guest("110");
+    let guest = Party::guest(0).unwrap_or_else(|| unreachable!());
+    h.respond_to_invite(200, Some(ANSWER));
+    assert!(announced(&h, guest, true), "the guest hears the whisper");
+    assert!(
+        !h.sent_media(|m| *m == MediaCommand::Join(guest)),
+        "not in yet"
+    );
+    assert!(
+        !h.sent_media(|m| matches!(m, MediaCommand::Isolate(..))),
+        "citizen and agent talk on"
+    );
+    h.advance(Duration::from_millis(800));
+    assert!(announced(&h, guest, false));
+    assert!(
+        h.sent_media(|m| *m == MediaCommand::Join(guest)),
+        "then it joins"
+    );
+}
+
+/// The agent left while its guest rang: the guest takes its leg over and hears the whisper as
+/// a transfer target does, the citizen kept apart from it until the prompt has played.
+#[test]
+fn a_guest_taking_the_agents_leg_hears_the_whisper_first() {
+    let mut settings = (*settings()).clone();
+    settings.whispers = class_d_for(&["110"]);
+    let mut h = Harness::build_with(
+        Arc::new(settings),
+        invite(OFFER, 70),
+        peer("carrier", 5070),
+        "12345",
+        vec![peer_with_platform("hotline", 5080, "12345")],
+    );
+    h.call.set_urgency(Some(UrgencyClass::D));
+    h.answer();
+    h.invite_guest("110");
+    h.respond_to_invite(180, None);
+    h.agent_sends(8, "BYE", 3, "");
+    h.respond_to_invite(200, Some(ANSWER));
+    let guest = Party::guest(0).unwrap_or_else(|| unreachable!());
+    assert!(announced(&h, guest, true), "the guest hears the whisper");
+    assert!(h.sent_media(|m| *m == MediaCommand::Isolate(Party::A, true)));
+    h.advance(Duration::from_millis(800));
+    assert!(h.sent_media(|m| *m == MediaCommand::Isolate(Party::A, false)));
+    assert!(h.outcome().is_none(), "citizen and 110 talk");
+}
