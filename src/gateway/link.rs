@@ -263,7 +263,8 @@ impl Link {
             self.state.called_leg = Some(target.clone());
         }
         let mut event = self.event(kind);
-        if kind == EventKind::TransferAnswered && !conference {
+        if kind == EventKind::TransferAnswered {
+            // A transfer's or guest's wait in a queue ends with its answer.
             event.queue_wait_ms = self.queue_wait_ms.take();
             self.queue_linkage = None;
         }

@@ -4,7 +4,9 @@
 //!
 //! Order of events: [`Call::conference`] (the `*3` hotkey or the work-order API) asks the task
 //! for a port pair ([`Action::OpenParty`]), [`Call::handle_party_opened`] sends the INVITE with
-//! the citizen's identity; the guest's answer joins it to the audio ([`MediaCommand::Join`]).
+//! the citizen's identity; the guest's answer joins it to the audio ([`MediaCommand::Join`];
+//! after its whisper, when one is set). Desks that are busy keep a guest from a route with a
+//! queue waiting there (`queue.rs`).
 //! When a leg's party leaves (the agent hangs up), the first guest takes that leg over, so the
 //! two-party paths (transfer, hang-up, re-INVITE) keep working on it; nobody is re-INVITEd.
 
@@ -27,11 +29,12 @@ use super::{Action, Call, ConferenceUpdate, LinkageKind, LinkageUpdate, State, T
 use crate::call::transfer::Trigger;
 
 /// A conference guest: a desk the gateway invited into the call beside legs A and B, on a port
-/// pair of its own. Joined once it answered (its dialog is set).
+/// pair of its own. Answered once its dialog is set (in the audio once its whisper, if any,
+/// has played).
 pub(super) struct Guest {
     /// The agent's leg that asked for it; the guest is shown the other leg's identity.
-    pub(super) from: Leg,
-    pub(super) linkage_id: String,
+    from: Leg,
+    linkage_id: String,
     pub(super) number: String,
     /// Our INVITE to the guest's route; its attempt stays once answered (for a retransmitted
     /// 2xx, §13.2.2.4).
@@ -413,23 +416,40 @@ impl Call {
         guest.dialog = Some(dialog);
         guest.endpoint = Some(media);
         guest.local_sdp = guest.offer.as_ref().map(|o| o.to_string());
-        let (linkage_id, number) = (guest.linkage_id.clone(), guest.number.clone());
-        let (peer, platform) = guest
-            .fork
-            .peer()
-            .map(|p| (p.name.clone(), p.platform.clone()))
-            .unwrap_or_default();
+        let (linkage_id, from) = (guest.linkage_id.clone(), guest.from);
+        let platform = guest.fork.peer().and_then(|p| p.platform.clone());
         self.actions
             .push_back(Action::Media(MediaCommand::Configure(party, media)));
-        let agent_gone = self.legs[Leg::B].dialog.is_none() && self.state == State::Answered;
-        // With the agent gone the guest takes its leg over and hears its whisper as a
-        // transfer target does (below).
-        if agent_gone || !self.whisper_to_guest(now, party, platform.as_deref()) {
-            self.actions
-                .push_back(Action::Media(MediaCommand::Join(party)));
-        }
         self.actions
             .push_back(Action::Linkage(LinkageUpdate::Answered { linkage_id }));
+        let agent_gone = self.legs[from].dialog.is_none() && self.state == State::Answered;
+        // With the agent gone the guest takes its leg over and hears its whisper as a
+        // transfer target does (below); otherwise it hears it before it joins.
+        if agent_gone || !self.whisper_to_guest(now, party, platform.as_deref()) {
+            self.guest_joined(party);
+        }
+        if agent_gone {
+            // The agent left while it rang: the guest takes its place.
+            self.leg_left(from);
+            if !self.whisper(now, from) {
+                self.ringback(None);
+            }
+        }
+    }
+
+    /// The answered guest on `party` joins the call's audio, and the conference's record.
+    pub(super) fn guest_joined(&mut self, party: Party) {
+        let Some(guest) = self.guests.iter().find(|g| g.party == Some(party)) else {
+            return;
+        };
+        let number = guest.number.clone();
+        let peer = guest
+            .fork
+            .peer()
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        self.actions
+            .push_back(Action::Media(MediaCommand::Join(party)));
         self.update_conference();
         self.actions
             .push_back(Action::Conference(ConferenceUpdate::Joined {
@@ -438,13 +458,6 @@ impl Call {
                 number,
             }));
         tracing::info!(call = %self.id, party = party.index(), "conference guest joined");
-        if agent_gone {
-            // The agent left while it rang: the guest takes its place.
-            self.leg_left(Leg::B);
-            if !self.whisper(now, Leg::B) {
-                self.ringback(None);
-            }
-        }
     }
 
     /// Guest `index`'s current INVITE failed with `status`.
@@ -493,9 +506,9 @@ impl Call {
         if let Some(attempt) = guest.fork.take_attempt() {
             self.retired.retire(attempt);
         }
-        if self.state == State::Answered && self.legs[Leg::B].dialog.is_none() {
+        if self.state == State::Answered && self.legs[guest.from].dialog.is_none() {
             // The agent had left: never drop the citizen (back to the number first called).
-            self.fall_back(now, Leg::B);
+            self.fall_back(now, guest.from);
         }
     }
 }

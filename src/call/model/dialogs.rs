@@ -133,13 +133,13 @@ impl Call {
                 transfer.refer_sequence = None;
             }
             self.announce_transfer(Some(leg.other()));
-        } else if leg == Leg::B && self.inviting_guest() && !self.has_guests() {
-            // The agent leaves while the guest it invited rings: the citizen waits for it,
-            // hearing ringback, as for a transfer.
-            self.legs[Leg::B].party_left();
+        } else if self.invited_guest().is_some_and(|g| g.from() == leg) && !self.has_guests() {
+            // The agent leaves while the guest it invited rings (or waits for a desk): the
+            // citizen waits for it, hearing ringback, as for a transfer.
+            self.legs[leg].party_left();
             self.actions
-                .push_back(Action::Media(MediaCommand::Leave(self.legs[Leg::B].party)));
-            self.ringback(Some(Leg::A));
+                .push_back(Action::Media(MediaCommand::Leave(self.legs[leg].party)));
+            self.ringback(Some(leg.other()));
         } else if self.has_guests() && (leg == Leg::B || !self.settings.conference_ends_with_caller)
         {
             // A party leaves a conference: the others stay (a guest takes its leg).

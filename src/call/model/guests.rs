@@ -13,7 +13,8 @@ use crate::sip::transaction::ServerTransactionId;
 use super::challenge::outbound;
 use super::dialogs::answer_reoffer;
 use super::leg::Newcomer;
-use super::{Action, Call, ConferenceUpdate, LinkageUpdate, TransferError};
+use super::whisper::Whispering;
+use super::{Action, Call, ConferenceUpdate, LinkageUpdate, Timer, TransferError};
 use crate::call::hotkey;
 
 impl Call {
@@ -152,6 +153,11 @@ impl Call {
     /// Guest `index` hung up.
     fn guest_left(&mut self, index: usize) {
         let guest = self.guests.remove(index);
+        if guest.party.is_some() && self.whispering == guest.party.map(Whispering::Guest) {
+            // Gone during its whisper: nobody hears one now.
+            self.whispering = None;
+            self.arm(Timer::Whisper, None);
+        }
         self.actions
             .push_back(Action::UnregisterDialog(guest.key()));
         if let Some(party) = guest.party {
@@ -175,6 +181,13 @@ impl Call {
         let Some(index) = self.guests.iter().position(|g| g.dialog.is_some()) else {
             return;
         };
+        if self.whispering.is_some()
+            && self.whispering == self.guests[index].party.map(Whispering::Guest)
+        {
+            // It takes the leg over during its whisper: it joins now, as the leg's party.
+            self.arm(Timer::Whisper, None);
+            self.whispered();
+        }
         let party = self.legs[leg].party;
         self.actions
             .push_back(Action::Media(MediaCommand::Leave(party)));
@@ -304,17 +317,19 @@ impl Call {
                     }
                 }
                 None => {
+                    // Still being invited (ringing, or waiting for a desk with nothing sent):
+                    // its linkage ends here.
                     let (cancel, attempt) = guest.fork.abandon();
-                    if let Some(attempt) = attempt {
-                        if let Some((request, target)) = cancel {
-                            self.actions
-                                .push_back(Action::SendRequest { request, target });
-                        }
+                    if let Some((request, target)) = cancel {
                         self.actions
-                            .push_back(Action::Linkage(LinkageUpdate::Failed {
-                                linkage_id: guest.linkage_id.clone(),
-                                status: 487,
-                            }));
+                            .push_back(Action::SendRequest { request, target });
+                    }
+                    self.actions
+                        .push_back(Action::Linkage(LinkageUpdate::Failed {
+                            linkage_id: guest.linkage_id().to_string(),
+                            status: 487,
+                        }));
+                    if let Some(attempt) = attempt {
                         self.retired.abandon(attempt);
                     }
                 }

@@ -43,7 +43,7 @@
 //! | `digits.rs` | DTMF in and out, the hotkey matcher |
 //! | `session.rs` | RFC 4028 session timers per leg |
 //! | `queue.rs` | a route's queue: waiting in its line, offers as desks free up, overflow |
-//! | `whisper.rs` | the prompt a transfer target hears before it is bridged |
+//! | `whisper.rs` | the prompt a transfer target or a conference guest hears before it is bridged |
 //! | `ending.rs` | hanging up, waiting for the last answers, finishing |
 
 mod actions;

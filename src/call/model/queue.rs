@@ -11,7 +11,8 @@
 //!
 //! A transfer or a conference guest to a route with a queue waits the same way (the same
 //! line, offers, overflow), its fork in place of leg B's setup: the citizen stays with the
-//! agent (or, the agent gone, hears the queue announcement), a REFER's NOTIFY says 182
+//! agent (or, the agent gone, hears the queue announcement for a transfer, ringback for a
+//! guest), a REFER's NOTIFY says 182
 //! Queued, and when no desk and no overflow peer is left it fails as any other does (the
 //! citizen never dropped). A desk answering a transfer takes the agent's leg over (after the
 //! whisper, when one is set).
@@ -476,7 +477,7 @@ impl Call {
     }
 
     /// A desk answered the waiting call (a queued caller: it stops hearing the queue; a
-    /// queued transfer: the transfer's answer tells the citizen's side what to hear).
+    /// queued transfer or guest: its answer tells the citizen's side what to hear).
     pub(super) fn leave_queue(&mut self, now: Instant) {
         if let Some(queued) = self.queued.take() {
             self.arm(Timer::QueueRetry, None);
@@ -635,7 +636,8 @@ impl Call {
     }
 
     /// `leg`'s party hung up: if it is the citizen waiting (the caller in a queue, or the
-    /// citizen a queued transfer was for), the wait is abandoned (told before the call's end).
+    /// citizen a queued transfer or guest was for), the wait is abandoned (told before the
+    /// call's end).
     pub(super) fn abandon_queue(&mut self, now: Instant, leg: Leg) {
         let citizen = match self.waiter() {
             Some(Waiter::Setup) => Leg::A,

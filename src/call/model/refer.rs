@@ -25,7 +25,7 @@ pub(super) struct Refer {
 }
 
 /// The answer a REFER gets when the transfer cannot start.
-pub(super) fn refer_refusal(error: &TransferError) -> (u16, &'static str) {
+fn refer_refusal(error: &TransferError) -> (u16, &'static str) {
     match error {
         TransferError::NotAnswered => (481, "Call Does Not Exist"),
         TransferError::InProgress => (491, "Request Pending"),

@@ -33,29 +33,29 @@ use crate::call::transfer::{self as refer, Trigger};
 pub(super) struct Transfer {
     /// The transferor's leg, which the target takes over; the other leg stays.
     pub(super) from: Leg,
-    pub(super) linkage_id: String,
-    pub(super) number: String,
+    linkage_id: String,
+    number: String,
     pub(super) fork: Fork,
     /// Call-ID and tag of the current attempt's dialog (fresh for each peer).
-    pub(super) call_id: String,
-    pub(super) tag: String,
-    pub(super) origin: Origin,
-    pub(super) offer: SessionDescription,
+    call_id: String,
+    tag: String,
+    origin: Origin,
+    offer: SessionDescription,
     /// CSeq of the REFER whose implicit subscription gets our NOTIFYs; None for hotkeys and
     /// the API, or once the agent has left.
     pub(super) refer_sequence: Option<u32>,
-    pub(super) referred_by: Option<String>,
+    referred_by: Option<String>,
     /// Attended transfer: the target's dialog (with the agent's consultation call) that our
     /// INVITE replaces (RFC 3891).
-    pub(super) replaces: Option<DialogId>,
+    replaces: Option<DialogId>,
     /// The citizen hears the target's early media (the transferor's port took it over before
     /// answer).
-    pub(super) early_media: bool,
+    early_media: bool,
     /// The target's own party and port pair, on its network (`[[interface]]`) when that is
     /// not the transferor's leg's; None: the target gets the transferor's port.
-    pub(super) party: Option<(Party, SocketAddr)>,
+    party: Option<(Party, SocketAddr)>,
     /// That party is asked for and not yet given: no INVITE has gone out.
-    pub(super) opening_party: bool,
+    opening_party: bool,
     /// How the transfer waits when every desk of its route turns it away (the route's
     /// queue); None once it has waited there and given up.
     pub(super) queue: Option<QueuePolicy>,

@@ -37,8 +37,8 @@ pub(super) enum Whispering {
 /// The operator's whisper prompts, one per urgency class, and who hears them.
 #[derive(Debug, Clone, Default)]
 pub struct Whispers {
-    /// The platforms whose answering operators hear it (empty: a transfer target at any
-    /// platform).
+    /// The platforms whose answering operators hear it (empty: a transfer target or a
+    /// conference guest at any platform).
     pub platforms: Vec<String>,
     pub class_d: Option<Prompt>,
     pub class_a: Option<Prompt>,
@@ -129,7 +129,7 @@ impl Call {
     }
 
     /// The whisper has played: the target and the citizen hear each other (the guest joins
-    /// the call's audio, if it is still in the call).
+    /// the call's audio, if it is still a guest).
     pub(super) fn whispered(&mut self) {
         match self.whispering.take() {
             Some(Whispering::Leg(leg)) => {
@@ -148,10 +148,7 @@ impl Call {
             Some(Whispering::Guest(party)) => {
                 self.actions
                     .push_back(Action::Media(MediaCommand::Announce(party, None)));
-                if self.audio_parties().contains(&party) {
-                    self.actions
-                        .push_back(Action::Media(MediaCommand::Join(party)));
-                }
+                self.guest_joined(party);
             }
             None => {}
         }

@@ -334,3 +334,35 @@ fn a_conference_guest_waits_in_the_queue_and_joins_on_the_next_offer() {
     assert!(h.sent_media(|m| matches!(m, MediaCommand::Join(_))));
     assert!(h.outcome().is_none());
 }
+
+/// A guest waiting for a full desk (nothing sent to it) when the citizen hangs up: the wait
+/// is abandoned and the guest's linkage ends (487), so its record settles.
+#[test]
+fn a_guest_waiting_with_nothing_sent_ends_its_linkage_with_the_call() {
+    let (settings, police, hotline) = queued_12345(60);
+    let _held = Seat::take(&hotline);
+    let mut h = Harness::build_with(
+        Arc::clone(&settings),
+        invite(OFFER, 70),
+        peer("carrier", 5070),
+        "110",
+        vec![Arc::clone(&police)],
+    );
+    h.answer();
+    h.invite_guest("12345");
+    assert_eq!(h.sent(Method::Invite).len(), 1, "nothing to the full desk");
+    assert!(matches!(
+        h.queue_updates().last(),
+        Some(QueueUpdate::Queued { status: 486, .. })
+    ));
+    h.caller_sends(9, "BYE", 2, "");
+    assert_eq!(h.outcome().map(|o| o.ended_by), Some(EndedBy::Caller));
+    assert!(matches!(
+        h.queue_updates().last(),
+        Some(QueueUpdate::Abandoned { .. })
+    ));
+    assert!(h
+        .linkage_updates()
+        .iter()
+        .any(|u| matches!(u, LinkageUpdate::Failed { status: 487, .. })));
+}

@@ -168,6 +168,12 @@ fn a_conference_guest_hears_the_whisper_before_it_joins() {
         !h.sent_media(|m| *m == MediaCommand::Join(guest)),
         "not in yet"
     );
+    let joined = |h: &Harness| {
+        h.actions
+            .iter()
+            .any(|a| matches!(a, Action::Conference(ConferenceUpdate::Joined { .. })))
+    };
+    assert!(!joined(&h), "nor in the conference's record");
     assert!(
         !h.sent_media(|m| matches!(m, MediaCommand::Isolate(..))),
         "citizen and agent talk on"
@@ -178,6 +184,32 @@ fn a_conference_guest_hears_the_whisper_before_it_joins() {
         h.sent_media(|m| *m == MediaCommand::Join(guest)),
         "then it joins"
     );
+    assert!(joined(&h));
+}
+
+/// The guest hangs up during its whisper: nothing waits for it any more (a transfer may
+/// start) and it never joins.
+#[test]
+fn a_guest_leaving_during_its_whisper_leaves_nothing_behind() {
+    let mut settings = (*settings()).clone();
+    settings.whispers = class_d_for(&["110"]);
+    let mut h = Harness::build_with(
+        Arc::new(settings),
+        invite(OFFER, 70),
+        peer("carrier", 5070),
+        "12345",
+        vec![peer_with_platform("hotline", 5080, "12345")],
+    );
+    h.call.set_urgency(Some(UrgencyClass::D));
+    h.answer();
+    h.invite_guest("110");
+    h.respond_to_invite(200, Some(ANSWER));
+    h.callee_sends(9, "BYE", 1);
+    assert!(h.outcome().is_none(), "citizen and agent stay");
+    assert!(h.call.transfer(h.now, Leg::B, "110", Trigger::Api).is_ok());
+    h.advance(Duration::from_millis(800));
+    let guest = Party::guest(0).unwrap_or_else(|| unreachable!());
+    assert!(!h.sent_media(|m| *m == MediaCommand::Join(guest)));
 }
 
 /// The agent left while its guest rang: the guest takes its leg over and hears the whisper as
