@@ -378,3 +378,74 @@ async fn a_transfer_to_busy_desks_waits_in_their_queue_and_overflows_with_the_li
     gateway.stop().await;
     drop(busy_desk);
 }
+
+/// 110 (by command) conferences 12345 into a citizen's call, and 12345's only desk (SIPp)
+/// answers 486: the guest waits in 12345's queue (`QUEUED` with the guest's linkage id) while
+/// citizen and operator talk on; after the 2 s wait it overflows to the remote seat (SIPp,
+/// checking the citizen's number, the dialled 12345 and the linkage), which answers:
+/// `TRANSFER_ANSWERED` with the wait, then the conference starts with three parties.
+#[tokio::test]
+async fn a_conference_guest_waits_in_the_queue_and_joins_from_the_remote_seat() {
+    assert!(sipp_available(), "sipp is not installed");
+    let sipp_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (desk_port, remote_port) = (free_port(), free_port());
+    let busy_desk = sipp_side(sipp_dir.path(), desk_port, "desk_busy.xml", &[]);
+    let remote = sipp_side(
+        sipp_dir.path(),
+        remote_port,
+        "remote_seat_linkage_uas.xml",
+        &["-m", "1"],
+    );
+    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
+    let mut police = Ua::bind("police", LOCALHOST).await;
+    let mut gateway = Gateway::start_with_tables(
+        &[
+            ("carrier", citizen.address, ""),
+            ("police", police.address, "platform = \"110\""),
+            ("hotline", SocketAddr::new(LOCALHOST, desk_port), "platform = \"12345\""),
+            ("remote", SocketAddr::new(LOCALHOST, remote_port), "platform = \"12345\""),
+        ],
+        &[("110", &["police"])],
+        "",
+        "",
+        &format!(
+            "\n[[route]]\nnumber = \"12345\"\npeers = [\"hotline\"]\nqueue_secs = 2\nqueue_retry_secs = 1\n\
+             overflow = [\"remote\"]\n\
+             \n[[platform]]\nname = \"110\"\ntoken = \"token-of-the-110-platform\"\n"
+        ),
+    )
+    .await;
+    for ua in [&mut citizen, &mut police] {
+        ua.set_gateway(gateway.sip);
+    }
+    let mut cad =
+        common::platform::Platform::connect(gateway.grpc, "110", "token-of-the-110-platform", None)
+            .await;
+    let call =
+        common::establish_to("110", "13800138000", &mut citizen, &mut police, &[8], &[8]).await;
+    let call_id = cad.until(EventType::CallAnswered).await.call_id;
+    let result = cad
+        .command(hotline_gateway::workorder::pb::command::Action::Conference(
+            hotline_gateway::workorder::pb::Conference {
+                call_id: call_id.clone(),
+                target: "12345".into(),
+            },
+        ))
+        .await;
+    assert!(result.ok, "{result:?}");
+    let requested = cad.until(EventType::ConferenceRequested).await;
+    let queued = cad.until(EventType::Queued).await;
+    assert_eq!(queued.sip_status, 486);
+    assert_eq!(queued.linkage_id, requested.linkage_id, "the guest waits");
+    let overflowed = cad.until(EventType::QueueOverflowed).await;
+    assert_eq!(overflowed.linkage_id, requested.linkage_id);
+    assert!(overflowed.queue_wait_ms >= 2000, "after the wait");
+    let answered = cad.until(EventType::TransferAnswered).await;
+    assert_eq!(answered.linkage_id, requested.linkage_id);
+    assert!(answered.queue_wait_ms >= 2000, "with the wait");
+    cad.until(EventType::ConferenceStarted).await;
+    common::caller_hangs_up(&mut citizen, &call, &mut [&mut police]).await;
+    succeeds(remote, "remote seat").await;
+    gateway.stop().await;
+    drop(busy_desk);
+}
