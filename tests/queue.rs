@@ -408,11 +408,9 @@ async fn a_conference_guest_waits_in_the_queue_and_joins_from_the_remote_seat() 
         &[("110", &["police"])],
         "",
         "",
-        &format!(
-            "\n[[route]]\nnumber = \"12345\"\npeers = [\"hotline\"]\nqueue_secs = 2\nqueue_retry_secs = 1\n\
-             overflow = [\"remote\"]\n\
-             \n[[platform]]\nname = \"110\"\ntoken = \"token-of-the-110-platform\"\n"
-        ),
+        "\n[[route]]\nnumber = \"12345\"\npeers = [\"hotline\"]\nqueue_secs = 2\nqueue_retry_secs = 1\n\
+         overflow = [\"remote\"]\n\
+         \n[[platform]]\nname = \"110\"\ntoken = \"token-of-the-110-platform\"\n",
     )
     .await;
     for ua in [&mut citizen, &mut police] {
