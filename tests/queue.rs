@@ -279,6 +279,71 @@ async fn a_full_line_overflows_to_a_remote_seat_and_a_waiting_citizen_abandons()
     drop(busy_desk);
 }
 
+/// A citizen (in-process UA) and a 110 operator (in-process UA) on a gateway whose route to
+/// 12345 has a 2 s queue (offered again each second) over one desk that answers 486 to every
+/// INVITE (SIPp, `desk_busy.xml`), overflowing to a remote seat (SIPp,
+/// `remote_seat_linkage_uas.xml` run with `remote_args`); `tables` adds to the configuration.
+struct BusyDeskBehind110 {
+    gateway: Gateway,
+    citizen: Ua,
+    police: Ua,
+    busy_desk: SippSide,
+    remote: SippSide,
+    _sipp_dir: tempfile::TempDir,
+}
+
+impl BusyDeskBehind110 {
+    async fn start(remote_args: &[&str], tables: &str) -> BusyDeskBehind110 {
+        assert!(sipp_available(), "sipp is not installed");
+        let sipp_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (desk_port, remote_port) = (free_port(), free_port());
+        let busy_desk = sipp_side(sipp_dir.path(), desk_port, "desk_busy.xml", &[]);
+        let remote = sipp_side(
+            sipp_dir.path(),
+            remote_port,
+            "remote_seat_linkage_uas.xml",
+            remote_args,
+        );
+        let mut citizen = Ua::bind("carrier", LOCALHOST).await;
+        let mut police = Ua::bind("police", LOCALHOST).await;
+        let gateway = Gateway::start_with_tables(
+            &[
+                ("carrier", citizen.address, ""),
+                ("police", police.address, "platform = \"110\""),
+                (
+                    "hotline",
+                    SocketAddr::new(LOCALHOST, desk_port),
+                    "platform = \"12345\"",
+                ),
+                (
+                    "remote",
+                    SocketAddr::new(LOCALHOST, remote_port),
+                    "platform = \"12345\"",
+                ),
+            ],
+            &[("110", &["police"])],
+            "",
+            "",
+            &format!(
+                "\n[[route]]\nnumber = \"12345\"\npeers = [\"hotline\"]\nqueue_secs = 2\n\
+                 queue_retry_secs = 1\noverflow = [\"remote\"]\n{tables}"
+            ),
+        )
+        .await;
+        for ua in [&mut citizen, &mut police] {
+            ua.set_gateway(gateway.sip);
+        }
+        BusyDeskBehind110 {
+            gateway,
+            citizen,
+            police,
+            busy_desk,
+            remote,
+            _sipp_dir: sipp_dir,
+        }
+    }
+}
+
 /// A 110 operator transfers the citizen to 12345, whose only desk (SIPp) answers 486 to
 /// every INVITE: the transfer waits in 12345's queue (the operator's NOTIFY says 182 Queued,
 /// 12345's stream QUEUED with the transfer's linkage id) while the citizen stays with the
@@ -288,37 +353,14 @@ async fn a_full_line_overflows_to_a_remote_seat_and_a_waiting_citizen_abandons()
 /// TRANSFER_ANSWERED with the wait, and the citizen hears itself through the seat.
 #[tokio::test]
 async fn a_transfer_to_busy_desks_waits_in_their_queue_and_overflows_with_the_linkage() {
-    assert!(sipp_available(), "sipp is not installed");
-    let sipp_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (desk_port, remote_port) = (free_port(), free_port());
-    let busy_desk = sipp_side(sipp_dir.path(), desk_port, "desk_busy.xml", &[]);
-    let remote = sipp_side(
-        sipp_dir.path(),
-        remote_port,
-        "remote_seat_linkage_uas.xml",
-        &["-rtp_echo", "-m", "1"],
-    );
-    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
-    let mut police = Ua::bind("police", LOCALHOST).await;
-    let mut gateway = Gateway::start_with_tables(
-        &[
-            ("carrier", citizen.address, ""),
-            ("police", police.address, "platform = \"110\""),
-            ("hotline", SocketAddr::new(LOCALHOST, desk_port), "platform = \"12345\""),
-            ("remote", SocketAddr::new(LOCALHOST, remote_port), "platform = \"12345\""),
-        ],
-        &[("110", &["police"])],
-        "",
-        "",
-        &format!(
-            "\n[[route]]\nnumber = \"12345\"\npeers = [\"hotline\"]\nqueue_secs = 2\nqueue_retry_secs = 1\n\
-             overflow = [\"remote\"]\n{PLATFORM}"
-        ),
-    )
-    .await;
-    for ua in [&mut citizen, &mut police] {
-        ua.set_gateway(gateway.sip);
-    }
+    let BusyDeskBehind110 {
+        mut gateway,
+        mut citizen,
+        mut police,
+        busy_desk,
+        remote,
+        _sipp_dir,
+    } = BusyDeskBehind110::start(&["-rtp_echo", "-m", "1"], PLATFORM).await;
     let mut platform = common::platform::Platform::connect(
         gateway.grpc,
         "12345",
@@ -386,36 +428,18 @@ async fn a_transfer_to_busy_desks_waits_in_their_queue_and_overflows_with_the_li
 /// `TRANSFER_ANSWERED` with the wait, then the conference starts with three parties.
 #[tokio::test]
 async fn a_conference_guest_waits_in_the_queue_and_joins_from_the_remote_seat() {
-    assert!(sipp_available(), "sipp is not installed");
-    let sipp_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (desk_port, remote_port) = (free_port(), free_port());
-    let busy_desk = sipp_side(sipp_dir.path(), desk_port, "desk_busy.xml", &[]);
-    let remote = sipp_side(
-        sipp_dir.path(),
-        remote_port,
-        "remote_seat_linkage_uas.xml",
+    let BusyDeskBehind110 {
+        mut gateway,
+        mut citizen,
+        mut police,
+        busy_desk,
+        remote,
+        _sipp_dir,
+    } = BusyDeskBehind110::start(
         &["-m", "1"],
-    );
-    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
-    let mut police = Ua::bind("police", LOCALHOST).await;
-    let mut gateway = Gateway::start_with_tables(
-        &[
-            ("carrier", citizen.address, ""),
-            ("police", police.address, "platform = \"110\""),
-            ("hotline", SocketAddr::new(LOCALHOST, desk_port), "platform = \"12345\""),
-            ("remote", SocketAddr::new(LOCALHOST, remote_port), "platform = \"12345\""),
-        ],
-        &[("110", &["police"])],
-        "",
-        "",
-        "\n[[route]]\nnumber = \"12345\"\npeers = [\"hotline\"]\nqueue_secs = 2\nqueue_retry_secs = 1\n\
-         overflow = [\"remote\"]\n\
-         \n[[platform]]\nname = \"110\"\ntoken = \"token-of-the-110-platform\"\n",
+        "\n[[platform]]\nname = \"110\"\ntoken = \"token-of-the-110-platform\"\n",
     )
     .await;
-    for ua in [&mut citizen, &mut police] {
-        ua.set_gateway(gateway.sip);
-    }
     let mut cad =
         common::platform::Platform::connect(gateway.grpc, "110", "token-of-the-110-platform", None)
             .await;

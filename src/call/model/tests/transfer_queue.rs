@@ -72,8 +72,8 @@ fn queued_12345_line(
     (Arc::new(settings), police, hotline, line)
 }
 
-/// A citizen's call to 110, answered; the operator REFERs it to 12345.
-fn referred_to_12345(settings: &Arc<CallSettings>, police: &Arc<Peer>) -> Harness {
+/// A citizen's call to 110, answered.
+fn answered_at_110(settings: &Arc<CallSettings>, police: &Arc<Peer>) -> Harness {
     let mut h = Harness::build_with(
         Arc::clone(settings),
         invite(OFFER, 70),
@@ -82,6 +82,12 @@ fn referred_to_12345(settings: &Arc<CallSettings>, police: &Arc<Peer>) -> Harnes
         vec![Arc::clone(police)],
     );
     h.answer();
+    h
+}
+
+/// A citizen's call to 110, answered; the operator REFERs it to 12345.
+fn referred_to_12345(settings: &Arc<CallSettings>, police: &Arc<Peer>) -> Harness {
+    let mut h = answered_at_110(settings, police);
     h.agent_sends(7, "REFER", 2, "Refer-To: <sip:12345@127.0.0.1>\r\n");
     assert_eq!(statuses(&h.responses(7)), vec![202]);
     h
@@ -294,14 +300,7 @@ fn a_final_refusal_ends_the_wait_and_the_fallback_stands() {
 #[test]
 fn a_conference_guest_waits_in_the_queue_and_joins_on_the_next_offer() {
     let (settings, police, _) = queued_12345(60);
-    let mut h = Harness::build_with(
-        Arc::clone(&settings),
-        invite(OFFER, 70),
-        peer("carrier", 5070),
-        "110",
-        vec![Arc::clone(&police)],
-    );
-    h.answer();
+    let mut h = answered_at_110(&settings, &police);
     h.invite_guest("12345");
     let first = h.last_invite();
     h.respond_to_invite(486, None);
@@ -341,14 +340,7 @@ fn a_conference_guest_waits_in_the_queue_and_joins_on_the_next_offer() {
 fn a_guest_waiting_with_nothing_sent_ends_its_linkage_with_the_call() {
     let (settings, police, hotline) = queued_12345(60);
     let _held = Seat::take(&hotline);
-    let mut h = Harness::build_with(
-        Arc::clone(&settings),
-        invite(OFFER, 70),
-        peer("carrier", 5070),
-        "110",
-        vec![Arc::clone(&police)],
-    );
-    h.answer();
+    let mut h = answered_at_110(&settings, &police);
     h.invite_guest("12345");
     assert_eq!(h.sent(Method::Invite).len(), 1, "nothing to the full desk");
     assert!(matches!(

@@ -38,6 +38,24 @@ fn transfer_with(whispers: Whispers, class: Option<UrgencyClass>) -> Harness {
     h
 }
 
+/// A class D call answered at the hotline, whose agent invites 110 (heard with a whisper) as
+/// a conference guest.
+fn class_d_call_inviting_110() -> Harness {
+    let mut settings = (*settings()).clone();
+    settings.whispers = class_d_for(&["110"]);
+    let mut h = Harness::build_with(
+        Arc::new(settings),
+        invite(OFFER, 70),
+        peer("carrier", 5070),
+        "12345",
+        vec![peer_with_platform("hotline", 5080, "12345")],
+    );
+    h.call.set_urgency(Some(UrgencyClass::D));
+    h.answer();
+    h.invite_guest("110");
+    h
+}
+
 fn announced(h: &Harness, party: Party, prompt: bool) -> bool {
     h.sent_media(|m| match m {
         MediaCommand::Announce(p, Some(Announcement::Prompt(_))) => *p == party && prompt,
@@ -149,18 +167,7 @@ fn nothing_new_starts_during_the_whisper() {
 /// agent talk on meanwhile.
 #[test]
 fn a_conference_guest_hears_the_whisper_before_it_joins() {
-    let mut settings = (*settings()).clone();
-    settings.whispers = class_d_for(&["110"]);
-    let mut h = Harness::build_with(
-        Arc::new(settings),
-        invite(OFFER, 70),
-        peer("carrier", 5070),
-        "12345",
-        vec![peer_with_platform("hotline", 5080, "12345")],
-    );
-    h.call.set_urgency(Some(UrgencyClass::D));
-    h.answer();
-    h.invite_guest("110");
+    let mut h = class_d_call_inviting_110();
     let guest = Party::guest(0).unwrap_or_else(|| unreachable!());
     h.respond_to_invite(200, Some(ANSWER));
     assert!(announced(&h, guest, true), "the guest hears the whisper");
@@ -191,18 +198,7 @@ fn a_conference_guest_hears_the_whisper_before_it_joins() {
 /// start) and it never joins.
 #[test]
 fn a_guest_leaving_during_its_whisper_leaves_nothing_behind() {
-    let mut settings = (*settings()).clone();
-    settings.whispers = class_d_for(&["110"]);
-    let mut h = Harness::build_with(
-        Arc::new(settings),
-        invite(OFFER, 70),
-        peer("carrier", 5070),
-        "12345",
-        vec![peer_with_platform("hotline", 5080, "12345")],
-    );
-    h.call.set_urgency(Some(UrgencyClass::D));
-    h.answer();
-    h.invite_guest("110");
+    let mut h = class_d_call_inviting_110();
     h.respond_to_invite(200, Some(ANSWER));
     h.callee_sends(9, "BYE", 1);
     assert!(h.outcome().is_none(), "citizen and agent stay");
@@ -216,18 +212,7 @@ fn a_guest_leaving_during_its_whisper_leaves_nothing_behind() {
 /// a transfer target does, the citizen kept apart from it until the prompt has played.
 #[test]
 fn a_guest_taking_the_agents_leg_hears_the_whisper_first() {
-    let mut settings = (*settings()).clone();
-    settings.whispers = class_d_for(&["110"]);
-    let mut h = Harness::build_with(
-        Arc::new(settings),
-        invite(OFFER, 70),
-        peer("carrier", 5070),
-        "12345",
-        vec![peer_with_platform("hotline", 5080, "12345")],
-    );
-    h.call.set_urgency(Some(UrgencyClass::D));
-    h.answer();
-    h.invite_guest("110");
+    let mut h = class_d_call_inviting_110();
     h.respond_to_invite(180, None);
     h.agent_sends(8, "BYE", 3, "");
     h.respond_to_invite(200, Some(ANSWER));
