@@ -1,7 +1,8 @@
 //! What the command line prints: pure presentation of what the store reads (the `calls`
-//! table). The store returns records; how an operator sees them is decided here.
+//! table, and its JSON Lines and CSV exports of the call detail records). The store returns
+//! records; how an operator sees them is decided here.
 
-use crate::store::{format_time, CallRecord};
+use crate::store::{format_time, CallDetail, CallRecord};
 
 /// A fixed-width table, one line per call, times in UTC; with a `node` column when the calls
 /// come from a cluster's shared store.
@@ -60,4 +61,318 @@ fn calls_table(records: &[CallRecord]) -> String {
         ));
     }
     out
+}
+
+/// `calls`: the records at `location` as `format` prints them: without `since`, the table of
+/// the newest `limit` (20) calls; with it (json and csv: 24 h by default), every call started
+/// since then, oldest first, at most `limit`.
+///
+/// # Errors
+/// A `since` that is no time, or a store that cannot be read (named).
+pub fn calls(
+    location: &crate::store::StoreLocation,
+    limit: Option<usize>,
+    format: CallsFormat,
+    since: Option<&str>,
+    now_ms: i64,
+) -> Result<String, String> {
+    let since = match (since, format) {
+        (Some(text), _) => Some(parse_since(text, now_ms)?),
+        (None, CallsFormat::Table) => None,
+        (None, _) => Some(parse_since("24h", now_ms)?),
+    };
+    let read = |error| format!("{location}: {error}");
+    let Some(since) = since else {
+        return location
+            .list_calls(limit.unwrap_or(20))
+            .map(|records| format_calls_table(&records))
+            .map_err(read);
+    };
+    let details = location
+        .call_details_since(since, limit.unwrap_or(usize::MAX))
+        .map_err(read)?;
+    Ok(match format {
+        CallsFormat::Table => {
+            let records: Vec<_> = details.into_iter().map(|d| d.call).collect();
+            format_calls_table(&records)
+        }
+        CallsFormat::Json => format_calls_json(&details),
+        CallsFormat::Csv => format_calls_csv(&details),
+    })
+}
+
+/// How `calls` prints the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CallsFormat {
+    /// The fixed-width table, for a person.
+    #[default]
+    Table,
+    /// One JSON object per call and line (JSON Lines), with its linkages.
+    Json,
+    /// RFC 4180 CSV with a header line; the last column holds the linkages as a JSON array.
+    Csv,
+}
+
+impl std::str::FromStr for CallsFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<CallsFormat, String> {
+        match text {
+            "table" => Ok(CallsFormat::Table),
+            "json" => Ok(CallsFormat::Json),
+            "csv" => Ok(CallsFormat::Csv),
+            other => Err(format!("unknown format {other:?} (table, json or csv)")),
+        }
+    }
+}
+
+/// The columns of a call, in the CSV's order and under the JSON's names.
+pub const CALL_FIELDS: [&str; 21] = [
+    "id",
+    "started",
+    "started_at",
+    "answered_at",
+    "ended_at",
+    "caller",
+    "called",
+    "a_peer",
+    "b_peer",
+    "a_interface",
+    "b_interface",
+    "a_call_id",
+    "b_call_id",
+    "ended_by",
+    "end_reason",
+    "final_status",
+    "rtp_a_to_b",
+    "rtp_b_to_a",
+    "rtp_dropped",
+    "node",
+    "recording",
+];
+
+/// A call's fields as JSON values, in [`CALL_FIELDS`] order.
+fn call_values(call: &CallRecord) -> [serde_json::Value; 21] {
+    use serde_json::Value;
+    let text = |s: &str| Value::from(s);
+    let opt_text = |s: &Option<String>| s.as_deref().map_or(Value::Null, Value::from);
+    let opt_ms = |ms: Option<i64>| ms.map_or(Value::Null, Value::from);
+    [
+        text(&call.id),
+        Value::from(crate::calendar::rfc3339(call.started_at)),
+        Value::from(call.started_at),
+        opt_ms(call.answered_at),
+        opt_ms(call.ended_at),
+        text(&call.caller),
+        text(&call.called),
+        text(&call.a_peer),
+        opt_text(&call.b_peer),
+        text(&call.a_interface),
+        opt_text(&call.b_interface),
+        text(&call.a_call_id),
+        opt_text(&call.b_call_id),
+        opt_text(&call.ended_by),
+        opt_text(&call.end_reason),
+        call.final_status.map_or(Value::Null, Value::from),
+        Value::from(call.rtp_a_to_b),
+        Value::from(call.rtp_b_to_a),
+        Value::from(call.rtp_dropped),
+        text(&call.node),
+        opt_text(&call.recording),
+    ]
+}
+
+/// A call's linkages (transfers, conference guests) as a JSON array.
+fn linkages_value(linkages: &[crate::store::LinkageRecord]) -> serde_json::Value {
+    linkages
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "id": l.id,
+                "kind": l.kind,
+                "trigger": l.trigger,
+                "from_platform": l.from_platform,
+                "from_peer": l.from_peer,
+                "to_platform": l.to_platform,
+                "to_peer": l.to_peer,
+                "target": l.target,
+                "requested_at": l.requested_at,
+                "ringing_at": l.ringing_at,
+                "answered_at": l.answered_at,
+                "ended_at": l.ended_at,
+                "outcome": l.outcome,
+                "sip_status": l.sip_status,
+                "incident_number": l.incident_number,
+                "disposition": l.disposition,
+                "replied_at": l.replied_at,
+            })
+        })
+        .collect()
+}
+
+/// One JSON object per line: the call's fields ([`CALL_FIELDS`]) and `linkages`.
+pub fn format_calls_json(details: &[CallDetail]) -> String {
+    let mut out = String::new();
+    for detail in details {
+        let mut object: serde_json::Map<String, serde_json::Value> = CALL_FIELDS
+            .iter()
+            .map(|name| name.to_string())
+            .zip(call_values(&detail.call))
+            .collect();
+        object.insert("linkages".into(), linkages_value(&detail.linkages));
+        out.push_str(&serde_json::Value::Object(object).to_string());
+        out.push('\n');
+    }
+    out
+}
+
+/// CSV (RFC 4180): a header line of [`CALL_FIELDS`] and `linkages`, then a line per call; an
+/// empty cell is a field with no value, `linkages` a JSON array.
+pub fn format_calls_csv(details: &[CallDetail]) -> String {
+    let mut out = CALL_FIELDS.join(",");
+    out.push_str(",linkages\r\n");
+    for detail in details {
+        let cells: Vec<String> = call_values(&detail.call)
+            .iter()
+            .map(|value| match value {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(text) => csv_cell(text),
+                other => other.to_string(),
+            })
+            .chain(std::iter::once(csv_cell(
+                &linkages_value(&detail.linkages).to_string(),
+            )))
+            .collect();
+        out.push_str(&cells.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// A CSV cell: quoted (with quotes doubled) when it holds a comma, a quote or a line break.
+fn csv_cell(text: &str) -> String {
+    if text.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+/// `calls --since`: a span back from `now` (`90s`, `30m`, `24h`, `7d`), a UTC date
+/// (`2026-12-04`), a time (`2026-12-04T08:00`, `...:30`, with `Z` or an offset such as
+/// `+08:00`; none is UTC), or Unix milliseconds. The instant, in Unix ms.
+///
+/// # Errors
+/// What in `text` is none of those.
+pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, String> {
+    let wrong = || {
+        format!("--since {text:?}: expected 24h, 30m, 90s, 7d, 2026-12-04, 2026-12-04T08:00+08:00 or Unix ms")
+    };
+    if let Some(unit) = text.chars().last().filter(|c| "smhd".contains(*c)) {
+        let count: i64 = text[..text.len() - 1].parse().map_err(|_| wrong())?;
+        let ms = match unit {
+            's' => 1000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            _ => 86_400_000,
+        };
+        return count
+            .checked_mul(ms)
+            .and_then(|back| now_ms.checked_sub(back))
+            .ok_or_else(wrong);
+    }
+    if !text.contains('-') {
+        return text.parse().map_err(|_| wrong());
+    }
+    let (date, time) = text.split_once('T').unwrap_or((text, ""));
+    let mut parts = date.splitn(3, '-');
+    let (Some(year), Some(month), Some(day)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(wrong());
+    };
+    let days = match (year.parse(), month.parse(), day.parse()) {
+        (Ok(year), Ok(month), Ok(day)) => {
+            crate::calendar::days_from_civil(year, month, day).ok_or_else(wrong)?
+        }
+        _ => return Err(wrong()),
+    };
+    let (clock, offset_ms) = match time.find(['Z', '+', '-']) {
+        Some(at) => {
+            let zone = &time[at..];
+            let offset = match zone {
+                "Z" => 0,
+                _ => {
+                    let sign = if zone.starts_with('-') { -1 } else { 1 };
+                    let (hours, minutes) = zone[1..].split_once(':').ok_or_else(wrong)?;
+                    let hours: i64 = hours.parse().map_err(|_| wrong())?;
+                    let minutes: i64 = minutes.parse().map_err(|_| wrong())?;
+                    sign * (hours * 3_600_000 + minutes * 60_000)
+                }
+            };
+            (&time[..at], offset)
+        }
+        None => (time, 0),
+    };
+    let mut fields = clock.split(':').filter(|f| !f.is_empty());
+    let mut next = |limit: i64| -> Result<i64, String> {
+        match fields.next() {
+            None => Ok(0),
+            Some(field) => field
+                .parse::<i64>()
+                .ok()
+                .filter(|v| (0..limit).contains(v))
+                .ok_or_else(wrong),
+        }
+    };
+    let (hours, minutes, seconds) = (next(24)?, next(60)?, next(60)?);
+    if fields.next().is_some() {
+        return Err(wrong());
+    }
+    Ok(days * 86_400_000 + hours * 3_600_000 + minutes * 60_000 + seconds * 1000 - offset_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_795_305_600_000; // 2026-11-22T00:00:00Z
+
+    #[test]
+    fn since_takes_spans_dates_times_with_offsets_and_unix_ms() {
+        assert_eq!(parse_since("24h", NOW), Ok(NOW - 86_400_000));
+        assert_eq!(parse_since("30m", NOW), Ok(NOW - 1_800_000));
+        assert_eq!(parse_since("90s", NOW), Ok(NOW - 90_000));
+        assert_eq!(parse_since("7d", NOW), Ok(NOW - 7 * 86_400_000));
+        assert_eq!(parse_since("2026-11-22", NOW), Ok(NOW));
+        assert_eq!(
+            parse_since("2026-11-22T08:00", NOW),
+            Ok(NOW + 8 * 3_600_000)
+        );
+        assert_eq!(parse_since("2026-11-22T08:00+08:00", NOW), Ok(NOW));
+        assert_eq!(
+            parse_since("2026-11-22T08:00:30Z", NOW),
+            Ok(NOW + 8 * 3_600_000 + 30_000)
+        );
+        assert_eq!(parse_since("2026-11-21T19:00-05:00", NOW), Ok(NOW));
+        assert_eq!(parse_since("1795305600000", NOW), Ok(NOW));
+        for bad in [
+            "",
+            "yesterday",
+            "24x",
+            "h",
+            "2026-13-01",
+            "2026-11-22T25:00",
+            "2026-11-22T08:00:00:00",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_since(bad, NOW).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn csv_cells_with_commas_quotes_or_line_breaks_are_quoted() {
+        assert_eq!(csv_cell("plain"), "plain");
+        assert_eq!(csv_cell("a,b"), "\"a,b\"");
+        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_cell("two\nlines"), "\"two\nlines\"");
+    }
 }

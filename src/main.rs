@@ -29,11 +29,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the most recent call records from the store.
+    /// Print call records from the store: the newest as a table, or call detail records
+    /// (with their transfers and conference guests) as JSON Lines or CSV.
     Calls {
-        /// How many calls, newest first.
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
+        /// At most this many calls (default: 20 for the table; every call since `--since` for
+        /// json and csv).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// `table`, `json` (one object per line) or `csv`.
+        #[arg(long, default_value = "table")]
+        format: hotline_gateway::cli::CallsFormat,
+        /// The calls started since then, oldest first: `24h`, `30m`, `7d`, `2026-12-04`,
+        /// `2026-12-04T08:00+08:00` or Unix ms (default: the newest calls for the table, the
+        /// last 24 h for json and csv).
+        #[arg(long)]
+        since: Option<String>,
     },
     /// Follow a platform's work-order events on the running gateway, one line each (never
     /// acknowledges them).
@@ -110,18 +120,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Some(Command::Calls { limit }) = cli.command {
-        let location = config.store.location();
-        return match location.list_calls(limit) {
-            Ok(records) => {
-                print!("{}", hotline_gateway::cli::format_calls_table(&records));
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("hotline-gateway: {location}: {error}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(Command::Calls {
+        limit,
+        format,
+        since,
+    }) = cli.command
+    {
+        return print_calls(&config, limit, format, since.as_deref());
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -170,4 +175,25 @@ fn abort_on_panic() {
         report(info);
         std::process::abort();
     }));
+}
+
+/// `calls`: the records the store holds, as `format` prints them.
+fn print_calls(
+    config: &Config,
+    limit: Option<usize>,
+    format: hotline_gateway::cli::CallsFormat,
+    since: Option<&str>,
+) -> ExitCode {
+    let now = hotline_gateway::store::unix_millis(std::time::SystemTime::now());
+    let location = config.store.location();
+    match hotline_gateway::cli::calls(&location, limit, format, since, now) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("hotline-gateway: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }

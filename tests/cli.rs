@@ -214,3 +214,233 @@ fn check_refuses_interface_addresses_not_on_the_host() {
         "{stderr}"
     );
 }
+
+/// `calls --format json|csv --since`: the call detail records of a store with known calls
+/// (one transferred to 110, with its linkage; one older, outside `--since`) come out in order
+/// and read back as the same records: every field of the call, and its linkages.
+#[test]
+fn calls_export_json_and_csv_round_trip_the_records() {
+    use hotline_gateway::store::{CallRecord, Changes, LinkageRecord};
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("gw.toml");
+    let db = dir.path().join("gw.db");
+    let sample = std::fs::read_to_string("config/gateway.toml").unwrap_or_default();
+    std::fs::write(
+        &config,
+        sample.replace("data/gateway.db", &db.display().to_string()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let call = |id: &str, started_at: i64| CallRecord {
+        id: id.into(),
+        a_call_id: format!("{id}-a@x"),
+        b_call_id: Some(format!("{id}-b@y")),
+        caller: "13800138000".into(),
+        called: "12345".into(),
+        a_peer: "carrier".into(),
+        b_peer: Some("police".into()),
+        a_interface: "default".into(),
+        b_interface: Some("default".into()),
+        started_at,
+        answered_at: Some(started_at + 1000),
+        ended_at: Some(started_at + 61_000),
+        ended_by: Some("caller".into()),
+        end_reason: Some("normal clearing, \"as usual\"".into()),
+        final_status: Some(200),
+        rtp_a_to_b: 3000,
+        rtp_b_to_a: 2999,
+        rtp_dropped: 1,
+        node: String::new(),
+        recording: None,
+    };
+    let (old, transferred) = (call("c0", 1_795_300_000_000), call("c1", 1_795_305_600_000));
+    let linkage = LinkageRecord {
+        id: "lk1".into(),
+        call_id: "c1".into(),
+        from_platform: Some("12345".into()),
+        from_peer: "hotline".into(),
+        to_platform: Some("110".into()),
+        to_peer: Some("police".into()),
+        target: "110".into(),
+        trigger: "refer".into(),
+        kind: "transfer".into(),
+        requested_at: 1_795_305_620_000,
+        ringing_at: Some(1_795_305_620_300),
+        answered_at: Some(1_795_305_623_000),
+        ended_at: Some(1_795_305_623_000),
+        outcome: Some("answered".into()),
+        sip_status: Some(200),
+        incident_number: None,
+        disposition: None,
+        replied_at: None,
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    runtime.block_on(async {
+        let store = hotline_gateway::store::Store::open(&db).unwrap_or_else(|e| panic!("{e}"));
+        for record in [old.clone(), transferred.clone()] {
+            let mut changes = Changes::default();
+            changes.call_started(record.clone());
+            if record.id == "c1" {
+                changes.linkage(linkage.clone());
+            }
+            changes.call_ended(record);
+            store.write(changes).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        store.flush().await.unwrap_or_else(|e| panic!("{e}"));
+    });
+    let export = |format: &str| {
+        let out = gateway()
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "calls",
+                "--format",
+                format,
+                "--since",
+                "2026-11-22T08:00+08:00",
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+
+    let json = export("json");
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "only the call since 2026-11-22 00:00 UTC: {json}"
+    );
+    assert_eq!(call_from_json(&lines[0]), transferred);
+    assert_eq!(lines[0]["started"], "2026-11-22T00:00:00.000Z");
+    let linkages = lines[0]["linkages"].as_array().cloned().unwrap_or_default();
+    assert_eq!(linkages.len(), 1);
+    assert_eq!(linkage_from_json(&linkages[0], "c1"), linkage);
+
+    let csv = export("csv");
+    let rows = csv_rows(&csv);
+    assert_eq!(rows.len(), 2, "a header and the call: {csv}");
+    let object: serde_json::Map<String, serde_json::Value> = rows[0]
+        .iter()
+        .zip(&rows[1])
+        .map(|(name, cell)| {
+            let value = match name.as_str() {
+                _ if cell.is_empty() => serde_json::Value::Null,
+                "started_at" | "answered_at" | "ended_at" | "final_status" | "rtp_a_to_b"
+                | "rtp_b_to_a" | "rtp_dropped" => serde_json::from_str(cell).unwrap_or_default(),
+                "linkages" => serde_json::from_str(cell).unwrap_or_default(),
+                _ => serde_json::Value::from(cell.as_str()),
+            };
+            (name.clone(), value)
+        })
+        .collect();
+    let object = serde_json::Value::Object(object);
+    assert_eq!(call_from_json(&object), transferred, "the CSV's call");
+    assert_eq!(
+        object["linkages"].as_array().map(|l| l
+            .iter()
+            .map(|l| linkage_from_json(l, "c1"))
+            .collect::<Vec<_>>()),
+        Some(vec![linkage.clone()])
+    );
+
+    let bad = gateway()
+        .arg("--config")
+        .arg(&config)
+        .args(["calls", "--format", "json", "--since", "yesterday"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--since \"yesterday\""));
+}
+
+/// A call record read back from its JSON export.
+fn call_from_json(v: &serde_json::Value) -> hotline_gateway::store::CallRecord {
+    let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let opt = |k: &str| v[k].as_str().map(str::to_string);
+    let ms = |k: &str| v[k].as_i64();
+    hotline_gateway::store::CallRecord {
+        id: text("id"),
+        a_call_id: text("a_call_id"),
+        b_call_id: opt("b_call_id"),
+        caller: text("caller"),
+        called: text("called"),
+        a_peer: text("a_peer"),
+        b_peer: opt("b_peer"),
+        a_interface: text("a_interface"),
+        b_interface: opt("b_interface"),
+        started_at: ms("started_at").unwrap_or_default(),
+        answered_at: ms("answered_at"),
+        ended_at: ms("ended_at"),
+        ended_by: opt("ended_by"),
+        end_reason: opt("end_reason"),
+        final_status: v["final_status"].as_u64().map(|s| s as u16),
+        rtp_a_to_b: v["rtp_a_to_b"].as_u64().unwrap_or_default(),
+        rtp_b_to_a: v["rtp_b_to_a"].as_u64().unwrap_or_default(),
+        rtp_dropped: v["rtp_dropped"].as_u64().unwrap_or_default(),
+        node: text("node"),
+        recording: opt("recording"),
+    }
+}
+
+/// A linkage record read back from its JSON export, nested in call `call_id`'s.
+fn linkage_from_json(
+    v: &serde_json::Value,
+    call_id: &str,
+) -> hotline_gateway::store::LinkageRecord {
+    let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let opt = |k: &str| v[k].as_str().map(str::to_string);
+    let ms = |k: &str| v[k].as_i64();
+    hotline_gateway::store::LinkageRecord {
+        id: text("id"),
+        call_id: call_id.to_string(),
+        from_platform: opt("from_platform"),
+        from_peer: text("from_peer"),
+        to_platform: opt("to_platform"),
+        to_peer: opt("to_peer"),
+        target: text("target"),
+        trigger: text("trigger"),
+        kind: text("kind"),
+        requested_at: ms("requested_at").unwrap_or_default(),
+        ringing_at: ms("ringing_at"),
+        answered_at: ms("answered_at"),
+        ended_at: ms("ended_at"),
+        outcome: opt("outcome"),
+        sip_status: v["sip_status"].as_u64().map(|s| s as u16),
+        incident_number: opt("incident_number"),
+        disposition: opt("disposition"),
+        replied_at: ms("replied_at"),
+    }
+}
+
+/// RFC 4180 rows: quoted cells may hold commas, doubled quotes and line breaks.
+fn csv_rows(text: &str) -> Vec<Vec<String>> {
+    let (mut rows, mut row, mut cell) = (Vec::new(), Vec::new(), String::new());
+    let (mut quoted, mut chars) = (false, text.chars().peekable());
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                cell.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => cell.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => row.push(std::mem::take(&mut cell)),
+            (false, '\r') => {}
+            (false, '\n') => {
+                row.push(std::mem::take(&mut cell));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, c) => cell.push(c),
+        }
+    }
+    rows
+}

@@ -1074,6 +1074,26 @@ async fn the_calls_command_lists_every_nodes_calls_with_their_node() {
         .collect();
     nodes.sort();
     assert_eq!(nodes, vec!["gw-a", "gw-b"]);
+    // The CDR export reads the shared store too: every node's call, with its node.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hotline-gateway"))
+        .arg("--config")
+        .arg(&config)
+        .args(["calls", "--format", "json", "--since", "0"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let json = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut nodes: Vec<String> = json
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|record| record["node"].as_str().map(str::to_string))
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, vec!["gw-a", "gw-b"], "{json}");
     // A database it cannot reach is named, without its password.
     postgres.sql("postgres", "SELECT 1");
     drop(postgres);

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use super::{
-    find_linkage, list_blocked, list_calls, postgres, reads, BlockedNumberRecord, CallRecord,
-    DatabaseUrl, LinkageRecord, StoreError,
+    find_linkage, list_blocked, list_calls, postgres, reads, BlockedNumberRecord, CallDetail,
+    CallRecord, DatabaseUrl, LinkageRecord, StoreError,
 };
 
 /// Where the store is: an embedded SQLite file, or a PostgreSQL database shared by a cluster.
@@ -33,6 +33,40 @@ impl StoreLocation {
         match self {
             StoreLocation::File(path) => list_calls(path, limit),
             StoreLocation::Database(url) => postgres::list_calls(&mut url.connect()?, limit),
+        }
+    }
+
+    /// The call detail records of the calls started at or after `since` (Unix ms), oldest
+    /// first, at most `limit`: each call with its linkages (transfers and conference guests).
+    ///
+    /// # Errors
+    /// [`StoreError`] if the store cannot be read.
+    pub fn call_details_since(
+        &self,
+        since: i64,
+        limit: usize,
+    ) -> Result<Vec<CallDetail>, StoreError> {
+        match self {
+            StoreLocation::File(path) => {
+                let connection = reads::open_read_only(path)?;
+                reads::calls_since(&connection, since, limit)?
+                    .into_iter()
+                    .map(|call| {
+                        let linkages = reads::linkages_of(&connection, &call.id)?;
+                        Ok(CallDetail { call, linkages })
+                    })
+                    .collect()
+            }
+            StoreLocation::Database(url) => {
+                let mut client = url.connect()?;
+                postgres::calls_since(&mut client, since, limit)?
+                    .into_iter()
+                    .map(|call| {
+                        let linkages = postgres::linkages_of(&mut client, &call.id)?;
+                        Ok(CallDetail { call, linkages })
+                    })
+                    .collect()
+            }
         }
     }
 

@@ -75,7 +75,8 @@ pub use postgres::DatabaseUrl;
 pub use reader::OutboxReader;
 pub use reads::{find_linkage, list_blocked, list_calls, list_conference_parties, list_linkages};
 pub use records::{
-    BlockedNumberRecord, CallRecord, CallStart, Changes, ConferencePartyRecord, LinkageRecord,
+    BlockedNumberRecord, CallDetail, CallRecord, CallStart, Changes, ConferencePartyRecord,
+    LinkageRecord,
 };
 use writer::{WriteOp, Writer};
 

@@ -86,6 +86,20 @@ pub fn list_calls(path: &Path, limit: usize) -> Result<Vec<CallRecord>, StoreErr
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
+/// The calls started at or after `since` (Unix ms), oldest first, at most `limit`.
+pub(super) fn calls_since(
+    connection: &Connection,
+    since: i64,
+    limit: usize,
+) -> Result<Vec<CallRecord>, StoreError> {
+    let mut statement = connection.prepare(&format!(
+        "SELECT {CALL_COLUMNS} FROM calls WHERE started_at >= ?1 ORDER BY started_at, rowid LIMIT ?2"
+    ))?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = statement.query_map(rusqlite::params![since, limit], call_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
 /// The calls not ended (the `calls_open` index), oldest first.
 pub(super) fn open_calls(connection: &Connection) -> Result<Vec<CallRecord>, StoreError> {
     let mut statement = connection.prepare(&format!(

@@ -37,6 +37,14 @@ pub struct CallRecord {
     pub recording: Option<String>,
 }
 
+/// A call detail record (CDR): the call's record with its linkages (transfers and conference
+/// guests), oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallDetail {
+    pub call: CallRecord,
+    pub linkages: Vec<LinkageRecord>,
+}
+
 /// Who called whom on which call, through which peer: what a call's record holds as it starts.
 #[derive(Debug, Clone, Copy)]
 pub struct CallStart<'a> {

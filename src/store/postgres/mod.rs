@@ -33,8 +33,8 @@ use super::StoreError;
 
 pub(super) use engine::PostgresEngine;
 pub(super) use reads::{
-    active_calls, blocked, close_node, find_linkage, list_blocked, list_calls, oldest, position,
-    positions, read_outbox,
+    active_calls, blocked, calls_since, close_node, find_linkage, linkages_of, list_blocked,
+    list_calls, oldest, position, positions, read_outbox,
 };
 
 /// The channel a commit's newest sequences are announced on.

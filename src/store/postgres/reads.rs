@@ -53,6 +53,23 @@ pub(in crate::store) fn list_calls(
     Ok(rows.iter().map(call_row).collect())
 }
 
+/// The calls of every node started at or after `since` (Unix ms), oldest first, at most
+/// `limit`.
+pub(in crate::store) fn calls_since(
+    client: &mut impl GenericClient,
+    since: i64,
+    limit: usize,
+) -> Result<Vec<CallRecord>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = client.query(
+        &format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE started_at >= $1 ORDER BY started_at, id LIMIT $2"
+        ),
+        &[&since, &limit],
+    )?;
+    Ok(rows.iter().map(call_row).collect())
+}
+
 /// The calls of every node not ended, oldest first.
 pub(in crate::store) fn active_calls(
     client: &mut impl GenericClient,
