@@ -197,6 +197,8 @@ impl From<&SipConfig> for TransportConfig {
             max_tcp_connections_per_source: sip.max_tcp_connections_per_source,
             tcp_reserved_for_peers: sip.tcp_reserved_for_peers,
             tcp_request_timeout: Duration::from_secs(sip.tcp_request_timeout_secs),
+            // `[hep]` is the configuration's, set beside this (`Config::transport`).
+            hep: None,
         }
     }
 }
@@ -373,6 +375,10 @@ impl Config {
                 tls: i.tls,
             })
             .collect();
+        transport.hep = self.hep.map(|hep| crate::sip::hep::HepSettings {
+            collector: hep.address,
+            capture_id: hep.capture_id,
+        });
         transport
     }
 

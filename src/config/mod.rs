@@ -87,6 +87,24 @@ pub struct Config {
     /// `[routing]`: the local time and days the routes' `hours` and `days` are read in.
     #[serde(default)]
     pub routing: RoutingConfig,
+    /// `[hep]`: a copy of every SIP message to a Homer capture server (HEPv3 over UDP).
+    #[serde(default)]
+    pub hep: Option<HepConfig>,
+}
+
+/// `[hep]`: where the copies of the SIP messages go.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HepConfig {
+    /// The capture server's address (Homer's heplify-server listens on 9060).
+    pub address: SocketAddr,
+    /// The capture agent id the server shows for this gateway (default 2001).
+    #[serde(default = "default_hep_capture_id")]
+    pub capture_id: u32,
+}
+
+fn default_hep_capture_id() -> u32 {
+    2001
 }
 
 /// `[announcements]`: WAV files (8000 Hz, mono, 16-bit PCM or G.711 A-law/µ-law, 20 ms to

@@ -757,6 +757,37 @@ fn whisper_files_and_platforms_are_checked() {
     }
 }
 
+/// `[hep]`: the capture server's address, and the capture agent id (2001 by default).
+#[test]
+fn hep_takes_a_concrete_collector_address() {
+    let with = |body: &str| sample() + "\n[hep]\n" + body;
+    match Config::parse(
+        Path::new("test.toml"),
+        &with("address = \"10.0.0.9:9060\"\n"),
+    ) {
+        Ok(config) => {
+            let hep = config.hep.unwrap_or_else(|| panic!("no [hep]"));
+            assert_eq!((hep.address.port(), hep.capture_id), (9060, 2001));
+            assert_eq!(
+                config.transport().hep.map(|h| h.collector),
+                Some(hep.address)
+            );
+        }
+        Err(e) => panic!("{e}"),
+    }
+    for (body, reason) in [
+        ("address = \"0.0.0.0:9060\"\n", "hep.address"),
+        ("address = \"10.0.0.9:0\"\n", "hep.address"),
+        ("address = \"homer\"\n", "hep.address"),
+        ("address = \"10.0.0.9:9060\"\nport = 1\n", "unknown field"),
+    ] {
+        match Config::parse(Path::new("test.toml"), &with(body)) {
+            Ok(_) => panic!("{body} accepted"),
+            Err(e) => assert!(e.to_string().contains(reason), "{e}"),
+        }
+    }
+}
+
 /// The platforms' reserves must leave calls for everyone else.
 #[test]
 fn reserved_calls_leave_room_for_the_rest() {

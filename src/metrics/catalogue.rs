@@ -119,9 +119,13 @@ pub enum Counter {
     /// SIPREC sessions that failed: refused or unanswered INVITEs, dialogs lost, answers with
     /// no stream to send (the calls went on).
     SiprecFailures,
+    /// Copies of SIP messages sent to the HEP collector (`[hep]`).
+    HepSent,
+    /// Copies of SIP messages the HEP collector did not get (queue full, send failed).
+    HepDropped,
 }
 
-pub(super) const COUNTERS: [(Counter, &str, &str); 71] = [
+pub(super) const COUNTERS: [(Counter, &str, &str); 73] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -476,6 +480,16 @@ pub(super) const COUNTERS: [(Counter, &str, &str); 71] = [
         Counter::SiprecFailures,
         "hotline_recording_siprec_failures_total",
         "SIPREC recording sessions refused, unanswered or lost (the calls went on)",
+    ),
+    (
+        Counter::HepSent,
+        "hotline_hep_sent_total",
+        "copies of SIP messages sent to the HEP collector ([hep])",
+    ),
+    (
+        Counter::HepDropped,
+        "hotline_hep_dropped_total",
+        "copies of SIP messages the HEP collector did not get (queue full or send failed; the messages themselves went)",
     ),
 ];
 

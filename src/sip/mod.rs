@@ -8,6 +8,7 @@ pub mod dialog;
 pub mod digest_client;
 pub mod endpoint;
 pub mod guard;
+pub mod hep;
 pub mod message;
 pub mod overload;
 pub mod registration;

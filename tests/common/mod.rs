@@ -232,10 +232,19 @@ impl Gateway {
 
     /// Waits (bounded) until `name` on `/metrics` reads `value`.
     pub(crate) async fn metric_reaches(&self, name: &str, value: f64) {
+        self.metric_until(name, value, |now| now == value).await;
+    }
+
+    /// Waits (bounded) until `name` on `/metrics` reads `value` or more.
+    pub(crate) async fn metric_reaches_at_least(&self, name: &str, value: f64) {
+        self.metric_until(name, value, |now| now >= value).await;
+    }
+
+    async fn metric_until(&self, name: &str, value: f64, enough: impl Fn(f64) -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let now = self.metric(name).await;
-            if now == Some(value) {
+            if now.is_some_and(&enough) {
                 return;
             }
             assert!(

@@ -79,6 +79,14 @@ impl Config {
         self.check_hotkeys(&invalid)?;
         self.check_recording(&invalid, &names)?;
         self.check_announcements(&invalid)?;
+        if let Some(hep) = &self.hep {
+            if hep.address.port() == 0 || hep.address.ip().is_unspecified() {
+                return Err(invalid(
+                    "hep.address".into(),
+                    "must be the capture server's concrete IP:port".into(),
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::hep::Carried;
 use super::message::{self, Frame, Message, ParseError};
 use crate::limits::is_out_of_descriptors;
 use crate::metrics::{Counter, Metrics};
@@ -89,6 +90,8 @@ pub struct TransportConfig {
     /// The first whole message of an inbound connection, and each message from its first byte,
     /// must come within this long.
     pub tcp_request_timeout: Duration,
+    /// `[hep]`: a copy of every message to a capture server.
+    pub hep: Option<super::hep::HepSettings>,
 }
 
 impl TransportConfig {
@@ -155,6 +158,8 @@ pub struct Transport {
     descriptors_logged: Arc<Mutex<Option<Instant>>>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    /// Where copies of the messages go (`[hep]`).
+    hep: Option<super::hep::HepTap>,
 }
 
 /// Sources the guard banned, and until when: their datagrams are dropped before they are
@@ -250,6 +255,11 @@ pub enum TransportError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot open a socket towards the HEP collector {collector}: {source}")]
+    Hep {
+        collector: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl Transport {
@@ -277,7 +287,19 @@ impl Transport {
             bound.push(interface);
             listeners.push(listener);
         }
+        let hep = match config.hep {
+            Some(settings) => Some(
+                super::hep::HepTap::start(settings, Arc::clone(&metrics), shutdown.clone())
+                    .await
+                    .map_err(|source| TransportError::Hep {
+                        collector: settings.collector,
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
         let transport = Transport {
+            hep,
             interfaces: Arc::new(Interfaces {
                 default,
                 more: bound,
@@ -336,6 +358,13 @@ impl Transport {
         &self.interfaces.get_or_default(interface).udp
     }
 
+    /// The interface's SIP address, as a copy of a message through it names our side.
+    fn local_of(&self, interface: InterfaceId) -> SocketAddr {
+        self.udp(interface)
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
     /// The sources dropped before parsing (the endpoint's guard fills it).
     pub fn bans(&self) -> &Bans {
         &self.bans
@@ -344,6 +373,16 @@ impl Transport {
     /// Sends `bytes` to `target` without waiting.
     pub fn send(&self, target: Target, bytes: Bytes) {
         self.metrics.increment(Counter::SipMessagesSent);
+        if let Some(hep) = &self.hep {
+            let (interface, address, carried) = match target {
+                Target::Udp(interface, address) => (interface, address, Carried::Udp),
+                Target::Connection(interface, _, address)
+                | Target::Tcp(interface, address)
+                | Target::TlsConnection(interface, _, address)
+                | Target::Tls(interface, address) => (interface, address, Carried::Tcp),
+            };
+            hep.capture(self.local_of(interface), address, carried, &bytes);
+        }
         match target {
             Target::Udp(interface, address) => {
                 if let Err(e) = self.udp(interface).try_send_to(&bytes, address) {
@@ -407,6 +446,9 @@ impl Transport {
             {
                 self.metrics.increment(Counter::SipDroppedBanned);
                 continue;
+            }
+            if let Some(hep) = &self.hep {
+                hep.capture(source, self.local_of(interface), Carried::Udp, datagram);
             }
             let inbound = Inbound {
                 received: transport_now(),

@@ -297,6 +297,10 @@ impl Transport {
                     Ok(Frame::Message { length }) => {
                         deadline = None;
                         let bytes = buffer.split_to(length);
+                        if let Some(hep) = &self.hep {
+                            let local = self.local_of(flow.interface());
+                            hep.capture(address, local, Carried::Tcp, &bytes);
+                        }
                         let inbound = Inbound {
                             received: transport_now(),
                             message: message::parse_with(&bytes, || self.charset_of(address)),

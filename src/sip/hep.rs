@@ -1,0 +1,279 @@
+//! HEP (the Homer Encapsulation Protocol), version 3: a copy of every SIP message the gateway
+//! receives and sends, with its addresses, transport and time, and its Call-ID as the
+//! correlation id, sent over UDP to a capture server (Homer, `[hep] address`).
+//!
+//! Never in the signalling's way: a message is encoded where it passes and queued to a task
+//! that sends it; a full queue or a collector that does not listen loses the copy (counted),
+//! never the message.
+//!
+//! The chunks (HEP3 "Chunk types"): 1 IP family, 2 IP protocol, 3/4 IPv4 source and
+//! destination (5/6 for IPv6), 7/8 ports, 9/10 seconds and microseconds, 11 protocol type
+//! (1: SIP), 12 capture agent id, 15 payload, 17 correlation id; each `vendor 0, type,
+//! length` (6 octets with the length counting them) before its value, all after "HEP3" and
+//! the whole packet's length.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{Counter, Metrics};
+
+/// Copies waiting to be sent; beyond, new ones are dropped (a collector that cannot keep up).
+const QUEUE: usize = 8192;
+
+/// `[hep]`: where the copies go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HepSettings {
+    pub collector: SocketAddr,
+    /// The capture agent id the collector shows (chunk 12).
+    pub capture_id: u32,
+}
+
+/// How the message travelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carried {
+    Udp,
+    /// TCP, or TLS over it (the copy is the message, in the clear).
+    Tcp,
+}
+
+/// Where the transport hands its copies. Cheap to clone.
+#[derive(Clone)]
+pub struct HepTap {
+    queue: mpsc::Sender<Bytes>,
+    capture_id: u32,
+    metrics: Arc<Metrics>,
+}
+
+impl HepTap {
+    /// Binds a UDP socket towards the collector and starts the task that sends the copies.
+    ///
+    /// # Errors
+    /// The socket cannot be bound.
+    pub async fn start(
+        settings: HepSettings,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<HepTap> {
+        let any: SocketAddr = match settings.collector {
+            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = UdpSocket::bind(any).await?;
+        let (queue, mut copies) = mpsc::channel::<Bytes>(QUEUE);
+        let sender_metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            loop {
+                let copy = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    copy = copies.recv() => copy,
+                };
+                let Some(copy) = copy else { return };
+                match socket.send_to(&copy, settings.collector).await {
+                    Ok(_) => sender_metrics.increment(Counter::HepSent),
+                    // An unreachable collector (ICMP) or a full buffer: the copy is lost.
+                    Err(_) => sender_metrics.increment(Counter::HepDropped),
+                }
+            }
+        });
+        Ok(HepTap {
+            queue,
+            capture_id: settings.capture_id,
+            metrics,
+        })
+    }
+
+    /// A copy of `message`, which went from `source` to `destination`, for the collector.
+    pub fn capture(
+        &self,
+        source: SocketAddr,
+        destination: SocketAddr,
+        carried: Carried,
+        message: &[u8],
+    ) {
+        let packet = encode(
+            source,
+            destination,
+            carried,
+            SystemTime::now(),
+            self.capture_id,
+            message,
+        );
+        if self.queue.try_send(Bytes::from(packet)).is_err() {
+            self.metrics.increment(Counter::HepDropped);
+        }
+    }
+}
+
+/// The HEPv3 packet of `message` as it passed at `time`.
+pub fn encode(
+    source: SocketAddr,
+    destination: SocketAddr,
+    carried: Carried,
+    time: SystemTime,
+    capture_id: u32,
+    message: &[u8],
+) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(message.len() + 128);
+    packet.extend_from_slice(b"HEP3");
+    packet.extend_from_slice(&[0, 0]); // the total length, set below
+    let family = match (source.ip(), destination.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => 2u8,
+        _ => 10,
+    };
+    chunk(&mut packet, 1, &[family]);
+    let protocol = match carried {
+        Carried::Udp => 17u8,
+        Carried::Tcp => 6,
+    };
+    chunk(&mut packet, 2, &[protocol]);
+    match (source.ip(), destination.ip()) {
+        (IpAddr::V4(from), IpAddr::V4(to)) => {
+            chunk(&mut packet, 3, &from.octets());
+            chunk(&mut packet, 4, &to.octets());
+        }
+        (from, to) => {
+            chunk(&mut packet, 5, &v6(from).octets());
+            chunk(&mut packet, 6, &v6(to).octets());
+        }
+    }
+    chunk(&mut packet, 7, &source.port().to_be_bytes());
+    chunk(&mut packet, 8, &destination.port().to_be_bytes());
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let seconds = u32::try_from(since.as_secs()).unwrap_or(u32::MAX);
+    chunk(&mut packet, 9, &seconds.to_be_bytes());
+    chunk(&mut packet, 10, &since.subsec_micros().to_be_bytes());
+    chunk(&mut packet, 11, &[1]); // SIP
+    chunk(&mut packet, 12, &capture_id.to_be_bytes());
+    // A message too big for one packet is cut (a SIP message over UDP is far smaller).
+    let room = usize::from(u16::MAX) - packet.len() - 6 * 2 - 256;
+    chunk(&mut packet, 15, &message[..message.len().min(room)]);
+    if let Some(call_id) = call_id(message) {
+        chunk(&mut packet, 17, &call_id[..call_id.len().min(255)]);
+    }
+    let length = u16::try_from(packet.len()).unwrap_or(u16::MAX);
+    packet[4..6].copy_from_slice(&length.to_be_bytes());
+    packet
+}
+
+fn v6(ip: IpAddr) -> std::net::Ipv6Addr {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+}
+
+/// One chunk: vendor 0 (generic), `kind`, its length with the 6-octet header, the value.
+fn chunk(packet: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    let length = u16::try_from(value.len() + 6).unwrap_or(u16::MAX);
+    packet.extend_from_slice(&0u16.to_be_bytes());
+    packet.extend_from_slice(&kind.to_be_bytes());
+    packet.extend_from_slice(&length.to_be_bytes());
+    packet.extend_from_slice(value);
+}
+
+/// The Call-ID header's value (`Call-ID:` or its compact form `i:`, RFC 3261 §7.3.3) among
+/// the message's headers, without parsing the rest.
+fn call_id(message: &[u8]) -> Option<&[u8]> {
+    let head = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(message, |end| &message[..end]);
+    head.split(|b| *b == b'\n').skip(1).find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|b| *b == b':')?;
+        let name = line[..colon].trim_ascii();
+        (name.eq_ignore_ascii_case(b"call-id") || name.eq_ignore_ascii_case(b"i"))
+            .then(|| line[colon + 1..].trim_ascii())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chunks of a HEPv3 packet by type, after checking its header and lengths.
+    pub(crate) fn decode(packet: &[u8]) -> Option<Vec<(u16, Vec<u8>)>> {
+        if packet.get(..4)? != b"HEP3" {
+            return None;
+        }
+        let total = usize::from(u16::from_be_bytes([*packet.get(4)?, *packet.get(5)?]));
+        if total != packet.len() {
+            return None;
+        }
+        let mut chunks = Vec::new();
+        let mut at = 6;
+        while at < packet.len() {
+            let header = packet.get(at..at + 6)?;
+            let kind = u16::from_be_bytes([header[2], header[3]]);
+            let length = usize::from(u16::from_be_bytes([header[4], header[5]]));
+            chunks.push((kind, packet.get(at + 6..at + length)?.to_vec()));
+            at += length;
+        }
+        Some(chunks)
+    }
+
+    #[test]
+    fn a_message_is_encoded_with_its_addresses_time_and_call_id() {
+        let message = b"INVITE sip:110@gw SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1\r\ni: abc@host\r\n\r\nv=0\r\nCall-ID: not-this\r\n";
+        let time = UNIX_EPOCH + std::time::Duration::from_micros(1_795_305_600_123_456);
+        let packet = encode(
+            "10.0.0.1:5070".parse().unwrap_or_else(|_| unreachable!()),
+            "10.0.0.2:5060".parse().unwrap_or_else(|_| unreachable!()),
+            Carried::Udp,
+            time,
+            2001,
+            message,
+        );
+        let chunks = decode(&packet).unwrap_or_else(|| panic!("not HEPv3"));
+        let value = |kind| {
+            chunks
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(value(1), [2], "IPv4");
+        assert_eq!(value(2), [17], "UDP");
+        assert_eq!(value(3), [10, 0, 0, 1]);
+        assert_eq!(value(4), [10, 0, 0, 2]);
+        assert_eq!(value(7), 5070u16.to_be_bytes());
+        assert_eq!(value(8), 5060u16.to_be_bytes());
+        assert_eq!(value(9), 1_795_305_600u32.to_be_bytes());
+        assert_eq!(value(10), 123_456u32.to_be_bytes());
+        assert_eq!(value(11), [1], "SIP");
+        assert_eq!(value(12), 2001u32.to_be_bytes());
+        assert_eq!(value(15), message.to_vec());
+        assert_eq!(
+            value(17),
+            b"abc@host".to_vec(),
+            "the header's, not the body's"
+        );
+    }
+
+    #[test]
+    fn ipv6_and_tcp_and_a_message_without_call_id() {
+        let packet = encode(
+            "[2001:db8::1]:5061"
+                .parse()
+                .unwrap_or_else(|_| unreachable!()),
+            "[2001:db8::2]:5060"
+                .parse()
+                .unwrap_or_else(|_| unreachable!()),
+            Carried::Tcp,
+            UNIX_EPOCH,
+            1,
+            b"garbage",
+        );
+        let chunks = decode(&packet).unwrap_or_else(|| panic!("not HEPv3"));
+        let kinds: Vec<u16> = chunks.iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, vec![1, 2, 5, 6, 7, 8, 9, 10, 11, 12, 15]);
+        assert_eq!(chunks[0].1, [10]);
+        assert_eq!(chunks[1].1, [6]);
+    }
+}
