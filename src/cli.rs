@@ -330,6 +330,81 @@ pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, String> {
     Ok(days * 86_400_000 + hours * 3_600_000 + minutes * 60_000 + seconds * 1000 - offset_ms)
 }
 
+/// `stats`: the figures of the calls started since `since` (default 24 h) at `location`;
+/// `platform_of` names a peer's platform, `within_secs` is the service level.
+///
+/// # Errors
+/// A `since` that is no time, or a store that cannot be read (named).
+pub fn stats(
+    location: &crate::store::StoreLocation,
+    platform_of: impl Fn(&str) -> Option<String>,
+    since: Option<&str>,
+    within_secs: u64,
+    now_ms: i64,
+) -> Result<String, String> {
+    let since = parse_since(since.unwrap_or("24h"), now_ms)?;
+    let details = location
+        .call_details_since(since, usize::MAX)
+        .map_err(|error| format!("{location}: {error}"))?;
+    let figures = crate::stats::figures(&details, platform_of, within_secs);
+    Ok(format_stats(&figures, since))
+}
+
+/// The figures as three tables: by platform, by desk, and the linkages.
+pub fn format_stats(figures: &crate::stats::Figures, since: i64) -> String {
+    let percent = |value: Option<f64>| value.map_or("-".to_string(), |v| format!("{v:.1}%"));
+    let seconds =
+        |ms: Option<i64>| ms.map_or("-".to_string(), |ms| format!("{:.1}", ms as f64 / 1000.0));
+    let within = figures.within_secs;
+    let mut out = format!("calls since {} (UTC)\n\n", format_time(since));
+    for (title, rows) in [("platform", &figures.platforms), ("desk", &figures.desks)] {
+        out.push_str(&format!(
+            "{title:<12} {:>8} {:>8} {:>9} {:>11} {:>10} {:>12}\n",
+            "offered",
+            "answered",
+            "abandoned",
+            "answer rate",
+            format!("<= {within} s"),
+            "answer p50 s"
+        ));
+        for (name, row) in rows {
+            out.push_str(&format!(
+                "{name:<12} {:>8} {:>8} {:>9} {:>11} {:>10} {:>12}\n",
+                row.offered,
+                row.answered,
+                row.abandoned,
+                percent(row.answer_rate()),
+                percent(row.service_level()),
+                seconds(row.median_answer_ms()),
+            ));
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "{:<11} {:<8} {:<8} {:>9} {:>9} {:>6} {:>12}  failed by status\n",
+        "linkage", "from", "to", "requested", "connected", "failed", "answer p50 s"
+    ));
+    for (key, row) in &figures.linkages {
+        let causes: Vec<String> = row
+            .failed
+            .iter()
+            .map(|(status, count)| format!("{status}: {count}"))
+            .collect();
+        out.push_str(&format!(
+            "{:<11} {:<8} {:<8} {:>9} {:>9} {:>6} {:>12}  {}\n",
+            key.kind,
+            key.from,
+            key.to,
+            row.requested,
+            row.connected,
+            row.failed_total(),
+            seconds(row.median_answer_ms()),
+            causes.join(", ")
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

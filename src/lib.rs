@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod routing;
 pub mod shutdown;
 pub mod sip;
+pub mod stats;
 pub mod store;
 pub mod workorder;
 

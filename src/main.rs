@@ -45,6 +45,16 @@ enum Command {
         #[arg(long)]
         since: Option<String>,
     },
+    /// The figures of the calls in the store: per platform and desk, offered, answered,
+    /// abandoned, the answer rate and service level; the linkages by kind and direction.
+    Stats {
+        /// The calls started since then (as `calls --since`; default 24h).
+        #[arg(long)]
+        since: Option<String>,
+        /// The service level: answered within this many seconds.
+        #[arg(long, default_value_t = 20)]
+        within: u64,
+    },
     /// Follow a platform's work-order events on the running gateway, one line each (never
     /// acknowledges them).
     Events {
@@ -114,6 +124,32 @@ fn main() -> ExitCode {
             &link, platform, options, &mut out,
         )) {
             Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("hotline-gateway: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Command::Stats { since, within }) = &cli.command {
+        let now = hotline_gateway::store::unix_millis(std::time::SystemTime::now());
+        let peers: std::collections::HashMap<String, Option<String>> = config
+            .peers
+            .iter()
+            .map(|p| (p.name.clone(), p.platform.clone()))
+            .collect();
+        let platform_of = |peer: &str| peers.get(peer).cloned().flatten();
+        let location = config.store.location();
+        return match hotline_gateway::cli::stats(
+            &location,
+            platform_of,
+            since.as_deref(),
+            *within,
+            now,
+        ) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
             Err(error) => {
                 eprintln!("hotline-gateway: {error}");
                 ExitCode::FAILURE

@@ -444,3 +444,123 @@ fn csv_rows(text: &str) -> Vec<Vec<String>> {
     }
     rows
 }
+
+/// `stats` on a store with known calls: three offered to 12345's desk (answered at 5 s,
+/// answered at 30 s, abandoned) and one to 110, a transfer to 110 that connected after 3 s and
+/// one that failed 486: the known answer rates, service level (20 s) and linkage table.
+#[test]
+fn stats_gives_the_known_answer_rate_and_linkage_table() {
+    use hotline_gateway::store::{CallRecord, Changes, LinkageRecord};
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("gw.toml");
+    let db = dir.path().join("gw.db");
+    let sample = std::fs::read_to_string("config/gateway.toml").unwrap_or_default();
+    std::fs::write(
+        &config,
+        sample.replace("data/gateway.db", &db.display().to_string()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let start = 1_795_305_600_000;
+    let call = |id: &str, desk: &str, answered_after: Option<i64>, ended_by: &str| CallRecord {
+        id: id.into(),
+        a_call_id: format!("{id}@a"),
+        b_call_id: None,
+        caller: "13800138000".into(),
+        called: "12345".into(),
+        a_peer: "carrier".into(),
+        b_peer: Some(desk.into()),
+        a_interface: "default".into(),
+        b_interface: None,
+        started_at: start,
+        answered_at: answered_after.map(|ms| start + ms),
+        ended_at: Some(start + 60_000),
+        ended_by: Some(ended_by.into()),
+        end_reason: None,
+        final_status: None,
+        rtp_a_to_b: 0,
+        rtp_b_to_a: 0,
+        rtp_dropped: 0,
+        node: String::new(),
+        recording: None,
+    };
+    let linkage = |id: &str, answered: bool| LinkageRecord {
+        id: id.into(),
+        call_id: "c1".into(),
+        from_platform: Some("12345".into()),
+        from_peer: "hotline".into(),
+        to_platform: Some("110".into()),
+        to_peer: Some("police".into()),
+        target: "110".into(),
+        trigger: "refer".into(),
+        kind: "transfer".into(),
+        requested_at: start + 10_000,
+        ringing_at: None,
+        answered_at: answered.then_some(start + 13_000),
+        ended_at: Some(start + 13_000),
+        outcome: Some(if answered { "answered" } else { "failed" }.into()),
+        sip_status: Some(if answered { 200 } else { 486 }),
+        incident_number: None,
+        disposition: None,
+        replied_at: None,
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    runtime.block_on(async {
+        let store = hotline_gateway::store::Store::open(&db).unwrap_or_else(|e| panic!("{e}"));
+        let mut changes = Changes::default();
+        for record in [
+            call("c1", "hotline", Some(5_000), "callee"),
+            call("c2", "hotline", Some(30_000), "caller"),
+            call("c3", "hotline", None, "caller"),
+            call("c4", "police", Some(2_000), "caller"),
+        ] {
+            changes.call_started(record.clone());
+            changes.call_ended(record);
+        }
+        changes.linkage(linkage("l1", false));
+        changes.linkage(linkage("l2", true));
+        store.write(changes).await.unwrap_or_else(|e| panic!("{e}"));
+        store.flush().await.unwrap_or_else(|e| panic!("{e}"));
+    });
+    let out = gateway()
+        .arg("--config")
+        .arg(&config)
+        .args(["stats", "--since", "2026-11-22"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |first: &str| -> Vec<String> {
+        text.lines()
+            .find(|line| line.split_whitespace().next() == Some(first))
+            .unwrap_or_else(|| panic!("no {first} row: {text}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    // offered, answered, abandoned, answer rate, <= 20 s, answer p50 s
+    assert_eq!(
+        row("12345")[1..],
+        ["3", "2", "1", "66.7%", "33.3%", "5.0"],
+        "{text}"
+    );
+    assert_eq!(
+        row("110")[1..],
+        ["1", "1", "0", "100.0%", "100.0%", "2.0"],
+        "{text}"
+    );
+    assert_eq!(
+        row("hotline")[1..],
+        ["3", "2", "1", "66.7%", "33.3%", "5.0"],
+        "{text}"
+    );
+    // kind, from, to, requested, connected, failed, answer p50 s, failed by status
+    assert_eq!(
+        row("transfer")[1..],
+        ["12345", "110", "2", "1", "1", "3.0", "486:", "1"],
+        "{text}"
+    );
+}

@@ -1,0 +1,269 @@
+//! The figures the centres are assessed by, computed from the records the gateway writes (no
+//! second source): per platform and per desk (the peer a call was offered to), calls offered,
+//! answered, abandoned (the caller hung up first) and answered within the service level's
+//! seconds, with the answer rate and the median time to answer; per linkage kind and
+//! direction (12345→110, 110→12345, to 119 ...), requested, connected and failed by status,
+//! with the median time from the request to the target's answer. Pure: records in, figures
+//! out; `hotline-gateway stats` prints them.
+
+use std::collections::BTreeMap;
+
+use crate::store::CallDetail;
+
+/// One row of calls: those offered to a platform, or to a desk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallFigures {
+    pub offered: u64,
+    pub answered: u64,
+    /// The caller hung up before any desk answered.
+    pub abandoned: u64,
+    /// Answered within the service level's seconds of the call's start.
+    pub answered_within: u64,
+    /// Milliseconds from the call's start to its answer, of each answered call.
+    answer_ms: Vec<i64>,
+}
+
+impl CallFigures {
+    /// Answered of offered (人工接通率), in percent; None with nothing offered.
+    pub fn answer_rate(&self) -> Option<f64> {
+        (self.offered > 0).then(|| self.answered as f64 * 100.0 / self.offered as f64)
+    }
+
+    /// Answered within the service level of offered, in percent.
+    pub fn service_level(&self) -> Option<f64> {
+        (self.offered > 0).then(|| self.answered_within as f64 * 100.0 / self.offered as f64)
+    }
+
+    /// The median time from the call's start to its answer.
+    pub fn median_answer_ms(&self) -> Option<i64> {
+        median(&self.answer_ms)
+    }
+}
+
+/// One row of linkages: a kind in one direction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkageFigures {
+    pub requested: u64,
+    pub connected: u64,
+    /// Failed, by the SIP status they failed with (0: none known).
+    pub failed: BTreeMap<u16, u64>,
+    /// Milliseconds from the request to the target's answer, of each connected linkage.
+    answer_ms: Vec<i64>,
+}
+
+impl LinkageFigures {
+    pub fn failed_total(&self) -> u64 {
+        self.failed.values().sum()
+    }
+
+    /// The median time from the request to the target's answer.
+    pub fn median_answer_ms(&self) -> Option<i64> {
+        median(&self.answer_ms)
+    }
+}
+
+/// A linkage's row: its kind (`transfer`, `conference`) and direction.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LinkageKey {
+    pub kind: String,
+    /// The platform it left from (the agent's), or `-`.
+    pub from: String,
+    /// The platform it went to, or the number when it has none (119, 120 ...).
+    pub to: String,
+}
+
+/// The figures of a span of calls.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Figures {
+    /// By the platform of the desk the call was offered to (`-`: none, or no desk tried).
+    pub platforms: BTreeMap<String, CallFigures>,
+    /// By that desk (the peer).
+    pub desks: BTreeMap<String, CallFigures>,
+    pub linkages: BTreeMap<LinkageKey, LinkageFigures>,
+    /// The service level's seconds.
+    pub within_secs: u64,
+}
+
+/// The figures of `details`; `platform_of` names a peer's platform (from the configuration).
+pub fn figures(
+    details: &[CallDetail],
+    platform_of: impl Fn(&str) -> Option<String>,
+    within_secs: u64,
+) -> Figures {
+    let mut figures = Figures {
+        within_secs,
+        ..Figures::default()
+    };
+    for detail in details {
+        let call = &detail.call;
+        let desk = call.b_peer.clone().unwrap_or_else(|| "-".into());
+        let platform = call
+            .b_peer
+            .as_deref()
+            .and_then(&platform_of)
+            .unwrap_or_else(|| "-".into());
+        for row in [
+            figures.platforms.entry(platform).or_default(),
+            figures.desks.entry(desk).or_default(),
+        ] {
+            row.offered += 1;
+            match call.answered_at {
+                Some(answered) => {
+                    let waited = answered - call.started_at;
+                    row.answered += 1;
+                    row.answer_ms.push(waited);
+                    if waited <= within_secs as i64 * 1000 {
+                        row.answered_within += 1;
+                    }
+                }
+                None if call.ended_by.as_deref() == Some("caller") => row.abandoned += 1,
+                None => {}
+            }
+        }
+        for linkage in &detail.linkages {
+            let key = LinkageKey {
+                kind: linkage.kind.clone(),
+                from: linkage.from_platform.clone().unwrap_or_else(|| "-".into()),
+                to: linkage
+                    .to_platform
+                    .clone()
+                    .unwrap_or_else(|| linkage.target.clone()),
+            };
+            let row = figures.linkages.entry(key).or_default();
+            row.requested += 1;
+            match (linkage.outcome.as_deref(), linkage.answered_at) {
+                (Some("answered"), Some(answered)) => {
+                    row.connected += 1;
+                    row.answer_ms.push(answered - linkage.requested_at);
+                }
+                (Some("answered"), None) => row.connected += 1,
+                (Some(_), _) => {
+                    *row.failed
+                        .entry(linkage.sip_status.unwrap_or(0))
+                        .or_default() += 1;
+                }
+                // Still under way.
+                (None, _) => {}
+            }
+        }
+    }
+    figures
+}
+
+fn median(values: &[i64]) -> Option<i64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted.get(sorted.len().checked_sub(1)? / 2).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{CallRecord, LinkageRecord};
+
+    fn call(id: &str, desk: &str, answered_after: Option<i64>, ended_by: &str) -> CallDetail {
+        CallDetail {
+            call: CallRecord {
+                id: id.into(),
+                a_call_id: format!("{id}@a"),
+                b_call_id: None,
+                caller: "13800138000".into(),
+                called: "12345".into(),
+                a_peer: "carrier".into(),
+                b_peer: Some(desk.into()),
+                a_interface: "default".into(),
+                b_interface: None,
+                started_at: 1_000_000,
+                answered_at: answered_after.map(|ms| 1_000_000 + ms),
+                ended_at: Some(2_000_000),
+                ended_by: Some(ended_by.into()),
+                end_reason: None,
+                final_status: None,
+                rtp_a_to_b: 0,
+                rtp_b_to_a: 0,
+                rtp_dropped: 0,
+                node: String::new(),
+                recording: None,
+            },
+            linkages: Vec::new(),
+        }
+    }
+
+    fn linkage(to: &str, outcome: &str, status: u16, answer_after: Option<i64>) -> LinkageRecord {
+        LinkageRecord {
+            id: "l".into(),
+            call_id: "c".into(),
+            from_platform: Some("12345".into()),
+            from_peer: "hotline".into(),
+            to_platform: (to == "110").then(|| "110".into()),
+            to_peer: Some("police".into()),
+            target: to.into(),
+            trigger: "refer".into(),
+            kind: "transfer".into(),
+            requested_at: 5_000,
+            ringing_at: None,
+            answered_at: answer_after.map(|ms| 5_000 + ms),
+            ended_at: Some(9_000),
+            outcome: Some(outcome.into()),
+            sip_status: Some(status),
+            incident_number: None,
+            disposition: None,
+            replied_at: None,
+        }
+    }
+
+    /// Four calls to 12345's desk (answered at 5 s and 30 s, one abandoned, one failed busy)
+    /// and one to 110: the answer rate, the service level at 20 s, the abandons; the
+    /// linkages by direction with their failures by status and median answer time.
+    #[test]
+    fn the_answer_rate_service_level_and_linkage_table() {
+        let platform_of = |peer: &str| match peer {
+            "hotline" => Some("12345".to_string()),
+            "police" => Some("110".to_string()),
+            _ => None,
+        };
+        let mut transferred = call("c1", "hotline", Some(5_000), "callee");
+        transferred.linkages = vec![
+            linkage("110", "answered", 200, Some(3_000)),
+            linkage("110", "failed", 486, None),
+            linkage("119", "failed", 408, None),
+        ];
+        let details = vec![
+            transferred,
+            call("c2", "hotline", Some(30_000), "caller"),
+            call("c3", "hotline", None, "caller"),
+            call("c4", "hotline", None, "callee"),
+            call("c5", "police", Some(2_000), "caller"),
+        ];
+        let figures = figures(&details, platform_of, 20);
+        let hotline = &figures.platforms["12345"];
+        assert_eq!(
+            (
+                hotline.offered,
+                hotline.answered,
+                hotline.abandoned,
+                hotline.answered_within
+            ),
+            (4, 2, 1, 1)
+        );
+        assert_eq!(hotline.answer_rate(), Some(50.0));
+        assert_eq!(hotline.service_level(), Some(25.0));
+        assert_eq!(hotline.median_answer_ms(), Some(5_000));
+        assert_eq!(figures.platforms["110"].answer_rate(), Some(100.0));
+        assert_eq!(figures.desks["hotline"], *hotline);
+        let to_110 = &figures.linkages[&LinkageKey {
+            kind: "transfer".into(),
+            from: "12345".into(),
+            to: "110".into(),
+        }];
+        assert_eq!((to_110.requested, to_110.connected), (2, 1));
+        assert_eq!(to_110.failed, BTreeMap::from([(486, 1)]));
+        assert_eq!(to_110.median_answer_ms(), Some(3_000));
+        let to_119 = &figures.linkages[&LinkageKey {
+            kind: "transfer".into(),
+            from: "12345".into(),
+            to: "119".into(),
+        }];
+        assert_eq!((to_119.requested, to_119.failed_total()), (1, 1));
+    }
+}
