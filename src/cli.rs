@@ -2,7 +2,7 @@
 //! table, and its JSON Lines and CSV exports of the call detail records). The store returns
 //! records; how an operator sees them is decided here.
 
-use crate::store::{format_time, CallDetail, CallRecord};
+use crate::store::{format_time, CallRecord};
 
 /// A fixed-width table, one line per call, times in UTC; with a `node` column when the calls
 /// come from a cluster's shared store.
@@ -96,8 +96,8 @@ pub fn calls(
             let records: Vec<_> = details.into_iter().map(|d| d.call).collect();
             format_calls_table(&records)
         }
-        CallsFormat::Json => format_calls_json(&details),
-        CallsFormat::Csv => format_calls_csv(&details),
+        CallsFormat::Json => crate::cdr::json_lines(&details),
+        CallsFormat::Csv => crate::cdr::csv(&details),
     })
 }
 
@@ -123,138 +123,6 @@ impl std::str::FromStr for CallsFormat {
             "csv" => Ok(CallsFormat::Csv),
             other => Err(format!("unknown format {other:?} (table, json or csv)")),
         }
-    }
-}
-
-/// The columns of a call, in the CSV's order and under the JSON's names.
-pub const CALL_FIELDS: [&str; 21] = [
-    "id",
-    "started",
-    "started_at",
-    "answered_at",
-    "ended_at",
-    "caller",
-    "called",
-    "a_peer",
-    "b_peer",
-    "a_interface",
-    "b_interface",
-    "a_call_id",
-    "b_call_id",
-    "ended_by",
-    "end_reason",
-    "final_status",
-    "rtp_a_to_b",
-    "rtp_b_to_a",
-    "rtp_dropped",
-    "node",
-    "recording",
-];
-
-/// A call's fields as JSON values, in [`CALL_FIELDS`] order.
-fn call_values(call: &CallRecord) -> [serde_json::Value; 21] {
-    use serde_json::Value;
-    let text = |s: &str| Value::from(s);
-    let opt_text = |s: &Option<String>| s.as_deref().map_or(Value::Null, Value::from);
-    let opt_ms = |ms: Option<i64>| ms.map_or(Value::Null, Value::from);
-    [
-        text(&call.id),
-        Value::from(crate::calendar::rfc3339(call.started_at)),
-        Value::from(call.started_at),
-        opt_ms(call.answered_at),
-        opt_ms(call.ended_at),
-        text(&call.caller),
-        text(&call.called),
-        text(&call.a_peer),
-        opt_text(&call.b_peer),
-        text(&call.a_interface),
-        opt_text(&call.b_interface),
-        text(&call.a_call_id),
-        opt_text(&call.b_call_id),
-        opt_text(&call.ended_by),
-        opt_text(&call.end_reason),
-        call.final_status.map_or(Value::Null, Value::from),
-        Value::from(call.rtp_a_to_b),
-        Value::from(call.rtp_b_to_a),
-        Value::from(call.rtp_dropped),
-        text(&call.node),
-        opt_text(&call.recording),
-    ]
-}
-
-/// A call's linkages (transfers, conference guests) as a JSON array.
-fn linkages_value(linkages: &[crate::store::LinkageRecord]) -> serde_json::Value {
-    linkages
-        .iter()
-        .map(|l| {
-            serde_json::json!({
-                "id": l.id,
-                "kind": l.kind,
-                "trigger": l.trigger,
-                "from_platform": l.from_platform,
-                "from_peer": l.from_peer,
-                "to_platform": l.to_platform,
-                "to_peer": l.to_peer,
-                "target": l.target,
-                "requested_at": l.requested_at,
-                "ringing_at": l.ringing_at,
-                "answered_at": l.answered_at,
-                "ended_at": l.ended_at,
-                "outcome": l.outcome,
-                "sip_status": l.sip_status,
-                "incident_number": l.incident_number,
-                "disposition": l.disposition,
-                "replied_at": l.replied_at,
-            })
-        })
-        .collect()
-}
-
-/// One JSON object per line: the call's fields ([`CALL_FIELDS`]) and `linkages`.
-pub fn format_calls_json(details: &[CallDetail]) -> String {
-    let mut out = String::new();
-    for detail in details {
-        let mut object: serde_json::Map<String, serde_json::Value> = CALL_FIELDS
-            .iter()
-            .map(|name| name.to_string())
-            .zip(call_values(&detail.call))
-            .collect();
-        object.insert("linkages".into(), linkages_value(&detail.linkages));
-        out.push_str(&serde_json::Value::Object(object).to_string());
-        out.push('\n');
-    }
-    out
-}
-
-/// CSV (RFC 4180): a header line of [`CALL_FIELDS`] and `linkages`, then a line per call; an
-/// empty cell is a field with no value, `linkages` a JSON array.
-pub fn format_calls_csv(details: &[CallDetail]) -> String {
-    let mut out = CALL_FIELDS.join(",");
-    out.push_str(",linkages\r\n");
-    for detail in details {
-        let cells: Vec<String> = call_values(&detail.call)
-            .iter()
-            .map(|value| match value {
-                serde_json::Value::Null => String::new(),
-                serde_json::Value::String(text) => csv_cell(text),
-                other => other.to_string(),
-            })
-            .chain(std::iter::once(csv_cell(
-                &linkages_value(&detail.linkages).to_string(),
-            )))
-            .collect();
-        out.push_str(&cells.join(","));
-        out.push_str("\r\n");
-    }
-    out
-}
-
-/// A CSV cell: quoted (with quotes doubled) when it holds a comma, a quote or a line break.
-fn csv_cell(text: &str) -> String {
-    if text.contains([',', '"', '\r', '\n']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
     }
 }
 
@@ -441,13 +309,5 @@ mod tests {
         ] {
             assert!(parse_since(bad, NOW).is_err(), "{bad:?} accepted");
         }
-    }
-
-    #[test]
-    fn csv_cells_with_commas_quotes_or_line_breaks_are_quoted() {
-        assert_eq!(csv_cell("plain"), "plain");
-        assert_eq!(csv_cell("a,b"), "\"a,b\"");
-        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_cell("two\nlines"), "\"two\nlines\"");
     }
 }

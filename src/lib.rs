@@ -27,6 +27,7 @@
 
 pub mod calendar;
 pub mod call;
+pub mod cdr;
 pub mod cli;
 pub mod config;
 pub mod faults;
@@ -71,6 +72,11 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Recording(#[from] media::recording::RecordingError),
+    #[error("cdr.path {}: {source}", path.display())]
+    Cdr {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot start the media workers: {0}")]
     Media(std::io::Error),
     #[error("the system's random number generator failed")]
@@ -167,6 +173,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         )?),
         None => None,
     };
+    let cdr = match &config.cdr {
+        Some(cdr) => Some(
+            gateway::cdr::CdrFile::start(cdr.path.clone(), Arc::clone(&metrics)).map_err(
+                |source| StartError::Cdr {
+                    path: cdr.path.clone(),
+                    source,
+                },
+            )?,
+        ),
+        None => None,
+    };
     let events = workorder::hub::EventHub::new(
         store.clone(),
         config.platform_names(),
@@ -243,6 +260,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             .as_ref()
             .map(|(recorder, _)| (recorder.clone(), Arc::clone(&router))),
         siprec,
+        cdr: cdr.as_ref().map(|(file, _)| file.clone()),
         reserved_port_pairs: reserve.port_pairs(),
     });
     let endpoint_stop = CancellationToken::new();
@@ -297,6 +315,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             store,
             store_lock,
             recorder,
+            cdr,
         }
         .after(shutdown),
     );

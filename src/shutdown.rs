@@ -38,6 +38,9 @@ pub(crate) struct Stopping {
         crate::media::recording::Recorder,
         std::thread::JoinHandle<()>,
     )>,
+    /// `[cdr]`'s writer thread: stopped once the calls have ended, so that every ended
+    /// call's line is written.
+    pub cdr: Option<(crate::gateway::cdr::CdrFile, std::thread::JoinHandle<()>)>,
 }
 
 impl Stopping {
@@ -54,6 +57,7 @@ impl Stopping {
             store,
             store_lock,
             recorder,
+            cdr,
         } = self;
         shutdown.cancelled().await;
         tracing::info!("shutting down: ending calls");
@@ -67,6 +71,13 @@ impl Stopping {
         if let Some((recorder, writer)) = recorder {
             recorder.stop();
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+        if let Some((file, writer)) = cdr {
+            let _ = tokio::task::spawn_blocking(move || {
+                file.stop();
+                writer.join()
+            })
+            .await;
         }
         endpoint_stop.cancel();
         transport_stop.cancel();

@@ -90,6 +90,18 @@ pub struct Config {
     /// `[hep]`: a copy of every SIP message to a Homer capture server (HEPv3 over UDP).
     #[serde(default)]
     pub hep: Option<HepConfig>,
+    /// `[cdr]`: each ended call's detail record appended to a JSON Lines file a day.
+    #[serde(default)]
+    pub cdr: Option<CdrConfig>,
+}
+
+/// `[cdr]`: where the daily call detail record files go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdrConfig {
+    /// The directory (made if missing; relative to the working directory) holding
+    /// `YYYY-MM-DD.jsonl`, one line per call ended that day (UTC).
+    pub path: PathBuf,
 }
 
 /// `[hep]`: where the copies of the SIP messages go.

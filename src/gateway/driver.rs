@@ -57,6 +57,8 @@ pub struct CallServices {
     pub recording: Option<(Recorder, Arc<crate::routing::Router>)>,
     /// `[recording] siprec`: each recorded call also goes to this recording server.
     pub siprec: Option<Arc<crate::call::siprec::SiprecSettings>>,
+    /// `[cdr]`: where each ended call's detail record is appended.
+    pub cdr: Option<super::cdr::CdrFile>,
     /// The media port pairs kept for the reserved platforms' calls (`reserved_calls`): what
     /// a SIPREC session's ports leave free.
     pub reserved_port_pairs: usize,
@@ -116,6 +118,8 @@ async fn run(
     let mut records = Records {
         call: record,
         linkages: HashMap::new(),
+        settled: Vec::new(),
+        detail: None,
         parties: Vec::new(),
         link,
         changes,
@@ -199,10 +203,19 @@ async fn run(
     }
 }
 
+/// The settled linkages a call's detail record keeps (a call transferred again and again
+/// keeps its newest).
+const CDR_LINKAGES: usize = 32;
+
 /// What a call's task keeps of its records while it runs.
 pub(super) struct Records {
     pub(super) call: CallRecord,
     linkages: HashMap<String, LinkageRecord>,
+    /// With `[cdr]`: the linkages settled so far (the newest [`CDR_LINKAGES`]), for the
+    /// call's detail record.
+    settled: Vec<LinkageRecord>,
+    /// The call's detail record, once it ended: appended to `[cdr]`'s file after the commit.
+    detail: Option<crate::store::CallDetail>,
     /// Conference parties still in (their `left_at` unset).
     parties: Vec<ConferencePartyRecord>,
     pub(super) link: Link,
@@ -320,6 +333,12 @@ async fn carry_out(
                     &update,
                     &linkage,
                 );
+                if services.cdr.is_some() && linkage.ended_at.is_some() {
+                    if records.settled.len() == CDR_LINKAGES {
+                        records.settled.remove(0);
+                    }
+                    records.settled.push(linkage.clone());
+                }
                 records.changes.linkage(linkage);
             }
             Action::Ended(outcome) => {
@@ -343,12 +362,25 @@ async fn carry_out(
                     recording.end(driver_now());
                 }
                 records.changes.call_ended(record.clone());
+                if services.cdr.is_some() {
+                    let mut linkages = std::mem::take(&mut records.settled);
+                    linkages.extend(records.linkages.values().cloned());
+                    linkages.sort_by_key(|l| l.requested_at);
+                    records.detail = Some(crate::store::CallDetail {
+                        call: record.clone(),
+                        linkages,
+                    });
+                }
             }
             Action::Finished => finished = true,
             action => seen.push(action),
         }
     }
     commit(records, &services.store, &services.metrics).await;
+    if let (Some(cdr), Some(detail)) = (&services.cdr, records.detail.take()) {
+        // Committed: the file's line follows the store's record.
+        cdr.write(detail);
+    }
     for action in seen {
         match action {
             Action::SendRequest { request, target } => {

@@ -6,6 +6,7 @@
 //! SIPREC session are kept by its task (`recording.rs`, `siprec.rs`).
 
 pub mod admission;
+pub mod cdr;
 pub mod driver;
 pub mod link;
 pub mod prober;

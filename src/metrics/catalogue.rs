@@ -123,9 +123,13 @@ pub enum Counter {
     HepSent,
     /// Copies of SIP messages the HEP collector did not get (queue full, send failed).
     HepDropped,
+    /// Call detail records appended to `[cdr]`'s daily files.
+    CdrWritten,
+    /// Call detail records not appended (queue full, write failed; the store has them).
+    CdrLost,
 }
 
-pub(super) const COUNTERS: [(Counter, &str, &str); 73] = [
+pub(super) const COUNTERS: [(Counter, &str, &str); 75] = [
     (
         Counter::SipRequestsReceived,
         "hotline_sip_requests_received_total",
@@ -490,6 +494,16 @@ pub(super) const COUNTERS: [(Counter, &str, &str); 73] = [
         Counter::HepDropped,
         "hotline_hep_dropped_total",
         "copies of SIP messages the HEP collector did not get (queue full or send failed; the messages themselves went)",
+    ),
+    (
+        Counter::CdrWritten,
+        "hotline_cdr_written_total",
+        "call detail records appended to the [cdr] files",
+    ),
+    (
+        Counter::CdrLost,
+        "hotline_cdr_lost_total",
+        "call detail records not appended to the [cdr] files (queue full or write failed; the store has them)",
     ),
 ];
 
