@@ -143,6 +143,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     warn_clear_srtp(&router);
     let (max_calls, max_tcp_connections) = allowances(&config);
     let metrics = Arc::new(Metrics::new());
+    metrics.set_service_level_secs(config.stats.service_level_secs);
     // One gateway per store, claimed before anything is touched; then every socket is bound, so
     // an instance started by mistake fails here rather than closing the live one's calls.
     // A shared store (`[store] url`) is claimed by the node's lease as it opens instead.

@@ -93,6 +93,31 @@ pub struct Config {
     /// `[cdr]`: each ended call's detail record appended to a JSON Lines file a day.
     #[serde(default)]
     pub cdr: Option<CdrConfig>,
+    /// `[stats]`: how the figures are counted.
+    #[serde(default)]
+    pub stats: StatsConfig,
+}
+
+/// `[stats]`: how the figures are counted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsConfig {
+    /// The service level: a call answered within this many seconds of its start counts in
+    /// `hotline_desk_calls_answered_within_total` (default 20; 1 to 3600).
+    #[serde(default = "default_service_level_secs")]
+    pub service_level_secs: u64,
+}
+
+impl Default for StatsConfig {
+    fn default() -> StatsConfig {
+        StatsConfig {
+            service_level_secs: default_service_level_secs(),
+        }
+    }
+}
+
+fn default_service_level_secs() -> u64 {
+    20
 }
 
 /// `[cdr]`: where the daily call detail record files go.

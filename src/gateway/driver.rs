@@ -25,7 +25,7 @@ use crate::call::model::{
 use crate::media::recording::{Recorder, Recording};
 use crate::media::relay::{MediaEvent, RelayHandle};
 use crate::media::MediaCommand;
-use crate::metrics::{CallResult, Counter, Gauge, Metrics};
+use crate::metrics::{CallResult, Counter, DeskOutcome, Gauge, Metrics};
 use crate::sip::endpoint::{EndpointHandle, Owner};
 use crate::store::{unix_millis, CallRecord, Changes, ConferencePartyRecord, LinkageRecord, Store};
 
@@ -119,6 +119,7 @@ async fn run(
         call: record,
         linkages: HashMap::new(),
         settled: Vec::new(),
+        desk: None,
         detail: None,
         parties: Vec::new(),
         link,
@@ -214,6 +215,9 @@ pub(super) struct Records {
     /// With `[cdr]`: the linkages settled so far (the newest [`CDR_LINKAGES`]), for the
     /// call's detail record.
     settled: Vec<LinkageRecord>,
+    /// The desk the call was offered to (the last tried before an answer) or that answered
+    /// it: where its figures count.
+    desk: Option<String>,
     /// The call's detail record, once it ended: appended to `[cdr]`'s file after the commit.
     detail: Option<crate::store::CallDetail>,
     /// Conference parties still in (their `left_at` unset).
@@ -252,6 +256,10 @@ async fn carry_out(
                 b_interface,
             } => {
                 records.link.attempt(&b_peer, call.b_platform());
+                if record.answered_at.is_none() {
+                    // The desk the call is offered to (a leg taken over later is not one).
+                    records.desk = Some(b_peer.clone());
+                }
                 record.b_call_id = Some(b_call_id);
                 record.b_peer = Some(b_peer);
                 record.b_interface = Some(b_interface);
@@ -274,6 +282,7 @@ async fn carry_out(
                     seen.push(Action::Media(MediaCommand::Record(recording)));
                     super::siprec::begin(records, &b_peer, services);
                 }
+                records.desk = Some(b_peer.clone());
                 let record = &mut records.call;
                 let now = unix_millis(SystemTime::now());
                 records.link.answered(now);
@@ -351,6 +360,7 @@ async fn carry_out(
                     &services.metrics,
                 );
                 finish_record(record, relay, &outcome, &services.metrics);
+                count_desk_call(call, records.desk.as_deref(), record, &services.metrics);
                 if let Some(siprec) = records.siprec.as_mut() {
                     siprec.end();
                 }
@@ -613,12 +623,37 @@ fn track_linkage(
         }
     }
     let record = linkage.clone();
+    if let (Some(_), Some(outcome)) = (record.ended_at, record.outcome.as_deref()) {
+        let to = record
+            .to_platform
+            .as_deref()
+            .or(record.to_peer.as_deref())
+            .unwrap_or("-");
+        let from = record.from_platform.as_deref().unwrap_or("-");
+        metrics.count_linkage(&record.kind, from, to, outcome);
+    }
     if record.ended_at.is_some() {
         // Settled: nothing more comes for it, and a call transferred again and again must not
         // keep every linkage it ever had.
         linkages.remove(&record.id);
     }
     record
+}
+
+/// The call's figures at the desk it was offered to (none for a call no desk was tried for).
+fn count_desk_call(call: &Call, desk: Option<&str>, record: &CallRecord, metrics: &Metrics) {
+    let Some(desk) = desk else {
+        return;
+    };
+    let platform = call.platform_of_peer(desk).unwrap_or_else(|| "-".into());
+    let outcome = match record.answered_at {
+        Some(answered) => {
+            DeskOutcome::Answered(u64::try_from(answered - record.started_at).unwrap_or(0))
+        }
+        None if record.ended_by.as_deref() == Some("caller") => DeskOutcome::Abandoned,
+        None => DeskOutcome::NotAnswered,
+    };
+    metrics.count_desk_call(desk, &platform, outcome);
 }
 
 /// Completes the record (committed with the step, before the call's last messages go out:

@@ -6,10 +6,12 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 mod catalogue;
+mod figures;
 mod histogram;
 
 pub use catalogue::{Counter, Gauge};
 use catalogue::{COUNTERS, GAUGES};
+pub use figures::DeskOutcome;
 
 /// How a call ended, for `hotline_calls_total{result=...}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +46,8 @@ pub struct Metrics {
     interfaces: Mutex<Vec<(String, Arc<InterfaceMetrics>)>>,
     /// `hotline_queue_wait_seconds`: each queued call's wait, at its end.
     queue_wait: histogram::Histogram,
+    /// `hotline_desk_calls_*{peer,platform}` and `hotline_linkages_total{...}`.
+    figures: figures::Figures,
 }
 
 /// The buckets of `hotline_queue_wait_seconds`: the service-level marks centres use (within
@@ -80,6 +84,7 @@ impl Default for Metrics {
             registrations: Mutex::new(Vec::new()),
             interfaces: Mutex::new(Vec::new()),
             queue_wait: histogram::Histogram::new(QUEUE_WAIT_BUCKETS),
+            figures: figures::Figures::default(),
         }
     }
 }
@@ -105,6 +110,22 @@ impl Metrics {
 
     pub fn set_gauge(&self, gauge: Gauge, value: i64) {
         self.gauges[gauge_index(gauge)].store(value, Ordering::Relaxed);
+    }
+
+    /// The service level `hotline_desk_calls_answered_within_total` counts against.
+    pub fn set_service_level_secs(&self, secs: u64) {
+        self.figures.set_service_level_secs(secs);
+    }
+
+    /// A call offered to `desk` (of `platform`, or `-`) ended so.
+    pub fn count_desk_call(&self, desk: &str, platform: &str, outcome: DeskOutcome) {
+        self.figures.count_desk_call(desk, platform, outcome);
+    }
+
+    /// A linkage of `kind` from platform `from` to `to` (a platform, or a desk) settled with
+    /// `outcome` (`answered`, `failed`).
+    pub fn count_linkage(&self, kind: &str, from: &str, to: &str, outcome: &str) {
+        self.figures.count_linkage(kind, from, to, outcome);
     }
 
     /// A queued call's wait ended (answered, overflowed, abandoned or given up).
@@ -196,6 +217,7 @@ impl Metrics {
         self.render_peers_up(&mut out);
         self.render_registrations(&mut out);
         self.render_interfaces(&mut out);
+        self.figures.render(&mut out);
         self.queue_wait.render(
             "hotline_queue_wait_seconds",
             "the waits of queued calls, observed as each ended (answered, overflowed, abandoned, given up)",

@@ -622,6 +622,14 @@ impl Call {
         self.b_peer().and_then(|p| p.platform.clone())
     }
 
+    /// The platform of the configured peer `name`.
+    pub fn platform_of_peer(&self, name: &str) -> Option<String> {
+        self.settings
+            .router
+            .peer_by_name(name)
+            .and_then(|p| p.platform.clone())
+    }
+
     /// The platform of the caller's peer.
     pub fn caller_platform(&self) -> Option<String> {
         self.caller_peer.platform.clone()

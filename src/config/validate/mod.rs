@@ -79,6 +79,12 @@ impl Config {
         self.check_hotkeys(&invalid)?;
         self.check_recording(&invalid, &names)?;
         self.check_announcements(&invalid)?;
+        if !(1..=3600).contains(&self.stats.service_level_secs) {
+            return Err(invalid(
+                "stats.service_level_secs".into(),
+                "must be 1 to 3600".into(),
+            ));
+        }
         if let Some(hep) = &self.hep {
             if hep.address.port() == 0 || hep.address.ip().is_unspecified() {
                 return Err(invalid(

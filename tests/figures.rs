@@ -1,0 +1,103 @@
+//! The assessed figures as labelled series on `/metrics`: per desk and platform, calls
+//! offered, answered, answered within the service level and abandoned; transfers by kind,
+//! direction and outcome.
+
+mod common;
+
+use std::net::IpAddr;
+
+use common::{establish, Gateway, Ua};
+use hotline_gateway::sip::message::{Message, Method};
+
+const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// A citizen's call answered at the hotline and transferred to 110, and one the citizen gives
+/// up on while the desk rings: offered 2, answered 1 (within 20 s), abandoned 1 at the
+/// hotline; one transfer 12345 → 110 answered.
+#[tokio::test]
+async fn desks_and_linkages_are_counted_by_their_labels() {
+    let mut citizen = Ua::bind("carrier", LOCALHOST).await;
+    let mut agent = Ua::bind("hotline", LOCALHOST).await;
+    let mut police = Ua::bind("police", LOCALHOST).await;
+    let mut gateway = Gateway::start_with_tables(
+        &[
+            ("carrier", citizen.address, ""),
+            ("hotline", agent.address, "platform = \"12345\""),
+            ("police", police.address, "platform = \"110\""),
+        ],
+        &[("12345", &["hotline"]), ("110", &["police"])],
+        "",
+        "",
+        "",
+    )
+    .await;
+    for ua in [&mut citizen, &mut agent, &mut police] {
+        ua.set_gateway(gateway.sip);
+    }
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let mut refer = agent.uas_request(&call.incoming, "REFER", 2);
+    refer.headers.push("Refer-To", "<sip:110@gw>");
+    agent.send_request(&refer).await;
+    agent.expect_response("REFER", 202).await;
+    let invite = police.expect_request("INVITE").await;
+    let _police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
+    loop {
+        let Message::Request(request) = agent.recv().await else {
+            continue;
+        };
+        agent
+            .send_response(&agent.answer(&request, 200, None))
+            .await;
+        if request.method == Method::Bye {
+            break;
+        }
+    }
+    common::caller_hangs_up(&mut citizen, &call, &mut [&mut police]).await;
+
+    // The second citizen gives up while the desk rings.
+    let rtp = common::RtpPeer::bind(LOCALHOST).await;
+    let second = citizen.invite(
+        "12345",
+        "13900139000",
+        &common::sdp(rtp.address, &[8], "sendrecv"),
+        "",
+    );
+    citizen.send_request(&second).await;
+    let ringing = agent.expect_request("INVITE").await;
+    agent
+        .send_response(&agent.answer(&ringing, 180, None))
+        .await;
+    citizen.expect_response("INVITE", 180).await;
+    citizen.send_request(&citizen.cancel(&second)).await;
+    citizen.expect_response("CANCEL", 200).await;
+    let cancel = agent.expect_request("CANCEL").await;
+    agent.send_response(&agent.answer(&cancel, 200, None)).await;
+    agent
+        .send_response(&agent.answer(&ringing, 487, None))
+        .await;
+    agent.expect_request("ACK").await;
+    citizen.expect_response("INVITE", 487).await;
+
+    let desk = "{peer=\"hotline\",platform=\"12345\"}";
+    gateway
+        .metric_reaches(&format!("hotline_desk_calls_offered_total{desk}"), 2.0)
+        .await;
+    for (name, value) in [
+        ("hotline_desk_calls_answered_total", 1.0),
+        ("hotline_desk_calls_answered_within_total", 1.0),
+        ("hotline_desk_calls_abandoned_total", 1.0),
+    ] {
+        assert_eq!(
+            gateway.metric(&format!("{name}{desk}")).await,
+            Some(value),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        gateway
+            .metric("hotline_linkages_total{kind=\"transfer\",from=\"12345\",to=\"110\",outcome=\"answered\"}")
+            .await,
+        Some(1.0)
+    );
+    gateway.stop().await;
+}
