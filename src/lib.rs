@@ -709,7 +709,14 @@ fn serve_grpc(
         Arc::clone(metrics),
         grpc_stop.clone(),
     )
-    .with_blocklist(blocklist, store.clone());
+    .with_blocklist(blocklist, store.clone())
+    .with_peer_platforms(
+        config
+            .peers
+            .iter()
+            .filter_map(|p| Some((p.name.clone(), p.platform.clone()?)))
+            .collect(),
+    );
     // A cluster's nodes forward commands for the calls this node carries, and ask for its list.
     tokio::spawn(service.clone().answer_forwarded(store));
     let grpc_task = tokio::spawn(workorder::service::serve(

@@ -1,5 +1,6 @@
 //! The figures the centres are assessed by, computed from the records the gateway writes (no
-//! second source): per platform and per desk (the peer a call was offered to), calls offered,
+//! second source): per platform and per desk (the peer a call was offered to; for a
+//! transferred call, the desk its first transfer left from), calls offered,
 //! answered, abandoned (the caller hung up first) and answered within the service level's
 //! seconds, with the answer rate and the median time to answer; per linkage kind and
 //! direction (12345→110, 110→12345, to 119 ...), requested, connected and failed by status,
@@ -96,9 +97,17 @@ pub fn figures(
     };
     for detail in details {
         let call = &detail.call;
-        let desk = call.b_peer.clone().unwrap_or_else(|| "-".into());
-        let platform = call
-            .b_peer
+        // The desk the call was offered to: a transferred call's record names the target
+        // that took leg B over, its first transfer the desk that answered first.
+        let first_desk = detail
+            .linkages
+            .iter()
+            .filter(|l| l.kind == "transfer")
+            .min_by_key(|l| l.requested_at)
+            .map(|l| l.from_peer.clone())
+            .or_else(|| call.b_peer.clone());
+        let desk = first_desk.clone().unwrap_or_else(|| "-".into());
+        let platform = first_desk
             .as_deref()
             .and_then(&platform_of)
             .unwrap_or_else(|| "-".into());
@@ -212,8 +221,8 @@ mod tests {
         }
     }
 
-    /// Four calls to 12345's desk (answered at 5 s and 30 s, one abandoned, one failed busy)
-    /// and one to 110: the answer rate, the service level at 20 s, the abandons; the
+    /// Four calls to 12345's desk (answered at 5 s, then transferred, and at 30 s, one
+    /// abandoned, one failed busy) and one to 110: the answer rate, the service level at 20 s, the abandons; the
     /// linkages by direction with their failures by status and median answer time.
     #[test]
     fn the_answer_rate_service_level_and_linkage_table() {
@@ -222,7 +231,8 @@ mod tests {
             "police" => Some("110".to_string()),
             _ => None,
         };
-        let mut transferred = call("c1", "hotline", Some(5_000), "callee");
+        // Its record names 110's desk, which took leg B over; it counts at the hotline.
+        let mut transferred = call("c1", "police", Some(5_000), "callee");
         transferred.linkages = vec![
             linkage("110", "answered", 200, Some(3_000)),
             linkage("110", "failed", 486, None),
@@ -250,6 +260,10 @@ mod tests {
         assert_eq!(hotline.service_level(), Some(25.0));
         assert_eq!(hotline.median_answer_ms(), Some(5_000));
         assert_eq!(figures.platforms["110"].answer_rate(), Some(100.0));
+        assert_eq!(
+            figures.platforms["110"].offered, 1,
+            "the transferred call is 12345's"
+        );
         assert_eq!(figures.desks["hotline"], *hotline);
         let to_110 = &figures.linkages[&LinkageKey {
             kind: "transfer".into(),

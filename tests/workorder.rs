@@ -1653,3 +1653,123 @@ async fn the_110_operator_hears_the_tickets_urgency_class_before_the_citizen() {
         "then only the citizen: {heard:?}"
     );
 }
+
+/// `GetStats`: after a call 12345's desk answered and transferred to 110 by command, 12345 sees
+/// its desk's call (offered, answered within the service level) and the transfer 12345 → 110
+/// connected; 110 sees the same transfer and no desk of its own; a service level over an hour
+/// is INVALID_ARGUMENT and a wrong token UNAUTHENTICATED.
+#[tokio::test]
+async fn get_stats_gives_each_platform_its_figures() {
+    let (mut gateway, mut citizen, mut agent, mut police) = setup().await;
+    let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
+    let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
+    let call_id = hotline.until(EventType::CallAnswered).await.call_id;
+    let transferred = hotline
+        .command(Action::Transfer(pb::Transfer {
+            call_id: call_id.clone(),
+            target: "110".into(),
+        }))
+        .await;
+    assert!(transferred.ok, "{transferred:?}");
+    let invite = police.expect_request("INVITE").await;
+    let _police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
+    let bye = agent.expect_request("BYE").await;
+    agent.send_response(&agent.answer(&bye, 200, None)).await;
+    common::caller_hangs_up(&mut citizen, &call, &mut [&mut police]).await;
+    hotline.until(EventType::CallEnded).await;
+
+    let mut unary = match pb::work_order_service_client::WorkOrderServiceClient::connect(format!(
+        "http://{}",
+        gateway.grpc
+    ))
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let ask = |token: &str, secs: u32| {
+        bearer(
+            pb::GetStatsRequest {
+                since: None,
+                service_level_secs: secs,
+            },
+            token,
+        )
+    };
+    let stats = match unary.get_stats(ask(TOKEN_12345, 0)).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(stats.service_level_secs, 20);
+    let mine = stats.platform.unwrap_or_default();
+    assert_eq!(
+        (
+            mine.offered,
+            mine.answered,
+            mine.abandoned,
+            mine.answered_within
+        ),
+        (1, 1, 0, 1)
+    );
+    assert_eq!(
+        stats
+            .desks
+            .iter()
+            .map(|d| d.desk.as_str())
+            .collect::<Vec<_>>(),
+        vec!["hotline"]
+    );
+    let transfer = |linkages: &[pb::LinkageFigures]| {
+        linkages
+            .iter()
+            .map(|l| {
+                (
+                    l.kind.clone(),
+                    l.from_platform.clone(),
+                    l.to.clone(),
+                    l.requested,
+                    l.connected,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let expected = vec![(
+        "transfer".to_string(),
+        "12345".to_string(),
+        "110".to_string(),
+        1,
+        1,
+    )];
+    assert_eq!(transfer(&stats.linkages), expected);
+    assert!(stats.linkages[0].median_answer_ms > 0);
+
+    let theirs = match unary.get_stats(ask(TOKEN_110, 0)).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(theirs.platform, None, "no call was offered to 110's desks");
+    assert!(theirs.desks.is_empty());
+    assert_eq!(
+        transfer(&theirs.linkages),
+        expected,
+        "the transfer it received"
+    );
+
+    assert_eq!(
+        unary
+            .get_stats(ask(TOKEN_12345, 3601))
+            .await
+            .err()
+            .map(|s| s.code()),
+        Some(tonic::Code::InvalidArgument)
+    );
+    assert_eq!(
+        unary
+            .get_stats(ask("not-a-token", 0))
+            .await
+            .err()
+            .map(|s| s.code()),
+        Some(tonic::Code::Unauthenticated)
+    );
+    gateway.stop().await;
+}

@@ -34,6 +34,7 @@ pub mod hub;
 pub mod recovery;
 pub mod registry;
 pub mod service;
+mod stats;
 pub mod stream;
 pub mod tail;
 

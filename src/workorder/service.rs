@@ -54,6 +54,8 @@ pub struct WorkOrderService {
     /// The API's blocklist (shared with screening) and the store that keeps it.
     pub(super) blocklist: Option<(Arc<Blocklist>, Store)>,
     commands: Arc<CommandLog>,
+    /// Each peer's platform, for `GetStats`.
+    peer_platforms: Arc<HashMap<String, String>>,
 }
 
 impl WorkOrderService {
@@ -75,7 +77,15 @@ impl WorkOrderService {
             stop,
             blocklist: None,
             commands: Arc::new(CommandLog::default()),
+            peer_platforms: Arc::default(),
         }
+    }
+
+    /// Each peer's platform (`[[peer]] platform`), which `GetStats` counts the desks under.
+    #[must_use]
+    pub fn with_peer_platforms(mut self, platforms: HashMap<String, String>) -> WorkOrderService {
+        self.peer_platforms = Arc::new(platforms);
+        self
     }
 
     /// Lets the platforms block and unblock numbers on `blocklist`, kept in `store`.
@@ -695,6 +705,22 @@ impl pb::work_order_service_server::WorkOrderService for WorkOrderService {
         Ok(Response::new(pb::GetLinkageResponse {
             linkage: Some(convert::linkage(&linkage)),
         }))
+    }
+
+    async fn get_stats(
+        &self,
+        request: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let platform = self.platform_of(&request)?;
+        let request = request.into_inner();
+        super::stats::figures_of(
+            &platform,
+            &request,
+            &self.store_location,
+            &self.peer_platforms,
+        )
+        .await
+        .map(Response::new)
     }
 }
 
