@@ -115,7 +115,7 @@ pub fn csv(details: &[CallDetail]) -> String {
             .iter()
             .map(|value| match value {
                 serde_json::Value::Null => String::new(),
-                serde_json::Value::String(text) => csv_cell(text),
+                serde_json::Value::String(text) => csv_cell(&defused(text)),
                 other => other.to_string(),
             })
             .chain(std::iter::once(csv_cell(
@@ -126,6 +126,16 @@ pub fn csv(details: &[CallDetail]) -> String {
         out.push_str("\r\n");
     }
     out
+}
+
+/// A text a spreadsheet would run as a formula (`=`, `+`, `-`, `@` first: a caller's name or
+/// number comes from the network) starts with a `'` instead.
+fn defused(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.starts_with(['=', '+', '-', '@']) {
+        std::borrow::Cow::Owned(format!("'{text}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
 }
 
 /// A CSV cell: quoted (with quotes doubled) when it holds a comma, a quote or a line break.
@@ -147,5 +157,7 @@ mod tests {
         assert_eq!(csv_cell("a,b"), "\"a,b\"");
         assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(csv_cell("two\nlines"), "\"two\nlines\"");
+        assert_eq!(defused("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(defused("13800138000"), "13800138000");
     }
 }

@@ -137,7 +137,11 @@ pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, String> {
         format!("--since {text:?}: expected 24h, 30m, 90s, 7d, 2026-12-04, 2026-12-04T08:00+08:00 or Unix ms")
     };
     if let Some(unit) = text.chars().last().filter(|c| "smhd".contains(*c)) {
-        let count: i64 = text[..text.len() - 1].parse().map_err(|_| wrong())?;
+        let count: i64 = text[..text.len() - 1]
+            .parse()
+            .ok()
+            .filter(|count| *count >= 0)
+            .ok_or_else(wrong)?;
         let ms = match unit {
             's' => 1000,
             'm' => 60_000,
@@ -163,16 +167,24 @@ pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, String> {
         }
         _ => return Err(wrong()),
     };
-    let (clock, offset_ms) = match time.find(['Z', '+', '-']) {
+    let (clock, offset_ms) = match time.find(['Z', 'z', '+', '-']) {
         Some(at) => {
             let zone = &time[at..];
             let offset = match zone {
-                "Z" => 0,
+                "Z" | "z" => 0,
                 _ => {
                     let sign = if zone.starts_with('-') { -1 } else { 1 };
                     let (hours, minutes) = zone[1..].split_once(':').ok_or_else(wrong)?;
-                    let hours: i64 = hours.parse().map_err(|_| wrong())?;
-                    let minutes: i64 = minutes.parse().map_err(|_| wrong())?;
+                    let hours: i64 = hours
+                        .parse()
+                        .ok()
+                        .filter(|h| (0..24).contains(h))
+                        .ok_or_else(wrong)?;
+                    let minutes: i64 = minutes
+                        .parse()
+                        .ok()
+                        .filter(|m| (0..60).contains(m))
+                        .ok_or_else(wrong)?;
                     sign * (hours * 3_600_000 + minutes * 60_000)
                 }
             };
@@ -180,6 +192,10 @@ pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, String> {
         }
         None => (time, 0),
     };
+    if !time.is_empty() && clock.split(':').count() < 2 {
+        // A time is hours and minutes at least.
+        return Err(wrong());
+    }
     let mut fields = clock.split(':').filter(|f| !f.is_empty());
     let mut next = |limit: i64| -> Result<i64, String> {
         match fields.next() {
@@ -195,7 +211,9 @@ pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, String> {
     if fields.next().is_some() {
         return Err(wrong());
     }
-    Ok(days * 86_400_000 + hours * 3_600_000 + minutes * 60_000 + seconds * 1000 - offset_ms)
+    days.checked_mul(86_400_000)
+        .map(|ms| ms + hours * 3_600_000 + minutes * 60_000 + seconds * 1000 - offset_ms)
+        .ok_or_else(wrong)
 }
 
 /// `stats`: the figures of the calls started since `since` (default 24 h) at `location`;
@@ -210,6 +228,9 @@ pub fn stats(
     within_secs: u64,
     now_ms: i64,
 ) -> Result<String, String> {
+    if !(1..=3600).contains(&within_secs) {
+        return Err(format!("--within {within_secs}: 1 to 3600 seconds"));
+    }
     let since = parse_since(since.unwrap_or("24h"), now_ms)?;
     let details = location
         .call_details_since(since, usize::MAX)
@@ -296,6 +317,7 @@ mod tests {
             Ok(NOW + 8 * 3_600_000 + 30_000)
         );
         assert_eq!(parse_since("2026-11-21T19:00-05:00", NOW), Ok(NOW));
+        assert_eq!(parse_since("2026-11-22T00:00z", NOW), Ok(NOW));
         assert_eq!(parse_since("1795305600000", NOW), Ok(NOW));
         for bad in [
             "",
@@ -306,6 +328,10 @@ mod tests {
             "2026-11-22T25:00",
             "2026-11-22T08:00:00:00",
             "99999999999999999999d",
+            "-5h",
+            "2026-11-22T08",
+            "2026-11-22T08:00+99:99",
+            "300000000-01-01",
         ] {
             assert!(parse_since(bad, NOW).is_err(), "{bad:?} accepted");
         }

@@ -1,6 +1,6 @@
 //! The figures the centres are assessed by, computed from the records the gateway writes (no
 //! second source): per platform and per desk (the peer a call was offered to; for a
-//! transferred call, the desk its first transfer left from), calls offered,
+//! transferred call, the desk its first linkage left from), calls offered,
 //! answered, abandoned (the caller hung up first) and answered within the service level's
 //! seconds, with the answer rate and the median time to answer; per linkage kind and
 //! direction (12345→110, 110→12345, to 119 ...), requested, connected and failed by status,
@@ -97,12 +97,12 @@ pub fn figures(
     };
     for detail in details {
         let call = &detail.call;
-        // The desk the call was offered to: a transferred call's record names the target
-        // that took leg B over, its first transfer the desk that answered first.
+        // The desk the call was offered to: the record of a call transferred (or whose
+        // conference guest took the agent's leg over) names the newcomer; its first linkage
+        // names the desk that answered first.
         let first_desk = detail
             .linkages
             .iter()
-            .filter(|l| l.kind == "transfer")
             .min_by_key(|l| l.requested_at)
             .map(|l| l.from_peer.clone())
             .or_else(|| call.b_peer.clone());
@@ -121,7 +121,8 @@ pub fn figures(
                     let waited = answered - call.started_at;
                     row.answered += 1;
                     row.answer_ms.push(waited);
-                    if waited <= within_secs as i64 * 1000 {
+                    if waited <= i64::try_from(within_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+                    {
                         row.answered_within += 1;
                     }
                 }

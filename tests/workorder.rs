@@ -1763,6 +1763,18 @@ async fn get_stats_gives_each_platform_its_figures() {
             .map(|s| s.code()),
         Some(tonic::Code::InvalidArgument)
     );
+    let all_time = bearer(
+        pb::GetStatsRequest {
+            since: Some(prost_types::Timestamp::default()),
+            service_level_secs: 0,
+        },
+        TOKEN_12345,
+    );
+    assert_eq!(
+        unary.get_stats(all_time).await.err().map(|s| s.code()),
+        Some(tonic::Code::InvalidArgument),
+        "a span over 31 days"
+    );
     assert_eq!(
         unary
             .get_stats(ask("not-a-token", 0))

@@ -1,6 +1,8 @@
 //! `[cdr] path`: each ended call's detail record appended, as one JSON line (the format of
-//! `calls --format json`), to the day's file `path/YYYY-MM-DD.jsonl` (the UTC date of the
-//! call's end), once the store has committed it. A writer thread of its own does the file
+//! `calls --format json`, as the call stood at its end: a later reply of the receiving
+//! platform, and on a cluster the node's name, are in the store's only), to the day's file
+//! `path/YYYY-MM-DD.jsonl` (the UTC date of the call's end), after the store took the
+//! record (committed, or held while its disk is full). A writer thread of its own does the file
 //! I/O; a call's task only queues the record, so a slow disk never holds up a call. A full
 //! queue or a failed write loses the line (counted and logged), never the store's record.
 

@@ -13,6 +13,7 @@
 //! the whole packet's length.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -25,6 +26,8 @@ use crate::metrics::{Counter, Metrics};
 
 /// Copies waiting to be sent; beyond, new ones are dropped (a collector that cannot keep up).
 const QUEUE: usize = 8192;
+/// ... and the bytes they may hold (big datagrams from strangers are copied too).
+const QUEUE_BYTES: usize = 16 << 20;
 
 /// `[hep]`: where the copies go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +49,8 @@ pub enum Carried {
 #[derive(Clone)]
 pub struct HepTap {
     queue: mpsc::Sender<Bytes>,
+    /// The bytes of the copies queued now.
+    queued: Arc<AtomicUsize>,
     capture_id: u32,
     metrics: Arc<Metrics>,
 }
@@ -66,6 +71,8 @@ impl HepTap {
         };
         let socket = UdpSocket::bind(any).await?;
         let (queue, mut copies) = mpsc::channel::<Bytes>(QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let sent = Arc::clone(&queued);
         let sender_metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
             loop {
@@ -74,6 +81,7 @@ impl HepTap {
                     copy = copies.recv() => copy,
                 };
                 let Some(copy) = copy else { return };
+                sent.fetch_sub(copy.len(), Ordering::Relaxed);
                 match socket.send_to(&copy, settings.collector).await {
                     Ok(_) => sender_metrics.increment(Counter::HepSent),
                     // An unreachable collector (ICMP) or a full buffer: the copy is lost.
@@ -83,6 +91,7 @@ impl HepTap {
         });
         Ok(HepTap {
             queue,
+            queued,
             capture_id: settings.capture_id,
             metrics,
         })
@@ -104,7 +113,11 @@ impl HepTap {
             self.capture_id,
             message,
         );
-        if self.queue.try_send(Bytes::from(packet)).is_err() {
+        let size = packet.len();
+        if self.queued.fetch_add(size, Ordering::Relaxed) + size > QUEUE_BYTES
+            || self.queue.try_send(Bytes::from(packet)).is_err()
+        {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
             self.metrics.increment(Counter::HepDropped);
         }
     }
@@ -150,8 +163,8 @@ pub fn encode(
     chunk(&mut packet, 10, &since.subsec_micros().to_be_bytes());
     chunk(&mut packet, 11, &[1]); // SIP
     chunk(&mut packet, 12, &capture_id.to_be_bytes());
-    // A message too big for one packet is cut (a SIP message over UDP is far smaller).
-    let room = usize::from(u16::MAX) - packet.len() - 6 * 2 - 256;
+    // A message too big for one UDP datagram (65,507 octets) with its chunks is cut.
+    let room = 65_000 - packet.len() - 6 * 2 - 256;
     chunk(&mut packet, 15, &message[..message.len().min(room)]);
     if let Some(call_id) = call_id(message) {
         chunk(&mut packet, 17, &call_id[..call_id.len().min(255)]);

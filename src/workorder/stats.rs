@@ -15,12 +15,15 @@ use crate::store::StoreLocation;
 
 /// A day back, when the request names no `since`.
 const DEFAULT_SPAN_MS: i64 = 86_400_000;
+/// The longest span one request reads (every call of it is read from the store).
+const MAX_SPAN_MS: i64 = 31 * 86_400_000;
 
 /// The figures of `platform` for `request`, read from `location`; `peer_platforms` names each
 /// peer's platform.
 ///
 /// # Errors
-/// INVALID_ARGUMENT for a service level over an hour; INTERNAL if the store cannot be read.
+/// INVALID_ARGUMENT for a service level over an hour or a span over 31 days; INTERNAL if the
+/// store cannot be read.
 pub(super) async fn figures_of(
     platform: &str,
     request: &pb::GetStatsRequest,
@@ -41,6 +44,11 @@ pub(super) async fn figures_of(
         Some(since) => convert::unix_ms(Some(since)),
         None => now - DEFAULT_SPAN_MS,
     };
+    if since < now - MAX_SPAN_MS {
+        return Err(Status::invalid_argument(
+            "since: at most 31 days back (hotline-gateway stats reads any span)",
+        ));
+    }
     let location = location.clone();
     let details =
         tokio::task::spawn_blocking(move || location.call_details_since(since, usize::MAX))

@@ -218,6 +218,8 @@ impl Bans {
 /// One interface's sockets: its UDP socket (sent from and received on) and where it accepts.
 struct BoundInterface {
     udp: Arc<UdpSocket>,
+    /// The UDP (and TCP) socket's address, its port resolved.
+    udp_local: SocketAddr,
     /// Where TLS is accepted (its port resolved).
     tls_local: Option<SocketAddr>,
 }
@@ -358,11 +360,15 @@ impl Transport {
         &self.interfaces.get_or_default(interface).udp
     }
 
-    /// The interface's SIP address, as a copy of a message through it names our side.
-    fn local_of(&self, interface: InterfaceId) -> SocketAddr {
-        self.udp(interface)
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    /// Our side of a message through the interface, as its HEP copy names it: the address
+    /// listened on (UDP and TCP, or TLS). Connections the gateway opens are named by it too,
+    /// not by their own port, and a wildcard listen address stays the wildcard.
+    fn local_of(&self, interface: InterfaceId, tls: bool) -> SocketAddr {
+        let bound = self.interfaces.get_or_default(interface);
+        match (tls, bound.tls_local) {
+            (true, Some(tls_local)) => tls_local,
+            _ => bound.udp_local,
+        }
     }
 
     /// The sources dropped before parsing (the endpoint's guard fills it).
@@ -374,14 +380,16 @@ impl Transport {
     pub fn send(&self, target: Target, bytes: Bytes) {
         self.metrics.increment(Counter::SipMessagesSent);
         if let Some(hep) = &self.hep {
-            let (interface, address, carried) = match target {
-                Target::Udp(interface, address) => (interface, address, Carried::Udp),
-                Target::Connection(interface, _, address)
-                | Target::Tcp(interface, address)
-                | Target::TlsConnection(interface, _, address)
-                | Target::Tls(interface, address) => (interface, address, Carried::Tcp),
+            let (interface, address, carried, tls) = match target {
+                Target::Udp(interface, address) => (interface, address, Carried::Udp, false),
+                Target::Connection(interface, _, address) | Target::Tcp(interface, address) => {
+                    (interface, address, Carried::Tcp, false)
+                }
+                Target::TlsConnection(interface, _, address) | Target::Tls(interface, address) => {
+                    (interface, address, Carried::Tcp, true)
+                }
             };
-            hep.capture(self.local_of(interface), address, carried, &bytes);
+            hep.capture(self.local_of(interface, tls), address, carried, &bytes);
         }
         match target {
             Target::Udp(interface, address) => {
@@ -448,7 +456,12 @@ impl Transport {
                 continue;
             }
             if let Some(hep) = &self.hep {
-                hep.capture(source, self.local_of(interface), Carried::Udp, datagram);
+                hep.capture(
+                    source,
+                    self.local_of(interface, false),
+                    Carried::Udp,
+                    datagram,
+                );
             }
             let inbound = Inbound {
                 received: transport_now(),
@@ -512,8 +525,12 @@ async fn bind_interface(
         }
         None => None,
     };
+    let udp_local = udp
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let bound = BoundInterface {
         udp: Arc::new(udp),
+        udp_local,
         tls_local: tls.as_ref().and_then(|l| l.local_addr().ok()),
     };
     Ok((bound, (tcp, tls)))

@@ -298,7 +298,8 @@ impl Transport {
                         deadline = None;
                         let bytes = buffer.split_to(length);
                         if let Some(hep) = &self.hep {
-                            let local = self.local_of(flow.interface());
+                            let tls = matches!(flow, Flow::Tls(..));
+                            let local = self.local_of(flow.interface(), tls);
                             hep.capture(address, local, Carried::Tcp, &bytes);
                         }
                         let inbound = Inbound {
