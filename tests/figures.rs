@@ -99,5 +99,22 @@ async fn desks_and_linkages_are_counted_by_their_labels() {
             .await,
         Some(1.0)
     );
+    // The answered call's answer and ring times, each in the first bucket (loopback).
+    for name in ["hotline_desk_answer_seconds", "hotline_desk_ring_seconds"] {
+        assert_eq!(
+            gateway
+                .metric(&format!("{name}_count{{platform=\"12345\"}}"))
+                .await,
+            Some(1.0),
+            "{name}"
+        );
+        assert_eq!(
+            gateway
+                .metric(&format!("{name}_bucket{{platform=\"12345\",le=\"+Inf\"}}"))
+                .await,
+            Some(1.0),
+            "{name}"
+        );
+    }
     gateway.stop().await;
 }

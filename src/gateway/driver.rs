@@ -129,6 +129,7 @@ async fn run(
         queued: false,
         offered: driver_now(),
         ringing: None,
+        answered: None,
     };
     let mut desks = call.desk_signal();
     loop {
@@ -234,6 +235,8 @@ pub(super) struct Records {
     /// When the call was offered and first rang, for the recording's steps.
     pub(super) offered: Instant,
     pub(super) ringing: Option<Instant>,
+    /// When a desk answered (the desk figures' ring time).
+    answered: Option<Instant>,
 }
 
 /// Carries out every pending action; returns true once the call has finished. What the step
@@ -283,6 +286,7 @@ async fn carry_out(
                     super::siprec::begin(records, &b_peer, services);
                 }
                 records.desk = Some(b_peer.clone());
+                records.answered = Some(driver_now());
                 let record = &mut records.call;
                 let now = unix_millis(SystemTime::now());
                 records.link.answered(now);
@@ -360,7 +364,20 @@ async fn carry_out(
                     &services.metrics,
                 );
                 finish_record(record, relay, &outcome, &services.metrics);
-                count_desk_call(call, records.desk.as_deref(), record, &services.metrics);
+                let rang = records
+                    .ringing
+                    .zip(records.answered)
+                    .map(|(rang, answered)| {
+                        u64::try_from(answered.saturating_duration_since(rang).as_millis())
+                            .unwrap_or(u64::MAX)
+                    });
+                count_desk_call(
+                    call,
+                    records.desk.as_deref(),
+                    rang,
+                    record,
+                    &services.metrics,
+                );
                 if let Some(siprec) = records.siprec.as_mut() {
                     siprec.end();
                 }
@@ -641,15 +658,22 @@ fn track_linkage(
 }
 
 /// The call's figures at the desk it was offered to (none for a call no desk was tried for).
-fn count_desk_call(call: &Call, desk: Option<&str>, record: &CallRecord, metrics: &Metrics) {
+fn count_desk_call(
+    call: &Call,
+    desk: Option<&str>,
+    rang_ms: Option<u64>,
+    record: &CallRecord,
+    metrics: &Metrics,
+) {
     let Some(desk) = desk else {
         return;
     };
     let platform = call.platform_of_peer(desk).unwrap_or_else(|| "-".into());
     let outcome = match record.answered_at {
-        Some(answered) => {
-            DeskOutcome::Answered(u64::try_from(answered - record.started_at).unwrap_or(0))
-        }
+        Some(answered) => DeskOutcome::Answered {
+            after_ms: u64::try_from(answered - record.started_at).unwrap_or(0),
+            rang_ms,
+        },
         None if record.ended_by.as_deref() == Some("caller") => DeskOutcome::Abandoned,
         None => DeskOutcome::NotAnswered,
     };

@@ -8,13 +8,15 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use super::histogram::Histogram;
 use super::label_value;
 
 /// How a call offered to a desk ended, for its figures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeskOutcome {
-    /// Answered this many ms after the call's start.
-    Answered(u64),
+    /// Answered `after_ms` after the call's start, `rang_ms` after the desk first rang (None:
+    /// it answered without ringing).
+    Answered { after_ms: u64, rang_ms: Option<u64> },
     /// The caller hung up before any desk answered.
     Abandoned,
     /// Busy, failed, refused, or ended by the gateway.
@@ -38,7 +40,12 @@ pub(super) struct Figures {
     desks: Mutex<BTreeMap<(String, String), DeskRow>>,
     /// By (kind, from platform, to platform or desk, outcome).
     linkages: Mutex<BTreeMap<(String, String, String, String), u64>>,
+    /// By platform: the answered calls' time from their start, and from the desk's ringing.
+    answer_times: Mutex<BTreeMap<String, (Histogram, Histogram)>>,
 }
+
+/// The buckets of the answer and ring times: the service-level marks, up to two minutes.
+const ANSWER_BUCKETS: &[u32] = &[1, 2, 5, 10, 15, 20, 30, 45, 60, 120];
 
 impl Default for Figures {
     fn default() -> Figures {
@@ -46,6 +53,7 @@ impl Default for Figures {
             service_level_ms: AtomicU64::new(20_000),
             desks: Mutex::default(),
             linkages: Mutex::default(),
+            answer_times: Mutex::default(),
         }
     }
 }
@@ -64,10 +72,25 @@ impl Figures {
             .or_default();
         row.offered += 1;
         match outcome {
-            DeskOutcome::Answered(ms) => {
+            DeskOutcome::Answered { after_ms, rang_ms } => {
                 row.answered += 1;
-                if ms <= within {
+                if after_ms <= within {
                     row.answered_within += 1;
+                }
+                drop(desks);
+                let mut times = self
+                    .answer_times
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let (answer, ring) = times.entry(platform.to_string()).or_insert_with(|| {
+                    (
+                        Histogram::new(ANSWER_BUCKETS),
+                        Histogram::new(ANSWER_BUCKETS),
+                    )
+                });
+                answer.observe_ms(after_ms);
+                if let Some(rang) = rang_ms {
+                    ring.observe_ms(rang);
                 }
             }
             DeskOutcome::Abandoned => row.abandoned += 1,
@@ -128,6 +151,30 @@ impl Figures {
             }
         }
         drop(desks);
+        let times = self
+            .answer_times
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (name, help, pick) in [
+            (
+                "hotline_desk_answer_seconds",
+                "answered calls' time from their start to the desk's answer, by platform",
+                0,
+            ),
+            (
+                "hotline_desk_ring_seconds",
+                "answered calls' time from the desk's first ringing to its answer, by platform",
+                1,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for (platform, (answer, ring)) in times.iter() {
+                let histogram = if pick == 0 { answer } else { ring };
+                let labels = format!("platform=\"{}\"", label_value(platform));
+                histogram.render_series(name, &labels, out);
+            }
+        }
+        drop(times);
         let linkages = self.linkages.lock().unwrap_or_else(PoisonError::into_inner);
         let _ = writeln!(
             out,

@@ -40,27 +40,57 @@ impl Histogram {
     /// The exposition of `name` (in seconds): cumulative buckets, `_sum`, `_count`.
     pub(super) fn render(&self, name: &str, help: &str, out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(name, "", out);
+    }
+
+    /// The series of `name` with `labels` (`key="value",...`, escaped; empty for none), without
+    /// the HELP and TYPE lines (one histogram of several label sets writes those once).
+    pub(super) fn render_series(&self, name: &str, labels: &str, out: &mut String) {
+        let (with, braces) = if labels.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (format!("{labels},"), format!("{{{labels}}}"))
+        };
         let mut cumulative = 0;
         for (index, bucket) in self.buckets.iter().enumerate() {
             cumulative += bucket.load(Ordering::Relaxed);
             match self.bounds_secs.get(index) {
                 Some(bound) => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+                    let _ = writeln!(out, "{name}_bucket{{{with}le=\"{bound}\"}} {cumulative}");
                 }
                 None => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                    let _ = writeln!(out, "{name}_bucket{{{with}le=\"+Inf\"}} {cumulative}");
                 }
             }
         }
         let sum = self.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0;
         let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{braces} {sum}\n{name}_count{braces} {count}"
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_labelled_series_carries_its_labels_on_every_line() {
+        let histogram = Histogram::new(&[1, 5]);
+        histogram.observe_ms(3000);
+        let mut out = String::new();
+        histogram.render_series("answer_seconds", "platform=\"110\"", &mut out);
+        assert_eq!(
+            out,
+            "answer_seconds_bucket{platform=\"110\",le=\"1\"} 0\n\
+             answer_seconds_bucket{platform=\"110\",le=\"5\"} 1\n\
+             answer_seconds_bucket{platform=\"110\",le=\"+Inf\"} 1\n\
+             answer_seconds_sum{platform=\"110\"} 3\n\
+             answer_seconds_count{platform=\"110\"} 1\n"
+        );
+    }
 
     #[test]
     fn observations_land_in_cumulative_buckets_with_sum_and_count() {
