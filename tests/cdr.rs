@@ -7,7 +7,6 @@ mod common;
 use std::net::IpAddr;
 
 use common::{establish, Gateway, Ua};
-use hotline_gateway::sip::message::{Message, Method};
 
 const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
@@ -38,24 +37,7 @@ async fn an_ended_call_is_appended_to_the_days_file_as_the_store_has_it() {
         ua.set_gateway(gateway.sip);
     }
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
-    let mut refer = agent.uas_request(&call.incoming, "REFER", 2);
-    refer.headers.push("Refer-To", "<sip:110@gw>");
-    agent.send_request(&refer).await;
-    agent.expect_response("REFER", 202).await;
-    let invite = police.expect_request("INVITE").await;
-    let _police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
-    loop {
-        // The NOTIFYs, answered, until the agent is released.
-        let Message::Request(request) = agent.recv().await else {
-            continue;
-        };
-        agent
-            .send_response(&agent.answer(&request, 200, None))
-            .await;
-        if request.method == Method::Bye {
-            break;
-        }
-    }
+    let _police_rtp = common::refer_to_110_answered(&mut agent, &call, &mut police).await;
     common::caller_hangs_up(&mut citizen, &call, &mut [&mut police]).await;
     gateway
         .metric_reaches("hotline_cdr_written_total", 1.0)

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hotline_gateway::config::Config;
-use hotline_gateway::sip::message::{self, Message, Request, Response};
+use hotline_gateway::sip::message::{self, Message, Method, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
@@ -1072,6 +1072,33 @@ pub(crate) async fn answer_with_rtp(
         .await;
     ua.expect_request("ACK").await;
     rtp
+}
+
+/// The agent of `call` REFERs it to 110 (202), `police` answers the gateway's INVITE with
+/// media, and the agent answers its NOTIFYs until the gateway releases it with BYE; returns
+/// 110's RTP peer.
+pub(crate) async fn refer_to_110_answered(
+    agent: &mut Ua,
+    call: &Established,
+    police: &mut Ua,
+) -> RtpPeer {
+    let mut refer = agent.uas_request(&call.incoming, "REFER", 2);
+    refer.headers.push("Refer-To", "<sip:110@gw>");
+    agent.send_request(&refer).await;
+    agent.expect_response("REFER", 202).await;
+    let invite = police.expect_request("INVITE").await;
+    let rtp = answer_with_media(police, &invite, &[8]).await;
+    loop {
+        let Message::Request(request) = agent.recv().await else {
+            continue;
+        };
+        agent
+            .send_response(&agent.answer(&request, 200, None))
+            .await;
+        if request.method == Method::Bye {
+            return rtp;
+        }
+    }
 }
 
 /// The caller of `call` hangs up; every other party answers the gateway's BYE.
