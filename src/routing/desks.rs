@@ -1,6 +1,6 @@
-//! What every call shares about the desks: how many calls each peer carries against its
-//! capacity (`[[peer]] max_calls`, a [`Seat`] per call it was sent), and each queued route's
-//! waiting line (`[[route]] queue_max`, a [`Place`] per queued caller, first come first
+//! How a route's callers wait ([`QueuePolicy`]), and what every call shares about the desks:
+//! how many calls each peer carries against its capacity (`[[peer]] max_calls`, a [`Seat`]
+//! per call it was sent), and each queued route's waiting line (`[[route]] queue_max`, a [`Place`] per queued caller, first come first
 //! served). Both are released by dropping them, so a call that ends any way gives its seat and
 //! its place back. Giving back a place, or a seat at a peer with `max_calls` that the call
 //! was done with, raises the [`DeskSignal`] queued calls wait on; a seat given back because
@@ -139,6 +139,21 @@ impl Drop for Seat {
             }
         }
     }
+}
+
+/// How a route's callers wait when every desk is busy (`[[route]] queue_secs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuePolicy {
+    /// The longest wait; then the call overflows, or the gateway hangs up.
+    pub wait: std::time::Duration,
+    /// How often the route's desks are offered the call again.
+    pub retry: std::time::Duration,
+    /// Peers (by name: another centre's remote seats) the call goes to, in order, once the
+    /// wait is over or the line is full (`[[route]] overflow`).
+    pub overflow: Vec<String>,
+    /// The route's callers waiting now, in order (`[[route]] queue_max` at most), shared by
+    /// every call of the route.
+    pub line: Arc<WaitingLine>,
 }
 
 /// A route's queued callers in the order they came (`[[route]] queue_max` of them at most).

@@ -39,6 +39,7 @@ pub mod charset;
 mod cidr;
 pub mod credentials;
 pub mod desks;
+pub use desks::QueuePolicy;
 pub mod health;
 pub mod schedule;
 
@@ -203,21 +204,6 @@ pub struct Route {
     pub schedule: schedule::Schedule,
     /// A caller every desk of the route turned away waits (None: the failure at once).
     pub queue: Option<QueuePolicy>,
-}
-
-/// How a route's callers wait when every desk is busy (`[[route]] queue_secs`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueuePolicy {
-    /// The longest wait; then the call overflows, or the gateway hangs up.
-    pub wait: std::time::Duration,
-    /// How often the route's desks are offered the call again.
-    pub retry: std::time::Duration,
-    /// Peers (by name: another centre's remote seats) the call goes to, in order, once the
-    /// wait is over or the line is full (`[[route]] overflow`).
-    pub overflow: Vec<String>,
-    /// The route's callers waiting now, in order (`[[route]] queue_max` at most), shared by
-    /// every call of the route.
-    pub line: Arc<desks::WaitingLine>,
 }
 
 /// One element of a [`NumberPattern`].
