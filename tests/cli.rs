@@ -79,8 +79,9 @@ fn check_names_file_key_and_reason() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.toml: cannot read"));
 }
 
-#[test]
-fn calls_lists_records_and_reports_a_missing_store() {
+/// The contract's sample in a temporary directory, its store there too: the directory (kept
+/// while the test runs), the config file and the store's path.
+fn sample_with_store() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let config = dir.path().join("gw.toml");
     let db = dir.path().join("gw.db");
@@ -90,6 +91,12 @@ fn calls_lists_records_and_reports_a_missing_store() {
         sample.replace("data/gateway.db", &db.display().to_string()),
     )
     .unwrap_or_else(|e| panic!("{e}"));
+    (dir, config, db)
+}
+
+#[test]
+fn calls_lists_records_and_reports_a_missing_store() {
+    let (_dir, config, db) = sample_with_store();
     let missing = gateway()
         .arg("--config")
         .arg(&config)
@@ -221,15 +228,7 @@ fn check_refuses_interface_addresses_not_on_the_host() {
 #[test]
 fn calls_export_json_and_csv_round_trip_the_records() {
     use hotline_gateway::store::{CallRecord, Changes, LinkageRecord};
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let config = dir.path().join("gw.toml");
-    let db = dir.path().join("gw.db");
-    let sample = std::fs::read_to_string("config/gateway.toml").unwrap_or_default();
-    std::fs::write(
-        &config,
-        sample.replace("data/gateway.db", &db.display().to_string()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let (_dir, config, db) = sample_with_store();
     let call = |id: &str, started_at: i64| CallRecord {
         id: id.into(),
         a_call_id: format!("{id}-a@x"),
@@ -451,15 +450,7 @@ fn csv_rows(text: &str) -> Vec<Vec<String>> {
 #[test]
 fn stats_gives_the_known_answer_rate_and_linkage_table() {
     use hotline_gateway::store::{CallRecord, Changes, LinkageRecord};
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let config = dir.path().join("gw.toml");
-    let db = dir.path().join("gw.db");
-    let sample = std::fs::read_to_string("config/gateway.toml").unwrap_or_default();
-    std::fs::write(
-        &config,
-        sample.replace("data/gateway.db", &db.display().to_string()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let (_dir, config, db) = sample_with_store();
     let start = 1_795_305_600_000;
     let call = |id: &str, desk: &str, answered_after: Option<i64>, ended_by: &str| CallRecord {
         id: id.into(),

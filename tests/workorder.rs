@@ -118,6 +118,43 @@ fn as_attached(ticket: &pb::Ticket) -> pb::Ticket {
     }
 }
 
+/// A unary client of the gateway's work-order service.
+async fn unary_client(
+    gateway: &Gateway,
+) -> pb::work_order_service_client::WorkOrderServiceClient<tonic::transport::Channel> {
+    match pb::work_order_service_client::WorkOrderServiceClient::connect(format!(
+        "http://{}",
+        gateway.grpc
+    ))
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// 12345 transfers `call_id` to 110 by command; 110 answers with media and the agent is
+/// released: 110's RTP peer.
+async fn transfer_to_110_by_command(
+    hotline: &mut Platform,
+    call_id: &str,
+    police: &mut Ua,
+    agent: &mut Ua,
+) -> common::RtpPeer {
+    let transferred = hotline
+        .command(Action::Transfer(pb::Transfer {
+            call_id: call_id.to_string(),
+            target: "110".into(),
+        }))
+        .await;
+    assert!(transferred.ok, "{transferred:?}");
+    let invite = police.expect_request("INVITE").await;
+    let rtp = common::answer_with_media(police, &invite, &[8]).await;
+    let bye = agent.expect_request("BYE").await;
+    agent.send_response(&agent.answer(&bye, 200, None)).await;
+    rtp
+}
+
 /// An `authorization: Bearer` request.
 fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -244,15 +281,7 @@ async fn a_ticket_travels_with_the_transfer_and_110_answers_back() {
     }
 
     // The unary calls: the linkage as 110 may see it; the call among 110's active ones.
-    let mut unary = match pb::work_order_service_client::WorkOrderServiceClient::connect(format!(
-        "http://{}",
-        gateway.grpc
-    ))
-    .await
-    {
-        Ok(c) => c,
-        Err(e) => panic!("{e}"),
-    };
+    let mut unary = unary_client(&gateway).await;
     let request = bearer(
         pb::GetLinkageRequest {
             linkage_id: linkage_id.clone(),
@@ -1197,15 +1226,7 @@ async fn active_calls_come_a_page_at_a_time() {
         calls.push(establish(&mut citizen, &mut agent, &[8], &[8]).await);
         ids.push(hotline.until(EventType::CallAnswered).await.call_id);
     }
-    let mut unary = match pb::work_order_service_client::WorkOrderServiceClient::connect(format!(
-        "http://{}",
-        gateway.grpc
-    ))
-    .await
-    {
-        Ok(c) => c,
-        Err(e) => panic!("{e}"),
-    };
+    let mut unary = unary_client(&gateway).await;
     let mut seen = Vec::new();
     let mut token = String::new();
     let mut pages = 0;
@@ -1519,15 +1540,7 @@ async fn a_page_of_calls_with_large_tickets_stays_within_a_message() {
         let result = hotline.command(attach_summary(&call_id, big)).await;
         assert!(result.ok, "{}", result.message);
     }
-    let mut unary = match pb::work_order_service_client::WorkOrderServiceClient::connect(format!(
-        "http://{}",
-        gateway.grpc
-    ))
-    .await
-    {
-        Ok(c) => c,
-        Err(e) => panic!("{e}"),
-    };
+    let mut unary = unary_client(&gateway).await;
     let (mut seen, mut token, mut pages) = (0, String::new(), 0);
     loop {
         let request = pb::ListActiveCallsRequest {
@@ -1580,17 +1593,8 @@ async fn the_110_operator_hears_the_tickets_urgency_class_before_the_citizen() {
         .command(attach_summary(&call_id, "fire".into()))
         .await;
     assert!(attached.ok, "{attached:?}");
-    let transferred = hotline
-        .command(Action::Transfer(pb::Transfer {
-            call_id: call_id.clone(),
-            target: "110".into(),
-        }))
-        .await;
-    assert!(transferred.ok, "{transferred:?}");
-    let invite = police.expect_request("INVITE").await;
-    let police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
-    let bye = agent.expect_request("BYE").await;
-    agent.send_response(&agent.answer(&bye, 200, None)).await;
+    let police_rtp =
+        transfer_to_110_by_command(&mut hotline, &call_id, &mut police, &mut agent).await;
 
     // The citizen talks all along; each 20 ms packet 110 gets is told by its tone.
     let tone = |frequency: f64, from: u32| -> Vec<u8> {
@@ -1664,29 +1668,12 @@ async fn get_stats_gives_each_platform_its_figures() {
     let mut hotline = Platform::connect(gateway.grpc, "12345", TOKEN_12345, None).await;
     let call = establish(&mut citizen, &mut agent, &[8], &[8]).await;
     let call_id = hotline.until(EventType::CallAnswered).await.call_id;
-    let transferred = hotline
-        .command(Action::Transfer(pb::Transfer {
-            call_id: call_id.clone(),
-            target: "110".into(),
-        }))
-        .await;
-    assert!(transferred.ok, "{transferred:?}");
-    let invite = police.expect_request("INVITE").await;
-    let _police_rtp = common::answer_with_media(&mut police, &invite, &[8]).await;
-    let bye = agent.expect_request("BYE").await;
-    agent.send_response(&agent.answer(&bye, 200, None)).await;
+    let _police_rtp =
+        transfer_to_110_by_command(&mut hotline, &call_id, &mut police, &mut agent).await;
     common::caller_hangs_up(&mut citizen, &call, &mut [&mut police]).await;
     hotline.until(EventType::CallEnded).await;
 
-    let mut unary = match pb::work_order_service_client::WorkOrderServiceClient::connect(format!(
-        "http://{}",
-        gateway.grpc
-    ))
-    .await
-    {
-        Ok(c) => c,
-        Err(e) => panic!("{e}"),
-    };
+    let mut unary = unary_client(&gateway).await;
     let ask = |token: &str, secs: u32| {
         bearer(
             pb::GetStatsRequest {
