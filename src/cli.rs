@@ -291,6 +291,20 @@ pub fn format_stats(figures: &crate::stats::Figures, since: i64) -> String {
             causes.join(", ")
         ));
     }
+    if !figures.conferences.is_empty() {
+        out.push_str(&format!(
+            "\n{:<12} {:>8} {:>12} {:>14}\n",
+            "conferences", "held", "length p50 s", "length total s"
+        ));
+        for (platform, row) in &figures.conferences {
+            out.push_str(&format!(
+                "{platform:<12} {:>8} {:>12} {:>14}\n",
+                row.held,
+                seconds(row.median_length_ms()),
+                seconds(Some(row.total_length_ms())),
+            ));
+        }
+    }
     out
 }
 

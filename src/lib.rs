@@ -287,7 +287,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         metrics: Arc::clone(&metrics),
         router: Arc::clone(&router),
     });
-    let (http_address, http_stop) = serve_http(&config, http_listener, &metrics, health);
+    let (http_address, http_stop) = serve_http(
+        &config,
+        http_listener,
+        (&metrics, health),
+        (&registry, &router),
+    );
     let (grpc_address, grpc_stop, grpc_task) = serve_grpc(
         &config,
         grpc_listener,
@@ -643,16 +648,18 @@ fn build_endpoint(
     Ok((endpoint, handle, commands))
 }
 
-/// Spawns the HTTP endpoint (/healthz, /metrics); returns its address and its stop switch.
+/// Spawns the HTTP endpoint (/healthz, /metrics, /recordings, the status page); returns its
+/// address and its stop switch.
 fn serve_http(
     config: &Config,
     http_listener: tokio::net::TcpListener,
-    metrics: &Arc<Metrics>,
-    health: Arc<dyn health::HealthCheck>,
+    (metrics, health): (&Arc<Metrics>, Arc<dyn health::HealthCheck>),
+    (registry, router): (&Arc<workorder::registry::CallRegistry>, &Arc<Router>),
 ) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
     let http_address = http_listener.local_addr().unwrap_or(config.api.http);
     let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
-    let recordings = config.recording.as_ref().map(|recording| {
+    let mut services = http::HttpServices::new(Arc::clone(metrics), health);
+    services.recordings = config.recording.as_ref().map(|recording| {
         Arc::new(http::RecordingAccess {
             root: recording.path.clone(),
             retention_days: recording.retention_days,
@@ -665,13 +672,27 @@ fn serve_http(
             throttle: workorder::auth::LoginThrottle::default(),
         })
     });
-    tokio::spawn(http::serve(
-        http_listener,
-        Arc::clone(metrics),
-        health,
-        http_stopped,
-        recordings,
-    ));
+    let board = http::status::BoardSources {
+        registry: Arc::clone(registry),
+        router: Arc::clone(router),
+        metrics: Arc::clone(metrics),
+        store: config.store.location(),
+        node: config
+            .cluster
+            .as_ref()
+            .map(|c| c.node.clone())
+            .unwrap_or_default(),
+        within_secs: config.stats.service_level_secs,
+        utc_offset_minutes: config.routing.offset_minutes(),
+        recording: config.recording.is_some(),
+        show_numbers: config.status.show_numbers,
+    };
+    let feed = http::status::board::start(board, http_stopped.clone());
+    services.status = Some(Arc::new(http::status::StatusPage::new(
+        &config.status,
+        feed,
+    )));
+    tokio::spawn(http::serve(http_listener, services, http_stopped));
     (http_address, http_stop)
 }
 

@@ -4,7 +4,8 @@
 //! answered, abandoned (the caller hung up first) and answered within the service level's
 //! seconds, with the answer rate and the median time to answer; per linkage kind and
 //! direction (12345→110, 110→12345, to 119 ...), requested, connected and failed by status,
-//! with the median time from the request to the target's answer. Pure: records in, figures
+//! with the median time from the request to the target's answer; the conferences held and
+//! their length. Pure: records in, figures
 //! out; `hotline-gateway stats` prints them.
 
 use std::collections::BTreeMap;
@@ -73,6 +74,57 @@ pub struct LinkageKey {
     pub to: String,
 }
 
+/// The conferences the gateway mixed: one per stretch of a call's conference parties being in
+/// (from the first joining to the last leaving; one still under way is held, its length not
+/// yet known).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConferenceFigures {
+    pub held: u64,
+    /// Milliseconds each ended conference lasted.
+    length_ms: Vec<i64>,
+}
+
+impl ConferenceFigures {
+    pub fn median_length_ms(&self) -> Option<i64> {
+        median(&self.length_ms)
+    }
+
+    pub fn total_length_ms(&self) -> i64 {
+        self.length_ms.iter().sum()
+    }
+
+    /// The conferences of one call's parties (its own, in any order).
+    fn count(&mut self, parties: &[crate::store::ConferencePartyRecord]) {
+        let mut spans: Vec<(i64, Option<i64>)> =
+            parties.iter().map(|p| (p.joined_at, p.left_at)).collect();
+        spans.sort_unstable();
+        let mut current: Option<(i64, Option<i64>)> = None;
+        for (joined, left) in spans {
+            current = match current {
+                // Overlapping (or one still in): the same conference.
+                Some((start, end)) if end.is_none_or(|end| joined <= end) => {
+                    Some((start, end.zip(left).map(|(a, b)| a.max(b))))
+                }
+                Some(done) => {
+                    self.close(done);
+                    Some((joined, left))
+                }
+                None => Some((joined, left)),
+            };
+        }
+        if let Some(done) = current {
+            self.close(done);
+        }
+    }
+
+    fn close(&mut self, (start, end): (i64, Option<i64>)) {
+        self.held += 1;
+        if let Some(end) = end {
+            self.length_ms.push((end - start).max(0));
+        }
+    }
+}
+
 /// The figures of a span of calls.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Figures {
@@ -81,6 +133,8 @@ pub struct Figures {
     /// By that desk (the peer).
     pub desks: BTreeMap<String, CallFigures>,
     pub linkages: BTreeMap<LinkageKey, LinkageFigures>,
+    /// By the platform of the desk the call was offered to, as `platforms`.
+    pub conferences: BTreeMap<String, ConferenceFigures>,
     /// The service level's seconds.
     pub within_secs: u64,
 }
@@ -111,6 +165,10 @@ pub fn figures(
             .as_deref()
             .and_then(&platform_of)
             .unwrap_or_else(|| "-".into());
+        if !detail.conference_parties.is_empty() {
+            let conferences = figures.conferences.entry(platform.clone()).or_default();
+            conferences.count(&detail.conference_parties);
+        }
         for row in [
             figures.platforms.entry(platform).or_default(),
             figures.desks.entry(desk).or_default(),
@@ -196,6 +254,7 @@ mod tests {
                 recording: None,
             },
             linkages: Vec::new(),
+            conference_parties: Vec::new(),
         }
     }
 
@@ -280,5 +339,50 @@ mod tests {
             to: "119".into(),
         }];
         assert_eq!((to_119.requested, to_119.failed_total()), (1, 1));
+    }
+
+    fn party(
+        party: u8,
+        joined_at: i64,
+        left_at: Option<i64>,
+    ) -> crate::store::ConferencePartyRecord {
+        crate::store::ConferencePartyRecord {
+            call_id: "c".into(),
+            party,
+            peer: "p".into(),
+            number: String::new(),
+            joined_at,
+            left_at,
+        }
+    }
+
+    /// One call's conference of 60 s (a guest joined and left within it), another call's two
+    /// conferences of 10 s, a third's still under way: four held, median and total of the
+    /// three that ended.
+    #[test]
+    fn conferences_held_and_their_length() {
+        let mut one = call("c1", "hotline", Some(1_000), "caller");
+        one.conference_parties = vec![
+            party(0, 0, Some(60_000)),
+            party(2, 10_000, Some(50_000)),
+            party(1, 0, Some(60_000)),
+        ];
+        let mut two = call("c2", "hotline", Some(1_000), "caller");
+        two.conference_parties = vec![
+            party(0, 0, Some(10_000)),
+            party(1, 0, Some(10_000)),
+            party(0, 20_000, Some(30_000)),
+            party(2, 20_000, Some(30_000)),
+        ];
+        let mut three = call("c3", "hotline", Some(1_000), "caller");
+        three.conference_parties = vec![party(0, 0, Some(5_000)), party(2, 1_000, None)];
+        let calls = [one, two, three, call("c4", "hotline", None, "caller")];
+        let platform_of = |_: &str| Some("12345".to_string());
+        let figures = figures(&calls, platform_of, 20);
+        let conferences = &figures.conferences["12345"];
+        assert_eq!(conferences.held, 4);
+        assert_eq!(conferences.median_length_ms(), Some(10_000));
+        assert_eq!(conferences.total_length_ms(), 80_000);
+        assert_eq!(figures.conferences.len(), 1);
     }
 }

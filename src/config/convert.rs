@@ -120,13 +120,18 @@ impl From<&RouteConfig> for Route {
 }
 
 impl crate::config::RoutingConfig {
+    /// `utc_offset` in minutes (China Standard Time when it does not read; `--check` says so).
+    pub fn offset_minutes(&self) -> i32 {
+        utc_offset_minutes(&self.utc_offset).unwrap_or(8 * 60)
+    }
+
     /// The calendar (checked by `--check`: what does not read is left out here).
     pub fn calendar(&self) -> crate::routing::schedule::Calendar {
         let days = |dates: &[String]| -> Vec<i64> {
             dates.iter().filter_map(|date| date_days(date)).collect()
         };
         crate::routing::schedule::Calendar::new(
-            utc_offset_minutes(&self.utc_offset).unwrap_or(8 * 60),
+            self.offset_minutes(),
             days(&self.holidays),
             days(&self.workdays),
         )

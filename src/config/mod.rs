@@ -34,7 +34,9 @@ pub use crate::store::{DatabaseCa, DatabaseUrl, StoreLocation};
 mod convert;
 pub use convert::CallContext;
 mod sections;
-pub use sections::{AnnouncementsConfig, CdrConfig, HepConfig, StatsConfig, WhisperConfig};
+pub use sections::{
+    AnnouncementsConfig, CdrConfig, HepConfig, StatsConfig, StatusConfig, WhisperConfig,
+};
 #[cfg(test)]
 mod tests;
 mod text;
@@ -98,6 +100,9 @@ pub struct Config {
     /// `[stats]`: how the figures are counted.
     #[serde(default)]
     pub stats: StatsConfig,
+    /// `[status]`: who may see the live status page.
+    #[serde(default)]
+    pub status: StatusConfig,
 }
 
 /// `[recording]`: one stereo WAV per answered call (left: the caller; right: what the caller

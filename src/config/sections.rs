@@ -1,5 +1,5 @@
 //! The sections of the configuration for what the gateway plays and exports:
-//! `[announcements]` (with `[announcements.whisper]`), `[stats]`, `[cdr]` and `[hep]`.
+//! `[announcements]` (with `[announcements.whisper]`), `[stats]`, `[cdr]`, `[hep]` and `[status]`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -121,4 +121,42 @@ impl WhisperConfig {
 
 fn default_announcement_gap_ms() -> u32 {
     1000
+}
+
+/// `[status]`: who may see the live status page (`GET /` on `api.http`) and how it shows the
+/// citizens' numbers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusConfig {
+    /// A shared secret that opens the page from anywhere: `Authorization: Bearer <token>`, or
+    /// `GET /?token=<token>` once (a cookie holds it then). None: only `allow` opens it.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Networks that see the page without the token, the management network's (default the
+    /// loopback addresses; `[]` for the token only).
+    #[serde(
+        default = "default_status_allow",
+        deserialize_with = "super::text::list"
+    )]
+    pub allow: Vec<crate::routing::Cidr>,
+    /// Show citizens' numbers whole (default false: 138****8000).
+    #[serde(default)]
+    pub show_numbers: bool,
+}
+
+impl Default for StatusConfig {
+    fn default() -> StatusConfig {
+        StatusConfig {
+            token: None,
+            allow: default_status_allow(),
+            show_numbers: false,
+        }
+    }
+}
+
+fn default_status_allow() -> Vec<crate::routing::Cidr> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|text| crate::routing::Cidr::parse(text).ok())
+        .collect()
 }

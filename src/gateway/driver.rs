@@ -396,6 +396,8 @@ async fn carry_out(
                     records.detail = Some(crate::store::CallDetail {
                         call: record.clone(),
                         linkages,
+                        // The CDR line does not carry them (the stats read them back).
+                        conference_parties: Vec::new(),
                     });
                 }
             }

@@ -20,8 +20,8 @@ use crate::media::Leg;
 use crate::store::{CallRecord, Changes, LinkageRecord};
 use crate::workorder::hub::EventHub;
 use crate::workorder::registry::{
-    lock, CallCommand, CallRegistry, CallSnapshot, CommandDone, CommandError, CommandOutcome,
-    CommandReply, ErrorCode,
+    changed, lock, CallCommand, CallRegistry, CallSnapshot, ChangeSignal, CommandDone,
+    CommandError, CommandOutcome, CommandReply, ErrorCode, Linking,
 };
 use crate::workorder::{convert, CallEvent, EventKind, LegInfo, PartyInfo, RecordingInfo};
 
@@ -32,6 +32,8 @@ pub struct Link {
     /// the step is committed.
     state: CallSnapshot,
     published: Arc<Mutex<CallSnapshot>>,
+    /// Bumped when what is published changes.
+    changes: ChangeSignal,
     hub: Arc<EventHub>,
     offered: bool,
     /// Why screening flagged the call (a repeat caller), told with the offer.
@@ -68,7 +70,7 @@ impl Link {
             answered_at: None,
             ticket: None,
             platforms: platform.into_iter().collect::<BTreeSet<_>>(),
-            recording: None,
+            ..CallSnapshot::default()
         };
         let published = Arc::new(Mutex::new(state.clone()));
         let commands = registry.insert(Arc::clone(&published));
@@ -76,6 +78,7 @@ impl Link {
             Link {
                 state,
                 published,
+                changes: registry.changes(),
                 hub,
                 offered: false,
                 flag,
@@ -103,10 +106,14 @@ impl Link {
     /// results of the commands it carried out go.
     pub fn committed(&mut self) {
         let mut published = lock(&self.published);
-        if *published != self.state {
+        let change = *published != self.state;
+        if change {
             *published = self.state.clone();
         }
         drop(published);
+        if change {
+            changed(&self.changes);
+        }
         for (reply, outcome) in self.replies.drain(..) {
             let _ = reply.send(outcome);
         }
@@ -178,6 +185,7 @@ impl Link {
     }
 
     pub fn ringing(&mut self) {
+        self.state.ringing = true;
         self.emit(self.event(EventKind::CallRinging));
     }
 
@@ -191,6 +199,7 @@ impl Link {
 
     /// The route's queue took, moved or lost the call.
     pub fn queue(&mut self, update: &QueueUpdate) {
+        self.show_queue(update);
         let event = match update {
             QueueUpdate::Queued { status, linkage_id } => {
                 self.queue_linkage = linkage_id.clone();
@@ -241,8 +250,45 @@ impl Link {
         self.emit(event);
     }
 
+    /// What the status page shows of a wait in the queue: the call's, or its transfer's.
+    fn show_queue(&mut self, update: &QueueUpdate) {
+        let of_linkage = match update {
+            QueueUpdate::Queued { linkage_id, .. } => linkage_id.is_some(),
+            _ => self.queue_linkage.is_some(),
+        };
+        if !of_linkage {
+            self.state.queued_since = match update {
+                QueueUpdate::Queued { .. } => self.state.queued_since.or(Some(unix_now())),
+                _ => None,
+            };
+        } else if let Some(linking) = self.state.linking.as_mut() {
+            match update {
+                QueueUpdate::Queued { .. } => linking.state = "queued",
+                QueueUpdate::Offered { .. } | QueueUpdate::Overflowed { .. } => {
+                    linking.state = "ringing";
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// A transfer's or conference guest's linkage moved on (`linkage` as it now stands).
     pub fn linkage(&mut self, update: &LinkageUpdate, linkage: &LinkageRecord) {
+        self.state.linking = match update {
+            LinkageUpdate::Answered { .. } | LinkageUpdate::Failed { .. } => None,
+            LinkageUpdate::Ringing { .. } => self.state.linking.take().map(|mut linking| {
+                linking.state = "ringing";
+                linking
+            }),
+            LinkageUpdate::Requested { .. } | LinkageUpdate::Retried { .. } => Some(Linking {
+                linkage_id: linkage.id.clone(),
+                kind: linkage.kind.clone(),
+                target: linkage.target.clone(),
+                to_platform: linkage.to_platform.clone(),
+                state: "requested",
+                requested_at: linkage.requested_at,
+            }),
+        };
         let conference = linkage.kind == "conference";
         let kind = match update {
             LinkageUpdate::Requested { .. } if conference => EventKind::ConferenceRequested,
@@ -286,6 +332,11 @@ impl Link {
     }
 
     pub fn conference(&mut self, update: &ConferenceUpdate) {
+        match update {
+            ConferenceUpdate::Started => self.state.conference_since = Some(unix_now()),
+            ConferenceUpdate::Ended => self.state.conference_since = None,
+            _ => {}
+        }
         let event = match update {
             ConferenceUpdate::Started => self.event(EventKind::ConferenceStarted),
             ConferenceUpdate::Ended => self.event(EventKind::ConferenceEnded),
@@ -461,6 +512,10 @@ impl Link {
         };
         self.replies.push((reply, outcome));
     }
+}
+
+fn unix_now() -> i64 {
+    crate::store::unix_millis(SystemTime::now())
 }
 
 fn no_party(party: u32) -> CommandError {

@@ -5,19 +5,25 @@
 //! §14.2) is answered 206, an unsatisfiable one 416; a recording still being written is served
 //! as far as it is written. An address that keeps bringing wrong tokens is refused 429 for a
 //! while, as the work-order endpoint refuses it ([`LoginThrottle`]); a client that stops reading
-//! is cut off after [`WRITE_WITHIN`].
+//! is cut off after [`super::WRITE_WITHIN`].
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::SystemTime;
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Extension;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use super::{plain, HttpServices, Source};
 
 use crate::media::recording::{self, Sidecar};
 use crate::workorder::auth::{LoginThrottle, Tokens};
-
-/// A download whose client takes no bytes for this long is cut off.
-const WRITE_WITHIN: Duration = Duration::from_secs(30);
 
 /// What serving recordings needs: where they are, how far back to look, who may have them.
 pub struct RecordingAccess {
@@ -26,14 +32,6 @@ pub struct RecordingAccess {
     pub tokens: Tokens,
     /// Wrong tokens per source address.
     pub throttle: LoginThrottle,
-}
-
-/// A header's value, by case-insensitive name.
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
-    })
 }
 
 /// The byte range asked for of a file of `length` bytes: None for the whole file (no Range,
@@ -63,31 +61,39 @@ pub(super) fn byte_range(range: Option<&str>, length: u64) -> Result<Option<(u64
     Ok(Some((first, last)))
 }
 
-/// Answers a request for `/recordings/<name>` on `stream`.
-pub(super) async fn respond(
-    stream: &mut TcpStream,
-    method: &str,
-    name: &str,
-    head: &str,
-    access: &RecordingAccess,
-) {
-    let source = stream.peer_addr().map(|a| a.ip()).ok();
+pub(super) fn routes(access: Arc<RecordingAccess>) -> axum::Router<HttpServices> {
+    axum::Router::new().route(
+        "/recordings/{name}",
+        get(move |source, name, headers| respond(source, name, headers, Arc::clone(&access))),
+    )
+}
+
+/// Answers a request for `/recordings/<name>` (axum answers HEAD with GET's head).
+async fn respond(
+    Extension(Source(source)): Extension<Source>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    access: Arc<RecordingAccess>,
+) -> Response {
     let now = std::time::Instant::now();
-    if source.is_some_and(|ip| !access.throttle.allows(ip, now)) {
+    if !access.throttle.allows(source, now) {
         let refusal = "too many wrong tokens from this address: wait a minute\n";
-        return text(stream, 429, refusal).await;
+        return plain(StatusCode::TOO_MANY_REQUESTS, refusal);
     }
-    let token = header(head, "authorization").and_then(|v| v.strip_prefix("Bearer "));
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     let Some(platform) = token.and_then(|t| access.tokens.platform_of(t.trim())) else {
-        if let Some(ip) = source {
-            access.throttle.failed(ip, now);
-        }
-        return text(
-            stream,
-            401,
+        access.throttle.failed(source, now);
+        let mut refusal = plain(
+            StatusCode::UNAUTHORIZED,
             "a platform's token is needed: Authorization: Bearer <token>\n",
-        )
-        .await;
+        );
+        refusal
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return refusal;
     };
     let platform = platform.to_string();
     let (id, json) = match name.strip_suffix(".json") {
@@ -107,10 +113,13 @@ pub(super) async fn respond(
     .ok()
     .flatten();
     let Some((wav, sidecar_path, sidecar)) = found else {
-        return text(stream, 404, "no such recording\n").await;
+        return plain(StatusCode::NOT_FOUND, "no such recording\n");
     };
     if !sidecar.is_some_and(|s| s.platforms.contains(&platform)) {
-        return text(stream, 403, "the call did not involve this platform\n").await;
+        return plain(
+            StatusCode::FORBIDDEN,
+            "the call did not involve this platform\n",
+        );
     }
     let (path, content_type) = if json {
         (sidecar_path, "application/json")
@@ -118,66 +127,43 @@ pub(super) async fn respond(
         (wav, "audio/wav")
     };
     let Ok(mut file) = tokio::fs::File::open(&path).await else {
-        return text(stream, 404, "no such recording\n").await;
+        return plain(StatusCode::NOT_FOUND, "no such recording\n");
     };
     let length = file.metadata().await.map_or(0, |m| m.len());
-    let (status, first, last) = match byte_range(header(head, "range"), length) {
-        Ok(None) => (200, 0, length.saturating_sub(1)),
-        Ok(Some((first, last))) => (206, first, last),
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (status, first, last) = match byte_range(range, length) {
+        Ok(None) => (StatusCode::OK, 0, length.saturating_sub(1)),
+        Ok(Some((first, last))) => (StatusCode::PARTIAL_CONTENT, first, last),
         Err(()) => {
-            let head = format!(
-                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{length}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-            let _ = stream.write_all(head.as_bytes()).await;
-            return;
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{length}"))],
+            )
+                .into_response()
         }
     };
     let count = if length == 0 { 0 } else { last - first + 1 };
-    let mut response = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {count}\r\nAccept-Ranges: bytes\r\n",
-        if status == 206 { "Partial Content" } else { "OK" }
-    );
-    if status == 206 {
-        response.push_str(&format!("Content-Range: bytes {first}-{last}/{length}\r\n"));
-    }
-    response.push_str("Connection: close\r\n\r\n");
-    if stream.write_all(response.as_bytes()).await.is_err() || method == "HEAD" {
-        return;
-    }
     if file.seek(std::io::SeekFrom::Start(first)).await.is_err() {
-        return;
+        return plain(StatusCode::NOT_FOUND, "no such recording\n");
     }
-    let mut body = file.take(count);
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        let read = match body.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(read) => read,
-        };
-        let sent = tokio::time::timeout(WRITE_WITHIN, stream.write_all(&buffer[..read])).await;
-        if !matches!(sent, Ok(Ok(()))) {
-            return;
+    // The file as far as it is written now, up to `count` bytes (a recording in progress grows).
+    let body = Body::from_stream(ReaderStream::with_capacity(file.take(count), 64 * 1024));
+    let mut response = (
+        status,
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::CONTENT_LENGTH, count.to_string()),
+            (header::ACCEPT_RANGES, "bytes".to_string()),
+        ],
+        body,
+    )
+        .into_response();
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(value) = HeaderValue::from_str(&format!("bytes {first}-{last}/{length}")) {
+            response.headers_mut().insert(header::CONTENT_RANGE, value);
         }
     }
-}
-
-async fn text(stream: &mut TcpStream, status: u16, body: &str) {
-    let reason = match status {
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        429 => "Too Many Requests",
-        _ => "Not Found",
-    };
-    let authenticate = if status == 401 {
-        "WWW-Authenticate: Bearer\r\n"
-    } else {
-        ""
-    };
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\n{authenticate}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
+    response
 }
 
 #[cfg(test)]

@@ -190,6 +190,15 @@ impl Metrics {
         }
     }
 
+    /// Whether the gateway's registration at `peer` holds (None: it does not register there).
+    pub fn peer_registered(&self, peer: &str) -> Option<bool> {
+        let peers = self
+            .registrations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        peers.iter().find(|p| p.peer == peer).map(|p| p.registered)
+    }
+
     pub fn counter(&self, counter: Counter) -> u64 {
         self.counters[counter_index(counter)].load(Ordering::Relaxed)
     }

@@ -37,7 +37,8 @@ impl StoreLocation {
     }
 
     /// The call detail records of the calls started at or after `since` (Unix ms), oldest
-    /// first, at most `limit`: each call with its linkages (transfers and conference guests).
+    /// first, at most `limit`: each call with its linkages (transfers and conference guests)
+    /// and its conference parties.
     ///
     /// # Errors
     /// [`StoreError`] if the store cannot be read.
@@ -53,7 +54,12 @@ impl StoreLocation {
                     .into_iter()
                     .map(|call| {
                         let linkages = reads::linkages_of(&connection, &call.id)?;
-                        Ok(CallDetail { call, linkages })
+                        let conference_parties = reads::parties_of(&connection, &call.id)?;
+                        Ok(CallDetail {
+                            call,
+                            linkages,
+                            conference_parties,
+                        })
                     })
                     .collect()
             }
@@ -63,7 +69,12 @@ impl StoreLocation {
                     .into_iter()
                     .map(|call| {
                         let linkages = postgres::linkages_of(&mut client, &call.id)?;
-                        Ok(CallDetail { call, linkages })
+                        let conference_parties = postgres::parties_of(&mut client, &call.id)?;
+                        Ok(CallDetail {
+                            call,
+                            linkages,
+                            conference_parties,
+                        })
                     })
                     .collect()
             }

@@ -38,11 +38,12 @@ pub struct CallRecord {
 }
 
 /// A call detail record (CDR): the call's record with its linkages (transfers and conference
-/// guests), oldest first.
+/// guests) and, as read back from the store, its conference parties; oldest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallDetail {
     pub call: CallRecord,
     pub linkages: Vec<LinkageRecord>,
+    pub conference_parties: Vec<ConferencePartyRecord>,
 }
 
 /// Who called whom on which call, through which peer: what a call's record holds as it starts.

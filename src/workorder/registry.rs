@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use dashmap::DashMap;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{LegInfo, Ticket};
 
@@ -107,6 +107,29 @@ pub struct CallSnapshot {
     pub platforms: BTreeSet<String>,
     /// The call's recording, once it is recorded.
     pub recording: Option<super::RecordingInfo>,
+    /// The desk's phone rang (180/183).
+    pub ringing: bool,
+    /// Since when (Unix ms) it waits in its route's queue for a desk.
+    pub queued_since: Option<i64>,
+    /// The transfer or conference guest under way.
+    pub linking: Option<Linking>,
+    /// Since when (Unix ms) the gateway mixes a conference for it.
+    pub conference_since: Option<i64>,
+}
+
+/// A transfer or a conference guest under way: asked for, ringing or queued at the target.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Linking {
+    pub linkage_id: String,
+    /// `transfer` or `conference`.
+    pub kind: String,
+    /// The number asked for (110, 119 ...).
+    pub target: String,
+    pub to_platform: Option<String>,
+    /// `requested`, `ringing` or `queued`.
+    pub state: &'static str,
+    /// Unix ms of the request.
+    pub requested_at: i64,
 }
 
 struct Entry {
@@ -114,13 +137,52 @@ struct Entry {
     snapshot: Arc<Mutex<CallSnapshot>>,
 }
 
+/// Bumped whenever a call enters, leaves or changes what the platforms see of it (the status
+/// page follows it).
+pub type ChangeSignal = Arc<watch::Sender<u64>>;
+
 /// The calls in progress, by their gateway id.
-#[derive(Default)]
 pub struct CallRegistry {
     calls: DashMap<String, Entry>,
+    changes: ChangeSignal,
+}
+
+impl Default for CallRegistry {
+    fn default() -> CallRegistry {
+        CallRegistry {
+            calls: DashMap::new(),
+            changes: Arc::new(watch::channel(0).0),
+        }
+    }
+}
+
+/// Tells the followers of `signal` that the calls changed.
+pub fn changed(signal: &ChangeSignal) {
+    signal.send_modify(|version| *version = version.wrapping_add(1));
 }
 
 impl CallRegistry {
+    /// The signal a call's task bumps when it publishes a change.
+    pub fn changes(&self) -> ChangeSignal {
+        Arc::clone(&self.changes)
+    }
+
+    /// Follows the changes (see [`ChangeSignal`]).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Every call in progress, oldest first.
+    pub fn all(&self) -> Vec<CallSnapshot> {
+        let mut calls: Vec<CallSnapshot> = self
+            .calls
+            .iter()
+            .map(|entry| lock(&entry.snapshot).clone())
+            .collect();
+        calls.sort_by(|x, y| (x.started_at, &x.call_id).cmp(&(y.started_at, &y.call_id)));
+        calls
+    }
+
     /// Enters a call; its task receives the commands on the returned queue and keeps
     /// `snapshot` up to date.
     pub fn insert(
@@ -130,11 +192,13 @@ impl CallRegistry {
         let (commands, inbox) = mpsc::unbounded_channel();
         let id = lock(&snapshot).call_id.clone();
         self.calls.insert(id, Entry { commands, snapshot });
+        changed(&self.changes);
         inbox
     }
 
     pub fn remove(&self, call_id: &str) {
         self.calls.remove(call_id);
+        changed(&self.changes);
     }
 
     /// Hands `command` to the call's task if the call involves `platform`.

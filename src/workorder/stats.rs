@@ -87,6 +87,17 @@ fn response(
         platform: figures.platforms.get(platform).map(call_figures),
         desks,
         linkages,
+        conferences: figures
+            .conferences
+            .get(platform)
+            .map(|conferences| pb::ConferenceFigures {
+                held: conferences.held,
+                median_length_ms: conferences
+                    .median_length_ms()
+                    .and_then(|ms| u64::try_from(ms).ok())
+                    .unwrap_or(0),
+                total_length_ms: u64::try_from(conferences.total_length_ms()).unwrap_or(0),
+            }),
     }
 }
 

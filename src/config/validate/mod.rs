@@ -339,6 +339,15 @@ impl Config {
                 "tls_cert and tls_key go together: give both or neither".into(),
             ));
         }
+        // A short secret opens the page to a guess.
+        if let Some(token) = &self.status.token {
+            if token.len() < 16 || token.chars().any(|c| !c.is_ascii_graphic()) {
+                return Err(invalid(
+                    "status.token".into(),
+                    "at least 16 printable characters, no spaces".into(),
+                ));
+            }
+        }
         Ok(())
     }
 

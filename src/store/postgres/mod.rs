@@ -34,7 +34,7 @@ use super::StoreError;
 pub(super) use engine::PostgresEngine;
 pub(super) use reads::{
     active_calls, blocked, calls_since, close_node, find_linkage, linkages_of, list_blocked,
-    list_calls, oldest, position, positions, read_outbox,
+    list_calls, oldest, parties_of, position, positions, read_outbox,
 };
 
 /// The channel a commit's newest sequences are announced on.
