@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod browser;
 pub(crate) mod kamailio;
 pub(crate) mod pki;
 pub(crate) mod platform;
