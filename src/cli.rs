@@ -223,7 +223,10 @@ pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, String> {
 /// A `since` that is no time, or a store that cannot be read (named).
 pub fn stats(
     location: &crate::store::StoreLocation,
-    platform_of: impl Fn(&str) -> Option<String>,
+    (platform_of, route_of): (
+        impl Fn(&str) -> Option<String>,
+        impl Fn(&str) -> Option<String>,
+    ),
     since: Option<&str>,
     within_secs: u64,
     now_ms: i64,
@@ -235,7 +238,7 @@ pub fn stats(
     let details = location
         .call_details_since(since, usize::MAX)
         .map_err(|error| format!("{location}: {error}"))?;
-    let figures = crate::stats::figures(&details, platform_of, within_secs);
+    let figures = crate::stats::figures(&details, platform_of, route_of, within_secs);
     Ok(format_stats(&figures, since))
 }
 
@@ -246,25 +249,32 @@ pub fn format_stats(figures: &crate::stats::Figures, since: i64) -> String {
         |ms: Option<i64>| ms.map_or("-".to_string(), |ms| format!("{:.1}", ms as f64 / 1000.0));
     let within = figures.within_secs;
     let mut out = format!("calls since {} (UTC)\n\n", format_time(since));
-    for (title, rows) in [("platform", &figures.platforms), ("desk", &figures.desks)] {
+    let tables = [
+        ("platform", &figures.platforms),
+        ("desk", &figures.desks),
+        ("route", &figures.routes),
+    ];
+    for (title, rows) in tables {
         out.push_str(&format!(
-            "{title:<12} {:>8} {:>8} {:>9} {:>11} {:>10} {:>12}\n",
+            "{title:<12} {:>8} {:>8} {:>9} {:>11} {:>10} {:>12} {:>13}\n",
             "offered",
             "answered",
             "abandoned",
             "answer rate",
             format!("<= {within} s"),
-            "answer p50 s"
+            "answer p50 s",
+            "abandon p50 s"
         ));
         for (name, row) in rows {
             out.push_str(&format!(
-                "{name:<12} {:>8} {:>8} {:>9} {:>11} {:>10} {:>12}\n",
+                "{name:<12} {:>8} {:>8} {:>9} {:>11} {:>10} {:>12} {:>13}\n",
                 row.offered,
                 row.answered,
                 row.abandoned,
                 percent(row.answer_rate()),
                 percent(row.service_level()),
                 seconds(row.median_answer_ms()),
+                seconds(row.median_abandon_ms()),
             ));
         }
         out.push('\n');

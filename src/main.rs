@@ -138,10 +138,12 @@ fn main() -> ExitCode {
             .map(|p| (p.name.clone(), p.platform.clone()))
             .collect();
         let platform_of = |peer: &str| peers.get(peer).cloned().flatten();
+        let router = hotline_gateway::routing::Router::from(&config);
+        let route_of = |number: &str| router.route_name(number);
         let location = config.store.location();
         return match hotline_gateway::cli::stats(
             &location,
-            platform_of,
+            (platform_of, route_of),
             since.as_deref(),
             *within,
             now,

@@ -1,6 +1,6 @@
 //! The figures the centres are assessed by, computed from the records the gateway writes (no
-//! second source): per platform and per desk (the peer a call was offered to; for a
-//! transferred call, the desk its first linkage left from), calls offered,
+//! second source): per platform, per desk (the peer a call was offered to; for a
+//! transferred call, the desk its first linkage left from) and per route, calls offered,
 //! answered, abandoned (the caller hung up first) and answered within the service level's
 //! seconds, with the answer rate and the median time to answer; per linkage kind and
 //! direction (12345→110, 110→12345, to 119 ...), requested, connected and failed by status,
@@ -23,6 +23,8 @@ pub struct CallFigures {
     pub answered_within: u64,
     /// Milliseconds from the call's start to its answer, of each answered call.
     answer_ms: Vec<i64>,
+    /// Milliseconds from the call's start to the caller's hanging up, of each abandoned call.
+    abandon_ms: Vec<i64>,
 }
 
 impl CallFigures {
@@ -39,6 +41,11 @@ impl CallFigures {
     /// The median time from the call's start to its answer.
     pub fn median_answer_ms(&self) -> Option<i64> {
         median(&self.answer_ms)
+    }
+
+    /// The median wait of the callers who gave up before an answer.
+    pub fn median_abandon_ms(&self) -> Option<i64> {
+        median(&self.abandon_ms)
     }
 }
 
@@ -132,6 +139,9 @@ pub struct Figures {
     pub platforms: BTreeMap<String, CallFigures>,
     /// By that desk (the peer).
     pub desks: BTreeMap<String, CallFigures>,
+    /// By the route the number dialled is a call of, as configured (`12345`, `_1[12]X`; `-`:
+    /// none).
+    pub routes: BTreeMap<String, CallFigures>,
     pub linkages: BTreeMap<LinkageKey, LinkageFigures>,
     /// By the platform of the desk the call was offered to, as `platforms`.
     pub conferences: BTreeMap<String, ConferenceFigures>,
@@ -139,10 +149,12 @@ pub struct Figures {
     pub within_secs: u64,
 }
 
-/// The figures of `details`; `platform_of` names a peer's platform (from the configuration).
+/// The figures of `details`; `platform_of` names a peer's platform and `route_of` a dialled
+/// number's route (from the configuration).
 pub fn figures(
     details: &[CallDetail],
     platform_of: impl Fn(&str) -> Option<String>,
+    route_of: impl Fn(&str) -> Option<String>,
     within_secs: u64,
 ) -> Figures {
     let mut figures = Figures {
@@ -169,9 +181,11 @@ pub fn figures(
             let conferences = figures.conferences.entry(platform.clone()).or_default();
             conferences.count(&detail.conference_parties);
         }
+        let route = route_of(&call.called).unwrap_or_else(|| "-".into());
         for row in [
             figures.platforms.entry(platform).or_default(),
             figures.desks.entry(desk).or_default(),
+            figures.routes.entry(route).or_default(),
         ] {
             row.offered += 1;
             match call.answered_at {
@@ -184,7 +198,12 @@ pub fn figures(
                         row.answered_within += 1;
                     }
                 }
-                None if call.ended_by.as_deref() == Some("caller") => row.abandoned += 1,
+                None if call.ended_by.as_deref() == Some("caller") => {
+                    row.abandoned += 1;
+                    if let Some(ended) = call.ended_at {
+                        row.abandon_ms.push(ended - call.started_at);
+                    }
+                }
                 None => {}
             }
         }
@@ -305,7 +324,8 @@ mod tests {
             call("c4", "hotline", None, "callee"),
             call("c5", "police", Some(2_000), "caller"),
         ];
-        let figures = figures(&details, platform_of, 20);
+        let route_of = |number: &str| (number == "12345").then(|| number.to_string());
+        let figures = figures(&details, platform_of, route_of, 20);
         let hotline = &figures.platforms["12345"];
         assert_eq!(
             (
@@ -319,12 +339,17 @@ mod tests {
         assert_eq!(hotline.answer_rate(), Some(50.0));
         assert_eq!(hotline.service_level(), Some(25.0));
         assert_eq!(hotline.median_answer_ms(), Some(5_000));
+        // c3's caller gave up 1000 s after the start.
+        assert_eq!(hotline.median_abandon_ms(), Some(1_000_000));
         assert_eq!(figures.platforms["110"].answer_rate(), Some(100.0));
         assert_eq!(
             figures.platforms["110"].offered, 1,
             "the transferred call is 12345's"
         );
         assert_eq!(figures.desks["hotline"], *hotline);
+        // Every call dialled 12345: its route has them all, 12345's and 110's desks alike.
+        let line = &figures.routes["12345"];
+        assert_eq!((line.offered, line.answered, line.abandoned), (5, 3, 1));
         let to_110 = &figures.linkages[&LinkageKey {
             kind: "transfer".into(),
             from: "12345".into(),
@@ -378,7 +403,7 @@ mod tests {
         three.conference_parties = vec![party(0, 0, Some(5_000)), party(2, 1_000, None)];
         let calls = [one, two, three, call("c4", "hotline", None, "caller")];
         let platform_of = |_: &str| Some("12345".to_string());
-        let figures = figures(&calls, platform_of, 20);
+        let figures = figures(&calls, platform_of, |_| None, 20);
         let conferences = &figures.conferences["12345"];
         assert_eq!(conferences.held, 4);
         assert_eq!(conferences.median_length_ms(), Some(10_000));

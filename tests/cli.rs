@@ -446,7 +446,8 @@ fn csv_rows(text: &str) -> Vec<Vec<String>> {
 
 /// `stats` on a store with known calls: three offered to 12345's desk (answered at 5 s,
 /// answered at 30 s, abandoned) and one to 110, a transfer to 110 that connected after 3 s and
-/// one that failed 486: the known answer rates, service level (20 s) and linkage table.
+/// one that failed 486: the known answer rates, service level (20 s), waits before abandoning,
+/// the route's figures and the linkage table.
 #[test]
 fn stats_gives_the_known_answer_rate_and_linkage_table() {
     use hotline_gateway::store::{CallRecord, Changes, LinkageRecord};
@@ -532,20 +533,31 @@ fn stats_gives_the_known_answer_rate_and_linkage_table() {
             .map(str::to_string)
             .collect()
     };
-    // offered, answered, abandoned, answer rate, <= 20 s, answer p50 s
+    // offered, answered, abandoned, answer rate, <= 20 s, answer p50 s, abandon p50 s
     assert_eq!(
         row("12345")[1..],
-        ["3", "2", "1", "66.7%", "33.3%", "5.0"],
+        ["3", "2", "1", "66.7%", "33.3%", "5.0", "60.0"],
         "{text}"
     );
     assert_eq!(
         row("110")[1..],
-        ["1", "1", "0", "100.0%", "100.0%", "2.0"],
+        ["1", "1", "0", "100.0%", "100.0%", "2.0", "-"],
         "{text}"
     );
     assert_eq!(
         row("hotline")[1..],
-        ["3", "2", "1", "66.7%", "33.3%", "5.0"],
+        ["3", "2", "1", "66.7%", "33.3%", "5.0", "60.0"],
+        "{text}"
+    );
+    // The route table: every call dialled 12345 (the sample's route), whichever desk took it.
+    let route = text
+        .split("\nroute ")
+        .nth(1)
+        .and_then(|table| table.lines().find(|l| l.starts_with("12345")))
+        .unwrap_or_else(|| panic!("no route table: {text}"));
+    assert_eq!(
+        route.split_whitespace().skip(1).collect::<Vec<_>>(),
+        ["4", "3", "1", "75.0%", "50.0%", "5.0", "60.0"],
         "{text}"
     );
     // kind, from, to, requested, connected, failed, answer p50 s, failed by status

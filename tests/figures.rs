@@ -99,5 +99,22 @@ async fn desks_and_linkages_are_counted_by_their_labels() {
             "{name}"
         );
     }
+    // Both calls dialled 12345: its route's figures.
+    for (name, value) in [
+        ("hotline_route_calls_offered_total", 2.0),
+        ("hotline_route_calls_answered_total", 1.0),
+        ("hotline_route_calls_answered_within_total", 1.0),
+        ("hotline_route_calls_abandoned_total", 1.0),
+    ] {
+        let series = format!("{name}{{route=\"12345\"}}");
+        assert_eq!(gateway.metric(&series).await, Some(value), "{name}");
+    }
+    // The citizen who gave up while the desk rang: one wait before abandoning.
+    assert_eq!(
+        gateway
+            .metric("hotline_desk_abandon_seconds_count{platform=\"12345\"}")
+            .await,
+        Some(1.0)
+    );
     gateway.stop().await;
 }

@@ -163,6 +163,24 @@ async fn a_desk_at_its_capacity_takes_the_queued_citizen_as_soon_as_its_call_end
     let second = Citizen::calls(&mut citizens).await;
     let queued = platform.until(EventType::Queued).await;
     assert_eq!(queued.sip_status, 486, "the full desk counts as busy");
+    // The status page shows one citizen talking at the desk and one waiting.
+    let call_in = |state: &'static str| {
+        move |board: &serde_json::Value| {
+            board["calls"]
+                .as_array()
+                .is_some_and(|calls| calls.iter().any(|c| c["state"] == state))
+        }
+    };
+    let board = gateway
+        .board_until("a citizen queued", call_in("queued"))
+        .await;
+    let waiting = board["calls"]
+        .as_array()
+        .and_then(|calls| calls.iter().find(|c| c["state"] == "queued"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(waiting["id"], queued.call_id.as_str(), "{board}");
+    assert!(waiting["queued_since"].is_i64(), "{board}");
     assert!(
         common::tone_level(&second.hears().await, PROMPT_HZ) > 6000.0,
         "citizen 2 hears the queue prompt"
@@ -179,6 +197,17 @@ async fn a_desk_at_its_capacity_takes_the_queued_citizen_as_soon_as_its_call_end
     let answered = platform.until(EventType::CallAnswered).await;
     assert_eq!(answered.call_id, queued.call_id);
     assert!(answered.queue_wait_ms > 0);
+    let queued_id = queued.call_id.clone();
+    gateway
+        .board_until("the queued citizen talking, nobody waiting", move |board| {
+            board["calls"].as_array().is_some_and(|calls| {
+                calls.iter().all(|c| c["state"] != "queued")
+                    && calls
+                        .iter()
+                        .any(|c| c["id"] == queued_id.as_str() && c["state"] == "talking")
+            })
+        })
+        .await;
     assert!(
         second.hears_itself_through_the_desk().await >= 10,
         "citizen 2 at the desk"
@@ -382,6 +411,17 @@ async fn a_transfer_to_busy_desks_waits_in_their_queue_and_overflows_with_the_li
         queued.linkage_id, requested.linkage_id,
         "the transfer waits"
     );
+    // The status page: the call talking with 110, its transfer queued at 12345.
+    let linkage = requested.linkage_id.clone();
+    gateway
+        .board_until("the transfer queued", move |board| {
+            board["calls"].as_array().is_some_and(|calls| {
+                calls.iter().any(|c| {
+                    c["linking"]["id"] == linkage.as_str() && c["linking"]["state"] == "queued"
+                })
+            })
+        })
+        .await;
     let mut notified = Vec::new();
     while notified.last().is_none_or(|status| *status < 200) {
         let notify = police.expect_request("NOTIFY").await;

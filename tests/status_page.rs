@@ -41,11 +41,16 @@ fn the_status_page_follows_a_sipp_transfer_live_and_masks_the_citizen() {
         "sipp is not installed (apt-get install sip-tester; .ci/run does this)"
     );
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (sip, http, citizen, agent, police) =
-        (free_port(), free_port(), free_port(), free_port(), free_port());
+    let (sip, http, citizen, agent, police) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
     let config = dir.path().join("gateway.toml");
     let text = format!(
-        "[sip]\nlisten = \"127.0.0.1:{sip}\"\n\n[media]\naddress = \"127.0.0.1\"\nports = [27000, 27999]\n\n\
+        "[sip]\nlisten = \"127.0.0.1:{sip}\"\n\n[media]\naddress = \"127.0.0.1\"\nports = [33000, 33999]\n\n\
 [store]\npath = \"{db}\"\n\n[api]\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:{http}\"\n\n\
 [status]\ntoken = \"{TOKEN}\"\nallow = []\n\n\
 [[peer]]\nname = \"carrier\"\naddress = \"127.0.0.1:{citizen}\"\nany_port = true\n\n\
@@ -61,9 +66,16 @@ fn the_status_page_follows_a_sipp_transfer_live_and_masks_the_citizen() {
     for path in ["/", "/status.json", "/status/events"] {
         let (status, body) = get(http, path, "");
         assert_eq!(status, 401, "{path}: {body}");
-        assert_eq!(get(http, path, "Authorization: Bearer not-the-token\r\n").0, 401);
+        assert_eq!(
+            get(http, path, "Authorization: Bearer not-the-token\r\n").0,
+            401
+        );
     }
-    let (status, board) = get(http, "/status.json", &format!("Authorization: Bearer {TOKEN}\r\n"));
+    let (status, board) = get(
+        http,
+        "/status.json",
+        &format!("Authorization: Bearer {TOKEN}\r\n"),
+    );
     assert_eq!(status, 200, "{board}");
     let board: serde_json::Value = serde_json::from_str(&board).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(board["peers"].as_array().map(Vec::len), Some(3), "{board}");
@@ -71,10 +83,17 @@ fn the_status_page_follows_a_sipp_transfer_live_and_masks_the_citizen() {
     let browser = Browser::start();
     let page = format!("http://127.0.0.1:{http}/");
     browser.open(&page);
-    assert!(browser.text().contains("needs its token"), "{}", browser.text());
+    assert!(
+        browser.text().contains("needs its token"),
+        "{}",
+        browser.text()
+    );
     // Once with the token: the cookie keeps it, the address bar loses it.
     browser.open(&format!("{page}?token={TOKEN}"));
-    assert_eq!(browser.run("return location.href;").as_str(), Some(page.as_str()));
+    assert_eq!(
+        browser.run("return location.href;").as_str(),
+        Some(page.as_str())
+    );
     browser.wait_for(
         "its feed live",
         "document.getElementById('feed').textContent === 'live'",
@@ -91,9 +110,25 @@ fn the_status_page_follows_a_sipp_transfer_live_and_masks_the_citizen() {
     // The citizen stays on the line 15 s: the page is looked at while the call is up.
     let citizens = match sipp(
         &[
-            &target, "-s", "12345", "-i", "127.0.0.1", "-p", &citizen_port, "-mi", "127.0.0.1",
-            "-mp", &citizen_media, "-m", "1", "-d", "15000", "-timeout", "60s",
-            "-timeout_error", "-nostdin",
+            &target,
+            "-s",
+            "12345",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &citizen_port,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &citizen_media,
+            "-m",
+            "1",
+            "-d",
+            "15000",
+            "-timeout",
+            "60s",
+            "-timeout_error",
+            "-nostdin",
         ],
         "uac_rtp.xml",
     )
@@ -123,6 +158,17 @@ fn the_status_page_follows_a_sipp_transfer_live_and_masks_the_citizen() {
         "the whole number shows:\n{}",
         browser.text()
     );
+    // Nor is it anywhere in the board the page is sent.
+    let (status, board) = get(
+        http,
+        "/status.json",
+        &format!("Authorization: Bearer {TOKEN}\r\n"),
+    );
+    assert_eq!(status, 200);
+    assert!(
+        board.contains("138****8000") && !board.contains("13800138000"),
+        "{board}"
+    );
     assert_eq!(
         browser.run("return window.notReloaded === true;").as_bool(),
         Some(true),
@@ -132,7 +178,10 @@ fn the_status_page_follows_a_sipp_transfer_live_and_masks_the_citizen() {
 
     let mut citizens = citizens;
     let ended = citizens.0.wait();
-    assert!(ended.as_ref().is_ok_and(|s| s.success()), "SIPp citizen: {ended:?}");
+    assert!(
+        ended.as_ref().is_ok_and(|s| s.success()),
+        "SIPp citizen: {ended:?}"
+    );
     agents.succeeds("agent");
     desk.succeeds("110");
     // The call ended: the page says so by itself, its answer rate counts it.

@@ -631,6 +631,20 @@ async fn a_conference_by_command_pushes_the_ticket_and_reports_its_parties() {
     cad.expect(EventType::ConferenceEnded).await;
     common::caller_hangs_up(&mut citizen, &call, &mut [&mut agent]).await;
     cad.expect(EventType::CallEnded).await;
+    // GetStats: 12345's call held one conference, from the parties joining to 110 leaving.
+    let mut unary = unary_client(&gateway).await;
+    let request = pb::GetStatsRequest {
+        since: None,
+        service_level_secs: 0,
+    };
+    let stats = match unary.get_stats(bearer(request, TOKEN_12345)).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => panic!("{e}"),
+    };
+    let conferences = stats.conferences.unwrap_or_default();
+    assert_eq!(conferences.held, 1, "{conferences:?}");
+    assert!(conferences.total_length_ms > 0, "{conferences:?}");
+    assert_eq!(conferences.median_length_ms, conferences.total_length_ms);
     gateway.stop().await;
 }
 

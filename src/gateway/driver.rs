@@ -540,6 +540,9 @@ fn track_conference(
                 return;
             }
             metrics.add_gauge(Gauge::ConferencesActive, -1);
+            if let Some(first) = parties.iter().map(|p| p.joined_at).min() {
+                metrics.observe_conference(u64::try_from(now - first).unwrap_or(0));
+            }
             tracing::info!("conference ended");
             for mut record in parties.drain(..) {
                 record.left_at = Some(now);
@@ -676,10 +679,18 @@ fn count_desk_call(
             after_ms: u64::try_from(answered - record.started_at).unwrap_or(0),
             rang_ms,
         },
-        None if record.ended_by.as_deref() == Some("caller") => DeskOutcome::Abandoned,
+        None if record.ended_by.as_deref() == Some("caller") => DeskOutcome::Abandoned {
+            after_ms: record
+                .ended_at
+                .and_then(|ended| u64::try_from(ended - record.started_at).ok())
+                .unwrap_or(0),
+        },
         None => DeskOutcome::NotAnswered,
     };
-    metrics.count_desk_call(desk, &platform, outcome);
+    let route = call
+        .route_name(&record.called)
+        .unwrap_or_else(|| "-".into());
+    metrics.count_desk_call((desk, &platform, &route), outcome);
 }
 
 /// Completes the record (committed with the step, before the call's last messages go out:

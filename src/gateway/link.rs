@@ -173,6 +173,8 @@ impl Link {
                 platform,
                 number,
             });
+            // This desk has not rung yet.
+            snapshot.ringing = false;
         }
         if !std::mem::replace(&mut self.offered, true) {
             self.emit(self.event(EventKind::CallOffered));
@@ -256,17 +258,19 @@ impl Link {
             QueueUpdate::Queued { linkage_id, .. } => linkage_id.is_some(),
             _ => self.queue_linkage.is_some(),
         };
+        // Offered again to a desk, it still waits (the desk may turn it away once more).
         if !of_linkage {
             self.state.queued_since = match update {
-                QueueUpdate::Queued { .. } => self.state.queued_since.or(Some(unix_now())),
+                QueueUpdate::Queued { .. } | QueueUpdate::Offered { .. } => {
+                    self.state.queued_since.or(Some(unix_now()))
+                }
                 _ => None,
             };
         } else if let Some(linking) = self.state.linking.as_mut() {
             match update {
                 QueueUpdate::Queued { .. } => linking.state = "queued",
-                QueueUpdate::Offered { .. } | QueueUpdate::Overflowed { .. } => {
-                    linking.state = "ringing";
-                }
+                // To the overflow peers: asked anew, until one rings.
+                QueueUpdate::Overflowed { .. } => linking.state = "requested",
                 _ => {}
             }
         }

@@ -170,17 +170,19 @@ async fn connection(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.head_deadline)
         .max_buf_size(MAX_HEAD)
+        // `Content-Type:` as the hand-written responder wrote it (scripts grep for it).
+        .title_case_headers(true)
         .keep_alive(false);
     let served =
         builder.serve_connection(io, hyper_util::service::TowerToHyperService::new(routes));
     let watchdog = async {
-        let tick = limits.write_within.min(Duration::from_secs(1));
+        let tick =
+            (limits.write_within / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         loop {
             tokio::time::sleep(tick).await;
             let since = stalled.load(Ordering::Relaxed);
-            if since != 0
-                && started.elapsed().as_millis() as u64 - since >= millis(limits.write_within)
-            {
+            let now = millis(started.elapsed());
+            if since != 0 && now.saturating_sub(since) >= millis(limits.write_within) {
                 return;
             }
         }

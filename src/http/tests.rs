@@ -135,3 +135,71 @@ async fn holders_and_drippers_are_bounded() {
     }
     assert!(answered);
 }
+
+/// Serves the next connection on `listener` in a task of its own.
+async fn accept_one(
+    listener: &TcpListener,
+    routes: axum::Router,
+    limits: HttpLimits,
+    stopped: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let (stream, peer) = listener.accept().await.unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(connection(stream, peer, routes, limits, stopped))
+}
+
+/// A client that asks for an answer and never reads it is cut off once its socket's buffers
+/// are full and `write_within` passes without it taking a byte (the answer here is endless);
+/// one that goes on reading is not, however long the answer.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off() {
+    let endless = || async {
+        let chunks = std::iter::repeat_with(|| {
+            Ok::<_, std::convert::Infallible>(bytes::Bytes::from(vec![0u8; 64 * 1024]))
+        });
+        axum::body::Body::from_stream(tokio_stream::iter(chunks))
+    };
+    let routes = axum::Router::new().route("/endless", get(endless));
+    let limits = HttpLimits {
+        connections: 4,
+        head_deadline: HEAD_DEADLINE,
+        write_within: Duration::from_secs(2),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (_stop, stopped) = watch::channel(false);
+    let serve_one = |routes, stopped| accept_one(&listener, routes, limits, stopped);
+    // The reader: takes 8 MiB, well past the deadline's worth of buffers, and is not cut off.
+    let mut reader = TcpStream::connect(address)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let served = serve_one(routes.clone(), stopped.clone()).await;
+    let _ = reader
+        .write_all(b"GET /endless HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    let mut taken = 0usize;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while taken < 8 << 20 {
+        match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => panic!("a reading client was cut off after {taken} bytes"),
+            Ok(n) => taken += n,
+        }
+    }
+    drop(reader);
+    let _ = served.await;
+    // The stopper: asks, reads nothing; the server's side ends by itself.
+    let mut stopper = TcpStream::connect(address)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let served = serve_one(routes, stopped).await;
+    let _ = stopper
+        .write_all(b"GET /endless HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    let ended = tokio::time::timeout(Duration::from_secs(20), served).await;
+    assert!(
+        ended.is_ok(),
+        "the connection of a client that stopped reading lived on"
+    );
+    drop(stopper);
+}

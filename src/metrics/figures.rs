@@ -1,7 +1,9 @@
 //! The assessed figures as labelled series: per desk (the peer a call was offered to) and its
-//! platform, calls offered, answered, answered within the service level and abandoned; per
+//! platform, and per route, calls offered, answered, answered within the service level and
+//! abandoned; per platform, the times to answer and to abandon; per
 //! linkage kind and direction, linkages by outcome. The labels come from the configuration
-//! (peer names, their platforms), never from a number a caller chose, so the series stay few.
+//! (peer names, their platforms, route numbers), never from a number a caller chose, so the
+//! series stay few.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -17,8 +19,8 @@ pub enum DeskOutcome {
     /// Answered `after_ms` after the call's start, `rang_ms` after the desk first rang (None:
     /// it answered without ringing).
     Answered { after_ms: u64, rang_ms: Option<u64> },
-    /// The caller hung up before any desk answered.
-    Abandoned,
+    /// The caller hung up before any desk answered, `after_ms` after the call's start.
+    Abandoned { after_ms: u64 },
     /// Busy, failed, refused, or ended by the gateway.
     NotAnswered,
 }
@@ -31,6 +33,22 @@ struct DeskRow {
     abandoned: u64,
 }
 
+impl DeskRow {
+    fn count(&mut self, outcome: DeskOutcome, within_ms: u64) {
+        self.offered += 1;
+        match outcome {
+            DeskOutcome::Answered { after_ms, .. } => {
+                self.answered += 1;
+                if after_ms <= within_ms {
+                    self.answered_within += 1;
+                }
+            }
+            DeskOutcome::Abandoned { .. } => self.abandoned += 1,
+            DeskOutcome::NotAnswered => {}
+        }
+    }
+}
+
 /// The labelled figures, and the service level they count against.
 #[derive(Debug)]
 pub(super) struct Figures {
@@ -38,10 +56,33 @@ pub(super) struct Figures {
     service_level_ms: AtomicU64,
     /// By (desk, platform).
     desks: Mutex<BTreeMap<(String, String), DeskRow>>,
+    /// By route (as configured: `12345`, `_1[12]X`).
+    routes: Mutex<BTreeMap<String, DeskRow>>,
     /// By (kind, from platform, to platform or desk, outcome).
     linkages: Mutex<BTreeMap<(String, String, String, String), u64>>,
-    /// By platform: the answered calls' time from their start, and from the desk's ringing.
-    answer_times: Mutex<BTreeMap<String, (Histogram, Histogram)>>,
+    /// By platform: the calls' times.
+    times: Mutex<BTreeMap<String, PlatformTimes>>,
+}
+
+/// One platform's histograms.
+#[derive(Debug)]
+struct PlatformTimes {
+    /// Answered calls, from their start to the answer.
+    answer: Histogram,
+    /// Answered calls, from the desk's first ringing to the answer.
+    ring: Histogram,
+    /// Abandoned calls, from their start to the caller's hanging up.
+    abandon: Histogram,
+}
+
+impl Default for PlatformTimes {
+    fn default() -> PlatformTimes {
+        PlatformTimes {
+            answer: Histogram::new(ANSWER_BUCKETS),
+            ring: Histogram::new(ANSWER_BUCKETS),
+            abandon: Histogram::new(ANSWER_BUCKETS),
+        }
+    }
 }
 
 /// The buckets of the answer and ring times: the service-level marks, up to two minutes.
@@ -52,8 +93,9 @@ impl Default for Figures {
         Figures {
             service_level_ms: AtomicU64::new(20_000),
             desks: Mutex::default(),
+            routes: Mutex::default(),
             linkages: Mutex::default(),
-            answer_times: Mutex::default(),
+            times: Mutex::default(),
         }
     }
 }
@@ -64,38 +106,42 @@ impl Figures {
             .store(secs.saturating_mul(1000), Ordering::Relaxed);
     }
 
-    pub(super) fn count_desk_call(&self, desk: &str, platform: &str, outcome: DeskOutcome) {
+    pub(super) fn count_desk_call(
+        &self,
+        (desk, platform, route): (&str, &str, &str),
+        outcome: DeskOutcome,
+    ) {
         let within = self.service_level_ms.load(Ordering::Relaxed);
+        {
+            let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+            routes
+                .entry(route.to_string())
+                .or_default()
+                .count(outcome, within);
+        }
         let mut desks = self.desks.lock().unwrap_or_else(PoisonError::into_inner);
-        let row = desks
+        desks
             .entry((desk.to_string(), platform.to_string()))
-            .or_default();
-        row.offered += 1;
+            .or_default()
+            .count(outcome, within);
+        drop(desks);
         match outcome {
-            DeskOutcome::Answered { after_ms, rang_ms } => {
-                row.answered += 1;
-                if after_ms <= within {
-                    row.answered_within += 1;
-                }
-                drop(desks);
-                let mut times = self
-                    .answer_times
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                let (answer, ring) = times.entry(platform.to_string()).or_insert_with(|| {
-                    (
-                        Histogram::new(ANSWER_BUCKETS),
-                        Histogram::new(ANSWER_BUCKETS),
-                    )
-                });
-                answer.observe_ms(after_ms);
+            DeskOutcome::Answered { after_ms, rang_ms } => self.observe(platform, |times| {
+                times.answer.observe_ms(after_ms);
                 if let Some(rang) = rang_ms {
-                    ring.observe_ms(rang);
+                    times.ring.observe_ms(rang);
                 }
+            }),
+            DeskOutcome::Abandoned { after_ms } => {
+                self.observe(platform, |times| times.abandon.observe_ms(after_ms));
             }
-            DeskOutcome::Abandoned => row.abandoned += 1,
             DeskOutcome::NotAnswered => {}
         }
+    }
+
+    fn observe(&self, platform: &str, observe: impl FnOnce(&mut PlatformTimes)) {
+        let mut times = self.times.lock().unwrap_or_else(PoisonError::into_inner);
+        observe(times.entry(platform.to_string()).or_default());
     }
 
     pub(super) fn count_linkage(&self, kind: &str, from: &str, to: &str, outcome: &str) {
@@ -151,25 +197,64 @@ impl Figures {
             }
         }
         drop(desks);
-        let times = self
-            .answer_times
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for (name, help, pick) in [
+        let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        let columns: [(&str, String, Column); 4] = [
+            (
+                "hotline_route_calls_offered_total",
+                "calls of the route (the [[route]] number the dialled number matched) offered to a desk".into(),
+                |r| r.offered,
+            ),
+            (
+                "hotline_route_calls_answered_total",
+                "calls of the route a desk answered".into(),
+                |r| r.answered,
+            ),
+            (
+                "hotline_route_calls_answered_within_total",
+                format!("calls of the route answered within {within} s of their start"),
+                |r| r.answered_within,
+            ),
+            (
+                "hotline_route_calls_abandoned_total",
+                "calls of the route whose caller hung up before any desk answered".into(),
+                |r| r.abandoned,
+            ),
+        ];
+        for (name, help, value) in columns {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (route, row) in routes.iter() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{route=\"{}\"}} {}",
+                    label_value(route),
+                    value(row)
+                );
+            }
+        }
+        drop(routes);
+        let times = self.times.lock().unwrap_or_else(PoisonError::into_inner);
+        type Pick = fn(&PlatformTimes) -> &Histogram;
+        let histograms: [(&str, &str, Pick); 3] = [
             (
                 "hotline_desk_answer_seconds",
                 "answered calls' time from their start to the desk's answer, by platform",
-                0,
+                |t| &t.answer,
             ),
             (
                 "hotline_desk_ring_seconds",
                 "answered calls' time from the desk's first ringing to its answer, by platform",
-                1,
+                |t| &t.ring,
             ),
-        ] {
+            (
+                "hotline_desk_abandon_seconds",
+                "abandoned calls' time from their start to the caller's hanging up, by platform",
+                |t| &t.abandon,
+            ),
+        ];
+        for (name, help, pick) in histograms {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            for (platform, (answer, ring)) in times.iter() {
-                let histogram = if pick == 0 { answer } else { ring };
+            for (platform, times) in times.iter() {
+                let histogram = pick(times);
                 let labels = format!("platform=\"{}\"", label_value(platform));
                 histogram.render_series(name, &labels, out);
             }

@@ -46,6 +46,8 @@ pub struct Metrics {
     interfaces: Mutex<Vec<(String, Arc<InterfaceMetrics>)>>,
     /// `hotline_queue_wait_seconds`: each queued call's wait, at its end.
     queue_wait: histogram::Histogram,
+    /// `hotline_conference_seconds`: each conference's length, at its end.
+    conference_length: histogram::Histogram,
     /// `hotline_desk_calls_*{peer,platform}` and `hotline_linkages_total{...}`.
     figures: figures::Figures,
 }
@@ -55,6 +57,10 @@ pub struct Metrics {
 const QUEUE_WAIT_BUCKETS: &[u32] = &[
     1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1800, 3600,
 ];
+
+/// The buckets of `hotline_conference_seconds`: a consultation of seconds to a long
+/// three-way call.
+const CONFERENCE_BUCKETS: &[u32] = &[5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200];
 
 /// One network interface's media figures, updated by its port pool without a lock.
 #[derive(Debug, Default)]
@@ -84,6 +90,7 @@ impl Default for Metrics {
             registrations: Mutex::new(Vec::new()),
             interfaces: Mutex::new(Vec::new()),
             queue_wait: histogram::Histogram::new(QUEUE_WAIT_BUCKETS),
+            conference_length: histogram::Histogram::new(CONFERENCE_BUCKETS),
             figures: figures::Figures::default(),
         }
     }
@@ -118,8 +125,13 @@ impl Metrics {
     }
 
     /// A call offered to `desk` (of `platform`, or `-`) ended so.
-    pub fn count_desk_call(&self, desk: &str, platform: &str, outcome: DeskOutcome) {
-        self.figures.count_desk_call(desk, platform, outcome);
+    pub fn count_desk_call(
+        &self,
+        (desk, platform, route): (&str, &str, &str),
+        outcome: DeskOutcome,
+    ) {
+        self.figures
+            .count_desk_call((desk, platform, route), outcome);
     }
 
     /// A linkage of `kind` from platform `from` to `to` (a platform, or a desk) settled with
@@ -131,6 +143,11 @@ impl Metrics {
     /// A queued call's wait ended (answered, overflowed, abandoned or given up).
     pub fn observe_queue_wait(&self, waited_ms: u64) {
         self.queue_wait.observe_ms(waited_ms);
+    }
+
+    /// A conference ended after `length_ms`.
+    pub fn observe_conference(&self, length_ms: u64) {
+        self.conference_length.observe_ms(length_ms);
     }
 
     pub fn count_call(&self, result: CallResult) {
@@ -230,6 +247,11 @@ impl Metrics {
         self.queue_wait.render(
             "hotline_queue_wait_seconds",
             "the waits of queued calls, observed as each ended (answered, overflowed, abandoned, given up)",
+            &mut out,
+        );
+        self.conference_length.render(
+            "hotline_conference_seconds",
+            "the lengths of conferences, observed as each ended (from the first party joining to the mix's end)",
             &mut out,
         );
         for (index, (_, name, help)) in COUNTERS.iter().enumerate() {

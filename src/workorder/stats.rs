@@ -56,7 +56,9 @@ pub(super) async fn figures_of(
             .map_err(|_| Status::internal("store reader"))?
             .map_err(|error| Status::internal(error.to_string()))?;
     let platforms = Arc::clone(peer_platforms);
-    let figures = crate::stats::figures(&details, |peer| platforms.get(peer).cloned(), within);
+    // Its routes are not in the answer (its desks are): no route named.
+    let platform_of = |peer: &str| platforms.get(peer).cloned();
+    let figures = crate::stats::figures(&details, platform_of, |_| None, within);
     Ok(response(platform, &figures, since, peer_platforms))
 }
 
@@ -109,6 +111,10 @@ fn call_figures(calls: &CallFigures) -> pb::CallFigures {
         answered_within: calls.answered_within,
         median_answer_ms: calls
             .median_answer_ms()
+            .and_then(|ms| u64::try_from(ms).ok())
+            .unwrap_or(0),
+        median_abandon_ms: calls
+            .median_abandon_ms()
             .and_then(|ms| u64::try_from(ms).ok())
             .unwrap_or(0),
     }

@@ -263,7 +263,10 @@ impl Gateway {
             Ok(s) => s,
             Err(e) => panic!("http connect: {e}"),
         };
-        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.http
+        );
         let _ = stream.write_all(request.as_bytes()).await;
         let mut text = String::new();
         let _ = tokio::time::timeout(WAIT, stream.read_to_string(&mut text)).await;
@@ -277,6 +280,44 @@ impl Gateway {
             .map(|(_, b)| b.to_string())
             .unwrap_or_default();
         (status, body)
+    }
+}
+
+impl Gateway {
+    /// The first board of the status page's feed (`/status/events`, from loopback: allowed by
+    /// default) for which `wanted` holds; fails after [`WAIT`] with the last board seen.
+    pub(crate) async fn board_until(
+        &self,
+        what: &str,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let mut stream = match TcpStream::connect(self.http).await {
+            Ok(s) => s,
+            Err(e) => panic!("http connect: {e}"),
+        };
+        let request = format!("GET /status/events HTTP/1.1\r\nHost: {}\r\n\r\n", self.http);
+        let _ = stream.write_all(request.as_bytes()).await;
+        let mut seen = String::new();
+        let mut last = serde_json::Value::Null;
+        let mut chunk = [0u8; 16 * 1024];
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await;
+            let Ok(Ok(read @ 1..)) = read else {
+                panic!("the status feed never showed {what}; its last board: {last}");
+            };
+            seen.push_str(&String::from_utf8_lossy(&chunk[..read]));
+            while let Some(end) = seen.find("\n\n") {
+                let event: String = seen.drain(..end + 2).collect();
+                let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                    continue;
+                };
+                last = serde_json::from_str(data).unwrap_or(serde_json::Value::Null);
+                if wanted(&last) {
+                    return last;
+                }
+            }
+        }
     }
 }
 

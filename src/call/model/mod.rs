@@ -630,6 +630,11 @@ impl Call {
             .and_then(|p| p.platform.clone())
     }
 
+    /// The route `number` is a call of, as configured (the figures' `route`).
+    pub fn route_name(&self, number: &str) -> Option<String> {
+        self.settings.router.route_name(number)
+    }
+
     /// The platform of the caller's peer.
     pub fn caller_platform(&self) -> Option<String> {
         self.caller_peer.platform.clone()

@@ -25,6 +25,10 @@ const TICK: Duration = Duration::from_secs(1);
 /// busy the calls are.
 const FIGURES_EVERY: Duration = Duration::from_secs(10);
 const FIGURES_AT_MOST: Duration = Duration::from_secs(1);
+/// How often a read under way is looked at.
+const READ_CHECK: Duration = Duration::from_millis(100);
+/// A read that takes longer is told on the page (its figures stay the last read's).
+const SLOW_READ: Duration = Duration::from_secs(30);
 
 /// What the board is made of.
 pub struct BoardSources {
@@ -120,6 +124,7 @@ pub struct PlatformRow {
     pub answer_rate: Option<f64>,
     pub service_level: Option<f64>,
     pub median_answer_ms: Option<i64>,
+    pub median_abandon_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -183,6 +188,15 @@ pub fn mask_number(number: &str) -> String {
     masked
 }
 
+/// A number as the page shows it.
+fn shown(number: &str, show_numbers: bool) -> String {
+    if show_numbers {
+        number.to_string()
+    } else {
+        mask_number(number)
+    }
+}
+
 fn call_row(call: &CallSnapshot, show_numbers: bool) -> CallRow {
     let state = if call.conference_since.is_some() {
         "conference"
@@ -195,15 +209,12 @@ fn call_row(call: &CallSnapshot, show_numbers: bool) -> CallRow {
     } else {
         "setup"
     };
-    let citizen = if show_numbers {
-        call.citizen_number.clone()
-    } else {
-        mask_number(&call.citizen_number)
-    };
+    // Every number, not only the caller's: on a call back the citizen is the one called.
+    let number = |number: &str| shown(number, show_numbers);
     CallRow {
         id: call.call_id.clone(),
-        citizen,
-        called: call.called_number.clone(),
+        citizen: number(&call.citizen_number),
+        called: number(&call.called_number),
         state,
         desk: call.called_leg.as_ref().map(|leg| leg.peer.clone()),
         platform: call
@@ -217,7 +228,7 @@ fn call_row(call: &CallSnapshot, show_numbers: bool) -> CallRow {
         linking: call.linking.as_ref().map(|linking| LinkingRow {
             id: linking.linkage_id.clone(),
             kind: linking.kind.clone(),
-            target: linking.target.clone(),
+            target: number(&linking.target),
             to_platform: linking.to_platform.clone(),
             state: linking.state,
             requested_at: linking.requested_at,
@@ -229,7 +240,8 @@ fn call_row(call: &CallSnapshot, show_numbers: bool) -> CallRow {
 /// Today's figures and last linkages, from the calls started since `day_start`.
 fn today(details: &[CallDetail], router: &Router, within_secs: u64) -> (Today, Vec<LinkageRow>) {
     let platform_of = |peer: &str| router.peer_by_name(peer).and_then(|p| p.platform.clone());
-    let figures: Figures = crate::stats::figures(details, platform_of, within_secs);
+    // The page shows platforms, not routes.
+    let figures: Figures = crate::stats::figures(details, platform_of, |_| None, within_secs);
     let platforms = figures
         .platforms
         .iter()
@@ -242,6 +254,7 @@ fn today(details: &[CallDetail], router: &Router, within_secs: u64) -> (Today, V
             answer_rate: row.answer_rate(),
             service_level: row.service_level(),
             median_answer_ms: row.median_answer_ms(),
+            median_abandon_ms: row.median_abandon_ms(),
         })
         .collect();
     let linkages = figures
@@ -343,9 +356,22 @@ impl BoardSources {
             numbers_masked: !self.show_numbers,
             calls,
             peers,
-            today: view.today.clone(),
+            today: view.today.clone().map(|mut today| {
+                for row in &mut today.linkages {
+                    row.to = shown(&row.to, self.show_numbers);
+                }
+                today
+            }),
             figures_error: view.error.clone(),
-            linkages: view.linkages.clone(),
+            linkages: view
+                .linkages
+                .iter()
+                .map(|linkage| LinkageRow {
+                    to: shown(&linkage.to, self.show_numbers),
+                    target: shown(&linkage.target, self.show_numbers),
+                    ..linkage.clone()
+                })
+                .collect(),
             store: StoreHealth {
                 writing: metrics.gauge(Gauge::StoreDegraded) == 0,
                 held_records: metrics.gauge(Gauge::StoreHeldRecords),
@@ -362,27 +388,20 @@ impl BoardSources {
         }
     }
 
-    /// Today's figures and last linkages, read from the store off the runtime's threads.
-    async fn read_store(self: &Arc<Self>, now: i64) -> StoreView {
-        let sources = Arc::clone(self);
+    /// Today's figures and last linkages, read from the store (blocking).
+    fn read_store(&self, now: i64) -> StoreView {
         let since = day_start(now, self.utc_offset_minutes);
-        let read = tokio::task::spawn_blocking(move || {
-            let details = sources.store.call_details_since(since, usize::MAX)?;
-            Ok::<_, crate::store::StoreError>(today(&details, &sources.router, sources.within_secs))
-        })
-        .await;
-        match read {
-            Ok(Ok((today, linkages))) => StoreView {
-                today: Some(today),
-                linkages,
-                error: None,
-            },
-            Ok(Err(error)) => StoreView {
+        match self.store.call_details_since(since, usize::MAX) {
+            Ok(details) => {
+                let (today, linkages) = today(&details, &self.router, self.within_secs);
+                StoreView {
+                    today: Some(today),
+                    linkages,
+                    error: None,
+                }
+            }
+            Err(error) => StoreView {
                 error: Some(format!("{}: {error}", self.store)),
-                ..StoreView::default()
-            },
-            Err(_) => StoreView {
-                error: Some("the store reader stopped".into()),
                 ..StoreView::default()
             },
         }
@@ -396,6 +415,13 @@ pub struct BoardFeed {
 }
 
 impl BoardFeed {
+    pub(super) fn new() -> BoardFeed {
+        BoardFeed {
+            boards: watch::channel(Arc::new(String::new())).0,
+            wanted: Notify::new(),
+        }
+    }
+
     /// Follows the boards from now on: the first one within a second or two of a start.
     pub fn watch(&self) -> watch::Receiver<Arc<String>> {
         let watching = self.boards.subscribe();
@@ -406,19 +432,69 @@ impl BoardFeed {
 
 /// Starts the task that keeps the board; it ends when `stop` turns true.
 pub fn start(sources: BoardSources, stop: watch::Receiver<bool>) -> Arc<BoardFeed> {
-    let feed = Arc::new(BoardFeed {
-        boards: watch::channel(Arc::new(String::new())).0,
-        wanted: Notify::new(),
-    });
+    let feed = Arc::new(BoardFeed::new());
     tokio::spawn(keep(Arc::new(sources), Arc::clone(&feed), stop));
     feed
 }
 
+/// The store's part of the board: read by a blocking task of its own, so a slow store slows
+/// only today's figures, never the calls' rows; read again no sooner than ten times its last
+/// read took (a busy day's long read is not run back to back).
+struct StoreReads {
+    view: StoreView,
+    /// The read under way, and when it started.
+    reading: Option<(tokio::task::JoinHandle<StoreView>, tokio::time::Instant)>,
+    /// When the last read ended, and how long it took.
+    last: Option<(tokio::time::Instant, Duration)>,
+    due: bool,
+}
+
+impl StoreReads {
+    /// Takes a finished read, starts one that is due; the view as it now stands.
+    async fn poll(&mut self, sources: &Arc<BoardSources>, now: i64) -> &StoreView {
+        if let Some((reading, started)) = self.reading.take() {
+            if reading.is_finished() {
+                self.view = reading.await.unwrap_or_else(|_| StoreView {
+                    error: Some("the store reader stopped".into()),
+                    ..StoreView::default()
+                });
+                self.last = Some((tokio::time::Instant::now(), started.elapsed()));
+            } else {
+                if started.elapsed() >= SLOW_READ {
+                    self.view.error = Some(format!(
+                        "reading today's figures from {} takes over {} s",
+                        sources.store,
+                        SLOW_READ.as_secs()
+                    ));
+                }
+                self.reading = Some((reading, started));
+                return &self.view;
+            }
+        }
+        let allowed = self
+            .last
+            .is_none_or(|(ended, took)| ended.elapsed() >= FIGURES_AT_MOST.max(took * 10));
+        let stale = self
+            .last
+            .is_none_or(|(ended, _)| ended.elapsed() >= FIGURES_EVERY);
+        if (self.due || stale) && allowed {
+            self.due = false;
+            let sources = Arc::clone(sources);
+            let reading = tokio::task::spawn_blocking(move || sources.read_store(now));
+            self.reading = Some((reading, tokio::time::Instant::now()));
+        }
+        &self.view
+    }
+}
+
 async fn keep(sources: Arc<BoardSources>, feed: Arc<BoardFeed>, mut stop: watch::Receiver<bool>) {
     let mut calls_changed = sources.registry.subscribe();
-    let mut view = StoreView::default();
-    let mut read_at: Option<tokio::time::Instant> = None;
-    let mut figures_due = true;
+    let mut store = StoreReads {
+        view: StoreView::default(),
+        reading: None,
+        last: None,
+        due: true,
+    };
     let mut shown: Option<Board> = None;
     loop {
         if feed.boards.receiver_count() == 0 {
@@ -429,17 +505,11 @@ async fn keep(sources: Arc<BoardSources>, feed: Arc<BoardFeed>, mut stop: watch:
                 () = feed.wanted.notified() => {}
                 _ = stop.changed() => return,
             }
-            figures_due = true;
+            store.due = true;
             continue;
         }
         let now = crate::store::unix_millis(SystemTime::now());
-        let stale = read_at.is_none_or(|at| at.elapsed() >= FIGURES_EVERY);
-        let allowed = read_at.is_none_or(|at| at.elapsed() >= FIGURES_AT_MOST);
-        if (figures_due || stale) && allowed {
-            view = sources.read_store(now).await;
-            read_at = Some(tokio::time::Instant::now());
-            figures_due = false;
-        }
+        let view = store.poll(&sources, now).await.clone();
         let board = sources.board(now, &view);
         // Only what changed goes out (the page counts the seconds itself).
         let unchanged = shown.as_ref().is_some_and(|shown| {
@@ -454,15 +524,23 @@ async fn keep(sources: Arc<BoardSources>, feed: Arc<BoardFeed>, mut stop: watch:
             }
             shown = Some(board);
         }
-        let wait = if figures_due { FIGURES_AT_MOST } else { TICK };
+        // A read under way is looked at again shortly; otherwise every tick.
+        let wait = if store.reading.is_some() {
+            READ_CHECK
+        } else {
+            TICK
+        };
         tokio::select! {
             changed = calls_changed.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                figures_due = true;
+                store.due = true;
                 // A step often changes a call twice in a row: show both as one.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stop.changed() => return,
+                }
             }
             () = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
@@ -482,6 +560,29 @@ mod tests {
         assert_eq!(mask_number("12345"), "12345");
         assert_eq!(mask_number("110"), "110");
         assert_eq!(mask_number(""), "");
+    }
+
+    /// A call back (the agent presents 12345, the citizen is called) and a transfer to a
+    /// mobile: no whole citizen's number, service numbers whole; all of it with show_numbers.
+    #[test]
+    fn every_number_is_masked() {
+        let call = CallSnapshot {
+            call_id: "g1".into(),
+            citizen_number: "12345".into(),
+            called_number: "13800138000".into(),
+            linking: Some(crate::workorder::registry::Linking {
+                target: "13912345678".into(),
+                ..Default::default()
+            }),
+            ..CallSnapshot::default()
+        };
+        let row = call_row(&call, false);
+        assert_eq!(row.citizen, "12345");
+        assert_eq!(row.called, "138****8000");
+        assert_eq!(row.linking.map(|l| l.target), Some("139****5678".into()));
+        let row = call_row(&call, true);
+        assert_eq!(row.called, "13800138000");
+        assert_eq!(row.state, "setup");
     }
 
     #[test]

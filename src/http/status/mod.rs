@@ -1,18 +1,22 @@
 //! The live status page: `GET /` (the page, its script and style embedded in the binary: it
 //! needs nothing from outside, for an isolated network), `GET /status.json` (the board now)
-//! and `GET /status/events` (server-sent events: a `board` event whenever the board changes).
+//! and `GET /status/events` (server-sent events: a `board` event whenever the board changes;
+//! at most [`MAX_FEEDS`] at once, so wall screens never take the slots `/healthz` needs).
 //!
 //! Who sees it: a source in `[status] allow` (default the loopback addresses: bind `api.http`
-//! to the management network and list it), or anyone with `[status] token`, given as
-//! `Authorization: Bearer <token>` or once as `GET /?token=<token>`, which sets a cookie (a
-//! digest of the token, not the token) and sends the browser on to `/` so the token leaves
-//! the address bar. Anyone else is refused 401; an address that keeps bringing wrong tokens,
-//! 429 for a while.
+//! to the management network and list it) that names the gateway by address (an IP or
+//! `localhost` in `Host`: a page of another site whose name was made to point here, DNS
+//! rebinding, names neither), or anyone with `[status] token`, given as `Authorization: Bearer
+//! <token>` or once as `GET /?token=<token>`, which sets a cookie for [`COOKIE_DAYS`] (its
+//! expiry signed with the token: not the token, and no use after the token changes) and sends
+//! the browser on to `/` so the token leaves the address bar. Anyone else is refused 401; an
+//! address that keeps bringing wrong tokens, 429 for a while.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::Query;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -20,6 +24,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Extension;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamExt;
@@ -37,38 +42,55 @@ const SCRIPT: &str = include_str!("page/status.js");
 const STYLE: &str = include_str!("page/status.css");
 /// The cookie `GET /?token=` sets.
 const COOKIE: &str = "hotline_status";
+/// How long the cookie lets a browser in.
+pub const COOKIE_DAYS: u64 = 30;
+/// Status feeds open at once (of the endpoint's connections).
+pub const MAX_FEEDS: usize = 16;
 /// How long `/status.json` waits for a board when nobody was watching.
 const FIRST_BOARD_WITHIN: Duration = Duration::from_secs(5);
+
+/// How a request was let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admitted {
+    /// From an allowed network, naming the gateway by address.
+    Address,
+    /// With the token (`Authorization`, or the `?token=` offered).
+    Token,
+    /// With the cookie a token set.
+    Cookie,
+}
 
 /// The page's access rules and its feed.
 pub struct StatusPage {
     feed: Arc<BoardFeed>,
-    /// The token's digest, as the cookie holds it.
+    /// The token's SHA-256 (compared digest to digest: a guess's length tells nothing), and
+    /// the token itself, the cookies' signing key.
     token: Option<(String, String)>,
     allow: Vec<Cidr>,
     throttle: LoginThrottle,
+    feeds: Arc<tokio::sync::Semaphore>,
 }
 
 impl StatusPage {
     pub fn new(config: &StatusConfig, feed: Arc<BoardFeed>) -> StatusPage {
         StatusPage {
             feed,
-            token: config.token.as_ref().map(|t| (t.clone(), cookie_value(t))),
+            token: config.token.as_ref().map(|t| (digest(t), t.clone())),
             allow: config.allow.clone(),
             throttle: LoginThrottle::default(),
+            feeds: Arc::new(tokio::sync::Semaphore::new(MAX_FEEDS)),
         }
     }
 
-    /// Whether the request may see the page: its source is allowed, or it brings the token (or
-    /// its cookie). `offered` is a `?token=` of `GET /`.
+    /// Whether the request may see the page, and how. `offered` is a `?token=` of `GET /`.
     fn admit(
         &self,
-        source: std::net::IpAddr,
+        source: IpAddr,
         headers: &HeaderMap,
         offered: Option<&str>,
-    ) -> Result<(), Refused> {
-        if self.allow.iter().any(|network| network.contains(source)) {
-            return Ok(());
+    ) -> Result<Admitted, Refused> {
+        if self.allow.iter().any(|network| network.contains(source)) && by_address(headers) {
+            return Ok(Admitted::Address);
         }
         let now = std::time::Instant::now();
         if !self.throttle.allows(source, now) {
@@ -85,18 +107,72 @@ impl StatusPage {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='));
-        let presented = bearer.or(offered).is_some() || cookie.is_some();
-        if let Some((token, digest)) = &self.token {
-            let by_token = bearer.or(offered).is_some_and(|t| same(t, token));
-            if by_token || cookie.is_some_and(|c| same(c, digest)) {
-                return Ok(());
+        let given = bearer.or(offered);
+        if let Some((hash, key)) = &self.token {
+            if given.is_some_and(|t| same(&digest(t), hash)) {
+                return Ok(Admitted::Token);
+            }
+            if cookie.is_some_and(|c| cookie_holds(c, key, unix_secs())) {
+                return Ok(Admitted::Cookie);
             }
         }
-        if presented {
+        if given.is_some() || cookie.is_some() {
             self.throttle.failed(source, now);
         }
         Err(Refused::NoToken)
     }
+}
+
+/// Whether the request names the gateway by address (`Host` an IP, or `localhost`).
+fn by_address(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        // HTTP/1.0 without Host: no browser's.
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok()
+}
+
+fn digest(text: &str) -> String {
+    hex(&Sha256::digest(text.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The cookie's signature of `expires` (Unix seconds) under `key` (the token).
+fn signature(key: &str, expires: u64) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key.as_bytes()) else {
+        return String::new();
+    };
+    mac.update(format!("hotline-status:{expires}").as_bytes());
+    hex(&mac.finalize().into_bytes())
+}
+
+/// A cookie value good until `expires`: `EXPIRES.SIGNATURE`.
+fn cookie_until(key: &str, expires: u64) -> String {
+    format!("{expires}.{}", signature(key, expires))
+}
+
+/// Whether `value` is a cookie `key` signed that has not expired at `now`.
+fn cookie_holds(value: &str, key: &str, now: u64) -> bool {
+    let Some((expires, signed)) = value.split_once('.') else {
+        return false;
+    };
+    let Ok(expires) = expires.parse::<u64>() else {
+        return false;
+    };
+    expires > now && same(signed, &signature(key, expires))
 }
 
 /// Why a request may not see the page.
@@ -126,15 +202,6 @@ impl IntoResponse for Refused {
         }
         guarded(refusal)
     }
-}
-
-/// What the cookie holds for `token`: its SHA-256, hex (the token itself stays out of the
-/// browser's cookie jar, and any token's digest is a valid cookie value).
-fn cookie_value(token: &str) -> String {
-    Sha256::digest(format!("hotline-status:{token}").as_bytes())
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
 }
 
 /// Equal, in a time that does not tell how much of a guess was right.
@@ -195,12 +262,19 @@ async fn index(
     headers: HeaderMap,
 ) -> Response {
     let offered = query.get("token").map(String::as_str);
-    if let Err(refusal) = page.admit(source, &headers, offered) {
-        return refusal.into_response();
-    }
-    if let (Some(_), Some((_, digest))) = (offered, &page.token) {
-        // Into the cookie, and out of the address bar (and the screen's history).
-        let cookie = format!("{COOKIE}={digest}; Path=/; HttpOnly; SameSite=Strict");
+    let admitted = match page.admit(source, &headers, offered) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if let (Some(_), Admitted::Token, Some((_, key))) = (offered, admitted, &page.token) {
+        // Into the cookie, and out of the address bar (and the screen's history). Lax: the
+        // first visit may come by a link from the centre's wiki.
+        let expires = unix_secs() + COOKIE_DAYS * 86_400;
+        let cookie = format!(
+            "{COOKIE}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
+            cookie_until(key, expires),
+            COOKIE_DAYS * 86_400
+        );
         let mut response = StatusCode::SEE_OTHER.into_response();
         let headers = response.headers_mut();
         headers.insert(header::LOCATION, HeaderValue::from_static("/"));
@@ -243,22 +317,20 @@ async fn events(
     if let Err(refusal) = page.admit(source, &headers, None) {
         return refusal.into_response();
     }
+    let Ok(feed) = Arc::clone(&page.feeds).try_acquire_owned() else {
+        let busy = format!("{MAX_FEEDS} status feeds are open: close one\n");
+        return guarded(plain(StatusCode::SERVICE_UNAVAILABLE, busy));
+    };
     let boards = WatchStream::new(page.feed.watch())
         .filter(|board| !board.is_empty())
-        .map(|board| Ok::<_, Infallible>(Event::default().event("board").data(board.as_str())));
+        .map(move |board| {
+            // Held while the stream lives.
+            let _feed = &feed;
+            Ok::<_, Infallible>(Event::default().event("board").data(board.as_str()))
+        });
     let keep_alive = KeepAlive::new().interval(Duration::from_secs(15));
     guarded(Sse::new(boards).keep_alive(keep_alive).into_response())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compares_whole_strings() {
-        assert!(same("a-long-status-token", "a-long-status-token"));
-        assert!(!same("a-long-status-token", "a-long-status-tokeN"));
-        assert!(!same("a-long", "a-long-status-token"));
-        assert_eq!(cookie_value("x").len(), 64);
-    }
-}
+mod tests;

@@ -89,8 +89,9 @@ function renderTiles(b) {
     big.textContent = percent(p.answer_rate);
     const small = document.createElement("div");
     small.className = "small";
+    const gaveUp = p.median_abandon_ms != null ? " (after " + seconds(p.median_abandon_ms) + ")" : "";
     small.textContent = p.answered + " of " + p.offered + " answered · " + p.abandoned +
-      " abandoned · " + percent(p.service_level) + " within " + today.within_secs + " s";
+      " abandoned" + gaveUp + " · " + percent(p.service_level) + " within " + today.within_secs + " s";
     tile.append(name, big, small);
     tiles.appendChild(tile);
   }
@@ -219,6 +220,11 @@ function connect() {
   source.onerror = () => {
     feed.textContent = "reconnecting";
     feed.className = "feed down";
+    // Refused (a new token, too many feeds) the browser gives up: start over in a while,
+    // through the page itself (which says why if it is refused).
+    if (source.readyState === EventSource.CLOSED) {
+      setTimeout(() => location.reload(), 10000);
+    }
   };
 }
 
