@@ -1,6 +1,7 @@
 //! `[hep]`: a Homer capture server (here a UDP socket in the test, decoding HEPv3) gets a
 //! copy of every SIP message of a call, both legs, in the order they passed, each with its
-//! addresses, the transport, the capture agent id and its Call-ID as the correlation id.
+//! addresses, the transport, the capture agent id and the call's correlation id: the
+//! citizen's leg's Call-ID on both legs, so Homer shows the call as one.
 
 mod common;
 
@@ -20,6 +21,8 @@ struct Copy {
     kind: u8,
     capture_id: u32,
     correlation: String,
+    /// The message's own Call-ID.
+    call_id: String,
     message: String,
     first_line: String,
 }
@@ -63,6 +66,11 @@ fn decode(packet: &[u8]) -> Option<Copy> {
         capture_id: u32::from_be_bytes(chunks.get(&12)?.as_slice().try_into().ok()?),
         correlation: String::from_utf8_lossy(chunks.get(&17)?).to_string(),
         first_line: payload.lines().next().unwrap_or_default().to_string(),
+        call_id: payload
+            .lines()
+            .find_map(|l| l.strip_prefix("Call-ID: "))
+            .unwrap_or_default()
+            .to_string(),
         message: payload,
     })
 }
@@ -123,7 +131,7 @@ async fn a_homer_collector_gets_every_message_of_a_call_in_order() {
     ];
     let mut copies: Vec<Copy> = Vec::new();
     let mut buffer = vec![0u8; 65_535];
-    let count = |copies: &[Copy], id: &str| copies.iter().filter(|c| c.correlation == id).count();
+    let count = |copies: &[Copy], id: &str| copies.iter().filter(|c| c.call_id == id).count();
     while count(&copies, &leg_a) < expected_a.len() || count(&copies, &leg_b) < expected_b.len() {
         let (length, _) = tokio::time::timeout(WAIT, collector.recv_from(&mut buffer))
             .await
@@ -149,7 +157,7 @@ async fn a_homer_collector_gets_every_message_of_a_call_in_order() {
     for (id, expected) in [(&leg_a, &expected_a[..]), (&leg_b, &expected_b[..])] {
         let seen: Vec<(&str, &str)> = copies
             .iter()
-            .filter(|c| &c.correlation == id)
+            .filter(|c| &c.call_id == id)
             .map(|c| (name(c.source), c.first_line.as_str()))
             .collect();
         assert_eq!(seen.len(), expected.len(), "{seen:?}");
@@ -168,7 +176,12 @@ async fn a_homer_collector_gets_every_message_of_a_call_in_order() {
             "{copy:?}"
         );
         assert_ne!(name(copy.source), name(copy.destination), "{copy:?}");
+        assert_eq!(
+            copy.correlation, leg_a,
+            "both legs under the citizen's: {copy:?}"
+        );
     }
+    assert_ne!(leg_a, leg_b, "two legs, two Call-IDs");
     gateway
         .metric_reaches_at_least("hotline_hep_sent_total", 13.0)
         .await;

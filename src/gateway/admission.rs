@@ -403,6 +403,8 @@ impl CallManager {
             },
         );
         let (owner, inbox) = crate::sip::endpoint::owner_channel();
+        // The call is its first leg's Call-ID, in Homer.
+        let owner = owner.of_call(request.call_id());
         let active = Arc::clone(&self.active);
         active.fetch_add(1, Ordering::Relaxed);
         let reserved = reserved.is_some().then(|| {

@@ -1,6 +1,9 @@
 //! HEP (the Homer Encapsulation Protocol), version 3: a copy of every SIP message the gateway
-//! receives and sends, with its addresses, transport and time, and its Call-ID as the
-//! correlation id, sent over UDP to a capture server (Homer, `[hep] address`).
+//! receives and sends, with its addresses, transport and time, and the call's correlation id,
+//! sent over UDP to a capture server (Homer, `[hep] address`). The correlation id is the
+//! Call-ID of the call's first leg (the citizen's) on every leg the gateway opened for the
+//! call (the desk's, a transfer target's, a conference guest's: [`Correlations`]), so Homer
+//! shows a B2BUA call as one; a message of no call (a probe, a stranger's) carries its own.
 //!
 //! Never in the signalling's way: a message is encoded where it passes and queued to a task
 //! that sends it; a full queue or a collector that does not listen loses the copy (counted),
@@ -14,7 +17,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -45,9 +48,43 @@ pub enum Carried {
     Tcp,
 }
 
+/// Which call each leg's Call-ID belongs to: the legs the gateway opens name the call's
+/// correlation id (its first leg's Call-ID) as their first request goes out, before its copy
+/// is made. Held weakly: once the call's task is gone its legs are forgotten (swept as new
+/// legs come).
+#[derive(Default)]
+pub struct Correlations {
+    legs: dashmap::DashMap<Box<str>, Weak<str>>,
+    linked: AtomicUsize,
+}
+
+/// Legs linked between sweeps of the forgotten ones.
+const SWEEP_EVERY: usize = 1024;
+
+impl Correlations {
+    /// `call_id` is a leg of the call `correlation` names.
+    pub fn link(&self, call_id: &str, correlation: &Arc<str>) {
+        if call_id == &**correlation || self.legs.contains_key(call_id) {
+            return;
+        }
+        self.legs
+            .insert(call_id.into(), Arc::downgrade(correlation));
+        if self.linked.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.legs.retain(|_, call| call.strong_count() > 0);
+        }
+    }
+
+    /// The correlation id of the call `call_id` is a leg of, while the call goes on.
+    pub fn of(&self, call_id: &[u8]) -> Option<Arc<str>> {
+        let call_id = std::str::from_utf8(call_id).ok()?;
+        self.legs.get(call_id)?.upgrade()
+    }
+}
+
 /// Where the transport hands its copies. Cheap to clone.
 #[derive(Clone)]
 pub struct HepTap {
+    correlations: Arc<Correlations>,
     queue: mpsc::Sender<Bytes>,
     /// The bytes of the copies queued now.
     queued: Arc<AtomicUsize>,
@@ -90,11 +127,17 @@ impl HepTap {
             }
         });
         Ok(HepTap {
+            correlations: Arc::default(),
             queue,
             queued,
             capture_id: settings.capture_id,
             metrics,
         })
+    }
+
+    /// Where the legs of calls are linked to their call.
+    pub fn correlations(&self) -> Arc<Correlations> {
+        Arc::clone(&self.correlations)
     }
 
     /// A copy of `message`, which went from `source` to `destination`, for the collector.
@@ -105,13 +148,13 @@ impl HepTap {
         carried: Carried,
         message: &[u8],
     ) {
+        let correlation = call_id(message).and_then(|id| self.correlations.of(id));
         let packet = encode(
-            source,
-            destination,
-            carried,
+            (source, destination, carried),
             SystemTime::now(),
             self.capture_id,
             message,
+            correlation.as_deref().map(str::as_bytes),
         );
         let size = packet.len();
         if self.queued.fetch_add(size, Ordering::Relaxed) + size > QUEUE_BYTES
@@ -123,14 +166,14 @@ impl HepTap {
     }
 }
 
-/// The HEPv3 packet of `message` as it passed at `time`.
+/// The HEPv3 packet of `message` as it passed at `time`; its correlation id `correlation`, or
+/// when None its Call-ID.
 pub fn encode(
-    source: SocketAddr,
-    destination: SocketAddr,
-    carried: Carried,
+    (source, destination, carried): (SocketAddr, SocketAddr, Carried),
     time: SystemTime,
     capture_id: u32,
     message: &[u8],
+    correlation: Option<&[u8]>,
 ) -> Vec<u8> {
     let mut packet = Vec::with_capacity(message.len() + 128);
     packet.extend_from_slice(b"HEP3");
@@ -166,8 +209,8 @@ pub fn encode(
     // A message too big for one UDP datagram (65,507 octets) with its chunks is cut.
     let room = 65_000 - packet.len() - 6 * 2 - 256;
     chunk(&mut packet, 15, &message[..message.len().min(room)]);
-    if let Some(call_id) = call_id(message) {
-        chunk(&mut packet, 17, &call_id[..call_id.len().min(255)]);
+    if let Some(correlation) = correlation.or_else(|| call_id(message)) {
+        chunk(&mut packet, 17, &correlation[..correlation.len().min(255)]);
     }
     let length = u16::try_from(packet.len()).unwrap_or(u16::MAX);
     packet[4..6].copy_from_slice(&length.to_be_bytes());
@@ -236,12 +279,15 @@ mod tests {
         let message = b"INVITE sip:110@gw SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1\r\ni: abc@host\r\n\r\nv=0\r\nCall-ID: not-this\r\n";
         let time = UNIX_EPOCH + std::time::Duration::from_micros(1_795_305_600_123_456);
         let packet = encode(
-            "10.0.0.1:5070".parse().unwrap_or_else(|_| unreachable!()),
-            "10.0.0.2:5060".parse().unwrap_or_else(|_| unreachable!()),
-            Carried::Udp,
+            (
+                "10.0.0.1:5070".parse().unwrap_or_else(|_| unreachable!()),
+                "10.0.0.2:5060".parse().unwrap_or_else(|_| unreachable!()),
+                Carried::Udp,
+            ),
             time,
             2001,
             message,
+            None,
         );
         let chunks = decode(&packet).unwrap_or_else(|| panic!("not HEPv3"));
         let value = |kind| {
@@ -272,21 +318,66 @@ mod tests {
     #[test]
     fn ipv6_and_tcp_and_a_message_without_call_id() {
         let packet = encode(
-            "[2001:db8::1]:5061"
-                .parse()
-                .unwrap_or_else(|_| unreachable!()),
-            "[2001:db8::2]:5060"
-                .parse()
-                .unwrap_or_else(|_| unreachable!()),
-            Carried::Tcp,
+            (
+                "[2001:db8::1]:5061"
+                    .parse()
+                    .unwrap_or_else(|_| unreachable!()),
+                "[2001:db8::2]:5060"
+                    .parse()
+                    .unwrap_or_else(|_| unreachable!()),
+                Carried::Tcp,
+            ),
             UNIX_EPOCH,
             1,
             b"garbage",
+            None,
         );
         let chunks = decode(&packet).unwrap_or_else(|| panic!("not HEPv3"));
         let kinds: Vec<u16> = chunks.iter().map(|(k, _)| *k).collect();
         assert_eq!(kinds, vec![1, 2, 5, 6, 7, 8, 9, 10, 11, 12, 15]);
         assert_eq!(chunks[0].1, [10]);
         assert_eq!(chunks[1].1, [6]);
+    }
+
+    /// A leg linked to its call carries the call's correlation id while the call lives; then
+    /// it is forgotten (and swept).
+    #[test]
+    fn legs_carry_their_calls_correlation_id() {
+        let correlations = Correlations::default();
+        let call: Arc<str> = Arc::from("citizen-leg@carrier");
+        correlations.link("desk-leg@gw", &call);
+        correlations.link(&call, &call);
+        assert_eq!(
+            correlations.of(b"desk-leg@gw").as_deref(),
+            Some("citizen-leg@carrier")
+        );
+        assert_eq!(
+            correlations.of(b"citizen-leg@carrier"),
+            None,
+            "its own Call-ID"
+        );
+        let packet = encode(
+            (
+                "10.0.0.1:5060".parse().unwrap_or_else(|_| unreachable!()),
+                "10.0.0.2:5060".parse().unwrap_or_else(|_| unreachable!()),
+                Carried::Udp,
+            ),
+            UNIX_EPOCH,
+            1,
+            b"BYE sip:x SIP/2.0\r\nCall-ID: desk-leg@gw\r\n\r\n",
+            correlations
+                .of(b"desk-leg@gw")
+                .as_deref()
+                .map(str::as_bytes),
+        );
+        let chunks = decode(&packet).unwrap_or_else(|| panic!("not HEPv3"));
+        assert!(chunks.contains(&(17, b"citizen-leg@carrier".to_vec())));
+        drop(call);
+        assert_eq!(correlations.of(b"desk-leg@gw"), None, "the call is over");
+        let next: Arc<str> = Arc::from("next");
+        for leg in 0..SWEEP_EVERY {
+            correlations.link(&format!("leg-{leg}"), &next);
+        }
+        assert!(!correlations.legs.contains_key("desk-leg@gw"), "swept");
     }
 }

@@ -48,6 +48,18 @@ pub const MAX_UNREAD: usize = 256;
 pub struct Owner {
     events: mpsc::UnboundedSender<SipEvent>,
     unread: Arc<std::sync::atomic::AtomicUsize>,
+    /// The call it is (its first leg's Call-ID), for the HEP copies of the legs it opens.
+    correlation: Option<Arc<str>>,
+}
+
+impl Owner {
+    /// The owner of the call whose first leg is `call_id`: the requests it sends on other
+    /// legs go to Homer under that id ([`crate::sip::hep::Correlations`]).
+    #[must_use]
+    pub fn of_call(mut self, call_id: &str) -> Owner {
+        self.correlation = Some(Arc::from(call_id));
+        self
+    }
 }
 
 /// The owner's end: its events in order.
@@ -65,6 +77,7 @@ pub fn owner_channel() -> (Owner, Inbox) {
         Owner {
             events,
             unread: Arc::clone(&unread),
+            correlation: None,
         },
         Inbox {
             events: receiver,
@@ -252,6 +265,8 @@ pub struct Endpoint {
     metrics: Arc<Metrics>,
     /// Who may talk to us ([`Endpoint::with_guard`]).
     guard: Option<(Guard, Arc<Router>)>,
+    /// With `[hep]`: the legs each call opens, linked to it as their first request goes.
+    correlations: Option<Arc<crate::sip::hep::Correlations>>,
 }
 
 impl Endpoint {
@@ -272,6 +287,7 @@ impl Endpoint {
         };
         let layer = TransactionLayer::new(driver_now(), timers, Arc::clone(&metrics));
         let endpoint = Endpoint {
+            correlations: transport.hep_correlations(),
             transport,
             layer,
             dispatcher,
@@ -401,7 +417,13 @@ impl Endpoint {
                 bytes,
                 target,
                 owner,
-            } => self.layer.send_request(now, request, bytes, target, owner),
+            } => {
+                // Linked before the request's copy is made.
+                if let (Some(correlations), Some(call)) = (&self.correlations, &owner.correlation) {
+                    correlations.link(request.call_id(), call);
+                }
+                self.layer.send_request(now, request, bytes, target, owner);
+            }
             Command::SendResponse {
                 server,
                 response,

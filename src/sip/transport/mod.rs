@@ -337,6 +337,11 @@ impl Transport {
         Ok(transport)
     }
 
+    /// With `[hep]`: where the legs of calls are linked to their call's correlation id.
+    pub fn hep_correlations(&self) -> Option<Arc<super::hep::Correlations>> {
+        self.hep.as_ref().map(super::hep::HepTap::correlations)
+    }
+
     /// The default interface's SIP address (its port resolved).
     pub fn local_address(&self) -> SocketAddr {
         self.local_address_of(InterfaceId::DEFAULT)
