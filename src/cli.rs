@@ -225,7 +225,7 @@ pub fn stats(
     location: &crate::store::StoreLocation,
     (platform_of, route_of): (
         impl Fn(&str) -> Option<String>,
-        impl Fn(&str) -> Option<String>,
+        impl Fn(&str, i64) -> Option<String>,
     ),
     since: Option<&str>,
     within_secs: u64,

@@ -20,7 +20,7 @@
 //! | [`routing`] | number -> peers (those up), source address -> peer; a peer's vocabulary (transport, SRTP policy, credentials, charset) and health (sans-IO probe state, liveness flag) |
 //! | [`store`] | SQLite call records, linkage and conference records, the work-order outbox |
 //! | [`workorder`] | the gRPC work-order link: events to the platforms, their commands back |
-//! | [`metrics`], [`http`], [`health`] | Prometheus counters and gauges, and the /healthz (parts' round trips, peers down), /metrics endpoint |
+//! | [`metrics`], [`http`], [`health`] | Prometheus counters and gauges; the HTTP API on axum: /healthz (parts' round trips, peers down), /metrics, /recordings, the live status page and its board |
 //! | [`cli`] | what the command line prints (the `calls` table) |
 //! | [`shutdown`] | SIGINT/SIGTERM to one token, and the order the gateway stops in |
 //! | [`limits`] | the file-descriptor budget and `RLIMIT_NOFILE` |
@@ -688,10 +688,8 @@ fn serve_http(
         show_numbers: config.status.show_numbers,
     };
     let feed = http::status::board::start(board, http_stopped.clone());
-    services.status = Some(Arc::new(http::status::StatusPage::new(
-        &config.status,
-        feed,
-    )));
+    let access = http::status::StatusAccess::from(&config.status);
+    services.status = Some(Arc::new(http::status::StatusPage::new(access, feed)));
     tokio::spawn(http::serve(http_listener, services, http_stopped));
     (http_address, http_stop)
 }

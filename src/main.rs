@@ -139,7 +139,7 @@ fn main() -> ExitCode {
             .collect();
         let platform_of = |peer: &str| peers.get(peer).cloned().flatten();
         let router = hotline_gateway::routing::Router::from(&config);
-        let route_of = |number: &str| router.route_name(number);
+        let route_of = |number: &str, at: i64| router.route_name_at(number, at);
         let location = config.store.location();
         return match hotline_gateway::cli::stats(
             &location,

@@ -149,12 +149,12 @@ pub struct Figures {
     pub within_secs: u64,
 }
 
-/// The figures of `details`; `platform_of` names a peer's platform and `route_of` a dialled
-/// number's route (from the configuration).
+/// The figures of `details`; `platform_of` names a peer's platform and `route_of` the route a
+/// number dialled at a moment took (from the configuration).
 pub fn figures(
     details: &[CallDetail],
     platform_of: impl Fn(&str) -> Option<String>,
-    route_of: impl Fn(&str) -> Option<String>,
+    route_of: impl Fn(&str, i64) -> Option<String>,
     within_secs: u64,
 ) -> Figures {
     let mut figures = Figures {
@@ -181,7 +181,7 @@ pub fn figures(
             let conferences = figures.conferences.entry(platform.clone()).or_default();
             conferences.count(&detail.conference_parties);
         }
-        let route = route_of(&call.called).unwrap_or_else(|| "-".into());
+        let route = route_of(&call.called, call.started_at).unwrap_or_else(|| "-".into());
         for row in [
             figures.platforms.entry(platform).or_default(),
             figures.desks.entry(desk).or_default(),
@@ -324,7 +324,7 @@ mod tests {
             call("c4", "hotline", None, "callee"),
             call("c5", "police", Some(2_000), "caller"),
         ];
-        let route_of = |number: &str| (number == "12345").then(|| number.to_string());
+        let route_of = |number: &str, _| (number == "12345").then(|| number.to_string());
         let figures = figures(&details, platform_of, route_of, 20);
         let hotline = &figures.platforms["12345"];
         assert_eq!(
@@ -403,7 +403,7 @@ mod tests {
         three.conference_parties = vec![party(0, 0, Some(5_000)), party(2, 1_000, None)];
         let calls = [one, two, three, call("c4", "hotline", None, "caller")];
         let platform_of = |_: &str| Some("12345".to_string());
-        let figures = figures(&calls, platform_of, |_| None, 20);
+        let figures = figures(&calls, platform_of, |_, _| None, 20);
         let conferences = &figures.conferences["12345"];
         assert_eq!(conferences.held, 4);
         assert_eq!(conferences.median_length_ms(), Some(10_000));

@@ -99,6 +99,15 @@ async fn desks_and_linkages_are_counted_by_their_labels() {
             "{name}"
         );
     }
+    // The transfer's time from the REFER to 110's answer: one observation.
+    assert_eq!(
+        gateway
+            .metric(
+                "hotline_linkage_answer_seconds_count{kind=\"transfer\",from=\"12345\",to=\"110\"}"
+            )
+            .await,
+        Some(1.0)
+    );
     // Both calls dialled 12345: its route's figures.
     for (name, value) in [
         ("hotline_route_calls_offered_total", 2.0),

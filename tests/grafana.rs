@@ -78,12 +78,26 @@ async fn every_series_the_dashboard_queries_is_on_metrics() {
     assert_eq!(status, 200);
     // A series is there with a value, or declared (`# TYPE`) before its first labelled row
     // (a desk or a linkage direction nothing has used yet).
-    let present: BTreeSet<&str> = metrics
+    // A histogram declared is its `_bucket`, `_sum` and `_count` series.
+    let present: BTreeSet<String> = metrics
         .lines()
-        .filter_map(|line| match line.strip_prefix("# TYPE ") {
-            Some(declared) => declared.split(' ').next(),
-            None if line.starts_with('#') => None,
-            None => line.split(['{', ' ']).next(),
+        .flat_map(|line| match line.strip_prefix("# TYPE ") {
+            Some(declared) => {
+                let mut words = declared.split(' ');
+                let name = words.next().unwrap_or_default();
+                let mut names = vec![name.to_string()];
+                if words.next() == Some("histogram") {
+                    names.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}")));
+                }
+                names
+            }
+            None if line.starts_with('#') => Vec::new(),
+            None => line
+                .split(['{', ' '])
+                .next()
+                .map(str::to_string)
+                .into_iter()
+                .collect(),
         })
         .collect();
     let missing: Vec<&String> = wanted

@@ -397,6 +397,8 @@ async fn a_transfer_to_busy_desks_waits_in_their_queue_and_overflows_with_the_li
         None,
     )
     .await;
+    // Followed from before the transfer: the few seconds it waits are all seen.
+    let mut feed = gateway.status_feed().await;
     let call =
         common::establish_to("110", "13800138000", &mut citizen, &mut police, &[8], &[8]).await;
     let mut refer = police.uas_request(&call.incoming, "REFER", 2);
@@ -413,15 +415,14 @@ async fn a_transfer_to_busy_desks_waits_in_their_queue_and_overflows_with_the_li
     );
     // The status page: the call talking with 110, its transfer queued at 12345.
     let linkage = requested.linkage_id.clone();
-    gateway
-        .board_until("the transfer queued", move |board| {
-            board["calls"].as_array().is_some_and(|calls| {
-                calls.iter().any(|c| {
-                    c["linking"]["id"] == linkage.as_str() && c["linking"]["state"] == "queued"
-                })
+    feed.until("the transfer queued", move |board| {
+        board["calls"].as_array().is_some_and(|calls| {
+            calls.iter().any(|c| {
+                c["linking"]["id"] == linkage.as_str() && c["linking"]["state"] == "queued"
             })
         })
-        .await;
+    })
+    .await;
     let mut notified = Vec::new();
     while notified.last().is_none_or(|status| *status < 200) {
         let notify = police.expect_request("NOTIFY").await;

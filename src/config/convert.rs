@@ -119,6 +119,15 @@ impl From<&RouteConfig> for Route {
     }
 }
 
+impl From<&crate::config::StatusConfig> for crate::http::status::StatusAccess {
+    fn from(config: &crate::config::StatusConfig) -> crate::http::status::StatusAccess {
+        crate::http::status::StatusAccess {
+            token: config.token.clone(),
+            allow: config.allow.clone(),
+        }
+    }
+}
+
 impl crate::config::RoutingConfig {
     /// `utc_offset` in minutes (China Standard Time when it does not read; `--check` says so).
     pub fn offset_minutes(&self) -> i32 {

@@ -652,7 +652,10 @@ fn track_linkage(
             .or(record.to_peer.as_deref())
             .unwrap_or("-");
         let from = record.from_platform.as_deref().unwrap_or("-");
-        metrics.count_linkage(&record.kind, from, to, outcome);
+        let answered_after = record
+            .answered_at
+            .and_then(|answered| u64::try_from(answered - record.requested_at).ok());
+        metrics.count_linkage((&record.kind, from, to), outcome, answered_after);
     }
     if record.ended_at.is_some() {
         // Settled: nothing more comes for it, and a call transferred again and again must not
@@ -688,7 +691,7 @@ fn count_desk_call(
         None => DeskOutcome::NotAnswered,
     };
     let route = call
-        .route_name(&record.called)
+        .route_name(&record.called, record.started_at)
         .unwrap_or_else(|| "-".into());
     metrics.count_desk_call((desk, &platform, &route), outcome);
 }

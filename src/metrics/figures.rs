@@ -60,6 +60,9 @@ pub(super) struct Figures {
     routes: Mutex<BTreeMap<String, DeskRow>>,
     /// By (kind, from platform, to platform or desk, outcome).
     linkages: Mutex<BTreeMap<(String, String, String, String), u64>>,
+    /// By (kind, from platform, to platform or desk): the connected linkages' time from the
+    /// request to the target's answer.
+    linkage_answers: Mutex<BTreeMap<(String, String, String), Histogram>>,
     /// By platform: the calls' times.
     times: Mutex<BTreeMap<String, PlatformTimes>>,
 }
@@ -80,13 +83,15 @@ impl Default for PlatformTimes {
         PlatformTimes {
             answer: Histogram::new(ANSWER_BUCKETS),
             ring: Histogram::new(ANSWER_BUCKETS),
-            abandon: Histogram::new(ANSWER_BUCKETS),
+            abandon: Histogram::new(ABANDON_BUCKETS),
         }
     }
 }
 
 /// The buckets of the answer and ring times: the service-level marks, up to two minutes.
 const ANSWER_BUCKETS: &[u32] = &[1, 2, 5, 10, 15, 20, 30, 45, 60, 120];
+/// The waits before abandoning: those marks, then a queue's longer waits.
+const ABANDON_BUCKETS: &[u32] = &[1, 2, 5, 10, 15, 20, 30, 45, 60, 120, 300, 600, 1800];
 
 impl Default for Figures {
     fn default() -> Figures {
@@ -95,6 +100,7 @@ impl Default for Figures {
             desks: Mutex::default(),
             routes: Mutex::default(),
             linkages: Mutex::default(),
+            linkage_answers: Mutex::default(),
             times: Mutex::default(),
         }
     }
@@ -144,7 +150,12 @@ impl Figures {
         observe(times.entry(platform.to_string()).or_default());
     }
 
-    pub(super) fn count_linkage(&self, kind: &str, from: &str, to: &str, outcome: &str) {
+    pub(super) fn count_linkage(
+        &self,
+        (kind, from, to): (&str, &str, &str),
+        outcome: &str,
+        answered_after_ms: Option<u64>,
+    ) {
         let mut linkages = self.linkages.lock().unwrap_or_else(PoisonError::into_inner);
         *linkages
             .entry((
@@ -154,6 +165,17 @@ impl Figures {
                 outcome.to_string(),
             ))
             .or_default() += 1;
+        drop(linkages);
+        if let Some(after_ms) = answered_after_ms {
+            let mut answers = self
+                .linkage_answers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            answers
+                .entry((kind.to_string(), from.to_string(), to.to_string()))
+                .or_insert_with(|| Histogram::new(ANSWER_BUCKETS))
+                .observe_ms(after_ms);
+        }
     }
 
     /// The series, with their HELP and TYPE lines (always, so a dashboard finds them before
@@ -274,6 +296,25 @@ impl Figures {
                 label_value(to),
                 label_value(outcome)
             );
+        }
+        drop(linkages);
+        let answers = self
+            .linkage_answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let name = "hotline_linkage_answer_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} connected transfers' and conference guests' time from the request to the target's answer, by kind and direction\n# TYPE {name} histogram"
+        );
+        for ((kind, from, to), histogram) in answers.iter() {
+            let labels = format!(
+                "kind=\"{}\",from=\"{}\",to=\"{}\"",
+                label_value(kind),
+                label_value(from),
+                label_value(to)
+            );
+            histogram.render_series(name, &labels, out);
         }
     }
 }

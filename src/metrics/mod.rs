@@ -136,8 +136,15 @@ impl Metrics {
 
     /// A linkage of `kind` from platform `from` to `to` (a platform, or a desk) settled with
     /// `outcome` (`answered`, `failed`).
-    pub fn count_linkage(&self, kind: &str, from: &str, to: &str, outcome: &str) {
-        self.figures.count_linkage(kind, from, to, outcome);
+    /// A linkage settled with `outcome`; a connected one `answered_after_ms` after its request.
+    pub fn count_linkage(
+        &self,
+        (kind, from, to): (&str, &str, &str),
+        outcome: &str,
+        answered_after_ms: Option<u64>,
+    ) {
+        self.figures
+            .count_linkage((kind, from, to), outcome, answered_after_ms);
     }
 
     /// A queued call's wait ended (answered, overflowed, abandoned or given up).

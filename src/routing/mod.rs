@@ -222,7 +222,11 @@ pub enum PatternElement {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NumberPattern {
     Exact(String),
-    Pattern(Vec<PatternElement>),
+    /// Its elements, and its text as configured (what the figures name it by).
+    Pattern {
+        elements: Vec<PatternElement>,
+        text: String,
+    },
 }
 
 impl NumberPattern {
@@ -297,13 +301,16 @@ impl NumberPattern {
         if elements.is_empty() {
             return Err("`_` must be followed by a pattern".into());
         }
-        Ok(NumberPattern::Pattern(elements))
+        Ok(NumberPattern::Pattern {
+            elements,
+            text: text.to_string(),
+        })
     }
 
     pub fn matches(&self, number: &str) -> bool {
         match self {
             NumberPattern::Exact(exact) => exact == number,
-            NumberPattern::Pattern(elements) => {
+            NumberPattern::Pattern { elements, .. } => {
                 let mut chars = number.chars();
                 for element in elements {
                     match element {
@@ -329,35 +336,10 @@ impl NumberPattern {
 /// As configured: `12345`, `_1[12]X`, `_9.`.
 impl std::fmt::Display for NumberPattern {
     fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let elements = match self {
-            NumberPattern::Exact(number) => return out.write_str(number),
-            NumberPattern::Pattern(elements) => elements,
-        };
-        out.write_str("_")?;
-        for element in elements {
-            match element {
-                PatternElement::Literal(c) => write!(out, "{c}")?,
-                PatternElement::OneOrMore => out.write_str(".")?,
-                PatternElement::ZeroOrMore => out.write_str("!")?,
-                PatternElement::Digits(set) => match set.as_slice() {
-                    [('0', '9')] => out.write_str("X")?,
-                    [('1', '9')] => out.write_str("Z")?,
-                    [('2', '9')] => out.write_str("N")?,
-                    set => {
-                        out.write_str("[")?;
-                        for (lo, hi) in set {
-                            if lo == hi {
-                                write!(out, "{lo}")?;
-                            } else {
-                                write!(out, "{lo}-{hi}")?;
-                            }
-                        }
-                        out.write_str("]")?;
-                    }
-                },
-            }
+        match self {
+            NumberPattern::Exact(number) => out.write_str(number),
+            NumberPattern::Pattern { text, .. } => out.write_str(text),
         }
-        Ok(())
     }
 }
 
@@ -464,6 +446,7 @@ impl Router {
                 .filter_map(|name| by_name.get(name.as_str()).cloned())
                 .collect();
             let entry = RouteEntry {
+                name: route.number.to_string(),
                 schedule: route.schedule,
                 peers: targets,
                 queue: route.queue,
@@ -619,17 +602,12 @@ impl Router {
             .any(|pattern| pattern.matches(number))
     }
 
-    /// The route a dialled number is a call of, as configured (`12345`, `_1[12]X`): its
-    /// exact route, else the first pattern that matches it, whatever the time; the figures'
-    /// `route` (from the configuration, never the number itself unless a route names it).
-    pub fn route_name(&self, number: &str) -> Option<String> {
-        if self.exact.contains_key(number) {
-            return Some(number.to_string());
-        }
-        self.patterns
-            .iter()
-            .find(|(pattern, _)| pattern.matches(number))
-            .map(|(pattern, _)| pattern.to_string())
+    /// The route a call to `number` at `unix_ms` takes, named as configured (`12345`,
+    /// `_1[12]X`): the figures' `route` (from the configuration, never the number itself
+    /// unless a route names it exactly).
+    pub fn route_name_at(&self, number: &str, unix_ms: i64) -> Option<String> {
+        self.entry_at(number, unix_ms)
+            .map(|entry| entry.name.clone())
     }
 
     pub fn peer_by_name(&self, name: &str) -> Option<Arc<Peer>> {
@@ -644,6 +622,8 @@ impl Router {
 /// A route as the router keeps it: when it applies, its peers, how its callers wait.
 #[derive(Debug)]
 struct RouteEntry {
+    /// Its number as configured.
+    name: String,
     schedule: schedule::Schedule,
     peers: Vec<Arc<Peer>>,
     queue: Option<QueuePolicy>,

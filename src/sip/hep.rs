@@ -18,7 +18,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
@@ -48,36 +48,75 @@ pub enum Carried {
     Tcp,
 }
 
-/// Which call each leg's Call-ID belongs to: the legs the gateway opens name the call's
-/// correlation id (its first leg's Call-ID) as their first request goes out, before its copy
-/// is made. Held weakly: once the call's task is gone its legs are forgotten (swept as new
-/// legs come).
+/// A call as its legs' copies name it: its first leg's Call-ID. Its owners hold it (see
+/// [`crate::sip::endpoint::Owner::of_call`]); the legs linked to it outlive it by [`GRACE`].
+#[derive(Debug)]
+pub struct CallTag {
+    id: Arc<str>,
+}
+
+impl CallTag {
+    pub fn new(call_id: &str) -> Arc<CallTag> {
+        Arc::new(CallTag {
+            id: Arc::from(call_id),
+        })
+    }
+}
+
+/// Which call each leg's Call-ID belongs to: the legs the gateway opens are linked to their
+/// call as their first request goes out, before its copy is made.
 #[derive(Default)]
 pub struct Correlations {
-    legs: dashmap::DashMap<Box<str>, Weak<str>>,
+    legs: dashmap::DashMap<Box<str>, Leg>,
     linked: AtomicUsize,
 }
 
-/// Legs linked between sweeps of the forgotten ones.
+struct Leg {
+    call: Arc<str>,
+    /// Whether the call's owners are still there.
+    alive: Weak<CallTag>,
+    /// When a sweep first found them gone.
+    gone_since: Option<Instant>,
+}
+
+/// Legs linked between sweeps.
 const SWEEP_EVERY: usize = 1024;
+/// How long a leg keeps its call's id after the call's owners are gone: the last answers and
+/// their retransmissions (Timer J, 64*T1) still come.
+pub const GRACE: Duration = Duration::from_secs(64);
 
 impl Correlations {
-    /// `call_id` is a leg of the call `correlation` names.
-    pub fn link(&self, call_id: &str, correlation: &Arc<str>) {
-        if call_id == &**correlation || self.legs.contains_key(call_id) {
+    /// `call_id` is a leg of the call `tag` names.
+    pub fn link(&self, call_id: &str, tag: &Arc<CallTag>) {
+        if call_id == &*tag.id || self.legs.contains_key(call_id) {
             return;
         }
-        self.legs
-            .insert(call_id.into(), Arc::downgrade(correlation));
+        let leg = Leg {
+            call: Arc::clone(&tag.id),
+            alive: Arc::downgrade(tag),
+            gone_since: None,
+        };
+        self.legs.insert(call_id.into(), leg);
         if self.linked.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            self.legs.retain(|_, call| call.strong_count() > 0);
+            self.sweep(Instant::now());
         }
     }
 
-    /// The correlation id of the call `call_id` is a leg of, while the call goes on.
+    /// Forgets the legs of calls gone for longer than [`GRACE`].
+    fn sweep(&self, now: Instant) {
+        self.legs.retain(|_, leg| {
+            if leg.alive.strong_count() > 0 {
+                return true;
+            }
+            let gone = *leg.gone_since.get_or_insert(now);
+            now.duration_since(gone) < GRACE
+        });
+    }
+
+    /// The correlation id of the call `call_id` is a leg of.
     pub fn of(&self, call_id: &[u8]) -> Option<Arc<str>> {
         let call_id = std::str::from_utf8(call_id).ok()?;
-        self.legs.get(call_id)?.upgrade()
+        Some(Arc::clone(&self.legs.get(call_id)?.call))
     }
 }
 
@@ -148,13 +187,14 @@ impl HepTap {
         carried: Carried,
         message: &[u8],
     ) {
-        let correlation = call_id(message).and_then(|id| self.correlations.of(id));
+        let own = call_id(message);
+        let call = own.and_then(|id| self.correlations.of(id));
         let packet = encode(
             (source, destination, carried),
             SystemTime::now(),
             self.capture_id,
             message,
-            correlation.as_deref().map(str::as_bytes),
+            call.as_deref().map(str::as_bytes).or(own),
         );
         let size = packet.len();
         if self.queued.fetch_add(size, Ordering::Relaxed) + size > QUEUE_BYTES
@@ -277,7 +317,7 @@ mod tests {
     #[test]
     fn a_message_is_encoded_with_its_addresses_time_and_call_id() {
         let message = b"INVITE sip:110@gw SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1\r\ni: abc@host\r\n\r\nv=0\r\nCall-ID: not-this\r\n";
-        let time = UNIX_EPOCH + std::time::Duration::from_micros(1_795_305_600_123_456);
+        let time = UNIX_EPOCH + Duration::from_micros(1_795_305_600_123_456);
         let packet = encode(
             (
                 "10.0.0.1:5070".parse().unwrap_or_else(|_| unreachable!()),
@@ -339,14 +379,14 @@ mod tests {
         assert_eq!(chunks[1].1, [6]);
     }
 
-    /// A leg linked to its call carries the call's correlation id while the call lives; then
-    /// it is forgotten (and swept).
+    /// A leg linked to its call carries the call's correlation id, for a while after the call's
+    /// owners are gone too; then a sweep forgets it.
     #[test]
     fn legs_carry_their_calls_correlation_id() {
         let correlations = Correlations::default();
-        let call: Arc<str> = Arc::from("citizen-leg@carrier");
+        let call = CallTag::new("citizen-leg@carrier");
         correlations.link("desk-leg@gw", &call);
-        correlations.link(&call, &call);
+        correlations.link("citizen-leg@carrier", &call);
         assert_eq!(
             correlations.of(b"desk-leg@gw").as_deref(),
             Some("citizen-leg@carrier")
@@ -373,11 +413,13 @@ mod tests {
         let chunks = decode(&packet).unwrap_or_else(|| panic!("not HEPv3"));
         assert!(chunks.contains(&(17, b"citizen-leg@carrier".to_vec())));
         drop(call);
-        assert_eq!(correlations.of(b"desk-leg@gw"), None, "the call is over");
-        let next: Arc<str> = Arc::from("next");
-        for leg in 0..SWEEP_EVERY {
-            correlations.link(&format!("leg-{leg}"), &next);
-        }
-        assert!(!correlations.legs.contains_key("desk-leg@gw"), "swept");
+        let now = Instant::now();
+        correlations.sweep(now);
+        assert!(
+            correlations.of(b"desk-leg@gw").is_some(),
+            "its last answers still come"
+        );
+        correlations.sweep(now + GRACE);
+        assert_eq!(correlations.of(b"desk-leg@gw"), None, "forgotten");
     }
 }

@@ -58,7 +58,7 @@ pub(super) async fn figures_of(
     let platforms = Arc::clone(peer_platforms);
     // Its routes are not in the answer (its desks are): no route named.
     let platform_of = |peer: &str| platforms.get(peer).cloned();
-    let figures = crate::stats::figures(&details, platform_of, |_| None, within);
+    let figures = crate::stats::figures(&details, platform_of, |_, _| None, within);
     Ok(response(platform, &figures, since, peer_platforms))
 }
 

@@ -284,38 +284,96 @@ impl Gateway {
 }
 
 impl Gateway {
-    /// The first board of the status page's feed (`/status/events`, from loopback: allowed by
-    /// default) for which `wanted` holds; fails after [`WAIT`] with the last board seen.
-    pub(crate) async fn board_until(
-        &self,
-        what: &str,
-        wanted: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
+    /// Opens the status page's feed (`/status/events`, from loopback: allowed by default) and
+    /// keeps reading it in the background: every board it sends, in order.
+    pub(crate) async fn status_feed(&self) -> StatusFeed {
         let mut stream = match TcpStream::connect(self.http).await {
             Ok(s) => s,
             Err(e) => panic!("http connect: {e}"),
         };
         let request = format!("GET /status/events HTTP/1.1\r\nHost: {}\r\n\r\n", self.http);
         let _ = stream.write_all(request.as_bytes()).await;
-        let mut seen = String::new();
-        let mut last = serde_json::Value::Null;
+        let mut received = Vec::new();
         let mut chunk = [0u8; 16 * 1024];
+        let head_end = loop {
+            if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            match tokio::time::timeout(WAIT, stream.read(&mut chunk)).await {
+                Ok(Ok(read @ 1..)) => received.extend_from_slice(&chunk[..read]),
+                _ => panic!("no answer from the status feed"),
+            }
+        };
+        let head = String::from_utf8_lossy(&received[..head_end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 200"), "the status feed: {head}");
+        let (boards, arrived) = tokio::sync::mpsc::unbounded_channel();
+        let mut body = received.split_off(head_end);
+        tokio::spawn(async move {
+            // The body comes chunked (RFC 9112 §7.1): size line, data, CRLF; the data are SSE
+            // events, each ending in a blank line.
+            let mut events = Vec::new();
+            loop {
+                while let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") {
+                    let size = std::str::from_utf8(&body[..line_end])
+                        .ok()
+                        .and_then(|text| usize::from_str_radix(text.trim(), 16).ok());
+                    let Some(size) = size else { return };
+                    if body.len() < line_end + 2 + size + 2 {
+                        break;
+                    }
+                    events.extend_from_slice(&body[line_end + 2..line_end + 2 + size]);
+                    body.drain(..line_end + 2 + size + 2);
+                    while let Some(end) = events.windows(2).position(|w| w == b"\n\n") {
+                        let event: Vec<u8> = events.drain(..end + 2).collect();
+                        let text = String::from_utf8_lossy(&event).to_string();
+                        if let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) {
+                            if let Ok(board) = serde_json::from_str(data) {
+                                if boards.send(board).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+                match stream.read(&mut chunk).await {
+                    Ok(read @ 1..) => body.extend_from_slice(&chunk[..read]),
+                    _ => return,
+                }
+            }
+        });
+        StatusFeed { arrived }
+    }
+
+    /// The first board of a feed opened now for which `wanted` holds (see [`StatusFeed`]).
+    pub(crate) async fn board_until(
+        &self,
+        what: &str,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        self.status_feed().await.until(what, wanted).await
+    }
+}
+
+/// The boards of the status page's feed, as they came.
+pub(crate) struct StatusFeed {
+    arrived: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+}
+
+impl StatusFeed {
+    /// The next board (of those come, or to come) for which `wanted` holds; fails after
+    /// [`WAIT`] with the last board seen.
+    pub(crate) async fn until(
+        &mut self,
+        what: &str,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await;
-            let Ok(Ok(read @ 1..)) = read else {
-                panic!("the status feed never showed {what}; its last board: {last}");
-            };
-            seen.push_str(&String::from_utf8_lossy(&chunk[..read]));
-            while let Some(end) = seen.find("\n\n") {
-                let event: String = seen.drain(..end + 2).collect();
-                let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
-                    continue;
-                };
-                last = serde_json::from_str(data).unwrap_or(serde_json::Value::Null);
-                if wanted(&last) {
-                    return last;
-                }
+            match tokio::time::timeout_at(deadline, self.arrived.recv()).await {
+                Ok(Some(board)) if wanted(&board) => return board,
+                Ok(Some(board)) => last = board,
+                _ => panic!("the status feed never showed {what}; its last board: {last}"),
             }
         }
     }

@@ -630,9 +630,9 @@ impl Call {
             .and_then(|p| p.platform.clone())
     }
 
-    /// The route `number` is a call of, as configured (the figures' `route`).
-    pub fn route_name(&self, number: &str) -> Option<String> {
-        self.settings.router.route_name(number)
+    /// The route a call to `number` at `unix_ms` takes, as configured (the figures' `route`).
+    pub fn route_name(&self, number: &str, unix_ms: i64) -> Option<String> {
+        self.settings.router.route_name_at(number, unix_ms)
     }
 
     /// The platform of the caller's peer.

@@ -25,6 +25,8 @@ const TICK: Duration = Duration::from_secs(1);
 /// busy the calls are.
 const FIGURES_EVERY: Duration = Duration::from_secs(10);
 const FIGURES_AT_MOST: Duration = Duration::from_secs(1);
+/// How long the first board after nobody watched waits for today's figures.
+const FIRST_READ: Duration = Duration::from_secs(2);
 /// How often a read under way is looked at.
 const READ_CHECK: Duration = Duration::from_millis(100);
 /// A read that takes longer is told on the page (its figures stay the last read's).
@@ -241,7 +243,7 @@ fn call_row(call: &CallSnapshot, show_numbers: bool) -> CallRow {
 fn today(details: &[CallDetail], router: &Router, within_secs: u64) -> (Today, Vec<LinkageRow>) {
     let platform_of = |peer: &str| router.peer_by_name(peer).and_then(|p| p.platform.clone());
     // The page shows platforms, not routes.
-    let figures: Figures = crate::stats::figures(details, platform_of, |_| None, within_secs);
+    let figures: Figures = crate::stats::figures(details, platform_of, |_, _| None, within_secs);
     let platforms = figures
         .platforms
         .iter()
@@ -505,7 +507,22 @@ async fn keep(sources: Arc<BoardSources>, feed: Arc<BoardFeed>, mut stop: watch:
                 () = feed.wanted.notified() => {}
                 _ = stop.changed() => return,
             }
+            // What was read before the wait may be of another day: read anew, and wait a
+            // little for it before the first board.
+            store.view = StoreView::default();
             store.due = true;
+            let now = crate::store::unix_millis(SystemTime::now());
+            let _ = store.poll(&sources, now).await;
+            if let Some((reading, started)) = store.reading.take() {
+                let mut reading = reading;
+                match tokio::time::timeout(FIRST_READ, &mut reading).await {
+                    Ok(read) => {
+                        store.view = read.unwrap_or_default();
+                        store.last = Some((tokio::time::Instant::now(), started.elapsed()));
+                    }
+                    Err(_) => store.reading = Some((reading, started)),
+                }
+            }
             continue;
         }
         let now = crate::store::unix_millis(SystemTime::now());

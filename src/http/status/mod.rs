@@ -30,7 +30,6 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamExt;
 
 use super::{plain, HttpServices, Source};
-use crate::config::StatusConfig;
 use crate::routing::Cidr;
 use crate::workorder::auth::LoginThrottle;
 
@@ -60,6 +59,15 @@ enum Admitted {
     Cookie,
 }
 
+/// Who may see the page (`[status]`).
+#[derive(Debug, Clone, Default)]
+pub struct StatusAccess {
+    /// The shared secret that opens it from anywhere.
+    pub token: Option<String>,
+    /// The networks that see it by address without the token.
+    pub allow: Vec<Cidr>,
+}
+
 /// The page's access rules and its feed.
 pub struct StatusPage {
     feed: Arc<BoardFeed>,
@@ -72,11 +80,11 @@ pub struct StatusPage {
 }
 
 impl StatusPage {
-    pub fn new(config: &StatusConfig, feed: Arc<BoardFeed>) -> StatusPage {
+    pub fn new(access: StatusAccess, feed: Arc<BoardFeed>) -> StatusPage {
         StatusPage {
             feed,
-            token: config.token.as_ref().map(|t| (digest(t), t.clone())),
-            allow: config.allow.clone(),
+            token: access.token.map(|t| (digest(&t), t)),
+            allow: access.allow,
             throttle: LoginThrottle::default(),
             feeds: Arc::new(tokio::sync::Semaphore::new(MAX_FEEDS)),
         }
@@ -89,45 +97,55 @@ impl StatusPage {
         headers: &HeaderMap,
         offered: Option<&str>,
     ) -> Result<Admitted, Refused> {
-        if self.allow.iter().any(|network| network.contains(source)) && by_address(headers) {
-            return Ok(Admitted::Address);
-        }
-        let now = std::time::Instant::now();
-        if !self.throttle.allows(source, now) {
-            return Err(Refused::Throttled);
-        }
+        let by_address =
+            self.allow.iter().any(|network| network.contains(source)) && names_an_address(headers);
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let cookie = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='));
         let given = bearer.or(offered);
+        if by_address && given.is_none() {
+            return Ok(Admitted::Address);
+        }
+        let now = std::time::Instant::now();
+        if !by_address && !self.throttle.allows(source, now) {
+            return Err(Refused::Throttled);
+        }
         if let Some((hash, key)) = &self.token {
+            // A token offered from an allowed network still makes its cookie (and leaves the
+            // address bar).
             if given.is_some_and(|t| same(&digest(t), hash)) {
                 return Ok(Admitted::Token);
             }
-            if cookie.is_some_and(|c| cookie_holds(c, key, unix_secs())) {
+            if by_address {
+                return Ok(Admitted::Address);
+            }
+            let mut cookies = headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='));
+            if cookies.any(|c| cookie_holds(c, key, unix_secs())) {
                 return Ok(Admitted::Cookie);
             }
+        } else if by_address {
+            return Ok(Admitted::Address);
         }
-        if given.is_some() || cookie.is_some() {
+        // A wrong token is a guess; a stale cookie (the token changed) is none.
+        if given.is_some() {
             self.throttle.failed(source, now);
         }
         Err(Refused::NoToken)
     }
 }
 
-/// Whether the request names the gateway by address (`Host` an IP, or `localhost`).
-fn by_address(headers: &HeaderMap) -> bool {
+/// Whether the request names the gateway by address (`Host` an IP, or `localhost`); no Host
+/// (or none readable) does not.
+fn names_an_address(headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
-        // HTTP/1.0 without Host: no browser's.
-        return true;
+        return false;
     };
     let name = match host.strip_prefix('[') {
         Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),

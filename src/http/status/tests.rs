@@ -3,15 +3,14 @@ use super::*;
 const TOKEN: &str = "a-long-status-token";
 
 fn page(allow: &[&str]) -> StatusPage {
-    let config = StatusConfig {
+    let access = StatusAccess {
         token: Some(TOKEN.into()),
         allow: allow
             .iter()
             .map(|c| Cidr::parse(c).unwrap_or_else(|e| panic!("{e}")))
             .collect(),
-        show_numbers: false,
     };
-    StatusPage::new(&config, Arc::new(BoardFeed::new()))
+    StatusPage::new(access, Arc::new(BoardFeed::new()))
 }
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -56,8 +55,20 @@ fn an_allowed_network_by_address_only() {
             "{host}"
         );
     }
-    let rebound = headers(&[("host", "evil.example:9090")]);
-    assert_eq!(page.admit(manager, &rebound, None), Err(Refused::NoToken));
+    for host in [&[("host", "evil.example:9090")][..], &[]] {
+        let rebound = headers(host);
+        assert_eq!(
+            page.admit(manager, &rebound, None),
+            Err(Refused::NoToken),
+            "{host:?}"
+        );
+    }
+    // The token offered there still makes a cookie.
+    let asked = headers(&[("host", "10.0.0.1")]);
+    assert_eq!(
+        page.admit(manager, &asked, Some(TOKEN)),
+        Ok(Admitted::Token)
+    );
     assert_eq!(
         page.admit(ip("10.8.0.1"), &headers(&[("host", "10.0.0.1")]), None),
         Err(Refused::NoToken),
@@ -108,12 +119,15 @@ fn wrong_tokens_are_throttled() {
         page.admit(ip("192.0.2.9"), &bearer, None),
         Ok(Admitted::Token)
     );
-    // Nothing presented is no wrong token.
+    // Nothing presented is no wrong token; nor is a stale cookie (the token changed).
     let quiet = ip("192.0.2.10");
+    let stale = cookie_until("the-token-before-this", unix_secs() + 60);
+    let stale = headers(&[("cookie", &format!("{COOKIE}={stale}"))]);
     for _ in 0..20 {
         assert_eq!(
             page.admit(quiet, &HeaderMap::new(), None),
             Err(Refused::NoToken)
         );
+        assert_eq!(page.admit(quiet, &stale, None), Err(Refused::NoToken));
     }
 }

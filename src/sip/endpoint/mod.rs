@@ -49,7 +49,7 @@ pub struct Owner {
     events: mpsc::UnboundedSender<SipEvent>,
     unread: Arc<std::sync::atomic::AtomicUsize>,
     /// The call it is (its first leg's Call-ID), for the HEP copies of the legs it opens.
-    correlation: Option<Arc<str>>,
+    correlation: Option<Arc<crate::sip::hep::CallTag>>,
 }
 
 impl Owner {
@@ -57,7 +57,7 @@ impl Owner {
     /// legs go to Homer under that id ([`crate::sip::hep::Correlations`]).
     #[must_use]
     pub fn of_call(mut self, call_id: &str) -> Owner {
-        self.correlation = Some(Arc::from(call_id));
+        self.correlation = Some(crate::sip::hep::CallTag::new(call_id));
         self
     }
 }
