@@ -206,6 +206,18 @@ struct Watched {
     stalled: Arc<AtomicU64>,
 }
 
+impl Watched {
+    /// A write waits for the client (since now, unless it already did), or went through.
+    fn note(&self, waiting: bool) {
+        if !waiting {
+            self.stalled.store(0, Ordering::Relaxed);
+        } else if self.stalled.load(Ordering::Relaxed) == 0 {
+            let since = millis(self.started.elapsed()).max(1);
+            self.stalled.store(since, Ordering::Relaxed);
+        }
+    }
+}
+
 impl AsyncRead for Watched {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -223,14 +235,7 @@ impl AsyncWrite for Watched {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let written = Pin::new(&mut self.stream).poll_write(cx, buf);
-        if written.is_pending() {
-            if self.stalled.load(Ordering::Relaxed) == 0 {
-                let since = millis(self.started.elapsed()).max(1);
-                self.stalled.store(since, Ordering::Relaxed);
-            }
-        } else {
-            self.stalled.store(0, Ordering::Relaxed);
-        }
+        self.note(written.is_pending());
         written
     }
 
@@ -240,14 +245,7 @@ impl AsyncWrite for Watched {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        if written.is_pending() {
-            if self.stalled.load(Ordering::Relaxed) == 0 {
-                let since = millis(self.started.elapsed()).max(1);
-                self.stalled.store(since, Ordering::Relaxed);
-            }
-        } else {
-            self.stalled.store(0, Ordering::Relaxed);
-        }
+        self.note(written.is_pending());
         written
     }
 

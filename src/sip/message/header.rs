@@ -167,6 +167,17 @@ impl Headers {
         self.0.retain(|h| !h.name.eq_ignore_ascii_case(name));
     }
 
+    /// Keeps only the lines named in `names` (canonical names), in their order, and gives
+    /// back the room the others took.
+    pub fn keep_only(&mut self, names: &[&str]) {
+        self.0.retain(|header| {
+            names
+                .iter()
+                .any(|name| header.name.eq_ignore_ascii_case(name))
+        });
+        self.0.shrink_to_fit();
+    }
+
     /// Copies every line of `name` from `other`.
     pub fn copy_from(&mut self, other: &Headers, name: &str) {
         for value in other.get_all(name) {

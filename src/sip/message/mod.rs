@@ -635,6 +635,18 @@ pub fn ack_for_non_2xx(invite: &Request, response: &Response) -> Request {
     }
 }
 
+/// What a client transaction keeps of its request for the messages it makes itself: the ACK
+/// for a non-2xx final response (§17.1.1.3) and its answer when the connection is lost need
+/// the Request-URI, Via, From, To, Call-ID, CSeq and Route, not the body nor the rest (the
+/// bytes a retransmission needs are kept apart, serialised).
+pub fn essentials(mut request: Request) -> Request {
+    request
+        .headers
+        .keep_only(&["Via", "From", "To", "Call-ID", "CSeq", "Route"]);
+    request.body = Bytes::new();
+    request
+}
+
 /// The CANCEL for a pending INVITE (§9.1): same Request-URI, Call-ID, To, From, CSeq number,
 /// top Via (so the same branch) and Route.
 pub fn cancel_for(invite: &Request) -> Request {

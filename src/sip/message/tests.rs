@@ -371,3 +371,27 @@ fn responses_that_establish_a_dialog_carry_the_record_route_in_order() {
     reinvite.headers.set("To", "<sip:110@gw>;tag=gw");
     assert!(record_route(&Response::for_request(&reinvite, 200, None)).is_empty());
 }
+
+/// What a client transaction keeps of its INVITE makes the same ACK for a non-2xx and the
+/// same answer for a lost connection as the whole INVITE, without its body or other headers.
+#[test]
+fn a_transactions_essentials_make_its_own_messages() {
+    let mut invite = request(INVITE);
+    invite.headers.push("Route", "<sip:proxy.example;lr>");
+    invite
+        .headers
+        .push("P-Asserted-Identity", "<sip:13800138000@127.0.0.1>");
+    let kept = essentials(invite.clone());
+    assert!(kept.body.is_empty());
+    assert_eq!(kept.headers.get("Contact"), None);
+    assert_eq!(kept.headers.get("P-Asserted-Identity"), None);
+    let response = Response::for_request(&invite, 486, Some("callee"));
+    assert_eq!(
+        ack_for_non_2xx(&kept, &response).to_bytes(),
+        ack_for_non_2xx(&invite, &response).to_bytes()
+    );
+    assert_eq!(
+        Response::for_request(&kept, 503, None).to_bytes(),
+        Response::for_request(&invite, 503, None).to_bytes()
+    );
+}

@@ -180,7 +180,7 @@ impl<O: Clone> TransactionLayer<O> {
                 machine: ServerTransaction::Invite(machine),
                 owner,
                 ..
-            }) = self.servers.get_mut(&server_key)
+            }) = self.servers.get_mut(&server_key).map(|entry| &mut **entry)
             {
                 let first = machine.handle_ack(now);
                 // The call needs nothing more of this transaction: letting go of its owner
@@ -345,7 +345,7 @@ impl<O: Clone> TransactionLayer<O> {
             armed: None,
         };
         // Only requests without an RFC 3261 branch can collide: the older entry's indexes go.
-        if let Some(old) = self.servers.insert(key, entry) {
+        if let Some(old) = self.servers.insert(key, Box::new(entry)) {
             self.server_keys.remove(&old.id);
             if let Some(merge) = old.merge_key.filter(|m| Some(m) != new_merge.as_ref()) {
                 self.merged.remove(&merge);

@@ -102,6 +102,7 @@ pub struct Claimant<'a> {
 
 struct ClientEntry<O> {
     machine: ClientTransaction,
+    /// What its own ACK and lost-connection answer need ([`crate::sip::message::essentials`]).
     request: Request,
     target: Target,
     owner: O,
@@ -130,8 +131,9 @@ enum TimerOwner {
 pub struct TransactionLayer<O> {
     timers: TimerConfig,
     metrics: Arc<Metrics>,
-    clients: HashMap<ClientKey, ClientEntry<O>>,
-    servers: HashMap<ServerKey, ServerEntry<O>>,
+    // Boxed: a table holds up to twice the slots it fills, and an entry is a few hundred bytes.
+    clients: HashMap<ClientKey, Box<ClientEntry<O>>>,
+    servers: HashMap<ServerKey, Box<ServerEntry<O>>>,
     server_keys: HashMap<ServerTransactionId, ServerKey>,
     merged: HashMap<MergeKey, String>,
     accepted: HashMap<AcceptedKey, ServerKey>,
@@ -299,12 +301,12 @@ impl<O: Clone> TransactionLayer<O> {
         self.count_reliable(target, 1);
         let entry = ClientEntry {
             machine,
-            request,
+            request: crate::sip::message::essentials(request),
             target,
             owner,
             armed: None,
         };
-        if let Some(old) = self.clients.insert(key.clone(), entry) {
+        if let Some(old) = self.clients.insert(key.clone(), Box::new(entry)) {
             self.count_reliable(old.target, -1);
             self.metrics.add_gauge(Gauge::TransactionsActive, -1);
         }
