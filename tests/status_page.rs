@@ -191,3 +191,23 @@ fn the_status_page_follows_a_sipp_transfer_live_and_masks_the_citizen() {
         Duration::from_secs(20),
     );
 }
+
+/// Wall screens cannot take the endpoint: the sixteenth status feed is served, the
+/// seventeenth refused 503, and `/healthz` still answers at once.
+#[tokio::test]
+async fn status_feeds_are_capped_and_healthz_still_answers() {
+    let carrier = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let address = carrier.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let mut gateway =
+        common::Gateway::start_with_tables(&[("carrier", address, "")], &[], "", "", "").await;
+    let mut feeds = Vec::new();
+    for _ in 0..16 {
+        feeds.push(gateway.status_feed().await);
+    }
+    let (status, body) = gateway.http_get("/status/events").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("16 status feeds"), "{body}");
+    assert_eq!(gateway.http_get("/healthz").await.0, 200);
+    drop(feeds);
+    gateway.stop().await;
+}
